@@ -1,0 +1,143 @@
+"""Choose and capture the layer that CAM methods read, for CNNs and ViTs alike.
+
+The rule for CNNs: the deepest stage whose feature map is still at least 4x4
+at the model's input size (ResNet's ``layer4`` on a 32x32 input is 1x1 and
+useless). For token models (ViT, DeiT) the input of the last block's attention
+(``blocks.N.norm1``): the class token's output there still depends on every
+patch token, while the last block's own output no longer does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+MIN_GRID = 4
+
+
+@dataclass
+class TargetLayer:
+    name: str
+    module: nn.Module
+    grid: tuple[int, int]  # spatial size of the map it gives at the input size
+    prefix_tokens: int | None = None  # set for token models: tokens before the patch grid
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.prefix_tokens is not None
+
+    def to_grid(self, out: torch.Tensor) -> torch.Tensor:
+        """Return the layer output as (B, C, h, w), reshaping tokens when needed."""
+        if not self.is_tokens:
+            if out.ndim != 4:
+                raise ModelError(f"layer {self.name!r} gives a {out.ndim}-d output, not a (B, C, H, W) feature map")
+            return out
+        tokens = out[:, self.prefix_tokens :, :]
+        h, w = self.grid
+        if tokens.shape[1] != h * w:
+            raise ModelError(f"layer {self.name!r}: {tokens.shape[1]} patch tokens do not form a {h}x{w} grid")
+        return tokens.reshape(out.shape[0], h, w, out.shape[2]).permute(0, 3, 1, 2)
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_children()]
+        raise ModelError(f"model has no layer {name!r}; top-level layers: {', '.join(names)}") from None
+
+
+def _is_token_model(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed") and hasattr(model, "blocks")
+
+
+def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for n in names:
+        def hook(_m, _i, out, n=n):
+            if isinstance(out, torch.Tensor):
+                shapes[n] = tuple(out.shape)
+        handles.append(_module(model, n).register_forward_hook(hook))
+    p = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetLayer:
+    last = len(model.blocks) - 1
+    name = name or f"blocks.{last}.norm1"
+    gh, gw = model.patch_embed.dynamic_feat_size((input_size, input_size)) if hasattr(
+        model.patch_embed, "dynamic_feat_size"
+    ) else model.patch_embed.grid_size
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    shapes = _output_shapes(model, [name], input_size)
+    if name not in shapes or len(shapes[name]) != 3:
+        raise ModelError(f"layer {name!r} does not give a token sequence; pick a block of the ViT")
+    return TargetLayer(name, _module(model, name), (int(gh), int(gw)), prefix)
+
+
+def find_target_layer(model: nn.Module, input_size: int, name: str | None = None) -> TargetLayer:
+    """Pick the CAM layer of any timm model (or check the one the user named)."""
+    if _is_token_model(model):
+        return _token_layer(model, name, input_size)
+    if name is not None:
+        shapes = _output_shapes(model, [name], input_size)
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 4:
+            raise ModelError(f"layer {name!r} does not output a (B, C, H, W) feature map (got {shape})")
+        return TargetLayer(name, _module(model, name), (shape[2], shape[3]))
+    candidates = _stage_names(model)
+    shapes = _output_shapes(model, candidates, input_size)
+    best = None
+    for n in candidates:  # shallow to deep
+        s = shapes.get(n)
+        if s is not None and len(s) == 4 and min(s[2], s[3]) >= MIN_GRID:
+            best = n
+    if best is None:
+        raise ModelError(
+            f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
+            "raise --image-size or name a layer with --target-layer"
+        )
+    s = shapes[best]
+    return TargetLayer(best, _module(model, best), (s[2], s[3]))
+
+
+def _stage_names(model: nn.Module) -> list[str]:
+    info = getattr(model, "feature_info", None)
+    names: list[str] = []
+    if info is not None:
+        entries = info if isinstance(info, list) else getattr(info, "info", [])
+        names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
+    if not names:  # not a timm model with feature_info: every conv-ish child, in order
+        names = [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Sequential))]
+    return names
+
+
+@contextlib.contextmanager
+def capture(layer: TargetLayer) -> Iterator[dict[str, torch.Tensor]]:
+    """Record ``layer``'s output (as a grid) during forwards inside the block; the hook is always removed."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        store["activations"] = layer.to_grid(out)
+
+    handle = layer.module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()

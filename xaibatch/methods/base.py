@@ -1,0 +1,101 @@
+"""The interface every explanation method implements, and the registry the CLI reads.
+
+A method gets one :class:`Batch` (the model input on the device, the class to
+explain per image, and what the shared forward pass already computed) and
+returns one map per image at the model's input size. Everything else (reading
+files, resizing to the original size, writing, the manifest) is the pipeline's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..layers import TargetLayer
+
+
+@dataclass
+class ModelContext:
+    """What a method may know about the model it explains."""
+
+    model: torch.nn.Module
+    layer: TargetLayer
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+
+
+@dataclass
+class Batch:
+    """One batch as the methods see it; ``cache`` lets methods share work."""
+
+    x: torch.Tensor  # (B, 3, H, W) normalized model input, on the device
+    targets: torch.Tensor  # (B,) long: the class each map explains
+    logits: torch.Tensor  # (B, K) from the shared forward pass
+    activations: torch.Tensor | None = None  # target layer output, as (B, C, h, w), in the graph of ``logits``
+    segments: torch.Tensor | None = None  # (B, H, W) long superpixel labels, when a method asked for them
+    seeds: list[int] | None = None  # one seed per image, stable across runs
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    maps: torch.Tensor  # (B, H, W) float32 at the model's input size
+    info: list[dict[str, Any]] | None = None  # per-image facts worth recording (e.g. segment count)
+
+
+class Method:
+    """Base class: subclasses set ``name`` and implement :meth:`explain`."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]  # shown in the report
+    signed: ClassVar[bool] = False  # maps in [-1, 1]-ish with meaning in the sign (LIME) instead of [0, 1]
+    needs_activations: ClassVar[bool] = False  # wants the target layer captured in the shared forward
+
+    def __init__(self, ctx: ModelContext, **options: Any) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes this method's maps; goes into the configuration hash."""
+        return dict(self.options)
+
+    def segmenter(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A picklable function run in DataLoader workers on each (H, W, 3) uint8 input image."""
+        return None
+
+    def explain(self, batch: Batch) -> Explanation:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to ``xaibatch run --method``."""
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def create_method(name: str, ctx: ModelContext, **options: Any) -> Method:
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise UsageError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}") from None
+    return cls(ctx, **options)
+
+
+def normalize_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Min-max scale each map of a (B, H, W) batch to [0, 1], as pytorch-grad-cam does."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    flat = flat - lo
+    hi = flat.max(dim=1, keepdim=True).values
+    return (flat / (hi + eps)).view_as(maps)

@@ -1,0 +1,44 @@
+"""Grad-CAM (Selvaraju et al., 2017, https://arxiv.org/abs/1610.02391), batched.
+
+The class score's gradient with respect to the target layer's activations is
+averaged over space to weight the channels; the weighted sum, passed through a
+ReLU, is the map. One forward (shared with the prediction) and one backward per
+batch. Scaled exactly as pytorch-grad-cam's ``GradCAM`` does: min-max at the
+layer's resolution, bilinear upsampling to the input size, min-max again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Batch, Explanation, Method, normalize_per_image, register_method
+
+
+def gradcam_maps(batch: Batch, size: int) -> torch.Tensor:
+    """Grad-CAM for every image of ``batch`` at ``size`` x ``size``, in [0, 1]; computed once per batch."""
+    cached = batch.cache.get("gradcam")
+    if cached is not None:
+        return cached
+    if batch.activations is None:
+        raise RuntimeError("Grad-CAM needs the target layer's activations from the shared forward pass")
+    acts = batch.activations
+    score = batch.logits.gather(1, batch.targets[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, acts)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * acts.detach()).sum(dim=1))
+    cam = normalize_per_image(cam.float())
+    cam = F.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    cam = normalize_per_image(cam)
+    batch.cache["gradcam"] = cam
+    return cam
+
+
+@register_method
+class GradCAM(Method):
+    name = "gradcam"
+    title = "Grad-CAM"
+    needs_activations = True
+
+    def explain(self, batch: Batch) -> Explanation:
+        return Explanation(gradcam_maps(batch, self.ctx.input_size))
