@@ -1,0 +1,194 @@
+"""The click layer: options in, library calls out, errors to one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError
+from .methods import METHODS
+
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  success\n"
+    "  1  success, but some images could not be read (listed in the report)\n"
+    "  2  usage error (bad option, folder, model or checkpoint)\n"
+    "  3  runtime error\n"
+    "  4  another run holds the output folder's lock\n"
+    "  5  interrupted (SIGINT/SIGTERM); finished batches are saved"
+)
+
+
+class Failure(click.ClickException):
+    """A one-line error with xaibatch's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def reported(fn):
+    """Turn library errors (and OS errors such as a full disk) into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except XaibatchError as e:
+            raise Failure(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise Failure("interrupted", EXIT_INTERRUPTED) from None
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise Failure(f"{e.strerror or e}{where}", EXIT_RUNTIME) from None
+        except click.ClickException:
+            raise
+        except Exception as e:
+            if os.environ.get("XAIBATCH_DEBUG"):
+                raise
+            raise Failure(
+                f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
+            ) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="xaibatch")
+def cli() -> None:
+    """Explain an image classifier over whole folders: Grad-CAM, Guided Grad-CAM, LIME, and an HTML report.
+
+    \b
+    Quick start:
+      xaibatch demo-data data/demo
+      xaibatch run data/demo/test --method gradcam
+    """
+
+
+def _default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--method", "-m", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("gradcam",),
+              show_default=True, help="Explanation method; repeat for several (e.g. -m gradcam -m lime).")
+@click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+              help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
+                   "Default: the bundled demo model.")
+@click.option("--image-size", type=click.IntRange(8, 4096),
+              help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.")
+@click.option("--target-layer", help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest "
+                                     "stage still at least 4x4.")
+@click.option("--target", type=click.Choice(["pred", "label"]), default="pred", show_default=True,
+              help="Class each map explains: the prediction or the folder's label (e.g. --target label).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per batch on the device (e.g. --batch-size 128).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.")
+@click.option("--workers", type=click.IntRange(0), default=_default_workers, show_default="CPUs - 1, at most 4",
+              help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder (e.g. --out reports/cifake). Default: outputs/<input folder name>.")
+@click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
+@click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
+              help="LIME: perturbed images per image (e.g. --lime-samples 500).")
+@click.option("--lime-segments", type=click.IntRange(2), default=50, show_default=True,
+              help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).")
+@click.option("--lime-hide", type=click.Choice(["mean", "zero", "blur"]), default="mean", show_default=True,
+              help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
+@click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
+@reported
+def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
+        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet):
+    """Explain every image under INPUT_DIR and write maps plus an HTML report.
+
+    \b
+    Examples:
+      xaibatch run data/CIFAKE/test --method gradcam
+      xaibatch run data/CIFAKE/test -m gradcam -m guided-gradcam -m lime --out reports/cifake
+      xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
+    """
+    from .pipeline import RunOptions
+    from .pipeline import run as run_pipeline
+
+    out = out or Path("outputs") / input_dir.resolve().name
+    opts = RunOptions(
+        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
+        image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
+        workers=workers, labeled=False if unlabeled else None,
+        method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
+        seed=seed, template_dir=template_dir, progress=not quiet and sys.stdout.isatty(),
+    )
+    result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
+    if not quiet:
+        click.echo(result.summary_line())
+    sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
+
+
+@cli.command()
+@click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--arch", default="resnet18", show_default=True, help="Any timm model name (e.g. --arch efficientnet_b0).")
+@click.option("--image-size", type=click.IntRange(8, 4096), default=64, show_default=True,
+              help="Input size the model is trained at (e.g. --image-size 32).")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the data.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per step.")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share held out for validation.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, init and shuffling.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).")
+@reported
+def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out):
+    """Train a timm model from scratch on DATA_DIR (ImageFolder, or a folder with train/ and test/).
+
+    \b
+    Example:
+      xaibatch train data/demo --arch resnet18 --image-size 64 --epochs 10 --out models/demo.pt
+    """
+    from .train import train as train_model
+
+    r = train_model(data_dir, arch, out, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo)
+    test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
+    click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
+               f"val accuracy {100 * r.val_accuracy:.1f}%{test}")
+
+
+@cli.command("demo-data")
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--train-per-class", type=click.IntRange(1), default=1000, show_default=True,
+              help="Training images per class (e.g. --train-per-class 200).")
+@click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True,
+              help="Test images per class.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+@reported
+def demo_data(out_dir, train_per_class, test_per_class, seed):
+    """Write a CIFAKE-style 32x32 demo set with ground-truth masks of the fake regions.
+
+    \b
+    Example:
+      xaibatch demo-data data/demo && xaibatch run data/demo/test
+    """
+    from .demo import write_demo_data
+
+    n = write_demo_data(out_dir, train_per_class, test_per_class, seed)
+    click.echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")
+
+
+def main() -> None:
+    cli(prog_name="xaibatch")

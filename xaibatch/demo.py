@@ -1,0 +1,131 @@
+"""Write a deterministic CIFAKE-style demo set whose "fake" evidence has a known location.
+
+REAL images are 32x32 crops of real photographs that ship inside installed
+packages (scikit-image, scikit-learn, matplotlib). FAKE images are such crops
+with one synthesized rectangle (a smooth colour field carrying a period-2
+checkerboard, the upsampling artefact generators leave) blended in at a random
+place; the rectangle's mask is saved beside the image as ``<name>.mask.npy``
+(ignored by ``xaibatch run``, which reads only image extensions). An
+explanation of a good model should therefore point into the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import UsageError
+
+SIZE = 32
+MASK_SUFFIX = ".mask.npy"
+
+# Photographs only (no drawings, logos, charts): (package, path inside its data folder).
+_PHOTOS = [
+    ("skimage", "astronaut.png"), ("skimage", "brick.png"), ("skimage", "camera.png"),
+    ("skimage", "chelsea.png"), ("skimage", "coffee.png"), ("skimage", "coins.png"),
+    ("skimage", "grass.png"), ("skimage", "gravel.png"), ("skimage", "hubble_deep_field.jpg"),
+    ("skimage", "moon.png"), ("skimage", "motorcycle_left.png"), ("skimage", "motorcycle_right.png"),
+    ("skimage", "retina.jpg"), ("skimage", "rocket.jpg"),
+    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    ("matplotlib", "grace_hopper.jpg"),
+]
+
+
+def _data_dir(package: str) -> Path | None:
+    try:
+        if package == "skimage":
+            import skimage
+
+            return Path(skimage.__file__).parent / "data"
+        if package == "sklearn":
+            import sklearn
+
+            return Path(sklearn.__file__).parent / "datasets" / "images"
+        if package == "matplotlib":
+            import matplotlib
+
+            return Path(matplotlib.get_data_path()) / "sample_data"
+    except ImportError:
+        return None
+    return None
+
+
+def source_photos() -> list[tuple[str, np.ndarray]]:
+    """The bundled photographs found in this environment, as (name, RGB uint8 array)."""
+    out = []
+    for package, name in _PHOTOS:
+        d = _data_dir(package)
+        if d is None or not (d / name).is_file():
+            continue
+        with Image.open(d / name) as im:
+            out.append((f"{package}/{name}", np.asarray(im.convert("RGB"))))
+    if len(out) < 3:
+        raise UsageError("demo-data needs scikit-image, scikit-learn or matplotlib sample photographs; none found")
+    return out
+
+
+def _crop(rng: np.random.Generator, photo: np.ndarray) -> np.ndarray:
+    h, w = photo.shape[:2]
+    side = int(rng.integers(max(24, min(h, w) // 10), max(25, min(h, w) // 3)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(photo[y : y + side, x : x + side])
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(crop.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32)
+
+
+def _synth_patch(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(40, 215, size=3).astype(np.float32)
+    fy, fx = rng.uniform(0.2, 0.6, size=2)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    field = np.stack([base[c] + 35 * np.sin(fy * yy + fx * xx + phase[c]) for c in range(3)], axis=-1)
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None] * rng.uniform(18, 30)
+    return field + checker
+
+
+def make_fake(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blend one synthesized rectangle into ``img``; return the image and its boolean mask."""
+    h, w = int(rng.integers(9, 15)), int(rng.integers(9, 15))
+    y, x = int(rng.integers(0, SIZE - h + 1)), int(rng.integers(0, SIZE - w + 1))
+    alpha = rng.uniform(0.6, 0.85)
+    out = img.copy()
+    out[y : y + h, x : x + w] = (1 - alpha) * out[y : y + h, x : x + w] + alpha * _synth_patch(rng, h, w)
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    mask[y : y + h, x : x + w] = True
+    return out, mask
+
+
+@dataclass
+class DemoCounts:
+    train: int
+    test: int
+
+
+def write_demo_data(out: Path, train_per_class: int = 1000, test_per_class: int = 250, seed: int = 0) -> DemoCounts:
+    """Write ``out/{train,test}/{REAL,FAKE}/*.png`` (+ masks for FAKE); same seed, same bytes."""
+    out = Path(out)
+    photos = source_photos()
+    for split, n, split_seed in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
+        rng = np.random.default_rng(split_seed)
+        real_dir, fake_dir = out / split / "REAL", out / split / "FAKE"
+        real_dir.mkdir(parents=True, exist_ok=True)
+        fake_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _, photo = photos[int(rng.integers(len(photos)))]
+            Image.fromarray(_crop(rng, photo).clip(0, 255).astype(np.uint8)).save(real_dir / f"real_{i:05d}.png")
+            _, photo = photos[int(rng.integers(len(photos)))]
+            fake, mask = make_fake(rng, _crop(rng, photo))
+            Image.fromarray(fake.clip(0, 255).astype(np.uint8)).save(fake_dir / f"fake_{i:05d}.png")
+            np.save(fake_dir / f"fake_{i:05d}{MASK_SUFFIX}", mask)
+    return DemoCounts(2 * train_per_class, 2 * test_per_class)
+
+
+def mask_for(image_path: Path) -> np.ndarray | None:
+    """The ground-truth mask saved beside a demo image, if there is one."""
+    p = Path(image_path)
+    m = p.with_name(p.name.rsplit(".", 1)[0] + MASK_SUFFIX)
+    return np.load(m) if m.is_file() else None

@@ -1,0 +1,194 @@
+"""The SQLite manifest: the report's memory and the basis of incremental re-runs.
+
+One row per image (content hash, label, prediction, probabilities), one row per
+(image, method) map with the configuration hash it was computed under, one row
+per run with its configuration, timings and counts, and one row per file that
+could not be read. Writes happen in transactions, so a run killed at any moment
+leaves the last committed state intact.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA_VERSION = 1
+FILENAME = "xaibatch.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,              -- running | ok | some-failed | interrupted | error
+    input_dir TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    predict_hash TEXT NOT NULL,
+    seconds REAL,
+    n_seen INTEGER DEFAULT 0, n_added INTEGER DEFAULT 0, n_changed INTEGER DEFAULT 0,
+    n_removed INTEGER DEFAULT 0, n_unchanged INTEGER DEFAULT 0, n_failed INTEGER DEFAULT 0,
+    n_computed INTEGER DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS images (
+    rel TEXT PRIMARY KEY,
+    stem TEXT NOT NULL,               -- file stem under images/, thumbs/ and maps/
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL,
+    label INTEGER, pred INTEGER NOT NULL, target INTEGER NOT NULL, confidence REAL NOT NULL,
+    probs_json TEXT NOT NULL,
+    predict_hash TEXT NOT NULL,
+    run_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS maps (
+    rel TEXT NOT NULL, method TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    npy TEXT NOT NULL, png TEXT NOT NULL, thumb TEXT,
+    info_json TEXT,
+    run_id INTEGER NOT NULL,
+    PRIMARY KEY (rel, method)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    rel TEXT PRIMARY KEY, reason TEXT NOT NULL, run_id INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class ImageRow:
+    rel: str
+    stem: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    label: int | None
+    pred: int
+    target: int
+    confidence: float
+    probs: list[float]
+    predict_hash: str
+    run_id: int
+
+
+@dataclass
+class MapRow:
+    rel: str
+    method: str
+    config_hash: str
+    npy: str
+    png: str
+    thumb: str | None
+    info: dict[str, Any] | None
+    run_id: int
+
+
+class Manifest:
+    """A thin typed layer over the SQLite file; one instance per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions -------------------------------------------------------
+    def transaction(self):
+        return _Transaction(self.db)
+
+    # -- runs ---------------------------------------------------------------
+    def start_run(self, input_dir: str, config: dict[str, Any], predict_hash: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash) VALUES (?, 'running', ?, ?, ?)",
+            (time.time(), input_dir, json.dumps(config, sort_keys=True), predict_hash),
+        )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, seconds: float, counts: dict[str, int]) -> None:
+        cols = ", ".join(f"n_{k} = ?" for k in counts)
+        self.db.execute(
+            f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, {cols} WHERE id = ?",
+            (status, time.time(), seconds, *counts.values(), run_id),
+        )
+
+    def runs(self) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT * FROM runs ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    # -- images and maps ----------------------------------------------------
+    def images(self) -> dict[str, ImageRow]:
+        out = {}
+        for r in self.db.execute(
+            "SELECT rel, stem, size, mtime_ns, sha256, width, height, label, pred, target, confidence, probs_json,"
+            " predict_hash, run_id FROM images"
+        ):
+            out[r[0]] = ImageRow(*r[:11], json.loads(r[11]), r[12], r[13])
+        return out
+
+    def maps(self) -> dict[tuple[str, str], MapRow]:
+        out = {}
+        for r in self.db.execute("SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id FROM maps"):
+            out[(r[0], r[1])] = MapRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7])
+        return out
+
+    def failures(self) -> list[tuple[str, str]]:
+        return list(self.db.execute("SELECT rel, reason FROM failures ORDER BY rel"))
+
+    def put_image(self, row: ImageRow) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.rel, row.stem, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.label, row.pred, row.target,
+             row.confidence, json.dumps(row.probs), row.predict_hash, row.run_id),
+        )
+        self.db.execute("DELETE FROM failures WHERE rel = ?", (row.rel,))
+
+    def touch_image(self, rel: str, size: int, mtime_ns: int) -> None:
+        self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE rel = ?", (size, mtime_ns, rel))
+
+    def put_map(self, row: MapRow) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO maps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.rel, row.method, row.config_hash, row.npy, row.png, row.thumb,
+             json.dumps(row.info) if row.info else None, row.run_id),
+        )
+
+    def put_failure(self, rel: str, reason: str, run_id: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (rel, reason, run_id))
+        self.db.execute("DELETE FROM images WHERE rel = ?", (rel,))
+
+    def remove_images(self, rels: Iterable[str]) -> None:
+        rels = list(rels)
+        self.db.executemany("DELETE FROM images WHERE rel = ?", ((r,) for r in rels))
+        self.db.executemany("DELETE FROM maps WHERE rel = ?", ((r,) for r in rels))
+        self.db.executemany("DELETE FROM failures WHERE rel = ?", ((r,) for r in rels))
+
+    def remove_map(self, rel: str, method: str) -> None:
+        self.db.execute("DELETE FROM maps WHERE rel = ? AND method = ?", (rel, method))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def iter_chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
