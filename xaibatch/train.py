@@ -114,7 +114,7 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += float(loss) * len(y)
+            total_loss += float(loss.detach()) * len(y)
             seen += len(y)
         val_acc = evaluate(model, val_loader, val_labels, mean, std, dev)
         log(f"epoch {epoch}/{epochs}: loss {total_loss / max(seen, 1):.4f}, val accuracy {100 * val_acc:.1f}%")
