@@ -1,0 +1,145 @@
+"""`xaibatch run` end to end through click, on generated folders and tiny models."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from xaibatch.cli import cli
+
+from conftest import make_checkpoint, write_images
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_run_labeled_folder_writes_maps_manifest_csv_and_report(tmp_path, labeled_dir, tiny_ckpt):
+    out = tmp_path / "out"
+    r = invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--batch-size", 4)
+    assert r.exit_code == 0, r.output
+    assert "10 images seen, 10 computed" in r.output
+    for cls in ("FAKE", "REAL"):
+        for i in range(5):
+            m = np.load(out / "maps" / "gradcam" / cls / f"img_{i:03d}.npy")
+            assert m.dtype == np.float32 and m.shape == (32, 32)
+            assert 0.0 <= m.min() and m.max() <= 1.0
+            assert (out / "maps" / "gradcam" / cls / f"img_{i:03d}.png").is_file()
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 10
+    assert db.execute("SELECT COUNT(*) FROM maps WHERE method='gradcam'").fetchone()[0] == 10
+    labels = dict(db.execute("SELECT rel, label FROM images"))
+    assert labels["FAKE/img_000.png"] == 0 and labels["REAL/img_000.png"] == 1
+    (cfg,) = db.execute("SELECT config_json FROM runs").fetchone()
+    assert '"layer": "layer' in cfg
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 10 and {r["label"] for r in rows} == {"FAKE", "REAL"}
+    html = (out / "index.html").read_text()
+    assert "Misclassified" in html and "Correct" in html
+
+
+def test_unlabeled_folder_groups_by_prediction(tmp_path, flat_dir, tiny_ckpt):
+    out = tmp_path / "out"
+    r = invoke("run", flat_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM images WHERE label IS NULL").fetchone()[0] == 6
+    html = (out / "index.html").read_text()
+    assert "predicted" in html and "Misclassified" not in html
+
+
+def test_target_label_explains_the_label(tmp_path, labeled_dir, tiny_ckpt):
+    out = tmp_path / "out"
+    assert invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0,
+                  "--target", "label").exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert all(t == l for t, l in db.execute("SELECT target, label FROM images"))
+
+
+def test_plain_state_dict_with_arch(tmp_path, labeled_dir):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    sd = tmp_path / "plain.pt"
+    torch.save(model.state_dict(), sd)
+    out = tmp_path / "out"
+    r = invoke("run", labeled_dir, "--arch", "test_resnet", "--checkpoint", sd, "--image-size", 32,
+               "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 10
+
+
+def test_decodes_in_worker_processes(tmp_path, labeled_dir, tiny_ckpt):
+    out = tmp_path / "out"
+    r = invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 2, "--batch-size", 3)
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 10
+
+
+def test_maps_have_the_original_size_and_deep_folders_work(tmp_path, tiny_ckpt):
+    root = tmp_path / "in"
+    d = root / "REAL" / "a" / "b"
+    d.mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 70, 3), np.uint8)).save(d / "wide.jpg")
+    write_images(root / "FAKE", 1)
+    out = tmp_path / "out"
+    assert invoke("run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    assert np.load(out / "maps/gradcam/REAL/a/b/wide.npy").shape == (40, 70)
+
+
+def test_default_out_is_outputs_slash_folder_name(tmp_path, labeled_dir, tiny_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--workers", 0).exit_code == 0
+    assert (tmp_path / "outputs" / labeled_dir.name / "index.html").is_file()
+
+
+def test_help_lists_every_option_with_an_example():
+    r = invoke("run", "--help")
+    for opt in ("--method", "--arch", "--checkpoint", "--image-size", "--target-layer", "--target", "--batch-size",
+                "--device", "--workers", "--out", "--quiet"):
+        assert opt in r.output
+    assert r.output.count("e.g.") >= 10
+    assert "Exit codes" in r.output
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "{missing}"], "does not exist"),
+        (["run", "{empty}"], "holds no images"),
+        (["run", "{labeled}", "--arch", "resnet_does_not_exist", "--checkpoint", "{plain}"], "unknown --arch"),
+        (["run", "{labeled}", "--arch", "resnet18", "--checkpoint", "{plain}"], "does not fit --arch resnet18"),
+        (["run", "{labeled}", "--device", "cuda:7"], "--device"),
+        (["run", "{labeled}", "--device", "tpu"], "--device"),
+        (["run", "{labeled}", "--checkpoint", "{garbage}"], "garbage.pt"),
+        (["run", "{labeled}", "--checkpoint", "{three}"], "do not match"),
+        (["run", "{labeled}", "--arch", "test_resnet"], "needs --checkpoint"),
+        (["run", "{labeled}", "--method", "nope"], "Invalid value for '--method'"),
+        (["run", "{labeled}", "--target-layer", "no.such.layer"], "has no layer"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, labeled_dir, tiny_ckpt, args, needle):
+    torch.manual_seed(0)
+    plain = tmp_path / "plain.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    three = make_checkpoint(tmp_path / "three.pt", classes=["A", "B", "C"])
+    (tmp_path / "empty").mkdir()
+    subs = {"{missing}": tmp_path / "missing", "{empty}": tmp_path / "empty", "{labeled}": labeled_dir,
+            "{plain}": plain, "{garbage}": garbage, "{three}": three}
+    full = [str(subs.get(a, a)) for a in args]
+    if "--checkpoint" not in full and "--arch" not in full:
+        full += ["--checkpoint", str(tiny_ckpt)]
+    r = CliRunner().invoke(cli, full + ["--out", str(tmp_path / "o"), "--workers", "0"])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1
