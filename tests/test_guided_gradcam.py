@@ -74,7 +74,7 @@ def test_explain_is_batched_like_per_image(resnet):
     imgs = random_images(4, SIZE, seed=2)
     together = method.explain(make_batch(ctx, imgs)).maps
     assert together.shape == (4, SIZE, SIZE) and together.dtype == torch.float32
-    assert together.min() >= 0 and together.max() <= 1 and together.flatten(1).max(1).values.min() > 0.99
+    assert together.min() >= 0 and together.max() <= 1 and together.flatten(1).max(1).values.min() > 0.9999  # tiny gradients still reach 1
     for i in range(4):
         alone = method.explain(make_batch(ctx, imgs[i : i + 1])).maps[0]
         torch.testing.assert_close(alone, together[i], rtol=0, atol=1e-5)

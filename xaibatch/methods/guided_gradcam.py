@@ -36,8 +36,14 @@ def guided_gradcam_product(batch: Batch, model: torch.nn.Module, size: int) -> t
 
 
 def reduce_guided(product: torch.Tensor) -> torch.Tensor:
-    """Reduce (B, C, H, W) attributions to (B, H, W) float32 maps in [0, 1]: abs, max over channels, min-max."""
-    return normalize_per_image(product.abs().amax(dim=1).float())
+    """Reduce (B, C, H, W) attributions to (B, H, W) float32 maps in [0, 1]: abs, max over channels, min-max.
+
+    Each map is divided by its own maximum first: guided gradients are often
+    1e-4 or smaller, where the min-max epsilon would otherwise shrink the map.
+    """
+    maps = product.abs().amax(dim=1).float()
+    top = maps.flatten(1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    return normalize_per_image(maps / top[:, None, None])
 
 
 @register_method
