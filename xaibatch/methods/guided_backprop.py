@@ -124,13 +124,33 @@ class _GuidedActivation(torch.autograd.Function):
         return g * (xd > 0).to(g.dtype), None, None
 
 
+class _GuidedReLU(torch.autograd.Function):
+    """The same rule for plain ReLU, cheaply: f'(x) [x > 0] = [y > 0], no recomputation."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], inplace: bool) -> torch.Tensor:
+        y = fn(x)
+        ctx.save_for_backward(y > 0)
+        if inplace:
+            ctx.mark_dirty(x)
+            return x if y is x else x.copy_(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (positive,) = ctx.saved_tensors
+        return grad_out.clamp(min=0) * positive.to(grad_out.dtype), None, None
+
+
 def _patched_forward(module: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
     inplace = bool(getattr(module, "inplace", False))
+    rule = _GuidedReLU if type(module) is nn.ReLU else _GuidedActivation
 
     def forward(x: Any, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs or not isinstance(x, torch.Tensor) or not torch.is_grad_enabled():
             return original(x, *args, **kwargs)
-        return _GuidedActivation.apply(x, original, inplace)
+        return rule.apply(x, original, inplace)
 
     return forward
 
