@@ -20,7 +20,9 @@ gradient. Not touched, on purpose:
 
 The patch is per instance and temporary: each matching module gets an instance
 attribute ``forward`` (an :class:`torch.autograd.Function` around its own
-forward) that is deleted again in ``finally``. No hooks are registered, the
+forward; for plain ``nn.ReLU`` a cheaper one that keeps only the [y > 0] mask,
+for the others one that recomputes f on a private copy of x to get f'(x)) that
+is deleted again in ``finally``. No hooks are registered, the
 forward values are unchanged (in-place activations still write in place), and
 the model is left exactly as it was, also when the forward or backward raises.
 """
