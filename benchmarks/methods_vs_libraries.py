@@ -11,34 +11,46 @@ batch size. Reports images per second and the speed-up of xaibatch.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import copy
-import functools
-import io
-import time
-import warnings
+import os
 
-import numpy as np
-import timm
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin between jobs
 
-from xaibatch.layers import capture, find_target_layer
-from xaibatch.methods import Batch, ModelContext, create_method
-from xaibatch.segmentation import slic_segments
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import copy  # noqa: E402
+import functools  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+from xaibatch.layers import capture, find_target_layer  # noqa: E402
+from xaibatch.methods import Batch, ModelContext, create_method  # noqa: E402
+from xaibatch.segmentation import slic_segments  # noqa: E402
 
 
-REPEATS = 3
+def time_interleaved(jobs: list[tuple[str, str, object]], repeats: int) -> list[tuple[str, str, float]]:
+    """Run every job once per round, ``repeats`` rounds, after one warm-up; keep each job's fastest round.
 
-
-def timed(fn):
-    """Run ``fn`` REPEATS times; return the fastest run's seconds (least disturbed by other load) and its result."""
-    best, out = float("inf"), None
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+    Interleaving and the minimum keep a burst of load from other processes from
+    landing on one implementation only.
+    """
+    best = {(fam, impl): float("inf") for fam, impl, _ in jobs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # captum's "Setting backward hooks on ReLU activations"
+        for family in dict.fromkeys(fam for fam, _, _ in jobs):  # one family at a time: LIME's sklearn
+            group = [j for j in jobs if j[0] == family]  # threads must not slow down the gradient methods
+            for fam, impl, fn in group:
+                fn()  # warm-up
+            for _ in range(repeats):
+                for fam, impl, fn in group:
+                    t = time.perf_counter()
+                    fn()
+                    best[(fam, impl)] = min(best[(fam, impl)], time.perf_counter() - t)
+    return [(fam, impl, best[(fam, impl)]) for fam, impl, _ in jobs]
 
 
 def main() -> None:
@@ -52,9 +64,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3, help="time each implementation this often, keep the fastest")
     p.add_argument("--skip", nargs="*", default=[], choices=["guided", "lime"], help="families to leave out")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
-    global REPEATS
-    REPEATS = max(1, args.repeats)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
@@ -79,25 +92,23 @@ def main() -> None:
     n = args.images
     print(f"{args.arch} at {size}px on {dev}, {n} images, CAM layer {layer.name} {layer.grid}, "
           f"torch threads {torch.get_num_threads()}")
-    rows: list[tuple[str, str, float]] = []
+    jobs: list[tuple[str, str, object]] = []
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     if "guided" not in args.skip:
-        method = create_method("guided-gradcam", ctx)
+        ggc_method = create_method("guided-gradcam", ctx)
 
         def ours_ggc():
             with torch.enable_grad(), capture(layer) as store:
                 logits = model(x.clone().requires_grad_(True))
-            maps = method.explain(Batch(x, targets, logits, store["activations"])).maps
+            maps = ggc_method.explain(Batch(x, targets, logits, store["activations"])).maps
             sync()
             return maps
 
-        ours_ggc()  # warm-up
-        t, ours_maps = timed(ours_ggc)
-        rows.append(("guided-gradcam", "xaibatch, batched", t))
+        jobs.append(("guided-gradcam", "xaibatch, batched", ours_ggc))
 
         from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -117,10 +128,7 @@ def main() -> None:
                     out.append(grayscale[..., None] * gb)
             return out
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t, _ = timed(pgc_ggc)
-        rows.append(("guided-gradcam", "pytorch-grad-cam, per image", t))
+        jobs.append(("guided-gradcam", "pytorch-grad-cam, per image", pgc_ggc))
 
         from captum.attr import GuidedGradCam
 
@@ -131,25 +139,20 @@ def main() -> None:
             sync()
             return a
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            captum_ggc()
-            t, _ = timed(captum_ggc)
-        rows.append(("guided-gradcam", "captum, batched", t))
+        jobs.append(("guided-gradcam", "captum, batched", captum_ggc))
 
     if "lime" not in args.skip:
         seg_fn = functools.partial(slic_segments, n_segments=args.segments)
-        method = create_method("lime", ctx, samples=args.samples, segments=args.segments,
+        lime_method = create_method("lime", ctx, samples=args.samples, segments=args.segments,
                                batch_size=args.lime_batch_size)
 
         def ours_lime():
             segs = torch.from_numpy(np.stack([seg_fn(im) for im in images])).to(dev)  # workers' job in a run
-            e = method.explain(Batch(x, targets, None, None, segs, list(range(n))))
+            e = lime_method.explain(Batch(x, targets, None, None, segs, list(range(n))))
             sync()
             return e
 
-        t, ours_e = timed(ours_lime)
-        rows.append(("lime", "xaibatch, batched", t))
+        jobs.append(("lime", "xaibatch, batched", ours_lime))
 
         def classifier_fn(batch_u8: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -166,8 +169,7 @@ def main() -> None:
                         num_samples=args.samples, batch_size=args.lime_batch_size, segmentation_fn=seg_fn,
                     )
 
-        t, _ = timed(lime_lib)
-        rows.append(("lime", "lime, per image", t))
+        jobs.append(("lime", "lime, per image", lime_lib))
 
         from captum._utils.models.linear_model import SkLearnRidge
         from captum.attr import Lime
@@ -181,19 +183,17 @@ def main() -> None:
                         similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25))
             for i in range(n):
                 seg = torch.from_numpy(seg_fn(images[i])).to(dev)
-                fill = method._fill(x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # same mean colour
+                fill = lime_method._fill(x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # same mean colour
                 lime.attribute(x[i : i + 1], baselines=fill, target=int(targets[i]), feature_mask=seg[None, None],
                                n_samples=args.samples, perturbations_per_eval=args.lime_batch_size)
             sync()
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t, _ = timed(captum_lime)
-        rows.append(("lime", "captum, per image", t))
-        segs = [i["segments"] for i in ours_e.info]
+        jobs.append(("lime", "captum, per image", captum_lime))
+        segs = [i["segments"] for i in ours_lime().info]
         print(f"LIME: {args.samples} samples, {min(segs)}-{max(segs)} superpixels per image, "
               f"model batch {args.lime_batch_size}")
 
+    rows = time_interleaved(jobs, max(1, args.repeats))
     print(f"\n{'method':<16}{'implementation':<30}{'seconds':>9}{'images/s':>11}{'xaibatch is':>14}")
     for fam in dict.fromkeys(r[0] for r in rows):
         fam_rows = [r for r in rows if r[0] == fam]
