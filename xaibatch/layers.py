@@ -134,7 +134,16 @@ def capture(layer: TargetLayer) -> Iterator[dict[str, torch.Tensor]]:
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m, _i, out):
-        store["activations"] = layer.to_grid(out)
+        grid = layer.to_grid(out)
+        store["activations"] = grid
+        if layer.is_tokens:
+            # The grid is a reshaped copy the rest of the forward never sees, so the class
+            # score would have no gradient with respect to it. Continue the forward from
+            # the grid instead (same values), which puts it in the graph of the logits.
+            b, c, h, w = grid.shape
+            patches = grid.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            return torch.cat([out[:, : layer.prefix_tokens], patches], dim=1)
+        return None
 
     handle = layer.module.register_forward_hook(hook)
     try:

@@ -2,5 +2,7 @@
 
 from .base import METHODS, Batch, Explanation, Method, ModelContext, create_method, register_method
 from . import gradcam  # noqa: F401  (registers "gradcam")
+from . import guided_gradcam  # noqa: F401  (registers "guided-gradcam")
+from . import lime  # noqa: F401  (registers "lime")
 
 __all__ = ["METHODS", "Batch", "Explanation", "Method", "ModelContext", "create_method", "register_method"]

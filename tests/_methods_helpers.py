@@ -1,0 +1,77 @@
+"""Small models and a stand-in for the pipeline's per-batch work, for the method tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from xaibatch.layers import capture, find_target_layer
+from xaibatch.methods.base import Batch, ModelContext
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def tiny_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
+    """Create a random-init timm model in eval mode, the same weights for the same seed."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    return model.eval()
+
+
+def make_ctx(model: nn.Module, size: int) -> ModelContext:
+    return ModelContext(model, find_target_layer(model, size), size, MEAN, STD, torch.device("cpu"))
+
+
+def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Return n smooth-ish (size, size, 3) uint8 images: blocky colour patches plus noise."""
+    rng = np.random.default_rng(seed)
+    cells = rng.random((n, 4, 4, 3))
+    big = np.kron(cells, np.ones((1, size // 4, size // 4, 1)))
+    return (np.clip(big * 0.8 + rng.random(big.shape) * 0.2, 0, 1) * 255).astype(np.uint8)
+
+
+def normalize(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def make_batch(ctx: ModelContext, images: np.ndarray, activations: bool = True, segmenter=None, seeds=None,
+               targets=None) -> Batch:
+    """Do what the pipeline does for one batch: normalize, one forward (capturing the layer), targets, segments."""
+    x = normalize(images)
+    if activations:
+        with torch.enable_grad(), capture(ctx.layer) as store:
+            logits = ctx.model(x)
+        acts = store["activations"]
+    else:
+        with torch.no_grad():
+            logits = ctx.model(x)
+        acts = None
+    t = logits.argmax(1) if targets is None else torch.as_tensor(targets)
+    segments = None
+    if segmenter is not None:
+        segments = torch.from_numpy(np.stack([segmenter(im) for im in images])).long()
+    return Batch(x, t, logits, acts, segments, seeds)
+
+
+def model_state(model: nn.Module) -> list:
+    """Everything a temporary patch could leave behind, module by module."""
+    out = []
+    for name, m in model.named_modules():
+        out.append(
+            (
+                name,
+                type(m),
+                sorted(m.__dict__.keys()),
+                "forward" in m.__dict__,
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(getattr(m, "_backward_pre_hooks", {})),
+                len(getattr(m, "_forward_hooks_with_kwargs", {})),
+            )
+        )
+    return out

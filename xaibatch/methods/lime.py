@@ -1,0 +1,248 @@
+"""LIME (Ribeiro et al., 2016, https://arxiv.org/abs/1602.04938), batched across images.
+
+For each image: split it into superpixels (features), draw ``samples`` random
+on/off masks over them (the first all on, i.e. the image itself), replace the
+"off" superpixels by a neutral fill, ask the model for the probability of the
+explained class, and fit a weighted linear model of that probability on the
+masks. Each pixel's map value is its superpixel's coefficient. Follows the
+``lime`` package's ``LimeImageExplainer`` defaults: masks uniform in {0, 1},
+distances = cosine distance of each mask to the all-ones mask, kernel
+``sqrt(exp(-d**2 / 0.25**2))``, ``Ridge(alpha=1, fit_intercept=True)`` on all
+features (lime's 'auto' selection keeps all of them at its default
+``num_features=100000``).
+
+Batched: the masked images of all images of the batch are built on the device
+with gather/where from the superpixel labels and go through the model in
+chunks of ``batch_size``; the B weighted ridge regressions are solved together
+in float64 closed form. Images with fewer superpixels are padded with
+always-off columns, which after weighted centring are exactly zero and so
+change neither the real coefficients nor (computed over real features only)
+the distances. Masks come from a generator seeded per image from the method's
+``seed`` and the pipeline's per-image seed, so a map does not depend on which
+other images share its batch, nor on ``batch_size``.
+
+Maps are signed raw coefficients in probability units: a positive value means
+the superpixel is evidence *for* the explained class (hiding it lowers the
+class probability by about that much), a negative value evidence against it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..segmentation import slic_segments
+from .base import Batch, Explanation, Method, ModelContext, register_method
+
+KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
+RIDGE_ALPHA = 1.0  # lime_base's default Ridge(alpha=1)
+HIDE_MODES = ("mean", "zero", "blur")
+DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0}
+
+
+def mask_seed(method_seed: int, image_seed: int) -> int:
+    """Combine the method's seed and one image's seed into one 63-bit generator seed."""
+    ss = np.random.SeedSequence([int(method_seed) % 2**64, int(image_seed) % 2**64])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def sample_masks(n_features: int, samples: int, seed: int) -> torch.Tensor:
+    """Draw (samples, n_features) masks in {0, 1}, first row all ones, as lime's ``data_labels`` does."""
+    g = torch.Generator().manual_seed(seed)  # CPU generator: same masks on every device
+    z = torch.randint(0, 2, (samples, n_features), generator=g, dtype=torch.uint8).bool()
+    z[0] = True
+    return z
+
+
+def cosine_distances_to_ones(z: torch.Tensor, n_features: torch.Tensor) -> torch.Tensor:
+    """Return the cosine distance of each (zero-padded) mask row to the all-ones row of its real features.
+
+    For binary z with k ones among F features: 1 - k / (sqrt(k) sqrt(F)) = 1 - sqrt(k / F),
+    and 1 for an all-zero row (sklearn's convention for a zero vector).
+    """
+    k = z.to(torch.float64).sum(dim=-1)
+    return 1.0 - torch.sqrt(k / n_features.to(torch.float64)[:, None])
+
+
+def kernel_weights(distances: torch.Tensor, width: float = KERNEL_WIDTH) -> torch.Tensor:
+    """Apply lime's exponential kernel ``sqrt(exp(-d**2 / width**2))``."""
+    return torch.sqrt(torch.exp(-(distances**2) / width**2))
+
+
+def weighted_ridge(
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float = RIDGE_ALPHA
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve B weighted ridge regressions at once, as sklearn's ``Ridge(fit_intercept=True)`` with sample weights.
+
+    z: (B, S, F) design, y: (B, S) targets, w: (B, S) sample weights. Returns
+    coefficients (B, F), intercepts (B,) and the weighted R^2 (B,), all float64.
+    Centre by the weighted means, then solve (Zc' W Zc + alpha I) b = Zc' W yc.
+    """
+    z, y, w = z.to(torch.float64), y.to(torch.float64), w.to(torch.float64)
+    sw = w.sum(dim=1, keepdim=True)
+    z_mean = (w[..., None] * z).sum(dim=1, keepdim=True) / sw[..., None]
+    y_mean = (w * y).sum(dim=1, keepdim=True) / sw
+    zc = z - z_mean
+    yc = y - y_mean
+    zw = zc * w[..., None]
+    eye = torch.eye(z.shape[2], dtype=torch.float64, device=z.device)
+    a = zw.transpose(1, 2) @ zc + alpha * eye
+    b = (zw.transpose(1, 2) @ yc[..., None])[..., 0]
+    coef = torch.linalg.solve(a, b)
+    intercept = y_mean[:, 0] - (z_mean[:, 0] * coef).sum(dim=1)
+    resid = yc - (zc @ coef[..., None])[..., 0]
+    ss_res = (w * resid**2).sum(dim=1)
+    ss_tot = (w * yc**2).sum(dim=1)
+    perfect = torch.where(ss_res == 0, torch.ones_like(ss_res), torch.zeros_like(ss_res))
+    r2 = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), perfect)  # sklearn's force_finite
+    return coef, intercept, r2
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, H, W) with a separable Gaussian, reflect-padded so edges keep their colour."""
+    h, w = x.shape[2], x.shape[3]
+    radius = max(1, min(math.ceil(3 * sigma), h - 1, w - 1))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    out = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _labels_from_input(x: torch.Tensor, ctx: ModelContext, n_segments: int) -> torch.Tensor:
+    """Recover the uint8 images from the normalized input and segment them (when the pipeline gave no segments)."""
+    mean = torch.tensor(ctx.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(ctx.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    u8 = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    u8 = u8.permute(0, 2, 3, 1).cpu().numpy()
+    segs = np.stack([slic_segments(im, n_segments) for im in u8])
+    return torch.from_numpy(segs).to(x.device)
+
+
+def _contiguous(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relabel each image's superpixels to 0..F_i-1; return labels (B, H*W) and counts F_i (B,)."""
+    flat = segments.reshape(segments.shape[0], -1).long()
+    out = torch.empty_like(flat)
+    counts = torch.empty(flat.shape[0], dtype=torch.long)
+    for i in range(flat.shape[0]):  # per image, not per sample
+        uniq, inv = torch.unique(flat[i], return_inverse=True)
+        out[i] = inv
+        counts[i] = uniq.numel()
+    return out, counts
+
+
+@register_method
+class Lime(Method):
+    name = "lime"
+    title = "LIME"
+    signed = True
+
+    def __init__(self, ctx: ModelContext, **options: Any) -> None:
+        batch_size = options.pop("batch_size", 256)
+        unknown = set(options) - set(DEFAULTS)
+        if unknown:
+            raise UsageError(f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}")
+        opts = {**DEFAULTS, **options}
+        try:
+            opts["samples"] = int(opts["samples"])
+            opts["segments"] = int(opts["segments"])
+            opts["seed"] = int(opts["seed"])
+            batch_size = int(batch_size)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers ({e})") from None
+        opts["hide"] = str(opts["hide"])
+        if opts["samples"] < 2:
+            raise UsageError("lime: samples must be at least 2")
+        if opts["segments"] < 2:
+            raise UsageError("lime: segments must be at least 2")
+        if opts["hide"] not in HIDE_MODES:
+            raise UsageError(f"lime: hide must be one of {', '.join(HIDE_MODES)}, not {opts['hide']!r}")
+        if batch_size < 1:
+            raise UsageError("lime: batch_size must be at least 1")
+        super().__init__(ctx, **opts)
+        self.samples: int = opts["samples"]
+        self.segments: int = opts["segments"]
+        self.hide: str = opts["hide"]
+        self.seed: int = opts["seed"]
+        self.batch_size = batch_size  # not in config(): it does not change the maps
+
+    def config(self) -> dict[str, Any]:
+        return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed}
+
+    def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
+        return functools.partial(slic_segments, n_segments=self.segments)
+
+    def _fill(self, x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
+        """Return what hidden superpixels show, (B, C, H, W) in normalized input space."""
+        if self.hide == "zero":  # black in pixel space
+            mean = torch.tensor(self.ctx.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.ctx.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            return ((0.0 - mean) / std).expand_as(x)
+        if self.hide == "blur":
+            return _gaussian_blur(x, sigma=max(1.0, x.shape[2] / 16))
+        # "mean": every superpixel filled with its own mean colour (lime's hide_color=None).
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1)
+        idx = labels[:, None, :].expand(b, c, -1)
+        sums = torch.zeros(b, c, n_max, dtype=torch.float64, device=x.device).scatter_add_(2, idx, flat.double())
+        counts = torch.zeros(b, 1, n_max, dtype=torch.float64, device=x.device).scatter_add_(
+            2, labels[:, None, :], torch.ones_like(labels[:, None, :], dtype=torch.float64)
+        )
+        means = (sums / counts.clamp_min(1)).to(x.dtype)
+        return torch.gather(means, 2, idx).view_as(x)
+
+    def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W)."""
+        x = batch.x
+        b, c, h, w = x.shape
+        s = masks.shape[1]
+        fill = self._fill(x, labels, masks.shape[2])
+        targets = batch.targets.to(x.device)
+        probs = torch.empty(b * s, dtype=torch.float64, device=x.device)
+        model = self.ctx.model
+        with torch.no_grad():
+            for start in range(0, b * s, self.batch_size):  # chunks of the model batch, not samples
+                idx = torch.arange(start, min(b * s, start + self.batch_size), device=x.device)
+                img, row = idx // s, idx % s
+                keep = torch.gather(masks[img, row], 1, labels[img]).view(-1, 1, h, w)
+                perturbed = torch.where(keep, x[img], fill[img])
+                p = torch.softmax(model(perturbed).float(), dim=1)
+                probs[idx] = p.gather(1, targets[img][:, None])[:, 0].double()
+        return probs.view(b, s)
+
+    def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return contiguous labels (B, H*W), counts (B,) and zero-padded masks (B, S, F_max) on the device."""
+        segments = batch.segments if batch.segments is not None else _labels_from_input(batch.x, self.ctx, self.segments)
+        labels, counts = _contiguous(segments.to(batch.x.device))
+        b = labels.shape[0]
+        seeds = batch.seeds if batch.seeds is not None else [0] * b
+        if len(seeds) != b:
+            raise ValueError(f"lime: {len(seeds)} seeds for {b} images")
+        n_max = int(counts.max())
+        masks = torch.zeros(b, self.samples, n_max, dtype=torch.bool)
+        for i in range(b):  # seeding only
+            masks[i, :, : counts[i]] = sample_masks(int(counts[i]), self.samples, mask_seed(self.seed, seeds[i]))
+        return labels, counts, masks.to(batch.x.device)
+
+    def explain(self, batch: Batch) -> Explanation:
+        x = batch.x
+        labels, counts, masks = self.sample(batch)
+        probs = self.class_probabilities(batch, labels, masks)
+        distances = cosine_distances_to_ones(masks, counts.to(x.device))
+        weights = kernel_weights(distances)
+        coef, intercept, r2 = weighted_ridge(masks, probs, weights)
+        maps = torch.gather(coef, 1, labels).view(x.shape[0], x.shape[2], x.shape[3]).float()
+        info = [
+            {"segments": int(counts[i]), "score": float(r2[i]), "intercept": float(intercept[i])}
+            for i in range(x.shape[0])
+        ]
+        return Explanation(maps, info)
