@@ -21,6 +21,8 @@ from skimage.segmentation import slic
 COMPACTNESS = 20.0
 RETRY_COMPACTNESS = 80.0
 SIGMA = 1.0
+# Part of LIME's configuration hash: change any setting here and cached LIME maps are recomputed.
+SEGMENTATION_CONFIG = f"slic c={COMPACTNESS:g}/{RETRY_COMPACTNESS:g} sigma={SIGMA:g} grid-fallback"
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:

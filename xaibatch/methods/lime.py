@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..segmentation import slic_segments
+from ..segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 
 KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
@@ -176,7 +176,8 @@ class Lime(Method):
         self.batch_size = batch_size  # not in config(): it does not change the maps
 
     def config(self) -> dict[str, Any]:
-        return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed}
+        return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
+                "segmentation": SEGMENTATION_CONFIG}
 
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
