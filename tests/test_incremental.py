@@ -72,6 +72,18 @@ def _state(out: Path) -> tuple[dict, dict]:
     return images, maps
 
 
+def _assert_close(a, b) -> None:
+    (ia, ma), (ib, mb) = a, b
+    assert ia.keys() == ib.keys() and ma.keys() == mb.keys()
+    for rel in ia:
+        assert ia[rel][:4] == ib[rel][:4] and ia[rel][5] == ib[rel][5], rel
+        np.testing.assert_allclose(ia[rel][4], ib[rel][4], atol=1e-5)
+    for k in ma:
+        assert ma[k][:2] == mb[k][:2], k
+        np.testing.assert_allclose(np.frombuffer(ma[k][2], np.float32), np.frombuffer(mb[k][2], np.float32),
+                                   atol=1e-5)
+
+
 def _bump_mtime(p: Path, by_ns: int = 5_000_000_000) -> None:
     st = p.stat()
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + by_ns))
@@ -149,10 +161,11 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
         if "img_001" not in f and "img_005" not in f:
             assert after[f] == t, f
 
-    # the incremental result equals a fresh run over the same folder
+    # the incremental result equals a fresh run over the same folder (up to float noise: CPU kernels
+    # differ with batch size, and a re-run batches only the new and changed images)
     fresh = tmp_path / "fresh"
     run(_opts(inp, fresh, tiny_ckpt), log=_quiet)
-    assert _state(fresh) == _state(out)
+    _assert_close(_state(fresh), _state(out))
 
     runs = Manifest(out / "xaibatch.sqlite").runs()
     assert [r["status"] for r in runs] == ["ok", "ok"]

@@ -342,9 +342,9 @@ def _signals(enabled: bool):
             raise KeyboardInterrupt
         stop.signum = signum
 
-    wanted = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in wanted}
-    for s in wanted:
+    # A signal ignored when we started stays ignored (e.g. SIGINT of a background job in sh).
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    for s in previous:
         signal.signal(s, handler)
     try:
         yield stop
