@@ -81,10 +81,11 @@ class _RunCommand(click.Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
     def parse_args(self, ctx, args):
+        wants_json = "--log-json" in args  # before parsing: click consumes the list
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as e:
-            if "--log-json" in args:
+            if wants_json:
                 from .runlog import JsonLog
 
                 JsonLog(sys.stdout).end(e.exit_code, error=e.format_message())
