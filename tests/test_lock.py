@@ -159,13 +159,16 @@ def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
                           text=True).stdout.strip()
     rec = {"pid": int(dead), "host": socket.gethostname(), "started_ts": time.time() - 3600}
     (out / LOCK_NAME).write_text(json.dumps(rec))
-    (out / "maps").mkdir()
-    (out / "maps" / ".x.npy.12345.tmp").write_bytes(b"half")
+    (out / "maps" / "gradcam").mkdir(parents=True)
+    half = out / "maps" / "gradcam" / f".img_000.npy.{dead}.tmp"
+    half.write_bytes(b"half")
+    live = out / f".notes.txt.{os.getpid()}.tmp"  # a live process's temp file is not ours to delete
+    live.write_bytes(b"")
     said: list[str] = []
     r = run(_opts(inp, out, tiny_ckpt), log=said.append)
     assert r.computed == 2
     assert any(f"pid {dead}" in s for s in said)
-    assert not (out / "maps" / ".x.npy.12345.tmp").exists()
+    assert not half.exists() and live.exists()
 
 
 def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):

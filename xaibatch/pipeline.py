@@ -55,7 +55,7 @@ from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError, XaibatchError
 from .files import safe_join, save_npy, save_png
 from .layers import TargetLayer, capture, find_target_layer
-from .lock import LOCK_NAME, OutputLock, describe
+from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
@@ -371,9 +371,13 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     with _signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
 
+        waited = [0.0]
+
         def acquire() -> float:
-            return lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
-                                should_stop=lambda: stop.requested, on_wait=log)
+            w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
+                             should_stop=lambda: stop.requested, on_wait=log)
+            waited[0] += w
+            return w
 
         try:
             if out.is_dir():  # lock first, so a second run exits before loading anything
@@ -384,7 +388,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 _make_out(out)
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     prepared = prepare(opts)
-            return _run_locked(opts, out, lock, prepared, stop, log, t0)
+            return _run_locked(opts, out, lock, prepared, stop, log, t0, waited[0])
         finally:
             lock.release()
 
@@ -396,10 +400,13 @@ def _make_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
-def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _Stop, log, t0: float) -> RunResult:
+def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _Stop, log, t0: float,
+                waited: float) -> RunResult:
     device, found, model, names, layer, ctx, methods = prepared
     emit = opts.on_event or (lambda event: None)
-    timings = {"prepare": time.time() - t0}
+    timings = {"prepare": time.time() - t0 - waited}
+    if waited:
+        timings["wait"] = waited
 
     predict_cfg = {
         "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
@@ -426,13 +433,15 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     manifest = Manifest(out / MANIFEST_NAME)
     run_id: int | None = None
     failed = list(found.skipped)
-    tally = {"computed": 0}
+    tally = {"computed": 0, "done": 0}
     counts: dict[str, int] = {}
     try:
-        # A previous run that died (SIGKILL, power) left its run row 'running' and maybe temp/orphan files.
+        # A previous run that died (SIGKILL, power) left its run row 'running' or its holder record in the
+        # lock file, and maybe temporary files and files no committed row points at.
         killed = manifest.close_stale_runs()
-        swept = sweep_temp_files(out)
         if killed or lock.previous:
+            prev = lock.previous.get("pid") if lock.previous else None
+            swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
             swept += sweep_orphans(out, manifest)
             who = f" ({describe(lock.previous)})" if lock.previous else ""
             log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
@@ -472,9 +481,11 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                      predict_hash, run_id, failed, tally, stop, emit)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(failed), computed=tally["computed"])
-        status = "interrupted" if stop.requested else ("some-failed" if failed else "ok")
+        stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
+        status = "interrupted" if stopped else ("some-failed" if failed else "ok")
         manifest.finish_run(run_id, status, time.time() - t0, counts)
     except BaseException as e:
+        sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         if run_id is not None:
             counts.update(failed=len(failed), computed=tally["computed"])
             bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
@@ -503,11 +514,14 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     return result
 
 
-_TEMP_RE = re.compile(r"^\..+\.\d+\.tmp$|^\.xaibatch-write-test\.\d+$")
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
 
 
-def sweep_temp_files(out: Path) -> int:
-    """Delete temporary files (``.<name>.<pid>.tmp``) a killed run left; only call while holding the lock."""
+def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
+    """Delete temporary files (``.<name>.<pid>.tmp``, see files.atomic_write_bytes) whose writer ``stale(pid)``.
+
+    Walks the whole folder, so it runs only after an unclean stop; call it only while holding the lock.
+    """
     n = 0
     stack = [out]
     while stack:
@@ -521,7 +535,7 @@ def sweep_temp_files(out: Path) -> int:
                 try:
                     if ent.is_dir(follow_symlinks=False):
                         stack.append(Path(ent.path))
-                    elif _TEMP_RE.match(ent.name) and ent.name != LOCK_NAME:
+                    elif (m := _TEMP_RE.match(ent.name)) and stale(int(m.group(1) or m.group(2))):
                         os.unlink(ent.path)
                         n += 1
                 except OSError:
@@ -726,6 +740,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     raise writer.error
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 failed.extend(job_failed)
+                tally["done"] += len(job_failed) + len(b["index"])
                 for rel, reason in job_failed:
                     emit({"event": "failure", "path": rel, "reason": reason})
                 # Images that were fine before and fail now leave the report with their files.
