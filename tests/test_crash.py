@@ -231,19 +231,27 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 1), (signal.SIGINT, 0)])
-def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckpt, sig, workers):
+@pytest.mark.parametrize("sig,workers,json_log", [(signal.SIGTERM, 1, False), (signal.SIGINT, 0, True)])
+def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckpt, sig, workers, json_log):
     inp, out = _starting_folder(tmp_path, tiny_ckpt)
     ref = _reference(tmp_path, out, inp, tiny_ckpt)
     # the whole process group, as systemd (KillMode=control-group) and a terminal's Ctrl-C do
-    proc = _cli(inp, out, tiny_ckpt, delay=0.3, workers=workers, new_session=True)
+    proc = _cli(inp, out, tiny_ckpt, delay=0.3, workers=workers, new_session=True,
+                extra=["--log-json"] if json_log else [])
     _wait_for(proc, lambda: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH,
               "the first batch's commit")
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert "skipped (unchanged)" in stdout  # the summary line of what was done
+    if json_log:
+        import json
+
+        end = json.loads(stdout.strip().splitlines()[-1])
+        assert end["event"] == "end" and end["exit_code"] == 5 and end["status"] == "interrupted"
+        assert end["skipped"] == N_OLD - 2 and 0 < end["computed"] < N_NEW + 1
+    else:
+        assert "skipped (unchanged)" in stdout  # the summary line of what was done
 
     runs = Manifest(out / "xaibatch.sqlite").runs()
     last = runs[-1]
