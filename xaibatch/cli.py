@@ -19,8 +19,8 @@ EXIT_CODES_HELP = (
     "  1  success, but some images could not be read (listed in the report)\n"
     "  2  usage error (bad option, folder, model or checkpoint)\n"
     "  3  runtime error\n"
-    "  4  another run holds the output folder's lock\n"
-    "  5  interrupted (SIGINT/SIGTERM); finished batches are saved"
+    "  4  another run holds the output folder's lock (see --wait)\n"
+    "  5  interrupted (SIGINT/SIGTERM); finished batches are saved, the next run continues"
 )
 
 
@@ -77,7 +77,24 @@ def _default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+class _RunCommand(click.Command):
+    """With --log-json, an option error still ends with a JSON line (exit code 2)."""
+
+    def parse_args(self, ctx, args):
+        wants_json = "--log-json" in args  # before parsing: click consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if wants_json:
+                from .runlog import JsonLog
+
+                JsonLog(sys.stdout).end(e.exit_code, error=e.format_message())
+            raise
+
+
+
+
+@cli.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--method", "-m", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("gradcam",),
               show_default=True, help="Explanation method; repeat for several (e.g. -m gradcam -m lime).")
@@ -109,10 +126,18 @@ def _default_workers() -> int:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
 @click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line, no list of failed images.")
+@click.option("--wait", is_flag=True,
+              help="If another run holds --out, wait for it to finish instead of exiting with code 4.")
+@click.option("--wait-timeout", type=click.FloatRange(0), metavar="SECONDS",
+              help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). "
+                   "Implies --wait.")
+@click.option("--log-json", is_flag=True,
+              help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
+                   "instead of the summary line; for schedulers and log collectors.")
 @reported
 def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet):
+        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -120,22 +145,60 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
       xaibatch run data/CIFAKE/test --method gradcam
       xaibatch run data/CIFAKE/test -m gradcam -m guided-gradcam -m lime --out reports/cifake
       xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
+
+    \b
+    Re-runs are incremental: unchanged images (same size and mtime, or same
+    sha256) with unchanged settings are skipped; new and changed images are
+    computed; images gone from INPUT_DIR leave the report and their files are
+    deleted. One run per --out at a time (see --wait). Not on a terminal there is
+    no progress bar, just one summary line (or JSON lines with --log-json).
     """
     from .pipeline import RunOptions
     from .pipeline import run as run_pipeline
+    from .runlog import JsonLog, exit_code_for
 
     out = out or Path("outputs") / input_dir.resolve().name
+    jlog = JsonLog(sys.stdout) if log_json else None
+    human = not quiet and not log_json
+    if jlog:
+        jlog.start(pid=os.getpid(), input_dir=str(input_dir), out_dir=str(out), methods=list(methods),
+                   version=__version__)
     opts = RunOptions(
         input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
         workers=workers, labeled=False if unlabeled else None,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
-        seed=seed, template_dir=template_dir, progress=not quiet and sys.stdout.isatty(),
+        seed=seed, template_dir=template_dir, progress=human and sys.stderr.isatty(),
+        wait=wait, wait_timeout=wait_timeout, on_event=jlog,
     )
-    result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
-    if not quiet:
+    try:
+        result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
+    except BaseException as e:  # the summary of an interrupted run, the JSON end line of any failure
+        partial = getattr(e, "result", None)
+        if partial is not None and human:
+            _list_failures(partial.failed)
+            click.echo(partial.summary_line())
+        if jlog:
+            jlog.end(exit_code_for(e), partial, error=str(e) or type(e).__name__)
+        raise
+    code = EXIT_SOME_FAILED if result.failed else EXIT_OK
+    if human:
+        _list_failures(result.failed)
         click.echo(result.summary_line())
-    sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
+    if jlog:
+        jlog.end(code, result)
+    sys.exit(code)
+
+
+def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
+    if not failed:
+        return
+    click.echo(f"xaibatch: {len(failed)} image(s) could not be read:", err=True)
+    for rel, reason in failed[:limit]:
+        click.echo(f"  {rel}: {reason}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)
+
 
 
 @cli.command()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .errors import XaibatchError
+
 SCHEMA_VERSION = 1
 FILENAME = "xaibatch.sqlite"
 
@@ -25,7 +27,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started_at REAL NOT NULL,
     finished_at REAL,
-    status TEXT NOT NULL,              -- running | ok | some-failed | interrupted | error
+    status TEXT NOT NULL,              -- running | ok | some-failed | interrupted | error | killed
     input_dir TEXT NOT NULL,
     config_json TEXT NOT NULL,
     predict_hash TEXT NOT NULL,
@@ -88,16 +90,30 @@ class MapRow:
     run_id: int
 
 
+class ManifestError(XaibatchError):
+    """The manifest file exists but SQLite cannot use it (exit code 3)."""
+
+
 class Manifest:
     """A thin typed layer over the SQLite file; one instance per thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        except sqlite3.Error as e:
+            raise ManifestError(f"cannot open the manifest {self.path}: {e}") from None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise ManifestError(
+                f"the manifest {self.path} is unusable ({e}); move it (and the folder's other files) away "
+                "to start a fresh report there"
+            ) from None
 
     def close(self) -> None:
         self.db.close()
@@ -120,6 +136,13 @@ class Manifest:
             f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, {cols} WHERE id = ?",
             (status, time.time(), seconds, *counts.values(), run_id),
         )
+
+    def close_stale_runs(self) -> list[int]:
+        """Mark runs left ``running`` by a killed process as ``killed``; call only while holding the lock."""
+        ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
+        if ids:
+            self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
+        return ids
 
     def runs(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM runs ORDER BY id")
@@ -164,8 +187,23 @@ class Manifest:
         )
 
     def put_failure(self, rel: str, reason: str, run_id: int) -> None:
+        """An image that cannot be read now leaves the report: its image and map rows go (files: the caller)."""
         self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (rel, reason, run_id))
         self.db.execute("DELETE FROM images WHERE rel = ?", (rel,))
+        self.db.execute("DELETE FROM maps WHERE rel = ?", (rel,))
+
+    def remove_failures(self, rels: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM failures WHERE rel = ?", ((r,) for r in rels))
+
+    def referenced_files(self) -> set[str]:
+        """Every output path (relative to the folder) the manifest points at."""
+        out: set[str] = set()
+        for (stem,) in self.db.execute("SELECT stem FROM images"):
+            out.add(f"images/{stem}.png")
+            out.add(f"thumbs/image/{stem}.png")
+        for npy, png, thumb in self.db.execute("SELECT npy, png, thumb FROM maps"):
+            out.update(p for p in (npy, png, thumb) if p)
+        return out
 
     def remove_images(self, rels: Iterable[str]) -> None:
         rels = list(rels)

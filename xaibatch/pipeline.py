@@ -5,6 +5,27 @@ gone; which of their maps are missing or stale), then only that work streams
 through the model: DataLoader workers decode, the device computes one shared
 forward per batch plus what each method needs, and a writer thread saves maps
 and commits the manifest one batch per transaction while the next batch runs.
+
+Safe to run from a scheduler:
+
+* One run per output folder (:mod:`xaibatch.lock`); ``--wait`` queues behind the holder.
+* Incremental: an image is skipped when its size and mtime match the manifest
+  (no hashing), or when they moved but its sha256 did not; a map is recomputed
+  when its configuration hash (checkpoint sha256, arch, input size, normalization,
+  classes, target, MAP_FORMAT_VERSION, method and its options, target layer,
+  seed) changed. New and changed images get every requested method; an image
+  whose content or model changed loses the maps of methods not requested this
+  time (they described the old picture). Images gone from the input, or no longer
+  readable, leave the manifest, and then their files are deleted.
+* Crash-safe: files are written to a temporary name and renamed; a batch's rows
+  are committed only after all its files are in place; rows of removed images
+  are deleted before their files. A killed run leaves the last committed state;
+  the next run marks its run row ``killed``, deletes stale temporary files, and
+  (when the previous run never released the lock) files no row points at.
+* SIGINT/SIGTERM: the current batch finishes, queued batches are written, the run
+  row says ``interrupted``, the report shows what is done, and
+  :class:`~xaibatch.errors.Interrupted` is raised (exit code 5). A second signal
+  stops at once (still consistent, just without the report).
 """
 
 from __future__ import annotations
@@ -13,10 +34,14 @@ import hashlib
 import json
 import os
 import queue
+import re
+import signal
 import sys
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -27,9 +52,10 @@ import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
-from .errors import InputError, UsageError, XaibatchError
+from .errors import InputError, Interrupted, UsageError, XaibatchError
 from .files import safe_join, save_npy, save_png
 from .layers import TargetLayer, capture, find_target_layer
+from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
@@ -56,6 +82,10 @@ class RunOptions:
     seed: int = 0
     template_dir: Path | None = None
     progress: bool = False
+    wait: bool = False  # another run holds out_dir: wait for it instead of raising LockHeld
+    wait_timeout: float | None = None  # with wait: give up after this many seconds
+    on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
+    handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
 
 
 @dataclass
@@ -69,14 +99,18 @@ class RunResult:
     removed: int
     failed: list[tuple[str, str]]
     seconds: float
-    report: Path
+    report: Path | None
     layer: str | None
     accuracy: float | None
+    status: str = "ok"  # ok | some-failed | interrupted (the run row's status)
+    run_id: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: prepare, plan, compute, report
 
     def summary_line(self) -> str:
+        stopped = " (interrupted)" if self.status == "interrupted" else ""
         return (
-            f"xaibatch: {self.seen} images seen, {self.computed} computed, {self.unchanged} unchanged, "
-            f"{len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s -> {self.report}"
+            f"xaibatch: {self.seen} images seen, {self.computed} computed, {self.unchanged} skipped (unchanged), "
+            f"{len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> {self.report}"
         )
 
 
@@ -168,13 +202,18 @@ class _Writer(threading.Thread):
                 save_png(safe_join(self.out_dir, png), pic)
                 save_png(safe_join(self.out_dir, thumb), thumbnail(pic))
                 maps_rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, job["run_id"]))
+        # Every file of the batch is in place (renamed from its temporary name): only now do the rows point at them.
         with manifest.transaction():
             for row in job["image_rows"]:
                 manifest.put_image(row)
+            for rel, method in job.get("drop_maps", ()):
+                manifest.remove_map(rel, method)
             for row in maps_rows:
                 manifest.put_map(row)
             for rel, reason in job["failed"]:
                 manifest.put_failure(rel, reason, job["run_id"])
+        # Files no committed row points at any more (stale maps, images that became unreadable).
+        _unlink_all(self.out_dir, job.get("discard", ()))
         self.on_done(len(job["items"]) + len(job["failed"]))
 
 
@@ -275,17 +314,99 @@ def prepare(opts: RunOptions):
     return device, found, model, names, layer, ctx, methods
 
 
+class _Stop:
+    """Set by the SIGINT/SIGTERM handler; polled between batches."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "signal"
+
+
+@contextmanager
+def _signals(enabled: bool):
+    """SIGINT/SIGTERM set a flag for the duration of the run; a second one stops at once. Restores the old handlers."""
+    stop = _Stop()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    # A signal ignored when we started stays ignored (e.g. SIGINT of a background job in sh).
+    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch.
+
+    (A Ctrl-C reaches the whole process group, and systemd signals the whole
+    cgroup; a worker dying on it would make the main process fail instead of
+    stopping cleanly.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
+    """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
-    device, found, model, names, layer, ctx, methods = prepare(opts)
     out = Path(opts.out_dir)
+    with _signals(opts.handle_signals) as stop:
+        lock = OutputLock(out)
+
+        waited = [0.0]
+
+        def acquire() -> float:
+            w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
+                             should_stop=lambda: stop.requested, on_wait=log)
+            waited[0] += w
+            return w
+
+        try:
+            if out.is_dir():  # lock first, so a second run exits before loading anything
+                acquire()
+                prepared = prepare(opts)
+            else:  # nothing to protect yet: check everything before creating the folder
+                prepared = prepare(opts)
+                _make_out(out)
+                if acquire() > 0:  # the folder appeared and was busy: look at the input again
+                    prepared = prepare(opts)
+            return _run_locked(opts, out, lock, prepared, stop, log, t0, waited[0])
+        finally:
+            lock.release()
+
+
+def _make_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".xaibatch-write-test.{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+
+
+def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _Stop, log, t0: float,
+                waited: float) -> RunResult:
+    device, found, model, names, layer, ctx, methods = prepared
+    emit = opts.on_event or (lambda event: None)
+    timings = {"prepare": time.time() - t0 - waited}
+    if waited:
+        timings["wait"] = waited
 
     predict_cfg = {
         "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
@@ -308,60 +429,210 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
         "labeled": found.classes is not None, "class_names": names,
     }
 
+    t_plan = time.time()
     manifest = Manifest(out / MANIFEST_NAME)
+    run_id: int | None = None
+    failed = list(found.skipped)
+    tally = {"computed": 0, "done": 0}
+    counts: dict[str, int] = {}
     try:
+        # A previous run that died (SIGKILL, power) left its run row 'running' or its holder record in the
+        # lock file, and maybe temporary files and files no committed row points at.
+        killed = manifest.close_stale_runs()
+        if killed or lock.previous:
+            prev = lock.previous.get("pid") if lock.previous else None
+            swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
+            swept += sweep_orphans(out, manifest)
+            who = f" ({describe(lock.previous)})" if lock.previous else ""
+            log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
+                "continuing where it stopped")
         known = manifest.images()
         known_maps = manifest.maps()
+        known_failures = {rel for rel, _ in manifest.failures()}
         run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
-        plan = _plan(found, known, known_maps, predict_hash, method_hashes)
+        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        counts = {
+            "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
+            "changed": len(plan["changed"]), "removed": len(plan["removed"]),
+            "unchanged": len(found.images) - len(plan["work"]), "failed": len(failed), "computed": 0,
+        }
+        emit({"event": "plan", "run_id": run_id, **{k: counts[k] for k in ("seen", "added", "changed", "removed",
+                                                                          "unchanged")},
+              "to_compute": len(plan["work"])})
+        present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
+        maps_by_rel = _maps_by_rel(known_maps)
+        discard = _files_of(plan["removed"], known, maps_by_rel)
+        discard += _files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
         with manifest.transaction():
-            _remove(out, manifest, plan["removed"], known_maps)
+            manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
+            manifest.remove_failures(r for r in known_failures if r not in present)
             for rel, reason in found.skipped:
                 manifest.put_failure(rel, reason, run_id)
             for e in plan["touched"]:
                 manifest.touch_image(e.rel, e.size, e.mtime_ns)
-        failed = list(found.skipped)
-        computed = _compute(opts, out, found, plan, names, methods, method_hashes, ctx, model, predict_hash,
-                            run_id, failed, log)
-        seconds = time.time() - t0
-        counts = {
-            "seen": len(found.images), "added": len(plan["added"]), "changed": len(plan["changed"]),
-            "removed": len(plan["removed"]), "unchanged": len(found.images) - len(plan["work"]),
-            "failed": len(failed), "computed": computed,
-        }
-        manifest.finish_run(run_id, "some-failed" if failed else "ok", seconds, counts)
+        _unlink_all(out, discard)
+        for rel, reason in found.skipped:
+            emit({"event": "failure", "path": rel, "reason": reason})
+        timings["plan"] = time.time() - t_plan
+
+        t_compute = time.time()
+        if not stop.requested:
+            _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model,
+                     predict_hash, run_id, failed, tally, stop, emit)
+        timings["compute"] = time.time() - t_compute
+        counts.update(failed=len(failed), computed=tally["computed"])
+        stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
+        status = "interrupted" if stopped else ("some-failed" if failed else "ok")
+        manifest.finish_run(run_id, status, time.time() - t0, counts)
+    except BaseException as e:
+        sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
+        if run_id is not None:
+            counts.update(failed=len(failed), computed=tally["computed"])
+            bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+            try:
+                manifest.finish_run(run_id, bad, time.time() - t0, counts)
+            except Exception:
+                pass  # the original error matters more
+        raise
     finally:
         manifest.close()
 
     from .report import write_report
 
+    t_report = time.time()
     report = write_report(out, template_dir=opts.template_dir)
     _write_csv(out, names)
-    acc = None
-    return RunResult(out, counts["seen"], computed, counts["unchanged"], counts["added"], counts["changed"],
-                     counts["removed"], failed, time.time() - t0, report, layer.name if layer else None, acc)
+    timings["report"] = time.time() - t_report
+    result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
+                       counts["changed"], counts["removed"], failed, time.time() - t0, report,
+                       layer.name if layer else None, None, status=status, run_id=run_id, timings=timings)
+    if status == "interrupted":
+        e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan['work'])} image(s); "
+                        "finished batches are saved, the next run computes the rest")
+        e.result = result  # type: ignore[attr-defined]
+        raise e
+    return result
+
+
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
+
+
+def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
+    """Delete temporary files (``.<name>.<pid>.tmp``, see files.atomic_write_bytes) whose writer ``stale(pid)``.
+
+    Walks the whole folder, so it runs only after an unclean stop; call it only while holding the lock.
+    """
+    n = 0
+    stack = [out]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for ent in it:
+                try:
+                    if ent.is_dir(follow_symlinks=False):
+                        stack.append(Path(ent.path))
+                    elif (m := _TEMP_RE.match(ent.name)) and stale(int(m.group(1) or m.group(2))):
+                        os.unlink(ent.path)
+                        n += 1
+                except OSError:
+                    pass
+    return n
+
+
+_OWN_DIRS = ("images", "thumbs", "maps")
+_OWN_SUFFIXES = (".png", ".npy")
+
+
+def sweep_orphans(out: Path, manifest: Manifest) -> int:
+    """Delete map/image files under images/, thumbs/, maps/ that no manifest row points at.
+
+    A run killed after writing a batch's files but before committing its rows
+    leaves such files; normally the next run rewrites them, but not if the image
+    has left the input meanwhile. Only run after an unclean stop (it walks every file).
+    """
+    referenced = manifest.referenced_files()
+    n = 0
+    for top in _OWN_DIRS:
+        root = out / top
+        if not root.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                if not name.endswith(_OWN_SUFFIXES):
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = PurePosixPath(*Path(os.path.relpath(full, out)).parts).as_posix()
+                if rel not in referenced:
+                    try:
+                        os.unlink(full)
+                        n += 1
+                    except OSError:
+                        pass
+    return n
+
+
+def _maps_by_rel(known_maps: dict[tuple[str, str], MapRow]) -> dict[str, dict[str, MapRow]]:
+    index: dict[str, dict[str, MapRow]] = defaultdict(dict)
+    for (rel, m), row in known_maps.items():
+        index[rel][m] = row
+    return index
+
+
+def _files_of(rels, known: dict[str, ImageRow], maps_by_rel: dict[str, dict[str, MapRow]]) -> list[str]:
+    """Output files of these images as the manifest records them (their stored stem, not a recomputed one)."""
+    paths: list[str] = []
+    for rel in rels:
+        for row in maps_by_rel.get(rel, {}).values():
+            paths += [p for p in (row.npy, row.png, row.thumb) if p]
+        row = known.get(rel)
+        if row is not None:
+            paths += [f"images/{row.stem}.png", f"thumbs/image/{row.stem}.png"]
+    return paths
+
+
+def _unlink_all(out: Path, paths) -> None:
+    for p in paths:
+        try:
+            safe_join(out, p).unlink(missing_ok=True)
+        except (OSError, UsageError):
+            pass
 
 
 def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, str], MapRow],
-          predict_hash: str, method_hashes: dict[str, str]) -> dict[str, Any]:
-    """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved."""
+          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str]) -> dict[str, Any]:
+    """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
+
+    Failed images are retried every run (they count as neither added nor changed).
+    """
     added, changed, touched = [], [], []
     work: dict[str, tuple[ImageEntry, list[str], bool]] = {}
+    # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
+    suspects = [e for e in found.images
+                if (row := known.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)]
+    same_content: dict[str, bool] = {}
+    if suspects:
+        def same(e: ImageEntry) -> bool:
+            try:
+                return file_sha256(e.path) == known[e.rel].sha256
+            except OSError:
+                return False
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            same_content = dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
     for e in found.images:
         row = known.get(e.rel)
         content_same = False
         if row is not None:
-            if row.size == e.size and row.mtime_ns == e.mtime_ns:
-                content_same = True
-            else:
-                try:
-                    content_same = file_sha256(e.path) == row.sha256
-                except OSError:
-                    content_same = False
-                if content_same:
-                    touched.append(e)
+            content_same = same_content.get(e.rel, True)
+            if e.rel in same_content and content_same:
+                touched.append(e)
         if row is None:
-            added.append(e)
+            if e.rel not in known_failures:
+                added.append(e)
         elif not content_same:
             changed.append(e)
         fresh_prediction = row is None or not content_same or row.predict_hash != predict_hash
@@ -373,30 +644,72 @@ def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, s
             work[e.rel] = (e, todo, fresh_prediction)
     present = {e.rel for e in found.images}
     removed = [r for r in known if r not in present]
-    return {"added": added, "changed": changed, "touched": touched, "work": work, "removed": removed}
+    return {"added": added, "changed": changed, "touched": touched, "work": work, "removed": removed,
+            "stems": assign_stems([e.rel for e in found.images], known)}
 
 
-def _remove(out: Path, manifest: Manifest, rels: list[str], known_maps: dict[tuple[str, str], MapRow]) -> None:
-    """Images gone from the input leave the report: their rows and files are deleted."""
-    gone = set(rels)
-    for (rel, _m), row in known_maps.items():
-        if rel in gone:
-            for p in (row.npy, row.png, row.thumb):
-                if p:
-                    safe_join(out, p).unlink(missing_ok=True)
-    stems = map_stems(rels)
-    for rel in rels:
-        for p in (f"images/{stems[rel]}.png", f"thumbs/image/{stems[rel]}.png"):
-            safe_join(out, p).unlink(missing_ok=True)
-    manifest.remove_images(rels)
+def assign_stems(rels: list[str], known: dict[str, ImageRow]) -> dict[str, str]:
+    """Output file stem per image: an image already in the manifest keeps its stem for good.
+
+    A new image gets ``map_stems``' choice unless an existing image already uses
+    it (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``).
+    """
+    stems = {r: known[r].stem for r in rels if r in known}
+    taken = set(stems.values())
+    candidates = map_stems(rels)
+    for r in rels:
+        if r in stems:
+            continue
+        stem = candidates[r]
+        if stem in taken:
+            stem = r
+        n = 1
+        while stem in taken:
+            stem, n = f"{r}~{n}", n + 1
+        stems[r] = stem
+        taken.add(stem)
+    return stems
 
 
-def _compute(opts, out, found, plan, names, methods, method_hashes, ctx, model, predict_hash, run_id, failed,
-             log) -> int:
+class _HashingDataset(torch.utils.data.Dataset):
+    """Adds the sha256 of new and changed files, computed in the DataLoader worker just before decoding.
+
+    Hashing before decoding (with size and mtime from the earlier scan) keeps the
+    manifest self-correcting: if the file changes between hash and decode, its
+    mtime no longer matches and the next run looks at it again.
+    """
+
+    def __init__(self, inner: ImageDataset, want_hash: list[bool]) -> None:
+        self.inner = inner
+        self.want_hash = want_hash
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sha = None
+        if self.want_hash[i]:
+            try:
+                sha = file_sha256(self.inner.entries[i].path)
+            except OSError as e:
+                return {"index": i, "error": f"cannot read: {e.strerror or e}"}
+        item = self.inner[i]
+        item["sha256"] = sha
+        return item
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    b = collate(items)
+    b["sha256"] = [it.get("sha256") for it in items if it.get("error") is None]
+    return b
+
+
+def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
+             run_id, failed, tally, stop: _Stop, emit) -> None:
     work = plan["work"]
     if not work:
-        return 0
-    stems = map_stems([e.rel for e in found.images])
+        return
+    stems = plan["stems"]
     # Images that need the same methods go through the model together.
     groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
     for e, todo, _fresh in work.values():
@@ -409,36 +722,48 @@ def _compute(opts, out, found, plan, names, methods, method_hashes, ctx, model, 
         progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)))
     writer.start()
-    computed = 0
     try:
         for todo, entries in groups.items():
             group_methods = [m for m in methods if m.name in todo]
             explainer = Explainer(model, group_methods, ctx, opts.target)
             segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
-            ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
+            ds = _HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
+                                 [work[e.rel][2] for e in entries])
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate,
+                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=_collate,
                 pin_memory=ctx.device.type == "cuda", persistent_workers=False,
                 prefetch_factor=4 if opts.workers > 0 else None,
+                worker_init_fn=_worker_init if opts.workers > 0 else None,
             )
             for b in loader:
                 if writer.error is not None:
                     raise writer.error
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 failed.extend(job_failed)
+                tally["done"] += len(job_failed) + len(b["index"])
+                for rel, reason in job_failed:
+                    emit({"event": "failure", "path": rel, "reason": reason})
+                # Images that were fine before and fail now leave the report with their files.
+                gone = _files_of([rel for rel, _ in job_failed], known, maps_by_rel) if job_failed else []
                 if b["x"] is None:
-                    writer.q.put({"items": [], "image_rows": [], "failed": job_failed, "run_id": run_id})
-                    continue
-                batch_entries = [entries[i] for i in b["index"]]
-                labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
-                seeds = [image_seed(opts.seed, e.rel) for e in batch_entries]
-                probs, maps = explainer(b["x"], labels, b["segments"], seeds)
-                probs_np = probs.cpu().numpy()
-                maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
-                job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
-                           predict_hash, run_id, opts.target, job_failed)
-                writer.q.put(job)
-                computed += len(batch_entries)
+                    writer.q.put({"items": [], "image_rows": [], "failed": job_failed, "run_id": run_id,
+                                  "discard": gone})
+                else:
+                    batch_entries = [entries[i] for i in b["index"]]
+                    labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
+                    seeds = [image_seed(opts.seed, e.rel) for e in batch_entries]
+                    probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    probs_np = probs.cpu().numpy()
+                    maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
+                    job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
+                               predict_hash, run_id, opts.target, job_failed, maps_by_rel)
+                    job["discard"] = job["discard"] + gone
+                    writer.q.put(job)
+                    tally["computed"] += len(batch_entries)
+                if stop.requested:
+                    break  # this batch is queued; the writer drains the queue below
+            if stop.requested:
+                break
     finally:
         writer.q.put(None)
         writer.join()
@@ -446,11 +771,11 @@ def _compute(opts, out, found, plan, names, methods, method_hashes, ctx, model, 
             progress.close()
     if writer.error is not None:
         raise writer.error
-    return computed
 
 
-def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed):
-    items, rows = [], []
+def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
+         maps_by_rel):
+    items, rows, drop, discard = [], [], [], []
     signed = {m.name: m.signed for m in methods}
     for j, e in enumerate(entries):
         p = probs[j]
@@ -459,10 +784,16 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
         fresh = work[e.rel][2]
         if fresh:
             rows.append(ImageRow(
-                rel=e.rel, stem=stems[e.rel], size=e.size, mtime_ns=e.mtime_ns, sha256=file_sha256(e.path), width=w, height=h,
-                label=e.label, pred=pred, target=pred if target == "pred" else int(e.label), confidence=float(p[pred]),
-                probs=[round(float(v), 6) for v in p], predict_hash=predict_hash, run_id=run_id,
+                rel=e.rel, stem=stems[e.rel], size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
+                width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),
+                confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=predict_hash,
+                run_id=run_id,
             ))
+            # New content or a new model: maps of methods not requested this run describe the old picture.
+            for m, row in maps_by_rel.get(e.rel, {}).items():
+                if m not in maps:
+                    drop.append((e.rel, m))
+                    discard += [p for p in (row.npy, row.png, row.thumb) if p]
         per_method = {}
         for name, (arr, info) in maps.items():
             per_method[name] = (arr[j], signed[name], info[j] if info else None)
@@ -470,7 +801,8 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
             "rel": e.rel, "stem": stems[e.rel], "display": b["display"][j], "orig_size": (h, w),
             "maps": per_method, "hashes": method_hashes, "write_image": fresh,
         })
-    return {"items": items, "image_rows": rows, "failed": failed, "run_id": run_id}
+    return {"items": items, "image_rows": rows, "failed": failed, "run_id": run_id, "drop_maps": drop,
+            "discard": discard}
 
 
 def _write_csv(out: Path, names: list[str]) -> None:

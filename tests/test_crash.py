@@ -1,0 +1,332 @@
+"""A real ``xaibatch run`` killed part-way (SIGKILL) or stopped (SIGTERM/SIGINT), then re-run.
+
+The killed run is a subprocess with test hooks patched in before the CLI starts
+(``PRELUDE``): the writer sleeps after writing each batch's files and before
+committing its rows (a marker file announces that moment), so batches commit
+one by one; another marker announces the report, which can be slowed too. Kill
+points are chosen by polling the manifest and those markers, never by sleeping.
+
+The reference is the *same incremental run* done uninterrupted from a copy of
+the same starting folder: CPU kernels can differ in the last float bit with
+batch size, and a resumed run keeps the original batches (committed batches are
+a prefix of the same ordered work list), so the maps must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_images
+from xaibatch.manifest import Manifest
+from xaibatch.pipeline import RunOptions, run
+
+REPO = Path(__file__).resolve().parents[1]
+N_OLD, N_NEW, BATCH = 8, 32, 4
+
+PRELUDE = r"""
+import os, threading, time
+from pathlib import Path
+import xaibatch.manifest as _mf
+import xaibatch.pipeline as _pl
+import xaibatch.report as _rp
+
+_delay = float(os.environ.get("XB_TEST_DELAY", "0"))
+_report_delay = float(os.environ.get("XB_TEST_REPORT_DELAY", "0"))
+_marks = Path(os.environ["XB_TEST_MARKS"]) if os.environ.get("XB_TEST_MARKS") else None
+_n = [0]
+
+def _mark(name):
+    if _marks is not None:
+        _marks.mkdir(parents=True, exist_ok=True)
+        (_marks / name).write_text("")
+
+_enter = _mf._Transaction.__enter__
+def _enter_marked(self):
+    if threading.current_thread().name == "xaibatch-writer":
+        _n[0] += 1
+        _mark(f"precommit-{_n[0]}")  # this batch's files are in place, its rows not yet committed
+        time.sleep(_delay)
+    return _enter(self)
+_mf._Transaction.__enter__ = _enter_marked
+
+_report = _rp.write_report
+def _slow_report(*a, **k):
+    _mark("report")
+    time.sleep(_report_delay)
+    return _report(*a, **k)
+_rp.write_report = _slow_report
+
+from xaibatch.cli import main
+main()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same kernels as the OMP_NUM_THREADS=1 subprocess
+    yield
+    torch.set_num_threads(threads)
+
+
+def _opts(inp, out, ckpt) -> RunOptions:
+    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=BATCH,
+                      workers=0, handle_signals=False)
+
+
+def _cli(inp, out, ckpt, marks: Path | None = None, delay: float = 0.0, report_delay: float = 0.0, workers: int = 0,
+         new_session=False, extra=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XB_TEST_DELAY": str(delay),
+           "XB_TEST_REPORT_DELAY": str(report_delay), "XB_TEST_MARKS": str(marks) if marks else ""}
+    return subprocess.Popen(
+        [sys.executable, "-c", PRELUDE, "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out),
+         "--batch-size", str(BATCH), "--workers", str(workers), *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=new_session,
+    )
+
+
+def _count(out: Path, sql: str) -> int:
+    db_path = out / "xaibatch.sqlite"
+    if not db_path.exists():
+        return -1
+    try:
+        db = sqlite3.connect(db_path, timeout=1)
+        try:
+            return db.execute(sql).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return -1
+
+
+def _wait_for(proc: subprocess.Popen, cond, what: str, timeout: float = 90.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _starting_folder(tmp_path: Path, ckpt: Path) -> tuple[Path, Path]:
+    """A finished report over N_OLD images; then the input changes: N_NEW added, one changed, one removed."""
+    inp = tmp_path / "in"
+    old = write_images(inp, N_OLD, seed=1)
+    out = tmp_path / "out"
+    run(_opts(inp, out, ckpt), log=lambda s: None)
+    rng = np.random.default_rng(7)
+    for i in range(N_NEW):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / f"new_{i:03d}.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(old[3])
+    st = old[3].stat()
+    os.utime(old[3], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    old[6].unlink()
+    return inp, out
+
+
+def _reference(tmp_path: Path, out: Path, inp: Path, ckpt: Path) -> Path:
+    ref = tmp_path / "ref"
+    shutil.copytree(out, ref)
+    run(_opts(inp, ref, ckpt), log=lambda s: None)
+    return ref
+
+
+def _consistent(out: Path) -> tuple[dict, dict]:
+    """The manifest opens; every file it references exists and loads; no temp files. Returns its content."""
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        images, maps = m.images(), m.maps()
+    finally:
+        m.close()
+    for rel, r in images.items():
+        for p in (f"images/{r.stem}.png", f"thumbs/image/{r.stem}.png"):
+            with Image.open(out / p) as im:
+                im.load()
+    arrays = {}
+    for key, r in maps.items():
+        arrays[key] = np.load(out / r.npy)
+        for p in (r.png, r.thumb):
+            with Image.open(out / p) as im:
+                im.load()
+    assert (out / "index.html").read_text().rstrip().endswith("</html>")
+    assert not [p for p in out.rglob("*.tmp")], "stray temp files"
+    rows = {rel: (r.stem, r.sha256, r.pred, r.probs, r.predict_hash) for rel, r in images.items()}
+    return rows, {k: (maps[k].config_hash, maps[k].npy, a.tobytes()) for k, a in arrays.items()}
+
+
+def _files(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for top in ("images", "thumbs", "maps") for p in (out / top).rglob("*")
+            if p.is_file()}
+
+
+KILL_POINTS = {
+    # name: (condition on (out, marks), what, seconds before each commit, seconds before the report)
+    "before-first-batch": (lambda out, marks: _count(out, "SELECT count(*) FROM runs") >= 2, "the run row", 0.5, 0),
+    "after-first-commit": (lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH,
+                           "the first batch's commit", 0.3, 0),
+    "files-written-not-committed": (lambda out, marks: (marks / "precommit-3").exists(), "batch 3's files", 1.0, 0),
+    "midway": (lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= 16, "16 images",
+               0.2, 0),
+    "during-report": (lambda out, marks: (marks / "report").exists(), "the report", 0, 3.0),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
+    inp, out = _starting_folder(tmp_path, tiny_ckpt)
+    ref = _reference(tmp_path, out, inp, tiny_ckpt)
+    previous = _consistent(out)
+    marks = tmp_path / "marks"
+    cond, what, delay, report_delay = KILL_POINTS[point]
+
+    proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=delay, report_delay=report_delay)
+    _wait_for(proc, lambda: cond(out, marks), what)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close(), proc.stderr.close()
+
+    # What the killed run leaves is readable and self-consistent (temp files aside, which the next run sweeps).
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        assert m.runs()[-1]["status"] in ("running", "ok")
+        for rel, r in m.images().items():
+            assert (out / f"images/{r.stem}.png").exists()
+        for r in m.maps().values():
+            np.load(out / r.npy)
+    finally:
+        m.close()
+    assert previous  # the starting report existed
+    if point == "files-written-not-committed":  # the state this point is about: files no row points at yet
+        referenced = Manifest(out / "xaibatch.sqlite").referenced_files()
+        assert _files(out) - referenced
+
+    said: list[str] = []
+    r = run(_opts(inp, out, tiny_ckpt), log=said.append)
+    assert r.status == "ok"
+    assert any("did not finish" in line for line in said)
+    got, want = _consistent(out), _consistent(ref)
+    assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys()
+    assert got == want  # same rows, byte-identical maps
+    assert _files(out) == _files(ref)  # no orphans, nothing missing
+    statuses = [row["status"] for row in Manifest(out / "xaibatch.sqlite").runs()]
+    assert statuses[0] == "ok" and statuses[-1] == "ok"
+    if point != "during-report":
+        assert statuses[1] == "killed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,workers,json_log", [(signal.SIGTERM, 1, False), (signal.SIGINT, 0, True)])
+def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckpt, sig, workers, json_log):
+    inp, out = _starting_folder(tmp_path, tiny_ckpt)
+    ref = _reference(tmp_path, out, inp, tiny_ckpt)
+    # the whole process group, as systemd (KillMode=control-group) and a terminal's Ctrl-C do
+    proc = _cli(inp, out, tiny_ckpt, delay=0.3, workers=workers, new_session=True,
+                extra=["--log-json"] if json_log else [])
+    _wait_for(proc, lambda: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH,
+              "the first batch's commit")
+    os.killpg(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    if json_log:
+        import json
+
+        end = json.loads(stdout.strip().splitlines()[-1])
+        assert end["event"] == "end" and end["exit_code"] == 5 and end["status"] == "interrupted"
+        assert end["skipped"] == N_OLD - 2 and 0 < end["computed"] < N_NEW + 1
+    else:
+        assert "skipped (unchanged)" in stdout  # the summary line of what was done
+
+    runs = Manifest(out / "xaibatch.sqlite").runs()
+    last = runs[-1]
+    assert last["status"] == "interrupted" and last["finished_at"] is not None
+    done = _count(out, "SELECT count(*) FROM images WHERE run_id = 2")
+    assert 0 < last["n_computed"] < N_NEW + 1 and done == last["n_computed"]  # the writer drained its queue
+    _consistent(out)  # report rendered, every referenced file in place
+
+    r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert r.status == "ok" and r.computed == N_NEW + 1 - done
+    assert _consistent(out) == _consistent(ref)
+    assert _files(out) == _files(ref)
+
+
+def test_signal_handlers_are_restored(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+
+    def mine(signum, frame):
+        pass
+
+    old_int, old_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        opts = _opts(inp, tmp_path / "out", tiny_ckpt)
+        opts.handle_signals = True
+        run(opts, log=lambda s: None)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is old_int
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monkeypatch):
+    """The library call: a SIGTERM mid-run raises Interrupted carrying the partial result."""
+    from xaibatch import pipeline
+    from xaibatch.errors import Interrupted
+
+    inp = tmp_path / "in"
+    write_images(inp, 12)
+    calls = {"n": 0}
+    real = pipeline.Explainer.__call__
+
+    def call(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pipeline.Explainer, "__call__", call)
+    opts = _opts(inp, tmp_path / "out", tiny_ckpt)
+    opts.handle_signals = True
+    with pytest.raises(Interrupted) as ei:
+        run(opts, log=lambda s: None)
+    res = ei.value.result
+    assert res.status == "interrupted" and res.computed == 2 * BATCH
+    assert Manifest(tmp_path / "out" / "xaibatch.sqlite").runs()[-1]["status"] == "interrupted"
+
+
+def test_signal_during_the_last_batch_still_finishes_ok(tmp_path, tiny_ckpt, monkeypatch):
+    from xaibatch import pipeline
+
+    inp = tmp_path / "in"
+    write_images(inp, 2 * BATCH)
+    calls = {"n": 0}
+    real = pipeline.Explainer.__call__
+
+    def call(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pipeline.Explainer, "__call__", call)
+    opts = _opts(inp, tmp_path / "out", tiny_ckpt)
+    opts.handle_signals = True
+    r = run(opts, log=lambda s: None)  # nothing left to do: no Interrupted
+    assert r.status == "ok" and r.computed == 2 * BATCH

@@ -1,0 +1,119 @@
+"""Every exit code of ``xaibatch run`` end to end, as a scheduler sees it (no terminal).
+
+4 (lock held) is tested in test_lock.py and 5 (interrupted) in test_crash.py, each with real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_images
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from xaibatch.cli import main; main()", *args],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def _run(inp: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _cli("run", str(inp), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
+                "--workers", "0", *extra)
+
+
+def _events(stdout: str) -> list[dict]:
+    lines = stdout.strip().splitlines()
+    return [json.loads(line) for line in lines]  # every line is JSON
+
+
+def test_help_documents_every_exit_code():
+    r = _cli("run", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for code in ("0 success", "1 success, but some images could not be read", "2 usage error", "3 runtime error",
+                 "4 another run holds", "5 interrupted"):
+        assert code in text, code
+    assert "--wait" in text and "--log-json" in text
+
+
+@pytest.mark.slow
+def test_exit_0_one_summary_line_and_no_progress_bar(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 6)
+    r = _run(inp, tmp_path / "out", tiny_ckpt)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no progress bar when not on a terminal
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("xaibatch: 6 images seen, 6 computed, 0 skipped (unchanged), 0 failed")
+
+
+@pytest.mark.slow
+def test_exit_1_lists_unreadable_images(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 4)
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    r = _run(inp, tmp_path / "out", tiny_ckpt)
+    assert r.returncode == 1, r.stderr
+    assert "1 image(s) could not be read" in r.stderr and "broken.png" in r.stderr
+    assert "5 images seen, 4 computed, 0 skipped (unchanged), 1 failed" in r.stdout
+
+
+@pytest.mark.slow
+def test_log_json_lines_with_failures_and_exit_code(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 4)
+    (inp / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    r = _run(inp, out, tiny_ckpt, "--log-json")
+    assert r.returncode == 1, r.stderr
+    ev = _events(r.stdout)
+    assert [e["event"] for e in ev] == ["start", "plan", "failure", "end"]
+    assert ev[0]["pid"] > 0 and ev[0]["out_dir"] == str(out) and ev[0]["methods"] == ["gradcam"]
+    assert ev[1]["to_compute"] == 5 and ev[1]["added"] == 5
+    assert ev[2]["path"] == "broken.png" and ev[2]["reason"]
+    end = ev[-1]
+    assert end["exit_code"] == 1 and end["status"] == "some-failed"
+    assert (end["seen"], end["computed"], end["skipped"], end["failed"]) == (5, 4, 0, 1)
+    assert end["report"].endswith("index.html") and end["seconds"] > 0
+    assert all("time" in e for e in ev)
+    assert "xaibatch:" not in r.stdout  # no human summary line
+
+    again = _events(_run(inp, out, tiny_ckpt, "--log-json").stdout)[-1]
+    assert (again["computed"], again["skipped"], again["failed"], again["exit_code"]) == (0, 4, 1, 1)
+
+
+@pytest.mark.slow
+def test_exit_2_usage_errors(tmp_path, tiny_ckpt):
+    r = _run(tmp_path / "missing", tmp_path / "out", tiny_ckpt)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
+
+    r = _cli("run", str(tmp_path), "--batch-size", "0", "--log-json")  # rejected by option parsing
+    assert r.returncode == 2
+    end = _events(r.stdout)[-1]
+    assert end["event"] == "end" and end["exit_code"] == 2 and "--batch-size" in end["error"]
+
+
+@pytest.mark.slow
+def test_exit_3_runtime_error_unusable_manifest(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "xaibatch.sqlite").write_bytes(b"this is not a database" * 100)
+    r = _run(inp, out, tiny_ckpt, "--log-json")
+    assert r.returncode == 3
+    assert len(r.stderr.strip().splitlines()) == 1 and "manifest" in r.stderr and "Traceback" not in r.stderr
+    ev = _events(r.stdout)
+    assert ev[0]["event"] == "start" and ev[-1]["exit_code"] == 3 and ev[-1]["status"] == "error"
+    assert not list(out.rglob("*.tmp")) and (out / ".xaibatch.lock").read_text() == ""  # lock released

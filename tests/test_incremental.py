@@ -1,0 +1,306 @@
+"""Re-runs into the same --out: what is skipped, recomputed, dropped, and what the run history says."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_checkpoint, write_images
+from xaibatch import pipeline
+from xaibatch.manifest import Manifest
+from xaibatch.methods import METHODS, Explanation, Method
+from xaibatch.pipeline import RunOptions, assign_stems, run
+
+
+class MeanMethod(Method):
+    """A cheap second method (the built-in set is being extended elsewhere): per-image channel mean."""
+
+    name = "testmean"
+    title = "Test mean"
+
+    def explain(self, batch):
+        m = batch.x.detach().mean(1) * float(self.options.get("scale", 1.0))
+        lo = m.flatten(1).min(1).values.view(-1, 1, 1)
+        hi = m.flatten(1).max(1).values.view(-1, 1, 1)
+        return Explanation(maps=(m - lo) / (hi - lo + 1e-6))
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch):
+    monkeypatch.setitem(METHODS, "testmean", MeanMethod)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: oversubscription makes tiny convolutions 5x slower
+    yield
+    torch.set_num_threads(threads)
+
+
+def _opts(inp, out, ckpt, methods=("gradcam",), **kw) -> RunOptions:
+    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), checkpoint=ckpt, batch_size=4,
+                      workers=0, handle_signals=False, **kw)
+
+
+def _quiet(s: str) -> None:
+    pass
+
+
+def _files(out: Path) -> dict[str, int]:
+    """Every output file under images/, thumbs/, maps/ with its mtime_ns (a rewrite changes it)."""
+    found = {}
+    for top in ("images", "thumbs", "maps"):
+        for p in (out / top).rglob("*"):
+            if p.is_file():
+                found[p.relative_to(out).as_posix()] = p.stat().st_mtime_ns
+    return found
+
+
+def _state(out: Path) -> tuple[dict, dict]:
+    """Manifest content without run ids: image rows and map rows, with each map's array."""
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        images = {rel: (r.stem, r.size, r.sha256, r.pred, r.probs, r.predict_hash) for rel, r in m.images().items()}
+        maps = {k: (r.config_hash, r.npy, np.load(out / r.npy).tobytes()) for k, r in m.maps().items()}
+    finally:
+        m.close()
+    return images, maps
+
+
+def _assert_close(a, b) -> None:
+    (ia, ma), (ib, mb) = a, b
+    assert ia.keys() == ib.keys() and ma.keys() == mb.keys()
+    for rel in ia:
+        assert ia[rel][:4] == ib[rel][:4] and ia[rel][5] == ib[rel][5], rel
+        np.testing.assert_allclose(ia[rel][4], ib[rel][4], atol=1e-5)
+    for k in ma:
+        assert ma[k][:2] == mb[k][:2], k
+        np.testing.assert_allclose(np.frombuffer(ma[k][2], np.float32), np.frombuffer(mb[k][2], np.float32),
+                                   atol=1e-5)
+
+
+def _bump_mtime(p: Path, by_ns: int = 5_000_000_000) -> None:
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + by_ns))
+
+
+def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, tiny_ckpt, monkeypatch):
+    inp = tmp_path / "in"
+    write_images(inp, 12)
+    out = tmp_path / "out"
+    first = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (first.seen, first.computed, first.unchanged, first.added) == (12, 12, 0, 12)
+    before_files, before_state = _files(out), _state(out)
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path} on the unchanged fast path")
+
+    monkeypatch.setattr(pipeline, "file_sha256", no_hashing)
+    again = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (again.seen, again.computed, again.unchanged, again.added, again.changed, again.removed) == (
+        12, 0, 12, 0, 0, 0)
+    assert _files(out) == before_files  # nothing rewritten
+    assert _state(out) == before_state  # skipped images stay exactly as they were
+
+
+def test_manifest_sha256_is_the_files_content_hash(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    paths = write_images(inp, 5)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    images, _ = _state(out)
+    for p in paths:
+        assert images[p.name][2] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_touched_file_is_hashed_once_then_fast_again(tmp_path, tiny_ckpt, monkeypatch):
+    inp = tmp_path / "in"
+    paths = write_images(inp, 6)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    before = _files(out)
+    _bump_mtime(paths[2])  # same bytes, new mtime (e.g. copied without -p)
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (r.computed, r.unchanged, r.changed) == (0, 6, 0)
+    assert _files(out) == before
+    monkeypatch.setattr(pipeline, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)  # the new mtime was recorded: no hashing now
+    assert r.computed == 0
+
+
+def test_changed_added_removed(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    paths = write_images(inp, 8)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    before_files = _files(out)
+    _, before_maps = _state(out)
+
+    # changed: new pixels, same name; added: a new file; removed: one file gone
+    rng = np.random.default_rng(99)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[1])
+    _bump_mtime(paths[1])
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / "new.png")
+    paths[5].unlink()
+
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (r.seen, r.added, r.changed, r.removed, r.computed, r.unchanged) == (8, 1, 1, 1, 2, 6)
+    images, maps = _state(out)
+    assert "img_005.png" not in images and ("img_005.png", "gradcam") not in maps
+    assert not (out / "maps/gradcam/img_005.npy").exists() and not (out / "images/img_005.png").exists()
+    assert not (out / "thumbs/image/img_005.png").exists()
+    assert maps[("img_001.png", "gradcam")][2] != before_maps[("img_001.png", "gradcam")][2]
+    assert ("new.png", "gradcam") in maps and (out / "maps/gradcam/new.npy").exists()
+    after = _files(out)
+    for f, t in before_files.items():  # untouched images: files not rewritten
+        if "img_001" not in f and "img_005" not in f:
+            assert after[f] == t, f
+
+    # the incremental result equals a fresh run over the same folder (up to float noise: CPU kernels
+    # differ with batch size, and a re-run batches only the new and changed images)
+    fresh = tmp_path / "fresh"
+    run(_opts(inp, fresh, tiny_ckpt), log=_quiet)
+    _assert_close(_state(fresh), _state(out))
+
+    runs = Manifest(out / "xaibatch.sqlite").runs()
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    last = runs[-1]
+    assert (last["n_seen"], last["n_added"], last["n_changed"], last["n_removed"], last["n_unchanged"],
+            last["n_failed"], last["n_computed"]) == (8, 1, 1, 1, 6, 0, 2)
+    assert last["finished_at"] >= last["started_at"] and last["seconds"] > 0
+
+
+def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 6)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    gradcam_files = {f: t for f, t in _files(out).items()}
+    _, maps_before = _state(out)
+
+    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    assert (r.computed, r.added, r.changed) == (6, 0, 0)
+    after = _files(out)
+    for f, t in gradcam_files.items():
+        assert after[f] == t, f"{f} was rewritten"
+    _, maps = _state(out)
+    assert all(maps[k] == v for k, v in maps_before.items())
+    assert sum(1 for (_, m) in maps if m == "testmean") == 6
+
+    # a method's option changes: only that method is recomputed
+    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean"),
+                  method_options={"testmean": {"scale": 2.0}}), log=_quiet)
+    assert r.computed == 6
+    after2 = _files(out)
+    assert all(after2[f] == t for f, t in gradcam_files.items())
+    assert any(after2[f] != after[f] for f in after if f.startswith("maps/testmean/"))
+
+    # and nothing to do when asked for a subset of what is there
+    r = run(_opts(inp, out, tiny_ckpt, methods=("testmean",), method_options={"testmean": {"scale": 2.0}}),
+            log=_quiet)
+    assert r.computed == 0
+
+
+def test_new_model_recomputes_and_drops_maps_of_methods_not_requested(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 4)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    r = run(_opts(inp, out, other), log=_quiet)
+    assert r.computed == 4
+    _, maps = _state(out)
+    assert {m for (_, m) in maps} == {"gradcam"}  # old testmean maps described the old model's prediction
+    assert not list((out / "maps" / "testmean").glob("*.npy"))
+    assert not list((out / "thumbs" / "testmean").glob("*.png"))
+
+
+def test_changed_content_drops_stale_maps_of_methods_not_requested(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    paths = write_images(inp, 3)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(paths[0])
+    _bump_mtime(paths[0])
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)  # gradcam only
+    _, maps = _state(out)
+    assert ("img_000.png", "testmean") not in maps and ("img_001.png", "testmean") in maps
+    # asking for testmean again computes it for the changed image only
+    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    assert r.computed == 1
+
+
+def test_image_that_becomes_unreadable_leaves_the_report(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    paths = write_images(inp, 4)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    paths[2].write_bytes(b"not a png any more")
+    _bump_mtime(paths[2])
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert [rel for rel, _ in r.failed] == ["img_002.png"] and r.status == "some-failed"
+    assert r.seen == r.computed + r.unchanged + len(r.failed)
+    images, maps = _state(out)
+    assert "img_002.png" not in images and ("img_002.png", "gradcam") not in maps
+    assert not (out / "maps/gradcam/img_002.npy").exists() and not (out / "images/img_002.png").exists()
+    m = Manifest(out / "xaibatch.sqlite")
+    assert [rel for rel, _ in m.failures()] == ["img_002.png"]
+    m.close()
+    # failures are retried every run (not counted as added); once the file is gone, so is the failure
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (r.added, len(r.failed), r.computed) == (0, 1, 0)
+    paths[2].unlink()
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert not r.failed
+    m = Manifest(out / "xaibatch.sqlite")
+    assert m.failures() == []
+    m.close()
+
+
+def test_stems_stay_stable_when_a_same_named_image_arrives(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 1)  # img_000.png, stem img_000
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    shutil.copy(inp / "img_000.png", inp / "img_000.jpg.png")
+    Image.open(inp / "img_000.png").convert("RGB").save(inp / "img_000.jpg")
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert r.computed == 2
+    images, _ = _state(out)
+    assert images["img_000.png"][0] == "img_000"  # kept
+    assert images["img_000.jpg"][0] == "img_000.jpg"
+    assert len({v[0] for v in images.values()}) == 3
+    (inp / "img_000.jpg").unlink()
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (out / "images/img_000.png").exists() and (out / "maps/gradcam/img_000.npy").exists()
+
+
+def test_assign_stems_never_collides():
+    from xaibatch.manifest import ImageRow
+
+    def row(stem):
+        return ImageRow("x", stem, 1, 1, "", 1, 1, None, 0, 0, 1.0, [1.0], "", 1)
+
+    known = {"b.png": row("b"), "c.png": row("c.png")}
+    stems = assign_stems(["b.png", "b.jpg", "c.png", "c.png.png", "c.jpg"], known)
+    assert stems["b.png"] == "b" and stems["c.png"] == "c.png"
+    assert len(set(stems.values())) == 5
+
+
+def test_run_history_counts_and_summary(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 5)
+    out = tmp_path / "out"
+    r1 = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r2 = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert "5 images seen, 0 computed, 5 skipped (unchanged), 0 failed" in r2.summary_line()
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    rows = db.execute("SELECT id, status, n_seen, n_added, n_unchanged, n_computed FROM runs ORDER BY id").fetchall()
+    db.close()
+    assert rows == [(r1.run_id, "ok", 5, 5, 0, 5), (r2.run_id, "ok", 5, 0, 5, 0)]
+    assert set(r2.timings) == {"prepare", "plan", "compute", "report"}

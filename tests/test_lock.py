@@ -1,0 +1,185 @@
+"""One run per --out: a second run exits 4 naming the holder, or waits with --wait; dead holders never block."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_images
+from test_crash import PRELUDE, _count, _wait_for
+from xaibatch.errors import LockHeld
+from xaibatch.lock import LOCK_NAME, OutputLock
+from xaibatch.pipeline import RunOptions, run
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+HOLDER = r"""
+import os, sys, time
+from xaibatch.lock import OutputLock
+lock = OutputLock(sys.argv[1])
+lock.acquire()
+child = ""
+if len(sys.argv) > 2 and sys.argv[2] == "fork":
+    child = os.fork()
+    if child == 0:  # a child like a DataLoader worker: it must not inherit the lock
+        time.sleep(60)
+        os._exit(0)
+print("held", child, flush=True)
+sys.stdin.read()  # hold until the test closes stdin
+lock.release()
+"""
+
+
+def _holder(out: Path, *extra: str) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *extra], cwd=REPO, env=ENV,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    words = p.stdout.readline().split()
+    assert words[0] == "held"
+    p.child = int(words[1]) if len(words) > 1 else None
+    return p
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from xaibatch.cli import main; main()", "run", *args],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120, **kw)
+
+
+def _opts(inp, out, ckpt, **kw) -> RunOptions:
+    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=4, workers=0,
+                      handle_signals=False, **kw)
+
+
+@pytest.mark.slow
+def test_second_real_run_exits_4_naming_the_holder_then_waits_with_wait(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 12)
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE, "run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+         "--batch-size", "4", "--workers", "0", "-q"],
+        cwd=REPO, env={**ENV, "XB_TEST_DELAY": "2.5"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(first, lambda: _count(out, "SELECT count(*) FROM runs") >= 1, "the first run's row")
+        cmd = [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(inp),
+               "--checkpoint", str(tiny_ckpt), "--out", str(out), "--batch-size", "4", "--workers", "0"]
+        kw = dict(cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        second = subprocess.Popen(cmd, **kw)
+        waiter = subprocess.Popen([*cmd, "--wait"], **kw)
+        out2, err2 = second.communicate(timeout=120)
+        assert second.returncode == 4, err2
+        assert first.poll() is None, "the first run ended too early for this test"
+        lines = err2.strip().splitlines()
+        assert len(lines) == 1, err2
+        assert f"pid {first.pid} on {socket.gethostname()} since " in lines[0] and "--wait" in lines[0]
+        assert time.monotonic() - t0 < 60  # did not wait
+
+        out3, err3 = waiter.communicate(timeout=120)
+        assert first.wait(timeout=60) == 0
+        assert waiter.returncode == 0, err3
+        assert f"waiting for pid {first.pid}" in err3
+        assert "12 skipped (unchanged)" in out3  # it ran after the first one, on its results
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+
+
+@pytest.mark.slow
+def test_wait_timeout_gives_up_with_4(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    out = tmp_path / "out"
+    holder = _holder(out)
+    try:
+        r = _cli(str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--wait-timeout", "1", "--log-json")
+        assert r.returncode == 4
+        end = json.loads(r.stdout.strip().splitlines()[-1])
+        assert end["event"] == "end" and end["exit_code"] == 4 and end["status"] == "locked"
+        assert f"pid {holder.pid}" in end["error"] and "after waiting" in end["error"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    out = tmp_path / "out"
+    holder = _holder(out)
+    with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
+        run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    holder.kill()
+    holder.wait()
+    said: list[str] = []
+    r = run(_opts(inp, out, tiny_ckpt), log=said.append)  # no waiting, no stale-lock dance
+    assert r.computed == 2
+    assert any(f"pid {holder.pid}" in s and "did not finish" in s for s in said)  # its record was taken over
+    assert (out / LOCK_NAME).read_text() == ""  # released cleanly: record cleared
+
+
+def test_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    """DataLoader workers are forked; after a SIGKILL of the main process they live on for seconds.
+
+    With flock they would keep the folder locked (the lock belongs to the shared
+    open file); POSIX record locks are per process and not inherited.
+    """
+    out = tmp_path / "out"
+    holder = _holder(out, "fork")
+    try:
+        assert not OutputLock(out).try_acquire()
+        holder.kill()
+        holder.wait()
+        lock = OutputLock(out)
+        assert lock.try_acquire()
+        assert lock.previous["pid"] == holder.pid
+        lock.release()
+        os.kill(holder.child, 0)  # the child is still alive, yet the lock was free
+    finally:
+        holder.kill()
+        os.kill(holder.child, signal.SIGKILL)
+
+
+def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    rec = {"pid": int(dead), "host": socket.gethostname(), "started_ts": time.time() - 3600}
+    (out / LOCK_NAME).write_text(json.dumps(rec))
+    (out / "maps" / "gradcam").mkdir(parents=True)
+    half = out / "maps" / "gradcam" / f".img_000.npy.{dead}.tmp"
+    half.write_bytes(b"half")
+    live = out / f".notes.txt.{os.getpid()}.tmp"  # a live process's temp file is not ours to delete
+    live.write_bytes(b"")
+    said: list[str] = []
+    r = run(_opts(inp, out, tiny_ckpt), log=said.append)
+    assert r.computed == 2
+    assert any(f"pid {dead}" in s for s in said)
+    assert not half.exists() and live.exists()
+
+
+def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputLock(out):
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
+            run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+        assert not OutputLock(out).try_acquire()  # and the first lock still holds
+    again = OutputLock(out)
+    assert again.try_acquire()
+    again.release()

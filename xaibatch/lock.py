@@ -1,0 +1,186 @@
+"""One run per output folder: a kernel lock on ``OUT/.xaibatch.lock`` plus a holder record inside it.
+
+The lock is a POSIX record lock (``fcntl.lockf``), not ``flock``: the kernel drops
+it the moment the holding process dies, however it dies, so a lock can never go
+stale; and unlike ``flock`` it is *not* inherited by forked children, so
+DataLoader workers orphaned by a SIGKILLed run (they notice their parent is gone
+only after a few seconds) cannot keep the folder locked. POSIX locks have one
+trap: closing *any* descriptor of the file in the holding process releases the
+lock, so this process never opens the lock file twice (see ``_HELD``).
+
+The holder record (JSON: pid, host, start time, argv) is only there to name the
+holder in the "locked" message. It is cleared when the holder releases the lock
+normally, so a record found by the next holder means the previous run was killed
+before it could clean up; the pipeline then sweeps what such a run can leave.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import LockHeld, UsageError
+
+LOCK_NAME = ".xaibatch.lock"
+
+# Lock files this process holds. A second OutputLock on the same folder in this
+# process must not open the file (that would drop the POSIX lock on close).
+_HELD: dict[str, dict[str, Any]] = {}  # lock path -> the holder record written
+_HELD_GUARD = threading.Lock()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def describe(holder: dict[str, Any] | None) -> str:
+    """``pid 123 on host since 2024-05-01 10:00:00 (5 s ago)`` from a holder record."""
+    if not holder:
+        return "another process (no holder record yet)"
+    parts = [f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"]
+    started = holder.get("started_ts")
+    if isinstance(started, (int, float)):
+        when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
+        parts.append(f"since {when} ({max(0, time.time() - started):.0f}s ago)")
+    return " ".join(parts)
+
+
+class OutputLock:
+    """Exclusive lock on an output folder; ``acquire`` raises :class:`LockHeld` when it is taken."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / LOCK_NAME
+        self.key = str(self.path.resolve())
+        self.fd: int | None = None
+        self.previous: dict[str, Any] | None = None  # record left by a holder that never released
+
+    # -- reading the holder without taking the lock -----------------------------
+    def holder(self) -> dict[str, Any] | None:
+        if self.key in _HELD:
+            return _HELD[self.key]
+        try:
+            with open(self.path, "rb") as f:  # another process's lock: reading cannot release it
+                return _parse(f.read())
+        except OSError:
+            return None
+
+    # -- taking and releasing ---------------------------------------------------
+    def try_acquire(self) -> bool:
+        with _HELD_GUARD:
+            if self.key in _HELD:
+                return False
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EACCES, errno.EAGAIN):
+                    return False
+                raise UsageError(f"cannot lock --out {self.out_dir}: {e.strerror or e}") from None
+            rec = _HELD[self.key] = _record()
+        self.fd = fd
+        try:
+            self.previous = _parse(_read_all(fd))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(rec).encode(), 0)
+        except OSError as e:
+            self.release()
+            raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
+        return True
+
+    def acquire(self, wait: bool = False, timeout: float | None = None, poll: float = 0.5,
+                should_stop: Callable[[], bool] = lambda: False,
+                on_wait: Callable[[str], None] = lambda s: None) -> float:
+        """Take the lock; with ``wait`` poll until it is free (or ``timeout`` seconds pass).
+
+        Returns the seconds spent waiting (0.0 when the lock was free). ``should_stop``
+        is polled while waiting so a signal can end the wait.
+        """
+        if self.try_acquire():
+            return 0.0
+        t0 = time.monotonic()
+        told = False
+        while not self.try_acquire():
+            who = describe(self.holder())
+            if not wait:
+                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); "
+                               "pass --wait to wait for it")
+            waited = time.monotonic() - t0
+            if timeout is not None and waited >= timeout:
+                raise LockHeld(f"{self.out_dir} is still in use by another xaibatch run ({who}) "
+                               f"after waiting {waited:.0f}s")
+            if not told:
+                on_wait(f"xaibatch: waiting for {who} to finish with {self.out_dir}")
+                told = True
+            if should_stop():
+                from .errors import Interrupted
+
+                raise Interrupted(f"interrupted while waiting for the lock on {self.out_dir}")
+            time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - waited)))
+        return time.monotonic() - t0
+
+    def release(self) -> None:
+        """Clear the holder record (a clean finish) and drop the lock."""
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        with _HELD_GUARD:
+            os.close(self.fd)  # drops the POSIX lock
+            _HELD.pop(self.key, None)
+        self.fd = None
+
+    def __enter__(self) -> "OutputLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _record() -> dict[str, Any]:
+    now = time.time()
+    return {
+        "pid": os.getpid(), "host": socket.gethostname(), "started_ts": now,
+        "started_at": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:][:20],
+    }
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, off = [], 0
+    while chunk := os.pread(fd, 65536, off):
+        chunks.append(chunk)
+        off += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(data.decode()) if data.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None

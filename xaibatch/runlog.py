@@ -1,0 +1,76 @@
+"""What a scheduler sees: JSON lines for ``--log-json`` and the exit code of any outcome.
+
+Events, one JSON object per line on stdout, each with ``event`` and ``time``:
+
+* ``start``: pid, host, input_dir, out_dir, methods, version.
+* ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute).
+* ``failure``: one per image that could not be read (path, reason).
+* ``end``: status, exit_code, counts (seen, computed, skipped, failed, added, changed, removed),
+  seconds, report; plus ``error`` when the run stopped on an error.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, XaibatchError
+
+STATUS_FOR_EXIT = {EXIT_OK: "ok", EXIT_SOME_FAILED: "some-failed", EXIT_USAGE: "usage-error", EXIT_RUNTIME: "error",
+                   4: "locked", EXIT_INTERRUPTED: "interrupted"}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code the CLI gives for an exception (mirrors ``cli.reported``)."""
+    import click
+
+    if isinstance(exc, XaibatchError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
+    return EXIT_RUNTIME
+
+
+def counts(result: Any) -> dict[str, Any]:
+    """The end-of-run numbers of a :class:`~xaibatch.pipeline.RunResult`."""
+    return {
+        "seen": result.seen, "computed": result.computed, "skipped": result.unchanged, "failed": len(result.failed),
+        "added": result.added, "changed": result.changed, "removed": result.removed,
+        "seconds": round(result.seconds, 3), "report": str(result.report) if result.report else None,
+        "run_id": result.run_id, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+
+
+class JsonLog:
+    """Writes one JSON object per line and flushes, so a log collector sees each event at once."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: str, **fields: Any) -> None:
+        rec = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
+        self.stream.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """Adapter for ``RunOptions.on_event``: ``{"event": name, ...}``."""
+        fields = dict(event)
+        self.emit(fields.pop("event"), **fields)
+
+    def start(self, **fields: Any) -> None:
+        self.emit("start", host=socket.gethostname(), **fields)
+
+    def end(self, exit_code: int, result: Any = None, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"status": STATUS_FOR_EXIT.get(exit_code, "error"), "exit_code": exit_code}
+        if result is not None:
+            fields.update(counts(result))
+        if error:
+            fields["error"] = error
+        self.emit("end", **fields)
