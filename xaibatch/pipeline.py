@@ -79,7 +79,7 @@ class RunOptions:
     workers: int = 0
     labeled: bool | None = None  # None: decide from the folder layout
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seed: int = 0
+    seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None
     progress: bool = False
     wait: bool = False  # another run holds out_dir: wait for it instead of raising LockHeld
@@ -118,9 +118,9 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def image_seed(seed: int, rel: str) -> int:
-    """A seed per image that depends only on --seed and the image's path, not on batching."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{rel}".encode()).digest()[:4], "little")
+def image_seed(rel: str) -> int:
+    """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
+    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
 
 
 def file_sha256(path: Path) -> str:
@@ -310,7 +310,11 @@ def prepare(opts: RunOptions):
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )
-    methods = [create_method(m, ctx, **opts.method_options.get(m, {})) for m in methods_wanted]
+    methods = [
+        create_method(m, ctx, **{**({"seed": opts.seed} if METHODS[m].takes_seed else {}),
+                                 **opts.method_options.get(m, {})})
+        for m in methods_wanted
+    ]
     return device, found, model, names, layer, ctx, methods
 
 
@@ -416,7 +420,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     predict_hash = _hash(predict_cfg)
     method_hashes = {
         m.name: _hash({"predict": predict_hash, "method": m.name, "config": m.config(),
-                       "layer": layer.name if (layer and m.needs_activations) else None, "seed": opts.seed})
+                       "layer": layer.name if (layer and m.needs_activations) else None})
         for m in methods
     }
     config = {
@@ -751,7 +755,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                 else:
                     batch_entries = [entries[i] for i in b["index"]]
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
-                    seeds = [image_seed(opts.seed, e.rel) for e in batch_entries]
+                    seeds = [image_seed(e.rel) for e in batch_entries]
                     probs, maps = explainer(b["x"], labels, b["segments"], seeds)
                     probs_np = probs.cpu().numpy()
                     maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}

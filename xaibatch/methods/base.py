@@ -56,6 +56,7 @@ class Method:
     title: ClassVar[str]  # shown in the report
     signed: ClassVar[bool] = False  # maps in [-1, 1]-ish with meaning in the sign (LIME) instead of [0, 1]
     needs_activations: ClassVar[bool] = False  # wants the target layer captured in the shared forward
+    takes_seed: ClassVar[bool] = False  # accepts a ``seed`` option (the run's --seed unless given)
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
         self.ctx = ctx

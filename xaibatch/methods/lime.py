@@ -145,6 +145,7 @@ class Lime(Method):
     name = "lime"
     title = "LIME"
     signed = True
+    takes_seed = True
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
         batch_size = options.pop("batch_size", 256)
