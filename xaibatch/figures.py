@@ -45,7 +45,7 @@ def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Seq
     with matplotlib.rc_context(_RC):
         fig = _new()
         ax = fig.add_subplot()
-        widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+        widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
         for label, counts, colour in series:
             ax.bar(edges[:-1], counts, width=widths, align="edge", label=f"{label} ({sum(counts)})",
                    color=colour, alpha=0.45, edgecolor=colour, linewidth=1.0)
@@ -70,7 +70,7 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
         acc = [b[4] for b in bins if b[2]]
         conf = [b[3] for b in bins if b[2]]
         ax.bar(xs, acc, width=ws, align="edge", color="#0072B2", alpha=0.6, edgecolor="#0072B2", label="accuracy")
-        ax.scatter([x + w / 2 for x, w in zip(xs, ws)], conf, color="#D55E00", marker="D", s=14, zorder=3,
+        ax.scatter([x + w / 2 for x, w in zip(xs, ws, strict=True)], conf, color="#D55E00", marker="D", s=14, zorder=3,
                    label="mean confidence")
         ax.set_xlim(lo, hi)
         ax.set_ylim(0, 1.02)

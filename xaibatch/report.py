@@ -60,6 +60,7 @@ RUNS_ON_SUMMARY = 20
 FAILURES_ON_SUMMARY = 50
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 FINGERPRINT_VERSION = 1  # bump when what a detail page shows changes without a template change
+STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
 CALIBRATION_BINS = 10
 HISTOGRAM_BINS = 20
 
@@ -131,8 +132,8 @@ class Card:
     pixelated: bool = False
     sha256: str = ""
     size: int = 0
-    group_key: str = ""
-    index: int = 0  # position in gallery order
+    group_key: str = field(default="", repr=False)
+    index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
     page: int = 1
 
 
@@ -268,6 +269,18 @@ def _fmt_value(v: Any) -> str:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}%"
+
+
+def _luminance(rgb: tuple[int, ...]) -> float:
+    """WCAG relative luminance of an sRGB colour."""
+    lin = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _text_on(rgb: tuple[int, ...]) -> str:
+    """White or black text, whichever contrasts more with the background (never below 4.58:1)."""
+    lum = _luminance(rgb)
+    return "#fff" if 1.05 / (lum + 0.05) >= (lum + 0.05) / 0.05 else "#000"
 
 
 def _gradient(signed: bool) -> str:
@@ -529,10 +542,9 @@ def _metrics(data: ReportData) -> None:
             row = []
             for j in range(k):
                 share = conf_m[i][j] / total
-                # white -> dark blue; white text once the cell is dark enough to keep 4.5:1 contrast
-                rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))
+                rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))  # white -> dark blue
                 row.append({"n": conf_m[i][j], "share": _pct(share), "diag": i == j,
-                            "style": f"background-color: rgb{rgb}; color: {'#fff' if share > 0.45 else '#111'}"})
+                            "style": f"background-color: rgb{rgb}; color: {_text_on(rgb)}"})
             rows.append(row)
         data.confusion = rows
     else:
@@ -572,9 +584,10 @@ def build(out_dir: Path) -> ReportData:
         labeled=labeled, total=len(order), class_names=names, methods=methods, config=config,
         config_rows=_config_rows(config, last), runs=[_run_row(r) for r in reversed(runs)], runs_total=len(runs),
         last_run=_run_row(last) if last else None, failures=failures, cards=order, groups=groups, pages=pages,
-        sections=sections,
+        sections=sections, page_size=PAGE_SIZE,
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
-        target_words="the folder's label" if config.get("model", {}).get("target") == "label" else "the predicted class",
+        target_words=("the folder's label" if config.get("model", {}).get("target") == "label"
+                      else "the predicted class"),
     )
     _metrics(data)
     return data
@@ -629,6 +642,8 @@ class _Writer:
         self.out = out_dir
         self.stats = stats
         self.paths: set[str] = set()
+        self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
+        self.fingerprints: dict[str, str] = {}
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
 
@@ -660,22 +675,39 @@ class _Writer:
         self.stats.written += 1
 
     def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
-        """Render only when the page's inputs changed: the page ends with a fingerprint of them."""
-        path = self._path(rel)
-        marker = f"\n<!-- xaibatch page {fingerprint} -->\n".encode()
+        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time and the file is
+        there); otherwise render and write only if the bytes differ."""
+        self.fingerprints[rel] = fingerprint
+        if self.previous.get(rel) == fingerprint:
+            path = self._path(rel)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            if size >= 0:
+                self._count(rel, size)
+                self.stats.unchanged += 1
+                return
+        self.write(rel, render().encode("utf-8"))
+
+    def load_fingerprints(self) -> None:
         try:
-            size = path.stat().st_size
-            if size >= len(marker):
-                with open(path, "rb") as f:
-                    f.seek(size - len(marker))
-                    if f.read() == marker:
-                        self._count(rel, size)
-                        self.stats.unchanged += 1
-                        return
-        except (FileNotFoundError, NotADirectoryError):
+            state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
+            if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
+                self.previous = state["pages"]
+        except (OSError, ValueError, AttributeError):
+            self.previous = {}
+
+    def save_fingerprints(self) -> None:
+        body = json.dumps({"version": FINGERPRINT_VERSION, "pages": self.fingerprints}, sort_keys=True,
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        path = self.out / STATE_NAME
+        try:
+            if path.read_bytes() == body:
+                return
+        except OSError:
             pass
-        self.paths.discard(rel)
-        self.write(rel, render().encode("utf-8") + marker)
+        atomic_write_bytes(path, body)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -748,7 +780,7 @@ def _remove_stale(w: _Writer) -> None:
         root = out / top
         if not root.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for dirpath, _dirs, filenames in os.walk(root, topdown=False):
             for f in filenames:
                 rel = os.path.relpath(os.path.join(dirpath, f), out).replace(os.sep, "/")
                 if f.endswith(exts) and rel not in w.paths and not f.startswith("."):
@@ -774,6 +806,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     _write_assets(w, data, template_dir)
     _write_figures(w, data)
 
+    w.load_fingerprints()
     detail = env.get_template("detail.html")
     site = data.site()
     site_key = _fingerprint(_templates_key(template_dir), site)
@@ -791,6 +824,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
     w.write("index.html", env.get_template("index.html").render(r=data, root="", nav="summary").encode("utf-8"))
     _remove_stale(w)
+    w.save_fingerprints()
     stats.seconds_render = time.perf_counter() - t1
     stats.seconds_total = time.perf_counter() - t0
     return stats
