@@ -356,6 +356,21 @@ def test_incremental_writes(tmp_path):
     assert stats.written == len(changed) + 2  # + the redrawn figures
 
 
+def test_rerun_over_unchanged_folder_rewrites_only_summary_and_history(tmp_path, tiny_ckpt):
+    write_images(tmp_path / "in" / "FAKE", 3, seed=5)
+    write_images(tmp_path / "in" / "REAL", 3, seed=6)
+    opts = RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt)
+    run(opts, log=lambda s: None)
+    out = tmp_path / "out"
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".html", ".css", ".js", ".svg")]
+    old = 1_000_000_000
+    for p in files:
+        os.utime(p, (old, old))
+    run(opts, log=lambda s: None)
+    changed = sorted(str(p.relative_to(out)) for p in files if p.stat().st_mtime != old)
+    assert changed == ["history.html", "index.html"]
+
+
 def test_removed_images_lose_their_pages(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(6))
     report.render(out)
