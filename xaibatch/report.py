@@ -35,8 +35,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -70,8 +71,13 @@ ASSET_NAMES = ("report.css", "report.js")  # under assets/ in a template folder
 OWNED_DIRS = ("gallery", "detail")  # every *.html in these is the report's; stale ones are removed
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 def url(rel_path: str) -> str:
     """Percent-encode a relative file path for an href/src (keeps '/')."""
+    if _URL_SAFE.fullmatch(rel_path):  # the common case, several per image: skip quote()
+        return rel_path
     return quote(rel_path, safe="/")
 
 
@@ -570,7 +576,7 @@ def build(out_dir: Path) -> ReportData:
     except ValueError:
         config = {}
     names: list[str] = list(config.get("class_names", []))
-    k = max([len(names)] + [len(r.probs) for r in images.values()][:1])
+    k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
     names += [f"class {i}" for i in range(len(names), k)]
     methods = _methods(runs, config, {meth for _rel, meth in maps})
     labeled = any(r.label is not None for r in images.values())
@@ -699,7 +705,7 @@ class _Writer:
             self.previous = {}
 
     def save_fingerprints(self) -> None:
-        body = json.dumps({"version": FINGERPRINT_VERSION, "pages": self.fingerprints}, sort_keys=True,
+        body = json.dumps({"version": FINGERPRINT_VERSION, "pages": self.fingerprints},  # in gallery order
                           ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         path = self.out / STATE_NAME
         try:
@@ -708,6 +714,17 @@ class _Writer:
         except OSError:
             pass
         atomic_write_bytes(path, body)
+
+
+_CARD_FIELDS = [f.name for f in fields(Card) if f.repr]
+_MAP_FIELDS = [f.name for f in fields(MapView) if f.repr]
+
+
+def _card_key(c: Card) -> str:
+    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
+    values = [getattr(c, f) for f in _CARD_FIELDS]
+    values[_CARD_FIELDS.index("maps")] = [[getattr(v, f) for f in _MAP_FIELDS] for v in c.maps]
+    return repr(values)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -780,10 +797,11 @@ def _remove_stale(w: _Writer) -> None:
         root = out / top
         if not root.is_dir():
             continue
+        base = len(str(out)) + 1
         for dirpath, _dirs, filenames in os.walk(root, topdown=False):
+            prefix = dirpath[base:].replace(os.sep, "/") + "/"
             for f in filenames:
-                rel = os.path.relpath(os.path.join(dirpath, f), out).replace(os.sep, "/")
-                if f.endswith(exts) and rel not in w.paths and not f.startswith("."):
+                if f.endswith(exts) and prefix + f not in w.paths:  # temporary files end in .tmp
                     os.unlink(os.path.join(dirpath, f))
                     w.stats.removed += 1
             if dirpath != str(root):
@@ -811,11 +829,13 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     site = data.site()
     site_key = _fingerprint(_templates_key(template_dir), site)
     cards = data.cards
+    keys = [_card_key(c) for c in cards]
     for i, c in enumerate(cards):
         prev = cards[i - 1] if i > 0 else None
         nxt = cards[i + 1] if i + 1 < len(cards) else None
         root = up(c.detail)
-        w.write_page(c.detail, _fingerprint(site_key, c, prev, nxt), lambda: detail.render(
+        fp = _fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
+        w.write_page(c.detail, fp, lambda: detail.render(
             r=site, c=c, root=root, nav="detail", prev=prev, next=nxt))  # noqa: B023 - called at once
     gallery = env.get_template("gallery.html")
     for p in data.pages:
