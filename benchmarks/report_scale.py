@@ -1,0 +1,180 @@
+"""How the report scales: synthesize a manifest with N images (no model), time write_report, weigh the pages,
+and time the biggest gallery page's load in headless Chromium.
+
+    python benchmarks/report_scale.py --images 20000 --out /tmp/xaibatch-scale
+    python benchmarks/report_scale.py --images 100000 --out /tmp/xaibatch-scale-100k --no-browser
+
+Every thumbnail is a hard link to one tiny PNG (cheap for 100k images), so the numbers are the report's own:
+building the data from SQLite, rendering with Jinja, comparing/writing pages. Three writes are timed: the
+first (cold), a second with nothing changed (every page compared, none rewritten), and a third after one
+image's prediction changed (only the pages that show it, its neighbours' detail pages and the summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow  # noqa: E402
+from xaibatch.report import PAGE_SIZE, render  # noqa: E402
+
+CLASSES = ["FAKE", "REAL"]
+METHODS = {
+    "gradcam": {"title": "Grad-CAM", "signed": False, "config": {}, "hash": "g"},
+    "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0},
+             "hash": "l"},
+}
+
+
+def synthesize(out: Path, n: int, seed: int = 0) -> None:
+    """A manifest shaped like a labeled pipeline run over n images, plus hard-linked tiny thumbnails."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = out / ".tiny.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tiny)
+    config = {
+        "xaibatch": "bench", "torch": "-", "device": "cpu",
+        "model": {"arch": "resnet18", "checkpoint": "bench.pt", "checkpoint_sha256": "0" * 64, "input_size": 32,
+                  "target": "pred", "classes": CLASSES},
+        "layer": "layer3", "layer_grid": [4, 4], "methods": METHODS, "batch_size": 32, "workers": 0, "seed": 0,
+        "labeled": True, "class_names": CLASSES,
+    }
+    m = Manifest(out / FILENAME)
+    run_id = m.start_run("/data/bench/test", config, "p")
+    with m.transaction():
+        for i in range(n):
+            label = i % 2
+            cls = CLASSES[label]
+            stem = f"{cls}/img_{i:06d}"
+            rel = f"{stem}.png"
+            p_true = float(rng.beta(5, 2))
+            probs = [p_true, 1 - p_true] if label == 0 else [1 - p_true, p_true]
+            pred = int(np.argmax(probs))
+            m.put_image(ImageRow(rel, stem, 2000, 0, f"{i:064x}", 32, 32, label, pred, pred, max(probs),
+                                 [round(v, 6) for v in probs], "p", run_id))
+            for name in METHODS:
+                m.put_map(MapRow(rel, name, METHODS[name]["hash"], f"maps/{name}/{stem}.npy",
+                                 f"maps/{name}/{stem}.png", f"thumbs/{name}/{stem}.png", None, run_id))
+            for sub in ("thumbs/image", *(f"thumbs/{k}" for k in METHODS)):
+                _link(tiny, out / sub / f"{stem}.png")
+    m.finish_run(run_id, "ok", 1.0, {"seen": n, "added": n, "computed": n})
+    m.close()
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        pass
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def change_one(out: Path) -> None:
+    """Flip one image's confidence a little, as a re-run with a changed file would."""
+    m = Manifest(out / FILENAME)
+    m.db.execute("UPDATE images SET confidence = confidence * 0.999 WHERE rowid = (SELECT min(rowid) FROM images)")
+    m.close()
+
+
+def html_weight(out: Path) -> tuple[int, int]:
+    files = [p for top in ("gallery", "detail") for p in (out / top).rglob("*.html")] + list(out.glob("*.html"))
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def browser_times(out: Path, pages: list[str]) -> dict[str, dict[str, float]]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900"):
+        opts.add_argument(a)
+    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-bench-')}")
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    res = {}
+    try:
+        for page in pages:
+            best = None
+            for _ in range(3):
+                driver.get((out / page).resolve().as_uri())
+                nav = driver.execute_script(
+                    "const e = performance.getEntriesByType('navigation')[0];"
+                    "return {dcl: e.domContentLoadedEventEnd, load: e.loadEventEnd,"
+                    " nodes: document.getElementsByTagName('*').length,"
+                    " imgs: document.images.length};")
+                t = time.perf_counter()
+                driver.execute_script("window.scrollTo(0, document.body.scrollHeight);"
+                                      "return document.body.getBoundingClientRect().height;")
+                nav["scroll_ms"] = 1000 * (time.perf_counter() - t)
+                if best is None or nav["load"] < best["load"]:
+                    best = nav
+            res[page] = best
+    finally:
+        driver.quit()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "xaibatch-report-scale")
+    ap.add_argument("--no-browser", action="store_true", help="skip the Chromium timing")
+    ap.add_argument("--keep", action="store_true", help="reuse an existing synthesized folder")
+    args = ap.parse_args()
+
+    out: Path = args.out
+    if out.exists() and not args.keep:
+        shutil.rmtree(out)
+    t = time.perf_counter()
+    if not (out / FILENAME).exists():
+        synthesize(out, args.images)
+    t_synth = time.perf_counter() - t
+
+    cpu = []
+
+    def timed(fn):
+        c = time.process_time()
+        r = fn()
+        cpu.append(round(time.process_time() - c, 2))
+        return r
+
+    first = timed(lambda: render(out))
+    n_pages, weight = html_weight(out)
+    second = timed(lambda: render(out))
+    change_one(out)
+    third = timed(lambda: render(out))
+    result = {
+        "images": args.images, "page_size": PAGE_SIZE, "synthesize_s": round(t_synth, 2),
+        "gallery_pages": first.gallery_pages, "html_pages": n_pages, "html_bytes_total": weight,
+        "biggest_page": {"path": first.biggest_page[0], "bytes": first.biggest_page[1]},
+        "first_write": {"build_s": round(first.seconds_build, 2), "render_write_s": round(first.seconds_render, 2),
+                        "total_s": round(first.seconds_total, 2), "cpu_s": cpu[0], "written": first.written},
+        "unchanged_write": {"total_s": round(second.seconds_total, 2), "cpu_s": cpu[1], "written": second.written,
+                            "unchanged": second.unchanged},
+        "one_changed_write": {"total_s": round(third.seconds_total, 2), "cpu_s": cpu[2], "written": third.written},
+        "load_average": os.getloadavg()[0],
+    }
+    if not args.no_browser:
+        if Path("/usr/bin/chromedriver").exists():
+            pages = ["index.html", "gallery/page-1.html", f"gallery/page-{first.gallery_pages}.html"]
+            result["chromium"] = browser_times(out, pages)
+        else:
+            result["chromium"] = "skipped: /usr/bin/chromedriver is missing"
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

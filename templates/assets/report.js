@@ -1,0 +1,103 @@
+/* xaibatch report: filters and sorting on a gallery page. Dependency-free; it only hides and re-orders the
+   cards the page already lists (never builds HTML from data), and carries the choice across pages in the
+   URL fragment (#class=0&show=wrong&method=gradcam&sort=conf-desc). */
+(function () {
+  "use strict";
+  var form = document.getElementById("controls");
+  if (!form) { return; }
+  var els = {
+    "class": document.getElementById("f-class"),
+    show: document.getElementById("f-show"),
+    method: document.getElementById("f-method"),
+    sort: document.getElementById("f-sort")
+  };
+  var status = document.getElementById("f-status");
+  var groups = Array.prototype.slice.call(document.querySelectorAll("section.group"));
+  var lists = groups.map(function (g) {
+    var ol = g.querySelector("ol.cards");
+    return { group: g, ol: ol, cards: Array.prototype.slice.call(ol.children) };
+  });
+  var total = lists.reduce(function (n, l) { return n + l.cards.length; }, 0);
+
+  function value(name) { return els[name] ? els[name].value : ""; }
+
+  function hasOption(select, v) {
+    for (var i = 0; i < select.options.length; i++) { if (select.options[i].value === v) { return true; } }
+    return false;
+  }
+
+  function byConf(a, b) { return parseFloat(a.getAttribute("data-conf")) - parseFloat(b.getAttribute("data-conf")); }
+  function byName(a, b) {
+    var x = a.getAttribute("data-name"), y = b.getAttribute("data-name");
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+
+  function fragment() {
+    var parts = [];
+    Object.keys(els).forEach(function (k) {
+      var v = value(k);
+      if (v) { parts.push(encodeURIComponent(k) + "=" + encodeURIComponent(v)); }
+    });
+    return parts.join("&");
+  }
+
+  function apply(fromUser) {
+    var cls = value("class"), show = value("show"), method = value("method"), sort = value("sort");
+    var shown = 0;
+    lists.forEach(function (l) {
+      var g = l.group;
+      var groupOk = (!cls || g.getAttribute("data-class") === cls) && (!show || g.getAttribute("data-section") === show);
+      var order = l.cards.slice();
+      if (sort === "conf-desc") { order.sort(function (a, b) { return byConf(b, a); }); }
+      else if (sort === "conf-asc") { order.sort(byConf); }
+      else if (sort === "name") { order.sort(byName); }
+      if (sort || fromUser) { order.forEach(function (card) { l.ol.appendChild(card); }); }
+      var visible = 0;
+      l.cards.forEach(function (card) {
+        var methods = (card.getAttribute("data-methods") || "").split(" ");
+        var ok = groupOk && (!method || method === "-" || methods.indexOf(method) >= 0);
+        card.hidden = !ok;
+        if (ok) { visible++; }
+        var imgs = card.querySelectorAll("img[data-method]");
+        for (var i = 0; i < imgs.length; i++) {
+          var m = imgs[i].getAttribute("data-method");
+          imgs[i].hidden = method === "-" || (method !== "" && m !== method);
+        }
+      });
+      g.hidden = visible === 0;
+      shown += visible;
+    });
+    var headings = document.querySelectorAll("h2.section");
+    for (var i = 0; i < headings.length; i++) {
+      var h = headings[i], any = false, el = h.nextElementSibling;
+      while (el && !(el.tagName === "H2")) { if (el.classList.contains("group") && !el.hidden) { any = true; } el = el.nextElementSibling; }
+      h.hidden = !any;
+    }
+    status.textContent = "Showing " + shown + " of " + total + " images on this page.";
+    var frag = fragment();
+    if (fromUser && window.history && history.replaceState) {
+      history.replaceState(null, "", frag ? "#" + frag : location.pathname + location.search);
+    }
+    var links = document.querySelectorAll("a[data-keep]");
+    for (var j = 0; j < links.length; j++) {
+      var a = links[j], base = a.getAttribute("href").split("#")[0];
+      a.setAttribute("href", frag ? base + "#" + frag : base);
+    }
+  }
+
+  function restore() {
+    var h = location.hash.replace(/^#/, "");
+    if (h.indexOf("=") < 0) { return; }
+    h.split("&").forEach(function (pair) {
+      var kv = pair.split("="), k = decodeURIComponent(kv[0] || ""), v = decodeURIComponent(kv[1] || "");
+      if (Object.prototype.hasOwnProperty.call(els, k) && els[k] && hasOption(els[k], v)) { els[k].value = v; }
+    });
+  }
+
+  form.addEventListener("change", function () { apply(true); });
+  form.addEventListener("submit", function (e) { e.preventDefault(); });
+  form.addEventListener("reset", function () { setTimeout(function () { apply(true); }, 0); });
+  form.hidden = false;
+  restore();
+  apply(false);
+}());

@@ -1,0 +1,443 @@
+"""The HTML report without a browser: data, pagination, order, escaping, incremental writes, overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_checkpoint, write_images
+from xaibatch import report
+from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow
+from xaibatch.pipeline import RunOptions, run
+
+CLASSES = ["FAKE", "REAL"]
+METHODS = {
+    "gradcam": {"title": "Grad-CAM", "signed": False, "config": {}, "hash": "g"},
+    "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean"},
+             "hash": "l"},
+}
+HOSTILE = [
+    "<img src=x onerror=alert(1)>.png", "with space.png", "hash#tag.png", "100%.png", "what?.png",
+    'dq"uote.png', "sq'uote.png", "ünïcødé 日本.png", "a&b.png", "%2e%2e.png", "javascript:alert(1).png",
+]
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def synth(out: Path, rows: list[tuple[str, int | None, float]], methods=("gradcam",), files: bool = True,
+          failures=(), classes=CLASSES) -> Path:
+    """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {"model": {"arch": "resnet18", "checkpoint": "m.pt", "checkpoint_sha256": "ab" * 32, "input_size": 32,
+                     "target": "pred"},
+           "layer": "layer3", "layer_grid": [4, 4], "methods": {k: METHODS[k] for k in methods},
+           "class_names": list(classes), "batch_size": 8, "workers": 0, "seed": 0}
+    tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
+    m = Manifest(out / FILENAME)
+    run_id = m.start_run("/data/set", cfg, "p")
+    with m.transaction():
+        for rel, label, p0 in rows:
+            stem = rel.rsplit(".", 1)[0]
+            probs = [p0, 1 - p0]
+            pred = int(np.argmax(probs))
+            m.put_image(ImageRow(rel, stem, 100, 0, "0" * 64, 8, 8, label, pred, pred, max(probs), probs, "p", run_id))
+            for name in methods:
+                m.put_map(MapRow(rel, name, "h", f"maps/{name}/{stem}.npy", f"maps/{name}/{stem}.png",
+                                 f"thumbs/{name}/{stem}.png", None, run_id))
+            if files:
+                subs = ("images", "thumbs/image", *(f"thumbs/{k}" for k in methods), *(f"maps/{k}" for k in methods))
+                for sub in subs:
+                    p = out / sub / f"{stem}.png"
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    tiny.save(p)
+                for k in methods:
+                    np.save(out / "maps" / k / f"{stem}.npy", np.zeros((8, 8), np.float32))
+        for rel, reason in failures:
+            m.put_failure(rel, reason, run_id)
+    m.finish_run(run_id, "some-failed" if failures else "ok", 1.5,
+                 {"seen": len(rows), "added": len(rows), "computed": len(rows), "failed": len(failures)})
+    m.close()
+    (out / "predictions.csv").write_text("path\n")
+    return out
+
+
+def labeled_rows(n: int, seed: int = 0) -> list[tuple[str, int, float]]:
+    rng = np.random.default_rng(seed)
+    return [(f"{CLASSES[i % 2]}/im_{i:04d}.png", i % 2, float(rng.uniform(0.02, 0.98))) for i in range(n)]
+
+
+class Links(HTMLParser):
+    """Every src/href, and the text of cards' names, from one page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[tuple[str, str]] = []
+        self.imgs: list[dict[str, str | None]] = []
+        self.cards: list[dict[str, str | None]] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        for k in ("href", "src"):
+            if a.get(k) is not None:
+                self.urls.append((tag, a[k]))
+        if tag == "img":
+            self.imgs.append(a)
+        if tag == "li" and "card" in (a.get("class") or "").split():
+            self.cards.append(a)
+
+
+def parse(path: Path) -> Links:
+    p = Links()
+    p.feed(path.read_text("utf-8"))
+    return p
+
+
+def resolve(page: Path, href: str) -> Path:
+    parts = urlsplit(href)
+    assert not parts.scheme and not parts.netloc, f"{page}: external or absolute URL {href!r}"
+    assert not parts.path.startswith("/"), f"{page}: absolute path {href!r}"
+    return (page.parent / unquote(parts.path)).resolve() if parts.path else page
+
+
+def html_pages(out: Path) -> list[Path]:
+    return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
+
+
+def check_links(out: Path) -> int:
+    """Every link and image of every page points at an existing file inside the report; returns the count."""
+    n = 0
+    for page in html_pages(out):
+        for _tag, u in parse(page).urls:
+            target = resolve(page, u)
+            assert target.is_file(), f"{page.relative_to(out)}: {u!r} -> {target} is missing"
+            assert target.is_relative_to(out.resolve()), f"{u!r} leaves the report folder"
+            n += 1
+    return n
+
+
+def gallery_order(out: Path) -> list[str]:
+    names = []
+    n = 1
+    while (out / "gallery" / f"page-{n}.html").exists():
+        names += [c["data-name"] for c in parse(out / "gallery" / f"page-{n}.html").cards]
+        n += 1
+    return names
+
+
+# -- pipeline runs (tiny random model, real files) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def labeled_run(tmp_path_factory, tiny_ckpt) -> Path:
+    root = tmp_path_factory.mktemp("lab")
+    write_images(root / "in" / "FAKE", 6, seed=1)
+    write_images(root / "in" / "REAL", 6, seed=2)
+    (root / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """File and class names that are HTML, URL syntax, or unicode."""
+    root = tmp_path_factory.mktemp("hostile")
+    classes = ['<b onmouseover=alert(3)>FAKE "x"', "REAL #1 %41?"]
+    ckpt = make_checkpoint(root / "h.pt", classes=classes)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(HOSTILE):
+        d = root / "in" / classes[i % 2] / ("sub dir #2" if i % 3 == 0 else "")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
+        log=lambda s: None)
+    return root / "out"
+
+
+def test_pipeline_report_summary(labeled_run):
+    out = labeled_run
+    html = (out / "index.html").read_text()
+    m = Manifest(out / FILENAME)
+    images, cfg = m.images(), json.loads(m.runs()[-1]["config_json"])
+    m.close()
+    acc = sum(r.label == r.pred for r in images.values()) / len(images)
+    assert f"{100 * acc:.1f}%" in html
+    assert "Confusion matrix" in html and "Precision" in html and "F1" in html
+    assert cfg["model"]["arch"] in html and cfg["model"]["checkpoint_sha256"][:12] in html
+    assert cfg["model"]["checkpoint_sha256"] not in html  # the short form only
+    assert "×".join(map(str, cfg["layer_grid"])) in html and cfg["layer"] in html
+    assert "Run history" in html and "predictions.csv" in html
+    # the unreadable file is listed with its reason, on the summary and on skipped.html
+    assert "REAL/broken.png" in html
+    assert "REAL/broken.png" in (out / "skipped.html").read_text()
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert [f.split("-")[0] for f in figures] == ["confidence", "reliability"]
+    for f in figures:
+        svg = (out / "figures" / f).read_bytes()
+        assert b"<svg" in svg and len(svg) < 200_000
+    assert re.search(r"ECE \d+\.\d%", (out / "figures" / figures[1]).read_text())
+
+
+def test_pipeline_report_links_and_pages(labeled_run):
+    out = labeled_run
+    assert check_links(out) > 50
+    m = Manifest(out / FILENAME)
+    rels = set(m.images())
+    m.close()
+    assert sorted(gallery_order(out)) == sorted(rels)
+    assert len(list((out / "detail").rglob("*.html"))) == len(rels)
+    css = list((out / "assets").glob("report.*.css"))
+    js = list((out / "assets").glob("report.*.js"))
+    assert len(css) == len(js) == 1 and re.fullmatch(r"report\.[0-9a-f]{8}\.css", css[0].name)
+
+
+def test_detail_page(labeled_run):
+    out = labeled_run
+    page = out / "detail" / "FAKE" / "img_000.html"
+    html = page.read_text()
+    links = parse(page)
+    srcs = [u for t, u in links.urls if t == "img"]
+    assert "../../images/FAKE/img_000.png" in srcs and "../../maps/gradcam/FAKE/img_000.png" in srcs
+    assert any(u.endswith("maps/gradcam/FAKE/img_000.npy") for _t, u in links.urls)
+    big = [i for i in links.imgs if "images/" in i["src"] or "maps/" in i["src"]]
+    assert all(int(i["width"]) >= 256 and "pixelated" in (i.get("class") or "") for i in big)  # 32 px upscaled
+    assert "Class probabilities" in html and "FAKE/img_000.png" in html
+    assert 'rel="next"' in html or 'rel="prev"' in html
+    assert "bright = more important" in html
+
+
+def test_hostile_names_are_text_and_links_work(hostile_run):
+    out = hostile_run
+    assert check_links(out) > 50
+    for page in html_pages(out):
+        html = page.read_text("utf-8")
+        assert "<img src=x" not in html and "<b onmouseover" not in html, page
+        assert "onerror=alert(1)>" not in html.replace("&gt;", "")  # never an attribute of a real tag
+    order = gallery_order(out)
+    assert len(order) == len(HOSTILE)
+    assert {n.rsplit("/", 1)[-1] for n in order} == set(HOSTILE)
+    g = (out / "gallery" / "page-1.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in g
+    assert "&lt;b onmouseover=alert(3)&gt;FAKE &#34;x&#34;" in g
+
+
+# -- synthetic manifests (no model): scale, order, grouping -----------------------------------------------
+
+
+def test_pagination_counts_and_page_weight(tmp_path):
+    n = 2 * report.PAGE_SIZE + 37
+    out = synth(tmp_path / "o", labeled_rows(n), methods=("gradcam", "lime"), files=False)
+    stats = report.render(out)
+    assert stats.gallery_pages == 3
+    pages = sorted((out / "gallery").glob("page-*.html"))
+    assert len(pages) == 3
+    counts = []
+    for p in pages:
+        links = parse(p)
+        counts.append(len(links.cards))
+        # cards show small thumbnails only, lazily; the full size is on the detail page
+        assert links.imgs and all(i["loading"] == "lazy" and "/thumbs/" in i["src"] for i in links.imgs)
+        assert p.stat().st_size < 200_000  # 200 cards with two methods each
+        html = p.read_text()
+        for k in range(1, 4):
+            assert f'href="page-{k}.html"' in html  # page numbers on every page
+    assert counts == [report.PAGE_SIZE, report.PAGE_SIZE, 37]
+    assert sorted(gallery_order(out)) == sorted(r for r, _l, _p in labeled_rows(n))
+    assert stats.pages == n + 3 + 3  # details, gallery pages, index + history + skipped
+    assert stats.biggest_page[1] < 200_000
+
+
+def test_page_links_window():
+    assert [t for t, _u, _c in report._page_links(1, 1)] == ["1"]
+    labels = [t for t, _u, _c in report._page_links(50, 500)]
+    assert labels == ["1", "…", "48", "49", "50", "51", "52", "…", "500"]
+    assert [t for t, _u, c in report._page_links(3, 4) if c] == ["3"]
+
+
+def test_grouping_and_sorting_order(tmp_path):
+    rows = [  # (rel, label, p(class 0)); pred is 0 when p0 > .5
+        ("a.png", 0, 0.30), ("b.png", 0, 0.10), ("c.png", 0, 0.90), ("d.png", 0, 0.60),
+        ("e.png", 1, 0.80), ("f.png", 1, 0.55), ("g.png", 1, 0.20), ("h.png", 1, 0.45),
+    ]
+    out = synth(tmp_path / "o", rows, files=False)
+    data = report.build(out)
+    assert [(g.section, g.title) for g in data.groups] == [
+        ("wrong", "true FAKE"), ("wrong", "true REAL"), ("right", "true FAKE"), ("right", "true REAL")]
+    # misclassified: most confident mistake first; correct: least confident first
+    assert [[c.rel for c in g.cards] for g in data.groups] == [
+        ["b.png", "a.png"], ["e.png", "f.png"], ["d.png", "c.png"], ["h.png", "g.png"]]
+    report.render(out)
+    assert gallery_order(out) == ["b.png", "a.png", "e.png", "f.png", "d.png", "c.png", "h.png", "g.png"]
+    html = (out / "gallery" / "page-1.html").read_text()
+    assert html.index("<h2 class=\"section\">Misclassified") < html.index("<h2 class=\"section\">Correct")
+    # previous/next on detail pages follow the gallery order
+    d = (out / "detail" / "e.html").read_text()
+    assert 'href="../detail/a.html" rel="prev"' in d and 'href="../detail/f.html" rel="next"' in d
+
+
+def test_metrics_match_sklearn(tmp_path):
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    rows = labeled_rows(300, seed=3)
+    data = report.build(synth(tmp_path / "o", rows, files=False))
+    y = [lab for _r, lab, _p in rows]
+    pred = [0 if p0 > 0.5 else 1 for _r, _l, p0 in rows]
+    p, r, f, s = precision_recall_fscore_support(y, pred)
+    for i, c in enumerate(data.per_class):
+        assert c["precision"] == pytest.approx(p[i]) and c["recall"] == pytest.approx(r[i])
+        assert c["f1"] == pytest.approx(f[i]) and c["support"] == s[i]
+    assert [[cell["n"] for cell in row] for row in data.confusion] == confusion_matrix(y, pred).tolist()
+    conf = np.array([max(p0, 1 - p0) for _r, _l, p0 in rows])
+    ok = np.array(y) == np.array(pred)
+    bins = np.minimum(((conf - 0.5) / 0.5 * 10).astype(int), 9)
+    ece = sum(abs(ok[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean() for b in range(10)
+              if (bins == b).any())
+    assert data.ece == pytest.approx(ece)
+    assert sum(sum(c) for _l, c, _col in data.hist_series) == 300
+
+
+def test_unlabeled_grouped_by_prediction(tmp_path):
+    rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
+    out = synth(tmp_path / "o", rows, files=True)
+    data = report.build(out)
+    assert not data.labeled and data.sections == [("pred", "By predicted class")]
+    assert [(g.title, [c.rel for c in g.cards]) for g in data.groups] == [
+        ("predicted FAKE", ["x2.png", "x1.png"]), ("predicted REAL", ["x3.png", "x4.png"])]
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert "Accuracy" not in html and "Images per predicted class" in html
+    assert not any(p.name.startswith("reliability") for p in (out / "figures").iterdir())
+    check_links(out)
+
+
+def test_signed_and_unsigned_legends(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(4), methods=("gradcam", "lime"))
+    report.render(out)
+    for page in (out / "gallery" / "page-1.html", out / "detail" / "FAKE" / "im_0000.html"):
+        html = page.read_text()
+        assert "red = evidence for the explained class, blue = evidence against it" in html
+        assert "bright = more important" in html
+    html = (out / "index.html").read_text()
+    assert all(x in html for x in ("samples=1000", "segments=50", "hide=mean"))
+
+
+def test_incremental_writes(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(30))
+    report.render(out)
+    pages = html_pages(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
+    old = 1_000_000_000  # 2001: any rewrite is visible
+    for p in pages:
+        os.utime(p, (old, old))
+    stats = report.render(out)
+    assert stats.written == 0 and stats.unchanged == len(pages)
+    assert all(p.stat().st_mtime == old for p in pages)
+
+    # one image's confidence changes: its detail page, its neighbours', its gallery page and the summary
+    m = Manifest(out / FILENAME)
+    m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
+    m.close()
+    stats = report.render(out)
+    changed = sorted(str(p.relative_to(out)) for p in html_pages(out) if p.stat().st_mtime != old)
+    assert "detail/FAKE/im_0000.html" in changed and "gallery/page-1.html" in changed
+    assert "index.html" in changed
+    assert 3 <= len(changed) <= 8, changed
+    assert stats.written == len(changed) + 2  # + the redrawn figures
+
+
+def test_rerun_over_unchanged_folder_rewrites_only_summary_and_history(tmp_path, tiny_ckpt):
+    write_images(tmp_path / "in" / "FAKE", 3, seed=5)
+    write_images(tmp_path / "in" / "REAL", 3, seed=6)
+    opts = RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt)
+    run(opts, log=lambda s: None)
+    out = tmp_path / "out"
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".html", ".css", ".js", ".svg")]
+    old = 1_000_000_000
+    for p in files:
+        os.utime(p, (old, old))
+    run(opts, log=lambda s: None)
+    changed = sorted(str(p.relative_to(out)) for p in files if p.stat().st_mtime != old)
+    assert changed == ["history.html", "index.html"]
+
+
+def test_removed_images_lose_their_pages(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(6))
+    report.render(out)
+    assert (out / "detail" / "FAKE" / "im_0000.html").exists()
+    m = Manifest(out / FILENAME)
+    m.remove_images(["FAKE/im_0000.png"])
+    m.close()
+    stats = report.render(out)
+    assert not (out / "detail" / "FAKE" / "im_0000.html").exists() and stats.removed >= 1
+    assert (out / "detail" / "FAKE" / "im_0002.html").exists()
+
+
+def test_template_dir_override(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(4))
+    mine = tmp_path / "mine"
+    (mine / "assets").mkdir(parents=True)
+    (mine / "index.html").write_text(
+        '{% extends "base.html" %}{% block main %}<h1>My summary</h1><p id="n">{{ r.total }} images, '
+        '{{ r.accuracy | pct }}</p>{% endblock %}')
+    (mine / "assets" / "report.css").write_text("body { background: #fffbe6; }\n")
+    report.write_report(out, template_dir=mine)
+    html = (out / "index.html").read_text()
+    assert "<h1>My summary</h1>" in html and "4 images" in html
+    css = list((out / "assets").glob("report.*.css"))
+    assert len(css) == 1 and css[0].read_text() == "body { background: #fffbe6; }\n"
+    assert f'href="{"assets/" + css[0].name}"' in html
+    # the other pages still come from the packaged templates, with the user's stylesheet
+    g = (out / "gallery" / "page-1.html").read_text()
+    assert "Gallery, page 1 of 1" in g and css[0].name in g
+    # back to the packaged templates: old asset removed, detail pages re-rendered with the new name
+    report.write_report(out)
+    assert css[0].name not in (out / "detail" / "FAKE" / "im_0000.html").read_text()
+    assert not css[0].exists()
+
+
+def test_autoescape_of_hostile_names_synthetic(tmp_path):
+    rows = [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE]
+    out = synth(tmp_path / "o", rows, failures=[("<script>alert(2)</script>.png", "bad <b>header</b>")])
+    report.render(out)
+    check_links(out)
+    for page in html_pages(out):
+        html = page.read_text()
+        assert "<script>alert" not in html and "<img src=x" not in html and "<b>header" not in html
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;.png" in (out / "skipped.html").read_text()
+    assert (out / "detail" / "FAKE" / "<img src=x onerror=alert(1)>.html").is_file()
+
+
+def test_no_images_yet(tmp_path):
+    out = synth(tmp_path / "o", [], failures=[("a.png", "cannot identify image file")])
+    report.render(out)
+    assert "No images yet." in (out / "gallery" / "page-1.html").read_text()
+    assert "a.png" in (out / "index.html").read_text()
+    check_links(out)
+
+
+def test_confusion_cells_keep_text_contrast():
+    def ratio(a, b):
+        hi, lo = sorted((report._luminance(a), report._luminance(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    for share in np.linspace(0, 1, 101):
+        bg = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))
+        fg = (255, 255, 255) if report._text_on(bg) == "#fff" else (0, 0, 0)
+        assert ratio(bg, fg) >= 4.5, (share, bg)
+
+
+def test_url_encoding():
+    assert report.url("a b/c#d?e%f.png") == "a%20b/c%23d%3Fe%25f.png"
+    assert report.url("javascript:x") == "javascript%3Ax"
+    assert report.up("detail/a/b.html") == "../../" and report.up("index.html") == ""

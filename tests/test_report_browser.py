@@ -1,0 +1,358 @@
+"""The report in a real browser (headless Chromium over file://): images load, links resolve, filters and
+sorting work, pagination reaches every image, hostile file names never run script."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_checkpoint, write_images
+from xaibatch import report
+from xaibatch.manifest import FILENAME, Manifest
+from xaibatch.pipeline import RunOptions, run
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="needs /usr/bin/chromium and /usr/bin/chromedriver "
+                              "(apt-get install chromium chromium-driver)"),
+]
+
+TRAP = """
+window.__xss = [];
+window.alert = window.confirm = window.prompt = function (m) { window.__xss.push(String(m)); };
+"""
+
+HOSTILE = [
+    "<img src=x onerror=alert(1)>.png", "with space.png", "hash#tag.png", "100%.png", "what?.png",
+    'dq"uote.png', "sq'uote.png", "ünïcødé 日本.png", "a&b.png", "%2e%2e.png", "javascript:alert(1).png",
+    "<script>alert(4)<\\script>.png",
+]
+
+
+@pytest.fixture(scope="module")
+def driver():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="xaibatch-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
+              "--allow-file-access-from-files", f"--user-data-dir={profile}"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TRAP})
+    try:
+        yield d
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def labeled_out(tmp_path_factory, tiny_ckpt) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    write_images(root / "in" / "FAKE", 9, seed=11)
+    write_images(root / "in" / "REAL", 9, seed=12)
+    (root / "in" / "FAKE" / "broken.png").write_bytes(b"\x89PNG but not really")
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def paged_out(labeled_out, tmp_path_factory) -> Path:
+    """The same run re-rendered with 5 cards per page, so there are several pages."""
+    out = tmp_path_factory.mktemp("paged") / "out"
+    shutil.copytree(labeled_out, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "PAGE_SIZE", 5)
+        report.write_report(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hostile_out(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    classes = ['<b onmouseover=alert(3)>FAKE "x"', "REAL #1 %41?"]
+    ckpt = make_checkpoint(root / "h.pt", classes=classes)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(HOSTILE):
+        d = root / "in" / classes[i % 2] / ("sub #2 ?%" if i % 3 == 0 else "")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
+    (root / "in" / classes[0] / "<svg onload=alert(5)>.png").write_bytes(b"broken")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "PAGE_SIZE", 4)
+        run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
+            log=lambda s: None)
+    return root / "out"
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def open_page(driver, path: Path) -> None:
+    driver.get(path.resolve().as_uri())
+    assert driver.execute_script("return document.readyState") == "complete"
+
+
+def load_all_images(driver, timeout: float = 10) -> list[dict]:
+    """Force lazy images to load, wait, and return the ones that failed."""
+    driver.execute_script("document.querySelectorAll('img').forEach(function (i) { i.loading = 'eager'; });")
+    end = time.time() + timeout
+    while time.time() < end:
+        if driver.execute_script("return Array.prototype.every.call(document.images, i => i.complete)"):
+            break
+        time.sleep(0.05)
+    return driver.execute_script(
+        "return Array.prototype.filter.call(document.images, i => !(i.complete && i.naturalWidth > 0))"
+        ".map(i => ({src: i.getAttribute('src'), alt: i.alt}))")
+
+
+def local_targets(driver) -> list[tuple[str, Path]]:
+    """Every href/src of the page as (attribute value, file it resolves to); all must be file: and relative."""
+    raw = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('[href],[src]'), function (e) {"
+        "  var a = e.hasAttribute('href') ? 'href' : 'src';"
+        "  return [e.getAttribute(a), e[a]]; })")
+    out = []
+    for attr, absolute in raw:
+        assert urlsplit(attr).scheme == "" and not attr.startswith("/"), f"not a relative link: {attr!r}"
+        parts = urlsplit(absolute)
+        assert parts.scheme == "file", absolute
+        out.append((attr, Path(unquote(parts.path))))
+    return out
+
+
+def check_page(driver, path: Path) -> None:
+    open_page(driver, path)
+    failed = load_all_images(driver)
+    assert not failed, f"{path.name}: images did not load: {failed}"
+    for attr, target in local_targets(driver):
+        assert target.is_file(), f"{path.name}: {attr!r} -> {target} does not exist"
+    assert driver.execute_script("return window.__xss") == [], f"{path.name}: script from a name ran"
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, f"{path.name}: console errors {severe}"
+
+
+def all_pages(out: Path) -> list[Path]:
+    return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
+
+
+def manifest_rels(out: Path) -> set[str]:
+    m = Manifest(out / FILENAME)
+    try:
+        return set(m.images())
+    finally:
+        m.close()
+
+
+def visible_cards(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.prototype.filter.call(document.querySelectorAll('li.card'), c => c.offsetParent !== null)"
+        ".map(c => ({name: c.dataset.name, conf: parseFloat(c.dataset.conf),"
+        " group: c.closest('section.group').id, cls: c.closest('section.group').dataset.class,"
+        " section: c.closest('section.group').dataset.section}))")
+
+
+def select(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", element_id)).select_by_value(value)
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+
+
+def test_every_page_loads_its_images_and_links(driver, labeled_out):
+    pages = all_pages(labeled_out)
+    assert len(pages) == len(manifest_rels(labeled_out)) + 4  # details + gallery page + index, history, skipped
+    for page in pages:
+        check_page(driver, page)
+
+
+def test_pagination_reaches_every_image(driver, paged_out):
+    rels = manifest_rels(paged_out)
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    seen: list[str] = []
+    pages = 0
+    while True:
+        pages += 1
+        cards = driver.execute_script("return Array.prototype.map.call(document.querySelectorAll('li.card'),"
+                                      " c => c.dataset.name)")
+        assert 0 < len(cards) <= 5
+        seen += cards
+        numbers = driver.find_elements("css selector", "nav.pager a[aria-current=page]")
+        assert numbers and numbers[0].text == str(pages)
+        nxt = driver.find_elements("css selector", "nav.pager a[rel=next]")
+        if not nxt:
+            break
+        nxt[0].click()
+        assert pages < 100
+    assert pages == -(-len(rels) // 5)
+    assert sorted(seen) == sorted(rels) and len(seen) == len(set(seen))
+    # a card leads to its detail page, and the detail page back to the card
+    open_page(driver, paged_out / "gallery" / "page-2.html")
+    first = driver.find_element("css selector", "li.card")
+    cid, name = first.get_attribute("id"), first.get_attribute("data-name")
+    first.find_element("css selector", "a.thumbs").click()
+    assert driver.find_element("tag name", "h1").text == name
+    driver.find_element("partial link text", "Back to gallery page 2").click()
+    assert driver.execute_script("return location.hash") == f"#{cid}"
+    assert driver.find_element("id", cid).get_attribute("data-name") == name
+
+
+def test_detail_prev_next_walk_the_gallery_order(driver, paged_out):
+    rels = manifest_rels(paged_out)
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    driver.find_element("css selector", "li.card a.thumbs").click()
+    names = []
+    while True:
+        names.append(driver.find_element("tag name", "h1").text)
+        imgs = driver.find_elements("css selector", ".views img")
+        assert len(imgs) == 2 and all(int(i.get_attribute("width")) >= 256 for i in imgs)
+        assert driver.execute_script("return getComputedStyle(document.querySelector('.views img')).imageRendering")\
+            == "pixelated"
+        nxt = driver.find_elements("css selector", "a[rel=next]")
+        if not nxt:
+            break
+        nxt[0].click()
+    assert sorted(names) == sorted(rels)
+
+
+def test_filters_hide_and_sorting_reorders(driver, labeled_out):
+    open_page(driver, labeled_out / "gallery" / "page-1.html")
+    assert driver.find_element("id", "controls").is_displayed()  # JS shows the controls
+    everything = visible_cards(driver)
+    assert len(everything) == len(manifest_rels(labeled_out))
+    status = driver.find_element("id", "f-status")
+    assert status.text == f"Showing {len(everything)} of {len(everything)} images on this page."
+
+    for cls in ("0", "1"):
+        select(driver, "f-class", cls)
+        shown = visible_cards(driver)
+        assert shown and all(c["cls"] == cls for c in shown)
+        assert len(shown) == sum(c["cls"] == cls for c in everything)
+    select(driver, "f-class", "")
+
+    sections = {c["section"] for c in everything}
+    for s in sections:
+        select(driver, "f-show", s)
+        shown = visible_cards(driver)
+        assert shown and {c["section"] for c in shown} == {s}
+    select(driver, "f-show", "")
+
+    select(driver, "f-method", "-")
+    assert not any(i.is_displayed() for i in driver.find_elements("css selector", "img[data-method]"))
+    select(driver, "f-method", "gradcam")
+    assert all(i.is_displayed() for i in driver.find_elements("css selector", "img[data-method]"))
+
+    def groups_in_order(cards):
+        out: dict[str, list] = {}
+        for c in cards:
+            out.setdefault(c["group"], []).append(c)
+        return out
+
+    default = groups_in_order(everything)
+    changed = False
+    for sort, key, reverse in (("conf-asc", "conf", False), ("conf-desc", "conf", True), ("name", "name", False)):
+        select(driver, "f-sort", sort)
+        now = groups_in_order(visible_cards(driver))
+        assert now.keys() == default.keys()
+        for g, cards in now.items():
+            assert [c[key] for c in cards] == sorted((c[key] for c in cards), reverse=reverse)
+            changed |= [c["name"] for c in cards] != [c["name"] for c in default[g]]
+    assert changed, "no sort order differed from the gallery order"
+    select(driver, "f-sort", "")
+    assert visible_cards(driver) == everything  # back to the server's order
+
+    driver.find_element("id", "f-reset").click()
+    time.sleep(0.1)
+    assert len(visible_cards(driver)) == len(everything)
+
+
+def test_filters_work_from_the_keyboard(driver, labeled_out):
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, labeled_out / "gallery" / "page-1.html")
+    before = visible_cards(driver)
+    body = driver.find_element("tag name", "body")
+    for _ in range(60):  # tab through the page until the class filter has focus
+        if driver.execute_script("return document.activeElement.id") == "f-class":
+            break
+        driver.switch_to.active_element.send_keys(Keys.TAB) if _ else body.send_keys(Keys.TAB)
+    assert driver.execute_script("return document.activeElement.id") == "f-class"
+    label = driver.find_element("css selector", "label[for=f-class]")
+    assert label.text
+    driver.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    time.sleep(0.1)
+    assert driver.find_element("id", "f-class").get_attribute("value") == "0"
+    shown = visible_cards(driver)
+    assert all(c["cls"] == "0" for c in shown) and len(shown) < len(before)
+
+
+def test_filter_state_follows_the_pager(driver, paged_out):
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    select(driver, "f-method", "-")
+    select(driver, "f-sort", "name")
+    nxt = driver.find_element("css selector", "nav.pager a[rel=next]")
+    assert nxt.get_attribute("href").endswith("page-2.html#method=-&sort=name")
+    nxt.click()
+    assert driver.find_element("id", "f-method").get_attribute("value") == "-"
+    assert driver.find_element("id", "f-sort").get_attribute("value") == "name"
+    assert not any(i.is_displayed() for i in driver.find_elements("css selector", "img[data-method]"))
+
+
+def test_pages_work_without_javascript(labeled_out):
+    """Cards are server-side rendered: the raw HTML already lists every image; the controls start hidden."""
+    html = (labeled_out / "gallery" / "page-1.html").read_text()
+    assert html.count('<li class="card') == len(manifest_rels(labeled_out))
+    assert '<form id="controls" class="controls" hidden>' in html
+
+
+def test_screenshots_are_not_blank(driver, labeled_out):
+    for page in (labeled_out / "index.html", labeled_out / "gallery" / "page-1.html",
+                 next((labeled_out / "detail").rglob("*.html"))):
+        open_page(driver, page)
+        load_all_images(driver)
+        img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"), dtype=np.float32)
+        assert img.std() > 20, f"{page.name} looks blank (pixel std {img.std():.1f})"
+
+
+def test_hostile_names_never_run_script(driver, hostile_out):
+    rels = manifest_rels(hostile_out)
+    assert {r.rsplit("/", 1)[-1] for r in rels} == set(HOSTILE)
+    for page in all_pages(hostile_out):
+        check_page(driver, page)  # images load, links resolve, the alert trap stays empty, no console error
+        bad = driver.execute_script(
+            "return document.querySelectorAll('[onerror],[onload],[onmouseover],script:not([src]),img[src=\"x\"]')"
+            ".length")
+        assert bad == 0, page
+    # the names show as text, exactly
+    open_page(driver, hostile_out / "gallery" / "page-1.html")
+    seen = []
+    while True:
+        seen += [e.text for e in driver.find_elements("css selector", "li.card p.name")]
+        nxt = driver.find_elements("css selector", "nav.pager a[rel=next]")
+        if not nxt:
+            break
+        nxt[0].click()
+    assert sorted(seen) == sorted(rels)
+    assert driver.execute_script("return window.__xss") == []
+    open_page(driver, hostile_out / "skipped.html")
+    assert "<svg onload=alert(5)>.png" in driver.find_element("tag name", "main").text

@@ -1,0 +1,81 @@
+"""The report's figures, drawn with matplotlib and returned as SVG bytes.
+
+Figures are built on a bare :class:`matplotlib.figure.Figure` with an Agg
+canvas: pyplot is never imported, so no window ever opens and the process-wide
+backend of a caller (a notebook, say) is left alone. The numbers come from
+:mod:`xaibatch.report`; this module only draws them. SVG text stays text
+(small files) and ids are salted, so equal numbers give equal bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+VERSION = 1  # bump when a figure's look changes, so cached files are redrawn
+
+_RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "xaibatch",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 10,
+}
+
+
+def _new(width: float = 5.0, height: float = 3.2) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _svg(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "xaibatch"})
+    return buf.getvalue()
+
+
+def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
+    """Counts per confidence bin, one outlined bar series per group (e.g. correct vs misclassified)."""
+    with matplotlib.rc_context(_RC):
+        fig = _new()
+        ax = fig.add_subplot()
+        widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        for label, counts, colour in series:
+            ax.bar(edges[:-1], counts, width=widths, align="edge", label=f"{label} ({sum(counts)})",
+                   color=colour, alpha=0.45, edgecolor=colour, linewidth=1.0)
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_xlabel("confidence (probability of the predicted class)")
+        ax.set_ylabel("images")
+        ax.set_title("Confidence")
+        if len(series) > 1:
+            ax.legend(frameon=False)
+        return _svg(fig)
+
+
+def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, float | None]], ece: float) -> bytes:
+    """Accuracy per confidence bin (bars) against perfect calibration (diagonal); bins are (lo, hi, n, conf, acc)."""
+    with matplotlib.rc_context(_RC):
+        fig = _new()
+        ax = fig.add_subplot()
+        lo, hi = bins[0][0], bins[-1][1]
+        ax.plot([lo, hi], [lo, hi], color="#555", linestyle="--", linewidth=1, label="perfect calibration")
+        xs = [b[0] for b in bins if b[2]]
+        ws = [b[1] - b[0] for b in bins if b[2]]
+        acc = [b[4] for b in bins if b[2]]
+        conf = [b[3] for b in bins if b[2]]
+        ax.bar(xs, acc, width=ws, align="edge", color="#0072B2", alpha=0.6, edgecolor="#0072B2", label="accuracy")
+        ax.scatter([x + w / 2 for x, w in zip(xs, ws, strict=True)], conf, color="#D55E00", marker="D", s=14, zorder=3,
+                   label="mean confidence")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence bin")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"Reliability (ECE {100 * ece:.1f}%)")
+        ax.legend(frameon=False, loc="upper left")
+        return _svg(fig)
