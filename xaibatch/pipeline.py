@@ -504,12 +504,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     from .report import write_report
 
     t_report = time.time()
+    accuracy = _write_csv(out, names)  # before the report, which links to it
     report = write_report(out, template_dir=opts.template_dir)
-    _write_csv(out, names)
     timings["report"] = time.time() - t_report
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], failed, time.time() - t0, report,
-                       layer.name if layer else None, None, status=status, run_id=run_id, timings=timings)
+                       layer.name if layer else None, accuracy, status=status, run_id=run_id, timings=timings)
     if status == "interrupted":
         e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan['work'])} image(s); "
                         "finished batches are saved, the next run computes the rest")
@@ -809,7 +809,8 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
             "discard": discard}
 
 
-def _write_csv(out: Path, names: list[str]) -> None:
+def _write_csv(out: Path, names: list[str]) -> float | None:
+    """Write predictions.csv; return the accuracy over labeled images (None when there are none)."""
     import csv
     import io
 
@@ -825,7 +826,9 @@ def _write_csv(out: Path, names: list[str]) -> None:
     w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names]])
     for rel in sorted(rows):
         r = rows[rel]
-        label = names[r.label] if r.label is not None else ""
+        label = names[r.label] if r.label is not None and r.label < len(names) else ""
         correct = "" if r.label is None else int(r.label == r.pred)
         w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs]])
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
+    labeled = [r for r in rows.values() if r.label is not None]
+    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
