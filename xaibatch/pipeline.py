@@ -259,6 +259,9 @@ def prepare(opts: RunOptions):
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
     device = resolve_device(opts.device)
+    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():  # bad-input: maps must not become inputs
+        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+                         f"choose another folder, e.g. --out {Path(opts.input_dir) / 'xaibatch'}")
     found = scan(opts.input_dir, opts.labeled)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
