@@ -344,3 +344,31 @@ def test_no_script_runs_in_a_browser(hostile_report):
         assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
     finally:
         driver.quit()
+
+
+# --- names whose output files would collide -------------------------------------------------------
+
+def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
+    """x.png + x.jpg + x.png.gif shared files (x.png's stem was x.png.gif's); photo.jpg's maps
+    (photo.png) were a file where photo.png/'s maps need a folder: the run died with 'File exists'."""
+    from xaibatch.pipeline import map_stems
+
+    images = tmp_path / "in"
+    colours = {"x.png": (255, 0, 0), "x.jpg": (0, 255, 0), "x.png.gif": (0, 0, 255), "photo.jpg": (9, 9, 9),
+               "photo.png/a.png": (200, 200, 0), "photo.jpg.png/b.png": (0, 200, 200)}
+    for rel, c in colours.items():
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), c).save(images / rel)
+    stems = map_stems(list(colours))
+    assert len(set(stems.values())) == len(stems)
+    assert stems["photo.png/a.png"] == "photo.png/a"  # no clash: unchanged
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+                                 "--workers", "0", "-q"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    for rel, stem in db.execute("SELECT rel, stem FROM images"):
+        got = Image.open(out / "images" / f"{stem}.png").convert("RGB").getpixel((4, 4))
+        want = colours[rel]  # each image's own picture, none overwritten (JPEG: +-3)
+        assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (rel, stem, got)
+    assert len(list(db.execute("SELECT DISTINCT npy FROM maps"))) == len(colours)
