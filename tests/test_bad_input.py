@@ -139,7 +139,7 @@ def html_text(path: Path) -> str:
 
 
 def test_report_lists_skipped_files_with_reasons(bad_run):
-    pages = {p: html_text(p) for p in bad_run.out.glob("*.html")}
+    pages = {p: html_text(p) for p in bad_run.out.rglob("*.html")}
     assert any("Skipped" in t for t in pages.values()), "no Skipped section"
     for case in bad_run.folder.by(FAIL):
         reason = bad_run.failures[case.rel]

@@ -267,13 +267,13 @@ def hostile_report(tmp_path_factory):
 
 def test_names_are_text_not_markup(hostile_report):
     out, bf = hostile_report
-    for page in out.glob("*.html"):
+    for page in out.rglob("*.html"):
         p = _Page()
         p.feed(page.read_text(encoding="utf-8"))
         for tag, attrs in p.tags:
             assert not (tag == "img" and attrs.get("src") == "x"), f"{page.name}: a file name became an <img>"
         assert not any("alert('xss')" in s for s in p.scripts), f"{page.name}: a file name became a <script>"
-    every_text = "".join("".join(_text_of(pg)) for pg in out.glob("*.html"))
+    every_text = "".join("".join(_text_of(pg)) for pg in out.rglob("*.html"))
     assert "<img src=x onerror=alert(1)>.png" in every_text
     assert "<script>alert('xss')</script>.png" in every_text
     assert "<b>bold</b> & 'q' #%?/in folder.png" in every_text
@@ -290,7 +290,7 @@ def test_every_local_link_in_the_report_points_into_out(hostile_report):
     """Percent-encoding of '#', '%', '?', quotes, spaces: every src/href opens the right file inside --out."""
     out, _ = hostile_report
     checked = 0
-    for page in out.glob("*.html"):
+    for page in out.rglob("*.html"):
         p = _Page()
         p.feed(page.read_text(encoding="utf-8"))
         for tag, attrs in p.tags:
@@ -333,17 +333,21 @@ def test_no_script_runs_in_a_browser(hostile_report):
     if driver is None:
         pytest.skip("no chromium + chromedriver on PATH")
     out, _ = hostile_report
-    try:
-        driver.get((out / "index.html").as_uri())
-        from selenium.common.exceptions import NoAlertPresentException
+    from selenium.common.exceptions import NoAlertPresentException
 
-        with pytest.raises(NoAlertPresentException):
-            driver.switch_to.alert.text  # noqa: B018
-        body = driver.find_element("tag name", "body").text
-        assert "<img src=x onerror=alert(1)>.png" in body
-        assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+    pages = sorted(out.glob("*.html")) + sorted(p for p in out.rglob("*.html") if p.parent != out)[:10]
+    shown = set()
+    try:
+        for page in pages:
+            driver.get(page.as_uri())
+            with pytest.raises(NoAlertPresentException):
+                driver.switch_to.alert.text  # noqa: B018
+            assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+            body = driver.find_element("tag name", "body").text
+            shown |= {n for n in ("<img src=x onerror=alert(1)>.png", "<img src=x onerror=alert(2)>.jpg") if n in body}
     finally:
         driver.quit()
+    assert shown == {"<img src=x onerror=alert(1)>.png", "<img src=x onerror=alert(2)>.jpg"}, shown
 
 
 # --- names whose output files would collide -------------------------------------------------------
