@@ -249,7 +249,9 @@ def test_out_on_a_read_only_file_system(tmp_path, images, tiny_ckpt):
 def test_out_same_as_input_is_refused(tmp_path, images, tiny_ckpt):
     r = invoke(*run_args(images, images, "--checkpoint", tiny_ckpt))
     assert_one_line(r, errors.EXIT_USAGE, "--out", "INPUT_DIR")
-    assert sorted(p.name for p in images.iterdir()) == ["img_000.png", "img_001.png", "img_002.png"]
+    # Nothing that a scan reads was added (a run may hold a ".xaibatch.lock" there while it checks).
+    assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".xaibatch")) == [
+        "img_000.png", "img_001.png", "img_002.png"]
 
 
 def test_out_inside_input_is_not_read_back(tmp_path, images, tiny_ckpt):
@@ -329,3 +331,24 @@ def test_atomic_write_leaves_nothing_on_enospc(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC
     assert target.read_bytes() == before
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.npy"]
+
+
+def test_temporary_names_end_with_the_writer_pid(tmp_path, monkeypatch):
+    """'.<name>.<pid>.tmp': the form a sweep of stale temporary files parses (pid last), kept short."""
+    import re
+
+    import xaibatch.files as files
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", spy)
+    files.atomic_write_bytes(tmp_path / ("x" * 240 + ".png"), b"data")
+    (name,) = seen
+    m = re.match(r"^\..+\.(\d+)\.tmp$", name)
+    assert m and int(m.group(1)) == os.getpid(), name
+    assert len(name.encode()) < 80

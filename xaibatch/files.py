@@ -63,7 +63,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     make_dirs(path.parent)
     for _ in range(1000):  # a stale temporary file (same pid after a crash) is skipped, not reused
-        tmp = path.with_name(f".{path.name[:32]}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+        # ".<name>.<pid>.tmp" with the pid last: the form a sweep of stale temporary files looks for.
+        tmp = path.with_name(f".{path.name[:32]}.{next(_tmp_counter)}.{os.getpid()}.tmp")
         try:
             f = open(tmp, "xb")
             break
