@@ -8,7 +8,10 @@ record with an error, never an exception that stops the run.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -21,9 +24,18 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import DecodeError, InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
+# EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
+DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 DISPLAY_MAX_SIDE = 512  # the overlay PNGs are written at most this large
+# Maps are written as <out>/maps/<method>/<rel>.npy (sometimes <rel> keeps its extension, + ".png"):
+# names and paths longer than this cannot be written, so such images are reported instead of crashing
+# the run's writer half-way.
+MAX_NAME_BYTES = 255 - len(".png")
+MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
+MANIFEST_FILENAME = "xaibatch.sqlite"  # a folder holding one is an xaibatch output, never an input
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -46,43 +58,109 @@ class Scan:
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
 
 
+def _shown(name: str) -> str:
+    """A name as text even when its bytes are not UTF-8 (``b"\\xff"`` shows as ``\\xff``)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes kept by os.listdir
+        return False
+
+
+_KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+         stat.S_IFBLK: "a block device"}
+
+
 def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, os.stat_result]]:
-    """Every image-named regular file under ``root``, sorted, symlinks followed once, loops refused."""
+    """Every image-named regular file under ``root``, in sorted depth-first order.
+
+    Symlinked folders are followed after the real ones, so a folder reachable both directly and
+    through a symlink is scanned once, under its real name; a symlink back to a folder above it is
+    a loop and reported. Iterative, so deep nesting cannot hit Python's recursion limit. What cannot
+    be scanned goes to ``skipped`` as (rel, reason) when it is named like an image or is a folder;
+    other files are ignored silently.
+    """
     found: list[tuple[str, Path, os.stat_result]] = []
     seen_dirs: set[tuple[int, int]] = set()
+    deferred: list[tuple[Path, str, os.stat_result, frozenset]] = []  # symlinked folders, entered last
 
-    def visit(d: Path, rel: str) -> None:
-        try:
-            st = d.stat()
-        except OSError as e:
-            skipped.append((rel or ".", f"cannot open folder: {e.strerror or e}"))
-            return
+    def enter(d: Path, rel: str, st: os.stat_result, ancestors: frozenset) -> tuple | None:
         key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
+            return None
         if key in seen_dirs:
-            skipped.append((rel, "symlink loop: folder already visited"))
-            return
+            return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
+        if rel and (d / MANIFEST_FILENAME).exists():
+            return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
         try:
             names = sorted(os.listdir(d))
         except OSError as e:
             skipped.append((rel or ".", f"cannot list folder: {e.strerror or e}"))
-            return
-        for name in names:
-            p = d / name
-            r = f"{rel}/{name}" if rel else name
-            try:
-                st = p.stat()
-            except OSError as e:
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    reason = "broken symlink" if p.is_symlink() else (e.strerror or str(e))
-                    skipped.append((r, reason))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                visit(p, r)
-            elif stat.S_ISREG(st.st_mode) and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append((r, p, st))
+            return None
+        return (d, rel, iter(names), ancestors | {key})
 
-    visit(root, "")
+    try:
+        root_st = root.stat()
+    except OSError as e:
+        skipped.append((".", f"cannot open folder: {e.strerror or e}"))
+        return found
+    stack = [frame] if (frame := enter(root, "", root_st, frozenset())) else []
+    while stack or deferred:
+        if not stack:
+            frame = enter(*deferred.pop(0))
+            if frame:
+                stack.append(frame)
+            continue
+        d, rel, names, ancestors = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        p = d / name
+        r = f"{rel}/{name}" if rel else name
+        is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
+        try:
+            st = p.stat()
+        except OSError as e:
+            if is_image_name:
+                if e.errno == errno.ELOOP:
+                    reason = "symlink loop"
+                elif p.is_symlink():
+                    reason = "broken symlink"
+                else:
+                    reason = f"cannot read: {e.strerror or e}"
+                skipped.append((_shown(r), reason))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not _valid_utf8(name):
+                skipped.append((_shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
+            elif p.is_symlink():
+                deferred.append((p, r, st, ancestors))
+            elif frame := enter(p, r, st, ancestors):
+                stack.append(frame)
+        elif is_image_name:
+            reason = None
+            if not stat.S_ISREG(st.st_mode):
+                reason = f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+            elif not _valid_utf8(name):
+                reason = "file name is not valid UTF-8; rename it"
+            elif len(name.encode()) > MAX_NAME_BYTES:
+                reason = f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
+            elif len(r.encode()) > MAX_REL_BYTES:
+                reason = f"path too long ({len(r.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
+            if reason is None:
+                found.append((r, p, st))
+            else:
+                skipped.append((_shown(r), reason))
+    # Depth-first order with sorted names, whatever order symlinked folders were entered in.
+    found.sort(key=lambda f: f[0].split("/"))
+    skipped.sort(key=lambda s: s[0].split("/"))
     return found
 
 
@@ -117,39 +195,108 @@ def scan(root: Path, labeled: bool | None = None) -> Scan:
 
 
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode one image to RGB: first frame, EXIF orientation applied, size-checked before decoding."""
+    """Decode one image to RGB: first frame, EXIF orientation applied, size-checked before decoding.
+
+    Returns an RGB image of at least 1x1 pixels or raises :class:`DecodeError` with a short reason;
+    nothing else.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise DecodeError(f"{w}x{h} pixels is over the limit of {max_pixels} (decompression bomb?)")
-                if w < 1 or h < 1:
-                    raise DecodeError(f"empty image ({w}x{h})")
-                im.seek(0)
-                im.load()
-                im = ImageOps.exif_transpose(im) or im
-                return _to_rgb(im)
+        # O_NONBLOCK: a FIFO swapped in after the scan must not block a worker forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise DecodeError(f"cannot read: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DecodeError("not a regular file")
+            if st.st_size == 0:
+                raise DecodeError("empty file (0 bytes)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f, formats=DECODE_FORMATS) as im:
+                    _check_size(im.size, max_pixels)
+                    im.seek(0)
+                    _check_size(im.size, max_pixels)
+                    im.load()
+                    try:
+                        im = ImageOps.exif_transpose(im)
+                    except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
+                        pass
+                    rgb = _to_rgb(im)
+            if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
+                raise DecodeError(f"decoded to an unusable {rgb.mode} {rgb.width}x{rgb.height} image")
+            return rgb
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DecodeError(f"refused: {e}") from None
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+        raise DecodeError(f"refused: the image declares {n}, over the limit of {max_pixels:,} "
+                          "(decompression bomb?)") from None
     except Image.UnidentifiedImageError:
-        raise DecodeError("not an image PIL can identify") from None
+        raise DecodeError(f"not an image{_looks_like(path)}: the content is not {_FORMAT_NAMES}") from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise DecodeError(f"{type(e).__name__}: {msg}" if msg else type(e).__name__) from None
+    except RecursionError:
+        raise DecodeError("malformed image (nesting too deep)") from None
+    except OSError as e:
+        if e.errno is not None:  # a real I/O error, not PIL's "image file is truncated"
+            raise DecodeError(f"cannot read: {e.strerror or e}") from None
+        raise DecodeError(_describe(e)) from None
+    except Exception as e:  # PIL raises many types (SyntaxError, ValueError, struct.error, ...)
+        raise DecodeError(_describe(e)) from None
+
+
+_FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
+
+
+def _describe(e: BaseException) -> str:
+    """PIL's reason for a failed decode, as one short line."""
+    text = str(e).strip()
+    msg = text.splitlines()[0][:200] if text else ""
+    return f"corrupt or truncated image: {msg}" if msg else f"corrupt or truncated image ({type(e).__name__})"
+
+
+def _looks_like(path: Path | str) -> str:
+    """`` (looks like text)`` when the file starts with readable text, else nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last char is fine
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return " (looks like text)" if text and all(c.isprintable() or c in "\r\n\t" for c in text) else ""
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise DecodeError(f"empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise DecodeError(f"refused: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
+                          "(decompression bomb?)")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        a = np.clip(a / hi * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+    """Any PIL mode to 8-bit RGB; transparency is composited over white."""
+    if im.mode.startswith("I;16"):  # 16-bit grey: keep the high byte
+        a = np.asarray(im)
+        return Image.fromarray((a >> 8).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):  # 32-bit int or float grey: scale what is there into 0..255
+        a = np.asarray(im, dtype=np.float32)
+        a = np.where(np.isfinite(a), a, 0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif lo >= 0 and hi <= 255:
+            pass
+        elif lo >= 0 and hi <= 65535:
+            a = a * (255.0 / 65535.0)
+        else:
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,30 +68,95 @@ def resolve_device(spec: str) -> torch.device:
     raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-def _create(arch: str, num_classes: int) -> nn.Module:
+def check_arch(arch: str, source: Path | None = None) -> None:
+    """Refuse a name timm does not know, suggesting close ones (``source``: the checkpoint naming it)."""
     import timm
 
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+    if not isinstance(arch, str) or not arch.strip() or not timm.is_model(arch):
+        close = difflib.get_close_matches(str(arch), timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise ModelError(f"unknown --arch {arch!r}{hint}")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        if source is None:
+            raise ModelError(f"unknown --arch {arch!r}{hint}")
+        raise ModelError(f"{source} names the architecture {arch!r}, which timm {timm.__version__} does not know"
+                         f"{hint}")
+
+
+def _create(arch: str, num_classes: int, source: Path | None = None) -> nn.Module:
+    import timm
+
+    check_arch(arch, source)
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    except Exception as e:  # a timm entry that cannot be built offline or with these settings
+        raise ModelError(f"cannot build {arch} with {num_classes} classes: {type(e).__name__}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _refusal(e: BaseException) -> str | None:
+    """What a weights_only refusal was about, when the file asked to import or call something."""
+    import re
+
+    m = re.search(r"GLOBAL\s+([\w.]+)", str(e)) or re.search(r"[Gg]lobal:?\s+([\w.]+)", str(e))
+    return m.group(1) if m else None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file safely: tensors and plain containers only, never code."""
+    """Load a checkpoint file safely: tensors and plain containers only, never code.
+
+    ``torch.load(weights_only=True)`` refuses any pickle that imports or calls something, so a
+    file built to run code on load is rejected before any of it runs. Every failure, whatever
+    torch raises, becomes one :class:`ModelError` line.
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = _refusal(e)
+        if what:
+            raise ModelError(
+                f"{path}: refused to load: it asks to import {what} while loading, and so could run code; "
+                "xaibatch loads only plain weights (torch.load weights_only=True). If you trust the file, "
+                "re-save its state_dict with torch.save(model.state_dict(), ...)"
+            ) from None
+        if _is_raw_pickle(path):
+            raise ModelError(
+                f"{path}: refused to load: a plain Python pickle, not a torch.save file; pickles can run code "
+                "when loaded, so xaibatch only reads torch.save files of plain weights (weights_only=True)"
+            ) from None
+        raise ModelError(f"{path}: not a PyTorch checkpoint (corrupted, truncated, or another kind of file)") from None
+    except EOFError:
+        raise ModelError(f"{path}: not a PyTorch checkpoint: empty or truncated file") from None
+    except MemoryError:
+        raise ModelError(f"{path}: too large to load into memory") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read: {e.strerror or _first_line(e)}") from None
+    except RuntimeError as e:
+        msg = str(e)
+        if "zip archive" in msg or "central directory" in msg or "inline_container" in msg:
+            raise ModelError(f"{path}: not a PyTorch checkpoint: corrupted or truncated zip archive") from None
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}") from None
+    except Exception as e:  # torch's legacy reader raises KeyError, ValueError, ... on arbitrary bytes
         raise ModelError(
-            f"{path}: refused to load: it is not a plain weights file (weights_only=True): {first}"
+            f"{path}: not a PyTorch checkpoint (corrupted, truncated, or another kind of file; {type(e).__name__})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: holds a {type(obj).__name__}, not a state_dict or xaibatch checkpoint")
     return obj
+
+
+def _is_raw_pickle(path: Path) -> bool:
+    """A pickle stream of protocol 2+ (what pickle.dump writes), rather than torch's zip container."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
@@ -117,7 +184,8 @@ def _load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, pat
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
+        f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} in {arch}"
+        for k in own if k in sd and sd[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -128,7 +196,10 @@ def _load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, pat
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
         raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}")
-    module.load_state_dict(sd, strict=True)
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # e.g. a tensor torch cannot copy into the parameter
+        raise ModelError(f"{path} does not fit --arch {arch}: {str(e).strip().splitlines()[0][:200]}") from None
 
 
 def load_model(
@@ -144,22 +215,22 @@ def load_model(
         module = _create(arch, num_classes or 2)
         return _finish(module, arch, None, image_size, None, None, "(random init)", "")
 
+    if arch is not None:
+        check_arch(arch)
     path = Path(checkpoint)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"--checkpoint {path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"--checkpoint {path}: not a regular file")
     obj = read_checkpoint(path)
     digest = file_sha256(path)
     if obj.get("format") == FORMAT:
-        ck_arch = str(obj["arch"])
+        ck_arch, names, size, mean, std = _check_fields(obj, path)
         if arch and arch != ck_arch:
             raise ModelError(f"{path} was trained as {ck_arch}, not --arch {arch}; drop --arch")
-        names = [str(n) for n in obj["class_names"]]
-        module = _create(ck_arch, len(names))
+        module = _create(ck_arch, len(names), source=path)
         _load_weights(module, _unwrap_state_dict(obj, path), ck_arch, path)
-        return _finish(
-            module, ck_arch, names, image_size or int(obj["input_size"]), obj.get("mean"), obj.get("std"),
-            str(path), digest,
-        )
+        return _finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
     if arch is None:
         raise UsageError(f"{path} is a plain state_dict: say which timm model it is with --arch NAME")
     sd = _unwrap_state_dict(obj, path)
@@ -168,6 +239,35 @@ def load_model(
     module = probe if n == (num_classes or 2) else _create(arch, n)
     _load_weights(module, sd, arch, path)
     return _finish(module, arch, None, image_size, None, None, str(path), digest)
+
+
+def _check_fields(obj: dict[str, Any], path: Path):
+    """The header fields of xaibatch's format, each checked, so a damaged file is named, not a KeyError."""
+
+    def bad(field: str, why: str):
+        return ModelError(f"{path}: damaged xaibatch checkpoint: {field!r} {why}")
+
+    arch = obj.get("arch")
+    if not isinstance(arch, str) or not arch:
+        raise bad("arch", "is missing or not a name")
+    names = obj.get("class_names")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
+        raise bad("class_names", "must be a non-empty list of names")
+    if len(set(names)) != len(names):
+        raise bad("class_names", "repeats a name")
+    size = obj.get("input_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+        raise bad("input_size", "must be a whole number of pixels from 8 to 4096")
+    mean, std = obj.get("mean"), obj.get("std")
+    for field, v in (("mean", mean), ("std", std)):
+        if v is not None and (not isinstance(v, (list, tuple)) or len(v) != 3
+                              or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            raise bad(field, "must be three numbers (R, G, B)")
+    if std is not None and any(x <= 0 for x in std):
+        raise bad("std", "must be positive")
+    if not isinstance(obj.get("state_dict"), dict):
+        raise bad("state_dict", "is missing")
+    return arch, [str(n) for n in names], size, mean, std
 
 
 def _finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:

@@ -132,12 +132,27 @@ def file_sha256(path: Path) -> str:
 
 
 def map_stems(rels: list[str]) -> dict[str, str]:
-    """``a/b.png`` -> ``a/b``; when two images share a stem (``b.png``, ``b.jpg``) both keep their extension."""
+    """``a/b.png`` -> ``a/b``; when two images share a stem (``b.png``, ``b.jpg``) both keep their extension.
+
+    Stems are unique, and no ``<stem>.png``/``<stem>.npy`` is also a folder another image's files go in
+    (``photo.jpg`` next to a folder ``photo.png/``): until that holds, the clashing ones keep their
+    extension, and as a last resort get a short hash of their path.
+    """
     stems = {r: r.rsplit(".", 1)[0] for r in rels}
-    counts: dict[str, int] = defaultdict(int)
-    for s in stems.values():
-        counts[s] += 1
-    return {r: (s if counts[s] == 1 else r) for r, s in stems.items()}
+    folders = {"/".join(r.split("/")[:i]) for r in rels for i in range(1, r.count("/") + 1)}
+    while True:
+        counts: dict[str, int] = defaultdict(int)
+        for s in stems.values():
+            counts[s] += 1
+        clash = [r for r, s in stems.items() if counts[s] > 1 or f"{s}.png" in folders or f"{s}.npy" in folders]
+        keep_ext = [r for r in clash if stems[r] != r and not stems[r].startswith(f"{r}~")]
+        if keep_ext:  # first: the clashing ones keep their extension
+            stems.update({r: r for r in keep_ext})
+            continue
+        hashed = [r for r in clash if stems[r] == r]
+        if not hashed:  # nothing clashes (or nothing more can be done)
+            return stems
+        stems.update({r: f"{r}~{hashlib.sha256(r.encode()).hexdigest()[:8]}" for r in hashed})
 
 
 def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
@@ -298,6 +313,9 @@ def prepare(opts: RunOptions):
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
     device = resolve_device(opts.device)
+    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():  # bad-input: maps must not become inputs
+        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+                         f"choose another folder, e.g. --out {Path(opts.input_dir) / 'xaibatch'}")
     found = scan(opts.input_dir, opts.labeled)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")

@@ -1,0 +1,354 @@
+"""Bad options, bad models, bad output folders, a full disk: one clear line and the documented exit code.
+
+Never a traceback. Exit codes (xaibatch/errors.py): 2 usage (option, folder, model, checkpoint),
+3 runtime (e.g. a full disk).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from click.testing import CliRunner
+
+from conftest import make_checkpoint, write_images
+from xaibatch import errors
+from xaibatch.cli import cli
+
+
+def invoke(*args: str | Path):
+    return CliRunner().invoke(cli, ["run", *map(str, args)], catch_exceptions=False)
+
+
+def error_lines(result) -> list[str]:
+    return [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+
+
+def assert_one_line(result, code: int, *needles: str) -> str:
+    print("\n  ->", f"[{result.exit_code}]", " | ".join(error_lines(result))[:300])
+    """Exit ``code``, exactly one 'Error: ...' line holding every needle, no traceback."""
+    out = result.output
+    assert "Traceback" not in out, out
+    assert result.exit_code == code, (result.exit_code, out)
+    lines = error_lines(result)
+    assert len(lines) == 1, out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    d = tmp_path / "in"
+    write_images(d, 3)
+    return d
+
+
+def run_args(images: Path, out: Path, *extra: str | Path):
+    return (images, "--out", out, "--workers", "0", "-q", *extra)
+
+
+# --- input folder ---------------------------------------------------------------------------------
+
+def test_missing_input_folder(tmp_path, tiny_ckpt):
+    r = invoke(*run_args(tmp_path / "nope", tmp_path / "out", "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_folder(tmp_path, tiny_ckpt):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    r = invoke(*run_args(tmp_path / "empty", tmp_path / "out", "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "holds no images")
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_is_a_file(tmp_path, tiny_ckpt):
+    f = tmp_path / "file.png"
+    f.write_bytes(b"x")
+    r = invoke(*run_args(f, tmp_path / "out", "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "is a file")
+
+
+# --- model and checkpoint -------------------------------------------------------------------------
+
+def test_unknown_arch_suggests_close_names(tmp_path, images):
+    model = timm.create_model("test_resnet", num_classes=2)
+    sd = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), sd)
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", sd, "--arch", "test_resnt"))
+    line = assert_one_line(r, errors.EXIT_USAGE, "unknown --arch 'test_resnt'", "did you mean")
+    assert "test_resnet" in line
+
+
+def test_unknown_arch_with_an_xaibatch_checkpoint(tmp_path, images, tiny_ckpt):
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tiny_ckpt, "--arch", "resnet1"))
+    assert_one_line(r, errors.EXIT_USAGE, "unknown --arch 'resnet1'", "resnet18")
+
+
+def test_checkpoint_of_another_arch_names_the_mismatch(tmp_path, images):
+    sd = tmp_path / "effnet.pt"
+    torch.save(timm.create_model("test_efficientnet", num_classes=2).state_dict(), sd)
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", sd, "--arch", "test_resnet"))
+    line = assert_one_line(r, errors.EXIT_USAGE, "does not fit --arch test_resnet")
+    assert "missing key" in line and "unexpected key" in line
+    assert "conv1.weight" in line or "conv_stem.weight" in line  # names real keys
+
+
+def test_checkpoint_with_different_shapes_names_them(tmp_path, images):
+    sd = tmp_path / "wide.pt"
+    torch.save(timm.create_model("test_resnet", num_classes=2, in_chans=1).state_dict(), sd)  # grey input
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", sd, "--arch", "test_resnet"))
+    assert_one_line(r, errors.EXIT_USAGE, "1 shape mismatch",
+                    "conv1.0.weight is (16, 1, 3, 3) in the file but (16, 3, 3, 3) in test_resnet")
+
+
+def test_xaibatch_checkpoint_trained_as_another_arch(tmp_path, images, tiny_ckpt):
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tiny_ckpt, "--arch", "test_vit"))
+    assert_one_line(r, errors.EXIT_USAGE, "trained as test_resnet", "--arch test_vit")
+
+
+def test_checkpoint_classes_differ_from_folders(tmp_path):
+    data = tmp_path / "data"
+    for c in ("cat", "dog", "eel"):
+        write_images(data / c, 2)
+    ck = make_checkpoint(tmp_path / "two.pt", classes=["FAKE", "REAL"])
+    r = invoke(*run_args(data, tmp_path / "out", "--checkpoint", ck))
+    assert_one_line(r, errors.EXIT_USAGE, "['cat', 'dog', 'eel']", "['FAKE', 'REAL']")
+
+
+def test_plain_state_dict_with_other_class_count(tmp_path):
+    data = tmp_path / "data"
+    for c in ("cat", "dog"):
+        write_images(data / c, 2)
+    sd = tmp_path / "five.pt"
+    torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), sd)
+    r = invoke(*run_args(data, tmp_path / "out", "--checkpoint", sd, "--arch", "test_resnet"))
+    assert_one_line(r, errors.EXIT_USAGE, "2 classes", "5 outputs")
+
+
+def _good_checkpoint_bytes(tmp_path: Path) -> bytes:
+    return make_checkpoint(tmp_path / "ref.pt").read_bytes()
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("random", "not a PyTorch checkpoint"),
+    ("text", "not a PyTorch checkpoint"),
+    ("empty", "empty or truncated"),
+    ("truncated_zip", "corrupted or truncated zip"),
+    ("other_zip", "corrupted or truncated zip"),
+    ("json", "not a PyTorch checkpoint"),
+])
+def test_corrupted_or_non_checkpoint_files(tmp_path, images, kind, needle):
+    ck = tmp_path / f"{kind}.pt"
+    if kind == "random":
+        ck.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif kind == "text":
+        ck.write_text("these are not the weights you are looking for\n")
+    elif kind == "empty":
+        ck.write_bytes(b"")
+    elif kind == "truncated_zip":
+        good = _good_checkpoint_bytes(tmp_path)
+        ck.write_bytes(good[: len(good) // 2])
+    elif kind == "other_zip":
+        with zipfile.ZipFile(ck, "w") as z:
+            z.writestr("hello.txt", "hi")
+    elif kind == "json":
+        ck.write_text('{"arch": "test_resnet"}')
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", ck))
+    assert_one_line(r, errors.EXIT_USAGE, str(ck), needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("no_arch", "'arch'"),
+    ("no_classes", "'class_names'"),
+    ("bad_size", "'input_size'"),
+    ("bad_std", "'std'"),
+    ("unknown_arch", "names the architecture 'resnet_from_the_future', which timm"),
+])
+def test_damaged_xaibatch_checkpoint_fields(tmp_path, images, damage, needle):
+    obj = torch.load(make_checkpoint(tmp_path / "ok.pt"), weights_only=True)
+    if damage == "no_arch":
+        del obj["arch"]
+    elif damage == "no_classes":
+        obj["class_names"] = []
+    elif damage == "bad_size":
+        obj["input_size"] = "big"
+    elif damage == "bad_std":
+        obj["std"] = [0.2, 0.0, 0.2]
+    elif damage == "unknown_arch":
+        obj["arch"] = "resnet_from_the_future"
+    ck = tmp_path / "damaged.pt"
+    torch.save(obj, ck)
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", ck))
+    assert_one_line(r, errors.EXIT_USAGE, needle)
+
+
+def test_checkpoint_that_is_a_folder_or_missing(tmp_path, images):
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tmp_path / "missing.pt"))
+    assert_one_line(r, errors.EXIT_USAGE, "no such file")
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tmp_path))
+    assert_one_line(r, errors.EXIT_USAGE, "is a directory")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")
+def test_device_cuda_without_gpu(tmp_path, images, tiny_ckpt):
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tiny_ckpt, "--device", "cuda"))
+    assert_one_line(r, errors.EXIT_USAGE, "no CUDA GPU")
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tiny_ckpt, "--device", "tpu"))
+    assert_one_line(r, errors.EXIT_USAGE, "--device 'tpu'")
+
+
+# --- output folder --------------------------------------------------------------------------------
+
+def test_out_is_an_existing_file(tmp_path, images, tiny_ckpt):
+    f = tmp_path / "out.txt"
+    f.write_text("keep me")
+    r = invoke(*run_args(images, f, "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "is a file")
+    assert f.read_text() == "keep me"
+
+
+def test_out_under_a_file(tmp_path, images, tiny_ckpt):
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    r = invoke(*run_args(images, f / "sub", "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "cannot write to --out", "Not a directory")
+    assert f.read_text() == "keep me"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="running as root: a read-only (chmod 555) folder is still writable; "
+                           "test_out_under_a_file covers an unwritable --out")
+def test_out_read_only_folder(tmp_path, images, tiny_ckpt):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = invoke(*run_args(images, ro / "out", "--checkpoint", tiny_ckpt))
+        assert_one_line(r, errors.EXIT_USAGE, "cannot write to --out", "Permission denied")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_out_on_a_read_only_file_system(tmp_path, images, tiny_ckpt):
+    """/proc is a real unwritable place even for root."""
+    r = invoke(*run_args(images, Path("/proc/xaibatch-test-out"), "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "cannot write to --out")
+
+
+def test_out_same_as_input_is_refused(tmp_path, images, tiny_ckpt):
+    r = invoke(*run_args(images, images, "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "--out", "INPUT_DIR")
+    # Nothing that a scan reads was added (a run may hold a ".xaibatch.lock" there while it checks).
+    assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".xaibatch")) == [
+        "img_000.png", "img_001.png", "img_002.png"]
+
+
+def test_out_inside_input_is_not_read_back(tmp_path, images, tiny_ckpt):
+    out = images / "report"
+    assert invoke(*run_args(images, out, "--checkpoint", tiny_ckpt)).exit_code == 0
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
+    assert r.exit_code == 0, r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert sorted(x for (x,) in db.execute("SELECT rel FROM images")) == ["img_000.png", "img_001.png",
+                                                                          "img_002.png"]
+
+
+# --- a full disk during a run ---------------------------------------------------------------------
+
+def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
+    """ENOSPC after N files: one line, exit 3, no truncated .npy, the manifest only lists files that exist."""
+    import xaibatch.files as files
+
+    data = tmp_path / "in"
+    write_images(data, 12)
+    out = tmp_path / "out"
+    real = files.atomic_write_bytes
+    written = {"n": 0}
+
+    def filling_disk(path, data):
+        if written["n"] >= 27:  # part-way through the second batch: 4 images x 5 files, then 7 more
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written["n"] += 1
+        real(path, data)
+
+    monkeypatch.setattr(files, "atomic_write_bytes", filling_disk)
+    r = invoke(data, "--out", out, "--workers", "0", "-q", "--batch-size", "4", "--checkpoint", tiny_ckpt)
+    assert_one_line(r, errors.EXIT_RUNTIME, "No space left on device")
+
+    npys = list(out.rglob("*.npy"))
+    assert npys, "the first batch was written before the disk filled"
+    for p in npys:  # every map on disk is complete
+        assert np.load(p, allow_pickle=False).shape == (32, 32)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    rows = list(db.execute("SELECT npy, png, thumb FROM maps"))
+    assert rows, "the first batch was committed"
+    for row in rows:
+        for rel in row:
+            assert (out / rel).is_file(), rel
+    images = [x for (x,) in db.execute("SELECT rel FROM images")]
+    assert len(images) == len(rows) < 12
+
+
+def test_atomic_write_leaves_nothing_on_enospc(tmp_path, monkeypatch):
+    """A real partial write: the target keeps its old content and no temporary file stays."""
+    import builtins
+
+    import xaibatch.files as files
+
+    target = tmp_path / "maps" / "m.npy"
+    files.save_npy(target, np.zeros((4, 4), np.float32))
+    before = target.read_bytes()
+
+    class HalfThenFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files, "open", lambda p, mode: HalfThenFull(builtins.open(p, mode)), raising=False)
+    with pytest.raises(OSError) as e:
+        files.save_npy(target, np.ones((64, 64), np.float32))
+    assert e.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.npy"]
+
+
+def test_temporary_names_end_with_the_writer_pid(tmp_path, monkeypatch):
+    """'.<name>.<pid>.tmp': the form a sweep of stale temporary files parses (pid last), kept short."""
+    import re
+
+    import xaibatch.files as files
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", spy)
+    files.atomic_write_bytes(tmp_path / ("x" * 240 + ".png"), b"data")
+    (name,) = seen
+    m = re.match(r"^\..+\.(\d+)\.tmp$", name)
+    assert m and int(m.group(1)) == os.getpid(), name
+    assert len(name.encode()) < 80
