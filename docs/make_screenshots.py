@@ -1,6 +1,6 @@
 """Regenerate docs/summary.png and docs/gallery.png: a Grad-CAM run over the demo test split, in headless Chromium.
 
-    python docs/make_screenshots.py --checkpoint models/demo.pt      # any trained xaibatch checkpoint
+    python docs/make_screenshots.py                       # the bundled model; --checkpoint for another
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver. The PNGs are palette-quantized to stay well under 300 KB.
 """
@@ -39,15 +39,17 @@ def shoot(driver, page: Path, out: Path, width: int, height: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled model")
     ap.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="xaibatch-shots-")))
-    ap.add_argument("--per-class", type=int, default=150)
+    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--lime-samples", type=int, default=500)
     args = ap.parse_args()
 
     data = args.work / "demo"
     write_demo_data(data, train_per_class=1, test_per_class=args.per_class, seed=0)
     out = args.work / "report"
-    run(RunOptions(input_dir=data / "test", out_dir=out, methods=["gradcam"], checkpoint=args.checkpoint))
+    run(RunOptions(input_dir=data / "test", out_dir=out, methods=["gradcam", "guided-gradcam", "lime"],
+                   checkpoint=args.checkpoint, method_options={"lime": {"samples": args.lime_samples}}))
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
