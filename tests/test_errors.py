@@ -249,9 +249,8 @@ def test_out_on_a_read_only_file_system(tmp_path, images, tiny_ckpt):
 def test_out_same_as_input_is_refused(tmp_path, images, tiny_ckpt):
     r = invoke(*run_args(images, images, "--checkpoint", tiny_ckpt))
     assert_one_line(r, errors.EXIT_USAGE, "--out", "INPUT_DIR")
-    # Nothing that a scan reads was added (a run may hold a ".xaibatch.lock" there while it checks).
-    assert sorted(p.name for p in images.iterdir() if not p.name.startswith(".xaibatch")) == [
-        "img_000.png", "img_001.png", "img_002.png"]
+    # Refused before anything, even the lock file, is written into the input folder.
+    assert sorted(p.name for p in images.iterdir()) == ["img_000.png", "img_001.png", "img_002.png"]
 
 
 def test_out_inside_input_is_not_read_back(tmp_path, images, tiny_ckpt):

@@ -313,9 +313,6 @@ def prepare(opts: RunOptions):
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
     device = resolve_device(opts.device)
-    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():  # bad-input: maps must not become inputs
-        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
-                         f"choose another folder, e.g. --out {Path(opts.input_dir) / 'xaibatch'}")
     found = scan(opts.input_dir, opts.labeled)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
@@ -386,9 +383,18 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _check_out_is_not_input(opts: RunOptions) -> None:
+    """Refuse --out == INPUT_DIR before anything (even the lock file) is written there."""
+    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():
+        sibling = Path(opts.input_dir).resolve().parent / f"{Path(opts.input_dir).resolve().name}-xaibatch"
+        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+                         f"choose another folder, e.g. --out {sibling}")
+
+
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
+    _check_out_is_not_input(opts)
     out = Path(opts.out_dir)
     with _signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
