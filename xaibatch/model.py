@@ -40,7 +40,8 @@ class LoadedModel:
 
     @property
     def num_classes(self) -> int:
-        return int(self.module.get_classifier().out_features) if hasattr(self.module, "get_classifier") else -1
+        n = getattr(self.module, "num_classes", None)  # every timm model has it (DeiT's classifier is a pair)
+        return int(n) if n is not None else int(self.module.get_classifier().out_features)
 
 
 def file_sha256(path: Path) -> str:
@@ -81,11 +82,18 @@ def check_arch(arch: str, source: Path | None = None) -> None:
                          f"{hint}")
 
 
-def _create(arch: str, num_classes: int, source: Path | None = None) -> nn.Module:
+def _create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
+    """Build ``arch`` untrained; models with a fixed input grid (ViT, DeiT, ...) are built at ``img_size``."""
     import timm
 
     check_arch(arch, source)
     try:
+        if img_size is not None:
+            try:  # only token models take img_size; their position embeddings depend on it
+                return timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
+            except TypeError as e:
+                if "img_size" not in str(e):
+                    raise
         return timm.create_model(arch, pretrained=False, num_classes=num_classes)
     except Exception as e:  # a timm entry that cannot be built offline or with these settings
         raise ModelError(f"cannot build {arch} with {num_classes} classes: {type(e).__name__}: {e}") from None
@@ -212,7 +220,7 @@ def load_model(
     if checkpoint is None:
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
-        module = _create(arch, num_classes or 2)
+        module = _create(arch, num_classes or 2, img_size=image_size)
         return _finish(module, arch, None, image_size, None, None, "(random init)", "")
 
     if arch is not None:
@@ -228,15 +236,15 @@ def load_model(
         ck_arch, names, size, mean, std = _check_fields(obj, path)
         if arch and arch != ck_arch:
             raise ModelError(f"{path} was trained as {ck_arch}, not --arch {arch}; drop --arch")
-        module = _create(ck_arch, len(names), source=path)
+        module = _create(ck_arch, len(names), source=path, img_size=size)
         _load_weights(module, _unwrap_state_dict(obj, path), ck_arch, path)
         return _finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
     if arch is None:
         raise UsageError(f"{path} is a plain state_dict: say which timm model it is with --arch NAME")
     sd = _unwrap_state_dict(obj, path)
-    probe = _create(arch, num_classes or 2)
+    probe = _create(arch, num_classes or 2, img_size=image_size)
     n = _classifier_out(probe, sd) or num_classes or 2
-    module = probe if n == (num_classes or 2) else _create(arch, n)
+    module = probe if n == (num_classes or 2) else _create(arch, n, img_size=image_size)
     _load_weights(module, sd, arch, path)
     return _finish(module, arch, None, image_size, None, None, str(path), digest)
 
@@ -273,6 +281,10 @@ def _check_fields(obj: dict[str, Any], path: Path):
 def _finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     cfg = getattr(module, "pretrained_cfg", None) or {}
     size = int(image_size or cfg.get("input_size", (3, 224, 224))[-1])
+    pe = getattr(module, "patch_embed", None)
+    fixed = getattr(pe, "img_size", None)
+    if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
+        raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
     mean = tuple(float(v) for v in (mean or cfg.get("mean", (0.485, 0.456, 0.406))))
     std = tuple(float(v) for v in (std or cfg.get("std", (0.229, 0.224, 0.225))))
     module.eval()

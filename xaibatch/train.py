@@ -79,7 +79,7 @@ def train(
         raise InputError(f"{train_dir} needs at least two class folders to train on")
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
-    model = _create(arch, len(found.classes)).to(dev)
+    model = _create(arch, len(found.classes), img_size=image_size).to(dev)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean_t = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std_t = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
