@@ -285,13 +285,10 @@ def test_signal_handlers_are_restored(tmp_path, tiny_ckpt):
         signal.signal(signal.SIGTERM, old_term)
 
 
-def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monkeypatch):
-    """The library call: a SIGTERM mid-run raises Interrupted carrying the partial result."""
+def _sigterm_during_second_batch(monkeypatch) -> None:
+    """Send this process SIGTERM while the second batch is being computed."""
     from xaibatch import pipeline
-    from xaibatch.errors import Interrupted
 
-    inp = tmp_path / "in"
-    write_images(inp, 12)
     calls = {"n": 0}
     real = pipeline.Explainer.__call__
 
@@ -302,6 +299,15 @@ def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monke
         return real(self, *a, **k)
 
     monkeypatch.setattr(pipeline.Explainer, "__call__", call)
+
+
+def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monkeypatch):
+    """The library call: a SIGTERM mid-run raises Interrupted carrying the partial result."""
+    from xaibatch.errors import Interrupted
+
+    inp = tmp_path / "in"
+    write_images(inp, 12)
+    _sigterm_during_second_batch(monkeypatch)
     opts = _opts(inp, tmp_path / "out", tiny_ckpt)
     opts.handle_signals = True
     with pytest.raises(Interrupted) as ei:
@@ -312,20 +318,9 @@ def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monke
 
 
 def test_signal_during_the_last_batch_still_finishes_ok(tmp_path, tiny_ckpt, monkeypatch):
-    from xaibatch import pipeline
-
     inp = tmp_path / "in"
     write_images(inp, 2 * BATCH)
-    calls = {"n": 0}
-    real = pipeline.Explainer.__call__
-
-    def call(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(pipeline.Explainer, "__call__", call)
+    _sigterm_during_second_batch(monkeypatch)
     opts = _opts(inp, tmp_path / "out", tiny_ckpt)
     opts.handle_signals = True
     r = run(opts, log=lambda s: None)  # nothing left to do: no Interrupted

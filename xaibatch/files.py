@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import itertools
+import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
@@ -100,3 +101,11 @@ def save_jpeg(path: Path, image: Image.Image, quality: int = 85) -> None:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=quality)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

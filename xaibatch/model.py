@@ -11,7 +11,6 @@ xaibatch's checkpoint is a dict of plain types (loadable with
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import pickle
 import warnings
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import file_sha256
 from .errors import ModelError, UsageError
 
 FORMAT = "xaibatch-checkpoint"
@@ -42,14 +42,6 @@ class LoadedModel:
     def num_classes(self) -> int:
         n = getattr(self.module, "num_classes", None)  # every timm model has it (DeiT's classifier is a pair)
         return int(n) if n is not None else int(self.module.get_classifier().out_features)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_device(spec: str) -> torch.device:

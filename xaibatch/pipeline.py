@@ -52,9 +52,9 @@ import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
-from .errors import InputError, Interrupted, UsageError, XaibatchError
-from .files import safe_join, save_npy, save_png
-from .layers import TargetLayer, capture, find_target_layer
+from .errors import InputError, Interrupted, UsageError
+from .files import file_sha256, safe_join, save_npy, save_png
+from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
@@ -121,14 +121,6 @@ def _hash(obj: Any) -> str:
 def image_seed(rel: str) -> int:
     """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
     return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def map_stems(rels: list[str]) -> dict[str, str]:
