@@ -22,18 +22,36 @@ def colorize(m: np.ndarray, signed: bool) -> np.ndarray:
     return (rgba[..., :3] * 255).astype(np.uint8)
 
 
+DISPLAY_PERCENTILE = 99.0
+
+
+def stretch(m: np.ndarray) -> np.ndarray:
+    """Scale an unsigned map so its 99th percentile is full brightness (display only; the .npy is untouched).
+
+    Guided Grad-CAM is sparse: a few pixels carry the maximum and most of the
+    evidence sits far below it, invisible on a max-scaled colour ramp. Smooth
+    Grad-CAM maps barely change (their 99th percentile is close to their max).
+    """
+    flat = m.ravel()
+    k = min(flat.size - 1, int(flat.size * DISPLAY_PERCENTILE / 100))
+    top = float(np.partition(flat, k)[k])
+    return np.clip(m / top, 0, 1) if top > 1e-6 else m
+
+
 def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5) -> Image.Image:
     """Blend a map (any size, resized here) over the display image."""
     h, w = display.shape[:2]
     if m.shape != (h, w):
         resample = Image.NEAREST if signed else Image.BILINEAR
         m = np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((w, h), resample))
+    if not signed:
+        m = stretch(m)
     colours = colorize(m, signed).astype(np.float32)
     if signed:  # let the image show through where the evidence is weak
         lim = float(np.abs(m).max()) or 1.0
         a = (alpha + 0.2) * np.clip(np.abs(m) / lim, 0, 1)[..., None]
-    else:
-        a = alpha
+    else:  # the photo shows through where the map is low, the colour where it is high
+        a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.astype(np.float32) + a * colours
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
