@@ -168,7 +168,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
         workers=workers, labeled=False if unlabeled else None,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
-        seed=seed, template_dir=template_dir, progress=human and sys.stderr.isatty(),
+        seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,
     )
     try:
