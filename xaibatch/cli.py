@@ -238,7 +238,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 @click.option("--image-size", type=click.IntRange(8, 4096), default=64, show_default=True,
               help="Generated images' and model input size (e.g. --image-size 224).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per batch.")
-@click.option("--images", type=click.IntRange(2), default=256, show_default=True,
+@click.option("--images", type=click.IntRange(2), default=1024, show_default=True,
               help="Generated images for Grad-CAM and Guided Grad-CAM.")
 @click.option("--lime-images", type=click.IntRange(1), default=4, show_default=True,
               help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).")
