@@ -280,7 +280,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         header = [
             f"xaibatch bench: {opts.arch} at {size}x{size}, {opts.classes} classes, device {dev}, "
             f"batch {bs}, torch threads {torch.get_num_threads()}, DataLoader workers {workers}",
-            f"machine: {machine_description()}, torch {torch.__version__}; load average at start {load_start}",
+            f"machine: {machine_description()}, torch {torch.__version__}, "
+            f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}; load average at start {load_start}",
             f"images: {n} generated PNGs (LIME: {n_lime}, {opts.lime_samples} samples, model batch "
             f"{opts.lime_batch_size}, {opts.lime_segments} SLIC segments); best of {opts.repeats} interleaved rounds",
             f"CAM layer {layer.name} {layer.grid}",
