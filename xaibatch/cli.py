@@ -7,11 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-import click
+# Before anything loads torch's OpenMP runtime (GNU libgomp, in the Linux wheels, reads this once): an idle
+# OpenMP thread spins 10k rounds instead of 300k before it sleeps, so the writer thread and the DataLoader
+# workers get the cores the model is not using instead of losing them to spinning threads. On 2 CPUs a
+# Grad-CAM run is 15-25% faster end to end; batched and per-image compute alone do not change
+# (docs/benchmarks.md). A value already in the environment wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError
-from .methods import METHODS
+import click  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
+from .methods import METHODS  # noqa: E402
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n"
@@ -230,6 +237,74 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
     click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
                f"val accuracy {100 * r.val_accuracy:.1f}%{test}")
+
+
+@cli.command()
+@click.option("--arch", default="resnet18", show_default=True,
+              help="timm model, randomly initialised (e.g. --arch resnet50 on a GPU).")
+@click.option("--image-size", type=click.IntRange(8, 4096), default=64, show_default=True,
+              help="Generated images' and model input size (e.g. --image-size 224).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per batch.")
+@click.option("--images", type=click.IntRange(2), default=1024, show_default=True,
+              help="Generated images for Grad-CAM and Guided Grad-CAM.")
+@click.option("--lime-images", type=click.IntRange(1), default=4, show_default=True,
+              help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).")
+@click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
+              help="LIME: perturbed images per image, for xaibatch and the peers alike.")
+@click.option("--lime-batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="LIME: perturbed images per model call, for xaibatch and the peers alike.")
+@click.option("--classes", type=click.IntRange(2), default=2, show_default=True, help="Model outputs.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
+              help="torch CPU threads (0: torch's default).")
+@click.option("--workers", type=click.IntRange(0), default=_default_workers, show_default="CPUs - 1, at most 4",
+              help="DataLoader processes of the end-to-end runs (as run's --workers).")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Interleaved rounds after a warm-up; each figure is its fastest round.")
+@click.option("--only", default=",".join(("gradcam", "guided-gradcam", "lime")), show_default=True,
+              help="Comma-separated methods to time (e.g. --only gradcam,lime).")
+@click.option("--no-peers", is_flag=True, help="Leave out pytorch-grad-cam, captum and lime.")
+@click.option("--markdown", is_flag=True, help="Print markdown tables (for the README).")
+@click.option("--memory", is_flag=True,
+              help="Instead: peak RSS of a run over --memory-images generated 32x32 PNGs each (Grad-CAM, "
+                   "timm's test_resnet), each in a fresh process.")
+@click.option("--memory-images", default="2000,20000", show_default=True,
+              help="With --memory: comma-separated folder sizes.")
+@click.option("--keep", type=click.Path(path_type=Path, file_okay=False),
+              help="Generate the files into this folder and keep them (default: a temporary folder).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@reported
+def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_batch_size, classes, device, threads,
+          workers, repeats, only, no_peers, markdown, memory, memory_images, keep, quiet):
+    """Time xaibatch end to end against the model's limits and pytorch-grad-cam, captum and lime.
+
+    \b
+    Examples:
+      xaibatch bench                                   # resnet18 at 64x64 on the CPU
+      xaibatch bench --arch resnet50 --image-size 224 --device cuda --images 1024 --lime-images 16
+      xaibatch bench --only gradcam --markdown
+      xaibatch bench --memory --memory-images 2000,20000
+    """
+    from .bench import BenchOptions, format_memory, format_result, memory_check, run_bench
+
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    if memory:
+        try:
+            counts = tuple(int(v) for v in memory_images.split(","))
+        except ValueError:
+            raise click.BadParameter("comma-separated integers, e.g. 2000,20000", param_hint="--memory-images")
+        click.echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
+        return
+    wanted = tuple(m.strip() for m in only.split(",") if m.strip())
+    bad = [m for m in wanted if m not in ("gradcam", "guided-gradcam", "lime")]
+    if bad or not wanted:
+        raise click.BadParameter(f"choose from gradcam, guided-gradcam, lime (got {only!r})", param_hint="--only")
+    opts = BenchOptions(
+        arch=arch, image_size=image_size, batch_size=batch_size, images=images, lime_images=lime_images,
+        lime_samples=lime_samples, lime_batch_size=lime_batch_size, classes=classes, device=device,
+        threads=threads, workers=workers, repeats=repeats, only=wanted, peers=not no_peers, work_dir=keep,
+    )
+    click.echo(format_result(run_bench(opts, log=log), markdown=markdown))
 
 
 @cli.command("demo-data")

@@ -2,24 +2,56 @@
 
 from __future__ import annotations
 
+import io
+import zlib
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
 THUMB_SIDE = 128
+# zlib's run-length strategy on PNG-filtered rows: 25-35% faster than the default strategy at 64-512 px and
+# 5-10% smaller files on photos and overlays (measured in docs/benchmarks.md); lossless all the same.
+PNG_COMPRESS_LEVEL = 3
+PNG_STRATEGY = zlib.Z_RLE
 
-_HEAT = colormaps["inferno"]
-_SIGNED = colormaps["RdBu_r"]  # red = evidence for the explained class, blue = against
+
+def _colour_table(name: str) -> np.ndarray:
+    """The colormap as N + 1 packed RGBX uint32 words: its N colours, then its colour for NaN.
+
+    Built once from matplotlib, so :func:`colorize` is one 1-d gather per map
+    instead of a matplotlib call, with exactly the colours matplotlib gives.
+    """
+    cmap = colormaps[name]
+    rgba = np.vstack([cmap(np.arange(cmap.N)), np.asarray(cmap.get_bad(), dtype=np.float64)[None]])
+    packed = np.zeros((len(rgba), 4), dtype=np.uint8)
+    packed[:, :3] = (rgba[:, :3] * 255).astype(np.uint8)
+    return packed.view(np.uint32)[:, 0]
+
+
+_HEAT = _colour_table("inferno")
+_SIGNED = _colour_table("RdBu_r")  # red = evidence for the explained class, blue = against
+
+
+def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colours of values in [0, 1] (or NaN), as matplotlib's ``Colormap.__call__`` picks them."""
+    n = len(table) - 1
+    xa = x * n  # in x's float dtype, as matplotlib multiplies
+    with np.errstate(invalid="ignore"):
+        idx = xa.astype(np.intp)
+    np.minimum(idx, n - 1, out=idx)  # x == 1 is the last colour
+    nan = np.isnan(xa)
+    if nan.any():
+        idx[nan] = n
+    return table.take(idx).view(np.uint8).reshape(*x.shape, 4)[..., :3]
 
 
 def colorize(m: np.ndarray, signed: bool) -> np.ndarray:
     """(H, W) map -> (H, W, 3) uint8 colours; signed maps are scaled symmetrically around 0."""
     if signed:
         lim = float(np.abs(m).max()) or 1.0
-        rgba = _SIGNED(0.5 + 0.5 * np.clip(m / lim, -1, 1))
-    else:
-        rgba = _HEAT(np.clip(m, 0, 1))
-    return (rgba[..., :3] * 255).astype(np.uint8)
+        return _lookup(_SIGNED, 0.5 + 0.5 * np.clip(m / lim, -1, 1))
+    return _lookup(_HEAT, np.clip(m, 0, 1))
 
 
 DISPLAY_PERCENTILE = 99.0
@@ -54,6 +86,13 @@ def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.astype(np.float32) + a * colours
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode a picture as PNG (what the writer saves: overlays, thumbnails, the display copies)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY)
+    return buf.getvalue()
 
 
 def thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> Image.Image:

@@ -53,14 +53,14 @@ import torch.nn.functional as F
 from . import MAP_FORMAT_VERSION, __version__
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError
-from .files import file_sha256, safe_join, save_npy, save_png
+from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
 from .model import LoadedModel, load_model, resolve_device
-from .overlay import overlay, thumbnail
+from .overlay import overlay, png_bytes, thumbnail
 from .resources import default_checkpoint
 
 
@@ -191,24 +191,7 @@ class _Writer(threading.Thread):
             manifest.close()
 
     def _write(self, manifest: Manifest, job: dict[str, Any]) -> None:
-        maps_rows: list[MapRow] = []
-        for item in job["items"]:
-            stem = item["stem"]
-            display = item["display"]
-            if item["write_image"]:
-                save_png(safe_join(self.out_dir, f"images/{stem}.png"), _pil(display))
-                save_png(safe_join(self.out_dir, f"thumbs/image/{stem}.png"), thumbnail(_pil(display)))
-            h, w = item["orig_size"]
-            for name, (m, signed, info) in item["maps"].items():
-                full = _resize(m, (h, w), signed)
-                npy = f"maps/{name}/{stem}.npy"
-                png = f"maps/{name}/{stem}.png"
-                thumb = f"thumbs/{name}/{stem}.png"
-                save_npy(safe_join(self.out_dir, npy), full)
-                pic = overlay(display, m, signed)
-                save_png(safe_join(self.out_dir, png), pic)
-                save_png(safe_join(self.out_dir, thumb), thumbnail(pic))
-                maps_rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, job["run_id"]))
+        maps_rows = [row for item in job["items"] for row in self._write_item(item, job["run_id"])]
         # Every file of the batch is in place (renamed from its temporary name): only now do the rows point at them.
         with manifest.transaction():
             for row in job["image_rows"]:
@@ -222,6 +205,31 @@ class _Writer(threading.Thread):
         # Files no committed row points at any more (stale maps, images that became unreadable).
         _unlink_all(self.out_dir, job.get("discard", ()))
         self.on_done(len(job["items"]) + len(job["failed"]))
+
+    def _write_item(self, item: dict[str, Any], run_id: int) -> list[MapRow]:
+        """Write one image's files (its display copy when new, each map's npy, overlay and thumbnail)."""
+        stem = item["stem"]
+        display = item["display"]
+        if item["write_image"]:
+            self._save_with_thumb(_pil(display), f"images/{stem}.png", f"thumbs/image/{stem}.png")
+        h, w = item["orig_size"]
+        rows = []
+        for name, (m, signed, info) in item["maps"].items():
+            full = _resize(m, (h, w), signed)
+            npy = f"maps/{name}/{stem}.npy"
+            png = f"maps/{name}/{stem}.png"
+            thumb = f"thumbs/{name}/{stem}.png"
+            save_npy(safe_join(self.out_dir, npy), full)
+            self._save_with_thumb(overlay(display, m, signed), png, thumb)
+            rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, run_id))
+        return rows
+
+    def _save_with_thumb(self, pic, rel: str, thumb_rel: str) -> None:
+        """Write a picture and its thumbnail; a picture small enough to be its own thumbnail is encoded once."""
+        data = png_bytes(pic)
+        atomic_write_bytes(safe_join(self.out_dir, rel), data)
+        small = thumbnail(pic)
+        atomic_write_bytes(safe_join(self.out_dir, thumb_rel), data if small is pic else png_bytes(small))
 
 
 def _pil(a: np.ndarray):
@@ -829,8 +837,6 @@ def _write_csv(out: Path, names: list[str]) -> float | None:
     """Write predictions.csv; return the accuracy over labeled images (None when there are none)."""
     import csv
     import io
-
-    from .files import atomic_write_bytes
 
     manifest = Manifest(out / MANIFEST_NAME)
     try:

@@ -1,0 +1,81 @@
+"""A tiny run of ``xaibatch bench``: every row and ratio is there (no timing assertions)."""
+
+from __future__ import annotations
+
+import re
+
+from click.testing import CliRunner
+
+from xaibatch.cli import cli
+
+ROWS = [
+    ("limits", "forward only, batch 4"),
+    ("limits", "forward only, batch 16"),
+    ("limits", "forward + backward to the input, batch 4"),
+    ("gradcam", "xaibatch end to end (files in, files out)"),
+    ("gradcam", "xaibatch methods alone, tensors in memory"),
+    ("gradcam", "pytorch-grad-cam GradCAM, per image"),
+    ("gradcam", "pytorch-grad-cam GradCAM, batches of 4"),
+    ("guided-gradcam", "xaibatch end to end (files in, files out)"),
+    ("guided-gradcam", "xaibatch methods alone, tensors in memory"),
+    ("guided-gradcam", "pytorch-grad-cam GradCAM + guided backprop, per image"),
+    ("guided-gradcam", "captum GuidedGradCam, batches of 4"),
+    ("lime", "xaibatch end to end (files in, files out)"),
+    ("lime", "xaibatch methods alone, tensors in memory"),
+    ("lime", "lime package explain_instance, per image"),
+    ("lime", "captum Lime, per image"),
+]
+RATIOS = [
+    "gradcam end to end / forward+backward limit",
+    "gradcam end to end / pytorch-grad-cam batched (tensors in memory)",
+    "guided-gradcam end to end / (forward+backward limit / 2)",
+    "guided-gradcam end to end / pytorch-grad-cam guided per image",
+    "lime end to end / (best forward-only rate / 20 samples)",
+    "lime end to end / lime package",
+    "lime: share of the compute phase outside the model's forward",
+]
+SMALL = ["bench", "--arch", "test_resnet", "--image-size", "32", "--images", "8", "--batch-size", "4",
+         "--lime-images", "2", "--lime-samples", "20", "--lime-batch-size", "16", "--repeats", "1", "--workers", "0",
+         "--quiet"]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_bench_markdown_table_has_every_row_and_ratio(tmp_path):
+    r = CliRunner().invoke(cli, [*SMALL, "--markdown", "--keep", str(tmp_path / "work")])
+    assert r.exit_code == 0, r.output
+    rows = [_cells(line) for line in r.output.splitlines() if line.startswith("| ")]
+    table = {(c[0], c[1]): c for c in rows if len(c) == 6}
+    for key in ROWS:
+        assert key in table, f"missing row {key}:\n{r.output}"
+        images, seconds, rate = table[key][2:5]
+        assert int(images) > 0 and float(seconds) > 0 and float(rate) > 0
+    names = {c[0] for c in rows if len(c) == 4}
+    for name in RATIOS:
+        assert name in names, f"missing ratio {name!r}:\n{r.output}"
+    assert any(n.startswith("gradcam end to end / best peer") for n in names)
+    assert "xaibatch bench: test_resnet at 32x32" in r.output
+    assert (tmp_path / "work" / "all" / "img_000007.png").is_file()  # --keep keeps the generated inputs
+
+
+def test_bench_only_one_method_plain_table():
+    r = CliRunner().invoke(cli, [*SMALL, "--only", "gradcam", "--no-peers"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^gradcam\s+xaibatch end to end", r.output, re.M)
+    assert "lime" not in r.output and "guided" not in r.output
+    assert "forward only, batch 16" not in r.output  # LIME's model batch is timed only with LIME
+
+
+def test_bench_rejects_unknown_method():
+    r = CliRunner().invoke(cli, [*SMALL, "--only", "gradcam,nope"])
+    assert r.exit_code == 2
+    assert "--only" in r.output
+
+
+def test_bench_memory_table(tmp_path):
+    r = CliRunner().invoke(cli, ["bench", "--memory", "--memory-images", "6,12", "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^\s*6\s", r.output, re.M) and re.search(r"^\s*12\s", r.output, re.M)
+    assert "peak RSS 12 vs 6 images" in r.output
