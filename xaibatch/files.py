@@ -10,7 +10,6 @@ import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
 
 from .errors import UsageError
 
@@ -91,16 +90,6 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_png(path: Path, image: Image.Image) -> None:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=3)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_jpeg(path: Path, image: Image.Image, quality: int = 85) -> None:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def file_sha256(path: Path) -> str:
