@@ -263,8 +263,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         s_t = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
 
         def normalize(u8: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(u8)).to(dev).permute(0, 3, 1, 2)
-            return pipeline._normalize(t, m_t, s_t)
+            t = torch.from_numpy(np.ascontiguousarray(u8)).to(dev).permute(0, 3, 1, 2).contiguous()
+            return pipeline._normalize(t, m_t, s_t)  # (B, 3, H, W) contiguous, as the pipeline's batches
 
         x = normalize(images)
         with torch.no_grad():

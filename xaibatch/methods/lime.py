@@ -140,6 +140,11 @@ def _contiguous(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, counts
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+
+
 @register_method
 class Lime(Method):
     name = "lime"
@@ -216,7 +221,9 @@ class Lime(Method):
                 idx = torch.arange(start, min(b * s, start + self.batch_size), device=x.device)
                 img, row = idx // s, idx % s
                 keep = torch.gather(masks[img, row], 1, labels[img]).view(-1, 1, h, w)
-                perturbed = torch.where(keep, x[img], fill[img])
+                # where() lays its output out like ``keep``, (n, 1, h, w), which also reads as channels-last;
+                # the model is 5-15% slower on that layout (CPU), so hand it the layout of x.
+                perturbed = torch.where(keep, x[img], fill[img]).contiguous(memory_format=_layout(x))
                 p = torch.softmax(model(perturbed).float(), dim=1)
                 probs[idx] = p.gather(1, targets[img][:, None])[:, 0].double()
         return probs.view(b, s)
