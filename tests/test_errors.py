@@ -281,7 +281,10 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
         written["n"] += 1
         real(path, data)
 
-    monkeypatch.setattr(files, "atomic_write_bytes", filling_disk)
+    import xaibatch.pipeline as pipeline
+
+    monkeypatch.setattr(files, "atomic_write_bytes", filling_disk)  # save_npy's writes
+    monkeypatch.setattr(pipeline, "atomic_write_bytes", filling_disk)  # the writer's PNGs
     r = invoke(data, "--out", out, "--workers", "0", "-q", "--batch-size", "4", "--checkpoint", tiny_ckpt)
     assert_one_line(r, errors.EXIT_RUNTIME, "No space left on device")
 
