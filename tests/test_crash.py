@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from conftest import write_images
+from xaibatch import layout
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
 
@@ -154,7 +155,7 @@ def _consistent(out: Path) -> tuple[dict, dict]:
     finally:
         m.close()
     for rel, r in images.items():
-        for p in (f"images/{r.stem}.png", f"thumbs/image/{r.stem}.png"):
+        for p in (layout.image_png(r.stem), layout.image_thumb(r.stem, r.width, r.height)):
             with Image.open(out / p) as im:
                 im.load()
     arrays = {}

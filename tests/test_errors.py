@@ -272,19 +272,16 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
     data = tmp_path / "in"
     write_images(data, 12)
     out = tmp_path / "out"
-    real = files.atomic_write_bytes
+    real = files.OutputDir.write
     written = {"n": 0}
 
-    def filling_disk(path, data):
-        if written["n"] >= 27:  # part-way through the second batch: 4 images x 5 files, then 7 more
+    def filling_disk(self, rel, data):
+        if written["n"] >= 14:  # part-way through the second batch: 4 images x 3 files, then 2 more
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written["n"] += 1
-        real(path, data)
+        real(self, rel, data)
 
-    import xaibatch.pipeline as pipeline
-
-    monkeypatch.setattr(files, "atomic_write_bytes", filling_disk)  # save_npy's writes
-    monkeypatch.setattr(pipeline, "atomic_write_bytes", filling_disk)  # the writer's PNGs
+    monkeypatch.setattr(files.OutputDir, "write", filling_disk)  # the writer's one write path: npy and PNGs
     r = invoke(data, "--out", out, "--workers", "0", "-q", "--batch-size", "4", "--checkpoint", tiny_ckpt)
     assert_one_line(r, errors.EXIT_RUNTIME, "No space left on device")
 

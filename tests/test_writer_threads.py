@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from conftest import write_images
-from xaibatch import pipeline
+from xaibatch import pipeline, writer
 from xaibatch.manifest import Manifest
-from xaibatch.pipeline import PARALLEL_WRITE_MIN_PIXELS, RunOptions, run
+from xaibatch.pipeline import RunOptions, run
+from xaibatch.writer import PARALLEL_WRITE_MIN_PIXELS
 
 
 def _opts(inp, out, ckpt):
@@ -22,13 +23,13 @@ def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch)
     inp = tmp_path / "in"
     write_images(inp, 10, size=128, seed=5)
     names: set[str] = set()
-    item = pipeline._Writer._write_item
+    item = writer.write_item
 
-    def recording(self, *a, **k):
+    def recording(*a, **k):
         names.add(threading.current_thread().name)
-        return item(self, *a, **k)
+        return item(*a, **k)
 
-    monkeypatch.setattr(pipeline._Writer, "_write_item", recording)
+    monkeypatch.setattr(writer, "write_item", recording)
     files = {}
     for threads in (1, 3):
         monkeypatch.setattr(pipeline, "writer_threads", lambda device, workers, t=threads: t)
@@ -36,7 +37,7 @@ def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch)
         run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
         files[threads] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".png", ".npy")}
     assert any(n.startswith("xaibatch-encode") for n in names) and "xaibatch-writer" in names
-    assert len(files[1]) == 10 * 2 + 10 * 2 * 3  # image + thumb, and npy + png + thumb per method
+    assert len(files[1]) == 10 + 10 * 2 * 2  # image, and npy + png per method (128 px: their own thumbnails)
     assert files[1] == files[3]
 
 
@@ -44,14 +45,14 @@ def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt,
     inp = tmp_path / "in"
     write_images(inp, 8, size=128, seed=6)
     monkeypatch.setattr(pipeline, "writer_threads", lambda device, workers: 3)
-    overlay = pipeline.overlay
+    write = writer.OutputDir.write
 
-    def failing(display, m, signed, *a, **k):
-        if threading.current_thread().name.startswith("xaibatch-encode") and signed:
+    def failing(self, rel, data):
+        if threading.current_thread().name.startswith("xaibatch-encode") and rel.startswith("maps/lime/"):
             raise OSError(28, "No space left on device")
-        return overlay(display, m, signed, *a, **k)
+        return write(self, rel, data)
 
-    monkeypatch.setattr(pipeline, "overlay", failing)
+    monkeypatch.setattr(writer.OutputDir, "write", failing)
     with pytest.raises(OSError, match="No space left"):
         run(_opts(inp, tmp_path / "out", tiny_ckpt), log=lambda s: None)
     m = Manifest(tmp_path / "out" / "xaibatch.sqlite")

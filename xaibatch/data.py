@@ -23,19 +23,18 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import DecodeError, InputError
+from .layout import DISPLAY_MAX_SIDE, MANIFEST, display_size
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
 DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
-DISPLAY_MAX_SIDE = 512  # the overlay PNGs are written at most this large
 # Maps are written as <out>/maps/<method>/<rel>.npy (sometimes <rel> keeps its extension, + ".png"):
 # names and paths longer than this cannot be written, so such images are reported instead of crashing
 # the run's writer half-way.
 MAX_NAME_BYTES = 255 - len(".png")
 MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
-MANIFEST_FILENAME = "xaibatch.sqlite"  # a folder holding one is an xaibatch output, never an input
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -96,7 +95,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
         if key in seen_dirs:
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
-        if rel and (d / MANIFEST_FILENAME).exists():
+        if rel and (d / MANIFEST).exists():
             return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
         try:
             names = sorted(os.listdir(d))
@@ -304,11 +303,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, im).convert("RGB")
     return im.convert("RGB")
-
-
-def display_size(w: int, h: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
-    scale = min(1.0, max_side / max(w, h))
-    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 class ImageDataset(torch.utils.data.Dataset):

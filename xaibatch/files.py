@@ -97,3 +97,88 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class OutputDir:
+    """Atomic writes under one output folder, each folder checked and opened once rather than per file.
+
+    The writer saves several small files per image; resolving every path again (as :func:`safe_join`
+    does) and walking it from the root cost more than the write itself. A folder is checked with
+    :func:`safe_join` and created on first use, then kept open (at most ``max_open`` at a time); each file
+    is written to a temporary name and renamed relative to the folder's descriptor.
+    """
+
+    def __init__(self, root: Path, max_open: int = 256) -> None:
+        self.root = Path(root)
+        self.max_open = max_open
+        self._fds: dict[str, int] = {}
+
+    def _folder(self, rel_dir: str) -> int:
+        fd = self._fds.pop(rel_dir, None)
+        if fd is None:
+            path = safe_join(self.root, rel_dir) if rel_dir else self.root
+            make_dirs(path)
+            if rel_dir:
+                safe_join(self.root, rel_dir)  # again: what mkdir made must still lie under root
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if len(self._fds) >= self.max_open:  # close the least recently used
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[rel_dir] = fd  # most recently used last
+        return fd
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``root/rel`` atomically (see :func:`atomic_write_bytes`)."""
+        rel_dir, _, name = rel.rpartition("/")
+        if not name or name in (".", ".."):
+            safe_join(self.root, rel)  # raises with the reason
+        dir_fd = self._folder(rel_dir)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(1000):
+            tmp = f".{name[:32]}.{next(_tmp_counter)}.{os.getpid()}.tmp"
+            try:
+                fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary file name", rel_dir)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "OutputDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_NPY_HEADERS: dict[tuple[tuple[int, ...], str], bytes] = {}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The bytes ``np.save`` writes for a C-contiguous array, with the header built once per shape and dtype."""
+    a = np.ascontiguousarray(array)
+    key = (a.shape, a.dtype.str)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+        header = _NPY_HEADERS.setdefault(key, buf.getvalue())
+    return header + a.tobytes()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import layout
 from .errors import XaibatchError
 
 SCHEMA_VERSION = 1
@@ -198,9 +199,9 @@ class Manifest:
     def referenced_files(self) -> set[str]:
         """Every output path (relative to the folder) the manifest points at."""
         out: set[str] = set()
-        for (stem,) in self.db.execute("SELECT stem FROM images"):
-            out.add(f"images/{stem}.png")
-            out.add(f"thumbs/image/{stem}.png")
+        for stem, width, height in self.db.execute("SELECT stem, width, height FROM images"):
+            out.add(layout.image_png(stem))
+            out.add(layout.image_thumb(stem, width, height))
         for npy, png, thumb in self.db.execute("SELECT npy, png, thumb FROM maps"):
             out.update(p for p in (npy, png, thumb) if p)
         return out

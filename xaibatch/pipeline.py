@@ -30,11 +30,9 @@ Safe to run from a scheduler:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import queue
 import re
 import signal
 import sys
@@ -47,21 +45,20 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import MAP_FORMAT_VERSION, __version__
+from . import MAP_FORMAT_VERSION, __version__, layout
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError
-from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
+from .files import atomic_write_bytes, file_sha256
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
 from .model import LoadedModel, load_model, resolve_device
-from .overlay import overlay, png_bytes, thumbnail
+from .writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, unlink_all,
+                     writer_threads)
 from .resources import default_checkpoint
 
 
@@ -167,110 +164,6 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
             )
         return found.classes
     return [f"class_{i}" for i in range(k)]
-
-
-# Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
-# writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
-PARALLEL_WRITE_MIN_PIXELS = 96 * 96
-
-
-def writer_threads(device: torch.device, workers: int) -> int:
-    """Threads that encode and write a batch's pictures: one on the CPU, whose cores the model already uses;
-    on a GPU the host's idle cores (up to 8), which the writer needs to keep up with the device."""
-    if device.type == "cpu":
-        return 1
-    return max(1, min(8, (os.cpu_count() or 1) - max(1, workers)))
-
-
-class _Writer(threading.Thread):
-    """Writes maps and commits manifest rows, one batch per transaction, off the compute thread."""
-
-    def __init__(self, out_dir: Path, on_done: Callable[[int], None], threads: int = 1) -> None:
-        super().__init__(name="xaibatch-writer", daemon=True)
-        self.out_dir = out_dir
-        self.q: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.on_done = on_done
-        self.threads = threads  # > 1: a batch's images are encoded and written in parallel (PIL, zlib, I/O drop the GIL)
-
-    def run(self) -> None:
-        manifest = Manifest(self.out_dir / MANIFEST_NAME)
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xaibatch-encode") if self.threads > 1 else None
-        try:
-            while (job := self.q.get()) is not None:
-                if self.error is None:
-                    try:
-                        self._write(manifest, job, pool)
-                    except BaseException as e:  # surfaced by the main thread
-                        self.error = e
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-            manifest.close()
-
-    def _write(self, manifest: Manifest, job: dict[str, Any], pool: ThreadPoolExecutor | None = None) -> None:
-        items = job["items"]
-        write = functools.partial(self._write_item, run_id=job["run_id"])
-        pixels = sum(it["display"].shape[0] * it["display"].shape[1] for it in items)
-        if pool is not None and len(items) > 1 and pixels >= PARALLEL_WRITE_MIN_PIXELS * len(items):
-            futures = [pool.submit(write, item) for item in items]
-            per_item = [f.result() for f in futures]  # all of them, in order; the first error is raised
-        else:
-            per_item = [write(item) for item in items]
-        maps_rows = [row for rows in per_item for row in rows]
-        # Every file of the batch is in place (renamed from its temporary name): only now do the rows point at them.
-        with manifest.transaction():
-            for row in job["image_rows"]:
-                manifest.put_image(row)
-            for rel, method in job.get("drop_maps", ()):
-                manifest.remove_map(rel, method)
-            for row in maps_rows:
-                manifest.put_map(row)
-            for rel, reason in job["failed"]:
-                manifest.put_failure(rel, reason, job["run_id"])
-        # Files no committed row points at any more (stale maps, images that became unreadable).
-        _unlink_all(self.out_dir, job.get("discard", ()))
-        self.on_done(len(job["items"]) + len(job["failed"]))
-
-    def _write_item(self, item: dict[str, Any], run_id: int) -> list[MapRow]:
-        """Write one image's files (its display copy when new, each map's npy, overlay and thumbnail)."""
-        stem = item["stem"]
-        display = item["display"]
-        if item["write_image"]:
-            self._save_with_thumb(_pil(display), f"images/{stem}.png", f"thumbs/image/{stem}.png")
-        h, w = item["orig_size"]
-        rows = []
-        for name, (m, signed, info) in item["maps"].items():
-            full = _resize(m, (h, w), signed)
-            npy = f"maps/{name}/{stem}.npy"
-            png = f"maps/{name}/{stem}.png"
-            thumb = f"thumbs/{name}/{stem}.png"
-            save_npy(safe_join(self.out_dir, npy), full)
-            self._save_with_thumb(overlay(display, m, signed), png, thumb)
-            rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, run_id))
-        return rows
-
-    def _save_with_thumb(self, pic, rel: str, thumb_rel: str) -> None:
-        """Write a picture and its thumbnail; a picture small enough to be its own thumbnail is encoded once."""
-        data = png_bytes(pic)
-        atomic_write_bytes(safe_join(self.out_dir, rel), data)
-        small = thumbnail(pic)
-        atomic_write_bytes(safe_join(self.out_dir, thumb_rel), data if small is pic else png_bytes(small))
-
-
-def _pil(a: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(a)
-
-
-def _resize(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
-    if m.shape == size:
-        return m.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
-    mode = "nearest" if signed else "bilinear"
-    kw = {} if signed else {"align_corners": False}
-    return F.interpolate(t, size=size, mode=mode, **kw)[0, 0].numpy()
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -524,7 +417,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                 manifest.put_failure(rel, reason, run_id)
             for e in plan["touched"]:
                 manifest.touch_image(e.rel, e.size, e.mtime_ns)
-        _unlink_all(out, discard)
+        unlink_all(out, discard)
         for rel, reason in found.skipped:
             emit({"event": "failure", "path": rel, "reason": reason})
         timings["plan"] = time.time() - t_plan
@@ -644,16 +537,8 @@ def _files_of(rels, known: dict[str, ImageRow], maps_by_rel: dict[str, dict[str,
             paths += [p for p in (row.npy, row.png, row.thumb) if p]
         row = known.get(rel)
         if row is not None:
-            paths += [f"images/{row.stem}.png", f"thumbs/image/{row.stem}.png"]
+            paths += layout.image_files(row.stem)
     return paths
-
-
-def _unlink_all(out: Path, paths) -> None:
-    for p in paths:
-        try:
-            safe_join(out, p).unlink(missing_ok=True)
-        except (OSError, UsageError):
-            pass
 
 
 def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, str], MapRow],
@@ -774,8 +659,8 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
         from tqdm import tqdm
 
         progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
-    writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                     threads=writer_threads(ctx.device, opts.workers))
+    writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
+                    threads=writer_threads(ctx.device.type, opts.workers))
     writer.start()
     try:
         for todo, entries in groups.items():
@@ -791,8 +676,6 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                 worker_init_fn=_worker_init if opts.workers > 0 else None,
             )
             for b in loader:
-                if writer.error is not None:
-                    raise writer.error
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 failed.extend(job_failed)
                 tally["done"] += len(job_failed) + len(b["index"])
@@ -801,44 +684,47 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                 # Images that were fine before and fail now leave the report with their files.
                 gone = _files_of([rel for rel, _ in job_failed], known, maps_by_rel) if job_failed else []
                 if b["x"] is None:
-                    writer.q.put({"items": [], "image_rows": [], "failed": job_failed, "run_id": run_id,
-                                  "discard": gone})
+                    writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
                 else:
                     batch_entries = [entries[i] for i in b["index"]]
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
                     seeds = [image_seed(e.rel) for e in batch_entries]
                     probs, maps = explainer(b["x"], labels, b["segments"], seeds)
-                    probs_np = probs.cpu().numpy()
-                    maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
-                    job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
-                               predict_hash, run_id, opts.target, job_failed, maps_by_rel)
-                    job["discard"] = job["discard"] + gone
-                    writer.q.put(job)
+                    job = _job(batch_entries, b, probs.cpu().numpy(), maps, group_methods, method_hashes, stems,
+                               work, predict_hash, run_id, opts.target, job_failed, maps_by_rel)
+                    job.discard += gone
+                    writer.put(job)
                     tally["computed"] += len(batch_entries)
                 if stop.requested:
                     break  # this batch is queued; the writer drains the queue below
             if stop.requested:
                 break
     finally:
-        writer.q.put(None)
-        writer.join()
-        if progress is not None:
-            progress.close()
-    if writer.error is not None:
-        raise writer.error
+        try:
+            writer.finish()
+        finally:
+            if progress is not None:
+                progress.close()
 
 
 def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
-         maps_by_rel):
-    items, rows, drop, discard = [], [], [], []
+         maps_by_rel) -> WriteJob:
+    """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
+    job = WriteJob(run_id, failed=failed)
     signed = {m.name: m.signed for m in methods}
+    orig_sizes = [tuple(s) for s in b["orig_size"]]
+    fresh = [work[e.rel][2] for e in entries]
+    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, _) in maps.items()}
+    thumbs = display_thumbs([d for d, f in zip(b["display"], fresh) if f])
+    thumbs_iter = iter(thumbs)
     for j, e in enumerate(entries):
         p = probs[j]
         pred = int(p.argmax())
-        h, w = b["orig_size"][j]
-        fresh = work[e.rel][2]
-        if fresh:
-            rows.append(ImageRow(
+        h, w = orig_sizes[j]
+        item = WriteItem(rel=e.rel, stem=stems[e.rel], width=w, height=h)
+        if fresh[j]:
+            item.display, item.display_thumb = b["display"][j], next(thumbs_iter)
+            job.image_rows.append(ImageRow(
                 rel=e.rel, stem=stems[e.rel], size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
                 width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),
                 confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=predict_hash,
@@ -847,17 +733,13 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
             # New content or a new model: maps of methods not requested this run describe the old picture.
             for m, row in maps_by_rel.get(e.rel, {}).items():
                 if m not in maps:
-                    drop.append((e.rel, m))
-                    discard += [p for p in (row.npy, row.png, row.thumb) if p]
-        per_method = {}
-        for name, (arr, info) in maps.items():
-            per_method[name] = (arr[j], signed[name], info[j] if info else None)
-        items.append({
-            "rel": e.rel, "stem": stems[e.rel], "display": b["display"][j], "orig_size": (h, w),
-            "maps": per_method, "hashes": method_hashes, "write_image": fresh,
-        })
-    return {"items": items, "image_rows": rows, "failed": failed, "run_id": run_id, "drop_maps": drop,
-            "discard": discard}
+                    job.drop_maps.append((e.rel, m))
+                    job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
+        for name, (_, info) in maps.items():
+            full, over, thumb = pictures[name][j]
+            item.maps.append(MapPictures(name, method_hashes[name], full, over, thumb, info[j] if info else None))
+        job.items.append(item)
+    return job
 
 
 def _write_csv(out: Path, names: list[str]) -> float | None:

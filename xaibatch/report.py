@@ -45,8 +45,8 @@ from urllib.parse import quote
 
 import jinja2
 
-from . import __version__
-from .data import display_size
+from . import __version__, layout
+from .layout import display_size
 from .errors import UsageError
 from .files import atomic_write_bytes, safe_join
 from .manifest import FILENAME as MANIFEST_NAME
@@ -380,7 +380,7 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         target=_name(names, r.target) or "", confidence=r.confidence, conf_text=_pct(r.confidence),
         conf_attr=f"{r.confidence:.6f}",
         correct=None if r.label is None else r.label == r.pred,
-        thumb=url(f"thumbs/image/{stem}.png"), image=url(f"images/{stem}.png"),
+        thumb=url(layout.image_thumb(stem, r.width, r.height)), image=url(layout.image_png(stem)),
         detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
         probs=[(_name(names, i) or "", r.probs[i], _pct(r.probs[i])) for i in order],
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,

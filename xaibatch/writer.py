@@ -1,0 +1,210 @@
+"""Save a batch's pictures and maps, then commit its manifest rows: off the compute thread.
+
+The device does the pixel work for a whole batch (:func:`batch_pictures`: maps resized to the original
+size, overlays, thumbnails); the writer thread only encodes PNGs and writes files, on up to
+``threads`` threads (zlib and file I/O release the GIL). Crash safety: every file is written to a
+temporary name and renamed (:class:`~xaibatch.files.OutputDir`), and a batch's rows are committed in
+one transaction only after all of its files are in place.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import layout
+from .files import OutputDir, npy_bytes, safe_join
+from .errors import UsageError
+from .manifest import ImageRow, Manifest, MapRow
+from .overlay import encode_png
+
+# Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
+# writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
+PARALLEL_WRITE_MIN_PIXELS = 96 * 96
+
+
+@dataclass
+class MapPictures:
+    """One method's files for one image."""
+
+    method: str
+    config_hash: str
+    array: np.ndarray  # float32 at the image's original size: the .npy
+    overlay: np.ndarray  # uint8 (H, W, 3) at the display size
+    thumb: np.ndarray | None  # None: the overlay is small enough to be its own thumbnail
+    info: dict[str, Any] | None = None
+
+
+@dataclass
+class WriteItem:
+    """One image's files: its display copy (when new or changed) and its maps."""
+
+    rel: str
+    stem: str
+    width: int  # original size, which decides whether thumbnails are files of their own
+    height: int
+    display: np.ndarray | None = None
+    display_thumb: np.ndarray | None = None
+    maps: list[MapPictures] = field(default_factory=list)
+
+
+@dataclass
+class WriteJob:
+    """A batch for the writer: files to write, then rows to commit in one transaction, then files to delete."""
+
+    run_id: int
+    items: list[WriteItem] = field(default_factory=list)
+    image_rows: list[ImageRow] = field(default_factory=list)
+    drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    discard: list[str] = field(default_factory=list)  # files no committed row points at any more
+
+    @property
+    def count(self) -> int:
+        return len(self.items) + len(self.failed)
+
+
+def writer_threads(device_type: str, workers: int) -> int:
+    """Threads that encode and write: one on the CPU, whose cores the model already uses; on a GPU the host's
+    cores that the DataLoader workers leave (up to 8), which the writer needs to keep up with the device."""
+    if device_type == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) - max(1, workers)))
+
+
+def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]]):
+    """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
+
+    ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
+    CIFAKE folder: all of them) go through in one call each.
+    """
+    import torch
+
+    from .overlay import overlay_batch, resize_maps, thumbnail_batch
+
+    dev = maps.device
+    out: list[Any] = [None] * len(display)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, size in enumerate(orig_sizes):
+        groups[tuple(size)].append(i)
+    for (h, w), idx in groups.items():
+        sel = maps[idx] if len(idx) < len(display) else maps
+        full = resize_maps(sel, (h, w), signed)
+        dh, dw = display[idx[0]].shape[:2]
+        shown = full if (dh, dw) == (h, w) else resize_maps(sel, (dh, dw), signed)
+        pics = torch.from_numpy(np.stack([display[i] for i in idx])).to(dev, non_blocking=True)
+        over = overlay_batch(pics, shown, signed)
+        thumbs = thumbnail_batch(over)
+        full_np, over_np = full.cpu().numpy(), over.cpu().numpy()
+        thumbs_np = None if thumbs is None else thumbs.cpu().numpy()
+        for j, i in enumerate(idx):
+            out[i] = (full_np[j], over_np[j], None if thumbs_np is None else thumbs_np[j])
+    return out
+
+
+def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Thumbnails of display copies larger than a thumbnail (None for the others), on the CPU."""
+    import torch
+
+    from .overlay import thumbnail_batch
+
+    return [None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
+            for d in display]
+
+
+class Writer(threading.Thread):
+    """Writes each job's files, then commits its rows (one transaction per job), in order."""
+
+    def __init__(self, out_dir: Path, on_done: Callable[[int], None] = lambda n: None, threads: int = 1,
+                 queue_size: int = 4) -> None:
+        super().__init__(name="xaibatch-writer", daemon=True)
+        self.out_dir = Path(out_dir)
+        self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
+        self.error: BaseException | None = None
+        self.on_done = on_done
+        self.threads = threads  # > 1: a batch's images are encoded and written in parallel
+
+    def put(self, job: WriteJob) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(job)
+
+    def finish(self) -> None:
+        """Write what is queued, stop the thread, and raise the first error it met."""
+        self.q.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        manifest = Manifest(self.out_dir / layout.MANIFEST)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xaibatch-encode") if self.threads > 1 else None
+        files = OutputDir(self.out_dir)
+        try:
+            while (job := self.q.get()) is not None:
+                if self.error is None:
+                    try:
+                        self.write(manifest, files, job, pool)
+                    except BaseException as e:  # surfaced by the compute thread
+                        self.error = e
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            files.close()
+            manifest.close()
+
+    def write(self, manifest: Manifest, files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None) -> None:
+        pixels = sum(it.maps[0].overlay.shape[0] * it.maps[0].overlay.shape[1] for it in job.items if it.maps)
+        if pool is not None and len(job.items) > 1 and pixels >= PARALLEL_WRITE_MIN_PIXELS * len(job.items):
+            per_item = list(pool.map(lambda it: write_item(files, it, job.run_id), job.items))
+        else:
+            per_item = [write_item(files, it, job.run_id) for it in job.items]
+        # Every file of the batch is in place (renamed from its temporary name): only now do rows point at them.
+        with manifest.transaction():
+            for row in job.image_rows:
+                manifest.put_image(row)
+            for rel, method in job.drop_maps:
+                manifest.remove_map(rel, method)
+            for rows in per_item:
+                for map_row in rows:
+                    manifest.put_map(map_row)
+            for rel, reason in job.failed:
+                manifest.put_failure(rel, reason, job.run_id)
+        unlink_all(self.out_dir, job.discard)
+        self.on_done(job.count)
+
+
+def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
+    """Encode and write one image's files; return its map rows (not yet committed)."""
+    stem, w, h = item.stem, item.width, item.height
+    if item.display is not None:
+        files.write(layout.image_png(stem), encode_png(item.display))
+        if item.display_thumb is not None:
+            files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
+    rows = []
+    for mp in item.maps:
+        npy, png, thumb = layout.map_npy(mp.method, stem), layout.map_png(mp.method, stem), \
+            layout.map_thumb(mp.method, stem, w, h)
+        files.write(npy, npy_bytes(mp.array.astype(np.float32, copy=False)))
+        files.write(png, encode_png(mp.overlay))
+        if mp.thumb is not None:
+            files.write(thumb, encode_png(mp.thumb))
+        rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id))
+    return rows
+
+
+def unlink_all(out: Path, paths) -> None:
+    """Delete these files under ``out``, quietly skipping any that are gone or would lie outside it."""
+    for p in paths:
+        try:
+            safe_join(out, p).unlink(missing_ok=True)
+        except (OSError, UsageError):
+            pass
