@@ -60,7 +60,7 @@ def flat_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """A small demo set (train 200/class, test 60/class) with ground-truth masks."""
-    from xaibatch.demo import write_demo_data
+    from xaibatch.tools.demo import write_demo_data
 
     root = tmp_path_factory.mktemp("demo")
     write_demo_data(root, train_per_class=200, test_per_class=60, seed=0)

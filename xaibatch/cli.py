@@ -18,6 +18,7 @@ import click  # noqa: E402
 
 from . import __version__  # noqa: E402
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
+from .defaults import default_workers  # noqa: E402
 from .methods import METHODS  # noqa: E402
 
 EXIT_CODES_HELP = (
@@ -80,10 +81,6 @@ def cli() -> None:
     """
 
 
-def _default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 class _RunCommand(click.Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
@@ -119,7 +116,7 @@ class _RunCommand(click.Command):
               help="Images per batch on the device (e.g. --batch-size 128).")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.")
-@click.option("--workers", type=click.IntRange(0), default=_default_workers, show_default="CPUs - 1, at most 4",
+@click.option("--workers", type=click.IntRange(0), default=default_workers, show_default="CPUs - 1, at most 4",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (e.g. --out reports/cifake). Default: outputs/<input folder name>.")
@@ -230,7 +227,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     Example:
       xaibatch train data/demo --arch resnet18 --image-size 64 --epochs 10 --out models/demo.pt
     """
-    from .train import train as train_model
+    from .tools.train import train as train_model
 
     r = train_model(data_dir, arch, out, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                     val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo)
@@ -257,7 +254,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
               help="torch CPU threads (0: torch's default).")
-@click.option("--workers", type=click.IntRange(0), default=_default_workers, show_default="CPUs - 1, at most 4",
+@click.option("--workers", type=click.IntRange(0), default=default_workers, show_default="CPUs - 1, at most 4",
               help="DataLoader processes of the end-to-end runs (as run's --workers).")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Interleaved rounds after a warm-up; each figure is its fastest round.")
@@ -285,7 +282,7 @@ def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_
       xaibatch bench --only gradcam --markdown
       xaibatch bench --memory --memory-images 2000,20000
     """
-    from .bench import BenchOptions, format_memory, format_result, memory_check, run_bench
+    from .tools.bench import BenchOptions, format_memory, format_result, memory_check, run_bench
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     if memory:
@@ -322,7 +319,7 @@ def demo_data(out_dir, train_per_class, test_per_class, seed):
     Example:
       xaibatch demo-data data/demo && xaibatch run data/demo/test
     """
-    from .demo import write_demo_data
+    from .tools.demo import write_demo_data
 
     n = write_demo_data(out_dir, train_per_class, test_per_class, seed)
     click.echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")

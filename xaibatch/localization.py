@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import mask_for
 
 
 @dataclass
@@ -26,6 +25,16 @@ class PointingGame:
 
     def __str__(self) -> str:
         return f"{self.rate:.1%} hits on {self.images} images (chance {self.chance:.1%})"
+
+MASK_SUFFIX = ".mask.npy"  # the ground truth beside an image: <name>.mask.npy (written by `xaibatch demo-data`)
+
+
+def mask_for(image_path: Path) -> np.ndarray | None:
+    """The ground-truth mask saved beside an image, if there is one."""
+    p = Path(image_path)
+    m = p.with_name(p.name.rsplit(".", 1)[0] + MASK_SUFFIX)
+    return np.load(m) if m.is_file() else None
+
 
 
 def hit(saliency: np.ndarray, mask: np.ndarray) -> bool:

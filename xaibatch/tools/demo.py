@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..localization import MASK_SUFFIX
 
 SIZE = 32
-MASK_SUFFIX = ".mask.npy"
 
 # Photographs only (no drawings, logos, charts): (package, path inside its data folder).
 _PHOTOS = [
@@ -122,10 +122,3 @@ def write_demo_data(out: Path, train_per_class: int = 1000, test_per_class: int 
             Image.fromarray(fake.clip(0, 255).astype(np.uint8)).save(fake_dir / f"fake_{i:05d}.png")
             np.save(fake_dir / f"fake_{i:05d}{MASK_SUFFIX}", mask)
     return DemoCounts(2 * train_per_class, 2 * test_per_class)
-
-
-def mask_for(image_path: Path) -> np.ndarray | None:
-    """The ground-truth mask saved beside a demo image, if there is one."""
-    p = Path(image_path)
-    m = p.with_name(p.name.rsplit(".", 1)[0] + MASK_SUFFIX)
-    return np.load(m) if m.is_file() else None

@@ -136,7 +136,7 @@ def _subset(src: list[Path], folder: Path) -> Path:
 
 def load_tensors(paths: list[Path], input_size: int) -> np.ndarray:
     """Decode the files exactly as the pipeline's DataLoader does: (N, H, W, 3) uint8 model inputs."""
-    from .data import ImageDataset, scan
+    from ..data import ImageDataset, scan
 
     found = scan(paths[0].parent, labeled=False)
     by_name = {e.path.name: e for e in found.images}
@@ -225,19 +225,19 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
     import timm
     import torch
 
-    from . import pipeline
-    from .cli import _default_workers
-    from .layers import capture
-    from .methods import Batch, ModelContext, create_method
-    from .model import load_model, resolve_device, save_checkpoint
-    from .segmentation import slic_segments
+    from .. import pipeline
+    from ..defaults import default_workers
+    from ..layers import capture
+    from ..methods import Batch, ModelContext, create_method
+    from ..model import load_model, resolve_device, save_checkpoint
+    from ..segmentation import slic_segments
 
     unknown = [f for f in opts.only if f not in FAMILIES]
     if unknown:
         raise ValueError(f"--only: unknown method(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
-    workers = _default_workers() if opts.workers is None else opts.workers
+    workers = default_workers() if opts.workers is None else opts.workers
     dev = resolve_device(opts.device)
     size, bs = opts.image_size, opts.batch_size
     n, n_lime = opts.images, min(opts.lime_images, opts.images)
@@ -663,10 +663,10 @@ def memory_check(counts: tuple[int, ...] = (2000, 20000), size: int = 32, arch: 
     import timm
     import torch
 
-    from .cli import _default_workers
-    from .model import save_checkpoint
+    from ..defaults import default_workers
+    from ..model import save_checkpoint
 
-    workers = _default_workers() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-"))
     root.mkdir(parents=True, exist_ok=True)
     try:

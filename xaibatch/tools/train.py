@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import ImageDataset, collate, scan
-from .errors import InputError, UsageError
-from .model import _create, resolve_device, save_checkpoint
+from ..data import ImageDataset, collate, scan
+from ..errors import InputError, UsageError
+from ..model import _create, resolve_device, save_checkpoint
 
 
 @dataclass

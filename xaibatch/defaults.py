@@ -1,0 +1,37 @@
+"""Defaults chosen from the host and the device: DataLoader workers and batch size (imports nothing heavy)."""
+
+from __future__ import annotations
+
+import os
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(device_type: str = "cpu") -> int:
+    """DataLoader processes that decode images.
+
+    On the CPU the model needs the cores too: one fewer than the CPUs, at most 4. On a GPU decoding is the
+    host's main job: half the CPUs (at most 16), the rest left to the writer's threads.
+    """
+    n = cpu_count()
+    if device_type == "cpu":
+        return max(0, min(4, n - 1))
+    return max(1, min(16, n // 2))
+
+
+def default_batch_size(device_type: str, input_size: int) -> int:
+    """Images per batch: 32 on the CPU; on a GPU as many as keep it busy without running out of memory for
+    the activations and gradients that Grad-CAM keeps (measured on an H100 with resnet50: 128 at 224 px)."""
+    if device_type == "cpu":
+        return 32
+    if input_size <= 64:
+        return 512
+    if input_size <= 128:
+        return 256
+    return 128 if input_size <= 256 else 32
