@@ -17,19 +17,11 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError  # noqa: E402
 from .defaults import default_workers  # noqa: E402
 from .methods import METHODS  # noqa: E402
 
-EXIT_CODES_HELP = (
-    "\b\nExit codes:\n"
-    "  0  success\n"
-    "  1  success, but some images could not be read (listed in the report)\n"
-    "  2  usage error (bad option, folder, model or checkpoint)\n"
-    "  3  runtime error\n"
-    "  4  another run holds the output folder's lock (see --wait)\n"
-    "  5  interrupted (SIGINT/SIGTERM); finished batches are saved, the next run continues"
-)
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
 
 
 class Failure(click.ClickException):
@@ -159,7 +151,8 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     """
     from .pipeline import RunOptions
     from .pipeline import run as run_pipeline
-    from .runlog import JsonLog, exit_code_for
+    from .errors import exit_code_for
+    from .runlog import JsonLog
 
     out = out or Path("outputs") / input_dir.resolve().name
     jlog = JsonLog(sys.stdout) if log_json else None

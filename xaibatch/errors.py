@@ -1,16 +1,20 @@
-"""One exception root; only the CLI turns these into messages and exit codes."""
+"""One exception root and one exit-code table; only the CLI turns errors into messages and exit codes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
 
 
 class XaibatchError(Exception):
     """Base of every error xaibatch reports to a user as one line."""
 
-    exit_code = 3  # runtime error
+    exit_code = 3  # ExitCode.RUNTIME
 
 
 class UsageError(XaibatchError):
     """The user asked for something that cannot work (bad option, bad folder)."""
 
-    exit_code = 2
+    exit_code = 2  # ExitCode.USAGE
 
 
 class ModelError(UsageError):
@@ -28,19 +32,63 @@ class DecodeError(XaibatchError):
 class LockHeld(XaibatchError):
     """Another run holds the output folder."""
 
-    exit_code = 4
+    exit_code = 4  # ExitCode.LOCKED
 
 
 class Interrupted(XaibatchError):
     """SIGINT or SIGTERM stopped the run after saving what was done."""
 
-    exit_code = 5
+    exit_code = 5  # ExitCode.INTERRUPTED
 
 
-# Exit codes, documented in README and `xaibatch run --help`.
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_RUNTIME = 3
-EXIT_LOCKED = 4
-EXIT_INTERRUPTED = 5
+class ExitCode(IntEnum):
+    """What a scheduler sees: each exit code with its run status and meaning (README and --help use these)."""
+
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    RUNTIME = 3
+    LOCKED = 4
+    INTERRUPTED = 5
+
+    @property
+    def status(self) -> str:
+        return _STATUS[self]
+
+    @property
+    def meaning(self) -> str:
+        return _MEANING[self]
+
+
+_STATUS = {ExitCode.OK: "ok", ExitCode.SOME_FAILED: "some-failed", ExitCode.USAGE: "usage-error",
+           ExitCode.RUNTIME: "error", ExitCode.LOCKED: "locked", ExitCode.INTERRUPTED: "interrupted"}
+_MEANING = {
+    ExitCode.OK: "success",
+    ExitCode.SOME_FAILED: "success, but some images could not be read (listed in the report)",
+    ExitCode.USAGE: "usage error (bad option, folder, model or checkpoint)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.LOCKED: "another run holds the output folder's lock (see --wait)",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM); finished batches are saved, the next run continues",
+}
+
+# The names the code and tests use.
+EXIT_OK = ExitCode.OK
+EXIT_SOME_FAILED = ExitCode.SOME_FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_RUNTIME = ExitCode.RUNTIME
+EXIT_LOCKED = ExitCode.LOCKED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of any outcome: an xaibatch error's own, 5 for Ctrl-C, 3 for anything unexpected."""
+    if isinstance(exc, XaibatchError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    code = getattr(exc, "exit_code", None)  # click's usage errors carry theirs
+    if isinstance(code, int):
+        return code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
+    return EXIT_RUNTIME

@@ -17,25 +17,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, XaibatchError
-
-STATUS_FOR_EXIT = {EXIT_OK: "ok", EXIT_SOME_FAILED: "some-failed", EXIT_USAGE: "usage-error", EXIT_RUNTIME: "error",
-                   4: "locked", EXIT_INTERRUPTED: "interrupted"}
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code the CLI gives for an exception (mirrors ``cli.reported``)."""
-    import click
-
-    if isinstance(exc, XaibatchError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, click.ClickException):
-        return exc.exit_code
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
-    return EXIT_RUNTIME
+from .errors import ExitCode
 
 
 def counts(result: Any) -> dict[str, Any]:
@@ -68,7 +50,8 @@ class JsonLog:
         self.emit("start", host=socket.gethostname(), **fields)
 
     def end(self, exit_code: int, result: Any = None, error: str | None = None) -> None:
-        fields: dict[str, Any] = {"status": STATUS_FOR_EXIT.get(exit_code, "error"), "exit_code": exit_code}
+        status = ExitCode(exit_code).status if exit_code in ExitCode._value2member_map_ else "error"
+        fields: dict[str, Any] = {"status": status, "exit_code": int(exit_code)}
         if result is not None:
             fields.update(counts(result))
         if error:
