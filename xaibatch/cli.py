@@ -11,7 +11,7 @@ from pathlib import Path
 # OpenMP thread spins 10k rounds instead of 300k before it sleeps, so the writer thread and the DataLoader
 # workers get the cores the model is not using instead of losing them to spinning threads. On 2 CPUs a
 # Grad-CAM run is 15-25% faster end to end; batched and per-image compute alone do not change
-# (docs/benchmarks.md). A value already in the environment wins.
+# (measured with `xaibatch bench`). A value already in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import click  # noqa: E402
