@@ -288,10 +288,10 @@ def test_signal_handlers_are_restored(tmp_path, tiny_ckpt):
 
 def _sigterm_during_second_batch(monkeypatch) -> None:
     """Send this process SIGTERM while the second batch is being computed."""
-    from xaibatch import pipeline
+    from xaibatch.methods.explainer import Explainer
 
     calls = {"n": 0}
-    real = pipeline.Explainer.__call__
+    real = Explainer.__call__
 
     def call(self, *a, **k):
         calls["n"] += 1
@@ -299,7 +299,7 @@ def _sigterm_during_second_batch(monkeypatch) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return real(self, *a, **k)
 
-    monkeypatch.setattr(pipeline.Explainer, "__call__", call)
+    monkeypatch.setattr(Explainer, "__call__", call)
 
 
 def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monkeypatch):

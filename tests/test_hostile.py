@@ -355,7 +355,7 @@ def test_no_script_runs_in_a_browser(hostile_report):
 def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
     """x.png + x.jpg + x.png.gif shared files (x.png's stem was x.png.gif's); photo.jpg's maps
     (photo.png) were a file where photo.png/'s maps need a folder: the run died with 'File exists'."""
-    from xaibatch.pipeline import map_stems
+    from xaibatch.layout import map_stems
 
     images = tmp_path / "in"
     colours = {"x.png": (255, 0, 0), "x.jpg": (0, 255, 0), "x.png.gif": (0, 0, 255), "photo.jpg": (9, 9, 9),

@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from conftest import write_images
-from xaibatch import pipeline, writer
+from xaibatch.pipeline import compute, writer
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.writer import PARALLEL_WRITE_MIN_PIXELS
+from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS
 
 
 def _opts(inp, out, ckpt):
@@ -32,7 +32,7 @@ def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch)
     monkeypatch.setattr(writer, "write_item", recording)
     files = {}
     for threads in (1, 3):
-        monkeypatch.setattr(pipeline, "writer_threads", lambda device, workers, t=threads: t)
+        monkeypatch.setattr(compute, "writer_threads", lambda device, workers, t=threads: t)
         out = tmp_path / f"out{threads}"
         run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
         files[threads] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".png", ".npy")}
@@ -44,7 +44,7 @@ def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch)
 def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt, monkeypatch):
     inp = tmp_path / "in"
     write_images(inp, 8, size=128, seed=6)
-    monkeypatch.setattr(pipeline, "writer_threads", lambda device, workers: 3)
+    monkeypatch.setattr(compute, "writer_threads", lambda device, workers: 3)
     write = writer.OutputDir.write
 
     def failing(self, rel, data):

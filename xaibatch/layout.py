@@ -17,6 +17,10 @@ Imports nothing heavy (no torch, no PIL), so planning a run and building the rep
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+from collections import defaultdict
+
 MANIFEST = "xaibatch.sqlite"
 LOCK = ".xaibatch.lock"
 CSV = "predictions.csv"
@@ -68,3 +72,50 @@ def stem_files(stem: str, methods: list[str]) -> list[str]:
     """Every path a stem becomes, for checking names against each other and against length limits."""
     return [*image_files(stem), *(p for m in methods for p in (map_npy(m, stem), map_png(m, stem),
                                                                f"thumbs/{m}/{stem}.png"))]
+
+
+def map_stems(rels: list[str]) -> dict[str, str]:
+    """``a/b.png`` -> ``a/b``; when two images share a stem (``b.png``, ``b.jpg``) both keep their extension.
+
+    Stems are unique, and no ``<stem>.png``/``<stem>.npy`` is also a folder another image's files go in
+    (``photo.jpg`` next to a folder ``photo.png/``): until that holds, the clashing ones keep their
+    extension, and as a last resort get a short hash of their path.
+    """
+    stems = {r: r.rsplit(".", 1)[0] for r in rels}
+    folders = {"/".join(r.split("/")[:i]) for r in rels for i in range(1, r.count("/") + 1)}
+    while True:
+        counts: dict[str, int] = defaultdict(int)
+        for s in stems.values():
+            counts[s] += 1
+        clash = [r for r, s in stems.items() if counts[s] > 1 or f"{s}.png" in folders or f"{s}.npy" in folders]
+        keep_ext = [r for r in clash if stems[r] != r and not stems[r].startswith(f"{r}~")]
+        if keep_ext:  # first: the clashing ones keep their extension
+            stems.update({r: r for r in keep_ext})
+            continue
+        hashed = [r for r in clash if stems[r] == r]
+        if not hashed:  # nothing clashes (or nothing more can be done)
+            return stems
+        stems.update({r: f"{r}~{hashlib.sha256(r.encode()).hexdigest()[:8]}" for r in hashed})
+
+
+def assign_stems(rels: list[str], known: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Output file stem per image: an image already in the manifest keeps its stem for good.
+
+    A new image gets ``map_stems``' choice unless an existing image already uses
+    it (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``).
+    """
+    stems = {r: known[r].stem for r in rels if r in known}
+    taken = set(stems.values())
+    candidates = map_stems(rels)
+    for r in rels:
+        if r in stems:
+            continue
+        stem = candidates[r]
+        if stem in taken:
+            stem = r
+        n = 1
+        while stem in taken:
+            stem, n = f"{r}~{n}", n + 1
+        stems[r] = stem
+        taken.add(stem)
+    return stems

@@ -20,7 +20,7 @@ from . import layout
 from .errors import XaibatchError
 
 SCHEMA_VERSION = 1
-FILENAME = "xaibatch.sqlite"
+FILENAME = layout.MANIFEST  # the name tests and tools import
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -49,7 +49,6 @@ from . import __version__, layout
 from .layout import display_size
 from .errors import UsageError
 from .files import atomic_write_bytes, safe_join
-from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .resources import templates_dir
 
@@ -562,7 +561,7 @@ def _metrics(data: ReportData) -> None:
 
 def build(out_dir: Path) -> ReportData:
     """Read the manifest and compute everything the templates show. O(n) apart from the sorts."""
-    m = Manifest(Path(out_dir) / MANIFEST_NAME)
+    m = Manifest(Path(out_dir) / layout.MANIFEST)
     try:
         images = m.images()
         maps = m.maps()
@@ -853,3 +852,26 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
 def write_report(out_dir: Path, template_dir: Path | None = None) -> Path:
     """Write (or bring up to date) the static report in ``out_dir``; returns the path of index.html."""
     return render(out_dir, template_dir).index
+
+
+def write_predictions_csv(out: Path, names: list[str]) -> float | None:
+    """Write predictions.csv; return the accuracy over labeled images (None when there are none)."""
+    import csv
+    import io
+
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        rows = manifest.images()
+    finally:
+        manifest.close()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names]])
+    for rel in sorted(rows):
+        r = rows[rel]
+        label = names[r.label] if r.label is not None and r.label < len(names) else ""
+        correct = "" if r.label is None else int(r.label == r.pred)
+        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs]])
+    atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
+    labeled = [r for r in rows.values() if r.label is not None]
+    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None

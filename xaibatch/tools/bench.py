@@ -226,6 +226,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
     import torch
 
     from .. import pipeline
+    from ..methods.explainer import normalize as normalize_input
+    from ..layers import find_target_layer
     from ..defaults import default_workers
     from ..layers import capture
     from ..methods import Batch, ModelContext, create_method
@@ -256,7 +258,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], size, cfg["mean"], cfg["std"])
         loaded = load_model(ckpt)
         model = loaded.module.to(dev).eval()
-        layer = pipeline.find_target_layer(model, size)
+        layer = find_target_layer(model, size)
         ctx = ModelContext(model, layer, size, loaded.mean, loaded.std, dev)
         images = load_tensors(paths, size)
         m_t = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
@@ -264,7 +266,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
         def normalize(u8: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(np.ascontiguousarray(u8)).to(dev).permute(0, 3, 1, 2).contiguous()
-            return pipeline._normalize(t, m_t, s_t)  # (B, 3, H, W) contiguous, as the pipeline's batches
+            return normalize_input(t, m_t, s_t)  # (B, 3, H, W) contiguous, as the pipeline's batches
 
         x = normalize(images)
         with torch.no_grad():

@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import layout
-from .files import OutputDir, npy_bytes, safe_join
-from .errors import UsageError
-from .manifest import ImageRow, Manifest, MapRow
-from .overlay import encode_png
+from .. import layout
+from ..files import OutputDir, npy_bytes, safe_join
+from ..errors import UsageError
+from ..manifest import ImageRow, Manifest, MapRow
+from ..overlay import encode_png
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
 # writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
@@ -88,7 +88,7 @@ def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: li
     """
     import torch
 
-    from .overlay import overlay_batch, resize_maps, thumbnail_batch
+    from ..overlay import overlay_batch, resize_maps, thumbnail_batch
 
     dev = maps.device
     out: list[Any] = [None] * len(display)
@@ -114,7 +114,7 @@ def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
     """Thumbnails of display copies larger than a thumbnail (None for the others), on the CPU."""
     import torch
 
-    from .overlay import thumbnail_batch
+    from ..overlay import thumbnail_batch
 
     return [None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
             for d in display]

@@ -1,0 +1,53 @@
+"""Explain one batch: one shared forward pass (keeping the CAM layer's activations when a method needs them),
+then each method on it. The one place a batch is explained: runs, ``xaibatch bench`` and :func:`xaibatch.explain`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..layers import capture
+from ..model import LoadedModel
+from .base import Batch, Method, ModelContext
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x.float().div_(255.0) - mean) / std
+
+
+class Explainer:
+    """The model plus the methods, run one batch at a time on the device."""
+
+    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str) -> None:
+        self.model = model
+        self.methods = methods
+        self.ctx = ctx
+        self.target = target
+        self.mean = torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1)
+        self.want_activations = any(m.needs_activations for m in methods)
+
+    def __call__(
+        self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None, seeds: list[int]
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None]]]:
+        dev = self.ctx.device
+        x = normalize(x_uint8.to(dev, non_blocking=True), self.mean, self.std)
+        net = self.ctx.model
+        activations = None
+        if self.want_activations:
+            with torch.enable_grad(), capture(self.ctx.layer) as store:
+                logits = net(x.requires_grad_(True))
+            activations = store["activations"]
+        else:
+            with torch.no_grad():
+                logits = net(x)
+        probs = torch.softmax(logits.detach().float(), dim=1)
+        targets = probs.argmax(1) if self.target == "pred" else labels.to(dev)
+        batch = Batch(
+            x=x.detach(), targets=targets, logits=logits, activations=activations,
+            segments=None if segments is None else segments.to(dev), seeds=seeds,
+        )
+        out = {}
+        for m in self.methods:
+            e = m.explain(batch)
+            out[m.name] = (e.maps.detach().float(), e.info)
+        return probs, out

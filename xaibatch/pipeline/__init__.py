@@ -1,0 +1,17 @@
+"""``xaibatch run`` as a library call: prepare -> plan -> compute (explain + write) -> report.
+
+::
+
+    prepare.py   load the model, scan the folder, check the options: everything that can fail before a write
+    plan.py      configuration hashes, and per image what is new, changed, gone or stale (a Plan)
+    compute.py   DataLoader -> Explainer (methods/explainer.py) -> pictures on the device -> a WriteJob per batch
+    writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
+    signals.py   SIGINT/SIGTERM: stop after the current batch
+    recovery.py  after an unclean stop: sweep temporary and unreferenced files
+    run.py       run(): the lock, the steps above in order, predictions.csv and the report
+"""
+
+from .options import RunOptions, RunResult
+from .run import run
+
+__all__ = ["RunOptions", "RunResult", "run"]

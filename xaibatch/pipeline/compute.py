@@ -1,0 +1,166 @@
+"""Stream the planned images through the model in batches and hand each batch to the writer."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from ..data import ImageDataset, ImageEntry, collate
+from ..files import file_sha256
+from ..manifest import ImageRow
+from .plan import files_of
+from .signals import Stop
+from ..methods.explainer import Explainer
+from .writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads)
+
+
+def image_seed(rel: str) -> int:
+    """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
+    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch.
+
+    (A Ctrl-C reaches the whole process group, and systemd signals the whole
+    cgroup; a worker dying on it would make the main process fail instead of
+    stopping cleanly.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class HashingDataset(torch.utils.data.Dataset):
+    """Adds the sha256 of new and changed files, computed in the DataLoader worker just before decoding.
+
+    Hashing before decoding (with size and mtime from the earlier scan) keeps the
+    manifest self-correcting: if the file changes between hash and decode, its
+    mtime no longer matches and the next run looks at it again.
+    """
+
+    def __init__(self, inner: ImageDataset, want_hash: list[bool]) -> None:
+        self.inner = inner
+        self.want_hash = want_hash
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sha = None
+        if self.want_hash[i]:
+            try:
+                sha = file_sha256(self.inner.entries[i].path)
+            except OSError as e:
+                return {"index": i, "error": f"cannot read: {e.strerror or e}"}
+        item = self.inner[i]
+        item["sha256"] = sha
+        return item
+
+
+def collate_hashed(items: list[dict[str, Any]]) -> dict[str, Any]:
+    b = collate(items)
+    b["sha256"] = [it.get("sha256") for it in items if it.get("error") is None]
+    return b
+
+
+def compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
+             run_id, failed, tally, stop: Stop, emit) -> None:
+    work = plan["work"]
+    if not work:
+        return
+    stems = plan["stems"]
+    # Images that need the same methods go through the model together.
+    groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
+    for e, todo, _fresh in work.values():
+        groups[tuple(todo)].append(e)
+
+    progress = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
+    writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
+                    threads=writer_threads(ctx.device.type, opts.workers))
+    writer.start()
+    try:
+        for todo, entries in groups.items():
+            group_methods = [m for m in methods if m.name in todo]
+            explainer = Explainer(model, group_methods, ctx, opts.target)
+            segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
+            ds = HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
+                                 [work[e.rel][2] for e in entries])
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate_hashed,
+                pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+                prefetch_factor=4 if opts.workers > 0 else None,
+                worker_init_fn=worker_init if opts.workers > 0 else None,
+            )
+            for b in loader:
+                job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
+                failed.extend(job_failed)
+                tally["done"] += len(job_failed) + len(b["index"])
+                for rel, reason in job_failed:
+                    emit({"event": "failure", "path": rel, "reason": reason})
+                # Images that were fine before and fail now leave the report with their files.
+                gone = files_of([rel for rel, _ in job_failed], known, maps_by_rel) if job_failed else []
+                if b["x"] is None:
+                    writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
+                else:
+                    batch_entries = [entries[i] for i in b["index"]]
+                    labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
+                    seeds = [image_seed(e.rel) for e in batch_entries]
+                    probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    job = build_job(batch_entries, b, probs.cpu().numpy(), maps, group_methods, method_hashes, stems,
+                               work, predict_hash, run_id, opts.target, job_failed, maps_by_rel)
+                    job.discard += gone
+                    writer.put(job)
+                    tally["computed"] += len(batch_entries)
+                if stop.requested:
+                    break  # this batch is queued; the writer drains the queue below
+            if stop.requested:
+                break
+    finally:
+        try:
+            writer.finish()
+        finally:
+            if progress is not None:
+                progress.close()
+
+
+def build_job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
+         maps_by_rel) -> WriteJob:
+    """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
+    job = WriteJob(run_id, failed=failed)
+    signed = {m.name: m.signed for m in methods}
+    orig_sizes = [tuple(s) for s in b["orig_size"]]
+    fresh = [work[e.rel][2] for e in entries]
+    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, _) in maps.items()}
+    thumbs = display_thumbs([d for d, f in zip(b["display"], fresh) if f])
+    thumbs_iter = iter(thumbs)
+    for j, e in enumerate(entries):
+        p = probs[j]
+        pred = int(p.argmax())
+        h, w = orig_sizes[j]
+        item = WriteItem(rel=e.rel, stem=stems[e.rel], width=w, height=h)
+        if fresh[j]:
+            item.display, item.display_thumb = b["display"][j], next(thumbs_iter)
+            job.image_rows.append(ImageRow(
+                rel=e.rel, stem=stems[e.rel], size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
+                width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),
+                confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=predict_hash,
+                run_id=run_id,
+            ))
+            # New content or a new model: maps of methods not requested this run describe the old picture.
+            for m, row in maps_by_rel.get(e.rel, {}).items():
+                if m not in maps:
+                    job.drop_maps.append((e.rel, m))
+                    job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
+        for name, (_, info) in maps.items():
+            full, over, thumb = pictures[name][j]
+            item.maps.append(MapPictures(name, method_hashes[name], full, over, thumb, info[j] if info else None))
+        job.items.append(item)
+    return job

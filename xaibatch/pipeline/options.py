@@ -1,0 +1,58 @@
+"""What a run is asked to do and what it reports: the types at both ends of :func:`~xaibatch.pipeline.run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+
+@dataclass
+class RunOptions:
+    input_dir: Path
+    out_dir: Path
+    methods: list[str]
+    checkpoint: Path | None = None  # None: the bundled default model
+    arch: str | None = None
+    image_size: int | None = None
+    target_layer: str | None = None
+    target: str = "pred"  # pred | label
+    batch_size: int = 32
+    device: str = "auto"
+    workers: int = 0
+    labeled: bool | None = None  # None: decide from the folder layout
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
+    template_dir: Path | None = None
+    progress: bool = False
+    wait: bool = False  # another run holds out_dir: wait for it instead of raising LockHeld
+    wait_timeout: float | None = None  # with wait: give up after this many seconds
+    on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
+    handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    seen: int
+    computed: int
+    unchanged: int
+    added: int
+    changed: int
+    removed: int
+    failed: list[tuple[str, str]]
+    seconds: float
+    report: Path | None
+    layer: str | None
+    accuracy: float | None
+    status: str = "ok"  # ok | some-failed | interrupted (the run row's status)
+    run_id: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: prepare, plan, compute, report
+
+    def summary_line(self) -> str:
+        stopped = " (interrupted)" if self.status == "interrupted" else ""
+        return (
+            f"xaibatch: {self.seen} images seen, {self.computed} computed, {self.unchanged} skipped (unchanged), "
+            f"{len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> {self.report}"
+        )

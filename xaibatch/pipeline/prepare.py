@@ -1,0 +1,78 @@
+"""Load, scan and check everything that can fail before a file is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from ..data import Scan, scan
+from ..errors import InputError, UsageError
+from ..layers import find_target_layer
+from ..methods import METHODS, ModelContext, create_method
+from ..model import LoadedModel, load_model, resolve_device
+from ..resources import default_checkpoint
+from .options import RunOptions
+
+
+def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
+    """The model's class names, checked against the folder's classes when both exist."""
+    k = model.num_classes
+    if model.class_names is not None:
+        names = model.class_names
+        if found.classes is not None and found.classes != names:
+            raise InputError(
+                f"folder classes {found.classes} do not match the model's classes {names}; "
+                "rename the folders or pass --unlabeled"
+            )
+        return names
+    if found.classes is not None:
+        if len(found.classes) != k:
+            raise InputError(
+                f"the folder has {len(found.classes)} classes {found.classes} but the model has {k} outputs; "
+                "check --checkpoint or pass --unlabeled"
+            )
+        return found.classes
+    return [f"class_{i}" for i in range(k)]
+
+
+def checkpoint_path(opts: RunOptions) -> Path:
+    if opts.checkpoint is not None:
+        return opts.checkpoint
+    if opts.arch is not None:
+        raise UsageError(
+            f"--arch {opts.arch} needs --checkpoint with its weights (random weights explain nothing); "
+            "omit both to use the bundled model"
+        )
+    return default_checkpoint()
+
+
+def prepare(opts: RunOptions):
+    """Load, scan and check everything that can fail before any file is written."""
+    if not opts.methods:
+        raise UsageError("give at least one --method")
+    unknown = [m for m in opts.methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown --method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
+    if opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.target not in ("pred", "label"):
+        raise UsageError("--target must be pred or label")
+    device = resolve_device(opts.device)
+    found = scan(opts.input_dir, opts.labeled)
+    if opts.target == "label" and found.classes is None:
+        raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
+    model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, len(found.classes or []) or None)
+    names = class_names_for(model, found)
+    model.module.to(device).eval()
+    methods_wanted = list(dict.fromkeys(opts.methods))
+    needs_layer = any(METHODS[m].needs_activations for m in methods_wanted) or opts.target_layer is not None
+    layer = find_target_layer(model.module, model.input_size, opts.target_layer) if needs_layer else None
+    ctx = ModelContext(
+        model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
+    )
+    methods = [
+        create_method(m, ctx, **{**({"seed": opts.seed} if METHODS[m].takes_seed else {}),
+                                 **opts.method_options.get(m, {})})
+        for m in methods_wanted
+    ]
+    return device, found, model, names, layer, ctx, methods

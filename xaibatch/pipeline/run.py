@@ -1,0 +1,210 @@
+"""``xaibatch run`` as a library call: plan, stream, explain, write, report.
+
+The work is planned against the manifest first (which images are new, changed,
+gone; which of their maps are missing or stale), then only that work streams
+through the model: DataLoader workers decode, the device computes one shared
+forward per batch plus what each method needs, and a writer thread saves maps
+and commits the manifest one batch per transaction while the next batch runs.
+
+Safe to run from a scheduler:
+
+* One run per output folder (:mod:`xaibatch.lock`); ``--wait`` queues behind the holder.
+* Incremental: an image is skipped when its size and mtime match the manifest
+  (no hashing), or when they moved but its sha256 did not; a map is recomputed
+  when its configuration hash (checkpoint sha256, arch, input size, normalization,
+  classes, target, MAP_FORMAT_VERSION, method and its options, target layer,
+  seed) changed. New and changed images get every requested method; an image
+  whose content or model changed loses the maps of methods not requested this
+  time (they described the old picture). Images gone from the input, or no longer
+  readable, leave the manifest, and then their files are deleted.
+* Crash-safe: files are written to a temporary name and renamed; a batch's rows
+  are committed only after all its files are in place; rows of removed images
+  are deleted before their files. A killed run leaves the last committed state;
+  the next run marks its run row ``killed``, deletes stale temporary files, and
+  (when the previous run never released the lock) files no row points at.
+* SIGINT/SIGTERM: the current batch finishes, queued batches are written, the run
+  row says ``interrupted``, the report shows what is done, and
+  :class:`~xaibatch.errors.Interrupted` is raised (exit code 5). A second signal
+  stops at once (still consistent, just without the report).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import MAP_FORMAT_VERSION, __version__, layout
+from ..errors import Interrupted, UsageError
+from ..lock import OutputLock, describe, pid_alive
+from ..manifest import Manifest
+from .compute import compute
+from .options import RunOptions, RunResult
+from .plan import config_hash, files_of, index_maps, make_plan
+from .prepare import prepare
+from .recovery import sweep_orphans, sweep_temp_files
+from .signals import Stop, catch_signals
+from .writer import unlink_all
+
+
+def check_out_is_not_input(opts: RunOptions) -> None:
+    """Refuse --out == INPUT_DIR before anything (even the lock file) is written there."""
+    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():
+        sibling = Path(opts.input_dir).resolve().parent / f"{Path(opts.input_dir).resolve().name}-xaibatch"
+        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+                         f"choose another folder, e.g. --out {sibling}")
+
+
+def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
+    """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
+    t0 = time.time()
+    check_out_is_not_input(opts)
+    out = Path(opts.out_dir)
+    with catch_signals(opts.handle_signals) as stop:
+        lock = OutputLock(out)
+
+        waited = [0.0]
+
+        def acquire() -> float:
+            w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
+                             should_stop=lambda: stop.requested, on_wait=log)
+            waited[0] += w
+            return w
+
+        try:
+            if out.is_dir():  # lock first, so a second run exits before loading anything
+                acquire()
+                prepared = prepare(opts)
+            else:  # nothing to protect yet: check everything before creating the folder
+                prepared = prepare(opts)
+                make_out(out)
+                if acquire() > 0:  # the folder appeared and was busy: look at the input again
+                    prepared = prepare(opts)
+            return _run_locked(opts, out, lock, prepared, stop, log, t0, waited[0])
+        finally:
+            lock.release()
+
+
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+
+
+def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: Stop, log, t0: float,
+                waited: float) -> RunResult:
+    device, found, model, names, layer, ctx, methods = prepared
+    emit = opts.on_event or (lambda event: None)
+    timings = {"prepare": time.time() - t0 - waited}
+    if waited:
+        timings["wait"] = waited
+
+    predict_cfg = {
+        "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
+        "mean": model.mean, "std": model.std, "classes": names, "target": opts.target,
+        "map_format": MAP_FORMAT_VERSION,
+    }
+    predict_hash = config_hash(predict_cfg)
+    method_hashes = {
+        m.name: config_hash({"predict": predict_hash, "method": m.name, "config": m.config(),
+                       "layer": layer.name if (layer and m.needs_activations) else None})
+        for m in methods
+    }
+    config = {
+        "xaibatch": __version__, "torch": torch.__version__, "device": str(device),
+        "model": {**predict_cfg, "checkpoint": model.checkpoint},
+        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
+        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": method_hashes[m.name]}
+                    for m in methods},
+        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
+        "labeled": found.classes is not None, "class_names": names,
+    }
+
+    t_plan = time.time()
+    manifest = Manifest(out / layout.MANIFEST)
+    run_id: int | None = None
+    failed = list(found.skipped)
+    tally = {"computed": 0, "done": 0}
+    counts: dict[str, int] = {}
+    try:
+        # A previous run that died (SIGKILL, power) left its run row 'running' or its holder record in the
+        # lock file, and maybe temporary files and files no committed row points at.
+        killed = manifest.close_stale_runs()
+        if killed or lock.previous:
+            prev = lock.previous.get("pid") if lock.previous else None
+            swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
+            swept += sweep_orphans(out, manifest)
+            who = f" ({describe(lock.previous)})" if lock.previous else ""
+            log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
+                "continuing where it stopped")
+        known = manifest.images()
+        known_maps = manifest.maps()
+        known_failures = {rel for rel, _ in manifest.failures()}
+        run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
+        plan = make_plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        counts = {
+            "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
+            "changed": len(plan["changed"]), "removed": len(plan["removed"]),
+            "unchanged": len(found.images) - len(plan["work"]), "failed": len(failed), "computed": 0,
+        }
+        emit({"event": "plan", "run_id": run_id, **{k: counts[k] for k in ("seen", "added", "changed", "removed",
+                                                                          "unchanged")},
+              "to_compute": len(plan["work"])})
+        present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
+        maps_by_rel = index_maps(known_maps)
+        discard = files_of(plan["removed"], known, maps_by_rel)
+        discard += files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
+        with manifest.transaction():
+            manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
+            manifest.remove_failures(r for r in known_failures if r not in present)
+            for rel, reason in found.skipped:
+                manifest.put_failure(rel, reason, run_id)
+            for e in plan["touched"]:
+                manifest.touch_image(e.rel, e.size, e.mtime_ns)
+        unlink_all(out, discard)
+        for rel, reason in found.skipped:
+            emit({"event": "failure", "path": rel, "reason": reason})
+        timings["plan"] = time.time() - t_plan
+
+        t_compute = time.time()
+        if not stop.requested:
+            compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model,
+                     predict_hash, run_id, failed, tally, stop, emit)
+        timings["compute"] = time.time() - t_compute
+        counts.update(failed=len(failed), computed=tally["computed"])
+        stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
+        status = "interrupted" if stopped else ("some-failed" if failed else "ok")
+        manifest.finish_run(run_id, status, time.time() - t0, counts)
+    except BaseException as e:
+        sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
+        if run_id is not None:
+            counts.update(failed=len(failed), computed=tally["computed"])
+            bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+            try:
+                manifest.finish_run(run_id, bad, time.time() - t0, counts)
+            except Exception:
+                pass  # the original error matters more
+        raise
+    finally:
+        manifest.close()
+
+    from ..report import write_predictions_csv, write_report
+
+    t_report = time.time()
+    accuracy = write_predictions_csv(out, names)  # before the report, which links to it
+    report = write_report(out, template_dir=opts.template_dir)
+    timings["report"] = time.time() - t_report
+    result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
+                       counts["changed"], counts["removed"], failed, time.time() - t0, report,
+                       layer.name if layer else None, accuracy, status=status, run_id=run_id, timings=timings)
+    if status == "interrupted":
+        e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan['work'])} image(s); "
+                        "finished batches are saved, the next run computes the rest")
+        e.result = result  # type: ignore[attr-defined]
+        raise e
+    return result
