@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from ..layers import capture
-from ..model import LoadedModel
 from .base import Batch, Method, ModelContext
 
 
@@ -17,8 +16,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str) -> None:
-        self.model = model
+    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred") -> None:
         self.methods = methods
         self.ctx = ctx
         self.target = target

@@ -5,16 +5,22 @@ from __future__ import annotations
 import hashlib
 import signal
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..data import ImageDataset, ImageEntry, collate
 from ..files import file_sha256
 from ..manifest import ImageRow
-from .plan import files_of
-from .signals import Stop
+from ..methods import Method
 from ..methods.explainer import Explainer
+from .options import RunOptions
+from .plan import Hashes, Known, Plan
+from .prepare import Prepared
+from .signals import Stop
 from .writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads)
 
 
@@ -67,46 +73,54 @@ def collate_hashed(items: list[dict[str, Any]]) -> dict[str, Any]:
     return b
 
 
-def compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
-             run_id, failed, tally, stop: Stop, emit) -> None:
-    work = plan["work"]
-    if not work:
+@dataclass
+class Tally:
+    """What a run's compute step did so far (read by run.py for the run row, also after an error)."""
+
+    computed: int = 0
+    done: int = 0  # computed + failed
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+
+
+def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
+            stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
+    if not plan.work:
         return
-    stems = plan["stems"]
     # Images that need the same methods go through the model together.
     groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
-    for e, todo, _fresh in work.values():
-        groups[tuple(todo)].append(e)
-
+    for w in plan.work.values():
+        groups[tuple(w.methods)].append(w.entry)
+    device = prepared.ctx.device
     progress = None
     if opts.progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
+        progress = tqdm(total=len(plan.work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                    threads=writer_threads(ctx.device.type, opts.workers))
+                    threads=writer_threads(device.type, opts.workers))
     writer.start()
     try:
         for todo, entries in groups.items():
-            group_methods = [m for m in methods if m.name in todo]
-            explainer = Explainer(model, group_methods, ctx, opts.target)
-            segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
-            ds = HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
-                                 [work[e.rel][2] for e in entries])
+            methods = [m for m in prepared.methods if m.name in todo]
+            explainer = Explainer(methods, prepared.ctx, opts.target)
+            segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
+            ds = HashingDataset(ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None),
+                                [plan.work[e.rel].fresh for e in entries])
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate_hashed,
-                pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+                pin_memory=device.type == "cuda", persistent_workers=False,
                 prefetch_factor=4 if opts.workers > 0 else None,
                 worker_init_fn=worker_init if opts.workers > 0 else None,
             )
             for b in loader:
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
-                failed.extend(job_failed)
-                tally["done"] += len(job_failed) + len(b["index"])
+                tally.failed.extend(job_failed)
+                tally.done += len(job_failed) + len(b["index"])
                 for rel, reason in job_failed:
                     emit({"event": "failure", "path": rel, "reason": reason})
                 # Images that were fine before and fail now leave the report with their files.
-                gone = files_of([rel for rel, _ in job_failed], known, maps_by_rel) if job_failed else []
+                gone = known.files_of(rel for rel, _ in job_failed)
                 if b["x"] is None:
                     writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
                 else:
@@ -114,11 +128,11 @@ def compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_h
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
                     seeds = [image_seed(e.rel) for e in batch_entries]
                     probs, maps = explainer(b["x"], labels, b["segments"], seeds)
-                    job = build_job(batch_entries, b, probs.cpu().numpy(), maps, group_methods, method_hashes, stems,
-                               work, predict_hash, run_id, opts.target, job_failed, maps_by_rel)
-                    job.discard += gone
+                    job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, hashes, plan, known,
+                                    run_id, opts.target)
+                    job.failed, job.discard = job_failed, job.discard + gone
                     writer.put(job)
-                    tally["computed"] += len(batch_entries)
+                    tally.computed += len(batch_entries)
                 if stop.requested:
                     break  # this batch is queued; the writer drains the queue below
             if stop.requested:
@@ -131,36 +145,37 @@ def compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_h
                 progress.close()
 
 
-def build_job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
-         maps_by_rel) -> WriteJob:
+def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
+              maps: dict[str, tuple[torch.Tensor, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
+              known: Known, run_id: int, target: str) -> WriteJob:
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
-    job = WriteJob(run_id, failed=failed)
+    job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b["orig_size"]]
-    fresh = [work[e.rel][2] for e in entries]
+    fresh = [plan.work[e.rel].fresh for e in entries]
     pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, _) in maps.items()}
-    thumbs = display_thumbs([d for d, f in zip(b["display"], fresh) if f])
-    thumbs_iter = iter(thumbs)
+    thumbs = iter(display_thumbs([d for d, f in zip(b["display"], fresh) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
         pred = int(p.argmax())
         h, w = orig_sizes[j]
-        item = WriteItem(rel=e.rel, stem=stems[e.rel], width=w, height=h)
+        stem = plan.stems[e.rel]
+        item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
         if fresh[j]:
-            item.display, item.display_thumb = b["display"][j], next(thumbs_iter)
+            item.display, item.display_thumb = b["display"][j], next(thumbs)
             job.image_rows.append(ImageRow(
-                rel=e.rel, stem=stems[e.rel], size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
+                rel=e.rel, stem=stem, size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
                 width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),
-                confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=predict_hash,
+                confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=hashes.predict,
                 run_id=run_id,
             ))
             # New content or a new model: maps of methods not requested this run describe the old picture.
-            for m, row in maps_by_rel.get(e.rel, {}).items():
+            for m, row in known.maps.get(e.rel, {}).items():
                 if m not in maps:
                     job.drop_maps.append((e.rel, m))
                     job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
         for name, (_, info) in maps.items():
             full, over, thumb = pictures[name][j]
-            item.maps.append(MapPictures(name, method_hashes[name], full, over, thumb, info[j] if info else None))
+            item.maps.append(MapPictures(name, hashes.methods[name], full, over, thumb, info[j] if info else None))
         job.items.append(item)
     return job

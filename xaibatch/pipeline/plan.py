@@ -7,79 +7,132 @@ import json
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .. import layout
+from .. import MAP_FORMAT_VERSION, layout
 from ..layout import assign_stems
 from ..data import ImageEntry, Scan
 from ..files import file_sha256
-from ..manifest import ImageRow, MapRow
+from ..manifest import ImageRow, Manifest, MapRow
+
+if TYPE_CHECKING:
+    from .prepare import Prepared
 
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def index_maps(known_maps: dict[tuple[str, str], MapRow]) -> dict[str, dict[str, MapRow]]:
-    index: dict[str, dict[str, MapRow]] = defaultdict(dict)
-    for (rel, m), row in known_maps.items():
-        index[rel][m] = row
-    return index
+@dataclass(frozen=True)
+class Hashes:
+    """The configuration a prediction and each method's maps were computed under (see README, incremental runs)."""
+
+    predict: str
+    methods: dict[str, str]  # method name -> its hash (which includes ``predict``)
+    predict_config: dict[str, Any]
 
 
-def files_of(rels, known: dict[str, ImageRow], maps_by_rel: dict[str, dict[str, MapRow]]) -> list[str]:
-    """Output files of these images as the manifest records them (their stored stem, not a recomputed one)."""
-    paths: list[str] = []
-    for rel in rels:
-        for row in maps_by_rel.get(rel, {}).values():
-            paths += [p for p in (row.npy, row.png, row.thumb) if p]
-        row = known.get(rel)
-        if row is not None:
-            paths += layout.image_files(row.stem)
-    return paths
+def config_hashes(prepared: Prepared, target: str) -> Hashes:
+    """Hash what decides the predictions (model, input, classes, target) and, per method, its maps."""
+    model, layer = prepared.model, prepared.layer
+    predict_config = {
+        "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
+        "mean": model.mean, "std": model.std, "classes": prepared.names, "target": target,
+        "map_format": MAP_FORMAT_VERSION,
+    }
+    predict = config_hash(predict_config)
+    methods = {
+        m.name: config_hash({"predict": predict, "method": m.name, "config": m.config(),
+                             "layer": layer.name if (layer and m.needs_activations) else None})
+        for m in prepared.methods
+    }
+    return Hashes(predict, methods, predict_config)
 
 
-def make_plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, str], MapRow],
-          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str]) -> dict[str, Any]:
+@dataclass
+class Known:
+    """What the manifest holds when a run starts."""
+
+    images: dict[str, ImageRow]
+    maps: dict[str, dict[str, MapRow]]  # rel -> method -> row
+    failures: set[str]
+
+    @classmethod
+    def read(cls, manifest: Manifest) -> Known:
+        maps: dict[str, dict[str, MapRow]] = defaultdict(dict)
+        for (rel, m), row in manifest.maps().items():
+            maps[rel][m] = row
+        return cls(manifest.images(), maps, {rel for rel, _ in manifest.failures()})
+
+    def files_of(self, rels: Iterable[str]) -> list[str]:
+        """Output files of these images as the manifest records them (their stored stem, not a recomputed one)."""
+        paths: list[str] = []
+        for rel in rels:
+            for row in self.maps.get(rel, {}).values():
+                paths += [p for p in (row.npy, row.png, row.thumb) if p]
+            row = self.images.get(rel)
+            if row is not None:
+                paths += layout.image_files(row.stem)
+        return paths
+
+
+@dataclass
+class Work:
+    """One image to go through the model."""
+
+    entry: ImageEntry
+    methods: list[str]  # methods whose maps are missing or stale
+    fresh: bool  # new content or a new model: the prediction and display copy are (re)written too
+
+
+@dataclass
+class Plan:
+    added: list[ImageEntry]
+    changed: list[ImageEntry]
+    touched: list[ImageEntry]  # same bytes, new size/mtime: only the manifest's record moves
+    work: dict[str, Work]
+    removed: list[str]  # in the manifest, gone from the input
+    stems: dict[str, str]  # rel -> output file stem
+
+
+def make_plan(found: Scan, known: Known, hashes: Hashes) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
     Failed images are retried every run (they count as neither added nor changed).
     """
     added, changed, touched = [], [], []
-    work: dict[str, tuple[ImageEntry, list[str], bool]] = {}
+    work: dict[str, Work] = {}
     # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
     suspects = [e for e in found.images
-                if (row := known.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)]
+                if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)]
     same_content: dict[str, bool] = {}
     if suspects:
         def same(e: ImageEntry) -> bool:
             try:
-                return file_sha256(e.path) == known[e.rel].sha256
+                return file_sha256(e.path) == known.images[e.rel].sha256
             except OSError:
                 return False
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             same_content = dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
     for e in found.images:
-        row = known.get(e.rel)
+        row = known.images.get(e.rel)
         content_same = False
         if row is not None:
             content_same = same_content.get(e.rel, True)
             if e.rel in same_content and content_same:
                 touched.append(e)
         if row is None:
-            if e.rel not in known_failures:
+            if e.rel not in known.failures:
                 added.append(e)
         elif not content_same:
             changed.append(e)
-        fresh_prediction = row is None or not content_same or row.predict_hash != predict_hash
-        todo = [
-            m for m, h in method_hashes.items()
-            if fresh_prediction or (known_maps.get((e.rel, m)) is None) or known_maps[(e.rel, m)].config_hash != h
-        ]
-        if todo or fresh_prediction:
-            work[e.rel] = (e, todo, fresh_prediction)
+        fresh = row is None or not content_same or row.predict_hash != hashes.predict
+        maps = known.maps.get(e.rel, {})
+        todo = [m for m, h in hashes.methods.items() if fresh or m not in maps or maps[m].config_hash != h]
+        if todo or fresh:
+            work[e.rel] = Work(e, todo, fresh)
     present = {e.rel for e in found.images}
-    removed = [r for r in known if r not in present]
-    return {"added": added, "changed": changed, "touched": touched, "work": work, "removed": removed,
-            "stems": assign_stems([e.rel for e in found.images], known)}
+    removed = [r for r in known.images if r not in present]
+    return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images))

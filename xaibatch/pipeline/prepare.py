@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 
 from ..data import Scan, scan
 from ..errors import InputError, UsageError
-from ..layers import find_target_layer
-from ..methods import METHODS, ModelContext, create_method
+from ..layers import TargetLayer, find_target_layer
+from ..methods import METHODS, Method, ModelContext, create_method
 from ..model import LoadedModel, load_model, resolve_device
 from ..resources import default_checkpoint
 from .options import RunOptions
@@ -46,7 +49,20 @@ def checkpoint_path(opts: RunOptions) -> Path:
     return default_checkpoint()
 
 
-def prepare(opts: RunOptions):
+@dataclass
+class Prepared:
+    """Everything a run needs that could fail: checked before the first write."""
+
+    device: torch.device
+    found: Scan
+    model: LoadedModel
+    names: list[str]  # class names
+    layer: TargetLayer | None  # the CAM layer, when a method needs one
+    ctx: ModelContext
+    methods: list[Method]
+
+
+def prepare(opts: RunOptions) -> Prepared:
     """Load, scan and check everything that can fail before any file is written."""
     if not opts.methods:
         raise UsageError("give at least one --method")
@@ -75,4 +91,4 @@ def prepare(opts: RunOptions):
                                  **opts.method_options.get(m, {})})
         for m in methods_wanted
     ]
-    return device, found, model, names, layer, ctx, methods
+    return Prepared(device, found, model, names, layer, ctx, methods)

@@ -34,18 +34,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .. import MAP_FORMAT_VERSION, __version__, layout
+from .. import __version__, layout
 from ..errors import Interrupted, UsageError
+from ..data import Scan
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest
-from .compute import compute
+from .compute import Tally, compute
 from .options import RunOptions, RunResult
-from .plan import config_hash, files_of, index_maps, make_plan
-from .prepare import prepare
+from .plan import Hashes, Known, Plan, config_hashes, make_plan
+from .prepare import Prepared, prepare
 from .recovery import sweep_orphans, sweep_temp_files
 from .signals import Stop, catch_signals
 from .writer import unlink_all
@@ -96,94 +97,48 @@ def make_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
-def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: Stop, log, t0: float,
+def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared: Prepared, stop: Stop, log, t0: float,
                 waited: float) -> RunResult:
-    device, found, model, names, layer, ctx, methods = prepared
     emit = opts.on_event or (lambda event: None)
     timings = {"prepare": time.time() - t0 - waited}
     if waited:
         timings["wait"] = waited
-
-    predict_cfg = {
-        "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
-        "mean": model.mean, "std": model.std, "classes": names, "target": opts.target,
-        "map_format": MAP_FORMAT_VERSION,
-    }
-    predict_hash = config_hash(predict_cfg)
-    method_hashes = {
-        m.name: config_hash({"predict": predict_hash, "method": m.name, "config": m.config(),
-                       "layer": layer.name if (layer and m.needs_activations) else None})
-        for m in methods
-    }
-    config = {
-        "xaibatch": __version__, "torch": torch.__version__, "device": str(device),
-        "model": {**predict_cfg, "checkpoint": model.checkpoint},
-        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
-        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": method_hashes[m.name]}
-                    for m in methods},
-        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
-        "labeled": found.classes is not None, "class_names": names,
-    }
+    found, layer = prepared.found, prepared.layer
+    hashes = config_hashes(prepared, opts.target)
 
     t_plan = time.time()
     manifest = Manifest(out / layout.MANIFEST)
     run_id: int | None = None
-    failed = list(found.skipped)
-    tally = {"computed": 0, "done": 0}
+    tally = Tally(failed=list(found.skipped))
     counts: dict[str, int] = {}
     try:
-        # A previous run that died (SIGKILL, power) left its run row 'running' or its holder record in the
-        # lock file, and maybe temporary files and files no committed row points at.
-        killed = manifest.close_stale_runs()
-        if killed or lock.previous:
-            prev = lock.previous.get("pid") if lock.previous else None
-            swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
-            swept += sweep_orphans(out, manifest)
-            who = f" ({describe(lock.previous)})" if lock.previous else ""
-            log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
-                "continuing where it stopped")
-        known = manifest.images()
-        known_maps = manifest.maps()
-        known_failures = {rel for rel, _ in manifest.failures()}
-        run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
-        plan = make_plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        recover(out, manifest, lock, log)
+        known = Known.read(manifest)
+        run_id = manifest.start_run(str(opts.input_dir), run_config(opts, prepared, hashes), hashes.predict)
+        plan = make_plan(found, known, hashes)
         counts = {
-            "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
-            "changed": len(plan["changed"]), "removed": len(plan["removed"]),
-            "unchanged": len(found.images) - len(plan["work"]), "failed": len(failed), "computed": 0,
+            "seen": len(found.images) + len(found.skipped), "added": len(plan.added),
+            "changed": len(plan.changed), "removed": len(plan.removed),
+            "unchanged": len(found.images) - len(plan.work), "failed": len(tally.failed), "computed": 0,
         }
         emit({"event": "plan", "run_id": run_id, **{k: counts[k] for k in ("seen", "added", "changed", "removed",
                                                                           "unchanged")},
-              "to_compute": len(plan["work"])})
-        present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
-        maps_by_rel = index_maps(known_maps)
-        discard = files_of(plan["removed"], known, maps_by_rel)
-        discard += files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
-        with manifest.transaction():
-            manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
-            manifest.remove_failures(r for r in known_failures if r not in present)
-            for rel, reason in found.skipped:
-                manifest.put_failure(rel, reason, run_id)
-            for e in plan["touched"]:
-                manifest.touch_image(e.rel, e.size, e.mtime_ns)
-        unlink_all(out, discard)
-        for rel, reason in found.skipped:
-            emit({"event": "failure", "path": rel, "reason": reason})
+              "to_compute": len(plan.work)})
+        apply_removals(out, manifest, found, plan, known, run_id, emit)
         timings["plan"] = time.time() - t_plan
 
         t_compute = time.time()
         if not stop.requested:
-            compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model,
-                     predict_hash, run_id, failed, tally, stop, emit)
+            compute(opts, out, prepared, plan, known, hashes, run_id, stop, tally, emit)
         timings["compute"] = time.time() - t_compute
-        counts.update(failed=len(failed), computed=tally["computed"])
-        stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
-        status = "interrupted" if stopped else ("some-failed" if failed else "ok")
+        counts.update(failed=len(tally.failed), computed=tally.computed)
+        stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
+        status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
         manifest.finish_run(run_id, status, time.time() - t0, counts)
     except BaseException as e:
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         if run_id is not None:
-            counts.update(failed=len(failed), computed=tally["computed"])
+            counts.update(failed=len(tally.failed), computed=tally.computed)
             bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
             try:
                 manifest.finish_run(run_id, bad, time.time() - t0, counts)
@@ -196,15 +151,61 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: S
     from ..report import write_predictions_csv, write_report
 
     t_report = time.time()
-    accuracy = write_predictions_csv(out, names)  # before the report, which links to it
+    accuracy = write_predictions_csv(out, prepared.names)  # before the report, which links to it
     report = write_report(out, template_dir=opts.template_dir)
     timings["report"] = time.time() - t_report
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
-                       counts["changed"], counts["removed"], failed, time.time() - t0, report,
+                       counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
                        layer.name if layer else None, accuracy, status=status, run_id=run_id, timings=timings)
     if status == "interrupted":
-        e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan['work'])} image(s); "
+        e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
                         "finished batches are saved, the next run computes the rest")
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
+
+
+def run_config(opts: RunOptions, prepared: Prepared, hashes: Hashes) -> dict[str, Any]:
+    """What the run row records about this run's configuration (shown in the report)."""
+    model, layer, methods = prepared.model, prepared.layer, prepared.methods
+    return {
+        "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
+        "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
+        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
+        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
+                    for m in methods},
+        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
+        "labeled": prepared.found.classes is not None, "class_names": prepared.names,
+    }
+
+
+def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str], None]) -> None:
+    """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
+
+    Such a run left its run row 'running' or its holder record in the lock file.
+    """
+    killed = manifest.close_stale_runs()
+    if killed or lock.previous:
+        prev = lock.previous.get("pid") if lock.previous else None
+        swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
+        swept += sweep_orphans(out, manifest)
+        who = f" ({describe(lock.previous)})" if lock.previous else ""
+        log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
+            "continuing where it stopped")
+
+
+def apply_removals(out: Path, manifest: Manifest, found: Scan, plan: Plan, known: Known, run_id: int,
+                   emit: Callable[[dict[str, Any]], None]) -> None:
+    """Images gone from the input or no longer readable leave the manifest, then their files go."""
+    present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
+    discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
+    with manifest.transaction():
+        manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
+        manifest.remove_failures(r for r in known.failures if r not in present)
+        for rel, reason in found.skipped:
+            manifest.put_failure(rel, reason, run_id)
+        for e in plan.touched:
+            manifest.touch_image(e.rel, e.size, e.mtime_ns)
+    unlink_all(out, discard)
+    for rel, reason in found.skipped:
+        emit({"event": "failure", "path": rel, "reason": reason})
