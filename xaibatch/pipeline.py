@@ -59,7 +59,7 @@ from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
-from .methods import METHODS, Batch, Method, ModelContext, create_method
+from .methods import Batch, Method, ModelContext, create_method, method_class
 from .model import LoadedModel, load_model, resolve_device
 from .overlay import overlay, png_bytes, thumbnail
 from .resources import default_checkpoint
@@ -331,9 +331,7 @@ def prepare(opts: RunOptions):
     """Load, scan and check everything that can fail before any file is written."""
     if not opts.methods:
         raise UsageError("give at least one --method")
-    unknown = [m for m in opts.methods if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown --method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
+    classes = {m: method_class(m) for m in opts.methods}  # an unknown name: UsageError with the close matches
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.target not in ("pred", "label"):
@@ -346,13 +344,14 @@ def prepare(opts: RunOptions):
     names = class_names_for(model, found)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
-    needs_layer = any(METHODS[m].needs_activations for m in methods_wanted) or opts.target_layer is not None
+    needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
+        opts.target_layer is not None)
     layer = find_target_layer(model.module, model.input_size, opts.target_layer) if needs_layer else None
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )
     methods = [
-        create_method(m, ctx, **{**({"seed": opts.seed} if METHODS[m].takes_seed else {}),
+        create_method(m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}),
                                  **opts.method_options.get(m, {})})
         for m in methods_wanted
     ]
@@ -470,7 +469,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     predict_hash = _hash(predict_cfg)
     method_hashes = {
         m.name: _hash({"predict": predict_hash, "method": m.name, "config": m.config(),
-                       "layer": layer.name if (layer and m.needs_activations) else None})
+                       "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None})
         for m in methods
     }
     config = {
