@@ -17,9 +17,10 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError  # noqa: E402
 from .defaults import default_workers  # noqa: E402
-from .methods import METHODS  # noqa: E402
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError  # noqa: E402
+from .methods import list_methods, method_class  # noqa: E402
+from .methods.options import method_options  # noqa: E402
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
 
@@ -73,6 +74,14 @@ def cli() -> None:
     """
 
 
+def _checked(parse, param_hint: str | None = None):
+    """Run a parameter check of the library; its UsageError becomes click's (one line, exit 2)."""
+    try:
+        return parse()
+    except XaibatchError as e:
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
+
+
 class _RunCommand(click.Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
@@ -92,8 +101,13 @@ class _RunCommand(click.Command):
 
 @cli.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--method", "-m", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("gradcam",),
-              show_default=True, help="Explanation method; repeat for several (e.g. -m gradcam -m lime).")
+@click.option("--method", "-m", "methods", multiple=True, default=("gradcam",), show_default=True, is_eager=True,
+              callback=lambda ctx, p, v: _checked(lambda: [m for m in v if method_class(m)]),
+              help="Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
+                   "All of them: xaibatch methods.")
+@click.option("--method-option", "method_option", multiple=True, metavar="METHOD.OPTION=VALUE",
+              callback=lambda ctx, p, v: _checked(lambda: method_options(v, ctx.params.get("methods") or ())),
+              help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).")
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
@@ -132,7 +146,7 @@ class _RunCommand(click.Command):
               help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
                    "instead of the summary line; for schedulers and log collectors.")
 @reported
-def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
+def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
         unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
@@ -164,7 +178,9 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
         input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
         workers=workers, labeled=False if unlabeled else None,
-        method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
+        method_options={**method_option,
+                        "lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide,
+                                 **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,
     )
@@ -252,7 +268,8 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Interleaved rounds after a warm-up; each figure is its fastest round.")
 @click.option("--only", default=",".join(("gradcam", "guided-gradcam", "lime")), show_default=True,
-              help="Comma-separated methods to time (e.g. --only gradcam,lime).")
+              help="Comma-separated methods to time, any of `xaibatch methods` (e.g. --only gradcam,lime or "
+                   "--only cam:scorecam); peers are timed for gradcam, guided-gradcam and lime.")
 @click.option("--no-peers", is_flag=True, help="Leave out pytorch-grad-cam, captum and lime.")
 @click.option("--markdown", is_flag=True, help="Print markdown tables (for the README).")
 @click.option("--memory", is_flag=True,
@@ -286,15 +303,31 @@ def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_
         click.echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
         return
     wanted = tuple(m.strip() for m in only.split(",") if m.strip())
-    bad = [m for m in wanted if m not in ("gradcam", "guided-gradcam", "lime")]
-    if bad or not wanted:
-        raise click.BadParameter(f"choose from gradcam, guided-gradcam, lime (got {only!r})", param_hint="--only")
+    if not wanted:
+        raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
+    _checked(lambda: [method_class(m) for m in wanted], param_hint="--only")
     opts = BenchOptions(
         arch=arch, image_size=image_size, batch_size=batch_size, images=images, lime_images=lime_images,
         lime_samples=lime_samples, lime_batch_size=lime_batch_size, classes=classes, device=device,
         threads=threads, workers=workers, repeats=repeats, only=wanted, peers=not no_peers, work_dir=keep,
     )
     click.echo(format_result(run_bench(opts, log=log), markdown=markdown))
+
+
+@cli.command("methods")
+def methods_cmd():
+    """List every explanation method: its library, how it batches, signed or not, its options and defaults.
+
+    \b
+    Examples:
+      xaibatch methods
+      xaibatch run photos/ -m cam:gradcam++ -m captum:IntegratedGradients \\
+          --method-option captum:IntegratedGradients.n_steps=32
+    """
+    for r in list_methods():
+        opts = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
+        click.echo(f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
+                   f"\n    options: {opts}\n    use: {r.summary}")
 
 
 @cli.command("demo-data")

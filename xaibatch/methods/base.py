@@ -8,6 +8,7 @@ files, resizing to the original size, writing, the manifest) is the pipeline's.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -57,6 +58,11 @@ class Method:
     signed: ClassVar[bool] = False  # maps in [-1, 1]-ish with meaning in the sign (LIME) instead of [0, 1]
     needs_activations: ClassVar[bool] = False  # wants the target layer captured in the shared forward
     takes_seed: ClassVar[bool] = False  # accepts a ``seed`` option (the run's --seed unless given)
+    needs_layer: ClassVar[bool] = False  # reads the target layer itself (library CAMs), without the shared capture
+    library: ClassVar[str] = "xaibatch"  # whose implementation computes the maps
+    batching: ClassVar[str] = "batch"  # "batch", or how it loops ("per image", ...), for ``xaibatch methods``
+    defaults: ClassVar[dict[str, Any]] = {}  # every option it takes, with its default
+    summary: ClassVar[str] = ""  # when to use it, one line
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
         self.ctx = ctx
@@ -77,6 +83,21 @@ class Method:
 METHODS: dict[str, type[Method]] = {}
 
 
+@dataclass(frozen=True)
+class Family:
+    """Names resolved on lookup rather than listed (``captum:NoiseTunnel.<method>``): ``prefix`` + anything."""
+
+    prefix: str
+    resolve: Callable[[str], type[Method] | None]  # the full name -> its class, or None when it names nothing
+    pattern: str  # how the names look, for listings (``captum:NoiseTunnel.<method>``)
+    example: type[Method]  # one resolved member: library, batching, signed and summary stand for the family
+    title: str
+    options: dict[str, Any]  # the options every member takes, with defaults
+
+
+FAMILIES: list[Family] = []
+
+
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available to ``xaibatch run --method``."""
     if cls.name in METHODS:
@@ -85,12 +106,38 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def register_family(family: Family) -> Family:
+    """Make every name ``family.resolve`` accepts available to ``--method``."""
+    FAMILIES.append(family)
+    return family
+
+
+def method_class(name: str) -> type[Method]:
+    """Return the class a method name stands for; an unknown name lists the close matches."""
+    cls = METHODS.get(name)
+    if cls is not None:
+        return cls
+    for fam in FAMILIES:
+        if name.startswith(fam.prefix) and (cls := fam.resolve(name)) is not None:
+            return cls
+    known = list(METHODS) + [f.pattern for f in FAMILIES]
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    close += [k for k in known if k.lower() == name.lower() and k not in close]
+    hint = f"did you mean {', '.join(close)}?" if close else "see `xaibatch methods`"
+    raise UsageError(f"unknown method {name!r}; {hint}")
+
+
+def check_options(cls: type[Method], options: dict[str, Any]) -> None:
+    """Raise a one-line UsageError for an option ``cls`` does not take."""
+    allowed = set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no options"
+        raise UsageError(f"{cls.name}: unknown option {', '.join(unknown)} (it takes: {takes})")
+
+
 def create_method(name: str, ctx: ModelContext, **options: Any) -> Method:
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise UsageError(f"unknown method {name!r}; choose from {', '.join(sorted(METHODS))}") from None
-    return cls(ctx, **options)
+    return method_class(name)(ctx, **options)
 
 
 def normalize_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -100,3 +147,29 @@ def normalize_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     flat = flat - lo
     hi = flat.max(dim=1, keepdim=True).values
     return (flat / (hi + eps)).view_as(maps)
+
+
+@dataclass(frozen=True)
+class MethodListing:
+    """One row of ``xaibatch methods``."""
+
+    name: str
+    title: str
+    library: str
+    batching: str
+    signed: bool
+    options: dict[str, Any]
+    summary: str
+
+
+def list_methods() -> list[MethodListing]:
+    """Every registered method, then every family, as plain rows (importing no attribution library)."""
+    rows = []
+    for name, cls in METHODS.items():
+        opts = {**cls.defaults, **({"seed": 0} if cls.takes_seed and "seed" not in cls.defaults else {})}
+        rows.append(MethodListing(name, cls.title, cls.library, cls.batching, cls.signed, opts, cls.summary))
+    for fam in FAMILIES:
+        cls = fam.example
+        rows.append(MethodListing(fam.pattern, fam.title, cls.library, cls.batching, cls.signed, dict(fam.options),
+                                  cls.summary))
+    return rows

@@ -39,6 +39,7 @@ class GradCAM(Method):
     name = "gradcam"
     title = "Grad-CAM"
     needs_activations = True
+    summary = "where the class evidence sits, coarse (layer resolution); the fast default"
 
     def explain(self, batch: Batch) -> Explanation:
         return Explanation(gradcam_maps(batch, self.ctx.input_size))

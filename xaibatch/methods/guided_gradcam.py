@@ -51,6 +51,7 @@ class GuidedGradCAM(Method):
     name = "guided-gradcam"
     title = "Guided Grad-CAM"
     needs_activations = True
+    summary = "Grad-CAM sharpened to pixel-level edges and texture inside the region"
 
     def __init__(self, ctx: ModelContext, **options: object) -> None:
         if options:

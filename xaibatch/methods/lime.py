@@ -151,6 +151,8 @@ class Lime(Method):
     title = "LIME"
     signed = True
     takes_seed = True
+    defaults = {**DEFAULTS, "batch_size": 256}
+    summary = "model-agnostic: which superpixels raise or lower the class probability when hidden"
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
         batch_size = options.pop("batch_size", 256)

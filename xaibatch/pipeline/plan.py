@@ -44,7 +44,7 @@ def config_hashes(prepared: Prepared, target: str) -> Hashes:
     predict = config_hash(predict_config)
     methods = {
         m.name: config_hash({"predict": predict, "method": m.name, "config": m.config(),
-                             "layer": layer.name if (layer and m.needs_activations) else None})
+                             "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None})
         for m in prepared.methods
     }
     return Hashes(predict, methods, predict_config)

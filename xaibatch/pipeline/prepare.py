@@ -11,7 +11,7 @@ import torch
 from ..data import Scan, scan
 from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
-from ..methods import METHODS, Method, ModelContext, create_method
+from ..methods import Method, ModelContext, create_method, method_class
 from ..model import LoadedModel, load_model, resolve_device
 from ..resources import default_checkpoint
 from .options import RunOptions
@@ -66,9 +66,7 @@ def prepare(opts: RunOptions) -> Prepared:
     """Load, scan and check everything that can fail before any file is written."""
     if not opts.methods:
         raise UsageError("give at least one --method")
-    unknown = [m for m in opts.methods if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown --method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
+    classes = {m: method_class(m) for m in opts.methods}  # an unknown name: UsageError with the close matches
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.target not in ("pred", "label"):
@@ -81,13 +79,14 @@ def prepare(opts: RunOptions) -> Prepared:
     names = class_names_for(model, found)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
-    needs_layer = any(METHODS[m].needs_activations for m in methods_wanted) or opts.target_layer is not None
+    needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
+        opts.target_layer is not None)
     layer = find_target_layer(model.module, model.input_size, opts.target_layer) if needs_layer else None
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )
     methods = [
-        create_method(m, ctx, **{**({"seed": opts.seed} if METHODS[m].takes_seed else {}),
+        create_method(m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}),
                                  **opts.method_options.get(m, {})})
         for m in methods_wanted
     ]

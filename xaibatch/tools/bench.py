@@ -234,9 +234,10 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
     from ..model import load_model, resolve_device, save_checkpoint
     from ..segmentation import slic_segments
 
-    unknown = [f for f in opts.only if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"--only: unknown method(s) {', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    from ..methods import method_class
+
+    for name in opts.only:  # any method: an unknown name raises UsageError with the close matches
+        method_class(name)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     workers = default_workers() if opts.workers is None else opts.workers
@@ -395,13 +396,17 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         if "lime" in opts.only:
             jobs.append(e2e("lime", n_lime, model_timer=True))
             jobs.append(on_tensors("lime", n_lime))
+        for other in (m for m in opts.only if m not in FAMILIES):  # any other method: no peers, no targets
+            jobs.append(e2e(other, n))
+            jobs.append(on_tensors(other, n))
 
         # -- peers
         if opts.peers:
             jobs += _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, n, n_lime, dev,
                                slic_segments, create_method, ctx, min(n, opts.per_image_images), n_warm)
 
-        jobs.sort(key=lambda j: [*("limits",), *FAMILIES].index(j[0].family))
+        order = ["limits", *FAMILIES, *opts.only]
+        jobs.sort(key=lambda j: order.index(j[0].family))
         _time_interleaved(jobs, max(1, opts.repeats), log)
         rows = [r for r, _ in jobs]
         header[2] += f"; load average at end {_load()}"

@@ -1,0 +1,175 @@
+"""pytorch-grad-cam's CAM family as xaibatch methods: ``cam:gradcam++``, ``cam:scorecam``, ...
+
+Each method runs the library's own class (``pytorch_grad_cam.GradCAMPlusPlus``
+and so on) on the pipeline's batch, on the run's target layer, for the run's
+targets (``ClassifierOutputTarget`` per image), and returns its maps as they
+come: per image min-max scaled to [0, 1] at the model's input size (the
+library's ``scale_cam_image``). Papers: Grad-CAM++ (Chattopadhay et al., 2018,
+https://arxiv.org/abs/1710.11063), HiResCAM (Draelos & Carin, 2020,
+https://arxiv.org/abs/2011.08891), XGrad-CAM (Fu et al., 2020,
+https://arxiv.org/abs/2008.02312), Layer-CAM (Jiang et al., 2021), Eigen-CAM
+(Muhammad & Yeasin, 2020, https://arxiv.org/abs/2008.00299), Score-CAM (Wang
+et al., 2020, https://arxiv.org/abs/1910.01279), Ablation-CAM (Desai &
+Ramaswamy, 2020), FullGrad (Srinivas & Fleuret, 2019,
+https://arxiv.org/abs/1905.00780).
+
+The library is imported only when a method is constructed, so listing the
+methods (``xaibatch methods``, ``--help``) never loads it. Its hooks are
+released in ``finally`` (the library's own ``__exit__`` swallows IndexError,
+so its context manager is not used), and the parameter gradients its
+``loss.backward()`` leaves on the model are dropped after each batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import types
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ModelError, UsageError
+from .base import Batch, Explanation, Method, ModelContext, check_options, register_method
+
+PREFIX = "cam:"
+COMMON = {"aug_smooth": False, "eigen_smooth": False}  # arguments of every CAM's __call__
+
+# name: (pytorch_grad_cam class, title, batching, extra options and defaults, when to use it)
+SPECS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
+    "gradcam": ("GradCAM", "Grad-CAM", "batch", {},
+                "the library's Grad-CAM: a cross-check of the native gradcam (use that one, it is faster)"),
+    "gradcam++": ("GradCAMPlusPlus", "Grad-CAM++", "batch", {},
+                  "several instances of the class in one image (Grad-CAM tends to mark only the strongest)"),
+    "hirescam": ("HiResCAM", "HiResCAM", "batch", {},
+                 "a map that provably shows where the layer's evidence is (no gradient averaging)"),
+    "xgradcam": ("XGradCAM", "XGrad-CAM", "batch", {},
+                 "Grad-CAM with axiom-based channel weights; similar maps, a little more faithful"),
+    "layercam": ("LayerCAM", "Layer-CAM", "batch", {},
+                 "finer detail from a shallower --target-layer (positive gradients weight each location)"),
+    "eigencam": ("EigenCAM", "Eigen-CAM", "batch", {},
+                 "a class-agnostic look at what the layer attends to (first principal component; ignores --target)"),
+    "scorecam": ("ScoreCAM", "Score-CAM", "per image (channel-masked copies in model batches of batch_size)",
+                 {"batch_size": 16},
+                 "gradient-free, less noisy than gradients; one forward per layer channel per image (slow)"),
+    "ablationcam": ("AblationCAM", "Ablation-CAM", "per image (channel ablations in model batches of batch_size)",
+                    {"batch_size": 32, "ratio_channels_to_ablate": 1.0},
+                    "gradient-free: the score drop when each channel is removed; slow, robust to saturation"),
+    "fullgrad": ("FullGrad", "FullGrad", "batch", {},
+                 "input gradients plus every bias's gradient map: a fine, complete saliency (ignores the layer)"),
+}
+PROBE_SKIPPED = {"scorecam", "ablationcam"}  # a probe would cost a forward per channel
+
+
+@contextlib.contextmanager
+def _quiet_progress(*modules: types.ModuleType) -> Iterator[None]:
+    """Silence the progress bars Score-CAM and Ablation-CAM print for every image (their module's ``tqdm`` only)."""
+    quiet = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
+    saved = [(m, m.__dict__.get("tqdm")) for m in modules if "tqdm" in m.__dict__]
+    try:
+        for m, _ in saved:
+            m.tqdm = quiet
+        yield
+    finally:
+        for m, previous in saved:
+            m.tqdm = previous
+
+
+class LibraryCAM(Method):
+    """One pytorch-grad-cam class over the pipeline's batches."""
+
+    library = "pytorch-grad-cam"
+    needs_layer = True
+    lib_class: ClassVar[str]
+    short: ClassVar[str]
+
+    def __init__(self, ctx: ModelContext, **options: Any) -> None:
+        check_options(type(self), options)
+        opts = {**self.defaults, **options}
+        for key, default in self.defaults.items():
+            if type(opts[key]) is not type(default) and not (isinstance(default, float) and isinstance(opts[key], int)):
+                raise UsageError(f"{self.name}: option {key} must be a {type(default).__name__}, not {opts[key]!r}")
+        if opts.get("batch_size", 1) < 1:
+            raise UsageError(f"{self.name}: batch_size must be at least 1")
+        if not 0 < opts.get("ratio_channels_to_ablate", 1.0) <= 1:
+            raise UsageError(f"{self.name}: ratio_channels_to_ablate must be in (0, 1]")
+        super().__init__(ctx, **opts)
+        if self.needs_layer and ctx.layer is None:
+            raise ModelError(f"{self.name} needs a target layer")
+        if self.short == "ablationcam" and ctx.layer.is_tokens:
+            raise ModelError(f"{self.name} cannot run on a token model (ViT) layer here; use cam:scorecam or gradcam")
+        try:
+            self._lib = importlib.import_module("pytorch_grad_cam")
+        except ImportError as e:
+            raise UsageError(f"{self.name} needs pytorch-grad-cam (pip install grad-cam): {e}") from None
+        if self.short not in PROBE_SKIPPED:
+            self._probe()
+
+    def config(self) -> dict[str, Any]:
+        return {"library": f"pytorch-grad-cam {_version('grad-cam')}", **self.options}
+
+    def _probe(self) -> None:
+        """Run once on a blank image now, so a method that cannot run on this model stops the run before it starts."""
+        p = next(self.ctx.model.parameters())
+        x = torch.zeros(1, 3, self.ctx.input_size, self.ctx.input_size, device=self.ctx.device, dtype=p.dtype)
+        try:
+            self._maps(x, torch.zeros(1, dtype=torch.long, device=self.ctx.device))
+        except Exception as e:  # the library's own message, as one line
+            raise ModelError(f"{self.name} cannot run on this model: {type(e).__name__}: {e}") from None
+
+    def _make(self) -> Any:
+        cls = getattr(self._lib, self.lib_class)
+        layer = self.ctx.layer
+        layers = [] if self.short == "fullgrad" else [layer.module]
+        reshape = layer.to_grid if (layer is not None and layer.is_tokens) else None
+        kwargs: dict[str, Any] = {"reshape_transform": reshape}
+        if self.short == "ablationcam":
+            kwargs.update(batch_size=self.options["batch_size"],
+                          ratio_channels_to_ablate=float(self.options["ratio_channels_to_ablate"]))
+        cam = cls(self.ctx.model, layers, **kwargs)
+        if self.short == "scorecam":
+            cam.batch_size = self.options["batch_size"]
+        return cam
+
+    def _maps(self, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        model = self.ctx.model
+        mods = [importlib.import_module(f"pytorch_grad_cam.{m}") for m in ("score_cam", "ablation_cam")]
+        cam = self._make()
+        try:
+            with torch.enable_grad(), _quiet_progress(*mods):
+                out = cam(input_tensor=x.detach().clone(), targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                          aug_smooth=self.options["aug_smooth"], eigen_smooth=self.options["eigen_smooth"])
+        finally:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+        return np.asarray(out, dtype=np.float32)
+
+    def explain(self, batch: Batch) -> Explanation:
+        return Explanation(torch.from_numpy(self._maps(batch.x, batch.targets)))
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _make_class(short: str) -> type[Method]:
+    lib_class, title, batching, extra, summary = SPECS[short]
+    attrs = {
+        "name": PREFIX + short, "title": f"{title} (pytorch-grad-cam)", "lib_class": lib_class, "short": short,
+        "batching": batching, "defaults": {**extra, **COMMON}, "summary": summary,
+        "needs_layer": short != "fullgrad",
+        "__doc__": f"pytorch-grad-cam's {lib_class} on the pipeline's batches.",
+    }
+    return type(f"Cam_{lib_class}", (LibraryCAM,), attrs)
+
+
+for _short in SPECS:
+    register_method(_make_class(_short))
