@@ -111,7 +111,7 @@ def open_page(driver, path: Path) -> None:
     assert driver.execute_script("return document.readyState") == "complete"
 
 
-def load_all_images(driver, timeout: float = 10) -> list[dict]:
+def load_all_images(driver, timeout: float = 30) -> list[dict]:
     """Force lazy images to load, wait, and return the ones that failed."""
     driver.execute_script("document.querySelectorAll('img').forEach(function (i) { i.loading = 'eager'; });")
     end = time.time() + timeout
@@ -168,6 +168,14 @@ def visible_cards(driver) -> list[dict]:
         ".map(c => ({name: c.dataset.name, conf: parseFloat(c.dataset.conf),"
         " group: c.closest('section.group').id, cls: c.closest('section.group').dataset.class,"
         " section: c.closest('section.group').dataset.section}))")
+
+
+def wait_until(cond, what: str, timeout: float = 30.0) -> None:
+    """Poll a condition (the page reacts to events asynchronously); never assume a fixed delay is enough."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def select(driver, element_id: str, value: str) -> None:
@@ -282,8 +290,7 @@ def test_filters_hide_and_sorting_reorders(driver, labeled_out):
     assert visible_cards(driver) == everything  # back to the server's order
 
     driver.find_element("id", "f-reset").click()
-    time.sleep(0.1)
-    assert len(visible_cards(driver)) == len(everything)
+    wait_until(lambda: len(visible_cards(driver)) == len(everything), "the reset to show every card")
 
 
 def test_filters_work_from_the_keyboard(driver, labeled_out):
@@ -300,8 +307,7 @@ def test_filters_work_from_the_keyboard(driver, labeled_out):
     label = driver.find_element("css selector", "label[for=f-class]")
     assert label.text
     driver.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
-    time.sleep(0.1)
-    assert driver.find_element("id", "f-class").get_attribute("value") == "0"
+    wait_until(lambda: driver.find_element("id", "f-class").get_attribute("value") == "0", "the class filter")
     shown = visible_cards(driver)
     assert all(c["cls"] == "0" for c in shown) and len(shown) < len(before)
 
