@@ -501,7 +501,7 @@ def test_colour_bars_are_one_file_per_colour_map_with_each_images_numbers(tmp_pa
         assert "probability units" in lime
         assert _ticks(grad) == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
         for k, fig in (("lime", lime), ("gradcam", grad)):
-            srcs[k] |= set(re.findall(r'<span class="cbar"><img src="\.\./\.\./(assets/colourbar\.[0-9a-f]{8}\.svg)"',
+            srcs[k] |= set(re.findall(r'<span class="cbar"><svg [^>]*><image href="\.\./\.\./(assets/colourbar\.[0-9a-f]{8}\.svg)"',
                                       fig))
     assert len(srcs["lime"]) == len(srcs["gradcam"]) == 1 and srcs["lime"] != srcs["gradcam"]
     assert {f"assets/{b.name}" for b in bars} == srcs["lime"] | srcs["gradcam"]

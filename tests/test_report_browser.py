@@ -407,10 +407,8 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     check_page(driver, fake)  # every image (the colour bars too) loads, every link resolves, no console error
     bars = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('figure[data-method] .cbar'), function (b) {"
-        "  var i = b.querySelector('img');"
-        "  return {w: i.naturalWidth, shown: i.getBoundingClientRect().width,"
-        "          ticks: Array.prototype.map.call(b.querySelectorAll('.ticks span'), s => s.textContent)}; })")
-    assert len(bars) == 2 and all(b["w"] > 0 and b["shown"] > 100 for b in bars)
+        "  return {ticks: Array.prototype.map.call(b.querySelectorAll('.ticks span'), s => s.textContent)}; })")
+    assert len(bars) == 2
     grad, lime = bars
     assert grad["ticks"][0] == "0" and grad["ticks"][2].startswith("≥ ")
     assert lime["ticks"][1] == "0" and lime["ticks"][0] == "−" + lime["ticks"][2][1:]
@@ -418,9 +416,33 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     rows = driver.find_elements("css selector", "table.pointing tbody tr")
     assert [r.find_element("tag name", "th").text for r in rows] == ["Grad-CAM", "LIME"]
     assert all(r.find_elements("css selector", "td")[-1].text in ("hit", "miss") for r in rows)
-    fig = driver.find_element("css selector", "figure.truth svg")
-    assert fig.size["width"] >= 256
-    img = np.asarray(Image.open(io.BytesIO(fig.screenshot_as_png)).convert("RGB"), dtype=np.float32)
+
+    # What is drawn: one screenshot of the whole page (a tall window), cut by the elements' boxes.
+    rects = driver.execute_script(
+        "var d = window.devicePixelRatio;"
+        "return Array.prototype.map.call(document.querySelectorAll('.cbar svg, figure.truth svg'), function (e) {"
+        "  var r = e.getBoundingClientRect();"
+        "  return [r.top * d, r.bottom * d, r.left * d, r.right * d].map(Math.round); })")
+    assert len(rects) == 3
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, height + 200)
+    try:
+        def drawn() -> np.ndarray | None:
+            shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), np.float32)
+            cuts = [shot[t:b, l:r] for t, b, l, r in rects]
+            for bar in cuts[:2]:  # each colour bar's two ends differ once its SVG file has loaded
+                row = bar[bar.shape[0] // 2, 3:-3]
+                if np.abs(row[-1] - row[0]).max() < 100:
+                    return None
+            return cuts[2] if cuts[2].std() > 20 else None  # and the picture under the region
+
+        end = time.monotonic() + 60
+        while (img := drawn()) is None:
+            assert time.monotonic() < end, "the colour bars or the ground-truth figure were never drawn"
+            time.sleep(0.25)
+    finally:
+        driver.set_window_size(1280, 900)
+    assert img.shape[1] >= 256
     greenness = img[..., 1] - (img[..., 0] + img[..., 2]) / 2
     s = img.shape[0] / 32  # screen pixels per image pixel
     region = np.zeros(greenness.shape, bool)
@@ -428,7 +450,7 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     outside = np.ones(greenness.shape, bool)
     outside[int(3 * s):int(17 * s), int(9 * s):int(25 * s)] = False
     assert greenness[region].mean() > greenness[outside].mean() + 40  # the region is shaded, the rest is not
-    assert img[outside].std() > 20  # over the picture
+    assert img[outside].std() > 20  # drawn over the picture
     real = sorted((truth_out / "detail" / "REAL").glob("*.html"))[0]
     open_page(driver, real)
     assert not driver.find_elements("css selector", "figure.truth")
