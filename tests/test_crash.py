@@ -205,8 +205,8 @@ KILL_POINTS = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("point", [  # one kill point in the default tier, the others slow
+    pytest.param(p, marks=() if p == "files-written-not-committed" else pytest.mark.slow) for p in KILL_POINTS])
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     inp, out = _starting_folder(tmp_path, tiny_ckpt)
     ref = _reference(tmp_path, out, inp, tiny_ckpt)
