@@ -613,3 +613,29 @@ def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
     for p in (out / "detail" / "REAL").glob("*.html"):
         assert "Ground truth" not in p.read_text()  # no mask, no section
     check_links(out)  # the figure's picture resolves too
+
+
+def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime",))
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), 0.25, np.float32))
+    report.render(out)
+    page = out / "detail" / "FAKE" / "a.html"
+    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.25", "0", "+0.25"]
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), -0.5, np.float32))  # same paths, new map
+    m = Manifest(out / FILENAME)
+    with m.transaction():
+        m.put_map(MapRow("FAKE/a.png", "lime", "h2", "maps/lime/FAKE/a.npy", "maps/lime/FAKE/a.png",
+                         "thumbs/lime/FAKE/a.png", None, 1))
+    m.close()
+    report.render(out)
+    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.5", "0", "+0.5"]
+
+
+def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
+    inp = tmp_path / "in"
+    (inp / "FAKE").mkdir(parents=True)
+    os.mkfifo(inp / "FAKE" / "a.mask.npy")  # opening it for reading would block the report for good
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], input_dir=inp)
+    report.render(out)
+    assert "Ground truth" not in (out / "detail" / "FAKE" / "a.html").read_text()
+    assert report._load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -73,6 +74,7 @@ TEMPLATE_NAMES = ("base.html", "_macros.html", "_runs_table.html", "_failures_ta
 ASSET_NAMES = ("report.css", "report.js")  # under assets/ in a template folder
 MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00")  # each method's maximum on the ground-truth figure
 TRUTH_MAX_SIDE = 128  # the ground-truth region is drawn on a grid at most this large
+MAX_ARRAY_BYTES = 256 << 20  # a map or mask file larger than this is not read for the detail page
 
 # What a map's per-image facts (MapRow.info) mean, for the detail page.
 INFO_WORDS = {
@@ -125,6 +127,7 @@ class MapView:
     npy: str
     info: list[tuple[str, str, str]]  # (key, value, what it means)
     npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
+    config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
     ticks: list[str] = field(default_factory=list, repr=False)  # colour bar numbers, left to right (detail page)
     scale_note: str = field(default="", repr=False)
 
@@ -432,7 +435,7 @@ def _mask_key(input_dir: Path | None, rel: str) -> str:
         st = os.stat(os.path.join(input_dir, mask_rel(rel)))
     except (OSError, ValueError):
         return ""
-    return f"{st.st_size}:{st.st_mtime_ns}" if st.st_size else ""
+    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) and st.st_size else ""
 
 
 def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow],
@@ -445,7 +448,7 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
             views.append(MapView(
                 m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
                 [(str(k), _fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-                npy_rel=row.npy,
+                npy_rel=row.npy, config_hash=row.config_hash,
             ))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
@@ -724,10 +727,16 @@ def demo_model_warning(config: dict[str, Any], cards: list[Card], input_readable
 
 
 def _load_array(root: Path, rel: str) -> Any:
+    """A 2-d array from a regular ``.npy`` file under ``root``, or None (never blocks on a FIFO or device)."""
     import numpy as np
 
     try:
-        a = np.load(safe_join(root, rel), allow_pickle=False)
+        fd = os.open(safe_join(root, rel), os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ARRAY_BYTES:
+                return None
+            a = np.load(f, allow_pickle=False)
     except (OSError, ValueError, UsageError, EOFError):
         return None
     return a if getattr(a, "ndim", 0) == 2 else None
