@@ -21,7 +21,8 @@ ARCHS = [
 ]
 
 
-@pytest.mark.parametrize("arch,kwargs", ARCHS, ids=[a for a, _ in ARCHS])
+@pytest.mark.parametrize("arch,kwargs", [  # test_resnet in the default tier, every other architecture slow
+    pytest.param(a, k, id=a, marks=() if a == "test_resnet" else pytest.mark.slow) for a, k in ARCHS])
 def test_all_methods_on_each_architecture(tmp_path, arch, kwargs):
     ckpt = make_checkpoint(tmp_path / f"{arch}.pt", arch=arch, size=64, **kwargs)
     root = tmp_path / "in"

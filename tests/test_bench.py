@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from xaibatch.cli import cli
@@ -43,6 +44,7 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+@pytest.mark.slow
 def test_bench_markdown_table_has_every_row_and_ratio(tmp_path):
     r = CliRunner().invoke(cli, [*SMALL, "--markdown", "--keep", str(tmp_path / "work")])
     assert r.exit_code == 0, r.output
@@ -74,6 +76,7 @@ def test_bench_rejects_unknown_method():
     assert "--only" in r.output
 
 
+@pytest.mark.slow
 def test_bench_memory_table(tmp_path):
     r = CliRunner().invoke(cli, ["bench", "--memory", "--memory-images", "6,12", "--workers", "0", "--quiet"])
     assert r.exit_code == 0, r.output

@@ -33,6 +33,7 @@ def test_hit_uses_the_maximum():
     assert not hit(m, mask)
 
 
+# The demo set and the bundled model's runs over it take about 3 minutes on 2 cores: the slow tier.
 @pytest.fixture(scope="module")
 def demo_run(demo_dir, tmp_path_factory):
     """Grad-CAM and Guided Grad-CAM on the 120 demo test images; LIME (fewer samples) on 30 of them."""
@@ -54,6 +55,7 @@ def demo_run(demo_dir, tmp_path_factory):
     return {"gradcam": (test, out), "guided-gradcam": (test, out), "lime": (small, lime_out)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,min_ratio", [("gradcam", 2.0), ("guided-gradcam", 4.0), ("lime", 3.0)])
 def test_each_method_points_into_the_fake_region(demo_run, method, min_ratio):
     root, out = demo_run[method]
@@ -66,6 +68,7 @@ def test_each_method_points_into_the_fake_region(demo_run, method, min_ratio):
     assert binomial_tail(game.hits, game.images, game.chance) < 1e-5
 
 
+@pytest.mark.slow
 def test_bundled_model_is_accurate_on_demo_test(demo_run):
     _, out = demo_run["gradcam"]
     db = sqlite3.connect(out / "xaibatch.sqlite")

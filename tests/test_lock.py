@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_images
-from test_crash import PRELUDE, _count, _wait_for
+from test_crash import PRELUDE
 from xaibatch.errors import LockHeld
 from xaibatch.lock import LOCK_NAME, OutputLock
 from xaibatch.pipeline import RunOptions, run
@@ -59,40 +59,84 @@ def _opts(inp, out, ckpt, **kw) -> RunOptions:
                       handle_signals=False, **kw)
 
 
+# The crash tests' prelude, plus a gate: the first run's writer announces (file ``inside``) that it is inside
+# its run, holding the lock, and then waits for the test to create ``open`` before it commits its first batch.
+# The test orders the runs by these files, never by timing, so a loaded machine cannot reorder them.
+GATED = r"""
+import os, threading, time
+from pathlib import Path
+import xaibatch.manifest as _gmf
+
+_gate = Path(os.environ["XB_TEST_GATE"])
+_genter = _gmf._Transaction.__enter__
+def _gated_enter(self):
+    if threading.current_thread().name == "xaibatch-writer" and not (_gate / "open").exists():
+        (_gate / "inside").write_text("")
+        while not (_gate / "open").exists():
+            time.sleep(0.02)
+    return _genter(self)
+_gmf._Transaction.__enter__ = _gated_enter
+""" + PRELUDE
+
+
+def _wait_file(proc: subprocess.Popen, path: Path, what: str, timeout: float = 120.0) -> None:
+    """Poll for a file some process writes; fail at once if that process ended without it."""
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, f"process ended (rc {proc.returncode}) before {what}"
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_second_real_run_exits_4_naming_the_holder_then_waits_with_wait(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 12)
     out = tmp_path / "out"
+    gate = tmp_path / "gate"
+    gate.mkdir()
     first = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE, "run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+        [sys.executable, "-c", GATED, "run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
          "--batch-size", "4", "--workers", "0", "-q"],
-        cwd=REPO, env={**ENV, "XB_TEST_DELAY": "2.5"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO, env={**ENV, "XB_TEST_GATE": str(gate)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiter = None
     try:
-        _wait_for(first, lambda: _count(out, "SELECT count(*) FROM runs") >= 1, "the first run's row")
+        _wait_file(first, gate / "inside", "the first run's writer reached its first commit")
         cmd = [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(inp),
                "--checkpoint", str(tiny_ckpt), "--out", str(out), "--batch-size", "4", "--workers", "0"]
-        kw = dict(cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        kw = dict(cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
         t0 = time.monotonic()
-        second = subprocess.Popen(cmd, **kw)
-        waiter = subprocess.Popen([*cmd, "--wait"], **kw)
+        second = subprocess.Popen(cmd, stderr=subprocess.PIPE, **kw)
+        waiter_err = tmp_path / "waiter.err"
+        with open(waiter_err, "w") as err_file:
+            waiter = subprocess.Popen([*cmd, "--wait"], stderr=err_file, **kw)
         out2, err2 = second.communicate(timeout=120)
         assert second.returncode == 4, err2
-        assert first.poll() is None, "the first run ended too early for this test"
+        assert first.poll() is None  # held at the gate: it cannot have ended
         lines = err2.strip().splitlines()
         assert len(lines) == 1, err2
         assert f"pid {first.pid} on {socket.gethostname()} since " in lines[0] and "--wait" in lines[0]
-        assert time.monotonic() - t0 < 60  # did not wait
+        assert time.monotonic() - t0 < 120  # did not wait
 
-        out3, err3 = waiter.communicate(timeout=120)
-        assert first.wait(timeout=60) == 0
-        assert waiter.returncode == 0, err3
-        assert f"waiting for pid {first.pid}" in err3
+        t1 = time.monotonic()
+        while f"waiting for pid {first.pid}" not in waiter_err.read_text():  # the waiter found the lock taken
+            assert waiter.poll() is None, f"the waiter ended (rc {waiter.returncode}): {waiter_err.read_text()}"
+            assert time.monotonic() - t1 < 120, "timed out waiting for the waiter's message"
+            time.sleep(0.05)
+        assert first.poll() is None
+        (gate / "open").write_text("")  # let the first run finish
+        out3, _ = waiter.communicate(timeout=180)
+        assert first.wait(timeout=120) == 0
+        assert waiter.returncode == 0, waiter_err.read_text()
         assert "12 skipped (unchanged)" in out3  # it ran after the first one, on its results
     finally:
-        if first.poll() is None:
-            first.kill()
+        (gate / "open").write_text("")
+        for p in (first, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
         first.communicate()
+        if waiter is not None:
+            waiter.wait()
 
 
 @pytest.mark.slow

@@ -34,25 +34,30 @@ HOSTILE = [
 
 
 def synth(out: Path, rows: list[tuple[str, int | None, float]], methods=("gradcam",), files: bool = True,
-          failures=(), classes=CLASSES) -> Path:
-    """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0)."""
+          failures=(), classes=CLASSES, sha: str = "ab" * 32, side: int = 8, input_dir="/data/set",
+          info: dict | None = None) -> Path:
+    """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0).
+
+    ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"model": {"arch": "resnet18", "checkpoint": "m.pt", "checkpoint_sha256": "ab" * 32, "input_size": 32,
+    cfg = {"model": {"arch": "resnet18", "checkpoint": "m.pt", "checkpoint_sha256": sha, "input_size": 32,
                      "target": "pred"},
            "layer": "layer3", "layer_grid": [4, 4], "methods": {k: METHODS[k] for k in methods},
            "class_names": list(classes), "batch_size": 8, "workers": 0, "seed": 0}
     tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
     m = Manifest(out / FILENAME)
-    run_id = m.start_run("/data/set", cfg, "p")
+    run_id = m.start_run(str(input_dir), cfg, "p")
     with m.transaction():
         for rel, label, p0 in rows:
             stem = rel.rsplit(".", 1)[0]
             probs = [p0, 1 - p0]
             pred = int(np.argmax(probs))
-            m.put_image(ImageRow(rel, stem, 100, 0, "0" * 64, 8, 8, label, pred, pred, max(probs), probs, "p", run_id))
+            m.put_image(ImageRow(rel, stem, 100, 0, "0" * 64, side, side, label, pred, pred, max(probs), probs, "p",
+                                 run_id))
             for name in methods:
                 m.put_map(MapRow(rel, name, "h", f"maps/{name}/{stem}.npy", f"maps/{name}/{stem}.png",
-                                 f"thumbs/{name}/{stem}.png", None, run_id))
+                                 f"thumbs/{name}/{stem}.png", info, run_id))
             if files:
                 subs = ("images", "thumbs/image", *(f"thumbs/{k}" for k in methods), *(f"maps/{k}" for k in methods))
                 for sub in subs:
@@ -441,3 +446,196 @@ def test_url_encoding():
     assert report.url("a b/c#d?e%f.png") == "a%20b/c%23d%3Fe%25f.png"
     assert report.url("javascript:x") == "javascript%3Ax"
     assert report.up("detail/a/b.html") == "../../" and report.up("index.html") == ""
+
+
+
+# -- what the pictures mean: column labels, colour bars, legends, borders, the demo model, ground truth ----
+
+
+def _cards_html(page: Path) -> list[str]:
+    return re.findall(r'<li class="card.*?</li>', page.read_text(), re.S)
+
+
+def _figure(html: str, method: str) -> str:
+    return re.search(rf'<figure data-method="{method}">.*?</figure>', html, re.S).group(0)
+
+
+def _ticks(fig: str) -> list[str]:
+    return re.findall(r"<span>([^<]*)</span>", re.search(r'<span class="ticks">((?:<span>[^<]*</span>)*)</span>',
+                                                          fig).group(1))
+
+
+def test_cards_label_each_thumbnail_column_with_its_method(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(3), methods=("gradcam", "lime"))
+    report.render(out)
+    cards = _cards_html(out / "gallery" / "page-1.html")
+    assert len(cards) == 3
+    for c in cards:  # each caption sits in the same column as its own thumbnail
+        pairs = re.findall(r'<span class="col"><img src="[^"]*/thumbs/([^/]+)/[^>]*><span class="cap"[^>]*>([^<]*)'
+                           r'</span></span>', c)
+        assert pairs == [("image", "Original"), ("gradcam", "Grad-CAM"), ("lime", "LIME")]
+
+
+def test_colour_bars_are_one_file_per_colour_map_with_each_images_numbers(tmp_path):
+    rows = labeled_rows(4)
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
+    rng = np.random.default_rng(3)
+    want = {}
+    for i, (rel, _l, _p) in enumerate(rows):
+        stem = rel.rsplit(".", 1)[0]
+        g = rng.uniform(0, 1, (8, 8)).astype(np.float32)
+        lime = rng.uniform(-0.02, 0.05 * (i + 1), (8, 8)).astype(np.float32)
+        np.save(out / "maps" / "gradcam" / f"{stem}.npy", g)
+        np.save(out / "maps" / "lime" / f"{stem}.npy", lime)
+        top = float(np.sort(g.ravel())[min(63, int(64 * 0.99))])  # the overlay's full colour: 99th percentile
+        want[stem] = (float(np.abs(lime).max()), top)
+    report.render(out)
+    bars = sorted((out / "assets").glob("colourbar.*.svg"))
+    assert len(bars) == 2  # one per colour map (unsigned, signed), not one per image
+    assert all(b"<linearGradient" in b.read_bytes() for b in bars)
+    srcs = {"gradcam": set(), "lime": set()}
+    for stem, (lim, top) in want.items():
+        html = (out / "detail" / f"{stem}.html").read_text()
+        lime, grad = _figure(html, "lime"), _figure(html, "gradcam")
+        assert _ticks(lime) == [f"−{lim:.3g}", "0", f"+{lim:.3g}"]
+        assert "probability units" in lime
+        assert _ticks(grad) == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
+        for k, fig in (("lime", lime), ("gradcam", grad)):
+            srcs[k] |= set(re.findall(r'<span class="cbar"><svg [^>]*><image href="\.\./\.\./(assets/colourbar\.[0-9a-f]{8}\.svg)"',
+                                      fig))
+    assert len(srcs["lime"]) == len(srcs["gradcam"]) == 1 and srcs["lime"] != srcs["gradcam"]
+    assert {f"assets/{b.name}" for b in bars} == srcs["lime"] | srcs["gradcam"]
+    assert len({w[0] for w in want.values()}) == 4  # the numbers are each image's own
+    check_links(out)
+
+
+def test_legends_say_the_overlay_is_transparent_where_lime_sees_no_effect(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(3), methods=("gradcam", "lime"))
+    report.render(out)
+    for page in html_pages(out):
+        assert "white = neutral" not in page.read_text()
+    detail = (out / "detail" / "FAKE" / "im_0000.html").read_text()
+    assert "where a superpixel has no effect the overlay is transparent" in _figure(detail, "lime")
+
+
+def test_lime_info_line_is_explained(tmp_path):
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("lime",),
+                info={"segments": 42, "score": 0.61, "intercept": 0.37})
+    report.render(out)
+    fig = _figure((out / "detail" / "FAKE" / "im_0000.html").read_text(), "lime")
+    items = re.findall(r"<li><code>([^<]*)</code>: ([^<]*)</li>", fig)
+    assert [k for k, _w in items] == ["segments=42", "score=0.61", "intercept=0.37"]
+    words = dict(items)
+    assert "superpixels" in words["segments=42"] and "R²" in words["score=0.61"]
+    assert "every superpixel hidden" in words["intercept=0.37"]
+
+
+def test_only_labeled_cards_get_a_correct_or_wrong_border(tmp_path):
+    out = synth(tmp_path / "u", [(f"im_{i}.png", None, p) for i, p in enumerate((0.9, 0.2, 0.6))])
+    report.render(out)
+    classes = [re.match(r'<li class="([^"]*)"', c).group(1) for c in _cards_html(out / "gallery" / "page-1.html")]
+    assert classes == ["card"] * 3
+    out = synth(tmp_path / "l", [("FAKE/a.png", 0, 0.9), ("FAKE/b.png", 0, 0.2)])
+    report.render(out)
+    classes = {re.search(r'data-name="([^"]*)"', c).group(1): re.match(r'<li class="([^"]*)"', c).group(1)
+               for c in _cards_html(out / "gallery" / "page-1.html")}
+    assert classes == {"FAKE/a.png": "card right", "FAKE/b.png": "card wrong"}
+    css = next((out / "assets").glob("report.*.css")).read_text()
+    assert ".card { border: 1px solid var(--line); border-left: 4px solid var(--line);" in css
+    assert ".card.right { border-left-color: var(--good); }" in css
+
+
+def test_summary_warns_when_the_bundled_model_meets_other_data(tmp_path):
+    bundled = report.bundled_model_sha256()
+    assert bundled and len(bundled) == 64
+    rows = labeled_rows(3)
+    out = synth(tmp_path / "a", rows, sha=bundled)  # 8x8 images, input folder gone
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert 'class="warn"' in html and "3 of 3 images are not 32x32" in html and "--checkpoint" in html
+    out = synth(tmp_path / "b", rows)  # another model: no warning
+    report.render(out)
+    assert 'class="warn"' not in (out / "index.html").read_text()
+    inp = tmp_path / "in"  # demo-like: 32x32 and a ground-truth mask beside an image
+    (inp / "FAKE").mkdir(parents=True)
+    mask = inp / "FAKE" / "im_0000.mask.npy"
+    np.save(mask, np.ones((32, 32), bool))
+    out = synth(tmp_path / "c", rows, sha=bundled, side=32, input_dir=inp)
+    report.render(out)
+    assert 'class="warn"' not in (out / "index.html").read_text()
+    mask.unlink()  # the same folder without any mask
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert 'class="warn"' in html and "none of the 3 images has a ground-truth mask" in html
+    assert "not 32x32" not in html
+
+
+@pytest.fixture(scope="module")
+def truth_run(tmp_path_factory, tiny_ckpt) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """A real run over images with demo-style ground-truth masks beside some of them."""
+    root = tmp_path_factory.mktemp("truth")
+    inp = root / "in"
+    fakes = write_images(inp / "FAKE", 3, seed=5)
+    write_images(inp / "REAL", 2, seed=6)
+    rng = np.random.default_rng(1)
+    masks = {}
+    for p in fakes:
+        mask = np.zeros((32, 32), bool)
+        y, x = rng.integers(0, 20, 2)
+        mask[y:y + 12, x:x + 10] = True
+        np.save(p.with_name(p.stem + ".mask.npy"), mask)
+        masks[f"FAKE/{p.name}"] = mask
+    run(RunOptions(input_dir=inp, out_dir=root / "out", methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
+                   method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    return inp, root / "out", masks
+
+
+def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
+    from xaibatch.localization import pointing_game
+
+    inp, out, masks = truth_run
+    for rel, mask in masks.items():
+        html = (out / "detail" / rel.replace(".png", ".html")).read_text()
+        assert "Ground truth" in html and f"{100 * mask.mean():.1f}%" in html
+        rows = re.findall(r'<tr><td>.*?</td><th scope="row">([^<]*)</th><td>\((\d+), (\d+)\)</td><td>(.*?)</td></tr>',
+                          html)
+        assert [r[0] for r in rows] == ["Grad-CAM", "LIME"]
+        for (title, x, y, result), method in zip(rows, ("gradcam", "lime"), strict=True):
+            m = np.load(out / "maps" / method / rel.replace(".png", ".npy"))
+            if method == "lime":
+                m = np.where(m > 0, m, 0)
+            want_y, want_x = np.unravel_index(np.argmax(m), m.shape)
+            assert (int(x), int(y)) == (want_x, want_y)
+            hit = pointing_game(out, inp, method, [rel]).hits == 1
+            assert bool(mask[want_y, want_x]) == hit
+            assert ('class="good">hit<' in result) == hit and ('class="bad">miss<' in result) == (not hit)
+        assert re.search(r'<path d="(M\d+ \d+h\d+v1h-\d+z)+" fill="#00d000"', html)
+    for p in (out / "detail" / "REAL").glob("*.html"):
+        assert "Ground truth" not in p.read_text()  # no mask, no section
+    check_links(out)  # the figure's picture resolves too
+
+
+def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime",))
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), 0.25, np.float32))
+    report.render(out)
+    page = out / "detail" / "FAKE" / "a.html"
+    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.25", "0", "+0.25"]
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), -0.5, np.float32))  # same paths, new map
+    m = Manifest(out / FILENAME)
+    with m.transaction():
+        m.put_map(MapRow("FAKE/a.png", "lime", "h2", "maps/lime/FAKE/a.npy", "maps/lime/FAKE/a.png",
+                         "thumbs/lime/FAKE/a.png", None, 1))
+    m.close()
+    report.render(out)
+    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.5", "0", "+0.5"]
+
+
+def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
+    inp = tmp_path / "in"
+    (inp / "FAKE").mkdir(parents=True)
+    os.mkfifo(inp / "FAKE" / "a.mask.npy")  # opening it for reading would block the report for good
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], input_dir=inp)
+    report.render(out)
+    assert "Ground truth" not in (out / "detail" / "FAKE" / "a.html").read_text()
+    assert report._load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly

@@ -111,7 +111,7 @@ def open_page(driver, path: Path) -> None:
     assert driver.execute_script("return document.readyState") == "complete"
 
 
-def load_all_images(driver, timeout: float = 10) -> list[dict]:
+def load_all_images(driver, timeout: float = 30) -> list[dict]:
     """Force lazy images to load, wait, and return the ones that failed."""
     driver.execute_script("document.querySelectorAll('img').forEach(function (i) { i.loading = 'eager'; });")
     end = time.time() + timeout
@@ -129,7 +129,7 @@ def local_targets(driver) -> list[tuple[str, Path]]:
     raw = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('[href],[src]'), function (e) {"
         "  var a = e.hasAttribute('href') ? 'href' : 'src';"
-        "  return [e.getAttribute(a), e[a]]; })")
+        "  return [e.getAttribute(a), new URL(e.getAttribute(a), document.baseURI).href]; })")  # SVG: no e.href
     out = []
     for attr, absolute in raw:
         assert urlsplit(attr).scheme == "" and not attr.startswith("/"), f"not a relative link: {attr!r}"
@@ -168,6 +168,14 @@ def visible_cards(driver) -> list[dict]:
         ".map(c => ({name: c.dataset.name, conf: parseFloat(c.dataset.conf),"
         " group: c.closest('section.group').id, cls: c.closest('section.group').dataset.class,"
         " section: c.closest('section.group').dataset.section}))")
+
+
+def wait_until(cond, what: str, timeout: float = 30.0) -> None:
+    """Poll a condition (the page reacts to events asynchronously); never assume a fixed delay is enough."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def select(driver, element_id: str, value: str) -> None:
@@ -282,8 +290,7 @@ def test_filters_hide_and_sorting_reorders(driver, labeled_out):
     assert visible_cards(driver) == everything  # back to the server's order
 
     driver.find_element("id", "f-reset").click()
-    time.sleep(0.1)
-    assert len(visible_cards(driver)) == len(everything)
+    wait_until(lambda: len(visible_cards(driver)) == len(everything), "the reset to show every card")
 
 
 def test_filters_work_from_the_keyboard(driver, labeled_out):
@@ -300,8 +307,7 @@ def test_filters_work_from_the_keyboard(driver, labeled_out):
     label = driver.find_element("css selector", "label[for=f-class]")
     assert label.text
     driver.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
-    time.sleep(0.1)
-    assert driver.find_element("id", "f-class").get_attribute("value") == "0"
+    wait_until(lambda: driver.find_element("id", "f-class").get_attribute("value") == "0", "the class filter")
     shown = visible_cards(driver)
     assert all(c["cls"] == "0" for c in shown) and len(shown) < len(before)
 
@@ -332,6 +338,122 @@ def test_screenshots_are_not_blank(driver, labeled_out):
         load_all_images(driver)
         img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"), dtype=np.float32)
         assert img.std() > 20, f"{page.name} looks blank (pixel std {img.std():.1f})"
+
+
+@pytest.fixture(scope="module")
+def unlabeled_out(tmp_path_factory, tiny_ckpt) -> Path:
+    root = tmp_path_factory.mktemp("unlabeled")
+    write_images(root / "in", 3, seed=13)
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None)
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def truth_out(tmp_path_factory, tiny_ckpt) -> Path:
+    """Grad-CAM and LIME over images with demo-style ground-truth masks beside the FAKE ones."""
+    root = tmp_path_factory.mktemp("truth")
+    for p in write_images(root / "in" / "FAKE", 2, seed=14):
+        mask = np.zeros((32, 32), bool)
+        mask[4:16, 10:24] = True
+        np.save(p.with_name(p.stem + ".mask.npy"), mask)
+    write_images(root / "in" / "REAL", 2, seed=15)
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
+                   method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    return root / "out"
+
+
+def card_columns(driver) -> list[dict]:
+    """Per card: its left border colour and, per thumbnail column, the caption and whether it sits under its
+    picture (same column, below it) and is shown."""
+    return driver.execute_script("""
+        return Array.prototype.map.call(document.querySelectorAll('li.card'), function (c) {
+          return {cls: c.className, border: getComputedStyle(c).borderLeftColor,
+                  cols: Array.prototype.map.call(c.querySelectorAll('.col'), function (col) {
+                    var img = col.querySelector('img'), cap = col.querySelector('.cap');
+                    var a = img.getBoundingClientRect(), b = cap.getBoundingClientRect();
+                    return {cap: cap.textContent, method: img.getAttribute('data-method'),
+                            shown: cap.offsetParent !== null,
+                            under: b.top >= a.bottom - 1 && b.left >= a.left - 1 && b.right <= a.right + 1};
+                  })};
+        });""")
+
+
+GREEN, RED, NEUTRAL = "rgb(27, 110, 42)", "rgb(163, 0, 27)", "rgb(200, 200, 200)"
+
+
+def test_thumbnail_columns_are_labeled_and_borders_follow_the_label(driver, labeled_out, unlabeled_out):
+    open_page(driver, labeled_out / "gallery" / "page-1.html")
+    load_all_images(driver)
+    cards = card_columns(driver)
+    assert cards
+    for c in cards:
+        assert [(x["cap"], x["method"]) for x in c["cols"]] == [("Original", None), ("Grad-CAM", "gradcam")]
+        assert all(x["under"] and x["shown"] for x in c["cols"]), c
+        assert c["border"] == (RED if "wrong" in c["cls"].split() else GREEN), c
+    assert {c["border"] for c in cards} == {RED, GREEN}
+    select(driver, "f-method", "-")  # originals only: the map's caption goes with its picture
+    wait_until(lambda: all(not x["shown"] for c in card_columns(driver) for x in c["cols"] if x["method"]),
+               "the map columns to hide")
+    assert all(c["cols"][0]["shown"] for c in card_columns(driver))
+
+    open_page(driver, unlabeled_out / "gallery" / "page-1.html")
+    cards = card_columns(driver)
+    assert len(cards) == 3 and all(c["border"] == NEUTRAL for c in cards)  # no label: neither right nor wrong
+
+
+def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
+    fake = sorted((truth_out / "detail" / "FAKE").glob("*.html"))[0]
+    check_page(driver, fake)  # every image (the colour bars too) loads, every link resolves, no console error
+    bars = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('figure[data-method] .cbar'), function (b) {"
+        "  return {ticks: Array.prototype.map.call(b.querySelectorAll('.ticks span'), s => s.textContent)}; })")
+    assert len(bars) == 2
+    grad, lime = bars
+    assert grad["ticks"][0] == "0" and grad["ticks"][2].startswith("≥ ")
+    assert lime["ticks"][1] == "0" and lime["ticks"][0] == "−" + lime["ticks"][2][1:]
+    float(lime["ticks"][2][1:])  # a number, in probability units
+    rows = driver.find_elements("css selector", "table.pointing tbody tr")
+    assert [r.find_element("tag name", "th").text for r in rows] == ["Grad-CAM", "LIME"]
+    assert all(r.find_elements("css selector", "td")[-1].text in ("hit", "miss") for r in rows)
+
+    # What is drawn: one screenshot of the whole page (a tall window), cut by the elements' boxes.
+    rects = driver.execute_script(
+        "var d = window.devicePixelRatio;"
+        "return Array.prototype.map.call(document.querySelectorAll('.cbar svg, figure.truth svg'), function (e) {"
+        "  var r = e.getBoundingClientRect();"
+        "  return [r.top * d, r.bottom * d, r.left * d, r.right * d].map(Math.round); })")
+    assert len(rects) == 3
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, height + 200)
+    try:
+        def drawn() -> np.ndarray | None:
+            shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), np.float32)
+            cuts = [shot[t:b, l:r] for t, b, l, r in rects]
+            for bar in cuts[:2]:  # each colour bar's two ends differ once its SVG file has loaded
+                row = bar[bar.shape[0] // 2, 3:-3]
+                if np.abs(row[-1] - row[0]).max() < 100:
+                    return None
+            return cuts[2] if cuts[2].std() > 20 else None  # and the picture under the region
+
+        end = time.monotonic() + 60
+        while (img := drawn()) is None:
+            assert time.monotonic() < end, "the colour bars or the ground-truth figure were never drawn"
+            time.sleep(0.25)
+    finally:
+        driver.set_window_size(1280, 900)
+    assert img.shape[1] >= 256
+    greenness = img[..., 1] - (img[..., 0] + img[..., 2]) / 2
+    s = img.shape[0] / 32  # screen pixels per image pixel
+    region = np.zeros(greenness.shape, bool)
+    region[int(5 * s):int(15 * s), int(11 * s):int(23 * s)] = True  # inside mask[4:16, 10:24], off its edges
+    outside = np.ones(greenness.shape, bool)
+    outside[int(3 * s):int(17 * s), int(9 * s):int(25 * s)] = False
+    assert greenness[region].mean() > greenness[outside].mean() + 40  # the region is shaded, the rest is not
+    assert img[outside].std() > 20  # drawn over the picture
+    real = sorted((truth_out / "detail" / "REAL").glob("*.html"))[0]
+    open_page(driver, real)
+    assert not driver.find_elements("css selector", "figure.truth")
 
 
 def test_hostile_names_never_run_script(driver, hostile_out):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds the wheel and installs it (about 30 s on 2 cores)
 
 
 @pytest.fixture(scope="module")

@@ -79,3 +79,12 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
         ax.set_title(f"Reliability (ECE {100 * ece:.1f}%)")
         ax.legend(frameon=False, loc="upper left")
         return _svg(fig)
+
+
+def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int = 256, height: int = 14) -> bytes:
+    """A horizontal colour bar as a small SVG gradient (no text: the pages print the numbers under it)."""
+    body = "".join(f'<stop offset="{x:.4f}" stop-color="rgb({r},{g},{b})"/>' for x, (r, g, b) in stops)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}"><defs><linearGradient id="g">{body}</linearGradient></defs>'
+            f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="url(#g)" stroke="#888"/>'
+            f"</svg>\n").encode()

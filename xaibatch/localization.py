@@ -37,11 +37,17 @@ def mask_for(image_path: Path) -> np.ndarray | None:
 
 
 
+def peak(saliency: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the map's first maximum: where the map points."""
+    y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
+    return int(y), int(x)
+
+
 def hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
     """True when the map's (first) maximum lies inside the mask."""
     if saliency.shape != mask.shape:
         raise ValueError(f"map {saliency.shape} and mask {mask.shape} differ in size")
-    return bool(mask[np.unravel_index(int(np.argmax(saliency)), saliency.shape)])
+    return bool(mask[peak(saliency)])
 
 
 def pointing_game(out_dir: Path, input_dir: Path, method: str, rels: list[str]) -> PointingGame:

@@ -72,22 +72,51 @@ def stretch(m: np.ndarray) -> np.ndarray:
     return np.clip(m / top, 0, 1) if top > 1e-6 else m
 
 
+def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
+    """The map resized to the display copy's ``(width, height)``, as the overlay draws it."""
+    w, h = size
+    if m.shape == (h, w):
+        return m
+    resample = Image.NEAREST if signed else Image.BILINEAR
+    return np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((w, h), resample))
+
+
+def display_scale(m: np.ndarray, signed: bool) -> float:
+    """The map value drawn at full colour: max |m| for signed maps, the 99th percentile (see :func:`stretch`)
+    for unsigned ones. The report prints it beside each map's colour bar."""
+    if signed:
+        return float(np.abs(m).max()) or 1.0
+    flat = m.ravel()
+    k = min(flat.size - 1, int(flat.size * DISPLAY_PERCENTILE / 100))
+    top = float(np.partition(flat, k)[k])
+    return top if top > 1e-6 else 1.0
+
+
 def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5) -> Image.Image:
-    """Blend a map (any size, resized here) over the display image."""
+    """Blend a map (any size, resized here) over the display image.
+
+    Signed maps: the colour's opacity grows with |m|, so where the map is 0 the
+    overlay is fully transparent. Unsigned maps: opacity 0.3 at 0 to 0.8 at full scale.
+    """
     h, w = display.shape[:2]
-    if m.shape != (h, w):
-        resample = Image.NEAREST if signed else Image.BILINEAR
-        m = np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((w, h), resample))
+    m = display_map(m, (w, h), signed)
     if not signed:
         m = stretch(m)
     colours = colorize(m, signed).astype(np.float32)
     if signed:  # let the image show through where the evidence is weak
-        lim = float(np.abs(m).max()) or 1.0
+        lim = display_scale(m, signed=True)
         a = (alpha + 0.2) * np.clip(np.abs(m) / lim, 0, 1)[..., None]
     else:  # the photo shows through where the map is low, the colour where it is high
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.astype(np.float32) + a * colours
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def colour_stops(signed: bool, n: int = 33) -> list[tuple[float, tuple[int, int, int]]]:
+    """``n`` (offset 0..1, RGB) stops of the colour ramp the overlays use, for a colour bar."""
+    xs = np.linspace(0, 1, n, dtype=np.float32)
+    cols = _lookup(_SIGNED if signed else _HEAT, xs)
+    return [(float(x), (int(c[0]), int(c[1]), int(c[2]))) for x, c in zip(xs, cols, strict=True)]
 
 
 def png_bytes(image: Image.Image) -> bytes:

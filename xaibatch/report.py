@@ -31,11 +31,13 @@ assets ``assets/report.css`` and ``assets/report.js``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -46,11 +48,13 @@ from urllib.parse import quote
 import jinja2
 
 from . import __version__, layout
-from .layout import display_size
 from .errors import UsageError
-from .files import atomic_write_bytes, safe_join
+from .files import atomic_write_bytes, file_sha256, safe_join
+from .layout import display_size
+from .localization import MASK_SUFFIX
 from .manifest import ImageRow, Manifest, MapRow
-from .resources import templates_dir
+from .resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
+from .resources import default_checkpoint, templates_dir
 
 PAGE_SIZE = 200  # cards per gallery page
 DETAIL_MIN_SIDE = 256  # the detail page shows images at least this large (pixelated when upscaled)
@@ -67,6 +71,18 @@ HISTOGRAM_BINS = 20
 TEMPLATE_NAMES = ("base.html", "_macros.html", "_runs_table.html", "_failures_table.html", "index.html",
                   "gallery.html", "detail.html", "history.html", "skipped.html")
 ASSET_NAMES = ("report.css", "report.js")  # under assets/ in a template folder
+MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00")  # each method's maximum on the ground-truth figure
+TRUTH_MAX_SIDE = 128  # the ground-truth region is drawn on a grid at most this large
+MAX_ARRAY_BYTES = 256 << 20  # a map or mask file larger than this is not read for the detail page
+
+# What a map's per-image facts (MapRow.info) mean, for the detail page.
+INFO_WORDS = {
+    "segments": "superpixels (SLIC regions) that LIME switched on and off in its perturbed samples; "
+                "each pixel's value is its superpixel's coefficient",
+    "score": "R² of LIME's weighted linear fit on those samples: how well the coefficients reproduce the "
+             "model's probabilities (near 1: faithful; near 0: read this map with care)",
+    "intercept": "the fit's probability of the explained class with every superpixel hidden",
+}
 OWNED_DIRS = ("gallery", "detail")  # every *.html in these is the report's; stale ones are removed
 
 
@@ -96,6 +112,8 @@ class MethodInfo:
     settings: list[tuple[str, str]]
     legend: str  # what the colours mean, in words
     gradient: str  # a CSS linear-gradient of the colour map
+    scale_words: str = ""  # what the numbers under the colour bar are
+    bar: str = ""  # report-root-relative url of the method's colour bar (one SVG per method, not per image)
 
 
 @dataclass(slots=True)
@@ -106,7 +124,11 @@ class MapView:
     png: str  # urls relative to the report root
     thumb: str
     npy: str
-    info: list[tuple[str, str]]
+    info: list[tuple[str, str, str]]  # (key, value, what it means)
+    npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
+    config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
+    ticks: list[str] = field(default_factory=list, repr=False)  # colour bar numbers, left to right (detail page)
+    scale_note: str = field(default="", repr=False)
 
 
 @dataclass(slots=True)
@@ -137,9 +159,41 @@ class Card:
     pixelated: bool = False
     sha256: str = ""
     size: int = 0
+    mask_key: str = ""  # "size:mtime" of a ground-truth mask (<name>.mask.npy) beside the input image, or ""
+    truth: Truth | None = field(default=None, repr=False)  # filled only when the detail page is rendered
     group_key: str = field(default="", repr=False)
     index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
     page: int = 1
+
+
+@dataclass
+class Point:
+    """One method's maximum on the ground-truth figure and its pointing-game result."""
+
+    n: int
+    title: str
+    colour: str
+    x: float  # figure coordinates (the truth grid)
+    y: float
+    px: tuple[int, int] | None  # (x, y) in image pixels; None when the map could not be compared
+    hit: bool | None
+    note: str = ""
+    lx: float = 0.0  # where its number is written, kept inside the figure
+    ly: float = 0.0
+
+
+@dataclass
+class Truth:
+    """The demo's ground-truth region beside an image, drawn as an SVG path, and each map's pointing game."""
+
+    mask_name: str
+    width: int  # the figure's grid (the mask, shrunk to at most TRUTH_MAX_SIDE)
+    height: int
+    path: str  # SVG path of the region
+    share: str  # the region's share of the image: a map pointing at random hits this often
+    radius: float
+    font: float
+    points: list[Point]
 
 
 @dataclass
@@ -232,6 +286,8 @@ class ReportData:
     target_words: str = "the predicted class"
     version: str = __version__
     has_csv: bool = True
+    warnings: list[str] = field(default_factory=list)  # shown at the top of the summary
+    input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
 
     @property
     def n_classes(self) -> int:
@@ -314,9 +370,16 @@ def _methods(runs: list[dict[str, Any]], current: dict[str, Any], present: set[s
         out.append(MethodInfo(
             name=name, title=str(info.get("title", name)), signed=signed,
             settings=[(str(k), _fmt_value(v)) for k, v in (info.get("config") or {}).items()],
-            legend=("red = evidence for the explained class, blue = evidence against it, white = neutral"
-                    if signed else "bright = more important, dark = less important"),
+            legend=("red = evidence for the explained class, blue = evidence against it; the stronger the "
+                    "evidence, the more opaque the colour, and where a superpixel has no effect the overlay is "
+                    "transparent (the photo shows through)"
+                    if signed else "bright = more important, dark = less important (the photo shows through "
+                                   "where the map is low)"),
             gradient=_gradient(signed),
+            scale_words=("LIME coefficient, in probability units of the explained class; the scale is "
+                         "symmetric, set by this image's strongest superpixel" if signed else
+                         "map value (0 to 1 in the .npy); the colour saturates at this image's 99th "
+                         "percentile"),
         ))
     return out
 
@@ -359,7 +422,23 @@ def _name(names: list[str], i: int | None) -> str | None:
     return names[i] if 0 <= i < len(names) else f"class {i}"
 
 
-def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow]) -> Card:
+def mask_rel(rel: str) -> str:
+    """Where demo-data keeps an image's ground-truth mask, relative to the input folder (see demo.mask_for)."""
+    return rel.rsplit(".", 1)[0] + MASK_SUFFIX
+
+
+def _mask_key(input_dir: Path | None, rel: str) -> str:
+    if input_dir is None:
+        return ""
+    try:
+        st = os.stat(os.path.join(input_dir, mask_rel(rel)))
+    except (OSError, ValueError):
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) and st.st_size else ""
+
+
+def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow],
+          input_dir: Path | None = None) -> Card:
     stem = r.stem
     views = []
     for m in methods:
@@ -367,7 +446,8 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         if row is not None:
             views.append(MapView(
                 m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
-                [(str(k), _fmt_value(v)) for k, v in (row.info or {}).items()],
+                [(str(k), _fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
+                npy_rel=row.npy, config_hash=row.config_hash,
             ))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
@@ -383,7 +463,7 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
         probs=[(_name(names, i) or "", r.probs[i], _pct(r.probs[i])) for i in order],
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
-        sha256=r.sha256[:12], size=r.size,
+        sha256=r.sha256[:12], size=r.size, mask_key=_mask_key(input_dir, r.rel),
     )
 
 
@@ -580,10 +660,11 @@ def build(out_dir: Path) -> ReportData:
     methods = _methods(runs, config, {meth for _rel, meth in maps})
     labeled = any(r.label is not None for r in images.values())
 
-    cards = [_card(images[rel], names, methods, maps) for rel in sorted(images)]
+    input_dir = (last or {}).get("input_dir") or ""
+    source = Path(input_dir) if input_dir and os.path.isdir(input_dir) else None
+    cards = [_card(images[rel], names, methods, maps, source) for rel in sorted(images)]
     groups, sections = _groups(cards, names, labeled)
     order, pages = _paginate(groups, sections)
-    input_dir = (last or {}).get("input_dir") or ""
     data = ReportData(
         title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
         labeled=labeled, total=len(order), class_names=names, methods=methods, config=config,
@@ -593,9 +674,153 @@ def build(out_dir: Path) -> ReportData:
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
         target_words=("the folder's label" if config.get("model", {}).get("target") == "label"
                       else "the predicted class"),
+        input_dir=source,
     )
     _metrics(data)
+    warning = demo_model_warning(config, order, source is not None)
+    if warning:
+        data.warnings.append(warning)
     return data
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def bundled_model_sha256() -> str | None:
+    """SHA-256 of the bundled demo checkpoint (hashed once per process while the file is unchanged)."""
+    try:
+        p = default_checkpoint()
+        st = p.stat()
+        return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def demo_model_warning(config: dict[str, Any], cards: list[Card], input_readable: bool) -> str | None:
+    """A warning when the bundled demo model was applied to a folder that does not look like demo data.
+
+    The test is simple on purpose: every demo image is 32x32, and every demo
+    FAKE image has its ground-truth mask (``<name>.mask.npy``) beside it. A
+    folder with any other size, or without a single mask, is not the demo set.
+    """
+    sha = config.get("model", {}).get("checkpoint_sha256")
+    if not cards or not sha or sha != bundled_model_sha256():
+        return None
+    reasons = []
+    other = sum(1 for c in cards if (c.width, c.height) != (DEMO_SIZE, DEMO_SIZE))
+    if other:
+        reasons.append(f"{other} of {len(cards)} images are not {DEMO_SIZE}x{DEMO_SIZE} (every demo image is)")
+    if input_readable and not any(c.mask_key for c in cards):
+        reasons.append(f"none of the {len(cards)} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
+                       "(every demo FAKE image has one)")
+    if not reasons:
+        return None
+    return ("These predictions and maps come from the bundled demo model, which was trained only on "
+            "xaibatch demo-data (synthetic 32x32 images), but this folder does not look like demo data: "
+            + "; ".join(reasons) + ". They say nothing reliable about these images: pass your own --checkpoint.")
+
+
+# -- what only a detail page shows (read from the map files when the page is rendered) -----------------
+
+
+def _load_array(root: Path, rel: str) -> Any:
+    """A 2-d array from a regular ``.npy`` file under ``root``, or None (never blocks on a FIFO or device)."""
+    import numpy as np
+
+    try:
+        fd = os.open(safe_join(root, rel), os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ARRAY_BYTES:
+                return None
+            a = np.load(f, allow_pickle=False)
+    except (OSError, ValueError, UsageError, EOFError):
+        return None
+    return a if getattr(a, "ndim", 0) == 2 else None
+
+
+def _fmt_num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _scale(v: MapView, m: Any, c: Card) -> None:
+    """The numbers under the method's colour bar, as the overlay drew this image (see overlay.display_scale)."""
+    from .overlay import display_map, display_scale
+
+    s = display_scale(display_map(m, display_size(c.width, c.height), v.m.signed), v.m.signed)
+    if v.m.signed:
+        v.ticks = [f"−{_fmt_num(s)}", "0", f"+{_fmt_num(s)}"]
+        v.scale_note = (f"Full red: +{_fmt_num(s)}, hiding that superpixel lowers the probability of "
+                        f"{c.target} by about {_fmt_num(s)}; full blue: −{_fmt_num(s)}, hiding it raises it.")
+    else:
+        v.ticks = ["0", _fmt_num(s / 2), f"≥ {_fmt_num(s)}"]
+        v.scale_note = f"Full colour: values of {_fmt_num(s)} (this image's 99th percentile) and above."
+
+
+def _region_path(mask: Any) -> str:
+    """An SVG path covering the True cells of a boolean grid, one rectangle per horizontal run."""
+    import numpy as np
+
+    parts = []
+    for y, row in enumerate(mask):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
+        for x0, x1 in zip(edges[::2], edges[1::2], strict=True):
+            parts.append(f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z")
+    return "".join(parts)
+
+
+def _truth(mask: Any, c: Card, arrays: dict[str, Any]) -> Truth:
+    import numpy as np
+
+    from .localization import hit, peak
+
+    h, w = mask.shape
+    f = min(1.0, TRUTH_MAX_SIDE / max(h, w))
+    gw, gh = max(1, round(w * f)), max(1, round(h * f))
+    ys = (np.arange(gh) * h // gh)[:, None]
+    xs = (np.arange(gw) * w // gw)[None, :]
+    points = []
+    for i, v in enumerate(c.maps):
+        colour = MARKER_COLOURS[i % len(MARKER_COLOURS)]
+        m = arrays.get(v.method)
+        if m is None or m.shape != mask.shape:
+            note = "map unreadable" if m is None else f"map {m.shape[1]}×{m.shape[0]} and mask {w}×{h} differ"
+            points.append(Point(i + 1, v.title, colour, 0, 0, None, None, note))
+            continue
+        evidence = np.where(m > 0, m, 0) if v.m.signed else m  # LIME: the strongest evidence *for* the class
+        y, x = peak(evidence)
+        points.append(Point(i + 1, v.title, colour, (x + 0.5) * gw / w, (y + 0.5) * gh / h, (x, y),
+                            hit(evidence, mask)))
+    side = max(gw, gh)
+    radius, font = side / 28, side / 9
+    for pt in points:
+        pt.lx = min(pt.x + radius, gw - 0.6 * font)
+        pt.ly = pt.y - radius if pt.y - radius >= font else pt.y + radius + font
+    return Truth(mask_rel(c.rel).rsplit("/", 1)[-1], gw, gh, _region_path(mask[ys, xs]), _pct(float(mask.mean())),
+                 radius=radius, font=font, points=points)
+
+
+def detail_data(out_dir: Path, input_dir: Path | None, c: Card) -> None:
+    """Fill in what only the detail page shows, from the map files: the colour bars' numbers and, where the
+    demo's ground-truth mask lies beside the input image, the pointing game per method.
+
+    Called only for pages that are (re)rendered; everything read here is covered by
+    the card's fingerprint (map rows, the image's hash, the mask's size and mtime).
+    """
+    arrays = {}
+    for v in c.maps:
+        m = _load_array(out_dir, v.npy_rel)
+        v.ticks, v.scale_note = [], ""
+        if m is not None and m.size:
+            arrays[v.method] = m
+            _scale(v, m, c)
+    c.truth = None
+    if c.mask_key and input_dir is not None:
+        mask = _load_array(input_dir, mask_rel(c.rel))
+        if mask is not None and mask.size:
+            c.truth = _truth(mask.astype(bool), c, arrays)
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -757,6 +982,18 @@ def _write_assets(w: _Writer, data: ReportData, template_dir: Path | None) -> No
         data.assets[ext] = url(rel)
 
 
+def _write_colour_bars(w: _Writer, data: ReportData) -> None:
+    """One small SVG colour bar per colour map, shared by every page and image (named by its content)."""
+    from . import figures
+    from .overlay import colour_stops
+
+    for m in data.methods:
+        body = figures.colour_bar(colour_stops(m.signed))
+        rel = f"assets/colourbar.{hashlib.sha256(body).hexdigest()[:8]}.svg"
+        w.write(rel, body)
+        m.bar = url(rel)
+
+
 def _write_figures(w: _Writer, data: ReportData) -> None:
     """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn."""
     from . import figures
@@ -791,7 +1028,7 @@ def _write_figures(w: _Writer, data: ReportData) -> None:
 def _remove_stale(w: _Writer) -> None:
     """Delete report files this write did not produce: pages of removed images, old assets and figures."""
     out = w.out
-    patterns = {"assets": (".css", ".js"), "figures": (".svg",), "gallery": (".html",), "detail": (".html",)}
+    patterns = {"assets": (".css", ".js", ".svg"), "figures": (".svg",), "gallery": (".html",), "detail": (".html",)}
     for top, exts in patterns.items():
         root = out / top
         if not root.is_dir():
@@ -821,6 +1058,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     env = environment(template_dir)
     w = _Writer(out, stats)
     _write_assets(w, data, template_dir)
+    _write_colour_bars(w, data)
     _write_figures(w, data)
 
     w.load_fingerprints()
@@ -829,13 +1067,18 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     site_key = _fingerprint(_templates_key(template_dir), site)
     cards = data.cards
     keys = [_card_key(c) for c in cards]
+
+    def render_detail(c: Card, prev: Card | None, nxt: Card | None, root: str) -> str:
+        detail_data(out, data.input_dir, c)
+        return detail.render(r=site, c=c, root=root, nav="detail", prev=prev, next=nxt)
+
     for i, c in enumerate(cards):
         prev = cards[i - 1] if i > 0 else None
         nxt = cards[i + 1] if i + 1 < len(cards) else None
         root = up(c.detail)
         fp = _fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
-        w.write_page(c.detail, fp, lambda: detail.render(
-            r=site, c=c, root=root, nav="detail", prev=prev, next=nxt))  # noqa: B023 - called at once
+        w.write_page(c.detail, fp, lambda: render_detail(
+            c, prev, nxt, root))  # noqa: B023 - called at once
     gallery = env.get_template("gallery.html")
     for p in data.pages:
         w.write(p.path, gallery.render(r=data, p=p, root="../", nav="gallery").encode("utf-8"))

@@ -7,6 +7,7 @@ from pathlib import Path
 _PKG = Path(__file__).resolve().parent
 
 DEFAULT_MODEL_NAME = "xaibatch-demo.pt"
+DEFAULT_MODEL_IMAGE_SIZE = 32  # the bundled model is trained on the 32x32 demo set (`xaibatch demo-data`)
 
 
 def _find(installed: str, checkout: str) -> Path:

@@ -61,7 +61,9 @@
         var imgs = card.querySelectorAll("img[data-method]");
         for (var i = 0; i < imgs.length; i++) {
           var m = imgs[i].getAttribute("data-method");
-          imgs[i].hidden = method === "-" || (method !== "" && m !== method);
+          var hide = method === "-" || (method !== "" && m !== method);
+          imgs[i].hidden = hide;
+          if (imgs[i].parentNode.classList.contains("col")) { imgs[i].parentNode.hidden = hide; }
         }
       });
       g.hidden = visible === 0;

@@ -19,8 +19,9 @@ from PIL import Image
 
 from ..errors import UsageError
 from ..localization import MASK_SUFFIX
+from ..resources import DEFAULT_MODEL_IMAGE_SIZE
 
-SIZE = 32
+SIZE = DEFAULT_MODEL_IMAGE_SIZE  # CIFAKE's size, and the bundled model's
 
 # Photographs only (no drawings, logos, charts): (package, path inside its data folder).
 _PHOTOS = [
