@@ -1,0 +1,113 @@
+"""The writer's fast path equals the reference pictures: overlays on the device, PNG encoding, folder writes."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xaibatch import layout
+from xaibatch.errors import UsageError
+from xaibatch.files import OutputDir, npy_bytes
+from xaibatch.overlay import encode_png, overlay, overlay_batch, resize_maps, thumbnail, thumbnail_batch
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_overlay_batch_equals_overlay_bit_for_bit(signed):
+    rng = np.random.default_rng(1)
+    display = rng.integers(0, 256, (6, 32, 40, 3), dtype=np.uint8)
+    maps = rng.random((6, 32, 40), dtype=np.float32)
+    if signed:
+        maps -= 0.5
+    maps[1] = 0  # a blank map (signed: all transparent; unsigned: no stretch)
+    maps[2] *= 1e-7  # below the stretch threshold
+    maps[3, :4] = 1.0  # a few saturated pixels
+    ref = np.stack([np.asarray(overlay(display[i], maps[i], signed)) for i in range(6)])
+    got = overlay_batch(torch.from_numpy(display), torch.from_numpy(maps), signed).numpy()
+    assert got.dtype == np.uint8 and got.shape == ref.shape
+    assert np.array_equal(got, ref)
+
+
+def test_resize_maps_is_what_the_npy_always_held():
+    """Bilinear (align_corners=False) for unsigned maps, nearest for signed ones, as before the batch path."""
+    m = torch.rand(2, 8, 8)
+    up = resize_maps(m, (32, 24), signed=False)
+    ref = torch.nn.functional.interpolate(m[:, None], size=(32, 24), mode="bilinear", align_corners=False)[:, 0]
+    assert torch.equal(up, ref)
+    nearest = resize_maps(m - 0.5, (16, 16), signed=True)
+    assert set(np.unique(nearest.numpy())) <= set(np.unique((m - 0.5).numpy()))
+    assert resize_maps(m, (8, 8), signed=False) is not None and torch.equal(resize_maps(m, (8, 8), False), m)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (32, 32, 3), (17, 300, 3), (64, 48, 4)])
+def test_encode_png_round_trips(shape):
+    a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    with Image.open(io.BytesIO(encode_png(a))) as im:
+        assert im.format == "PNG"
+        assert np.array_equal(np.asarray(im), a)
+
+
+def test_thumbnail_batch_is_pil_within_one_level_and_none_when_small():
+    rng = np.random.default_rng(2)
+    big = rng.integers(0, 256, (2, 300, 200, 3), dtype=np.uint8)
+    t = thumbnail_batch(torch.from_numpy(big)).numpy()
+    for i in range(2):
+        ref = np.asarray(thumbnail(Image.fromarray(big[i])))
+        assert t[i].shape == ref.shape == (128, 85, 3)
+        assert np.abs(t[i].astype(int) - ref).max() <= 1
+    assert thumbnail_batch(torch.from_numpy(big[:, :128, :100])) is None  # its own thumbnail
+
+
+def test_layout_points_small_pictures_at_themselves():
+    assert layout.image_thumb("a/b", 32, 32) == layout.image_png("a/b") == "images/a/b.png"
+    assert layout.map_thumb("gradcam", "x", 128, 64) == layout.map_png("gradcam", "x")
+    assert layout.image_thumb("a", 129, 10) == "thumbs/image/a.png"
+    assert layout.map_thumb("lime", "a", 4000, 10) == "thumbs/lime/a.png"  # display 512 wide, then a thumbnail
+
+
+def test_npy_bytes_equal_np_save():
+    for a in (np.ones((3, 5), np.float32), np.arange(12, dtype=np.float32).reshape(4, 3)[:, ::2]):
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        assert npy_bytes(a) == buf.getvalue()
+
+
+def test_output_dir_writes_atomically_and_reuses_folders(tmp_path):
+    with OutputDir(tmp_path, max_open=2) as files:
+        for i in range(5):  # more folders than it keeps open
+            files.write(f"maps/m{i}/deep/x.npy", npy_bytes(np.full((2, 2), i, np.float32)))
+        files.write("maps/m0/deep/x.npy", npy_bytes(np.zeros((3, 3), np.float32)))  # replaced, not appended
+        assert len(files._fds) <= 2
+    assert np.load(tmp_path / "maps/m0/deep/x.npy").shape == (3, 3)
+    assert np.load(tmp_path / "maps/m4/deep/x.npy")[0, 0] == 4
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_output_dir_refuses_paths_and_links_that_leave_the_folder(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    os.symlink(outside, out / "maps")
+    with OutputDir(out) as files:
+        for rel in ("../x.png", "/etc/x.png", "maps/gradcam/x.npy", "a/../../x.png"):
+            with pytest.raises(UsageError):
+                files.write(rel, b"data")
+    assert list(outside.iterdir()) == []
+
+
+def test_output_dir_leaves_no_temporary_file_when_a_write_fails(tmp_path, monkeypatch):
+    with OutputDir(tmp_path) as files:
+        files.write("images/a.png", b"old")
+
+        def full(fd, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(OSError):
+            files.write("images/a.png", b"new")
+    assert (tmp_path / "images/a.png").read_bytes() == b"old"
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["a.png"]
