@@ -7,20 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-# Before anything loads torch's OpenMP runtime (GNU libgomp, in the Linux wheels, reads this once): an idle
-# OpenMP thread spins 10k rounds instead of 300k before it sleeps, so the writer thread and the DataLoader
-# workers get the cores the model is not using instead of losing them to spinning threads. On 2 CPUs a
-# Grad-CAM run is 15-25% faster end to end; batched and per-image compute alone do not change
-# (measured with `xaibatch bench`). A value already in the environment wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import click  # noqa: E402
+import click
 
-from . import __version__  # noqa: E402
-from .defaults import default_workers  # noqa: E402
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError  # noqa: E402
-from .methods import list_methods, method_class  # noqa: E402
-from .methods.options import method_options  # noqa: E402
+from . import __version__
+from .defaults import default_workers
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
 
@@ -82,6 +74,19 @@ def _checked(parse, param_hint: str | None = None):
         raise click.BadParameter(str(e), param_hint=param_hint) from None
 
 
+def _known_methods(names):
+    """Each name resolves to a method (the registry, with its close matches when one does not)."""
+    from .methods import method_class  # imports torch: only once a command runs, never for --help
+
+    return [m for m in names if method_class(m)]
+
+
+def _method_options(values, methods):
+    from .methods.options import method_options
+
+    return method_options(values, methods)
+
+
 class _RunCommand(click.Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
@@ -102,11 +107,11 @@ class _RunCommand(click.Command):
 @cli.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--method", "-m", "methods", multiple=True, default=("gradcam",), show_default=True, is_eager=True,
-              callback=lambda ctx, p, v: _checked(lambda: [m for m in v if method_class(m)]),
+              callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
               help="Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
                    "All of them: xaibatch methods.")
 @click.option("--method-option", "method_option", multiple=True, metavar="METHOD.OPTION=VALUE",
-              callback=lambda ctx, p, v: _checked(lambda: method_options(v, ctx.params.get("methods") or ())),
+              callback=lambda ctx, p, v: _checked(lambda: _method_options(v, ctx.params.get("methods") or ())),
               help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).")
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
@@ -305,7 +310,7 @@ def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_
     wanted = tuple(m.strip() for m in only.split(",") if m.strip())
     if not wanted:
         raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
-    _checked(lambda: [method_class(m) for m in wanted], param_hint="--only")
+    _checked(lambda: _known_methods(wanted), param_hint="--only")
     opts = BenchOptions(
         arch=arch, image_size=image_size, batch_size=batch_size, images=images, lime_images=lime_images,
         lime_samples=lime_samples, lime_batch_size=lime_batch_size, classes=classes, device=device,
@@ -324,6 +329,8 @@ def methods_cmd():
       xaibatch run photos/ -m cam:gradcam++ -m captum:IntegratedGradients \\
           --method-option captum:IntegratedGradients.n_steps=32
     """
+    from .methods import list_methods
+
     for r in list_methods():
         opts = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
         click.echo(f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
@@ -352,4 +359,10 @@ def demo_data(out_dir, train_per_class, test_per_class, seed):
 
 
 def main() -> None:
+    # Before anything loads torch's OpenMP runtime (GNU libgomp, in the Linux wheels, reads this once): an idle
+    # OpenMP thread spins 10k rounds instead of 300k before it sleeps, so the writer thread and the DataLoader
+    # workers get the cores the model is not using instead of losing them to spinning threads. On 2 CPUs a
+    # Grad-CAM run is 15-25% faster end to end; batched and per-image compute alone do not change
+    # (measured with `xaibatch bench`). A value already in the environment wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     cli(prog_name="xaibatch")
