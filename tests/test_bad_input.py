@@ -29,7 +29,8 @@ from badfiles import FAIL, IGNORED, OK
 from conftest import make_checkpoint
 from xaibatch import errors
 from xaibatch.cli import cli
-from xaibatch.data import ImageDataset, collate, load_image, scan
+from xaibatch.data import ImageDataset, collate, load_image
+from xaibatch.scan import scan
 from xaibatch.errors import DecodeError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ _mf._Transaction.__enter__ = _enter_marked
 import signal as _signal
 _signal_real = _signal.signal
 def _signal_marking(signum, handler):  # mark when the pipeline's own SIGINT/SIGTERM handler has run
-    if callable(handler) and getattr(handler, "__module__", "") == "xaibatch.pipeline":
+    if callable(handler) and getattr(handler, "__module__", "").startswith("xaibatch.pipeline"):
         def marked(s, frame, _h=handler):
             try:
                 _h(s, frame)

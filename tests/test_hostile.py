@@ -23,7 +23,8 @@ import badfiles
 from conftest import make_checkpoint, write_images
 from xaibatch import errors
 from xaibatch.cli import cli
-from xaibatch.data import load_image, scan
+from xaibatch.data import load_image
+from xaibatch.scan import scan
 from xaibatch.errors import ModelError, UsageError
 from xaibatch.files import make_dirs, safe_join
 from xaibatch.model import read_checkpoint

@@ -150,7 +150,8 @@ def _layer_cam_minima(inp: Path, rels: list[str]) -> dict[str, float]:
     """captum's raw LayerGradCam minimum at the layer's resolution per image, on exactly the pipeline's input."""
     from captum.attr import LayerGradCam
 
-    from xaibatch.data import ImageDataset, scan
+    from xaibatch.data import ImageDataset
+    from xaibatch.scan import scan
     from xaibatch.layers import find_target_layer
     from xaibatch.model import load_model
     from xaibatch.resources import default_checkpoint

@@ -36,3 +36,34 @@ def test_the_package_and_its_light_modules_import_nothing_heavy():
         import xaibatch, xaibatch.cli, xaibatch.errors, xaibatch.layout, xaibatch.defaults, xaibatch.runlog
     """)
     assert loaded == []
+
+
+def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
+    """Cron over a folder with nothing new: a scan, a manifest read and the report, but no model load."""
+    from conftest import write_images
+
+    from xaibatch.pipeline import RunOptions, run
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 6)
+    first = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
+                           handle_signals=False), log=lambda s: None)
+    assert first.computed == 6
+    probe = f"""
+        import sys
+        from pathlib import Path
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
+                           checkpoint=Path({str(tiny_ckpt)!r}), workers=0, handle_signals=False), log=lambda s: None)
+        assert (r.computed, r.unchanged, r.layer) == (0, 6, {first.layer!r}), r
+    """
+    assert _modules_after(probe) == ["matplotlib"]  # the report's figures; no torch, timm, captum, lime
+    # Something to compute (a new image): the model loads as before, with the same hashes.
+    write_images(inp, 7)
+    again = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
+                           handle_signals=False), log=lambda s: None)
+    assert (again.computed, again.unchanged) == (1, 6)
+    # A changed option (another method) is a new request: it loads the model and computes only that method.
+    third = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "guided-gradcam"], checkpoint=tiny_ckpt,
+                           workers=0, handle_signals=False), log=lambda s: None)
+    assert (third.computed, third.unchanged) == (7, 0)

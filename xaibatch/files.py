@@ -182,3 +182,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
         np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
         header = _NPY_HEADERS.setdefault(key, buf.getvalue())
     return header + a.tobytes()
+
+
+def unlink_all(out: Path, paths) -> None:
+    """Delete these files under ``out``, quietly skipping any that are gone or would lie outside it."""
+    for p in paths:
+        try:
+            safe_join(out, p).unlink(missing_ok=True)
+        except (OSError, UsageError):
+            pass

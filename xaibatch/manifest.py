@@ -145,6 +145,13 @@ class Manifest:
             self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
         return ids
 
+    def last_config(self, request: str) -> tuple[dict[str, Any], str] | None:
+        """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""
+        row = self.db.execute(
+            "SELECT config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
+            " ORDER BY id DESC LIMIT 1", (f'%"request": "{request}"%',)).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1])
+
     def runs(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM runs ORDER BY id")
         names = [d[0] for d in cur.description]

@@ -5,20 +5,20 @@ from __future__ import annotations
 import hashlib
 import signal
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..data import ImageDataset, ImageEntry, collate
+from ..data import ImageDataset, collate
+from ..scan import ImageEntry
 from ..files import file_sha256
 from ..manifest import ImageRow
 from ..methods import Method
 from ..methods.explainer import Explainer
 from .options import RunOptions
-from .plan import Hashes, Known, Plan
+from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .signals import Stop
 from .writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads)
@@ -71,15 +71,6 @@ def collate_hashed(items: list[dict[str, Any]]) -> dict[str, Any]:
     b = collate(items)
     b["sha256"] = [it.get("sha256") for it in items if it.get("error") is None]
     return b
-
-
-@dataclass
-class Tally:
-    """What a run's compute step did so far (read by run.py for the run row, also after an error)."""
-
-    computed: int = 0
-    done: int = 0  # computed + failed
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
 
 
 def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,

@@ -7,12 +7,12 @@ import json
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import MAP_FORMAT_VERSION, layout
 from ..layout import assign_stems
-from ..data import ImageEntry, Scan
+from ..scan import ImageEntry, Scan
 from ..files import file_sha256
 from ..manifest import ImageRow, Manifest, MapRow
 
@@ -136,3 +136,12 @@ def make_plan(found: Scan, known: Known, hashes: Hashes) -> Plan:
     present = {e.rel for e in found.images}
     removed = [r for r in known.images if r not in present]
     return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images))
+
+
+@dataclass
+class Tally:
+    """What a run's compute step did so far (read by run.py for the run row, also after an error)."""
+
+    computed: int = 0
+    done: int = 0  # computed + failed
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)

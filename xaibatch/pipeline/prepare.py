@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 
-from ..data import Scan, scan
+from ..scan import Scan, scan
 from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
 from ..model import LoadedModel, load_model, resolve_device
-from ..resources import default_checkpoint
 from .options import RunOptions
+from .setup import checkpoint_path
 
 
 def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
@@ -38,17 +37,6 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
     return [f"class_{i}" for i in range(k)]
 
 
-def checkpoint_path(opts: RunOptions) -> Path:
-    if opts.checkpoint is not None:
-        return opts.checkpoint
-    if opts.arch is not None:
-        raise UsageError(
-            f"--arch {opts.arch} needs --checkpoint with its weights (random weights explain nothing); "
-            "omit both to use the bundled model"
-        )
-    return default_checkpoint()
-
-
 @dataclass
 class Prepared:
     """Everything a run needs that could fail: checked before the first write."""
@@ -62,7 +50,7 @@ class Prepared:
     methods: list[Method]
 
 
-def prepare(opts: RunOptions) -> Prepared:
+def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     """Load, scan and check everything that can fail before any file is written."""
     if not opts.methods:
         raise UsageError("give at least one --method")
@@ -72,7 +60,7 @@ def prepare(opts: RunOptions) -> Prepared:
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
     device = resolve_device(opts.device)
-    found = scan(opts.input_dir, opts.labeled)
+    found = found or scan(opts.input_dir, opts.labeled)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
     model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, len(found.classes or []) or None)

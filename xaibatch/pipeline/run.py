@@ -36,20 +36,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from .. import __version__, layout
+from .. import layout
 from ..errors import Interrupted, UsageError
-from ..data import Scan
+from ..scan import Scan
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest
-from .compute import Tally, compute
 from .options import RunOptions, RunResult
-from .plan import Hashes, Known, Plan, config_hashes, make_plan
-from .prepare import Prepared, prepare
+from .plan import Known, Plan, Tally, make_plan
+from .setup import Setup, cached_setup, checkpoint_path, load_setup
 from .recovery import sweep_orphans, sweep_temp_files
 from .signals import Stop, catch_signals
-from .writer import unlink_all
+from ..files import unlink_all
 
 
 def check_out_is_not_input(opts: RunOptions) -> None:
@@ -79,13 +76,13 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
         try:
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
-                prepared = prepare(opts)
+                setup = cached_setup(opts, out, checkpoint_path(opts)) or load_setup(opts)
             else:  # nothing to protect yet: check everything before creating the folder
-                prepared = prepare(opts)
+                setup = load_setup(opts)
                 make_out(out)
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
-                    prepared = prepare(opts)
-            return _run_locked(opts, out, lock, prepared, stop, log, t0, waited[0])
+                    setup = load_setup(opts)
+            return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0])
         finally:
             lock.release()
 
@@ -97,14 +94,13 @@ def make_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
-def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared: Prepared, stop: Stop, log, t0: float,
+def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, stop: Stop, log, t0: float,
                 waited: float) -> RunResult:
     emit = opts.on_event or (lambda event: None)
     timings = {"prepare": time.time() - t0 - waited}
     if waited:
         timings["wait"] = waited
-    found, layer = prepared.found, prepared.layer
-    hashes = config_hashes(prepared, opts.target)
+    found, hashes = setup.found, setup.hashes
 
     t_plan = time.time()
     manifest = Manifest(out / layout.MANIFEST)
@@ -114,7 +110,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared: Prepare
     try:
         recover(out, manifest, lock, log)
         known = Known.read(manifest)
-        run_id = manifest.start_run(str(opts.input_dir), run_config(opts, prepared, hashes), hashes.predict)
+        run_id = manifest.start_run(str(opts.input_dir), setup.config, hashes.predict)
         plan = make_plan(found, known, hashes)
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan.added),
@@ -128,8 +124,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared: Prepare
         timings["plan"] = time.time() - t_plan
 
         t_compute = time.time()
-        if not stop.requested:
-            compute(opts, out, prepared, plan, known, hashes, run_id, stop, tally, emit)
+        if plan.work and not stop.requested:
+            if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
+                raise RuntimeError("the plan changed under the lock")
+            from .compute import compute  # torch (loaded with the model by now)
+
+            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
@@ -151,32 +151,18 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared: Prepare
     from ..report import write_predictions_csv, write_report
 
     t_report = time.time()
-    accuracy = write_predictions_csv(out, prepared.names)  # before the report, which links to it
+    accuracy = write_predictions_csv(out, setup.names)  # before the report, which links to it
     report = write_report(out, template_dir=opts.template_dir)
     timings["report"] = time.time() - t_report
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
-                       layer.name if layer else None, accuracy, status=status, run_id=run_id, timings=timings)
+                       setup.layer, accuracy, status=status, run_id=run_id, timings=timings)
     if status == "interrupted":
         e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
                         "finished batches are saved, the next run computes the rest")
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
-
-
-def run_config(opts: RunOptions, prepared: Prepared, hashes: Hashes) -> dict[str, Any]:
-    """What the run row records about this run's configuration (shown in the report)."""
-    model, layer, methods = prepared.model, prepared.layer, prepared.methods
-    return {
-        "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
-        "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
-        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
-        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
-                    for m in methods},
-        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
-        "labeled": prepared.found.classes is not None, "class_names": prepared.names,
-    }
 
 
 def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str], None]) -> None:

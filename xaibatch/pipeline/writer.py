@@ -21,8 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import layout
-from ..files import OutputDir, npy_bytes, safe_join
-from ..errors import UsageError
+from ..files import OutputDir, npy_bytes, unlink_all
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import encode_png
 
@@ -199,12 +198,3 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
             files.write(thumb, encode_png(mp.thumb))
         rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id))
     return rows
-
-
-def unlink_all(out: Path, paths) -> None:
-    """Delete these files under ``out``, quietly skipping any that are gone or would lie outside it."""
-    for p in paths:
-        try:
-            safe_join(out, p).unlink(missing_ok=True)
-        except (OSError, UsageError):
-            pass

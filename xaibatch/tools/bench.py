@@ -136,7 +136,8 @@ def _subset(src: list[Path], folder: Path) -> Path:
 
 def load_tensors(paths: list[Path], input_size: int) -> np.ndarray:
     """Decode the files exactly as the pipeline's DataLoader does: (N, H, W, 3) uint8 model inputs."""
-    from ..data import ImageDataset, scan
+    from ..data import ImageDataset
+    from ..scan import scan
 
     found = scan(paths[0].parent, labeled=False)
     by_name = {e.path.name: e for e in found.images}

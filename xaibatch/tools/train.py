@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset, collate, scan
+from ..data import ImageDataset, collate
+from ..scan import scan
 from ..errors import InputError, UsageError
 from ..model import _create, resolve_device, save_checkpoint
 

@@ -1,0 +1,109 @@
+"""What a run is set up with: the scanned folder, the configuration hashes and the run row's config.
+
+Two ways to get it. :func:`load_setup` loads the model (torch, timm, the methods) and computes
+everything. :func:`cached_setup` reuses the hashes of an earlier finished run with the same
+*request* (every option that decides a prediction or a map, the checkpoint's sha256, the folder's
+classes and xaibatch's version) without importing torch, and is only taken when the plan finds
+nothing to compute: an unchanged cron re-run then costs a folder scan and a manifest read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import MAP_FORMAT_VERSION, __version__, layout
+from ..files import file_sha256
+from ..errors import UsageError
+from ..manifest import Manifest
+from ..resources import default_checkpoint
+from ..scan import Scan, scan
+from .options import RunOptions
+from .plan import Hashes, Known, config_hash, make_plan
+
+# RunOptions fields that change no prediction and no map: left out of the request.
+NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "workers", "template_dir", "progress", "wait",
+                  "wait_timeout", "on_event", "handle_signals", "replace", "follow_links")
+
+
+def checkpoint_path(opts: RunOptions) -> Path:
+    if opts.checkpoint is not None:
+        return opts.checkpoint
+    if opts.arch is not None:
+        raise UsageError(
+            f"--arch {opts.arch} needs --checkpoint with its weights (random weights explain nothing); "
+            "omit both to use the bundled model"
+        )
+    return default_checkpoint()
+
+
+@dataclass
+class Setup:
+    found: Scan
+    hashes: Hashes
+    names: list[str]  # class names
+    layer: str | None  # the CAM layer's name
+    config: dict[str, Any]  # what the run row records
+    prepared: Any = None  # pipeline.prepare.Prepared; None when cached (the model was not loaded)
+
+
+def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
+    """Hash of everything that decides this run's predictions and maps, computable without the model."""
+    fields = {k: v for k, v in vars(opts).items() if k not in NOT_IN_REQUEST}
+    fields["methods"] = list(dict.fromkeys(opts.methods))
+    return config_hash({"xaibatch": __version__, "map_format": MAP_FORMAT_VERSION, "options": fields,
+                        "checkpoint_sha256": checkpoint_sha256, "classes": found.classes})
+
+
+def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
+    """Load the model and the methods (imports torch) and compute the configuration hashes."""
+    import torch
+
+    from .plan import config_hashes
+    from .prepare import prepare
+
+    prepared = prepare(opts, found)
+    hashes = config_hashes(prepared, opts.target)
+    model, layer, methods = prepared.model, prepared.layer, prepared.methods
+    config = {
+        "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
+        "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
+        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
+        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
+                    for m in methods},
+        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
+        "labeled": prepared.found.classes is not None, "class_names": prepared.names,
+        "request": request_key(opts, prepared.found, model.checkpoint_sha256),
+    }
+    return Setup(prepared.found, hashes, prepared.names, config["layer"], config, prepared)
+
+
+def cached_setup(opts: RunOptions, out: Path, checkpoint: Path) -> Setup | None:
+    """The setup of the last finished run with this request, if the plan then has nothing to compute."""
+    manifest_path = out / layout.MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        found = scan(opts.input_dir, opts.labeled)
+        key = request_key(opts, found, file_sha256(checkpoint))
+    except Exception:
+        return None  # the full path reports it properly
+    manifest = Manifest(manifest_path)
+    try:
+        last = manifest.last_config(key)
+        if last is None:
+            return None
+        config, predict_hash = last
+        hashes = Hashes(predict_hash, {m: v["hash"] for m, v in config["methods"].items()},
+                        {k: v for k, v in config["model"].items() if k != "checkpoint"})
+        if make_plan(found, Known.read(manifest), hashes).work:
+            return None
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        return None
+    finally:
+        manifest.close()
+    config.update(device=f"{opts.device} (model not loaded: nothing to compute)", batch_size=opts.batch_size,
+                  workers=opts.workers)
+    return Setup(found, hashes, config["class_names"], config.get("layer"), config)

@@ -1,0 +1,178 @@
+"""Find the images in a folder: ImageFolder (``ROOT/<class>/**/<image>``) or flat, deterministic order.
+
+Layout: ImageFolder (classes = first folder level, sorted) or a flat/unlabeled
+folder. Files are sorted, so order is deterministic. What cannot even be
+listed or opened is reported as skipped, never a reason to stop. Imports
+nothing heavy: an unchanged re-run plans from a scan without loading torch.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .layout import MANIFEST
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Maps are written as <out>/maps/<method>/<rel>.npy (sometimes <rel> keeps its extension, + ".png"):
+# names and paths longer than this cannot be written, so such images are reported instead of crashing
+# the run's writer half-way.
+MAX_NAME_BYTES = 255 - len(".png")
+MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    rel: str  # POSIX path relative to the input root: the image's identity everywhere
+    path: Path
+    label: int | None
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Scan:
+    root: Path
+    classes: list[str] | None  # None for an unlabeled folder
+    images: list[ImageEntry]
+    skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
+
+
+def _shown(name: str) -> str:
+    """A name as text even when its bytes are not UTF-8 (``b"\\xff"`` shows as ``\\xff``)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _valid_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes kept by os.listdir
+        return False
+
+
+_KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+         stat.S_IFBLK: "a block device"}
+
+
+def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, os.stat_result]]:
+    """Every image-named regular file under ``root``, in sorted depth-first order.
+
+    Symlinked folders are followed after the real ones, so a folder reachable both directly and
+    through a symlink is scanned once, under its real name; a symlink back to a folder above it is
+    a loop and reported. Iterative, so deep nesting cannot hit Python's recursion limit. What cannot
+    be scanned goes to ``skipped`` as (rel, reason) when it is named like an image or is a folder;
+    other files are ignored silently.
+    """
+    found: list[tuple[str, Path, os.stat_result]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    deferred: list[tuple[Path, str, os.stat_result, frozenset]] = []  # symlinked folders, entered last
+
+    def enter(d: Path, rel: str, st: os.stat_result, ancestors: frozenset) -> tuple | None:
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
+            return None
+        if key in seen_dirs:
+            return None  # the same folder under a second name: its images are already listed once
+        seen_dirs.add(key)
+        if rel and (d / MANIFEST).exists():
+            return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
+        try:
+            names = sorted(os.listdir(d))
+        except OSError as e:
+            skipped.append((rel or ".", f"cannot list folder: {e.strerror or e}"))
+            return None
+        return (d, rel, iter(names), ancestors | {key})
+
+    try:
+        root_st = root.stat()
+    except OSError as e:
+        skipped.append((".", f"cannot open folder: {e.strerror or e}"))
+        return found
+    stack = [frame] if (frame := enter(root, "", root_st, frozenset())) else []
+    while stack or deferred:
+        if not stack:
+            frame = enter(*deferred.pop(0))
+            if frame:
+                stack.append(frame)
+            continue
+        d, rel, names, ancestors = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        p = d / name
+        r = f"{rel}/{name}" if rel else name
+        is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
+        try:
+            st = p.stat()
+        except OSError as e:
+            if is_image_name:
+                if e.errno == errno.ELOOP:
+                    reason = "symlink loop"
+                elif p.is_symlink():
+                    reason = "broken symlink"
+                else:
+                    reason = f"cannot read: {e.strerror or e}"
+                skipped.append((_shown(r), reason))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if not _valid_utf8(name):
+                skipped.append((_shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
+            elif p.is_symlink():
+                deferred.append((p, r, st, ancestors))
+            elif frame := enter(p, r, st, ancestors):
+                stack.append(frame)
+        elif is_image_name:
+            reason = None
+            if not stat.S_ISREG(st.st_mode):
+                reason = f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+            elif not _valid_utf8(name):
+                reason = "file name is not valid UTF-8; rename it"
+            elif len(name.encode()) > MAX_NAME_BYTES:
+                reason = f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
+            elif len(r.encode()) > MAX_REL_BYTES:
+                reason = f"path too long ({len(r.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
+            if reason is None:
+                found.append((r, p, st))
+            else:
+                skipped.append((_shown(r), reason))
+    # Depth-first order with sorted names, whatever order symlinked folders were entered in.
+    found.sort(key=lambda f: f[0].split("/"))
+    skipped.sort(key=lambda s: s[0].split("/"))
+    return found
+
+
+def scan(root: Path, labeled: bool | None = None) -> Scan:
+    """List the images under ``root``; ``labeled=None`` decides from the layout."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"input folder {root} does not exist")
+    if not root.is_dir():
+        raise InputError(f"input {root} is not a folder")
+    skipped: list[tuple[str, str]] = []
+    files = _walk(root, skipped)
+    if not files and not skipped:
+        raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    top_level = [f for f in files if "/" not in f[0]]
+    if labeled is None:
+        labeled = bool(files) and not top_level
+    classes: list[str] | None = None
+    if labeled:
+        if top_level:
+            raise InputError(
+                f"{len(top_level)} image(s) sit directly in {root} (e.g. {top_level[0][0]}), outside any class "
+                "folder; move them into class folders or pass --unlabeled"
+            )
+        classes = sorted({f[0].split("/", 1)[0] for f in files})
+    index = {c: i for i, c in enumerate(classes or [])}
+    images = [
+        ImageEntry(rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns)
+        for rel, path, st in files
+    ]
+    return Scan(root, classes, images, skipped)
