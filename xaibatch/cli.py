@@ -142,9 +142,18 @@ class _RunCommand(click.Command):
 @click.option("--log-json", is_flag=True,
               help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
                    "instead of the summary line; for schedulers and log collectors.")
+@click.option("--faithfulness", is_flag=True,
+              help="Score every map by deletion and insertion (RISE; about 2 x --faithfulness-steps forwards per "
+                   "image and method). Enabling it on an existing folder recomputes the maps that lack scores.")
+@click.option("--faithfulness-steps", type=click.IntRange(2, 1000), default=20, show_default=True,
+              help="With --faithfulness: steps of each curve (e.g. --faithfulness-steps 10).")
+@click.option("--faithfulness-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur",
+              show_default=True, help="With --faithfulness: what removed pixels become, and where insertion "
+                                      "starts: the blurred image, black, or the image's mean colour.")
 @reported
 def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
+        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json,
+        faithfulness, faithfulness_steps, faithfulness_baseline):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -160,6 +169,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
     no progress bar, just one summary line (or JSON lines with --log-json).
     """
+    from .faithfulness import FaithConfig
     from .pipeline import RunOptions
     from .pipeline import run as run_pipeline
     from .runlog import JsonLog, exit_code_for
@@ -177,6 +187,8 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,
+        faithfulness=FaithConfig(faithfulness_steps, faithfulness_baseline, chunk=max(64, 4 * batch_size))
+        if faithfulness else None,
     )
     try:
         result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))

@@ -51,9 +51,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import MAP_FORMAT_VERSION, __version__
+from . import MAP_FORMAT_VERSION, __version__, faithfulness
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError
+from .faithfulness import FaithConfig, Scorer
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
@@ -87,6 +88,7 @@ class RunOptions:
     wait_timeout: float | None = None  # with wait: give up after this many seconds
     on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
     handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
+    faithfulness: FaithConfig | None = None  # deletion/insertion scores for every map (see faithfulness.py)
 
 
 @dataclass
@@ -240,14 +242,15 @@ class _Writer(threading.Thread):
             self._save_with_thumb(_pil(display), f"images/{stem}.png", f"thumbs/image/{stem}.png")
         h, w = item["orig_size"]
         rows = []
-        for name, (m, signed, info) in item["maps"].items():
+        for name, (m, signed, info, faith) in item["maps"].items():
             full = _resize(m, (h, w), signed)
             npy = f"maps/{name}/{stem}.npy"
             png = f"maps/{name}/{stem}.png"
             thumb = f"thumbs/{name}/{stem}.png"
             save_npy(safe_join(self.out_dir, npy), full)
             self._save_with_thumb(overlay(display, m, signed), png, thumb)
-            rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, run_id))
+            rows.append(MapRow(item["rel"], name, item["hashes"][name], npy, png, thumb, info, run_id,
+                               **_faith_fields(faith)))
         return rows
 
     def _save_with_thumb(self, pic, rel: str, thumb_rel: str) -> None:
@@ -256,6 +259,13 @@ class _Writer(threading.Thread):
         atomic_write_bytes(safe_join(self.out_dir, rel), data)
         small = thumbnail(pic)
         atomic_write_bytes(safe_join(self.out_dir, thumb_rel), data if small is pic else png_bytes(small))
+
+
+def _faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
+    if faith is None:
+        return {}
+    return {"deletion": faith["deletion"], "insertion": faith["insertion"], "faith_hash": faith["hash"],
+            "faith": {k: faith[k] for k in ("deletion_curve", "insertion_curve")}}
 
 
 def _pil(a: np.ndarray):
@@ -280,8 +290,10 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str) -> None:
+    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str,
+                 scorer: Scorer | None = None) -> None:
         self.model = model
+        self.scorer = scorer
         self.methods = methods
         self.ctx = ctx
         self.target = target
@@ -291,7 +303,7 @@ class Explainer:
 
     def __call__(
         self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None, seeds: list[int]
-    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None]]]:
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None, list | None]]]:
         dev = self.ctx.device
         x = _normalize(x_uint8.to(dev, non_blocking=True), self.mean, self.std)
         net = self.ctx.model
@@ -312,7 +324,13 @@ class Explainer:
         out = {}
         for m in self.methods:
             e = m.explain(batch)
-            out[m.name] = (e.maps.detach().float(), e.info)
+            out[m.name] = (e.maps.detach().float(), e.info, None)
+        if self.scorer is not None:  # deletion/insertion per map, from the maps in memory
+            x, p_image = batch.x, probs.gather(1, targets[:, None])[:, 0]
+            scores = self.scorer.score(x, targets, p_image, {k: v[0] for k, v in out.items()})
+            out = {k: (v[0], v[1], [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(x.shape[0])])
+                   for k, v in out.items()}
+            self.scorer.add_chance(x, targets, p_image, seeds)
         return probs, out
 
 
@@ -473,6 +491,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                        "layer": layer.name if (layer and m.needs_activations) else None})
         for m in methods
     }
+    faith_hashes = faithfulness.hashes(opts.faithfulness, method_hashes)
     config = {
         "xaibatch": __version__, "torch": torch.__version__, "device": str(device),
         "model": {**predict_cfg, "checkpoint": model.checkpoint},
@@ -481,6 +500,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                     for m in methods},
         "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
         "labeled": found.classes is not None, "class_names": names,
+        "faithfulness": opts.faithfulness.key() if opts.faithfulness else None,
     }
 
     t_plan = time.time()
@@ -504,7 +524,8 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         known_maps = manifest.maps()
         known_failures = {rel for rel, _ in manifest.failures()}
         run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
-        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        plan = _plan(found, known, faithfulness.scored(known_maps, faith_hashes), known_failures, predict_hash,
+                     method_hashes)
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
             "changed": len(plan["changed"]), "removed": len(plan["removed"]),
@@ -777,10 +798,11 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
     writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)),
                      threads=writer_threads(ctx.device, opts.workers))
     writer.start()
+    scorer = faithfulness.scorer_for(out, opts.faithfulness, ctx, method_hashes, predict_hash)
     try:
         for todo, entries in groups.items():
             group_methods = [m for m in methods if m.name in todo]
-            explainer = Explainer(model, group_methods, ctx, opts.target)
+            explainer = Explainer(model, group_methods, ctx, opts.target, scorer)
             segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
             ds = _HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
                                  [work[e.rel][2] for e in entries])
@@ -809,7 +831,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     seeds = [image_seed(e.rel) for e in batch_entries]
                     probs, maps = explainer(b["x"], labels, b["segments"], seeds)
                     probs_np = probs.cpu().numpy()
-                    maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
+                    maps_np = {k: (v.cpu().numpy(), info, sc) for k, (v, info, sc) in maps.items()}
                     job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
                                predict_hash, run_id, opts.target, job_failed, maps_by_rel)
                     job["discard"] = job["discard"] + gone
@@ -826,6 +848,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
             progress.close()
     if writer.error is not None:
         raise writer.error
+    faithfulness.save_chance(out, scorer)
 
 
 def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
@@ -850,8 +873,8 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
                     drop.append((e.rel, m))
                     discard += [p for p in (row.npy, row.png, row.thumb) if p]
         per_method = {}
-        for name, (arr, info) in maps.items():
-            per_method[name] = (arr[j], signed[name], info[j] if info else None)
+        for name, (arr, info, faith) in maps.items():
+            per_method[name] = (arr[j], signed[name], info[j] if info else None, faith[j] if faith else None)
         items.append({
             "rel": e.rel, "stem": stems[e.rel], "display": b["display"][j], "orig_size": (h, w),
             "maps": per_method, "hashes": method_hashes, "write_image": fresh,
@@ -868,16 +891,25 @@ def _write_csv(out: Path, names: list[str]) -> float | None:
     manifest = Manifest(out / MANIFEST_NAME)
     try:
         rows = manifest.images()
+        maps = manifest.maps()
     finally:
         manifest.close()
+    scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names]])
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names],
+                *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")]])
     for rel in sorted(rows):
         r = rows[rel]
         label = names[r.label] if r.label is not None and r.label < len(names) else ""
         correct = "" if r.label is None else int(r.label == r.pred)
-        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs]])
+        faith = []
+        for m in scored:
+            row = maps.get((rel, m))
+            faith += ["" if row is None or v is None else f"{v:.6f}"
+                      for v in ((row.deletion, row.insertion) if row else (None, None))]
+        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs],
+                    *faith])
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
