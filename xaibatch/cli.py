@@ -319,6 +319,30 @@ def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_
     click.echo(format_result(run_bench(opts, log=log), markdown=markdown))
 
 
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--images", type=click.IntRange(1), default=64, show_default=True,
+              help="Size of the fixed, seeded sample of the run's images (e.g. --images 32).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the re-initialisation.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
+@reported
+def sanity(out_dir, images, seed, device, batch_size):
+    """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
+
+    \b
+    Example:
+      xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
+      xaibatch sanity reports/demo
+    """
+    from .sanity import run_sanity
+
+    result = run_sanity(out_dir, n=images, seed=seed, device=device, batch_size=batch_size,
+                        log=lambda s: click.echo(s, err=True))
+    for c in result["curves"]:
+        click.echo(c["verdict"])
+
+
 @cli.command("demo-data")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--train-per-class", type=click.IntRange(1), default=1000, show_default=True,
