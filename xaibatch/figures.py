@@ -79,3 +79,22 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
         ax.set_title(f"Reliability (ECE {100 * ece:.1f}%)")
         ax.legend(frameon=False, loc="upper left")
         return _svg(fig)
+
+
+def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
+    """Rank correlation and SSIM to the original maps per randomization step, one line per method."""
+    with matplotlib.rc_context(_RC):
+        fig = _new(7.0, 3.2)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, which, title in ((axes[0], 2, "Spearman rank correlation"), (axes[1], 3, "SSIM")):
+            for c in curves:
+                ax.plot(range(len(c[1])), c[which], marker="o", markersize=3, label=c[0])
+            ax.axhline(0, color="#999", linewidth=0.8)
+            steps = list(curves[0][1])
+            ax.set_xticks(range(len(steps)), steps, rotation=45, ha="right")
+            ax.set_title(title)
+            ax.set_xlabel("randomized from the top")
+        axes[0].set_ylabel("similarity to the original maps")
+        axes[0].set_ylim(-0.6, 1.05)
+        axes[1].legend(frameon=False)
+        return _svg(fig)

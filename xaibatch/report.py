@@ -108,6 +108,9 @@ class MapView:
     thumb: str
     npy: str
     info: list[tuple[str, str]]
+    deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
+    insertion: str | None = None
+    curves: tuple[str, str] | None = None  # SVG polyline points of the deletion and insertion curves
 
 
 @dataclass(slots=True)
@@ -233,6 +236,7 @@ class ReportData:
     target_words: str = "the predicted class"
     version: str = __version__
     has_csv: bool = True
+    trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
 
     @property
     def n_classes(self) -> int:
@@ -368,7 +372,7 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         if row is not None:
             views.append(MapView(
                 m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
-                [(str(k), _fmt_value(v)) for k, v in (row.info or {}).items()],
+                [(str(k), _fmt_value(v)) for k, v in (row.info or {}).items()], **_faith_view(row),
             ))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
@@ -386,6 +390,16 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
         sha256=r.sha256[:12], size=r.size,
     )
+
+
+def _faith_view(row: MapRow) -> dict[str, Any]:
+    if row.deletion is None or row.insertion is None:
+        return {}
+    from .trust import curve_points
+
+    f = row.faith or {}
+    curves = (curve_points(f["deletion_curve"]), curve_points(f["insertion_curve"])) if "deletion_curve" in f else None
+    return {"deletion": f"{row.deletion:.3f}", "insertion": f"{row.insertion:.3f}", "curves": curves}
 
 
 def _groups(cards: list[Card], names: list[str], labeled: bool) -> tuple[list[Group], list[tuple[str, str]]]:
@@ -596,6 +610,10 @@ def build(out_dir: Path) -> ReportData:
                       else "the predicted class"),
     )
     _metrics(data)
+    from .trust import build_trust
+
+    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
+                             config.get("model", {}).get("checkpoint_sha256"))
     return data
 
 
@@ -777,6 +795,12 @@ def _write_figures(w: _Writer, data: ReportData) -> None:
             bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
             wanted.append(("reliability", (bins, data.ece), alt,
                            lambda: figures.reliability_diagram(bins, data.ece)))
+    sanity = data.trust.sanity if data.trust else None
+    if sanity and sanity.get("curves"):
+        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+        alt = ("Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+               "maps after randomizing the model's stages from the top; the table below lists the same numbers.")
+        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
     for name, numbers, alt, draw in wanted:
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
