@@ -118,7 +118,7 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
 def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     """Enabling scores recomputes only unscored maps; an unchanged re-run computes nothing; disabling keeps them."""
     out = tmp_path / "out"
-    base = dict(input_dir=labeled_dir, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0)
+    base = {"input_dir": labeled_dir, "out_dir": out, "methods": ["gradcam"], "checkpoint": tiny_ckpt, "workers": 0}
     r = run(RunOptions(**base), log=lambda s: None)
     assert r.computed == 10
     header = (out / "predictions.csv").read_text().splitlines()[0]

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 
 from xaibatch.methods import Batch, Explanation, Method
 from xaibatch.pipeline import RunOptions, image_seed, prepare, run
-from xaibatch.sanity import FAIL_RANK, _maps, cascade, reinit, run_sanity, spearman, ssim, stages
+from xaibatch.sanity import (
+    FAIL_RANK,
+    _maps,
+    cascade,
+    reinit,
+    spearman,
+    ssim,
+    stages,
+)
 
 
 class EdgeMagnitude(Method):

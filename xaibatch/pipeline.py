@@ -328,8 +328,9 @@ class Explainer:
         if self.scorer is not None:  # deletion/insertion per map, from the maps in memory
             x, p_image = batch.x, probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(x, targets, p_image, {k: v[0] for k, v in out.items()})
-            out = {k: (v[0], v[1], [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(x.shape[0])])
-                   for k, v in out.items()}
+            rows = {k: [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(x.shape[0])]
+                    for k in out}
+            out = {k: (v[0], v[1], rows[k]) for k, v in out.items()}
             self.scorer.add_chance(x, targets, p_image, seeds)
         return probs, out
 
