@@ -150,9 +150,18 @@ class _RunCommand(click.Command):
 @click.option("--log-json", is_flag=True,
               help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
                    "instead of the summary line; for schedulers and log collectors.")
+@click.option("--faithfulness", is_flag=True,
+              help="Score every map by deletion and insertion (RISE; about 2 x --faithfulness-steps forwards per "
+                   "image and method). Enabling it on an existing folder recomputes the maps that lack scores.")
+@click.option("--faithfulness-steps", type=click.IntRange(2, 1000), default=20, show_default=True,
+              help="With --faithfulness: steps of each curve (e.g. --faithfulness-steps 10).")
+@click.option("--faithfulness-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur",
+              show_default=True, help="With --faithfulness: what removed pixels become, and where insertion "
+                                      "starts: the blurred image, black, or the image's mean colour.")
 @reported
-def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
+def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_layer, target, batch_size, device,
+        workers, out, unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout,
+        log_json, faithfulness, faithfulness_steps, faithfulness_baseline):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -168,6 +177,7 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
     no progress bar, just one summary line (or JSON lines with --log-json).
     """
+    from .faithfulness import FaithConfig
     from .pipeline import RunOptions
     from .pipeline import run as run_pipeline
     from .errors import exit_code_for
@@ -188,6 +198,8 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
                                  **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,
+        faithfulness=FaithConfig(faithfulness_steps, faithfulness_baseline, chunk=max(64, 4 * batch_size))
+        if faithfulness else None,
     )
     try:
         result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
@@ -335,6 +347,30 @@ def methods_cmd():
         opts = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
         click.echo(f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
                    f"\n    options: {opts}\n    use: {r.summary}")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--images", type=click.IntRange(1), default=64, show_default=True,
+              help="Size of the fixed, seeded sample of the run's images (e.g. --images 32).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the re-initialisation.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
+@reported
+def sanity(out_dir, images, seed, device, batch_size):
+    """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
+
+    \b
+    Example:
+      xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
+      xaibatch sanity reports/demo
+    """
+    from .sanity import run_sanity
+
+    result = run_sanity(out_dir, n=images, seed=seed, device=device, batch_size=batch_size,
+                        log=lambda s: click.echo(s, err=True))
+    for c in result["curves"]:
+        click.echo(c["verdict"])
 
 
 @cli.command("demo-data")

@@ -88,3 +88,22 @@ def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int =
             f'viewBox="0 0 {width} {height}"><defs><linearGradient id="g">{body}</linearGradient></defs>'
             f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="url(#g)" stroke="#888"/>'
             f"</svg>\n").encode()
+
+
+def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
+    """Rank correlation and SSIM to the original maps per randomization step, one line per method."""
+    with matplotlib.rc_context(_RC):
+        fig = _new(7.0, 3.2)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, which, title in ((axes[0], 2, "Spearman rank correlation"), (axes[1], 3, "SSIM")):
+            for c in curves:
+                ax.plot(range(len(c[1])), c[which], marker="o", markersize=3, label=c[0])
+            ax.axhline(0, color="#999", linewidth=0.8)
+            steps = list(curves[0][1])
+            ax.set_xticks(range(len(steps)), steps, rotation=45, ha="right")
+            ax.set_title(title)
+            ax.set_xlabel("randomized from the top")
+        axes[0].set_ylabel("similarity to the original maps")
+        axes[0].set_ylim(-0.6, 1.05)
+        axes[1].legend(frameon=False)
+        return _svg(fig)

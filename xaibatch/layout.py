@@ -24,6 +24,8 @@ from collections import defaultdict
 MANIFEST = "xaibatch.sqlite"
 LOCK = ".xaibatch.lock"
 CSV = "predictions.csv"
+FAITH_CHANCE = "faithfulness-chance.json"  # deletion/insertion of random maps and a centred blob
+SANITY = "sanity.json"  # `xaibatch sanity`: the model-randomization test
 
 DISPLAY_MAX_SIDE = 512  # display copies and overlays are written at most this large
 THUMB_SIDE = 128  # gallery thumbnails are at most this large

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from . import layout
 from .errors import XaibatchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: maps rows gained the faithfulness columns (added in place to older files)
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
 SCHEMA = """
@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS maps (
     npy TEXT NOT NULL, png TEXT NOT NULL, thumb TEXT,
     info_json TEXT,
     run_id INTEGER NOT NULL,
+    deletion REAL, insertion REAL,     -- faithfulness AUCs (NULL: not computed), see faithfulness.py
+    faith_json TEXT,                   -- their curves
+    faith_hash TEXT,                   -- the map's hash plus the faithfulness settings they were computed under
     PRIMARY KEY (rel, method)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -89,6 +92,10 @@ class MapRow:
     thumb: str | None
     info: dict[str, Any] | None
     run_id: int
+    deletion: float | None = None
+    insertion: float | None = None
+    faith: dict[str, Any] | None = None  # the curves, see faithfulness.Scores.row
+    faith_hash: str | None = None
 
 
 class ManifestError(XaibatchError):
@@ -108,6 +115,7 @@ class Manifest:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            _migrate(self.db)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             self.db.close()
@@ -169,8 +177,10 @@ class Manifest:
 
     def maps(self) -> dict[tuple[str, str], MapRow]:
         out = {}
-        for r in self.db.execute("SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id FROM maps"):
-            out[(r[0], r[1])] = MapRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7])
+        for r in self.db.execute("SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
+                                 " insertion, faith_json, faith_hash FROM maps"):
+            out[(r[0], r[1])] = MapRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7],
+                                       r[8], r[9], json.loads(r[10]) if r[10] else None, r[11])
         return out
 
     def failures(self) -> list[tuple[str, str]]:
@@ -189,9 +199,11 @@ class Manifest:
 
     def put_map(self, row: MapRow) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO maps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO maps (rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
+            " insertion, faith_json, faith_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.rel, row.method, row.config_hash, row.npy, row.png, row.thumb,
-             json.dumps(row.info) if row.info else None, row.run_id),
+             json.dumps(row.info) if row.info else None, row.run_id, row.deletion, row.insertion,
+             json.dumps(row.faith) if row.faith else None, row.faith_hash),
         )
 
     def put_failure(self, rel: str, reason: str, run_id: int) -> None:
@@ -221,6 +233,25 @@ class Manifest:
 
     def remove_map(self, rel: str, method: str) -> None:
         self.db.execute("DELETE FROM maps WHERE rel = ? AND method = ?", (rel, method))
+
+
+_ADDED_COLUMNS = {"maps": (("deletion", "REAL"), ("insertion", "REAL"), ("faith_json", "TEXT"),
+                            ("faith_hash", "TEXT"))}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a manifest written by an older xaibatch up to SCHEMA_VERSION: add the nullable columns it lacks."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        missing = [(name, kind) for name, kind in columns if name not in have]
+        for name, kind in missing:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another connection added it first
+                if "duplicate column" not in str(e):
+                    raise
+        if missing:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
 class _Transaction:

@@ -129,6 +129,9 @@ class MapView:
     config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
     ticks: list[str] = field(default_factory=list, repr=False)  # colour bar numbers, left to right (detail page)
     scale_note: str = field(default="", repr=False)
+    deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
+    insertion: str | None = None
+    curves: tuple[str, str] | None = None  # SVG polyline points of the deletion and insertion curves
 
 
 @dataclass(slots=True)
@@ -288,6 +291,7 @@ class ReportData:
     has_csv: bool = True
     warnings: list[str] = field(default_factory=list)  # shown at the top of the summary
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
+    trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
 
     @property
     def n_classes(self) -> int:
@@ -447,7 +451,7 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
             views.append(MapView(
                 m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
                 [(str(k), _fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-                npy_rel=row.npy, config_hash=row.config_hash,
+                npy_rel=row.npy, config_hash=row.config_hash, **_faith_view(row),
             ))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
@@ -465,6 +469,16 @@ def _card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[t
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
         sha256=r.sha256[:12], size=r.size, mask_key=_mask_key(input_dir, r.rel),
     )
+
+
+def _faith_view(row: MapRow) -> dict[str, Any]:
+    if row.deletion is None or row.insertion is None:
+        return {}
+    from .trust import curve_points
+
+    f = row.faith or {}
+    curves = (curve_points(f["deletion_curve"]), curve_points(f["insertion_curve"])) if "deletion_curve" in f else None
+    return {"deletion": f"{row.deletion:.3f}", "insertion": f"{row.insertion:.3f}", "curves": curves}
 
 
 def _groups(cards: list[Card], names: list[str], labeled: bool) -> tuple[list[Group], list[tuple[str, str]]]:
@@ -680,6 +694,10 @@ def build(out_dir: Path) -> ReportData:
     warning = demo_model_warning(config, order, source is not None)
     if warning:
         data.warnings.append(warning)
+    from .trust import build_trust
+
+    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
+                             config.get("model", {}).get("checkpoint_sha256"))
     return data
 
 
@@ -1013,6 +1031,12 @@ def _write_figures(w: _Writer, data: ReportData) -> None:
             bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
             wanted.append(("reliability", (bins, data.ece), alt,
                            lambda: figures.reliability_diagram(bins, data.ece)))
+    sanity = data.trust.sanity if data.trust else None
+    if sanity and sanity.get("curves"):
+        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+        alt = ("Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+               "maps after randomizing the model's stages from the top; the table below lists the same numbers.")
+        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
     for name, numbers, alt, draw in wanted:
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
@@ -1105,16 +1129,25 @@ def write_predictions_csv(out: Path, names: list[str]) -> float | None:
     manifest = Manifest(out / layout.MANIFEST)
     try:
         rows = manifest.images()
+        maps = manifest.maps()
     finally:
         manifest.close()
+    scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names]])
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names],
+                *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")]])
     for rel in sorted(rows):
         r = rows[rel]
         label = names[r.label] if r.label is not None and r.label < len(names) else ""
         correct = "" if r.label is None else int(r.label == r.pred)
-        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs]])
+        faith = []
+        for m in scored:
+            row = maps.get((rel, m))
+            faith += ["" if row is None or v is None else f"{v:.6f}"
+                      for v in ((row.deletion, row.insertion) if row else (None, None))]
+        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs],
+                    *faith])
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None

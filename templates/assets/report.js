@@ -32,6 +32,17 @@
     return x < y ? -1 : x > y ? 1 : 0;
   }
 
+  // Faithfulness: "del-<method>" puts the highest deletion AUC first, "ins-<method>" the lowest insertion AUC;
+  // either way the least faithful maps lead, and cards without a score go last.
+  function byScore(sort) {
+    var attr = "data-" + sort, sign = sort.indexOf("del-") === 0 ? -1 : 1;
+    return function (a, b) {
+      var x = parseFloat(a.getAttribute(attr)), y = parseFloat(b.getAttribute(attr));
+      if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
+      return sign * (x - y);
+    };
+  }
+
   function fragment() {
     var parts = [];
     Object.keys(els).forEach(function (k) {
@@ -51,6 +62,7 @@
       if (sort === "conf-desc") { order.sort(function (a, b) { return byConf(b, a); }); }
       else if (sort === "conf-asc") { order.sort(byConf); }
       else if (sort === "name") { order.sort(byName); }
+      else if (/^(del|ins)-/.test(sort)) { order.sort(byScore(sort)); }
       if (sort || fromUser) { order.forEach(function (card) { l.ol.appendChild(card); }); }
       var visible = 0;
       l.cards.forEach(function (card) {

@@ -3,6 +3,8 @@ then each method on it. The one place a batch is explained: runs, ``xaibatch ben
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..layers import capture
@@ -16,7 +18,8 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred") -> None:
+    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred", scorer: Any = None) -> None:
+        self.scorer = scorer  # faithfulness.Scorer: deletion/insertion per map, from the maps in memory
         self.methods = methods
         self.ctx = ctx
         self.target = target
@@ -26,7 +29,8 @@ class Explainer:
 
     def __call__(
         self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None, seeds: list[int]
-    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None]]]:
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None, list | None]]]:
+        """Probabilities (B, K) and per method (maps (B, h, w), info per image, faithfulness per image)."""
         dev = self.ctx.device
         x = normalize(x_uint8.to(dev, non_blocking=True), self.mean, self.std)
         net = self.ctx.model
@@ -47,5 +51,11 @@ class Explainer:
         out = {}
         for m in self.methods:
             e = m.explain(batch)
-            out[m.name] = (e.maps.detach().float(), e.info)
+            out[m.name] = (e.maps.detach().float(), e.info, None)
+        if self.scorer is not None:
+            p_image = probs.gather(1, targets[:, None])[:, 0]
+            scores = self.scorer.score(batch.x, targets, p_image, {k: v[0] for k, v in out.items()})
+            out = {k: (v[0], v[1], [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)}
+                                    for j in range(batch.x.shape[0])]) for k, v in out.items()}
+            self.scorer.add_chance(batch.x, targets, p_image, seeds)
         return probs, out

@@ -91,10 +91,15 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
     writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
                     threads=writer_threads(device.type, opts.workers))
     writer.start()
+    scorer = None
+    if opts.faithfulness is not None:
+        from ..faithfulness import scorer_for
+
+        scorer = scorer_for(out, opts.faithfulness, prepared.ctx, hashes.methods, hashes.predict)
     try:
         for todo, entries in groups.items():
             methods = [m for m in prepared.methods if m.name in todo]
-            explainer = Explainer(methods, prepared.ctx, opts.target)
+            explainer = Explainer(methods, prepared.ctx, opts.target, scorer)
             segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
             ds = HashingDataset(ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None),
                                 [plan.work[e.rel].fresh for e in entries])
@@ -134,17 +139,21 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         finally:
             if progress is not None:
                 progress.close()
+    if scorer is not None:
+        from ..faithfulness import save_chance
+
+        save_chance(out, scorer)
 
 
 def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
-              maps: dict[str, tuple[torch.Tensor, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
+              maps: dict[str, tuple[torch.Tensor, list | None, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
               known: Known, run_id: int, target: str) -> WriteJob:
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b["orig_size"]]
     fresh = [plan.work[e.rel].fresh for e in entries]
-    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, _) in maps.items()}
+    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, *_) in maps.items()}
     thumbs = iter(display_thumbs([d for d, f in zip(b["display"], fresh) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
@@ -165,8 +174,9 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
                 if m not in maps:
                     job.drop_maps.append((e.rel, m))
                     job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
-        for name, (_, info) in maps.items():
+        for name, (_, info, faith) in maps.items():
             full, over, thumb = pictures[name][j]
-            item.maps.append(MapPictures(name, hashes.methods[name], full, over, thumb, info[j] if info else None))
+            item.maps.append(MapPictures(name, hashes.methods[name], full, over, thumb, info[j] if info else None,
+                                         faith[j] if faith else None))
         job.items.append(item)
     return job

@@ -31,9 +31,10 @@ class Hashes:
     predict: str
     methods: dict[str, str]  # method name -> its hash (which includes ``predict``)
     predict_config: dict[str, Any]
+    faith: dict[str, str] | None = None  # method -> hash its faithfulness scores must carry; None: not scored
 
 
-def config_hashes(prepared: Prepared, target: str) -> Hashes:
+def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None) -> Hashes:
     """Hash what decides the predictions (model, input, classes, target) and, per method, its maps."""
     model, layer = prepared.model, prepared.layer
     predict_config = {
@@ -47,7 +48,12 @@ def config_hashes(prepared: Prepared, target: str) -> Hashes:
                              "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None})
         for m in prepared.methods
     }
-    return Hashes(predict, methods, predict_config)
+    faith = None
+    if faithfulness is not None:
+        from ..faithfulness import hashes as faith_hashes
+
+        faith = faith_hashes(faithfulness, methods)
+    return Hashes(predict, methods, predict_config, faith)
 
 
 @dataclass
@@ -130,7 +136,9 @@ def make_plan(found: Scan, known: Known, hashes: Hashes) -> Plan:
             changed.append(e)
         fresh = row is None or not content_same or row.predict_hash != hashes.predict
         maps = known.maps.get(e.rel, {})
-        todo = [m for m, h in hashes.methods.items() if fresh or m not in maps or maps[m].config_hash != h]
+        todo = [m for m, h in hashes.methods.items()
+                if fresh or m not in maps or maps[m].config_hash != h
+                or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))]
         if todo or fresh:
             work[e.rel] = Work(e, todo, fresh)
     present = {e.rel for e in found.images}

@@ -65,7 +65,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     from .prepare import prepare
 
     prepared = prepare(opts, found)
-    hashes = config_hashes(prepared, opts.target)
+    hashes = config_hashes(prepared, opts.target, opts.faithfulness)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     config = {
         "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
@@ -76,6 +76,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
         "labeled": prepared.found.classes is not None, "class_names": prepared.names,
         "request": request_key(opts, prepared.found, model.checkpoint_sha256),
+        "faithfulness": opts.faithfulness.key() if opts.faithfulness else None, "faithfulness_hashes": hashes.faith,
     }
     return Setup(prepared.found, hashes, prepared.names, config["layer"], config, prepared)
 
@@ -97,7 +98,8 @@ def cached_setup(opts: RunOptions, out: Path, checkpoint: Path) -> Setup | None:
             return None
         config, predict_hash = last
         hashes = Hashes(predict_hash, {m: v["hash"] for m, v in config["methods"].items()},
-                        {k: v for k, v in config["model"].items() if k != "checkpoint"})
+                        {k: v for k, v in config["model"].items() if k != "checkpoint"},
+                        config.get("faithfulness_hashes"))
         if make_plan(found, Known.read(manifest), hashes).work:
             return None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):

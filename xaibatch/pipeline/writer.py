@@ -40,6 +40,7 @@ class MapPictures:
     overlay: np.ndarray  # uint8 (H, W, 3) at the display size
     thumb: np.ndarray | None  # None: the overlay is small enough to be its own thumbnail
     info: dict[str, Any] | None = None
+    faith: dict[str, Any] | None = None  # deletion/insertion scores and curves (--faithfulness), see faith_fields
 
 
 @dataclass
@@ -181,6 +182,14 @@ class Writer(threading.Thread):
         self.on_done(job.count)
 
 
+def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
+    """A map's faithfulness scores as MapRow fields."""
+    if faith is None:
+        return {}
+    return {"deletion": faith["deletion"], "insertion": faith["insertion"], "faith_hash": faith["hash"],
+            "faith": {k: faith[k] for k in ("deletion_curve", "insertion_curve")}}
+
+
 def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
     """Encode and write one image's files; return its map rows (not yet committed)."""
     stem, w, h = item.stem, item.width, item.height
@@ -196,5 +205,6 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
         files.write(png, encode_png(mp.overlay))
         if mp.thumb is not None:
             files.write(thumb, encode_png(mp.thumb))
-        rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id))
+        rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id,
+                           **faith_fields(mp.faith)))
     return rows

@@ -322,20 +322,25 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         jobs.append((Row("limits", f"forward + backward to the input, batch {bs}", "limit", n), fwd_bwd))
 
         # -- xaibatch end to end
-        def e2e(family: str, k: int, model_timer: bool = False) -> tuple[Row, Callable[[bool], float]]:
-            row = Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
+        def e2e(family: str, k: int, model_timer: bool = False,
+                faith: bool = False) -> tuple[Row, Callable[[bool], float]]:
+            from ..faithfulness import DEFAULT_STEPS, FaithConfig
+
+            row = (Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
+                   if faith else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
             method_options = {"lime": {"samples": opts.lime_samples, "segments": opts.lime_segments,
                                        "batch_size": opts.lime_batch_size}}
             counter = [0]
 
             def fn(warm: bool) -> float:
                 counter[0] += 1
-                out = root / f"out-{family}-{counter[0]}"
+                out = root / f"out-{family}{'-faith' if faith else ''}-{counter[0]}"
                 todo = (1 if family == "lime" else n_warm) if warm else k
                 ro = pipeline.RunOptions(
                     input_dir=folders[todo], out_dir=out, methods=[family],
                     checkpoint=ckpt, batch_size=bs, device=opts.device, workers=workers, labeled=False,
                     method_options=method_options, handle_signals=False,
+                    faithfulness=FaithConfig(chunk=max(64, 4 * bs)) if faith else None,
                 )
                 timer = _ModelTimer(type(model), sync) if model_timer else None
                 try:
@@ -390,6 +395,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
         if "gradcam" in opts.only:
             jobs.append(e2e("gradcam", n))
+            jobs.append(e2e("gradcam", n, faith=True))  # the scores' cost: compare with the row above
             jobs.append(on_tensors("gradcam", n))
         if "guided-gradcam" in opts.only:
             jobs.append(e2e("guided-gradcam", n))

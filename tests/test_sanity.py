@@ -1,0 +1,120 @@
+"""The cascading randomization test: Grad-CAM loses its maps, a map that ignores the model is flagged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xaibatch.methods import Batch, Explanation, Method
+from xaibatch.pipeline import RunOptions, run
+from xaibatch.pipeline.compute import image_seed
+from xaibatch.pipeline.prepare import prepare
+from xaibatch.sanity import (
+    FAIL_RANK,
+    _maps,
+    cascade,
+    reinit,
+    spearman,
+    ssim,
+    stages,
+)
+
+
+class EdgeMagnitude(Method):
+    """Deliberately broken: the image's Sobel edge magnitude, whatever the model says (not registered)."""
+
+    name = "edges"
+    title = "Edges"
+
+    def explain(self, batch: Batch) -> Explanation:
+        gray = batch.x.mean(1, keepdim=True)
+        kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=gray.device)[None, None]
+        gx, gy = F.conv2d(gray, kx, padding=1), F.conv2d(gray, kx.transpose(2, 3), padding=1)
+        return Explanation(torch.sqrt(gx**2 + gy**2)[:, 0])
+
+
+def test_metrics_basics():
+    a = np.random.default_rng(0).random((8, 8))
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, np.zeros_like(a)) == 0.0
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(1.0)  # absolute values, as the paper's figures
+
+
+def test_reinit_changes_only_the_stage():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    before = [p.detach().clone() for p in net.parameters()]
+    assert stages(net) == ["2", "1", "0"]
+    reinit(net[2], 0)
+    after = list(net.parameters())
+    assert torch.equal(before[0], after[0]) and not torch.equal(before[4], after[4])
+
+
+@pytest.fixture(scope="module")
+def demo_sample(demo_dir, tmp_path_factory):
+    """24 demo test images (12 per class) and the bundled model, prepared as a run would."""
+    src = demo_dir / "test"
+    small = tmp_path_factory.mktemp("sanity_in")
+    for cls in ("FAKE", "REAL"):
+        (small / cls).mkdir()
+        for p in sorted((src / cls).glob("*.png"))[:12]:
+            shutil.copy(p, small / cls / p.name)
+    return small
+
+
+@pytest.mark.slow
+def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
+    opts = RunOptions(input_dir=demo_sample, out_dir=tmp_path / "o", methods=["gradcam", "guided-gradcam"])
+    p = prepare(opts)
+    found, model, ctx, methods = p.found, p.model, p.ctx, p.methods
+    methods = methods + [EdgeMagnitude(ctx)]
+    from xaibatch.data import ImageDataset, collate
+
+    b = collate([ImageDataset(found.images, model.input_size)[i] for i in range(len(found.images))])
+    x = b["x"]
+    with torch.no_grad():
+        mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
+        targets = ctx.model((x.float() / 255 - mean) / std).argmax(1)
+    seeds = [image_seed(e.rel) for e in found.images]
+    curves = {c.method: c for c in cascade(ctx.model, lambda net: _maps(net, model, ctx, methods, x, None, targets,
+                                                                          seeds, 16))}
+    for c in curves.values():
+        print(c.verdict(), [round(v, 2) for v in c.rank], [round(v, 2) for v in c.ssim])
+    assert curves["gradcam"].rank[0] == 1.0 and curves["gradcam"].rank[-1] < 0.3
+    assert curves["gradcam"].passed()
+    assert not curves["edges"].passed() and curves["edges"].rank[-1] > FAIL_RANK
+    assert "FAILS" in curves["edges"].verdict()
+    # The model copy was randomized, never the model itself.
+    assert torch.equal(ctx.model((x[:2].float() / 255 - mean) / std).argmax(1), targets[:2])
+
+
+@pytest.mark.slow
+def test_sanity_command_writes_json_and_report(demo_sample, tmp_path):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    out = tmp_path / "out"
+    run(RunOptions(input_dir=demo_sample, out_dir=out, methods=["gradcam"], workers=0), log=lambda s: None)
+    res = CliRunner().invoke(cli, ["sanity", str(out), "--images", "8"])
+    assert res.exit_code == 0, res.output
+    assert "gradcam: passes" in res.output
+    data = json.loads((out / "sanity.json").read_text())
+    assert data["images"] == 8 and data["curves"][0]["method"] == "gradcam"
+    html = (out / "index.html").read_text()
+    assert "Sanity check" in html and "gradcam: passes" in html
+    assert list((out / "figures").glob("sanity-*.svg"))
+
+
+def test_sanity_without_a_run_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    res = CliRunner().invoke(cli, ["sanity", str(tmp_path)])
+    assert res.exit_code == 2 and "no xaibatch manifest" in res.output

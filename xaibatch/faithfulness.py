@@ -1,0 +1,270 @@
+"""Deletion and insertion scores (Petsiuk, Das, Saenko, "RISE", BMVC 2018, https://arxiv.org/abs/1806.07421).
+
+Pixels are ranked by a map's value, most salient first. *Deletion* replaces
+them, ``ceil(HW / N)`` more per step, with a fill (by default the blurred image)
+and follows the explained class's softmax probability from the image to the
+fill; *insertion* starts from the fill and puts the image's pixels back in the
+same order. Each score is the area under its curve (trapezoids over N equal
+steps, x in [0, 1]): a faithful map makes deletion fall fast (low AUC) and
+insertion rise fast (high AUC).
+
+Batched: for a batch of B images and M methods the curves' endpoints come from
+the shared forward (the image) and one forward of the fills (shared by every
+method), so the cost is ``B * (1 + 2 * (N - 1) * M)`` forwards, run in chunks of
+perturbed images built on the device from the maps already in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import layout
+from .errors import UsageError
+from .trust import load_chance
+from .files import atomic_write_bytes
+
+VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
+BASELINES = ("blur", "zero", "mean")
+DEFAULT_STEPS = 20
+CHANCE_SAMPLE = 64  # images on which a random map and a centred blob are scored (the report's chance line)
+BLUR_KERNEL = 11  # as RISE's code: an 11-pixel Gaussian kernel with sigma 5
+BLUR_SIGMA = 5.0
+
+
+@dataclass(frozen=True)
+class FaithConfig:
+    """How deletion/insertion are computed; everything in it changes the scores."""
+
+    steps: int = DEFAULT_STEPS
+    baseline: str = "blur"
+    chunk: int = 256  # perturbed images per forward (memory, not results)
+
+    def __post_init__(self) -> None:
+        if self.steps < 2:
+            raise UsageError("--faithfulness-steps must be at least 2")
+        if self.baseline not in BASELINES:
+            raise UsageError(f"--faithfulness-baseline must be one of {', '.join(BASELINES)}")
+
+    def key(self) -> dict[str, Any]:
+        """What goes into the faithfulness hash (not the chunk size: it does not change the numbers)."""
+        return {"version": VERSION, "steps": self.steps, "baseline": self.baseline}
+
+
+@dataclass
+class Scores:
+    """Per image of a batch: AUCs (B,) and curves (B, N + 1), probabilities of the explained class."""
+
+    deletion: torch.Tensor
+    insertion: torch.Tensor
+    deletion_curve: torch.Tensor
+    insertion_curve: torch.Tensor
+
+    def row(self, j: int) -> dict[str, Any]:
+        """Image ``j``'s scores as stored in the manifest."""
+        return {
+            "deletion": float(self.deletion[j]), "insertion": float(self.insertion[j]),
+            "deletion_curve": [round(float(v), 5) for v in self.deletion_curve[j]],
+            "insertion_curve": [round(float(v), 5) for v in self.insertion_curve[j]],
+        }
+
+
+def gaussian_kernel(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """A normalized (size, size) Gaussian."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    k = torch.outer(g, g)
+    return (k / k.sum()).float()
+
+
+def fill_image(x: torch.Tensor, baseline: str, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The fill of a (B, 3, H, W) normalized batch: blurred (reflect padding), black, or each image's mean colour."""
+    if baseline == "blur":
+        size = min(BLUR_KERNEL, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
+        k = gaussian_kernel(size).to(x.device, x.dtype)[None, None].repeat(x.shape[1], 1, 1, 1)
+        pad = size // 2
+        return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=x.shape[1])
+    if baseline == "zero":
+        return ((0.0 - mean) / std).to(x.dtype).expand_as(x).contiguous()
+    if baseline == "mean":
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+    raise UsageError(f"unknown faithfulness baseline {baseline!r}")
+
+
+def ranks(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) maps -> (B, H*W) long: each pixel's position when sorted most salient first (ties: pixel order)."""
+    flat = maps.flatten(1).float()
+    order = torch.argsort(-flat, dim=1, stable=True)
+    out = torch.empty_like(order)
+    out.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return out
+
+
+def step_counts(pixels: int, steps: int) -> list[int]:
+    """Pixels changed after step i, i = 0..N: ``min(HW, i * ceil(HW / N))``."""
+    per = math.ceil(pixels / steps)
+    return [min(pixels, i * per) for i in range(steps + 1)]
+
+
+def auc(curve: torch.Tensor) -> torch.Tensor:
+    """Trapezoidal area under (..., N + 1) curves over x in [0, 1]."""
+    n = curve.shape[-1] - 1
+    return (curve.sum(-1) - (curve[..., 0] + curve[..., -1]) / 2) / n
+
+
+@dataclass
+class Scorer:
+    """Scores a batch's maps with one model; keeps the chance sample (random map, centred blob) of a run."""
+
+    model: torch.nn.Module
+    cfg: FaithConfig
+    mean: torch.Tensor  # (1, 3, 1, 1) on the device
+    std: torch.Tensor
+    chance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    chance_sample: int = CHANCE_SAMPLE
+    hashes: dict[str, str] = field(default_factory=dict)  # method -> faithfulness hash
+    chance_key: str = ""
+    chance_loaded: int = 0
+    forwards: int = 0  # images sent through the model (the bench reads it)
+
+    def probs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The targets' softmax probabilities of a batch, in chunks."""
+        out = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], self.cfg.chunk):
+                logits = self.model(x[i : i + self.cfg.chunk]).float()
+                out.append(torch.softmax(logits, dim=1).gather(1, targets[i : i + self.cfg.chunk, None])[:, 0])
+        self.forwards += x.shape[0]
+        return torch.cat(out) if out else x.new_zeros(0)
+
+    def score(self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor,
+              maps: dict[str, torch.Tensor]) -> dict[str, Scores]:
+        """Deletion and insertion for every map; ``p_image`` is the targets' probability on ``x`` (already known)."""
+        fill = fill_image(x, self.cfg.baseline, self.mean, self.std)
+        p_fill = self.probs(fill, targets)
+        return {name: self._curves(x, fill, targets, p_image, p_fill, m) for name, m in maps.items()}
+
+    def _curves(self, x, fill, targets, p_image, p_fill, maps: torch.Tensor) -> Scores:
+        b, _, h, w = x.shape
+        if tuple(maps.shape) != (b, h, w):
+            raise ValueError(f"maps of shape {tuple(maps.shape)} do not match the input {tuple(x.shape)}")
+        n = self.cfg.steps
+        rank = ranks(maps)
+        ks = torch.tensor(step_counts(h * w, n)[1:n], device=x.device)  # interior steps 1..N-1
+        # Every (image, curve, step) to evaluate, generated chunk by chunk: j image, s step, ins insertion?
+        jj = torch.arange(b, device=x.device).repeat_interleave(2 * (n - 1))
+        ss = torch.arange(n - 1, device=x.device).repeat(2 * b)
+        ins = torch.arange(2, device=x.device).repeat_interleave(n - 1).repeat(b).bool()
+        probs = []
+        with torch.no_grad():
+            for i in range(0, jj.shape[0], self.cfg.chunk):
+                j, s, a = jj[i : i + self.cfg.chunk], ss[i : i + self.cfg.chunk], ins[i : i + self.cfg.chunk]
+                changed = (rank[j] < ks[s][:, None]).view(-1, 1, h, w)  # the first k pixels in map order
+                a4 = a.view(-1, 1, 1, 1)
+                xi, fi = x[j], fill[j]
+                img = torch.where(changed, torch.where(a4, xi, fi), torch.where(a4, fi, xi))
+                logits = self.model(img).float()
+                probs.append(torch.softmax(logits, dim=1).gather(1, targets[j, None])[:, 0])
+        self.forwards += jj.shape[0]
+        inner = torch.cat(probs).view(b, 2, n - 1)
+        dele = torch.cat([p_image[:, None], inner[:, 0], p_fill[:, None]], dim=1)
+        inse = torch.cat([p_fill[:, None], inner[:, 1], p_image[:, None]], dim=1)
+        return Scores(auc(dele), auc(inse), dele, inse)
+
+    def add_chance(self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor, seeds: list[int]) -> None:
+        """Score a random map and a centred blob on the run's first ``chance_sample`` images."""
+        have = len(self.chance.get("random", {}).get("deletion", []))
+        take = min(self.chance_sample - have, x.shape[0])
+        if take <= 0:
+            return
+        x, targets, p_image = x[:take], targets[:take], p_image[:take]
+        maps = {"random": random_maps(x.shape[-2:], seeds[:take], x.device), "blob": blob_maps(x.shape[-2:], take, x.device)}
+        for name, s in self.score(x, targets, p_image, maps).items():
+            d = self.chance.setdefault(name, {"deletion": [], "insertion": []})
+            d["deletion"] += [float(v) for v in s.deletion]
+            d["insertion"] += [float(v) for v in s.insertion]
+
+
+def random_maps(size: tuple[int, int], seeds: list[int], device: torch.device) -> torch.Tensor:
+    """Uniform noise maps, one per seed (the same image gets the same map on every run)."""
+    out = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        out.append(torch.rand(size, generator=g))
+    return torch.stack(out).to(device)
+
+
+def blob_maps(size: tuple[int, int], b: int, device: torch.device) -> torch.Tensor:
+    """A centred Gaussian blob (sigma a quarter of the side): 'the object is in the middle'."""
+    h, w = size
+    yy = (torch.arange(h, dtype=torch.float32) - (h - 1) / 2) / (h / 4)
+    xx = (torch.arange(w, dtype=torch.float32) - (w - 1) / 2) / (w / 4)
+    m = torch.exp(-(yy[:, None] ** 2 + xx[None, :] ** 2) / 2)
+    return m.expand(b, h, w).to(device)
+
+
+def forwards_per_image(steps: int, methods: int) -> int:
+    """Extra forwards per image: the fill once, then 2 (N - 1) per method."""
+    return 1 + 2 * (steps - 1) * methods
+
+
+# -- the run's bookkeeping (hashes, cache, chance sample) ----------------------------------------------------
+
+CHANCE_FILE = layout.FAITH_CHANCE
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hashes(cfg: FaithConfig | None, method_hashes: dict[str, str]) -> dict[str, str] | None:
+    """Per method: the hash its scores are stored under (its map's hash plus the settings); None when disabled."""
+    if cfg is None:
+        return None
+    return {m: _hash({"map": h, "faithfulness": cfg.key()}) for m, h in method_hashes.items()}
+
+
+def scored(known_maps: dict, faith_hashes: dict[str, str] | None) -> dict:
+    """The manifest's maps that count as done: with scores enabled, only those scored under these settings.
+
+    Scores need the maps at the model's input size, which the folder keeps only at
+    the image's size, so a map without current scores is recomputed with them.
+    """
+    if faith_hashes is None:
+        return known_maps
+    return {k: row for k, row in known_maps.items() if row.faith_hash == faith_hashes.get(k[1])}
+
+
+def scorer_for(out: Path, cfg: FaithConfig | None, ctx, method_hashes: dict[str, str],
+               predict_hash: str) -> Scorer | None:
+    """A Scorer for this run (None when disabled), continuing the chance sample a previous run left."""
+    if cfg is None:
+        return None
+    dev = ctx.device
+    scorer = Scorer(ctx.model, cfg, torch.tensor(ctx.mean, device=dev).view(1, 3, 1, 1),
+                    torch.tensor(ctx.std, device=dev).view(1, 3, 1, 1), hashes=hashes(cfg, method_hashes) or {})
+    scorer.chance_key = _hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
+    previous = load_chance(out)
+    if previous and previous.get("key") == scorer.chance_key:
+        scorer.chance = {k: previous[k] for k in ("random", "blob") if k in previous}
+    scorer.chance_loaded = _chance_n(scorer.chance)
+    return scorer
+
+
+def _chance_n(chance: dict[str, dict[str, list[float]]]) -> int:
+    return len(chance.get("random", {}).get("deletion", []))
+
+
+def save_chance(out: Path, scorer: Scorer | None) -> None:
+    """Write the chance sample when this run added to it."""
+    if scorer is None or _chance_n(scorer.chance) == scorer.chance_loaded:
+        return
+    body = {"key": scorer.chance_key, "steps": scorer.cfg.steps, "baseline": scorer.cfg.baseline, **scorer.chance}
+    atomic_write_bytes(Path(out) / CHANCE_FILE, json.dumps(body).encode())

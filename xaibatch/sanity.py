@@ -1,0 +1,243 @@
+"""The cascading model-parameter randomization test (Adebayo et al., "Sanity Checks for Saliency Maps",
+NeurIPS 2018, https://arxiv.org/abs/1810.03292).
+
+On a fixed, seeded sample of a run's images, a deep copy of the model has its
+top-level stages re-initialised one after another from the output down
+(cumulatively), and every method's maps are recomputed after each step. A map
+that explains the model must change as the model is destroyed: its Spearman
+rank correlation (of absolute values, as the paper's figures) and SSIM to the
+original maps should fall towards 0. A method whose maps survive a fully
+random network shows the image (edges), not the model.
+
+Writes ``sanity.json`` into the output folder; the report draws the figure and
+the verdicts from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import layout
+from .errors import UsageError
+from .files import atomic_write_bytes
+
+FILENAME = layout.SANITY
+DEFAULT_SAMPLE = 64
+FAIL_RANK = 0.5  # mean rank correlation after the whole network is random above this: the method fails
+
+
+def stages(model: torch.nn.Module) -> list[str]:
+    """The model's top-level children that hold parameters, from the output back to the input."""
+    return [n for n, m in model.named_children() if any(True for _ in m.parameters())][::-1]
+
+
+def reinit(module: torch.nn.Module, gen_seed: int) -> None:
+    """Re-initialise every parameter of ``module`` as a fresh model would (``reset_parameters``), seeded."""
+    torch.manual_seed(gen_seed)
+    done: set[int] = set()
+    for m in module.modules():
+        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            m.reset_parameters()
+            done.update(id(p) for p in m.parameters(recurse=False))
+    for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
+        if id(p) not in done:
+            with torch.no_grad():
+                p.normal_(0.0, 0.02)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two flattened maps' absolute values; 0 when either is constant."""
+    from scipy.stats import spearmanr
+
+    x, y = np.abs(a).ravel(), np.abs(b).ravel()
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two maps' absolute values, each scaled to [0, 1]."""
+    from skimage.metrics import structural_similarity
+
+    def unit(m: np.ndarray) -> np.ndarray:
+        m = np.abs(m).astype(np.float64)
+        span = np.ptp(m)
+        return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
+    return float(structural_similarity(unit(a), unit(b), data_range=1.0))
+
+
+@dataclass
+class Curve:
+    method: str
+    steps: list[str]  # "original", then the cumulatively randomized stages ("fc", "+layer4", ...)
+    rank: list[float]  # mean over the sample, per step
+    ssim: list[float]
+
+    def verdict(self) -> str:
+        r = self.rank[-1]
+        if r > FAIL_RANK:
+            return (f"{self.method}: FAILS: maps keep {r:.2f} rank correlation after the whole network is "
+                    "randomized: they show the image, not the model")
+        return f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized"
+
+    def passed(self) -> bool:
+        return self.rank[-1] <= FAIL_RANK
+
+
+MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -> (B, H, W) maps
+
+
+def cascade(model: torch.nn.Module, maps_of: MapsFn, seed: int = 0,
+            log: Callable[[str], None] = lambda s: None) -> list[Curve]:
+    """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
+    original = maps_of(model)
+    net = copy.deepcopy(model)
+    names = stages(net)
+    if not names:
+        raise UsageError("the model has no top-level stage with parameters to randomize")
+    labels = ["original"]
+    rank = {m: [1.0] for m in original}
+    sim = {m: [1.0] for m in original}
+    for i, name in enumerate(names):
+        reinit(getattr(net, name), seed + i)
+        labels.append(name if i == 0 else f"+{name}")
+        now = maps_of(net)
+        for m, ref in original.items():
+            rank[m].append(float(np.mean([spearman(a, b) for a, b in zip(ref, now[m], strict=True)])))
+            sim[m].append(float(np.mean([ssim(a, b) for a, b in zip(ref, now[m], strict=True)])))
+        log(f"sanity: randomized {labels[-1]}: " + ", ".join(f"{m} {rank[m][-1]:.2f}" for m in original))
+    return [Curve(m, labels, rank[m], sim[m]) for m in original]
+
+
+def sample(rels: list[str], n: int, seed: int) -> list[str]:
+    """A fixed, seeded sample of at most ``n`` images, in path order."""
+    rels = sorted(rels)
+    if len(rels) <= n:
+        return rels
+    idx = np.random.default_rng(seed).choice(len(rels), size=n, replace=False)
+    return [rels[i] for i in sorted(idx)]
+
+
+def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = "auto", batch_size: int = 32,
+               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
+    from .data import ImageDataset, collate
+    from .lock import OutputLock
+    from .manifest import FILENAME as MANIFEST
+    from .manifest import Manifest
+    from .pipeline.compute import image_seed
+    from .pipeline.prepare import prepare
+
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
+    with OutputLock(out):
+        m = Manifest(out / MANIFEST)
+        try:
+            images = m.images()
+            runs = [r for r in m.runs() if r["status"] != "running"]
+        finally:
+            m.close()
+        if not runs or not images:
+            raise UsageError(f"{out} has no finished run with images")
+        last = runs[-1]
+        cfg = json.loads(last["config_json"])
+        opts = _options(cfg, last, out, device)
+        prepared = prepare(opts)
+        model, ctx, methods = prepared.model, prepared.ctx, prepared.methods
+        rels = sample(list(images), n, seed)
+        root = Path(last["input_dir"])
+        entries = _entries(root, rels)
+        segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
+        ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
+        items = [ds[i] for i in range(len(ds))]
+        b = collate(items)
+        if b["x"] is None:
+            raise UsageError(f"none of the {len(rels)} sampled images can be read from {root} any more")
+        ok = [entries[i].rel for i in b["index"]]
+        targets = torch.tensor([images[r].target for r in ok])  # explain the same class before and after
+        seeds = [image_seed(r) for r in ok]
+
+        def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
+            return _maps(net, model, ctx, methods, b["x"], b["segments"], targets, seeds, batch_size)
+
+        t0 = time.time()
+        curves = cascade(ctx.model, maps_of, seed=seed, log=log)
+        result = {
+            "version": 1, "created": time.time(), "seconds": time.time() - t0, "images": len(ok), "seed": seed,
+            "checkpoint_sha256": cfg.get("model", {}).get("checkpoint_sha256"),
+            "curves": [{"method": c.method, "steps": c.steps, "rank": c.rank, "ssim": c.ssim,
+                        "passed": c.passed(), "verdict": c.verdict()} for c in curves],
+        }
+        atomic_write_bytes(out / FILENAME, json.dumps(result, indent=1).encode())
+        from .report import write_report
+
+        write_report(out)
+    return result
+
+
+def _entries(root: Path, rels: list[str]):
+    from .scan import ImageEntry
+
+    out = []
+    for rel in rels:
+        p = root / rel
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append(ImageEntry(rel=rel, path=p, label=None, size=st.st_size, mtime_ns=st.st_mtime_ns))
+    return out
+
+
+_RECORD_ONLY = ("seed", "segmentation")  # in a method's recorded config, not options (the seed is the run's)
+
+
+def _options(cfg: dict[str, Any], last: dict[str, Any], out: Path, device: str):
+    from .pipeline import RunOptions
+
+    model = cfg.get("model", {})
+    methods = cfg.get("methods", {})
+    return RunOptions(
+        input_dir=Path(last["input_dir"]), out_dir=out, methods=list(methods),
+        checkpoint=Path(model["checkpoint"]) if model.get("checkpoint") else None, arch=None,
+        image_size=model.get("input_size"), target_layer=cfg.get("layer"), device=device,
+        labeled=cfg.get("labeled"), seed=int(cfg.get("seed", 0)),
+        method_options={name: {k: v for k, v in (info.get("config") or {}).items() if k not in _RECORD_ONLY}
+                        for name, info in methods.items()},
+    )
+
+
+def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) -> dict[str, np.ndarray]:
+    """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy)."""
+    from dataclasses import replace
+
+    from .layers import find_target_layer
+    from .methods.explainer import Explainer
+
+    layer = find_target_layer(net, ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
+    ctx2 = replace(ctx, model=net.to(ctx.device).eval(), layer=layer)
+    for m in methods:
+        m.ctx = ctx2
+    try:
+        ex = Explainer(methods, ctx2, "label")
+        out: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
+        for i in range(0, x_u8.shape[0], batch_size):
+            seg = None if segments is None else segments[i : i + batch_size]
+            _probs, maps = ex(x_u8[i : i + batch_size], targets[i : i + batch_size], seg, seeds[i : i + batch_size])
+            for k, v in maps.items():
+                out[k].append(v[0].cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+    finally:
+        for m in methods:
+            m.ctx = ctx
