@@ -96,12 +96,12 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
         if key in seen_dirs:
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
-        if rel and (d / MANIFEST_FILENAME).exists():
-            return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
         try:
+            if rel and (d / MANIFEST_FILENAME).exists():
+                return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             names = sorted(os.listdir(d))
-        except OSError as e:
-            skipped.append((rel or ".", f"cannot list folder: {e.strerror or e}"))
+        except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
+            skipped.append((_shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
             return None
         return (d, rel, iter(names), ancestors | {key})
 
