@@ -124,6 +124,8 @@ class _RunCommand(click.Command):
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (e.g. --out reports/cifake). Default: outputs/<input folder name>.")
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
+@click.option("--follow-links", is_flag=True,
+              help="Follow symlinked folders that lead outside INPUT_DIR (skipped with a reason by default).")
 @click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
               help="LIME: perturbed images per image (e.g. --lime-samples 500).")
 @click.option("--lime-segments", type=click.IntRange(2), default=50, show_default=True,
@@ -144,7 +146,7 @@ class _RunCommand(click.Command):
                    "instead of the summary line; for schedulers and log collectors.")
 @reported
 def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
+        unlabeled, follow_links, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -173,7 +175,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     opts = RunOptions(
         input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
-        workers=workers, labeled=False if unlabeled else None,
+        workers=workers, labeled=False if unlabeled else None, follow_links=follow_links,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,

@@ -75,8 +75,12 @@ _KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a cha
          stat.S_IFBLK: "a block device"}
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, os.stat_result]]:
+def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
+          ) -> list[tuple[str, Path, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
+
+    A symlinked folder that leads outside ``root`` is skipped (a link to / would crawl the
+    system) unless ``follow_links``.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -105,6 +109,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
             return None
         return (d, rel, iter(names), ancestors | {key})
 
+    real_root = os.path.realpath(root)
     try:
         root_st = root.stat()
     except OSError as e:
@@ -141,7 +146,11 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
             if not _valid_utf8(name):
                 skipped.append((_shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
             elif p.is_symlink():
-                deferred.append((p, r, st, ancestors))
+                if follow_links or _inside(os.path.realpath(p), real_root):
+                    deferred.append((p, r, st, ancestors))
+                else:
+                    skipped.append((_shown(r), "symlink to a folder outside the input folder; not followed "
+                                               "(pass --follow-links to follow it)"))
             elif frame := enter(p, r, st, ancestors):
                 stack.append(frame)
         elif is_image_name:
@@ -164,7 +173,11 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
     return found
 
 
-def scan(root: Path, labeled: bool | None = None) -> Scan:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan(root: Path, labeled: bool | None = None, follow_links: bool = False) -> Scan:
     """List the images under ``root``; ``labeled=None`` decides from the layout."""
     root = Path(root)
     if not root.exists():
@@ -172,7 +185,7 @@ def scan(root: Path, labeled: bool | None = None) -> Scan:
     if not root.is_dir():
         raise InputError(f"input {root} is not a folder")
     skipped: list[tuple[str, str]] = []
-    files = _walk(root, skipped)
+    files = _walk(root, skipped, follow_links)
     if not files and not skipped:
         raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     top_level = [f for f in files if "/" not in f[0]]

@@ -79,6 +79,7 @@ class RunOptions:
     device: str = "auto"
     workers: int = 0
     labeled: bool | None = None  # None: decide from the folder layout
+    follow_links: bool = False  # follow symlinked folders that lead outside input_dir
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None
@@ -339,7 +340,7 @@ def prepare(opts: RunOptions):
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
     device = resolve_device(opts.device)
-    found = scan(opts.input_dir, opts.labeled)
+    found = scan(opts.input_dir, opts.labeled, opts.follow_links)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
     model = load_model(_checkpoint_path(opts), opts.arch, opts.image_size, len(found.classes or []) or None)
