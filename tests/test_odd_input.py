@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from conftest import write_images
 from oddnames import make_unreadable
@@ -48,3 +49,53 @@ def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, 
                                  "0", "-q", "--follow-links"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (out / "images" / "out_link").iterdir()) == ["img_000.png", "img_001.png"]
+
+
+def _check_stems(stems: dict[str, str]) -> None:
+    """Every file a stem becomes can be written: unique, short enough, no file where a folder must be."""
+    from xaibatch.pipeline import STEM_SUFFIXES
+
+    assert len(set(stems.values())) == len(stems)
+    files = {s + x for s in stems.values() for x in STEM_SUFFIXES}
+    for s in stems.values():
+        assert len(s.rsplit("/", 1)[-1].encode()) + len(".html") <= 255, s
+        parts = s.split("/")
+        assert not any("/".join(parts[:i]) in files for i in range(1, len(parts))), s
+
+
+def test_stems_never_clash_with_detail_pages_or_exceed_name_limits():
+    from xaibatch.manifest import ImageRow
+    from xaibatch.pipeline import assign_stems, map_stems
+
+    long = "x" * 247
+    rels = ["a.jpg", "a.html/b.png", f"{long}.png", f"{long}.jpg", f"d/{long}.png", "c.png.html/q.png", "c.png"]
+    stems = map_stems(rels)
+    _check_stems(stems)
+    assert stems["a.html/b.png"] == "a.html/b" and stems["a.jpg"] == "a.jpg"
+
+    def row(stem):
+        return ImageRow("x", stem, 1, 1, "", 1, 1, None, 0, 0, 1.0, [1.0], "", 1)
+
+    # Known stems stay; newcomers whose folder is a known stem's detail page go aside.
+    known = {"a.jpg": row("a"), f"{long}.png": row(long)}
+    stems = assign_stems(rels, known)
+    assert stems["a.jpg"] == "a" and stems[f"{long}.png"] == long
+    _check_stems(stems)
+
+
+def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_path, tiny_ckpt):
+    root = tmp_path / "in"
+    long = "x" * 247
+    for rel in ["a.jpg", "a.html/b.png", f"{long}.png", f"{long}.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(root / rel)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
+                                 "0", "-q"])
+    assert r.exit_code == 0, r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    stems = dict(db.execute("SELECT rel, stem FROM images"))
+    assert len(stems) == 4
+    for stem in stems.values():
+        assert (out / "detail" / f"{stem}.html").is_file()
+        assert (out / "images" / f"{stem}.png").is_file()
