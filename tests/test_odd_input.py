@@ -99,3 +99,45 @@ def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_p
     for stem in stems.values():
         assert (out / "detail" / f"{stem}.html").is_file()
         assert (out / "images" / f"{stem}.png").is_file()
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["xaibatch-checkpoint", "plain-state-dict"])
+def test_an_emptied_class_folder_is_a_class_without_images_and_its_images_leave(tmp_path, tiny_ckpt, plain):
+    import timm
+    import torch
+
+    ckpt = tiny_ckpt
+    extra = []
+    if plain:  # no class names in the checkpoint: the folder names are the classes, the empty one included
+        torch.manual_seed(0)
+        ckpt = tmp_path / "plain.pt"
+        torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), ckpt)
+        extra = ["--arch", "test_resnet", "--image-size", "32"]
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    out = tmp_path / "out"
+    args = ["run", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--workers", "0", *extra]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    for p in (root / "FAKE").iterdir():
+        p.unlink()
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "class folder 'FAKE' holds no images" in r.output
+    assert "2 removed" in r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert dict(db.execute("SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
+    assert not list((out / "images" / "FAKE").glob("*.png"))
+    csv_rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[:2] for row in csv_rows] == [["REAL/img_000.png", "REAL"], ["REAL/img_001.png", "REAL"]]
+
+
+def test_an_empty_folder_that_is_no_class_of_the_model_is_ignored_with_a_warning(tmp_path, tiny_ckpt):
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 1)
+    write_images(root / "REAL", 1, seed=1)
+    (root / "notes").mkdir()
+    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"),
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "class folder 'notes' holds no images; ignored" in r.output

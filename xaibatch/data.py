@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,7 @@ class Scan:
     classes: list[str] | None  # None for an unlabeled folder
     images: list[ImageEntry]
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
+    empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
 
 
 def _shown(name: str) -> str:
@@ -199,12 +200,31 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False) ->
                 "folder; move them into class folders or pass --unlabeled"
             )
         classes = sorted({f[0].split("/", 1)[0] for f in files})
+        empty = _empty_folders(root, set(classes) | {rel.split("/", 1)[0] for rel, _ in skipped})
     index = {c: i for i, c in enumerate(classes or [])}
     images = [
         ImageEntry(rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns)
         for rel, path, st in files
     ]
-    return Scan(root, classes, images, skipped)
+    return Scan(root, classes, images, skipped, empty if labeled else [])
+
+
+def _empty_folders(root: Path, taken: set[str]) -> list[str]:
+    """Top-level folders of ``root`` that hold no image (class folders emptied out); hidden ones are not classes."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name in taken or name.startswith(".") or not _valid_utf8(name):
+            continue
+        try:
+            if (root / name).is_dir() and not (root / name / MANIFEST_FILENAME).exists():
+                out.append(name)
+        except OSError:
+            continue
+    return sorted(out)
 
 
 def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -30,6 +30,7 @@ Safe to run from a scheduler:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -182,24 +183,42 @@ def map_stems(rels: list[str]) -> dict[str, str]:
 
 
 def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
-    """The model's class names, checked against the folder's classes when both exist."""
+    """The model's class names, checked against the folder's classes when both exist.
+
+    A folder class the model knows under another index (or a model class whose folder is empty)
+    is fine: ``found``'s labels are renumbered to the model's order.
+    """
     k = model.num_classes
     if model.class_names is not None:
         names = model.class_names
         if found.classes is not None and found.classes != names:
-            raise InputError(
-                f"folder classes {found.classes} do not match the model's classes {names}; "
-                "rename the folders or pass --unlabeled"
-            )
+            unknown = [c for c in found.classes if c not in names]
+            if unknown:
+                raise InputError(
+                    f"folder classes {found.classes} do not match the model's classes {names}; "
+                    "rename the folders or pass --unlabeled"
+                )
+            _relabel(found, names)
         return names
     if found.classes is not None:
+        if len(found.classes) != k and len(found.classes) + len(found.empty_classes) == k:
+            _relabel(found, sorted(found.classes + found.empty_classes))  # empty class folders stay classes
         if len(found.classes) != k:
+            empty = f" (and empty folder(s) {found.empty_classes})" if found.empty_classes else ""
             raise InputError(
-                f"the folder has {len(found.classes)} classes {found.classes} but the model has {k} outputs; "
-                "check --checkpoint or pass --unlabeled"
+                f"the folder has {len(found.classes)} classes {found.classes}{empty} but the model has {k} "
+                "outputs; check --checkpoint or pass --unlabeled"
             )
         return found.classes
     return [f"class_{i}" for i in range(k)]
+
+
+def _relabel(found: Scan, names: list[str]) -> None:
+    """Number ``found``'s labels by ``names`` (a superset of its classes)."""
+    index = {c: names.index(c) for c in found.classes or []}
+    found.images = [dataclasses.replace(e, label=index[found.classes[e.label]]) if e.label is not None else e
+                    for e in found.images]
+    found.classes = list(names)
 
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
@@ -491,6 +510,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                 waited: float) -> RunResult:
     device, found, model, names, layer, ctx, methods = prepared
     emit = opts.on_event or (lambda event: None)
+    for name in found.empty_classes:
+        what = "kept as a class with no images" if name in names else "ignored"
+        log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
     timings = {"prepare": time.time() - t0 - waited}
     if waited:
         timings["wait"] = waited
