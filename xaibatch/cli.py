@@ -14,11 +14,15 @@ from pathlib import Path
 # (docs/benchmarks.md). A value already in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
-import click  # noqa: E402
+try:  # loading torch takes seconds: a Ctrl-C meanwhile is exit 5 with one line, not a traceback
+    import click  # noqa: E402
 
-from . import __version__  # noqa: E402
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
-from .methods import METHODS  # noqa: E402
+    from . import __version__  # noqa: E402
+    from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
+    from .methods import METHODS  # noqa: E402
+except KeyboardInterrupt:
+    sys.stderr.write("Error: interrupted while starting\n")
+    raise SystemExit(5) from None
 
 EXIT_CODES_HELP = (
     "\b\nExit codes:\n"
@@ -331,4 +335,8 @@ def demo_data(out_dir, train_per_class, test_per_class, seed):
 
 
 def main() -> None:
-    cli(prog_name="xaibatch")
+    try:
+        cli(prog_name="xaibatch")
+    except KeyboardInterrupt:  # outside a command (click's own parsing): still one line and exit 5
+        click.echo("Error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
