@@ -34,3 +34,63 @@ def test_ctrl_c_while_importing_is_exit_5_with_one_line(entry):
                        env=env, timeout=120)
     assert p.returncode == 5, (p.returncode, p.stderr)
     assert p.stderr.strip() == "Error: interrupted while starting"
+
+
+def _db_rows(out: Path, sql: str) -> list:
+    import sqlite3
+
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def _files_under(out: Path, *tops: str) -> list[str]:
+    return sorted(str(p.relative_to(out)) for t in tops for p in (out / t).rglob("*") if p.is_file())
+
+
+def test_nan_weights_are_refused_before_anything_is_written(tmp_path, tiny_ckpt):
+    import torch
+    from click.testing import CliRunner
+
+    from conftest import write_images
+    from xaibatch.cli import cli
+
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    sd = ck["state_dict"] if "state_dict" in ck else ck
+    key = next(k for k, v in sd.items() if torch.is_floating_point(v) and v.dim() > 1)
+    sd[key] = torch.full_like(sd[key], float("nan"))
+    bad = tmp_path / "nan.pt"
+    torch.save(ck, bad)
+    write_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out),
+                                 "--workers", "0"])
+    assert r.exit_code == 2, r.output
+    assert "nan.pt" in r.output and "NaN" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_a_model_that_overflows_to_nan_stops_with_one_line_and_nothing_half_written(tmp_path, tiny_ckpt):
+    import torch
+    from click.testing import CliRunner
+
+    from conftest import write_images
+    from xaibatch.cli import cli
+
+    ck = torch.load(tiny_ckpt, weights_only=True)
+    sd = ck["state_dict"] if "state_dict" in ck else ck
+    key = [k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2][-1]  # the classifier
+    sd[key] = torch.full_like(sd[key], 3e38)  # finite weights, infinite logits
+    bad = tmp_path / "overflow.pt"
+    torch.save(ck, bad)
+    write_images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out),
+                                 "--workers", "0"])
+    assert r.exit_code == 2, r.output
+    assert "overflow.pt" in r.output and "NaN or infinite" in r.output
+    assert _db_rows(out, "SELECT count(*) FROM images") == [(0,)]
+    assert _db_rows(out, "SELECT status FROM runs") == [("error",)]
+    assert _files_under(out, "images", "thumbs", "maps") == []

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
-from .errors import InputError, Interrupted, UsageError
+from .errors import InputError, Interrupted, ModelError, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
@@ -888,6 +888,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
                     seeds = [image_seed(e.rel) for e in batch_entries]
                     probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    _check_probs(probs, batch_entries, model)
                     probs_np = probs.cpu().numpy()
                     maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
                     job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
@@ -906,6 +907,15 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
             progress.close()
     if writer.error is not None:
         raise writer.error
+
+
+def _check_probs(probs: torch.Tensor, entries: list[ImageEntry], model: LoadedModel) -> None:
+    """Refuse NaN or infinite outputs (an overflowing model) instead of committing them."""
+    finite = torch.isfinite(probs).all(dim=1)
+    if not bool(finite.all()):
+        rel = entries[int((~finite).nonzero()[0, 0])].rel
+        raise ModelError(f"the model ({model.checkpoint}) gives NaN or infinite probabilities (first for {rel}); "
+                         "check the checkpoint")
 
 
 def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
