@@ -94,3 +94,20 @@ def test_a_model_that_overflows_to_nan_stops_with_one_line_and_nothing_half_writ
     assert _db_rows(out, "SELECT count(*) FROM images") == [(0,)]
     assert _db_rows(out, "SELECT status FROM runs") == [("error",)]
     assert _files_under(out, "images", "thumbs", "maps") == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", ["C.UTF-8", "C"])
+def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang):
+    from conftest import write_images
+
+    inp = Path(os.fsdecode(os.fsencode(tmp_path) + b"/in\xff"))
+    write_images(inp, 2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": lang, "LANG": lang}
+    env.pop("PYTHONIOENCODING", None)
+    p = subprocess.run([sys.executable, "-m", "xaibatch", "run", os.fsencode(inp), "--checkpoint", str(tiny_ckpt),
+                        "--workers", "0"], capture_output=True, env=env, cwd=tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/in\xff"))
+    assert (out / "index.html").is_file()
+    assert _db_rows(out, "SELECT count(*) FROM images") == [(2,)]

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
-from .data import ImageDataset, ImageEntry, Scan, collate, scan
+from .data import ImageDataset, ImageEntry, Scan, _shown, collate, scan
 from .errors import InputError, Interrupted, ModelError, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
@@ -558,7 +558,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         known = manifest.images()
         known_maps = manifest.maps()
         known_failures = {rel for rel, _ in manifest.failures()}
-        run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
+        run_id = manifest.start_run(_shown(str(opts.input_dir)), config, predict_hash)  # a non-UTF-8 name as text
         plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
