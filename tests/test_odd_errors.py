@@ -111,3 +111,61 @@ def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang)
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/in\xff"))
     assert (out / "index.html").is_file()
     assert _db_rows(out, "SELECT count(*) FROM images") == [(2,)]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_a_template_with_a_syntax_error_fails_before_any_compute(tmp_path, tiny_ckpt):
+    from conftest import write_images
+
+    write_images(tmp_path / "in", 2)
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "detail.html").write_text("{% extends 'base.html' %}\n{% block body %}{{ r.rel }\n{% endblock %}\n")
+    out = tmp_path / "out"
+    r = _cli("run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--template-dir", tpl)
+    assert r.exit_code == 2, r.output
+    assert "detail.html, line 2" in r.output and "internal error" not in r.output
+    assert not (out / "maps").exists() and not (out / "images").exists()
+
+
+def test_a_template_failing_at_render_time_is_one_line_and_the_run_row_says_error(tmp_path, tiny_ckpt):
+    from conftest import write_images
+
+    write_images(tmp_path / "in", 2)
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "history.html").write_text("{{ no_such_name.field }}\n")
+    out = tmp_path / "out"
+    r = _cli("run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--template-dir", tpl)
+    assert r.exit_code == 3, r.output
+    assert "cannot render the report" in r.output and "internal error" not in r.output
+    assert _db_rows(out, "SELECT status FROM runs") == [("error",)]
+
+
+def test_a_damaged_manifest_page_is_named_not_an_internal_error(tmp_path, tiny_ckpt):
+    import sqlite3
+
+    from conftest import write_images
+
+    write_images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    args = ("run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    assert _cli(*args).exit_code == 0
+    path = out / "xaibatch.sqlite"
+    db = sqlite3.connect(path)
+    page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'images'").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * size: page * size] = b"\x5a" * size  # the images table's root page
+    path.write_bytes(bytes(data))
+    r = _cli(*args)
+    assert r.exit_code == 3, r.output
+    assert "is damaged (database disk image is malformed)" in r.output and "internal error" not in r.output

@@ -38,6 +38,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -59,7 +60,7 @@ from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
-from .manifest import ImageRow, Manifest, MapRow
+from .manifest import ImageRow, Manifest, ManifestError, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
 from .model import LoadedModel, load_model, resolve_device
 from .overlay import overlay, png_bytes, thumbnail
@@ -390,6 +391,10 @@ def prepare(opts: RunOptions):
         raise UsageError("--batch-size must be at least 1")
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
+    if opts.template_dir is not None:
+        from .report import check_templates
+
+        check_templates(opts.template_dir)  # before any compute: the report is written last
     device = resolve_device(opts.device)
     found = scan(opts.input_dir, opts.labeled, opts.follow_links)
     if opts.target == "label" and found.classes is None:
@@ -495,6 +500,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     prepared = prepare(opts)
             return _run_locked(opts, out, lock, prepared, stop, log, t0, waited[0])
+        except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
+            raise ManifestError(f"the manifest {out / MANIFEST_NAME} is damaged ({e}); move it (and the folder's "
+                                "other files) away to start a fresh report there") from None
         finally:
             lock.release()
 
@@ -609,8 +617,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     from .report import write_report
 
     t_report = time.time()
-    accuracy = _write_csv(out, names)  # before the report, which links to it
-    report = write_report(out, template_dir=opts.template_dir)
+    try:
+        accuracy = _write_csv(out, names)  # before the report, which links to it
+        report = write_report(out, template_dir=opts.template_dir)
+    except BaseException:
+        _mark_run(out, run_id, "error", time.time() - t0, counts)  # the run row agrees with the exit code
+        raise
     timings["report"] = time.time() - t_report
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], failed, time.time() - t0, report,
@@ -621,6 +633,20 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
+
+
+def _mark_run(out: Path, run_id: int | None, status: str, seconds: float, counts: dict[str, int]) -> None:
+    """Set a finished run's status after the fact (its report failed); never hides the original error."""
+    if run_id is None:
+        return
+    try:
+        manifest = Manifest(out / MANIFEST_NAME)
+        try:
+            manifest.finish_run(run_id, status, seconds, counts)
+        finally:
+            manifest.close()
+    except Exception:
+        pass
 
 
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")

@@ -47,7 +47,7 @@ import jinja2
 
 from . import __version__
 from .data import display_size
-from .errors import UsageError
+from .errors import UsageError, XaibatchError
 from .files import atomic_write_bytes, safe_join
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
@@ -852,4 +852,20 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
 
 def write_report(out_dir: Path, template_dir: Path | None = None) -> Path:
     """Write (or bring up to date) the static report in ``out_dir``; returns the path of index.html."""
-    return render(out_dir, template_dir).index
+    try:
+        return render(out_dir, template_dir).index
+    except jinja2.TemplateError as e:  # e.g. a --template-dir template using a name the data lacks
+        raise XaibatchError(f"cannot render the report: {type(e).__name__}: {e}") from None
+
+
+def check_templates(template_dir: Path | None) -> None:
+    """Compile every template now, so a broken --template-dir fails before any compute, as one line."""
+    env = environment(template_dir)
+    for name in TEMPLATE_NAMES:
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as e:
+            where = f"{e.filename or name}, line {e.lineno}"
+            raise UsageError(f"--template-dir: template error in {where}: {e.message}") from None
+        except jinja2.TemplateError as e:
+            raise UsageError(f"--template-dir: template {name}: {type(e).__name__}: {e}") from None
