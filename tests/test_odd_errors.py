@@ -169,3 +169,26 @@ def test_a_damaged_manifest_page_is_named_not_an_internal_error(tmp_path, tiny_c
     r = _cli(*args)
     assert r.exit_code == 3, r.output
     assert "is damaged (database disk image is malformed)" in r.output and "internal error" not in r.output
+
+
+def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from conftest import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "f.pt", classes=["=cmd|' -C calc'!A0", "@SUM(1)"])
+    root = tmp_path / "in"
+    for rel in ["=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png", "@SUM(1)/+1.png", "@SUM(1)/-2.png",
+                "@SUM(1)/plain.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (5, 6, 7)).save(root / rel)
+    out = tmp_path / "out"
+    r = _cli("run", root, "--checkpoint", ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader((out / "predictions.csv").open()))
+    cells = [c for row in rows for c in row[:3] + row[5:]]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    assert "'=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png" in [row[0] for row in rows]
+    assert "@SUM(1)/plain.png" not in [row[0] for row in rows] and "'@SUM(1)/plain.png" in [row[0] for row in rows]

@@ -988,12 +988,21 @@ def _write_csv(out: Path, names: list[str]) -> float | None:
         manifest.close()
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names]])
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[_cell(f"p_{n}") for n in names]])
     for rel in sorted(rows):
         r = rows[rel]
         label = names[r.label] if r.label is not None and r.label < len(names) else ""
         correct = "" if r.label is None else int(r.label == r.pred)
-        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs]])
+        w.writerow([_cell(rel), _cell(label), _cell(names[r.pred]), f"{r.confidence:.6f}", correct,
+                    *[f"{v:.6f}" for v in r.probs]])
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """Quote a text cell a spreadsheet would run as a formula (``=HYPERLINK(...)`` as a file name)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
