@@ -192,3 +192,20 @@ def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
     assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
     assert "'=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png" in [row[0] for row in rows]
     assert "@SUM(1)/plain.png" not in [row[0] for row in rows] and "'@SUM(1)/plain.png" in [row[0] for row in rows]
+
+
+def test_max_map_side_caps_the_saved_npy(tmp_path, tiny_ckpt):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("RGB", (1500, 600), (90, 20, 200)).save(root / "wide.png")
+    Image.new("RGB", (40, 30), (90, 20, 200)).save(root / "small.png")
+    for extra, wide, small in (([], (410, 1024), (30, 40)), (["--max-map-side", "300"], (120, 300), (30, 40)),
+                               (["--max-map-side", "0"], (600, 1500), (30, 40))):
+        out = tmp_path / f"out{len(extra)}{extra[-1] if extra else ''}"
+        r = _cli("run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, *extra)
+        assert r.exit_code == 0, r.output
+        assert np.load(out / "maps/gradcam/wide.npy").shape == wide
+        assert np.load(out / "maps/gradcam/small.npy").shape == small

@@ -136,6 +136,9 @@ class _RunCommand(click.Command):
               help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).")
 @click.option("--lime-hide", type=click.Choice(["mean", "zero", "blur"]), default="mean", show_default=True,
               help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).")
+@click.option("--max-map-side", type=click.IntRange(0), default=1024, show_default=True,
+              help="Save each .npy map at most this many pixels a side (aspect kept; e.g. --max-map-side 0 for "
+                   "the image's own size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
 @click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).")
@@ -150,7 +153,8 @@ class _RunCommand(click.Command):
                    "instead of the summary line; for schedulers and log collectors.")
 @reported
 def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, follow_links, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
+        unlabeled, follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet,
+        wait, wait_timeout, log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -179,7 +183,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     opts = RunOptions(
         input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
-        workers=workers, labeled=False if unlabeled else None, follow_links=follow_links,
+        workers=workers, labeled=False if unlabeled else None, follow_links=follow_links, max_map_side=max_map_side,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog,

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
-from .data import ImageDataset, ImageEntry, Scan, _shown, collate, scan
+from .data import ImageDataset, ImageEntry, Scan, _shown, collate, display_size, scan
 from .errors import InputError, Interrupted, ModelError, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
@@ -65,6 +65,9 @@ from .methods import METHODS, Batch, Method, ModelContext, create_method
 from .model import LoadedModel, load_model, resolve_device
 from .overlay import overlay, png_bytes, thumbnail
 from .resources import default_checkpoint
+
+
+DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
 
 
 @dataclass
@@ -82,6 +85,7 @@ class RunOptions:
     workers: int = 0
     labeled: bool | None = None  # None: decide from the folder layout
     follow_links: bool = False  # follow symlinked folders that lead outside input_dir
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE  # saved .npy maps at most this long a side; 0: the image's own size
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None
@@ -238,12 +242,14 @@ def writer_threads(device: torch.device, workers: int) -> int:
 class _Writer(threading.Thread):
     """Writes maps and commits manifest rows, one batch per transaction, off the compute thread."""
 
-    def __init__(self, out_dir: Path, on_done: Callable[[int], None], threads: int = 1) -> None:
+    def __init__(self, out_dir: Path, on_done: Callable[[int], None], threads: int = 1,
+                 max_map_side: int = 0) -> None:
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = out_dir
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.on_done = on_done
+        self.max_map_side = max_map_side
         self.threads = threads  # > 1: a batch's images are encoded and written in parallel (PIL, zlib, I/O drop the GIL)
 
     def run(self) -> None:
@@ -294,7 +300,7 @@ class _Writer(threading.Thread):
         h, w = item["orig_size"]
         rows = []
         for name, (m, signed, info) in item["maps"].items():
-            full = _resize(m, (h, w), signed)
+            full = _resize(m, _map_size(h, w, self.max_map_side), signed)
             npy = f"maps/{name}/{stem}.npy"
             png = f"maps/{name}/{stem}.png"
             thumb = f"thumbs/{name}/{stem}.png"
@@ -309,6 +315,14 @@ class _Writer(threading.Thread):
         atomic_write_bytes(safe_join(self.out_dir, rel), data)
         small = thumbnail(pic)
         atomic_write_bytes(safe_join(self.out_dir, thumb_rel), data if small is pic else png_bytes(small))
+
+
+def _map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of a saved map: the image's size, scaled down so its longer side is at most ``max_side`` (0: no limit)."""
+    if max_side <= 0 or max(h, w) <= max_side:
+        return h, w
+    dw, dh = display_size(w, h, max_side)
+    return dh, dw
 
 
 def _pil(a: np.ndarray):
@@ -533,7 +547,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     predict_hash = _hash(predict_cfg)
     method_hashes = {
         m.name: _hash({"predict": predict_hash, "method": m.name, "config": m.config(),
-                       "layer": layer.name if (layer and m.needs_activations) else None})
+                       "layer": layer.name if (layer and m.needs_activations) else None,
+                       # only a non-default value joins the hash: existing folders stay valid
+                       **({"max_map_side": opts.max_map_side} if opts.max_map_side != DEFAULT_MAX_MAP_SIDE else {})})
         for m in methods
     }
     config = {
@@ -881,7 +897,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
 
         progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                     threads=writer_threads(ctx.device, opts.workers))
+                     threads=writer_threads(ctx.device, opts.workers), max_map_side=opts.max_map_side)
     writer.start()
     try:
         for todo, entries in groups.items():
