@@ -61,7 +61,7 @@ from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, ManifestError, MapRow
-from .methods import METHODS, Batch, Method, ModelContext, create_method
+from .methods import METHODS, Batch, Method, ModelContext, StopRequested, create_method
 from .model import LoadedModel, load_model, resolve_device
 from .overlay import overlay, png_bytes, thumbnail
 from .resources import default_checkpoint
@@ -347,7 +347,11 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str) -> None:
+    def __init__(self, model: LoadedModel, methods: list[Method], ctx: ModelContext, target: str,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.should_stop = should_stop
+        self.on_progress = on_progress
         self.model = model
         self.methods = methods
         self.ctx = ctx
@@ -375,6 +379,7 @@ class Explainer:
         batch = Batch(
             x=x.detach(), targets=targets, logits=logits, activations=activations,
             segments=None if segments is None else segments.to(dev), seeds=seeds,
+            should_stop=self.should_stop, on_progress=self.on_progress,
         )
         out = {}
         for m in self.methods:
@@ -611,7 +616,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         t_compute = time.time()
         if not stop.requested:
             _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model,
-                     predict_hash, run_id, failed, tally, stop, emit)
+                     predict_hash, run_id, failed, tally, stop, emit, log)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(failed), computed=tally["computed"])
         stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
@@ -881,7 +886,7 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
-             run_id, failed, tally, stop: _Stop, emit) -> None:
+             run_id, failed, tally, stop: _Stop, emit, log: Callable[[str], None] = lambda s: None) -> None:
     work = plan["work"]
     if not work:
         return
@@ -896,13 +901,24 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
         from tqdm import tqdm
 
         progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
+    for m in methods:  # slow methods say up front what they cost
+        n = sum(1 for _e, todo, _fresh in work.values() if m.name in todo)
+        if n and (line := m.estimate(n)):
+            emit({"event": "estimate", "method": m.name, "images": n, "text": line})
+            log(f"xaibatch: {line}")
+
+    def on_progress(done: int, total: int) -> None:  # within one batch (LIME: per model sub-batch)
+        if progress is not None:
+            progress.set_postfix_str(f"batch {100 * done // max(1, total)}%", refresh=True)
+
     writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)),
                      threads=writer_threads(ctx.device, opts.workers), max_map_side=opts.max_map_side)
     writer.start()
     try:
         for todo, entries in groups.items():
             group_methods = [m for m in methods if m.name in todo]
-            explainer = Explainer(model, group_methods, ctx, opts.target)
+            explainer = Explainer(model, group_methods, ctx, opts.target, should_stop=lambda: stop.requested,
+                                  on_progress=on_progress)
             segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
             ds = _HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
                                  [work[e.rel][2] for e in entries])
@@ -917,7 +933,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     raise writer.error
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 failed.extend(job_failed)
-                tally["done"] += len(job_failed) + len(b["index"])
+                tally["done"] += len(job_failed)
                 for rel, reason in job_failed:
                     emit({"event": "failure", "path": rel, "reason": reason})
                 # Images that were fine before and fail now leave the report with their files.
@@ -929,7 +945,13 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     batch_entries = [entries[i] for i in b["index"]]
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
                     seeds = [image_seed(e.rel) for e in batch_entries]
-                    probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    try:
+                        probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    except StopRequested:  # abandoned mid-batch: none of its images is committed
+                        writer.q.put({"items": [], "image_rows": [], "failed": job_failed, "run_id": run_id,
+                                      "discard": gone})
+                        break
+                    tally["done"] += len(batch_entries)
                     _check_probs(probs, batch_entries, model)
                     probs_np = probs.cpu().numpy()
                     maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
