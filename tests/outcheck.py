@@ -71,13 +71,13 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))[1:]
         csv_rels = Counter(_unquote_cell(r[0]) for r in rows)
-        assert csv_rels == Counter(stems), (f"predictions.csv and the manifest differ: "
+        assert csv_rels == Counter(stems.keys()), (f"predictions.csv and the manifest differ: "
                                             f"{sorted(set(csv_rels) ^ set(stems))[:5]} {csv_rels.most_common(1)}")
         parser = _Cards()
         for page in sorted((out / "gallery").glob("page-*.html")):
             parser.feed(page.read_text(encoding="utf-8"))
         cards = Counter(parser.names)
-        assert cards == Counter(stems), f"gallery and manifest differ: {sorted(set(cards) ^ set(stems))[:5]}"
+        assert cards == Counter(stems.keys()), f"gallery and manifest differ: {sorted(set(cards) ^ set(stems))[:5]}"
         details = {Path(os.path.relpath(os.path.join(d, n), out / "detail")).as_posix()[: -len(".html")]
                    for d, _s, files in os.walk(out / "detail") for n in files if n.endswith(".html")}
         assert details == set(stems.values()), f"detail pages differ: {sorted(details ^ set(stems.values()))[:5]}"
