@@ -200,12 +200,16 @@ def test_max_map_side_caps_the_saved_npy(tmp_path, tiny_ckpt):
 
     root = tmp_path / "in"
     root.mkdir()
-    Image.new("RGB", (1500, 600), (90, 20, 200)).save(root / "wide.png")
-    Image.new("RGB", (40, 30), (90, 20, 200)).save(root / "small.png")
-    for extra, wide, small in (([], (410, 1024), (30, 40)), (["--max-map-side", "300"], (120, 300), (30, 40)),
-                               (["--max-map-side", "0"], (600, 1500), (30, 40))):
-        out = tmp_path / f"out{len(extra)}{extra[-1] if extra else ''}"
+    Image.new("RGB", (3000, 1200), (90, 20, 200)).save(root / "wide.png")  # 3.6 megapixels
+    Image.new("RGB", (4000, 10), (90, 20, 200)).save(root / "strip.png")  # long but small: kept
+    for extra, limit in (([], 1024), (["--max-map-side", "300"], 300), (["--max-map-side", "0"], None)):
+        out = tmp_path / f"out{limit}"
         r = _cli("run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, *extra)
         assert r.exit_code == 0, r.output
-        assert np.load(out / "maps/gradcam/wide.npy").shape == wide
-        assert np.load(out / "maps/gradcam/small.npy").shape == small
+        h, w = np.load(out / "maps/gradcam/wide.npy").shape
+        if limit is None:
+            assert (h, w) == (1200, 3000)
+        else:
+            assert h * w <= limit * limit * 1.01 and h * w >= limit * limit * 0.98, (h, w)
+            assert abs(w / h - 2.5) < 0.02
+        assert np.load(out / "maps/gradcam/strip.npy").shape == (10, 4000)

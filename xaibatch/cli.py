@@ -137,8 +137,8 @@ class _RunCommand(click.Command):
 @click.option("--lime-hide", type=click.Choice(["mean", "zero", "blur"]), default="mean", show_default=True,
               help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).")
 @click.option("--max-map-side", type=click.IntRange(0), default=1024, show_default=True,
-              help="Save each .npy map at most this many pixels a side (aspect kept; e.g. --max-map-side 0 for "
-                   "the image's own size).")
+              help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
+                   "e.g. --max-map-side 0 for the image's own size).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
 @click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).")

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import queue
 import re
@@ -54,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from . import MAP_FORMAT_VERSION, __version__
-from .data import ImageDataset, ImageEntry, Scan, _shown, collate, display_size, scan
+from .data import ImageDataset, ImageEntry, Scan, _shown, collate, scan
 from .errors import InputError, Interrupted, ModelError, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
@@ -85,7 +86,7 @@ class RunOptions:
     workers: int = 0
     labeled: bool | None = None  # None: decide from the folder layout
     follow_links: bool = False  # follow symlinked folders that lead outside input_dir
-    max_map_side: int = DEFAULT_MAX_MAP_SIDE  # saved .npy maps at most this long a side; 0: the image's own size
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE  # saved .npy maps at most about N x N pixels; 0: the image's own size
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None
@@ -318,11 +319,12 @@ class _Writer(threading.Thread):
 
 
 def _map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
-    """(h, w) of a saved map: the image's size, scaled down so its longer side is at most ``max_side`` (0: no limit)."""
-    if max_side <= 0 or max(h, w) <= max_side:
+    """(h, w) of a saved map: the image's size, or, when that is over ``max_side`` x ``max_side`` pixels, scaled
+    down (aspect kept) to about that many pixels; 0: no limit. By area, so a 4000x10 strip keeps its size."""
+    if max_side <= 0 or h * w <= max_side * max_side:
         return h, w
-    dw, dh = display_size(w, h, max_side)
-    return dh, dw
+    scale = max_side / math.sqrt(h * w)
+    return max(1, min(h, round(h * scale))), max(1, min(w, round(w * scale)))
 
 
 def _pil(a: np.ndarray):
