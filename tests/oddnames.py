@@ -1,14 +1,10 @@
-"""Helpers for hostile-folder tests: an unreadable folder even as root, and an output folder consistency check."""
+"""Helpers for hostile-folder tests: an unreadable folder, even when the tests run as root."""
 
 from __future__ import annotations
 
-import csv
 import errno
 import os
-import re
-import sqlite3
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 
 def make_unreadable(folder: Path, monkeypatch) -> None:

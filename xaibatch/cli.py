@@ -15,11 +15,11 @@ from pathlib import Path
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 try:  # loading torch takes seconds: a Ctrl-C meanwhile is exit 5 with one line, not a traceback
-    import click  # noqa: E402
+    import click
 
-    from . import __version__  # noqa: E402
-    from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError  # noqa: E402
-    from .methods import METHODS  # noqa: E402
+    from . import __version__
+    from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, XaibatchError
+    from .methods import METHODS
 except KeyboardInterrupt:
     sys.stderr.write("Error: interrupted while starting\n")
     raise SystemExit(5) from None
