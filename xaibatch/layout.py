@@ -76,48 +76,105 @@ def stem_files(stem: str, methods: list[str]) -> list[str]:
                                                                f"thumbs/{m}/{stem}.png"))]
 
 
+# Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png and the
+# report's detail/<stem>.html. The stem's last part must leave room for the longest suffix in 255 bytes.
+STEM_SUFFIXES = (".png", ".npy", ".html")
+MAX_STEM_NAME_BYTES = 255 - max(len(x) for x in STEM_SUFFIXES)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _hashed_stem(rel: str) -> str:
+    """``a/b.png`` -> ``a/b.png~<hash>``, the name cut (at a character) so that it fits MAX_STEM_NAME_BYTES."""
+    folder, _, name = rel.rpartition("/")
+    tag = f"~{_short_hash(rel)}"
+    name = name.encode()[: MAX_STEM_NAME_BYTES - len(tag)].decode("utf-8", "ignore")
+    return f"{folder}/{name}{tag}" if folder else f"{name}{tag}"
+
+
+def _fits(stem: str) -> bool:
+    return len(stem.rsplit("/", 1)[-1].encode()) <= MAX_STEM_NAME_BYTES
+
+
+def _folders(stems) -> set[str]:
+    return {"/".join(parts[:i]) for s in stems for parts in [s.split("/")] for i in range(1, len(parts))}
+
+
 def map_stems(rels: list[str]) -> dict[str, str]:
     """``a/b.png`` -> ``a/b``; when two images share a stem (``b.png``, ``b.jpg``) both keep their extension.
 
-    Stems are unique, and no ``<stem>.png``/``<stem>.npy`` is also a folder another image's files go in
-    (``photo.jpg`` next to a folder ``photo.png/``): until that holds, the clashing ones keep their
-    extension, and as a last resort get a short hash of their path.
+    Stems are unique, short enough for every file they become (STEM_SUFFIXES), and no
+    ``<stem><suffix>`` is also a folder another image's files go in (``photo.jpg`` next to a
+    folder ``photo.png/``, or ``a.jpg`` next to ``a.html/``, whose detail pages need a folder
+    ``detail/a.html/``): until that holds, the clashing ones keep their extension, and as a last
+    resort get a short hash of their path (and, when too long, a shortened name).
     """
-    stems = {r: r.rsplit(".", 1)[0] for r in rels}
-    folders = {"/".join(r.split("/")[:i]) for r in rels for i in range(1, r.count("/") + 1)}
+    stage = dict.fromkeys(rels, 0)  # 0: no extension, 1: with extension, 2: hashed
+
+    def stem_at(r: str, k: int) -> str:
+        while k < 2 and not _fits(s := (r.rsplit(".", 1)[0] if k == 0 else r)):
+            k += 1
+        stage[r] = k
+        return s if k < 2 else _hashed_stem(r)
+
+    stems = {r: stem_at(r, 0) for r in rels}
+    folders = _folders(rels)
     while True:
         counts: dict[str, int] = defaultdict(int)
         for s in stems.values():
             counts[s] += 1
-        clash = [r for r, s in stems.items() if counts[s] > 1 or f"{s}.png" in folders or f"{s}.npy" in folders]
-        keep_ext = [r for r in clash if stems[r] != r and not stems[r].startswith(f"{r}~")]
-        if keep_ext:  # first: the clashing ones keep their extension
-            stems.update({r: r for r in keep_ext})
-            continue
-        hashed = [r for r in clash if stems[r] == r]
-        if not hashed:  # nothing clashes (or nothing more can be done)
+        clash = [r for r, s in stems.items() if counts[s] > 1 or any(s + x in folders for x in STEM_SUFFIXES)]
+        bump = [r for r in clash if stage[r] == 0] or [r for r in clash if stage[r] == 1]
+        if not bump:  # nothing clashes (or nothing more can be done here; assign_stems checks again)
             return stems
-        stems.update({r: f"{r}~{hashlib.sha256(r.encode()).hexdigest()[:8]}" for r in hashed})
+        stems.update({r: stem_at(r, stage[r] + 1) for r in bump})
 
 
-def assign_stems(rels: list[str], known: dict[str, dict[str, Any]]) -> dict[str, str]:
+def _aside(stem: str, files: set[str], n: int) -> str:
+    """Rename each folder of ``stem`` that is also a file (``a.html/b`` -> ``a.html~<hash>/b``)."""
+    parts = stem.split("/")
+    for i in range(len(parts) - 1):
+        path = "/".join(parts[: i + 1])
+        if path in files:
+            tag = f"~{_short_hash(f'{path}#{n}')}"
+            parts[i] = parts[i].encode()[: 255 - len(tag)].decode("utf-8", "ignore") + tag
+    return "/".join(parts)
+
+
+def assign_stems(rels: list[str], known: dict[str, Any]) -> dict[str, str]:
     """Output file stem per image: an image already in the manifest keeps its stem for good.
 
-    A new image gets ``map_stems``' choice unless an existing image already uses
-    it (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``).
+    A new image gets ``map_stems``' choice unless that clashes with a stem already given
+    (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``), or with a
+    folder one needs, or the other way round (``a.jpg`` known as ``a``, then ``a.html/b.png``
+    arrives: its folder becomes ``a.html~<hash>``).
     """
     stems = {r: known[r].stem for r in rels if r in known}
     taken = set(stems.values())
+    files = {s + x for s in taken for x in STEM_SUFFIXES}
+    folders = _folders(taken)
+
+    def free(stem: str) -> bool:
+        parents = ["/".join(stem.split("/")[:i]) for i in range(1, stem.count("/") + 1)]
+        return (stem not in taken and _fits(stem) and not any(stem + x in folders for x in STEM_SUFFIXES)
+                and not any(p in files for p in parents))
+
     candidates = map_stems(rels)
     for r in rels:
         if r in stems:
             continue
-        stem = candidates[r]
-        if stem in taken:
-            stem = r
-        n = 1
-        while stem in taken:
-            stem, n = f"{r}~{n}", n + 1
+        options = [candidates[r], r, _hashed_stem(r)]
+        stem = next((s for s in options if free(s)), None)
+        n = 0
+        while stem is None:  # a folder on the way is some stem's file: move this image's files aside
+            n += 1
+            stem = _aside(_hashed_stem(r if n == 1 else f"{r}#{n}"), files, n)
+            if not free(stem):
+                stem = None
         stems[r] = stem
         taken.add(stem)
+        files.update(stem + x for x in STEM_SUFFIXES)
+        folders |= _folders([stem])
     return stems

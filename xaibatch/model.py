@@ -200,6 +200,10 @@ def _load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, pat
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # e.g. a tensor torch cannot copy into the parameter
         raise ModelError(f"{path} does not fit --arch {arch}: {str(e).strip().splitlines()[0][:200]}") from None
+    bad = [k for k, v in sd.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:  # every prediction would be NaN: refuse before anything is written
+        raise ModelError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                         "the checkpoint is damaged or its training diverged")
 
 
 def load_model(

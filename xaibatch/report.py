@@ -48,7 +48,7 @@ from urllib.parse import quote
 import jinja2
 
 from . import __version__, layout
-from .errors import UsageError
+from .errors import UsageError, XaibatchError
 from .files import atomic_write_bytes, file_sha256, safe_join
 from .layout import display_size
 from .localization import MASK_SUFFIX
@@ -1118,7 +1118,23 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
 
 def write_report(out_dir: Path, template_dir: Path | None = None) -> Path:
     """Write (or bring up to date) the static report in ``out_dir``; returns the path of index.html."""
-    return render(out_dir, template_dir).index
+    try:
+        return render(out_dir, template_dir).index
+    except jinja2.TemplateError as e:  # e.g. a --template-dir template using a name the data lacks
+        raise XaibatchError(f"cannot render the report: {type(e).__name__}: {e}") from None
+
+
+def check_templates(template_dir: Path | None) -> None:
+    """Compile every template now, so a broken --template-dir fails before any compute, as one line."""
+    env = environment(template_dir)
+    for name in TEMPLATE_NAMES:
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as e:
+            where = f"{e.filename or name}, line {e.lineno}"
+            raise UsageError(f"--template-dir: template error in {where}: {e.message}") from None
+        except jinja2.TemplateError as e:
+            raise UsageError(f"--template-dir: template {name}: {type(e).__name__}: {e}") from None
 
 
 def write_predictions_csv(out: Path, names: list[str]) -> float | None:
@@ -1135,7 +1151,7 @@ def write_predictions_csv(out: Path, names: list[str]) -> float | None:
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "pred", "confidence", "correct", *[f"p_{n}" for n in names],
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[csv_cell(f"p_{n}") for n in names],
                 *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")]])
     for rel in sorted(rows):
         r = rows[rel]
@@ -1146,8 +1162,16 @@ def write_predictions_csv(out: Path, names: list[str]) -> float | None:
             row = maps.get((rel, m))
             faith += ["" if row is None or v is None else f"{v:.6f}"
                       for v in ((row.deletion, row.insertion) if row else (None, None))]
-        w.writerow([rel, label, names[r.pred], f"{r.confidence:.6f}", correct, *[f"{v:.6f}" for v in r.probs],
-                    *faith])
+        w.writerow([csv_cell(rel), csv_cell(label), csv_cell(names[r.pred]), f"{r.confidence:.6f}", correct,
+                    *[f"{v:.6f}" for v in r.probs], *faith])
     atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """Quote a text cell a spreadsheet would run as a formula (``=HYPERLINK(...)`` as a file name)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text

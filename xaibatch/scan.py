@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
@@ -40,9 +40,10 @@ class Scan:
     classes: list[str] | None  # None for an unlabeled folder
     images: list[ImageEntry]
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
+    empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
 
 
-def _shown(name: str) -> str:
+def shown(name: str) -> str:
     """A name as text even when its bytes are not UTF-8 (``b"\\xff"`` shows as ``\\xff``)."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
@@ -59,8 +60,12 @@ _KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a cha
          stat.S_IFBLK: "a block device"}
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, os.stat_result]]:
+def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
+          ) -> list[tuple[str, Path, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
+
+    A symlinked folder that leads outside ``root`` is skipped (a link to / would crawl the
+    system) unless ``follow_links``.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -80,15 +85,16 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
         if key in seen_dirs:
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
-        if rel and (d / MANIFEST).exists():
-            return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
         try:
+            if rel and (d / MANIFEST).exists():
+                return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             names = sorted(os.listdir(d))
-        except OSError as e:
-            skipped.append((rel or ".", f"cannot list folder: {e.strerror or e}"))
+        except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
+            skipped.append((shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
             return None
         return (d, rel, iter(names), ancestors | {key})
 
+    real_root = os.path.realpath(root)
     try:
         root_st = root.stat()
     except OSError as e:
@@ -119,13 +125,17 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
                     reason = "broken symlink"
                 else:
                     reason = f"cannot read: {e.strerror or e}"
-                skipped.append((_shown(r), reason))
+                skipped.append((shown(r), reason))
             continue
         if stat.S_ISDIR(st.st_mode):
             if not _valid_utf8(name):
-                skipped.append((_shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
+                skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
             elif p.is_symlink():
-                deferred.append((p, r, st, ancestors))
+                if follow_links or _inside(os.path.realpath(p), real_root):
+                    deferred.append((p, r, st, ancestors))
+                else:
+                    skipped.append((shown(r), "symlink to a folder outside the input folder; not followed "
+                                               "(pass --follow-links to follow it)"))
             elif frame := enter(p, r, st, ancestors):
                 stack.append(frame)
         elif is_image_name:
@@ -141,14 +151,18 @@ def _walk(root: Path, skipped: list[tuple[str, str]]) -> list[tuple[str, Path, o
             if reason is None:
                 found.append((r, p, st))
             else:
-                skipped.append((_shown(r), reason))
+                skipped.append((shown(r), reason))
     # Depth-first order with sorted names, whatever order symlinked folders were entered in.
     found.sort(key=lambda f: f[0].split("/"))
     skipped.sort(key=lambda s: s[0].split("/"))
     return found
 
 
-def scan(root: Path, labeled: bool | None = None) -> Scan:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def scan(root: Path, labeled: bool | None = None, follow_links: bool = False) -> Scan:
     """List the images under ``root``; ``labeled=None`` decides from the layout."""
     root = Path(root)
     if not root.exists():
@@ -156,7 +170,7 @@ def scan(root: Path, labeled: bool | None = None) -> Scan:
     if not root.is_dir():
         raise InputError(f"input {root} is not a folder")
     skipped: list[tuple[str, str]] = []
-    files = _walk(root, skipped)
+    files = _walk(root, skipped, follow_links)
     if not files and not skipped:
         raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     top_level = [f for f in files if "/" not in f[0]]
@@ -170,9 +184,28 @@ def scan(root: Path, labeled: bool | None = None) -> Scan:
                 "folder; move them into class folders or pass --unlabeled"
             )
         classes = sorted({f[0].split("/", 1)[0] for f in files})
+        empty = _empty_folders(root, set(classes) | {rel.split("/", 1)[0] for rel, _ in skipped})
     index = {c: i for i, c in enumerate(classes or [])}
     images = [
         ImageEntry(rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns)
         for rel, path, st in files
     ]
-    return Scan(root, classes, images, skipped)
+    return Scan(root, classes, images, skipped, empty if labeled else [])
+
+
+def _empty_folders(root: Path, taken: set[str]) -> list[str]:
+    """Top-level folders of ``root`` that hold no image (class folders emptied out); hidden ones are not classes."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        if name in taken or name.startswith(".") or not _valid_utf8(name):
+            continue
+        try:
+            if (root / name).is_dir() and not (root / name / MANIFEST).exists():
+                out.append(name)
+        except OSError:
+            continue
+    return sorted(out)

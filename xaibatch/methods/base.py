@@ -42,6 +42,19 @@ class Batch:
     segments: torch.Tensor | None = None  # (B, H, W) long superpixel labels, when a method asked for them
     seeds: list[int] | None = None  # one seed per image, stable across runs
     cache: dict[str, Any] = field(default_factory=dict)
+    should_stop: Callable[[], bool] | None = None  # a long method polls this per model sub-batch
+    on_progress: Callable[[int, int], None] | None = None  # (done, total) units of this batch's work
+
+    def progress(self, done: int, total: int) -> None:
+        """Report progress within this batch, then raise :class:`StopRequested` if a stop was asked for."""
+        if self.on_progress is not None:
+            self.on_progress(done, total)
+        if self.should_stop is not None and self.should_stop():
+            raise StopRequested
+
+
+class StopRequested(Exception):
+    """A method saw ``Batch.should_stop()`` mid-batch: the batch is abandoned (not saved; the next run redoes it)."""
 
 
 @dataclass
@@ -71,6 +84,10 @@ class Method:
     def config(self) -> dict[str, Any]:
         """Everything that changes this method's maps; goes into the configuration hash."""
         return dict(self.options)
+
+    def estimate(self, n_images: int) -> str | None:
+        """A one-line cost estimate for ``n_images`` images, printed at the start when the method is slow."""
+        return None
 
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray] | None:
         """A picklable function run in DataLoader workers on each (H, W, 3) uint8 input image."""

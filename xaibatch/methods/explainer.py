@@ -3,7 +3,7 @@ then each method on it. The one place a batch is explained: runs, ``xaibatch ben
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -18,7 +18,11 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred", scorer: Any = None) -> None:
+    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred", scorer: Any = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.should_stop = should_stop  # polled by long methods (LIME) per model sub-batch
+        self.on_progress = on_progress
         self.scorer = scorer  # faithfulness.Scorer: deletion/insertion per map, from the maps in memory
         self.methods = methods
         self.ctx = ctx
@@ -47,6 +51,7 @@ class Explainer:
         batch = Batch(
             x=x.detach(), targets=targets, logits=logits, activations=activations,
             segments=None if segments is None else segments.to(dev), seeds=seeds,
+            should_stop=self.should_stop, on_progress=self.on_progress,
         )
         out = {}
         for m in self.methods:

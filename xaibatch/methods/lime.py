@@ -187,6 +187,10 @@ class Lime(Method):
         return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
                 "segmentation": SEGMENTATION_CONFIG}
 
+    def estimate(self, n_images: int) -> str:
+        return (f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards "
+                f"(in chunks of {self.batch_size})")
+
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
 
@@ -228,6 +232,7 @@ class Lime(Method):
                 perturbed = torch.where(keep, x[img], fill[img]).contiguous(memory_format=_layout(x))
                 p = torch.softmax(model(perturbed).float(), dim=1)
                 probs[idx] = p.gather(1, targets[img][:, None])[:, 0].double()
+                batch.progress(int(idx[-1]) + 1, b * s)  # may raise StopRequested: SIGINT within seconds
         return probs.view(b, s)
 
     def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,7 +15,9 @@ from ..data import ImageDataset, collate
 from ..scan import ImageEntry
 from ..files import file_sha256
 from ..manifest import ImageRow
-from ..methods import Method
+from ..errors import ModelError
+from ..methods import Method, StopRequested
+from ..model import LoadedModel
 from ..methods.explainer import Explainer
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
@@ -74,10 +76,21 @@ def collate_hashed(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
-            stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None]) -> None:
+            stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
+            log: Callable[[str], None] = lambda s: None) -> None:
     """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
     if not plan.work:
         return
+    for m in prepared.methods:  # slow methods say up front what they cost
+        n = sum(1 for w in plan.work.values() if m.name in w.methods)
+        if n and (line := m.estimate(n)):
+            emit({"event": "estimate", "method": m.name, "images": n, "text": line})
+            log(f"xaibatch: {line}")
+
+    def on_progress(done: int, total: int) -> None:  # within one batch (LIME: per model sub-batch)
+        if progress is not None:
+            progress.set_postfix_str(f"batch {100 * done // max(1, total)}%", refresh=True)
+
     # Images that need the same methods go through the model together.
     groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
     for w in plan.work.values():
@@ -99,7 +112,8 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
     try:
         for todo, entries in groups.items():
             methods = [m for m in prepared.methods if m.name in todo]
-            explainer = Explainer(methods, prepared.ctx, opts.target, scorer)
+            explainer = Explainer(methods, prepared.ctx, opts.target, scorer, should_stop=lambda: stop.requested,
+                                  on_progress=on_progress)
             segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
             ds = HashingDataset(ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None),
                                 [plan.work[e.rel].fresh for e in entries])
@@ -112,7 +126,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
             for b in loader:
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 tally.failed.extend(job_failed)
-                tally.done += len(job_failed) + len(b["index"])
+                tally.done += len(job_failed)
                 for rel, reason in job_failed:
                     emit({"event": "failure", "path": rel, "reason": reason})
                 # Images that were fine before and fail now leave the report with their files.
@@ -123,9 +137,15 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
                     batch_entries = [entries[i] for i in b["index"]]
                     labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
                     seeds = [image_seed(e.rel) for e in batch_entries]
-                    probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    try:
+                        probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+                    except StopRequested:  # abandoned mid-batch: none of its images is committed
+                        writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
+                        break
+                    tally.done += len(batch_entries)
+                    check_probs(probs, batch_entries, prepared.model)
                     job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, hashes, plan, known,
-                                    run_id, opts.target)
+                                    run_id, opts.target, opts.max_map_side)
                     job.failed, job.discard = job_failed, job.discard + gone
                     writer.put(job)
                     tally.computed += len(batch_entries)
@@ -147,13 +167,14 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
 
 def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
               maps: dict[str, tuple[torch.Tensor, list | None, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
-              known: Known, run_id: int, target: str) -> WriteJob:
+              known: Known, run_id: int, target: str, max_map_side: int = 0) -> WriteJob:
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b["orig_size"]]
     fresh = [plan.work[e.rel].fresh for e in entries]
-    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes) for name, (arr, *_) in maps.items()}
+    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side)
+                for name, (arr, *_) in maps.items()}
     thumbs = iter(display_thumbs([d for d, f in zip(b["display"], fresh) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
@@ -180,3 +201,12 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
                                          faith[j] if faith else None))
         job.items.append(item)
     return job
+
+
+def check_probs(probs: torch.Tensor, entries: list[ImageEntry], model: LoadedModel) -> None:
+    """Refuse NaN or infinite outputs (an overflowing model) instead of committing them."""
+    finite = torch.isfinite(probs).all(dim=1)
+    if not bool(finite.all()):
+        rel = entries[int((~finite).nonzero()[0, 0])].rel
+        raise ModelError(f"the model ({model.checkpoint}) gives NaN or infinite probabilities (first for {rel}); "
+                         "check the checkpoint")

@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 
 
+DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
+
+
 @dataclass
 class RunOptions:
     input_dir: Path
@@ -22,6 +25,8 @@ class RunOptions:
     device: str = "auto"
     workers: int = 0
     labeled: bool | None = None  # None: decide from the folder layout
+    follow_links: bool = False  # follow symlinked folders that lead outside input_dir
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE  # saved .npy maps at most about N x N pixels; 0: the image's own size
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None

@@ -15,6 +15,7 @@ from ..layout import assign_stems
 from ..scan import ImageEntry, Scan
 from ..files import file_sha256
 from ..manifest import ImageRow, Manifest, MapRow
+from .options import DEFAULT_MAX_MAP_SIDE
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -34,7 +35,8 @@ class Hashes:
     faith: dict[str, str] | None = None  # method -> hash its faithfulness scores must carry; None: not scored
 
 
-def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None) -> Hashes:
+def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
+                  max_map_side: int = DEFAULT_MAX_MAP_SIDE) -> Hashes:
     """Hash what decides the predictions (model, input, classes, target) and, per method, its maps."""
     model, layer = prepared.model, prepared.layer
     predict_config = {
@@ -45,7 +47,9 @@ def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None) -> 
     predict = config_hash(predict_config)
     methods = {
         m.name: config_hash({"predict": predict, "method": m.name, "config": m.config(),
-                             "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None})
+                             "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None,
+                             # only a non-default value joins the hash: existing folders stay valid
+                             **({"max_map_side": max_map_side} if max_map_side != DEFAULT_MAX_MAP_SIDE else {})})
         for m in prepared.methods
     }
     faith = None

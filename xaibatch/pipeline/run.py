@@ -31,6 +31,7 @@ Safe to run from a scheduler:
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -38,9 +39,9 @@ from typing import Any, Callable
 
 from .. import layout
 from ..errors import Interrupted, UsageError
-from ..scan import Scan
+from ..scan import Scan, shown
 from ..lock import OutputLock, describe, pid_alive
-from ..manifest import Manifest
+from ..manifest import Manifest, ManifestError
 from .options import RunOptions, RunResult
 from .plan import Known, Plan, Tally, make_plan
 from .setup import Setup, cached_setup, checkpoint_path, load_setup
@@ -83,6 +84,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     setup = load_setup(opts)
             return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0])
+        except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
+            raise ManifestError(f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
+                                "other files) away to start a fresh report there") from None
         finally:
             lock.release()
 
@@ -101,6 +105,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     if waited:
         timings["wait"] = waited
     found, hashes = setup.found, setup.hashes
+    for name in found.empty_classes:
+        what = "kept as a class with no images" if name in setup.names else "ignored"
+        log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
 
     t_plan = time.time()
     manifest = Manifest(out / layout.MANIFEST)
@@ -110,7 +117,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     try:
         recover(out, manifest, lock, log)
         known = Known.read(manifest)
-        run_id = manifest.start_run(str(opts.input_dir), setup.config, hashes.predict)
+        run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
         plan = make_plan(found, known, hashes)
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan.added),
@@ -129,7 +136,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
                 raise RuntimeError("the plan changed under the lock")
             from .compute import compute  # torch (loaded with the model by now)
 
-            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit)
+            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
@@ -151,8 +158,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     from ..report import write_predictions_csv, write_report
 
     t_report = time.time()
-    accuracy = write_predictions_csv(out, setup.names)  # before the report, which links to it
-    report = write_report(out, template_dir=opts.template_dir)
+    try:
+        accuracy = write_predictions_csv(out, setup.names)  # before the report, which links to it
+        report = write_report(out, template_dir=opts.template_dir)
+    except BaseException:
+        mark_run(out, run_id, "error", time.time() - t0, counts)  # the run row agrees with the exit code
+        raise
     timings["report"] = time.time() - t_report
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
@@ -195,3 +206,17 @@ def apply_removals(out: Path, manifest: Manifest, found: Scan, plan: Plan, known
     unlink_all(out, discard)
     for rel, reason in found.skipped:
         emit({"event": "failure", "path": rel, "reason": reason})
+
+
+def mark_run(out: Path, run_id: int | None, status: str, seconds: float, counts: dict[str, int]) -> None:
+    """Set a finished run's status after the fact (its report failed); never hides the original error."""
+    if run_id is None:
+        return
+    try:
+        manifest = Manifest(out / layout.MANIFEST)
+        try:
+            manifest.finish_run(run_id, status, seconds, counts)
+        finally:
+            manifest.close()
+    except Exception:
+        pass

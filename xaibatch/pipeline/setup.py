@@ -65,7 +65,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     from .prepare import prepare
 
     prepared = prepare(opts, found)
-    hashes = config_hashes(prepared, opts.target, opts.faithfulness)
+    hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     config = {
         "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
@@ -87,7 +87,7 @@ def cached_setup(opts: RunOptions, out: Path, checkpoint: Path) -> Setup | None:
     if not manifest_path.is_file():
         return None
     try:
-        found = scan(opts.input_dir, opts.labeled)
+        found = scan(opts.input_dir, opts.labeled, opts.follow_links)
         key = request_key(opts, found, file_sha256(checkpoint))
     except Exception:
         return None  # the full path reports it properly

@@ -9,6 +9,7 @@ one transaction only after all of its files are in place.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -80,7 +81,17 @@ def writer_threads(device_type: str, workers: int) -> int:
     return max(1, min(8, (os.cpu_count() or 1) - max(1, workers)))
 
 
-def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]]):
+def map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of a saved map: the image's size, or, when that is over ``max_side`` x ``max_side`` pixels, scaled
+    down (aspect kept) to about that many pixels; 0: no limit. By area, so a 4000x10 strip keeps its size."""
+    if max_side <= 0 or h * w <= max_side * max_side:
+        return h, w
+    scale = max_side / math.sqrt(h * w)
+    return max(1, min(h, round(h * scale))), max(1, min(w, round(w * scale)))
+
+
+def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]],
+                   max_map_side: int = 0):
     """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
 
     ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
@@ -97,9 +108,9 @@ def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: li
         groups[tuple(size)].append(i)
     for (h, w), idx in groups.items():
         sel = maps[idx] if len(idx) < len(display) else maps
-        full = resize_maps(sel, (h, w), signed)
+        full = resize_maps(sel, map_size(h, w, max_map_side), signed)
         dh, dw = display[idx[0]].shape[:2]
-        shown = full if (dh, dw) == (h, w) else resize_maps(sel, (dh, dw), signed)
+        shown = full if tuple(full.shape[1:]) == (dh, dw) else resize_maps(sel, (dh, dw), signed)
         pics = torch.from_numpy(np.stack([display[i] for i in idx])).to(dev, non_blocking=True)
         over = overlay_batch(pics, shown, signed)
         thumbs = thumbnail_batch(over)

@@ -1,0 +1,84 @@
+"""A reusable consistency check of an xaibatch output folder, for any test that tries to break a run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sqlite3
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+OWNED = ("images", "thumbs", "maps")
+TEMP = re.compile(r"^\..+\.\d+\.tmp$|^\.xaibatch-write-test\.\d+$")
+
+
+class _Cards(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "li" and "card" in (a.get("class") or "").split():
+            self.names.append(a.get("data-name"))
+
+
+def _unquote_cell(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
+def check_output_folder(out: Path, input_dir: Path | None = None, report: bool = True) -> dict[str, str]:
+    """Assert that ``out`` is consistent; return {rel: stem} of its images.
+
+    Every manifest row's files exist; no file under images/, thumbs/, maps/ that no row points at; no
+    temporary file anywhere; predictions.csv, the gallery pages and the detail pages list each manifest
+    image exactly once (when ``report``); with ``input_dir``, every image row is a file there.
+    """
+    out = Path(out)
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        stems = dict(db.execute("SELECT rel, stem FROM images"))
+        maps = db.execute("SELECT rel, method, npy, png, thumb FROM maps").fetchall()
+        failures = {r for (r,) in db.execute("SELECT rel FROM failures")}
+        running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+    finally:
+        db.close()
+    assert running == 0, "a run row is still 'running'"
+    referenced = set()
+    for rel, stem in stems.items():
+        referenced |= {f"images/{stem}.png", f"thumbs/image/{stem}.png"}
+    for rel, method, *files in maps:
+        assert rel in stems, f"map row {method} of {rel} has no image row"
+        referenced |= {f for f in files if f}
+    missing = sorted(f for f in referenced if not (out / f).is_file())
+    assert not missing, f"rows point at missing files: {missing[:5]}"
+    present = set()
+    for top in OWNED:
+        for dirpath, _dirs, files in os.walk(out / top):
+            for name in files:
+                present.add(Path(os.path.relpath(os.path.join(dirpath, name), out)).as_posix())
+    orphans = sorted(present - referenced)
+    assert not orphans, f"files no row points at: {orphans[:5]}"
+    temps = [os.path.join(d, n) for d, _s, files in os.walk(out) for n in files if TEMP.match(n)]
+    assert not temps, f"temporary files left: {temps[:5]}"
+    assert not set(stems) & failures, f"images both computed and failed: {sorted(set(stems) & failures)[:5]}"
+    if input_dir is not None:
+        gone = sorted(r for r in stems if not (Path(input_dir) / r).is_file())
+        assert not gone, f"rows of images no longer in the input: {gone[:5]}"
+    if report:
+        with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        csv_rels = Counter(_unquote_cell(r[0]) for r in rows)
+        assert csv_rels == Counter(stems.keys()), (f"predictions.csv and the manifest differ: "
+                                            f"{sorted(set(csv_rels) ^ set(stems))[:5]} {csv_rels.most_common(1)}")
+        parser = _Cards()
+        for page in sorted((out / "gallery").glob("page-*.html")):
+            parser.feed(page.read_text(encoding="utf-8"))
+        cards = Counter(parser.names)
+        assert cards == Counter(stems.keys()), f"gallery and manifest differ: {sorted(set(cards) ^ set(stems))[:5]}"
+        details = {Path(os.path.relpath(os.path.join(d, n), out / "detail")).as_posix()[: -len(".html")]
+                   for d, _s, files in os.walk(out / "detail") for n in files if n.endswith(".html")}
+        assert details == set(stems.values()), f"detail pages differ: {sorted(details ^ set(stems.values()))[:5]}"
+    return stems

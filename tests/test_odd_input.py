@@ -1,0 +1,143 @@
+"""Odd folders and names: unreadable subfolders, clashing or too long stems, empty classes, links out."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import write_images
+from oddnames import make_unreadable
+from xaibatch.cli import cli
+from xaibatch.scan import scan
+
+
+def test_unreadable_subfolder_is_skipped_and_the_rest_scanned(tmp_path, monkeypatch):
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    write_images(root / "REAL" / "locked", 1, seed=2)
+    try:
+        make_unreadable(root / "REAL" / "locked", monkeypatch)
+        found = scan(root)
+    finally:
+        (root / "REAL" / "locked").chmod(0o755)
+    assert [e.rel for e in found.images] == ["FAKE/img_000.png", "FAKE/img_001.png", "REAL/img_000.png",
+                                             "REAL/img_001.png"]
+    assert [rel for rel, _ in found.skipped] == ["REAL/locked"]
+    assert "cannot list folder" in found.skipped[0][1]
+
+
+def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, tiny_ckpt):
+    outside = tmp_path / "elsewhere"
+    write_images(outside, 2, seed=5)
+    root = tmp_path / "in"
+    write_images(root, 1)
+    os.symlink(outside, root / "out_link")
+    os.symlink(root / "inner", root / "in_link")  # a link that stays inside is followed as before
+    write_images(root / "inner", 1, seed=6)
+    found = scan(root)
+    assert [e.rel for e in found.images] == ["img_000.png", "inner/img_000.png"]
+    assert [rel for rel, _ in found.skipped] == ["out_link"]
+    assert "outside the input folder" in found.skipped[0][1] and "--follow-links" in found.skipped[0][1]
+    assert len(scan(root, follow_links=True).images) == 4
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
+                                 "0", "-q", "--follow-links"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "images" / "out_link").iterdir()) == ["img_000.png", "img_001.png"]
+
+
+def _check_stems(stems: dict[str, str]) -> None:
+    """Every file a stem becomes can be written: unique, short enough, no file where a folder must be."""
+    from xaibatch.layout import STEM_SUFFIXES
+
+    assert len(set(stems.values())) == len(stems)
+    files = {s + x for s in stems.values() for x in STEM_SUFFIXES}
+    for s in stems.values():
+        assert len(s.rsplit("/", 1)[-1].encode()) + len(".html") <= 255, s
+        parts = s.split("/")
+        assert not any("/".join(parts[:i]) in files for i in range(1, len(parts))), s
+
+
+def test_stems_never_clash_with_detail_pages_or_exceed_name_limits():
+    from xaibatch.manifest import ImageRow
+    from xaibatch.layout import assign_stems, map_stems
+
+    long = "x" * 247
+    rels = ["a.jpg", "a.html/b.png", f"{long}.png", f"{long}.jpg", f"d/{long}.png", "c.png.html/q.png", "c.png"]
+    stems = map_stems(rels)
+    _check_stems(stems)
+    assert stems["a.html/b.png"] == "a.html/b" and stems["a.jpg"] == "a.jpg"
+
+    def row(stem):
+        return ImageRow("x", stem, 1, 1, "", 1, 1, None, 0, 0, 1.0, [1.0], "", 1)
+
+    # Known stems stay; newcomers whose folder is a known stem's detail page go aside.
+    known = {"a.jpg": row("a"), f"{long}.png": row(long)}
+    stems = assign_stems(rels, known)
+    assert stems["a.jpg"] == "a" and stems[f"{long}.png"] == long
+    _check_stems(stems)
+
+
+def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_path, tiny_ckpt):
+    root = tmp_path / "in"
+    long = "x" * 247
+    for rel in ["a.jpg", "a.html/b.png", f"{long}.png", f"{long}.jpg"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(root / rel)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
+                                 "0", "-q"])
+    assert r.exit_code == 0, r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    stems = dict(db.execute("SELECT rel, stem FROM images"))
+    assert len(stems) == 4
+    for stem in stems.values():
+        assert (out / "detail" / f"{stem}.html").is_file()
+        assert (out / "images" / f"{stem}.png").is_file()
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["xaibatch-checkpoint", "plain-state-dict"])
+def test_an_emptied_class_folder_is_a_class_without_images_and_its_images_leave(tmp_path, tiny_ckpt, plain):
+    import timm
+    import torch
+
+    ckpt = tiny_ckpt
+    extra = []
+    if plain:  # no class names in the checkpoint: the folder names are the classes, the empty one included
+        torch.manual_seed(0)
+        ckpt = tmp_path / "plain.pt"
+        torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), ckpt)
+        extra = ["--arch", "test_resnet", "--image-size", "32"]
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    out = tmp_path / "out"
+    args = ["run", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--workers", "0", *extra]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    for p in (root / "FAKE").iterdir():
+        p.unlink()
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "class folder 'FAKE' holds no images" in r.output
+    assert "2 removed" in r.output
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    assert dict(db.execute("SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
+    assert not list((out / "images" / "FAKE").glob("*.png"))
+    csv_rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[:2] for row in csv_rows] == [["REAL/img_000.png", "REAL"], ["REAL/img_001.png", "REAL"]]
+
+
+def test_an_empty_folder_that_is_no_class_of_the_model_is_ignored_with_a_warning(tmp_path, tiny_ckpt):
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 1)
+    write_images(root / "REAL", 1, seed=1)
+    (root / "notes").mkdir()
+    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"),
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "class folder 'notes' holds no images; ignored" in r.output
