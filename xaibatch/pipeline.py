@@ -725,39 +725,6 @@ def assign_stems(rels: list[str], known: dict[str, ImageRow]) -> dict[str, str]:
     return stems
 
 
-class _HashingDataset(torch.utils.data.Dataset):
-    """Adds the sha256 of new and changed files, computed in the DataLoader worker just before decoding.
-
-    Hashing before decoding (with size and mtime from the earlier scan) keeps the
-    manifest self-correcting: if the file changes between hash and decode, its
-    mtime no longer matches and the next run looks at it again.
-    """
-
-    def __init__(self, inner: ImageDataset, want_hash: list[bool]) -> None:
-        self.inner = inner
-        self.want_hash = want_hash
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        sha = None
-        if self.want_hash[i]:
-            try:
-                sha = file_sha256(self.inner.entries[i].path)
-            except OSError as e:
-                return {"index": i, "error": f"cannot read: {e.strerror or e}"}
-        item = self.inner[i]
-        item["sha256"] = sha
-        return item
-
-
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    b = collate(items)
-    b["sha256"] = [it.get("sha256") for it in items if it.get("error") is None]
-    return b
-
-
 def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
              run_id, failed, tally, stop: _Stop, emit) -> None:
     work = plan["work"]
@@ -782,10 +749,11 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
             group_methods = [m for m in methods if m.name in todo]
             explainer = Explainer(model, group_methods, ctx, opts.target)
             segmenters = [m.segmenter() for m in group_methods if m.segmenter() is not None]
-            ds = _HashingDataset(ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None),
-                                 [work[e.rel][2] for e in entries])
+            # New and changed files are hashed in the worker, from the same safe open that decodes them.
+            ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None,
+                              want_hash=[work[e.rel][2] for e in entries])
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=_collate,
+                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate,
                 pin_memory=ctx.device.type == "cuda", persistent_workers=False,
                 prefetch_factor=4 if opts.workers > 0 else None,
                 worker_init_fn=_worker_init if opts.workers > 0 else None,

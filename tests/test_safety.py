@@ -1,0 +1,119 @@
+"""Never lose a user's files, never hang: swaps after the scan, output folders that are not ours,
+inputs inside output folders, orphaned workers, a deleted lock file, deleted output files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_images
+from xaibatch.cli import cli
+from xaibatch.lock import LOCK_NAME
+from xaibatch.manifest import Manifest
+from xaibatch.pipeline import RunOptions, run
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _opts(inp, out, ckpt, **kw) -> RunOptions:
+    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=4, workers=0,
+                      handle_signals=False, **kw)
+
+
+def _one_line_exit_2(r, *words):
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1, r.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _missing_files(out: Path) -> list[str]:
+    """Files the manifest points at that do not exist."""
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        return sorted(p for p in m.referenced_files() if not (out / p).is_file())
+    finally:
+        m.close()
+
+
+# --- 1: a file swapped for a FIFO or a symlink to /dev/zero after the scan --------------------------------
+
+SWAP_AFTER_SCAN = r"""
+import os, sys
+from pathlib import Path
+import xaibatch.pipeline as pl
+from xaibatch.pipeline import RunOptions, run
+
+inp, out, ckpt = map(Path, sys.argv[1:4])
+real_scan = pl.scan
+
+def swapping_scan(*a, **k):
+    found = real_scan(*a, **k)
+    for name, kind in (("img_000.png", "fifo"), ("img_001.png", "zero"), ("new_0.png", "fifo"),
+                       ("new_1.png", "zero")):
+        (inp / name).unlink()
+        if kind == "fifo":
+            os.mkfifo(inp / name)
+        else:
+            os.symlink("/dev/zero", inp / name)
+    return found
+
+pl.scan = swapping_scan
+r = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=4,
+                   workers=int(sys.argv[4]), handle_signals=False), log=lambda s: None)
+for rel, reason in r.failed:
+    print("FAILED", rel, reason, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_file_swapped_for_fifo_or_dev_zero_after_the_scan_is_skipped_not_hung(tmp_path, tiny_ckpt, workers):
+    """Known images whose mtime moved (hashed by the plan) and new ones (hashed while loading) alike."""
+    inp = tmp_path / "in"
+    write_images(inp, 6)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    for name in ("img_000.png", "img_001.png"):
+        st = (inp / name).stat()
+        os.utime(inp / name, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    for i, p in enumerate(write_images(tmp_path / "new", 2, seed=5)):
+        os.replace(p, inp / f"new_{i}.png")
+    proc = subprocess.Popen([sys.executable, "-c", SWAP_AFTER_SCAN, str(inp), str(out), str(tiny_ckpt),
+                             str(workers)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the run hung on a FIFO or /dev/zero swapped in after the scan")
+    assert proc.returncode == 0, stderr
+    failed = {line.split()[1]: line for line in stdout.splitlines() if line.startswith("FAILED")}
+    for name in ("img_000.png", "img_001.png", "new_0.png", "new_1.png"):
+        assert name in failed and "not a regular file" in failed[name], stdout
+    assert _missing_files(out) == []
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        assert sorted(m.images()) == ["img_002.png", "img_003.png", "img_004.png", "img_005.png"]
+    finally:
+        m.close()
