@@ -117,3 +117,92 @@ def test_file_swapped_for_fifo_or_dev_zero_after_the_scan_is_skipped_not_hung(tm
         assert sorted(m.images()) == ["img_002.png", "img_003.png", "img_004.png", "img_005.png"]
     finally:
         m.close()
+
+
+# --- 2: an input inside an output folder's own folders -------------------------------------------------
+
+
+def test_input_inside_an_output_folders_images_is_refused(tmp_path, tiny_ckpt):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    before = _snapshot(out / "images")
+    r = invoke("run", out / "images", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    _one_line_exit_2(r, "INPUT_DIR", "images/", "original images")
+    assert _snapshot(out / "images") == before
+    r = invoke("run", out / "maps" / "gradcam", "--checkpoint", tiny_ckpt, "--out", tmp_path / "other",
+               "--workers", 0)
+    _one_line_exit_2(r, "INPUT_DIR", "maps/")
+    assert not (tmp_path / "other").exists()
+
+
+def test_out_whose_images_folder_holds_the_input_is_refused_even_with_replace(tmp_path, tiny_ckpt):
+    photos = tmp_path / "mine"
+    originals = photos / "images" / "cats"
+    write_images(originals, 3)
+    (photos / "notes.txt").write_text("mine")
+    before = _snapshot(photos)
+    for extra in ((), ("--replace",)):
+        r = invoke("run", originals, "--checkpoint", tiny_ckpt, "--out", photos, "--workers", 0, *extra)
+        _one_line_exit_2(r, "--out", "images/", "choose another folder")
+        assert _snapshot(photos) == before and not (photos / LOCK_NAME).exists()
+
+
+# --- 3: the default --out, and another input on an existing output folder ------------------------------
+
+
+def test_default_out_does_not_collide_for_same_named_inputs(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "data" / "CIFAKE" / "test", 3, seed=1)
+    write_images(tmp_path / "data" / "demo" / "test", 2, seed=2)
+    for name in ("CIFAKE", "demo"):
+        r = invoke("run", Path("data") / name / "test", "--checkpoint", tiny_ckpt, "--workers", 0, "--unlabeled")
+        assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "outputs" / "CIFAKE-test" / "images").iterdir())) == 3
+    assert len(list((tmp_path / "outputs" / "demo-test" / "images").iterdir())) == 2
+
+
+def test_another_input_on_an_existing_output_folder_needs_replace(tmp_path, tiny_ckpt):
+    a, b, out = tmp_path / "a" / "test", tmp_path / "b" / "test", tmp_path / "out"
+    write_images(a, 3, seed=1)
+    write_images(b, 2, seed=2)
+    assert invoke("run", a, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    before = _snapshot(out)
+    r = invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    _one_line_exit_2(r, str(a.resolve()), "--replace", "--out")
+    after = _snapshot(out)
+    after.pop(LOCK_NAME, None), before.pop(LOCK_NAME, None)
+    assert {k: v for k, v in after.items() if "sqlite" not in k} == {k: v for k, v in before.items()
+                                                                        if "sqlite" not in k}
+    # The same input again (another spelling of the path) is a normal re-run.
+    r = invoke("run", tmp_path / "a" / ".." / "a" / "test", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0 and "3 skipped (unchanged)" in r.output, r.output
+    r = invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--replace")
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "images").iterdir())) == 2
+    assert invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+
+
+# --- 4: a non-empty folder that is not an xaibatch output ----------------------------------------------
+
+
+def test_foreign_non_empty_out_is_refused_unless_replace(tmp_path, tiny_ckpt):
+    inp, site = tmp_path / "in", tmp_path / "site"
+    write_images(inp, 3)
+    (site / "assets").mkdir(parents=True)
+    (site / "assets" / "logo.css").write_text("body{}")
+    (site / "index.html").write_text("<p>my site</p>")
+    (site / "notes.txt").write_text("keep me")
+    (site / "blog").mkdir()
+    (site / "blog" / "post.html").write_text("<p>post</p>")
+    before = _snapshot(site)
+    r = invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", site, "--workers", 0)
+    _one_line_exit_2(r, "not an xaibatch output", "--replace")
+    assert _snapshot(site) == before and not (site / LOCK_NAME).exists()
+    r = invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", site, "--workers", 0, "--replace")
+    assert r.exit_code == 0, r.output
+    # Replaced: the report's own pages and folders (assets/ included); anything else stays.
+    assert (site / "notes.txt").read_text() == "keep me" and (site / "blog" / "post.html").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", empty, "--workers", 0).exit_code == 0

@@ -122,7 +122,12 @@ class _RunCommand(click.Command):
 @click.option("--workers", type=click.IntRange(0), default=_default_workers, show_default="CPUs - 1, at most 4",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder (e.g. --out reports/cifake). Default: outputs/<input folder name>.")
+              help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
+                   "(data/demo/test -> outputs/demo-test).")
+@click.option("--replace", is_flag=True,
+              help="Write into --out even if it holds another input folder's report (which is replaced) or "
+                   "is a non-empty folder that is not an xaibatch output (its index.html, images/, assets/ and the "
+                   "report's other pages and folders are replaced). Never needed for re-runs.")
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
 @click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
               help="LIME: perturbed images per image (e.g. --lime-samples 500).")
@@ -144,7 +149,8 @@ class _RunCommand(click.Command):
                    "instead of the summary line; for schedulers and log collectors.")
 @reported
 def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
-        unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
+        replace, unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout,
+        log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -160,11 +166,11 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
     no progress bar, just one summary line (or JSON lines with --log-json).
     """
-    from .pipeline import RunOptions
+    from .pipeline import RunOptions, default_out
     from .pipeline import run as run_pipeline
     from .runlog import JsonLog, exit_code_for
 
-    out = out or Path("outputs") / input_dir.resolve().name
+    out = out or default_out(input_dir)
     jlog = JsonLog(sys.stdout) if log_json else None
     human = not quiet and not log_json
     if jlog:
@@ -176,7 +182,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
         workers=workers, labeled=False if unlabeled else None,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
-        wait=wait, wait_timeout=wait_timeout, on_event=jlog,
+        wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
     )
     try:
         result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))

@@ -56,7 +56,7 @@ from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
 from .layers import capture, find_target_layer
-from .lock import OutputLock, describe, pid_alive
+from .lock import LOCK_NAME, OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
 from .manifest import ImageRow, Manifest, MapRow
 from .methods import METHODS, Batch, Method, ModelContext, create_method
@@ -87,6 +87,7 @@ class RunOptions:
     wait_timeout: float | None = None  # with wait: give up after this many seconds
     on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
     handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
+    replace: bool = False  # out_dir may hold another input's report or foreign files: write there anyway
 
 
 @dataclass
@@ -409,18 +410,65 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _check_out_is_not_input(opts: RunOptions) -> None:
-    """Refuse --out == INPUT_DIR before anything (even the lock file) is written there."""
-    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():
-        sibling = Path(opts.input_dir).resolve().parent / f"{Path(opts.input_dir).resolve().name}-xaibatch"
+# Top-level folders of an output folder that every run rewrites (maps, pictures, report pages and assets).
+OUTPUT_DIRS = ("images", "thumbs", "maps", "gallery", "detail", "assets", "figures")
+
+
+def default_out(input_dir: Path) -> Path:
+    """``outputs/<parent>-<name>``: ``data/demo/test`` and ``data/CIFAKE/test`` get different folders."""
+    p = Path(input_dir).resolve()
+    name = p.name or "root"
+    return Path("outputs") / (f"{p.parent.name}-{name}" if p.parent.name else name)
+
+
+def check_folders(opts: RunOptions) -> None:
+    """Refuse an INPUT_DIR/--out pair that would overwrite the user's files, before anything is written."""
+    inp, out = Path(opts.input_dir).resolve(), Path(opts.out_dir).resolve()
+    if out == inp:
         raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
-                         f"choose another folder, e.g. --out {sibling}")
+                         f"choose another folder, e.g. --out {default_out(inp)}")
+    for folder in (inp, *inp.parents):
+        top = inp.relative_to(folder).parts[:1]
+        if top and top[0] in OUTPUT_DIRS and (folder / MANIFEST_NAME).is_file():
+            raise UsageError(f"INPUT_DIR {opts.input_dir} is inside {top[0]}/ of the xaibatch output folder {folder}, "
+                             "whose files every run rewrites; give the folder of the original images instead")
+    if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in OUTPUT_DIRS:
+        raise UsageError(f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
+                         f"{opts.input_dir}; choose another folder, e.g. --out {default_out(inp)}")
+    if not out.is_dir():
+        return
+    for top in OUTPUT_DIRS:  # a symlink planted there would redirect every write
+        safe_join(out, top)
+    try:
+        foreign = [n for n in os.listdir(out) if n != LOCK_NAME]
+    except OSError:
+        return  # unreadable: taking the lock reports it
+    if foreign and not opts.replace and not (out / MANIFEST_NAME).exists():
+        raise UsageError(f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
+                         f"{MANIFEST_NAME}); choose a new or empty folder, or pass --replace to write the report "
+                         "there (its pages and folders such as assets/ and images/ are replaced)")
+
+
+def _check_same_input(opts: RunOptions, out: Path) -> None:
+    """Refuse to replace the report of another input folder unless ``--replace``; call holding the lock."""
+    path = out / MANIFEST_NAME
+    if opts.replace or not path.is_file():
+        return
+    manifest = Manifest(path)
+    try:
+        recorded = manifest.get_meta("input_dir")
+    finally:
+        manifest.close()
+    inp = Path(opts.input_dir).resolve()
+    if recorded is not None and recorded != str(inp):
+        raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
+                         f"another --out (e.g. --out {default_out(inp)}) or pass --replace to replace that report")
 
 
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
-    _check_out_is_not_input(opts)
+    check_folders(opts)
     out = Path(opts.out_dir)
     with _signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
@@ -431,6 +479,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
                              should_stop=lambda: stop.requested, on_wait=log)
             waited[0] += w
+            _check_same_input(opts, out)
             return w
 
         try:
@@ -504,6 +553,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         known_maps = manifest.maps()
         known_failures = {rel for rel, _ in manifest.failures()}
         run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
+        manifest.set_meta("input_dir", str(Path(opts.input_dir).resolve()))  # what this report is of
         plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
