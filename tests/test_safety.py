@@ -206,3 +206,121 @@ def test_foreign_non_empty_out_is_refused_unless_replace(tmp_path, tiny_ckpt):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", empty, "--workers", 0).exit_code == 0
+
+
+# --- 5 and 7: a real run paused before its first commit ---------------------------------------------------
+
+PAUSED_RUN = r"""
+import os, threading, time
+from pathlib import Path
+import xaibatch.manifest as _mf
+
+marks = Path(os.environ["XB_MARKS"])
+_n = [0]
+_enter = _mf._Transaction.__enter__
+
+def _enter_paused(self):  # the writer stops after writing a batch's files, before committing its rows
+    if threading.current_thread().name == "xaibatch-writer":
+        _n[0] += 1
+        (marks / f"precommit-{_n[0]}").write_text("")
+        t0 = time.monotonic()
+        while not (marks / "go").exists() and time.monotonic() - t0 < 120:
+            time.sleep(0.02)
+    return _enter(self)
+
+_mf._Transaction.__enter__ = _enter_paused
+from xaibatch.cli import main
+main()
+"""
+
+
+def _paused_run(inp: Path, out: Path, ckpt: Path, marks: Path, workers: int) -> subprocess.Popen:
+    marks.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PAUSED_RUN, "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out),
+         "--batch-size", "4", "--workers", str(workers), "-q"],
+        cwd=REPO, env={**ENV, "XB_MARKS": str(marks)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
+    inp, out, marks = tmp_path / "in", tmp_path / "out", tmp_path / "marks"
+    write_images(inp, 40)
+    proc = _paused_run(inp, out, tiny_ckpt, marks, workers=1)
+    workers: list[int] = []
+    try:
+        _wait_until(proc, lambda: (marks / "precommit-1").exists(), "the first batch")
+        _wait_until(proc, lambda: bool(workers.extend(_children(proc.pid)) or workers), "a DataLoader worker")
+        proc.kill()
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        while any(_alive(w) for w in workers) and time.monotonic() - t0 < 3.0:
+            time.sleep(0.05)
+        left = [w for w in workers if _alive(w)]
+        assert not left, f"workers {left} outlived their SIGKILLed parent by {time.monotonic() - t0:.1f}s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.mark.slow
+def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(tmp_path, tiny_ckpt):
+    inp, out, marks = tmp_path / "in", tmp_path / "out", tmp_path / "marks"
+    write_images(inp, 12)
+    first = _paused_run(inp, out, tiny_ckpt, marks, workers=0)
+    try:
+        _wait_until(first, lambda: (marks / "precommit-1").exists(), "the first batch's files")
+        (out / LOCK_NAME).unlink()
+        second = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)  # gets in: the lock file is new
+        assert second.computed == 12
+        (marks / "go").write_text("")
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 3, err
+    assert "lock" in err and "Traceback" not in err
+    assert _missing_files(out) == []
+    again = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert (again.computed, again.unchanged) == (0, 12)
+    assert _missing_files(out) == []

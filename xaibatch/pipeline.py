@@ -399,15 +399,48 @@ def _signals(enabled: bool):
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
-def _worker_init(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch.
+def _worker_init(_worker_id: int, parent: int | None = None) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
+    and die with it (``parent``: its pid) however it dies.
 
     (A Ctrl-C reaches the whole process group, and systemd signals the whole
     cgroup; a worker dying on it would make the main process fail instead of
-    stopping cleanly.)
+    stopping cleanly. A SIGKILLed main process cannot stop its workers: without
+    this they live on, holding their memory, adopted by init.)
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if parent is not None:
+        die_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid."""
+    if not _set_pdeathsig(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # Top-level folders of an output folder that every run rewrites (maps, pictures, report pages and assets).
@@ -806,7 +839,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                 ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate,
                 pin_memory=ctx.device.type == "cuda", persistent_workers=False,
                 prefetch_factor=4 if opts.workers > 0 else None,
-                worker_init_fn=_worker_init if opts.workers > 0 else None,
+                worker_init_fn=functools.partial(_worker_init, parent=os.getpid()) if opts.workers > 0 else None,
             )
             for b in loader:
                 if writer.error is not None:
