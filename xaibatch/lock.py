@@ -9,7 +9,8 @@ trap: closing *any* descriptor of the file in the holding process releases the
 lock, so this process never opens the lock file twice (see ``_HELD``).
 
 The holder record (JSON: pid, host, start time, argv) is only there to name the
-holder in the "locked" message. It is cleared when the holder releases the lock
+holder in the "locked" message. The lock file must stay in place while it is held:
+a run checks that it still is before sweeping and inside every commit (``check``). It is cleared when the holder releases the lock
 normally, so a record found by the next holder means the previous run was killed
 before it could clean up; the pipeline then sweeps what such a run can leave.
 """
@@ -28,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import LockHeld, UsageError
+from .errors import LockHeld, UsageError, XaibatchError
 
 LOCK_NAME = ".xaibatch.lock"
 
@@ -60,6 +61,10 @@ def describe(holder: dict[str, Any] | None) -> str:
         when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
         parts.append(f"since {when} ({max(0, time.time() - started):.0f}s ago)")
     return " ".join(parts)
+
+
+class LockLost(XaibatchError):
+    """The lock file was deleted or replaced under a running run (exit code 3)."""
 
 
 class OutputLock:
@@ -139,6 +144,27 @@ class OutputLock:
                 raise Interrupted(f"interrupted while waiting for the lock on {self.out_dir}")
             time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - waited)))
         return time.monotonic() - t0
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless the lock file at its path is still the file this lock holds.
+
+        A POSIX lock lives on the inode: once the file is unlinked (or renamed over),
+        the next run creates a new file and locks that, unaware of this one. Checked
+        before anything is swept and inside each commit's transaction, so such a run
+        never sweeps files this one is about to commit.
+        """
+        if self.fd is None:
+            return
+        held = os.fstat(self.fd)
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            raise LockLost(f"the lock file {self.path} was deleted or replaced during this run, so another run may "
+                           f"be using {self.out_dir}; stopped without committing more (the next run completes "
+                           "the work)")
 
     def release(self) -> None:
         """Clear the holder record (a clean finish) and drop the lock."""

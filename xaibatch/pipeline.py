@@ -186,9 +186,11 @@ def writer_threads(device: torch.device, workers: int) -> int:
 class _Writer(threading.Thread):
     """Writes maps and commits manifest rows, one batch per transaction, off the compute thread."""
 
-    def __init__(self, out_dir: Path, on_done: Callable[[int], None], threads: int = 1) -> None:
+    def __init__(self, out_dir: Path, on_done: Callable[[int], None], threads: int = 1,
+                 check: Callable[[], None] = lambda: None) -> None:
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = out_dir
+        self.check = check  # raises when the output folder's lock is no longer ours
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.on_done = on_done
@@ -221,6 +223,7 @@ class _Writer(threading.Thread):
         maps_rows = [row for rows in per_item for row in rows]
         # Every file of the batch is in place (renamed from its temporary name): only now do the rows point at them.
         with manifest.transaction():
+            self.check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
             for row in job["image_rows"]:
                 manifest.put_image(row)
             for rel, method in job.get("drop_maps", ()):
@@ -575,6 +578,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         # A previous run that died (SIGKILL, power) left its run row 'running' or its holder record in the
         # lock file, and maybe temporary files and files no committed row points at.
         killed = manifest.close_stale_runs()
+        lock.check()
         if killed or lock.previous:
             prev = lock.previous.get("pid") if lock.previous else None
             swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
@@ -601,6 +605,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         discard = _files_of(plan["removed"], known, maps_by_rel)
         discard += _files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
         with manifest.transaction():
+            lock.check()
             manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
             manifest.remove_failures(r for r in known_failures if r not in present)
             for rel, reason in found.skipped:
@@ -615,7 +620,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         t_compute = time.time()
         if not stop.requested:
             _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model,
-                     predict_hash, run_id, failed, tally, stop, emit)
+                     predict_hash, run_id, failed, tally, stop, emit, lock.check)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(failed), computed=tally["computed"])
         stopped = stop.requested and tally["done"] < len(plan["work"])  # a signal in the last batch: all done
@@ -637,6 +642,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
     from .report import write_report
 
     t_report = time.time()
+    lock.check()  # the report is written only while the folder is still ours
     accuracy = _write_csv(out, names)  # before the report, which links to it
     report = write_report(out, template_dir=opts.template_dir)
     timings["report"] = time.time() - t_report
@@ -809,7 +815,7 @@ def assign_stems(rels: list[str], known: dict[str, ImageRow]) -> dict[str, str]:
 
 
 def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_hashes, ctx, model, predict_hash,
-             run_id, failed, tally, stop: _Stop, emit) -> None:
+             run_id, failed, tally, stop: _Stop, emit, check: Callable[[], None] = lambda: None) -> None:
     work = plan["work"]
     if not work:
         return
@@ -825,7 +831,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
 
         progress = tqdm(total=len(work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = _Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                     threads=writer_threads(ctx.device, opts.workers))
+                     threads=writer_threads(ctx.device, opts.workers), check=check)
     writer.start()
     try:
         for todo, entries in groups.items():
