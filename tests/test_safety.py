@@ -324,3 +324,44 @@ def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(
     again = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
     assert (again.computed, again.unchanged) == (0, 12)
     assert _missing_files(out) == []
+
+
+# --- 8: deleted output files are regenerated -----------------------------------------------------------
+
+
+def test_deleted_output_files_are_regenerated_and_nothing_else_is_rewritten(tmp_path, tiny_ckpt):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 8)
+    opts = _opts(inp, out, tiny_ckpt)
+    opts.methods = ["gradcam", "guided-gradcam"]
+    run(opts, log=lambda s: None)
+    before = {p: (out / p).stat().st_mtime_ns for p in _referenced(out)}
+    gone = ["maps/gradcam/img_000.npy", "maps/guided-gradcam/img_001.png", "thumbs/gradcam/img_002.png",
+            "images/img_003.png", "thumbs/image/img_004.png"]
+    for p in gone:
+        (out / p).unlink()
+    r = run(opts, log=lambda s: None)
+    assert (r.computed, r.unchanged) == (5, 3)
+    assert _missing_files(out) == []
+    untouched = [p for p in before if not any(f"img_00{i}." in p for i in range(5))]
+    assert untouched and all((out / p).stat().st_mtime_ns == before[p] for p in untouched)
+    r = run(opts, log=lambda s: None)
+    assert (r.computed, r.unchanged) == (0, 8)
+    # A map of a method not asked for this time cannot be recomputed: its row goes, the report links nothing.
+    (out / "maps/guided-gradcam/img_005.npy").unlink()
+    opts.methods = ["gradcam"]
+    r = run(opts, log=lambda s: None)
+    assert r.computed == 0 and _missing_files(out) == []
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        assert ("img_005.png", "guided-gradcam") not in m.maps() and ("img_006.png", "guided-gradcam") in m.maps()
+    finally:
+        m.close()
+
+
+def _referenced(out: Path) -> list[str]:
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        return sorted(m.referenced_files())
+    finally:
+        m.close()

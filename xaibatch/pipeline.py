@@ -475,11 +475,13 @@ def check_folders(opts: RunOptions) -> None:
         return
     for top in OUTPUT_DIRS:  # a symlink planted there would redirect every write
         safe_join(out, top)
+    if opts.replace or (out / MANIFEST_NAME).exists() or (out / LOCK_NAME).exists():
+        return  # ours (a run that died before writing its manifest still left its lock file)
     try:
-        foreign = [n for n in os.listdir(out) if n != LOCK_NAME]
+        foreign = bool(os.listdir(out))
     except OSError:
         return  # unreadable: taking the lock reports it
-    if foreign and not opts.replace and not (out / MANIFEST_NAME).exists():
+    if foreign:
         raise UsageError(f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
                          f"{MANIFEST_NAME}); choose a new or empty folder, or pass --replace to write the report "
                          "there (its pages and folders such as assets/ and images/ are replaced)")
@@ -591,7 +593,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         known_failures = {rel for rel, _ in manifest.failures()}
         run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
         manifest.set_meta("input_dir", str(Path(opts.input_dir).resolve()))  # what this report is of
-        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        root = str(out)
+        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes,
+                     exists=lambda rel: os.path.exists(os.path.join(root, rel)))
+        if plan["repaired"]:
+            log(f"xaibatch: {plan['repaired']} image(s) lost output files since they were committed; "
+                "writing them again")
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
             "changed": len(plan["changed"]), "removed": len(plan["removed"]),
@@ -604,6 +611,8 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         maps_by_rel = _maps_by_rel(known_maps)
         discard = _files_of(plan["removed"], known, maps_by_rel)
         discard += _files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
+        discard += [p for rel, m in plan["dead_maps"] for p in (maps_by_rel[rel][m].npy, maps_by_rel[rel][m].png,
+                                                                maps_by_rel[rel][m].thumb) if p]
         with manifest.transaction():
             lock.check()
             manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
@@ -612,6 +621,8 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                 manifest.put_failure(rel, reason, run_id)
             for e in plan["touched"]:
                 manifest.touch_image(e.rel, e.size, e.mtime_ns)
+            for rel, m in plan["dead_maps"]:  # lost files of a method not asked for now: it leaves the report
+                manifest.remove_map(rel, m)
         _unlink_all(out, discard)
         for rel, reason in found.skipped:
             emit({"event": "failure", "path": rel, "reason": reason})
@@ -746,17 +757,22 @@ def _unlink_all(out: Path, paths) -> None:
 
 
 def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, str], MapRow],
-          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str]) -> dict[str, Any]:
+          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str],
+          exists: Callable[[str], bool] = lambda rel: True) -> dict[str, Any]:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
-    Failed images are retried every run (they count as neither added nor changed).
+    Failed images are retried every run (they count as neither added nor changed). Output files of
+    skipped images are checked with one ``exists`` (a stat) each: a deleted display copy is written
+    again, a deleted map of a requested method recomputed, and one of a method not requested dropped.
     """
-    added, changed, touched = [], [], []
-    work: dict[str, tuple[ImageEntry, list[str], bool]] = {}
+    added, changed, touched, dead_maps = [], [], [], []
+    repaired = 0  # images whose committed files were found missing
+    work: dict[str, tuple[ImageEntry, list[str], bool, bool]] = {}  # rel -> entry, methods, fresh, redisplay
     # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
     suspects = [e for e in found.images
                 if (row := known.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)]
     same_content: dict[str, bool] = {}
+    known_maps_by_rel = _maps_by_rel(known_maps)
     if suspects:
         def same(e: ImageEntry) -> bool:
             try:
@@ -783,11 +799,20 @@ def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, s
             m for m, h in method_hashes.items()
             if fresh_prediction or (known_maps.get((e.rel, m)) is None) or known_maps[(e.rel, m)].config_hash != h
         ]
-        if todo or fresh_prediction:
-            work[e.rel] = (e, todo, fresh_prediction)
+        redisplay = False
+        if not fresh_prediction:  # an image that stays: are its committed files all still there?
+            redisplay = not (exists(f"images/{row.stem}.png") and exists(f"thumbs/image/{row.stem}.png"))
+            missing = [m for m, mrow in known_maps_by_rel.get(e.rel, {}).items()
+                       if m not in todo and not all(exists(p) for p in (mrow.npy, mrow.png, mrow.thumb) if p)]
+            todo += [m for m in method_hashes if m in missing]
+            dead_maps += [(e.rel, m) for m in missing if m not in method_hashes]
+            repaired += bool(redisplay or missing)
+        if todo or fresh_prediction or redisplay:
+            work[e.rel] = (e, todo, fresh_prediction, redisplay)
     present = {e.rel for e in found.images}
     removed = [r for r in known if r not in present]
     return {"added": added, "changed": changed, "touched": touched, "work": work, "removed": removed,
+            "dead_maps": dead_maps, "repaired": repaired,
             "stems": assign_stems([e.rel for e in found.images], known)}
 
 
@@ -822,7 +847,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
     stems = plan["stems"]
     # Images that need the same methods go through the model together.
     groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
-    for e, todo, _fresh in work.values():
+    for e, todo, _fresh, _redisplay in work.values():
         groups[tuple(todo)].append(e)
 
     progress = None
@@ -911,7 +936,7 @@ def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_h
             per_method[name] = (arr[j], signed[name], info[j] if info else None)
         items.append({
             "rel": e.rel, "stem": stems[e.rel], "display": b["display"][j], "orig_size": (h, w),
-            "maps": per_method, "hashes": method_hashes, "write_image": fresh,
+            "maps": per_method, "hashes": method_hashes, "write_image": fresh or work[e.rel][3],
         })
     return {"items": items, "image_rows": rows, "failed": failed, "run_id": run_id, "drop_maps": drop,
             "discard": discard}
