@@ -302,6 +302,41 @@ def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
                 pass
 
 
+WATCHED_CHILD = r"""
+import os, time
+import xaibatch.pipeline as pl
+
+pl._set_pdeathsig = lambda sig: False  # as where prctl is unavailable: only the parent-pid watch is left
+parent = os.getpid()
+if os.fork() == 0:
+    pl.die_with_parent(parent)
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_without_prctl_a_worker_watches_its_parent_pid(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WATCHED_CHILD], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            text=True)
+    kid = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        while _alive(kid) and time.monotonic() - t0 < 3.0:
+            time.sleep(0.05)
+        assert not _alive(kid), "the child outlived its SIGKILLed parent"
+    finally:
+        try:
+            os.kill(kid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 @pytest.mark.slow
 def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(tmp_path, tiny_ckpt):
     inp, out, marks = tmp_path / "in", tmp_path / "out", tmp_path / "marks"
