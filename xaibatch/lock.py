@@ -9,10 +9,13 @@ trap: closing *any* descriptor of the file in the holding process releases the
 lock, so this process never opens the lock file twice (see ``_HELD``).
 
 The holder record (JSON: pid, host, start time, argv) is only there to name the
-holder in the "locked" message. The lock file must stay in place while it is held:
-a run checks that it still is before sweeping and inside every commit (``check``). It is cleared when the holder releases the lock
+holder in the "locked" message. It is cleared when the holder releases the lock
 normally, so a record found by the next holder means the previous run was killed
 before it could clean up; the pipeline then sweeps what such a run can leave.
+
+The lock lives on the file's inode, so the file must stay in place while it is
+held: a deleted one lets the next run lock a new file. Runs check that theirs is
+still the one at the path before sweeping and inside every commit (``check``).
 """
 
 from __future__ import annotations
