@@ -16,7 +16,8 @@ Safe to run from a scheduler:
   seed) changed. New and changed images get every requested method; an image
   whose content or model changed loses the maps of methods not requested this
   time (they described the old picture). Images gone from the input, or no longer
-  readable, leave the manifest, and then their files are deleted.
+  readable, leave the manifest, and then their files are deleted. A committed
+  file that went missing (one stat each) is written again.
 * Crash-safe: files are written to a temporary name and renamed; a batch's rows
   are committed only after all its files are in place; rows of removed images
   are deleted before their files. A killed run leaves the last committed state;
