@@ -10,6 +10,8 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+from xaibatch import layout
+
 OWNED = ("images", "thumbs", "maps")
 TEMP = re.compile(r"^\..+\.\d+\.tmp$|^\.xaibatch-write-test\.\d+$")
 
@@ -39,7 +41,8 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
     out = Path(out)
     db = sqlite3.connect(out / "xaibatch.sqlite")
     try:
-        stems = dict(db.execute("SELECT rel, stem FROM images"))
+        rows = db.execute("SELECT rel, stem, width, height FROM images").fetchall()
+        stems = {rel: stem for rel, stem, _w, _h in rows}
         maps = db.execute("SELECT rel, method, npy, png, thumb FROM maps").fetchall()
         failures = {r for (r,) in db.execute("SELECT rel FROM failures")}
         running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
@@ -47,8 +50,8 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         db.close()
     assert running == 0, "a run row is still 'running'"
     referenced = set()
-    for rel, stem in stems.items():
-        referenced |= {f"images/{stem}.png", f"thumbs/image/{stem}.png"}
+    for _rel, stem, width, height in rows:
+        referenced |= {layout.image_png(stem), layout.image_thumb(stem, width, height)}
     for rel, method, *files in maps:
         assert rel in stems, f"map row {method} of {rel} has no image row"
         referenced |= {f for f in files if f}

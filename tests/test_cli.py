@@ -93,10 +93,11 @@ def test_maps_have_the_original_size_and_deep_folders_work(tmp_path, tiny_ckpt):
     assert np.load(out / "maps/gradcam/REAL/a/b/wide.npy").shape == (40, 70)
 
 
-def test_default_out_is_outputs_slash_folder_name(tmp_path, labeled_dir, tiny_ckpt, monkeypatch):
+def test_default_out_is_outputs_slash_parent_dash_folder_name(tmp_path, labeled_dir, tiny_ckpt, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--workers", 0).exit_code == 0
-    assert (tmp_path / "outputs" / labeled_dir.name / "index.html").is_file()
+    # outputs/<parent>-<name>: data/demo/test and data/CIFAKE/test must not share a folder
+    assert (tmp_path / "outputs" / f"{labeled_dir.parent.name}-{labeled_dir.name}" / "index.html").is_file()
 
 
 def test_help_lists_every_option_with_an_example():

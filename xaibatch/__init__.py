@@ -10,3 +10,16 @@ __version__ = "0.1.0"
 # resizing, method definition). Part of every configuration hash, so a re-run
 # after such a change recomputes instead of trusting old maps.
 MAP_FORMAT_VERSION = 1
+
+__all__ = ["METHODS", "RunOptions", "RunResult", "explain", "run", "__version__"]
+
+_LAZY = {"run": "pipeline", "RunOptions": "pipeline", "RunResult": "pipeline", "explain": "api", "METHODS": "methods"}
+
+
+def __getattr__(name: str):
+    """The public API, imported on first use: ``import xaibatch`` stays light (no torch) for the CLI."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'xaibatch' has no attribute {name!r}")

@@ -74,16 +74,22 @@ def _checked(parse, param_hint: str | None = None):
         raise click.BadParameter(str(e), param_hint=param_hint) from None
 
 
+def _heavy_import(load):
+    """Import what a command needs (torch and the methods: seconds); a Ctrl-C meanwhile is exit 5 in one line."""
+    try:
+        return load()
+    except KeyboardInterrupt:
+        raise Failure("interrupted while starting", EXIT_INTERRUPTED) from None
+
+
 def _known_methods(names):
     """Each name resolves to a method (the registry, with its close matches when one does not)."""
-    from .methods import method_class  # imports torch: only once a command runs, never for --help
-
+    method_class = _heavy_import(lambda: __import__("xaibatch.methods", fromlist=["method_class"]).method_class)
     return [m for m in names if method_class(m)]
 
 
 def _method_options(values, methods):
-    from .methods.options import method_options
-
+    method_options = _heavy_import(lambda: __import__("xaibatch.methods.options", fromlist=["x"]).method_options)
     return method_options(values, methods)
 
 
@@ -130,7 +136,12 @@ class _RunCommand(click.Command):
 @click.option("--workers", type=click.IntRange(0), default=default_workers, show_default="CPUs - 1, at most 4",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder (e.g. --out reports/cifake). Default: outputs/<input folder name>.")
+              help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
+                   "(data/demo/test -> outputs/demo-test).")
+@click.option("--replace", is_flag=True,
+              help="Write into --out even if it holds another input folder's report (which is replaced) or "
+                   "is a non-empty folder that is not an xaibatch output (its index.html, images/, assets/ and the "
+                   "report's other pages and folders are replaced). Never needed for re-runs.")
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
 @click.option("--follow-links", is_flag=True,
               help="Follow symlinked folders that lead outside INPUT_DIR (skipped with a reason by default).")
@@ -165,8 +176,8 @@ class _RunCommand(click.Command):
                                       "starts: the blurred image, black, or the image's mean colour.")
 @reported
 def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_layer, target, batch_size, device,
-        workers, out, unlabeled, follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir,
-        quiet, wait, wait_timeout, log_json, faithfulness, faithfulness_steps, faithfulness_baseline):
+        workers, out, replace, unlabeled, follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed,
+        template_dir, quiet, wait, wait_timeout, log_json, faithfulness, faithfulness_steps, faithfulness_baseline):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -183,12 +194,12 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
     no progress bar, just one summary line (or JSON lines with --log-json).
     """
     from .faithfulness import FaithConfig
-    from .pipeline import RunOptions
+    from .pipeline import RunOptions, default_out
     from .pipeline import run as run_pipeline
     from .errors import exit_code_for
     from .runlog import JsonLog
 
-    out = out or Path("outputs") / input_dir.resolve().name
+    out = out or default_out(input_dir)
     jlog = JsonLog(sys.stdout) if log_json else None
     human = not quiet and not log_json
     if jlog:
@@ -202,7 +213,7 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
                         "lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide,
                                  **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
-        wait=wait, wait_timeout=wait_timeout, on_event=jlog,
+        wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
         faithfulness=FaithConfig(faithfulness_steps, faithfulness_baseline, chunk=max(64, 4 * batch_size))
         if faithfulness else None,
     )

@@ -7,9 +7,9 @@ record with an error, never an exception that stops the run.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 import re
-import stat
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps
 from .errors import DecodeError
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import ImageEntry
+from .files import NotRegularFile, hash_open_file, open_regular
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
@@ -30,28 +31,35 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = None) -> Image.Image:
     """Decode one image to RGB: first frame, EXIF orientation applied, size-checked before decoding.
 
     Returns an RGB image of at least 1x1 pixels or raises :class:`DecodeError` with a short reason;
-    nothing else.
+    nothing else. With ``digest`` (a hashlib object) the file's bytes are fed to it first, from the
+    same open file that is then decoded: one safe open per file, and the hash is of what was decoded.
     """
     try:
-        # O_NONBLOCK: a FIFO swapped in after the scan must not block a worker forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # A FIFO or a symlink to /dev/zero swapped in after the scan is refused, never read forever.
+        fd, st = open_regular(path)
     except OSError as e:
+        if isinstance(e, NotRegularFile):
+            raise DecodeError("not a regular file") from None
         raise DecodeError(f"cannot read: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise DecodeError("not a regular file")
             if st.st_size == 0:
                 raise DecodeError("empty file (0 bytes)")
+            if digest is not None:
+                hash_open_file(f, st.st_size, digest)
+                f.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(f, formats=DECODE_FORMATS) as im:
+                try:
+                    im = Image.open(f, formats=DECODE_FORMATS)
+                except Image.UnidentifiedImageError:
+                    raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
+                with im:
                     _check_size(im.size, max_pixels)
                     im.seek(0)
                     _check_size(im.size, max_pixels)
@@ -71,8 +79,6 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
         n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
         raise DecodeError(f"refused: the image declares {n}, over the limit of {max_pixels:,} "
                           "(decompression bomb?)") from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError(f"not an image{_looks_like(path)}: the content is not {_FORMAT_NAMES}") from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
     except RecursionError:
@@ -95,13 +101,13 @@ def _describe(e: BaseException) -> str:
     return f"corrupt or truncated image: {msg}" if msg else f"corrupt or truncated image ({type(e).__name__})"
 
 
-def _looks_like(path: Path | str) -> str:
-    """`` (looks like text)`` when the file starts with readable text, else nothing."""
+def _looks_like(f) -> str:
+    """`` (looks like text)`` when the open file starts with readable text, else nothing."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
+        f.seek(0)
+        head = f.read(512)
         text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last char is fine
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError):
         return ""
     return " (looks like text)" if text and all(c.isprintable() or c in "\r\n\t" for c in text) else ""
 
@@ -150,18 +156,21 @@ class ImageDataset(torch.utils.data.Dataset):
         entries: list[ImageEntry],
         input_size: int,
         segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+        want_hash: list[bool] | None = None,
     ) -> None:
         self.entries = entries
         self.input_size = input_size
         self.segmenter = segmenter
+        self.want_hash = want_hash  # per entry: also return the sha256 of the bytes decoded
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         entry = self.entries[i]
+        digest = hashlib.sha256() if self.want_hash and self.want_hash[i] else None
         try:
-            im = load_image(entry.path)
+            im = load_image(entry.path) if digest is None else load_image(entry.path, digest=digest)
             w, h = im.size
             x = im.resize((self.input_size, self.input_size), Image.BILINEAR)
             arr = np.asarray(x, dtype=np.uint8)
@@ -172,6 +181,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 "orig_size": (h, w),
                 "display": np.asarray(disp, dtype=np.uint8),
                 "error": None,
+                "sha256": None if digest is None else digest.hexdigest(),
             }
             if self.segmenter is not None:
                 item["segments"] = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))
@@ -192,5 +202,6 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "display": [it["display"] for it in good],
         "x": torch.stack([it["x"] for it in good]) if good else None,
         "segments": torch.stack([it["segments"] for it in good]) if good and "segments" in good[0] else None,
+        "sha256": [it.get("sha256") for it in good],
     }
     return out

@@ -7,6 +7,7 @@ import io
 import itertools
 import hashlib
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -90,12 +91,42 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class NotRegularFile(OSError):
+    """A path that should be a regular file is a FIFO, a device, a folder, ..."""
+
+
+def open_regular(path: Path | str) -> tuple[int, os.stat_result]:
+    """Open a file for reading that must be a regular file; return its descriptor and ``fstat``.
+
+    ``O_NONBLOCK``: a FIFO swapped in for the file must not block the open; ``fstat`` on the opened
+    descriptor (not a second ``stat`` of the path) then refuses anything that is not a regular file,
+    such as a FIFO or a symlink to ``/dev/zero``, which would otherwise be read forever.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def hash_open_file(f, size: int, digest) -> None:
+    """Feed the first ``size`` bytes of the open file ``f`` to ``digest`` (never more: a growing file ends)."""
+    left = size
+    while left > 0 and (chunk := f.read(min(1 << 20, left))):
+        digest.update(chunk)
+        left -= len(chunk)
+
+
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
+    """SHA-256 of a regular file (anything else raises OSError), read in 1 MiB chunks up to its size."""
+    fd, st = open_regular(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    with os.fdopen(fd, "rb") as f:
+        hash_open_file(f, st.st_size, h)
     return h.hexdigest()
 
 

@@ -31,6 +31,8 @@ DISPLAY_MAX_SIDE = 512  # display copies and overlays are written at most this l
 THUMB_SIDE = 128  # gallery thumbnails are at most this large
 
 PICTURE_DIRS = ("images", "thumbs", "maps")  # per-image files: written by runs, swept after a crash
+# Top-level folders of an output folder that every run rewrites (maps, pictures, report pages and assets).
+OUTPUT_DIRS = (*PICTURE_DIRS, "gallery", "detail", "assets", "figures")
 PICTURE_SUFFIXES = (".png", ".npy")
 
 

@@ -12,6 +12,10 @@ The holder record (JSON: pid, host, start time, argv) is only there to name the
 holder in the "locked" message. It is cleared when the holder releases the lock
 normally, so a record found by the next holder means the previous run was killed
 before it could clean up; the pipeline then sweeps what such a run can leave.
+
+The lock lives on the file's inode, so the file must stay in place while it is
+held: a deleted one lets the next run lock a new file. Runs check that theirs is
+still the one at the path before sweeping and inside every commit (``check``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import LockHeld, UsageError
+from . import layout
+from .errors import LockHeld, UsageError, XaibatchError
 
-LOCK_NAME = ".xaibatch.lock"
+LOCK_NAME = layout.LOCK
 
 # Lock files this process holds. A second OutputLock on the same folder in this
 # process must not open the file (that would drop the POSIX lock on close).
@@ -60,6 +65,10 @@ def describe(holder: dict[str, Any] | None) -> str:
         when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
         parts.append(f"since {when} ({max(0, time.time() - started):.0f}s ago)")
     return " ".join(parts)
+
+
+class LockLost(XaibatchError):
+    """The lock file was deleted or replaced under a running run (exit code 3)."""
 
 
 class OutputLock:
@@ -139,6 +148,27 @@ class OutputLock:
                 raise Interrupted(f"interrupted while waiting for the lock on {self.out_dir}")
             time.sleep(poll if timeout is None else max(0.0, min(poll, timeout - waited)))
         return time.monotonic() - t0
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless the lock file at its path is still the file this lock holds.
+
+        A POSIX lock lives on the inode: once the file is unlinked (or renamed over),
+        the next run creates a new file and locks that, unaware of this one. Checked
+        before anything is swept and inside each commit's transaction, so such a run
+        never sweeps files this one is about to commit.
+        """
+        if self.fd is None:
+            return
+        held = os.fstat(self.fd)
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            raise LockLost(f"the lock file {self.path} was deleted or replaced during this run, so another run may "
+                           f"be using {self.out_dir}; stopped without committing more (the next run completes "
+                           "the work)")
 
     def release(self) -> None:
         """Clear the holder record (a clean finish) and drop the lock."""

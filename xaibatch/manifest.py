@@ -127,6 +127,14 @@ class Manifest:
     def close(self) -> None:
         self.db.close()
 
+    # -- meta ----------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     # -- transactions -------------------------------------------------------
     def transaction(self):
         return _Transaction(self.db)

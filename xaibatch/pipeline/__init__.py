@@ -11,7 +11,8 @@
     run.py       run(): the lock, the steps above in order, predictions.csv and the report
 """
 
+from .guards import default_out
 from .options import RunOptions, RunResult
 from .run import run
 
-__all__ = ["RunOptions", "RunResult", "run"]
+__all__ = ["RunOptions", "RunResult", "default_out", "run"]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import signal
+import sys
+import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +18,6 @@ import torch
 
 from ..data import ImageDataset, collate
 from ..scan import ImageEntry
-from ..files import file_sha256
 from ..manifest import ImageRow
 from ..errors import ModelError
 from ..methods import Method, StopRequested
@@ -31,53 +35,53 @@ def image_seed(rel: str) -> int:
     return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
 
 
-def worker_init(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch.
+def worker_init(_worker_id: int, parent: int | None = None) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
+    and die with it (``parent``: its pid) however it dies.
 
     (A Ctrl-C reaches the whole process group, and systemd signals the whole
     cgroup; a worker dying on it would make the main process fail instead of
-    stopping cleanly.)
+    stopping cleanly. A SIGKILLed main process cannot stop its workers: without
+    this they live on, holding their memory, adopted by init.)
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if parent is not None:
+        die_with_parent(parent)
 
 
-class HashingDataset(torch.utils.data.Dataset):
-    """Adds the sha256 of new and changed files, computed in the DataLoader worker just before decoding.
-
-    Hashing before decoding (with size and mtime from the earlier scan) keeps the
-    manifest self-correcting: if the file changes between hash and decode, its
-    mtime no longer matches and the next run looks at it again.
-    """
-
-    def __init__(self, inner: ImageDataset, want_hash: list[bool]) -> None:
-        self.inner = inner
-        self.want_hash = want_hash
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        sha = None
-        if self.want_hash[i]:
-            try:
-                sha = file_sha256(self.inner.entries[i].path)
-            except OSError as e:
-                return {"index": i, "error": f"cannot read: {e.strerror or e}"}
-        item = self.inner[i]
-        item["sha256"] = sha
-        return item
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def collate_hashed(items: list[dict[str, Any]]) -> dict[str, Any]:
-    b = collate(items)
-    b["sha256"] = [it.get("sha256") for it in items if it.get("error") is None]
-    return b
+def die_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid."""
+    if not _set_pdeathsig(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
             stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
-            log: Callable[[str], None] = lambda s: None) -> None:
+            log: Callable[[str], None] = lambda s: None, check: Callable[[], None] = lambda: None) -> None:
     """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
     if not plan.work:
         return
@@ -102,7 +106,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
 
         progress = tqdm(total=len(plan.work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                    threads=writer_threads(device.type, opts.workers))
+                    threads=writer_threads(device.type, opts.workers), check=check)
     writer.start()
     scorer = None
     if opts.faithfulness is not None:
@@ -115,13 +119,14 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
             explainer = Explainer(methods, prepared.ctx, opts.target, scorer, should_stop=lambda: stop.requested,
                                   on_progress=on_progress)
             segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
-            ds = HashingDataset(ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None),
-                                [plan.work[e.rel].fresh for e in entries])
+            # New and changed files are hashed in the worker, from the same safe open that decodes them.
+            ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None,
+                              want_hash=[plan.work[e.rel].fresh for e in entries])
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate_hashed,
+                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate,
                 pin_memory=device.type == "cuda", persistent_workers=False,
                 prefetch_factor=4 if opts.workers > 0 else None,
-                worker_init_fn=worker_init if opts.workers > 0 else None,
+                worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if opts.workers > 0 else None,
             )
             for b in loader:
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
@@ -175,15 +180,17 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
     fresh = [plan.work[e.rel].fresh for e in entries]
     pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side)
                 for name, (arr, *_) in maps.items()}
-    thumbs = iter(display_thumbs([d for d, f in zip(b["display"], fresh) if f]))
+    shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
+    thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
         pred = int(p.argmax())
         h, w = orig_sizes[j]
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
-        if fresh[j]:
+        if shown[j]:
             item.display, item.display_thumb = b["display"][j], next(thumbs)
+        if fresh[j]:
             job.image_rows.append(ImageRow(
                 rel=e.rel, stem=stem, size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
                 width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),

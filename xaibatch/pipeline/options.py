@@ -35,6 +35,7 @@ class RunOptions:
     wait_timeout: float | None = None  # with wait: give up after this many seconds
     on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
     handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
+    replace: bool = False  # out_dir may hold another input's report or foreign files: write there anyway
     faithfulness: Any = None  # faithfulness.FaithConfig: deletion/insertion scores for every map; None: off
 
 

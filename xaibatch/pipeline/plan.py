@@ -8,7 +8,8 @@ import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import MAP_FORMAT_VERSION, layout
 from ..layout import assign_stems
@@ -94,6 +95,7 @@ class Work:
     entry: ImageEntry
     methods: list[str]  # methods whose maps are missing or stale
     fresh: bool  # new content or a new model: the prediction and display copy are (re)written too
+    redisplay: bool = False  # only the display copy's files went missing: written again, no new prediction
 
 
 @dataclass
@@ -104,14 +106,19 @@ class Plan:
     work: dict[str, Work]
     removed: list[str]  # in the manifest, gone from the input
     stems: dict[str, str]  # rel -> output file stem
+    dead_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method): files lost, method not asked
+    repaired: int = 0  # images whose committed files were found missing
 
 
-def make_plan(found: Scan, known: Known, hashes: Hashes) -> Plan:
+def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str], bool] = lambda rel: True) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
-    Failed images are retried every run (they count as neither added nor changed).
+    Failed images are retried every run (they count as neither added nor changed). Output files of
+    skipped images are looked up with ``exists`` (see existing_files): a deleted display copy is written
+    again, a deleted map of a requested method recomputed, and one of a method not requested dropped.
     """
-    added, changed, touched = [], [], []
+    added, changed, touched, dead_maps = [], [], [], []
+    repaired = 0
     work: dict[str, Work] = {}
     # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
     suspects = [e for e in found.images
@@ -143,11 +150,46 @@ def make_plan(found: Scan, known: Known, hashes: Hashes) -> Plan:
         todo = [m for m, h in hashes.methods.items()
                 if fresh or m not in maps or maps[m].config_hash != h
                 or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))]
-        if todo or fresh:
-            work[e.rel] = Work(e, todo, fresh)
+        redisplay = False
+        if not fresh:  # an image that stays: are its committed files all still there?
+            redisplay = not (exists(layout.image_png(row.stem))
+                             and exists(layout.image_thumb(row.stem, row.width, row.height)))
+            missing = [m for m, mrow in maps.items()
+                       if m not in todo and not all(exists(p) for p in (mrow.npy, mrow.png, mrow.thumb) if p)]
+            todo += [m for m in hashes.methods if m in missing]
+            dead_maps += [(e.rel, m) for m in missing if m not in hashes.methods]
+            repaired += bool(redisplay or missing)
+        if todo or fresh or redisplay:
+            work[e.rel] = Work(e, todo, fresh, redisplay)
     present = {e.rel for e in found.images}
     removed = [r for r in known.images if r not in present]
-    return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images))
+    return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images),
+                dead_maps, repaired)
+
+
+def existing_files(out: Path) -> set[str]:
+    """Every file under images/, thumbs/ and maps/ as a relative POSIX path.
+
+    One directory listing instead of a stat per committed file: about 5x cheaper at 10,000 files.
+    """
+    found: set[str] = set()
+    stack = [(os.path.join(out, top), f"{top}/") for top in layout.PICTURE_DIRS]
+    while stack:
+        d, rel = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for ent in it:
+                try:
+                    if ent.is_dir(follow_symlinks=False):
+                        stack.append((ent.path, f"{rel}{ent.name}/"))
+                    else:
+                        found.add(f"{rel}{ent.name}")
+                except OSError:
+                    pass
+    return found
 
 
 @dataclass

@@ -43,25 +43,18 @@ from ..scan import Scan, shown
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest, ManifestError
 from .options import RunOptions, RunResult
-from .plan import Known, Plan, Tally, make_plan
-from .setup import Setup, cached_setup, checkpoint_path, load_setup
+from .guards import check_folders, check_same_input
+from .plan import Known, Plan, Tally, existing_files, make_plan
+from .setup import Setup, cached_setup, load_setup, scan_input
 from .recovery import sweep_orphans, sweep_temp_files
 from .signals import Stop, catch_signals
 from ..files import unlink_all
 
 
-def check_out_is_not_input(opts: RunOptions) -> None:
-    """Refuse --out == INPUT_DIR before anything (even the lock file) is written there."""
-    if Path(opts.out_dir).resolve() == Path(opts.input_dir).resolve():
-        sibling = Path(opts.input_dir).resolve().parent / f"{Path(opts.input_dir).resolve().name}-xaibatch"
-        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
-                         f"choose another folder, e.g. --out {sibling}")
-
-
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
-    check_out_is_not_input(opts)
+    check_folders(opts)
     out = Path(opts.out_dir)
     with catch_signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
@@ -72,12 +65,14 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
                              should_stop=lambda: stop.requested, on_wait=log)
             waited[0] += w
+            check_same_input(opts, out)
             return w
 
         try:
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
-                setup = cached_setup(opts, out, checkpoint_path(opts)) or load_setup(opts)
+                found = scan_input(opts)  # once: the cached setup and the model's share it
+                setup = cached_setup(opts, out, found) or load_setup(opts, found)
             else:  # nothing to protect yet: check everything before creating the folder
                 setup = load_setup(opts)
                 make_out(out)
@@ -117,8 +112,11 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     try:
         recover(out, manifest, lock, log)
         known = Known.read(manifest)
+        manifest.set_meta("input_dir", str(Path(opts.input_dir).resolve()))  # what this report is of
         run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
-        plan = make_plan(found, known, hashes)
+        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda rel: False)
+        if plan.repaired:
+            log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan.added),
             "changed": len(plan.changed), "removed": len(plan.removed),
@@ -127,7 +125,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         emit({"event": "plan", "run_id": run_id, **{k: counts[k] for k in ("seen", "added", "changed", "removed",
                                                                           "unchanged")},
               "to_compute": len(plan.work)})
-        apply_removals(out, manifest, found, plan, known, run_id, emit)
+        apply_removals(out, manifest, lock, found, plan, known, run_id, emit)
         timings["plan"] = time.time() - t_plan
 
         t_compute = time.time()
@@ -136,7 +134,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
                 raise RuntimeError("the plan changed under the lock")
             from .compute import compute  # torch (loaded with the model by now)
 
-            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log)
+            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
         timings["compute"] = time.time() - t_compute
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
@@ -159,6 +157,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
 
     t_report = time.time()
     try:
+        lock.check()  # the report is written only while the folder is still ours
         accuracy = write_predictions_csv(out, setup.names)  # before the report, which links to it
         report = write_report(out, template_dir=opts.template_dir)
     except BaseException:
@@ -182,6 +181,7 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
     Such a run left its run row 'running' or its holder record in the lock file.
     """
     killed = manifest.close_stale_runs()
+    lock.check()
     if killed or lock.previous:
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
@@ -191,18 +191,23 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
             "continuing where it stopped")
 
 
-def apply_removals(out: Path, manifest: Manifest, found: Scan, plan: Plan, known: Known, run_id: int,
-                   emit: Callable[[dict[str, Any]], None]) -> None:
+def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan, plan: Plan, known: Known,
+                   run_id: int, emit: Callable[[dict[str, Any]], None]) -> None:
     """Images gone from the input or no longer readable leave the manifest, then their files go."""
     present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
     discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
+    discard += [p for rel, m in plan.dead_maps for p in (known.maps[rel][m].npy, known.maps[rel][m].png,
+                                                         known.maps[rel][m].thumb) if p]
     with manifest.transaction():
+        lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
         manifest.remove_failures(r for r in known.failures if r not in present)
         for rel, reason in found.skipped:
             manifest.put_failure(rel, reason, run_id)
         for e in plan.touched:
             manifest.touch_image(e.rel, e.size, e.mtime_ns)
+        for rel, m in plan.dead_maps:  # lost files of a method not asked for now: it leaves the report
+            manifest.remove_map(rel, m)
     unlink_all(out, discard)
     for rel, reason in found.skipped:
         emit({"event": "failure", "path": rel, "reason": reason})

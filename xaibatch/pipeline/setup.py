@@ -21,7 +21,7 @@ from ..manifest import Manifest
 from ..resources import default_checkpoint
 from ..scan import Scan, scan
 from .options import RunOptions
-from .plan import Hashes, Known, config_hash, make_plan
+from .plan import Hashes, Known, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
 NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "workers", "template_dir", "progress", "wait",
@@ -57,6 +57,10 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
                         "checkpoint_sha256": checkpoint_sha256, "classes": found.classes})
 
 
+def scan_input(opts: RunOptions) -> Scan:
+    return scan(opts.input_dir, opts.labeled, opts.follow_links)
+
+
 def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     """Load the model and the methods (imports torch) and compute the configuration hashes."""
     import torch
@@ -64,7 +68,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     from .plan import config_hashes
     from .prepare import prepare
 
-    prepared = prepare(opts, found)
+    prepared = prepare(opts, found or scan_input(opts))
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     config = {
@@ -81,14 +85,13 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     return Setup(prepared.found, hashes, prepared.names, config["layer"], config, prepared)
 
 
-def cached_setup(opts: RunOptions, out: Path, checkpoint: Path) -> Setup | None:
+def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
     """The setup of the last finished run with this request, if the plan then has nothing to compute."""
     manifest_path = out / layout.MANIFEST
     if not manifest_path.is_file():
         return None
     try:
-        found = scan(opts.input_dir, opts.labeled, opts.follow_links)
-        key = request_key(opts, found, file_sha256(checkpoint))
+        key = request_key(opts, found, file_sha256(checkpoint_path(opts)))
     except Exception:
         return None  # the full path reports it properly
     manifest = Manifest(manifest_path)
@@ -100,7 +103,8 @@ def cached_setup(opts: RunOptions, out: Path, checkpoint: Path) -> Setup | None:
         hashes = Hashes(predict_hash, {m: v["hash"] for m, v in config["methods"].items()},
                         {k: v for k, v in config["model"].items() if k != "checkpoint"},
                         config.get("faithfulness_hashes"))
-        if make_plan(found, Known.read(manifest), hashes).work:
+        known = Known.read(manifest)
+        if make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False).work:
             return None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         return None

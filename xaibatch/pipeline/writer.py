@@ -135,7 +135,8 @@ class Writer(threading.Thread):
     """Writes each job's files, then commits its rows (one transaction per job), in order."""
 
     def __init__(self, out_dir: Path, on_done: Callable[[int], None] = lambda n: None, threads: int = 1,
-                 queue_size: int = 4) -> None:
+                 queue_size: int = 4, check: Callable[[], None] = lambda: None) -> None:
+        self.check = check  # raises when the output folder's lock is no longer ours
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = Path(out_dir)
         self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
@@ -180,6 +181,7 @@ class Writer(threading.Thread):
             per_item = [write_item(files, it, job.run_id) for it in job.items]
         # Every file of the batch is in place (renamed from its temporary name): only now do rows point at them.
         with manifest.transaction():
+            self.check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
             for row in job.image_rows:
                 manifest.put_image(row)
             for rel, method in job.drop_maps:

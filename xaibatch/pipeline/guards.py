@@ -1,0 +1,65 @@
+"""Refuse an INPUT_DIR/--out pair that would overwrite or mix up the user's files, before anything is written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .. import layout
+from ..errors import UsageError
+from ..files import safe_join
+from ..manifest import Manifest
+from .options import RunOptions
+
+
+def default_out(input_dir: Path) -> Path:
+    """``outputs/<parent>-<name>``: ``data/demo/test`` and ``data/CIFAKE/test`` get different folders."""
+    p = Path(input_dir).resolve()
+    name = p.name or "root"
+    return Path("outputs") / (f"{p.parent.name}-{name}" if p.parent.name else name)
+
+
+def check_folders(opts: RunOptions) -> None:
+    """Refuse an INPUT_DIR/--out pair that would overwrite the user's files, before anything is written."""
+    inp, out = Path(opts.input_dir).resolve(), Path(opts.out_dir).resolve()
+    if out == inp:
+        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+                         f"choose another folder, e.g. --out {default_out(inp)}")
+    for folder in (inp, *inp.parents):
+        top = inp.relative_to(folder).parts[:1]
+        if top and top[0] in layout.OUTPUT_DIRS and (folder / layout.MANIFEST).is_file():
+            raise UsageError(f"INPUT_DIR {opts.input_dir} is inside {top[0]}/ of the xaibatch output folder {folder}, "
+                             "whose files every run rewrites; give the folder of the original images instead")
+    if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in layout.OUTPUT_DIRS:
+        raise UsageError(f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
+                         f"{opts.input_dir}; choose another folder, e.g. --out {default_out(inp)}")
+    if not out.is_dir():
+        return
+    for top in layout.OUTPUT_DIRS:  # a symlink planted there would redirect every write
+        safe_join(out, top)
+    if opts.replace or (out / layout.MANIFEST).exists() or (out / layout.LOCK).exists():
+        return  # ours (a run that died before writing its manifest still left its lock file)
+    try:
+        foreign = bool(os.listdir(out))
+    except OSError:
+        return  # unreadable: taking the lock reports it
+    if foreign:
+        raise UsageError(f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
+                         f"{layout.MANIFEST}); choose a new or empty folder, or pass --replace to write the report "
+                         "there (its pages and folders such as assets/ and images/ are replaced)")
+
+
+def check_same_input(opts: RunOptions, out: Path) -> None:
+    """Refuse to replace the report of another input folder unless ``--replace``; call holding the lock."""
+    path = out / layout.MANIFEST
+    if opts.replace or not path.is_file():
+        return
+    manifest = Manifest(path)
+    try:
+        recorded = manifest.get_meta("input_dir")
+    finally:
+        manifest.close()
+    inp = Path(opts.input_dir).resolve()
+    if recorded is not None and recorded != str(inp):
+        raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
+                         f"another --out (e.g. --out {default_out(inp)}) or pass --replace to replace that report")
