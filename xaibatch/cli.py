@@ -106,9 +106,21 @@ class _RunCommand(click.Command):
 @click.option("--method", "-m", "methods", multiple=True, type=click.Choice(sorted(METHODS)), default=("gradcam",),
               show_default=True, help="Explanation method; repeat for several (e.g. -m gradcam -m lime).")
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
+@click.option("--model", "model_spec", metavar="SPEC",
+              help="Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
+                   "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
                    "Default: the bundled demo model.")
+@click.option("--classes", metavar="A,B,...",
+              help="Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
+                   "checkpoint's, else the folder's.")
+@click.option("--positive-class", metavar="NAME",
+              help="Two classes: the one a one-logit head's sigmoid and --threshold are about "
+                   "(e.g. --positive-class FAKE). Default: the second in sorted order.")
+@click.option("--threshold", type=click.FloatRange(0, 1), metavar="T",
+              help="Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
+                   "Default: 0.5.")
 @click.option("--image-size", type=click.IntRange(8, 4096),
               help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.")
 @click.option("--target-layer", help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest "
@@ -143,7 +155,7 @@ class _RunCommand(click.Command):
               help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
                    "instead of the summary line; for schedulers and log collectors.")
 @reported
-def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, batch_size, device, workers, out,
+def run(input_dir, methods, arch, model_spec, checkpoint, classes, positive_class, threshold, image_size, target_layer, target, batch_size, device, workers, out,
         unlabeled, lime_samples, lime_segments, lime_hide, seed, template_dir, quiet, wait, wait_timeout, log_json):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
@@ -152,6 +164,7 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
       xaibatch run data/CIFAKE/test --method gradcam
       xaibatch run data/CIFAKE/test -m gradcam -m guided-gradcam -m lime --out reports/cifake
       xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
+      xaibatch run data/CIFAKE/test --model examples/cifake_cnn.py:build --checkpoint cnn.pt --threshold 0.7
 
     \b
     Re-runs are incremental: unchanged images (same size and mtime, or same
@@ -171,7 +184,8 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
         jlog.start(pid=os.getpid(), input_dir=str(input_dir), out_dir=str(out), methods=list(methods),
                    version=__version__)
     opts = RunOptions(
-        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
+        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
+        classes=_class_list(classes), positive_class=positive_class, threshold=threshold,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
         workers=workers, labeled=False if unlabeled else None,
         method_options={"lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide}},
@@ -195,6 +209,15 @@ def run(input_dir, methods, arch, checkpoint, image_size, target_layer, target, 
     if jlog:
         jlog.end(code, result)
     sys.exit(code)
+
+
+def _class_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+    return names
 
 
 def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:

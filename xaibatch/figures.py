@@ -79,3 +79,22 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
         ax.set_title(f"Reliability (ECE {100 * ece:.1f}%)")
         ax.legend(frameon=False, loc="upper left")
         return _svg(fig)
+
+
+def roc_curve(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float,
+              auc: float, positive: str) -> bytes:
+    """The ROC curve of the positive class's probability, with the operating point of the threshold marked."""
+    with matplotlib.rc_context(_RC):
+        fig = _new(4.2, 3.6)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#555", linestyle="--", linewidth=1, label="chance")
+        ax.plot(fpr, tpr, color="#0072B2", linewidth=1.5, label=f"ROC (AUC {auc:.3f})")
+        ax.scatter([point[0]], [point[1]], color="#D55E00", marker="o", s=30, zorder=3,
+                   label=f"threshold {threshold:g}")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.02)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel(f"true positive rate ({positive})")
+        ax.set_title(f"ROC, positive class {positive}")
+        ax.legend(frameon=False, loc="lower right")
+        return _svg(fig)

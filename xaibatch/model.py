@@ -37,9 +37,13 @@ class LoadedModel:
     std: tuple[float, float, float]
     checkpoint: str  # path, or "(random init)"
     checkpoint_sha256: str
+    outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
+    decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
 
     @property
     def num_classes(self) -> int:
+        if self.outputs is not None:
+            return self.outputs
         n = getattr(self.module, "num_classes", None)  # every timm model has it (DeiT's classifier is a pair)
         return int(n) if n is not None else int(self.module.get_classifier().out_features)
 

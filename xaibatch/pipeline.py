@@ -43,7 +43,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -55,6 +55,7 @@ from . import MAP_FORMAT_VERSION, __version__
 from .data import ImageDataset, ImageEntry, Scan, collate, scan
 from .errors import InputError, Interrupted, UsageError
 from .files import atomic_write_bytes, file_sha256, safe_join, save_npy
+from . import heads
 from .layers import capture, find_target_layer
 from .lock import OutputLock, describe, pid_alive
 from .manifest import FILENAME as MANIFEST_NAME
@@ -72,6 +73,10 @@ class RunOptions:
     methods: list[str]
     checkpoint: Path | None = None  # None: the bundled default model
     arch: str | None = None
+    model: str | None = None  # FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME (usermodel)
+    classes: list[str] | None = None  # class names in output order (else the checkpoint's or the folder's)
+    positive_class: str | None = None  # two classes: the one the threshold is about (default: second sorted)
+    threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
     target_layer: str | None = None
     target: str = "pred"  # pred | label
@@ -304,7 +309,7 @@ class Explainer:
             with torch.no_grad():
                 logits = net(x)
         probs = torch.softmax(logits.detach().float(), dim=1)
-        targets = probs.argmax(1) if self.target == "pred" else labels.to(dev)
+        targets = heads.predict(probs, self.model.decision) if self.target == "pred" else labels.to(dev)
         batch = Batch(
             x=x.detach(), targets=targets, logits=logits, activations=activations,
             segments=None if segments is None else segments.to(dev), seeds=seeds,
@@ -327,6 +332,32 @@ def _checkpoint_path(opts: RunOptions) -> Path:
     return default_checkpoint()
 
 
+def _load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]]:
+    """Build the model (timm checkpoint or ``--model``), read one-logit heads as two classes, name the classes."""
+    n_hint = len(opts.classes or found.classes or []) or None
+    if opts.model is not None:
+        if opts.arch is not None:
+            raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
+        from .usermodel import load_user_model
+
+        model = load_user_model(opts.model, opts.checkpoint, opts.image_size, n_hint)
+    else:
+        model = load_model(_checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
+    one_logit = heads.adapt_one_logit(model)
+    if opts.classes is not None:
+        if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
+            outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
+            raise UsageError(f"--classes {','.join(opts.classes)}: the model has {outputs}; give that many "
+                             "different names, in output order")
+        if model.class_names is not None and model.class_names != opts.classes:
+            raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
+        model.class_names = list(opts.classes)
+    names = class_names_for(model, found)
+    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit)
+    heads.with_positive(model.module, model.decision)
+    return model, names
+
+
 def prepare(opts: RunOptions):
     """Load, scan and check everything that can fail before any file is written."""
     if not opts.methods:
@@ -342,12 +373,12 @@ def prepare(opts: RunOptions):
     found = scan(opts.input_dir, opts.labeled)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
-    model = load_model(_checkpoint_path(opts), opts.arch, opts.image_size, len(found.classes or []) or None)
-    names = class_names_for(model, found)
+    model, names = _load_and_name(opts, found)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
     needs_layer = any(METHODS[m].needs_activations for m in methods_wanted) or opts.target_layer is not None
-    layer = find_target_layer(model.module, model.input_size, opts.target_layer) if needs_layer else None
+    layer = (find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer)
+             if needs_layer else None)
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )
@@ -467,9 +498,16 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         "mean": model.mean, "std": model.std, "classes": names, "target": opts.target,
         "map_format": MAP_FORMAT_VERSION,
     }
-    predict_hash = _hash(predict_cfg)
+    decision = model.decision
+    if decision is not None and decision.one_logit:  # which class sigmoid(z) is changes every probability
+        predict_cfg["one_logit_positive"] = decision.positive_name
+    # Maps depend on the model (model_hash) and on each image's target class; the decision rule only moves
+    # the prediction, so it sits in predict_hash alone: a new threshold re-decides from the stored
+    # probabilities, and only images whose target class flips get new maps (see _plan).
+    model_hash = _hash(predict_cfg)
+    predict_hash = model_hash if decision is None else f"{model_hash}+{_hash(decision.config())}"
     method_hashes = {
-        m.name: _hash({"predict": predict_hash, "method": m.name, "config": m.config(),
+        m.name: _hash({"predict": model_hash, "method": m.name, "config": m.config(),
                        "layer": layer.name if (layer and m.needs_activations) else None})
         for m in methods
     }
@@ -481,6 +519,7 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
                     for m in methods},
         "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
         "labeled": found.classes is not None, "class_names": names,
+        "decision": decision.config() if decision is not None else None,
     }
 
     t_plan = time.time()
@@ -504,7 +543,8 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
         known_maps = manifest.maps()
         known_failures = {rel for rel, _ in manifest.failures()}
         run_id = manifest.start_run(str(opts.input_dir), config, predict_hash)
-        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes)
+        plan = _plan(found, known, known_maps, known_failures, predict_hash, method_hashes,
+                     model_hash=model_hash, redecide=_redecider(model.decision, opts.target, predict_hash, run_id))
         counts = {
             "seen": len(found.images) + len(found.skipped), "added": len(plan["added"]),
             "changed": len(plan["changed"]), "removed": len(plan["removed"]),
@@ -515,9 +555,16 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, prepared, stop: _
               "to_compute": len(plan["work"])})
         present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
         maps_by_rel = _maps_by_rel(known_maps)
+        stale = {rel: maps_by_rel.pop(rel, {}) for rel in plan["retarget"]}  # removed below, not again in _job
         discard = _files_of(plan["removed"], known, maps_by_rel)
         discard += _files_of([rel for rel, _ in found.skipped], known, maps_by_rel)
+        discard += [p for rows in stale.values() for row in rows.values() for p in (row.npy, row.png, row.thumb) if p]
         with manifest.transaction():
+            for row in plan["redecided"]:  # a new threshold: new predictions from the stored probabilities
+                manifest.put_image(row)
+            for rel, rows in stale.items():  # ... where the target class flipped, the maps explain the old one
+                for m in rows:
+                    manifest.remove_map(rel, m)
             manifest.remove_images(plan["removed"])  # rows first: a kill now leaves only unreferenced files
             manifest.remove_failures(r for r in known_failures if r not in present)
             for rel, reason in found.skipped:
@@ -657,12 +704,16 @@ def _unlink_all(out: Path, paths) -> None:
 
 
 def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, str], MapRow],
-          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str]) -> dict[str, Any]:
+          known_failures: set[str], predict_hash: str, method_hashes: dict[str, str], model_hash: str | None = None,
+          redecide: Callable[[ImageRow], ImageRow] | None = None) -> dict[str, Any]:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
-    Failed images are retried every run (they count as neither added nor changed).
+    Failed images are retried every run (they count as neither added nor changed). When only the
+    decision rule changed (``predict_hash`` is ``model_hash+decision``), ``redecide`` gives the new row
+    from the stored probabilities, with no forward pass; images whose target class it flips are listed
+    in ``retarget`` and get every requested map anew (the caller removes their old maps).
     """
-    added, changed, touched = [], [], []
+    added, changed, touched, redecided, retarget = [], [], [], [], []
     work: dict[str, tuple[ImageEntry, list[str], bool]] = {}
     # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
     suspects = [e for e in found.images
@@ -690,16 +741,37 @@ def _plan(found: Scan, known: dict[str, ImageRow], known_maps: dict[tuple[str, s
         elif not content_same:
             changed.append(e)
         fresh_prediction = row is None or not content_same or row.predict_hash != predict_hash
+        flipped = False
+        if (fresh_prediction and row is not None and content_same and redecide is not None
+                and row.predict_hash.split("+")[0] == model_hash):  # same model, new threshold
+            new = redecide(row)
+            redecided.append(new)
+            flipped = new.target != row.target
+            if flipped:
+                retarget.append(e.rel)
+            fresh_prediction = False
         todo = [
             m for m, h in method_hashes.items()
-            if fresh_prediction or (known_maps.get((e.rel, m)) is None) or known_maps[(e.rel, m)].config_hash != h
+            if fresh_prediction or flipped or (known_maps.get((e.rel, m)) is None)
+            or known_maps[(e.rel, m)].config_hash != h
         ]
         if todo or fresh_prediction:
             work[e.rel] = (e, todo, fresh_prediction)
     present = {e.rel for e in found.images}
     removed = [r for r in known if r not in present]
     return {"added": added, "changed": changed, "touched": touched, "work": work, "removed": removed,
-            "stems": assign_stems([e.rel for e in found.images], known)}
+            "stems": assign_stems([e.rel for e in found.images], known), "redecided": redecided,
+            "retarget": retarget}
+
+
+def _redecider(decision, target: str, predict_hash: str, run_id: int | None) -> Callable[[ImageRow], ImageRow]:
+    """A function giving an image's row under a new decision rule, from the probabilities it already has."""
+    def redecide(row: ImageRow) -> ImageRow:
+        pred = heads.predict_one(row.probs, decision)
+        return replace(row, pred=pred, target=pred if target == "pred" else row.target,
+                       confidence=float(row.probs[pred]), predict_hash=predict_hash, run_id=run_id or row.run_id)
+
+    return redecide
 
 
 def assign_stems(rels: list[str], known: dict[str, ImageRow]) -> dict[str, str]:
@@ -811,7 +883,7 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
                     probs_np = probs.cpu().numpy()
                     maps_np = {k: (v.cpu().numpy(), info) for k, (v, info) in maps.items()}
                     job = _job(batch_entries, b, probs_np, maps_np, group_methods, method_hashes, stems, work,
-                               predict_hash, run_id, opts.target, job_failed, maps_by_rel)
+                               predict_hash, run_id, opts.target, job_failed, maps_by_rel, model.decision)
                     job["discard"] = job["discard"] + gone
                     writer.q.put(job)
                     tally["computed"] += len(batch_entries)
@@ -829,12 +901,12 @@ def _compute(opts, out, found, plan, known, maps_by_rel, names, methods, method_
 
 
 def _job(entries, b, probs, maps, methods, method_hashes, stems, work, predict_hash, run_id, target, failed,
-         maps_by_rel):
+         maps_by_rel, decision=None):
     items, rows, drop, discard = [], [], [], []
     signed = {m.name: m.signed for m in methods}
     for j, e in enumerate(entries):
         p = probs[j]
-        pred = int(p.argmax())
+        pred = heads.predict_one(p, decision)
         h, w = b["orig_size"][j]
         fresh = work[e.rel][2]
         if fresh:
