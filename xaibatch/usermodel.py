@@ -113,7 +113,7 @@ def weights_sha256(module: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in module.state_dict().items():
         h.update(k.encode())
-        t = v.detach().cpu().contiguous()
+        t = v.detach().cpu().reshape(-1).contiguous()
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
