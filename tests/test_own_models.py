@@ -307,3 +307,16 @@ def test_torchvision_and_timm_end_to_end(world, tmp_path, spec):
     assert r.exit_code == 0, r.output
     assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 16
     assert len(_csv(out)) == 16
+
+
+def test_train_state_dict_round_trip(world, tmp_path):
+    demo = world["root"] / "demo"
+    ck = tmp_path / "m.pt"
+    r = CliRunner().invoke(cli, ["train", str(demo), "--arch", "test_resnet", "--image-size", "32", "--epochs", "1",
+                                 "--format", "state-dict", "--out", str(ck)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "format" not in torch.load(ck, weights_only=True)  # a plain state_dict
+    r = _run([str(demo / "test"), "--model", "timm:test_resnet", "--checkpoint", str(ck), "--classes", "FAKE,REAL",
+              "--image-size", "32", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert len(_csv(tmp_path / "out")) == 16

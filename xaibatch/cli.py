@@ -245,8 +245,10 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).")
+@click.option("--format", "save_format", type=click.Choice(["xaibatch", "state-dict"]), default="xaibatch",
+              show_default=True, help="xaibatch's checkpoint, or a plain state_dict for run's --model timm:ARCH.")
 @reported
-def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out):
+def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out, save_format):
     """Train a timm model from scratch on DATA_DIR (ImageFolder, or a folder with train/ and test/).
 
     \b
@@ -256,7 +258,8 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     from .train import train as train_model
 
     r = train_model(data_dir, arch, out, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo)
+                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo,
+                    save_format=save_format)
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
     click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
                f"val accuracy {100 * r.val_accuracy:.1f}%{test}")
