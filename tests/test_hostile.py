@@ -79,7 +79,7 @@ def _evil_files(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
 def test_the_payloads_are_real(tmp_path):
     """Control: loaded without weights_only (in a child process), each file does run its payload."""
     files = _evil_files(tmp_path)
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import sys, torch
         for path in sys.argv[1:]:
             try:

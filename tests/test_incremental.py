@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from conftest import make_checkpoint, write_images
-from xaibatch.pipeline import compute, plan
+from xaibatch import data
+from xaibatch.pipeline import plan
 from xaibatch.manifest import Manifest
 from xaibatch.methods import METHODS, Explanation, Method
 from xaibatch.layout import assign_stems
@@ -101,8 +102,8 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
     def no_hashing(path):
         raise AssertionError(f"hashed {path} on the unchanged fast path")
 
-    for stage in (plan, compute):  # the planner hashes touched files, the loader new and changed ones
-        monkeypatch.setattr(stage, "file_sha256", no_hashing)
+    monkeypatch.setattr(plan, "file_sha256", no_hashing)  # the planner hashes touched files
+    monkeypatch.setattr(data, "hash_open_file", no_hashing)  # the loader new and changed ones
     again = run(_opts(inp, out, tiny_ckpt), log=_quiet)
     assert (again.seen, again.computed, again.unchanged, again.added, again.changed, again.removed) == (
         12, 0, 12, 0, 0, 0)
@@ -130,8 +131,8 @@ def test_touched_file_is_hashed_once_then_fast_again(tmp_path, tiny_ckpt, monkey
     r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
     assert (r.computed, r.unchanged, r.changed) == (0, 6, 0)
     assert _files(out) == before
-    for stage in (plan, compute):
-        monkeypatch.setattr(stage, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    monkeypatch.setattr(data, "hash_open_file", lambda *a: (_ for _ in ()).throw(AssertionError("hashed")))
     r = run(_opts(inp, out, tiny_ckpt), log=_quiet)  # the new mtime was recorded: no hashing now
     assert r.computed == 0
 

@@ -109,7 +109,8 @@ def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang)
     p = subprocess.run([sys.executable, "-m", "xaibatch", "run", os.fsencode(inp), "--checkpoint", str(tiny_ckpt),
                         "--workers", "0"], capture_output=True, env=env, cwd=tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr.decode(errors="replace")
-    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/in\xff"))
+    # the default --out: outputs/<parent>-<name> (pipeline.default_out), relative to the working folder
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/" + os.fsencode(tmp_path.name) + b"-in\xff"))
     assert (out / "index.html").is_file()
     assert _db_rows(out, "SELECT count(*) FROM images") == [(2,)]
 

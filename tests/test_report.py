@@ -188,7 +188,7 @@ def test_pipeline_report_summary(labeled_run):
     assert "REAL/broken.png" in html
     assert "REAL/broken.png" in (out / "skipped.html").read_text()
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert [f.split("-")[0] for f in figures] == ["confidence", "reliability"]
+    assert [f.split("-")[0] for f in figures] == ["confidence", "reliability", "roc"]  # roc: two classes (issue 13)
     for f in figures:
         svg = (out / "figures" / f).read_bytes()
         assert b"<svg" in svg and len(svg) < 200_000

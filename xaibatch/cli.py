@@ -120,9 +120,21 @@ class _RunCommand(click.Command):
               callback=lambda ctx, p, v: _checked(lambda: _method_options(v, ctx.params.get("methods") or ())),
               help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).")
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
+@click.option("--model", "model_spec", metavar="SPEC",
+              help="Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
+                   "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
                    "Default: the bundled demo model.")
+@click.option("--classes", metavar="A,B,...",
+              help="Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
+                   "checkpoint's, else the folder's.")
+@click.option("--positive-class", metavar="NAME",
+              help="Two classes: the one a one-logit head's sigmoid and --threshold are about "
+                   "(e.g. --positive-class FAKE). Default: the second in sorted order.")
+@click.option("--threshold", type=click.FloatRange(0, 1), metavar="T",
+              help="Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
+                   "Default: 0.5.")
 @click.option("--image-size", type=click.IntRange(8, 4096),
               help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.")
 @click.option("--target-layer", help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest "
@@ -175,9 +187,10 @@ class _RunCommand(click.Command):
               show_default=True, help="With --faithfulness: what removed pixels become, and where insertion "
                                       "starts: the blurred image, black, or the image's mean colour.")
 @reported
-def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_layer, target, batch_size, device,
-        workers, out, replace, unlabeled, follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed,
-        template_dir, quiet, wait, wait_timeout, log_json, faithfulness, faithfulness_steps, faithfulness_baseline):
+def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
+        image_size, target_layer, target, batch_size, device, workers, out, replace, unlabeled, follow_links,
+        lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet, wait, wait_timeout, log_json,
+        faithfulness, faithfulness_steps, faithfulness_baseline):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -185,6 +198,7 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
       xaibatch run data/CIFAKE/test --method gradcam
       xaibatch run data/CIFAKE/test -m gradcam -m guided-gradcam -m lime --out reports/cifake
       xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
+      xaibatch run data/CIFAKE/test --model examples/cifake_cnn.py:build --checkpoint cnn.pt --threshold 0.7
 
     \b
     Re-runs are incremental: unchanged images (same size and mtime, or same
@@ -206,7 +220,8 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
         jlog.start(pid=os.getpid(), input_dir=str(input_dir), out_dir=str(out), methods=list(methods),
                    version=__version__)
     opts = RunOptions(
-        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch,
+        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
+        classes=_class_list(classes), positive_class=positive_class, threshold=threshold,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
         workers=workers, labeled=False if unlabeled else None, follow_links=follow_links, max_map_side=max_map_side,
         method_options={**method_option,
@@ -236,6 +251,15 @@ def run(input_dir, methods, method_option, arch, checkpoint, image_size, target_
     sys.exit(code)
 
 
+def _class_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+    return names
+
+
 def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
     if not failed:
         return
@@ -261,8 +285,10 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).")
+@click.option("--format", "save_format", type=click.Choice(["xaibatch", "state-dict"]), default="xaibatch",
+              show_default=True, help="xaibatch's checkpoint, or a plain state_dict for run's --model timm:ARCH.")
 @reported
-def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out):
+def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out, save_format):
     """Train a timm model from scratch on DATA_DIR (ImageFolder, or a folder with train/ and test/).
 
     \b
@@ -272,7 +298,8 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     from .tools.train import train as train_model
 
     r = train_model(data_dir, arch, out, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo)
+                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo,
+                    save_format=save_format)
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
     click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
                f"val accuracy {100 * r.val_accuracy:.1f}%{test}")

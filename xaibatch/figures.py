@@ -106,4 +106,22 @@ def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Se
         axes[0].set_ylabel("similarity to the original maps")
         axes[0].set_ylim(-0.6, 1.05)
         axes[1].legend(frameon=False)
+
+
+def roc_curve(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float,
+              auc: float, positive: str) -> bytes:
+    """The ROC curve of the positive class's probability, with the operating point of the threshold marked."""
+    with matplotlib.rc_context(_RC):
+        fig = _new(4.2, 3.6)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#555", linestyle="--", linewidth=1, label="chance")
+        ax.plot(fpr, tpr, color="#0072B2", linewidth=1.5, label=f"ROC (AUC {auc:.3f})")
+        ax.scatter([point[0]], [point[1]], color="#D55E00", marker="o", s=30, zorder=3,
+                   label=f"threshold {threshold:g}")
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.02)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel(f"true positive rate ({positive})")
+        ax.set_title(f"ROC, positive class {positive}")
+        ax.legend(frameon=False, loc="lower right")
         return _svg(fig)

@@ -49,8 +49,15 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        names = [n for n, _ in model.named_children()]
-        raise ModelError(f"model has no layer {name!r}; top-level layers: {', '.join(names)}") from None
+        convs = _conv_names(model)
+        names = convs[-12:] if convs else [n for n, _ in model.named_children()]
+        kind = "its conv layers" if convs else "top-level layers"
+        raise ModelError(f"model has no layer {name!r}; {kind}: {', '.join(names)}") from None
+
+
+def _conv_names(model: nn.Module) -> list[str]:
+    """Every conv-ish submodule's name, in definition order: the candidates for a user's model."""
+    return [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Sequential))]
 
 
 def _is_token_model(model: nn.Module) -> bool:
@@ -109,9 +116,11 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
         if s is not None and len(s) == 4 and min(s[2], s[3]) >= MIN_GRID:
             best = n
     if best is None:
+        maps = [f"{n} ({s[2]}x{s[3]})" for n, s in shapes.items() if len(s) == 4][-12:]
+        listed = f"; layers with a feature map: {', '.join(maps)}" if maps else "; it has no conv layer xaibatch can see"
         raise ModelError(
             f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
-            "raise --image-size or name a layer with --target-layer"
+            f"raise --image-size or name a layer with --target-layer{listed}"
         )
     s = shapes[best]
     return TargetLayer(best, _module(model, best), (s[2], s[3]))
@@ -124,7 +133,7 @@ def _stage_names(model: nn.Module) -> list[str]:
         entries = info if isinstance(info, list) else getattr(info, "info", [])
         names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
     if not names:  # not a timm model with feature_info: every conv-ish child, in order
-        names = [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Sequential))]
+        names = _conv_names(model)
     return names
 
 

@@ -37,9 +37,13 @@ class LoadedModel:
     std: tuple[float, float, float]
     checkpoint: str  # path, or "(random init)"
     checkpoint_sha256: str
+    outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
+    decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
 
     @property
     def num_classes(self) -> int:
+        if self.outputs is not None:
+            return self.outputs
         n = getattr(self.module, "num_classes", None)  # every timm model has it (DeiT's classifier is a pair)
         return int(n) if n is not None else int(self.module.get_classifier().out_features)
 
@@ -74,7 +78,7 @@ def check_arch(arch: str, source: Path | None = None) -> None:
                          f"{hint}")
 
 
-def _create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
+def create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
     """Build ``arch`` untrained; models with a fixed input grid (ViT, DeiT, ...) are built at ``img_size``."""
     import timm
 
@@ -159,7 +163,7 @@ def _is_raw_pickle(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -179,7 +183,7 @@ def _classifier_out(arch_model: nn.Module, sd: dict[str, torch.Tensor]) -> int |
     return None
 
 
-def _load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Path) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -216,8 +220,8 @@ def load_model(
     if checkpoint is None:
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
-        module = _create(arch, num_classes or 2, img_size=image_size)
-        return _finish(module, arch, None, image_size, None, None, "(random init)", "")
+        module = create(arch, num_classes or 2, img_size=image_size)
+        return finish(module, arch, None, image_size, None, None, "(random init)", "")
 
     if arch is not None:
         check_arch(arch)
@@ -232,17 +236,17 @@ def load_model(
         ck_arch, names, size, mean, std = _check_fields(obj, path)
         if arch and arch != ck_arch:
             raise ModelError(f"{path} was trained as {ck_arch}, not --arch {arch}; drop --arch")
-        module = _create(ck_arch, len(names), source=path, img_size=size)
-        _load_weights(module, _unwrap_state_dict(obj, path), ck_arch, path)
-        return _finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
+        module = create(ck_arch, len(names), source=path, img_size=size)
+        load_weights(module, unwrap_state_dict(obj, path), ck_arch, path)
+        return finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
     if arch is None:
         raise UsageError(f"{path} is a plain state_dict: say which timm model it is with --arch NAME")
-    sd = _unwrap_state_dict(obj, path)
-    probe = _create(arch, num_classes or 2, img_size=image_size)
+    sd = unwrap_state_dict(obj, path)
+    probe = create(arch, num_classes or 2, img_size=image_size)
     n = _classifier_out(probe, sd) or num_classes or 2
-    module = probe if n == (num_classes or 2) else _create(arch, n, img_size=image_size)
-    _load_weights(module, sd, arch, path)
-    return _finish(module, arch, None, image_size, None, None, str(path), digest)
+    module = probe if n == (num_classes or 2) else create(arch, n, img_size=image_size)
+    load_weights(module, sd, arch, path)
+    return finish(module, arch, None, image_size, None, None, str(path), digest)
 
 
 def _check_fields(obj: dict[str, Any], path: Path):
@@ -274,7 +278,7 @@ def _check_fields(obj: dict[str, Any], path: Path):
     return arch, [str(n) for n in names], size, mean, std
 
 
-def _finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
+def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     cfg = getattr(module, "pretrained_cfg", None) or {}
     size = int(image_size or cfg.get("input_size", (3, 224, 224))[-1])
     pe = getattr(module, "patch_embed", None)

@@ -281,6 +281,7 @@ class ReportData:
     pred_counts: list[tuple[str, int, str]] = field(default_factory=list)
     mean_confidence: float | None = None
     figures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {"src", "alt"}
+    decision: dict[str, Any] | None = None  # two classes: threshold, its metrics and ROC (see _decision)
     assets: dict[str, str] = field(default_factory=dict)  # "css"/"js" -> report-root-relative url
     gallery_first: str = "gallery/page-1.html"
     page_size: int = PAGE_SIZE
@@ -399,6 +400,7 @@ def _config_rows(config: dict[str, Any], last: dict[str, Any] | None) -> list[tu
         ("Input size", f"{model['input_size']} px" if model.get("input_size") else "–"),
         ("Classes", _fmt_value(config.get("class_names"))),
         ("Maps explain", "the folder's label" if model.get("target") == "label" else "the predicted class"),
+        ("Decision", _decision_words(config.get("decision"))),
         ("Target layer", _fmt_value(config.get("layer"))),
         ("Layer grid", "×".join(str(g) for g in grid) if grid else "–"),
         ("Input folder", _fmt_value((last or {}).get("input_dir"))),
@@ -698,6 +700,7 @@ def build(out_dir: Path) -> ReportData:
 
     data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
                              config.get("model", {}).get("checkpoint_sha256"))
+    data.decision = _decision(config.get("decision"), names, images)
     return data
 
 
@@ -839,6 +842,47 @@ def detail_data(out_dir: Path, input_dir: Path | None, c: Card) -> None:
         mask = _load_array(input_dir, mask_rel(c.rel))
         if mask is not None and mask.size:
             c.truth = _truth(mask.astype(bool), c, arrays)
+
+
+def _decision_words(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "the most probable class"
+    head = "one logit, P(positive) = sigmoid(z); " if d.get("one_logit") else ""
+    return f"{head}{d['positive']} when P({d['positive']}) ≥ {d['threshold']:g}"
+
+
+def _decision(d: dict[str, Any] | None, names: list[str], images: dict[str, ImageRow]) -> dict[str, Any] | None:
+    """Threshold, accuracy, the positive class's precision and recall, and its ROC curve (labeled images)."""
+    import numpy as np
+
+    if not d or d.get("positive") not in names or len(names) != 2:
+        return None
+    pos, t = names.index(d["positive"]), float(d["threshold"])
+    out: dict[str, Any] = {"positive": d["positive"], "negative": names[1 - pos], "threshold": t,
+                           "one_logit": bool(d.get("one_logit")), "words": _decision_words(d)}
+    rows = [r for r in images.values() if r.label is not None and 0 <= r.label < 2 and len(r.probs) == 2]
+    if not rows:
+        return out
+    score = np.array([r.probs[pos] for r in rows], dtype=np.float64)
+    truth = np.array([r.label == pos for r in rows])
+    said = np.array([r.pred == pos for r in rows])
+    tp, fp = int((said & truth).sum()), int((said & ~truth).sum())
+    fn, tn = int((~said & truth).sum()), int((~said & ~truth).sum())
+    out.update(tp=tp, fp=fp, fn=fn, tn=tn, n=len(rows), accuracy=(tp + tn) / len(rows),
+               precision=tp / (tp + fp) if tp + fp else None, recall=tp / (tp + fn) if tp + fn else None,
+               fpr=fp / (fp + tn) if fp + tn else None)
+    if truth.all() or not truth.any():
+        return out  # a ROC curve needs both classes
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], truth[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # one point per distinct score
+    tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
+    fpr = np.r_[0.0, fps / (~truth).sum()]
+    tpr = np.r_[0.0, tps / truth.sum()]
+    out.update(roc_fpr=[round(float(v), 6) for v in fpr], roc_tpr=[round(float(v), 6) for v in tpr],
+               auc=float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),
+               point=(fp / (fp + tn), tp / (tp + fn)))
+    return out
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -1037,6 +1081,14 @@ def _write_figures(w: _Writer, data: ReportData) -> None:
         alt = ("Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
                "maps after randomizing the model's stages from the top; the table below lists the same numbers.")
         wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
+    dec = data.decision
+    if dec and dec.get("auc") is not None:
+        alt = (f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
+               f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
+               f"true positive rate {dec['point'][1]:.3f}).")
+        numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
+        wanted.append(("roc", numbers, alt, lambda: figures.roc_curve(dec["roc_fpr"], dec["roc_tpr"], dec["point"],
+                                                                      dec["threshold"], dec["auc"], dec["positive"])))
     for name, numbers, alt, draw in wanted:
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"

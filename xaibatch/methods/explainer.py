@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..heads import predict
 from ..layers import capture
 from .base import Batch, Method, ModelContext
 
@@ -20,7 +21,8 @@ class Explainer:
 
     def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred", scorer: Any = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+                 on_progress: Callable[[int, int], None] | None = None, decision: Any = None) -> None:
+        self.decision = decision  # heads.Decision: two classes at a threshold; None: the argmax
         self.should_stop = should_stop  # polled by long methods (LIME) per model sub-batch
         self.on_progress = on_progress
         self.scorer = scorer  # faithfulness.Scorer: deletion/insertion per map, from the maps in memory
@@ -47,7 +49,7 @@ class Explainer:
             with torch.no_grad():
                 logits = net(x)
         probs = torch.softmax(logits.detach().float(), dim=1)
-        targets = probs.argmax(1) if self.target == "pred" else labels.to(dev)
+        targets = predict(probs, self.decision) if self.target == "pred" else labels.to(dev)
         batch = Batch(
             x=x.detach(), targets=targets, logits=logits, activations=activations,
             segments=None if segments is None else segments.to(dev), seeds=seeds,

@@ -19,6 +19,7 @@ import torch
 from ..data import ImageDataset, collate
 from ..scan import ImageEntry
 from ..manifest import ImageRow
+from .. import heads
 from ..errors import ModelError
 from ..methods import Method, StopRequested
 from ..model import LoadedModel
@@ -117,7 +118,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         for todo, entries in groups.items():
             methods = [m for m in prepared.methods if m.name in todo]
             explainer = Explainer(methods, prepared.ctx, opts.target, scorer, should_stop=lambda: stop.requested,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, decision=prepared.model.decision)
             segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
             # New and changed files are hashed in the worker, from the same safe open that decodes them.
             ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None,
@@ -150,7 +151,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
                     tally.done += len(batch_entries)
                     check_probs(probs, batch_entries, prepared.model)
                     job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, hashes, plan, known,
-                                    run_id, opts.target, opts.max_map_side)
+                                    run_id, opts.target, opts.max_map_side, prepared.model.decision)
                     job.failed, job.discard = job_failed, job.discard + gone
                     writer.put(job)
                     tally.computed += len(batch_entries)
@@ -172,7 +173,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
 
 def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
               maps: dict[str, tuple[torch.Tensor, list | None, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
-              known: Known, run_id: int, target: str, max_map_side: int = 0) -> WriteJob:
+              known: Known, run_id: int, target: str, max_map_side: int = 0, decision: Any = None) -> WriteJob:
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
@@ -184,7 +185,7 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
     thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
-        pred = int(p.argmax())
+        pred = heads.predict_one(p, decision)
         h, w = orig_sizes[j]
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)

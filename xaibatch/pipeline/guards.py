@@ -9,6 +9,7 @@ from .. import layout
 from ..errors import UsageError
 from ..files import safe_join
 from ..manifest import Manifest
+from ..scan import shown
 from .options import RunOptions
 
 
@@ -60,6 +61,6 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     finally:
         manifest.close()
     inp = Path(opts.input_dir).resolve()
-    if recorded is not None and recorded != str(inp):
+    if recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 bytes escaped
         raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
                          f"another --out (e.g. --out {default_out(inp)}) or pass --replace to replace that report")

@@ -18,6 +18,10 @@ class RunOptions:
     methods: list[str]
     checkpoint: Path | None = None  # None: the bundled default model
     arch: str | None = None
+    model: str | None = None  # FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME (usermodel)
+    classes: list[str] | None = None  # class names in output order (else the checkpoint's or the folder's)
+    positive_class: str | None = None  # two classes: the one the threshold is about (default: second sorted)
+    threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
     target_layer: str | None = None
     target: str = "pred"  # pred | label

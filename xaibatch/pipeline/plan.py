@@ -34,6 +34,7 @@ class Hashes:
     methods: dict[str, str]  # method name -> its hash (which includes ``predict``)
     predict_config: dict[str, Any]
     faith: dict[str, str] | None = None  # method -> hash its faithfulness scores must carry; None: not scored
+    model: str = ""  # the model's part of ``predict`` (``predict`` is ``model+decision`` under a threshold rule)
 
 
 def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
@@ -45,9 +46,16 @@ def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
         "mean": model.mean, "std": model.std, "classes": prepared.names, "target": target,
         "map_format": MAP_FORMAT_VERSION,
     }
-    predict = config_hash(predict_config)
+    decision = model.decision
+    if decision is not None and decision.one_logit:  # which class sigmoid(z) is changes every probability
+        predict_config["one_logit_positive"] = decision.positive_name
+    # Maps depend on the model (model_hash) and on each image's target class; the decision rule only moves
+    # the prediction, so it sits in the predict hash alone: a new threshold re-decides from the stored
+    # probabilities, and only images whose target class flips get new maps (see make_plan).
+    model_hash = config_hash(predict_config)
+    predict = model_hash if decision is None else f"{model_hash}+{config_hash(decision.config())}"
     methods = {
-        m.name: config_hash({"predict": predict, "method": m.name, "config": m.config(),
+        m.name: config_hash({"predict": model_hash, "method": m.name, "config": m.config(),
                              "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None,
                              # only a non-default value joins the hash: existing folders stay valid
                              **({"max_map_side": max_map_side} if max_map_side != DEFAULT_MAX_MAP_SIDE else {})})
@@ -58,7 +66,7 @@ def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
         from ..faithfulness import hashes as faith_hashes
 
         faith = faith_hashes(faithfulness, methods)
-    return Hashes(predict, methods, predict_config, faith)
+    return Hashes(predict, methods, predict_config, faith, model_hash)
 
 
 @dataclass
@@ -107,16 +115,23 @@ class Plan:
     removed: list[str]  # in the manifest, gone from the input
     stems: dict[str, str]  # rel -> output file stem
     dead_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method): files lost, method not asked
+    redecided: list[ImageRow] = field(default_factory=list)  # new threshold: rows re-decided, no forward pass
+    retarget: list[str] = field(default_factory=list)  # ... whose target class flipped: their maps go, all anew
     repaired: int = 0  # images whose committed files were found missing
 
 
-def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str], bool] = lambda rel: True) -> Plan:
+def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str], bool] = lambda rel: True,
+              redecide: Callable[[ImageRow], ImageRow] | None = None) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
     Failed images are retried every run (they count as neither added nor changed). Output files of
     skipped images are looked up with ``exists`` (see existing_files): a deleted display copy is written
     again, a deleted map of a requested method recomputed, and one of a method not requested dropped.
+    When only the decision rule changed (the predict hash is ``model+decision``), ``redecide`` gives the
+    new row from the stored probabilities, with no forward pass; images whose target class it flips are
+    listed in ``retarget`` and get every requested map anew (the caller removes their old maps).
     """
+    redecided, retarget = [], []
     added, changed, touched, dead_maps = [], [], [], []
     repaired = 0
     work: dict[str, Work] = {}
@@ -146,7 +161,16 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
         elif not content_same:
             changed.append(e)
         fresh = row is None or not content_same or row.predict_hash != hashes.predict
-        maps = known.maps.get(e.rel, {})
+        flipped = False
+        if (fresh and row is not None and content_same and redecide is not None
+                and row.predict_hash.split("+")[0] == hashes.model):  # same model, new threshold
+            new = redecide(row)
+            redecided.append(new)
+            flipped = new.target != row.target
+            if flipped:
+                retarget.append(e.rel)
+            fresh = False
+        maps = {} if flipped else known.maps.get(e.rel, {})
         todo = [m for m, h in hashes.methods.items()
                 if fresh or m not in maps or maps[m].config_hash != h
                 or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))]
@@ -164,7 +188,7 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
     present = {e.rel for e in found.images}
     removed = [r for r in known.images if r not in present]
     return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images),
-                dead_maps, repaired)
+                dead_maps=dead_maps, repaired=repaired, redecided=redecided, retarget=retarget)
 
 
 def existing_files(out: Path) -> set[str]:

@@ -9,6 +9,7 @@ import torch
 
 
 from ..scan import Scan, scan
+from .. import heads
 from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
@@ -61,6 +62,32 @@ def _relabel(found: Scan, names: list[str]) -> None:
 PARALLEL_WRITE_MIN_PIXELS = 96 * 96
 
 
+def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]]:
+    """Build the model (timm checkpoint or ``--model``), read one-logit heads as two classes, name the classes."""
+    n_hint = len(opts.classes or found.classes or []) or None
+    if opts.model is not None:
+        if opts.arch is not None:
+            raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
+        from ..usermodel import load_user_model
+
+        model = load_user_model(opts.model, opts.checkpoint, opts.image_size, n_hint)
+    else:
+        model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
+    one_logit = heads.adapt_one_logit(model)
+    if opts.classes is not None:
+        if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
+            outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
+            raise UsageError(f"--classes {','.join(opts.classes)}: the model has {outputs}; give that many "
+                             "different names, in output order")
+        if model.class_names is not None and model.class_names != opts.classes:
+            raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
+        model.class_names = list(opts.classes)
+    names = class_names_for(model, found)
+    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit)
+    heads.with_positive(model.module, model.decision)
+    return model, names
+
+
 @dataclass
 class Prepared:
     """Everything a run needs that could fail: checked before the first write."""
@@ -91,13 +118,13 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     found = found or scan(opts.input_dir, opts.labeled, opts.follow_links)
     if opts.target == "label" and found.classes is None:
         raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
-    model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, len(found.classes or []) or None)
-    names = class_names_for(model, found)
+    model, names = load_and_name(opts, found)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
     needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
         opts.target_layer is not None)
-    layer = find_target_layer(model.module, model.input_size, opts.target_layer) if needs_layer else None
+    layer = (find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer)
+             if needs_layer else None)
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )

@@ -30,6 +30,7 @@ Safe to run from a scheduler:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import sys
@@ -41,7 +42,7 @@ from .. import layout
 from ..errors import Interrupted, UsageError
 from ..scan import Scan, shown
 from ..lock import OutputLock, describe, pid_alive
-from ..manifest import Manifest, ManifestError
+from ..manifest import ImageRow, Manifest, ManifestError
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
@@ -112,9 +113,10 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     try:
         recover(out, manifest, lock, log)
         known = Known.read(manifest)
-        manifest.set_meta("input_dir", str(Path(opts.input_dir).resolve()))  # what this report is of
+        manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
         run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
-        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda rel: False)
+        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda rel: False,
+                         redecider(setup, opts.target, run_id))
         if plan.repaired:
             log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
         counts = {
@@ -198,6 +200,8 @@ def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan,
     discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
     discard += [p for rel, m in plan.dead_maps for p in (known.maps[rel][m].npy, known.maps[rel][m].png,
                                                          known.maps[rel][m].thumb) if p]
+    stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
+    discard += [p for rows in stale.values() for row in rows.values() for p in (row.npy, row.png, row.thumb) if p]
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
@@ -208,6 +212,11 @@ def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan,
             manifest.touch_image(e.rel, e.size, e.mtime_ns)
         for rel, m in plan.dead_maps:  # lost files of a method not asked for now: it leaves the report
             manifest.remove_map(rel, m)
+        for row in plan.redecided:  # a new threshold: new predictions from the stored probabilities
+            manifest.put_image(row)
+        for rel, rows in stale.items():
+            for m in rows:
+                manifest.remove_map(rel, m)
     unlink_all(out, discard)
     for rel, reason in found.skipped:
         emit({"event": "failure", "path": rel, "reason": reason})
@@ -225,3 +234,18 @@ def mark_run(out: Path, run_id: int | None, status: str, seconds: float, counts:
             manifest.close()
     except Exception:
         pass
+
+
+def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:
+    """An image's row under a new decision rule, from the probabilities it already has (no forward pass)."""
+    decision = setup.prepared.model.decision if setup.prepared is not None else None
+    if decision is None:
+        return None
+    from .. import heads
+
+    def redecide(row: ImageRow) -> ImageRow:
+        pred = heads.predict_one(row.probs, decision)
+        return dataclasses.replace(row, pred=pred, target=pred if target == "pred" else row.target,
+                                   confidence=float(row.probs[pred]), predict_hash=setup.hashes.predict, run_id=run_id)
+
+    return redecide

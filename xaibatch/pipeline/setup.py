@@ -53,6 +53,9 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
     """Hash of everything that decides this run's predictions and maps, computable without the model."""
     fields = {k: v for k, v in vars(opts).items() if k not in NOT_IN_REQUEST}
     fields["methods"] = list(dict.fromkeys(opts.methods))
+    factory_file = (opts.model or "").rpartition(":")[0]
+    if factory_file.endswith(".py") and Path(factory_file).is_file():  # --model FILE.py:FACTORY: the code counts
+        fields["model_code_sha256"] = file_sha256(Path(factory_file))
     return config_hash({"xaibatch": __version__, "map_format": MAP_FORMAT_VERSION, "options": fields,
                         "checkpoint_sha256": checkpoint_sha256, "classes": found.classes})
 
@@ -79,7 +82,8 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
                     for m in methods},
         "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
         "labeled": prepared.found.classes is not None, "class_names": prepared.names,
-        "request": request_key(opts, prepared.found, model.checkpoint_sha256),
+        "request": request_key(opts, prepared.found, model.checkpoint_sha256), "model_hash": hashes.model,
+        "decision": model.decision.config() if model.decision is not None else None,
         "faithfulness": opts.faithfulness.key() if opts.faithfulness else None, "faithfulness_hashes": hashes.faith,
     }
     return Setup(prepared.found, hashes, prepared.names, config["layer"], config, prepared)
@@ -102,7 +106,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         config, predict_hash = last
         hashes = Hashes(predict_hash, {m: v["hash"] for m, v in config["methods"].items()},
                         {k: v for k, v in config["model"].items() if k != "checkpoint"},
-                        config.get("faithfulness_hashes"))
+                        config.get("faithfulness_hashes"), config.get("model_hash", predict_hash))
         known = Known.read(manifest)
         if make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False).work:
             return None

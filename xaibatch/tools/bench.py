@@ -28,6 +28,7 @@ generated folders of two sizes (see :func:`memory_check`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -166,6 +167,7 @@ def _time_interleaved(jobs: list[tuple[Row, Callable[[bool], float | None]]], re
                     t = time.perf_counter()
                     own = fn(False)
                     row.seconds = min(row.seconds, own if own is not None else time.perf_counter() - t)
+                    log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s")  # a cut-off run still reports
 
 
 class _ModelTimer:
@@ -323,11 +325,13 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
         # -- xaibatch end to end
         def e2e(family: str, k: int, model_timer: bool = False,
-                faith: bool = False) -> tuple[Row, Callable[[bool], float]]:
+                faith: bool = False, no_files: bool = False) -> tuple[Row, Callable[[bool], float]]:
             from ..faithfulness import DEFAULT_STEPS, FaithConfig
 
             row = (Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
-                   if faith else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
+                   if faith else
+                   Row(family, "xaibatch end to end, the writer's file work removed", "part", k) if no_files else
+                   Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
             method_options = {"lime": {"samples": opts.lime_samples, "segments": opts.lime_segments,
                                        "batch_size": opts.lime_batch_size}}
             counter = [0]
@@ -344,10 +348,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
                 )
                 timer = _ModelTimer(type(model), sync) if model_timer else None
                 try:
-                    if timer is not None:
-                        with timer:
-                            res = pipeline.run(ro, log=lambda s: None)
-                    else:
+                    with (timer or contextlib.nullcontext()), (_without_file_work() if no_files else
+                                                               contextlib.nullcontext()):
                         res = pipeline.run(ro, log=lambda s: None)
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
@@ -395,6 +397,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
         if "gradcam" in opts.only:
             jobs.append(e2e("gradcam", n))
+            jobs.append(e2e("gradcam", n, no_files=True))  # what the files cost: compare with the row above
+            jobs.append(_loader_alone(folders, n, n_warm, size, bs, workers))
+            jobs.append(_writer_alone(root, images, n, n_warm, bs, dev, workers))
             jobs.append(e2e("gradcam", n, faith=True))  # the scores' cost: compare with the row above
             jobs.append(on_tensors("gradcam", n))
         if "guided-gradcam" in opts.only:
@@ -421,6 +426,83 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
     finally:
         if opts.work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _without_file_work():
+    """Runs in this block encode and write no file: the writer only commits its rows (a bench row's baseline)."""
+    from .. import layout
+    from ..manifest import MapRow
+    from ..pipeline import writer
+
+    real = writer.write_item
+
+    def rows_only(files, item, run_id):
+        return [MapRow(item.rel, mp.method, mp.config_hash, layout.map_npy(mp.method, item.stem),
+                       layout.map_png(mp.method, item.stem), layout.map_thumb(mp.method, item.stem, item.width,
+                                                                               item.height), mp.info, run_id)
+                for mp in item.maps]
+
+    writer.write_item = rows_only
+    try:
+        yield
+    finally:
+        writer.write_item = real
+
+
+def _loader_alone(folders, n, n_warm, size, bs, workers) -> tuple[Row, Callable[[bool], None]]:
+    """The DataLoader alone over the folder: decode and resize in the workers, no model."""
+    import torch
+
+    from ..data import ImageDataset, collate
+    from ..scan import scan
+
+    row = Row("gradcam", f"loader alone ({workers} DataLoader workers)", "part", n)
+
+    def fn(warm: bool) -> None:
+        ds = ImageDataset(scan(folders[n_warm if warm else n]).images, size)
+        loader = torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate,
+                                             prefetch_factor=4 if workers else None)
+        for _b in loader:
+            pass
+
+    return row, fn
+
+
+def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Callable[[bool], None]]:
+    """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
+    import torch
+
+    from ..pipeline.writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, \
+        writer_threads
+
+    size = images.shape[1]
+    display = [images[i % len(images)] for i in range(bs)]
+    maps = torch.rand(bs, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+    pictures = batch_pictures(display, maps, False, [(size, size)] * bs)
+    thumbs = display_thumbs(display)
+    threads = writer_threads(dev.type, workers)
+    row = Row("gradcam", f"writer alone, maps in memory ({threads} thread{'s' * (threads > 1)})", "part", n)
+    counter = [0]
+
+    def fn(warm: bool) -> None:
+        counter[0] += 1
+        out = root / f"writer-{counter[0]}"
+        out.mkdir()
+        w = Writer(out, threads=threads)
+        w.start()
+        try:
+            k = n_warm if warm else n
+            for a in range(0, k, bs):
+                items = [WriteItem(f"img_{i:06d}.png", f"img_{i:06d}", size, size, display[i - a], thumbs[i - a],
+                                   [MapPictures("gradcam", "bench", *pictures[i - a])])
+                         for i in range(a, min(k, a + bs))]
+                w.put(WriteJob(1, items))
+        finally:
+            w.finish()
+            shutil.rmtree(out, ignore_errors=True)
+
+    return row, fn
 
 
 def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, n, n_lime, dev, slic_segments,

@@ -18,7 +18,16 @@ import torch.nn.functional as F
 from ..data import ImageDataset, collate
 from ..scan import scan
 from ..errors import InputError, UsageError
-from ..model import _create, resolve_device, save_checkpoint
+from ..model import create, resolve_device, save_checkpoint
+
+
+def save_state_dict(path: Path, model: torch.nn.Module) -> None:
+    """Write ``model.state_dict()`` alone (tensors only), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
 
 
 @dataclass
@@ -69,8 +78,10 @@ def evaluate(model, loader, labels_of, mean, std, device) -> float:
 def train(
     data_dir: Path, arch: str, out: Path, image_size: int = 64, epochs: int = 10, batch_size: int = 64,
     lr: float = 2e-3, val_fraction: float = 0.1, seed: int = 0, device: str = "auto", workers: int = 0,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, save_format: str = "xaibatch",
 ) -> TrainResult:
+    """Train ``arch``; write xaibatch's checkpoint, or (``save_format="state-dict"``) a plain state_dict that
+    ``xaibatch run --model timm:ARCH --classes ... --image-size ...`` loads."""
     t0 = time.time()
     torch.manual_seed(seed)
     dev = resolve_device(device)
@@ -80,7 +91,7 @@ def train(
         raise InputError(f"{train_dir} needs at least two class folders to train on")
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
-    model = _create(arch, len(found.classes), img_size=image_size).to(dev)
+    model = create(arch, len(found.classes), img_size=image_size).to(dev)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean_t = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
     std_t = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
@@ -130,5 +141,8 @@ def train(
             log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
     meta = {"data": str(data_dir), "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc,
             "seed": seed, "train_images": len(tr), "val_images": len(val)}
-    save_checkpoint(out, model, arch, found.classes, image_size, mean_t, std_t, meta)
+    if save_format == "state-dict":
+        save_state_dict(out, model)
+    else:
+        save_checkpoint(out, model, arch, found.classes, image_size, mean_t, std_t, meta)
     return TrainResult(Path(out), val_acc, test_acc, epochs, time.time() - t0, Path(out).stat().st_size)

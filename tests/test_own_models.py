@@ -1,0 +1,320 @@
+"""--model: the user's own nn.Module (one sigmoid logit, an SRM front end), torchvision and timm; --threshold."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from xaibatch.cli import cli
+from xaibatch.tools.demo import write_demo_data
+from xaibatch.heads import OneLogitHead
+
+CNN_SRC = '''
+import torch
+from torch import nn
+
+
+class SigmoidCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 1))
+        self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class ChannelAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 4, 1), nn.ReLU(), nn.Conv2d(c // 4, c, 1),
+                                nn.Sigmoid())
+
+    def forward(self, x):
+        return x * self.fc(x)
+
+
+class SRMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.srm = nn.Conv2d(3, 3, 5, padding=2, bias=False)
+        k = torch.tensor([[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2],
+                          [-1, 2, -2, 2, -1]], dtype=torch.float32) / 12
+        with torch.no_grad():
+            self.srm.weight.zero_()
+            for c in range(3):
+                self.srm.weight[c, c] = k
+        self.srm.requires_grad_(False)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.attention = ChannelAttention(16)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 1))
+
+    def forward(self, x):
+        return self.head(self.attention(self.body(self.srm(x))))
+
+
+def cnn():
+    return SigmoidCNN()
+
+
+def srm():
+    torch.manual_seed(0)
+    return SRMNet()
+
+
+def raises():
+    raise ValueError("no weights here")
+
+
+def not_a_module():
+    return {"weights": 1}
+
+
+def three_outputs():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Demo data, the models file, and the sigmoid CNN trained a few epochs (a plain state_dict)."""
+    root = tmp_path_factory.mktemp("own")
+    write_demo_data(root / "demo", 40, 8, 0)
+    (root / "mymodels.py").write_text(CNN_SRC)
+    ns: dict = {}
+    exec(compile(CNN_SRC, "mymodels", "exec"), ns)
+    x, y = _load(root / "demo" / "train")
+    torch.manual_seed(0)
+    model = ns["cnn"]()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(6):
+        for idx in torch.randperm(len(x)).split(16):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[idx])[:, 0], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.save(model.eval().state_dict(), root / "cnn.pt")
+    return {"root": root, "ns": ns, "model": model}
+
+
+def _load(folder):
+    xs, ys, rels = [], [], []
+    for label, name in enumerate(("FAKE", "REAL")):
+        for f in sorted((folder / name).glob("*.png")):
+            a = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255
+            xs.append(torch.from_numpy(a).permute(2, 0, 1))
+            ys.append(float(label))
+            rels.append(f"{name}/{f.name}")
+    _load.rels = rels
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _run(args):
+    return CliRunner().invoke(cli, ["run", *args, "--workers", "0", "-q"], catch_exceptions=False)
+
+
+def _csv(out):
+    with open(out / "predictions.csv", newline="") as f:
+        return {r["path"]: r for r in csv.DictReader(f)}
+
+
+def _cnn_args(world, out, *extra):
+    root = world["root"]
+    return [str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:cnn", "--checkpoint", str(root / "cnn.pt"),
+            "--out", str(out), *extra]
+
+
+def test_sigmoid_cnn_end_to_end_matches_pytorch_grad_cam(world, tmp_path):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    out = tmp_path / "out"
+    r = _run(_cnn_args(world, out, "-m", "gradcam", "-m", "guided-gradcam", "-m", "lime", "--lime-samples", "60"))
+    assert r.exit_code == 0, r.output
+    rows = _csv(out)
+    x, y = _load(world["root"] / "demo" / "test")
+    rels = _load.rels
+    net = world["model"]
+    with torch.no_grad():
+        p = torch.sigmoid(net(x)[:, 0]).numpy()
+    for rel, pr in zip(rels, p):  # P(REAL) = sigmoid(z), REAL (second sorted) is positive
+        assert float(rows[rel]["p_REAL"]) == pytest.approx(pr, abs=1e-5)
+        assert rows[rel]["pred"] == ("REAL" if pr >= 0.5 else "FAKE")
+    preds = (p >= 0.5).astype(int)
+    assert 0 < preds.sum() < len(preds), "the fixture should have both predicted classes"
+    for m in ("gradcam", "guided-gradcam", "lime"):
+        assert all((out / "maps" / m / f"{rel[:-4]}.npy").is_file() for rel in rels)
+    ours = np.stack([np.load(out / "maps" / "gradcam" / f"{rel[:-4]}.npy") for rel in rels])
+    with GradCAM(model=net, target_layers=[net.features[3]]) as cam:
+        ref = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(int(c)) for c in preds])
+    for a, b in zip(ours, ref):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
+    assert "features.3" in (out / "index.html").read_text()
+
+
+def _gradcam_of(net, layer, x, score_fn):
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        s = score_fn(net(x))
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(s.sum(), store["a"])
+    return torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1)).detach()
+
+
+def test_negative_class_gets_the_gradient_of_minus_z(world):
+    net = world["model"]
+    head = OneLogitHead(net, positive=1)
+    x, _ = _load(world["root"] / "demo" / "test")
+    layer = net.features[3]
+    neg = _gradcam_of(head, layer, x, lambda out: out[:, 0])  # the negative column
+    minus_z = _gradcam_of(net, layer, x, lambda z: -z[:, 0])
+    pos = _gradcam_of(head, layer, x, lambda out: out[:, 1])
+    plus_z = _gradcam_of(net, layer, x, lambda z: z[:, 0])
+    assert torch.allclose(neg * 2, minus_z, atol=1e-6) and torch.allclose(pos * 2, plus_z, atol=1e-6)
+    assert minus_z.abs().sum() > 0 and not torch.allclose(minus_z, plus_z)
+    probs = torch.softmax(head(x), 1)
+    assert torch.allclose(probs[:, 1], torch.sigmoid(net(x)[:, 0]), atol=1e-6)
+    flipped = torch.softmax(OneLogitHead(net, positive=0)(x), 1)
+    assert torch.allclose(flipped[:, 0], probs[:, 1], atol=1e-6)
+
+
+def test_negative_predictions_in_the_run_are_maps_of_minus_z(world, tmp_path):
+    out = tmp_path / "out"
+    assert _run(_cnn_args(world, out, "-m", "gradcam")).exit_code == 0
+    rows = _csv(out)
+    x, _ = _load(world["root"] / "demo" / "test")
+    rels = _load.rels
+    net = world["model"]
+    ref = _gradcam_of(net, net.features[3], x, lambda z: -z[:, 0])
+    ref = torch.nn.functional.interpolate(ref[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    negatives = [i for i, rel in enumerate(rels) if rows[rel]["pred"] == "FAKE"]
+    assert negatives
+    for i in negatives:
+        ours = np.load(out / "maps" / "gradcam" / f"{rels[i][:-4]}.npy")
+        r = ref[i].numpy()
+        r = (r - r.min()) / (r.max() - r.min() + 1e-12)
+        assert np.abs(ours - r).max() < 1e-3
+
+
+def test_threshold_moves_predictions_and_only_flipped_maps(world, tmp_path):
+    out = tmp_path / "out"
+    assert _run(_cnn_args(world, out, "-m", "gradcam")).exit_code == 0
+    before = _csv(out)
+    npys = {rel: (out / "maps" / "gradcam" / f"{rel[:-4]}.npy") for rel in before}
+    mtimes = {rel: p.stat().st_mtime_ns for rel, p in npys.items()}
+    p_real = {rel: float(r["p_REAL"]) for rel, r in before.items()}
+    t = float(np.median(list(p_real.values())))
+    r = _run(_cnn_args(world, out, "-m", "gradcam", "--threshold", str(t)))
+    assert r.exit_code == 0, r.output
+    after = _csv(out)
+    for rel, p in p_real.items():
+        assert after[rel]["pred"] == ("REAL" if p >= t else "FAKE")
+        assert float(after[rel]["p_REAL"]) == p  # probabilities are the same model's
+    flipped = {rel for rel in before if before[rel]["pred"] != after[rel]["pred"]}
+    assert flipped
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    runs = db.execute("SELECT predict_hash, config_json, n_computed FROM runs ORDER BY id").fetchall()
+    assert runs[0][0] != runs[1][0]
+    assert json.loads(runs[1][1])["decision"]["threshold"] == t
+    assert runs[1][2] == len(flipped)  # maps recomputed only where the target class flipped
+    for rel, p in npys.items():
+        assert (p.stat().st_mtime_ns != mtimes[rel]) == (rel in flipped)
+    html = (out / "index.html").read_text()
+    labels = {rel: rel.split("/")[0] for rel in after}
+    tp = sum(1 for rel in after if after[rel]["pred"] == "REAL" and labels[rel] == "REAL")
+    fp = sum(1 for rel in after if after[rel]["pred"] == "REAL" and labels[rel] == "FAKE")
+    assert f"{tp} of {tp + fp} predicted REAL" in html
+    assert "ROC AUC" in html and "roc-" in html
+    # the same threshold again: nothing to do
+    _run(_cnn_args(world, out, "-m", "gradcam", "--threshold", str(t)))
+    assert db.execute("SELECT n_computed FROM runs ORDER BY id DESC").fetchone()[0] == 0
+    db.close()
+
+
+def test_threshold_on_a_softmax_model(tmp_path):
+    from xaibatch.heads import Decision, predict
+
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.25, 0.75], [0.5, 0.5]])
+    assert predict(probs, Decision(1, 0.5, "REAL", False)).tolist() == [0, 1, 1, 1]
+    assert predict(probs, Decision(1, 0.7, "REAL", False)).tolist() == [0, 0, 1, 0]
+    assert predict(probs, Decision(0, 0.5, "FAKE", False)).tolist() == [0, 1, 1, 0]
+    assert predict(probs, None).tolist() == [0, 1, 1, 0]
+
+
+def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
+    root = world["root"]
+    out = tmp_path / "out"
+    r = _run([str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:srm", "--image-size", "32",
+              "-m", "gradcam", "-m", "guided-gradcam", "-m", "lime", "--lime-samples", "40", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(sqlite3.connect(out / "xaibatch.sqlite").execute("SELECT config_json FROM runs").fetchone()[0])
+    assert cfg["layer"].startswith("body.") and cfg["layer"] != "srm"
+    assert cfg["layer"] in (out / "index.html").read_text()
+    assert len(list((out / "maps" / "guided-gradcam").rglob("*.npy"))) == 16
+
+
+@pytest.mark.parametrize("factory, words", [
+    ("raises", "raises() raised ValueError: no weights here"),
+    ("not_a_module", "returned a dict, not a torch.nn.Module"),
+    ("three_outputs", "the model has 3 outputs"),
+    ("missing", "has no function 'missing'"),
+])
+def test_bad_factory_is_one_line_exit_2(world, tmp_path, factory, words):
+    root = world["root"]
+    r = CliRunner().invoke(cli, ["run", str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:{factory}",
+                                 "--image-size", "32", "--out", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert words in r.output
+
+
+def test_bad_target_layer_lists_candidates(world, tmp_path):
+    r = _run(_cnn_args(world, tmp_path / "o", "--target-layer", "nope"))
+    assert r.exit_code == 2 and "features.0" in r.output and "features.3" in r.output
+
+
+def test_example_factory_builds_and_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "cifake_cnn.py"
+    spec = importlib.util.spec_from_file_location("cifake_cnn_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.build()(torch.zeros(2, 3, 32, 32)).shape == (2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:efficientnet_b0"])
+def test_torchvision_and_timm_end_to_end(world, tmp_path, spec):
+    out = tmp_path / "out"
+    r = _run([str(world["root"] / "demo" / "test"), "--model", spec, "--image-size", "64", "-m", "gradcam",
+              "-m", "guided-gradcam", "--out", str(out), "--batch-size", "8"])
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 16
+    assert len(_csv(out)) == 16
+
+
+def test_train_state_dict_round_trip(world, tmp_path):
+    demo = world["root"] / "demo"
+    ck = tmp_path / "m.pt"
+    r = CliRunner().invoke(cli, ["train", str(demo), "--arch", "test_resnet", "--image-size", "32", "--epochs", "1",
+                                 "--format", "state-dict", "--out", str(ck)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "format" not in torch.load(ck, weights_only=True)  # a plain state_dict
+    r = _run([str(demo / "test"), "--model", "timm:test_resnet", "--checkpoint", str(ck), "--classes", "FAKE,REAL",
+              "--image-size", "32", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert len(_csv(tmp_path / "out")) == 16

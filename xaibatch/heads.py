@@ -1,0 +1,126 @@
+"""How a classifier's outputs become class probabilities and a prediction: one-logit heads, the threshold.
+
+A model with a single output ``z`` is read as P(positive) = sigmoid(z). :class:`OneLogitHead` wraps it so
+every method sees an ordinary two-class model: its logits are ``[-z/2, +z/2]`` (negative, positive), whose
+softmax is exactly ``[1 - sigmoid(z), sigmoid(z)]``. The methods differentiate the target column's logit
+(Grad-CAM, guided backprop) or read its softmax probability (LIME), so the positive class gets the gradient
+of ``z / 2`` and the negative class that of ``-z / 2``; both CAM methods min-max scale each map, so the
+factor 1/2 drops out and the maps are those of ``z`` and ``-z``. (``[0, z]`` would give the same
+probabilities but a zero gradient, and so an empty map, for every image predicted negative.)
+
+A two-class model predicts the positive class when its probability is at least the threshold
+(:class:`Decision`); with more classes the prediction is the most probable class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ModelError, UsageError
+
+
+class OneLogitHead(nn.Module):
+    """Present a one-output model as two logits ``[-z/2, z/2]`` (the positive class in column ``positive``)."""
+
+    num_classes = 2
+
+    def __init__(self, net: nn.Module, positive: int = 1) -> None:
+        super().__init__()
+        self.net = net
+        self.positive = positive
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.net(x)
+        half = z.reshape(z.shape[0], 1) / 2
+        return torch.cat([-half, half] if self.positive == 1 else [half, -half], dim=1)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The user's own module (whose layer names ``--target-layer`` uses)."""
+    return module.net if isinstance(module, OneLogitHead) else module
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Two classes: predict ``positive`` when its probability is at least ``threshold``."""
+
+    positive: int
+    threshold: float
+    positive_name: str
+    one_logit: bool
+
+    def predict(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, 2) probabilities -> (B,) long class indices."""
+        yes = probs[:, self.positive] >= self.threshold
+        return torch.where(yes, self.positive, 1 - self.positive).long()
+
+    def config(self) -> dict[str, Any]:
+        return {"positive": self.positive_name, "threshold": self.threshold, "one_logit": self.one_logit}
+
+
+def predict(probs: torch.Tensor, decision: Decision | None) -> torch.Tensor:
+    """Class index per row of (B, K) probabilities: the threshold rule for two classes, else the argmax."""
+    return decision.predict(probs) if decision is not None else probs.argmax(1)
+
+
+def predict_one(probs: Sequence[float], decision: Decision | None) -> int:
+    """:func:`predict` for one image's probabilities (a list or a numpy row)."""
+    return int(predict(torch.as_tensor([list(map(float, probs))], dtype=torch.float64), decision)[0])
+
+
+def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
+    """Run one zero image through ``module``; return its number of outputs, or say why it cannot be used."""
+    p = next(iter(module.parameters()), None)
+    x = torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu",
+                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    try:
+        with torch.no_grad():
+            out = module.eval()(x)
+    except Exception as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"{what}: a forward pass at {input_size}x{input_size} failed ({type(e).__name__}: {msg}); "
+                         "give the input size it was trained at with --image-size") from None
+    if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{what}: returns {shape} for one image; it must return logits of shape (batch, classes) "
+                         "or (batch, 1) / (batch,) for a one-logit sigmoid head")
+    return 1 if out.ndim == 1 else int(out.shape[1])
+
+
+def decision_for(names: list[str], positive: str | None, threshold: float | None, one_logit: bool) -> Decision | None:
+    """The decision rule for these classes, or None (more than two classes: argmax)."""
+    if len(names) != 2:
+        for flag, v in (("--positive-class", positive), ("--threshold", threshold)):
+            if v is not None:
+                raise UsageError(f"{flag} needs a two-class model; this one has {len(names)} classes {names}")
+        return None
+    name = positive if positive is not None else sorted(names)[1]
+    if name not in names:
+        raise UsageError(f"--positive-class {name!r} is not one of the classes {', '.join(names)}")
+    t = 0.5 if threshold is None else float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise UsageError(f"--threshold {t} must be between 0 and 1")
+    return Decision(names.index(name), t, name, one_logit)
+
+
+def adapt_one_logit(model: Any) -> bool:
+    """Wrap a one-output :class:`~xaibatch.model.LoadedModel` in :class:`OneLogitHead` (in place); say if it was."""
+    if model.num_classes != 1:
+        return False
+    model.module = OneLogitHead(model.module).eval()
+    model.outputs = 2
+    return True
+
+
+def with_positive(module: nn.Module, decision: Decision | None) -> None:
+    """Point a one-logit head's sigmoid at the positive class's column."""
+    if isinstance(module, OneLogitHead) and decision is not None:
+        module.positive = decision.positive
+
+
+__all__ = ["Decision", "OneLogitHead", "adapt_one_logit", "count_outputs", "decision_for", "predict", "predict_one", "unwrap",
+           "with_positive"]

@@ -1,0 +1,155 @@
+"""``--model``: a model built by your own code, by torchvision, or by timm, with weights from ``--checkpoint``.
+
+``FILE.py:FACTORY`` and ``module.path:FACTORY`` import your code and call ``FACTORY()`` with no arguments;
+it must return an ``nn.Module`` (with its weights already loaded, or give them with ``--checkpoint``).
+That runs your code with your rights: trusted code only, as with ``--template-dir``. A module may carry
+timm's ``pretrained_cfg`` dict (``input_size``, ``mean``, ``std``) to say how its inputs are scaled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError, UsageError
+from .files import file_sha256
+from .model import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
+
+FORMS = "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _import_file(path: Path, spec: str):
+    if not path.is_file():
+        raise UsageError(f"--model {spec}: no such file {path}")
+    name = f"xaibatch_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise UsageError(f"--model {spec}: cannot import {path}")
+    mod = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = mod  # so classes defined there (dataclasses, pickling) can find their module
+    try:
+        mod_spec.loader.exec_module(mod)
+    except (Exception, SystemExit) as e:
+        sys.modules.pop(name, None)
+        raise ModelError(f"--model {spec}: importing {path} failed: {_first_line(e)}") from None
+    return mod
+
+
+def _import_module(dotted: str, spec: str):
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as e:
+        if e.name and dotted.startswith(e.name):
+            raise UsageError(f"--model {spec}: no module named {dotted!r} (not on sys.path; give a FILE.py instead)"
+                             ) from None
+        raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
+    except (Exception, SystemExit) as e:
+        raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
+
+
+def build_factory(spec: str) -> nn.Module:
+    """Import ``FILE.py:FACTORY`` / ``module.path:FACTORY`` and call the factory; errors are one line."""
+    where, _, fname = spec.rpartition(":")
+    if not where or not fname.isidentifier():
+        raise UsageError(f"--model {spec!r}: expected {FORMS}")
+    mod = _import_file(Path(where), spec) if where.endswith(".py") else _import_module(where, spec)
+    factory = getattr(mod, fname, None)
+    if not callable(factory):
+        found = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
+                       and getattr(v, "__module__", None) == mod.__name__)
+        hint = f"; it defines {', '.join(found[:10])}" if found else ""
+        raise ModelError(f"--model {spec}: {where} has no function {fname!r}{hint}")
+    try:
+        module = factory()
+    except (Exception, SystemExit) as e:
+        raise ModelError(f"--model {spec}: {fname}() raised {_first_line(e)}") from None
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"--model {spec}: {fname}() returned a {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def _last_linear(module: nn.Module) -> str | None:
+    names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def build_torchvision(name: str, num_classes: int, sd: dict[str, torch.Tensor] | None) -> nn.Module:
+    """A torchvision classification model, random init, with as many outputs as the weights (or classes) say."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"--model torchvision:{name}: not a torchvision classification model{hint}")
+
+    def make(n: int) -> nn.Module:
+        try:
+            return torchvision.models.get_model(name, weights=None, num_classes=n)
+        except Exception as e:
+            raise ModelError(f"--model torchvision:{name}: cannot build it: {_first_line(e)}") from None
+
+    module = make(num_classes)
+    head = _last_linear(module)
+    if sd is not None and head and f"{head}.weight" in sd and sd[f"{head}.weight"].shape[0] != num_classes:
+        module = make(int(sd[f"{head}.weight"].shape[0]))
+    return module
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """A digest of the weights themselves: what a factory loaded changes the hash even without --checkpoint."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        t = v.detach().cpu().reshape(-1).contiguous()
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None,
+                    num_classes: int | None) -> LoadedModel:
+    """Build what ``--model`` names and load ``--checkpoint`` into it (strictly, tensors only)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "timm":
+        if checkpoint is None:
+            from .model import create
+
+            module = create(rest, num_classes or 2, img_size=image_size)
+            return finish(module, rest, None, image_size, None, None, "(random init)", "")
+        return load_model(checkpoint, rest, image_size, num_classes)
+    sd, source, digest = None, "(random init)", ""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise UsageError(f"--checkpoint {path}: no such file")
+        sd = unwrap_state_dict(read_checkpoint(path), path)
+        source, digest = str(path), file_sha256(path)
+    if kind == "torchvision":
+        module = build_torchvision(rest, num_classes or 2, sd)
+    else:
+        module = build_factory(spec)
+        if checkpoint is None:
+            source = f"(weights from {spec})"
+    if sd is not None:
+        load_weights(module, sd, spec, Path(checkpoint))
+    if not digest:
+        digest = weights_sha256(module)
+    module.to(torch.float32)
+    loaded = finish(module, spec, None, image_size, None, None, source, digest)
+    from .heads import count_outputs
+
+    loaded.outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
+    return loaded
