@@ -141,11 +141,12 @@ class _RunCommand(click.Command):
                                      "stage still at least 4x4.")
 @click.option("--target", type=click.Choice(["pred", "label"]), default="pred", show_default=True,
               help="Class each map explains: the prediction or the folder's label (e.g. --target label).")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), show_default="32 on the CPU; on a GPU 512/256/128 by input size",
               help="Images per batch on the device (e.g. --batch-size 128).")
 @click.option("--device", default="auto", show_default=True,
               help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.")
-@click.option("--workers", type=click.IntRange(0), default=default_workers, show_default="CPUs - 1, at most 4",
+@click.option("--workers", type=click.IntRange(0),
+              show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
@@ -229,7 +230,7 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
                                  **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
-        faithfulness=FaithConfig(faithfulness_steps, faithfulness_baseline, chunk=max(64, 4 * batch_size))
+        faithfulness=FaithConfig(faithfulness_steps, faithfulness_baseline, chunk=max(64, 4 * (batch_size or 32)))
         if faithfulness else None,
     )
     try:

@@ -107,7 +107,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
 
         progress = tqdm(total=len(plan.work), unit="img", desc="xaibatch", dynamic_ncols=True)
     writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                    threads=writer_threads(device.type, opts.workers), check=check)
+                    threads=writer_threads(device.type, prepared.workers), check=check)
     writer.start()
     scorer = None
     if opts.faithfulness is not None:
@@ -124,10 +124,10 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
             ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None,
                               want_hash=[plan.work[e.rel].fresh for e in entries])
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers, collate_fn=collate,
+                ds, batch_size=prepared.batch_size, shuffle=False, num_workers=prepared.workers, collate_fn=collate,
                 pin_memory=device.type == "cuda", persistent_workers=False,
-                prefetch_factor=4 if opts.workers > 0 else None,
-                worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if opts.workers > 0 else None,
+                prefetch_factor=4 if prepared.workers > 0 else None,
+                worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
             )
             for b in loader:
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]

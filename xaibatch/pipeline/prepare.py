@@ -10,6 +10,7 @@ import torch
 
 from ..scan import Scan, scan
 from .. import heads
+from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
@@ -99,6 +100,8 @@ class Prepared:
     layer: TargetLayer | None  # the CAM layer, when a method needs one
     ctx: ModelContext
     methods: list[Method]
+    batch_size: int = 32  # RunOptions' value, or the device's default (defaults.py)
+    workers: int = 0
 
 
 def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
@@ -110,7 +113,7 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
 
         check_templates(opts.template_dir)  # before any compute: the report is written last
     classes = {m: method_class(m) for m in opts.methods}  # an unknown name: UsageError with the close matches
-    if opts.batch_size < 1:
+    if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.target not in ("pred", "label"):
         raise UsageError("--target must be pred or label")
@@ -133,4 +136,6 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
                                  **opts.method_options.get(m, {})})
         for m in methods_wanted
     ]
-    return Prepared(device, found, model, names, layer, ctx, methods)
+    batch_size = opts.batch_size or default_batch_size(device.type, model.input_size)
+    workers = default_workers(device.type) if opts.workers is None else opts.workers
+    return Prepared(device, found, model, names, layer, ctx, methods, batch_size, workers)

@@ -80,7 +80,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
         "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
                     for m in methods},
-        "batch_size": opts.batch_size, "workers": opts.workers, "seed": opts.seed,
+        "batch_size": prepared.batch_size, "workers": prepared.workers, "seed": opts.seed,
         "labeled": prepared.found.classes is not None, "class_names": prepared.names,
         "request": request_key(opts, prepared.found, model.checkpoint_sha256), "model_hash": hashes.model,
         "decision": model.decision.config() if model.decision is not None else None,
