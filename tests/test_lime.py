@@ -202,15 +202,15 @@ def test_hide_fills(ctx):
     imgs = random_images(1, SIZE, seed=8)
     labels = torch.from_numpy(slic_segments(imgs[0], 50)).view(1, -1)
     b = make_batch(ctx, imgs, activations=False)
-    mean_fill = Lime(ctx, hide="mean")._fill(b.x, labels, int(labels.max()) + 1)
+    mean_fill = Lime(ctx, hide="mean").fill(b.x, labels, int(labels.max()) + 1)
     for f in range(int(labels.max()) + 1):  # lime's hide_color=None: each superpixel's own mean colour
         inside = (labels[0] == f).view(SIZE, SIZE)
         expected = b.x[0][:, inside].mean(dim=1)
         torch.testing.assert_close(mean_fill[0][:, inside], expected[:, None].expand(-1, int(inside.sum())))
-    zero_fill = Lime(ctx, hide="zero")._fill(b.x, labels, 1)
+    zero_fill = Lime(ctx, hide="zero").fill(b.x, labels, 1)
     pixels = zero_fill * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     assert pixels.abs().max() < 1e-6  # black
-    blur = Lime(ctx, hide="blur")._fill(b.x, labels, 1)
+    blur = Lime(ctx, hide="blur").fill(b.x, labels, 1)
     assert blur.shape == b.x.shape and blur.std() < b.x.std()
     m = Lime(ctx, hide="blur", samples=16)
     assert torch.isfinite(m.explain(lime_batch(ctx, m, imgs, seeds=[0])).maps).all()

@@ -194,7 +194,7 @@ class Lime(Method):
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
 
-    def _fill(self, x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
+    def fill(self, x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         """Return what hidden superpixels show, (B, C, H, W) in normalized input space."""
         if self.hide == "zero":  # black in pixel space
             mean = torch.tensor(self.ctx.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -218,7 +218,7 @@ class Lime(Method):
         x = batch.x
         b, c, h, w = x.shape
         s = masks.shape[1]
-        fill = self._fill(x, labels, masks.shape[2])
+        fill = self.fill(x, labels, masks.shape[2])
         targets = batch.targets.to(x.device)
         probs = torch.empty(b * s, dtype=torch.float64, device=x.device)
         model = self.ctx.model

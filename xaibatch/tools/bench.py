@@ -596,7 +596,7 @@ def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, 
                         similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25))
             for i in range(1 if warm else n_lime):
                 seg = torch.from_numpy(seg_fn(images[i])).to(dev)
-                fill = fill_method._fill(x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
+                fill = fill_method.fill(x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
                 lime.attribute(x[i : i + 1], baselines=fill, target=tlist[i], feature_mask=seg[None, None],
                                n_samples=opts.lime_samples, perturbations_per_eval=opts.lime_batch_size)
             sync()
