@@ -106,6 +106,7 @@ def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Se
         axes[0].set_ylabel("similarity to the original maps")
         axes[0].set_ylim(-0.6, 1.05)
         axes[1].legend(frameon=False)
+        return _svg(fig)
 
 
 def roc_curve(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float,
