@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import numpy as np
 
@@ -222,3 +223,26 @@ def unlink_all(out: Path, paths) -> None:
             safe_join(out, p).unlink(missing_ok=True)
         except (OSError, UsageError):
             pass
+
+
+def walk_files(root: Path, tops: tuple[str, ...] = ("",)) -> Iterator[tuple[str, str]]:
+    """(relative POSIX path, full path) of every file under ``root``'s folders ``tops`` ("": root itself).
+
+    Iterative (no recursion limit), never follows a symlink, and skips what cannot be listed.
+    """
+    stack = [(os.path.join(root, top) if top else str(root), f"{top}/" if top else "") for top in tops]
+    while stack:
+        d, rel = stack.pop()
+        try:
+            it = os.scandir(d)
+        except OSError:
+            continue
+        with it:
+            for ent in it:
+                try:
+                    if ent.is_dir(follow_symlinks=False):
+                        stack.append((ent.path, f"{rel}{ent.name}/"))
+                    else:
+                        yield f"{rel}{ent.name}", ent.path
+                except OSError:
+                    pass

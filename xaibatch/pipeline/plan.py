@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .. import MAP_FORMAT_VERSION, layout
 from ..layout import assign_stems
 from ..scan import ImageEntry, Scan
-from ..files import file_sha256
+from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
 from .options import DEFAULT_MAX_MAP_SIDE
 
@@ -196,24 +196,7 @@ def existing_files(out: Path) -> set[str]:
 
     One directory listing instead of a stat per committed file: about 5x cheaper at 10,000 files.
     """
-    found: set[str] = set()
-    stack = [(os.path.join(out, top), f"{top}/") for top in layout.PICTURE_DIRS]
-    while stack:
-        d, rel = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for ent in it:
-                try:
-                    if ent.is_dir(follow_symlinks=False):
-                        stack.append((ent.path, f"{rel}{ent.name}/"))
-                    else:
-                        found.add(f"{rel}{ent.name}")
-                except OSError:
-                    pass
-    return found
+    return {rel for rel, _path in walk_files(out, layout.PICTURE_DIRS)}
 
 
 @dataclass

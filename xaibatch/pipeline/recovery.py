@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
+from .. import layout
+from ..files import walk_files
 from ..manifest import Manifest
 
 
@@ -19,30 +21,15 @@ def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
     Walks the whole folder, so it runs only after an unclean stop; call it only while holding the lock.
     """
     n = 0
-    stack = [out]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for ent in it:
-                try:
-                    if ent.is_dir(follow_symlinks=False):
-                        stack.append(Path(ent.path))
-                    elif (m := _TEMP_RE.match(ent.name)) and stale(int(m.group(1) or m.group(2))):
-                        os.unlink(ent.path)
-                        n += 1
-                except OSError:
-                    pass
+    for _rel, path in walk_files(out):
+        m = _TEMP_RE.match(os.path.basename(path))
+        if m and stale(int(m.group(1) or m.group(2))):
+            try:
+                os.unlink(path)
+                n += 1
+            except OSError:
+                pass
     return n
-
-
-_OWN_DIRS = ("images", "thumbs", "maps")
-
-
-_OWN_SUFFIXES = (".png", ".npy")
 
 
 def sweep_orphans(out: Path, manifest: Manifest) -> int:
@@ -54,20 +41,11 @@ def sweep_orphans(out: Path, manifest: Manifest) -> int:
     """
     referenced = manifest.referenced_files()
     n = 0
-    for top in _OWN_DIRS:
-        root = out / top
-        if not root.is_dir():
-            continue
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                if not name.endswith(_OWN_SUFFIXES):
-                    continue
-                full = os.path.join(dirpath, name)
-                rel = PurePosixPath(*Path(os.path.relpath(full, out)).parts).as_posix()
-                if rel not in referenced:
-                    try:
-                        os.unlink(full)
-                        n += 1
-                    except OSError:
-                        pass
+    for rel, path in walk_files(out, layout.PICTURE_DIRS):
+        if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in referenced:
+            try:
+                os.unlink(path)
+                n += 1
+            except OSError:
+                pass
     return n
