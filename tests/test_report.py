@@ -267,10 +267,10 @@ def test_pagination_counts_and_page_weight(tmp_path):
 
 
 def test_page_links_window():
-    assert [t for t, _u, _c in report._page_links(1, 1)] == ["1"]
-    labels = [t for t, _u, _c in report._page_links(50, 500)]
+    assert [t for t, _u, _c in report.cards.page_links(1, 1)] == ["1"]
+    labels = [t for t, _u, _c in report.cards.page_links(50, 500)]
     assert labels == ["1", "…", "48", "49", "50", "51", "52", "…", "500"]
-    assert [t for t, _u, c in report._page_links(3, 4) if c] == ["3"]
+    assert [t for t, _u, c in report.cards.page_links(3, 4) if c] == ["3"]
 
 
 def test_grouping_and_sorting_order(tmp_path):
@@ -435,12 +435,12 @@ def test_no_images_yet(tmp_path):
 
 def test_confusion_cells_keep_text_contrast():
     def ratio(a, b):
-        hi, lo = sorted((report._luminance(a), report._luminance(b)), reverse=True)
+        hi, lo = sorted((report.text.luminance(a), report.text.luminance(b)), reverse=True)
         return (hi + 0.05) / (lo + 0.05)
 
     for share in np.linspace(0, 1, 101):
         bg = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))
-        fg = (255, 255, 255) if report._text_on(bg) == "#fff" else (0, 0, 0)
+        fg = (255, 255, 255) if report.text.text_on(bg) == "#fff" else (0, 0, 0)
         assert ratio(bg, fg) >= 4.5, (share, bg)
 
 
@@ -642,4 +642,4 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
     out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], input_dir=inp)
     report.render(out)
     assert "Ground truth" not in (out / "detail" / "FAKE" / "a.html").read_text()
-    assert report._load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly
+    assert report.detail.load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly

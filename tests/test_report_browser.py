@@ -80,7 +80,7 @@ def paged_out(labeled_out, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("paged") / "out"
     shutil.copytree(labeled_out, out)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "PAGE_SIZE", 5)
+        mp.setattr(report.model, "PAGE_SIZE", 5)
         report.write_report(out)
     return out
 
@@ -97,7 +97,7 @@ def hostile_out(tmp_path_factory) -> Path:
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
     (root / "in" / classes[0] / "<svg onload=alert(5)>.png").write_bytes(b"broken")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "PAGE_SIZE", 4)
+        mp.setattr(report.model, "PAGE_SIZE", 4)
         run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
             log=lambda s: None)
     return root / "out"

@@ -1,0 +1,44 @@
+"""Build the report's data from the manifest, then render it with Jinja2.
+
+Templates only display: every number, group, order, page and link is computed
+here (data first, render second). The report is a static folder that works
+from ``file://``: relative links only, no external URL, the project's own CSS
+and JS copied in under content-hashed names.
+
+Layout written into the output folder::
+
+    index.html                 summary: counts, metrics, figures, configuration, run history
+    gallery/page-<n>.html      at most PAGE_SIZE cards each, in gallery order
+    detail/<stem>.html         one per image: original and every map at a readable size
+    history.html               every run
+    skipped.html               every file that could not be read, and why
+    figures/<name>-<hash>.svg  matplotlib figures (only redrawn when their numbers change)
+    assets/report.<hash>.css   templates/assets/report.css, content-hashed
+    assets/report.<hash>.js    templates/assets/report.js, content-hashed
+
+Gallery order: labeled runs show Misclassified first, then Correct, each split
+per true class (mistakes most confident first, correct ones least confident
+first); unlabeled runs group by predicted class, most confident first. Pages
+are only rewritten when their bytes change, so a cron re-run over an unchanged
+folder rewrites the summary and nothing else.
+
+Template names (a ``--template-dir`` may override any of them; the packaged
+ones are the fallback): ``base.html`` (page frame), ``_macros.html`` (card,
+pager, legend), ``_runs_table.html``, ``_failures_table.html``, ``index.html``,
+``gallery.html``, ``detail.html``, ``history.html``, ``skipped.html``, and the
+assets ``assets/report.css`` and ``assets/report.js``.
+
+The package::
+
+    model.py        sizes, limits and the dataclasses a page shows (Card, MapView, ReportData, ...)
+    data.py         build(): the report's data from the manifest; cards.py, metrics.py, detail.py, text.py help
+    render.py       render()/write_report(): Jinja over that data, writing only what changed
+    predictions.py  predictions.csv
+"""
+
+from .model import Card, MapView, PAGE_SIZE, ReportData, up, url
+from .data import build, bundled_model_sha256, demo_model_warning
+from .render import WriteStats, check_templates, environment, render, write_report
+from .predictions import csv_cell, write_predictions_csv
+
+__all__ = ["Card", "MapView", "PAGE_SIZE", "ReportData", "WriteStats", "build", "bundled_model_sha256", "check_templates", "csv_cell", "demo_model_warning", "environment", "render", "up", "url", "write_predictions_csv", "write_report"]

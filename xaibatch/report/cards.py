@@ -1,0 +1,152 @@
+"""Cards (one per image), the gallery's groups (correct / misclassified per class) and its pages."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+
+from .. import layout
+from ..layout import display_size
+from ..localization import MASK_SUFFIX
+from ..manifest import ImageRow, MapRow
+from . import model  # model.PAGE_SIZE read at call time: tests shrink it
+from .model import Block, Card, DETAIL_MIN_SIDE, GalleryPage, Group, INFO_WORDS, MAX_PROBS_SHOWN, MapView, MethodInfo, url
+from .text import class_name, fmt_pct, fmt_value
+
+
+def mask_rel(rel: str) -> str:
+    """Where demo-data keeps an image's ground-truth mask, relative to the input folder (see demo.mask_for)."""
+    return rel.rsplit(".", 1)[0] + MASK_SUFFIX
+
+
+def _mask_key(input_dir: Path | None, rel: str) -> str:
+    if input_dir is None:
+        return ""
+    try:
+        st = os.stat(os.path.join(input_dir, mask_rel(rel)))
+    except (OSError, ValueError):
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) and st.st_size else ""
+
+
+def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow],
+          input_dir: Path | None = None) -> Card:
+    stem = r.stem
+    views = []
+    for m in methods:
+        row = maps.get((r.rel, m.name))
+        if row is not None:
+            views.append(MapView(
+                m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
+                [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
+                npy_rel=row.npy, config_hash=row.config_hash, **_faith_view(row),
+            ))
+    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
+    dw, dh = display_size(r.width, r.height)
+    scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
+    detail = f"detail/{stem}.html"
+    return Card(
+        rel=r.rel, stem=stem, cid="c" + hashlib.sha1(r.rel.encode("utf-8", "surrogatepass")).hexdigest()[:12],
+        label=class_name(names, r.label), label_index=r.label, pred=class_name(names, r.pred) or "", pred_index=r.pred,
+        target=class_name(names, r.target) or "", confidence=r.confidence, conf_text=fmt_pct(r.confidence),
+        conf_attr=f"{r.confidence:.6f}",
+        correct=None if r.label is None else r.label == r.pred,
+        thumb=url(layout.image_thumb(stem, r.width, r.height)), image=url(layout.image_png(stem)),
+        detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
+        probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
+        width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
+        sha256=r.sha256[:12], size=r.size, mask_key=_mask_key(input_dir, r.rel),
+    )
+
+
+def _faith_view(row: MapRow) -> dict[str, Any]:
+    if row.deletion is None or row.insertion is None:
+        return {}
+    from ..trust import curve_points
+
+    f = row.faith or {}
+    curves = (curve_points(f["deletion_curve"]), curve_points(f["insertion_curve"])) if "deletion_curve" in f else None
+    return {"deletion": f"{row.deletion:.3f}", "insertion": f"{row.insertion:.3f}", "curves": curves}
+
+
+def group_cards(cards: list[Card], names: list[str], labeled: bool) -> tuple[list[Group], list[tuple[str, str]]]:
+    by: dict[tuple[str, int], list[Card]] = {}
+    for c in cards:
+        if labeled and c.label_index is not None:
+            key = ("right" if c.correct else "wrong", c.label_index)
+        else:
+            key = ("nolabel" if labeled else "pred", c.pred_index)
+        by.setdefault(key, []).append(c)
+    classes = sorted({k for _s, k in by})
+    if labeled:
+        sections = [("wrong", "Misclassified"), ("right", "Correct")]
+        if any(s == "nolabel" for s, _k in by):
+            sections.append(("nolabel", "Without a label, by predicted class"))
+    else:
+        sections = [("pred", "By predicted class")]
+    groups = []
+    for s, _title in sections:
+        for k in classes:
+            members = by.get((s, k))
+            if not members:
+                continue
+            if s == "right":  # the borderline correct ones are the interesting ones
+                members.sort(key=lambda c: (c.confidence, c.rel))
+                order = "least confident first"
+            else:
+                members.sort(key=lambda c: (-c.confidence, c.rel))
+                order = "most confident first"
+            word = "true" if s in ("wrong", "right") else "predicted"
+            groups.append(Group(s, f"{word} {class_name(names, k)}", f"{s}-{k}", k, order, members))
+    return groups, sections
+
+
+def page_links(current: int, total: int) -> list[tuple[str, str | None, bool]]:
+    """1 … c-2 c-1 c c+1 c+2 … total, as (label, url or None for a gap, is current)."""
+    want = sorted({1, total, *range(max(1, current - 2), min(total, current + 2) + 1)})
+    out: list[tuple[str, str | None, bool]] = []
+    prev = 0
+    for n in want:
+        if n - prev > 1:
+            out.append(("…", None, False))
+        out.append((str(n), f"page-{n}.html", n == current))
+        prev = n
+    return out
+
+
+def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list[Card], list[GalleryPage]]:
+    order = [c for g in groups for c in g.cards]
+    for i, c in enumerate(order):
+        c.index = i
+        c.page = i // model.PAGE_SIZE + 1
+    total = max(1, math.ceil(len(order) / model.PAGE_SIZE))
+    titles = dict(sections)
+    blocks: list[list[Block]] = [[] for _ in range(total)]
+    for g in groups:
+        g.section_title = titles[g.section]
+        g.start_page = g.cards[0].page
+        g.start_url = f"gallery/page-{g.start_page}.html#{g.key}"
+        for c in g.cards:
+            c.group_key = g.key
+        i = 0
+        while i < len(g.cards):
+            p = g.cards[i].page
+            j = min(len(g.cards), i + (model.PAGE_SIZE - g.cards[i].index % model.PAGE_SIZE))
+            page_blocks = blocks[p - 1]
+            opens = not page_blocks or page_blocks[-1].group.section != g.section
+            page_blocks.append(Block(g, g.cards[i:j], i + 1, j, titles[g.section] if opens else None))
+            i = j
+    pages = []
+    for n in range(1, total + 1):
+        first = (n - 1) * model.PAGE_SIZE + 1
+        pages.append(GalleryPage(
+            number=n, path=f"gallery/page-{n}.html", blocks=blocks[n - 1],
+            prev=f"page-{n - 1}.html" if n > 1 else None, next=f"page-{n + 1}.html" if n < total else None,
+            links=page_links(n, total), first=min(first, len(order)), last=min(n * model.PAGE_SIZE, len(order)),
+        ))
+    return order, pages

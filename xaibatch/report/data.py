@@ -1,0 +1,173 @@
+"""Build the report's data from the manifest (coverage.py's way: data first, rendering second)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+from .. import layout
+from ..files import file_sha256
+from ..localization import MASK_SUFFIX
+from ..manifest import Manifest
+from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
+from ..resources import default_checkpoint
+from .cards import group_cards, make_card, paginate
+from .metrics import add_metrics, decision_summary, decision_words
+from . import model  # model.PAGE_SIZE read at call time: tests shrink it
+from .model import CARD_THUMB_PX, Card, MethodInfo, ReportData
+from .text import css_gradient, fmt_seconds, fmt_time, fmt_value
+
+
+def method_infos(runs: list[dict[str, Any]], current: dict[str, Any], present: set[str]) -> list[MethodInfo]:
+    """The latest run's methods first, then any method still in the manifest from older runs."""
+    known: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        try:
+            known.update(json.loads(r["config_json"]).get("methods", {}))
+        except (ValueError, TypeError):
+            continue
+    names = list(current.get("methods", {})) + sorted(present - set(current.get("methods", {})))
+    out = []
+    for name in names:
+        info = {**known.get(name, {}), **current.get("methods", {}).get(name, {})}
+        signed = bool(info.get("signed", False))
+        out.append(MethodInfo(
+            name=name, title=str(info.get("title", name)), signed=signed,
+            settings=[(str(k), fmt_value(v)) for k, v in (info.get("config") or {}).items()],
+            legend=("red = evidence for the explained class, blue = evidence against it; the stronger the "
+                    "evidence, the more opaque the colour, and where a superpixel has no effect the overlay is "
+                    "transparent (the photo shows through)"
+                    if signed else "bright = more important, dark = less important (the photo shows through "
+                                   "where the map is low)"),
+            gradient=css_gradient(signed),
+            scale_words=("LIME coefficient, in probability units of the explained class; the scale is "
+                         "symmetric, set by this image's strongest superpixel" if signed else
+                         "map value (0 to 1 in the .npy); the colour saturates at this image's 99th "
+                         "percentile"),
+        ))
+    return out
+
+
+def _config_rows(config: dict[str, Any], last: dict[str, Any] | None) -> list[tuple[str, str]]:
+    model = config.get("model", {})
+    sha = str(model.get("checkpoint_sha256") or "")
+    grid = config.get("layer_grid")
+    rows = [
+        ("Model architecture", fmt_value(model.get("arch"))),
+        ("Checkpoint", fmt_value(model.get("checkpoint"))),
+        ("Checkpoint sha256", sha[:12] if sha else "–"),
+        ("Input size", f"{model['input_size']} px" if model.get("input_size") else "–"),
+        ("Classes", fmt_value(config.get("class_names"))),
+        ("Maps explain", "the folder's label" if model.get("target") == "label" else "the predicted class"),
+        ("Decision", decision_words(config.get("decision"))),
+        ("Target layer", fmt_value(config.get("layer"))),
+        ("Layer grid", "×".join(str(g) for g in grid) if grid else "–"),
+        ("Input folder", fmt_value((last or {}).get("input_dir"))),
+        ("Device", fmt_value(config.get("device"))),
+        ("Batch size", fmt_value(config.get("batch_size"))),
+        ("Decode workers", fmt_value(config.get("workers"))),
+        ("Seed", fmt_value(config.get("seed"))),
+        ("Versions", f"xaibatch {config.get('xaibatch', '–')}, torch {config.get('torch', '–')}"),
+    ]
+    return rows
+
+
+def _run_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r["id"], "started": fmt_time(r["started_at"]), "status": r["status"],
+        "seconds": fmt_seconds(r["seconds"]), "seen": r["n_seen"], "added": r["n_added"], "changed": r["n_changed"],
+        "removed": r["n_removed"], "unchanged": r["n_unchanged"], "failed": r["n_failed"],
+        "computed": r["n_computed"],
+    }
+
+
+def build(out_dir: Path) -> ReportData:
+    """Read the manifest and compute everything the templates show. O(n) apart from the sorts."""
+    m = Manifest(Path(out_dir) / layout.MANIFEST)
+    try:
+        images = m.images()
+        maps = m.maps()
+        runs = m.runs()
+        failures = m.failures()
+    finally:
+        m.close()
+    last = next((r for r in reversed(runs) if r["status"] != "running"), runs[-1] if runs else None)
+    try:
+        config = json.loads(last["config_json"]) if last else {}
+    except ValueError:
+        config = {}
+    names: list[str] = list(config.get("class_names", []))
+    k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
+    names += [f"class {i}" for i in range(len(names), k)]
+    methods = method_infos(runs, config, {meth for _rel, meth in maps})
+    labeled = any(r.label is not None for r in images.values())
+
+    input_dir = (last or {}).get("input_dir") or ""
+    source = Path(input_dir) if input_dir and os.path.isdir(input_dir) else None
+    cards = [make_card(images[rel], names, methods, maps, source) for rel in sorted(images)]
+    groups, sections = group_cards(cards, names, labeled)
+    order, pages = paginate(groups, sections)
+    data = ReportData(
+        title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
+        labeled=labeled, total=len(order), class_names=names, methods=methods, config=config,
+        config_rows=_config_rows(config, last), runs=[_run_row(r) for r in reversed(runs)], runs_total=len(runs),
+        last_run=_run_row(last) if last else None, failures=failures, cards=order, groups=groups, pages=pages,
+        sections=sections, page_size=model.PAGE_SIZE,
+        card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
+        target_words=("the folder's label" if config.get("model", {}).get("target") == "label"
+                      else "the predicted class"),
+        input_dir=source,
+    )
+    add_metrics(data)
+    warning = demo_model_warning(config, order, source is not None)
+    if warning:
+        data.warnings.append(warning)
+    from ..trust import build_trust
+
+    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
+                             config.get("model", {}).get("checkpoint_sha256"))
+    data.decision = decision_summary(config.get("decision"), names, images)
+    return data
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def bundled_model_sha256() -> str | None:
+    """SHA-256 of the bundled demo checkpoint (hashed once per process while the file is unchanged)."""
+    try:
+        p = default_checkpoint()
+        st = p.stat()
+        return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+
+
+def demo_model_warning(config: dict[str, Any], cards: list[Card], input_readable: bool) -> str | None:
+    """A warning when the bundled demo model was applied to a folder that does not look like demo data.
+
+    The test is simple on purpose: every demo image is 32x32, and every demo
+    FAKE image has its ground-truth mask (``<name>.mask.npy``) beside it. A
+    folder with any other size, or without a single mask, is not the demo set.
+    """
+    sha = config.get("model", {}).get("checkpoint_sha256")
+    if not cards or not sha or sha != bundled_model_sha256():
+        return None
+    reasons = []
+    other = sum(1 for c in cards if (c.width, c.height) != (DEMO_SIZE, DEMO_SIZE))
+    if other:
+        reasons.append(f"{other} of {len(cards)} images are not {DEMO_SIZE}x{DEMO_SIZE} (every demo image is)")
+    if input_readable and not any(c.mask_key for c in cards):
+        reasons.append(f"none of the {len(cards)} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
+                       "(every demo FAKE image has one)")
+    if not reasons:
+        return None
+    return ("These predictions and maps come from the bundled demo model, which was trained only on "
+            "xaibatch demo-data (synthetic 32x32 images), but this folder does not look like demo data: "
+            + "; ".join(reasons) + ". They say nothing reliable about these images: pass your own --checkpoint.")

@@ -1,0 +1,288 @@
+"""What the report shows, as plain data: its sizes and limits, and one dataclass per thing on a page."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+
+from .. import __version__
+
+
+PAGE_SIZE = 200  # cards per gallery page
+
+
+DETAIL_MIN_SIDE = 256  # the detail page shows images at least this large (pixelated when upscaled)
+
+
+CARD_THUMB_PX = 88  # thumbnails on cards are drawn this large (the files are <= 128 px)
+
+
+MAX_PROBS_SHOWN = 10  # class probabilities on a detail page (the most likely ones)
+
+
+RUNS_ON_SUMMARY = 20
+
+
+FAILURES_ON_SUMMARY = 50
+
+
+CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
+
+
+FINGERPRINT_VERSION = 1  # bump when what a detail page shows changes without a template change
+
+
+STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
+
+
+CALIBRATION_BINS = 10
+
+
+HISTOGRAM_BINS = 20
+
+
+TEMPLATE_NAMES = ("base.html", "_macros.html", "_runs_table.html", "_failures_table.html", "index.html",
+                  "gallery.html", "detail.html", "history.html", "skipped.html")
+
+
+ASSET_NAMES = ("report.css", "report.js")  # under assets/ in a template folder
+
+
+MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00")  # each method's maximum on the ground-truth figure
+
+
+TRUTH_MAX_SIDE = 128  # the ground-truth region is drawn on a grid at most this large
+
+
+MAX_ARRAY_BYTES = 256 << 20  # a map or mask file larger than this is not read for the detail page
+
+
+# What a map's per-image facts (MapRow.info) mean, for the detail page.
+INFO_WORDS = {
+    "segments": "superpixels (SLIC regions) that LIME switched on and off in its perturbed samples; "
+                "each pixel's value is its superpixel's coefficient",
+    "score": "R² of LIME's weighted linear fit on those samples: how well the coefficients reproduce the "
+             "model's probabilities (near 1: faithful; near 0: read this map with care)",
+    "intercept": "the fit's probability of the explained class with every superpixel hidden",
+}
+
+
+OWNED_DIRS = ("gallery", "detail")  # every *.html in these is the report's; stale ones are removed
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
+def url(rel_path: str) -> str:
+    """Percent-encode a relative file path for an href/src (keeps '/')."""
+    if _URL_SAFE.fullmatch(rel_path):  # the common case, several per image: skip quote()
+        return rel_path
+    return quote(rel_path, safe="/")
+
+
+def up(rel_page: str) -> str:
+    """The relative prefix from a page (``detail/a/b.html``) back to the report root (``../../``)."""
+    return "../" * rel_page.count("/")
+
+
+@dataclass(slots=True)
+class MethodInfo:
+    name: str
+    title: str
+    signed: bool
+    settings: list[tuple[str, str]]
+    legend: str  # what the colours mean, in words
+    gradient: str  # a CSS linear-gradient of the colour map
+    scale_words: str = ""  # what the numbers under the colour bar are
+    bar: str = ""  # report-root-relative url of the method's colour bar (one SVG per method, not per image)
+
+
+@dataclass(slots=True)
+class MapView:
+    method: str
+    title: str
+    m: MethodInfo = field(repr=False)  # the method's legend; part of the site fingerprint, not the card's
+    png: str  # urls relative to the report root
+    thumb: str
+    npy: str
+    info: list[tuple[str, str, str]]  # (key, value, what it means)
+    npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
+    config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
+    ticks: list[str] = field(default_factory=list, repr=False)  # colour bar numbers, left to right (detail page)
+    scale_note: str = field(default="", repr=False)
+    deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
+    insertion: str | None = None
+    curves: tuple[str, str] | None = None  # SVG polyline points of the deletion and insertion curves
+
+
+@dataclass(slots=True)
+class Card:
+    rel: str
+    stem: str
+    cid: str  # stable element id, not derived from user text
+    label: str | None
+    label_index: int | None
+    pred: str
+    pred_index: int
+    target: str
+    confidence: float
+    conf_text: str  # "73.9%"
+    conf_attr: str  # "0.739123", for sorting in the browser
+    correct: bool | None
+    thumb: str
+    image: str
+    detail: str  # report-root-relative path of the detail page (not encoded)
+    detail_url: str
+    maps: list[MapView]
+    methods_attr: str  # "gradcam lime": the methods this card has maps for
+    probs: list[tuple[str, float, str]]  # (class, probability, "12.3%")
+    width: int
+    height: int
+    disp_w: int = 0
+    disp_h: int = 0
+    pixelated: bool = False
+    sha256: str = ""
+    size: int = 0
+    mask_key: str = ""  # "size:mtime" of a ground-truth mask (<name>.mask.npy) beside the input image, or ""
+    truth: Truth | None = field(default=None, repr=False)  # filled only when the detail page is rendered
+    group_key: str = field(default="", repr=False)
+    index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
+    page: int = 1
+
+
+@dataclass
+class Point:
+    """One method's maximum on the ground-truth figure and its pointing-game result."""
+
+    n: int
+    title: str
+    colour: str
+    x: float  # figure coordinates (the truth grid)
+    y: float
+    px: tuple[int, int] | None  # (x, y) in image pixels; None when the map could not be compared
+    hit: bool | None
+    note: str = ""
+    lx: float = 0.0  # where its number is written, kept inside the figure
+    ly: float = 0.0
+
+
+@dataclass
+class Truth:
+    """The demo's ground-truth region beside an image, drawn as an SVG path, and each map's pointing game."""
+
+    mask_name: str
+    width: int  # the figure's grid (the mask, shrunk to at most TRUTH_MAX_SIDE)
+    height: int
+    path: str  # SVG path of the region
+    share: str  # the region's share of the image: a map pointing at random hits this often
+    radius: float
+    font: float
+    points: list[Point]
+
+
+@dataclass
+class Group:
+    section: str  # "wrong" | "right" | "pred" | "nolabel"
+    title: str  # e.g. "true FAKE"
+    key: str  # stable id, e.g. "wrong-0"
+    class_index: int
+    order: str  # how the cards are sorted, in words
+    cards: list[Card]
+    section_title: str = ""
+    start_page: int = 1
+    start_url: str = ""
+
+
+@dataclass
+class Block:
+    """A group's slice on one gallery page."""
+
+    group: Group
+    cards: list[Card]
+    first: int  # 1-based position of cards[0] within the group
+    last: int
+    heading_section: str | None  # the section title when this block opens a section on this page
+
+
+@dataclass
+class GalleryPage:
+    number: int
+    path: str
+    blocks: list[Block]
+    prev: str | None
+    next: str | None
+    links: list[tuple[str, str | None, bool]]  # (label, url or None for a gap, is current)
+    first: int  # 1-based global positions shown
+    last: int
+
+
+@dataclass
+class Site:
+    """What detail pages may use besides their card: a detail page is only re-rendered when this, its card,
+    its neighbours or a template changed."""
+
+    title: str
+    assets: dict[str, str]
+    gallery_first: str
+    version: str
+    target_words: str
+    n_classes: int
+    methods: list[MethodInfo]
+
+
+@dataclass
+class ReportData:
+    title: str
+    labeled: bool
+    total: int
+    class_names: list[str]
+    methods: list[MethodInfo]
+    config: dict[str, Any]
+    config_rows: list[tuple[str, str]]
+    runs: list[dict[str, Any]]  # newest first, formatted
+    runs_total: int
+    last_run: dict[str, Any] | None
+    failures: list[tuple[str, str]]
+    cards: list[Card]
+    groups: list[Group]
+    pages: list[GalleryPage]
+    sections: list[tuple[str, str]]  # (section key, title) in gallery order
+    # metrics (labeled)
+    correct: int | None = None
+    wrong: int | None = None
+    accuracy: float | None = None
+    confusion: list[list[dict[str, Any]]] | None = None
+    top_confusions: list[tuple[str, str, int]] | None = None
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    macro: dict[str, Any] | None = None
+    ece: float | None = None
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    hist_edges: list[float] = field(default_factory=list)
+    hist_series: list[tuple[str, list[int], str]] = field(default_factory=list)
+    pred_counts: list[tuple[str, int, str]] = field(default_factory=list)
+    mean_confidence: float | None = None
+    figures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {"src", "alt"}
+    decision: dict[str, Any] | None = None  # two classes: threshold, its metrics and ROC (see decision_summary)
+    assets: dict[str, str] = field(default_factory=dict)  # "css"/"js" -> report-root-relative url
+    gallery_first: str = "gallery/page-1.html"
+    page_size: int = PAGE_SIZE
+    card_width: int = 0
+    card_thumb: int = CARD_THUMB_PX
+    target_words: str = "the predicted class"
+    version: str = __version__
+    has_csv: bool = True
+    warnings: list[str] = field(default_factory=list)  # shown at the top of the summary
+    input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
+    trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def site(self) -> Site:
+        return Site(self.title, dict(self.assets), self.gallery_first, self.version, self.target_words,
+                    self.n_classes, self.methods)

@@ -1,0 +1,51 @@
+"""predictions.csv: one row per image, written before the report that links to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from .. import layout
+from ..files import atomic_write_bytes
+from ..manifest import Manifest
+
+
+
+def write_predictions_csv(out: Path, names: list[str]) -> float | None:
+    """Write predictions.csv; return the accuracy over labeled images (None when there are none)."""
+    import csv
+    import io
+
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        rows = manifest.images()
+        maps = manifest.maps()
+    finally:
+        manifest.close()
+    scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "pred", "confidence", "correct", *[csv_cell(f"p_{n}") for n in names],
+                *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")]])
+    for rel in sorted(rows):
+        r = rows[rel]
+        label = names[r.label] if r.label is not None and r.label < len(names) else ""
+        correct = "" if r.label is None else int(r.label == r.pred)
+        faith = []
+        for m in scored:
+            row = maps.get((rel, m))
+            faith += ["" if row is None or v is None else f"{v:.6f}"
+                      for v in ((row.deletion, row.insertion) if row else (None, None))]
+        w.writerow([csv_cell(rel), csv_cell(label), csv_cell(names[r.pred]), f"{r.confidence:.6f}", correct,
+                    *[f"{v:.6f}" for v in r.probs], *faith])
+    atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
+    labeled = [r for r in rows.values() if r.label is not None]
+    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """Quote a text cell a spreadsheet would run as a formula (``=HYPERLINK(...)`` as a file name)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text

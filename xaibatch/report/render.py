@@ -1,0 +1,316 @@
+"""Render the report's data with Jinja, writing only pages whose inputs changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+
+from ..errors import UsageError, XaibatchError
+from ..files import atomic_write_bytes, safe_join
+from ..resources import templates_dir
+from .data import build
+from .detail import detail_data
+from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, up, url
+from .text import fmt_bytes
+
+
+def environment(template_dir: Path | None = None) -> jinja2.Environment:
+    """User templates first (trusted: they are the user's own), packaged ones as the fallback."""
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(template_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, auto_reload=False,
+    )
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["conf"] = lambda v: f"{100 * v:.1f}%"
+    env.filters["num"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["bytes"] = fmt_bytes
+    return env
+
+
+@dataclass
+class WriteStats:
+    """What one write_report call did (the benchmark and the tests read it)."""
+
+    index: Path
+    written: int = 0  # files whose bytes changed
+    unchanged: int = 0
+    removed: int = 0
+    pages: int = 0  # HTML pages in the report
+    gallery_pages: int = 0
+    biggest_page: tuple[str, int] = ("", 0)
+    seconds_build: float = 0.0
+    seconds_render: float = 0.0
+    seconds_total: float = 0.0
+
+
+class PageWriter:
+    def __init__(self, out_dir: Path, stats: WriteStats) -> None:
+        self.out = out_dir
+        self.stats = stats
+        self.paths: set[str] = set()
+        self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
+        self.fingerprints: dict[str, str] = {}
+        for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
+            safe_join(out_dir, top)
+
+    def _path(self, rel: str) -> Path:
+        # Lexical check only (resolve() per page costs more than rendering it); the top folders are checked once.
+        parts = rel.split("/")
+        if rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+            raise UsageError(f"refusing to write report page {rel!r}: not a plain relative path")
+        self.paths.add(rel)
+        return self.out.joinpath(*parts)
+
+    def _count(self, rel: str, size: int) -> None:
+        if rel.endswith(".html"):
+            self.stats.pages += 1
+            if size > self.stats.biggest_page[1]:
+                self.stats.biggest_page = (rel, size)
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write only when the bytes differ: unchanged files keep their mtime."""
+        path = self._path(rel)
+        self._count(rel, len(data))
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                self.stats.unchanged += 1
+                return
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        atomic_write_bytes(path, data)
+        self.stats.written += 1
+
+    def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
+        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time and the file is
+        there); otherwise render and write only if the bytes differ."""
+        self.fingerprints[rel] = fingerprint
+        if self.previous.get(rel) == fingerprint:
+            path = self._path(rel)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            if size >= 0:
+                self._count(rel, size)
+                self.stats.unchanged += 1
+                return
+        self.write(rel, render().encode("utf-8"))
+
+    def load_fingerprints(self) -> None:
+        try:
+            state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
+            if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
+                self.previous = state["pages"]
+        except (OSError, ValueError, AttributeError):
+            self.previous = {}
+
+    def save_fingerprints(self) -> None:
+        body = json.dumps({"version": FINGERPRINT_VERSION, "pages": self.fingerprints},  # in gallery order
+                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        path = self.out / STATE_NAME
+        try:
+            if path.read_bytes() == body:
+                return
+        except OSError:
+            pass
+        atomic_write_bytes(path, body)
+
+
+_CARD_FIELDS = [f.name for f in fields(Card) if f.repr]
+
+
+_MAP_FIELDS = [f.name for f in fields(MapView) if f.repr]
+
+
+def _card_key(c: Card) -> str:
+    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
+    values = [getattr(c, f) for f in _CARD_FIELDS]
+    values[_CARD_FIELDS.index("maps")] = [[getattr(v, f) for f in _MAP_FIELDS] for v in c.maps]
+    return repr(values)
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def _templates_key(template_dir: Path | None) -> str:
+    """A hash of every template file that could be used: any edit re-renders every page."""
+    h = hashlib.sha256(f"{FINGERPRINT_VERSION}".encode())
+    for base in ([template_dir] if template_dir is not None else []) + [templates_dir()]:
+        for p in sorted(Path(base).rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(base)).encode("utf-8", "surrogatepass") + b"\0" + p.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _asset_source(name: str, template_dir: Path | None) -> bytes:
+    for base in ([template_dir] if template_dir is not None else []) + [templates_dir()]:
+        p = Path(base) / "assets" / name
+        if p.is_file():
+            return p.read_bytes()
+    raise FileNotFoundError(f"report asset assets/{name} is missing from the template folders")
+
+
+def _write_assets(w: PageWriter, data: ReportData, template_dir: Path | None) -> None:
+    for name in ASSET_NAMES:
+        body = _asset_source(name, template_dir)
+        stem, ext = name.rsplit(".", 1)
+        rel = f"assets/{stem}.{hashlib.sha256(body).hexdigest()[:8]}.{ext}"
+        w.write(rel, body)
+        data.assets[ext] = url(rel)
+
+
+def _write_colour_bars(w: PageWriter, data: ReportData) -> None:
+    """One small SVG colour bar per colour map, shared by every page and image (named by its content)."""
+    from .. import figures
+    from ..overlay import colour_stops
+
+    for m in data.methods:
+        body = figures.colour_bar(colour_stops(m.signed))
+        rel = f"assets/colourbar.{hashlib.sha256(body).hexdigest()[:8]}.svg"
+        w.write(rel, body)
+        m.bar = url(rel)
+
+
+def _write_figures(w: PageWriter, data: ReportData) -> None:
+    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn."""
+    from .. import figures
+
+    wanted: list[tuple[str, Any, str, Any]] = []
+    if data.total:
+        if data.labeled:
+            alt = (f"Histogram of the predicted class's probability for {data.correct} correctly classified "
+                   f"(blue) and {data.wrong} misclassified (orange) images.")
+        else:
+            alt = f"Histogram of the predicted class's probability over all {data.total} images."
+        wanted.append(("confidence", (data.hist_edges, data.hist_series), alt,
+                       lambda: figures.confidence_histogram(data.hist_edges, data.hist_series)))
+        if data.labeled and data.ece is not None:
+            alt = (f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
+                   f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers.")
+            bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
+            wanted.append(("reliability", (bins, data.ece), alt,
+                           lambda: figures.reliability_diagram(bins, data.ece)))
+    sanity = data.trust.sanity if data.trust else None
+    if sanity and sanity.get("curves"):
+        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+        alt = ("Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+               "maps after randomizing the model's stages from the top; the table below lists the same numbers.")
+        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
+    dec = data.decision
+    if dec and dec.get("auc") is not None:
+        alt = (f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
+               f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
+               f"true positive rate {dec['point'][1]:.3f}).")
+        numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
+        wanted.append(("roc", numbers, alt, lambda: figures.roc_curve(dec["roc_fpr"], dec["roc_tpr"], dec["point"],
+                                                                      dec["threshold"], dec["auc"], dec["positive"])))
+    for name, numbers, alt, draw in wanted:
+        key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
+        rel = f"figures/{name}-{key}.svg"
+        path = w.out / rel
+        if path.is_file():
+            w.paths.add(rel)
+            w.stats.unchanged += 1
+        else:
+            w.write(rel, draw())
+        data.figures[name] = {"src": url(rel), "alt": alt}
+
+
+def _remove_stale(w: PageWriter) -> None:
+    """Delete report files this write did not produce: pages of removed images, old assets and figures."""
+    out = w.out
+    patterns = {"assets": (".css", ".js", ".svg"), "figures": (".svg",), "gallery": (".html",), "detail": (".html",)}
+    for top, exts in patterns.items():
+        root = out / top
+        if not root.is_dir():
+            continue
+        base = len(str(out)) + 1
+        for dirpath, _dirs, filenames in os.walk(root, topdown=False):
+            prefix = dirpath[base:].replace(os.sep, "/") + "/"
+            for f in filenames:
+                if f.endswith(exts) and prefix + f not in w.paths:  # temporary files end in .tmp
+                    os.unlink(os.path.join(dirpath, f))
+                    w.stats.removed += 1
+            if dirpath != str(root):
+                try:
+                    os.rmdir(dirpath)  # only succeeds when empty
+                except OSError:
+                    pass
+
+
+def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
+    """Build the data, then write every page; returns what was written."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    data = build(out)
+    stats = WriteStats(index=out / "index.html", gallery_pages=len(data.pages))
+    stats.seconds_build = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    env = environment(template_dir)
+    w = PageWriter(out, stats)
+    _write_assets(w, data, template_dir)
+    _write_colour_bars(w, data)
+    _write_figures(w, data)
+
+    w.load_fingerprints()
+    detail = env.get_template("detail.html")
+    site = data.site()
+    site_key = _fingerprint(_templates_key(template_dir), site)
+    cards = data.cards
+    keys = [_card_key(c) for c in cards]
+
+    def render_detail(c: Card, prev: Card | None, nxt: Card | None, root: str) -> str:
+        detail_data(out, data.input_dir, c)
+        return detail.render(r=site, c=c, root=root, nav="detail", prev=prev, next=nxt)
+
+    for i, c in enumerate(cards):
+        prev = cards[i - 1] if i > 0 else None
+        nxt = cards[i + 1] if i + 1 < len(cards) else None
+        root = up(c.detail)
+        fp = _fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
+        w.write_page(c.detail, fp, lambda: render_detail(
+            c, prev, nxt, root))  # noqa: B023 - called at once
+    gallery = env.get_template("gallery.html")
+    for p in data.pages:
+        w.write(p.path, gallery.render(r=data, p=p, root="../", nav="gallery").encode("utf-8"))
+    w.write("history.html", env.get_template("history.html").render(r=data, root="", nav="history").encode())
+    w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
+    w.write("index.html", env.get_template("index.html").render(r=data, root="", nav="summary").encode("utf-8"))
+    _remove_stale(w)
+    w.save_fingerprints()
+    stats.seconds_render = time.perf_counter() - t1
+    stats.seconds_total = time.perf_counter() - t0
+    return stats
+
+
+def write_report(out_dir: Path, template_dir: Path | None = None) -> Path:
+    """Write (or bring up to date) the static report in ``out_dir``; returns the path of index.html."""
+    try:
+        return render(out_dir, template_dir).index
+    except jinja2.TemplateError as e:  # e.g. a --template-dir template using a name the data lacks
+        raise XaibatchError(f"cannot render the report: {type(e).__name__}: {e}") from None
+
+
+def check_templates(template_dir: Path | None) -> None:
+    """Compile every template now, so a broken --template-dir fails before any compute, as one line."""
+    env = environment(template_dir)
+    for name in TEMPLATE_NAMES:
+        try:
+            env.get_template(name)
+        except jinja2.TemplateSyntaxError as e:
+            where = f"{e.filename or name}, line {e.lineno}"
+            raise UsageError(f"--template-dir: template error in {where}: {e.message}") from None
+        except jinja2.TemplateError as e:
+            raise UsageError(f"--template-dir: template {name}: {type(e).__name__}: {e}") from None

@@ -1,0 +1,83 @@
+"""How numbers, times and names are written on the pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "–"
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {sec} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min"
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_value(x) for x in v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt_value(x)}" for k, x in v.items())
+    if v is None:
+        return "–"
+    return str(v)
+
+
+def fmt_pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def luminance(rgb: tuple[int, ...]) -> float:
+    """WCAG relative luminance of an sRGB colour."""
+    lin = [(c / 255) / 12.92 if c <= 10 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def text_on(rgb: tuple[int, ...]) -> str:
+    """White or black text, whichever contrasts more with the background (never below 4.58:1)."""
+    lum = luminance(rgb)
+    return "#fff" if 1.05 / (lum + 0.05) >= (lum + 0.05) / 0.05 else "#000"
+
+
+def css_gradient(signed: bool) -> str:
+    import numpy as np
+
+    from ..overlay import colorize
+
+    xs = np.linspace(-1, 1, 9) if signed else np.linspace(0, 1, 9)
+    cols = colorize(xs[None, :].astype(np.float32), signed)[0]
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in cols.tolist()) + ")"
+
+
+def class_name(names: list[str], i: int | None) -> str | None:
+    if i is None:
+        return None
+    return names[i] if 0 <= i < len(names) else f"class {i}"
+
+
+def fmt_num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
