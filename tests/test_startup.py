@@ -67,3 +67,30 @@ def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
     third = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "guided-gradcam"], checkpoint=tiny_ckpt,
                            workers=0, handle_signals=False), log=lambda s: None)
     assert (third.computed, third.unchanged) == (7, 0)
+
+
+def test_the_clis_builtin_method_names_are_the_registrys():
+    from xaibatch.cli import BUILTIN_METHODS
+    from xaibatch.methods import METHODS
+
+    assert set(BUILTIN_METHODS) <= set(METHODS)
+    assert {m for m in METHODS if ":" not in m} == set(BUILTIN_METHODS)
+
+
+def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
+    from click.testing import CliRunner
+
+    from conftest import write_images
+    from xaibatch.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 4)
+    args = ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        r = CliRunner().invoke(cli, {args!r})
+        assert r.exit_code == 0, r.output
+    """)
+    assert "torch" not in loaded and "timm" not in loaded
