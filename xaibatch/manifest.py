@@ -61,7 +61,13 @@ CREATE TABLE IF NOT EXISTS maps (
 CREATE TABLE IF NOT EXISTS failures (
     rel TEXT PRIMARY KEY, reason TEXT NOT NULL, run_id INTEGER NOT NULL
 );
-"""
+INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
+""" + "".join(
+    # Every change to what the report shows per image bumps meta.content_version, whatever code path made it:
+    # the report (report/snapshot.py) skips its per-image pages while the number has not moved.
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'content_version'; END;\n"
+    for table in ("images", "maps", "failures") for op in ("INSERT", "UPDATE", "DELETE"))
 
 
 @dataclass
@@ -135,6 +141,10 @@ class Manifest:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def content_version(self) -> int:
+        """A number that moves whenever an image, map or failure row changes (kept by triggers)."""
+        return int(self.get_meta("content_version") or 0)
+
     # -- transactions -------------------------------------------------------
     def transaction(self):
         return _Transaction(self.db)
@@ -191,6 +201,12 @@ class Manifest:
                                        r[8], r[9], json.loads(r[10]) if r[10] else None, r[11])
         return out
 
+    def image_rels(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT rel FROM images")]
+
+    def map_methods(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT DISTINCT method FROM maps")}
+
     def failures(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT rel, reason FROM failures ORDER BY rel"))
 
@@ -216,7 +232,9 @@ class Manifest:
 
     def put_failure(self, rel: str, reason: str, run_id: int) -> None:
         """An image that cannot be read now leaves the report: its image and map rows go (files: the caller)."""
-        self.db.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (rel, reason, run_id))
+        # The same reason again (every run retries it) leaves the row alone, so content_version does not move.
+        self.db.execute("INSERT INTO failures VALUES (?, ?, ?) ON CONFLICT (rel) DO UPDATE SET reason = excluded.reason,"
+                        " run_id = excluded.run_id WHERE failures.reason IS NOT excluded.reason", (rel, reason, run_id))
         self.db.execute("DELETE FROM images WHERE rel = ?", (rel,))
         self.db.execute("DELETE FROM maps WHERE rel = ?", (rel,))
 

@@ -196,7 +196,7 @@ def _entries(root: Path, rels: list[str]):
             st = p.stat()
         except OSError:
             continue
-        out.append(ImageEntry(rel=rel, path=p, label=None, size=st.st_size, mtime_ns=st.st_mtime_ns))
+        out.append(ImageEntry(rel=rel, file=str(p), label=None, size=st.st_size, mtime_ns=st.st_mtime_ns))
     return out
 
 

@@ -28,10 +28,14 @@ MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thum
 @dataclass(frozen=True)
 class ImageEntry:
     rel: str  # POSIX path relative to the input root: the image's identity everywhere
-    path: Path
+    file: str  # the full path (a string: making a Path per image costs more than the scan's stat)
     label: int | None
     size: int
     mtime_ns: int
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
 
 @dataclass
@@ -61,7 +65,7 @@ _KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a cha
 
 
 def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
-          ) -> list[tuple[str, Path, os.stat_result]]:
+          ) -> list[tuple[str, str, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
 
     A symlinked folder that leads outside ``root`` is skipped (a link to / would crawl the
@@ -73,11 +77,11 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     be scanned goes to ``skipped`` as (rel, reason) when it is named like an image or is a folder;
     other files are ignored silently.
     """
-    found: list[tuple[str, Path, os.stat_result]] = []
+    found: list[tuple[str, str, os.stat_result]] = []
     seen_dirs: set[tuple[int, int]] = set()
-    deferred: list[tuple[Path, str, os.stat_result, frozenset]] = []  # symlinked folders, entered last
+    deferred: list[tuple[str, str, os.stat_result, frozenset]] = []  # symlinked folders, entered last
 
-    def enter(d: Path, rel: str, st: os.stat_result, ancestors: frozenset) -> tuple | None:
+    def enter(d: str, rel: str, st: os.stat_result, ancestors: frozenset) -> tuple | None:
         key = (st.st_dev, st.st_ino)
         if key in ancestors:
             skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
@@ -86,7 +90,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
         try:
-            if rel and (d / MANIFEST).exists():
+            if rel and os.path.exists(os.path.join(d, MANIFEST)):
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             names = sorted(os.listdir(d))
         except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
@@ -100,7 +104,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     except OSError as e:
         skipped.append((".", f"cannot open folder: {e.strerror or e}"))
         return found
-    stack = [frame] if (frame := enter(root, "", root_st, frozenset())) else []
+    stack = [frame] if (frame := enter(str(root), "", root_st, frozenset())) else []
     while stack or deferred:
         if not stack:
             frame = enter(*deferred.pop(0))
@@ -112,16 +116,16 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         if name is None:
             stack.pop()
             continue
-        p = d / name
+        p = os.path.join(d, name)
         r = f"{rel}/{name}" if rel else name
         is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
         try:
-            st = p.stat()
+            st = os.stat(p)
         except OSError as e:
             if is_image_name:
                 if e.errno == errno.ELOOP:
                     reason = "symlink loop"
-                elif p.is_symlink():
+                elif os.path.islink(p):
                     reason = "broken symlink"
                 else:
                     reason = f"cannot read: {e.strerror or e}"
@@ -130,7 +134,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         if stat.S_ISDIR(st.st_mode):
             if not _valid_utf8(name):
                 skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
-            elif p.is_symlink():
+            elif os.path.islink(p):
                 if follow_links or _inside(os.path.realpath(p), real_root):
                     deferred.append((p, r, st, ancestors))
                 else:

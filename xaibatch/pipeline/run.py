@@ -112,11 +112,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     counts: dict[str, int] = {}
     try:
         recover(out, manifest, lock, log)
-        known = Known.read(manifest)
+        known = setup.known or Known.read(manifest)  # a cached setup has read it, under this lock
         manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
         run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
-        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda rel: False,
-                         redecider(setup, opts.target, run_id))
+        plan = setup.plan or make_plan(found, known, hashes,
+                                       existing_files(out).__contains__ if known.images else lambda rel: False,
+                                       redecider(setup, opts.target, run_id))
         if plan.repaired:
             log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
         counts = {
@@ -155,13 +156,13 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     finally:
         manifest.close()
 
-    from ..report import write_predictions_csv, write_report
+    from ..report import write_report
 
     t_report = time.time()
     try:
         lock.check()  # the report is written only while the folder is still ours
-        accuracy = write_predictions_csv(out, setup.names)  # before the report, which links to it
-        report = write_report(out, template_dir=opts.template_dir)
+        written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
+        report, accuracy = written.index, written.accuracy
     except BaseException:
         mark_run(out, run_id, "error", time.time() - t0, counts)  # the run row agrees with the exit code
         raise

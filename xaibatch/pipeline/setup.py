@@ -21,7 +21,7 @@ from ..manifest import Manifest
 from ..resources import default_checkpoint
 from ..scan import Scan, scan
 from .options import RunOptions
-from .plan import Hashes, Known, config_hash, existing_files, make_plan
+from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
 NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "workers", "template_dir", "progress", "wait",
@@ -47,6 +47,8 @@ class Setup:
     layer: str | None  # the CAM layer's name
     config: dict[str, Any]  # what the run row records
     prepared: Any = None  # pipeline.prepare.Prepared; None when cached (the model was not loaded)
+    known: Known | None = None  # cached: the manifest and the (empty) plan it was checked with, reused by the run
+    plan: Plan | None = None
 
 
 def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
@@ -108,7 +110,8 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
                         {k: v for k, v in config["model"].items() if k != "checkpoint"},
                         config.get("faithfulness_hashes"), config.get("model_hash", predict_hash))
         known = Known.read(manifest)
-        if make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False).work:
+        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)
+        if plan.work:
             return None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         return None
@@ -116,4 +119,4 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         manifest.close()
     config.update(device=f"{opts.device} (model not loaded: nothing to compute)", batch_size=opts.batch_size,
                   workers=opts.workers)
-    return Setup(found, hashes, config["class_names"], config.get("layer"), config)
+    return Setup(found, hashes, config["class_names"], config.get("layer"), config, known=known, plan=plan)

@@ -7,7 +7,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 
 from .. import layout
@@ -24,18 +24,34 @@ def mask_rel(rel: str) -> str:
     return rel.rsplit(".", 1)[0] + MASK_SUFFIX
 
 
-def _mask_key(input_dir: Path | None, rel: str) -> str:
+def masks_beside(input_dir: Path | None, rels: Iterable[str]) -> dict[str, str]:
+    """The ground-truth masks beside these images: mask path relative to the input folder -> "size:mtime".
+
+    One listing per folder that holds images and a stat per mask (masks are few), not a stat per image.
+    """
     if input_dir is None:
-        return ""
-    try:
-        st = os.stat(os.path.join(input_dir, mask_rel(rel)))
-    except (OSError, ValueError):
-        return ""
-    return f"{st.st_size}:{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) and st.st_size else ""
+        return {}
+    found = {}
+    for folder in sorted({rel.rpartition("/")[0] for rel in rels}):
+        try:
+            with os.scandir(os.path.join(input_dir, folder)) as it:
+                names = [e.name for e in it if e.name.endswith(MASK_SUFFIX)]
+        except (OSError, ValueError):
+            continue
+        for name in names:
+            rel = f"{folder}/{name}" if folder else name
+            try:
+                st = os.stat(os.path.join(input_dir, rel))
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size:
+                found[rel] = f"{st.st_size}:{st.st_mtime_ns}"
+    return found
 
 
 def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow],
-          input_dir: Path | None = None) -> Card:
+              masks: dict[str, str] | None = None) -> Card:
+    """One image's card; ``masks``: see masks_beside."""
     stem = r.stem
     views = []
     for m in methods:
@@ -60,7 +76,7 @@ def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: di
         detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
-        sha256=r.sha256[:12], size=r.size, mask_key=_mask_key(input_dir, r.rel),
+        sha256=r.sha256[:12], size=r.size, mask_key=(masks or {}).get(mask_rel(r.rel), ""),
     )
 
 
@@ -102,7 +118,7 @@ def group_cards(cards: list[Card], names: list[str], labeled: bool) -> tuple[lis
                 members.sort(key=lambda c: (-c.confidence, c.rel))
                 order = "most confident first"
             word = "true" if s in ("wrong", "right") else "predicted"
-            groups.append(Group(s, f"{word} {class_name(names, k)}", f"{s}-{k}", k, order, members))
+            groups.append(Group(s, f"{word} {class_name(names, k)}", f"{s}-{k}", k, order, members, len(members)))
     return groups, sections
 
 

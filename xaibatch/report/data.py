@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ from typing import Any
 from .. import layout
 from ..files import file_sha256
 from ..localization import MASK_SUFFIX
-from ..manifest import Manifest
+from ..manifest import ImageRow, Manifest, MapRow
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
-from .cards import group_cards, make_card, paginate
+from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import CARD_THUMB_PX, Card, MethodInfo, ReportData
@@ -85,43 +86,79 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class History:
+    """The manifest's runs and the configuration of the last one (the summary's run table and settings)."""
+
+    runs: list[dict[str, Any]]
+    last: dict[str, Any] | None
+    config: dict[str, Any]
+
+    @classmethod
+    def read(cls, manifest: Manifest) -> History:
+        runs = manifest.runs()
+        last = next((r for r in reversed(runs) if r["status"] != "running"), runs[-1] if runs else None)
+        try:
+            config = json.loads(last["config_json"]) if last else {}
+        except ValueError:
+            config = {}
+        return cls(runs, last, config)
+
+    @property
+    def input_dir(self) -> str:
+        return (self.last or {}).get("input_dir") or ""
+
+    def source(self) -> Path | None:
+        """The last run's input folder while it is still there (ground-truth masks are read from it)."""
+        return Path(self.input_dir) if self.input_dir and os.path.isdir(self.input_dir) else None
+
+    def apply(self, data: ReportData) -> None:
+        """Set what changes with every run: the run table, the last run and the settings rows."""
+        data.runs = [_run_row(r) for r in reversed(self.runs)]
+        data.runs_total = len(self.runs)
+        data.last_run = _run_row(self.last) if self.last else None
+        data.config = self.config
+        data.config_rows = _config_rows(self.config, self.last)
+
+
 def build(out_dir: Path) -> ReportData:
     """Read the manifest and compute everything the templates show. O(n) apart from the sorts."""
     m = Manifest(Path(out_dir) / layout.MANIFEST)
     try:
-        images = m.images()
-        maps = m.maps()
-        runs = m.runs()
-        failures = m.failures()
+        history = History.read(m)
+        rows = m.images(), m.maps(), m.failures()
     finally:
         m.close()
-    last = next((r for r in reversed(runs) if r["status"] != "running"), runs[-1] if runs else None)
-    try:
-        config = json.loads(last["config_json"]) if last else {}
-    except ValueError:
-        config = {}
+    images = rows[0]
+    return assemble(out_dir, *rows, history, masks_beside(history.source(), images))
+
+
+def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, str], MapRow],
+             failures: list[tuple[str, str]], history: History, masks: dict[str, str]) -> ReportData:
+    """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder."""
+    config = history.config
     names: list[str] = list(config.get("class_names", []))
     k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
     names += [f"class {i}" for i in range(len(names), k)]
-    methods = method_infos(runs, config, {meth for _rel, meth in maps})
+    methods = method_infos(history.runs, config, {meth for _rel, meth in maps})
     labeled = any(r.label is not None for r in images.values())
 
-    input_dir = (last or {}).get("input_dir") or ""
-    source = Path(input_dir) if input_dir and os.path.isdir(input_dir) else None
-    cards = [make_card(images[rel], names, methods, maps, source) for rel in sorted(images)]
+    input_dir = history.input_dir
+    source = history.source()
+    cards = [make_card(images[rel], names, methods, maps, masks) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
     order, pages = paginate(groups, sections)
     data = ReportData(
         title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
         labeled=labeled, total=len(order), class_names=names, methods=methods, config=config,
-        config_rows=_config_rows(config, last), runs=[_run_row(r) for r in reversed(runs)], runs_total=len(runs),
-        last_run=_run_row(last) if last else None, failures=failures, cards=order, groups=groups, pages=pages,
-        sections=sections, page_size=model.PAGE_SIZE,
+        config_rows=[], runs=[], runs_total=0, last_run=None, failures=failures, cards=order, groups=groups,
+        pages=pages, sections=sections, page_size=model.PAGE_SIZE,
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
         target_words=("the folder's label" if config.get("model", {}).get("target") == "label"
                       else "the predicted class"),
         input_dir=source,
     )
+    history.apply(data)
     add_metrics(data)
     warning = demo_model_warning(config, order, source is not None)
     if warning:

@@ -191,7 +191,8 @@ class Group:
     key: str  # stable id, e.g. "wrong-0"
     class_index: int
     order: str  # how the cards are sorted, in words
-    cards: list[Card]
+    cards: list[Card]  # empty in a summary snapshot (see snapshot.py); count says how many
+    count: int = 0
     section_title: str = ""
     start_page: int = 1
     start_url: str = ""

@@ -7,21 +7,23 @@ from pathlib import Path
 
 from .. import layout
 from ..files import atomic_write_bytes
-from ..manifest import Manifest
+from ..manifest import ImageRow, Manifest, MapRow
 
 
 
-def write_predictions_csv(out: Path, names: list[str]) -> float | None:
-    """Write predictions.csv; return the accuracy over labeled images (None when there are none)."""
+def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow] | None = None,
+                          maps: dict[tuple[str, str], MapRow] | None = None) -> float | None:
+    """Write predictions.csv (from the manifest unless its rows are given); return the accuracy over labeled
+    images (None when there are none)."""
     import csv
     import io
 
-    manifest = Manifest(out / layout.MANIFEST)
-    try:
-        rows = manifest.images()
-        maps = manifest.maps()
-    finally:
-        manifest.close()
+    if rows is None or maps is None:
+        manifest = Manifest(out / layout.MANIFEST)
+        try:
+            rows, maps = manifest.images(), manifest.maps()
+        finally:
+            manifest.close()
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)

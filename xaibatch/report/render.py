@@ -8,14 +8,20 @@ import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import unquote
 from typing import Any, Callable
 
 import jinja2
 
+from .. import layout
 from ..errors import UsageError, XaibatchError
-from ..files import atomic_write_bytes, safe_join
+from ..manifest import Manifest
+from ..files import atomic_write_bytes, safe_join, walk_files
 from ..resources import templates_dir
-from .data import build
+from . import snapshot
+from .data import assemble
+from .predictions import write_predictions_csv
+from .snapshot import fingerprint, templates_key
 from .detail import detail_data
 from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, up, url
 from .text import fmt_bytes
@@ -52,6 +58,8 @@ class WriteStats:
     seconds_build: float = 0.0
     seconds_render: float = 0.0
     seconds_total: float = 0.0
+    reused: bool = False  # nothing per image changed: only the run history was rendered (see snapshot.py)
+    accuracy: float | None = None  # over labeled images; None when there are none
 
 
 class PageWriter:
@@ -60,6 +68,7 @@ class PageWriter:
         self.stats = stats
         self.paths: set[str] = set()
         self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
+        self.sizes: dict[str, int] = {}  # page -> size of the file there now (list_pages)
         self.fingerprints: dict[str, str] = {}
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
@@ -96,28 +105,39 @@ class PageWriter:
         there); otherwise render and write only if the bytes differ."""
         self.fingerprints[rel] = fingerprint
         if self.previous.get(rel) == fingerprint:
-            path = self._path(rel)
-            try:
-                size = path.stat().st_size
-            except OSError:
-                size = -1
+            size = self.sizes.get(rel, -1)
             if size >= 0:
+                self._path(rel)
                 self._count(rel, size)
                 self.stats.unchanged += 1
                 return
         self.write(rel, render().encode("utf-8"))
 
-    def load_fingerprints(self) -> None:
+    def list_pages(self) -> None:
+        """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
+        self.sizes = {}
+        for rel, path in walk_files(self.out, OWNED_DIRS):
+            try:
+                self.sizes[rel] = os.stat(path).st_size
+            except OSError:
+                pass
+
+    def load_state(self) -> dict[str, Any]:
+        """The state saved by the last write: page fingerprints, the content key and the summary (a cache)."""
         try:
             state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
             if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
                 self.previous = state["pages"]
+                return state
         except (OSError, ValueError, AttributeError):
-            self.previous = {}
+            pass
+        self.previous = {}
+        return {}
 
-    def save_fingerprints(self) -> None:
-        body = json.dumps({"version": FINGERPRINT_VERSION, "pages": self.fingerprints},  # in gallery order
-                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
+        body = json.dumps({"version": FINGERPRINT_VERSION, "content": content_key, "summary": summary,
+                           "pages": self.fingerprints},  # in gallery order
+                          ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
         path = self.out / STATE_NAME
         try:
             if path.read_bytes() == body:
@@ -138,20 +158,6 @@ def _card_key(c: Card) -> str:
     values = [getattr(c, f) for f in _CARD_FIELDS]
     values[_CARD_FIELDS.index("maps")] = [[getattr(v, f) for f in _MAP_FIELDS] for v in c.maps]
     return repr(values)
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(repr(parts).encode("utf-8", "surrogatepass")).hexdigest()[:20]
-
-
-def _templates_key(template_dir: Path | None) -> str:
-    """A hash of every template file that could be used: any edit re-renders every page."""
-    h = hashlib.sha256(f"{FINGERPRINT_VERSION}".encode())
-    for base in ([template_dir] if template_dir is not None else []) + [templates_dir()]:
-        for p in sorted(Path(base).rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(base)).encode("utf-8", "surrogatepass") + b"\0" + p.read_bytes())
-    return h.hexdigest()[:20]
 
 
 def _asset_source(name: str, template_dir: Path | None) -> bytes:
@@ -251,54 +257,113 @@ def _remove_stale(w: PageWriter) -> None:
 
 
 def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
-    """Build the data, then write every page; returns what was written."""
+    """Bring the report up to date: the run history only when nothing else changed, else build and write
+    (pages whose inputs did not change are not rendered again); returns what was written."""
     t0 = time.perf_counter()
     out = Path(out_dir)
-    data = build(out)
-    stats = WriteStats(index=out / "index.html", gallery_pages=len(data.pages))
+    stats = WriteStats(index=out / "index.html")
+    w = PageWriter(out, stats)
+    state = w.load_state()
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        found = snapshot.inputs(out, manifest, template_dir)
+        if template_dir is None and state.get("content") == found.key:
+            data = snapshot.load(state.get("summary") or {})
+            if data is not None and _still_there(w, data):
+                found.history.apply(data)
+                stats.seconds_build = time.perf_counter() - t0
+                _write_summary(w, environment(), data)
+                kept = len(w.previous) + 1  # the pages (gallery and detail) and skipped.html
+                stats.pages += kept
+                stats.unchanged += kept + len(_linked(data))
+                stats.gallery_pages = len(data.pages)
+                stats.reused, stats.accuracy = True, data.accuracy
+                stats.seconds_total = stats.seconds_render = time.perf_counter() - t0 - stats.seconds_build
+                return stats
+        images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
+    finally:
+        manifest.close()
+    data = assemble(out, images, maps, failures, found.history, found.masks)
+    stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
+    write_predictions_csv(out, data.class_names, images, maps)  # before the pages, which link to it
     env = environment(template_dir)
-    w = PageWriter(out, stats)
     _write_assets(w, data, template_dir)
     _write_colour_bars(w, data)
     _write_figures(w, data)
-
-    w.load_fingerprints()
-    detail = env.get_template("detail.html")
+    w.list_pages()
     site = data.site()
-    site_key = _fingerprint(_templates_key(template_dir), site)
+    site_key = fingerprint(templates_key(template_dir), site)
+    keys = _write_details(w, env, data, site, site_key)
+    _write_gallery(w, env, data, site_key, keys)
+    w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
+    summary = snapshot.save(data)
+    _write_summary(w, env, data)
+    _remove_stale(w)
+    w.save_state(found.key, summary)
+    stats.seconds_render = time.perf_counter() - t1
+    stats.seconds_total = time.perf_counter() - t0
+    return stats
+
+
+def _still_there(w: PageWriter, data: ReportData) -> bool:
+    """Every file the last write left (pages, figures, assets, the CSV) is still in place."""
+    w.list_pages()
+    pages = [p.path for p in data.pages]
+    if any(rel not in w.sizes for rel in list(w.previous) + pages):
+        return False
+    return all((w.out / unquote(u)).is_file() for u in _linked(data) + ["predictions.csv", "skipped.html"])
+
+
+def _linked(data: ReportData) -> list[str]:
+    """Urls of the assets, figures and colour bars the pages link to (each file once)."""
+    return sorted({*data.assets.values(), *(f["src"] for f in data.figures.values()), *(m.bar for m in data.methods)})
+
+
+def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str) -> list[str]:
+    """One page per image; re-rendered only when its card, a neighbour's card, the site or a template changed."""
+    detail = env.get_template("detail.html")
     cards = data.cards
     keys = [_card_key(c) for c in cards]
 
     def render_detail(c: Card, prev: Card | None, nxt: Card | None, root: str) -> str:
-        detail_data(out, data.input_dir, c)
+        detail_data(w.out, data.input_dir, c)
         return detail.render(r=site, c=c, root=root, nav="detail", prev=prev, next=nxt)
 
     for i, c in enumerate(cards):
         prev = cards[i - 1] if i > 0 else None
         nxt = cards[i + 1] if i + 1 < len(cards) else None
         root = up(c.detail)
-        fp = _fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
+        fp = fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
         w.write_page(c.detail, fp, lambda: render_detail(
             c, prev, nxt, root))  # noqa: B023 - called at once
+    return keys  # the gallery pages' fingerprints reuse them
+
+
+def _write_gallery(w: PageWriter, env: jinja2.Environment, data: ReportData, site_key: str, keys: list[str]) -> None:
+    """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     gallery = env.get_template("gallery.html")
+    layout_key = fingerprint(site_key, data.card_width, data.card_thumb, data.class_names, data.labeled, data.total,
+                             len(data.pages), data.sections, data.trust.faith if data.trust else None)
     for p in data.pages:
-        w.write(p.path, gallery.render(r=data, p=p, root="../", nav="gallery").encode("utf-8"))
+        shown = [(b.group.key, b.group.title, b.group.count, b.group.order, b.group.class_index, b.group.section,
+                  b.group.section_title, b.first, b.last, b.heading_section, [keys[c.index] for c in b.cards])
+                 for b in p.blocks]
+        fp = fingerprint(layout_key, p.number, p.first, p.last, shown)
+        w.write_page(p.path, fp, lambda: gallery.render(r=data, p=p, root="../", nav="gallery"))  # noqa: B023
+
+
+def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> None:
+    """The pages that show the run history: written on every run."""
     w.write("history.html", env.get_template("history.html").render(r=data, root="", nav="history").encode())
-    w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
     w.write("index.html", env.get_template("index.html").render(r=data, root="", nav="summary").encode("utf-8"))
-    _remove_stale(w)
-    w.save_fingerprints()
-    stats.seconds_render = time.perf_counter() - t1
-    stats.seconds_total = time.perf_counter() - t0
-    return stats
 
 
-def write_report(out_dir: Path, template_dir: Path | None = None) -> Path:
-    """Write (or bring up to date) the static report in ``out_dir``; returns the path of index.html."""
+def write_report(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
+    """Write (or bring up to date) the static report in ``out_dir``; returns what was written (``.index``)."""
     try:
-        return render(out_dir, template_dir).index
+        return render(out_dir, template_dir)
     except jinja2.TemplateError as e:  # e.g. a --template-dir template using a name the data lacks
         raise XaibatchError(f"cannot render the report: {type(e).__name__}: {e}") from None
 
