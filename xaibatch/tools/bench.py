@@ -400,6 +400,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
             jobs.append(e2e("gradcam", n, no_files=True))  # what the files cost: compare with the row above
             jobs.append(_loader_alone(folders, n, n_warm, size, bs, workers))
             jobs.append(_writer_alone(root, images, n, n_warm, bs, dev, workers))
+            jobs.append(_file_floor(root, images, n, n_warm))  # the writer's ceiling on this file system
             jobs.append(e2e("gradcam", n, faith=True))  # the scores' cost: compare with the row above
             jobs.append(on_tensors("gradcam", n))
         if "guided-gradcam" in opts.only:
@@ -606,6 +607,35 @@ def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, 
     return jobs
 
 
+def _file_floor(root, images, n, n_warm) -> tuple[Row, Callable[[bool], None]]:
+    """Atomic file writes alone (temporary name, write, rename; one thread), as many per image as the writer
+    makes at this size, with no encoding: what the kernel lets any crash-safe writer reach here."""
+    from .. import layout
+
+    size = images.shape[1]
+    per_image = 3 + 2 * (size > layout.THUMB_SIDE)  # display copy, npy, overlay (+ their thumbnails)
+    body = bytes(3 * size * size // 2)
+    row = Row("gradcam", f"file system floor: {per_image} atomic files per image, no encoding", "limit", n)
+    counter = [0]
+
+    def fn(warm: bool) -> None:
+        counter[0] += 1
+        out = root / f"floor-{counter[0]}"
+        out.mkdir()
+        d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range((n_warm if warm else n) * per_image):
+                fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
+                os.write(fd, body)
+                os.close(fd)
+                os.rename(f".{i}.tmp", f"{i}", src_dir_fd=d, dst_dir_fd=d)
+        finally:
+            os.close(d)
+            shutil.rmtree(out, ignore_errors=True)
+
+    return row, fn
+
+
 def _ratios(rows: list[Row], opts: BenchOptions, lime_bs_rows: list[Row]) -> list[Ratio]:
     def find(family: str, kind: str, startswith: str = "") -> Row | None:
         for r in rows:
@@ -626,6 +656,10 @@ def _ratios(rows: list[Row], opts: BenchOptions, lime_bs_rows: list[Row]) -> lis
         if fam == "gradcam":
             if fb:
                 out.append(Ratio("gradcam end to end / forward+backward limit", ours.rate / fb.rate))
+            writer, floor = find(fam, "part", "writer alone"), find(fam, "limit", "file system floor")
+            if writer and floor:
+                out.append(Ratio("writer alone / file system floor (atomic writes, no encoding)",
+                                 writer.rate / floor.rate))
             batched = find(fam, "peer", "pytorch-grad-cam GradCAM, batches")
             if batched:
                 out.append(Ratio("gradcam end to end / pytorch-grad-cam batched (tensors in memory)",
