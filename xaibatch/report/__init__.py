@@ -34,6 +34,7 @@ The package::
     data.py         build(): the report's data from the manifest; cards.py, metrics.py, detail.py, text.py help
     render.py       render()/write_report(): Jinja over that data, writing only what changed
     predictions.py  predictions.csv
+    snapshot.py     the key that says nothing per image changed, and the summary data saved with it
 """
 
 from .model import Card, MapView, PAGE_SIZE, ReportData, up, url
