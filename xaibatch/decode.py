@@ -128,7 +128,7 @@ def finish_batch(b: dict[str, Any], device: torch.device, input_size: int,
         except DecodeError as e:
             reasons[j] = str(e)
             continue
-        xs[j] = torch.from_numpy(model_input(im, input_size)).permute(2, 0, 1)
+        xs[j] = torch.from_numpy(model_input(im, input_size).copy()).permute(2, 0, 1)
         display[j] = display_copy(im)
         b["orig_size"][j] = (im.height, im.width)
     _resize_on_device(on_device, xs, display, input_size)
