@@ -68,6 +68,10 @@ def test_bench_only_one_method_plain_table():
     assert re.search(r"^gradcam\s+xaibatch end to end", r.output, re.M)
     assert "lime" not in r.output and "guided" not in r.output
     assert "forward only, batch 16" not in r.output  # LIME's model batch is timed only with LIME
+    # the JPEG loader, PIL in the workers against decoding on the device (the CPU here), and their ratio
+    assert "loader alone, JPEG, PIL in the workers (0 DataLoader workers)" in r.output
+    assert "loader alone, JPEG, decoded on cpu (0 DataLoader workers)" in r.output
+    assert re.search(r"JPEG loader alone at 32 px: decoded on cpu / PIL in the workers\s+\d+\.\d\dx", r.output)
 
 
 def test_bench_rejects_unknown_method():

@@ -7,12 +7,15 @@ record with an error, never an exception that stops the run.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
+import io
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,6 +41,16 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = Non
     nothing else. With ``digest`` (a hashlib object) the file's bytes are fed to it first, from the
     same open file that is then decoded: one safe open per file, and the hash is of what was decoded.
     """
+    f, size = open_image_file(path)
+    with f, decode_errors(max_pixels):
+        if digest is not None:
+            hash_open_file(f, size, digest)
+            f.seek(0)
+        return decode_pil(f, max_pixels)
+
+
+def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
+    """Open an image file safely for reading: (the open file, its size), or :class:`DecodeError`."""
     try:
         # A FIFO or a symlink to /dev/zero swapped in after the scan is refused, never read forever.
         fd, st = open_regular(path)
@@ -45,33 +58,42 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = Non
         if isinstance(e, NotRegularFile):
             raise DecodeError("not a regular file") from None
         raise DecodeError(f"cannot read: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    if st.st_size == 0:
+        f.close()
+        raise DecodeError("empty file (0 bytes)")
+    return f, st.st_size
+
+
+def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an open image file (or the bytes of one in a BytesIO) with PIL: the body of :func:`load_image`."""
+    with decode_errors(max_pixels), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(f, formats=DECODE_FORMATS)
+        except Image.UnidentifiedImageError:
+            raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
+        with im:
+            _check_size(im.size, max_pixels)
+            im.seek(0)
+            _check_size(im.size, max_pixels)
+            im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
+                pass
+            rgb = _to_rgb(im)
+        if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
+            raise DecodeError(f"decoded to an unusable {rgb.mode} {rgb.width}x{rgb.height} image")
+        return rgb
+
+
+@contextlib.contextmanager
+def decode_errors(max_pixels: int = MAX_PIXELS) -> Iterator[None]:
+    """Turn whatever reading or decoding an image raises into a :class:`DecodeError` with a short reason."""
     try:
-        with os.fdopen(fd, "rb") as f:
-            if st.st_size == 0:
-                raise DecodeError("empty file (0 bytes)")
-            if digest is not None:
-                hash_open_file(f, st.st_size, digest)
-                f.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                try:
-                    im = Image.open(f, formats=DECODE_FORMATS)
-                except Image.UnidentifiedImageError:
-                    raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
-                with im:
-                    _check_size(im.size, max_pixels)
-                    im.seek(0)
-                    _check_size(im.size, max_pixels)
-                    im.load()
-                    try:
-                        im = ImageOps.exif_transpose(im)
-                    except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
-                        pass
-                    rgb = _to_rgb(im)
-            if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
-                raise DecodeError(f"decoded to an unusable {rgb.mode} {rgb.width}x{rgb.height} image")
-            return rgb
+        yield
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -148,8 +170,126 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+# ---------------------------------------------------------------------------------------------------- JPEGs for the device
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# Start-of-frame markers of sequential Huffman JPEGs (baseline, extended): what every decoder takes. Progressive,
+# lossless and arithmetic-coded JPEGs are left to PIL.
+SEQUENTIAL_SOF = (0xC0, 0xC1)
+_SOF = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)}
+_EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    """What a JPEG's header says, read before decoding: its size as stored and its EXIF orientation (1..8)."""
+
+    height: int
+    width: int
+    orientation: int = 1
+
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """(h, w) after the orientation is applied: the image's ``orig_size``."""
+        return (self.width, self.height) if self.orientation in _EXIF_TRANSPOSED else (self.height, self.width)
+
+
+def read_for_device(path: Path | str, max_pixels: int = MAX_PIXELS,
+                    digest: Any = None) -> Image.Image | tuple[bytes, JpegInfo]:
+    """Read one image file for device decoding: a plain JPEG comes back as (its bytes, its header), anything
+    else decoded by PIL exactly as :func:`load_image` does (the same safe open, the same errors).
+
+    A JPEG is read whole (its bytes hashed with ``digest``) and its header checked with :func:`jpeg_info`;
+    one that the device might decode differently from PIL, or not at all, is decoded by PIL from those bytes.
+    """
+    f, size = open_image_file(path)
+    with f, decode_errors(max_pixels):
+        if f.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
+            f.seek(0)
+            if digest is not None:
+                hash_open_file(f, size, digest)
+                f.seek(0)
+            return decode_pil(f, max_pixels)
+        f.seek(0)
+        data = f.read(size)  # never more than the size at open: a growing file ends there, as hash_open_file does
+        if digest is not None:
+            digest.update(data)
+        info = jpeg_info(data, max_pixels)
+        if info is None:
+            return decode_pil(io.BytesIO(data), max_pixels)
+        return data, info
+
+
+def jpeg_info(data: bytes, max_pixels: int = MAX_PIXELS) -> JpegInfo | None:
+    """The header of a JPEG that a device decoder reads as PIL does, or None (then PIL decodes it).
+
+    Yes only for a complete (ends with the end-of-image marker), sequential Huffman, 8-bit JPEG with one
+    (grey) or three (YCbCr) components within ``max_pixels``, as PIL reads its header: PIL's own errors,
+    CMYK, progressive and odd JPEGs thus all go through PIL, and a truncated file fails with PIL's reason.
+    """
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9") or _sof_marker(data) not in SEQUENTIAL_SOF:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data), formats=("JPEG",))  # reads the header only
+            with im:
+                w, h = im.size
+                if (im.format != "JPEG" or im.mode not in ("RGB", "L") or getattr(im, "bits", 8) != 8
+                        or im.info.get("progressive") or im.info.get("adobe_transform", 1) != 1
+                        or w < 1 or h < 1 or w * h > max_pixels):
+                    return None
+                try:  # as ImageOps.exif_transpose reads it; unreadable EXIF: kept as stored, as load_image does
+                    orientation = int(im.getexif().get(0x0112, 1))
+                except Exception:
+                    orientation = 1
+    except Exception:
+        return None
+    return JpegInfo(h, w, orientation if 1 <= orientation <= 8 else 1)
+
+
+def _sof_marker(data: bytes) -> int | None:
+    """The JPEG's start-of-frame marker (0xC0: baseline, 0xC2: progressive, ...), None when not found."""
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            return marker
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- the dataset
+
+def model_input(im: Image.Image, input_size: int) -> np.ndarray:
+    """The model's input for a decoded image: (input_size, input_size, 3) uint8, stretched (no crop), bilinear."""
+    return np.asarray(im.resize((input_size, input_size), Image.BILINEAR), dtype=np.uint8)
+
+
+def display_copy(im: Image.Image) -> np.ndarray:
+    """The display copy of a decoded image: (h, w, 3) uint8, at most DISPLAY_MAX_SIDE on its longer side."""
+    w, h = im.size
+    return np.asarray(im if max(w, h) <= DISPLAY_MAX_SIDE else im.resize(display_size(w, h), Image.BILINEAR),
+                      dtype=np.uint8)
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """Yields one dict per image: the model input (uint8, CHW), the display copy and optional segments."""
+    """Yields one dict per image: the model input (uint8, CHW), the display copy and optional segments.
+
+    With ``jpeg_bytes`` a JPEG that the device can decode is yielded undecoded, as ``jpeg`` (its bytes as a
+    uint8 tensor) and ``jpeg_info``; :func:`xaibatch.decode.finish_batch` decodes the batch's JPEGs.
+    """
 
     def __init__(
         self,
@@ -157,11 +297,15 @@ class ImageDataset(torch.utils.data.Dataset):
         input_size: int,
         segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
         want_hash: list[bool] | None = None,
+        jpeg_bytes: bool = False,
     ) -> None:
+        if jpeg_bytes and segmenter is not None:
+            raise ValueError("segments are computed on the PIL path only: no jpeg_bytes with a segmenter")
         self.entries = entries
         self.input_size = input_size
         self.segmenter = segmenter
         self.want_hash = want_hash  # per entry: also return the sha256 of the bytes decoded
+        self.jpeg_bytes = jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -170,16 +314,23 @@ class ImageDataset(torch.utils.data.Dataset):
         entry = self.entries[i]
         digest = hashlib.sha256() if self.want_hash and self.want_hash[i] else None
         try:
-            im = load_image(entry.path) if digest is None else load_image(entry.path, digest=digest)
+            if self.jpeg_bytes:
+                got = read_for_device(entry.path, digest=digest)
+                if isinstance(got, tuple):
+                    data, info = got
+                    return {"index": i, "jpeg": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
+                            "jpeg_info": info, "orig_size": info.shown_size, "display": None, "x": None,
+                            "error": None, "sha256": None if digest is None else digest.hexdigest()}
+                im = got
+            else:
+                im = load_image(entry.path) if digest is None else load_image(entry.path, digest=digest)
             w, h = im.size
-            x = im.resize((self.input_size, self.input_size), Image.BILINEAR)
-            arr = np.asarray(x, dtype=np.uint8)
-            disp = im if max(w, h) <= DISPLAY_MAX_SIDE else im.resize(display_size(w, h), Image.BILINEAR)
+            arr = model_input(im, self.input_size)
             item: dict[str, Any] = {
                 "index": i,
                 "x": torch.from_numpy(arr.copy()).permute(2, 0, 1),
                 "orig_size": (h, w),
-                "display": np.asarray(disp, dtype=np.uint8),
+                "display": display_copy(im),
                 "error": None,
                 "sha256": None if digest is None else digest.hexdigest(),
             }
@@ -193,15 +344,23 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good images; pass the failures through as (index, reason)."""
+    """Stack the good images; pass the failures through as (index, reason).
+
+    When some images came as undecoded JPEG bytes (``ImageDataset(jpeg_bytes=True)``), ``x`` and ``display``
+    are lists with None in their places and ``jpeg`` lists (position, bytes, JpegInfo): the batch is finished
+    by :func:`xaibatch.decode.finish_batch`.
+    """
     good = [it for it in items if it["error"] is None]
+    jpegs = [(j, it["jpeg"], it["jpeg_info"]) for j, it in enumerate(good) if "jpeg" in it]
     out: dict[str, Any] = {
         "failed": [(it["index"], it["error"]) for it in items if it["error"] is not None],
         "index": [it["index"] for it in good],
         "orig_size": [it["orig_size"] for it in good],
         "display": [it["display"] for it in good],
-        "x": torch.stack([it["x"] for it in good]) if good else None,
+        "x": [it["x"] for it in good] if jpegs else torch.stack([it["x"] for it in good]) if good else None,
         "segments": torch.stack([it["segments"] for it in good]) if good and "segments" in good[0] else None,
         "sha256": [it.get("sha256") for it in good],
     }
+    if jpegs:
+        out["jpeg"] = jpegs
     return out

@@ -1,8 +1,12 @@
-"""Defaults chosen from the host and the device: DataLoader workers and batch size (imports nothing heavy)."""
+"""Defaults chosen from the host and the device: DataLoader workers, batch size, where JPEGs are decoded
+(imports nothing heavy)."""
 
 from __future__ import annotations
 
 import os
+
+# --decode: auto decodes JPEGs on the device when it is CUDA, else with PIL in the DataLoader workers (decode.py)
+DECODE_CHOICES = ("auto", "cpu", "device")
 
 
 def cpu_count() -> int:

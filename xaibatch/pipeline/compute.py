@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, collate
+from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
 from .. import heads
@@ -120,9 +121,10 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
             explainer = Explainer(methods, prepared.ctx, opts.target, scorer, should_stop=lambda: stop.requested,
                                   on_progress=on_progress, decision=prepared.model.decision)
             segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
+            on_device = device_decode(opts.decode, device, segments=bool(segmenters))  # JPEGs decoded on the device
             # New and changed files are hashed in the worker, from the same safe open that decodes them.
             ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None,
-                              want_hash=[plan.work[e.rel].fresh for e in entries])
+                              want_hash=[plan.work[e.rel].fresh for e in entries], jpeg_bytes=on_device)
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=prepared.batch_size, shuffle=False, num_workers=prepared.workers, collate_fn=collate,
                 pin_memory=device.type == "cuda", persistent_workers=False,
@@ -130,6 +132,8 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
                 worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
             )
             for b in loader:
+                if on_device:
+                    b = finish_batch(b, device, prepared.model.input_size)
                 job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
                 tally.failed.extend(job_failed)
                 tally.done += len(job_failed)

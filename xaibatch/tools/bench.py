@@ -399,6 +399,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
             jobs.append(e2e("gradcam", n))
             jobs.append(e2e("gradcam", n, no_files=True))  # what the files cost: compare with the row above
             jobs.append(_loader_alone(folders, n, n_warm, size, bs, workers))
+            jpegs = {k: _as_jpegs(paths[:k], root / f"jpeg-{k}") for k in {n, n_warm}}
+            jobs.append(_loader_alone(jpegs, n, n_warm, size, bs, workers, what="JPEG, PIL in the workers"))
+            jobs.append(_loader_alone(jpegs, n, n_warm, size, bs, workers, on=dev))
             jobs.append(_writer_alone(root, images, n, n_warm, bs, dev, workers))
             jobs.append(_file_floor(root, images, n, n_warm))  # the writer's ceiling on this file system
             jobs.append(e2e("gradcam", n, faith=True))  # the scores' cost: compare with the row above
@@ -451,23 +454,47 @@ def _without_file_work():
         writer.write_item = real
 
 
-def _loader_alone(folders, n, n_warm, size, bs, workers) -> tuple[Row, Callable[[bool], None]]:
-    """The DataLoader alone over the folder: decode and resize in the workers, no model."""
+def _loader_alone(folders, n, n_warm, size, bs, workers, what: str = "", on: Any = None
+                  ) -> tuple[Row, Callable[[bool], None]]:
+    """The DataLoader alone over the folder, no model: decode and resize in the workers, or with ``on`` (a
+    device) the workers read the JPEGs and the main process decodes and resizes them there (decode.py)."""
     import torch
 
     from ..data import ImageDataset, collate
+    from ..decode import finish_batch
     from ..scan import scan
 
-    row = Row("gradcam", f"loader alone ({workers} DataLoader workers)", "part", n)
+    if on is not None:
+        what = f"JPEG, decoded on {on}"
+    row = Row("gradcam", f"loader alone{', ' + what if what else ''} ({workers} DataLoader workers)", "part", n)
+    if on is not None:
+        row.extra["decode_on"] = str(on)
 
     def fn(warm: bool) -> None:
-        ds = ImageDataset(scan(folders[n_warm if warm else n]).images, size)
+        ds = ImageDataset(scan(folders[n_warm if warm else n]).images, size, jpeg_bytes=on is not None)
         loader = torch.utils.data.DataLoader(ds, batch_size=bs, num_workers=workers, collate_fn=collate,
-                                             prefetch_factor=4 if workers else None)
-        for _b in loader:
-            pass
+                                             prefetch_factor=4 if workers else None,
+                                             pin_memory=on is not None and on.type == "cuda")
+        for b in loader:
+            if on is not None:
+                b = finish_batch(b, on, size)
+        if on is not None and on.type == "cuda":
+            torch.cuda.synchronize(on)
 
     return row, fn
+
+
+def _as_jpegs(src: list[Path], folder: Path, quality: int = 90) -> Path:
+    """A folder of JPEG copies (quality 90, 4:2:0, as most cameras and sites save them) of these images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in src:
+        dst = folder / (p.stem + ".jpg")
+        if not dst.exists():
+            with Image.open(p) as im:
+                im.convert("RGB").save(dst, quality=quality)
+    return folder
 
 
 def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Callable[[bool], None]]:
@@ -660,6 +687,11 @@ def _ratios(rows: list[Row], opts: BenchOptions, lime_bs_rows: list[Row]) -> lis
             if writer and floor:
                 out.append(Ratio("writer alone / file system floor (atomic writes, no encoding)",
                                  writer.rate / floor.rate))
+            pil_jpeg = find(fam, "part", "loader alone, JPEG, PIL")
+            dev_jpeg = find(fam, "part", "loader alone, JPEG, decoded on")
+            if pil_jpeg and dev_jpeg:
+                out.append(Ratio(f"JPEG loader alone at {opts.image_size} px: decoded on {dev_jpeg.extra['decode_on']} "
+                                 "/ PIL in the workers", dev_jpeg.rate / pil_jpeg.rate))
             batched = find(fam, "peer", "pytorch-grad-cam GradCAM, batches")
             if batched:
                 out.append(Ratio("gradcam end to end / pytorch-grad-cam batched (tensors in memory)",

@@ -1,0 +1,308 @@
+"""Device decoding of JPEGs (decode.py) against the PIL path, run on the CPU: same code, another device.
+
+Real photos (skimage's) encoded to JPEG in several ways go through both loaders; the device path must give
+the PIL path's model inputs to within one grey level, the same predictions, sizes, hashes and failure
+records, and leave every JPEG it should not decode (CMYK, progressive, truncated, ...) to PIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from skimage import data as skd
+
+import badfiles
+from xaibatch import decode
+from xaibatch.data import ImageDataset, collate, jpeg_info, load_image, read_for_device
+from xaibatch.decode import device_decode, finish_batch, orient
+from xaibatch.errors import DecodeError, UsageError
+from xaibatch.scan import scan
+
+CPU = torch.device("cpu")
+
+
+def jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def exif(orientation: int) -> bytes:
+    e = Image.Exif()
+    e[0x0112] = orientation
+    return e.tobytes()
+
+
+def bad_huffman(data: bytes) -> bytes:
+    """A JPEG whose header reads fine but whose first Huffman table is bogus: no decoder takes it."""
+    d = bytearray(data)
+    i = d.find(b"\xff\xc4")
+    d[i + 5:i + 21] = b"\xff" * 16
+    return bytes(d)
+
+
+# name -> (bytes, how the device path must take it: "device" decodes it, "pil" leaves it to PIL, "fail")
+def photo_files() -> dict[str, tuple[bytes, str]]:
+    astronaut, coffee, chelsea = (Image.fromarray(f()) for f in (skd.astronaut, skd.coffee, skd.chelsea))
+    rocket = Image.fromarray(skd.rocket())
+    png = io.BytesIO()
+    Image.fromarray(skd.hubble_deep_field()).resize((300, 260)).save(png, "PNG")
+    return {
+        "astronaut_512.jpg": (jpeg(astronaut, quality=90), "device"),
+        "coffee_300x200.jpg": (jpeg(coffee.resize((300, 200)), quality=85), "device"),
+        "chelsea_444.jpg": (jpeg(chelsea, quality=95, subsampling=0), "device"),
+        "chelsea_422.jpg": (jpeg(chelsea, quality=75, subsampling=1), "device"),
+        "rocket_1200.jpg": (jpeg(rocket.resize((1200, 855), Image.BICUBIC), quality=90), "device"),  # display shrinks
+        "coffee_tiny_7x5.jpg": (jpeg(coffee.resize((7, 5))), "device"),  # the model input is upsampled
+        "camera_grey.jpg": (jpeg(Image.fromarray(skd.camera()), quality=90), "device"),
+        "chelsea_exif6.jpg": (jpeg(chelsea, quality=90, exif=exif(6)), "device"),
+        "coffee_cmyk.jpg": (jpeg(coffee.convert("CMYK"), quality=90), "pil"),
+        "astronaut_progressive.jpg": (jpeg(astronaut, quality=90, progressive=True), "pil"),
+        "hubble.png": (png.getvalue(), "pil"),
+        "png_named.jpg": (png.getvalue(), "pil"),
+        "jpeg_named.png": (jpeg(chelsea, quality=80), "device"),
+        "truncated.jpg": (jpeg(coffee, quality=90)[:20000], "fail"),
+        "bad_huffman.jpg": (bad_huffman(jpeg(coffee, quality=85)), "fail"),
+    }
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("photos") / "in"
+    root.mkdir()
+    files = photo_files()
+    for name, (data, _) in files.items():
+        (root / name).write_bytes(data)
+    return root, {name: how for name, (_, how) in files.items()}
+
+
+def load(root: Path, size: int, on_device: bool, workers: int = 0, batch_size: int = 5) -> dict[str, dict]:
+    """Every image of ``root`` through the loader, per path: x, display, orig_size, sha256 or the failure."""
+    entries = scan(root, labeled=False).images
+    ds = ImageDataset(entries, size, want_hash=[True] * len(entries), jpeg_bytes=on_device)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    out: dict[str, dict] = {}
+    for b in loader:
+        if on_device:
+            b = finish_batch(b, CPU, size)
+        assert set(b) >= {"x", "display", "orig_size", "sha256", "failed", "index", "segments"}
+        assert "jpeg" not in b
+        for i, reason in b["failed"]:
+            out[entries[i].rel] = {"failed": reason}
+        for j, i in enumerate(b["index"]):
+            assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, size, size)
+            assert b["display"][j].dtype == np.uint8 and b["display"][j].ndim == 3
+            out[entries[i].rel] = {"x": b["x"][j], "display": b["display"][j],
+                                   "orig_size": tuple(b["orig_size"][j]), "sha256": b["sha256"][j]}
+    return out
+
+
+def test_header_check_routes_each_file(photos):
+    root, how = photos
+    for name, want in how.items():
+        try:
+            got = read_for_device(root / name)
+        except DecodeError:
+            got = "fail"
+        taken = "device" if isinstance(got, tuple) else "fail" if got == "fail" else "pil"
+        # bad_huffman passes the header check: the device refuses it, then PIL does
+        assert taken == ("device" if name == "bad_huffman.jpg" else want), name
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_device_path_matches_the_pil_path(photos, size):
+    root, how = photos
+    pil, dev = load(root, size, on_device=False), load(root, size, on_device=True)
+    assert set(pil) == set(dev) == set(how)
+    for name, want in how.items():
+        a, b = pil[name], dev[name]
+        if want == "fail":
+            assert "failed" in a and b == a, name  # the same failure record, word for word
+            continue
+        assert a["orig_size"] == b["orig_size"], name
+        assert a["sha256"] == b["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()
+        assert a["display"].shape == b["display"].shape, name
+        dx = (a["x"].int() - b["x"].int()).abs()
+        dd = np.abs(a["display"].astype(int) - b["display"])
+        if want == "pil":  # decoded by PIL either way
+            assert dx.max() == 0 and dd.max() == 0, name
+        else:  # same libjpeg-turbo decode; torch's antialiased bilinear vs PIL's fixed-point BILINEAR
+            assert dx.max() <= 1 and dx.float().mean() < 0.25, (name, dx.max(), dx.float().mean())
+            assert dd.max() <= 1 and dd.mean() < 0.25, (name, dd.max(), dd.mean())
+    assert pil["chelsea_exif6.jpg"]["orig_size"] == (451, 300)  # rotated: taller than wide
+
+
+def test_predictions_agree(photos):
+    root, _ = photos
+    size = 224
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
+    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    pil, dev = load(root, size, on_device=False), load(root, size, on_device=True)
+    names = sorted(n for n in pil if "x" in pil[n])
+
+    def probs(got):
+        x = torch.stack([got[n]["x"] for n in names]).float().div(255)
+        with torch.no_grad():
+            return torch.softmax(model((x - mean) / std), 1)
+
+    p, q = probs(pil), probs(dev)
+    assert torch.equal(p.argmax(1), q.argmax(1))
+    assert (p - q).abs().max() < 0.01
+
+
+def test_workers_give_the_same_batches(photos):
+    root, _ = photos
+    a, b = load(root, 64, on_device=True, workers=0), load(root, 64, on_device=True, workers=2, batch_size=3)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        if "x" in a[name]:
+            assert torch.equal(a[name]["x"], b[name]["x"]) and a[name]["sha256"] == b[name]["sha256"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_as_pil(tmp_path, orientation):
+    im = Image.fromarray(skd.chelsea()).resize((64, 40))  # not square, not symmetric
+    p = tmp_path / "o.jpg"
+    p.write_bytes(jpeg(im, quality=95, exif=exif(orientation)))
+    data, info = read_for_device(p)
+    assert info.orientation == orientation
+    img = orient(decode.decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], CPU)[0],
+                 info.orientation)
+    want = np.asarray(load_image(p))
+    assert info.shown_size == want.shape[:2]
+    assert np.array_equal(img.permute(1, 2, 0).numpy(), want)
+
+
+def test_device_refusal_falls_back_to_pil_from_the_bytes(photos, monkeypatch):
+    """A JPEG the device will not decode is decoded by PIL from the bytes read, not by reopening the file;
+    a batch the device refuses as a whole is retried image by image."""
+    root, _ = photos
+    want = load(root, 64, on_device=False)
+    real = decode.decode_jpegs
+    calls = []
+
+    def picky(data, device):
+        calls.append(len(data))
+        if len(data) > 1 or bytes(data[0][:64].tolist()) == (root / "camera_grey.jpg").read_bytes()[:64]:
+            raise RuntimeError("nvjpeg says no")
+        return real(data, device)
+
+    monkeypatch.setattr(decode, "decode_jpegs", picky)
+    monkeypatch.setattr("xaibatch.data.open_regular", _refuse_reopen(root))
+    got = load(root, 64, on_device=True, batch_size=len(want))
+    assert calls[0] > 1 and set(calls[1:]) == {1}
+    grey = got["camera_grey.jpg"]
+    assert torch.equal(grey["x"], want["camera_grey.jpg"]["x"])  # PIL's own result
+    assert np.array_equal(grey["display"], want["camera_grey.jpg"]["display"])
+    assert got["bad_huffman.jpg"] == want["bad_huffman.jpg"]
+
+
+def _refuse_reopen(root: Path):
+    """open_regular that fails the second open of any file (the fallback must use the bytes in hand)."""
+    from xaibatch import files
+
+    seen: set[str] = set()
+
+    def once(path):
+        key = os.fspath(path)
+        assert key not in seen, f"{key} opened twice"
+        seen.add(key)
+        return files.open_regular(path)
+
+    return once
+
+
+def test_bad_files_fail_the_same_way(tmp_path):
+    """tests/badfiles.py's folder (FIFO, bombs, truncated, text, CMYK, EXIF, ...): same records either way."""
+    folder = badfiles.build(tmp_path / "in", deep=False, hostile_names=False)
+    try:
+        pil, dev = load(folder.root, 32, on_device=False), load(folder.root, 32, on_device=True)
+        assert pil.keys() == dev.keys()
+        failed = {n for n, r in pil.items() if "failed" in r}
+        assert failed == {n for n, r in dev.items() if "failed" in r} and len(failed) >= 10
+        for name in pil:
+            if name in failed:
+                assert dev[name] == pil[name], name
+            else:
+                assert dev[name]["orig_size"] == pil[name]["orig_size"], name
+                assert (dev[name]["x"].int() - pil[name]["x"].int()).abs().max() <= 1, name
+    finally:
+        badfiles.remove_tree(folder.root)
+
+
+def test_swapped_in_fifo_or_dev_zero_is_refused(tmp_path):
+    """The workers read with the same safe open as load_image: never blocked or fed forever."""
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    for name in ("fifo.jpg", "zero.jpg"):
+        with pytest.raises(DecodeError, match="not a regular file"):
+            read_for_device(tmp_path / name)
+
+
+def test_header_check_refuses_what_it_must():
+    good = jpeg(Image.fromarray(skd.coffee()), quality=90)
+    assert jpeg_info(good) == decode.JpegInfo(400, 600, 1)
+    assert jpeg_info(good, max_pixels=600 * 400 - 1) is None  # over the limit: PIL's reason, from its path
+    assert jpeg_info(good[:-2]) is None  # no end-of-image marker: truncated
+    assert jpeg_info(good + b"\0\0") is not None  # zero padding after it is fine
+    assert jpeg_info(jpeg(Image.fromarray(skd.coffee()), progressive=True)) is None
+    assert jpeg_info(b"\xff\xd8\xff\xd9") is None
+
+
+def test_bomb_refused_before_decoding(tmp_path):
+    p = tmp_path / "big.jpg"
+    p.write_bytes(jpeg(Image.new("RGB", (300, 200))))
+    with pytest.raises(DecodeError, match="over the limit of 50,000"):
+        read_for_device(p, max_pixels=50_000)
+
+
+def test_which_groups_decode_on_the_device(monkeypatch):
+    assert not device_decode("auto", CPU)
+    assert device_decode("device", CPU)
+    assert not device_decode("device", CPU, segments=True)  # LIME's superpixels: PIL in the workers
+    assert not device_decode("cpu", CPU)
+    with pytest.raises(UsageError, match="expected one of auto, cpu, device"):
+        device_decode("gpu", CPU)
+    monkeypatch.setattr(decode, "_cannot_decode_on", lambda dev: "RuntimeError: no nvjpeg")
+    assert not device_decode("auto", torch.device("cuda"))  # falls back to the workers
+    with pytest.raises(UsageError, match="cannot decode JPEGs on cuda: RuntimeError: no nvjpeg"):
+        device_decode("device", torch.device("cuda"))
+    monkeypatch.setattr(decode, "_cannot_decode_on", lambda dev: None)
+    assert device_decode("auto", torch.device("cuda"))
+
+
+def test_run_with_device_decode(photos, tmp_path, tiny_ckpt):
+    """End to end: the same predictions and failures; switching the decode path recomputes nothing."""
+    from xaibatch.manifest import Manifest
+    from xaibatch.pipeline import RunOptions, run
+
+    root, how = photos
+    res = {}
+    for mode in ("device", "cpu"):
+        out = tmp_path / mode
+        r = run(RunOptions(root, out, ["gradcam"], checkpoint=tiny_ckpt, decode=mode, workers=0, batch_size=4,
+                           handle_signals=False))
+        assert r.computed == len(how) - 2 and sorted(f for f, _ in r.failed) == ["bad_huffman.jpg", "truncated.jpg"]
+        m = Manifest(out / "xaibatch.sqlite") if (out / "xaibatch.sqlite").exists() else None
+        res[mode] = (r, m)
+    (a, ma), (b, mb) = res["device"], res["cpu"]
+    assert dict(a.failed) == dict(b.failed)
+    ia, ib = ma.images(), mb.images()
+    assert {k: (v.pred, v.sha256, v.width, v.height) for k, v in ia.items()} == \
+        {k: (v.pred, v.sha256, v.width, v.height) for k, v in ib.items()}
+    ma.close()
+    mb.close()
+    again = run(RunOptions(root, tmp_path / "device", ["gradcam"], checkpoint=tiny_ckpt, decode="cpu", workers=0,
+                           handle_signals=False))
+    assert again.computed == 0  # the decode path is not part of the configuration hash (README)

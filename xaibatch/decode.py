@@ -1,0 +1,187 @@
+"""Decode a batch's JPEGs on the model's device and resize them there: the loader's path for a GPU.
+
+At 224 px, PIL's decode in the DataLoader workers is the wall (measured in issue #11 on an H100 box:
+1,817 img/s for the loader alone against 3,719 img/s for Grad-CAM on tensors). With device decoding the
+workers only read each file (the same safe open, the same hash) and check its header
+(:func:`xaibatch.data.read_for_device`); the main process decodes the batch's JPEGs in one
+``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on the CPU: the code is the same, only
+the device differs, so the tests run it on the CPU) and resizes them on the device with antialiased
+bilinear interpolation, which matches PIL's ``BILINEAR`` resize to within a grey level.
+
+Everything else stays on the PIL path: other formats, JPEGs the header check leaves to PIL (progressive,
+CMYK, truncated, ...) are decoded in the workers as before, and a JPEG the device refuses is decoded by PIL
+from the bytes already read, so a corrupt file fails with exactly PIL's reason. Batches that need LIME's
+superpixels (computed in the workers on the model input) keep the PIL path too: LIME's thousands of forward
+passes per image leave the loader idle anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from .defaults import DECODE_CHOICES
+from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, model_input
+from .errors import DecodeError, UsageError
+from .layout import DISPLAY_MAX_SIDE, display_size
+
+
+def device_decode(choice: str, device: torch.device, segments: bool = False) -> bool:
+    """Whether a group of images is decoded on ``device``: ``auto`` on CUDA only, ``device`` always, ``cpu``
+    never; never when the methods need superpixels (``segments``), which the workers compute on the PIL path.
+
+    ``auto`` falls back to the workers when the device cannot decode JPEGs (a torchvision without nvJPEG);
+    ``device`` then raises :class:`UsageError`.
+    """
+    if choice not in DECODE_CHOICES:
+        raise UsageError(f"--decode {choice}: expected one of {', '.join(DECODE_CHOICES)}")
+    if choice == "cpu" or segments or (choice == "auto" and device.type != "cuda"):
+        return False
+    problem = _cannot_decode_on(str(device))
+    if problem is None:
+        return True
+    if choice == "device":
+        raise UsageError(f"--decode device: torchvision cannot decode JPEGs on {device}: {problem}")
+    return False
+
+
+@functools.cache
+def _cannot_decode_on(device: str) -> str | None:
+    """Why a tiny JPEG does not decode on ``device``, or None when it does."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 60)).save(buf, "JPEG")
+    try:
+        decode_jpegs([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], torch.device(device))
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    return None
+
+
+def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Decode JPEG bytes (CPU uint8 tensors) to (3, H, W) uint8 RGB tensors on ``device``, in one call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return list(out)
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1..8) to a (C, H, W) image as PIL's ``ImageOps.exif_transpose`` does."""
+    if orientation == 2:  # FLIP_LEFT_RIGHT
+        return img.flip(-1)
+    if orientation == 3:  # ROTATE_180
+        return img.flip(-2, -1)
+    if orientation == 4:  # FLIP_TOP_BOTTOM
+        return img.flip(-2)
+    if orientation == 5:  # TRANSPOSE
+        return img.transpose(-2, -1)
+    if orientation == 6:  # ROTATE_270 (clockwise a quarter turn)
+        return torch.rot90(img, -1, (-2, -1))
+    if orientation == 7:  # TRANSVERSE
+        return img.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # ROTATE_90 (counter-clockwise)
+        return torch.rot90(img, 1, (-2, -1))
+    return img
+
+
+def resize(imgs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (N, C, H, W) uint8 images to ``size`` (h, w) as PIL's ``BILINEAR`` does: antialiased when
+    shrinking (the triangle filter widened by the scale), rounded back to uint8."""
+    if tuple(imgs.shape[-2:]) == tuple(size):
+        return imgs
+    out = torch.nn.functional.interpolate(imgs.float(), size=size, mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def finish_batch(b: dict[str, Any], device: torch.device, input_size: int,
+                 max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
+    """Decode a collated batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
+
+    ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays. A JPEG
+    that the device does not decode (as a whole batch, then alone) is decoded by PIL from its bytes; one
+    PIL refuses too joins ``failed`` with PIL's reason and leaves the batch's lists.
+    """
+    jpegs = b.pop("jpeg", None)
+    if not jpegs:
+        return b
+    xs: list[Any] = list(b["x"])
+    display: list[Any] = list(b["display"])
+    reasons: dict[int, str] = {}
+    decoded = _decode_each([t for _, t, _ in jpegs], device)
+    on_device: list[tuple[int, torch.Tensor]] = []
+    for (j, data, info), img in zip(jpegs, decoded):
+        if img is not None and tuple(img.shape) == (3, info.height, info.width):
+            on_device.append((j, orient(img, info.orientation)))
+            continue
+        try:  # the device refused it (or read another size than the header's): PIL has the last word
+            im = decode_pil(io.BytesIO(data.numpy().tobytes()), max_pixels)
+        except DecodeError as e:
+            reasons[j] = str(e)
+            continue
+        xs[j] = torch.from_numpy(model_input(im, input_size).copy()).permute(2, 0, 1)
+        display[j] = display_copy(im)
+        b["orig_size"][j] = (im.height, im.width)
+    _resize_on_device(on_device, xs, display, input_size)
+    _displays_to_host(display)
+    keep = [j for j in range(len(xs)) if j not in reasons]
+    b["failed"] = list(b["failed"]) + [(b["index"][j], reasons[j]) for j in sorted(reasons)]
+    for key in ("index", "orig_size", "sha256"):
+        b[key] = [b[key][j] for j in keep]
+    b["display"] = [display[j] for j in keep]
+    b["x"] = torch.stack([xs[j].to(device, non_blocking=True) for j in keep]) if keep else None
+    return b
+
+
+def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode all in one call; when that fails, each alone (None for each that fails)."""
+    try:
+        return list(decode_jpegs(data, device))
+    except Exception:
+        pass
+    out: list[torch.Tensor | None] = []
+    for t in data:
+        try:
+            out.append(decode_jpegs([t], device)[0])
+        except Exception:
+            out.append(None)
+    return out
+
+
+def _resize_on_device(on_device: list[tuple[int, torch.Tensor]], xs: list[Any], display: list[Any],
+                      input_size: int) -> None:
+    """Model inputs and display copies of the decoded images, batched by size (a folder of one size: one call)."""
+    groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    for j, img in on_device:
+        groups[tuple(img.shape[1:])].append((j, img))
+    for (h, w), members in groups.items():
+        imgs = torch.stack([img for _, img in members])
+        small = resize(imgs, (input_size, input_size))
+        shown = imgs if max(h, w) <= DISPLAY_MAX_SIDE else resize(imgs, display_size(w, h)[::-1])
+        for k, (j, _) in enumerate(members):
+            xs[j], display[j] = small[k], shown[k]
+
+
+def _displays_to_host(display: list[Any]) -> None:
+    """Device display copies (3, h, w) to (h, w, 3) uint8 arrays, in one transfer."""
+    todo = [j for j, d in enumerate(display) if isinstance(d, torch.Tensor)]
+    if not todo:
+        return
+    flat = torch.cat([display[j].permute(1, 2, 0).reshape(-1) for j in todo]).cpu().numpy()
+    at = 0
+    for j in todo:
+        _, h, w = display[j].shape
+        display[j] = flat[at:at + h * w * 3].reshape(h, w, 3)
+        at += h * w * 3
+
+
+__all__ = ["DECODE_CHOICES", "JpegInfo", "device_decode", "decode_jpegs", "finish_batch", "orient", "resize"]
