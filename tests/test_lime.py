@@ -19,9 +19,15 @@ from xaibatch.errors import UsageError
 from xaibatch.layers import TargetLayer
 from xaibatch.methods import METHODS, ModelContext, create_method
 from xaibatch.methods.lime import (
+    CPU_CHUNK,
+    MASK_DRAW,
     Lime,
+    _contiguous,
     cosine_distances_to_ones,
+    draw_masks,
     kernel_weights,
+    mask_seed,
+    reference_masks,
     weighted_ridge,
 )
 from xaibatch.segmentation import grid_segments, slic_segments
@@ -62,7 +68,9 @@ def test_registered_with_options_in_config(ctx):
     m = create_method("lime", ctx, samples=64, batch_size=7)
     cfg = m.config()
     assert cfg.pop("segmentation").startswith("slic")  # segmentation settings are part of the hash too
+    assert cfg.pop("masks") == MASK_DRAW  # a new mask draw recomputes old maps
     assert cfg == {"samples": 64, "segments": 50, "hide": "mean", "seed": 0}  # batch_size changes nothing
+    assert create_method("lime", ctx, batch_size="auto").batch_size is None
     with pytest.raises(UsageError):
         create_method("lime", ctx, smaples=64)
     with pytest.raises(UsageError):
@@ -144,12 +152,59 @@ def test_padding_and_batch_composition_do_not_change_a_map(ctx):
 
 
 def test_batch_size_does_not_change_maps(ctx):
-    imgs = random_images(2, SIZE, seed=4)
-    a = Lime(ctx, samples=48, batch_size=7)
-    b = Lime(ctx, samples=48, batch_size=500)
-    ma = a.explain(lime_batch(ctx, a, imgs, seeds=[1, 2])).maps
-    mb = b.explain(lime_batch(ctx, b, imgs, seeds=[1, 2])).maps
-    torch.testing.assert_close(ma, mb, rtol=0, atol=1e-6)  # model sums may round differently per chunk size
+    """Chunks that split an image's samples, span several images, or hold them all: the same maps."""
+    imgs = random_images(3, SIZE, seed=4)
+    maps = {}
+    for bs in (7, 48, 100, 500, "auto"):
+        m = Lime(ctx, samples=48, batch_size=bs)
+        maps[bs] = m.explain(lime_batch(ctx, m, imgs, seeds=[1, 2, 3])).maps
+    assert Lime(ctx).chunk_size(torch.zeros(1, 3, SIZE, SIZE)) == CPU_CHUNK
+    for bs in (48, 100, 500, "auto"):  # model sums may round differently per chunk size
+        torch.testing.assert_close(maps[7], maps[bs], rtol=0, atol=1e-6)
+
+
+def _devices():
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_mask_draw_equals_the_plain_reference_bit_for_bit(device):
+    """The vectorised int64 draw = the same hash one bit at a time in Python integers, on every device."""
+    n_features, samples = [5, 17, 1, 12], 37
+    keys = [mask_seed(0, 3), mask_seed(7, 2**40 + 1), 0, 2**63 - 1]
+    z = draw_masks(torch.tensor(keys, device=device), torch.tensor(n_features, device=device), samples)
+    assert z.device.type == device and z.shape == (4, samples, 17)
+    for i, (key, n) in enumerate(zip(keys, n_features)):
+        np.testing.assert_array_equal(z[i, :, :n].cpu().numpy(), reference_masks(n, samples, key))
+        assert not z[i, :, n:].any()  # padding is always off
+
+
+def test_masks_are_independent_of_batch_composition_and_uniform():
+    key = mask_seed(0, 42)
+    alone = draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0]
+    mixed = draw_masks(torch.tensor([mask_seed(0, 1), key, mask_seed(1, 42)]), torch.tensor([60, 30, 5]), 500)
+    assert torch.equal(mixed[1, :, :30], alone) and not mixed[1, :, 30:].any()
+    assert not torch.equal(mixed[0, :, :30], alone) and not torch.equal(mixed[2, :, :5], alone[:, :5])
+    assert alone[0].all()  # the image itself first
+    rest = alone[1:].double()
+    assert abs(rest.mean().item() - 0.5) < 0.01  # 14,970 fair coins: 5 sigma is 0.02
+    assert (rest.mean(dim=0) - 0.5).abs().max() < 0.1  # every feature: 499 coins, 4.5 sigma
+    corr = torch.corrcoef(rest.T)
+    assert (corr - torch.eye(30, dtype=corr.dtype)).abs().max() < 0.25  # features drawn independently
+    rows = {tuple(r) for r in alone.tolist()}
+    assert len(rows) > 495  # 2**30 possible rows: repeats are rare
+
+
+def test_contiguous_relabels_like_unique():
+    rng = np.random.default_rng(0)
+    segs = torch.from_numpy(rng.choice([3, 7, 8, 20, 21], size=(3, 6, 6)))
+    segs[1] = torch.from_numpy(rng.integers(-5, 5, size=(6, 6)))
+    segs[2, 0, 0] = 10**9  # labels spread wider than the pixels: the per-image fallback
+    for batch in (segs[:2], segs):
+        labels, counts = _contiguous(batch)
+        for i in range(batch.shape[0]):
+            uniq, inv = torch.unique(batch[i].flatten(), return_inverse=True)
+            assert torch.equal(labels[i], inv) and int(counts[i]) == uniq.numel()
 
 
 def test_seeds(ctx):
