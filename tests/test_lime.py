@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
 from xaibatch.layers import TargetLayer
 from xaibatch.methods import METHODS, ModelContext, create_method
+from xaibatch.methods import lime as lime_module
 from xaibatch.methods.lime import (
     CPU_CHUNK,
     MASK_DRAW,
@@ -179,9 +183,11 @@ def test_mask_draw_equals_the_plain_reference_bit_for_bit(device):
         assert not z[i, :, n:].any()  # padding is always off
 
 
-def test_masks_are_independent_of_batch_composition_and_uniform():
+def test_masks_are_independent_of_batch_composition_and_uniform(monkeypatch):
     key = mask_seed(0, 42)
     alone = draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0]
+    monkeypatch.setattr(lime_module, "_DRAW_BLOCK", 100)  # hashed in blocks of 3 rows: the same bits
+    assert torch.equal(draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0], alone)
     mixed = draw_masks(torch.tensor([mask_seed(0, 1), key, mask_seed(1, 42)]), torch.tensor([60, 30, 5]), 500)
     assert torch.equal(mixed[1, :, :30], alone) and not mixed[1, :, 30:].any()
     assert not torch.equal(mixed[0, :, :30], alone) and not torch.equal(mixed[2, :, :5], alone[:, :5])
@@ -293,3 +299,35 @@ def test_largest_positive_weight_is_in_the_region_the_model_reads():
     region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     region[: SIZE // 2, : SIZE // 2] = True
     assert maps[region].mean() > 10 * maps[~region].abs().mean()
+
+
+def _recording_segmenter(image: np.ndarray, log: str) -> np.ndarray:
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+    return slic_segments(image, 50)
+
+
+def test_segmentation_runs_in_the_workers_ahead_of_the_model(tmp_path, tiny_ckpt, monkeypatch):
+    """The superpixels of later batches are computed in a DataLoader worker while LIME explains the first."""
+    from conftest import write_images
+    from xaibatch import RunOptions, run
+
+    write_images(tmp_path / "in", 4)
+    seg_log, explained = tmp_path / "segments.log", []
+    monkeypatch.setattr(Lime, "segmenter", lambda self: functools.partial(_recording_segmenter, log=str(seg_log)))
+    real_explain = Lime.explain
+
+    def timed_explain(self, batch):
+        start = time.time()
+        out = real_explain(self, batch)
+        explained.append((start, time.time()))
+        return out
+
+    monkeypatch.setattr(Lime, "explain", timed_explain)
+    run(RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["lime"], checkpoint=tiny_ckpt,
+                   batch_size=2, workers=1, method_options={"lime": {"samples": 400}}), log=lambda s: None)
+    records = [line.split() for line in seg_log.read_text().splitlines()]
+    assert len(records) == 4 and len(explained) == 2
+    assert all(int(pid) != os.getpid() for pid, _ in records)  # in the worker, not the main process
+    first_end = explained[0][1]
+    assert sorted(float(t) for _, t in records)[2] < first_end  # batch 2's segments were ready before batch 1 ended

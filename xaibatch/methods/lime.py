@@ -11,15 +11,21 @@ distances = cosine distance of each mask to the all-ones mask, kernel
 features (lime's 'auto' selection keeps all of them at its default
 ``num_features=100000``).
 
-Batched: the masked images of all images of the batch are built on the device
-with gather/where from the superpixel labels and go through the model in
-chunks of ``batch_size``; the B weighted ridge regressions are solved together
-in float64 closed form. Images with fewer superpixels are padded with
-always-off columns, which after weighted centring are exactly zero and so
-change neither the real coefficients nor (computed over real features only)
-the distances. Masks come from a generator seeded per image from the method's
-``seed`` and the pipeline's per-image seed, so a map does not depend on which
-other images share its batch, nor on ``batch_size``.
+Batched: the masks of all images of the batch are drawn on the device by a
+counter-based hash (:func:`draw_masks`: lowbias32 of the image's key, the sample
+and the feature index, in int64 torch ops), so the bits are the same on every
+device and do not depend on which other images share the batch. The masked
+images are built on the device and go through the model in chunks of
+``batch_size`` (``auto``: as many as half the free CUDA memory holds, measured
+by one probe forward; ``CPU_CHUNK`` on the CPU); the B weighted ridge
+regressions are solved together in float64 closed form. Images with fewer
+superpixels are padded with always-off columns, which after weighted centring
+are exactly zero and so change neither the real coefficients nor (computed over
+real features only) the distances. The image's key comes from the method's
+``seed`` and the pipeline's per-image seed, so a map depends neither on its
+batch, nor on ``batch_size``, nor on the device. Superpixels come from the
+DataLoader workers (:meth:`Lime.segmenter`), which segment the next batches
+while the model works on this one.
 
 Maps are signed raw coefficients in probability units: a positive value means
 the superpixel is evidence *for* the explained class (hiding it lowers the
@@ -51,6 +57,7 @@ _M32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # spreads consecutive feature indices over all 32 bits before the mix
 CPU_CHUNK = 256  # model sub-batch on the CPU (measured, see README "Speed": 128 is slower, 512 no faster)
 MAX_CHUNK = 4096  # never more perturbed images per model call, whatever the free memory
+_DRAW_BLOCK = 1 << 22  # mask bits hashed at once (int64 temporaries of 32 MiB each)
 CUDA_MEMORY_SHARE = 0.5  # of the free device memory, what one chunk's forward may take
 
 
@@ -87,7 +94,10 @@ def draw_masks(keys: torch.Tensor, counts: torch.Tensor, samples: int, n_max: in
     k = _mix32((keys & _M32) ^ _mix32(keys >> 32))  # (B,)
     rows = _mix32(k[:, None] ^ torch.arange(samples, dtype=torch.int64, device=dev)[None, :])  # (B, S)
     cols = (torch.arange(n_max, dtype=torch.int64, device=dev) * _GOLDEN) & _M32  # (F,)
-    z = (_mix32(rows[:, :, None] ^ cols[None, None, :]) >> 31).bool()  # (B, S, F)
+    z = torch.empty(keys.shape[0], samples, n_max, dtype=torch.bool, device=dev)
+    step = max(1, _DRAW_BLOCK // max(1, keys.shape[0] * n_max))  # bounds the int64 temporaries
+    for a in range(0, samples, step):
+        z[:, a : a + step] = (_mix32(rows[:, a : a + step, None] ^ cols[None, None, :]) >> 31).bool()
     z[:, 0, :] = True
     z &= torch.arange(n_max, device=dev)[None, None, :] < counts.to(dev)[:, None, None]
     return z
