@@ -331,3 +331,25 @@ def test_segmentation_runs_in_the_workers_ahead_of_the_model(tmp_path, tiny_ckpt
     assert all(int(pid) != os.getpid() for pid, _ in records)  # in the worker, not the main process
     first_end = explained[0][1]
     assert sorted(float(t) for _, t in records)[2] < first_end  # batch 2's segments were ready before batch 1 ended
+
+
+def test_cuda_chunk_from_free_memory_and_probe_peak(monkeypatch):
+    """The arithmetic of the CUDA chunk, with the device's memory figures faked (runs without a GPU)."""
+    mib = 2**20
+    state = {"free": 0}
+    fake = {"synchronize": lambda dev=None: None, "reset_peak_memory_stats": lambda dev=None: None,
+            "memory_allocated": lambda dev=None: 100 * mib, "memory_reserved": lambda dev=None: 300 * mib,
+            "max_memory_allocated": lambda dev=None: 100 * mib + 16 * 3 * mib,  # probe of 16: 3 MiB per image
+            "mem_get_info": lambda dev=None: (state["free"], 80 * 1024 * mib)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    x = torch.zeros(2, 3, 64, 64)
+    per_image = 3 * mib + 3 * 64 * 64 * 4 + 64 * 64
+    state["free"] = 1000 * mib  # + 200 MiB idle in the allocator: 600 MiB for chunks
+    expected = int(600 * mib // per_image)
+    assert lime_module.cuda_chunk(nn.Identity(), x) == expected - expected % 64 == 192
+    state["free"] = 70 * 1024 * mib
+    assert lime_module.cuda_chunk(nn.Identity(), x) == lime_module.MAX_CHUNK
+    state["free"] = 0  # next to nothing: still one image per call
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 100 * mib)
+    assert lime_module.cuda_chunk(nn.Identity(), x) == 1

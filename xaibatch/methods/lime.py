@@ -121,11 +121,6 @@ def reference_masks(n_features: int, samples: int, key: int) -> np.ndarray:
     return z
 
 
-def sample_masks(n_features: int, samples: int, seed: int) -> torch.Tensor:
-    """Draw one image's (samples, n_features) masks in {0, 1}, first row all ones, as lime's ``data_labels`` does."""
-    return draw_masks(torch.tensor([seed]), torch.tensor([n_features]), samples)[0]
-
-
 def cosine_distances_to_ones(z: torch.Tensor, n_features: torch.Tensor) -> torch.Tensor:
     """Return the cosine distance of each (zero-padded) mask row to the all-ones row of its real features.
 
@@ -260,7 +255,8 @@ class Lime(Method):
             opts["seed"] = int(opts["seed"])
             batch_size = None if batch_size in (None, "auto") else int(batch_size)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers ({e})") from None
+            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers "
+                             f"(batch_size may also be auto) ({e})") from None
         opts["hide"] = str(opts["hide"])
         if opts["samples"] < 2:
             raise UsageError("lime: samples must be at least 2")
