@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -18,10 +21,17 @@ from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
 from xaibatch.layers import TargetLayer
 from xaibatch.methods import METHODS, ModelContext, create_method
+from xaibatch.methods import lime as lime_module
 from xaibatch.methods.lime import (
+    CPU_CHUNK,
+    MASK_DRAW,
     Lime,
+    _contiguous,
     cosine_distances_to_ones,
+    draw_masks,
     kernel_weights,
+    mask_seed,
+    reference_masks,
     weighted_ridge,
 )
 from xaibatch.segmentation import grid_segments, slic_segments
@@ -62,7 +72,9 @@ def test_registered_with_options_in_config(ctx):
     m = create_method("lime", ctx, samples=64, batch_size=7)
     cfg = m.config()
     assert cfg.pop("segmentation").startswith("slic")  # segmentation settings are part of the hash too
+    assert cfg.pop("masks") == MASK_DRAW  # a new mask draw recomputes old maps
     assert cfg == {"samples": 64, "segments": 50, "hide": "mean", "seed": 0}  # batch_size changes nothing
+    assert create_method("lime", ctx, batch_size="auto").batch_size is None
     with pytest.raises(UsageError):
         create_method("lime", ctx, smaples=64)
     with pytest.raises(UsageError):
@@ -144,12 +156,61 @@ def test_padding_and_batch_composition_do_not_change_a_map(ctx):
 
 
 def test_batch_size_does_not_change_maps(ctx):
-    imgs = random_images(2, SIZE, seed=4)
-    a = Lime(ctx, samples=48, batch_size=7)
-    b = Lime(ctx, samples=48, batch_size=500)
-    ma = a.explain(lime_batch(ctx, a, imgs, seeds=[1, 2])).maps
-    mb = b.explain(lime_batch(ctx, b, imgs, seeds=[1, 2])).maps
-    torch.testing.assert_close(ma, mb, rtol=0, atol=1e-6)  # model sums may round differently per chunk size
+    """Chunks that split an image's samples, span several images, or hold them all: the same maps."""
+    imgs = random_images(3, SIZE, seed=4)
+    maps = {}
+    for bs in (7, 48, 100, 500, "auto"):
+        m = Lime(ctx, samples=48, batch_size=bs)
+        maps[bs] = m.explain(lime_batch(ctx, m, imgs, seeds=[1, 2, 3])).maps
+    assert Lime(ctx).chunk_size(torch.zeros(1, 3, SIZE, SIZE)) == CPU_CHUNK
+    for bs in (48, 100, 500, "auto"):  # model sums may round differently per chunk size
+        torch.testing.assert_close(maps[7], maps[bs], rtol=0, atol=1e-6)
+
+
+def _devices():
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_mask_draw_equals_the_plain_reference_bit_for_bit(device):
+    """The vectorised int64 draw = the same hash one bit at a time in Python integers, on every device."""
+    n_features, samples = [5, 17, 1, 12], 37
+    keys = [mask_seed(0, 3), mask_seed(7, 2**40 + 1), 0, 2**63 - 1]
+    z = draw_masks(torch.tensor(keys, device=device), torch.tensor(n_features, device=device), samples)
+    assert z.device.type == device and z.shape == (4, samples, 17)
+    for i, (key, n) in enumerate(zip(keys, n_features)):
+        np.testing.assert_array_equal(z[i, :, :n].cpu().numpy(), reference_masks(n, samples, key))
+        assert not z[i, :, n:].any()  # padding is always off
+
+
+def test_masks_are_independent_of_batch_composition_and_uniform(monkeypatch):
+    key = mask_seed(0, 42)
+    alone = draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0]
+    monkeypatch.setattr(lime_module, "_DRAW_BLOCK", 100)  # hashed in blocks of 3 rows: the same bits
+    assert torch.equal(draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0], alone)
+    mixed = draw_masks(torch.tensor([mask_seed(0, 1), key, mask_seed(1, 42)]), torch.tensor([60, 30, 5]), 500)
+    assert torch.equal(mixed[1, :, :30], alone) and not mixed[1, :, 30:].any()
+    assert not torch.equal(mixed[0, :, :30], alone) and not torch.equal(mixed[2, :, :5], alone[:, :5])
+    assert alone[0].all()  # the image itself first
+    rest = alone[1:].double()
+    assert abs(rest.mean().item() - 0.5) < 0.01  # 14,970 fair coins: 5 sigma is 0.02
+    assert (rest.mean(dim=0) - 0.5).abs().max() < 0.1  # every feature: 499 coins, 4.5 sigma
+    corr = torch.corrcoef(rest.T)
+    assert (corr - torch.eye(30, dtype=corr.dtype)).abs().max() < 0.25  # features drawn independently
+    rows = {tuple(r) for r in alone.tolist()}
+    assert len(rows) > 495  # 2**30 possible rows: repeats are rare
+
+
+def test_contiguous_relabels_like_unique():
+    rng = np.random.default_rng(0)
+    segs = torch.from_numpy(rng.choice([3, 7, 8, 20, 21], size=(3, 6, 6)))
+    segs[1] = torch.from_numpy(rng.integers(-5, 5, size=(6, 6)))
+    segs[2, 0, 0] = 10**9  # labels spread wider than the pixels: the per-image fallback
+    for batch in (segs[:2], segs):
+        labels, counts = _contiguous(batch)
+        for i in range(batch.shape[0]):
+            uniq, inv = torch.unique(batch[i].flatten(), return_inverse=True)
+            assert torch.equal(labels[i], inv) and int(counts[i]) == uniq.numel()
 
 
 def test_seeds(ctx):
@@ -238,3 +299,57 @@ def test_largest_positive_weight_is_in_the_region_the_model_reads():
     region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     region[: SIZE // 2, : SIZE // 2] = True
     assert maps[region].mean() > 10 * maps[~region].abs().mean()
+
+
+def _recording_segmenter(image: np.ndarray, log: str) -> np.ndarray:
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+    return slic_segments(image, 50)
+
+
+def test_segmentation_runs_in_the_workers_ahead_of_the_model(tmp_path, tiny_ckpt, monkeypatch):
+    """The superpixels of later batches are computed in a DataLoader worker while LIME explains the first."""
+    from conftest import write_images
+    from xaibatch import RunOptions, run
+
+    write_images(tmp_path / "in", 4)
+    seg_log, explained = tmp_path / "segments.log", []
+    monkeypatch.setattr(Lime, "segmenter", lambda self: functools.partial(_recording_segmenter, log=str(seg_log)))
+    real_explain = Lime.explain
+
+    def timed_explain(self, batch):
+        start = time.time()
+        out = real_explain(self, batch)
+        explained.append((start, time.time()))
+        return out
+
+    monkeypatch.setattr(Lime, "explain", timed_explain)
+    run(RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["lime"], checkpoint=tiny_ckpt,
+                   batch_size=2, workers=1, method_options={"lime": {"samples": 400}}), log=lambda s: None)
+    records = [line.split() for line in seg_log.read_text().splitlines()]
+    assert len(records) == 4 and len(explained) == 2
+    assert all(int(pid) != os.getpid() for pid, _ in records)  # in the worker, not the main process
+    first_end = explained[0][1]
+    assert sorted(float(t) for _, t in records)[2] < first_end  # batch 2's segments were ready before batch 1 ended
+
+
+def test_cuda_chunk_from_free_memory_and_probe_peak(monkeypatch):
+    """The arithmetic of the CUDA chunk, with the device's memory figures faked (runs without a GPU)."""
+    mib = 2**20
+    state = {"free": 0}
+    fake = {"synchronize": lambda dev=None: None, "reset_peak_memory_stats": lambda dev=None: None,
+            "memory_allocated": lambda dev=None: 100 * mib, "memory_reserved": lambda dev=None: 300 * mib,
+            "max_memory_allocated": lambda dev=None: 100 * mib + 16 * 3 * mib,  # probe of 16: 3 MiB per image
+            "mem_get_info": lambda dev=None: (state["free"], 80 * 1024 * mib)}
+    for name, fn in fake.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    x = torch.zeros(2, 3, 64, 64)
+    per_image = 3 * mib + 3 * 64 * 64 * 4 + 64 * 64
+    state["free"] = 1000 * mib  # + 200 MiB idle in the allocator: 600 MiB for chunks
+    expected = int(600 * mib // per_image)
+    assert lime_module.cuda_chunk(nn.Identity(), x) == expected - expected % 64 == 192
+    state["free"] = 70 * 1024 * mib
+    assert lime_module.cuda_chunk(nn.Identity(), x) == lime_module.MAX_CHUNK
+    state["free"] = 0  # next to nothing: still one image per call
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 100 * mib)
+    assert lime_module.cuda_chunk(nn.Identity(), x) == 1

@@ -335,8 +335,9 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
               help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).")
 @click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
               help="LIME: perturbed images per image, for xaibatch and the peers alike.")
-@click.option("--lime-batch-size", type=click.IntRange(1), default=256, show_default=True,
-              help="LIME: perturbed images per model call, for xaibatch and the peers alike.")
+@click.option("--lime-batch-size", type=click.IntRange(0), default=0, show_default=True,
+              help="LIME: perturbed images per model call, for xaibatch and the peers alike; 0: the one "
+                   "LIME picks (lime.batch_size=auto: from free memory on CUDA, 256 on the CPU).")
 @click.option("--classes", type=click.IntRange(2), default=2, show_default=True, help="Model outputs.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--threads", type=click.IntRange(0), default=0, show_default=True,

@@ -11,15 +11,21 @@ distances = cosine distance of each mask to the all-ones mask, kernel
 features (lime's 'auto' selection keeps all of them at its default
 ``num_features=100000``).
 
-Batched: the masked images of all images of the batch are built on the device
-with gather/where from the superpixel labels and go through the model in
-chunks of ``batch_size``; the B weighted ridge regressions are solved together
-in float64 closed form. Images with fewer superpixels are padded with
-always-off columns, which after weighted centring are exactly zero and so
-change neither the real coefficients nor (computed over real features only)
-the distances. Masks come from a generator seeded per image from the method's
-``seed`` and the pipeline's per-image seed, so a map does not depend on which
-other images share its batch, nor on ``batch_size``.
+Batched: the masks of all images of the batch are drawn on the device by a
+counter-based hash (:func:`draw_masks`: lowbias32 of the image's key, the sample
+and the feature index, in int64 torch ops), so the bits are the same on every
+device and do not depend on which other images share the batch. The masked
+images are built on the device and go through the model in chunks of
+``batch_size`` (``auto``: as many as half the free CUDA memory holds, measured
+by one probe forward; ``CPU_CHUNK`` on the CPU); the B weighted ridge
+regressions are solved together in float64 closed form. Images with fewer
+superpixels are padded with always-off columns, which after weighted centring
+are exactly zero and so change neither the real coefficients nor (computed over
+real features only) the distances. The image's key comes from the method's
+``seed`` and the pipeline's per-image seed, so a map depends neither on its
+batch, nor on ``batch_size``, nor on the device. Superpixels come from the
+DataLoader workers (:meth:`Lime.segmenter`), which segment the next batches
+while the model works on this one.
 
 Maps are signed raw coefficients in probability units: a positive value means
 the superpixel is evidence *for* the explained class (hiding it lowers the
@@ -46,17 +52,72 @@ HIDE_MODES = ("mean", "zero", "blur")
 DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0}
 
 
+MASK_DRAW = "lowbias32-counter-v1"  # in config(): a different draw gives different maps, so they are recomputed
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9  # spreads consecutive feature indices over all 32 bits before the mix
+CPU_CHUNK = 256  # model sub-batch on the CPU (measured, see README "Speed": 128 is slower, 512 no faster)
+MAX_CHUNK = 4096  # never more perturbed images per model call, whatever the free memory
+_DRAW_BLOCK = 1 << 22  # mask bits hashed at once (int64 temporaries of 32 MiB each)
+CUDA_MEMORY_SHARE = 0.5  # of the free device memory, what one chunk's forward may take
+
+
 def mask_seed(method_seed: int, image_seed: int) -> int:
-    """Combine the method's seed and one image's seed into one 63-bit generator seed."""
+    """Combine the method's seed and one image's seed into one 63-bit key for the mask draw."""
     ss = np.random.SeedSequence([int(method_seed) % 2**64, int(image_seed) % 2**64])
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def sample_masks(n_features: int, samples: int, seed: int) -> torch.Tensor:
-    """Draw (samples, n_features) masks in {0, 1}, first row all ones, as lime's ``data_labels`` does."""
-    g = torch.Generator().manual_seed(seed)  # CPU generator: same masks on every device
-    z = torch.randint(0, 2, (samples, n_features), generator=g, dtype=torch.uint8).bool()
-    z[0] = True
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for int64 x in [0, 2**32), in 16-bit halves of c so that no int64 product overflows."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' ``lowbias32`` integer hash on int64 tensors holding 32-bit values (shifts stay logical)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def draw_masks(keys: torch.Tensor, counts: torch.Tensor, samples: int, n_max: int | None = None) -> torch.Tensor:
+    """Draw (B, samples, n_max) bool masks on ``keys``' device: row 0 all ones, columns past ``counts[i]`` off.
+
+    Bit (i, s, f) is the top bit of ``mix(mix(key_i' ^ s) ^ f * golden)`` with ``key_i' = mix(lo ^ mix(hi))``
+    over the 32-bit halves of the image's 63-bit key: a counter-based draw, so the same bits on every
+    device, whatever the other images of the batch, their feature counts or the chunking. Integer ops only.
+    """
+    dev = keys.device
+    n_max = int(counts.max()) if n_max is None else n_max
+    keys = keys.to(torch.int64)
+    k = _mix32((keys & _M32) ^ _mix32(keys >> 32))  # (B,)
+    rows = _mix32(k[:, None] ^ torch.arange(samples, dtype=torch.int64, device=dev)[None, :])  # (B, S)
+    cols = (torch.arange(n_max, dtype=torch.int64, device=dev) * _GOLDEN) & _M32  # (F,)
+    z = torch.empty(keys.shape[0], samples, n_max, dtype=torch.bool, device=dev)
+    step = max(1, _DRAW_BLOCK // max(1, keys.shape[0] * n_max))  # bounds the int64 temporaries
+    for a in range(0, samples, step):
+        z[:, a : a + step] = (_mix32(rows[:, a : a + step, None] ^ cols[None, None, :]) >> 31).bool()
+    z[:, 0, :] = True
+    z &= torch.arange(n_max, device=dev)[None, None, :] < counts.to(dev)[:, None, None]
+    return z
+
+
+def reference_masks(n_features: int, samples: int, key: int) -> np.ndarray:
+    """The same draw as :func:`draw_masks` for one image, one bit at a time in plain Python integers (tests)."""
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & _M32
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & _M32
+        return x ^ (x >> 16)
+
+    k = mix((key & _M32) ^ mix(key >> 32))
+    z = np.zeros((samples, n_features), dtype=bool)
+    for s in range(samples):
+        r = mix(k ^ s)
+        for f in range(n_features):
+            z[s, f] = s == 0 or mix(r ^ ((f * _GOLDEN) & _M32)) >> 31 == 1
     return z
 
 
@@ -129,15 +190,43 @@ def _labels_from_input(x: torch.Tensor, ctx: ModelContext, n_segments: int) -> t
 
 
 def _contiguous(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relabel each image's superpixels to 0..F_i-1; return labels (B, H*W) and counts F_i (B,)."""
+    """Relabel each image's superpixels to 0..F_i-1 (order kept); return labels (B, H*W) and counts F_i (B,).
+
+    Vectorised over the batch: a presence table of each image's label range, its running count is the new label.
+    Labels spread wider than the image has pixels (a user's segmenter) fall back to one ``unique`` per image.
+    """
     flat = segments.reshape(segments.shape[0], -1).long()
-    out = torch.empty_like(flat)
-    counts = torch.empty(flat.shape[0], dtype=torch.long)
-    for i in range(flat.shape[0]):  # per image, not per sample
-        uniq, inv = torch.unique(flat[i], return_inverse=True)
-        out[i] = inv
-        counts[i] = uniq.numel()
-    return out, counts
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    span = int(flat.max()) + 1
+    if span > flat.shape[1]:
+        out = torch.empty_like(flat)
+        counts = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for i in range(flat.shape[0]):
+            uniq, out[i] = torch.unique(flat[i], return_inverse=True)
+            counts[i] = uniq.numel()
+        return out, counts
+    present = torch.zeros(flat.shape[0], span, dtype=torch.long, device=flat.device).scatter_(1, flat, 1)
+    return (present.cumsum(dim=1) - 1).gather(1, flat), present.sum(dim=1)
+
+
+def cuda_chunk(model: torch.nn.Module, x: torch.Tensor, probe: int = 16) -> int:
+    """The largest model sub-batch that fits in half the free CUDA memory, from one probe forward's peak per image.
+
+    Resets the device's peak-memory statistics (nothing in xaibatch reads them across this call).
+    """
+    dev = x.device
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    with torch.no_grad():
+        model(x[:1].expand(probe, -1, -1, -1).contiguous(memory_format=_layout(x)))
+    torch.cuda.synchronize(dev)
+    per_image = max(1, torch.cuda.max_memory_allocated(dev) - base) / probe
+    per_image += x[0].numel() * x.element_size() + x[0, 0].numel()  # the chunk buffer's share, and ``keep``
+    free, _total = torch.cuda.mem_get_info(dev)
+    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # the allocator's idle blocks
+    n = int(CUDA_MEMORY_SHARE * free // per_image)
+    return max(1, min(MAX_CHUNK, n - n % 64 if n >= 128 else n))
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
@@ -151,11 +240,11 @@ class Lime(Method):
     title = "LIME"
     signed = True
     takes_seed = True
-    defaults = {**DEFAULTS, "batch_size": 256}
+    defaults = {**DEFAULTS, "batch_size": "auto"}
     summary = "model-agnostic: which superpixels raise or lower the class probability when hidden"
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
-        batch_size = options.pop("batch_size", 256)
+        batch_size = options.pop("batch_size", "auto")
         unknown = set(options) - set(DEFAULTS)
         if unknown:
             raise UsageError(f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}")
@@ -164,9 +253,10 @@ class Lime(Method):
             opts["samples"] = int(opts["samples"])
             opts["segments"] = int(opts["segments"])
             opts["seed"] = int(opts["seed"])
-            batch_size = int(batch_size)
+            batch_size = None if batch_size in (None, "auto") else int(batch_size)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers ({e})") from None
+            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers "
+                             f"(batch_size may also be auto) ({e})") from None
         opts["hide"] = str(opts["hide"])
         if opts["samples"] < 2:
             raise UsageError("lime: samples must be at least 2")
@@ -174,22 +264,23 @@ class Lime(Method):
             raise UsageError("lime: segments must be at least 2")
         if opts["hide"] not in HIDE_MODES:
             raise UsageError(f"lime: hide must be one of {', '.join(HIDE_MODES)}, not {opts['hide']!r}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise UsageError("lime: batch_size must be at least 1")
         super().__init__(ctx, **opts)
         self.samples: int = opts["samples"]
         self.segments: int = opts["segments"]
         self.hide: str = opts["hide"]
         self.seed: int = opts["seed"]
-        self.batch_size = batch_size  # not in config(): it does not change the maps
+        self.batch_size = batch_size  # None: chunk_size() picks it. Not in config(): it does not change the maps
+        self._auto_chunk: dict[tuple, int] = {}
 
     def config(self) -> dict[str, Any]:
         return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
-                "segmentation": SEGMENTATION_CONFIG}
+                "segmentation": SEGMENTATION_CONFIG, "masks": MASK_DRAW}
 
     def estimate(self, n_images: int) -> str:
         return (f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards "
-                f"(in chunks of {self.batch_size})")
+                f"(in chunks of {self.batch_size or 'as many as memory allows'})")
 
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
@@ -213,26 +304,53 @@ class Lime(Method):
         means = (sums / counts.clamp_min(1)).to(x.dtype)
         return torch.gather(means, 2, idx).view_as(x)
 
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """Perturbed images per model call: ``batch_size`` when given, else chosen once per device and input shape.
+
+        CUDA: half the free memory (the caching allocator's idle blocks included) over the peak memory per
+        image of one probe forward, at most ``MAX_CHUNK``. CPU: ``CPU_CHUNK``. Map-neutral either way.
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        key = (x.device, tuple(x.shape[1:]), x.dtype)
+        if key not in self._auto_chunk:
+            self._auto_chunk[key] = (cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK)
+        return self._auto_chunk[key]
+
     def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W)."""
+        """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W).
+
+        The B*S perturbed images go through the model in chunks that may span images; each chunk is written
+        straight into one buffer, image by image (``where(keep, x[i], fill[i])`` broadcasts: no per-sample
+        copies of the image, its fill or its labels).
+        """
         x = batch.x
         b, c, h, w = x.shape
         s = masks.shape[1]
+        total = b * s
         fill = self.fill(x, labels, masks.shape[2])
-        targets = batch.targets.to(x.device)
-        probs = torch.empty(b * s, dtype=torch.float64, device=x.device)
+        if fill.shape != x.shape or fill.stride() != x.stride():
+            fill = fill.expand_as(x).contiguous(memory_format=_layout(x))
+        targets = batch.targets.to(x.device).repeat_interleave(s)
+        probs = torch.empty(total, dtype=torch.float64, device=x.device)
+        chunk = min(self.chunk_size(x), total)
+        layout = _layout(x)
         model = self.ctx.model
         with torch.no_grad():
-            for start in range(0, b * s, self.batch_size):  # chunks of the model batch, not samples
-                idx = torch.arange(start, min(b * s, start + self.batch_size), device=x.device)
-                img, row = idx // s, idx % s
-                keep = torch.gather(masks[img, row], 1, labels[img]).view(-1, 1, h, w)
-                # where() lays its output out like ``keep``, (n, 1, h, w), which also reads as channels-last;
-                # the model is 5-15% slower on that layout (CPU), so hand it the layout of x.
-                perturbed = torch.where(keep, x[img], fill[img]).contiguous(memory_format=_layout(x))
-                p = torch.softmax(model(perturbed).float(), dim=1)
-                probs[idx] = p.gather(1, targets[img][:, None])[:, 0].double()
-                batch.progress(int(idx[-1]) + 1, b * s)  # may raise StopRequested: SIGINT within seconds
+            for start in range(0, total, chunk):  # chunks of the model batch, not samples
+                end = min(total, start + chunk)
+                # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
+                # on which the model is 5-15% slower (CPU).
+                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device,
+                                        memory_format=layout)
+                for i in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
+                    lo, hi = max(start, i * s), min(end, (i + 1) * s)
+                    keep = masks[i, lo - i * s : hi - i * s].index_select(1, labels[i]).view(-1, 1, h, w)
+                    torch.where(keep, x[i], fill[i], out=perturbed[lo - start : hi - start])
+                logits = model(perturbed).float()
+                p = torch.softmax(logits, dim=1).gather(1, targets[start:end, None])[:, 0]
+                probs[start:end] = p
+                batch.progress(end, total)  # may raise StopRequested: SIGINT within seconds
         return probs.view(b, s)
 
     def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,11 +361,8 @@ class Lime(Method):
         seeds = batch.seeds if batch.seeds is not None else [0] * b
         if len(seeds) != b:
             raise ValueError(f"lime: {len(seeds)} seeds for {b} images")
-        n_max = int(counts.max())
-        masks = torch.zeros(b, self.samples, n_max, dtype=torch.bool)
-        for i in range(b):  # seeding only
-            masks[i, :, : counts[i]] = sample_masks(int(counts[i]), self.samples, mask_seed(self.seed, seeds[i]))
-        return labels, counts, masks.to(batch.x.device)
+        keys = torch.tensor([mask_seed(self.seed, sd) for sd in seeds], dtype=torch.int64, device=batch.x.device)
+        return labels, counts, draw_masks(keys, counts, self.samples)
 
     def explain(self, batch: Batch) -> Explanation:
         x = batch.x
@@ -257,8 +372,6 @@ class Lime(Method):
         weights = kernel_weights(distances)
         coef, intercept, r2 = weighted_ridge(masks, probs, weights)
         maps = torch.gather(coef, 1, labels).view(x.shape[0], x.shape[2], x.shape[3]).float()
-        info = [
-            {"segments": int(counts[i]), "score": float(r2[i]), "intercept": float(intercept[i])}
-            for i in range(x.shape[0])
-        ]
+        info = [{"segments": n, "score": sc, "intercept": ic}
+                for n, sc, ic in zip(counts.tolist(), r2.tolist(), intercept.tolist())]
         return Explanation(maps, info)

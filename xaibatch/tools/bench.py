@@ -53,7 +53,7 @@ class BenchOptions:
     per_image_images: int = 128  # per-image peers explain only this many of them (their rate is per image anyway)
     lime_images: int = 4
     lime_samples: int = 1000
-    lime_batch_size: int = 256
+    lime_batch_size: int = 0  # perturbed images per model call; 0: LIME's own choice (batch_size=auto), for all
     lime_segments: int = 50
     classes: int = 2
     device: str = "auto"
@@ -273,6 +273,9 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
             return normalize_input(t, m_t, s_t)  # (B, 3, H, W) contiguous, as the pipeline's batches
 
         x = normalize(images)
+        # LIME's model batch: the given one, else the one LIME picks (free memory on CUDA); the peers get it too
+        lime_chunk = opts.lime_batch_size or create_method("lime", ctx).chunk_size(x[:1])
+        lime_bs_option: int | str = opts.lime_batch_size or "auto"
         with torch.no_grad():
             targets = torch.cat([model(x[i : i + bs]).argmax(1) for i in range(0, n, bs)])
 
@@ -289,7 +292,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
             f"machine: {machine_description()}, torch {torch.__version__}, "
             f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}; load average at start {load_start}",
             f"images: {n} generated PNGs (LIME: {n_lime}, {opts.lime_samples} samples, model batch "
-            f"{opts.lime_batch_size}, {opts.lime_segments} SLIC segments); best of {opts.repeats} interleaved rounds",
+            f"{lime_chunk}{'' if opts.lime_batch_size else ' (auto)'}, {opts.lime_segments} SLIC segments); best of {opts.repeats} interleaved rounds",
             f"CAM layer {layer.name} {layer.grid}",
         ]
         jobs: list[tuple[Row, Callable[[bool], float | None]]] = []
@@ -316,10 +319,10 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
         jobs.append((Row("limits", f"forward only, batch {bs}", "limit", n), fwd(bs, n)))
         lime_bs_rows = []
-        if "lime" in opts.only and opts.lime_batch_size != bs:
-            k = max(n, 2 * opts.lime_batch_size)
-            r = Row("limits", f"forward only, batch {opts.lime_batch_size}", "limit", k)
-            jobs.append((r, fwd(opts.lime_batch_size, k)))
+        if "lime" in opts.only and lime_chunk != bs:
+            k = max(n, 2 * lime_chunk)
+            r = Row("limits", f"forward only, batch {lime_chunk}", "limit", k)
+            jobs.append((r, fwd(lime_chunk, k)))
             lime_bs_rows.append(r)
         jobs.append((Row("limits", f"forward + backward to the input, batch {bs}", "limit", n), fwd_bwd))
 
@@ -333,7 +336,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
                    Row(family, "xaibatch end to end, the writer's file work removed", "part", k) if no_files else
                    Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
             method_options = {"lime": {"samples": opts.lime_samples, "segments": opts.lime_segments,
-                                       "batch_size": opts.lime_batch_size}}
+                                       "batch_size": lime_bs_option}}
             counter = [0]
 
             def fn(warm: bool) -> float:
@@ -370,7 +373,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         def on_tensors(family: str, k: int) -> tuple[Row, Callable[[bool], None]]:
             row = Row(family, "xaibatch methods alone, tensors in memory", "xaibatch-tensors", k)
             opts_m = ({"samples": opts.lime_samples, "segments": opts.lime_segments,
-                       "batch_size": opts.lime_batch_size} if family == "lime" else {})
+                       "batch_size": lime_bs_option} if family == "lime" else {})
             method = create_method(family, ctx, **opts_m)
             seg_fn = method.segmenter()
 
@@ -419,7 +422,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         # -- peers
         if opts.peers:
             jobs += _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, n, n_lime, dev,
-                               slic_segments, create_method, ctx, min(n, opts.per_image_images), n_warm)
+                               slic_segments, create_method, ctx, min(n, opts.per_image_images), n_warm, lime_chunk)
 
         order = ["limits", *FAMILIES, *opts.only]
         jobs.sort(key=lambda j: order.index(j[0].family))
@@ -534,7 +537,7 @@ def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Calla
 
 
 def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, n, n_lime, dev, slic_segments,
-               create_method, ctx, n_each, n_warm):
+               create_method, ctx, n_each, n_warm, lime_chunk):
     import copy
     import functools
 
@@ -613,7 +616,7 @@ def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, 
                 with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
                     explainer.explain_instance(
                         images[i], classifier_fn, labels=(tlist[i],), top_labels=None, hide_color=None,
-                        num_samples=opts.lime_samples, batch_size=opts.lime_batch_size, segmentation_fn=seg_fn,
+                        num_samples=opts.lime_samples, batch_size=lime_chunk, segmentation_fn=seg_fn,
                     )
 
         def probs(inp):
@@ -626,7 +629,7 @@ def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, 
                 seg = torch.from_numpy(seg_fn(images[i])).to(dev)
                 fill = fill_method.fill(x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
                 lime.attribute(x[i : i + 1], baselines=fill, target=tlist[i], feature_mask=seg[None, None],
-                               n_samples=opts.lime_samples, perturbations_per_eval=opts.lime_batch_size)
+                               n_samples=opts.lime_samples, perturbations_per_eval=lime_chunk)
             sync()
 
         jobs.append((Row("lime", "lime package explain_instance, per image", "peer", n_lime), lime_pkg))
