@@ -111,6 +111,23 @@ def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, ti
     assert isinstance(worker.error, UsageError) and "different model" in str(worker.error)
 
 
+@needs_ray
+def test_an_unchanged_rerun_with_engine_ray_starts_no_ray(labeled_dir, tmp_path, tiny_ckpt):
+    """Cron with --engine ray over a folder with nothing new: no Ray, no torch (the cached setup, as locally)."""
+    from test_startup import _modules_after
+
+    out = tmp_path / "o"
+    args = ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0  # the local engine computed it
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        r = CliRunner().invoke(cli, {args + ["--engine", "ray"]!r})
+        assert r.exit_code == 0, r.output
+    """)
+    assert "torch" not in loaded and "ray" not in loaded
+
+
 # -- a local Ray, two CPU workers (slow: starting Ray takes seconds) ----------------------------------------------
 
 
@@ -133,7 +150,7 @@ def _files(out: Path) -> dict[str, str]:
 
 
 RUN_METADATA = [re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"), re.compile(r"took [^(<]*"),
-                re.compile(r"<td>(\d+ min )?[\d.]+ s</td>")]
+                re.compile(r"<td>(\d+ min )?[\d.]+ s</td>"), re.compile(r"Device</th><td>[^<]*")]
 
 
 def _scrubbed(path: Path) -> str:
@@ -159,7 +176,7 @@ def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, t
     differ = sorted(k for k in fa if fa[k] != fb[k])
     assert set(differ) <= {"index.html", "history.html"}, differ  # run metadata only ...
     for page in differ:
-        assert _scrubbed(a / page) == _scrubbed(b / page)  # ... dates and durations
+        assert _scrubbed(a / page) == _scrubbed(b / page)  # ... dates, durations, the device
     check_output_folder(b, labeled_dir)
 
 

@@ -251,6 +251,10 @@ def resources(r: RayOptions) -> tuple[int, float, float]:
     total = ray.cluster_resources()
     gpus = r.gpus_per_worker if r.gpus_per_worker is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
     cpus = r.cpus_per_worker
+    if gpus > total.get("GPU", 0) or cpus > total.get("CPU", 0):  # Ray would wait for them forever
+        raise UsageError(f"the Ray cluster has {total.get('GPU', 0):g} GPU(s) and {total.get('CPU', 0):g} CPU(s): "
+                         f"not enough for one worker of {gpus:g} GPU and {cpus:g} CPU; check --gpus-per-worker and "
+                         "--cpus-per-worker")
     if r.workers is not None:
         return r.workers, gpus, cpus
     room = int(total.get("GPU", 0) // gpus) if gpus > 0 else int(total.get("CPU", 1) // cpus)

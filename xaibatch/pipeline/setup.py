@@ -78,12 +78,14 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     config = {
-        "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
+        "xaibatch": __version__, "torch": torch.__version__,
+        "device": str(prepared.device) if opts.engine == "local" else "Ray workers",
         "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
         "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
         "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
                     for m in methods},
-        "batch_size": prepared.batch_size, "workers": prepared.workers, "seed": opts.seed, "engine": opts.engine,
+        "batch_size": prepared.batch_size, "workers": prepared.workers, "seed": opts.seed,
+        "engine": opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
         "labeled": prepared.found.classes is not None, "class_names": prepared.names,
         "request": request_key(opts, prepared.found, model.checkpoint_sha256), "model_hash": hashes.model,
         "decision": model.decision.config() if model.decision is not None else None,
