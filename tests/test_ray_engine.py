@@ -96,7 +96,6 @@ def test_both_engines_cut_the_same_batches(tmp_path):
                    (("gradcam",), ["1.png", "2.png"]), (("gradcam",), ["4.png", "5.png"])]
 
 
-@needs_ray
 def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, tiny_ckpt, one_thread):
     from xaibatch.pipeline.plan import Hashes
     from xaibatch.pipeline.ray_engine import WorkerConfig, worker_class
