@@ -26,7 +26,7 @@ import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,7 +93,7 @@ class WorkerConfig:
     token: str
     stop_name: str  # the named actor that says stop
     threads: int  # decoding threads
-    extra: dict[str, Any] = field(default_factory=dict)
+    cwd: str = ""  # the driver's working folder: a relative --model FILE.py resolves as it does there
 
 
 def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan: Plan, known: Known) -> Task:
@@ -125,6 +125,8 @@ class Worker:
         # CPU floats depend on torch's thread count (how a sum is split): one per CPU Ray gives the actor, so
         # the maps are bit-identical to a local run at that many threads (see README, --engine ray).
         torch.set_num_threads(max(1, c.threads))
+        if c.cwd and os.path.isdir(c.cwd):
+            os.chdir(c.cwd)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.error: BaseException | None = None
         self.stop_flag: Any = None
@@ -172,8 +174,8 @@ class Worker:
             if self.stop_flag is None:
                 self.stop_flag = ray.get_actor(self.config.stop_name)
             self.stopped = bool(ray.get(self.stop_flag.is_set.remote(), timeout=30))
-        except Exception:  # the driver (and its flag) is gone: nothing it would commit
-            self.stopped = True
+        except Exception:  # not answered: keep going (a driver that is gone takes its job's actors with it)
+            return False
         return self.stopped
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +197,7 @@ class Worker:
             self.worker.plan, self.worker.known = task.plan, task.known
             ds = self.worker.dataset(task.todo, task.entries)
             b = collate(list(self.pool.map(ds.__getitem__, range(len(ds)))))  # what the DataLoader makes
-            job, abandoned = self.worker.job(task.todo, task.entries, b)
+            job, _abandoned = self.worker.job(task.todo, task.entries, b)  # abandoned: its failures only
             return Result(task.index, commit=write_files(self.files, job, self.write_pool), worker=self.name)
         except Exception as e:
             return Result(task.index, error=e, worker=self.name)
@@ -298,10 +300,11 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         flag = ray.remote(StopFlag).options(name=stop_name, num_cpus=0).remote()
         worker_opts = dataclasses.replace(
             opts, input_dir=Path(os.path.abspath(opts.input_dir)), out_dir=Path(os.path.abspath(out)),
+            checkpoint=Path(os.path.abspath(opts.checkpoint)) if opts.checkpoint is not None else None,
             on_event=None, progress=False, handle_signals=False, template_dir=None, batch_size=batch_size)
         found = Scan(prepared.found.root, prepared.found.classes, [], [], list(prepared.found.empty_classes))
         config = WorkerConfig(worker_opts, found, hashes, run_id, os.path.abspath(out), probe, token, stop_name,
-                              threads=max(1, int(cpus)))
+                              threads=max(1, int(cpus)), cwd=os.getcwd())
         ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
             worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
             compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=cpus, num_gpus=gpus)
@@ -322,6 +325,8 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
                 res: Result = pickle.loads(row["record"])
                 if res.error is not None:
                     raise res.error
+                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
+                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
                 if res.skipped or res.index in committed:  # a retried batch that had already come back
                     continue
                 commit(manifest, res.commit, out, check)
