@@ -146,9 +146,10 @@ class Worker:
             self.prepared = prepare(c.opts, c.found)
             mine = config_hashes(self.prepared, c.opts.target, None, c.opts.max_map_side)
             if (mine.predict, mine.methods) != (c.hashes.predict, c.hashes.methods):
-                raise UsageError(f"the Ray worker on {socket.gethostname()} loads a different model or method "
-                                 "configuration than the driver (check that the checkpoint and xaibatch are the same "
-                                 "on every node)")
+                what = "model" if mine.predict != c.hashes.predict else "method configuration"
+                raise UsageError(f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
+                                 "every node needs the same checkpoint and xaibatch, and a --model factory without "
+                                 "--checkpoint must build the same weights in every process (seed it)")
             self.worker = BatchWorker(c.opts, self.prepared, c.hashes, Plan([], [], [], {}, [], {}), Known({}, {}, set()),
                                       c.run_id, should_stop=self.should_stop)
             from .writer import writer_threads
