@@ -162,10 +162,16 @@ def _scrubbed(path: Path) -> str:
 @pytest.mark.slow
 def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
     a, b = tmp_path / "local", tmp_path / "ray"
-    ra = run(_opts(labeled_dir, a, tiny_ckpt))
-    rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray"))
-    assert (ra.computed, rb.computed, rb.status) == (10, 10, "ok")
+    (labeled_dir / "FAKE" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # fails in a worker
+    events: dict[str, list] = {"local": [], "ray": []}
+    ra = run(_opts(labeled_dir, a, tiny_ckpt, on_event=events["local"].append))
+    rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray", on_event=events["ray"].append))
+    assert (ra.computed, rb.computed, rb.status, len(rb.failed)) == (10, 10, "some-failed", 1)
+    assert sorted(ra.failed) == sorted(rb.failed)
+    same = lambda evs: sorted(repr({k: v for k, v in e.items() if k != "run_id"}) for e in evs)  # noqa: E731
+    assert same(events["local"]) == same(events["ray"])  # plan, estimate, failure: the same --log-json events
     assert _rows(a) == _rows(b)
+    assert len(_rows(b)["failures"]) == 1
     assert len(_rows(b)["maps"]) == 10 * len(METHODS)
     fa, fb = _files(a), _files(b)
     assert set(fa) == set(fb)
