@@ -204,18 +204,20 @@ class _RunCommand(click.Command):
                                       "starts: the blurred image, black, or the image's mean colour.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
-                   "pip install \"xaibatch[ray]\"; INPUT_DIR and --out must be on a mount every node shares).")
+                   "pip install \"xaibatch[ray]\"; INPUT_DIR and --out must be on a mount every node shares; "
+                   "e.g. --engine ray).")
 @click.option("--ray-address", metavar="ADDRESS",
               help="With --engine ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT). Default: "
-                   "$RAY_ADDRESS, else a Ray started on this machine for the run.")
+                   "$RAY_ADDRESS, else a Ray started on this machine for the run (e.g. --ray-address auto).")
 @click.option("--ray-workers", type=click.IntRange(1), metavar="N",
               help="With --engine ray: actors in all, each loading the model once. Default: as many as the "
-                   "cluster's GPUs (or CPUs) allow.")
+                   "cluster's GPUs (or CPUs) allow (e.g. --ray-workers 8).")
 @click.option("--gpus-per-worker", type=click.FloatRange(0), metavar="G",
               help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
                    "has GPUs, else 0.")
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              metavar="C", help="With --engine ray: CPUs per actor, also its image-decoding threads.")
+              metavar="C", help="With --engine ray: CPUs per actor, also its image-decoding and torch threads "
+                                "(e.g. --cpus-per-worker 4).")
 @reported
 def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
         image_size, target_layer, target, batch_size, device, workers, out, replace, unlabeled, follow_links,

@@ -157,7 +157,8 @@ def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[t
         emit({"event": "failure", "path": rel, "reason": reason})
 
 
-def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None], log: Callable[[str], None]) -> None:
+def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None],
+             log: Callable[[str], None]) -> None:
     """Slow methods say up front what they cost."""
     for m in prepared.methods:
         n = sum(1 for w in plan.work.values() if m.name in w.methods)

@@ -150,8 +150,9 @@ class Worker:
                 raise UsageError(f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
                                  "every node needs the same checkpoint and xaibatch, and a --model factory without "
                                  "--checkpoint must build the same weights in every process (seed it)")
-            self.worker = BatchWorker(c.opts, self.prepared, c.hashes, Plan([], [], [], {}, [], {}), Known({}, {}, set()),
-                                      c.run_id, should_stop=self.should_stop)
+            empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
+            self.worker = BatchWorker(c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id,
+                                      should_stop=self.should_stop)
             from .writer import writer_threads
 
             n = writer_threads(self.prepared.device.type, c.threads)
