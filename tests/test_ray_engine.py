@@ -329,3 +329,11 @@ def test_sigint_on_the_driver_keeps_finished_batches(local_ray, tmp_path, tiny_c
     rest = run(dataclasses.replace(opts, handle_signals=False))
     assert (rest.computed, rest.unchanged) == (24 - result.computed, result.computed)
     check_output_folder(out, inp)
+
+
+@pytest.mark.slow
+def test_a_cluster_without_the_gpus_asked_for_is_refused(local_ray, labeled_dir, tmp_path, tiny_ckpt):
+    opts = dataclasses.replace(_opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray"),
+                               ray=RayOptions(gpus_per_worker=1))  # the local Ray has two CPUs and no GPU
+    with pytest.raises(UsageError, match="not enough for one worker of 1 GPU"):
+        run(opts)  # at once, not waiting forever for a GPU
