@@ -337,3 +337,36 @@ def test_a_cluster_without_the_gpus_asked_for_is_refused(local_ray, labeled_dir,
                                ray=RayOptions(gpus_per_worker=1))  # the local Ray has two CPUs and no GPU
     with pytest.raises(UsageError, match="not enough for one worker of 1 GPU"):
         run(opts)  # at once, not waiting forever for a GPU
+
+
+@pytest.mark.slow
+@needs_ray
+def test_sigterm_to_a_cli_run_that_started_its_own_ray(tmp_path, tiny_ckpt):
+    """The CLI starts a Ray on this machine (no address: $RAY_ADDRESS removed) and keeps its SIGTERM handling."""
+    import json
+    import subprocess
+    import sys
+
+    inp, out = tmp_path / "in", tmp_path / "o"
+    write_images(inp / "FAKE", 12, seed=1)
+    write_images(inp / "REAL", 12, seed=2)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "run", str(inp), "--out", str(out), "--checkpoint",
+                          str(tiny_ckpt), "-m", "gradcam", "-m", "lime", "--lime-samples", "300", "--batch-size", "2",
+                          "--engine", "ray", "--ray-workers", "2", "--log-json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        deadline = time.time() + 300
+        while p.poll() is None and time.time() < deadline and not _committed_maps(out):
+            time.sleep(0.2)
+        assert p.poll() is None, "the run ended before a batch was committed"
+        p.send_signal(signal.SIGTERM)
+        stdout, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    end = json.loads(stdout.strip().splitlines()[-1])
+    assert (p.returncode, end["event"], end["status"], end["exit_code"]) == (5, "end", "interrupted", 5)
+    assert 0 < end["computed"] < 24
+    stems = check_output_folder(out, inp)
+    assert len(stems) == end["computed"]

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import signal
 import socket
 import threading
 import uuid
@@ -232,7 +233,15 @@ def connect(r: RayOptions) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=r.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    # ray.init makes SIGTERM exit the process at once; the run's handler (stop after the current batches,
+    # exit code 5) stays in charge.
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        ray.init(address=r.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
     return True
 
 
