@@ -1,4 +1,4 @@
-"""Start-up: help never loads the heavy libraries (torch, timm, captum, lime, pytorch-grad-cam, matplotlib)."""
+"""Start-up: help never loads the heavy libraries (torch, timm, captum, lime, pytorch-grad-cam, matplotlib, ray)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-HEAVY = ("torch", "timm", "captum", "lime", "pytorch_grad_cam", "matplotlib", "skimage", "sklearn")
+HEAVY = ("torch", "timm", "captum", "lime", "pytorch_grad_cam", "matplotlib", "skimage", "sklearn", "ray")
 
 
 def _modules_after(code: str) -> list[str]:

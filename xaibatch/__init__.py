@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 # after such a change recomputes instead of trusting old maps.
 MAP_FORMAT_VERSION = 1
 
-__all__ = ["METHODS", "RunOptions", "RunResult", "explain", "run", "__version__"]
+__all__ = ["METHODS", "RayOptions", "RunOptions", "RunResult", "explain", "run", "__version__"]
 
-_LAZY = {"run": "pipeline", "RunOptions": "pipeline", "RunResult": "pipeline", "explain": "api", "METHODS": "methods"}
+_LAZY = {"run": "pipeline", "RayOptions": "pipeline", "RunOptions": "pipeline", "RunResult": "pipeline", "explain": "api", "METHODS": "methods"}
 
 
 def __getattr__(name: str):

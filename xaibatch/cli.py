@@ -206,11 +206,28 @@ class _RunCommand(click.Command):
 @click.option("--faithfulness-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur",
               show_default=True, help="With --faithfulness: what removed pixels become, and where insertion "
                                       "starts: the blurred image, black, or the image's mean colour.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
+                   "pip install \"xaibatch[ray]\"; INPUT_DIR and --out must be on a mount every node shares; "
+                   "e.g. --engine ray).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT). Default: "
+                   "$RAY_ADDRESS, else a Ray started on this machine for the run (e.g. --ray-address auto).")
+@click.option("--ray-workers", type=click.IntRange(1), metavar="N",
+              help="With --engine ray: actors in all, each loading the model once. Default: as many as the "
+                   "cluster's GPUs (or CPUs) allow (e.g. --ray-workers 8).")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), metavar="G",
+              help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
+                   "has GPUs, else 0.")
+@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              metavar="C", help="With --engine ray: CPUs per actor, also its image-decoding and torch threads "
+                                "(e.g. --cpus-per-worker 4).")
 @reported
 def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
         image_size, target_layer, target, batch_size, device, workers, decode, out, replace, unlabeled, follow_links,
         lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet, wait, wait_timeout, log_json,
-        faithfulness, faithfulness_steps, faithfulness_baseline):
+        faithfulness, faithfulness_steps, faithfulness_baseline, engine, ray_address, ray_workers, gpus_per_worker,
+        cpus_per_worker):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -227,7 +244,7 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
     no progress bar, just one summary line (or JSON lines with --log-json).
     """
-    from .pipeline import RunOptions, default_out
+    from .pipeline import RayOptions, RunOptions, default_out
     from .pipeline import run as run_pipeline
     from .errors import exit_code_for
     from .runlog import JsonLog
@@ -249,6 +266,7 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
         faithfulness=_faith_config(faithfulness_steps, faithfulness_baseline, batch_size) if faithfulness else None,
+        engine=engine, ray=RayOptions(ray_address, ray_workers, gpus_per_worker, cpus_per_worker),
     )
     try:
         result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))

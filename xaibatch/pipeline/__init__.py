@@ -8,11 +8,12 @@
     writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
     signals.py   SIGINT/SIGTERM: stop after the current batch
     recovery.py  after an unclean stop: sweep temporary and unreferenced files
+    ray_engine.py  --engine ray: the batches in Ray Data actors (BatchWorker, write_files), commits here
     run.py       run(): the lock, the steps above in order, predictions.csv and the report
 """
 
 from .guards import default_out
-from .options import RunOptions, RunResult
+from .options import RayOptions, RunOptions, RunResult
 from .run import run
 
-__all__ = ["RunOptions", "RunResult", "default_out", "run"]
+__all__ = ["RayOptions", "RunOptions", "RunResult", "default_out", "run"]

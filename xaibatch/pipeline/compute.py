@@ -29,7 +29,7 @@ from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .signals import Stop
-from .writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads)
+from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads
 
 
 def image_seed(rel: str) -> int:
@@ -81,32 +81,129 @@ def _watch_parent(parent: int, poll: float = 0.5) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:
+    """Images that need the same methods go through the model together, in plan order."""
+    groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
+    for w in plan.work.values():
+        groups[tuple(w.methods)].append(w.entry)
+    return groups
+
+
+def batches(plan: Plan, batch_size: int) -> list[tuple[tuple[str, ...], list[ImageEntry]]]:
+    """The run's batches, in order, as the local engine's DataLoader cuts them: ``batch_size`` images of one
+    method group at a time. The Ray engine cuts the same ones, so a batch (and every map: the model sees the
+    same images together) is the same whichever engine computes it."""
+    return [(todo, entries[i:i + batch_size]) for todo, entries in method_groups(plan).items()
+            for i in range(0, len(entries), batch_size)]
+
+
+class BatchWorker:
+    """The per-batch work of both engines: a batch's images decoded, explained and turned into a WriteJob.
+
+    The local engine runs one in-process (decoding in DataLoader workers); the Ray engine one per actor
+    (:mod:`.ray_engine`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
+    """
+
+    def __init__(self, opts: RunOptions, prepared: Prepared, hashes: Hashes, plan: Plan, known: Known, run_id: int,
+                 scorer: Any = None, should_stop: Callable[[], bool] = lambda: False,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
+        self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
+        self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
+        self._on_device: dict[tuple[str, ...], bool] = {}
+
+    def explainer(self, todo: tuple[str, ...]) -> tuple[list[Method], Explainer]:
+        if todo not in self._explainers:
+            methods = [m for m in self.prepared.methods if m.name in todo]
+            self._explainers[todo] = methods, Explainer(
+                methods, self.prepared.ctx, self.opts.target, self.scorer, should_stop=self.should_stop,
+                on_progress=self.on_progress, decision=self.prepared.model.decision)
+        return self._explainers[todo]
+
+    def segmenters(self, todo: tuple[str, ...]) -> list[Callable[[np.ndarray], np.ndarray]]:
+        methods, _ = self.explainer(todo)
+        return [s for m in methods if (s := m.segmenter()) is not None]
+
+    def on_device(self, todo: tuple[str, ...]) -> bool:
+        """Whether this group's JPEGs are decoded on the device (--decode; see decode.py), decided once."""
+        if todo not in self._on_device:
+            self._on_device[todo] = device_decode(self.opts.decode, self.prepared.ctx.device,
+                                                  segments=bool(self.segmenters(todo)))
+        return self._on_device[todo]
+
+    def dataset(self, todo: tuple[str, ...], entries: list[ImageEntry]) -> ImageDataset:
+        """Decoding (and LIME's segmenting) of these images; new and changed files are hashed from the same open."""
+        segmenters = self.segmenters(todo)
+        return ImageDataset(entries, self.prepared.model.input_size, segmenters[0] if segmenters else None,
+                            want_hash=[self.plan.work[e.rel].fresh for e in entries], jpeg_bytes=self.on_device(todo))
+
+    def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: dict[str, Any]) -> tuple[WriteJob, bool]:
+        """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
+        (then it carries only the failures: none of its images is committed)."""
+        methods, explainer = self.explainer(todo)
+        if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
+            b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
+        failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
+        gone = self.known.files_of(rel for rel, _ in failed)  # fine before, failing now: they leave the report
+        if b["x"] is None:
+            return WriteJob(self.run_id, failed=failed, discard=gone), False
+        batch_entries = [entries[i] for i in b["index"]]
+        labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
+        seeds = [image_seed(e.rel) for e in batch_entries]
+        try:
+            probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+        except StopRequested:
+            return WriteJob(self.run_id, failed=failed, discard=gone), True
+        model = self.prepared.model
+        check_probs(probs, batch_entries, model)
+        job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, self.hashes, self.plan, self.known,
+                        self.run_id, self.opts.target, self.opts.max_map_side, model.decision)
+        job.failed, job.discard = failed, job.discard + gone
+        return job, False
+
+
+def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[tuple[str, str]], computed: int) -> None:
+    """Count a batch in the run's tally and report its failures (both engines)."""
+    tally.failed.extend(failed)
+    tally.done += len(failed) + computed
+    tally.computed += computed
+    for rel, reason in failed:
+        emit({"event": "failure", "path": rel, "reason": reason})
+
+
+def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None],
+             log: Callable[[str], None]) -> None:
+    """Slow methods say up front what they cost."""
+    for m in prepared.methods:
+        n = sum(1 for w in plan.work.values() if m.name in w.methods)
+        if n and (line := m.estimate(n)):
+            emit({"event": "estimate", "method": m.name, "images": n, "text": line})
+            log(f"xaibatch: {line}")
+
+
+def progress_bar(opts: RunOptions, total: int):
+    """The run's progress bar over every image to compute, or None."""
+    if not opts.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
+
+
 def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
             stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
             log: Callable[[str], None] = lambda s: None, check: Callable[[], None] = lambda: None) -> None:
     """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
     if not plan.work:
         return
-    for m in prepared.methods:  # slow methods say up front what they cost
-        n = sum(1 for w in plan.work.values() if m.name in w.methods)
-        if n and (line := m.estimate(n)):
-            emit({"event": "estimate", "method": m.name, "images": n, "text": line})
-            log(f"xaibatch: {line}")
+    announce(prepared, plan, emit, log)
 
     def on_progress(done: int, total: int) -> None:  # within one batch (LIME: per model sub-batch)
         if progress is not None:
             progress.set_postfix_str(f"batch {100 * done // max(1, total)}%", refresh=True)
 
-    # Images that need the same methods go through the model together.
-    groups: dict[tuple[str, ...], list[ImageEntry]] = defaultdict(list)
-    for w in plan.work.values():
-        groups[tuple(w.methods)].append(w.entry)
     device = prepared.ctx.device
-    progress = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(plan.work), unit="img", desc="xaibatch", dynamic_ncols=True)
+    progress = progress_bar(opts, len(plan.work))
     writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
                     threads=writer_threads(device.type, prepared.workers), check=check)
     writer.start()
@@ -115,51 +212,21 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         from ..faithfulness import scorer_for
 
         scorer = scorer_for(out, opts.faithfulness, prepared.ctx, hashes.methods, hashes.predict)
+    worker = BatchWorker(opts, prepared, hashes, plan, known, run_id, scorer, should_stop=lambda: stop.requested,
+                         on_progress=on_progress)
     try:
-        for todo, entries in groups.items():
-            methods = [m for m in prepared.methods if m.name in todo]
-            explainer = Explainer(methods, prepared.ctx, opts.target, scorer, should_stop=lambda: stop.requested,
-                                  on_progress=on_progress, decision=prepared.model.decision)
-            segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
-            on_device = device_decode(opts.decode, device, segments=bool(segmenters))  # JPEGs decoded on the device
-            # New and changed files are hashed in the worker, from the same safe open that decodes them.
-            ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None,
-                              want_hash=[plan.work[e.rel].fresh for e in entries], jpeg_bytes=on_device)
+        for todo, entries in method_groups(plan).items():
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=prepared.batch_size, shuffle=False, num_workers=prepared.workers, collate_fn=collate,
-                pin_memory=device.type == "cuda", persistent_workers=False,
-                prefetch_factor=4 if prepared.workers > 0 else None,
+                worker.dataset(todo, entries), batch_size=prepared.batch_size, shuffle=False,
+                num_workers=prepared.workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                persistent_workers=False, prefetch_factor=4 if prepared.workers > 0 else None,
                 worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
             )
             for b in loader:
-                if on_device:
-                    b = finish_batch(b, device, prepared.model.input_size)
-                job_failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
-                tally.failed.extend(job_failed)
-                tally.done += len(job_failed)
-                for rel, reason in job_failed:
-                    emit({"event": "failure", "path": rel, "reason": reason})
-                # Images that were fine before and fail now leave the report with their files.
-                gone = known.files_of(rel for rel, _ in job_failed)
-                if b["x"] is None:
-                    writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
-                else:
-                    batch_entries = [entries[i] for i in b["index"]]
-                    labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
-                    seeds = [image_seed(e.rel) for e in batch_entries]
-                    try:
-                        probs, maps = explainer(b["x"], labels, b["segments"], seeds)
-                    except StopRequested:  # abandoned mid-batch: none of its images is committed
-                        writer.put(WriteJob(run_id, failed=job_failed, discard=gone))
-                        break
-                    tally.done += len(batch_entries)
-                    check_probs(probs, batch_entries, prepared.model)
-                    job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, hashes, plan, known,
-                                    run_id, opts.target, opts.max_map_side, prepared.model.decision)
-                    job.failed, job.discard = job_failed, job.discard + gone
-                    writer.put(job)
-                    tally.computed += len(batch_entries)
-                if stop.requested:
+                job, abandoned = worker.job(todo, entries, b)
+                account(tally, emit, job.failed, len(job.items))
+                writer.put(job)  # an abandoned batch: only its failures, none of its images is committed
+                if abandoned or stop.requested:
                     break  # this batch is queued; the writer drains the queue below
             if stop.requested:
                 break

@@ -9,6 +9,17 @@ from typing import Any, Callable
 
 
 DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class RayOptions:
+    """Where and how ``--engine ray`` runs its workers (see pipeline/ray_engine.py)."""
+
+    address: str | None = None  # None: $RAY_ADDRESS, else a Ray started for this run on this machine
+    workers: int | None = None  # actors in all; None: as many as the cluster's GPUs (or CPUs) allow
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU workers)
+    cpus_per_worker: float = 1.0  # also the threads that decode a batch in a worker
 
 
 @dataclass
@@ -42,6 +53,8 @@ class RunOptions:
     handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
     replace: bool = False  # out_dir may hold another input's report or foreign files: write there anyway
     faithfulness: Any = None  # faithfulness.FaithConfig: deletion/insertion scores for every map; None: off
+    engine: str = "local"  # local: this process (DataLoader workers); ray: Ray Data actors (pipeline/ray_engine.py)
+    ray: RayOptions = field(default_factory=RayOptions)  # with engine="ray"
 
 
 @dataclass

@@ -56,6 +56,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
     check_folders(opts)
+    from .ray_engine import check_available  # no ray import: only whether it is installed
+
+    check_available(opts)
     out = Path(opts.out_dir)
     with catch_signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
@@ -135,7 +138,10 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         if plan.work and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
-            from .compute import compute  # torch (loaded with the model by now)
+            if opts.engine == "ray":
+                from .ray_engine import compute_ray as compute
+            else:
+                from .compute import compute  # torch (loaded with the model by now)
 
             compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
         timings["compute"] = time.time() - t_compute

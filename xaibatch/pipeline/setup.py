@@ -9,6 +9,7 @@ nothing to compute: an unchanged cron re-run then costs a folder scan and a mani
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
 NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "decode", "workers", "template_dir", "progress", "wait",
-                  "wait_timeout", "on_event", "handle_signals", "replace", "follow_links")
+                  "wait_timeout", "on_event", "handle_signals", "replace", "follow_links", "engine", "ray")
 
 
 def checkpoint_path(opts: RunOptions) -> Path:
@@ -73,16 +74,20 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     from .plan import config_hashes
     from .prepare import prepare
 
-    prepared = prepare(opts, found or scan_input(opts))
+    # --engine ray: the workers load the model on their own devices; the driver needs it only to check and hash.
+    driver_opts = dataclasses.replace(opts, device="cpu") if opts.engine == "ray" else opts
+    prepared = prepare(driver_opts, found or scan_input(opts))
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     config = {
-        "xaibatch": __version__, "torch": torch.__version__, "device": str(prepared.device),
+        "xaibatch": __version__, "torch": torch.__version__,
+        "device": str(prepared.device) if opts.engine == "local" else "Ray workers",
         "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
         "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
         "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
                     for m in methods},
         "batch_size": prepared.batch_size, "workers": prepared.workers, "seed": opts.seed,
+        "engine": opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
         "labeled": prepared.found.classes is not None, "class_names": prepared.names,
         "request": request_key(opts, prepared.found, model.checkpoint_sha256), "model_hash": hashes.model,
         "decision": model.decision.config() if model.decision is not None else None,

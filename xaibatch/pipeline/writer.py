@@ -174,25 +174,54 @@ class Writer(threading.Thread):
             manifest.close()
 
     def write(self, manifest: Manifest, files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None) -> None:
-        pixels = sum(it.maps[0].overlay.shape[0] * it.maps[0].overlay.shape[1] for it in job.items if it.maps)
-        if pool is not None and len(job.items) > 1 and pixels >= PARALLEL_WRITE_MIN_PIXELS * len(job.items):
-            per_item = list(pool.map(lambda it: write_item(files, it, job.run_id), job.items))
-        else:
-            per_item = [write_item(files, it, job.run_id) for it in job.items]
-        # Every file of the batch is in place (renamed from its temporary name): only now do rows point at them.
-        with manifest.transaction():
-            self.check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
-            for row in job.image_rows:
-                manifest.put_image(row)
-            for rel, method in job.drop_maps:
-                manifest.remove_map(rel, method)
-            for rows in per_item:
-                for map_row in rows:
-                    manifest.put_map(map_row)
-            for rel, reason in job.failed:
-                manifest.put_failure(rel, reason, job.run_id)
-        unlink_all(self.out_dir, job.discard)
-        self.on_done(job.count)
+        record = write_files(files, job, pool)
+        commit(manifest, record, self.out_dir, self.check)
+        self.on_done(record.count)
+
+
+@dataclass
+class Commit:
+    """A batch whose files are all in place: the rows to commit in one transaction, then the files to delete.
+
+    What the local writer thread hands itself and what a Ray worker sends back to the driver
+    (picklable, no pixels): committing it is the same step in both engines (:func:`commit`).
+    """
+
+    run_id: int
+    image_rows: list[ImageRow] = field(default_factory=list)
+    map_rows: list[MapRow] = field(default_factory=list)
+    drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    discard: list[str] = field(default_factory=list)  # files no committed row points at any more
+    count: int = 0  # images done: written plus failed
+    computed: int = 0  # images that went through the model
+
+
+def write_files(files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None = None) -> Commit:
+    """Encode and write every file of ``job`` (in parallel on ``pool`` when the pictures are large enough);
+    return what to commit once they are all in place."""
+    pixels = sum(it.maps[0].overlay.shape[0] * it.maps[0].overlay.shape[1] for it in job.items if it.maps)
+    if pool is not None and len(job.items) > 1 and pixels >= PARALLEL_WRITE_MIN_PIXELS * len(job.items):
+        per_item = list(pool.map(lambda it: write_item(files, it, job.run_id), job.items))
+    else:
+        per_item = [write_item(files, it, job.run_id) for it in job.items]
+    return Commit(job.run_id, list(job.image_rows), [r for rows in per_item for r in rows], list(job.drop_maps),
+                  list(job.failed), list(job.discard), job.count, len(job.items))
+
+
+def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[], None] = lambda: None) -> None:
+    """Commit a batch's rows in one transaction (its files are in place), then delete the files it discards."""
+    with manifest.transaction():
+        check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
+        for row in record.image_rows:
+            manifest.put_image(row)
+        for rel, method in record.drop_maps:
+            manifest.remove_map(rel, method)
+        for map_row in record.map_rows:
+            manifest.put_map(map_row)
+        for rel, reason in record.failed:
+            manifest.put_failure(rel, reason, record.run_id)
+    unlink_all(out_dir, record.discard)
 
 
 def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,372 @@
+"""``--engine ray``: the same outputs as the local engine, incremental, and whole after a worker is killed.
+
+Only a Ray started here, on this machine (``ray.init(num_cpus=2, include_dashboard=False)``, no
+address), with two CPU workers. Skipped when Ray Data is not installed (``pip install "xaibatch[ray]"``);
+the checks of the missing-Ray message and of the workers' start-up checks need no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from xaibatch.cli import cli
+from xaibatch.errors import UsageError
+from xaibatch.pipeline import RayOptions, RunOptions, run
+from xaibatch.pipeline.compute import batches
+from xaibatch.pipeline.plan import Plan, Work
+from xaibatch.scan import ImageEntry, Scan
+
+from conftest import write_images
+from outcheck import check_output_folder
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='Ray Data is not installed (pip install "xaibatch[ray]")')
+METHODS = ["gradcam", "guided-gradcam", "lime"]
+
+
+def _opts(inp: Path, out: Path, ckpt: Path, engine: str = "local", **kw) -> RunOptions:
+    return RunOptions(input_dir=inp, out_dir=out, methods=METHODS, checkpoint=ckpt, batch_size=4, workers=0,
+                      method_options={"lime": {"samples": 40, "segments": 12}}, handle_signals=False,
+                      engine=engine, ray=RayOptions(workers=2, cpus_per_worker=1), **kw)
+
+
+@pytest.fixture
+def one_thread():
+    """The local engine at one torch thread, as each 1-CPU Ray worker runs: CPU floats depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")  # this machine only, loopback
+    yield ray
+    ray.shutdown()
+
+
+# -- no Ray needed -------------------------------------------------------------------------------------------------
+
+
+def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    res = CliRunner().invoke(cli, ["run", str(labeled_dir), "--out", str(tmp_path / "o"), "--checkpoint",
+                                   str(tiny_ckpt), "--engine", "ray", "-q"])
+    assert res.exit_code == 2, res.output
+    assert 'pip install "xaibatch[ray]"' in res.output
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_ray_engine_refuses_faithfulness(labeled_dir, tmp_path, tiny_ckpt):
+    if not HAVE_RAY:
+        pytest.skip("Ray is not installed")
+    from xaibatch.faithfulness import FaithConfig
+
+    with pytest.raises(UsageError, match="faithfulness"):
+        run(_opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray", faithfulness=FaithConfig(5, "blur", 64)))
+
+
+def test_both_engines_cut_the_same_batches(tmp_path):
+    entries = [ImageEntry(f"{i}.png", tmp_path / f"{i}.png", None, 1, 1) for i in range(7)]
+    work = {e.rel: Work(e, ["gradcam"] if i % 3 else ["gradcam", "lime"], True) for i, e in enumerate(entries)}
+    plan = Plan([], [], [], work, [], {})
+    got = [(todo, [e.rel for e in es]) for todo, es in batches(plan, 2)]
+    assert got == [(("gradcam", "lime"), ["0.png", "3.png"]), (("gradcam", "lime"), ["6.png"]),
+                   (("gradcam",), ["1.png", "2.png"]), (("gradcam",), ["4.png", "5.png"])]
+
+
+def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, tiny_ckpt, one_thread):
+    from xaibatch.pipeline.plan import Hashes
+    from xaibatch.pipeline.ray_engine import WorkerConfig, worker_class
+
+    opts = _opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray")
+    found = Scan(labeled_dir, ["FAKE", "REAL"], [], [])
+    config = WorkerConfig(opts, found, Hashes("p", {}, {}), 1, str(tmp_path), ".probe.1.tmp", "token", "stop", 1)
+    worker = worker_class(config)()  # the probe file the driver wrote is not there: another machine's folder
+    assert isinstance(worker.error, UsageError) and "not visible from the Ray worker" in str(worker.error)
+    (tmp_path / ".probe.1.tmp").write_text("token")
+    worker = worker_class(config)()  # visible now; the driver's hashes ("p") are not this model's
+    assert isinstance(worker.error, UsageError) and "different model" in str(worker.error)
+
+
+@needs_ray
+def test_an_unchanged_rerun_with_engine_ray_starts_no_ray(labeled_dir, tmp_path, tiny_ckpt):
+    """Cron with --engine ray over a folder with nothing new: no Ray, no torch (the cached setup, as locally)."""
+    from test_startup import _modules_after
+
+    out = tmp_path / "o"
+    args = ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0  # the local engine computed it
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        r = CliRunner().invoke(cli, {args + ["--engine", "ray"]!r})
+        assert r.exit_code == 0, r.output
+    """)
+    assert "torch" not in loaded and "ray" not in loaded
+
+
+# -- a local Ray, two CPU workers (slow: starting Ray takes seconds) ----------------------------------------------
+
+
+def _rows(out: Path) -> dict[str, list[tuple]]:
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        tables = {}
+        for t in ("images", "maps", "failures"):
+            cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
+            keep = [i for i, c in enumerate(cols) if c != "run_id"]
+            tables[t] = sorted(tuple(r[i] for i in keep) for r in db.execute(f"SELECT * FROM {t}"))
+        return tables
+    finally:
+        db.close()
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in out.rglob("*") if p.is_file() and p.name != "xaibatch.sqlite"}
+
+
+RUN_METADATA = [re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"), re.compile(r"took [^(<]*"),
+                re.compile(r"<td>(\d+ min )?[\d.]+ s</td>"), re.compile(r"Device</th><td>[^<]*")]
+
+
+def _scrubbed(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    for rx in RUN_METADATA:
+        text = rx.sub("~", text)
+    return text
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
+    a, b = tmp_path / "local", tmp_path / "ray"
+    (labeled_dir / "FAKE" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # fails in a worker
+    events: dict[str, list] = {"local": [], "ray": []}
+    ra = run(_opts(labeled_dir, a, tiny_ckpt, on_event=events["local"].append))
+    rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray", on_event=events["ray"].append))
+    assert (ra.computed, rb.computed, rb.status, len(rb.failed)) == (10, 10, "some-failed", 1)
+    assert sorted(ra.failed) == sorted(rb.failed)
+    same = lambda evs: sorted(repr({k: v for k, v in e.items() if k != "run_id"}) for e in evs)  # noqa: E731
+    assert same(events["local"]) == same(events["ray"])  # plan, estimate, failure: the same --log-json events
+    assert _rows(a) == _rows(b)
+    assert len(_rows(b)["failures"]) == 1
+    assert len(_rows(b)["maps"]) == 10 * len(METHODS)
+    fa, fb = _files(a), _files(b)
+    assert set(fa) == set(fb)
+    npys = [k for k in fa if k.endswith(".npy")]
+    assert {k.split("/")[1] for k in npys} == set(METHODS)
+    assert [k for k in npys if fa[k] != fb[k]] == []  # Grad-CAM, Guided Grad-CAM and LIME (same seed): same bytes
+    differ = sorted(k for k in fa if fa[k] != fb[k])
+    assert set(differ) <= {"index.html", "history.html"}, differ  # run metadata only ...
+    for page in differ:
+        assert _scrubbed(a / page) == _scrubbed(b / page)  # ... dates, durations, the device
+    check_output_folder(b, labeled_dir)
+
+
+@pytest.mark.slow
+def test_ray_engine_is_incremental(local_ray, labeled_dir, tmp_path, tiny_ckpt):
+    out = tmp_path / "o"
+    assert run(_opts(labeled_dir, out, tiny_ckpt, "ray")).computed == 10
+    again = run(_opts(labeled_dir, out, tiny_ckpt, "ray"))
+    assert (again.computed, again.unchanged) == (0, 10)
+    write_images(labeled_dir / "REAL" / "new", 1, seed=9)
+    third = run(_opts(labeled_dir, out, tiny_ckpt, "ray"))
+    assert (third.computed, third.added, third.unchanged) == (1, 1, 10)
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        fresh = db.execute("SELECT rel FROM images WHERE run_id = ?", (third.run_id,)).fetchall()
+        fresh_maps = db.execute("SELECT count(*) FROM maps WHERE run_id = ?", (third.run_id,)).fetchone()[0]
+    finally:
+        db.close()
+    assert fresh == [("REAL/new/img_000.png",)] and fresh_maps == len(METHODS)
+    check_output_folder(out, labeled_dir)
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return seen
+
+
+def _our_workers() -> list[int]:
+    """Pids of this test's Ray actors (descendants of this process: never another session's Ray)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"XaibatchWorker" in cmd and os.getpid() in _ancestors(int(d.name)):
+                pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_and_duplicates_nothing(local_ray, tmp_path, tiny_ckpt, one_thread):
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 12, seed=1)
+    write_images(inp / "REAL", 12, seed=2)
+    out, ref = tmp_path / "o", tmp_path / "ref"
+    opts = dataclasses.replace(_opts(inp, out, tiny_ckpt, "ray"), batch_size=2,
+                               method_options={"lime": {"samples": 300, "segments": 12}})
+    box: dict = {}
+
+    def go():
+        try:
+            box["result"] = run(opts)
+        except BaseException as e:  # noqa: BLE001  (checked below: the next run must complete it)
+            box["error"] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    killed = None
+    deadline = time.time() + 240
+    while t.is_alive() and time.time() < deadline and killed is None:
+        time.sleep(0.2)
+        maps = 0
+        if (out / "xaibatch.sqlite").is_file():
+            db = sqlite3.connect(out / "xaibatch.sqlite")
+            try:
+                maps = db.execute("SELECT count(*) FROM maps").fetchone()[0]
+            except sqlite3.Error:
+                pass
+            finally:
+                db.close()
+        workers = _our_workers()
+        if maps and workers:  # a batch is committed and the workers are busy with the next ones
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+    t.join(600)
+    assert killed is not None, "no worker to kill (the run ended first?)"
+    assert not t.is_alive()
+    first = box.get("result")
+    print(f"killed worker {killed}; the run itself: {first.status if first else box['error']!r}")
+    if first is None or first.status != "ok":  # or the next run completes it
+        again = run(opts)
+        assert again.status == "ok"
+    check_output_folder(out, inp)  # each image once in the manifest, predictions.csv and the report
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        assert db.execute("SELECT count(*) FROM images").fetchone()[0] == 24
+        assert db.execute("SELECT count(*) FROM maps").fetchone()[0] == 24 * len(METHODS)
+    finally:
+        db.close()
+    run(dataclasses.replace(opts, out_dir=ref, engine="local"))  # and what it holds is what an unbroken run makes
+    assert _rows(out) == _rows(ref)
+    fo, fr = _files(out), _files(ref)
+    assert [k for k in fr if k.endswith(".npy") and fo.get(k) != fr[k]] == []
+
+
+def _committed_maps(out: Path) -> int:
+    if not (out / "xaibatch.sqlite").is_file():
+        return 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    try:
+        return db.execute("SELECT count(*) FROM maps").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_sigint_on_the_driver_keeps_finished_batches(local_ray, tmp_path, tiny_ckpt, one_thread):
+    from xaibatch.errors import Interrupted
+
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 12, seed=1)
+    write_images(inp / "REAL", 12, seed=2)
+    out = tmp_path / "o"
+    opts = dataclasses.replace(_opts(inp, out, tiny_ckpt, "ray"), batch_size=2, handle_signals=True,
+                               method_options={"lime": {"samples": 300, "segments": 12}})
+    stop = threading.Event()
+
+    def interrupt_after_first_batch():
+        while not stop.wait(0.2):
+            if _committed_maps(out):
+                os.kill(os.getpid(), signal.SIGINT)  # to the driver only, as a Ctrl-C to it
+                return
+
+    t = threading.Thread(target=interrupt_after_first_batch, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(Interrupted) as info:
+            run(opts)
+    finally:
+        stop.set()
+    result = info.value.result
+    assert result.status == "interrupted" and 0 < result.computed < 24
+    stems = check_output_folder(out, inp)  # consistent, with the report of what is done
+    assert len(stems) == result.computed
+    rest = run(dataclasses.replace(opts, handle_signals=False))
+    assert (rest.computed, rest.unchanged) == (24 - result.computed, result.computed)
+    check_output_folder(out, inp)
+
+
+@pytest.mark.slow
+def test_a_cluster_without_the_gpus_asked_for_is_refused(local_ray, labeled_dir, tmp_path, tiny_ckpt):
+    opts = dataclasses.replace(_opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray"),
+                               ray=RayOptions(gpus_per_worker=1))  # the local Ray has two CPUs and no GPU
+    with pytest.raises(UsageError, match="not enough for one worker of 1 GPU"):
+        run(opts)  # at once, not waiting forever for a GPU
+
+
+@pytest.mark.slow
+@needs_ray
+def test_sigterm_to_a_cli_run_that_started_its_own_ray(tmp_path, tiny_ckpt):
+    """The CLI starts a Ray on this machine (no address: $RAY_ADDRESS removed) and keeps its SIGTERM handling."""
+    import json
+    import subprocess
+    import sys
+
+    inp, out = tmp_path / "in", tmp_path / "o"
+    write_images(inp / "FAKE", 12, seed=1)
+    write_images(inp / "REAL", 12, seed=2)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "run", str(inp), "--out", str(out), "--checkpoint",
+                          str(tiny_ckpt), "-m", "gradcam", "-m", "lime", "--lime-samples", "300", "--batch-size", "2",
+                          "--engine", "ray", "--ray-workers", "2", "--log-json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        deadline = time.time() + 300
+        while p.poll() is None and time.time() < deadline and not _committed_maps(out):
+            time.sleep(0.2)
+        assert p.poll() is None, "the run ended before a batch was committed"
+        p.send_signal(signal.SIGTERM)
+        stdout, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    end = json.loads(stdout.strip().splitlines()[-1])
+    assert (p.returncode, end["event"], end["status"], end["exit_code"]) == (5, "end", "interrupted", 5)
+    assert 0 < end["computed"] < 24
+    stems = check_output_folder(out, inp)
+    assert len(stems) == end["computed"]
