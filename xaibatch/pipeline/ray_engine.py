@@ -103,7 +103,7 @@ def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan:
     sub_plan = Plan([], [], [], {r: plan.work[r] for r in rels}, [], {r: plan.stems[r] for r in rels})
     sub_known = Known({r: known.images[r] for r in rels if r in known.images},
                       {r: known.maps[r] for r in rels if r in known.maps}, set())
-    absolute = [dataclasses.replace(e, path=Path(os.path.abspath(e.path))) for e in entries]
+    absolute = [dataclasses.replace(e, file=os.path.abspath(e.file)) for e in entries]
     for e in absolute:
         sub_plan.work[e.rel] = dataclasses.replace(sub_plan.work[e.rel], entry=e)
     return Task(index, todo, absolute, sub_plan, sub_known)
