@@ -68,7 +68,7 @@ class PageWriter:
         self.stats = stats
         self.paths: set[str] = set()
         self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
-        self.sizes: dict[str, int] = {}  # page -> size of the file there now (list_pages)
+        self.sizes: dict[str, int] | None = None  # page -> size of the file there now (list_pages)
         self.fingerprints: dict[str, str] = {}
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
@@ -105,7 +105,7 @@ class PageWriter:
         there); otherwise render and write only if the bytes differ."""
         self.fingerprints[rel] = fingerprint
         if self.previous.get(rel) == fingerprint:
-            size = self.sizes.get(rel, -1)
+            size = (self.sizes or {}).get(rel, -1)
             if size >= 0:
                 self._path(rel)
                 self._count(rel, size)
@@ -115,10 +115,10 @@ class PageWriter:
 
     def list_pages(self) -> None:
         """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
-        self.sizes = {}
+        sizes = self.sizes = {}
         for rel, path in walk_files(self.out, OWNED_DIRS):
             try:
-                self.sizes[rel] = os.stat(path).st_size
+                sizes[rel] = os.stat(path).st_size
             except OSError:
                 pass
 
@@ -278,7 +278,8 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
                 stats.unchanged += kept + len(_linked(data))
                 stats.gallery_pages = len(data.pages)
                 stats.reused, stats.accuracy = True, data.accuracy
-                stats.seconds_total = stats.seconds_render = time.perf_counter() - t0 - stats.seconds_build
+                stats.seconds_total = time.perf_counter() - t0
+                stats.seconds_render = stats.seconds_total - stats.seconds_build
                 return stats
         images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
     finally:
@@ -292,7 +293,8 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     _write_assets(w, data, template_dir)
     _write_colour_bars(w, data)
     _write_figures(w, data)
-    w.list_pages()
+    if w.sizes is None:  # not yet listed by _still_there
+        w.list_pages()
     site = data.site()
     site_key = fingerprint(templates_key(template_dir), site)
     keys = _write_details(w, env, data, site, site_key)
@@ -311,7 +313,8 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     """Every file the last write left (pages, figures, assets, the CSV) is still in place."""
     w.list_pages()
     pages = [p.path for p in data.pages]
-    if any(rel not in w.sizes for rel in list(w.previous) + pages):
+    sizes = w.sizes or {}
+    if any(rel not in sizes for rel in list(w.previous) + pages):
         return False
     return all((w.out / unquote(u)).is_file() for u in _linked(data) + ["predictions.csv", "skipped.html"])
 

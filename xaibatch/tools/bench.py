@@ -29,6 +29,7 @@ generated folders of two sizes (see :func:`memory_check`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import shutil
@@ -37,7 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -337,11 +338,10 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
                    Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
             method_options = {"lime": {"samples": opts.lime_samples, "segments": opts.lime_segments,
                                        "batch_size": lime_bs_option}}
-            counter = [0]
+            outs = _scratch(root, f"out-{family}{'-faith' if faith else ''}")
 
             def fn(warm: bool) -> float:
-                counter[0] += 1
-                out = root / f"out-{family}{'-faith' if faith else ''}-{counter[0]}"
+                out = next(outs)
                 todo = (1 if family == "lime" else n_warm) if warm else k
                 ro = pipeline.RunOptions(
                     input_dir=folders[todo], out_dir=out, methods=[family],
@@ -514,11 +514,10 @@ def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Calla
     thumbs = display_thumbs(display)
     threads = writer_threads(dev.type, workers)
     row = Row("gradcam", f"writer alone, maps in memory ({threads} thread{'s' * (threads > 1)})", "part", n)
-    counter = [0]
+    outs = _scratch(root, "writer")
 
     def fn(warm: bool) -> None:
-        counter[0] += 1
-        out = root / f"writer-{counter[0]}"
+        out = next(outs)
         out.mkdir()
         w = Writer(out, threads=threads)
         w.start()
@@ -637,6 +636,11 @@ def _peer_jobs(opts, model, layer, x, targets, images, normalize, sync, chunks, 
     return jobs
 
 
+def _scratch(root: Path, name: str) -> Iterator[Path]:
+    """A new folder name under ``root`` for each round of a row (``name-1``, ``name-2``, ...)."""
+    return (root / f"{name}-{i}" for i in itertools.count(1))
+
+
 def _file_floor(root, images, n, n_warm) -> tuple[Row, Callable[[bool], None]]:
     """Atomic file writes alone (temporary name, write, rename; one thread), as many per image as the writer
     makes at this size, with no encoding: what the kernel lets any crash-safe writer reach here."""
@@ -646,11 +650,10 @@ def _file_floor(root, images, n, n_warm) -> tuple[Row, Callable[[bool], None]]:
     per_image = 3 + 2 * (size > layout.THUMB_SIDE)  # display copy, npy, overlay (+ their thumbnails)
     body = bytes(3 * size * size // 2)
     row = Row("gradcam", f"file system floor: {per_image} atomic files per image, no encoding", "limit", n)
-    counter = [0]
+    outs = _scratch(root, "floor")
 
     def fn(warm: bool) -> None:
-        counter[0] += 1
-        out = root / f"floor-{counter[0]}"
+        out = next(outs)
         out.mkdir()
         d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         try:
