@@ -1,0 +1,69 @@
+"""The HTML the page shows for one result (or one line for a failure): data first, then an autoescaped template."""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+
+import jinja2
+
+from ..figures import colour_bar
+from ..overlay import colour_stops, png_bytes
+from ..report.text import fmt_pct
+from .core import Result
+
+TEMPLATE = """\
+<div class="xb-result" data-pred="{{ pred }}">
+<p class="xb-pred">Prediction: <b>{{ pred }}</b> ({{ conf }}) · rule: {{ rule }} · {{ seconds }}
+{%- if detail %} · <a class="xb-detail" href="{{ detail }}" target="_blank" rel="noopener">in the report</a>{% endif %}</p>
+<table class="xb-probs">{% for name, pct, w in probs %}
+<tr><td>{{ name }}</td><td class="xb-num">{{ pct }}</td><td><span class="xb-bar" style="width:{{ w }}px"></span></td></tr>
+{%- endfor %}</table>
+<div class="xb-maps">
+<figure class="xb-map" data-method="image"><figcaption>Image</figcaption><img alt="the image" src="{{ image }}"></figure>
+{%- for m in maps %}
+<figure class="xb-map" data-method="{{ m.method }}"><figcaption>{{ m.title }}</figcaption>
+<img alt="{{ m.title }} map" src="{{ m.src }}">
+<img class="xb-colourbar" alt="colour bar" src="{{ m.bar }}">
+<div class="xb-ticks">{% for t in m.ticks %}<span>{{ t }}</span>{% endfor %}</div>
+<small>{{ m.note }}</small></figure>
+{%- endfor %}
+</div></div>
+<style>
+.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:256px}.xb-map img{width:256px;
+image-rendering:pixelated}.xb-map img.xb-colourbar{height:14px;image-rendering:auto}.xb-ticks{display:flex;
+justify-content:space-between;font-size:12px}.xb-probs td{padding:0 6px}.xb-num{text-align:right}
+.xb-bar{display:inline-block;height:10px;background:#4c78a8}
+</style>
+"""
+
+_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_PAGE = _ENV.from_string(TEMPLATE)
+_LINE = _ENV.from_string('<p class="xb-error" role="alert">{{ text }}</p>')
+
+
+def data_uri(body: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(body).decode()}"
+
+
+@lru_cache(maxsize=2)
+def bar_uri(signed: bool) -> str:
+    return data_uri(colour_bar(colour_stops(signed)), "image/svg+xml")
+
+
+def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> str:
+    from PIL import Image
+
+    from ..data import display_copy
+
+    probs = [(names[i], fmt_pct(p), round(120 * p)) for i, p in enumerate(r.probs)]
+    maps = [{"method": m.method, "title": m.title, "src": data_uri(m.overlay_png, "image/png"), "bar": bar_uri(m.signed),
+             "ticks": m.ticks, "note": m.note} for m in r.maps]
+    image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
+    return _PAGE.render(pred=names[r.pred], conf=fmt_pct(r.probs[r.pred]), rule=rule, seconds=f"{r.seconds:.2f} s",
+                        detail=detail, probs=probs, maps=maps, image=image)
+
+
+def line_html(text: str) -> str:
+    """One line in the page (a refused upload, a flag saved)."""
+    return _LINE.render(text=text)
