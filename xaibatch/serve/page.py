@@ -30,7 +30,7 @@ TEMPLATE = """\
 {%- endfor %}
 </div></div>
 <style>
-.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:256px}.xb-map img{width:256px;
+.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:200px}.xb-map img{width:200px;
 image-rendering:pixelated}.xb-map img.xb-colourbar{height:14px;image-rendering:auto}.xb-ticks{display:flex;
 justify-content:space-between;font-size:12px}.xb-probs td{padding:0 6px}.xb-num{text-align:right}
 .xb-bar{display:inline-block;height:10px;background:#4c78a8}

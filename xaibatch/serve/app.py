@@ -1,0 +1,144 @@
+"""The Gradio page of ``xaibatch serve`` (the one module that imports gradio): upload or pick an image, see the
+prediction and the maps, flag a wrong prediction into ``OUT/flagged/<label>/``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
+
+import gradio as gr  # noqa: E402
+
+from ..errors import XaibatchError  # noqa: E402
+from .core import MAX_UPLOAD_BYTES, Service, Upload, explain_requests, read_upload  # noqa: E402
+from .flags import save_flag  # noqa: E402
+from .page import line_html, result_html  # noqa: E402
+from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
+
+MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
+REPORT_PREFIX = "report: "
+
+CSS = "#xb-result .xb-error{color:#b00020;font-weight:600}"
+
+
+@dataclass
+class Served:
+    """A running app: its URL and how to stop it."""
+
+    url: str
+    blocks: Any
+    app: Any
+
+    def close(self) -> None:
+        self.blocks.close()
+
+
+def _source(service: Service, demos: dict[str, bytes], report: ReportImages, file: str | None,
+            pick: str | None) -> Upload:
+    """The request's image: the uploaded file, else the picked demo or report image."""
+    from .core import decode_upload
+
+    if file:
+        return read_upload(file)
+    if pick in demos:
+        return decode_upload(demos[pick])
+    if pick and pick.startswith(REPORT_PREFIX):
+        return report.read(pick[len(REPORT_PREFIX):])
+    raise XaibatchError("upload an image or pick one")
+
+
+def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
+    """The page, wired to ``service``."""
+    report = report or ReportImages.load(service.opts.out)
+    demos = demo_images()
+    picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows))]
+    offered = list(service.opts.methods)
+    model = service.prepared.model
+
+    def explain(files: list, chosen: list, methods: list, samples: list) -> tuple[list, list]:
+        requests: list[tuple[Upload | None, list[str], int | None]] = []
+        lines: list[str | None] = []
+        for f, pick, ms, n in zip(files, chosen, methods, samples, strict=True):
+            try:
+                requests.append((_source(service, demos, report, f, pick), list(ms or []), int(n)))
+                lines.append(None)
+            except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
+                requests.append((None, [], None))
+                lines.append(str(e))
+        results = explain_requests(service, requests)
+        html, state = [], []
+        for line, r in zip(lines, results, strict=True):
+            if line is not None or isinstance(r, str):
+                html.append(line_html(line if line is not None else r))
+                state.append(None)
+            else:
+                html.append(result_html(r, service.names, service.rule(), report.detail_url(r.upload.sha256)))
+                state.append({"data": r.upload.data, "format": r.upload.image_format})
+        return html, state
+
+    def flag(last: dict | None, label: str | None) -> str:
+        try:
+            if not last:
+                raise XaibatchError("nothing to flag: explain an image first")
+            f = save_flag(service.opts.out, label or "", last["data"], last["format"])
+        except (XaibatchError, OSError) as e:
+            return line_html(str(e))
+        what = "saved" if f.new else "already flagged:"
+        return line_html(f"{what} {f.path} — `xaibatch run {f.path.parent.parent}` reports it")
+
+    with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
+        gr.Markdown(f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
+                    f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
+                    f"device: {service.prepared.device} · no login: keep it on 127.0.0.1", elem_id="xb-status")
+        last = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
+                pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
+                methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
+                samples = gr.Slider(10, 5000, value=service._default_samples(), step=10, label="LIME samples",
+                                    elem_id="xb-samples")
+                go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
+                label = gr.Dropdown(service.names, value=None, allow_custom_value=True,
+                                    label="Wrong prediction? The correct label", elem_id="xb-label")
+                flag_button = gr.Button("Flag: wrong prediction", elem_id="xb-flag")
+                flagged = gr.HTML(elem_id="xb-flagged")
+            with gr.Column(scale=3):
+                result = gr.HTML(elem_id="xb-result")
+        go.click(explain, [upload, pick, methods, samples], [result, last], batch=True, max_batch_size=MAX_BATCH,
+                 concurrency_limit=1, api_name="explain")
+        flag_button.click(flag, [last, label], flagged, api_name="flag")
+    return blocks
+
+
+def launch(service: Service, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+           log: Callable[[str], None] = print) -> Served:
+    """Start the app; with ``block`` serve until Ctrl-C."""
+    report = ReportImages.load(service.opts.out)
+    if report.problem:
+        log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
+    blocks = build(service, report)
+    blocks.queue(default_concurrency_limit=1)
+    app, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                share=False, show_error=False, max_file_size=MAX_UPLOAD_BYTES * 2, css=CSS)
+    if report.rows:
+        _mount_report(app, service.opts.out)
+    served = Served(url, blocks, app)
+    if block:
+        log(f"xaibatch serve: {url} (Ctrl-C stops)")
+        try:
+            blocks.block_thread()
+        finally:
+            served.close()
+    return served
+
+
+def _mount_report(app: Any, out: Path) -> None:
+    """Serve the report folder at REPORT_ROUTE, ahead of Gradio's own catch-all routes."""
+    from starlette.staticfiles import StaticFiles
+
+    app.mount(REPORT_ROUTE, StaticFiles(directory=str(out)), name="xaibatch-report")
+    app.router.routes.insert(0, app.router.routes.pop())
