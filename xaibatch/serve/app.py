@@ -3,6 +3,7 @@ prediction and the maps, flag a wrong prediction into ``OUT/flagged/<label>/``."
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import gradio as gr  # noqa: E402
 from ..errors import XaibatchError  # noqa: E402
 from .core import MAX_UPLOAD_BYTES, Service, Upload, explain_requests, read_upload  # noqa: E402
 from .flags import save_flag  # noqa: E402
-from .page import line_html, result_html  # noqa: E402
+from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
 
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
@@ -57,6 +58,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows))]
     offered = list(service.opts.methods)
     model = service.prepared.model
+    answers = itertools.count(1)
 
     def explain(files: list, chosen: list, methods: list, samples: list) -> tuple[list, list]:
         requests: list[tuple[Upload | None, list[str], int | None]] = []
@@ -72,10 +74,11 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
         html, state = [], []
         for line, r in zip(lines, results, strict=True):
             if line is not None or isinstance(r, str):
-                html.append(line_html(line if line is not None else r))
+                html.append(numbered(next(answers), line_html(line if line is not None else r)))
                 state.append(None)
             else:
-                html.append(result_html(r, service.names, service.rule(), report.detail_url(r.upload.sha256)))
+                html.append(numbered(next(answers), result_html(r, service.names, service.rule(),
+                                                                report.detail_url(r.upload.sha256))))
                 state.append({"data": r.upload.data, "format": r.upload.image_format})
         return html, state
 
@@ -85,9 +88,10 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                 raise XaibatchError("nothing to flag: explain an image first")
             f = save_flag(service.opts.out, label or "", last["data"], last["format"])
         except (XaibatchError, OSError) as e:
-            return line_html(str(e))
+            return numbered(next(answers), line_html(str(e)))
         what = "saved" if f.new else "already flagged:"
-        return line_html(f"{what} {f.path} — `xaibatch run {f.path.parent.parent}` reports it")
+        return numbered(next(answers), line_html(f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)",
+                                                 "note"))
 
     with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
         gr.Markdown(f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "

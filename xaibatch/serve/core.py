@@ -82,8 +82,9 @@ class Result:
     seconds: float  # the batch's compute time
 
 
-def read_upload(path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES, seed: int = 0) -> Upload:
+def read_upload(path: str | Path, max_bytes: int | None = None, seed: int = 0) -> Upload:
     """Read and decode an uploaded file with the loader's checks; DecodeError (one line) when it is no image."""
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     f, size = open_image_file(path)  # refuses 0 bytes, FIFOs, devices
     with f:
         if size > max_bytes:
@@ -92,8 +93,9 @@ def read_upload(path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES, seed: int =
     return decode_upload(data, max_bytes, seed)
 
 
-def decode_upload(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, seed: int = 0) -> Upload:
+def decode_upload(data: bytes, max_bytes: int | None = None, seed: int = 0) -> Upload:
     """:func:`read_upload` for bytes in memory."""
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     if not data:
         raise DecodeError("empty file (0 bytes)")
     if len(data) > max_bytes:

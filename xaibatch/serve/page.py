@@ -39,7 +39,7 @@ justify-content:space-between;font-size:12px}.xb-probs td{padding:0 6px}.xb-num{
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _PAGE = _ENV.from_string(TEMPLATE)
-_LINE = _ENV.from_string('<p class="xb-error" role="alert">{{ text }}</p>')
+_LINE = _ENV.from_string('<p class="xb-{{ kind }}"{% if kind == "error" %} role="alert"{% endif %}>{{ text }}</p>')
 
 
 def data_uri(body: bytes, mime: str) -> str:
@@ -64,6 +64,12 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
                         detail=detail, probs=probs, maps=maps, image=image)
 
 
-def line_html(text: str) -> str:
-    """One line in the page (a refused upload, a flag saved)."""
-    return _LINE.render(text=text)
+def line_html(text: str, kind: str = "error") -> str:
+    """One line in the page: an error (a refused upload) or a note (a flag saved)."""
+    return _LINE.render(text=text, kind=kind)
+
+
+def numbered(n: int, body: str) -> str:
+    """An answer with its number, so a page (and a test) tells a new answer from the one before."""
+    return f'<div class="xb-answer" data-answer="{int(n)}">{body}</div>'
+
