@@ -4,12 +4,9 @@ line; and the page itself in headless Chromium (upload, maps, flag, bad uploads,
 from __future__ import annotations
 
 import io
-import os
 import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
