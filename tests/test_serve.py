@@ -150,18 +150,25 @@ def test_maps_equal_explain_bit_for_bit(service):
 
 
 def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkeypatch):
-    from xaibatch.serve.core import decode_upload, explain_requests
+    from xaibatch.serve.core import Request, decode_upload, explain_requests
 
     calls = []
     real = service.explain
-    monkeypatch.setattr(service, "explain", lambda ups, ms, n: calls.append((len(ups), tuple(ms), n)) or real(ups, ms, n))
+    monkeypatch.setattr(service, "explain", lambda ups, ms, n, f: calls.append((len(ups), tuple(ms), n, f))
+                        or real(ups, ms, n, f))
     u1, u2, u3 = (decode_upload(png(s)) for s in (21, 22, 23))
-    out = explain_requests(service, [(u1, ["gradcam"], SAMPLES), (None, [], None), (u2, ["gradcam"], 99),
-                                     (u3, ["gradcam", "lime"], SAMPLES), (u1, [], SAMPLES)])
-    assert calls == [(2, ("gradcam",), None), (1, ("gradcam", "lime"), SAMPLES), (1, (), None)]
+    out = explain_requests(service, [
+        Request(u1, ("gradcam",), SAMPLES), Request(None, ()), Request(u2, ("gradcam",), 99),
+        Request(u3, ("gradcam", "lime"), SAMPLES), Request(u1, (), SAMPLES), Request(u2, ("gradcam",), 99, True)])
+    assert calls == [(2, ("gradcam",), None, False), (1, ("gradcam", "lime"), SAMPLES, False), (1, (), None, False),
+                     (1, ("gradcam",), None, True)]
     assert out[1] == "" and out[4] == "choose at least one method"
     assert [m.method for m in out[3].maps] == ["gradcam", "lime"]
+    assert out[0].maps[0].faith is None
+    faith = out[5].maps[0].faith  # on request: the run's deletion/insertion scores of that map
+    assert 0 <= faith["deletion"] <= 1 and len(faith["insertion_curve"]) == 21
     alone = real([u2], ["gradcam"], None)[0]
+    assert np.array_equal(out[5].maps[0].map, alone.maps[0].map)  # the curves never change the map
     assert np.allclose(out[2].maps[0].map, alone.maps[0].map, atol=1e-5)
 
 
@@ -223,7 +230,7 @@ def app(tmp_path_factory):
                                    method_options={"lime": {"samples": SAMPLES}}))
     batches = []
     real = service.explain
-    service.explain = lambda ups, ms, n: batches.append(len(ups)) or real(ups, ms, n)
+    service.explain = lambda ups, ms, n, f: batches.append(len(ups)) or real(ups, ms, n, f)
     served = launch(service, port=_free_port(), block=False)
     assert served.url.startswith("http://127.0.0.1:")
     yield served, service, root, batches
@@ -314,6 +321,32 @@ def test_upload_shows_prediction_and_maps_then_flag_saves_it(app, driver):
     assert len(saved) == 1 and saved[0].read_bytes() == img.read_bytes()
     assert saved[0].parent.name == "my label"
     assert saved[0].resolve().is_relative_to(service.opts.out.resolve())
+
+    driver.find_element(By.CSS_SELECTOR, "#xb-curves input").click()  # the faithfulness curves, on request
+    res = _upload_and_explain(driver, img)
+    assert len(res.find_elements(By.CSS_SELECTOR, "svg.xb-curves")) == 3
+    assert "deletion AUC" in res.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_a_picked_report_image_is_explained_and_linked(app, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, _, _ = app
+    _open(driver, served.url)
+    pick = driver.find_element(By.CSS_SELECTOR, "#xb-pick input")
+    pick.click()
+    pick.send_keys("report: p0")
+    pick.send_keys(Keys.ENTER)
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == "report: p0.png")
+    driver.find_element(By.ID, "xb-explain").click()
+    _wait(driver, lambda d: _answer(d) > 0)
+    res = driver.find_element(By.ID, "xb-result")
+    assert res.find_elements(By.CSS_SELECTOR, "figure.xb-map[data-method=lime]"), res.text
+    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith("/report/detail/p0.html")
 
 
 @pytest.mark.browser

@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 import gradio as gr  # noqa: E402
 
 from ..errors import XaibatchError  # noqa: E402
-from .core import MAX_UPLOAD_BYTES, Service, Upload, explain_requests, read_upload  # noqa: E402
+from .core import MAX_UPLOAD_BYTES, Request, Service, Upload, explain_requests, read_upload  # noqa: E402
 from .flags import save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
@@ -60,15 +60,16 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     model = service.prepared.model
     answers = itertools.count(1)
 
-    def explain(files: list, chosen: list, methods: list, samples: list) -> tuple[list, list]:
-        requests: list[tuple[Upload | None, list[str], int | None]] = []
+    def explain(files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
+        requests: list[Request] = []
         lines: list[str | None] = []
-        for f, pick, ms, n in zip(files, chosen, methods, samples, strict=True):
+        for f, pick, ms, n, faith in zip(files, chosen, methods, samples, curves, strict=True):
+            ordered = tuple(m for m in offered if m in (ms or []))  # as offered, whatever order they were ticked in
             try:
-                requests.append((_source(service, demos, report, f, pick), list(ms or []), int(n)))
+                requests.append(Request(_source(service, demos, report, f, pick), ordered, int(n), bool(faith)))
                 lines.append(None)
             except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
-                requests.append((None, [], None))
+                requests.append(Request(None, ordered))
                 lines.append(str(e))
         results = explain_requests(service, requests)
         html, state = [], []
@@ -105,6 +106,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                 methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
                 samples = gr.Slider(10, 5000, value=service._default_samples(), step=10, label="LIME samples",
                                     elem_id="xb-samples")
+                curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
                 go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
                 label = gr.Dropdown(service.names, value=None, allow_custom_value=True,
                                     label="Wrong prediction? The correct label", elem_id="xb-label")
@@ -112,7 +114,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                 flagged = gr.HTML(elem_id="xb-flagged")
             with gr.Column(scale=3):
                 result = gr.HTML(elem_id="xb-result")
-        go.click(explain, [upload, pick, methods, samples], [result, last], batch=True, max_batch_size=MAX_BATCH,
+        go.click(explain, [upload, pick, methods, samples, curves], [result, last], batch=True, max_batch_size=MAX_BATCH,
                  concurrency_limit=1, api_name="explain")
         flag_button.click(flag, [last, label], flagged, api_name="flag")
     return blocks

@@ -71,6 +71,7 @@ class MapPicture:
     overlay_png: bytes
     ticks: list[str]  # under the colour bar, as the report's detail page prints them
     note: str
+    faith: dict[str, Any] | None = None  # deletion/insertion AUCs and curves (faithfulness.Scores.row), on request
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Service:
         self._made: dict[tuple[str, int | None], Method] = {
             (m.name, self._samples_key(m.name, None)): m for m in self.prepared.methods}
         self._lock = threading.Lock()
+        self._scorer: Any = None
 
     # -- what the page offers ---------------------------------------------------------------------
     @property
@@ -175,9 +177,21 @@ class Service:
             self._made[key] = create_method(name, self.prepared.ctx, **options)
         return self._made[key]
 
+    def scorer(self) -> Any:
+        """Deletion and insertion as a run's --faithfulness scores them (the default steps and baseline)."""
+        if self._scorer is None:
+            from ..faithfulness import FaithConfig, Scorer
+
+            ctx = self.prepared.ctx
+            self._scorer = Scorer(ctx.model, FaithConfig(), torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1),
+                                  torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1))
+        return self._scorer
+
     # -- explaining -------------------------------------------------------------------------------
-    def explain(self, uploads: list[Upload], methods: list[str], lime_samples: int | None = None) -> list[Result]:
-        """Explain ``uploads`` as one batch with ``methods`` (all of them with the same settings)."""
+    def explain(self, uploads: list[Upload], methods: list[str], lime_samples: int | None = None,
+                faithfulness: bool = False) -> list[Result]:
+        """Explain ``uploads`` as one batch with ``methods`` (all of them with the same settings); with
+        ``faithfulness`` also each map's deletion and insertion curves."""
         if not methods:
             raise UsageError("choose at least one method")
         made = [self.method(m, lime_samples) for m in dict.fromkeys(methods)]
@@ -188,43 +202,52 @@ class Service:
         if segmenters:  # as explain() and the DataLoader make them: from the model input, by the first segmenter
             segments = torch.stack([torch.from_numpy(np.ascontiguousarray(segmenters[0](a.permute(1, 2, 0).numpy()),
                                                                           dtype=np.int64)) for a in x])
-        explainer = Explainer(made, self.prepared.ctx, "pred", decision=self.decision)
+        explainer = Explainer(made, self.prepared.ctx, "pred", scorer=self.scorer() if faithfulness else None,
+                              decision=self.decision)
         with self._lock:
             t0 = time.perf_counter()
             probs, out = explainer(x, None, segments, [u.seed for u in uploads])
             probs = probs.cpu()
             maps = {k: v[0].cpu().numpy() for k, v in out.items()}
+            faith = {k: v[2] for k, v in out.items()}
             seconds = time.perf_counter() - t0
         preds = heads.predict(probs, self.decision).tolist()
         results = []
         for j, u in enumerate(uploads):
             display = display_copy(u.image)
-            pictures = [self._picture(m, maps[m.name][j], display) for m in made]
+            pictures = [self._picture(m, maps[m.name][j], display, faith[m.name][j] if faith[m.name] else None)
+                        for m in made]
             results.append(Result(u, probs[j].tolist(), int(preds[j]), pictures, seconds))
         return results
 
-    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray) -> MapPicture:
+    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, faith: dict | None) -> MapPicture:
         h, w = display.shape[:2]
         signed = type(m).signed
         ticks, note = colour_ticks(display_scale(display_map(a, (w, h), signed), signed), signed)
-        return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note)
+        return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note, faith)
 
 
-def explain_requests(service: Service, requests: list[tuple[Upload | None, list[str], int | None]]
-                     ) -> list[Result | str]:
-    """Explain several requests at once: one batch per (methods, LIME samples); a failure is that request's line.
+@dataclass(frozen=True)
+class Request:
+    upload: Upload | None  # None: one that already failed (the caller makes its line)
+    methods: tuple[str, ...]
+    lime_samples: int | None = None
+    faithfulness: bool = False
 
-    ``requests``: (upload, methods, LIME samples); an upload of None stands for one that already failed (its
-    line is made by the caller).
-    """
+
+def explain_requests(service: Service, requests: list[Request]) -> list[Result | str]:
+    """Explain several requests at once: one batch per setting (methods, LIME samples, faithfulness); a failure
+    is that request's line, an upload of None an empty string."""
     out: list[Result | str] = ["" for _ in requests]
-    groups: dict[tuple[tuple[str, ...], int | None], list[int]] = {}
-    for i, (u, methods, samples) in enumerate(requests):
-        if u is not None:
-            groups.setdefault((tuple(dict.fromkeys(methods)), samples if "lime" in methods else None), []).append(i)
-    for (methods, samples), idx in groups.items():
+    groups: dict[tuple[tuple[str, ...], int | None, bool], list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.upload is not None:
+            methods = tuple(dict.fromkeys(r.methods))
+            key = (methods, r.lime_samples if "lime" in methods else None, r.faithfulness)
+            groups.setdefault(key, []).append(i)
+    for (methods, samples, faith), idx in groups.items():
         try:
-            results = service.explain([requests[i][0] for i in idx], list(methods), samples)
+            results = service.explain([requests[i].upload for i in idx], list(methods), samples, faith)
         except XaibatchError as e:
             results = [str(e)] * len(idx)
         except Exception as e:  # one bad request never stops the server

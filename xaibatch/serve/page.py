@@ -26,7 +26,13 @@ TEMPLATE = """\
 <img alt="{{ m.title }} map" src="{{ m.src }}">
 <img class="xb-colourbar" alt="colour bar" src="{{ m.bar }}">
 <div class="xb-ticks">{% for t in m.ticks %}<span>{{ t }}</span>{% endfor %}</div>
-<small>{{ m.note }}</small></figure>
+<small>{{ m.note }}</small>
+{%- if m.faith %}<br><small class="xb-faith">deletion AUC {{ m.faith.deletion }} (lower is better), insertion AUC
+{{ m.faith.insertion }} (higher is better)</small><br><svg class="xb-curves" width="120" height="60" viewBox="-2 -2 124 64"
+role="img" aria-label="deletion (red) and insertion (blue) curves: probability of {{ pred }} against the share of
+pixels changed"><rect x="0" y="0" width="120" height="60" fill="none" stroke="#ccc"/><polyline
+points="{{ m.faith.curves[0] }}" fill="none" stroke="#D55E00" stroke-width="1.5"/><polyline
+points="{{ m.faith.curves[1] }}" fill="none" stroke="#0072B2" stroke-width="1.5"/></svg>{% endif %}</figure>
 {%- endfor %}
 </div></div>
 <style>
@@ -58,10 +64,20 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
 
     probs = [(names[i], fmt_pct(p), round(120 * p)) for i, p in enumerate(r.probs)]
     maps = [{"method": m.method, "title": m.title, "src": data_uri(m.overlay_png, "image/png"), "bar": bar_uri(m.signed),
-             "ticks": m.ticks, "note": m.note} for m in r.maps]
+             "ticks": m.ticks, "note": m.note, "faith": _faith(m.faith)} for m in r.maps]
     image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
     return _PAGE.render(pred=names[r.pred], conf=fmt_pct(r.probs[r.pred]), rule=rule, seconds=f"{r.seconds:.2f} s",
                         detail=detail, probs=probs, maps=maps, image=image)
+
+
+def _faith(row: dict | None) -> dict | None:
+    """The report's wording and curves (trust.curve_points) for one map's deletion/insertion scores."""
+    from ..trust import curve_points
+
+    if not row:
+        return None
+    return {"deletion": f"{row['deletion']:.3f}", "insertion": f"{row['insertion']:.3f}",
+            "curves": (curve_points(row["deletion_curve"]), curve_points(row["insertion_curve"]))}
 
 
 def line_html(text: str, kind: str = "error") -> str:
