@@ -4,9 +4,11 @@ line; and the page itself in headless Chromium (upload, maps, flag, bad uploads,
 from __future__ import annotations
 
 import io
+import os
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,3 +426,43 @@ def test_two_clients_at_once(app, driver):
         second.quit()
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_the_command_serves_until_ctrl_c(tmp_path, host):
+    """`xaibatch serve` loads the model, prints its URL, answers on it, and a Ctrl-C ends it with exit 0; any
+    host but the loopback is named in a warning that the app has no login."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    import signal
+    import subprocess
+    import urllib.request
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
+                          str(tmp_path / "out"), "--port", str(port), "--host", host], stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = p.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        url = f"http://127.0.0.1:{port}/"
+        assert any(f":{port}/ (Ctrl-C stops)" in x for x in lines), lines
+        assert ("no login" in "".join(lines)) == (host != "127.0.0.1")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0
+        assert "Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

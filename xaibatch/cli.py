@@ -468,8 +468,8 @@ def sanity(out_dir, images, seed, device, batch_size):
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Model input size, as for run.")
 @click.option("--target-layer", help="Layer for Grad-CAM, as for run.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
-              help="LIME: the samples slider's start (e.g. --lime-samples 500).")
+@click.option("--lime-samples", type=click.IntRange(10, 5000), default=1000, show_default=True,
+              help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling, as for run.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("outputs/serve"),
               show_default=True, help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "

@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 import gradio as gr  # noqa: E402
 
 from ..errors import XaibatchError  # noqa: E402
-from .core import MAX_UPLOAD_BYTES, Request, Service, Upload, explain_requests, read_upload  # noqa: E402
+from .core import MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload, explain_requests, read_upload  # noqa: E402
 from .flags import save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
@@ -54,7 +54,10 @@ def _source(service: Service, demos: dict[str, bytes], report: ReportImages, fil
 def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     """The page, wired to ``service``."""
     report = report or ReportImages.load(service.opts.out)
-    demos = demo_images()
+    try:
+        demos = demo_images()
+    except XaibatchError:  # no sample photographs installed: uploads and the report's images still work
+        demos = {}
     picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows))]
     offered = list(service.opts.methods)
     model = service.prepared.model
@@ -66,7 +69,8 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
         for f, pick, ms, n, faith in zip(files, chosen, methods, samples, curves, strict=True):
             ordered = tuple(m for m in offered if m in (ms or []))  # as offered, whatever order they were ticked in
             try:
-                requests.append(Request(_source(service, demos, report, f, pick), ordered, int(n), bool(faith)))
+                n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
+                requests.append(Request(_source(service, demos, report, f, pick), ordered, n, bool(faith)))
                 lines.append(None)
             except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
                 requests.append(Request(None, ordered))
@@ -104,8 +108,8 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                 upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
                 pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
                 methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
-                samples = gr.Slider(10, 5000, value=service._default_samples(), step=10, label="LIME samples",
-                                    elem_id="xb-samples")
+                samples = gr.Slider(MIN_LIME_SAMPLES, MAX_LIME_SAMPLES, value=service.default_lime_samples(), step=10,
+                                    label="LIME samples", elem_id="xb-samples")
                 curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
                 go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
                 label = gr.Dropdown(service.names, value=None, allow_custom_value=True,

@@ -28,6 +28,7 @@ from ..pipeline.prepare import Prepared, prepare
 from ..scan import Scan
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # larger uploads get one line, never a decode
+MIN_LIME_SAMPLES, MAX_LIME_SAMPLES = 10, 5000  # the slider's range, also enforced for API calls
 NATIVE_METHODS = ("gradcam", "guided-gradcam", "lime")
 
 
@@ -161,9 +162,9 @@ class Service:
         return f"{head}{d.positive_name} when its probability is ≥ {d.threshold:g}, else {other}"
 
     def _samples_key(self, name: str, samples: int | None) -> int | None:
-        return None if name != "lime" or samples is None or samples == self._default_samples() else int(samples)
+        return None if name != "lime" or samples is None or samples == self.default_lime_samples() else int(samples)
 
-    def _default_samples(self) -> int:
+    def default_lime_samples(self) -> int:
         return int(self.opts.method_options.get("lime", {}).get("samples", self.opts.lime_samples))
 
     def method(self, name: str, lime_samples: int | None = None) -> Method:
