@@ -24,6 +24,7 @@ from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
 from ..overlay import display_map, display_scale, overlay, png_bytes
 from ..pipeline.options import RunOptions
+from ..report.detail import colour_ticks
 from ..pipeline.prepare import Prepared, prepare
 from ..scan import Scan
 
@@ -110,17 +111,6 @@ def decode_upload(data: bytes, max_bytes: int | None = None, seed: int = 0) -> U
             image_format = ""  # decode_pil says why, in the loader's words
         image = decode_pil(io.BytesIO(data), MAX_PIXELS)
     return Upload(data, image_format, image, hashlib.sha256(data).hexdigest(), seed)
-
-
-def colour_ticks(scale: float, signed: bool) -> tuple[list[str], str]:
-    """The numbers under a colour bar and their explanation, as the report's detail page words them."""
-    from ..report.text import fmt_num
-
-    s = fmt_num(scale)
-    if signed:
-        return [f"−{s}", "0", f"+{s}"], (f"Full red: +{s}, hiding that superpixel lowers the class's probability by "
-                                         f"about {s}; full blue: −{s}, hiding it raises it.")
-    return ["0", fmt_num(scale / 2), f"≥ {s}"], f"Full colour: values of {s} (this image's 99th percentile) and above."
 
 
 class Service:
@@ -216,15 +206,16 @@ class Service:
         results = []
         for j, u in enumerate(uploads):
             display = display_copy(u.image)
-            pictures = [self._picture(m, maps[m.name][j], display, faith[m.name][j] if faith[m.name] else None)
-                        for m in made]
+            pictures = [self._picture(m, maps[m.name][j], display, self.names[int(preds[j])],
+                                      faith[m.name][j] if faith[m.name] else None) for m in made]
             results.append(Result(u, probs[j].tolist(), int(preds[j]), pictures, seconds))
         return results
 
-    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, faith: dict | None) -> MapPicture:
+    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None
+                 ) -> MapPicture:
         h, w = display.shape[:2]
         signed = type(m).signed
-        ticks, note = colour_ticks(display_scale(display_map(a, (w, h), signed), signed), signed)
+        ticks, note = colour_ticks(display_scale(display_map(a, (w, h), signed), signed), signed, target)
         return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note, faith)
 
 
