@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -211,6 +212,9 @@ needs_chromium = pytest.mark.skipif(
     reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
 
 
+gate: list[threading.Event] = []
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The app on a free port of 127.0.0.1, over a report of two images (so one upload links to its page)."""
@@ -232,7 +236,14 @@ def app(tmp_path_factory):
                                    method_options={"lime": {"samples": SAMPLES}}))
     batches = []
     real = service.explain
-    service.explain = lambda ups, ms, n, f: batches.append(len(ups)) or real(ups, ms, n, f)
+
+    def explain(ups, ms, n, f):
+        batches.append(len(ups))
+        if gate:  # a test holds the first batch until more requests wait in the queue
+            gate.pop().wait(60)
+        return real(ups, ms, n, f)
+
+    service.explain = explain
     served = launch(service, port=_free_port(), block=False)
     assert served.url.startswith("http://127.0.0.1:")
     yield served, service, root, batches
@@ -466,3 +477,39 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.mark.slow
+def test_requests_that_wait_together_are_one_batch_in_the_app(app):
+    """While a batch is computed, requests queue up; the next batch takes them all (Gradio's batch=True)."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    served, service, root, batches = app
+    release = threading.Event()
+    gate.append(release)
+    files = []
+    for i in range(4):
+        files.append(root / f"queued{i}.png")
+        files[-1].write_bytes(png(300 + i))
+    before = len(batches)
+    clients = [Client(served.url, verbose=False) for _ in files]
+    try:
+        jobs = [clients[0].submit(handle_file(str(files[0])), None, ["gradcam"], SAMPLES, False, api_name="/explain")]
+        _until(lambda: len(batches) > before)  # the first request is being computed (held by the gate)
+        jobs += [c.submit(handle_file(str(f)), None, ["gradcam"], SAMPLES, False, api_name="/explain")
+                 for c, f in zip(clients[1:], files[1:], strict=True)]
+        _until(lambda: all(j.status().code == Status.IN_QUEUE for j in jobs[1:]))
+    finally:
+        release.set()
+        gate.clear()
+    answers = [j.result(timeout=120) for j in jobs]
+    assert batches[before:] == [1, 3]
+    assert all('class="xb-result"' in str(a) for a in answers)
+
+
+def _until(cond, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while not cond():
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)

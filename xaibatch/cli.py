@@ -476,7 +476,7 @@ def sanity(out_dir, images, seed, device, batch_size):
                                      "images and links to their pages (e.g. --out reports/cifake).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
-                   "reaches it use the model and write into OUT/flagged.")
+                   "reaches it use the model, read the report in OUT and write into OUT/flagged.")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
               help="Port to listen on (e.g. --port 8080).")
 @reported
@@ -499,7 +499,7 @@ def serve(methods, arch, model_spec, checkpoint, classes, positive_class, thresh
         raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
-                   f"can use the model and write into {out}/flagged", err=True)
+                   f"can use the model, read the report in {out} and write into {out}/flagged", err=True)
     from .serve.app import launch
     from .serve.core import ServeOptions, Service
 

@@ -14,7 +14,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 import gradio as gr  # noqa: E402
 
 from ..errors import XaibatchError  # noqa: E402
-from .core import MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload, explain_requests, read_upload  # noqa: E402
+from .core import (MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload,  # noqa: E402
+                   decode_upload, explain_requests, read_upload)
 from .flags import save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
@@ -40,8 +41,6 @@ class Served:
 def _source(service: Service, demos: dict[str, bytes], report: ReportImages, file: str | None,
             pick: str | None) -> Upload:
     """The request's image: the uploaded file, else the picked demo or report image."""
-    from .core import decode_upload
-
     if file:
         return read_upload(file)
     if pick in demos:
@@ -75,6 +74,9 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
             except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
                 requests.append(Request(None, ordered))
                 lines.append(str(e))
+            except Exception as e:  # never a traceback in the page
+                requests.append(Request(None, ordered))
+                lines.append(f"internal error: {type(e).__name__}: {e}")
         results = explain_requests(service, requests)
         html, state = [], []
         for line, r in zip(lines, results, strict=True):
