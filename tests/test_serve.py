@@ -18,7 +18,7 @@ from PIL import Image
 
 from badfiles import bomb_png
 from conftest import make_checkpoint
-from xaibatch.errors import DecodeError, UsageError
+from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
@@ -173,6 +173,28 @@ def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkey
     alone = real([u2], ["gradcam"], None)[0]
     assert np.array_equal(out[5].maps[0].map, alone.maps[0].map)  # the curves never change the map
     assert np.allclose(out[2].maps[0].map, alone.maps[0].map, atol=1e-5)
+
+
+def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monkeypatch, tiny_ckpt):
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.pipeline.compute import image_seed
+    from xaibatch.serve.core import decode_upload
+    from xaibatch.serve.sources import ReportImages
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a b.png").write_bytes(png(1))
+    monkeypatch.chdir(tmp_path)
+    run(RunOptions(input_dir=Path("in"), out_dir=Path("out"), methods=["gradcam"], checkpoint=tiny_ckpt,
+                   handle_signals=False), log=lambda s: None)
+    monkeypatch.chdir(tmp_path / "in")  # the app may start anywhere
+    report = ReportImages.load(tmp_path / "out")
+    u = report.read("a b.png")
+    assert u.data == png(1) and u.seed == image_seed("a b.png")
+    assert report.detail_url(u.sha256) == "/report/detail/a%20b.html"
+    assert report.detail_url(decode_upload(png(2)).sha256) is None
+    with pytest.raises(XaibatchError, match="not in the report"):
+        report.read("../in/a b.png")
+    assert ReportImages.load(tmp_path / "nothing").rows == {}
 
 
 def test_without_gradio_serve_says_how_to_install(monkeypatch):

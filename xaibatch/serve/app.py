@@ -18,7 +18,7 @@ from .core import (MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request
                    decode_upload, explain_requests, read_upload)
 from .flags import save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
-from .sources import REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
+from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
 
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
 REPORT_PREFIX = "report: "
@@ -57,7 +57,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
         demos = demo_images()
     except XaibatchError:  # no sample photographs installed: uploads and the report's images still work
         demos = {}
-    picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows))]
+    picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows)[:MAX_PICKS])]
     offered = list(service.opts.methods)
     model = service.prepared.model
     answers = itertools.count(1)

@@ -13,6 +13,7 @@ from ..files import safe_join
 from ..manifest import ImageRow, Manifest
 from .core import Upload, read_upload
 
+MAX_PICKS = 1000  # report images offered in the page's list (all of them can still be uploaded)
 REPORT_ROUTE = "/report"  # the app serves the report folder here, so its pages open from the app
 DEMO_SEED = 7
 
@@ -57,7 +58,7 @@ class ReportImages:
         try:
             m = Manifest(path)
             try:
-                rows, runs = m.images(), m.runs()
+                rows, input_dir = m.images(), m.get_meta("input_dir")  # resolved by the run: any cwd works
             finally:
                 m.close()
         except (XaibatchError, OSError, ValueError) as e:
@@ -65,7 +66,7 @@ class ReportImages:
             return found
         found.rows = rows
         found.by_sha = {r.sha256: r for r in rows.values()}
-        found.input_dir = Path(runs[-1]["input_dir"]) if runs else None
+        found.input_dir = Path(input_dir) if input_dir else None
         return found
 
     def detail_url(self, sha256: str) -> str | None:
