@@ -535,3 +535,21 @@ def _until(cond, timeout: float = 60) -> None:
     while not cond():
         assert time.time() < end, "timed out"
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line(tmp_path):
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    import subprocess
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
+                            str(tmp_path / "out"), "--port", str(port)], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert r.returncode == 2
+    assert r.stderr == f"Error: cannot listen on 127.0.0.1:{port} (in use?); pick another with --port\n"

@@ -477,7 +477,7 @@ def sanity(out_dir, images, seed, device, batch_size):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
                    "reaches it use the model, read the report in OUT and write into OUT/flagged.")
-@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
               help="Port to listen on (e.g. --port 8080).")
 @reported
 def serve(methods, arch, model_spec, checkpoint, classes, positive_class, threshold, image_size, target_layer,

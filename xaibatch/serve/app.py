@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
 
-from ..errors import XaibatchError  # noqa: E402
+from ..errors import UsageError, XaibatchError  # noqa: E402
 from .core import (MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload,  # noqa: E402
                    decode_upload, explain_requests, read_upload)
 from .flags import save_flag  # noqa: E402
@@ -134,8 +134,11 @@ def launch(service: Service, host: str = "127.0.0.1", port: int | None = None, b
         log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
     blocks = build(service, report)
     blocks.queue(default_concurrency_limit=1)
-    app, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                                share=False, show_error=False, max_file_size=MAX_UPLOAD_BYTES * 2, css=CSS)
+    try:
+        app, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                    share=False, show_error=False, max_file_size=MAX_UPLOAD_BYTES * 2, css=CSS)
+    except OSError as e:  # Gradio's words name its own environment variables; ours name the option
+        raise UsageError(f"cannot listen on {host}:{port} (in use?); pick another with --port") from e
     if report.rows:
         _mount_report(app, service.opts.out)
     served = Served(url, blocks, app)
