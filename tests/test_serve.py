@@ -94,6 +94,18 @@ def test_flag_never_writes_outside_out(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_flagged_images_are_a_folder_run_reports(tmp_path, tiny_ckpt):
+    from xaibatch.pipeline import RunOptions, run
+
+    out = tmp_path / "out"
+    for label, seed in (("REAL", 1), ("FAKE", 2), ("REAL", 3)):
+        save_flag(out, label, png(seed), "PNG")
+    result = run(RunOptions(input_dir=out / "flagged", out_dir=tmp_path / "audit", methods=["gradcam"],
+                            checkpoint=tiny_ckpt, handle_signals=False), log=lambda s: None)
+    assert (result.seen, result.computed, result.failed) == (3, 3, [])
+    assert result.accuracy is not None  # labeled: the folder names are the classes
+
+
 # ------------------------------------------------------------------------------------------- uploads and maps
 
 def test_broken_uploads_are_one_line(tmp_path):

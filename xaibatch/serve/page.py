@@ -62,7 +62,8 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
 
     from ..data import display_copy
 
-    probs = [(names[i], fmt_pct(p), round(120 * p)) for i, p in enumerate(r.probs)]
+    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])  # every class, the likeliest first
+    probs = [(names[i], fmt_pct(r.probs[i]), round(120 * r.probs[i])) for i in order]
     maps = [{"method": m.method, "title": m.title, "src": data_uri(m.overlay_png, "image/png"), "bar": bar_uri(m.signed),
              "ticks": m.ticks, "note": m.note, "faith": _faith(m.faith)} for m in r.maps]
     image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
