@@ -345,6 +345,9 @@ def test_upload_shows_prediction_and_maps_then_flag_saves_it(app, driver):
 
     served, service, root, _ = app
     _open(driver, served.url)
+    driver.find_element(By.ID, "xb-flag").click()  # nothing explained yet
+    _wait(driver, lambda d: _answer(d, "xb-flagged") > 0)
+    assert "explain an image first" in driver.find_element(By.ID, "xb-flagged").text
     img = root / "upload.png"
     img.write_bytes(png(7))
     res = _upload_and_explain(driver, img)
@@ -362,8 +365,7 @@ def test_upload_shows_prediction_and_maps_then_flag_saves_it(app, driver):
     label.send_keys("my label/..")
     label.send_keys(Keys.ENTER)
     driver.find_element(By.ID, "xb-flag").click()
-    _wait(driver, lambda d: _answer(d, "xb-flagged") > 0)
-    assert "saved" in driver.find_element(By.ID, "xb-flagged").text
+    _wait(driver, lambda d: "saved" in d.find_element(By.ID, "xb-flagged").text)
     saved = list((service.opts.out / "flagged").rglob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes() == img.read_bytes()
     assert saved[0].parent.name == "my label"

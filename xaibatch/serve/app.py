@@ -38,8 +38,7 @@ class Served:
         self.blocks.close()
 
 
-def _source(service: Service, demos: dict[str, bytes], report: ReportImages, file: str | None,
-            pick: str | None) -> Upload:
+def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pick: str | None) -> Upload:
     """The request's image: the uploaded file, else the picked demo or report image."""
     if file:
         return read_upload(file)
@@ -47,7 +46,7 @@ def _source(service: Service, demos: dict[str, bytes], report: ReportImages, fil
         return decode_upload(demos[pick])
     if pick and pick.startswith(REPORT_PREFIX):
         return report.read(pick[len(REPORT_PREFIX):])
-    raise XaibatchError("upload an image or pick one")
+    raise UsageError("upload an image or pick one")
 
 
 def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
@@ -69,7 +68,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
             ordered = tuple(m for m in offered if m in (ms or []))  # as offered, whatever order they were ticked in
             try:
                 n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
-                requests.append(Request(_source(service, demos, report, f, pick), ordered, n, bool(faith)))
+                requests.append(Request(_source(demos, report, f, pick), ordered, n, bool(faith)))
                 lines.append(None)
             except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
                 requests.append(Request(None, ordered))
@@ -92,7 +91,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     def flag(last: dict | None, label: str | None) -> str:
         try:
             if not last:
-                raise XaibatchError("nothing to flag: explain an image first")
+                raise UsageError("nothing to flag: explain an image first")
             f = save_flag(service.opts.out, label or "", last["data"], last["format"])
         except (XaibatchError, OSError) as e:
             return numbered(next(answers), line_html(str(e)))
