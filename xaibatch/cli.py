@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .defaults import DECODE_CHOICES, default_workers
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, ExitCode, XaibatchError
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, ExitCode, XaibatchError
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
 
@@ -451,6 +451,64 @@ def sanity(out_dir, images, seed, device, batch_size):
                         log=lambda s: click.echo(s, err=True))
     for c in result["curves"]:
         click.echo(c["verdict"])
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.option("--method", "-m", "methods", multiple=True, default=BUILTIN_METHODS, show_default=True,
+              callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
+              help="A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). "
+                   "All of them: xaibatch methods.")
+@click.option("--arch", help="timm model name of a plain state_dict checkpoint, as for run.")
+@click.option("--model", "model_spec", metavar="SPEC", help="Your own model, as for run (trusted code only).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+              help="Weights, as for run. Default: the bundled demo model.")
+@click.option("--classes", metavar="A,B,...", help="Class names in the model's output order, as for run.")
+@click.option("--positive-class", metavar="NAME", help="Two classes: the one --threshold is about, as for run.")
+@click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help="Two classes: as for run. Default: 0.5.")
+@click.option("--image-size", type=click.IntRange(8, 4096), help="Model input size, as for run.")
+@click.option("--target-layer", help="Layer for Grad-CAM, as for run.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--lime-samples", type=click.IntRange(10, 5000), default=1000, show_default=True,
+              help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling, as for run.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("outputs/serve"),
+              show_default=True, help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "
+                                     "images and links to their pages (e.g. --out reports/cifake).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
+                   "reaches it use the model, read the report in OUT and write into OUT/flagged.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
+              help="Port to listen on (e.g. --port 8080).")
+@reported
+def serve(methods, arch, model_spec, checkpoint, classes, positive_class, threshold, image_size, target_layer,
+          device, lime_samples, seed, out, host, port):
+    """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
+
+    \b
+    Examples:
+      xaibatch serve
+      xaibatch serve --checkpoint models/cifake.pt --out reports/cifake --port 8080
+
+    \b
+    Needs the extra: pip install "xaibatch[serve]". Flagged images land in
+    OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
+    """
+    try:
+        import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
+    except ImportError:
+        raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
+                   f"can use the model, read the report in {out} and write into {out}/flagged", err=True)
+    from .serve.app import launch
+    from .serve.core import ServeOptions, Service
+
+    service = Service(ServeOptions(
+        out=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
+        classes=_class_list(classes), positive_class=positive_class, threshold=threshold, image_size=image_size,
+        target_layer=target_layer, device=device, seed=seed, lime_samples=lime_samples,
+        method_options={"lime": {"samples": lime_samples}}))
+    launch(service, host=host, port=port, log=lambda s: click.echo(s, err=True))
 
 
 @cli.command("demo-data")

@@ -10,6 +10,7 @@
     maps/<method>/<stem>.png        the overlay at the display size
     thumbs/<method>/<stem>.png      the overlay's thumbnail, only when the overlay is larger than THUMB_SIDE
     predictions.csv, index.html, gallery/, detail/, assets/, figures/, history.html, skipped.html: the report
+    flagged/<label>/<sha256>.<ext>  images `xaibatch serve` users flagged as wrongly predicted (never touched by runs)
 
 A picture no larger than a thumbnail is its own thumbnail: one file, and the manifest points at it twice.
 Imports nothing heavy (no torch, no PIL), so planning a run and building the report stay cheap.
@@ -65,6 +66,14 @@ def map_png(method: str, stem: str) -> str:
 
 def map_thumb(method: str, stem: str, w: int, h: int) -> str:
     return f"thumbs/{method}/{stem}.png" if has_own_thumbnail(w, h) else map_png(method, stem)
+
+
+def detail_page(stem: str) -> str:
+    """The report's page of one image (``xaibatch serve`` links to it too)."""
+    return f"detail/{stem}.html"
+
+
+FLAGGED = "flagged"  # `xaibatch serve`: images flagged as wrongly predicted, OUT/flagged/<label>/<hash>.<ext>
 
 
 def image_files(stem: str) -> list[str]:

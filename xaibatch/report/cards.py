@@ -65,7 +65,7 @@ def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: di
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
-    detail = f"detail/{stem}.html"
+    detail = layout.detail_page(stem)
     return Card(
         rel=r.rel, stem=stem, cid="c" + hashlib.sha1(r.rel.encode("utf-8", "surrogatepass")).hexdigest()[:12],
         label=class_name(names, r.label), label_index=r.label, pred=class_name(names, r.pred) or "", pred_index=r.pred,

@@ -37,13 +37,17 @@ def _scale(v: MapView, m: Any, c: Card) -> None:
     from ..overlay import display_map, display_scale
 
     s = display_scale(display_map(m, display_size(c.width, c.height), v.m.signed), v.m.signed)
-    if v.m.signed:
-        v.ticks = [f"−{fmt_num(s)}", "0", f"+{fmt_num(s)}"]
-        v.scale_note = (f"Full red: +{fmt_num(s)}, hiding that superpixel lowers the probability of "
-                        f"{c.target} by about {fmt_num(s)}; full blue: −{fmt_num(s)}, hiding it raises it.")
-    else:
-        v.ticks = ["0", fmt_num(s / 2), f"≥ {fmt_num(s)}"]
-        v.scale_note = f"Full colour: values of {fmt_num(s)} (this image's 99th percentile) and above."
+    v.ticks, v.scale_note = colour_ticks(s, v.m.signed, c.target)
+
+
+def colour_ticks(s: float, signed: bool, target: str) -> tuple[list[str], str]:
+    """The numbers under a colour bar drawn at full colour for ``s`` and what they mean (also ``xaibatch serve``)."""
+    if signed:
+        return [f"−{fmt_num(s)}", "0", f"+{fmt_num(s)}"], (
+            f"Full red: +{fmt_num(s)}, hiding that superpixel lowers the probability of "
+            f"{target} by about {fmt_num(s)}; full blue: −{fmt_num(s)}, hiding it raises it.")
+    return ["0", fmt_num(s / 2), f"≥ {fmt_num(s)}"], (
+        f"Full colour: values of {fmt_num(s)} (this image's 99th percentile) and above.")
 
 
 def _region_path(mask: Any) -> str:

@@ -1,0 +1,569 @@
+"""``xaibatch serve``: the maps equal explain()'s, flagging writes only under OUT/flagged, broken uploads are one
+line; and the page itself in headless Chromium (upload, maps, flag, bad uploads, two clients at once)."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from badfiles import bomb_png
+from conftest import make_checkpoint
+from xaibatch.errors import DecodeError, UsageError, XaibatchError
+from xaibatch.serve.flags import clean_label, save_flag
+
+# Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'", "ignore:The copy keyword is deprecated")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+METHODS = ["gradcam", "guided-gradcam", "lime"]
+SAMPLES = 40
+
+
+def png(seed: int, size: int = 32) -> bytes:
+    a = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def truncated_png() -> bytes:
+    return png(5, 64)[:300]
+
+
+# ------------------------------------------------------------------------------------------- flagging (no torch)
+
+def test_flag_saves_imagefolder_layout_with_content_names(tmp_path):
+    out = tmp_path / "out"
+    a, b = png(1), png(2)
+    f1 = save_flag(out, "REAL", a, "PNG")
+    assert f1.new and f1.rel.startswith("flagged/REAL/") and f1.rel.endswith(".png")
+    assert f1.path.read_bytes() == a
+    again = save_flag(out, "REAL", a, "PNG")
+    assert not again.new and again.path == f1.path
+    f2 = save_flag(out, "REAL", b, "PNG")
+    assert f2.path != f1.path
+    save_flag(out, "FAKE", a, "JPEG")
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert len(files) == 3 and all(f.startswith("flagged/") for f in files)
+    assert [p.name for p in (out / "flagged" / "FAKE").iterdir()][0].endswith(".jpg")
+    assert not [p for p in out.rglob("*.tmp")]
+
+    from xaibatch.scan import scan
+
+    found = scan(out / "flagged", None, False)
+    assert found.classes == ["FAKE", "REAL"] and len(found.images) == 3
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("../../etc", "etc"), ("a/b\\c", "a_b_c"), ("  cat  ", "cat"), (".hidden", "hidden"), ("ünï 日本", "ünï 日本"),
+    ("x" * 300, "x" * 64), ("<script>", "script"),
+])
+def test_labels_become_one_safe_folder_name(label, expected):
+    assert clean_label(label) == expected
+
+
+@pytest.mark.parametrize("label", ["", "  ", "..", "/", "\0", None])
+def test_an_empty_label_is_refused(label):
+    with pytest.raises(UsageError):
+        clean_label(label)
+
+
+def test_flag_never_writes_outside_out(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "flagged").symlink_to(elsewhere)
+    with pytest.raises(UsageError):
+        save_flag(out, "REAL", png(1), "PNG")
+    assert list(elsewhere.iterdir()) == []
+    with pytest.raises(UsageError):
+        save_flag(tmp_path / "o2", "REAL", b"", "PNG")
+    with pytest.raises(UsageError):
+        save_flag(tmp_path / "o2", "REAL", b"x", "EPS")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_flagged_images_are_a_folder_run_reports(tmp_path, tiny_ckpt):
+    from xaibatch.pipeline import RunOptions, run
+
+    out = tmp_path / "out"
+    for label, seed in (("REAL", 1), ("FAKE", 2), ("REAL", 3)):
+        save_flag(out, label, png(seed), "PNG")
+    result = run(RunOptions(input_dir=out / "flagged", out_dir=tmp_path / "audit", methods=["gradcam"],
+                            checkpoint=tiny_ckpt, handle_signals=False), log=lambda s: None)
+    assert (result.seen, result.computed, result.failed) == (3, 3, [])
+    assert result.accuracy is not None  # labeled: the folder names are the classes
+
+
+# ------------------------------------------------------------------------------------------- uploads and maps
+
+def test_broken_uploads_are_one_line(tmp_path):
+    from xaibatch.serve.core import decode_upload, read_upload
+
+    cases = {
+        "empty": (b"", "empty file"),
+        "text": (b"hello, this is not an image\n", "not an image"),
+        "truncated": (truncated_png(), "truncated"),
+        "bomb": (bomb_png(), "decompression bomb"),
+    }
+    for name, (data, reason) in cases.items():
+        with pytest.raises(DecodeError) as e:
+            decode_upload(data)
+        assert reason in str(e.value) and "\n" not in str(e.value), name
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(DecodeError) as e:
+            read_upload(p)
+        assert reason in str(e.value), name
+    big = tmp_path / "big.png"
+    big.write_bytes(png(1) + b"\0" * 2000)
+    with pytest.raises(DecodeError, match="upload limit"):
+        read_upload(big, max_bytes=1000)
+    (tmp_path / "ok.png").write_bytes(png(3))
+    u = read_upload(tmp_path / "ok.png")
+    assert u.image.size == (32, 32) and u.image_format == "PNG"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from xaibatch.serve.core import ServeOptions, Service
+
+    root = tmp_path_factory.mktemp("serve")
+    ckpt = make_checkpoint(root / "tiny.pt")
+    return Service(ServeOptions(out=root / "out", methods=METHODS, checkpoint=ckpt, lime_samples=SAMPLES,
+                                method_options={"lime": {"samples": SAMPLES}}))
+
+
+def test_maps_equal_explain_bit_for_bit(service):
+    import xaibatch
+    from xaibatch.serve.core import decode_upload
+
+    uploads = [decode_upload(png(s)) for s in (11, 12)]
+    for u in uploads:
+        r = service.explain([u], METHODS, SAMPLES)[0]
+        ex = xaibatch.explain(service.opts.checkpoint, [u.image], METHODS, method_options={"lime": {"samples": SAMPLES}})
+        assert [m.method for m in r.maps] == METHODS
+        for m in r.maps:
+            assert m.map.dtype == np.float32 and m.map.shape == (32, 32)
+            assert np.array_equal(m.map, ex.maps[m.method][0].numpy()), m.method
+        assert np.array_equal(np.asarray(r.probs, dtype=np.float32), ex.probs[0].numpy())
+        assert r.pred == int(ex.preds[0])
+    service.explain(uploads[:1], ["lime"], SAMPLES + 10)  # the slider: another LIME object, made once
+    assert service.method("lime", SAMPLES + 10) is service.method("lime", SAMPLES + 10)
+    assert service.method("lime", SAMPLES + 10) is not service.method("lime", SAMPLES)
+
+
+def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkeypatch):
+    from xaibatch.serve.core import Request, decode_upload, explain_requests
+
+    calls = []
+    real = service.explain
+    monkeypatch.setattr(service, "explain", lambda ups, ms, n, f: calls.append((len(ups), tuple(ms), n, f))
+                        or real(ups, ms, n, f))
+    u1, u2, u3 = (decode_upload(png(s)) for s in (21, 22, 23))
+    out = explain_requests(service, [
+        Request(u1, ("gradcam",), SAMPLES), Request(None, ()), Request(u2, ("gradcam",), 99),
+        Request(u3, ("gradcam", "lime"), SAMPLES), Request(u1, (), SAMPLES), Request(u2, ("gradcam",), 99, True)])
+    assert calls == [(2, ("gradcam",), None, False), (1, ("gradcam", "lime"), SAMPLES, False), (1, (), None, False),
+                     (1, ("gradcam",), None, True)]
+    assert out[1] == "" and out[4] == "choose at least one method"
+    assert [m.method for m in out[3].maps] == ["gradcam", "lime"]
+    assert out[0].maps[0].faith is None
+    faith = out[5].maps[0].faith  # on request: the run's deletion/insertion scores of that map
+    assert 0 <= faith["deletion"] <= 1 and len(faith["insertion_curve"]) == 21
+    alone = real([u2], ["gradcam"], None)[0]
+    assert np.array_equal(out[5].maps[0].map, alone.maps[0].map)  # the curves never change the map
+    assert np.allclose(out[2].maps[0].map, alone.maps[0].map, atol=1e-5)
+
+
+def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monkeypatch, tiny_ckpt):
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.pipeline.compute import image_seed
+    from xaibatch.serve.core import decode_upload
+    from xaibatch.serve.sources import ReportImages
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a b.png").write_bytes(png(1))
+    monkeypatch.chdir(tmp_path)
+    run(RunOptions(input_dir=Path("in"), out_dir=Path("out"), methods=["gradcam"], checkpoint=tiny_ckpt,
+                   handle_signals=False), log=lambda s: None)
+    monkeypatch.chdir(tmp_path / "in")  # the app may start anywhere
+    report = ReportImages.load(tmp_path / "out")
+    u = report.read("a b.png")
+    assert u.data == png(1) and u.seed == image_seed("a b.png")
+    assert report.detail_url(u.sha256) == "/report/detail/a%20b.html"
+    assert report.detail_url(decode_upload(png(2)).sha256) is None
+    with pytest.raises(XaibatchError, match="not in the report"):
+        report.read("../in/a b.png")
+    assert ReportImages.load(tmp_path / "nothing").rows == {}
+
+
+def test_without_gradio_serve_says_how_to_install(monkeypatch):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    r = CliRunner().invoke(cli, ["serve"])
+    assert r.exit_code == 2
+    assert r.output.strip() == 'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]"'
+
+
+# ------------------------------------------------------------------------------------------- the page in Chromium
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
+              f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+
+
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+
+
+gate: list[threading.Event] = []
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app on a free port of 127.0.0.1, over a report of two images (so one upload links to its page)."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.serve.app import launch
+    from xaibatch.serve.core import ServeOptions, Service
+
+    root = tmp_path_factory.mktemp("app")
+    ckpt = make_checkpoint(root / "tiny.pt")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(2):
+        (photos / f"p{i}.png").write_bytes(png(100 + i))
+    out = root / "out"
+    run(RunOptions(input_dir=photos, out_dir=out, methods=["gradcam"], checkpoint=ckpt, handle_signals=False),
+        log=lambda s: None)
+    service = Service(ServeOptions(out=out, methods=METHODS, checkpoint=ckpt, lime_samples=SAMPLES,
+                                   method_options={"lime": {"samples": SAMPLES}}))
+    batches = []
+    real = service.explain
+
+    def explain(ups, ms, n, f):
+        batches.append(len(ups))
+        if gate:  # a test holds the first batch until more requests wait in the queue
+            gate.pop().wait(60)
+        return real(ups, ms, n, f)
+
+    service.explain = explain
+    served = launch(service, port=_free_port(), block=False)
+    assert served.url.startswith("http://127.0.0.1:")
+    yield served, service, root, batches
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def driver(app):
+    d = _browser()
+    yield d
+    d.quit()
+
+
+def _open(d, url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d.get(url)
+    WebDriverWait(d, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#xb-upload input[type=file]"))
+
+
+def _answer(d, where: str = "xb-result") -> int:
+    return int(d.execute_script(
+        f"const a = document.querySelector('#{where} .xb-answer'); return a ? a.dataset.answer : 0"))
+
+
+def _upload_and_explain(d, path: Path):
+    from selenium.webdriver.common.by import By
+
+    old = _answer(d)
+    for clear in d.find_elements(By.CSS_SELECTOR, "#xb-upload button[aria-label=Clear]"):  # the file before
+        clear.click()
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#xb-upload input[type=file]"))
+    d.find_element(By.CSS_SELECTOR, "#xb-upload input[type=file]").send_keys(str(path))
+    _wait(d, lambda d: path.stem in d.find_element(By.ID, "xb-upload").text)  # the page splits name and suffix
+    d.find_element(By.ID, "xb-explain").click()
+    return _result(d, old)
+
+
+def _result(d, old: int):
+    """The result box once it holds an answer newer than ``old``."""
+    from selenium.webdriver.common.by import By
+
+    _wait(d, lambda d: _answer(d) > old)
+    return d.find_element(By.ID, "xb-result")
+
+
+def _wait(d, cond, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(d, timeout).until(cond)
+
+
+def _images_loaded(d) -> bool:
+    return d.execute_script(
+        "return [...document.querySelectorAll('#xb-result img')].every(i => i.complete && i.naturalWidth > 0)")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_upload_shows_prediction_and_maps_then_flag_saves_it(app, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, service, root, _ = app
+    _open(driver, served.url)
+    driver.find_element(By.ID, "xb-flag").click()  # nothing explained yet
+    _wait(driver, lambda d: _answer(d, "xb-flagged") > 0)
+    assert "explain an image first" in driver.find_element(By.ID, "xb-flagged").text
+    img = root / "upload.png"
+    img.write_bytes(png(7))
+    res = _upload_and_explain(driver, img)
+    box = res.find_element(By.CSS_SELECTOR, ".xb-result")
+    assert box.get_attribute("data-pred") in service.names
+    methods = [f.get_attribute("data-method") for f in res.find_elements(By.CSS_SELECTOR, "figure.xb-map")]
+    assert methods == ["image", *METHODS]
+    assert len(res.find_elements(By.CSS_SELECTOR, ".xb-probs tr")) == len(service.names)
+    assert len(res.find_elements(By.CSS_SELECTOR, "img.xb-colourbar")) == 3
+    assert "%" in res.find_element(By.CSS_SELECTOR, ".xb-pred").text
+    _wait(driver, _images_loaded)
+    assert not res.find_elements(By.CSS_SELECTOR, "a.xb-detail")  # not in the report
+
+    label = driver.find_element(By.CSS_SELECTOR, "#xb-label input")
+    label.send_keys("my label/..")
+    label.send_keys(Keys.ENTER)
+    driver.find_element(By.ID, "xb-flag").click()
+    _wait(driver, lambda d: "saved" in d.find_element(By.ID, "xb-flagged").text)
+    saved = list((service.opts.out / "flagged").rglob("*.png"))
+    assert len(saved) == 1 and saved[0].read_bytes() == img.read_bytes()
+    assert saved[0].parent.name == "my label"
+    assert saved[0].resolve().is_relative_to(service.opts.out.resolve())
+
+    driver.find_element(By.CSS_SELECTOR, "#xb-curves input").click()  # the faithfulness curves, on request
+    res = _upload_and_explain(driver, img)
+    assert len(res.find_elements(By.CSS_SELECTOR, "svg.xb-curves")) == 3
+    assert "deletion AUC" in res.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_a_picked_report_image_is_explained_and_linked(app, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, _, _ = app
+    _open(driver, served.url)
+    pick = driver.find_element(By.CSS_SELECTOR, "#xb-pick input")
+    pick.click()
+    pick.send_keys("report: p0")
+    pick.send_keys(Keys.ENTER)
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == "report: p0.png")
+    driver.find_element(By.ID, "xb-explain").click()
+    _wait(driver, lambda d: _answer(d) > 0)
+    res = driver.find_element(By.ID, "xb-result")
+    assert res.find_elements(By.CSS_SELECTOR, "figure.xb-map[data-method=lime]"), res.text
+    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith("/report/detail/p0.html")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
+    from selenium.webdriver.common.by import By
+
+    served, service, root, _ = app
+    _open(driver, served.url)
+    res = _upload_and_explain(driver, root / "photos" / "p1.png")
+    link = res.find_element(By.CSS_SELECTOR, "a.xb-detail")
+    href = link.get_attribute("href")
+    assert href.startswith(served.url.rstrip("/") + "/report/detail/") and href.endswith(".html")
+    driver.get(href)
+    assert "p1" in driver.page_source
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+@pytest.mark.parametrize("name, data, reason", [
+    ("empty.png", b"", "empty file"),
+    ("notes.png", b"just some text, not an image\n", "not an image"),
+    ("cut.png", truncated_png(), "truncated"),
+    ("bomb.png", bomb_png(), "decompression bomb"),
+    ("huge.png", png(9, 256), "over the upload limit"),
+], ids=["empty", "text", "truncated", "bomb", "huge"])
+def test_a_broken_upload_is_one_line_and_the_server_keeps_serving(app, driver, tmp_path, monkeypatch, name, data,
+                                                                    reason):
+    from selenium.webdriver.common.by import By
+
+    from xaibatch.serve import core
+
+    monkeypatch.setattr(core, "MAX_UPLOAD_BYTES", 100_000)  # "huge": a 256x256 noise PNG is about 197 kB
+    assert len(png(9, 256)) > 100_000 > len(png(1))
+    served, _, root, _ = app
+    _open(driver, served.url)
+    p = tmp_path / name
+    p.write_bytes(data)
+    res = _upload_and_explain(driver, p)
+    errors = res.find_elements(By.CSS_SELECTOR, ".xb-error")
+    assert len(errors) == 1 and reason in errors[0].text and "Traceback" not in driver.page_source
+    res = _upload_and_explain(driver, root / "photos" / "p0.png")
+    assert res.find_elements(By.CSS_SELECTOR, "figure.xb-map[data-method=gradcam]"), res.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_two_clients_at_once(app, driver):
+    from selenium.webdriver.common.by import By
+
+    served, service, root, batches = app
+    second = _browser()
+    try:
+        pages = [driver, second]
+        for i, d in enumerate(pages):
+            _open(d, served.url)
+            p = root / f"client{i}.png"
+            p.write_bytes(png(200 + i))
+            d.find_element(By.CSS_SELECTOR, "#xb-upload input[type=file]").send_keys(str(p))
+            _wait(d, lambda d, n=p.stem: n in d.find_element(By.ID, "xb-upload").text)
+        before = len(batches)
+        for d in pages:
+            d.find_element(By.ID, "xb-explain").click()
+        preds = []
+        for d in pages:
+            res = _result(d, 0)
+            preds.append(res.find_element(By.CSS_SELECTOR, ".xb-result").get_attribute("data-pred"))
+            assert len(res.find_elements(By.CSS_SELECTOR, "figure.xb-map")) == 4
+        assert all(p in service.names for p in preds)
+        assert sum(batches[before:]) == 2  # both explained, in one batch or two
+    finally:
+        second.quit()
+
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])  # the second: another address, still this machine
+def test_the_command_serves_until_ctrl_c(tmp_path, host):
+    """`xaibatch serve` loads the model, prints its URL, answers on it, and a Ctrl-C ends it with exit 0; any
+    host but the loopback is named in a warning that the app has no login."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    import signal
+    import subprocess
+    import urllib.request
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
+                          str(tmp_path / "out"), "--port", str(port), "--host", host], stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = p.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        url = f"http://{host}:{port}/"
+        assert any(f":{port}/ (Ctrl-C stops)" in x for x in lines), lines
+        assert ("no login" in "".join(lines)) == (host != "127.0.0.1")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 0
+        assert "Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_requests_that_wait_together_are_one_batch_in_the_app(app):
+    """While a batch is computed, requests queue up; the next batch takes them all (Gradio's batch=True)."""
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+
+    served, service, root, batches = app
+    release = threading.Event()
+    gate.append(release)
+    files = []
+    for i in range(4):
+        files.append(root / f"queued{i}.png")
+        files[-1].write_bytes(png(300 + i))
+    before = len(batches)
+    clients = [Client(served.url, verbose=False) for _ in files]
+    try:
+        jobs = [clients[0].submit(handle_file(str(files[0])), None, ["gradcam"], SAMPLES, False, api_name="/explain")]
+        _until(lambda: len(batches) > before)  # the first request is being computed (held by the gate)
+        jobs += [c.submit(handle_file(str(f)), None, ["gradcam"], SAMPLES, False, api_name="/explain")
+                 for c, f in zip(clients[1:], files[1:], strict=True)]
+        _until(lambda: all(j.status().code == Status.IN_QUEUE for j in jobs[1:]))
+    finally:
+        release.set()
+        gate.clear()
+    answers = [j.result(timeout=120) for j in jobs]
+    assert batches[before:] == [1, 3]
+    assert all('class="xb-result"' in str(a) for a in answers)
+
+
+def _until(cond, timeout: float = 60) -> None:
+    end = time.time() + timeout
+    while not cond():
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line(tmp_path):
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    import subprocess
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
+                            str(tmp_path / "out"), "--port", str(port)], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert r.returncode == 2
+    assert r.stderr == f"Error: cannot listen on 127.0.0.1:{port} (in use?); pick another with --port\n"

@@ -1,0 +1,158 @@
+"""The Gradio page of ``xaibatch serve`` (the one module that imports gradio): upload or pick an image, see the
+prediction and the maps, flag a wrong prediction into ``OUT/flagged/<label>/``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
+
+import gradio as gr  # noqa: E402
+
+from ..errors import UsageError, XaibatchError  # noqa: E402
+from .core import (MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload,  # noqa: E402
+                   decode_upload, explain_requests, read_upload)
+from .flags import save_flag  # noqa: E402
+from .page import line_html, numbered, result_html  # noqa: E402
+from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
+
+MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
+REPORT_PREFIX = "report: "
+
+CSS = "#xb-result .xb-error{color:#b00020;font-weight:600}"
+
+
+@dataclass
+class Served:
+    """A running app: its URL and how to stop it."""
+
+    url: str
+    blocks: Any
+    app: Any
+
+    def close(self) -> None:
+        self.blocks.close()
+
+
+def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pick: str | None) -> Upload:
+    """The request's image: the uploaded file, else the picked demo or report image."""
+    if file:
+        return read_upload(file)
+    if pick in demos:
+        return decode_upload(demos[pick])
+    if pick and pick.startswith(REPORT_PREFIX):
+        return report.read(pick[len(REPORT_PREFIX):])
+    raise UsageError("upload an image or pick one")
+
+
+def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
+    """The page, wired to ``service``."""
+    report = report or ReportImages.load(service.opts.out)
+    try:
+        demos = demo_images()
+    except XaibatchError:  # no sample photographs installed: uploads and the report's images still work
+        demos = {}
+    picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows)[:MAX_PICKS])]
+    offered = list(service.opts.methods)
+    model = service.prepared.model
+    answers = itertools.count(1)
+
+    def explain(files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
+        requests: list[Request] = []
+        lines: list[str | None] = []
+        for f, pick, ms, n, faith in zip(files, chosen, methods, samples, curves, strict=True):
+            ordered = tuple(m for m in offered if m in (ms or []))  # as offered, whatever order they were ticked in
+            try:
+                n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
+                requests.append(Request(_source(demos, report, f, pick), ordered, n, bool(faith)))
+                lines.append(None)
+            except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
+                requests.append(Request(None, ordered))
+                lines.append(str(e))
+            except Exception as e:  # never a traceback in the page
+                requests.append(Request(None, ordered))
+                lines.append(f"internal error: {type(e).__name__}: {e}")
+        results = explain_requests(service, requests)
+        html, state = [], []
+        for line, r in zip(lines, results, strict=True):
+            if line is not None or isinstance(r, str):
+                html.append(numbered(next(answers), line_html(line if line is not None else r)))
+                state.append(None)
+            else:
+                html.append(numbered(next(answers), result_html(r, service.names, service.rule(),
+                                                                report.detail_url(r.upload.sha256))))
+                state.append({"data": r.upload.data, "format": r.upload.image_format})
+        return html, state
+
+    def flag(last: dict | None, label: str | None) -> str:
+        try:
+            if not last:
+                raise UsageError("nothing to flag: explain an image first")
+            f = save_flag(service.opts.out, label or "", last["data"], last["format"])
+        except (XaibatchError, OSError) as e:
+            return numbered(next(answers), line_html(str(e)))
+        what = "saved" if f.new else "already flagged:"
+        return numbered(next(answers), line_html(f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)",
+                                                 "note"))
+
+    with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
+        gr.Markdown(f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
+                    f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
+                    f"device: {service.prepared.device} · no login: keep it on 127.0.0.1", elem_id="xb-status")
+        last = gr.State(None)
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
+                pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
+                methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
+                samples = gr.Slider(MIN_LIME_SAMPLES, MAX_LIME_SAMPLES, value=service.default_lime_samples(), step=10,
+                                    label="LIME samples", elem_id="xb-samples")
+                curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
+                go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
+                label = gr.Dropdown(service.names, value=None, allow_custom_value=True,
+                                    label="Wrong prediction? The correct label", elem_id="xb-label")
+                flag_button = gr.Button("Flag: wrong prediction", elem_id="xb-flag")
+                flagged = gr.HTML(elem_id="xb-flagged")
+            with gr.Column(scale=3):
+                result = gr.HTML(elem_id="xb-result")
+        go.click(explain, [upload, pick, methods, samples, curves], [result, last], batch=True, max_batch_size=MAX_BATCH,
+                 concurrency_limit=1, api_name="explain")
+        flag_button.click(flag, [last, label], flagged, api_name="flag")
+    return blocks
+
+
+def launch(service: Service, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
+           log: Callable[[str], None] = print) -> Served:
+    """Start the app; with ``block`` serve until Ctrl-C."""
+    report = ReportImages.load(service.opts.out)
+    if report.problem:
+        log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
+    blocks = build(service, report)
+    blocks.queue(default_concurrency_limit=1)
+    try:
+        app, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
+                                    share=False, show_error=False, max_file_size=MAX_UPLOAD_BYTES * 2, css=CSS)
+    except OSError as e:  # Gradio's words name its own environment variables; ours name the option
+        raise UsageError(f"cannot listen on {host}:{port} (in use?); pick another with --port") from e
+    if report.rows:
+        _mount_report(app, service.opts.out)
+    served = Served(url, blocks, app)
+    if block:
+        log(f"xaibatch serve: {url} (Ctrl-C stops)")
+        try:
+            blocks.block_thread()
+        finally:
+            served.close()
+    return served
+
+
+def _mount_report(app: Any, out: Path) -> None:
+    """Serve the report folder at REPORT_ROUTE, ahead of Gradio's own catch-all routes."""
+    from starlette.staticfiles import StaticFiles
+
+    app.mount(REPORT_ROUTE, StaticFiles(directory=str(out)), name="xaibatch-report")
+    app.router.routes.insert(0, app.router.routes.pop())

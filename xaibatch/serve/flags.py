@@ -1,0 +1,60 @@
+"""Save an image flagged as wrongly predicted into ``OUT/flagged/<label>/`` (ImageFolder layout).
+
+The file keeps its bytes and gets a content-hash name, so the same image flagged twice under one label is one
+file, and two different images never share a name. ``xaibatch run OUT/flagged`` then reports them like any
+labeled folder. Imports nothing heavy (no torch, no PIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+from ..files import atomic_write_bytes, safe_join
+from ..layout import FLAGGED
+
+MAX_LABEL_CHARS = 64
+# PIL's format name -> the extension `xaibatch run` reads (scan.IMAGE_EXTENSIONS)
+EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "DIB": ".bmp", "TIFF": ".tif",
+              "GIF": ".gif"}
+_UNSAFE = re.compile(r"[^\w .+\-]+")  # letters and digits of any script, space, '.', '+', '-', '_'
+
+
+def clean_label(text: str | None) -> str:
+    """A label as a safe folder name: one path part, printable, at most MAX_LABEL_CHARS; else UsageError."""
+    name = unicodedata.normalize("NFC", str(text or ""))
+    name = _UNSAFE.sub("_", name).strip(" ._")[:MAX_LABEL_CHARS].strip(" ._")
+    if not name:
+        raise UsageError("give the correct label (letters, digits, spaces, '-', '_', '.', '+')")
+    return name
+
+
+@dataclass(frozen=True)
+class Flagged:
+    rel: str  # under OUT: flagged/<label>/<sha256>.<ext>
+    path: Path
+    label: str
+    new: bool  # False: this image was already flagged under this label
+
+
+def save_flag(out: Path, label: str, data: bytes, image_format: str) -> Flagged:
+    """Write ``data`` (an image's own bytes, of PIL format ``image_format``) as ``OUT/flagged/<label>/<sha>.ext``.
+
+    Atomic (a temporary name, then a rename), never outside ``out`` (symlinks included: files.safe_join).
+    """
+    if not data:
+        raise UsageError("nothing to flag: explain an image first")
+    ext = EXTENSIONS.get(image_format)
+    if ext is None:
+        raise UsageError(f"cannot flag an image of format {image_format!r}")
+    label = clean_label(label)
+    rel = f"{FLAGGED}/{label}/{hashlib.sha256(data).hexdigest()[:32]}{ext}"
+    path = safe_join(Path(out), rel)
+    if path.is_file():
+        return Flagged(rel, path, label, new=False)
+    atomic_write_bytes(path, data)
+    return Flagged(rel, path, label, new=True)

@@ -1,0 +1,92 @@
+"""The HTML the page shows for one result (or one line for a failure): data first, then an autoescaped template."""
+
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+
+import jinja2
+
+from ..figures import colour_bar
+from ..overlay import colour_stops, png_bytes
+from ..report.text import fmt_pct
+from .core import Result
+
+TEMPLATE = """\
+<div class="xb-result" data-pred="{{ pred }}">
+<p class="xb-pred">Prediction: <b>{{ pred }}</b> ({{ conf }}) · rule: {{ rule }} · {{ seconds }}
+{%- if detail %} · <a class="xb-detail" href="{{ detail }}" target="_blank" rel="noopener">in the report</a>{% endif %}</p>
+<table class="xb-probs">{% for name, pct, w in probs %}
+<tr><td>{{ name }}</td><td class="xb-num">{{ pct }}</td><td><span class="xb-bar" style="width:{{ w }}px"></span></td></tr>
+{%- endfor %}</table>
+<div class="xb-maps">
+<figure class="xb-map" data-method="image"><figcaption>Image</figcaption><img alt="the image" src="{{ image }}"></figure>
+{%- for m in maps %}
+<figure class="xb-map" data-method="{{ m.method }}"><figcaption>{{ m.title }}</figcaption>
+<img alt="{{ m.title }} map" src="{{ m.src }}">
+<img class="xb-colourbar" alt="colour bar" src="{{ m.bar }}">
+<div class="xb-ticks">{% for t in m.ticks %}<span>{{ t }}</span>{% endfor %}</div>
+<small>{{ m.note }}</small>
+{%- if m.faith %}<br><small class="xb-faith">deletion AUC {{ m.faith.deletion }} (lower is better), insertion AUC
+{{ m.faith.insertion }} (higher is better)</small><br><svg class="xb-curves" width="120" height="60" viewBox="-2 -2 124 64"
+role="img" aria-label="deletion (red) and insertion (blue) curves: probability of {{ pred }} against the share of
+pixels changed"><rect x="0" y="0" width="120" height="60" fill="none" stroke="#ccc"/><polyline
+points="{{ m.faith.curves[0] }}" fill="none" stroke="#D55E00" stroke-width="1.5"/><polyline
+points="{{ m.faith.curves[1] }}" fill="none" stroke="#0072B2" stroke-width="1.5"/></svg>{% endif %}</figure>
+{%- endfor %}
+</div></div>
+<style>
+.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:200px}.xb-map img{width:200px;
+image-rendering:pixelated}.xb-map img.xb-colourbar{height:14px;image-rendering:auto}.xb-ticks{display:flex;
+justify-content:space-between;font-size:12px}.xb-probs td{padding:0 6px}.xb-num{text-align:right}
+.xb-bar{display:inline-block;height:10px;background:#4c78a8}
+</style>
+"""
+
+_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_PAGE = _ENV.from_string(TEMPLATE)
+_LINE = _ENV.from_string('<p class="xb-{{ kind }}"{% if kind == "error" %} role="alert"{% endif %}>{{ text }}</p>')
+
+
+def data_uri(body: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(body).decode()}"
+
+
+@lru_cache(maxsize=2)
+def bar_uri(signed: bool) -> str:
+    return data_uri(colour_bar(colour_stops(signed)), "image/svg+xml")
+
+
+def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> str:
+    from PIL import Image
+
+    from ..data import display_copy
+
+    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])  # every class, the likeliest first
+    probs = [(names[i], fmt_pct(r.probs[i]), round(120 * r.probs[i])) for i in order]
+    maps = [{"method": m.method, "title": m.title, "src": data_uri(m.overlay_png, "image/png"), "bar": bar_uri(m.signed),
+             "ticks": m.ticks, "note": m.note, "faith": _faith(m.faith)} for m in r.maps]
+    image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
+    return _PAGE.render(pred=names[r.pred], conf=fmt_pct(r.probs[r.pred]), rule=rule, seconds=f"{r.seconds:.2f} s",
+                        detail=detail, probs=probs, maps=maps, image=image)
+
+
+def _faith(row: dict | None) -> dict | None:
+    """The report's wording and curves (trust.curve_points) for one map's deletion/insertion scores."""
+    from ..trust import curve_points
+
+    if not row:
+        return None
+    return {"deletion": f"{row['deletion']:.3f}", "insertion": f"{row['insertion']:.3f}",
+            "curves": (curve_points(row["deletion_curve"]), curve_points(row["insertion_curve"]))}
+
+
+def line_html(text: str, kind: str = "error") -> str:
+    """One line in the page: an error (a refused upload) or a note (a flag saved)."""
+    return _LINE.render(text=text, kind=kind)
+
+
+def numbered(n: int, body: str) -> str:
+    """An answer with its number, so a page (and a test) tells a new answer from the one before."""
+    return f'<div class="xb-answer" data-answer="{int(n)}">{body}</div>'
+

@@ -1,0 +1,93 @@
+"""Where the page's images come from besides uploads: a few bundled demo images, and the images a report under
+``--out`` holds (with a link to each one's detail page)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import layout
+from ..errors import XaibatchError
+from ..files import safe_join
+from ..manifest import ImageRow, Manifest
+from .core import Upload, read_upload
+
+MAX_PICKS = 1000  # report images offered in the page's list (all of them can still be uploaded)
+REPORT_ROUTE = "/report"  # the app serves the report folder here, so its pages open from the app
+DEMO_SEED = 7
+
+
+def demo_images(n: int = 3) -> dict[str, bytes]:
+    """``n`` REAL and ``n`` FAKE 32x32 images made as ``xaibatch demo-data`` makes them, as PNG bytes by name."""
+    import numpy as np
+    from PIL import Image
+
+    from ..tools.demo import _crop, make_fake, source_photos
+
+    rng = np.random.default_rng(DEMO_SEED)
+    photos = source_photos()
+    out = {}
+    for i in range(n):
+        for kind in ("REAL", "FAKE"):
+            a = _crop(rng, photos[int(rng.integers(len(photos)))][1])
+            if kind == "FAKE":
+                a = make_fake(rng, a)[0]
+            buf = io.BytesIO()
+            Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+            out[f"demo: {kind.lower()} {i + 1}"] = buf.getvalue()
+    return out
+
+
+@dataclass
+class ReportImages:
+    """The images of the report in ``out`` (none when there is no report there), found by content or by path."""
+
+    out: Path
+    input_dir: Path | None = None
+    rows: dict[str, ImageRow] = field(default_factory=dict)  # rel -> row
+    by_sha: dict[str, ImageRow] = field(default_factory=dict)
+    problem: str | None = None  # why the report could not be read
+
+    @classmethod
+    def load(cls, out: Path) -> "ReportImages":
+        found = cls(Path(out))
+        path = found.out / layout.MANIFEST
+        if not path.is_file():
+            return found
+        try:
+            m = Manifest(path)
+            try:
+                rows, input_dir = m.images(), m.get_meta("input_dir")  # resolved by the run: any cwd works
+            finally:
+                m.close()
+        except (XaibatchError, OSError, ValueError) as e:
+            found.problem = str(e)
+            return found
+        found.rows = rows
+        found.by_sha = {r.sha256: r for r in rows.values()}
+        found.input_dir = Path(input_dir) if input_dir else None
+        return found
+
+    def detail_url(self, sha256: str) -> str | None:
+        """The app's link to the detail page of the report's image with these bytes, if it has one."""
+        from ..report.model import url
+
+        row = self.by_sha.get(sha256)
+        if row is None:
+            return None
+        page = layout.detail_page(row.stem)
+        try:
+            if not safe_join(self.out, page).is_file():
+                return None
+        except XaibatchError:
+            return None
+        return f"{REPORT_ROUTE}/{url(page)}"
+
+    def read(self, rel: str) -> Upload:
+        """One of the report's images, read from its input folder, with the seed its run gave it (LIME)."""
+        from ..pipeline.compute import image_seed
+
+        if rel not in self.rows or self.input_dir is None:
+            raise XaibatchError(f"{rel!r} is not in the report under {self.out}")
+        return read_upload(safe_join(self.input_dir, rel), seed=image_seed(rel))
