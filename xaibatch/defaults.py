@@ -29,6 +29,18 @@ def default_workers(device_type: str = "cpu") -> int:
     return max(1, min(16, n // 2))
 
 
+def default_writers(device_type: str = "cpu", workers: int = 0) -> int:
+    """Writer processes that encode PNGs and write the files (pipeline/writer_pool.py).
+
+    On the CPU one: the model needs the cores, and one process already takes the encoding off the compute
+    thread's GIL. On a GPU the CPUs that the DataLoader ``workers`` and the main process leave, 1 to 8
+    (measured on an H200 host: one writer thread reached 1/8 of the file system's rate there).
+    """
+    if device_type == "cpu":
+        return 1
+    return max(1, min(8, cpu_count() - max(1, workers) - 1))
+
+
 def default_batch_size(device_type: str, input_size: int) -> int:
     """Images per batch: 32 on the CPU; on a GPU as many as keep it busy without running out of memory for
     the activations and gradients that Grad-CAM keeps (measured on an H100 with resnet50: 128 at 224 px)."""
