@@ -168,8 +168,8 @@ class _RunCommand(click.Command):
               help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).")
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: device (nvJPEG on a GPU; the workers only read files), "
-                   "cpu (PIL in the workers), auto (device on CUDA, else cpu). Other formats, and LIME's batches, "
-                   "always use PIL (e.g. --decode cpu).")
+                   "cpu (PIL in the workers), auto (cpu: on an H200 the device measured slower). Other formats, and "
+                   "LIME's batches, always use PIL (e.g. --decode device).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
                    "(data/demo/test -> outputs/demo-test).")
