@@ -2,7 +2,7 @@
 makes them) with 1, 2, ... writer processes, the writer thread alone (``--writers 0``), and the file-system
 floor (the same number of atomic files per image, no encoding, one thread).
 
-    python benchmarks/writer_scale.py                         # 2,048 images at 32 px and 64 px, writers 0,1,2
+    python benchmarks/writer_scale.py                         # 4,096 images at 32 px and 64 px, writers 0,1,2
     python benchmarks/writer_scale.py --size 224 --images 512 --writers 1,2,4,8
 
 Rounds interleave the configurations and each keeps its fastest, so a burst of load from other processes
@@ -101,7 +101,7 @@ def measure(size: int, n: int, batch: int, writers: list[int], rounds: int, root
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="32,64", help="picture sides in px, comma-separated")
-    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--images", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--writers", default="0,1,2", help="writer process counts, comma-separated (0: the thread)")
     ap.add_argument("--rounds", type=int, default=3)
