@@ -142,28 +142,44 @@ def test_writer_processes_end_with_the_writer(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-def test_writer_processes_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
-    from test_safety import _alive, _children, _paused_run, _wait_until
+def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt):
+    """tests/test_crash.py's kill between a batch's files and its commit, with writer processes: they die with
+    the run, and the re-run sweeps what they left and ends as an uninterrupted run does."""
+    import torch
 
-    inp, out, marks = tmp_path / "in", tmp_path / "out", tmp_path / "marks"
-    write_images(inp, 40)
-    proc = _paused_run(inp, out, tiny_ckpt, marks, workers=0)  # the run's only children: its writer processes
-    kids: list[int] = []
+    import test_crash as tc
+    from test_safety import _alive, _children
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels as the OMP_NUM_THREADS=1 subprocess (see test_crash)
     try:
-        _wait_until(proc, lambda: (marks / "precommit-1").exists(), "the first batch")
-        _wait_until(proc, lambda: bool(kids.extend(_children(proc.pid)) or kids), "a writer process")
-        proc.kill()
-        proc.wait(timeout=30)
-        t0 = time.monotonic()
-        while any(_alive(k) for k in kids) and time.monotonic() - t0 < 3.0:
-            time.sleep(0.05)
-        assert not [k for k in kids if _alive(k)], "a writer process outlived its SIGKILLed run"
-    finally:
-        if proc.poll() is None:
+        inp, out = tc._starting_folder(tmp_path, tiny_ckpt)
+        ref = tc._reference(tmp_path, out, inp, tiny_ckpt)
+        marks = tmp_path / "marks"
+        proc = tc._cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=["--writers", "2"])
+        kids: list[int] = []
+        try:
+            tc._wait_for(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
+            kids = _children(proc.pid)  # --workers 0: the run's only children are its writer processes
+            assert len(kids) == 2
             proc.kill()
-        proc.communicate()
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except OSError:
-                pass
+            proc.wait(timeout=30)
+            t0 = time.monotonic()
+            while any(_alive(k) for k in kids) and time.monotonic() - t0 < 3.0:
+                time.sleep(0.05)
+            assert not [k for k in kids if _alive(k)], "a writer process outlived its SIGKILLed run"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+            for k in kids:
+                try:
+                    os.kill(k, signal.SIGKILL)
+                except OSError:
+                    pass
+        r = run(tc._opts(inp, out, tiny_ckpt), log=lambda s: None)
+        assert r.status == "ok"
+        assert tc._consistent(out) == tc._consistent(ref)
+        assert tc._files(out) == tc._files(ref)
+    finally:
+        torch.set_num_threads(threads)

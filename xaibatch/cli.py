@@ -164,7 +164,7 @@ class _RunCommand(click.Command):
               show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
 @click.option("--writers", type=click.IntRange(0),
-              show_default="CPU: 1; GPU: the CPUs the workers leave, 1 to 8",
+              show_default="CPU: 0; GPU: the CPUs the workers leave, 1 to 8",
               help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).")
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: device (nvJPEG on a GPU; the workers only read files), "

@@ -31,14 +31,15 @@ def default_workers(device_type: str = "cpu") -> int:
 
 
 def default_writers(device_type: str = "cpu", workers: int = 0) -> int:
-    """Writer processes that encode PNGs and write the files (pipeline/writer_pool.py).
+    """Writer processes that encode PNGs and write the files (pipeline/writer_pool.py); 0: the writer thread.
 
-    On the CPU one: the model needs the cores, and one process already takes the encoding off the compute
-    thread's GIL. On a GPU the CPUs that the DataLoader ``workers`` and the main process leave, 1 to 8
-    (measured on an H200 host: one writer thread reached 1/8 of the file system's rate there).
+    On the CPU none: the model's threads already take every core, and a process only adds the hand-over
+    (measured on a 2-core box: a run's compute phase no faster with one). On a GPU the CPUs that the
+    DataLoader ``workers`` and the main process leave, 1 to 8 (an H200 host's one writer thread reached 1/8
+    of its file system's rate).
     """
     if device_type == "cpu":
-        return 1
+        return 0
     return max(1, min(8, cpu_count() - max(1, workers) - 1))
 
 

@@ -513,7 +513,8 @@ def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Calla
     pictures = batch_pictures(display, maps, False, [(size, size)] * bs)
     thumbs = display_thumbs(display)
     writers = default_writers(dev.type, workers)  # as a run's default --writers
-    row = Row("gradcam", f"writer alone, maps in memory ({writers} writer process{'es' * (writers > 1)})", "part", n)
+    how = f"{writers} writer process{'es' * (writers > 1)}" if writers else "the writer thread"
+    row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", n)
     outs = _scratch(root, "writer")
 
     def fn(warm: bool) -> None:
