@@ -183,3 +183,32 @@ def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path,
         assert tc._files(out) == tc._files(ref)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_writers_option_changes_no_map(tmp_path, tiny_ckpt):
+    """--writers N on the CLI; the writer count is not part of the request: changing it recomputes nothing."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 6)
+    args = ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0"]
+    r = CliRunner().invoke(cli, [*args, "--writers", "2"], catch_exceptions=False)
+    assert r.exit_code == 0 and "6 computed" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--writers", "0"], catch_exceptions=False)
+    assert r.exit_code == 0 and "0 computed" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--writers", "-1"])
+    assert r.exit_code == 2 and "--writers" in r.output
+
+
+def test_writer_count_is_not_in_the_request(tmp_path):
+    """An unchanged re-run with another --writers still skips loading the model (same request key)."""
+    from types import SimpleNamespace
+
+    from xaibatch.pipeline.setup import request_key
+
+    found = SimpleNamespace(classes=["a", "b"])
+    keys = {request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64)
+            for n in (None, 0, 3)}
+    assert len(keys) == 1
