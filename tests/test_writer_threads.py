@@ -1,24 +1,63 @@
-"""The writer's parallel path (used on GPUs): same files as one thread, errors still stop the batch's commit."""
+"""The writer's parallel paths: writer processes (the default) and threads (where there is no fork) write the
+same files as the writer thread alone; an error in any of them commits nothing of its batch; the processes
+die with a SIGKILLed run and a dead one fails the run instead of hanging it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import write_images
-from xaibatch.pipeline import compute, writer
 from xaibatch.manifest import Manifest
-from xaibatch.pipeline import RunOptions, run
-from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS
+from xaibatch.pipeline import RunOptions, run, writer
+from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
+from xaibatch.pipeline.writer_pool import WriterDied
 
 
-def _opts(inp, out, ckpt):
+def _opts(inp, out, ckpt, writers=None):
     return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "lime"], checkpoint=ckpt, batch_size=4,
-                      workers=0, handle_signals=False, method_options={"lime": {"samples": 20}})
+                      workers=0, writers=writers, handle_signals=False, method_options={"lime": {"samples": 20}})
 
 
-def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch):
+def _pictures(out: Path) -> dict:
+    return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".png", ".npy")}
+
+
+def test_writer_processes_write_the_same_files(tmp_path, tiny_ckpt, monkeypatch):
+    inp = tmp_path / "in"
+    write_images(inp, 10, size=128, seed=5)
+    pids = tmp_path / "pids"
+    item = writer.write_item
+
+    def recording(files, it, run_id):  # the processes fork after this patch: they run it too
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return item(files, it, run_id)
+
+    monkeypatch.setattr(writer, "write_item", recording)
+    files, rows = {}, {}
+    for n in (0, 3):
+        out = tmp_path / f"out{n}"
+        pids.write_text("")
+        run(_opts(inp, out, tiny_ckpt, writers=n), log=lambda s: None)
+        seen = set(pids.read_text().split())
+        assert (seen == {str(os.getpid())}) if n == 0 else (len(seen) == 3 and str(os.getpid()) not in seen)
+        files[n] = _pictures(out)
+        m = Manifest(out / "xaibatch.sqlite")
+        rows[n] = {k: (r.npy, r.png, r.thumb) for k, r in m.maps().items()}
+        m.close()
+    assert len(files[0]) == 10 + 10 * 2 * 2  # image, and npy + png per method (128 px: their own thumbnails)
+    assert files[0] == files[3] and rows[0] == rows[3]
+
+
+def test_writer_threads_write_the_same_files(tmp_path, tiny_ckpt, monkeypatch):
+    """Where there is no fork the writer falls back to threads: the same files."""
     assert 128 * 128 >= PARALLEL_WRITE_MIN_PIXELS  # so these images take the parallel path
     inp = tmp_path / "in"
     write_images(inp, 10, size=128, seed=5)
@@ -30,34 +69,146 @@ def test_parallel_writer_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch)
         return item(*a, **k)
 
     monkeypatch.setattr(writer, "write_item", recording)
+    monkeypatch.setattr(writer, "can_fork", lambda: False)
     files = {}
-    for threads in (1, 3):
-        monkeypatch.setattr(compute, "writer_threads", lambda device, workers, t=threads: t)
-        out = tmp_path / f"out{threads}"
-        run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
-        files[threads] = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.suffix in (".png", ".npy")}
+    for n in (1, 3):
+        out = tmp_path / f"out{n}"
+        run(_opts(inp, out, tiny_ckpt, writers=n), log=lambda s: None)
+        files[n] = _pictures(out)
     assert any(n.startswith("xaibatch-encode") for n in names) and "xaibatch-writer" in names
-    assert len(files[1]) == 10 + 10 * 2 * 2  # image, and npy + png per method (128 px: their own thumbnails)
     assert files[1] == files[3]
 
 
-def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt, monkeypatch):
+@pytest.mark.parametrize("forks", [True, False])
+def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt, monkeypatch, forks):
     inp = tmp_path / "in"
     write_images(inp, 8, size=128, seed=6)
-    monkeypatch.setattr(compute, "writer_threads", lambda device, workers: 3)
+    main = os.getpid()
     write = writer.OutputDir.write
 
     def failing(self, rel, data):
-        if threading.current_thread().name.startswith("xaibatch-encode") and rel.startswith("maps/lime/"):
+        elsewhere = os.getpid() != main or threading.current_thread().name.startswith("xaibatch-encode")
+        if elsewhere and rel.startswith("maps/lime/"):
             raise OSError(28, "No space left on device")
         return write(self, rel, data)
 
     monkeypatch.setattr(writer.OutputDir, "write", failing)
+    monkeypatch.setattr(writer, "can_fork", lambda: forks)
     with pytest.raises(OSError, match="No space left"):
-        run(_opts(inp, tmp_path / "out", tiny_ckpt), log=lambda s: None)
+        run(_opts(inp, tmp_path / "out", tiny_ckpt, writers=3), log=lambda s: None)
     m = Manifest(tmp_path / "out" / "xaibatch.sqlite")
     try:
         assert m.images() == {} and m.maps() == {}
         assert m.runs()[-1]["status"] == "error"
     finally:
         m.close()
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def _job(n: int, size: int = 32) -> WriteJob:
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return WriteJob(1, [WriteItem(f"i{i}.png", f"i{i}", size, size, pic, None,
+                                  [MapPictures("gradcam", "h", rng.random((size, size), dtype=np.float32), pic, None)])
+                        for i in range(n)])
+
+
+def test_a_dead_writer_process_fails_the_run_instead_of_hanging(tmp_path):
+    w = Writer(tmp_path, writers=2)
+    w.start()
+    try:
+        os.kill(w.pool.pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(WriterDied, match="writer process ended"):
+            w.put(_job(8))
+            w.finish()
+        assert time.monotonic() - t0 < 30
+    finally:
+        if w.is_alive():
+            w.finish()
+
+
+def test_writer_processes_end_with_the_writer(tmp_path):
+    w = Writer(tmp_path, writers=2)
+    pids = list(w.pool.pids)
+    w.start()
+    w.put(_job(6))
+    w.finish()
+    assert len(list((tmp_path / "maps" / "gradcam").glob("*.npy"))) == 6
+    for pid in pids:  # reaped: no zombie, no orphan
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt):
+    """tests/test_crash.py's kill between a batch's files and its commit, with writer processes: they die with
+    the run, and the re-run sweeps what they left and ends as an uninterrupted run does."""
+    import torch
+
+    import test_crash as tc
+    from test_safety import _alive, _children
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same kernels as the OMP_NUM_THREADS=1 subprocess (see test_crash)
+    try:
+        inp, out = tc._starting_folder(tmp_path, tiny_ckpt)
+        ref = tc._reference(tmp_path, out, inp, tiny_ckpt)
+        marks = tmp_path / "marks"
+        proc = tc._cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=["--writers", "2"])
+        kids: list[int] = []
+        try:
+            tc._wait_for(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
+            kids = _children(proc.pid)  # --workers 0: the run's only children are its writer processes
+            assert len(kids) == 2
+            proc.kill()
+            proc.wait(timeout=30)
+            t0 = time.monotonic()
+            while any(_alive(k) for k in kids) and time.monotonic() - t0 < 3.0:
+                time.sleep(0.05)
+            assert not [k for k in kids if _alive(k)], "a writer process outlived its SIGKILLed run"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+            for k in kids:
+                try:
+                    os.kill(k, signal.SIGKILL)
+                except OSError:
+                    pass
+        r = run(tc._opts(inp, out, tiny_ckpt), log=lambda s: None)
+        assert r.status == "ok"
+        assert tc._consistent(out) == tc._consistent(ref)
+        assert tc._files(out) == tc._files(ref)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_writers_option_changes_no_map(tmp_path, tiny_ckpt):
+    """--writers N on the CLI; the writer count is not part of the request: changing it recomputes nothing."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 6)
+    args = ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0"]
+    r = CliRunner().invoke(cli, [*args, "--writers", "2"], catch_exceptions=False)
+    assert r.exit_code == 0 and "6 computed" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--writers", "0"], catch_exceptions=False)
+    assert r.exit_code == 0 and "0 computed" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--writers", "-1"])
+    assert r.exit_code == 2 and "--writers" in r.output
+
+
+def test_writer_count_is_not_in_the_request(tmp_path):
+    """An unchanged re-run with another --writers still skips loading the model (same request key)."""
+    from types import SimpleNamespace
+
+    from xaibatch.pipeline.setup import request_key
+
+    found = SimpleNamespace(classes=["a", "b"])
+    keys = {request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64)
+            for n in (None, 0, 3)}
+    assert len(keys) == 1

@@ -163,10 +163,13 @@ class _RunCommand(click.Command):
 @click.option("--workers", type=click.IntRange(0),
               show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
               help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
+@click.option("--writers", type=click.IntRange(0),
+              show_default="CPU: 0; GPU: the CPUs the workers leave, 1 to 8",
+              help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).")
 @click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: device (nvJPEG on a GPU; the workers only read files), "
-                   "cpu (PIL in the workers), auto (device on CUDA, else cpu). Other formats, and LIME's batches, "
-                   "always use PIL (e.g. --decode cpu).")
+                   "cpu (PIL in the workers), auto (cpu: on an H200 the device measured slower). Other formats, and "
+                   "LIME's batches, always use PIL (e.g. --decode device).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
                    "(data/demo/test -> outputs/demo-test).")
@@ -224,8 +227,8 @@ class _RunCommand(click.Command):
                                 "(e.g. --cpus-per-worker 4).")
 @reported
 def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
-        image_size, target_layer, target, batch_size, device, workers, decode, out, replace, unlabeled, follow_links,
-        lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet, wait, wait_timeout, log_json,
+        image_size, target_layer, target, batch_size, device, workers, writers, decode, out, replace, unlabeled,
+        follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet, wait, wait_timeout, log_json,
         faithfulness, faithfulness_steps, faithfulness_baseline, engine, ray_address, ray_workers, gpus_per_worker,
         cpus_per_worker):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
@@ -259,7 +262,8 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
         input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
         classes=_class_list(classes), positive_class=positive_class, threshold=threshold,
         image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
-        workers=workers, decode=decode, labeled=False if unlabeled else None, follow_links=follow_links, max_map_side=max_map_side,
+        workers=workers, writers=writers, decode=decode, labeled=False if unlabeled else None,
+        follow_links=follow_links, max_map_side=max_map_side,
         method_options={**method_option,
                         "lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide,
                                  **method_option.get("lime", {})}},

@@ -32,15 +32,18 @@ from .layout import DISPLAY_MAX_SIDE, display_size
 
 
 def device_decode(choice: str, device: torch.device, segments: bool = False) -> bool:
-    """Whether a group of images is decoded on ``device``: ``auto`` on CUDA only, ``device`` always, ``cpu``
-    never; never when the methods need superpixels (``segments``), which the workers compute on the PIL path.
+    """Whether a group of images is decoded on ``device``: ``device`` yes, ``cpu`` and ``auto`` no; never when
+    the methods need superpixels (``segments``), which the workers compute on the PIL path.
 
-    ``auto`` falls back to the workers when the device cannot decode JPEGs (a torchvision without nvJPEG);
-    ``device`` then raises :class:`UsageError`.
+    ``auto`` picks the device only where it is measured faster (:data:`AUTO_ON_DEVICE`): nowhere yet. On an
+    H200 host the loader with nvJPEG reached 0.30x (64 px) and 0.73x (224 px) of PIL in the DataLoader
+    workers (issue #20), so ``auto`` means PIL until ``xaibatch bench`` (its ``loader alone, JPEG, decoded on``
+    row against ``PIL in the workers``) shows a device type faster. ``device`` raises :class:`UsageError`
+    where the device cannot decode JPEGs (a torchvision without nvJPEG).
     """
     if choice not in DECODE_CHOICES:
         raise UsageError(f"--decode {choice}: expected one of {', '.join(DECODE_CHOICES)}")
-    if choice == "cpu" or segments or (choice == "auto" and device.type != "cuda"):
+    if segments or choice == "cpu" or (choice == "auto" and device.type not in AUTO_ON_DEVICE):
         return False
     problem = _cannot_decode_on(str(device))
     if problem is None:
@@ -48,6 +51,11 @@ def device_decode(choice: str, device: torch.device, segments: bool = False) -> 
     if choice == "device":
         raise UsageError(f"--decode device: torchvision cannot decode JPEGs on {device}: {problem}")
     return False
+
+
+# Device types where ``--decode auto`` decodes JPEGs on the device: those measured faster than PIL in the
+# DataLoader workers. Empty: the H200 measured the device slower at 64 and 224 px (see device_decode).
+AUTO_ON_DEVICE: frozenset[str] = frozenset()
 
 
 @functools.cache
@@ -143,18 +151,15 @@ def finish_batch(b: dict[str, Any], device: torch.device, input_size: int,
 
 
 def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode all in one call; when that fails, each alone (None for each that fails)."""
+    """Decode all in one call; when that fails, each half in one call, and so on down to single files (None for
+    each that fails): one bad JPEG in a batch of 512 costs about 2 x 9 calls, not 512."""
     try:
         return list(decode_jpegs(data, device))
     except Exception:
-        pass
-    out: list[torch.Tensor | None] = []
-    for t in data:
-        try:
-            out.append(decode_jpegs([t], device)[0])
-        except Exception:
-            out.append(None)
-    return out
+        if len(data) == 1:
+            return [None]
+    half = len(data) // 2
+    return _decode_each(data[:half], device) + _decode_each(data[half:], device)
 
 
 def _resize_on_device(on_device: list[tuple[int, torch.Tensor]], xs: list[Any], display: list[Any],

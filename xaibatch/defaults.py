@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-# --decode: auto decodes JPEGs on the device when it is CUDA, else with PIL in the DataLoader workers (decode.py)
+# --decode: auto decodes JPEGs with PIL in the DataLoader workers except on device types measured faster
+# (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
 DECODE_CHOICES = ("auto", "cpu", "device")
 
 
@@ -27,6 +28,19 @@ def default_workers(device_type: str = "cpu") -> int:
     if device_type == "cpu":
         return max(0, min(4, n - 1))
     return max(1, min(16, n // 2))
+
+
+def default_writers(device_type: str = "cpu", workers: int = 0) -> int:
+    """Writer processes that encode PNGs and write the files (pipeline/writer_pool.py); 0: the writer thread.
+
+    On the CPU none: the model's threads already take every core, and a process only adds the hand-over
+    (measured on a 2-core box: a run's compute phase no faster with one). On a GPU the CPUs that the
+    DataLoader ``workers`` and the main process leave, 1 to 8 (an H200 host's one writer thread reached 1/8
+    of its file system's rate).
+    """
+    if device_type == "cpu":
+        return 0
+    return max(1, min(8, cpu_count() - max(1, workers) - 1))
 
 
 def default_batch_size(device_type: str, input_size: int) -> int:

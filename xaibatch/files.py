@@ -137,12 +137,15 @@ class OutputDir:
     The writer saves several small files per image; resolving every path again (as :func:`safe_join`
     does) and walking it from the root cost more than the write itself. A folder is checked with
     :func:`safe_join` and created on first use, then kept open (at most ``max_open`` at a time); each file
-    is written to a temporary name and renamed relative to the folder's descriptor.
+    is written to a temporary name and renamed relative to the folder's descriptor. The name carries ``pid``
+    (default: this process): writer processes give their run's, so that a sweep after the run was killed
+    finds their temporary files even before the kernel has reaped them.
     """
 
-    def __init__(self, root: Path, max_open: int = 256) -> None:
+    def __init__(self, root: Path, max_open: int = 256, pid: int | None = None) -> None:
         self.root = Path(root)
         self.max_open = max_open
+        self.pid = pid
         self._fds: dict[str, int] = {}
 
     def _folder(self, rel_dir: str) -> int:
@@ -166,7 +169,7 @@ class OutputDir:
         dir_fd = self._folder(rel_dir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         for _ in range(1000):
-            tmp = f".{name[:32]}.{next(_tmp_counter)}.{os.getpid()}.tmp"
+            tmp = f".{name[:32]}.{next(_tmp_counter)}.{self.pid or os.getpid()}.tmp"
             try:
                 fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
                 break

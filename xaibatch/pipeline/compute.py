@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, collate
+from ..defaults import default_writers
 from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
@@ -29,7 +30,7 @@ from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .signals import Stop
-from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, writer_threads
+from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
 
 def image_seed(rel: str) -> int:
@@ -204,8 +205,8 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
 
     device = prepared.ctx.device
     progress = progress_bar(opts, len(plan.work))
-    writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)),
-                    threads=writer_threads(device.type, prepared.workers), check=check)
+    writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)), check=check,
+                    writers=default_writers(device.type, prepared.workers) if opts.writers is None else opts.writers)
     writer.start()
     scorer = None
     if opts.faithfulness is not None:

@@ -1,10 +1,11 @@
 """Save a batch's pictures and maps, then commit its manifest rows: off the compute thread.
 
 The device does the pixel work for a whole batch (:func:`batch_pictures`: maps resized to the original
-size, overlays, thumbnails); the writer thread only encodes PNGs and writes files, on up to
-``threads`` threads (zlib and file I/O release the GIL). Crash safety: every file is written to a
-temporary name and renamed (:class:`~xaibatch.files.OutputDir`), and a batch's rows are committed in
-one transaction only after all of its files are in place.
+size, overlays, thumbnails); the writer only encodes PNGs and writes files: in ``writers`` forked
+processes (:mod:`.writer_pool`, one share of each batch each), or in its own thread (``writers=0``).
+Crash safety: every file is written to a temporary name and renamed (:class:`~xaibatch.files.OutputDir`),
+and a batch's rows are committed in one transaction, by the writer thread, only after all of its files
+are in place.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import os
 import queue
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .. import layout
 from ..files import OutputDir, npy_bytes, unlink_all
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import encode_png
+from .writer_pool import WriterPool, can_fork
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
 # writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
@@ -132,17 +134,23 @@ def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
 
 
 class Writer(threading.Thread):
-    """Writes each job's files, then commits its rows (one transaction per job), in order."""
+    """Writes each job's files, then commits its rows (one transaction per job), in order.
+
+    ``writers`` > 0: that many writer processes encode and write (started here, in the calling thread, so
+    that they die with it); the next job is sent to them before the previous one's rows are committed.
+    0: this thread writes. ``threads`` > 1 (or ``writers`` where there is no ``fork``): a thread pool.
+    """
 
     def __init__(self, out_dir: Path, on_done: Callable[[int], None] = lambda n: None, threads: int = 1,
-                 queue_size: int = 4, check: Callable[[], None] = lambda: None) -> None:
+                 queue_size: int = 4, check: Callable[[], None] = lambda: None, writers: int = 0) -> None:
         self.check = check  # raises when the output folder's lock is no longer ours
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = Path(out_dir)
         self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self.on_done = on_done
-        self.threads = threads  # > 1: a batch's images are encoded and written in parallel
+        self.pool = WriterPool(self.out_dir, writers) if writers > 0 and can_fork() else None
+        self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
 
     def put(self, job: WriteJob) -> None:
         if self.error is not None:
@@ -150,33 +158,83 @@ class Writer(threading.Thread):
         self.q.put(job)
 
     def finish(self) -> None:
-        """Write what is queued, stop the thread, and raise the first error it met."""
-        self.q.put(None)
-        self.join()
+        """Write what is queued, stop the thread (and the processes), and raise the first error it met."""
+        if self.is_alive():
+            self.q.put(None)
+            self.join()
+        elif self.pool is not None:  # never started
+            self.pool.close()
         if self.error is not None:
             raise self.error
 
     def run(self) -> None:
         manifest = Manifest(self.out_dir / layout.MANIFEST)
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xaibatch-encode") if self.threads > 1 else None
-        files = OutputDir(self.out_dir)
         try:
-            while (job := self.q.get()) is not None:
-                if self.error is None:
-                    try:
-                        self.write(manifest, files, job, pool)
-                    except BaseException as e:  # surfaced by the compute thread
-                        self.error = e
+            if self.pool is not None:
+                self._run_pool(manifest)
+                return
+            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xaibatch-encode") if self.threads > 1 else None
+            files = OutputDir(self.out_dir)
+            try:
+                while (job := self.q.get()) is not None:
+                    if self.error is None:
+                        try:
+                            self.write(manifest, files, job, pool)
+                        except BaseException as e:  # surfaced by the compute thread
+                            self.error = e
+            finally:
+                if pool is not None:
+                    pool.shutdown(wait=True)
+                files.close()
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
-            files.close()
+            if self.pool is not None:
+                self.pool.close()
             manifest.close()
 
     def write(self, manifest: Manifest, files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None) -> None:
         record = write_files(files, job, pool)
         commit(manifest, record, self.out_dir, self.check)
         self.on_done(record.count)
+
+    def _run_pool(self, manifest: Manifest) -> None:
+        """Jobs to the writer processes; each job's rows committed once its files are acknowledged, in order.
+        Up to two jobs are out at a time, so the processes write the next while this thread commits."""
+        assert self.pool is not None
+        pool, sent = self.pool, deque()
+
+        def settle() -> None:
+            job, token = sent.popleft()
+            try:
+                pool.wait(token)
+                if self.error is None:
+                    commit(manifest, pictures_written(job), self.out_dir, self.check)
+                    self.on_done(job.count)
+            except BaseException as e:  # surfaced by the compute thread
+                if self.error is None:
+                    self.error = e
+
+        while True:
+            if sent:
+                try:
+                    job = self.q.get_nowait()
+                except queue.Empty:  # nothing new to send: commit what is out
+                    settle()
+                    continue
+            else:
+                job = self.q.get()
+            if job is None:
+                break
+            if self.error is not None:
+                continue  # after an error: drain the queue, write and commit nothing more
+            try:
+                sent.append((job, pool.submit(job.items, job.run_id)))
+            except BaseException as e:
+                self.error = e
+                continue
+            if len(sent) > 2:
+                settle()
+        while sent:
+            settle()
 
 
 @dataclass
@@ -209,6 +267,12 @@ def write_files(files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None
                   list(job.failed), list(job.discard), job.count, len(job.items))
 
 
+def pictures_written(job: WriteJob) -> Commit:
+    """What to commit for ``job`` once its files were written elsewhere (by writer processes)."""
+    return Commit(job.run_id, list(job.image_rows), [r for it in job.items for r in map_rows(it, job.run_id)],
+                  list(job.drop_maps), list(job.failed), list(job.discard), job.count, len(job.items))
+
+
 def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[], None] = lambda: None) -> None:
     """Commit a batch's rows in one transaction (its files are in place), then delete the files it discards."""
     with manifest.transaction():
@@ -232,6 +296,14 @@ def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
             "faith": {k: faith[k] for k in ("deletion_curve", "insertion_curve")}}
 
 
+def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
+    """The manifest rows of ``item``'s maps (not yet committed)."""
+    stem, w, h = item.stem, item.width, item.height
+    return [MapRow(item.rel, mp.method, mp.config_hash, layout.map_npy(mp.method, stem),
+                   layout.map_png(mp.method, stem), layout.map_thumb(mp.method, stem, w, h), mp.info, run_id,
+                   **faith_fields(mp.faith)) for mp in item.maps]
+
+
 def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
     """Encode and write one image's files; return its map rows (not yet committed)."""
     stem, w, h = item.stem, item.width, item.height
@@ -239,14 +311,9 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
         files.write(layout.image_png(stem), encode_png(item.display))
         if item.display_thumb is not None:
             files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
-    rows = []
     for mp in item.maps:
-        npy, png, thumb = layout.map_npy(mp.method, stem), layout.map_png(mp.method, stem), \
-            layout.map_thumb(mp.method, stem, w, h)
-        files.write(npy, npy_bytes(mp.array.astype(np.float32, copy=False)))
-        files.write(png, encode_png(mp.overlay))
+        files.write(layout.map_npy(mp.method, stem), npy_bytes(mp.array.astype(np.float32, copy=False)))
+        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay))
         if mp.thumb is not None:
-            files.write(thumb, encode_png(mp.thumb))
-        rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id,
-                           **faith_fields(mp.faith)))
-    return rows
+            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb))
+    return map_rows(item, run_id)

@@ -504,22 +504,23 @@ def _writer_alone(root, images, n, n_warm, bs, dev, workers) -> tuple[Row, Calla
     """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
     import torch
 
-    from ..pipeline.writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs, \
-        writer_threads
+    from ..defaults import default_writers
+    from ..pipeline.writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
     size = images.shape[1]
     display = [images[i % len(images)] for i in range(bs)]
     maps = torch.rand(bs, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
     pictures = batch_pictures(display, maps, False, [(size, size)] * bs)
     thumbs = display_thumbs(display)
-    threads = writer_threads(dev.type, workers)
-    row = Row("gradcam", f"writer alone, maps in memory ({threads} thread{'s' * (threads > 1)})", "part", n)
+    writers = default_writers(dev.type, workers)  # as a run's default --writers
+    how = f"{writers} writer process{'es' * (writers > 1)}" if writers else "the writer thread"
+    row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", n)
     outs = _scratch(root, "writer")
 
     def fn(warm: bool) -> None:
         out = next(outs)
         out.mkdir()
-        w = Writer(out, threads=threads)
+        w = Writer(out, writers=writers)
         w.start()
         try:
             k = n_warm if warm else n
@@ -692,12 +693,12 @@ def _ratios(rows: list[Row], opts: BenchOptions, lime_bs_rows: list[Row]) -> lis
             writer, floor = find(fam, "part", "writer alone"), find(fam, "limit", "file system floor")
             if writer and floor:
                 out.append(Ratio("writer alone / file system floor (atomic writes, no encoding)",
-                                 writer.rate / floor.rate))
+                                 writer.rate / floor.rate, 0.8))
             pil_jpeg = find(fam, "part", "loader alone, JPEG, PIL")
             dev_jpeg = find(fam, "part", "loader alone, JPEG, decoded on")
             if pil_jpeg and dev_jpeg:
                 out.append(Ratio(f"JPEG loader alone at {opts.image_size} px: decoded on {dev_jpeg.extra['decode_on']} "
-                                 "/ PIL in the workers", dev_jpeg.rate / pil_jpeg.rate))
+                                 "/ PIL in the workers", dev_jpeg.rate / pil_jpeg.rate, 2.0))  # --decode auto: PIL below
             batched = find(fam, "peer", "pytorch-grad-cam GradCAM, batches")
             if batched:
                 out.append(Ratio("gradcam end to end / pytorch-grad-cam batched (tensors in memory)",

@@ -1,0 +1,177 @@
+"""Writer processes: a batch's PNG encoding and file writes spread over several cores.
+
+Threads do not scale for this work: at small sizes it is mostly Python (under the GIL) and system calls
+(measured on an H200 host: 8 writer threads reached 0.12x of what the file system takes). So the writer
+thread (:class:`.writer.Writer`) hands each batch's pictures, as raw uint8/float32 arrays, to ``n``
+forked processes over pipes, one contiguous share of the batch each; they encode and write the files
+(:func:`.writer.write_item`, the same code as the in-thread path) and answer with an acknowledgement or
+the exception they met. The writer thread commits a batch's rows only once every share is acknowledged:
+rows still follow their files.
+
+The processes are forked from the thread that makes the pool (so they need no imports and no pickled
+model), ignore SIGINT/SIGTERM (the run stops them after its current batch, as DataLoader workers), and
+die with the run: ``PR_SET_PDEATHSIG`` on Linux (a thread watching the parent elsewhere), and a closed
+pipe ends their loop. Where ``fork`` is not available :func:`can_fork` is false and the writer uses
+threads.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork") and hasattr(os, "waitpid")
+
+
+class WriterDied(RuntimeError):
+    """A writer process ended without answering (killed, out of memory)."""
+
+
+class WriterPool:
+    """``n`` writer processes under ``out_dir``; :meth:`submit` a batch's items, :meth:`wait` for them."""
+
+    def __init__(self, out_dir: Path, n: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.conns: list[Connection] = []
+        self.pids: list[int] = []
+        self._next = 0
+        self._pending: dict[int, int] = {}  # job token -> shares not yet acknowledged
+        self._errors: dict[int, BaseException] = {}
+        from .compute import die_with_parent  # imported here, before the fork: the child imports nothing
+
+        parent = os.getpid()
+        try:
+            for _ in range(max(1, n)):
+                mine, theirs = Pipe(duplex=True)
+                pid = os.fork()
+                if pid == 0:  # the child: never returns
+                    code = 1
+                    try:
+                        mine.close()
+                        for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
+                            c.close()
+                        _serve(theirs, self.out_dir, parent, die_with_parent)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                theirs.close()
+                self.conns.append(mine)
+                self.pids.append(pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def submit(self, items: list[Any], run_id: int) -> int:
+        """Send ``items`` (WriteItems) to the processes, one contiguous share each; return the job's token."""
+        token = self._next
+        self._next += 1
+        k = min(len(self.conns), len(items))
+        self._pending[token] = k
+        for i in range(k):
+            share = items[i * len(items) // k:(i + 1) * len(items) // k]
+            try:
+                self.conns[i].send_bytes(pickle.dumps((token, run_id, share), protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError as e:  # a closed pipe: the process is gone
+                self._pending[token] -= k - i
+                raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})") from e
+        return token
+
+    def wait(self, token: int) -> None:
+        """Block until every share of ``token`` is written; raise the first error a process met for it."""
+        while self._pending.get(token, 0) > 0:
+            for conn in wait(self.conns):
+                try:
+                    done, err = conn.recv()
+                except (EOFError, OSError):
+                    raise WriterDied(f"a writer process ended unexpectedly ({self._status(self.conns.index(conn))})"
+                                     ) from None
+                self._pending[done] -= 1
+                if err is not None:
+                    self._errors.setdefault(done, err)
+        self._pending.pop(token, None)
+        err = self._errors.pop(token, None)
+        if err is not None:
+            raise err
+
+    def _status(self, i: int) -> str:
+        try:
+            pid, status = os.waitpid(self.pids[i], os.WNOHANG)
+        except ChildProcessError:
+            return "already reaped"
+        if pid == 0:
+            return "still running"
+        if os.WIFSIGNALED(status):
+            return f"killed by signal {os.WTERMSIG(status)}"
+        return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+    def close(self) -> None:
+        """Let the processes finish what they were sent and exit; reap them."""
+        for conn in self.conns:
+            try:
+                conn.send_bytes(pickle.dumps(None))
+            except OSError:
+                pass
+        for conn in self.conns:  # drain: a process blocked on a full answer pipe could not read its end signal
+            try:
+                while conn.poll(0):
+                    conn.recv_bytes()
+            except (EOFError, OSError):
+                pass
+        for pid in self.pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.pids = [], []
+
+
+def _serve(conn: Connection, out_dir: Path, parent: int, die_with_parent: Callable[[int], None]) -> None:
+    """A writer process: write each share it is sent, answer (token, None or the error), until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
+    from ..files import OutputDir
+    from . import writer
+
+    die_with_parent(parent)
+    files = OutputDir(out_dir, pid=parent)  # temporary names the run's: see OutputDir
+    try:
+        while True:
+            try:
+                msg = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):  # the run is gone
+                return
+            if msg is None:
+                return
+            token, run_id, items = msg
+            err = None
+            try:
+                for item in items:
+                    writer.write_item(files, item, run_id)  # looked up per call: what the run's module holds
+            except BaseException as e:  # reported to the writer thread, which raises it in the run
+                err = _portable(e)
+            conn.send((token, err))
+    finally:
+        files.close()
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if it survives pickling (OSError with its errno, UsageError, ...), else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
