@@ -101,16 +101,19 @@ MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -
 def cascade(model: torch.nn.Module, maps_of: MapsFn, seed: int = 0,
             log: Callable[[str], None] = lambda s: None) -> list[Curve]:
     """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
+    from .heads import unwrap
+
     original = maps_of(model)
     net = copy.deepcopy(model)
-    names = stages(net)
+    inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
+    names = stages(inner)
     if not names:
         raise UsageError("the model has no top-level stage with parameters to randomize")
     labels = ["original"]
     rank = {m: [1.0] for m in original}
     sim = {m: [1.0] for m in original}
     for i, name in enumerate(names):
-        reinit(getattr(net, name), seed + i)
+        reinit(getattr(inner, name), seed + i)
         labels.append(name if i == 0 else f"+{name}")
         now = maps_of(net)
         for m, ref in original.items():
@@ -292,7 +295,9 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
     from .layers import find_target_layer
     from .methods.explainer import Explainer
 
-    layer = find_target_layer(net, ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
+    from .heads import unwrap
+
+    layer = find_target_layer(unwrap(net), ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
     ctx2 = replace(ctx, model=net.to(ctx.device).eval(), layer=layer)
     for m in methods:
         m.ctx = ctx2
