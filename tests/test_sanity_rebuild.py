@@ -165,3 +165,15 @@ def test_run_config_round_trips(inp, tiny_ckpt, tmp_path):
     assert cfg.to_json() == text
     assert cfg.source.kind == "checkpoint" and cfg.source.checkpoint == str(tiny_ckpt)
     assert cfg.methods["lime"].options["samples"] == 12 and cfg.input_dir == str(inp)
+
+
+def test_a_moved_checkpoint_is_named_and_can_be_passed(inp, tmp_path):
+    ck = make_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=ck)
+    moved = ck.rename(tmp_path / "moved.pt")
+    res = _sanity(out)
+    assert res.exit_code == 2 and "cannot rebuild" in res.output and "--checkpoint" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = _sanity(out, "--checkpoint", str(moved))
+    assert res.exit_code == 0, res.output
