@@ -218,8 +218,10 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
 
     src = run.rebuild_source()
     model, checkpoint, arch = src.model, src.checkpoint, src.arch
-    if override.given():
-        model, checkpoint, arch = override.model, override.checkpoint, override.arch
+    if override.given():  # what is given replaces what was recorded (a moved --checkpoint keeps the --model)
+        model = override.model or model
+        checkpoint = override.checkpoint or checkpoint
+        arch = override.arch or (arch if override.model is None else None)
     return RunOptions(
         input_dir=root, out_dir=out, methods=list(run.methods), model=model,
         checkpoint=Path(checkpoint) if checkpoint else None, arch=arch,
