@@ -3,8 +3,8 @@
 The run row's ``config_json`` is :meth:`RunConfig.to_dict`; :meth:`RunConfig.from_json` is the one reader.
 :class:`ModelSource` holds the options that built the model and the methods, with paths made absolute, so
 that ``xaibatch sanity`` rebuilds exactly the run's model from any folder. Records written before a field
-existed read as ``None`` there; :meth:`RunConfig.rebuild_options` then infers what it can and says in one
-line what it cannot. Imports nothing heavy.
+existed read as ``None`` there; :meth:`RunConfig.rebuild_source` infers what it can from them, and
+``xaibatch sanity`` says in one line what it cannot rebuild. Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from .manifest import ManifestError
