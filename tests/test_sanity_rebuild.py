@@ -177,3 +177,21 @@ def test_a_moved_checkpoint_is_named_and_can_be_passed(inp, tmp_path):
     assert len(res.output.strip().splitlines()) == 1
     res = _sanity(out, "--checkpoint", str(moved))
     assert res.exit_code == 0, res.output
+
+
+def test_a_folder_written_before_the_record_existed(inp, tiny_ckpt, tmp_path):
+    """An older run row (no source, no options, a relative input folder): inferred from what it has."""
+    out = tmp_path / "o"
+    _run(inp, out, ["lime", "cam:gradcam++"], checkpoint=tiny_ckpt,
+         method_options={"lime": {"samples": 12, "segments": 6}})
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    cfg = json.loads(db.execute("SELECT config_json FROM runs").fetchone()[0])
+    for key in ("source", "input_dir"):
+        del cfg[key]
+    for m in cfg["methods"].values():
+        del m["options"]
+    db.execute("UPDATE runs SET config_json = ?, input_dir = 'in'", (json.dumps(cfg, sort_keys=True),))
+    db.commit()
+    db.close()
+    res = _sanity(out)
+    assert res.exit_code == 0, res.output
