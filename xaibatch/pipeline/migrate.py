@@ -22,12 +22,13 @@ from ..manifest import Manifest, MapRow
 def stale_rows(maps: dict[str, dict[str, MapRow]]) -> list[tuple[MapRow, MapRow]]:
     """(recorded, moved) for every map row whose files sit under an older folder name."""
     out = []
-    renamed = {m for rows in maps.values() for m in rows if layout.method_dir(m) != m}
-    if not renamed:  # only methods whose folder is their name (gradcam, lime, ...): nothing can be stale
+    prefixes = {m: f"maps/{m}/" for m in set().union(*maps.values()) if layout.method_dir(m) != m}
+    if not prefixes:  # only methods whose folder is their name (gradcam, lime, ...): nothing can be stale
         return out
     for rows in maps.values():
-        for row in rows.values():
-            if row.method not in renamed or not row.npy.startswith(f"maps/{row.method}/"):
+        for m, prefix in prefixes.items():
+            row = rows.get(m)
+            if row is None or not row.npy.startswith(prefix):
                 continue
             new = dataclasses.replace(row, **{f: layout.moved_map_path(getattr(row, f), row.method)
                                              for f in ("npy", "png", "thumb") if getattr(row, f)})
