@@ -79,13 +79,34 @@ def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt,
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
-def test_ray_engine_refuses_faithfulness(labeled_dir, tmp_path, tiny_ckpt):
-    if not HAVE_RAY:
-        pytest.skip("Ray is not installed")
+@pytest.mark.slow
+def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
+    """--faithfulness with --engine ray: actors score the maps, the driver computes the chance sample once."""
+    import json
+
     from xaibatch.faithfulness import FaithConfig
 
-    with pytest.raises(UsageError, match="faithfulness"):
-        run(_opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray", faithfulness=FaithConfig(5, "blur", 64)))
+    a, b = tmp_path / "local", tmp_path / "ray"
+    faith = FaithConfig(4, "blur", 64)
+    run(dataclasses.replace(_opts(labeled_dir, a, tiny_ckpt, faithfulness=faith), methods=["gradcam"]))
+    run(dataclasses.replace(_opts(labeled_dir, b, tiny_ckpt, "ray", faithfulness=faith), methods=["gradcam"]))
+    check_output_folder(b, labeled_dir)
+
+    def scores(out):
+        db = sqlite3.connect(out / "xaibatch.sqlite")
+        try:
+            return dict(((r, m), (d, i)) for r, m, d, i in db.execute("SELECT rel, method, deletion, insertion FROM maps"))
+        finally:
+            db.close()
+
+    sa, sb = scores(a), scores(b)
+    assert sa.keys() == sb.keys() and all(v[0] is not None for v in sb.values())
+    assert max(abs(x - y) for k in sa for x, y in zip(sa[k], sb[k])) < 1e-5
+    ca, cb = (json.loads((o / "faithfulness-chance.json").read_text()) for o in (a, b))
+    assert ca["key"] == cb["key"] and len(cb["random"]["deletion"]) == 10
+    for name in ("random", "blob"):
+        for curve in ("deletion", "insertion"):
+            assert max(abs(x - y) for x, y in zip(ca[name][curve], cb[name][curve])) < 1e-5
 
 
 def test_both_engines_cut_the_same_batches(tmp_path):

@@ -49,6 +49,7 @@ def explain(model, images, methods: Sequence[str] = ("gradcam",), *, target: str
     import torch
 
     from .errors import UsageError
+    from .heads import OneLogitHead, count_outputs, unwrap
     from .layers import find_target_layer
     from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explainer
@@ -66,10 +67,12 @@ def explain(model, images, methods: Sequence[str] = ("gradcam",), *, target: str
     x = _as_uint8_batch(images, input_size)
     input_size = int(x.shape[-1])
     net = net.to(dev).eval()
+    if count_outputs(net, input_size, "the model") == 1:  # a one-logit head: two classes, as a run reads it
+        net = OneLogitHead(net).eval()
     names = list(dict.fromkeys(methods))
     classes = {m: method_class(m) for m in names}
     needs_layer = any(c.needs_activations or c.needs_layer for c in classes.values()) or target_layer is not None
-    layer = find_target_layer(net, input_size, target_layer) if needs_layer else None
+    layer = find_target_layer(unwrap(net), input_size, target_layer) if needs_layer else None
     ctx = ModelContext(net, layer, input_size, tuple(mean), tuple(std), dev)
     options = method_options or {}
     made = [create_method(m, ctx, **({"seed": seed} if classes[m].takes_seed else {}), **options.get(m, {}))

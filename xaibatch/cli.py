@@ -440,19 +440,28 @@ def methods_cmd():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the re-initialisation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
+                   "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME.")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The run's weights, when they moved since the run (checked against the recorded sha256).")
+@click.option("--arch", default=None, help="The timm model of a plain state_dict given with --checkpoint.")
 @reported
-def sanity(out_dir, images, seed, device, batch_size):
+def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
+
+    The run's model, layer and methods are rebuilt from what the run recorded (absolute paths, each
+    method's options); --model/--checkpoint/--arch replace the model when its files moved.
 
     \b
     Example:
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
     """
-    from .sanity import run_sanity
+    from .sanity import ModelOverride, run_sanity
 
     result = run_sanity(out_dir, n=images, seed=seed, device=device, batch_size=batch_size,
-                        log=lambda s: click.echo(s, err=True))
+                        log=lambda s: click.echo(s, err=True), override=ModelOverride(model_spec, checkpoint, arch))
     for c in result["curves"]:
         click.echo(c["verdict"])
 

@@ -268,3 +268,27 @@ def save_chance(out: Path, scorer: Scorer | None) -> None:
         return
     body = {"key": scorer.chance_key, "steps": scorer.cfg.steps, "baseline": scorer.cfg.baseline, **scorer.chance}
     atomic_write_bytes(Path(out) / CHANCE_FILE, json.dumps(body).encode())
+
+
+def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, target: str) -> None:
+    """``--engine ray``: the chance sample, computed once here on the run's first images (the actors score
+    only the maps), with the same images, targets and seeds a local run would use; written like a local run's."""
+    from .data import ImageDataset, collate
+    from .methods.explainer import Explainer
+    from .pipeline.compute import image_seed
+
+    scorer = scorer_for(out, cfg, prepared.ctx, hashes.methods, hashes.predict)
+    need = scorer.chance_sample - _chance_n(scorer.chance)
+    if need <= 0 or not entries:
+        return
+    sample = list(entries)[:need]
+    ds = ImageDataset(sample, prepared.model.input_size)
+    b = collate([ds[i] for i in range(len(ds))])
+    if b["x"] is None:
+        return
+    ok = [sample[i] for i in b["index"]]
+    labels = torch.tensor([e.label if e.label is not None else -1 for e in ok])
+    explainer = Explainer([], prepared.ctx, target, scorer, decision=prepared.model.decision)
+    for a in range(0, len(ok), 32):
+        explainer(b["x"][a:a + 32], labels[a:a + 32], None, [image_seed(e.rel) for e in ok[a:a + 32]])
+    save_chance(out, scorer)

@@ -2,7 +2,8 @@
 
 The rule for CNNs: the deepest stage whose feature map is still at least 4x4
 at the model's input size (ResNet's ``layer4`` on a 32x32 input is 1x1 and
-useless). For token models (ViT, DeiT) the input of the last block's attention
+useless); for torchvision models the stages are ResNets' ``layerN`` and the children of ``features``
+(EfficientNet, ConvNeXt, ...). For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last block's attention
 (``blocks.N.norm1``): the class token's output there still depends on every
 patch token, while the last block's own output no longer does.
 """
@@ -61,7 +62,12 @@ def _conv_names(model: nn.Module) -> list[str]:
 
 
 def _is_token_model(model: nn.Module) -> bool:
-    return hasattr(model, "patch_embed") and hasattr(model, "blocks")
+    return (hasattr(model, "patch_embed") and hasattr(model, "blocks")) or _is_torchvision_vit(model)
+
+
+def _is_torchvision_vit(model: nn.Module) -> bool:
+    return (hasattr(model, "conv_proj") and hasattr(model, "class_token") and hasattr(model, "patch_size")
+            and hasattr(getattr(model, "encoder", None), "layers"))
 
 
 def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[str, tuple[int, ...]]:
@@ -86,12 +92,18 @@ def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[
 
 
 def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetLayer:
-    last = len(model.blocks) - 1
-    name = name or f"blocks.{last}.norm1"
-    gh, gw = model.patch_embed.dynamic_feat_size((input_size, input_size)) if hasattr(
-        model.patch_embed, "dynamic_feat_size"
-    ) else model.patch_embed.grid_size
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    if _is_torchvision_vit(model):  # the input of the last block's attention, as timm's norm1
+        last_block = list(model.encoder.layers.named_children())[-1][0]  # encoder_layer_N
+        name = name or f"encoder.layers.{last_block}.ln_1"
+        gh = gw = input_size // int(model.patch_size)
+        prefix = 1
+    else:
+        last = len(model.blocks) - 1
+        name = name or f"blocks.{last}.norm1"
+        gh, gw = model.patch_embed.dynamic_feat_size((input_size, input_size)) if hasattr(
+            model.patch_embed, "dynamic_feat_size"
+        ) else model.patch_embed.grid_size
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
     shapes = _output_shapes(model, [name], input_size)
     if name not in shapes or len(shapes[name]) != 3:
         raise ModelError(f"layer {name!r} does not give a token sequence; pick a block of the ViT")
@@ -132,9 +144,25 @@ def _stage_names(model: nn.Module) -> list[str]:
     if info is not None:
         entries = info if isinstance(info, list) else getattr(info, "info", [])
         names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
-    if not names:  # not a timm model with feature_info: every conv-ish child, in order
+    if not names:
+        names = _torchvision_stages(model) or []
+    if not names:  # neither timm nor torchvision: every conv-ish child, in order
         names = _conv_names(model)
     return names
+
+
+def _torchvision_stages(model: nn.Module) -> list[str] | None:
+    """A torchvision model's stage outputs: ResNets' ``layer1..4`` (after the skip connections, as timm's),
+    else the children of ``features`` (EfficientNet, MobileNet, ConvNeXt, DenseNet, VGG, ...)."""
+    if not type(model).__module__.startswith("torchvision.models"):
+        return None
+    kids = dict(model.named_children())
+    if all(f"layer{i}" in kids for i in range(1, 5)):
+        return [f"layer{i}" for i in range(1, 5)]
+    features = kids.get("features")
+    if isinstance(features, nn.Sequential):
+        return [f"features.{n}" for n, _ in features.named_children()]
+    return None
 
 
 @contextlib.contextmanager

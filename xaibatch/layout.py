@@ -6,9 +6,9 @@
     .xaibatch.lock                  one run at a time (LOCK)
     images/<stem>.png               display copy of each image (at most DISPLAY_MAX_SIDE)
     thumbs/image/<stem>.png         its thumbnail, only when the display copy is larger than THUMB_SIDE
-    maps/<method>/<stem>.npy        the map at the image's original size (float32)
-    maps/<method>/<stem>.png        the overlay at the display size
-    thumbs/<method>/<stem>.png      the overlay's thumbnail, only when the overlay is larger than THUMB_SIDE
+    maps/<slug>/<stem>.npy          the map at the image's original size (float32); <slug>: method_dir(method)
+    maps/<slug>/<stem>.png          the overlay at the display size
+    thumbs/<slug>/<stem>.png        the overlay's thumbnail, only when the overlay is larger than THUMB_SIDE
     predictions.csv, index.html, gallery/, detail/, assets/, figures/, history.html, skipped.html: the report
     flagged/<label>/<sha256>.<ext>  images `xaibatch serve` users flagged as wrongly predicted (never touched by runs)
 
@@ -56,16 +56,49 @@ def image_thumb(stem: str, w: int, h: int) -> str:
     return f"thumbs/image/{stem}.png" if has_own_thumbnail(w, h) else image_png(stem)
 
 
+_SLUG_KEPT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_SLUG_NAMED = {":": "-", "+": "p"}
+
+
+def method_dir(method: str) -> str:
+    """The folder of a method's files: its name with ``:`` as ``-``, ``+`` as ``p`` and any other character
+    outside ``A-Za-z0-9._-`` as ``_`` and its code point in hex (``cam:gradcam++`` -> ``cam-gradcampp``).
+
+    Portable (Windows, zip archives, relative URLs). Injective over every name xaibatch accepts (a test walks
+    them); a run refuses two methods that would share a folder (:func:`check_method_dirs`).
+    """
+    return "".join(c if c in _SLUG_KEPT else _SLUG_NAMED.get(c) or f"_{ord(c):x}" for c in method)
+
+
+def check_method_dirs(methods) -> None:
+    """Raise ValueError naming two methods whose files would share a folder."""
+    seen: dict[str, str] = {}
+    for m in methods:
+        other = seen.setdefault(method_dir(m), m)
+        if other != m:
+            raise ValueError(f"methods {other!r} and {m!r} would share the folder maps/{method_dir(m)}/; "
+                             "run them into different --out folders")
+
+
 def map_npy(method: str, stem: str) -> str:
-    return f"maps/{method}/{stem}.npy"
+    return f"maps/{method_dir(method)}/{stem}.npy"
 
 
 def map_png(method: str, stem: str) -> str:
-    return f"maps/{method}/{stem}.png"
+    return f"maps/{method_dir(method)}/{stem}.png"
 
 
 def map_thumb(method: str, stem: str, w: int, h: int) -> str:
-    return f"thumbs/{method}/{stem}.png" if has_own_thumbnail(w, h) else map_png(method, stem)
+    return f"thumbs/{method_dir(method)}/{stem}.png" if has_own_thumbnail(w, h) else map_png(method, stem)
+
+
+def moved_map_path(path: str, method: str) -> str:
+    """A map file's path in the current layout, given its recorded one (``maps/cam:gradcam++/a.npy``)."""
+    for top in ("maps", "thumbs"):
+        old = f"{top}/{method}/"
+        if path.startswith(old):
+            return f"{top}/{method_dir(method)}/{path[len(old):]}"
+    return path
 
 
 def detail_page(stem: str) -> str:
@@ -84,7 +117,7 @@ def image_files(stem: str) -> list[str]:
 def stem_files(stem: str, methods: list[str]) -> list[str]:
     """Every path a stem becomes, for checking names against each other and against length limits."""
     return [*image_files(stem), *(p for m in methods for p in (map_npy(m, stem), map_png(m, stem),
-                                                               f"thumbs/{m}/{stem}.png"))]
+                                                               f"thumbs/{method_dir(m)}/{stem}.png"))]
 
 
 # Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png and the

@@ -150,10 +150,12 @@ class Manifest:
         return _Transaction(self.db)
 
     # -- runs ---------------------------------------------------------------
-    def start_run(self, input_dir: str, config: dict[str, Any], predict_hash: str) -> int:
+    def start_run(self, input_dir: str, config: Any, predict_hash: str) -> int:
+        """Record a started run; ``config``: a runconfig.RunConfig (or its dict)."""
+        text = config.to_json() if hasattr(config, "to_json") else json.dumps(config, sort_keys=True)
         cur = self.db.execute(
             "INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash) VALUES (?, 'running', ?, ?, ?)",
-            (time.time(), input_dir, json.dumps(config, sort_keys=True), predict_hash),
+            (time.time(), input_dir, text, predict_hash),
         )
         return int(cur.lastrowid)
 
@@ -171,12 +173,12 @@ class Manifest:
             self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
         return ids
 
-    def last_config(self, request: str) -> tuple[dict[str, Any], str] | None:
+    def last_config(self, request: str) -> tuple[str, str] | None:
         """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""
         row = self.db.execute(
             "SELECT config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
             " ORDER BY id DESC LIMIT 1", (f'%"request": "{request}"%',)).fetchone()
-        return None if row is None else (json.loads(row[0]), row[1])
+        return None if row is None else (row[0], row[1])
 
     def runs(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT * FROM runs ORDER BY id")

@@ -29,6 +29,7 @@ import torch
 from . import layout
 from .errors import UsageError
 from .files import atomic_write_bytes
+from .runconfig import RunConfig
 
 FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
@@ -100,16 +101,19 @@ MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -
 def cascade(model: torch.nn.Module, maps_of: MapsFn, seed: int = 0,
             log: Callable[[str], None] = lambda s: None) -> list[Curve]:
     """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
+    from .heads import unwrap
+
     original = maps_of(model)
     net = copy.deepcopy(model)
-    names = stages(net)
+    inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
+    names = stages(inner)
     if not names:
         raise UsageError("the model has no top-level stage with parameters to randomize")
     labels = ["original"]
     rank = {m: [1.0] for m in original}
     sim = {m: [1.0] for m in original}
     for i, name in enumerate(names):
-        reinit(getattr(net, name), seed + i)
+        reinit(getattr(inner, name), seed + i)
         labels.append(name if i == 0 else f"+{name}")
         now = maps_of(net)
         for m, ref in original.items():
@@ -128,35 +132,57 @@ def sample(rels: list[str], n: int, seed: int) -> list[str]:
     return [rels[i] for i in sorted(idx)]
 
 
+@dataclass(frozen=True)
+class ModelOverride:
+    """``xaibatch sanity OUT --model … --checkpoint … --arch …``: the model, when the run's cannot be rebuilt."""
+
+    model: str | None = None
+    checkpoint: Path | None = None
+    arch: str | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in (self.model, self.checkpoint, self.arch))
+
+
 def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = "auto", batch_size: int = 32,
-               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+               log: Callable[[str], None] = lambda s: None, override: ModelOverride = ModelOverride()
+               ) -> dict[str, Any]:
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
+    import sqlite3
+
     from .data import ImageDataset, collate
     from .lock import OutputLock
     from .manifest import FILENAME as MANIFEST
-    from .manifest import Manifest
+    from .manifest import Manifest, ManifestError
     from .pipeline.compute import image_seed
-    from .pipeline.prepare import prepare
+    from .runconfig import read_run
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
         raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
     with OutputLock(out):
-        m = Manifest(out / MANIFEST)
         try:
-            images = m.images()
-            runs = [r for r in m.runs() if r["status"] != "running"]
-        finally:
-            m.close()
+            m = Manifest(out / MANIFEST)
+            try:
+                images = m.images()
+                runs = [r for r in m.runs() if r["status"] != "running"]
+                resolved_input = m.get_meta("input_dir")
+            finally:
+                m.close()
+        except sqlite3.DatabaseError as e:
+            raise ManifestError(f"the manifest {out / MANIFEST} is damaged ({e})") from None
         if not runs or not images:
             raise UsageError(f"{out} has no finished run with images")
         last = runs[-1]
-        cfg = json.loads(last["config_json"])
-        opts = _options(cfg, last, out, device)
-        prepared = prepare(opts)
+        run_cfg = read_run(last)
+        root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
+        if not root.is_dir():
+            raise UsageError(f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
+                             "the run's images and needs them")
+        opts = rebuild_options(run_cfg, root, out, device, override)
+        prepared = _prepare(opts, run_cfg, out, override)
         model, ctx, methods = prepared.model, prepared.ctx, prepared.methods
-        rels = sample(list(images), n, seed)
-        root = Path(last["input_dir"])
+        rels = _same_content(root, sample(list(images), n, seed), images, log)
         entries = _entries(root, rels)
         segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
         ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
@@ -175,7 +201,7 @@ def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = 
         curves = cascade(ctx.model, maps_of, seed=seed, log=log)
         result = {
             "version": 1, "created": time.time(), "seconds": time.time() - t0, "images": len(ok), "seed": seed,
-            "checkpoint_sha256": cfg.get("model", {}).get("checkpoint_sha256"),
+            "checkpoint_sha256": model.checkpoint_sha256, "input_dir": str(root),
             "curves": [{"method": c.method, "steps": c.steps, "rank": c.rank, "ssim": c.ssim,
                         "passed": c.passed(), "verdict": c.verdict()} for c in curves],
         }
@@ -184,6 +210,70 @@ def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = 
 
         write_report(out)
     return result
+
+
+def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override: ModelOverride = ModelOverride()):
+    """The RunOptions that rebuild the run's model, layer and methods (``override``: the user's model options)."""
+    from .pipeline import RunOptions
+
+    src = run.rebuild_source()
+    model, checkpoint, arch = src.model, src.checkpoint, src.arch
+    if override.given():  # what is given replaces what was recorded (a moved --checkpoint keeps the --model)
+        model = override.model or model
+        checkpoint = override.checkpoint or checkpoint
+        arch = override.arch or (arch if override.model is None else None)
+    return RunOptions(
+        input_dir=root, out_dir=out, methods=list(run.methods), model=model,
+        checkpoint=Path(checkpoint) if checkpoint else None, arch=arch,
+        classes=src.classes, positive_class=src.positive_class, threshold=src.threshold,
+        image_size=src.image_size if src.image_size is not None else run.model.input_size,
+        target_layer=run.layer, target=src.target, device=device, labeled=src.labeled if src.labeled is not None
+        else run.labeled, follow_links=src.follow_links, seed=run.seed, method_options=run.method_options(),
+    )
+
+
+def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
+    """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
+    from .errors import XaibatchError
+    from .pipeline.prepare import prepare
+
+    how = (f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
+           "--checkpoint FILE` or `--checkpoint FILE --arch NAME`")
+    what = run.rebuild_source().describe() if not override.given() else "the given model"
+    if not override.given() and run.model.checkpoint == "(random init)":
+        raise UsageError(f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
+                         "and a rebuild draws others; save the weights and run with --checkpoint")
+    try:
+        prepared = prepare(opts)
+    except XaibatchError as e:
+        if "--model" in str(e) or "--checkpoint" in str(e) or "--arch" in str(e) or "state_dict" in str(e):
+            raise UsageError(f"sanity cannot rebuild the run's model from {what}: {e}; {how}") from None
+        raise
+    want = run.model.checkpoint_sha256
+    if want and prepared.model.checkpoint_sha256 != want:
+        raise UsageError(f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
+                         f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}")
+    return prepared
+
+
+def _same_content(root: Path, rels: list[str], images: dict[str, Any], log: Callable[[str], None]) -> list[str]:
+    """The sampled images whose files still hold what the run explained (their sha256 is the manifest's)."""
+    from .files import file_sha256
+
+    keep = []
+    for rel in rels:
+        try:
+            same = file_sha256(root / rel) == images[rel].sha256
+        except OSError:
+            same = False
+        if same:
+            keep.append(rel)
+    if rels and not keep:
+        raise UsageError(f"the images under {root} are not the ones the run explained (none of the {len(rels)} "
+                         "sampled files matches the manifest's sha256); sanity needs the run's images")
+    if len(keep) < len(rels):
+        log(f"sanity: {len(rels) - len(keep)} sampled image(s) changed or are gone since the run; left out")
+    return keep
 
 
 def _entries(root: Path, rels: list[str]):
@@ -200,24 +290,6 @@ def _entries(root: Path, rels: list[str]):
     return out
 
 
-_RECORD_ONLY = ("seed", "segmentation")  # in a method's recorded config, not options (the seed is the run's)
-
-
-def _options(cfg: dict[str, Any], last: dict[str, Any], out: Path, device: str):
-    from .pipeline import RunOptions
-
-    model = cfg.get("model", {})
-    methods = cfg.get("methods", {})
-    return RunOptions(
-        input_dir=Path(last["input_dir"]), out_dir=out, methods=list(methods),
-        checkpoint=Path(model["checkpoint"]) if model.get("checkpoint") else None, arch=None,
-        image_size=model.get("input_size"), target_layer=cfg.get("layer"), device=device,
-        labeled=cfg.get("labeled"), seed=int(cfg.get("seed", 0)),
-        method_options={name: {k: v for k, v in (info.get("config") or {}).items() if k not in _RECORD_ONLY}
-                        for name, info in methods.items()},
-    )
-
-
 def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) -> dict[str, np.ndarray]:
     """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy)."""
     from dataclasses import replace
@@ -225,7 +297,9 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
     from .layers import find_target_layer
     from .methods.explainer import Explainer
 
-    layer = find_target_layer(net, ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
+    from .heads import unwrap
+
+    layer = find_target_layer(unwrap(net), ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
     ctx2 = replace(ctx, model=net.to(ctx.device).eval(), layer=layer)
     for m in methods:
         m.ctx = ctx2

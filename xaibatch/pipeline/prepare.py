@@ -9,7 +9,7 @@ import torch
 
 
 from ..scan import Scan, scan
-from .. import heads
+from .. import heads, layout
 from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
@@ -113,6 +113,10 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
 
         check_templates(opts.template_dir)  # before any compute: the report is written last
     classes = {m: method_class(m) for m in opts.methods}  # an unknown name: UsageError with the close matches
+    try:
+        layout.check_method_dirs(classes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if opts.target not in ("pred", "label"):

@@ -49,9 +49,6 @@ def check_available(opts: RunOptions) -> None:
         return
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
         raise UsageError(f"--engine ray needs Ray Data, which is not installed; install it with: {INSTALL}")
-    if opts.faithfulness is not None:
-        raise UsageError("--faithfulness is not available with --engine ray yet (its chance sample is kept per "
-                         "process); run it with the local engine")
     r = opts.ray
     if r.workers is not None and r.workers < 1:
         raise UsageError("--ray-workers must be at least 1")
@@ -152,7 +149,14 @@ class Worker:
                                  "every node needs the same checkpoint and xaibatch, and a --model factory without "
                                  "--checkpoint must build the same weights in every process (seed it)")
             empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
-            self.worker = BatchWorker(c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id,
+            scorer = None
+            if c.opts.faithfulness is not None:  # scores only: the driver computes the chance sample once
+                from ..faithfulness import scorer_for
+
+                scorer = scorer_for(Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods,
+                                    c.hashes.predict)
+                scorer.chance_sample = 0
+            self.worker = BatchWorker(c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer,
                                       should_stop=self.should_stop)
             from .writer import writer_threads
 
@@ -350,6 +354,11 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor
         # never renamed. We hold the lock, so no one else writes here.
         sweep_temp_files(out, lambda pid: True)
+        if opts.faithfulness is not None and not stop.requested:
+            from ..faithfulness import chance_on_driver
+
+            chance_on_driver(out, opts.faithfulness, prepared, hashes,
+                             [e for _todo, entries in batches(plan, batch_size) for e in entries], opts.target)
     finally:
         if progress is not None:
             progress.close()

@@ -47,6 +47,7 @@ from .options import RunOptions, RunResult
 from .guards import check_folders, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
+from .migrate import migrate_map_folders
 from .recovery import sweep_orphans, sweep_temp_files
 from .signals import Stop, catch_signals
 from ..files import unlink_all
@@ -116,6 +117,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
     try:
         recover(out, manifest, lock, log)
         known = setup.known or Known.read(manifest)  # a cached setup has read it, under this lock
+        moved = migrate_map_folders(out, manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
+        if moved:
+            log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
         manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
         run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
         plan = setup.plan or make_plan(found, known, hashes,

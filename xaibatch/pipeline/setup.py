@@ -10,7 +10,7 @@ nothing to compute: an unchanged cron re-run then costs a folder scan and a mani
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ..files import file_sha256
 from ..errors import UsageError
 from ..manifest import Manifest
 from ..resources import default_checkpoint
+from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
 from ..scan import Scan, scan
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
@@ -46,7 +47,7 @@ class Setup:
     hashes: Hashes
     names: list[str]  # class names
     layer: str | None  # the CAM layer's name
-    config: dict[str, Any]  # what the run row records
+    config: RunConfig  # what the run row records
     prepared: Any = None  # pipeline.prepare.Prepared; None when cached (the model was not loaded)
     known: Known | None = None  # cached: the manifest and the (empty) plan it was checked with, reused by the run
     plan: Plan | None = None
@@ -79,21 +80,24 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     prepared = prepare(driver_opts, found or scan_input(opts))
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
-    config = {
-        "xaibatch": __version__, "torch": torch.__version__,
-        "device": str(prepared.device) if opts.engine == "local" else "Ray workers",
-        "model": {**hashes.predict_config, "checkpoint": model.checkpoint},
-        "layer": layer.name if layer else None, "layer_grid": list(layer.grid) if layer else None,
-        "methods": {m.name: {"title": m.title, "signed": m.signed, "config": m.config(), "hash": hashes.methods[m.name]}
-                    for m in methods},
-        "batch_size": prepared.batch_size, "workers": prepared.workers, "seed": opts.seed,
-        "engine": opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
-        "labeled": prepared.found.classes is not None, "class_names": prepared.names,
-        "request": request_key(opts, prepared.found, model.checkpoint_sha256), "model_hash": hashes.model,
-        "decision": model.decision.config() if model.decision is not None else None,
-        "faithfulness": opts.faithfulness.key() if opts.faithfulness else None, "faithfulness_hashes": hashes.faith,
-    }
-    return Setup(prepared.found, hashes, prepared.names, config["layer"], config, prepared)
+    source = ModelSource.of(opts)
+    options = {m.name: dict(m.options) for m in methods}
+    config = RunConfig(
+        xaibatch=__version__, torch=torch.__version__,
+        device=str(prepared.device) if opts.engine == "local" else "Ray workers",
+        model=ModelRecord(**hashes.predict_config, checkpoint=model.checkpoint),
+        layer=layer.name if layer else None, layer_grid=list(layer.grid) if layer else None,
+        methods={m.name: MethodRecord(m.title, m.signed, m.config(), hashes.methods[m.name], options[m.name])
+                 for m in methods},
+        batch_size=prepared.batch_size, workers=prepared.workers, seed=opts.seed,
+        engine=opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
+        labeled=prepared.found.classes is not None, class_names=prepared.names,
+        request=request_key(opts, prepared.found, model.checkpoint_sha256), model_hash=hashes.model,
+        decision=model.decision.config() if model.decision is not None else None,
+        faithfulness=opts.faithfulness.key() if opts.faithfulness else None, faithfulness_hashes=hashes.faith,
+        source=source, input_dir=os.path.abspath(opts.input_dir),
+    )
+    return Setup(prepared.found, hashes, prepared.names, config.layer, config, prepared)
 
 
 def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
@@ -110,18 +114,18 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         last = manifest.last_config(key)
         if last is None:
             return None
-        config, predict_hash = last
-        hashes = Hashes(predict_hash, {m: v["hash"] for m, v in config["methods"].items()},
-                        {k: v for k, v in config["model"].items() if k != "checkpoint"},
-                        config.get("faithfulness_hashes"), config.get("model_hash", predict_hash))
+        config_json, predict_hash = last
+        config = RunConfig.from_json(config_json)
+        hashes = Hashes(predict_hash, {m: v.hash for m, v in config.methods.items()}, config.model.hashed(),
+                        config.faithfulness_hashes, config.model_hash or predict_hash)
         known = Known.read(manifest)
         plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)
         if plan.work:
             return None
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+    except (KeyError, TypeError, ValueError, BadRecord):
         return None
     finally:
         manifest.close()
-    config.update(device=f"{opts.device} (model not loaded: nothing to compute)", batch_size=opts.batch_size,
-                  workers=opts.workers)
-    return Setup(found, hashes, config["class_names"], config.get("layer"), config, known=known, plan=plan)
+    config = config.with_device(f"{opts.device} (model not loaded: nothing to compute)", opts.batch_size,
+                                opts.workers)
+    return Setup(found, hashes, config.class_names, config.layer, config, known=known, plan=plan)

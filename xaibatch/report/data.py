@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from ..localization import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
+from ..runconfig import BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
@@ -23,18 +23,20 @@ from .model import CARD_THUMB_PX, Card, MethodInfo, ReportData
 from .text import css_gradient, fmt_seconds, fmt_time, fmt_value
 
 
-def method_infos(runs: list[dict[str, Any]], current: dict[str, Any], present: set[str]) -> list[MethodInfo]:
+def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present: set[str]) -> list[MethodInfo]:
     """The latest run's methods first, then any method still in the manifest from older runs."""
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str, MethodRecord] = {}
     for r in runs:
         try:
-            known.update(json.loads(r["config_json"]).get("methods", {}))
-        except (ValueError, TypeError):
+            known.update(read_run(r).methods)
+        except BadRecord:
             continue
-    names = list(current.get("methods", {})) + sorted(present - set(current.get("methods", {})))
+    latest = current.methods if current is not None else {}
+    names = list(latest) + sorted(present - set(latest))
     out = []
     for name in names:
-        info = {**known.get(name, {}), **current.get("methods", {}).get(name, {})}
+        rec = latest.get(name) or known.get(name)
+        info = {"title": rec.title, "signed": rec.signed, "config": rec.config} if rec is not None else {}
         signed = bool(info.get("signed", False))
         out.append(MethodInfo(
             name=name, title=str(info.get("title", name)), signed=signed,
@@ -53,26 +55,27 @@ def method_infos(runs: list[dict[str, Any]], current: dict[str, Any], present: s
     return out
 
 
-def _config_rows(config: dict[str, Any], last: dict[str, Any] | None) -> list[tuple[str, str]]:
-    model = config.get("model", {})
-    sha = str(model.get("checkpoint_sha256") or "")
-    grid = config.get("layer_grid")
+def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[tuple[str, str]]:
+    config = config or RunConfig.empty()
+    model = config.model
+    sha = str(model.checkpoint_sha256 or "")
+    grid = config.layer_grid
     rows = [
-        ("Model architecture", fmt_value(model.get("arch"))),
-        ("Checkpoint", fmt_value(model.get("checkpoint"))),
+        ("Model architecture", fmt_value(model.arch)),
+        ("Checkpoint", fmt_value(model.checkpoint)),
         ("Checkpoint sha256", sha[:12] if sha else "–"),
-        ("Input size", f"{model['input_size']} px" if model.get("input_size") else "–"),
-        ("Classes", fmt_value(config.get("class_names"))),
-        ("Maps explain", "the folder's label" if model.get("target") == "label" else "the predicted class"),
-        ("Decision", decision_words(config.get("decision"))),
-        ("Target layer", fmt_value(config.get("layer"))),
+        ("Input size", f"{model.input_size} px" if model.input_size else "–"),
+        ("Classes", fmt_value(config.class_names or None)),
+        ("Maps explain", "the folder's label" if model.target == "label" else "the predicted class"),
+        ("Decision", decision_words(config.decision)),
+        ("Target layer", fmt_value(config.layer)),
         ("Layer grid", "×".join(str(g) for g in grid) if grid else "–"),
         ("Input folder", fmt_value((last or {}).get("input_dir"))),
-        ("Device", fmt_value(config.get("device"))),
-        ("Batch size", fmt_value(config.get("batch_size"))),
-        ("Decode workers", fmt_value(config.get("workers"))),
-        ("Seed", fmt_value(config.get("seed"))),
-        ("Versions", f"xaibatch {config.get('xaibatch', '–')}, torch {config.get('torch', '–')}"),
+        ("Device", fmt_value(config.device or None)),
+        ("Batch size", fmt_value(config.batch_size)),
+        ("Decode workers", fmt_value(config.workers)),
+        ("Seed", fmt_value(config.seed)),
+        ("Versions", f"xaibatch {config.xaibatch or '–'}, torch {config.torch or '–'}"),
     ]
     return rows
 
@@ -92,17 +95,22 @@ class History:
 
     runs: list[dict[str, Any]]
     last: dict[str, Any] | None
-    config: dict[str, Any]
+    run: RunConfig | None  # the last run's configuration (None: no run, or a damaged record)
 
     @classmethod
     def read(cls, manifest: Manifest) -> History:
         runs = manifest.runs()
         last = next((r for r in reversed(runs) if r["status"] != "running"), runs[-1] if runs else None)
         try:
-            config = json.loads(last["config_json"]) if last else {}
-        except ValueError:
-            config = {}
-        return cls(runs, last, config)
+            run = read_run(last) if last else None
+        except BadRecord:
+            run = None
+        return cls(runs, last, run)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The configuration as recorded (the report's key and ReportData.config)."""
+        return self.run.to_dict() if self.run is not None else {}
 
     @property
     def input_dir(self) -> str:
@@ -118,7 +126,7 @@ class History:
         data.runs_total = len(self.runs)
         data.last_run = _run_row(self.last) if self.last else None
         data.config = self.config
-        data.config_rows = _config_rows(self.config, self.last)
+        data.config_rows = _config_rows(self.run, self.last)
 
 
 def build(out_dir: Path) -> ReportData:
@@ -136,11 +144,11 @@ def build(out_dir: Path) -> ReportData:
 def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, str], MapRow],
              failures: list[tuple[str, str]], history: History, masks: dict[str, str]) -> ReportData:
     """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder."""
-    config = history.config
-    names: list[str] = list(config.get("class_names", []))
+    run = history.run or RunConfig.empty()
+    names: list[str] = list(run.class_names)
     k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
     names += [f"class {i}" for i in range(len(names), k)]
-    methods = method_infos(history.runs, config, {meth for _rel, meth in maps})
+    methods = method_infos(history.runs, history.run, {meth for _rel, meth in maps})
     labeled = any(r.label is not None for r in images.values())
 
     input_dir = history.input_dir
@@ -150,24 +158,24 @@ def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, s
     order, pages = paginate(groups, sections)
     data = ReportData(
         title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
-        labeled=labeled, total=len(order), class_names=names, methods=methods, config=config,
+        labeled=labeled, total=len(order), class_names=names, methods=methods, config=history.config,
         config_rows=[], runs=[], runs_total=0, last_run=None, failures=failures, cards=order, groups=groups,
         pages=pages, sections=sections, page_size=model.PAGE_SIZE,
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
-        target_words=("the folder's label" if config.get("model", {}).get("target") == "label"
+        target_words=("the folder's label" if run.model.target == "label"
                       else "the predicted class"),
         input_dir=source,
     )
     history.apply(data)
     add_metrics(data)
-    warning = demo_model_warning(config, order, source is not None)
+    warning = demo_model_warning(run, order, source is not None)
     if warning:
         data.warnings.append(warning)
     from ..trust import build_trust
 
     data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
-                             config.get("model", {}).get("checkpoint_sha256"))
-    data.decision = decision_summary(config.get("decision"), names, images)
+                             run.model.checkpoint_sha256)
+    data.decision = decision_summary(run.decision, names, images)
     return data
 
 
@@ -186,14 +194,14 @@ def bundled_model_sha256() -> str | None:
         return None
 
 
-def demo_model_warning(config: dict[str, Any], cards: list[Card], input_readable: bool) -> str | None:
+def demo_model_warning(config: RunConfig, cards: list[Card], input_readable: bool) -> str | None:
     """A warning when the bundled demo model was applied to a folder that does not look like demo data.
 
     The test is simple on purpose: every demo image is 32x32, and every demo
     FAKE image has its ground-truth mask (``<name>.mask.npy``) beside it. A
     folder with any other size, or without a single mask, is not the demo set.
     """
-    sha = config.get("model", {}).get("checkpoint_sha256")
+    sha = config.model.checkpoint_sha256
     if not cards or not sha or sha != bundled_model_sha256():
         return None
     reasons = []

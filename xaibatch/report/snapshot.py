@@ -65,7 +65,7 @@ def inputs(out: Path, manifest: Manifest, template_dir: Path | None) -> Inputs:
     history = History.read(manifest)
     masks = masks_beside(history.source(), manifest.image_rels())
     config = {k: v for k, v in history.config.items() if k not in VOLATILE_CONFIG}
-    methods = method_infos(history.runs, history.config, manifest.map_methods())
+    methods = method_infos(history.runs, history.run, manifest.map_methods())
     st = os.stat(out / layout.MANIFEST)
     trust_files = [_signature(out / name) for name in (layout.FAITH_CHANCE, layout.SANITY)]
     key = fingerprint(SUMMARY_VERSION, __version__, model.PAGE_SIZE, templates_key(template_dir),

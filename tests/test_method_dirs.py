@@ -1,0 +1,109 @@
+"""Method folders on disk are portable slugs; folders of an older layout move on the next run (issue 21, item 5)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import write_images
+from outcheck import check_output_folder
+from xaibatch import layout
+from xaibatch.errors import UsageError
+from xaibatch.methods import METHODS
+from xaibatch.methods.captum_library import NT_PREFIX, TUNNELABLE
+from xaibatch.pipeline import RunOptions, run
+
+SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def test_every_method_name_gets_a_safe_distinct_folder():
+    names = list(METHODS) + [NT_PREFIX + b for b in TUNNELABLE]
+    dirs = [layout.method_dir(n) for n in names]
+    assert all(SAFE.match(d) for d in dirs), [d for d in dirs if not SAFE.match(d)]
+    assert len(set(dirs)) == len(names)
+    assert layout.method_dir("cam:gradcam++") == "cam-gradcampp"
+    assert layout.method_dir("captum:NoiseTunnel.IntegratedGradients") == "captum-NoiseTunnel.IntegratedGradients"
+    for native in ("gradcam", "guided-gradcam", "lime"):
+        assert layout.method_dir(native) == native  # existing folders of the native methods stay valid
+    assert layout.method_dir("a/b é") == "a_2fb_20_e9"
+    assert layout.map_npy("cam:gradcam++", "FAKE/x") == "maps/cam-gradcampp/FAKE/x.npy"
+
+
+def test_methods_sharing_a_folder_are_refused():
+    with pytest.raises(ValueError, match="share the folder"):
+        layout.check_method_dirs(["cam:x", "cam-x"])
+
+
+def _opts(inp, out, ckpt, **kw):
+    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "cam:gradcam++"], checkpoint=ckpt,
+                      workers=0, batch_size=4, device="cpu", handle_signals=False, **kw)
+
+
+def _to_old_layout(out):
+    """Rewrite a folder as main e16738b wrote it: the method's name itself as its folder."""
+    for top in ("maps", "thumbs"):
+        if (out / top / "cam-gradcampp").exists():
+            (out / top / "cam-gradcampp").rename(out / top / "cam:gradcam++")
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    for col in ("npy", "png", "thumb"):
+        db.execute(f"UPDATE maps SET {col} = replace({col}, '/cam-gradcampp/', '/cam:gradcam++/')")
+    db.commit()
+    db.close()
+
+
+def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckpt, monkeypatch):
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 3, size=24, seed=1)
+    write_images(inp / "REAL", 3, size=24, seed=2)
+    out = tmp_path / "o"
+    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert (out / "maps" / "cam-gradcampp").is_dir()
+    before = {p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
+              for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")}
+    _to_old_layout(out)
+    check_output_folder(out, inp)
+
+    # A migration that fails before its commit leaves the old layout intact and consistent.
+    from xaibatch.manifest import Manifest
+
+    real_put = Manifest.put_map
+    monkeypatch.setattr(Manifest, "put_map", lambda self, row: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    monkeypatch.setattr(Manifest, "put_map", real_put)
+
+    logs = []
+    res = run(_opts(inp, out, tiny_ckpt), log=logs.append)
+    assert res.computed == 0
+    assert any("moved" in line for line in logs)
+    assert not any(":" in p.name for p in out.rglob("*")), "a folder or file still has a colon"
+    check_output_folder(out, inp)
+    after = {p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
+             for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")}
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    html = "".join(p.read_text() for p in (out / "detail").rglob("*.html"))
+    assert "cam-gradcampp/" in html and "cam:gradcam++/" not in html
+    assert "cam:gradcam++" in html  # the method's name stays in the report
+
+
+def test_a_clash_is_refused_before_any_compute(tmp_path, tiny_ckpt):
+    from xaibatch.methods import register_method
+    from xaibatch.methods.gradcam import GradCAM
+
+    cls = type("Clash", (GradCAM,), {"name": "cam-gradcampp"})
+    register_method(cls)
+    try:
+        inp = tmp_path / "in"
+        write_images(inp, 2, size=16)
+        with pytest.raises(UsageError, match="share the folder"):
+            run(RunOptions(input_dir=inp, out_dir=tmp_path / "o", methods=["cam:gradcam++", "cam-gradcampp"],
+                           checkpoint=tiny_ckpt, handle_signals=False), log=lambda s: None)
+        assert not (tmp_path / "o").exists()
+    finally:
+        del METHODS["cam-gradcampp"]
+    shutil.rmtree(tmp_path / "in")

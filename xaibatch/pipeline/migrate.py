@@ -1,0 +1,93 @@
+"""Move map files written under an older layout (``maps/cam:gradcam++/``) to the current one, without recomputing.
+
+Crash-safe order, as everywhere: the files are first linked (or copied) under their new names, then the
+rows are updated in one transaction, then the old names are removed. A kill before the commit leaves
+new names no row points at (swept after an unclean stop, or overwritten by the next migration); a kill
+after it leaves old names no row points at (swept likewise). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+from .. import layout
+from ..errors import UsageError
+from ..files import make_dirs, safe_join
+from ..manifest import Manifest, MapRow
+
+
+def stale_rows(maps: dict[str, dict[str, MapRow]]) -> list[tuple[MapRow, MapRow]]:
+    """(recorded, moved) for every map row whose files sit under an older folder name."""
+    out = []
+    prefixes = {m: f"maps/{m}/" for m in set().union(*maps.values()) if layout.method_dir(m) != m}
+    if not prefixes:  # only methods whose folder is their name (gradcam, lime, ...): nothing can be stale
+        return out
+    for rows in maps.values():
+        for m, prefix in prefixes.items():
+            row = rows.get(m)
+            if row is None or not row.npy.startswith(prefix):
+                continue
+            new = dataclasses.replace(row, **{f: layout.moved_map_path(getattr(row, f), row.method)
+                                             for f in ("npy", "png", "thumb") if getattr(row, f)})
+            if new != row:
+                out.append((row, new))
+    return out
+
+
+def _link(out: Path, old: str, new: str) -> None:
+    """Give ``old``'s file the name ``new`` too (replacing whatever is there); a missing ``old`` is left alone."""
+    src, dst = safe_join(out, old), safe_join(out, new)
+    if not src.is_file():
+        return
+    if dst.is_file() and os.path.samefile(src, dst):
+        return  # linked by a migration that stopped before its commit (rename() would do nothing here)
+    make_dirs(dst.parent)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # recovery's temporary-file pattern
+    try:
+        os.link(src, tmp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def migrate_map_folders(out: Path, manifest: Manifest, maps: dict[str, dict[str, MapRow]], lock=None) -> int:
+    """Move stale map files to their current folders; returns the number of map rows moved."""
+    moves = stale_rows(maps)
+    if not moves:
+        return 0
+    pairs = {(getattr(old, f), getattr(new, f)) for old, new in moves for f in ("npy", "png", "thumb")
+             if getattr(old, f) and getattr(old, f) != getattr(new, f)}
+    for src, dst in sorted(pairs):
+        _link(out, src, dst)
+    with manifest.transaction():
+        if lock is not None:
+            lock.check()
+        for _old, new in moves:
+            manifest.put_map(new)
+    for old, new in moves:  # the rows moved: update the caller's view too
+        maps[old.rel][old.method] = new
+    for src, _dst in pairs:
+        try:
+            safe_join(out, src).unlink()
+        except (OSError, UsageError):
+            pass
+    for method in sorted({old.method for old, _new in moves}):  # maps/cam:gradcam++ and its subfolders, once empty
+        for top in ("maps", "thumbs"):
+            try:
+                _remove_empty(safe_join(out, f"{top}/{method}"))
+            except UsageError:
+                pass
+    return len(moves)
+
+
+def _remove_empty(folder: Path) -> None:
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(folder), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            pass

@@ -1,0 +1,241 @@
+"""What a run recorded about itself: one typed record, written by the run, read by the report and ``sanity``.
+
+The run row's ``config_json`` is :meth:`RunConfig.to_dict`; :meth:`RunConfig.from_json` is the one reader.
+:class:`ModelSource` holds the options that built the model and the methods, with paths made absolute, so
+that ``xaibatch sanity`` rebuilds exactly the run's model from any folder. Records written before a field
+existed read as ``None`` there; :meth:`RunConfig.rebuild_source` infers what it can from them, and
+``xaibatch sanity`` says in one line what it cannot rebuild. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .manifest import ManifestError
+
+BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
+KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The options the run's model was built from (RunOptions' names; paths absolute)."""
+
+    kind: str  # one of KINDS
+    checkpoint: str | None = None  # absolute path of --checkpoint; None: none given (bundled, or a factory's own)
+    arch: str | None = None  # --arch (a plain state_dict's timm model)
+    model: str | None = None  # --model, a FILE.py made absolute
+    image_size: int | None = None  # --image-size as given
+    classes: list[str] | None = None  # --classes
+    positive_class: str | None = None
+    threshold: float | None = None
+    target_layer: str | None = None  # --target-layer as given (the layer chosen is RunConfig.layer)
+    target: str = "pred"
+    labeled: bool | None = None
+    follow_links: bool = False
+    max_map_side: int | None = None
+
+    @classmethod
+    def of(cls, opts: Any) -> ModelSource:
+        """Record ``opts`` (a RunOptions) with every path absolute."""
+        model = opts.model
+        if model is not None:
+            where, sep, fn = model.rpartition(":")
+            if where.endswith(".py"):
+                model = f"{os.path.abspath(where)}{sep}{fn}"
+        if model is not None:
+            kind = {"torchvision": "torchvision", "timm": "timm"}.get(model.partition(":")[0], "factory")
+        elif opts.checkpoint is None:
+            kind = BUNDLED
+        else:
+            kind = "state_dict" if opts.arch else "checkpoint"
+        return cls(kind=kind, checkpoint=os.path.abspath(opts.checkpoint) if opts.checkpoint is not None else None,
+                   arch=opts.arch, model=model, image_size=opts.image_size,
+                   classes=list(opts.classes) if opts.classes is not None else None,
+                   positive_class=opts.positive_class, threshold=opts.threshold, target_layer=opts.target_layer,
+                   target=opts.target, labeled=opts.labeled, follow_links=opts.follow_links,
+                   max_map_side=opts.max_map_side)
+
+    def describe(self) -> str:
+        """How the run was given its model, as options (``--model /abs/net.py:build --checkpoint /abs/w.pth``)."""
+        parts = [f"--model {self.model}"] if self.model else []
+        parts += [f"--arch {self.arch}"] if self.arch else []
+        parts += [f"--checkpoint {self.checkpoint}"] if self.checkpoint else []
+        return " ".join(parts) or "the bundled model"
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    title: str
+    signed: bool
+    config: dict[str, Any]  # what its maps' hash covers (shown in the report)
+    hash: str
+    options: dict[str, Any] | None = None  # what it was built with (create_method's options); None: older record
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model as loaded: what the predictions' hash covers, and where its weights came from (None: unrecorded)."""
+
+    arch: str | None = None
+    checkpoint: str | None = None  # a path, "(random init)" or "(weights from SPEC)"
+    checkpoint_sha256: str | None = None
+    input_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    classes: list[str] | None = None
+    target: str = "pred"
+    map_format: int | None = None
+    one_logit_positive: str | None = None
+
+    def hashed(self) -> dict[str, Any]:
+        """The prediction hash's input (pipeline.plan.config_hashes), as recorded."""
+        d = {"arch": self.arch, "checkpoint_sha256": self.checkpoint_sha256, "input_size": self.input_size,
+             "mean": _list(self.mean), "std": _list(self.std), "classes": _list(self.classes), "target": self.target,
+             "map_format": self.map_format}
+        if self.one_logit_positive is not None:
+            d["one_logit_positive"] = self.one_logit_positive
+        return d
+
+
+def _list(v):
+    return list(v) if v is not None else None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's configuration, as the run row records it (``config_json``)."""
+
+    xaibatch: str
+    torch: str
+    device: str
+    model: ModelRecord
+    layer: str | None
+    layer_grid: list[int] | None
+    methods: dict[str, MethodRecord]
+    batch_size: int | None
+    workers: int | None
+    seed: int
+    engine: Any  # "local" or {"ray": RayOptions as a dict}
+    labeled: bool
+    class_names: list[str]
+    request: str
+    model_hash: str
+    decision: dict[str, Any] | None = None  # heads.Decision.config()
+    faithfulness: dict[str, Any] | None = None
+    faithfulness_hashes: dict[str, str] | None = None
+    source: ModelSource | None = None  # None: recorded by an xaibatch that did not record it
+    input_dir: str | None = None  # absolute; None: older record (the run row's input_dir is as given)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "xaibatch": self.xaibatch, "torch": self.torch, "device": self.device,
+            "model": {**self.model.hashed(), "checkpoint": self.model.checkpoint},
+            "layer": self.layer, "layer_grid": self.layer_grid,
+            "methods": {n: {"title": m.title, "signed": m.signed, "config": m.config, "hash": m.hash,
+                            **({"options": m.options} if m.options is not None else {})}
+                        for n, m in self.methods.items()},
+            "batch_size": self.batch_size, "workers": self.workers, "seed": self.seed, "engine": self.engine,
+            "labeled": self.labeled, "class_names": self.class_names, "request": self.request,
+            "model_hash": self.model_hash, "decision": self.decision, "faithfulness": self.faithfulness,
+            "faithfulness_hashes": self.faithfulness_hashes,
+        }
+        if self.source is not None:
+            d["source"] = {k: v for k, v in vars(self.source).items()}
+        if self.input_dir is not None:
+            d["input_dir"] = self.input_dir
+        return {**self.extra, **d}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)  # sorted: Manifest.last_config finds the request key
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Read a recorded configuration; a damaged one raises :class:`BadRecord` (a KeyError, TypeError...)."""
+        try:
+            m = d.get("model") or {}
+            model = ModelRecord(**{k: m[k] for k in ModelRecord.__dataclass_fields__ if k in m})
+            methods = {str(n): MethodRecord(title=str(v.get("title", n)), signed=bool(v.get("signed", False)),
+                                            config=dict(v.get("config") or {}), hash=str(v.get("hash", "")),
+                                            options=dict(v["options"]) if v.get("options") is not None else None)
+                       for n, v in (d.get("methods") or {}).items()}
+            src = d.get("source")
+            source = None if src is None else ModelSource(**{k: v for k, v in src.items()
+                                                              if k in ModelSource.__dataclass_fields__})
+            known = set(cls.__dataclass_fields__) - {"extra"}
+            return cls(
+                xaibatch=str(d.get("xaibatch", "")), torch=str(d.get("torch", "")), device=str(d.get("device", "")),
+                model=model, layer=d.get("layer"), layer_grid=d.get("layer_grid"), methods=methods,
+                batch_size=d.get("batch_size"), workers=d.get("workers"), seed=int(d.get("seed", 0)),
+                engine=d.get("engine", "local"), labeled=bool(d.get("labeled")),
+                class_names=[str(c) for c in d.get("class_names") or model.classes or []], request=str(d.get("request", "")),
+                model_hash=str(d.get("model_hash", "")), decision=d.get("decision"),
+                faithfulness=d.get("faithfulness"), faithfulness_hashes=d.get("faithfulness_hashes"),
+                source=source, input_dir=d.get("input_dir"),
+                extra={k: v for k, v in d.items() if k not in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadRecord(f"{type(e).__name__}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise BadRecord(f"not JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise BadRecord("not a JSON object")
+        return cls.from_dict(d)
+
+    @classmethod
+    def empty(cls) -> RunConfig:
+        """No run recorded yet."""
+        return cls.from_dict({})
+
+    def with_device(self, device: str, batch_size: int | None, workers: int | None) -> RunConfig:
+        return replace(self, device=device, batch_size=batch_size, workers=workers)
+
+    def method_options(self) -> dict[str, dict[str, Any]]:
+        """Each method's options as it was built; older records: its recorded config, less what is not an option."""
+        from .methods import method_class
+
+        out = {}
+        for name, rec in self.methods.items():
+            if rec.options is not None:
+                out[name] = dict(rec.options)
+                continue
+            cls = method_class(name)
+            allowed = set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
+            out[name] = {k: v for k, v in rec.config.items() if k in allowed}
+        return out
+
+    def rebuild_source(self) -> ModelSource:
+        """The model's source: as recorded, or inferred from an older record's arch and checkpoint."""
+        if self.source is not None:
+            return self.source
+        arch, ck = self.model.arch or "", self.model.checkpoint or ""
+        real = ck not in ("", "(random init)") and not ck.startswith("(weights from")
+        if ":" in arch:  # --model SPEC (its arch is the spec)
+            kind = {"torchvision": "torchvision", "timm": "timm"}.get(arch.partition(":")[0], "factory")
+            return ModelSource(kind, checkpoint=ck if real else None, model=arch, target=self.model.target,
+                               labeled=self.labeled)
+        if not real:  # timm:NAME without weights
+            return ModelSource("timm", model=f"timm:{arch}", target=self.model.target, labeled=self.labeled)
+        # an xaibatch checkpoint names its arch; a plain state_dict needs it: passing it fits both
+        return ModelSource("checkpoint", checkpoint=ck, arch=arch, target=self.model.target, labeled=self.labeled)
+
+
+class BadRecord(ManifestError):
+    """A run row's configuration that cannot be read."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the manifest's record of the run is damaged ({why}); run `xaibatch run` again")
+
+
+def read_run(row: dict[str, Any]) -> RunConfig:
+    """The configuration of a run row from Manifest.runs()."""
+    return RunConfig.from_json(row["config_json"])
+
