@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import DecodeError
 from .layout import DISPLAY_MAX_SIDE, display_size
-from .scan import ImageEntry
+from .scan import ImageEntry, too_large
 from .files import NotRegularFile, hash_open_file, open_regular
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
@@ -62,6 +62,9 @@ def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
     if st.st_size == 0:
         f.close()
         raise DecodeError("empty file (0 bytes)")
+    if reason := too_large(st.st_size):  # grown since the scan
+        f.close()
+        raise DecodeError(reason)
     return f, st.st_size
 
 

@@ -23,6 +23,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 # the run's writer half-way.
 MAX_NAME_BYTES = 255 - len(".png")
 MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
+# Larger files are refused from their size alone, never read: every new file is hashed in full before it is
+# decoded, and a sparse 16 TB "image" would otherwise keep a run busy for hours. A 64-megapixel image (the pixel
+# limit, data.MAX_PIXELS) takes at most 768 MB even as uncompressed 32-bit float RGB.
+MAX_FILE_BYTES = 1 << 30
+
+
+def too_large(size: int) -> str | None:
+    """The reason a file of ``size`` bytes is refused unread, or None."""
+    if size > MAX_FILE_BYTES:
+        return f"file too large ({size:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it"
+    return None
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,8 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
                 reason = f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
             elif len(r.encode()) > MAX_REL_BYTES:
                 reason = f"path too long ({len(r.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
+            else:
+                reason = too_large(st.st_size)
             if reason is None:
                 found.append((r, p, st))
             else:

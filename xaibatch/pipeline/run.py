@@ -35,6 +35,7 @@ import os
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,7 @@ from .guards import check_folders, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .recovery import sweep_orphans, sweep_temp_files
-from .signals import Stop, catch_signals
+from .signals import Abandoned, Stop, catch_signals
 from ..files import unlink_all
 
 
@@ -72,16 +73,30 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             check_same_input(opts, out)
             return w
 
+        @contextmanager
+        def loading():  # nothing is written yet: a signal stops at once, even a model factory that hangs
+            try:
+                with stop.abandon():
+                    yield
+            except Abandoned:
+                raise Interrupted(f"interrupted by {stop.name} while loading the model; nothing was computed"
+                                  ) from None
+
         try:
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
                 found = scan_input(opts)  # once: the cached setup and the model's share it
-                setup = cached_setup(opts, out, found) or load_setup(opts, found)
+                setup = cached_setup(opts, out, found)
+                if setup is None:
+                    with loading():
+                        setup = load_setup(opts, found)
             else:  # nothing to protect yet: check everything before creating the folder
-                setup = load_setup(opts)
+                with loading():
+                    setup = load_setup(opts)
                 make_out(out)
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
-                    setup = load_setup(opts)
+                    with loading():
+                        setup = load_setup(opts)
             return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0])
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
             raise ManifestError(f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
