@@ -171,6 +171,11 @@ class Manifest:
             self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
         return ids
 
+    def last_status(self) -> str | None:
+        """The status of the newest run row (None: no run yet)."""
+        row = self.db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
     def last_config(self, request: str) -> tuple[dict[str, Any], str] | None:
         """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""
         row = self.db.execute(

@@ -203,9 +203,12 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
     """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
 
     Such a run left its run row 'running' or its holder record in the lock file.
+    A run that ended ``interrupted`` or ``error`` released the lock cleanly but may have been stopped (a second
+    signal, a lost lock) between committing a removal and deleting its files: its leftovers are swept too.
     """
     killed = manifest.close_stale_runs()
     lock.check()
+    last = manifest.last_status()
     if killed or lock.previous:
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
@@ -213,6 +216,10 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
         who = f" ({describe(lock.previous)})" if lock.previous else ""
         log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
             "continuing where it stopped")
+    elif last in ("interrupted", "error"):
+        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
+        if swept:
+            log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
 
 
 def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan, plan: Plan, known: Known,
