@@ -79,8 +79,8 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
           ) -> list[tuple[str, str, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
 
-    A symlinked folder that leads outside ``root`` is skipped (a link to / would crawl the
-    system) unless ``follow_links``.
+    A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
+    system; a link to someone's private file would publish it) unless ``follow_links``.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -130,13 +130,17 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         p = os.path.join(d, name)
         r = f"{rel}/{name}" if rel else name
         is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
+        is_link = False
         try:
-            st = os.stat(p)
+            st = os.lstat(p)  # one call for what is not a link, as os.stat would be
+            is_link = stat.S_ISLNK(st.st_mode)
+            if is_link:
+                st = os.stat(p)
         except OSError as e:
             if is_image_name:
                 if e.errno == errno.ELOOP:
                     reason = "symlink loop"
-                elif os.path.islink(p):
+                elif is_link:
                     reason = "broken symlink"
                 else:
                     reason = f"cannot read: {e.strerror or e}"
@@ -145,7 +149,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         if stat.S_ISDIR(st.st_mode):
             if not _valid_utf8(name):
                 skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
-            elif os.path.islink(p):
+            elif is_link:
                 if follow_links or _inside(os.path.realpath(p), real_root):
                     deferred.append((p, r, st, ancestors))
                 else:
@@ -157,6 +161,8 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             reason = None
             if not stat.S_ISREG(st.st_mode):
                 reason = f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+            elif is_link and not follow_links and not _inside(os.path.realpath(p), real_root):
+                reason = "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
             elif not _valid_utf8(name):
                 reason = "file name is not valid UTF-8; rename it"
             elif len(name.encode()) > MAX_NAME_BYTES:
