@@ -300,8 +300,10 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
     if not failed:
         return
     click.echo(f"xaibatch: {len(failed)} image(s) could not be read:", err=True)
-    for rel, reason in failed[:limit]:
-        click.echo(f"  {rel}: {reason}", err=True)
+    from .scan import printable
+
+    for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
+        click.echo(f"  {printable(rel)}: {printable(reason)}", err=True)
     if len(failed) > limit:
         click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)
 

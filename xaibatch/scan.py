@@ -63,6 +63,12 @@ def shown(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def printable(name: str) -> str:
+    """A name for a log line: control characters (newline, ESC of ANSI codes, ...) as escapes, so that a file name
+    cannot forge lines or colours in stderr logs (``a\nb.png`` shows as ``a\\nb.png``)."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
+
+
 def _valid_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")

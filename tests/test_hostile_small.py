@@ -1,0 +1,63 @@
+"""Small defects found by trying to break xaibatch (issue 22, item 10): each with the message the user now sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import write_images
+from xaibatch import layout
+from xaibatch.errors import UsageError
+from xaibatch.manifest import Manifest
+from xaibatch.pipeline import RunOptions
+from xaibatch.pipeline.guards import check_same_input, default_out
+
+
+def test_the_out_collision_message_suggests_a_free_folder(tmp_path, monkeypatch):
+    """a/demo/test and b/demo/test share the default --out outputs/demo-test: never suggest the refused one."""
+    monkeypatch.chdir(tmp_path)
+    a, b = tmp_path / "a" / "demo" / "test", tmp_path / "b" / "demo" / "test"
+    write_images(a, 1), write_images(b, 1)
+    out = default_out(b)
+    assert out == default_out(a) == Path("outputs/demo-test")
+    out.mkdir(parents=True)
+    m = Manifest(out / layout.MANIFEST)
+    m.set_meta("input_dir", str(a.resolve()))
+    m.close()
+    with pytest.raises(UsageError) as ei:
+        check_same_input(RunOptions(input_dir=b, out_dir=out, methods=["gradcam"]), out)
+    assert "(e.g. --out outputs/demo-test-2)" in str(ei.value)
+    Path("outputs/demo-test-2").mkdir()
+    with pytest.raises(UsageError, match=r"e\.g\. --out outputs/demo-test-3\)"):
+        check_same_input(RunOptions(input_dir=b, out_dir=out, methods=["gradcam"]), out)
+
+
+def test_names_in_stderr_cannot_forge_log_lines(tmp_path, tiny_ckpt):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    (inp / "x\nxaibatch: done, all good\x1b[32m.png").write_bytes(b"not an image at all")
+    r = CliRunner().invoke(cli, ["run", str(inp), "--unlabeled", "--checkpoint", str(tiny_ckpt), "--out",
+                                 str(tmp_path / "o"), "--workers", "0"])
+    assert r.exit_code == 1, r.output
+    assert "\x1b" not in r.output
+    assert "  x\\nxaibatch: done, all good\\x1b[32m.png: not an image" in r.output
+    assert not [line for line in r.output.splitlines() if line.startswith("xaibatch: done")]
+
+
+@pytest.mark.parametrize("spp,bits,fmt", [(3, 32, 3), (5, 32, 3), (4, 64, 3)])
+def test_tiffs_pil_cannot_decode_are_named_as_tiffs(tmp_path, spp, bits, fmt):
+    from tinytiff import tiff
+
+    from xaibatch.data import load_image
+    from xaibatch.errors import DecodeError
+
+    p = tmp_path / "x.tif"
+    p.write_bytes(tiff(spp, bits, fmt))
+    with pytest.raises(DecodeError) as ei:
+        load_image(p)
+    assert str(ei.value).startswith("unsupported TIFF variant (unknown pixel mode): PIL cannot decode its samples")
