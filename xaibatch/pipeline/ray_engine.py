@@ -208,6 +208,24 @@ class Worker:
             return Result(task.index, error=e, worker=self.name)
 
 
+# Times Ray retries a batch whose actor died (an OOM kill, a decoder's segfault) before giving it up: then the
+# batch's images are computed one at a time, and an image that still kills its worker fails with a reason.
+TASK_RETRIES = 2
+
+
+def fail_dead(manifest: Any, out: Path, known: Known, rels: list[str], run_id: int, check: Callable[[], None],
+              tally: Tally, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Commit as failures the images that killed their Ray worker on every try (they leave the report)."""
+    from .compute import account
+    from .writer import Commit, commit
+
+    reason = (f"the Ray worker died on this image {TASK_RETRIES + 1} times (out of memory, or a crash decoding or "
+              "explaining it)")
+    failed = [(rel, reason) for rel in rels]
+    commit(manifest, Commit(run_id, failed=failed, discard=known.files_of(rels), count=len(failed)), out, check)
+    account(tally, emit, failed, 0)
+
+
 def worker_class(config: WorkerConfig) -> type:
     """A Worker subclass carrying ``config``: Ray pickles it by value, and a restarted actor needs no arguments."""
     return type("XaibatchWorker", (Worker,), {"config": config})
@@ -361,8 +379,9 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx.max_errored_blocks = -1  # a batch that kills its actor on every retry: the run carries on without it
+    for name in ("ray.data", "ray.data._internal"):  # such a batch is logged (with a traceback): the run says it
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def resources(r: RayOptions) -> tuple[int, float, float]:
@@ -409,8 +428,7 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         quiet_ray_data()
         n_workers, gpus, cpus = resources(opts.ray)
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
-        tasks = [pickle.dumps(task_for(i, todo, entries, plan, known))
-                 for i, (todo, entries) in enumerate(batches(plan, batch_size))]
+        tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
         log(f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
             f"({gpus:g} GPU, {cpus:g} CPU each)")
@@ -424,9 +442,29 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         found = Scan(prepared.found.root, prepared.found.classes, [], [], list(prepared.found.empty_classes))
         config = WorkerConfig(worker_opts, found, hashes, run_id, os.path.abspath(out), probe, token, stop_name,
                               threads=max(1, int(cpus)), cwd=os.getcwd())
-        ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
-            worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
-            compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=cpus, num_gpus=gpus)
+        def stream(batch: list[Task]) -> set[int]:
+            """Run these tasks on an actor pool, committing each Commit as it comes back; the indices that did."""
+            ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
+            ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
+                worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
+                compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))), num_cpus=cpus, num_gpus=gpus,
+                max_restarts=-1, max_task_retries=TASK_RETRIES)
+            back: set[int] = set()
+            for row in ds.iter_rows():
+                res: Result = pickle.loads(row["record"])
+                if res.error is not None:
+                    raise res.error
+                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
+                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
+                back.add(res.index)
+                if res.skipped or res.index in committed:  # a retried batch that had already come back
+                    continue
+                commit(manifest, res.commit, out, check)
+                committed.add(res.index)
+                account(tally, emit, res.commit.failed, res.commit.computed)
+                if progress is not None:
+                    progress.update(res.commit.count)
+            return back
 
         done = threading.Event()
 
@@ -440,19 +478,17 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         progress = progress_bar(opts, len(plan.work))
         committed: set[int] = set()
         try:
-            for row in ds.iter_rows():
-                res: Result = pickle.loads(row["record"])
-                if res.error is not None:
-                    raise res.error
-                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
-                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
-                if res.skipped or res.index in committed:  # a retried batch that had already come back
-                    continue
-                commit(manifest, res.commit, out, check)
-                committed.add(res.index)
-                account(tally, emit, res.commit.failed, res.commit.computed)
-                if progress is not None:
-                    progress.update(res.commit.count)
+            back = stream(tasks)
+            lost = [t for t in tasks if t.index not in back]
+            if lost and not stop.requested:  # each killed its worker every time: find the image(s) that do
+                log(f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
+                    "memory? a crash?); computing their images one at a time")
+                singles = [task_for(len(tasks) + k, t.todo, [e], plan, known)
+                           for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)]
+                back = stream(singles)
+                dead = [t.entries[0].rel for t in singles if t.index not in back]
+                if dead and not stop.requested:
+                    fail_dead(manifest, out, known, dead, run_id, check, tally, emit)
         finally:
             done.set()
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor
