@@ -61,3 +61,24 @@ def test_tiffs_pil_cannot_decode_are_named_as_tiffs(tmp_path, spp, bits, fmt):
     with pytest.raises(DecodeError) as ei:
         load_image(p)
     assert str(ei.value).startswith("unsupported TIFF variant (unknown pixel mode): PIL cannot decode its samples")
+
+
+def test_an_all_zero_checkpoint_gets_a_whole_sentence_and_no_unsafe_advice(tmp_path):
+    from xaibatch.errors import ModelError
+    from xaibatch.model import read_checkpoint
+
+    p = tmp_path / "zero.pt"
+    p.write_bytes(bytes(4096))
+    with pytest.raises(ModelError) as ei:
+        read_checkpoint(p)
+    msg = str(ei.value)
+    assert "weights_only=False" not in msg and "`" not in msg
+    assert msg == (f"{p}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or another kind of "
+                   "file such as an all-zero one); re-save the weights with torch.save(model.state_dict(), ...)")
+
+
+def test_long_error_lines_are_cut_at_a_word():
+    from xaibatch.model import _first_line
+
+    cut = _first_line(ValueError("word " * 100))
+    assert cut.endswith("word …") and len(cut) <= 202
