@@ -4,7 +4,6 @@ when no address is given, and nothing of Ray's on stdout. None of these starts a
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 
 import pytest

@@ -164,6 +164,9 @@ class Manifest:
             (status, time.time(), seconds, *counts.values(), run_id),
         )
 
+    def set_status(self, run_id: int, status: str) -> None:
+        self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
     def close_stale_runs(self) -> list[int]:
         """Mark runs left ``running`` by a killed process as ``killed``; call only while holding the lock."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,8 +265,9 @@ def connect(r: RayOptions) -> bool:
     address = r.address or os.environ.get("RAY_ADDRESS") or "local"
     reachable(address)
     quiet = not sys.stderr.isatty()
-    if quiet:  # a scheduler mails whatever reaches stderr: Ray's own warnings stay in its log files
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    if quiet:  # a scheduler mails whatever reaches stderr: Ray's own logs stay in its log files (errors that stop
+        # the run are xaibatch's own one-line error)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     keep_ray_messages_off_stdout(quiet)
     # ray.init makes SIGTERM exit the process at once; the run's handler (stop after the current batches,
     # exit code 5) stays in charge.
@@ -274,7 +276,7 @@ def connect(r: RayOptions) -> bool:
     limit = START_TIMEOUT_S if address == "local" else CONNECT_TIMEOUT_S
     what = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
     try:
-        with time_limit(limit if main else None):
+        with time_limit(limit if main else None), stderr_silenced(quiet):  # a failure raises: reported below
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR if quiet else logging.WARNING)
     except (SystemExit, KeyboardInterrupt):  # Ray's own SIGTERM handler, or Ctrl-C, while it was connecting
@@ -313,6 +315,24 @@ def time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def stderr_silenced(enabled: bool):
+    """File descriptor 2 to /dev/null (what Ray's C++ code logs as it starts, whatever the level asked for)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _shutdown_quietly() -> None:
@@ -445,10 +465,12 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         def stream(batch: list[Task]) -> set[int]:
             """Run these tasks on an actor pool, committing each Commit as it comes back; the indices that did."""
             ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
-            ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
-                worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
-                compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))), num_cpus=cpus, num_gpus=gpus,
-                max_restarts=-1, max_task_retries=TASK_RETRIES)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
+                ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
+                    worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
+                    compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))), num_cpus=cpus, num_gpus=gpus,
+                    max_restarts=-1, max_task_retries=TASK_RETRIES)
             back: set[int] = set()
             for row in ds.iter_rows():
                 res: Result = pickle.loads(row["record"])

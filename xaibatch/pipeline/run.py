@@ -163,7 +163,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
         status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
-        manifest.finish_run(run_id, status, time.time() - t0, counts)
+        with manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
+            manifest.finish_run(run_id, status, time.time() - t0, counts)
+            manifest.set_meta(REPORTING, str(run_id))
     except BaseException as e:
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         if run_id is not None:
@@ -184,10 +186,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         lock.check()  # the report is written only while the folder is still ours
         written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
         report, accuracy = written.index, written.accuracy
-    except BaseException:
-        mark_run(out, run_id, "error", time.time() - t0, counts)  # the run row agrees with the exit code
+    except BaseException as e:  # the run row agrees with the exit code
+        bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+        mark_run(out, run_id, bad, time.time() - t0, counts)
         raise
     timings["report"] = time.time() - t_report
+    mark_run(out, run_id, None, 0, {})  # reported
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
                        setup.layer, accuracy, status=status, run_id=run_id, timings=timings)
@@ -208,6 +212,7 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
     """
     killed = manifest.close_stale_runs()
     lock.check()
+    killed = killed or killed_while_reporting(manifest)
     last = manifest.last_status()
     if killed or lock.previous:
         prev = lock.previous.get("pid") if lock.previous else None
@@ -251,18 +256,36 @@ def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan,
         emit({"event": "failure", "path": rel, "reason": reason})
 
 
-def mark_run(out: Path, run_id: int | None, status: str, seconds: float, counts: dict[str, int]) -> None:
-    """Set a finished run's status after the fact (its report failed); never hides the original error."""
+REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
+
+
+def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, counts: dict[str, int]) -> None:
+    """After the report: set the run's status when it failed (None: it did not), and note that the report is done;
+    never hides the original error."""
     if run_id is None:
         return
     try:
         manifest = Manifest(out / layout.MANIFEST)
         try:
-            manifest.finish_run(run_id, status, seconds, counts)
+            with manifest.transaction():
+                if status is not None:
+                    manifest.finish_run(run_id, status, seconds, counts)
+                manifest.set_meta(REPORTING, "")
         finally:
             manifest.close()
     except Exception:
         pass
+
+
+def killed_while_reporting(manifest: Manifest) -> bool:
+    """A run killed while it wrote its report said "ok" already: its row says "killed" now. Whether there was one."""
+    run_id = manifest.get_meta(REPORTING)
+    if not run_id:
+        return False
+    with manifest.transaction():
+        manifest.set_status(int(run_id), "killed")
+        manifest.set_meta(REPORTING, "")
+    return True
 
 
 def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:
