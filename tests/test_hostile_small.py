@@ -82,3 +82,44 @@ def test_long_error_lines_are_cut_at_a_word():
 
     cut = _first_line(ValueError("word " * 100))
     assert cut.endswith("word …") and len(cut) <= 202
+
+
+def test_a_signal_during_the_report_says_interrupted(tmp_path, tiny_ckpt, monkeypatch):
+    """A double SIGTERM while the report is written (KeyboardInterrupt): the run row said "error" with exit 5."""
+    import xaibatch.report as report
+    from xaibatch.pipeline import run
+
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", interrupted)
+    opts = RunOptions(input_dir=inp, out_dir=tmp_path / "o", methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
+                      labeled=False, handle_signals=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(opts, log=lambda s: None)
+    m = Manifest(tmp_path / "o" / layout.MANIFEST)
+    try:
+        assert m.runs()[-1]["status"] == "interrupted"
+        assert not m.get_meta("reporting_run")
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database", "fifo"])
+def test_a_fake_manifest_in_a_class_folder_does_not_hide_its_images(tmp_path, content):
+    import os
+
+    from xaibatch.scan import scan
+
+    write_images(tmp_path / "in" / "FAKE", 2)
+    write_images(tmp_path / "in" / "REAL", 2)
+    fake = tmp_path / "in" / "REAL" / layout.MANIFEST
+    if content == "fifo":
+        os.mkfifo(fake)
+    else:
+        fake.write_bytes(content)
+    found = scan(tmp_path / "in")
+    assert found.classes == ["FAKE", "REAL"] and len(found.images) == 4 and not found.empty_classes

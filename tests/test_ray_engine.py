@@ -356,17 +356,20 @@ def test_sigterm_to_a_cli_run_that_started_its_own_ray(tmp_path, tiny_ckpt):
     p = subprocess.Popen([sys.executable, "-m", "xaibatch", "run", str(inp), "--out", str(out), "--checkpoint",
                           str(tiny_ckpt), "-m", "gradcam", "-m", "lime", "--lime-samples", "300", "--batch-size", "2",
                           "--engine", "ray", "--ray-workers", "2", "--log-json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         deadline = time.time() + 300
         while p.poll() is None and time.time() < deadline and not _committed_maps(out):
             time.sleep(0.2)
         assert p.poll() is None, "the run ended before a batch was committed"
         p.send_signal(signal.SIGTERM)
-        stdout, _ = p.communicate(timeout=300)
+        stdout, stderr = p.communicate(timeout=300)
     finally:
         if p.poll() is None:
             p.kill()
+    assert all(line.startswith("{") for line in stdout.splitlines()), stdout  # JSON only (#22 item 9)
+    # Off a terminal nothing of Ray's own reaches stderr, which schedulers mail (#21 item 6); xaibatch's lines do.
+    assert [line for line in stderr.splitlines() if not line.startswith(("xaibatch:", "Error:"))] == [], stderr
     end = json.loads(stdout.strip().splitlines()[-1])
     assert (p.returncode, end["event"], end["status"], end["exit_code"]) == (5, "end", "interrupted", 5)
     assert 0 < end["computed"] < 24

@@ -107,7 +107,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
         try:
-            if rel and os.path.exists(os.path.join(d, MANIFEST)):
+            if rel and is_output_folder(d):
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             names = sorted(os.listdir(d))
         except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
@@ -187,6 +187,29 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     return found
 
 
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def is_output_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an xaibatch manifest: a SQLite file, not just any file of that name (an empty
+    ``xaibatch.sqlite`` dropped into a class folder must not hide its images)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    from .files import open_regular
+
+    try:
+        fd, _st = open_regular(path)  # never blocks on a FIFO of that name
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -233,7 +256,7 @@ def _empty_folders(root: Path, taken: set[str]) -> list[str]:
         if name in taken or name.startswith(".") or not _valid_utf8(name):
             continue
         try:
-            if (root / name).is_dir() and not (root / name / MANIFEST).exists():
+            if (root / name).is_dir() and not is_output_folder(root / name):
                 out.append(name)
         except OSError:
             continue
