@@ -123,3 +123,16 @@ def test_a_fake_manifest_in_a_class_folder_does_not_hide_its_images(tmp_path, co
         fake.write_bytes(content)
     found = scan(tmp_path / "in")
     assert found.classes == ["FAKE", "REAL"] and len(found.images) == 4 and not found.empty_classes
+
+
+def test_an_out_path_too_long_for_sqlite_is_refused_before_it_is_created(tmp_path):
+    from xaibatch.pipeline.guards import check_folders
+
+    write_images(tmp_path / "in", 1)
+    out = tmp_path / ("d" * 200) / ("e" * 200) / ("f" * 120)
+    with pytest.raises(UsageError, match=r"is too long a path: the manifest's files there would take \d+ bytes, and "
+                                         r"SQLite opens at most 511; choose a shorter --out"):
+        check_folders(RunOptions(input_dir=tmp_path / "in", out_dir=out, methods=["gradcam"]))
+    assert not (tmp_path / ("d" * 200)).exists()
+    ok = tmp_path / ("d" * 100)
+    check_folders(RunOptions(input_dir=tmp_path / "in", out_dir=ok, methods=["gradcam"]))

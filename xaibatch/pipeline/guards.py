@@ -20,6 +20,9 @@ def default_out(input_dir: Path) -> Path:
     return Path("outputs") / (f"{p.parent.name}-{name}" if p.parent.name else name)
 
 
+SQLITE_MAX_PATH = 512  # SQLite's unix VFS: a database's path and its companions' (-journal, -wal) must be shorter
+
+
 def suggest_out(input_dir: Path, refused: Path) -> Path:
     """An --out to suggest instead of ``refused``: the default one, numbered when that is the refused or a used one."""
     base = candidate = default_out(input_dir)
@@ -32,6 +35,10 @@ def suggest_out(input_dir: Path, refused: Path) -> Path:
 def check_folders(opts: RunOptions) -> None:
     """Refuse an INPUT_DIR/--out pair that would overwrite the user's files, before anything is written."""
     inp, out = Path(opts.input_dir).resolve(), Path(opts.out_dir).resolve()
+    longest = len(os.fsencode(out / layout.MANIFEST)) + len("-journal")  # its longest companion file
+    if longest >= SQLITE_MAX_PATH:
+        raise UsageError(f"--out {shown(str(opts.out_dir))} is too long a path: the manifest's files there would take "
+                         f"{longest} bytes, and SQLite opens at most {SQLITE_MAX_PATH - 1}; choose a shorter --out")
     if out == inp:
         raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
                          f"choose another folder, e.g. --out {suggest_out(inp, out)}")
