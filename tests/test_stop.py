@@ -76,6 +76,7 @@ def test_a_signal_stops_a_run_whose_decoder_is_stuck(tmp_path, tiny_ckpt, worker
     os.killpg(proc.pid, sig)  # the whole group, as a terminal's Ctrl-C and systemd do
     _stdout, stderr = proc.communicate(timeout=30)
     took = time.monotonic() - t0
+    print(f"signal to exit: {took:.1f} s")
     assert proc.returncode == 5, (took, stderr)
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert took < 20, took  # the report of what was done is still written
