@@ -136,3 +136,29 @@ def test_an_out_path_too_long_for_sqlite_is_refused_before_it_is_created(tmp_pat
     assert not (tmp_path / ("d" * 200)).exists()
     ok = tmp_path / ("d" * 100)
     check_folders(RunOptions(input_dir=tmp_path / "in", out_dir=ok, methods=["gradcam"]))
+
+
+def test_folders_deeper_than_path_max_are_reported(tmp_path):
+    import os
+
+    from xaibatch.scan import scan
+
+    root = tmp_path / "in"
+    write_images(root, 1)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # 20 levels of 250 bytes: past PATH_MAX (4096), made relative to descriptors
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            new = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        with open(os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write((root / "img_000.png").read_bytes())
+    finally:
+        os.close(fd)
+    found = scan(root)
+    assert [e.rel for e in found.images] == ["img_000.png"]
+    assert len(found.skipped) == 1
+    rel, reason = found.skipped[0]
+    assert rel.startswith("d" * 250 + "/") and reason.startswith("path too long to open (")
+    assert reason.endswith("the system's limit is 4096): its images are not scanned")

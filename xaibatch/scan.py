@@ -143,7 +143,10 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             if is_link:
                 st = os.stat(p)
         except OSError as e:
-            if is_image_name:
+            if e.errno == errno.ENAMETOOLONG and not is_image_name:  # a folder deeper than PATH_MAX: say so
+                skipped.append((shown(r), f"path too long to open ({len(os.fsencode(p))} bytes; the system's "
+                                          "limit is 4096): its images are not scanned"))
+            elif is_image_name:
                 if e.errno == errno.ELOOP:
                     reason = "symlink loop"
                 elif is_link:
