@@ -162,3 +162,33 @@ def test_folders_deeper_than_path_max_are_reported(tmp_path):
     rel, reason = found.skipped[0]
     assert rel.startswith("d" * 250 + "/") and reason.startswith("path too long to open (")
     assert reason.endswith("the system's limit is 4096): its images are not scanned")
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_5(monkeypatch, capsys):
+    """The console script's entry point catches a Ctrl-C during the import of click and the CLI (no traceback,
+    no exit 130)."""
+    import builtins
+    import sys
+
+    from xaibatch import entry
+
+    real_import = builtins.__import__
+
+    def importing(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "cli" and level == 1 or name == "xaibatch.cli":
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.delitem(sys.modules, "xaibatch.cli", raising=False)
+    monkeypatch.setattr(builtins, "__import__", importing)
+    with pytest.raises(SystemExit) as ei:
+        entry.main()
+    assert ei.value.code == 5
+    assert capsys.readouterr().err == "Error: interrupted while starting\n"
+
+
+def test_the_console_script_uses_the_guarded_entry_point():
+    import tomllib
+
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["xaibatch"] == "xaibatch.entry:main"
