@@ -191,7 +191,7 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
     put("README", b"no extension\n")
     add(Case("README", IGNORED, what="a file without extension"))
     # An xaibatch output folder inside the input (e.g. --out input/report): never read as input.
-    put("old_report/xaibatch.sqlite", b"")
+    put("old_report/xaibatch.sqlite", b"SQLite format 3\0" + bytes(84))  # a manifest's header: an empty file is no manifest
     put("old_report/images/good_000.png", png_bytes(Image.fromarray(rgb_array(8, 8, seed=3))))
     add(Case("old_report/images/good_000.png", IGNORED, what="images inside an xaibatch output folder"))
 
@@ -308,8 +308,9 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
             bf.notes.append(f"chmod 000 sub-case skipped: {why}")
         if proc_unreadable_available():
             os.symlink(WRITE_ONLY_PROC_FILE, root / "permission_denied.png")
-            add(Case("permission_denied.png", FAIL, "Permission denied",
-                     "a file open() refuses with EACCES (simulated: link to a write-only /proc file)"))
+            # This link leaves the input: refused as such now (issue 22 item 8), before open() could say EACCES.
+            add(Case("permission_denied.png", FAIL, "symlink to a file outside the input folder; not followed",
+                     "a link out of the input, to a file open() refuses with EACCES (a write-only /proc file)"))
         else:
             bf.notes.append(f"{WRITE_ONLY_PROC_FILE} is not there or readable: EACCES simulation skipped")
     return bf

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from conftest import write_images
+from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -87,6 +88,17 @@ def _slow_report(*a, **k):
     return _report(*a, **k)
 _rp.write_report = _slow_report
 
+import sys, xaibatch.pipeline
+_run = sys.modules["xaibatch.pipeline.run"]  # the package's `run` attribute is the function
+_unlink_all = _run.unlink_all
+def _unlink_held(*a, **k):  # the removal transaction has committed; its files are not deleted yet
+    if os.environ.get("XB_TEST_HOLD_REMOVALS"):
+        _mark("removals-committed")
+        while True:  # until a second signal raises KeyboardInterrupt here
+            time.sleep(0.02)
+    return _unlink_all(*a, **k)
+_run.unlink_all = _unlink_held
+
 from xaibatch.cli import main
 main()
 """
@@ -106,10 +118,10 @@ def _opts(inp, out, ckpt) -> RunOptions:
 
 
 def _cli(inp, out, ckpt, marks: Path | None = None, delay: float = 0.0, report_delay: float = 0.0, workers: int = 0,
-         new_session=False, extra=(), hold_at: int = 0):
+         new_session=False, extra=(), hold_at: int = 0, hold_removals: bool = False):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XB_TEST_DELAY": str(delay),
            "XB_TEST_REPORT_DELAY": str(report_delay), "XB_TEST_MARKS": str(marks) if marks else "",
-           "XB_TEST_HOLD_AT": str(hold_at)}
+           "XB_TEST_HOLD_AT": str(hold_at), "XB_TEST_HOLD_REMOVALS": "1" if hold_removals else ""}
     return subprocess.Popen(
         [sys.executable, "-c", PRELUDE, "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out),
          "--batch-size", str(BATCH), "--workers", str(workers), *extra],
@@ -244,10 +256,10 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys()
     assert got == want  # same rows, byte-identical maps
     assert _files(out) == _files(ref)  # no orphans, nothing missing
+    check_output_folder(out, inp)
     statuses = [row["status"] for row in Manifest(out / "xaibatch.sqlite").runs()]
     assert statuses[0] == "ok" and statuses[-1] == "ok"
-    if point != "during-report":
-        assert statuses[1] == "killed"
+    assert statuses[1] == "killed"  # also when killed during the report, whose run row said "ok" already
 
 
 @pytest.mark.slow
@@ -287,6 +299,30 @@ def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckp
     assert r.status == "ok" and r.computed == N_NEW + 1 - done
     assert _consistent(out) == _consistent(ref)
     assert _files(out) == _files(ref)
+    check_output_folder(out, inp)
+
+
+def test_a_second_signal_right_after_the_removal_commit_leaves_nothing_behind(tmp_path, tiny_ckpt):
+    """Stopped between committing the removal of an image and deleting its files, a run ends "interrupted" and
+    releases the lock cleanly; the next run still finds and deletes those files."""
+    inp, out = _starting_folder(tmp_path, tiny_ckpt)  # one image removed from the input
+    marks = tmp_path / "marks"
+    proc = _cli(inp, out, tiny_ckpt, marks=marks, hold_removals=True)
+    _wait_for(proc, lambda: (marks / "removals-committed").exists(), "the removal commit")
+    proc.send_signal(signal.SIGTERM)
+    _wait_for(proc, lambda: (marks / "signalled").exists(), "the first signal handled")
+    proc.send_signal(signal.SIGTERM)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert Manifest(out / "xaibatch.sqlite").runs()[-1]["status"] == "interrupted"
+    with pytest.raises(AssertionError, match="files no row points at"):
+        check_output_folder(out, inp, report=False)  # the removed image's files
+
+    said: list[str] = []
+    r = run(_opts(inp, out, tiny_ckpt), log=said.append)
+    assert r.status == "ok"
+    assert any("the previous run ended interrupted; cleaned" in line for line in said), said
+    check_output_folder(out, inp)
 
 
 def test_signal_handlers_are_restored(tmp_path, tiny_ckpt):

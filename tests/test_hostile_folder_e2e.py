@@ -38,6 +38,13 @@ def _hostile(root: Path, outside: Path) -> None:
     _image(fake / "locked" / "hidden.png")
     _image(outside / "secret.png")
     os.symlink(outside, fake / "out_link")
+    _image(outside / "private.png")
+    os.chmod(outside / "private.png", 0o600)
+    os.symlink(outside / "private.png", fake / "innocent.png")  # a file link out: refused as folder links are
+    os.symlink(fake / "plain.png", fake / "alias.png")  # a file link inside the input: an image like any other
+    with (fake / "big.png").open("wb") as f:  # sparse, 16 TB less a page: never read, let alone hashed
+        f.write((fake / "plain.png").read_bytes())
+        f.truncate(16 * 1024**4 - 4096)
     for i in range(3):
         _image(real / f"r{i}.png", (10, 10 * i, 200))
     (root / "EMPTY").mkdir()
@@ -55,11 +62,15 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
     assert r.exit_code == 1, r.output  # some failed, none fatal
     assert "Traceback" not in r.output and "internal error" not in r.output
     stems = check_output_folder(out, root)
-    assert len(stems) == 14
-    assert "FAKE/out_link/secret.png" not in stems
+    assert len(stems) == 15
+    assert "FAKE/out_link/secret.png" not in stems and "FAKE/alias.png" in stems
     db_failures = {line.split(":")[0].strip() for line in r.output.splitlines() if line.startswith("  ")}
-    for rel in ("FAKE/corrupt.png", "FAKE/locked", "FAKE/out_link", "FAKE/bad\\xffname.png", "FAKE/folder\\xfe"):
+    for rel in ("FAKE/corrupt.png", "FAKE/locked", "FAKE/out_link", "FAKE/bad\\xffname.png", "FAKE/folder\\xfe",
+                "FAKE/innocent.png", "FAKE/big.png"):
         assert rel in db_failures, (rel, r.output)
+    assert "FAKE/innocent.png: symlink to a file outside the input folder; not followed" in r.output
+    assert "FAKE/big.png: file too large (17,592,186,040,320 bytes" in r.output
+    assert not list(out.rglob("innocent*"))
     assert "class folder 'EMPTY' holds no images; ignored" in r.output
     with (out / "predictions.csv").open(newline="") as f:
         cells = [c for row in csv.reader(f) for c in row[:3]]

@@ -179,7 +179,7 @@ class _RunCommand(click.Command):
                    "report's other pages and folders are replaced). Never needed for re-runs.")
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
 @click.option("--follow-links", is_flag=True,
-              help="Follow symlinked folders that lead outside INPUT_DIR (skipped with a reason by default).")
+              help="Follow symlinks to folders and files outside INPUT_DIR (skipped with a reason by default).")
 @click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
               help="LIME: perturbed images per image (e.g. --lime-samples 500).")
 @click.option("--lime-segments", type=click.IntRange(2), default=50, show_default=True,
@@ -304,8 +304,10 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
     if not failed:
         return
     click.echo(f"xaibatch: {len(failed)} image(s) could not be read:", err=True)
-    for rel, reason in failed[:limit]:
-        click.echo(f"  {rel}: {reason}", err=True)
+    from .scan import printable
+
+    for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
+        click.echo(f"  {printable(rel)}: {printable(reason)}", err=True)
     if len(failed) > limit:
         click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)
 

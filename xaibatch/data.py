@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import DecodeError
 from .layout import DISPLAY_MAX_SIDE, display_size
-from .scan import ImageEntry
+from .scan import ImageEntry, too_large
 from .files import NotRegularFile, hash_open_file, open_regular
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
@@ -62,6 +62,9 @@ def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
     if st.st_size == 0:
         f.close()
         raise DecodeError("empty file (0 bytes)")
+    if reason := too_large(st.st_size):  # grown since the scan
+        f.close()
+        raise DecodeError(reason)
     return f, st.st_size
 
 
@@ -73,6 +76,10 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
         try:
             im = Image.open(f, formats=DECODE_FORMATS)
         except Image.UnidentifiedImageError:
+            if (why := _tiff_problem(f)) is not None:
+                raise DecodeError(f"unsupported TIFF variant ({why}): PIL cannot decode its samples (such as "
+                                  "floating-point colour, or more than 4 channels); convert it to 8- or 16-bit RGB"
+                                  ) from None
             raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
         with im:
             _check_size(im.size, max_pixels)
@@ -121,6 +128,24 @@ def _describe(e: BaseException) -> str:
     text = str(e).strip()
     msg = text.splitlines()[0][:200] if text else ""
     return f"corrupt or truncated image: {msg}" if msg else f"corrupt or truncated image ({type(e).__name__})"
+
+
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
+def _tiff_problem(f) -> str | None:
+    """Why PIL refused an open file that is a TIFF (its own reason, which Image.open hides), or None if no TIFF."""
+    try:
+        f.seek(0)
+        if f.read(4) not in _TIFF_MAGIC:
+            return None
+        f.seek(0)
+        from PIL import TiffImagePlugin
+
+        TiffImagePlugin.TiffImageFile(f).close()
+    except Exception as e:
+        return str(e).splitlines()[0][:100] if str(e).strip() else type(e).__name__
+    return "unknown reason"
 
 
 def _looks_like(f) -> str:

@@ -122,9 +122,15 @@ def hash_open_file(f, size: int, digest) -> None:
         left -= len(chunk)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a regular file (anything else raises OSError), read in 1 MiB chunks up to its size."""
+def file_sha256(path: Path, max_bytes: int | None = None) -> str:
+    """SHA-256 of a regular file (anything else raises OSError), read in 1 MiB chunks up to its size.
+
+    A file over ``max_bytes`` raises OSError (EFBIG) without being read.
+    """
     fd, st = open_regular(path)
+    if max_bytes is not None and st.st_size > max_bytes:
+        os.close(fd)
+        raise OSError(errno.EFBIG, f"file over {max_bytes} bytes", str(path))
     h = hashlib.sha256()
     with os.fdopen(fd, "rb") as f:
         hash_open_file(f, st.st_size, h)

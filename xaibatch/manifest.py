@@ -166,12 +166,20 @@ class Manifest:
             (status, time.time(), seconds, *counts.values(), run_id),
         )
 
+    def set_status(self, run_id: int, status: str) -> None:
+        self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+
     def close_stale_runs(self) -> list[int]:
         """Mark runs left ``running`` by a killed process as ``killed``; call only while holding the lock."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
         if ids:
             self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
         return ids
+
+    def last_status(self) -> str | None:
+        """The status of the newest run row (None: no run yet)."""
+        row = self.db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else row[0]
 
     def last_config(self, request: str) -> tuple[str, str] | None:
         """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""

@@ -95,9 +95,13 @@ def create(arch: str, num_classes: int, source: Path | None = None, img_size: in
         raise ModelError(f"cannot build {arch} with {num_classes} classes: {type(e).__name__}: {e}") from None
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an error's text, cut at a word (with an ellipsis) when longer than ``limit``."""
     text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _refusal(e: BaseException) -> str | None:
@@ -143,6 +147,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         msg = str(e)
         if "zip archive" in msg or "central directory" in msg or "inline_container" in msg:
             raise ModelError(f"{path}: not a PyTorch checkpoint: corrupted or truncated zip archive") from None
+        if "legacy .tar format" in msg:  # also what torch makes of an all-zero file
+            raise ModelError(f"{path}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or "
+                             "another kind of file such as an all-zero one); re-save the weights with "
+                             "torch.save(model.state_dict(), ...)") from None
+        if "weights_only" in msg:  # torch's own advice (weights_only=False) would run the file's code
+            raise ModelError(f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
+                             "re-save the weights with torch.save(model.state_dict(), ...)") from None
         raise ModelError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}") from None
     except Exception as e:  # torch's legacy reader raises KeyError, ValueError, ... on arbitrary bytes
         raise ModelError(

@@ -23,6 +23,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 # the run's writer half-way.
 MAX_NAME_BYTES = 255 - len(".png")
 MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
+# Larger files are refused from their size alone, never read: every new file is hashed in full before it is
+# decoded, and a sparse 16 TB "image" would otherwise keep a run busy for hours. A 64-megapixel image (the pixel
+# limit, data.MAX_PIXELS) takes at most 768 MB even as uncompressed 32-bit float RGB.
+MAX_FILE_BYTES = 1 << 30
+
+
+def too_large(size: int) -> str | None:
+    """The reason a file of ``size`` bytes is refused unread, or None."""
+    if size > MAX_FILE_BYTES:
+        return f"file too large ({size:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it"
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,12 @@ def shown(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def printable(name: str) -> str:
+    """A name for a log line: control characters (newline, ESC of ANSI codes, ...) as escapes, so that a file name
+    cannot forge lines or colours in stderr logs (``a\nb.png`` shows as ``a\\nb.png``)."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in name)
+
+
 def _valid_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -68,8 +85,8 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
           ) -> list[tuple[str, str, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
 
-    A symlinked folder that leads outside ``root`` is skipped (a link to / would crawl the
-    system) unless ``follow_links``.
+    A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
+    system; a link to someone's private file would publish it) unless ``follow_links``.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -90,7 +107,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             return None  # the same folder under a second name: its images are already listed once
         seen_dirs.add(key)
         try:
-            if rel and os.path.exists(os.path.join(d, MANIFEST)):
+            if rel and is_output_folder(d):
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             names = sorted(os.listdir(d))
         except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
@@ -119,13 +136,20 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         p = os.path.join(d, name)
         r = f"{rel}/{name}" if rel else name
         is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
+        is_link = False
         try:
-            st = os.stat(p)
+            st = os.lstat(p)  # one call for what is not a link, as os.stat would be
+            is_link = stat.S_ISLNK(st.st_mode)
+            if is_link:
+                st = os.stat(p)
         except OSError as e:
-            if is_image_name:
+            if e.errno == errno.ENAMETOOLONG and not is_image_name:  # a folder deeper than PATH_MAX: say so
+                skipped.append((shown(r), f"path too long to open ({len(os.fsencode(p))} bytes; the system's "
+                                          "limit is 4096): its images are not scanned"))
+            elif is_image_name:
                 if e.errno == errno.ELOOP:
                     reason = "symlink loop"
-                elif os.path.islink(p):
+                elif is_link:
                     reason = "broken symlink"
                 else:
                     reason = f"cannot read: {e.strerror or e}"
@@ -134,7 +158,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
         if stat.S_ISDIR(st.st_mode):
             if not _valid_utf8(name):
                 skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
-            elif os.path.islink(p):
+            elif is_link:
                 if follow_links or _inside(os.path.realpath(p), real_root):
                     deferred.append((p, r, st, ancestors))
                 else:
@@ -146,12 +170,16 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             reason = None
             if not stat.S_ISREG(st.st_mode):
                 reason = f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+            elif is_link and not follow_links and not _inside(os.path.realpath(p), real_root):
+                reason = "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
             elif not _valid_utf8(name):
                 reason = "file name is not valid UTF-8; rename it"
             elif len(name.encode()) > MAX_NAME_BYTES:
                 reason = f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
             elif len(r.encode()) > MAX_REL_BYTES:
                 reason = f"path too long ({len(r.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
+            else:
+                reason = too_large(st.st_size)
             if reason is None:
                 found.append((r, p, st))
             else:
@@ -160,6 +188,29 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     found.sort(key=lambda f: f[0].split("/"))
     skipped.sort(key=lambda s: s[0].split("/"))
     return found
+
+
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def is_output_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an xaibatch manifest: a SQLite file, not just any file of that name (an empty
+    ``xaibatch.sqlite`` dropped into a class folder must not hide its images)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    from .files import open_regular
+
+    try:
+        fd, _st = open_regular(path)  # never blocks on a FIFO of that name
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _inside(path: str, root: str) -> bool:
@@ -208,7 +259,7 @@ def _empty_folders(root: Path, taken: set[str]) -> list[str]:
         if name in taken or name.startswith(".") or not _valid_utf8(name):
             continue
         try:
-            if (root / name).is_dir() and not (root / name / MANIFEST).exists():
+            if (root / name).is_dir() and not is_output_folder(root / name):
                 out.append(name)
         except OSError:
             continue

@@ -29,6 +29,7 @@ from ..methods.explainer import Explainer
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
+from .loader import until_stopped
 from .signals import Stop
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
@@ -223,7 +224,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
                 persistent_workers=False, prefetch_factor=4 if prepared.workers > 0 else None,
                 worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
             )
-            for b in loader:
+            for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b)
                 account(tally, emit, job.failed, len(job.items))
                 writer.put(job)  # an abandoned batch: only its failures, none of its images is committed

@@ -20,12 +20,28 @@ def default_out(input_dir: Path) -> Path:
     return Path("outputs") / (f"{p.parent.name}-{name}" if p.parent.name else name)
 
 
+SQLITE_MAX_PATH = 512  # SQLite's unix VFS: a database's path and its companions' (-journal, -wal) must be shorter
+
+
+def suggest_out(input_dir: Path, refused: Path) -> Path:
+    """An --out to suggest instead of ``refused``: the default one, numbered when that is the refused or a used one."""
+    base = candidate = default_out(input_dir)
+    n = 2
+    while candidate.resolve() == Path(refused).resolve() or candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
 def check_folders(opts: RunOptions) -> None:
     """Refuse an INPUT_DIR/--out pair that would overwrite the user's files, before anything is written."""
     inp, out = Path(opts.input_dir).resolve(), Path(opts.out_dir).resolve()
+    longest = len(os.fsencode(out / layout.MANIFEST)) + len("-journal")  # its longest companion file
+    if longest >= SQLITE_MAX_PATH:
+        raise UsageError(f"--out {shown(str(opts.out_dir))} is too long a path: the manifest's files there would take "
+                         f"{longest} bytes, and SQLite opens at most {SQLITE_MAX_PATH - 1}; choose a shorter --out")
     if out == inp:
         raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
-                         f"choose another folder, e.g. --out {default_out(inp)}")
+                         f"choose another folder, e.g. --out {suggest_out(inp, out)}")
     for folder in (inp, *inp.parents):
         top = inp.relative_to(folder).parts[:1]
         if top and top[0] in layout.OUTPUT_DIRS and (folder / layout.MANIFEST).is_file():
@@ -33,7 +49,7 @@ def check_folders(opts: RunOptions) -> None:
                              "whose files every run rewrites; give the folder of the original images instead")
     if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in layout.OUTPUT_DIRS:
         raise UsageError(f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
-                         f"{opts.input_dir}; choose another folder, e.g. --out {default_out(inp)}")
+                         f"{opts.input_dir}; choose another folder, e.g. --out {suggest_out(inp, out)}")
     if not out.is_dir():
         return
     for top in layout.OUTPUT_DIRS:  # a symlink planted there would redirect every write
@@ -63,4 +79,4 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     inp = Path(opts.input_dir).resolve()
     if recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 bytes escaped
         raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
-                         f"another --out (e.g. --out {default_out(inp)}) or pass --replace to replace that report")
+                         f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report")

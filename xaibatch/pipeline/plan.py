@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import MAP_FORMAT_VERSION, layout
 from ..layout import assign_stems
-from ..scan import ImageEntry, Scan
+from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
 from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
 from .options import DEFAULT_MAX_MAP_SIDE
@@ -141,8 +141,8 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
     same_content: dict[str, bool] = {}
     if suspects:
         def same(e: ImageEntry) -> bool:
-            try:
-                return file_sha256(e.path) == known.images[e.rel].sha256
+            try:  # a file grown past the limit since the scan is not read: it fails as it decodes
+                return file_sha256(e.path, MAX_FILE_BYTES) == known.images[e.rel].sha256
             except OSError:
                 return False
 

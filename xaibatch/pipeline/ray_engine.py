@@ -17,6 +17,7 @@ skipped, running ones finish (LIME abandons its batch), their rows are committed
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -24,15 +25,17 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import layout
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..scan import ImageEntry, Scan
 from .options import RayOptions, RunOptions
 from .plan import Hashes, Known, Plan, Tally
@@ -210,6 +213,24 @@ class Worker:
             return Result(task.index, error=e, worker=self.name)
 
 
+# Times Ray retries a batch whose actor died (an OOM kill, a decoder's segfault) before giving it up: then the
+# batch's images are computed one at a time, and an image that still kills its worker fails with a reason.
+TASK_RETRIES = 2
+
+
+def fail_dead(manifest: Any, out: Path, known: Known, rels: list[str], run_id: int, check: Callable[[], None],
+              tally: Tally, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Commit as failures the images that killed their Ray worker on every try (they leave the report)."""
+    from .compute import account
+    from .writer import Commit, commit
+
+    reason = (f"the Ray worker died on this image {TASK_RETRIES + 1} times (out of memory, or a crash decoding or "
+              "explaining it)")
+    failed = [(rel, reason) for rel in rels]
+    commit(manifest, Commit(run_id, failed=failed, discard=known.files_of(rels), count=len(failed)), out, check)
+    account(tally, emit, failed, 0)
+
+
 def worker_class(config: WorkerConfig) -> type:
     """A Worker subclass carrying ``config``: Ray pickles it by value, and a restarted actor needs no arguments."""
     return type("XaibatchWorker", (Worker,), {"config": config})
@@ -228,25 +249,150 @@ class StopFlag:
         return self.flag
 
 
-def connect(r: RayOptions) -> bool:
-    """Join the cluster (``r.address``, else $RAY_ADDRESS, else a new local Ray); True when this call started it.
+# Ray retries a head that does not answer for minutes (forever when something else answers on that port).
+REACH_TIMEOUT_S = 10.0  # to open a TCP connection to the head's address at all
+CONNECT_TIMEOUT_S = 60.0  # for ray.init to join a cluster
+START_TIMEOUT_S = 300.0  # for ray.init to start a local Ray (processes, on a loaded machine)
 
-    A Ray the caller already initialised (a test, a notebook) is used as it is.
+
+def connect(r: RayOptions) -> bool:
+    """Join the cluster (``r.address``, else $RAY_ADDRESS, else a private new local Ray); True when this call started
+    it. An address that cannot be reached within CONNECT_TIMEOUT_S, or that Ray refuses, is a UsageError (exit 2).
+
+    A Ray the caller already initialised (a test, a notebook) is used as it is. Without an address the run never
+    joins the cluster a stale ``/tmp/ray/ray_current_cluster`` names (``ray.init()`` would, and hang on a dead head).
     """
     import ray
 
     if ray.is_initialized():
         return False
+    address = r.address or os.environ.get("RAY_ADDRESS") or "local"
+    reachable(address)
+    quiet = not sys.stderr.isatty()
+    if quiet:  # a scheduler mails whatever reaches stderr: Ray's own logs stay in its log files (errors that stop
+        # the run are xaibatch's own one-line error)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    keep_ray_messages_off_stdout(quiet)
     # ray.init makes SIGTERM exit the process at once; the run's handler (stop after the current batches,
     # exit code 5) stays in charge.
     main = threading.current_thread() is threading.main_thread()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    limit = START_TIMEOUT_S if address == "local" else CONNECT_TIMEOUT_S
+    what = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
     try:
-        ray.init(address=r.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        with time_limit(limit if main else None), stderr_silenced(quiet):  # a failure raises: reported below
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR if quiet else logging.WARNING)
+    except (SystemExit, KeyboardInterrupt):  # Ray's own SIGTERM handler, or Ctrl-C, while it was connecting
+        _shutdown_quietly()
+        raise Interrupted("interrupted while connecting to Ray") from None
+    except _TimeUp:
+        _shutdown_quietly()
+        raise UsageError(f"cannot {what}: no answer within {limit:g} s (is it a Ray head, and running?)") from None
+    except Exception as e:
+        _shutdown_quietly()
+        raise UsageError(f"cannot {what}: {_first_line(e)}") from None
     finally:
         for s, h in handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
     return True
+
+
+class _TimeUp(BaseException):
+    """SIGALRM: a time limit passed (a BaseException, so that Ray's retry loops do not swallow it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise _TimeUp in the main thread after ``seconds`` (None: no limit); Ray retries an unanswering head forever."""
+    if not seconds:
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def stderr_silenced(enabled: bool):
+    """File descriptor 2 to /dev/null (what Ray's C++ code logs as it starts, whatever the level asked for)."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _shutdown_quietly() -> None:
+    try:
+        import ray
+
+        ray.shutdown()
+    except BaseException:
+        pass
+
+
+def reachable(address: str) -> None:
+    """Refuse at once (UsageError) a cluster address that names no cluster or whose head does not answer."""
+    if address == "local" or address.startswith("ray://"):  # ray://: Ray's client checks it (and its extra)
+        return
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        hostport = canonicalize_bootstrap_address(address)  # auto: $RAY_ADDRESS, else the last cluster started here
+    except Exception as e:
+        raise UsageError(f"--ray-address {address}: {_first_line(e)}") from None
+    if hostport is None:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        why = (f"no answer within {REACH_TIMEOUT_S:g} s" if isinstance(e, TimeoutError)
+               else getattr(e, "strerror", None) or str(e))
+        raise UsageError(f"cannot reach the Ray cluster at {address} ({hostport}): {why}; is its head running? "
+                         "(without --ray-address and $RAY_ADDRESS a Ray is started for the run)") from None
+
+
+def keep_ray_messages_off_stdout(quiet: bool) -> None:
+    """Ray prints its cluster messages ("(raylet) A worker died ...") to stdout, which holds only the run's own
+    output (JSON lines with --log-json): send them to stderr, or nowhere when ``quiet``."""
+    try:
+        import ray._private.worker as ray_worker
+    except ImportError:
+        return
+    if hasattr(ray_worker.print_to_stdstream, "xaibatch_quiet"):  # ours already
+        ray_worker.print_to_stdstream.xaibatch_quiet = quiet  # type: ignore[attr-defined]
+        return
+    print_worker_logs = ray_worker.print_worker_logs
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        if not to_stderr.xaibatch_quiet:  # type: ignore[attr-defined]
+            print_worker_logs(data, sys.stderr, ignore_prefix)
+
+    to_stderr.xaibatch_quiet = quiet  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def quiet_ray_data() -> None:
@@ -257,8 +403,9 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
-    for name in ("ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx.max_errored_blocks = -1  # a batch that kills its actor on every retry: the run carries on without it
+    for name in ("ray.data", "ray.data._internal"):  # such a batch is logged (with a traceback): the run says it
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def resources(r: RayOptions) -> tuple[int, float, float]:
@@ -305,8 +452,7 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         quiet_ray_data()
         n_workers, gpus, cpus = resources(opts.ray)
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
-        tasks = [pickle.dumps(task_for(i, todo, entries, plan, known))
-                 for i, (todo, entries) in enumerate(batches(plan, batch_size))]
+        tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
         log(f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
             f"({gpus:g} GPU, {cpus:g} CPU each)")
@@ -320,9 +466,31 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         found = Scan(prepared.found.root, prepared.found.classes, [], [], list(prepared.found.empty_classes))
         config = WorkerConfig(worker_opts, found, hashes, run_id, os.path.abspath(out), probe, token, stop_name,
                               threads=max(1, int(cpus)), cwd=os.getcwd())
-        ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map_batches(
-            worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
-            compute=ray.data.ActorPoolStrategy(size=n_workers), num_cpus=cpus, num_gpus=gpus)
+        def stream(batch: list[Task]) -> set[int]:
+            """Run these tasks on an actor pool, committing each Commit as it comes back; the indices that did."""
+            ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
+                ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
+                    worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
+                    compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))), num_cpus=cpus, num_gpus=gpus,
+                    max_restarts=-1, max_task_retries=TASK_RETRIES)
+            back: set[int] = set()
+            for row in ds.iter_rows():
+                res: Result = pickle.loads(row["record"])
+                if res.error is not None:
+                    raise res.error
+                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
+                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
+                back.add(res.index)
+                if res.skipped or res.index in committed:  # a retried batch that had already come back
+                    continue
+                commit(manifest, res.commit, out, check)
+                committed.add(res.index)
+                account(tally, emit, res.commit.failed, res.commit.computed)
+                if progress is not None:
+                    progress.update(res.commit.count)
+            return back
 
         done = threading.Event()
 
@@ -336,19 +504,17 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         progress = progress_bar(opts, len(plan.work))
         committed: set[int] = set()
         try:
-            for row in ds.iter_rows():
-                res: Result = pickle.loads(row["record"])
-                if res.error is not None:
-                    raise res.error
-                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
-                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
-                if res.skipped or res.index in committed:  # a retried batch that had already come back
-                    continue
-                commit(manifest, res.commit, out, check)
-                committed.add(res.index)
-                account(tally, emit, res.commit.failed, res.commit.computed)
-                if progress is not None:
-                    progress.update(res.commit.count)
+            back = stream(tasks)
+            lost = [t for t in tasks if t.index not in back]
+            if lost and not stop.requested:  # each killed its worker every time: find the image(s) that do
+                log(f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
+                    "memory? a crash?); computing their images one at a time")
+                singles = [task_for(len(tasks) + k, t.todo, [e], plan, known)
+                           for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)]
+                back = stream(singles)
+                dead = [t.entries[0].rel for t in singles if t.index not in back]
+                if dead and not stop.requested:
+                    fail_dead(manifest, out, known, dead, run_id, check, tally, emit)
         finally:
             done.set()
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor

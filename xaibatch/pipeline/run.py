@@ -35,6 +35,7 @@ import os
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +50,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .migrate import migrate_map_folders
 from .recovery import sweep_orphans, sweep_temp_files
-from .signals import Stop, catch_signals
+from .signals import Abandoned, Stop, catch_signals
 from ..files import unlink_all
 
 
@@ -73,16 +74,30 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             check_same_input(opts, out)
             return w
 
+        @contextmanager
+        def loading():  # nothing is written yet: a signal stops at once, even a model factory that hangs
+            try:
+                with stop.abandon():
+                    yield
+            except Abandoned:
+                raise Interrupted(f"interrupted by {stop.name} while loading the model; nothing was computed"
+                                  ) from None
+
         try:
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
                 found = scan_input(opts)  # once: the cached setup and the model's share it
-                setup = cached_setup(opts, out, found) or load_setup(opts, found)
+                setup = cached_setup(opts, out, found)
+                if setup is None:
+                    with loading():
+                        setup = load_setup(opts, found)
             else:  # nothing to protect yet: check everything before creating the folder
-                setup = load_setup(opts)
+                with loading():
+                    setup = load_setup(opts)
                 make_out(out)
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
-                    setup = load_setup(opts)
+                    with loading():
+                        setup = load_setup(opts)
             return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0])
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
             raise ManifestError(f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
@@ -152,7 +167,9 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
         status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
-        manifest.finish_run(run_id, status, time.time() - t0, counts)
+        with manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
+            manifest.finish_run(run_id, status, time.time() - t0, counts)
+            manifest.set_meta(REPORTING, str(run_id))
     except BaseException as e:
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         if run_id is not None:
@@ -173,10 +190,12 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         lock.check()  # the report is written only while the folder is still ours
         written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
         report, accuracy = written.index, written.accuracy
-    except BaseException:
-        mark_run(out, run_id, "error", time.time() - t0, counts)  # the run row agrees with the exit code
+    except BaseException as e:  # the run row agrees with the exit code
+        bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+        mark_run(out, run_id, bad, time.time() - t0, counts)
         raise
     timings["report"] = time.time() - t_report
+    mark_run(out, run_id, None, 0, {})  # reported
     result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
                        counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
                        setup.layer, accuracy, status=status, run_id=run_id, timings=timings)
@@ -192,9 +211,13 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
     """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
 
     Such a run left its run row 'running' or its holder record in the lock file.
+    A run that ended ``interrupted`` or ``error`` released the lock cleanly but may have been stopped (a second
+    signal, a lost lock) between committing a removal and deleting its files: its leftovers are swept too.
     """
     killed = manifest.close_stale_runs()
     lock.check()
+    killed = killed or killed_while_reporting(manifest)
+    last = manifest.last_status()
     if killed or lock.previous:
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
@@ -202,6 +225,10 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
         who = f" ({describe(lock.previous)})" if lock.previous else ""
         log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
             "continuing where it stopped")
+    elif last in ("interrupted", "error"):
+        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
+        if swept:
+            log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
 
 
 def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan, plan: Plan, known: Known,
@@ -233,18 +260,36 @@ def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan,
         emit({"event": "failure", "path": rel, "reason": reason})
 
 
-def mark_run(out: Path, run_id: int | None, status: str, seconds: float, counts: dict[str, int]) -> None:
-    """Set a finished run's status after the fact (its report failed); never hides the original error."""
+REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
+
+
+def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, counts: dict[str, int]) -> None:
+    """After the report: set the run's status when it failed (None: it did not), and note that the report is done;
+    never hides the original error."""
     if run_id is None:
         return
     try:
         manifest = Manifest(out / layout.MANIFEST)
         try:
-            manifest.finish_run(run_id, status, seconds, counts)
+            with manifest.transaction():
+                if status is not None:
+                    manifest.finish_run(run_id, status, seconds, counts)
+                manifest.set_meta(REPORTING, "")
         finally:
             manifest.close()
     except Exception:
         pass
+
+
+def killed_while_reporting(manifest: Manifest) -> bool:
+    """A run killed while it wrote its report said "ok" already: its row says "killed" now. Whether there was one."""
+    run_id = manifest.get_meta(REPORTING)
+    if not run_id:
+        return False
+    with manifest.transaction():
+        manifest.set_status(int(run_id), "killed")
+        manifest.set_meta(REPORTING, "")
+    return True
 
 
 def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:

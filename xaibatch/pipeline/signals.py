@@ -8,11 +8,17 @@ from contextlib import contextmanager
 
 
 
+class Abandoned(BaseException):
+    """Raised by the signal handler inside :meth:`Stop.abandon`; a BaseException, so that no ``except Exception``
+    in decoding or user code swallows it."""
+
+
 class Stop:
     """Set by the SIGINT/SIGTERM handler; polled between batches."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._abandoning = False
 
     @property
     def requested(self) -> bool:
@@ -21,6 +27,26 @@ class Stop:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "signal"
+
+    @contextmanager
+    def abandon(self):
+        """Within this block a signal raises :class:`Abandoned` at once: nothing in it is worth finishing (waiting
+        for the next batch; loading the model, which may be user code that never returns)."""
+        previous, self._abandoning = self._abandoning, True
+        try:
+            if self.requested:
+                raise Abandoned
+            yield
+        finally:
+            self._abandoning = previous
+
+    def _signalled(self, signum: int) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self._abandoning:
+            self._abandoning = False  # raised once: what handles it runs unabandoned
+            raise Abandoned
 
 
 @contextmanager
@@ -32,9 +58,7 @@ def catch_signals(enabled: bool):
         return
 
     def handler(signum, frame):
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.signum = signum
+        stop._signalled(signum)
 
     # A signal ignored when we started stays ignored (e.g. SIGINT of a background job in sh).
     previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not signal.SIG_IGN}

@@ -1,0 +1,116 @@
+"""``--engine ray`` against hostile or absent clusters: a bounded connect, exit 2 in one line, a private local Ray
+when no address is given, and nothing of Ray's on stdout. None of these starts a Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from xaibatch.cli import cli
+from xaibatch.errors import UsageError
+from xaibatch.pipeline import RayOptions
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None,
+                                reason='Ray Data is not installed (pip install "xaibatch[ray]")')
+
+
+@pytest.fixture
+def fake_init(monkeypatch):
+    """ray.init replaced: records its arguments, then does what the test sets (default: raise ValueError)."""
+    import ray
+
+    from xaibatch.pipeline import ray_engine
+
+    calls: list[dict] = []
+    behaviour = {"do": lambda: (_ for _ in ()).throw(ValueError("Ray Client requires pip package `ray[client]`.\nmore"))}
+
+    def init(**kw):
+        calls.append(kw)
+        behaviour["do"]()
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return ray_engine, calls, behaviour
+
+
+def test_without_an_address_a_private_local_ray_is_started(fake_init):
+    """ray.init() with no address joins whatever a stale /tmp/ray/ray_current_cluster names; "local" never does."""
+    ray_engine, calls, _ = fake_init
+    with pytest.raises(UsageError, match="cannot start a local Ray"):
+        ray_engine.connect(RayOptions())
+    assert calls and calls[0]["address"] == "local"
+
+
+def test_an_address_nobody_answers_is_refused_at_once(fake_init):
+    ray_engine, calls, _ = fake_init
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1 .*refused"):
+        ray_engine.connect(RayOptions(address="127.0.0.1:1"))
+    assert time.monotonic() - t0 < 5 and not calls
+
+
+def test_a_head_that_never_answers_times_out(fake_init, monkeypatch):
+    """Something answers on the port but Ray's handshake never completes: Ray would retry forever."""
+    ray_engine, calls, behaviour = fake_init
+    monkeypatch.setattr(ray_engine, "reachable", lambda address: None)
+    monkeypatch.setattr(ray_engine, "CONNECT_TIMEOUT_S", 0.5)
+
+    def hang():
+        while True:
+            time.sleep(0.01)
+
+    behaviour["do"] = hang
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=r"cannot join the Ray cluster at 10\.0\.0\.1:6379: no answer within 0\.5 s"):
+        ray_engine.connect(RayOptions(address="10.0.0.1:6379"))
+    assert time.monotonic() - t0 < 5
+
+
+def test_rays_own_errors_become_one_line(fake_init):
+    ray_engine, _, _ = fake_init
+    with pytest.raises(UsageError) as ei:
+        ray_engine.connect(RayOptions(address="ray://127.0.0.1:10001"))
+    assert str(ei.value) == ("cannot join the Ray cluster at ray://127.0.0.1:10001: Ray Client requires pip package "
+                             "`ray[client]`.")
+
+
+def test_auto_without_a_cluster_is_one_line(monkeypatch):
+    from ray._private import services
+
+    from xaibatch.pipeline import ray_engine
+
+    def nothing(addr, temp_dir=None):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr(services, "canonicalize_bootstrap_address", nothing)
+    with pytest.raises(UsageError, match="^--ray-address auto: Could not find any running Ray instance"):
+        ray_engine.reachable("auto")
+
+
+def test_cli_exit_2_in_one_line_for_a_dead_address(labeled_dir, tmp_path, tiny_ckpt):
+    r = CliRunner().invoke(cli, ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"),
+                                 "--workers", "0", "-q", "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1"), r.output
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_rays_cluster_messages_never_reach_stdout(quiet, capsys, monkeypatch):
+    """Ray prints "(raylet) A worker died ..." to stdout, among --log-json's lines; off a terminal, nowhere."""
+    import ray._private.worker as ray_worker
+
+    from xaibatch.pipeline.ray_engine import keep_ray_messages_off_stdout
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored after
+    keep_ray_messages_off_stdout(quiet)
+    ray_worker.print_to_stdstream({"lines": ["\x1b[33mA worker died or was killed while executing a task\x1b[0m"],
+                                   "pid": "raylet", "is_err": False, "ip": "127.0.0.1"}, ignore_prefix=False)
+    got = capsys.readouterr()
+    assert got.out == ""
+    assert ("A worker died" in got.err) is not quiet
