@@ -241,3 +241,36 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
         assert set(np.argsort(-a)[:5]) == set(np.argsort(-b)[:5]), k
         assert spearmanr(a, b).statistic >= 0.9, k
     assert np.mean([i["samples"] for i in got.info]) < 1000
+
+
+def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tmp_path, tiny_ckpt):
+    import json
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from conftest import write_images
+    from xaibatch.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+
+    def run(*extra):
+        r = CliRunner().invoke(cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
+                                     "0", "-m", "lime", "--lime-segments", "8", *extra], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        db = sqlite3.connect(out / "xaibatch.sqlite")
+        rows = [json.loads(i) for (i,) in db.execute("SELECT info_json FROM maps ORDER BY rel")]
+        db.close()
+        return r.output, rows
+
+    text, rows = run("--lime-samples", "auto", "--lime-samples-max", "300")
+    assert "3 image(s) x 200-300 samples" in text
+    assert all(i["samples"] in (200, 300) and i["noise"] is not None for i in rows)
+    assert "0 computed" in run("--lime-samples", "auto", "--lime-samples-max", "300")[0]
+    assert "3 computed" in run("--lime-samples", "auto", "--lime-samples-max", "400")[0]
+    assert "3 computed" in run("--lime-samples", "50", "--lime-samples-max", "400")[0]
+    assert "0 computed" in run("--lime-samples", "50", "--lime-samples-max", "900")[0]  # the ceiling is auto's only
+    for bad in ("5", "lots", "-3"):
+        r = CliRunner().invoke(cli, ["run", str(inp), "--out", str(out), "-m", "lime", "--lime-samples", bad])
+        assert r.exit_code == 2 and "--lime-samples" in r.output and "Traceback" not in r.output
