@@ -246,7 +246,9 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     sha256) with unchanged settings are skipped; new and changed images are
     computed; images gone from INPUT_DIR leave the report and their files are
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
-    no progress bar, just one summary line (or JSON lines with --log-json).
+    no progress bar: once the first batches are done a line estimates the time
+    left, then a progress line follows about every minute (JSON "progress"
+    events with --log-json; none with -q), and one summary line at the end.
     """
     from .pipeline import RayOptions, RunOptions, default_out
     from .pipeline import run as run_pipeline
@@ -269,6 +271,7 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
                                  "samples_max": lime_samples_max,
                                  **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
+        heartbeat=0.0 if quiet else PROGRESS_EVERY_S,
         wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
         faithfulness=_faith_config(faithfulness_steps, faithfulness_baseline, batch_size) if faithfulness else None,
         engine=engine, ray=RayOptions(ray_address, ray_workers, gpus_per_worker, cpus_per_worker),
@@ -290,6 +293,9 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     if jlog:
         jlog.end(code, result)
     sys.exit(code)
+
+
+PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
 
 
 def _lime_samples(text: str) -> int | str:
