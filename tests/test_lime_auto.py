@@ -267,6 +267,12 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
     text, rows = run("--lime-samples", "auto", "--lime-samples-max", "300")
     assert "3 image(s) x 200-300 samples" in text
     assert all(i["samples"] in (200, 300) and i["noise"] is not None for i in rows)
+    n = sorted(i["samples"] for i in rows)
+    index = (out / "index.html").read_text()
+    assert (f"per image, over 3 map(s): mean {round(sum(n) / 3)}, median {n[1]}, min {n[0]}, max {n[2]}; "
+            "median noise") in index
+    detail = next((out / "detail").rglob("*.html")).read_text()
+    assert "samples" in detail and "noise" in detail and "standard error" in detail
     assert "0 computed" in run("--lime-samples", "auto", "--lime-samples-max", "300")[0]
     assert "3 computed" in run("--lime-samples", "auto", "--lime-samples-max", "400")[0]
     assert "3 computed" in run("--lime-samples", "50", "--lime-samples-max", "400")[0]
@@ -274,3 +280,17 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
     for bad in ("5", "lots", "-3"):
         r = CliRunner().invoke(cli, ["run", str(inp), "--out", str(out), "-m", "lime", "--lime-samples", bad])
         assert r.exit_code == 2 and "--lime-samples" in r.output and "Traceback" not in r.output
+
+
+def test_summary_distribution_of_samples():
+    from xaibatch.manifest import MapRow
+    from xaibatch.report.data import lime_samples
+
+    def row(method, info):
+        return MapRow("a.png", method, "h", "a.npy", "a.png", None, info, 1)
+
+    assert lime_samples({("a", "gradcam"): row("gradcam", None)}) is None
+    maps = {(str(k), "lime"): row("lime", {"samples": s, "noise": nz})
+            for k, (s, nz) in enumerate([(200, 0.05), (300, 0.09), (1000, None), (200, 0.1)])}
+    maps[("x", "lime")] = row("lime", {"segments": 40})  # a map from before samples were recorded
+    assert lime_samples(maps) == {"maps": 4, "mean": 425, "min": 200, "max": 1000, "median": 250, "noise": "0.090"}
