@@ -27,6 +27,17 @@ batch, nor on ``batch_size``, nor on the device. Superpixels come from the
 DataLoader workers (:meth:`Lime.segmenter`), which segment the next batches
 while the model works on this one.
 
+``samples="auto"`` (after S-LIME, Zhou, Hooker, Wang, KDD 2021, and BayLIME, Zhao et al., UAI 2021, which
+both stop or weigh LIME by how settled its surrogate is): the masks of ``samples_max`` samples are drawn as
+above, but only the first ``samples_min`` go through the model, then rounds of ``samples_round`` for the
+images still running. After each round the batched ridge is refitted (closed form) and an image stops when
+its map is stable: the root-mean-square of its coefficients' heteroscedasticity-robust (HC1 sandwich)
+standard errors is at most ``tolerance`` times the coefficients' standard deviation across its superpixels
+(:func:`coefficient_noise`), or at ``samples_max``. The images still running share the model chunks; an
+image's stop depends only on its own samples, so it stops at the same count, with the same map as a fixed
+run of that many samples, whatever the batch. Each map's info records ``samples`` and ``noise`` (the figure
+at its last refit; fixed runs record it too).
+
 Maps are signed raw coefficients in probability units: a positive value means
 the superpixel is evidence *for* the explained class (hiding it lowers the
 class probability by about that much), a negative value evidence against it.
@@ -52,7 +63,6 @@ HIDE_MODES = ("mean", "zero", "blur")
 DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0,
                             "samples_min": 200, "samples_max": 2000, "samples_round": 100, "tolerance": 0.1}
 AUTO_OPTIONS = ("samples_min", "samples_max", "samples_round", "tolerance")  # only read with samples=auto
-STOP_RULE = "hc1-rms-se/sd-v1"  # in config() with samples=auto: a different rule stops elsewhere, so recompute
 
 
 MASK_DRAW = "lowbias32-counter-v1"  # in config(): a different draw gives different maps, so they are recomputed
@@ -330,7 +340,7 @@ class Lime(Method):
         cfg = {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
                "segmentation": SEGMENTATION_CONFIG, "masks": MASK_DRAW}
         if self.auto:  # fixed-sample maps keep their hashes: these change only auto maps
-            cfg.update({k: getattr(self, k) for k in AUTO_OPTIONS}, stop=STOP_RULE)
+            cfg.update({k: getattr(self, k) for k in AUTO_OPTIONS})  # options only: sanity rebuilds from them
         return cfg
 
     def estimate(self, n_images: int) -> str:
