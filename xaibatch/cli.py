@@ -180,8 +180,12 @@ class _RunCommand(click.Command):
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
 @click.option("--follow-links", is_flag=True,
               help="Follow symlinks to folders and files outside INPUT_DIR (skipped with a reason by default).")
-@click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
-              help="LIME: perturbed images per image (e.g. --lime-samples 500).")
+@click.option("--lime-samples", default="1000", show_default=True, metavar="N|auto",
+              callback=lambda ctx, p, v: _lime_samples(v),
+              help="LIME: perturbed images per image, or auto: rounds of 100 from 200 until the image's map is "
+                   "stable, at most --lime-samples-max (e.g. --lime-samples 500, --lime-samples auto).")
+@click.option("--lime-samples-max", type=click.IntRange(10), default=2000, show_default=True,
+              help="LIME with --lime-samples auto: at most this many per image (e.g. --lime-samples-max 4000).")
 @click.option("--lime-segments", type=click.IntRange(2), default=50, show_default=True,
               help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).")
 @click.option("--lime-hide", type=click.Choice(["mean", "zero", "blur"]), default="mean", show_default=True,
@@ -228,8 +232,9 @@ class _RunCommand(click.Command):
 @reported
 def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
         image_size, target_layer, target, batch_size, device, workers, writers, decode, out, replace, unlabeled,
-        follow_links, lime_samples, lime_segments, lime_hide, max_map_side, seed, template_dir, quiet, wait, wait_timeout, log_json,
-        faithfulness, faithfulness_steps, faithfulness_baseline, engine, ray_address, ray_workers, gpus_per_worker,
+        follow_links, lime_samples, lime_samples_max, lime_segments, lime_hide, max_map_side, seed, template_dir,
+        quiet, wait, wait_timeout, log_json, faithfulness, faithfulness_steps, faithfulness_baseline, engine,
+        ray_address, ray_workers, gpus_per_worker,
         cpus_per_worker):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
@@ -245,7 +250,9 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     sha256) with unchanged settings are skipped; new and changed images are
     computed; images gone from INPUT_DIR leave the report and their files are
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
-    no progress bar, just one summary line (or JSON lines with --log-json).
+    no progress bar: once the first batches are done a line estimates the time
+    left, then a progress line follows about every minute (JSON "progress"
+    events with --log-json; none with -q), and one summary line at the end.
     """
     from .pipeline import RayOptions, RunOptions, default_out
     from .pipeline import run as run_pipeline
@@ -266,8 +273,10 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
         follow_links=follow_links, max_map_side=max_map_side,
         method_options={**method_option,
                         "lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide,
+                                 "samples_max": lime_samples_max,
                                  **method_option.get("lime", {})}},
         seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
+        heartbeat=0.0 if quiet else PROGRESS_EVERY_S,
         wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
         faithfulness=_faith_config(faithfulness_steps, faithfulness_baseline, batch_size) if faithfulness else None,
         engine=engine, ray=RayOptions(ray_address, ray_workers, gpus_per_worker, cpus_per_worker),
@@ -289,6 +298,22 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     if jlog:
         jlog.end(code, result)
     sys.exit(code)
+
+
+PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
+
+
+def _lime_samples(text: str) -> int | str:
+    """--lime-samples: a count of at least 10, or auto."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or n < 10:
+        raise click.BadParameter(f"{text!r} is not a count of at least 10 nor auto", param_hint="--lime-samples")
+    return n
 
 
 def _class_list(text: str | None) -> list[str] | None:

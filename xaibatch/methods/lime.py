@@ -27,6 +27,17 @@ batch, nor on ``batch_size``, nor on the device. Superpixels come from the
 DataLoader workers (:meth:`Lime.segmenter`), which segment the next batches
 while the model works on this one.
 
+``samples="auto"`` (after S-LIME, Zhou, Hooker, Wang, KDD 2021, and BayLIME, Zhao et al., UAI 2021, which
+both stop or weigh LIME by how settled its surrogate is): the masks of ``samples_max`` samples are drawn as
+above, but only the first ``samples_min`` go through the model, then rounds of ``samples_round`` for the
+images still running. After each round the batched ridge is refitted (closed form) and an image stops when
+its map is stable: the root-mean-square of its coefficients' heteroscedasticity-robust (HC1 sandwich)
+standard errors is at most ``tolerance`` times the coefficients' standard deviation across its superpixels
+(:func:`coefficient_noise`), or at ``samples_max``. The images still running share the model chunks; an
+image's stop depends only on its own samples, so it stops at the same count, with the same map as a fixed
+run of that many samples, whatever the batch. Each map's info records ``samples`` and ``noise`` (the figure
+at its last refit; fixed runs record it too).
+
 Maps are signed raw coefficients in probability units: a positive value means
 the superpixel is evidence *for* the explained class (hiding it lowers the
 class probability by about that much), a negative value evidence against it.
@@ -49,7 +60,9 @@ from .base import Batch, Explanation, Method, ModelContext, register_method
 KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
 RIDGE_ALPHA = 1.0  # lime_base's default Ridge(alpha=1)
 HIDE_MODES = ("mean", "zero", "blur")
-DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0}
+DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0,
+                            "samples_min": 200, "samples_max": 2000, "samples_round": 100, "tolerance": 0.1}
+AUTO_OPTIONS = ("samples_min", "samples_max", "samples_round", "tolerance")  # only read with samples=auto
 
 
 MASK_DRAW = "lowbias32-counter-v1"  # in config(): a different draw gives different maps, so they are recomputed
@@ -165,6 +178,36 @@ def weighted_ridge(
     return coef, intercept, r2
 
 
+def coefficient_noise(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
+                      counts: torch.Tensor, alpha: float = RIDGE_ALPHA) -> torch.Tensor:
+    """How unsettled each of B weighted ridge fits still is: the coefficients' RMS standard error over their spread.
+
+    The standard errors are the heteroscedasticity-robust (HC1 sandwich) ones of :func:`weighted_ridge`'s fit,
+    ``A^-1 (Zc' diag(w^2 r^2) Zc) A^-1 * S / (S - F - 1)`` with ``A = Zc' W Zc + alpha I``: how much the
+    coefficients would move under a fresh draw of the same number of masks. Returns (B,) float64: their root
+    mean square over the image's real features divided by the coefficients' standard deviation across those
+    features; 0 when every standard error is 0 (an exact fit), inf when the coefficients are all equal but not
+    exact. Padded (always-off) features have zero columns after centring and count for nothing.
+    """
+    z, y, w = z.to(torch.float64), y.to(torch.float64), w.to(torch.float64)
+    sw = w.sum(dim=1, keepdim=True)
+    zc = z - (w[..., None] * z).sum(dim=1, keepdim=True) / sw[..., None]
+    resid = y - intercept[:, None] - (z @ coef[..., None])[..., 0]
+    eye = torch.eye(z.shape[2], dtype=torch.float64, device=z.device)
+    a_inv = torch.linalg.inv((zc * w[..., None]).transpose(1, 2) @ zc + alpha * eye)
+    g = zc * (w * resid)[..., None]
+    cov = a_inv @ (g.transpose(1, 2) @ g) @ a_inv
+    n = counts.to(torch.float64)
+    dof = (z.shape[1] / (z.shape[1] - n - 1).clamp_min(1.0))[:, None]
+    real = (torch.arange(z.shape[2], device=z.device)[None, :] < counts[:, None]).to(torch.float64)
+    se2 = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0) * dof * real
+    rms_se = torch.sqrt(se2.sum(dim=1) / n)
+    mean = (coef * real).sum(dim=1, keepdim=True) / n[:, None]
+    spread = torch.sqrt((((coef - mean) * real) ** 2).sum(dim=1) / n)
+    ratio = rms_se / spread.clamp_min(1e-300)
+    return torch.where(rms_se == 0, torch.zeros_like(ratio), torch.where(spread > 0, ratio, torch.full_like(ratio, math.inf)))
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur (B, C, H, W) with a separable Gaussian, reflect-padded so edges keep their colour."""
     h, w = x.shape[2], x.shape[3]
@@ -250,37 +293,63 @@ class Lime(Method):
             raise UsageError(f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}")
         opts = {**DEFAULTS, **options}
         try:
-            opts["samples"] = int(opts["samples"])
-            opts["segments"] = int(opts["segments"])
-            opts["seed"] = int(opts["seed"])
+            opts["samples"] = "auto" if str(opts["samples"]).strip().lower() == "auto" else int(opts["samples"])
+            for k in ("segments", "seed", "samples_min", "samples_max", "samples_round"):
+                opts[k] = int(opts[k])
+            opts["tolerance"] = float(opts["tolerance"])
             batch_size = None if batch_size in (None, "auto") else int(batch_size)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"lime: options samples, segments, seed and batch_size must be integers "
-                             f"(batch_size may also be auto) ({e})") from None
+            raise UsageError(f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
+                             f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
+                             ) from None
         opts["hide"] = str(opts["hide"])
-        if opts["samples"] < 2:
-            raise UsageError("lime: samples must be at least 2")
+        if opts["samples"] != "auto" and opts["samples"] < 2:
+            raise UsageError("lime: samples must be at least 2 (or auto)")
         if opts["segments"] < 2:
             raise UsageError("lime: segments must be at least 2")
         if opts["hide"] not in HIDE_MODES:
             raise UsageError(f"lime: hide must be one of {', '.join(HIDE_MODES)}, not {opts['hide']!r}")
         if batch_size is not None and batch_size < 1:
             raise UsageError("lime: batch_size must be at least 1")
+        if opts["samples"] == "auto":
+            if not 2 <= opts["samples_min"] <= opts["samples_max"]:
+                raise UsageError(f"lime: with samples=auto, 2 <= samples_min <= samples_max "
+                                 f"(got {opts['samples_min']} and {opts['samples_max']})")
+            if opts["samples_round"] < 1:
+                raise UsageError("lime: samples_round must be at least 1")
+            if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
+                raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
         super().__init__(ctx, **opts)
-        self.samples: int = opts["samples"]
+        self.samples: int | str = opts["samples"]
         self.segments: int = opts["segments"]
         self.hide: str = opts["hide"]
         self.seed: int = opts["seed"]
+        self.samples_min: int = opts["samples_min"]
+        self.samples_max: int = opts["samples_max"]
+        self.samples_round: int = opts["samples_round"]
+        self.tolerance: float = opts["tolerance"]
         self.batch_size = batch_size  # None: chunk_size() picks it. Not in config(): it does not change the maps
         self._auto_chunk: dict[tuple, int] = {}
+        self.read_ahead: bool | None = None  # auto: forward later rounds early to fill a chunk; None: on CUDA only
+
+    @property
+    def auto(self) -> bool:
+        return self.samples == "auto"
 
     def config(self) -> dict[str, Any]:
-        return {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
-                "segmentation": SEGMENTATION_CONFIG, "masks": MASK_DRAW}
+        cfg = {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
+               "segmentation": SEGMENTATION_CONFIG, "masks": MASK_DRAW}
+        if self.auto:  # fixed-sample maps keep their hashes: these change only auto maps
+            cfg.update({k: getattr(self, k) for k in AUTO_OPTIONS})  # options only: sanity rebuilds from them
+        return cfg
 
     def estimate(self, n_images: int) -> str:
-        return (f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards "
-                f"(in chunks of {self.batch_size or 'as many as memory allows'})")
+        chunks = f"(in chunks of {self.batch_size or 'as many as memory allows'})"
+        if self.auto:
+            return (f"LIME: {n_images} image(s) x {self.samples_min}-{self.samples_max} samples (auto: each image stops "
+                    f"when its map is stable) = {n_images * self.samples_min:,} to {n_images * self.samples_max:,} "
+                    f"model forwards {chunks}")
+        return f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards {chunks}"
 
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
@@ -317,43 +386,57 @@ class Lime(Method):
             self._auto_chunk[key] = (cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK)
         return self._auto_chunk[key]
 
-    def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W).
-
-        The B*S perturbed images go through the model in chunks that may span images; each chunk is written
-        straight into one buffer, image by image (``where(keep, x[i], fill[i])`` broadcasts: no per-sample
-        copies of the image, its fill or its labels).
-        """
+    def _fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         x = batch.x
-        b, c, h, w = x.shape
-        s = masks.shape[1]
-        total = b * s
-        fill = self.fill(x, labels, masks.shape[2])
+        fill = self.fill(x, labels, n_max)
         if fill.shape != x.shape or fill.stride() != x.stride():
             fill = fill.expand_as(x).contiguous(memory_format=_layout(x))
-        targets = batch.targets.to(x.device).repeat_interleave(s)
-        probs = torch.empty(total, dtype=torch.float64, device=x.device)
-        chunk = min(self.chunk_size(x), total)
+        return fill
+
+    def forward_masks(self, batch: Batch, labels: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor,
+                      images: list[int], lo: int, hi: int, done: int = 0, total: int | None = None) -> torch.Tensor:
+        """Return P(target | masked image) as (len(images), hi - lo) float64 for samples ``lo:hi`` of ``images``.
+
+        The perturbed images go through the model in chunks that may span images; each chunk is written
+        straight into one buffer, image by image (``where(keep, x[i], fill[i])`` broadcasts: no per-sample
+        copies of the image, its fill or its labels). ``done``/``total``: the batch's forwards before this call
+        and in all, for :meth:`Batch.progress`.
+        """
+        x = batch.x
+        _, c, h, w = x.shape
+        s = hi - lo
+        n = len(images) * s
+        total = done + n if total is None else total
+        idx = torch.tensor(images, dtype=torch.long, device=x.device)
+        targets = batch.targets.to(x.device)[idx].repeat_interleave(s)
+        probs = torch.empty(n, dtype=torch.float64, device=x.device)
+        chunk = min(self.chunk_size(x), n)
         layout = _layout(x)
         model = self.ctx.model
         with torch.no_grad():
-            for start in range(0, total, chunk):  # chunks of the model batch, not samples
-                end = min(total, start + chunk)
+            for start in range(0, n, chunk):  # chunks of the model batch, not samples
+                end = min(n, start + chunk)
                 # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
                 # on which the model is 5-15% slower (CPU).
                 perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device,
                                         memory_format=layout)
-                for i in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
-                    lo, hi = max(start, i * s), min(end, (i + 1) * s)
-                    keep = masks[i, lo - i * s : hi - i * s].index_select(1, labels[i]).view(-1, 1, h, w)
-                    torch.where(keep, x[i], fill[i], out=perturbed[lo - start : hi - start])
+                for k in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
+                    i = images[k]
+                    a, b = max(start, k * s), min(end, (k + 1) * s)
+                    keep = masks[i, lo + a - k * s : lo + b - k * s].index_select(1, labels[i]).view(-1, 1, h, w)
+                    torch.where(keep, x[i], fill[i], out=perturbed[a - start : b - start])
                 logits = model(perturbed).float()
                 p = torch.softmax(logits, dim=1).gather(1, targets[start:end, None])[:, 0]
                 probs[start:end] = p
-                batch.progress(end, total)  # may raise StopRequested: SIGINT within seconds
-        return probs.view(b, s)
+                batch.progress(done + end, total)  # may raise StopRequested: SIGINT within seconds
+        return probs.view(len(images), s)
 
-    def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W)."""
+        fill = self._fill_for(batch, labels, masks.shape[2])
+        return self.forward_masks(batch, labels, fill, masks, list(range(batch.x.shape[0])), 0, masks.shape[1])
+
+    def sample(self, batch: Batch, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return contiguous labels (B, H*W), counts (B,) and zero-padded masks (B, S, F_max) on the device."""
         segments = batch.segments if batch.segments is not None else _labels_from_input(batch.x, self.ctx, self.segments)
         labels, counts = _contiguous(segments.to(batch.x.device))
@@ -362,16 +445,71 @@ class Lime(Method):
         if len(seeds) != b:
             raise ValueError(f"lime: {len(seeds)} seeds for {b} images")
         keys = torch.tensor([mask_seed(self.seed, sd) for sd in seeds], dtype=torch.int64, device=batch.x.device)
-        return labels, counts, draw_masks(keys, counts, self.samples)
+        n = samples if samples is not None else (self.samples_max if self.auto else self.samples)
+        return labels, counts, draw_masks(keys, counts, n)
 
     def explain(self, batch: Batch) -> Explanation:
         x = batch.x
         labels, counts, masks = self.sample(batch)
-        probs = self.class_probabilities(batch, labels, masks)
-        distances = cosine_distances_to_ones(masks, counts.to(x.device))
-        weights = kernel_weights(distances)
-        coef, intercept, r2 = weighted_ridge(masks, probs, weights)
+        counts = counts.to(x.device)
+        weights = kernel_weights(cosine_distances_to_ones(masks, counts))
+        if self.auto:
+            coef, intercept, r2, noise, used = self._fit_until_stable(batch, labels, counts, masks, weights)
+        else:
+            probs = self.class_probabilities(batch, labels, masks)
+            coef, intercept, r2 = weighted_ridge(masks, probs, weights)
+            noise = coefficient_noise(masks, probs, weights, coef, intercept, counts)
+            used = [self.samples] * x.shape[0]
         maps = torch.gather(coef, 1, labels).view(x.shape[0], x.shape[2], x.shape[3]).float()
-        info = [{"segments": n, "score": sc, "intercept": ic}
-                for n, sc, ic in zip(counts.tolist(), r2.tolist(), intercept.tolist())]
+        info = [{"segments": n, "score": sc, "intercept": ic, "samples": u,
+                 "noise": round(nz, 4) if math.isfinite(nz) else None}
+                for n, sc, ic, u, nz in zip(counts.tolist(), r2.tolist(), intercept.tolist(), used, noise.tolist())]
         return Explanation(maps, info)
+
+    def checkpoints(self) -> list[int]:
+        """The sample counts at which ``auto`` refits and may stop: the floor, every round after it, the ceiling."""
+        steps = list(range(self.samples_min, self.samples_max, self.samples_round))
+        return steps + [self.samples_max]
+
+    def _fit_until_stable(self, batch: Batch, labels: torch.Tensor, counts: torch.Tensor, masks: torch.Tensor,
+                          weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """``samples=auto``: forward rounds of samples for the images still running, refit, stop the stable ones.
+
+        Every image runs through the same checkpoints (:meth:`checkpoints`) and its stop depends only on its own
+        masks and probabilities, so its map does not depend on the rest of the batch. The images still running
+        share each round's chunks; on CUDA (``read_ahead``), when they are too few to fill a chunk, later rounds
+        are forwarded in the same pass (samples past an image's stop are never used in its map).
+        """
+        x = batch.x
+        b = x.shape[0]
+        fill = self._fill_for(batch, labels, masks.shape[2])
+        probs = torch.zeros(masks.shape[:2], dtype=torch.float64, device=x.device)
+        coef = torch.zeros(b, masks.shape[2], dtype=torch.float64, device=x.device)
+        intercept = torch.zeros(b, dtype=torch.float64, device=x.device)
+        r2, noise = torch.zeros_like(intercept), torch.zeros_like(intercept)
+        used = [0] * b
+        checks = self.checkpoints()
+        read_ahead = x.device.type == "cuda" if self.read_ahead is None else self.read_ahead
+        chunk = self.chunk_size(x)
+        running = list(range(b))
+        have, ci, spent = 0, 0, 0
+        while running:
+            ahead = max(1, chunk // (len(running) * self.samples_round)) if read_ahead else 1
+            upto = checks[min(len(checks) - 1, ci + ahead - 1)]
+            total = spent + len(running) * (self.samples_max - have)  # at most this many in all
+            probs[running, have:upto] = self.forward_masks(batch, labels, fill, masks, running, have, upto,
+                                                           spent, total)
+            spent += len(running) * (upto - have)
+            have = upto
+            while running and ci < len(checks) and checks[ci] <= have:
+                s, idx = checks[ci], torch.tensor(running, device=x.device)
+                z, y, w, n = masks[idx, :s], probs[idx, :s], weights[idx, :s], counts[idx]
+                c, ic, sc = weighted_ridge(z, y, w)
+                nz = coefficient_noise(z, y, w, c, ic, n)
+                done = (nz <= self.tolerance) | (s >= self.samples_max)
+                for k in done.nonzero()[:, 0].tolist():
+                    i = running[k]
+                    coef[i], intercept[i], r2[i], noise[i], used[i] = c[k], ic[k], sc[k], nz[k], s
+                running = [i for i, d in zip(running, done.tolist()) if not d]
+                ci += 1
+        return coef, intercept, r2, noise, used

@@ -30,6 +30,7 @@ from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .loader import until_stopped
+from .progress import progress_bar
 from .signals import Stop
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
@@ -183,15 +184,6 @@ def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], No
             log(f"xaibatch: {line}")
 
 
-def progress_bar(opts: RunOptions, total: int):
-    """The run's progress bar over every image to compute, or None."""
-    if not opts.progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
-
-
 def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
             stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
             log: Callable[[str], None] = lambda s: None, check: Callable[[], None] = lambda: None) -> None:
@@ -200,13 +192,10 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         return
     announce(prepared, plan, emit, log)
 
-    def on_progress(done: int, total: int) -> None:  # within one batch (LIME: per model sub-batch)
-        if progress is not None:
-            progress.set_postfix_str(f"batch {100 * done // max(1, total)}%", refresh=True)
-
     device = prepared.ctx.device
-    progress = progress_bar(opts, len(plan.work))
-    writer = Writer(out, on_done=(progress.update if progress else (lambda n: None)), check=check,
+    progress = progress_bar(opts, len(plan.work), log, emit)
+    on_progress = progress.within  # within one batch (LIME: per model sub-batch)
+    writer = Writer(out, on_done=progress.update, check=check,
                     writers=default_writers(device.type, prepared.workers) if opts.writers is None else opts.writers)
     writer.start()
     scorer = None
@@ -236,8 +225,7 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         try:
             writer.finish()
         finally:
-            if progress is not None:
-                progress.close()
+            progress.close()
     if scorer is not None:
         from ..faithfulness import save_chance
 

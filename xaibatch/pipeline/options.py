@@ -47,7 +47,8 @@ class RunOptions:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes
     template_dir: Path | None = None
-    progress: bool = False
+    progress: bool = False  # a progress bar (a terminal)
+    heartbeat: float = 0.0  # without the bar: a progress line (with on_event: an event) this often, in s; 0: none
     wait: bool = False  # another run holds out_dir: wait for it instead of raising LockHeld
     wait_timeout: float | None = None  # with wait: give up after this many seconds
     on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)

@@ -501,7 +501,7 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
                     return
 
         threading.Thread(target=forward_stop, name="xaibatch-ray-stop", daemon=True).start()
-        progress = progress_bar(opts, len(plan.work))
+        progress = progress_bar(opts, len(plan.work), log, emit)
         committed: set[int] = set()
         try:
             back = stream(tasks)

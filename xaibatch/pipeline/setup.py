@@ -27,7 +27,8 @@ from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
 NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "decode", "workers", "writers", "template_dir",
-                  "progress", "wait", "wait_timeout", "on_event", "handle_signals", "replace", "follow_links", "engine", "ray")
+                  "progress", "wait", "wait_timeout", "on_event", "handle_signals", "replace", "follow_links", "engine", "ray",
+                  "heartbeat")
 
 
 def checkpoint_path(opts: RunOptions) -> Path:

@@ -176,7 +176,21 @@ def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, s
     data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
                              run.model.checkpoint_sha256)
     data.decision = decision_summary(run.decision, names, images)
+    data.lime_samples = lime_samples(maps)
     return data
+
+
+def lime_samples(maps: dict[tuple[str, str], MapRow]) -> dict[str, Any] | None:
+    """How many samples LIME's maps used (mean, median, min, max) and their median noise; None without LIME."""
+    info = [row.info for (_rel, meth), row in maps.items() if meth == "lime" and row.info and "samples" in row.info]
+    if not info:
+        return None
+    n = sorted(int(i["samples"]) for i in info)
+    noise = sorted(float(i["noise"]) for i in info if i.get("noise") is not None)
+    mid = len(n) // 2
+    return {"maps": len(n), "mean": round(sum(n) / len(n)), "min": n[0], "max": n[-1],
+            "median": n[mid] if len(n) % 2 else round((n[mid - 1] + n[mid]) / 2),
+            "noise": f"{noise[len(noise) // 2]:.3f}" if noise else None}
 
 
 @functools.lru_cache(maxsize=4)

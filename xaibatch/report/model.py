@@ -68,6 +68,11 @@ INFO_WORDS = {
     "score": "R² of LIME's weighted linear fit on those samples: how well the coefficients reproduce the "
              "model's probabilities (near 1: faithful; near 0: read this map with care)",
     "intercept": "the fit's probability of the explained class with every superpixel hidden",
+    "samples": "perturbed images (model forwards) LIME used for this map; with --lime-samples auto, where the "
+               "map became stable",
+    "noise": "how unsettled the coefficients still are: their root-mean-square standard error over their spread "
+             "across the superpixels (--lime-samples auto stops at or below its tolerance, 0.1 by default; "
+             "0.3 or more: the ranking of the superpixels is still uncertain)",
 }
 
 
@@ -279,6 +284,7 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)  # shown at the top of the summary
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
+    lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())
 
     @property
     def n_classes(self) -> int:

@@ -1,0 +1,82 @@
+"""Progress: an estimate once the first batches are done, then a line (or a JSON event) about every minute."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import write_images
+from xaibatch.pipeline import RunOptions, run
+from xaibatch.pipeline.progress import Progress, duration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_estimate_once_after_the_first_batches_then_lines():
+    clock, lines, events = Clock(), [], []
+    p = Progress(100, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=False, clock=clock)
+    clock.t += 2
+    p.update(10)  # too early to say
+    assert lines == [] and events == []
+    clock.t += 18
+    p.update(10)  # 20 images in 20 s: 80 more take 80 s
+    assert lines == ["xaibatch: about 1m20s left for 80 more image(s) (20 done in 20s)"]
+    assert events == [{"event": "progress", "done": 20, "total": 100, "elapsed_s": 20.0, "eta_s": 80.0,
+                       "batch_percent": None}]
+    clock.t += 30
+    p.within(3, 12)
+    p.update(0)  # said once only
+    assert len(lines) == 1
+    p.within(6, 12)
+    p.beat()
+    assert lines[-1] == "xaibatch: 20/100 images, 50s, about 3m20s left, current batch 50%"
+    p.close()
+
+
+def test_no_estimate_for_a_run_that_ends_with_its_first_batch():
+    clock, lines = Clock(), []
+    p = Progress(8, bar=False, heartbeat=0, log=lines.append, emit=lambda e: None, json_events=False, clock=clock)
+    clock.t += 60
+    p.update(8)
+    p.close()
+    assert lines == []
+
+
+def test_json_mode_beats_events_not_lines():
+    clock, lines, events = Clock(), [], []
+    p = Progress(10, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=True, clock=clock)
+    clock.t += 7
+    p.beat()
+    assert lines == [] and events == [{"event": "progress", "done": 0, "total": 10, "elapsed_s": 7.0,
+                                       "eta_s": None, "batch_percent": None}]
+    p.close()
+
+
+def test_duration():
+    assert [duration(s) for s in (0, 59.4, 60, 75, 3599, 3600, 4000)] == \
+        ["0s", "59s", "1m00s", "1m15s", "59m59s", "1h00m", "1h06m"]
+
+
+def test_a_run_off_a_terminal_beats_every_interval(tmp_path, tiny_ckpt):
+    """Through the pipeline: a heartbeat of 0.2 s over a LIME run of a few seconds gives lines, then events."""
+    inp = tmp_path / "in"
+    write_images(inp, 4)
+    for json_events in (False, True):
+        lines, events = [], []
+        t0 = time.monotonic()
+        run(RunOptions(input_dir=inp, out_dir=tmp_path / f"out{json_events}", methods=["lime"], checkpoint=tiny_ckpt,
+                       batch_size=2, workers=0, method_options={"lime": {"samples": 400, "batch_size": 50}},
+                       heartbeat=0.2, on_event=events.append if json_events else None), log=lines.append)
+        took = time.monotonic() - t0
+        beats = [e for e in events if e["event"] == "progress"] if json_events else \
+            [s for s in lines if s.startswith("xaibatch: ") and "/4 images" in s]
+        assert len(beats) >= min(3, took / 0.2 / 3), (took, lines, events)
+        if json_events:
+            assert not any("/4 images" in s for s in lines)
+            assert {"done", "total", "elapsed_s", "eta_s", "batch_percent"} <= set(beats[-1])
+            assert beats[-1]["total"] == 4

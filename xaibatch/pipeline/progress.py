@@ -1,0 +1,115 @@
+"""How a run reports progress: a tqdm bar on a terminal; an estimate of the time left once the first batches are
+done; off a terminal, a line (or a JSON ``progress`` event) about every ``RunOptions.heartbeat`` seconds."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+MIN_ESTIMATE_S = 5.0  # no estimate before this much compute time: a run this short needs none
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``, ``4000`` -> ``1h06m``: short and readable."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Progress:
+    """Counts computed images (from the writer's thread) and the current batch's share (from the compute loop)."""
+
+    def __init__(self, total: int, bar: bool, heartbeat: float, log: Callable[[str], None],
+                 emit: Callable[[dict[str, Any]], None], json_events: bool,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
+        self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
+        self.start = clock()
+        self.estimated = False
+        self._lock = threading.Lock()
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
+        self._stop = threading.Event()
+        self._beat = None
+        if heartbeat > 0 and self._bar is None:
+            self._beat = threading.Thread(target=self._beats, args=(heartbeat,), name="xaibatch-progress",
+                                          daemon=True)
+            self._beat.start()
+
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far, or None before the first image."""
+        if not self.done:
+            return None
+        return (self.clock() - self.start) / self.done * (self.total - self.done)
+
+    def update(self, n: int) -> None:
+        """``n`` more images are done; the first time enough time has passed, say how long the rest will take."""
+        with self._lock:
+            self.done += n
+            self.batch = None
+            if self._bar is not None:
+                self._bar.update(n)
+            elapsed = self.clock() - self.start
+            if self.estimated or self.done >= self.total or elapsed < MIN_ESTIMATE_S:
+                return
+            self.estimated = True
+            eta = self.eta()
+            self.emit(self._event(elapsed, eta))
+            text = (f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
+                    f"({self.done} done in {duration(elapsed)})")
+            if self._bar is not None:
+                self._bar.write(text, file=sys.stderr)  # above the bar, which is redrawn
+            else:
+                self.log(text)
+
+    def within(self, done: int, total: int) -> None:
+        """Progress inside the current batch (LIME: per model sub-batch)."""
+        pct = 100 * done // max(1, total)
+        self.batch = pct
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"batch {pct}%", refresh=True)
+
+    def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
+        return {"event": "progress", "done": self.done, "total": self.total, "elapsed_s": round(elapsed, 1),
+                "eta_s": None if eta is None else round(eta, 1), "batch_percent": self.batch}
+
+    def line(self) -> str:
+        """One progress line: images done, time so far, time left (and the current batch's share)."""
+        elapsed, eta = self.clock() - self.start, self.eta()
+        left = f", about {duration(eta)} left" if eta is not None else ""
+        batch = f", current batch {self.batch}%" if self.batch is not None else ""
+        return f"xaibatch: {self.done}/{self.total} images, {duration(elapsed)}{left}{batch}"
+
+    def beat(self) -> None:
+        """Say where the run is: a JSON event with --log-json, else a line."""
+        with self._lock:
+            if self.json_events:
+                self.emit(self._event(self.clock() - self.start, self.eta()))
+            else:
+                self.log(self.line())
+
+    def _beats(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.beat()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def progress_bar(opts: Any, total: int, log: Callable[[str], None] = lambda s: None,
+                 emit: Callable[[dict[str, Any]], None] = lambda e: None) -> Progress:
+    """The run's progress over every image to compute (a bar only when ``opts.progress``)."""
+    return Progress(total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit,
+                    json_events=opts.on_event is not None)
