@@ -42,6 +42,7 @@ class MapPictures:
     thumb: np.ndarray | None  # None: the overlay is small enough to be its own thumbnail
     info: dict[str, Any] | None = None
     faith: dict[str, Any] | None = None  # deletion/insertion scores and curves (--faithfulness), see faith_fields
+    view: dict[str, Any] | None = None  # MapRow.view: colour-bar scale and peak, see overlay.views_batch
 
 
 @dataclass
@@ -91,15 +92,19 @@ def map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
 
 
 def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]],
-                   max_map_side: int = 0):
+                   max_map_side: int = 0, views: list | None = None):
     """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
 
     ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
-    CIFAKE folder: all of them) go through in one call each.
+    CIFAKE folder: all of them) go through in one call each. ``views``: a list filled with each image's
+    MapRow.view (overlay.views_batch), so the report never reads the maps back.
     """
     import torch
 
-    from ..overlay import overlay_batch, resize_maps, thumbnail_batch
+    from ..overlay import overlay_batch, resize_maps, thumbnail_batch, views_batch
+
+    if views is not None:
+        views[:] = [None] * len(display)
 
     dev = maps.device
     out: list[Any] = [None] * len(display)
@@ -116,8 +121,11 @@ def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: li
         thumbs = thumbnail_batch(over)
         full_np, over_np = full.cpu().numpy(), over.cpu().numpy()
         thumbs_np = None if thumbs is None else thumbs.cpu().numpy()
+        group_views = views_batch(shown, full, signed) if views is not None else None
         for j, i in enumerate(idx):
             out[i] = (full_np[j], over_np[j], None if thumbs_np is None else thumbs_np[j])
+            if views is not None:
+                views[i] = group_views[j]
     return out
 
 
@@ -248,5 +256,5 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
         if mp.thumb is not None:
             files.write(thumb, encode_png(mp.thumb))
         rows.append(MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id,
-                           **faith_fields(mp.faith)))
+                           **faith_fields(mp.faith), view=mp.view))
     return rows
