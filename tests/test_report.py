@@ -120,6 +120,11 @@ def html_pages(out: Path) -> list[Path]:
     return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
 
 
+def page_files(out: Path) -> list[Path]:
+    """Every page, and the detail view's data files (one per gallery page)."""
+    return html_pages(out) + sorted((out / "detail").glob("*.js"))
+
+
 def check_links(out: Path) -> int:
     """Every link and image of every page points at an existing file inside the report; returns the count."""
     n = 0
@@ -130,6 +135,31 @@ def check_links(out: Path) -> int:
             assert target.is_relative_to(out.resolve()), f"{u!r} leaves the report folder"
             n += 1
     return n
+
+
+def detail_data(out: Path) -> tuple[dict, dict[str, dict]]:
+    """The detail view's data (detail/page-<n>.js, drawn by assets/detail.js): the shared site record and
+    every image's record by its path. Tests of the detail view read what it shows here (and in a browser:
+    test_report_browser.py)."""
+    site, records = {}, {}
+    for p in sorted((out / "detail").glob("page-*.js")):
+        text = p.read_text("ascii")
+        prefix = "window.XAIBATCH_DETAIL = "
+        assert text.startswith(prefix) and text.endswith(";\n"), p
+        d = json.loads(text[len(prefix):-2])
+        site = d["site"]
+        for im in d["images"]:
+            assert im["rel"] not in records
+            records[im["rel"]] = {**im, "data_file": p.name}
+    return site, records
+
+
+def detail_of(out: Path, rel: str) -> dict:
+    return detail_data(out)[1][rel]
+
+
+def map_of(record: dict, method: str) -> dict:
+    return next(v for v in record["maps"] if v["m"] == method)
 
 
 def gallery_order(out: Path) -> list[str]:
@@ -202,7 +232,8 @@ def test_pipeline_report_links_and_pages(labeled_run):
     rels = set(m.images())
     m.close()
     assert sorted(gallery_order(out)) == sorted(rels)
-    assert len(list((out / "detail").rglob("*.html"))) == len(rels)
+    assert sorted(detail_data(out)[1]) == sorted(rels)  # every image has its detail view
+    assert len(list((out / "detail").glob("page-*.html"))) == len(list((out / "gallery").glob("page-*.html")))
     css = list((out / "assets").glob("report.*.css"))
     js = list((out / "assets").glob("report.*.js"))
     assert len(css) == len(js) == 1 and re.fullmatch(r"report\.[0-9a-f]{8}\.css", css[0].name)
@@ -210,17 +241,19 @@ def test_pipeline_report_links_and_pages(labeled_run):
 
 def test_detail_page(labeled_run):
     out = labeled_run
-    page = out / "detail" / "FAKE" / "img_000.html"
-    html = page.read_text()
-    links = parse(page)
-    srcs = [u for t, u in links.urls if t == "img"]
-    assert "../../images/FAKE/img_000.png" in srcs and "../../maps/gradcam/FAKE/img_000.png" in srcs
-    assert any(u.endswith("maps/gradcam/FAKE/img_000.npy") for _t, u in links.urls)
-    big = [i for i in links.imgs if "images/" in i["src"] or "maps/" in i["src"]]
-    assert all(int(i["width"]) >= 256 and "pixelated" in (i.get("class") or "") for i in big)  # 32 px upscaled
-    assert "Class probabilities" in html and "FAKE/img_000.png" in html
-    assert 'rel="next"' in html or 'rel="prev"' in html
-    assert "bright = more important" in html
+    site, records = detail_data(out)
+    d = records["FAKE/img_000.png"]
+    # the viewer draws these (paths relative to the report root; the viewer page is one folder down)
+    assert d["image"] == "images/FAKE/img_000.png" and map_of(d, "gradcam")["png"] == "maps/gradcam/FAKE/img_000.png"
+    assert map_of(d, "gradcam")["npy"].endswith("maps/gradcam/FAKE/img_000.npy")
+    for src in (d["image"], map_of(d, "gradcam")["png"], map_of(d, "gradcam")["npy"]):
+        assert (out / src).is_file()
+    assert d["dw"] >= 256 and d["pixelated"]  # 32 px upscaled
+    assert d["probs"] and d["rel"] == "FAKE/img_000.png"
+    assert d["next"] is not None or d["prev"] is not None
+    assert "bright = more important" in site["methods"]["gradcam"]["legend"]
+    page = out / "detail" / d["data_file"].replace(".js", ".html")
+    assert f'<script src="{d["data_file"]}"></script>' in page.read_text()
 
 
 def test_hostile_names_are_text_and_links_work(hostile_run):
@@ -262,7 +295,7 @@ def test_pagination_counts_and_page_weight(tmp_path):
             assert f'href="page-{k}.html"' in html  # page numbers on every page
     assert counts == [report.PAGE_SIZE, report.PAGE_SIZE, 37]
     assert sorted(gallery_order(out)) == sorted(r for r, _l, _p in labeled_rows(n))
-    assert stats.pages == n + 3 + 3  # details, gallery pages, index + history + skipped
+    assert stats.pages == 3 + 3 + 3  # detail viewers and gallery pages (one each per page), index + history + skipped
     assert stats.biggest_page[1] < 200_000
 
 
@@ -290,8 +323,9 @@ def test_grouping_and_sorting_order(tmp_path):
     html = (out / "gallery" / "page-1.html").read_text()
     assert html.index("<h2 class=\"section\">Misclassified") < html.index("<h2 class=\"section\">Correct")
     # previous/next on detail pages follow the gallery order
-    d = (out / "detail" / "e.html").read_text()
-    assert 'href="../detail/a.html" rel="prev"' in d and 'href="../detail/f.html" rel="next"' in d
+    _site, records = detail_data(out)
+    d = records["e.png"]
+    assert d["prev"] == {"id": records["a.png"]["id"]} and d["next"] == {"id": records["f.png"]["id"]}
 
 
 def test_metrics_match_sklearn(tmp_path):
@@ -332,10 +366,12 @@ def test_unlabeled_grouped_by_prediction(tmp_path):
 def test_signed_and_unsigned_legends(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(4), methods=("gradcam", "lime"))
     report.render(out)
-    for page in (out / "gallery" / "page-1.html", out / "detail" / "FAKE" / "im_0000.html"):
-        html = page.read_text()
-        assert "red = evidence for the explained class, blue = evidence against it" in html
-        assert "bright = more important" in html
+    html = (out / "gallery" / "page-1.html").read_text()
+    site, _records = detail_data(out)
+    legends = " ".join(m["legend"] for m in site["methods"].values())  # what every detail view shows
+    for text in (html, legends):
+        assert "red = evidence for the explained class, blue = evidence against it" in text
+        assert "bright = more important" in text
     html = (out / "index.html").read_text()
     assert all(x in html for x in ("samples=1000", "segments=50", "hide=mean"))
 
@@ -343,7 +379,7 @@ def test_signed_and_unsigned_legends(tmp_path):
 def test_incremental_writes(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(30))
     report.render(out)
-    pages = html_pages(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
+    pages = page_files(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
     old = 1_000_000_000  # 2001: any rewrite is visible
     for p in pages:
         os.utime(p, (old, old))
@@ -356,8 +392,8 @@ def test_incremental_writes(tmp_path):
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
     stats = report.render(out)
-    changed = sorted(str(p.relative_to(out)) for p in html_pages(out) if p.stat().st_mtime != old)
-    assert "detail/FAKE/im_0000.html" in changed and "gallery/page-1.html" in changed
+    changed = sorted(str(p.relative_to(out)) for p in page_files(out) if p.stat().st_mtime != old)
+    assert "detail/page-1.js" in changed and "gallery/page-1.html" in changed  # its detail data, its card
     assert "index.html" in changed
     assert 3 <= len(changed) <= 8, changed
     assert stats.written == len(changed) + 2  # + the redrawn figures
@@ -381,13 +417,16 @@ def test_rerun_over_unchanged_folder_rewrites_only_summary_and_history(tmp_path,
 def test_removed_images_lose_their_pages(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(6))
     report.render(out)
-    assert (out / "detail" / "FAKE" / "im_0000.html").exists()
+    assert "FAKE/im_0000.png" in detail_data(out)[1]
+    (out / "detail" / "FAKE").mkdir()  # a page of the old layout (one per image): removed as stale
+    (out / "detail" / "FAKE" / "im_0002.html").write_text("old")
     m = Manifest(out / FILENAME)
     m.remove_images(["FAKE/im_0000.png"])
     m.close()
     stats = report.render(out)
-    assert not (out / "detail" / "FAKE" / "im_0000.html").exists() and stats.removed >= 1
-    assert (out / "detail" / "FAKE" / "im_0002.html").exists()
+    assert "FAKE/im_0000.png" not in detail_data(out)[1] and stats.removed >= 1
+    assert "FAKE/im_0002.png" in detail_data(out)[1]
+    assert not (out / "detail" / "FAKE").exists()
 
 
 def test_template_dir_override(tmp_path):
@@ -409,7 +448,7 @@ def test_template_dir_override(tmp_path):
     assert "Gallery, page 1 of 1" in g and css[0].name in g
     # back to the packaged templates: old asset removed, detail pages re-rendered with the new name
     report.write_report(out)
-    assert css[0].name not in (out / "detail" / "FAKE" / "im_0000.html").read_text()
+    assert css[0].name not in (out / "detail" / "page-1.html").read_text()
     assert not css[0].exists()
 
 
@@ -422,7 +461,9 @@ def test_autoescape_of_hostile_names_synthetic(tmp_path):
         html = page.read_text()
         assert "<script>alert" not in html and "<img src=x" not in html and "<b>header" not in html
     assert "&lt;script&gt;alert(2)&lt;/script&gt;.png" in (out / "skipped.html").read_text()
-    assert (out / "detail" / "FAKE" / "<img src=x onerror=alert(1)>.html").is_file()
+    assert "FAKE/<img src=x onerror=alert(1)>.png" in detail_data(out)[1]
+    for p in (out / "detail").glob("*.js"):
+        assert "<" not in p.read_text("ascii")  # names are JSON strings, "<" escaped
 
 
 def test_no_images_yet(tmp_path):
@@ -498,15 +539,15 @@ def test_colour_bars_are_one_file_per_colour_map_with_each_images_numbers(tmp_pa
     assert len(bars) == 2  # one per colour map (unsigned, signed), not one per image
     assert all(b"<linearGradient" in b.read_bytes() for b in bars)
     srcs = {"gradcam": set(), "lime": set()}
+    site, records = detail_data(out)
     for stem, (lim, top) in want.items():
-        html = (out / "detail" / f"{stem}.html").read_text()
-        lime, grad = _figure(html, "lime"), _figure(html, "gradcam")
-        assert _ticks(lime) == [f"−{lim:.3g}", "0", f"+{lim:.3g}"]
-        assert "probability units" in lime
-        assert _ticks(grad) == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
-        for k, fig in (("lime", lime), ("gradcam", grad)):
-            srcs[k] |= set(re.findall(r'<span class="cbar"><svg [^>]*><image href="\.\./\.\./(assets/colourbar\.[0-9a-f]{8}\.svg)"',
-                                      fig))
+        d = records[f"{stem}.png"]
+        lime, grad = map_of(d, "lime"), map_of(d, "gradcam")
+        assert lime["ticks"] == [f"−{lim:.3g}", "0", f"+{lim:.3g}"]
+        assert "probability units" in site["methods"]["lime"]["scale_words"]
+        assert grad["ticks"] == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
+    for k in ("lime", "gradcam"):  # every detail view draws its method's one bar (detail.js: colourBar)
+        srcs[k] |= set(re.findall(r"^(assets/colourbar\.[0-9a-f]{8}\.svg)$", site["methods"][k]["bar"]))
     assert len(srcs["lime"]) == len(srcs["gradcam"]) == 1 and srcs["lime"] != srcs["gradcam"]
     assert {f"assets/{b.name}" for b in bars} == srcs["lime"] | srcs["gradcam"]
     assert len({w[0] for w in want.values()}) == 4  # the numbers are each image's own
@@ -518,16 +559,17 @@ def test_legends_say_the_overlay_is_transparent_where_lime_sees_no_effect(tmp_pa
     report.render(out)
     for page in html_pages(out):
         assert "white = neutral" not in page.read_text()
-    detail = (out / "detail" / "FAKE" / "im_0000.html").read_text()
-    assert "where a superpixel has no effect the overlay is transparent" in _figure(detail, "lime")
+    site, _records = detail_data(out)  # the lime figure of every detail view shows its method's legend
+    assert "where a superpixel has no effect the overlay is transparent" in site["methods"]["lime"]["legend"]
 
 
 def test_lime_info_line_is_explained(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(2), methods=("lime",),
                 info={"segments": 42, "score": 0.61, "intercept": 0.37})
     report.render(out)
-    fig = _figure((out / "detail" / "FAKE" / "im_0000.html").read_text(), "lime")
-    items = re.findall(r"<li><code>([^<]*)</code>: ([^<]*)</li>", fig)
+    site, records = detail_data(out)
+    # detail.js writes each as <li><code>key=value</code>: words</li>, the words from site.info_words
+    items = [(f"{k}={v}", site["info_words"][k]) for k, v in map_of(records["FAKE/im_0000.png"], "lime")["info"]]
     assert [k for k, _w in items] == ["segments=42", "score=0.61", "intercept=0.37"]
     words = dict(items)
     assert "superpixels" in words["segments=42"] and "R²" in words["score=0.61"]
@@ -598,11 +640,11 @@ def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
     from xaibatch.localization import pointing_game
 
     inp, out, masks = truth_run
+    _site, records = detail_data(out)
     for rel, mask in masks.items():
-        html = (out / "detail" / rel.replace(".png", ".html")).read_text()
-        assert "Ground truth" in html and f"{100 * mask.mean():.1f}%" in html
-        rows = re.findall(r'<tr><td>.*?</td><th scope="row">([^<]*)</th><td>\((\d+), (\d+)\)</td><td>(.*?)</td></tr>',
-                          html)
+        t = records[rel]["truth"]
+        assert t and t["share"] == f"{100 * mask.mean():.1f}%"
+        rows = [(p["title"], *p["px"], p["hit"]) for p in t["points"]]  # the pointing-game table's rows
         assert [r[0] for r in rows] == ["Grad-CAM", "LIME"]
         for (title, x, y, result), method in zip(rows, ("gradcam", "lime"), strict=True):
             m = np.load(out / "maps" / method / rel.replace(".png", ".npy"))
@@ -612,10 +654,11 @@ def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
             assert (int(x), int(y)) == (want_x, want_y)
             hit = pointing_game(out, inp, method, [rel]).hits == 1
             assert bool(mask[want_y, want_x]) == hit
-            assert ('class="good">hit<' in result) == hit and ('class="bad">miss<' in result) == (not hit)
-        assert re.search(r'<path d="(M\d+ \d+h\d+v1h-\d+z)+" fill="#00d000"', html)
-    for p in (out / "detail" / "REAL").glob("*.html"):
-        assert "Ground truth" not in p.read_text()  # no mask, no section
+            assert result is hit
+        assert re.fullmatch(r"(M\d+ \d+h\d+v1h-\d+z)+", t["path"])
+    for rel, d in records.items():
+        if rel.startswith("REAL/"):
+            assert d["truth"] is None  # no mask, no section
     check_links(out)  # the figure's picture resolves too
 
 
@@ -623,8 +666,7 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
     out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime",))
     np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), 0.25, np.float32))
     report.render(out)
-    page = out / "detail" / "FAKE" / "a.html"
-    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.25", "0", "+0.25"]
+    assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.25", "0", "+0.25"]
     np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), -0.5, np.float32))  # same paths, new map
     m = Manifest(out / FILENAME)
     with m.transaction():
@@ -632,7 +674,7 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
                          "thumbs/lime/FAKE/a.png", None, 1))
     m.close()
     report.render(out)
-    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.5", "0", "+0.5"]
+    assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.5", "0", "+0.5"]
 
 
 def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
@@ -641,5 +683,5 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
     os.mkfifo(inp / "FAKE" / "a.mask.npy")  # opening it for reading would block the report for good
     out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], input_dir=inp)
     report.render(out)
-    assert "Ground truth" not in (out / "detail" / "FAKE" / "a.html").read_text()
+    assert detail_of(out, "FAKE/a.png")["truth"] is None
     assert report.detail.load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly

@@ -361,8 +361,9 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
 
 def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
     """A detail data file: a plain script that hands its JSON to the viewer (``fetch`` is refused on file://).
-    ASCII JSON is a valid JavaScript expression; file names are data in it, never markup."""
-    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":"))
+    ASCII JSON is a valid JavaScript expression; file names are data in it, never markup (and "<" is written
+    \\u003c, so not even a "</script>" in a name could end a script if the file were ever inlined)."""
+    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
     return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
 
 
