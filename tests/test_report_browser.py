@@ -106,8 +106,8 @@ def hostile_out(tmp_path_factory) -> Path:
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def open_page(driver, path: Path) -> None:
-    driver.get(path.resolve().as_uri())
+def open_page(driver, path: Path | str) -> None:
+    driver.get(path if isinstance(path, str) else path.resolve().as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
 
 
@@ -139,7 +139,8 @@ def local_targets(driver) -> list[tuple[str, Path]]:
     return out
 
 
-def check_page(driver, path: Path) -> None:
+def check_page(driver, path: Path | str) -> None:
+    """Open a page (a path, or a detail view's url: detail/page-<n>.html#<id>) and check what it shows."""
     open_page(driver, path)
     failed = load_all_images(driver)
     assert not failed, f"{path.name}: images did not load: {failed}"
@@ -150,8 +151,24 @@ def check_page(driver, path: Path) -> None:
     assert not severe, f"{path.name}: console errors {severe}"
 
 
-def all_pages(out: Path) -> list[Path]:
-    return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
+def detail_urls(out: Path) -> dict[str, str]:
+    """Each image's detail view (detail/page-<n>.html#<card id>), from the gallery cards' links."""
+    import re
+
+    urls = {}
+    for page in sorted((out / "gallery").glob("page-*.html")):
+        for name, href in re.findall(r'<li class="card[^"]*" id="[^"]*" data-conf="[^"]*" data-name="([^"]*)"[^>]*>\n'
+                                     r'<a class="thumbs" href="([^"]*)"', page.read_text()):
+            from html import unescape
+
+            path, _, frag = unescape(href).partition("#")
+            urls[unescape(name)] = (page.parent / unquote(path)).resolve().as_uri() + "#" + frag
+    return urls
+
+
+def all_pages(out: Path) -> list[Path | str]:
+    """Every page, each image's detail view in place of its page of old (one url each)."""
+    return [*sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html")]), *sorted(detail_urls(out).values())]
 
 
 def manifest_rels(out: Path) -> set[str]:
@@ -192,6 +209,9 @@ def test_every_page_loads_its_images_and_links(driver, labeled_out):
     assert len(pages) == len(manifest_rels(labeled_out)) + 4  # details + gallery page + index, history, skipped
     for page in pages:
         check_page(driver, page)
+        if isinstance(page, str):  # a detail view shows its own image
+            name = next(k for k, v in detail_urls(labeled_out).items() if v == page)
+            assert driver.find_element("tag name", "h1").text == name
 
 
 def test_pagination_reaches_every_image(driver, paged_out):
@@ -333,7 +353,7 @@ def test_pages_work_without_javascript(labeled_out):
 
 def test_screenshots_are_not_blank(driver, labeled_out):
     for page in (labeled_out / "index.html", labeled_out / "gallery" / "page-1.html",
-                 next((labeled_out / "detail").rglob("*.html"))):
+                 next((labeled_out / "detail").glob("*.html"))):
         open_page(driver, page)
         load_all_images(driver)
         img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"), dtype=np.float32)
@@ -403,7 +423,8 @@ def test_thumbnail_columns_are_labeled_and_borders_follow_the_label(driver, labe
 
 
 def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
-    fake = sorted((truth_out / "detail" / "FAKE").glob("*.html"))[0]
+    urls = detail_urls(truth_out)
+    fake = urls[sorted(k for k in urls if k.startswith("FAKE/"))[0]]
     check_page(driver, fake)  # every image (the colour bars too) loads, every link resolves, no console error
     bars = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('figure[data-method] .cbar'), function (b) {"
@@ -451,8 +472,9 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     outside[int(3 * s):int(17 * s), int(9 * s):int(25 * s)] = False
     assert greenness[region].mean() > greenness[outside].mean() + 40  # the region is shaded, the rest is not
     assert img[outside].std() > 20  # drawn over the picture
-    real = sorted((truth_out / "detail" / "REAL").glob("*.html"))[0]
+    real = urls[sorted(k for k in urls if k.startswith("REAL/"))[0]]
     open_page(driver, real)
+    assert driver.find_element("tag name", "h1").text.startswith("REAL/")
     assert not driver.find_elements("css selector", "figure.truth")
 
 
