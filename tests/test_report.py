@@ -685,3 +685,191 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
     report.render(out)
     assert detail_of(out, "FAKE/a.png")["truth"] is None
     assert report.detail.load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly
+
+
+# -- issue 20: the report reads no map back (views stored with the maps), one data file per page ----------
+
+
+def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, tmp_path):
+    import shutil
+
+    inp, out, _masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    m = Manifest(copy / FILENAME)
+    maps, images = m.maps(), m.images()
+    m.close()
+    for (rel, method), row in maps.items():  # computed with the picture (overlay.views_batch) ...
+        a = np.load(copy / row.npy)
+        want = report.detail.view_of(a, images[rel].width, images[rel].height, method == "lime")
+        assert row.view["peak"] == want["peak"] and row.view["shape"] == want["shape"] == list(a.shape)
+        assert row.view["scale"] == pytest.approx(want["scale"], rel=1e-5)  # ... as the report once read it back
+    before = detail_data(copy)
+    for row in maps.values():
+        (copy / row.npy).unlink()  # the report needs none of them
+    (copy / report.model.STATE_NAME).unlink()  # and builds everything again
+    stats = report.render(copy)
+    assert not stats.reused and detail_data(copy) == before
+
+
+def test_an_older_folder_gets_its_views_once_and_nothing_is_recomputed(truth_run, tmp_path, tiny_ckpt):
+    import shutil
+    import sqlite3
+
+    inp, out, _masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = detail_data(copy)
+    m = Manifest(copy / FILENAME)
+    views = {k: r.view for k, r in m.maps().items()}
+    m.close()
+    db = sqlite3.connect(copy / FILENAME)  # a manifest of schema 2: no view column
+    db.execute("ALTER TABLE maps DROP COLUMN view_json")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    res = run(RunOptions(input_dir=inp, out_dir=copy, methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
+                         method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    assert res.computed == 0 and res.unchanged == len(images_of(copy))
+    m = Manifest(copy / FILENAME)
+    after = {k: r.view for k, r in m.maps().items()}
+    m.close()
+    assert after.keys() == views.keys()
+    for k, v in views.items():
+        assert after[k]["peak"] == v["peak"] and after[k]["scale"] == pytest.approx(v["scale"], rel=1e-5)
+    assert detail_data(copy) == before
+    assert report.render(copy).reused  # read once: the next report moves nothing
+
+
+def images_of(out: Path) -> dict:
+    m = Manifest(out / FILENAME)
+    try:
+        return m.images()
+    finally:
+        m.close()
+
+
+def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
+    import subprocess
+    import sys
+
+    out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
+    report.render(out)
+    (out / report.model.STATE_NAME).unlink()  # every page and data file is built again; no figure changes
+    code = ("import sys; from pathlib import Path; from xaibatch import report; "
+            f"s = report.render(Path({str(out)!r})); assert not s.reused; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
+    m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
+    m.close()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    assert "matplotlib.figure" in r.stdout
+
+
+def test_css_gradients_are_the_overlays_colours():
+    for signed in (False, True):
+        assert report.text.css_gradient(signed) == report.text.css_gradient(signed, computed=True)
+
+
+def test_lime_magnitude_shows_in_the_gallery_and_the_detail_view(tmp_path):
+    rows = [("FAKE/strong.png", 0, 0.9), ("FAKE/tiny.png", 0, 0.99)]
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "strong.npy", np.full((8, 8), 0.2, np.float32))
+    np.save(out / "maps" / "lime" / "FAKE" / "tiny.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    report.render(out)
+    cards = {re.search(r'data-name="([^"]*)"', c).group(1): c for c in _cards_html(out / "gallery" / "page-1.html")}
+    assert re.search(r'<p class="mag" data-method="lime">LIME scale ±0\.2</p>', cards["FAKE/strong.png"])
+    assert re.search(r'<p class="mag weak" data-method="lime" title="weak evidence: [^"]*0\.0006[^"]*">'
+                     r"LIME scale ±0\.0006 ⚠ weak</p>", cards["FAKE/tiny.png"])
+    assert 'class="mag' not in cards["FAKE/strong.png"].split("lime")[0] + "gradcam"  # unsigned maps: no scale
+    assert "“⚠ weak” marks maps under 0.01" in (out / "gallery" / "page-1.html").read_text()
+    _site, records = detail_data(out)
+    assert "weak" not in map_of(records["FAKE/strong.png"], "lime")
+    weak = map_of(records["FAKE/tiny.png"], "lime")["weak"]
+    assert "at most 0.0006" in weak and "overstate" in weak
+    assert map_of(records["FAKE/tiny.png"], "lime")["ticks"] == ["−0.0006", "0", "+0.0006"]
+
+
+# -- issue 22: hostile ground-truth masks and links under the output folder ------------------------------
+
+
+def test_hostile_masks_are_skipped_with_a_reason_never_a_crash(tmp_path, tiny_ckpt):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 6, seed=3)
+    names = sorted(p.stem for p in (inp / "FAKE").glob("*.png"))
+    mask = np.zeros((32, 32), bool)
+    mask[4:12, 4:12] = True
+    np.save(inp / "FAKE" / f"{names[0]}.mask.npy", mask)  # a good one
+    np.save(inp / "FAKE" / f"{names[1]}.mask.npy", np.zeros((32, 32), dtype=[("a", "<i4"), ("b", "<f4")]))
+    os.mkfifo(inp / "FAKE" / f"{names[2]}.mask.npy")
+    os.symlink("/dev/zero", inp / "FAKE" / f"{names[3]}.mask.npy")
+    np.save(inp / "FAKE" / f"{names[4]}.mask.npy", np.zeros((2000, 5001), bool))  # 10M pixels
+    np.save(inp / "FAKE" / f"{names[5]}.mask.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    out = tmp_path / "out"
+    for _ in range(2):  # every run, not only the first
+        r = CliRunner().invoke(cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+                                     "--workers", "0", "-q"])
+        assert r.exit_code == 0, r.output
+    _site, records = detail_data(out)
+    truths = {rel.split("/")[1][: -len(".png")]: d["truth"] for rel, d in records.items()}
+    assert truths[names[0]]["share"] == "6.2%" and len(truths[names[0]]["points"]) == 1
+    assert truths[names[1]] == {"mask": f"{names[1]}.mask.npy", "skipped": "unsupported dtype |V8"}
+    assert truths[names[2]] is None and truths[names[3]] is None  # not regular files: never opened
+    assert "over the limit of 10,000,000 pixels" in truths[names[4]]["skipped"]
+    assert truths[names[5]]["skipped"] == "unsupported dtype |O"
+    check_links(out)
+
+
+def test_a_symlink_under_the_output_folder_never_leads_a_report_write_outside(tmp_path, tiny_ckpt):
+    """Issue 22 item 4, its repro: a link planted below detail/ (or in place of a report folder or file)."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp = tmp_path / "small"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    out = tmp_path / "o"
+    args = ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "fake_00000.html").write_text("precious")
+    (victim / "page-1.html").write_text("precious")
+    (victim / "page-1.js").write_text("precious")
+
+    def untouched() -> bool:
+        return sorted(p.name for p in victim.iterdir()) == ["fake_00000.html", "page-1.html", "page-1.js"] and \
+            all(p.read_text() == "precious" for p in victim.iterdir())
+
+    (out / "detail" / "FAKE").mkdir()
+    os.rmdir(out / "detail" / "FAKE")
+    os.symlink(victim, out / "detail" / "FAKE")  # the issue's repro
+    (out / ".xaibatch-report.json").unlink()  # whatever makes the report rebuild its pages
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert untouched()
+    for name in ("page-1.html", "page-1.js"):  # a file link in place of a page: replaced, never written through
+        (out / "detail" / name).unlink()
+        os.symlink(victim / name, out / "detail" / name)
+    (out / ".xaibatch-report.json").unlink()
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert untouched() and not (out / "detail" / "page-1.js").is_symlink()
+    for top in ("detail", "gallery", "assets", "figures"):  # a report folder replaced by a link: refused
+        moved = tmp_path / f"{top}.bak"
+        os.rename(out / top, moved)
+        os.symlink(victim, out / top)
+        (out / ".xaibatch-report.json").unlink(missing_ok=True)
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and "resolves outside" in r.output and "Traceback" not in r.output, (top, r.output)
+        assert untouched(), top
+        os.unlink(out / top)
+        os.rename(moved, out / top)
