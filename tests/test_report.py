@@ -873,3 +873,26 @@ def test_a_symlink_under_the_output_folder_never_leads_a_report_write_outside(tm
         assert untouched(), top
         os.unlink(out / top)
         os.rename(moved, out / top)
+
+
+def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
+    """report/fastcards.py writes the packaged card macro's output in Python (the gallery's per-image cost)."""
+    import importlib
+
+    render = importlib.import_module("xaibatch.report.render")
+    rows = [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE] + [(f"REAL/{n}", 1, 0.3) for n in HOSTILE] + \
+        [(f"x/{n}", None, 0.6) for n in HOSTILE[:3]]
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "a&b.npy", np.full((8, 8), 3e-4, np.float32))  # a weak one
+    m = Manifest(out / FILENAME)  # faithfulness scores on some maps: data-del-*/data-ins-* attributes
+    m.db.execute("UPDATE maps SET deletion = 0.25, insertion = 0.5 WHERE method = 'gradcam' AND rel LIKE 'REAL/%'")
+    m.close()
+    report.render(out)
+    data = report.build(out)
+    data.assets = {"css": "a.css", "js": "a.js", "detail": "d.js"}
+    gallery = report.environment().get_template("gallery.html")
+    assert data.pages and any("weak" in v.weak for c in data.cards for v in c.maps)
+    for p in data.pages:
+        fast = render._render_gallery(gallery, data, p, True)
+        assert fast == render._render_gallery(gallery, data, p, False)
+        assert "data-del-gradcam" in fast and "⚠ weak" in fast and "&lt;img src=x" in fast

@@ -88,12 +88,13 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
     scale = v.get("scale")
     if not isinstance(scale, (int, float)):
         return {}
-    out: dict[str, Any] = {"scale": float(scale), "peak": v.get("peak"), "shape": v.get("shape")}
+    text = fmt_num(scale)
+    out: dict[str, Any] = {"scale": float(scale), "scale_text": text, "peak": v.get("peak"), "shape": v.get("shape")}
     if m.signed:
-        out["mag"] = f"±{fmt_num(scale)}"
+        out["mag"] = f"±{text}"
         if scale < WEAK_SIGNED_SCALE:
             out["weak"] = (f"weak evidence: hiding any one superpixel changes the probability by at most "
-                           f"{fmt_num(scale)} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
+                           f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
                            "strongest superpixel, so full red and blue overstate it")
     return out
 

@@ -114,15 +114,14 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
 
 def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
     """The numbers under a map's colour bar, left to right, and the sentence that says what they mean."""
-    s = v.scale
-    if s is None:
+    if v.scale is None:
         return [], ""
+    s = v.scale_text
     if v.m.signed:
-        return ([f"−{fmt_num(s)}", "0", f"+{fmt_num(s)}"],
-                f"Full red: +{fmt_num(s)}, hiding that superpixel lowers the probability of {target} by about "
-                f"{fmt_num(s)}; full blue: −{fmt_num(s)}, hiding it raises it.")
-    return ["0", fmt_num(s / 2), f"≥ {fmt_num(s)}"], \
-        f"Full colour: values of {fmt_num(s)} (this image's 99th percentile) and above."
+        return ([f"−{s}", "0", f"+{s}"],
+                f"Full red: +{s}, hiding that superpixel lowers the probability of {target} by about "
+                f"{s}; full blue: −{s}, hiding it raises it.")
+    return ["0", fmt_num(v.scale / 2), f"≥ {s}"], f"Full colour: values of {s} (this image's 99th percentile) and above."
 
 
 # -- ground truth ------------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ class MapView:
     npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
     config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
     scale: float | None = None  # the value drawn at full colour (MapRow.view; None: unknown)
+    scale_text: str = ""  # the same, as the page prints it (3 significant digits)
     peak: list[int] | None = None  # [row, column] of the map's maximum (MapRow.view)
     shape: list[int] | None = None  # the saved map's [height, width]
     mag: str = ""  # signed maps: "±0.0006", the scale the gallery prints under the card
@@ -182,6 +183,7 @@ class Block:
     first: int  # 1-based position of cards[0] within the group
     last: int
     heading_section: str | None  # the section title when this block opens a section on this page
+    html: Any = None  # its cards' HTML, when rendered without Jinja (report/fastcards.py)
 
 
 @dataclass
