@@ -77,7 +77,7 @@ def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: di
         detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
-        sha256=r.sha256[:12], size=r.size, mask_key=(masks or {}).get(mask_rel(r.rel), ""),
+        sha256=r.sha256[:12], size=r.size, mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
     )
 
 
