@@ -792,6 +792,12 @@ def test_lime_magnitude_shows_in_the_gallery_and_the_detail_view(tmp_path):
     weak = map_of(records["FAKE/tiny.png"], "lime")["weak"]
     assert "at most 0.0006" in weak and "overstate" in weak
     assert map_of(records["FAKE/tiny.png"], "lime")["ticks"] == ["−0.0006", "0", "+0.0006"]
+    m = Manifest(out / FILENAME)  # an all-zero LIME map: no superpixel had any effect, the weakest of all
+    m.db.execute("UPDATE maps SET view_json = NULL WHERE rel = 'FAKE/strong.png'")
+    m.close()
+    np.save(out / "maps" / "lime" / "FAKE" / "strong.npy", np.zeros((8, 8), np.float32))
+    report.render(out)
+    assert "at most 0 " in map_of(detail_of(out, "FAKE/strong.png"), "lime")["weak"]
 
 
 # -- issue 22: hostile ground-truth masks and links under the output folder ------------------------------

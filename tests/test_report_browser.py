@@ -500,3 +500,55 @@ def test_hostile_names_never_run_script(driver, hostile_out):
     assert driver.execute_script("return window.__xss") == []
     open_page(driver, hostile_out / "skipped.html")
     assert "<svg onload=alert(5)>.png" in driver.find_element("tag name", "main").text
+
+
+def test_detail_view_maps_in_one_row_at_one_size_explanations_folded(driver, truth_out):
+    """Issue 20: every method's map in one row at one size at a desktop width, the explanations folded under
+    them; a narrow window gets no horizontal scroll bar."""
+    urls = detail_urls(truth_out)
+    fake = urls[sorted(k for k in urls if k.startswith("FAKE/"))[0]]
+    boxes = ("return Array.prototype.map.call(document.querySelectorAll('.views figure > img'), function (i) {"
+             "  var r = i.getBoundingClientRect(); return [r.top, r.width, r.height]; })")
+    try:
+        driver.set_window_size(1400, 1000)
+        open_page(driver, fake)
+        pics = driver.execute_script(boxes)
+        assert len(pics) == 3  # original, Grad-CAM, LIME
+        assert len({round(t) for t, _w, _h in pics}) == 1, pics  # one row
+        assert len({round(w) for _t, w, _h in pics}) == 1 and pics[0][1] >= 200, pics  # one size
+        folded = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('.views figure details'), function (d) {"
+            "  return [d.open, d.textContent]; })")
+        assert len(folded) == 2 and not any(o for o, _t in folded)
+        assert "bright = more important" in folded[0][1] and "raw map (.npy" in folded[0][1]
+        assert "probability units" in folded[1][1]
+        ticks = driver.find_elements("css selector", "figure[data-method] .cbar .ticks")
+        assert len(ticks) == 2 and all(t.is_displayed() for t in ticks)  # the numbers stay in sight
+        driver.set_window_size(420, 900)
+        open_page(driver, fake)
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        pics = driver.execute_script(boxes)
+        assert len({round(w) for _t, w, _h in pics}) == 1 and all(w <= 420 for _t, w, _h in pics), pics
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import labeled_rows, synth
+
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "im_0000.npy", np.full((8, 8), 4e-4, np.float32))
+    np.save(out / "maps" / "lime" / "REAL" / "im_0001.npy", np.full((8, 8), -0.3, np.float32))
+    report.render(out)
+    urls = detail_urls(out)
+    check_page(driver, urls["FAKE/im_0000.png"])
+    note = driver.find_element("css selector", 'figure[data-method="lime"] .weak')
+    assert note.is_displayed() and "0.0004" in note.text and "overstate" in note.text
+    open_page(driver, urls["REAL/im_0001.png"])  # a strong map: nothing to warn of
+    assert not driver.find_elements("css selector", 'figure[data-method="lime"] .weak')
+    open_page(driver, out / "gallery" / "page-1.html")
+    weak = driver.find_elements("css selector", "li.card p.mag.weak")
+    assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text

@@ -203,16 +203,16 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
 
 def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
-    "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size);
+    "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size;
+    signed maps: max |m|, 0 when all zero);
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``."""
     import torch
 
     b = shown.shape[0]
     flat = shown.float().reshape(b, -1)
-    if signed:
+    if signed:  # an all-zero map keeps 0: no superpixel had any effect (the overlay is transparent)
         scale = flat.abs().amax(dim=1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     else:
         k = min(flat.shape[1] - 1, int(flat.shape[1] * DISPLAY_PERCENTILE / 100))
         top = flat.kthvalue(k + 1, dim=1).values

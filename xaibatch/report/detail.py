@@ -86,7 +86,8 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
     from ..overlay import display_map, display_scale
 
     m = np.nan_to_num(m.astype(np.float32, copy=False))
-    s = display_scale(display_map(m, display_size(width, height), signed), signed)
+    shown = display_map(m, display_size(width, height), signed)
+    s = float(np.abs(shown).max()) if signed else display_scale(shown, signed)  # as overlay.views_batch
     evidence = np.where(m > 0, m, 0) if signed else m
     y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
     return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])]}
