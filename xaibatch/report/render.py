@@ -26,7 +26,7 @@ from .predictions import write_predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
-from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, up, url
+from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, url
 from .text import fmt_bytes
 
 
