@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
 from typing import Any
-
-import functools
 
 import numpy as np
 from PIL import Image
