@@ -902,3 +902,27 @@ def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
         fast = render._render_gallery(gallery, data, p, True)
         assert fast == render._render_gallery(gallery, data, p, False)
         assert "data-del-gradcam" in fast and "⚠ weak" in fast and "&lt;img src=x" in fast
+
+
+def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkeypatch):
+    import importlib
+    import shutil
+
+    _inp, out, masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    report.render(copy)
+    before = detail_data(copy)[1]
+    m = Manifest(copy / FILENAME)  # another image on the same page changes: the page's data file is rebuilt
+    m.db.execute("UPDATE images SET confidence = confidence * 0.999 WHERE rel LIKE 'REAL/%'")
+    m.close()
+    detail = importlib.import_module("xaibatch.report.detail")
+
+    def no_reads(*_a, **_k):
+        raise AssertionError("a mask was read again")
+
+    monkeypatch.setattr(detail, "read_array", no_reads)
+    stats = report.render(copy)
+    assert not stats.reused and "detail/page-1.js" in {str(p.relative_to(copy)) for p in page_files(copy)}
+    after = detail_data(copy)[1]
+    assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}
