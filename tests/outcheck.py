@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import sqlite3
@@ -81,7 +82,13 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
             parser.feed(page.read_text(encoding="utf-8"))
         cards = Counter(parser.names)
         assert cards == Counter(stems.keys()), f"gallery and manifest differ: {sorted(set(cards) ^ set(stems))[:5]}"
-        details = {Path(os.path.relpath(os.path.join(d, n), out / "detail")).as_posix()[: -len(".html")]
-                   for d, _s, files in os.walk(out / "detail") for n in files if n.endswith(".html")}
-        assert details == set(stems.values()), f"detail pages differ: {sorted(details ^ set(stems.values()))[:5]}"
+        details: Counter = Counter()  # each image's detail view: a record in its gallery page's data file
+        for page in sorted((out / "detail").glob("page-*.js")):
+            text = page.read_text("ascii")
+            assert (out / "detail" / page.name.replace(".js", ".html")).is_file(), f"{page.name} has no viewer"
+            details.update(im["rel"] for im in json.loads(text[text.index("=") + 1:].rstrip().rstrip(";"))["images"])
+        assert details == Counter(stems.keys()), f"detail views differ: {sorted(set(details) ^ set(stems))[:5]}"
+        stale = [os.path.join(d, n) for d, _s, files in os.walk(out / "detail") for n in files
+                 if d != str(out / "detail") and n.endswith(".html")]
+        assert not stale, f"per-image pages of the old layout left: {stale[:5]}"
     return stems

@@ -48,6 +48,13 @@ def _hostile(root: Path, outside: Path) -> None:
     for i in range(3):
         _image(real / f"r{i}.png", (10, 10 * i, 200))
     (root / "EMPTY").mkdir()
+    # Hostile ground-truth masks (issue 22 item 7): skipped with a reason, never a crash of the report.
+    import numpy as np
+
+    np.save(fake / "plain.mask.npy", np.zeros((10, 12), dtype=[("a", "<i4"), ("b", "<f4")]))
+    np.save(fake / "photo.mask.npy", np.zeros((3000, 3334), bool))  # 10M pixels
+    os.mkfifo(fake / "+1.mask.npy")
+    os.symlink("/dev/zero", real / "r0.mask.npy")
 
 
 @pytest.mark.slow
@@ -76,6 +83,10 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
         cells = [c for row in csv.reader(f) for c in row[:3]]
     assert not [c for c in cells if c[:1] in "=+-@"]
 
+    # A link planted below the report's detail folder (issue 22 item 4) is never written through.
+    os.symlink(outside, out / "detail" / "FAKE")
+    (out / ".xaibatch-report.json").unlink()
+
     # Deletions: a whole class folder emptied, a clashing name gone, then a re-run.
     for p in (root / "REAL").iterdir():
         p.unlink()
@@ -87,6 +98,8 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
     stems2 = check_output_folder(out, root)
     assert set(stems2) == set(stems) - {"REAL/r0.png", "REAL/r1.png", "REAL/r2.png", "FAKE/a.jpg", f"FAKE/{LONG}.jpg"}
     assert all(stems2[k] == stems[k] for k in stems2)  # stems are kept for good
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
+    os.unlink(out / "detail" / "FAKE")
 
     # A third run changes nothing and stays consistent.
     r = CliRunner().invoke(cli, args)

@@ -120,6 +120,11 @@ def html_pages(out: Path) -> list[Path]:
     return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
 
 
+def page_files(out: Path) -> list[Path]:
+    """Every page, and the detail view's data files (one per gallery page)."""
+    return html_pages(out) + sorted((out / "detail").glob("*.js"))
+
+
 def check_links(out: Path) -> int:
     """Every link and image of every page points at an existing file inside the report; returns the count."""
     n = 0
@@ -130,6 +135,31 @@ def check_links(out: Path) -> int:
             assert target.is_relative_to(out.resolve()), f"{u!r} leaves the report folder"
             n += 1
     return n
+
+
+def detail_data(out: Path) -> tuple[dict, dict[str, dict]]:
+    """The detail view's data (detail/page-<n>.js, drawn by assets/detail.js): the shared site record and
+    every image's record by its path. Tests of the detail view read what it shows here (and in a browser:
+    test_report_browser.py)."""
+    site, records = {}, {}
+    for p in sorted((out / "detail").glob("page-*.js")):
+        text = p.read_text("ascii")
+        prefix = "window.XAIBATCH_DETAIL = "
+        assert text.startswith(prefix) and text.endswith(";\n"), p
+        d = json.loads(text[len(prefix):-2])
+        site = d["site"]
+        for im in d["images"]:
+            assert im["rel"] not in records
+            records[im["rel"]] = {**im, "data_file": p.name}
+    return site, records
+
+
+def detail_of(out: Path, rel: str) -> dict:
+    return detail_data(out)[1][rel]
+
+
+def map_of(record: dict, method: str) -> dict:
+    return next(v for v in record["maps"] if v["m"] == method)
 
 
 def gallery_order(out: Path) -> list[str]:
@@ -202,7 +232,8 @@ def test_pipeline_report_links_and_pages(labeled_run):
     rels = set(m.images())
     m.close()
     assert sorted(gallery_order(out)) == sorted(rels)
-    assert len(list((out / "detail").rglob("*.html"))) == len(rels)
+    assert sorted(detail_data(out)[1]) == sorted(rels)  # every image has its detail view
+    assert len(list((out / "detail").glob("page-*.html"))) == len(list((out / "gallery").glob("page-*.html")))
     css = list((out / "assets").glob("report.*.css"))
     js = list((out / "assets").glob("report.*.js"))
     assert len(css) == len(js) == 1 and re.fullmatch(r"report\.[0-9a-f]{8}\.css", css[0].name)
@@ -210,17 +241,19 @@ def test_pipeline_report_links_and_pages(labeled_run):
 
 def test_detail_page(labeled_run):
     out = labeled_run
-    page = out / "detail" / "FAKE" / "img_000.html"
-    html = page.read_text()
-    links = parse(page)
-    srcs = [u for t, u in links.urls if t == "img"]
-    assert "../../images/FAKE/img_000.png" in srcs and "../../maps/gradcam/FAKE/img_000.png" in srcs
-    assert any(u.endswith("maps/gradcam/FAKE/img_000.npy") for _t, u in links.urls)
-    big = [i for i in links.imgs if "images/" in i["src"] or "maps/" in i["src"]]
-    assert all(int(i["width"]) >= 256 and "pixelated" in (i.get("class") or "") for i in big)  # 32 px upscaled
-    assert "Class probabilities" in html and "FAKE/img_000.png" in html
-    assert 'rel="next"' in html or 'rel="prev"' in html
-    assert "bright = more important" in html
+    site, records = detail_data(out)
+    d = records["FAKE/img_000.png"]
+    # the viewer draws these (paths relative to the report root; the viewer page is one folder down)
+    assert d["image"] == "images/FAKE/img_000.png" and map_of(d, "gradcam")["png"] == "maps/gradcam/FAKE/img_000.png"
+    assert map_of(d, "gradcam")["npy"].endswith("maps/gradcam/FAKE/img_000.npy")
+    for src in (d["image"], map_of(d, "gradcam")["png"], map_of(d, "gradcam")["npy"]):
+        assert (out / src).is_file()
+    assert d["dw"] >= 256 and d["pixelated"]  # 32 px upscaled
+    assert d["probs"] and d["rel"] == "FAKE/img_000.png"
+    assert d["next"] is not None or d["prev"] is not None
+    assert "bright = more important" in site["methods"]["gradcam"]["legend"]
+    page = out / "detail" / d["data_file"].replace(".js", ".html")
+    assert f'<script src="{d["data_file"]}"></script>' in page.read_text()
 
 
 def test_hostile_names_are_text_and_links_work(hostile_run):
@@ -262,7 +295,7 @@ def test_pagination_counts_and_page_weight(tmp_path):
             assert f'href="page-{k}.html"' in html  # page numbers on every page
     assert counts == [report.PAGE_SIZE, report.PAGE_SIZE, 37]
     assert sorted(gallery_order(out)) == sorted(r for r, _l, _p in labeled_rows(n))
-    assert stats.pages == n + 3 + 3  # details, gallery pages, index + history + skipped
+    assert stats.pages == 3 + 3 + 3  # detail viewers and gallery pages (one each per page), index + history + skipped
     assert stats.biggest_page[1] < 200_000
 
 
@@ -290,8 +323,9 @@ def test_grouping_and_sorting_order(tmp_path):
     html = (out / "gallery" / "page-1.html").read_text()
     assert html.index("<h2 class=\"section\">Misclassified") < html.index("<h2 class=\"section\">Correct")
     # previous/next on detail pages follow the gallery order
-    d = (out / "detail" / "e.html").read_text()
-    assert 'href="../detail/a.html" rel="prev"' in d and 'href="../detail/f.html" rel="next"' in d
+    _site, records = detail_data(out)
+    d = records["e.png"]
+    assert d["prev"] == {"id": records["a.png"]["id"]} and d["next"] == {"id": records["f.png"]["id"]}
 
 
 def test_metrics_match_sklearn(tmp_path):
@@ -332,10 +366,12 @@ def test_unlabeled_grouped_by_prediction(tmp_path):
 def test_signed_and_unsigned_legends(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(4), methods=("gradcam", "lime"))
     report.render(out)
-    for page in (out / "gallery" / "page-1.html", out / "detail" / "FAKE" / "im_0000.html"):
-        html = page.read_text()
-        assert "red = evidence for the explained class, blue = evidence against it" in html
-        assert "bright = more important" in html
+    html = (out / "gallery" / "page-1.html").read_text()
+    site, _records = detail_data(out)
+    legends = " ".join(m["legend"] for m in site["methods"].values())  # what every detail view shows
+    for text in (html, legends):
+        assert "red = evidence for the explained class, blue = evidence against it" in text
+        assert "bright = more important" in text
     html = (out / "index.html").read_text()
     assert all(x in html for x in ("samples=1000", "segments=50", "hide=mean"))
 
@@ -343,7 +379,7 @@ def test_signed_and_unsigned_legends(tmp_path):
 def test_incremental_writes(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(30))
     report.render(out)
-    pages = html_pages(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
+    pages = page_files(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
     old = 1_000_000_000  # 2001: any rewrite is visible
     for p in pages:
         os.utime(p, (old, old))
@@ -356,8 +392,8 @@ def test_incremental_writes(tmp_path):
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
     stats = report.render(out)
-    changed = sorted(str(p.relative_to(out)) for p in html_pages(out) if p.stat().st_mtime != old)
-    assert "detail/FAKE/im_0000.html" in changed and "gallery/page-1.html" in changed
+    changed = sorted(str(p.relative_to(out)) for p in page_files(out) if p.stat().st_mtime != old)
+    assert "detail/page-1.js" in changed and "gallery/page-1.html" in changed  # its detail data, its card
     assert "index.html" in changed
     assert 3 <= len(changed) <= 8, changed
     assert stats.written == len(changed) + 2  # + the redrawn figures
@@ -381,13 +417,16 @@ def test_rerun_over_unchanged_folder_rewrites_only_summary_and_history(tmp_path,
 def test_removed_images_lose_their_pages(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(6))
     report.render(out)
-    assert (out / "detail" / "FAKE" / "im_0000.html").exists()
+    assert "FAKE/im_0000.png" in detail_data(out)[1]
+    (out / "detail" / "FAKE").mkdir()  # a page of the old layout (one per image): removed as stale
+    (out / "detail" / "FAKE" / "im_0002.html").write_text("old")
     m = Manifest(out / FILENAME)
     m.remove_images(["FAKE/im_0000.png"])
     m.close()
     stats = report.render(out)
-    assert not (out / "detail" / "FAKE" / "im_0000.html").exists() and stats.removed >= 1
-    assert (out / "detail" / "FAKE" / "im_0002.html").exists()
+    assert "FAKE/im_0000.png" not in detail_data(out)[1] and stats.removed >= 1
+    assert "FAKE/im_0002.png" in detail_data(out)[1]
+    assert not (out / "detail" / "FAKE").exists()
 
 
 def test_template_dir_override(tmp_path):
@@ -409,7 +448,7 @@ def test_template_dir_override(tmp_path):
     assert "Gallery, page 1 of 1" in g and css[0].name in g
     # back to the packaged templates: old asset removed, detail pages re-rendered with the new name
     report.write_report(out)
-    assert css[0].name not in (out / "detail" / "FAKE" / "im_0000.html").read_text()
+    assert css[0].name not in (out / "detail" / "page-1.html").read_text()
     assert not css[0].exists()
 
 
@@ -422,7 +461,9 @@ def test_autoescape_of_hostile_names_synthetic(tmp_path):
         html = page.read_text()
         assert "<script>alert" not in html and "<img src=x" not in html and "<b>header" not in html
     assert "&lt;script&gt;alert(2)&lt;/script&gt;.png" in (out / "skipped.html").read_text()
-    assert (out / "detail" / "FAKE" / "<img src=x onerror=alert(1)>.html").is_file()
+    assert "FAKE/<img src=x onerror=alert(1)>.png" in detail_data(out)[1]
+    for p in (out / "detail").glob("*.js"):
+        assert "<" not in p.read_text("ascii")  # names are JSON strings, "<" escaped
 
 
 def test_no_images_yet(tmp_path):
@@ -498,15 +539,15 @@ def test_colour_bars_are_one_file_per_colour_map_with_each_images_numbers(tmp_pa
     assert len(bars) == 2  # one per colour map (unsigned, signed), not one per image
     assert all(b"<linearGradient" in b.read_bytes() for b in bars)
     srcs = {"gradcam": set(), "lime": set()}
+    site, records = detail_data(out)
     for stem, (lim, top) in want.items():
-        html = (out / "detail" / f"{stem}.html").read_text()
-        lime, grad = _figure(html, "lime"), _figure(html, "gradcam")
-        assert _ticks(lime) == [f"−{lim:.3g}", "0", f"+{lim:.3g}"]
-        assert "probability units" in lime
-        assert _ticks(grad) == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
-        for k, fig in (("lime", lime), ("gradcam", grad)):
-            srcs[k] |= set(re.findall(r'<span class="cbar"><svg [^>]*><image href="\.\./\.\./(assets/colourbar\.[0-9a-f]{8}\.svg)"',
-                                      fig))
+        d = records[f"{stem}.png"]
+        lime, grad = map_of(d, "lime"), map_of(d, "gradcam")
+        assert lime["ticks"] == [f"−{lim:.3g}", "0", f"+{lim:.3g}"]
+        assert "probability units" in site["methods"]["lime"]["scale_words"]
+        assert grad["ticks"] == ["0", f"{top / 2:.3g}", f"≥ {top:.3g}"]
+    for k in ("lime", "gradcam"):  # every detail view draws its method's one bar (detail.js: colourBar)
+        srcs[k] |= set(re.findall(r"^(assets/colourbar\.[0-9a-f]{8}\.svg)$", site["methods"][k]["bar"]))
     assert len(srcs["lime"]) == len(srcs["gradcam"]) == 1 and srcs["lime"] != srcs["gradcam"]
     assert {f"assets/{b.name}" for b in bars} == srcs["lime"] | srcs["gradcam"]
     assert len({w[0] for w in want.values()}) == 4  # the numbers are each image's own
@@ -518,16 +559,17 @@ def test_legends_say_the_overlay_is_transparent_where_lime_sees_no_effect(tmp_pa
     report.render(out)
     for page in html_pages(out):
         assert "white = neutral" not in page.read_text()
-    detail = (out / "detail" / "FAKE" / "im_0000.html").read_text()
-    assert "where a superpixel has no effect the overlay is transparent" in _figure(detail, "lime")
+    site, _records = detail_data(out)  # the lime figure of every detail view shows its method's legend
+    assert "where a superpixel has no effect the overlay is transparent" in site["methods"]["lime"]["legend"]
 
 
 def test_lime_info_line_is_explained(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(2), methods=("lime",),
                 info={"segments": 42, "score": 0.61, "intercept": 0.37})
     report.render(out)
-    fig = _figure((out / "detail" / "FAKE" / "im_0000.html").read_text(), "lime")
-    items = re.findall(r"<li><code>([^<]*)</code>: ([^<]*)</li>", fig)
+    site, records = detail_data(out)
+    # detail.js writes each as <li><code>key=value</code>: words</li>, the words from site.info_words
+    items = [(f"{k}={v}", site["info_words"][k]) for k, v in map_of(records["FAKE/im_0000.png"], "lime")["info"]]
     assert [k for k, _w in items] == ["segments=42", "score=0.61", "intercept=0.37"]
     words = dict(items)
     assert "superpixels" in words["segments=42"] and "R²" in words["score=0.61"]
@@ -598,11 +640,11 @@ def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
     from xaibatch.localization import pointing_game
 
     inp, out, masks = truth_run
+    _site, records = detail_data(out)
     for rel, mask in masks.items():
-        html = (out / "detail" / rel.replace(".png", ".html")).read_text()
-        assert "Ground truth" in html and f"{100 * mask.mean():.1f}%" in html
-        rows = re.findall(r'<tr><td>.*?</td><th scope="row">([^<]*)</th><td>\((\d+), (\d+)\)</td><td>(.*?)</td></tr>',
-                          html)
+        t = records[rel]["truth"]
+        assert t and t["share"] == f"{100 * mask.mean():.1f}%"
+        rows = [(p["title"], *p["px"], p["hit"]) for p in t["points"]]  # the pointing-game table's rows
         assert [r[0] for r in rows] == ["Grad-CAM", "LIME"]
         for (title, x, y, result), method in zip(rows, ("gradcam", "lime"), strict=True):
             m = np.load(out / "maps" / method / rel.replace(".png", ".npy"))
@@ -612,10 +654,11 @@ def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
             assert (int(x), int(y)) == (want_x, want_y)
             hit = pointing_game(out, inp, method, [rel]).hits == 1
             assert bool(mask[want_y, want_x]) == hit
-            assert ('class="good">hit<' in result) == hit and ('class="bad">miss<' in result) == (not hit)
-        assert re.search(r'<path d="(M\d+ \d+h\d+v1h-\d+z)+" fill="#00d000"', html)
-    for p in (out / "detail" / "REAL").glob("*.html"):
-        assert "Ground truth" not in p.read_text()  # no mask, no section
+            assert result is hit
+        assert re.fullmatch(r"(M\d+ \d+h\d+v1h-\d+z)+", t["path"])
+    for rel, d in records.items():
+        if rel.startswith("REAL/"):
+            assert d["truth"] is None  # no mask, no section
     check_links(out)  # the figure's picture resolves too
 
 
@@ -623,8 +666,7 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
     out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime",))
     np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), 0.25, np.float32))
     report.render(out)
-    page = out / "detail" / "FAKE" / "a.html"
-    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.25", "0", "+0.25"]
+    assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.25", "0", "+0.25"]
     np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), -0.5, np.float32))  # same paths, new map
     m = Manifest(out / FILENAME)
     with m.transaction():
@@ -632,7 +674,7 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
                          "thumbs/lime/FAKE/a.png", None, 1))
     m.close()
     report.render(out)
-    assert _ticks(_figure(page.read_text(), "lime")) == ["−0.5", "0", "+0.5"]
+    assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.5", "0", "+0.5"]
 
 
 def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
@@ -641,5 +683,246 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
     os.mkfifo(inp / "FAKE" / "a.mask.npy")  # opening it for reading would block the report for good
     out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], input_dir=inp)
     report.render(out)
-    assert "Ground truth" not in (out / "detail" / "FAKE" / "a.html").read_text()
+    assert detail_of(out, "FAKE/a.png")["truth"] is None
     assert report.detail.load_array(inp, "FAKE/a.mask.npy") is None  # even when asked directly
+
+
+# -- issue 20: the report reads no map back (views stored with the maps), one data file per page ----------
+
+
+def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, tmp_path):
+    import shutil
+
+    inp, out, _masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    m = Manifest(copy / FILENAME)
+    maps, images = m.maps(), m.images()
+    m.close()
+    for (rel, method), row in maps.items():  # computed with the picture (overlay.views_batch) ...
+        a = np.load(copy / row.npy)
+        want = report.detail.view_of(a, images[rel].width, images[rel].height, method == "lime")
+        assert row.view["peak"] == want["peak"] and row.view["shape"] == want["shape"] == list(a.shape)
+        assert row.view["scale"] == pytest.approx(want["scale"], rel=1e-5)  # ... as the report once read it back
+    before = detail_data(copy)
+    for row in maps.values():
+        (copy / row.npy).unlink()  # the report needs none of them
+    (copy / report.model.STATE_NAME).unlink()  # and builds everything again
+    stats = report.render(copy)
+    assert not stats.reused and detail_data(copy) == before
+
+
+def test_an_older_folder_gets_its_views_once_and_nothing_is_recomputed(truth_run, tmp_path, tiny_ckpt):
+    import shutil
+    import sqlite3
+
+    inp, out, _masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = detail_data(copy)
+    m = Manifest(copy / FILENAME)
+    views = {k: r.view for k, r in m.maps().items()}
+    m.close()
+    db = sqlite3.connect(copy / FILENAME)  # a manifest of schema 2: no view column
+    db.execute("ALTER TABLE maps DROP COLUMN view_json")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    res = run(RunOptions(input_dir=inp, out_dir=copy, methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
+                         method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    assert res.computed == 0 and res.unchanged == len(images_of(copy))
+    m = Manifest(copy / FILENAME)
+    after = {k: r.view for k, r in m.maps().items()}
+    m.close()
+    assert after.keys() == views.keys()
+    for k, v in views.items():
+        assert after[k]["peak"] == v["peak"] and after[k]["scale"] == pytest.approx(v["scale"], rel=1e-5)
+    assert detail_data(copy) == before
+    assert report.render(copy).reused  # read once: the next report moves nothing
+
+
+def images_of(out: Path) -> dict:
+    m = Manifest(out / FILENAME)
+    try:
+        return m.images()
+    finally:
+        m.close()
+
+
+def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
+    import subprocess
+    import sys
+
+    out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
+    report.render(out)
+    (out / report.model.STATE_NAME).unlink()  # every page and data file is built again; no figure changes
+    code = ("import sys; from pathlib import Path; from xaibatch import report; "
+            f"s = report.render(Path({str(out)!r})); assert not s.reused; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+    m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
+    m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
+    m.close()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    assert "matplotlib.figure" in r.stdout
+
+
+def test_css_gradients_are_the_overlays_colours():
+    for signed in (False, True):
+        assert report.text.css_gradient(signed) == report.text.css_gradient(signed, computed=True)
+
+
+def test_lime_magnitude_shows_in_the_gallery_and_the_detail_view(tmp_path):
+    rows = [("FAKE/strong.png", 0, 0.9), ("FAKE/tiny.png", 0, 0.99)]
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "strong.npy", np.full((8, 8), 0.2, np.float32))
+    np.save(out / "maps" / "lime" / "FAKE" / "tiny.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    report.render(out)
+    cards = {re.search(r'data-name="([^"]*)"', c).group(1): c for c in _cards_html(out / "gallery" / "page-1.html")}
+    assert re.search(r'<p class="mag" data-method="lime">LIME scale ±0\.2</p>', cards["FAKE/strong.png"])
+    assert re.search(r'<p class="mag weak" data-method="lime" title="weak evidence: [^"]*0\.0006[^"]*">'
+                     r"LIME scale ±0\.0006 ⚠ weak</p>", cards["FAKE/tiny.png"])
+    assert 'class="mag' not in cards["FAKE/strong.png"].split("lime")[0] + "gradcam"  # unsigned maps: no scale
+    assert "“⚠ weak” marks maps under 0.01" in (out / "gallery" / "page-1.html").read_text()
+    _site, records = detail_data(out)
+    assert "weak" not in map_of(records["FAKE/strong.png"], "lime")
+    weak = map_of(records["FAKE/tiny.png"], "lime")["weak"]
+    assert "at most 0.0006" in weak and "overstate" in weak
+    assert map_of(records["FAKE/tiny.png"], "lime")["ticks"] == ["−0.0006", "0", "+0.0006"]
+    m = Manifest(out / FILENAME)  # an all-zero LIME map: no superpixel had any effect, the weakest of all
+    m.db.execute("UPDATE maps SET view_json = NULL WHERE rel = 'FAKE/strong.png'")
+    m.close()
+    np.save(out / "maps" / "lime" / "FAKE" / "strong.npy", np.zeros((8, 8), np.float32))
+    report.render(out)
+    assert "at most 0 " in map_of(detail_of(out, "FAKE/strong.png"), "lime")["weak"]
+
+
+# -- issue 22: hostile ground-truth masks and links under the output folder ------------------------------
+
+
+def test_hostile_masks_are_skipped_with_a_reason_never_a_crash(tmp_path, tiny_ckpt):
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 6, seed=3)
+    names = sorted(p.stem for p in (inp / "FAKE").glob("*.png"))
+    mask = np.zeros((32, 32), bool)
+    mask[4:12, 4:12] = True
+    np.save(inp / "FAKE" / f"{names[0]}.mask.npy", mask)  # a good one
+    np.save(inp / "FAKE" / f"{names[1]}.mask.npy", np.zeros((32, 32), dtype=[("a", "<i4"), ("b", "<f4")]))
+    os.mkfifo(inp / "FAKE" / f"{names[2]}.mask.npy")
+    os.symlink("/dev/zero", inp / "FAKE" / f"{names[3]}.mask.npy")
+    np.save(inp / "FAKE" / f"{names[4]}.mask.npy", np.zeros((2000, 5001), bool))  # 10M pixels
+    np.save(inp / "FAKE" / f"{names[5]}.mask.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    out = tmp_path / "out"
+    for _ in range(2):  # every run, not only the first
+        r = CliRunner().invoke(cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+                                     "--workers", "0", "-q"])
+        assert r.exit_code == 0, r.output
+    _site, records = detail_data(out)
+    truths = {rel.split("/")[1][: -len(".png")]: d["truth"] for rel, d in records.items()}
+    assert truths[names[0]]["share"] == "6.2%" and len(truths[names[0]]["points"]) == 1
+    assert truths[names[1]] == {"mask": f"{names[1]}.mask.npy", "skipped": "unsupported dtype |V8"}
+    assert truths[names[2]] is None and truths[names[3]] is None  # not regular files: never opened
+    assert "over the limit of 10,000,000 pixels" in truths[names[4]]["skipped"]
+    assert truths[names[5]]["skipped"] == "unsupported dtype |O"
+    check_links(out)
+
+
+def test_a_symlink_under_the_output_folder_never_leads_a_report_write_outside(tmp_path, tiny_ckpt):
+    """Issue 22 item 4, its repro: a link planted below detail/ (or in place of a report folder or file)."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    inp = tmp_path / "small"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    out = tmp_path / "o"
+    args = ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "fake_00000.html").write_text("precious")
+    (victim / "page-1.html").write_text("precious")
+    (victim / "page-1.js").write_text("precious")
+
+    def untouched() -> bool:
+        return sorted(p.name for p in victim.iterdir()) == ["fake_00000.html", "page-1.html", "page-1.js"] and \
+            all(p.read_text() == "precious" for p in victim.iterdir())
+
+    (out / "detail" / "FAKE").mkdir()
+    os.rmdir(out / "detail" / "FAKE")
+    os.symlink(victim, out / "detail" / "FAKE")  # the issue's repro
+    (out / ".xaibatch-report.json").unlink()  # whatever makes the report rebuild its pages
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert untouched()
+    for name in ("page-1.html", "page-1.js"):  # a file link in place of a page: replaced, never written through
+        (out / "detail" / name).unlink()
+        os.symlink(victim / name, out / "detail" / name)
+    (out / ".xaibatch-report.json").unlink()
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert untouched() and not (out / "detail" / "page-1.js").is_symlink()
+    for top in ("detail", "gallery", "assets", "figures"):  # a report folder replaced by a link: refused
+        moved = tmp_path / f"{top}.bak"
+        os.rename(out / top, moved)
+        os.symlink(victim, out / top)
+        (out / ".xaibatch-report.json").unlink(missing_ok=True)
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and "resolves outside" in r.output and "Traceback" not in r.output, (top, r.output)
+        assert untouched(), top
+        os.unlink(out / top)
+        os.rename(moved, out / top)
+
+
+def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
+    """report/fastcards.py writes the packaged card macro's output in Python (the gallery's per-image cost)."""
+    import importlib
+
+    render = importlib.import_module("xaibatch.report.render")
+    rows = [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE] + [(f"REAL/{n}", 1, 0.3) for n in HOSTILE] + \
+        [(f"x/{n}", None, 0.6) for n in HOSTILE[:3]]
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "a&b.npy", np.full((8, 8), 3e-4, np.float32))  # a weak one
+    m = Manifest(out / FILENAME)  # faithfulness scores on some maps: data-del-*/data-ins-* attributes
+    m.db.execute("UPDATE maps SET deletion = 0.25, insertion = 0.5 WHERE method = 'gradcam' AND rel LIKE 'REAL/%'")
+    m.close()
+    report.render(out)
+    data = report.build(out)
+    data.assets = {"css": "a.css", "js": "a.js", "detail": "d.js"}
+    gallery = report.environment().get_template("gallery.html")
+    assert data.pages and any("weak" in v.weak for c in data.cards for v in c.maps)
+    for p in data.pages:
+        fast = render._render_gallery(gallery, data, p, True)
+        assert fast == render._render_gallery(gallery, data, p, False)
+        assert "data-del-gradcam" in fast and "⚠ weak" in fast and "&lt;img src=x" in fast
+
+
+def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkeypatch):
+    import importlib
+    import shutil
+
+    _inp, out, masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    report.render(copy)
+    before = detail_data(copy)[1]
+    m = Manifest(copy / FILENAME)  # another image on the same page changes: the page's data file is rebuilt
+    m.db.execute("UPDATE images SET confidence = confidence * 0.999 WHERE rel LIKE 'REAL/%'")
+    m.close()
+    detail = importlib.import_module("xaibatch.report.detail")
+
+    def no_reads(*_a, **_k):
+        raise AssertionError("a mask was read again")
+
+    monkeypatch.setattr(detail, "read_array", no_reads)
+    stats = report.render(copy)
+    assert not stats.reused and "detail/page-1.js" in {str(p.relative_to(copy)) for p in page_files(copy)}
+    after = detail_data(copy)[1]
+    assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}

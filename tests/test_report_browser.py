@@ -106,8 +106,8 @@ def hostile_out(tmp_path_factory) -> Path:
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def open_page(driver, path: Path) -> None:
-    driver.get(path.resolve().as_uri())
+def open_page(driver, path: Path | str) -> None:
+    driver.get(path if isinstance(path, str) else path.resolve().as_uri())
     assert driver.execute_script("return document.readyState") == "complete"
 
 
@@ -139,7 +139,8 @@ def local_targets(driver) -> list[tuple[str, Path]]:
     return out
 
 
-def check_page(driver, path: Path) -> None:
+def check_page(driver, path: Path | str) -> None:
+    """Open a page (a path, or a detail view's url: detail/page-<n>.html#<id>) and check what it shows."""
     open_page(driver, path)
     failed = load_all_images(driver)
     assert not failed, f"{path.name}: images did not load: {failed}"
@@ -150,8 +151,24 @@ def check_page(driver, path: Path) -> None:
     assert not severe, f"{path.name}: console errors {severe}"
 
 
-def all_pages(out: Path) -> list[Path]:
-    return sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html"), *(out / "detail").rglob("*.html")])
+def detail_urls(out: Path) -> dict[str, str]:
+    """Each image's detail view (detail/page-<n>.html#<card id>), from the gallery cards' links."""
+    import re
+
+    urls = {}
+    for page in sorted((out / "gallery").glob("page-*.html")):
+        for name, href in re.findall(r'<li class="card[^"]*" id="[^"]*" data-conf="[^"]*" data-name="([^"]*)"[^>]*>\n'
+                                     r'<a class="thumbs" href="([^"]*)"', page.read_text()):
+            from html import unescape
+
+            path, _, frag = unescape(href).partition("#")
+            urls[unescape(name)] = (page.parent / unquote(path)).resolve().as_uri() + "#" + frag
+    return urls
+
+
+def all_pages(out: Path) -> list[Path | str]:
+    """Every page, each image's detail view in place of its page of old (one url each)."""
+    return [*sorted([*out.glob("*.html"), *(out / "gallery").glob("*.html")]), *sorted(detail_urls(out).values())]
 
 
 def manifest_rels(out: Path) -> set[str]:
@@ -192,6 +209,9 @@ def test_every_page_loads_its_images_and_links(driver, labeled_out):
     assert len(pages) == len(manifest_rels(labeled_out)) + 4  # details + gallery page + index, history, skipped
     for page in pages:
         check_page(driver, page)
+        if isinstance(page, str):  # a detail view shows its own image
+            name = next(k for k, v in detail_urls(labeled_out).items() if v == page)
+            assert driver.find_element("tag name", "h1").text == name
 
 
 def test_pagination_reaches_every_image(driver, paged_out):
@@ -333,7 +353,7 @@ def test_pages_work_without_javascript(labeled_out):
 
 def test_screenshots_are_not_blank(driver, labeled_out):
     for page in (labeled_out / "index.html", labeled_out / "gallery" / "page-1.html",
-                 next((labeled_out / "detail").rglob("*.html"))):
+                 next((labeled_out / "detail").glob("*.html"))):
         open_page(driver, page)
         load_all_images(driver)
         img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"), dtype=np.float32)
@@ -403,7 +423,8 @@ def test_thumbnail_columns_are_labeled_and_borders_follow_the_label(driver, labe
 
 
 def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
-    fake = sorted((truth_out / "detail" / "FAKE").glob("*.html"))[0]
+    urls = detail_urls(truth_out)
+    fake = urls[sorted(k for k in urls if k.startswith("FAKE/"))[0]]
     check_page(driver, fake)  # every image (the colour bars too) loads, every link resolves, no console error
     bars = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('figure[data-method] .cbar'), function (b) {"
@@ -451,8 +472,9 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     outside[int(3 * s):int(17 * s), int(9 * s):int(25 * s)] = False
     assert greenness[region].mean() > greenness[outside].mean() + 40  # the region is shaded, the rest is not
     assert img[outside].std() > 20  # drawn over the picture
-    real = sorted((truth_out / "detail" / "REAL").glob("*.html"))[0]
+    real = urls[sorted(k for k in urls if k.startswith("REAL/"))[0]]
     open_page(driver, real)
+    assert driver.find_element("tag name", "h1").text.startswith("REAL/")
     assert not driver.find_elements("css selector", "figure.truth")
 
 
@@ -478,3 +500,55 @@ def test_hostile_names_never_run_script(driver, hostile_out):
     assert driver.execute_script("return window.__xss") == []
     open_page(driver, hostile_out / "skipped.html")
     assert "<svg onload=alert(5)>.png" in driver.find_element("tag name", "main").text
+
+
+def test_detail_view_maps_in_one_row_at_one_size_explanations_folded(driver, truth_out):
+    """Issue 20: every method's map in one row at one size at a desktop width, the explanations folded under
+    them; a narrow window gets no horizontal scroll bar."""
+    urls = detail_urls(truth_out)
+    fake = urls[sorted(k for k in urls if k.startswith("FAKE/"))[0]]
+    boxes = ("return Array.prototype.map.call(document.querySelectorAll('.views figure > img'), function (i) {"
+             "  var r = i.getBoundingClientRect(); return [r.top, r.width, r.height]; })")
+    try:
+        driver.set_window_size(1400, 1000)
+        open_page(driver, fake)
+        pics = driver.execute_script(boxes)
+        assert len(pics) == 3  # original, Grad-CAM, LIME
+        assert len({round(t) for t, _w, _h in pics}) == 1, pics  # one row
+        assert len({round(w) for _t, w, _h in pics}) == 1 and pics[0][1] >= 200, pics  # one size
+        folded = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('.views figure details'), function (d) {"
+            "  return [d.open, d.textContent]; })")
+        assert len(folded) == 2 and not any(o for o, _t in folded)
+        assert "bright = more important" in folded[0][1] and "raw map (.npy" in folded[0][1]
+        assert "probability units" in folded[1][1]
+        ticks = driver.find_elements("css selector", "figure[data-method] .cbar .ticks")
+        assert len(ticks) == 2 and all(t.is_displayed() for t in ticks)  # the numbers stay in sight
+        driver.set_window_size(420, 900)
+        open_page(driver, fake)
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        pics = driver.execute_script(boxes)
+        assert len({round(w) for _t, w, _h in pics}) == 1 and all(w <= 420 for _t, w, _h in pics), pics
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import labeled_rows, synth
+
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("gradcam", "lime"))
+    np.save(out / "maps" / "lime" / "FAKE" / "im_0000.npy", np.full((8, 8), 4e-4, np.float32))
+    np.save(out / "maps" / "lime" / "REAL" / "im_0001.npy", np.full((8, 8), -0.3, np.float32))
+    report.render(out)
+    urls = detail_urls(out)
+    check_page(driver, urls["FAKE/im_0000.png"])
+    note = driver.find_element("css selector", 'figure[data-method="lime"] .weak')
+    assert note.is_displayed() and "0.0004" in note.text and "overstate" in note.text
+    open_page(driver, urls["REAL/im_0001.png"])  # a strong map: nothing to warn of
+    assert not driver.find_elements("css selector", 'figure[data-method="lime"] .weak')
+    open_page(driver, out / "gallery" / "page-1.html")
+    weak = driver.find_elements("css selector", "li.card p.mag.weak")
+    assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text

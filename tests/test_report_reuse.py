@@ -111,7 +111,11 @@ def sanity_file(out):
 
 
 def lost_page(out):
-    (out / "detail" / "FAKE" / "im_0002.html").unlink()
+    (out / "detail" / "page-1.js").unlink()  # the detail view's data (one file per gallery page, not per image)
+
+
+def lost_viewer(out):
+    (out / "detail" / "page-1.html").unlink()
 
 
 def lost_csv(out):
@@ -133,14 +137,15 @@ def method_settings(out):
 
 
 @pytest.mark.parametrize("change", [change_row, remove_map, new_failure, failure_reason, mask_beside, sanity_file,
-                                    lost_page, lost_csv, lost_figure, method_settings])
+                                    lost_page, lost_viewer, lost_csv, lost_figure, method_settings])
 def test_every_change_rebuilds(out, change):
     change(out)
     stats = report.render(out)
     assert not stats.reused, change.__name__
     if change is sanity_file:
         assert "Sanity check" in (out / "index.html").read_text()
-    assert (out / "predictions.csv").is_file() and (out / "detail" / "FAKE" / "im_0002.html").is_file()
+    assert (out / "predictions.csv").is_file() and (out / "detail" / "page-1.js").is_file()
+    assert (out / "detail" / "page-1.html").is_file()
     again = report.render(out)  # and the next unchanged render reuses the new state
     assert again.reused
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from badfiles import bomb_png
 from conftest import make_checkpoint
+from xaibatch import layout
 from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag
 
@@ -202,7 +203,7 @@ def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monk
     report = ReportImages.load(tmp_path / "out")
     u = report.read("a b.png")
     assert u.data == png(1) and u.seed == image_seed("a b.png")
-    assert report.detail_url(u.sha256) == "/report/detail/a%20b.html"
+    assert report.detail_url(u.sha256) == f"/report/detail/page-1.html#{layout.card_id('a b.png')}"
     assert report.detail_url(decode_upload(png(2)).sha256) is None
     with pytest.raises(XaibatchError, match="not in the report"):
         report.read("../in/a b.png")
@@ -395,7 +396,8 @@ def test_a_picked_report_image_is_explained_and_linked(app, driver):
     _wait(driver, lambda d: _answer(d) > 0)
     res = driver.find_element(By.ID, "xb-result")
     assert res.find_elements(By.CSS_SELECTOR, "figure.xb-map[data-method=lime]"), res.text
-    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith("/report/detail/p0.html")
+    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith(
+        f"/report/detail/page-1.html#{layout.card_id('p0.png')}")
 
 
 @pytest.mark.browser
@@ -409,7 +411,7 @@ def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
     res = _upload_and_explain(driver, root / "photos" / "p1.png")
     link = res.find_element(By.CSS_SELECTOR, "a.xb-detail")
     href = link.get_attribute("href")
-    assert href.startswith(served.url.rstrip("/") + "/report/detail/") and href.endswith(".html")
+    assert href.startswith(served.url.rstrip("/") + "/report/detail/page-") and href.endswith("#" + layout.card_id("p1.png"))
     driver.get(href)
     assert "p1" in driver.page_source
 

@@ -9,12 +9,12 @@ backend of a caller (a notebook, say) is left alone. The numbers come from
 
 from __future__ import annotations
 
+import contextlib
 import io
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 VERSION = 1  # bump when a figure's look changes, so cached files are redrawn
 
@@ -28,7 +28,21 @@ _RC = {
 }
 
 
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """matplotlib's settings for one figure. matplotlib is imported here, when a figure is drawn, never at
+    import: its first import on a machine builds a font cache (about 15 s), which a report whose figures are
+    unchanged must not pay (tests/test_report_reuse.py)."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        yield
+
+
 def _new(width: float = 5.0, height: float = 3.2) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -42,7 +56,7 @@ def _svg(fig: Figure) -> bytes:
 
 def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
     """Counts per confidence bin, one outlined bar series per group (e.g. correct vs misclassified)."""
-    with matplotlib.rc_context(_RC):
+    with _style():
         fig = _new()
         ax = fig.add_subplot()
         widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -60,7 +74,7 @@ def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Seq
 
 def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, float | None]], ece: float) -> bytes:
     """Accuracy per confidence bin (bars) against perfect calibration (diagonal); bins are (lo, hi, n, conf, acc)."""
-    with matplotlib.rc_context(_RC):
+    with _style():
         fig = _new()
         ax = fig.add_subplot()
         lo, hi = bins[0][0], bins[-1][1]
@@ -92,7 +106,7 @@ def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int =
 
 def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
     """Rank correlation and SSIM to the original maps per randomization step, one line per method."""
-    with matplotlib.rc_context(_RC):
+    with _style():
         fig = _new(7.0, 3.2)
         axes = fig.subplots(1, 2, sharey=True)
         for ax, which, title in ((axes[0], 2, "Spearman rank correlation"), (axes[1], 3, "SSIM")):
@@ -112,7 +126,7 @@ def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Se
 def roc_curve(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float,
               auc: float, positive: str) -> bytes:
     """The ROC curve of the positive class's probability, with the operating point of the threshold marked."""
-    with matplotlib.rc_context(_RC):
+    with _style():
         fig = _new(4.2, 3.6)
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], color="#555", linestyle="--", linewidth=1, label="chance")

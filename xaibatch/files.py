@@ -198,6 +198,22 @@ class OutputDir:
                 pass
             raise
 
+    def read(self, rel: str, size: int) -> bytes | None:
+        """The bytes of ``root/rel`` when it is a regular file of exactly ``size`` bytes (never a link, never
+        outside root), else None: what a writer compares with before rewriting a file unchanged."""
+        rel_dir, _, name = rel.rpartition("/")
+        try:
+            if rel_dir and not os.path.isdir(safe_join(self.root, rel_dir)):
+                return None  # not there yet: do not create it just to look
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self._folder(rel_dir))
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return None
+            return f.read(size + 1)
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

@@ -19,6 +19,7 @@ Imports nothing heavy (no torch, no PIL), so planning a run and building the rep
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 from collections import defaultdict
 
@@ -101,9 +102,18 @@ def moved_map_path(path: str, method: str) -> str:
     return path
 
 
-def detail_page(stem: str) -> str:
-    """The report's page of one image (``xaibatch serve`` links to it too)."""
-    return f"detail/{stem}.html"
+def card_id(rel: str) -> str:
+    """An image's id in the report: its card's anchor and, after ``#``, its detail view's URL fragment."""
+    return "c" + hashlib.sha1(rel.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def detail_page(page: int) -> str:
+    """The detail viewer of gallery page ``page``; ``#<card_id>`` names one of its images (``xaibatch serve``
+    links to it too)."""
+    return f"detail/page-{page}.html"
+
+
+DETAIL_LINK = re.compile(r"detail/page-(\d+)\.html#(c[0-9a-f]{12})")  # a gallery card's link to its detail view
 
 
 FLAGGED = "flagged"  # `xaibatch serve`: images flagged as wrongly predicted, OUT/flagged/<label>/<hash>.<ext>

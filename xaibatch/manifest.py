@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from . import layout
 from .errors import XaibatchError
 
-SCHEMA_VERSION = 2  # 2: maps rows gained the faithfulness columns (added in place to older files)
+SCHEMA_VERSION = 3  # 2: maps rows gained the faithfulness columns, 3: view_json (both added in place to older files)
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
 SCHEMA = """
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS maps (
     deletion REAL, insertion REAL,     -- faithfulness AUCs (NULL: not computed), see faithfulness.py
     faith_json TEXT,                   -- their curves
     faith_hash TEXT,                   -- the map's hash plus the faithfulness settings they were computed under
+    view_json TEXT,                    -- what the report shows of the map without reading it (MapRow.view)
     PRIMARY KEY (rel, method)
 );
 CREATE TABLE IF NOT EXISTS failures (
@@ -102,6 +103,10 @@ class MapRow:
     insertion: float | None = None
     faith: dict[str, Any] | None = None  # the curves, see faithfulness.Scores.row
     faith_hash: str | None = None
+    # What the report shows of the map without reading the .npy back, computed with its picture
+    # (pipeline/writer.py:map_views): "scale" (the value drawn at full colour, overlay.display_scale),
+    # "peak" ([row, column] of its maximum, LIME: of its strongest evidence for the class) and "shape".
+    view: dict[str, Any] | None = None
 
 
 class ManifestError(XaibatchError):
@@ -206,9 +211,10 @@ class Manifest:
     def maps(self) -> dict[tuple[str, str], MapRow]:
         out = {}
         for r in self.db.execute("SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
-                                 " insertion, faith_json, faith_hash FROM maps"):
+                                 " insertion, faith_json, faith_hash, view_json FROM maps"):
             out[(r[0], r[1])] = MapRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7],
-                                       r[8], r[9], json.loads(r[10]) if r[10] else None, r[11])
+                                       r[8], r[9], json.loads(r[10]) if r[10] else None, r[11],
+                                       json.loads(r[12]) if r[12] else None)
         return out
 
     def image_rels(self) -> list[str]:
@@ -234,11 +240,18 @@ class Manifest:
     def put_map(self, row: MapRow) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO maps (rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
-            " insertion, faith_json, faith_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " insertion, faith_json, faith_hash, view_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.rel, row.method, row.config_hash, row.npy, row.png, row.thumb,
              json.dumps(row.info) if row.info else None, row.run_id, row.deletion, row.insertion,
-             json.dumps(row.faith) if row.faith else None, row.faith_hash),
+             json.dumps(row.faith) if row.faith else None, row.faith_hash,
+             json.dumps(row.view) if row.view else None),
         )
+
+    def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Store maps' views computed after the fact (older folders): (rel, method, config_hash, view); a row
+        recomputed meanwhile (another config_hash) keeps its own."""
+        self.db.executemany("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ? AND config_hash = ?",
+                            ((json.dumps(v), rel, m, h) for rel, m, h, v in views))
 
     def put_failure(self, rel: str, reason: str, run_id: int) -> None:
         """An image that cannot be read now leaves the report: its image and map rows go (files: the caller)."""
@@ -272,7 +285,7 @@ class Manifest:
 
 
 _ADDED_COLUMNS = {"maps": (("deletion", "REAL"), ("insertion", "REAL"), ("faith_json", "TEXT"),
-                            ("faith_hash", "TEXT"))}
+                            ("faith_hash", "TEXT"), ("view_json", "TEXT"))}
 
 
 def _migrate(db: sqlite3.Connection) -> None:

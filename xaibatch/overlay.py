@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image
 
 from .layout import THUMB_SIDE
@@ -24,6 +24,8 @@ def _colour_table(name: str) -> np.ndarray:
     Built once from matplotlib, so :func:`colorize` is one 1-d gather per map
     instead of a matplotlib call, with exactly the colours matplotlib gives.
     """
+    from matplotlib import colormaps  # here, not at import: the report needs it only to draw a colour bar
+
     cmap = colormaps[name]
     rgba = np.vstack([cmap(np.arange(cmap.N)), np.asarray(cmap.get_bad(), dtype=np.float64)[None]])
     packed = np.zeros((len(rgba), 4), dtype=np.uint8)
@@ -31,8 +33,11 @@ def _colour_table(name: str) -> np.ndarray:
     return packed.view(np.uint32)[:, 0]
 
 
-_HEAT = _colour_table("inferno")
-_SIGNED = _colour_table("RdBu_r")  # red = evidence for the explained class, blue = against
+@functools.cache
+def _packed(signed: bool) -> np.ndarray:
+    """The colour table of unsigned maps (inferno) or signed ones (RdBu_r: red = evidence for the explained
+    class, blue = against), built on first use."""
+    return _colour_table("RdBu_r" if signed else "inferno")
 
 
 def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -52,8 +57,8 @@ def colorize(m: np.ndarray, signed: bool) -> np.ndarray:
     """(H, W) map -> (H, W, 3) uint8 colours; signed maps are scaled symmetrically around 0."""
     if signed:
         lim = float(np.abs(m).max()) or 1.0
-        return _lookup(_SIGNED, 0.5 + 0.5 * np.clip(m / lim, -1, 1))
-    return _lookup(_HEAT, np.clip(m, 0, 1))
+        return _lookup(_packed(True), 0.5 + 0.5 * np.clip(m / lim, -1, 1))
+    return _lookup(_packed(False), np.clip(m, 0, 1))
 
 
 DISPLAY_PERCENTILE = 99.0
@@ -115,7 +120,7 @@ def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5
 def colour_stops(signed: bool, n: int = 33) -> list[tuple[float, tuple[int, int, int]]]:
     """``n`` (offset 0..1, RGB) stops of the colour ramp the overlays use, for a colour bar."""
     xs = np.linspace(0, 1, n, dtype=np.float32)
-    cols = _lookup(_SIGNED if signed else _HEAT, xs)
+    cols = _lookup(_packed(signed), xs)
     return [(float(x), (int(c[0]), int(c[1]), int(c[2]))) for x, c in zip(xs, cols, strict=True)]
 
 
@@ -146,7 +151,7 @@ def _table(signed: bool, device) -> Any:
 
     key = (signed, str(device))
     if key not in _TABLES:
-        packed = _SIGNED if signed else _HEAT
+        packed = _packed(signed)
         rgb = packed.view(np.uint8).reshape(-1, 4)[:, :3]
         _TABLES[key] = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
     return _TABLES[key]
@@ -193,6 +198,30 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.float() + a * colours
     return out.clamp_(0, 255).to(torch.uint8)
+
+
+def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
+    """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
+    "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size;
+    signed maps: max |m|, 0 when all zero);
+    "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
+    the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``."""
+    import torch
+
+    b = shown.shape[0]
+    flat = shown.float().reshape(b, -1)
+    if signed:  # an all-zero map keeps 0: no superpixel had any effect (the overlay is transparent)
+        scale = flat.abs().amax(dim=1)
+    else:
+        k = min(flat.shape[1] - 1, int(flat.shape[1] * DISPLAY_PERCENTILE / 100))
+        top = flat.kthvalue(k + 1, dim=1).values
+        scale = torch.where(top > 1e-6, top, torch.ones_like(top))
+    ev = full.float().reshape(b, -1)
+    peak = (ev.clamp(min=0) if signed else ev).argmax(dim=1)
+    w = full.shape[2]
+    shape = [int(full.shape[1]), int(w)]
+    return [{"scale": s, "peak": [p // w, p % w], "shape": shape}
+            for s, p in zip(scale.cpu().tolist(), peak.cpu().tolist(), strict=True)]
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):

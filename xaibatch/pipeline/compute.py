@@ -240,7 +240,8 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b["orig_size"]]
     fresh = [plan.work[e.rel].fresh for e in entries]
-    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side)
+    views: dict[str, list] = {name: [] for name in maps}
+    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side, views[name])
                 for name, (arr, *_) in maps.items()}
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
     thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
@@ -267,7 +268,7 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
         for name, (_, info, faith) in maps.items():
             full, over, thumb = pictures[name][j]
             item.maps.append(MapPictures(name, hashes.methods[name], full, over, thumb, info[j] if info else None,
-                                         faith[j] if faith else None))
+                                         faith[j] if faith else None, views[name][j]))
         job.items.append(item)
     return job
 

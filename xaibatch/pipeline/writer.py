@@ -44,6 +44,7 @@ class MapPictures:
     thumb: np.ndarray | None  # None: the overlay is small enough to be its own thumbnail
     info: dict[str, Any] | None = None
     faith: dict[str, Any] | None = None  # deletion/insertion scores and curves (--faithfulness), see faith_fields
+    view: dict[str, Any] | None = None  # MapRow.view: colour-bar scale and peak, see overlay.views_batch
 
 
 @dataclass
@@ -93,15 +94,19 @@ def map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
 
 
 def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]],
-                   max_map_side: int = 0):
+                   max_map_side: int = 0, views: list | None = None):
     """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
 
     ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
-    CIFAKE folder: all of them) go through in one call each.
+    CIFAKE folder: all of them) go through in one call each. ``views``: a list filled with each image's
+    MapRow.view (overlay.views_batch), so the report never reads the maps back.
     """
     import torch
 
-    from ..overlay import overlay_batch, resize_maps, thumbnail_batch
+    from ..overlay import overlay_batch, resize_maps, thumbnail_batch, views_batch
+
+    if views is not None:
+        views[:] = [None] * len(display)
 
     dev = maps.device
     out: list[Any] = [None] * len(display)
@@ -118,8 +123,11 @@ def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: li
         thumbs = thumbnail_batch(over)
         full_np, over_np = full.cpu().numpy(), over.cpu().numpy()
         thumbs_np = None if thumbs is None else thumbs.cpu().numpy()
+        group_views = views_batch(shown, full, signed) if views is not None else None
         for j, i in enumerate(idx):
             out[i] = (full_np[j], over_np[j], None if thumbs_np is None else thumbs_np[j])
+            if views is not None:
+                views[i] = group_views[j]
     return out
 
 
@@ -301,7 +309,7 @@ def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     stem, w, h = item.stem, item.width, item.height
     return [MapRow(item.rel, mp.method, mp.config_hash, layout.map_npy(mp.method, stem),
                    layout.map_png(mp.method, stem), layout.map_thumb(mp.method, stem, w, h), mp.info, run_id,
-                   **faith_fields(mp.faith)) for mp in item.maps]
+                   **faith_fields(mp.faith), view=mp.view) for mp in item.maps]
 
 
 def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:

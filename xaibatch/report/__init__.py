@@ -9,12 +9,16 @@ Layout written into the output folder::
 
     index.html                 summary: counts, metrics, figures, configuration, run history
     gallery/page-<n>.html      at most PAGE_SIZE cards each, in gallery order
-    detail/<stem>.html         one per image: original and every map at a readable size
+    detail/page-<n>.html       the detail viewer of gallery page n: one image at a time, every map at one size
+                               in one row; each image's URL is detail/page-<n>.html#<card id>
+    detail/page-<n>.js         its images' detail data (a plain script assigning JSON: works from file://),
+                               drawn by assets/detail.js with textContent only; one file per page, not per image
     history.html               every run
     skipped.html               every file that could not be read, and why
     figures/<name>-<hash>.svg  matplotlib figures (only redrawn when their numbers change)
     assets/report.<hash>.css   templates/assets/report.css, content-hashed
     assets/report.<hash>.js    templates/assets/report.js, content-hashed
+    assets/detail.<hash>.js    templates/assets/detail.js, content-hashed
 
 Gallery order: labeled runs show Misclassified first, then Correct, each split
 per true class (mistakes most confident first, correct ones least confident
@@ -26,12 +30,18 @@ Template names (a ``--template-dir`` may override any of them; the packaged
 ones are the fallback): ``base.html`` (page frame), ``_macros.html`` (card,
 pager, legend), ``_runs_table.html``, ``_failures_table.html``, ``index.html``,
 ``gallery.html``, ``detail.html``, ``history.html``, ``skipped.html``, and the
-assets ``assets/report.css`` and ``assets/report.js``.
+assets ``assets/report.css``, ``assets/report.js`` and ``assets/detail.js``.
+
+Every file is written through files.OutputDir (checked folders, descriptor-relative atomic renames), and
+nothing per image is read back from disk: each map's colour-bar scale and peak are stored with its row
+(MapRow.view, computed with its picture); ground-truth masks are read as user data (detail.read_array).
 
 The package::
 
     model.py        sizes, limits and the dataclasses a page shows (Card, MapView, ReportData, ...)
     data.py         build(): the report's data from the manifest; cards.py, metrics.py, detail.py, text.py help
+    detail.py       the detail view's records (and the views of maps from older folders, read once)
+    fastcards.py    the packaged card macro written out in Python (the gallery's per-image cost)
     render.py       render()/write_report(): Jinja over that data, writing only what changed
     predictions.py  predictions.csv
     snapshot.py     the key that says nothing per image changed, and the summary data saved with it

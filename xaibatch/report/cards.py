@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import stat
@@ -15,8 +14,9 @@ from ..layout import display_size
 from ..localization import MASK_SUFFIX
 from ..manifest import ImageRow, MapRow
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
-from .model import Block, Card, DETAIL_MIN_SIDE, GalleryPage, Group, INFO_WORDS, MAX_PROBS_SHOWN, MapView, MethodInfo, url
-from .text import class_name, fmt_pct, fmt_value
+from .model import Block, Card, DETAIL_MIN_SIDE, GalleryPage, Group, INFO_WORDS, MAX_PROBS_SHOWN, MapView, MethodInfo, \
+    WEAK_SIGNED_SCALE, url
+from .text import class_name, fmt_num, fmt_pct, fmt_value
 
 
 def mask_rel(rel: str) -> str:
@@ -60,14 +60,14 @@ def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: di
             views.append(MapView(
                 m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
                 [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-                npy_rel=row.npy, config_hash=row.config_hash, **_faith_view(row),
+                npy_rel=row.npy, config_hash=row.config_hash, **_faith_view(row), **_scale_view(row, m),
             ))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
-    detail = layout.detail_page(stem)
+    detail = ""  # set by paginate: layout.detail_page(page) + "#" + cid
     return Card(
-        rel=r.rel, stem=stem, cid="c" + hashlib.sha1(r.rel.encode("utf-8", "surrogatepass")).hexdigest()[:12],
+        rel=r.rel, stem=stem, cid=layout.card_id(r.rel),
         label=class_name(names, r.label), label_index=r.label, pred=class_name(names, r.pred) or "", pred_index=r.pred,
         target=class_name(names, r.target) or "", confidence=r.confidence, conf_text=fmt_pct(r.confidence),
         conf_attr=f"{r.confidence:.6f}",
@@ -76,8 +76,26 @@ def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: di
         detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
         width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
-        sha256=r.sha256[:12], size=r.size, mask_key=(masks or {}).get(mask_rel(r.rel), ""),
+        sha256=r.sha256[:12], size=r.size, mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
     )
+
+
+def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
+    """The map's stored view (see MapRow.view): its colour-bar scale, peak and shape; for signed maps the
+    magnitude the gallery prints, and a warning when it is so small that the full colours overstate it."""
+    v = row.view or {}
+    scale = v.get("scale")
+    if not isinstance(scale, (int, float)):
+        return {}
+    text = fmt_num(scale)
+    out: dict[str, Any] = {"scale": float(scale), "scale_text": text, "peak": v.get("peak"), "shape": v.get("shape")}
+    if m.signed:
+        out["mag"] = f"±{text}"
+        if scale < WEAK_SIGNED_SCALE:
+            out["weak"] = (f"weak evidence: hiding any one superpixel changes the probability by at most "
+                           f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
+                           "strongest superpixel, so full red and blue overstate it")
+    return out
 
 
 def _faith_view(row: MapRow) -> dict[str, Any]:
@@ -149,6 +167,8 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
         g.start_url = f"gallery/page-{g.start_page}.html#{g.key}"
         for c in g.cards:
             c.group_key = g.key
+            c.detail = f"{layout.detail_page(c.page)}#{c.cid}"
+            c.detail_url = url(layout.detail_page(c.page)) + f"#{c.cid}"
         i = 0
         while i < len(g.cards):
             p = g.cards[i].page

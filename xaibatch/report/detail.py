@@ -1,114 +1,231 @@
-"""What only a detail page needs: each map's colour-bar numbers and the ground truth with the pointing game."""
+"""What the detail view shows, as JSON-ready records: each map's colour-bar numbers (from the map rows'
+stored views, never from the .npy files) and the ground truth with the pointing game.
+
+The detail view is drawn in the browser (``templates/assets/detail.js``) from one data file per gallery
+page (``detail/page-<n>.js``), so the report's cost grows with its pages, not with its images.
+"""
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 
 from ..errors import UsageError
-from ..files import safe_join
+from ..files import NotRegularFile, open_regular, safe_join
 from ..layout import display_size
 from .cards import mask_rel
-from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, Point, TRUTH_MAX_SIDE, Truth
-from .text import fmt_num, fmt_pct
+from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
+from .text import fmt_bytes, fmt_num, fmt_pct
+
+MASK_MAX_PIXELS = 10_000_000  # a ground-truth mask larger than this is skipped without reading it
 
 
-def load_array(root: Path, rel: str) -> Any:
-    """A 2-d array from a regular ``.npy`` file under ``root``, or None (never blocks on a FIFO or device)."""
+class BadArray(ValueError):
+    """A .npy file the report will not read; the message says why, in a few words."""
+
+
+def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+    """A 2-d boolean or numeric array from a regular ``.npy`` file under ``root``; raises BadArray with the reason.
+
+    User data (ground-truth masks) is opened as images are: never a FIFO or a device (no block, no endless
+    read), the header checked before any data is read (no pickles, no structured dtypes, at most
+    ``max_pixels``), and never more than MAX_ARRAY_BYTES.
+    """
     import numpy as np
 
     try:
-        fd = os.open(safe_join(root, rel), os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ARRAY_BYTES:
-                return None
-            a = np.load(f, allow_pickle=False)
-    except (OSError, ValueError, UsageError, EOFError):
+        fd, st = open_regular(safe_join(root, rel))
+    except NotRegularFile:
+        raise BadArray("not a regular file") from None
+    except FileNotFoundError:
+        raise BadArray("missing") from None
+    except (OSError, UsageError) as e:
+        raise BadArray(f"cannot open it ({type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > MAX_ARRAY_BYTES:
+            raise BadArray(f"{fmt_bytes(st.st_size)}, over the limit of {fmt_bytes(MAX_ARRAY_BYTES)}")
+        try:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            shape, fortran, dtype = read[version](f, max_header_size=10_000)
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, KeyError):
+            raise BadArray("not a .npy file") from None
+        if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or \
+                not (dtype.kind in "biuf" and dtype.itemsize <= 8):
+            raise BadArray(f"unsupported dtype {dtype.str}")
+        if len(shape) != 2:
+            raise BadArray(f"{len(shape)}-d, not 2-d")
+        if shape[0] * shape[1] > max_pixels:
+            raise BadArray(f"{shape[1]}×{shape[0]}, over the limit of {max_pixels:,} pixels")
+        count = shape[0] * shape[1]
+        data = f.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            raise BadArray("truncated")
+    a = np.frombuffer(data, dtype=dtype)
+    return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
+
+
+def load_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+    """:func:`read_array`, or None when it refuses the file."""
+    try:
+        return read_array(root, rel, max_pixels)
+    except BadArray:
         return None
-    return a if getattr(a, "ndim", 0) == 2 else None
 
 
-def _scale(v: MapView, m: Any, c: Card) -> None:
-    """The numbers under the method's colour bar, as the overlay drew this image (see overlay.display_scale)."""
+# -- map views: what a map shows without reading it --------------------------------------------------------
+
+
+def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
+    """MapRow.view of a saved map (older folders, whose rows lack it), as the pipeline computes it with the
+    picture (overlay.views_batch): the colour bar's scale at the display size, the peak, the shape."""
+    import numpy as np
+
     from ..overlay import display_map, display_scale
 
-    s = display_scale(display_map(m, display_size(c.width, c.height), v.m.signed), v.m.signed)
-    v.ticks, v.scale_note = colour_ticks(s, v.m.signed, c.target)
+    m = np.nan_to_num(m.astype(np.float32, copy=False))
+    shown = display_map(m, display_size(width, height), signed)
+    s = float(np.abs(shown).max()) if signed else display_scale(shown, signed)  # as overlay.views_batch
+    evidence = np.where(m > 0, m, 0) if signed else m
+    y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
+    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])]}
 
 
-def colour_ticks(s: float, signed: bool, target: str) -> tuple[list[str], str]:
-    """The numbers under a colour bar drawn at full colour for ``s`` and what they mean (also ``xaibatch serve``)."""
+def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
+    """Store a view on every map row that lacks one (rows written before views existed): each such map is read
+    once, on the first report after an upgrade, never again. An unreadable map gets ``{"scale": None}``."""
+    signed = {m.name: m.signed for m in methods}
+    todo = manifest.db.execute(
+        "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
+        " WHERE m.view_json IS NULL").fetchall()
+    views = []
+    for rel, method, config_hash, npy, width, height in todo:
+        m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
+        if m is None or not m.size:
+            views.append((rel, method, config_hash, {"scale": None}))
+        else:
+            views.append((rel, method, config_hash, view_of(m, width, height, signed.get(method, False))))
+    if views:
+        with manifest.transaction():
+            manifest.set_views(views)
+    return len(views)
+
+
+def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
+    """The numbers under a map's colour bar, left to right, and the sentence that says what they mean."""
+    if v.scale is None:
+        return [], ""
+    return colour_ticks(v.scale, v.m.signed, target)
+
+
+def colour_ticks(scale: float, signed: bool, target: str) -> tuple[list[str], str]:
+    """The numbers under a colour bar drawn at full colour for ``scale``, and what they mean (the report's detail
+    view and ``xaibatch serve``)."""
+    s = fmt_num(scale)
     if signed:
-        return [f"−{fmt_num(s)}", "0", f"+{fmt_num(s)}"], (
-            f"Full red: +{fmt_num(s)}, hiding that superpixel lowers the probability of "
-            f"{target} by about {fmt_num(s)}; full blue: −{fmt_num(s)}, hiding it raises it.")
-    return ["0", fmt_num(s / 2), f"≥ {fmt_num(s)}"], (
-        f"Full colour: values of {fmt_num(s)} (this image's 99th percentile) and above.")
+        return ([f"−{s}", "0", f"+{s}"],
+                f"Full red: +{s}, hiding that superpixel lowers the probability of {target} by about "
+                f"{s}; full blue: −{s}, hiding it raises it.")
+    return ["0", fmt_num(scale / 2), f"≥ {s}"], f"Full colour: values of {s} (this image's 99th percentile) and above."
 
 
-def _region_path(mask: Any) -> str:
+# -- ground truth ------------------------------------------------------------------------------------------
+
+
+def region_path(mask: Any) -> str:
     """An SVG path covering the True cells of a boolean grid, one rectangle per horizontal run."""
     import numpy as np
 
-    parts = []
-    for y, row in enumerate(mask):
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
-        for x0, x1 in zip(edges[::2], edges[1::2], strict=True):
-            parts.append(f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z")
-    return "".join(parts)
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)  # both in row-major order: pairs line up
+    return "".join(f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z" for (y, x0), (_y, x1) in zip(starts.tolist(), ends.tolist(),
+                                                                                        strict=True))
 
 
-def _truth(mask: Any, c: Card, arrays: dict[str, Any]) -> Truth:
+def truth_record(mask: Any, c: Card) -> dict[str, Any]:
+    """The ground-truth figure and each map's pointing game (from its stored peak), as the detail view draws it."""
     import numpy as np
-
-    from ..localization import hit, peak
 
     h, w = mask.shape
     f = min(1.0, TRUTH_MAX_SIDE / max(h, w))
     gw, gh = max(1, round(w * f)), max(1, round(h * f))
     ys = (np.arange(gh) * h // gh)[:, None]
     xs = (np.arange(gw) * w // gw)[None, :]
-    points = []
-    for i, v in enumerate(c.maps):
-        colour = MARKER_COLOURS[i % len(MARKER_COLOURS)]
-        m = arrays.get(v.method)
-        if m is None or m.shape != mask.shape:
-            note = "map unreadable" if m is None else f"map {m.shape[1]}×{m.shape[0]} and mask {w}×{h} differ"
-            points.append(Point(i + 1, v.title, colour, 0, 0, None, None, note))
-            continue
-        evidence = np.where(m > 0, m, 0) if v.m.signed else m  # LIME: the strongest evidence *for* the class
-        y, x = peak(evidence)
-        points.append(Point(i + 1, v.title, colour, (x + 0.5) * gw / w, (y + 0.5) * gh / h, (x, y),
-                            hit(evidence, mask)))
     side = max(gw, gh)
     radius, font = side / 28, side / 9
-    for pt in points:
-        pt.lx = min(pt.x + radius, gw - 0.6 * font)
-        pt.ly = pt.y - radius if pt.y - radius >= font else pt.y + radius + font
-    return Truth(mask_rel(c.rel).rsplit("/", 1)[-1], gw, gh, _region_path(mask[ys, xs]), fmt_pct(float(mask.mean())),
-                 radius=radius, font=font, points=points)
+    points = []
+    for i, v in enumerate(c.maps):
+        pt: dict[str, Any] = {"n": i + 1, "title": v.title, "colour": MARKER_COLOURS[i % len(MARKER_COLOURS)]}
+        if v.peak is None or v.shape is None:
+            pt["note"] = "map unreadable"
+        elif tuple(v.shape) != (h, w):
+            pt["note"] = f"map {v.shape[1]}×{v.shape[0]} and mask {w}×{h} differ"
+        else:
+            y, x = v.peak
+            px, py = (x + 0.5) * gw / w, (y + 0.5) * gh / h
+            pt.update(px=[x, y], hit=bool(mask[y, x]), x=round(px, 2), y=round(py, 2),
+                      lx=round(min(px + radius, gw - 0.6 * font), 2),
+                      ly=round(py - radius if py - radius >= font else py + radius + font, 2))
+        points.append(pt)
+    return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1], "w": gw, "h": gh, "path": region_path(mask[ys, xs]),
+            "share": fmt_pct(float(mask.mean())), "r": round(radius, 2), "font": round(font, 2), "points": points}
 
 
-def detail_data(out_dir: Path, input_dir: Path | None, c: Card) -> None:
-    """Fill in what only the detail page shows, from the map files: the colour bars' numbers and, where the
-    demo's ground-truth mask lies beside the input image, the pointing game per method.
+def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
+    """The ground truth beside the card's image, or a record saying why its mask was skipped; None: no mask."""
+    if not c.mask_key or input_dir is None:
+        return None
+    try:
+        mask = read_array(input_dir, mask_rel(c.rel))
+    except BadArray as e:
+        return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1], "skipped": str(e)}
+    if mask.shape != (c.height, c.width):
+        return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1],
+                "skipped": f"{mask.shape[1]}×{mask.shape[0]}, the image is {c.width}×{c.height}"}
+    return truth_record(mask != 0, c)
 
-    Called only for pages that are (re)rendered; everything read here is covered by
-    the card's fingerprint (map rows, the image's hash, the mask's size and mtime).
-    """
-    arrays = {}
-    for v in c.maps:
-        m = load_array(out_dir, v.npy_rel)
-        v.ticks, v.scale_note = [], ""
-        if m is not None and m.size:
-            arrays[v.method] = m
-            _scale(v, m, c)
-    c.truth = None
-    if c.mask_key and input_dir is not None:
-        mask = load_array(input_dir, mask_rel(c.rel))
-        if mask is not None and mask.size:
-            c.truth = _truth(mask.astype(bool), c, arrays)
+
+# -- the records ---------------------------------------------------------------------------------------------
+
+
+def map_record(v: MapView, c: Card) -> dict[str, Any]:
+    ticks, note = scale_texts(v, c.target)
+    rec: dict[str, Any] = {"m": v.method, "png": v.png, "npy": v.npy, "ticks": ticks, "note": note,
+                           "info": [[k, x] for k, x, _w in v.info]}
+    if v.weak:
+        rec["weak"] = v.weak
+    if v.deletion is not None:
+        rec["del"], rec["ins"] = v.deletion, v.insertion
+        if v.curves:
+            rec["curves"] = list(v.curves)
+    return rec
+
+
+def neighbour(c: Card | None, page: int) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"id": c.cid} if c.page == page else {"id": c.cid, "page": c.page}
+
+
+def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str, Any] | None) -> dict[str, Any]:
+    """One image's detail view: every fact the page shows, as text the browser only places."""
+    return {
+        "id": c.cid, "rel": c.rel, "label": c.label, "pred": c.pred, "conf": c.conf_text, "correct": c.correct,
+        "target": c.target, "w": c.width, "h": c.height, "dw": c.disp_w, "dh": c.disp_h, "pixelated": c.pixelated,
+        "bytes": fmt_bytes(c.size), "sha": c.sha256, "image": c.image, "page": c.page,
+        "maps": [map_record(v, c) for v in c.maps], "probs": [[name, text] for name, _p, text in c.probs],
+        "truth": truth, "prev": neighbour(prev, c.page), "next": neighbour(nxt, c.page),
+    }
+
+
+def site_record(methods: list[MethodInfo], target_words: str, n_classes: int) -> dict[str, Any]:
+    """What every detail view shares: each method's legend and colour bar, the words for the info keys."""
+    from .model import INFO_WORDS
+
+    return {"target_words": target_words, "n_classes": n_classes, "info_words": INFO_WORDS,
+            "methods": {m.name: {"title": m.title, "signed": m.signed, "legend": m.legend,
+                                 "scale_words": m.scale_words, "bar": m.bar} for m in methods}}

@@ -33,7 +33,7 @@ FAILURES_ON_SUMMARY = 50
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 
 
-FINGERPRINT_VERSION = 1  # bump when what a detail page shows changes without a template change
+FINGERPRINT_VERSION = 2  # bump when what a detail page shows changes without a template change
 
 
 STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
@@ -49,7 +49,7 @@ TEMPLATE_NAMES = ("base.html", "_macros.html", "_runs_table.html", "_failures_ta
                   "gallery.html", "detail.html", "history.html", "skipped.html")
 
 
-ASSET_NAMES = ("report.css", "report.js")  # under assets/ in a template folder
+ASSET_NAMES = ("report.css", "report.js", "detail.js")  # under assets/ in a template folder
 
 
 MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00")  # each method's maximum on the ground-truth figure
@@ -59,6 +59,9 @@ TRUTH_MAX_SIDE = 128  # the ground-truth region is drawn on a grid at most this 
 
 
 MAX_ARRAY_BYTES = 256 << 20  # a map or mask file larger than this is not read for the detail page
+
+
+WEAK_SIGNED_SCALE = 0.01  # a signed (LIME) map whose strongest superpixel moves the probability less is flagged
 
 
 # What a map's per-image facts (MapRow.info) mean, for the detail page.
@@ -117,8 +120,12 @@ class MapView:
     info: list[tuple[str, str, str]]  # (key, value, what it means)
     npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
     config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
-    ticks: list[str] = field(default_factory=list, repr=False)  # colour bar numbers, left to right (detail page)
-    scale_note: str = field(default="", repr=False)
+    scale: float | None = None  # the value drawn at full colour (MapRow.view; None: unknown)
+    scale_text: str = ""  # the same, as the page prints it (3 significant digits)
+    peak: list[int] | None = None  # [row, column] of the map's maximum (MapRow.view)
+    shape: list[int] | None = None  # the saved map's [height, width]
+    mag: str = ""  # signed maps: "±0.0006", the scale the gallery prints under the card
+    weak: str = ""  # signed maps whose scale is under WEAK_SIGNED_SCALE: the warning, in words
     deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
     insertion: str | None = None
     curves: tuple[str, str] | None = None  # SVG polyline points of the deletion and insertion curves
@@ -153,40 +160,9 @@ class Card:
     sha256: str = ""
     size: int = 0
     mask_key: str = ""  # "size:mtime" of a ground-truth mask (<name>.mask.npy) beside the input image, or ""
-    truth: Truth | None = field(default=None, repr=False)  # filled only when the detail page is rendered
     group_key: str = field(default="", repr=False)
     index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
     page: int = 1
-
-
-@dataclass
-class Point:
-    """One method's maximum on the ground-truth figure and its pointing-game result."""
-
-    n: int
-    title: str
-    colour: str
-    x: float  # figure coordinates (the truth grid)
-    y: float
-    px: tuple[int, int] | None  # (x, y) in image pixels; None when the map could not be compared
-    hit: bool | None
-    note: str = ""
-    lx: float = 0.0  # where its number is written, kept inside the figure
-    ly: float = 0.0
-
-
-@dataclass
-class Truth:
-    """The demo's ground-truth region beside an image, drawn as an SVG path, and each map's pointing game."""
-
-    mask_name: str
-    width: int  # the figure's grid (the mask, shrunk to at most TRUTH_MAX_SIDE)
-    height: int
-    path: str  # SVG path of the region
-    share: str  # the region's share of the image: a map pointing at random hits this often
-    radius: float
-    font: float
-    points: list[Point]
 
 
 @dataclass
@@ -212,6 +188,7 @@ class Block:
     first: int  # 1-based position of cards[0] within the group
     last: int
     heading_section: str | None  # the section title when this block opens a section on this page
+    html: Any = None  # its cards' HTML, when rendered without Jinja (report/fastcards.py)
 
 
 @dataclass
@@ -278,6 +255,7 @@ class ReportData:
     page_size: int = PAGE_SIZE
     card_width: int = 0
     card_thumb: int = CARD_THUMB_PX
+    weak_scale: float = WEAK_SIGNED_SCALE
     target_words: str = "the predicted class"
     version: str = __version__
     has_csv: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 
 from .. import layout
@@ -12,9 +13,10 @@ from ..manifest import ImageRow, Manifest, MapRow
 
 
 def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow] | None = None,
-                          maps: dict[tuple[str, str], MapRow] | None = None) -> float | None:
-    """Write predictions.csv (from the manifest unless its rows are given); return the accuracy over labeled
-    images (None when there are none)."""
+                          maps: dict[tuple[str, str], MapRow] | None = None,
+                          write: Callable[[str, bytes], None] | None = None) -> float | None:
+    """Write predictions.csv (from the manifest unless its rows are given; with ``write(rel, bytes)``, the
+    report's checked writer, when given); return the accuracy over labeled images (None when there are none)."""
     import csv
     import io
 
@@ -40,7 +42,10 @@ def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow]
                       for v in ((row.deletion, row.insertion) if row else (None, None))]
         w.writerow([csv_cell(rel), csv_cell(label), csv_cell(names[r.pred]), f"{r.confidence:.6f}", correct,
                     *[f"{v:.6f}" for v in r.probs], *faith])
-    atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
+    if write is not None:
+        write("predictions.csv", buf.getvalue().encode())
+    else:
+        atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
 

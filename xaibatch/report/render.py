@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import operator
 import os
 import time
 from dataclasses import dataclass, fields
@@ -16,14 +18,15 @@ import jinja2
 from .. import layout
 from ..errors import UsageError, XaibatchError
 from ..manifest import Manifest
-from ..files import atomic_write_bytes, safe_join, walk_files
+from ..files import OutputDir, safe_join, walk_files
 from ..resources import templates_dir
 from . import snapshot
-from .data import assemble
+from .data import History, assemble, method_infos
 from .predictions import write_predictions_csv
 from .snapshot import fingerprint, templates_key
-from .detail import detail_data
-from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, up, url
+from .fastcards import MACRO_FILES, cards_html
+from .detail import backfill_views, detail_record, site_record, truth_of
+from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, url
 from .text import fmt_bytes
 
 
@@ -63,6 +66,10 @@ class WriteStats:
 
 
 class PageWriter:
+    """Every file of the report goes through here: pages, data files, assets, figures, predictions.csv and
+    the state, each written with :class:`~xaibatch.files.OutputDir` (checked folders, descriptor-relative
+    atomic renames), so a symlink planted under the output folder cannot redirect a write outside it."""
+
     def __init__(self, out_dir: Path, stats: WriteStats) -> None:
         self.out = out_dir
         self.stats = stats
@@ -70,8 +77,14 @@ class PageWriter:
         self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
         self.sizes: dict[str, int] | None = None  # page -> size of the file there now (list_pages)
         self.fingerprints: dict[str, str] = {}
+        self.truth_cache: dict[str, list[Any]] = {}  # mask path -> [fingerprint, truth record] (see _truth)
+        self.truths: dict[str, list[Any]] = {}  # the same, for this write's images
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
+        self.files = OutputDir(out_dir)
+
+    def close(self) -> None:
+        self.files.close()
 
     def _path(self, rel: str) -> Path:
         # Lexical check only (resolve() per page costs more than rendering it); the top folders are checked once.
@@ -89,15 +102,12 @@ class PageWriter:
 
     def write(self, rel: str, data: bytes) -> None:
         """Write only when the bytes differ: unchanged files keep their mtime."""
-        path = self._path(rel)
+        self._path(rel)
         self._count(rel, len(data))
-        try:
-            if path.stat().st_size == len(data) and path.read_bytes() == data:
-                self.stats.unchanged += 1
-                return
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        atomic_write_bytes(path, data)
+        if self.files.read(rel, len(data)) == data:
+            self.stats.unchanged += 1
+            return
+        self.files.write(rel, data)
         self.stats.written += 1
 
     def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
@@ -128,6 +138,8 @@ class PageWriter:
             state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
             if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
                 self.previous = state["pages"]
+                if isinstance(state.get("truth"), dict):
+                    self.truth_cache = state["truth"]
                 return state
         except (OSError, ValueError, AttributeError):
             pass
@@ -136,28 +148,21 @@ class PageWriter:
 
     def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
         body = json.dumps({"version": FINGERPRINT_VERSION, "content": content_key, "summary": summary,
-                           "pages": self.fingerprints},  # in gallery order
+                           "pages": self.fingerprints, "truth": self.truths},  # in gallery order
                           ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
-        path = self.out / STATE_NAME
-        try:
-            if path.read_bytes() == body:
-                return
-        except OSError:
-            pass
-        atomic_write_bytes(path, body)
+        if self.files.read(STATE_NAME, len(body)) != body:
+            self.files.write(STATE_NAME, body)
 
 
-_CARD_FIELDS = [f.name for f in fields(Card) if f.repr]
+_card_fields = operator.attrgetter(*(f.name for f in fields(Card) if f.repr and f.name != "maps"))
 
 
-_MAP_FIELDS = [f.name for f in fields(MapView) if f.repr]
+_map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr))
 
 
 def _card_key(c: Card) -> str:
     """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
-    values = [getattr(c, f) for f in _CARD_FIELDS]
-    values[_CARD_FIELDS.index("maps")] = [[getattr(v, f) for f in _MAP_FIELDS] for v in c.maps]
-    return repr(values)
+    return repr((_card_fields(c), [_map_fields(v) for v in c.maps]))
 
 
 def _asset_source(name: str, template_dir: Path | None) -> bytes:
@@ -174,24 +179,33 @@ def _write_assets(w: PageWriter, data: ReportData, template_dir: Path | None) ->
         stem, ext = name.rsplit(".", 1)
         rel = f"assets/{stem}.{hashlib.sha256(body).hexdigest()[:8]}.{ext}"
         w.write(rel, body)
-        data.assets[ext] = url(rel)
+        data.assets[ext if stem == "report" else stem] = url(rel)  # "css", "js", "detail"
+
+
+COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn only when their file is missing)
 
 
 def _write_colour_bars(w: PageWriter, data: ReportData) -> None:
-    """One small SVG colour bar per colour map, shared by every page and image (named by its content)."""
-    from .. import figures
-    from ..overlay import colour_stops
-
+    """One small SVG colour bar per colour map, shared by every page and image; drawn only when its file is
+    missing (drawing needs matplotlib's colour tables, which an unchanged report does not import)."""
     for m in data.methods:
-        body = figures.colour_bar(colour_stops(m.signed))
-        rel = f"assets/colourbar.{hashlib.sha256(body).hexdigest()[:8]}.svg"
-        w.write(rel, body)
+        key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
+        rel = f"assets/colourbar.{key}.svg"
+        if rel not in w.paths and not (w.out / rel).is_file():
+            from .. import figures
+            from ..overlay import colour_stops
+
+            w.write(rel, figures.colour_bar(colour_stops(m.signed)))
+        elif rel not in w.paths:
+            w._path(rel)
+            w.stats.unchanged += 1
         m.bar = url(rel)
 
 
 def _write_figures(w: PageWriter, data: ReportData) -> None:
-    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn."""
-    from .. import figures
+    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
+    matplotlib is never imported)."""
+    from .. import figures  # matplotlib itself only when one is drawn
 
     wanted: list[tuple[str, Any, str, Any]] = []
     if data.total:
@@ -237,7 +251,8 @@ def _write_figures(w: PageWriter, data: ReportData) -> None:
 def _remove_stale(w: PageWriter) -> None:
     """Delete report files this write did not produce: pages of removed images, old assets and figures."""
     out = w.out
-    patterns = {"assets": (".css", ".js", ".svg"), "figures": (".svg",), "gallery": (".html",), "detail": (".html",)}
+    patterns = {"assets": (".css", ".js", ".svg"), "figures": (".svg",), "gallery": (".html",),
+                "detail": (".html", ".js")}
     for top, exts in patterns.items():
         root = out / top
         if not root.is_dir():
@@ -259,13 +274,26 @@ def _remove_stale(w: PageWriter) -> None:
 def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     """Bring the report up to date: the run history only when nothing else changed, else build and write
     (pages whose inputs did not change are not rendered again); returns what was written."""
-    t0 = time.perf_counter()
     out = Path(out_dir)
     stats = WriteStats(index=out / "index.html")
     w = PageWriter(out, stats)
+    collecting = gc.isenabled()
+    gc.disable()  # the report builds many long-lived objects and few cycles: without this, the cyclic
+    try:  # collector walks every card again and again (measured: half the time of a 20,000-image build)
+        return _render(w, out, stats, template_dir)
+    finally:
+        if collecting:
+            gc.enable()
+        w.close()
+
+
+def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | None) -> WriteStats:
+    t0 = time.perf_counter()
     state = w.load_state()
     manifest = Manifest(out / layout.MANIFEST)
     try:
+        history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
+        backfill_views(out, manifest, method_infos(history.runs, history.config, manifest.map_methods()))
         found = snapshot.inputs(out, manifest, template_dir)
         if template_dir is None and state.get("content") == found.key:
             data = snapshot.load(state.get("summary") or {})
@@ -273,9 +301,8 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
                 found.history.apply(data)
                 stats.seconds_build = time.perf_counter() - t0
                 _write_summary(w, environment(), data)
-                kept = len(w.previous) + 1  # the pages (gallery and detail) and skipped.html
-                stats.pages += kept
-                stats.unchanged += kept + len(_linked(data))
+                stats.pages += sum(1 for rel in w.previous if rel.endswith(".html")) + 1  # and skipped.html
+                stats.unchanged += len(w.previous) + 1 + len(_linked(data))
                 stats.gallery_pages = len(data.pages)
                 stats.reused, stats.accuracy = True, data.accuracy
                 stats.seconds_total = time.perf_counter() - t0
@@ -288,7 +315,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    write_predictions_csv(out, data.class_names, images, maps)  # before the pages, which link to it
+    write_predictions_csv(out, data.class_names, images, maps, write=w.files.write)  # before the pages linking it
     env = environment(template_dir)
     _write_assets(w, data, template_dir)
     _write_colour_bars(w, data)
@@ -297,8 +324,9 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
         w.list_pages()
     site = data.site()
     site_key = fingerprint(templates_key(template_dir), site)
-    keys = _write_details(w, env, data, site, site_key)
-    _write_gallery(w, env, data, site_key, keys)
+    keys = [_card_key(c) for c in data.cards]
+    _write_details(w, env, data, site, site_key, keys)
+    _write_gallery(w, env, data, site_key, keys, template_dir)
     w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
     summary = snapshot.save(data)
     _write_summary(w, env, data)
@@ -324,37 +352,82 @@ def _linked(data: ReportData) -> list[str]:
     return sorted({*data.assets.values(), *(f["src"] for f in data.figures.values()), *(m.bar for m in data.methods)})
 
 
-def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str) -> list[str]:
-    """One page per image; re-rendered only when its card, a neighbour's card, the site or a template changed."""
-    detail = env.get_template("detail.html")
+def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
+    """The card's ground truth (detail.truth_of), from the cache while its mask and its maps' peaks are the
+    same: a mask is read once, not on every page write."""
+    if not c.mask_key or data.input_dir is None:
+        return None
+    key = fingerprint(c.mask_key, c.width, c.height, [(v.title, v.peak, v.shape) for v in c.maps])
+    hit = w.truth_cache.get(c.rel)
+    truth = hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(data.input_dir, c)
+    w.truths[c.rel] = [key, truth]
+    return truth
+
+
+def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
+    """A detail data file: a plain script that hands its JSON to the viewer (``fetch`` is refused on file://).
+    ASCII JSON is a valid JavaScript expression; file names are data in it, never markup (and "<" is written
+    \\u003c, so not even a "</script>" in a name could end a script if the file were ever inlined)."""
+    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
+    return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
+
+
+def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str,
+                   keys: list[str]) -> None:
+    """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
+    (detail/page-<n>.js) with its images' detail records; the browser draws one image, named in the URL's
+    fragment (detail/page-<n>.html#<card id>). A data file is rewritten only when one of its cards, a
+    neighbour across its edges, the site or a template changed."""
+    viewer = env.get_template("detail.html")
     cards = data.cards
-    keys = [_card_key(c) for c in cards]
+    shared = site_record(data.methods, data.target_words, data.n_classes)
+    for p in data.pages:
+        first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
+        page_cards = cards[first:last]
+        before = cards[first - 1] if first > 0 and page_cards else None
+        after = cards[last] if last < len(cards) and page_cards else None
+        fp = fingerprint(site_key, keys[first:last], before and (before.cid, before.page),
+                         after and (after.cid, after.page), data.input_dir is not None)
 
-    def render_detail(c: Card, prev: Card | None, nxt: Card | None, root: str) -> str:
-        detail_data(w.out, data.input_dir, c)
-        return detail.render(r=site, c=c, root=root, nav="detail", prev=prev, next=nxt)
+        def script(page_cards=page_cards, first=first) -> str:
+            records = []
+            for i, c in enumerate(page_cards):
+                j = first + i
+                prev = cards[j - 1] if j > 0 else None
+                nxt = cards[j + 1] if j + 1 < len(cards) else None
+                records.append(detail_record(c, prev, nxt, _truth(w, data, c)))
+            return detail_script(shared, records).decode("ascii")
 
-    for i, c in enumerate(cards):
-        prev = cards[i - 1] if i > 0 else None
-        nxt = cards[i + 1] if i + 1 < len(cards) else None
-        root = up(c.detail)
-        fp = fingerprint(site_key, keys[i - 1] if prev else None, keys[i], keys[i + 1] if nxt else None)
-        w.write_page(c.detail, fp, lambda: render_detail(
-            c, prev, nxt, root))  # noqa: B023 - called at once
-    return keys  # the gallery pages' fingerprints reuse them
+        rel = f"detail/page-{p.number}.js"
+        w.write_page(rel, fp, script)
+        if w.fingerprints[rel] == w.previous.get(rel):  # not rebuilt: keep its cached ground truths
+            for c in page_cards:
+                if c.rel in w.truth_cache and c.mask_key:
+                    w.truths[c.rel] = w.truth_cache[c.rel]
+        w.write_page(f"detail/page-{p.number}.html", fingerprint(site_key, p.number, len(data.pages)),
+                     lambda n=p.number: viewer.render(r=site, number=n, pages=len(data.pages), root="../",
+                                                      nav="detail", data_src=f"page-{n}.js"))
 
 
-def _write_gallery(w: PageWriter, env: jinja2.Environment, data: ReportData, site_key: str, keys: list[str]) -> None:
+def _write_gallery(w: PageWriter, env: jinja2.Environment, data: ReportData, site_key: str, keys: list[str],
+                   template_dir: Path | None = None) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     gallery = env.get_template("gallery.html")
     layout_key = fingerprint(site_key, data.card_width, data.card_thumb, data.class_names, data.labeled, data.total,
                              len(data.pages), data.sections, data.trust.faith if data.trust else None)
+    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
     for p in data.pages:
         shown = [(b.group.key, b.group.title, b.group.count, b.group.order, b.group.class_index, b.group.section,
                   b.group.section_title, b.first, b.last, b.heading_section, [keys[c.index] for c in b.cards])
                  for b in p.blocks]
         fp = fingerprint(layout_key, p.number, p.first, p.last, shown)
-        w.write_page(p.path, fp, lambda: gallery.render(r=data, p=p, root="../", nav="gallery"))  # noqa: B023
+        w.write_page(p.path, fp, lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+
+
+def _render_gallery(gallery: jinja2.Template, data: ReportData, p: Any, fast: bool) -> str:
+    for b in p.blocks:
+        b.html = cards_html(b.cards, "../", data.card_thumb) if fast else None
+    return gallery.render(r=data, p=p, root="../", nav="gallery")
 
 
 def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> None:

@@ -55,7 +55,20 @@ def text_on(rgb: tuple[int, ...]) -> str:
     return "#fff" if 1.05 / (lum + 0.05) >= (lum + 0.05) / 0.05 else "#000"
 
 
-def css_gradient(signed: bool) -> str:
+# The overlays' two colour ramps (overlay.colorize) at 9 stops, as CSS: kept as text so that a report which
+# draws no figure needs no matplotlib (its colour tables come from there); tests/test_report.py checks them.
+CSS_GRADIENTS = {
+    False: "linear-gradient(to right, rgb(0,0,3), rgb(32,12,74), rgb(87,15,109), rgb(137,34,105), rgb(187,55,84), "
+           "rgb(228,90,49), rgb(249,142,8), rgb(248,203,52), rgb(252,254,164))",
+    True: "linear-gradient(to right, rgb(5,48,97), rgb(41,113,177), rgb(107,172,208), rgb(194,221,235), "
+          "rgb(247,246,246), rgb(250,204,180), rgb(228,128,101), rgb(185,39,50), rgb(103,0,31))",
+}
+
+
+def css_gradient(signed: bool, computed: bool = False) -> str:
+    """The colour ramp of signed or unsigned maps as a CSS gradient (``computed``: from overlay.colorize)."""
+    if not computed:
+        return CSS_GRADIENTS[signed]
     import numpy as np
 
     from ..overlay import colorize

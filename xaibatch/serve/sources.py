@@ -48,6 +48,7 @@ class ReportImages:
     rows: dict[str, ImageRow] = field(default_factory=dict)  # rel -> row
     by_sha: dict[str, ImageRow] = field(default_factory=dict)
     problem: str | None = None  # why the report could not be read
+    pages: dict[str, int] | None = None  # card id -> gallery page, read from the gallery's links when first asked
 
     @classmethod
     def load(cls, out: Path) -> "ReportImages":
@@ -76,13 +77,26 @@ class ReportImages:
         row = self.by_sha.get(sha256)
         if row is None:
             return None
-        page = layout.detail_page(row.stem)
-        try:
-            if not safe_join(self.out, page).is_file():
-                return None
-        except XaibatchError:
+        cid = layout.card_id(row.rel)
+        page = self.detail_pages().get(cid)
+        if page is None:
             return None
-        return f"{REPORT_ROUTE}/{url(page)}"
+        return f"{REPORT_ROUTE}/{url(layout.detail_page(page))}#{cid}"
+
+    def detail_pages(self) -> dict[str, int]:
+        """Which detail viewer shows each image: the links of the gallery's cards, read once (a page per 200 images)."""
+        if self.pages is None:
+            self.pages = {}
+            gallery = self.out / "gallery"
+            for f in sorted(gallery.glob("page-*.html")) if gallery.is_dir() else []:
+                if f.is_symlink() or not f.is_file():
+                    continue  # the report writes plain files; never block on a FIFO planted there
+                try:
+                    text = f.read_text("utf-8", errors="replace")
+                except OSError:
+                    continue
+                self.pages.update((cid, int(n)) for n, cid in layout.DETAIL_LINK.findall(text))
+        return self.pages
 
     def read(self, rel: str) -> Upload:
         """One of the report's images, read from its input folder, with the seed its run gave it (LIME)."""

@@ -1,0 +1,176 @@
+/* xaibatch report: the detail view. Draws one image of a gallery page from that page's data file
+   (detail/page-<n>.js sets window.XAIBATCH_DETAIL), the image named in the URL fragment (#<card id>), the
+   first one without it. Dependency-free; every element is built with createElement and textContent, never
+   from HTML text, so file and class names (user data) stay text. */
+(function () {
+  "use strict";
+  var root = document.getElementById("detail");
+  var data = window.XAIBATCH_DETAIL;
+  if (!root || !data) { return; }
+  var site = data.site, images = data.images;
+  var gallery = root.getAttribute("data-gallery"), up = "../";
+  var siteTitle = document.title.slice(document.title.indexOf(" · ") + 3);  // after our own prefix
+  var byId = {};
+  images.forEach(function (im, i) { byId[im.id] = i; });
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function el(tag, attrs, kids) {
+    var e = document.createElement(tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    (kids || []).forEach(function (k) { if (k !== null && k !== undefined) { e.appendChild(typeof k === "string" ? document.createTextNode(k) : k); } });
+    return e;
+  }
+  function svg(tag, attrs, kids) {
+    var e = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    (kids || []).forEach(function (k) { e.appendChild(typeof k === "string" ? document.createTextNode(k) : k); });
+    return e;
+  }
+  function href(n) { return n.page ? "page-" + n.page + ".html#" + n.id : "#" + n.id; }
+
+  function pager(im) {
+    function side(n, rel, text) {
+      if (!n) { return el("span", {"aria-disabled": "true"}, [text]); }
+      var a = el("a", {href: href(n), rel: rel}, rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
+        : ["Next", el("span", {"class": "sr"}, [" image"]), " →"]);
+      if (!n.page) { a.addEventListener("click", function () { show(n.id); }); }
+      return a;
+    }
+    return el("nav", {"class": "pager", "aria-label": "Neighbouring images"}, [el("ul", {}, [
+      el("li", {}, [side(im.prev, "prev", "← Previous")]),
+      el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id}, ["Back to gallery page " + im.page])]),
+      el("li", {}, [side(im.next, "next", "Next →")])])]);
+  }
+
+  function facts(im) {
+    var kids = [];
+    function row(k, v, cls) { kids.push(el("dt", {}, [k])); kids.push(el("dd", cls ? {"class": cls} : {}, v)); }
+    if (im.label !== null) { row("True class", [im.label]); }
+    var verdict = im.correct === false ? el("strong", {"class": "bad"}, ["misclassified"])
+      : im.correct ? el("span", {"class": "good"}, ["correct"]) : null;
+    row("Predicted", [im.pred + " (" + im.conf + ")", verdict ? " " : null, verdict]);
+    row("Maps explain", [im.target + " (" + site.target_words + ")"]);
+    row("File", [im.rel], "name");
+    row("Size", [im.w + "×" + im.h + " px, " + im.bytes + ", sha256 " + im.sha]);
+    return el("dl", {"class": "facts"}, kids);
+  }
+
+  function picture(src, alt, im) {
+    var a = {src: up + src, alt: alt, width: String(im.dw), height: String(im.dh)};
+    if (im.pixelated) { a["class"] = "pixelated"; }
+    return el("img", a);
+  }
+
+  function colourBar(m, ticks) {
+    var s = svg("svg", {width: "256", height: "14", viewBox: "0 0 256 14", "aria-hidden": "true"},
+                [svg("image", {href: up + m.bar, width: "256", height: "14"})]);
+    var kids = [s];
+    if (ticks.length) { kids.push(el("span", {"class": "ticks"}, ticks.map(function (t) { return el("span", {}, [t]); }))); }
+    return el("span", {"class": "cbar"}, kids);
+  }
+
+  function mapFigure(v, im) {
+    var m = site.methods[v.m] || {title: v.m, legend: "", scale_words: "", bar: ""};
+    var about = [el("small", {}, [m.scale_words + "." + (v.note ? " " + v.note : "")]), el("br"),
+                 el("small", {}, [m.legend + "."]), el("br")];
+    if (v.del !== undefined) {
+      about.push(el("small", {}, ["deletion AUC " + v.del + " (lower is better), insertion AUC " + v.ins + " (higher is better)"]), el("br"));
+      if (v.curves) {
+        about.push(svg("svg", {"class": "curves", width: "120", height: "60", viewBox: "-2 -2 124 64", role: "img",
+          "aria-label": "deletion (red) and insertion (blue) curves: probability of " + im.target + " against the share of pixels changed"}, [
+          svg("rect", {x: "0", y: "0", width: "120", height: "60", fill: "none", stroke: "#ccc"}),
+          svg("polyline", {points: v.curves[0], fill: "none", stroke: "#D55E00", "stroke-width": "1.5"}),
+          svg("polyline", {points: v.curves[1], fill: "none", stroke: "#0072B2", "stroke-width": "1.5"})]), el("br"));
+      }
+    }
+    about.push(el("a", {href: up + v.npy, download: ""}, ["raw map (.npy, float32, " + im.h + "×" + im.w + ")"]));
+    if (v.info.length) {
+      about.push(el("ul", {"class": "info"}, v.info.map(function (kv) {
+        var words = site.info_words[kv[0]];
+        return el("li", {}, [el("code", {}, [kv[0] + "=" + kv[1]]), words ? ": " + words : null]);
+      })));
+    }
+    var cap = [el("strong", {}, [m.title]), el("br"), colourBar(m, v.ticks)];
+    if (v.weak) { cap.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
+    cap.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
+    return el("figure", {"data-method": v.m}, [
+      picture(v.png, m.title + " map of " + im.rel + " for class " + im.target, im), el("figcaption", {}, cap)]);
+  }
+
+  function views(im) {
+    var figs = [el("figure", {}, [picture(im.image, im.rel + ": original", im),
+      el("figcaption", {}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])];
+    im.maps.forEach(function (v) { figs.push(mapFigure(v, im)); });
+    var d = el("div", {"class": "views"}, figs);
+    d.style.setProperty("--n", String(figs.length));
+    d.style.setProperty("--w", im.dw + "px");
+    return d;
+  }
+
+  function truth(im) {
+    var t = im.truth;
+    if (!t) { return null; }
+    var h2 = el("h2", {id: "h-truth"}, ["Ground truth"]);
+    if (t.skipped) {
+      return el("section", {"aria-labelledby": "h-truth"}, [h2, el("p", {"class": "warn"},
+        ["The ground-truth mask ", el("code", {}, [t.mask]), " beside the input image was skipped: " + t.skipped + "."])]);
+    }
+    var marks = [svg("image", {href: up + im.image, x: "0", y: "0", width: String(t.w), height: String(t.h), preserveAspectRatio: "none"}),
+                 svg("path", {d: t.path, fill: "#00d000", "fill-opacity": "0.45"})];
+    t.points.forEach(function (p) {
+      if (!p.px) { return; }
+      marks.push(svg("circle", {cx: p.x.toFixed(2), cy: p.y.toFixed(2), r: t.r.toFixed(2), fill: "none", stroke: p.colour,
+        "stroke-width": "2", "vector-effect": "non-scaling-stroke"}));
+      marks.push(svg("text", {x: p.lx.toFixed(2), y: p.ly.toFixed(2), "font-size": t.font.toFixed(2), fill: p.colour, stroke: "#000",
+        "stroke-width": "0.6", "paint-order": "stroke", "vector-effect": "non-scaling-stroke"}, [String(p.n)]));
+    });
+    var fig = el("figure", {"class": "truth"}, [
+      svg("svg", {viewBox: "0 0 " + t.w + " " + t.h, width: String(im.dw), height: String(im.dh), role: "img", "aria-labelledby": "truth-cap"}, marks),
+      el("figcaption", {id: "truth-cap"}, ["Ground-truth region (green) and each map's maximum (numbered rings)."])]);
+    var rows = t.points.map(function (p) {
+      var result = p.hit === undefined ? "not scored: " + p.note
+        : p.hit ? el("span", {"class": "good"}, ["hit"]) : el("strong", {"class": "bad"}, ["miss"]);
+      var sw = el("span", {"class": "swatch", "aria-hidden": "true"});
+      sw.style.borderColor = p.colour;
+      return el("tr", {}, [el("td", {}, [sw, " " + p.n]), el("th", {scope: "row"}, [p.title]),
+        el("td", {}, [p.px ? "(" + p.px[0] + ", " + p.px[1] + ")" : "–"]), el("td", {}, [result])]);
+    });
+    var table = el("table", {"class": "pointing"}, [el("caption", {}, ["Pointing game (chance " + t.share + ")"]),
+      el("thead", {}, [el("tr", {}, ["#", "Method", "Maximum at (x, y)", "Inside the region?"].map(function (h) { return el("th", {scope: "col"}, [h]); }))]),
+      el("tbody", {}, rows)]);
+    return el("section", {"aria-labelledby": "h-truth"}, [h2,
+      el("p", {}, ["The demo's synthesized region, from ", el("code", {}, [t.mask]), " beside the input image, is shaded green; numbered rings mark where each map is largest (LIME: its strongest evidence for the class). Pointing game: a map ",
+        el("em", {}, ["hits"]), " when its maximum lies inside the region. The region covers " + t.share + " of the image, so a map pointing at random would hit " + t.share + " of the time."]),
+      fig, table]);
+  }
+
+  function probs(im) {
+    var n = site.n_classes;
+    var caption = im.probs.length < n ? "The " + im.probs.length + " most likely of " + n + " classes" : "Every class, most likely first";
+    return [el("h2", {}, ["Class probabilities"]), el("table", {"class": "probs"}, [el("caption", {}, [caption]),
+      el("thead", {}, [el("tr", {}, [el("th", {scope: "col"}, ["Class"]), el("th", {scope: "col"}, ["Probability"])])]),
+      el("tbody", {}, im.probs.map(function (p) {
+        var bar = el("span", {"class": "bar", "aria-hidden": "true"});
+        bar.style.width = p[1];
+        return el("tr", {}, [el("th", {scope: "row"}, [p[0]]), el("td", {}, [bar, " " + p[1]])]);
+      }))])];
+  }
+
+  var shown = null;
+  function show(id) {
+    if (!images.length) {
+      root.replaceChildren(el("h1", {}, ["No images yet."]));
+      return;
+    }
+    var i = Object.prototype.hasOwnProperty.call(byId, id) ? byId[id] : 0;
+    if (shown === i) { return; }
+    shown = i;
+    var im = images[i];
+    var kids = [pager(im), el("h1", {"class": "name"}, [im.rel]), facts(im), views(im), truth(im)].concat(probs(im));
+    root.replaceChildren.apply(root, kids.filter(function (k) { return k; }));
+    document.title = im.rel + " · " + siteTitle;
+  }
+
+  window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
+  show(location.hash.slice(1));
+}());
