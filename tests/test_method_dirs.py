@@ -86,7 +86,7 @@ def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckp
              for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")}
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    html = "".join(p.read_text() for p in (out / "detail").rglob("*.html"))
+    html = "".join(p.read_text() for p in (out / "detail").rglob("*.*"))  # viewer pages and their data files
     assert "cam-gradcampp/" in html and "cam:gradcam++/" not in html
     assert "cam:gradcam++" in html  # the method's name stays in the report
 
