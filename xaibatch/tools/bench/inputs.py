@@ -1,9 +1,8 @@
 """The bench's inputs, made once: smooth random images as arrays, their PNG files, subsets and JPEG copies.
 
-The arrays are generated in one vectorized pass and the files encoded in a thread pool (Pillow's encoders
-release the GIL). The arrays are what the runs' DataLoader decodes from the files (PNG is lossless and the
-files are at the model's input size, so nothing is resized: tests/test_bench.py checks it), so no file is
-read back to get the tensors.
+Each image is made and encoded in a thread pool (Pillow's resize and encoders release the GIL). The arrays
+are what the runs' DataLoader decodes from the files (PNG is lossless and the files are at the model's input
+size, so nothing is resized: tests/test_bench.py checks it), so no file is read back to get the tensors.
 """
 
 from __future__ import annotations
@@ -22,23 +21,17 @@ from ...defaults import cpu_count
 JPEG_QUALITY = 90  # 4:2:0, as most cameras and sites save them
 
 
-def generate(n: int, size: int, seed: int = 0, chunk: int = 256) -> np.ndarray:
-    """``n`` smooth random RGB images as (n, size, size, 3) uint8: low-frequency colour fields (bicubic from an
-    8-pixel grid) plus a little noise, so SLIC finds real superpixels rather than collapsing on pure noise."""
-    import torch
-    import torch.nn.functional as F
+def image(i: int, size: int, seed: int = 0) -> np.ndarray:
+    """Image ``i``: (size, size, 3) uint8, a low-frequency colour field (bicubic from an 8-pixel grid) plus a
+    little noise, so SLIC finds real superpixels rather than collapsing on pure noise. The same for the same
+    ``(i, size, seed)``, whichever thread makes it."""
+    from PIL import Image
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, i])
     cells = max(2, size // 8)
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    for a in range(0, n, chunk):  # bounded memory at any size
-        k = min(chunk, n - a)
-        low = torch.from_numpy(rng.integers(0, 256, (k, 3, cells, cells), dtype=np.uint8)).float()
-        smooth = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-        noisy = smooth.permute(0, 2, 3, 1).round_() + torch.from_numpy(rng.integers(-8, 9, (k, size, size, 3),
-                                                                                     dtype=np.int8))
-        out[a:a + k] = noisy.clamp_(0, 255).to(torch.uint8).numpy()
-    return out
+    low = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
+    a = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.int16)
+    return np.clip(a + rng.integers(-8, 9, a.shape, dtype=np.int16), 0, 255).astype(np.uint8)
 
 
 def _save(array: np.ndarray, path: Path) -> None:
@@ -50,19 +43,33 @@ def _save(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(path, quality=JPEG_QUALITY)
 
 
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, min(16, cpu_count())))
+
+
 def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path]:
     """``img_000000.<ext>``, ... in ``folder``, encoded in parallel; existing files are kept (``--keep``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"img_{i:06d}.{ext}" for i in range(len(images))]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
-    with ThreadPoolExecutor(max(1, min(16, cpu_count()))) as pool:
-        list(pool.map(lambda i: _save(images[i], paths[i]), todo))
+    with _pool() as pool:
+        list(pool.map(lambda i: paths[i].exists() or _save(images[i], paths[i]), range(len(paths))))
     return paths
 
 
-def write_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
-    """Generate and write ``n`` PNGs (see :func:`generate`)."""
-    return write_files(generate(n, size, seed), folder)
+def write_images(folder: Path, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[Path]]:
+    """Make ``n`` images (see :func:`image`) and write them as PNGs, in parallel: the arrays and the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    paths = [folder / f"img_{i:06d}.png" for i in range(n)]
+
+    def one(i: int) -> None:
+        images[i] = image(i, size, seed)
+        if not paths[i].exists():
+            _save(images[i], paths[i])
+
+    with _pool() as pool:
+        list(pool.map(one, range(n)))
+    return images, paths
 
 
 def subset(src: list[Path], folder: Path) -> Path:
@@ -110,5 +117,4 @@ class Inputs:
 
 def make_inputs(root: Path, n: int, size: int, log: Callable[[str], None] = lambda s: None) -> Inputs:
     log(f"bench: generating {n} {size}x{size} PNGs in {root}")
-    images = generate(n, size)
-    return Inputs(root, images, write_files(images, root / "all"))
+    return Inputs(root, *write_images(root / "all", n, size))

@@ -67,7 +67,7 @@ def memory_check(counts: tuple[int, ...] = (2000, 20000), size: int = 32, arch: 
         ckpt = root / "model.pt"
         save_checkpoint(ckpt, net, arch, ["FAKE", "REAL"], size, cfg["mean"], cfg["std"])
         log(f"memory: generating {max(counts)} {size}x{size} PNGs")
-        paths = write_images(root / "all", max(counts), size)
+        _, paths = write_images(root / "all", max(counts), size)
         results = []
         for k in counts:
             folder = subset(paths[:k], root / f"first-{k}")

@@ -57,10 +57,12 @@ def end_to_end(b: Bench, family: str, k: int, model_timer: bool = False, faith: 
            Row(family, "xaibatch end to end, the writer's file work removed", "part", k) if no_files else
            Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
+    # a warm-up explains one batch; LIME one image; with scores (2 x steps forwards an image) an eighth of a batch
+    warm_images = 1 if family == "lime" else max(1, b.n_warm // 8) if faith else b.n_warm
 
     def fn(warm: bool) -> float:
         out = next(outs)
-        todo = (1 if family == "lime" else b.n_warm) if warm else k
+        todo = warm_images if warm else k
         ro = pipeline.RunOptions(
             input_dir=b.inputs.first(todo), out_dir=out, methods=[family], checkpoint=b.ckpt, batch_size=b.bs,
             device=b.opts.device, workers=b.workers, labeled=False, method_options={"lime": b.lime_options()},
