@@ -74,7 +74,10 @@ _TIMM_ACTIVATION_NAMES = (
 def _timm_activations() -> tuple[type[nn.Module], ...]:
     """Collect timm's activation classes that exist in the installed version."""
     found: list[type[nn.Module]] = []
-    import_timm()  # without torch._dynamo
+    try:
+        import_timm()  # without torch._dynamo
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
     for modname in ("timm.layers.activations", "timm.layers.activations_me"):
         try:
             mod = __import__(modname, fromlist=["_"])
