@@ -21,8 +21,8 @@ On one generated folder of PNG files and one randomly initialised timm model
   ``explain_instance`` per image and captum's ``Lime`` per image (both with
   xaibatch's superpixels and fill, 1000 samples, the same model batch).
 
-Per-image rows (the peers' per-image usage, LIME's peers, the faithfulness
-row) time a subset of the images: their rate is per image anyway, and the
+Per-image rows (the peers' per-image usage, LIME's peers) time a subset of
+the images: their rate is per image anyway, and the
 whole set would cost minutes. Each job runs once to warm up, then once per
 round for ``repeats`` rounds; the rounds interleave the implementations of one
 method family, and each job keeps its fastest round, so a burst of load from

@@ -58,7 +58,8 @@ def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
         jobs += [end_to_end(b, "gradcam", n), end_to_end(b, "gradcam", n, no_files=True),  # what the files cost
                  loader_alone(b), loader_alone(b, "JPEG, PIL in the workers", jpeg=True), loader_alone(b, on=b.dev),
                  writer_alone(b), file_floor(b),  # the writer, and its ceiling on this file system
-                 end_to_end(b, "gradcam", faith_images(b), faith=True),  # the scores' cost per image
+                 end_to_end(b, "gradcam", n, faith=True),  # the scores' cost (not fewer: the chance sample,
+                 # the first faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
                  on_tensors(b, "gradcam", n)]
     if "guided-gradcam" in only:
         jobs += [end_to_end(b, "guided-gradcam", n), on_tensors(b, "guided-gradcam", n)]
@@ -74,11 +75,6 @@ def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
     return jobs, lime_rows
 
 
-def faith_images(b: Bench) -> int:
-    """The faithfulness row's images: a quarter of them (2 x steps forwards each; the rate is per image)."""
-    return max(b.n_warm, b.n // 4)
-
-
 def header(b: Bench, load_start: str) -> list[str]:
     import torch
 
@@ -88,7 +84,7 @@ def header(b: Bench, load_start: str) -> list[str]:
         f"batch {b.bs}, torch threads {torch.get_num_threads()}, DataLoader workers {b.workers}",
         f"machine: {machine_description()}, torch {torch.__version__}, "
         f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}; load average at start {load_start}",
-        f"images: {b.n} generated PNGs (faithfulness: {faith_images(b)}; per-image peers: "
+        f"images: {b.n} generated PNGs (per-image peers: "
         f"{min(b.n, o.per_image_images)}; LIME: {b.n_lime}, its peers {min(b.n_lime, o.lime_peer_images)}, "
         f"{o.lime_samples} samples, model batch {b.lime_chunk}{'' if o.lime_batch_size else ' (auto)'}, "
         f"{o.lime_segments} SLIC segments); best of {o.repeats} interleaved rounds; "
