@@ -86,3 +86,20 @@ def test_bench_memory_table(tmp_path):
     assert r.exit_code == 0, r.output
     assert re.search(r"^\s*6\s", r.output, re.M) and re.search(r"^\s*12\s", r.output, re.M)
     assert "peak RSS 12 vs 6 images" in r.output
+
+
+def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
+    """The bench's tensors come from the arrays it generated, not from reading its files back: the same pixels."""
+    import numpy as np
+
+    from xaibatch.data import ImageDataset
+    from xaibatch.scan import scan
+    from xaibatch.tools.bench.inputs import make_inputs
+
+    inputs = make_inputs(tmp_path, 5, 24)
+    assert inputs.images.shape == (5, 24, 24, 3) and inputs.images.std() > 20  # not flat
+    ds = ImageDataset(scan(inputs.first(5), labeled=False).images, 24)
+    decoded = np.stack([ds[i]["x"].permute(1, 2, 0).numpy() for i in range(len(ds))])
+    np.testing.assert_array_equal(decoded, inputs.images)
+    jpegs = sorted(p.name for p in inputs.jpegs(2).iterdir())
+    assert jpegs == ["img_000000.jpg", "img_000001.jpg"] and (tmp_path / "jpeg-5" / "img_000004.jpg").is_file()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 HEAVY = ("torch", "timm", "captum", "lime", "pytorch_grad_cam", "matplotlib", "skimage", "sklearn", "ray")
 
@@ -94,3 +97,128 @@ def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
         assert r.exit_code == 0, r.output
     """)
     assert "torch" not in loaded and "timm" not in loaded
+
+
+# --- what a run imports, and what it checks before ------------------------------------------------
+
+NOT_FOR_GRADCAM = ("torch._dynamo", "torch.distributed.fsdp", "captum", "lime", "pytorch_grad_cam", "sklearn",
+                   "skimage", "scipy")
+
+
+def _loaded_after(code: str, names=NOT_FOR_GRADCAM) -> list[str]:
+    probe = textwrap.dedent(code) + textwrap.dedent(f"""
+        import json, sys
+        print(json.dumps(sorted(m for m in {names!r} if m in sys.modules)))
+    """)
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_gradcam_run_imports_neither_the_compiler_nor_other_methods_libraries(tmp_path, tiny_ckpt):
+    """torchvision and timm import torch._dynamo (and FSDP) at import time: about 1 s here, several on a fresh
+    GPU host. A native Grad-CAM run needs neither it nor LIME's, captum's or pytorch-grad-cam's libraries."""
+    from conftest import write_images
+
+    write_images(tmp_path / "in", 4)
+    loaded = _loaded_after(f"""
+        from pathlib import Path
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(tmp_path / "in")!r}), out_dir=Path({str(tmp_path / "out")!r}),
+                           methods=["gradcam", "guided-gradcam"], checkpoint=Path({str(tiny_ckpt)!r}), workers=0,
+                           handle_signals=False), log=lambda s: None)
+        assert r.computed == 4, r
+    """)
+    assert loaded == []
+
+
+def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
+    """imports.py defers torch._dynamo; whatever uses it later gets the real thing."""
+    loaded = _loaded_after("""
+        import sys
+        import torch
+        from xaibatch.imports import import_timm
+        timm = import_timm()
+        assert "torch._dynamo" not in sys.modules and "torch._dynamo.utils" not in sys.modules
+        assert torch.compiler.disable.__module__ == "torch.compiler"  # put back after the import
+
+        from timm.layers import disable_compiler  # what timm's naflexvit decorates with: deferred
+        @disable_compiler
+        def double(x):
+            return 2 * x
+        assert double(3) == 6 and "torch._dynamo" in sys.modules  # the real decorator, on first call
+        from torchvision.ops import roi_align  # bound to the stand-in's is_compile_supported
+        out = roi_align(torch.ones(1, 1, 8, 8), torch.tensor([[0, 0.0, 0.0, 4.0, 4.0]]), 2)
+        assert out.shape == (1, 1, 2, 2) and torch.allclose(out, torch.ones(1, 1, 2, 2))
+        import torch._dynamo.utils
+        assert type(torch._dynamo.utils).__name__ == "module"
+        assert torch.compile(lambda a: a * 3, backend="eager")(torch.ones(2)).tolist() == [3.0, 3.0]
+    """, names=("torch._dynamo",))
+    assert loaded == ["torch._dynamo"]
+
+
+def _cheap_cases(tmp_path, tiny_ckpt):
+    from conftest import write_images
+
+    images, empty = tmp_path / "in", tmp_path / "empty"
+    write_images(images, 2)
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    return {
+        "missing folder": ({"input_dir": tmp_path / "nope"}, "does not exist"),
+        "empty folder": ({"input_dir": empty}, "holds no images"),
+        "input is a file": ({"input_dir": images / sorted(p.name for p in images.iterdir())[0]}, "not a folder"),
+        "missing checkpoint": ({"checkpoint": tmp_path / "none.pt"}, "--checkpoint"),
+        "checkpoint is a folder": ({"checkpoint": images}, "not a regular file"),
+        "--arch without --checkpoint": ({"checkpoint": None, "arch": "resnet18"}, "needs --checkpoint"),
+        "--model and --arch": ({"model": "timm:resnet18", "arch": "resnet18"}, "not both"),
+        "missing --model file": ({"checkpoint": None, "model": str(tmp_path / "net.py") + ":build"}, "no such file"),
+        "bad --device": ({"device": "gpu0"}, "is not one of"),
+        "no method": ({"methods": []}, "at least one --method"),
+        "bad --batch-size": ({"batch_size": 0}, "--batch-size"),
+    }, images
+
+
+CHEAP = ("missing folder", "empty folder", "input is a file", "missing checkpoint", "checkpoint is a folder",
+         "--arch without --checkpoint", "--model and --arch", "missing --model file", "bad --device", "no method",
+         "bad --batch-size")
+
+
+@pytest.mark.parametrize("case", CHEAP)
+def test_cheap_checks_come_before_the_model_and_its_imports(case, tmp_path, tiny_ckpt, monkeypatch):
+    """A typo answers at once (issue 21, item 7: a missing folder took 9-16 s, an empty one 23 s on a GPU host)."""
+    import dataclasses
+    import importlib
+
+    from xaibatch.errors import XaibatchError
+    from xaibatch.pipeline import RunOptions
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("the model (and torch) were loaded before the check")
+
+    run_module = importlib.import_module("xaibatch.pipeline.run")  # the package's `run` is the function
+    monkeypatch.setattr(run_module, "load_setup", heavy)
+    monkeypatch.setattr(run_module, "Warmup", lambda *a, **k: dataclasses.make_dataclass("W", [])(), raising=False)
+    cases, images = _cheap_cases(tmp_path, tiny_ckpt)
+    change, message = cases[case]
+    opts = RunOptions(input_dir=images, out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt,
+                      workers=0, handle_signals=False)
+    with pytest.raises(XaibatchError, match=re.escape(message)):
+        run_module.run(dataclasses.replace(opts, **change), log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_log_json_says_where_the_time_went(tmp_path, tiny_ckpt):
+    from conftest import write_images
+
+    from xaibatch.pipeline import RunOptions, run
+
+    write_images(tmp_path / "in", 3)
+    opts = RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt,
+                      workers=0, handle_signals=False)
+    first = run(opts, log=lambda s: None).timings
+    assert {"scan", "import", "model", "prepare", "plan", "compute", "first_batch", "report"} <= set(first)
+    assert first["scan"] + first["import"] + first["model"] <= first["prepare"] + 0.05
+    assert first["prepare"] <= first["first_batch"] <= first["prepare"] + first["plan"] + first["compute"] + 0.05
+    again = run(opts, log=lambda s: None).timings  # nothing to compute: no model, no imports
+    assert "scan" in again and not {"import", "model", "first_batch"} & set(again)

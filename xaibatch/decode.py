@@ -74,6 +74,9 @@ def _cannot_decode_on(device: str) -> str | None:
 
 def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Decode JPEG bytes (CPU uint8 tensors) to (3, H, W) uint8 RGB tensors on ``device``, in one call."""
+    from .imports import import_torchvision
+
+    import_torchvision()  # without torch._dynamo
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():

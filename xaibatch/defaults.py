@@ -10,6 +10,15 @@ import os
 DECODE_CHOICES = ("auto", "cpu", "device")
 
 
+def device_spec_problem(spec: str) -> str | None:
+    """Why ``--device`` is not of a form auto, cpu, cuda, cuda:N, or None (whether that device exists is torch's
+    to say)."""
+    spec = spec.strip().lower()
+    if spec in ("auto", "cpu", "cuda") or spec.startswith("cuda:"):
+        return None
+    return f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N"
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (the affinity mask, not the machine's total)."""
     try:

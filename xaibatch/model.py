@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .defaults import device_spec_problem
 from .files import file_sha256
 from .errors import ModelError, UsageError
+from .imports import import_timm
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -51,6 +53,8 @@ class LoadedModel:
 def resolve_device(spec: str) -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:N`` into a device, or say why it cannot be used."""
     spec = spec.strip().lower()
+    if problem := device_spec_problem(spec):
+        raise UsageError(problem)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -62,12 +66,11 @@ def resolve_device(spec: str) -> torch.device:
         if idx and (not idx.isdigit() or int(idx) >= torch.cuda.device_count()):
             raise UsageError(f"--device {spec}: there are {torch.cuda.device_count()} GPU(s) (cuda:0..)")
         return torch.device(spec)
-    raise UsageError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def check_arch(arch: str, source: Path | None = None) -> None:
     """Refuse a name timm does not know, suggesting close ones (``source``: the checkpoint naming it)."""
-    import timm
+    timm = import_timm()
 
     if not isinstance(arch, str) or not arch.strip() or not timm.is_model(arch):
         close = difflib.get_close_matches(str(arch), timm.list_models(), n=3)
@@ -80,7 +83,7 @@ def check_arch(arch: str, source: Path | None = None) -> None:
 
 def create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
     """Build ``arch`` untrained; models with a fixed input grid (ViT, DeiT, ...) are built at ``img_size``."""
-    import timm
+    timm = import_timm()
 
     check_arch(arch, source)
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.segmentation import slic
 
 COMPACTNESS = 20.0
 RETRY_COMPACTNESS = 80.0
@@ -46,6 +45,8 @@ def slic_segments(image: np.ndarray, n_segments: int = 50) -> np.ndarray:
         raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
     if n_segments < 2:
         raise ValueError("n_segments must be at least 2")
+    from skimage.segmentation import slic  # skimage and scipy (about 0.6 s): imported when LIME first segments
+
     enough = max(2, n_segments // 4)
     for compactness in (COMPACTNESS, RETRY_COMPACTNESS):
         labels = slic(image, n_segments=n_segments, compactness=compactness, sigma=SIGMA, start_label=0)

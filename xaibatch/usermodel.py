@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ModelError, UsageError
 from .files import file_sha256
+from .imports import import_torchvision
 from .model import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
 
 FORMS = "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME"
@@ -87,8 +88,7 @@ def _last_linear(module: nn.Module) -> str | None:
 
 def build_torchvision(name: str, num_classes: int, sd: dict[str, torch.Tensor] | None) -> nn.Module:
     """A torchvision classification model, random init, with as many outputs as the weights (or classes) say."""
-    import torchvision
-
+    torchvision = import_torchvision()
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)

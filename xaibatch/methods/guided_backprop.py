@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..imports import import_timm
 
 # Elementwise activations the guided rule applies to. Gates (Sigmoid,
 # Hardsigmoid, Tanh) are deliberately absent, see the module docstring.
@@ -73,6 +74,10 @@ _TIMM_ACTIVATION_NAMES = (
 def _timm_activations() -> tuple[type[nn.Module], ...]:
     """Collect timm's activation classes that exist in the installed version."""
     found: list[type[nn.Module]] = []
+    try:
+        import_timm()  # without torch._dynamo
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
     for modname in ("timm.layers.activations", "timm.layers.activations_me"):
         try:
             mod = __import__(modname, fromlist=["_"])

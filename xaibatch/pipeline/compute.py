@@ -167,6 +167,8 @@ class BatchWorker:
 
 def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[tuple[str, str]], computed: int) -> None:
     """Count a batch in the run's tally and report its failures (both engines)."""
+    if tally.first_batch is None:
+        tally.first_batch = time.time()
     tally.failed.extend(failed)
     tally.done += len(failed) + computed
     tally.computed += computed

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from .. import layout
+from ..defaults import device_spec_problem
 from ..errors import UsageError
 from ..files import safe_join
 from ..manifest import Manifest
@@ -80,3 +81,32 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     if recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 bytes escaped
         raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
                          f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report")
+
+
+def check_request(opts: RunOptions) -> None:
+    """The option and path checks that need no torch, so that a typo answers at once, before the imports.
+
+    prepare() (with the model loaded) checks the rest; these say the same thing in the same words, earlier.
+    """
+    from .setup import checkpoint_path
+
+    if not opts.methods:
+        raise UsageError("give at least one --method")
+    if opts.batch_size is not None and opts.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if opts.target not in ("pred", "label"):
+        raise UsageError("--target must be pred or label")
+    if problem := device_spec_problem(opts.device):
+        raise UsageError(problem)
+    if opts.model is not None and opts.arch is not None:
+        raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
+    if opts.model is None:
+        checkpoint_path(opts)  # --arch without --checkpoint
+    elif (where := opts.model.rpartition(":")[0]).endswith(".py") and not Path(where).is_file():
+        raise UsageError(f"--model {opts.model}: no such file {Path(where)}")
+    if opts.checkpoint is not None:
+        path = Path(opts.checkpoint)
+        if not path.exists():
+            raise UsageError(f"--checkpoint {path}: no such file")
+        if not path.is_file():
+            raise UsageError(f"--checkpoint {path}: not a regular file")

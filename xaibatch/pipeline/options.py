@@ -75,7 +75,9 @@ class RunResult:
     accuracy: float | None
     status: str = "ok"  # ok | some-failed | interrupted (the run row's status)
     run_id: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: prepare, plan, compute, report
+    # Seconds per phase: prepare (of which scan, import: torch and the libraries, model: load and hashes), plan,
+    # compute, report, wait (for the lock); first_batch: from the start to the first batch explained.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary_line(self) -> str:
         stopped = " (interrupted)" if self.status == "interrupted" else ""

@@ -206,3 +206,4 @@ class Tally:
     computed: int = 0
     done: int = 0  # computed + failed
     failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    first_batch: float | None = None  # time.time() when the first batch was explained

@@ -45,12 +45,13 @@ from ..scan import Scan, shown
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import ImageRow, Manifest, ManifestError
 from .options import RunOptions, RunResult
-from .guards import check_folders, check_same_input
+from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .migrate import migrate_map_folders
 from .recovery import sweep_orphans, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
+from .warmup import Warmup
 from ..files import unlink_all
 
 
@@ -58,10 +59,12 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
     t0 = time.time()
     check_folders(opts)
+    check_request(opts)  # options and paths, before the seconds of importing torch
     from .ray_engine import check_available  # no ray import: only whether it is installed
 
     check_available(opts)
     out = Path(opts.out_dir)
+    timings: dict[str, float] = {}
     with catch_signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
 
@@ -84,26 +87,45 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                                   ) from None
 
         try:
+            # A new output folder will compute: torch and the libraries import in a thread during the scan.
+            warm = Warmup() if Path(opts.input_dir).is_dir() and not (out / layout.MANIFEST).is_file() else None
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
-                found = scan_input(opts)  # once: the cached setup and the model's share it
+                found = timed(timings, "scan", scan_input, opts)  # once: the cached setup and the model's share it
                 setup = cached_setup(opts, out, found)
                 if setup is None:
                     with loading():
-                        setup = load_setup(opts, found)
+                        setup = timed_load(opts, found, warm, timings)
             else:  # nothing to protect yet: check everything before creating the folder
+                found = timed(timings, "scan", scan_input, opts)  # a missing or empty folder says so at once
                 with loading():
-                    setup = load_setup(opts)
+                    setup = timed_load(opts, found, warm, timings)
                 make_out(out)
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     with loading():
                         setup = load_setup(opts)
-            return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0])
+            return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0], timings)
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
             raise ManifestError(f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
                                 "other files) away to start a fresh report there") from None
         finally:
             lock.release()
+
+
+def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    t = time.time()
+    try:
+        return fn(*args)
+    finally:
+        timings[name] = time.time() - t
+
+
+def timed_load(opts: RunOptions, found: Scan, warm: Warmup | None, timings: dict[str, float]) -> Setup:
+    """load_setup, after the heavy imports (begun in ``warm``'s thread, else now); times both."""
+    t = time.time()
+    (warm or Warmup(background=False)).wait()
+    timings["import"] = time.time() - t  # what the imports still cost after the scan overlapped them
+    return timed(timings, "model", load_setup, opts, found)
 
 
 def make_out(out: Path) -> None:
@@ -114,9 +136,9 @@ def make_out(out: Path) -> None:
 
 
 def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, stop: Stop, log, t0: float,
-                waited: float) -> RunResult:
+                waited: float, timings: dict[str, float]) -> RunResult:
     emit = opts.on_event or (lambda event: None)
-    timings = {"prepare": time.time() - t0 - waited}
+    timings["prepare"] = time.time() - t0 - waited
     if waited:
         timings["wait"] = waited
     found, hashes = setup.found, setup.hashes
@@ -164,6 +186,8 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
 
             compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
         timings["compute"] = time.time() - t_compute
+        if tally.first_batch is not None:
+            timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
         counts.update(failed=len(tally.failed), computed=tally.computed)
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
         status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")

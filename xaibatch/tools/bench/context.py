@@ -1,0 +1,103 @@
+"""What every job of a bench shares: the options, the device, the model and its checkpoint, the inputs on the
+device, the predicted targets, and the batch sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .inputs import Inputs
+from .options import BenchOptions
+
+
+@dataclass
+class Bench:
+    opts: BenchOptions
+    dev: torch.device
+    workers: int  # DataLoader processes of the end-to-end runs
+    ckpt: Path  # the model's checkpoint, for the end-to-end runs
+    model: torch.nn.Module
+    layer: Any  # layers.TargetLayer
+    ctx: Any  # methods.ModelContext
+    inputs: Inputs
+    x: torch.Tensor  # (N, 3, S, S) normalized inputs on the device
+    x_u8: torch.Tensor  # (N, 3, S, S) uint8 on the device: what the runs' batches hold before normalizing
+    targets: torch.Tensor  # the predicted class of each image
+    lime_chunk: int  # LIME's model batch (perturbed images per call), the peers' too
+    mean: torch.Tensor  # (1, 3, 1, 1) on the device
+    std: torch.Tensor
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.inputs.images
+
+    @property
+    def n(self) -> int:
+        return len(self.inputs.images)
+
+    @property
+    def bs(self) -> int:
+        return self.opts.batch_size
+
+    @property
+    def n_warm(self) -> int:  # warm-ups explain one batch
+        return min(self.n, self.bs)
+
+    @property
+    def n_lime(self) -> int:
+        return min(self.opts.lime_images, self.n)
+
+    @property
+    def lime_option(self) -> int | str:
+        return self.opts.lime_batch_size or "auto"
+
+    def lime_options(self) -> dict[str, Any]:
+        return {"samples": self.opts.lime_samples, "segments": self.opts.lime_segments, "batch_size": self.lime_option}
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    def chunks(self, k: int, step: int | None = None) -> list[tuple[int, int]]:
+        step = step or self.bs
+        return [(i, min(k, i + step)) for i in range(0, k, step)]
+
+    def normalize(self, u8: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images to the model's (B, 3, H, W) normalized input on the device, as a run's."""
+        from ...methods.explainer import normalize
+
+        t = torch.from_numpy(np.ascontiguousarray(u8)).to(self.dev).permute(0, 3, 1, 2).contiguous()
+        return normalize(t, self.mean, self.std)
+
+
+def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: int) -> Bench:
+    """A randomly initialised ``opts.arch`` saved as an xaibatch checkpoint and loaded as runs load it."""
+    from ...imports import import_timm
+    from ...layers import find_target_layer
+    from ...methods import ModelContext, create_method
+    from ...methods.explainer import normalize
+    from ...model import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = inputs.root / "model.pt"
+    net = import_timm().create_model(opts.arch, pretrained=False, num_classes=opts.classes)
+    cfg = net.pretrained_cfg
+    save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], opts.image_size, cfg["mean"],
+                    cfg["std"])
+    loaded = load_model(ckpt)
+    model = loaded.module.to(dev).eval()
+    layer = find_target_layer(model, opts.image_size)
+    ctx = ModelContext(model, layer, opts.image_size, loaded.mean, loaded.std, dev)
+    x_u8 = torch.from_numpy(inputs.images).to(dev).permute(0, 3, 1, 2).contiguous()
+    mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
+    x = torch.cat([normalize(x_u8[a:a + 1024], mean, std) for a in range(0, len(x_u8), 1024)])
+    # LIME's model batch: the given one, else the one LIME picks (free memory on CUDA); the peers get it too
+    lime_chunk = opts.lime_batch_size or create_method("lime", ctx).chunk_size(x[:1])
+    with torch.no_grad():
+        targets = torch.cat([model(x[a:a + opts.batch_size]).argmax(1) for a in range(0, len(x), opts.batch_size)])
+    return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, targets, lime_chunk, mean, std)

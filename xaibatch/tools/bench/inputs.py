@@ -1,0 +1,120 @@
+"""The bench's inputs, made once: smooth random images as arrays, their PNG files, subsets and JPEG copies.
+
+Each image is made and encoded in a thread pool (Pillow's resize and encoders release the GIL). The arrays
+are what the runs' DataLoader decodes from the files (PNG is lossless and the files are at the model's input
+size, so nothing is resized: tests/test_bench.py checks it), so no file is read back to get the tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ...defaults import cpu_count
+
+JPEG_QUALITY = 90  # 4:2:0, as most cameras and sites save them
+
+
+def image(i: int, size: int, seed: int = 0) -> np.ndarray:
+    """Image ``i``: (size, size, 3) uint8, a low-frequency colour field (bicubic from an 8-pixel grid) plus a
+    little noise, so SLIC finds real superpixels rather than collapsing on pure noise. The same for the same
+    ``(i, size, seed)``, whichever thread makes it."""
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, i])
+    cells = max(2, size // 8)
+    low = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
+    a = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.int16)
+    return np.clip(a + rng.integers(-8, 9, a.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    if path.suffix == ".png":
+        Image.fromarray(array).save(path, compress_level=1)
+    else:
+        Image.fromarray(array).save(path, quality=JPEG_QUALITY)
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max(1, min(16, cpu_count())))
+
+
+def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path]:
+    """``img_000000.<ext>``, ... in ``folder``, encoded in parallel; existing files are kept (``--keep``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img_{i:06d}.{ext}" for i in range(len(images))]
+    with _pool() as pool:
+        list(pool.map(lambda i: paths[i].exists() or _save(images[i], paths[i]), range(len(paths))))
+    return paths
+
+
+def write_images(folder: Path, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[Path]]:
+    """Make ``n`` images (see :func:`image`) and write them as PNGs, in parallel: the arrays and the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    paths = [folder / f"img_{i:06d}.png" for i in range(n)]
+
+    def one(i: int) -> None:
+        images[i] = image(i, size, seed)
+        if not paths[i].exists():
+            _save(images[i], paths[i])
+
+    with _pool() as pool:
+        list(pool.map(one, range(n)))
+    return images, paths
+
+
+def subset(src: list[Path], folder: Path) -> Path:
+    """A folder holding (hard links to) these files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in src:
+        dst = folder / p.name
+        if not dst.exists():
+            try:
+                os.link(p, dst)
+            except OSError:
+                shutil.copy2(p, dst)
+    return folder
+
+
+@dataclass
+class Inputs:
+    """The generated images (arrays and PNG files) and folders of their first ``k``."""
+
+    root: Path
+    images: np.ndarray  # (N, S, S, 3) uint8: what the DataLoader decodes from ``paths``
+    paths: list[Path]
+    folders: dict[int, Path] = field(default_factory=dict)
+    jpeg_folders: dict[int, Path] = field(default_factory=dict)
+    _jpeg_paths: list[Path] = field(default_factory=list)
+
+    def first(self, k: int) -> Path:
+        """A folder of the first ``k`` PNGs (``all/`` itself for all of them)."""
+        if k not in self.folders:
+            self.folders[k] = (self.paths[0].parent if k == len(self.paths) else
+                               subset(self.paths[:k], self.root / f"first-{k}"))
+        return self.folders[k]
+
+    def jpegs(self, k: int) -> Path:
+        """A folder of JPEG copies of the first ``k`` images (``jpeg-<N>/`` holds all N, the others link there)."""
+        if k not in self.jpeg_folders:
+            n = len(self.paths)
+            if n not in self.jpeg_folders:
+                self.jpeg_folders[n] = self.root / f"jpeg-{n}"
+                self._jpeg_paths = write_files(self.images, self.jpeg_folders[n], "jpg")
+            if k != n:
+                self.jpeg_folders[k] = subset(self._jpeg_paths[:k], self.root / f"jpeg-{k}")
+        return self.jpeg_folders[k]
+
+
+def make_inputs(root: Path, n: int, size: int, log: Callable[[str], None] = lambda s: None) -> Inputs:
+    log(f"bench: generating {n} {size}x{size} PNGs in {root}")
+    return Inputs(root, *write_images(root / "all", n, size))

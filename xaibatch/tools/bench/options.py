@@ -1,0 +1,69 @@
+"""What a bench is asked to do and what it returns: options, rows, ratios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FAMILIES = ("gradcam", "guided-gradcam", "lime")
+
+
+@dataclass
+class BenchOptions:
+    arch: str = "resnet18"
+    image_size: int = 64
+    batch_size: int = 64
+    images: int = 1024
+    per_image_images: int = 128  # per-image peers explain only this many of them (their rate is per image anyway)
+    lime_images: int = 4
+    lime_peer_images: int = 16  # LIME's peers (per image, seconds each) explain at most this many of lime_images
+    lime_samples: int = 1000
+    lime_batch_size: int = 0  # perturbed images per model call; 0: LIME's own choice (batch_size=auto), for all
+    lime_segments: int = 50
+    classes: int = 2
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    workers: int | None = None  # DataLoader processes of the end-to-end runs; None: the CLI's default
+    repeats: int = 3
+    only: tuple[str, ...] = FAMILIES
+    peers: bool = True
+    work_dir: Path | None = None  # keep the generated files here (default: a temporary folder, deleted)
+
+
+@dataclass
+class Row:
+    family: str  # "limits" or a method family
+    impl: str
+    kind: str  # limit | xaibatch | xaibatch-tensors | xaibatch-faith | part | peer
+    images: int
+    seconds: float = float("inf")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class Ratio:
+    name: str
+    value: float
+    target: float | None = None  # met when value >= target (or <= for "at most" ratios)
+    at_most: bool = False
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or not np.isfinite(self.value):
+            return None
+        return self.value <= self.target if self.at_most else self.value >= self.target
+
+
+@dataclass
+class BenchResult:
+    header: list[str]
+    rows: list[Row]
+    ratios: list[Ratio]

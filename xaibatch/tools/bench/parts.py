@@ -1,0 +1,104 @@
+"""Parts of a run timed alone: the DataLoader, the writer, and the file system's floor under both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import torch
+
+from .context import Bench
+from .options import Row
+from .timing import Job, scratch
+
+
+def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -> Job:
+    """The DataLoader alone over the folder, no model: decode and resize in the workers, or with ``on`` (a
+    device) the workers read the JPEGs and the main process decodes and resizes them there (decode.py)."""
+    from ...data import ImageDataset, collate
+    from ...decode import finish_batch
+    from ...scan import scan
+
+    if on is not None:
+        what, jpeg = f"JPEG, decoded on {on}", True
+    row = Row("gradcam", f"loader alone{', ' + what if what else ''} ({b.workers} DataLoader workers)", "part", b.n)
+    if on is not None:
+        row.extra["decode_on"] = str(on)
+
+    def fn(warm: bool) -> None:
+        k = b.n_warm if warm else b.n
+        folder = b.inputs.jpegs(k) if jpeg else b.inputs.first(k)
+        ds = ImageDataset(scan(folder).images, b.opts.image_size, jpeg_bytes=on is not None)
+        loader = torch.utils.data.DataLoader(ds, batch_size=b.bs, num_workers=b.workers, collate_fn=collate,
+                                             prefetch_factor=4 if b.workers else None,
+                                             pin_memory=on is not None and on.type == "cuda")
+        for batch in loader:
+            if on is not None:
+                batch = finish_batch(batch, on, b.opts.image_size)
+        if on is not None and on.type == "cuda":
+            torch.cuda.synchronize(on)
+
+    return row, fn
+
+
+def writer_alone(b: Bench) -> Job:
+    """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
+    from ...defaults import default_writers
+    from ...pipeline.writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
+
+    size, bs = b.opts.image_size, b.bs
+    display = [b.images[i % b.n] for i in range(bs)]
+    maps = torch.rand(bs, size, size, generator=torch.Generator().manual_seed(0)).to(b.dev)
+    pictures = batch_pictures(display, maps, False, [(size, size)] * bs)
+    thumbs = display_thumbs(display)
+    writers = default_writers(b.dev.type, b.workers)  # as a run's default --writers
+    how = f"{writers} writer process{'es' * (writers > 1)}" if writers else "the writer thread"
+    row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", b.n)
+    outs = scratch(b.inputs.root, "writer")
+
+    def fn(warm: bool) -> None:
+        out = next(outs)
+        out.mkdir()
+        w = Writer(out, writers=writers)
+        w.start()
+        try:
+            k = b.n_warm if warm else b.n
+            for a in range(0, k, bs):
+                items = [WriteItem(f"img_{i:06d}.png", f"img_{i:06d}", size, size, display[i - a], thumbs[i - a],
+                                   [MapPictures("gradcam", "bench", *pictures[i - a])])
+                         for i in range(a, min(k, a + bs))]
+                w.put(WriteJob(1, items))
+        finally:
+            w.finish()
+            shutil.rmtree(out, ignore_errors=True)
+
+    return row, fn
+
+
+def file_floor(b: Bench) -> Job:
+    """Atomic file writes alone (temporary name, write, rename; one thread), as many per image as the writer
+    makes at this size, with no encoding: what the kernel lets any crash-safe writer reach here."""
+    from ... import layout
+
+    size = b.opts.image_size
+    per_image = 3 + 2 * (size > layout.THUMB_SIDE)  # display copy, npy, overlay (+ their thumbnails)
+    body = bytes(3 * size * size // 2)
+    row = Row("gradcam", f"file system floor: {per_image} atomic files per image, no encoding", "limit", b.n)
+    outs = scratch(b.inputs.root, "floor")
+
+    def fn(warm: bool) -> None:
+        out = next(outs)
+        out.mkdir()
+        d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range((b.n_warm if warm else b.n) * per_image):
+                fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
+                os.write(fd, body)
+                os.close(fd)
+                os.rename(f".{i}.tmp", f"{i}", src_dir_fd=d, dst_dir_fd=d)
+        finally:
+            os.close(d)
+            shutil.rmtree(out, ignore_errors=True)
+
+    return row, fn

@@ -1,0 +1,93 @@
+"""run_bench: the inputs and the model once, then every row's job, timed in interleaved rounds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .context import Bench, make_bench
+from .inputs import make_inputs
+from .options import FAMILIES, BenchOptions, BenchResult, Row
+from .ratios import ratios
+from .timing import Job, load_average, machine_description, stamped, time_interleaved
+
+
+def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -> BenchResult:
+    import torch
+
+    from ...defaults import default_workers
+    from ...methods import method_class
+    from ...model import resolve_device
+
+    for name in opts.only:  # any method: an unknown name raises UsageError with the close matches
+        method_class(name)
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    log = stamped(log)
+    dev = resolve_device(opts.device)
+    workers = default_workers() if opts.workers is None else opts.workers
+    root = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    load_start = load_average()
+    try:
+        b = make_bench(opts, make_inputs(root, opts.images, opts.image_size, log), dev, workers)
+        jobs, lime_rows = bench_jobs(b)
+        time_interleaved(jobs, max(1, opts.repeats), log)
+        rows = [r for r, _ in jobs]
+        return BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows))
+    finally:
+        if opts.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
+    """Every row's job, in table order; and the forward-only rows at LIME's model batch."""
+    from .ours import end_to_end, forward_backward, forward_only, on_tensors
+    from .parts import file_floor, loader_alone, writer_alone
+    from .peers import peer_jobs
+
+    only, n = b.opts.only, b.n
+    jobs = [forward_only(b, b.bs, n)]
+    if "lime" in only and b.lime_chunk != b.bs:
+        jobs.append(forward_only(b, b.lime_chunk, max(n, 2 * b.lime_chunk)))
+    jobs.append(forward_backward(b))
+    if "gradcam" in only:
+        jobs += [end_to_end(b, "gradcam", n), end_to_end(b, "gradcam", n, no_files=True),  # what the files cost
+                 loader_alone(b), loader_alone(b, "JPEG, PIL in the workers", jpeg=True), loader_alone(b, on=b.dev),
+                 writer_alone(b), file_floor(b),  # the writer, and its ceiling on this file system
+                 end_to_end(b, "gradcam", n, faith=True),  # the scores' cost (not fewer: the chance sample,
+                 # the first faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
+                 on_tensors(b, "gradcam", n)]
+    if "guided-gradcam" in only:
+        jobs += [end_to_end(b, "guided-gradcam", n), on_tensors(b, "guided-gradcam", n)]
+    if "lime" in only:
+        jobs += [end_to_end(b, "lime", b.n_lime, model_timer=True), on_tensors(b, "lime", b.n_lime)]
+    for other in (m for m in only if m not in FAMILIES):  # any other method: no peers, no targets
+        jobs += [end_to_end(b, other, n), on_tensors(b, other, n)]
+    if b.opts.peers:
+        jobs += peer_jobs(b)
+    order = ["limits", *FAMILIES, *only]
+    jobs.sort(key=lambda j: order.index(j[0].family))
+    lime_rows = [r for r, _ in jobs if r.impl == f"forward only, batch {b.lime_chunk}" and b.lime_chunk != b.bs]
+    return jobs, lime_rows
+
+
+def header(b: Bench, load_start: str) -> list[str]:
+    import torch
+
+    o = b.opts
+    return [
+        f"xaibatch bench: {o.arch} at {o.image_size}x{o.image_size}, {o.classes} classes, device {b.dev}, "
+        f"batch {b.bs}, torch threads {torch.get_num_threads()}, DataLoader workers {b.workers}",
+        f"machine: {machine_description()}, torch {torch.__version__}, "
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}; load average at start {load_start}",
+        f"images: {b.n} generated PNGs (per-image peers: "
+        f"{min(b.n, o.per_image_images)}; LIME: {b.n_lime}, its peers {min(b.n_lime, o.lime_peer_images)}, "
+        f"{o.lime_samples} samples, model batch {b.lime_chunk}{'' if o.lime_batch_size else ' (auto)'}, "
+        f"{o.lime_segments} SLIC segments); best of {o.repeats} interleaved rounds; "
+        f"load average at end {load_average()}",
+        f"CAM layer {b.layer.name} {b.layer.grid}",
+    ]
