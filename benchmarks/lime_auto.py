@@ -1,6 +1,6 @@
-"""Compare LIME runs: samples per image, rank agreement with a reference run, pointing game (docs/bench-lime.md).
+"""Compare LIME runs: samples per image, rank agreement with a reference run, pointing game (docs/benchmarks.md).
 
-    python docs/bench_lime_auto.py INPUT_DIR REFERENCE_OUT OTHER_OUT [OTHER_OUT ...]
+    python benchmarks/lime_auto.py INPUT_DIR REFERENCE_OUT OTHER_OUT [OTHER_OUT ...]
 
 Each OUT is an xaibatch output folder of a ``-m lime`` run over INPUT_DIR. Per image, the superpixel
 coefficients of both maps (read at the first pixel of each SLIC superpixel, the run's segmentation) give
