@@ -252,7 +252,8 @@ def test_bad_files_fail_the_same_way(tmp_path):
         pil, dev = load(folder.root, 32, on_device=False), load(folder.root, 32, on_device=True)
         assert pil.keys() == dev.keys()
         failed = {n for n, r in pil.items() if "failed" in r}
-        assert failed == {n for n, r in dev.items() if "failed" in r} and len(failed) >= 10
+        # 9: the link to an unreadable /proc file is refused by the scan now (a link out of the input), not here
+        assert failed == {n for n, r in dev.items() if "failed" in r} and len(failed) >= 9
         for name in pil:
             if name in failed:
                 assert dev[name] == pil[name], name

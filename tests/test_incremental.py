@@ -307,4 +307,4 @@ def test_run_history_counts_and_summary(tmp_path, tiny_ckpt):
     rows = db.execute("SELECT id, status, n_seen, n_added, n_unchanged, n_computed FROM runs ORDER BY id").fetchall()
     db.close()
     assert rows == [(r1.run_id, "ok", 5, 5, 0, 5), (r2.run_id, "ok", 5, 0, 5, 0)]
-    assert set(r2.timings) == {"prepare", "plan", "compute", "report"}
+    assert set(r2.timings) == {"scan", "prepare", "plan", "compute", "report"}  # no import, model, first_batch

@@ -283,7 +283,7 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
     index = (out / "index.html").read_text()
     assert (f"per image, over 3 map(s): mean {round(sum(n) / 3)}, median {n[1]}, min {n[0]}, max {n[2]}; "
             "median noise") in index
-    detail = next((out / "detail").rglob("*.html")).read_text()
+    detail = next((out / "detail").rglob("*.js")).read_text()  # the detail view's data file
     assert "samples" in detail and "noise" in detail and "standard error" in detail
     assert "0 computed" in run("--lime-samples", "auto", "--lime-samples-max", "300")[0]
     assert "3 computed" in run("--lime-samples", "auto", "--lime-samples-max", "400")[0]
