@@ -302,7 +302,7 @@ def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
 
 WATCHED_CHILD = r"""
 import os, time
-import xaibatch.pipeline.compute as pl
+import xaibatch.pipeline.signals as pl
 
 pl._set_pdeathsig = lambda sig: False  # as where prctl is unavailable: only the parent-pid watch is left
 parent = os.getpid()

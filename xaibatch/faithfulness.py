@@ -275,7 +275,7 @@ def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, tar
     only the maps), with the same images, targets and seeds a local run would use; written like a local run's."""
     from .data import ImageDataset, collate
     from .methods.explainer import Explainer
-    from .pipeline.compute import image_seed
+    from .methods.base import image_seed
 
     scorer = scorer_for(out, cfg, prepared.ctx, hashes.methods, hashes.predict)
     need = scorer.chance_sample - _chance_n(scorer.chance)

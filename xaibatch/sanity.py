@@ -154,7 +154,7 @@ def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = 
     from .lock import OutputLock
     from .manifest import FILENAME as MANIFEST
     from .manifest import Manifest, ManifestError
-    from .pipeline.compute import image_seed
+    from .methods.base import image_seed
     from .runconfig import read_run
 
     out = Path(out)

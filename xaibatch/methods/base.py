@@ -9,6 +9,7 @@ files, resizing to the original size, writing, the manifest) is the pipeline's.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -17,6 +18,11 @@ import torch
 
 from ..errors import UsageError
 from ..layers import TargetLayer
+
+
+def image_seed(rel: str) -> int:
+    """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
+    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
 
 
 @dataclass

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import signal
-import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +21,7 @@ from ..manifest import ImageRow
 from .. import heads
 from ..errors import ModelError
 from ..methods import Method, StopRequested
+from ..methods.base import image_seed  # noqa: F401  (tests and the Ray engine name it here)
 from ..model import LoadedModel
 from ..methods.explainer import Explainer
 from .options import RunOptions
@@ -31,13 +29,8 @@ from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .loader import until_stopped
 from .progress import progress_bar
-from .signals import Stop
+from .signals import Stop, die_with_parent
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
-
-
-def image_seed(rel: str) -> int:
-    """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
-    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
 
 
 def worker_init(_worker_id: int, parent: int | None = None) -> None:
@@ -53,35 +46,6 @@ def worker_init(_worker_id: int, parent: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if parent is not None:
         die_with_parent(parent)
-
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def die_with_parent(parent: int) -> None:
-    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid."""
-    if not _set_pdeathsig(signal.SIGKILL):
-        threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the above took effect
-        os._exit(1)
-
-
-def _set_pdeathsig(sig: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_parent(parent: int, poll: float = 0.5) -> None:
-    while os.getppid() == parent:
-        time.sleep(poll)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:

@@ -88,7 +88,7 @@ def check_request(opts: RunOptions) -> None:
 
     prepare() (with the model loaded) checks the rest; these say the same thing in the same words, earlier.
     """
-    from .setup import checkpoint_path
+    from .options import checkpoint_path
 
     if not opts.methods:
         raise UsageError("give at least one --method")

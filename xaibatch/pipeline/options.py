@@ -85,3 +85,18 @@ class RunResult:
             f"xaibatch: {self.seen} images seen, {self.computed} computed, {self.unchanged} skipped (unchanged), "
             f"{len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> {self.report}"
         )
+
+
+def checkpoint_path(opts: RunOptions) -> Path:
+    """The weights file a run loads: --checkpoint, else the bundled model (--arch alone is refused)."""
+    from ..errors import UsageError
+    from ..resources import default_checkpoint
+
+    if opts.checkpoint is not None:
+        return opts.checkpoint
+    if opts.arch is not None:
+        raise UsageError(
+            f"--arch {opts.arch} needs --checkpoint with its weights (random weights explain nothing); "
+            "omit both to use the bundled model"
+        )
+    return default_checkpoint()

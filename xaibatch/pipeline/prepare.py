@@ -15,8 +15,7 @@ from ..errors import InputError, UsageError
 from ..layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
 from ..model import LoadedModel, load_model, resolve_device
-from .options import RunOptions
-from .setup import checkpoint_path
+from .options import RunOptions, checkpoint_path
 
 
 def class_names_for(model: LoadedModel, found: Scan) -> list[str]:

@@ -17,29 +17,16 @@ from typing import Any
 
 from .. import MAP_FORMAT_VERSION, __version__, layout
 from ..files import file_sha256
-from ..errors import UsageError
 from ..manifest import Manifest
-from ..resources import default_checkpoint
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
 from ..scan import Scan, scan
-from .options import RunOptions
+from .options import RunOptions, checkpoint_path
 from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
 NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "decode", "workers", "writers", "template_dir",
                   "progress", "wait", "wait_timeout", "on_event", "handle_signals", "replace", "follow_links", "engine", "ray",
                   "heartbeat")
-
-
-def checkpoint_path(opts: RunOptions) -> Path:
-    if opts.checkpoint is not None:
-        return opts.checkpoint
-    if opts.arch is not None:
-        raise UsageError(
-            f"--arch {opts.arch} needs --checkpoint with its weights (random weights explain nothing); "
-            "omit both to use the bundled model"
-        )
-    return default_checkpoint()
 
 
 @dataclass

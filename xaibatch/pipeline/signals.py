@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -69,3 +72,34 @@ def catch_signals(enabled: bool):
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+# -- child processes that end with the run ------------------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid."""
+    if not _set_pdeathsig(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, poll: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll)
+    os.kill(os.getpid(), signal.SIGKILL)

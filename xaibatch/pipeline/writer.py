@@ -157,7 +157,8 @@ class Writer(threading.Thread):
         self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self.on_done = on_done
-        self.pool = WriterPool(self.out_dir, writers) if writers > 0 and can_fork() else None
+        write = lambda f, it, r: write_item(f, it, r)  # looked up per call: what this module holds then
+        self.pool = WriterPool(self.out_dir, writers, write) if writers > 0 and can_fork() else None
         self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
 
     def put(self, job: WriteJob) -> None:

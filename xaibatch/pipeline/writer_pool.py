@@ -26,6 +26,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
+from ..files import OutputDir
+from .signals import die_with_parent  # imported before the fork: the child imports nothing
+
 
 def can_fork() -> bool:
     return hasattr(os, "fork") and hasattr(os, "waitpid")
@@ -38,15 +41,14 @@ class WriterDied(RuntimeError):
 class WriterPool:
     """``n`` writer processes under ``out_dir``; :meth:`submit` a batch's items, :meth:`wait` for them."""
 
-    def __init__(self, out_dir: Path, n: int) -> None:
+    def __init__(self, out_dir: Path, n: int, write: Callable[[Any, Any, int], Any]) -> None:
+        """``write(files, item, run_id)`` writes one item's files (writer.write_item, looked up per call)."""
         self.out_dir = Path(out_dir)
         self.conns: list[Connection] = []
         self.pids: list[int] = []
         self._next = 0
         self._pending: dict[int, int] = {}  # job token -> shares not yet acknowledged
         self._errors: dict[int, BaseException] = {}
-        from .compute import die_with_parent  # imported here, before the fork: the child imports nothing
-
         parent = os.getpid()
         try:
             for _ in range(max(1, n)):
@@ -58,7 +60,7 @@ class WriterPool:
                         mine.close()
                         for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
                             c.close()
-                        _serve(theirs, self.out_dir, parent, die_with_parent)
+                        _serve(theirs, self.out_dir, parent, write)
                         code = 0
                     finally:
                         os._exit(code)
@@ -138,14 +140,11 @@ class WriterPool:
         self.conns, self.pids = [], []
 
 
-def _serve(conn: Connection, out_dir: Path, parent: int, die_with_parent: Callable[[int], None]) -> None:
+def _serve(conn: Connection, out_dir: Path, parent: int, write: Callable[[Any, Any, int], Any]) -> None:
     """A writer process: write each share it is sent, answer (token, None or the error), until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
-    from ..files import OutputDir
-    from . import writer
-
     die_with_parent(parent)
     files = OutputDir(out_dir, pid=parent)  # temporary names the run's: see OutputDir
     try:
@@ -160,7 +159,7 @@ def _serve(conn: Connection, out_dir: Path, parent: int, die_with_parent: Callab
             err = None
             try:
                 for item in items:
-                    writer.write_item(files, item, run_id)  # looked up per call: what the run's module holds
+                    write(files, item, run_id)
             except BaseException as e:  # reported to the writer thread, which raises it in the run
                 err = _portable(e)
             conn.send((token, err))

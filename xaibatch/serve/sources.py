@@ -100,7 +100,7 @@ class ReportImages:
 
     def read(self, rel: str) -> Upload:
         """One of the report's images, read from its input folder, with the seed its run gave it (LIME)."""
-        from ..pipeline.compute import image_seed
+        from ..methods.base import image_seed
 
         if rel not in self.rows or self.input_dir is None:
             raise XaibatchError(f"{rel!r} is not in the report under {self.out}")
