@@ -47,11 +47,13 @@ def main(inp: Path, ref_out: Path, others: list[Path]) -> None:
             top5.append(len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])))
         rho, top5 = np.array(rho), np.array(top5)
         game = pointing_game(out, inp, "lime", fakes)
-        print(f"{out}: {len(ref)} images; samples mean {n.mean():.0f}, median {np.median(n):.0f}, "
-              f"min {n.min()}, max {n.max()}; noise median {np.median(noise):.3f}; "
-              f"vs reference: Spearman mean {rho.mean():.3f}, median {np.median(rho):.3f}, "
-              f"min {rho.min():.3f}, share >= 0.9 {np.mean(rho >= 0.9):.0%}; top-5 overlap mean {top5.mean():.2f}/5, "
-              f"all 5 on {np.mean(top5 == 5):.0%}; pointing game {game}")
+        print(
+            f"{out}: {len(ref)} images; samples mean {n.mean():.0f}, median {np.median(n):.0f}, "
+            f"min {n.min()}, max {n.max()}; noise median {np.median(noise):.3f}; "
+            f"vs reference: Spearman mean {rho.mean():.3f}, median {np.median(rho):.3f}, "
+            f"min {rho.min():.3f}, share >= 0.9 {np.mean(rho >= 0.9):.0%}; top-5 overlap mean {top5.mean():.2f}/5, "
+            f"all 5 on {np.mean(top5 == 5):.0%}; pointing game {game}"
+        )
 
 
 if __name__ == "__main__":

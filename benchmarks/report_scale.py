@@ -32,8 +32,12 @@ from xaibatch.report import PAGE_SIZE, render  # noqa: E402
 CLASSES = ["FAKE", "REAL"]
 METHODS = {
     "gradcam": {"title": "Grad-CAM", "signed": False, "config": {}, "hash": "g"},
-    "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0},
-             "hash": "l"},
+    "lime": {
+        "title": "LIME",
+        "signed": True,
+        "config": {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0},
+        "hash": "l",
+    },
 }
 
 
@@ -44,11 +48,25 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
     tiny = out / ".tiny.png"
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tiny)
     config = {
-        "xaibatch": "bench", "torch": "-", "device": "cpu",
-        "model": {"arch": "resnet18", "checkpoint": "bench.pt", "checkpoint_sha256": "0" * 64, "input_size": 32,
-                  "target": "pred", "classes": CLASSES},
-        "layer": "layer3", "layer_grid": [4, 4], "methods": METHODS, "batch_size": 32, "workers": 0, "seed": 0,
-        "labeled": True, "class_names": CLASSES,
+        "xaibatch": "bench",
+        "torch": "-",
+        "device": "cpu",
+        "model": {
+            "arch": "resnet18",
+            "checkpoint": "bench.pt",
+            "checkpoint_sha256": "0" * 64,
+            "input_size": 32,
+            "target": "pred",
+            "classes": CLASSES,
+        },
+        "layer": "layer3",
+        "layer_grid": [4, 4],
+        "methods": METHODS,
+        "batch_size": 32,
+        "workers": 0,
+        "seed": 0,
+        "labeled": True,
+        "class_names": CLASSES,
     }
     m = Manifest(out / FILENAME)
     run_id = m.start_run("/data/bench/test", config, "p")
@@ -61,14 +79,44 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
             p_true = float(rng.beta(5, 2))
             probs = [p_true, 1 - p_true] if label == 0 else [1 - p_true, p_true]
             pred = int(np.argmax(probs))
-            m.put_image(ImageRow(rel, stem, 2000, 0, f"{i:064x}", 32, 32, label, pred, pred, max(probs),
-                                 [round(v, 6) for v in probs], "p", run_id))
+            m.put_image(
+                ImageRow(
+                    rel,
+                    stem,
+                    2000,
+                    0,
+                    f"{i:064x}",
+                    32,
+                    32,
+                    label,
+                    pred,
+                    pred,
+                    max(probs),
+                    [round(v, 6) for v in probs],
+                    "p",
+                    run_id,
+                )
+            )
             for name in METHODS:
                 # as a run stores it with the picture (overlay.views_batch): the report never reads the .npy
-                view = {"scale": float(rng.uniform(0.001, 0.05) if METHODS[name]["signed"] else rng.uniform(0.5, 1)),
-                        "peak": [int(v) for v in rng.integers(0, 32, 2)], "shape": [32, 32]}
-                m.put_map(MapRow(rel, name, METHODS[name]["hash"], f"maps/{name}/{stem}.npy",
-                                 f"maps/{name}/{stem}.png", f"thumbs/{name}/{stem}.png", None, run_id, view=view))
+                view = {
+                    "scale": float(rng.uniform(0.001, 0.05) if METHODS[name]["signed"] else rng.uniform(0.5, 1)),
+                    "peak": [int(v) for v in rng.integers(0, 32, 2)],
+                    "shape": [32, 32],
+                }
+                m.put_map(
+                    MapRow(
+                        rel,
+                        name,
+                        METHODS[name]["hash"],
+                        f"maps/{name}/{stem}.npy",
+                        f"maps/{name}/{stem}.png",
+                        f"thumbs/{name}/{stem}.png",
+                        None,
+                        run_id,
+                        view=view,
+                    )
+                )
             for sub in ("thumbs/image", *(f"thumbs/{k}" for k in METHODS)):
                 _link(tiny, out / sub / f"{stem}.png")
     m.finish_run(run_id, "ok", 1.0, {"seen": n, "added": n, "computed": n})
@@ -93,8 +141,11 @@ def change_one(out: Path) -> None:
 
 
 def html_weight(out: Path) -> tuple[int, int]:
-    files = [p for top in ("gallery", "detail") for p in (out / top).rglob("*.html")] + list(out.glob("*.html")) \
-        + list((out / "detail").glob("*.js"))  # the detail view's data files
+    files = (
+        [p for top in ("gallery", "detail") for p in (out / top).rglob("*.html")]
+        + list(out.glob("*.html"))
+        + list((out / "detail").glob("*.js"))
+    )  # the detail view's data files
     return len(files), sum(p.stat().st_size for p in files)
 
 
@@ -103,8 +154,16 @@ def browser_times(out: Path, pages: list[str]) -> dict[str, dict[str, float]]:
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900"):
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(a)
     opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-bench-')}")
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
@@ -118,10 +177,13 @@ def browser_times(out: Path, pages: list[str]) -> dict[str, dict[str, float]]:
                     "const e = performance.getEntriesByType('navigation')[0];"
                     "return {dcl: e.domContentLoadedEventEnd, load: e.loadEventEnd,"
                     " nodes: document.getElementsByTagName('*').length,"
-                    " imgs: document.images.length};")
+                    " imgs: document.images.length};"
+                )
                 t = time.perf_counter()
-                driver.execute_script("window.scrollTo(0, document.body.scrollHeight);"
-                                      "return document.body.getBoundingClientRect().height;")
+                driver.execute_script(
+                    "window.scrollTo(0, document.body.scrollHeight);"
+                    "return document.body.getBoundingClientRect().height;"
+                )
                 nav["scroll_ms"] = 1000 * (time.perf_counter() - t)
                 if best is None or nav["load"] < best["load"]:
                     best = nav
@@ -161,13 +223,26 @@ def main() -> None:
     change_one(out)
     third = timed(lambda: render(out))
     result = {
-        "images": args.images, "page_size": PAGE_SIZE, "synthesize_s": round(t_synth, 2),
-        "gallery_pages": first.gallery_pages, "html_pages": n_pages, "html_bytes_total": weight,
+        "images": args.images,
+        "page_size": PAGE_SIZE,
+        "synthesize_s": round(t_synth, 2),
+        "gallery_pages": first.gallery_pages,
+        "html_pages": n_pages,
+        "html_bytes_total": weight,
         "biggest_page": {"path": first.biggest_page[0], "bytes": first.biggest_page[1]},
-        "first_write": {"build_s": round(first.seconds_build, 2), "render_write_s": round(first.seconds_render, 2),
-                        "total_s": round(first.seconds_total, 2), "cpu_s": cpu[0], "written": first.written},
-        "unchanged_write": {"total_s": round(second.seconds_total, 2), "cpu_s": cpu[1], "written": second.written,
-                            "unchanged": second.unchanged},
+        "first_write": {
+            "build_s": round(first.seconds_build, 2),
+            "render_write_s": round(first.seconds_render, 2),
+            "total_s": round(first.seconds_total, 2),
+            "cpu_s": cpu[0],
+            "written": first.written,
+        },
+        "unchanged_write": {
+            "total_s": round(second.seconds_total, 2),
+            "cpu_s": cpu[1],
+            "written": second.written,
+            "unchanged": second.unchanged,
+        },
         "one_changed_write": {"total_s": round(third.seconds_total, 2), "cpu_s": cpu[2], "written": third.written},
         "load_average": os.getloadavg()[0],
     }

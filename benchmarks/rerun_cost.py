@@ -51,8 +51,22 @@ def make_checkpoint(path: Path, size: int = 32) -> None:
 
 
 def run_cli(inp: Path, out: Path, ckpt: Path, batch: int, workers: int) -> tuple[float, dict]:
-    cmd = [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(inp), "--checkpoint", str(ckpt),
-           "--out", str(out), "--batch-size", str(batch), "--workers", str(workers), "--log-json"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from xaibatch.cli import main; main()",
+        "run",
+        str(inp),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch),
+        "--workers",
+        str(workers),
+        "--log-json",
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -97,10 +111,14 @@ def main() -> None:
         ph = e2["timings"]
         in_run = sum(ph.values())
         startup = again - in_run
-        print(f"\n{args.n} images: first {first:.1f}s, unchanged re-run {again:.1f}s "
-              f"({100 * again / first:.1f}% of the first run, {first / again:.0f}x cheaper)")
-        print(f"re-run breakdown: process start-up/imports {startup:.1f}s, prepare {ph['prepare']:.2f}s, "
-              f"plan {ph['plan']:.2f}s, compute {ph['compute']:.2f}s, report {ph['report']:.2f}s")
+        print(
+            f"\n{args.n} images: first {first:.1f}s, unchanged re-run {again:.1f}s "
+            f"({100 * again / first:.1f}% of the first run, {first / again:.0f}x cheaper)"
+        )
+        print(
+            f"re-run breakdown: process start-up/imports {startup:.1f}s, prepare {ph['prepare']:.2f}s, "
+            f"plan {ph['plan']:.2f}s, compute {ph['compute']:.2f}s, report {ph['report']:.2f}s"
+        )
         top = max(ph, key=ph.get)
         if top == "report" and ph["report"] > 0.5 * in_run:
             print("note: rendering the report dominates the unchanged re-run")

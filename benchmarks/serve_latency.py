@@ -46,8 +46,9 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="xaibatch-serve-bench-"))
     t0 = time.perf_counter()
-    service = Service(ServeOptions(out=out, lime_samples=args.lime_samples,
-                                   method_options={"lime": {"samples": args.lime_samples}}))
+    service = Service(
+        ServeOptions(out=out, lime_samples=args.lime_samples, method_options={"lime": {"samples": args.lime_samples}})
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -93,8 +94,10 @@ def main() -> None:
     finally:
         d.quit()
         served.close()
-    print(f"| methods (LIME at {args.lime_samples} samples) | upload to maps, median | fastest | "
-          "compute on the server, median |")
+    print(
+        f"| methods (LIME at {args.lime_samples} samples) | upload to maps, median | fastest | "
+        "compute on the server, median |"
+    )
     print("|---|---|---|---|")
     for name, med, best, comp in rows:
         print(f"| {name} | {med:.2f} s | {best:.2f} s | {comp:.2f} s |")

@@ -27,8 +27,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaibatch import layout  # noqa: E402
-from xaibatch.pipeline.writer import (MapPictures, WriteItem, WriteJob, Writer, batch_pictures,  # noqa: E402
-                                      display_thumbs)
+from xaibatch.pipeline.writer import (
+    MapPictures,
+    WriteItem,
+    WriteJob,
+    Writer,
+    batch_pictures,  # noqa: E402
+    display_thumbs,
+)
 
 
 def pictures(size: int, batch: int):
@@ -49,8 +55,18 @@ def writer_run(out: Path, n: int, size: int, batch: int, pics, writers: int) -> 
     w.start()
     try:
         for a in range(0, n, batch):
-            items = [WriteItem(f"img_{i:06d}.png", f"img_{i:06d}", size, size, display[i - a], thumbs[i - a],
-                               [MapPictures("gradcam", "bench", *maps[i - a])]) for i in range(a, min(n, a + batch))]
+            items = [
+                WriteItem(
+                    f"img_{i:06d}.png",
+                    f"img_{i:06d}",
+                    size,
+                    size,
+                    display[i - a],
+                    thumbs[i - a],
+                    [MapPictures("gradcam", "bench", *maps[i - a])],
+                )
+                for i in range(a, min(n, a + batch))
+            ]
             w.put(WriteJob(1, items))
     finally:
         w.finish()
@@ -109,8 +125,10 @@ def main() -> None:
     a = ap.parse_args()
     writers = [int(k) for k in a.writers.split(",")]
     root = a.out or Path(tempfile.mkdtemp(prefix="xaibatch-writer-"))
-    print(f"writer alone: {a.images} images, batch {a.batch}, best of {a.rounds} interleaved rounds; "
-          f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"writer alone: {a.images} images, batch {a.batch}, best of {a.rounds} interleaved rounds; "
+        f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     try:
         for size in (int(s) for s in a.size.split(",")):
             res = measure(size, a.images, a.batch, writers, a.rounds, root / "runs")

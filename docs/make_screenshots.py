@@ -29,7 +29,8 @@ def shoot(driver, page: Path, out: Path, width: int, height: int) -> int:
     driver.execute_script("document.querySelectorAll('img').forEach(function (i) { i.loading = 'eager'; });")
     end = time.time() + 10
     while time.time() < end and not driver.execute_script(
-            "return Array.prototype.every.call(document.images, i => i.complete)"):
+        "return Array.prototype.every.call(document.images, i => i.complete)"
+    ):
         time.sleep(0.05)
     png = driver.get_screenshot_as_png()
     img = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
@@ -48,21 +49,38 @@ def main() -> None:
     data = args.work / "demo"
     write_demo_data(data, train_per_class=1, test_per_class=args.per_class, seed=0)
     out = args.work / "report"
-    run(RunOptions(input_dir=data / "test", out_dir=out, methods=["gradcam", "guided-gradcam", "lime"],
-                   checkpoint=args.checkpoint, method_options={"lime": {"samples": args.lime_samples}}))
+    run(
+        RunOptions(
+            input_dir=data / "test",
+            out_dir=out,
+            methods=["gradcam", "guided-gradcam", "lime"],
+            checkpoint=args.checkpoint,
+            method_options={"lime": {"samples": args.lime_samples}},
+        )
+    )
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}"):
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}",
+    ):
         opts.add_argument(a)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
-        for name, page, size in (("summary.png", out / "index.html", (1200, 1500)),
-                                 ("gallery.png", out / "gallery" / "page-1.html", (1200, 1000))):
+        for name, page, size in (
+            ("summary.png", out / "index.html", (1200, 1500)),
+            ("gallery.png", out / "gallery" / "page-1.html", (1200, 1000)),
+        ):
             n = shoot(driver, page, DOCS / name, *size)
             print(f"wrote {DOCS / name} ({n / 1024:.0f} KB)")
     finally:

@@ -38,8 +38,9 @@ def normalize(images: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
 
-def make_batch(ctx: ModelContext, images: np.ndarray, activations: bool = True, segmenter=None, seeds=None,
-               targets=None) -> Batch:
+def make_batch(
+    ctx: ModelContext, images: np.ndarray, activations: bool = True, segmenter=None, seeds=None, targets=None
+) -> Batch:
     """Do what the pipeline does for one batch: normalize, one forward (capturing the layer), targets, segments."""
     x = normalize(images)
     if activations:

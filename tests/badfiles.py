@@ -38,7 +38,7 @@ WRITE_ONLY_PROC_FILE = Path("/proc/sys/vm/drop_caches")
 HOSTILE_NAMES = [
     "with space.png",
     "ünïcødé 日本語 ✓.png",
-    "quote's \"double\".png",
+    'quote\'s "double".png',
     "hash#frag.png",
     "percent%20%2e%2e%2f.png",
     "question?query=1&x=2.png",
@@ -104,10 +104,12 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid-looking PNG whose header declares ``width x height`` RGB pixels; the data is tiny."""
-    return (b"\x89PNG\r\n\x1a\n"
-            + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def halves(w: int, h: int, left=(255, 0, 0), right=(0, 0, 255)) -> Image.Image:
@@ -141,8 +143,9 @@ def proc_unreadable_available() -> bool:
         return False
 
 
-def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
-          hostile_names: bool = True) -> BadFolder:
+def build(
+    root: Path, *, good: int = 6, special: bool = True, deep: bool = True, hostile_names: bool = True
+) -> BadFolder:
     """Write the bad-input folder under ``root`` (created; must not exist or be empty)."""
     root.mkdir(parents=True, exist_ok=True)
     bf = BadFolder(root)
@@ -191,7 +194,9 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
     put("README", b"no extension\n")
     add(Case("README", IGNORED, what="a file without extension"))
     # An xaibatch output folder inside the input (e.g. --out input/report): never read as input.
-    put("old_report/xaibatch.sqlite", b"SQLite format 3\0" + bytes(84))  # a manifest's header: an empty file is no manifest
+    put(
+        "old_report/xaibatch.sqlite", b"SQLite format 3\0" + bytes(84)
+    )  # a manifest's header: an empty file is no manifest
     put("old_report/images/good_000.png", png_bytes(Image.fromarray(rgb_array(8, 8, seed=3))))
     add(Case("old_report/images/good_000.png", IGNORED, what="images inside an xaibatch output folder"))
 
@@ -201,14 +206,28 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
     add(Case("mode_L.png", OK, what="grayscale (L)", size=(32, 16), pixel=((31, 0), (248, 248, 248))))
     la = Image.merge("LA", (Image.new("L", (10, 10), 0), Image.new("L", (10, 10), 0)))  # black, transparent
     put("mode_LA.png", png_bytes(la))
-    add(Case("mode_LA.png", OK, what="grayscale + alpha (LA), fully transparent: white", size=(10, 10),
-             pixel=((5, 5), (255, 255, 255))))
+    add(
+        Case(
+            "mode_LA.png",
+            OK,
+            what="grayscale + alpha (LA), fully transparent: white",
+            size=(10, 10),
+            pixel=((5, 5), (255, 255, 255)),
+        )
+    )
     pal = Image.new("P", (12, 12), 1)
     pal.putpalette([0, 255, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
     pal.paste(0, (0, 0, 6, 12))  # left half index 0 (transparent green), right half index 1 (red)
     put("mode_P_transparent.png", png_bytes(pal, transparency=0))
-    add(Case("mode_P_transparent.png", OK, what="palette (P) with a transparent index", size=(12, 12),
-             pixel=((9, 6), (255, 0, 0))))
+    add(
+        Case(
+            "mode_P_transparent.png",
+            OK,
+            what="palette (P) with a transparent index",
+            size=(12, 12),
+            pixel=((9, 6), (255, 0, 0)),
+        )
+    )
     rgba = np.zeros((10, 10, 4), dtype=np.uint8)
     rgba[..., 2] = 255
     rgba[..., 3] = 255
@@ -216,8 +235,7 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
     add(Case("mode_RGBA.png", OK, what="RGBA (opaque blue)", size=(10, 10), pixel=((3, 3), (0, 0, 255))))
     i16 = np.full((8, 8), 40000, dtype=np.uint16)
     put("mode_I16.png", png_bytes(Image.fromarray(i16)))
-    add(Case("mode_I16.png", OK, what="16-bit grayscale (I;16)", size=(8, 8),
-             pixel=((0, 0), (156, 156, 156))))
+    add(Case("mode_I16.png", OK, what="16-bit grayscale (I;16)", size=(8, 8), pixel=((0, 0), (156, 156, 156))))
     put("cmyk.jpg", jpeg_bytes(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), quality=95))
     add(Case("cmyk.jpg", OK, what="CMYK JPEG (pure red)", size=(16, 16), pixel=((8, 8), (255, 0, 0))))
     put("one_pixel.png", png_bytes(Image.new("RGB", (1, 1), (10, 200, 30))))
@@ -231,14 +249,35 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
     # 8 = rotate 90 CCW: the left edge goes to the bottom -> red at the bottom.
     # 3 = rotate 180: red on the right.
     put("exif_orientation_6.jpg", exif_jpeg(6))
-    add(Case("exif_orientation_6.jpg", OK, what="EXIF orientation 6 (rotated)", size=(20, 40),
-             pixel=((10, 5), (255, 0, 0))))
+    add(
+        Case(
+            "exif_orientation_6.jpg",
+            OK,
+            what="EXIF orientation 6 (rotated)",
+            size=(20, 40),
+            pixel=((10, 5), (255, 0, 0)),
+        )
+    )
     put("exif_orientation_8.jpg", exif_jpeg(8))
-    add(Case("exif_orientation_8.jpg", OK, what="EXIF orientation 8 (rotated)", size=(20, 40),
-             pixel=((10, 35), (255, 0, 0))))
+    add(
+        Case(
+            "exif_orientation_8.jpg",
+            OK,
+            what="EXIF orientation 8 (rotated)",
+            size=(20, 40),
+            pixel=((10, 35), (255, 0, 0)),
+        )
+    )
     put("exif_orientation_3.jpg", exif_jpeg(3))
-    add(Case("exif_orientation_3.jpg", OK, what="EXIF orientation 3 (upside down)", size=(40, 20),
-             pixel=((35, 10), (255, 0, 0))))
+    add(
+        Case(
+            "exif_orientation_3.jpg",
+            OK,
+            what="EXIF orientation 3 (upside down)",
+            size=(40, 20),
+            pixel=((35, 10), (255, 0, 0)),
+        )
+    )
     frames = [Image.new("RGB", (16, 12), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
@@ -309,8 +348,14 @@ def build(root: Path, *, good: int = 6, special: bool = True, deep: bool = True,
         if proc_unreadable_available():
             os.symlink(WRITE_ONLY_PROC_FILE, root / "permission_denied.png")
             # This link leaves the input: refused as such now (issue 22 item 8), before open() could say EACCES.
-            add(Case("permission_denied.png", FAIL, "symlink to a file outside the input folder; not followed",
-                     "a link out of the input, to a file open() refuses with EACCES (a write-only /proc file)"))
+            add(
+                Case(
+                    "permission_denied.png",
+                    FAIL,
+                    "symlink to a file outside the input folder; not followed",
+                    "a link out of the input, to a file open() refuses with EACCES (a write-only /proc file)",
+                )
+            )
         else:
             bf.notes.append(f"{WRITE_ONLY_PROC_FILE} is not there or readable: EACCES simulation skipped")
     return bf

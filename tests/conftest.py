@@ -15,8 +15,9 @@ from xaibatch.model import save_checkpoint
 CLASSES = ["FAKE", "REAL"]
 
 
-def make_checkpoint(path: Path, arch: str = "test_resnet", size: int = 32, classes=CLASSES, seed: int = 0,
-                    **kwargs) -> Path:
+def make_checkpoint(
+    path: Path, arch: str = "test_resnet", size: int = 32, classes=CLASSES, seed: int = 0, **kwargs
+) -> Path:
     """A randomly initialised timm model saved in xaibatch's checkpoint format."""
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes), **kwargs)

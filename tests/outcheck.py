@@ -75,8 +75,10 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))[1:]
         csv_rels = Counter(_unquote_cell(r[0]) for r in rows)
-        assert csv_rels == Counter(stems.keys()), (f"predictions.csv and the manifest differ: "
-                                            f"{sorted(set(csv_rels) ^ set(stems))[:5]} {csv_rels.most_common(1)}")
+        assert csv_rels == Counter(stems.keys()), (
+            f"predictions.csv and the manifest differ: "
+            f"{sorted(set(csv_rels) ^ set(stems))[:5]} {csv_rels.most_common(1)}"
+        )
         parser = _Cards()
         for page in sorted((out / "gallery").glob("page-*.html")):
             parser.feed(page.read_text(encoding="utf-8"))
@@ -86,9 +88,13 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         for page in sorted((out / "detail").glob("page-*.js")):
             text = page.read_text("ascii")
             assert (out / "detail" / page.name.replace(".js", ".html")).is_file(), f"{page.name} has no viewer"
-            details.update(im["rel"] for im in json.loads(text[text.index("=") + 1:].rstrip().rstrip(";"))["images"])
+            details.update(im["rel"] for im in json.loads(text[text.index("=") + 1 :].rstrip().rstrip(";"))["images"])
         assert details == Counter(stems.keys()), f"detail views differ: {sorted(set(details) ^ set(stems))[:5]}"
-        stale = [os.path.join(d, n) for d, _s, files in os.walk(out / "detail") for n in files
-                 if d != str(out / "detail") and n.endswith(".html")]
+        stale = [
+            os.path.join(d, n)
+            for d, _s, files in os.walk(out / "detail")
+            for n in files
+            if d != str(out / "detail") and n.endswith(".html")
+        ]
         assert not stale, f"per-image pages of the old layout left: {stale[:5]}"
     return stems

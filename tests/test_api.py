@@ -17,8 +17,17 @@ from xaibatch.model import load_model
 def test_explain_gives_the_maps_a_run_writes(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
     paths = write_images(inp, 5)
-    xaibatch.run(xaibatch.RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "guided-gradcam"],
-                                     checkpoint=tiny_ckpt, workers=0, handle_signals=False), log=lambda s: None)
+    xaibatch.run(
+        xaibatch.RunOptions(
+            input_dir=inp,
+            out_dir=out,
+            methods=["gradcam", "guided-gradcam"],
+            checkpoint=tiny_ckpt,
+            workers=0,
+            handle_signals=False,
+        ),
+        log=lambda s: None,
+    )
     m = Manifest(out / "xaibatch.sqlite")
     try:
         rows, maps = m.images(), m.maps()
@@ -47,8 +56,9 @@ def test_every_image_form_gives_the_same_maps(tmp_path, tiny_ckpt):
     }
     ref = None
     for name, images in forms.items():
-        r = xaibatch.explain(loaded.module, images, ["gradcam"], mean=loaded.mean, std=loaded.std, device="cpu",
-                             batch_size=2)
+        r = xaibatch.explain(
+            loaded.module, images, ["gradcam"], mean=loaded.mean, std=loaded.std, device="cpu", batch_size=2
+        )
         if ref is None:
             ref = r.maps["gradcam"]
         assert torch.allclose(r.maps["gradcam"], ref, atol=1e-6), name

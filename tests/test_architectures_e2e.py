@@ -21,17 +21,40 @@ ARCHS = [
 ]
 
 
-@pytest.mark.parametrize("arch,kwargs", [  # test_resnet in the default tier, every other architecture slow
-    pytest.param(a, k, id=a, marks=() if a == "test_resnet" else pytest.mark.slow) for a, k in ARCHS])
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [  # test_resnet in the default tier, every other architecture slow
+        pytest.param(a, k, id=a, marks=() if a == "test_resnet" else pytest.mark.slow) for a, k in ARCHS
+    ],
+)
 def test_all_methods_on_each_architecture(tmp_path, arch, kwargs):
     ckpt = make_checkpoint(tmp_path / f"{arch}.pt", arch=arch, size=64, **kwargs)
     root = tmp_path / "in"
     write_images(root / "FAKE", 2, size=48, seed=1)
     write_images(root / "REAL", 2, size=40, seed=2)
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(ckpt), "--out", str(out), "--workers", "0",
-                                 "-m", "gradcam", "-m", "guided-gradcam", "-m", "lime", "--lime-samples", "40"],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(root),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "-m",
+            "gradcam",
+            "-m",
+            "guided-gradcam",
+            "-m",
+            "lime",
+            "--lime-samples",
+            "40",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     db = sqlite3.connect(out / "xaibatch.sqlite")
     (cfg,) = db.execute("SELECT config_json FROM runs").fetchone()

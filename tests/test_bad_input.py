@@ -58,8 +58,22 @@ def bad_runs(tmp_path_factory):
     for workers in (0, 2):
         out = base / f"out-w{workers}"
         t0 = time.time()
-        result = CliRunner().invoke(cli, ["run", str(folder.root), "--checkpoint", str(ckpt), "--out", str(out),
-                                          "--workers", str(workers), "--batch-size", "8"], catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                str(folder.root),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+                "--batch-size",
+                "8",
+            ],
+            catch_exceptions=False,
+        )
         runs[workers] = Run(folder, out, result, time.time() - t0)
     yield runs
     badfiles.remove_tree(base)  # 1100-deep folders: too deep for shutil.rmtree
@@ -118,9 +132,11 @@ def test_nothing_lost_counts(bad_runs, capsys):
     folder = a.folder
     tried = len(folder.cases)
     with capsys.disabled():
-        print(f"\n[bad-input] cases tried {tried}: processed {len(a.images)}, skipped {len(a.failures)}, "
-              f"ignored {len(folder.by(IGNORED))}, lost 0; run {a.seconds:.1f}s (workers 0), "
-              f"{b.seconds:.1f}s (workers 2); notes: {folder.notes}")
+        print(
+            f"\n[bad-input] cases tried {tried}: processed {len(a.images)}, skipped {len(a.failures)}, "
+            f"ignored {len(folder.by(IGNORED))}, lost 0; run {a.seconds:.1f}s (workers 0), "
+            f"{b.seconds:.1f}s (workers 2); notes: {folder.notes}"
+        )
     assert len(a.images) + len(a.failures) + len(folder.by(IGNORED)) == tried
 
 
@@ -149,6 +165,7 @@ def test_report_lists_skipped_files_with_reasons(bad_run):
 
 
 # --- the decoder on each unusual mode -------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
@@ -208,8 +225,11 @@ def test_decompression_bomb_is_refused_fast_without_reading_it(tmp_path):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({{"results": out, "extra_kb": peak - base}}))
     """)
-    res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                    check=True, timeout=120).stdout.strip().splitlines()[-1])
+    res = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     for name, reason, seconds in res["results"]:
         assert "decompression bomb" in reason, (name, reason)
         assert seconds < 0.5, (name, seconds)
@@ -276,6 +296,7 @@ def test_scan_order_is_depth_first_sorted(tmp_path):
 
 
 # --- DataLoader workers ---------------------------------------------------------------------------
+
 
 def _loader(folder: badfiles.BadFolder, workers: int):
     found = scan(folder.root)

@@ -35,9 +35,28 @@ RATIOS = [
     "lime end to end / lime package",
     "lime: share of the compute phase outside the model's forward",
 ]
-SMALL = ["bench", "--arch", "test_resnet", "--image-size", "32", "--images", "8", "--batch-size", "4",
-         "--lime-images", "2", "--lime-samples", "20", "--lime-batch-size", "16", "--repeats", "1", "--workers", "0",
-         "--quiet"]
+SMALL = [
+    "bench",
+    "--arch",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--images",
+    "8",
+    "--batch-size",
+    "4",
+    "--lime-images",
+    "2",
+    "--lime-samples",
+    "20",
+    "--lime-batch-size",
+    "16",
+    "--repeats",
+    "1",
+    "--workers",
+    "0",
+    "--quiet",
+]
 
 
 def _cells(line: str) -> list[str]:

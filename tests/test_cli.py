@@ -57,8 +57,12 @@ def test_unlabeled_folder_groups_by_prediction(tmp_path, flat_dir, tiny_ckpt):
 
 def test_target_label_explains_the_label(tmp_path, labeled_dir, tiny_ckpt):
     out = tmp_path / "out"
-    assert invoke("run", labeled_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0,
-                  "--target", "label").exit_code == 0
+    assert (
+        invoke(
+            "run", labeled_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--target", "label"
+        ).exit_code
+        == 0
+    )
     db = sqlite3.connect(out / "xaibatch.sqlite")
     assert all(t == l for t, l in db.execute("SELECT target, label FROM images"))
 
@@ -69,8 +73,20 @@ def test_plain_state_dict_with_arch(tmp_path, labeled_dir):
     sd = tmp_path / "plain.pt"
     torch.save(model.state_dict(), sd)
     out = tmp_path / "out"
-    r = invoke("run", labeled_dir, "--arch", "test_resnet", "--checkpoint", sd, "--image-size", 32,
-               "--out", out, "--workers", 0)
+    r = invoke(
+        "run",
+        labeled_dir,
+        "--arch",
+        "test_resnet",
+        "--checkpoint",
+        sd,
+        "--image-size",
+        32,
+        "--out",
+        out,
+        "--workers",
+        0,
+    )
     assert r.exit_code == 0, r.output
     assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 10
 
@@ -102,8 +118,19 @@ def test_default_out_is_outputs_slash_parent_dash_folder_name(tmp_path, labeled_
 
 def test_help_lists_every_option_with_an_example():
     r = invoke("run", "--help")
-    for opt in ("--method", "--arch", "--checkpoint", "--image-size", "--target-layer", "--target", "--batch-size",
-                "--device", "--workers", "--out", "--quiet"):
+    for opt in (
+        "--method",
+        "--arch",
+        "--checkpoint",
+        "--image-size",
+        "--target-layer",
+        "--target",
+        "--batch-size",
+        "--device",
+        "--workers",
+        "--out",
+        "--quiet",
+    ):
         assert opt in r.output
     assert r.output.count("e.g.") >= 10
     assert "Exit codes" in r.output
@@ -133,8 +160,14 @@ def test_errors_are_one_line_without_traceback(tmp_path, labeled_dir, tiny_ckpt,
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     three = make_checkpoint(tmp_path / "three.pt", classes=["A", "B", "C"])
     (tmp_path / "empty").mkdir()
-    subs = {"{missing}": tmp_path / "missing", "{empty}": tmp_path / "empty", "{labeled}": labeled_dir,
-            "{plain}": plain, "{garbage}": garbage, "{three}": three}
+    subs = {
+        "{missing}": tmp_path / "missing",
+        "{empty}": tmp_path / "empty",
+        "{labeled}": labeled_dir,
+        "{plain}": plain,
+        "{garbage}": garbage,
+        "{three}": three,
+    }
     full = [str(subs.get(a, a)) for a in args]
     if "--checkpoint" not in full and "--arch" not in full:
         full += ["--checkpoint", str(tiny_ckpt)]

@@ -113,19 +113,61 @@ def _one_thread():
 
 
 def _opts(inp, out, ckpt) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=BATCH,
-                      workers=0, handle_signals=False)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam"],
+        checkpoint=ckpt,
+        batch_size=BATCH,
+        workers=0,
+        handle_signals=False,
+    )
 
 
-def _cli(inp, out, ckpt, marks: Path | None = None, delay: float = 0.0, report_delay: float = 0.0, workers: int = 0,
-         new_session=False, extra=(), hold_at: int = 0, hold_removals: bool = False):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "XB_TEST_DELAY": str(delay),
-           "XB_TEST_REPORT_DELAY": str(report_delay), "XB_TEST_MARKS": str(marks) if marks else "",
-           "XB_TEST_HOLD_AT": str(hold_at), "XB_TEST_HOLD_REMOVALS": "1" if hold_removals else ""}
+def _cli(
+    inp,
+    out,
+    ckpt,
+    marks: Path | None = None,
+    delay: float = 0.0,
+    report_delay: float = 0.0,
+    workers: int = 0,
+    new_session=False,
+    extra=(),
+    hold_at: int = 0,
+    hold_removals: bool = False,
+):
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "XB_TEST_DELAY": str(delay),
+        "XB_TEST_REPORT_DELAY": str(report_delay),
+        "XB_TEST_MARKS": str(marks) if marks else "",
+        "XB_TEST_HOLD_AT": str(hold_at),
+        "XB_TEST_HOLD_REMOVALS": "1" if hold_removals else "",
+    }
     return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE, "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out),
-         "--batch-size", str(BATCH), "--workers", str(workers), *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            PRELUDE,
+            "run",
+            str(inp),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--batch-size",
+            str(BATCH),
+            "--workers",
+            str(workers),
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=new_session,
     )
 
@@ -202,24 +244,40 @@ def _consistent(out: Path) -> tuple[dict, dict]:
 
 
 def _files(out: Path) -> set[str]:
-    return {p.relative_to(out).as_posix() for top in ("images", "thumbs", "maps") for p in (out / top).rglob("*")
-            if p.is_file()}
+    return {
+        p.relative_to(out).as_posix()
+        for top in ("images", "thumbs", "maps")
+        for p in (out / top).rglob("*")
+        if p.is_file()
+    }
 
 
 KILL_POINTS = {
     # name: (condition on (out, marks), what, seconds before each commit, seconds before the report)
     "before-first-batch": (lambda out, marks: _count(out, "SELECT count(*) FROM runs") >= 2, "the run row", 0.5, 0),
-    "after-first-commit": (lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH,
-                           "the first batch's commit", 0.3, 0),
+    "after-first-commit": (
+        lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH,
+        "the first batch's commit",
+        0.3,
+        0,
+    ),
     "files-written-not-committed": (lambda out, marks: (marks / "precommit-3").exists(), "batch 3's files", 1.0, 0),
-    "midway": (lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= 16, "16 images",
-               0.2, 0),
+    "midway": (
+        lambda out, marks: _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= 16,
+        "16 images",
+        0.2,
+        0,
+    ),
     "during-report": (lambda out, marks: (marks / "report").exists(), "the report", 0, 3.0),
 }
 
 
-@pytest.mark.parametrize("point", [  # one kill point in the default tier, the others slow
-    pytest.param(p, marks=() if p == "files-written-not-committed" else pytest.mark.slow) for p in KILL_POINTS])
+@pytest.mark.parametrize(
+    "point",
+    [  # one kill point in the default tier, the others slow
+        pytest.param(p, marks=() if p == "files-written-not-committed" else pytest.mark.slow) for p in KILL_POINTS
+    ],
+)
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     inp, out = _starting_folder(tmp_path, tiny_ckpt)
     ref = _reference(tmp_path, out, inp, tiny_ckpt)
@@ -271,8 +329,16 @@ def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckp
     # The writer holds batch 2's commit until the run has handled the signal: the queue (4 batches) then
     # keeps the run from computing all 9 batches first, however slow or loaded the machine.
     marks = tmp_path / "marks"
-    proc = _cli(inp, out, tiny_ckpt, marks=marks, workers=workers, new_session=True, hold_at=2,
-                extra=["--log-json"] if json_log else [])
+    proc = _cli(
+        inp,
+        out,
+        tiny_ckpt,
+        marks=marks,
+        workers=workers,
+        new_session=True,
+        hold_at=2,
+        extra=["--log-json"] if json_log else [],
+    )
     _wait_for(proc, lambda: (marks / "precommit-2").exists(), "batch 2's files (batch 1 committed)")
     assert _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH
     os.killpg(proc.pid, sig)

@@ -45,7 +45,7 @@ def bad_huffman(data: bytes) -> bytes:
     """A JPEG whose header reads fine but whose first Huffman table is bogus: no decoder takes it."""
     d = bytearray(data)
     i = d.find(b"\xff\xc4")
-    d[i + 5:i + 21] = b"\xff" * 16
+    d[i + 5 : i + 21] = b"\xff" * 16
     return bytes(d)
 
 
@@ -100,8 +100,12 @@ def load(root: Path, size: int, on_device: bool, workers: int = 0, batch_size: i
         for j, i in enumerate(b["index"]):
             assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, size, size)
             assert b["display"][j].dtype == np.uint8 and b["display"][j].ndim == 3
-            out[entries[i].rel] = {"x": b["x"][j], "display": b["display"][j],
-                                   "orig_size": tuple(b["orig_size"][j]), "sha256": b["sha256"][j]}
+            out[entries[i].rel] = {
+                "x": b["x"][j],
+                "display": b["display"][j],
+                "orig_size": tuple(b["orig_size"][j]),
+                "sha256": b["sha256"][j],
+            }
     return out
 
 
@@ -177,8 +181,7 @@ def test_exif_orientation_as_pil(tmp_path, orientation):
     p.write_bytes(jpeg(im, quality=95, exif=exif(orientation)))
     data, info = read_for_device(p)
     assert info.orientation == orientation
-    img = orient(decode.decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], CPU)[0],
-                 info.orientation)
+    img = orient(decode.decode_jpegs([torch.frombuffer(bytearray(data), dtype=torch.uint8)], CPU)[0], info.orientation)
     want = np.asarray(load_image(p))
     assert info.shown_size == want.shape[:2]
     assert np.array_equal(img.permute(1, 2, 0).numpy(), want)
@@ -211,8 +214,9 @@ def test_device_refusal_falls_back_to_pil_from_the_bytes(photos, monkeypatch):
 def test_one_bad_jpeg_does_not_decode_its_batch_one_by_one(monkeypatch):
     """A batch the device refuses because of one file is halved, not decoded file by file: the others still
     go through in a few batched calls (about 2 log2(n)), and only the bad one is left to PIL."""
-    good = [torch.frombuffer(bytearray(jpeg(Image.new("RGB", (8, 8), (i, 0, 0)))), dtype=torch.uint8)
-            for i in range(64)]
+    good = [
+        torch.frombuffer(bytearray(jpeg(Image.new("RGB", (8, 8), (i, 0, 0)))), dtype=torch.uint8) for i in range(64)
+    ]
     bad = torch.frombuffer(bytearray(b"\xff\xd8 not really a jpeg"), dtype=torch.uint8)
     data = good[:37] + [bad] + good[37:]
     real = decode.decode_jpegs
@@ -225,8 +229,10 @@ def test_one_bad_jpeg_does_not_decode_its_batch_one_by_one(monkeypatch):
     monkeypatch.setattr(decode, "decode_jpegs", counting)
     out = decode._decode_each(data, CPU)
     assert [i for i, t in enumerate(out) if t is None] == [37]
-    assert all(t.shape == (3, 8, 8) and int(t[0, 0, 0]) in range(i - 3, i + 4)
-               for i, t in enumerate(o for o in out if o is not None))
+    assert all(
+        t.shape == (3, 8, 8) and int(t[0, 0, 0]) in range(i - 3, i + 4)
+        for i, t in enumerate(o for o in out if o is not None)
+    )
     assert len(calls) <= 2 * 7 + 1  # 65 files: log2 levels, two calls each
 
 
@@ -317,18 +323,25 @@ def test_run_with_device_decode(photos, tmp_path, tiny_ckpt):
     res = {}
     for mode in ("device", "cpu"):
         out = tmp_path / mode
-        r = run(RunOptions(root, out, ["gradcam"], checkpoint=tiny_ckpt, decode=mode, workers=0, batch_size=4,
-                           handle_signals=False))
+        r = run(
+            RunOptions(
+                root, out, ["gradcam"], checkpoint=tiny_ckpt, decode=mode, workers=0, batch_size=4, handle_signals=False
+            )
+        )
         assert r.computed == len(how) - 2 and sorted(f for f, _ in r.failed) == ["bad_huffman.jpg", "truncated.jpg"]
         m = Manifest(out / "xaibatch.sqlite") if (out / "xaibatch.sqlite").exists() else None
         res[mode] = (r, m)
     (a, ma), (b, mb) = res["device"], res["cpu"]
     assert dict(a.failed) == dict(b.failed)
     ia, ib = ma.images(), mb.images()
-    assert {k: (v.pred, v.sha256, v.width, v.height) for k, v in ia.items()} == \
-        {k: (v.pred, v.sha256, v.width, v.height) for k, v in ib.items()}
+    assert {k: (v.pred, v.sha256, v.width, v.height) for k, v in ia.items()} == {
+        k: (v.pred, v.sha256, v.width, v.height) for k, v in ib.items()
+    }
     ma.close()
     mb.close()
-    again = run(RunOptions(root, tmp_path / "device", ["gradcam"], checkpoint=tiny_ckpt, decode="cpu", workers=0,
-                           handle_signals=False))
+    again = run(
+        RunOptions(
+            root, tmp_path / "device", ["gradcam"], checkpoint=tiny_ckpt, decode="cpu", workers=0, handle_signals=False
+        )
+    )
     assert again.computed == 0  # the decode path is not part of the configuration hash (README)

@@ -57,6 +57,7 @@ def run_args(images: Path, out: Path, *extra: str | Path):
 
 # --- input folder ---------------------------------------------------------------------------------
 
+
 def test_missing_input_folder(tmp_path, tiny_ckpt):
     r = invoke(*run_args(tmp_path / "nope", tmp_path / "out", "--checkpoint", tiny_ckpt))
     assert_one_line(r, errors.EXIT_USAGE, "does not exist")
@@ -79,6 +80,7 @@ def test_input_is_a_file(tmp_path, tiny_ckpt):
 
 
 # --- model and checkpoint -------------------------------------------------------------------------
+
 
 def test_unknown_arch_suggests_close_names(tmp_path, images):
     model = timm.create_model("test_resnet", num_classes=2)
@@ -107,8 +109,12 @@ def test_checkpoint_with_different_shapes_names_them(tmp_path, images):
     sd = tmp_path / "wide.pt"
     torch.save(timm.create_model("test_resnet", num_classes=2, in_chans=1).state_dict(), sd)  # grey input
     r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", sd, "--arch", "test_resnet"))
-    assert_one_line(r, errors.EXIT_USAGE, "1 shape mismatch",
-                    "conv1.0.weight is (16, 1, 3, 3) in the file but (16, 3, 3, 3) in test_resnet")
+    assert_one_line(
+        r,
+        errors.EXIT_USAGE,
+        "1 shape mismatch",
+        "conv1.0.weight is (16, 1, 3, 3) in the file but (16, 3, 3, 3) in test_resnet",
+    )
 
 
 def test_xaibatch_checkpoint_trained_as_another_arch(tmp_path, images, tiny_ckpt):
@@ -139,14 +145,17 @@ def _good_checkpoint_bytes(tmp_path: Path) -> bytes:
     return make_checkpoint(tmp_path / "ref.pt").read_bytes()
 
 
-@pytest.mark.parametrize("kind, needle", [
-    ("random", "not a PyTorch checkpoint"),
-    ("text", "not a PyTorch checkpoint"),
-    ("empty", "empty or truncated"),
-    ("truncated_zip", "corrupted or truncated zip"),
-    ("other_zip", "corrupted or truncated zip"),
-    ("json", "not a PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("random", "not a PyTorch checkpoint"),
+        ("text", "not a PyTorch checkpoint"),
+        ("empty", "empty or truncated"),
+        ("truncated_zip", "corrupted or truncated zip"),
+        ("other_zip", "corrupted or truncated zip"),
+        ("json", "not a PyTorch checkpoint"),
+    ],
+)
 def test_corrupted_or_non_checkpoint_files(tmp_path, images, kind, needle):
     ck = tmp_path / f"{kind}.pt"
     if kind == "random":
@@ -168,13 +177,16 @@ def test_corrupted_or_non_checkpoint_files(tmp_path, images, kind, needle):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("no_arch", "'arch'"),
-    ("no_classes", "'class_names'"),
-    ("bad_size", "'input_size'"),
-    ("bad_std", "'std'"),
-    ("unknown_arch", "names the architecture 'resnet_from_the_future', which timm"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("no_arch", "'arch'"),
+        ("no_classes", "'class_names'"),
+        ("bad_size", "'input_size'"),
+        ("bad_std", "'std'"),
+        ("unknown_arch", "names the architecture 'resnet_from_the_future', which timm"),
+    ],
+)
 def test_damaged_xaibatch_checkpoint_fields(tmp_path, images, damage, needle):
     obj = torch.load(make_checkpoint(tmp_path / "ok.pt"), weights_only=True)
     if damage == "no_arch":
@@ -210,6 +222,7 @@ def test_device_cuda_without_gpu(tmp_path, images, tiny_ckpt):
 
 # --- output folder --------------------------------------------------------------------------------
 
+
 def test_out_is_an_existing_file(tmp_path, images, tiny_ckpt):
     f = tmp_path / "out.txt"
     f.write_text("keep me")
@@ -226,9 +239,11 @@ def test_out_under_a_file(tmp_path, images, tiny_ckpt):
     assert f.read_text() == "keep me"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="running as root: a read-only (chmod 555) folder is still writable; "
-                           "test_out_under_a_file covers an unwritable --out")
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: a read-only (chmod 555) folder is still writable; "
+    "test_out_under_a_file covers an unwritable --out",
+)
 def test_out_read_only_folder(tmp_path, images, tiny_ckpt):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -259,11 +274,11 @@ def test_out_inside_input_is_not_read_back(tmp_path, images, tiny_ckpt):
     r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
     assert r.exit_code == 0, r.output
     db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert sorted(x for (x,) in db.execute("SELECT rel FROM images")) == ["img_000.png", "img_001.png",
-                                                                          "img_002.png"]
+    assert sorted(x for (x,) in db.execute("SELECT rel FROM images")) == ["img_000.png", "img_001.png", "img_002.png"]
 
 
 # --- a full disk during a run ---------------------------------------------------------------------
+
 
 def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
     """ENOSPC after N files: one line, exit 3, no truncated .npy, the manifest only lists files that exist."""

@@ -20,13 +20,20 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from xaibatch.cli import main; main()", *args],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _run(inp: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _cli("run", str(inp), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4",
-                "--workers", "0", *extra)
+    return _cli(
+        "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4", "--workers", "0", *extra
+    )
 
 
 def _events(stdout: str) -> list[dict]:
@@ -38,8 +45,14 @@ def test_help_documents_every_exit_code():
     r = _cli("run", "--help")
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    for code in ("0 success", "1 success, but some images could not be read", "2 usage error", "3 runtime error",
-                 "4 another run holds", "5 interrupted"):
+    for code in (
+        "0 success",
+        "1 success, but some images could not be read",
+        "2 usage error",
+        "3 runtime error",
+        "4 another run holds",
+        "5 interrupted",
+    ):
         assert code in text, code
     assert "--wait" in text and "--log-json" in text
 

@@ -40,8 +40,9 @@ def reference_curves(model, x, fill, saliency, target, steps):
 @pytest.mark.parametrize("baseline,steps,size", [("blur", 20, 16), ("zero", 7, 15), ("mean", 5, 12)])
 def test_batched_scores_match_the_per_image_definition(baseline, steps, size):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(4 * size * size, 3)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * size * size, 3)
+    ).eval()
     mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
     x = torch.randn(5, 3, size, size)
     maps = torch.rand(5, size, size)
@@ -81,8 +82,12 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
     """
     out = tmp_path / "out"
     cfg = FaithConfig(20, baseline)
-    run(RunOptions(input_dir=demo_dir / "test", out_dir=out, methods=["gradcam"], batch_size=64, workers=0,
-                   faithfulness=cfg), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=demo_dir / "test", out_dir=out, methods=["gradcam"], batch_size=64, workers=0, faithfulness=cfg
+        ),
+        log=lambda s: None,
+    )
     m = Manifest(out / "xaibatch.sqlite")
     images, maps = m.images(), m.maps()
     m.close()
@@ -101,7 +106,8 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
     with torch.no_grad():
         p = torch.softmax(ctx.model(x), 1)[:, 0]
     rand = Scorer(ctx.model, cfg, mean, std).score(
-        x, targets, p, {"r": random_maps(tuple(x.shape[-2:]), [image_seed(r) for r in fakes], x.device)})["r"]
+        x, targets, p, {"r": random_maps(tuple(x.shape[-2:]), [image_seed(r) for r in fakes], x.device)}
+    )["r"]
     gc_del = np.array([maps[(r, "gradcam")].deletion for r in fakes])
     gc_ins = np.array([maps[(r, "gradcam")].insertion for r in fakes])
     lower = int((gc_del < rand.deletion.numpy()).sum())

@@ -26,8 +26,13 @@ from xaibatch.data import load_image
 from xaibatch.errors import DecodeError
 
 EXAMPLES = int(os.environ.get("XAIBATCH_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(deadline=2000, max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow],
-                derandomize=os.environ.get("XAIBATCH_FUZZ_RANDOM") is None, database=None)
+FUZZ = settings(
+    deadline=2000,
+    max_examples=EXAMPLES,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=os.environ.get("XAIBATCH_FUZZ_RANDOM") is None,
+    database=None,
+)
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -47,17 +52,33 @@ def _seeds() -> dict[str, list[bytes]]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate
     return {
-        "png": [_encode(rgb, "PNG"), _encode(rgba, "PNG"), _encode(pal, "PNG", transparency=0), _encode(i16, "PNG"),
-                _encode(grey, "PNG", optimize=True)],
-        "jpg": [_encode(rgb, "JPEG", quality=80), _encode(rgb, "JPEG", progressive=True, exif=exif.tobytes()),
-                _encode(rgb.convert("CMYK"), "JPEG"), _encode(grey, "JPEG")],
+        "png": [
+            _encode(rgb, "PNG"),
+            _encode(rgba, "PNG"),
+            _encode(pal, "PNG", transparency=0),
+            _encode(i16, "PNG"),
+            _encode(grey, "PNG", optimize=True),
+        ],
+        "jpg": [
+            _encode(rgb, "JPEG", quality=80),
+            _encode(rgb, "JPEG", progressive=True, exif=exif.tobytes()),
+            _encode(rgb.convert("CMYK"), "JPEG"),
+            _encode(grey, "JPEG"),
+        ],
         "gif": [_encode(frames[0], "GIF", save_all=True, append_images=frames[1:], loop=0), _encode(pal, "GIF")],
         "bmp": [_encode(rgb, "BMP"), _encode(pal, "BMP"), _encode(grey, "BMP")],
-        "tif": [_encode(rgb, "TIFF"), _encode(rgb, "TIFF", compression="tiff_lzw"),
-                _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]), _encode(i16, "TIFF"),
-                _encode(rgba, "TIFF", compression="tiff_adobe_deflate")],
-        "webp": [_encode(rgb, "WEBP", quality=70), _encode(rgba, "WEBP", lossless=True),
-                 _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:])],
+        "tif": [
+            _encode(rgb, "TIFF"),
+            _encode(rgb, "TIFF", compression="tiff_lzw"),
+            _encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+            _encode(i16, "TIFF"),
+            _encode(rgba, "TIFF", compression="tiff_adobe_deflate"),
+        ],
+        "webp": [
+            _encode(rgb, "WEBP", quality=70),
+            _encode(rgba, "WEBP", lossless=True),
+            _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
+        ],
     }
 
 

@@ -21,8 +21,9 @@ def ours(model, layer, x, targets):
     return gradcam_maps(batch, x.shape[-1]).numpy()
 
 
-@pytest.mark.parametrize("arch,size", [("test_resnet", 32), ("resnet18", 64), ("test_efficientnet", 64),
-                                       ("test_convnext", 64)])
+@pytest.mark.parametrize(
+    "arch,size", [("test_resnet", 32), ("resnet18", 64), ("test_efficientnet", 64), ("test_convnext", 64)]
+)
 def test_equals_pytorch_grad_cam(arch, size):
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, num_classes=3).eval()
@@ -69,8 +70,9 @@ def test_capture_removes_its_hook_even_on_error():
     assert not any(m._forward_hooks for m in model.modules())
 
 
-@pytest.mark.parametrize("arch,size,expected", [("resnet18", 32, "layer2"), ("resnet18", 64, "layer3"),
-                                                ("resnet18", 224, "layer4")])
+@pytest.mark.parametrize(
+    "arch,size,expected", [("resnet18", 32, "layer2"), ("resnet18", 64, "layer3"), ("resnet18", 224, "layer4")]
+)
 def test_layer_rule_deepest_stage_at_least_4x4(arch, size, expected):
     model = timm.create_model(arch, pretrained=False, num_classes=2).eval()
     layer = find_target_layer(model, size)

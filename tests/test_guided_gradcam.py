@@ -37,7 +37,9 @@ def captum_expected(model, layer, x, targets):
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ggc = GuidedGradCam(model, layer).attribute(x.clone().requires_grad_(), target=targets, interpolate_mode="bilinear")
+        ggc = GuidedGradCam(model, layer).attribute(
+            x.clone().requires_grad_(), target=targets, interpolate_mode="bilinear"
+        )
         gb = GuidedBackprop(model).attribute(x.clone().requires_grad_(), target=targets)
         raw = LayerGradCam(model, layer).attribute(x.clone().requires_grad_(), target=targets, relu_attributions=True)
     raw = raw.detach()[:, 0]
@@ -74,7 +76,9 @@ def test_explain_is_batched_like_per_image(resnet):
     imgs = random_images(4, SIZE, seed=2)
     together = method.explain(make_batch(ctx, imgs)).maps
     assert together.shape == (4, SIZE, SIZE) and together.dtype == torch.float32
-    assert together.min() >= 0 and together.max() <= 1 and together.flatten(1).max(1).values.min() > 0.9999  # tiny gradients still reach 1
+    assert (
+        together.min() >= 0 and together.max() <= 1 and together.flatten(1).max(1).values.min() > 0.9999
+    )  # tiny gradients still reach 1
     for i in range(4):
         alone = method.explain(make_batch(ctx, imgs[i : i + 1])).maps[0]
         torch.testing.assert_close(alone, together[i], rtol=0, atol=1e-5)
@@ -130,7 +134,9 @@ def test_rule_on_each_activation(act):
 
 
 def test_gates_are_not_patched():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SiLU(), nn.Sigmoid(), nn.Hardsigmoid(), nn.Tanh(), timm_act.HardSigmoid())
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.SiLU(), nn.Sigmoid(), nn.Hardsigmoid(), nn.Tanh(), timm_act.HardSigmoid()
+    )
     assert [type(m) for m in guided_modules(model)] == [nn.SiLU]
 
 
@@ -153,8 +159,14 @@ class Boom(nn.Module):
 def boom_net():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), Boom(), nn.Conv2d(4, 4, 3), nn.GELU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(4, 3),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(inplace=True),
+        Boom(),
+        nn.Conv2d(4, 4, 3),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     ).eval()
 
 

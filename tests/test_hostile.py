@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- checkpoints never run code -------------------------------------------------------------------
 
+
 class Payload:
     """Unpickling this calls os.system: creates the marker file."""
 
@@ -87,8 +88,12 @@ def test_the_payloads_are_real(tmp_path):
             except Exception:
                 pass  # the payload has run by then (or not: the assert below says which)
     """)
-    subprocess.run([sys.executable, "-c", code, *[str(p) for p, _ in files.values()]], capture_output=True,
-                   timeout=300, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-c", code, *[str(p) for p, _ in files.values()]],
+        capture_output=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     for what, (_, marker) in files.items():
         assert marker.exists(), f"{what}: the control payload did not run, so the real test proves nothing"
 
@@ -100,8 +105,11 @@ def test_malicious_checkpoints_are_refused_and_never_run(tmp_path):
     for what, (path, marker) in files.items():
         with pytest.raises(ModelError, match="refused to load"):
             read_checkpoint(path)
-        r = CliRunner().invoke(cli, ["run", str(images), "--checkpoint", str(path), "--out", str(tmp_path / "out"),
-                                     "--workers", "0", "-q"], catch_exceptions=False)
+        r = CliRunner().invoke(
+            cli,
+            ["run", str(images), "--checkpoint", str(path), "--out", str(tmp_path / "out"), "--workers", "0", "-q"],
+            catch_exceptions=False,
+        )
         assert "Traceback" not in r.output
         assert r.exit_code == errors.EXIT_USAGE, (what, r.output)
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -112,15 +120,44 @@ def test_malicious_checkpoints_are_refused_and_never_run(tmp_path):
 
 # --- safe_join ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rel", ["../x", "/abs", "/etc/passwd", "a/../../b", "a/..", "..", "", ".", "./",
-                                 "a/\0b", "maps/../../../tmp/x", "a//../../b"])
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../x",
+        "/abs",
+        "/etc/passwd",
+        "a/../../b",
+        "a/..",
+        "..",
+        "",
+        ".",
+        "./",
+        "a/\0b",
+        "maps/../../../tmp/x",
+        "a//../../b",
+    ],
+)
 def test_safe_join_refuses_escapes(tmp_path, rel):
     with pytest.raises(UsageError, match="refusing to write"):
         safe_join(tmp_path, rel)
 
 
-@pytest.mark.parametrize("rel", ["..png", "...png", ".hidden.png", "-rf.png", "--out=x.png", "a/b/c.npy",
-                                 "<img src=x onerror=alert(1)>.png", "a/./b.png", "%2e%2e%2fx.png", "~/x.png"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "..png",
+        "...png",
+        ".hidden.png",
+        "-rf.png",
+        "--out=x.png",
+        "a/b/c.npy",
+        "<img src=x onerror=alert(1)>.png",
+        "a/./b.png",
+        "%2e%2e%2fx.png",
+        "~/x.png",
+    ],
+)
 def test_safe_join_accepts_odd_but_safe_names(tmp_path, rel):
     p = safe_join(tmp_path, rel)
     assert p.resolve().is_relative_to(tmp_path.resolve())
@@ -141,8 +178,11 @@ def test_run_with_a_planted_symlink_writes_nothing_outside(tmp_path, tiny_ckpt):
     out.mkdir()
     outside.mkdir()
     os.symlink(outside, out / "images")
-    r = CliRunner().invoke(cli, ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out),
-                                 "--workers", "0", "-q"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"],
+        catch_exceptions=False,
+    )
     assert "Traceback" not in r.output
     assert r.exit_code == errors.EXIT_USAGE, r.output
     assert "resolves outside" in r.output
@@ -150,6 +190,7 @@ def test_run_with_a_planted_symlink_writes_nothing_outside(tmp_path, tiny_ckpt):
 
 
 # --- no file outside --out, whatever the names ----------------------------------------------------
+
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """path -> (size, mtime) of every file and link; folders by existence only (a temporary file made
@@ -187,9 +228,27 @@ def test_hostile_names_write_only_under_out(tmp_path, tiny_ckpt):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
     proc = subprocess.run(
-        [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(images), "--checkpoint", str(ckpt),
-         "--out", str(out), "--workers", "2", "--batch-size", "8", "-q"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-c",
+            "from xaibatch.cli import main; main()",
+            "run",
+            str(images),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--batch-size",
+            "8",
+            "-q",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -232,6 +291,7 @@ def test_deep_nesting_past_the_recursion_limit(tmp_path):
 
 # --- names are text in the report -----------------------------------------------------------------
 
+
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -260,8 +320,21 @@ def hostile_report(tmp_path_factory):
     badfiles.put_names(images, "names", bf)
     (images / "<img src=x onerror=alert(2)>.jpg").write_bytes(b"not an image, so it is listed as skipped")
     out = base / "out"
-    r = CliRunner().invoke(cli, ["run", str(images), "--checkpoint", str(make_checkpoint(base / "m.pt")),
-                                 "--out", str(out), "--workers", "0", "-q"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(images),
+            "--checkpoint",
+            str(make_checkpoint(base / "m.pt")),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "-q",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == errors.EXIT_SOME_FAILED, r.output
     return out, bf
 
@@ -353,14 +426,21 @@ def test_no_script_runs_in_a_browser(hostile_report):
 
 # --- names whose output files would collide -------------------------------------------------------
 
+
 def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
     """x.png + x.jpg + x.png.gif shared files (x.png's stem was x.png.gif's); photo.jpg's maps
     (photo.png) were a file where photo.png/'s maps need a folder: the run died with 'File exists'."""
     from xaibatch.layout import map_stems
 
     images = tmp_path / "in"
-    colours = {"x.png": (255, 0, 0), "x.jpg": (0, 255, 0), "x.png.gif": (0, 0, 255), "photo.jpg": (9, 9, 9),
-               "photo.png/a.png": (200, 200, 0), "photo.jpg.png/b.png": (0, 200, 200)}
+    colours = {
+        "x.png": (255, 0, 0),
+        "x.jpg": (0, 255, 0),
+        "x.png.gif": (0, 0, 255),
+        "photo.jpg": (9, 9, 9),
+        "photo.png/a.png": (200, 200, 0),
+        "photo.jpg.png/b.png": (0, 200, 200),
+    }
     for rel, c in colours.items():
         (images / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), c).save(images / rel)
@@ -368,8 +448,11 @@ def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
     assert len(set(stems.values())) == len(stems)
     assert stems["photo.png/a.png"] == "photo.png/a"  # no clash: unchanged
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out),
-                                 "--workers", "0", "-q"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     db = sqlite3.connect(out / "xaibatch.sqlite")
     for rel, stem in db.execute("SELECT rel, stem FROM images"):

@@ -25,8 +25,19 @@ def _image(path: Path, colour=(200, 30, 30), size=(12, 10)) -> None:
 
 def _hostile(root: Path, outside: Path) -> None:
     fake, real = root / "FAKE", root / "REAL"
-    for rel in ["a.jpg", "a.html/b.png", f"{LONG}.png", f"{LONG}.jpg", "photo.jpg", "photo.png/c.png",
-                '=HYPERLINK("http://evil","x").png', "+1.png", "@SUM(A1).png", "<b>bold</b>.png", "plain.png"]:
+    for rel in [
+        "a.jpg",
+        "a.html/b.png",
+        f"{LONG}.png",
+        f"{LONG}.jpg",
+        "photo.jpg",
+        "photo.png/c.png",
+        '=HYPERLINK("http://evil","x").png',
+        "+1.png",
+        "@SUM(A1).png",
+        "<b>bold</b>.png",
+        "plain.png",
+    ]:
         _image(fake / rel)
     (fake / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     bad = os.fsencode(fake) + b"/bad\xffname.png"
@@ -62,8 +73,24 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
     root, outside, out = tmp_path / "in", tmp_path / "outside", tmp_path / "out"
     _hostile(root, outside)
     make_unreadable(root / "FAKE" / "locked", monkeypatch)
-    args = ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0",
-            "-m", "gradcam", "-m", "lime", "--lime-samples", "20", "--batch-size", "4"]
+    args = [
+        "run",
+        str(root),
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "-m",
+        "gradcam",
+        "-m",
+        "lime",
+        "--lime-samples",
+        "20",
+        "--batch-size",
+        "4",
+    ]
 
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1, r.output  # some failed, none fatal
@@ -72,8 +99,15 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
     assert len(stems) == 15
     assert "FAKE/out_link/secret.png" not in stems and "FAKE/alias.png" in stems
     db_failures = {line.split(":")[0].strip() for line in r.output.splitlines() if line.startswith("  ")}
-    for rel in ("FAKE/corrupt.png", "FAKE/locked", "FAKE/out_link", "FAKE/bad\\xffname.png", "FAKE/folder\\xfe",
-                "FAKE/innocent.png", "FAKE/big.png"):
+    for rel in (
+        "FAKE/corrupt.png",
+        "FAKE/locked",
+        "FAKE/out_link",
+        "FAKE/bad\\xffname.png",
+        "FAKE/folder\\xfe",
+        "FAKE/innocent.png",
+        "FAKE/big.png",
+    ):
         assert rel in db_failures, (rel, r.output)
     assert "FAKE/innocent.png: symlink to a file outside the input folder; not followed" in r.output
     assert "FAKE/big.png: file too large (17,592,186,040,320 bytes" in r.output

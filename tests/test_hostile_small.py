@@ -41,8 +41,20 @@ def test_names_in_stderr_cannot_forge_log_lines(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 2)
     (inp / "x\nxaibatch: done, all good\x1b[32m.png").write_bytes(b"not an image at all")
-    r = CliRunner().invoke(cli, ["run", str(inp), "--unlabeled", "--checkpoint", str(tiny_ckpt), "--out",
-                                 str(tmp_path / "o"), "--workers", "0"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(inp),
+            "--unlabeled",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "\x1b" not in r.output
     assert "  x\\nxaibatch: done, all good\\x1b[32m.png: not an image" in r.output
@@ -73,8 +85,10 @@ def test_an_all_zero_checkpoint_gets_a_whole_sentence_and_no_unsafe_advice(tmp_p
         read_checkpoint(p)
     msg = str(ei.value)
     assert "weights_only=False" not in msg and "`" not in msg
-    assert msg == (f"{p}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or another kind of "
-                   "file such as an all-zero one); re-save the weights with torch.save(model.state_dict(), ...)")
+    assert msg == (
+        f"{p}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or another kind of "
+        "file such as an all-zero one); re-save the weights with torch.save(model.state_dict(), ...)"
+    )
 
 
 def test_long_error_lines_are_cut_at_a_word():
@@ -96,8 +110,15 @@ def test_a_signal_during_the_report_says_interrupted(tmp_path, tiny_ckpt, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report, "write_report", interrupted)
-    opts = RunOptions(input_dir=inp, out_dir=tmp_path / "o", methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
-                      labeled=False, handle_signals=False)
+    opts = RunOptions(
+        input_dir=inp,
+        out_dir=tmp_path / "o",
+        methods=["gradcam"],
+        checkpoint=tiny_ckpt,
+        workers=0,
+        labeled=False,
+        handle_signals=False,
+    )
     with pytest.raises(KeyboardInterrupt):
         run(opts, log=lambda s: None)
     m = Manifest(tmp_path / "o" / layout.MANIFEST)
@@ -130,8 +151,11 @@ def test_an_out_path_too_long_for_sqlite_is_refused_before_it_is_created(tmp_pat
 
     write_images(tmp_path / "in", 1)
     out = tmp_path / ("d" * 200) / ("e" * 200) / ("f" * 120)
-    with pytest.raises(UsageError, match=r"is too long a path: the manifest's files there would take \d+ bytes, and "
-                                         r"SQLite opens at most 511; choose a shorter --out"):
+    with pytest.raises(
+        UsageError,
+        match=r"is too long a path: the manifest's files there would take \d+ bytes, and "
+        r"SQLite opens at most 511; choose a shorter --out",
+    ):
         check_folders(RunOptions(input_dir=tmp_path / "in", out_dir=out, methods=["gradcam"]))
     assert not (tmp_path / ("d" * 200)).exists()
     ok = tmp_path / ("d" * 100)

@@ -45,8 +45,16 @@ def _setup(monkeypatch):
 
 
 def _opts(inp, out, ckpt, methods=("gradcam",), **kw) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), checkpoint=ckpt, batch_size=4,
-                      workers=0, handle_signals=False, **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=list(methods),
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        handle_signals=False,
+        **kw,
+    )
 
 
 def _quiet(s: str) -> None:
@@ -82,8 +90,7 @@ def _assert_close(a, b) -> None:
         np.testing.assert_allclose(ia[rel][4], ib[rel][4], atol=1e-5)
     for k in ma:
         assert ma[k][:2] == mb[k][:2], k
-        np.testing.assert_allclose(np.frombuffer(ma[k][2], np.float32), np.frombuffer(mb[k][2], np.float32),
-                                   atol=1e-5)
+        np.testing.assert_allclose(np.frombuffer(ma[k][2], np.float32), np.frombuffer(mb[k][2], np.float32), atol=1e-5)
 
 
 def _bump_mtime(p: Path, by_ns: int = 5_000_000_000) -> None:
@@ -106,7 +113,13 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
     monkeypatch.setattr(data, "hash_open_file", no_hashing)  # the loader new and changed ones
     again = run(_opts(inp, out, tiny_ckpt), log=_quiet)
     assert (again.seen, again.computed, again.unchanged, again.added, again.changed, again.removed) == (
-        12, 0, 12, 0, 0, 0)
+        12,
+        0,
+        12,
+        0,
+        0,
+        0,
+    )
     assert _files(out) == before_files  # nothing rewritten
     assert _state(out) == before_state  # skipped images stay exactly as they were
 
@@ -174,8 +187,15 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
     runs = Manifest(out / "xaibatch.sqlite").runs()
     assert [r["status"] for r in runs] == ["ok", "ok"]
     last = runs[-1]
-    assert (last["n_seen"], last["n_added"], last["n_changed"], last["n_removed"], last["n_unchanged"],
-            last["n_failed"], last["n_computed"]) == (8, 1, 1, 1, 6, 0, 2)
+    assert (
+        last["n_seen"],
+        last["n_added"],
+        last["n_changed"],
+        last["n_removed"],
+        last["n_unchanged"],
+        last["n_failed"],
+        last["n_computed"],
+    ) == (8, 1, 1, 1, 6, 0, 2)
     assert last["finished_at"] >= last["started_at"] and last["seconds"] > 0
 
 
@@ -197,16 +217,17 @@ def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):
     assert sum(1 for (_, m) in maps if m == "testmean") == 6
 
     # a method's option changes: only that method is recomputed
-    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean"),
-                  method_options={"testmean": {"scale": 2.0}}), log=_quiet)
+    r = run(
+        _opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean"), method_options={"testmean": {"scale": 2.0}}),
+        log=_quiet,
+    )
     assert r.computed == 6
     after2 = _files(out)
     assert all(after2[f] == t for f, t in gradcam_files.items())
     assert any(after2[f] != after[f] for f in after if f.startswith("maps/testmean/"))
 
     # and nothing to do when asked for a subset of what is there
-    r = run(_opts(inp, out, tiny_ckpt, methods=("testmean",), method_options={"testmean": {"scale": 2.0}}),
-            log=_quiet)
+    r = run(_opts(inp, out, tiny_ckpt, methods=("testmean",), method_options={"testmean": {"scale": 2.0}}), log=_quiet)
     assert r.computed == 0
 
 

@@ -33,8 +33,16 @@ def _one_thread():
 
 
 def _opts(inp, out, methods, ckpt=None, **kw) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), checkpoint=ckpt, batch_size=4, workers=0,
-                      handle_signals=False, **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=list(methods),
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        handle_signals=False,
+        **kw,
+    )
 
 
 def _quiet(s: str) -> None:
@@ -57,9 +65,11 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_registry_lists_library_methods_without_importing_them():
-    code = ("import sys, xaibatch.methods as m; names = [r.name for r in m.list_methods()]; "
-            "assert 'cam:scorecam' in names and 'captum:IntegratedGradients' in names, names; "
-            "bad = [k for k in ('captum', 'pytorch_grad_cam') if k in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, xaibatch.methods as m; names = [r.name for r in m.list_methods()]; "
+        "assert 'cam:scorecam' in names and 'captum:IntegratedGradients' in names, names; "
+        "bad = [k for k in ('captum', 'pytorch_grad_cam') if k in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -86,9 +96,13 @@ def test_unknown_name_lists_close_matches():
 def test_option_values_and_syntax():
     assert [parse_value(v) for v in ("32", "0.5", "true", "False", "nearest")] == [32, 0.5, True, False, "nearest"]
     assert parse_method_option("captum:NoiseTunnel.Saliency.nt_samples=8") == (
-        "captum:NoiseTunnel.Saliency", "nt_samples", 8)
+        "captum:NoiseTunnel.Saliency",
+        "nt_samples",
+        8,
+    )
     assert method_options(["cam:scorecam.batch_size=8", "cam:scorecam.aug_smooth=true"], ["cam:scorecam"]) == {
-        "cam:scorecam": {"batch_size": 8, "aug_smooth": True}}
+        "cam:scorecam": {"batch_size": 8, "aug_smooth": True}
+    }
     for bad in ("cam:scorecam", "batch_size=3", "cam:scorecam.=3"):
         with pytest.raises(UsageError, match="METHOD.OPTION=VALUE"):
             parse_method_option(bad)
@@ -184,8 +198,9 @@ def test_native_and_library_maps_are_equal_through_the_pipeline(tmp_path):
     write_demo_data(tmp_path / "demo", train_per_class=1, test_per_class=5, seed=0)
     inp, out = tmp_path / "demo" / "test", tmp_path / "out"
     methods = ["gradcam", "cam:gradcam", "guided-gradcam", "captum:GuidedGradCam"]
-    res = run(_opts(inp, out, methods, method_options={"captum:GuidedGradCam": {"interpolate_mode": "bilinear"}}),
-              log=_quiet)
+    res = run(
+        _opts(inp, out, methods, method_options={"captum:GuidedGradCam": {"interpolate_mode": "bilinear"}}), log=_quiet
+    )
     assert res.computed == 10 and not res.failed
     rows = _maps(out)
     rels = sorted({rel for rel, _m in rows})
@@ -201,8 +216,14 @@ def test_native_and_library_maps_are_equal_through_the_pipeline(tmp_path):
             assert _corr(a, b) >= floor, (native, rel, _corr(a, b), minima[rel])
 
 
-LIBRARY_SIX = ["cam:gradcam++", "cam:scorecam", "cam:eigencam", "captum:IntegratedGradients", "captum:Occlusion",
-               "captum:NoiseTunnel.Saliency"]
+LIBRARY_SIX = [
+    "cam:gradcam++",
+    "cam:scorecam",
+    "cam:eigencam",
+    "captum:IntegratedGradients",
+    "captum:Occlusion",
+    "captum:NoiseTunnel.Saliency",
+]
 
 
 @pytest.mark.slow
@@ -211,13 +232,27 @@ def test_six_library_methods_end_to_end_on_demo_data_with_the_bundled_model(tmp_
 
     write_demo_data(tmp_path / "demo", train_per_class=1, test_per_class=2, seed=0)
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, [
-        "run", str(tmp_path / "demo" / "test"), "--out", str(out), "--workers", "0", "--batch-size", "4", "-q",
-        *[a for m in LIBRARY_SIX for a in ("-m", m)],
-        "--method-option", "captum:IntegratedGradients.n_steps=8",
-        "--method-option", "captum:NoiseTunnel.Saliency.nt_samples=3",
-        "--method-option", "cam:scorecam.batch_size=64",
-    ])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tmp_path / "demo" / "test"),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "-q",
+            *[a for m in LIBRARY_SIX for a in ("-m", m)],
+            "--method-option",
+            "captum:IntegratedGradients.n_steps=8",
+            "--method-option",
+            "captum:NoiseTunnel.Saliency.nt_samples=3",
+            "--method-option",
+            "cam:scorecam.batch_size=64",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = _maps(out)
     m = Manifest(out / FILENAME)
@@ -228,9 +263,14 @@ def test_six_library_methods_end_to_end_on_demo_data_with_the_bundled_model(tmp_
         m.close()
     assert len(images) == 4
     signed = {name: config["methods"][name]["signed"] for name in LIBRARY_SIX}
-    assert signed == {"cam:gradcam++": False, "cam:scorecam": False, "cam:eigencam": False,
-                      "captum:IntegratedGradients": True, "captum:Occlusion": True,
-                      "captum:NoiseTunnel.Saliency": False}
+    assert signed == {
+        "cam:gradcam++": False,
+        "cam:scorecam": False,
+        "cam:eigencam": False,
+        "captum:IntegratedGradients": True,
+        "captum:Occlusion": True,
+        "captum:NoiseTunnel.Saliency": False,
+    }
     assert config["methods"]["captum:IntegratedGradients"]["config"]["n_steps"] == 8
     gallery = "".join(p.read_text() for p in (out / "gallery").glob("*.html"))
     for rel, img in images.items():
@@ -262,8 +302,9 @@ def test_rerun_caches_library_methods_and_an_option_change_recomputes_only_that_
     again = run(_opts(flat_dir, out, methods, tiny_ckpt), log=_quiet)
     assert again.computed == 0 and again.unchanged == 6
     assert _maps(out) == before
-    changed = run(_opts(flat_dir, out, methods, tiny_ckpt,
-                        method_options={"captum:Saliency": {"reduce": "sum"}}), log=_quiet)
+    changed = run(
+        _opts(flat_dir, out, methods, tiny_ckpt, method_options={"captum:Saliency": {"reduce": "sum"}}), log=_quiet
+    )
     assert changed.computed == 6
     after = _maps(out)
     for (rel, name), row in after.items():
@@ -292,8 +333,21 @@ def test_cli_errors_exit_2_before_any_image(tmp_path, flat_dir, tiny_ckpt):
 
 def test_cli_library_method_that_cannot_run_on_the_model_exits_2(tmp_path, flat_dir):
     ckpt = make_checkpoint(tmp_path / "vit.pt", arch="test_vit", size=32, img_size=32)
-    r = CliRunner().invoke(cli, ["run", str(flat_dir), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                                 "--workers", "0", "-m", "captum:GuidedGradCam"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(flat_dir),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "-m",
+            "captum:GuidedGradCam",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "needs a convolutional" in r.output and not (tmp_path / "o" / "maps").exists()
 
@@ -309,8 +363,26 @@ def test_methods_command_lists_everything():
 
 @pytest.mark.slow
 def test_bench_takes_a_library_method():
-    r = CliRunner().invoke(cli, ["bench", "--arch", "test_resnet", "--image-size", "32", "--images", "4",
-                                 "--batch-size", "4", "--repeats", "1", "--workers", "0", "--quiet",
-                                 "--only", "cam:scorecam"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--arch",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--images",
+            "4",
+            "--batch-size",
+            "4",
+            "--repeats",
+            "1",
+            "--workers",
+            "0",
+            "--quiet",
+            "--only",
+            "cam:scorecam",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "cam:scorecam  xaibatch end to end" in r.output and "methods alone, tensors in memory" in r.output

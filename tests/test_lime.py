@@ -324,8 +324,18 @@ def test_segmentation_runs_in_the_workers_ahead_of_the_model(tmp_path, tiny_ckpt
         return out
 
     monkeypatch.setattr(Lime, "explain", timed_explain)
-    run(RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["lime"], checkpoint=tiny_ckpt,
-                   batch_size=2, workers=1, method_options={"lime": {"samples": 400}}), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=tmp_path / "in",
+            out_dir=tmp_path / "out",
+            methods=["lime"],
+            checkpoint=tiny_ckpt,
+            batch_size=2,
+            workers=1,
+            method_options={"lime": {"samples": 400}},
+        ),
+        log=lambda s: None,
+    )
     records = [line.split() for line in seg_log.read_text().splitlines()]
     assert len(records) == 4 and len(explained) == 2
     assert all(int(pid) != os.getpid() for pid, _ in records)  # in the worker, not the main process
@@ -337,10 +347,14 @@ def test_cuda_chunk_from_free_memory_and_probe_peak(monkeypatch):
     """The arithmetic of the CUDA chunk, with the device's memory figures faked (runs without a GPU)."""
     mib = 2**20
     state = {"free": 0}
-    fake = {"synchronize": lambda dev=None: None, "reset_peak_memory_stats": lambda dev=None: None,
-            "memory_allocated": lambda dev=None: 100 * mib, "memory_reserved": lambda dev=None: 300 * mib,
-            "max_memory_allocated": lambda dev=None: 100 * mib + 16 * 3 * mib,  # probe of 16: 3 MiB per image
-            "mem_get_info": lambda dev=None: (state["free"], 80 * 1024 * mib)}
+    fake = {
+        "synchronize": lambda dev=None: None,
+        "reset_peak_memory_stats": lambda dev=None: None,
+        "memory_allocated": lambda dev=None: 100 * mib,
+        "memory_reserved": lambda dev=None: 300 * mib,
+        "max_memory_allocated": lambda dev=None: 100 * mib + 16 * 3 * mib,  # probe of 16: 3 MiB per image
+        "mem_get_info": lambda dev=None: (state["free"], 80 * 1024 * mib),
+    }
     for name, fn in fake.items():
         monkeypatch.setattr(torch.cuda, name, fn)
     x = torch.zeros(2, 3, 64, 64)

@@ -103,12 +103,14 @@ def test_noisy_linear_model_converges_to_the_answer(noisy_ctx):
 def test_never_stops_before_the_floor_nor_after_the_ceiling(ctx_tiny, floor, step, ceiling):
     seen = []
     for tol in (1e9, 1e-12):  # stops as early, then as late, as it may
-        m = create_method("lime", ctx_tiny, samples="auto", samples_min=floor, samples_round=step,
-                          samples_max=ceiling, tolerance=tol)
+        m = create_method(
+            "lime", ctx_tiny, samples="auto", samples_min=floor, samples_round=step, samples_max=ceiling, tolerance=tol
+        )
         checks = m.checkpoints()
         assert checks[0] == floor and checks[-1] == ceiling and all(a < b for a, b in zip(checks, checks[1:]))
-        e = m.explain(make_batch(ctx_tiny, random_images(2, SIZE), activations=False, segmenter=m.segmenter(),
-                                 seeds=[1, 2]))
+        e = m.explain(
+            make_batch(ctx_tiny, random_images(2, SIZE), activations=False, segmenter=m.segmenter(), seeds=[1, 2])
+        )
         seen.append([i["samples"] for i in e.info])
     assert seen == [[floor, floor], [ceiling, ceiling]]
 
@@ -128,8 +130,9 @@ def test_same_seed_same_map_whatever_the_batch(ctx_tiny):
         m = create_method("lime", ctx_tiny, samples="auto", samples_max=800, tolerance=0.05, **kw)
         read_ahead = kw.pop("batch_size", None) == 1000
         m.read_ahead = read_ahead
-        return m.explain(make_batch(ctx_tiny, imgs[idx], activations=False, segmenter=m.segmenter(),
-                                    seeds=[10 + i for i in idx]))
+        return m.explain(
+            make_batch(ctx_tiny, imgs[idx], activations=False, segmenter=m.segmenter(), seeds=[10 + i for i in idx])
+        )
 
     alone = [run([i]) for i in range(4)]
     used = [a.info[0]["samples"] for a in alone]
@@ -149,8 +152,9 @@ def test_an_auto_map_is_the_fixed_map_at_its_sample_count(ctx_tiny):
     for k in range(2):
         s = a.info[k]["samples"]
         f = create_method("lime", ctx_tiny, samples=s)
-        fixed = f.explain(make_batch(ctx_tiny, imgs[k:k + 1], activations=False, segmenter=f.segmenter(),
-                                     seeds=[3 + k]))
+        fixed = f.explain(
+            make_batch(ctx_tiny, imgs[k : k + 1], activations=False, segmenter=f.segmenter(), seeds=[3 + k])
+        )
         torch.testing.assert_close(a.maps[k], fixed.maps[0], rtol=1e-4, atol=1e-6)
         assert fixed.info[0]["noise"] == pytest.approx(a.info[k]["noise"], abs=1e-4)
 
@@ -199,12 +203,22 @@ def test_options_config_and_estimate(ctx_tiny):
     a = create_method("lime", ctx_tiny, samples="auto")
     cfg = a.config()
     assert cfg["samples"] == "auto"
-    assert {k: cfg[k] for k in AUTO_OPTIONS} == {"samples_min": 200, "samples_max": 2000, "samples_round": 100,
-                                                 "tolerance": 0.1}
+    assert {k: cfg[k] for k in AUTO_OPTIONS} == {
+        "samples_min": 200,
+        "samples_max": 2000,
+        "samples_round": 100,
+        "tolerance": 0.1,
+    }
     assert create_method("lime", ctx_tiny, samples="AUTO", samples_max=3000).config()["samples_max"] == 3000
     assert "4 image(s) x 200-2000 samples" in a.estimate(4) and "800 to 8,000 model forwards" in a.estimate(4)
-    for bad in ({"samples_min": 500, "samples_max": 400}, {"samples_min": 1}, {"tolerance": 0},
-                {"tolerance": "nan"}, {"samples_round": 0}, {"samples_max": "lots"}):
+    for bad in (
+        {"samples_min": 500, "samples_max": 400},
+        {"samples_min": 1},
+        {"tolerance": 0},
+        {"tolerance": "nan"},
+        {"samples_round": 0},
+        {"samples_max": "lots"},
+    ):
         with pytest.raises(UsageError):
             create_method("lime", ctx_tiny, samples="auto", **bad)
     with pytest.raises(UsageError):
@@ -234,11 +248,14 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
     segments = torch.from_numpy(np.stack([m.segmenter()(im) for im in imgs])).long()
 
     def coefficients(**kw):
-        e = create_method("lime", ctx, **kw).explain(Batch(x, logits.argmax(1), logits, None, segments,
-                                                           list(range(len(files)))))
+        e = create_method("lime", ctx, **kw).explain(
+            Batch(x, logits.argmax(1), logits, None, segments, list(range(len(files))))
+        )
         flat = e.maps.flatten(1)
-        return [flat[k][[int((segments[k].flatten() == j).nonzero()[0]) for j in range(int(segments[k].max()) + 1)]]
-                .numpy() for k in range(len(files))], e.info
+        return [
+            flat[k][[int((segments[k].flatten() == j).nonzero()[0]) for j in range(int(segments[k].max()) + 1)]].numpy()
+            for k in range(len(files))
+        ], e.info
 
     def top5(c):
         return set(np.argsort(-c)[:5].tolist())
@@ -246,8 +263,9 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
     ref, _ = coefficients(samples=1000)
     more, _ = coefficients(samples=2000)
     got, info = coefficients(samples="auto")
-    stable = [k for k in range(len(files))
-              if top5(ref[k]) == top5(more[k]) and spearmanr(ref[k], more[k]).statistic >= 0.95]
+    stable = [
+        k for k in range(len(files)) if top5(ref[k]) == top5(more[k]) and spearmanr(ref[k], more[k]).statistic >= 0.95
+    ]
     assert len(stable) >= 3, len(stable)
     for k in stable:
         assert top5(got[k]) == top5(ref[k]), (k, info[k])
@@ -268,8 +286,25 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
     write_images(inp, 3)
 
     def run(*extra):
-        r = CliRunner().invoke(cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
-                                     "0", "-m", "lime", "--lime-segments", "8", *extra], catch_exceptions=False)
+        r = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                str(inp),
+                "--checkpoint",
+                str(tiny_ckpt),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "-m",
+                "lime",
+                "--lime-segments",
+                "8",
+                *extra,
+            ],
+            catch_exceptions=False,
+        )
         assert r.exit_code == 0, r.output
         db = sqlite3.connect(out / "xaibatch.sqlite")
         rows = [json.loads(i) for (i,) in db.execute("SELECT info_json FROM maps ORDER BY rel")]
@@ -281,8 +316,9 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
     assert all(i["samples"] in (200, 300) and i["noise"] is not None for i in rows)
     n = sorted(i["samples"] for i in rows)
     index = (out / "index.html").read_text()
-    assert (f"per image, over 3 map(s): mean {round(sum(n) / 3)}, median {n[1]}, min {n[0]}, max {n[2]}; "
-            "median noise") in index
+    assert (
+        f"per image, over 3 map(s): mean {round(sum(n) / 3)}, median {n[1]}, min {n[0]}, max {n[2]}; median noise"
+    ) in index
     detail = next((out / "detail").rglob("*.js")).read_text()  # the detail view's data file
     assert "samples" in detail and "noise" in detail and "standard error" in detail
     assert "0 computed" in run("--lime-samples", "auto", "--lime-samples-max", "300")[0]
@@ -302,7 +338,9 @@ def test_summary_distribution_of_samples():
         return MapRow("a.png", method, "h", "a.npy", "a.png", None, info, 1)
 
     assert lime_samples({("a", "gradcam"): row("gradcam", None)}) is None
-    maps = {(str(k), "lime"): row("lime", {"samples": s, "noise": nz})
-            for k, (s, nz) in enumerate([(200, 0.05), (300, 0.09), (1000, None), (200, 0.1)])}
+    maps = {
+        (str(k), "lime"): row("lime", {"samples": s, "noise": nz})
+        for k, (s, nz) in enumerate([(200, 0.05), (300, 0.09), (1000, None), (200, 0.1)])
+    }
     maps[("x", "lime")] = row("lime", {"segments": 40})  # a map from before samples were recorded
     assert lime_samples(maps) == {"maps": 4, "mean": 425, "min": 200, "max": 1000, "median": 250, "noise": "0.090"}

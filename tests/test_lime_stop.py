@@ -25,9 +25,31 @@ def test_sigint_stops_a_long_lime_batch_within_seconds(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # 4 images x 200k samples in one batch: several minutes of forwards on a CPU, all inside one explain() call.
-    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "run", str(inp), "--checkpoint", str(tiny_ckpt),
-                          "--out", str(out), "--workers", "0", "--method", "lime", "--lime-samples", "200000",
-                          "--batch-size", "4"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xaibatch",
+            "run",
+            str(inp),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--method",
+            "lime",
+            "--lime-samples",
+            "200000",
+            "--batch-size",
+            "4",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = p.stderr.readline()
         assert "LIME: 4 image(s) x 200000 samples = 800,000 model forwards" in line, line

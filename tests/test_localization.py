@@ -39,8 +39,10 @@ def demo_run(demo_dir, tmp_path_factory):
     """Grad-CAM and Guided Grad-CAM on the 120 demo test images; LIME (fewer samples) on 30 of them."""
     out = tmp_path_factory.mktemp("loc")
     test = demo_dir / "test"
-    run(RunOptions(input_dir=test, out_dir=out, methods=["gradcam", "guided-gradcam"], batch_size=64, workers=0),
-        log=lambda s: None)
+    run(
+        RunOptions(input_dir=test, out_dir=out, methods=["gradcam", "guided-gradcam"], batch_size=64, workers=0),
+        log=lambda s: None,
+    )
     small = tmp_path_factory.mktemp("lime_in")
     for cls, n in (("FAKE", 24), ("REAL", 6)):
         (small / cls).mkdir()
@@ -50,8 +52,17 @@ def demo_run(demo_dir, tmp_path_factory):
             if mask.exists():
                 shutil.copy(mask, small / cls / mask.name)
     lime_out = tmp_path_factory.mktemp("loc_lime")
-    run(RunOptions(input_dir=small, out_dir=lime_out, methods=["lime"], batch_size=32, workers=0,
-                   method_options={"lime": {"samples": 300}}), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=small,
+            out_dir=lime_out,
+            methods=["lime"],
+            batch_size=32,
+            workers=0,
+            method_options={"lime": {"samples": 300}},
+        ),
+        log=lambda s: None,
+    )
     return {"gradcam": (test, out), "guided-gradcam": (test, out), "lime": (small, lime_out)}
 
 

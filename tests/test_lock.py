@@ -41,8 +41,14 @@ lock.release()
 
 def _holder(out: Path, *extra: str) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *extra], cwd=REPO, env=ENV,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), *extra],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     words = p.stdout.readline().split()
     assert words[0] == "held"
     p.child = int(words[1]) if len(words) > 1 else None
@@ -50,19 +56,35 @@ def _holder(out: Path, *extra: str) -> subprocess.Popen:
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from xaibatch.cli import main; main()", "run", *args],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", *args],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
 
 
 def _opts(inp, out, ckpt, **kw) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=4, workers=0,
-                      handle_signals=False, **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam"],
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        handle_signals=False,
+        **kw,
+    )
 
 
 # The crash tests' prelude, plus a gate: the first run's writer announces (file ``inside``) that it is inside
 # its run, holding the lock, and then waits for the test to create ``open`` before it commits its first batch.
 # The test orders the runs by these files, never by timing, so a loaded machine cannot reorder them.
-GATED = r"""
+GATED = (
+    r"""
 import os, threading, time
 from pathlib import Path
 import xaibatch.manifest as _gmf
@@ -76,7 +98,9 @@ def _gated_enter(self):
             time.sleep(0.02)
     return _genter(self)
 _gmf._Transaction.__enter__ = _gated_enter
-""" + PRELUDE
+"""
+    + PRELUDE
+)
 
 
 def _wait_file(proc: subprocess.Popen, path: Path, what: str, timeout: float = 120.0) -> None:
@@ -96,14 +120,46 @@ def test_second_real_run_exits_4_naming_the_holder_then_waits_with_wait(tmp_path
     gate = tmp_path / "gate"
     gate.mkdir()
     first = subprocess.Popen(
-        [sys.executable, "-c", GATED, "run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
-         "--batch-size", "4", "--workers", "0", "-q"],
-        cwd=REPO, env={**ENV, "XB_TEST_GATE": str(gate)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            GATED,
+            "run",
+            str(inp),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "-q",
+        ],
+        cwd=REPO,
+        env={**ENV, "XB_TEST_GATE": str(gate)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     waiter = None
     try:
         _wait_file(first, gate / "inside", "the first run's writer reached its first commit")
-        cmd = [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(inp),
-               "--checkpoint", str(tiny_ckpt), "--out", str(out), "--batch-size", "4", "--workers", "0"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from xaibatch.cli import main; main()",
+            "run",
+            str(inp),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+        ]
         kw = dict(cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
         t0 = time.monotonic()
         second = subprocess.Popen(cmd, stderr=subprocess.PIPE, **kw)
@@ -199,8 +255,9 @@ def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
     write_images(inp, 2)
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     rec = {"pid": int(dead), "host": socket.gethostname(), "started_ts": time.time() - 3600}
     (out / LOCK_NAME).write_text(json.dumps(rec))
     (out / "maps" / "gradcam").mkdir(parents=True)

@@ -32,7 +32,7 @@ OPTIONS = {"lime": {"samples": 16, "segments": 8}}
 # (entry, source, family) -> the one line that refuses the cell before any compute (None: any family/source).
 REFUSED: dict[tuple[str, str | None, str | None], str] = {}
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch import nn
 
@@ -57,7 +57,7 @@ def build():
 def one_logit():
     torch.manual_seed(0)
     return Tiny(1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,18 @@ def world(tmp_path_factory):
 
 def _opts(world, out: Path, source: str, family: str, **kw) -> RunOptions:
     methods = FAMILIES[family]
-    return RunOptions(input_dir=world["inp"], out_dir=out, methods=methods, workers=0, batch_size=4, device="cpu",
-                      handle_signals=False, method_options={m: OPTIONS[m] for m in methods if m in OPTIONS},
-                      **world["sources"][source], **kw)
+    return RunOptions(
+        input_dir=world["inp"],
+        out_dir=out,
+        methods=methods,
+        workers=0,
+        batch_size=4,
+        device="cpu",
+        handle_signals=False,
+        method_options={m: OPTIONS[m] for m in methods if m in OPTIONS},
+        **world["sources"][source],
+        **kw,
+    )
 
 
 def _quiet(s: str) -> None:
@@ -178,8 +187,15 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
 
         paths = sorted(world["inp"].rglob("*.png"))
         methods = FAMILIES[family]
-        got = xaibatch.explain(_module(world, source), paths, methods, input_size=32, device="cpu", batch_size=4,
-                               method_options={m: OPTIONS[m] for m in methods if m in OPTIONS})
+        got = xaibatch.explain(
+            _module(world, source),
+            paths,
+            methods,
+            input_size=32,
+            device="cpu",
+            batch_size=4,
+            method_options={m: OPTIONS[m] for m in methods if m in OPTIONS},
+        )
         for m in methods:
             assert tuple(got.maps[m].shape) == (6, 32, 32) and torch.isfinite(got.maps[m]).all()
         assert got.probs.shape == (6, 2) and torch.allclose(got.probs.sum(1), torch.ones(6), atol=1e-5)
@@ -216,8 +232,12 @@ def _fast(entry: str, source: str, family: str) -> bool:
     return source == "xaibatch-checkpoint" or (entry == "run" and family == "native")
 
 
-CELLS = [pytest.param(e, s, f, id=f"{e}-{s}-{f}", marks=() if _fast(e, s, f) else pytest.mark.slow)
-         for e in ENTRIES for s in SOURCES for f in FAMILIES]
+CELLS = [
+    pytest.param(e, s, f, id=f"{e}-{s}-{f}", marks=() if _fast(e, s, f) else pytest.mark.slow)
+    for e in ENTRIES
+    for s in SOURCES
+    for f in FAMILIES
+]
 
 
 @pytest.mark.parametrize("entry,source,family", CELLS)

@@ -22,8 +22,12 @@ ARCHS = {
 }
 
 
-@pytest.fixture(scope="module", params=[  # MobileNetV3's guided backprop takes ~15 s on 2 cores: slow tier
-    pytest.param(a, marks=pytest.mark.slow) if a == "mobilenetv3_small_050" else a for a in ARCHS])
+@pytest.fixture(
+    scope="module",
+    params=[  # MobileNetV3's guided backprop takes ~15 s on 2 cores: slow tier
+        pytest.param(a, marks=pytest.mark.slow) if a == "mobilenetv3_small_050" else a for a in ARCHS
+    ],
+)
 def arch(request):
     model = tiny_model(request.param, **ARCHS[request.param])
     return request.param, model, make_ctx(model, SIZE)

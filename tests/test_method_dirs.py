@@ -39,8 +39,17 @@ def test_methods_sharing_a_folder_are_refused():
 
 
 def _opts(inp, out, ckpt, **kw):
-    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "cam:gradcam++"], checkpoint=ckpt,
-                      workers=0, batch_size=4, device="cpu", handle_signals=False, **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam", "cam:gradcam++"],
+        checkpoint=ckpt,
+        workers=0,
+        batch_size=4,
+        device="cpu",
+        handle_signals=False,
+        **kw,
+    )
 
 
 def _to_old_layout(out):
@@ -62,8 +71,10 @@ def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckp
     out = tmp_path / "o"
     run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
     assert (out / "maps" / "cam-gradcampp").is_dir()
-    before = {p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
-              for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")}
+    before = {
+        p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
+        for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")
+    }
     _to_old_layout(out)
     check_output_folder(out, inp)
 
@@ -82,8 +93,10 @@ def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckp
     assert any("moved" in line for line in logs)
     assert not any(":" in p.name for p in out.rglob("*")), "a folder or file still has a colon"
     check_output_folder(out, inp)
-    after = {p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
-             for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")}
+    after = {
+        p.relative_to(out / "maps" / "cam-gradcampp"): np.load(p)
+        for p in (out / "maps" / "cam-gradcampp").rglob("*.npy")
+    }
     assert before.keys() == after.keys()
     assert all(np.array_equal(before[k], after[k]) for k in before)
     html = "".join(p.read_text() for p in (out / "detail").rglob("*.*"))  # viewer pages and their data files
@@ -101,8 +114,16 @@ def test_a_clash_is_refused_before_any_compute(tmp_path, tiny_ckpt):
         inp = tmp_path / "in"
         write_images(inp, 2, size=16)
         with pytest.raises(UsageError, match="share the folder"):
-            run(RunOptions(input_dir=inp, out_dir=tmp_path / "o", methods=["cam:gradcam++", "cam-gradcampp"],
-                           checkpoint=tiny_ckpt, handle_signals=False), log=lambda s: None)
+            run(
+                RunOptions(
+                    input_dir=inp,
+                    out_dir=tmp_path / "o",
+                    methods=["cam:gradcam++", "cam-gradcampp"],
+                    checkpoint=tiny_ckpt,
+                    handle_signals=False,
+                ),
+                log=lambda s: None,
+            )
         assert not (tmp_path / "o").exists()
     finally:
         del METHODS["cam-gradcampp"]

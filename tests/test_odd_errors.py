@@ -27,12 +27,16 @@ _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("entry", ["from xaibatch.cli import main; main()", "import runpy; "
-                                   "runpy.run_module('xaibatch', run_name='__main__')"], ids=["script", "python-m"])
+@pytest.mark.parametrize(
+    "entry",
+    ["from xaibatch.cli import main; main()", "import runpy; runpy.run_module('xaibatch', run_name='__main__')"],
+    ids=["script", "python-m"],
+)
 def test_ctrl_c_while_importing_is_exit_5_with_one_line(entry):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", _CTRL_C_AT_TORCH_IMPORT + entry], capture_output=True, text=True,
-                       env=env, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_AT_TORCH_IMPORT + entry], capture_output=True, text=True, env=env, timeout=120
+    )
     assert p.returncode == 5, (p.returncode, p.stderr)
     assert p.stderr.strip() == "Error: interrupted while starting"
 
@@ -66,8 +70,9 @@ def test_nan_weights_are_refused_before_anything_is_written(tmp_path, tiny_ckpt)
     torch.save(ck, bad)
     write_images(tmp_path / "in", 2)
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out),
-                                 "--workers", "0"])
+    r = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out), "--workers", "0"]
+    )
     assert r.exit_code == 2, r.output
     assert "nan.pt" in r.output and "NaN" in r.output and "Traceback" not in r.output
     assert not out.exists()
@@ -88,8 +93,9 @@ def test_a_model_that_overflows_to_nan_stops_with_one_line_and_nothing_half_writ
     torch.save(ck, bad)
     write_images(tmp_path / "in", 3)
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out),
-                                 "--workers", "0"])
+    r = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "in"), "--checkpoint", str(bad), "--out", str(out), "--workers", "0"]
+    )
     assert r.exit_code == 2, r.output
     assert "overflow.pt" in r.output and "NaN or infinite" in r.output
     assert _db_rows(out, "SELECT count(*) FROM images") == [(0,)]
@@ -106,8 +112,13 @@ def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang)
     write_images(inp, 2)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": lang, "LANG": lang}
     env.pop("PYTHONIOENCODING", None)
-    p = subprocess.run([sys.executable, "-m", "xaibatch", "run", os.fsencode(inp), "--checkpoint", str(tiny_ckpt),
-                        "--workers", "0"], capture_output=True, env=env, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "xaibatch", "run", os.fsencode(inp), "--checkpoint", str(tiny_ckpt), "--workers", "0"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     # the default --out: outputs/<parent>-<name> (pipeline.default_out), relative to the working folder
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/" + os.fsencode(tmp_path.name) + b"-in\xff"))
@@ -166,7 +177,7 @@ def test_a_damaged_manifest_page_is_named_not_an_internal_error(tmp_path, tiny_c
     size = db.execute("PRAGMA page_size").fetchone()[0]
     db.close()
     data = bytearray(path.read_bytes())
-    data[(page - 1) * size: page * size] = b"\x5a" * size  # the images table's root page
+    data[(page - 1) * size : page * size] = b"\x5a" * size  # the images table's root page
     path.write_bytes(bytes(data))
     r = _cli(*args)
     assert r.exit_code == 3, r.output
@@ -182,8 +193,12 @@ def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
 
     ckpt = make_checkpoint(tmp_path / "f.pt", classes=["=cmd|' -C calc'!A0", "@SUM(1)"])
     root = tmp_path / "in"
-    for rel in ["=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png", "@SUM(1)/+1.png", "@SUM(1)/-2.png",
-                "@SUM(1)/plain.png"]:
+    for rel in [
+        "=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png",
+        "@SUM(1)/+1.png",
+        "@SUM(1)/-2.png",
+        "@SUM(1)/plain.png",
+    ]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (5, 6, 7)).save(root / rel)
     out = tmp_path / "out"

@@ -25,8 +25,12 @@ def test_unreadable_subfolder_is_skipped_and_the_rest_scanned(tmp_path, monkeypa
         found = scan(root)
     finally:
         (root / "REAL" / "locked").chmod(0o755)
-    assert [e.rel for e in found.images] == ["FAKE/img_000.png", "FAKE/img_001.png", "REAL/img_000.png",
-                                             "REAL/img_001.png"]
+    assert [e.rel for e in found.images] == [
+        "FAKE/img_000.png",
+        "FAKE/img_001.png",
+        "REAL/img_000.png",
+        "REAL/img_001.png",
+    ]
     assert [rel for rel, _ in found.skipped] == ["REAL/locked"]
     assert "cannot list folder" in found.skipped[0][1]
 
@@ -45,8 +49,10 @@ def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, 
     assert "outside the input folder" in found.skipped[0][1] and "--follow-links" in found.skipped[0][1]
     assert len(scan(root, follow_links=True).images) == 4
     out = tmp_path / "o"
-    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
-                                 "0", "-q", "--follow-links"])
+    r = CliRunner().invoke(
+        cli,
+        ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q", "--follow-links"],
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (out / "images" / "out_link").iterdir()) == ["img_000.png", "img_001.png"]
 
@@ -90,8 +96,9 @@ def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_p
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (1, 2, 3)).save(root / rel)
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers",
-                                 "0", "-q"])
+    r = CliRunner().invoke(
+        cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    )
     assert r.exit_code == 0, r.output
     db = sqlite3.connect(out / "xaibatch.sqlite")
     stems = dict(db.execute("SELECT rel, stem FROM images"))
@@ -139,7 +146,8 @@ def test_an_empty_folder_that_is_no_class_of_the_model_is_ignored_with_a_warning
     write_images(root / "FAKE", 1)
     write_images(root / "REAL", 1, seed=1)
     (root / "notes").mkdir()
-    r = CliRunner().invoke(cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"),
-                                 "--workers", "0"])
+    r = CliRunner().invoke(
+        cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"), "--workers", "0"]
+    )
     assert r.exit_code == 0, r.output
     assert "class folder 'notes' holds no images; ignored" in r.output

@@ -16,7 +16,7 @@ from xaibatch.cli import cli
 from xaibatch.tools.demo import write_demo_data
 from xaibatch.heads import OneLogitHead
 
-CNN_SRC = '''
+CNN_SRC = """
 import torch
 from torch import nn
 
@@ -82,7 +82,7 @@ def not_a_module():
 
 def three_outputs():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,16 @@ def _csv(out):
 
 def _cnn_args(world, out, *extra):
     root = world["root"]
-    return [str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:cnn", "--checkpoint", str(root / "cnn.pt"),
-            "--out", str(out), *extra]
+    return [
+        str(root / "demo" / "test"),
+        "--model",
+        f"{root}/mymodels.py:cnn",
+        "--checkpoint",
+        str(root / "cnn.pt"),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_sigmoid_cnn_end_to_end_matches_pytorch_grad_cam(world, tmp_path):
@@ -256,8 +264,25 @@ def test_threshold_on_a_softmax_model(tmp_path):
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"
-    r = _run([str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:srm", "--image-size", "32",
-              "-m", "gradcam", "-m", "guided-gradcam", "-m", "lime", "--lime-samples", "40", "--out", str(out)])
+    r = _run(
+        [
+            str(root / "demo" / "test"),
+            "--model",
+            f"{root}/mymodels.py:srm",
+            "--image-size",
+            "32",
+            "-m",
+            "gradcam",
+            "-m",
+            "guided-gradcam",
+            "-m",
+            "lime",
+            "--lime-samples",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads(sqlite3.connect(out / "xaibatch.sqlite").execute("SELECT config_json FROM runs").fetchone()[0])
     assert cfg["layer"].startswith("body.") and cfg["layer"] != "srm"
@@ -265,16 +290,31 @@ def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     assert len(list((out / "maps" / "guided-gradcam").rglob("*.npy"))) == 16
 
 
-@pytest.mark.parametrize("factory, words", [
-    ("raises", "raises() raised ValueError: no weights here"),
-    ("not_a_module", "returned a dict, not a torch.nn.Module"),
-    ("three_outputs", "the model has 3 outputs"),
-    ("missing", "has no function 'missing'"),
-])
+@pytest.mark.parametrize(
+    "factory, words",
+    [
+        ("raises", "raises() raised ValueError: no weights here"),
+        ("not_a_module", "returned a dict, not a torch.nn.Module"),
+        ("three_outputs", "the model has 3 outputs"),
+        ("missing", "has no function 'missing'"),
+    ],
+)
 def test_bad_factory_is_one_line_exit_2(world, tmp_path, factory, words):
     root = world["root"]
-    r = CliRunner().invoke(cli, ["run", str(root / "demo" / "test"), "--model", f"{root}/mymodels.py:{factory}",
-                                 "--image-size", "32", "--out", str(tmp_path / "o"), "-q"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(root / "demo" / "test"),
+            "--model",
+            f"{root}/mymodels.py:{factory}",
+            "--image-size",
+            "32",
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert words in r.output
@@ -300,8 +340,23 @@ def test_example_factory_builds_and_runs():
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:efficientnet_b0"])
 def test_torchvision_and_timm_end_to_end(world, tmp_path, spec):
     out = tmp_path / "out"
-    r = _run([str(world["root"] / "demo" / "test"), "--model", spec, "--image-size", "64", "-m", "gradcam",
-              "-m", "guided-gradcam", "--out", str(out), "--batch-size", "8"])
+    r = _run(
+        [
+            str(world["root"] / "demo" / "test"),
+            "--model",
+            spec,
+            "--image-size",
+            "64",
+            "-m",
+            "gradcam",
+            "-m",
+            "guided-gradcam",
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert len(list((out / "maps" / "gradcam").rglob("*.npy"))) == 16
     assert len(_csv(out)) == 16
@@ -310,11 +365,40 @@ def test_torchvision_and_timm_end_to_end(world, tmp_path, spec):
 def test_train_state_dict_round_trip(world, tmp_path):
     demo = world["root"] / "demo"
     ck = tmp_path / "m.pt"
-    r = CliRunner().invoke(cli, ["train", str(demo), "--arch", "test_resnet", "--image-size", "32", "--epochs", "1",
-                                 "--format", "state-dict", "--out", str(ck)], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(demo),
+            "--arch",
+            "test_resnet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--format",
+            "state-dict",
+            "--out",
+            str(ck),
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     assert "format" not in torch.load(ck, weights_only=True)  # a plain state_dict
-    r = _run([str(demo / "test"), "--model", "timm:test_resnet", "--checkpoint", str(ck), "--classes", "FAKE,REAL",
-              "--image-size", "32", "--out", str(tmp_path / "out")])
+    r = _run(
+        [
+            str(demo / "test"),
+            "--model",
+            "timm:test_resnet",
+            "--checkpoint",
+            str(ck),
+            "--classes",
+            "FAKE,REAL",
+            "--image-size",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert len(_csv(tmp_path / "out")) == 16

@@ -26,8 +26,9 @@ def test_estimate_once_after_the_first_batches_then_lines():
     clock.t += 18
     p.update(10)  # 20 images in 20 s: 80 more take 80 s
     assert lines == ["xaibatch: about 1m20s left for 80 more image(s) (20 done in 20s)"]
-    assert events == [{"event": "progress", "done": 20, "total": 100, "elapsed_s": 20.0, "eta_s": 80.0,
-                       "batch_percent": None}]
+    assert events == [
+        {"event": "progress", "done": 20, "total": 100, "elapsed_s": 20.0, "eta_s": 80.0, "batch_percent": None}
+    ]
     clock.t += 30
     p.within(3, 12)
     p.update(0)  # said once only
@@ -52,14 +53,22 @@ def test_json_mode_beats_events_not_lines():
     p = Progress(10, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=True, clock=clock)
     clock.t += 7
     p.beat()
-    assert lines == [] and events == [{"event": "progress", "done": 0, "total": 10, "elapsed_s": 7.0,
-                                       "eta_s": None, "batch_percent": None}]
+    assert lines == [] and events == [
+        {"event": "progress", "done": 0, "total": 10, "elapsed_s": 7.0, "eta_s": None, "batch_percent": None}
+    ]
     p.close()
 
 
 def test_duration():
-    assert [duration(s) for s in (0, 59.4, 60, 75, 3599, 3600, 4000)] == \
-        ["0s", "59s", "1m00s", "1m15s", "59m59s", "1h00m", "1h06m"]
+    assert [duration(s) for s in (0, 59.4, 60, 75, 3599, 3600, 4000)] == [
+        "0s",
+        "59s",
+        "1m00s",
+        "1m15s",
+        "59m59s",
+        "1h00m",
+        "1h06m",
+    ]
 
 
 def test_a_run_off_a_terminal_beats_every_interval(tmp_path, tiny_ckpt):
@@ -69,12 +78,26 @@ def test_a_run_off_a_terminal_beats_every_interval(tmp_path, tiny_ckpt):
     for json_events in (False, True):
         lines, events = [], []
         t0 = time.monotonic()
-        run(RunOptions(input_dir=inp, out_dir=tmp_path / f"out{json_events}", methods=["lime"], checkpoint=tiny_ckpt,
-                       batch_size=2, workers=0, method_options={"lime": {"samples": 2000, "batch_size": 50}},
-                       heartbeat=0.2, on_event=events.append if json_events else None), log=lines.append)
+        run(
+            RunOptions(
+                input_dir=inp,
+                out_dir=tmp_path / f"out{json_events}",
+                methods=["lime"],
+                checkpoint=tiny_ckpt,
+                batch_size=2,
+                workers=0,
+                method_options={"lime": {"samples": 2000, "batch_size": 50}},
+                heartbeat=0.2,
+                on_event=events.append if json_events else None,
+            ),
+            log=lines.append,
+        )
         took = time.monotonic() - t0
-        beats = [e for e in events if e["event"] == "progress"] if json_events else \
-            [s for s in lines if s.startswith("xaibatch: ") and "/4 images" in s]
+        beats = (
+            [e for e in events if e["event"] == "progress"]
+            if json_events
+            else [s for s in lines if s.startswith("xaibatch: ") and "/4 images" in s]
+        )
         assert took > 0.6 and len(beats) >= min(3, int(took / 0.2 / 3)), (took, lines, events)
         if json_events:
             assert not any("/4 images" in s for s in lines)

@@ -13,8 +13,10 @@ from xaibatch.cli import cli
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RayOptions
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None,
-                                reason='Ray Data is not installed (pip install "xaibatch[ray]")')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None,
+    reason='Ray Data is not installed (pip install "xaibatch[ray]")',
+)
 
 
 @pytest.fixture
@@ -25,7 +27,9 @@ def fake_init(monkeypatch):
     from xaibatch.pipeline import ray_engine
 
     calls: list[dict] = []
-    behaviour = {"do": lambda: (_ for _ in ()).throw(ValueError("Ray Client requires pip package `ray[client]`.\nmore"))}
+    behaviour = {
+        "do": lambda: (_ for _ in ()).throw(ValueError("Ray Client requires pip package `ray[client]`.\nmore"))
+    }
 
     def init(**kw):
         calls.append(kw)
@@ -75,8 +79,9 @@ def test_rays_own_errors_become_one_line(fake_init):
     ray_engine, _, _ = fake_init
     with pytest.raises(UsageError) as ei:
         ray_engine.connect(RayOptions(address="ray://127.0.0.1:10001"))
-    assert str(ei.value) == ("cannot join the Ray cluster at ray://127.0.0.1:10001: Ray Client requires pip package "
-                             "`ray[client]`.")
+    assert str(ei.value) == (
+        "cannot join the Ray cluster at ray://127.0.0.1:10001: Ray Client requires pip package `ray[client]`."
+    )
 
 
 def test_auto_without_a_cluster_is_one_line(monkeypatch):
@@ -93,8 +98,24 @@ def test_auto_without_a_cluster_is_one_line(monkeypatch):
 
 
 def test_cli_exit_2_in_one_line_for_a_dead_address(labeled_dir, tmp_path, tiny_ckpt):
-    r = CliRunner().invoke(cli, ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "o"),
-                                 "--workers", "0", "-q", "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(labeled_dir),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "-q",
+            "--engine",
+            "ray",
+            "--ray-address",
+            "127.0.0.1:1",
+        ],
+    )
     assert r.exit_code == 2, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1"), r.output
@@ -109,8 +130,15 @@ def test_rays_cluster_messages_never_reach_stdout(quiet, capsys, monkeypatch):
 
     monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored after
     keep_ray_messages_off_stdout(quiet)
-    ray_worker.print_to_stdstream({"lines": ["\x1b[33mA worker died or was killed while executing a task\x1b[0m"],
-                                   "pid": "raylet", "is_err": False, "ip": "127.0.0.1"}, ignore_prefix=False)
+    ray_worker.print_to_stdstream(
+        {
+            "lines": ["\x1b[33mA worker died or was killed while executing a task\x1b[0m"],
+            "pid": "raylet",
+            "is_err": False,
+            "ip": "127.0.0.1",
+        },
+        ignore_prefix=False,
+    )
     got = capsys.readouterr()
     assert got.out == ""
     assert ("A worker died" in got.err) is not quiet

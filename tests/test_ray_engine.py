@@ -39,9 +39,19 @@ METHODS = ["gradcam", "guided-gradcam", "lime"]
 
 
 def _opts(inp: Path, out: Path, ckpt: Path, engine: str = "local", **kw) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=METHODS, checkpoint=ckpt, batch_size=4, workers=0,
-                      method_options={"lime": {"samples": 40, "segments": 12}}, handle_signals=False,
-                      engine=engine, ray=RayOptions(workers=2, cpus_per_worker=1), **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=METHODS,
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        method_options={"lime": {"samples": 40, "segments": 12}},
+        handle_signals=False,
+        engine=engine,
+        ray=RayOptions(workers=2, cpus_per_worker=1),
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -72,8 +82,20 @@ def local_ray():
 def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
-    res = CliRunner().invoke(cli, ["run", str(labeled_dir), "--out", str(tmp_path / "o"), "--checkpoint",
-                                   str(tiny_ckpt), "--engine", "ray", "-q"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(labeled_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--engine",
+            "ray",
+            "-q",
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert 'pip install "xaibatch[ray]"' in res.output
     assert not (tmp_path / "o").exists()  # refused before anything was written
@@ -95,7 +117,9 @@ def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_d
     def scores(out):
         db = sqlite3.connect(out / "xaibatch.sqlite")
         try:
-            return dict(((r, m), (d, i)) for r, m, d, i in db.execute("SELECT rel, method, deletion, insertion FROM maps"))
+            return dict(
+                ((r, m), (d, i)) for r, m, d, i in db.execute("SELECT rel, method, deletion, insertion FROM maps")
+            )
         finally:
             db.close()
 
@@ -114,8 +138,12 @@ def test_both_engines_cut_the_same_batches(tmp_path):
     work = {e.rel: Work(e, ["gradcam"] if i % 3 else ["gradcam", "lime"], True) for i, e in enumerate(entries)}
     plan = Plan([], [], [], work, [], {})
     got = [(todo, [e.rel for e in es]) for todo, es in batches(plan, 2)]
-    assert got == [(("gradcam", "lime"), ["0.png", "3.png"]), (("gradcam", "lime"), ["6.png"]),
-                   (("gradcam",), ["1.png", "2.png"]), (("gradcam",), ["4.png", "5.png"])]
+    assert got == [
+        (("gradcam", "lime"), ["0.png", "3.png"]),
+        (("gradcam", "lime"), ["6.png"]),
+        (("gradcam",), ["1.png", "2.png"]),
+        (("gradcam",), ["4.png", "5.png"]),
+    ]
 
 
 def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, tiny_ckpt, one_thread):
@@ -166,12 +194,19 @@ def _rows(out: Path) -> dict[str, list[tuple]]:
 
 
 def _files(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in out.rglob("*") if p.is_file() and p.name != "xaibatch.sqlite"}
+    return {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != "xaibatch.sqlite"
+    }
 
 
-RUN_METADATA = [re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"), re.compile(r"took [^(<]*"),
-                re.compile(r"<td>(\d+ min )?[\d.]+ s</td>"), re.compile(r"Device</th><td>[^<]*")]
+RUN_METADATA = [
+    re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"),
+    re.compile(r"took [^(<]*"),
+    re.compile(r"<td>(\d+ min )?[\d.]+ s</td>"),
+    re.compile(r"Device</th><td>[^<]*"),
+]
 
 
 def _scrubbed(path: Path) -> str:
@@ -258,8 +293,9 @@ def test_a_killed_worker_loses_and_duplicates_nothing(local_ray, tmp_path, tiny_
     write_images(inp / "FAKE", 12, seed=1)
     write_images(inp / "REAL", 12, seed=2)
     out, ref = tmp_path / "o", tmp_path / "ref"
-    opts = dataclasses.replace(_opts(inp, out, tiny_ckpt, "ray"), batch_size=2,
-                               method_options={"lime": {"samples": 300, "segments": 12}})
+    opts = dataclasses.replace(
+        _opts(inp, out, tiny_ckpt, "ray"), batch_size=2, method_options={"lime": {"samples": 300, "segments": 12}}
+    )
     box: dict = {}
 
     def go():
@@ -328,8 +364,12 @@ def test_sigint_on_the_driver_keeps_finished_batches(local_ray, tmp_path, tiny_c
     write_images(inp / "FAKE", 12, seed=1)
     write_images(inp / "REAL", 12, seed=2)
     out = tmp_path / "o"
-    opts = dataclasses.replace(_opts(inp, out, tiny_ckpt, "ray"), batch_size=2, handle_signals=True,
-                               method_options={"lime": {"samples": 300, "segments": 12}})
+    opts = dataclasses.replace(
+        _opts(inp, out, tiny_ckpt, "ray"),
+        batch_size=2,
+        handle_signals=True,
+        method_options={"lime": {"samples": 300, "segments": 12}},
+    )
     stop = threading.Event()
 
     def interrupt_after_first_batch():
@@ -356,8 +396,9 @@ def test_sigint_on_the_driver_keeps_finished_batches(local_ray, tmp_path, tiny_c
 
 @pytest.mark.slow
 def test_a_cluster_without_the_gpus_asked_for_is_refused(local_ray, labeled_dir, tmp_path, tiny_ckpt):
-    opts = dataclasses.replace(_opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray"),
-                               ray=RayOptions(gpus_per_worker=1))  # the local Ray has two CPUs and no GPU
+    opts = dataclasses.replace(
+        _opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray"), ray=RayOptions(gpus_per_worker=1)
+    )  # the local Ray has two CPUs and no GPU
     with pytest.raises(UsageError, match="not enough for one worker of 1 GPU"):
         run(opts)  # at once, not waiting forever for a GPU
 
@@ -374,10 +415,36 @@ def test_sigterm_to_a_cli_run_that_started_its_own_ray(tmp_path, tiny_ckpt):
     write_images(inp / "FAKE", 12, seed=1)
     write_images(inp / "REAL", 12, seed=2)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "run", str(inp), "--out", str(out), "--checkpoint",
-                          str(tiny_ckpt), "-m", "gradcam", "-m", "lime", "--lime-samples", "300", "--batch-size", "2",
-                          "--engine", "ray", "--ray-workers", "2", "--log-json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xaibatch",
+            "run",
+            str(inp),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "-m",
+            "gradcam",
+            "-m",
+            "lime",
+            "--lime-samples",
+            "300",
+            "--batch-size",
+            "2",
+            "--engine",
+            "ray",
+            "--ray-workers",
+            "2",
+            "--log-json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while p.poll() is None and time.time() < deadline and not _committed_maps(out):
@@ -429,16 +496,30 @@ def test_an_image_that_kills_its_worker_fails_after_bounded_retries(local_ray, t
     write_images(inp, 5, seed=3)
     Image.new("RGB", (32, 32), (255, 0, 255)).save(inp / "img_001.png")  # in the first batch of two
     (tmp_path / "killer.py").write_text(KILLER.format(driver=os.getpid()))
-    opts = RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], model=f"{tmp_path / 'killer.py'}:build",
-                      classes=["a", "b"], labeled=False, batch_size=2, workers=0, handle_signals=False,
-                      engine="ray", ray=RayOptions(workers=1, cpus_per_worker=1))
+    opts = RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam"],
+        model=f"{tmp_path / 'killer.py'}:build",
+        classes=["a", "b"],
+        labeled=False,
+        batch_size=2,
+        workers=0,
+        handle_signals=False,
+        engine="ray",
+        ray=RayOptions(workers=1, cpus_per_worker=1),
+    )
     said: list[str] = []
     t0 = time.monotonic()
     r = run(opts, log=said.append)
     print(f"took {time.monotonic() - t0:.0f} s")
     assert r.status == "some-failed" and r.computed == 4
-    assert r.failed == [("img_001.png", "the Ray worker died on this image 3 times (out of memory, or a crash "
-                                        "decoding or explaining it)")]
+    assert r.failed == [
+        (
+            "img_001.png",
+            "the Ray worker died on this image 3 times (out of memory, or a crash decoding or explaining it)",
+        )
+    ]
     assert any("computing their images one at a time" in line for line in said), said
     stems = check_output_folder(out, inp)
     assert sorted(stems) == ["img_000.png", "img_002.png", "img_003.png", "img_004.png"]

@@ -21,30 +21,59 @@ from xaibatch.pipeline import RunOptions, run
 CLASSES = ["FAKE", "REAL"]
 METHODS = {
     "gradcam": {"title": "Grad-CAM", "signed": False, "config": {}, "hash": "g"},
-    "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean"},
-             "hash": "l"},
+    "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean"}, "hash": "l"},
 }
 HOSTILE = [
-    "<img src=x onerror=alert(1)>.png", "with space.png", "hash#tag.png", "100%.png", "what?.png",
-    'dq"uote.png', "sq'uote.png", "ünïcødé 日本.png", "a&b.png", "%2e%2e.png", "javascript:alert(1).png",
+    "<img src=x onerror=alert(1)>.png",
+    "with space.png",
+    "hash#tag.png",
+    "100%.png",
+    "what?.png",
+    'dq"uote.png',
+    "sq'uote.png",
+    "ünïcødé 日本.png",
+    "a&b.png",
+    "%2e%2e.png",
+    "javascript:alert(1).png",
 ]
 
 
 # -- helpers ------------------------------------------------------------------------------------------
 
 
-def synth(out: Path, rows: list[tuple[str, int | None, float]], methods=("gradcam",), files: bool = True,
-          failures=(), classes=CLASSES, sha: str = "ab" * 32, side: int = 8, input_dir="/data/set",
-          info: dict | None = None) -> Path:
+def synth(
+    out: Path,
+    rows: list[tuple[str, int | None, float]],
+    methods=("gradcam",),
+    files: bool = True,
+    failures=(),
+    classes=CLASSES,
+    sha: str = "ab" * 32,
+    side: int = 8,
+    input_dir="/data/set",
+    info: dict | None = None,
+) -> Path:
     """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0).
 
     ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts.
     """
     out.mkdir(parents=True, exist_ok=True)
-    cfg = {"model": {"arch": "resnet18", "checkpoint": "m.pt", "checkpoint_sha256": sha, "input_size": 32,
-                     "target": "pred"},
-           "layer": "layer3", "layer_grid": [4, 4], "methods": {k: METHODS[k] for k in methods},
-           "class_names": list(classes), "batch_size": 8, "workers": 0, "seed": 0}
+    cfg = {
+        "model": {
+            "arch": "resnet18",
+            "checkpoint": "m.pt",
+            "checkpoint_sha256": sha,
+            "input_size": 32,
+            "target": "pred",
+        },
+        "layer": "layer3",
+        "layer_grid": [4, 4],
+        "methods": {k: METHODS[k] for k in methods},
+        "class_names": list(classes),
+        "batch_size": 8,
+        "workers": 0,
+        "seed": 0,
+    }
     tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
     m = Manifest(out / FILENAME)
     run_id = m.start_run(str(input_dir), cfg, "p")
@@ -53,11 +82,22 @@ def synth(out: Path, rows: list[tuple[str, int | None, float]], methods=("gradca
             stem = rel.rsplit(".", 1)[0]
             probs = [p0, 1 - p0]
             pred = int(np.argmax(probs))
-            m.put_image(ImageRow(rel, stem, 100, 0, "0" * 64, side, side, label, pred, pred, max(probs), probs, "p",
-                                 run_id))
+            m.put_image(
+                ImageRow(rel, stem, 100, 0, "0" * 64, side, side, label, pred, pred, max(probs), probs, "p", run_id)
+            )
             for name in methods:
-                m.put_map(MapRow(rel, name, "h", f"maps/{name}/{stem}.npy", f"maps/{name}/{stem}.png",
-                                 f"thumbs/{name}/{stem}.png", info, run_id))
+                m.put_map(
+                    MapRow(
+                        rel,
+                        name,
+                        "h",
+                        f"maps/{name}/{stem}.npy",
+                        f"maps/{name}/{stem}.png",
+                        f"thumbs/{name}/{stem}.png",
+                        info,
+                        run_id,
+                    )
+                )
             if files:
                 subs = ("images", "thumbs/image", *(f"thumbs/{k}" for k in methods), *(f"maps/{k}" for k in methods))
                 for sub in subs:
@@ -68,8 +108,12 @@ def synth(out: Path, rows: list[tuple[str, int | None, float]], methods=("gradca
                     np.save(out / "maps" / k / f"{stem}.npy", np.zeros((8, 8), np.float32))
         for rel, reason in failures:
             m.put_failure(rel, reason, run_id)
-    m.finish_run(run_id, "some-failed" if failures else "ok", 1.5,
-                 {"seen": len(rows), "added": len(rows), "computed": len(rows), "failed": len(failures)})
+    m.finish_run(
+        run_id,
+        "some-failed" if failures else "ok",
+        1.5,
+        {"seen": len(rows), "added": len(rows), "computed": len(rows), "failed": len(failures)},
+    )
     m.close()
     (out / "predictions.csv").write_text("path\n")
     return out
@@ -146,7 +190,7 @@ def detail_data(out: Path) -> tuple[dict, dict[str, dict]]:
         text = p.read_text("ascii")
         prefix = "window.XAIBATCH_DETAIL = "
         assert text.startswith(prefix) and text.endswith(";\n"), p
-        d = json.loads(text[len(prefix):-2])
+        d = json.loads(text[len(prefix) : -2])
         site = d["site"]
         for im in d["images"]:
             assert im["rel"] not in records
@@ -180,8 +224,10 @@ def labeled_run(tmp_path_factory, tiny_ckpt) -> Path:
     write_images(root / "in" / "FAKE", 6, seed=1)
     write_images(root / "in" / "REAL", 6, seed=2)
     (root / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
-    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None)
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
     return root / "out"
 
 
@@ -196,8 +242,10 @@ def hostile_run(tmp_path_factory) -> Path:
         d = root / "in" / classes[i % 2] / ("sub dir #2" if i % 3 == 0 else "")
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
-    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
-        log=lambda s: None)
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
+        log=lambda s: None,
+    )
     return root / "out"
 
 
@@ -287,8 +335,11 @@ def test_pagination_counts_and_page_weight(tmp_path):
         counts.append(len(links.cards))
         # cards show small thumbnails only, lazily; the full size is on the detail page (these 32 px display
         # copies are no larger than a thumbnail, so they are their own: layout.image_thumb)
-        assert links.imgs and all(i["loading"] == "lazy" and ("/thumbs/" in i["src"] or (
-            "/images/" in i["src"] and int(i["width"]) <= layout.THUMB_SIDE)) for i in links.imgs)
+        assert links.imgs and all(
+            i["loading"] == "lazy"
+            and ("/thumbs/" in i["src"] or ("/images/" in i["src"] and int(i["width"]) <= layout.THUMB_SIDE))
+            for i in links.imgs
+        )
         assert p.stat().st_size < 200_000  # 200 cards with two methods each
         html = p.read_text()
         for k in range(1, 4):
@@ -308,20 +359,34 @@ def test_page_links_window():
 
 def test_grouping_and_sorting_order(tmp_path):
     rows = [  # (rel, label, p(class 0)); pred is 0 when p0 > .5
-        ("a.png", 0, 0.30), ("b.png", 0, 0.10), ("c.png", 0, 0.90), ("d.png", 0, 0.60),
-        ("e.png", 1, 0.80), ("f.png", 1, 0.55), ("g.png", 1, 0.20), ("h.png", 1, 0.45),
+        ("a.png", 0, 0.30),
+        ("b.png", 0, 0.10),
+        ("c.png", 0, 0.90),
+        ("d.png", 0, 0.60),
+        ("e.png", 1, 0.80),
+        ("f.png", 1, 0.55),
+        ("g.png", 1, 0.20),
+        ("h.png", 1, 0.45),
     ]
     out = synth(tmp_path / "o", rows, files=False)
     data = report.build(out)
     assert [(g.section, g.title) for g in data.groups] == [
-        ("wrong", "true FAKE"), ("wrong", "true REAL"), ("right", "true FAKE"), ("right", "true REAL")]
+        ("wrong", "true FAKE"),
+        ("wrong", "true REAL"),
+        ("right", "true FAKE"),
+        ("right", "true REAL"),
+    ]
     # misclassified: most confident mistake first; correct: least confident first
     assert [[c.rel for c in g.cards] for g in data.groups] == [
-        ["b.png", "a.png"], ["e.png", "f.png"], ["d.png", "c.png"], ["h.png", "g.png"]]
+        ["b.png", "a.png"],
+        ["e.png", "f.png"],
+        ["d.png", "c.png"],
+        ["h.png", "g.png"],
+    ]
     report.render(out)
     assert gallery_order(out) == ["b.png", "a.png", "e.png", "f.png", "d.png", "c.png", "h.png", "g.png"]
     html = (out / "gallery" / "page-1.html").read_text()
-    assert html.index("<h2 class=\"section\">Misclassified") < html.index("<h2 class=\"section\">Correct")
+    assert html.index('<h2 class="section">Misclassified') < html.index('<h2 class="section">Correct')
     # previous/next on detail pages follow the gallery order
     _site, records = detail_data(out)
     d = records["e.png"]
@@ -343,8 +408,9 @@ def test_metrics_match_sklearn(tmp_path):
     conf = np.array([max(p0, 1 - p0) for _r, _l, p0 in rows])
     ok = np.array(y) == np.array(pred)
     bins = np.minimum(((conf - 0.5) / 0.5 * 10).astype(int), 9)
-    ece = sum(abs(ok[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean() for b in range(10)
-              if (bins == b).any())
+    ece = sum(
+        abs(ok[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean() for b in range(10) if (bins == b).any()
+    )
     assert data.ece == pytest.approx(ece)
     assert sum(sum(c) for _l, c, _col in data.hist_series) == 300
 
@@ -355,7 +421,9 @@ def test_unlabeled_grouped_by_prediction(tmp_path):
     data = report.build(out)
     assert not data.labeled and data.sections == [("pred", "By predicted class")]
     assert [(g.title, [c.rel for c in g.cards]) for g in data.groups] == [
-        ("predicted FAKE", ["x2.png", "x1.png"]), ("predicted REAL", ["x3.png", "x4.png"])]
+        ("predicted FAKE", ["x2.png", "x1.png"]),
+        ("predicted REAL", ["x3.png", "x4.png"]),
+    ]
     report.render(out)
     html = (out / "index.html").read_text()
     assert "Accuracy" not in html and "Images per predicted class" in html
@@ -435,7 +503,8 @@ def test_template_dir_override(tmp_path):
     (mine / "assets").mkdir(parents=True)
     (mine / "index.html").write_text(
         '{% extends "base.html" %}{% block main %}<h1>My summary</h1><p id="n">{{ r.total }} images, '
-        '{{ r.accuracy | pct }}</p>{% endblock %}')
+        "{{ r.accuracy | pct }}</p>{% endblock %}"
+    )
     (mine / "assets" / "report.css").write_text("body { background: #fffbe6; }\n")
     report.write_report(out, template_dir=mine)
     html = (out / "index.html").read_text()
@@ -491,7 +560,6 @@ def test_url_encoding():
     assert report.up("detail/a/b.html") == "../../" and report.up("index.html") == ""
 
 
-
 # -- what the pictures mean: column labels, colour bars, legends, borders, the demo model, ground truth ----
 
 
@@ -504,8 +572,9 @@ def _figure(html: str, method: str) -> str:
 
 
 def _ticks(fig: str) -> list[str]:
-    return re.findall(r"<span>([^<]*)</span>", re.search(r'<span class="ticks">((?:<span>[^<]*</span>)*)</span>',
-                                                          fig).group(1))
+    return re.findall(
+        r"<span>([^<]*)</span>", re.search(r'<span class="ticks">((?:<span>[^<]*</span>)*)</span>', fig).group(1)
+    )
 
 
 def test_cards_label_each_thumbnail_column_with_its_method(tmp_path):
@@ -515,10 +584,16 @@ def test_cards_label_each_thumbnail_column_with_its_method(tmp_path):
     assert len(cards) == 3
     for c in cards:  # each caption sits in the same column as its own thumbnail
         # (a display copy no larger than a thumbnail is its own: images/<stem>.png, see layout.image_thumb)
-        pairs = re.findall(r'<span class="col"><img src="\.\./(?:thumbs/([^/]+)|images)/[^>]*><span class="cap"[^>]*>'
-                           r'([^<]*)</span></span>', c)
+        pairs = re.findall(
+            r'<span class="col"><img src="\.\./(?:thumbs/([^/]+)|images)/[^>]*><span class="cap"[^>]*>'
+            r"([^<]*)</span></span>",
+            c,
+        )
         assert [(name or "image", cap) for name, cap in pairs] == [
-            ("image", "Original"), ("gradcam", "Grad-CAM"), ("lime", "LIME")]
+            ("image", "Original"),
+            ("gradcam", "Grad-CAM"),
+            ("lime", "LIME"),
+        ]
 
 
 def test_colour_bars_are_one_file_per_colour_map_with_each_images_numbers(tmp_path):
@@ -564,8 +639,9 @@ def test_legends_say_the_overlay_is_transparent_where_lime_sees_no_effect(tmp_pa
 
 
 def test_lime_info_line_is_explained(tmp_path):
-    out = synth(tmp_path / "o", labeled_rows(2), methods=("lime",),
-                info={"segments": 42, "score": 0.61, "intercept": 0.37})
+    out = synth(
+        tmp_path / "o", labeled_rows(2), methods=("lime",), info={"segments": 42, "score": 0.61, "intercept": 0.37}
+    )
     report.render(out)
     site, records = detail_data(out)
     # detail.js writes each as <li><code>key=value</code>: words</li>, the words from site.info_words
@@ -583,8 +659,10 @@ def test_only_labeled_cards_get_a_correct_or_wrong_border(tmp_path):
     assert classes == ["card"] * 3
     out = synth(tmp_path / "l", [("FAKE/a.png", 0, 0.9), ("FAKE/b.png", 0, 0.2)])
     report.render(out)
-    classes = {re.search(r'data-name="([^"]*)"', c).group(1): re.match(r'<li class="([^"]*)"', c).group(1)
-               for c in _cards_html(out / "gallery" / "page-1.html")}
+    classes = {
+        re.search(r'data-name="([^"]*)"', c).group(1): re.match(r'<li class="([^"]*)"', c).group(1)
+        for c in _cards_html(out / "gallery" / "page-1.html")
+    }
     assert classes == {"FAKE/a.png": "card right", "FAKE/b.png": "card wrong"}
     css = next((out / "assets").glob("report.*.css")).read_text()
     assert ".card { border: 1px solid var(--line); border-left: 4px solid var(--line);" in css
@@ -628,11 +706,19 @@ def truth_run(tmp_path_factory, tiny_ckpt) -> tuple[Path, Path, dict[str, np.nda
     for p in fakes:
         mask = np.zeros((32, 32), bool)
         y, x = rng.integers(0, 20, 2)
-        mask[y:y + 12, x:x + 10] = True
+        mask[y : y + 12, x : x + 10] = True
         np.save(p.with_name(p.stem + ".mask.npy"), mask)
         masks[f"FAKE/{p.name}"] = mask
-    run(RunOptions(input_dir=inp, out_dir=root / "out", methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
-                   method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=inp,
+            out_dir=root / "out",
+            methods=["gradcam", "lime"],
+            checkpoint=tiny_ckpt,
+            method_options={"lime": {"samples": 64}},
+        ),
+        log=lambda s: None,
+    )
     return inp, root / "out", masks
 
 
@@ -670,8 +756,18 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
     np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.full((8, 8), -0.5, np.float32))  # same paths, new map
     m = Manifest(out / FILENAME)
     with m.transaction():
-        m.put_map(MapRow("FAKE/a.png", "lime", "h2", "maps/lime/FAKE/a.npy", "maps/lime/FAKE/a.png",
-                         "thumbs/lime/FAKE/a.png", None, 1))
+        m.put_map(
+            MapRow(
+                "FAKE/a.png",
+                "lime",
+                "h2",
+                "maps/lime/FAKE/a.npy",
+                "maps/lime/FAKE/a.png",
+                "thumbs/lime/FAKE/a.png",
+                None,
+                1,
+            )
+        )
     m.close()
     report.render(out)
     assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.5", "0", "+0.5"]
@@ -728,8 +824,16 @@ def test_an_older_folder_gets_its_views_once_and_nothing_is_recomputed(truth_run
     db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     db.commit()
     db.close()
-    res = run(RunOptions(input_dir=inp, out_dir=copy, methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
-                         method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    res = run(
+        RunOptions(
+            input_dir=inp,
+            out_dir=copy,
+            methods=["gradcam", "lime"],
+            checkpoint=tiny_ckpt,
+            method_options={"lime": {"samples": 64}},
+        ),
+        log=lambda s: None,
+    )
     assert res.computed == 0 and res.unchanged == len(images_of(copy))
     m = Manifest(copy / FILENAME)
     after = {k: r.view for k, r in m.maps().items()}
@@ -756,17 +860,29 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
     out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
     report.render(out)
     (out / report.model.STATE_NAME).unlink()  # every page and data file is built again; no figure changes
-    code = ("import sys; from pathlib import Path; from xaibatch import report; "
-            f"s = report.render(Path({str(out)!r})); assert not s.reused; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    code = (
+        "import sys; from pathlib import Path; from xaibatch import report; "
+        f"s = report.render(Path({str(out)!r})); assert not s.reused; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
+    )
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
     m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
+    )
     assert "matplotlib.figure" in r.stdout
 
 
@@ -783,8 +899,11 @@ def test_lime_magnitude_shows_in_the_gallery_and_the_detail_view(tmp_path):
     report.render(out)
     cards = {re.search(r'data-name="([^"]*)"', c).group(1): c for c in _cards_html(out / "gallery" / "page-1.html")}
     assert re.search(r'<p class="mag" data-method="lime">LIME scale ±0\.2</p>', cards["FAKE/strong.png"])
-    assert re.search(r'<p class="mag weak" data-method="lime" title="weak evidence: [^"]*0\.0006[^"]*">'
-                     r"LIME scale ±0\.0006 ⚠ weak</p>", cards["FAKE/tiny.png"])
+    assert re.search(
+        r'<p class="mag weak" data-method="lime" title="weak evidence: [^"]*0\.0006[^"]*">'
+        r"LIME scale ±0\.0006 ⚠ weak</p>",
+        cards["FAKE/tiny.png"],
+    )
     assert 'class="mag' not in cards["FAKE/strong.png"].split("lime")[0] + "gradcam"  # unsigned maps: no scale
     assert "“⚠ weak” marks maps under 0.01" in (out / "gallery" / "page-1.html").read_text()
     _site, records = detail_data(out)
@@ -821,8 +940,9 @@ def test_hostile_masks_are_skipped_with_a_reason_never_a_crash(tmp_path, tiny_ck
     np.save(inp / "FAKE" / f"{names[5]}.mask.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     out = tmp_path / "out"
     for _ in range(2):  # every run, not only the first
-        r = CliRunner().invoke(cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out),
-                                     "--workers", "0", "-q"])
+        r = CliRunner().invoke(
+            cli, ["run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+        )
         assert r.exit_code == 0, r.output
     _site, records = detail_data(out)
     truths = {rel.split("/")[1][: -len(".png")]: d["truth"] for rel, d in records.items()}
@@ -853,8 +973,9 @@ def test_a_symlink_under_the_output_folder_never_leads_a_report_write_outside(tm
     (victim / "page-1.js").write_text("precious")
 
     def untouched() -> bool:
-        return sorted(p.name for p in victim.iterdir()) == ["fake_00000.html", "page-1.html", "page-1.js"] and \
-            all(p.read_text() == "precious" for p in victim.iterdir())
+        return sorted(p.name for p in victim.iterdir()) == ["fake_00000.html", "page-1.html", "page-1.js"] and all(
+            p.read_text() == "precious" for p in victim.iterdir()
+        )
 
     (out / "detail" / "FAKE").mkdir()
     os.rmdir(out / "detail" / "FAKE")
@@ -886,8 +1007,11 @@ def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
     import importlib
 
     render = importlib.import_module("xaibatch.report.render")
-    rows = [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE] + [(f"REAL/{n}", 1, 0.3) for n in HOSTILE] + \
-        [(f"x/{n}", None, 0.6) for n in HOSTILE[:3]]
+    rows = (
+        [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE]
+        + [(f"REAL/{n}", 1, 0.3) for n in HOSTILE]
+        + [(f"x/{n}", None, 0.6) for n in HOSTILE[:3]]
+    )
     out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
     np.save(out / "maps" / "lime" / "FAKE" / "a&b.npy", np.full((8, 8), 3e-4, np.float32))  # a weak one
     m = Manifest(out / FILENAME)  # faithfulness scores on some maps: data-del-*/data-ins-* attributes

@@ -24,9 +24,10 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason="needs /usr/bin/chromium and /usr/bin/chromedriver "
-                              "(apt-get install chromium chromium-driver)"),
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
+    ),
 ]
 
 TRAP = """
@@ -35,8 +36,17 @@ window.alert = window.confirm = window.prompt = function (m) { window.__xss.push
 """
 
 HOSTILE = [
-    "<img src=x onerror=alert(1)>.png", "with space.png", "hash#tag.png", "100%.png", "what?.png",
-    'dq"uote.png', "sq'uote.png", "ünïcødé 日本.png", "a&b.png", "%2e%2e.png", "javascript:alert(1).png",
+    "<img src=x onerror=alert(1)>.png",
+    "with space.png",
+    "hash#tag.png",
+    "100%.png",
+    "what?.png",
+    'dq"uote.png',
+    "sq'uote.png",
+    "ünïcødé 日本.png",
+    "a&b.png",
+    "%2e%2e.png",
+    "javascript:alert(1).png",
     "<script>alert(4)<\\script>.png",
 ]
 
@@ -49,9 +59,18 @@ def driver():
     profile = tempfile.mkdtemp(prefix="xaibatch-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-              "--allow-file-access-from-files", f"--user-data-dir={profile}"):
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+        "--allow-file-access-from-files",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -69,8 +88,10 @@ def labeled_out(tmp_path_factory, tiny_ckpt) -> Path:
     write_images(root / "in" / "FAKE", 9, seed=11)
     write_images(root / "in" / "REAL", 9, seed=12)
     (root / "in" / "FAKE" / "broken.png").write_bytes(b"\x89PNG but not really")
-    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None)
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
     return root / "out"
 
 
@@ -98,8 +119,10 @@ def hostile_out(tmp_path_factory) -> Path:
     (root / "in" / classes[0] / "<svg onload=alert(5)>.png").write_bytes(b"broken")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report.model, "PAGE_SIZE", 4)
-        run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
-            log=lambda s: None)
+        run(
+            RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
+            log=lambda s: None,
+        )
     return root / "out"
 
 
@@ -121,7 +144,8 @@ def load_all_images(driver, timeout: float = 30) -> list[dict]:
         time.sleep(0.05)
     return driver.execute_script(
         "return Array.prototype.filter.call(document.images, i => !(i.complete && i.naturalWidth > 0))"
-        ".map(i => ({src: i.getAttribute('src'), alt: i.alt}))")
+        ".map(i => ({src: i.getAttribute('src'), alt: i.alt}))"
+    )
 
 
 def local_targets(driver) -> list[tuple[str, Path]]:
@@ -129,7 +153,8 @@ def local_targets(driver) -> list[tuple[str, Path]]:
     raw = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('[href],[src]'), function (e) {"
         "  var a = e.hasAttribute('href') ? 'href' : 'src';"
-        "  return [e.getAttribute(a), new URL(e.getAttribute(a), document.baseURI).href]; })")  # SVG: no e.href
+        "  return [e.getAttribute(a), new URL(e.getAttribute(a), document.baseURI).href]; })"
+    )  # SVG: no e.href
     out = []
     for attr, absolute in raw:
         assert urlsplit(attr).scheme == "" and not attr.startswith("/"), f"not a relative link: {attr!r}"
@@ -157,8 +182,11 @@ def detail_urls(out: Path) -> dict[str, str]:
 
     urls = {}
     for page in sorted((out / "gallery").glob("page-*.html")):
-        for name, href in re.findall(r'<li class="card[^"]*" id="[^"]*" data-conf="[^"]*" data-name="([^"]*)"[^>]*>\n'
-                                     r'<a class="thumbs" href="([^"]*)"', page.read_text()):
+        for name, href in re.findall(
+            r'<li class="card[^"]*" id="[^"]*" data-conf="[^"]*" data-name="([^"]*)"[^>]*>\n'
+            r'<a class="thumbs" href="([^"]*)"',
+            page.read_text(),
+        ):
             from html import unescape
 
             path, _, frag = unescape(href).partition("#")
@@ -184,7 +212,8 @@ def visible_cards(driver) -> list[dict]:
         "return Array.prototype.filter.call(document.querySelectorAll('li.card'), c => c.offsetParent !== null)"
         ".map(c => ({name: c.dataset.name, conf: parseFloat(c.dataset.conf),"
         " group: c.closest('section.group').id, cls: c.closest('section.group').dataset.class,"
-        " section: c.closest('section.group').dataset.section}))")
+        " section: c.closest('section.group').dataset.section}))"
+    )
 
 
 def wait_until(cond, what: str, timeout: float = 30.0) -> None:
@@ -221,8 +250,9 @@ def test_pagination_reaches_every_image(driver, paged_out):
     pages = 0
     while True:
         pages += 1
-        cards = driver.execute_script("return Array.prototype.map.call(document.querySelectorAll('li.card'),"
-                                      " c => c.dataset.name)")
+        cards = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('li.card'), c => c.dataset.name)"
+        )
         assert 0 < len(cards) <= 5
         seen += cards
         numbers = driver.find_elements("css selector", "nav.pager a[aria-current=page]")
@@ -254,8 +284,10 @@ def test_detail_prev_next_walk_the_gallery_order(driver, paged_out):
         names.append(driver.find_element("tag name", "h1").text)
         imgs = driver.find_elements("css selector", ".views img")
         assert len(imgs) == 2 and all(int(i.get_attribute("width")) >= 256 for i in imgs)
-        assert driver.execute_script("return getComputedStyle(document.querySelector('.views img')).imageRendering")\
+        assert (
+            driver.execute_script("return getComputedStyle(document.querySelector('.views img')).imageRendering")
             == "pixelated"
+        )
         nxt = driver.find_elements("css selector", "a[rel=next]")
         if not nxt:
             break
@@ -352,8 +384,11 @@ def test_pages_work_without_javascript(labeled_out):
 
 
 def test_screenshots_are_not_blank(driver, labeled_out):
-    for page in (labeled_out / "index.html", labeled_out / "gallery" / "page-1.html",
-                 next((labeled_out / "detail").glob("*.html"))):
+    for page in (
+        labeled_out / "index.html",
+        labeled_out / "gallery" / "page-1.html",
+        next((labeled_out / "detail").glob("*.html")),
+    ):
         open_page(driver, page)
         load_all_images(driver)
         img = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"), dtype=np.float32)
@@ -364,8 +399,10 @@ def test_screenshots_are_not_blank(driver, labeled_out):
 def unlabeled_out(tmp_path_factory, tiny_ckpt) -> Path:
     root = tmp_path_factory.mktemp("unlabeled")
     write_images(root / "in", 3, seed=13)
-    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None)
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
     return root / "out"
 
 
@@ -378,8 +415,16 @@ def truth_out(tmp_path_factory, tiny_ckpt) -> Path:
         mask[4:16, 10:24] = True
         np.save(p.with_name(p.stem + ".mask.npy"), mask)
     write_images(root / "in" / "REAL", 2, seed=15)
-    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam", "lime"], checkpoint=tiny_ckpt,
-                   method_options={"lime": {"samples": 64}}), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=root / "in",
+            out_dir=root / "out",
+            methods=["gradcam", "lime"],
+            checkpoint=tiny_ckpt,
+            method_options={"lime": {"samples": 64}},
+        ),
+        log=lambda s: None,
+    )
     return root / "out"
 
 
@@ -413,8 +458,10 @@ def test_thumbnail_columns_are_labeled_and_borders_follow_the_label(driver, labe
         assert c["border"] == (RED if "wrong" in c["cls"].split() else GREEN), c
     assert {c["border"] for c in cards} == {RED, GREEN}
     select(driver, "f-method", "-")  # originals only: the map's caption goes with its picture
-    wait_until(lambda: all(not x["shown"] for c in card_columns(driver) for x in c["cols"] if x["method"]),
-               "the map columns to hide")
+    wait_until(
+        lambda: all(not x["shown"] for c in card_columns(driver) for x in c["cols"] if x["method"]),
+        "the map columns to hide",
+    )
     assert all(c["cols"][0]["shown"] for c in card_columns(driver))
 
     open_page(driver, unlabeled_out / "gallery" / "page-1.html")
@@ -428,7 +475,8 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     check_page(driver, fake)  # every image (the colour bars too) loads, every link resolves, no console error
     bars = driver.execute_script(
         "return Array.prototype.map.call(document.querySelectorAll('figure[data-method] .cbar'), function (b) {"
-        "  return {ticks: Array.prototype.map.call(b.querySelectorAll('.ticks span'), s => s.textContent)}; })")
+        "  return {ticks: Array.prototype.map.call(b.querySelectorAll('.ticks span'), s => s.textContent)}; })"
+    )
     assert len(bars) == 2
     grad, lime = bars
     assert grad["ticks"][0] == "0" and grad["ticks"][2].startswith("≥ ")
@@ -443,11 +491,13 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
         "var d = window.devicePixelRatio;"
         "return Array.prototype.map.call(document.querySelectorAll('.cbar svg, figure.truth svg'), function (e) {"
         "  var r = e.getBoundingClientRect();"
-        "  return [r.top * d, r.bottom * d, r.left * d, r.right * d].map(Math.round); })")
+        "  return [r.top * d, r.bottom * d, r.left * d, r.right * d].map(Math.round); })"
+    )
     assert len(rects) == 3
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1280, height + 200)
     try:
+
         def drawn() -> np.ndarray | None:
             shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), np.float32)
             cuts = [shot[t:b, l:r] for t, b, l, r in rects]
@@ -467,9 +517,9 @@ def test_detail_page_colour_bars_and_ground_truth(driver, truth_out):
     greenness = img[..., 1] - (img[..., 0] + img[..., 2]) / 2
     s = img.shape[0] / 32  # screen pixels per image pixel
     region = np.zeros(greenness.shape, bool)
-    region[int(5 * s):int(15 * s), int(11 * s):int(23 * s)] = True  # inside mask[4:16, 10:24], off its edges
+    region[int(5 * s) : int(15 * s), int(11 * s) : int(23 * s)] = True  # inside mask[4:16, 10:24], off its edges
     outside = np.ones(greenness.shape, bool)
-    outside[int(3 * s):int(17 * s), int(9 * s):int(25 * s)] = False
+    outside[int(3 * s) : int(17 * s), int(9 * s) : int(25 * s)] = False
     assert greenness[region].mean() > greenness[outside].mean() + 40  # the region is shaded, the rest is not
     assert img[outside].std() > 20  # drawn over the picture
     real = urls[sorted(k for k in urls if k.startswith("REAL/"))[0]]
@@ -485,7 +535,8 @@ def test_hostile_names_never_run_script(driver, hostile_out):
         check_page(driver, page)  # images load, links resolve, the alert trap stays empty, no console error
         bad = driver.execute_script(
             "return document.querySelectorAll('[onerror],[onload],[onmouseover],script:not([src]),img[src=\"x\"]')"
-            ".length")
+            ".length"
+        )
         assert bad == 0, page
     # the names show as text, exactly
     open_page(driver, hostile_out / "gallery" / "page-1.html")
@@ -507,8 +558,10 @@ def test_detail_view_maps_in_one_row_at_one_size_explanations_folded(driver, tru
     them; a narrow window gets no horizontal scroll bar."""
     urls = detail_urls(truth_out)
     fake = urls[sorted(k for k in urls if k.startswith("FAKE/"))[0]]
-    boxes = ("return Array.prototype.map.call(document.querySelectorAll('.views figure > img'), function (i) {"
-             "  var r = i.getBoundingClientRect(); return [r.top, r.width, r.height]; })")
+    boxes = (
+        "return Array.prototype.map.call(document.querySelectorAll('.views figure > img'), function (i) {"
+        "  var r = i.getBoundingClientRect(); return [r.top, r.width, r.height]; })"
+    )
     try:
         driver.set_window_size(1400, 1000)
         open_page(driver, fake)
@@ -518,7 +571,8 @@ def test_detail_view_maps_in_one_row_at_one_size_explanations_folded(driver, tru
         assert len({round(w) for _t, w, _h in pics}) == 1 and pics[0][1] >= 200, pics  # one size
         folded = driver.execute_script(
             "return Array.prototype.map.call(document.querySelectorAll('.views figure details'), function (d) {"
-            "  return [d.open, d.textContent]; })")
+            "  return [d.open, d.textContent]; })"
+        )
         assert len(folded) == 2 and not any(o for o, _t in folded)
         assert "bright = more important" in folded[0][1] and "raw map (.npy" in folded[0][1]
         assert "probability units" in folded[1][1]

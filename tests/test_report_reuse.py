@@ -47,8 +47,13 @@ def full_render(out):
 
 @pytest.fixture
 def out(tmp_path):
-    o = synth(tmp_path / "o", labeled_rows(8), methods=("gradcam", "lime"), failures=[("FAKE/bad.png", "not an image")],
-              input_dir=tmp_path / "in")
+    o = synth(
+        tmp_path / "o",
+        labeled_rows(8),
+        methods=("gradcam", "lime"),
+        failures=[("FAKE/bad.png", "not an image")],
+        input_dir=tmp_path / "in",
+    )
     (tmp_path / "in" / "FAKE").mkdir(parents=True)
     stats = report.render(o)
     assert not stats.reused
@@ -105,8 +110,14 @@ def mask_beside(out):
 
 
 def sanity_file(out):
-    curve = {"method": "gradcam", "steps": ["logits", "all"], "rank": [0.5, 0.01], "ssim": [0.4, 0.1],
-             "passed": True, "verdict": "Grad-CAM: maps change with the model"}
+    curve = {
+        "method": "gradcam",
+        "steps": ["logits", "all"],
+        "rank": [0.5, 0.01],
+        "ssim": [0.4, 0.1],
+        "passed": True,
+        "verdict": "Grad-CAM: maps change with the model",
+    }
     (out / layout.SANITY).write_text(json.dumps({"images": 4, "curves": [curve], "checkpoint_sha256": "x"}))
 
 
@@ -136,8 +147,22 @@ def method_settings(out):
     m.close()
 
 
-@pytest.mark.parametrize("change", [change_row, remove_map, new_failure, failure_reason, mask_beside, sanity_file,
-                                    lost_page, lost_viewer, lost_csv, lost_figure, method_settings])
+@pytest.mark.parametrize(
+    "change",
+    [
+        change_row,
+        remove_map,
+        new_failure,
+        failure_reason,
+        mask_beside,
+        sanity_file,
+        lost_page,
+        lost_viewer,
+        lost_csv,
+        lost_figure,
+        method_settings,
+    ],
+)
 def test_every_change_rebuilds(out, change):
     change(out)
     stats = report.render(out)
@@ -162,8 +187,9 @@ def test_same_failure_again_moves_nothing(out):
 def test_template_dir_always_builds(out, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "index.html").write_text('{% extends "base.html" %}{% block main %}{{ r.cards | length }} cards'
-                                     '{% endblock %}')
+    (mine / "index.html").write_text(
+        '{% extends "base.html" %}{% block main %}{{ r.cards | length }} cards{% endblock %}'
+    )
     report.render(out, template_dir=mine)
     stats = report.render(out, template_dir=mine)
     assert not stats.reused
@@ -177,4 +203,3 @@ def test_damaged_state_builds(out):
     stats = report.render(out)
     assert not stats.reused
     assert report.render(out).reused
-

@@ -28,8 +28,16 @@ def invoke(*args):
 
 
 def _opts(inp, out, ckpt, **kw) -> RunOptions:
-    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, batch_size=4, workers=0,
-                      handle_signals=False, **kw)
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam"],
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        handle_signals=False,
+        **kw,
+    )
 
 
 def _one_line_exit_2(r, *words):
@@ -96,9 +104,14 @@ def test_file_swapped_for_fifo_or_dev_zero_after_the_scan_is_skipped_not_hung(tm
         os.utime(inp / name, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     for i, p in enumerate(write_images(tmp_path / "new", 2, seed=5)):
         os.replace(p, inp / f"new_{i}.png")
-    proc = subprocess.Popen([sys.executable, "-c", SWAP_AFTER_SCAN, str(inp), str(out), str(tiny_ckpt),
-                             str(workers)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWAP_AFTER_SCAN, str(inp), str(out), str(tiny_ckpt), str(workers)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=150)
     except subprocess.TimeoutExpired:
@@ -128,8 +141,7 @@ def test_input_inside_an_output_folders_images_is_refused(tmp_path, tiny_ckpt):
     r = invoke("run", out / "images", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
     _one_line_exit_2(r, "INPUT_DIR", "images/", "original images")
     assert _snapshot(out / "images") == before
-    r = invoke("run", out / "maps" / "gradcam", "--checkpoint", tiny_ckpt, "--out", tmp_path / "other",
-               "--workers", 0)
+    r = invoke("run", out / "maps" / "gradcam", "--checkpoint", tiny_ckpt, "--out", tmp_path / "other", "--workers", 0)
     _one_line_exit_2(r, "INPUT_DIR", "maps/")
     assert not (tmp_path / "other").exists()
 
@@ -170,8 +182,9 @@ def test_another_input_on_an_existing_output_folder_needs_replace(tmp_path, tiny
     _one_line_exit_2(r, str(a.resolve()), "--replace", "--out")
     after = _snapshot(out)
     after.pop(LOCK_NAME, None), before.pop(LOCK_NAME, None)
-    assert {k: v for k, v in after.items() if "sqlite" not in k} == {k: v for k, v in before.items()
-                                                                        if "sqlite" not in k}
+    assert {k: v for k, v in after.items() if "sqlite" not in k} == {
+        k: v for k, v in before.items() if "sqlite" not in k
+    }
     # The same input again (another spelling of the path) is a normal re-run.
     r = invoke("run", tmp_path / "a" / ".." / "a" / "test", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
     assert r.exit_code == 0 and "3 skipped (unchanged)" in r.output, r.output
@@ -235,9 +248,28 @@ main()
 def _paused_run(inp: Path, out: Path, ckpt: Path, marks: Path, workers: int) -> subprocess.Popen:
     marks.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-c", PAUSED_RUN, "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out),
-         "--batch-size", "4", "--workers", str(workers), "-q"],
-        cwd=REPO, env={**ENV, "XB_MARKS": str(marks)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            PAUSED_RUN,
+            "run",
+            str(inp),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--workers",
+            str(workers),
+            "-q",
+        ],
+        cwd=REPO,
+        env={**ENV, "XB_MARKS": str(marks)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 120.0) -> None:
@@ -318,8 +350,7 @@ time.sleep(60)
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_without_prctl_a_worker_watches_its_parent_pid(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", WATCHED_CHILD], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WATCHED_CHILD], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     kid = int(proc.stdout.readline())
     try:
         proc.kill()
@@ -369,8 +400,13 @@ def test_deleted_output_files_are_regenerated_and_nothing_else_is_rewritten(tmp_
     opts.methods = ["gradcam", "guided-gradcam"]
     run(opts, log=lambda s: None)
     before = {p: (out / p).stat().st_mtime_ns for p in _referenced(out)}
-    gone = ["maps/gradcam/img_000.npy", "maps/guided-gradcam/img_001.png", "thumbs/gradcam/img_002.png",
-            "images/img_003.png", "thumbs/image/img_004.png"]
+    gone = [
+        "maps/gradcam/img_000.npy",
+        "maps/guided-gradcam/img_001.png",
+        "thumbs/gradcam/img_002.png",
+        "images/img_003.png",
+        "thumbs/image/img_004.png",
+    ]
     for p in gone:
         (out / p).unlink()
     r = run(opts, log=lambda s: None)

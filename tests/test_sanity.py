@@ -81,8 +81,10 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
         mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
         targets = ctx.model((x.float() / 255 - mean) / std).argmax(1)
     seeds = [image_seed(e.rel) for e in found.images]
-    curves = {c.method: c for c in cascade(ctx.model, lambda net: _maps(net, model, ctx, methods, x, None, targets,
-                                                                          seeds, 16))}
+    curves = {
+        c.method: c
+        for c in cascade(ctx.model, lambda net: _maps(net, model, ctx, methods, x, None, targets, seeds, 16))
+    }
     for c in curves.values():
         print(c.verdict(), [round(v, 2) for v in c.rank], [round(v, 2) for v in c.ssim])
     assert curves["gradcam"].rank[0] == 1.0 and curves["gradcam"].rank[-1] < 0.3

@@ -34,8 +34,19 @@ def _sanity(out: Path, *extra: str):
 
 
 def _run(inp: Path, out: Path, methods, **kw) -> None:
-    run(RunOptions(input_dir=inp, out_dir=out, methods=list(methods), workers=0, batch_size=4, device="cpu",
-                   handle_signals=False, **kw), log=_quiet)
+    run(
+        RunOptions(
+            input_dir=inp,
+            out_dir=out,
+            methods=list(methods),
+            workers=0,
+            batch_size=4,
+            device="cpu",
+            handle_signals=False,
+            **kw,
+        ),
+        log=_quiet,
+    )
 
 
 def test_sanity_after_lime_rebuilds_its_options(inp, tiny_ckpt, tmp_path):
@@ -81,8 +92,7 @@ def build():
 def test_sanity_after_a_factory_with_checkpoint(inp, tmp_path):
     (tmp_path / "net.py").write_text(FACTORY)
     out = tmp_path / "o"
-    _run(inp, out, ["gradcam"], model=f"{tmp_path / 'net.py'}:build", checkpoint=_state_dict(tmp_path),
-         image_size=32)
+    _run(inp, out, ["gradcam"], model=f"{tmp_path / 'net.py'}:build", checkpoint=_state_dict(tmp_path), image_size=32)
     assert _sanity(out).exit_code == 0
 
 
@@ -115,8 +125,17 @@ def test_relative_paths_are_recorded_absolute(inp, tiny_ckpt, tmp_path, monkeypa
     shutil.copytree(inp, work / "in")
     shutil.copy(tiny_ckpt, work / "m.pt")
     monkeypatch.chdir(work)
-    run(RunOptions(input_dir=Path("in"), out_dir=Path("o"), methods=["gradcam"], checkpoint=Path("m.pt"),
-                   workers=0, handle_signals=False), log=_quiet)
+    run(
+        RunOptions(
+            input_dir=Path("in"),
+            out_dir=Path("o"),
+            methods=["gradcam"],
+            checkpoint=Path("m.pt"),
+            workers=0,
+            handle_signals=False,
+        ),
+        log=_quiet,
+    )
     elsewhere = tmp_path / "elsewhere"
     write_images(elsewhere / "in" / "FAKE", 3, size=24, seed=7)  # same names, other pictures
     write_images(elsewhere / "in" / "REAL", 3, size=24, seed=8)
@@ -182,8 +201,13 @@ def test_a_moved_checkpoint_is_named_and_can_be_passed(inp, tmp_path):
 def test_a_folder_written_before_the_record_existed(inp, tiny_ckpt, tmp_path):
     """An older run row (no source, no options, a relative input folder): inferred from what it has."""
     out = tmp_path / "o"
-    _run(inp, out, ["lime", "cam:gradcam++"], checkpoint=tiny_ckpt,
-         method_options={"lime": {"samples": 12, "segments": 6}})
+    _run(
+        inp,
+        out,
+        ["lime", "cam:gradcam++"],
+        checkpoint=tiny_ckpt,
+        method_options={"lime": {"samples": 12, "segments": 6}},
+    )
     db = sqlite3.connect(out / "xaibatch.sqlite")
     cfg = json.loads(db.execute("SELECT config_json FROM runs").fetchone()[0])
     for key in ("source", "input_dir"):

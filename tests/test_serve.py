@@ -23,7 +23,9 @@ from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting'", "ignore:The copy keyword is deprecated")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:'future.no_silent_downcasting'", "ignore:The copy keyword is deprecated"
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -43,6 +45,7 @@ def truncated_png() -> bytes:
 
 
 # ------------------------------------------------------------------------------------------- flagging (no torch)
+
 
 def test_flag_saves_imagefolder_layout_with_content_names(tmp_path):
     out = tmp_path / "out"
@@ -66,10 +69,18 @@ def test_flag_saves_imagefolder_layout_with_content_names(tmp_path):
     assert found.classes == ["FAKE", "REAL"] and len(found.images) == 3
 
 
-@pytest.mark.parametrize("label, expected", [
-    ("../../etc", "etc"), ("a/b\\c", "a_b_c"), ("  cat  ", "cat"), (".hidden", "hidden"), ("ünï 日本", "ünï 日本"),
-    ("x" * 300, "x" * 64), ("<script>", "script"),
-])
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("../../etc", "etc"),
+        ("a/b\\c", "a_b_c"),
+        ("  cat  ", "cat"),
+        (".hidden", "hidden"),
+        ("ünï 日本", "ünï 日本"),
+        ("x" * 300, "x" * 64),
+        ("<script>", "script"),
+    ],
+)
 def test_labels_become_one_safe_folder_name(label, expected):
     assert clean_label(label) == expected
 
@@ -101,13 +112,22 @@ def test_flagged_images_are_a_folder_run_reports(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     for label, seed in (("REAL", 1), ("FAKE", 2), ("REAL", 3)):
         save_flag(out, label, png(seed), "PNG")
-    result = run(RunOptions(input_dir=out / "flagged", out_dir=tmp_path / "audit", methods=["gradcam"],
-                            checkpoint=tiny_ckpt, handle_signals=False), log=lambda s: None)
+    result = run(
+        RunOptions(
+            input_dir=out / "flagged",
+            out_dir=tmp_path / "audit",
+            methods=["gradcam"],
+            checkpoint=tiny_ckpt,
+            handle_signals=False,
+        ),
+        log=lambda s: None,
+    )
     assert (result.seen, result.computed, result.failed) == (3, 3, [])
     assert result.accuracy is not None  # labeled: the folder names are the classes
 
 
 # ------------------------------------------------------------------------------------------- uploads and maps
+
 
 def test_broken_uploads_are_one_line(tmp_path):
     from xaibatch.serve.core import decode_upload, read_upload
@@ -142,8 +162,15 @@ def service(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     ckpt = make_checkpoint(root / "tiny.pt")
-    return Service(ServeOptions(out=root / "out", methods=METHODS, checkpoint=ckpt, lime_samples=SAMPLES,
-                                method_options={"lime": {"samples": SAMPLES}}))
+    return Service(
+        ServeOptions(
+            out=root / "out",
+            methods=METHODS,
+            checkpoint=ckpt,
+            lime_samples=SAMPLES,
+            method_options={"lime": {"samples": SAMPLES}},
+        )
+    )
 
 
 def test_maps_equal_explain_bit_for_bit(service):
@@ -153,7 +180,9 @@ def test_maps_equal_explain_bit_for_bit(service):
     uploads = [decode_upload(png(s)) for s in (11, 12)]
     for u in uploads:
         r = service.explain([u], METHODS, SAMPLES)[0]
-        ex = xaibatch.explain(service.opts.checkpoint, [u.image], METHODS, method_options={"lime": {"samples": SAMPLES}})
+        ex = xaibatch.explain(
+            service.opts.checkpoint, [u.image], METHODS, method_options={"lime": {"samples": SAMPLES}}
+        )
         assert [m.method for m in r.maps] == METHODS
         for m in r.maps:
             assert m.map.dtype == np.float32 and m.map.shape == (32, 32)
@@ -170,14 +199,27 @@ def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkey
 
     calls = []
     real = service.explain
-    monkeypatch.setattr(service, "explain", lambda ups, ms, n, f: calls.append((len(ups), tuple(ms), n, f))
-                        or real(ups, ms, n, f))
+    monkeypatch.setattr(
+        service, "explain", lambda ups, ms, n, f: calls.append((len(ups), tuple(ms), n, f)) or real(ups, ms, n, f)
+    )
     u1, u2, u3 = (decode_upload(png(s)) for s in (21, 22, 23))
-    out = explain_requests(service, [
-        Request(u1, ("gradcam",), SAMPLES), Request(None, ()), Request(u2, ("gradcam",), 99),
-        Request(u3, ("gradcam", "lime"), SAMPLES), Request(u1, (), SAMPLES), Request(u2, ("gradcam",), 99, True)])
-    assert calls == [(2, ("gradcam",), None, False), (1, ("gradcam", "lime"), SAMPLES, False), (1, (), None, False),
-                     (1, ("gradcam",), None, True)]
+    out = explain_requests(
+        service,
+        [
+            Request(u1, ("gradcam",), SAMPLES),
+            Request(None, ()),
+            Request(u2, ("gradcam",), 99),
+            Request(u3, ("gradcam", "lime"), SAMPLES),
+            Request(u1, (), SAMPLES),
+            Request(u2, ("gradcam",), 99, True),
+        ],
+    )
+    assert calls == [
+        (2, ("gradcam",), None, False),
+        (1, ("gradcam", "lime"), SAMPLES, False),
+        (1, (), None, False),
+        (1, ("gradcam",), None, True),
+    ]
     assert out[1] == "" and out[4] == "choose at least one method"
     assert [m.method for m in out[3].maps] == ["gradcam", "lime"]
     assert out[0].maps[0].faith is None
@@ -197,8 +239,12 @@ def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monk
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a b.png").write_bytes(png(1))
     monkeypatch.chdir(tmp_path)
-    run(RunOptions(input_dir=Path("in"), out_dir=Path("out"), methods=["gradcam"], checkpoint=tiny_ckpt,
-                   handle_signals=False), log=lambda s: None)
+    run(
+        RunOptions(
+            input_dir=Path("in"), out_dir=Path("out"), methods=["gradcam"], checkpoint=tiny_ckpt, handle_signals=False
+        ),
+        log=lambda s: None,
+    )
     monkeypatch.chdir(tmp_path / "in")  # the app may start anywhere
     report = ReportImages.load(tmp_path / "out")
     u = report.read("a b.png")
@@ -223,6 +269,7 @@ def test_without_gradio_serve_says_how_to_install(monkeypatch):
 
 # ------------------------------------------------------------------------------------------- the page in Chromium
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -235,16 +282,25 @@ def _browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1000",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}"):
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}",
+    ):
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
 
 
 needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)")
+    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
+)
 
 
 gate: list[threading.Event] = []
@@ -265,10 +321,19 @@ def app(tmp_path_factory):
     for i in range(2):
         (photos / f"p{i}.png").write_bytes(png(100 + i))
     out = root / "out"
-    run(RunOptions(input_dir=photos, out_dir=out, methods=["gradcam"], checkpoint=ckpt, handle_signals=False),
-        log=lambda s: None)
-    service = Service(ServeOptions(out=out, methods=METHODS, checkpoint=ckpt, lime_samples=SAMPLES,
-                                   method_options={"lime": {"samples": SAMPLES}}))
+    run(
+        RunOptions(input_dir=photos, out_dir=out, methods=["gradcam"], checkpoint=ckpt, handle_signals=False),
+        log=lambda s: None,
+    )
+    service = Service(
+        ServeOptions(
+            out=out,
+            methods=METHODS,
+            checkpoint=ckpt,
+            lime_samples=SAMPLES,
+            method_options={"lime": {"samples": SAMPLES}},
+        )
+    )
     batches = []
     real = service.explain
 
@@ -301,8 +366,9 @@ def _open(d, url):
 
 
 def _answer(d, where: str = "xb-result") -> int:
-    return int(d.execute_script(
-        f"const a = document.querySelector('#{where} .xb-answer'); return a ? a.dataset.answer : 0"))
+    return int(
+        d.execute_script(f"const a = document.querySelector('#{where} .xb-answer'); return a ? a.dataset.answer : 0")
+    )
 
 
 def _upload_and_explain(d, path: Path):
@@ -334,7 +400,8 @@ def _wait(d, cond, timeout: float = 60):
 
 def _images_loaded(d) -> bool:
     return d.execute_script(
-        "return [...document.querySelectorAll('#xb-result img')].every(i => i.complete && i.naturalWidth > 0)")
+        "return [...document.querySelectorAll('#xb-result img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
 
 
 @pytest.mark.browser
@@ -391,13 +458,18 @@ def test_a_picked_report_image_is_explained_and_linked(app, driver):
     pick.click()
     pick.send_keys("report: p0")
     pick.send_keys(Keys.ENTER)
-    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == "report: p0.png")
+    _wait(
+        driver, lambda d: d.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == "report: p0.png"
+    )
     driver.find_element(By.ID, "xb-explain").click()
     _wait(driver, lambda d: _answer(d) > 0)
     res = driver.find_element(By.ID, "xb-result")
     assert res.find_elements(By.CSS_SELECTOR, "figure.xb-map[data-method=lime]"), res.text
-    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith(
-        f"/report/detail/page-1.html#{layout.card_id('p0.png')}")
+    assert (
+        res.find_element(By.CSS_SELECTOR, "a.xb-detail")
+        .get_attribute("href")
+        .endswith(f"/report/detail/page-1.html#{layout.card_id('p0.png')}")
+    )
 
 
 @pytest.mark.browser
@@ -411,7 +483,9 @@ def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
     res = _upload_and_explain(driver, root / "photos" / "p1.png")
     link = res.find_element(By.CSS_SELECTOR, "a.xb-detail")
     href = link.get_attribute("href")
-    assert href.startswith(served.url.rstrip("/") + "/report/detail/page-") and href.endswith("#" + layout.card_id("p1.png"))
+    assert href.startswith(served.url.rstrip("/") + "/report/detail/page-") and href.endswith(
+        "#" + layout.card_id("p1.png")
+    )
     driver.get(href)
     assert "p1" in driver.page_source
 
@@ -419,15 +493,20 @@ def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
-@pytest.mark.parametrize("name, data, reason", [
-    ("empty.png", b"", "empty file"),
-    ("notes.png", b"just some text, not an image\n", "not an image"),
-    ("cut.png", truncated_png(), "truncated"),
-    ("bomb.png", bomb_png(), "decompression bomb"),
-    ("huge.png", png(9, 256), "over the upload limit"),
-], ids=["empty", "text", "truncated", "bomb", "huge"])
-def test_a_broken_upload_is_one_line_and_the_server_keeps_serving(app, driver, tmp_path, monkeypatch, name, data,
-                                                                    reason):
+@pytest.mark.parametrize(
+    "name, data, reason",
+    [
+        ("empty.png", b"", "empty file"),
+        ("notes.png", b"just some text, not an image\n", "not an image"),
+        ("cut.png", truncated_png(), "truncated"),
+        ("bomb.png", bomb_png(), "decompression bomb"),
+        ("huge.png", png(9, 256), "over the upload limit"),
+    ],
+    ids=["empty", "text", "truncated", "bomb", "huge"],
+)
+def test_a_broken_upload_is_one_line_and_the_server_keeps_serving(
+    app, driver, tmp_path, monkeypatch, name, data, reason
+):
     from selenium.webdriver.common.by import By
 
     from xaibatch.serve import core
@@ -475,8 +554,6 @@ def test_two_clients_at_once(app, driver):
         second.quit()
 
 
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])  # the second: another address, still this machine
 def test_the_command_serves_until_ctrl_c(tmp_path, host):
@@ -490,9 +567,25 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
     ckpt = make_checkpoint(tmp_path / "tiny.pt")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.Popen([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
-                          str(tmp_path / "out"), "--port", str(port), "--host", host], stderr=subprocess.PIPE,
-                         text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xaibatch",
+            "serve",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "out"),
+            "--port",
+            str(port),
+            "--host",
+            host,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         lines = []
         deadline = time.time() + 120
@@ -535,8 +628,10 @@ def test_requests_that_wait_together_are_one_batch_in_the_app(app):
     try:
         jobs = [clients[0].submit(handle_file(str(files[0])), None, ["gradcam"], SAMPLES, False, api_name="/explain")]
         _until(lambda: len(batches) > before)  # the first request is being computed (held by the gate)
-        jobs += [c.submit(handle_file(str(f)), None, ["gradcam"], SAMPLES, False, api_name="/explain")
-                 for c, f in zip(clients[1:], files[1:], strict=True)]
+        jobs += [
+            c.submit(handle_file(str(f)), None, ["gradcam"], SAMPLES, False, api_name="/explain")
+            for c, f in zip(clients[1:], files[1:], strict=True)
+        ]
         _until(lambda: all(j.status().code == Status.IN_QUEUE for j in jobs[1:]))
     finally:
         release.set()
@@ -564,8 +659,23 @@ def test_a_port_in_use_is_one_line(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "xaibatch", "serve", "--checkpoint", str(ckpt), "--out",
-                            str(tmp_path / "out"), "--port", str(port)], capture_output=True, text=True, env=env,
-                           timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xaibatch",
+                "serve",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(tmp_path / "out"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     assert r.returncode == 2
     assert r.stderr == f"Error: cannot listen on 127.0.0.1:{port} (in use?); pick another with --port\n"

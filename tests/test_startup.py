@@ -49,8 +49,12 @@ def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
 
     inp, out = tmp_path / "in", tmp_path / "out"
     write_images(inp, 6)
-    first = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
-                           handle_signals=False), log=lambda s: None)
+    first = run(
+        RunOptions(
+            input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0, handle_signals=False
+        ),
+        log=lambda s: None,
+    )
     assert first.computed == 6
     probe = f"""
         import sys
@@ -63,12 +67,25 @@ def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
     assert _modules_after(probe) == []  # no torch, timm, captum, lime; no matplotlib: no figure changed (issue 20)
     # Something to compute (a new image): the model loads as before, with the same hashes.
     write_images(inp, 7)
-    again = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0,
-                           handle_signals=False), log=lambda s: None)
+    again = run(
+        RunOptions(
+            input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0, handle_signals=False
+        ),
+        log=lambda s: None,
+    )
     assert (again.computed, again.unchanged) == (1, 6)
     # A changed option (another method) is a new request: it loads the model and computes only that method.
-    third = run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "guided-gradcam"], checkpoint=tiny_ckpt,
-                           workers=0, handle_signals=False), log=lambda s: None)
+    third = run(
+        RunOptions(
+            input_dir=inp,
+            out_dir=out,
+            methods=["gradcam", "guided-gradcam"],
+            checkpoint=tiny_ckpt,
+            workers=0,
+            handle_signals=False,
+        ),
+        log=lambda s: None,
+    )
     assert (third.computed, third.unchanged) == (7, 0)
 
 
@@ -101,8 +118,16 @@ def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
 
 # --- what a run imports, and what it checks before ------------------------------------------------
 
-NOT_FOR_GRADCAM = ("torch._dynamo", "torch.distributed.fsdp", "captum", "lime", "pytorch_grad_cam", "sklearn",
-                   "skimage", "scipy")
+NOT_FOR_GRADCAM = (
+    "torch._dynamo",
+    "torch.distributed.fsdp",
+    "captum",
+    "lime",
+    "pytorch_grad_cam",
+    "sklearn",
+    "skimage",
+    "scipy",
+)
 
 
 def _loaded_after(code: str, names=NOT_FOR_GRADCAM) -> list[str]:
@@ -134,7 +159,8 @@ def test_a_gradcam_run_imports_neither_the_compiler_nor_other_methods_libraries(
 
 def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
     """imports.py defers torch._dynamo; whatever uses it later gets the real thing."""
-    loaded = _loaded_after("""
+    loaded = _loaded_after(
+        """
         import sys
         import torch
         from xaibatch.imports import import_timm
@@ -153,7 +179,9 @@ def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
         import torch._dynamo.utils
         assert type(torch._dynamo.utils).__name__ == "module"
         assert torch.compile(lambda a: a * 3, backend="eager")(torch.ones(2)).tolist() == [3.0, 3.0]
-    """, names=("torch._dynamo",))
+    """,
+        names=("torch._dynamo",),
+    )
     assert loaded == ["torch._dynamo"]
 
 
@@ -179,9 +207,19 @@ def _cheap_cases(tmp_path, tiny_ckpt):
     }, images
 
 
-CHEAP = ("missing folder", "empty folder", "input is a file", "missing checkpoint", "checkpoint is a folder",
-         "--arch without --checkpoint", "--model and --arch", "missing --model file", "bad --device", "no method",
-         "bad --batch-size")
+CHEAP = (
+    "missing folder",
+    "empty folder",
+    "input is a file",
+    "missing checkpoint",
+    "checkpoint is a folder",
+    "--arch without --checkpoint",
+    "--model and --arch",
+    "missing --model file",
+    "bad --device",
+    "no method",
+    "bad --batch-size",
+)
 
 
 @pytest.mark.parametrize("case", CHEAP)
@@ -201,8 +239,14 @@ def test_cheap_checks_come_before_the_model_and_its_imports(case, tmp_path, tiny
     monkeypatch.setattr(run_module, "Warmup", lambda *a, **k: dataclasses.make_dataclass("W", [])(), raising=False)
     cases, images = _cheap_cases(tmp_path, tiny_ckpt)
     change, message = cases[case]
-    opts = RunOptions(input_dir=images, out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt,
-                      workers=0, handle_signals=False)
+    opts = RunOptions(
+        input_dir=images,
+        out_dir=tmp_path / "out",
+        methods=["gradcam"],
+        checkpoint=tiny_ckpt,
+        workers=0,
+        handle_signals=False,
+    )
     with pytest.raises(XaibatchError, match=re.escape(message)):
         run_module.run(dataclasses.replace(opts, **change), log=lambda s: None)
     assert not (tmp_path / "out").exists()
@@ -214,8 +258,14 @@ def test_log_json_says_where_the_time_went(tmp_path, tiny_ckpt):
     from xaibatch.pipeline import RunOptions, run
 
     write_images(tmp_path / "in", 3)
-    opts = RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt,
-                      workers=0, handle_signals=False)
+    opts = RunOptions(
+        input_dir=tmp_path / "in",
+        out_dir=tmp_path / "out",
+        methods=["gradcam"],
+        checkpoint=tiny_ckpt,
+        workers=0,
+        handle_signals=False,
+    )
     first = run(opts, log=lambda s: None).timings
     assert {"scan", "import", "model", "prepare", "plan", "compute", "first_batch", "report"} <= set(first)
     assert first["scan"] + first["import"] + first["model"] <= first["prepare"] + 0.05

@@ -37,8 +37,15 @@ main()
 
 def _start(args, mark: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XB_STUCK_MARK": str(mark)}
-    return subprocess.Popen([sys.executable, "-c", STUCK, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", STUCK, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_file(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
@@ -68,8 +75,23 @@ def test_a_signal_stops_a_run_whose_decoder_is_stuck(tmp_path, tiny_ckpt, worker
     inp, out, mark = tmp_path / "in", tmp_path / "out", tmp_path / "stuck"
     write_images(inp, 6)
     (inp / "slow.png").write_bytes((inp / "img_000.png").read_bytes())
-    proc = _start(["run", str(inp), "--unlabeled", "--checkpoint", str(tiny_ckpt), "--out", str(out),
-                   "--workers", str(workers), "--batch-size", "4"], mark, start_new_session=True)
+    proc = _start(
+        [
+            "run",
+            str(inp),
+            "--unlabeled",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            "--batch-size",
+            "4",
+        ],
+        mark,
+        start_new_session=True,
+    )
     _wait_file(proc, mark)
     stuck = int(mark.read_text())
     t0 = time.monotonic()
@@ -102,8 +124,20 @@ def test_the_first_sigterm_stops_a_model_factory_that_never_returns(tmp_path):
     inp, out, mark = tmp_path / "in", tmp_path / "out", tmp_path / "stuck"
     write_images(inp, 2)
     (tmp_path / "forever.py").write_text(FACTORY)
-    proc = _start(["run", str(inp), "--unlabeled", "--model", f"{tmp_path / 'forever.py'}:build", "--out",
-                   str(out), "--classes", "a,b"], mark)
+    proc = _start(
+        [
+            "run",
+            str(inp),
+            "--unlabeled",
+            "--model",
+            f"{tmp_path / 'forever.py'}:build",
+            "--out",
+            str(out),
+            "--classes",
+            "a,b",
+        ],
+        mark,
+    )
     _wait_file(proc, mark)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)  # once
@@ -123,8 +157,12 @@ def test_files_too_large_are_refused_unread(tmp_path):
         f.truncate(MAX_FILE_BYTES + 1)
     found = scan(inp)
     assert [e.rel for e in found.images] == ["img_000.png"]
-    assert found.skipped == [("big.png", f"file too large ({MAX_FILE_BYTES + 1:,} bytes; at most "
-                                         f"{MAX_FILE_BYTES:,}): refused without reading it")]
+    assert found.skipped == [
+        (
+            "big.png",
+            f"file too large ({MAX_FILE_BYTES + 1:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it",
+        )
+    ]
 
 
 def test_a_file_grown_past_the_limit_after_the_scan_is_not_read(tmp_path, monkeypatch):

@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow  # builds the wheel and installs it (about 30 s on
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (whl,) = dist.glob("xaibatch-*.whl")
     return whl
 
@@ -32,21 +35,45 @@ def test_wheel_contains_templates_and_model(wheel):
 
 def test_installed_wheel_runs_with_its_own_templates_and_model(wheel, tmp_path, labeled_dir):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import xaibatch.resources as r; print(r.templates_dir()); print(r.default_checkpoint())"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import xaibatch.resources as r; print(r.templates_dir()); print(r.default_checkpoint())",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     templates, model = probe.stdout.split()
     assert Path(templates).is_relative_to(site) and Path(model).is_relative_to(site)
     assert Path(model).is_file()
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", str(labeled_dir), "--out", str(out),
-         "--workers", "0", "--quiet"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from xaibatch.cli import main; main()",
+            "run",
+            str(labeled_dir),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert (out / "index.html").is_file()

@@ -21,8 +21,17 @@ from xaibatch.pipeline.writer_pool import WriterDied
 
 
 def _opts(inp, out, ckpt, writers=None):
-    return RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "lime"], checkpoint=ckpt, batch_size=4,
-                      workers=0, writers=writers, handle_signals=False, method_options={"lime": {"samples": 20}})
+    return RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam", "lime"],
+        checkpoint=ckpt,
+        batch_size=4,
+        workers=0,
+        writers=writers,
+        handle_signals=False,
+        method_options={"lime": {"samples": 20}},
+    )
 
 
 def _pictures(out: Path) -> dict:
@@ -108,9 +117,21 @@ def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt,
 def _job(n: int, size: int = 32) -> WriteJob:
     rng = np.random.default_rng(0)
     pic = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return WriteJob(1, [WriteItem(f"i{i}.png", f"i{i}", size, size, pic, None,
-                                  [MapPictures("gradcam", "h", rng.random((size, size), dtype=np.float32), pic, None)])
-                        for i in range(n)])
+    return WriteJob(
+        1,
+        [
+            WriteItem(
+                f"i{i}.png",
+                f"i{i}",
+                size,
+                size,
+                pic,
+                None,
+                [MapPictures("gradcam", "h", rng.random((size, size), dtype=np.float32), pic, None)],
+            )
+            for i in range(n)
+        ],
+    )
 
 
 def test_a_dead_writer_process_fails_the_run_instead_of_hanging(tmp_path):
@@ -209,6 +230,7 @@ def test_writer_count_is_not_in_the_request(tmp_path):
     from xaibatch.pipeline.setup import request_key
 
     found = SimpleNamespace(classes=["a", "b"])
-    keys = {request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64)
-            for n in (None, 0, 3)}
+    keys = {
+        request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64) for n in (None, 0, 3)
+    }
     assert len(keys) == 1

@@ -13,7 +13,14 @@ MAP_FORMAT_VERSION = 1
 
 __all__ = ["METHODS", "RayOptions", "RunOptions", "RunResult", "explain", "run", "__version__"]
 
-_LAZY = {"run": "pipeline", "RayOptions": "pipeline", "RunOptions": "pipeline", "RunResult": "pipeline", "explain": "api", "METHODS": "methods"}
+_LAZY = {
+    "run": "pipeline",
+    "RayOptions": "pipeline",
+    "RunOptions": "pipeline",
+    "RunResult": "pipeline",
+    "explain": "api",
+    "METHODS": "methods",
+}
 
 
 def __getattr__(name: str):

@@ -34,10 +34,21 @@ class Explanations:
     layer: str | None = None  # the CAM layer used
 
 
-def explain(model, images, methods: Sequence[str] = ("gradcam",), *, target: str | Sequence[int] = "pred",
-            input_size: int | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            target_layer: str | None = None, device: str = "auto", batch_size: int = 32, seed: int = 0,
-            method_options: dict[str, dict[str, Any]] | None = None) -> Explanations:
+def explain(
+    model,
+    images,
+    methods: Sequence[str] = ("gradcam",),
+    *,
+    target: str | Sequence[int] = "pred",
+    input_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    target_layer: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    seed: int = 0,
+    method_options: dict[str, dict[str, Any]] | None = None,
+) -> Explanations:
     """Explain ``images`` with ``model``: one map per image and method.
 
     ``model``: an ``nn.Module`` (classifier logits out; ``mean``/``std`` default to ImageNet's, or
@@ -75,8 +86,9 @@ def explain(model, images, methods: Sequence[str] = ("gradcam",), *, target: str
     layer = find_target_layer(unwrap(net), input_size, target_layer) if needs_layer else None
     ctx = ModelContext(net, layer, input_size, tuple(mean), tuple(std), dev)
     options = method_options or {}
-    made = [create_method(m, ctx, **({"seed": seed} if classes[m].takes_seed else {}), **options.get(m, {}))
-            for m in names]
+    made = [
+        create_method(m, ctx, **({"seed": seed} if classes[m].takes_seed else {}), **options.get(m, {})) for m in names
+    ]
     if isinstance(target, str):
         if target != "pred":
             raise UsageError(f"target must be 'pred' or one class index per image, not {target!r}")
@@ -104,8 +116,14 @@ def explain(model, images, methods: Sequence[str] = ("gradcam",), *, target: str
             info[m] += list(inf) if inf else [None] * xb.shape[0]
     prob = torch.cat(probs)
     preds = prob.argmax(1)
-    return Explanations({m: torch.cat(v) for m, v in maps.items()}, prob, preds,
-                        preds if labels is None else labels, info, layer.name if layer else None)
+    return Explanations(
+        {m: torch.cat(v) for m, v in maps.items()},
+        prob,
+        preds,
+        preds if labels is None else labels,
+        info,
+        layer.name if layer else None,
+    )
 
 
 def _as_uint8_batch(images, input_size: int | None):
@@ -125,8 +143,14 @@ def _as_uint8_batch(images, input_size: int | None):
         if t.dtype != torch.uint8:
             t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
         if input_size and t.shape[-2:] != (input_size, input_size):
-            t = torch.nn.functional.interpolate(t.float(), size=(input_size, input_size), mode="bilinear",
-                                                align_corners=False, antialias=True).round().clamp(0, 255).byte()
+            t = (
+                torch.nn.functional.interpolate(
+                    t.float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True
+                )
+                .round()
+                .clamp(0, 255)
+                .byte()
+            )
         return t.contiguous()
     if isinstance(images, np.ndarray):
         return _as_uint8_batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), input_size)

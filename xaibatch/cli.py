@@ -123,119 +123,289 @@ class _RunCommand(click.Command):
             raise
 
 
-
-
 @cli.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--method", "-m", "methods", multiple=True, default=("gradcam",), show_default=True, is_eager=True,
-              callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
-              help="Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
-                   "All of them: xaibatch methods.")
-@click.option("--method-option", "method_option", multiple=True, metavar="METHOD.OPTION=VALUE",
-              callback=lambda ctx, p, v: _checked(lambda: _method_options(v, ctx.params.get("methods") or ())),
-              help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).")
+@click.option(
+    "--method",
+    "-m",
+    "methods",
+    multiple=True,
+    default=("gradcam",),
+    show_default=True,
+    is_eager=True,
+    callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
+    help="Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
+    "All of them: xaibatch methods.",
+)
+@click.option(
+    "--method-option",
+    "method_option",
+    multiple=True,
+    metavar="METHOD.OPTION=VALUE",
+    callback=lambda ctx, p, v: _checked(lambda: _method_options(v, ctx.params.get("methods") or ())),
+    help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).",
+)
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
-@click.option("--model", "model_spec", metavar="SPEC",
-              help="Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
-                   "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).")
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-              help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
-                   "Default: the bundled demo model.")
-@click.option("--classes", metavar="A,B,...",
-              help="Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
-                   "checkpoint's, else the folder's.")
-@click.option("--positive-class", metavar="NAME",
-              help="Two classes: the one a one-logit head's sigmoid and --threshold are about "
-                   "(e.g. --positive-class FAKE). Default: the second in sorted order.")
-@click.option("--threshold", type=click.FloatRange(0, 1), metavar="T",
-              help="Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
-                   "Default: 0.5.")
-@click.option("--image-size", type=click.IntRange(8, 4096),
-              help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.")
-@click.option("--target-layer", help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest "
-                                     "stage still at least 4x4.")
-@click.option("--target", type=click.Choice(["pred", "label"]), default="pred", show_default=True,
-              help="Class each map explains: the prediction or the folder's label (e.g. --target label).")
-@click.option("--batch-size", type=click.IntRange(1), show_default="32 on the CPU; on a GPU 512/256/128 by input size",
-              help="Images per batch on the device (e.g. --batch-size 128).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.")
-@click.option("--workers", type=click.IntRange(0),
-              show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
-              help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).")
-@click.option("--writers", type=click.IntRange(0),
-              show_default="CPU: 0; GPU: the CPUs the workers leave, 1 to 8",
-              help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).")
-@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
-              help="Where JPEGs are decoded and resized: device (nvJPEG on a GPU; the workers only read files), "
-                   "cpu (PIL in the workers), auto (cpu: on an H200 the device measured slower). Other formats, and "
-                   "LIME's batches, always use PIL (e.g. --decode device).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
-                   "(data/demo/test -> outputs/demo-test).")
-@click.option("--replace", is_flag=True,
-              help="Write into --out even if it holds another input folder's report (which is replaced) or "
-                   "is a non-empty folder that is not an xaibatch output (its index.html, images/, assets/ and the "
-                   "report's other pages and folders are replaced). Never needed for re-runs.")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="SPEC",
+    help="Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
+    "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
+    "Default: the bundled demo model.",
+)
+@click.option(
+    "--classes",
+    metavar="A,B,...",
+    help="Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
+    "checkpoint's, else the folder's.",
+)
+@click.option(
+    "--positive-class",
+    metavar="NAME",
+    help="Two classes: the one a one-logit head's sigmoid and --threshold are about "
+    "(e.g. --positive-class FAKE). Default: the second in sorted order.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    metavar="T",
+    help="Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). Default: 0.5.",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 4096),
+    help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.",
+)
+@click.option(
+    "--target-layer",
+    help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest stage still at least 4x4.",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["pred", "label"]),
+    default="pred",
+    show_default=True,
+    help="Class each map explains: the prediction or the folder's label (e.g. --target label).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    show_default="32 on the CPU; on a GPU 512/256/128 by input size",
+    help="Images per batch on the device (e.g. --batch-size 128).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
+    help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).",
+)
+@click.option(
+    "--writers",
+    type=click.IntRange(0),
+    show_default="CPU: 0; GPU: the CPUs the workers leave, 1 to 8",
+    help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).",
+)
+@click.option(
+    "--decode",
+    type=click.Choice(DECODE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Where JPEGs are decoded and resized: device (nvJPEG on a GPU; the workers only read files), "
+    "cpu (PIL in the workers), auto (cpu: on an H200 the device measured slower). Other formats, and "
+    "LIME's batches, always use PIL (e.g. --decode device).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
+    "(data/demo/test -> outputs/demo-test).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Write into --out even if it holds another input folder's report (which is replaced) or "
+    "is a non-empty folder that is not an xaibatch output (its index.html, images/, assets/ and the "
+    "report's other pages and folders are replaced). Never needed for re-runs.",
+)
 @click.option("--unlabeled", is_flag=True, help="Treat the folder as unlabeled even if it has class folders.")
-@click.option("--follow-links", is_flag=True,
-              help="Follow symlinks to folders and files outside INPUT_DIR (skipped with a reason by default).")
-@click.option("--lime-samples", default="1000", show_default=True, metavar="N|auto",
-              callback=lambda ctx, p, v: _lime_samples(v),
-              help="LIME: perturbed images per image, or auto: rounds of 100 from 200 until the image's map is "
-                   "stable, at most --lime-samples-max (e.g. --lime-samples 500, --lime-samples auto).")
-@click.option("--lime-samples-max", type=click.IntRange(10), default=2000, show_default=True,
-              help="LIME with --lime-samples auto: at most this many per image (e.g. --lime-samples-max 4000).")
-@click.option("--lime-segments", type=click.IntRange(2), default=50, show_default=True,
-              help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).")
-@click.option("--lime-hide", type=click.Choice(["mean", "zero", "blur"]), default="mean", show_default=True,
-              help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).")
-@click.option("--max-map-side", type=click.IntRange(0), default=1024, show_default=True,
-              help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
-                   "e.g. --max-map-side 0 for the image's own size).")
+@click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Follow symlinks to folders and files outside INPUT_DIR (skipped with a reason by default).",
+)
+@click.option(
+    "--lime-samples",
+    default="1000",
+    show_default=True,
+    metavar="N|auto",
+    callback=lambda ctx, p, v: _lime_samples(v),
+    help="LIME: perturbed images per image, or auto: rounds of 100 from 200 until the image's map is "
+    "stable, at most --lime-samples-max (e.g. --lime-samples 500, --lime-samples auto).",
+)
+@click.option(
+    "--lime-samples-max",
+    type=click.IntRange(10),
+    default=2000,
+    show_default=True,
+    help="LIME with --lime-samples auto: at most this many per image (e.g. --lime-samples-max 4000).",
+)
+@click.option(
+    "--lime-segments",
+    type=click.IntRange(2),
+    default=50,
+    show_default=True,
+    help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).",
+)
+@click.option(
+    "--lime-hide",
+    type=click.Choice(["mean", "zero", "blur"]),
+    default="mean",
+    show_default=True,
+    help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).",
+)
+@click.option(
+    "--max-map-side",
+    type=click.IntRange(0),
+    default=1024,
+    show_default=True,
+    help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
+    "e.g. --max-map-side 0 for the image's own size).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
-@click.option("--template-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).")
+@click.option(
+    "--template-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line, no list of failed images.")
-@click.option("--wait", is_flag=True,
-              help="If another run holds --out, wait for it to finish instead of exiting with code 4.")
-@click.option("--wait-timeout", type=click.FloatRange(0), metavar="SECONDS",
-              help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). "
-                   "Implies --wait.")
-@click.option("--log-json", is_flag=True,
-              help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
-                   "instead of the summary line; for schedulers and log collectors.")
-@click.option("--faithfulness", is_flag=True,
-              help="Score every map by deletion and insertion (RISE; about 2 x --faithfulness-steps forwards per "
-                   "image and method). Enabling it on an existing folder recomputes the maps that lack scores.")
-@click.option("--faithfulness-steps", type=click.IntRange(2, 1000), default=20, show_default=True,
-              help="With --faithfulness: steps of each curve (e.g. --faithfulness-steps 10).")
-@click.option("--faithfulness-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur",
-              show_default=True, help="With --faithfulness: what removed pixels become, and where insertion "
-                                      "starts: the blurred image, black, or the image's mean colour.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
-                   "pip install \"xaibatch[ray]\"; INPUT_DIR and --out must be on a mount every node shares; "
-                   "e.g. --engine ray).")
-@click.option("--ray-address", metavar="ADDRESS",
-              help="With --engine ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT). Default: "
-                   "$RAY_ADDRESS, else a Ray started on this machine for the run (e.g. --ray-address auto).")
-@click.option("--ray-workers", type=click.IntRange(1), metavar="N",
-              help="With --engine ray: actors in all, each loading the model once. Default: as many as the "
-                   "cluster's GPUs (or CPUs) allow (e.g. --ray-workers 8).")
-@click.option("--gpus-per-worker", type=click.FloatRange(0), metavar="G",
-              help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
-                   "has GPUs, else 0.")
-@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
-              metavar="C", help="With --engine ray: CPUs per actor, also its image-decoding and torch threads "
-                                "(e.g. --cpus-per-worker 4).")
+@click.option(
+    "--wait", is_flag=True, help="If another run holds --out, wait for it to finish instead of exiting with code 4."
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait.",
+)
+@click.option(
+    "--log-json",
+    is_flag=True,
+    help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
+    "instead of the summary line; for schedulers and log collectors.",
+)
+@click.option(
+    "--faithfulness",
+    is_flag=True,
+    help="Score every map by deletion and insertion (RISE; about 2 x --faithfulness-steps forwards per "
+    "image and method). Enabling it on an existing folder recomputes the maps that lack scores.",
+)
+@click.option(
+    "--faithfulness-steps",
+    type=click.IntRange(2, 1000),
+    default=20,
+    show_default=True,
+    help="With --faithfulness: steps of each curve (e.g. --faithfulness-steps 10).",
+)
+@click.option(
+    "--faithfulness-baseline",
+    type=click.Choice(["blur", "zero", "mean"]),
+    default="blur",
+    show_default=True,
+    help="With --faithfulness: what removed pixels become, and where insertion "
+    "starts: the blurred image, black, or the image's mean colour.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
+    'pip install "xaibatch[ray]"; INPUT_DIR and --out must be on a mount every node shares; '
+    "e.g. --engine ray).",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    help="With --engine ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT). Default: "
+    "$RAY_ADDRESS, else a Ray started on this machine for the run (e.g. --ray-address auto).",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(1),
+    metavar="N",
+    help="With --engine ray: actors in all, each loading the model once. Default: as many as the "
+    "cluster's GPUs (or CPUs) allow (e.g. --ray-workers 8).",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(0),
+    metavar="G",
+    help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
+    "has GPUs, else 0.",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="C",
+    help="With --engine ray: CPUs per actor, also its image-decoding and torch threads (e.g. --cpus-per-worker 4).",
+)
 @reported
-def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes, positive_class, threshold,
-        image_size, target_layer, target, batch_size, device, workers, writers, decode, out, replace, unlabeled,
-        follow_links, lime_samples, lime_samples_max, lime_segments, lime_hide, max_map_side, seed, template_dir,
-        quiet, wait, wait_timeout, log_json, faithfulness, faithfulness_steps, faithfulness_baseline, engine,
-        ray_address, ray_workers, gpus_per_worker,
-        cpus_per_worker):
+def run(
+    input_dir,
+    methods,
+    method_option,
+    arch,
+    model_spec,
+    checkpoint,
+    classes,
+    positive_class,
+    threshold,
+    image_size,
+    target_layer,
+    target,
+    batch_size,
+    device,
+    workers,
+    writers,
+    decode,
+    out,
+    replace,
+    unlabeled,
+    follow_links,
+    lime_samples,
+    lime_samples_max,
+    lime_segments,
+    lime_hide,
+    max_map_side,
+    seed,
+    template_dir,
+    quiet,
+    wait,
+    wait_timeout,
+    log_json,
+    faithfulness,
+    faithfulness_steps,
+    faithfulness_baseline,
+    engine,
+    ray_address,
+    ray_workers,
+    gpus_per_worker,
+    cpus_per_worker,
+):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
     \b
@@ -263,23 +433,51 @@ def run(input_dir, methods, method_option, arch, model_spec, checkpoint, classes
     jlog = JsonLog(sys.stdout) if log_json else None
     human = not quiet and not log_json
     if jlog:
-        jlog.start(pid=os.getpid(), input_dir=str(input_dir), out_dir=str(out), methods=list(methods),
-                   version=__version__)
+        jlog.start(
+            pid=os.getpid(), input_dir=str(input_dir), out_dir=str(out), methods=list(methods), version=__version__
+        )
     opts = RunOptions(
-        input_dir=input_dir, out_dir=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
-        classes=_class_list(classes), positive_class=positive_class, threshold=threshold,
-        image_size=image_size, target_layer=target_layer, target=target, batch_size=batch_size, device=device,
-        workers=workers, writers=writers, decode=decode, labeled=False if unlabeled else None,
-        follow_links=follow_links, max_map_side=max_map_side,
-        method_options={**method_option,
-                        "lime": {"samples": lime_samples, "segments": lime_segments, "hide": lime_hide,
-                                 "samples_max": lime_samples_max,
-                                 **method_option.get("lime", {})}},
-        seed=seed, template_dir=template_dir, progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
+        input_dir=input_dir,
+        out_dir=out,
+        methods=list(methods),
+        checkpoint=checkpoint,
+        arch=arch,
+        model=model_spec,
+        classes=_class_list(classes),
+        positive_class=positive_class,
+        threshold=threshold,
+        image_size=image_size,
+        target_layer=target_layer,
+        target=target,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        writers=writers,
+        decode=decode,
+        labeled=False if unlabeled else None,
+        follow_links=follow_links,
+        max_map_side=max_map_side,
+        method_options={
+            **method_option,
+            "lime": {
+                "samples": lime_samples,
+                "segments": lime_segments,
+                "hide": lime_hide,
+                "samples_max": lime_samples_max,
+                **method_option.get("lime", {}),
+            },
+        },
+        seed=seed,
+        template_dir=template_dir,
+        progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
         heartbeat=0.0 if quiet else PROGRESS_EVERY_S,
-        wait=wait, wait_timeout=wait_timeout, on_event=jlog, replace=replace,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        on_event=jlog,
+        replace=replace,
         faithfulness=_faith_config(faithfulness_steps, faithfulness_baseline, batch_size) if faithfulness else None,
-        engine=engine, ray=RayOptions(ray_address, ray_workers, gpus_per_worker, cpus_per_worker),
+        engine=engine,
+        ray=RayOptions(ray_address, ray_workers, gpus_per_worker, cpus_per_worker),
     )
     try:
         result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
@@ -337,12 +535,18 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
         click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)
 
 
-
 @cli.command()
 @click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--arch", default="resnet18", show_default=True, help="Any timm model name (e.g. --arch efficientnet_b0).")
-@click.option("--image-size", type=click.IntRange(8, 4096), default=64, show_default=True,
-              help="Input size the model is trained at (e.g. --image-size 32).")
+@click.option(
+    "--arch", default="resnet18", show_default=True, help="Any timm model name (e.g. --arch efficientnet_b0)."
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 4096),
+    default=64,
+    show_default=True,
+    help="Input size the model is trained at (e.g. --image-size 32).",
+)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the data.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per step.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
@@ -350,10 +554,20 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, init and shuffling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).")
-@click.option("--format", "save_format", type=click.Choice(["xaibatch", "state-dict"]), default="xaibatch",
-              show_default=True, help="xaibatch's checkpoint, or a plain state_dict for run's --model timm:ARCH.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).",
+)
+@click.option(
+    "--format",
+    "save_format",
+    type=click.Choice(["xaibatch", "state-dict"]),
+    default="xaibatch",
+    show_default=True,
+    help="xaibatch's checkpoint, or a plain state_dict for run's --model timm:ARCH.",
+)
 @reported
 def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out, save_format):
     """Train a timm model from scratch on DATA_DIR (ImageFolder, or a folder with train/ and test/).
@@ -364,53 +578,137 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     """
     from .tools.train import train as train_model
 
-    r = train_model(data_dir, arch, out, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                    val_fraction=val_fraction, seed=seed, device=device, workers=workers, log=click.echo,
-                    save_format=save_format)
+    r = train_model(
+        data_dir,
+        arch,
+        out,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        workers=workers,
+        log=click.echo,
+        save_format=save_format,
+    )
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
-    click.echo(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
-               f"val accuracy {100 * r.val_accuracy:.1f}%{test}")
+    click.echo(
+        f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
+        f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
+    )
 
 
 @cli.command()
-@click.option("--arch", default="resnet18", show_default=True,
-              help="timm model, randomly initialised (e.g. --arch resnet50 on a GPU).")
-@click.option("--image-size", type=click.IntRange(8, 4096), default=64, show_default=True,
-              help="Generated images' and model input size (e.g. --image-size 224).")
+@click.option(
+    "--arch",
+    default="resnet18",
+    show_default=True,
+    help="timm model, randomly initialised (e.g. --arch resnet50 on a GPU).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 4096),
+    default=64,
+    show_default=True,
+    help="Generated images' and model input size (e.g. --image-size 224).",
+)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per batch.")
-@click.option("--images", type=click.IntRange(2), default=1024, show_default=True,
-              help="Generated images for Grad-CAM and Guided Grad-CAM.")
-@click.option("--lime-images", type=click.IntRange(1), default=4, show_default=True,
-              help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).")
-@click.option("--lime-samples", type=click.IntRange(10), default=1000, show_default=True,
-              help="LIME: perturbed images per image, for xaibatch and the peers alike.")
-@click.option("--lime-batch-size", type=click.IntRange(0), default=0, show_default=True,
-              help="LIME: perturbed images per model call, for xaibatch and the peers alike; 0: the one "
-                   "LIME picks (lime.batch_size=auto: from free memory on CUDA, 256 on the CPU).")
+@click.option(
+    "--images",
+    type=click.IntRange(2),
+    default=1024,
+    show_default=True,
+    help="Generated images for Grad-CAM and Guided Grad-CAM.",
+)
+@click.option(
+    "--lime-images",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).",
+)
+@click.option(
+    "--lime-samples",
+    type=click.IntRange(10),
+    default=1000,
+    show_default=True,
+    help="LIME: perturbed images per image, for xaibatch and the peers alike.",
+)
+@click.option(
+    "--lime-batch-size",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="LIME: perturbed images per model call, for xaibatch and the peers alike; 0: the one "
+    "LIME picks (lime.batch_size=auto: from free memory on CUDA, 256 on the CPU).",
+)
 @click.option("--classes", type=click.IntRange(2), default=2, show_default=True, help="Model outputs.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(0), default=0, show_default=True,
-              help="torch CPU threads (0: torch's default).")
-@click.option("--workers", type=click.IntRange(0), default=default_workers, show_default="CPUs - 1, at most 4",
-              help="DataLoader processes of the end-to-end runs (as run's --workers).")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
-              help="Interleaved rounds after a warm-up; each figure is its fastest round.")
-@click.option("--only", default=",".join(("gradcam", "guided-gradcam", "lime")), show_default=True,
-              help="Comma-separated methods to time, any of `xaibatch methods` (e.g. --only gradcam,lime or "
-                   "--only cam:scorecam); peers are timed for gradcam, guided-gradcam and lime.")
+@click.option(
+    "--threads", type=click.IntRange(0), default=0, show_default=True, help="torch CPU threads (0: torch's default)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0),
+    default=default_workers,
+    show_default="CPUs - 1, at most 4",
+    help="DataLoader processes of the end-to-end runs (as run's --workers).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Interleaved rounds after a warm-up; each figure is its fastest round.",
+)
+@click.option(
+    "--only",
+    default=",".join(("gradcam", "guided-gradcam", "lime")),
+    show_default=True,
+    help="Comma-separated methods to time, any of `xaibatch methods` (e.g. --only gradcam,lime or "
+    "--only cam:scorecam); peers are timed for gradcam, guided-gradcam and lime.",
+)
 @click.option("--no-peers", is_flag=True, help="Leave out pytorch-grad-cam, captum and lime.")
 @click.option("--markdown", is_flag=True, help="Print markdown tables (for the README).")
-@click.option("--memory", is_flag=True,
-              help="Instead: peak RSS of a run over --memory-images generated 32x32 PNGs each (Grad-CAM, "
-                   "timm's test_resnet), each in a fresh process.")
-@click.option("--memory-images", default="2000,20000", show_default=True,
-              help="With --memory: comma-separated folder sizes.")
-@click.option("--keep", type=click.Path(path_type=Path, file_okay=False),
-              help="Generate the files into this folder and keep them (default: a temporary folder).")
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Instead: peak RSS of a run over --memory-images generated 32x32 PNGs each (Grad-CAM, "
+    "timm's test_resnet), each in a fresh process.",
+)
+@click.option(
+    "--memory-images", default="2000,20000", show_default=True, help="With --memory: comma-separated folder sizes."
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Generate the files into this folder and keep them (default: a temporary folder).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @reported
-def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_batch_size, classes, device, threads,
-          workers, repeats, only, no_peers, markdown, memory, memory_images, keep, quiet):
+def bench(
+    arch,
+    image_size,
+    batch_size,
+    images,
+    lime_images,
+    lime_samples,
+    lime_batch_size,
+    classes,
+    device,
+    threads,
+    workers,
+    repeats,
+    only,
+    no_peers,
+    markdown,
+    memory,
+    memory_images,
+    keep,
+    quiet,
+):
     """Time xaibatch end to end against the model's limits and pytorch-grad-cam, captum and lime.
 
     \b
@@ -435,9 +733,21 @@ def bench(arch, image_size, batch_size, images, lime_images, lime_samples, lime_
         raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
     _checked(lambda: _known_methods(wanted), param_hint="--only")
     opts = BenchOptions(
-        arch=arch, image_size=image_size, batch_size=batch_size, images=images, lime_images=lime_images,
-        lime_samples=lime_samples, lime_batch_size=lime_batch_size, classes=classes, device=device,
-        threads=threads, workers=workers, repeats=repeats, only=wanted, peers=not no_peers, work_dir=keep,
+        arch=arch,
+        image_size=image_size,
+        batch_size=batch_size,
+        images=images,
+        lime_images=lime_images,
+        lime_samples=lime_samples,
+        lime_batch_size=lime_batch_size,
+        classes=classes,
+        device=device,
+        threads=threads,
+        workers=workers,
+        repeats=repeats,
+        only=wanted,
+        peers=not no_peers,
+        work_dir=keep,
     )
     click.echo(format_result(run_bench(opts, log=log), markdown=markdown))
 
@@ -456,22 +766,38 @@ def methods_cmd():
 
     for r in list_methods():
         opts = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
-        click.echo(f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
-                   f"\n    options: {opts}\n    use: {r.summary}")
+        click.echo(
+            f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
+            f"\n    options: {opts}\n    use: {r.summary}"
+        )
 
 
 @cli.command()
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--images", type=click.IntRange(1), default=64, show_default=True,
-              help="Size of the fixed, seeded sample of the run's images (e.g. --images 32).")
+@click.option(
+    "--images",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Size of the fixed, seeded sample of the run's images (e.g. --images 32).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the re-initialisation.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
-@click.option("--model", "model_spec", default=None, metavar="SPEC",
-              help="The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
-                   "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME.")
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="The run's weights, when they moved since the run (checked against the recorded sha256).")
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="SPEC",
+    help="The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
+    "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The run's weights, when they moved since the run (checked against the recorded sha256).",
+)
 @click.option("--arch", default=None, help="The timm model of a plain state_dict given with --checkpoint.")
 @reported
 def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch):
@@ -487,41 +813,92 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     """
     from .sanity import ModelOverride, run_sanity
 
-    result = run_sanity(out_dir, n=images, seed=seed, device=device, batch_size=batch_size,
-                        log=lambda s: click.echo(s, err=True), override=ModelOverride(model_spec, checkpoint, arch))
+    result = run_sanity(
+        out_dir,
+        n=images,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        log=lambda s: click.echo(s, err=True),
+        override=ModelOverride(model_spec, checkpoint, arch),
+    )
     for c in result["curves"]:
         click.echo(c["verdict"])
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option("--method", "-m", "methods", multiple=True, default=BUILTIN_METHODS, show_default=True,
-              callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
-              help="A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). "
-                   "All of them: xaibatch methods.")
+@click.option(
+    "--method",
+    "-m",
+    "methods",
+    multiple=True,
+    default=BUILTIN_METHODS,
+    show_default=True,
+    callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
+    help="A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). "
+    "All of them: xaibatch methods.",
+)
 @click.option("--arch", help="timm model name of a plain state_dict checkpoint, as for run.")
 @click.option("--model", "model_spec", metavar="SPEC", help="Your own model, as for run (trusted code only).")
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-              help="Weights, as for run. Default: the bundled demo model.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Weights, as for run. Default: the bundled demo model.",
+)
 @click.option("--classes", metavar="A,B,...", help="Class names in the model's output order, as for run.")
 @click.option("--positive-class", metavar="NAME", help="Two classes: the one --threshold is about, as for run.")
 @click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help="Two classes: as for run. Default: 0.5.")
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Model input size, as for run.")
 @click.option("--target-layer", help="Layer for Grad-CAM, as for run.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--lime-samples", type=click.IntRange(10, 5000), default=1000, show_default=True,
-              help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).")
+@click.option(
+    "--lime-samples",
+    type=click.IntRange(10, 5000),
+    default=1000,
+    show_default=True,
+    help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling, as for run.")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("outputs/serve"),
-              show_default=True, help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "
-                                     "images and links to their pages (e.g. --out reports/cifake).")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
-                   "reaches it use the model, read the report in OUT and write into OUT/flagged.")
-@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True,
-              help="Port to listen on (e.g. --port 8080).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("outputs/serve"),
+    show_default=True,
+    help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "
+    "images and links to their pages (e.g. --out reports/cifake).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
+    "reaches it use the model, read the report in OUT and write into OUT/flagged.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=7860,
+    show_default=True,
+    help="Port to listen on (e.g. --port 8080).",
+)
 @reported
-def serve(methods, arch, model_spec, checkpoint, classes, positive_class, threshold, image_size, target_layer,
-          device, lime_samples, seed, out, host, port):
+def serve(
+    methods,
+    arch,
+    model_spec,
+    checkpoint,
+    classes,
+    positive_class,
+    threshold,
+    image_size,
+    target_layer,
+    device,
+    lime_samples,
+    seed,
+    out,
+    host,
+    port,
+):
     """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
 
     \b
@@ -538,25 +915,45 @@ def serve(methods, arch, model_spec, checkpoint, classes, positive_class, thresh
     except ImportError:
         raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
-                   f"can use the model, read the report in {out} and write into {out}/flagged", err=True)
+        click.echo(
+            f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
+            f"can use the model, read the report in {out} and write into {out}/flagged",
+            err=True,
+        )
     from .serve.app import launch
     from .serve.core import ServeOptions, Service
 
-    service = Service(ServeOptions(
-        out=out, methods=list(methods), checkpoint=checkpoint, arch=arch, model=model_spec,
-        classes=_class_list(classes), positive_class=positive_class, threshold=threshold, image_size=image_size,
-        target_layer=target_layer, device=device, seed=seed, lime_samples=lime_samples,
-        method_options={"lime": {"samples": lime_samples}}))
+    service = Service(
+        ServeOptions(
+            out=out,
+            methods=list(methods),
+            checkpoint=checkpoint,
+            arch=arch,
+            model=model_spec,
+            classes=_class_list(classes),
+            positive_class=positive_class,
+            threshold=threshold,
+            image_size=image_size,
+            target_layer=target_layer,
+            device=device,
+            seed=seed,
+            lime_samples=lime_samples,
+            method_options={"lime": {"samples": lime_samples}},
+        )
+    )
     launch(service, host=host, port=port, log=lambda s: click.echo(s, err=True))
 
 
 @cli.command("demo-data")
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--train-per-class", type=click.IntRange(1), default=1000, show_default=True,
-              help="Training images per class (e.g. --train-per-class 200).")
-@click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True,
-              help="Test images per class.")
+@click.option(
+    "--train-per-class",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Training images per class (e.g. --train-per-class 200).",
+)
+@click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True, help="Test images per class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @reported
 def demo_data(out_dir, train_per_class, test_per_class, seed):

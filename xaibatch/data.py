@@ -77,9 +77,10 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
             im = Image.open(f, formats=DECODE_FORMATS)
         except Image.UnidentifiedImageError:
             if (why := _tiff_problem(f)) is not None:
-                raise DecodeError(f"unsupported TIFF variant ({why}): PIL cannot decode its samples (such as "
-                                  "floating-point colour, or more than 4 channels); convert it to 8- or 16-bit RGB"
-                                  ) from None
+                raise DecodeError(
+                    f"unsupported TIFF variant ({why}): PIL cannot decode its samples (such as "
+                    "floating-point colour, or more than 4 channels); convert it to 8- or 16-bit RGB"
+                ) from None
             raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
         with im:
             _check_size(im.size, max_pixels)
@@ -106,8 +107,9 @@ def decode_errors(max_pixels: int = MAX_PIXELS) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
-        raise DecodeError(f"refused: the image declares {n}, over the limit of {max_pixels:,} "
-                          "(decompression bomb?)") from None
+        raise DecodeError(
+            f"refused: the image declares {n}, over the limit of {max_pixels:,} (decompression bomb?)"
+        ) from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
     except RecursionError:
@@ -164,8 +166,9 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     if w < 1 or h < 1:
         raise DecodeError(f"empty image ({w}x{h})")
     if w * h > max_pixels:
-        raise DecodeError(f"refused: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} "
-                          "(decompression bomb?)")
+        raise DecodeError(
+            f"refused: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (decompression bomb?)"
+        )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -219,8 +222,9 @@ class JpegInfo:
         return (self.width, self.height) if self.orientation in _EXIF_TRANSPOSED else (self.height, self.width)
 
 
-def read_for_device(path: Path | str, max_pixels: int = MAX_PIXELS,
-                    digest: Any = None) -> Image.Image | tuple[bytes, JpegInfo]:
+def read_for_device(
+    path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = None
+) -> Image.Image | tuple[bytes, JpegInfo]:
     """Read one image file for device decoding: a plain JPEG comes back as (its bytes, its header), anything
     else decoded by PIL exactly as :func:`load_image` does (the same safe open, the same errors).
 
@@ -260,9 +264,16 @@ def jpeg_info(data: bytes, max_pixels: int = MAX_PIXELS) -> JpegInfo | None:
             im = Image.open(io.BytesIO(data), formats=("JPEG",))  # reads the header only
             with im:
                 w, h = im.size
-                if (im.format != "JPEG" or im.mode not in ("RGB", "L") or getattr(im, "bits", 8) != 8
-                        or im.info.get("progressive") or im.info.get("adobe_transform", 1) != 1
-                        or w < 1 or h < 1 or w * h > max_pixels):
+                if (
+                    im.format != "JPEG"
+                    or im.mode not in ("RGB", "L")
+                    or getattr(im, "bits", 8) != 8
+                    or im.info.get("progressive")
+                    or im.info.get("adobe_transform", 1) != 1
+                    or w < 1
+                    or h < 1
+                    or w * h > max_pixels
+                ):
                     return None
                 try:  # as ImageOps.exif_transpose reads it; unreadable EXIF: kept as stored, as load_image does
                     orientation = int(im.getexif().get(0x0112, 1))
@@ -291,11 +302,12 @@ def _sof_marker(data: bytes) -> int | None:
             continue
         if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
             return None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
 
 # ---------------------------------------------------------------------------------------------------- the dataset
+
 
 def model_input(im: Image.Image, input_size: int) -> np.ndarray:
     """The model's input for a decoded image: (input_size, input_size, 3) uint8, stretched (no crop), bilinear."""
@@ -305,8 +317,9 @@ def model_input(im: Image.Image, input_size: int) -> np.ndarray:
 def display_copy(im: Image.Image) -> np.ndarray:
     """The display copy of a decoded image: (h, w, 3) uint8, at most DISPLAY_MAX_SIDE on its longer side."""
     w, h = im.size
-    return np.asarray(im if max(w, h) <= DISPLAY_MAX_SIDE else im.resize(display_size(w, h), Image.BILINEAR),
-                      dtype=np.uint8)
+    return np.asarray(
+        im if max(w, h) <= DISPLAY_MAX_SIDE else im.resize(display_size(w, h), Image.BILINEAR), dtype=np.uint8
+    )
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -343,9 +356,16 @@ class ImageDataset(torch.utils.data.Dataset):
                 got = read_for_device(entry.path, digest=digest)
                 if isinstance(got, tuple):
                     data, info = got
-                    return {"index": i, "jpeg": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
-                            "jpeg_info": info, "orig_size": info.shown_size, "display": None, "x": None,
-                            "error": None, "sha256": None if digest is None else digest.hexdigest()}
+                    return {
+                        "index": i,
+                        "jpeg": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
+                        "jpeg_info": info,
+                        "orig_size": info.shown_size,
+                        "display": None,
+                        "x": None,
+                        "error": None,
+                        "sha256": None if digest is None else digest.hexdigest(),
+                    }
                 im = got
             else:
                 im = load_image(entry.path) if digest is None else load_image(entry.path, digest=digest)

@@ -109,13 +109,13 @@ def resize(imgs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     shrinking (the triangle filter widened by the scale), rounded back to uint8."""
     if tuple(imgs.shape[-2:]) == tuple(size):
         return imgs
-    out = torch.nn.functional.interpolate(imgs.float(), size=size, mode="bilinear", align_corners=False,
-                                          antialias=True)
+    out = torch.nn.functional.interpolate(imgs.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def finish_batch(b: dict[str, Any], device: torch.device, input_size: int,
-                 max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
+def finish_batch(
+    b: dict[str, Any], device: torch.device, input_size: int, max_pixels: int = MAX_PIXELS
+) -> dict[str, Any]:
     """Decode a collated batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
 
     ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays. A JPEG
@@ -165,8 +165,9 @@ def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.T
     return _decode_each(data[:half], device) + _decode_each(data[half:], device)
 
 
-def _resize_on_device(on_device: list[tuple[int, torch.Tensor]], xs: list[Any], display: list[Any],
-                      input_size: int) -> None:
+def _resize_on_device(
+    on_device: list[tuple[int, torch.Tensor]], xs: list[Any], display: list[Any], input_size: int
+) -> None:
     """Model inputs and display copies of the decoded images, batched by size (a folder of one size: one call)."""
     groups: dict[tuple[int, int], list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for j, img in on_device:
@@ -188,7 +189,7 @@ def _displays_to_host(display: list[Any]) -> None:
     at = 0
     for j in todo:
         _, h, w = display[j].shape
-        display[j] = flat[at:at + h * w * 3].reshape(h, w, 3)
+        display[j] = flat[at : at + h * w * 3].reshape(h, w, 3)
         at += h * w * 3
 
 

@@ -60,8 +60,14 @@ class ExitCode(IntEnum):
         return _MEANING[self]
 
 
-_STATUS = {ExitCode.OK: "ok", ExitCode.SOME_FAILED: "some-failed", ExitCode.USAGE: "usage-error",
-           ExitCode.RUNTIME: "error", ExitCode.LOCKED: "locked", ExitCode.INTERRUPTED: "interrupted"}
+_STATUS = {
+    ExitCode.OK: "ok",
+    ExitCode.SOME_FAILED: "some-failed",
+    ExitCode.USAGE: "usage-error",
+    ExitCode.RUNTIME: "error",
+    ExitCode.LOCKED: "locked",
+    ExitCode.INTERRUPTED: "interrupted",
+}
 _MEANING = {
     ExitCode.OK: "success",
     ExitCode.SOME_FAILED: "success, but some images could not be read (listed in the report)",

@@ -70,7 +70,8 @@ class Scores:
     def row(self, j: int) -> dict[str, Any]:
         """Image ``j``'s scores as stored in the manifest."""
         return {
-            "deletion": float(self.deletion[j]), "insertion": float(self.insertion[j]),
+            "deletion": float(self.deletion[j]),
+            "insertion": float(self.insertion[j]),
             "deletion_curve": [round(float(v), 5) for v in self.deletion_curve[j]],
             "insertion_curve": [round(float(v), 5) for v in self.insertion_curve[j]],
         }
@@ -144,8 +145,9 @@ class Scorer:
         self.forwards += x.shape[0]
         return torch.cat(out) if out else x.new_zeros(0)
 
-    def score(self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor,
-              maps: dict[str, torch.Tensor]) -> dict[str, Scores]:
+    def score(
+        self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor, maps: dict[str, torch.Tensor]
+    ) -> dict[str, Scores]:
         """Deletion and insertion for every map; ``p_image`` is the targets' probability on ``x`` (already known)."""
         fill = fill_image(x, self.cfg.baseline, self.mean, self.std)
         p_fill = self.probs(fill, targets)
@@ -185,7 +187,10 @@ class Scorer:
         if take <= 0:
             return
         x, targets, p_image = x[:take], targets[:take], p_image[:take]
-        maps = {"random": random_maps(x.shape[-2:], seeds[:take], x.device), "blob": blob_maps(x.shape[-2:], take, x.device)}
+        maps = {
+            "random": random_maps(x.shape[-2:], seeds[:take], x.device),
+            "blob": blob_maps(x.shape[-2:], take, x.device),
+        }
         for name, s in self.score(x, targets, p_image, maps).items():
             d = self.chance.setdefault(name, {"deletion": [], "insertion": []})
             d["deletion"] += [float(v) for v in s.deletion]
@@ -242,14 +247,20 @@ def scored(known_maps: dict, faith_hashes: dict[str, str] | None) -> dict:
     return {k: row for k, row in known_maps.items() if row.faith_hash == faith_hashes.get(k[1])}
 
 
-def scorer_for(out: Path, cfg: FaithConfig | None, ctx, method_hashes: dict[str, str],
-               predict_hash: str) -> Scorer | None:
+def scorer_for(
+    out: Path, cfg: FaithConfig | None, ctx, method_hashes: dict[str, str], predict_hash: str
+) -> Scorer | None:
     """A Scorer for this run (None when disabled), continuing the chance sample a previous run left."""
     if cfg is None:
         return None
     dev = ctx.device
-    scorer = Scorer(ctx.model, cfg, torch.tensor(ctx.mean, device=dev).view(1, 3, 1, 1),
-                    torch.tensor(ctx.std, device=dev).view(1, 3, 1, 1), hashes=hashes(cfg, method_hashes) or {})
+    scorer = Scorer(
+        ctx.model,
+        cfg,
+        torch.tensor(ctx.mean, device=dev).view(1, 3, 1, 1),
+        torch.tensor(ctx.std, device=dev).view(1, 3, 1, 1),
+        hashes=hashes(cfg, method_hashes) or {},
+    )
     scorer.chance_key = _hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
     previous = load_chance(out)
     if previous and previous.get("key") == scorer.chance_key:
@@ -290,5 +301,5 @@ def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, tar
     labels = torch.tensor([e.label if e.label is not None else -1 for e in ok])
     explainer = Explainer([], prepared.ctx, target, scorer, decision=prepared.model.decision)
     for a in range(0, len(ok), 32):
-        explainer(b["x"][a:a + 32], labels[a:a + 32], None, [image_seed(e.rel) for e in ok[a:a + 32]])
+        explainer(b["x"][a : a + 32], labels[a : a + 32], None, [image_seed(e.rel) for e in ok[a : a + 32]])
     save_chance(out, scorer)

@@ -61,8 +61,17 @@ def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Seq
         ax = fig.add_subplot()
         widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
         for label, counts, colour in series:
-            ax.bar(edges[:-1], counts, width=widths, align="edge", label=f"{label} ({sum(counts)})",
-                   color=colour, alpha=0.45, edgecolor=colour, linewidth=1.0)
+            ax.bar(
+                edges[:-1],
+                counts,
+                width=widths,
+                align="edge",
+                label=f"{label} ({sum(counts)})",
+                color=colour,
+                alpha=0.45,
+                edgecolor=colour,
+                linewidth=1.0,
+            )
         ax.set_xlim(edges[0], edges[-1])
         ax.set_xlabel("confidence (probability of the predicted class)")
         ax.set_ylabel("images")
@@ -84,8 +93,15 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
         acc = [b[4] for b in bins if b[2]]
         conf = [b[3] for b in bins if b[2]]
         ax.bar(xs, acc, width=ws, align="edge", color="#0072B2", alpha=0.6, edgecolor="#0072B2", label="accuracy")
-        ax.scatter([x + w / 2 for x, w in zip(xs, ws, strict=True)], conf, color="#D55E00", marker="D", s=14, zorder=3,
-                   label="mean confidence")
+        ax.scatter(
+            [x + w / 2 for x, w in zip(xs, ws, strict=True)],
+            conf,
+            color="#D55E00",
+            marker="D",
+            s=14,
+            zorder=3,
+            label="mean confidence",
+        )
         ax.set_xlim(lo, hi)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("confidence bin")
@@ -98,10 +114,12 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
 def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int = 256, height: int = 14) -> bytes:
     """A horizontal colour bar as a small SVG gradient (no text: the pages print the numbers under it)."""
     body = "".join(f'<stop offset="{x:.4f}" stop-color="rgb({r},{g},{b})"/>' for x, (r, g, b) in stops)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}"><defs><linearGradient id="g">{body}</linearGradient></defs>'
-            f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="url(#g)" stroke="#888"/>'
-            f"</svg>\n").encode()
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}"><defs><linearGradient id="g">{body}</linearGradient></defs>'
+        f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="url(#g)" stroke="#888"/>'
+        f"</svg>\n"
+    ).encode()
 
 
 def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
@@ -123,16 +141,18 @@ def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Se
         return _svg(fig)
 
 
-def roc_curve(fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float,
-              auc: float, positive: str) -> bytes:
+def roc_curve(
+    fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float, auc: float, positive: str
+) -> bytes:
     """The ROC curve of the positive class's probability, with the operating point of the threshold marked."""
     with _style():
         fig = _new(4.2, 3.6)
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], color="#555", linestyle="--", linewidth=1, label="chance")
         ax.plot(fpr, tpr, color="#0072B2", linewidth=1.5, label=f"ROC (AUC {auc:.3f})")
-        ax.scatter([point[0]], [point[1]], color="#D55E00", marker="o", s=30, zorder=3,
-                   label=f"threshold {threshold:g}")
+        ax.scatter(
+            [point[0]], [point[1]], color="#D55E00", marker="o", s=30, zorder=3, label=f"threshold {threshold:g}"
+        )
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.02)
         ax.set_xlabel("false positive rate")

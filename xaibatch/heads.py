@@ -75,19 +75,29 @@ def predict_one(probs: Sequence[float], decision: Decision | None) -> int:
 def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
     """Run one zero image through ``module``; return its number of outputs, or say why it cannot be used."""
     p = next(iter(module.parameters()), None)
-    x = torch.zeros(1, 3, input_size, input_size, device=p.device if p is not None else "cpu",
-                    dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32)
+    x = torch.zeros(
+        1,
+        3,
+        input_size,
+        input_size,
+        device=p.device if p is not None else "cpu",
+        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32,
+    )
     try:
         with torch.no_grad():
             out = module.eval()(x)
     except Exception as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelError(f"{what}: a forward pass at {input_size}x{input_size} failed ({type(e).__name__}: {msg}); "
-                         "give the input size it was trained at with --image-size") from None
+        raise ModelError(
+            f"{what}: a forward pass at {input_size}x{input_size} failed ({type(e).__name__}: {msg}); "
+            "give the input size it was trained at with --image-size"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{what}: returns {shape} for one image; it must return logits of shape (batch, classes) "
-                         "or (batch, 1) / (batch,) for a one-logit sigmoid head")
+        raise ModelError(
+            f"{what}: returns {shape} for one image; it must return logits of shape (batch, classes) "
+            "or (batch, 1) / (batch,) for a one-logit sigmoid head"
+        )
     return 1 if out.ndim == 1 else int(out.shape[1])
 
 
@@ -122,5 +132,14 @@ def with_positive(module: nn.Module, decision: Decision | None) -> None:
         module.positive = decision.positive
 
 
-__all__ = ["Decision", "OneLogitHead", "adapt_one_logit", "count_outputs", "decision_for", "predict", "predict_one", "unwrap",
-           "with_positive"]
+__all__ = [
+    "Decision",
+    "OneLogitHead",
+    "adapt_one_logit",
+    "count_outputs",
+    "decision_for",
+    "predict",
+    "predict_one",
+    "unwrap",
+    "with_positive",
+]

@@ -66,17 +66,23 @@ def _is_token_model(model: nn.Module) -> bool:
 
 
 def _is_torchvision_vit(model: nn.Module) -> bool:
-    return (hasattr(model, "conv_proj") and hasattr(model, "class_token") and hasattr(model, "patch_size")
-            and hasattr(getattr(model, "encoder", None), "layers"))
+    return (
+        hasattr(model, "conv_proj")
+        and hasattr(model, "class_token")
+        and hasattr(model, "patch_size")
+        and hasattr(getattr(model, "encoder", None), "layers")
+    )
 
 
 def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     for n in names:
+
         def hook(_m, _i, out, n=n):
             if isinstance(out, torch.Tensor):
                 shapes[n] = tuple(out.shape)
+
         handles.append(_module(model, n).register_forward_hook(hook))
     p = next(model.parameters())
     was_training = model.training
@@ -100,9 +106,11 @@ def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetL
     else:
         last = len(model.blocks) - 1
         name = name or f"blocks.{last}.norm1"
-        gh, gw = model.patch_embed.dynamic_feat_size((input_size, input_size)) if hasattr(
-            model.patch_embed, "dynamic_feat_size"
-        ) else model.patch_embed.grid_size
+        gh, gw = (
+            model.patch_embed.dynamic_feat_size((input_size, input_size))
+            if hasattr(model.patch_embed, "dynamic_feat_size")
+            else model.patch_embed.grid_size
+        )
         prefix = int(getattr(model, "num_prefix_tokens", 1))
     shapes = _output_shapes(model, [name], input_size)
     if name not in shapes or len(shapes[name]) != 3:
@@ -129,7 +137,9 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
             best = n
     if best is None:
         maps = [f"{n} ({s[2]}x{s[3]})" for n, s in shapes.items() if len(s) == 4][-12:]
-        listed = f"; layers with a feature map: {', '.join(maps)}" if maps else "; it has no conv layer xaibatch can see"
+        listed = (
+            f"; layers with a feature map: {', '.join(maps)}" if maps else "; it has no conv layer xaibatch can see"
+        )
         raise ModelError(
             f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
             f"raise --image-size or name a layer with --target-layer{listed}"

@@ -77,8 +77,10 @@ def check_method_dirs(methods) -> None:
     for m in methods:
         other = seen.setdefault(method_dir(m), m)
         if other != m:
-            raise ValueError(f"methods {other!r} and {m!r} would share the folder maps/{method_dir(m)}/; "
-                             "run them into different --out folders")
+            raise ValueError(
+                f"methods {other!r} and {m!r} would share the folder maps/{method_dir(m)}/; "
+                "run them into different --out folders"
+            )
 
 
 def map_npy(method: str, stem: str) -> str:
@@ -98,7 +100,7 @@ def moved_map_path(path: str, method: str) -> str:
     for top in ("maps", "thumbs"):
         old = f"{top}/{method}/"
         if path.startswith(old):
-            return f"{top}/{method_dir(method)}/{path[len(old):]}"
+            return f"{top}/{method_dir(method)}/{path[len(old) :]}"
     return path
 
 
@@ -126,8 +128,10 @@ def image_files(stem: str) -> list[str]:
 
 def stem_files(stem: str, methods: list[str]) -> list[str]:
     """Every path a stem becomes, for checking names against each other and against length limits."""
-    return [*image_files(stem), *(p for m in methods for p in (map_npy(m, stem), map_png(m, stem),
-                                                               f"thumbs/{method_dir(m)}/{stem}.png"))]
+    return [
+        *image_files(stem),
+        *(p for m in methods for p in (map_npy(m, stem), map_png(m, stem), f"thumbs/{method_dir(m)}/{stem}.png")),
+    ]
 
 
 # Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png and the
@@ -212,8 +216,12 @@ def assign_stems(rels: list[str], known: dict[str, Any]) -> dict[str, str]:
 
     def free(stem: str) -> bool:
         parents = ["/".join(stem.split("/")[:i]) for i in range(1, stem.count("/") + 1)]
-        return (stem not in taken and _fits(stem) and not any(stem + x in folders for x in STEM_SUFFIXES)
-                and not any(p in files for p in parents))
+        return (
+            stem not in taken
+            and _fits(stem)
+            and not any(stem + x in folders for x in STEM_SUFFIXES)
+            and not any(p in files for p in parents)
+        )
 
     candidates = map_stems(rels)
     for r in rels:

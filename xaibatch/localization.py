@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 @dataclass
 class PointingGame:
     images: int
@@ -26,6 +25,7 @@ class PointingGame:
     def __str__(self) -> str:
         return f"{self.rate:.1%} hits on {self.images} images (chance {self.chance:.1%})"
 
+
 MASK_SUFFIX = ".mask.npy"  # the ground truth beside an image: <name>.mask.npy (written by `xaibatch demo-data`)
 
 
@@ -34,7 +34,6 @@ def mask_for(image_path: Path) -> np.ndarray | None:
     p = Path(image_path)
     m = p.with_name(p.name.rsplit(".", 1)[0] + MASK_SUFFIX)
     return np.load(m) if m.is_file() else None
-
 
 
 def peak(saliency: np.ndarray) -> tuple[int, int]:

@@ -118,9 +118,14 @@ class OutputLock:
             raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
         return True
 
-    def acquire(self, wait: bool = False, timeout: float | None = None, poll: float = 0.5,
-                should_stop: Callable[[], bool] = lambda: False,
-                on_wait: Callable[[str], None] = lambda s: None) -> float:
+    def acquire(
+        self,
+        wait: bool = False,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[str], None] = lambda s: None,
+    ) -> float:
         """Take the lock; with ``wait`` poll until it is free (or ``timeout`` seconds pass).
 
         Returns the seconds spent waiting (0.0 when the lock was free). ``should_stop``
@@ -133,12 +138,12 @@ class OutputLock:
         while not self.try_acquire():
             who = describe(self.holder())
             if not wait:
-                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); "
-                               "pass --wait to wait for it")
+                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); pass --wait to wait for it")
             waited = time.monotonic() - t0
             if timeout is not None and waited >= timeout:
-                raise LockHeld(f"{self.out_dir} is still in use by another xaibatch run ({who}) "
-                               f"after waiting {waited:.0f}s")
+                raise LockHeld(
+                    f"{self.out_dir} is still in use by another xaibatch run ({who}) after waiting {waited:.0f}s"
+                )
             if not told:
                 on_wait(f"xaibatch: waiting for {who} to finish with {self.out_dir}")
                 told = True
@@ -166,9 +171,11 @@ class OutputLock:
         except OSError:
             same = False
         if not same:
-            raise LockLost(f"the lock file {self.path} was deleted or replaced during this run, so another run may "
-                           f"be using {self.out_dir}; stopped without committing more (the next run completes "
-                           "the work)")
+            raise LockLost(
+                f"the lock file {self.path} was deleted or replaced during this run, so another run may "
+                f"be using {self.out_dir}; stopped without committing more (the next run completes "
+                "the work)"
+            )
 
     def release(self) -> None:
         """Clear the holder record (a clean finish) and drop the lock."""
@@ -194,7 +201,9 @@ class OutputLock:
 def _record() -> dict[str, Any]:
     now = time.time()
     return {
-        "pid": os.getpid(), "host": socket.gethostname(), "started_ts": now,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_ts": now,
         "started_at": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
         "argv": sys.argv[1:][:20],
     }

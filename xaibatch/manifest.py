@@ -68,7 +68,9 @@ INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
     # the report (report/snapshot.py) skips its per-image pages while the number has not moved.
     f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()} AFTER {op} ON {table} BEGIN "
     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'content_version'; END;\n"
-    for table in ("images", "maps", "failures") for op in ("INSERT", "UPDATE", "DELETE"))
+    for table in ("images", "maps", "failures")
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
 
 
 @dataclass
@@ -190,7 +192,9 @@ class Manifest:
         """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""
         row = self.db.execute(
             "SELECT config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
-            " ORDER BY id DESC LIMIT 1", (f'%"request": "{request}"%',)).fetchone()
+            " ORDER BY id DESC LIMIT 1",
+            (f'%"request": "{request}"%',),
+        ).fetchone()
         return None if row is None else (row[0], row[1])
 
     def runs(self) -> list[dict[str, Any]]:
@@ -210,11 +214,25 @@ class Manifest:
 
     def maps(self) -> dict[tuple[str, str], MapRow]:
         out = {}
-        for r in self.db.execute("SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
-                                 " insertion, faith_json, faith_hash, view_json FROM maps"):
-            out[(r[0], r[1])] = MapRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7],
-                                       r[8], r[9], json.loads(r[10]) if r[10] else None, r[11],
-                                       json.loads(r[12]) if r[12] else None)
+        for r in self.db.execute(
+            "SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
+            " insertion, faith_json, faith_hash, view_json FROM maps"
+        ):
+            out[(r[0], r[1])] = MapRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                json.loads(r[6]) if r[6] else None,
+                r[7],
+                r[8],
+                r[9],
+                json.loads(r[10]) if r[10] else None,
+                r[11],
+                json.loads(r[12]) if r[12] else None,
+            )
         return out
 
     def image_rels(self) -> list[str]:
@@ -229,8 +247,22 @@ class Manifest:
     def put_image(self, row: ImageRow) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.rel, row.stem, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.label, row.pred, row.target,
-             row.confidence, json.dumps(row.probs), row.predict_hash, row.run_id),
+            (
+                row.rel,
+                row.stem,
+                row.size,
+                row.mtime_ns,
+                row.sha256,
+                row.width,
+                row.height,
+                row.label,
+                row.pred,
+                row.target,
+                row.confidence,
+                json.dumps(row.probs),
+                row.predict_hash,
+                row.run_id,
+            ),
         )
         self.db.execute("DELETE FROM failures WHERE rel = ?", (row.rel,))
 
@@ -241,23 +273,39 @@ class Manifest:
         self.db.execute(
             "INSERT OR REPLACE INTO maps (rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
             " insertion, faith_json, faith_hash, view_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.rel, row.method, row.config_hash, row.npy, row.png, row.thumb,
-             json.dumps(row.info) if row.info else None, row.run_id, row.deletion, row.insertion,
-             json.dumps(row.faith) if row.faith else None, row.faith_hash,
-             json.dumps(row.view) if row.view else None),
+            (
+                row.rel,
+                row.method,
+                row.config_hash,
+                row.npy,
+                row.png,
+                row.thumb,
+                json.dumps(row.info) if row.info else None,
+                row.run_id,
+                row.deletion,
+                row.insertion,
+                json.dumps(row.faith) if row.faith else None,
+                row.faith_hash,
+                json.dumps(row.view) if row.view else None,
+            ),
         )
 
     def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Store maps' views computed after the fact (older folders): (rel, method, config_hash, view); a row
         recomputed meanwhile (another config_hash) keeps its own."""
-        self.db.executemany("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ? AND config_hash = ?",
-                            ((json.dumps(v), rel, m, h) for rel, m, h, v in views))
+        self.db.executemany(
+            "UPDATE maps SET view_json = ? WHERE rel = ? AND method = ? AND config_hash = ?",
+            ((json.dumps(v), rel, m, h) for rel, m, h, v in views),
+        )
 
     def put_failure(self, rel: str, reason: str, run_id: int) -> None:
         """An image that cannot be read now leaves the report: its image and map rows go (files: the caller)."""
         # The same reason again (every run retries it) leaves the row alone, so content_version does not move.
-        self.db.execute("INSERT INTO failures VALUES (?, ?, ?) ON CONFLICT (rel) DO UPDATE SET reason = excluded.reason,"
-                        " run_id = excluded.run_id WHERE failures.reason IS NOT excluded.reason", (rel, reason, run_id))
+        self.db.execute(
+            "INSERT INTO failures VALUES (?, ?, ?) ON CONFLICT (rel) DO UPDATE SET reason = excluded.reason,"
+            " run_id = excluded.run_id WHERE failures.reason IS NOT excluded.reason",
+            (rel, reason, run_id),
+        )
         self.db.execute("DELETE FROM images WHERE rel = ?", (rel,))
         self.db.execute("DELETE FROM maps WHERE rel = ?", (rel,))
 
@@ -284,8 +332,15 @@ class Manifest:
         self.db.execute("DELETE FROM maps WHERE rel = ? AND method = ?", (rel, method))
 
 
-_ADDED_COLUMNS = {"maps": (("deletion", "REAL"), ("insertion", "REAL"), ("faith_json", "TEXT"),
-                            ("faith_hash", "TEXT"), ("view_json", "TEXT"))}
+_ADDED_COLUMNS = {
+    "maps": (
+        ("deletion", "REAL"),
+        ("insertion", "REAL"),
+        ("faith_json", "TEXT"),
+        ("faith_hash", "TEXT"),
+        ("view_json", "TEXT"),
+    )
+}
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -313,4 +368,3 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-

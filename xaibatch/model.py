@@ -77,8 +77,7 @@ def check_arch(arch: str, source: Path | None = None) -> None:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         if source is None:
             raise ModelError(f"unknown --arch {arch!r}{hint}")
-        raise ModelError(f"{source} names the architecture {arch!r}, which timm {timm.__version__} does not know"
-                         f"{hint}")
+        raise ModelError(f"{source} names the architecture {arch!r}, which timm {timm.__version__} does not know{hint}")
 
 
 def create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
@@ -151,12 +150,16 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if "zip archive" in msg or "central directory" in msg or "inline_container" in msg:
             raise ModelError(f"{path}: not a PyTorch checkpoint: corrupted or truncated zip archive") from None
         if "legacy .tar format" in msg:  # also what torch makes of an all-zero file
-            raise ModelError(f"{path}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or "
-                             "another kind of file such as an all-zero one); re-save the weights with "
-                             "torch.save(model.state_dict(), ...)") from None
+            raise ModelError(
+                f"{path}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or "
+                "another kind of file such as an all-zero one); re-save the weights with "
+                "torch.save(model.state_dict(), ...)"
+            ) from None
         if "weights_only" in msg:  # torch's own advice (weights_only=False) would run the file's code
-            raise ModelError(f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
-                             "re-save the weights with torch.save(model.state_dict(), ...)") from None
+            raise ModelError(
+                f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
+                "re-save the weights with torch.save(model.state_dict(), ...)"
+            ) from None
         raise ModelError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}") from None
     except Exception as e:  # torch's legacy reader raises KeyError, ValueError, ... on arbitrary bytes
         raise ModelError(
@@ -203,7 +206,8 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
     unexpected = [k for k in sd if k not in own]
     shapes = [
         f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} in {arch}"
-        for k in own if k in sd and sd[k].shape != own[k].shape
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -220,8 +224,10 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
         raise ModelError(f"{path} does not fit --arch {arch}: {str(e).strip().splitlines()[0][:200]}") from None
     bad = [k for k, v in sd.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad:  # every prediction would be NaN: refuse before anything is written
-        raise ModelError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
-                         "the checkpoint is damaged or its training diverged")
+        raise ModelError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+            "the checkpoint is damaged or its training diverged"
+        )
 
 
 def load_model(
@@ -282,8 +288,11 @@ def _check_fields(obj: dict[str, Any], path: Path):
         raise bad("input_size", "must be a whole number of pixels from 8 to 4096")
     mean, std = obj.get("mean"), obj.get("std")
     for field, v in (("mean", mean), ("std", std)):
-        if v is not None and (not isinstance(v, (list, tuple)) or len(v) != 3
-                              or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+        if v is not None and (
+            not isinstance(v, (list, tuple))
+            or len(v) != 3
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        ):
             raise bad(field, "must be three numbers (R, G, B)")
     if std is not None and any(x <= 0 for x in std):
         raise bad("std", "must be positive")
@@ -306,8 +315,14 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
 
 
 def save_checkpoint(
-    path: Path, module: nn.Module, arch: str, class_names: list[str], input_size: int,
-    mean: tuple[float, ...], std: tuple[float, ...], meta: dict[str, Any] | None = None,
+    path: Path,
+    module: nn.Module,
+    arch: str,
+    class_names: list[str],
+    input_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    meta: dict[str, Any] | None = None,
 ) -> None:
     """Write xaibatch's checkpoint format (atomically)."""
     path = Path(path)

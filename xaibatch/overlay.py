@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .layout import THUMB_SIDE
+
 # zlib's run-length strategy on PNG-filtered rows: 25-35% faster than the default strategy at 64-512 px and
 # 5-10% smaller files on photos and overlays (measured with PIL's encoder); lossless all the same.
 PNG_COMPRESS_LEVEL = 3
@@ -220,8 +221,10 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     peak = (ev.clamp(min=0) if signed else ev).argmax(dim=1)
     w = full.shape[2]
     shape = [int(full.shape[1]), int(w)]
-    return [{"scale": s, "peak": [p // w, p % w], "shape": shape}
-            for s, p in zip(scale.cpu().tolist(), peak.cpu().tolist(), strict=True)]
+    return [
+        {"scale": s, "peak": [p // w, p % w], "shape": shape}
+        for s, p in zip(scale.cpu().tolist(), peak.cpu().tolist(), strict=True)
+    ]
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):
@@ -270,5 +273,9 @@ def encode_png(a: np.ndarray) -> bytes:
     z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
     idat = z.compress(rows.data) + z.flush()
     colour_type = {3: 2, 4: 6, 1: 0}[c]
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
-            + _chunk(b"IDAT", idat) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )

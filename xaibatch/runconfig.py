@@ -52,12 +52,21 @@ class ModelSource:
             kind = BUNDLED
         else:
             kind = "state_dict" if opts.arch else "checkpoint"
-        return cls(kind=kind, checkpoint=os.path.abspath(opts.checkpoint) if opts.checkpoint is not None else None,
-                   arch=opts.arch, model=model, image_size=opts.image_size,
-                   classes=list(opts.classes) if opts.classes is not None else None,
-                   positive_class=opts.positive_class, threshold=opts.threshold, target_layer=opts.target_layer,
-                   target=opts.target, labeled=opts.labeled, follow_links=opts.follow_links,
-                   max_map_side=opts.max_map_side)
+        return cls(
+            kind=kind,
+            checkpoint=os.path.abspath(opts.checkpoint) if opts.checkpoint is not None else None,
+            arch=opts.arch,
+            model=model,
+            image_size=opts.image_size,
+            classes=list(opts.classes) if opts.classes is not None else None,
+            positive_class=opts.positive_class,
+            threshold=opts.threshold,
+            target_layer=opts.target_layer,
+            target=opts.target,
+            labeled=opts.labeled,
+            follow_links=opts.follow_links,
+            max_map_side=opts.max_map_side,
+        )
 
     def describe(self) -> str:
         """How the run was given its model, as options (``--model /abs/net.py:build --checkpoint /abs/w.pth``)."""
@@ -93,9 +102,16 @@ class ModelRecord:
 
     def hashed(self) -> dict[str, Any]:
         """The prediction hash's input (pipeline.plan.config_hashes), as recorded."""
-        d = {"arch": self.arch, "checkpoint_sha256": self.checkpoint_sha256, "input_size": self.input_size,
-             "mean": _list(self.mean), "std": _list(self.std), "classes": _list(self.classes), "target": self.target,
-             "map_format": self.map_format}
+        d = {
+            "arch": self.arch,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "input_size": self.input_size,
+            "mean": _list(self.mean),
+            "std": _list(self.std),
+            "classes": _list(self.classes),
+            "target": self.target,
+            "map_format": self.map_format,
+        }
         if self.one_logit_positive is not None:
             d["one_logit_positive"] = self.one_logit_positive
         return d
@@ -133,15 +149,32 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "xaibatch": self.xaibatch, "torch": self.torch, "device": self.device,
+            "xaibatch": self.xaibatch,
+            "torch": self.torch,
+            "device": self.device,
             "model": {**self.model.hashed(), "checkpoint": self.model.checkpoint},
-            "layer": self.layer, "layer_grid": self.layer_grid,
-            "methods": {n: {"title": m.title, "signed": m.signed, "config": m.config, "hash": m.hash,
-                            **({"options": m.options} if m.options is not None else {})}
-                        for n, m in self.methods.items()},
-            "batch_size": self.batch_size, "workers": self.workers, "seed": self.seed, "engine": self.engine,
-            "labeled": self.labeled, "class_names": self.class_names, "request": self.request,
-            "model_hash": self.model_hash, "decision": self.decision, "faithfulness": self.faithfulness,
+            "layer": self.layer,
+            "layer_grid": self.layer_grid,
+            "methods": {
+                n: {
+                    "title": m.title,
+                    "signed": m.signed,
+                    "config": m.config,
+                    "hash": m.hash,
+                    **({"options": m.options} if m.options is not None else {}),
+                }
+                for n, m in self.methods.items()
+            },
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "seed": self.seed,
+            "engine": self.engine,
+            "labeled": self.labeled,
+            "class_names": self.class_names,
+            "request": self.request,
+            "model_hash": self.model_hash,
+            "decision": self.decision,
+            "faithfulness": self.faithfulness,
             "faithfulness_hashes": self.faithfulness_hashes,
         }
         if self.source is not None:
@@ -159,24 +192,46 @@ class RunConfig:
         try:
             m = d.get("model") or {}
             model = ModelRecord(**{k: m[k] for k in ModelRecord.__dataclass_fields__ if k in m})
-            methods = {str(n): MethodRecord(title=str(v.get("title", n)), signed=bool(v.get("signed", False)),
-                                            config=dict(v.get("config") or {}), hash=str(v.get("hash", "")),
-                                            options=dict(v["options"]) if v.get("options") is not None else None)
-                       for n, v in (d.get("methods") or {}).items()}
+            methods = {
+                str(n): MethodRecord(
+                    title=str(v.get("title", n)),
+                    signed=bool(v.get("signed", False)),
+                    config=dict(v.get("config") or {}),
+                    hash=str(v.get("hash", "")),
+                    options=dict(v["options"]) if v.get("options") is not None else None,
+                )
+                for n, v in (d.get("methods") or {}).items()
+            }
             src = d.get("source")
-            source = None if src is None else ModelSource(**{k: v for k, v in src.items()
-                                                              if k in ModelSource.__dataclass_fields__})
+            source = (
+                None
+                if src is None
+                else ModelSource(**{k: v for k, v in src.items() if k in ModelSource.__dataclass_fields__})
+            )
             known = set(cls.__dataclass_fields__) - {"extra"}
             return cls(
-                xaibatch=str(d.get("xaibatch", "")), torch=str(d.get("torch", "")), device=str(d.get("device", "")),
-                model=model, layer=d.get("layer"), layer_grid=d.get("layer_grid"), methods=methods,
-                batch_size=d.get("batch_size"), workers=d.get("workers"), seed=int(d.get("seed", 0)),
-                engine=d.get("engine", "local"), labeled=bool(d.get("labeled")),
-                class_names=[str(c) for c in d.get("class_names") or model.classes or []], request=str(d.get("request", "")),
-                model_hash=str(d.get("model_hash", "")), decision=d.get("decision"),
-                faithfulness=d.get("faithfulness"), faithfulness_hashes=d.get("faithfulness_hashes"),
-                source=source, input_dir=d.get("input_dir"),
-                extra={k: v for k, v in d.items() if k not in known})
+                xaibatch=str(d.get("xaibatch", "")),
+                torch=str(d.get("torch", "")),
+                device=str(d.get("device", "")),
+                model=model,
+                layer=d.get("layer"),
+                layer_grid=d.get("layer_grid"),
+                methods=methods,
+                batch_size=d.get("batch_size"),
+                workers=d.get("workers"),
+                seed=int(d.get("seed", 0)),
+                engine=d.get("engine", "local"),
+                labeled=bool(d.get("labeled")),
+                class_names=[str(c) for c in d.get("class_names") or model.classes or []],
+                request=str(d.get("request", "")),
+                model_hash=str(d.get("model_hash", "")),
+                decision=d.get("decision"),
+                faithfulness=d.get("faithfulness"),
+                faithfulness_hashes=d.get("faithfulness_hashes"),
+                source=source,
+                input_dir=d.get("input_dir"),
+                extra={k: v for k, v in d.items() if k not in known},
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadRecord(f"{type(e).__name__}: {e}") from None
 
@@ -220,8 +275,9 @@ class RunConfig:
         real = ck not in ("", "(random init)") and not ck.startswith("(weights from")
         if ":" in arch:  # --model SPEC (its arch is the spec)
             kind = {"torchvision": "torchvision", "timm": "timm"}.get(arch.partition(":")[0], "factory")
-            return ModelSource(kind, checkpoint=ck if real else None, model=arch, target=self.model.target,
-                               labeled=self.labeled)
+            return ModelSource(
+                kind, checkpoint=ck if real else None, model=arch, target=self.model.target, labeled=self.labeled
+            )
         if not real:  # timm:NAME without weights
             return ModelSource("timm", model=f"timm:{arch}", target=self.model.target, labeled=self.labeled)
         # an xaibatch checkpoint names its arch; a plain state_dict needs it: passing it fits both
@@ -238,4 +294,3 @@ class BadRecord(ManifestError):
 def read_run(row: dict[str, Any]) -> RunConfig:
     """The configuration of a run row from Manifest.runs()."""
     return RunConfig.from_json(row["config_json"])
-

@@ -26,10 +26,17 @@ from .errors import ExitCode
 def counts(result: Any) -> dict[str, Any]:
     """The end-of-run numbers of a :class:`~xaibatch.pipeline.RunResult`."""
     return {
-        "seen": result.seen, "computed": result.computed, "skipped": result.unchanged, "failed": len(result.failed),
-        "added": result.added, "changed": result.changed, "removed": result.removed,
-        "seconds": round(result.seconds, 3), "report": str(result.report) if result.report else None,
-        "run_id": result.run_id, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "seen": result.seen,
+        "computed": result.computed,
+        "skipped": result.unchanged,
+        "failed": len(result.failed),
+        "added": result.added,
+        "changed": result.changed,
+        "removed": result.removed,
+        "seconds": round(result.seconds, 3),
+        "report": str(result.report) if result.report else None,
+        "run_id": result.run_id,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
 
 

@@ -87,8 +87,10 @@ class Curve:
     def verdict(self) -> str:
         r = self.rank[-1]
         if r > FAIL_RANK:
-            return (f"{self.method}: FAILS: maps keep {r:.2f} rank correlation after the whole network is "
-                    "randomized: they show the image, not the model")
+            return (
+                f"{self.method}: FAILS: maps keep {r:.2f} rank correlation after the whole network is "
+                "randomized: they show the image, not the model"
+            )
         return f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized"
 
     def passed(self) -> bool:
@@ -98,8 +100,9 @@ class Curve:
 MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -> (B, H, W) maps
 
 
-def cascade(model: torch.nn.Module, maps_of: MapsFn, seed: int = 0,
-            log: Callable[[str], None] = lambda s: None) -> list[Curve]:
+def cascade(
+    model: torch.nn.Module, maps_of: MapsFn, seed: int = 0, log: Callable[[str], None] = lambda s: None
+) -> list[Curve]:
     """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
     from .heads import unwrap
 
@@ -144,9 +147,15 @@ class ModelOverride:
         return any(v is not None for v in (self.model, self.checkpoint, self.arch))
 
 
-def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = "auto", batch_size: int = 32,
-               log: Callable[[str], None] = lambda s: None, override: ModelOverride = ModelOverride()
-               ) -> dict[str, Any]:
+def run_sanity(
+    out: Path,
+    n: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int = 32,
+    log: Callable[[str], None] = lambda s: None,
+    override: ModelOverride = ModelOverride(),
+) -> dict[str, Any]:
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
     import sqlite3
 
@@ -177,8 +186,10 @@ def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = 
         run_cfg = read_run(last)
         root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
         if not root.is_dir():
-            raise UsageError(f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
-                             "the run's images and needs them")
+            raise UsageError(
+                f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
+                "the run's images and needs them"
+            )
         opts = rebuild_options(run_cfg, root, out, device, override)
         prepared = _prepare(opts, run_cfg, out, override)
         model, ctx, methods = prepared.model, prepared.ctx, prepared.methods
@@ -200,10 +211,24 @@ def run_sanity(out: Path, n: int = DEFAULT_SAMPLE, seed: int = 0, device: str = 
         t0 = time.time()
         curves = cascade(ctx.model, maps_of, seed=seed, log=log)
         result = {
-            "version": 1, "created": time.time(), "seconds": time.time() - t0, "images": len(ok), "seed": seed,
-            "checkpoint_sha256": model.checkpoint_sha256, "input_dir": str(root),
-            "curves": [{"method": c.method, "steps": c.steps, "rank": c.rank, "ssim": c.ssim,
-                        "passed": c.passed(), "verdict": c.verdict()} for c in curves],
+            "version": 1,
+            "created": time.time(),
+            "seconds": time.time() - t0,
+            "images": len(ok),
+            "seed": seed,
+            "checkpoint_sha256": model.checkpoint_sha256,
+            "input_dir": str(root),
+            "curves": [
+                {
+                    "method": c.method,
+                    "steps": c.steps,
+                    "rank": c.rank,
+                    "ssim": c.ssim,
+                    "passed": c.passed(),
+                    "verdict": c.verdict(),
+                }
+                for c in curves
+            ],
         }
         atomic_write_bytes(out / FILENAME, json.dumps(result, indent=1).encode())
         from .report import write_report
@@ -223,12 +248,23 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
         checkpoint = override.checkpoint or checkpoint
         arch = override.arch or (arch if override.model is None else None)
     return RunOptions(
-        input_dir=root, out_dir=out, methods=list(run.methods), model=model,
-        checkpoint=Path(checkpoint) if checkpoint else None, arch=arch,
-        classes=src.classes, positive_class=src.positive_class, threshold=src.threshold,
+        input_dir=root,
+        out_dir=out,
+        methods=list(run.methods),
+        model=model,
+        checkpoint=Path(checkpoint) if checkpoint else None,
+        arch=arch,
+        classes=src.classes,
+        positive_class=src.positive_class,
+        threshold=src.threshold,
         image_size=src.image_size if src.image_size is not None else run.model.input_size,
-        target_layer=run.layer, target=src.target, device=device, labeled=src.labeled if src.labeled is not None
-        else run.labeled, follow_links=src.follow_links, seed=run.seed, method_options=run.method_options(),
+        target_layer=run.layer,
+        target=src.target,
+        device=device,
+        labeled=src.labeled if src.labeled is not None else run.labeled,
+        follow_links=src.follow_links,
+        seed=run.seed,
+        method_options=run.method_options(),
     )
 
 
@@ -237,12 +273,16 @@ def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
     from .errors import XaibatchError
     from .pipeline.prepare import prepare
 
-    how = (f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
-           "--checkpoint FILE` or `--checkpoint FILE --arch NAME`")
+    how = (
+        f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
+        "--checkpoint FILE` or `--checkpoint FILE --arch NAME`"
+    )
     what = run.rebuild_source().describe() if not override.given() else "the given model"
     if not override.given() and run.model.checkpoint == "(random init)":
-        raise UsageError(f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
-                         "and a rebuild draws others; save the weights and run with --checkpoint")
+        raise UsageError(
+            f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
+            "and a rebuild draws others; save the weights and run with --checkpoint"
+        )
     try:
         prepared = prepare(opts)
     except XaibatchError as e:
@@ -251,8 +291,10 @@ def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
         raise
     want = run.model.checkpoint_sha256
     if want and prepared.model.checkpoint_sha256 != want:
-        raise UsageError(f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
-                         f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}")
+        raise UsageError(
+            f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
+            f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}"
+        )
     return prepared
 
 
@@ -269,8 +311,10 @@ def _same_content(root: Path, rels: list[str], images: dict[str, Any], log: Call
         if same:
             keep.append(rel)
     if rels and not keep:
-        raise UsageError(f"the images under {root} are not the ones the run explained (none of the {len(rels)} "
-                         "sampled files matches the manifest's sha256); sanity needs the run's images")
+        raise UsageError(
+            f"the images under {root} are not the ones the run explained (none of the {len(rels)} "
+            "sampled files matches the manifest's sha256); sanity needs the run's images"
+        )
     if len(keep) < len(rels):
         log(f"sanity: {len(rels) - len(keep)} sampled image(s) changed or are gone since the run; left out")
     return keep

@@ -77,12 +77,17 @@ def _valid_utf8(name: str) -> bool:
         return False
 
 
-_KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-         stat.S_IFBLK: "a block device"}
+_KIND = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
-          ) -> list[tuple[str, str, os.stat_result]]:
+def _walk(
+    root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
+) -> list[tuple[str, str, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
 
     A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
@@ -144,8 +149,13 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
                 st = os.stat(p)
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG and not is_image_name:  # a folder deeper than PATH_MAX: say so
-                skipped.append((shown(r), f"path too long to open ({len(os.fsencode(p))} bytes; the system's "
-                                          "limit is 4096): its images are not scanned"))
+                skipped.append(
+                    (
+                        shown(r),
+                        f"path too long to open ({len(os.fsencode(p))} bytes; the system's "
+                        "limit is 4096): its images are not scanned",
+                    )
+                )
             elif is_image_name:
                 if e.errno == errno.ELOOP:
                     reason = "symlink loop"
@@ -162,8 +172,13 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
                 if follow_links or _inside(os.path.realpath(p), real_root):
                     deferred.append((p, r, st, ancestors))
                 else:
-                    skipped.append((shown(r), "symlink to a folder outside the input folder; not followed "
-                                               "(pass --follow-links to follow it)"))
+                    skipped.append(
+                        (
+                            shown(r),
+                            "symlink to a folder outside the input folder; not followed "
+                            "(pass --follow-links to follow it)",
+                        )
+                    )
             elif frame := enter(p, r, st, ancestors):
                 stack.append(frame)
         elif is_image_name:

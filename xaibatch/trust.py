@@ -42,17 +42,29 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
     """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity."""
     t = Trust()
     for m in methods:
-        rows = [(images[rel], row) for (rel, name), row in maps.items()
-                if name == m.name and row.deletion is not None and rel in images]
+        rows = [
+            (images[rel], row)
+            for (rel, name), row in maps.items()
+            if name == m.name and row.deletion is not None and rel in images
+        ]
         if not rows:
             continue
         subsets = [("all", rows)]
         if labeled:
-            subsets += [("correct", [(i, r) for i, r in rows if i.label is not None and i.label == i.pred]),
-                        ("misclassified", [(i, r) for i, r in rows if i.label is not None and i.label != i.pred])]
-        t.faith.append(FaithRow(m.name, m.title, [
-            (s, len(rs), _mean([r.deletion for _i, r in rs]), _mean([r.insertion for _i, r in rs]))
-            for s, rs in subsets]))
+            subsets += [
+                ("correct", [(i, r) for i, r in rows if i.label is not None and i.label == i.pred]),
+                ("misclassified", [(i, r) for i, r in rows if i.label is not None and i.label != i.pred]),
+            ]
+        t.faith.append(
+            FaithRow(
+                m.name,
+                m.title,
+                [
+                    (s, len(rs), _mean([r.deletion for _i, r in rs]), _mean([r.insertion for _i, r in rs]))
+                    for s, rs in subsets
+                ],
+            )
+        )
     chance = load_chance(out)
     if t.faith and chance:
         for name, words in (("random", "random map"), ("blob", "centred blob")):

@@ -53,8 +53,9 @@ def _import_module(dotted: str, spec: str):
         return importlib.import_module(dotted)
     except ModuleNotFoundError as e:
         if e.name and dotted.startswith(e.name):
-            raise UsageError(f"--model {spec}: no module named {dotted!r} (not on sys.path; give a FILE.py instead)"
-                             ) from None
+            raise UsageError(
+                f"--model {spec}: no module named {dotted!r} (not on sys.path; give a FILE.py instead)"
+            ) from None
         raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
     except (Exception, SystemExit) as e:
         raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
@@ -68,8 +69,11 @@ def build_factory(spec: str) -> nn.Module:
     mod = _import_file(Path(where), spec) if where.endswith(".py") else _import_module(where, spec)
     factory = getattr(mod, fname, None)
     if not callable(factory):
-        found = sorted(n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")
-                       and getattr(v, "__module__", None) == mod.__name__)
+        found = sorted(
+            n
+            for n, v in vars(mod).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == mod.__name__
+        )
         hint = f"; it defines {', '.join(found[:10])}" if found else ""
         raise ModelError(f"--model {spec}: {where} has no function {fname!r}{hint}")
     try:
@@ -119,8 +123,7 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None,
-                    num_classes: int | None) -> LoadedModel:
+def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, num_classes: int | None) -> LoadedModel:
     """Build what ``--model`` names and load ``--checkpoint`` into it (strictly, tensors only)."""
     kind, _, rest = spec.partition(":")
     if kind == "timm":

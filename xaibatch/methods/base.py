@@ -193,6 +193,7 @@ def list_methods() -> list[MethodListing]:
         rows.append(MethodListing(name, cls.title, cls.library, cls.batching, cls.signed, opts, cls.summary))
     for fam in FAMILIES:
         cls = fam.example
-        rows.append(MethodListing(fam.pattern, fam.title, cls.library, cls.batching, cls.signed, dict(fam.options),
-                                  cls.summary))
+        rows.append(
+            MethodListing(fam.pattern, fam.title, cls.library, cls.batching, cls.signed, dict(fam.options), cls.summary)
+        )
     return rows

@@ -38,26 +38,69 @@ COMMON = {"aug_smooth": False, "eigen_smooth": False}  # arguments of every CAM'
 
 # name: (pytorch_grad_cam class, title, batching, extra options and defaults, when to use it)
 SPECS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
-    "gradcam": ("GradCAM", "Grad-CAM", "batch", {},
-                "the library's Grad-CAM: a cross-check of the native gradcam (use that one, it is faster)"),
-    "gradcam++": ("GradCAMPlusPlus", "Grad-CAM++", "batch", {},
-                  "several instances of the class in one image (Grad-CAM tends to mark only the strongest)"),
-    "hirescam": ("HiResCAM", "HiResCAM", "batch", {},
-                 "a map that provably shows where the layer's evidence is (no gradient averaging)"),
-    "xgradcam": ("XGradCAM", "XGrad-CAM", "batch", {},
-                 "Grad-CAM with axiom-based channel weights; similar maps, a little more faithful"),
-    "layercam": ("LayerCAM", "Layer-CAM", "batch", {},
-                 "finer detail from a shallower --target-layer (positive gradients weight each location)"),
-    "eigencam": ("EigenCAM", "Eigen-CAM", "batch", {},
-                 "a class-agnostic look at what the layer attends to (first principal component; ignores --target)"),
-    "scorecam": ("ScoreCAM", "Score-CAM", "per image (channel-masked copies in model batches of batch_size)",
-                 {"batch_size": 16},
-                 "gradient-free, less noisy than gradients; one forward per layer channel per image (slow)"),
-    "ablationcam": ("AblationCAM", "Ablation-CAM", "per image (channel ablations in model batches of batch_size)",
-                    {"batch_size": 32, "ratio_channels_to_ablate": 1.0},
-                    "gradient-free: the score drop when each channel is removed; slow, robust to saturation"),
-    "fullgrad": ("FullGrad", "FullGrad", "batch", {},
-                 "input gradients plus every bias's gradient map: a fine, complete saliency (ignores the layer)"),
+    "gradcam": (
+        "GradCAM",
+        "Grad-CAM",
+        "batch",
+        {},
+        "the library's Grad-CAM: a cross-check of the native gradcam (use that one, it is faster)",
+    ),
+    "gradcam++": (
+        "GradCAMPlusPlus",
+        "Grad-CAM++",
+        "batch",
+        {},
+        "several instances of the class in one image (Grad-CAM tends to mark only the strongest)",
+    ),
+    "hirescam": (
+        "HiResCAM",
+        "HiResCAM",
+        "batch",
+        {},
+        "a map that provably shows where the layer's evidence is (no gradient averaging)",
+    ),
+    "xgradcam": (
+        "XGradCAM",
+        "XGrad-CAM",
+        "batch",
+        {},
+        "Grad-CAM with axiom-based channel weights; similar maps, a little more faithful",
+    ),
+    "layercam": (
+        "LayerCAM",
+        "Layer-CAM",
+        "batch",
+        {},
+        "finer detail from a shallower --target-layer (positive gradients weight each location)",
+    ),
+    "eigencam": (
+        "EigenCAM",
+        "Eigen-CAM",
+        "batch",
+        {},
+        "a class-agnostic look at what the layer attends to (first principal component; ignores --target)",
+    ),
+    "scorecam": (
+        "ScoreCAM",
+        "Score-CAM",
+        "per image (channel-masked copies in model batches of batch_size)",
+        {"batch_size": 16},
+        "gradient-free, less noisy than gradients; one forward per layer channel per image (slow)",
+    ),
+    "ablationcam": (
+        "AblationCAM",
+        "Ablation-CAM",
+        "per image (channel ablations in model batches of batch_size)",
+        {"batch_size": 32, "ratio_channels_to_ablate": 1.0},
+        "gradient-free: the score drop when each channel is removed; slow, robust to saturation",
+    ),
+    "fullgrad": (
+        "FullGrad",
+        "FullGrad",
+        "batch",
+        {},
+        "input gradients plus every bias's gradient map: a fine, complete saliency (ignores the layer)",
+    ),
 }
 PROBE_SKIPPED = {"scorecam", "ablationcam"}  # a probe would cost a forward per channel
 
@@ -125,8 +168,10 @@ class LibraryCAM(Method):
         reshape = layer.to_grid if (layer is not None and layer.is_tokens) else None
         kwargs: dict[str, Any] = {"reshape_transform": reshape}
         if self.short == "ablationcam":
-            kwargs.update(batch_size=self.options["batch_size"],
-                          ratio_channels_to_ablate=float(self.options["ratio_channels_to_ablate"]))
+            kwargs.update(
+                batch_size=self.options["batch_size"],
+                ratio_channels_to_ablate=float(self.options["ratio_channels_to_ablate"]),
+            )
         cam = cls(self.ctx.model, layers, **kwargs)
         if self.short == "scorecam":
             cam.batch_size = self.options["batch_size"]
@@ -140,8 +185,12 @@ class LibraryCAM(Method):
         cam = self._make()
         try:
             with torch.enable_grad(), _quiet_progress(*mods):
-                out = cam(input_tensor=x.detach().clone(), targets=[ClassifierOutputTarget(int(t)) for t in targets],
-                          aug_smooth=self.options["aug_smooth"], eigen_smooth=self.options["eigen_smooth"])
+                out = cam(
+                    input_tensor=x.detach().clone(),
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                    aug_smooth=self.options["aug_smooth"],
+                    eigen_smooth=self.options["eigen_smooth"],
+                )
         finally:
             cam.activations_and_grads.release()
             model.zero_grad(set_to_none=True)
@@ -163,8 +212,13 @@ def _version(dist: str) -> str:
 def _make_class(short: str) -> type[Method]:
     lib_class, title, batching, extra, summary = SPECS[short]
     attrs = {
-        "name": PREFIX + short, "title": f"{title} (pytorch-grad-cam)", "lib_class": lib_class, "short": short,
-        "batching": batching, "defaults": {**extra, **COMMON}, "summary": summary,
+        "name": PREFIX + short,
+        "title": f"{title} (pytorch-grad-cam)",
+        "lib_class": lib_class,
+        "short": short,
+        "batching": batching,
+        "defaults": {**extra, **COMMON},
+        "summary": summary,
         "needs_layer": short != "fullgrad",
         "__doc__": f"pytorch-grad-cam's {lib_class} on the pipeline's batches.",
     }

@@ -49,29 +49,57 @@ NT_PREFIX = PREFIX + "NoiseTunnel."
 REDUCTIONS = ("sum", "mean", "abs-max")
 BASELINES = ("zero", "black")
 # Options whose value goes straight to captum's attribute(); the others are read by the adapter.
-PASSED = {"n_steps", "method", "abs", "n_samples", "stdevs", "perturbations_per_eval", "interpolate_mode",
-          "nt_type", "nt_samples"}
+PASSED = {
+    "n_steps",
+    "method",
+    "abs",
+    "n_samples",
+    "stdevs",
+    "perturbations_per_eval",
+    "interpolate_mode",
+    "nt_type",
+    "nt_samples",
+}
 
 # name: (defaults, batching, when to use it)
 SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
     "IntegratedGradients": (
         {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": 0, "baseline": "zero", "reduce": "sum"},
-        "batch", "signed pixel attributions that add up to the logit change from the baseline; the principled default"),
-    "Saliency": ({"abs": True, "reduce": "abs-max"}, "batch",
-                 "the plain input gradient: fastest pixel-level sensitivity, noisy"),
+        "batch",
+        "signed pixel attributions that add up to the logit change from the baseline; the principled default",
+    ),
+    "Saliency": (
+        {"abs": True, "reduce": "abs-max"},
+        "batch",
+        "the plain input gradient: fastest pixel-level sensitivity, noisy",
+    ),
     "InputXGradient": ({"reduce": "sum"}, "batch", "gradient times input: a cheap signed first-order attribution"),
-    "DeepLift": ({"baseline": "zero", "reduce": "sum"}, "batch",
-                 "signed attributions like Integrated Gradients at one backward's cost (ReLU nets)"),
-    "GradientShap": ({"n_samples": 5, "stdevs": 0.0, "baseline": "zero", "reduce": "sum", "seed": 0},
-                     "per image (seeded noise; n_samples copies per model batch)",
-                     "expected gradients between baseline and image: Integrated Gradients, sampled"),
-    "Occlusion": ({"window": 0, "stride": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"},
-                  "batch", "model-agnostic: the logit drop when each square patch is hidden (window 0: input/8)"),
-    "FeatureAblation": ({"cell": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"}, "batch",
-                        "model-agnostic, coarse and cheap: the logit drop when each grid cell is hidden (0: input/8)"),
+    "DeepLift": (
+        {"baseline": "zero", "reduce": "sum"},
+        "batch",
+        "signed attributions like Integrated Gradients at one backward's cost (ReLU nets)",
+    ),
+    "GradientShap": (
+        {"n_samples": 5, "stdevs": 0.0, "baseline": "zero", "reduce": "sum", "seed": 0},
+        "per image (seeded noise; n_samples copies per model batch)",
+        "expected gradients between baseline and image: Integrated Gradients, sampled",
+    ),
+    "Occlusion": (
+        {"window": 0, "stride": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"},
+        "batch",
+        "model-agnostic: the logit drop when each square patch is hidden (window 0: input/8)",
+    ),
+    "FeatureAblation": (
+        {"cell": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"},
+        "batch",
+        "model-agnostic, coarse and cheap: the logit drop when each grid cell is hidden (0: input/8)",
+    ),
     "GuidedBackprop": ({"reduce": "abs-max"}, "batch", "crisp edges and textures the class is sensitive to"),
-    "GuidedGradCam": ({"interpolate_mode": "nearest", "reduce": "abs-max"}, "batch",
-                      "captum's Guided Grad-CAM: a cross-check of the native guided-gradcam"),
+    "GuidedGradCam": (
+        {"interpolate_mode": "nearest", "reduce": "abs-max"},
+        "batch",
+        "captum's Guided Grad-CAM: a cross-check of the native guided-gradcam",
+    ),
 }
 # Methods NoiseTunnel may wrap (the perturbation ones would multiply their cost by nt_samples for little gain).
 TUNNELABLE = ("IntegratedGradients", "Saliency", "InputXGradient", "DeepLift", "GuidedBackprop", "GuidedGradCam")
@@ -93,8 +121,10 @@ class CaptumMethod(Method):
         super().__init__(ctx, **opts)
         self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  (per instance: the reduction decides)
         if self.needs_layer and (ctx.layer is None or ctx.layer.is_tokens):
-            raise ModelError(f"{self.name} needs a convolutional (B, C, H, W) target layer; this model's is "
-                             f"{'a token sequence' if ctx.layer is not None else 'missing'}")
+            raise ModelError(
+                f"{self.name} needs a convolutional (B, C, H, W) target layer; this model's is "
+                f"{'a token sequence' if ctx.layer is not None else 'missing'}"
+            )
         try:
             self._captum = importlib.import_module("captum.attr")
         except ImportError as e:
@@ -141,8 +171,11 @@ class CaptumMethod(Method):
     def _kwargs(self, x: torch.Tensor) -> dict[str, Any]:
         """captum's attribute() arguments for the base method."""
         o = self.options
-        kw = {k: v for k, v in o.items() if k in PASSED and not k.startswith("nt_") and not (
-            self.tunnel and k == "stdevs")}
+        kw = {
+            k: v
+            for k, v in o.items()
+            if k in PASSED and not k.startswith("nt_") and not (self.tunnel and k == "stdevs")
+        }
         size = self.ctx.input_size
         if "baseline" in o:
             kw["baselines"] = self._baseline(x)
@@ -185,8 +218,9 @@ class CaptumMethod(Method):
                     devices = [x.device] if x.device.type == "cuda" else []
                     with torch.random.fork_rng(devices=devices):
                         torch.manual_seed(mask_seed(self.options["seed"], seeds[i]))
-                        out.append(obj.attribute(x[i : i + 1].detach().clone(), target=targets[i : i + 1],
-                                                 **kw).detach())
+                        out.append(
+                            obj.attribute(x[i : i + 1].detach().clone(), target=targets[i : i + 1], **kw).detach()
+                        )
                 return torch.cat(out)
         finally:
             model.zero_grad(set_to_none=True)
@@ -226,9 +260,16 @@ def _make_class(base: str, tunnel: bool = False) -> type[Method]:
         summary = "SmoothGrad (or VarGrad) around the method: averages away gradient noise at nt_samples times the cost"
     name = (NT_PREFIX if tunnel else PREFIX) + base
     attrs = {
-        "name": name, "title": f"{'NoiseTunnel ' if tunnel else ''}{base} (captum)", "base": base, "tunnel": tunnel,
-        "defaults": defaults, "batching": batching, "summary": summary, "signed": SIGNED_DEFAULT[base],
-        "takes_seed": "seed" in defaults, "needs_layer": base == "GuidedGradCam",
+        "name": name,
+        "title": f"{'NoiseTunnel ' if tunnel else ''}{base} (captum)",
+        "base": base,
+        "tunnel": tunnel,
+        "defaults": defaults,
+        "batching": batching,
+        "summary": summary,
+        "signed": SIGNED_DEFAULT[base],
+        "takes_seed": "seed" in defaults,
+        "needs_layer": base == "GuidedGradCam",
         "__doc__": f"captum's {'NoiseTunnel(' if tunnel else ''}{base}{')' if tunnel else ''} on the pipeline's batches.",
     }
     return type(f"Captum_{'NT_' if tunnel else ''}{base}", (CaptumMethod,), attrs)
@@ -241,7 +282,7 @@ _TUNNELS: dict[str, type[Method]] = {}
 
 
 def _resolve_tunnel(name: str) -> type[Method] | None:
-    base = name[len(NT_PREFIX):]
+    base = name[len(NT_PREFIX) :]
     if base not in TUNNELABLE:
         return None
     if base not in _TUNNELS:
@@ -249,7 +290,13 @@ def _resolve_tunnel(name: str) -> type[Method] | None:
     return _TUNNELS[base]
 
 
-register_family(Family(
-    NT_PREFIX, _resolve_tunnel, f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>", _resolve_tunnel(NT_PREFIX + "Saliency"),  # type: ignore[arg-type]
-    title="NoiseTunnel around a gradient method (captum)", options={**NT_DEFAULTS, "...": "the wrapped method's"},
-))
+register_family(
+    Family(
+        NT_PREFIX,
+        _resolve_tunnel,
+        f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>",
+        _resolve_tunnel(NT_PREFIX + "Saliency"),  # type: ignore[arg-type]
+        title="NoiseTunnel around a gradient method (captum)",
+        options={**NT_DEFAULTS, "...": "the wrapped method's"},
+    )
+)

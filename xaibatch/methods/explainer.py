@@ -19,9 +19,16 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 class Explainer:
     """The model plus the methods, run one batch at a time on the device."""
 
-    def __init__(self, methods: list[Method], ctx: ModelContext, target: str = "pred", scorer: Any = None,
-                 should_stop: Callable[[], bool] | None = None,
-                 on_progress: Callable[[int, int], None] | None = None, decision: Any = None) -> None:
+    def __init__(
+        self,
+        methods: list[Method],
+        ctx: ModelContext,
+        target: str = "pred",
+        scorer: Any = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        decision: Any = None,
+    ) -> None:
         self.decision = decision  # heads.Decision: two classes at a threshold; None: the argmax
         self.should_stop = should_stop  # polled by long methods (LIME) per model sub-batch
         self.on_progress = on_progress
@@ -51,9 +58,14 @@ class Explainer:
         probs = torch.softmax(logits.detach().float(), dim=1)
         targets = predict(probs, self.decision) if self.target == "pred" else labels.to(dev)
         batch = Batch(
-            x=x.detach(), targets=targets, logits=logits, activations=activations,
-            segments=None if segments is None else segments.to(dev), seeds=seeds,
-            should_stop=self.should_stop, on_progress=self.on_progress,
+            x=x.detach(),
+            targets=targets,
+            logits=logits,
+            activations=activations,
+            segments=None if segments is None else segments.to(dev),
+            seeds=seeds,
+            should_stop=self.should_stop,
+            on_progress=self.on_progress,
         )
         out = {}
         for m in self.methods:
@@ -62,7 +74,13 @@ class Explainer:
         if self.scorer is not None:
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v[0] for k, v in out.items()})
-            out = {k: (v[0], v[1], [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)}
-                                    for j in range(batch.x.shape[0])]) for k, v in out.items()}
+            out = {
+                k: (
+                    v[0],
+                    v[1],
+                    [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(batch.x.shape[0])],
+                )
+                for k, v in out.items()
+            }
             self.scorer.add_chance(batch.x, targets, p_image, seeds)
         return probs, out

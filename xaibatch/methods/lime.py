@@ -60,8 +60,16 @@ from .base import Batch, Explanation, Method, ModelContext, register_method
 KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
 RIDGE_ALPHA = 1.0  # lime_base's default Ridge(alpha=1)
 HIDE_MODES = ("mean", "zero", "blur")
-DEFAULTS: dict[str, Any] = {"samples": 1000, "segments": 50, "hide": "mean", "seed": 0,
-                            "samples_min": 200, "samples_max": 2000, "samples_round": 100, "tolerance": 0.1}
+DEFAULTS: dict[str, Any] = {
+    "samples": 1000,
+    "segments": 50,
+    "hide": "mean",
+    "seed": 0,
+    "samples_min": 200,
+    "samples_max": 2000,
+    "samples_round": 100,
+    "tolerance": 0.1,
+}
 AUTO_OPTIONS = ("samples_min", "samples_max", "samples_round", "tolerance")  # only read with samples=auto
 
 
@@ -118,6 +126,7 @@ def draw_masks(keys: torch.Tensor, counts: torch.Tensor, samples: int, n_max: in
 
 def reference_masks(n_features: int, samples: int, key: int) -> np.ndarray:
     """The same draw as :func:`draw_masks` for one image, one bit at a time in plain Python integers (tests)."""
+
     def mix(x: int) -> int:
         x ^= x >> 16
         x = (x * 0x7FEB352D) & _M32
@@ -178,8 +187,15 @@ def weighted_ridge(
     return coef, intercept, r2
 
 
-def coefficient_noise(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor,
-                      counts: torch.Tensor, alpha: float = RIDGE_ALPHA) -> torch.Tensor:
+def coefficient_noise(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    coef: torch.Tensor,
+    intercept: torch.Tensor,
+    counts: torch.Tensor,
+    alpha: float = RIDGE_ALPHA,
+) -> torch.Tensor:
     """How unsettled each of B weighted ridge fits still is: the coefficients' RMS standard error over their spread.
 
     The standard errors are the heteroscedasticity-robust (HC1 sandwich) ones of :func:`weighted_ridge`'s fit,
@@ -205,7 +221,9 @@ def coefficient_noise(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, coef: t
     mean = (coef * real).sum(dim=1, keepdim=True) / n[:, None]
     spread = torch.sqrt((((coef - mean) * real) ** 2).sum(dim=1) / n)
     ratio = rms_se / spread.clamp_min(1e-300)
-    return torch.where(rms_se == 0, torch.zeros_like(ratio), torch.where(spread > 0, ratio, torch.full_like(ratio, math.inf)))
+    return torch.where(
+        rms_se == 0, torch.zeros_like(ratio), torch.where(spread > 0, ratio, torch.full_like(ratio, math.inf))
+    )
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -273,8 +291,11 @@ def cuda_chunk(model: torch.nn.Module, x: torch.Tensor, probe: int = 16) -> int:
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last) else torch.contiguous_format
+    return (
+        torch.channels_last
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
 
 
 @register_method
@@ -290,7 +311,9 @@ class Lime(Method):
         batch_size = options.pop("batch_size", "auto")
         unknown = set(options) - set(DEFAULTS)
         if unknown:
-            raise UsageError(f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}")
+            raise UsageError(
+                f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}"
+            )
         opts = {**DEFAULTS, **options}
         try:
             opts["samples"] = "auto" if str(opts["samples"]).strip().lower() == "auto" else int(opts["samples"])
@@ -299,9 +322,10 @@ class Lime(Method):
             opts["tolerance"] = float(opts["tolerance"])
             batch_size = None if batch_size in (None, "auto") else int(batch_size)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
-                             f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
-                             ) from None
+            raise UsageError(
+                f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
+                f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
+            ) from None
         opts["hide"] = str(opts["hide"])
         if opts["samples"] != "auto" and opts["samples"] < 2:
             raise UsageError("lime: samples must be at least 2 (or auto)")
@@ -313,8 +337,10 @@ class Lime(Method):
             raise UsageError("lime: batch_size must be at least 1")
         if opts["samples"] == "auto":
             if not 2 <= opts["samples_min"] <= opts["samples_max"]:
-                raise UsageError(f"lime: with samples=auto, 2 <= samples_min <= samples_max "
-                                 f"(got {opts['samples_min']} and {opts['samples_max']})")
+                raise UsageError(
+                    f"lime: with samples=auto, 2 <= samples_min <= samples_max "
+                    f"(got {opts['samples_min']} and {opts['samples_max']})"
+                )
             if opts["samples_round"] < 1:
                 raise UsageError("lime: samples_round must be at least 1")
             if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
@@ -337,8 +363,14 @@ class Lime(Method):
         return self.samples == "auto"
 
     def config(self) -> dict[str, Any]:
-        cfg = {"samples": self.samples, "segments": self.segments, "hide": self.hide, "seed": self.seed,
-               "segmentation": SEGMENTATION_CONFIG, "masks": MASK_DRAW}
+        cfg = {
+            "samples": self.samples,
+            "segments": self.segments,
+            "hide": self.hide,
+            "seed": self.seed,
+            "segmentation": SEGMENTATION_CONFIG,
+            "masks": MASK_DRAW,
+        }
         if self.auto:  # fixed-sample maps keep their hashes: these change only auto maps
             cfg.update({k: getattr(self, k) for k in AUTO_OPTIONS})  # options only: sanity rebuilds from them
         return cfg
@@ -346,10 +378,14 @@ class Lime(Method):
     def estimate(self, n_images: int) -> str:
         chunks = f"(in chunks of {self.batch_size or 'as many as memory allows'})"
         if self.auto:
-            return (f"LIME: {n_images} image(s) x {self.samples_min}-{self.samples_max} samples (auto: each image stops "
-                    f"when its map is stable) = {n_images * self.samples_min:,} to {n_images * self.samples_max:,} "
-                    f"model forwards {chunks}")
-        return f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards {chunks}"
+            return (
+                f"LIME: {n_images} image(s) x {self.samples_min}-{self.samples_max} samples (auto: each image stops "
+                f"when its map is stable) = {n_images * self.samples_min:,} to {n_images * self.samples_max:,} "
+                f"model forwards {chunks}"
+            )
+        return (
+            f"LIME: {n_images} image(s) x {self.samples} samples = {n_images * self.samples:,} model forwards {chunks}"
+        )
 
     def segmenter(self) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(slic_segments, n_segments=self.segments)
@@ -383,7 +419,7 @@ class Lime(Method):
             return self.batch_size
         key = (x.device, tuple(x.shape[1:]), x.dtype)
         if key not in self._auto_chunk:
-            self._auto_chunk[key] = (cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK)
+            self._auto_chunk[key] = cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK
         return self._auto_chunk[key]
 
     def _fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
@@ -393,8 +429,18 @@ class Lime(Method):
             fill = fill.expand_as(x).contiguous(memory_format=_layout(x))
         return fill
 
-    def forward_masks(self, batch: Batch, labels: torch.Tensor, fill: torch.Tensor, masks: torch.Tensor,
-                      images: list[int], lo: int, hi: int, done: int = 0, total: int | None = None) -> torch.Tensor:
+    def forward_masks(
+        self,
+        batch: Batch,
+        labels: torch.Tensor,
+        fill: torch.Tensor,
+        masks: torch.Tensor,
+        images: list[int],
+        lo: int,
+        hi: int,
+        done: int = 0,
+        total: int | None = None,
+    ) -> torch.Tensor:
         """Return P(target | masked image) as (len(images), hi - lo) float64 for samples ``lo:hi`` of ``images``.
 
         The perturbed images go through the model in chunks that may span images; each chunk is written
@@ -418,8 +464,7 @@ class Lime(Method):
                 end = min(n, start + chunk)
                 # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
                 # on which the model is 5-15% slower (CPU).
-                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device,
-                                        memory_format=layout)
+                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
                 for k in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
                     i = images[k]
                     a, b = max(start, k * s), min(end, (k + 1) * s)
@@ -438,7 +483,9 @@ class Lime(Method):
 
     def sample(self, batch: Batch, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return contiguous labels (B, H*W), counts (B,) and zero-padded masks (B, S, F_max) on the device."""
-        segments = batch.segments if batch.segments is not None else _labels_from_input(batch.x, self.ctx, self.segments)
+        segments = (
+            batch.segments if batch.segments is not None else _labels_from_input(batch.x, self.ctx, self.segments)
+        )
         labels, counts = _contiguous(segments.to(batch.x.device))
         b = labels.shape[0]
         seeds = batch.seeds if batch.seeds is not None else [0] * b
@@ -461,9 +508,16 @@ class Lime(Method):
             noise = coefficient_noise(masks, probs, weights, coef, intercept, counts)
             used = [self.samples] * x.shape[0]
         maps = torch.gather(coef, 1, labels).view(x.shape[0], x.shape[2], x.shape[3]).float()
-        info = [{"segments": n, "score": sc, "intercept": ic, "samples": u,
-                 "noise": round(nz, 4) if math.isfinite(nz) else None}
-                for n, sc, ic, u, nz in zip(counts.tolist(), r2.tolist(), intercept.tolist(), used, noise.tolist())]
+        info = [
+            {
+                "segments": n,
+                "score": sc,
+                "intercept": ic,
+                "samples": u,
+                "noise": round(nz, 4) if math.isfinite(nz) else None,
+            }
+            for n, sc, ic, u, nz in zip(counts.tolist(), r2.tolist(), intercept.tolist(), used, noise.tolist())
+        ]
         return Explanation(maps, info)
 
     def checkpoints(self) -> list[int]:
@@ -471,8 +525,9 @@ class Lime(Method):
         steps = list(range(self.samples_min, self.samples_max, self.samples_round))
         return steps + [self.samples_max]
 
-    def _fit_until_stable(self, batch: Batch, labels: torch.Tensor, counts: torch.Tensor, masks: torch.Tensor,
-                          weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    def _fit_until_stable(
+        self, batch: Batch, labels: torch.Tensor, counts: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         """``samples=auto``: forward rounds of samples for the images still running, refit, stop the stable ones.
 
         Every image runs through the same checkpoints (:meth:`checkpoints`) and its stop depends only on its own
@@ -497,8 +552,9 @@ class Lime(Method):
             ahead = max(1, chunk // (len(running) * self.samples_round)) if read_ahead else 1
             upto = checks[min(len(checks) - 1, ci + ahead - 1)]
             total = spent + len(running) * (self.samples_max - have)  # at most this many in all
-            probs[running, have:upto] = self.forward_masks(batch, labels, fill, masks, running, have, upto,
-                                                           spent, total)
+            probs[running, have:upto] = self.forward_masks(
+                batch, labels, fill, masks, running, have, upto, spent, total
+            )
             spent += len(running) * (upto - have)
             have = upto
             while running and ci < len(checks) and checks[ci] <= have:

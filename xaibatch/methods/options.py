@@ -39,7 +39,8 @@ def method_options(pairs: Iterable[str], methods: Iterable[str]) -> dict[str, di
         cls = method_class(name)
         check_options(cls, {key: value})
         if name not in wanted:
-            raise UsageError(f"--method-option {text!r}: {name} is not among this run's methods "
-                             f"({', '.join(wanted)}); add -m {name}")
+            raise UsageError(
+                f"--method-option {text!r}: {name} is not among this run's methods ({', '.join(wanted)}); add -m {name}"
+            )
         out.setdefault(name, {})[key] = value
     return out

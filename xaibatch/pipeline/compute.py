@@ -60,8 +60,11 @@ def batches(plan: Plan, batch_size: int) -> list[tuple[tuple[str, ...], list[Ima
     """The run's batches, in order, as the local engine's DataLoader cuts them: ``batch_size`` images of one
     method group at a time. The Ray engine cuts the same ones, so a batch (and every map: the model sees the
     same images together) is the same whichever engine computes it."""
-    return [(todo, entries[i:i + batch_size]) for todo, entries in method_groups(plan).items()
-            for i in range(0, len(entries), batch_size)]
+    return [
+        (todo, entries[i : i + batch_size])
+        for todo, entries in method_groups(plan).items()
+        for i in range(0, len(entries), batch_size)
+    ]
 
 
 class BatchWorker:
@@ -71,9 +74,18 @@ class BatchWorker:
     (:mod:`.ray_engine`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
     """
 
-    def __init__(self, opts: RunOptions, prepared: Prepared, hashes: Hashes, plan: Plan, known: Known, run_id: int,
-                 scorer: Any = None, should_stop: Callable[[], bool] = lambda: False,
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        opts: RunOptions,
+        prepared: Prepared,
+        hashes: Hashes,
+        plan: Plan,
+        known: Known,
+        run_id: int,
+        scorer: Any = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
@@ -82,9 +94,18 @@ class BatchWorker:
     def explainer(self, todo: tuple[str, ...]) -> tuple[list[Method], Explainer]:
         if todo not in self._explainers:
             methods = [m for m in self.prepared.methods if m.name in todo]
-            self._explainers[todo] = methods, Explainer(
-                methods, self.prepared.ctx, self.opts.target, self.scorer, should_stop=self.should_stop,
-                on_progress=self.on_progress, decision=self.prepared.model.decision)
+            self._explainers[todo] = (
+                methods,
+                Explainer(
+                    methods,
+                    self.prepared.ctx,
+                    self.opts.target,
+                    self.scorer,
+                    should_stop=self.should_stop,
+                    on_progress=self.on_progress,
+                    decision=self.prepared.model.decision,
+                ),
+            )
         return self._explainers[todo]
 
     def segmenters(self, todo: tuple[str, ...]) -> list[Callable[[np.ndarray], np.ndarray]]:
@@ -94,15 +115,21 @@ class BatchWorker:
     def on_device(self, todo: tuple[str, ...]) -> bool:
         """Whether this group's JPEGs are decoded on the device (--decode; see decode.py), decided once."""
         if todo not in self._on_device:
-            self._on_device[todo] = device_decode(self.opts.decode, self.prepared.ctx.device,
-                                                  segments=bool(self.segmenters(todo)))
+            self._on_device[todo] = device_decode(
+                self.opts.decode, self.prepared.ctx.device, segments=bool(self.segmenters(todo))
+            )
         return self._on_device[todo]
 
     def dataset(self, todo: tuple[str, ...], entries: list[ImageEntry]) -> ImageDataset:
         """Decoding (and LIME's segmenting) of these images; new and changed files are hashed from the same open."""
         segmenters = self.segmenters(todo)
-        return ImageDataset(entries, self.prepared.model.input_size, segmenters[0] if segmenters else None,
-                            want_hash=[self.plan.work[e.rel].fresh for e in entries], jpeg_bytes=self.on_device(todo))
+        return ImageDataset(
+            entries,
+            self.prepared.model.input_size,
+            segmenters[0] if segmenters else None,
+            want_hash=[self.plan.work[e.rel].fresh for e in entries],
+            jpeg_bytes=self.on_device(todo),
+        )
 
     def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: dict[str, Any]) -> tuple[WriteJob, bool]:
         """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
@@ -123,8 +150,20 @@ class BatchWorker:
             return WriteJob(self.run_id, failed=failed, discard=gone), True
         model = self.prepared.model
         check_probs(probs, batch_entries, model)
-        job = build_job(batch_entries, b, probs.cpu().numpy(), maps, methods, self.hashes, self.plan, self.known,
-                        self.run_id, self.opts.target, self.opts.max_map_side, model.decision)
+        job = build_job(
+            batch_entries,
+            b,
+            probs.cpu().numpy(),
+            maps,
+            methods,
+            self.hashes,
+            self.plan,
+            self.known,
+            self.run_id,
+            self.opts.target,
+            self.opts.max_map_side,
+            model.decision,
+        )
         job.failed, job.discard = failed, job.discard + gone
         return job, False
 
@@ -140,8 +179,9 @@ def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[t
         emit({"event": "failure", "path": rel, "reason": reason})
 
 
-def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None],
-             log: Callable[[str], None]) -> None:
+def announce(
+    prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None], log: Callable[[str], None]
+) -> None:
     """Slow methods say up front what they cost."""
     for m in prepared.methods:
         n = sum(1 for w in plan.work.values() if m.name in w.methods)
@@ -150,9 +190,20 @@ def announce(prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], No
             log(f"xaibatch: {line}")
 
 
-def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: Known, hashes: Hashes, run_id: int,
-            stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
-            log: Callable[[str], None] = lambda s: None, check: Callable[[], None] = lambda: None) -> None:
+def compute(
+    opts: RunOptions,
+    out: Path,
+    prepared: Prepared,
+    plan: Plan,
+    known: Known,
+    hashes: Hashes,
+    run_id: int,
+    stop: Stop,
+    tally: Tally,
+    emit: Callable[[dict[str, Any]], None],
+    log: Callable[[str], None] = lambda s: None,
+    check: Callable[[], None] = lambda: None,
+) -> None:
     """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
     if not plan.work:
         return
@@ -161,22 +212,32 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
     device = prepared.ctx.device
     progress = progress_bar(opts, len(plan.work), log, emit)
     on_progress = progress.within  # within one batch (LIME: per model sub-batch)
-    writer = Writer(out, on_done=progress.update, check=check,
-                    writers=default_writers(device.type, prepared.workers) if opts.writers is None else opts.writers)
+    writer = Writer(
+        out,
+        on_done=progress.update,
+        check=check,
+        writers=default_writers(device.type, prepared.workers) if opts.writers is None else opts.writers,
+    )
     writer.start()
     scorer = None
     if opts.faithfulness is not None:
         from ..faithfulness import scorer_for
 
         scorer = scorer_for(out, opts.faithfulness, prepared.ctx, hashes.methods, hashes.predict)
-    worker = BatchWorker(opts, prepared, hashes, plan, known, run_id, scorer, should_stop=lambda: stop.requested,
-                         on_progress=on_progress)
+    worker = BatchWorker(
+        opts, prepared, hashes, plan, known, run_id, scorer, should_stop=lambda: stop.requested, on_progress=on_progress
+    )
     try:
         for todo, entries in method_groups(plan).items():
             loader = torch.utils.data.DataLoader(
-                worker.dataset(todo, entries), batch_size=prepared.batch_size, shuffle=False,
-                num_workers=prepared.workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                persistent_workers=False, prefetch_factor=4 if prepared.workers > 0 else None,
+                worker.dataset(todo, entries),
+                batch_size=prepared.batch_size,
+                shuffle=False,
+                num_workers=prepared.workers,
+                collate_fn=collate,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+                prefetch_factor=4 if prepared.workers > 0 else None,
                 worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
             )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
@@ -198,17 +259,30 @@ def compute(opts: RunOptions, out: Path, prepared: Prepared, plan: Plan, known: 
         save_chance(out, scorer)
 
 
-def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
-              maps: dict[str, tuple[torch.Tensor, list | None, list | None]], methods: list[Method], hashes: Hashes, plan: Plan,
-              known: Known, run_id: int, target: str, max_map_side: int = 0, decision: Any = None) -> WriteJob:
+def build_job(
+    entries: list[ImageEntry],
+    b: dict[str, Any],
+    probs: np.ndarray,
+    maps: dict[str, tuple[torch.Tensor, list | None, list | None]],
+    methods: list[Method],
+    hashes: Hashes,
+    plan: Plan,
+    known: Known,
+    run_id: int,
+    target: str,
+    max_map_side: int = 0,
+    decision: Any = None,
+) -> WriteJob:
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b["orig_size"]]
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
-    pictures = {name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side, views[name])
-                for name, (arr, *_) in maps.items()}
+    pictures = {
+        name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side, views[name])
+        for name, (arr, *_) in maps.items()
+    }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
     thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
     for j, e in enumerate(entries):
@@ -220,12 +294,24 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
         if shown[j]:
             item.display, item.display_thumb = b["display"][j], next(thumbs)
         if fresh[j]:
-            job.image_rows.append(ImageRow(
-                rel=e.rel, stem=stem, size=e.size, mtime_ns=e.mtime_ns, sha256=b["sha256"][j],
-                width=w, height=h, label=e.label, pred=pred, target=pred if target == "pred" else int(e.label),
-                confidence=float(p[pred]), probs=[round(float(v), 6) for v in p], predict_hash=hashes.predict,
-                run_id=run_id,
-            ))
+            job.image_rows.append(
+                ImageRow(
+                    rel=e.rel,
+                    stem=stem,
+                    size=e.size,
+                    mtime_ns=e.mtime_ns,
+                    sha256=b["sha256"][j],
+                    width=w,
+                    height=h,
+                    label=e.label,
+                    pred=pred,
+                    target=pred if target == "pred" else int(e.label),
+                    confidence=float(p[pred]),
+                    probs=[round(float(v), 6) for v in p],
+                    predict_hash=hashes.predict,
+                    run_id=run_id,
+                )
+            )
             # New content or a new model: maps of methods not requested this run describe the old picture.
             for m, row in known.maps.get(e.rel, {}).items():
                 if m not in maps:
@@ -233,8 +319,18 @@ def build_job(entries: list[ImageEntry], b: dict[str, Any], probs: np.ndarray,
                     job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
         for name, (_, info, faith) in maps.items():
             full, over, thumb = pictures[name][j]
-            item.maps.append(MapPictures(name, hashes.methods[name], full, over, thumb, info[j] if info else None,
-                                         faith[j] if faith else None, views[name][j]))
+            item.maps.append(
+                MapPictures(
+                    name,
+                    hashes.methods[name],
+                    full,
+                    over,
+                    thumb,
+                    info[j] if info else None,
+                    faith[j] if faith else None,
+                    views[name][j],
+                )
+            )
         job.items.append(item)
     return job
 
@@ -244,5 +340,7 @@ def check_probs(probs: torch.Tensor, entries: list[ImageEntry], model: LoadedMod
     finite = torch.isfinite(probs).all(dim=1)
     if not bool(finite.all()):
         rel = entries[int((~finite).nonzero()[0, 0])].rel
-        raise ModelError(f"the model ({model.checkpoint}) gives NaN or infinite probabilities (first for {rel}); "
-                         "check the checkpoint")
+        raise ModelError(
+            f"the model ({model.checkpoint}) gives NaN or infinite probabilities (first for {rel}); "
+            "check the checkpoint"
+        )

@@ -38,19 +38,27 @@ def check_folders(opts: RunOptions) -> None:
     inp, out = Path(opts.input_dir).resolve(), Path(opts.out_dir).resolve()
     longest = len(os.fsencode(out / layout.MANIFEST)) + len("-journal")  # its longest companion file
     if longest >= SQLITE_MAX_PATH:
-        raise UsageError(f"--out {shown(str(opts.out_dir))} is too long a path: the manifest's files there would take "
-                         f"{longest} bytes, and SQLite opens at most {SQLITE_MAX_PATH - 1}; choose a shorter --out")
+        raise UsageError(
+            f"--out {shown(str(opts.out_dir))} is too long a path: the manifest's files there would take "
+            f"{longest} bytes, and SQLite opens at most {SQLITE_MAX_PATH - 1}; choose a shorter --out"
+        )
     if out == inp:
-        raise UsageError(f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
-                         f"choose another folder, e.g. --out {suggest_out(inp, out)}")
+        raise UsageError(
+            f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
+            f"choose another folder, e.g. --out {suggest_out(inp, out)}"
+        )
     for folder in (inp, *inp.parents):
         top = inp.relative_to(folder).parts[:1]
         if top and top[0] in layout.OUTPUT_DIRS and (folder / layout.MANIFEST).is_file():
-            raise UsageError(f"INPUT_DIR {opts.input_dir} is inside {top[0]}/ of the xaibatch output folder {folder}, "
-                             "whose files every run rewrites; give the folder of the original images instead")
+            raise UsageError(
+                f"INPUT_DIR {opts.input_dir} is inside {top[0]}/ of the xaibatch output folder {folder}, "
+                "whose files every run rewrites; give the folder of the original images instead"
+            )
     if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in layout.OUTPUT_DIRS:
-        raise UsageError(f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
-                         f"{opts.input_dir}; choose another folder, e.g. --out {suggest_out(inp, out)}")
+        raise UsageError(
+            f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
+            f"{opts.input_dir}; choose another folder, e.g. --out {suggest_out(inp, out)}"
+        )
     if not out.is_dir():
         return
     for top in layout.OUTPUT_DIRS:  # a symlink planted there would redirect every write
@@ -62,9 +70,11 @@ def check_folders(opts: RunOptions) -> None:
     except OSError:
         return  # unreadable: taking the lock reports it
     if foreign:
-        raise UsageError(f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
-                         f"{layout.MANIFEST}); choose a new or empty folder, or pass --replace to write the report "
-                         "there (its pages and folders such as assets/ and images/ are replaced)")
+        raise UsageError(
+            f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
+            f"{layout.MANIFEST}); choose a new or empty folder, or pass --replace to write the report "
+            "there (its pages and folders such as assets/ and images/ are replaced)"
+        )
 
 
 def check_same_input(opts: RunOptions, out: Path) -> None:
@@ -79,8 +89,10 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
         manifest.close()
     inp = Path(opts.input_dir).resolve()
     if recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 bytes escaped
-        raise UsageError(f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
-                         f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report")
+        raise UsageError(
+            f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
+            f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report"
+        )
 
 
 def check_request(opts: RunOptions) -> None:

@@ -30,8 +30,14 @@ def stale_rows(maps: dict[str, dict[str, MapRow]]) -> list[tuple[MapRow, MapRow]
             row = rows.get(m)
             if row is None or not row.npy.startswith(prefix):
                 continue
-            new = dataclasses.replace(row, **{f: layout.moved_map_path(getattr(row, f), row.method)
-                                             for f in ("npy", "png", "thumb") if getattr(row, f)})
+            new = dataclasses.replace(
+                row,
+                **{
+                    f: layout.moved_map_path(getattr(row, f), row.method)
+                    for f in ("npy", "png", "thumb")
+                    if getattr(row, f)
+                },
+            )
             if new != row:
                 out.append((row, new))
     return out
@@ -58,8 +64,12 @@ def migrate_map_folders(out: Path, manifest: Manifest, maps: dict[str, dict[str,
     moves = stale_rows(maps)
     if not moves:
         return 0
-    pairs = {(getattr(old, f), getattr(new, f)) for old, new in moves for f in ("npy", "png", "thumb")
-             if getattr(old, f) and getattr(old, f) != getattr(new, f)}
+    pairs = {
+        (getattr(old, f), getattr(new, f))
+        for old, new in moves
+        for f in ("npy", "png", "thumb")
+        if getattr(old, f) and getattr(old, f) != getattr(new, f)
+    }
     for src, dst in sorted(pairs):
         _link(out, src, dst)
     with manifest.transaction():

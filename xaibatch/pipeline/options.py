@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-
 DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
 ENGINES = ("local", "ray")
 
@@ -39,7 +38,9 @@ class RunOptions:
     batch_size: int | None = 32  # None: chosen from the device and the input size (defaults.py)
     device: str = "auto"
     workers: int | None = 0  # DataLoader processes; None: chosen from the device and the host's CPUs
-    writers: int | None = None  # processes that encode and write the pictures; 0: the writer thread; None: from the host
+    writers: int | None = (
+        None  # processes that encode and write the pictures; 0: the writer thread; None: from the host
+    )
     decode: str = "auto"  # JPEG decoding: auto (on the device when it is CUDA), cpu (PIL in the workers), device
     labeled: bool | None = None  # None: decide from the folder layout
     follow_links: bool = False  # follow symlinked folders that lead outside input_dir

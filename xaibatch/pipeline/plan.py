@@ -37,13 +37,19 @@ class Hashes:
     model: str = ""  # the model's part of ``predict`` (``predict`` is ``model+decision`` under a threshold rule)
 
 
-def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
-                  max_map_side: int = DEFAULT_MAX_MAP_SIDE) -> Hashes:
+def config_hashes(
+    prepared: Prepared, target: str, faithfulness: Any = None, max_map_side: int = DEFAULT_MAX_MAP_SIDE
+) -> Hashes:
     """Hash what decides the predictions (model, input, classes, target) and, per method, its maps."""
     model, layer = prepared.model, prepared.layer
     predict_config = {
-        "arch": model.arch, "checkpoint_sha256": model.checkpoint_sha256, "input_size": model.input_size,
-        "mean": model.mean, "std": model.std, "classes": prepared.names, "target": target,
+        "arch": model.arch,
+        "checkpoint_sha256": model.checkpoint_sha256,
+        "input_size": model.input_size,
+        "mean": model.mean,
+        "std": model.std,
+        "classes": prepared.names,
+        "target": target,
         "map_format": MAP_FORMAT_VERSION,
     }
     decision = model.decision
@@ -55,10 +61,16 @@ def config_hashes(prepared: Prepared, target: str, faithfulness: Any = None,
     model_hash = config_hash(predict_config)
     predict = model_hash if decision is None else f"{model_hash}+{config_hash(decision.config())}"
     methods = {
-        m.name: config_hash({"predict": model_hash, "method": m.name, "config": m.config(),
-                             "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None,
-                             # only a non-default value joins the hash: existing folders stay valid
-                             **({"max_map_side": max_map_side} if max_map_side != DEFAULT_MAX_MAP_SIDE else {})})
+        m.name: config_hash(
+            {
+                "predict": model_hash,
+                "method": m.name,
+                "config": m.config(),
+                "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None,
+                # only a non-default value joins the hash: existing folders stay valid
+                **({"max_map_side": max_map_side} if max_map_side != DEFAULT_MAX_MAP_SIDE else {}),
+            }
+        )
         for m in prepared.methods
     }
     faith = None
@@ -120,8 +132,13 @@ class Plan:
     repaired: int = 0  # images whose committed files were found missing
 
 
-def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str], bool] = lambda rel: True,
-              redecide: Callable[[ImageRow], ImageRow] | None = None) -> Plan:
+def make_plan(
+    found: Scan,
+    known: Known,
+    hashes: Hashes,
+    exists: Callable[[str], bool] = lambda rel: True,
+    redecide: Callable[[ImageRow], ImageRow] | None = None,
+) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
     Failed images are retried every run (they count as neither added nor changed). Output files of
@@ -136,10 +153,14 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
     repaired = 0
     work: dict[str, Work] = {}
     # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
-    suspects = [e for e in found.images
-                if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)]
+    suspects = [
+        e
+        for e in found.images
+        if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)
+    ]
     same_content: dict[str, bool] = {}
     if suspects:
+
         def same(e: ImageEntry) -> bool:
             try:  # a file grown past the limit since the scan is not read: it fails as it decodes
                 return file_sha256(e.path, MAX_FILE_BYTES) == known.images[e.rel].sha256
@@ -162,8 +183,13 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
             changed.append(e)
         fresh = row is None or not content_same or row.predict_hash != hashes.predict
         flipped = False
-        if (fresh and row is not None and content_same and redecide is not None
-                and row.predict_hash.split("+")[0] == hashes.model):  # same model, new threshold
+        if (
+            fresh
+            and row is not None
+            and content_same
+            and redecide is not None
+            and row.predict_hash.split("+")[0] == hashes.model
+        ):  # same model, new threshold
             new = redecide(row)
             redecided.append(new)
             flipped = new.target != row.target
@@ -171,15 +197,24 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
                 retarget.append(e.rel)
             fresh = False
         maps = {} if flipped else known.maps.get(e.rel, {})
-        todo = [m for m, h in hashes.methods.items()
-                if fresh or m not in maps or maps[m].config_hash != h
-                or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))]
+        todo = [
+            m
+            for m, h in hashes.methods.items()
+            if fresh
+            or m not in maps
+            or maps[m].config_hash != h
+            or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))
+        ]
         redisplay = False
         if not fresh:  # an image that stays: are its committed files all still there?
-            redisplay = not (exists(layout.image_png(row.stem))
-                             and exists(layout.image_thumb(row.stem, row.width, row.height)))
-            missing = [m for m, mrow in maps.items()
-                       if m not in todo and not all(exists(p) for p in (mrow.npy, mrow.png, mrow.thumb) if p)]
+            redisplay = not (
+                exists(layout.image_png(row.stem)) and exists(layout.image_thumb(row.stem, row.width, row.height))
+            )
+            missing = [
+                m
+                for m, mrow in maps.items()
+                if m not in todo and not all(exists(p) for p in (mrow.npy, mrow.png, mrow.thumb) if p)
+            ]
             todo += [m for m in hashes.methods if m in missing]
             dead_maps += [(e.rel, m) for m in missing if m not in hashes.methods]
             repaired += bool(redisplay or missing)
@@ -187,8 +222,18 @@ def make_plan(found: Scan, known: Known, hashes: Hashes, exists: Callable[[str],
             work[e.rel] = Work(e, todo, fresh, redisplay)
     present = {e.rel for e in found.images}
     removed = [r for r in known.images if r not in present]
-    return Plan(added, changed, touched, work, removed, assign_stems([e.rel for e in found.images], known.images),
-                dead_maps=dead_maps, repaired=repaired, redecided=redecided, retarget=retarget)
+    return Plan(
+        added,
+        changed,
+        touched,
+        work,
+        removed,
+        assign_stems([e.rel for e in found.images], known.images),
+        dead_maps=dead_maps,
+        repaired=repaired,
+        redecided=redecided,
+        retarget=retarget,
+    )
 
 
 def existing_files(out: Path) -> set[str]:

@@ -52,8 +52,9 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
 def _relabel(found: Scan, names: list[str]) -> None:
     """Number ``found``'s labels by ``names`` (a superset of its classes)."""
     index = {c: names.index(c) for c in found.classes or []}
-    found.images = [dataclasses.replace(e, label=index[found.classes[e.label]]) if e.label is not None else e
-                    for e in found.images]
+    found.images = [
+        dataclasses.replace(e, label=index[found.classes[e.label]]) if e.label is not None else e for e in found.images
+    ]
     found.classes = list(names)
 
 
@@ -77,8 +78,10 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
     if opts.classes is not None:
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
             outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
-            raise UsageError(f"--classes {','.join(opts.classes)}: the model has {outputs}; give that many "
-                             "different names, in output order")
+            raise UsageError(
+                f"--classes {','.join(opts.classes)}: the model has {outputs}; give that many "
+                "different names, in output order"
+            )
         if model.class_names is not None and model.class_names != opts.classes:
             raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
         model.class_names = list(opts.classes)
@@ -128,15 +131,16 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
     needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
-        opts.target_layer is not None)
-    layer = (find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer)
-             if needs_layer else None)
+        opts.target_layer is not None
+    )
+    layer = find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer) if needs_layer else None
     ctx = ModelContext(
         model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
     )
     methods = [
-        create_method(m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}),
-                                 **opts.method_options.get(m, {})})
+        create_method(
+            m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}), **opts.method_options.get(m, {})}
+        )
         for m in methods_wanted
     ]
     batch_size = opts.batch_size or default_batch_size(device.type, model.input_size)

@@ -24,9 +24,16 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts computed images (from the writer's thread) and the current batch's share (from the compute loop)."""
 
-    def __init__(self, total: int, bar: bool, heartbeat: float, log: Callable[[str], None],
-                 emit: Callable[[dict[str, Any]], None], json_events: bool,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int,
+        bar: bool,
+        heartbeat: float,
+        log: Callable[[str], None],
+        emit: Callable[[dict[str, Any]], None],
+        json_events: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
         self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
         self.start = clock()
@@ -40,8 +47,7 @@ class Progress:
         self._stop = threading.Event()
         self._beat = None
         if heartbeat > 0 and self._bar is None:
-            self._beat = threading.Thread(target=self._beats, args=(heartbeat,), name="xaibatch-progress",
-                                          daemon=True)
+            self._beat = threading.Thread(target=self._beats, args=(heartbeat,), name="xaibatch-progress", daemon=True)
             self._beat.start()
 
     def eta(self) -> float | None:
@@ -63,8 +69,10 @@ class Progress:
             self.estimated = True
             eta = self.eta()
             self.emit(self._event(elapsed, eta))
-            text = (f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
-                    f"({self.done} done in {duration(elapsed)})")
+            text = (
+                f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
+                f"({self.done} done in {duration(elapsed)})"
+            )
             if self._bar is not None:
                 self._bar.write(text, file=sys.stderr)  # above the bar, which is redrawn
             else:
@@ -78,8 +86,14 @@ class Progress:
             self._bar.set_postfix_str(f"batch {pct}%", refresh=True)
 
     def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
-        return {"event": "progress", "done": self.done, "total": self.total, "elapsed_s": round(elapsed, 1),
-                "eta_s": None if eta is None else round(eta, 1), "batch_percent": self.batch}
+        return {
+            "event": "progress",
+            "done": self.done,
+            "total": self.total,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+            "batch_percent": self.batch,
+        }
 
     def line(self) -> str:
         """One progress line: images done, time so far, time left (and the current batch's share)."""
@@ -108,8 +122,13 @@ class Progress:
             self._bar.close()
 
 
-def progress_bar(opts: Any, total: int, log: Callable[[str], None] = lambda s: None,
-                 emit: Callable[[dict[str, Any]], None] = lambda e: None) -> Progress:
+def progress_bar(
+    opts: Any,
+    total: int,
+    log: Callable[[str], None] = lambda s: None,
+    emit: Callable[[dict[str, Any]], None] = lambda e: None,
+) -> Progress:
     """The run's progress over every image to compute (a bar only when ``opts.progress``)."""
-    return Progress(total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit,
-                    json_events=opts.on_event is not None)
+    return Progress(
+        total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit, json_events=opts.on_event is not None
+    )

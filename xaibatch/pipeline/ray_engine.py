@@ -101,8 +101,11 @@ def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan:
     """A batch's task; image paths absolute, since an actor's working folder is not the driver's."""
     rels = [e.rel for e in entries]
     sub_plan = Plan([], [], [], {r: plan.work[r] for r in rels}, [], {r: plan.stems[r] for r in rels})
-    sub_known = Known({r: known.images[r] for r in rels if r in known.images},
-                      {r: known.maps[r] for r in rels if r in known.maps}, set())
+    sub_known = Known(
+        {r: known.images[r] for r in rels if r in known.images},
+        {r: known.maps[r] for r in rels if r in known.maps},
+        set(),
+    )
     absolute = [dataclasses.replace(e, file=os.path.abspath(e.file)) for e in entries]
     for e in absolute:
         sub_plan.work[e.rel] = dataclasses.replace(sub_plan.work[e.rel], entry=e)
@@ -138,29 +141,37 @@ class Worker:
         try:
             probe = Path(c.out) / c.probe
             if not probe.is_file() or probe.read_text() != c.token:
-                raise UsageError(f"--out {c.out} is not visible from the Ray worker on {socket.gethostname()}: with "
-                                 "--engine ray the output folder must be on a file system every node mounts at the "
-                                 "same path (NFS or similar)")
+                raise UsageError(
+                    f"--out {c.out} is not visible from the Ray worker on {socket.gethostname()}: with "
+                    "--engine ray the output folder must be on a file system every node mounts at the "
+                    "same path (NFS or similar)"
+                )
             if not Path(c.opts.input_dir).is_dir():
-                raise UsageError(f"INPUT_DIR {c.opts.input_dir} is not visible from the Ray worker on "
-                                 f"{socket.gethostname()}: every node must see it at the same path")
+                raise UsageError(
+                    f"INPUT_DIR {c.opts.input_dir} is not visible from the Ray worker on "
+                    f"{socket.gethostname()}: every node must see it at the same path"
+                )
             self.prepared = prepare(c.opts, c.found)
             mine = config_hashes(self.prepared, c.opts.target, None, c.opts.max_map_side)
             if (mine.predict, mine.methods) != (c.hashes.predict, c.hashes.methods):
                 what = "model" if mine.predict != c.hashes.predict else "method configuration"
-                raise UsageError(f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
-                                 "every node needs the same checkpoint and xaibatch, and a --model factory without "
-                                 "--checkpoint must build the same weights in every process (seed it)")
+                raise UsageError(
+                    f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
+                    "every node needs the same checkpoint and xaibatch, and a --model factory without "
+                    "--checkpoint must build the same weights in every process (seed it)"
+                )
             empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
             scorer = None
             if c.opts.faithfulness is not None:  # scores only: the driver computes the chance sample once
                 from ..faithfulness import scorer_for
 
-                scorer = scorer_for(Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods,
-                                    c.hashes.predict)
+                scorer = scorer_for(
+                    Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods, c.hashes.predict
+                )
                 scorer.chance_sample = 0
-            self.worker = BatchWorker(c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer,
-                                      should_stop=self.should_stop)
+            self.worker = BatchWorker(
+                c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer, should_stop=self.should_stop
+            )
             from .writer import writer_threads
 
             n = writer_threads(self.prepared.device.type, c.threads)
@@ -218,14 +229,24 @@ class Worker:
 TASK_RETRIES = 2
 
 
-def fail_dead(manifest: Any, out: Path, known: Known, rels: list[str], run_id: int, check: Callable[[], None],
-              tally: Tally, emit: Callable[[dict[str, Any]], None]) -> None:
+def fail_dead(
+    manifest: Any,
+    out: Path,
+    known: Known,
+    rels: list[str],
+    run_id: int,
+    check: Callable[[], None],
+    tally: Tally,
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
     """Commit as failures the images that killed their Ray worker on every try (they leave the report)."""
     from .compute import account
     from .writer import Commit, commit
 
-    reason = (f"the Ray worker died on this image {TASK_RETRIES + 1} times (out of memory, or a crash decoding or "
-              "explaining it)")
+    reason = (
+        f"the Ray worker died on this image {TASK_RETRIES + 1} times (out of memory, or a crash decoding or "
+        "explaining it)"
+    )
     failed = [(rel, reason) for rel in rels]
     commit(manifest, Commit(run_id, failed=failed, discard=known.files_of(rels), count=len(failed)), out, check)
     account(tally, emit, failed, 0)
@@ -281,8 +302,12 @@ def connect(r: RayOptions) -> bool:
     what = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
     try:
         with time_limit(limit if main else None), stderr_silenced(quiet):  # a failure raises: reported below
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR if quiet else logging.WARNING)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR if quiet else logging.WARNING,
+            )
     except (SystemExit, KeyboardInterrupt):  # Ray's own SIGTERM handler, or Ctrl-C, while it was connecting
         _shutdown_quietly()
         raise Interrupted("interrupted while connecting to Ray") from None
@@ -364,10 +389,15 @@ def reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
     except (OSError, ValueError) as e:
-        why = (f"no answer within {REACH_TIMEOUT_S:g} s" if isinstance(e, TimeoutError)
-               else getattr(e, "strerror", None) or str(e))
-        raise UsageError(f"cannot reach the Ray cluster at {address} ({hostport}): {why}; is its head running? "
-                         "(without --ray-address and $RAY_ADDRESS a Ray is started for the run)") from None
+        why = (
+            f"no answer within {REACH_TIMEOUT_S:g} s"
+            if isinstance(e, TimeoutError)
+            else getattr(e, "strerror", None) or str(e)
+        )
+        raise UsageError(
+            f"cannot reach the Ray cluster at {address} ({hostport}): {why}; is its head running? "
+            "(without --ray-address and $RAY_ADDRESS a Ray is started for the run)"
+        ) from None
 
 
 def keep_ray_messages_off_stdout(quiet: bool) -> None:
@@ -416,18 +446,31 @@ def resources(r: RayOptions) -> tuple[int, float, float]:
     gpus = r.gpus_per_worker if r.gpus_per_worker is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
     cpus = r.cpus_per_worker
     if gpus > total.get("GPU", 0) or cpus > total.get("CPU", 0):  # Ray would wait for them forever
-        raise UsageError(f"the Ray cluster has {total.get('GPU', 0):g} GPU(s) and {total.get('CPU', 0):g} CPU(s): "
-                         f"not enough for one worker of {gpus:g} GPU and {cpus:g} CPU; check --gpus-per-worker and "
-                         "--cpus-per-worker")
+        raise UsageError(
+            f"the Ray cluster has {total.get('GPU', 0):g} GPU(s) and {total.get('CPU', 0):g} CPU(s): "
+            f"not enough for one worker of {gpus:g} GPU and {cpus:g} CPU; check --gpus-per-worker and "
+            "--cpus-per-worker"
+        )
     if r.workers is not None:
         return r.workers, gpus, cpus
     room = int(total.get("GPU", 0) // gpus) if gpus > 0 else int(total.get("CPU", 1) // cpus)
     return max(1, room), gpus, cpus
 
 
-def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: Known, hashes: Hashes, run_id: int,
-                stop: Stop, tally: Tally, emit: Callable[[dict[str, Any]], None],
-                log: Callable[[str], None] = lambda s: None, check: Callable[[], None] = lambda: None) -> None:
+def compute_ray(
+    opts: RunOptions,
+    out: Path,
+    prepared: Any,
+    plan: Plan,
+    known: Known,
+    hashes: Hashes,
+    run_id: int,
+    stop: Stop,
+    tally: Tally,
+    emit: Callable[[dict[str, Any]], None],
+    log: Callable[[str], None] = lambda s: None,
+    check: Callable[[], None] = lambda: None,
+) -> None:
     """The local engine's compute() on Ray: batches to actors, their Commits committed here as they arrive."""
     if not plan.work:
         return
@@ -454,27 +497,54 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
         tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
-        log(f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
-            f"({gpus:g} GPU, {cpus:g} CPU each)")
+        log(
+            f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
+            f"({gpus:g} GPU, {cpus:g} CPU each)"
+        )
         atomic_write_bytes(out / probe, token.encode())
         stop_name = f"xaibatch-stop-{token}"
         flag = ray.remote(StopFlag).options(name=stop_name, num_cpus=0).remote()
         worker_opts = dataclasses.replace(
-            opts, input_dir=Path(os.path.abspath(opts.input_dir)), out_dir=Path(os.path.abspath(out)),
+            opts,
+            input_dir=Path(os.path.abspath(opts.input_dir)),
+            out_dir=Path(os.path.abspath(out)),
             checkpoint=Path(os.path.abspath(opts.checkpoint)) if opts.checkpoint is not None else None,
-            on_event=None, progress=False, handle_signals=False, template_dir=None, batch_size=batch_size)
+            on_event=None,
+            progress=False,
+            handle_signals=False,
+            template_dir=None,
+            batch_size=batch_size,
+        )
         found = Scan(prepared.found.root, prepared.found.classes, [], [], list(prepared.found.empty_classes))
-        config = WorkerConfig(worker_opts, found, hashes, run_id, os.path.abspath(out), probe, token, stop_name,
-                              threads=max(1, int(cpus)), cwd=os.getcwd())
+        config = WorkerConfig(
+            worker_opts,
+            found,
+            hashes,
+            run_id,
+            os.path.abspath(out),
+            probe,
+            token,
+            stop_name,
+            threads=max(1, int(cpus)),
+            cwd=os.getcwd(),
+        )
+
         def stream(batch: list[Task]) -> set[int]:
             """Run these tasks on an actor pool, committing each Commit as it comes back; the indices that did."""
             ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
                 ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
-                    worker_class(config), batch_size=1, batch_format="numpy", zero_copy_batch=True,
-                    compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))), num_cpus=cpus, num_gpus=gpus,
-                    max_restarts=-1, max_task_retries=TASK_RETRIES)
+                    worker_class(config),
+                    batch_size=1,
+                    batch_format="numpy",
+                    zero_copy_batch=True,
+                    compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))),
+                    num_cpus=cpus,
+                    num_gpus=gpus,
+                    max_restarts=-1,
+                    max_task_retries=TASK_RETRIES,
+                )
             back: set[int] = set()
             for row in ds.iter_rows():
                 res: Result = pickle.loads(row["record"])
@@ -507,10 +577,14 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
             back = stream(tasks)
             lost = [t for t in tasks if t.index not in back]
             if lost and not stop.requested:  # each killed its worker every time: find the image(s) that do
-                log(f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
-                    "memory? a crash?); computing their images one at a time")
-                singles = [task_for(len(tasks) + k, t.todo, [e], plan, known)
-                           for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)]
+                log(
+                    f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
+                    "memory? a crash?); computing their images one at a time"
+                )
+                singles = [
+                    task_for(len(tasks) + k, t.todo, [e], plan, known)
+                    for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)
+                ]
                 back = stream(singles)
                 dead = [t.entries[0].rel for t in singles if t.index not in back]
                 if dead and not stop.requested:
@@ -523,8 +597,14 @@ def compute_ray(opts: RunOptions, out: Path, prepared: Any, plan: Plan, known: K
         if opts.faithfulness is not None and not stop.requested:
             from ..faithfulness import chance_on_driver
 
-            chance_on_driver(out, opts.faithfulness, prepared, hashes,
-                             [e for _todo, entries in batches(plan, batch_size) for e in entries], opts.target)
+            chance_on_driver(
+                out,
+                opts.faithfulness,
+                prepared,
+                hashes,
+                [e for _todo, entries in batches(plan, batch_size) for e in entries],
+                opts.target,
+            )
     finally:
         if progress is not None:
             progress.close()

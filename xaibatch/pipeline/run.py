@@ -71,8 +71,12 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
         waited = [0.0]
 
         def acquire() -> float:
-            w = lock.acquire(wait=opts.wait or opts.wait_timeout is not None, timeout=opts.wait_timeout,
-                             should_stop=lambda: stop.requested, on_wait=log)
+            w = lock.acquire(
+                wait=opts.wait or opts.wait_timeout is not None,
+                timeout=opts.wait_timeout,
+                should_stop=lambda: stop.requested,
+                on_wait=log,
+            )
             waited[0] += w
             check_same_input(opts, out)
             return w
@@ -83,8 +87,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 with stop.abandon():
                     yield
             except Abandoned:
-                raise Interrupted(f"interrupted by {stop.name} while loading the model; nothing was computed"
-                                  ) from None
+                raise Interrupted(f"interrupted by {stop.name} while loading the model; nothing was computed") from None
 
         try:
             # A new output folder will compute: torch and the libraries import in a thread during the scan.
@@ -106,8 +109,10 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                         setup = load_setup(opts)
             return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0], timings)
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
-            raise ManifestError(f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
-                                "other files) away to start a fresh report there") from None
+            raise ManifestError(
+                f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
+                "other files) away to start a fresh report there"
+            ) from None
         finally:
             lock.release()
 
@@ -135,8 +140,17 @@ def make_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
-def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, stop: Stop, log, t0: float,
-                waited: float, timings: dict[str, float]) -> RunResult:
+def _run_locked(
+    opts: RunOptions,
+    out: Path,
+    lock: OutputLock,
+    setup: Setup,
+    stop: Stop,
+    log,
+    t0: float,
+    waited: float,
+    timings: dict[str, float],
+) -> RunResult:
     emit = opts.on_event or (lambda event: None)
     timings["prepare"] = time.time() - t0 - waited
     if waited:
@@ -159,19 +173,32 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
             log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
         manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
         run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
-        plan = setup.plan or make_plan(found, known, hashes,
-                                       existing_files(out).__contains__ if known.images else lambda rel: False,
-                                       redecider(setup, opts.target, run_id))
+        plan = setup.plan or make_plan(
+            found,
+            known,
+            hashes,
+            existing_files(out).__contains__ if known.images else lambda rel: False,
+            redecider(setup, opts.target, run_id),
+        )
         if plan.repaired:
             log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
         counts = {
-            "seen": len(found.images) + len(found.skipped), "added": len(plan.added),
-            "changed": len(plan.changed), "removed": len(plan.removed),
-            "unchanged": len(found.images) - len(plan.work), "failed": len(tally.failed), "computed": 0,
+            "seen": len(found.images) + len(found.skipped),
+            "added": len(plan.added),
+            "changed": len(plan.changed),
+            "removed": len(plan.removed),
+            "unchanged": len(found.images) - len(plan.work),
+            "failed": len(tally.failed),
+            "computed": 0,
         }
-        emit({"event": "plan", "run_id": run_id, **{k: counts[k] for k in ("seen", "added", "changed", "removed",
-                                                                          "unchanged")},
-              "to_compute": len(plan.work)})
+        emit(
+            {
+                "event": "plan",
+                "run_id": run_id,
+                **{k: counts[k] for k in ("seen", "added", "changed", "removed", "unchanged")},
+                "to_compute": len(plan.work),
+            }
+        )
         apply_removals(out, manifest, lock, found, plan, known, run_id, emit)
         timings["plan"] = time.time() - t_plan
 
@@ -220,12 +247,28 @@ def _run_locked(opts: RunOptions, out: Path, lock: OutputLock, setup: Setup, sto
         raise
     timings["report"] = time.time() - t_report
     mark_run(out, run_id, None, 0, {})  # reported
-    result = RunResult(out, counts["seen"], counts["computed"], counts["unchanged"], counts["added"],
-                       counts["changed"], counts["removed"], tally.failed, time.time() - t0, report,
-                       setup.layer, accuracy, status=status, run_id=run_id, timings=timings)
+    result = RunResult(
+        out,
+        counts["seen"],
+        counts["computed"],
+        counts["unchanged"],
+        counts["added"],
+        counts["changed"],
+        counts["removed"],
+        tally.failed,
+        time.time() - t0,
+        report,
+        setup.layer,
+        accuracy,
+        status=status,
+        run_id=run_id,
+        timings=timings,
+    )
     if status == "interrupted":
-        e = Interrupted(f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
-                        "finished batches are saved, the next run computes the rest")
+        e = Interrupted(
+            f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
+            "finished batches are saved, the next run computes the rest"
+        )
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
@@ -247,21 +290,35 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
         swept += sweep_orphans(out, manifest)
         who = f" ({describe(lock.previous)})" if lock.previous else ""
-        log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
-            "continuing where it stopped")
+        log(
+            f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
+            "continuing where it stopped"
+        )
     elif last in ("interrupted", "error"):
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
         if swept:
             log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
 
 
-def apply_removals(out: Path, manifest: Manifest, lock: OutputLock, found: Scan, plan: Plan, known: Known,
-                   run_id: int, emit: Callable[[dict[str, Any]], None]) -> None:
+def apply_removals(
+    out: Path,
+    manifest: Manifest,
+    lock: OutputLock,
+    found: Scan,
+    plan: Plan,
+    known: Known,
+    run_id: int,
+    emit: Callable[[dict[str, Any]], None],
+) -> None:
     """Images gone from the input or no longer readable leave the manifest, then their files go."""
     present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
     discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
-    discard += [p for rel, m in plan.dead_maps for p in (known.maps[rel][m].npy, known.maps[rel][m].png,
-                                                         known.maps[rel][m].thumb) if p]
+    discard += [
+        p
+        for rel, m in plan.dead_maps
+        for p in (known.maps[rel][m].npy, known.maps[rel][m].png, known.maps[rel][m].thumb)
+        if p
+    ]
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
     discard += [p for rows in stale.values() for row in rows.values() for p in (row.npy, row.png, row.thumb) if p]
     with manifest.transaction():
@@ -325,7 +382,13 @@ def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], Im
 
     def redecide(row: ImageRow) -> ImageRow:
         pred = heads.predict_one(row.probs, decision)
-        return dataclasses.replace(row, pred=pred, target=pred if target == "pred" else row.target,
-                                   confidence=float(row.probs[pred]), predict_hash=setup.hashes.predict, run_id=run_id)
+        return dataclasses.replace(
+            row,
+            pred=pred,
+            target=pred if target == "pred" else row.target,
+            confidence=float(row.probs[pred]),
+            predict_hash=setup.hashes.predict,
+            run_id=run_id,
+        )
 
     return redecide

@@ -24,9 +24,26 @@ from .options import RunOptions, checkpoint_path
 from .plan import Hashes, Known, Plan, config_hash, existing_files, make_plan
 
 # RunOptions fields that change no prediction and no map: left out of the request.
-NOT_IN_REQUEST = ("input_dir", "out_dir", "batch_size", "device", "decode", "workers", "writers", "template_dir",
-                  "progress", "wait", "wait_timeout", "on_event", "handle_signals", "replace", "follow_links", "engine", "ray",
-                  "heartbeat")
+NOT_IN_REQUEST = (
+    "input_dir",
+    "out_dir",
+    "batch_size",
+    "device",
+    "decode",
+    "workers",
+    "writers",
+    "template_dir",
+    "progress",
+    "wait",
+    "wait_timeout",
+    "on_event",
+    "handle_signals",
+    "replace",
+    "follow_links",
+    "engine",
+    "ray",
+    "heartbeat",
+)
 
 
 @dataclass
@@ -48,8 +65,15 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
     factory_file = (opts.model or "").rpartition(":")[0]
     if factory_file.endswith(".py") and Path(factory_file).is_file():  # --model FILE.py:FACTORY: the code counts
         fields["model_code_sha256"] = file_sha256(Path(factory_file))
-    return config_hash({"xaibatch": __version__, "map_format": MAP_FORMAT_VERSION, "options": fields,
-                        "checkpoint_sha256": checkpoint_sha256, "classes": found.classes})
+    return config_hash(
+        {
+            "xaibatch": __version__,
+            "map_format": MAP_FORMAT_VERSION,
+            "options": fields,
+            "checkpoint_sha256": checkpoint_sha256,
+            "classes": found.classes,
+        }
+    )
 
 
 def scan_input(opts: RunOptions) -> Scan:
@@ -71,19 +95,29 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     source = ModelSource.of(opts)
     options = {m.name: dict(m.options) for m in methods}
     config = RunConfig(
-        xaibatch=__version__, torch=torch.__version__,
+        xaibatch=__version__,
+        torch=torch.__version__,
         device=str(prepared.device) if opts.engine == "local" else "Ray workers",
         model=ModelRecord(**hashes.predict_config, checkpoint=model.checkpoint),
-        layer=layer.name if layer else None, layer_grid=list(layer.grid) if layer else None,
-        methods={m.name: MethodRecord(m.title, m.signed, m.config(), hashes.methods[m.name], options[m.name])
-                 for m in methods},
-        batch_size=prepared.batch_size, workers=prepared.workers, seed=opts.seed,
+        layer=layer.name if layer else None,
+        layer_grid=list(layer.grid) if layer else None,
+        methods={
+            m.name: MethodRecord(m.title, m.signed, m.config(), hashes.methods[m.name], options[m.name])
+            for m in methods
+        },
+        batch_size=prepared.batch_size,
+        workers=prepared.workers,
+        seed=opts.seed,
         engine=opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
-        labeled=prepared.found.classes is not None, class_names=prepared.names,
-        request=request_key(opts, prepared.found, model.checkpoint_sha256), model_hash=hashes.model,
+        labeled=prepared.found.classes is not None,
+        class_names=prepared.names,
+        request=request_key(opts, prepared.found, model.checkpoint_sha256),
+        model_hash=hashes.model,
         decision=model.decision.config() if model.decision is not None else None,
-        faithfulness=opts.faithfulness.key() if opts.faithfulness else None, faithfulness_hashes=hashes.faith,
-        source=source, input_dir=os.path.abspath(opts.input_dir),
+        faithfulness=opts.faithfulness.key() if opts.faithfulness else None,
+        faithfulness_hashes=hashes.faith,
+        source=source,
+        input_dir=os.path.abspath(opts.input_dir),
     )
     return Setup(prepared.found, hashes, prepared.names, config.layer, config, prepared)
 
@@ -104,8 +138,13 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
             return None
         config_json, predict_hash = last
         config = RunConfig.from_json(config_json)
-        hashes = Hashes(predict_hash, {m: v.hash for m, v in config.methods.items()}, config.model.hashed(),
-                        config.faithfulness_hashes, config.model_hash or predict_hash)
+        hashes = Hashes(
+            predict_hash,
+            {m: v.hash for m, v in config.methods.items()},
+            config.model.hashed(),
+            config.faithfulness_hashes,
+            config.model_hash or predict_hash,
+        )
         known = Known.read(manifest)
         plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)
         if plan.work:
@@ -114,6 +153,5 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         return None
     finally:
         manifest.close()
-    config = config.with_device(f"{opts.device} (model not loaded: nothing to compute)", opts.batch_size,
-                                opts.workers)
+    config = config.with_device(f"{opts.device} (model not loaded: nothing to compute)", opts.batch_size, opts.workers)
     return Setup(found, hashes, config.class_names, config.layer, config, known=known, plan=plan)

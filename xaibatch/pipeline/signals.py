@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 
 
-
 class Abandoned(BaseException):
     """Raised by the signal handler inside :meth:`Stop.abandon`; a BaseException, so that no ``except Exception``
     in decoding or user code swallows it."""

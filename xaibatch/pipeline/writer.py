@@ -93,8 +93,14 @@ def map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, min(h, round(h * scale))), max(1, min(w, round(w * scale)))
 
 
-def batch_pictures(display: list[np.ndarray], maps, signed: bool, orig_sizes: list[tuple[int, int]],
-                   max_map_side: int = 0, views: list | None = None):
+def batch_pictures(
+    display: list[np.ndarray],
+    maps,
+    signed: bool,
+    orig_sizes: list[tuple[int, int]],
+    max_map_side: int = 0,
+    views: list | None = None,
+):
     """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
 
     ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
@@ -137,8 +143,10 @@ def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
 
     from ..overlay import thumbnail_batch
 
-    return [None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
-            for d in display]
+    return [
+        None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
+        for d in display
+    ]
 
 
 class Writer(threading.Thread):
@@ -149,8 +157,15 @@ class Writer(threading.Thread):
     0: this thread writes. ``threads`` > 1 (or ``writers`` where there is no ``fork``): a thread pool.
     """
 
-    def __init__(self, out_dir: Path, on_done: Callable[[int], None] = lambda n: None, threads: int = 1,
-                 queue_size: int = 4, check: Callable[[], None] = lambda: None, writers: int = 0) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        on_done: Callable[[int], None] = lambda n: None,
+        threads: int = 1,
+        queue_size: int = 4,
+        check: Callable[[], None] = lambda: None,
+        writers: int = 0,
+    ) -> None:
         self.check = check  # raises when the output folder's lock is no longer ours
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = Path(out_dir)
@@ -272,14 +287,30 @@ def write_files(files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None
         per_item = list(pool.map(lambda it: write_item(files, it, job.run_id), job.items))
     else:
         per_item = [write_item(files, it, job.run_id) for it in job.items]
-    return Commit(job.run_id, list(job.image_rows), [r for rows in per_item for r in rows], list(job.drop_maps),
-                  list(job.failed), list(job.discard), job.count, len(job.items))
+    return Commit(
+        job.run_id,
+        list(job.image_rows),
+        [r for rows in per_item for r in rows],
+        list(job.drop_maps),
+        list(job.failed),
+        list(job.discard),
+        job.count,
+        len(job.items),
+    )
 
 
 def pictures_written(job: WriteJob) -> Commit:
     """What to commit for ``job`` once its files were written elsewhere (by writer processes)."""
-    return Commit(job.run_id, list(job.image_rows), [r for it in job.items for r in map_rows(it, job.run_id)],
-                  list(job.drop_maps), list(job.failed), list(job.discard), job.count, len(job.items))
+    return Commit(
+        job.run_id,
+        list(job.image_rows),
+        [r for it in job.items for r in map_rows(it, job.run_id)],
+        list(job.drop_maps),
+        list(job.failed),
+        list(job.discard),
+        job.count,
+        len(job.items),
+    )
 
 
 def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[], None] = lambda: None) -> None:
@@ -301,16 +332,32 @@ def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
     """A map's faithfulness scores as MapRow fields."""
     if faith is None:
         return {}
-    return {"deletion": faith["deletion"], "insertion": faith["insertion"], "faith_hash": faith["hash"],
-            "faith": {k: faith[k] for k in ("deletion_curve", "insertion_curve")}}
+    return {
+        "deletion": faith["deletion"],
+        "insertion": faith["insertion"],
+        "faith_hash": faith["hash"],
+        "faith": {k: faith[k] for k in ("deletion_curve", "insertion_curve")},
+    }
 
 
 def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     """The manifest rows of ``item``'s maps (not yet committed)."""
     stem, w, h = item.stem, item.width, item.height
-    return [MapRow(item.rel, mp.method, mp.config_hash, layout.map_npy(mp.method, stem),
-                   layout.map_png(mp.method, stem), layout.map_thumb(mp.method, stem, w, h), mp.info, run_id,
-                   **faith_fields(mp.faith), view=mp.view) for mp in item.maps]
+    return [
+        MapRow(
+            item.rel,
+            mp.method,
+            mp.config_hash,
+            layout.map_npy(mp.method, stem),
+            layout.map_png(mp.method, stem),
+            layout.map_thumb(mp.method, stem, w, h),
+            mp.info,
+            run_id,
+            **faith_fields(mp.faith),
+            view=mp.view,
+        )
+        for mp in item.maps
+    ]
 
 
 def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:

@@ -81,7 +81,7 @@ class WriterPool:
         k = min(len(self.conns), len(items))
         self._pending[token] = k
         for i in range(k):
-            share = items[i * len(items) // k:(i + 1) * len(items) // k]
+            share = items[i * len(items) // k : (i + 1) * len(items) // k]
             try:
                 self.conns[i].send_bytes(pickle.dumps((token, run_id, share), protocol=pickle.HIGHEST_PROTOCOL))
             except OSError as e:  # a closed pipe: the process is gone
@@ -96,8 +96,9 @@ class WriterPool:
                 try:
                     done, err = conn.recv()
                 except (EOFError, OSError):
-                    raise WriterDied(f"a writer process ended unexpectedly ({self._status(self.conns.index(conn))})"
-                                     ) from None
+                    raise WriterDied(
+                        f"a writer process ended unexpectedly ({self._status(self.conns.index(conn))})"
+                    ) from None
                 self._pending[done] -= 1
                 if err is not None:
                     self._errors.setdefault(done, err)

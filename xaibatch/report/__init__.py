@@ -52,4 +52,21 @@ from .data import build, bundled_model_sha256, demo_model_warning
 from .render import WriteStats, check_templates, environment, render, write_report
 from .predictions import csv_cell, write_predictions_csv
 
-__all__ = ["Card", "MapView", "PAGE_SIZE", "ReportData", "WriteStats", "build", "bundled_model_sha256", "check_templates", "csv_cell", "demo_model_warning", "environment", "render", "up", "url", "write_predictions_csv", "write_report"]
+__all__ = [
+    "Card",
+    "MapView",
+    "PAGE_SIZE",
+    "ReportData",
+    "WriteStats",
+    "build",
+    "bundled_model_sha256",
+    "check_templates",
+    "csv_cell",
+    "demo_model_warning",
+    "environment",
+    "render",
+    "up",
+    "url",
+    "write_predictions_csv",
+    "write_report",
+]

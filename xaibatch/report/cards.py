@@ -14,8 +14,19 @@ from ..layout import display_size
 from ..localization import MASK_SUFFIX
 from ..manifest import ImageRow, MapRow
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
-from .model import Block, Card, DETAIL_MIN_SIDE, GalleryPage, Group, INFO_WORDS, MAX_PROBS_SHOWN, MapView, MethodInfo, \
-    WEAK_SIGNED_SCALE, url
+from .model import (
+    Block,
+    Card,
+    DETAIL_MIN_SIDE,
+    GalleryPage,
+    Group,
+    INFO_WORDS,
+    MAX_PROBS_SHOWN,
+    MapView,
+    MethodInfo,
+    WEAK_SIGNED_SCALE,
+    url,
+)
 from .text import class_name, fmt_num, fmt_pct, fmt_value
 
 
@@ -49,34 +60,66 @@ def masks_beside(input_dir: Path | None, rels: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def make_card(r: ImageRow, names: list[str], methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow],
-              masks: dict[str, str] | None = None) -> Card:
+def make_card(
+    r: ImageRow,
+    names: list[str],
+    methods: list[MethodInfo],
+    maps: dict[tuple[str, str], MapRow],
+    masks: dict[str, str] | None = None,
+) -> Card:
     """One image's card; ``masks``: see masks_beside."""
     stem = r.stem
     views = []
     for m in methods:
         row = maps.get((r.rel, m.name))
         if row is not None:
-            views.append(MapView(
-                m.name, m.title, m, url(row.png), url(row.thumb or row.png), url(row.npy),
-                [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-                npy_rel=row.npy, config_hash=row.config_hash, **_faith_view(row), **_scale_view(row, m),
-            ))
+            views.append(
+                MapView(
+                    m.name,
+                    m.title,
+                    m,
+                    url(row.png),
+                    url(row.thumb or row.png),
+                    url(row.npy),
+                    [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
+                    npy_rel=row.npy,
+                    config_hash=row.config_hash,
+                    **_faith_view(row),
+                    **_scale_view(row, m),
+                )
+            )
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
     detail = ""  # set by paginate: layout.detail_page(page) + "#" + cid
     return Card(
-        rel=r.rel, stem=stem, cid=layout.card_id(r.rel),
-        label=class_name(names, r.label), label_index=r.label, pred=class_name(names, r.pred) or "", pred_index=r.pred,
-        target=class_name(names, r.target) or "", confidence=r.confidence, conf_text=fmt_pct(r.confidence),
+        rel=r.rel,
+        stem=stem,
+        cid=layout.card_id(r.rel),
+        label=class_name(names, r.label),
+        label_index=r.label,
+        pred=class_name(names, r.pred) or "",
+        pred_index=r.pred,
+        target=class_name(names, r.target) or "",
+        confidence=r.confidence,
+        conf_text=fmt_pct(r.confidence),
         conf_attr=f"{r.confidence:.6f}",
         correct=None if r.label is None else r.label == r.pred,
-        thumb=url(layout.image_thumb(stem, r.width, r.height)), image=url(layout.image_png(stem)),
-        detail=detail, detail_url=url(detail), maps=views, methods_attr=" ".join(v.method for v in views),
+        thumb=url(layout.image_thumb(stem, r.width, r.height)),
+        image=url(layout.image_png(stem)),
+        detail=detail,
+        detail_url=url(detail),
+        maps=views,
+        methods_attr=" ".join(v.method for v in views),
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
-        width=r.width, height=r.height, disp_w=round(dw * scale), disp_h=round(dh * scale), pixelated=scale > 1,
-        sha256=r.sha256[:12], size=r.size, mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
+        width=r.width,
+        height=r.height,
+        disp_w=round(dw * scale),
+        disp_h=round(dh * scale),
+        pixelated=scale > 1,
+        sha256=r.sha256[:12],
+        size=r.size,
+        mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
     )
 
 
@@ -92,9 +135,11 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
     if m.signed:
         out["mag"] = f"±{text}"
         if scale < WEAK_SIGNED_SCALE:
-            out["weak"] = (f"weak evidence: hiding any one superpixel changes the probability by at most "
-                           f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
-                           "strongest superpixel, so full red and blue overstate it")
+            out["weak"] = (
+                f"weak evidence: hiding any one superpixel changes the probability by at most "
+                f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
+                "strongest superpixel, so full red and blue overstate it"
+            )
     return out
 
 
@@ -180,9 +225,16 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
     pages = []
     for n in range(1, total + 1):
         first = (n - 1) * model.PAGE_SIZE + 1
-        pages.append(GalleryPage(
-            number=n, path=f"gallery/page-{n}.html", blocks=blocks[n - 1],
-            prev=f"page-{n - 1}.html" if n > 1 else None, next=f"page-{n + 1}.html" if n < total else None,
-            links=page_links(n, total), first=min(first, len(order)), last=min(n * model.PAGE_SIZE, len(order)),
-        ))
+        pages.append(
+            GalleryPage(
+                number=n,
+                path=f"gallery/page-{n}.html",
+                blocks=blocks[n - 1],
+                prev=f"page-{n - 1}.html" if n > 1 else None,
+                next=f"page-{n + 1}.html" if n < total else None,
+                links=page_links(n, total),
+                first=min(first, len(order)),
+                last=min(n * model.PAGE_SIZE, len(order)),
+            )
+        )
     return order, pages

@@ -38,20 +38,28 @@ def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present:
         rec = latest.get(name) or known.get(name)
         info = {"title": rec.title, "signed": rec.signed, "config": rec.config} if rec is not None else {}
         signed = bool(info.get("signed", False))
-        out.append(MethodInfo(
-            name=name, title=str(info.get("title", name)), signed=signed,
-            settings=[(str(k), fmt_value(v)) for k, v in (info.get("config") or {}).items()],
-            legend=("red = evidence for the explained class, blue = evidence against it; the stronger the "
+        out.append(
+            MethodInfo(
+                name=name,
+                title=str(info.get("title", name)),
+                signed=signed,
+                settings=[(str(k), fmt_value(v)) for k, v in (info.get("config") or {}).items()],
+                legend=(
+                    "red = evidence for the explained class, blue = evidence against it; the stronger the "
                     "evidence, the more opaque the colour, and where a superpixel has no effect the overlay is "
                     "transparent (the photo shows through)"
-                    if signed else "bright = more important, dark = less important (the photo shows through "
-                                   "where the map is low)"),
-            gradient=css_gradient(signed),
-            scale_words=("LIME coefficient, in probability units of the explained class; the scale is "
-                         "symmetric, set by this image's strongest superpixel" if signed else
-                         "map value (0 to 1 in the .npy); the colour saturates at this image's 99th "
-                         "percentile"),
-        ))
+                    if signed
+                    else "bright = more important, dark = less important (the photo shows through where the map is low)"
+                ),
+                gradient=css_gradient(signed),
+                scale_words=(
+                    "LIME coefficient, in probability units of the explained class; the scale is "
+                    "symmetric, set by this image's strongest superpixel"
+                    if signed
+                    else "map value (0 to 1 in the .npy); the colour saturates at this image's 99th percentile"
+                ),
+            )
+        )
     return out
 
 
@@ -82,9 +90,16 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
 
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": r["id"], "started": fmt_time(r["started_at"]), "status": r["status"],
-        "seconds": fmt_seconds(r["seconds"]), "seen": r["n_seen"], "added": r["n_added"], "changed": r["n_changed"],
-        "removed": r["n_removed"], "unchanged": r["n_unchanged"], "failed": r["n_failed"],
+        "id": r["id"],
+        "started": fmt_time(r["started_at"]),
+        "status": r["status"],
+        "seconds": fmt_seconds(r["seconds"]),
+        "seen": r["n_seen"],
+        "added": r["n_added"],
+        "changed": r["n_changed"],
+        "removed": r["n_removed"],
+        "unchanged": r["n_unchanged"],
+        "failed": r["n_failed"],
         "computed": r["n_computed"],
     }
 
@@ -141,8 +156,14 @@ def build(out_dir: Path) -> ReportData:
     return assemble(out_dir, *rows, history, masks_beside(history.source(), images))
 
 
-def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, str], MapRow],
-             failures: list[tuple[str, str]], history: History, masks: dict[str, str]) -> ReportData:
+def assemble(
+    out_dir: Path,
+    images: dict[str, ImageRow],
+    maps: dict[tuple[str, str], MapRow],
+    failures: list[tuple[str, str]],
+    history: History,
+    masks: dict[str, str],
+) -> ReportData:
     """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder."""
     run = history.run or RunConfig.empty()
     names: list[str] = list(run.class_names)
@@ -158,12 +179,23 @@ def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, s
     order, pages = paginate(groups, sections)
     data = ReportData(
         title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
-        labeled=labeled, total=len(order), class_names=names, methods=methods, config=history.config,
-        config_rows=[], runs=[], runs_total=0, last_run=None, failures=failures, cards=order, groups=groups,
-        pages=pages, sections=sections, page_size=model.PAGE_SIZE,
+        labeled=labeled,
+        total=len(order),
+        class_names=names,
+        methods=methods,
+        config=history.config,
+        config_rows=[],
+        runs=[],
+        runs_total=0,
+        last_run=None,
+        failures=failures,
+        cards=order,
+        groups=groups,
+        pages=pages,
+        sections=sections,
+        page_size=model.PAGE_SIZE,
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
-        target_words=("the folder's label" if run.model.target == "label"
-                      else "the predicted class"),
+        target_words=("the folder's label" if run.model.target == "label" else "the predicted class"),
         input_dir=source,
     )
     history.apply(data)
@@ -173,8 +205,7 @@ def assemble(out_dir: Path, images: dict[str, ImageRow], maps: dict[tuple[str, s
         data.warnings.append(warning)
     from ..trust import build_trust
 
-    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled,
-                             run.model.checkpoint_sha256)
+    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled, run.model.checkpoint_sha256)
     data.decision = decision_summary(run.decision, names, images)
     data.lime_samples = lime_samples(maps)
     return data
@@ -188,9 +219,14 @@ def lime_samples(maps: dict[tuple[str, str], MapRow]) -> dict[str, Any] | None:
     n = sorted(int(i["samples"]) for i in info)
     noise = sorted(float(i["noise"]) for i in info if i.get("noise") is not None)
     mid = len(n) // 2
-    return {"maps": len(n), "mean": round(sum(n) / len(n)), "min": n[0], "max": n[-1],
-            "median": n[mid] if len(n) % 2 else round((n[mid - 1] + n[mid]) / 2),
-            "noise": f"{noise[len(noise) // 2]:.3f}" if noise else None}
+    return {
+        "maps": len(n),
+        "mean": round(sum(n) / len(n)),
+        "min": n[0],
+        "max": n[-1],
+        "median": n[mid] if len(n) % 2 else round((n[mid - 1] + n[mid]) / 2),
+        "noise": f"{noise[len(noise) // 2]:.3f}" if noise else None,
+    }
 
 
 @functools.lru_cache(maxsize=4)
@@ -223,10 +259,15 @@ def demo_model_warning(config: RunConfig, cards: list[Card], input_readable: boo
     if other:
         reasons.append(f"{other} of {len(cards)} images are not {DEMO_SIZE}x{DEMO_SIZE} (every demo image is)")
     if input_readable and not any(c.mask_key for c in cards):
-        reasons.append(f"none of the {len(cards)} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
-                       "(every demo FAKE image has one)")
+        reasons.append(
+            f"none of the {len(cards)} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
+            "(every demo FAKE image has one)"
+        )
     if not reasons:
         return None
-    return ("These predictions and maps come from the bundled demo model, which was trained only on "
-            "xaibatch demo-data (synthetic 32x32 images), but this folder does not look like demo data: "
-            + "; ".join(reasons) + ". They say nothing reliable about these images: pass your own --checkpoint.")
+    return (
+        "These predictions and maps come from the bundled demo model, which was trained only on "
+        "xaibatch demo-data (synthetic 32x32 images), but this folder does not look like demo data: "
+        + "; ".join(reasons)
+        + ". They say nothing reliable about these images: pass your own --checkpoint."
+    )

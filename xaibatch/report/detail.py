@@ -52,8 +52,12 @@ def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
             shape, fortran, dtype = read[version](f, max_header_size=10_000)
         except (ValueError, OSError, EOFError, SyntaxError, TypeError, KeyError):
             raise BadArray("not a .npy file") from None
-        if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or \
-                not (dtype.kind in "biuf" and dtype.itemsize <= 8):
+        if (
+            dtype.hasobject
+            or dtype.names is not None
+            or dtype.subdtype is not None
+            or not (dtype.kind in "biuf" and dtype.itemsize <= 8)
+        ):
             raise BadArray(f"unsupported dtype {dtype.str}")
         if len(shape) != 2:
             raise BadArray(f"{len(shape)}-d, not 2-d")
@@ -99,7 +103,8 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     signed = {m.name: m.signed for m in methods}
     todo = manifest.db.execute(
         "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
-        " WHERE m.view_json IS NULL").fetchall()
+        " WHERE m.view_json IS NULL"
+    ).fetchall()
     views = []
     for rel, method, config_hash, npy, width, height in todo:
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
@@ -125,9 +130,11 @@ def colour_ticks(scale: float, signed: bool, target: str) -> tuple[list[str], st
     view and ``xaibatch serve``)."""
     s = fmt_num(scale)
     if signed:
-        return ([f"−{s}", "0", f"+{s}"],
-                f"Full red: +{s}, hiding that superpixel lowers the probability of {target} by about "
-                f"{s}; full blue: −{s}, hiding it raises it.")
+        return (
+            [f"−{s}", "0", f"+{s}"],
+            f"Full red: +{s}, hiding that superpixel lowers the probability of {target} by about "
+            f"{s}; full blue: −{s}, hiding it raises it.",
+        )
     return ["0", fmt_num(scale / 2), f"≥ {s}"], f"Full colour: values of {s} (this image's 99th percentile) and above."
 
 
@@ -142,8 +149,9 @@ def region_path(mask: Any) -> str:
     padded[:, 1:-1] = mask
     d = np.diff(padded, axis=1)
     starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)  # both in row-major order: pairs line up
-    return "".join(f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z" for (y, x0), (_y, x1) in zip(starts.tolist(), ends.tolist(),
-                                                                                        strict=True))
+    return "".join(
+        f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z" for (y, x0), (_y, x1) in zip(starts.tolist(), ends.tolist(), strict=True)
+    )
 
 
 def truth_record(mask: Any, c: Card) -> dict[str, Any]:
@@ -167,12 +175,25 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
         else:
             y, x = v.peak
             px, py = (x + 0.5) * gw / w, (y + 0.5) * gh / h
-            pt.update(px=[x, y], hit=bool(mask[y, x]), x=round(px, 2), y=round(py, 2),
-                      lx=round(min(px + radius, gw - 0.6 * font), 2),
-                      ly=round(py - radius if py - radius >= font else py + radius + font, 2))
+            pt.update(
+                px=[x, y],
+                hit=bool(mask[y, x]),
+                x=round(px, 2),
+                y=round(py, 2),
+                lx=round(min(px + radius, gw - 0.6 * font), 2),
+                ly=round(py - radius if py - radius >= font else py + radius + font, 2),
+            )
         points.append(pt)
-    return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1], "w": gw, "h": gh, "path": region_path(mask[ys, xs]),
-            "share": fmt_pct(float(mask.mean())), "r": round(radius, 2), "font": round(font, 2), "points": points}
+    return {
+        "mask": mask_rel(c.rel).rsplit("/", 1)[-1],
+        "w": gw,
+        "h": gh,
+        "path": region_path(mask[ys, xs]),
+        "share": fmt_pct(float(mask.mean())),
+        "r": round(radius, 2),
+        "font": round(font, 2),
+        "points": points,
+    }
 
 
 def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
@@ -184,8 +205,10 @@ def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
     except BadArray as e:
         return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1], "skipped": str(e)}
     if mask.shape != (c.height, c.width):
-        return {"mask": mask_rel(c.rel).rsplit("/", 1)[-1],
-                "skipped": f"{mask.shape[1]}×{mask.shape[0]}, the image is {c.width}×{c.height}"}
+        return {
+            "mask": mask_rel(c.rel).rsplit("/", 1)[-1],
+            "skipped": f"{mask.shape[1]}×{mask.shape[0]}, the image is {c.width}×{c.height}",
+        }
     return truth_record(mask != 0, c)
 
 
@@ -194,8 +217,14 @@ def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
 
 def map_record(v: MapView, c: Card) -> dict[str, Any]:
     ticks, note = scale_texts(v, c.target)
-    rec: dict[str, Any] = {"m": v.method, "png": v.png, "npy": v.npy, "ticks": ticks, "note": note,
-                           "info": [[k, x] for k, x, _w in v.info]}
+    rec: dict[str, Any] = {
+        "m": v.method,
+        "png": v.png,
+        "npy": v.npy,
+        "ticks": ticks,
+        "note": note,
+        "info": [[k, x] for k, x, _w in v.info],
+    }
     if v.weak:
         rec["weak"] = v.weak
     if v.deletion is not None:
@@ -214,11 +243,27 @@ def neighbour(c: Card | None, page: int) -> dict[str, Any] | None:
 def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str, Any] | None) -> dict[str, Any]:
     """One image's detail view: every fact the page shows, as text the browser only places."""
     return {
-        "id": c.cid, "rel": c.rel, "label": c.label, "pred": c.pred, "conf": c.conf_text, "correct": c.correct,
-        "target": c.target, "w": c.width, "h": c.height, "dw": c.disp_w, "dh": c.disp_h, "pixelated": c.pixelated,
-        "bytes": fmt_bytes(c.size), "sha": c.sha256, "image": c.image, "page": c.page,
-        "maps": [map_record(v, c) for v in c.maps], "probs": [[name, text] for name, _p, text in c.probs],
-        "truth": truth, "prev": neighbour(prev, c.page), "next": neighbour(nxt, c.page),
+        "id": c.cid,
+        "rel": c.rel,
+        "label": c.label,
+        "pred": c.pred,
+        "conf": c.conf_text,
+        "correct": c.correct,
+        "target": c.target,
+        "w": c.width,
+        "h": c.height,
+        "dw": c.disp_w,
+        "dh": c.disp_h,
+        "pixelated": c.pixelated,
+        "bytes": fmt_bytes(c.size),
+        "sha": c.sha256,
+        "image": c.image,
+        "page": c.page,
+        "maps": [map_record(v, c) for v in c.maps],
+        "probs": [[name, text] for name, _p, text in c.probs],
+        "truth": truth,
+        "prev": neighbour(prev, c.page),
+        "next": neighbour(nxt, c.page),
     }
 
 
@@ -226,6 +271,18 @@ def site_record(methods: list[MethodInfo], target_words: str, n_classes: int) ->
     """What every detail view shares: each method's legend and colour bar, the words for the info keys."""
     from .model import INFO_WORDS
 
-    return {"target_words": target_words, "n_classes": n_classes, "info_words": INFO_WORDS,
-            "methods": {m.name: {"title": m.title, "signed": m.signed, "legend": m.legend,
-                                 "scale_words": m.scale_words, "bar": m.bar} for m in methods}}
+    return {
+        "target_words": target_words,
+        "n_classes": n_classes,
+        "info_words": INFO_WORDS,
+        "methods": {
+            m.name: {
+                "title": m.title,
+                "signed": m.signed,
+                "legend": m.legend,
+                "scale_words": m.scale_words,
+                "bar": m.bar,
+            }
+            for m in methods
+        },
+    }

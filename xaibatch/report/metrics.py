@@ -27,8 +27,9 @@ def add_metrics(data: ReportData) -> None:
         if 0 <= c.pred_index < k:
             pred_counts[c.pred_index] += 1
     n = len(cards)
-    data.pred_counts = [(data.class_names[i], pred_counts[i], fmt_pct(pred_counts[i] / n) if n else "–")
-                        for i in range(k)]
+    data.pred_counts = [
+        (data.class_names[i], pred_counts[i], fmt_pct(pred_counts[i] / n) if n else "–") for i in range(k)
+    ]
     scored = [c for c in cards if c.correct is not None]
     if not data.labeled:
         counts = [0] * HISTOGRAM_BINS
@@ -59,8 +60,15 @@ def add_metrics(data: ReportData) -> None:
     data.calibration = []
     for b in range(CALIBRATION_BINS):
         lo_b, hi_b = lo + span * b / CALIBRATION_BINS, lo + span * (b + 1) / CALIBRATION_BINS
-        row = {"lo": lo_b, "hi": hi_b, "range": f"{lo_b:.2f}–{hi_b:.2f}", "n": cal_n[b],
-               "confidence": None, "accuracy": None, "gap": None}
+        row = {
+            "lo": lo_b,
+            "hi": hi_b,
+            "range": f"{lo_b:.2f}–{hi_b:.2f}",
+            "n": cal_n[b],
+            "confidence": None,
+            "accuracy": None,
+            "gap": None,
+        }
         if cal_n[b]:
             mc, acc = cal_conf[b] / cal_n[b], cal_ok[b] / cal_n[b]
             row.update(confidence=mc, accuracy=acc, gap=acc - mc)
@@ -76,8 +84,16 @@ def add_metrics(data: ReportData) -> None:
         p = tp / predicted if predicted else None
         r = tp / support if support else None
         f = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
-        per.append({"name": data.class_names[i], "precision": p, "recall": r, "f1": f, "support": support,
-                    "predicted": predicted})
+        per.append(
+            {
+                "name": data.class_names[i],
+                "precision": p,
+                "recall": r,
+                "f1": f,
+                "support": support,
+                "predicted": predicted,
+            }
+        )
 
     def mean(key: str) -> float | None:
         vals = [x[key] for x in per if x[key] is not None]
@@ -93,13 +109,23 @@ def add_metrics(data: ReportData) -> None:
             for j in range(k):
                 share = conf_m[i][j] / total
                 rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))  # white -> dark blue
-                row.append({"n": conf_m[i][j], "share": fmt_pct(share), "diag": i == j,
-                            "style": f"background-color: rgb{rgb}; color: {text_on(rgb)}"})
+                row.append(
+                    {
+                        "n": conf_m[i][j],
+                        "share": fmt_pct(share),
+                        "diag": i == j,
+                        "style": f"background-color: rgb{rgb}; color: {text_on(rgb)}",
+                    }
+                )
             rows.append(row)
         data.confusion = rows
     else:
-        pairs = [(data.class_names[i], data.class_names[j], conf_m[i][j])
-                 for i in range(k) for j in range(k) if i != j and conf_m[i][j]]
+        pairs = [
+            (data.class_names[i], data.class_names[j], conf_m[i][j])
+            for i in range(k)
+            for j in range(k)
+            if i != j and conf_m[i][j]
+        ]
         pairs.sort(key=lambda t: -t[2])
         data.top_confusions = pairs[:50]
 
@@ -118,8 +144,13 @@ def decision_summary(d: dict[str, Any] | None, names: list[str], images: dict[st
     if not d or d.get("positive") not in names or len(names) != 2:
         return None
     pos, t = names.index(d["positive"]), float(d["threshold"])
-    out: dict[str, Any] = {"positive": d["positive"], "negative": names[1 - pos], "threshold": t,
-                           "one_logit": bool(d.get("one_logit")), "words": decision_words(d)}
+    out: dict[str, Any] = {
+        "positive": d["positive"],
+        "negative": names[1 - pos],
+        "threshold": t,
+        "one_logit": bool(d.get("one_logit")),
+        "words": decision_words(d),
+    }
     rows = [r for r in images.values() if r.label is not None and 0 <= r.label < 2 and len(r.probs) == 2]
     if not rows:
         return out
@@ -128,9 +159,17 @@ def decision_summary(d: dict[str, Any] | None, names: list[str], images: dict[st
     said = np.array([r.pred == pos for r in rows])
     tp, fp = int((said & truth).sum()), int((said & ~truth).sum())
     fn, tn = int((~said & truth).sum()), int((~said & ~truth).sum())
-    out.update(tp=tp, fp=fp, fn=fn, tn=tn, n=len(rows), accuracy=(tp + tn) / len(rows),
-               precision=tp / (tp + fp) if tp + fp else None, recall=tp / (tp + fn) if tp + fn else None,
-               fpr=fp / (fp + tn) if fp + tn else None)
+    out.update(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        tn=tn,
+        n=len(rows),
+        accuracy=(tp + tn) / len(rows),
+        precision=tp / (tp + fp) if tp + fp else None,
+        recall=tp / (tp + fn) if tp + fn else None,
+        fpr=fp / (fp + tn) if fp + tn else None,
+    )
     if truth.all() or not truth.any():
         return out  # a ROC curve needs both classes
     order = np.argsort(-score, kind="stable")
@@ -139,7 +178,10 @@ def decision_summary(d: dict[str, Any] | None, names: list[str], images: dict[st
     tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
     fpr = np.r_[0.0, fps / (~truth).sum()]
     tpr = np.r_[0.0, tps / truth.sum()]
-    out.update(roc_fpr=[round(float(v), 6) for v in fpr], roc_tpr=[round(float(v), 6) for v in tpr],
-               auc=float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),
-               point=(fp / (fp + tn), tp / (tp + fn)))
+    out.update(
+        roc_fpr=[round(float(v), 6) for v in fpr],
+        roc_tpr=[round(float(v), 6) for v in tpr],
+        auc=float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),
+        point=(fp / (fp + tn), tp / (tp + fn)),
+    )
     return out

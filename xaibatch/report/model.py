@@ -45,8 +45,17 @@ CALIBRATION_BINS = 10
 HISTOGRAM_BINS = 20
 
 
-TEMPLATE_NAMES = ("base.html", "_macros.html", "_runs_table.html", "_failures_table.html", "index.html",
-                  "gallery.html", "detail.html", "history.html", "skipped.html")
+TEMPLATE_NAMES = (
+    "base.html",
+    "_macros.html",
+    "_runs_table.html",
+    "_failures_table.html",
+    "index.html",
+    "gallery.html",
+    "detail.html",
+    "history.html",
+    "skipped.html",
+)
 
 
 ASSET_NAMES = ("report.css", "report.js", "detail.js")  # under assets/ in a template folder
@@ -67,15 +76,15 @@ WEAK_SIGNED_SCALE = 0.01  # a signed (LIME) map whose strongest superpixel moves
 # What a map's per-image facts (MapRow.info) mean, for the detail page.
 INFO_WORDS = {
     "segments": "superpixels (SLIC regions) that LIME switched on and off in its perturbed samples; "
-                "each pixel's value is its superpixel's coefficient",
+    "each pixel's value is its superpixel's coefficient",
     "score": "R² of LIME's weighted linear fit on those samples: how well the coefficients reproduce the "
-             "model's probabilities (near 1: faithful; near 0: read this map with care)",
+    "model's probabilities (near 1: faithful; near 0: read this map with care)",
     "intercept": "the fit's probability of the explained class with every superpixel hidden",
     "samples": "perturbed images (model forwards) LIME used for this map; with --lime-samples auto, where the "
-               "map became stable",
+    "map became stable",
     "noise": "how unsettled the coefficients still are: their root-mean-square standard error over their spread "
-             "across the superpixels (--lime-samples auto stops at or below its tolerance, 0.1 by default; "
-             "0.3 or more: the ranking of the superpixels is still uncertain)",
+    "across the superpixels (--lime-samples auto stops at or below its tolerance, 0.1 by default; "
+    "0.3 or more: the ranking of the superpixels is still uncertain)",
 }
 
 
@@ -269,5 +278,12 @@ class ReportData:
         return len(self.class_names)
 
     def site(self) -> Site:
-        return Site(self.title, dict(self.assets), self.gallery_first, self.version, self.target_words,
-                    self.n_classes, self.methods)
+        return Site(
+            self.title,
+            dict(self.assets),
+            self.gallery_first,
+            self.version,
+            self.target_words,
+            self.n_classes,
+            self.methods,
+        )

@@ -11,10 +11,13 @@ from ..files import atomic_write_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 
 
-
-def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow] | None = None,
-                          maps: dict[tuple[str, str], MapRow] | None = None,
-                          write: Callable[[str, bytes], None] | None = None) -> float | None:
+def write_predictions_csv(
+    out: Path,
+    names: list[str],
+    rows: dict[str, ImageRow] | None = None,
+    maps: dict[tuple[str, str], MapRow] | None = None,
+    write: Callable[[str, bytes], None] | None = None,
+) -> float | None:
     """Write predictions.csv (from the manifest unless its rows are given; with ``write(rel, bytes)``, the
     report's checked writer, when given); return the accuracy over labeled images (None when there are none)."""
     import csv
@@ -29,8 +32,17 @@ def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow]
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "label", "pred", "confidence", "correct", *[csv_cell(f"p_{n}") for n in names],
-                *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")]])
+    w.writerow(
+        [
+            "path",
+            "label",
+            "pred",
+            "confidence",
+            "correct",
+            *[csv_cell(f"p_{n}") for n in names],
+            *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")],
+        ]
+    )
     for rel in sorted(rows):
         r = rows[rel]
         label = names[r.label] if r.label is not None and r.label < len(names) else ""
@@ -38,10 +50,21 @@ def write_predictions_csv(out: Path, names: list[str], rows: dict[str, ImageRow]
         faith = []
         for m in scored:
             row = maps.get((rel, m))
-            faith += ["" if row is None or v is None else f"{v:.6f}"
-                      for v in ((row.deletion, row.insertion) if row else (None, None))]
-        w.writerow([csv_cell(rel), csv_cell(label), csv_cell(names[r.pred]), f"{r.confidence:.6f}", correct,
-                    *[f"{v:.6f}" for v in r.probs], *faith])
+            faith += [
+                "" if row is None or v is None else f"{v:.6f}"
+                for v in ((row.deletion, row.insertion) if row else (None, None))
+            ]
+        w.writerow(
+            [
+                csv_cell(rel),
+                csv_cell(label),
+                csv_cell(names[r.pred]),
+                f"{r.confidence:.6f}",
+                correct,
+                *[f"{v:.6f}" for v in r.probs],
+                *faith,
+            ]
+        )
     if write is not None:
         write("predictions.csv", buf.getvalue().encode())
     else:

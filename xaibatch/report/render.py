@@ -26,7 +26,17 @@ from .predictions import write_predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
-from .model import ASSET_NAMES, Card, FINGERPRINT_VERSION, MapView, OWNED_DIRS, ReportData, STATE_NAME, TEMPLATE_NAMES, url
+from .model import (
+    ASSET_NAMES,
+    Card,
+    FINGERPRINT_VERSION,
+    MapView,
+    OWNED_DIRS,
+    ReportData,
+    STATE_NAME,
+    TEMPLATE_NAMES,
+    url,
+)
 from .text import fmt_bytes
 
 
@@ -37,8 +47,12 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
     loaders.append(jinja2.FileSystemLoader(str(templates_dir())))
     env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders), autoescape=True, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, auto_reload=False,
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
     )
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     env.filters["conf"] = lambda v: f"{100 * v:.1f}%"
@@ -147,9 +161,18 @@ class PageWriter:
         return {}
 
     def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
-        body = json.dumps({"version": FINGERPRINT_VERSION, "content": content_key, "summary": summary,
-                           "pages": self.fingerprints, "truth": self.truths},  # in gallery order
-                          ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
+        body = json.dumps(
+            {
+                "version": FINGERPRINT_VERSION,
+                "content": content_key,
+                "summary": summary,
+                "pages": self.fingerprints,
+                "truth": self.truths,
+            },  # in gallery order
+            ensure_ascii=False,
+            separators=(",", ":"),
+            default=str,
+        ).encode("utf-8", "surrogatepass")
         if self.files.read(STATE_NAME, len(body)) != body:
             self.files.write(STATE_NAME, body)
 
@@ -210,32 +233,53 @@ def _write_figures(w: PageWriter, data: ReportData) -> None:
     wanted: list[tuple[str, Any, str, Any]] = []
     if data.total:
         if data.labeled:
-            alt = (f"Histogram of the predicted class's probability for {data.correct} correctly classified "
-                   f"(blue) and {data.wrong} misclassified (orange) images.")
+            alt = (
+                f"Histogram of the predicted class's probability for {data.correct} correctly classified "
+                f"(blue) and {data.wrong} misclassified (orange) images."
+            )
         else:
             alt = f"Histogram of the predicted class's probability over all {data.total} images."
-        wanted.append(("confidence", (data.hist_edges, data.hist_series), alt,
-                       lambda: figures.confidence_histogram(data.hist_edges, data.hist_series)))
+        wanted.append(
+            (
+                "confidence",
+                (data.hist_edges, data.hist_series),
+                alt,
+                lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
+            )
+        )
         if data.labeled and data.ece is not None:
-            alt = (f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
-                   f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers.")
+            alt = (
+                f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
+                f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
+            )
             bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
-            wanted.append(("reliability", (bins, data.ece), alt,
-                           lambda: figures.reliability_diagram(bins, data.ece)))
+            wanted.append(("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece)))
     sanity = data.trust.sanity if data.trust else None
     if sanity and sanity.get("curves"):
         curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
-        alt = ("Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
-               "maps after randomizing the model's stages from the top; the table below lists the same numbers.")
+        alt = (
+            "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+            "maps after randomizing the model's stages from the top; the table below lists the same numbers."
+        )
         wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
     dec = data.decision
     if dec and dec.get("auc") is not None:
-        alt = (f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
-               f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
-               f"true positive rate {dec['point'][1]:.3f}).")
+        alt = (
+            f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
+            f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
+            f"true positive rate {dec['point'][1]:.3f})."
+        )
         numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
-        wanted.append(("roc", numbers, alt, lambda: figures.roc_curve(dec["roc_fpr"], dec["roc_tpr"], dec["point"],
-                                                                      dec["threshold"], dec["auc"], dec["positive"])))
+        wanted.append(
+            (
+                "roc",
+                numbers,
+                alt,
+                lambda: figures.roc_curve(
+                    dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
+                ),
+            )
+        )
     for name, numbers, alt, draw in wanted:
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
@@ -251,8 +295,12 @@ def _write_figures(w: PageWriter, data: ReportData) -> None:
 def _remove_stale(w: PageWriter) -> None:
     """Delete report files this write did not produce: pages of removed images, old assets and figures."""
     out = w.out
-    patterns = {"assets": (".css", ".js", ".svg"), "figures": (".svg",), "gallery": (".html",),
-                "detail": (".html", ".js")}
+    patterns = {
+        "assets": (".css", ".js", ".svg"),
+        "figures": (".svg",),
+        "gallery": (".html",),
+        "detail": (".html", ".js"),
+    }
     for top, exts in patterns.items():
         root = out / top
         if not root.is_dir():
@@ -368,12 +416,15 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
     """A detail data file: a plain script that hands its JSON to the viewer (``fetch`` is refused on file://).
     ASCII JSON is a valid JavaScript expression; file names are data in it, never markup (and "<" is written
     \\u003c, so not even a "</script>" in a name could end a script if the file were ever inlined)."""
-    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
+    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":")).replace(
+        "<", "\\u003c"
+    )
     return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
 
 
-def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str,
-                   keys: list[str]) -> None:
+def _write_details(
+    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, keys: list[str]
+) -> None:
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
     (detail/page-<n>.js) with its images' detail records; the browser draws one image, named in the URL's
     fragment (detail/page-<n>.html#<card id>). A data file is rewritten only when one of its cards, a
@@ -386,8 +437,13 @@ def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, sit
         page_cards = cards[first:last]
         before = cards[first - 1] if first > 0 and page_cards else None
         after = cards[last] if last < len(cards) and page_cards else None
-        fp = fingerprint(site_key, keys[first:last], before and (before.cid, before.page),
-                         after and (after.cid, after.page), data.input_dir is not None)
+        fp = fingerprint(
+            site_key,
+            keys[first:last],
+            before and (before.cid, before.page),
+            after and (after.cid, after.page),
+            data.input_dir is not None,
+        )
 
         def script(page_cards=page_cards, first=first) -> str:
             records = []
@@ -404,22 +460,54 @@ def _write_details(w: PageWriter, env: jinja2.Environment, data: ReportData, sit
             for c in page_cards:
                 if c.rel in w.truth_cache and c.mask_key:
                     w.truths[c.rel] = w.truth_cache[c.rel]
-        w.write_page(f"detail/page-{p.number}.html", fingerprint(site_key, p.number, len(data.pages)),
-                     lambda n=p.number: viewer.render(r=site, number=n, pages=len(data.pages), root="../",
-                                                      nav="detail", data_src=f"page-{n}.js"))
+        w.write_page(
+            f"detail/page-{p.number}.html",
+            fingerprint(site_key, p.number, len(data.pages)),
+            lambda n=p.number: viewer.render(
+                r=site, number=n, pages=len(data.pages), root="../", nav="detail", data_src=f"page-{n}.js"
+            ),
+        )
 
 
-def _write_gallery(w: PageWriter, env: jinja2.Environment, data: ReportData, site_key: str, keys: list[str],
-                   template_dir: Path | None = None) -> None:
+def _write_gallery(
+    w: PageWriter,
+    env: jinja2.Environment,
+    data: ReportData,
+    site_key: str,
+    keys: list[str],
+    template_dir: Path | None = None,
+) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     gallery = env.get_template("gallery.html")
-    layout_key = fingerprint(site_key, data.card_width, data.card_thumb, data.class_names, data.labeled, data.total,
-                             len(data.pages), data.sections, data.trust.faith if data.trust else None)
+    layout_key = fingerprint(
+        site_key,
+        data.card_width,
+        data.card_thumb,
+        data.class_names,
+        data.labeled,
+        data.total,
+        len(data.pages),
+        data.sections,
+        data.trust.faith if data.trust else None,
+    )
     fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
     for p in data.pages:
-        shown = [(b.group.key, b.group.title, b.group.count, b.group.order, b.group.class_index, b.group.section,
-                  b.group.section_title, b.first, b.last, b.heading_section, [keys[c.index] for c in b.cards])
-                 for b in p.blocks]
+        shown = [
+            (
+                b.group.key,
+                b.group.title,
+                b.group.count,
+                b.group.order,
+                b.group.class_index,
+                b.group.section,
+                b.group.section_title,
+                b.first,
+                b.last,
+                b.heading_section,
+                [keys[c.index] for c in b.cards],
+            )
+            for b in p.blocks
+        ]
         fp = fingerprint(layout_key, p.number, p.first, p.last, shown)
         w.write_page(p.path, fp, lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
 

@@ -68,10 +68,21 @@ def inputs(out: Path, manifest: Manifest, template_dir: Path | None) -> Inputs:
     methods = method_infos(history.runs, history.run, manifest.map_methods())
     st = os.stat(out / layout.MANIFEST)
     trust_files = [_signature(out / name) for name in (layout.FAITH_CHANCE, layout.SANITY)]
-    key = fingerprint(SUMMARY_VERSION, __version__, model.PAGE_SIZE, templates_key(template_dir),
-                      manifest.content_version(), st.st_dev, st.st_ino,  # another manifest moved in: not ours
-                      sorted(config.items()), [dataclasses.astuple(m) for m in methods], history.input_dir,
-                      history.source() is not None, sorted(masks.items()), trust_files)
+    key = fingerprint(
+        SUMMARY_VERSION,
+        __version__,
+        model.PAGE_SIZE,
+        templates_key(template_dir),
+        manifest.content_version(),
+        st.st_dev,
+        st.st_ino,  # another manifest moved in: not ours
+        sorted(config.items()),
+        [dataclasses.astuple(m) for m in methods],
+        history.input_dir,
+        history.source() is not None,
+        sorted(masks.items()),
+        trust_files,
+    )
     return Inputs(history, masks, key)
 
 
@@ -88,8 +99,7 @@ def save(data: ReportData) -> dict[str, Any]:
     out: dict[str, Any] = {f.name: getattr(data, f.name) for f in fields(ReportData) if f.name not in NOT_SAVED}
     out["methods"] = [dataclasses.asdict(m) for m in data.methods]
     out["groups"] = [{f.name: getattr(g, f.name) for f in fields(Group) if f.name != "cards"} for g in data.groups]
-    out["pages"] = [{f.name: getattr(p, f.name) for f in fields(GalleryPage) if f.name != "blocks"}
-                    for p in data.pages]
+    out["pages"] = [{f.name: getattr(p, f.name) for f in fields(GalleryPage) if f.name != "blocks"} for p in data.pages]
     out["trust"] = dataclasses.asdict(data.trust) if data.trust is not None else None
     out["input_dir"] = str(data.input_dir) if data.input_dir is not None else None
     return out

@@ -6,9 +6,6 @@ from datetime import datetime
 from typing import Any
 
 
-
-
-
 def fmt_time(ts: float | None) -> str:
     if ts is None:
         return "–"
@@ -59,9 +56,9 @@ def text_on(rgb: tuple[int, ...]) -> str:
 # draws no figure needs no matplotlib (its colour tables come from there); tests/test_report.py checks them.
 CSS_GRADIENTS = {
     False: "linear-gradient(to right, rgb(0,0,3), rgb(32,12,74), rgb(87,15,109), rgb(137,34,105), rgb(187,55,84), "
-           "rgb(228,90,49), rgb(249,142,8), rgb(248,203,52), rgb(252,254,164))",
+    "rgb(228,90,49), rgb(249,142,8), rgb(248,203,52), rgb(252,254,164))",
     True: "linear-gradient(to right, rgb(5,48,97), rgb(41,113,177), rgb(107,172,208), rgb(194,221,235), "
-          "rgb(247,246,246), rgb(250,204,180), rgb(228,128,101), rgb(185,39,50), rgb(103,0,31))",
+    "rgb(247,246,246), rgb(250,204,180), rgb(228,128,101), rgb(185,39,50), rgb(103,0,31))",
 }
 
 

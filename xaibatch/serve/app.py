@@ -14,8 +14,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 import gradio as gr  # noqa: E402
 
 from ..errors import UsageError, XaibatchError  # noqa: E402
-from .core import (MAX_LIME_SAMPLES, MAX_UPLOAD_BYTES, MIN_LIME_SAMPLES, Request, Service, Upload,  # noqa: E402
-                   decode_upload, explain_requests, read_upload)
+from .core import (
+    MAX_LIME_SAMPLES,
+    MAX_UPLOAD_BYTES,
+    MIN_LIME_SAMPLES,
+    Request,
+    Service,
+    Upload,  # noqa: E402
+    decode_upload,
+    explain_requests,
+    read_upload,
+)
 from .flags import save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
@@ -45,7 +54,7 @@ def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pic
     if pick in demos:
         return decode_upload(demos[pick])
     if pick and pick.startswith(REPORT_PREFIX):
-        return report.read(pick[len(REPORT_PREFIX):])
+        return report.read(pick[len(REPORT_PREFIX) :])
     raise UsageError("upload an image or pick one")
 
 
@@ -83,8 +92,11 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                 html.append(numbered(next(answers), line_html(line if line is not None else r)))
                 state.append(None)
             else:
-                html.append(numbered(next(answers), result_html(r, service.names, service.rule(),
-                                                                report.detail_url(r.upload.sha256))))
+                html.append(
+                    numbered(
+                        next(answers), result_html(r, service.names, service.rule(), report.detail_url(r.upload.sha256))
+                    )
+                )
                 state.append({"data": r.upload.data, "format": r.upload.image_format})
         return html, state
 
@@ -96,37 +108,64 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
         except (XaibatchError, OSError) as e:
             return numbered(next(answers), line_html(str(e)))
         what = "saved" if f.new else "already flagged:"
-        return numbered(next(answers), line_html(f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)",
-                                                 "note"))
+        return numbered(
+            next(answers), line_html(f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)", "note")
+        )
 
     with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
-        gr.Markdown(f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
-                    f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
-                    f"device: {service.prepared.device} · no login: keep it on 127.0.0.1", elem_id="xb-status")
+        gr.Markdown(
+            f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
+            f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
+            f"device: {service.prepared.device} · no login: keep it on 127.0.0.1",
+            elem_id="xb-status",
+        )
         last = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
                 pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
                 methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
-                samples = gr.Slider(MIN_LIME_SAMPLES, MAX_LIME_SAMPLES, value=service.default_lime_samples(), step=10,
-                                    label="LIME samples", elem_id="xb-samples")
+                samples = gr.Slider(
+                    MIN_LIME_SAMPLES,
+                    MAX_LIME_SAMPLES,
+                    value=service.default_lime_samples(),
+                    step=10,
+                    label="LIME samples",
+                    elem_id="xb-samples",
+                )
                 curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
                 go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
-                label = gr.Dropdown(service.names, value=None, allow_custom_value=True,
-                                    label="Wrong prediction? The correct label", elem_id="xb-label")
+                label = gr.Dropdown(
+                    service.names,
+                    value=None,
+                    allow_custom_value=True,
+                    label="Wrong prediction? The correct label",
+                    elem_id="xb-label",
+                )
                 flag_button = gr.Button("Flag: wrong prediction", elem_id="xb-flag")
                 flagged = gr.HTML(elem_id="xb-flagged")
             with gr.Column(scale=3):
                 result = gr.HTML(elem_id="xb-result")
-        go.click(explain, [upload, pick, methods, samples, curves], [result, last], batch=True, max_batch_size=MAX_BATCH,
-                 concurrency_limit=1, api_name="explain")
+        go.click(
+            explain,
+            [upload, pick, methods, samples, curves],
+            [result, last],
+            batch=True,
+            max_batch_size=MAX_BATCH,
+            concurrency_limit=1,
+            api_name="explain",
+        )
         flag_button.click(flag, [last, label], flagged, api_name="flag")
     return blocks
 
 
-def launch(service: Service, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
-           log: Callable[[str], None] = print) -> Served:
+def launch(
+    service: Service,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    block: bool = True,
+    log: Callable[[str], None] = print,
+) -> Served:
     """Start the app; with ``block`` serve until Ctrl-C."""
     report = ReportImages.load(service.opts.out)
     if report.problem:
@@ -134,8 +173,16 @@ def launch(service: Service, host: str = "127.0.0.1", port: int | None = None, b
     blocks = build(service, report)
     blocks.queue(default_concurrency_limit=1)
     try:
-        app, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True,
-                                    share=False, show_error=False, max_file_size=MAX_UPLOAD_BYTES * 2, css=CSS)
+        app, url, _ = blocks.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=True,
+            share=False,
+            show_error=False,
+            max_file_size=MAX_UPLOAD_BYTES * 2,
+            css=CSS,
+        )
     except OSError as e:  # Gradio's words name its own environment variables; ours name the option
         raise UsageError(f"cannot listen on {host}:{port} (in use?); pick another with --port") from e
     if report.rows:

@@ -121,16 +121,29 @@ class Service:
         for m in opts.methods:
             method_class(m)  # an unknown name: UsageError with the close matches, before the model loads
         run_opts = RunOptions(
-            input_dir=Path("."), out_dir=opts.out, methods=list(opts.methods), checkpoint=opts.checkpoint,
-            arch=opts.arch, model=opts.model, classes=opts.classes, positive_class=opts.positive_class,
-            threshold=opts.threshold, image_size=opts.image_size, target_layer=opts.target_layer, device=opts.device,
-            seed=opts.seed, method_options=opts.method_options, workers=0)
+            input_dir=Path("."),
+            out_dir=opts.out,
+            methods=list(opts.methods),
+            checkpoint=opts.checkpoint,
+            arch=opts.arch,
+            model=opts.model,
+            classes=opts.classes,
+            positive_class=opts.positive_class,
+            threshold=opts.threshold,
+            image_size=opts.image_size,
+            target_layer=opts.target_layer,
+            device=opts.device,
+            seed=opts.seed,
+            method_options=opts.method_options,
+            workers=0,
+        )
         # The run's own loading path; an empty unlabeled scan: the class names come from the model or --classes.
         self.prepared: Prepared = prepare(run_opts, Scan(Path("."), None, [], []))
         self.names = self.prepared.names
         self.decision = self.prepared.model.decision
         self._made: dict[tuple[str, int | None], Method] = {
-            (m.name, self._samples_key(m.name, None)): m for m in self.prepared.methods}
+            (m.name, self._samples_key(m.name, None)): m for m in self.prepared.methods
+        }
         self._lock = threading.Lock()
         self._scorer: Any = None
 
@@ -174,13 +187,18 @@ class Service:
             from ..faithfulness import FaithConfig, Scorer
 
             ctx = self.prepared.ctx
-            self._scorer = Scorer(ctx.model, FaithConfig(), torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1),
-                                  torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1))
+            self._scorer = Scorer(
+                ctx.model,
+                FaithConfig(),
+                torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1),
+                torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1),
+            )
         return self._scorer
 
     # -- explaining -------------------------------------------------------------------------------
-    def explain(self, uploads: list[Upload], methods: list[str], lime_samples: int | None = None,
-                faithfulness: bool = False) -> list[Result]:
+    def explain(
+        self, uploads: list[Upload], methods: list[str], lime_samples: int | None = None, faithfulness: bool = False
+    ) -> list[Result]:
         """Explain ``uploads`` as one batch with ``methods`` (all of them with the same settings); with
         ``faithfulness`` also each map's deletion and insertion curves."""
         if not methods:
@@ -191,10 +209,15 @@ class Service:
         segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
         segments = None
         if segmenters:  # as explain() and the DataLoader make them: from the model input, by the first segmenter
-            segments = torch.stack([torch.from_numpy(np.ascontiguousarray(segmenters[0](a.permute(1, 2, 0).numpy()),
-                                                                          dtype=np.int64)) for a in x])
-        explainer = Explainer(made, self.prepared.ctx, "pred", scorer=self.scorer() if faithfulness else None,
-                              decision=self.decision)
+            segments = torch.stack(
+                [
+                    torch.from_numpy(np.ascontiguousarray(segmenters[0](a.permute(1, 2, 0).numpy()), dtype=np.int64))
+                    for a in x
+                ]
+            )
+        explainer = Explainer(
+            made, self.prepared.ctx, "pred", scorer=self.scorer() if faithfulness else None, decision=self.decision
+        )
         with self._lock:
             t0 = time.perf_counter()
             probs, out = explainer(x, None, segments, [u.seed for u in uploads])
@@ -206,13 +229,16 @@ class Service:
         results = []
         for j, u in enumerate(uploads):
             display = display_copy(u.image)
-            pictures = [self._picture(m, maps[m.name][j], display, self.names[int(preds[j])],
-                                      faith[m.name][j] if faith[m.name] else None) for m in made]
+            pictures = [
+                self._picture(
+                    m, maps[m.name][j], display, self.names[int(preds[j])], faith[m.name][j] if faith[m.name] else None
+                )
+                for m in made
+            ]
             results.append(Result(u, probs[j].tolist(), int(preds[j]), pictures, seconds))
         return results
 
-    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None
-                 ) -> MapPicture:
+    def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None) -> MapPicture:
         h, w = display.shape[:2]
         signed = type(m).signed
         ticks, note = colour_ticks(display_scale(display_map(a, (w, h), signed), signed), signed, target)

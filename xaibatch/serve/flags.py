@@ -19,8 +19,15 @@ from ..layout import FLAGGED
 
 MAX_LABEL_CHARS = 64
 # PIL's format name -> the extension `xaibatch run` reads (scan.IMAGE_EXTENSIONS)
-EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "DIB": ".bmp", "TIFF": ".tif",
-              "GIF": ".gif"}
+EXTENSIONS = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "DIB": ".bmp",
+    "TIFF": ".tif",
+    "GIF": ".gif",
+}
 _UNSAFE = re.compile(r"[^\w .+\-]+")  # letters and digits of any script, space, '.', '+', '-', '_'
 
 

@@ -64,11 +64,29 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
 
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])  # every class, the likeliest first
     probs = [(names[i], fmt_pct(r.probs[i]), round(120 * r.probs[i])) for i in order]
-    maps = [{"method": m.method, "title": m.title, "src": data_uri(m.overlay_png, "image/png"), "bar": bar_uri(m.signed),
-             "ticks": m.ticks, "note": m.note, "faith": _faith(m.faith)} for m in r.maps]
+    maps = [
+        {
+            "method": m.method,
+            "title": m.title,
+            "src": data_uri(m.overlay_png, "image/png"),
+            "bar": bar_uri(m.signed),
+            "ticks": m.ticks,
+            "note": m.note,
+            "faith": _faith(m.faith),
+        }
+        for m in r.maps
+    ]
     image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
-    return _PAGE.render(pred=names[r.pred], conf=fmt_pct(r.probs[r.pred]), rule=rule, seconds=f"{r.seconds:.2f} s",
-                        detail=detail, probs=probs, maps=maps, image=image)
+    return _PAGE.render(
+        pred=names[r.pred],
+        conf=fmt_pct(r.probs[r.pred]),
+        rule=rule,
+        seconds=f"{r.seconds:.2f} s",
+        detail=detail,
+        probs=probs,
+        maps=maps,
+        image=image,
+    )
 
 
 def _faith(row: dict | None) -> dict | None:
@@ -77,8 +95,11 @@ def _faith(row: dict | None) -> dict | None:
 
     if not row:
         return None
-    return {"deletion": f"{row['deletion']:.3f}", "insertion": f"{row['insertion']:.3f}",
-            "curves": (curve_points(row["deletion_curve"]), curve_points(row["insertion_curve"]))}
+    return {
+        "deletion": f"{row['deletion']:.3f}",
+        "insertion": f"{row['insertion']:.3f}",
+        "curves": (curve_points(row["deletion_curve"]), curve_points(row["insertion_curve"])),
+    }
 
 
 def line_html(text: str, kind: str = "error") -> str:
@@ -89,4 +110,3 @@ def line_html(text: str, kind: str = "error") -> str:
 def numbered(n: int, body: str) -> str:
     """An answer with its number, so a page (and a test) tells a new answer from the one before."""
     return f'<div class="xb-answer" data-answer="{int(n)}">{body}</div>'
-

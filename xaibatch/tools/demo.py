@@ -25,12 +25,22 @@ SIZE = DEFAULT_MODEL_IMAGE_SIZE  # CIFAKE's size, and the bundled model's
 
 # Photographs only (no drawings, logos, charts): (package, path inside its data folder).
 _PHOTOS = [
-    ("skimage", "astronaut.png"), ("skimage", "brick.png"), ("skimage", "camera.png"),
-    ("skimage", "chelsea.png"), ("skimage", "coffee.png"), ("skimage", "coins.png"),
-    ("skimage", "grass.png"), ("skimage", "gravel.png"), ("skimage", "hubble_deep_field.jpg"),
-    ("skimage", "moon.png"), ("skimage", "motorcycle_left.png"), ("skimage", "motorcycle_right.png"),
-    ("skimage", "retina.jpg"), ("skimage", "rocket.jpg"),
-    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    ("skimage", "astronaut.png"),
+    ("skimage", "brick.png"),
+    ("skimage", "camera.png"),
+    ("skimage", "chelsea.png"),
+    ("skimage", "coffee.png"),
+    ("skimage", "coins.png"),
+    ("skimage", "grass.png"),
+    ("skimage", "gravel.png"),
+    ("skimage", "hubble_deep_field.jpg"),
+    ("skimage", "moon.png"),
+    ("skimage", "motorcycle_left.png"),
+    ("skimage", "motorcycle_right.png"),
+    ("skimage", "retina.jpg"),
+    ("skimage", "rocket.jpg"),
+    ("sklearn", "china.jpg"),
+    ("sklearn", "flower.jpg"),
     ("matplotlib", "grace_hopper.jpg"),
 ]
 

@@ -51,8 +51,12 @@ def _splits(data_dir: Path) -> tuple[Path, Path | None]:
 def _loader(entries, size, batch_size, shuffle, workers, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        ImageDataset(entries, size), batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate, generator=g,
+        ImageDataset(entries, size),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=g,
     )
 
 
@@ -76,9 +80,19 @@ def evaluate(model, loader, labels_of, mean, std, device) -> float:
 
 
 def train(
-    data_dir: Path, arch: str, out: Path, image_size: int = 64, epochs: int = 10, batch_size: int = 64,
-    lr: float = 2e-3, val_fraction: float = 0.1, seed: int = 0, device: str = "auto", workers: int = 0,
-    log: Callable[[str], None] = print, save_format: str = "xaibatch",
+    data_dir: Path,
+    arch: str,
+    out: Path,
+    image_size: int = 64,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str = "auto",
+    workers: int = 0,
+    log: Callable[[str], None] = print,
+    save_format: str = "xaibatch",
 ) -> TrainResult:
     """Train ``arch``; write xaibatch's checkpoint, or (``save_format="state-dict"``) a plain state_dict that
     ``xaibatch run --model timm:ARCH --classes ... --image-size ...`` loads."""
@@ -136,11 +150,19 @@ def train(
         test = scan(test_dir, labeled=True)
         if test.classes == found.classes:
             test_labels = {i: e.label for i, e in enumerate(test.images)}
-            test_acc = evaluate(model, _loader(test.images, image_size, 256, False, workers, seed), test_labels,
-                                mean, std, dev)
+            test_acc = evaluate(
+                model, _loader(test.images, image_size, 256, False, workers, seed), test_labels, mean, std, dev
+            )
             log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
-    meta = {"data": str(data_dir), "epochs": epochs, "val_accuracy": val_acc, "test_accuracy": test_acc,
-            "seed": seed, "train_images": len(tr), "val_images": len(val)}
+    meta = {
+        "data": str(data_dir),
+        "epochs": epochs,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "seed": seed,
+        "train_images": len(tr),
+        "val_images": len(val),
+    }
     if save_format == "state-dict":
         save_state_dict(out, model)
     else:

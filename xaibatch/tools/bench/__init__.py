@@ -40,5 +40,14 @@ from .memory import format_memory, memory_check
 from .options import FAMILIES, BenchOptions, BenchResult, Ratio, Row
 from .runner import run_bench
 
-__all__ = ["FAMILIES", "BenchOptions", "BenchResult", "Ratio", "Row", "format_memory", "format_result",
-           "memory_check", "run_bench"]
+__all__ = [
+    "FAMILIES",
+    "BenchOptions",
+    "BenchResult",
+    "Ratio",
+    "Row",
+    "format_memory",
+    "format_result",
+    "memory_check",
+    "run_bench",
+]

@@ -86,8 +86,9 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     ckpt = inputs.root / "model.pt"
     net = import_timm().create_model(opts.arch, pretrained=False, num_classes=opts.classes)
     cfg = net.pretrained_cfg
-    save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], opts.image_size, cfg["mean"],
-                    cfg["std"])
+    save_checkpoint(
+        ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], opts.image_size, cfg["mean"], cfg["std"]
+    )
     loaded = load_model(ckpt)
     model = loaded.module.to(dev).eval()
     layer = find_target_layer(model, opts.image_size)
@@ -95,9 +96,9 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     x_u8 = torch.from_numpy(inputs.images).to(dev).permute(0, 3, 1, 2).contiguous()
     mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
-    x = torch.cat([normalize(x_u8[a:a + 1024], mean, std) for a in range(0, len(x_u8), 1024)])
+    x = torch.cat([normalize(x_u8[a : a + 1024], mean, std) for a in range(0, len(x_u8), 1024)])
     # LIME's model batch: the given one, else the one LIME picks (free memory on CUDA); the peers get it too
     lime_chunk = opts.lime_batch_size or create_method("lime", ctx).chunk_size(x[:1])
     with torch.no_grad():
-        targets = torch.cat([model(x[a:a + opts.batch_size]).argmax(1) for a in range(0, len(x), opts.batch_size)])
+        targets = torch.cat([model(x[a : a + opts.batch_size]).argmax(1) for a in range(0, len(x), opts.batch_size)])
     return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, targets, lime_chunk, mean, std)

@@ -24,14 +24,22 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
     rtable = []
     for q in res.ratios:
         val = f"{q.value:.1f}%" if q.unit == "%" else f"{q.value:.2f}x"
-        tgt = "" if q.target is None else (
-            f"{'<=' if q.at_most else '>='} {q.target:g}{'%' if q.unit == '%' else 'x'}")
+        tgt = "" if q.target is None else (f"{'<=' if q.at_most else '>='} {q.target:g}{'%' if q.unit == '%' else 'x'}")
         met = "" if q.met is None else ("yes" if q.met else "NO")
         rtable.append((q.name, val, tgt, met))
-    fixed = [f"{r.family} {r.extra['fixed']['start-up']:.2f}s + {r.extra['fixed']['report']:.2f}s"
-             for r in res.rows if r.kind == "xaibatch" and "fixed" in r.extra]
-    note = ("End to end = the runs' compute phase (read, decode, explain, write, manifest). Not counted: "
-            "start-up (model load, scan, plan) + report, per run: " + ", ".join(fixed) + ".") if fixed else ""
+    fixed = [
+        f"{r.family} {r.extra['fixed']['start-up']:.2f}s + {r.extra['fixed']['report']:.2f}s"
+        for r in res.rows
+        if r.kind == "xaibatch" and "fixed" in r.extra
+    ]
+    note = (
+        (
+            "End to end = the runs' compute phase (read, decode, explain, write, manifest). Not counted: "
+            "start-up (model load, scan, plan) + report, per run: " + ", ".join(fixed) + "."
+        )
+        if fixed
+        else ""
+    )
     if markdown:
         lines += [f"{h}  " for h in res.header] + [""]
         lines += md(cols, table, right=(2, 3, 4, 5)) + [""]
@@ -46,8 +54,10 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
 
 
 def md(cols, table, right=()) -> list[str]:
-    out = ["| " + " | ".join(cols) + " |",
-           "|" + "|".join("---:" if i in right else "---" for i in range(len(cols))) + "|"]
+    out = [
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---:" if i in right else "---" for i in range(len(cols))) + "|",
+    ]
     out += ["| " + " | ".join(row) + " |" for row in table]
     return out
 

@@ -99,8 +99,9 @@ class Inputs:
     def first(self, k: int) -> Path:
         """A folder of the first ``k`` PNGs (``all/`` itself for all of them)."""
         if k not in self.folders:
-            self.folders[k] = (self.paths[0].parent if k == len(self.paths) else
-                               subset(self.paths[:k], self.root / f"first-{k}"))
+            self.folders[k] = (
+                self.paths[0].parent if k == len(self.paths) else subset(self.paths[:k], self.root / f"first-{k}")
+            )
         return self.folders[k]
 
     def jpegs(self, k: int) -> Path:

@@ -39,9 +39,16 @@ print(json.dumps({"computed": res.computed, "peak_mib": hwm(), "peak_before_repo
 """
 
 
-def memory_check(counts: tuple[int, ...] = (2000, 20000), size: int = 32, arch: str = "test_resnet",
-                 methods: tuple[str, ...] = ("gradcam",), batch_size: int = 64, workers: int | None = None,
-                 work_dir: Path | None = None, log: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+def memory_check(
+    counts: tuple[int, ...] = (2000, 20000),
+    size: int = 32,
+    arch: str = "test_resnet",
+    methods: tuple[str, ...] = ("gradcam",),
+    batch_size: int = 64,
+    workers: int | None = None,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict[str, Any]]:
     """Peak RSS of one ``pipeline.run`` per folder size, each in a fresh process.
 
     Each child reports its VmHWM (the whole run and up to the report render) and
@@ -74,11 +81,28 @@ def memory_check(counts: tuple[int, ...] = (2000, 20000), size: int = 32, arch: 
             out = root / f"out-{k}"
             shutil.rmtree(out, ignore_errors=True)
             log(f"memory: run over {k} images")
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-                [str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")])}
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")]
+                ),
+            }
             r = subprocess.run(
-                [sys.executable, "-c", _MEMORY_CHILD, str(folder), str(out), str(ckpt), ",".join(methods),
-                 str(batch_size), str(workers)], capture_output=True, text=True, env=env)
+                [
+                    sys.executable,
+                    "-c",
+                    _MEMORY_CHILD,
+                    str(folder),
+                    str(out),
+                    str(ckpt),
+                    ",".join(methods),
+                    str(batch_size),
+                    str(workers),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if r.returncode != 0:
                 raise RuntimeError(f"memory run over {k} images failed: {r.stderr.strip()[-2000:]}")
             results.append({"images": k, **json.loads(r.stdout.strip().splitlines()[-1])})
@@ -90,14 +114,32 @@ def memory_check(counts: tuple[int, ...] = (2000, 20000), size: int = 32, arch: 
 
 
 def format_memory(results: list[dict[str, Any]], markdown: bool = False) -> str:
-    cols = ("images", "seconds", "compute img/s", "peak RSS to end of compute (MiB)", "peak RSS whole run (MiB)",
-            "DataLoader worker peak (MiB)")
-    table = [(str(r["images"]), f"{r['seconds']:.1f}", f"{r['images'] / r['timings']['compute']:.0f}",
-              str(r["peak_before_report_mib"]), str(r["peak_mib"]), str(r["workers_peak_mib"])) for r in results]
+    cols = (
+        "images",
+        "seconds",
+        "compute img/s",
+        "peak RSS to end of compute (MiB)",
+        "peak RSS whole run (MiB)",
+        "DataLoader worker peak (MiB)",
+    )
+    table = [
+        (
+            str(r["images"]),
+            f"{r['seconds']:.1f}",
+            f"{r['images'] / r['timings']['compute']:.0f}",
+            str(r["peak_before_report_mib"]),
+            str(r["peak_mib"]),
+            str(r["workers_peak_mib"]),
+        )
+        for r in results
+    ]
     lines = md(cols, table, right=range(6)) if markdown else plain(cols, table, right=range(6))
     if len(results) >= 2:
         a, b = results[0], results[-1]
-        lines += ["", f"peak RSS {b['images']} vs {a['images']} images: "
-                      f"{b['peak_before_report_mib'] / a['peak_before_report_mib']:.2f}x to the end of compute, "
-                      f"{b['peak_mib'] / a['peak_mib']:.2f}x for the whole run (target <= 1.1x)"]
+        lines += [
+            "",
+            f"peak RSS {b['images']} vs {a['images']} images: "
+            f"{b['peak_before_report_mib'] / a['peak_before_report_mib']:.2f}x to the end of compute, "
+            f"{b['peak_mib'] / a['peak_mib']:.2f}x for the whole run (target <= 1.1x)",
+        ]
     return "\n".join(lines)

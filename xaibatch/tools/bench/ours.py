@@ -42,8 +42,9 @@ def forward_backward(b: Bench) -> Job:
     return Row("limits", f"forward + backward to the input, batch {b.bs}", "limit", b.n), fn
 
 
-def end_to_end(b: Bench, family: str, k: int, model_timer: bool = False, faith: bool = False,
-               no_files: bool = False) -> Job:
+def end_to_end(
+    b: Bench, family: str, k: int, model_timer: bool = False, faith: bool = False, no_files: bool = False
+) -> Job:
     """Real pipeline runs over the first ``k`` files, timed over their compute phase.
 
     Only the main row's timed rounds render the report (its cost goes to the table's note); warm-ups and the
@@ -52,10 +53,13 @@ def end_to_end(b: Bench, family: str, k: int, model_timer: bool = False, faith: 
     from ... import pipeline
     from ...faithfulness import DEFAULT_STEPS, FaithConfig
 
-    row = (Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
-           if faith else
-           Row(family, "xaibatch end to end, the writer's file work removed", "part", k) if no_files else
-           Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k))
+    row = (
+        Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
+        if faith
+        else Row(family, "xaibatch end to end, the writer's file work removed", "part", k)
+        if no_files
+        else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
+    )
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
     # a warm-up explains one batch; LIME one image; with scores (2 x steps forwards an image) an eighth of a batch
     warm_images = 1 if family == "lime" else max(1, b.n_warm // 8) if faith else b.n_warm
@@ -64,15 +68,26 @@ def end_to_end(b: Bench, family: str, k: int, model_timer: bool = False, faith: 
         out = next(outs)
         todo = warm_images if warm else k
         ro = pipeline.RunOptions(
-            input_dir=b.inputs.first(todo), out_dir=out, methods=[family], checkpoint=b.ckpt, batch_size=b.bs,
-            device=b.opts.device, workers=b.workers, labeled=False, method_options={"lime": b.lime_options()},
-            handle_signals=False, faithfulness=FaithConfig(chunk=max(64, 4 * b.bs)) if faith else None,
+            input_dir=b.inputs.first(todo),
+            out_dir=out,
+            methods=[family],
+            checkpoint=b.ckpt,
+            batch_size=b.bs,
+            device=b.opts.device,
+            workers=b.workers,
+            labeled=False,
+            method_options={"lime": b.lime_options()},
+            handle_signals=False,
+            faithfulness=FaithConfig(chunk=max(64, 4 * b.bs)) if faith else None,
         )
         timer = ModelTimer(type(b.model), b.sync) if model_timer else None
         report = row.kind == "xaibatch" and not warm
         try:
-            with (timer or contextlib.nullcontext()), (without_file_work() if no_files else contextlib.nullcontext()), \
-                    (contextlib.nullcontext() if report else without_report()):
+            with (
+                timer or contextlib.nullcontext(),
+                without_file_work() if no_files else contextlib.nullcontext(),
+                contextlib.nullcontext() if report else without_report(),
+            ):
                 res = pipeline.run(ro, log=lambda s: None)
         finally:
             shutil.rmtree(out, ignore_errors=True)
@@ -122,10 +137,19 @@ def without_file_work() -> Iterator[None]:
     real = writer.write_item
 
     def rows_only(files, item, run_id):
-        return [MapRow(item.rel, mp.method, mp.config_hash, layout.map_npy(mp.method, item.stem),
-                       layout.map_png(mp.method, item.stem), layout.map_thumb(mp.method, item.stem, item.width,
-                                                                               item.height), mp.info, run_id)
-                for mp in item.maps]
+        return [
+            MapRow(
+                item.rel,
+                mp.method,
+                mp.config_hash,
+                layout.map_npy(mp.method, item.stem),
+                layout.map_png(mp.method, item.stem),
+                layout.map_thumb(mp.method, item.stem, item.width, item.height),
+                mp.info,
+                run_id,
+            )
+            for mp in item.maps
+        ]
 
     writer.write_item = rows_only
     try:

@@ -30,9 +30,14 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
         k = b.n_warm if warm else b.n
         folder = b.inputs.jpegs(k) if jpeg else b.inputs.first(k)
         ds = ImageDataset(scan(folder).images, b.opts.image_size, jpeg_bytes=on is not None)
-        loader = torch.utils.data.DataLoader(ds, batch_size=b.bs, num_workers=b.workers, collate_fn=collate,
-                                             prefetch_factor=4 if b.workers else None,
-                                             pin_memory=on is not None and on.type == "cuda")
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=b.bs,
+            num_workers=b.workers,
+            collate_fn=collate,
+            prefetch_factor=4 if b.workers else None,
+            pin_memory=on is not None and on.type == "cuda",
+        )
         for batch in loader:
             if on is not None:
                 batch = finish_batch(batch, on, b.opts.image_size)
@@ -65,9 +70,18 @@ def writer_alone(b: Bench) -> Job:
         try:
             k = b.n_warm if warm else b.n
             for a in range(0, k, bs):
-                items = [WriteItem(f"img_{i:06d}.png", f"img_{i:06d}", size, size, display[i - a], thumbs[i - a],
-                                   [MapPictures("gradcam", "bench", *pictures[i - a])])
-                         for i in range(a, min(k, a + bs))]
+                items = [
+                    WriteItem(
+                        f"img_{i:06d}.png",
+                        f"img_{i:06d}",
+                        size,
+                        size,
+                        display[i - a],
+                        thumbs[i - a],
+                        [MapPictures("gradcam", "bench", *pictures[i - a])],
+                    )
+                    for i in range(a, min(k, a + bs))
+                ]
                 w.put(WriteJob(1, items))
         finally:
             w.finish()

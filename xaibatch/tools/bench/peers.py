@@ -47,8 +47,10 @@ def _gradcam(b: Bench) -> list[Job]:
             for a, z in b.chunks(b.n_warm if warm else b.n):
                 cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in tlist[a:z]])
 
-    return [(Row("gradcam", "pytorch-grad-cam GradCAM, per image", "peer", n_each), each),
-            (Row("gradcam", f"pytorch-grad-cam GradCAM, batches of {b.bs}", "peer", b.n), batched)]
+    return [
+        (Row("gradcam", "pytorch-grad-cam GradCAM, per image", "peer", n_each), each),
+        (Row("gradcam", f"pytorch-grad-cam GradCAM, batches of {b.bs}", "peer", b.n), batched),
+    ]
 
 
 def _guided(b: Bench) -> list[Job]:
@@ -73,13 +75,15 @@ def _guided(b: Bench) -> list[Job]:
     def captum_guided(warm: bool) -> None:
         ggc = GuidedGradCam(b.model, b.layer.module)
         for a, z in b.chunks(b.n_warm if warm else b.n):
-            ggc.attribute(b.x[a:z].clone().requires_grad_(True), target=b.targets[a:z],
-                          interpolate_mode="bilinear").detach().cpu()
+            ggc.attribute(
+                b.x[a:z].clone().requires_grad_(True), target=b.targets[a:z], interpolate_mode="bilinear"
+            ).detach().cpu()
         b.sync()
 
-    return [(Row("guided-gradcam", "pytorch-grad-cam GradCAM + guided backprop, per image", "peer", n_each),
-             pgc_guided),
-            (Row("guided-gradcam", f"captum GuidedGradCam, batches of {b.bs}", "peer", b.n), captum_guided)]
+    return [
+        (Row("guided-gradcam", "pytorch-grad-cam GradCAM + guided backprop, per image", "peer", n_each), pgc_guided),
+        (Row("guided-gradcam", f"captum GuidedGradCam, batches of {b.bs}", "peer", b.n), captum_guided),
+    ]
 
 
 def _lime(b: Bench) -> list[Job]:
@@ -105,22 +109,39 @@ def _lime(b: Bench) -> list[Job]:
         for i in range(1 if warm else n_each):
             with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
                 explainer.explain_instance(
-                    b.images[i], classifier_fn, labels=(tlist[i],), top_labels=None, hide_color=None,
-                    num_samples=b.opts.lime_samples, batch_size=b.lime_chunk, segmentation_fn=seg_fn,
+                    b.images[i],
+                    classifier_fn,
+                    labels=(tlist[i],),
+                    top_labels=None,
+                    hide_color=None,
+                    num_samples=b.opts.lime_samples,
+                    batch_size=b.lime_chunk,
+                    segmentation_fn=seg_fn,
                 )
 
     def probs(inp):
         return torch.softmax(b.model(inp), dim=1)
 
     def captum_lime(warm: bool) -> None:
-        lime = Lime(probs, interpretable_model=SkLearnRidge(alpha=1.0),
-                    similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25))
+        lime = Lime(
+            probs,
+            interpretable_model=SkLearnRidge(alpha=1.0),
+            similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25),
+        )
         for i in range(1 if warm else n_each):
             seg = torch.from_numpy(seg_fn(b.images[i])).to(b.dev)
             fill = fill_method.fill(b.x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
-            lime.attribute(b.x[i : i + 1], baselines=fill, target=tlist[i], feature_mask=seg[None, None],
-                           n_samples=b.opts.lime_samples, perturbations_per_eval=b.lime_chunk)
+            lime.attribute(
+                b.x[i : i + 1],
+                baselines=fill,
+                target=tlist[i],
+                feature_mask=seg[None, None],
+                n_samples=b.opts.lime_samples,
+                perturbations_per_eval=b.lime_chunk,
+            )
         b.sync()
 
-    return [(Row("lime", "lime package explain_instance, per image", "peer", n_each), lime_pkg),
-            (Row("lime", "captum Lime, per image", "peer", n_each), captum_lime)]
+    return [
+        (Row("lime", "lime package explain_instance, per image", "peer", n_each), lime_pkg),
+        (Row("lime", "captum Lime, per image", "peer", n_each), captum_lime),
+    ]

@@ -55,12 +55,18 @@ def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
         jobs.append(forward_only(b, b.lime_chunk, max(n, 2 * b.lime_chunk)))
     jobs.append(forward_backward(b))
     if "gradcam" in only:
-        jobs += [end_to_end(b, "gradcam", n), end_to_end(b, "gradcam", n, no_files=True),  # what the files cost
-                 loader_alone(b), loader_alone(b, "JPEG, PIL in the workers", jpeg=True), loader_alone(b, on=b.dev),
-                 writer_alone(b), file_floor(b),  # the writer, and its ceiling on this file system
-                 end_to_end(b, "gradcam", n, faith=True),  # the scores' cost (not fewer: the chance sample,
-                 # the first faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
-                 on_tensors(b, "gradcam", n)]
+        jobs += [
+            end_to_end(b, "gradcam", n),
+            end_to_end(b, "gradcam", n, no_files=True),  # what the files cost
+            loader_alone(b),
+            loader_alone(b, "JPEG, PIL in the workers", jpeg=True),
+            loader_alone(b, on=b.dev),
+            writer_alone(b),
+            file_floor(b),  # the writer, and its ceiling on this file system
+            end_to_end(b, "gradcam", n, faith=True),  # the scores' cost (not fewer: the chance sample,
+            # the first faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
+            on_tensors(b, "gradcam", n),
+        ]
     if "guided-gradcam" in only:
         jobs += [end_to_end(b, "guided-gradcam", n), on_tensors(b, "guided-gradcam", n)]
     if "lime" in only:
