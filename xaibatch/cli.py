@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .defaults import DECODE_CHOICES, default_workers
+from .defaults import DECODE_CHOICES, ENGINES, LIME_DEFAULTS, LIME_HIDE_MODES, default_workers
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, ExitCode, XaibatchError
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
@@ -108,6 +108,102 @@ def _faith_config(steps, baseline, batch_size):
     return FaithConfig(steps, baseline, chunk=max(64, 4 * (batch_size or 32)))
 
 
+def _option(*decls, **attrs):
+    """An option that several commands share: its name, type and metavar here; each command gives its help and
+    may override the rest (a default of its own)."""
+
+    def factory(help: str, **override):
+        return click.option(*decls, **{**attrs, **override}, help=help)
+
+    return factory
+
+
+def _stacked(*options):
+    """Several option decorators as one, in the order given (the order --help lists them)."""
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+device_option = _option("--device", default="auto", show_default=True)
+batch_size_option = _option("--batch-size", type=click.IntRange(1))
+workers_option = _option("--workers", type=click.IntRange(0))
+seed_option = _option("--seed", type=int, default=0, show_default=True)
+methods_option = _option(
+    "--method",
+    "-m",
+    "methods",
+    multiple=True,
+    show_default=True,
+    callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
+)
+# The model: run and serve take all of these, sanity --model, --checkpoint and --arch, train and bench --arch and
+# --image-size.
+arch_option = _option("--arch")
+model_option = _option("--model", "model_spec", metavar="SPEC")
+checkpoint_option = _option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False))
+image_size_option = _option("--image-size", type=click.IntRange(8, 4096))
+
+
+def model_options(help: dict[str, str]):
+    """run's and serve's model options, with each command's help (keyed by the option's parameter name)."""
+    return _stacked(
+        arch_option(help["arch"]),
+        model_option(help["model_spec"]),
+        checkpoint_option(help["checkpoint"]),
+        click.option("--classes", metavar="A,B,...", help=help["classes"]),
+        click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
+        click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help=help["threshold"]),
+        image_size_option(help["image_size"]),
+        click.option("--target-layer", help=help["target_layer"]),
+    )
+
+
+RUN_MODEL_HELP = {
+    "arch": "timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).",
+    "model_spec": "Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
+    "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
+    "checkpoint": "Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
+    "Default: the bundled demo model.",
+    "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
+    "checkpoint's, else the folder's.",
+    "positive_class": "Two classes: the one a one-logit head's sigmoid and --threshold are about "
+    "(e.g. --positive-class FAKE). Default: the second in sorted order.",
+    "threshold": "Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
+    "Default: 0.5.",
+    "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.",
+    "target_layer": "Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest stage still at least 4x4.",
+}
+SERVE_MODEL_HELP = {
+    "arch": "timm model name of a plain state_dict checkpoint, as for run.",
+    "model_spec": "Your own model, as for run (trusted code only).",
+    "checkpoint": "Weights, as for run. Default: the bundled demo model.",
+    "classes": "Class names in the model's output order, as for run.",
+    "positive_class": "Two classes: the one --threshold is about, as for run.",
+    "threshold": "Two classes: as for run. Default: 0.5.",
+    "image_size": "Model input size, as for run.",
+    "target_layer": "Layer for Grad-CAM, as for run.",
+}
+
+
+def _model_fields(checkpoint, arch, model_spec, classes, positive_class, threshold, image_size, target_layer) -> dict:
+    """The model options as RunOptions' and ServeOptions' fields."""
+    return dict(
+        checkpoint=checkpoint,
+        arch=arch,
+        model=model_spec,
+        classes=_class_list(classes),
+        positive_class=positive_class,
+        threshold=threshold,
+        image_size=image_size,
+        target_layer=target_layer,
+    )
+
+
 class _RunCommand(click.Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
@@ -125,17 +221,10 @@ class _RunCommand(click.Command):
 
 @cli.command(cls=_RunCommand, epilog=EXIT_CODES_HELP)
 @click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--method",
-    "-m",
-    "methods",
-    multiple=True,
+@methods_option(
+    "Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). All of them: xaibatch methods.",
     default=("gradcam",),
-    show_default=True,
     is_eager=True,
-    callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
-    help="Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
-    "All of them: xaibatch methods.",
 )
 @click.option(
     "--method-option",
@@ -145,47 +234,7 @@ class _RunCommand(click.Command):
     callback=lambda ctx, p, v: _checked(lambda: _method_options(v, ctx.params.get("methods") or ())),
     help="An option of one method, repeatable (e.g. --method-option cam:scorecam.batch_size=32).",
 )
-@click.option("--arch", help="timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).")
-@click.option(
-    "--model",
-    "model_spec",
-    metavar="SPEC",
-    help="Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
-    "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
-)
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
-    "Default: the bundled demo model.",
-)
-@click.option(
-    "--classes",
-    metavar="A,B,...",
-    help="Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
-    "checkpoint's, else the folder's.",
-)
-@click.option(
-    "--positive-class",
-    metavar="NAME",
-    help="Two classes: the one a one-logit head's sigmoid and --threshold are about "
-    "(e.g. --positive-class FAKE). Default: the second in sorted order.",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    metavar="T",
-    help="Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). Default: 0.5.",
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(8, 4096),
-    help="Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.",
-)
-@click.option(
-    "--target-layer",
-    help="Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest stage still at least 4x4.",
-)
+@model_options(RUN_MODEL_HELP)
 @click.option(
     "--target",
     type=click.Choice(["pred", "label"]),
@@ -193,23 +242,14 @@ class _RunCommand(click.Command):
     show_default=True,
     help="Class each map explains: the prediction or the folder's label (e.g. --target label).",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1),
+@batch_size_option(
+    "Images per batch on the device (e.g. --batch-size 128).",
     show_default="32 on the CPU; on a GPU 512/256/128 by input size",
-    help="Images per batch on the device (e.g. --batch-size 128).",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(0),
+@device_option("auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present.")
+@workers_option(
+    "DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).",
     show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
-    help="DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).",
 )
 @click.option(
     "--writers",
@@ -247,7 +287,7 @@ class _RunCommand(click.Command):
 )
 @click.option(
     "--lime-samples",
-    default="1000",
+    default=str(LIME_DEFAULTS["samples"]),
     show_default=True,
     metavar="N|auto",
     callback=lambda ctx, p, v: _lime_samples(v),
@@ -257,21 +297,21 @@ class _RunCommand(click.Command):
 @click.option(
     "--lime-samples-max",
     type=click.IntRange(10),
-    default=2000,
+    default=LIME_DEFAULTS["samples_max"],
     show_default=True,
     help="LIME with --lime-samples auto: at most this many per image (e.g. --lime-samples-max 4000).",
 )
 @click.option(
     "--lime-segments",
     type=click.IntRange(2),
-    default=50,
+    default=LIME_DEFAULTS["segments"],
     show_default=True,
     help="LIME: target number of SLIC superpixels (e.g. --lime-segments 30).",
 )
 @click.option(
     "--lime-hide",
-    type=click.Choice(["mean", "zero", "blur"]),
-    default="mean",
+    type=click.Choice(LIME_HIDE_MODES),
+    default=LIME_DEFAULTS["hide"],
     show_default=True,
     help="LIME: how a switched-off superpixel is hidden (e.g. --lime-hide blur).",
 )
@@ -283,7 +323,7 @@ class _RunCommand(click.Command):
     help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
     "e.g. --max-map-side 0 for the image's own size).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling (e.g. --seed 7).")
+@seed_option("Seed for LIME's sampling (e.g. --seed 7).")
 @click.option(
     "--template-dir",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
@@ -328,8 +368,8 @@ class _RunCommand(click.Command):
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    type=click.Choice(ENGINES),
+    default=ENGINES[0],
     show_default=True,
     help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
     'pip install "xaibatch[ray]"; INPUT_DIR and --out must be on a mount every node shares; '
@@ -368,14 +408,6 @@ def run(
     input_dir,
     methods,
     method_option,
-    arch,
-    model_spec,
-    checkpoint,
-    classes,
-    positive_class,
-    threshold,
-    image_size,
-    target_layer,
     target,
     batch_size,
     device,
@@ -405,6 +437,7 @@ def run(
     ray_workers,
     gpus_per_worker,
     cpus_per_worker,
+    **model,
 ):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
@@ -440,14 +473,7 @@ def run(
         input_dir=input_dir,
         out_dir=out,
         methods=list(methods),
-        checkpoint=checkpoint,
-        arch=arch,
-        model=model_spec,
-        classes=_class_list(classes),
-        positive_class=positive_class,
-        threshold=threshold,
-        image_size=image_size,
-        target_layer=target_layer,
+        **_model_fields(**model),
         target=target,
         batch_size=batch_size,
         device=device,
@@ -537,23 +563,15 @@ def _list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
 
 @cli.command()
 @click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option(
-    "--arch", default="resnet18", show_default=True, help="Any timm model name (e.g. --arch efficientnet_b0)."
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(8, 4096),
-    default=64,
-    show_default=True,
-    help="Input size the model is trained at (e.g. --image-size 32).",
-)
+@arch_option("Any timm model name (e.g. --arch efficientnet_b0).", default="resnet18", show_default=True)
+@image_size_option("Input size the model is trained at (e.g. --image-size 32).", default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the data.")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per step.")
+@batch_size_option("Images per step.", default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share held out for validation.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split, init and shuffling.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader processes.")
+@seed_option("Seed for the split, init and shuffling.")
+@device_option("auto, cpu, cuda or cuda:N.")
+@workers_option("DataLoader processes.", default=0, show_default=True)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -601,20 +619,9 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 
 
 @cli.command()
-@click.option(
-    "--arch",
-    default="resnet18",
-    show_default=True,
-    help="timm model, randomly initialised (e.g. --arch resnet50 on a GPU).",
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(8, 4096),
-    default=64,
-    show_default=True,
-    help="Generated images' and model input size (e.g. --image-size 224).",
-)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Images per batch.")
+@arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
+@image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
+@batch_size_option("Images per batch.", default=64, show_default=True)
 @click.option(
     "--images",
     type=click.IntRange(2),
@@ -632,7 +639,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 @click.option(
     "--lime-samples",
     type=click.IntRange(10),
-    default=1000,
+    default=LIME_DEFAULTS["samples"],
     show_default=True,
     help="LIME: perturbed images per image, for xaibatch and the peers alike.",
 )
@@ -645,16 +652,14 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     "LIME picks (lime.batch_size=auto: from free memory on CUDA, 256 on the CPU).",
 )
 @click.option("--classes", type=click.IntRange(2), default=2, show_default=True, help="Model outputs.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option("auto, cpu, cuda or cuda:N.")
 @click.option(
     "--threads", type=click.IntRange(0), default=0, show_default=True, help="torch CPU threads (0: torch's default)."
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(0),
+@workers_option(
+    "DataLoader processes of the end-to-end runs (as run's --workers).",
     default=default_workers,
     show_default="CPUs - 1, at most 4",
-    help="DataLoader processes of the end-to-end runs (as run's --workers).",
 )
 @click.option(
     "--repeats",
@@ -781,24 +786,15 @@ def methods_cmd():
     show_default=True,
     help="Size of the fixed, seeded sample of the run's images (e.g. --images 32).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and the re-initialisation.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Images per batch.")
-@click.option(
-    "--model",
-    "model_spec",
-    default=None,
-    metavar="SPEC",
-    help="The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
-    "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME.",
+@seed_option("Seed of the sample and the re-initialisation.")
+@device_option("auto, cpu, cuda or cuda:N.")
+@batch_size_option("Images per batch.", default=32, show_default=True)
+@model_option(
+    "The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
+    "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME."
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="The run's weights, when they moved since the run (checked against the recorded sha256).",
-)
-@click.option("--arch", default=None, help="The timm model of a plain state_dict given with --checkpoint.")
+@checkpoint_option("The run's weights, when they moved since the run (checked against the recorded sha256).")
+@arch_option("The timm model of a plain state_dict given with --checkpoint.")
 @reported
 def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
@@ -827,38 +823,20 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.option(
-    "--method",
-    "-m",
-    "methods",
-    multiple=True,
+@methods_option(
+    "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
     default=BUILTIN_METHODS,
-    show_default=True,
-    callback=lambda ctx, p, v: _checked(lambda: _known_methods(v)),
-    help="A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). "
-    "All of them: xaibatch methods.",
 )
-@click.option("--arch", help="timm model name of a plain state_dict checkpoint, as for run.")
-@click.option("--model", "model_spec", metavar="SPEC", help="Your own model, as for run (trusted code only).")
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Weights, as for run. Default: the bundled demo model.",
-)
-@click.option("--classes", metavar="A,B,...", help="Class names in the model's output order, as for run.")
-@click.option("--positive-class", metavar="NAME", help="Two classes: the one --threshold is about, as for run.")
-@click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help="Two classes: as for run. Default: 0.5.")
-@click.option("--image-size", type=click.IntRange(8, 4096), help="Model input size, as for run.")
-@click.option("--target-layer", help="Layer for Grad-CAM, as for run.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@model_options(SERVE_MODEL_HELP)
+@device_option("auto, cpu, cuda or cuda:N.")
 @click.option(
     "--lime-samples",
     type=click.IntRange(10, 5000),
-    default=1000,
+    default=LIME_DEFAULTS["samples"],
     show_default=True,
     help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for LIME's sampling, as for run.")
+@seed_option("Seed for LIME's sampling, as for run.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -882,23 +860,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     help="Port to listen on (e.g. --port 8080).",
 )
 @reported
-def serve(
-    methods,
-    arch,
-    model_spec,
-    checkpoint,
-    classes,
-    positive_class,
-    threshold,
-    image_size,
-    target_layer,
-    device,
-    lime_samples,
-    seed,
-    out,
-    host,
-    port,
-):
+def serve(methods, device, lime_samples, seed, out, host, port, **model):
     """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
 
     \b
@@ -927,14 +889,7 @@ def serve(
         ServeOptions(
             out=out,
             methods=list(methods),
-            checkpoint=checkpoint,
-            arch=arch,
-            model=model_spec,
-            classes=_class_list(classes),
-            positive_class=positive_class,
-            threshold=threshold,
-            image_size=image_size,
-            target_layer=target_layer,
+            **_model_fields(**model),
             device=device,
             seed=seed,
             lime_samples=lime_samples,
@@ -954,7 +909,7 @@ def serve(
     help="Training images per class (e.g. --train-per-class 200).",
 )
 @click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True, help="Test images per class.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
+@seed_option("Same seed, same files.")
 @reported
 def demo_data(out_dir, train_per_class, test_per_class, seed):
     """Write a CIFAKE-style 32x32 demo set with ground-truth masks of the fake regions.

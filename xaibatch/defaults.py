@@ -1,5 +1,5 @@
-"""Defaults chosen from the host and the device: DataLoader workers, batch size, where JPEGs are decoded
-(imports nothing heavy)."""
+"""Defaults chosen from the host and the device (DataLoader workers, batch size, where JPEGs are decoded), and the
+defaults and choices that the CLI shows before anything heavy loads (imports nothing heavy)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import os
 # --decode: auto decodes JPEGs with PIL in the DataLoader workers except on device types measured faster
 # (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
 DECODE_CHOICES = ("auto", "cpu", "device")
+ENGINES = ("local", "ray")  # --engine: this process, or Ray Data actors (pipeline/ray_engine.py)
+
+# LIME's options (methods/lime.py, which imports torch) and their defaults, here so that --help shows them cheaply
+LIME_HIDE_MODES = ("mean", "zero", "blur")
+LIME_DEFAULTS = {
+    "samples": 1000,
+    "segments": 50,
+    "hide": "mean",
+    "seed": 0,
+    "samples_min": 200,
+    "samples_max": 2000,
+    "samples_round": 100,
+    "tolerance": 0.1,
+}
 
 
 def device_spec_problem(spec: str) -> str | None:

@@ -53,23 +53,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
 from ..segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 
 KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
 RIDGE_ALPHA = 1.0  # lime_base's default Ridge(alpha=1)
-HIDE_MODES = ("mean", "zero", "blur")
-DEFAULTS: dict[str, Any] = {
-    "samples": 1000,
-    "segments": 50,
-    "hide": "mean",
-    "seed": 0,
-    "samples_min": 200,
-    "samples_max": 2000,
-    "samples_round": 100,
-    "tolerance": 0.1,
-}
+HIDE_MODES = LIME_HIDE_MODES
+DEFAULTS: dict[str, Any] = LIME_DEFAULTS
 AUTO_OPTIONS = ("samples_min", "samples_max", "samples_round", "tolerance")  # only read with samples=auto
 
 

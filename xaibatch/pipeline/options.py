@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 
 DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
-ENGINES = ("local", "ray")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import layout
+from ..defaults import ENGINES
 from ..errors import Interrupted, UsageError
 from ..scan import ImageEntry, Scan
 from .options import RayOptions, RunOptions
@@ -46,8 +47,8 @@ INSTALL = 'pip install "xaibatch[ray]"'
 
 def check_available(opts: RunOptions) -> None:
     """Refuse ``--engine ray`` up front when Ray is missing or the run asks for what it does not do."""
-    if opts.engine not in ("local", "ray"):
-        raise UsageError(f"--engine {opts.engine}: choose local or ray")
+    if opts.engine not in ENGINES:
+        raise UsageError(f"--engine {opts.engine}: choose {' or '.join(ENGINES)}")
     if opts.engine != "ray":
         return
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
