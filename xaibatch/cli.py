@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .defaults import DECODE_CHOICES, ENGINES, LIME_DEFAULTS, LIME_HIDE_MODES, default_workers
+from .defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, ENGINES, LIME_DEFAULTS, LIME_HIDE_MODES, default_workers
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, ExitCode, XaibatchError
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
@@ -318,7 +318,7 @@ class _RunCommand(click.Command):
 @click.option(
     "--max-map-side",
     type=click.IntRange(0),
-    default=1024,
+    default=DEFAULT_MAX_MAP_SIDE,
     show_default=True,
     help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
     "e.g. --max-map-side 0 for the image's own size).",

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-
-DEFAULT_MAX_MAP_SIDE = 1024  # an 8000x8000 image would otherwise make a 256 MB .npy per method
+from ..defaults import DEFAULT_MAX_MAP_SIDE
 
 
 @dataclass

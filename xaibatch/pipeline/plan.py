@@ -16,7 +16,7 @@ from ..layout import assign_stems
 from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
 from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
-from .options import DEFAULT_MAX_MAP_SIDE
+from ..defaults import DEFAULT_MAX_MAP_SIDE
 
 if TYPE_CHECKING:
     from .prepare import Prepared
