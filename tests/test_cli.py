@@ -177,3 +177,21 @@ def test_errors_are_one_line_without_traceback(tmp_path, labeled_dir, tiny_ckpt,
     assert "Traceback" not in r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1
+
+
+def test_the_clis_lime_defaults_engines_and_map_side_are_the_librarys():
+    """The CLI shows what the library does when an option is left out (defined once, in defaults.py)."""
+    from xaibatch.methods import lime
+    from xaibatch.pipeline import RunOptions
+
+    run = {p.name: p for p in cli.commands["run"].params}
+    assert run["lime_samples"].default == str(lime.DEFAULTS["samples"])
+    assert run["lime_samples_max"].default == lime.DEFAULTS["samples_max"]
+    assert run["lime_segments"].default == lime.DEFAULTS["segments"]
+    assert run["lime_hide"].default == lime.DEFAULTS["hide"]
+    assert tuple(run["lime_hide"].type.choices) == lime.HIDE_MODES
+    opts = RunOptions(input_dir=None, out_dir=None, methods=[])
+    assert run["engine"].default == opts.engine
+    assert run["max_map_side"].default == opts.max_map_side
+    serve = {p.name: p for p in cli.commands["serve"].params}
+    assert serve["lime_samples"].default == lime.DEFAULTS["samples"]
