@@ -437,7 +437,7 @@ def run(
     ray_workers,
     gpus_per_worker,
     cpus_per_worker,
-    **model,
+    **model,  # model_options: --arch, --model, --checkpoint, ... (see _model_fields)
 ):
     """Explain every image under INPUT_DIR and write maps plus an HTML report.
 
@@ -860,7 +860,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     help="Port to listen on (e.g. --port 8080).",
 )
 @reported
-def serve(methods, device, lime_samples, seed, out, host, port, **model):
+def serve(methods, device, lime_samples, seed, out, host, port, **model):  # **model: model_options
     """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
 
     \b
