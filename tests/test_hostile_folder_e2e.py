@@ -132,7 +132,7 @@ def test_hostile_folder_end_to_end(tmp_path, tiny_ckpt, monkeypatch):
     stems2 = check_output_folder(out, root)
     assert set(stems2) == set(stems) - {"REAL/r0.png", "REAL/r1.png", "REAL/r2.png", "FAKE/a.jpg", f"FAKE/{LONG}.jpg"}
     assert all(stems2[k] == stems[k] for k in stems2)  # stems are kept for good
-    assert sorted(p.name for p in outside.iterdir()) == ["secret.png"]
+    assert sorted(p.name for p in outside.iterdir()) == ["private.png", "secret.png"]  # nothing written there
     os.unlink(out / "detail" / "FAKE")
 
     # A third run changes nothing and stays consistent.

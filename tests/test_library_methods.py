@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import json
 import subprocess
 import sys
@@ -286,7 +287,8 @@ def test_six_library_methods_end_to_end_on_demo_data_with_the_bundled_model(tmp_
             detail = "".join(p.read_text() for p in (out / "detail").glob("page-*.js"))  # the detail views' data
             assert row.png in detail or row.png.replace(":", "%3A").replace("+", "%2B") in detail
     for name in LIBRARY_SIX:
-        assert gallery.count(f'data-method="{name}"') == len(images), name
+        thumbs = re.findall(rf'<img [^>]*data-method="{re.escape(name)}"', gallery)  # (signed maps also print a scale)
+        assert len(thumbs) == len(images), name
     index = (out / "index.html").read_text()
     for name in LIBRARY_SIX:
         assert html.escape(method_class(name).title) in index

@@ -225,7 +225,9 @@ def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, t
     rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray", on_event=events["ray"].append))
     assert (ra.computed, rb.computed, rb.status, len(rb.failed)) == (10, 10, "some-failed", 1)
     assert sorted(ra.failed) == sorted(rb.failed)
-    same = lambda evs: sorted(repr({k: v for k, v in e.items() if k != "run_id"}) for e in evs)  # noqa: E731
+    same = lambda evs: sorted(  # noqa: E731  (progress events are timing: when a beat falls differs)
+        repr({k: v for k, v in e.items() if k != "run_id"}) for e in evs if e.get("event") != "progress"
+    )
     assert same(events["local"]) == same(events["ray"])  # plan, estimate, failure: the same --log-json events
     assert _rows(a) == _rows(b)
     assert len(_rows(b)["failures"]) == 1
