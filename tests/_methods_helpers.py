@@ -9,9 +9,9 @@ from torch import nn
 
 from xaibatch.layers import capture, find_target_layer
 from xaibatch.methods.base import Batch, ModelContext
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from xaibatch.preprocess import IMAGENET_MEAN as MEAN
+from xaibatch.preprocess import IMAGENET_STD as STD
+from xaibatch.preprocess import normalize as to_input
 
 
 def tiny_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -34,8 +34,8 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def normalize(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return to_input(x, torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1))
 
 
 def make_batch(

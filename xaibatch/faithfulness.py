@@ -30,6 +30,7 @@ from . import layout
 from .errors import UsageError
 from .trust import load_chance
 from .files import atomic_write_bytes
+from .preprocess import black
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
 BASELINES = ("blur", "zero", "mean")
@@ -93,7 +94,7 @@ def fill_image(x: torch.Tensor, baseline: str, mean: torch.Tensor, std: torch.Te
         pad = size // 2
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=x.shape[1])
     if baseline == "zero":
-        return ((0.0 - mean) / std).to(x.dtype).expand_as(x).contiguous()
+        return black(mean, std).to(x.dtype).expand_as(x).contiguous()
     if baseline == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
     raise UsageError(f"unknown faithfulness baseline {baseline!r}")

@@ -25,6 +25,7 @@ from .defaults import device_spec_problem
 from .files import file_sha256
 from .errors import ModelError, UsageError
 from .imports import import_timm
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -308,8 +309,8 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
-    mean = tuple(float(v) for v in (mean or cfg.get("mean", (0.485, 0.456, 0.406))))
-    std = tuple(float(v) for v in (std or cfg.get("std", (0.229, 0.224, 0.225))))
+    mean = tuple(float(v) for v in (mean or cfg.get("mean", IMAGENET_MEAN)))
+    std = tuple(float(v) for v in (std or cfg.get("std", IMAGENET_STD)))
     module.eval()
     return LoadedModel(module, arch, names, size, mean, std, source, digest)
 

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ModelError, UsageError
+from ..preprocess import black, channel_stats
 from .base import Batch, Explanation, Family, Method, ModelContext, check_options, normalize_per_image
 from .base import register_family, register_method
 from .lime import mask_seed
@@ -164,9 +165,7 @@ class CaptumMethod(Method):
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         if self.options.get("baseline", "zero") == "zero":
             return torch.zeros_like(x[:1])
-        mean = torch.tensor(self.ctx.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.ctx.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return ((0.0 - mean) / std).expand_as(x[:1]).contiguous()
+        return black(*channel_stats(self.ctx.mean, self.ctx.std, x)).expand_as(x[:1]).contiguous()
 
     def _kwargs(self, x: torch.Tensor) -> dict[str, Any]:
         """captum's attribute() arguments for the base method."""

@@ -9,11 +9,8 @@ import torch
 
 from ..heads import predict
 from ..layers import capture
+from ..preprocess import normalize
 from .base import Batch, Method, ModelContext
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x.float().div_(255.0) - mean) / std
 
 
 class Explainer:

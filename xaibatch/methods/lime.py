@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
+from ..preprocess import black, channel_stats
 from ..segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 
@@ -385,9 +386,7 @@ class Lime(Method):
     def fill(self, x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         """Return what hidden superpixels show, (B, C, H, W) in normalized input space."""
         if self.hide == "zero":  # black in pixel space
-            mean = torch.tensor(self.ctx.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.ctx.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            return ((0.0 - mean) / std).expand_as(x)
+            return black(*channel_stats(self.ctx.mean, self.ctx.std, x)).expand_as(x)
         if self.hide == "blur":
             return _gaussian_blur(x, sigma=max(1.0, x.shape[2] / 16))
         # "mean": every superpixel filled with its own mean colour (lime's hide_color=None).

@@ -19,6 +19,7 @@ from ..data import ImageDataset, collate
 from ..scan import scan
 from ..errors import InputError, UsageError
 from ..model import create, resolve_device, save_checkpoint
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def save_state_dict(path: Path, model: torch.nn.Module) -> None:
@@ -61,7 +62,7 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
 
 
 def _prep(b, labels_of, mean, std, device):
-    x = (b["x"].to(device).float() / 255.0 - mean) / std
+    x = normalize(b["x"].to(device), mean, std)
     y = torch.tensor([labels_of[i] for i in b["index"]], device=device)
     return x, y
 
@@ -107,8 +108,8 @@ def train(
         raise UsageError("--val-fraction must be between 0 and 1")
     model = create(arch, len(found.classes), img_size=image_size).to(dev)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean_t = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-    std_t = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean_t = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std_t = tuple(cfg.get("std", IMAGENET_STD))
     mean = torch.tensor(mean_t, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(std_t, device=dev).view(1, 3, 1, 1)
 

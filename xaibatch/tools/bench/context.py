@@ -68,7 +68,7 @@ class Bench:
 
     def normalize(self, u8: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 images to the model's (B, 3, H, W) normalized input on the device, as a run's."""
-        from ...methods.explainer import normalize
+        from ...preprocess import normalize
 
         t = torch.from_numpy(np.ascontiguousarray(u8)).to(self.dev).permute(0, 3, 1, 2).contiguous()
         return normalize(t, self.mean, self.std)
@@ -79,7 +79,7 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     from ...imports import import_timm
     from ...layers import find_target_layer
     from ...methods import ModelContext, create_method
-    from ...methods.explainer import normalize
+    from ...preprocess import normalize
     from ...model import load_model, save_checkpoint
 
     torch.manual_seed(0)
