@@ -18,7 +18,7 @@ from .signals import Abandoned, Stop
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     """The loader's batches, ending early (and at once) when a signal arrives while waiting for one."""
-    it = iter(loader)
+    it = forked_quietly(iter, loader)
     finished = False
     try:
         while True:
@@ -32,6 +32,21 @@ def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     finally:
         if not finished or stop.requested:
             end_workers(it)
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def forked_quietly(start: Any, *args: Any) -> Any:
+    """``start(*args)`` (which forks worker processes) with SIGINT/SIGTERM blocked, so that a signal arriving
+    while a worker is new reaches only the run: the worker inherits the block until its ``worker_init`` has set
+    them to be ignored. (Without it, a new worker could run the run's own handler and print half a traceback
+    before being killed.)"""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return start(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered here
 
 
 def end_workers(it: Any) -> None:
