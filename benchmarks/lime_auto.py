@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from scipy.stats import spearmanr
 
-from xaibatch.localization import pointing_game
-from xaibatch.segmentation import slic_segments
+from xaibatch.report.localization import pointing_game
+from xaibatch.methods.segmentation import slic_segments
 
 
 def maps(out: Path) -> dict[str, tuple[np.ndarray, dict]]:

@@ -42,7 +42,7 @@ def make_checkpoint(path: Path, size: int = 32) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from xaibatch.model import save_checkpoint
+    from xaibatch.model.loading import save_checkpoint
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=2)

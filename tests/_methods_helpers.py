@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from xaibatch.layers import capture, find_target_layer
+from xaibatch.model.layers import capture, find_target_layer
 from xaibatch.methods.base import Batch, ModelContext
 from xaibatch.preprocess import IMAGENET_MEAN as MEAN
 from xaibatch.preprocess import IMAGENET_STD as STD

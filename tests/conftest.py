@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from xaibatch.model import save_checkpoint
+from xaibatch.model.loading import save_checkpoint
 
 CLASSES = ["FAKE", "REAL"]
 

@@ -11,7 +11,7 @@ import xaibatch
 from conftest import write_images
 from xaibatch.errors import UsageError
 from xaibatch.manifest import Manifest
-from xaibatch.model import load_model
+from xaibatch.model.loading import load_model
 
 
 def test_explain_gives_the_maps_a_run_writes(tmp_path, tiny_ckpt):

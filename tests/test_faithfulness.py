@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xaibatch.faithfulness import FaithConfig, Scorer, fill_image, random_maps
+from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.compute import image_seed

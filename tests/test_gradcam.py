@@ -9,7 +9,7 @@ import torch
 from pytorch_grad_cam import GradCAM as LibGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from xaibatch.layers import capture, find_target_layer
+from xaibatch.model.layers import capture, find_target_layer
 from xaibatch.methods import Batch
 from xaibatch.methods.gradcam import gradcam_maps
 

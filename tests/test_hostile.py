@@ -27,7 +27,7 @@ from xaibatch.data import load_image
 from xaibatch.scan import scan
 from xaibatch.errors import ModelError, UsageError
 from xaibatch.files import make_dirs, safe_join
-from xaibatch.model import read_checkpoint
+from xaibatch.model.loading import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,7 +77,7 @@ def test_tiffs_pil_cannot_decode_are_named_as_tiffs(tmp_path, spp, bits, fmt):
 
 def test_an_all_zero_checkpoint_gets_a_whole_sentence_and_no_unsafe_advice(tmp_path):
     from xaibatch.errors import ModelError
-    from xaibatch.model import read_checkpoint
+    from xaibatch.model.loading import read_checkpoint
 
     p = tmp_path / "zero.pt"
     p.write_bytes(bytes(4096))
@@ -92,7 +92,7 @@ def test_an_all_zero_checkpoint_gets_a_whole_sentence_and_no_unsafe_advice(tmp_p
 
 
 def test_long_error_lines_are_cut_at_a_word():
-    from xaibatch.model import _first_line
+    from xaibatch.model.loading import _first_line
 
     cut = _first_line(ValueError("word " * 100))
     assert cut.endswith("word …") and len(cut) <= 202

@@ -167,8 +167,8 @@ def _layer_cam_minima(inp: Path, rels: list[str]) -> dict[str, float]:
 
     from xaibatch.data import ImageDataset
     from xaibatch.scan import scan
-    from xaibatch.layers import find_target_layer
-    from xaibatch.model import load_model
+    from xaibatch.model.layers import find_target_layer
+    from xaibatch.model.loading import load_model
     from xaibatch.resources import default_checkpoint
 
     lm = load_model(default_checkpoint())

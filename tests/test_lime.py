@@ -19,7 +19,7 @@ from torch import nn
 
 from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
-from xaibatch.layers import TargetLayer
+from xaibatch.model.layers import TargetLayer
 from xaibatch.methods import METHODS, ModelContext, create_method
 from xaibatch.methods import lime as lime_module
 from xaibatch.methods.lime import (
@@ -34,7 +34,7 @@ from xaibatch.methods.lime import (
     reference_masks,
     weighted_ridge,
 )
-from xaibatch.segmentation import grid_segments, slic_segments
+from xaibatch.methods.segmentation import grid_segments, slic_segments
 
 SIZE = 32
 

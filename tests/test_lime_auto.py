@@ -230,7 +230,7 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
     """Bundled model, demo images: where 1000 samples are stable (2000 give the same top 5 and ranks), auto's
     top 5 superpixels and ranking agree with the 1000-sample map (measured: 5 stable images of 12, auto
     stopped at 600-1600)."""
-    from xaibatch.model import load_model
+    from xaibatch.model.loading import load_model
     from xaibatch.resources import default_checkpoint
     from xaibatch.tools.demo import write_demo_data
     from PIL import Image

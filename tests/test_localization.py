@@ -14,7 +14,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from xaibatch.localization import hit, pointing_game
+from xaibatch.report.localization import hit, pointing_game
 from xaibatch.pipeline import RunOptions, run
 
 

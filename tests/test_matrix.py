@@ -136,7 +136,7 @@ def _maps_rows(out: Path) -> int:
 def _module(world, source: str):
     """What a notebook user hands explain() for this source: a path it loads, or the module they built."""
     from xaibatch.resources import default_checkpoint
-    from xaibatch.usermodel import build_factory
+    from xaibatch.model.user import build_factory
 
     src = world["sources"][source]
     if source == "bundled":
@@ -160,7 +160,7 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
     if entry == "run":
         check_output_folder(_base(world, source, family), world["inp"])
     elif entry == "run-faithfulness":
-        from xaibatch.faithfulness import FaithConfig
+        from xaibatch.evaluation.faithfulness import FaithConfig
 
         out = _copy(world, source, family, tmp_path)
         res = run(_opts(world, out, source, family, faithfulness=FaithConfig(steps=4)), log=_quiet)
@@ -174,7 +174,7 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
         check_output_folder(out, world["inp"])
         assert _maps_rows(out) == 6 * len(FAMILIES[family])
     elif entry == "sanity":
-        from xaibatch.sanity import run_sanity
+        from xaibatch.evaluation.sanity import run_sanity
 
         out = _copy(world, source, family, tmp_path)
         result = run_sanity(out, n=4, device="cpu", batch_size=4)

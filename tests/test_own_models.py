@@ -14,7 +14,7 @@ from PIL import Image
 
 from xaibatch.cli import cli
 from xaibatch.tools.demo import write_demo_data
-from xaibatch.heads import OneLogitHead
+from xaibatch.model.heads import OneLogitHead
 
 CNN_SRC = """
 import torch
@@ -252,7 +252,7 @@ def test_threshold_moves_predictions_and_only_flipped_maps(world, tmp_path):
 
 
 def test_threshold_on_a_softmax_model(tmp_path):
-    from xaibatch.heads import Decision, predict
+    from xaibatch.model.heads import Decision, predict
 
     probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.25, 0.75], [0.5, 0.5]])
     assert predict(probs, Decision(1, 0.5, "REAL", False)).tolist() == [0, 1, 1, 1]

@@ -106,7 +106,7 @@ def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_d
     """--faithfulness with --engine ray: actors score the maps, the driver computes the chance sample once."""
     import json
 
-    from xaibatch.faithfulness import FaithConfig
+    from xaibatch.evaluation.faithfulness import FaithConfig
 
     a, b = tmp_path / "local", tmp_path / "ray"
     faith = FaithConfig(4, "blur", 64)

@@ -723,7 +723,7 @@ def truth_run(tmp_path_factory, tiny_ckpt) -> tuple[Path, Path, dict[str, np.nda
 
 
 def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
-    from xaibatch.localization import pointing_game
+    from xaibatch.report.localization import pointing_game
 
     inp, out, masks = truth_run
     _site, records = detail_data(out)

@@ -14,7 +14,7 @@ from xaibatch.methods import Batch, Explanation, Method
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.compute import image_seed
 from xaibatch.pipeline.prepare import prepare
-from xaibatch.sanity import (
+from xaibatch.evaluation.sanity import (
     FAIL_RANK,
     _maps,
     cascade,

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from test_gradcam import ours
-from xaibatch.layers import find_target_layer
+from xaibatch.model.layers import find_target_layer
 
 
 def _tv(name: str) -> torch.nn.Module:

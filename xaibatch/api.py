@@ -59,11 +59,11 @@ def explain(
     import torch
 
     from .errors import UsageError
-    from .heads import OneLogitHead, count_outputs, unwrap
-    from .layers import find_target_layer
+    from .model.heads import OneLogitHead, count_outputs, unwrap
+    from .model.layers import find_target_layer
     from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explainer
-    from .model import load_model, resolve_device
+    from .model.loading import load_model, resolve_device
 
     dev = resolve_device(device)
     if isinstance(model, (str, Path)):

@@ -103,7 +103,7 @@ def _method_options(values, methods):
 
 
 def _faith_config(steps, baseline, batch_size):
-    from .faithfulness import FaithConfig  # torch: only when --faithfulness is asked for
+    from .evaluation.faithfulness import FaithConfig  # torch: only when --faithfulness is asked for
 
     return FaithConfig(steps, baseline, chunk=max(64, 4 * (batch_size or 32)))
 
@@ -807,7 +807,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
     """
-    from .sanity import ModelOverride, run_sanity
+    from .evaluation.sanity import ModelOverride, run_sanity
 
     result = run_sanity(
         out_dir,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from ..layers import TargetLayer
+from ..model.layers import TargetLayer
 
 
 def image_seed(rel: str) -> int:

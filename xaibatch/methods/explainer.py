@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..heads import predict
-from ..layers import capture
+from ..model.heads import predict
+from ..model.layers import capture
 from ..preprocess import normalize
 from .base import Batch, Method, ModelContext
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
 from ..preprocess import black, channel_stats
-from ..segmentation import SEGMENTATION_CONFIG, slic_segments
+from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 
 KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default

@@ -18,11 +18,11 @@ from ..defaults import default_writers
 from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
-from .. import heads
+from ..model import heads
 from ..errors import ModelError
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed  # noqa: F401  (tests and the Ray engine name it here)
-from ..model import LoadedModel
+from ..model.loading import LoadedModel
 from ..methods.explainer import Explainer
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
@@ -222,7 +222,7 @@ def compute(
     writer.start()
     scorer = None
     if opts.faithfulness is not None:
-        from ..faithfulness import scorer_for
+        from ..evaluation.faithfulness import scorer_for
 
         scorer = scorer_for(out, opts.faithfulness, prepared.ctx, hashes.methods, hashes.predict)
     worker = BatchWorker(
@@ -255,7 +255,7 @@ def compute(
         finally:
             progress.close()
     if scorer is not None:
-        from ..faithfulness import save_chance
+        from ..evaluation.faithfulness import save_chance
 
         save_chance(out, scorer)
 

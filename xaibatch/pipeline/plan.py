@@ -75,7 +75,7 @@ def config_hashes(
     }
     faith = None
     if faithfulness is not None:
-        from ..faithfulness import hashes as faith_hashes
+        from ..evaluation.faithfulness import hashes as faith_hashes
 
         faith = faith_hashes(faithfulness, methods)
     return Hashes(predict, methods, predict_config, faith, model_hash)

@@ -9,12 +9,13 @@ import torch
 
 
 from ..scan import Scan, scan
-from .. import heads, layout
+from .. import layout
+from ..model import heads
 from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
-from ..layers import TargetLayer, find_target_layer
+from ..model.layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
-from ..model import LoadedModel, load_model, resolve_device
+from ..model.loading import LoadedModel, load_model, resolve_device
 from .options import RunOptions, checkpoint_path
 
 
@@ -69,7 +70,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
     if opts.model is not None:
         if opts.arch is not None:
             raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
-        from ..usermodel import load_user_model
+        from ..model.user import load_user_model
 
         model = load_user_model(opts.model, opts.checkpoint, opts.image_size, n_hint)
     else:

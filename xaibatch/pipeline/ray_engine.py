@@ -164,7 +164,7 @@ class Worker:
             empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
             scorer = None
             if c.opts.faithfulness is not None:  # scores only: the driver computes the chance sample once
-                from ..faithfulness import scorer_for
+                from ..evaluation.faithfulness import scorer_for
 
                 scorer = scorer_for(
                     Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods, c.hashes.predict
@@ -596,7 +596,7 @@ def compute_ray(
         # never renamed. We hold the lock, so no one else writes here.
         sweep_temp_files(out, lambda pid: True)
         if opts.faithfulness is not None and not stop.requested:
-            from ..faithfulness import chance_on_driver
+            from ..evaluation.faithfulness import chance_on_driver
 
             chance_on_driver(
                 out,

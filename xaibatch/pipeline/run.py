@@ -378,7 +378,7 @@ def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], Im
     decision = setup.prepared.model.decision if setup.prepared is not None else None
     if decision is None:
         return None
-    from .. import heads
+    from ..model import heads
 
     def redecide(row: ImageRow) -> ImageRow:
         pred = heads.predict_one(row.probs, decision)

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from .. import layout
 from ..layout import display_size
-from ..localization import MASK_SUFFIX
+from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, MapRow
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import (
@@ -146,7 +146,7 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
 def _faith_view(row: MapRow) -> dict[str, Any]:
     if row.deletion is None or row.insertion is None:
         return {}
-    from ..trust import curve_points
+    from .trust import curve_points
 
     f = row.faith or {}
     curves = (curve_points(f["deletion_curve"]), curve_points(f["insertion_curve"])) if "deletion_curve" in f else None

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import layout
 from ..files import file_sha256
-from ..localization import MASK_SUFFIX
+from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
@@ -203,7 +203,7 @@ def assemble(
     warning = demo_model_warning(run, order, source is not None)
     if warning:
         data.warnings.append(warning)
-    from ..trust import build_trust
+    from .trust import build_trust
 
     data.trust = build_trust(Path(out_dir), images, maps, methods, labeled, run.model.checkpoint_sha256)
     data.decision = decision_summary(run.decision, names, images)

@@ -215,7 +215,7 @@ def _write_colour_bars(w: PageWriter, data: ReportData) -> None:
         key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
         rel = f"assets/colourbar.{key}.svg"
         if rel not in w.paths and not (w.out / rel).is_file():
-            from .. import figures
+            from . import figures
             from ..overlay import colour_stops
 
             w.write(rel, figures.colour_bar(colour_stops(m.signed)))
@@ -228,7 +228,7 @@ def _write_colour_bars(w: PageWriter, data: ReportData) -> None:
 def _write_figures(w: PageWriter, data: ReportData) -> None:
     """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
     matplotlib is never imported)."""
-    from .. import figures  # matplotlib itself only when one is drawn
+    from . import figures  # matplotlib itself only when one is drawn
 
     wanted: list[tuple[str, Any, str, Any]] = []
     if data.total:

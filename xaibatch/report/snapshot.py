@@ -26,7 +26,7 @@ from typing import Any
 from .. import __version__, layout
 from ..manifest import Manifest
 from ..resources import templates_dir
-from ..trust import FaithRow, Trust
+from .trust import FaithRow, Trust
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos

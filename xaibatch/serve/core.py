@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import heads
+from ..model import heads
 from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, model_input, open_image_file
 from ..errors import DecodeError, UsageError, XaibatchError
 from ..methods import Method, create_method, method_class
@@ -184,7 +184,7 @@ class Service:
     def scorer(self) -> Any:
         """Deletion and insertion as a run's --faithfulness scores them (the default steps and baseline)."""
         if self._scorer is None:
-            from ..faithfulness import FaithConfig, Scorer
+            from ..evaluation.faithfulness import FaithConfig, Scorer
 
             ctx = self.prepared.ctx
             self._scorer = Scorer(

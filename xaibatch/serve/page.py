@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import jinja2
 
-from ..figures import colour_bar
+from ..report.figures import colour_bar
 from ..overlay import colour_stops, png_bytes
 from ..report.text import fmt_pct
 from .core import Result
@@ -91,7 +91,7 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
 
 def _faith(row: dict | None) -> dict | None:
     """The report's wording and curves (trust.curve_points) for one map's deletion/insertion scores."""
-    from ..trust import curve_points
+    from ..report.trust import curve_points
 
     if not row:
         return None

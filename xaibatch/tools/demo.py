@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
-from ..localization import MASK_SUFFIX
+from ..report.localization import MASK_SUFFIX
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE
 
 SIZE = DEFAULT_MODEL_IMAGE_SIZE  # CIFAKE's size, and the bundled model's

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..data import ImageDataset, collate
 from ..scan import scan
 from ..errors import InputError, UsageError
-from ..model import create, resolve_device, save_checkpoint
+from ..model.loading import create, resolve_device, save_checkpoint
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 

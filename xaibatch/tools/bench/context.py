@@ -77,10 +77,10 @@ class Bench:
 def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: int) -> Bench:
     """A randomly initialised ``opts.arch`` saved as an xaibatch checkpoint and loaded as runs load it."""
     from ...imports import import_timm
-    from ...layers import find_target_layer
+    from ...model.layers import find_target_layer
     from ...methods import ModelContext, create_method
     from ...preprocess import normalize
-    from ...model import load_model, save_checkpoint
+    from ...model.loading import load_model, save_checkpoint
 
     torch.manual_seed(0)
     ckpt = inputs.root / "model.pt"

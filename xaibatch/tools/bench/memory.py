@@ -62,7 +62,7 @@ def memory_check(
 
     from ...defaults import default_workers
     from ...imports import import_timm
-    from ...model import save_checkpoint
+    from ...model.loading import save_checkpoint
 
     workers = default_workers() if workers is None else workers
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-"))

@@ -51,7 +51,7 @@ def end_to_end(
     other rows skip it, which takes seconds per run at thousands of images and measures nothing new.
     """
     from ... import pipeline
-    from ...faithfulness import DEFAULT_STEPS, FaithConfig
+    from ...evaluation.faithfulness import DEFAULT_STEPS, FaithConfig
 
     row = (
         Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)

@@ -93,7 +93,7 @@ def _lime(b: Bench) -> list[Job]:
     from lime.lime_image import LimeImageExplainer
 
     from ...methods import create_method
-    from ...segmentation import slic_segments
+    from ...methods.segmentation import slic_segments
 
     tlist = [int(t) for t in b.targets]
     n_each = min(b.n_lime, b.opts.lime_peer_images)

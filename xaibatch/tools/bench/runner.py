@@ -20,7 +20,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
 
     from ...defaults import default_workers
     from ...methods import method_class
-    from ...model import resolve_device
+    from ...model.loading import resolve_device
 
     for name in opts.only:  # any method: an unknown name raises UsageError with the close matches
         method_class(name)

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import layout
-from .errors import UsageError
-from .trust import load_chance
-from .files import atomic_write_bytes
-from .preprocess import black
+from .. import layout
+from ..errors import UsageError
+from ..report.trust import load_chance
+from ..files import atomic_write_bytes
+from ..preprocess import black
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
 BASELINES = ("blur", "zero", "mean")
@@ -285,9 +285,9 @@ def save_chance(out: Path, scorer: Scorer | None) -> None:
 def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, target: str) -> None:
     """``--engine ray``: the chance sample, computed once here on the run's first images (the actors score
     only the maps), with the same images, targets and seeds a local run would use; written like a local run's."""
-    from .data import ImageDataset, collate
-    from .methods.explainer import Explainer
-    from .methods.base import image_seed
+    from ..data import ImageDataset, collate
+    from ..methods.explainer import Explainer
+    from ..methods.base import image_seed
 
     scorer = scorer_for(out, cfg, prepared.ctx, hashes.methods, hashes.predict)
     need = scorer.chance_sample - _chance_n(scorer.chance)

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import layout
-from .errors import UsageError
-from .files import atomic_write_bytes
-from .runconfig import RunConfig
+from .. import layout
+from ..errors import UsageError
+from ..files import atomic_write_bytes
+from ..runconfig import RunConfig
 
 FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
@@ -104,7 +104,7 @@ def cascade(
     model: torch.nn.Module, maps_of: MapsFn, seed: int = 0, log: Callable[[str], None] = lambda s: None
 ) -> list[Curve]:
     """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
-    from .heads import unwrap
+    from ..model.heads import unwrap
 
     original = maps_of(model)
     net = copy.deepcopy(model)
@@ -159,12 +159,12 @@ def run_sanity(
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
     import sqlite3
 
-    from .data import ImageDataset, collate
-    from .lock import OutputLock
-    from .manifest import FILENAME as MANIFEST
-    from .manifest import Manifest, ManifestError
-    from .methods.base import image_seed
-    from .runconfig import read_run
+    from ..data import ImageDataset, collate
+    from ..lock import OutputLock
+    from ..manifest import FILENAME as MANIFEST
+    from ..manifest import Manifest, ManifestError
+    from ..methods.base import image_seed
+    from ..runconfig import read_run
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
@@ -231,7 +231,7 @@ def run_sanity(
             ],
         }
         atomic_write_bytes(out / FILENAME, json.dumps(result, indent=1).encode())
-        from .report import write_report
+        from ..report import write_report
 
         write_report(out)
     return result
@@ -239,7 +239,7 @@ def run_sanity(
 
 def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override: ModelOverride = ModelOverride()):
     """The RunOptions that rebuild the run's model, layer and methods (``override``: the user's model options)."""
-    from .pipeline import RunOptions
+    from ..pipeline import RunOptions
 
     src = run.rebuild_source()
     model, checkpoint, arch = src.model, src.checkpoint, src.arch
@@ -270,8 +270,8 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
 
 def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
     """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
-    from .errors import XaibatchError
-    from .pipeline.prepare import prepare
+    from ..errors import XaibatchError
+    from ..pipeline.prepare import prepare
 
     how = (
         f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
@@ -300,7 +300,7 @@ def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
 
 def _same_content(root: Path, rels: list[str], images: dict[str, Any], log: Callable[[str], None]) -> list[str]:
     """The sampled images whose files still hold what the run explained (their sha256 is the manifest's)."""
-    from .files import file_sha256
+    from ..files import file_sha256
 
     keep = []
     for rel in rels:
@@ -321,7 +321,7 @@ def _same_content(root: Path, rels: list[str], images: dict[str, Any], log: Call
 
 
 def _entries(root: Path, rels: list[str]):
-    from .scan import ImageEntry
+    from ..scan import ImageEntry
 
     out = []
     for rel in rels:
@@ -338,10 +338,10 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
     """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy)."""
     from dataclasses import replace
 
-    from .layers import find_target_layer
-    from .methods.explainer import Explainer
+    from ..model.layers import find_target_layer
+    from ..methods.explainer import Explainer
 
-    from .heads import unwrap
+    from ..model.heads import unwrap
 
     layer = find_target_layer(unwrap(net), ctx.input_size, ctx.layer.name) if ctx.layer is not None else None
     ctx2 = replace(ctx, model=net.to(ctx.device).eval(), layer=layer)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
 
 
 class OneLogitHead(nn.Module):
@@ -118,7 +118,7 @@ def decision_for(names: list[str], positive: str | None, threshold: float | None
 
 
 def adapt_one_logit(model: Any) -> bool:
-    """Wrap a one-output :class:`~xaibatch.model.LoadedModel` in :class:`OneLogitHead` (in place); say if it was."""
+    """Wrap a one-output :class:`~xaibatch.model.loading.LoadedModel` in :class:`OneLogitHead` (in place); say if it was."""
     if model.num_classes != 1:
         return False
     model.module = OneLogitHead(model.module).eval()

@@ -1,7 +1,7 @@
 """The report's "Can I trust these maps?" data: faithfulness summaries, chance line, sanity results.
 
 Plain data from the manifest's scores, ``faithfulness-chance.json`` and
-``sanity.json``; :mod:`xaibatch.report` renders it, :mod:`xaibatch.figures` draws it.
+``sanity.json``; :mod:`xaibatch.report` renders it, :mod:`xaibatch.report.figures` draws it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import layout
+from .. import layout
 
 SANITY_FILE = layout.SANITY
 

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .defaults import device_spec_problem
-from .files import file_sha256
-from .errors import ModelError, UsageError
-from .imports import import_timm
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..defaults import device_spec_problem
+from ..files import file_sha256
+from ..errors import ModelError, UsageError
+from ..imports import import_timm
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "xaibatch-checkpoint"
 

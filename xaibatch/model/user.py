@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelError, UsageError
-from .files import file_sha256
-from .imports import import_torchvision
-from .model import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
+from ..errors import ModelError, UsageError
+from ..files import file_sha256
+from ..imports import import_torchvision
+from .loading import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
 
 FORMS = "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME"
 
@@ -128,7 +128,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     kind, _, rest = spec.partition(":")
     if kind == "timm":
         if checkpoint is None:
-            from .model import create
+            from .loading import create
 
             module = create(rest, num_classes or 2, img_size=image_size)
             return finish(module, rest, None, image_size, None, None, "(random init)", "")

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MIN_GRID = 4
 
