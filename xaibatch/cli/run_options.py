@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, ENGINES, LIME_DEFAULTS, LIME_HIDE_MODES
+from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, ENGINES, FAITH_BASELINES, FAITH_STEPS
+from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .boundary import checked
 from .options import batch_size_option, device_option, grouped, method_options, methods_option, workers_option
 
@@ -278,14 +279,14 @@ faith_options = grouped(
     click.option(
         "--faithfulness-steps",
         type=click.IntRange(2, 1000),
-        default=20,
+        default=FAITH_STEPS,
         show_default=True,
         help="With --faithfulness: steps of each curve (e.g. --faithfulness-steps 10).",
     ),
     click.option(
         "--faithfulness-baseline",
-        type=click.Choice(["blur", "zero", "mean"]),
-        default="blur",
+        type=click.Choice(FAITH_BASELINES),
+        default=FAITH_BASELINES[0],
         show_default=True,
         help="With --faithfulness: what removed pixels become, and where insertion "
         "starts: the blurred image, black, or the image's mean colour.",
