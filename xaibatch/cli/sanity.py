@@ -40,7 +40,8 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
     """
-    from ..evaluation.sanity import ModelOverride, run_sanity
+    from ..evaluation.rebuild import ModelOverride
+    from ..evaluation.sanity import run_sanity
 
     result = run_sanity(
         out_dir,
