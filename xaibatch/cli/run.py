@@ -11,7 +11,7 @@ import click
 from .. import __version__
 from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .boundary import EXIT_CODES_HELP, reported
-from .options import RUN_MODEL_HELP, model_options
+from .options import RUN_MODEL_HELP, model_options, seed_option
 from .run_options import (
     compute_options,
     control_options,
@@ -24,7 +24,6 @@ from .run_options import (
     target_option,
     template_dir_option,
 )
-from .options import seed_option
 
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
 
