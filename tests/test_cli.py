@@ -195,3 +195,12 @@ def test_the_clis_lime_defaults_engines_and_map_side_are_the_librarys():
     assert run["max_map_side"].default == opts.max_map_side
     serve = {p.name: p for p in cli.commands["serve"].params}
     assert serve["lime_samples"].default == lime.DEFAULTS["samples"]
+
+
+def test_the_clis_faithfulness_choices_and_defaults_are_the_librarys():
+    from xaibatch.evaluation.faithfulness import BASELINES, FaithConfig
+
+    run = {p.name: p for p in cli.commands["run"].params}
+    assert tuple(run["faithfulness_baseline"].type.choices) == BASELINES
+    assert run["faithfulness_baseline"].default == FaithConfig().baseline
+    assert run["faithfulness_steps"].default == FaithConfig().steps

@@ -22,18 +22,10 @@ from xaibatch.errors import UsageError
 from xaibatch.model.layers import TargetLayer
 from xaibatch.methods import METHODS, ModelContext, create_method
 from xaibatch.methods import lime as lime_module
-from xaibatch.methods.lime import (
-    CPU_CHUNK,
-    MASK_DRAW,
-    Lime,
-    _contiguous,
-    cosine_distances_to_ones,
-    draw_masks,
-    kernel_weights,
-    mask_seed,
-    reference_masks,
-    weighted_ridge,
-)
+from xaibatch.methods import lime_masks
+from xaibatch.methods.lime import CPU_CHUNK, Lime, _contiguous
+from xaibatch.methods.lime_fit import cosine_distances_to_ones, kernel_weights, weighted_ridge
+from xaibatch.methods.lime_masks import MASK_DRAW, draw_masks, mask_seed, reference_masks
 from xaibatch.methods.segmentation import grid_segments, slic_segments
 
 SIZE = 32
@@ -186,7 +178,7 @@ def test_mask_draw_equals_the_plain_reference_bit_for_bit(device):
 def test_masks_are_independent_of_batch_composition_and_uniform(monkeypatch):
     key = mask_seed(0, 42)
     alone = draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0]
-    monkeypatch.setattr(lime_module, "_DRAW_BLOCK", 100)  # hashed in blocks of 3 rows: the same bits
+    monkeypatch.setattr(lime_masks, "_DRAW_BLOCK", 100)  # hashed in blocks of 3 rows: the same bits
     assert torch.equal(draw_masks(torch.tensor([key]), torch.tensor([30]), 500)[0], alone)
     mixed = draw_masks(torch.tensor([mask_seed(0, 1), key, mask_seed(1, 42)]), torch.tensor([60, 30, 5]), 500)
     assert torch.equal(mixed[1, :, :30], alone) and not mixed[1, :, 30:].any()

@@ -12,7 +12,8 @@ from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
 from xaibatch.methods import create_method
 from xaibatch.methods.base import Batch, ModelContext
-from xaibatch.methods.lime import AUTO_OPTIONS, coefficient_noise, weighted_ridge
+from xaibatch.methods.lime_auto import AUTO_OPTIONS
+from xaibatch.methods.lime_fit import coefficient_noise, weighted_ridge
 
 SIZE, CELL = 32, 8  # a 4x4 grid of 8x8 superpixels
 GRID = torch.arange(16).view(4, 4).repeat_interleave(CELL, 0).repeat_interleave(CELL, 1)  # (32, 32) labels

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Sends this process SIGINT when torch starts loading: a Ctrl-C at the worst moment of the slow start
-# (--help, --version and built-in method names never load it; the registry for a library method does).
+# (--help, --version and method names never load it; the registry for a library method's --method-option does).
 _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
     import os, signal, sys
     class Finder:
@@ -23,7 +23,7 @@ _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGINT)
             return None
     sys.meta_path.insert(0, Finder())
-    sys.argv = ["xaibatch", "run", "some-folder", "-m", "cam:gradcam"]  # a library method: the registry loads
+    sys.argv = ["xaibatch", "run", "some-folder", "-m", "cam:gradcam", "--method-option", "cam:gradcam.aug_smooth=true"]
 """)
 
 

@@ -97,6 +97,43 @@ def test_the_clis_builtin_method_names_are_the_registrys():
     assert {m for m in METHODS if ":" not in m} == set(BUILTIN_METHODS)
 
 
+def test_the_clis_library_method_form_covers_the_registrys_names():
+    """-m checks a library method's name by its form only (the registry loads torch); every name the registry
+    knows has that form, and so has each family's (a captum NoiseTunnel name)."""
+    from xaibatch.cli import BUILTIN_METHODS
+    from xaibatch.cli.options import LIBRARY_METHOD
+    from xaibatch.methods import FAMILIES, METHODS
+
+    library = [m for m in METHODS if m not in BUILTIN_METHODS]
+    assert library and all(LIBRARY_METHOD.fullmatch(m) for m in library)
+    for fam in FAMILIES:
+        assert LIBRARY_METHOD.fullmatch(fam.example.name), fam.example.name
+    assert not any(LIBRARY_METHOD.fullmatch(m) for m in ("cam:", "captum: Saliency", "lime", "cam:gradcam;rm"))
+
+
+def test_an_unchanged_rerun_with_a_library_method_imports_no_torch(tmp_path, tiny_ckpt):
+    """-m cam:NAME is checked when the run loads its methods: parsing it needs no torch (it loaded the registry)."""
+    from click.testing import CliRunner
+
+    from conftest import write_images
+    from xaibatch.cli import cli
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 2)
+    args = ["run", str(inp), "-m", "cam:eigencam", "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0"]
+    assert CliRunner().invoke(cli, [*args, "-q"]).exit_code == 0
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        r = CliRunner().invoke(cli, {[*args, "-q"]!r})
+        assert r.exit_code == 0, r.output
+    """)
+    assert "torch" not in loaded and "pytorch_grad_cam" not in loaded
+    r = CliRunner().invoke(cli, [*args, "-m", "cam:eigencm"])  # a typo: the same one line, exit 2, no image done
+    assert r.exit_code == 2 and "unknown method 'cam:eigencm'; did you mean cam:eigencam" in r.output, r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
+
+
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 

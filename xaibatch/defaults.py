@@ -23,6 +23,10 @@ LIME_DEFAULTS = {
     "samples_round": 100,
     "tolerance": 0.1,
 }
+# --faithfulness (evaluation/faithfulness.py, which imports torch): what removed pixels become (the first is the
+# default) and the steps of each curve, here so that --help shows them cheaply
+FAITH_BASELINES = ("blur", "zero", "mean")
+FAITH_STEPS = 20
 
 
 def device_spec_problem(spec: str) -> str | None:

@@ -27,14 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import layout
+from ..defaults import FAITH_BASELINES, FAITH_STEPS
 from ..errors import UsageError
 from ..report.trust import load_chance
 from ..files import atomic_write_bytes
 from ..preprocess import black
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
-BASELINES = ("blur", "zero", "mean")
-DEFAULT_STEPS = 20
+BASELINES = FAITH_BASELINES
+DEFAULT_STEPS = FAITH_STEPS
 CHANCE_SAMPLE = 64  # images on which a random map and a centred blob are scored (the report's chance line)
 BLUR_KERNEL = 11  # as RISE's code: an 11-pixel Gaussian kernel with sigma 5
 BLUR_SIGMA = 5.0
@@ -45,7 +46,7 @@ class FaithConfig:
     """How deletion/insertion are computed; everything in it changes the scores."""
 
     steps: int = DEFAULT_STEPS
-    baseline: str = "blur"
+    baseline: str = BASELINES[0]
     chunk: int = 256  # perturbed images per forward (memory, not results)
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ import torch
 from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
-from ..runconfig import RunConfig
+from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, same_content
 
 FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
@@ -135,18 +135,6 @@ def sample(rels: list[str], n: int, seed: int) -> list[str]:
     return [rels[i] for i in sorted(idx)]
 
 
-@dataclass(frozen=True)
-class ModelOverride:
-    """``xaibatch sanity OUT --model … --checkpoint … --arch …``: the model, when the run's cannot be rebuilt."""
-
-    model: str | None = None
-    checkpoint: Path | None = None
-    arch: str | None = None
-
-    def given(self) -> bool:
-        return any(v is not None for v in (self.model, self.checkpoint, self.arch))
-
-
 def run_sanity(
     out: Path,
     n: int = DEFAULT_SAMPLE,
@@ -191,10 +179,10 @@ def run_sanity(
                 "the run's images and needs them"
             )
         opts = rebuild_options(run_cfg, root, out, device, override)
-        prepared = _prepare(opts, run_cfg, out, override)
+        prepared = prepare_rebuilt(opts, run_cfg, out, override)
         model, ctx, methods = prepared.model, prepared.ctx, prepared.methods
-        rels = _same_content(root, sample(list(images), n, seed), images, log)
-        entries = _entries(root, rels)
+        rels = same_content(root, sample(list(images), n, seed), images, log)
+        entries = image_entries(root, rels)
         segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
         ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
         items = [ds[i] for i in range(len(ds))]
@@ -235,103 +223,6 @@ def run_sanity(
 
         write_report(out)
     return result
-
-
-def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override: ModelOverride = ModelOverride()):
-    """The RunOptions that rebuild the run's model, layer and methods (``override``: the user's model options)."""
-    from ..pipeline import RunOptions
-
-    src = run.rebuild_source()
-    model, checkpoint, arch = src.model, src.checkpoint, src.arch
-    if override.given():  # what is given replaces what was recorded (a moved --checkpoint keeps the --model)
-        model = override.model or model
-        checkpoint = override.checkpoint or checkpoint
-        arch = override.arch or (arch if override.model is None else None)
-    return RunOptions(
-        input_dir=root,
-        out_dir=out,
-        methods=list(run.methods),
-        model=model,
-        checkpoint=Path(checkpoint) if checkpoint else None,
-        arch=arch,
-        classes=src.classes,
-        positive_class=src.positive_class,
-        threshold=src.threshold,
-        image_size=src.image_size if src.image_size is not None else run.model.input_size,
-        target_layer=run.layer,
-        target=src.target,
-        device=device,
-        labeled=src.labeled if src.labeled is not None else run.labeled,
-        follow_links=src.follow_links,
-        seed=run.seed,
-        method_options=run.method_options(),
-    )
-
-
-def _prepare(opts, run: RunConfig, out: Path, override: ModelOverride):
-    """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
-    from ..errors import XaibatchError
-    from ..pipeline.prepare import prepare
-
-    how = (
-        f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
-        "--checkpoint FILE` or `--checkpoint FILE --arch NAME`"
-    )
-    what = run.rebuild_source().describe() if not override.given() else "the given model"
-    if not override.given() and run.model.checkpoint == "(random init)":
-        raise UsageError(
-            f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
-            "and a rebuild draws others; save the weights and run with --checkpoint"
-        )
-    try:
-        prepared = prepare(opts)
-    except XaibatchError as e:
-        if "--model" in str(e) or "--checkpoint" in str(e) or "--arch" in str(e) or "state_dict" in str(e):
-            raise UsageError(f"sanity cannot rebuild the run's model from {what}: {e}; {how}") from None
-        raise
-    want = run.model.checkpoint_sha256
-    if want and prepared.model.checkpoint_sha256 != want:
-        raise UsageError(
-            f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
-            f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}"
-        )
-    return prepared
-
-
-def _same_content(root: Path, rels: list[str], images: dict[str, Any], log: Callable[[str], None]) -> list[str]:
-    """The sampled images whose files still hold what the run explained (their sha256 is the manifest's)."""
-    from ..files import file_sha256
-
-    keep = []
-    for rel in rels:
-        try:
-            same = file_sha256(root / rel) == images[rel].sha256
-        except OSError:
-            same = False
-        if same:
-            keep.append(rel)
-    if rels and not keep:
-        raise UsageError(
-            f"the images under {root} are not the ones the run explained (none of the {len(rels)} "
-            "sampled files matches the manifest's sha256); sanity needs the run's images"
-        )
-    if len(keep) < len(rels):
-        log(f"sanity: {len(rels) - len(keep)} sampled image(s) changed or are gone since the run; left out")
-    return keep
-
-
-def _entries(root: Path, rels: list[str]):
-    from ..scan import ImageEntry
-
-    out = []
-    for rel in rels:
-        p = root / rel
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        out.append(ImageEntry(rel=rel, file=str(p), label=None, size=st.st_size, mtime_ns=st.st_mtime_ns))
-    return out
 
 
 def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) -> dict[str, np.ndarray]:

@@ -25,18 +25,8 @@ real features only) the distances. The image's key comes from the method's
 ``seed`` and the pipeline's per-image seed, so a map depends neither on its
 batch, nor on ``batch_size``, nor on the device. Superpixels come from the
 DataLoader workers (:meth:`Lime.segmenter`), which segment the next batches
-while the model works on this one.
-
-``samples="auto"`` (after S-LIME, Zhou, Hooker, Wang, KDD 2021, and BayLIME, Zhao et al., UAI 2021, which
-both stop or weigh LIME by how settled its surrogate is): the masks of ``samples_max`` samples are drawn as
-above, but only the first ``samples_min`` go through the model, then rounds of ``samples_round`` for the
-images still running. After each round the batched ridge is refitted (closed form) and an image stops when
-its map is stable: the root-mean-square of its coefficients' heteroscedasticity-robust (HC1 sandwich)
-standard errors is at most ``tolerance`` times the coefficients' standard deviation across its superpixels
-(:func:`coefficient_noise`), or at ``samples_max``. The images still running share the model chunks; an
-image's stop depends only on its own samples, so it stops at the same count, with the same map as a fixed
-run of that many samples, whatever the batch. Each map's info records ``samples`` and ``noise`` (the figure
-at its last refit; fixed runs record it too).
+while the model works on this one. The mask draw is lime_masks.py's, the fit
+lime_fit.py's, and ``samples="auto"`` (rounds until each map is stable) lime_auto.py's.
 
 Maps are signed raw coefficients in probability units: a positive value means
 the superpixel is evidence *for* the explained class (hiding it lowers the
@@ -58,165 +48,15 @@ from ..errors import UsageError
 from ..preprocess import black, channel_stats
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
+from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
+from .lime_fit import coefficient_noise, cosine_distances_to_ones, kernel_weights, weighted_ridge
+from .lime_masks import MASK_DRAW, draw_masks, mask_seed
 
-KERNEL_WIDTH = 0.25  # lime_image.LimeImageExplainer's default
-RIDGE_ALPHA = 1.0  # lime_base's default Ridge(alpha=1)
 HIDE_MODES = LIME_HIDE_MODES
 DEFAULTS: dict[str, Any] = LIME_DEFAULTS
-AUTO_OPTIONS = ("samples_min", "samples_max", "samples_round", "tolerance")  # only read with samples=auto
-
-
-MASK_DRAW = "lowbias32-counter-v1"  # in config(): a different draw gives different maps, so they are recomputed
-_M32 = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B9  # spreads consecutive feature indices over all 32 bits before the mix
 CPU_CHUNK = 256  # model sub-batch on the CPU (measured, see README "Speed": 128 is slower, 512 no faster)
 MAX_CHUNK = 4096  # never more perturbed images per model call, whatever the free memory
-_DRAW_BLOCK = 1 << 22  # mask bits hashed at once (int64 temporaries of 32 MiB each)
 CUDA_MEMORY_SHARE = 0.5  # of the free device memory, what one chunk's forward may take
-
-
-def mask_seed(method_seed: int, image_seed: int) -> int:
-    """Combine the method's seed and one image's seed into one 63-bit key for the mask draw."""
-    ss = np.random.SeedSequence([int(method_seed) % 2**64, int(image_seed) % 2**64])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for int64 x in [0, 2**32), in 16-bit halves of c so that no int64 product overflows."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """Chris Wellons' ``lowbias32`` integer hash on int64 tensors holding 32-bit values (shifts stay logical)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def draw_masks(keys: torch.Tensor, counts: torch.Tensor, samples: int, n_max: int | None = None) -> torch.Tensor:
-    """Draw (B, samples, n_max) bool masks on ``keys``' device: row 0 all ones, columns past ``counts[i]`` off.
-
-    Bit (i, s, f) is the top bit of ``mix(mix(key_i' ^ s) ^ f * golden)`` with ``key_i' = mix(lo ^ mix(hi))``
-    over the 32-bit halves of the image's 63-bit key: a counter-based draw, so the same bits on every
-    device, whatever the other images of the batch, their feature counts or the chunking. Integer ops only.
-    """
-    dev = keys.device
-    n_max = int(counts.max()) if n_max is None else n_max
-    keys = keys.to(torch.int64)
-    k = _mix32((keys & _M32) ^ _mix32(keys >> 32))  # (B,)
-    rows = _mix32(k[:, None] ^ torch.arange(samples, dtype=torch.int64, device=dev)[None, :])  # (B, S)
-    cols = (torch.arange(n_max, dtype=torch.int64, device=dev) * _GOLDEN) & _M32  # (F,)
-    z = torch.empty(keys.shape[0], samples, n_max, dtype=torch.bool, device=dev)
-    step = max(1, _DRAW_BLOCK // max(1, keys.shape[0] * n_max))  # bounds the int64 temporaries
-    for a in range(0, samples, step):
-        z[:, a : a + step] = (_mix32(rows[:, a : a + step, None] ^ cols[None, None, :]) >> 31).bool()
-    z[:, 0, :] = True
-    z &= torch.arange(n_max, device=dev)[None, None, :] < counts.to(dev)[:, None, None]
-    return z
-
-
-def reference_masks(n_features: int, samples: int, key: int) -> np.ndarray:
-    """The same draw as :func:`draw_masks` for one image, one bit at a time in plain Python integers (tests)."""
-
-    def mix(x: int) -> int:
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & _M32
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & _M32
-        return x ^ (x >> 16)
-
-    k = mix((key & _M32) ^ mix(key >> 32))
-    z = np.zeros((samples, n_features), dtype=bool)
-    for s in range(samples):
-        r = mix(k ^ s)
-        for f in range(n_features):
-            z[s, f] = s == 0 or mix(r ^ ((f * _GOLDEN) & _M32)) >> 31 == 1
-    return z
-
-
-def cosine_distances_to_ones(z: torch.Tensor, n_features: torch.Tensor) -> torch.Tensor:
-    """Return the cosine distance of each (zero-padded) mask row to the all-ones row of its real features.
-
-    For binary z with k ones among F features: 1 - k / (sqrt(k) sqrt(F)) = 1 - sqrt(k / F),
-    and 1 for an all-zero row (sklearn's convention for a zero vector).
-    """
-    k = z.to(torch.float64).sum(dim=-1)
-    return 1.0 - torch.sqrt(k / n_features.to(torch.float64)[:, None])
-
-
-def kernel_weights(distances: torch.Tensor, width: float = KERNEL_WIDTH) -> torch.Tensor:
-    """Apply lime's exponential kernel ``sqrt(exp(-d**2 / width**2))``."""
-    return torch.sqrt(torch.exp(-(distances**2) / width**2))
-
-
-def weighted_ridge(
-    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float = RIDGE_ALPHA
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve B weighted ridge regressions at once, as sklearn's ``Ridge(fit_intercept=True)`` with sample weights.
-
-    z: (B, S, F) design, y: (B, S) targets, w: (B, S) sample weights. Returns
-    coefficients (B, F), intercepts (B,) and the weighted R^2 (B,), all float64.
-    Centre by the weighted means, then solve (Zc' W Zc + alpha I) b = Zc' W yc.
-    """
-    z, y, w = z.to(torch.float64), y.to(torch.float64), w.to(torch.float64)
-    sw = w.sum(dim=1, keepdim=True)
-    z_mean = (w[..., None] * z).sum(dim=1, keepdim=True) / sw[..., None]
-    y_mean = (w * y).sum(dim=1, keepdim=True) / sw
-    zc = z - z_mean
-    yc = y - y_mean
-    zw = zc * w[..., None]
-    eye = torch.eye(z.shape[2], dtype=torch.float64, device=z.device)
-    a = zw.transpose(1, 2) @ zc + alpha * eye
-    b = (zw.transpose(1, 2) @ yc[..., None])[..., 0]
-    coef = torch.linalg.solve(a, b)
-    intercept = y_mean[:, 0] - (z_mean[:, 0] * coef).sum(dim=1)
-    resid = yc - (zc @ coef[..., None])[..., 0]
-    ss_res = (w * resid**2).sum(dim=1)
-    ss_tot = (w * yc**2).sum(dim=1)
-    perfect = torch.where(ss_res == 0, torch.ones_like(ss_res), torch.zeros_like(ss_res))
-    r2 = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), perfect)  # sklearn's force_finite
-    return coef, intercept, r2
-
-
-def coefficient_noise(
-    z: torch.Tensor,
-    y: torch.Tensor,
-    w: torch.Tensor,
-    coef: torch.Tensor,
-    intercept: torch.Tensor,
-    counts: torch.Tensor,
-    alpha: float = RIDGE_ALPHA,
-) -> torch.Tensor:
-    """How unsettled each of B weighted ridge fits still is: the coefficients' RMS standard error over their spread.
-
-    The standard errors are the heteroscedasticity-robust (HC1 sandwich) ones of :func:`weighted_ridge`'s fit,
-    ``A^-1 (Zc' diag(w^2 r^2) Zc) A^-1 * S / (S - F - 1)`` with ``A = Zc' W Zc + alpha I``: how much the
-    coefficients would move under a fresh draw of the same number of masks. Returns (B,) float64: their root
-    mean square over the image's real features divided by the coefficients' standard deviation across those
-    features; 0 when every standard error is 0 (an exact fit), inf when the coefficients are all equal but not
-    exact. Padded (always-off) features have zero columns after centring and count for nothing.
-    """
-    z, y, w = z.to(torch.float64), y.to(torch.float64), w.to(torch.float64)
-    sw = w.sum(dim=1, keepdim=True)
-    zc = z - (w[..., None] * z).sum(dim=1, keepdim=True) / sw[..., None]
-    resid = y - intercept[:, None] - (z @ coef[..., None])[..., 0]
-    eye = torch.eye(z.shape[2], dtype=torch.float64, device=z.device)
-    a_inv = torch.linalg.inv((zc * w[..., None]).transpose(1, 2) @ zc + alpha * eye)
-    g = zc * (w * resid)[..., None]
-    cov = a_inv @ (g.transpose(1, 2) @ g) @ a_inv
-    n = counts.to(torch.float64)
-    dof = (z.shape[1] / (z.shape[1] - n - 1).clamp_min(1.0))[:, None]
-    real = (torch.arange(z.shape[2], device=z.device)[None, :] < counts[:, None]).to(torch.float64)
-    se2 = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0) * dof * real
-    rms_se = torch.sqrt(se2.sum(dim=1) / n)
-    mean = (coef * real).sum(dim=1, keepdim=True) / n[:, None]
-    spread = torch.sqrt((((coef - mean) * real) ** 2).sum(dim=1) / n)
-    ratio = rms_se / spread.clamp_min(1e-300)
-    return torch.where(
-        rms_se == 0, torch.zeros_like(ratio), torch.where(spread > 0, ratio, torch.full_like(ratio, math.inf))
-    )
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -413,7 +253,7 @@ class Lime(Method):
             self._auto_chunk[key] = cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK
         return self._auto_chunk[key]
 
-    def _fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
+    def fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         x = batch.x
         fill = self.fill(x, labels, n_max)
         if fill.shape != x.shape or fill.stride() != x.stride():
@@ -469,7 +309,7 @@ class Lime(Method):
 
     def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W)."""
-        fill = self._fill_for(batch, labels, masks.shape[2])
+        fill = self.fill_for(batch, labels, masks.shape[2])
         return self.forward_masks(batch, labels, fill, masks, list(range(batch.x.shape[0])), 0, masks.shape[1])
 
     def sample(self, batch: Batch, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -492,7 +332,7 @@ class Lime(Method):
         counts = counts.to(x.device)
         weights = kernel_weights(cosine_distances_to_ones(masks, counts))
         if self.auto:
-            coef, intercept, r2, noise, used = self._fit_until_stable(batch, labels, counts, masks, weights)
+            coef, intercept, r2, noise, used = fit_until_stable(self, batch, labels, counts, masks, weights)
         else:
             probs = self.class_probabilities(batch, labels, masks)
             coef, intercept, r2 = weighted_ridge(masks, probs, weights)
@@ -512,51 +352,5 @@ class Lime(Method):
         return Explanation(maps, info)
 
     def checkpoints(self) -> list[int]:
-        """The sample counts at which ``auto`` refits and may stop: the floor, every round after it, the ceiling."""
-        steps = list(range(self.samples_min, self.samples_max, self.samples_round))
-        return steps + [self.samples_max]
-
-    def _fit_until_stable(
-        self, batch: Batch, labels: torch.Tensor, counts: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """``samples=auto``: forward rounds of samples for the images still running, refit, stop the stable ones.
-
-        Every image runs through the same checkpoints (:meth:`checkpoints`) and its stop depends only on its own
-        masks and probabilities, so its map does not depend on the rest of the batch. The images still running
-        share each round's chunks; on CUDA (``read_ahead``), when they are too few to fill a chunk, later rounds
-        are forwarded in the same pass (samples past an image's stop are never used in its map).
-        """
-        x = batch.x
-        b = x.shape[0]
-        fill = self._fill_for(batch, labels, masks.shape[2])
-        probs = torch.zeros(masks.shape[:2], dtype=torch.float64, device=x.device)
-        coef = torch.zeros(b, masks.shape[2], dtype=torch.float64, device=x.device)
-        intercept = torch.zeros(b, dtype=torch.float64, device=x.device)
-        r2, noise = torch.zeros_like(intercept), torch.zeros_like(intercept)
-        used = [0] * b
-        checks = self.checkpoints()
-        read_ahead = x.device.type == "cuda" if self.read_ahead is None else self.read_ahead
-        chunk = self.chunk_size(x)
-        running = list(range(b))
-        have, ci, spent = 0, 0, 0
-        while running:
-            ahead = max(1, chunk // (len(running) * self.samples_round)) if read_ahead else 1
-            upto = checks[min(len(checks) - 1, ci + ahead - 1)]
-            total = spent + len(running) * (self.samples_max - have)  # at most this many in all
-            probs[running, have:upto] = self.forward_masks(
-                batch, labels, fill, masks, running, have, upto, spent, total
-            )
-            spent += len(running) * (upto - have)
-            have = upto
-            while running and ci < len(checks) and checks[ci] <= have:
-                s, idx = checks[ci], torch.tensor(running, device=x.device)
-                z, y, w, n = masks[idx, :s], probs[idx, :s], weights[idx, :s], counts[idx]
-                c, ic, sc = weighted_ridge(z, y, w)
-                nz = coefficient_noise(z, y, w, c, ic, n)
-                done = (nz <= self.tolerance) | (s >= self.samples_max)
-                for k in done.nonzero()[:, 0].tolist():
-                    i = running[k]
-                    coef[i], intercept[i], r2[i], noise[i], used[i] = c[k], ic[k], sc[k], nz[k], s
-                running = [i for i, d in zip(running, done.tolist()) if not d]
-                ci += 1
-        return coef, intercept, r2, noise, used
+        """The sample counts at which ``auto`` refits and may stop (lime_auto.py)."""
+        return checkpoints(self.samples_min, self.samples_max, self.samples_round)

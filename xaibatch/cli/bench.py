@@ -1,0 +1,158 @@
+"""``xaibatch bench``: xaibatch's speed against the model's limits and its peers (tools/bench/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..defaults import LIME_DEFAULTS, default_workers
+from .boundary import checked, reported
+from .options import (
+    BUILTIN_METHODS,
+    arch_option,
+    batch_size_option,
+    device_option,
+    image_size_option,
+    known_methods,
+    workers_option,
+)
+
+
+@click.command()
+@arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
+@image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
+@batch_size_option("Images per batch.", default=64, show_default=True)
+@click.option(
+    "--images",
+    type=click.IntRange(2),
+    default=1024,
+    show_default=True,
+    help="Generated images for Grad-CAM and Guided Grad-CAM.",
+)
+@click.option(
+    "--lime-images",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Of those, how many LIME explains (LIME costs --lime-samples forwards per image).",
+)
+@click.option(
+    "--lime-samples",
+    type=click.IntRange(10),
+    default=LIME_DEFAULTS["samples"],
+    show_default=True,
+    help="LIME: perturbed images per image, for xaibatch and the peers alike.",
+)
+@click.option(
+    "--lime-batch-size",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="LIME: perturbed images per model call, for xaibatch and the peers alike; 0: the one "
+    "LIME picks (lime.batch_size=auto: from free memory on CUDA, 256 on the CPU).",
+)
+@click.option("--classes", type=click.IntRange(2), default=2, show_default=True, help="Model outputs.")
+@device_option("auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--threads", type=click.IntRange(0), default=0, show_default=True, help="torch CPU threads (0: torch's default)."
+)
+@workers_option(
+    "DataLoader processes of the end-to-end runs (as run's --workers).",
+    default=default_workers,
+    show_default="CPUs - 1, at most 4",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Interleaved rounds after a warm-up; each figure is its fastest round.",
+)
+@click.option(
+    "--only",
+    default=",".join(BUILTIN_METHODS),
+    show_default=True,
+    help="Comma-separated methods to time, any of `xaibatch methods` (e.g. --only gradcam,lime or "
+    "--only cam:scorecam); peers are timed for gradcam, guided-gradcam and lime.",
+)
+@click.option("--no-peers", is_flag=True, help="Leave out pytorch-grad-cam, captum and lime.")
+@click.option("--markdown", is_flag=True, help="Print markdown tables (for the README).")
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Instead: peak RSS of a run over --memory-images generated 32x32 PNGs each (Grad-CAM, "
+    "timm's test_resnet), each in a fresh process.",
+)
+@click.option(
+    "--memory-images", default="2000,20000", show_default=True, help="With --memory: comma-separated folder sizes."
+)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Generate the files into this folder and keep them (default: a temporary folder).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@reported
+def bench(
+    arch,
+    image_size,
+    batch_size,
+    images,
+    lime_images,
+    lime_samples,
+    lime_batch_size,
+    classes,
+    device,
+    threads,
+    workers,
+    repeats,
+    only,
+    no_peers,
+    markdown,
+    memory,
+    memory_images,
+    keep,
+    quiet,
+):
+    """Time xaibatch end to end against the model's limits and pytorch-grad-cam, captum and lime.
+
+    \b
+    Examples:
+      xaibatch bench                                   # resnet18 at 64x64 on the CPU
+      xaibatch bench --arch resnet50 --image-size 224 --device cuda --images 1024 --lime-images 16
+      xaibatch bench --only gradcam --markdown
+      xaibatch bench --memory --memory-images 2000,20000
+    """
+    from ..tools.bench import BenchOptions, format_memory, format_result, memory_check, run_bench
+
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    if memory:
+        try:
+            counts = tuple(int(v) for v in memory_images.split(","))
+        except ValueError:
+            raise click.BadParameter("comma-separated integers, e.g. 2000,20000", param_hint="--memory-images")
+        click.echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
+        return
+    wanted = tuple(m.strip() for m in only.split(",") if m.strip())
+    if not wanted:
+        raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
+    checked(lambda: known_methods(wanted), param_hint="--only")
+    opts = BenchOptions(
+        arch=arch,
+        image_size=image_size,
+        batch_size=batch_size,
+        images=images,
+        lime_images=lime_images,
+        lime_samples=lime_samples,
+        lime_batch_size=lime_batch_size,
+        classes=classes,
+        device=device,
+        threads=threads,
+        workers=workers,
+        repeats=repeats,
+        only=wanted,
+        peers=not no_peers,
+        work_dir=keep,
+    )
+    click.echo(format_result(run_bench(opts, log=log), markdown=markdown))

@@ -1,0 +1,65 @@
+"""The one place where library errors become a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
+
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
+
+
+class Failure(click.ClickException):
+    """A one-line error with xaibatch's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def reported(fn):
+    """Turn library errors (and OS errors such as a full disk) into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except XaibatchError as e:
+            raise Failure(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise Failure("interrupted", EXIT_INTERRUPTED) from None
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise Failure(f"{e.strerror or e}{where}", EXIT_RUNTIME) from None
+        except click.ClickException:
+            raise
+        except Exception as e:
+            if os.environ.get("XAIBATCH_DEBUG"):
+                raise
+            raise Failure(
+                f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
+            ) from None
+
+    return wrapper
+
+
+def checked(parse, param_hint: str | None = None):
+    """Run a parameter check of the library; its UsageError becomes click's (one line, exit 2)."""
+    try:
+        return parse()
+    except XaibatchError as e:
+        raise click.BadParameter(str(e), param_hint=param_hint) from None
+
+
+def heavy_import(load):
+    """Import what a command needs (torch and the methods: seconds); a Ctrl-C meanwhile is exit 5 in one line."""
+    try:
+        return load()
+    except KeyboardInterrupt:
+        raise Failure("interrupted while starting", EXIT_INTERRUPTED) from None

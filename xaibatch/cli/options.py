@@ -1,0 +1,182 @@
+"""The options several commands share, each defined once (name, type, metavar; each command gives its help), and
+option groups: options that reach a command as one typed object."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .boundary import checked, heavy_import
+
+# The built-in methods, checked without importing the registry (torch, timm: seconds), so that a cron re-run
+# with nothing to compute starts in a fraction of a second; tests/test_startup.py holds this to the registry.
+BUILTIN_METHODS = ("gradcam", "guided-gradcam", "lime")
+# The libraries' methods: a name of this form is checked in full when the run loads its methods (an unknown one is
+# the same one-line error, exit 2, before any image), so that parsing -m cam:scorecam needs no torch either.
+LIBRARY_METHOD = re.compile(r"(cam|captum):[A-Za-z][\w.+-]*")
+
+
+def known_methods(names):
+    """Each name resolves to a method (the registry, with its close matches when one does not)."""
+    if all(m in BUILTIN_METHODS for m in names):
+        return list(names)
+    method_class = heavy_import(lambda: __import__("xaibatch.methods", fromlist=["method_class"]).method_class)
+    return [m for m in names if method_class(m)]
+
+
+def method_names(names):
+    """-m: built-in names, and library names by their form (see LIBRARY_METHOD); any other name, the registry."""
+    if all(m in BUILTIN_METHODS or LIBRARY_METHOD.fullmatch(m) for m in names):
+        return list(names)
+    return known_methods(names)
+
+
+def method_options(values, methods):
+    """--method-option, parsed and checked against the methods it names."""
+    if not values:
+        return {}
+    parse = heavy_import(lambda: __import__("xaibatch.methods.options", fromlist=["x"]).method_options)
+    return parse(values, methods)
+
+
+def _option(*decls, **attrs):
+    """An option that several commands share: its name, type and metavar here; each command gives its help and
+    may override the rest (a default of its own)."""
+
+    def factory(help: str, **override):
+        return click.option(*decls, **{**attrs, **override}, help=help)
+
+    return factory
+
+
+def stacked(*options):
+    """Several option decorators as one, in the order given (the order --help lists them)."""
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def grouped(name: str, cls, *options):
+    """``options`` as one decorator whose values reach the command as one ``cls`` object, as its parameter
+    ``name`` (``cls`` is a dataclass whose fields are the options' parameter names)."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            kwargs[name] = cls(**{f: kwargs.pop(f) for f in fields})
+            return fn(*args, **kwargs)
+
+        return stacked(*options)(command)
+
+    return decorate
+
+
+device_option = _option("--device", default="auto", show_default=True)
+batch_size_option = _option("--batch-size", type=click.IntRange(1))
+workers_option = _option("--workers", type=click.IntRange(0))
+seed_option = _option("--seed", type=int, default=0, show_default=True)
+methods_option = _option(
+    "--method",
+    "-m",
+    "methods",
+    multiple=True,
+    show_default=True,
+    callback=lambda ctx, p, v: checked(lambda: method_names(v)),
+)
+# The model: run and serve take all of these, sanity --model, --checkpoint and --arch, train and bench --arch and
+# --image-size.
+arch_option = _option("--arch")
+model_option = _option("--model", "model_spec", metavar="SPEC")
+checkpoint_option = _option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False))
+image_size_option = _option("--image-size", type=click.IntRange(8, 4096))
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """run's and serve's model options, as given."""
+
+    arch: str | None
+    model_spec: str | None
+    checkpoint: Path | None
+    classes: str | None
+    positive_class: str | None
+    threshold: float | None
+    image_size: int | None
+    target_layer: str | None
+
+    def fields(self) -> dict:
+        """The model options as RunOptions' and ServeOptions' fields."""
+        return dict(
+            checkpoint=self.checkpoint,
+            arch=self.arch,
+            model=self.model_spec,
+            classes=class_list(self.classes),
+            positive_class=self.positive_class,
+            threshold=self.threshold,
+            image_size=self.image_size,
+            target_layer=self.target_layer,
+        )
+
+
+def model_options(help: dict[str, str]):
+    """run's and serve's model options, with each command's help (keyed by the option's parameter name); they
+    reach the command as its ``model`` parameter (a ModelArgs)."""
+    return grouped(
+        "model",
+        ModelArgs,
+        arch_option(help["arch"]),
+        model_option(help["model_spec"]),
+        checkpoint_option(help["checkpoint"]),
+        click.option("--classes", metavar="A,B,...", help=help["classes"]),
+        click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
+        click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help=help["threshold"]),
+        image_size_option(help["image_size"]),
+        click.option("--target-layer", help=help["target_layer"]),
+    )
+
+
+RUN_MODEL_HELP = {
+    "arch": "timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).",
+    "model_spec": "Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
+    "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
+    "checkpoint": "Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
+    "Default: the bundled demo model.",
+    "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
+    "checkpoint's, else the folder's.",
+    "positive_class": "Two classes: the one a one-logit head's sigmoid and --threshold are about "
+    "(e.g. --positive-class FAKE). Default: the second in sorted order.",
+    "threshold": "Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
+    "Default: 0.5.",
+    "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.",
+    "target_layer": "Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest stage still at least 4x4.",
+}
+SERVE_MODEL_HELP = {
+    "arch": "timm model name of a plain state_dict checkpoint, as for run.",
+    "model_spec": "Your own model, as for run (trusted code only).",
+    "checkpoint": "Weights, as for run. Default: the bundled demo model.",
+    "classes": "Class names in the model's output order, as for run.",
+    "positive_class": "Two classes: the one --threshold is about, as for run.",
+    "threshold": "Two classes: as for run. Default: 0.5.",
+    "image_size": "Model input size, as for run.",
+    "target_layer": "Layer for Grad-CAM, as for run.",
+}
+
+
+def class_list(text: str | None) -> list[str] | None:
+    """--classes: at least two comma-separated names."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names):
+        raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+    return names

@@ -1,0 +1,151 @@
+"""``xaibatch run``: its option groups into RunOptions, the run's result into a summary, JSON lines, an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_OK, EXIT_SOME_FAILED
+from .boundary import EXIT_CODES_HELP, reported
+from .options import RUN_MODEL_HELP, model_options, seed_option
+from .run_options import (
+    compute_options,
+    control_options,
+    engine_options,
+    explain_options,
+    faith_options,
+    folder_options,
+    lime_options,
+    max_map_side_option,
+    target_option,
+    template_dir_option,
+)
+
+PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
+
+
+class RunCommand(click.Command):
+    """With --log-json, an option error still ends with a JSON line (exit code 2)."""
+
+    def parse_args(self, ctx, args):
+        wants_json = "--log-json" in args  # before parsing: click consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if wants_json:
+                from ..runlog import JsonLog
+
+                JsonLog(sys.stdout).end(e.exit_code, error=e.format_message())
+            raise
+
+
+@click.command(cls=RunCommand, epilog=EXIT_CODES_HELP)
+@click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
+@explain_options
+@model_options(RUN_MODEL_HELP)
+@target_option
+@compute_options
+@folder_options
+@lime_options
+@max_map_side_option
+@seed_option("Seed for LIME's sampling (e.g. --seed 7).")
+@template_dir_option
+@control_options
+@faith_options
+@engine_options
+@reported
+def run(
+    input_dir, explain, model, target, compute, folders, lime, max_map_side, seed, template_dir, control, faith, engine
+):
+    """Explain every image under INPUT_DIR and write maps plus an HTML report.
+
+    \b
+    Examples:
+      xaibatch run data/CIFAKE/test --method gradcam
+      xaibatch run data/CIFAKE/test -m gradcam -m guided-gradcam -m lime --out reports/cifake
+      xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
+      xaibatch run data/CIFAKE/test --model examples/cifake_cnn.py:build --checkpoint cnn.pt --threshold 0.7
+
+    \b
+    Re-runs are incremental: unchanged images (same size and mtime, or same
+    sha256) with unchanged settings are skipped; new and changed images are
+    computed; images gone from INPUT_DIR leave the report and their files are
+    deleted. One run per --out at a time (see --wait). Not on a terminal there is
+    no progress bar: once the first batches are done a line estimates the time
+    left, then a progress line follows about every minute (JSON "progress"
+    events with --log-json; none with -q), and one summary line at the end.
+    """
+    from ..errors import exit_code_for
+    from ..pipeline import RunOptions, default_out
+    from ..pipeline import run as run_pipeline
+    from ..runlog import JsonLog
+
+    out = folders.out or default_out(input_dir)
+    quiet = control.quiet
+    jlog = JsonLog(sys.stdout) if control.log_json else None
+    human = not quiet and not control.log_json
+    if jlog:
+        jlog.start(
+            pid=os.getpid(),
+            input_dir=str(input_dir),
+            out_dir=str(out),
+            methods=list(explain.methods),
+            version=__version__,
+        )
+    method_option = explain.method_option
+    opts = RunOptions(
+        input_dir=input_dir,
+        out_dir=out,
+        methods=list(explain.methods),
+        **model.fields(),
+        target=target,
+        **compute.fields(),
+        labeled=False if folders.unlabeled else None,
+        follow_links=folders.follow_links,
+        max_map_side=max_map_side,
+        method_options={**method_option, "lime": {**lime.options(), **method_option.get("lime", {})}},
+        seed=seed,
+        template_dir=template_dir,
+        progress=human and sys.stdout.isatty() and sys.stderr.isatty(),
+        heartbeat=0.0 if quiet else PROGRESS_EVERY_S,
+        wait=control.wait,
+        wait_timeout=control.wait_timeout,
+        on_event=jlog,
+        replace=folders.replace,
+        faithfulness=faith.config(compute.batch_size),
+        **engine.fields(),
+    )
+    try:
+        result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
+    except BaseException as e:  # the summary of an interrupted run, the JSON end line of any failure
+        partial = getattr(e, "result", None)
+        if partial is not None and human:
+            list_failures(partial.failed)
+            click.echo(partial.summary_line())
+        if jlog:
+            jlog.end(exit_code_for(e), partial, error=str(e) or type(e).__name__)
+        raise
+    code = EXIT_SOME_FAILED if result.failed else EXIT_OK
+    if human:
+        list_failures(result.failed)
+        click.echo(result.summary_line())
+    if jlog:
+        jlog.end(code, result)
+    sys.exit(code)
+
+
+def list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
+    """The images that could not be read, on stderr (the first ``limit``; the report lists them all)."""
+    if not failed:
+        return
+    click.echo(f"xaibatch: {len(failed)} image(s) could not be read:", err=True)
+    from ..scan import printable
+
+    for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
+        click.echo(f"  {printable(rel)}: {printable(reason)}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)

@@ -1,0 +1,89 @@
+"""``xaibatch serve``: the local web page (Gradio, the optional extra) over one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..defaults import LIME_DEFAULTS
+from ..errors import EXIT_USAGE
+from .boundary import EXIT_CODES_HELP, Failure, reported
+from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_option, model_options, seed_option
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@methods_option(
+    "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
+    default=BUILTIN_METHODS,
+)
+@model_options(SERVE_MODEL_HELP)
+@device_option("auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--lime-samples",
+    type=click.IntRange(10, 5000),
+    default=LIME_DEFAULTS["samples"],
+    show_default=True,
+    help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).",
+)
+@seed_option("Seed for LIME's sampling, as for run.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("outputs/serve"),
+    show_default=True,
+    help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "
+    "images and links to their pages (e.g. --out reports/cifake).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. The app has no login: another host (e.g. 0.0.0.0) lets anyone who "
+    "reaches it use the model, read the report in OUT and write into OUT/flagged.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=7860,
+    show_default=True,
+    help="Port to listen on (e.g. --port 8080).",
+)
+@reported
+def serve(methods, model, device, lime_samples, seed, out, host, port):
+    """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
+
+    \b
+    Examples:
+      xaibatch serve
+      xaibatch serve --checkpoint models/cifake.pt --out reports/cifake --port 8080
+
+    \b
+    Needs the extra: pip install "xaibatch[serve]". Flagged images land in
+    OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
+    """
+    try:
+        import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
+    except ImportError:
+        raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
+            f"can use the model, read the report in {out} and write into {out}/flagged",
+            err=True,
+        )
+    from ..serve.app import launch
+    from ..serve.core import ServeOptions, Service
+
+    service = Service(
+        ServeOptions(
+            out=out,
+            methods=list(methods),
+            **model.fields(),
+            device=device,
+            seed=seed,
+            lime_samples=lime_samples,
+            method_options={"lime": {"samples": lime_samples}},
+        )
+    )
+    launch(service, host=host, port=port, log=lambda s: click.echo(s, err=True))
