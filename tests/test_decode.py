@@ -21,7 +21,8 @@ from skimage import data as skd
 
 import badfiles
 from xaibatch import decode
-from xaibatch.data import ImageDataset, collate, jpeg_info, load_image, read_for_device
+from xaibatch.data import jpeg_info, load_image, read_for_device
+from xaibatch.dataset import ImageDataset, LoadedBatch, collate
 from xaibatch.decode import device_decode, finish_batch, orient
 from xaibatch.errors import DecodeError, UsageError
 from xaibatch.scan import scan
@@ -93,18 +94,18 @@ def load(root: Path, size: int, on_device: bool, workers: int = 0, batch_size: i
     for b in loader:
         if on_device:
             b = finish_batch(b, CPU, size)
-        assert set(b) >= {"x", "display", "orig_size", "sha256", "failed", "index", "segments"}
-        assert "jpeg" not in b
-        for i, reason in b["failed"]:
+        assert isinstance(b, LoadedBatch)
+        assert b.undecoded is None  # finished: no JPEG bytes left
+        for i, reason in b.failed:
             out[entries[i].rel] = {"failed": reason}
-        for j, i in enumerate(b["index"]):
-            assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, size, size)
-            assert b["display"][j].dtype == np.uint8 and b["display"][j].ndim == 3
+        for j, i in enumerate(b.index):
+            assert b.x.dtype == torch.uint8 and b.x.shape[1:] == (3, size, size)
+            assert b.display[j].dtype == np.uint8 and b.display[j].ndim == 3
             out[entries[i].rel] = {
-                "x": b["x"][j],
-                "display": b["display"][j],
-                "orig_size": tuple(b["orig_size"][j]),
-                "sha256": b["sha256"][j],
+                "x": b.x[j],
+                "display": b.display[j],
+                "orig_size": tuple(b.orig_size[j]),
+                "sha256": b.sha256[j],
             }
     return out
 

@@ -159,7 +159,7 @@ def run_sanity(
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
     import sqlite3
 
-    from ..data import ImageDataset, collate
+    from ..dataset import ImageDataset, collate
     from ..lock import OutputLock
     from ..manifest import FILENAME as MANIFEST
     from ..manifest import Manifest, ManifestError
@@ -199,14 +199,14 @@ def run_sanity(
         ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
         items = [ds[i] for i in range(len(ds))]
         b = collate(items)
-        if b["x"] is None:
+        if b.x is None:
             raise UsageError(f"none of the {len(rels)} sampled images can be read from {root} any more")
-        ok = [entries[i].rel for i in b["index"]]
+        ok = [entries[i].rel for i in b.index]
         targets = torch.tensor([images[r].target for r in ok])  # explain the same class before and after
         seeds = [image_seed(r) for r in ok]
 
         def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
-            return _maps(net, model, ctx, methods, b["x"], b["segments"], targets, seeds, batch_size)
+            return _maps(net, model, ctx, methods, b.x, b.segments, targets, seeds, batch_size)
 
         t0 = time.time()
         curves = cascade(ctx.model, maps_of, seed=seed, log=log)

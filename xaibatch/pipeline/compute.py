@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..data import ImageDataset, collate
+from ..dataset import ImageDataset, LoadedBatch, collate
 from ..defaults import default_writers
 from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
@@ -132,21 +132,21 @@ class BatchWorker:
             jpeg_bytes=self.on_device(todo),
         )
 
-    def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: dict[str, Any]) -> tuple[WriteJob, bool]:
+    def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: LoadedBatch) -> tuple[WriteJob, bool]:
         """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
         (then it carries only the failures: none of its images is committed)."""
         methods, explainer = self.explainer(todo)
         if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
             b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
-        failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
+        failed = [(entries[i].rel, reason) for i, reason in b.failed]
         gone = self.known.files_of(rel for rel, _ in failed)  # fine before, failing now: they leave the report
-        if b["x"] is None:
+        if b.x is None:
             return WriteJob(self.run_id, failed=failed, discard=gone), False
-        batch_entries = [entries[i] for i in b["index"]]
+        batch_entries = [entries[i] for i in b.index]
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
         seeds = [image_seed(e.rel) for e in batch_entries]
         try:
-            probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+            probs, maps = explainer(b.x, labels, b.segments, seeds)
         except StopRequested:
             return WriteJob(self.run_id, failed=failed, discard=gone), True
         model = self.prepared.model
@@ -262,7 +262,7 @@ def compute(
 
 def build_job(
     entries: list[ImageEntry],
-    b: dict[str, Any],
+    b: LoadedBatch,
     probs: np.ndarray,
     maps: dict[str, tuple[torch.Tensor, list | None, list | None]],
     methods: list[Method],
@@ -277,15 +277,15 @@ def build_job(
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
-    orig_sizes = [tuple(s) for s in b["orig_size"]]
+    orig_sizes = [tuple(s) for s in b.orig_size]
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
     pictures = {
-        name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side, views[name])
+        name: batch_pictures(b.display, arr, signed[name], orig_sizes, max_map_side, views[name])
         for name, (arr, *_) in maps.items()
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
-    thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
+    thumbs = iter(display_thumbs([d for d, f in zip(b.display, shown) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
         pred = heads.predict_one(p, decision)
@@ -293,7 +293,7 @@ def build_job(
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
         if shown[j]:
-            item.display, item.display_thumb = b["display"][j], next(thumbs)
+            item.display, item.display_thumb = b.display[j], next(thumbs)
         if fresh[j]:
             job.image_rows.append(
                 ImageRow(
@@ -301,7 +301,7 @@ def build_job(
                     stem=stem,
                     size=e.size,
                     mtime_ns=e.mtime_ns,
-                    sha256=b["sha256"][j],
+                    sha256=b.sha256[j],
                     width=w,
                     height=h,
                     label=e.label,

@@ -207,7 +207,7 @@ class Worker:
         return {"record": np.array(out, dtype=object)}
 
     def run(self, task: Task) -> Result:
-        from ..data import collate
+        from ..dataset import collate
         from .writer import write_files
 
         if self.error is not None:
