@@ -317,7 +317,7 @@ def build_job(
             for m, row in known.maps.get(e.rel, {}).items():
                 if m not in maps:
                     job.drop_maps.append((e.rel, m))
-                    job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
+                    job.discard += row.files.paths()
         for name, (_, info, faith) in maps.items():
             full, over, thumb = pictures[name][j]
             item.maps.append(

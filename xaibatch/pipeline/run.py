@@ -313,14 +313,9 @@ def apply_removals(
     """Images gone from the input or no longer readable leave the manifest, then their files go."""
     present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
     discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
-    discard += [
-        p
-        for rel, m in plan.dead_maps
-        for p in (known.maps[rel][m].npy, known.maps[rel][m].png, known.maps[rel][m].thumb)
-        if p
-    ]
+    discard += [p for rel, m in plan.dead_maps for p in known.maps[rel][m].files.paths()]
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
-    discard += [p for rows in stale.values() for row in rows.values() for p in (row.npy, row.png, row.thumb) if p]
+    discard += [p for rows in stale.values() for row in rows.values() for p in row.files.paths()]
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files

@@ -130,26 +130,12 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
 @contextlib.contextmanager
 def without_file_work() -> Iterator[None]:
     """Runs in this block encode and write no file: the writer only commits its rows (a bench row's baseline)."""
-    from ... import layout
-    from ...manifest import MapRow
     from ...pipeline import writer
 
     real = writer.write_item
 
     def rows_only(files, item, run_id):
-        return [
-            MapRow(
-                item.rel,
-                mp.method,
-                mp.config_hash,
-                layout.map_npy(mp.method, item.stem),
-                layout.map_png(mp.method, item.stem),
-                layout.map_thumb(mp.method, item.stem, item.width, item.height),
-                mp.info,
-                run_id,
-            )
-            for mp in item.maps
-        ]
+        return writer.map_rows(item, run_id)  # what write_item returns, without encoding or writing a file
 
     writer.write_item = rows_only
     try:
