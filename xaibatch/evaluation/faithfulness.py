@@ -301,6 +301,6 @@ def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, tar
     ok = [sample[i] for i in b.index]
     labels = torch.tensor([e.label if e.label is not None else -1 for e in ok])
     explainer = Explainer([], prepared.ctx, target, scorer, decision=prepared.model.decision)
-    for a in range(0, len(ok), 32):
-        explainer(b.x[a : a + 32], labels[a : a + 32], None, [image_seed(e.rel) for e in ok[a : a + 32]])
+    for _ in explainer.explain_tensors(b.x, 32, [image_seed(e.rel) for e in ok], labels):
+        pass  # the scorer adds each batch to its chance sample
     save_chance(out, scorer)

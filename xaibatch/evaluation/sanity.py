@@ -339,7 +339,7 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
     from dataclasses import replace
 
     from ..model.layers import find_target_layer
-    from ..methods.explainer import Explainer
+    from ..methods.explainer import Explained, Explainer
 
     from ..model.heads import unwrap
 
@@ -349,13 +349,8 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
         m.ctx = ctx2
     try:
         ex = Explainer(methods, ctx2, "label")
-        out: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
-        for i in range(0, x_u8.shape[0], batch_size):
-            seg = None if segments is None else segments[i : i + batch_size]
-            _probs, maps = ex(x_u8[i : i + batch_size], targets[i : i + batch_size], seg, seeds[i : i + batch_size])
-            for k, v in maps.items():
-                out[k].append(v[0].cpu().numpy())
-        return {k: np.concatenate(v) for k, v in out.items()}
+        done = Explained.cat(list(ex.explain_tensors(x_u8, batch_size, seeds, targets, segments)))
+        return {k: v.maps.numpy() for k, v in done.methods.items()}
     finally:
         for m in methods:
             m.ctx = ctx

@@ -23,7 +23,7 @@ from ..errors import ModelError
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed  # noqa: F401  (tests and the Ray engine name it here)
 from ..model.loading import LoadedModel
-from ..methods.explainer import Explainer
+from ..methods.explainer import Explainer, MethodMaps
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
@@ -146,16 +146,16 @@ class BatchWorker:
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
         seeds = [image_seed(e.rel) for e in batch_entries]
         try:
-            probs, maps = explainer(b.x, labels, b.segments, seeds)
+            explained = explainer(b.x, labels, b.segments, seeds)
         except StopRequested:
             return WriteJob(self.run_id, failed=failed, discard=gone), True
         model = self.prepared.model
-        check_probs(probs, batch_entries, model)
+        check_probs(explained.probs, batch_entries, model)
         job = build_job(
             batch_entries,
             b,
-            probs.cpu().numpy(),
-            maps,
+            explained.probs.cpu().numpy(),
+            explained.methods,
             methods,
             self.hashes,
             self.plan,
@@ -264,7 +264,7 @@ def build_job(
     entries: list[ImageEntry],
     b: LoadedBatch,
     probs: np.ndarray,
-    maps: dict[str, tuple[torch.Tensor, list | None, list | None]],
+    maps: dict[str, MethodMaps],
     methods: list[Method],
     hashes: Hashes,
     plan: Plan,
@@ -281,8 +281,8 @@ def build_job(
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
     pictures = {
-        name: batch_pictures(b.display, arr, signed[name], orig_sizes, max_map_side, views[name])
-        for name, (arr, *_) in maps.items()
+        name: batch_pictures(b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name])
+        for name, mm in maps.items()
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
     thumbs = iter(display_thumbs([d for d, f in zip(b.display, shown) if f]))
@@ -318,7 +318,7 @@ def build_job(
                 if m not in maps:
                     job.drop_maps.append((e.rel, m))
                     job.discard += row.files.paths()
-        for name, (_, info, faith) in maps.items():
+        for name, mm in maps.items():
             full, over, thumb = pictures[name][j]
             item.maps.append(
                 MapPictures(
@@ -327,8 +327,8 @@ def build_job(
                     full,
                     over,
                     thumb,
-                    info[j] if info else None,
-                    faith[j] if faith else None,
+                    mm.info[j] if mm.info else None,
+                    mm.faith[j] if mm.faith else None,
                     views[name][j],
                 )
             )
