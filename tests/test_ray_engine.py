@@ -101,6 +101,29 @@ def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt,
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+def test_engines_are_one_registry_the_cli_and_run_read():
+    """--engine's choices are the registry's keys; an unknown name is a UsageError; run() looks the engine up."""
+    from xaibatch.engines import ENGINES, engine_for
+
+    option = {p.name: p for p in cli.commands["run"].params}["engine"]
+    assert list(option.type.choices) == list(ENGINES) and option.default == next(iter(ENGINES)) == "local"
+    assert engine_for(RunOptions(input_dir=None, out_dir=None, methods=[])) is ENGINES["local"]
+    with pytest.raises(UsageError, match="--engine spark: choose local or ray"):
+        engine_for(RunOptions(input_dir=None, out_dir=None, methods=[], engine="spark"))
+
+
+def test_run_computes_through_the_registered_engine(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
+    """A registered engine gets one ComputeJob holding the plan; what it does not compute stays to do."""
+    from xaibatch import engines
+
+    got = []
+    monkeypatch.setitem(engines.ENGINES, "local", engines.Engine(got.append))
+    res = run(_opts(labeled_dir, tmp_path / "o", tiny_ckpt))
+    assert len(got) == 1 and isinstance(got[0], engines.ComputeJob)
+    assert sorted(got[0].plan.work) == sorted(e.rel for e in got[0].prepared.found.images)
+    assert res.computed == 0
+
+
 @pytest.mark.slow
 def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
     """--faithfulness with --engine ray: actors score the maps, the driver computes the chance sample once."""
@@ -148,7 +171,7 @@ def test_both_engines_cut_the_same_batches(tmp_path):
 
 def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, tiny_ckpt, one_thread):
     from xaibatch.pipeline.plan import Hashes
-    from xaibatch.pipeline.ray_engine import WorkerConfig, worker_class
+    from xaibatch.pipeline.ray_worker import WorkerConfig, worker_class
 
     opts = _opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray")
     found = Scan(labeled_dir, ["FAKE", "REAL"], [], [])

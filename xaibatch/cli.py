@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, ENGINES, LIME_DEFAULTS, LIME_HIDE_MODES, default_workers
+from .defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, LIME_DEFAULTS, LIME_HIDE_MODES, default_workers
+from .engines import ENGINES
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SOME_FAILED, EXIT_USAGE, ExitCode, XaibatchError
 
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
@@ -368,8 +369,8 @@ class _RunCommand(click.Command):
 )
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
-    default=ENGINES[0],
+    type=click.Choice(list(ENGINES)),
+    default=next(iter(ENGINES)),
     show_default=True,
     help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
     'pip install "xaibatch[ray]"; INPUT_DIR and --out must be on a mount every node shares; '

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 from ..dataset import ImageDataset, LoadedBatch, collate
 from ..defaults import default_writers
+from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
@@ -29,7 +29,7 @@ from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .loader import until_stopped
 from .progress import progress_bar
-from .signals import Stop, die_with_parent
+from .signals import die_with_parent
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
 
@@ -191,21 +191,11 @@ def announce(
             log(f"xaibatch: {line}")
 
 
-def compute(
-    opts: RunOptions,
-    out: Path,
-    prepared: Prepared,
-    plan: Plan,
-    known: Known,
-    hashes: Hashes,
-    run_id: int,
-    stop: Stop,
-    tally: Tally,
-    emit: Callable[[dict[str, Any]], None],
-    log: Callable[[str], None] = lambda s: None,
-    check: Callable[[], None] = lambda: None,
-) -> None:
-    """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
+def compute(job: ComputeJob) -> None:
+    """The local engine: stream the planned images through the model, batch by batch, each batch's files and rows
+    to the writer."""
+    opts, out, prepared, plan, known, hashes = job.opts, job.out, job.prepared, job.plan, job.known, job.hashes
+    run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
     if not plan.work:
         return
     announce(prepared, plan, emit, log)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import layout
+from ..engines import ComputeJob, Engine, engine_for
 from ..errors import Interrupted, UsageError
 from ..scan import Scan, shown
 from ..lock import OutputLock, describe, pid_alive
@@ -60,9 +61,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     t0 = time.time()
     check_folders(opts)
     check_request(opts)  # options and paths, before the seconds of importing torch
-    from .ray_engine import check_available  # no ray import: only whether it is installed
-
-    check_available(opts)
+    engine = engine_for(opts)  # no ray import: only whether it is installed
     out = Path(opts.out_dir)
     timings: dict[str, float] = {}
     with catch_signals(opts.handle_signals) as stop:
@@ -107,7 +106,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     with loading():
                         setup = load_setup(opts)
-            return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0], timings)
+            return _run_locked(opts, engine, out, lock, setup, stop, log, t0, waited[0], timings)
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
             raise ManifestError(
                 f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
@@ -142,6 +141,7 @@ def make_out(out: Path) -> None:
 
 def _run_locked(
     opts: RunOptions,
+    engine: Engine,
     out: Path,
     lock: OutputLock,
     setup: Setup,
@@ -206,12 +206,9 @@ def _run_locked(
         if plan.work and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
-            if opts.engine == "ray":
-                from .ray_engine import compute_ray as compute
-            else:
-                from .compute import compute  # torch (loaded with the model by now)
-
-            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
+            engine.compute(
+                ComputeJob(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
+            )
         timings["compute"] = time.time() - t_compute
         if tally.first_batch is not None:
             timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
