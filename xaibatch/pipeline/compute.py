@@ -72,7 +72,7 @@ class BatchWorker:
     """The per-batch work of both engines: a batch's images decoded, explained and turned into a WriteJob.
 
     The local engine runs one in-process (decoding in DataLoader workers); the Ray engine one per actor
-    (:mod:`.ray_engine`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
+    (:mod:`.ray_worker`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
     """
 
     def __init__(
