@@ -175,6 +175,31 @@ def test_workers_give_the_same_batches(photos):
             assert torch.equal(a[name]["x"], b[name]["x"]) and a[name]["sha256"] == b[name]["sha256"]
 
 
+def test_the_loader_pins_a_loaded_batch(photos, monkeypatch):
+    """pin_memory=True (a CUDA run's DataLoader) reaches the batch's tensors, JPEG bytes included, as it did the
+    dict's: torch pins a custom batch only through its pin_memory method."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[tuple] = []
+
+    def fake_pin(t, *a, **k):  # no CUDA here: record what would be pinned
+        pinned.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    root, _ = photos
+    entries = scan(root, labeled=False).images
+    for jpeg_bytes in (False, True):
+        pinned.clear()
+        b = collate([ImageDataset(entries, 32, jpeg_bytes=jpeg_bytes)[i] for i in range(len(entries))])
+        assert pin_memory(b) is b
+        if jpeg_bytes:
+            u = b.undecoded
+            assert len(pinned) == len(u.jpegs) + sum(t is not None for t in u.inputs) > len(u.jpegs) > 0
+        else:
+            assert pinned == [tuple(b.x.shape)]
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_as_pil(tmp_path, orientation):
     im = Image.fromarray(skd.chelsea()).resize((64, 40))  # not square, not symmetric

@@ -62,6 +62,10 @@ class LoadedBatch:
             self.x = self.x.pin_memory()
         if self.segments is not None:
             self.segments = self.segments.pin_memory()
+        if self.undecoded is not None:
+            u = self.undecoded
+            u.jpegs = [JpegBytes(jp.position, jp.data.pin_memory(), jp.info) for jp in u.jpegs]
+            u.inputs = [None if t is None else t.pin_memory() for t in u.inputs]
         return self
 
 
