@@ -124,6 +124,29 @@ def test_run_computes_through_the_registered_engine(labeled_dir, tmp_path, tiny_
     assert res.computed == 0
 
 
+def test_the_run_record_says_where_the_engine_computed(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
+    """With --engine ray the record shows the Ray workers and their options, and the driver's model is on the CPU
+    (its workers load their own); the engine's compute is stubbed: no Ray needed."""
+    from xaibatch import engines
+    from xaibatch.manifest import Manifest
+    from xaibatch.runconfig import read_run
+
+    jobs = []
+    monkeypatch.setitem(
+        engines.ENGINES, "ray", dataclasses.replace(engines.ENGINES["ray"], compute=jobs.append, check=lambda o: None)
+    )
+    out = tmp_path / "o"
+    run(_opts(labeled_dir, out, tiny_ckpt, "ray"))
+    assert jobs[0].prepared.device.type == "cpu"
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        record = read_run(m.runs()[-1])
+    finally:
+        m.close()
+    assert record.device == "Ray workers"
+    assert record.engine == {"ray": dataclasses.asdict(RayOptions(workers=2, cpus_per_worker=1))}
+
+
 @pytest.mark.slow
 def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
     """--faithfulness with --engine ray: actors score the maps, the driver computes the chance sample once."""

@@ -9,6 +9,7 @@ nor ray): the CLI reads its choices from :data:`ENGINES` for ``--help``, and an 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -50,10 +51,17 @@ class ComputeJob:
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine: ``compute`` runs a ComputeJob; ``check`` refuses up front, before torch loads, a run it cannot do."""
+    """An engine: ``compute`` runs a ComputeJob; ``check`` refuses up front, before torch loads, a run it cannot do.
+
+    ``workers_device``: what the run's record shows as its device when the engine's workers load the model on their
+    own devices (then the driver loads it on the CPU, only to check it and hash); None: this process's device.
+    ``record``: the run record's ``engine`` entry.
+    """
 
     compute: Callable[[ComputeJob], None]
     check: Callable[[RunOptions], None] = lambda opts: None
+    workers_device: str | None = None
+    record: Callable[[RunOptions], Any] = lambda opts: opts.engine
 
 
 def _local(job: ComputeJob) -> None:
@@ -74,7 +82,14 @@ def _ray_check(opts: RunOptions) -> None:
     check_available(opts)
 
 
-ENGINES: dict[str, Engine] = {"local": Engine(_local), "ray": Engine(_ray, _ray_check)}  # the first: the default
+def _ray_record(opts: RunOptions) -> dict[str, Any]:
+    return {"ray": dataclasses.asdict(opts.ray)}
+
+
+ENGINES: dict[str, Engine] = {  # the first: the default
+    "local": Engine(_local),
+    "ray": Engine(_ray, _ray_check, workers_device="Ray workers", record=_ray_record),
+}
 
 
 def engine_for(opts: RunOptions) -> Engine:
