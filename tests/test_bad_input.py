@@ -29,7 +29,8 @@ from badfiles import FAIL, IGNORED, OK
 from conftest import make_checkpoint
 from xaibatch import errors
 from xaibatch.cli import cli
-from xaibatch.data import ImageDataset, collate, load_image
+from xaibatch.data import load_image
+from xaibatch.dataset import ImageDataset, collate
 from xaibatch.scan import scan
 from xaibatch.errors import DecodeError
 
@@ -308,10 +309,10 @@ def test_decode_errors_in_two_workers_keep_the_pool_alive(folder):
     found, loader = _loader(folder, 2)
     good, bad = set(), {}
     for b in loader:
-        good.update(found.images[i].rel for i in b["index"])
-        bad.update({found.images[i].rel: why for i, why in b["failed"]})
-        if b["x"] is not None:
-            assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, 16, 16)
+        good.update(found.images[i].rel for i in b.index)
+        bad.update({found.images[i].rel: why for i, why in b.failed})
+        if b.x is not None:
+            assert b.x.dtype == torch.uint8 and b.x.shape[1:] == (3, 16, 16)
     assert len(good) + len(bad) == len(found.images)
     assert good == {c.rel for c in folder.by(OK)}
     assert "empty file" in bad["empty.png"] and "decompression bomb" in bad["bomb.png"]
@@ -330,5 +331,5 @@ def test_unexpected_exception_in_a_worker_is_one_failure(folder, monkeypatch):
 
     monkeypatch.setattr(data, "load_image", flaky)  # inherited by the forked workers
     found, loader = _loader(folder, 2)
-    failed = {found.images[i].rel: why for b in loader for i, why in b["failed"]}
+    failed = {found.images[i].rel: why for b in loader for i, why in b.failed}
     assert failed["good_003.png"] == "RuntimeError: simulated bug"

@@ -111,7 +111,7 @@ def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
     """The bench's tensors come from the arrays it generated, not from reading its files back: the same pixels."""
     import numpy as np
 
-    from xaibatch.data import ImageDataset
+    from xaibatch.dataset import ImageDataset
     from xaibatch.scan import scan
     from xaibatch.tools.bench.inputs import make_inputs
 

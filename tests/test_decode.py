@@ -21,7 +21,8 @@ from skimage import data as skd
 
 import badfiles
 from xaibatch import decode
-from xaibatch.data import ImageDataset, collate, jpeg_info, load_image, read_for_device
+from xaibatch.data import jpeg_info, load_image, read_for_device
+from xaibatch.dataset import ImageDataset, LoadedBatch, collate
 from xaibatch.decode import device_decode, finish_batch, orient
 from xaibatch.errors import DecodeError, UsageError
 from xaibatch.scan import scan
@@ -93,18 +94,18 @@ def load(root: Path, size: int, on_device: bool, workers: int = 0, batch_size: i
     for b in loader:
         if on_device:
             b = finish_batch(b, CPU, size)
-        assert set(b) >= {"x", "display", "orig_size", "sha256", "failed", "index", "segments"}
-        assert "jpeg" not in b
-        for i, reason in b["failed"]:
+        assert isinstance(b, LoadedBatch)
+        assert b.undecoded is None  # finished: no JPEG bytes left
+        for i, reason in b.failed:
             out[entries[i].rel] = {"failed": reason}
-        for j, i in enumerate(b["index"]):
-            assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, size, size)
-            assert b["display"][j].dtype == np.uint8 and b["display"][j].ndim == 3
+        for j, i in enumerate(b.index):
+            assert b.x.dtype == torch.uint8 and b.x.shape[1:] == (3, size, size)
+            assert b.display[j].dtype == np.uint8 and b.display[j].ndim == 3
             out[entries[i].rel] = {
-                "x": b["x"][j],
-                "display": b["display"][j],
-                "orig_size": tuple(b["orig_size"][j]),
-                "sha256": b["sha256"][j],
+                "x": b.x[j],
+                "display": b.display[j],
+                "orig_size": tuple(b.orig_size[j]),
+                "sha256": b.sha256[j],
             }
     return out
 
@@ -172,6 +173,31 @@ def test_workers_give_the_same_batches(photos):
         assert a[name].keys() == b[name].keys()
         if "x" in a[name]:
             assert torch.equal(a[name]["x"], b[name]["x"]) and a[name]["sha256"] == b[name]["sha256"]
+
+
+def test_the_loader_pins_a_loaded_batch(photos, monkeypatch):
+    """pin_memory=True (a CUDA run's DataLoader) reaches the batch's tensors, JPEG bytes included, as it did the
+    dict's: torch pins a custom batch only through its pin_memory method."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned: list[tuple] = []
+
+    def fake_pin(t, *a, **k):  # no CUDA here: record what would be pinned
+        pinned.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    root, _ = photos
+    entries = scan(root, labeled=False).images
+    for jpeg_bytes in (False, True):
+        pinned.clear()
+        b = collate([ImageDataset(entries, 32, jpeg_bytes=jpeg_bytes)[i] for i in range(len(entries))])
+        assert pin_memory(b) is b
+        if jpeg_bytes:
+            u = b.undecoded
+            assert len(pinned) == len(u.jpegs) + sum(t is not None for t in u.inputs) > len(u.jpegs) > 0
+        else:
+            assert pinned == [tuple(b.x.shape)]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

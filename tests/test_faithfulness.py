@@ -93,7 +93,7 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
     m.close()
     fakes = sorted(r for r, row in images.items() if row.pred == 0)
     # The random maps' scores, computed the same way (same fill, same steps) for the same images.
-    from xaibatch.data import ImageDataset, collate
+    from xaibatch.dataset import ImageDataset, collate
     from xaibatch.pipeline.prepare import prepare
 
     p = prepare(RunOptions(input_dir=demo_dir / "test", out_dir=out, methods=["gradcam"]))
@@ -101,7 +101,7 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
     by_rel = {e.rel: e for e in found.images}
     b = collate([ImageDataset([by_rel[r] for r in fakes], model.input_size)[i] for i in range(len(fakes))])
     mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
-    x = (b["x"].float() / 255 - mean) / std
+    x = (b.x.float() / 255 - mean) / std
     targets = torch.zeros(len(fakes), dtype=torch.long)
     with torch.no_grad():
         p = torch.softmax(ctx.model(x), 1)[:, 0]

@@ -165,7 +165,7 @@ def _layer_cam_minima(inp: Path, rels: list[str]) -> dict[str, float]:
     """captum's raw LayerGradCam minimum at the layer's resolution per image, on exactly the pipeline's input."""
     from captum.attr import LayerGradCam
 
-    from xaibatch.data import ImageDataset
+    from xaibatch.dataset import ImageDataset
     from xaibatch.scan import scan
     from xaibatch.model.layers import find_target_layer
     from xaibatch.model.loading import load_model

@@ -33,6 +33,21 @@ def test_every_method_name_gets_a_safe_distinct_folder():
     assert layout.map_npy("cam:gradcam++", "FAKE/x") == "maps/cam-gradcampp/FAKE/x.npy"
 
 
+def test_map_files_are_spelled_once():
+    """MapFiles.of names a map's three files; a manifest row gives back the same ones, in the order recorded."""
+    from xaibatch.manifest import MapRow
+
+    big = layout.MapFiles.of("cam:gradcam++", "d/x", 640, 480)
+    assert big == layout.MapFiles(
+        "maps/cam-gradcampp/d/x.npy", "maps/cam-gradcampp/d/x.png", "thumbs/cam-gradcampp/d/x.png"
+    )
+    small = layout.MapFiles.of("lime", "y", 64, 64)  # no thumbnail of its own: the overlay is one
+    assert small.thumb == small.png == "maps/lime/y.png"
+    assert small.paths() == ["maps/lime/y.npy", "maps/lime/y.png", "maps/lime/y.png"]
+    old = MapRow("y.png", "lime", "h", "maps/lime/y.npy", "maps/lime/y.png", None, None, 1)
+    assert old.files.paths() == ["maps/lime/y.npy", "maps/lime/y.png"]  # a row from before thumbnails
+
+
 def test_methods_sharing_a_folder_are_refused():
     with pytest.raises(ValueError, match="share the folder"):
         layout.check_method_dirs(["cam:x", "cam-x"])

@@ -24,7 +24,7 @@ def fake_init(monkeypatch):
     """ray.init replaced: records its arguments, then does what the test sets (default: raise ValueError)."""
     import ray
 
-    from xaibatch.pipeline import ray_engine
+    from xaibatch.pipeline import ray_connect
 
     calls: list[dict] = []
     behaviour = {
@@ -39,30 +39,30 @@ def fake_init(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return ray_engine, calls, behaviour
+    return ray_connect, calls, behaviour
 
 
 def test_without_an_address_a_private_local_ray_is_started(fake_init):
     """ray.init() with no address joins whatever a stale /tmp/ray/ray_current_cluster names; "local" never does."""
-    ray_engine, calls, _ = fake_init
+    ray_connect, calls, _ = fake_init
     with pytest.raises(UsageError, match="cannot start a local Ray"):
-        ray_engine.connect(RayOptions())
+        ray_connect.connect(RayOptions())
     assert calls and calls[0]["address"] == "local"
 
 
 def test_an_address_nobody_answers_is_refused_at_once(fake_init):
-    ray_engine, calls, _ = fake_init
+    ray_connect, calls, _ = fake_init
     t0 = time.monotonic()
     with pytest.raises(UsageError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1 .*refused"):
-        ray_engine.connect(RayOptions(address="127.0.0.1:1"))
+        ray_connect.connect(RayOptions(address="127.0.0.1:1"))
     assert time.monotonic() - t0 < 5 and not calls
 
 
 def test_a_head_that_never_answers_times_out(fake_init, monkeypatch):
     """Something answers on the port but Ray's handshake never completes: Ray would retry forever."""
-    ray_engine, calls, behaviour = fake_init
-    monkeypatch.setattr(ray_engine, "reachable", lambda address: None)
-    monkeypatch.setattr(ray_engine, "CONNECT_TIMEOUT_S", 0.5)
+    ray_connect, calls, behaviour = fake_init
+    monkeypatch.setattr(ray_connect, "reachable", lambda address: None)
+    monkeypatch.setattr(ray_connect, "CONNECT_TIMEOUT_S", 0.5)
 
     def hang():
         while True:
@@ -71,14 +71,14 @@ def test_a_head_that_never_answers_times_out(fake_init, monkeypatch):
     behaviour["do"] = hang
     t0 = time.monotonic()
     with pytest.raises(UsageError, match=r"cannot join the Ray cluster at 10\.0\.0\.1:6379: no answer within 0\.5 s"):
-        ray_engine.connect(RayOptions(address="10.0.0.1:6379"))
+        ray_connect.connect(RayOptions(address="10.0.0.1:6379"))
     assert time.monotonic() - t0 < 5
 
 
 def test_rays_own_errors_become_one_line(fake_init):
-    ray_engine, _, _ = fake_init
+    ray_connect, _, _ = fake_init
     with pytest.raises(UsageError) as ei:
-        ray_engine.connect(RayOptions(address="ray://127.0.0.1:10001"))
+        ray_connect.connect(RayOptions(address="ray://127.0.0.1:10001"))
     assert str(ei.value) == (
         "cannot join the Ray cluster at ray://127.0.0.1:10001: Ray Client requires pip package `ray[client]`."
     )
@@ -87,14 +87,14 @@ def test_rays_own_errors_become_one_line(fake_init):
 def test_auto_without_a_cluster_is_one_line(monkeypatch):
     from ray._private import services
 
-    from xaibatch.pipeline import ray_engine
+    from xaibatch.pipeline import ray_connect
 
     def nothing(addr, temp_dir=None):
         raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
 
     monkeypatch.setattr(services, "canonicalize_bootstrap_address", nothing)
     with pytest.raises(UsageError, match="^--ray-address auto: Could not find any running Ray instance"):
-        ray_engine.reachable("auto")
+        ray_connect.reachable("auto")
 
 
 def test_cli_exit_2_in_one_line_for_a_dead_address(labeled_dir, tmp_path, tiny_ckpt):
@@ -126,7 +126,7 @@ def test_rays_cluster_messages_never_reach_stdout(quiet, capsys, monkeypatch):
     """Ray prints "(raylet) A worker died ..." to stdout, among --log-json's lines; off a terminal, nowhere."""
     import ray._private.worker as ray_worker
 
-    from xaibatch.pipeline.ray_engine import keep_ray_messages_off_stdout
+    from xaibatch.pipeline.ray_connect import keep_ray_messages_off_stdout
 
     monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored after
     keep_ray_messages_off_stdout(quiet)

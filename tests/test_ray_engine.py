@@ -101,6 +101,52 @@ def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt,
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+def test_engines_are_one_registry_the_cli_and_run_read():
+    """--engine's choices are the registry's keys; an unknown name is a UsageError; run() looks the engine up."""
+    from xaibatch.engines import ENGINES, engine_for
+
+    option = {p.name: p for p in cli.commands["run"].params}["engine"]
+    assert list(option.type.choices) == list(ENGINES) and option.default == next(iter(ENGINES)) == "local"
+    assert engine_for(RunOptions(input_dir=None, out_dir=None, methods=[])) is ENGINES["local"]
+    with pytest.raises(UsageError, match="--engine spark: choose local or ray"):
+        engine_for(RunOptions(input_dir=None, out_dir=None, methods=[], engine="spark"))
+
+
+def test_run_computes_through_the_registered_engine(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
+    """A registered engine gets one ComputeJob holding the plan; what it does not compute stays to do."""
+    from xaibatch import engines
+
+    got = []
+    monkeypatch.setitem(engines.ENGINES, "local", engines.Engine(got.append))
+    res = run(_opts(labeled_dir, tmp_path / "o", tiny_ckpt))
+    assert len(got) == 1 and isinstance(got[0], engines.ComputeJob)
+    assert sorted(got[0].plan.work) == sorted(e.rel for e in got[0].prepared.found.images)
+    assert res.computed == 0
+
+
+def test_the_run_record_says_where_the_engine_computed(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
+    """With --engine ray the record shows the Ray workers and their options, and the driver's model is on the CPU
+    (its workers load their own); the engine's compute is stubbed: no Ray needed."""
+    from xaibatch import engines
+    from xaibatch.manifest import Manifest
+    from xaibatch.runconfig import read_run
+
+    jobs = []
+    monkeypatch.setitem(
+        engines.ENGINES, "ray", dataclasses.replace(engines.ENGINES["ray"], compute=jobs.append, check=lambda o: None)
+    )
+    out = tmp_path / "o"
+    run(_opts(labeled_dir, out, tiny_ckpt, "ray"))
+    assert jobs[0].prepared.device.type == "cpu"
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        record = read_run(m.runs()[-1])
+    finally:
+        m.close()
+    assert record.device == "Ray workers"
+    assert record.engine == {"ray": dataclasses.asdict(RayOptions(workers=2, cpus_per_worker=1))}
+
+
 @pytest.mark.slow
 def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_dir, tmp_path, tiny_ckpt, one_thread):
     """--faithfulness with --engine ray: actors score the maps, the driver computes the chance sample once."""
@@ -148,7 +194,7 @@ def test_both_engines_cut_the_same_batches(tmp_path):
 
 def test_worker_refuses_an_output_folder_it_cannot_see(labeled_dir, tmp_path, tiny_ckpt, one_thread):
     from xaibatch.pipeline.plan import Hashes
-    from xaibatch.pipeline.ray_engine import WorkerConfig, worker_class
+    from xaibatch.pipeline.ray_worker import WorkerConfig, worker_class
 
     opts = _opts(labeled_dir, tmp_path / "o", tiny_ckpt, "ray")
     found = Scan(labeled_dir, ["FAKE", "REAL"], [], [])

@@ -73,10 +73,10 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
     p = prepare(opts)
     found, model, ctx, methods = p.found, p.model, p.ctx, p.methods
     methods = methods + [EdgeMagnitude(ctx)]
-    from xaibatch.data import ImageDataset, collate
+    from xaibatch.dataset import ImageDataset, collate
 
     b = collate([ImageDataset(found.images, model.input_size)[i] for i in range(len(found.images))])
-    x = b["x"]
+    x = b.x
     with torch.no_grad():
         mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
         targets = ctx.model((x.float() / 255 - mean) / std).argmax(1)

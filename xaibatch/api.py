@@ -62,7 +62,7 @@ def explain(
     from .model.heads import OneLogitHead, count_outputs, unwrap
     from .model.layers import find_target_layer
     from .methods import ModelContext, create_method, method_class
-    from .methods.explainer import Explainer
+    from .methods.explainer import Explained, Explainer
     from .model.loading import load_model, resolve_device
 
     dev = resolve_device(device)
@@ -98,29 +98,18 @@ def explain(
             raise UsageError(f"{labels.shape[0]} targets for {x.shape[0]} images")
     explainer = Explainer(made, ctx, mode)
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
-    maps: dict[str, list] = {m: [] for m in names}
-    info: dict[str, list] = {m: [] for m in names}
-    probs = []
-    for a in range(0, x.shape[0], batch_size):
-        xb = x[a : a + batch_size]
-        segments = None
-        if segmenters:
-            hwc = xb.permute(0, 2, 3, 1).numpy()
-            segments = torch.stack([torch.from_numpy(segmenters[0](im).astype("int64")) for im in hwc])
-        seeds = list(range(a, a + xb.shape[0]))  # per position, as a run's per-path seeds: batching never matters
-        p, out = explainer(xb, None if labels is None else labels[a : a + batch_size], segments, seeds)
-        probs.append(p.cpu())
-        for m, (arr, inf, _scores) in out.items():
-            maps[m].append(arr.cpu())
-            info[m] += list(inf) if inf else [None] * xb.shape[0]
-    prob = torch.cat(probs)
+    seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
+    done = Explained.cat(
+        list(explainer.explain_tensors(x, batch_size, seeds, labels, segmenter=segmenters[0] if segmenters else None))
+    )
+    prob = done.probs
     preds = prob.argmax(1)
     return Explanations(
-        {m: torch.cat(v) for m, v in maps.items()},
+        {m: r.maps for m, r in done.methods.items()},
         prob,
         preds,
         preds if labels is None else labels,
-        info,
+        {m: r.info for m, r in done.methods.items()},
         layer.name if layer else None,
     )
 

@@ -1,29 +1,27 @@
-"""Decode images safely and stream them, resized, in batches (the folder scan is :mod:`xaibatch.scan`).
+"""Decode images safely (the folder scan is :mod:`xaibatch.scan`; the batches: :mod:`xaibatch.dataset`).
 
 Decoding runs in DataLoader workers; a file that cannot be read becomes a
-record with an error, never an exception that stops the run.
+:class:`DecodeError` with a short reason, never an exception that stops the run.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
-import hashlib
 import io
 import os
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import DecodeError
 from .layout import DISPLAY_MAX_SIDE, display_size
-from .scan import ImageEntry, too_large
+from .scan import too_large
 from .files import NotRegularFile, hash_open_file, open_regular
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
@@ -306,7 +304,7 @@ def _sof_marker(data: bytes) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------- the dataset
+# ---------------------------------------------------------------------------------------------------- resized copies
 
 
 def model_input(im: Image.Image, input_size: int) -> np.ndarray:
@@ -320,92 +318,3 @@ def display_copy(im: Image.Image) -> np.ndarray:
     return np.asarray(
         im if max(w, h) <= DISPLAY_MAX_SIDE else im.resize(display_size(w, h), Image.BILINEAR), dtype=np.uint8
     )
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Yields one dict per image: the model input (uint8, CHW), the display copy and optional segments.
-
-    With ``jpeg_bytes`` a JPEG that the device can decode is yielded undecoded, as ``jpeg`` (its bytes as a
-    uint8 tensor) and ``jpeg_info``; :func:`xaibatch.decode.finish_batch` decodes the batch's JPEGs.
-    """
-
-    def __init__(
-        self,
-        entries: list[ImageEntry],
-        input_size: int,
-        segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
-        want_hash: list[bool] | None = None,
-        jpeg_bytes: bool = False,
-    ) -> None:
-        if jpeg_bytes and segmenter is not None:
-            raise ValueError("segments are computed on the PIL path only: no jpeg_bytes with a segmenter")
-        self.entries = entries
-        self.input_size = input_size
-        self.segmenter = segmenter
-        self.want_hash = want_hash  # per entry: also return the sha256 of the bytes decoded
-        self.jpeg_bytes = jpeg_bytes
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        entry = self.entries[i]
-        digest = hashlib.sha256() if self.want_hash and self.want_hash[i] else None
-        try:
-            if self.jpeg_bytes:
-                got = read_for_device(entry.path, digest=digest)
-                if isinstance(got, tuple):
-                    data, info = got
-                    return {
-                        "index": i,
-                        "jpeg": torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()),
-                        "jpeg_info": info,
-                        "orig_size": info.shown_size,
-                        "display": None,
-                        "x": None,
-                        "error": None,
-                        "sha256": None if digest is None else digest.hexdigest(),
-                    }
-                im = got
-            else:
-                im = load_image(entry.path) if digest is None else load_image(entry.path, digest=digest)
-            w, h = im.size
-            arr = model_input(im, self.input_size)
-            item: dict[str, Any] = {
-                "index": i,
-                "x": torch.from_numpy(arr.copy()).permute(2, 0, 1),
-                "orig_size": (h, w),
-                "display": display_copy(im),
-                "error": None,
-                "sha256": None if digest is None else digest.hexdigest(),
-            }
-            if self.segmenter is not None:
-                item["segments"] = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))
-            return item
-        except DecodeError as e:
-            return {"index": i, "error": str(e)}
-        except Exception as e:  # a worker must never die on one file
-            return {"index": i, "error": f"{type(e).__name__}: {e}"}
-
-
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good images; pass the failures through as (index, reason).
-
-    When some images came as undecoded JPEG bytes (``ImageDataset(jpeg_bytes=True)``), ``x`` and ``display``
-    are lists with None in their places and ``jpeg`` lists (position, bytes, JpegInfo): the batch is finished
-    by :func:`xaibatch.decode.finish_batch`.
-    """
-    good = [it for it in items if it["error"] is None]
-    jpegs = [(j, it["jpeg"], it["jpeg_info"]) for j, it in enumerate(good) if "jpeg" in it]
-    out: dict[str, Any] = {
-        "failed": [(it["index"], it["error"]) for it in items if it["error"] is not None],
-        "index": [it["index"] for it in good],
-        "orig_size": [it["orig_size"] for it in good],
-        "display": [it["display"] for it in good],
-        "x": [it["x"] for it in good] if jpegs else torch.stack([it["x"] for it in good]) if good else None,
-        "segments": torch.stack([it["segments"] for it in good]) if good and "segments" in good[0] else None,
-        "sha256": [it.get("sha256") for it in good],
-    }
-    if jpegs:
-        out["jpeg"] = jpegs
-    return out

@@ -3,7 +3,7 @@
 At 224 px, PIL's decode in the DataLoader workers is the wall (measured in issue #11 on an H100 box:
 1,817 img/s for the loader alone against 3,719 img/s for Grad-CAM on tensors). With device decoding the
 workers only read each file (the same safe open, the same hash) and check its header
-(:func:`xaibatch.data.read_for_device`); the main process decodes the batch's JPEGs in one
+(:func:`xaibatch.data.read_for_device`, :class:`xaibatch.dataset.ImageDataset`); the main process decodes the batch's JPEGs in one
 ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA, libjpeg-turbo on the CPU: the code is the same, only
 the device differs, so the tests run it on the CPU) and resizes them on the device with antialiased
 bilinear interpolation, which matches PIL's ``BILINEAR`` resize to within a grey level.
@@ -17,6 +17,7 @@ passes per image leave the loader idle anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import warnings
@@ -27,6 +28,7 @@ import torch
 
 from .defaults import DECODE_CHOICES
 from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, model_input
+from .dataset import LoadedBatch
 from .errors import DecodeError, UsageError
 from .layout import DISPLAY_MAX_SIDE, display_size
 
@@ -113,44 +115,47 @@ def resize(imgs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def finish_batch(
-    b: dict[str, Any], device: torch.device, input_size: int, max_pixels: int = MAX_PIXELS
-) -> dict[str, Any]:
-    """Decode a collated batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
+def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixels: int = MAX_PIXELS) -> LoadedBatch:
+    """Decode a loaded batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
 
     ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays. A JPEG
     that the device does not decode (as a whole batch, then alone) is decoded by PIL from its bytes; one
     PIL refuses too joins ``failed`` with PIL's reason and leaves the batch's lists.
     """
-    jpegs = b.pop("jpeg", None)
-    if not jpegs:
+    if b.undecoded is None:
         return b
-    xs: list[Any] = list(b["x"])
-    display: list[Any] = list(b["display"])
+    jpegs, xs = b.undecoded.jpegs, list(b.undecoded.inputs)
+    display: list[Any] = list(b.display)
+    orig_size = list(b.orig_size)
     reasons: dict[int, str] = {}
-    decoded = _decode_each([t for _, t, _ in jpegs], device)
+    decoded = _decode_each([jp.data for jp in jpegs], device)
     on_device: list[tuple[int, torch.Tensor]] = []
-    for (j, data, info), img in zip(jpegs, decoded):
+    for jp, img in zip(jpegs, decoded):
+        j, info = jp.position, jp.info
         if img is not None and tuple(img.shape) == (3, info.height, info.width):
             on_device.append((j, orient(img, info.orientation)))
             continue
         try:  # the device refused it (or read another size than the header's): PIL has the last word
-            im = decode_pil(io.BytesIO(data.numpy().tobytes()), max_pixels)
+            im = decode_pil(io.BytesIO(jp.data.numpy().tobytes()), max_pixels)
         except DecodeError as e:
             reasons[j] = str(e)
             continue
         xs[j] = torch.from_numpy(model_input(im, input_size).copy()).permute(2, 0, 1)
         display[j] = display_copy(im)
-        b["orig_size"][j] = (im.height, im.width)
+        orig_size[j] = (im.height, im.width)
     _resize_on_device(on_device, xs, display, input_size)
     _displays_to_host(display)
     keep = [j for j in range(len(xs)) if j not in reasons]
-    b["failed"] = list(b["failed"]) + [(b["index"][j], reasons[j]) for j in sorted(reasons)]
-    for key in ("index", "orig_size", "sha256"):
-        b[key] = [b[key][j] for j in keep]
-    b["display"] = [display[j] for j in keep]
-    b["x"] = torch.stack([xs[j].to(device, non_blocking=True) for j in keep]) if keep else None
-    return b
+    return dataclasses.replace(
+        b,
+        failed=list(b.failed) + [(b.index[j], reasons[j]) for j in sorted(reasons)],
+        index=[b.index[j] for j in keep],
+        orig_size=[orig_size[j] for j in keep],
+        sha256=[b.sha256[j] for j in keep],
+        display=[display[j] for j in keep],
+        x=torch.stack([xs[j].to(device, non_blocking=True) for j in keep]) if keep else None,  # type: ignore[union-attr]
+        undecoded=None,
+    )
 
 
 def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -9,7 +9,6 @@ import os
 # (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
 DECODE_CHOICES = ("auto", "cpu", "device")
 DEFAULT_MAX_MAP_SIDE = 1024  # --max-map-side: an 8000x8000 image would otherwise make a 256 MB .npy per method
-ENGINES = ("local", "ray")  # --engine: this process, or Ray Data actors (pipeline/ray_engine.py)
 
 # LIME's options (methods/lime.py, which imports torch) and their defaults, here so that --help shows them cheaply
 LIME_HIDE_MODES = ("mean", "zero", "blur")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 from collections import defaultdict
 
@@ -93,6 +94,25 @@ def map_png(method: str, stem: str) -> str:
 
 def map_thumb(method: str, stem: str, w: int, h: int) -> str:
     return f"thumbs/{method_dir(method)}/{stem}.png" if has_own_thumbnail(w, h) else map_png(method, stem)
+
+
+@dataclass(frozen=True)
+class MapFiles:
+    """One map's files under ``--out``: the array (.npy), the overlay (.png) and its thumbnail (the overlay itself
+    when the image is small enough; None in rows of a manifest from before thumbnails)."""
+
+    npy: str
+    png: str
+    thumb: str | None
+
+    @classmethod
+    def of(cls, method: str, stem: str, w: int, h: int) -> MapFiles:
+        """The files of ``method``'s map of the image with ``stem``, ``w`` x ``h`` pixels, in this layout."""
+        return cls(map_npy(method, stem), map_png(method, stem), map_thumb(method, stem, w, h))
+
+    def paths(self) -> list[str]:
+        """The paths recorded (a thumbnail that is the overlay appears twice, as the row records it)."""
+        return [p for p in (self.npy, self.png, self.thumb) if p]
 
 
 def moved_map_path(path: str, method: str) -> str:

@@ -110,6 +110,11 @@ class MapRow:
     # "peak" ([row, column] of its maximum, LIME: of its strongest evidence for the class) and "shape".
     view: dict[str, Any] | None = None
 
+    @property
+    def files(self) -> layout.MapFiles:
+        """The map's files as this row records them (the stem and layout of the run that wrote them)."""
+        return layout.MapFiles(self.npy, self.png, self.thumb)
+
 
 class ManifestError(XaibatchError):
     """The manifest file exists but SQLite cannot use it (exit code 3)."""

@@ -286,7 +286,7 @@ def save_chance(out: Path, scorer: Scorer | None) -> None:
 def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, target: str) -> None:
     """``--engine ray``: the chance sample, computed once here on the run's first images (the actors score
     only the maps), with the same images, targets and seeds a local run would use; written like a local run's."""
-    from ..data import ImageDataset, collate
+    from ..dataset import ImageDataset, collate
     from ..methods.explainer import Explainer
     from ..methods.base import image_seed
 
@@ -297,11 +297,11 @@ def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, tar
     sample = list(entries)[:need]
     ds = ImageDataset(sample, prepared.model.input_size)
     b = collate([ds[i] for i in range(len(ds))])
-    if b["x"] is None:
+    if b.x is None:
         return
-    ok = [sample[i] for i in b["index"]]
+    ok = [sample[i] for i in b.index]
     labels = torch.tensor([e.label if e.label is not None else -1 for e in ok])
     explainer = Explainer([], prepared.ctx, target, scorer, decision=prepared.model.decision)
-    for a in range(0, len(ok), 32):
-        explainer(b["x"][a : a + 32], labels[a : a + 32], None, [image_seed(e.rel) for e in ok[a : a + 32]])
+    for _ in explainer.explain_tensors(b.x, 32, [image_seed(e.rel) for e in ok], labels):
+        pass  # the scorer adds each batch to its chance sample
     save_chance(out, scorer)

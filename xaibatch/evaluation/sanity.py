@@ -147,7 +147,7 @@ def run_sanity(
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
     import sqlite3
 
-    from ..data import ImageDataset, collate
+    from ..dataset import ImageDataset, collate
     from ..lock import OutputLock
     from ..manifest import FILENAME as MANIFEST
     from ..manifest import Manifest, ManifestError
@@ -187,14 +187,14 @@ def run_sanity(
         ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
         items = [ds[i] for i in range(len(ds))]
         b = collate(items)
-        if b["x"] is None:
+        if b.x is None:
             raise UsageError(f"none of the {len(rels)} sampled images can be read from {root} any more")
-        ok = [entries[i].rel for i in b["index"]]
+        ok = [entries[i].rel for i in b.index]
         targets = torch.tensor([images[r].target for r in ok])  # explain the same class before and after
         seeds = [image_seed(r) for r in ok]
 
         def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
-            return _maps(net, model, ctx, methods, b["x"], b["segments"], targets, seeds, batch_size)
+            return _maps(net, model, ctx, methods, b.x, b.segments, targets, seeds, batch_size)
 
         t0 = time.time()
         curves = cascade(ctx.model, maps_of, seed=seed, log=log)
@@ -230,7 +230,7 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
     from dataclasses import replace
 
     from ..model.layers import find_target_layer
-    from ..methods.explainer import Explainer
+    from ..methods.explainer import Explained, Explainer
 
     from ..model.heads import unwrap
 
@@ -240,13 +240,8 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
         m.ctx = ctx2
     try:
         ex = Explainer(methods, ctx2, "label")
-        out: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
-        for i in range(0, x_u8.shape[0], batch_size):
-            seg = None if segments is None else segments[i : i + batch_size]
-            _probs, maps = ex(x_u8[i : i + batch_size], targets[i : i + batch_size], seg, seeds[i : i + batch_size])
-            for k, v in maps.items():
-                out[k].append(v[0].cpu().numpy())
-        return {k: np.concatenate(v) for k, v in out.items()}
+        done = Explained.cat(list(ex.explain_tensors(x_u8, batch_size, seeds, targets, segments)))
+        return {k: v.maps.numpy() for k, v in done.methods.items()}
     finally:
         for m in methods:
             m.ctx = ctx

@@ -1,16 +1,58 @@
 """Explain one batch: one shared forward pass (keeping the CAM layer's activations when a method needs them),
-then each method on it. The one place a batch is explained: runs, ``xaibatch bench`` and :func:`xaibatch.explain`."""
+then each method on it. The one place a batch is explained: runs, ``xaibatch bench`` and :func:`xaibatch.explain`;
+:meth:`Explainer.explain_tensors` is the one loop over the batches of images already in memory."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from ..model.heads import predict
 from ..model.layers import capture
 from ..preprocess import normalize
 from .base import Batch, Method, ModelContext
+
+
+@dataclass
+class MethodMaps:
+    """One method's result for a batch."""
+
+    maps: torch.Tensor  # (B, h, w) float32
+    info: list[dict[str, Any]] | None  # per image, what the method reports (LIME: its segments, ...), or None
+    faith: list[dict[str, Any]] | None = None  # per image, the faithfulness scores (with a scorer), or None
+
+    def cpu(self) -> MethodMaps:
+        return MethodMaps(self.maps.cpu(), self.info, self.faith)
+
+
+@dataclass
+class Explained:
+    """A batch explained: the model's probabilities and each method's maps, by method name."""
+
+    probs: torch.Tensor  # (B, K)
+    methods: dict[str, MethodMaps]
+
+    def cpu(self) -> Explained:
+        return Explained(self.probs.cpu(), {k: v.cpu() for k, v in self.methods.items()})
+
+    @staticmethod
+    def cat(parts: list[Explained]) -> Explained:
+        """Batches in order as one: per-image lists filled with None where a batch had none."""
+        methods = {}
+        for name in parts[0].methods:
+            got = [p.methods[name] for p in parts]
+            info: list[Any] = []
+            faith: list[Any] = []
+            for g in got:
+                info += g.info or [None] * g.maps.shape[0]
+                faith += g.faith or [None] * g.maps.shape[0]
+            methods[name] = MethodMaps(
+                torch.cat([g.maps for g in got]), info, faith if any(g.faith for g in got) else None
+            )
+        return Explained(torch.cat([p.probs for p in parts]), methods)
 
 
 class Explainer:
@@ -39,8 +81,8 @@ class Explainer:
 
     def __call__(
         self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None, seeds: list[int]
-    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, list | None, list | None]]]:
-        """Probabilities (B, K) and per method (maps (B, h, w), info per image, faithfulness per image)."""
+    ) -> Explained:
+        """Explain one batch of (B, 3, S, S) uint8 images: probabilities (B, K) and each method's maps."""
         dev = self.ctx.device
         x = normalize(x_uint8.to(dev, non_blocking=True), self.mean, self.std)
         net = self.ctx.model
@@ -67,17 +109,34 @@ class Explainer:
         out = {}
         for m in self.methods:
             e = m.explain(batch)
-            out[m.name] = (e.maps.detach().float(), e.info, None)
+            out[m.name] = MethodMaps(e.maps.detach().float(), e.info)
         if self.scorer is not None:
             p_image = probs.gather(1, targets[:, None])[:, 0]
-            scores = self.scorer.score(batch.x, targets, p_image, {k: v[0] for k, v in out.items()})
-            out = {
-                k: (
-                    v[0],
-                    v[1],
-                    [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(batch.x.shape[0])],
-                )
-                for k, v in out.items()
-            }
+            scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
+            for k, v in out.items():
+                v.faith = [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(batch.x.shape[0])]
             self.scorer.add_chance(batch.x, targets, p_image, seeds)
-        return probs, out
+        return Explained(probs, out)
+
+    def explain_tensors(
+        self,
+        x_uint8: torch.Tensor,
+        batch_size: int,
+        seeds: list[int],
+        labels: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+        segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Iterator[Explained]:
+        """Explain (N, 3, S, S) uint8 images already in memory, ``batch_size`` at a time: each batch's result, on
+        the CPU, in order (:meth:`Explained.cat` joins them). ``seeds``, ``labels`` and ``segments`` are per image;
+        with ``segmenter`` (and no ``segments``) each batch's superpixels are made from its images, as a
+        DataLoader worker makes them in a run."""
+        for a in range(0, x_uint8.shape[0], batch_size):
+            xb = x_uint8[a : a + batch_size]
+            seg = None if segments is None else segments[a : a + batch_size]
+            if seg is None and segmenter is not None:
+                hwc = xb.permute(0, 2, 3, 1).cpu().numpy()
+                seg = torch.stack([torch.from_numpy(np.ascontiguousarray(segmenter(im), dtype=np.int64)) for im in hwc])
+            yield self(
+                xb, None if labels is None else labels[a : a + batch_size], seg, seeds[a : a + xb.shape[0]]
+            ).cpu()

@@ -4,11 +4,12 @@
 
     prepare.py   load the model, scan the folder, check the options: everything that can fail before a write
     plan.py      configuration hashes, and per image what is new, changed, gone or stale (a Plan)
-    compute.py   DataLoader -> Explainer (methods/explainer.py) -> pictures on the device -> a WriteJob per batch
+    compute.py   the local engine: DataLoader -> Explainer (methods/explainer.py) -> pictures on the device -> a WriteJob per batch
     writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
     signals.py   SIGINT/SIGTERM: stop after the current batch
     recovery.py  after an unclean stop: sweep temporary and unreferenced files
-    ray_engine.py  --engine ray: the batches in Ray Data actors (BatchWorker, write_files), commits here
+    ray_engine.py  --engine ray: the batches in Ray Data actors (ray_worker.py: BatchWorker, write_files), commits here;
+                   ray_connect.py joins the cluster (the engines' registry: xaibatch/engines.py)
     run.py       run(): the lock, the steps above in order, predictions.csv and the report
 """
 

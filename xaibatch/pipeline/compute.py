@@ -7,14 +7,14 @@ import os
 import signal
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..data import ImageDataset, collate
+from ..dataset import ImageDataset, LoadedBatch, collate
 from ..defaults import default_writers
+from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
@@ -23,13 +23,13 @@ from ..errors import ModelError
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed  # noqa: F401  (tests and the Ray engine name it here)
 from ..model.loading import LoadedModel
-from ..methods.explainer import Explainer
+from ..methods.explainer import Explainer, MethodMaps
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .loader import until_stopped
 from .progress import progress_bar
-from .signals import Stop, die_with_parent
+from .signals import die_with_parent
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
 
 
@@ -72,7 +72,7 @@ class BatchWorker:
     """The per-batch work of both engines: a batch's images decoded, explained and turned into a WriteJob.
 
     The local engine runs one in-process (decoding in DataLoader workers); the Ray engine one per actor
-    (:mod:`.ray_engine`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
+    (:mod:`.ray_worker`). ``plan`` and ``known`` need to hold only the images of the batches it is given.
     """
 
     def __init__(
@@ -132,30 +132,30 @@ class BatchWorker:
             jpeg_bytes=self.on_device(todo),
         )
 
-    def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: dict[str, Any]) -> tuple[WriteJob, bool]:
+    def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: LoadedBatch) -> tuple[WriteJob, bool]:
         """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
         (then it carries only the failures: none of its images is committed)."""
         methods, explainer = self.explainer(todo)
         if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
             b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
-        failed = [(entries[i].rel, reason) for i, reason in b["failed"]]
+        failed = [(entries[i].rel, reason) for i, reason in b.failed]
         gone = self.known.files_of(rel for rel, _ in failed)  # fine before, failing now: they leave the report
-        if b["x"] is None:
+        if b.x is None:
             return WriteJob(self.run_id, failed=failed, discard=gone), False
-        batch_entries = [entries[i] for i in b["index"]]
+        batch_entries = [entries[i] for i in b.index]
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
         seeds = [image_seed(e.rel) for e in batch_entries]
         try:
-            probs, maps = explainer(b["x"], labels, b["segments"], seeds)
+            explained = explainer(b.x, labels, b.segments, seeds)
         except StopRequested:
             return WriteJob(self.run_id, failed=failed, discard=gone), True
         model = self.prepared.model
-        check_probs(probs, batch_entries, model)
+        check_probs(explained.probs, batch_entries, model)
         job = build_job(
             batch_entries,
             b,
-            probs.cpu().numpy(),
-            maps,
+            explained.probs.cpu().numpy(),
+            explained.methods,
             methods,
             self.hashes,
             self.plan,
@@ -191,21 +191,11 @@ def announce(
             log(f"xaibatch: {line}")
 
 
-def compute(
-    opts: RunOptions,
-    out: Path,
-    prepared: Prepared,
-    plan: Plan,
-    known: Known,
-    hashes: Hashes,
-    run_id: int,
-    stop: Stop,
-    tally: Tally,
-    emit: Callable[[dict[str, Any]], None],
-    log: Callable[[str], None] = lambda s: None,
-    check: Callable[[], None] = lambda: None,
-) -> None:
-    """Stream the planned images through the model, batch by batch, each batch's files and rows to the writer."""
+def compute(job: ComputeJob) -> None:
+    """The local engine: stream the planned images through the model, batch by batch, each batch's files and rows
+    to the writer."""
+    opts, out, prepared, plan, known, hashes = job.opts, job.out, job.prepared, job.plan, job.known, job.hashes
+    run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
     if not plan.work:
         return
     announce(prepared, plan, emit, log)
@@ -262,9 +252,9 @@ def compute(
 
 def build_job(
     entries: list[ImageEntry],
-    b: dict[str, Any],
+    b: LoadedBatch,
     probs: np.ndarray,
-    maps: dict[str, tuple[torch.Tensor, list | None, list | None]],
+    maps: dict[str, MethodMaps],
     methods: list[Method],
     hashes: Hashes,
     plan: Plan,
@@ -277,15 +267,15 @@ def build_job(
     """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
-    orig_sizes = [tuple(s) for s in b["orig_size"]]
+    orig_sizes = [tuple(s) for s in b.orig_size]
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
     pictures = {
-        name: batch_pictures(b["display"], arr, signed[name], orig_sizes, max_map_side, views[name])
-        for name, (arr, *_) in maps.items()
+        name: batch_pictures(b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name])
+        for name, mm in maps.items()
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
-    thumbs = iter(display_thumbs([d for d, f in zip(b["display"], shown) if f]))
+    thumbs = iter(display_thumbs([d for d, f in zip(b.display, shown) if f]))
     for j, e in enumerate(entries):
         p = probs[j]
         pred = heads.predict_one(p, decision)
@@ -293,7 +283,7 @@ def build_job(
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
         if shown[j]:
-            item.display, item.display_thumb = b["display"][j], next(thumbs)
+            item.display, item.display_thumb = b.display[j], next(thumbs)
         if fresh[j]:
             job.image_rows.append(
                 ImageRow(
@@ -301,7 +291,7 @@ def build_job(
                     stem=stem,
                     size=e.size,
                     mtime_ns=e.mtime_ns,
-                    sha256=b["sha256"][j],
+                    sha256=b.sha256[j],
                     width=w,
                     height=h,
                     label=e.label,
@@ -317,8 +307,8 @@ def build_job(
             for m, row in known.maps.get(e.rel, {}).items():
                 if m not in maps:
                     job.drop_maps.append((e.rel, m))
-                    job.discard += [p for p in (row.npy, row.png, row.thumb) if p]
-        for name, (_, info, faith) in maps.items():
+                    job.discard += row.files.paths()
+        for name, mm in maps.items():
             full, over, thumb = pictures[name][j]
             item.maps.append(
                 MapPictures(
@@ -327,8 +317,8 @@ def build_job(
                     full,
                     over,
                     thumb,
-                    info[j] if info else None,
-                    faith[j] if faith else None,
+                    mm.info[j] if mm.info else None,
+                    mm.faith[j] if mm.faith else None,
                     views[name][j],
                 )
             )

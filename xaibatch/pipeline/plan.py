@@ -101,7 +101,7 @@ class Known:
         paths: list[str] = []
         for rel in rels:
             for row in self.maps.get(rel, {}).values():
-                paths += [p for p in (row.npy, row.png, row.thumb) if p]
+                paths += row.files.paths()
             row = self.images.get(rel)
             if row is not None:
                 paths += layout.image_files(row.stem)
@@ -211,9 +211,7 @@ def make_plan(
                 exists(layout.image_png(row.stem)) and exists(layout.image_thumb(row.stem, row.width, row.height))
             )
             missing = [
-                m
-                for m, mrow in maps.items()
-                if m not in todo and not all(exists(p) for p in (mrow.npy, mrow.png, mrow.thumb) if p)
+                m for m, mrow in maps.items() if m not in todo and not all(exists(p) for p in mrow.files.paths())
             ]
             todo += [m for m in hashes.methods if m in missing]
             dead_maps += [(e.rel, m) for m in missing if m not in hashes.methods]

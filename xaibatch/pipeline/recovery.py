@@ -1,4 +1,5 @@
-"""Clean up after a run that did not finish: stale temporary files and files no manifest row points at."""
+"""Clean up after a run that did not finish: stale temporary files and files no manifest row points at; and the
+run rows of runs killed while they ran or wrote their report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Callable
 
 from .. import layout
 from ..files import walk_files
+from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest
 
 
@@ -49,3 +51,61 @@ def sweep_orphans(out: Path, manifest: Manifest) -> int:
             except OSError:
                 pass
     return n
+
+
+def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str], None]) -> None:
+    """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
+
+    Such a run left its run row 'running' or its holder record in the lock file.
+    A run that ended ``interrupted`` or ``error`` released the lock cleanly but may have been stopped (a second
+    signal, a lost lock) between committing a removal and deleting its files: its leftovers are swept too.
+    """
+    killed = manifest.close_stale_runs()
+    lock.check()
+    killed = killed or killed_while_reporting(manifest)
+    last = manifest.last_status()
+    if killed or lock.previous:
+        prev = lock.previous.get("pid") if lock.previous else None
+        swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
+        swept += sweep_orphans(out, manifest)
+        who = f" ({describe(lock.previous)})" if lock.previous else ""
+        log(
+            f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
+            "continuing where it stopped"
+        )
+    elif last in ("interrupted", "error"):
+        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
+        if swept:
+            log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
+
+
+REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
+
+
+def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, counts: dict[str, int]) -> None:
+    """After the report: set the run's status when it failed (None: it did not), and note that the report is done;
+    never hides the original error."""
+    if run_id is None:
+        return
+    try:
+        manifest = Manifest(out / layout.MANIFEST)
+        try:
+            with manifest.transaction():
+                if status is not None:
+                    manifest.finish_run(run_id, status, seconds, counts)
+                manifest.set_meta(REPORTING, "")
+        finally:
+            manifest.close()
+    except Exception:
+        pass
+
+
+def killed_while_reporting(manifest: Manifest) -> bool:
+    """A run killed while it wrote its report said "ok" already: its row says "killed" now. Whether there was one."""
+    run_id = manifest.get_meta(REPORTING)
+    if not run_id:
+        return False
+    with manifest.transaction():
+        manifest.set_status(int(run_id), "killed")
+        manifest.set_meta(REPORTING, "")
+    return True

@@ -40,16 +40,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import layout
+from ..engines import ComputeJob, Engine, engine_for
 from ..errors import Interrupted, UsageError
 from ..scan import Scan, shown
-from ..lock import OutputLock, describe, pid_alive
+from ..lock import OutputLock
 from ..manifest import ImageRow, Manifest, ManifestError
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .migrate import migrate_map_folders
-from .recovery import sweep_orphans, sweep_temp_files
+from .recovery import REPORTING, mark_run, recover, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
 from ..files import unlink_all
@@ -60,9 +61,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     t0 = time.time()
     check_folders(opts)
     check_request(opts)  # options and paths, before the seconds of importing torch
-    from .ray_engine import check_available  # no ray import: only whether it is installed
-
-    check_available(opts)
+    engine = engine_for(opts)  # no ray import: only whether it is installed
     out = Path(opts.out_dir)
     timings: dict[str, float] = {}
     with catch_signals(opts.handle_signals) as stop:
@@ -107,7 +106,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     with loading():
                         setup = load_setup(opts)
-            return _run_locked(opts, out, lock, setup, stop, log, t0, waited[0], timings)
+            return _run_locked(opts, engine, out, lock, setup, stop, log, t0, waited[0], timings)
         except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
             raise ManifestError(
                 f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
@@ -142,6 +141,7 @@ def make_out(out: Path) -> None:
 
 def _run_locked(
     opts: RunOptions,
+    engine: Engine,
     out: Path,
     lock: OutputLock,
     setup: Setup,
@@ -206,12 +206,9 @@ def _run_locked(
         if plan.work and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
-            if opts.engine == "ray":
-                from .ray_engine import compute_ray as compute
-            else:
-                from .compute import compute  # torch (loaded with the model by now)
-
-            compute(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
+            engine.compute(
+                ComputeJob(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
+            )
         timings["compute"] = time.time() - t_compute
         if tally.first_batch is not None:
             timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
@@ -274,32 +271,6 @@ def _run_locked(
     return result
 
 
-def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str], None]) -> None:
-    """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
-
-    Such a run left its run row 'running' or its holder record in the lock file.
-    A run that ended ``interrupted`` or ``error`` released the lock cleanly but may have been stopped (a second
-    signal, a lost lock) between committing a removal and deleting its files: its leftovers are swept too.
-    """
-    killed = manifest.close_stale_runs()
-    lock.check()
-    killed = killed or killed_while_reporting(manifest)
-    last = manifest.last_status()
-    if killed or lock.previous:
-        prev = lock.previous.get("pid") if lock.previous else None
-        swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
-        swept += sweep_orphans(out, manifest)
-        who = f" ({describe(lock.previous)})" if lock.previous else ""
-        log(
-            f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
-            "continuing where it stopped"
-        )
-    elif last in ("interrupted", "error"):
-        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
-        if swept:
-            log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
-
-
 def apply_removals(
     out: Path,
     manifest: Manifest,
@@ -313,14 +284,9 @@ def apply_removals(
     """Images gone from the input or no longer readable leave the manifest, then their files go."""
     present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
     discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
-    discard += [
-        p
-        for rel, m in plan.dead_maps
-        for p in (known.maps[rel][m].npy, known.maps[rel][m].png, known.maps[rel][m].thumb)
-        if p
-    ]
+    discard += [p for rel, m in plan.dead_maps for p in known.maps[rel][m].files.paths()]
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
-    discard += [p for rows in stale.values() for row in rows.values() for p in (row.npy, row.png, row.thumb) if p]
+    discard += [p for rows in stale.values() for row in rows.values() for p in row.files.paths()]
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
@@ -339,38 +305,6 @@ def apply_removals(
     unlink_all(out, discard)
     for rel, reason in found.skipped:
         emit({"event": "failure", "path": rel, "reason": reason})
-
-
-REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
-
-
-def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, counts: dict[str, int]) -> None:
-    """After the report: set the run's status when it failed (None: it did not), and note that the report is done;
-    never hides the original error."""
-    if run_id is None:
-        return
-    try:
-        manifest = Manifest(out / layout.MANIFEST)
-        try:
-            with manifest.transaction():
-                if status is not None:
-                    manifest.finish_run(run_id, status, seconds, counts)
-                manifest.set_meta(REPORTING, "")
-        finally:
-            manifest.close()
-    except Exception:
-        pass
-
-
-def killed_while_reporting(manifest: Manifest) -> bool:
-    """A run killed while it wrote its report said "ok" already: its row says "killed" now. Whether there was one."""
-    run_id = manifest.get_meta(REPORTING)
-    if not run_id:
-        return False
-    with manifest.transaction():
-        manifest.set_status(int(run_id), "killed")
-        manifest.set_meta(REPORTING, "")
-    return True
 
 
 def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import MAP_FORMAT_VERSION, __version__, layout
+from ..engines import ENGINES
 from ..files import file_sha256
 from ..manifest import Manifest
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
@@ -87,8 +88,9 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     from .plan import config_hashes
     from .prepare import prepare
 
+    engine = ENGINES[opts.engine]
     # --engine ray: the workers load the model on their own devices; the driver needs it only to check and hash.
-    driver_opts = dataclasses.replace(opts, device="cpu") if opts.engine == "ray" else opts
+    driver_opts = dataclasses.replace(opts, device="cpu") if engine.workers_device else opts
     prepared = prepare(driver_opts, found or scan_input(opts))
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
@@ -97,7 +99,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     config = RunConfig(
         xaibatch=__version__,
         torch=torch.__version__,
-        device=str(prepared.device) if opts.engine == "local" else "Ray workers",
+        device=engine.workers_device or str(prepared.device),
         model=ModelRecord(**hashes.predict_config, checkpoint=model.checkpoint),
         layer=layer.name if layer else None,
         layer_grid=list(layer.grid) if layer else None,
@@ -108,7 +110,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         batch_size=prepared.batch_size,
         workers=prepared.workers,
         seed=opts.seed,
-        engine=opts.engine if opts.engine == "local" else {"ray": dataclasses.asdict(opts.ray)},
+        engine=engine.record(opts),
         labeled=prepared.found.classes is not None,
         class_names=prepared.names,
         request=request_key(opts, prepared.found, model.checkpoint_sha256),

@@ -342,22 +342,24 @@ def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
 
 def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     """The manifest rows of ``item``'s maps (not yet committed)."""
-    stem, w, h = item.stem, item.width, item.height
-    return [
-        MapRow(
-            item.rel,
-            mp.method,
-            mp.config_hash,
-            layout.map_npy(mp.method, stem),
-            layout.map_png(mp.method, stem),
-            layout.map_thumb(mp.method, stem, w, h),
-            mp.info,
-            run_id,
-            **faith_fields(mp.faith),
-            view=mp.view,
+    rows = []
+    for mp in item.maps:
+        paths = layout.MapFiles.of(mp.method, item.stem, item.width, item.height)
+        rows.append(
+            MapRow(
+                item.rel,
+                mp.method,
+                mp.config_hash,
+                paths.npy,
+                paths.png,
+                paths.thumb,
+                mp.info,
+                run_id,
+                **faith_fields(mp.faith),
+                view=mp.view,
+            )
         )
-        for mp in item.maps
-    ]
+    return rows
 
 
 def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
@@ -368,8 +370,9 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
         if item.display_thumb is not None:
             files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
     for mp in item.maps:
-        files.write(layout.map_npy(mp.method, stem), npy_bytes(mp.array.astype(np.float32, copy=False)))
-        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay))
-        if mp.thumb is not None:
-            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb))
+        paths = layout.MapFiles.of(mp.method, stem, w, h)
+        files.write(paths.npy, npy_bytes(mp.array.astype(np.float32, copy=False)))
+        files.write(paths.png, encode_png(mp.overlay))
+        if mp.thumb is not None and paths.thumb is not None:
+            files.write(paths.thumb, encode_png(mp.thumb))
     return map_rows(item, run_id)

@@ -220,10 +220,10 @@ class Service:
         )
         with self._lock:
             t0 = time.perf_counter()
-            probs, out = explainer(x, None, segments, [u.seed for u in uploads])
-            probs = probs.cpu()
-            maps = {k: v[0].cpu().numpy() for k, v in out.items()}
-            faith = {k: v[2] for k, v in out.items()}
+            done = explainer(x, None, segments, [u.seed for u in uploads])
+            probs = done.probs.cpu()
+            maps = {k: v.maps.cpu().numpy() for k, v in done.methods.items()}
+            faith = {k: v.faith for k, v in done.methods.items()}
             seconds = time.perf_counter() - t0
         preds = heads.predict(probs, self.decision).tolist()
         results = []

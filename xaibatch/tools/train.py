@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageDataset, collate
+from ..dataset import ImageDataset, collate
 from ..scan import scan
 from ..errors import InputError, UsageError
 from ..model.loading import create, resolve_device, save_checkpoint
@@ -62,8 +62,8 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
 
 
 def _prep(b, labels_of, mean, std, device):
-    x = normalize(b["x"].to(device), mean, std)
-    y = torch.tensor([labels_of[i] for i in b["index"]], device=device)
+    x = normalize(b.x.to(device), mean, std)
+    y = torch.tensor([labels_of[i] for i in b.index], device=device)
     return x, y
 
 
@@ -72,7 +72,7 @@ def evaluate(model, loader, labels_of, mean, std, device) -> float:
     model.eval()
     right = total = 0
     for b in loader:
-        if b["x"] is None:
+        if b.x is None:
             continue
         x, y = _prep(b, labels_of, mean, std, device)
         right += int((model(x).argmax(1) == y).sum())
@@ -131,7 +131,7 @@ def train(
         model.train()
         total_loss = seen = 0.0
         for b in train_loader:
-            if b["x"] is None:
+            if b.x is None:
                 continue
             x, y = _prep(b, tr_labels, mean, std, dev)
             flip = torch.rand(len(x), device=dev) < 0.5  # the one augmentation that keeps evidence intact

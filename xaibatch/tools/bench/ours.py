@@ -7,7 +7,6 @@ import shutil
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from .context import Bench
@@ -118,10 +117,9 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
     segment = method.segmenter()
 
     def fn(warm: bool) -> None:
-        for a, z in b.chunks((1 if family == "lime" else b.n_warm) if warm else k):
-            segs = None if segment is None else torch.from_numpy(np.stack([segment(im) for im in b.images[a:z]]))
-            _probs, maps = explainer(b.x_u8[a:z], None, segs, list(range(a, z)))
-            maps[method.name][0].cpu()
+        n = (1 if family == "lime" else b.n_warm) if warm else k
+        for _ in explainer.explain_tensors(b.x_u8[:n], b.bs, list(range(n)), segmenter=segment):
+            pass  # each batch's maps come back to the CPU
         b.sync()
 
     return row, fn
@@ -130,26 +128,12 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
 @contextlib.contextmanager
 def without_file_work() -> Iterator[None]:
     """Runs in this block encode and write no file: the writer only commits its rows (a bench row's baseline)."""
-    from ... import layout
-    from ...manifest import MapRow
     from ...pipeline import writer
 
     real = writer.write_item
 
     def rows_only(files, item, run_id):
-        return [
-            MapRow(
-                item.rel,
-                mp.method,
-                mp.config_hash,
-                layout.map_npy(mp.method, item.stem),
-                layout.map_png(mp.method, item.stem),
-                layout.map_thumb(mp.method, item.stem, item.width, item.height),
-                mp.info,
-                run_id,
-            )
-            for mp in item.maps
-        ]
+        return writer.map_rows(item, run_id)  # what write_item returns, without encoding or writing a file
 
     writer.write_item = rows_only
     try:

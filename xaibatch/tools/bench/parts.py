@@ -16,7 +16,7 @@ from .timing import Job, scratch
 def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -> Job:
     """The DataLoader alone over the folder, no model: decode and resize in the workers, or with ``on`` (a
     device) the workers read the JPEGs and the main process decodes and resizes them there (decode.py)."""
-    from ...data import ImageDataset, collate
+    from ...dataset import ImageDataset, collate
     from ...decode import finish_batch
     from ...scan import scan
 

@@ -1,0 +1,37 @@
+"""The Explainer's typed result and its one loop over images in memory (explain(), sanity, bench use it)."""
+
+from __future__ import annotations
+
+import torch
+
+from xaibatch.methods import ModelContext, create_method
+from xaibatch.methods.explainer import Explained, Explainer, MethodMaps
+from xaibatch.model.layers import find_target_layer
+from xaibatch.model.loading import load_model
+
+
+def test_explain_tensors_batches_join_to_the_one_batch_result(tiny_ckpt):
+    loaded = load_model(tiny_ckpt)
+    size = loaded.input_size
+    layer = find_target_layer(loaded.module, size, None)
+    ctx = ModelContext(loaded.module, layer, size, loaded.mean, loaded.std, torch.device("cpu"))
+    ex = Explainer([create_method("gradcam", ctx)], ctx, "label")
+    x = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    whole = ex(x, labels, None, list(range(5)))
+    parts = list(ex.explain_tensors(x, 2, list(range(5)), labels))
+    assert [p.probs.shape[0] for p in parts] == [2, 2, 1]
+    assert all(p.probs.device.type == "cpu" and p.methods["gradcam"].maps.device.type == "cpu" for p in parts)
+    joined = Explained.cat(parts)
+    assert torch.allclose(joined.probs, whole.probs, atol=1e-6)
+    assert torch.allclose(joined.methods["gradcam"].maps, whole.methods["gradcam"].maps, atol=1e-6)
+    assert joined.methods["gradcam"].info == [None] * 5 and joined.methods["gradcam"].faith is None
+
+
+def test_cat_fills_per_image_lists_where_a_batch_had_none():
+    a = Explained(torch.zeros(2, 3), {"m": MethodMaps(torch.zeros(2, 4, 4), [{"k": 1}, {"k": 2}], None)})
+    b = Explained(torch.ones(1, 3), {"m": MethodMaps(torch.ones(1, 4, 4), None, [{"deletion": 0.5}])})
+    both = Explained.cat([a, b])
+    assert both.probs.shape == (3, 3) and both.methods["m"].maps.shape == (3, 4, 4)
+    assert both.methods["m"].info == [{"k": 1}, {"k": 2}, None]
+    assert both.methods["m"].faith == [None, None, {"deletion": 0.5}]

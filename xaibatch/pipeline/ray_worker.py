@@ -1,0 +1,205 @@
+"""``--engine ray``: what runs in a Ray Data actor, and what travels to it (a batch's Task, its Result).
+
+Each actor loads the model once (:func:`.prepare.prepare`, the same code as the driver's), then per batch
+decodes, explains (:class:`.compute.BatchWorker`) and writes the files (:func:`.writer.write_files`) straight into
+``--out``; it sends back only a :class:`.writer.Commit` (rows, no pixels), which the driver commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..scan import ImageEntry, Scan
+from .options import RunOptions
+from .plan import Hashes, Known, Plan
+
+
+@dataclass
+class Task:
+    """One batch for an actor: its images and the slices of the plan and the manifest they need."""
+
+    index: int
+    todo: tuple[str, ...]  # the methods
+    entries: list[ImageEntry]
+    plan: Plan
+    known: Known
+
+
+@dataclass
+class Result:
+    """What an actor sends back for a task: a Commit, or that it skipped it (stop), or an error."""
+
+    index: int
+    commit: Any = None  # writer.Commit
+    skipped: bool = False
+    error: BaseException | None = None
+    worker: str = ""  # host:pid
+
+
+@dataclass
+class WorkerConfig:
+    """What every actor needs, fixed for the run (a class attribute, so a restarted actor has it too)."""
+
+    opts: RunOptions
+    found: Scan  # the classes only: the images travel with the tasks
+    hashes: Hashes
+    run_id: int
+    out: str
+    probe: str  # a file the driver wrote under out: an actor that cannot read it does not share the folder
+    token: str
+    stop_name: str  # the named actor that says stop
+    threads: int  # decoding threads
+    cwd: str = ""  # the driver's working folder: a relative --model FILE.py resolves as it does there
+
+
+def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan: Plan, known: Known) -> Task:
+    """A batch's task; image paths absolute, since an actor's working folder is not the driver's."""
+    rels = [e.rel for e in entries]
+    sub_plan = Plan([], [], [], {r: plan.work[r] for r in rels}, [], {r: plan.stems[r] for r in rels})
+    sub_known = Known(
+        {r: known.images[r] for r in rels if r in known.images},
+        {r: known.maps[r] for r in rels if r in known.maps},
+        set(),
+    )
+    absolute = [dataclasses.replace(e, file=os.path.abspath(e.file)) for e in entries]
+    for e in absolute:
+        sub_plan.work[e.rel] = dataclasses.replace(sub_plan.work[e.rel], entry=e)
+    return Task(index, todo, absolute, sub_plan, sub_known)
+
+
+class Worker:
+    """A Ray Data callable class: loads the model once, then explains and writes one batch per call."""
+
+    config: WorkerConfig  # set on the subclass made by worker_class
+
+    def __init__(self) -> None:
+        import torch
+
+        from ..files import OutputDir
+        from .compute import BatchWorker
+        from .plan import config_hashes
+        from .prepare import prepare
+
+        c = self.config
+        # CPU floats depend on torch's thread count (how a sum is split): one per CPU Ray gives the actor, so
+        # the maps are bit-identical to a local run at that many threads (see README, --engine ray).
+        torch.set_num_threads(max(1, c.threads))
+        if c.cwd and os.path.isdir(c.cwd):
+            os.chdir(c.cwd)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.error: BaseException | None = None
+        self.stop_flag: Any = None
+        self.stopped = False
+        self.last_poll = 0.0
+        self.pool = ThreadPoolExecutor(max(1, c.threads), thread_name_prefix="xaibatch-decode")
+        self.files = OutputDir(Path(c.out))
+        try:
+            probe = Path(c.out) / c.probe
+            if not probe.is_file() or probe.read_text() != c.token:
+                raise UsageError(
+                    f"--out {c.out} is not visible from the Ray worker on {socket.gethostname()}: with "
+                    "--engine ray the output folder must be on a file system every node mounts at the "
+                    "same path (NFS or similar)"
+                )
+            if not Path(c.opts.input_dir).is_dir():
+                raise UsageError(
+                    f"INPUT_DIR {c.opts.input_dir} is not visible from the Ray worker on "
+                    f"{socket.gethostname()}: every node must see it at the same path"
+                )
+            self.prepared = prepare(c.opts, c.found)
+            mine = config_hashes(self.prepared, c.opts.target, None, c.opts.max_map_side)
+            if (mine.predict, mine.methods) != (c.hashes.predict, c.hashes.methods):
+                what = "model" if mine.predict != c.hashes.predict else "method configuration"
+                raise UsageError(
+                    f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
+                    "every node needs the same checkpoint and xaibatch, and a --model factory without "
+                    "--checkpoint must build the same weights in every process (seed it)"
+                )
+            empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
+            scorer = None
+            if c.opts.faithfulness is not None:  # scores only: the driver computes the chance sample once
+                from ..evaluation.faithfulness import scorer_for
+
+                scorer = scorer_for(
+                    Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods, c.hashes.predict
+                )
+                scorer.chance_sample = 0
+            self.worker = BatchWorker(
+                c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer, should_stop=self.should_stop
+            )
+            from .writer import writer_threads
+
+            n = writer_threads(self.prepared.device.type, c.threads)
+            self.write_pool = ThreadPoolExecutor(n, thread_name_prefix="xaibatch-encode") if n > 1 else None
+        except Exception as e:  # reported with the first result: the driver turns it into the run's error
+            self.error = e
+
+    def should_stop(self) -> bool:
+        """The driver's stop flag, asked at most once a second (LIME polls it per model sub-batch)."""
+        import time
+
+        import ray
+
+        if self.stopped:
+            return True
+        now = time.monotonic()
+        if now - self.last_poll < 1.0:
+            return False
+        self.last_poll = now
+        try:
+            if self.stop_flag is None:
+                self.stop_flag = ray.get_actor(self.config.stop_name)
+            self.stopped = bool(ray.get(self.stop_flag.is_set.remote(), timeout=30))
+        except Exception:  # not answered: keep going (a driver that is gone takes its job's actors with it)
+            return False
+        return self.stopped
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        out = [pickle.dumps(self.run(pickle.loads(blob))) for blob in batch["task"]]
+        return {"record": np.array(out, dtype=object)}
+
+    def run(self, task: Task) -> Result:
+        from ..dataset import collate
+        from .writer import write_files
+
+        if self.error is not None:
+            return Result(task.index, error=self.error, worker=self.name)
+        self.last_poll = 0.0  # a fresh look at the flag before each batch
+        if self.should_stop():
+            return Result(task.index, skipped=True, worker=self.name)
+        try:
+            self.worker.plan, self.worker.known = task.plan, task.known
+            ds = self.worker.dataset(task.todo, task.entries)
+            b = collate(list(self.pool.map(ds.__getitem__, range(len(ds)))))  # what the DataLoader makes
+            job, _abandoned = self.worker.job(task.todo, task.entries, b)  # abandoned: its failures only
+            return Result(task.index, commit=write_files(self.files, job, self.write_pool), worker=self.name)
+        except Exception as e:
+            return Result(task.index, error=e, worker=self.name)
+
+
+def worker_class(config: WorkerConfig) -> type:
+    """A Worker subclass carrying ``config``: Ray pickles it by value, and a restarted actor needs no arguments."""
+    return type("XaibatchWorker", (Worker,), {"config": config})
+
+
+class StopFlag:
+    """The driver's SIGINT/SIGTERM, for the actors."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag
