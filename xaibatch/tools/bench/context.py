@@ -76,14 +76,13 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     from ...model.layers import find_target_layer
     from ...methods import ModelContext, create_method
     from ...model.loading import load_model, save_checkpoint
+    from ...preprocess import Preprocess
 
     torch.manual_seed(0)
     ckpt = inputs.root / "model.pt"
     net = import_timm().create_model(opts.arch, pretrained=False, num_classes=opts.classes)
-    cfg = net.pretrained_cfg
-    save_checkpoint(
-        ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], opts.image_size, cfg["mean"], cfg["std"]
-    )
+    pre = Preprocess.for_model(net, opts.image_size)
+    save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], pre.image_size, pre.mean, pre.std)
     loaded = load_model(ckpt)
     model = loaded.module.to(dev).eval()
     layer = find_target_layer(model, opts.image_size)
