@@ -43,11 +43,12 @@ def make_checkpoint(path: Path, size: int = 32) -> None:
 
     sys.path.insert(0, str(REPO))
     from xaibatch.model.loading import save_checkpoint
+    from xaibatch.preprocess import Preprocess
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
-    cfg = model.pretrained_cfg
-    save_checkpoint(path, model, "test_resnet", ["FAKE", "REAL"], size, cfg["mean"], cfg["std"])
+    pre = Preprocess.for_model(model, size)
+    save_checkpoint(path, model, "test_resnet", ["FAKE", "REAL"], size, pre.mean, pre.std)
 
 
 def run_cli(inp: Path, out: Path, ckpt: Path, batch: int, workers: int) -> tuple[float, dict]:

@@ -9,9 +9,7 @@ from torch import nn
 
 from xaibatch.model.layers import capture, find_target_layer
 from xaibatch.methods.base import Batch, ModelContext
-from xaibatch.preprocess import IMAGENET_MEAN as MEAN
-from xaibatch.preprocess import IMAGENET_STD as STD
-from xaibatch.preprocess import normalize as to_input
+from xaibatch.preprocess import Preprocess
 
 
 def tiny_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -21,8 +19,13 @@ def tiny_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
     return model.eval()
 
 
+def cpu_ctx(model: nn.Module, layer, size: int) -> ModelContext:
+    """The context a run gives a model of ``size`` px with ImageNet's mean and std, on the CPU."""
+    return ModelContext(model, layer, Preprocess(size), torch.device("cpu"))
+
+
 def make_ctx(model: nn.Module, size: int) -> ModelContext:
-    return ModelContext(model, find_target_layer(model, size), size, MEAN, STD, torch.device("cpu"))
+    return cpu_ctx(model, find_target_layer(model, size), size)
 
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -34,8 +37,8 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def normalize(images: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    return to_input(x, torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1))
+    """(B, S, S, 3) uint8 images as a run's model input (ImageNet's mean and std)."""
+    return Preprocess(images.shape[1]).normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
 def make_batch(

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from xaibatch.model.loading import save_checkpoint
+from xaibatch.preprocess import Preprocess
 
 CLASSES = ["FAKE", "REAL"]
 
@@ -21,8 +22,8 @@ def make_checkpoint(
     """A randomly initialised timm model saved in xaibatch's checkpoint format."""
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=len(classes), **kwargs)
-    cfg = model.pretrained_cfg
-    save_checkpoint(path, model, arch, list(classes), size, cfg["mean"], cfg["std"])
+    pre = Preprocess.for_model(model, size)  # the architecture's own mean and std, as xaibatch train writes them
+    save_checkpoint(path, model, arch, list(classes), size, pre.mean, pre.std)
     return path
 
 

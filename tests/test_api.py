@@ -57,7 +57,13 @@ def test_every_image_form_gives_the_same_maps(tmp_path, tiny_ckpt):
     ref = None
     for name, images in forms.items():
         r = xaibatch.explain(
-            loaded.module, images, ["gradcam"], mean=loaded.mean, std=loaded.std, device="cpu", batch_size=2
+            loaded.module,
+            images,
+            ["gradcam"],
+            mean=loaded.preprocess.mean,
+            std=loaded.preprocess.std,
+            device="cpu",
+            batch_size=2,
         )
         if ref is None:
             ref = r.maps["gradcam"]

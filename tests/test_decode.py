@@ -24,6 +24,7 @@ from xaibatch import decode
 from xaibatch.data import jpeg_info, load_image, read_for_device
 from xaibatch.dataset import ImageDataset, LoadedBatch, collate
 from xaibatch.decode import device_decode, finish_batch, orient
+from xaibatch.preprocess import Preprocess
 from xaibatch.errors import DecodeError, UsageError
 from xaibatch.scan import scan
 
@@ -150,15 +151,13 @@ def test_predictions_agree(photos):
     size = 224
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", pretrained=False, num_classes=10).eval()
-    mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    pre = Preprocess.for_model(model, size)
     pil, dev = load(root, size, on_device=False), load(root, size, on_device=True)
     names = sorted(n for n in pil if "x" in pil[n])
 
     def probs(got):
-        x = torch.stack([got[n]["x"] for n in names]).float().div(255)
         with torch.no_grad():
-            return torch.softmax(model((x - mean) / std), 1)
+            return torch.softmax(model(pre.normalize(torch.stack([got[n]["x"] for n in names]))), 1)
 
     p, q = probs(pil), probs(dev)
     assert torch.equal(p.argmax(1), q.argmax(1))

@@ -13,6 +13,7 @@ from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, ra
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.compute import image_seed
+from xaibatch.preprocess import Preprocess
 
 
 def reference_curves(model, x, fill, saliency, target, steps):
@@ -43,16 +44,16 @@ def test_batched_scores_match_the_per_image_definition(baseline, steps, size):
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * size * size, 3)
     ).eval()
-    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    pre = Preprocess(size, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     x = torch.randn(5, 3, size, size)
     maps = torch.rand(5, size, size)
     maps[0] = 0.5  # all ties: pixel order
     targets = torch.tensor([0, 1, 2, 0, 1])
     with torch.no_grad():
         p = torch.softmax(model(x), 1).gather(1, targets[:, None])[:, 0]
-    scorer = Scorer(model, FaithConfig(steps, baseline, chunk=13), mean, std)
+    scorer = Scorer(model, FaithConfig(steps, baseline, chunk=13), pre)
     got = scorer.score(x, targets, p, {"m": maps})["m"]
-    fill = fill_image(x, baseline, mean, std)
+    fill = fill_image(x, baseline, pre)
     for j in range(5):
         ref = reference_curves(model, x[j], fill[j], maps[j].numpy(), int(targets[j]), steps)
         assert abs(float(got.deletion[j]) - ref["deletion"]) < 1e-4
@@ -62,9 +63,9 @@ def test_batched_scores_match_the_per_image_definition(baseline, steps, size):
 
 def test_blur_fill_is_a_normalized_gaussian():
     x = torch.ones(1, 3, 20, 20)
-    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    assert torch.allclose(fill_image(x, "blur", mean, std), x, atol=1e-6)
-    assert torch.allclose(fill_image(x, "zero", mean, std), torch.zeros_like(x))
+    pre = Preprocess(20, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert torch.allclose(fill_image(x, "blur", pre), x, atol=1e-6)
+    assert torch.allclose(fill_image(x, "zero", pre), torch.zeros_like(x))
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -100,12 +101,11 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
     found, model, ctx = p.found, p.model, p.ctx
     by_rel = {e.rel: e for e in found.images}
     b = collate([ImageDataset([by_rel[r] for r in fakes], model.input_size)[i] for i in range(len(fakes))])
-    mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
-    x = (b.x.float() / 255 - mean) / std
+    x = ctx.preprocess.normalize(b.x)
     targets = torch.zeros(len(fakes), dtype=torch.long)
     with torch.no_grad():
         p = torch.softmax(ctx.model(x), 1)[:, 0]
-    rand = Scorer(ctx.model, cfg, mean, std).score(
+    rand = Scorer(ctx.model, cfg, ctx.preprocess).score(
         x, targets, p, {"r": random_maps(tuple(x.shape[-2:]), [image_seed(r) for r in fakes], x.device)}
     )["r"]
     gc_del = np.array([maps[(r, "gradcam")].deletion for r in fakes])

@@ -17,10 +17,12 @@ from lime.lime_base import LimeBase
 from sklearn.linear_model import Ridge
 from torch import nn
 
-from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
+from _methods_helpers import cpu_ctx, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
+from xaibatch.preprocess import IMAGENET_MEAN as MEAN  # the oracles' own black: (0 - MEAN) / STD
+from xaibatch.preprocess import IMAGENET_STD as STD
 from xaibatch.model.layers import TargetLayer
-from xaibatch.methods import METHODS, ModelContext, create_method
+from xaibatch.methods import METHODS, create_method
 from xaibatch.methods import lime as lime_module
 from xaibatch.methods import lime_masks
 from xaibatch.methods.lime import CPU_CHUNK, Lime, _contiguous
@@ -280,7 +282,7 @@ class QuadrantModel(nn.Module):
 
 def test_largest_positive_weight_is_in_the_region_the_model_reads():
     model = QuadrantModel()
-    ctx = ModelContext(model, TargetLayer("none", model, (1, 1)), SIZE, MEAN, STD, torch.device("cpu"))
+    ctx = cpu_ctx(model, TargetLayer("none", model, (1, 1)), SIZE)
     m = Lime(ctx, samples=200, hide="zero")
     imgs = np.clip(random_images(1, SIZE, seed=9).astype(int) + 80, 0, 255).astype(np.uint8)  # bright: black hurts
     e = m.explain(make_batch(ctx, imgs, activations=False, segmenter=m.segmenter(), seeds=[0], targets=[1]))

@@ -8,8 +8,10 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from _methods_helpers import MEAN, STD, make_batch, make_ctx, random_images
+from _methods_helpers import cpu_ctx, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
+from xaibatch.preprocess import IMAGENET_MEAN as MEAN  # the oracles' own black: (0 - MEAN) / STD
+from xaibatch.preprocess import IMAGENET_STD as STD
 from xaibatch.methods import create_method
 from xaibatch.methods.base import Batch, ModelContext
 from xaibatch.methods.lime_auto import AUTO_OPTIONS
@@ -52,7 +54,7 @@ def cell_coefficients(maps: torch.Tensor) -> torch.Tensor:
 
 
 def model_ctx(model: nn.Module) -> ModelContext:
-    return ModelContext(model.eval(), None, SIZE, MEAN, STD, torch.device("cpu"))  # LIME reads no layer
+    return cpu_ctx(model.eval(), None, SIZE)  # LIME reads no layer
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +240,10 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
 
     write_demo_data(tmp_path, train_per_class=1, test_per_class=6, seed=0)
     lm = load_model(default_checkpoint())
-    ctx = ModelContext(lm.module.eval(), None, lm.input_size, lm.mean, lm.std, torch.device("cpu"))
+    ctx = ModelContext(lm.module.eval(), None, lm.preprocess, torch.device("cpu"))
     files = sorted((tmp_path / "test").rglob("*.png"))
     imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-    mean, std = torch.tensor(lm.mean).view(1, 3, 1, 1), torch.tensor(lm.std).view(1, 3, 1, 1)
-    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - mean) / std  # as the pipeline normalizes
+    x = lm.preprocess.normalize(torch.from_numpy(imgs).permute(0, 3, 1, 2))  # as the pipeline normalizes
     with torch.no_grad():
         logits = ctx.model(x)
     m = create_method("lime", ctx, samples="auto")

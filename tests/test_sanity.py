@@ -78,8 +78,7 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
     b = collate([ImageDataset(found.images, model.input_size)[i] for i in range(len(found.images))])
     x = b.x
     with torch.no_grad():
-        mean, std = torch.tensor(ctx.mean).view(1, 3, 1, 1), torch.tensor(ctx.std).view(1, 3, 1, 1)
-        targets = ctx.model((x.float() / 255 - mean) / std).argmax(1)
+        targets = ctx.model(ctx.preprocess.normalize(x)).argmax(1)
     seeds = [image_seed(e.rel) for e in found.images]
     curves = {
         c.method: c
@@ -92,7 +91,7 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
     assert not curves["edges"].passed() and curves["edges"].rank[-1] > FAIL_RANK
     assert "FAILS" in curves["edges"].verdict()
     # The model copy was randomized, never the model itself.
-    assert torch.equal(ctx.model((x[:2].float() / 255 - mean) / std).argmax(1), targets[:2])
+    assert torch.equal(ctx.model(ctx.preprocess.normalize(x[:2])).argmax(1), targets[:2])
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .preprocess import Preprocess
 
 
 @dataclass
@@ -68,14 +68,14 @@ def explain(
     dev = resolve_device(device)
     if isinstance(model, (str, Path)):
         loaded = load_model(Path(model), image_size=input_size)
-        net, input_size, mean, std = loaded.module, loaded.input_size, loaded.mean, loaded.std
+        net, pre = loaded.module, loaded.preprocess
+        x = _as_uint8_batch(images, pre)
     else:
         net = model
-        cfg = getattr(net, "pretrained_cfg", None) or {}
-        mean = tuple(mean or cfg.get("mean") or IMAGENET_MEAN)
-        std = tuple(std or cfg.get("std") or IMAGENET_STD)
-    x = _as_uint8_batch(images, input_size)
-    input_size = int(x.shape[-1])
+        pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
+        x = _as_uint8_batch(images, pre)
+        pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
+    input_size = pre.image_size
     net = net.to(dev).eval()
     if count_outputs(net, input_size, "the model") == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net).eval()
@@ -83,7 +83,7 @@ def explain(
     classes = {m: method_class(m) for m in names}
     needs_layer = any(c.needs_activations or c.needs_layer for c in classes.values()) or target_layer is not None
     layer = find_target_layer(unwrap(net), input_size, target_layer) if needs_layer else None
-    ctx = ModelContext(net, layer, input_size, tuple(mean), tuple(std), dev)
+    ctx = ModelContext(net, layer, pre, dev)
     options = method_options or {}
     made = [
         create_method(m, ctx, **({"seed": seed} if classes[m].takes_seed else {}), **options.get(m, {})) for m in names
@@ -114,11 +114,11 @@ def explain(
     )
 
 
-def _as_uint8_batch(images, input_size: int | None):
-    """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`)."""
+def _as_uint8_batch(images, pre: Preprocess | None):
+    """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`), resized as ``pre``
+    says (None: tensors and arrays keep their size, PIL images and files are made square at their longer side)."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from .errors import UsageError
 
@@ -130,23 +130,16 @@ def _as_uint8_batch(images, input_size: int | None):
             raise UsageError(f"a tensor of images must be (N, 3, H, W), not {tuple(images.shape)}")
         if t.dtype != torch.uint8:
             t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        if input_size and t.shape[-2:] != (input_size, input_size):
-            t = (
-                torch.nn.functional.interpolate(
-                    t.float(), size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True
-                )
-                .round()
-                .clamp(0, 255)
-                .byte()
-            )
+        if pre is not None:
+            t = pre.resize_batch(t)
         return t.contiguous()
     if isinstance(images, np.ndarray):
-        return _as_uint8_batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), input_size)
+        return _as_uint8_batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), pre)
     from .data import load_image
 
     pics = [load_image(p) if isinstance(p, (str, Path)) else p.convert("RGB") for p in images]
     if not pics:
         raise UsageError("no images to explain")
-    size = input_size or max(pics[0].size)
-    arr = np.stack([np.asarray(p.resize((size, size), Image.BILINEAR), dtype=np.uint8) for p in pics])
+    pre = pre or Preprocess(max(pics[0].size))
+    arr = np.stack([pre.resize_image(p) for p in pics])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -1,32 +1,107 @@
-"""How pixels become the model's input, defined once: the default mean and std, uint8 to input, black there.
+"""How pixels become the model's input, defined once: :class:`Preprocess` (size, mean, std) and what it does.
 
-A model that carries no normalization of its own (a checkpoint from ``xaibatch train`` carries one; a timm model
-its ``pretrained_cfg``) gets ImageNet's, as timm's models do. Imports no torch: the functions take tensors.
+An image is stretched to ``image_size`` x ``image_size`` (bilinear, no crop), scaled to [0, 1], less ``mean``,
+over ``std``. The model's loader builds one :class:`Preprocess` (``LoadedModel.preprocess``); the methods see it
+as ``ModelContext.preprocess``; runs, LIME, the faithfulness scores, ``xaibatch train``, :func:`xaibatch.explain`
+and the bench normalize and build their black baselines through it. A model that carries no normalization of its
+own (a checkpoint from ``xaibatch train`` carries one; a timm model its ``pretrained_cfg``) gets ImageNet's, as
+timm's models do. Imports no torch: the run's record (``runconfig.py``) reads it in a run that loads no model.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SIZE = 224  # a model that names no input size (timm's default)
 
 
-def normalize(x: Any, mean: Any, std: Any) -> Any:
-    """A uint8 (N, 3, H, W) batch as the model's input: x / 255, less ``mean``, over ``std`` ((1, 3, 1, 1) tensors)."""
-    return (x.float().div_(255.0) - mean) / std
+@dataclass(frozen=True)
+class Preprocess:
+    """The model's input: ``image_size`` square, ``(x / 255 - mean) / std`` per channel (R, G, B)."""
+
+    image_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", int(self.image_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @classmethod
+    def for_model(
+        cls,
+        module: Any,
+        image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Preprocess:
+        """Each value as given, else the module's ``pretrained_cfg`` (timm's), else ImageNet's and 224 px."""
+        cfg = getattr(module, "pretrained_cfg", None) or {}
+        size = image_size or (cfg.get("input_size") or (3, DEFAULT_SIZE, DEFAULT_SIZE))[-1]
+        return cls(size, mean or cfg.get("mean") or IMAGENET_MEAN, std or cfg.get("std") or IMAGENET_STD)
+
+    # -- the record ---------------------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The fields the run's record and the prediction hash hold (``input_size``, ``mean``, ``std``)."""
+        return {"input_size": self.image_size, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_record(cls, d: Any) -> Preprocess | None:
+        """Read :meth:`record` back (a dict, or an object with those attributes); None when it names no size."""
+        get = d.get if isinstance(d, dict) else lambda k: getattr(d, k, None)
+        if get("input_size") is None:
+            return None
+        return cls(get("input_size"), get("mean") or IMAGENET_MEAN, get("std") or IMAGENET_STD)
+
+    # -- pixels to input and back (tensors) ---------------------------------------------------------------------
+    def stats(self, device: Any = None) -> tuple[Any, Any]:
+        """``mean`` and ``std`` as (1, 3, 1, 1) float32 tensors on ``device`` (made once per device; never mutate)."""
+        return _stats(self.mean, self.std, str(device or "cpu"))
+
+    def normalize(self, x_uint8: Any, device: Any = None) -> Any:
+        """A uint8 (N, 3, H, W) batch as the model's float32 input, on ``device`` (default: where it is)."""
+        if device is not None:
+            x_uint8 = x_uint8.to(device, non_blocking=True)
+        mean, std = self.stats(x_uint8.device)
+        return (x_uint8.float().div_(255.0) - mean) / std
+
+    def to_uint8(self, x: Any) -> Any:
+        """The uint8 (N, 3, H, W) images a normalized batch was made from (rounded, clamped)."""
+        import torch
+
+        mean, std = self.stats(x.device)
+        return ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+
+    def black(self, like: Any) -> Any:
+        """A black pixel in the model's input space (what :meth:`normalize` makes of 0): (1, 3, 1, 1), ``like``'s
+        device and dtype; ``expand_as`` it for a black image."""
+        mean, std = self.stats(like.device)
+        return ((0.0 - mean) / std).to(like.dtype)
+
+    # -- resizing (in memory; the DataLoader's workers and --decode device resize as these do) -----------------
+    def resize_image(self, im: Any) -> Any:
+        """A decoded PIL image as the model's (S, S, 3) uint8 array (as the DataLoader's workers make it)."""
+        from .data import model_input
+
+        return model_input(im, self.image_size)
+
+    def resize_batch(self, t: Any) -> Any:
+        """(N, 3, H, W) uint8 images as (N, 3, S, S) uint8, as PIL's BILINEAR would (what ``--decode device`` does)."""
+        from .decode import resize
+
+        return resize(t, (self.image_size, self.image_size))
 
 
-def channel_stats(mean: Sequence[float], std: Sequence[float], like: Any) -> tuple[Any, Any]:
-    """``mean`` and ``std`` as (1, C, 1, 1) tensors with ``like``'s dtype and device."""
+@functools.lru_cache(maxsize=16)
+def _stats(mean: tuple[float, ...], std: tuple[float, ...], device: str) -> tuple[Any, Any]:
     import torch
 
-    def t(v: Sequence[float]) -> Any:
-        return torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+    def t(v: tuple[float, ...]) -> Any:
+        return torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     return t(mean), t(std)
-
-
-def black(mean: Any, std: Any) -> Any:
-    """A black pixel in the model's input space (what :func:`normalize` makes of 0), shaped like ``mean``."""
-    return (0.0 - mean) / std

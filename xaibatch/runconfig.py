@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .manifest import ManifestError
+from .preprocess import Preprocess
 
 BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
 KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
@@ -99,6 +100,11 @@ class ModelRecord:
     target: str = "pred"
     map_format: int | None = None
     one_logit_positive: str | None = None
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """How the run's images became the model's input (``Preprocess.record``); None: not recorded."""
+        return Preprocess.from_record(self)
 
     def hashed(self) -> dict[str, Any]:
         """The prediction hash's input (pipeline.plan.config_hashes), as recorded."""

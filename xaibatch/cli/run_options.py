@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, ENGINES, FAITH_BASELINES, FAITH_STEPS
+from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, FAITH_BASELINES, FAITH_STEPS
+from ..engines import ENGINES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .boundary import checked
 from .options import batch_size_option, device_option, grouped, method_options, methods_option, workers_option
@@ -319,8 +320,8 @@ engine_options = grouped(
     EngineArgs,
     click.option(
         "--engine",
-        type=click.Choice(ENGINES),
-        default=ENGINES[0],
+        type=click.Choice(list(ENGINES)),
+        default=next(iter(ENGINES)),
         show_default=True,
         help="Where batches are computed: this process, or Ray Data actors on a Ray cluster (needs "
         'pip install "xaibatch[ray]"; INPUT_DIR and --out must be on a mount every node shares; '

@@ -31,7 +31,7 @@ from ..defaults import FAITH_BASELINES, FAITH_STEPS
 from ..errors import UsageError
 from ..report.trust import load_chance
 from ..files import atomic_write_bytes
-from ..preprocess import black
+from ..preprocess import Preprocess
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
 BASELINES = FAITH_BASELINES
@@ -87,7 +87,7 @@ def gaussian_kernel(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch
     return (k / k.sum()).float()
 
 
-def fill_image(x: torch.Tensor, baseline: str, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def fill_image(x: torch.Tensor, baseline: str, preprocess: Preprocess) -> torch.Tensor:
     """The fill of a (B, 3, H, W) normalized batch: blurred (reflect padding), black, or each image's mean colour."""
     if baseline == "blur":
         size = min(BLUR_KERNEL, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
@@ -95,7 +95,7 @@ def fill_image(x: torch.Tensor, baseline: str, mean: torch.Tensor, std: torch.Te
         pad = size // 2
         return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), k, groups=x.shape[1])
     if baseline == "zero":
-        return black(mean, std).to(x.dtype).expand_as(x).contiguous()
+        return preprocess.black(x).expand_as(x).contiguous()
     if baseline == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
     raise UsageError(f"unknown faithfulness baseline {baseline!r}")
@@ -128,8 +128,7 @@ class Scorer:
 
     model: torch.nn.Module
     cfg: FaithConfig
-    mean: torch.Tensor  # (1, 3, 1, 1) on the device
-    std: torch.Tensor
+    preprocess: Preprocess  # the model's: the black of the "zero" baseline
     chance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     chance_sample: int = CHANCE_SAMPLE
     hashes: dict[str, str] = field(default_factory=dict)  # method -> faithfulness hash
@@ -151,7 +150,7 @@ class Scorer:
         self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor, maps: dict[str, torch.Tensor]
     ) -> dict[str, Scores]:
         """Deletion and insertion for every map; ``p_image`` is the targets' probability on ``x`` (already known)."""
-        fill = fill_image(x, self.cfg.baseline, self.mean, self.std)
+        fill = fill_image(x, self.cfg.baseline, self.preprocess)
         p_fill = self.probs(fill, targets)
         return {name: self._curves(x, fill, targets, p_image, p_fill, m) for name, m in maps.items()}
 
@@ -255,14 +254,7 @@ def scorer_for(
     """A Scorer for this run (None when disabled), continuing the chance sample a previous run left."""
     if cfg is None:
         return None
-    dev = ctx.device
-    scorer = Scorer(
-        ctx.model,
-        cfg,
-        torch.tensor(ctx.mean, device=dev).view(1, 3, 1, 1),
-        torch.tensor(ctx.std, device=dev).view(1, 3, 1, 1),
-        hashes=hashes(cfg, method_hashes) or {},
-    )
+    scorer = Scorer(ctx.model, cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
     scorer.chance_key = _hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
     previous = load_chance(out)
     if previous and previous.get("key") == scorer.chance_key:

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UsageError
 from ..model.layers import TargetLayer
+from ..preprocess import Preprocess
 
 
 def image_seed(rel: str) -> int:
@@ -31,10 +32,12 @@ class ModelContext:
 
     model: torch.nn.Module
     layer: TargetLayer
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocess: Preprocess  # input size, mean, std: normalizing and black baselines go through it
     device: torch.device
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.image_size
 
 
 @dataclass

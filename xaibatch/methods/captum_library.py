@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ModelError, UsageError
-from ..preprocess import black, channel_stats
 from .base import Batch, Explanation, Family, Method, ModelContext, check_options, normalize_per_image
 from .base import register_family, register_method
 from .lime import mask_seed
@@ -165,7 +164,7 @@ class CaptumMethod(Method):
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         if self.options.get("baseline", "zero") == "zero":
             return torch.zeros_like(x[:1])
-        return black(*channel_stats(self.ctx.mean, self.ctx.std, x)).expand_as(x[:1]).contiguous()
+        return self.ctx.preprocess.black(x).expand_as(x[:1]).contiguous()
 
     def _kwargs(self, x: torch.Tensor) -> dict[str, Any]:
         """captum's attribute() arguments for the base method."""

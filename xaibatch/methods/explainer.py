@@ -12,7 +12,6 @@ import torch
 
 from ..model.heads import predict
 from ..model.layers import capture
-from ..preprocess import normalize
 from .base import Batch, Method, ModelContext
 
 
@@ -75,8 +74,6 @@ class Explainer:
         self.methods = methods
         self.ctx = ctx
         self.target = target
-        self.mean = torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1)
         self.want_activations = any(m.needs_activations for m in methods)
 
     def __call__(
@@ -84,7 +81,7 @@ class Explainer:
     ) -> Explained:
         """Explain one batch of (B, 3, S, S) uint8 images: probabilities (B, K) and each method's maps."""
         dev = self.ctx.device
-        x = normalize(x_uint8.to(dev, non_blocking=True), self.mean, self.std)
+        x = self.ctx.preprocess.normalize(x_uint8, dev)
         net = self.ctx.model
         activations = None
         if self.want_activations:

@@ -45,7 +45,6 @@ import torch.nn.functional as F
 
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
-from ..preprocess import black, channel_stats
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
@@ -75,10 +74,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _labels_from_input(x: torch.Tensor, ctx: ModelContext, n_segments: int) -> torch.Tensor:
     """Recover the uint8 images from the normalized input and segment them (when the pipeline gave no segments)."""
-    mean = torch.tensor(ctx.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(ctx.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    u8 = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    u8 = u8.permute(0, 2, 3, 1).cpu().numpy()
+    u8 = ctx.preprocess.to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
     segs = np.stack([slic_segments(im, n_segments) for im in u8])
     return torch.from_numpy(segs).to(x.device)
 
@@ -226,7 +222,7 @@ class Lime(Method):
     def fill(self, x: torch.Tensor, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         """Return what hidden superpixels show, (B, C, H, W) in normalized input space."""
         if self.hide == "zero":  # black in pixel space
-            return black(*channel_stats(self.ctx.mean, self.ctx.std, x)).expand_as(x)
+            return self.ctx.preprocess.black(x).expand_as(x)
         if self.hide == "blur":
             return _gaussian_blur(x, sigma=max(1.0, x.shape[2] / 16))
         # "mean": every superpixel filled with its own mean colour (lime's hide_color=None).

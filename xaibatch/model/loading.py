@@ -25,7 +25,7 @@ from ..defaults import device_spec_problem
 from ..files import file_sha256
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..preprocess import Preprocess
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -35,13 +35,15 @@ class LoadedModel:
     module: nn.Module
     arch: str
     class_names: list[str] | None  # None: a plain state_dict that does not name its classes
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocess: Preprocess  # input size, mean and std: how its images become input
     checkpoint: str  # path, or "(random init)"
     checkpoint_sha256: str
     outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.image_size
 
     @property
     def num_classes(self) -> int:
@@ -303,16 +305,14 @@ def _check_fields(obj: dict[str, Any], path: Path):
 
 
 def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
-    cfg = getattr(module, "pretrained_cfg", None) or {}
-    size = int(image_size or cfg.get("input_size", (3, 224, 224))[-1])
+    pre = Preprocess.for_model(module, image_size, mean, std)
+    size = pre.image_size
     pe = getattr(module, "patch_embed", None)
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
-    mean = tuple(float(v) for v in (mean or cfg.get("mean", IMAGENET_MEAN)))
-    std = tuple(float(v) for v in (std or cfg.get("std", IMAGENET_STD)))
     module.eval()
-    return LoadedModel(module, arch, names, size, mean, std, source, digest)
+    return LoadedModel(module, arch, names, pre, source, digest)
 
 
 def save_checkpoint(

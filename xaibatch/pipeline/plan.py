@@ -45,9 +45,7 @@ def config_hashes(
     predict_config = {
         "arch": model.arch,
         "checkpoint_sha256": model.checkpoint_sha256,
-        "input_size": model.input_size,
-        "mean": model.mean,
-        "std": model.std,
+        **model.preprocess.record(),  # input_size, mean, std
         "classes": prepared.names,
         "target": target,
         "map_format": MAP_FORMAT_VERSION,

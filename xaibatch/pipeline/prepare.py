@@ -135,9 +135,7 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
         opts.target_layer is not None
     )
     layer = find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer) if needs_layer else None
-    ctx = ModelContext(
-        model=model.module, layer=layer, input_size=model.input_size, mean=model.mean, std=model.std, device=device
-    )
+    ctx = ModelContext(model=model.module, layer=layer, preprocess=model.preprocess, device=device)
     methods = [
         create_method(
             m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}), **opts.method_options.get(m, {})}

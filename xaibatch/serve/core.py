@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..model import heads
-from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, model_input, open_image_file
+from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, open_image_file
 from ..errors import DecodeError, UsageError, XaibatchError
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
@@ -187,12 +187,7 @@ class Service:
             from ..evaluation.faithfulness import FaithConfig, Scorer
 
             ctx = self.prepared.ctx
-            self._scorer = Scorer(
-                ctx.model,
-                FaithConfig(),
-                torch.tensor(ctx.mean, device=ctx.device).view(1, 3, 1, 1),
-                torch.tensor(ctx.std, device=ctx.device).view(1, 3, 1, 1),
-            )
+            self._scorer = Scorer(ctx.model, FaithConfig(), ctx.preprocess)
         return self._scorer
 
     # -- explaining -------------------------------------------------------------------------------
@@ -204,8 +199,8 @@ class Service:
         if not methods:
             raise UsageError("choose at least one method")
         made = [self.method(m, lime_samples) for m in dict.fromkeys(methods)]
-        size = self.input_size
-        x = torch.stack([torch.from_numpy(model_input(u.image, size).copy()).permute(2, 0, 1) for u in uploads])
+        pre = self.prepared.ctx.preprocess
+        x = torch.stack([torch.from_numpy(pre.resize_image(u.image).copy()).permute(2, 0, 1) for u in uploads])
         segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
         segments = None
         if segmenters:  # as explain() and the DataLoader make them: from the model input, by the first segmenter

@@ -19,7 +19,7 @@ from ..dataset import ImageDataset, collate
 from ..scan import scan
 from ..errors import InputError, UsageError
 from ..model.loading import create, resolve_device, save_checkpoint
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..preprocess import Preprocess
 
 
 def save_state_dict(path: Path, model: torch.nn.Module) -> None:
@@ -61,20 +61,20 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
     )
 
 
-def _prep(b, labels_of, mean, std, device):
-    x = normalize(b.x.to(device), mean, std)
+def _prep(b, labels_of, pre: Preprocess, device):
+    x = pre.normalize(b.x, device)
     y = torch.tensor([labels_of[i] for i in b.index], device=device)
     return x, y
 
 
 @torch.no_grad()
-def evaluate(model, loader, labels_of, mean, std, device) -> float:
+def evaluate(model, loader, labels_of, pre: Preprocess, device) -> float:
     model.eval()
     right = total = 0
     for b in loader:
         if b.x is None:
             continue
-        x, y = _prep(b, labels_of, mean, std, device)
+        x, y = _prep(b, labels_of, pre, device)
         right += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return right / max(total, 1)
@@ -107,11 +107,7 @@ def train(
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     model = create(arch, len(found.classes), img_size=image_size).to(dev)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean_t = tuple(cfg.get("mean", IMAGENET_MEAN))
-    std_t = tuple(cfg.get("std", IMAGENET_STD))
-    mean = torch.tensor(mean_t, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(std_t, device=dev).view(1, 3, 1, 1)
+    pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
     perm = torch.randperm(len(found.images), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, int(round(val_fraction * len(perm))))
@@ -133,7 +129,7 @@ def train(
         for b in train_loader:
             if b.x is None:
                 continue
-            x, y = _prep(b, tr_labels, mean, std, dev)
+            x, y = _prep(b, tr_labels, pre, dev)
             flip = torch.rand(len(x), device=dev) < 0.5  # the one augmentation that keeps evidence intact
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss = F.cross_entropy(model(x), y)
@@ -143,7 +139,7 @@ def train(
             sched.step()
             total_loss += float(loss.detach()) * len(y)
             seen += len(y)
-        val_acc = evaluate(model, val_loader, val_labels, mean, std, dev)
+        val_acc = evaluate(model, val_loader, val_labels, pre, dev)
         log(f"epoch {epoch}/{epochs}: loss {total_loss / max(seen, 1):.4f}, val accuracy {100 * val_acc:.1f}%")
 
     test_acc = None
@@ -152,7 +148,7 @@ def train(
         if test.classes == found.classes:
             test_labels = {i: e.label for i, e in enumerate(test.images)}
             test_acc = evaluate(
-                model, _loader(test.images, image_size, 256, False, workers, seed), test_labels, mean, std, dev
+                model, _loader(test.images, image_size, 256, False, workers, seed), test_labels, pre, dev
             )
             log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
     meta = {
@@ -167,5 +163,5 @@ def train(
     if save_format == "state-dict":
         save_state_dict(out, model)
     else:
-        save_checkpoint(out, model, arch, found.classes, image_size, mean_t, std_t, meta)
+        save_checkpoint(out, model, arch, found.classes, image_size, pre.mean, pre.std, meta)
     return TrainResult(Path(out), val_acc, test_acc, epochs, time.time() - t0, Path(out).stat().st_size)

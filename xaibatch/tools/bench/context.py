@@ -28,8 +28,6 @@ class Bench:
     x_u8: torch.Tensor  # (N, 3, S, S) uint8 on the device: what the runs' batches hold before normalizing
     targets: torch.Tensor  # the predicted class of each image
     lime_chunk: int  # LIME's model batch (perturbed images per call), the peers' too
-    mean: torch.Tensor  # (1, 3, 1, 1) on the device
-    std: torch.Tensor
 
     @property
     def images(self) -> np.ndarray:
@@ -68,10 +66,8 @@ class Bench:
 
     def normalize(self, u8: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 images to the model's (B, 3, H, W) normalized input on the device, as a run's."""
-        from ...preprocess import normalize
-
         t = torch.from_numpy(np.ascontiguousarray(u8)).to(self.dev).permute(0, 3, 1, 2).contiguous()
-        return normalize(t, self.mean, self.std)
+        return self.ctx.preprocess.normalize(t)
 
 
 def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: int) -> Bench:
@@ -79,26 +75,22 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     from ...imports import import_timm
     from ...model.layers import find_target_layer
     from ...methods import ModelContext, create_method
-    from ...preprocess import normalize
     from ...model.loading import load_model, save_checkpoint
+    from ...preprocess import Preprocess
 
     torch.manual_seed(0)
     ckpt = inputs.root / "model.pt"
     net = import_timm().create_model(opts.arch, pretrained=False, num_classes=opts.classes)
-    cfg = net.pretrained_cfg
-    save_checkpoint(
-        ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], opts.image_size, cfg["mean"], cfg["std"]
-    )
+    pre = Preprocess.for_model(net, opts.image_size)
+    save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], pre.image_size, pre.mean, pre.std)
     loaded = load_model(ckpt)
     model = loaded.module.to(dev).eval()
     layer = find_target_layer(model, opts.image_size)
-    ctx = ModelContext(model, layer, opts.image_size, loaded.mean, loaded.std, dev)
+    ctx = ModelContext(model, layer, loaded.preprocess, dev)
     x_u8 = torch.from_numpy(inputs.images).to(dev).permute(0, 3, 1, 2).contiguous()
-    mean = torch.tensor(loaded.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(loaded.std, device=dev).view(1, 3, 1, 1)
-    x = torch.cat([normalize(x_u8[a : a + 1024], mean, std) for a in range(0, len(x_u8), 1024)])
+    x = torch.cat([loaded.preprocess.normalize(x_u8[a : a + 1024]) for a in range(0, len(x_u8), 1024)])
     # LIME's model batch: the given one, else the one LIME picks (free memory on CUDA); the peers get it too
     lime_chunk = opts.lime_batch_size or create_method("lime", ctx).chunk_size(x[:1])
     with torch.no_grad():
         targets = torch.cat([model(x[a : a + opts.batch_size]).argmax(1) for a in range(0, len(x), opts.batch_size)])
-    return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, targets, lime_chunk, mean, std)
+    return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, targets, lime_chunk)

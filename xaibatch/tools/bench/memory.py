@@ -63,6 +63,7 @@ def memory_check(
     from ...defaults import default_workers
     from ...imports import import_timm
     from ...model.loading import save_checkpoint
+    from ...preprocess import Preprocess
 
     workers = default_workers() if workers is None else workers
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-"))
@@ -70,9 +71,9 @@ def memory_check(
     try:
         torch.manual_seed(0)
         net = import_timm().create_model(arch, pretrained=False, num_classes=2)
-        cfg = net.pretrained_cfg
+        pre = Preprocess.for_model(net, size)
         ckpt = root / "model.pt"
-        save_checkpoint(ckpt, net, arch, ["FAKE", "REAL"], size, cfg["mean"], cfg["std"])
+        save_checkpoint(ckpt, net, arch, ["FAKE", "REAL"], size, pre.mean, pre.std)
         log(f"memory: generating {max(counts)} {size}x{size} PNGs")
         _, paths = write_images(root / "all", max(counts), size)
         results = []
