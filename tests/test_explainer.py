@@ -14,7 +14,7 @@ def test_explain_tensors_batches_join_to_the_one_batch_result(tiny_ckpt):
     loaded = load_model(tiny_ckpt)
     size = loaded.input_size
     layer = find_target_layer(loaded.module, size, None)
-    ctx = ModelContext(loaded.module, layer, size, loaded.mean, loaded.std, torch.device("cpu"))
+    ctx = ModelContext(loaded.module, layer, loaded.preprocess, torch.device("cpu"))
     ex = Explainer([create_method("gradcam", ctx)], ctx, "label")
     x = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 1])

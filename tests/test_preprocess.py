@@ -64,7 +64,7 @@ def test_a_checkpoint_carries_its_own_normalization(tmp_path):
 
 
 def test_resizing_in_memory_matches_the_loaders(tmp_path):
-    from xaibatch.data import ImageDataset
+    from xaibatch.dataset import ImageDataset
     from xaibatch.scan import scan
 
     a = np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8)
