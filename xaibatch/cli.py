@@ -237,10 +237,11 @@ class _RunCommand(click.Command):
 @model_options(RUN_MODEL_HELP)
 @click.option(
     "--target",
-    type=click.Choice(["pred", "label"]),
+    type=click.Choice(["pred", "label", "pred,label"]),
     default="pred",
     show_default=True,
-    help="Class each map explains: the prediction or the folder's label (e.g. --target label).",
+    help="Class each map explains: the prediction, the folder's label, or both for misclassified images "
+    "(e.g. --target pred,label).",
 )
 @batch_size_option(
     "Images per batch on the device (e.g. --batch-size 128).",
