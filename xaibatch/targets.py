@@ -25,9 +25,9 @@ def label_maps(mode: str) -> bool:
     return mode == BOTH
 
 
-def hashed(mode: str) -> str:
-    """The target the prediction maps' hashes cover: those of ``pred,label`` are the maps of ``pred``, so
-    switching between the two recomputes no prediction map."""
+def maps_target(mode: str) -> str:
+    """What the first maps of every image explain (and their hashes cover): those of ``pred,label`` are the
+    maps of ``pred``, so switching between the two recomputes no prediction map."""
     return "pred" if mode == BOTH else mode
 
 

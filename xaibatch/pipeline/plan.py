@@ -52,7 +52,7 @@ def config_hashes(
         "mean": model.mean,
         "std": model.std,
         "classes": prepared.names,
-        "target": targets.hashed(target),
+        "target": targets.maps_target(target),
         "map_format": MAP_FORMAT_VERSION,
     }
     decision = model.decision
