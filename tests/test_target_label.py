@@ -229,6 +229,24 @@ def test_the_detail_data_holds_both_maps_of_a_misclassified_image(inp, tmp_path,
     assert "also its true class" in (out / "index.html").read_text()
 
 
+def test_faithfulness_scores_the_prediction_maps_only(inp, tmp_path, tiny_ckpt):
+    from xaibatch.evaluation.faithfulness import FaithConfig
+
+    out = tmp_path / "out"
+    go(opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(5, "blur")))
+    db = sqlite3.connect(out / layout.MANIFEST)
+    try:
+        scored = dict(db.execute("SELECT method, COUNT(deletion) FROM maps GROUP BY method").fetchall())
+    finally:
+        db.close()
+    images, maps = rows(out)
+    assert scored == {"gradcam": len(images), "gradcam@label": 0} and label_rels(maps) == wrong(images)
+    header = (out / "predictions.csv").read_text().splitlines()[0]
+    assert header.endswith("deletion_gradcam,insertion_gradcam")
+    again = go(opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(5, "blur")))
+    assert again.computed == 0  # unscored true-class maps are not "missing their scores"
+
+
 def test_bad_targets_are_one_line_errors_before_any_import(inp, tmp_path, tiny_ckpt, flat_dir):
     res = CliRunner().invoke(cli, ["run", str(inp), "--out", str(tmp_path / "o"), "--target", "label,pred"])
     assert res.exit_code == 2 and "pred,label" in res.output and "Traceback" not in res.output

@@ -49,7 +49,9 @@
     var verdict = im.correct === false ? el("strong", {"class": "bad"}, ["misclassified"])
       : im.correct ? el("span", {"class": "good"}, ["correct"]) : null;
     row("Predicted", [im.pred + " (" + im.conf + ")", verdict ? " " : null, verdict]);
-    row("Maps explain", [im.target + " (" + site.target_words + ")"]);
+    row("Maps explain", [im.label_maps && im.label_maps.length
+      ? im.pred + " (the predicted class) and " + im.label + " (the true class), in two rows"
+      : im.target + " (" + site.target_words + ")"]);
     row("File", [im.rel], "name");
     row("Size", [im.w + "×" + im.h + " px, " + im.bytes + ", sha256 " + im.sha]);
     return el("dl", {"class": "facts"}, kids);
