@@ -109,19 +109,24 @@ def test_true_class_maps_exist_exactly_for_misclassified_images(inp, tmp_path, t
 
 
 def test_true_class_maps_are_what_target_label_computes(inp, tmp_path, tiny_ckpt):
-    both, label = tmp_path / "both", tmp_path / "label"
-    methods = ("gradcam", "lime")
+    """Both ways a true-class map is made: in the batch that decides a new prediction (``both``), and for a known
+    misclassified image in a batch of its own (``later``: a --target pred run first, then pred,label)."""
+    both, later, label = tmp_path / "both", tmp_path / "later", tmp_path / "label"
+    methods = ("gradcam", "lime")  # LIME: its superpixels are made for the true-class pass too
     go(opts(inp, both, tiny_ckpt, methods=methods, method_options=LIME))
+    go(opts(inp, later, tiny_ckpt, target="pred", methods=methods, method_options=LIME))
+    go(opts(inp, later, tiny_ckpt, methods=methods, method_options=LIME))
     go(opts(inp, label, tiny_ckpt, target="label", methods=methods, method_options=LIME))
-    images, maps = rows(both)
     _li, label_maps = rows(label)
-    bad = wrong(images)
-    assert bad and label_rels(maps, "lime@label") == bad
-    for rel in bad:
-        for m in methods:
-            mine, theirs = maps[(rel, f"{m}@label")], label_maps[(rel, m)]
-            assert mine[0] == theirs[0]  # the same configuration hash
-            np.testing.assert_allclose(np.load(both / mine[1]), np.load(label / theirs[1]), rtol=1e-5, atol=1e-6)
+    for out in (both, later):
+        images, maps = rows(out)
+        bad = wrong(images)
+        assert bad and label_rels(maps, "lime@label") == label_rels(maps, "gradcam@label") == bad
+        for rel in bad:
+            for m in methods:
+                mine, theirs = maps[(rel, f"{m}@label")], label_maps[(rel, m)]
+                assert mine[0] == theirs[0]  # the same configuration hash
+                np.testing.assert_allclose(np.load(out / mine[1]), np.load(label / theirs[1]), rtol=1e-5, atol=1e-6)
 
 
 def test_an_unchanged_rerun_computes_nothing_and_switching_from_pred_adds_only_label_maps(inp, tmp_path, tiny_ckpt):
