@@ -151,6 +151,7 @@ class RunConfig:
     faithfulness_hashes: dict[str, str] | None = None
     source: ModelSource | None = None  # None: recorded by an xaibatch that did not record it
     input_dir: str | None = None  # absolute; None: older record (the run row's input_dir is as given)
+    label_hashes: dict[str, str] | None = None  # --target pred,label: hash per true-class map key (plan.Hashes.labels)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +188,8 @@ class RunConfig:
             d["source"] = {k: v for k, v in vars(self.source).items()}
         if self.input_dir is not None:
             d["input_dir"] = self.input_dir
+        if self.label_hashes:
+            d["label_hashes"] = self.label_hashes
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -236,6 +239,7 @@ class RunConfig:
                 faithfulness_hashes=d.get("faithfulness_hashes"),
                 source=source,
                 input_dir=d.get("input_dir"),
+                label_hashes=d.get("label_hashes"),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -255,6 +259,10 @@ class RunConfig:
     def empty(cls) -> RunConfig:
         """No run recorded yet."""
         return cls.from_dict({})
+
+    def target_mode(self) -> str:
+        """--target as given (``pred,label`` records ``pred`` as the prediction maps' target)."""
+        return self.source.target if self.source is not None else self.model.target
 
     def with_device(self, device: str, batch_size: int | None, workers: int | None) -> RunConfig:
         return replace(self, device=device, batch_size=batch_size, workers=workers)

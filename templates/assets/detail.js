@@ -49,7 +49,9 @@
     var verdict = im.correct === false ? el("strong", {"class": "bad"}, ["misclassified"])
       : im.correct ? el("span", {"class": "good"}, ["correct"]) : null;
     row("Predicted", [im.pred + " (" + im.conf + ")", verdict ? " " : null, verdict]);
-    row("Maps explain", [im.target + " (" + site.target_words + ")"]);
+    row("Maps explain", [im.label_maps && im.label_maps.length
+      ? im.pred + " (the predicted class) and " + im.label + " (the true class), in two rows"
+      : im.target + " (" + site.target_words + ")"]);
     row("File", [im.rel], "name");
     row("Size", [im.w + "×" + im.h + " px, " + im.bytes + ", sha256 " + im.sha]);
     return el("dl", {"class": "facts"}, kids);
@@ -69,7 +71,7 @@
     return el("span", {"class": "cbar"}, kids);
   }
 
-  function mapFigure(v, im) {
+  function mapFigure(v, im, target) {
     var m = site.methods[v.m] || {title: v.m, legend: "", scale_words: "", bar: ""};
     var about = [el("small", {}, [m.scale_words + "." + (v.note ? " " + v.note : "")]), el("br"),
                  el("small", {}, [m.legend + "."]), el("br")];
@@ -77,7 +79,7 @@
       about.push(el("small", {}, ["deletion AUC " + v.del + " (lower is better), insertion AUC " + v.ins + " (higher is better)"]), el("br"));
       if (v.curves) {
         about.push(svg("svg", {"class": "curves", width: "120", height: "60", viewBox: "-2 -2 124 64", role: "img",
-          "aria-label": "deletion (red) and insertion (blue) curves: probability of " + im.target + " against the share of pixels changed"}, [
+          "aria-label": "deletion (red) and insertion (blue) curves: probability of " + target + " against the share of pixels changed"}, [
           svg("rect", {x: "0", y: "0", width: "120", height: "60", fill: "none", stroke: "#ccc"}),
           svg("polyline", {points: v.curves[0], fill: "none", stroke: "#D55E00", "stroke-width": "1.5"}),
           svg("polyline", {points: v.curves[1], fill: "none", stroke: "#0072B2", "stroke-width": "1.5"})]), el("br"));
@@ -94,17 +96,35 @@
     if (v.weak) { cap.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
     cap.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
     return el("figure", {"data-method": v.m}, [
-      picture(v.png, m.title + " map of " + im.rel + " for class " + im.target, im), el("figcaption", {}, cap)]);
+      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im), el("figcaption", {}, cap)]);
   }
 
-  function views(im) {
+  function viewsRow(im, maps, target) {
     var figs = [el("figure", {}, [picture(im.image, im.rel + ": original", im),
       el("figcaption", {}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])];
-    im.maps.forEach(function (v) { figs.push(mapFigure(v, im)); });
+    maps.forEach(function (v) {
+      figs.push(v ? mapFigure(v, im, target) : el("figure", {"class": "none"}, [el("figcaption", {}, ["no map of " + target])]));
+    });
     var d = el("div", {"class": "views"}, figs);
     d.style.setProperty("--n", String(figs.length));
     d.style.setProperty("--w", im.dw + "px");
     return d;
+  }
+
+  // A misclassified image of a --target pred,label run: one row per class, "why" the prediction above
+  // "why not" the true class, each method's two maps in the same column at the same size.
+  function views(im) {
+    if (!im.label_maps || !im.label_maps.length) { return viewsRow(im, im.maps, im.target); }
+    var byMethod = {};
+    im.label_maps.forEach(function (v) { byMethod[v.m] = v; });
+    function row(kind, heading, maps, target) {
+      var id = "h-why-" + kind;
+      return el("section", {"class": "why", "data-target": kind, "aria-labelledby": id},
+        [el("h2", {id: id}, [heading]), viewsRow(im, maps, target)]);
+    }
+    return el("div", {"class": "targets"}, [
+      row("pred", "Why " + im.pred, im.maps, im.pred),
+      row("label", "Why not " + im.label, im.maps.map(function (v) { return byMethod[v.m] || null; }), im.label)]);
   }
 
   function truth(im) {

@@ -10,6 +10,7 @@ import click
 
 from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, FAITH_BASELINES, FAITH_STEPS
 from ..engines import ENGINES
+from ..targets import MODES as TARGET_MODES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .boundary import checked
 from .options import batch_size_option, device_option, grouped, method_options, methods_option, workers_option
@@ -44,10 +45,11 @@ explain_options = grouped(
 
 target_option = click.option(
     "--target",
-    type=click.Choice(["pred", "label"]),
-    default="pred",
+    type=click.Choice(TARGET_MODES),
+    default=TARGET_MODES[0],
     show_default=True,
-    help="Class each map explains: the prediction or the folder's label (e.g. --target label).",
+    help="Class each map explains: the prediction, the folder's label, or both for misclassified images "
+    "(e.g. --target pred,label).",
 )
 
 

@@ -92,7 +92,8 @@ class Explainer:
             with torch.no_grad():
                 logits = net(x)
         probs = torch.softmax(logits.detach().float(), dim=1)
-        targets = predict(probs, self.decision) if self.target == "pred" else labels.to(dev)
+        # "label": the given classes; else the prediction (``pred,label``'s true-class maps: pipeline/labelmaps.py)
+        targets = labels.to(dev) if self.target == "label" else predict(probs, self.decision)
         batch = Batch(
             x=x.detach(),
             targets=targets,

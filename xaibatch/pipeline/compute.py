@@ -28,6 +28,7 @@ from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
 from .loader import until_stopped
+from . import labelmaps
 from .progress import progress_bar
 from .signals import die_with_parent
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
@@ -91,6 +92,7 @@ class BatchWorker:
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
         self._on_device: dict[tuple[str, ...], bool] = {}
+        self.labels = labelmaps.LabelPass(self)  # --target pred,label: the true class's maps
 
     def explainer(self, todo: tuple[str, ...]) -> tuple[list[Method], Explainer]:
         if todo not in self._explainers:
@@ -110,7 +112,7 @@ class BatchWorker:
         return self._explainers[todo]
 
     def segmenters(self, todo: tuple[str, ...]) -> list[Callable[[np.ndarray], np.ndarray]]:
-        methods, _ = self.explainer(todo)
+        methods = self.explainer(todo)[0] + labelmaps.label_methods(self.prepared.methods, todo)
         return [s for m in methods if (s := m.segmenter()) is not None]
 
     def on_device(self, todo: tuple[str, ...]) -> bool:
@@ -147,6 +149,7 @@ class BatchWorker:
         seeds = [image_seed(e.rel) for e in batch_entries]
         try:
             explained = explainer(b.x, labels, b.segments, seeds)
+            label_idx, label_maps = labelmaps.explain(self, todo, b, batch_entries, explained.probs, labels, seeds)
         except StopRequested:
             return WriteJob(self.run_id, failed=failed, discard=gone), True
         model = self.prepared.model
@@ -165,6 +168,8 @@ class BatchWorker:
             self.opts.max_map_side,
             model.decision,
         )
+        signed = {m.name: m.signed for m in self.prepared.methods}
+        labelmaps.add(job, b, label_idx, label_maps, signed, self.hashes.labels, self.opts.max_map_side)
         job.failed, job.discard = failed, job.discard + gone
         return job, False
 
@@ -296,7 +301,7 @@ def build_job(
                     height=h,
                     label=e.label,
                     pred=pred,
-                    target=pred if target == "pred" else int(e.label),
+                    target=int(e.label) if target == "label" else pred,
                     confidence=float(p[pred]),
                     probs=[round(float(v), 6) for v in p],
                     predict_hash=hashes.predict,

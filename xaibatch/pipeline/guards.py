@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import layout
+from .. import layout, targets
 from ..defaults import device_spec_problem
 from ..errors import UsageError
 from ..files import safe_join
@@ -106,8 +106,8 @@ def check_request(opts: RunOptions) -> None:
         raise UsageError("give at least one --method")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if opts.target not in ("pred", "label"):
-        raise UsageError("--target must be pred or label")
+    if problem := targets.problem(opts.target):
+        raise UsageError(problem)
     if problem := device_spec_problem(opts.device):
         raise UsageError(problem)
     if opts.model is not None and opts.arch is not None:

@@ -32,7 +32,7 @@ class RunOptions:
     threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
     target_layer: str | None = None
-    target: str = "pred"  # pred | label
+    target: str = "pred"  # pred | label | pred,label (misclassified images: both; see targets.py)
     batch_size: int | None = 32  # None: chosen from the device and the input size (defaults.py)
     device: str = "auto"
     workers: int | None = 0  # DataLoader processes; None: chosen from the device and the host's CPUs

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .. import MAP_FORMAT_VERSION, layout
+from .. import MAP_FORMAT_VERSION, layout, targets
 from ..layout import assign_stems
 from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
 from ..files import file_sha256, walk_files
@@ -35,6 +35,9 @@ class Hashes:
     predict_config: dict[str, Any]
     faith: dict[str, str] | None = None  # method -> hash its faithfulness scores must carry; None: not scored
     model: str = ""  # the model's part of ``predict`` (``predict`` is ``model+decision`` under a threshold rule)
+    # --target pred,label: key (targets.label_key) -> hash of each method's map of the true class, which a
+    # misclassified image gets besides its prediction's; empty otherwise
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def config_hashes(
@@ -47,7 +50,7 @@ def config_hashes(
         "checkpoint_sha256": model.checkpoint_sha256,
         **model.preprocess.record(),  # input_size, mean, std
         "classes": prepared.names,
-        "target": target,
+        "target": targets.maps_target(target),
         "map_format": MAP_FORMAT_VERSION,
     }
     decision = model.decision
@@ -76,7 +79,12 @@ def config_hashes(
         from ..evaluation.faithfulness import hashes as faith_hashes
 
         faith = faith_hashes(faithfulness, methods)
-    return Hashes(predict, methods, predict_config, faith, model_hash)
+    labels = {}
+    if targets.label_maps(target):  # the same maps --target label computes, so the same hashes
+        labels = {
+            targets.label_key(m): h for m, h in config_hashes(prepared, "label", None, max_map_side).methods.items()
+        }
+    return Hashes(predict, methods, predict_config, faith, model_hash, labels)
 
 
 @dataclass
@@ -145,6 +153,7 @@ def make_plan(
     When only the decision rule changed (the predict hash is ``model+decision``), ``redecide`` gives the
     new row from the stored probabilities, with no forward pass; images whose target class it flips are
     listed in ``retarget`` and get every requested map anew (the caller removes their old maps).
+    With ``hashes.labels`` (``--target pred,label``) see :func:`label_todo`.
     """
     redecided, retarget = [], []
     added, changed, touched, dead_maps = [], [], [], []
@@ -181,6 +190,7 @@ def make_plan(
             changed.append(e)
         fresh = row is None or not content_same or row.predict_hash != hashes.predict
         flipped = False
+        now = row  # the image row the report will show (None: the batch decides it)
         if (
             fresh
             and row is not None
@@ -188,7 +198,7 @@ def make_plan(
             and redecide is not None
             and row.predict_hash.split("+")[0] == hashes.model
         ):  # same model, new threshold
-            new = redecide(row)
+            new = now = redecide(row)
             redecided.append(new)
             flipped = new.target != row.target
             if flipped:
@@ -209,11 +219,18 @@ def make_plan(
                 exists(layout.image_png(row.stem)) and exists(layout.image_thumb(row.stem, row.width, row.height))
             )
             missing = [
-                m for m, mrow in maps.items() if m not in todo and not all(exists(p) for p in mrow.files.paths())
+                m
+                for m, mrow in maps.items()
+                if m not in todo
+                and not targets.is_label_key(m)  # see label_todo
+                and not all(exists(p) for p in mrow.files.paths())
             ]
             todo += [m for m in hashes.methods if m in missing]
             dead_maps += [(e.rel, m) for m in missing if m not in hashes.methods]
             repaired += bool(redisplay or missing)
+        label_todo_, label_dead = label_todo(hashes, maps, None if fresh else now, exists)
+        todo += label_todo_
+        dead_maps += [(e.rel, k) for k in label_dead]
         if todo or fresh or redisplay:
             work[e.rel] = Work(e, todo, fresh, redisplay)
     present = {e.rel for e in found.images}
@@ -230,6 +247,30 @@ def make_plan(
         redecided=redecided,
         retarget=retarget,
     )
+
+
+def label_todo(
+    hashes: Hashes, maps: dict[str, MapRow], row: ImageRow | None, exists: Callable[[str], bool]
+) -> tuple[list[str], list[str]]:
+    """The true-class map keys (``hashes.labels``) one image needs computed, and those of its rows to remove.
+
+    ``row``: the image's row as the report will show it (re-decided under a new threshold); None when the
+    batch decides its prediction anew: then every key is asked for and the batch computes them only if the
+    image turns out misclassified (pipeline/labelmaps.py). A known misclassified image needs the keys
+    whose row is missing, stale or lost files; a correct one, or any image of a run that does not ask for
+    them, loses its rows (a threshold that flips an image to correct drops only that image's rows).
+    """
+    have = [k for k in maps if targets.is_label_key(k)]
+    if row is None:
+        return list(hashes.labels), []
+    if not hashes.labels or not targets.misclassified(row.label, row.pred):
+        return [], have
+
+    def lost(k: str) -> bool:
+        return not all(exists(p) for p in (maps[k].npy, maps[k].png, maps[k].thumb) if p)
+
+    todo = [k for k, h in hashes.labels.items() if k not in maps or maps[k].config_hash != h or lost(k)]
+    return todo, [k for k in have if k not in hashes.labels and lost(k)]  # a method not asked now: as its maps
 
 
 def existing_files(out: Path) -> set[str]:

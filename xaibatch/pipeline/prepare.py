@@ -9,7 +9,7 @@ import torch
 
 
 from ..scan import Scan, scan
-from .. import layout
+from .. import layout, targets
 from ..model import heads
 from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
@@ -122,12 +122,12 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
         raise UsageError(str(e)) from None
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if opts.target not in ("pred", "label"):
-        raise UsageError("--target must be pred or label")
+    if problem := targets.problem(opts.target):
+        raise UsageError(problem)
     device = resolve_device(opts.device)
     found = found or scan(opts.input_dir, opts.labeled, opts.follow_links)
-    if opts.target == "label" and found.classes is None:
-        raise UsageError("--target label needs a labeled folder (ImageFolder layout); use --target pred")
+    if opts.target != "pred" and found.classes is None:
+        raise UsageError(f"--target {opts.target} needs a labeled folder (ImageFolder layout); use --target pred")
     model, names = load_and_name(opts, found)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))

@@ -319,7 +319,7 @@ def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], Im
         return dataclasses.replace(
             row,
             pred=pred,
-            target=pred if target == "pred" else row.target,
+            target=row.target if target == "label" else pred,
             confidence=float(row.probs[pred]),
             predict_hash=setup.hashes.predict,
             run_id=run_id,

@@ -120,6 +120,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         faithfulness_hashes=hashes.faith,
         source=source,
         input_dir=os.path.abspath(opts.input_dir),
+        label_hashes=hashes.labels or None,
     )
     return Setup(prepared.found, hashes, prepared.names, config.layer, config, prepared)
 
@@ -146,6 +147,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
             config.model.hashed(),
             config.faithfulness_hashes,
             config.model_hash or predict_hash,
+            dict(config.label_hashes or {}),
         )
         known = Known.read(manifest)
         plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)

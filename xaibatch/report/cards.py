@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-from .. import layout
+from .. import layout, targets
 from ..layout import display_size
 from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, MapRow
@@ -69,25 +69,11 @@ def make_card(
 ) -> Card:
     """One image's card; ``masks``: see masks_beside."""
     stem = r.stem
-    views = []
+    views = [_view(row, m) for m in methods if (row := maps.get((r.rel, m.name))) is not None]
+    why_not = []  # --target pred,label: the true class's maps of a misclassified image
     for m in methods:
-        row = maps.get((r.rel, m.name))
-        if row is not None:
-            views.append(
-                MapView(
-                    m.name,
-                    m.title,
-                    m,
-                    url(row.png),
-                    url(row.thumb or row.png),
-                    url(row.npy),
-                    [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-                    npy_rel=row.npy,
-                    config_hash=row.config_hash,
-                    **_faith_view(row),
-                    **_scale_view(row, m),
-                )
-            )
+        if (row := maps.get((r.rel, targets.label_key(m.name)))) is not None:
+            why_not.append(_view(row, m))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
@@ -120,6 +106,24 @@ def make_card(
         sha256=r.sha256[:12],
         size=r.size,
         mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
+        label_maps=why_not,
+    )
+
+
+def _view(row: MapRow, m: MethodInfo) -> MapView:
+    """What a card shows of one map row of method ``m`` (its prediction's map or its true class's)."""
+    return MapView(
+        m.name,
+        m.title,
+        m,
+        url(row.png),
+        url(row.thumb or row.png),
+        url(row.npy),
+        [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
+        npy_rel=row.npy,
+        config_hash=row.config_hash,
+        **_faith_view(row),
+        **_scale_view(row, m),
     )
 
 

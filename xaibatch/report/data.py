@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .. import layout
+from .. import layout, targets
 from ..files import file_sha256
 from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow
@@ -32,6 +32,7 @@ def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present:
         except BadRecord:
             continue
     latest = current.methods if current is not None else {}
+    present = {p for p in present if not targets.is_label_key(p)}  # a method's true-class maps: not a method
     names = list(latest) + sorted(present - set(latest))
     out = []
     for name in names:
@@ -63,6 +64,15 @@ def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present:
     return out
 
 
+def target_words(mode: str) -> str:
+    """What a run's maps explain, in words (its --target)."""
+    if mode == "label":
+        return "the folder's label"
+    if targets.label_maps(mode):
+        return "the predicted class, and for a misclassified image also its true class"
+    return "the predicted class"
+
+
 def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[tuple[str, str]]:
     config = config or RunConfig.empty()
     model = config.model
@@ -74,7 +84,7 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
         ("Checkpoint sha256", sha[:12] if sha else "–"),
         ("Input size", f"{model.input_size} px" if model.input_size else "–"),
         ("Classes", fmt_value(config.class_names or None)),
-        ("Maps explain", "the folder's label" if model.target == "label" else "the predicted class"),
+        ("Maps explain", target_words(config.target_mode())),
         ("Decision", decision_words(config.decision)),
         ("Target layer", fmt_value(config.layer)),
         ("Layer grid", "×".join(str(g) for g in grid) if grid else "–"),
@@ -195,7 +205,7 @@ def assemble(
         sections=sections,
         page_size=model.PAGE_SIZE,
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
-        target_words=("the folder's label" if run.model.target == "label" else "the predicted class"),
+        target_words=target_words(run.model.target),
         input_dir=source,
     )
     history.apply(data)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
+from .. import targets
 from ..errors import UsageError
 from ..files import NotRegularFile, open_regular, safe_join
 from ..layout import display_size
@@ -101,6 +102,7 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     """Store a view on every map row that lacks one (rows written before views existed): each such map is read
     once, on the first report after an upgrade, never again. An unreadable map gets ``{"scale": None}``."""
     signed = {m.name: m.signed for m in methods}
+    signed.update({targets.label_key(m.name): m.signed for m in methods})
     todo = manifest.db.execute(
         "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
         " WHERE m.view_json IS NULL"
@@ -215,8 +217,9 @@ def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
 # -- the records ---------------------------------------------------------------------------------------------
 
 
-def map_record(v: MapView, c: Card) -> dict[str, Any]:
-    ticks, note = scale_texts(v, c.target)
+def map_record(v: MapView, c: Card, target: str | None = None) -> dict[str, Any]:
+    """One map of the detail view; ``target``: the class it explains when not the card's (a true-class map)."""
+    ticks, note = scale_texts(v, target or c.target)
     rec: dict[str, Any] = {
         "m": v.method,
         "png": v.png,
@@ -242,7 +245,7 @@ def neighbour(c: Card | None, page: int) -> dict[str, Any] | None:
 
 def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str, Any] | None) -> dict[str, Any]:
     """One image's detail view: every fact the page shows, as text the browser only places."""
-    return {
+    rec = {
         "id": c.cid,
         "rel": c.rel,
         "label": c.label,
@@ -265,6 +268,9 @@ def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str,
         "prev": neighbour(prev, c.page),
         "next": neighbour(nxt, c.page),
     }
+    if c.label_maps:  # --target pred,label, misclassified: each method's map of the true class, a second row
+        rec["label_maps"] = [map_record(v, c, c.label) for v in c.label_maps]
+    return rec
 
 
 def site_record(methods: list[MethodInfo], target_words: str, n_classes: int) -> dict[str, Any]:

@@ -172,6 +172,7 @@ class Card:
     group_key: str = field(default="", repr=False)
     index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
     page: int = 1
+    label_maps: list[MapView] = field(default_factory=list)  # --target pred,label, misclassified: "why not" maps
 
 
 @dataclass

@@ -177,7 +177,7 @@ class PageWriter:
             self.files.write(STATE_NAME, body)
 
 
-_card_fields = operator.attrgetter(*(f.name for f in fields(Card) if f.repr and f.name != "maps"))
+_card_fields = operator.attrgetter(*(f.name for f in fields(Card) if f.repr and f.name not in ("maps", "label_maps")))
 
 
 _map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr))
@@ -185,7 +185,7 @@ _map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr))
 
 def _card_key(c: Card) -> str:
     """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
-    return repr((_card_fields(c), [_map_fields(v) for v in c.maps]))
+    return repr((_card_fields(c), [_map_fields(v) for v in c.maps], [_map_fields(v) for v in c.label_maps]))
 
 
 def _asset_source(name: str, template_dir: Path | None) -> bytes:
