@@ -89,7 +89,9 @@ BUILTIN_METHODS = ("gradcam", "guided-gradcam", "lime")
 
 def _known_methods(names):
     """Each name resolves to a method (the registry, with its close matches when one does not)."""
-    if all(m in BUILTIN_METHODS for m in names):
+    from .method_specs import is_library_method
+
+    if all(m in BUILTIN_METHODS or is_library_method(m) for m in names):
         return list(names)
     method_class = _heavy_import(lambda: __import__("xaibatch.methods", fromlist=["method_class"]).method_class)
     return [m for m in names if method_class(m)]
