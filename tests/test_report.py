@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -876,6 +877,7 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
     m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
+    before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -883,7 +885,43 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
         check=True,
         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
     )
-    assert "matplotlib.figure" in r.stdout
+    after = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}  # drawn by a forked process or here
+    new = set(after) - set(before)
+    assert any(n.startswith("confidence-") for n in new) and all(b"<svg" in after[n] for n in new)
+
+
+def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path, monkeypatch):
+    """report/linked.py:Drawings draws the SVGs in a forked process beside the pages; the bytes are the same as
+    drawn here (one core), and a drawing process that dies is replaced by drawing here."""
+    import importlib
+
+    linked = importlib.import_module("xaibatch.report.linked")
+    out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
+
+    def drawn() -> dict[str, bytes]:
+        for d in ("figures", "assets"):
+            shutil.rmtree(out / d, ignore_errors=True)
+        (out / report.model.STATE_NAME).unlink(missing_ok=True)
+        report.render(out)
+        return {p.name: p.read_bytes() for d in ("figures", "assets") for p in (out / d).glob("*.svg")}
+
+    forked = drawn()
+    assert len(forked) == 4  # two figures, two colour bars
+    monkeypatch.setattr(linked.os, "cpu_count", lambda: 1)
+    assert drawn() == forked
+    monkeypatch.undo()
+    started = []
+    real_fork = linked.os.fork
+
+    def fork_that_dies():
+        pid = real_fork()
+        if pid == 0:
+            linked.os._exit(3)
+        started.append(pid)
+        return pid
+
+    monkeypatch.setattr(linked.os, "fork", fork_that_dies)
+    assert drawn() == forked and started
 
 
 def test_css_gradients_are_the_overlays_colours():
