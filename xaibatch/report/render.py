@@ -50,14 +50,31 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     return env
 
 
-_card_fields = operator.attrgetter(*(f.name for f in fields(Card) if f.repr and f.name != "maps"))
-
-
-_map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr))
+# Fields computed from other fields by this version's code (the site key holds the version): left out of the key.
+DERIVED = {
+    "cid",  # rel
+    "conf_text",  # confidence
+    "conf_attr",
+    "image",  # stem
+    "thumb",  # stem, width, height
+    "detail_url",  # detail
+    "methods_attr",  # the maps' methods
+    "disp_w",  # width, height
+    "disp_h",
+    "pixelated",
+    "scale_text",  # scale (and the method's signedness, in the site key)
+    "mag",
+    "weak",
+}
+_card_fields = operator.attrgetter(
+    *(f.name for f in fields(Card) if f.repr and f.name != "maps" and f.name not in DERIVED)
+)
+_map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr and f.name not in DERIVED))
 
 
 def _card_key(c: Card) -> str:
-    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
+    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key and
+    those DERIVED from the others)."""
     return repr((_card_fields(c), [_map_fields(v) for v in c.maps]))
 
 
