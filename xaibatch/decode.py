@@ -118,7 +118,8 @@ def finish_batch(
 ) -> dict[str, Any]:
     """Decode a collated batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
 
-    ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays. A JPEG
+    ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays (the writer's),
+    ``display_on_device`` the same pictures still on ``device`` (None for those PIL decoded). A JPEG
     that the device does not decode (as a whole batch, then alone) is decoded by PIL from its bytes; one
     PIL refuses too joins ``failed`` with PIL's reason and leaves the batch's lists.
     """
@@ -143,8 +144,10 @@ def finish_batch(
         display[j] = display_copy(im)
         b["orig_size"][j] = (im.height, im.width)
     _resize_on_device(on_device, xs, display, input_size)
+    shown = [d.permute(1, 2, 0) if isinstance(d, torch.Tensor) else None for d in display]  # (h, w, 3) views
     _displays_to_host(display)
     keep = [j for j in range(len(xs)) if j not in reasons]
+    b["display_on_device"] = [shown[j] for j in keep]  # batch_pictures overlays these: no copy back up
     b["failed"] = list(b["failed"]) + [(b["index"][j], reasons[j]) for j in sorted(reasons)]
     for key in ("index", "orig_size", "sha256"):
         b[key] = [b[key][j] for j in keep]

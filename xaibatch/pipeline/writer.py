@@ -100,12 +100,15 @@ def batch_pictures(
     orig_sizes: list[tuple[int, int]],
     max_map_side: int = 0,
     views: list | None = None,
+    on_device: list | None = None,
 ):
     """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
 
     ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
     CIFAKE folder: all of them) go through in one call each. ``views``: a list filled with each image's
-    MapRow.view (overlay.views_batch), so the report never reads the maps back.
+    MapRow.view (overlay.views_batch), so the report never reads the maps back. ``on_device``: the display
+    copies already on the device ((h, w, 3) tensors, None where not; decode.finish_batch), used instead of
+    copying ``display`` up again.
     """
     import torch
 
@@ -124,7 +127,11 @@ def batch_pictures(
         full = resize_maps(sel, map_size(h, w, max_map_side), signed)
         dh, dw = display[idx[0]].shape[:2]
         shown = full if tuple(full.shape[1:]) == (dh, dw) else resize_maps(sel, (dh, dw), signed)
-        pics = torch.from_numpy(np.stack([display[i] for i in idx])).to(dev, non_blocking=True)
+        up = [on_device[i] for i in idx] if on_device else []
+        if up and all(u is not None for u in up):
+            pics = torch.stack(up).to(dev, non_blocking=True)
+        else:
+            pics = torch.from_numpy(np.stack([display[i] for i in idx])).to(dev, non_blocking=True)
         over = overlay_batch(pics, shown, signed)
         thumbs = thumbnail_batch(over)
         full_np, over_np = full.cpu().numpy(), over.cpu().numpy()
