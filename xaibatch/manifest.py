@@ -232,8 +232,11 @@ class Manifest:
         return list(self.db.execute("SELECT rel, reason FROM failures ORDER BY rel"))
 
     def put_image(self, row: ImageRow) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.put_images([row])
+
+    def put_images(self, rows: Iterable[ImageRow]) -> None:
+        """Insert or replace image rows (one statement for all: a batch's commit), clearing their failures."""
+        params = [
             (
                 row.rel,
                 row.stem,
@@ -249,32 +252,41 @@ class Manifest:
                 json.dumps(row.probs),
                 row.predict_hash,
                 row.run_id,
-            ),
-        )
-        self.db.execute("DELETE FROM failures WHERE rel = ?", (row.rel,))
+            )
+            for row in rows
+        ]
+        self.db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+        self.db.executemany("DELETE FROM failures WHERE rel = ?", ((p[0],) for p in params))
 
     def touch_image(self, rel: str, size: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE rel = ?", (size, mtime_ns, rel))
 
     def put_map(self, row: MapRow) -> None:
-        self.db.execute(
+        self.put_maps([row])
+
+    def put_maps(self, rows: Iterable[MapRow]) -> None:
+        """Insert or replace map rows (one statement for all: a batch's commit)."""
+        self.db.executemany(
             "INSERT OR REPLACE INTO maps (rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
             " insertion, faith_json, faith_hash, view_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.rel,
-                row.method,
-                row.config_hash,
-                row.npy,
-                row.png,
-                row.thumb,
-                json.dumps(row.info) if row.info else None,
-                row.run_id,
-                row.deletion,
-                row.insertion,
-                json.dumps(row.faith) if row.faith else None,
-                row.faith_hash,
-                json.dumps(row.view) if row.view else None,
-            ),
+            [
+                (
+                    row.rel,
+                    row.method,
+                    row.config_hash,
+                    row.npy,
+                    row.png,
+                    row.thumb,
+                    json.dumps(row.info) if row.info else None,
+                    row.run_id,
+                    row.deletion,
+                    row.insertion,
+                    json.dumps(row.faith) if row.faith else None,
+                    row.faith_hash,
+                    json.dumps(row.view) if row.view else None,
+                )
+                for row in rows
+            ],
         )
 
     def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:

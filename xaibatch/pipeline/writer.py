@@ -180,7 +180,12 @@ class Writer(threading.Thread):
         self.error: BaseException | None = None
         self.on_done = on_done
         write = lambda f, it, r: write_item(f, it, r)  # looked up per call: what this module holds then
-        self.pool = WriterPool(self.out_dir, writers, write) if writers > 0 and can_fork() else None
+        if writers > 0 and can_fork():
+            from .shares import pack, unpack  # a share's pixels in one buffer (shares.py imports this module)
+
+            self.pool: WriterPool | None = WriterPool(self.out_dir, writers, write, pack, unpack)
+        else:
+            self.pool = None
         self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
 
     def put(self, job: WriteJob) -> None:
@@ -324,12 +329,10 @@ def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[]
     """Commit a batch's rows in one transaction (its files are in place), then delete the files it discards."""
     with manifest.transaction():
         check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
-        for row in record.image_rows:
-            manifest.put_image(row)
+        manifest.put_images(record.image_rows)
         for rel, method in record.drop_maps:
             manifest.remove_map(rel, method)
-        for map_row in record.map_rows:
-            manifest.put_map(map_row)
+        manifest.put_maps(record.map_rows)
         for rel, reason in record.failed:
             manifest.put_failure(rel, reason, record.run_id)
     unlink_all(out_dir, record.discard)
