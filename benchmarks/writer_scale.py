@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xaibatch.pipeline.writer import batch_pictures, display_thumbs  # noqa: E402
+from xaibatch.pipeline.pictures import batch_pictures, display_thumbs  # noqa: E402
 from xaibatch.tools.bench.parts import files_per_image, floor_files, write_batches  # noqa: E402
 
 

@@ -147,7 +147,7 @@ def test_device_path_matches_the_pil_path(photos, size):
 def test_overlays_use_the_display_copies_left_on_the_device(photos):
     """finish_batch keeps each device-decoded display copy on the device (display_on_device): batch_pictures
     overlays those instead of copying the host copies back up, with the same pictures."""
-    from xaibatch.pipeline.writer import batch_pictures
+    from xaibatch.pipeline.pictures import batch_pictures
 
     root, how = photos
     entries = scan(root, labeled=False).images

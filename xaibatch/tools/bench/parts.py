@@ -100,7 +100,7 @@ def floor_files(out: Path, n: int, size: int) -> None:
 def writer_alone(b: Bench) -> Job:
     """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
     from ...defaults import default_writers
-    from ...pipeline.writer import batch_pictures, display_thumbs
+    from ...pipeline.pictures import batch_pictures, display_thumbs
 
     size, bs = b.opts.image_size, b.bs
     display = [b.images[i % b.n] for i in range(bs)]
