@@ -910,6 +910,10 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
     monkeypatch.setattr(linked.os, "cpu_count", lambda: 1)
     assert drawn() == forked
     monkeypatch.undo()
+    monkeypatch.setattr(linked.os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked beside a thread")))
+    monkeypatch.setattr(linked.threading, "active_count", lambda: 2)
+    assert drawn() == forked
+    monkeypatch.undo()
     started = []
     real_fork = linked.os.fork
 

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import signal
+import threading
 from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any, Callable
@@ -136,8 +137,8 @@ def _colour_bar(signed: bool) -> bytes:
 class Drawings:
     """The SVGs this write must draw (matplotlib: about 0.6 s of CPU with its import). With a second core they
     are drawn by a forked process while this one renders the pages (:meth:`start`), and written here, through
-    the PageWriter, by :meth:`finish`; without one, or when that process fails, they are drawn here (so a
-    drawing's own error is raised as it would be inline)."""
+    the PageWriter, by :meth:`finish`; without one, beside other threads (a run has none by then), or when that
+    process fails, they are drawn here (so a drawing's own error is raised as it would be inline)."""
 
     def __init__(self, w: PageWriter) -> None:
         self.w = w
@@ -151,6 +152,8 @@ class Drawings:
 
     def start(self) -> None:
         if not self.todo or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+            return
+        if threading.active_count() > 1:  # forking beside other threads (a server, Ray's driver) is not safe
             return
         from ..pipeline.signals import die_with_parent  # imported before the fork: the child imports no more of ours
 
