@@ -4,18 +4,13 @@ figures (named by a hash of their numbers: unchanged numbers are never redrawn).
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
-import os
-import pickle
-import signal
-import threading
-from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any, Callable
 
 from ..resources import templates_dir
+from .forked import Forked
 from .model import ASSET_NAMES, ReportData, url
 from .output import PageWriter
 
@@ -136,53 +131,27 @@ def _colour_bar(signed: bool) -> bytes:
 
 class Drawings:
     """The SVGs this write must draw (matplotlib: about 0.6 s of CPU with its import). With a second core they
-    are drawn by a forked process while this one renders the pages (:meth:`start`), and written here, through
-    the PageWriter, by :meth:`finish`; without one, beside other threads (a run has none by then), or when that
-    process fails, they are drawn here (so a drawing's own error is raised as it would be inline)."""
+    are drawn by a forked process while this one renders the pages (:meth:`start`, report/forked.py), and
+    written here, through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are
+    drawn here (so a drawing's own error is raised as it would be inline)."""
 
     def __init__(self, w: PageWriter) -> None:
         self.w = w
         self.todo: list[tuple[str, Callable[[], bytes]]] = []
-        self.pid = 0
-        self.conn: Any = None
+        self.child: Forked | None = None
 
     def add(self, rel: str, draw: Callable[[], bytes]) -> None:
         self.w.paths.add(rel)  # the pages may link it now (and a second colour map of the same kind finds it)
         self.todo.append((rel, draw))
 
     def start(self) -> None:
-        if not self.todo or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
-            return
-        if threading.active_count() > 1:  # forking beside other threads (a server, Ray's driver) is not safe
-            return
-        from ..pipeline.signals import die_with_parent  # imported before the fork: the child imports no more of ours
-
-        mine, theirs = Pipe(duplex=False)
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the child: draws, sends the bytes, never returns
-            code = 1
-            try:
-                mine.close()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it (finish or abandon)
-                gc.disable()
-                die_with_parent(parent)
-                theirs.send_bytes(pickle.dumps([draw() for _rel, draw in self.todo], protocol=pickle.HIGHEST_PROTOCOL))
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid, self.conn = pid, mine
+        if self.todo:
+            todo = list(self.todo)
+            self.child = Forked(lambda: [draw() for _rel, draw in todo])
 
     def finish(self) -> None:
         """Write every drawing: the child's bytes when it sent them all, else each drawn here."""
-        drawn: list[Any] | None = None
-        if self.conn is not None:
-            try:
-                drawn = pickle.loads(self.conn.recv_bytes())
-            except (EOFError, OSError, pickle.UnpicklingError):
-                drawn = None
-            self.abandon()
+        drawn = self.child.result() if self.child is not None else None
         if not isinstance(drawn, list) or len(drawn) != len(self.todo):
             drawn = [draw() for _rel, draw in self.todo]
         for (rel, _draw), body in zip(self.todo, drawn, strict=True):
@@ -191,16 +160,5 @@ class Drawings:
 
     def abandon(self) -> None:
         """Stop and reap the drawing process, if any (also when the pages failed)."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        if self.pid:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = 0
+        if self.child is not None:
+            self.child.abandon()

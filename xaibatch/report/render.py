@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import operator
+import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -15,6 +16,7 @@ import jinja2
 
 from .. import layout
 from ..errors import UsageError, XaibatchError
+from ..files import OutputDir
 from ..manifest import Manifest
 from ..resources import templates_dir
 from . import snapshot
@@ -23,6 +25,7 @@ from .predictions import write_predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
+from .forked import Forked
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
 from .model import Card, MapView, ReportData, TEMPLATE_NAMES
 from .output import PageWriter, WriteStats, remove_stale
@@ -135,11 +138,16 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
         keys = [_card_key(c) for c in data.cards]
-        _write_details(w, env, data, site, site_key, keys)
-        _write_gallery(w, env, data, site_key, keys, template_dir)
-        w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
-        summary = snapshot.save(data)
-        _write_summary(w, env, data)
+        details = Forked(lambda: _details_in_child(w, env, data, site, site_key, keys))  # beside the gallery
+        try:
+            _write_gallery(w, env, data, site_key, keys, template_dir)
+            w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
+            summary = snapshot.save(data)
+            _write_summary(w, env, data)
+            if not _merge_details(w, details.result()):
+                _write_details(w, env, data, site, site_key, keys)
+        finally:
+            details.abandon()
         drawings.finish()
     finally:
         drawings.abandon()
@@ -180,6 +188,37 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
         "<", "\\u003c"
     )
     return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
+
+
+def _details_in_child(
+    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, keys: list[str]
+) -> tuple[Any, ...]:
+    """In a forked process (report/forked.py): write the detail files as :func:`_write_details` does, through an
+    OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter must learn."""
+    w.files = OutputDir(w.out, pid=os.getppid())
+    w.stats = WriteStats(index=w.stats.index)
+    w.paths, w.fingerprints, w.truths = set(), {}, {}
+    try:
+        _write_details(w, env, data, site, site_key, keys)
+    finally:
+        w.files.close()
+    s = w.stats
+    return sorted(w.paths), w.fingerprints, w.truths, s.written, s.unchanged, s.pages, s.biggest_page
+
+
+def _merge_details(w: PageWriter, got: Any) -> bool:
+    """Take in what :func:`_details_in_child` returned; False when there is nothing (write them here)."""
+    if not isinstance(got, tuple) or len(got) != 7:
+        return False
+    paths, fingerprints, truths, written, unchanged, pages, biggest = got
+    w.paths.update(paths)
+    w.fingerprints.update(fingerprints)
+    w.truths.update(truths)
+    s = w.stats
+    s.written, s.unchanged, s.pages = s.written + written, s.unchanged + unchanged, s.pages + pages
+    if biggest[1] > s.biggest_page[1]:
+        s.biggest_page = tuple(biggest)
+    return True
 
 
 def _write_details(
