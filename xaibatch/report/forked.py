@@ -25,9 +25,10 @@ def can_fork() -> bool:
 class Forked:
     """``fn()`` in a forked process, started now (when :func:`can_fork`)."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], Any], when: bool = True) -> None:
+        """``when`` False: no process (the caller does the work itself)."""
         self.pid, self.conn = 0, None
-        if not can_fork():
+        if not when or not can_fork():
             return
         from ..pipeline.signals import die_with_parent  # imported before the fork: the child imports no more of ours
 

@@ -138,7 +138,8 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
         keys = [_card_key(c) for c in data.cards]
-        details = Forked(lambda: _details_in_child(w, env, data, site, site_key, keys))  # beside the gallery
+        # A first build (no saved fingerprints) writes every detail file: a forked process does, beside the gallery.
+        details = Forked(lambda: _details_in_child(w, env, data, site, site_key, keys), when=not w.previous)
         try:
             _write_gallery(w, env, data, site_key, keys, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
