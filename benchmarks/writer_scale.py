@@ -26,15 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xaibatch import layout  # noqa: E402
-from xaibatch.pipeline.writer import (
-    MapPictures,
-    WriteItem,
-    WriteJob,
-    Writer,
-    batch_pictures,  # noqa: E402
-    display_thumbs,
-)
+from xaibatch.pipeline.pictures import batch_pictures, display_thumbs  # noqa: E402
+from xaibatch.tools.bench.parts import files_per_image, floor_files, write_batches  # noqa: E402
 
 
 def pictures(size: int, batch: int):
@@ -47,44 +40,6 @@ def pictures(size: int, batch: int):
     display = list((big + rng.normal(0, 8, big.shape)).clip(0, 255).astype(np.uint8))
     maps = torch.rand(batch, 7, 7, generator=torch.Generator().manual_seed(0))
     return display, batch_pictures(display, maps, False, [(size, size)] * batch), display_thumbs(display)
-
-
-def writer_run(out: Path, n: int, size: int, batch: int, pics, writers: int) -> None:
-    display, maps, thumbs = pics
-    w = Writer(out, writers=writers)
-    w.start()
-    try:
-        for a in range(0, n, batch):
-            items = [
-                WriteItem(
-                    f"img_{i:06d}.png",
-                    f"img_{i:06d}",
-                    size,
-                    size,
-                    display[i - a],
-                    thumbs[i - a],
-                    [MapPictures("gradcam", "bench", *maps[i - a])],
-                )
-                for i in range(a, min(n, a + batch))
-            ]
-            w.put(WriteJob(1, items))
-    finally:
-        w.finish()
-
-
-def floor_run(out: Path, n: int, size: int) -> None:
-    """Atomic writes alone, as ``xaibatch bench`` times them: temporary name, write, rename; one thread."""
-    per_image = 3 + 2 * (size > layout.THUMB_SIDE)
-    body = bytes(3 * size * size // 2)
-    d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for i in range(n * per_image):
-            fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
-            os.write(fd, body)
-            os.close(fd)
-            os.rename(f".{i}.tmp", f"{i}", src_dir_fd=d, dst_dir_fd=d)
-    finally:
-        os.close(d)
 
 
 def cpu() -> tuple[float, float]:
@@ -103,9 +58,9 @@ def measure(size: int, n: int, batch: int, writers: list[int], rounds: int, root
             u0, s0 = cpu()
             t0 = time.perf_counter()
             if k is None:
-                floor_run(out, n if r else min(n, batch), size)
+                floor_files(out, n if r else min(n, batch), size)
             else:
-                writer_run(out, n if r else min(n, batch), size, batch, pics, k)
+                write_batches(out, n if r else min(n, batch), size, batch, pics, k)
             dt = time.perf_counter() - t0
             u1, s1 = cpu()
             shutil.rmtree(out, ignore_errors=True)
@@ -133,7 +88,7 @@ def main() -> None:
         for size in (int(s) for s in a.size.split(",")):
             res = measure(size, a.images, a.batch, writers, a.rounds, root / "runs")
             floor = res["floor"][0]
-            per = 3 + 2 * (size > layout.THUMB_SIDE)
+            per = files_per_image(size)
             print(f"\n{size} px ({per} atomic files per image)")
             print(f"  {'configuration':<34}{'img/s':>9}{'/ floor':>9}{'CPU user s':>12}{'CPU sys s':>11}")
             for name, (rate, u, s) in res.items():

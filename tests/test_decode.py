@@ -146,6 +146,33 @@ def test_device_path_matches_the_pil_path(photos, size):
     assert pil["chelsea_exif6.jpg"]["orig_size"] == (451, 300)  # rotated: taller than wide
 
 
+def test_overlays_use_the_display_copies_left_on_the_device(photos):
+    """finish_batch keeps each device-decoded display copy on the device (display_on_device): batch_pictures
+    overlays those instead of copying the host copies back up, with the same pictures."""
+    from xaibatch.pipeline.pictures import batch_pictures
+
+    root, how = photos
+    entries = scan(root, labeled=False).images
+    ds = ImageDataset(entries, 64, jpeg_bytes=True)
+    b = finish_batch(collate([ds[i] for i in range(len(ds))]), CPU, 64)
+    shown = b.display_on_device
+    assert len(shown) == len(b.display) == len(b.index)
+    on_device = [how[entries[i].rel] == "device" for i in b.index]
+    assert any(on_device) and not all(on_device)
+    for j, t in enumerate(shown):
+        assert (t is not None) == on_device[j]
+        if t is not None:
+            assert t.shape == b.display[j].shape and np.array_equal(t.numpy(), b.display[j])
+    maps = torch.rand(len(shown), 8, 8, generator=torch.Generator().manual_seed(0))
+    sizes = [tuple(s) for s in b.orig_size]
+    for signed in (False, True):
+        got = batch_pictures(b.display, maps, signed, sizes, 0, None, shown)
+        want = batch_pictures(b.display, maps, signed, sizes)
+        for g, w in zip(got, want, strict=True):
+            for x, y in zip(g, w, strict=True):
+                assert (x is None and y is None) or np.array_equal(x, y)
+
+
 def test_predictions_agree(photos):
     root, _ = photos
     size = 224

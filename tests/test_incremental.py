@@ -150,6 +150,24 @@ def test_touched_file_is_hashed_once_then_fast_again(tmp_path, tiny_ckpt, monkey
     assert r.computed == 0
 
 
+def test_a_rerun_hashes_each_moved_file_once(tmp_path, tiny_ckpt, monkeypatch):
+    """The cached setup plans first and finds work; the run's own plan reuses its hashes (Scan.digests)."""
+    inp = tmp_path / "in"
+    paths = write_images(inp, 6)
+    out = tmp_path / "out"
+    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[1])  # changed
+    _bump_mtime(paths[1])
+    _bump_mtime(paths[3])  # touched
+    hashed: list[str] = []
+    real = plan.file_sha256
+    monkeypatch.setattr(plan, "file_sha256", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    assert (r.changed, r.computed, r.unchanged) == (1, 1, 5)
+    assert sorted(hashed) == sorted([paths[1].name, paths[3].name])
+
+
 def test_changed_added_removed(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 8)

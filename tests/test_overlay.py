@@ -51,6 +51,28 @@ def test_encode_png_round_trips(shape):
         assert np.array_equal(np.asarray(im), a)
 
 
+def test_small_pictures_are_stored_uncompressed_and_larger_ones_compressed():
+    """Up to PNG_STORE_MAX_BYTES of rows a PNG's one deflate block is stored (no zlib set-up); above, compressed."""
+    import zlib
+
+    from xaibatch.overlay import PNG_STORE_MAX_BYTES
+
+    def idat(png: bytes) -> bytes:
+        at = png.index(b"IDAT")
+        return png[at + 4 : at + 4 + int.from_bytes(png[at - 4 : at], "big")]
+
+    smooth = np.kron(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), np.ones((16, 16, 3), np.uint8))  # 64x64
+    for side, stored in ((32, True), (64, False)):
+        a = np.ascontiguousarray(smooth[:side, :side])
+        assert (side * (3 * side + 1) <= PNG_STORE_MAX_BYTES) == stored
+        z = idat(encode_png(a))
+        assert (z[2] & 0x06 == 0) == stored  # BTYPE 00: a stored block
+        rows = zlib.decompress(z)
+        assert len(rows) == side * (3 * side + 1) and (len(z) > len(rows)) == stored
+        with Image.open(io.BytesIO(encode_png(a))) as im:
+            assert np.array_equal(np.asarray(im), a)
+
+
 def test_thumbnail_batch_is_pil_within_one_level_and_none_when_small():
     rng = np.random.default_rng(2)
     big = rng.integers(0, 256, (2, 300, 200, 3), dtype=np.uint8)

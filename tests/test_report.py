@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -876,6 +877,7 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
     m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
+    before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -883,7 +885,89 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
         check=True,
         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
     )
-    assert "matplotlib.figure" in r.stdout
+    after = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}  # drawn by a forked process or here
+    new = set(after) - set(before)
+    assert any(n.startswith("confidence-") for n in new) and all(b"<svg" in after[n] for n in new)
+
+
+def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path, monkeypatch):
+    """report/linked.py:Drawings draws the SVGs in a forked process beside the pages (report/forked.py); the
+    bytes are the same as drawn here (one core, another thread running), and a drawing process that dies is
+    replaced by drawing here."""
+    import importlib
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
+
+    def drawn() -> dict[str, bytes]:
+        for d in ("figures", "assets"):
+            shutil.rmtree(out / d, ignore_errors=True)
+        (out / report.model.STATE_NAME).unlink(missing_ok=True)
+        report.render(out)
+        return {p.name: p.read_bytes() for d in ("figures", "assets") for p in (out / d).glob("*.svg")}
+
+    forked = drawn()
+    assert len(forked) == 4  # two figures, two colour bars
+    monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: 1)
+    assert drawn() == forked
+    monkeypatch.undo()
+    monkeypatch.setattr(forked_mod.os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked beside a thread")))
+    monkeypatch.setattr(forked_mod.threading, "active_count", lambda: 2)
+    assert drawn() == forked
+    monkeypatch.undo()
+    started = []
+    real_fork = forked_mod.os.fork
+
+    def fork_that_dies():
+        pid = real_fork()
+        if pid == 0:
+            forked_mod.os._exit(3)
+        started.append(pid)
+        return pid
+
+    monkeypatch.setattr(forked_mod.os, "fork", fork_that_dies)
+    assert drawn() == forked and started
+
+
+def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
+    """render.py writes the detail data files in a forked process beside the gallery (report/forked.py): the
+    same files, counts and cached ground truths as written here (one core), and here again when it dies."""
+    import importlib
+    import shutil
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    _inp, out, _masks = truth_run
+
+    def written(name: str) -> tuple[dict[str, bytes], tuple, dict]:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        for top in ("detail", "gallery"):
+            shutil.rmtree(copy / top, ignore_errors=True)
+        (copy / report.model.STATE_NAME).unlink(missing_ok=True)
+        s = report.render(copy)
+        files = {
+            str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")
+        }
+        state = json.loads((copy / report.model.STATE_NAME).read_text())
+        return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+
+    forked = written("forked")
+    assert any(k.startswith("detail/") and k.endswith(".js") for k in forked[0]) and forked[2]["truth"]
+    monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: 1)
+    assert written("inline") == forked
+    monkeypatch.undo()
+    real_fork = forked_mod.os.fork
+    started = []
+
+    def fork_that_dies():
+        pid = real_fork()
+        if pid == 0:
+            forked_mod.os._exit(3)
+        started.append(pid)
+        return pid
+
+    monkeypatch.setattr(forked_mod.os, "fork", fork_that_dies)
+    assert written("died") == forked and len(started) == 1  # the details' (the figures are there already)
 
 
 def test_css_gradients_are_the_overlays_colours():

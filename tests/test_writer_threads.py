@@ -234,3 +234,44 @@ def test_writer_count_is_not_in_the_request(tmp_path):
         request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64) for n in (None, 0, 3)
     }
     assert len(keys) == 1
+
+
+def test_a_share_crosses_the_pipe_stacked_and_comes_back_the_same():
+    """shares.pack stacks a share's pictures per kind (one image size) and falls back to the items otherwise;
+    unpack gives back the arrays and names write_item uses."""
+    import pickle
+
+    from xaibatch.pipeline.shares import pack, unpack
+
+    rng = np.random.default_rng(0)
+
+    def item(i: int, side: int, thumb: bool) -> WriteItem:
+        pics = rng.integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+        mp = [
+            MapPictures(m, "h", rng.random((side, side), dtype=np.float32), pics[1], pics[1][:4] if thumb else None)
+            for m in ("gradcam", "lime")
+        ]
+        return WriteItem(f"a/{i}.png", f"a/{i}", side, side, pics[0], pics[0][:8] if thumb else None, mp)
+
+    def same(a: WriteItem, b: WriteItem) -> bool:
+        arrays = [(a.display, b.display), (a.display_thumb, b.display_thumb)] + [
+            (getattr(x, f), getattr(y, f))
+            for x, y in zip(a.maps, b.maps, strict=True)
+            for f in ("array", "overlay", "thumb")
+        ]
+        return (a.rel, a.stem, a.width, a.height, [m.method for m in a.maps]) == (
+            b.rel,
+            b.stem,
+            b.width,
+            b.height,
+            [m.method for m in b.maps],
+        ) and all((x is None and y is None) or (x.dtype == y.dtype and np.array_equal(x, y)) for x, y in arrays)
+
+    uniform = [item(i, 16, thumb=True) for i in range(5)]
+    mixed = uniform[:2] + [item(9, 24, thumb=False)]
+    packed = pack(uniform)
+    assert packed[0] == "stacked" and packed[2]["0.array"].shape == (5, 16, 16)
+    assert isinstance(pack(mixed), list)
+    for items in (uniform, mixed):
+        back = unpack(pickle.loads(pickle.dumps(pack(items), protocol=pickle.HIGHEST_PROTOCOL)))
+        assert len(back) == len(items) and all(same(a, b) for a, b in zip(items, back, strict=True))

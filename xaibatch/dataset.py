@@ -55,6 +55,7 @@ class LoadedBatch:
     x: torch.Tensor | None = None  # (B, 3, S, S) uint8
     segments: torch.Tensor | None = None  # (B, S, S) int64: LIME's superpixels, made in the workers
     undecoded: Undecoded | None = None
+    display_on_device: list[torch.Tensor | None] | None = None  # --decode device: the display copies still there
 
     def pin_memory(self) -> LoadedBatch:
         """Page-locked input tensors (the DataLoader's ``pin_memory=True`` calls this on a custom batch)."""

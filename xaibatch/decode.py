@@ -118,7 +118,8 @@ def resize(imgs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixels: int = MAX_PIXELS) -> LoadedBatch:
     """Decode a loaded batch's JPEG bytes on ``device``: afterwards it is a batch like the PIL path's.
 
-    ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays. A JPEG
+    ``x`` becomes one (B, 3, S, S) uint8 tensor on ``device``, ``display`` (h, w, 3) uint8 arrays (the writer's),
+    ``display_on_device`` the same pictures still on ``device`` (None for those PIL decoded). A JPEG
     that the device does not decode (as a whole batch, then alone) is decoded by PIL from its bytes; one
     PIL refuses too joins ``failed`` with PIL's reason and leaves the batch's lists.
     """
@@ -144,6 +145,7 @@ def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixe
         display[j] = display_copy(im)
         orig_size[j] = (im.height, im.width)
     _resize_on_device(on_device, xs, display, input_size)
+    shown = [d.permute(1, 2, 0) if isinstance(d, torch.Tensor) else None for d in display]  # (h, w, 3) views
     _displays_to_host(display)
     keep = [j for j in range(len(xs)) if j not in reasons]
     return dataclasses.replace(
@@ -155,6 +157,7 @@ def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixe
         display=[display[j] for j in keep],
         x=torch.stack([xs[j].to(device, non_blocking=True) for j in keep]) if keep else None,  # type: ignore[union-attr]
         undecoded=None,
+        display_on_device=[shown[j] for j in keep],  # batch_pictures overlays these: no copy back up
     )
 
 

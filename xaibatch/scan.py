@@ -56,6 +56,7 @@ class Scan:
     images: list[ImageEntry]
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
     empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
+    digests: dict[str, str] = field(default_factory=dict)  # rel -> sha256 the planner hashed (once per scan)
 
 
 def shown(name: str) -> str:

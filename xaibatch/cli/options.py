@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
+from ..method_specs import is_library_method
 from .boundary import checked, heavy_import
 
 # The built-in methods, checked without importing the registry (torch, timm: seconds), so that a cron re-run
@@ -18,7 +18,6 @@ from .boundary import checked, heavy_import
 BUILTIN_METHODS = ("gradcam", "guided-gradcam", "lime")
 # The libraries' methods: a name of this form is checked in full when the run loads its methods (an unknown one is
 # the same one-line error, exit 2, before any image), so that parsing -m cam:scorecam needs no torch either.
-LIBRARY_METHOD = re.compile(r"(cam|captum):[A-Za-z][\w.+-]*")
 
 
 def known_methods(names):
@@ -30,8 +29,9 @@ def known_methods(names):
 
 
 def method_names(names):
-    """-m: built-in names, and library names by their form (see LIBRARY_METHOD); any other name, the registry."""
-    if all(m in BUILTIN_METHODS or LIBRARY_METHOD.fullmatch(m) for m in names):
+    """-m: built-in names, and library names from their torch-free table (method_specs); any other name, the
+    registry (its close matches need torch)."""
+    if all(m in BUILTIN_METHODS or is_library_method(m) for m in names):
         return list(names)
     return known_methods(names)
 

@@ -32,76 +32,12 @@ import torch
 
 from ..errors import ModelError, UsageError
 from .base import Batch, Explanation, Method, ModelContext, check_options, register_method
+from ..method_specs import CAM_PREFIX, CAM_SPECS
 
-PREFIX = "cam:"
+PREFIX = CAM_PREFIX
 COMMON = {"aug_smooth": False, "eigen_smooth": False}  # arguments of every CAM's __call__
 
-# name: (pytorch_grad_cam class, title, batching, extra options and defaults, when to use it)
-SPECS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
-    "gradcam": (
-        "GradCAM",
-        "Grad-CAM",
-        "batch",
-        {},
-        "the library's Grad-CAM: a cross-check of the native gradcam (use that one, it is faster)",
-    ),
-    "gradcam++": (
-        "GradCAMPlusPlus",
-        "Grad-CAM++",
-        "batch",
-        {},
-        "several instances of the class in one image (Grad-CAM tends to mark only the strongest)",
-    ),
-    "hirescam": (
-        "HiResCAM",
-        "HiResCAM",
-        "batch",
-        {},
-        "a map that provably shows where the layer's evidence is (no gradient averaging)",
-    ),
-    "xgradcam": (
-        "XGradCAM",
-        "XGrad-CAM",
-        "batch",
-        {},
-        "Grad-CAM with axiom-based channel weights; similar maps, a little more faithful",
-    ),
-    "layercam": (
-        "LayerCAM",
-        "Layer-CAM",
-        "batch",
-        {},
-        "finer detail from a shallower --target-layer (positive gradients weight each location)",
-    ),
-    "eigencam": (
-        "EigenCAM",
-        "Eigen-CAM",
-        "batch",
-        {},
-        "a class-agnostic look at what the layer attends to (first principal component; ignores --target)",
-    ),
-    "scorecam": (
-        "ScoreCAM",
-        "Score-CAM",
-        "per image (channel-masked copies in model batches of batch_size)",
-        {"batch_size": 16},
-        "gradient-free, less noisy than gradients; one forward per layer channel per image (slow)",
-    ),
-    "ablationcam": (
-        "AblationCAM",
-        "Ablation-CAM",
-        "per image (channel ablations in model batches of batch_size)",
-        {"batch_size": 32, "ratio_channels_to_ablate": 1.0},
-        "gradient-free: the score drop when each channel is removed; slow, robust to saturation",
-    ),
-    "fullgrad": (
-        "FullGrad",
-        "FullGrad",
-        "batch",
-        {},
-        "input gradients plus every bias's gradient map: a fine, complete saliency (ignores the layer)",
-    ),
-}
+SPECS = CAM_SPECS  # (method_specs.py) name: (pytorch_grad_cam class, title, batching, extra options and defaults, when to use it)
 PROBE_SKIPPED = {"scorecam", "ablationcam"}  # a probe would cost a forward per channel
 
 

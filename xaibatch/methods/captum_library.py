@@ -42,10 +42,10 @@ import torch
 from ..errors import ModelError, UsageError
 from .base import Batch, Explanation, Family, Method, ModelContext, check_options, normalize_per_image
 from .base import register_family, register_method
+from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
 from .lime import mask_seed
 
-PREFIX = "captum:"
-NT_PREFIX = PREFIX + "NoiseTunnel."
+PREFIX = CAPTUM_PREFIX
 REDUCTIONS = ("sum", "mean", "abs-max")
 BASELINES = ("zero", "black")
 # Options whose value goes straight to captum's attribute(); the others are read by the adapter.
@@ -61,49 +61,6 @@ PASSED = {
     "nt_samples",
 }
 
-# name: (defaults, batching, when to use it)
-SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "IntegratedGradients": (
-        {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": 0, "baseline": "zero", "reduce": "sum"},
-        "batch",
-        "signed pixel attributions that add up to the logit change from the baseline; the principled default",
-    ),
-    "Saliency": (
-        {"abs": True, "reduce": "abs-max"},
-        "batch",
-        "the plain input gradient: fastest pixel-level sensitivity, noisy",
-    ),
-    "InputXGradient": ({"reduce": "sum"}, "batch", "gradient times input: a cheap signed first-order attribution"),
-    "DeepLift": (
-        {"baseline": "zero", "reduce": "sum"},
-        "batch",
-        "signed attributions like Integrated Gradients at one backward's cost (ReLU nets)",
-    ),
-    "GradientShap": (
-        {"n_samples": 5, "stdevs": 0.0, "baseline": "zero", "reduce": "sum", "seed": 0},
-        "per image (seeded noise; n_samples copies per model batch)",
-        "expected gradients between baseline and image: Integrated Gradients, sampled",
-    ),
-    "Occlusion": (
-        {"window": 0, "stride": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"},
-        "batch",
-        "model-agnostic: the logit drop when each square patch is hidden (window 0: input/8)",
-    ),
-    "FeatureAblation": (
-        {"cell": 0, "baseline": "zero", "perturbations_per_eval": 16, "reduce": "mean"},
-        "batch",
-        "model-agnostic, coarse and cheap: the logit drop when each grid cell is hidden (0: input/8)",
-    ),
-    "GuidedBackprop": ({"reduce": "abs-max"}, "batch", "crisp edges and textures the class is sensitive to"),
-    "GuidedGradCam": (
-        {"interpolate_mode": "nearest", "reduce": "abs-max"},
-        "batch",
-        "captum's Guided Grad-CAM: a cross-check of the native guided-gradcam",
-    ),
-}
-# Methods NoiseTunnel may wrap (the perturbation ones would multiply their cost by nt_samples for little gain).
-TUNNELABLE = ("IntegratedGradients", "Saliency", "InputXGradient", "DeepLift", "GuidedBackprop", "GuidedGradCam")
-NT_DEFAULTS = {"nt_type": "smoothgrad", "nt_samples": 5, "nt_samples_batch_size": 0, "stdevs": 1.0, "seed": 0}
 SIGNED_DEFAULT = {name: spec[0]["reduce"] != "abs-max" for name, spec in SPECS.items()}
 
 

@@ -276,7 +276,9 @@ def build_job(
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
     pictures = {
-        name: batch_pictures(b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name])
+        name: batch_pictures(
+            b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name], b.display_on_device
+        )
         for name, mm in maps.items()
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write

@@ -169,10 +169,13 @@ def make_plan(
     if suspects:
 
         def same(e: ImageEntry) -> bool:
-            try:  # a file grown past the limit since the scan is not read: it fails as it decodes
-                return file_sha256(e.path, MAX_FILE_BYTES) == known.images[e.rel].sha256
-            except OSError:
-                return False
+            digest = found.digests.get(e.rel)  # a cached setup that found work planned over this scan already
+            if digest is None:
+                try:  # a file grown past the limit since the scan is not read: it fails as it decodes
+                    digest = found.digests[e.rel] = file_sha256(e.path, MAX_FILE_BYTES)
+                except OSError:
+                    return False
+            return digest == known.images[e.rel].sha256
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             same_content = dict(zip((e.rel for e in suspects), pool.map(same, suspects)))

@@ -10,11 +10,10 @@ are in place.
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
-from collections import defaultdict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .. import layout
 from ..files import OutputDir, npy_bytes, unlink_all
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import encode_png
+from .pictures import batch_pictures, display_thumbs, map_size  # noqa: F401  (their home before)
 from .writer_pool import WriterPool, can_fork
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
@@ -84,71 +84,6 @@ def writer_threads(device_type: str, workers: int) -> int:
     return max(1, min(8, (os.cpu_count() or 1) - max(1, workers)))
 
 
-def map_size(h: int, w: int, max_side: int) -> tuple[int, int]:
-    """(h, w) of a saved map: the image's size, or, when that is over ``max_side`` x ``max_side`` pixels, scaled
-    down (aspect kept) to about that many pixels; 0: no limit. By area, so a 4000x10 strip keeps its size."""
-    if max_side <= 0 or h * w <= max_side * max_side:
-        return h, w
-    scale = max_side / math.sqrt(h * w)
-    return max(1, min(h, round(h * scale))), max(1, min(w, round(w * scale)))
-
-
-def batch_pictures(
-    display: list[np.ndarray],
-    maps,
-    signed: bool,
-    orig_sizes: list[tuple[int, int]],
-    max_map_side: int = 0,
-    views: list | None = None,
-):
-    """Per image of a batch: (full-size map, overlay, overlay thumbnail or None), computed on ``maps``' device.
-
-    ``maps`` is a (B, h, w) tensor at the model's input size. Images of the same original size (a
-    CIFAKE folder: all of them) go through in one call each. ``views``: a list filled with each image's
-    MapRow.view (overlay.views_batch), so the report never reads the maps back.
-    """
-    import torch
-
-    from ..overlay import overlay_batch, resize_maps, thumbnail_batch, views_batch
-
-    if views is not None:
-        views[:] = [None] * len(display)
-
-    dev = maps.device
-    out: list[Any] = [None] * len(display)
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, size in enumerate(orig_sizes):
-        groups[tuple(size)].append(i)
-    for (h, w), idx in groups.items():
-        sel = maps[idx] if len(idx) < len(display) else maps
-        full = resize_maps(sel, map_size(h, w, max_map_side), signed)
-        dh, dw = display[idx[0]].shape[:2]
-        shown = full if tuple(full.shape[1:]) == (dh, dw) else resize_maps(sel, (dh, dw), signed)
-        pics = torch.from_numpy(np.stack([display[i] for i in idx])).to(dev, non_blocking=True)
-        over = overlay_batch(pics, shown, signed)
-        thumbs = thumbnail_batch(over)
-        full_np, over_np = full.cpu().numpy(), over.cpu().numpy()
-        thumbs_np = None if thumbs is None else thumbs.cpu().numpy()
-        group_views = views_batch(shown, full, signed) if views is not None else None
-        for j, i in enumerate(idx):
-            out[i] = (full_np[j], over_np[j], None if thumbs_np is None else thumbs_np[j])
-            if views is not None:
-                views[i] = group_views[j]
-    return out
-
-
-def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
-    """Thumbnails of display copies larger than a thumbnail (None for the others), on the CPU."""
-    import torch
-
-    from ..overlay import thumbnail_batch
-
-    return [
-        None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
-        for d in display
-    ]
-
-
 class Writer(threading.Thread):
     """Writes each job's files, then commits its rows (one transaction per job), in order.
 
@@ -173,7 +108,12 @@ class Writer(threading.Thread):
         self.error: BaseException | None = None
         self.on_done = on_done
         write = lambda f, it, r: write_item(f, it, r)  # looked up per call: what this module holds then
-        self.pool = WriterPool(self.out_dir, writers, write) if writers > 0 and can_fork() else None
+        if writers > 0 and can_fork():
+            from .shares import pack, unpack  # a share's pixels in one buffer (shares.py imports this module)
+
+            self.pool: WriterPool | None = WriterPool(self.out_dir, writers, write, pack, unpack)
+        else:
+            self.pool = None
         self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
 
     def put(self, job: WriteJob) -> None:
@@ -317,12 +257,10 @@ def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[]
     """Commit a batch's rows in one transaction (its files are in place), then delete the files it discards."""
     with manifest.transaction():
         check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
-        for row in record.image_rows:
-            manifest.put_image(row)
+        manifest.put_images(record.image_rows)
         for rel, method in record.drop_maps:
             manifest.remove_map(rel, method)
-        for map_row in record.map_rows:
-            manifest.put_map(map_row)
+        manifest.put_maps(record.map_rows)
         for rel, reason in record.failed:
             manifest.put_failure(rel, reason, record.run_id)
     unlink_all(out_dir, record.discard)

@@ -10,6 +10,8 @@ it only while the packaged ``_macros.html`` and ``gallery.html`` are the ones in
 
 from __future__ import annotations
 
+from typing import Any
+
 from markupsafe import Markup, escape
 
 from .model import Card
@@ -17,44 +19,51 @@ from .model import Card
 MACRO_FILES = ("_macros.html", "gallery.html")  # a --template-dir with either of these uses Jinja for cards
 
 
-def card_html(c: Card, root: str, px: int) -> str:
+def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str]] | None = None) -> str:
     """One card. User text (names, classes, titles) is escaped; urls (report.url: percent-encoded), the card
-    id (hex), numbers and ``root`` ("../") hold no character HTML would read, as the macro's output shows."""
+    id (hex), numbers and ``root`` ("../") hold no character HTML would read, as the macro's output shows.
+    ``_parts``: each method's escaped pieces, shared by a page's cards (:func:`cards_html`)."""
     e = escape
+    parts = {} if _parts is None else _parts
     cls = " wrong" if c.correct is False else " right" if c.correct else ""
-    faith = "".join(
-        f' data-del-{e(v.method)}="{v.deletion}" data-ins-{e(v.method)}="{v.insertion}"'
-        for v in c.maps
-        if v.deletion is not None
-    )
-    rel = e(c.rel)
     size = f'width="{px}" height="{px}" loading="lazy"'
-    cols = "".join(
-        f'<span class="col"><img src="{root}{v.thumb}" alt="{e(v.title)} map" data-method='
-        f'"{e(v.method)}" {size}><span class="cap" aria-hidden="true">{e(v.title)}</span></span>'
-        for v in c.maps
-    )
+    faith, cols, mags = [], [], []
+    for v in c.maps:
+        got = parts.get((v.method, v.title))
+        if got is None:
+            m, title = e(v.method), e(v.title)
+            got = parts[(v.method, v.title)] = (
+                m,
+                f'" alt="{title} map" data-method="{m}" {size}><span class="cap" aria-hidden="true">{title}'
+                "</span></span>",
+                f' data-method="{m}"',
+            )
+        m, col_tail, mag_attr = got
+        if v.deletion is not None:
+            faith.append(f' data-del-{m}="{v.deletion}" data-ins-{m}="{v.insertion}"')
+        cols.append(f'<span class="col"><img src="{root}{v.thumb}{col_tail}')
+        if v.mag:
+            mags.append(
+                f'<p class="mag{" weak" if v.weak else ""}"{mag_attr}'
+                f"{f' title={chr(34)}{e(v.weak)}{chr(34)}' if v.weak else ''}>{e(v.title)} scale {e(v.mag)}"
+                f"{' ⚠ weak' if v.weak else ''}</p>"
+            )
+    rel = e(c.rel)
     label = f"true {e(c.label)} · " if c.label is not None else ""
-    mags = "".join(
-        f'<p class="mag{" weak" if v.weak else ""}" data-method="{e(v.method)}"'
-        f"{f' title={chr(34)}{e(v.weak)}{chr(34)}' if v.weak else ''}>{e(v.title)} scale {e(v.mag)}"
-        f"{' ⚠ weak' if v.weak else ''}</p>"
-        for v in c.maps
-        if v.mag
-    )
     return (
         f'<li class="card{cls}" id="{c.cid}" data-conf="{c.conf_attr}" data-name="{rel}" '
-        f'data-methods="{e(c.methods_attr)}"{faith}>\n'
+        f'data-methods="{e(c.methods_attr)}"{"".join(faith)}>\n'
         f'<a class="thumbs" href="{root}{c.detail_url}">\n'
         f'<span class="col"><img src="{root}{c.thumb}" alt="{rel}: original" {size}>'
         f'<span class="cap">Original</span></span>\n'
-        f"{cols}</a>\n"
+        f"{''.join(cols)}</a>\n"
         f'<p class="name">{rel}</p>\n'
         f'<p class="meta">{label}predicted {e(c.pred)} <strong>{c.conf_text}</strong></p>\n'
-        f"{mags}</li>"
+        f"{''.join(mags)}</li>"
     )
 
 
 def cards_html(cards: list[Card], root: str, px: int) -> Markup:
     """A block's cards, as the gallery template's loop over ``ui.card`` writes them."""
-    return Markup("".join(f"{card_html(c, root, px)}\n" for c in cards))
+    parts: dict[Any, tuple[str, str, str]] = {}
+    return Markup("".join(f"{card_html(c, root, px, parts)}\n" for c in cards))

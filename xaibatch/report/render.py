@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import operator
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from urllib.parse import unquote
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 
 from .. import layout
 from ..errors import UsageError, XaibatchError
+from ..files import OutputDir
 from ..manifest import Manifest
-from ..files import OutputDir, safe_join, walk_files
 from ..resources import templates_dir
 from . import snapshot
 from .data import History, assemble, method_infos
@@ -26,17 +25,10 @@ from .predictions import write_predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
-from .model import (
-    ASSET_NAMES,
-    Card,
-    FINGERPRINT_VERSION,
-    MapView,
-    OWNED_DIRS,
-    ReportData,
-    STATE_NAME,
-    TEMPLATE_NAMES,
-    url,
-)
+from .forked import Forked
+from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
+from .model import Card, MapView, ReportData, TEMPLATE_NAMES
+from .output import PageWriter, WriteStats, remove_stale
 from .text import fmt_bytes
 
 
@@ -61,262 +53,32 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     return env
 
 
-@dataclass
-class WriteStats:
-    """What one write_report call did (the benchmark and the tests read it)."""
-
-    index: Path
-    written: int = 0  # files whose bytes changed
-    unchanged: int = 0
-    removed: int = 0
-    pages: int = 0  # HTML pages in the report
-    gallery_pages: int = 0
-    biggest_page: tuple[str, int] = ("", 0)
-    seconds_build: float = 0.0
-    seconds_render: float = 0.0
-    seconds_total: float = 0.0
-    reused: bool = False  # nothing per image changed: only the run history was rendered (see snapshot.py)
-    accuracy: float | None = None  # over labeled images; None when there are none
-
-
-class PageWriter:
-    """Every file of the report goes through here: pages, data files, assets, figures, predictions.csv and
-    the state, each written with :class:`~xaibatch.files.OutputDir` (checked folders, descriptor-relative
-    atomic renames), so a symlink planted under the output folder cannot redirect a write outside it."""
-
-    def __init__(self, out_dir: Path, stats: WriteStats) -> None:
-        self.out = out_dir
-        self.stats = stats
-        self.paths: set[str] = set()
-        self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
-        self.sizes: dict[str, int] | None = None  # page -> size of the file there now (list_pages)
-        self.fingerprints: dict[str, str] = {}
-        self.truth_cache: dict[str, list[Any]] = {}  # mask path -> [fingerprint, truth record] (see _truth)
-        self.truths: dict[str, list[Any]] = {}  # the same, for this write's images
-        for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
-            safe_join(out_dir, top)
-        self.files = OutputDir(out_dir)
-
-    def close(self) -> None:
-        self.files.close()
-
-    def _path(self, rel: str) -> Path:
-        # Lexical check only (resolve() per page costs more than rendering it); the top folders are checked once.
-        parts = rel.split("/")
-        if rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
-            raise UsageError(f"refusing to write report page {rel!r}: not a plain relative path")
-        self.paths.add(rel)
-        return self.out.joinpath(*parts)
-
-    def _count(self, rel: str, size: int) -> None:
-        if rel.endswith(".html"):
-            self.stats.pages += 1
-            if size > self.stats.biggest_page[1]:
-                self.stats.biggest_page = (rel, size)
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Write only when the bytes differ: unchanged files keep their mtime."""
-        self._path(rel)
-        self._count(rel, len(data))
-        if self.files.read(rel, len(data)) == data:
-            self.stats.unchanged += 1
-            return
-        self.files.write(rel, data)
-        self.stats.written += 1
-
-    def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
-        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time and the file is
-        there); otherwise render and write only if the bytes differ."""
-        self.fingerprints[rel] = fingerprint
-        if self.previous.get(rel) == fingerprint:
-            size = (self.sizes or {}).get(rel, -1)
-            if size >= 0:
-                self._path(rel)
-                self._count(rel, size)
-                self.stats.unchanged += 1
-                return
-        self.write(rel, render().encode("utf-8"))
-
-    def list_pages(self) -> None:
-        """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
-        sizes = self.sizes = {}
-        for rel, path in walk_files(self.out, OWNED_DIRS):
-            try:
-                sizes[rel] = os.stat(path).st_size
-            except OSError:
-                pass
-
-    def load_state(self) -> dict[str, Any]:
-        """The state saved by the last write: page fingerprints, the content key and the summary (a cache)."""
-        try:
-            state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
-            if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
-                self.previous = state["pages"]
-                if isinstance(state.get("truth"), dict):
-                    self.truth_cache = state["truth"]
-                return state
-        except (OSError, ValueError, AttributeError):
-            pass
-        self.previous = {}
-        return {}
-
-    def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
-        body = json.dumps(
-            {
-                "version": FINGERPRINT_VERSION,
-                "content": content_key,
-                "summary": summary,
-                "pages": self.fingerprints,
-                "truth": self.truths,
-            },  # in gallery order
-            ensure_ascii=False,
-            separators=(",", ":"),
-            default=str,
-        ).encode("utf-8", "surrogatepass")
-        if self.files.read(STATE_NAME, len(body)) != body:
-            self.files.write(STATE_NAME, body)
-
-
-_card_fields = operator.attrgetter(*(f.name for f in fields(Card) if f.repr and f.name not in ("maps", "label_maps")))
-
-
-_map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr))
+# Fields computed from other fields by this version's code (the site key holds the version): left out of the key.
+DERIVED = {
+    "cid",  # rel
+    "conf_text",  # confidence
+    "conf_attr",
+    "image",  # stem
+    "thumb",  # stem, width, height
+    "detail_url",  # detail
+    "methods_attr",  # the maps' methods
+    "disp_w",  # width, height
+    "disp_h",
+    "pixelated",
+    "scale_text",  # scale (and the method's signedness, in the site key)
+    "mag",
+    "weak",
+}
+_card_fields = operator.attrgetter(
+    *(f.name for f in fields(Card) if f.repr and f.name not in ("maps", "label_maps") and f.name not in DERIVED)
+)
+_map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr and f.name not in DERIVED))
 
 
 def _card_key(c: Card) -> str:
-    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key)."""
+    """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key and
+    those DERIVED from the others)."""
     return repr((_card_fields(c), [_map_fields(v) for v in c.maps], [_map_fields(v) for v in c.label_maps]))
-
-
-def _asset_source(name: str, template_dir: Path | None) -> bytes:
-    for base in ([template_dir] if template_dir is not None else []) + [templates_dir()]:
-        p = Path(base) / "assets" / name
-        if p.is_file():
-            return p.read_bytes()
-    raise FileNotFoundError(f"report asset assets/{name} is missing from the template folders")
-
-
-def _write_assets(w: PageWriter, data: ReportData, template_dir: Path | None) -> None:
-    for name in ASSET_NAMES:
-        body = _asset_source(name, template_dir)
-        stem, ext = name.rsplit(".", 1)
-        rel = f"assets/{stem}.{hashlib.sha256(body).hexdigest()[:8]}.{ext}"
-        w.write(rel, body)
-        data.assets[ext if stem == "report" else stem] = url(rel)  # "css", "js", "detail"
-
-
-COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn only when their file is missing)
-
-
-def _write_colour_bars(w: PageWriter, data: ReportData) -> None:
-    """One small SVG colour bar per colour map, shared by every page and image; drawn only when its file is
-    missing (drawing needs matplotlib's colour tables, which an unchanged report does not import)."""
-    for m in data.methods:
-        key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
-        rel = f"assets/colourbar.{key}.svg"
-        if rel not in w.paths and not (w.out / rel).is_file():
-            from . import figures
-            from ..overlay import colour_stops
-
-            w.write(rel, figures.colour_bar(colour_stops(m.signed)))
-        elif rel not in w.paths:
-            w._path(rel)
-            w.stats.unchanged += 1
-        m.bar = url(rel)
-
-
-def _write_figures(w: PageWriter, data: ReportData) -> None:
-    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
-    matplotlib is never imported)."""
-    from . import figures  # matplotlib itself only when one is drawn
-
-    wanted: list[tuple[str, Any, str, Any]] = []
-    if data.total:
-        if data.labeled:
-            alt = (
-                f"Histogram of the predicted class's probability for {data.correct} correctly classified "
-                f"(blue) and {data.wrong} misclassified (orange) images."
-            )
-        else:
-            alt = f"Histogram of the predicted class's probability over all {data.total} images."
-        wanted.append(
-            (
-                "confidence",
-                (data.hist_edges, data.hist_series),
-                alt,
-                lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
-            )
-        )
-        if data.labeled and data.ece is not None:
-            alt = (
-                f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
-                f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
-            )
-            bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
-            wanted.append(("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece)))
-    sanity = data.trust.sanity if data.trust else None
-    if sanity and sanity.get("curves"):
-        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
-        alt = (
-            "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
-            "maps after randomizing the model's stages from the top; the table below lists the same numbers."
-        )
-        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
-    dec = data.decision
-    if dec and dec.get("auc") is not None:
-        alt = (
-            f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
-            f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
-            f"true positive rate {dec['point'][1]:.3f})."
-        )
-        numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
-        wanted.append(
-            (
-                "roc",
-                numbers,
-                alt,
-                lambda: figures.roc_curve(
-                    dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
-                ),
-            )
-        )
-    for name, numbers, alt, draw in wanted:
-        key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
-        rel = f"figures/{name}-{key}.svg"
-        path = w.out / rel
-        if path.is_file():
-            w.paths.add(rel)
-            w.stats.unchanged += 1
-        else:
-            w.write(rel, draw())
-        data.figures[name] = {"src": url(rel), "alt": alt}
-
-
-def _remove_stale(w: PageWriter) -> None:
-    """Delete report files this write did not produce: pages of removed images, old assets and figures."""
-    out = w.out
-    patterns = {
-        "assets": (".css", ".js", ".svg"),
-        "figures": (".svg",),
-        "gallery": (".html",),
-        "detail": (".html", ".js"),
-    }
-    for top, exts in patterns.items():
-        root = out / top
-        if not root.is_dir():
-            continue
-        base = len(str(out)) + 1
-        for dirpath, _dirs, filenames in os.walk(root, topdown=False):
-            prefix = dirpath[base:].replace(os.sep, "/") + "/"
-            for f in filenames:
-                if f.endswith(exts) and prefix + f not in w.paths:  # temporary files end in .tmp
-                    os.unlink(os.path.join(dirpath, f))
-                    w.stats.removed += 1
-            if dirpath != str(root):
-                try:
-                    os.rmdir(dirpath)  # only succeeds when empty
-                except OSError:
-                    pass
 
 
 def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
@@ -350,7 +112,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
                 stats.seconds_build = time.perf_counter() - t0
                 _write_summary(w, environment(), data)
                 stats.pages += sum(1 for rel in w.previous if rel.endswith(".html")) + 1  # and skipped.html
-                stats.unchanged += len(w.previous) + 1 + len(_linked(data))
+                stats.unchanged += len(w.previous) + 1 + len(linked(data))
                 stats.gallery_pages = len(data.pages)
                 stats.reused, stats.accuracy = True, data.accuracy
                 stats.seconds_total = time.perf_counter() - t0
@@ -363,22 +125,34 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    write_predictions_csv(out, data.class_names, images, maps, write=w.files.write)  # before the pages linking it
-    env = environment(template_dir)
-    _write_assets(w, data, template_dir)
-    _write_colour_bars(w, data)
-    _write_figures(w, data)
-    if w.sizes is None:  # not yet listed by _still_there
-        w.list_pages()
-    site = data.site()
-    site_key = fingerprint(templates_key(template_dir), site)
-    keys = [_card_key(c) for c in data.cards]
-    _write_details(w, env, data, site, site_key, keys)
-    _write_gallery(w, env, data, site_key, keys, template_dir)
-    w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
-    summary = snapshot.save(data)
-    _write_summary(w, env, data)
-    _remove_stale(w)
+    drawings = Drawings(w)
+    try:
+        write_colour_bars(w, data, drawings)
+        write_figures(w, data, drawings)
+        drawings.start()  # drawn beside the pages when there is a second core
+        write_predictions_csv(out, data.class_names, images, maps, write=w.files.write)  # before the pages
+        env = environment(template_dir)
+        write_assets(w, data, template_dir)
+        if w.sizes is None:  # not yet listed by _still_there
+            w.list_pages()
+        site = data.site()
+        site_key = fingerprint(templates_key(template_dir), site)
+        keys = [_card_key(c) for c in data.cards]
+        # A first build (no saved fingerprints) writes every detail file: a forked process does, beside the gallery.
+        details = Forked(lambda: _details_in_child(w, env, data, site, site_key, keys), when=not w.previous)
+        try:
+            _write_gallery(w, env, data, site_key, keys, template_dir)
+            w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
+            summary = snapshot.save(data)
+            _write_summary(w, env, data)
+            if not _merge_details(w, details.result()):
+                _write_details(w, env, data, site, site_key, keys)
+        finally:
+            details.abandon()
+        drawings.finish()
+    finally:
+        drawings.abandon()
+    remove_stale(w)
     w.save_state(found.key, summary)
     stats.seconds_render = time.perf_counter() - t1
     stats.seconds_total = time.perf_counter() - t0
@@ -392,12 +166,7 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     sizes = w.sizes or {}
     if any(rel not in sizes for rel in list(w.previous) + pages):
         return False
-    return all((w.out / unquote(u)).is_file() for u in _linked(data) + ["predictions.csv", "skipped.html"])
-
-
-def _linked(data: ReportData) -> list[str]:
-    """Urls of the assets, figures and colour bars the pages link to (each file once)."""
-    return sorted({*data.assets.values(), *(f["src"] for f in data.figures.values()), *(m.bar for m in data.methods)})
+    return all((w.out / unquote(u)).is_file() for u in linked(data) + ["predictions.csv", "skipped.html"])
 
 
 def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
@@ -420,6 +189,37 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
         "<", "\\u003c"
     )
     return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
+
+
+def _details_in_child(
+    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, keys: list[str]
+) -> tuple[Any, ...]:
+    """In a forked process (report/forked.py): write the detail files as :func:`_write_details` does, through an
+    OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter must learn."""
+    w.files = OutputDir(w.out, pid=os.getppid())
+    w.stats = WriteStats(index=w.stats.index)
+    w.paths, w.fingerprints, w.truths = set(), {}, {}
+    try:
+        _write_details(w, env, data, site, site_key, keys)
+    finally:
+        w.files.close()
+    s = w.stats
+    return sorted(w.paths), w.fingerprints, w.truths, s.written, s.unchanged, s.pages, s.biggest_page
+
+
+def _merge_details(w: PageWriter, got: Any) -> bool:
+    """Take in what :func:`_details_in_child` returned; False when there is nothing (write them here)."""
+    if not isinstance(got, tuple) or len(got) != 7:
+        return False
+    paths, fingerprints, truths, written, unchanged, pages, biggest = got
+    w.paths.update(paths)
+    w.fingerprints.update(fingerprints)
+    w.truths.update(truths)
+    s = w.stats
+    s.written, s.unchanged, s.pages = s.written + written, s.unchanged + unchanged, s.pages + pages
+    if biggest[1] > s.biggest_page[1]:
+        s.biggest_page = tuple(biggest)
+    return True
 
 
 def _write_details(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,16 +48,64 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
     return row, fn
 
 
+def files_per_image(size: int) -> int:
+    """Atomic files the writer makes per image and method at this size: display copy, npy, overlay, and their
+    thumbnails when the picture is larger than one."""
+    from ... import layout
+
+    return 3 + 2 * (size > layout.THUMB_SIDE)
+
+
+def write_batches(out: Path, n: int, size: int, batch: int, pictures: Any, writers: int) -> None:
+    """Write ``n`` images' files and rows with the run's Writer (``writers`` processes; 0: the thread), from
+    one batch of pictures made in advance: ``(display copies, per-image map pictures, display thumbnails)``."""
+    from ...pipeline.writer import MapPictures, WriteItem, WriteJob, Writer
+
+    display, maps, thumbs = pictures
+    w = Writer(out, writers=writers)
+    w.start()
+    try:
+        for a in range(0, n, batch):
+            items = [
+                WriteItem(
+                    f"img_{i:06d}.png",
+                    f"img_{i:06d}",
+                    size,
+                    size,
+                    display[i - a],
+                    thumbs[i - a],
+                    [MapPictures("gradcam", "bench", *maps[i - a])],
+                )
+                for i in range(a, min(n, a + batch))
+            ]
+            w.put(WriteJob(1, items))
+    finally:
+        w.finish()
+
+
+def floor_files(out: Path, n: int, size: int) -> None:
+    """The writer's atomic writes alone for ``n`` images (temporary name, write, rename; one thread), no encoding."""
+    body = bytes(3 * size * size // 2)
+    d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(n * files_per_image(size)):
+            fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
+            os.write(fd, body)
+            os.close(fd)
+            os.rename(f".{i}.tmp", f"{i}", src_dir_fd=d, dst_dir_fd=d)
+    finally:
+        os.close(d)
+
+
 def writer_alone(b: Bench) -> Job:
     """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
     from ...defaults import default_writers
-    from ...pipeline.writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
+    from ...pipeline.pictures import batch_pictures, display_thumbs
 
     size, bs = b.opts.image_size, b.bs
     display = [b.images[i % b.n] for i in range(bs)]
     maps = torch.rand(bs, size, size, generator=torch.Generator().manual_seed(0)).to(b.dev)
-    pictures = batch_pictures(display, maps, False, [(size, size)] * bs)
-    thumbs = display_thumbs(display)
+    pictures = (display, batch_pictures(display, maps, False, [(size, size)] * bs), display_thumbs(display))
     writers = default_writers(b.dev.type, b.workers)  # as a run's default --writers
     how = f"{writers} writer process{'es' * (writers > 1)}" if writers else "the writer thread"
     row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", b.n)
@@ -65,54 +114,29 @@ def writer_alone(b: Bench) -> Job:
     def fn(warm: bool) -> None:
         out = next(outs)
         out.mkdir()
-        w = Writer(out, writers=writers)
-        w.start()
         try:
-            k = b.n_warm if warm else b.n
-            for a in range(0, k, bs):
-                items = [
-                    WriteItem(
-                        f"img_{i:06d}.png",
-                        f"img_{i:06d}",
-                        size,
-                        size,
-                        display[i - a],
-                        thumbs[i - a],
-                        [MapPictures("gradcam", "bench", *pictures[i - a])],
-                    )
-                    for i in range(a, min(k, a + bs))
-                ]
-                w.put(WriteJob(1, items))
+            write_batches(out, b.n_warm if warm else b.n, size, bs, pictures, writers)
         finally:
-            w.finish()
             shutil.rmtree(out, ignore_errors=True)
 
     return row, fn
 
 
 def file_floor(b: Bench) -> Job:
-    """Atomic file writes alone (temporary name, write, rename; one thread), as many per image as the writer
-    makes at this size, with no encoding: what the kernel lets any crash-safe writer reach here."""
-    from ... import layout
-
+    """Atomic file writes alone, as many per image as the writer makes at this size, with no encoding: what the
+    kernel lets any crash-safe writer reach here."""
     size = b.opts.image_size
-    per_image = 3 + 2 * (size > layout.THUMB_SIDE)  # display copy, npy, overlay (+ their thumbnails)
-    body = bytes(3 * size * size // 2)
-    row = Row("gradcam", f"file system floor: {per_image} atomic files per image, no encoding", "limit", b.n)
+    row = Row(
+        "gradcam", f"file system floor: {files_per_image(size)} atomic files per image, no encoding", "limit", b.n
+    )
     outs = scratch(b.inputs.root, "floor")
 
     def fn(warm: bool) -> None:
         out = next(outs)
         out.mkdir()
-        d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for i in range((b.n_warm if warm else b.n) * per_image):
-                fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
-                os.write(fd, body)
-                os.close(fd)
-                os.rename(f".{i}.tmp", f"{i}", src_dir_fd=d, dst_dir_fd=d)
+            floor_files(out, b.n_warm if warm else b.n, size)
         finally:
-            os.close(d)
             shutil.rmtree(out, ignore_errors=True)
 
     return row, fn

@@ -1,0 +1,164 @@
+"""The files every page links to: the assets (content-hashed copies), one colour bar per colour map, and the
+figures (named by a hash of their numbers: unchanged numbers are never redrawn)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from ..resources import templates_dir
+from .forked import Forked
+from .model import ASSET_NAMES, ReportData, url
+from .output import PageWriter
+
+
+def asset_source(name: str, template_dir: Path | None) -> bytes:
+    for base in ([template_dir] if template_dir is not None else []) + [templates_dir()]:
+        p = Path(base) / "assets" / name
+        if p.is_file():
+            return p.read_bytes()
+    raise FileNotFoundError(f"report asset assets/{name} is missing from the template folders")
+
+
+def write_assets(w: PageWriter, data: ReportData, template_dir: Path | None) -> None:
+    for name in ASSET_NAMES:
+        body = asset_source(name, template_dir)
+        stem, ext = name.rsplit(".", 1)
+        rel = f"assets/{stem}.{hashlib.sha256(body).hexdigest()[:8]}.{ext}"
+        w.write(rel, body)
+        data.assets[ext if stem == "report" else stem] = url(rel)  # "css", "js", "detail"
+
+
+COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn only when their file is missing)
+
+
+def write_colour_bars(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
+    """One small SVG colour bar per colour map, shared by every page and image; drawn only when its file is
+    missing (drawing needs matplotlib's colour tables, which an unchanged report does not import); ``drawings``
+    draws it."""
+    for m in data.methods:
+        key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
+        rel = f"assets/colourbar.{key}.svg"
+        if rel not in w.paths and not (w.out / rel).is_file():
+            drawings.add(rel, functools.partial(_colour_bar, m.signed))
+        elif rel not in w.paths:
+            w._path(rel)
+            w.stats.unchanged += 1
+        m.bar = url(rel)
+
+
+def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
+    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
+    matplotlib is never imported); the pages link them at once, ``drawings`` draws them."""
+    from . import figures  # matplotlib itself only when one is drawn
+
+    wanted: list[tuple[str, Any, str, Any]] = []
+    if data.total:
+        if data.labeled:
+            alt = (
+                f"Histogram of the predicted class's probability for {data.correct} correctly classified "
+                f"(blue) and {data.wrong} misclassified (orange) images."
+            )
+        else:
+            alt = f"Histogram of the predicted class's probability over all {data.total} images."
+        wanted.append(
+            (
+                "confidence",
+                (data.hist_edges, data.hist_series),
+                alt,
+                lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
+            )
+        )
+        if data.labeled and data.ece is not None:
+            alt = (
+                f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
+                f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
+            )
+            bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
+            wanted.append(("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece)))
+    sanity = data.trust.sanity if data.trust else None
+    if sanity and sanity.get("curves"):
+        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+        alt = (
+            "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+            "maps after randomizing the model's stages from the top; the table below lists the same numbers."
+        )
+        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
+    dec = data.decision
+    if dec and dec.get("auc") is not None:
+        alt = (
+            f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
+            f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
+            f"true positive rate {dec['point'][1]:.3f})."
+        )
+        numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
+        wanted.append(
+            (
+                "roc",
+                numbers,
+                alt,
+                lambda: figures.roc_curve(
+                    dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
+                ),
+            )
+        )
+    for name, numbers, alt, draw in wanted:
+        key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
+        rel = f"figures/{name}-{key}.svg"
+        path = w.out / rel
+        if path.is_file():
+            w.paths.add(rel)
+            w.stats.unchanged += 1
+        else:
+            drawings.add(rel, draw)
+        data.figures[name] = {"src": url(rel), "alt": alt}
+
+
+def linked(data: ReportData) -> list[str]:
+    """Urls of the assets, figures and colour bars the pages link to (each file once)."""
+    return sorted({*data.assets.values(), *(f["src"] for f in data.figures.values()), *(m.bar for m in data.methods)})
+
+
+def _colour_bar(signed: bool) -> bytes:
+    from . import figures
+    from ..overlay import colour_stops
+
+    return figures.colour_bar(colour_stops(signed))
+
+
+class Drawings:
+    """The SVGs this write must draw (matplotlib: about 0.6 s of CPU with its import). With a second core they
+    are drawn by a forked process while this one renders the pages (:meth:`start`, report/forked.py), and
+    written here, through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are
+    drawn here (so a drawing's own error is raised as it would be inline)."""
+
+    def __init__(self, w: PageWriter) -> None:
+        self.w = w
+        self.todo: list[tuple[str, Callable[[], bytes]]] = []
+        self.child: Forked | None = None
+
+    def add(self, rel: str, draw: Callable[[], bytes]) -> None:
+        self.w.paths.add(rel)  # the pages may link it now (and a second colour map of the same kind finds it)
+        self.todo.append((rel, draw))
+
+    def start(self) -> None:
+        if self.todo:
+            todo = list(self.todo)
+            self.child = Forked(lambda: [draw() for _rel, draw in todo])
+
+    def finish(self) -> None:
+        """Write every drawing: the child's bytes when it sent them all, else each drawn here."""
+        drawn = self.child.result() if self.child is not None else None
+        if not isinstance(drawn, list) or len(drawn) != len(self.todo):
+            drawn = [draw() for _rel, draw in self.todo]
+        for (rel, _draw), body in zip(self.todo, drawn, strict=True):
+            self.w.write(rel, body)
+        self.todo = []
+
+    def abandon(self) -> None:
+        """Stop and reap the drawing process, if any (also when the pages failed)."""
+        if self.child is not None:
+            self.child.abandon()

@@ -1,0 +1,157 @@
+"""Where every file of the report goes: :class:`PageWriter` (written only when its bytes change, through
+files.OutputDir), what a write did (:class:`WriteStats`), and the removal of files no write produced."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UsageError
+from ..files import OutputDir, safe_join, walk_files
+from .model import FINGERPRINT_VERSION, OWNED_DIRS, STATE_NAME
+
+
+@dataclass
+class WriteStats:
+    """What one write_report call did (the benchmark and the tests read it)."""
+
+    index: Path
+    written: int = 0  # files whose bytes changed
+    unchanged: int = 0
+    removed: int = 0
+    pages: int = 0  # HTML pages in the report
+    gallery_pages: int = 0
+    biggest_page: tuple[str, int] = ("", 0)
+    seconds_build: float = 0.0
+    seconds_render: float = 0.0
+    seconds_total: float = 0.0
+    reused: bool = False  # nothing per image changed: only the run history was rendered (see snapshot.py)
+    accuracy: float | None = None  # over labeled images; None when there are none
+
+
+class PageWriter:
+    """Every file of the report goes through here: pages, data files, assets, figures, predictions.csv and
+    the state, each written with :class:`~xaibatch.files.OutputDir` (checked folders, descriptor-relative
+    atomic renames), so a symlink planted under the output folder cannot redirect a write outside it."""
+
+    def __init__(self, out_dir: Path, stats: WriteStats) -> None:
+        self.out = out_dir
+        self.stats = stats
+        self.paths: set[str] = set()
+        self.previous: dict[str, str] = {}  # page -> fingerprint of its inputs at the last write
+        self.sizes: dict[str, int] | None = None  # page -> size of the file there now (list_pages)
+        self.fingerprints: dict[str, str] = {}
+        self.truth_cache: dict[str, list[Any]] = {}  # mask path -> [fingerprint, truth record] (see _truth)
+        self.truths: dict[str, list[Any]] = {}  # the same, for this write's images
+        for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
+            safe_join(out_dir, top)
+        self.files = OutputDir(out_dir)
+
+    def close(self) -> None:
+        self.files.close()
+
+    def _path(self, rel: str) -> Path:
+        # Lexical check only (resolve() per page costs more than rendering it); the top folders are checked once.
+        parts = rel.split("/")
+        if rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+            raise UsageError(f"refusing to write report page {rel!r}: not a plain relative path")
+        self.paths.add(rel)
+        return self.out.joinpath(*parts)
+
+    def _count(self, rel: str, size: int) -> None:
+        if rel.endswith(".html"):
+            self.stats.pages += 1
+            if size > self.stats.biggest_page[1]:
+                self.stats.biggest_page = (rel, size)
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Write only when the bytes differ: unchanged files keep their mtime."""
+        self._path(rel)
+        self._count(rel, len(data))
+        if self.files.read(rel, len(data)) == data:
+            self.stats.unchanged += 1
+            return
+        self.files.write(rel, data)
+        self.stats.written += 1
+
+    def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
+        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time and the file is
+        there); otherwise render and write only if the bytes differ."""
+        self.fingerprints[rel] = fingerprint
+        if self.previous.get(rel) == fingerprint:
+            size = (self.sizes or {}).get(rel, -1)
+            if size >= 0:
+                self._path(rel)
+                self._count(rel, size)
+                self.stats.unchanged += 1
+                return
+        self.write(rel, render().encode("utf-8"))
+
+    def list_pages(self) -> None:
+        """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
+        sizes = self.sizes = {}
+        for rel, path in walk_files(self.out, OWNED_DIRS):
+            try:
+                sizes[rel] = os.stat(path).st_size
+            except OSError:
+                pass
+
+    def load_state(self) -> dict[str, Any]:
+        """The state saved by the last write: page fingerprints, the content key and the summary (a cache)."""
+        try:
+            state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
+            if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
+                self.previous = state["pages"]
+                if isinstance(state.get("truth"), dict):
+                    self.truth_cache = state["truth"]
+                return state
+        except (OSError, ValueError, AttributeError):
+            pass
+        self.previous = {}
+        return {}
+
+    def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
+        body = json.dumps(
+            {
+                "version": FINGERPRINT_VERSION,
+                "content": content_key,
+                "summary": summary,
+                "pages": self.fingerprints,
+                "truth": self.truths,
+            },  # in gallery order
+            ensure_ascii=False,
+            separators=(",", ":"),
+            default=str,
+        ).encode("utf-8", "surrogatepass")
+        if self.files.read(STATE_NAME, len(body)) != body:
+            self.files.write(STATE_NAME, body)
+
+
+def remove_stale(w: PageWriter) -> None:
+    """Delete report files this write did not produce: pages of removed images, old assets and figures."""
+    out = w.out
+    patterns = {
+        "assets": (".css", ".js", ".svg"),
+        "figures": (".svg",),
+        "gallery": (".html",),
+        "detail": (".html", ".js"),
+    }
+    for top, exts in patterns.items():
+        root = out / top
+        if not root.is_dir():
+            continue
+        base = len(str(out)) + 1
+        for dirpath, _dirs, filenames in os.walk(root, topdown=False):
+            prefix = dirpath[base:].replace(os.sep, "/") + "/"
+            for f in filenames:
+                if f.endswith(exts) and prefix + f not in w.paths:  # temporary files end in .tmp
+                    os.unlink(os.path.join(dirpath, f))
+                    w.stats.removed += 1
+            if dirpath != str(root):
+                try:
+                    os.rmdir(dirpath)  # only succeeds when empty
+                except OSError:
+                    pass
