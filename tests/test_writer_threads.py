@@ -169,7 +169,7 @@ def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path,
     import torch
 
     import test_crash as tc
-    from test_safety import _alive, _children
+    from test_output_safety import _alive, _children
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same kernels as the OMP_NUM_THREADS=1 subprocess (see test_crash)
