@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 
 from xaibatch.cli import cli
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from xaibatch.cli import cli
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 
 
 def invoke(*args):

@@ -18,7 +18,7 @@ import timm
 import torch
 from click.testing import CliRunner
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from xaibatch import errors
 from xaibatch.cli import cli
 

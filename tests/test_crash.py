@@ -30,7 +30,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_images
+from helpers import write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch import layout
 from xaibatch.errors import UsageError
 from xaibatch.manifest import Manifest

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from xaibatch import data
 from xaibatch.pipeline import plan
 from xaibatch.manifest import Manifest

@@ -26,7 +26,7 @@ from PIL import Image
 
 import badfiles
 from badfiles import FAIL, IGNORED, OK
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import ImageDataset, collate, load_image

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import write_images
+from helpers import write_images
 from oddnames import make_unreadable
 from xaibatch.cli import cli
 from xaibatch.scan import scan

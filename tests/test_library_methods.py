@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from xaibatch.cli import cli
 from xaibatch.errors import ModelError, UsageError
 from xaibatch.manifest import FILENAME, Manifest

@@ -279,7 +279,7 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
 
     from click.testing import CliRunner
 
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch.cli import cli
 
     inp, out = tmp_path / "in", tmp_path / "out"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from outcheck import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from test_crash import PRELUDE
 from xaibatch.errors import LockHeld
 from xaibatch.lock import LOCK_NAME, OutputLock

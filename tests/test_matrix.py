@@ -19,7 +19,7 @@ import pytest
 import timm
 import torch
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from outcheck import check_output_folder
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RayOptions, RunOptions, run

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.errors import UsageError

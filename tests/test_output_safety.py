@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch.cli import cli
 from xaibatch.lock import LOCK_NAME
 from xaibatch.manifest import Manifest

@@ -30,7 +30,7 @@ from xaibatch.pipeline.compute import batches
 from xaibatch.pipeline.plan import Plan, Work
 from xaibatch.scan import ImageEntry, Scan
 
-from conftest import write_images
+from helpers import write_images
 from outcheck import check_output_folder
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None

@@ -59,7 +59,7 @@ def test_nan_weights_are_refused_before_anything_is_written(tmp_path, tiny_ckpt)
     import torch
     from click.testing import CliRunner
 
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch.cli import cli
 
     ck = torch.load(tiny_ckpt, weights_only=True)
@@ -82,7 +82,7 @@ def test_a_model_that_overflows_to_nan_stops_with_one_line_and_nothing_half_writ
     import torch
     from click.testing import CliRunner
 
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch.cli import cli
 
     ck = torch.load(tiny_ckpt, weights_only=True)
@@ -106,7 +106,7 @@ def test_a_model_that_overflows_to_nan_stops_with_one_line_and_nothing_half_writ
 @pytest.mark.slow
 @pytest.mark.parametrize("lang", ["C.UTF-8", "C"])
 def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang):
-    from conftest import write_images
+    from helpers import write_images
 
     inp = Path(os.fsdecode(os.fsencode(tmp_path) + b"/in\xff"))
     write_images(inp, 2)
@@ -135,7 +135,7 @@ def _cli(*args):
 
 
 def test_a_template_with_a_syntax_error_fails_before_any_compute(tmp_path, tiny_ckpt):
-    from conftest import write_images
+    from helpers import write_images
 
     write_images(tmp_path / "in", 2)
     tpl = tmp_path / "tpl"
@@ -149,7 +149,7 @@ def test_a_template_with_a_syntax_error_fails_before_any_compute(tmp_path, tiny_
 
 
 def test_a_template_failing_at_render_time_is_one_line_and_the_run_row_says_error(tmp_path, tiny_ckpt):
-    from conftest import write_images
+    from helpers import write_images
 
     write_images(tmp_path / "in", 2)
     tpl = tmp_path / "tpl"
@@ -165,7 +165,7 @@ def test_a_template_failing_at_render_time_is_one_line_and_the_run_row_says_erro
 def test_a_damaged_manifest_page_is_named_not_an_internal_error(tmp_path, tiny_ckpt):
     import sqlite3
 
-    from conftest import write_images
+    from helpers import write_images
 
     write_images(tmp_path / "in", 3)
     out = tmp_path / "out"
@@ -189,7 +189,7 @@ def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
 
     from PIL import Image
 
-    from conftest import make_checkpoint
+    from helpers import make_checkpoint
 
     ckpt = make_checkpoint(tmp_path / "f.pt", classes=["=cmd|' -C calc'!A0", "@SUM(1)"])
     root = tmp_path / "in"

@@ -11,7 +11,7 @@ import timm
 import torch
 from click.testing import CliRunner
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from xaibatch.cli import cli
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.runconfig import RunConfig

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import badfiles
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import load_image

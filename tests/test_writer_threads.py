@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run, writer
 from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
