@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import write_images
+from helpers import run_opts, write_images
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run, writer
 from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
@@ -21,17 +21,7 @@ from xaibatch.pipeline.writer_pool import WriterDied
 
 
 def _opts(inp, out, ckpt, writers=None):
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam", "lime"],
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        writers=writers,
-        handle_signals=False,
-        method_options={"lime": {"samples": 20}},
-    )
+    return run_opts(inp, out, ckpt, ["gradcam", "lime"], writers=writers, method_options={"lime": {"samples": 20}})
 
 
 def _pictures(out: Path) -> dict:
