@@ -41,12 +41,12 @@ def quiet(s: str) -> None:
 def run_opts(inp: Path, out: Path, ckpt: Path | None = None, methods=("gradcam",), **kw):
     """A run's options as most tests want them: batches of 4, no DataLoader workers, no signal handlers.
 
-    Any other ``RunOptions`` field (or one of these) goes in ``kw``.
+    Any other ``RunOptions`` field (or one of these, ``checkpoint`` too) goes in ``kw``.
     """
     from xaibatch.pipeline import RunOptions
 
-    kw = {"batch_size": 4, "workers": 0, "handle_signals": False, **kw}
-    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), checkpoint=ckpt, **kw)
+    fields = {"checkpoint": ckpt, "batch_size": 4, "workers": 0, "handle_signals": False, **kw}
+    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), **fields)
 
 
 def invoke(*args, catch_exceptions: bool = False):
