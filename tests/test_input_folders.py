@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import write_images
+from helpers import manifest_rows, write_images
 from oddnames import make_unreadable
 from xaibatch.cli import cli
 from xaibatch.scan import scan
@@ -100,8 +99,7 @@ def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_p
         cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
     )
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    stems = dict(db.execute("SELECT rel, stem FROM images"))
+    stems = dict(manifest_rows(out, "SELECT rel, stem FROM images"))
     assert len(stems) == 4
     from outcheck import check_output_folder
 
@@ -134,8 +132,7 @@ def test_an_emptied_class_folder_is_a_class_without_images_and_its_images_leave(
     assert r.exit_code == 0, r.output
     assert "class folder 'FAKE' holds no images" in r.output
     assert "2 removed" in r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert dict(db.execute("SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
+    assert dict(manifest_rows(out, "SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
     assert not list((out / "images" / "FAKE").glob("*.png"))
     csv_rows = (out / "predictions.csv").read_text().splitlines()[1:]
     assert [row.split(",")[:2] for row in csv_rows] == [["REAL/img_000.png", "REAL"], ["REAL/img_001.png", "REAL"]]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, invoke, manifest_rows, write_images
+from helpers import REPO, invoke, manifest_rows, manifest_value, write_images
 
 # Sends this process SIGINT when torch starts loading: a Ctrl-C at the worst moment of the slow start
 # (--help, --version and built-in method names never load it; the registry for a library method does).
@@ -137,17 +137,13 @@ def test_a_template_failing_at_render_time_is_one_line_and_the_run_row_says_erro
 
 
 def test_a_damaged_manifest_page_is_named_not_an_internal_error(tmp_path, tiny_ckpt):
-    import sqlite3
-
     write_images(tmp_path / "in", 3)
     out = tmp_path / "out"
     args = ("run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
     assert invoke(*args).exit_code == 0
     path = out / "xaibatch.sqlite"
-    db = sqlite3.connect(path)
-    page = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'images'").fetchone()[0]
-    size = db.execute("PRAGMA page_size").fetchone()[0]
-    db.close()
+    page = manifest_value(out, "SELECT rootpage FROM sqlite_master WHERE name = 'images'")
+    size = manifest_value(out, "PRAGMA page_size")
     data = bytearray(path.read_bytes())
     data[(page - 1) * size : page * size] = b"\x5a" * size  # the images table's root page
     path.write_bytes(bytes(data))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import badfiles
-from helpers import make_checkpoint, write_images
+from helpers import make_checkpoint, manifest_rows, write_images
 from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import load_image
@@ -261,11 +260,10 @@ def test_hostile_names_write_only_under_out(tmp_path, tiny_ckpt):
     assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
 
     # Everything went in, each image's files where the manifest says, inside --out.
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    rels = {r for (r,) in db.execute("SELECT rel FROM images")}
+    rels = {r for (r,) in manifest_rows(out, "SELECT rel FROM images")}
     expected = {e.rel for e in scan(images).images}
     assert rels == expected and len(rels) == 2 * (len(badfiles.HOSTILE_NAMES) + 1) + 6  # "...." is no image
-    for npy, png, thumb in db.execute("SELECT npy, png, thumb FROM maps"):
+    for npy, png, thumb in manifest_rows(out, "SELECT npy, png, thumb FROM maps"):
         for rel in (npy, png, thumb):
             p = (out / rel).resolve()
             assert p.is_relative_to(out.resolve()) and p.is_file(), rel
@@ -454,9 +452,8 @@ def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    for rel, stem in db.execute("SELECT rel, stem FROM images"):
+    for rel, stem in manifest_rows(out, "SELECT rel, stem FROM images"):
         got = Image.open(out / "images" / f"{stem}.png").convert("RGB").getpixel((4, 4))
         want = colours[rel]  # each image's own picture, none overwritten (JPEG: +-3)
         assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (rel, stem, got)
-    assert len(list(db.execute("SELECT DISTINCT npy FROM maps"))) == len(colours)
+    assert len(manifest_rows(out, "SELECT DISTINCT npy FROM maps")) == len(colours)
