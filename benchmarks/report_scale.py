@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow  # noqa: E402
 from xaibatch.report import PAGE_SIZE, render  # noqa: E402
+from xaibatch.tools import synth  # noqa: E402
 
 CLASSES = ["FAKE", "REAL"]
 METHODS = {
@@ -47,7 +47,7 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     tiny = out / ".tiny.png"
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tiny)
+    synth.save(synth.noise(rng, 32), tiny)
     config = {
         "xaibatch": "bench",
         "torch": "-",

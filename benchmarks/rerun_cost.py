@@ -22,33 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-
-def make_images(folder: Path, n: int, size: int = 32, seed: int = 0) -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        a = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        Image.fromarray(a).save(folder / f"img_{i:06d}.png", compress_level=1)
-
-
-def make_checkpoint(path: Path, size: int = 32) -> None:
-    import timm
-    import torch
-
-    sys.path.insert(0, str(REPO))
-    from xaibatch.model.loading import save_checkpoint
-    from xaibatch.preprocess import Preprocess
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=2)
-    pre = Preprocess.for_model(model, size)
-    save_checkpoint(path, model, "test_resnet", ["FAKE", "REAL"], size, pre.mean, pre.std)
+from xaibatch.tools import synth  # noqa: E402
 
 
 def run_cli(inp: Path, out: Path, ckpt: Path, batch: int, workers: int) -> tuple[float, dict]:
@@ -93,10 +70,10 @@ def main() -> None:
         if not inp.is_dir() or len(list(inp.iterdir())) != args.n:
             shutil.rmtree(inp, ignore_errors=True)
             t = time.perf_counter()
-            make_images(inp, args.n)
+            synth.write_images(inp, args.n, digits=6, compress_level=1)  # 32 px noise
             print(f"generated {args.n} PNGs in {time.perf_counter() - t:.1f}s", flush=True)
         if not ckpt.exists():
-            make_checkpoint(ckpt)
+            synth.tiny_checkpoint(ckpt)
         shutil.rmtree(out, ignore_errors=True)
 
         first, e1 = run_cli(inp, out, ckpt, args.batch_size, args.workers)

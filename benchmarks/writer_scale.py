@@ -22,22 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaibatch.pipeline.pictures import batch_pictures, display_thumbs  # noqa: E402
 from xaibatch.tools.bench.parts import files_per_image, floor_files, write_batches  # noqa: E402
+from xaibatch.tools import synth  # noqa: E402
 
 
 def pictures(size: int, batch: int):
     import torch
 
-    rng = np.random.default_rng(0)
-    # smooth colour fields plus noise, as photos compress (pure noise would not)
-    base = rng.integers(0, 256, (batch, 4, 4, 3)).astype(np.float32)
-    big = np.kron(base, np.ones((1, size // 4 + 1, size // 4 + 1, 1)))[:, :size, :size]
-    display = list((big + rng.normal(0, 8, big.shape)).clip(0, 255).astype(np.uint8))
+    display = [synth.smooth(i, size) for i in range(batch)]  # compresses as photos do (pure noise would not)
     maps = torch.rand(batch, 7, 7, generator=torch.Generator().manual_seed(0))
     return display, batch_pictures(display, maps, False, [(size, size)] * batch), display_thumbs(display)
 

@@ -10,6 +10,7 @@ from torch import nn
 from xaibatch.model.layers import capture, find_target_layer
 from xaibatch.methods.base import Batch, ModelContext
 from xaibatch.preprocess import Preprocess
+from xaibatch.tools import synth
 
 
 def tiny_model(arch: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -30,10 +31,7 @@ def make_ctx(model: nn.Module, size: int) -> ModelContext:
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """Return n smooth-ish (size, size, 3) uint8 images: blocky colour patches plus noise."""
-    rng = np.random.default_rng(seed)
-    cells = rng.random((n, 4, 4, 3))
-    big = np.kron(cells, np.ones((1, size // 4, size // 4, 1)))
-    return (np.clip(big * 0.8 + rng.random(big.shape) * 0.2, 0, 1) * 255).astype(np.uint8)
+    return synth.patches(n, size, seed)
 
 
 def normalize(images: np.ndarray) -> torch.Tensor:

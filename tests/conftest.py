@@ -4,39 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import timm
-import torch
-from PIL import Image
 
-from xaibatch.model.loading import save_checkpoint
-from xaibatch.preprocess import Preprocess
-
-CLASSES = ["FAKE", "REAL"]
-
-
-def make_checkpoint(
-    path: Path, arch: str = "test_resnet", size: int = 32, classes=CLASSES, seed: int = 0, **kwargs
-) -> Path:
-    """A randomly initialised timm model saved in xaibatch's checkpoint format."""
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=len(classes), **kwargs)
-    pre = Preprocess.for_model(model, size)  # the architecture's own mean and std, as xaibatch train writes them
-    save_checkpoint(path, model, arch, list(classes), size, pre.mean, pre.std)
-    return path
-
-
-def write_images(folder: Path, n: int, size: int = 32, seed: int = 0, ext: str = "png") -> list[Path]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        a = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-        p = folder / f"img_{i:03d}.{ext}"
-        Image.fromarray(a).save(p)
-        paths.append(p)
-    return paths
+# make_checkpoint and write_images live in helpers.py; imported here too for tests that still import them from conftest
+from helpers import CLASSES, make_checkpoint, write_images  # noqa: F401
+from xaibatch.tools import synth
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +18,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def labeled_dir(tmp_path) -> Path:
-    root = tmp_path / "test"
-    write_images(root / "FAKE", 5, seed=1)
-    write_images(root / "REAL", 5, seed=2)
-    return root
+    return synth.write_classes(tmp_path / "test", 5, seed=1)  # FAKE from seed 1, REAL from seed 2
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import csv
 import json
 import os
 import re
-import sqlite3
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+from helpers import manifest_rows, manifest_value
 from xaibatch import layout
 
 OWNED = ("images", "thumbs", "maps")
@@ -40,15 +40,11 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
     image exactly once (when ``report``); with ``input_dir``, every image row is a file there.
     """
     out = Path(out)
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        rows = db.execute("SELECT rel, stem, width, height FROM images").fetchall()
-        stems = {rel: stem for rel, stem, _w, _h in rows}
-        maps = db.execute("SELECT rel, method, npy, png, thumb FROM maps").fetchall()
-        failures = {r for (r,) in db.execute("SELECT rel FROM failures")}
-        running = db.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
-    finally:
-        db.close()
+    rows = manifest_rows(out, "SELECT rel, stem, width, height FROM images")
+    stems = {rel: stem for rel, stem, _w, _h in rows}
+    maps = manifest_rows(out, "SELECT rel, method, npy, png, thumb FROM maps")
+    failures = {r for (r,) in manifest_rows(out, "SELECT rel FROM failures")}
+    running = manifest_value(out, "SELECT count(*) FROM runs WHERE status = 'running'")
     assert running == 0, "a run row is still 'running'"
     referenced = set()
     for _rel, stem, width, height in rows:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import xaibatch
-from conftest import write_images
+from helpers import write_images
 from xaibatch.errors import UsageError
 from xaibatch.manifest import Manifest
 from xaibatch.model.loading import load_model

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, manifest_rows, manifest_value, write_images
 
 from xaibatch.cli import cli
 
@@ -56,10 +55,9 @@ def test_all_methods_on_each_architecture(tmp_path, arch, kwargs):
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    (cfg,) = db.execute("SELECT config_json FROM runs").fetchone()
+    cfg = manifest_value(out, "SELECT config_json FROM runs")
     for method in ("gradcam", "guided-gradcam", "lime"):
-        rows = db.execute("SELECT rel, npy FROM maps WHERE method = ?", (method,)).fetchall()
+        rows = manifest_rows(out, "SELECT rel, npy FROM maps WHERE method = ?", (method,))
         assert len(rows) == 4
         for rel, npy in rows:
             m = np.load(out / npy)

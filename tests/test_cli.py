@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sqlite3
 
 import numpy as np
 import pytest
@@ -14,11 +13,7 @@ from PIL import Image
 
 from xaibatch.cli import cli
 
-from conftest import make_checkpoint, write_images
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from helpers import invoke, make_checkpoint, manifest_rows, manifest_value, write_images
 
 
 def test_run_labeled_folder_writes_maps_manifest_csv_and_report(tmp_path, labeled_dir, tiny_ckpt):
@@ -32,12 +27,11 @@ def test_run_labeled_folder_writes_maps_manifest_csv_and_report(tmp_path, labele
             assert m.dtype == np.float32 and m.shape == (32, 32)
             assert 0.0 <= m.min() and m.max() <= 1.0
             assert (out / "maps" / "gradcam" / cls / f"img_{i:03d}.png").is_file()
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 10
-    assert db.execute("SELECT COUNT(*) FROM maps WHERE method='gradcam'").fetchone()[0] == 10
-    labels = dict(db.execute("SELECT rel, label FROM images"))
+    assert manifest_value(out, "SELECT COUNT(*) FROM images") == 10
+    assert manifest_value(out, "SELECT COUNT(*) FROM maps WHERE method='gradcam'") == 10
+    labels = dict(manifest_rows(out, "SELECT rel, label FROM images"))
     assert labels["FAKE/img_000.png"] == 0 and labels["REAL/img_000.png"] == 1
-    (cfg,) = db.execute("SELECT config_json FROM runs").fetchone()
+    cfg = manifest_value(out, "SELECT config_json FROM runs")
     assert '"layer": "layer' in cfg
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 10 and {r["label"] for r in rows} == {"FAKE", "REAL"}
@@ -49,8 +43,7 @@ def test_unlabeled_folder_groups_by_prediction(tmp_path, flat_dir, tiny_ckpt):
     out = tmp_path / "out"
     r = invoke("run", flat_dir, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM images WHERE label IS NULL").fetchone()[0] == 6
+    assert manifest_value(out, "SELECT COUNT(*) FROM images WHERE label IS NULL") == 6
     html = (out / "index.html").read_text()
     assert "predicted" in html and "Misclassified" not in html
 
@@ -63,8 +56,7 @@ def test_target_label_explains_the_label(tmp_path, labeled_dir, tiny_ckpt):
         ).exit_code
         == 0
     )
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert all(t == l for t, l in db.execute("SELECT target, label FROM images"))
+    assert all(t == l for t, l in manifest_rows(out, "SELECT target, label FROM images"))
 
 
 def test_plain_state_dict_with_arch(tmp_path, labeled_dir):

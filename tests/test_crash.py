@@ -30,13 +30,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_images
+from helpers import REPO, manifest_rows, run_opts, write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
 
-REPO = Path(__file__).resolve().parents[1]
 N_OLD, N_NEW, BATCH = 8, 32, 4
 
 PRELUDE = r"""
@@ -113,15 +112,7 @@ def _one_thread():
 
 
 def _opts(inp, out, ckpt) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam"],
-        checkpoint=ckpt,
-        batch_size=BATCH,
-        workers=0,
-        handle_signals=False,
-    )
+    return run_opts(inp, out, ckpt, batch_size=BATCH)
 
 
 def _cli(
@@ -177,11 +168,7 @@ def _count(out: Path, sql: str) -> int:
     if not db_path.exists():
         return -1
     try:
-        db = sqlite3.connect(db_path, timeout=1)
-        try:
-            return db.execute(sql).fetchone()[0]
-        finally:
-            db.close()
+        return manifest_rows(out, sql, timeout=1)[0][0]
     except sqlite3.Error:
         return -1
 

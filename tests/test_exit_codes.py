@@ -6,32 +6,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_images
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from xaibatch.cli import main; main()", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from helpers import cli, write_images
 
 
 def _run(inp: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _cli(
+    return cli(
         "run", str(inp), "--checkpoint", str(ckpt), "--out", str(out), "--batch-size", "4", "--workers", "0", *extra
     )
 
@@ -42,7 +26,7 @@ def _events(stdout: str) -> list[dict]:
 
 
 def test_help_documents_every_exit_code():
-    r = _cli("run", "--help")
+    r = cli("run", "--help")
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     for code in (
@@ -111,7 +95,7 @@ def test_exit_2_usage_errors(tmp_path, tiny_ckpt):
     assert r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
     assert not (tmp_path / "out").exists()  # nothing written for a run that cannot start
 
-    r = _cli("run", str(tmp_path), "--batch-size", "0", "--log-json")  # rejected by option parsing
+    r = cli("run", str(tmp_path), "--batch-size", "0", "--log-json")  # rejected by option parsing
     assert r.returncode == 2
     end = _events(r.stdout)[-1]
     assert end["event"] == "end" and end["exit_code"] == 2 and "--batch-size" in end["error"]

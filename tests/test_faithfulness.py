@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import manifest_rows
 from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -135,8 +136,7 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     assert run(RunOptions(**base, faithfulness=cfg), log=lambda s: None).computed == 0
     assert run(RunOptions(**base), log=lambda s: None).computed == 0  # scores are kept, maps still valid
     assert run(RunOptions(**base, faithfulness=FaithConfig(6, "blur")), log=lambda s: None).computed == 10
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    rows = db.execute("SELECT deletion, insertion, faith_json FROM maps").fetchall()
+    rows = manifest_rows(out, "SELECT deletion, insertion, faith_json FROM maps")
     assert len(rows) == 10 and all(0 <= d <= 1 and 0 <= i <= 1 and f for d, i, f in rows)
     lines = (out / "predictions.csv").read_text().splitlines()
     assert lines[0].endswith("deletion_gradcam,insertion_gradcam")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, manifest_rows, quiet, run_opts, write_images
 from xaibatch import data
 from xaibatch.pipeline import plan
 from xaibatch.manifest import Manifest
 from xaibatch.methods import METHODS, Explanation, Method
 from xaibatch.layout import assign_stems
-from xaibatch.pipeline import RunOptions, run
+from xaibatch.pipeline import run
 
 
 class MeanMethod(Method):
@@ -42,23 +41,6 @@ def _setup(monkeypatch):
     torch.set_num_threads(1)  # two shared cores: oversubscription makes tiny convolutions 5x slower
     yield
     torch.set_num_threads(threads)
-
-
-def _opts(inp, out, ckpt, methods=("gradcam",), **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=list(methods),
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        handle_signals=False,
-        **kw,
-    )
-
-
-def _quiet(s: str) -> None:
-    pass
 
 
 def _files(out: Path) -> dict[str, int]:
@@ -102,7 +84,7 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
     inp = tmp_path / "in"
     write_images(inp, 12)
     out = tmp_path / "out"
-    first = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    first = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (first.seen, first.computed, first.unchanged, first.added) == (12, 12, 0, 12)
     before_files, before_state = _files(out), _state(out)
 
@@ -111,7 +93,7 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
 
     monkeypatch.setattr(plan, "file_sha256", no_hashing)  # the planner hashes touched files
     monkeypatch.setattr(data, "hash_open_file", no_hashing)  # the loader new and changed ones
-    again = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    again = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (again.seen, again.computed, again.unchanged, again.added, again.changed, again.removed) == (
         12,
         0,
@@ -128,7 +110,7 @@ def test_manifest_sha256_is_the_files_content_hash(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 5)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     images, _ = _state(out)
     for p in paths:
         assert images[p.name][2] == hashlib.sha256(p.read_bytes()).hexdigest()
@@ -138,15 +120,15 @@ def test_touched_file_is_hashed_once_then_fast_again(tmp_path, tiny_ckpt, monkey
     inp = tmp_path / "in"
     paths = write_images(inp, 6)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     before = _files(out)
     _bump_mtime(paths[2])  # same bytes, new mtime (e.g. copied without -p)
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.computed, r.unchanged, r.changed) == (0, 6, 0)
     assert _files(out) == before
     monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
     monkeypatch.setattr(data, "hash_open_file", lambda *a: (_ for _ in ()).throw(AssertionError("hashed")))
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)  # the new mtime was recorded: no hashing now
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)  # the new mtime was recorded: no hashing now
     assert r.computed == 0
 
 
@@ -155,7 +137,7 @@ def test_a_rerun_hashes_each_moved_file_once(tmp_path, tiny_ckpt, monkeypatch):
     inp = tmp_path / "in"
     paths = write_images(inp, 6)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     rng = np.random.default_rng(5)
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[1])  # changed
     _bump_mtime(paths[1])
@@ -163,7 +145,7 @@ def test_a_rerun_hashes_each_moved_file_once(tmp_path, tiny_ckpt, monkeypatch):
     hashed: list[str] = []
     real = plan.file_sha256
     monkeypatch.setattr(plan, "file_sha256", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.changed, r.computed, r.unchanged) == (1, 1, 5)
     assert sorted(hashed) == sorted([paths[1].name, paths[3].name])
 
@@ -172,7 +154,7 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 8)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     before_files = _files(out)
     _, before_maps = _state(out)
 
@@ -183,7 +165,7 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / "new.png")
     paths[5].unlink()
 
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.seen, r.added, r.changed, r.removed, r.computed, r.unchanged) == (8, 1, 1, 1, 2, 6)
     images, maps = _state(out)
     assert "img_005.png" not in images and ("img_005.png", "gradcam") not in maps
@@ -199,7 +181,7 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
     # the incremental result equals a fresh run over the same folder (up to float noise: CPU kernels
     # differ with batch size, and a re-run batches only the new and changed images)
     fresh = tmp_path / "fresh"
-    run(_opts(inp, fresh, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, fresh, tiny_ckpt), log=quiet)
     _assert_close(_state(fresh), _state(out))
 
     runs = Manifest(out / "xaibatch.sqlite").runs()
@@ -221,11 +203,11 @@ def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 6)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     gradcam_files = {f: t for f, t in _files(out).items()}
     _, maps_before = _state(out)
 
-    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=quiet)
     assert (r.computed, r.added, r.changed) == (6, 0, 0)
     after = _files(out)
     for f, t in gradcam_files.items():
@@ -236,8 +218,8 @@ def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):
 
     # a method's option changes: only that method is recomputed
     r = run(
-        _opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean"), method_options={"testmean": {"scale": 2.0}}),
-        log=_quiet,
+        run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean"), method_options={"testmean": {"scale": 2.0}}),
+        log=quiet,
     )
     assert r.computed == 6
     after2 = _files(out)
@@ -245,7 +227,9 @@ def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):
     assert any(after2[f] != after[f] for f in after if f.startswith("maps/testmean/"))
 
     # and nothing to do when asked for a subset of what is there
-    r = run(_opts(inp, out, tiny_ckpt, methods=("testmean",), method_options={"testmean": {"scale": 2.0}}), log=_quiet)
+    r = run(
+        run_opts(inp, out, tiny_ckpt, methods=("testmean",), method_options={"testmean": {"scale": 2.0}}), log=quiet
+    )
     assert r.computed == 0
 
 
@@ -253,9 +237,9 @@ def test_new_model_recomputes_and_drops_maps_of_methods_not_requested(tmp_path, 
     inp = tmp_path / "in"
     write_images(inp, 4)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=quiet)
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
-    r = run(_opts(inp, out, other), log=_quiet)
+    r = run(run_opts(inp, out, other), log=quiet)
     assert r.computed == 4
     _, maps = _state(out)
     assert {m for (_, m) in maps} == {"gradcam"}  # old testmean maps described the old model's prediction
@@ -267,14 +251,14 @@ def test_changed_content_drops_stale_maps_of_methods_not_requested(tmp_path, tin
     inp = tmp_path / "in"
     paths = write_images(inp, 3)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=quiet)
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(paths[0])
     _bump_mtime(paths[0])
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)  # gradcam only
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)  # gradcam only
     _, maps = _state(out)
     assert ("img_000.png", "testmean") not in maps and ("img_001.png", "testmean") in maps
     # asking for testmean again computes it for the changed image only
-    r = run(_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=quiet)
     assert r.computed == 1
 
 
@@ -282,10 +266,10 @@ def test_image_that_becomes_unreadable_leaves_the_report(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 4)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     paths[2].write_bytes(b"not a png any more")
     _bump_mtime(paths[2])
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert [rel for rel, _ in r.failed] == ["img_002.png"] and r.status == "some-failed"
     assert r.seen == r.computed + r.unchanged + len(r.failed)
     images, maps = _state(out)
@@ -295,10 +279,10 @@ def test_image_that_becomes_unreadable_leaves_the_report(tmp_path, tiny_ckpt):
     assert [rel for rel, _ in m.failures()] == ["img_002.png"]
     m.close()
     # failures are retried every run (not counted as added); once the file is gone, so is the failure
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.added, len(r.failed), r.computed) == (0, 1, 0)
     paths[2].unlink()
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert not r.failed
     m = Manifest(out / "xaibatch.sqlite")
     assert m.failures() == []
@@ -309,17 +293,17 @@ def test_stems_stay_stable_when_a_same_named_image_arrives(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 1)  # img_000.png, stem img_000
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     shutil.copy(inp / "img_000.png", inp / "img_000.jpg.png")
     Image.open(inp / "img_000.png").convert("RGB").save(inp / "img_000.jpg")
-    r = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert r.computed == 2
     images, _ = _state(out)
     assert images["img_000.png"][0] == "img_000"  # kept
     assert images["img_000.jpg"][0] == "img_000.jpg"
     assert len({v[0] for v in images.values()}) == 3
     (inp / "img_000.jpg").unlink()
-    run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (out / "images/img_000.png").exists() and (out / "maps/gradcam/img_000.npy").exists()
 
 
@@ -339,11 +323,9 @@ def test_run_history_counts_and_summary(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 5)
     out = tmp_path / "out"
-    r1 = run(_opts(inp, out, tiny_ckpt), log=_quiet)
-    r2 = run(_opts(inp, out, tiny_ckpt), log=_quiet)
+    r1 = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    r2 = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert "5 images seen, 0 computed, 5 skipped (unchanged), 0 failed" in r2.summary_line()
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    rows = db.execute("SELECT id, status, n_seen, n_added, n_unchanged, n_computed FROM runs ORDER BY id").fetchall()
-    db.close()
+    rows = manifest_rows(out, "SELECT id, status, n_seen, n_added, n_unchanged, n_computed FROM runs ORDER BY id")
     assert rows == [(r1.run_id, "ok", 5, 5, 0, 5), (r2.run_id, "ok", 5, 0, 5, 0)]
     assert set(r2.timings) == {"scan", "prepare", "plan", "compute", "report"}  # no import, model, first_batch

@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_checkpoint
+from helpers import make_checkpoint, quiet, run_opts
 from xaibatch.cli import cli
 from xaibatch.errors import ModelError, UsageError
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.methods import FAMILIES, METHODS, create_method, list_methods, method_class
 from xaibatch.methods.options import method_options, parse_method_option, parse_value
-from xaibatch.pipeline import RunOptions, run
+from xaibatch.pipeline import run
 
 from _methods_helpers import make_batch, make_ctx, model_state, random_images, tiny_model
 
@@ -31,23 +31,6 @@ def _one_thread():
     torch.set_num_threads(1)  # two shared cores: oversubscription makes tiny convolutions slower
     yield
     torch.set_num_threads(threads)
-
-
-def _opts(inp, out, methods, ckpt=None, **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=list(methods),
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        handle_signals=False,
-        **kw,
-    )
-
-
-def _quiet(s: str) -> None:
-    pass
 
 
 def _maps(out: Path) -> dict:
@@ -199,7 +182,8 @@ def test_native_and_library_maps_are_equal_through_the_pipeline(tmp_path):
     inp, out = tmp_path / "demo" / "test", tmp_path / "out"
     methods = ["gradcam", "cam:gradcam", "guided-gradcam", "captum:GuidedGradCam"]
     res = run(
-        _opts(inp, out, methods, method_options={"captum:GuidedGradCam": {"interpolate_mode": "bilinear"}}), log=_quiet
+        run_opts(inp, out, None, methods, method_options={"captum:GuidedGradCam": {"interpolate_mode": "bilinear"}}),
+        log=quiet,
     )
     assert res.computed == 10 and not res.failed
     rows = _maps(out)
@@ -297,14 +281,14 @@ def test_six_library_methods_end_to_end_on_demo_data_with_the_bundled_model(tmp_
 def test_rerun_caches_library_methods_and_an_option_change_recomputes_only_that_method(tmp_path, flat_dir, tiny_ckpt):
     out = tmp_path / "out"
     methods = ["cam:eigencam", "captum:Saliency"]
-    first = run(_opts(flat_dir, out, methods, tiny_ckpt), log=_quiet)
+    first = run(run_opts(flat_dir, out, tiny_ckpt, methods), log=quiet)
     assert first.computed == 6
     before = _maps(out)
-    again = run(_opts(flat_dir, out, methods, tiny_ckpt), log=_quiet)
+    again = run(run_opts(flat_dir, out, tiny_ckpt, methods), log=quiet)
     assert again.computed == 0 and again.unchanged == 6
     assert _maps(out) == before
     changed = run(
-        _opts(flat_dir, out, methods, tiny_ckpt, method_options={"captum:Saliency": {"reduce": "sum"}}), log=_quiet
+        run_opts(flat_dir, out, tiny_ckpt, methods, method_options={"captum:Saliency": {"reduce": "sum"}}), log=quiet
     )
     assert changed.computed == 6
     after = _maps(out)

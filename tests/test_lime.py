@@ -303,7 +303,7 @@ def _recording_segmenter(image: np.ndarray, log: str) -> np.ndarray:
 
 def test_segmentation_runs_in_the_workers_ahead_of_the_model(tmp_path, tiny_ckpt, monkeypatch):
     """The superpixels of later batches are computed in a DataLoader worker while LIME explains the first."""
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch import RunOptions, run
 
     write_images(tmp_path / "in", 4)

@@ -8,6 +8,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from helpers import manifest_rows
 from _methods_helpers import cpu_ctx, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
 from xaibatch.preprocess import IMAGENET_MEAN as MEAN  # the oracles' own black: (0 - MEAN) / STD
@@ -277,11 +278,10 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
 
 def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tmp_path, tiny_ckpt):
     import json
-    import sqlite3
 
     from click.testing import CliRunner
 
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch.cli import cli
 
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -308,9 +308,7 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
             catch_exceptions=False,
         )
         assert r.exit_code == 0, r.output
-        db = sqlite3.connect(out / "xaibatch.sqlite")
-        rows = [json.loads(i) for (i,) in db.execute("SELECT info_json FROM maps ORDER BY rel")]
-        db.close()
+        rows = [json.loads(i) for (i,) in manifest_rows(out, "SELECT info_json FROM maps ORDER BY rel")]
         return r.output, rows
 
     text, rows = run("--lime-samples", "auto", "--lime-samples-max", "300")

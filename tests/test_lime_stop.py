@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import manifest_rows, write_images
 from outcheck import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +65,6 @@ def test_sigint_stops_a_long_lime_batch_within_seconds(tmp_path, tiny_ckpt):
     assert p.returncode == 5, err
     assert took < 15, f"SIGINT took {took:.1f}s"
     assert "Traceback" not in err
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert db.execute("SELECT count(*) FROM images").fetchone() == (0,)  # the abandoned batch is not committed
-    assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
-    db.close()
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(0,)]  # the abandoned batch is not committed
+    assert manifest_rows(out, "SELECT status FROM runs") == [("interrupted",)]
     check_output_folder(out, inp)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import sqlite3
 
 import numpy as np
 import pytest
 
+from helpers import manifest_rows
 from xaibatch.report.localization import hit, pointing_game
 from xaibatch.pipeline import RunOptions, run
 
@@ -82,7 +82,6 @@ def test_each_method_points_into_the_fake_region(demo_run, method, min_ratio):
 @pytest.mark.slow
 def test_bundled_model_is_accurate_on_demo_test(demo_run):
     _, out = demo_run["gradcam"]
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    right, total = db.execute("SELECT SUM(label = pred), COUNT(*) FROM images").fetchone()
+    ((right, total),) = manifest_rows(out, "SELECT SUM(label = pred), COUNT(*) FROM images")
     assert total == 120
     assert right / total > 0.9

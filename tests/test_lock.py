@@ -13,14 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import ENV, REPO, cli, run_opts, write_images
 from test_crash import PRELUDE
 from xaibatch.errors import LockHeld
 from xaibatch.lock import LOCK_NAME, OutputLock
-from xaibatch.pipeline import RunOptions, run
+from xaibatch.pipeline import run
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 HOLDER = r"""
 import os, sys, time
@@ -53,31 +51,6 @@ def _holder(out: Path, *extra: str) -> subprocess.Popen:
     assert words[0] == "held"
     p.child = int(words[1]) if len(words) > 1 else None
     return p
-
-
-def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from xaibatch.cli import main; main()", "run", *args],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kw,
-    )
-
-
-def _opts(inp, out, ckpt, **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam"],
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        handle_signals=False,
-        **kw,
-    )
 
 
 # The crash tests' prelude, plus a gate: the first run's writer announces (file ``inside``) that it is inside
@@ -202,7 +175,7 @@ def test_wait_timeout_gives_up_with_4(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     holder = _holder(out)
     try:
-        r = _cli(str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--wait-timeout", "1", "--log-json")
+        r = cli("run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--wait-timeout", "1", "--log-json")
         assert r.returncode == 4
         end = json.loads(r.stdout.strip().splitlines()[-1])
         assert end["event"] == "end" and end["exit_code"] == 4 and end["status"] == "locked"
@@ -218,11 +191,11 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     holder = _holder(out)
     with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
-        run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+        run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
     holder.kill()
     holder.wait()
     said: list[str] = []
-    r = run(_opts(inp, out, tiny_ckpt), log=said.append)  # no waiting, no stale-lock dance
+    r = run(run_opts(inp, out, tiny_ckpt), log=said.append)  # no waiting, no stale-lock dance
     assert r.computed == 2
     assert any(f"pid {holder.pid}" in s and "did not finish" in s for s in said)  # its record was taken over
     assert (out / LOCK_NAME).read_text() == ""  # released cleanly: record cleared
@@ -266,7 +239,7 @@ def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
     live = out / f".notes.txt.{os.getpid()}.tmp"  # a live process's temp file is not ours to delete
     live.write_bytes(b"")
     said: list[str] = []
-    r = run(_opts(inp, out, tiny_ckpt), log=said.append)
+    r = run(run_opts(inp, out, tiny_ckpt), log=said.append)
     assert r.computed == 2
     assert any(f"pid {dead}" in s for s in said)
     assert not half.exists() and live.exists()
@@ -279,7 +252,7 @@ def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     out.mkdir()
     with OutputLock(out):
         with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
-            run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+            run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
         assert not OutputLock(out).try_acquire()  # and the first lock still holds
     again = OutputLock(out)
     assert again.try_acquire()

@@ -19,7 +19,7 @@ import pytest
 import timm
 import torch
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, manifest_value, quiet, run_opts, write_images
 from outcheck import check_output_folder
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RayOptions, RunOptions, run
@@ -88,22 +88,10 @@ def world(tmp_path_factory):
 
 def _opts(world, out: Path, source: str, family: str, **kw) -> RunOptions:
     methods = FAMILIES[family]
-    return RunOptions(
-        input_dir=world["inp"],
-        out_dir=out,
-        methods=methods,
-        workers=0,
-        batch_size=4,
-        device="cpu",
-        handle_signals=False,
-        method_options={m: OPTIONS[m] for m in methods if m in OPTIONS},
-        **world["sources"][source],
-        **kw,
+    options = {m: OPTIONS[m] for m in methods if m in OPTIONS}
+    return run_opts(
+        world["inp"], out, None, methods, device="cpu", method_options=options, **world["sources"][source], **kw
     )
-
-
-def _quiet(s: str) -> None:
-    pass
 
 
 def _base(world, source: str, family: str) -> Path:
@@ -111,7 +99,7 @@ def _base(world, source: str, family: str) -> Path:
     key = (source, family)
     if key not in world["bases"]:
         out = world["root"] / f"base-{source}-{family}"
-        res = run(_opts(world, out, source, family), log=_quiet)
+        res = run(_opts(world, out, source, family), log=quiet)
         assert res.computed == 6 and not res.failed
         world["bases"][key] = out
     return world["bases"][key]
@@ -124,13 +112,7 @@ def _copy(world, source, family, tmp_path) -> Path:
 
 
 def _maps_rows(out: Path) -> int:
-    import sqlite3
-
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        return db.execute("SELECT count(*) FROM maps").fetchone()[0]
-    finally:
-        db.close()
+    return manifest_value(out, "SELECT count(*) FROM maps")
 
 
 def _module(world, source: str):
@@ -163,14 +145,14 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
         from xaibatch.evaluation.faithfulness import FaithConfig
 
         out = _copy(world, source, family, tmp_path)
-        res = run(_opts(world, out, source, family, faithfulness=FaithConfig(steps=4)), log=_quiet)
+        res = run(_opts(world, out, source, family, faithfulness=FaithConfig(steps=4)), log=quiet)
         assert not res.failed
         check_output_folder(out, world["inp"])
         _assert_scored(out)
     elif entry == "run-ray":
         pytest.importorskip("ray")
         out = tmp_path / "o"
-        run(_opts(world, out, source, family, engine="ray", ray=RayOptions(workers=1)), log=_quiet)
+        run(_opts(world, out, source, family, engine="ray", ray=RayOptions(workers=1)), log=quiet)
         check_output_folder(out, world["inp"])
         assert _maps_rows(out) == 6 * len(FAMILIES[family])
     elif entry == "sanity":
@@ -201,7 +183,7 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
         assert got.probs.shape == (6, 2) and torch.allclose(got.probs.sum(1), torch.ones(6), atol=1e-5)
     elif entry == "rerun-threshold":
         out = _copy(world, source, family, tmp_path)
-        res = run(_opts(world, out, source, family, threshold=0.3), log=_quiet)
+        res = run(_opts(world, out, source, family, threshold=0.3), log=quiet)
         assert res.computed <= 6 and not res.failed
         check_output_folder(out, world["inp"])
     else:  # pragma: no cover
@@ -209,13 +191,7 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
 
 
 def _assert_scored(out: Path) -> None:
-    import sqlite3
-
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        missing = db.execute("SELECT count(*) FROM maps WHERE deletion IS NULL OR insertion IS NULL").fetchone()[0]
-    finally:
-        db.close()
+    missing = manifest_value(out, "SELECT count(*) FROM maps WHERE deletion IS NULL OR insertion IS NULL")
     assert missing == 0
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import write_images
+from helpers import run_opts, write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.errors import UsageError
@@ -54,17 +54,7 @@ def test_methods_sharing_a_folder_are_refused():
 
 
 def _opts(inp, out, ckpt, **kw):
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam", "cam:gradcam++"],
-        checkpoint=ckpt,
-        workers=0,
-        batch_size=4,
-        device="cpu",
-        handle_signals=False,
-        **kw,
-    )
+    return run_opts(inp, out, ckpt, ["gradcam", "cam:gradcam++"], device="cpu", **kw)
 
 
 def _to_old_layout(out):

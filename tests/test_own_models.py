@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import invoke, manifest_rows, manifest_value
 from xaibatch.cli import cli
 from xaibatch.tools.demo import write_demo_data
 from xaibatch.model.heads import OneLogitHead
@@ -120,7 +120,7 @@ def _load(folder):
 
 
 def _run(args):
-    return CliRunner().invoke(cli, ["run", *args, "--workers", "0", "-q"], catch_exceptions=False)
+    return invoke("run", *args, "--workers", "0", "-q")
 
 
 def _csv(out):
@@ -232,8 +232,7 @@ def test_threshold_moves_predictions_and_only_flipped_maps(world, tmp_path):
         assert float(after[rel]["p_REAL"]) == p  # probabilities are the same model's
     flipped = {rel for rel in before if before[rel]["pred"] != after[rel]["pred"]}
     assert flipped
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    runs = db.execute("SELECT predict_hash, config_json, n_computed FROM runs ORDER BY id").fetchall()
+    runs = manifest_rows(out, "SELECT predict_hash, config_json, n_computed FROM runs ORDER BY id")
     assert runs[0][0] != runs[1][0]
     assert json.loads(runs[1][1])["decision"]["threshold"] == t
     assert runs[1][2] == len(flipped)  # maps recomputed only where the target class flipped
@@ -247,8 +246,7 @@ def test_threshold_moves_predictions_and_only_flipped_maps(world, tmp_path):
     assert "ROC AUC" in html and "roc-" in html
     # the same threshold again: nothing to do
     _run(_cnn_args(world, out, "-m", "gradcam", "--threshold", str(t)))
-    assert db.execute("SELECT n_computed FROM runs ORDER BY id DESC").fetchone()[0] == 0
-    db.close()
+    assert manifest_rows(out, "SELECT n_computed FROM runs ORDER BY id DESC")[0][0] == 0
 
 
 def test_threshold_on_a_softmax_model(tmp_path):
@@ -284,7 +282,7 @@ def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
         ]
     )
     assert r.exit_code == 0, r.output
-    cfg = json.loads(sqlite3.connect(out / "xaibatch.sqlite").execute("SELECT config_json FROM runs").fetchone()[0])
+    cfg = json.loads(manifest_value(out, "SELECT config_json FROM runs"))
     assert cfg["layer"].startswith("body.") and cfg["layer"] != "srm"
     assert cfg["layer"] in (out / "index.html").read_text()
     assert len(list((out / "maps" / "guided-gradcam").rglob("*.npy"))) == 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.progress import Progress, duration
 

@@ -30,7 +30,7 @@ from xaibatch.pipeline.compute import batches
 from xaibatch.pipeline.plan import Plan, Work
 from xaibatch.scan import ImageEntry, Scan
 
-from conftest import write_images
+from helpers import manifest_rows, manifest_value, run_opts, write_images
 from outcheck import check_output_folder
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("pyarrow") is not None
@@ -39,18 +39,9 @@ METHODS = ["gradcam", "guided-gradcam", "lime"]
 
 
 def _opts(inp: Path, out: Path, ckpt: Path, engine: str = "local", **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=METHODS,
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        method_options={"lime": {"samples": 40, "segments": 12}},
-        handle_signals=False,
-        engine=engine,
-        ray=RayOptions(workers=2, cpus_per_worker=1),
-        **kw,
+    lime = {"lime": {"samples": 40, "segments": 12}}
+    return run_opts(
+        inp, out, ckpt, METHODS, method_options=lime, engine=engine, ray=RayOptions(workers=2, cpus_per_worker=1), **kw
     )
 
 
@@ -161,13 +152,8 @@ def test_ray_engine_scores_faithfulness_as_the_local_engine(local_ray, labeled_d
     check_output_folder(b, labeled_dir)
 
     def scores(out):
-        db = sqlite3.connect(out / "xaibatch.sqlite")
-        try:
-            return dict(
-                ((r, m), (d, i)) for r, m, d, i in db.execute("SELECT rel, method, deletion, insertion FROM maps")
-            )
-        finally:
-            db.close()
+        rows = manifest_rows(out, "SELECT rel, method, deletion, insertion FROM maps")
+        return {(r, m): (d, i) for r, m, d, i in rows}
 
     sa, sb = scores(a), scores(b)
     assert sa.keys() == sb.keys() and all(v[0] is not None for v in sb.values())
@@ -227,16 +213,12 @@ def test_an_unchanged_rerun_with_engine_ray_starts_no_ray(labeled_dir, tmp_path,
 
 
 def _rows(out: Path) -> dict[str, list[tuple]]:
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        tables = {}
-        for t in ("images", "maps", "failures"):
-            cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
-            keep = [i for i, c in enumerate(cols) if c != "run_id"]
-            tables[t] = sorted(tuple(r[i] for i in keep) for r in db.execute(f"SELECT * FROM {t}"))
-        return tables
-    finally:
-        db.close()
+    tables = {}
+    for t in ("images", "maps", "failures"):
+        cols = [r[1] for r in manifest_rows(out, f"PRAGMA table_info({t})")]
+        keep = [i for i, c in enumerate(cols) if c != "run_id"]
+        tables[t] = sorted(tuple(r[i] for i in keep) for r in manifest_rows(out, f"SELECT * FROM {t}"))
+    return tables
 
 
 def _files(out: Path) -> dict[str, str]:
@@ -300,12 +282,8 @@ def test_ray_engine_is_incremental(local_ray, labeled_dir, tmp_path, tiny_ckpt):
     write_images(labeled_dir / "REAL" / "new", 1, seed=9)
     third = run(_opts(labeled_dir, out, tiny_ckpt, "ray"))
     assert (third.computed, third.added, third.unchanged) == (1, 1, 10)
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        fresh = db.execute("SELECT rel FROM images WHERE run_id = ?", (third.run_id,)).fetchall()
-        fresh_maps = db.execute("SELECT count(*) FROM maps WHERE run_id = ?", (third.run_id,)).fetchone()[0]
-    finally:
-        db.close()
+    fresh = manifest_rows(out, "SELECT rel FROM images WHERE run_id = ?", (third.run_id,))
+    fresh_maps = manifest_value(out, "SELECT count(*) FROM maps WHERE run_id = ?", (third.run_id,))
     assert fresh == [("REAL/new/img_000.png",)] and fresh_maps == len(METHODS)
     check_output_folder(out, labeled_dir)
 
@@ -360,13 +338,10 @@ def test_a_killed_worker_loses_and_duplicates_nothing(local_ray, tmp_path, tiny_
         time.sleep(0.2)
         maps = 0
         if (out / "xaibatch.sqlite").is_file():
-            db = sqlite3.connect(out / "xaibatch.sqlite")
             try:
-                maps = db.execute("SELECT count(*) FROM maps").fetchone()[0]
+                maps = manifest_value(out, "SELECT count(*) FROM maps")
             except sqlite3.Error:
                 pass
-            finally:
-                db.close()
         workers = _our_workers()
         if maps and workers:  # a batch is committed and the workers are busy with the next ones
             killed = workers[0]
@@ -380,12 +355,8 @@ def test_a_killed_worker_loses_and_duplicates_nothing(local_ray, tmp_path, tiny_
         again = run(opts)
         assert again.status == "ok"
     check_output_folder(out, inp)  # each image once in the manifest, predictions.csv and the report
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    try:
-        assert db.execute("SELECT count(*) FROM images").fetchone()[0] == 24
-        assert db.execute("SELECT count(*) FROM maps").fetchone()[0] == 24 * len(METHODS)
-    finally:
-        db.close()
+    assert manifest_value(out, "SELECT count(*) FROM images") == 24
+    assert manifest_value(out, "SELECT count(*) FROM maps") == 24 * len(METHODS)
     run(dataclasses.replace(opts, out_dir=ref, engine="local"))  # and what it holds is what an unbroken run makes
     assert _rows(out) == _rows(ref)
     fo, fr = _files(out), _files(ref)
@@ -395,13 +366,10 @@ def test_a_killed_worker_loses_and_duplicates_nothing(local_ray, tmp_path, tiny_
 def _committed_maps(out: Path) -> int:
     if not (out / "xaibatch.sqlite").is_file():
         return 0
-    db = sqlite3.connect(out / "xaibatch.sqlite")
     try:
-        return db.execute("SELECT count(*) FROM maps").fetchone()[0]
+        return manifest_value(out, "SELECT count(*) FROM maps")
     except sqlite3.Error:
         return 0
-    finally:
-        db.close()
 
 
 @pytest.mark.slow

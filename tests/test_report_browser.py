@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_checkpoint, write_images
+from helpers import make_checkpoint, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run

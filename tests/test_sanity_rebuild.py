@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 
-from conftest import make_checkpoint, write_images
-from xaibatch.cli import cli
+from helpers import invoke, make_checkpoint, manifest_value, quiet, run_opts, write_images
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.runconfig import RunConfig
-
-
-def _quiet(s: str) -> None:
-    pass
 
 
 @pytest.fixture
@@ -30,23 +24,11 @@ def inp(tmp_path) -> Path:
 
 
 def _sanity(out: Path, *extra: str):
-    return CliRunner().invoke(cli, ["sanity", str(out), "--images", "4", "--device", "cpu", *extra])
+    return invoke("sanity", out, "--images", "4", "--device", "cpu", *extra)
 
 
 def _run(inp: Path, out: Path, methods, **kw) -> None:
-    run(
-        RunOptions(
-            input_dir=inp,
-            out_dir=out,
-            methods=list(methods),
-            workers=0,
-            batch_size=4,
-            device="cpu",
-            handle_signals=False,
-            **kw,
-        ),
-        log=_quiet,
-    )
+    run(run_opts(inp, out, None, methods, device="cpu", **kw), log=quiet)
 
 
 def test_sanity_after_lime_rebuilds_its_options(inp, tiny_ckpt, tmp_path):
@@ -134,7 +116,7 @@ def test_relative_paths_are_recorded_absolute(inp, tiny_ckpt, tmp_path, monkeypa
             workers=0,
             handle_signals=False,
         ),
-        log=_quiet,
+        log=quiet,
     )
     elsewhere = tmp_path / "elsewhere"
     write_images(elsewhere / "in" / "FAKE", 3, size=24, seed=7)  # same names, other pictures
@@ -179,7 +161,7 @@ def test_bad_json_in_the_manifest_is_one_line_not_internal(inp, tiny_ckpt, tmp_p
 def test_run_config_round_trips(inp, tiny_ckpt, tmp_path):
     out = tmp_path / "o"
     _run(inp, out, ["gradcam", "lime"], checkpoint=tiny_ckpt, method_options={"lime": {"samples": 12}})
-    text = sqlite3.connect(out / "xaibatch.sqlite").execute("SELECT config_json FROM runs").fetchone()[0]
+    text = manifest_value(out, "SELECT config_json FROM runs")
     cfg = RunConfig.from_json(text)
     assert cfg.to_json() == text
     assert cfg.source.kind == "checkpoint" and cfg.source.checkpoint == str(tiny_ckpt)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from badfiles import bomb_png
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from xaibatch import layout
 from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag

@@ -43,7 +43,7 @@ def test_the_package_and_its_light_modules_import_nothing_heavy():
 
 def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
     """Cron over a folder with nothing new: a scan, a manifest read and the report, but no model load."""
-    from conftest import write_images
+    from helpers import write_images
 
     from xaibatch.pipeline import RunOptions, run
 
@@ -147,7 +147,7 @@ def test_an_unchanged_rerun_with_a_library_method_imports_no_torch(tmp_path, tin
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 
-    from conftest import write_images
+    from helpers import write_images
     from xaibatch.cli import cli
 
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -190,7 +190,7 @@ def _loaded_after(code: str, names=NOT_FOR_GRADCAM) -> list[str]:
 def test_a_gradcam_run_imports_neither_the_compiler_nor_other_methods_libraries(tmp_path, tiny_ckpt):
     """torchvision and timm import torch._dynamo (and FSDP) at import time: about 1 s here, several on a fresh
     GPU host. A native Grad-CAM run needs neither it nor LIME's, captum's or pytorch-grad-cam's libraries."""
-    from conftest import write_images
+    from helpers import write_images
 
     write_images(tmp_path / "in", 4)
     loaded = _loaded_after(f"""
@@ -233,7 +233,7 @@ def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
 
 
 def _cheap_cases(tmp_path, tiny_ckpt):
-    from conftest import write_images
+    from helpers import write_images
 
     images, empty = tmp_path / "in", tmp_path / "empty"
     write_images(images, 2)
@@ -300,7 +300,7 @@ def test_cheap_checks_come_before_the_model_and_its_imports(case, tmp_path, tiny
 
 
 def test_log_json_says_where_the_time_went(tmp_path, tiny_ckpt):
-    from conftest import write_images
+    from helpers import write_images
 
     from xaibatch.pipeline import RunOptions, run
 

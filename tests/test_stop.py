@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch.scan import MAX_FILE_BYTES, scan
 
 REPO = Path(__file__).resolve().parents[1]

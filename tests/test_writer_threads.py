@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_images
+from helpers import run_opts, write_images
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run, writer
 from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
@@ -21,17 +21,7 @@ from xaibatch.pipeline.writer_pool import WriterDied
 
 
 def _opts(inp, out, ckpt, writers=None):
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam", "lime"],
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        writers=writers,
-        handle_signals=False,
-        method_options={"lime": {"samples": 20}},
-    )
+    return run_opts(inp, out, ckpt, ["gradcam", "lime"], writers=writers, method_options={"lime": {"samples": 20}})
 
 
 def _pictures(out: Path) -> dict:
@@ -169,7 +159,7 @@ def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path,
     import torch
 
     import test_crash as tc
-    from test_safety import _alive, _children
+    from test_output_safety import _alive, _children
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same kernels as the OMP_NUM_THREADS=1 subprocess (see test_crash)

@@ -1,4 +1,5 @@
-"""The bench's inputs, made once: smooth random images as arrays, their PNG files, subsets and JPEG copies.
+"""The bench's inputs, made once: smooth random images (``tools/synth.py``) as arrays, their PNG files, subsets
+and JPEG copies.
 
 Each image is made and encoded in a thread pool (Pillow's resize and encoders release the GIL). The arrays
 are what the runs' DataLoader decodes from the files (PNG is lossless and the files are at the model's input
@@ -17,30 +18,13 @@ from typing import Callable
 import numpy as np
 
 from ...defaults import cpu_count
+from .. import synth
 
 JPEG_QUALITY = 90  # 4:2:0, as most cameras and sites save them
 
 
-def image(i: int, size: int, seed: int = 0) -> np.ndarray:
-    """Image ``i``: (size, size, 3) uint8, a low-frequency colour field (bicubic from an 8-pixel grid) plus a
-    little noise, so SLIC finds real superpixels rather than collapsing on pure noise. The same for the same
-    ``(i, size, seed)``, whichever thread makes it."""
-    from PIL import Image
-
-    rng = np.random.default_rng([seed, i])
-    cells = max(2, size // 8)
-    low = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
-    a = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.int16)
-    return np.clip(a + rng.integers(-8, 9, a.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-
-
 def _save(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    if path.suffix == ".png":
-        Image.fromarray(array).save(path, compress_level=1)
-    else:
-        Image.fromarray(array).save(path, quality=JPEG_QUALITY)
+    synth.save(array, path, quality=JPEG_QUALITY, compress_level=1)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -57,13 +41,13 @@ def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path
 
 
 def write_images(folder: Path, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[Path]]:
-    """Make ``n`` images (see :func:`image`) and write them as PNGs, in parallel: the arrays and the paths."""
+    """Make ``n`` images (``synth.smooth``) and write them as PNGs, in parallel: the arrays and the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     paths = [folder / f"img_{i:06d}.png" for i in range(n)]
 
     def one(i: int) -> None:
-        images[i] = image(i, size, seed)
+        images[i] = synth.smooth(i, size, seed)
         if not paths[i].exists():
             _save(images[i], paths[i])
 

@@ -1,11 +1,11 @@
-"""Nobody let in: no code from checkpoints, no file outside --out, no markup from file names."""
+"""Nobody let in: no code from checkpoints, no file outside --out, no markup from file names, no formulas
+from them in predictions.csv."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import badfiles
-from conftest import make_checkpoint, write_images
+from helpers import invoke, make_checkpoint, manifest_rows, write_images
 from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import load_image
@@ -261,11 +261,10 @@ def test_hostile_names_write_only_under_out(tmp_path, tiny_ckpt):
     assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
 
     # Everything went in, each image's files where the manifest says, inside --out.
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    rels = {r for (r,) in db.execute("SELECT rel FROM images")}
+    rels = {r for (r,) in manifest_rows(out, "SELECT rel FROM images")}
     expected = {e.rel for e in scan(images).images}
     assert rels == expected and len(rels) == 2 * (len(badfiles.HOSTILE_NAMES) + 1) + 6  # "...." is no image
-    for npy, png, thumb in db.execute("SELECT npy, png, thumb FROM maps"):
+    for npy, png, thumb in manifest_rows(out, "SELECT npy, png, thumb FROM maps"):
         for rel in (npy, png, thumb):
             p = (out / rel).resolve()
             assert p.is_relative_to(out.resolve()) and p.is_file(), rel
@@ -454,9 +453,35 @@ def test_clashing_names_get_distinct_output_files(tmp_path, tiny_ckpt):
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    for rel, stem in db.execute("SELECT rel, stem FROM images"):
+    for rel, stem in manifest_rows(out, "SELECT rel, stem FROM images"):
         got = Image.open(out / "images" / f"{stem}.png").convert("RGB").getpixel((4, 4))
         want = colours[rel]  # each image's own picture, none overwritten (JPEG: +-3)
         assert all(abs(g - w) <= 3 for g, w in zip(got, want)), (rel, stem, got)
-    assert len(list(db.execute("SELECT DISTINCT npy FROM maps"))) == len(colours)
+    assert len(manifest_rows(out, "SELECT DISTINCT npy FROM maps")) == len(colours)
+
+
+def test_csv_cells_that_look_like_formulas_are_quoted(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "f.pt", classes=["=cmd|' -C calc'!A0", "@SUM(1)"])
+    root = tmp_path / "in"
+    for rel in [
+        "=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png",
+        "@SUM(1)/+1.png",
+        "@SUM(1)/-2.png",
+        "@SUM(1)/plain.png",
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (5, 6, 7)).save(root / rel)
+    out = tmp_path / "out"
+    r = invoke("run", root, "--checkpoint", ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader((out / "predictions.csv").open()))
+    cells = [c for row in rows for c in row[:3] + row[5:]]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], cells
+    assert "'=cmd|' -C calc'!A0/=HYPERLINK(\"http:x\").png" in [row[0] for row in rows]
+    assert "@SUM(1)/plain.png" not in [row[0] for row in rows] and "'@SUM(1)/plain.png" in [row[0] for row in rows]

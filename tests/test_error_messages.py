@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_images
+from helpers import write_images
 from xaibatch import layout
 from xaibatch.errors import UsageError
 from xaibatch.manifest import Manifest
@@ -127,23 +127,6 @@ def test_a_signal_during_the_report_says_interrupted(tmp_path, tiny_ckpt, monkey
         assert not m.get_meta("reporting_run")
     finally:
         m.close()
-
-
-@pytest.mark.parametrize("content", [b"", b"not a database", "fifo"])
-def test_a_fake_manifest_in_a_class_folder_does_not_hide_its_images(tmp_path, content):
-    import os
-
-    from xaibatch.scan import scan
-
-    write_images(tmp_path / "in" / "FAKE", 2)
-    write_images(tmp_path / "in" / "REAL", 2)
-    fake = tmp_path / "in" / "REAL" / layout.MANIFEST
-    if content == "fifo":
-        os.mkfifo(fake)
-    else:
-        fake.write_bytes(content)
-    found = scan(tmp_path / "in")
-    assert found.classes == ["FAKE", "REAL"] and len(found.images) == 4 and not found.empty_classes
 
 
 def test_an_out_path_too_long_for_sqlite_is_refused_before_it_is_created(tmp_path):

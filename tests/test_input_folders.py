@@ -1,16 +1,20 @@
-"""Odd folders and names: unreadable subfolders, clashing or too long stems, empty classes, links out."""
+"""The input folder's scan: unreadable subfolders, clashing or too long stems, empty classes, links out, folder
+names that are not UTF-8, a stray manifest in a class folder."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import write_images
+from helpers import REPO, manifest_rows, write_images
 from oddnames import make_unreadable
+from xaibatch import layout
 from xaibatch.cli import cli
 from xaibatch.scan import scan
 
@@ -100,8 +104,7 @@ def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_p
         cli, ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
     )
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    stems = dict(db.execute("SELECT rel, stem FROM images"))
+    stems = dict(manifest_rows(out, "SELECT rel, stem FROM images"))
     assert len(stems) == 4
     from outcheck import check_output_folder
 
@@ -134,8 +137,7 @@ def test_an_emptied_class_folder_is_a_class_without_images_and_its_images_leave(
     assert r.exit_code == 0, r.output
     assert "class folder 'FAKE' holds no images" in r.output
     assert "2 removed" in r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert dict(db.execute("SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
+    assert dict(manifest_rows(out, "SELECT rel, label FROM images")) == {"REAL/img_000.png": 1, "REAL/img_001.png": 1}
     assert not list((out / "images" / "FAKE").glob("*.png"))
     csv_rows = (out / "predictions.csv").read_text().splitlines()[1:]
     assert [row.split(",")[:2] for row in csv_rows] == [["REAL/img_000.png", "REAL"], ["REAL/img_001.png", "REAL"]]
@@ -151,3 +153,41 @@ def test_an_empty_folder_that_is_no_class_of_the_model_is_ignored_with_a_warning
     )
     assert r.exit_code == 0, r.output
     assert "class folder 'notes' holds no images; ignored" in r.output
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database", "fifo"])
+def test_a_fake_manifest_in_a_class_folder_does_not_hide_its_images(tmp_path, content):
+    import os
+
+    from xaibatch.scan import scan
+
+    write_images(tmp_path / "in" / "FAKE", 2)
+    write_images(tmp_path / "in" / "REAL", 2)
+    fake = tmp_path / "in" / "REAL" / layout.MANIFEST
+    if content == "fifo":
+        os.mkfifo(fake)
+    else:
+        fake.write_bytes(content)
+    found = scan(tmp_path / "in")
+    assert found.classes == ["FAKE", "REAL"] and len(found.images) == 4 and not found.empty_classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lang", ["C.UTF-8", "C"])
+def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang):
+    inp = Path(os.fsdecode(os.fsencode(tmp_path) + b"/in\xff"))
+    write_images(inp, 2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": lang, "LANG": lang}
+    env.pop("PYTHONIOENCODING", None)
+    p = subprocess.run(
+        [sys.executable, "-m", "xaibatch", "run", os.fsencode(inp), "--checkpoint", str(tiny_ckpt), "--workers", "0"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    # the default --out: outputs/<parent>-<name> (pipeline.default_out), relative to the working folder
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/" + os.fsencode(tmp_path.name) + b"-in\xff"))
+    assert (out / "index.html").is_file()
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -16,15 +15,14 @@ import numpy as np
 import pytest
 import timm
 import torch
-from click.testing import CliRunner
 
-from conftest import make_checkpoint, write_images
+import helpers
+from helpers import make_checkpoint, manifest_rows, write_images
 from xaibatch import errors
-from xaibatch.cli import cli
 
 
 def invoke(*args: str | Path):
-    return CliRunner().invoke(cli, ["run", *map(str, args)], catch_exceptions=False)
+    return helpers.invoke("run", *args)
 
 
 def error_lines(result) -> list[str]:
@@ -273,8 +271,8 @@ def test_out_inside_input_is_not_read_back(tmp_path, images, tiny_ckpt):
     assert invoke(*run_args(images, out, "--checkpoint", tiny_ckpt)).exit_code == 0
     r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
     assert r.exit_code == 0, r.output
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    assert sorted(x for (x,) in db.execute("SELECT rel FROM images")) == ["img_000.png", "img_001.png", "img_002.png"]
+    rels = sorted(x for (x,) in manifest_rows(out, "SELECT rel FROM images"))
+    assert rels == ["img_000.png", "img_001.png", "img_002.png"]
 
 
 # --- a full disk during a run ---------------------------------------------------------------------
@@ -305,13 +303,12 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
     for p in npys:  # every map on disk is complete
         assert np.load(p, allow_pickle=False).shape == (32, 32)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    db = sqlite3.connect(out / "xaibatch.sqlite")
-    rows = list(db.execute("SELECT npy, png, thumb FROM maps"))
+    rows = manifest_rows(out, "SELECT npy, png, thumb FROM maps")
     assert rows, "the first batch was committed"
     for row in rows:
         for rel in row:
             assert (out / rel).is_file(), rel
-    images = [x for (x,) in db.execute("SELECT rel FROM images")]
+    images = [x for (x,) in manifest_rows(out, "SELECT rel FROM images")]
     assert len(images) == len(rows) < 12
 
 

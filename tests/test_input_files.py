@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,7 @@ from PIL import Image
 
 import badfiles
 from badfiles import FAIL, IGNORED, OK
-from conftest import make_checkpoint
+from helpers import make_checkpoint, manifest_rows
 from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import load_image
@@ -40,13 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Run:
     def __init__(self, folder: badfiles.BadFolder, out: Path, result, seconds: float) -> None:
         self.folder, self.out, self.result, self.seconds = folder, out, result, seconds
-        db = sqlite3.connect(out / "xaibatch.sqlite")
-        try:
-            self.images = {r[0]: (r[1], r[2]) for r in db.execute("SELECT rel, width, height FROM images")}
-            self.failures = dict(db.execute("SELECT rel, reason FROM failures"))
-            self.maps = {(r[0], r[1]): r[2:] for r in db.execute("SELECT rel, method, npy, png, thumb FROM maps")}
-        finally:
-            db.close()
+        self.images = {r[0]: (r[1], r[2]) for r in manifest_rows(out, "SELECT rel, width, height FROM images")}
+        self.failures = dict(manifest_rows(out, "SELECT rel, reason FROM failures"))
+        self.maps = {(r[0], r[1]): r[2:] for r in manifest_rows(out, "SELECT rel, method, npy, png, thumb FROM maps")}
 
 
 @pytest.fixture(scope="module")

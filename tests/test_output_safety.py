@@ -11,33 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_images
-from xaibatch.cli import cli
+from helpers import ENV, REPO, invoke, run_opts, write_images
 from xaibatch.lock import LOCK_NAME
 from xaibatch.manifest import Manifest
-from xaibatch.pipeline import RunOptions, run
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _opts(inp, out, ckpt, **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=["gradcam"],
-        checkpoint=ckpt,
-        batch_size=4,
-        workers=0,
-        handle_signals=False,
-        **kw,
-    )
+from xaibatch.pipeline import run
 
 
 def _one_line_exit_2(r, *words):
@@ -98,7 +76,7 @@ def test_file_swapped_for_fifo_or_dev_zero_after_the_scan_is_skipped_not_hung(tm
     inp = tmp_path / "in"
     write_images(inp, 6)
     out = tmp_path / "out"
-    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
     for name in ("img_000.png", "img_001.png"):
         st = (inp / name).stat()
         os.utime(inp / name, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
@@ -374,7 +352,7 @@ def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(
     try:
         _wait_until(first, lambda: (marks / "precommit-1").exists(), "the first batch's files")
         (out / LOCK_NAME).unlink()
-        second = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)  # gets in: the lock file is new
+        second = run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)  # gets in: the lock file is new
         assert second.computed == 12
         (marks / "go").write_text("")
         _, err = first.communicate(timeout=120)
@@ -385,7 +363,7 @@ def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(
     assert first.returncode == 3, err
     assert "lock" in err and "Traceback" not in err
     assert _missing_files(out) == []
-    again = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    again = run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
     assert (again.computed, again.unchanged) == (0, 12)
     assert _missing_files(out) == []
 
@@ -396,7 +374,7 @@ def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(
 def test_deleted_output_files_are_regenerated_and_nothing_else_is_rewritten(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
     write_images(inp, 8, size=160)  # larger than a thumbnail: thumbs/ holds files of their own (layout.py)
-    opts = _opts(inp, out, tiny_ckpt)
+    opts = run_opts(inp, out, tiny_ckpt)
     opts.methods = ["gradcam", "guided-gradcam"]
     run(opts, log=lambda s: None)
     before = {p: (out / p).stat().st_mtime_ns for p in _referenced(out)}

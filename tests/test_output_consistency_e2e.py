@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from oddnames import make_unreadable
 from outcheck import check_output_folder
 from xaibatch.cli import cli
+from xaibatch.tools import synth
 
 LONG = "x" * 247
-
-
-def _image(path: Path, colour=(200, 30, 30), size=(12, 10)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path, format="PNG" if path.suffix != ".jpg" else "JPEG")
 
 
 def _hostile(root: Path, outside: Path) -> None:
@@ -38,7 +33,7 @@ def _hostile(root: Path, outside: Path) -> None:
         "<b>bold</b>.png",
         "plain.png",
     ]:
-        _image(fake / rel)
+        synth.solid(fake / rel)
     (fake / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     bad = os.fsencode(fake) + b"/bad\xffname.png"
     with open(bad, "wb") as f:
@@ -46,10 +41,10 @@ def _hostile(root: Path, outside: Path) -> None:
     os.makedirs(os.fsencode(fake) + b"/folder\xfe", exist_ok=True)
     with open(os.fsencode(fake) + b"/folder\xfe/in.png", "wb") as f:
         f.write((fake / "plain.png").read_bytes())
-    _image(fake / "locked" / "hidden.png")
-    _image(outside / "secret.png")
+    synth.solid(fake / "locked" / "hidden.png")
+    synth.solid(outside / "secret.png")
     os.symlink(outside, fake / "out_link")
-    _image(outside / "private.png")
+    synth.solid(outside / "private.png")
     os.chmod(outside / "private.png", 0o600)
     os.symlink(outside / "private.png", fake / "innocent.png")  # a file link out: refused as folder links are
     os.symlink(fake / "plain.png", fake / "alias.png")  # a file link inside the input: an image like any other
@@ -57,7 +52,7 @@ def _hostile(root: Path, outside: Path) -> None:
         f.write((fake / "plain.png").read_bytes())
         f.truncate(16 * 1024**4 - 4096)
     for i in range(3):
-        _image(real / f"r{i}.png", (10, 10 * i, 200))
+        synth.solid(real / f"r{i}.png", (10, 10 * i, 200))
     (root / "EMPTY").mkdir()
     # Hostile ground-truth masks (issue 22 item 7): skipped with a reason, never a crash of the report.
     import numpy as np

@@ -1,0 +1,92 @@
+"""What many test files share: generated inputs, a tiny checkpoint, a run's options, the CLI in-process and as
+a real process, and read-only looks into a run's manifest.
+
+Images and checkpoints come from ``xaibatch/tools/synth.py``, which ``xaibatch bench`` and benchmarks/ use too.
+Method tests' batches and tiny models: ``_methods_helpers.py``; a whole output folder's consistency:
+``outcheck.py``; files that decode badly: ``badfiles.py``; odd names: ``oddnames.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from xaibatch.tools import synth
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # subprocesses on a shared box: one torch thread each
+CLASSES = list(synth.CLASSES)
+MANIFEST = "xaibatch.sqlite"
+
+
+def make_checkpoint(
+    path: Path, arch: str = "test_resnet", size: int = 32, classes=CLASSES, seed: int = 0, **kwargs
+) -> Path:
+    """A randomly initialised timm model saved in xaibatch's checkpoint format."""
+    return synth.tiny_checkpoint(path, arch, size, classes, seed, **kwargs)
+
+
+def write_images(folder: Path, n: int, size: int = 32, seed: int = 0, ext: str = "png") -> list[Path]:
+    """``img_000.<ext>``, ...: ``n`` noise images, the same for the same seed."""
+    return synth.write_images(folder, n, size, seed, ext)
+
+
+def quiet(s: str) -> None:
+    """A run's ``log`` that prints nothing."""
+
+
+def run_opts(inp: Path, out: Path, ckpt: Path | None = None, methods=("gradcam",), **kw):
+    """A run's options as most tests want them: batches of 4, no DataLoader workers, no signal handlers.
+
+    Any other ``RunOptions`` field (or one of these, ``checkpoint`` too) goes in ``kw``.
+    """
+    from xaibatch.pipeline import RunOptions
+
+    fields = {"checkpoint": ckpt, "batch_size": 4, "workers": 0, "handle_signals": False, **kw}
+    return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), **fields)
+
+
+def invoke(*args, catch_exceptions: bool = False):
+    """``xaibatch ARGS...`` in this process (click's CliRunner); the arguments may be paths."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def cli(*args, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """``xaibatch ARGS...`` as a real process, as a scheduler runs it (no terminal, one torch thread)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *[str(a) for a in args]],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def manifest_rows(out: Path, sql: str, params=(), timeout: float = 5.0) -> list[tuple]:
+    """The rows ``sql`` selects from the manifest of the output folder ``out``.
+
+    The connection is query-only (a test looks, it never changes what it checks) but not ``mode=ro``: a
+    read-only connection cannot end the manifest's WAL, and would leave -wal and -shm files in ``out``.
+    """
+    db = sqlite3.connect(Path(out) / MANIFEST, timeout=timeout)
+    try:
+        db.execute("PRAGMA query_only = ON")
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def manifest_value(out: Path, sql: str, params=()):
+    """The first column of the one row ``sql`` selects (a count, a config)."""
+    rows = manifest_rows(out, sql, params)
+    assert len(rows) == 1, rows
+    return rows[0][0]
