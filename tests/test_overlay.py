@@ -133,3 +133,26 @@ def test_output_dir_leaves_no_temporary_file_when_a_write_fails(tmp_path, monkey
             files.write("images/a.png", b"new")
     assert (tmp_path / "images/a.png").read_bytes() == b"old"
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_map_zero_everywhere_is_flagged_and_named_on_the_page(signed):
+    """Grad-CAM of a class the model rules out is often zero everywhere: a blank overlay that reads as a broken
+    picture. The view flags it (as overlay.views_batch and report.detail.view_of compute it) and the page says so."""
+    from types import SimpleNamespace
+
+    from xaibatch.overlay import views_batch
+    from xaibatch.report.cards import _scale_view
+    from xaibatch.report.detail import view_of
+    from xaibatch.report.model import MethodInfo
+
+    full = torch.zeros(2, 8, 8)
+    full[1, 3, 4] = 0.5 if not signed else -0.25  # one value: not zero everywhere
+    views = views_batch(full, full, signed)
+    assert views[0].get("zero") is True and "zero" not in views[1]
+    for j in range(2):
+        assert view_of(full[j].numpy(), 8, 8, signed).get("zero") == views[j].get("zero")
+    info = MethodInfo("m", "Grad-CAM", signed, [], "", "")
+    flagged = _scale_view(SimpleNamespace(view=views[0]), info)
+    assert flagged["zero"] and flagged["weak"].startswith("zero everywhere: Grad-CAM finds no evidence")
+    assert "zero" not in _scale_view(SimpleNamespace(view=views[1]), info)

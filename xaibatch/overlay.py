@@ -204,12 +204,16 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+ZERO_MAP = 1e-6  # a map whose every value is at most this (in absolute value) is "zero everywhere"
+
+
 def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
     "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size;
     signed maps: max |m|, 0 when all zero);
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
-    the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``."""
+    the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
+    only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out)."""
     import torch
 
     b = shown.shape[0]
@@ -222,11 +226,12 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
         scale = torch.where(top > 1e-6, top, torch.ones_like(top))
     ev = full.float().reshape(b, -1)
     peak = (ev.clamp(min=0) if signed else ev).argmax(dim=1)
+    zero = ev.abs().amax(dim=1) <= ZERO_MAP
     w = full.shape[2]
     shape = [int(full.shape[1]), int(w)]
     return [
-        {"scale": s, "peak": [p // w, p % w], "shape": shape}
-        for s, p in zip(scale.cpu().tolist(), peak.cpu().tolist(), strict=True)
+        {"scale": s, "peak": [p // w, p % w], "shape": shape, **({"zero": True} if z else {})}
+        for s, p, z in zip(scale.cpu().tolist(), peak.cpu().tolist(), zero.cpu().tolist(), strict=True)
     ]
 
 

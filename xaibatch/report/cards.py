@@ -144,6 +144,9 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
                 f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
                 "strongest superpixel, so full red and blue overstate it"
             )
+    if v.get("zero"):  # no colour at all: say why, or the blank overlay reads as a broken picture
+        out["zero"] = True
+        out["weak"] = f"zero everywhere: {m.title} finds no evidence for this class in the image"
     return out
 
 

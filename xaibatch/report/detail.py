@@ -88,14 +88,15 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
     picture (overlay.views_batch): the colour bar's scale at the display size, the peak, the shape."""
     import numpy as np
 
-    from ..overlay import display_map, display_scale
+    from ..overlay import ZERO_MAP, display_map, display_scale
 
     m = np.nan_to_num(m.astype(np.float32, copy=False))
     shown = display_map(m, display_size(width, height), signed)
     s = float(np.abs(shown).max()) if signed else display_scale(shown, signed)  # as overlay.views_batch
     evidence = np.where(m > 0, m, 0) if signed else m
     y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
-    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])]}
+    zero = {"zero": True} if float(np.abs(m).max(initial=0.0)) <= ZERO_MAP else {}
+    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **zero}
 
 
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:

@@ -134,7 +134,8 @@ class MapView:
     peak: list[int] | None = None  # [row, column] of the map's maximum (MapRow.view)
     shape: list[int] | None = None  # the saved map's [height, width]
     mag: str = ""  # signed maps: "±0.0006", the scale the gallery prints under the card
-    weak: str = ""  # signed maps whose scale is under WEAK_SIGNED_SCALE: the warning, in words
+    zero: bool = False  # the map is zero everywhere (MapRow.view): it shows no colour at all
+    weak: str = ""  # signed maps whose scale is under WEAK_SIGNED_SCALE, or a map zero everywhere: the warning
     deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
     insertion: str | None = None
     curves: tuple[str, str] | None = None  # SVG polyline points of the deletion and insertion curves

@@ -67,7 +67,7 @@ DERIVED = {
     "pixelated",
     "scale_text",  # scale (and the method's signedness, in the site key)
     "mag",
-    "weak",
+    "weak",  # scale, zero
 }
 _card_fields = operator.attrgetter(
     *(f.name for f in fields(Card) if f.repr and f.name not in ("maps", "label_maps") and f.name not in DERIVED)
