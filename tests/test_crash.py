@@ -193,8 +193,8 @@ def _starting_folder(tmp_path: Path, ckpt: Path) -> tuple[Path, Path]:
     run(_opts(inp, out, ckpt), log=lambda s: None)
     rng = np.random.default_rng(7)
     for i in range(N_NEW):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / f"new_{i:03d}.png")
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(old[3])
+        synth.save(synth.noise(rng, 32), inp / f"new_{i:03d}.png")
+    synth.save(synth.noise(rng, 32), old[3])
     st = old[3].stat()
     os.utime(old[3], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     old[6].unlink()
