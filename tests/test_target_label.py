@@ -160,7 +160,6 @@ def test_an_unchanged_pred_label_rerun_imports_no_torch(inp, tmp_path, tiny_ckpt
     probe = f"""
         from pathlib import Path
         from xaibatch.pipeline import RunOptions, run
-from xaibatch.tools import synth
         r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
                            checkpoint=Path({str(tiny_ckpt)!r}), target="pred,label", workers=0, batch_size=3,
                            handle_signals=False), log=lambda s: None)
