@@ -122,3 +122,19 @@ def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
     np.testing.assert_array_equal(decoded, inputs.images)
     jpegs = sorted(p.name for p in inputs.jpegs(2).iterdir())
     assert jpegs == ["img_000000.jpg", "img_000001.jpg"] and (tmp_path / "jpeg-5" / "img_000004.jpg").is_file()
+
+
+def test_the_bench_model_is_synths_checkpoint_at_the_architectures_own_size(tmp_path):
+    """``xaibatch bench`` without --image-size builds its model with ``synth.tiny_checkpoint(size=None)``: the
+    checkpoint records the architecture's own input size, and the same seed gives the same weights."""
+    import torch
+
+    from xaibatch.model.loading import load_model
+    from xaibatch.tools import synth
+
+    a = load_model(synth.tiny_checkpoint(tmp_path / "a.pt", "test_resnet", None, ["c0", "c1", "c2"]))
+    b = load_model(synth.tiny_checkpoint(tmp_path / "b.pt", "test_resnet", None, ["c0", "c1", "c2"]))
+    own = a.module.pretrained_cfg["input_size"][-1]
+    assert a.preprocess.image_size == own and a.class_names == ["c0", "c1", "c2"]
+    for (name, x), (_n, y) in zip(a.module.state_dict().items(), b.module.state_dict().items()):
+        assert torch.equal(x, y), name

@@ -35,6 +35,7 @@ from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
+from xaibatch.tools import synth
 
 N_OLD, N_NEW, BATCH = 8, 32, 4
 
@@ -111,8 +112,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _opts(inp, out, ckpt) -> RunOptions:
-    return run_opts(inp, out, ckpt, batch_size=BATCH)
+def _opts(inp, out, ckpt, **kw) -> RunOptions:
+    return run_opts(inp, out, ckpt, batch_size=BATCH, **kw)
 
 
 def _cli(
@@ -192,8 +193,8 @@ def _starting_folder(tmp_path: Path, ckpt: Path) -> tuple[Path, Path]:
     run(_opts(inp, out, ckpt), log=lambda s: None)
     rng = np.random.default_rng(7)
     for i in range(N_NEW):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / f"new_{i:03d}.png")
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(old[3])
+        synth.save(synth.noise(rng, 32), inp / f"new_{i:03d}.png")
+    synth.save(synth.noise(rng, 32), old[3])
     st = old[3].stat()
     os.utime(old[3], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     old[6].unlink()
@@ -351,6 +352,48 @@ def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckp
     r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
     assert r.status == "ok" and r.computed == N_NEW + 1 - done
     assert _consistent(out) == _consistent(ref)
+    assert _files(out) == _files(ref)
+    check_output_folder(out, inp)
+
+
+PRED_LABEL = ["--target", "pred,label"]
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_pred_label_run_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt):
+    """``--target pred,label``: killed with a batch's prediction and true-class files written, its rows not
+    committed. The tiny model calls most images REAL, so the FAKE ones are misclassified (as in
+    test_target_label.py): their ``gradcam@label`` rows must come out as an uninterrupted run makes them."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    synth.write_classes(inp, 2, seed=1)  # FAKE from seed 1, REAL from seed 2
+    run(_opts(inp, out, tiny_ckpt, target="pred,label"), log=lambda s: None)
+    for k, name in enumerate(synth.CLASSES):  # new images in both classes: several mixed batches
+        for i, path in enumerate(synth.write_images(tmp_path / "new" / name, 10, seed=11 + k)):
+            shutil.move(path, inp / name / f"new_{i:03d}.png")
+    ref = tmp_path / "ref"
+    shutil.copytree(out, ref)
+    run(_opts(inp, ref, tiny_ckpt, target="pred,label"), log=lambda s: None)
+    label_rows = {rel for rel, key in _consistent(ref)[1] if key == "gradcam@label"}
+    new_rels = {f"{c}/new_{i:03d}.png" for c in synth.CLASSES for i in range(10)}
+    assert label_rows & new_rels and new_rels - label_rows, "new images both misclassified and not"
+
+    marks = tmp_path / "marks"
+    proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=PRED_LABEL)
+    _wait_for(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
+    proc.kill()
+    proc.wait()
+    proc.stdout.close(), proc.stderr.close()
+    referenced = Manifest(out / "xaibatch.sqlite").referenced_files()
+    assert _files(out) - referenced  # files no row points at yet
+    done = _count(out, "SELECT count(*) FROM images WHERE run_id = 2")
+    assert 0 < done < len(new_rels)  # killed mid-compute
+
+    said: list[str] = []
+    r = run(_opts(inp, out, tiny_ckpt, target="pred,label"), log=said.append)
+    assert r.status == "ok" and r.computed == len(new_rels) - done
+    assert any("did not finish" in line for line in said)
+    got, want = _consistent(out), _consistent(ref)
+    assert got == want  # same image rows; same map rows, the @label ones too; byte-identical maps
     assert _files(out) == _files(ref)
     check_output_folder(out, inp)
 

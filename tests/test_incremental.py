@@ -19,6 +19,7 @@ from xaibatch.manifest import Manifest
 from xaibatch.methods import METHODS, Explanation, Method
 from xaibatch.layout import assign_stems
 from xaibatch.pipeline import run
+from xaibatch.tools import synth
 
 
 class MeanMethod(Method):
@@ -139,7 +140,7 @@ def test_a_rerun_hashes_each_moved_file_once(tmp_path, tiny_ckpt, monkeypatch):
     out = tmp_path / "out"
     run(run_opts(inp, out, tiny_ckpt), log=quiet)
     rng = np.random.default_rng(5)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[1])  # changed
+    synth.save(synth.noise(rng, 32), paths[1])  # changed
     _bump_mtime(paths[1])
     _bump_mtime(paths[3])  # touched
     hashed: list[str] = []
@@ -160,9 +161,9 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
 
     # changed: new pixels, same name; added: a new file; removed: one file gone
     rng = np.random.default_rng(99)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(paths[1])
+    synth.save(synth.noise(rng, 32), paths[1])
     _bump_mtime(paths[1])
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(inp / "new.png")
+    synth.save(synth.noise(rng, 32), inp / "new.png")
     paths[5].unlink()
 
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)

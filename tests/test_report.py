@@ -18,6 +18,7 @@ from helpers import make_checkpoint, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow
 from xaibatch.pipeline import RunOptions, run
+from xaibatch.tools import synth as pictures  # this file's own synth() builds a manifest
 
 CLASSES = ["FAKE", "REAL"]
 METHODS = {
@@ -242,7 +243,7 @@ def hostile_run(tmp_path_factory) -> Path:
     for i, name in enumerate(HOSTILE):
         d = root / "in" / classes[i % 2] / ("sub dir #2" if i % 3 == 0 else "")
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
+        pictures.save(pictures.noise(rng, 32), d / name)
     run(
         RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt),
         log=lambda s: None,

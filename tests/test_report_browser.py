@@ -18,6 +18,7 @@ from helpers import make_checkpoint, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run
+from xaibatch.tools import synth
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -115,7 +116,7 @@ def hostile_out(tmp_path_factory) -> Path:
     for i, name in enumerate(HOSTILE):
         d = root / "in" / classes[i % 2] / ("sub #2 ?%" if i % 3 == 0 else "")
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / name)
+        synth.save(synth.noise(rng, 32), d / name)
     (root / "in" / classes[0] / "<svg onload=alert(5)>.png").write_bytes(b"broken")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report.model, "PAGE_SIZE", 4)

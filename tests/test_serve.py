@@ -21,6 +21,7 @@ from helpers import make_checkpoint
 from xaibatch import layout
 from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag
+from xaibatch.tools import synth
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -34,7 +35,7 @@ SAMPLES = 40
 
 
 def png(seed: int, size: int = 32) -> bytes:
-    a = np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    a = synth.noise(np.random.default_rng(seed), size)
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()

@@ -21,6 +21,7 @@ from xaibatch import layout
 from xaibatch.cli import cli
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RunOptions, run
+from xaibatch.tools import synth
 
 LIME = {"lime": {"samples": 32, "segments": 8}}
 
@@ -330,3 +331,36 @@ def test_the_detail_view_shows_why_and_why_not_rows(driver, inp, tmp_path, tiny_
     check_page(driver, urls[good[0]])
     assert driver.execute_script("return document.querySelectorAll('.views').length") == 1
     assert driver.execute_script("return document.querySelectorAll('section.why').length") == 0
+
+
+def test_the_lime_estimate_counts_the_true_class_maps(inp, tmp_path, tiny_ckpt):
+    """The cost LIME announces at the start counts every map it will fit: known misclassified images' true-class
+    maps exactly; new images' at the error rate the manifest knows, or all labelled ones on a first run."""
+
+    def estimate(out: Path, target: str = "pred,label") -> dict:
+        events: list[dict] = []
+        go(opts(inp, out, tiny_ckpt, target=target, methods=("lime",), method_options=LIME, on_event=events.append))
+        (e,) = [e for e in events if e["event"] == "estimate"]
+        return e
+
+    first = estimate(tmp_path / "a")  # a first run: which new images are misclassified is not known yet
+    images, _maps = rows(tmp_path / "a")
+    bad = wrong(images)
+    assert bad and bad != set(images)
+    assert (first["images"], first["label_maps"]) == (16, 8) and "at most" in first["text"]
+    assert "16 image(s) x 32 samples" in first["text"]
+
+    later = tmp_path / "b"  # a known misclassified image whose true-class map is missing: counted exactly
+    assert estimate(later, target="pred")["label_maps"] == 0
+    second = estimate(later)
+    assert (second["images"], second["label_maps"]) == (len(bad), len(bad))
+    assert "estimated" not in second["text"] and "at most" not in second["text"]
+
+    rng = np.random.default_rng(5)  # 6 new labelled images: estimated at the error rate the manifest knows
+    for i in range(6):
+        synth.save(synth.noise(rng, 32), inp / "FAKE" / f"new_{i}.png")
+    third = estimate(tmp_path / "a")
+    guess = round(6 * len(bad) / 8)
+    assert (third["images"], third["label_maps"]) == (6 + guess, guess)
+    if guess:
+        assert f"{guess} of them estimated" in third["text"]

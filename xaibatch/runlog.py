@@ -5,7 +5,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``start``: pid, host, input_dir, out_dir, methods, version.
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute).
 * ``failure``: one per image that could not be read (path, reason).
-* ``estimate``: what a slow method will cost (method, images, text), before the first batch.
+* ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
+  ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it): once when the first batches give an estimate, then about every minute.
 * ``end``: status, exit_code, counts (seen, computed, skipped, failed, added, changed, removed),

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .. import targets
 from ..dataset import ImageDataset, LoadedBatch, collate
 from ..defaults import default_writers
 from ..engines import ComputeJob
@@ -186,13 +187,23 @@ def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[t
 
 
 def announce(
-    prepared: Prepared, plan: Plan, emit: Callable[[dict[str, Any]], None], log: Callable[[str], None]
+    prepared: Prepared,
+    plan: Plan,
+    emit: Callable[[dict[str, Any]], None],
+    log: Callable[[str], None],
+    known: Known,
 ) -> None:
-    """Slow methods say up front what they cost."""
+    """Slow methods say up front what they cost: every map they will compute, the true class's too
+    (``--target pred,label``; see labelmaps.expected)."""
     for m in prepared.methods:
         n = sum(1 for w in plan.work.values() if m.name in w.methods)
-        if n and (line := m.estimate(n)):
-            emit({"event": "estimate", "method": m.name, "images": n, "text": line})
+        exact, guessed, bound = labelmaps.expected(plan, known, targets.label_key(m.name))
+        extra = exact + guessed
+        if n + extra and (line := m.estimate(n + extra)):
+            if extra:
+                how = ", at most" if bound else (f", {guessed} of them estimated" if guessed else "")
+                line += f" (with {extra} true-class map(s) of misclassified images{how})"
+            emit({"event": "estimate", "method": m.name, "images": n + extra, "label_maps": extra, "text": line})
             log(f"xaibatch: {line}")
 
 
@@ -203,7 +214,7 @@ def compute(job: ComputeJob) -> None:
     run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
     if not plan.work:
         return
-    announce(prepared, plan, emit, log)
+    announce(prepared, plan, emit, log, known)
 
     device = prepared.ctx.device
     progress = progress_bar(opts, len(plan.work), log, emit)

@@ -25,8 +25,37 @@ from .writer import MapPictures, WriteJob, batch_pictures
 
 if TYPE_CHECKING:
     from .compute import BatchWorker
+    from .plan import Known, Plan
 
 Maps = dict[str, MethodMaps]
+
+
+def expected(plan: Plan, known: Known, key: str) -> tuple[int, int, bool]:
+    """How many true-class maps of ``key`` (``lime@label``) the run will compute, for the estimate at its start:
+    (exactly known, estimated, whether the estimate is only an upper bound).
+
+    Exact for an image whose prediction stays (``plan.label_todo`` asked for the key only because it is a known
+    misclassified image). An image whose prediction the batch decides anew gets the map only if it has a label
+    and turns out misclassified, which nobody knows before the model runs: those are estimated at the error
+    rate of the labelled images the manifest holds (the last run's predictions, a fair guess for the same
+    model on more of the same folder), and where it holds none (a first run) as every labelled new image,
+    an upper bound.
+    """
+    exact = new = 0
+    for w in plan.work.values():
+        if key not in w.methods:
+            continue
+        if not w.fresh:
+            exact += 1
+        elif w.entry.label is not None:
+            new += 1
+    if not new:
+        return exact, 0, False
+    labelled = [r for r in known.images.values() if r.label is not None and r.label >= 0]
+    if not labelled:
+        return exact, new, True
+    wrong = sum(targets.misclassified(r.label, r.pred) for r in labelled)
+    return exact, round(new * wrong / len(labelled)), False
 
 
 def label_methods(methods: list[Method], todo: tuple[str, ...]) -> list[Method]:

@@ -94,7 +94,7 @@ def compute_ray(job: ComputeJob) -> None:
     from .recovery import sweep_temp_files
     from .writer import commit
 
-    announce(prepared, plan, emit, log)
+    announce(prepared, plan, emit, log, known)
     started = connect(opts.ray)
     flag = None
     token = uuid.uuid4().hex

@@ -98,17 +98,18 @@ def write_classes(root: Path, per_class: int, size: int = 32, seed: int = 0, cla
 
 
 def tiny_checkpoint(
-    path: Path, arch: str = "test_resnet", size: int = 32, classes=CLASSES, seed: int = 0, **kwargs
+    path: Path, arch: str = "test_resnet", size: int | None = 32, classes=CLASSES, seed: int = 0, **kwargs
 ) -> Path:
-    """A randomly initialised timm model (``pretrained=False``) saved in xaibatch's checkpoint format."""
-    import timm
+    """A randomly initialised timm model (``pretrained=False``) saved in xaibatch's checkpoint format: the tests'
+    tiny one by default, any ``arch`` for the bench (``size`` None: the architecture's own input size)."""
     import torch
 
+    from ..imports import import_timm
     from ..model.loading import save_checkpoint
     from ..preprocess import Preprocess
 
     torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=len(classes), **kwargs)
+    model = import_timm().create_model(arch, pretrained=False, num_classes=len(classes), **kwargs)
     pre = Preprocess.for_model(model, size)  # the architecture's own mean and std, as xaibatch train writes them
-    save_checkpoint(path, model, arch, list(classes), size, pre.mean, pre.std)
+    save_checkpoint(path, model, arch, list(classes), pre.image_size, pre.mean, pre.std)
     return path

@@ -72,17 +72,13 @@ class Bench:
 
 def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: int) -> Bench:
     """A randomly initialised ``opts.arch`` saved as an xaibatch checkpoint and loaded as runs load it."""
-    from ...imports import import_timm
     from ...model.layers import find_target_layer
     from ...methods import ModelContext, create_method
-    from ...model.loading import load_model, save_checkpoint
-    from ...preprocess import Preprocess
+    from ...model.loading import load_model
+    from .. import synth
 
-    torch.manual_seed(0)
-    ckpt = inputs.root / "model.pt"
-    net = import_timm().create_model(opts.arch, pretrained=False, num_classes=opts.classes)
-    pre = Preprocess.for_model(net, opts.image_size)
-    save_checkpoint(ckpt, net, opts.arch, [f"c{i}" for i in range(opts.classes)], pre.image_size, pre.mean, pre.std)
+    classes = [f"c{i}" for i in range(opts.classes)]
+    ckpt = synth.tiny_checkpoint(inputs.root / "model.pt", opts.arch, opts.image_size, classes)
     loaded = load_model(ckpt)
     model = loaded.module.to(dev).eval()
     layer = find_target_layer(model, opts.image_size)

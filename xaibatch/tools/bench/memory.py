@@ -58,22 +58,14 @@ def memory_check(
     import subprocess
     import sys
 
-    import torch
-
     from ...defaults import default_workers
-    from ...imports import import_timm
-    from ...model.loading import save_checkpoint
-    from ...preprocess import Preprocess
+    from .. import synth
 
     workers = default_workers() if workers is None else workers
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        torch.manual_seed(0)
-        net = import_timm().create_model(arch, pretrained=False, num_classes=2)
-        pre = Preprocess.for_model(net, size)
-        ckpt = root / "model.pt"
-        save_checkpoint(ckpt, net, arch, ["FAKE", "REAL"], size, pre.mean, pre.std)
+        ckpt = synth.tiny_checkpoint(root / "model.pt", arch, size)
         log(f"memory: generating {max(counts)} {size}x{size} PNGs")
         _, paths = write_images(root / "all", max(counts), size)
         results = []

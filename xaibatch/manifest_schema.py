@@ -1,0 +1,90 @@
+"""The manifest's schema: its tables, the triggers that keep ``content_version``, and the in-place upgrade of a
+file an older xaibatch wrote. What is read and written: :mod:`.manifest`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 3  # 2: maps rows gained the faithfulness columns, 3: view_json (both added in place to older files)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,              -- running | ok | some-failed | interrupted | error | killed
+    input_dir TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    predict_hash TEXT NOT NULL,
+    seconds REAL,
+    n_seen INTEGER DEFAULT 0, n_added INTEGER DEFAULT 0, n_changed INTEGER DEFAULT 0,
+    n_removed INTEGER DEFAULT 0, n_unchanged INTEGER DEFAULT 0, n_failed INTEGER DEFAULT 0,
+    n_computed INTEGER DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS images (
+    rel TEXT PRIMARY KEY,
+    stem TEXT NOT NULL,               -- file stem under images/, thumbs/ and maps/
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL,
+    label INTEGER, pred INTEGER NOT NULL, target INTEGER NOT NULL, confidence REAL NOT NULL,
+    probs_json TEXT NOT NULL,
+    predict_hash TEXT NOT NULL,
+    run_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS maps (
+    rel TEXT NOT NULL, method TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    npy TEXT NOT NULL, png TEXT NOT NULL, thumb TEXT,
+    info_json TEXT,
+    run_id INTEGER NOT NULL,
+    deletion REAL, insertion REAL,     -- faithfulness AUCs (NULL: not computed), see faithfulness.py
+    faith_json TEXT,                   -- their curves
+    faith_hash TEXT,                   -- the map's hash plus the faithfulness settings they were computed under
+    view_json TEXT,                    -- what the report shows of the map without reading it (MapRow.view)
+    PRIMARY KEY (rel, method)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    rel TEXT PRIMARY KEY, reason TEXT NOT NULL, run_id INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
+""" + "".join(
+    # Every change to what the report shows per image bumps meta.content_version, whatever code path made it:
+    # the report (report/snapshot.py) skips its per-image pages while the number has not moved.
+    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'content_version'; END;\n"
+    for table in ("images", "maps", "failures")
+    for op in ("INSERT", "UPDATE", "DELETE")
+)
+
+ADDED_COLUMNS = {
+    "maps": (
+        ("deletion", "REAL"),
+        ("insertion", "REAL"),
+        ("faith_json", "TEXT"),
+        ("faith_hash", "TEXT"),
+        ("view_json", "TEXT"),
+    )
+}
+
+
+def create(db: sqlite3.Connection) -> None:
+    """Make the tables (where missing) and bring an older file up to SCHEMA_VERSION."""
+    db.executescript(SCHEMA)
+    migrate(db)
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a manifest written by an older xaibatch up to SCHEMA_VERSION: add the nullable columns it lacks."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        missing = [(name, kind) for name, kind in columns if name not in have]
+        for name, kind in missing:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another connection added it first
+                if "duplicate column" not in str(e):
+                    raise
+        if missing:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
