@@ -146,6 +146,7 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
             )
     if v.get("zero"):  # no colour at all: say why, or the blank overlay reads as a broken picture
         out["zero"] = True
+    if v.get("zero") and not m.signed:  # (a signed map's warning above already says "at most 0")
         out["weak"] = f"zero everywhere: {m.title} finds no evidence for this class in the image"
     return out
 
