@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import layout
-from .errors import XaibatchError
+from .errors import XaibatchError, storage_error
 
-SCHEMA_VERSION = 3  # 2: maps rows gained the faithfulness columns, 3: view_json (both added in place to older files)
+SCHEMA_VERSION = 4  # 2: maps rows gained the faithfulness columns, 3: view_json, 4: runs.reason (added in place)
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
 SCHEMA = """
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,
     n_seen INTEGER DEFAULT 0, n_added INTEGER DEFAULT 0, n_changed INTEGER DEFAULT 0,
     n_removed INTEGER DEFAULT 0, n_unchanged INTEGER DEFAULT 0, n_failed INTEGER DEFAULT 0,
-    n_computed INTEGER DEFAULT 0
+    n_computed INTEGER DEFAULT 0,
+    reason TEXT                        -- why a run stopped on an error: the message it exited with
 );
 CREATE TABLE IF NOT EXISTS images (
     rel TEXT PRIMARY KEY,
@@ -137,6 +138,9 @@ class Manifest:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
             self.db.close()
+            full = storage_error(e, self.path.parent)  # a full disk: not a damaged manifest
+            if full is not None:
+                raise full from None
             raise ManifestError(
                 f"the manifest {self.path} is unusable ({e}); move it (and the folder's other files) away "
                 "to start a fresh report there"
@@ -171,11 +175,13 @@ class Manifest:
         )
         return int(cur.lastrowid)
 
-    def finish_run(self, run_id: int, status: str, seconds: float, counts: dict[str, int]) -> None:
-        cols = ", ".join(f"n_{k} = ?" for k in counts)
+    def finish_run(
+        self, run_id: int, status: str, seconds: float, counts: dict[str, int], reason: str | None = None
+    ) -> None:
+        cols = "".join(f", n_{k} = ?" for k in counts)
         self.db.execute(
-            f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, {cols} WHERE id = ?",
-            (status, time.time(), seconds, *counts.values(), run_id),
+            f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, reason = ?{cols} WHERE id = ?",
+            (status, time.time(), seconds, reason, *counts.values(), run_id),
         )
 
     def set_status(self, run_id: int, status: str) -> None:
@@ -337,13 +343,14 @@ class Manifest:
 
 
 _ADDED_COLUMNS = {
+    "runs": (("reason", "TEXT"),),
     "maps": (
         ("deletion", "REAL"),
         ("insertion", "REAL"),
         ("faith_json", "TEXT"),
         ("faith_hash", "TEXT"),
         ("view_json", "TEXT"),
-    )
+    ),
 }
 
 
