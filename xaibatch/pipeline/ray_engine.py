@@ -206,8 +206,9 @@ def compute_ray(job: ComputeJob) -> None:
         finally:
             done.set()
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor
-        # never renamed. We hold the lock, so no one else writes here.
-        sweep_temp_files(out, lambda pid: True)
+        # never renamed. We hold the lock, so no one else writes here; the driver's own (the run's disk reserve,
+        # files.Reserve) stay.
+        sweep_temp_files(out, lambda pid: pid != os.getpid())
         if opts.faithfulness is not None and not stop.requested:
             from ..evaluation.faithfulness import chance_on_driver
 
