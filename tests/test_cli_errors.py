@@ -296,7 +296,7 @@ def test_disk_full_mid_run_stops_cleanly(tmp_path, tiny_ckpt, monkeypatch):
 
     monkeypatch.setattr(files.OutputDir, "write", filling_disk)  # the writer's one write path: npy and PNGs
     r = invoke(data, "--out", out, "--workers", "0", "-q", "--batch-size", "4", "--checkpoint", tiny_ckpt)
-    assert_one_line(r, errors.EXIT_RUNTIME, "No space left on device")
+    assert_one_line(r, errors.EXIT_RUNTIME, "no space left on device")
 
     npys = list(out.rglob("*.npy"))
     assert npys, "the first batch was written before the disk filled"

@@ -539,3 +539,41 @@ def test_an_image_that_kills_its_worker_fails_after_bounded_retries(local_ray, t
     assert any("computing their images one at a time" in line for line in said), said
     stems = check_output_folder(out, inp)
     assert sorted(stems) == ["img_000.png", "img_002.png", "img_003.png", "img_004.png"]
+
+
+DIES_LOADING = """
+import os
+import torch
+from torch import nn
+
+def build():
+    if os.getpid() != {driver}:  # in a Ray actor: as a segfault, or an OOM kill, while the model loads
+        os._exit(1)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    net.pretrained_cfg = {{"input_size": (3, 32, 32), "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}}
+    return net
+"""
+
+
+@pytest.mark.slow
+def test_workers_that_die_loading_the_model_stop_the_run(local_ray, tmp_path):
+    """Ray restarted them forever (and then blamed every image); now the third death stops the run: one line, exit 3,
+    the run row says error and why, no image is marked failed."""
+    from xaibatch.pipeline.ray_engine import TASK_RETRIES
+
+    inp, out = tmp_path / "in", tmp_path / "o"
+    write_images(inp, 4, seed=3)
+    (tmp_path / "dies.py").write_text(DIES_LOADING.format(driver=os.getpid()))
+    args = ["run", inp, "--out", out, "--model", f"{tmp_path / 'dies.py'}:build", "--classes", "a,b", "-q"]
+    args += ["--workers", "0", "--batch-size", "2", "--engine", "ray", "--ray-workers", "2", "--cpus-per-worker", "1"]
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    print(f"took {time.monotonic() - t0:.0f} s")
+    assert res.exit_code == 3, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
+    assert line.startswith(f"Error: Ray workers died while loading the model ({TASK_RETRIES + 1} times): "), line
+    assert "Traceback" not in res.output
+    assert manifest_rows(out, "SELECT status, reason FROM runs") == [("error", line.removeprefix("Error: "))]
+    assert manifest_value(out, "SELECT count(*) FROM failures") == 0
+    assert manifest_value(out, "SELECT count(*) FROM images") == 0

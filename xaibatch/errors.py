@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
+
+from . import layout
 
 
 class XaibatchError(Exception):
@@ -35,10 +39,53 @@ class LockHeld(XaibatchError):
     exit_code = 4  # ExitCode.LOCKED
 
 
+class StorageError(XaibatchError, OSError):
+    """The output folder's file system refused a write: full, over quota, a file size limit, read-only, failing.
+
+    The run stops after the batch it was writing; what was committed before stays (exit code 3). Still an OSError
+    with its ``errno``, for callers that catch those.
+    """
+
+    exit_code = 3  # ExitCode.RUNTIME
+
+
 class Interrupted(XaibatchError):
     """SIGINT or SIGTERM stopped the run after saving what was done."""
 
     exit_code = 5  # ExitCode.INTERRUPTED
+
+
+# Write errors that no retry fixes: the run stops, and the message says what to do (storage_error).
+_STORAGE_ADVICE = {
+    errno.ENOSPC: "free space and run again",
+    errno.EDQUOT: "free space (or raise the quota) and run again",
+    errno.EFBIG: "raise the file size limit (ulimit -f) and run again",
+    errno.EROFS: "make the folder writable and run again",
+    errno.EIO: "check the disk and run again",
+}
+_SQLITE_ERRNO = {13: errno.ENOSPC, 10: errno.EIO}  # SQLITE_FULL (also a full quota), SQLITE_IOERR
+
+
+def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageError | None:
+    """``exc`` as the run's one-line StorageError when it is a full disk (or quota, file size limit, read-only or
+    failing file system) met writing under ``out``, by a file write or by the manifest's SQLite; else None."""
+    if isinstance(exc, StorageError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)  # sqlite3.Error (Python 3.11+): not an OSError
+    if isinstance(code, int):
+        err = _SQLITE_ERRNO.get(code & 0xFF)
+        path = os.path.join(out, layout.MANIFEST)
+    elif isinstance(exc, OSError):
+        err = exc.errno
+        path = exc.filename if isinstance(exc.filename, str) and exc.filename else None
+    else:
+        return None
+    if err not in _STORAGE_ADVICE:
+        return None
+    where = f"writing {path}" if path else f"writing to {out}"
+    full = StorageError(f"{os.strerror(err).lower()} {where}: {_STORAGE_ADVICE[err]}; finished images are kept")
+    full.errno = err
+    return full
 
 
 class ExitCode(IntEnum):

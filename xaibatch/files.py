@@ -78,12 +78,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             tmp.unlink()
         except OSError:
             pass
+        name_target(e, path)
         raise
+
+
+def name_target(e: BaseException, path: Path) -> None:
+    """Let an OSError from writing ``path`` name it (a failed ``write`` names no file; a temporary name is none of
+    the user's business), so that the message of a full disk says which file."""
+    if isinstance(e, OSError) and not (e.filename and os.path.isabs(e.filename)):
+        e.filename = str(path)
+
+
+class Reserve:
+    """A little disk space held back under ``out`` while a run writes, freed when a write fails for want of it:
+    then the run's row can still say ``error`` (SQLite must grow its log to record it). A temporary file's name
+    (``.xaibatch-reserve.<pid>.tmp``), so a sweep after a killed run removes it."""
+
+    SIZE = 256 * 1024  # some 60 pages of the manifest's log; random bytes, which no file system compresses away
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / f".xaibatch-reserve.{os.getpid()}.tmp"
+        try:
+            atomic_write_bytes(self.path, os.urandom(self.SIZE))
+        except OSError as e:
+            e.filename = str(out)  # no room for the reserve: the message names the folder, not this file
+            raise
+
+    def release(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -191,11 +221,12 @@ class OutputDir:
             finally:
                 os.close(fd)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
+        except BaseException as e:
             try:
                 os.unlink(tmp, dir_fd=dir_fd)
             except OSError:
                 pass
+            name_target(e, self.root / rel)
             raise
 
     def read(self, rel: str, size: int) -> bytes | None:

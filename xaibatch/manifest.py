@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import layout, manifest_schema
-from .errors import XaibatchError
+from .errors import XaibatchError, storage_error
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
@@ -84,6 +84,9 @@ class Manifest:
             manifest_schema.create(self.db)
         except sqlite3.DatabaseError as e:
             self.db.close()
+            full = storage_error(e, self.path.parent)  # a full disk: not a damaged manifest
+            if full is not None:
+                raise full from None
             raise ManifestError(
                 f"the manifest {self.path} is unusable ({e}); move it (and the folder's other files) away "
                 "to start a fresh report there"
@@ -118,11 +121,13 @@ class Manifest:
         )
         return int(cur.lastrowid)
 
-    def finish_run(self, run_id: int, status: str, seconds: float, counts: dict[str, int]) -> None:
-        cols = ", ".join(f"n_{k} = ?" for k in counts)
+    def finish_run(
+        self, run_id: int, status: str, seconds: float, counts: dict[str, int], reason: str | None = None
+    ) -> None:
+        cols = "".join(f", n_{k} = ?" for k in counts)
         self.db.execute(
-            f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, {cols} WHERE id = ?",
-            (status, time.time(), seconds, *counts.values(), run_id),
+            f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, reason = ?{cols} WHERE id = ?",
+            (status, time.time(), seconds, reason, *counts.values(), run_id),
         )
 
     def set_status(self, run_id: int, status: str) -> None:

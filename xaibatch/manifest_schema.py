@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3  # 2: maps rows gained the faithfulness columns, 3: view_json (both added in place to older files)
+SCHEMA_VERSION = 4  # 2: maps rows gained the faithfulness columns, 3: view_json, 4: runs.reason (added in place)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,
     n_seen INTEGER DEFAULT 0, n_added INTEGER DEFAULT 0, n_changed INTEGER DEFAULT 0,
     n_removed INTEGER DEFAULT 0, n_unchanged INTEGER DEFAULT 0, n_failed INTEGER DEFAULT 0,
-    n_computed INTEGER DEFAULT 0
+    n_computed INTEGER DEFAULT 0,
+    reason TEXT                        -- why a run stopped on an error: the message it exited with
 );
 CREATE TABLE IF NOT EXISTS images (
     rel TEXT PRIMARY KEY,
@@ -58,13 +59,14 @@ INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
 )
 
 ADDED_COLUMNS = {
+    "runs": (("reason", "TEXT"),),
     "maps": (
         ("deletion", "REAL"),
         ("insertion", "REAL"),
         ("faith_json", "TEXT"),
         ("faith_hash", "TEXT"),
         ("view_json", "TEXT"),
-    )
+    ),
 }
 
 

@@ -11,8 +11,10 @@ back only a :class:`.writer.Commit` (rows, no pixels), which the driver commits 
 
 Faults: Ray restarts a dead actor and retries its batch (files are rewritten atomically under the
 same names; a batch committed twice is skipped); whatever is not committed when the driver stops is
-computed by the next run. SIGINT/SIGTERM sets a stop flag the actors poll: batches not started are
-skipped, running ones finish (LIME abandons its batch), their rows are committed, exit code 5.
+computed by the next run. Actors that die while loading the model are counted (by the stop flag's
+actor): the one after TASK_RETRIES such deaths stops the run instead of loading (exit code 3).
+SIGINT/SIGTERM sets a stop flag the actors poll: batches not started are skipped, running ones
+finish (LIME abandons its batch), their rows are committed, exit code 5.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def check_available(opts: RunOptions) -> None:
 
 # Times Ray retries a batch whose actor died (an OOM kill, a decoder's segfault) before giving it up: then the
 # batch's images are computed one at a time, and an image that still kills its worker fails with a reason.
+# Also the actors that may die while loading the model: one more stops the run (ray_worker.LoadCrashed).
 TASK_RETRIES = 2
 
 
@@ -137,6 +140,7 @@ def compute_ray(job: ComputeJob) -> None:
             stop_name,
             threads=max(1, int(cpus)),
             cwd=os.getcwd(),
+            retries=TASK_RETRIES,
         )
 
         def stream(batch: list[Task]) -> set[int]:
@@ -202,8 +206,9 @@ def compute_ray(job: ComputeJob) -> None:
         finally:
             done.set()
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor
-        # never renamed. We hold the lock, so no one else writes here.
-        sweep_temp_files(out, lambda pid: True)
+        # never renamed. We hold the lock, so no one else writes here; the driver's own (the run's disk reserve,
+        # files.Reserve) stay.
+        sweep_temp_files(out, lambda pid: pid != os.getpid())
         if opts.faithfulness is not None and not stop.requested:
             from ..evaluation.faithfulness import chance_on_driver
 

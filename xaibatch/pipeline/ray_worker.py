@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, XaibatchError
 from ..scan import ImageEntry, Scan
 from .options import RunOptions
 from .plan import Hashes, Known, Plan
@@ -58,6 +58,11 @@ class WorkerConfig:
     stop_name: str  # the named actor that says stop
     threads: int  # decoding threads
     cwd: str = ""  # the driver's working folder: a relative --model FILE.py resolves as it does there
+    retries: int = 2  # actors that may die while loading the model before the run stops (ray_engine.TASK_RETRIES)
+
+
+class LoadCrashed(XaibatchError):
+    """Ray workers kept dying while they loaded the model (exit code 3): Ray would restart them forever."""
 
 
 def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan: Plan, known: Known) -> Task:
@@ -81,6 +86,24 @@ class Worker:
     config: WorkerConfig  # set on the subclass made by worker_class
 
     def __init__(self) -> None:
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.error: BaseException | None = None
+        loads = Loads.join(self.config.stop_name)  # before anything heavy: torch's import can crash too
+        if loads is not None and loads.died > self.config.retries:
+            self.error = LoadCrashed(
+                f"Ray workers died while loading the model ({loads.died} times): out of memory, or a crash or an "
+                "exit in the model's code (or torch's); the Ray worker logs of the node say which "
+                "(/tmp/ray/session_latest/logs)"
+            )
+            loads.done()
+            return
+        try:
+            self._load()
+        finally:  # loaded, or failed with an error this actor reports: either way it did not die loading
+            if loads is not None:
+                loads.done()
+
+    def _load(self) -> None:
         import torch
 
         from ..files import OutputDir
@@ -94,8 +117,6 @@ class Worker:
         torch.set_num_threads(max(1, c.threads))
         if c.cwd and os.path.isdir(c.cwd):
             os.chdir(c.cwd)
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.error: BaseException | None = None
         self.stop_flag: Any = None
         self.stopped = False
         self.last_poll = 0.0
@@ -193,13 +214,57 @@ def worker_class(config: WorkerConfig) -> type:
 
 
 class StopFlag:
-    """The driver's SIGINT/SIGTERM, for the actors."""
+    """What the actors ask the driver's side of the run: its SIGINT/SIGTERM, and how often one of them died while it
+    loaded the model (a named actor of the run, see ray_engine)."""
 
     def __init__(self) -> None:
         self.flag = False
+        self.loading_now: set[str] = set()  # actor ids that began loading and have not finished
+        self.died = 0
 
     def set(self) -> None:
         self.flag = True
 
     def is_set(self) -> bool:
         return self.flag
+
+    def loading(self, actor: str) -> int:
+        """``actor`` begins to load the model; return how many times actors died loading it. Ray restarts a dead
+        actor under the same id: one still loading when it begins again died while it loaded."""
+        if actor in self.loading_now:
+            self.died += 1
+        self.loading_now.add(actor)
+        return self.died
+
+    def loaded(self, actor: str) -> None:
+        self.loading_now.discard(actor)
+
+
+@dataclass
+class Loads:
+    """An actor's report of its loading to the run's StopFlag (none outside a Ray actor)."""
+
+    flag: Any
+    actor: str
+    died: int
+
+    @classmethod
+    def join(cls, flag_name: str) -> Loads | None:
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return None
+            actor = ray.get_runtime_context().get_actor_id()
+            if actor is None:
+                return None
+            flag = ray.get_actor(flag_name)
+            return cls(flag, actor, ray.get(flag.loading.remote(actor), timeout=30))
+        except Exception:  # no answer: load as before, unbounded restarts and all
+            return None
+
+    def done(self) -> None:
+        try:
+            self.flag.loaded.remote(self.actor)
+        except Exception:
+            pass

@@ -82,9 +82,16 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
 REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
 
 
-def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, counts: dict[str, int]) -> None:
-    """After the report: set the run's status when it failed (None: it did not), and note that the report is done;
-    never hides the original error."""
+def mark_run(
+    out: Path,
+    run_id: int | None,
+    status: str | None,
+    seconds: float,
+    counts: dict[str, int],
+    reason: str | None = None,
+) -> None:
+    """After the report: set the run's status (and why) when it failed (None: it did not), and note that the report
+    is done; never hides the original error."""
     if run_id is None:
         return
     try:
@@ -92,7 +99,7 @@ def mark_run(out: Path, run_id: int | None, status: str | None, seconds: float, 
         try:
             with manifest.transaction():
                 if status is not None:
-                    manifest.finish_run(run_id, status, seconds, counts)
+                    manifest.finish_run(run_id, status, seconds, counts, reason)
                 manifest.set_meta(REPORTING, "")
         finally:
             manifest.close()

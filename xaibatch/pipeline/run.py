@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from .. import layout
 from ..engines import ComputeJob, Engine, engine_for
-from ..errors import Interrupted, UsageError
+from ..errors import Interrupted, UsageError, XaibatchError, storage_error
 from ..scan import Scan, shown
 from ..lock import OutputLock
 from ..manifest import ImageRow, Manifest, ManifestError
@@ -53,7 +53,7 @@ from .migrate import migrate_map_folders
 from .recovery import REPORTING, mark_run, recover, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
-from ..files import unlink_all
+from ..files import Reserve, unlink_all
 
 
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
@@ -107,8 +107,13 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                     with loading():
                         setup = load_setup(opts)
             return _run_locked(opts, engine, out, lock, setup, stop, log, t0, waited[0], timings)
-        except sqlite3.DatabaseError as e:  # a damaged page surfaces only when a query reaches it
-            raise ManifestError(
+        except (OSError, sqlite3.DatabaseError) as e:
+            full = storage_error(e, out)  # a full disk (before the run row): never "damaged", never a traceback
+            if full is not None:
+                raise full from None
+            if not isinstance(e, sqlite3.DatabaseError):
+                raise
+            raise ManifestError(  # a damaged page surfaces only when a query reaches it
                 f"the manifest {out / layout.MANIFEST} is damaged ({e}); move it (and the folder's "
                 "other files) away to start a fresh report there"
             ) from None
@@ -165,8 +170,10 @@ def _run_locked(
     run_id: int | None = None
     tally = Tally(failed=list(found.skipped))
     counts: dict[str, int] = {}
+    reserve: Reserve | None = None
     try:
         recover(out, manifest, lock, log)
+        reserve = Reserve(out)  # should the disk fill up, room to record how this run ended
         known = setup.known or Known.read(manifest)  # a cached setup has read it, under this lock
         moved = migrate_map_folders(out, manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
         if moved:
@@ -219,14 +226,18 @@ def _run_locked(
             manifest.finish_run(run_id, status, time.time() - t0, counts)
             manifest.set_meta(REPORTING, str(run_id))
     except BaseException as e:
+        if reserve is not None:
+            reserve.release()  # a full disk: room for the run row to say so
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
+        full = storage_error(e, out)
         if run_id is not None:
             counts.update(failed=len(tally.failed), computed=tally.computed)
-            bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
             try:
-                manifest.finish_run(run_id, bad, time.time() - t0, counts)
+                manifest.finish_run(run_id, ending(e), time.time() - t0, counts, reason(full or e))
             except Exception:
                 pass  # the original error matters more
+        if full is not None:
+            raise full from None
         raise
     finally:
         manifest.close()
@@ -235,15 +246,21 @@ def _run_locked(
 
     t_report = time.time()
     try:
-        lock.check()  # the report is written only while the folder is still ours
-        written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
-        report, accuracy = written.index, written.accuracy
-    except BaseException as e:  # the run row agrees with the exit code
-        bad = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
-        mark_run(out, run_id, bad, time.time() - t0, counts)
-        raise
+        try:
+            lock.check()  # the report is written only while the folder is still ours
+            written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
+            report, accuracy = written.index, written.accuracy
+        except BaseException as e:  # the run row agrees with the exit code
+            reserve.release()
+            full = storage_error(e, out)
+            mark_run(out, run_id, ending(e), time.time() - t0, counts, reason(full or e))
+            if full is not None:
+                raise full from None
+            raise
+        mark_run(out, run_id, None, 0, {})  # reported
+    finally:
+        reserve.release()
     timings["report"] = time.time() - t_report
-    mark_run(out, run_id, None, 0, {})  # reported
     result = RunResult(
         out,
         counts["seen"],
@@ -269,6 +286,22 @@ def _run_locked(
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
+
+
+def ending(e: BaseException) -> str:
+    """The run row's status when ``e`` stopped the run (the exit code's, see errors.ExitCode)."""
+    return "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+
+
+def reason(e: BaseException) -> str:
+    """The run row's reason: the one line the run exits with (cli/boundary.py says it so)."""
+    if isinstance(e, XaibatchError):
+        return str(e)
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+    return f"{type(e).__name__}: {e}"
 
 
 def apply_removals(

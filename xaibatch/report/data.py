@@ -103,6 +103,7 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
         "id": r["id"],
         "started": fmt_time(r["started_at"]),
         "status": r["status"],
+        "reason": r.get("reason"),  # why it ended "error" (the line it exited with); shown on hover
         "seconds": fmt_seconds(r["seconds"]),
         "seen": r["n_seen"],
         "added": r["n_added"],
