@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from xaibatch.tools import synth
@@ -90,3 +91,31 @@ def manifest_value(out: Path, sql: str, params=()):
     rows = manifest_rows(out, sql, params)
     assert len(rows) == 1, rows
     return rows[0][0]
+
+
+# File names a report must show as text and link to safely: markup, quotes, URL syntax, non-ASCII.
+HOSTILE_NAMES = [
+    "<img src=x onerror=alert(1)>.png",
+    "with space.png",
+    "hash#tag.png",
+    "100%.png",
+    "what?.png",
+    'dq"uote.png',
+    "sq'uote.png",
+    "ünïcødé 日本.png",
+    "a&b.png",
+    "%2e%2e.png",
+    "javascript:alert(1).png",
+]
+
+
+def wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 90.0, poll: float = 0.02) -> None:
+    """Poll ``cond`` while the run ``proc`` lives; fail with its stderr if it ends first, or after ``timeout``."""
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)

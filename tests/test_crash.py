@@ -22,7 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, manifest_rows, run_opts, write_images
+from helpers import REPO, manifest_rows, run_opts, wait_until, write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest
@@ -174,17 +173,6 @@ def _count(out: Path, sql: str) -> int:
         return -1
 
 
-def _wait_for(proc: subprocess.Popen, cond, what: str, timeout: float = 90.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _starting_folder(tmp_path: Path, ckpt: Path) -> tuple[Path, Path]:
     """A finished report over N_OLD images; then the input changes: N_NEW added, one changed, one removed."""
     inp = tmp_path / "in"
@@ -274,7 +262,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     cond, what, delay, report_delay = KILL_POINTS[point]
 
     proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=delay, report_delay=report_delay)
-    _wait_for(proc, lambda: cond(out, marks), what)
+    wait_until(proc, lambda: cond(out, marks), what)
     proc.kill()
     proc.wait()
     proc.stdout.close(), proc.stderr.close()
@@ -327,7 +315,7 @@ def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckp
         hold_at=2,
         extra=["--log-json"] if json_log else [],
     )
-    _wait_for(proc, lambda: (marks / "precommit-2").exists(), "batch 2's files (batch 1 committed)")
+    wait_until(proc, lambda: (marks / "precommit-2").exists(), "batch 2's files (batch 1 committed)")
     assert _count(out, "SELECT count(*) FROM images WHERE run_id = 2") >= BATCH
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=60)
@@ -379,7 +367,7 @@ def test_sigkill_of_a_pred_label_run_then_rerun_equals_uninterrupted(tmp_path, t
 
     marks = tmp_path / "marks"
     proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=PRED_LABEL)
-    _wait_for(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
+    wait_until(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
     proc.kill()
     proc.wait()
     proc.stdout.close(), proc.stderr.close()
@@ -404,9 +392,9 @@ def test_a_second_signal_right_after_the_removal_commit_leaves_nothing_behind(tm
     inp, out = _starting_folder(tmp_path, tiny_ckpt)  # one image removed from the input
     marks = tmp_path / "marks"
     proc = _cli(inp, out, tiny_ckpt, marks=marks, hold_removals=True)
-    _wait_for(proc, lambda: (marks / "removals-committed").exists(), "the removal commit")
+    wait_until(proc, lambda: (marks / "removals-committed").exists(), "the removal commit")
     proc.send_signal(signal.SIGTERM)
-    _wait_for(proc, lambda: (marks / "signalled").exists(), "the first signal handled")
+    wait_until(proc, lambda: (marks / "signalled").exists(), "the first signal handled")
     proc.send_signal(signal.SIGTERM)
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5 and "interrupted" in stderr and "Traceback" not in stderr, stderr

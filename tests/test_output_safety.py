@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, REPO, invoke, run_opts, write_images
+from helpers import ENV, REPO, invoke, run_opts, wait_until, write_images
 from xaibatch.lock import LOCK_NAME
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import run
@@ -250,15 +250,8 @@ def _paused_run(inp: Path, out: Path, ckpt: Path, marks: Path, workers: int) -> 
     )
 
 
-def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 120.0) -> None:
-    t0 = time.monotonic()
-    while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _wait_until(proc, cond, what: str) -> None:
+    wait_until(proc, cond, what, timeout=120.0, poll=0.05)
 
 
 def _children(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow
 from xaibatch.pipeline import RunOptions, run
@@ -25,19 +25,7 @@ METHODS = {
     "gradcam": {"title": "Grad-CAM", "signed": False, "config": {}, "hash": "g"},
     "lime": {"title": "LIME", "signed": True, "config": {"samples": 1000, "segments": 50, "hide": "mean"}, "hash": "l"},
 }
-HOSTILE = [
-    "<img src=x onerror=alert(1)>.png",
-    "with space.png",
-    "hash#tag.png",
-    "100%.png",
-    "what?.png",
-    'dq"uote.png',
-    "sq'uote.png",
-    "ünïcødé 日本.png",
-    "a&b.png",
-    "%2e%2e.png",
-    "javascript:alert(1).png",
-]
+HOSTILE = HOSTILE_NAMES
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -891,6 +879,22 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
     assert any(n.startswith("confidence-") for n in new) and all(b"<svg" in after[n] for n in new)
 
 
+def _children_die(monkeypatch, forked_mod) -> list[int]:
+    """From now on every process report/forked.py forks exits at once (status 3); returns their pids as they start."""
+    real_fork = forked_mod.os.fork
+    started: list[int] = []
+
+    def fork_that_dies():
+        pid = real_fork()
+        if pid == 0:
+            forked_mod.os._exit(3)
+        started.append(pid)
+        return pid
+
+    monkeypatch.setattr(forked_mod.os, "fork", fork_that_dies)
+    return started
+
+
 def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path, monkeypatch):
     """report/linked.py:Drawings draws the SVGs in a forked process beside the pages (report/forked.py); the
     bytes are the same as drawn here (one core, another thread running), and a drawing process that dies is
@@ -916,17 +920,7 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
     monkeypatch.setattr(forked_mod.threading, "active_count", lambda: 2)
     assert drawn() == forked
     monkeypatch.undo()
-    started = []
-    real_fork = forked_mod.os.fork
-
-    def fork_that_dies():
-        pid = real_fork()
-        if pid == 0:
-            forked_mod.os._exit(3)
-        started.append(pid)
-        return pid
-
-    monkeypatch.setattr(forked_mod.os, "fork", fork_that_dies)
+    started = _children_die(monkeypatch, forked_mod)
     assert drawn() == forked and started
 
 
@@ -957,17 +951,7 @@ def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(tr
     monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: 1)
     assert written("inline") == forked
     monkeypatch.undo()
-    real_fork = forked_mod.os.fork
-    started = []
-
-    def fork_that_dies():
-        pid = real_fork()
-        if pid == 0:
-            forked_mod.os._exit(3)
-        started.append(pid)
-        return pid
-
-    monkeypatch.setattr(forked_mod.os, "fork", fork_that_dies)
+    started = _children_die(monkeypatch, forked_mod)
     assert written("died") == forked and len(started) == 1  # the details' (the figures are there already)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -36,20 +36,7 @@ window.__xss = [];
 window.alert = window.confirm = window.prompt = function (m) { window.__xss.push(String(m)); };
 """
 
-HOSTILE = [
-    "<img src=x onerror=alert(1)>.png",
-    "with space.png",
-    "hash#tag.png",
-    "100%.png",
-    "what?.png",
-    'dq"uote.png',
-    "sq'uote.png",
-    "ünïcødé 日本.png",
-    "a&b.png",
-    "%2e%2e.png",
-    "javascript:alert(1).png",
-    "<script>alert(4)<\\script>.png",
-]
+HOSTILE = [*HOSTILE_NAMES, "<script>alert(4)<\\script>.png"]
 
 
 @pytest.fixture(scope="module")

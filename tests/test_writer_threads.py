@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_opts, write_images
+from helpers import run_opts, wait_until, write_images
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run, writer
 from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
@@ -170,7 +170,7 @@ def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path,
         proc = tc._cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=["--writers", "2"])
         kids: list[int] = []
         try:
-            tc._wait_for(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
+            wait_until(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
             kids = _children(proc.pid)  # --workers 0: the run's only children are its writer processes
             assert len(kids) == 2
             proc.kill()
