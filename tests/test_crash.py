@@ -468,3 +468,26 @@ def test_signal_during_the_last_batch_still_finishes_ok(tmp_path, tiny_ckpt, mon
     opts.handle_signals = True
     r = run(opts, log=lambda s: None)  # nothing left to do: no Interrupted
     assert r.status == "ok" and r.computed == 2 * BATCH
+
+
+def test_a_worker_says_nothing_when_the_main_process_stops_reading():
+    """A DataLoader worker whose batch is still being sent when the run stops reading (a signal) printed the
+    feeder thread's traceback, and was killed mid-print: a lone "Traceback" line on a clean stop's stderr.
+    worker_init silences exactly that case in the worker; any other feeder error still prints."""
+    code = """
+import contextlib, io, multiprocessing.queues as q
+from xaibatch.pipeline.compute import worker_init
+worker_init(0)
+buf = io.StringIO()
+with contextlib.redirect_stderr(buf):
+    for e in (BrokenPipeError(32, "closed"), ConnectionResetError(104, "reset"), ValueError("boom")):
+        try:
+            raise e
+        except Exception as err:
+            q.Queue._on_queue_feeder_error(err, None)
+print(repr(buf.getvalue()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    said = out.stdout
+    assert "boom" in said and "BrokenPipe" not in said and "ConnectionReset" not in said

@@ -47,8 +47,25 @@ def worker_init(_worker_id: int, parent: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the fork: see loader
+    _quiet_when_the_reader_leaves()
     if parent is not None:
         die_with_parent(parent)
+
+
+def _quiet_when_the_reader_leaves() -> None:
+    """In a worker: a batch still being sent when the main process stops reading (a signal, the end of the run)
+    is not an error. multiprocessing's feeder thread would print its traceback, and the worker, killed moments
+    later, leaves a lone "Traceback (most recent call last):" line on the run's stderr, where schedulers read it."""
+    import multiprocessing.queues
+
+    queue = multiprocessing.queues.Queue
+    default = queue._on_queue_feeder_error
+
+    def on_error(e: BaseException, obj: object) -> None:
+        if not isinstance(e, (BrokenPipeError, ConnectionError, EOFError)):
+            default(e, obj)
+
+    queue._on_queue_feeder_error = staticmethod(on_error)  # this worker process only (it was forked)
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:
