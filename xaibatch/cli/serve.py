@@ -35,7 +35,7 @@ SERVE_EXIT_CODES = {
     show_default=True,
     help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).",
 )
-@seed_option("Seed for LIME's sampling, as for run.")
+@seed_option("Seed of LIME and the other random methods, as for run.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
