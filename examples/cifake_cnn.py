@@ -5,7 +5,7 @@ Train it (a plain state_dict, as most projects save theirs) and explain it with 
     xaibatch demo-data data/demo
     python examples/cifake_cnn.py data/demo/train models/cnn.pt --epochs 5
     xaibatch run data/demo/test --model examples/cifake_cnn.py:build --checkpoint models/cnn.pt \\
-        -m gradcam -m guided-gradcam -m lime --threshold 0.5
+        -m gradcam -m guided-gradcam -m lime --threshold 0.5 --out outputs/demo-cnn
 
 ``build`` is the factory ``--model`` calls (with no arguments). ``pretrained_cfg`` tells xaibatch how the
 network wants its input: 32x32 pixels scaled to [0, 1] (mean 0, std 1), as Keras' ``Rescaling(1/255)`` does.

@@ -196,3 +196,17 @@ def test_the_clis_faithfulness_choices_and_defaults_are_the_librarys():
     assert tuple(run["faithfulness_baseline"].type.choices) == BASELINES
     assert run["faithfulness_baseline"].default == FaithConfig().baseline
     assert run["faithfulness_steps"].default == FaithConfig().steps
+
+
+def test_serve_help_lists_only_the_exit_codes_serve_can_end_with():
+    # serve has no lock, no unreadable images, no batches: run's table (4 "see --wait", 1, 5 "batches") misled
+    text = " ".join(invoke("serve", "--help").output.split())
+    assert "Exit codes: 0 stopped with Ctrl-C 2 usage error" in text
+    assert "3 runtime error" in text
+    assert "another run holds" not in text and "could not be read" not in text and "batches" not in text
+
+
+def test_run_help_says_seed_seeds_every_random_method():
+    # --seed also seeds captum's GradientShap and NoiseTunnel (prepare.py passes it to every takes_seed method)
+    text = " ".join(invoke("run", "--help").output.split())
+    assert "Seed of LIME and the other random methods" in text

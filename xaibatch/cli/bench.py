@@ -77,7 +77,7 @@ from .options import (
     "--only cam:scorecam); peers are timed for gradcam, guided-gradcam and lime.",
 )
 @click.option("--no-peers", is_flag=True, help="Leave out pytorch-grad-cam, captum and lime.")
-@click.option("--markdown", is_flag=True, help="Print markdown tables (for the README).")
+@click.option("--markdown", is_flag=True, help="Print markdown tables (for docs/benchmarks.md).")
 @click.option(
     "--memory",
     is_flag=True,

@@ -9,7 +9,14 @@ import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
 
-EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {c.meaning}" for c in ExitCode)
+
+def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
+    """A command's help epilog: the exit codes it can end with and what each means (default: run's table)."""
+    rows = meanings if meanings is not None else {c: c.meaning for c in ExitCode}
+    return "\b\nExit codes:\n" + "\n".join(f"  {int(c)}  {m}" for c, m in rows.items())
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 
 class Failure(click.ClickException):

@@ -157,8 +157,10 @@ RUN_MODEL_HELP = {
     "(e.g. --positive-class FAKE). Default: the second in sorted order.",
     "threshold": "Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
     "Default: 0.5.",
-    "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else timm's.",
-    "target_layer": "Layer for Grad-CAM (e.g. --target-layer layer3). Default: the deepest stage still at least 4x4.",
+    "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else the "
+    "model's pretrained_cfg (timm's), else 224.",
+    "target_layer": "Layer of the CAM methods (gradcam, guided-gradcam, cam:*; e.g. --target-layer layer3). "
+    "Default: the deepest stage still at least 4x4.",
 }
 SERVE_MODEL_HELP = {
     "arch": "timm model name of a plain state_dict checkpoint, as for run.",
@@ -168,7 +170,7 @@ SERVE_MODEL_HELP = {
     "positive_class": "Two classes: the one --threshold is about, as for run.",
     "threshold": "Two classes: as for run. Default: 0.5.",
     "image_size": "Model input size, as for run.",
-    "target_layer": "Layer for Grad-CAM, as for run.",
+    "target_layer": "Layer of the CAM methods, as for run.",
 }
 
 

@@ -52,7 +52,9 @@ class RunCommand(click.Command):
 @folder_options
 @lime_options
 @max_map_side_option
-@seed_option("Seed for LIME's sampling (e.g. --seed 7).")
+@seed_option(
+    "Seed of LIME and the other random methods (captum's GradientShap, NoiseTunnel): same seed, same maps (e.g. --seed 7)."
+)
 @template_dir_option
 @control_options
 @faith_options

@@ -7,12 +7,21 @@ from pathlib import Path
 import click
 
 from ..defaults import LIME_DEFAULTS
-from ..errors import EXIT_USAGE
-from .boundary import EXIT_CODES_HELP, Failure, reported
+from ..errors import EXIT_USAGE, ExitCode
+from .boundary import Failure, exit_codes_help, reported
 from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_option, model_options, seed_option
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+# serve has no lock, no unreadable images and no batches to save: only these codes apply (not run's table)
+SERVE_EXIT_CODES = {
+    ExitCode.OK: "stopped with Ctrl-C",
+    ExitCode.USAGE: "usage error (bad option, model or checkpoint; Gradio missing; the port in use)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.INTERRUPTED: "interrupted while starting, before it serves",
+}
+
+
+@click.command(epilog=exit_codes_help(SERVE_EXIT_CODES))
 @methods_option(
     "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
     default=BUILTIN_METHODS,
@@ -26,7 +35,7 @@ from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_o
     show_default=True,
     help="LIME: the samples slider's start, 10 to 5000 (e.g. --lime-samples 500).",
 )
-@seed_option("Seed for LIME's sampling, as for run.")
+@seed_option("Seed of LIME and the other random methods, as for run.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),

@@ -1,0 +1,76 @@
+"""The manual stays true: README's and docs/'s links and anchors resolve, README's option table names every
+option of `xaibatch run`, and the screenshot script still imports.
+
+Anchors follow GitHub's rule: the heading lowercased, characters other than letters, digits, `-`, `_` and spaces
+dropped, spaces turned into `-`, a repeated heading numbered `-1`, `-2`, ...
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+DOCS = [REPO / "README.md", REPO / "models" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _without_code_blocks(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def _anchors(md: Path) -> set[str]:
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    for line in _without_code_blocks(md.read_text(encoding="utf-8")).splitlines():
+        m = re.match(r"#{1,6} (.*)", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            found.add(slug if n == 0 else f"{slug}-{n}")
+    return found
+
+
+def _links(md: Path) -> list[str]:
+    text = _without_code_blocks(md.read_text(encoding="utf-8"))
+    return [u for u in re.findall(r"\]\(([^)\s]+)\)", text) if not u.startswith(("http://", "https://", "mailto:"))]
+
+
+@pytest.mark.parametrize("md", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_and_anchor_resolves(md):
+    broken = []
+    for link in _links(md):
+        path, _, anchor = link.partition("#")
+        target = (md.parent / path) if path else md
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            broken.append(f"{link}: no such heading")
+    assert not broken, broken
+
+
+def test_the_anchor_rule_matches_githubs():
+    # the README's own contents line relies on these two shapes: parentheses and a colon with code
+    anchors = _anchors(REPO / "README.md")
+    assert {"set-up-two-commands", "one-image-at-a-time-xaibatch-serve"} <= anchors
+
+
+def test_readme_option_table_names_every_run_option():
+    from xaibatch.cli.run import run
+
+    section = REPO.joinpath("README.md").read_text(encoding="utf-8").split("### `xaibatch run INPUT_DIR`")[1]
+    section = section.split("\n## ")[0]
+    options = [o for p in run.params for o in p.opts if o.startswith("--") and o != "--help"]
+    missing = [o for o in options if not re.search(re.escape(o) + r"(?![\w-])", section)]
+    assert not missing, f"README's `xaibatch run` table lacks {missing}"
+
+
+def test_screenshot_script_imports():
+    spec = importlib.util.spec_from_file_location("make_screenshots", REPO / "docs" / "make_screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its imports only; main() is not run
+    assert callable(module.main) and callable(module.shoot)
