@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,9 +17,18 @@ pytestmark = pytest.mark.slow  # builds the wheel and installs it (about 30 s on
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of the tracked files plus a checkpoint a user saved under models/ (README's examples
+    # train into models/cnn.pt): the wheel must ship the bundled model, not whatever lies beside it.
+    src = tmp_path_factory.mktemp("src") / "xaibatch"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    (src / "models" / "cnn.pt").write_bytes(b"a user's own checkpoint")
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(src)],
         check=True,
         capture_output=True,
     )
@@ -31,6 +41,7 @@ def test_wheel_contains_templates_and_model(wheel):
     assert "xaibatch/_templates/index.html" in names
     assert "xaibatch/_models/xaibatch-demo.pt" in names
     assert "xaibatch/_models/README.md" in names
+    assert not [n for n in names if n.endswith("cnn.pt")], "a user's checkpoint under models/ went into the wheel"
 
 
 def test_installed_wheel_runs_with_its_own_templates_and_model(wheel, tmp_path, labeled_dir):
