@@ -119,3 +119,21 @@ def test_sanity_without_a_run_is_a_usage_error(tmp_path):
 
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path)])
     assert res.exit_code == 2 and "no xaibatch manifest" in res.output
+
+
+@pytest.mark.parametrize(
+    ("strict", "passed", "code"),
+    [(False, [True, False], 0), (True, [True, True], 0), (True, [True, False], 1)],
+)
+def test_strict_exits_1_when_a_method_fails(monkeypatch, tmp_path, strict, passed, code):
+    """--strict turns a failed verdict into exit 1 for a CI job; without it the verdicts are only printed."""
+    from click.testing import CliRunner
+
+    import xaibatch.evaluation.sanity as sanity_mod
+    from xaibatch.cli import cli
+
+    curves = [{"passed": p, "verdict": f"m{i}: {'passes' if p else 'FAILS'}"} for i, p in enumerate(passed)]
+    monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: {"curves": curves})
+    res = CliRunner().invoke(cli, ["sanity", str(tmp_path), *(["--strict"] if strict else [])])
+    assert res.exit_code == code, res.output
+    assert "m1: " in res.output

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import click
 
-from .boundary import reported
+from ..errors import ExitCode
+from .boundary import exit_codes_help, reported
 from .options import arch_option, batch_size_option, checkpoint_option, device_option, model_option, seed_option
 
 
-@click.command()
+# the verdicts decide the exit code only with --strict (a report refresh is not a run: no images to skip)
+SANITY_EXIT_CODES = {
+    ExitCode.OK: "checked (every method passed, or some failed without --strict)",
+    ExitCode.SOME_FAILED: "with --strict: at least one method failed the check",
+    ExitCode.USAGE: "usage error (no run in OUT_DIR, the run's model or images not found)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.LOCKED: "a run holds the output folder's lock",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM)",
+}
+
+
+@click.command(epilog=exit_codes_help(SANITY_EXIT_CODES))
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option(
     "--images",
@@ -28,8 +40,13 @@ from .options import arch_option, batch_size_option, checkpoint_option, device_o
 )
 @checkpoint_option("The run's weights, when they moved since the run (checked against the recorded sha256).")
 @arch_option("The timm model of a plain state_dict given with --checkpoint.")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when a method fails the check, for a CI job or a scheduler (e.g. --strict).",
+)
 @reported
-def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch):
+def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch, strict):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
 
     The run's model, layer and methods are rebuilt from what the run recorded (absolute paths, each
@@ -54,3 +71,5 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     )
     for c in result["curves"]:
         click.echo(c["verdict"])
+    if strict and not all(c["passed"] for c in result["curves"]):
+        raise SystemExit(int(ExitCode.SOME_FAILED))
