@@ -44,7 +44,7 @@ from ..engines import ComputeJob, Engine, engine_for
 from ..errors import Interrupted, UsageError, XaibatchError, storage_error
 from ..scan import Scan, shown
 from ..lock import OutputLock
-from ..manifest import ImageRow, Manifest, ManifestError
+from ..manifest import ImageRow, Manifest, ManifestError, RunCounts
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
@@ -169,7 +169,7 @@ def _run_locked(
     manifest = Manifest(out / layout.MANIFEST)
     run_id: int | None = None
     tally = Tally(failed=list(found.skipped))
-    counts: dict[str, int] = {}
+    counts: RunCounts | None = None
     reserve: Reserve | None = None
     try:
         recover(out, manifest, lock, log)
@@ -189,20 +189,23 @@ def _run_locked(
         )
         if plan.repaired:
             log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
-        counts = {
-            "seen": len(found.images) + len(found.skipped),
-            "added": len(plan.added),
-            "changed": len(plan.changed),
-            "removed": len(plan.removed),
-            "unchanged": len(found.images) - len(plan.work),
-            "failed": len(tally.failed),
-            "computed": 0,
-        }
+        counts = RunCounts(
+            seen=len(found.images) + len(found.skipped),
+            added=len(plan.added),
+            changed=len(plan.changed),
+            removed=len(plan.removed),
+            unchanged=len(found.images) - len(plan.work),
+            failed=len(tally.failed),
+        )
         emit(
             {
                 "event": "plan",
                 "run_id": run_id,
-                **{k: counts[k] for k in ("seen", "added", "changed", "removed", "unchanged")},
+                "seen": counts.seen,
+                "added": counts.added,
+                "changed": counts.changed,
+                "removed": counts.removed,
+                "unchanged": counts.unchanged,
                 "to_compute": len(plan.work),
             }
         )
@@ -219,7 +222,7 @@ def _run_locked(
         timings["compute"] = time.time() - t_compute
         if tally.first_batch is not None:
             timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
-        counts.update(failed=len(tally.failed), computed=tally.computed)
+        counts.failed, counts.computed = len(tally.failed), tally.computed
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
         status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
         with manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
@@ -231,7 +234,8 @@ def _run_locked(
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         full = storage_error(e, out)
         if run_id is not None:
-            counts.update(failed=len(tally.failed), computed=tally.computed)
+            counts = counts or RunCounts()  # stopped before the plan: the failures and images computed so far
+            counts.failed, counts.computed = len(tally.failed), tally.computed
             try:
                 manifest.finish_run(run_id, ending(e), time.time() - t0, counts, reason(full or e))
             except Exception:
@@ -257,18 +261,18 @@ def _run_locked(
             if full is not None:
                 raise full from None
             raise
-        mark_run(out, run_id, None, 0, {})  # reported
+        mark_run(out, run_id, None, 0, None)  # reported
     finally:
         reserve.release()
     timings["report"] = time.time() - t_report
     result = RunResult(
         out,
-        counts["seen"],
-        counts["computed"],
-        counts["unchanged"],
-        counts["added"],
-        counts["changed"],
-        counts["removed"],
+        counts.seen,
+        counts.computed,
+        counts.unchanged,
+        counts.added,
+        counts.changed,
+        counts.removed,
         tally.failed,
         time.time() - t0,
         report,
@@ -280,7 +284,7 @@ def _run_locked(
     )
     if status == "interrupted":
         e = Interrupted(
-            f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
+            f"interrupted by {stop.name} after {counts.computed} of {len(plan.work)} image(s); "
             "finished batches are saved, the next run computes the rest"
         )
         e.result = result  # type: ignore[attr-defined]
