@@ -90,7 +90,7 @@ def worker_init(_worker_id: int, parent: int | None = None) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the fork: see loader
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by forked_quietly
     _quiet_when_the_reader_leaves()
     if parent is not None:
         die_with_parent(parent)
