@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow  # noqa: E402
+from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts  # noqa: E402
 from xaibatch.report import PAGE_SIZE, render  # noqa: E402
 from xaibatch.tools import synth  # noqa: E402
 
@@ -120,7 +120,7 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
                 )
             for sub in ("thumbs/image", *(f"thumbs/{k}" for k in METHODS)):
                 _link(tiny, out / sub / f"{stem}.png")
-    m.finish_run(run_id, "ok", 1.0, {"seen": n, "added": n, "computed": n})
+    m.finish_run(run_id, "ok", 1.0, RunCounts(seen=n, added=n, computed=n))
     m.close()
 
 

@@ -118,7 +118,7 @@ def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
     inputs = make_inputs(tmp_path, 5, 24)
     assert inputs.images.shape == (5, 24, 24, 3) and inputs.images.std() > 20  # not flat
     ds = ImageDataset(scan(inputs.first(5), labeled=False).images, 24)
-    decoded = np.stack([ds[i]["x"].permute(1, 2, 0).numpy() for i in range(len(ds))])
+    decoded = np.stack([ds[i].x.permute(1, 2, 0).numpy() for i in range(len(ds))])
     np.testing.assert_array_equal(decoded, inputs.images)
     jpegs = sorted(p.name for p in inputs.jpegs(2).iterdir())
     assert jpegs == ["img_000000.jpg", "img_000001.jpg"] and (tmp_path / "jpeg-5" / "img_000004.jpg").is_file()

@@ -159,7 +159,7 @@ def _layer_cam_minima(inp: Path, rels: list[str]) -> dict[str, float]:
     layer = find_target_layer(model, lm.input_size)
     entries = {e.rel: e for e in scan(inp, None).images}
     ds = ImageDataset([entries[r] for r in rels], lm.input_size, None)
-    x = lm.preprocess.normalize(torch.stack([ds[i]["x"] for i in range(len(rels))]))
+    x = lm.preprocess.normalize(torch.stack([ds[i].x for i in range(len(rels))]))
     with torch.no_grad():
         targets = model(x).argmax(1)
     raw = LayerGradCam(model, layer.module).attribute(x, target=targets, relu_attributions=True).detach()

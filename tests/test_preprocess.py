@@ -71,7 +71,7 @@ def test_resizing_in_memory_matches_the_loaders(tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(a).save(tmp_path / "in" / "x.png")
     pre = Preprocess(16)
-    loader = ImageDataset(scan(tmp_path / "in").images, 16)[0]["x"]
+    loader = ImageDataset(scan(tmp_path / "in").images, 16)[0].x
     assert torch.equal(torch.from_numpy(pre.resize_image(Image.fromarray(a)).copy()).permute(2, 0, 1), loader)
     t = torch.from_numpy(a).permute(2, 0, 1)[None]
     assert pre.resize_batch(t).shape == (1, 3, 16, 16)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from helpers import HOSTILE_NAMES, make_checkpoint, write_images
 from xaibatch import layout, report
-from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow
+from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.tools import synth as pictures  # this file's own synth() builds a manifest
 
@@ -102,7 +102,7 @@ def synth(
         run_id,
         "some-failed" if failures else "ok",
         1.5,
-        {"seen": len(rows), "added": len(rows), "computed": len(rows), "failed": len(failures)},
+        RunCounts(seen=len(rows), added=len(rows), computed=len(rows), failed=len(failures)),
     )
     m.close()
     (out / "predictions.csv").write_text("path\n")

@@ -10,7 +10,7 @@ import pytest
 
 from test_report import html_pages, labeled_rows, synth
 from xaibatch import layout, report
-from xaibatch.manifest import FILENAME, Manifest
+from xaibatch.manifest import FILENAME, Manifest, RunCounts
 from xaibatch.report.model import STATE_NAME
 
 OLD = 1_000_000_000  # 2001: any rewrite is visible
@@ -33,7 +33,7 @@ def add_run(out, status="ok"):
     m = Manifest(out / FILENAME)
     last = m.runs()[-1]
     run_id = m.start_run(last["input_dir"], json.loads(last["config_json"]), last["predict_hash"])
-    m.finish_run(run_id, status, 0.5, {"seen": 8, "unchanged": 8})
+    m.finish_run(run_id, status, 0.5, RunCounts(seen=8, unchanged=8))
     m.close()
 
 
@@ -143,7 +143,7 @@ def method_settings(out):
     cfg = json.loads(last["config_json"])
     cfg["methods"]["lime"]["config"]["samples"] = 500
     run_id = m.start_run(last["input_dir"], cfg, last["predict_hash"])
-    m.finish_run(run_id, "ok", 0.5, {"seen": 8})
+    m.finish_run(run_id, "ok", 0.5, RunCounts(seen=8))
     m.close()
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from xaibatch.methods import Batch, Explanation, Method
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.pipeline.compute import image_seed
+from xaibatch.methods.base import image_seed
 from xaibatch.pipeline.prepare import prepare
 from xaibatch.evaluation.sanity import (
     FAIL_RANK,

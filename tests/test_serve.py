@@ -233,7 +233,7 @@ def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkey
 
 def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monkeypatch, tiny_ckpt):
     from xaibatch.pipeline import RunOptions, run
-    from xaibatch.pipeline.compute import image_seed
+    from xaibatch.methods.base import image_seed
     from xaibatch.serve.core import decode_upload
     from xaibatch.serve.sources import ReportImages
 

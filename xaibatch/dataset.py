@@ -1,7 +1,7 @@
 """Stream images, decoded and resized, in batches: the DataLoader's dataset and the batch it hands on.
 
-:class:`ImageDataset` decodes one image per item (in DataLoader workers, with :mod:`xaibatch.data`);
-:func:`collate` stacks a batch's items into a :class:`LoadedBatch`, the loader's one hand-off to whoever
+:class:`ImageDataset` decodes one image per item (in DataLoader workers, with :mod:`xaibatch.data`) into an
+:class:`ImageItem` (or an :class:`Unreadable`); :func:`collate` stacks a batch's items into a :class:`LoadedBatch`, the loader's one hand-off to whoever
 explains the batch (runs, ``sanity``, faithfulness's chance sample, ``xaibatch bench``, ``tools/train``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -70,8 +70,31 @@ class LoadedBatch:
         return self
 
 
+class ImageItem(NamedTuple):
+    """One image :class:`ImageDataset` read: its model input, display copy and what :func:`collate` stacks.
+
+    A NamedTuple: a worker builds one per image, and it pickles and unpacks as cheaply as a plain tuple.
+    """
+
+    index: int  # position in the dataset
+    orig_size: tuple[int, int]  # (h, w) as decoded, EXIF orientation applied
+    x: torch.Tensor | None  # (3, S, S) uint8; None while the JPEG waits undecoded in ``jpeg``
+    display: np.ndarray | None  # (h, w, 3) uint8; None for an undecoded JPEG
+    sha256: str | None  # of the bytes decoded, where asked (``want_hash``)
+    segments: torch.Tensor | None = None  # (S, S) int64: LIME's superpixels, with a segmenter
+    jpeg: torch.Tensor | None = None  # ``jpeg_bytes``: the file's bytes, uint8, for the device to decode
+    jpeg_info: JpegInfo | None = None  # with ``jpeg``
+
+
+class Unreadable(NamedTuple):
+    """An image :class:`ImageDataset` could not read, and why (one line)."""
+
+    index: int
+    reason: str
+
+
 class ImageDataset(torch.utils.data.Dataset):
-    """Yields one dict per image: the model input (uint8, CHW), the display copy and optional segments.
+    """Yields one :class:`ImageItem` per image (:class:`Unreadable` for a file it cannot read).
 
     With ``jpeg_bytes`` a JPEG that the device can decode is yielded undecoded, as ``jpeg`` (its bytes as a
     uint8 tensor) and ``jpeg_info``; :func:`xaibatch.decode.finish_batch` decodes the batch's JPEGs.
@@ -96,7 +119,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> ImageItem | Unreadable:
         entry = self.entries[i]
         digest = hashlib.sha256() if self.want_hash and self.want_hash[i] else None
         try:
@@ -104,56 +127,49 @@ class ImageDataset(torch.utils.data.Dataset):
                 got = data.read_for_device(entry.path, digest=digest)
                 if isinstance(got, tuple):
                     raw, info = got
-                    return {
-                        "index": i,
-                        "jpeg": torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy()),
-                        "jpeg_info": info,
-                        "orig_size": info.shown_size,
-                        "display": None,
-                        "x": None,
-                        "error": None,
-                        "sha256": None if digest is None else digest.hexdigest(),
-                    }
+                    jpeg = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
+                    sha256 = None if digest is None else digest.hexdigest()
+                    return ImageItem(i, info.shown_size, None, None, sha256, jpeg=jpeg, jpeg_info=info)
                 im = got
             else:
                 im = data.load_image(entry.path) if digest is None else data.load_image(entry.path, digest=digest)
             w, h = im.size
             arr = model_input(im, self.input_size)
-            item: dict[str, Any] = {
-                "index": i,
-                "x": torch.from_numpy(arr.copy()).permute(2, 0, 1),
-                "orig_size": (h, w),
-                "display": display_copy(im),
-                "error": None,
-                "sha256": None if digest is None else digest.hexdigest(),
-            }
+            segments = None
             if self.segmenter is not None:
-                item["segments"] = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))
-            return item
+                segments = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))
+            return ImageItem(
+                index=i,
+                orig_size=(h, w),
+                x=torch.from_numpy(arr.copy()).permute(2, 0, 1),
+                display=display_copy(im),
+                sha256=None if digest is None else digest.hexdigest(),
+                segments=segments,
+            )
         except DecodeError as e:
-            return {"index": i, "error": str(e)}
+            return Unreadable(i, str(e))
         except Exception as e:  # a worker must never die on one file
-            return {"index": i, "error": f"{type(e).__name__}: {e}"}
+            return Unreadable(i, f"{type(e).__name__}: {e}")
 
 
-def collate(items: list[dict[str, Any]]) -> LoadedBatch:
+def collate(items: list[ImageItem | Unreadable]) -> LoadedBatch:
     """Stack the good images; pass the failures through as (index, reason).
 
     When some images came as undecoded JPEG bytes (``ImageDataset(jpeg_bytes=True)``) the batch's ``x`` waits
     in ``undecoded`` for :func:`xaibatch.decode.finish_batch`.
     """
-    good = [it for it in items if it["error"] is None]
-    jpegs = [JpegBytes(j, it["jpeg"], it["jpeg_info"]) for j, it in enumerate(good) if "jpeg" in it]
+    good = [it for it in items if isinstance(it, ImageItem)]
+    jpegs = [JpegBytes(j, it.jpeg, it.jpeg_info) for j, it in enumerate(good) if it.jpeg is not None]
     batch = LoadedBatch(
-        failed=[(it["index"], it["error"]) for it in items if it["error"] is not None],
-        index=[it["index"] for it in good],
-        orig_size=[it["orig_size"] for it in good],
-        display=[it["display"] for it in good],
-        sha256=[it.get("sha256") for it in good],
-        segments=torch.stack([it["segments"] for it in good]) if good and "segments" in good[0] else None,
+        failed=[(it.index, it.reason) for it in items if isinstance(it, Unreadable)],
+        index=[it.index for it in good],
+        orig_size=[it.orig_size for it in good],
+        display=[it.display for it in good],
+        sha256=[it.sha256 for it in good],
+        segments=torch.stack([it.segments for it in good]) if good and good[0].segments is not None else None,
     )
     if jpegs:
-        batch.undecoded = Undecoded(jpegs, [it["x"] for it in good])
+        batch.undecoded = Undecoded(jpegs, [it.x for it in good])
     elif good:
-        batch.x = torch.stack([it["x"] for it in good])
+        batch.x = torch.stack([it.x for it in good])
     return batch

@@ -146,14 +146,6 @@ def image_files(stem: str) -> list[str]:
     return [image_png(stem), f"thumbs/image/{stem}.png"]
 
 
-def stem_files(stem: str, methods: list[str]) -> list[str]:
-    """Every path a stem becomes, for checking names against each other and against length limits."""
-    return [
-        *image_files(stem),
-        *(p for m in methods for p in (map_npy(m, stem), map_png(m, stem), f"thumbs/{method_dir(m)}/{stem}.png")),
-    ]
-
-
 # Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png and the
 # report's detail/<stem>.html. The stem's last part must leave room for the longest suffix in 255 bytes.
 STEM_SUFFIXES = (".png", ".npy", ".html")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,6 +20,19 @@ from . import layout, manifest_schema
 from .errors import XaibatchError, storage_error
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
+
+
+@dataclass
+class RunCounts:
+    """A run's image counts: the run row's ``n_*`` columns and RunResult's numbers."""
+
+    seen: int = 0  # images found, plus the files skipped by the scan
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    computed: int = 0
 
 
 @dataclass
@@ -122,12 +135,14 @@ class Manifest:
         return int(cur.lastrowid)
 
     def finish_run(
-        self, run_id: int, status: str, seconds: float, counts: dict[str, int], reason: str | None = None
+        self, run_id: int, status: str, seconds: float, counts: RunCounts | None, reason: str | None = None
     ) -> None:
-        cols = "".join(f", n_{k} = ?" for k in counts)
+        """Record how the run ended; ``counts`` None: the run stopped before it counted anything."""
+        names = [f"n_{f.name}" for f in fields(RunCounts)] if counts is not None else []
+        cols = "".join(f", {name} = ?" for name in names)
         self.db.execute(
             f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, reason = ?{cols} WHERE id = ?",
-            (status, time.time(), seconds, reason, *counts.values(), run_id),
+            (status, time.time(), seconds, reason, *(astuple(counts) if counts is not None else ()), run_id),
         )
 
     def set_status(self, run_id: int, status: str) -> None:

@@ -149,21 +149,7 @@ def _walk(
             if is_link:
                 st = os.stat(p)
         except OSError as e:
-            if e.errno == errno.ENAMETOOLONG and not is_image_name:  # a folder deeper than PATH_MAX: say so
-                skipped.append(
-                    (
-                        shown(r),
-                        f"path too long to open ({len(os.fsencode(p))} bytes; the system's "
-                        "limit is 4096): its images are not scanned",
-                    )
-                )
-            elif is_image_name:
-                if e.errno == errno.ELOOP:
-                    reason = "symlink loop"
-                elif is_link:
-                    reason = "broken symlink"
-                else:
-                    reason = f"cannot read: {e.strerror or e}"
+            if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:
                 skipped.append((shown(r), reason))
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -183,20 +169,8 @@ def _walk(
             elif frame := enter(p, r, st, ancestors):
                 stack.append(frame)
         elif is_image_name:
-            reason = None
-            if not stat.S_ISREG(st.st_mode):
-                reason = f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
-            elif is_link and not follow_links and not _inside(os.path.realpath(p), real_root):
-                reason = "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
-            elif not _valid_utf8(name):
-                reason = "file name is not valid UTF-8; rename it"
-            elif len(name.encode()) > MAX_NAME_BYTES:
-                reason = f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
-            elif len(r.encode()) > MAX_REL_BYTES:
-                reason = f"path too long ({len(r.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
-            else:
-                reason = too_large(st.st_size)
-            if reason is None:
+            outside = is_link and not follow_links and not _inside(os.path.realpath(p), real_root)
+            if (reason := _refused(name, r, st, outside)) is None:
                 found.append((r, p, st))
             else:
                 skipped.append((shown(r), reason))
@@ -204,6 +178,37 @@ def _walk(
     found.sort(key=lambda f: f[0].split("/"))
     skipped.sort(key=lambda s: s[0].split("/"))
     return found
+
+
+def _unopenable(e: OSError, path: str, is_image_name: bool, is_link: bool) -> str | None:
+    """Why an entry that cannot be stat'ed is skipped; None: a file not named like an image (ignored)."""
+    if e.errno == errno.ENAMETOOLONG and not is_image_name:  # a folder deeper than PATH_MAX: say so
+        return (
+            f"path too long to open ({len(os.fsencode(path))} bytes; the system's "
+            "limit is 4096): its images are not scanned"
+        )
+    if not is_image_name:
+        return None
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    if is_link:
+        return "broken symlink"
+    return f"cannot read: {e.strerror or e}"
+
+
+def _refused(name: str, rel: str, st: os.stat_result, outside: bool) -> str | None:
+    """Why a file named like an image is not an input (``outside``: a symlink leading out, not followed)."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+    if outside:
+        return "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
+    if not _valid_utf8(name):
+        return "file name is not valid UTF-8; rename it"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
+    if len(rel.encode()) > MAX_REL_BYTES:
+        return f"path too long ({len(rel.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
+    return too_large(st.st_size)
 
 
 _SQLITE_MAGIC = b"SQLite format 3\0"

@@ -16,7 +16,6 @@ perturbed images built on the device from the maps already in memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from ..defaults import FAITH_BASELINES, FAITH_STEPS
 from ..errors import UsageError
 from ..report.trust import load_chance
 from ..files import atomic_write_bytes
+from ..pipeline.plan import config_hash
 from ..preprocess import Preprocess
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
@@ -216,25 +216,16 @@ def blob_maps(size: tuple[int, int], b: int, device: torch.device) -> torch.Tens
     return m.expand(b, h, w).to(device)
 
 
-def forwards_per_image(steps: int, methods: int) -> int:
-    """Extra forwards per image: the fill once, then 2 (N - 1) per method."""
-    return 1 + 2 * (steps - 1) * methods
-
-
 # -- the run's bookkeeping (hashes, cache, chance sample) ----------------------------------------------------
 
 CHANCE_FILE = layout.FAITH_CHANCE
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def hashes(cfg: FaithConfig | None, method_hashes: dict[str, str]) -> dict[str, str] | None:
     """Per method: the hash its scores are stored under (its map's hash plus the settings); None when disabled."""
     if cfg is None:
         return None
-    return {m: _hash({"map": h, "faithfulness": cfg.key()}) for m, h in method_hashes.items()}
+    return {m: config_hash({"map": h, "faithfulness": cfg.key()}) for m, h in method_hashes.items()}
 
 
 def scored(known_maps: dict, faith_hashes: dict[str, str] | None) -> dict:
@@ -255,7 +246,7 @@ def scorer_for(
     if cfg is None:
         return None
     scorer = Scorer(ctx.model, cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
-    scorer.chance_key = _hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
+    scorer.chance_key = config_hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
     previous = load_chance(out)
     if previous and previous.get("key") == scorer.chance_key:
         scorer.chance = {k: previous[k] for k in ("random", "blob") if k in previous}

@@ -4,6 +4,7 @@
 
     prepare.py   load the model, scan the folder, check the options: everything that can fail before a write
     plan.py      configuration hashes, and per image what is new, changed, gone or stale (a Plan)
+    apply.py     what the plan changes without the model: rows and files of gone images, stale maps, new thresholds
     compute.py   the local engine: DataLoader -> Explainer (methods/explainer.py) -> pictures on the device -> a WriteJob per batch
     writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
     signals.py   SIGINT/SIGTERM: stop after the current batch

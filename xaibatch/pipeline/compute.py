@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 from collections import defaultdict
 from typing import Any, Callable
@@ -22,50 +21,16 @@ from ..manifest import ImageRow
 from ..model import heads
 from ..errors import ModelError
 from ..methods import Method, StopRequested
-from ..methods.base import image_seed  # noqa: F401  (tests and the Ray engine name it here)
+from ..methods.base import image_seed
 from ..model.loading import LoadedModel
 from ..methods.explainer import Explainer, MethodMaps
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import until_stopped
+from .loader import until_stopped, worker_init
 from . import labelmaps
 from .progress import progress_bar
-from .signals import die_with_parent
 from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
-
-
-def worker_init(_worker_id: int, parent: int | None = None) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
-    and die with it (``parent``: its pid) however it dies.
-
-    (A Ctrl-C reaches the whole process group, and systemd signals the whole
-    cgroup; a worker dying on it would make the main process fail instead of
-    stopping cleanly. A SIGKILLed main process cannot stop its workers: without
-    this they live on, holding their memory, adopted by init.)
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the fork: see loader
-    _quiet_when_the_reader_leaves()
-    if parent is not None:
-        die_with_parent(parent)
-
-
-def _quiet_when_the_reader_leaves() -> None:
-    """In a worker: a batch still being sent when the main process stops reading (a signal, the end of the run)
-    is not an error. multiprocessing's feeder thread would print its traceback, and the worker, killed moments
-    later, leaves a lone "Traceback (most recent call last):" line on the run's stderr, where schedulers read it."""
-    import multiprocessing.queues
-
-    queue = multiprocessing.queues.Queue
-    default = queue._on_queue_feeder_error
-
-    def on_error(e: BaseException, obj: object) -> None:
-        if not isinstance(e, (BrokenPipeError, ConnectionError, EOFError)):
-            default(e, obj)
-
-    queue._on_queue_feeder_error = staticmethod(on_error)  # this worker process only (it was forked)
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:

@@ -1,10 +1,13 @@
 """Iterate a DataLoader so that a signal stops the run within seconds, whatever its worker processes are doing.
 
 A worker can be busy for minutes on one file (a huge or slow image); it ignores SIGINT/SIGTERM (see
-:func:`.compute.worker_init`), and the DataLoader's own shutdown waits for it and then sends it a
+:func:`worker_init`), and the DataLoader's own shutdown waits for it and then sends it a
 SIGTERM it ignores. So: a signal that arrives while the run waits for the next batch ends the wait at
 once, and a loader left before its end has its workers killed (SIGKILL: they hold nothing of the
 run's, only images being decoded) before it is shut down, so no join waits on them.
+
+Both halves live here: :func:`forked_quietly` blocks the stop signals while workers fork, and
+:func:`worker_init` (each worker's first act) ignores them and ties the worker's life to the run's.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import signal
 from typing import Any, Iterator
 
-from .signals import Abandoned, Stop
+from .signals import Abandoned, Stop, die_with_parent
 
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
@@ -74,3 +77,36 @@ def end_workers(it: Any) -> None:
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+
+
+def worker_init(_worker_id: int, parent: int | None = None) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
+    and die with it (``parent``: its pid) however it dies.
+
+    (A Ctrl-C reaches the whole process group, and systemd signals the whole
+    cgroup; a worker dying on it would make the main process fail instead of
+    stopping cleanly. A SIGKILLed main process cannot stop its workers: without
+    this they live on, holding their memory, adopted by init.)
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by forked_quietly
+    _quiet_when_the_reader_leaves()
+    if parent is not None:
+        die_with_parent(parent)
+
+
+def _quiet_when_the_reader_leaves() -> None:
+    """In a worker: a batch still being sent when the main process stops reading (a signal, the end of the run)
+    is not an error. multiprocessing's feeder thread would print its traceback, and the worker, killed moments
+    later, leaves a lone "Traceback (most recent call last):" line on the run's stderr, where schedulers read it."""
+    import multiprocessing.queues
+
+    queue = multiprocessing.queues.Queue
+    default = queue._on_queue_feeder_error
+
+    def on_error(e: BaseException, obj: object) -> None:
+        if not isinstance(e, (BrokenPipeError, ConnectionError, EOFError)):
+            default(e, obj)
+
+    queue._on_queue_feeder_error = staticmethod(on_error)  # this worker process only (it was forked)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,11 +19,10 @@ class RayOptions:
     cpus_per_worker: float = 1.0  # also the threads that decode a batch in a worker
 
 
-@dataclass
-class RunOptions:
-    input_dir: Path
-    out_dir: Path
-    methods: list[str]
+@dataclass(kw_only=True)
+class ModelOptions:
+    """The model as asked for: ``xaibatch run``'s and ``xaibatch serve``'s model options (RunOptions, ServeOptions)."""
+
     checkpoint: Path | None = None  # None: the bundled default model
     arch: str | None = None
     model: str | None = None  # FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME (usermodel)
@@ -32,6 +31,19 @@ class RunOptions:
     threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
     target_layer: str | None = None
+
+    def model_options(self) -> dict[str, Any]:
+        """These fields by name, to pass on as another ModelOptions' (``RunOptions(**serve.model_options())``)."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelOptions)}
+
+
+@dataclass
+class RunOptions(ModelOptions):
+    """What a run is asked to do: the model (ModelOptions' fields, keyword only), the methods and the rest."""
+
+    input_dir: Path
+    out_dir: Path
+    methods: list[str]
     target: str = "pred"  # pred | label | pred,label (misclassified images: both; see targets.py)
     batch_size: int | None = 32  # None: chosen from the device and the input size (defaults.py)
     device: str = "auto"
@@ -86,7 +98,7 @@ class RunResult:
         )
 
 
-def checkpoint_path(opts: RunOptions) -> Path:
+def checkpoint_path(opts: ModelOptions) -> Path:
     """The weights file a run loads: --checkpoint, else the bundled model (--arch alone is refused)."""
     from ..errors import UsageError
     from ..resources import default_checkpoint

@@ -159,26 +159,7 @@ def make_plan(
     added, changed, touched, dead_maps = [], [], [], []
     repaired = 0
     work: dict[str, Work] = {}
-    # Size or mtime moved: hash those files (in parallel; hashlib releases the GIL) to tell a touch from an edit.
-    suspects = [
-        e
-        for e in found.images
-        if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)
-    ]
-    same_content: dict[str, bool] = {}
-    if suspects:
-
-        def same(e: ImageEntry) -> bool:
-            digest = found.digests.get(e.rel)  # a cached setup that found work planned over this scan already
-            if digest is None:
-                try:  # a file grown past the limit since the scan is not read: it fails as it decodes
-                    digest = found.digests[e.rel] = file_sha256(e.path, MAX_FILE_BYTES)
-                except OSError:
-                    return False
-            return digest == known.images[e.rel].sha256
-
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            same_content = dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
+    same_content = moved_but_same(found, known)
     for e in found.images:
         row = known.images.get(e.rel)
         content_same = False
@@ -250,6 +231,32 @@ def make_plan(
         redecided=redecided,
         retarget=retarget,
     )
+
+
+def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:
+    """Per known image whose size or mtime moved: whether its content is the same (a touch, not an edit).
+
+    Those files are hashed in parallel (hashlib releases the GIL); a digest the scan already holds is reused.
+    """
+    suspects = [
+        e
+        for e in found.images
+        if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)
+    ]
+    if not suspects:
+        return {}
+
+    def same(e: ImageEntry) -> bool:
+        digest = found.digests.get(e.rel)  # a cached setup that found work planned over this scan already
+        if digest is None:
+            try:  # a file grown past the limit since the scan is not read: it fails as it decodes
+                digest = found.digests[e.rel] = file_sha256(e.path, MAX_FILE_BYTES)
+            except OSError:
+                return False
+        return digest == known.images[e.rel].sha256
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
 
 
 def label_todo(

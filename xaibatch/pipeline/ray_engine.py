@@ -81,148 +81,179 @@ def fail_dead(
     account(tally, emit, failed, 0)
 
 
+def worker_config(job: ComputeJob, batch_size: int, probe: str, token: str, stop_name: str, cpus: float):
+    """What every actor is given: the run's options with paths absolute and the driver-only parts left out."""
+    opts, out, found = job.opts, job.out, job.prepared.found
+    worker_opts = dataclasses.replace(
+        opts,
+        input_dir=Path(os.path.abspath(opts.input_dir)),
+        out_dir=Path(os.path.abspath(out)),
+        checkpoint=Path(os.path.abspath(opts.checkpoint)) if opts.checkpoint is not None else None,
+        on_event=None,
+        progress=False,
+        handle_signals=False,
+        template_dir=None,
+        batch_size=batch_size,
+    )
+    return WorkerConfig(
+        worker_opts,
+        Scan(found.root, found.classes, [], [], list(found.empty_classes)),
+        job.hashes,
+        job.run_id,
+        os.path.abspath(out),
+        probe,
+        token,
+        stop_name,
+        threads=max(1, int(cpus)),
+        cwd=os.getcwd(),
+        retries=TASK_RETRIES,
+    )
+
+
+class Streamer:
+    """Runs tasks on a pool of actors and commits each batch's Commit as it comes back, once per batch."""
+
+    def __init__(self, job: ComputeJob, manifest: Any, config: WorkerConfig, workers: int, gpus: float, cpus: float):
+        self.job, self.manifest, self.config = job, manifest, config
+        self.workers, self.gpus, self.cpus = workers, gpus, cpus
+        self.committed: set[int] = set()
+        self.progress: Any = None
+
+    def stream(self, batch: list[Task]) -> set[int]:
+        """Run these tasks, committing each Commit as it comes back; the indices that came back."""
+        import ray.data
+
+        from .compute import account
+        from .writer import commit
+
+        job = self.job
+        ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
+            ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
+                worker_class(self.config),
+                batch_size=1,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(batch))),
+                num_cpus=self.cpus,
+                num_gpus=self.gpus,
+                max_restarts=-1,
+                max_task_retries=TASK_RETRIES,
+            )
+        back: set[int] = set()
+        for row in ds.iter_rows():
+            res: Result = pickle.loads(row["record"])
+            if res.error is not None:
+                raise res.error
+            if res.skipped and not job.stop.requested:  # never expected: a run must not say ok with work left
+                raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
+            back.add(res.index)
+            if res.skipped or res.index in self.committed:  # a retried batch that had already come back
+                continue
+            commit(self.manifest, res.commit, job.out, job.check)
+            self.committed.add(res.index)
+            account(job.tally, job.emit, res.commit.failed, res.commit.computed)
+            if self.progress is not None:
+                self.progress.update(res.commit.count)
+        return back
+
+    def stream_all(self, tasks: list[Task]) -> None:
+        """Run ``tasks``; a batch that killed its worker every time again image by image, and the images that
+        still do fail."""
+        job, plan, known = self.job, self.job.plan, self.job.known
+        back = self.stream(tasks)
+        lost = [t for t in tasks if t.index not in back]
+        if not lost or job.stop.requested:
+            return
+        job.log(
+            f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
+            "memory? a crash?); computing their images one at a time"
+        )
+        singles = [
+            task_for(len(tasks) + k, t.todo, [e], plan, known)
+            for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)
+        ]
+        back = self.stream(singles)
+        dead = [t.entries[0].rel for t in singles if t.index not in back]
+        if dead and not job.stop.requested:
+            fail_dead(self.manifest, job.out, known, dead, job.run_id, job.check, job.tally, job.emit)
+
+
+def forward_stop(stop: Any, flag: Any) -> threading.Event:
+    """Pass a stop on to the actors' flag (a signal reaches only the driver) until the returned event is set."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.2):
+            if stop.requested:
+                flag.set.remote()
+                return
+
+    threading.Thread(target=watch, name="xaibatch-ray-stop", daemon=True).start()
+    return done
+
+
 def compute_ray(job: ComputeJob) -> None:
     """The local engine's compute() on Ray: batches to actors, their Commits committed here as they arrive."""
-    opts, out, prepared, plan, known, hashes = job.opts, job.out, job.prepared, job.plan, job.known, job.hashes
-    run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
+    opts, out, prepared, plan, known = job.opts, job.out, job.prepared, job.plan, job.known
     if not plan.work:
         return
     import ray
-    import ray.data
+    import ray.data  # noqa: F401  (Streamer uses it; imported before connect(), as this engine always has)
 
     from ..defaults import default_batch_size
     from ..files import atomic_write_bytes
     from ..manifest import Manifest
-    from .compute import account, announce, batches, progress_bar
+    from .compute import announce, batches, progress_bar
     from .recovery import sweep_temp_files
-    from .writer import commit
 
-    announce(prepared, plan, emit, log, known)
+    announce(prepared, plan, job.emit, job.log, known)
     started = connect(opts.ray)
     flag = None
     token = uuid.uuid4().hex
     probe = f".xaibatch-ray-probe.{os.getpid()}.tmp"  # a temporary file's name: a crash leaves it to the sweep
     manifest = Manifest(out / layout.MANIFEST)
-    progress = None
+    streamer = None
     try:
         quiet_ray_data()
         n_workers, gpus, cpus = resources(opts.ray)
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
         tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
-        log(
+        job.log(
             f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
             f"({gpus:g} GPU, {cpus:g} CPU each)"
         )
         atomic_write_bytes(out / probe, token.encode())
         stop_name = f"xaibatch-stop-{token}"
         flag = ray.remote(StopFlag).options(name=stop_name, num_cpus=0).remote()
-        worker_opts = dataclasses.replace(
-            opts,
-            input_dir=Path(os.path.abspath(opts.input_dir)),
-            out_dir=Path(os.path.abspath(out)),
-            checkpoint=Path(os.path.abspath(opts.checkpoint)) if opts.checkpoint is not None else None,
-            on_event=None,
-            progress=False,
-            handle_signals=False,
-            template_dir=None,
-            batch_size=batch_size,
-        )
-        found = Scan(prepared.found.root, prepared.found.classes, [], [], list(prepared.found.empty_classes))
-        config = WorkerConfig(
-            worker_opts,
-            found,
-            hashes,
-            run_id,
-            os.path.abspath(out),
-            probe,
-            token,
-            stop_name,
-            threads=max(1, int(cpus)),
-            cwd=os.getcwd(),
-            retries=TASK_RETRIES,
-        )
-
-        def stream(batch: list[Task]) -> set[int]:
-            """Run these tasks on an actor pool, committing each Commit as it comes back; the indices that did."""
-            ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
-                ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
-                    worker_class(config),
-                    batch_size=1,
-                    batch_format="numpy",
-                    zero_copy_batch=True,
-                    compute=ray.data.ActorPoolStrategy(size=min(n_workers, len(batch))),
-                    num_cpus=cpus,
-                    num_gpus=gpus,
-                    max_restarts=-1,
-                    max_task_retries=TASK_RETRIES,
-                )
-            back: set[int] = set()
-            for row in ds.iter_rows():
-                res: Result = pickle.loads(row["record"])
-                if res.error is not None:
-                    raise res.error
-                if res.skipped and not stop.requested:  # never expected: a run must not say ok with work left
-                    raise RuntimeError(f"the Ray worker {res.worker} skipped batch {res.index} without a stop")
-                back.add(res.index)
-                if res.skipped or res.index in committed:  # a retried batch that had already come back
-                    continue
-                commit(manifest, res.commit, out, check)
-                committed.add(res.index)
-                account(tally, emit, res.commit.failed, res.commit.computed)
-                if progress is not None:
-                    progress.update(res.commit.count)
-            return back
-
-        done = threading.Event()
-
-        def forward_stop() -> None:  # a signal reaches only the driver: pass it on
-            while not done.wait(0.2):
-                if stop.requested:
-                    flag.set.remote()
-                    return
-
-        threading.Thread(target=forward_stop, name="xaibatch-ray-stop", daemon=True).start()
-        progress = progress_bar(opts, len(plan.work), log, emit)
-        committed: set[int] = set()
+        config = worker_config(job, batch_size, probe, token, stop_name, cpus)
+        streamer = Streamer(job, manifest, config, n_workers, gpus, cpus)
+        done = forward_stop(job.stop, flag)
+        streamer.progress = progress_bar(opts, len(plan.work), job.log, job.emit)
         try:
-            back = stream(tasks)
-            lost = [t for t in tasks if t.index not in back]
-            if lost and not stop.requested:  # each killed its worker every time: find the image(s) that do
-                log(
-                    f"xaibatch: {len(lost)} batch(es) made their Ray worker die {TASK_RETRIES + 1} times (out of "
-                    "memory? a crash?); computing their images one at a time"
-                )
-                singles = [
-                    task_for(len(tasks) + k, t.todo, [e], plan, known)
-                    for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)
-                ]
-                back = stream(singles)
-                dead = [t.entries[0].rel for t in singles if t.index not in back]
-                if dead and not stop.requested:
-                    fail_dead(manifest, out, known, dead, run_id, check, tally, emit)
+            streamer.stream_all(tasks)
         finally:
             done.set()
         # Every task has ended (a stop makes the rest skip): a temporary file left now is one a killed actor
         # never renamed. We hold the lock, so no one else writes here; the driver's own (the run's disk reserve,
         # files.Reserve) stay.
         sweep_temp_files(out, lambda pid: pid != os.getpid())
-        if opts.faithfulness is not None and not stop.requested:
+        if opts.faithfulness is not None and not job.stop.requested:
             from ..evaluation.faithfulness import chance_on_driver
 
             chance_on_driver(
                 out,
                 opts.faithfulness,
                 prepared,
-                hashes,
+                job.hashes,
                 [e for _todo, entries in batches(plan, batch_size) for e in entries],
                 opts.target,
             )
     finally:
-        if progress is not None:
-            progress.close()
+        if streamer is not None and streamer.progress is not None:
+            streamer.progress.close()
         manifest.close()
         try:
             (out / probe).unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from typing import Callable
 from .. import layout
 from ..files import walk_files
 from ..lock import OutputLock, describe, pid_alive
-from ..manifest import Manifest
+from ..manifest import Manifest, RunCounts
 
 
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
@@ -87,7 +87,7 @@ def mark_run(
     run_id: int | None,
     status: str | None,
     seconds: float,
-    counts: dict[str, int],
+    counts: RunCounts | None,
     reason: str | None = None,
 ) -> None:
     """After the report: set the run's status (and why) when it failed (None: it did not), and note that the report

@@ -30,7 +30,6 @@ Safe to run from a scheduler:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sqlite3
 import sys
@@ -44,16 +43,17 @@ from ..engines import ComputeJob, Engine, engine_for
 from ..errors import Interrupted, UsageError, XaibatchError, storage_error
 from ..scan import Scan, shown
 from ..lock import OutputLock
-from ..manifest import ImageRow, Manifest, ManifestError
+from ..manifest import Manifest, ManifestError, RunCounts
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
+from .apply import apply_removals, redecider
 from .migrate import migrate_map_folders
 from .recovery import REPORTING, mark_run, recover, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
-from ..files import Reserve, unlink_all
+from ..files import Reserve
 
 
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
@@ -169,7 +169,7 @@ def _run_locked(
     manifest = Manifest(out / layout.MANIFEST)
     run_id: int | None = None
     tally = Tally(failed=list(found.skipped))
-    counts: dict[str, int] = {}
+    counts: RunCounts | None = None
     reserve: Reserve | None = None
     try:
         recover(out, manifest, lock, log)
@@ -189,23 +189,8 @@ def _run_locked(
         )
         if plan.repaired:
             log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
-        counts = {
-            "seen": len(found.images) + len(found.skipped),
-            "added": len(plan.added),
-            "changed": len(plan.changed),
-            "removed": len(plan.removed),
-            "unchanged": len(found.images) - len(plan.work),
-            "failed": len(tally.failed),
-            "computed": 0,
-        }
-        emit(
-            {
-                "event": "plan",
-                "run_id": run_id,
-                **{k: counts[k] for k in ("seen", "added", "changed", "removed", "unchanged")},
-                "to_compute": len(plan.work),
-            }
-        )
+        counts = planned_counts(found, plan, tally)
+        emit(plan_event(run_id, counts, len(plan.work)))
         apply_removals(out, manifest, lock, found, plan, known, run_id, emit)
         timings["plan"] = time.time() - t_plan
 
@@ -219,7 +204,7 @@ def _run_locked(
         timings["compute"] = time.time() - t_compute
         if tally.first_batch is not None:
             timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
-        counts.update(failed=len(tally.failed), computed=tally.computed)
+        counts.failed, counts.computed = len(tally.failed), tally.computed
         stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
         status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
         with manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
@@ -231,7 +216,8 @@ def _run_locked(
         sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
         full = storage_error(e, out)
         if run_id is not None:
-            counts.update(failed=len(tally.failed), computed=tally.computed)
+            counts = counts or RunCounts()  # stopped before the plan: the failures and images computed so far
+            counts.failed, counts.computed = len(tally.failed), tally.computed
             try:
                 manifest.finish_run(run_id, ending(e), time.time() - t0, counts, reason(full or e))
             except Exception:
@@ -242,33 +228,17 @@ def _run_locked(
     finally:
         manifest.close()
 
-    from ..report import write_report
-
     t_report = time.time()
-    try:
-        try:
-            lock.check()  # the report is written only while the folder is still ours
-            written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
-            report, accuracy = written.index, written.accuracy
-        except BaseException as e:  # the run row agrees with the exit code
-            reserve.release()
-            full = storage_error(e, out)
-            mark_run(out, run_id, ending(e), time.time() - t0, counts, reason(full or e))
-            if full is not None:
-                raise full from None
-            raise
-        mark_run(out, run_id, None, 0, {})  # reported
-    finally:
-        reserve.release()
+    report, accuracy = _report(out, opts, lock, reserve, run_id, counts, t0)
     timings["report"] = time.time() - t_report
     result = RunResult(
         out,
-        counts["seen"],
-        counts["computed"],
-        counts["unchanged"],
-        counts["added"],
-        counts["changed"],
-        counts["removed"],
+        counts.seen,
+        counts.computed,
+        counts.unchanged,
+        counts.added,
+        counts.changed,
+        counts.removed,
         tally.failed,
         time.time() - t0,
         report,
@@ -280,12 +250,65 @@ def _run_locked(
     )
     if status == "interrupted":
         e = Interrupted(
-            f"interrupted by {stop.name} after {counts['computed']} of {len(plan.work)} image(s); "
+            f"interrupted by {stop.name} after {counts.computed} of {len(plan.work)} image(s); "
             "finished batches are saved, the next run computes the rest"
         )
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
+
+
+def planned_counts(found: Scan, plan: Plan, tally: Tally) -> RunCounts:
+    """The run's counts once it has planned (nothing computed yet; the scan's failures so far)."""
+    return RunCounts(
+        seen=len(found.images) + len(found.skipped),
+        added=len(plan.added),
+        changed=len(plan.changed),
+        removed=len(plan.removed),
+        unchanged=len(found.images) - len(plan.work),
+        failed=len(tally.failed),
+    )
+
+
+def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any]:
+    """The ``plan`` event (``--log-json``)."""
+    return {
+        "event": "plan",
+        "run_id": run_id,
+        "seen": counts.seen,
+        "added": counts.added,
+        "changed": counts.changed,
+        "removed": counts.removed,
+        "unchanged": counts.unchanged,
+        "to_compute": to_compute,
+    }
+
+
+def _report(
+    out: Path, opts: RunOptions, lock: OutputLock, reserve: Reserve, run_id: int, counts: RunCounts, t0: float
+) -> tuple[Path, float | None]:
+    """Write the report (with predictions.csv) while the folder is still ours: its index and the accuracy.
+
+    A failure here is the run's: its row says how it ended, as the exit code will; the disk reserve is freed
+    first, so that on a full disk the row can still say so.
+    """
+    from ..report import write_report
+
+    try:
+        try:
+            lock.check()  # the report is written only while the folder is still ours
+            written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
+        except BaseException as e:  # the run row agrees with the exit code
+            reserve.release()
+            full = storage_error(e, out)
+            mark_run(out, run_id, ending(e), time.time() - t0, counts, reason(full or e))
+            if full is not None:
+                raise full from None
+            raise
+        mark_run(out, run_id, None, 0, None)  # reported
+    finally:
+        reserve.release()
+    return written.index, written.accuracy
 
 
 def ending(e: BaseException) -> str:
@@ -302,60 +325,3 @@ def reason(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
     return f"{type(e).__name__}: {e}"
-
-
-def apply_removals(
-    out: Path,
-    manifest: Manifest,
-    lock: OutputLock,
-    found: Scan,
-    plan: Plan,
-    known: Known,
-    run_id: int,
-    emit: Callable[[dict[str, Any]], None],
-) -> None:
-    """Images gone from the input or no longer readable leave the manifest, then their files go."""
-    present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
-    discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
-    discard += [p for rel, m in plan.dead_maps for p in known.maps[rel][m].files.paths()]
-    stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
-    discard += [p for rows in stale.values() for row in rows.values() for p in row.files.paths()]
-    with manifest.transaction():
-        lock.check()
-        manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
-        manifest.remove_failures(r for r in known.failures if r not in present)
-        for rel, reason in found.skipped:
-            manifest.put_failure(rel, reason, run_id)
-        for e in plan.touched:
-            manifest.touch_image(e.rel, e.size, e.mtime_ns)
-        for rel, m in plan.dead_maps:  # lost files of a method not asked for now: it leaves the report
-            manifest.remove_map(rel, m)
-        for row in plan.redecided:  # a new threshold: new predictions from the stored probabilities
-            manifest.put_image(row)
-        for rel, rows in stale.items():
-            for m in rows:
-                manifest.remove_map(rel, m)
-    unlink_all(out, discard)
-    for rel, reason in found.skipped:
-        emit({"event": "failure", "path": rel, "reason": reason})
-
-
-def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:
-    """An image's row under a new decision rule, from the probabilities it already has (no forward pass)."""
-    decision = setup.prepared.model.decision if setup.prepared is not None else None
-    if decision is None:
-        return None
-    from ..model import heads
-
-    def redecide(row: ImageRow) -> ImageRow:
-        pred = heads.predict_one(row.probs, decision)
-        return dataclasses.replace(
-            row,
-            pred=pred,
-            target=row.target if target == "label" else pred,
-            confidence=float(row.probs[pred]),
-            predict_hash=setup.hashes.predict,
-            run_id=run_id,
-        )
-
-    return redecide

@@ -23,7 +23,7 @@ from ..errors import DecodeError, UsageError, XaibatchError
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
 from ..overlay import display_map, display_scale, overlay, png_bytes
-from ..pipeline.options import RunOptions
+from ..pipeline.options import ModelOptions, RunOptions
 from ..report.detail import colour_ticks
 from ..pipeline.prepare import Prepared, prepare
 from ..scan import Scan
@@ -34,19 +34,11 @@ NATIVE_METHODS = ("gradcam", "guided-gradcam", "lime")
 
 
 @dataclass
-class ServeOptions:
-    """``xaibatch serve``'s model options, as ``xaibatch run`` takes them (see RunOptions)."""
+class ServeOptions(ModelOptions):
+    """``xaibatch serve``'s options: the model as ``xaibatch run`` takes it (ModelOptions), the page's methods."""
 
     out: Path
     methods: list[str] = field(default_factory=lambda: list(NATIVE_METHODS))  # offered in the page
-    checkpoint: Path | None = None
-    arch: str | None = None
-    model: str | None = None
-    classes: list[str] | None = None
-    positive_class: str | None = None
-    threshold: float | None = None
-    image_size: int | None = None
-    target_layer: str | None = None
     device: str = "auto"
     seed: int = 0
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -124,14 +116,7 @@ class Service:
             input_dir=Path("."),
             out_dir=opts.out,
             methods=list(opts.methods),
-            checkpoint=opts.checkpoint,
-            arch=opts.arch,
-            model=opts.model,
-            classes=opts.classes,
-            positive_class=opts.positive_class,
-            threshold=opts.threshold,
-            image_size=opts.image_size,
-            target_layer=opts.target_layer,
+            **opts.model_options(),
             device=opts.device,
             seed=opts.seed,
             method_options=opts.method_options,

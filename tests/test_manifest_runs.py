@@ -1,0 +1,30 @@
+"""The run row's counts: one typed RunCounts from the run to the manifest's n_* columns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from xaibatch.manifest import FILENAME, Manifest, RunCounts
+
+COLUMNS = "n_seen, n_added, n_changed, n_removed, n_unchanged, n_failed, n_computed"
+
+
+def test_finish_run_writes_every_count_by_name(tmp_path):
+    m = Manifest(tmp_path / FILENAME)
+    run_id = m.start_run(str(tmp_path), {"x": 1}, "p")
+    counts = RunCounts(seen=7, added=1, changed=2, removed=3, unchanged=4, failed=5, computed=6)
+    m.finish_run(run_id, "some-failed", 1.5, counts, "why")
+    row = m.db.execute(f"SELECT status, reason, {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    m.close()
+    assert tuple(row) == ("some-failed", "why", *dataclasses.astuple(counts))
+    assert [f.name for f in dataclasses.fields(RunCounts)] == [c.strip()[2:] for c in COLUMNS.split(",")]
+
+
+def test_finish_run_without_counts_keeps_the_rows_counts(tmp_path):
+    m = Manifest(tmp_path / FILENAME)
+    run_id = m.start_run(str(tmp_path), {"x": 1}, "p")
+    m.finish_run(run_id, "ok", 1.0, RunCounts(seen=3, computed=3))
+    m.finish_run(run_id, "error", 2.0, None, "disk full")  # after the report: the status and why only
+    row = m.db.execute(f"SELECT status, reason, {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    m.close()
+    assert tuple(row) == ("error", "disk full", 3, 0, 0, 0, 0, 0, 3)
