@@ -594,3 +594,65 @@ def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
     open_page(driver, out / "gallery" / "page-1.html")
     weak = driver.find_elements("css selector", "li.card p.mag.weak")
     assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text
+
+
+@pytest.fixture(scope="module")
+def five_methods_out(tmp_path_factory) -> Path:
+    """A synthetic labeled report with five methods (two of them signed), so its cards are wide."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_report
+
+    extra = {
+        "cam:eigencam": {"title": "Eigen-CAM (pytorch-grad-cam)", "signed": False, "config": {}, "hash": "e"},
+        "captum:IntegratedGradients": {
+            "title": "IntegratedGradients (captum)",
+            "signed": True,
+            "config": {"reduce": "sum"},
+            "hash": "i",
+        },
+        "guided-gradcam": {"title": "Guided Grad-CAM", "signed": False, "config": {}, "hash": "gg"},
+    }
+    methods = ("gradcam", "guided-gradcam", "lime", "cam:eigencam", "captum:IntegratedGradients")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(test_report, "METHODS", {**test_report.METHODS, **extra})
+        out = test_report.synth(
+            tmp_path_factory.mktemp("five") / "o",
+            test_report.labeled_rows(6),
+            methods=methods,
+            failures=[("FAKE/a-rather-long-file-name-that-does-not-wrap-easily.png", "cannot identify image")],
+        )
+    report.render(out)
+    return out
+
+
+def test_a_phone_wide_window_never_scrolls_sideways(driver, five_methods_out):
+    """At 375 px (a phone) no page is wider than the window: wide tables scroll in their own box, figures and
+    cards shrink; a filter's label stays on the line of its menu, and a colour ramp keeps its size."""
+    out = five_methods_out
+    pages = [out / "index.html", out / "gallery" / "page-1.html", out / "history.html", out / "skipped.html"]
+    pages.append(next(iter(detail_urls(out).values())))
+    try:
+        driver.set_window_size(375, 900)
+        for page in pages:
+            open_page(driver, page)
+            load_all_images(driver)
+            over = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert over <= 1, f"{page}: {over}px wider than a 375 px window"
+        open_page(driver, out / "gallery" / "page-1.html")
+        pairs = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('#controls label'), function (l) {"
+            "  var a = l.getBoundingClientRect(), b = document.getElementById(l.htmlFor).getBoundingClientRect();"
+            "  return [l.htmlFor, (a.top + a.bottom) / 2, (b.top + b.bottom) / 2]; })"
+        )
+        assert len(pairs) == 4
+        for name, label_y, select_y in pairs:
+            assert abs(label_y - select_y) < 8, f"the label of {name} is not on its menu's line"
+        ramps = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('ul.legends .ramp'),"
+            " r => r.getBoundingClientRect().width)"
+        )
+        assert len(ramps) == 5 and min(ramps) >= 88, ramps  # not squeezed by the words beside it
+    finally:
+        driver.set_window_size(1280, 900)

@@ -161,19 +161,19 @@
     return el("section", {"aria-labelledby": "h-truth"}, [h2,
       el("p", {}, ["The demo's synthesized region, from ", el("code", {}, [t.mask]), " beside the input image, is shaded green; numbered rings mark where each map is largest (LIME: its strongest evidence for the class). Pointing game: a map ",
         el("em", {}, ["hits"]), " when its maximum lies inside the region. The region covers " + t.share + " of the image, so a map pointing at random would hit " + t.share + " of the time."]),
-      fig, table]);
+      fig, el("div", {"class": "scroll"}, [table])]);
   }
 
   function probs(im) {
     var n = site.n_classes;
     var caption = im.probs.length < n ? "The " + im.probs.length + " most likely of " + n + " classes" : "Every class, most likely first";
-    return [el("h2", {}, ["Class probabilities"]), el("table", {"class": "probs"}, [el("caption", {}, [caption]),
+    return [el("h2", {}, ["Class probabilities"]), el("div", {"class": "scroll"}, [el("table", {"class": "probs"}, [el("caption", {}, [caption]),
       el("thead", {}, [el("tr", {}, [el("th", {scope: "col"}, ["Class"]), el("th", {scope: "col"}, ["Probability"])])]),
       el("tbody", {}, im.probs.map(function (p) {
         var bar = el("span", {"class": "bar", "aria-hidden": "true"});
         bar.style.width = p[1];
         return el("tr", {}, [el("th", {scope: "row"}, [p[0]]), el("td", {}, [bar, " " + p[1]])]);
-      }))])];
+      }))])])];
   }
 
   var shown = null;
