@@ -622,6 +622,7 @@ def five_methods_out(tmp_path_factory) -> Path:
             test_report.labeled_rows(6),
             methods=methods,
             failures=[("FAKE/a-rather-long-file-name-that-does-not-wrap-easily.png", "cannot identify image")],
+            classes=("FAKE", "REAL photographs, taken by hand with a camera and never edited"),  # a wide menu
         )
     report.render(out)
     return out
