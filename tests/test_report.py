@@ -42,10 +42,12 @@ def synth(
     side: int = 8,
     input_dir="/data/set",
     info: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
     """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0).
 
-    ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts.
+    ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts;
+    ``source`` the run's recorded model options (RunConfig.source: its ``target``, ...).
     """
     out.mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -63,6 +65,7 @@ def synth(
         "batch_size": 8,
         "workers": 0,
         "seed": 0,
+        **({"source": source} if source else {}),
     }
     tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
     m = Manifest(out / FILENAME)
@@ -1119,3 +1122,13 @@ def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkey
     assert not stats.reused and "detail/page-1.js" in {str(p.relative_to(copy)) for p in page_files(copy)}
     after = detail_data(copy)[1]
     assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}
+
+
+def test_the_summary_says_once_what_a_pred_label_runs_maps_explain(tmp_path):
+    """--target pred,label: the summary said "the predicted class, and for a misclassified image also its true
+    class" in the settings and, a few lines below, "Maps explain the predicted class." """
+    out = synth(tmp_path / "o", labeled_rows(4), source={"kind": "checkpoint", "target": "pred,label"})
+    report.render(out)
+    text = re.sub(r"<[^>]+>", " ", (out / "index.html").read_text())
+    said = re.findall(r"Maps explain\s+(.*?)(?:\.|\s\s)", text)  # up to the sentence's or the cell's end
+    assert said == ["the predicted class, and for a misclassified image also its true class"], said
