@@ -1132,3 +1132,30 @@ def test_the_summary_says_once_what_a_pred_label_runs_maps_explain(tmp_path):
     text = re.sub(r"<[^>]+>", " ", (out / "index.html").read_text())
     said = re.findall(r"Maps explain\s+(.*?)(?:\.|\s\s)", text)  # up to the sentence's or the cell's end
     assert said == ["the predicted class, and for a misclassified image also its true class"], said
+
+
+def test_a_signed_captum_map_is_not_described_as_lime(tmp_path, monkeypatch):
+    """IntegratedGradients' signed maps are per-pixel attributions in logit units: no superpixels, no probability
+    units, and LIME's 0.01 'weak' threshold (a probability) does not apply to them."""
+    ig = "captum:IntegratedGradients"
+    monkeypatch.setitem(
+        METHODS, ig, {"title": "IntegratedGradients (captum)", "signed": True, "config": {"reduce": "sum"}, "hash": "i"}
+    )
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime", ig))
+    np.save(out / "maps" / ig / "FAKE" / "a.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    report.render(out)
+    site, records = detail_data(out)
+    lime, grads = site["methods"]["lime"], site["methods"][ig]
+    assert "superpixel" in lime["legend"] and "probability" in lime["scale_words"]
+    for words in (grads["legend"], grads["scale_words"]):
+        assert "superpixel" not in words and "LIME" not in words and "probability" not in words, words
+    assert "logit" in grads["scale_words"]
+    ig_map, lime_map = map_of(records["FAKE/a.png"], ig), map_of(records["FAKE/a.png"], "lime")
+    assert "weak" in lime_map and "weak" not in ig_map
+    assert "superpixel" not in ig_map["note"] and "probability" not in ig_map["note"] and "logit" in ig_map["note"]
+    gallery = (out / "gallery" / "page-1.html").read_text()
+    assert "IntegratedGradients (captum) scale ±0.0006</p>" in gallery  # printed, not flagged
+    legends = re.search(r'<ul class="legends">(.*?)</ul>', gallery, re.S).group(1)
+    ig_scale = next(li for li in legends.split("<li>") if li.startswith("<strong>IntegratedGradients (captum) scale"))
+    assert "superpixel" not in ig_scale and "weak" not in ig_scale and "logit" in ig_scale
