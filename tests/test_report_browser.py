@@ -657,3 +657,20 @@ def test_a_phone_wide_window_never_scrolls_sideways(driver, five_methods_out):
         assert len(ramps) == 5 and min(ramps) >= 88, ramps  # not squeezed by the words beside it
     finally:
         driver.set_window_size(1280, 900)
+
+
+def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out):
+    """Six pictures in a row: a long method name wraps onto two lines, and every colour bar in the row still
+    starts at the same height (before, the wrapped titles pushed their bars down)."""
+    url = next(iter(detail_urls(five_methods_out).values()))
+    driver.set_window_size(1280, 900)
+    open_page(driver, url)
+    rows = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('.views figure[data-method]'), function (f) {"
+        "  var t = f.querySelector('figcaption strong').getBoundingClientRect();"
+        "  return [t.height, f.querySelector('.cbar').getBoundingClientRect().top]; })"
+    )
+    assert len(rows) == 5
+    line = min(h for h, _top in rows)
+    assert max(h for h, _top in rows) > 1.5 * line, rows  # some title wraps: the case under test
+    assert max(top for _h, top in rows) - min(top for _h, top in rows) < 1, rows

@@ -92,18 +92,20 @@
         return el("li", {}, [el("code", {}, [kv[0] + "=" + kv[1]]), words ? ": " + words : null]);
       })));
     }
-    var cap = [el("strong", {}, [m.title]), el("br"), colourBar(m, v.ticks)];
-    if (v.weak) { cap.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
-    cap.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
+    var below = [colourBar(m, v.ticks)];
+    if (v.weak) { below.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
+    below.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
     return el("figure", {"data-method": v.m}, [
-      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im), el("figcaption", {}, cap)]);
+      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im),
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, [m.title])]), el("div", {}, below)])]);
   }
 
   function viewsRow(im, maps, target) {
     var figs = [el("figure", {}, [picture(im.image, im.rel + ": original", im),
-      el("figcaption", {}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])];
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])])];
     maps.forEach(function (v) {
-      figs.push(v ? mapFigure(v, im, target) : el("figure", {"class": "none"}, [el("figcaption", {}, ["no map of " + target])]));
+      figs.push(v ? mapFigure(v, im, target)
+        : el("figure", {"class": "none"}, [el("figcaption", {}, [el("span", {"class": "title"}, ["no map of " + target])])]));
     });
     var d = el("div", {"class": "views"}, figs);
     d.style.setProperty("--n", String(figs.length));
