@@ -1159,3 +1159,13 @@ def test_a_signed_captum_map_is_not_described_as_lime(tmp_path, monkeypatch):
     legends = re.search(r'<ul class="legends">(.*?)</ul>', gallery, re.S).group(1)
     ig_scale = next(li for li in legends.split("<li>") if li.startswith("<strong>IntegratedGradients (captum) scale"))
     assert "superpixel" not in ig_scale and "weak" not in ig_scale and "logit" in ig_scale
+
+
+def test_an_unlabeled_summary_promises_no_calibration(tmp_path):
+    """Without labels there is a confidence histogram but no reliability diagram: the heading says so."""
+    out = synth(tmp_path / "o", [(f"x{i}.png", None, p) for i, p in enumerate((0.7, 0.9, 0.2))])
+    report.render(out)
+    assert re.search(r'<h2 id="h-conf">Confidence</h2>', (out / "index.html").read_text())
+    out = synth(tmp_path / "l", labeled_rows(4))
+    report.render(out)
+    assert re.search(r'<h2 id="h-conf">Confidence and calibration</h2>', (out / "index.html").read_text())
