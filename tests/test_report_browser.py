@@ -674,3 +674,24 @@ def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out)
     line = min(h for h, _top in rows)
     assert max(h for h, _top in rows) > 1.5 * line, rows  # some title wraps: the case under test
     assert max(top for _h, top in rows) - min(top for _h, top in rows) < 1, rows
+
+
+def test_detail_view_arrow_keys_walk_the_images(driver, paged_out):
+    """→ and ← step through the images as Next and Previous do, across gallery pages too."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    names = [c.get_attribute("data-name") for c in driver.find_elements("css selector", "li.card")]
+    open_page(driver, paged_out / "gallery" / "page-2.html")
+    names += [c.get_attribute("data-name") for c in driver.find_elements("css selector", "li.card")]
+    open_page(driver, detail_urls(paged_out)[names[3]])
+
+    def press(key: str, expect: str) -> None:
+        driver.find_element("tag name", "body").send_keys(key)
+        wait_until(lambda: driver.find_element("tag name", "h1").text == expect, f"{expect} after the key")
+
+    press(Keys.ARROW_RIGHT, names[4])
+    press(Keys.ARROW_RIGHT, names[5])  # the first image of gallery page 2: another data file
+    press(Keys.ARROW_LEFT, names[4])
+    nxt = driver.find_element("css selector", "a[rel=next]")
+    assert nxt.get_attribute("aria-keyshortcuts") == "ArrowRight"

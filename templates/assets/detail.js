@@ -31,7 +31,9 @@
   function pager(im) {
     function side(n, rel, text) {
       if (!n) { return el("span", {"aria-disabled": "true"}, [text]); }
-      var a = el("a", {href: href(n), rel: rel}, rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
+      var a = el("a", {href: href(n), rel: rel, "aria-keyshortcuts": rel === "prev" ? "ArrowLeft" : "ArrowRight",
+                       title: (rel === "prev" ? "Previous" : "Next") + " image (" + (rel === "prev" ? "←" : "→") + " key)"},
+        rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
         : ["Next", el("span", {"class": "sr"}, [" image"]), " →"]);
       if (!n.page) { a.addEventListener("click", function () { show(n.id); }); }
       return a;
@@ -193,6 +195,15 @@
     document.title = im.rel + " · " + siteTitle;
   }
 
+  // ← and → follow Previous and Next (no modifier; never while typing or inside a form control)
+  document.addEventListener("keydown", function (e) {
+    if (e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+    var t = e.target;
+    if (t && (t.isContentEditable || /^(INPUT|SELECT|TEXTAREA)$/.test(t.tagName))) { return; }
+    var rel = e.key === "ArrowLeft" ? "prev" : e.key === "ArrowRight" ? "next" : "";
+    var a = rel && root.querySelector("nav.pager a[rel=" + rel + "]");
+    if (a) { e.preventDefault(); a.click(); }
+  });
   window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
   show(location.hash.slice(1));
 }());
