@@ -19,7 +19,7 @@ from PIL import Image
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))
 
-from xaibatch.demo import write_demo_data  # noqa: E402
+from xaibatch.tools.demo import write_demo_data  # noqa: E402
 from xaibatch.pipeline import RunOptions, run  # noqa: E402
 
 
