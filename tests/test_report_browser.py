@@ -695,3 +695,40 @@ def test_detail_view_arrow_keys_walk_the_images(driver, paged_out):
     press(Keys.ARROW_LEFT, names[4])
     nxt = driver.find_element("css selector", "a[rel=next]")
     assert nxt.get_attribute("aria-keyshortcuts") == "ArrowRight"
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two computed CSS colours ("rgb(r, g, b)")."""
+    import re
+
+    def lum(c: str) -> float:
+        r, g, b = (int(x) / 255 for x in re.findall(r"\d+", c)[:3])
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_focus_ring_stands_out_on_the_page_and_the_header(driver, labeled_out):
+    """WCAG 1.4.11: a keyboard user's focus indicator needs 3:1 against what it is drawn on (the light orange
+    of before had 2:1 on white)."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, labeled_out / "gallery" / "page-1.html")
+    driver.find_element("tag name", "body").send_keys(Keys.TAB)  # the skip link, then the header's links
+    rings = []
+    for _ in range(12):
+        rings.append(
+            driver.execute_script(
+                "var e = document.activeElement, s = getComputedStyle(e), p = e.parentElement;"  # the ring is outside e
+                "while (p && getComputedStyle(p).backgroundColor.indexOf('rgba(0, 0, 0, 0)') === 0) { p = p.parentElement; }"
+                "return [s.outlineStyle, s.outlineColor, p ? getComputedStyle(p).backgroundColor : 'rgb(255, 255, 255)',"
+                " e.closest('header') !== null];"
+            )
+        )
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert any(h for *_r, h in rings) and not all(h for *_r, h in rings)  # on the header and on the page
+    for style, ring, background, _in_header in rings:
+        assert style != "none"
+        assert _contrast(ring, background) >= 3, (ring, background)
