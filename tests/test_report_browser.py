@@ -732,3 +732,39 @@ def test_the_focus_ring_stands_out_on_the_page_and_the_header(driver, labeled_ou
     for style, ring, background, _in_header in rings:
         assert style != "none"
         assert _contrast(ring, background) >= 3, (ring, background)
+
+
+def test_a_ring_at_the_pictures_edge_is_drawn_whole(driver, tmp_path):
+    """A map whose maximum is the corner pixel: its numbered ring on the ground-truth figure reaches past the
+    picture's edge, and was cut off there."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import synth as manifest_synth
+
+    inp = tmp_path / "in"
+    (inp / "FAKE").mkdir(parents=True)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    np.save(inp / "FAKE" / "im_0000.mask.npy", mask)
+    out = manifest_synth(tmp_path / "o", [("FAKE/im_0000.png", 0, 0.9)], side=32, input_dir=inp)
+    corner = np.zeros((32, 32), np.float32)
+    corner[0, 0] = 1.0
+    np.save(out / "maps" / "gradcam" / "FAKE" / "im_0000.npy", corner)
+    report.render(out)
+    check_page(driver, detail_urls(out)["FAKE/im_0000.png"])
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, height + 200)
+    try:
+        left, top = driver.execute_script(
+            "var r = document.querySelector('figure.truth svg').getBoundingClientRect(), d = window.devicePixelRatio;"
+            "return [Math.round(r.left * d), Math.round(r.top * d)];"
+        )
+        shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), np.int32)
+    finally:
+        driver.set_window_size(1280, 900)
+    outside = np.concatenate(
+        [shot[top - 8 : top, left : left + 16].reshape(-1, 3), shot[top : top + 16, left - 8 : left].reshape(-1, 3)]
+    )
+    cyan = (outside[:, 0] < 90) & (outside[:, 1] > 170) & (outside[:, 2] > 200)  # MARKER_COLOURS[0], #00e5ff
+    assert cyan.sum() >= 4, "the ring is cut off at the picture's edge"
