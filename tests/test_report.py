@@ -42,10 +42,12 @@ def synth(
     side: int = 8,
     input_dir="/data/set",
     info: dict | None = None,
+    source: dict | None = None,
 ) -> Path:
     """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0).
 
-    ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts.
+    ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts;
+    ``source`` the run's recorded model options (RunConfig.source: its ``target``, ...).
     """
     out.mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -63,6 +65,7 @@ def synth(
         "batch_size": 8,
         "workers": 0,
         "seed": 0,
+        **({"source": source} if source else {}),
     }
     tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
     m = Manifest(out / FILENAME)
@@ -1119,3 +1122,50 @@ def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkey
     assert not stats.reused and "detail/page-1.js" in {str(p.relative_to(copy)) for p in page_files(copy)}
     after = detail_data(copy)[1]
     assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}
+
+
+def test_the_summary_says_once_what_a_pred_label_runs_maps_explain(tmp_path):
+    """--target pred,label: the summary said "the predicted class, and for a misclassified image also its true
+    class" in the settings and, a few lines below, "Maps explain the predicted class." """
+    out = synth(tmp_path / "o", labeled_rows(4), source={"kind": "checkpoint", "target": "pred,label"})
+    report.render(out)
+    text = re.sub(r"<[^>]+>", " ", (out / "index.html").read_text())
+    said = re.findall(r"Maps explain\s+(.*?)(?:\.|\s\s)", text)  # up to the sentence's or the cell's end
+    assert said == ["the predicted class, and for a misclassified image also its true class"], said
+
+
+def test_a_signed_captum_map_is_not_described_as_lime(tmp_path, monkeypatch):
+    """IntegratedGradients' signed maps are per-pixel attributions in logit units: no superpixels, no probability
+    units, and LIME's 0.01 'weak' threshold (a probability) does not apply to them."""
+    ig = "captum:IntegratedGradients"
+    monkeypatch.setitem(
+        METHODS, ig, {"title": "IntegratedGradients (captum)", "signed": True, "config": {"reduce": "sum"}, "hash": "i"}
+    )
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9)], methods=("lime", ig))
+    np.save(out / "maps" / ig / "FAKE" / "a.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    np.save(out / "maps" / "lime" / "FAKE" / "a.npy", np.linspace(-6e-4, 4e-4, 64, dtype=np.float32).reshape(8, 8))
+    report.render(out)
+    site, records = detail_data(out)
+    lime, grads = site["methods"]["lime"], site["methods"][ig]
+    assert "superpixel" in lime["legend"] and "probability" in lime["scale_words"]
+    for words in (grads["legend"], grads["scale_words"]):
+        assert "superpixel" not in words and "LIME" not in words and "probability" not in words, words
+    assert "logit" in grads["scale_words"]
+    ig_map, lime_map = map_of(records["FAKE/a.png"], ig), map_of(records["FAKE/a.png"], "lime")
+    assert "weak" in lime_map and "weak" not in ig_map
+    assert "superpixel" not in ig_map["note"] and "probability" not in ig_map["note"] and "logit" in ig_map["note"]
+    gallery = (out / "gallery" / "page-1.html").read_text()
+    assert "IntegratedGradients (captum) scale ±0.0006</p>" in gallery  # printed, not flagged
+    legends = re.search(r'<ul class="legends">(.*?)</ul>', gallery, re.S).group(1)
+    ig_scale = next(li for li in legends.split("<li>") if li.startswith("<strong>IntegratedGradients (captum) scale"))
+    assert "superpixel" not in ig_scale and "weak" not in ig_scale and "logit" in ig_scale
+
+
+def test_an_unlabeled_summary_promises_no_calibration(tmp_path):
+    """Without labels there is a confidence histogram but no reliability diagram: the heading says so."""
+    out = synth(tmp_path / "o", [(f"x{i}.png", None, p) for i, p in enumerate((0.7, 0.9, 0.2))])
+    report.render(out)
+    assert re.search(r'<h2 id="h-conf">Confidence</h2>', (out / "index.html").read_text())
+    out = synth(tmp_path / "l", labeled_rows(4))
+    report.render(out)
+    assert re.search(r'<h2 id="h-conf">Confidence and calibration</h2>', (out / "index.html").read_text())

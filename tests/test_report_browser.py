@@ -594,3 +594,177 @@ def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
     open_page(driver, out / "gallery" / "page-1.html")
     weak = driver.find_elements("css selector", "li.card p.mag.weak")
     assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text
+
+
+@pytest.fixture(scope="module")
+def five_methods_out(tmp_path_factory) -> Path:
+    """A synthetic labeled report with five methods (two of them signed), so its cards are wide."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_report
+
+    extra = {
+        "cam:eigencam": {"title": "Eigen-CAM (pytorch-grad-cam)", "signed": False, "config": {}, "hash": "e"},
+        "captum:IntegratedGradients": {
+            "title": "IntegratedGradients (captum)",
+            "signed": True,
+            "config": {"reduce": "sum"},
+            "hash": "i",
+        },
+        "guided-gradcam": {"title": "Guided Grad-CAM", "signed": False, "config": {}, "hash": "gg"},
+    }
+    methods = ("gradcam", "guided-gradcam", "lime", "cam:eigencam", "captum:IntegratedGradients")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(test_report, "METHODS", {**test_report.METHODS, **extra})
+        out = test_report.synth(
+            tmp_path_factory.mktemp("five") / "o",
+            test_report.labeled_rows(6),
+            methods=methods,
+            failures=[("FAKE/a-rather-long-file-name-that-does-not-wrap-easily.png", "cannot identify image")],
+            classes=("FAKE", "REAL photographs, taken by hand with a camera and never edited"),  # a wide menu
+        )
+    report.render(out)
+    return out
+
+
+def test_a_phone_wide_window_never_scrolls_sideways(driver, five_methods_out):
+    """At 375 px (a phone) no page is wider than the window: wide tables scroll in their own box, figures and
+    cards shrink; a filter's label stays on the line of its menu, and a colour ramp keeps its size."""
+    out = five_methods_out
+    pages = [out / "index.html", out / "gallery" / "page-1.html", out / "history.html", out / "skipped.html"]
+    pages.append(next(iter(detail_urls(out).values())))
+    try:
+        driver.set_window_size(375, 900)
+        for page in pages:
+            open_page(driver, page)
+            load_all_images(driver)
+            over = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert over <= 1, f"{page}: {over}px wider than a 375 px window"
+        open_page(driver, out / "gallery" / "page-1.html")
+        pairs = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('#controls label'), function (l) {"
+            "  var a = l.getBoundingClientRect(), b = document.getElementById(l.htmlFor).getBoundingClientRect();"
+            "  return [l.htmlFor, (a.top + a.bottom) / 2, (b.top + b.bottom) / 2]; })"
+        )
+        assert len(pairs) == 4
+        for name, label_y, select_y in pairs:
+            assert abs(label_y - select_y) < 8, f"the label of {name} is not on its menu's line"
+        ramps = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('ul.legends .ramp'),"
+            " r => r.getBoundingClientRect().width)"
+        )
+        assert len(ramps) == 5 and min(ramps) >= 88, ramps  # not squeezed by the words beside it
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out):
+    """Six pictures in a row: a long method name wraps onto two lines, and every colour bar in the row still
+    starts at the same height (before, the wrapped titles pushed their bars down)."""
+    url = next(iter(detail_urls(five_methods_out).values()))
+    driver.set_window_size(1280, 900)
+    open_page(driver, url)
+    rows = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('.views figure[data-method]'), function (f) {"
+        "  var t = f.querySelector('figcaption strong').getBoundingClientRect();"
+        "  return [t.height, f.querySelector('.cbar').getBoundingClientRect().top]; })"
+    )
+    assert len(rows) == 5
+    line = min(h for h, _top in rows)
+    assert max(h for h, _top in rows) > 1.5 * line, rows  # some title wraps: the case under test
+    assert max(top for _h, top in rows) - min(top for _h, top in rows) < 1, rows
+
+
+def test_detail_view_arrow_keys_walk_the_images(driver, paged_out):
+    """→ and ← step through the images as Next and Previous do, across gallery pages too."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    names = [c.get_attribute("data-name") for c in driver.find_elements("css selector", "li.card")]
+    open_page(driver, paged_out / "gallery" / "page-2.html")
+    names += [c.get_attribute("data-name") for c in driver.find_elements("css selector", "li.card")]
+    open_page(driver, detail_urls(paged_out)[names[3]])
+
+    def press(key: str, expect: str) -> None:
+        driver.find_element("tag name", "body").send_keys(key)
+        wait_until(lambda: driver.find_element("tag name", "h1").text == expect, f"{expect} after the key")
+
+    press(Keys.ARROW_RIGHT, names[4])
+    press(Keys.ARROW_RIGHT, names[5])  # the first image of gallery page 2: another data file
+    press(Keys.ARROW_LEFT, names[4])
+    nxt = driver.find_element("css selector", "a[rel=next]")
+    assert nxt.get_attribute("aria-keyshortcuts") == "ArrowRight"
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two computed CSS colours ("rgb(r, g, b)")."""
+    import re
+
+    def lum(c: str) -> float:
+        r, g, b = (int(x) / 255 for x in re.findall(r"\d+", c)[:3])
+        lin = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_focus_ring_stands_out_on_the_page_and_the_header(driver, labeled_out):
+    """WCAG 1.4.11: a keyboard user's focus indicator needs 3:1 against what it is drawn on (the light orange
+    of before had 2:1 on white)."""
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(driver, labeled_out / "gallery" / "page-1.html")
+    driver.find_element("tag name", "body").send_keys(Keys.TAB)  # the skip link, then the header's links
+    rings = []
+    for _ in range(12):
+        rings.append(
+            driver.execute_script(
+                "var e = document.activeElement, s = getComputedStyle(e), p = e.parentElement;"  # the ring is outside e
+                "while (p && getComputedStyle(p).backgroundColor.indexOf('rgba(0, 0, 0, 0)') === 0) { p = p.parentElement; }"
+                "return [s.outlineStyle, s.outlineColor, p ? getComputedStyle(p).backgroundColor : 'rgb(255, 255, 255)',"
+                " e.closest('header') !== null];"
+            )
+        )
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert any(h for *_r, h in rings) and not all(h for *_r, h in rings)  # on the header and on the page
+    for style, ring, background, _in_header in rings:
+        assert style != "none"
+        assert _contrast(ring, background) >= 3, (ring, background)
+
+
+def test_a_ring_at_the_pictures_edge_is_drawn_whole(driver, tmp_path):
+    """A map whose maximum is the corner pixel: its numbered ring on the ground-truth figure reaches past the
+    picture's edge, and was cut off there."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import synth as manifest_synth
+
+    inp = tmp_path / "in"
+    (inp / "FAKE").mkdir(parents=True)
+    mask = np.zeros((32, 32), bool)
+    mask[10:20, 10:20] = True
+    np.save(inp / "FAKE" / "im_0000.mask.npy", mask)
+    out = manifest_synth(tmp_path / "o", [("FAKE/im_0000.png", 0, 0.9)], side=32, input_dir=inp)
+    corner = np.zeros((32, 32), np.float32)
+    corner[0, 0] = 1.0
+    np.save(out / "maps" / "gradcam" / "FAKE" / "im_0000.npy", corner)
+    report.render(out)
+    check_page(driver, detail_urls(out)["FAKE/im_0000.png"])
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, height + 200)
+    try:
+        left, top = driver.execute_script(
+            "var r = document.querySelector('figure.truth svg').getBoundingClientRect(), d = window.devicePixelRatio;"
+            "return [Math.round(r.left * d), Math.round(r.top * d)];"
+        )
+        shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), np.int32)
+    finally:
+        driver.set_window_size(1280, 900)
+    outside = np.concatenate(
+        [shot[top - 8 : top, left : left + 16].reshape(-1, 3), shot[top : top + 16, left - 8 : left].reshape(-1, 3)]
+    )
+    cyan = (outside[:, 0] < 90) & (outside[:, 1] > 170) & (outside[:, 2] > 200)  # MARKER_COLOURS[0], #00e5ff
+    assert cyan.sum() >= 4, "the ring is cut off at the picture's edge"

@@ -31,7 +31,9 @@
   function pager(im) {
     function side(n, rel, text) {
       if (!n) { return el("span", {"aria-disabled": "true"}, [text]); }
-      var a = el("a", {href: href(n), rel: rel}, rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
+      var a = el("a", {href: href(n), rel: rel, "aria-keyshortcuts": rel === "prev" ? "ArrowLeft" : "ArrowRight",
+                       title: (rel === "prev" ? "Previous" : "Next") + " image (" + (rel === "prev" ? "←" : "→") + " key)"},
+        rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
         : ["Next", el("span", {"class": "sr"}, [" image"]), " →"]);
       if (!n.page) { a.addEventListener("click", function () { show(n.id); }); }
       return a;
@@ -92,18 +94,20 @@
         return el("li", {}, [el("code", {}, [kv[0] + "=" + kv[1]]), words ? ": " + words : null]);
       })));
     }
-    var cap = [el("strong", {}, [m.title]), el("br"), colourBar(m, v.ticks)];
-    if (v.weak) { cap.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
-    cap.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
+    var below = [colourBar(m, v.ticks)];
+    if (v.weak) { below.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
+    below.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
     return el("figure", {"data-method": v.m}, [
-      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im), el("figcaption", {}, cap)]);
+      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im),
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, [m.title])]), el("div", {}, below)])]);
   }
 
   function viewsRow(im, maps, target) {
     var figs = [el("figure", {}, [picture(im.image, im.rel + ": original", im),
-      el("figcaption", {}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])];
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])])];
     maps.forEach(function (v) {
-      figs.push(v ? mapFigure(v, im, target) : el("figure", {"class": "none"}, [el("figcaption", {}, ["no map of " + target])]));
+      figs.push(v ? mapFigure(v, im, target)
+        : el("figure", {"class": "none"}, [el("figcaption", {}, [el("span", {"class": "title"}, ["no map of " + target])])]));
     });
     var d = el("div", {"class": "views"}, figs);
     d.style.setProperty("--n", String(figs.length));
@@ -161,19 +165,19 @@
     return el("section", {"aria-labelledby": "h-truth"}, [h2,
       el("p", {}, ["The demo's synthesized region, from ", el("code", {}, [t.mask]), " beside the input image, is shaded green; numbered rings mark where each map is largest (LIME: its strongest evidence for the class). Pointing game: a map ",
         el("em", {}, ["hits"]), " when its maximum lies inside the region. The region covers " + t.share + " of the image, so a map pointing at random would hit " + t.share + " of the time."]),
-      fig, table]);
+      fig, el("div", {"class": "scroll"}, [table])]);
   }
 
   function probs(im) {
     var n = site.n_classes;
     var caption = im.probs.length < n ? "The " + im.probs.length + " most likely of " + n + " classes" : "Every class, most likely first";
-    return [el("h2", {}, ["Class probabilities"]), el("table", {"class": "probs"}, [el("caption", {}, [caption]),
+    return [el("h2", {}, ["Class probabilities"]), el("div", {"class": "scroll"}, [el("table", {"class": "probs"}, [el("caption", {}, [caption]),
       el("thead", {}, [el("tr", {}, [el("th", {scope: "col"}, ["Class"]), el("th", {scope: "col"}, ["Probability"])])]),
       el("tbody", {}, im.probs.map(function (p) {
         var bar = el("span", {"class": "bar", "aria-hidden": "true"});
         bar.style.width = p[1];
         return el("tr", {}, [el("th", {scope: "row"}, [p[0]]), el("td", {}, [bar, " " + p[1]])]);
-      }))])];
+      }))])])];
   }
 
   var shown = null;
@@ -191,6 +195,15 @@
     document.title = im.rel + " · " + siteTitle;
   }
 
+  // ← and → follow Previous and Next (no modifier; never while typing or inside a form control)
+  document.addEventListener("keydown", function (e) {
+    if (e.defaultPrevented || e.altKey || e.ctrlKey || e.metaKey || e.shiftKey) { return; }
+    var t = e.target;
+    if (t && (t.isContentEditable || /^(INPUT|SELECT|TEXTAREA)$/.test(t.tagName))) { return; }
+    var rel = e.key === "ArrowLeft" ? "prev" : e.key === "ArrowRight" ? "next" : "";
+    var a = rel && root.querySelector("nav.pager a[rel=" + rel + "]");
+    if (a) { e.preventDefault(); a.click(); }
+  });
   window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
   show(location.hash.slice(1));
 }());

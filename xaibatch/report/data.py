@@ -19,7 +19,7 @@ from ..runconfig import BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
-from .model import CARD_THUMB_PX, Card, MethodInfo, ReportData
+from .model import CARD_THUMB_PX, WEAK_SIGNED_SCALE, Card, MethodInfo, ReportData
 from .text import css_gradient, fmt_seconds, fmt_time, fmt_value
 
 
@@ -39,29 +39,52 @@ def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present:
         rec = latest.get(name) or known.get(name)
         info = {"title": rec.title, "signed": rec.signed, "config": rec.config} if rec is not None else {}
         signed = bool(info.get("signed", False))
-        out.append(
-            MethodInfo(
-                name=name,
-                title=str(info.get("title", name)),
-                signed=signed,
-                settings=[(str(k), fmt_value(v)) for k, v in (info.get("config") or {}).items()],
-                legend=(
-                    "red = evidence for the explained class, blue = evidence against it; the stronger the "
-                    "evidence, the more opaque the colour, and where a superpixel has no effect the overlay is "
-                    "transparent (the photo shows through)"
-                    if signed
-                    else "bright = more important, dark = less important (the photo shows through where the map is low)"
-                ),
-                gradient=css_gradient(signed),
-                scale_words=(
-                    "LIME coefficient, in probability units of the explained class; the scale is "
-                    "symmetric, set by this image's strongest superpixel"
-                    if signed
-                    else "map value (0 to 1 in the .npy); the colour saturates at this image's 99th percentile"
-                ),
-            )
-        )
+        out.append(_method_info(name, str(info.get("title", name)), signed, info.get("config") or {}))
     return out
+
+
+def _method_info(name: str, title: str, signed: bool, config: dict[str, Any]) -> MethodInfo:
+    """A method's words: what its colours and numbers mean (LIME's superpixels, or per-pixel attributions)."""
+    superpixels = name == "lime"
+    if not signed:
+        legend = "bright = more important, dark = less important (the photo shows through where the map is low)"
+        scale = "map value (0 to 1 in the .npy); the colour saturates at this image's 99th percentile"
+        note = ""
+    elif superpixels:
+        legend = (
+            "red = evidence for the explained class, blue = evidence against it; the stronger the evidence, the more "
+            "opaque the colour, and where a superpixel has no effect the overlay is transparent (the photo shows "
+            "through)"
+        )
+        scale = (
+            "LIME coefficient, in probability units of the explained class; the scale is symmetric, set by this "
+            "image's strongest superpixel"
+        )
+        note = (
+            "each picture is scaled to its own strongest superpixel; the card prints that scale (±x, in probability "
+            f"units), and “⚠ weak” marks maps under {WEAK_SIGNED_SCALE:g}, whose full colours overstate tiny effects"
+        )
+    else:
+        legend = (
+            "red = pixels that raise the explained class's score, blue = pixels that lower it; the larger the "
+            "attribution, the more opaque the colour, and where it is near zero the photo shows through"
+        )
+        scale = (
+            "attribution, in the model's logit units of the explained class; the scale is symmetric, set by this "
+            "image's strongest pixel"
+        )
+        note = "each picture is scaled to its own strongest pixel; the card prints that scale (±x, in logit units)"
+    return MethodInfo(
+        name=name,
+        title=title,
+        signed=signed,
+        settings=[(str(k), fmt_value(v)) for k, v in config.items()],
+        legend=legend,
+        gradient=css_gradient(signed),
+        scale_words=scale,
+        superpixels=superpixels,
+        scale_note=note,
+    )
 
 
 def target_words(mode: str) -> str:

@@ -125,13 +125,19 @@ def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
     """The numbers under a map's colour bar, left to right, and the sentence that says what they mean."""
     if v.scale is None:
         return [], ""
-    return colour_ticks(v.scale, v.m.signed, target)
+    return colour_ticks(v.scale, v.m.signed, target, v.m.superpixels)
 
 
-def colour_ticks(scale: float, signed: bool, target: str) -> tuple[list[str], str]:
+def colour_ticks(scale: float, signed: bool, target: str, superpixels: bool = True) -> tuple[list[str], str]:
     """The numbers under a colour bar drawn at full colour for ``scale``, and what they mean (the report's detail
-    view and ``xaibatch serve``)."""
+    view and ``xaibatch serve``); ``superpixels``: a signed map is LIME's, else per-pixel logit attributions."""
     s = fmt_num(scale)
+    if signed and not superpixels:
+        return (
+            [f"−{s}", "0", f"+{s}"],
+            f"Full red: +{s} or more, a pixel's attribution toward {target} in the model's logit units; "
+            f"full blue: −{s}, against it.",
+        )
     if signed:
         return (
             [f"−{s}", "0", f"+{s}"],

@@ -116,6 +116,9 @@ class MethodInfo:
     gradient: str  # a CSS linear-gradient of the colour map
     scale_words: str = ""  # what the numbers under the colour bar are
     bar: str = ""  # report-root-relative url of the method's colour bar (one SVG per method, not per image)
+    superpixels: bool = True  # signed maps: LIME's (a superpixel's effect on the probability; WEAK_SIGNED_SCALE
+    # applies), else per-pixel attributions in the model's logit units (captum), never flagged weak
+    scale_note: str = ""  # signed maps: the gallery's line on the scale each card prints
 
 
 @dataclass(slots=True)
@@ -266,7 +269,6 @@ class ReportData:
     page_size: int = PAGE_SIZE
     card_width: int = 0
     card_thumb: int = CARD_THUMB_PX
-    weak_scale: float = WEAK_SIGNED_SCALE
     target_words: str = "the predicted class"
     version: str = __version__
     has_csv: bool = True

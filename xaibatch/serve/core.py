@@ -221,7 +221,8 @@ class Service:
     def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None) -> MapPicture:
         h, w = display.shape[:2]
         signed = type(m).signed
-        ticks, note = colour_ticks(display_scale(display_map(a, (w, h), signed), signed), signed, target)
+        scale = display_scale(display_map(a, (w, h), signed), signed)
+        ticks, note = colour_ticks(scale, signed, target, superpixels=m.name == "lime")
         return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note, faith)
 
 
