@@ -183,8 +183,13 @@ class OutputDir:
         self.max_open = max_open
         self.pid = pid
         self._fds: dict[str, int] = {}
+        self._last: str | None = None
 
     def _folder(self, rel_dir: str) -> int:
+        fd = self._fds.get(rel_dir)
+        if fd is not None and rel_dir == self._last:  # the folder of the previous file: already most recent
+            return fd
+        self._last = rel_dir
         fd = self._fds.pop(rel_dir, None)
         if fd is None:
             path = safe_join(self.root, rel_dir) if rel_dir else self.root
@@ -215,9 +220,11 @@ class OutputDir:
             raise FileExistsError(errno.EEXIST, "no free temporary file name", rel_dir)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                done = os.write(fd, data)  # one call for a small file; a short write goes on from there
+                if done < len(data):
+                    view = memoryview(data)[done:]
+                    while view:
+                        view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -249,6 +256,7 @@ class OutputDir:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._last = None
 
     def __enter__(self) -> "OutputDir":
         return self

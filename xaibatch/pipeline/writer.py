@@ -107,7 +107,9 @@ class Writer(threading.Thread):
         self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self.on_done = on_done
-        write = lambda f, it, r: write_item(f, it, r)  # looked up per call: what this module holds then
+        # Looked up per call: what this module holds then. No run id: the writer thread makes the rows itself
+        # (pictures_written), so a process does not build rows only to drop them.
+        write = lambda f, it, r: write_item(f, it, None)
         if writers > 0 and can_fork():
             from .shares import pack, unpack  # a share's pixels in one buffer (shares.py imports this module)
 
@@ -300,8 +302,8 @@ def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     return rows
 
 
-def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
-    """Encode and write one image's files; return its map rows (not yet committed)."""
+def write_item(files: OutputDir, item: WriteItem, run_id: int | None) -> list[MapRow]:
+    """Encode and write one image's files; return its map rows (not yet committed; none for ``run_id`` None)."""
     stem, w, h = item.stem, item.width, item.height
     if item.display is not None:
         files.write(layout.image_png(stem), encode_png(item.display))
@@ -313,4 +315,4 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
         files.write(paths.png, encode_png(mp.overlay))
         if mp.thumb is not None and paths.thumb is not None:
             files.write(paths.thumb, encode_png(mp.thumb))
-    return map_rows(item, run_id)
+    return [] if run_id is None else map_rows(item, run_id)
