@@ -283,21 +283,13 @@ def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
 def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     """The manifest rows of ``item``'s maps (not yet committed)."""
     rows = []
-    for mp in item.maps:
-        paths = layout.MapFiles.of(mp.method, item.stem, item.width, item.height)
+    stem, w, h = item.stem, item.width, item.height
+    for mp in item.maps:  # the paths of layout.MapFiles.of, without building one per row (the writer thread's work)
+        npy, png = layout.map_npy(mp.method, stem), layout.map_png(mp.method, stem)
+        faith = faith_fields(mp.faith) if mp.faith is not None else {}
+        thumb = layout.map_thumb(mp.method, stem, w, h)
         rows.append(
-            MapRow(
-                item.rel,
-                mp.method,
-                mp.config_hash,
-                paths.npy,
-                paths.png,
-                paths.thumb,
-                mp.info,
-                run_id,
-                **faith_fields(mp.faith),
-                view=mp.view,
-            )
+            MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id, **faith, view=mp.view)
         )
     return rows
 
@@ -309,10 +301,9 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int | None) -> list[Ma
         files.write(layout.image_png(stem), encode_png(item.display))
         if item.display_thumb is not None:
             files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
-    for mp in item.maps:
-        paths = layout.MapFiles.of(mp.method, stem, w, h)
-        files.write(paths.npy, npy_bytes(mp.array.astype(np.float32, copy=False)))
-        files.write(paths.png, encode_png(mp.overlay))
-        if mp.thumb is not None and paths.thumb is not None:
-            files.write(paths.thumb, encode_png(mp.thumb))
+    for mp in item.maps:  # layout.MapFiles.of's paths
+        files.write(layout.map_npy(mp.method, stem), npy_bytes(mp.array.astype(np.float32, copy=False)))
+        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay))
+        if mp.thumb is not None:
+            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb))
     return [] if run_id is None else map_rows(item, run_id)
