@@ -83,7 +83,7 @@ class WriterPool:
                         mine.close()
                         for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
                             c.close()
-                        _serve(theirs, self.out_dir, parent, write, unpack, self._regions[i])
+                        _serve(theirs, self.out_dir, parent, write, unpack, self._regions[i], n > 1)
                         code = 0
                     finally:
                         os._exit(code)
@@ -238,14 +238,16 @@ def _serve(
     write: Callable[[Any, Any, int], Any],
     unpack: Callable[[Any, memoryview | None], list[Any]],
     region: mmap.mmap,
+    unnamed: bool = False,
 ) -> None:
     """A writer process: write each share it is sent, answer (token, None or the error), until told to stop.
-    A share's pictures are read from its slot of ``region`` before the answer (which frees the slot)."""
+    A share's pictures are read from its slot of ``region`` before the answer (which frees the slot). ``unnamed``:
+    new files are written unnamed and then linked (OutputDir), so that processes that share folders wait less."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
     die_with_parent(parent)
-    files = OutputDir(out_dir, pid=parent)  # temporary names the run's: see OutputDir
+    files = OutputDir(out_dir, pid=parent, unnamed=unnamed)  # temporary names the run's: see OutputDir
     try:
         while True:
             try:
