@@ -175,7 +175,9 @@ class OutputDir:
     :func:`safe_join` and created on first use, then kept open (at most ``max_open`` at a time); each file
     is written to a temporary name and renamed relative to the folder's descriptor. The name carries ``pid``
     (default: this process): writer processes give their run's, so that a sweep after the run was killed
-    finds their temporary files even before the kernel has reaped them.
+    finds their temporary files even before the kernel has reaped them. ``unnamed``: a new file is written with no
+    name (``O_TMPFILE``) and linked under its name once complete (see :meth:`_write_unnamed`; writer processes
+    sharing folders), an existing one replaced as above.
     """
 
     def __init__(self, root: Path, max_open: int = 256, pid: int | None = None, unnamed: bool = False) -> None:

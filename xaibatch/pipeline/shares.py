@@ -6,9 +6,11 @@ it, 61 us to encode and write its files), and the pickling is the writer thread'
 that does not spread over the processes. :func:`pack` stacks a share's display copies, maps and overlays
 (one array per kind, when the share's pictures of that kind have one shape and dtype: a folder of one image
 size) and keeps only what :func:`~xaibatch.pipeline.writer.write_item` needs to name and encode the files;
-:func:`unpack` gives back WriteItems whose arrays are rows of those stacks. A share of mixed sizes crosses as
-its items. The rows are not in a share: the writer thread builds them from its own items
-(writer.pictures_written), so a share carries no manifest data.
+:func:`unpack` gives back WriteItems whose arrays are rows of those stacks. With a buffer of shared memory (each
+writer process has a few, writer_pool.py) the stacks are copied there and only the names and the stacks' places
+cross the pipe: nothing of the pictures is pickled, sent or unpickled (writer thread per image at 32 px: 2.5 ->
+1.4 us of CPU). A share of mixed sizes crosses as its items. The rows are not in a share: the writer thread
+builds them from its own items (writer.pictures_written), so a share carries no manifest data.
 """
 
 from __future__ import annotations

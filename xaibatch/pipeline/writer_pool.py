@@ -3,7 +3,8 @@
 Threads do not scale for this work: at small sizes it is mostly Python (under the GIL) and system calls
 (measured on an H200 host: 8 writer threads reached 0.12x of what the file system takes). So the writer
 thread (:class:`.writer.Writer`) hands each batch's pictures, as raw uint8/float32 arrays, to ``n``
-forked processes over pipes, one contiguous share of the batch each; they encode and write the files
+forked processes, one contiguous share of the batch each (its pictures in shared memory mapped before the
+fork, its names over a pipe; shares.py); they encode and write the files
 (:func:`.writer.write_item`, the same code as the in-thread path) and answer with an acknowledgement or
 the exception they met. The writer thread commits a batch's rows only once every share is acknowledged:
 rows still follow their files.
