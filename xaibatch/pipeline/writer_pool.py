@@ -40,9 +40,10 @@ def can_fork() -> bool:
 
 
 # Shared memory per process, made before the fork: SLOTS buffers of SLOT_BYTES, one per share in flight (the
-# writer thread keeps at most three jobs out, writer._run_pool). A share whose pictures fit one crosses the pipe
+# writer thread keeps at most six jobs out, writer.JOBS_OUT_SHARED). A share whose pictures fit one crosses the pipe
 # as its names and the places of its stacks (shares.pack); a larger one (or with no slot free) is pickled.
-SLOTS = 4
+SLOTS = 8
+SMALL_MESSAGE = 64 << 10  # a message this small goes into the socket's buffer at once: sent without a thread
 SLOT_BYTES = 4 << 20  # a share of 32 images of 96 px (display, map, overlay) fits; pages are touched as used
 
 
@@ -73,6 +74,7 @@ class WriterPool:
         self._errors: dict[int, BaseException] = {}
         self._regions = [mmap.mmap(-1, SLOTS * SLOT_BYTES) for _ in range(max(1, n))]  # MAP_SHARED: forks see it
         self._slots: list[list[int | None]] = [[None] * SLOTS for _ in self._regions]  # the job using each slot
+        self._shared: dict[int, bool] = {}  # job token -> every share of it in shared memory
         parent = os.getpid()
         try:
             for i in range(max(1, n)):
@@ -135,21 +137,28 @@ class WriterPool:
         self._next += 1
         k = min(len(self.conns), len(items))
         self._pending[token] = k
+        self._shared[token] = True
         for i in range(k):
             share = items[i * len(items) // k : (i + 1) * len(items) // k]
             if not self._senders[i].is_alive():  # it met a closed pipe: the process is gone
                 self._pending[token] -= k - i
                 raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})")
-            slot = self._free_slot(i, token)
+            slot = self._free_slot(i, token)  # held until the share is acknowledged, used or not
             packed = self.pack(share, None if slot is None else _slot_view(self._regions[i], slot))
-            self._send(
-                i, pickle.dumps((token, run_id, slot, packed), protocol=pickle.HIGHEST_PROTOCOL), slot is not None
-            )
+            data = pickle.dumps((token, run_id, slot, packed), protocol=pickle.HIGHEST_PROTOCOL)
+            small = len(data) <= SMALL_MESSAGE
+            self._shared[token] = self._shared[token] and small
+            self._send(i, data, small)
         return token
+
+    def shared(self, token: int) -> bool:
+        """Whether every share of job ``token`` crossed as a small message (its pictures in shared memory)."""
+        return self._shared.get(token, False)
 
     def _send(self, i: int, data: bytes | None, small: bool = False) -> None:
         """``data`` to process ``i``, after what its outbox holds: a small message (its pictures in shared memory)
-        goes now when the outbox is empty, anything else through the sender thread."""
+        goes now when the outbox is empty, anything else through the sender thread (a large one would block here
+        until the process reads it, and the other processes' shares with it)."""
         with self._queued_lock:
             now = small and self._queued[i] == 0
             if not now:
@@ -188,6 +197,7 @@ class WriterPool:
                 if err is not None:
                     self._errors.setdefault(done, err)
         self._pending.pop(token, None)
+        self._shared.pop(token, None)
         err = self._errors.pop(token, None)
         if err is not None:
             raise err
