@@ -363,3 +363,49 @@ def test_temporary_names_end_with_the_writer_pid(tmp_path, monkeypatch):
     m = re.match(r"^\..+\.(\d+)\.tmp$", name)
     assert m and int(m.group(1)) == os.getpid(), name
     assert len(name.encode()) < 80
+
+
+@pytest.mark.parametrize("unnamed", [False, True])
+def test_output_dir_writes_new_and_existing_files_atomically(tmp_path, unnamed):
+    """OutputDir.write, with files written unnamed and linked (writer processes) or named and renamed: the same
+    bytes and mode, an existing file replaced, no temporary file left."""
+    import stat
+
+    import xaibatch.files as files
+
+    with files.OutputDir(tmp_path, unnamed=unnamed) as d:
+        d.write("maps/m/a.png", b"first")
+        d.write("maps/m/a.png", b"second")  # exists: replaced (unnamed: linking fails, renamed as before)
+        d.write("b.npy", b"x" * 100_000)
+    assert (tmp_path / "maps/m/a.png").read_bytes() == b"second"
+    assert (tmp_path / "b.npy").read_bytes() == b"x" * 100_000
+    assert stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o644 & ~_umask()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "b.npy", "m", "maps"]
+
+
+def test_output_dir_without_o_tmpfile_writes_named_files(tmp_path, monkeypatch):
+    """A file system that refuses O_TMPFILE: the unnamed path turns itself off and the files are written as before."""
+    import types
+
+    import xaibatch.files as files
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return os.open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(files, "os", types.SimpleNamespace(**{**vars(os), "open": open_}))
+    with files.OutputDir(tmp_path, unnamed=True) as d:
+        d.write("x/a.png", b"abc")
+        assert not d.unnamed
+        d.write("x/b.png", b"def")
+    assert [(p.name, p.read_bytes()) for p in sorted((tmp_path / "x").iterdir())] == [
+        ("a.png", b"abc"),
+        ("b.png", b"def"),
+    ]
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

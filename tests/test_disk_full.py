@@ -40,7 +40,8 @@ BATCH = 4
 
 def full_disk_at(monkeypatch, needle: str) -> None:
     """Writes through xaibatch/files.py to a file whose name holds ``needle`` write half their bytes, then fail
-    with ENOSPC, as a disk that fills up mid-file; every other write goes through."""
+    with ENOSPC, as a disk that fills up mid-file; every other write goes through. A file written unnamed and then
+    linked (OutputDir in writer processes) has its name only at the link, which fails with ENOSPC instead."""
     import xaibatch.files as files
 
     names: dict[int, str] = {}
@@ -60,8 +61,15 @@ def full_disk_at(monkeypatch, needle: str) -> None:
         names.pop(fd, None)
         os.close(fd)
 
+    def link(src, dst, *, src_dir_fd=None, dst_dir_fd=None, follow_symlinks=True):
+        if needle in os.fspath(dst):  # a file written unnamed (O_TMPFILE) is named here: the disk fills then
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks)
+
     monkeypatch.setattr(
-        files, "os", types.SimpleNamespace(**{**vars(os), "open": open_, "write": write, "close": close})
+        files,
+        "os",
+        types.SimpleNamespace(**{**vars(os), "open": open_, "write": write, "close": close, "link": link}),
     )
 
 

@@ -265,3 +265,80 @@ def test_a_share_crosses_the_pipe_stacked_and_comes_back_the_same():
     for items in (uniform, mixed):
         back = unpack(pickle.loads(pickle.dumps(pack(items), protocol=pickle.HIGHEST_PROTOCOL)))
         assert len(back) == len(items) and all(same(a, b) for a, b in zip(items, back, strict=True))
+
+
+def test_a_share_in_shared_memory_comes_back_the_same_and_a_large_one_is_pickled():
+    """shares.pack with a buffer: the stacks are copied there and only their places cross (no array is pickled);
+    unpack reads them back from the same buffer. A share that does not fit is stacked and pickled as before."""
+    import mmap
+    import pickle
+
+    from xaibatch.pipeline.shares import pack, unpack
+
+    rng = np.random.default_rng(1)
+    items = [
+        WriteItem(
+            f"a/{i}.png",
+            f"a/{i}",
+            16,
+            16,
+            rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+            None,
+            [
+                MapPictures(
+                    "gradcam", "h", rng.random((16, 16), dtype=np.float32), np.full((16, 16, 3), i, np.uint8), None
+                )
+            ],
+        )
+        for i in range(6)
+    ]
+    region = mmap.mmap(-1, 1 << 16)
+    packed = pack(items, memoryview(region))
+    blob = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
+    assert packed[0] == "stacked" and not any(isinstance(v, np.ndarray) for v in packed[2].values())
+    assert len(blob) < 2000  # names and places only (the pictures are 6 x 1,792 bytes)
+    back = unpack(pickle.loads(blob), memoryview(region))
+    for a, b in zip(items, back, strict=True):
+        assert (a.rel, a.stem, b.display_thumb, b.maps[0].thumb) == (b.rel, b.stem, None, None)
+        assert np.array_equal(a.display, b.display) and np.array_equal(a.maps[0].overlay, b.maps[0].overlay)
+        assert a.maps[0].array.dtype == b.maps[0].array.dtype and np.array_equal(a.maps[0].array, b.maps[0].array)
+    small = memoryview(region)[:4096]  # too small for these stacks: pickled as before
+    packed = pack(items, small)
+    assert packed[0] == "stacked" and packed[2]["0.array"].shape == (6, 16, 16)
+
+
+def test_many_batches_through_writer_processes_reuse_their_shared_buffers(tmp_path):
+    """More jobs than shared slots (4 per process): every slot is freed when its share is written, and each job's
+    files hold its own pictures (a slot reused too early would leave another job's pixels in them)."""
+    from PIL import Image
+
+    w = Writer(tmp_path, writers=2)
+    w.start()
+    try:
+        for j in range(12):
+            items = [
+                WriteItem(
+                    f"{j}_{i}.png",
+                    f"{j}_{i}",
+                    8,
+                    8,
+                    np.full((8, 8, 3), j, np.uint8),
+                    None,
+                    [
+                        MapPictures(
+                            "gradcam", "h", np.full((8, 8), j, np.float32), np.full((8, 8, 3), j, np.uint8), None
+                        )
+                    ],
+                )
+                for i in range(6)
+            ]
+            w.put(WriteJob(1, items))
+    finally:
+        w.finish()
+    for j in range(12):
+        for i in range(6):
+            assert np.asarray(Image.open(tmp_path / f"images/{j}_{i}.png")).max() == j
+            assert np.load(tmp_path / f"maps/gradcam/{j}_{i}.npy").max() == j
+    m = Manifest(tmp_path / "xaibatch.sqlite")
+    assert len(m.maps()) == 72
+    m.close()

@@ -18,6 +18,7 @@ Imports nothing heavy (no torch, no PIL), so planning a run and building the rep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ def display_size(w: int, h: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int,
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every file the writer names: a handful of image sizes
 def has_own_thumbnail(w: int, h: int) -> bool:
     """Whether the display copy of a w x h image is larger than a thumbnail (so a thumbnail file exists)."""
     return max(display_size(w, h)) > THUMB_SIDE
@@ -62,6 +64,7 @@ _SLUG_KEPT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 _SLUG_NAMED = {":": "-", "+": "p"}
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every map file the writer names
 def method_dir(method: str) -> str:
     """The folder of a method's files: its name with ``:`` as ``-``, ``+`` as ``p`` and any other character
     outside ``A-Za-z0-9._-`` as ``_`` and its code point in hex (``cam:gradcam++`` -> ``cam-gradcampp``).

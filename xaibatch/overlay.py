@@ -276,27 +276,41 @@ def encode_png(a: np.ndarray) -> bytes:
     h, w, c = a.shape
     flat = np.ascontiguousarray(a).reshape(h, w * c)
     if h * (w * c + 1) <= PNG_STORE_MAX_BYTES:
-        idat = _stored_zlib(flat)
-    else:
-        idat = _compressed_zlib(flat)
+        return _stored_png(flat, c)
+    return _png_head(w, h, c) + _chunk(b"IDAT", _compressed_zlib(flat)) + _PNG_END
+
+
+_PNG_END = _chunk(b"IEND", b"")
+
+
+@functools.lru_cache(maxsize=256)
+def _png_head(w: int, h: int, c: int) -> bytes:
+    """The signature and IHDR chunk of a w x h PNG with ``c`` channels (1, 3 or 4)."""
     colour_type = {3: 2, 4: 6, 1: 0}[c]
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
-        + _chunk(b"IDAT", idat)
-        + _chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))
 
 
-def _stored_zlib(flat: np.ndarray) -> bytes:
-    """Rows with filter type None in one stored (uncompressed) deflate block: a valid zlib stream, built here
-    without zlib's compressor, whose set-up alone costs several times this at 32 px."""
+@functools.lru_cache(maxsize=256)
+def _stored_head(w: int, h: int, c: int) -> tuple[bytes, int]:
+    """Everything of a stored PNG before its rows (up to the stored block's header), and the CRC of its IDAT
+    chunk's type and bytes so far: what does not depend on the pixels, built once per size."""
+    size = h * (w * c + 1)
+    zhead = b"\x78\x01\x01" + struct.pack("<HH", size, size ^ 0xFFFF)
+    idat_len = struct.pack(">I", len(zhead) + size + 4)  # + the Adler-32 after the rows
+    return _png_head(w, h, c) + idat_len + b"IDAT" + zhead, zlib.crc32(b"IDAT" + zhead)
+
+
+def _stored_png(flat: np.ndarray, c: int) -> bytes:
+    """A PNG whose rows (filter type None) are one stored (uncompressed) deflate block: a valid zlib stream,
+    built here without zlib's compressor, whose set-up alone costs several times this at 32 px."""
     h, n = flat.shape
+    head, crc = _stored_head(n // c, h, c)
     rows = np.zeros((h, n + 1), dtype=np.uint8)
     rows[:, 1:] = flat
-    raw = rows.tobytes()
-    size = len(raw)
-    return b"\x78\x01\x01" + struct.pack("<HH", size, size ^ 0xFFFF) + raw + struct.pack(">I", zlib.adler32(raw))
+    raw = rows.data
+    adler = struct.pack(">I", zlib.adler32(raw))
+    crc = zlib.crc32(adler, zlib.crc32(raw, crc))
+    return b"".join((head, raw, adler, struct.pack(">I", crc), _PNG_END))
 
 
 def _compressed_zlib(flat: np.ndarray) -> bytes:

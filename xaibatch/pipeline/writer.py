@@ -32,6 +32,13 @@ from .writer_pool import WriterPool, can_fork
 # writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
 PARALLEL_WRITE_MIN_PIXELS = 96 * 96
 
+# Jobs out to the writer processes besides the one being committed. More while their pictures travel in the
+# processes' shared buffers (writer_pool.SLOTS, memory held anyway), which rides out a loaded machine's scheduling
+# (2 processes at 32 px on the 2-core box: 21,300-25,000 img/s with 3 jobs out, 25,900-26,300 with 6, no more
+# with 8); pickled shares (large pictures) hold their bytes until sent, so fewer of them.
+JOBS_OUT_SHARED = 5
+JOBS_OUT_PICKLED = 2
+
 
 @dataclass
 class MapPictures:
@@ -107,7 +114,9 @@ class Writer(threading.Thread):
         self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
         self.error: BaseException | None = None
         self.on_done = on_done
-        write = lambda f, it, r: write_item(f, it, r)  # looked up per call: what this module holds then
+        # Looked up per call: what this module holds then. No run id: the writer thread makes the rows itself
+        # (pictures_written), so a process does not build rows only to drop them.
+        write = lambda f, it, r: write_item(f, it, None)
         if writers > 0 and can_fork():
             from .shares import pack, unpack  # a share's pixels in one buffer (shares.py imports this module)
 
@@ -162,7 +171,7 @@ class Writer(threading.Thread):
 
     def _run_pool(self, manifest: Manifest) -> None:
         """Jobs to the writer processes; each job's rows committed once its files are acknowledged, in order.
-        Up to two jobs are out at a time, so the processes write the next while this thread commits."""
+        Several jobs are out at a time (JOBS_OUT_*), so the processes write the next while this thread commits."""
         assert self.pool is not None
         pool, sent = self.pool, deque()
 
@@ -195,7 +204,7 @@ class Writer(threading.Thread):
             except BaseException as e:
                 self.error = e
                 continue
-            if len(sent) > 2:
+            while len(sent) > (JOBS_OUT_SHARED if pool.shared(sent[-1][1]) else JOBS_OUT_PICKLED):
                 settle()
         while sent:
             settle()
@@ -281,36 +290,27 @@ def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
 def map_rows(item: WriteItem, run_id: int) -> list[MapRow]:
     """The manifest rows of ``item``'s maps (not yet committed)."""
     rows = []
-    for mp in item.maps:
-        paths = layout.MapFiles.of(mp.method, item.stem, item.width, item.height)
+    stem, w, h = item.stem, item.width, item.height
+    for mp in item.maps:  # the paths of layout.MapFiles.of, without building one per row (the writer thread's work)
+        npy, png = layout.map_npy(mp.method, stem), layout.map_png(mp.method, stem)
+        faith = faith_fields(mp.faith) if mp.faith is not None else {}
+        thumb = layout.map_thumb(mp.method, stem, w, h)
         rows.append(
-            MapRow(
-                item.rel,
-                mp.method,
-                mp.config_hash,
-                paths.npy,
-                paths.png,
-                paths.thumb,
-                mp.info,
-                run_id,
-                **faith_fields(mp.faith),
-                view=mp.view,
-            )
+            MapRow(item.rel, mp.method, mp.config_hash, npy, png, thumb, mp.info, run_id, **faith, view=mp.view)
         )
     return rows
 
 
-def write_item(files: OutputDir, item: WriteItem, run_id: int) -> list[MapRow]:
-    """Encode and write one image's files; return its map rows (not yet committed)."""
+def write_item(files: OutputDir, item: WriteItem, run_id: int | None) -> list[MapRow]:
+    """Encode and write one image's files; return its map rows (not yet committed; none for ``run_id`` None)."""
     stem, w, h = item.stem, item.width, item.height
     if item.display is not None:
         files.write(layout.image_png(stem), encode_png(item.display))
         if item.display_thumb is not None:
             files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
-    for mp in item.maps:
-        paths = layout.MapFiles.of(mp.method, stem, w, h)
-        files.write(paths.npy, npy_bytes(mp.array.astype(np.float32, copy=False)))
-        files.write(paths.png, encode_png(mp.overlay))
-        if mp.thumb is not None and paths.thumb is not None:
-            files.write(paths.thumb, encode_png(mp.thumb))
-    return map_rows(item, run_id)
+    for mp in item.maps:  # layout.MapFiles.of's paths
+        files.write(layout.map_npy(mp.method, stem), npy_bytes(mp.array.astype(np.float32, copy=False)))
+        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay))
+        if mp.thumb is not None:
+            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb))
+    return [] if run_id is None else map_rows(item, run_id)

@@ -3,7 +3,8 @@
 Threads do not scale for this work: at small sizes it is mostly Python (under the GIL) and system calls
 (measured on an H200 host: 8 writer threads reached 0.12x of what the file system takes). So the writer
 thread (:class:`.writer.Writer`) hands each batch's pictures, as raw uint8/float32 arrays, to ``n``
-forked processes over pipes, one contiguous share of the batch each; they encode and write the files
+forked processes, one contiguous share of the batch each (its pictures in shared memory mapped before the
+fork, its names over a pipe; shares.py); they encode and write the files
 (:func:`.writer.write_item`, the same code as the in-thread path) and answer with an acknowledgement or
 the exception they met. The writer thread commits a batch's rows only once every share is acknowledged:
 rows still follow their files.
@@ -18,13 +19,15 @@ threads.
 from __future__ import annotations
 
 import gc
+import mmap
 import os
 import pickle
 import queue
+import select
 import signal
 import threading
 from multiprocessing import Pipe
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +37,14 @@ from .signals import die_with_parent  # imported before the fork: the child impo
 
 def can_fork() -> bool:
     return hasattr(os, "fork") and hasattr(os, "waitpid")
+
+
+# Shared memory per process, made before the fork: SLOTS buffers of SLOT_BYTES, one per share in flight (the
+# writer thread keeps at most six jobs out, writer.JOBS_OUT_SHARED). A share whose pictures fit one crosses the pipe
+# as its names and the places of its stacks (shares.pack); a larger one (or with no slot free) is pickled.
+SLOTS = 8
+SMALL_MESSAGE = 64 << 10  # a message this small goes into the socket's buffer at once: sent without a thread
+SLOT_BYTES = 4 << 20  # a share of 32 images of 96 px (display, map, overlay) fits; pages are touched as used
 
 
 class WriterDied(RuntimeError):
@@ -48,11 +59,12 @@ class WriterPool:
         out_dir: Path,
         n: int,
         write: Callable[[Any, Any, int], Any],
-        pack: Callable[[list[Any]], Any] = list,
-        unpack: Callable[[Any], list[Any]] = list,
+        pack: Callable[[list[Any], memoryview | None], Any] = lambda items, buf: items,
+        unpack: Callable[[Any, memoryview | None], list[Any]] = lambda packed, buf: packed,
     ) -> None:
         """``write(files, item, run_id)`` writes one item's files (writer.write_item, looked up per call); a
-        share of items crosses the pipe as ``pack(items)`` and is ``unpack``-ed there (shares.py)."""
+        share of items crosses the pipe as ``pack(items, buf)`` and is ``unpack``-ed there with the same shared
+        buffer ``buf`` (None: none free; shares.py)."""
         self.pack = pack
         self.out_dir = Path(out_dir)
         self.conns: list[Connection] = []
@@ -60,9 +72,12 @@ class WriterPool:
         self._next = 0
         self._pending: dict[int, int] = {}  # job token -> shares not yet acknowledged
         self._errors: dict[int, BaseException] = {}
+        self._regions = [mmap.mmap(-1, SLOTS * SLOT_BYTES) for _ in range(max(1, n))]  # MAP_SHARED: forks see it
+        self._slots: list[list[int | None]] = [[None] * SLOTS for _ in self._regions]  # the job using each slot
+        self._shared: dict[int, bool] = {}  # job token -> every share of it in shared memory
         parent = os.getpid()
         try:
-            for _ in range(max(1, n)):
+            for i in range(max(1, n)):
                 mine, theirs = Pipe(duplex=True)
                 pid = os.fork()
                 if pid == 0:  # the child: never returns
@@ -71,7 +86,7 @@ class WriterPool:
                         mine.close()
                         for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
                             c.close()
-                        _serve(theirs, self.out_dir, parent, write, unpack)
+                        _serve(theirs, self.out_dir, parent, write, unpack, self._regions[i], n > 1)
                         code = 0
                     finally:
                         os._exit(code)
@@ -84,7 +99,15 @@ class WriterPool:
         # One sender thread per process: a share (hundreds of KB) fills the pipe and blocks its sender until that
         # process reads it, which it does once done with its last share; sent from this thread in turn, the
         # other processes would wait for their shares meanwhile (measured: 1.33x instead of 2x at 32 px).
+        # A share in shared memory is a small message: sent from this thread when its outbox is empty (no thread
+        # switch); _queued[i] counts what was put in outbox i and not yet sent, so the order stays the same.
         self._outbox: list[queue.SimpleQueue[bytes | None]] = [queue.SimpleQueue() for _ in self.conns]
+        self._queued = [0] * len(self.conns)
+        self._queued_lock = threading.Lock()
+        self._poll = select.poll()  # kept: multiprocessing's wait() builds a selector per call
+        for conn in self.conns:
+            self._poll.register(conn.fileno(), select.POLLIN)
+        self._by_fd = {conn.fileno(): i for i, conn in enumerate(self.conns)}
         self._senders = [
             threading.Thread(target=self._send_loop, args=(i,), name=f"xaibatch-writer-send-{i}", daemon=True)
             for i in range(len(self.conns))
@@ -100,6 +123,8 @@ class WriterPool:
                 self.conns[i].send_bytes(pickle.dumps(None) if data is None else data)
             except OSError:  # the process is gone: submit() and wait() say so
                 return
+            with self._queued_lock:
+                self._queued[i] -= 1
             if data is None:
                 return
 
@@ -112,28 +137,67 @@ class WriterPool:
         self._next += 1
         k = min(len(self.conns), len(items))
         self._pending[token] = k
+        self._shared[token] = True
         for i in range(k):
             share = items[i * len(items) // k : (i + 1) * len(items) // k]
             if not self._senders[i].is_alive():  # it met a closed pipe: the process is gone
                 self._pending[token] -= k - i
                 raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})")
-            self._outbox[i].put(pickle.dumps((token, run_id, self.pack(share)), protocol=pickle.HIGHEST_PROTOCOL))
+            slot = self._free_slot(i, token)  # held until the share is acknowledged, used or not
+            packed = self.pack(share, None if slot is None else _slot_view(self._regions[i], slot))
+            data = pickle.dumps((token, run_id, slot, packed), protocol=pickle.HIGHEST_PROTOCOL)
+            small = len(data) <= SMALL_MESSAGE
+            self._shared[token] = self._shared[token] and small
+            self._send(i, data, small)
         return token
+
+    def shared(self, token: int) -> bool:
+        """Whether every share of job ``token`` crossed as a small message (its pictures in shared memory)."""
+        return self._shared.get(token, False)
+
+    def _send(self, i: int, data: bytes | None, small: bool = False) -> None:
+        """``data`` to process ``i``, after what its outbox holds: a small message (its pictures in shared memory)
+        goes now when the outbox is empty, anything else through the sender thread (a large one would block here
+        until the process reads it, and the other processes' shares with it)."""
+        with self._queued_lock:
+            now = small and self._queued[i] == 0
+            if not now:
+                self._queued[i] += 1
+        if now:
+            try:
+                self.conns[i].send_bytes(data)
+            except OSError:  # the process is gone: wait() says so
+                pass
+        else:
+            self._outbox[i].put(data)
+
+    def _free_slot(self, i: int, token: int) -> int | None:
+        """A shared buffer of process ``i`` that no share in flight uses, now ``token``'s; None if all are."""
+        slots = self._slots[i]
+        for k, used in enumerate(slots):
+            if used is None:
+                slots[k] = token
+                return k
+        return None
 
     def wait(self, token: int) -> None:
         """Block until every share of ``token`` is written; raise the first error a process met for it."""
         while self._pending.get(token, 0) > 0:
-            for conn in wait(self.conns):
+            for fd, _ in self._poll.poll():
+                i = self._by_fd[fd]
                 try:
-                    done, err = conn.recv()
+                    done, err = self.conns[i].recv()
                 except (EOFError, OSError):
-                    raise WriterDied(
-                        f"a writer process ended unexpectedly ({self._status(self.conns.index(conn))})"
-                    ) from None
+                    raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})") from None
                 self._pending[done] -= 1
+                slots = self._slots[i]
+                for k, used in enumerate(slots):
+                    if used == done:  # that share is written: its buffer can take the next
+                        slots[k] = None
                 if err is not None:
                     self._errors.setdefault(done, err)
         self._pending.pop(token, None)
+        self._shared.pop(token, None)
         err = self._errors.pop(token, None)
         if err is not None:
             raise err
@@ -154,7 +218,7 @@ class WriterPool:
         senders = getattr(self, "_senders", [])
         for i, conn in enumerate(self.conns):
             if i < len(senders):
-                self._outbox[i].put(None)  # after what is queued: the sender ends with the end message
+                self._send(i, None)  # after what is queued: the sender ends with the end message
                 continue
             try:
                 conn.send_bytes(pickle.dumps(None))
@@ -183,14 +247,18 @@ def _serve(
     out_dir: Path,
     parent: int,
     write: Callable[[Any, Any, int], Any],
-    unpack: Callable[[Any], list[Any]] = list,
+    unpack: Callable[[Any, memoryview | None], list[Any]],
+    region: mmap.mmap,
+    unnamed: bool = False,
 ) -> None:
-    """A writer process: write each share it is sent, answer (token, None or the error), until told to stop."""
+    """A writer process: write each share it is sent, answer (token, None or the error), until told to stop.
+    A share's pictures are read from its slot of ``region`` before the answer (which frees the slot). ``unnamed``:
+    new files are written unnamed and then linked (OutputDir), so that processes that share folders wait less."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
     die_with_parent(parent)
-    files = OutputDir(out_dir, pid=parent)  # temporary names the run's: see OutputDir
+    files = OutputDir(out_dir, pid=parent, unnamed=unnamed)  # temporary names the run's: see OutputDir
     try:
         while True:
             try:
@@ -199,16 +267,20 @@ def _serve(
                 return
             if msg is None:
                 return
-            token, run_id, packed = msg
+            token, run_id, slot, packed = msg
             err = None
             try:
-                for item in unpack(packed):
+                for item in unpack(packed, None if slot is None else _slot_view(region, slot)):
                     write(files, item, run_id)
             except BaseException as e:  # reported to the writer thread, which raises it in the run
                 err = _portable(e)
             conn.send((token, err))
     finally:
         files.close()
+
+
+def _slot_view(region: mmap.mmap, slot: int) -> memoryview:
+    return memoryview(region)[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES]
 
 
 def _portable(e: BaseException) -> BaseException:
