@@ -76,12 +76,12 @@ def exit_now(code: object) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
         return
     atexit._run_exitfuncs()  # multiprocessing's (children joined, finalizers), logging's, torch's
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
         pass
     os._exit(code or 0)
