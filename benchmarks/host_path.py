@@ -2,6 +2,7 @@
 are nearly free, timed from the process's start to its exit (docs/bench-e2e.md, section 2).
 
     python benchmarks/host_path.py INPUT_DIR --out /dev/shm/xb-host [--batch-size 512 --workers 1 --writers 1]
+    python benchmarks/host_path.py INPUT_DIR --out /dev/shm/xb-host --tree /tmp/base   # another checkout's code
 
 Prints the wall time, the start-up before the JSON ``start`` event, the run's phase timings (``--log-json``) and
 the time from the ``end`` event to the process's exit. The rest of the command line goes to ``xaibatch run``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,15 +48,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input_dir", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="deleted first")
+    ap.add_argument(
+        "--tree",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="the checkout whose xaibatch runs (default: this one); the run starts there, as `python -m` puts the "
+        "current folder first on sys.path",
+    )
     args, rest = ap.parse_known_args()
     shutil.rmtree(args.out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "null_model.py"
         model.write_text(NULL_MODEL)
-        cmd = [sys.executable, "-m", "xaibatch", "run", str(args.input_dir), "--model", f"{model}:build"]
-        cmd += ["--target-layer", "features", "-m", "gradcam", "--out", str(args.out), "--log-json", *rest]
+        inp, out = args.input_dir.resolve(), args.out.resolve()
+        cmd = [sys.executable, "-m", "xaibatch", "run", str(inp), "--model", f"{model}:build"]
+        cmd += ["--target-layer", "features", "-m", "gradcam", "--out", str(out), "--log-json", *rest]
         t0 = time.time()
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        env = {**os.environ, "PYTHONPATH": str(args.tree)}
+        r = subprocess.run(cmd, cwd=args.tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         t1 = time.time()
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     start = next(e for e in events if e["event"] == "start")
