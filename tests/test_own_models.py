@@ -259,6 +259,27 @@ def test_threshold_on_a_softmax_model(tmp_path):
     assert predict(probs, None).tolist() == [0, 1, 1, 0]
 
 
+def test_a_batch_of_rows_is_predicted_as_each_row_alone():
+    """build_job predicts a batch's rows in one call (predict_rows): the same classes as predict_one, row by row,
+    also at the threshold itself (float32 0.7 compared in float64, as predict_one compares it)."""
+    import numpy as np
+    from xaibatch.model.heads import Decision, predict_one, predict_rows
+
+    probs = np.array(
+        [[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.25, 0.75], [0.5, 0.5], [np.float32(0.3), np.float32(0.7)]],
+        dtype=np.float32,
+    )
+    for decision in (
+        None,
+        Decision(1, 0.5, "REAL", False),
+        Decision(1, 0.7, "REAL", False),
+        Decision(0, 0.3, "F", True),
+    ):
+        assert predict_rows(probs, decision) == [predict_one(p, decision) for p in probs]
+    three = np.random.default_rng(0).dirichlet([1, 1, 1], 50).astype(np.float32)
+    assert predict_rows(three, None) == [predict_one(p, None) for p in three]
+
+
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"

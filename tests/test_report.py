@@ -1026,6 +1026,42 @@ def test_hostile_masks_are_skipped_with_a_reason_never_a_crash(tmp_path, tiny_ck
     check_links(out)
 
 
+def test_mask_headers_parsed_once_read_as_numpy_reads_them(tmp_path):
+    """read_array parses each distinct .npy header once (detail._read_header): arrays equal np.load's, C and Fortran
+    order, version 1 and 2, the second file of a shape from the cache; broken headers refused as before."""
+    import io
+
+    from xaibatch.report import detail
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "a.npy": rng.random((32, 32)) > 0.5,
+        "b.npy": rng.random((32, 32)) > 0.5,  # the same header as a.npy
+        "c.npy": np.asfortranarray(rng.random((5, 7)).astype(np.float32)),
+        "d.npy": rng.integers(0, 9, (3, 4), dtype=np.int16),
+    }
+    for name, a in arrays.items():
+        with open(tmp_path / name, "wb") as f:
+            np.lib.format.write_array(f, a, version=(2, 0) if name == "d.npy" else (1, 0))
+    for _ in range(2):
+        for name, a in arrays.items():
+            got = detail.read_array(tmp_path, name)
+            assert got.dtype == a.dtype and np.array_equal(got, a), name
+    good = (tmp_path / "a.npy").read_bytes()
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arrays["a.npy"], version=(3, 0))
+    broken = {
+        "magic.npy": b"\x93NUMPX" + good[6:],
+        "v3.npy": buf.getvalue(),
+        "short.npy": good[:40],
+        "long.npy": good[:8] + (60_000).to_bytes(2, "little") + good[10:],
+    }
+    for name, body in broken.items():
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(detail.BadArray, match="not a .npy file"):
+            detail.read_array(tmp_path, name)
+
+
 def test_a_symlink_under_the_output_folder_never_leads_a_report_write_outside(tmp_path, tiny_ckpt):
     """Issue 22 item 4, its repro: a link planted below detail/ (or in place of a report folder or file)."""
     from click.testing import CliRunner

@@ -51,3 +51,37 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command (click's own parsing): still one line and exit 5
         click.echo("Error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:
+        if "torch" in sys.modules:
+            exit_now(e.code)  # returns when it cannot: the usual exit
+        raise
+
+
+def exit_now(code: object) -> None:
+    """End the process with ``code`` once the output is flushed and the atexit handlers have run, without the
+    interpreter's teardown (freeing every object and module, torch's C++ destructors): with torch loaded that
+    takes most of a second after the run has ended (0.7 s on the 2-core box after a 20,000-image run).
+
+    The command has finished: its files are closed, its child processes reaped. Returns (for the usual exit)
+    when the code is not a number or a thread that is not a daemon still runs (it would be waited for), or
+    when the output cannot be flushed (a closed pipe: the usual exit reports it).
+    """
+    import atexit
+    import threading
+
+    if code is not None and not isinstance(code, int):
+        return
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
+        return
+    atexit._run_exitfuncs()  # multiprocessing's (children joined, finalizers), logging's, torch's
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
+        pass
+    os._exit(code or 0)

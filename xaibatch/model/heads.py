@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,6 +71,12 @@ def predict(probs: torch.Tensor, decision: Decision | None) -> torch.Tensor:
 def predict_one(probs: Sequence[float], decision: Decision | None) -> int:
     """:func:`predict` for one image's probabilities (a list or a numpy row)."""
     return int(predict(torch.as_tensor([list(map(float, probs))], dtype=torch.float64), decision)[0])
+
+
+def predict_rows(probs: Any, decision: Decision | None) -> list[int]:
+    """:func:`predict_one` of every row of (B, K) probabilities (a numpy array), in one call: the same float64
+    comparison, without building a tensor per image (a batch's rows are built on the compute thread)."""
+    return predict(torch.from_numpy(np.asarray(probs, dtype=np.float64)), decision).tolist()
 
 
 def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
@@ -140,6 +147,7 @@ __all__ = [
     "decision_for",
     "predict",
     "predict_one",
+    "predict_rows",
     "unwrap",
     "with_positive",
 ]

@@ -276,9 +276,10 @@ def build_job(
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
     thumbs = iter(display_thumbs([d for d, f in zip(b.display, shown) if f]))
+    preds = heads.predict_rows(probs, decision)  # one call per batch: these rows are the compute thread's work
+    rows = probs.tolist()  # the float32 values as Python floats, as float() gives them
     for j, e in enumerate(entries):
-        p = probs[j]
-        pred = heads.predict_one(p, decision)
+        p, pred = rows[j], preds[j]
         h, w = orig_sizes[j]
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
@@ -297,8 +298,8 @@ def build_job(
                     label=e.label,
                     pred=pred,
                     target=int(e.label) if target == "label" else pred,
-                    confidence=float(p[pred]),
-                    probs=[round(float(v), 6) for v in p],
+                    confidence=p[pred],
+                    probs=[round(v, 6) for v in p],
                     predict_hash=hashes.predict,
                     run_id=run_id,
                 )

@@ -48,9 +48,7 @@ def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
         if st.st_size > MAX_ARRAY_BYTES:
             raise BadArray(f"{fmt_bytes(st.st_size)}, over the limit of {fmt_bytes(MAX_ARRAY_BYTES)}")
         try:
-            version = np.lib.format.read_magic(f)
-            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            shape, fortran, dtype = read[version](f, max_header_size=10_000)
+            shape, fortran, dtype = _read_header(f)
         except (ValueError, OSError, EOFError, SyntaxError, TypeError, KeyError):
             raise BadArray("not a .npy file") from None
         if (
@@ -70,6 +68,35 @@ def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
             raise BadArray("truncated")
     a = np.frombuffer(data, dtype=dtype)
     return (a.reshape(shape[::-1]).T if fortran else a.reshape(shape)).copy()
+
+
+_HEADERS: dict[bytes, tuple[Any, bool, Any]] = {}  # a header's bytes -> (shape, fortran, dtype), parsed once
+_MAX_HEADER = 10_000
+
+
+def _read_header(f: Any) -> tuple[Any, bool, Any]:
+    """A .npy file's (shape, fortran order, dtype), leaving ``f`` at its data; numpy parses each distinct header
+    once (masks of one size share one: parsing it is a Python ``literal_eval``, a fifth of reading a small mask)."""
+    import io
+
+    import numpy as np
+
+    start = f.read(8)
+    if len(start) != 8 or start[:6] != np.lib.format.MAGIC_PREFIX or start[6:] not in (b"\x01\x00", b"\x02\x00"):
+        raise ValueError("not a .npy file")  # what numpy's read_magic and its (1, 0)/(2, 0) readers refuse
+    width = 2 if start[6] == 1 else 4
+    length = f.read(width)
+    if len(length) != width or (n := int.from_bytes(length, "little")) > _MAX_HEADER:
+        raise ValueError("bad header length")
+    header = f.read(n)
+    key = start + length + header
+    got = _HEADERS.get(key)
+    if got is None:
+        read = np.lib.format.read_array_header_1_0 if width == 2 else np.lib.format.read_array_header_2_0
+        got = read(io.BytesIO(length + header), max_header_size=_MAX_HEADER)
+        if len(_HEADERS) < 256:
+            _HEADERS[key] = got
+    return got
 
 
 def load_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
