@@ -87,16 +87,15 @@ def _slow_report(*a, **k):
     return _report(*a, **k)
 _rp.write_report = _slow_report
 
-import sys, xaibatch.pipeline
-_run = sys.modules["xaibatch.pipeline.run"]  # the package's `run` attribute is the function
-_unlink_all = _run.unlink_all
+import xaibatch.pipeline.apply as _apply  # the plan's removals: rows committed, then files deleted
+_unlink_all = _apply.unlink_all
 def _unlink_held(*a, **k):  # the removal transaction has committed; its files are not deleted yet
     if os.environ.get("XB_TEST_HOLD_REMOVALS"):
         _mark("removals-committed")
         while True:  # until a second signal raises KeyboardInterrupt here
             time.sleep(0.02)
     return _unlink_all(*a, **k)
-_run.unlink_all = _unlink_held
+_apply.unlink_all = _unlink_held
 
 from xaibatch.cli import main
 main()
