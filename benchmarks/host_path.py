@@ -1,5 +1,5 @@
 """What a run costs the host when the model costs nothing: a `xaibatch run` with a model whose forward and backward
-are nearly free, timed from the process's start to its exit (docs/bench-e2e.md, section 2).
+are nearly free, timed from the process's start to its exit (docs/benchmarks.md, "The host alone: a model that costs nothing").
 
     python benchmarks/host_path.py INPUT_DIR --out /dev/shm/xb-host [--batch-size 512 --workers 1 --writers 1]
     python benchmarks/host_path.py INPUT_DIR --out /dev/shm/xb-host --tree /tmp/base   # another checkout's code

@@ -138,3 +138,34 @@ def test_the_bench_model_is_synths_checkpoint_at_the_architectures_own_size(tmp_
     assert a.preprocess.image_size == own and a.class_names == ["c0", "c1", "c2"]
     for (name, x), (_n, y) in zip(a.module.state_dict().items(), b.module.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+@pytest.mark.slow
+def test_a_bench_stopped_by_sigterm_prints_the_rows_it_measured(tmp_path):
+    """`timeout 100 xaibatch bench ...` (the GPU check's way) used to leave nothing on stdout: the tables were
+    printed at the end. A SIGTERM now ends the timing, prints the rows measured so far, marked, and exits 5."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import wait_until
+
+    args = [a for a in SMALL if a != "--quiet"] + ["--only", "gradcam", "--no-peers", "--repeats", "1000"]
+    err = tmp_path / "err.txt"
+    with open(err, "w") as e:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xaibatch", *args, "--markdown"],
+            stdout=subprocess.PIPE,
+            stderr=e,
+            text=True,
+        )
+        wait_until(proc, lambda: "bench: limits: round 2/1000" in err.read_text(), "the first round", timeout=180)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 5, err.read_text()
+    assert "CUT OFF by a signal" in out
+    table = {(c[0], c[1]): c for c in map(_cells, out.splitlines()) if len(c) == 6}
+    assert float(table[("limits", "forward only, batch 4")][4]) > 0  # measured in round 1, so shown
+    assert ("gradcam", "xaibatch methods alone, tensors in memory") not in table  # never timed: left out
+    assert "inf" not in out
+    assert err.read_text().rstrip().splitlines()[-1].startswith("Error: interrupted")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import click
 
 from ..defaults import LIME_DEFAULTS, default_workers
-from .boundary import checked, reported
+from ..errors import EXIT_INTERRUPTED
+from .boundary import Failure, checked, reported
 from .options import (
     BUILTIN_METHODS,
     arch_option,
@@ -155,4 +158,22 @@ def bench(
         peers=not no_peers,
         work_dir=keep,
     )
-    click.echo(format_result(run_bench(opts, log=log), markdown=markdown))
+    with sigterm_interrupts():  # `timeout 100 xaibatch bench ...` still prints what it measured
+        result = run_bench(opts, log=log)
+    click.echo(format_result(result, markdown=markdown))
+    if result.cut_off:
+        raise Failure("interrupted: the tables hold only the rows measured before the signal", EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, for as long as the bench times."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

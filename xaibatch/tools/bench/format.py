@@ -40,13 +40,14 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
         if fixed
         else ""
     )
+    header = res.header + (["CUT OFF by a signal: only the rows measured before it are shown"] if res.cut_off else [])
     if markdown:
-        lines += [f"{h}  " for h in res.header] + [""]
+        lines += [f"{h}  " for h in header] + [""]
         lines += md(cols, table, right=(2, 3, 4, 5)) + [""]
         lines += [note, ""] if note else []
         lines += md(rcols, rtable, right=(1,))
     else:
-        lines += res.header + [""]
+        lines += header + [""]
         lines += plain(cols, table, right=(2, 3, 4, 5)) + [""]
         lines += [note, ""] if note else []
         lines += plain(rcols, rtable, right=(1,))

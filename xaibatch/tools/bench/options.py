@@ -67,3 +67,4 @@ class BenchResult:
     header: list[str]
     rows: list[Row]
     ratios: list[Ratio]
+    cut_off: bool = False  # a signal stopped the timing: ``rows`` are the ones measured before it

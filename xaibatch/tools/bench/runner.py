@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -35,9 +36,14 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
     try:
         b = make_bench(opts, make_inputs(root, opts.images, opts.image_size, log), dev, workers)
         jobs, lime_rows = bench_jobs(b)
-        time_interleaved(jobs, max(1, opts.repeats), log)
-        rows = [r for r, _ in jobs]
-        return BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows))
+        try:
+            time_interleaved(jobs, max(1, opts.repeats), log)
+            cut_off = False
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
+            cut_off = True
+        rows = [r for r, _ in jobs if math.isfinite(r.seconds)]
+        lime_rows = [r for r in lime_rows if r in rows]
+        return BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off)
     finally:
         if opts.work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
