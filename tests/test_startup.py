@@ -144,6 +144,48 @@ def test_an_unchanged_rerun_with_a_library_method_imports_no_torch(tmp_path, tin
     assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
 
 
+def test_method_options_are_checked_without_torch(tmp_path):
+    """--method-option of a built-in or library method is checked from method_specs: a typo, a wrong type or an
+    impossible value is one line, exit 2, with no torch imported (it imported the registry: seconds)."""
+    missing = str(tmp_path / "missing")
+    bad = [
+        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batchsize=8"], "unknown option batchsize"),
+        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batch_size=x"], "batch_size must be an integer"),
+        (["-m", "captum:Occlusion", "--method-option", "captum:Occlusion.reduce=max"], "reduce must be one of"),
+        (
+            ["-m", "captum:NoiseTunnel.Saliency", "--method-option", "captum:NoiseTunnel.Saliency.nt_samples=0"],
+            "at least 1",
+        ),
+        (["-m", "lime", "--method-option", "lime.sample=9"], "lime: unknown option sample"),
+        (["-m", "gradcam", "--method-option", "gradcam.x=1"], "gradcam: unknown option x (it takes: no options)"),
+    ]
+    good = ["-m", "lime", "-m", "cam:scorecam", "--method-option", "lime.samples=50"]
+    good += ["--method-option", "cam:scorecam.batch_size=4", "--method-option", "cam:scorecam.aug_smooth=true"]
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {bad!r}:
+            r = CliRunner().invoke(cli, ["run", {missing!r}, *args])
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+        r = CliRunner().invoke(cli, ["run", {missing!r}, *{good!r}])
+        assert r.exit_code == 2 and "does not exist" in r.output, r.output
+    """)
+    assert loaded == []
+
+
+def test_the_builtin_methods_option_names_are_their_classes():
+    from xaibatch.method_specs import BUILTIN_OPTIONS, library_defaults
+    from xaibatch.methods import METHODS
+
+    for name, options in BUILTIN_OPTIONS.items():
+        cls = METHODS[name]
+        assert set(options) == set(cls.defaults) | ({"seed"} if cls.takes_seed else set()), name
+    for name, cls in METHODS.items():
+        if ":" in name:
+            assert library_defaults(name) == cls.defaults, name
+
+
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 

@@ -10,12 +10,18 @@ from pathlib import Path
 
 import click
 
-from ..method_specs import is_library_method
+from ..method_specs import (
+    BUILTIN_OPTIONS,
+    check_options_lightly,
+    collect_method_options,
+    is_library_method,
+    parse_method_option,
+)
 from .boundary import checked, heavy_import
 
 # The built-in methods, checked without importing the registry (torch, timm: seconds), so that a cron re-run
 # with nothing to compute starts in a fraction of a second; tests/test_startup.py holds this to the registry.
-BUILTIN_METHODS = ("gradcam", "guided-gradcam", "lime")
+BUILTIN_METHODS = tuple(BUILTIN_OPTIONS)
 # The libraries' methods: a name of this form is checked in full when the run loads its methods (an unknown one is
 # the same one-line error, exit 2, before any image), so that parsing -m cam:scorecam needs no torch either.
 
@@ -37,9 +43,12 @@ def method_names(names):
 
 
 def method_options(values, methods):
-    """--method-option, parsed and checked against the methods it names."""
+    """--method-option, parsed and checked against the methods it names: torch-free for the built-in and library
+    methods (method_specs), through the registry for any other name (its close matches need torch)."""
     if not values:
         return {}
+    if all(m in BUILTIN_METHODS or is_library_method(m) for m, _, _ in map(parse_method_option, values)):
+        return collect_method_options(values, methods, check_options_lightly)
     parse = heavy_import(lambda: __import__("xaibatch.methods.options", fromlist=["x"]).method_options)
     return parse(values, methods)
 

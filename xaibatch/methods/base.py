@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..method_specs import check_option_names
 from ..model.layers import TargetLayer
 from ..preprocess import Preprocess
 
@@ -155,11 +156,7 @@ def method_class(name: str) -> type[Method]:
 
 def check_options(cls: type[Method], options: dict[str, Any]) -> None:
     """Raise a one-line UsageError for an option ``cls`` does not take."""
-    allowed = set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        takes = ", ".join(sorted(allowed)) or "no options"
-        raise UsageError(f"{cls.name}: unknown option {', '.join(unknown)} (it takes: {takes})")
+    check_option_names(cls.name, set(cls.defaults) | ({"seed"} if cls.takes_seed else set()), options)
 
 
 def create_method(name: str, ctx: ModelContext, **options: Any) -> Method:
