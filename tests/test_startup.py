@@ -174,6 +174,41 @@ def test_method_options_are_checked_without_torch(tmp_path):
     assert loaded == []
 
 
+def test_unknown_method_names_get_their_close_matches_without_torch(tmp_path):
+    """A misspelt -m, --method-option or bench --only is one line with the registry's hint, and no torch."""
+    missing = str(tmp_path / "missing")
+    cases = [
+        (["run", missing, "-m", "gradcma"], "unknown method 'gradcma'; did you mean gradcam"),
+        (["run", missing, "-m", "cam:gradcam+"], "did you mean cam:gradcam"),
+        (["run", missing, "-m", "captum:noisetunnel.saliency"], "did you mean captum:Saliency"),
+        (["run", missing, "--method-option", "lmie.samples=5"], "unknown method 'lmie'; did you mean lime"),
+        (["bench", "--only", "gradcam,limee"], "unknown method 'limee'; did you mean lime"),
+    ]
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+    """)
+    assert loaded == []
+
+
+def test_the_clis_unknown_method_message_is_the_registrys():
+    from xaibatch.errors import UsageError
+    from xaibatch.method_specs import all_method_names, check_method_names
+    from xaibatch.methods import FAMILIES, METHODS, method_class
+
+    assert all_method_names() == list(METHODS) + [f.pattern for f in FAMILIES]
+    for wrong in ("gradcma", "cam:gradcam+", "Lime", "captum:Saliencyy", "nope"):
+        with pytest.raises(UsageError) as registry:
+            method_class(wrong)
+        with pytest.raises(UsageError) as specs:
+            check_method_names([wrong])
+        assert str(specs.value) == str(registry.value)
+
+
 def test_the_builtin_methods_option_names_are_their_classes():
     from xaibatch.method_specs import BUILTIN_OPTIONS, library_defaults
     from xaibatch.methods import METHODS

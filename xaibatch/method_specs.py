@@ -5,6 +5,7 @@ classes from these tables and check their options with the same functions.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable, Iterable
 
 from .defaults import LIME_DEFAULTS
@@ -126,6 +127,7 @@ CAPTUM_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
 # Methods NoiseTunnel may wrap (the perturbation ones would multiply their cost by nt_samples for little gain).
 TUNNELABLE = ("IntegratedGradients", "Saliency", "InputXGradient", "DeepLift", "GuidedBackprop", "GuidedGradCam")
 NT_DEFAULTS = {"nt_type": "smoothgrad", "nt_samples": 5, "nt_samples_batch_size": 0, "stdevs": 1.0, "seed": 0}
+NT_PATTERN = f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>"  # the NoiseTunnel family's names, as listings show them
 REDUCTIONS = ("sum", "mean", "abs-max")  # captum: how (B, 3, H, W) attributions become one map per image
 BASELINES = ("zero", "black")  # captum: the normalized input's zero (the mean colour), or black pixels
 
@@ -144,6 +146,34 @@ def is_library_method(name: str) -> bool:
     if name.startswith(CAPTUM_PREFIX):
         return name[len(CAPTUM_PREFIX) :] in CAPTUM_SPECS
     return name.startswith(CAM_PREFIX) and name[len(CAM_PREFIX) :] in CAM_SPECS
+
+
+def all_method_names() -> list[str]:
+    """Every method's name (the NoiseTunnel family as its pattern): the built-ins, then the libraries'."""
+    return [
+        *BUILTIN_OPTIONS,
+        *(CAM_PREFIX + n for n in CAM_SPECS),
+        *(CAPTUM_PREFIX + n for n in CAPTUM_SPECS),
+        NT_PATTERN,
+    ]
+
+
+def unknown_method(name: str, known: Iterable[str]) -> UsageError:
+    """The one-line error for a method name that is none of ``known``, with the close matches."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    close += [k for k in known if k.lower() == name.lower() and k not in close]
+    hint = f"did you mean {', '.join(close)}?" if close else "see `xaibatch methods`"
+    return UsageError(f"unknown method {name!r}; {hint}")
+
+
+def check_method_names(names: Iterable[str]) -> list[str]:
+    """``names`` as a list when each is a method's; else the one-line error for the first that is not."""
+    names = list(names)
+    for name in names:
+        if name not in BUILTIN_OPTIONS and not is_library_method(name):
+            raise unknown_method(name, all_method_names())
+    return names
 
 
 def library_defaults(name: str) -> dict[str, Any]:
@@ -233,8 +263,9 @@ def collect_method_options(
 
 
 def check_options_lightly(name: str, options: dict[str, Any]) -> None:
-    """The torch-free check of the options of ``name``, a built-in or library method: a library method's in full, a
-    built-in one's names (LIME's values are checked when it is built)."""
+    """The torch-free check of a method's options: a library method's in full, a built-in one's names (LIME's
+    values are checked when it is built); an unknown method's name is the error."""
+    check_method_names([name])
     if name in BUILTIN_OPTIONS:
         check_option_names(name, BUILTIN_OPTIONS[name], options)
     else:

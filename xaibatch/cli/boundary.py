@@ -55,11 +55,3 @@ def checked(parse, param_hint: str | None = None):
         return parse()
     except XaibatchError as e:
         raise click.BadParameter(str(e), param_hint=param_hint) from None
-
-
-def heavy_import(load):
-    """Import what a command needs (torch and the methods: seconds); a Ctrl-C meanwhile is exit 5 in one line."""
-    try:
-        return load()
-    except KeyboardInterrupt:
-        raise Failure("interrupted while starting", EXIT_INTERRUPTED) from None

@@ -10,47 +10,23 @@ from pathlib import Path
 
 import click
 
-from ..method_specs import (
-    BUILTIN_OPTIONS,
-    check_options_lightly,
-    collect_method_options,
-    is_library_method,
-    parse_method_option,
-)
-from .boundary import checked, heavy_import
+from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
+from .boundary import checked
 
-# The built-in methods, checked without importing the registry (torch, timm: seconds), so that a cron re-run
-# with nothing to compute starts in a fraction of a second; tests/test_startup.py holds this to the registry.
+# Method names and options are checked without importing the registry (torch, timm: seconds), from method_specs'
+# tables, so that a cron re-run with nothing to compute starts in a fraction of a second and a typo answers at
+# once; tests/test_startup.py holds the tables to the registry.
 BUILTIN_METHODS = tuple(BUILTIN_OPTIONS)
-# The libraries' methods: a name of this form is checked in full when the run loads its methods (an unknown one is
-# the same one-line error, exit 2, before any image), so that parsing -m cam:scorecam needs no torch either.
 
 
 def known_methods(names):
-    """Each name resolves to a method (the registry, with its close matches when one does not)."""
-    if all(m in BUILTIN_METHODS for m in names):
-        return list(names)
-    method_class = heavy_import(lambda: __import__("xaibatch.methods", fromlist=["method_class"]).method_class)
-    return [m for m in names if method_class(m)]
-
-
-def method_names(names):
-    """-m: built-in names, and library names from their torch-free table (method_specs); any other name, the
-    registry (its close matches need torch)."""
-    if all(m in BUILTIN_METHODS or is_library_method(m) for m in names):
-        return list(names)
-    return known_methods(names)
+    """Each name is a method's (method_specs: no torch), else one line with the close matches."""
+    return check_method_names(names)
 
 
 def method_options(values, methods):
-    """--method-option, parsed and checked against the methods it names: torch-free for the built-in and library
-    methods (method_specs), through the registry for any other name (its close matches need torch)."""
-    if not values:
-        return {}
-    if all(m in BUILTIN_METHODS or is_library_method(m) for m, _, _ in map(parse_method_option, values)):
-        return collect_method_options(values, methods, check_options_lightly)
-    parse = heavy_import(lambda: __import__("xaibatch.methods.options", fromlist=["x"]).method_options)
-    return parse(values, methods)
+    """--method-option, parsed and checked against the methods it names (method_specs: no torch)."""
+    return collect_method_options(values or (), methods, check_options_lightly)
 
 
 def _option(*decls, **attrs):
@@ -100,7 +76,7 @@ methods_option = _option(
     "methods",
     multiple=True,
     show_default=True,
-    callback=lambda ctx, p, v: checked(lambda: method_names(v)),
+    callback=lambda ctx, p, v: checked(lambda: known_methods(v)),
 )
 # The model: run and serve take all of these, sanity --model, --checkpoint and --arch, train and bench --arch and
 # --image-size.

@@ -43,7 +43,7 @@ from ..errors import ModelError, UsageError
 from .base import Batch, Explanation, Family, Method, ModelContext, normalize_per_image
 from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
-from ..method_specs import check_library_options
+from ..method_specs import NT_PATTERN, check_library_options
 from .lime import mask_seed
 
 PREFIX = CAPTUM_PREFIX
@@ -230,7 +230,7 @@ register_family(
     Family(
         NT_PREFIX,
         _resolve_tunnel,
-        f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>",
+        NT_PATTERN,
         _resolve_tunnel(NT_PREFIX + "Saliency"),  # type: ignore[arg-type]
         title="NoiseTunnel around a gradient method (captum)",
         options={**NT_DEFAULTS, "...": "the wrapped method's"},
