@@ -82,7 +82,7 @@ def run(
     from ..errors import exit_code_for
     from ..pipeline import RunOptions, default_out
     from ..pipeline import run as run_pipeline
-    from ..runlog import JsonLog
+    from ..runlog import JsonLog, write_line
 
     out = folders.out or default_out(input_dir)
     quiet = control.quiet
@@ -125,14 +125,14 @@ def run(
         partial = getattr(e, "result", None)
         if partial is not None and human:
             list_failures(partial.failed)
-            click.echo(partial.summary_line())
+            write_line(partial.summary_line())
         if jlog:
             jlog.end(exit_code_for(e), partial, error=str(e) or type(e).__name__)
         raise
     code = EXIT_SOME_FAILED if result.failed else EXIT_OK
     if human:
         list_failures(result.failed)
-        click.echo(result.summary_line())
+        write_line(result.summary_line())
     if jlog:
         jlog.end(code, result)
     sys.exit(code)
