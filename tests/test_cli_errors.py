@@ -363,3 +363,21 @@ def test_temporary_names_end_with_the_writer_pid(tmp_path, monkeypatch):
     m = re.match(r"^\..+\.(\d+)\.tmp$", name)
     assert m and int(m.group(1)) == os.getpid(), name
     assert len(name.encode()) < 80
+
+
+def test_a_manifest_from_a_newer_xaibatch_is_refused_and_left_alone(tmp_path, images, tiny_ckpt):
+    """An --out a newer xaibatch wrote (a higher schema_version) was silently written over by this one: rows
+    without the columns the newer one needs, its schema_version kept. Now: one line, exit 2, not a byte changed."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    assert invoke(*run_args(images, out, "--checkpoint", tiny_ckpt)).exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    os.utime(images / "img_000.png", (1, 1))  # a changed image: the run would compute
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "written by a newer xaibatch (its schema 99", "nothing was changed")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

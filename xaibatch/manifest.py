@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import layout, manifest_schema
-from .errors import XaibatchError, storage_error
+from .errors import UsageError, XaibatchError, storage_error
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
@@ -79,9 +79,17 @@ class Manifest:
         except sqlite3.Error as e:
             raise ManifestError(f"cannot open the manifest {self.path}: {e}") from None
         try:
+            manifest_schema.refuse_newer(self.db)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             manifest_schema.create(self.db)
+        except manifest_schema.NewerSchema as e:
+            self.db.close()
+            raise UsageError(
+                f"the manifest {self.path} was written by a newer xaibatch (its schema {e.args[0]}; this one knows "
+                f"up to {manifest_schema.SCHEMA_VERSION}): upgrade xaibatch (pip install -U xaibatch) or choose "
+                "another folder; nothing was changed"
+            ) from None
         except sqlite3.DatabaseError as e:
             self.db.close()
             full = storage_error(e, self.path.parent)  # a full disk: not a damaged manifest
