@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -328,6 +330,10 @@ def _cheap_cases(tmp_path, tiny_ckpt):
         "bad --device": ({"device": "gpu0"}, "is not one of"),
         "no method": ({"methods": []}, "at least one --method"),
         "bad --batch-size": ({"batch_size": 0}, "--batch-size"),
+        "NaN --threshold": ({"threshold": float("nan")}, "--threshold nan must be between 0 and 1"),
+        "--model of no known form": ({"checkpoint": None, "model": "resnet18"}, "expected FILE.py:FACTORY"),
+        "--out under a file": ({"out_dir": images / "img_000.png" / "out"}, "Not a directory"),
+        "--out is a device": ({"out_dir": Path(os.devnull)}, "exists and is not a folder"),
     }, images
 
 
@@ -343,6 +349,10 @@ CHEAP = (
     "bad --device",
     "no method",
     "bad --batch-size",
+    "NaN --threshold",
+    "--model of no known form",
+    "--out under a file",
+    "--out is a device",
 )
 
 
