@@ -381,3 +381,14 @@ def test_a_manifest_from_a_newer_xaibatch_is_refused_and_left_alone(tmp_path, im
     r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
     assert_one_line(r, errors.EXIT_USAGE, "written by a newer xaibatch (its schema 99", "nothing was changed")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("flag", [["--ray-workers", "4"], ["--ray-address", "head:6379"], ["--cpus-per-worker", "2"]])
+def test_ray_options_without_engine_ray_are_refused(tmp_path, images, tiny_ckpt, flag):
+    """--ray-address HEAD without --engine ray ran the whole folder on this machine, saying nothing."""
+    out = tmp_path / "out"
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, *flag))
+    assert_one_line(r, errors.EXIT_USAGE, f"{flag[0]}: only with --engine ray")
+    assert not out.exists()
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--log-json", *flag))
+    assert r.exit_code == errors.EXIT_USAGE and '"event": "end"' in r.output  # the scheduler's JSON line too

@@ -13,6 +13,7 @@ from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .boundary import EXIT_CODES_HELP, reported
 from .options import RUN_MODEL_HELP, model_options, seed_option
 from .run_options import (
+    check_engine_options,
     compute_options,
     control_options,
     engine_options,
@@ -34,7 +35,9 @@ class RunCommand(click.Command):
     def parse_args(self, ctx, args):
         wants_json = "--log-json" in args  # before parsing: click consumes the list
         try:
-            return super().parse_args(ctx, args)
+            rest = super().parse_args(ctx, args)
+            check_engine_options(ctx)
+            return rest
         except click.UsageError as e:
             if wants_json:
                 from ..runlog import JsonLog

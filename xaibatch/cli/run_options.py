@@ -317,6 +317,20 @@ class EngineArgs:
         )
 
 
+RAY_ONLY = ("ray_address", "ray_workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def check_engine_options(ctx: click.Context) -> None:
+    """A Ray option given without --engine ray would do nothing: say so (a forgotten --engine ray would otherwise
+    compute a whole folder on this machine)."""
+    if ctx.params.get("engine") == "ray":
+        return
+    given = [n for n in RAY_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise click.UsageError(f"{flags}: only with --engine ray (without it the run computes on this machine)", ctx)
+
+
 engine_options = grouped(
     "engine",
     EngineArgs,
