@@ -392,3 +392,30 @@ def test_ray_options_without_engine_ray_are_refused(tmp_path, images, tiny_ckpt,
     assert not out.exists()
     r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--log-json", *flag))
     assert r.exit_code == errors.EXIT_USAGE and '"event": "end"' in r.output  # the scheduler's JSON line too
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "in", "--batch-size", "0"],
+        ["run", "in", "--bogus"],
+        ["run"],
+        ["rn", "in"],
+        ["--bogus"],
+        ["bench", "--memory", "--memory-images", "x"],
+        ["sanity"],
+    ],
+    ids=" ".join,
+)
+def test_usage_errors_are_one_line(args):
+    """A bad option was four lines (click's usage line, its 'Try --help' hint, a blank, the error); a scheduler's
+    log gets one, which names the command's --help."""
+    r = helpers.invoke(*args)
+    assert r.exit_code == errors.EXIT_USAGE, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--help')" in lines[0], r.output
+
+
+def test_a_bare_xaibatch_still_shows_its_help():
+    r = helpers.invoke()
+    assert "Commands:" in r.output and "Error" not in r.output
