@@ -65,6 +65,12 @@ class MapRow:
         return layout.MapFiles(self.npy, self.png, self.thumb)
 
 
+STALE_REASON = (
+    "it ended without recording how: killed (SIGKILL, out of memory, a reboot), or its disk became read-only or "
+    "failed; the next run swept what it left"
+)
+
+
 class ManifestError(XaibatchError):
     """The manifest file exists but SQLite cannot use it (exit code 3)."""
 
@@ -142,10 +148,14 @@ class Manifest:
         self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
 
     def close_stale_runs(self) -> list[int]:
-        """Mark runs left ``running`` by a killed process as ``killed``; call only while holding the lock."""
+        """Mark runs left ``running`` by a killed process as ``killed``, saying what may have happened (a run whose
+        disk turned read-only or failed could not record its end either); call only while holding the lock."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
         if ids:
-            self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
+            self.db.executemany(
+                "UPDATE runs SET status = 'killed', reason = COALESCE(reason, ?) WHERE id = ?",
+                ((STALE_REASON, i) for i in ids),
+            )
         return ids
 
     def last_status(self) -> str | None:
