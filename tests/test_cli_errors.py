@@ -419,3 +419,34 @@ def test_usage_errors_are_one_line(args):
 def test_a_bare_xaibatch_still_shows_its_help():
     r = helpers.invoke()
     assert "Commands:" in r.output and "Error" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "in", "--threshold", "nan"], "'nan' is not a number"),
+        (["run", "in", "--wait-timeout", "nan"], "'nan' is not a number"),
+        (["run", "in", "--engine", "ray", "--cpus-per-worker", "nan"], "'nan' is not a number"),
+        (["serve", "--threshold", "nan"], "'nan' is not a number"),
+        (["train", ".", "--out", "m.pt", "--lr", "nan"], "'nan' is not a number"),
+        (["train", ".", "--out", "m.pt", "--lr", "-1"], "--lr"),
+        (["train", ".", "--out", "m.pt", "--val-fraction", "1.5"], "--val-fraction"),
+    ],
+)
+def test_nan_and_out_of_range_numbers_are_usage_errors(args, needle):
+    """click's FloatRange lets NaN through; --lr -1 (or NaN) trained nothing and exited 3 with 'internal error:
+    ValueError: Invalid learning rate' after the imports. Each is now one line, exit 2, before any import."""
+    r = helpers.invoke(*args)
+    assert_one_line(r, errors.EXIT_USAGE, needle)
+
+
+def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, labeled_dir, monkeypatch):
+    """An --out below a file trained for the whole run, then failed to save: 'File exists', exit 3."""
+    from xaibatch.tools import train as train_module
+
+    monkeypatch.setattr(train_module, "create", lambda *a, **k: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    r = helpers.invoke("train", labeled_dir, "--out", blocker / "m.pt", "--epochs", "1", "--device", "cpu")
+    assert_one_line(r, errors.EXIT_USAGE, f"cannot write --out {blocker / 'm.pt'}: Not a directory")
+    assert blocker.read_text() == "keep me"

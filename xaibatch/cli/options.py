@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,17 @@ from .boundary import checked
 # tables, so that a cron re-run with nothing to compute starts in a fraction of a second and a typo answers at
 # once; tests/test_startup.py holds the tables to the registry.
 BUILTIN_METHODS = tuple(BUILTIN_OPTIONS)
+
+
+class Number(click.FloatRange):
+    """A number in a range: click's FloatRange lets NaN through (every comparison with it is false), and a NaN
+    threshold, learning rate or timeout fails later, after the imports, or never."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def known_methods(names):
@@ -124,7 +136,7 @@ def model_options(help: dict[str, str]):
         checkpoint_option(help["checkpoint"]),
         click.option("--classes", metavar="A,B,...", help=help["classes"]),
         click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
-        click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help=help["threshold"]),
+        click.option("--threshold", type=Number(0, 1), metavar="T", help=help["threshold"]),
         image_size_option(help["image_size"]),
         click.option("--target-layer", help=help["target_layer"]),
     )

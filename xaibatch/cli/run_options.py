@@ -13,7 +13,7 @@ from ..engines import ENGINES
 from ..targets import MODES as TARGET_MODES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .boundary import checked
-from .options import batch_size_option, device_option, grouped, method_options, methods_option, workers_option
+from .options import Number, batch_size_option, device_option, grouped, method_options, methods_option, workers_option
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ control_options = grouped(
     ),
     click.option(
         "--wait-timeout",
-        type=click.FloatRange(0),
+        type=Number(0),
         metavar="SECONDS",
         help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait.",
     ),
@@ -358,14 +358,14 @@ engine_options = grouped(
     ),
     click.option(
         "--gpus-per-worker",
-        type=click.FloatRange(0),
+        type=Number(0),
         metavar="G",
         help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
         "has GPUs, else 0.",
     ),
     click.option(
         "--cpus-per-worker",
-        type=click.FloatRange(0, min_open=True),
+        type=Number(0, min_open=True),
         default=1.0,
         show_default=True,
         metavar="C",

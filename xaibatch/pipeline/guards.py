@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import layout, targets
 from ..defaults import device_spec_problem, model_spec_problem
 from ..errors import UsageError
-from ..files import safe_join
+from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
 from ..scan import shown
 from .options import RunOptions
@@ -56,8 +56,7 @@ def check_folders(opts: RunOptions) -> None:
             )
     if out.exists() and not out.is_dir():  # a device or FIFO (click refuses a plain file), or one given to run()
         raise UsageError(f"cannot write to --out {opts.out_dir}: it exists and is not a folder")
-    above = next((p for p in out.parents if os.path.lexists(p)), None)
-    if above is not None and not above.is_dir():
+    if (above := blocked_by_file(out)) is not None:
         raise UsageError(f"cannot write to --out {opts.out_dir}: Not a directory ({above})")
     if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in layout.OUTPUT_DIRS:
         raise UsageError(
