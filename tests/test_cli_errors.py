@@ -450,3 +450,10 @@ def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, labeled_
     r = helpers.invoke("train", labeled_dir, "--out", blocker / "m.pt", "--epochs", "1", "--device", "cpu")
     assert_one_line(r, errors.EXIT_USAGE, f"cannot write --out {blocker / 'm.pt'}: Not a directory")
     assert blocker.read_text() == "keep me"
+
+
+def test_duplicate_class_names_are_refused_before_the_model_loads(tmp_path, images, tiny_ckpt):
+    out = tmp_path / "out"
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--classes", "REAL,FAKE,REAL"))
+    assert_one_line(r, errors.EXIT_USAGE, "--classes: REAL given twice; one name per output")
+    assert not out.exists()

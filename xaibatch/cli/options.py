@@ -170,10 +170,13 @@ SERVE_MODEL_HELP = {
 
 
 def class_list(text: str | None) -> list[str] | None:
-    """--classes: at least two comma-separated names."""
+    """--classes: at least two comma-separated names, all different."""
     if text is None:
         return None
     names = [n.strip() for n in text.split(",")]
     if len(names) < 2 or not all(names):
         raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # before the model loads: each output needs its own name
+        raise click.BadParameter(f"{', '.join(twice)} given twice; one name per output", param_hint="--classes")
     return names
