@@ -159,6 +159,8 @@ def test_method_options_are_checked_without_torch(tmp_path):
             "at least 1",
         ),
         (["-m", "lime", "--method-option", "lime.sample=9"], "lime: unknown option sample"),
+        (["-m", "lime", "--method-option", "lime.samples=abc"], "lime: options samples (or auto), segments"),
+        (["-m", "lime", "--method-option", "lime.hide=grey"], "lime: hide must be one of mean, zero, blur"),
         (["-m", "gradcam", "--method-option", "gradcam.x=1"], "gradcam: unknown option x (it takes: no options)"),
     ]
     good = ["-m", "lime", "-m", "cam:scorecam", "--method-option", "lime.samples=50"]

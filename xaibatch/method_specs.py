@@ -6,9 +6,10 @@ classes from these tables and check their options with the same functions.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Callable, Iterable
 
-from .defaults import LIME_DEFAULTS
+from .defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .errors import UsageError
 
 CAM_PREFIX = "cam:"
@@ -222,6 +223,50 @@ def check_library_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def check_lime_options(options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """LIME's options with its defaults filled in, and its batch size (None: auto); a one-line UsageError for an
+    unknown option, a value of the wrong type or out of range (``methods/lime.py`` and the CLI check with it)."""
+    options = dict(options)
+    batch_size = options.pop("batch_size", "auto")
+    unknown = set(options) - set(LIME_DEFAULTS)
+    if unknown:
+        raise UsageError(
+            f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(LIME_DEFAULTS)}"
+        )
+    opts = {**LIME_DEFAULTS, **options}
+    try:
+        opts["samples"] = "auto" if str(opts["samples"]).strip().lower() == "auto" else int(opts["samples"])
+        for k in ("segments", "seed", "samples_min", "samples_max", "samples_round"):
+            opts[k] = int(opts[k])
+        opts["tolerance"] = float(opts["tolerance"])
+        batch_size = None if batch_size in (None, "auto") else int(batch_size)
+    except (TypeError, ValueError) as e:
+        raise UsageError(
+            f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
+            f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
+        ) from None
+    opts["hide"] = str(opts["hide"])
+    if opts["samples"] != "auto" and opts["samples"] < 2:
+        raise UsageError("lime: samples must be at least 2 (or auto)")
+    if opts["segments"] < 2:
+        raise UsageError("lime: segments must be at least 2")
+    if opts["hide"] not in LIME_HIDE_MODES:
+        raise UsageError(f"lime: hide must be one of {', '.join(LIME_HIDE_MODES)}, not {opts['hide']!r}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("lime: batch_size must be at least 1")
+    if opts["samples"] == "auto":
+        if not 2 <= opts["samples_min"] <= opts["samples_max"]:
+            raise UsageError(
+                f"lime: with samples=auto, 2 <= samples_min <= samples_max "
+                f"(got {opts['samples_min']} and {opts['samples_max']})"
+            )
+        if opts["samples_round"] < 1:
+            raise UsageError("lime: samples_round must be at least 1")
+        if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
+            raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
+    return opts, batch_size
+
+
 def parse_value(text: str) -> Any:
     """Read an option value as bool (true/false), int, float, or else the string itself."""
     low = text.strip().lower()
@@ -263,10 +308,11 @@ def collect_method_options(
 
 
 def check_options_lightly(name: str, options: dict[str, Any]) -> None:
-    """The torch-free check of a method's options: a library method's in full, a built-in one's names (LIME's
-    values are checked when it is built); an unknown method's name is the error."""
+    """The torch-free check of a method's options (names, types, ranges); an unknown method's name is the error."""
     check_method_names([name])
     if name in BUILTIN_OPTIONS:
         check_option_names(name, BUILTIN_OPTIONS[name], options)
+        if name == "lime":
+            check_lime_options(options)
     else:
         check_library_options(name, options)
