@@ -409,3 +409,97 @@ def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
     return old
+
+
+def test_a_manifest_from_a_newer_xaibatch_is_refused_and_left_alone(tmp_path, images, tiny_ckpt):
+    """An --out a newer xaibatch wrote (a higher schema_version) was silently written over by this one: rows
+    without the columns the newer one needs, its schema_version kept. Now: one line, exit 2, not a byte changed."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    assert invoke(*run_args(images, out, "--checkpoint", tiny_ckpt)).exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    os.utime(images / "img_000.png", (1, 1))  # a changed image: the run would compute
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt))
+    assert_one_line(r, errors.EXIT_USAGE, "written by a newer xaibatch (its schema 99", "nothing was changed")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("flag", [["--ray-workers", "4"], ["--ray-address", "head:6379"], ["--cpus-per-worker", "2"]])
+def test_ray_options_without_engine_ray_are_refused(tmp_path, images, tiny_ckpt, flag):
+    """--ray-address HEAD without --engine ray ran the whole folder on this machine, saying nothing."""
+    out = tmp_path / "out"
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, *flag))
+    assert_one_line(r, errors.EXIT_USAGE, f"{flag[0]}: only with --engine ray")
+    assert not out.exists()
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--log-json", *flag))
+    assert r.exit_code == errors.EXIT_USAGE and '"event": "end"' in r.output  # the scheduler's JSON line too
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "in", "--batch-size", "0"],
+        ["run", "in", "--bogus"],
+        ["run"],
+        ["rn", "in"],
+        ["--bogus"],
+        ["bench", "--memory", "--memory-images", "x"],
+        ["sanity"],
+    ],
+    ids=" ".join,
+)
+def test_usage_errors_are_one_line(args):
+    """A bad option was four lines (click's usage line, its 'Try --help' hint, a blank, the error); a scheduler's
+    log gets one, which names the command's --help."""
+    r = helpers.invoke(*args)
+    assert r.exit_code == errors.EXIT_USAGE, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "--help')" in lines[0], r.output
+
+
+def test_a_bare_xaibatch_still_shows_its_help():
+    r = helpers.invoke()
+    assert "Commands:" in r.output and "Error" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "in", "--threshold", "nan"], "'nan' is not a number"),
+        (["run", "in", "--wait-timeout", "nan"], "'nan' is not a number"),
+        (["run", "in", "--engine", "ray", "--cpus-per-worker", "nan"], "'nan' is not a number"),
+        (["serve", "--threshold", "nan"], "'nan' is not a number"),
+        (["train", ".", "--out", "m.pt", "--lr", "nan"], "'nan' is not a number"),
+        (["train", ".", "--out", "m.pt", "--lr", "-1"], "--lr"),
+        (["train", ".", "--out", "m.pt", "--val-fraction", "1.5"], "--val-fraction"),
+    ],
+)
+def test_nan_and_out_of_range_numbers_are_usage_errors(args, needle):
+    """click's FloatRange lets NaN through; --lr -1 (or NaN) trained nothing and exited 3 with 'internal error:
+    ValueError: Invalid learning rate' after the imports. Each is now one line, exit 2, before any import."""
+    r = helpers.invoke(*args)
+    assert_one_line(r, errors.EXIT_USAGE, needle)
+
+
+def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, labeled_dir, monkeypatch):
+    """An --out below a file trained for the whole run, then failed to save: 'File exists', exit 3."""
+    from xaibatch.tools import train as train_module
+
+    monkeypatch.setattr(train_module, "create", lambda *a, **k: pytest.fail("trained before checking --out"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep me")
+    r = helpers.invoke("train", labeled_dir, "--out", blocker / "m.pt", "--epochs", "1", "--device", "cpu")
+    assert_one_line(r, errors.EXIT_USAGE, f"cannot write --out {blocker / 'm.pt'}: Not a directory")
+    assert blocker.read_text() == "keep me"
+
+
+def test_duplicate_class_names_are_refused_before_the_model_loads(tmp_path, images, tiny_ckpt):
+    out = tmp_path / "out"
+    r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--classes", "REAL,FAKE,REAL"))
+    assert_one_line(r, errors.EXIT_USAGE, "--classes: REAL given twice; one name per output")
+    assert not out.exists()

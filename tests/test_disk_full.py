@@ -38,7 +38,7 @@ from xaibatch.pipeline import run
 BATCH = 4
 
 
-def full_disk_at(monkeypatch, needle: str) -> None:
+def full_disk_at(monkeypatch, needle: str, err: int = errno.ENOSPC) -> None:
     """Writes through xaibatch/files.py to a file whose name holds ``needle`` write half their bytes, then fail
     with ENOSPC, as a disk that fills up mid-file; every other write goes through. A file written unnamed and then
     linked (OutputDir in writer processes) has its name only at the link, which fails with ENOSPC instead."""
@@ -54,7 +54,7 @@ def full_disk_at(monkeypatch, needle: str) -> None:
     def write(fd, data):
         if needle in names.get(fd, ""):
             os.write(fd, bytes(data)[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(err, os.strerror(err))
         return os.write(fd, data)
 
     def close(fd):
@@ -121,6 +121,34 @@ def test_disk_full_while_writing_a_batch(tmp_path, tiny_ckpt, monkeypatch, write
     if writers:  # the other share of the failed batch was written, never committed: swept now
         assert any(re.match(r"xaibatch: the previous run ended error; cleaned \d+ leftover file", s) for s in said)
     check_output_folder(out, inp)
+
+
+def test_a_disk_that_turned_read_only_is_named_in_the_next_runs_history(tmp_path, tiny_ckpt, monkeypatch):
+    """A read-only (or failing) disk refuses the run row's last write too: the row stays 'running', and the next
+    run marks it 'killed'. It said nothing more; now its reason says what may have happened."""
+    from xaibatch.manifest import STALE_REASON, Manifest
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 8)
+    full_disk_at(monkeypatch, "img_005", errno.EROFS)
+
+    def read_only(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(Manifest, "finish_run", read_only)
+    r = helpers.invoke("run", inp, "--out", out, "--checkpoint", tiny_ckpt, "-q", "--workers", "0", "--batch-size", 4)
+    assert r.exit_code == errors.EXIT_RUNTIME, r.output
+    assert "read-only file system writing" in error_line(r.output)
+    assert last_run(out) == ("running", None)  # nothing could record its end
+    monkeypatch.undo()  # the disk is writable again
+
+    said: list[str] = []
+    assert run(run_opts(inp, out, tiny_ckpt), log=said.append).status == "ok"
+    assert manifest_rows(out, "SELECT status, reason FROM runs ORDER BY id") == [
+        ("killed", STALE_REASON),
+        ("ok", None),
+    ]
+    assert any("did not finish" in s for s in said)
 
 
 def test_disk_full_in_the_manifest_commit(tmp_path, tiny_ckpt, monkeypatch):

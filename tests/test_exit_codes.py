@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import cli, write_images
+from helpers import ENV, REPO, cli, manifest_rows, manifest_value, write_images
 
 
 def _run(inp: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -114,3 +115,26 @@ def test_exit_3_runtime_error_unusable_manifest(tmp_path, tiny_ckpt):
     ev = _events(r.stdout)
     assert ev[0]["event"] == "start" and ev[-1]["exit_code"] == 3 and ev[-1]["status"] == "error"
     assert not list(out.rglob("*.tmp")) and (out / ".xaibatch.lock").read_text() == ""  # lock released
+
+
+@pytest.mark.parametrize("log_json", [False, True], ids=["summary", "log-json"])
+def test_a_closed_stdout_loses_nothing(tmp_path, tiny_ckpt, log_json):
+    """``xaibatch run ... | head -1``: the reader leaving is not the run's end. It computed nothing and exited 3
+    ("Error: Broken pipe", run row 'error') when its first JSON line met a closed pipe; a finished run's summary
+    line turned its exit 0 into 3. The run finishes, quietly, with the exit code it would have had."""
+    write_images(tmp_path / "in", 3)
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out", "--workers", "0"]
+    p = subprocess.Popen(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args + ["--log-json"] * log_json)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    p.stdout.close()  # before the first line: every write meets a closed pipe
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert err == ""
+    assert manifest_rows(tmp_path / "out", "SELECT status FROM runs") == [("ok",)]
+    assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3

@@ -306,7 +306,7 @@ def test_cli_errors_exit_2_before_any_image(tmp_path, flat_dir, tiny_ckpt):
         (["-m", "cam:gradcam+"], "did you mean cam:gradcam"),
         (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batchsize=8"], "unknown option batchsize"),
         (["-m", "gradcam", "--method-option", "cam:scorecam.batch_size=8"], "add -m cam:scorecam"),
-        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batch_size=many"], "batch_size must be a int"),
+        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batch_size=many"], "batch_size must be an integer"),
     ]
     for args, expected in cases:
         r = CliRunner().invoke(cli, base + args)

@@ -14,7 +14,7 @@ import pytest
 from helpers import REPO, invoke, manifest_rows, manifest_value, write_images
 
 # Sends this process SIGINT when torch starts loading: a Ctrl-C at the worst moment of the slow start
-# (--help, --version and method names never load it; the registry for a library method's --method-option does).
+# (--help, --version, method names and their options never load it; a run that computes does).
 _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
     import os, signal, sys
     class Finder:
@@ -23,7 +23,7 @@ _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGINT)
             return None
     sys.meta_path.insert(0, Finder())
-    sys.argv = ["xaibatch", "run", "some-folder", "-m", "cam:gradcam", "--method-option", "cam:gradcam.aug_smooth=true"]
+    sys.argv = ["xaibatch", "run", *sys.argv[1:], "-m", "cam:gradcam", "--method-option", "cam:gradcam.aug_smooth=true"]
 """)
 
 
@@ -32,13 +32,20 @@ _CTRL_C_AT_TORCH_IMPORT = textwrap.dedent("""
     ["from xaibatch.cli import main; main()", "import runpy; runpy.run_module('xaibatch', run_name='__main__')"],
     ids=["script", "python-m"],
 )
-def test_ctrl_c_while_importing_is_exit_5_with_one_line(entry):
+def test_ctrl_c_while_importing_is_exit_5_with_one_line(entry, tmp_path, tiny_ckpt):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    write_images(tmp_path / "in", 2)
+    args = [tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out"]
     p = subprocess.run(
-        [sys.executable, "-c", _CTRL_C_AT_TORCH_IMPORT + entry], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", _CTRL_C_AT_TORCH_IMPORT + entry, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert p.returncode == 5, (p.returncode, p.stderr)
-    assert p.stderr.strip() == "Error: interrupted while starting"
+    assert p.stderr.strip() == "Error: interrupted by SIGINT while loading the model; nothing was computed"
+    assert not (tmp_path / "out").exists()
 
 
 def _files_under(out: Path, *tops: str) -> list[str]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +146,85 @@ def test_an_unchanged_rerun_with_a_library_method_imports_no_torch(tmp_path, tin
     assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
 
 
+def test_method_options_are_checked_without_torch(tmp_path):
+    """--method-option of a built-in or library method is checked from method_specs: a typo, a wrong type or an
+    impossible value is one line, exit 2, with no torch imported (it imported the registry: seconds)."""
+    missing = str(tmp_path / "missing")
+    bad = [
+        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batchsize=8"], "unknown option batchsize"),
+        (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batch_size=x"], "batch_size must be an integer"),
+        (["-m", "captum:Occlusion", "--method-option", "captum:Occlusion.reduce=max"], "reduce must be one of"),
+        (
+            ["-m", "captum:NoiseTunnel.Saliency", "--method-option", "captum:NoiseTunnel.Saliency.nt_samples=0"],
+            "at least 1",
+        ),
+        (["-m", "lime", "--method-option", "lime.sample=9"], "lime: unknown option sample"),
+        (["-m", "lime", "--method-option", "lime.samples=abc"], "lime: options samples (or auto), segments"),
+        (["-m", "lime", "--method-option", "lime.hide=grey"], "lime: hide must be one of mean, zero, blur"),
+        (["-m", "gradcam", "--method-option", "gradcam.x=1"], "gradcam: unknown option x (it takes: no options)"),
+    ]
+    good = ["-m", "lime", "-m", "cam:scorecam", "--method-option", "lime.samples=50"]
+    good += ["--method-option", "cam:scorecam.batch_size=4", "--method-option", "cam:scorecam.aug_smooth=true"]
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {bad!r}:
+            r = CliRunner().invoke(cli, ["run", {missing!r}, *args])
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+        r = CliRunner().invoke(cli, ["run", {missing!r}, *{good!r}])
+        assert r.exit_code == 2 and "does not exist" in r.output, r.output
+    """)
+    assert loaded == []
+
+
+def test_unknown_method_names_get_their_close_matches_without_torch(tmp_path):
+    """A misspelt -m, --method-option or bench --only is one line with the registry's hint, and no torch."""
+    missing = str(tmp_path / "missing")
+    cases = [
+        (["run", missing, "-m", "gradcma"], "unknown method 'gradcma'; did you mean gradcam"),
+        (["run", missing, "-m", "cam:gradcam+"], "did you mean cam:gradcam"),
+        (["run", missing, "-m", "captum:noisetunnel.saliency"], "did you mean captum:Saliency"),
+        (["run", missing, "--method-option", "lmie.samples=5"], "unknown method 'lmie'; did you mean lime"),
+        (["bench", "--only", "gradcam,limee"], "unknown method 'limee'; did you mean lime"),
+    ]
+    loaded = _modules_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+    """)
+    assert loaded == []
+
+
+def test_the_clis_unknown_method_message_is_the_registrys():
+    from xaibatch.errors import UsageError
+    from xaibatch.method_specs import all_method_names, check_method_names
+    from xaibatch.methods import FAMILIES, METHODS, method_class
+
+    assert all_method_names() == list(METHODS) + [f.pattern for f in FAMILIES]
+    for wrong in ("gradcma", "cam:gradcam+", "Lime", "captum:Saliencyy", "nope"):
+        with pytest.raises(UsageError) as registry:
+            method_class(wrong)
+        with pytest.raises(UsageError) as specs:
+            check_method_names([wrong])
+        assert str(specs.value) == str(registry.value)
+
+
+def test_the_builtin_methods_option_names_are_their_classes():
+    from xaibatch.method_specs import BUILTIN_OPTIONS, library_defaults
+    from xaibatch.methods import METHODS
+
+    for name, options in BUILTIN_OPTIONS.items():
+        cls = METHODS[name]
+        assert set(options) == set(cls.defaults) | ({"seed"} if cls.takes_seed else set()), name
+    for name, cls in METHODS.items():
+        if ":" in name:
+            assert library_defaults(name) == cls.defaults, name
+
+
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 
@@ -251,6 +332,10 @@ def _cheap_cases(tmp_path, tiny_ckpt):
         "bad --device": ({"device": "gpu0"}, "is not one of"),
         "no method": ({"methods": []}, "at least one --method"),
         "bad --batch-size": ({"batch_size": 0}, "--batch-size"),
+        "NaN --threshold": ({"threshold": float("nan")}, "--threshold nan must be between 0 and 1"),
+        "--model of no known form": ({"checkpoint": None, "model": "resnet18"}, "expected FILE.py:FACTORY"),
+        "--out under a file": ({"out_dir": images / "img_000.png" / "out"}, "Not a directory"),
+        "--out is a device": ({"out_dir": Path(os.devnull)}, "exists and is not a folder"),
     }, images
 
 
@@ -266,6 +351,10 @@ CHEAP = (
     "bad --device",
     "no method",
     "bad --batch-size",
+    "NaN --threshold",
+    "--model of no known form",
+    "--out under a file",
+    "--out is a device",
 )
 
 

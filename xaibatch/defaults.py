@@ -28,6 +28,18 @@ FAITH_BASELINES = ("blur", "zero", "mean")
 FAITH_STEPS = 20
 
 
+MODEL_FORMS = "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME"  # what --model takes
+
+
+def model_spec_problem(spec: str) -> str | None:
+    """Why ``--model`` is not of a form MODEL_FORMS names, or None (whether that file, module or model exists is
+    for loading it to say)."""
+    where, _, name = spec.rpartition(":")
+    if (where in ("timm", "torchvision") and name) or (where and name.isidentifier()):
+        return None
+    return f"--model {spec!r}: expected {MODEL_FORMS}"
+
+
 def device_spec_problem(spec: str) -> str | None:
     """Why ``--device`` is not of a form auto, cpu, cuda, cuda:N, or None (whether that device exists is torch's
     to say)."""

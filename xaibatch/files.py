@@ -38,6 +38,13 @@ def safe_join(root: Path, rel: str) -> Path:
 _tmp_counter = itertools.count()
 
 
+def blocked_by_file(path: Path) -> Path | None:
+    """The nearest existing path above ``path`` when it is not a folder (a file, a device: ``path`` cannot be
+    made), else None."""
+    above = next((p for p in Path(path).parents if os.path.lexists(p)), None)
+    return above if above is not None and not above.is_dir() else None
+
+
 def make_dirs(path: Path) -> None:
     """``mkdir -p`` without recursion: ``Path.mkdir(parents=True)`` and ``os.makedirs`` recurse once per
     missing level and hit Python's recursion limit past about 1000 (deeply nested input folders)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import layout, manifest_schema
-from .errors import XaibatchError, storage_error
+from .errors import UsageError, XaibatchError, storage_error
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
 
@@ -78,6 +78,12 @@ class MapRow:
         return layout.MapFiles(self.npy, self.png, self.thumb)
 
 
+STALE_REASON = (
+    "it ended without recording how: killed (SIGKILL, out of memory, a reboot), or its disk became read-only or "
+    "failed; the next run swept what it left"
+)
+
+
 class ManifestError(XaibatchError):
     """The manifest file exists but SQLite cannot use it (exit code 3)."""
 
@@ -92,9 +98,17 @@ class Manifest:
         except sqlite3.Error as e:
             raise ManifestError(f"cannot open the manifest {self.path}: {e}") from None
         try:
+            manifest_schema.refuse_newer(self.db)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             manifest_schema.create(self.db)
+        except manifest_schema.NewerSchema as e:
+            self.db.close()
+            raise UsageError(
+                f"the manifest {self.path} was written by a newer xaibatch (its schema {e.args[0]}; this one knows "
+                f"up to {manifest_schema.SCHEMA_VERSION}): upgrade xaibatch (pip install -U xaibatch) or choose "
+                "another folder; nothing was changed"
+            ) from None
         except sqlite3.DatabaseError as e:
             self.db.close()
             full = storage_error(e, self.path.parent)  # a full disk: not a damaged manifest
@@ -149,10 +163,14 @@ class Manifest:
         self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
 
     def close_stale_runs(self) -> list[int]:
-        """Mark runs left ``running`` by a killed process as ``killed``; call only while holding the lock."""
+        """Mark runs left ``running`` by a killed process as ``killed``, saying what may have happened (a run whose
+        disk turned read-only or failed could not record its end either); call only while holding the lock."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
         if ids:
-            self.db.executemany("UPDATE runs SET status = 'killed' WHERE id = ?", ((i,) for i in ids))
+            self.db.executemany(
+                "UPDATE runs SET status = 'killed', reason = COALESCE(reason, ?) WHERE id = ?",
+                ((STALE_REASON, i) for i in ids),
+            )
         return ids
 
     def last_status(self) -> str | None:

@@ -70,6 +70,24 @@ ADDED_COLUMNS = {
 }
 
 
+class NewerSchema(Exception):
+    """The file was written by a newer xaibatch: its schema version, which this one must not write over."""
+
+
+def refuse_newer(db: sqlite3.Connection) -> None:
+    """Raise NewerSchema for a file a newer xaibatch wrote, before anything (even the journal mode) changes it."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet: a new file
+        return
+    try:
+        version = int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        return
+    if version > SCHEMA_VERSION:
+        raise NewerSchema(version)
+
+
 def create(db: sqlite3.Connection) -> None:
     """Make the tables (where missing) and bring an older file up to SCHEMA_VERSION."""
     db.executescript(SCHEMA)

@@ -1,10 +1,16 @@
-"""The library methods' names and settings, without torch: the CLI checks ``-m cam:...`` and ``-m captum:...``
-here (an unchanged re-run imports no torch); ``cam_library`` and ``captum_library`` build their classes from them.
+"""The methods' names and settings, without torch: the CLI checks ``-m cam:...``, ``-m captum:...`` and every
+``--method-option`` here (an unchanged re-run imports no torch); ``cam_library`` and ``captum_library`` build their
+classes from these tables and check their options with the same functions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import math
+from typing import Any, Callable, Iterable
+
+from .defaults import LIME_DEFAULTS, LIME_HIDE_MODES
+from .errors import UsageError
 
 CAM_PREFIX = "cam:"
 CAPTUM_PREFIX = "captum:"
@@ -77,6 +83,8 @@ CAM_SPECS: dict[str, tuple[str, str, str, dict[str, Any], str]] = {
     ),
 }
 
+CAM_COMMON = {"aug_smooth": False, "eigen_smooth": False}  # arguments of every CAM's __call__
+
 # name: (defaults, batching, when to use it)
 CAPTUM_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
     "IntegratedGradients": (
@@ -120,6 +128,16 @@ CAPTUM_SPECS: dict[str, tuple[dict[str, Any], str, str]] = {
 # Methods NoiseTunnel may wrap (the perturbation ones would multiply their cost by nt_samples for little gain).
 TUNNELABLE = ("IntegratedGradients", "Saliency", "InputXGradient", "DeepLift", "GuidedBackprop", "GuidedGradCam")
 NT_DEFAULTS = {"nt_type": "smoothgrad", "nt_samples": 5, "nt_samples_batch_size": 0, "stdevs": 1.0, "seed": 0}
+NT_PATTERN = f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>"  # the NoiseTunnel family's names, as listings show them
+REDUCTIONS = ("sum", "mean", "abs-max")  # captum: how (B, 3, H, W) attributions become one map per image
+BASELINES = ("zero", "black")  # captum: the normalized input's zero (the mean colour), or black pixels
+
+# The built-in methods' option names (their classes import torch; tests/test_startup.py holds these to them).
+BUILTIN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "gradcam": (),
+    "guided-gradcam": (),
+    "lime": (*LIME_DEFAULTS, "batch_size"),
+}
 
 
 def is_library_method(name: str) -> bool:
@@ -129,3 +147,172 @@ def is_library_method(name: str) -> bool:
     if name.startswith(CAPTUM_PREFIX):
         return name[len(CAPTUM_PREFIX) :] in CAPTUM_SPECS
     return name.startswith(CAM_PREFIX) and name[len(CAM_PREFIX) :] in CAM_SPECS
+
+
+def all_method_names() -> list[str]:
+    """Every method's name (the NoiseTunnel family as its pattern): the built-ins, then the libraries'."""
+    return [
+        *BUILTIN_OPTIONS,
+        *(CAM_PREFIX + n for n in CAM_SPECS),
+        *(CAPTUM_PREFIX + n for n in CAPTUM_SPECS),
+        NT_PATTERN,
+    ]
+
+
+def unknown_method(name: str, known: Iterable[str]) -> UsageError:
+    """The one-line error for a method name that is none of ``known``, with the close matches."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    close += [k for k in known if k.lower() == name.lower() and k not in close]
+    hint = f"did you mean {', '.join(close)}?" if close else "see `xaibatch methods`"
+    return UsageError(f"unknown method {name!r}; {hint}")
+
+
+def check_method_names(names: Iterable[str]) -> list[str]:
+    """``names`` as a list when each is a method's; else the one-line error for the first that is not."""
+    names = list(names)
+    for name in names:
+        if name not in BUILTIN_OPTIONS and not is_library_method(name):
+            raise unknown_method(name, all_method_names())
+    return names
+
+
+def library_defaults(name: str) -> dict[str, Any]:
+    """Every option the library method ``name`` takes, with its default (``is_library_method(name)`` must hold)."""
+    if name.startswith(NT_PREFIX):
+        return {**CAPTUM_SPECS[name[len(NT_PREFIX) :]][0], **NT_DEFAULTS}
+    if name.startswith(CAPTUM_PREFIX):
+        return dict(CAPTUM_SPECS[name[len(CAPTUM_PREFIX) :]][0])
+    return {**CAM_SPECS[name[len(CAM_PREFIX) :]][3], **CAM_COMMON}
+
+
+def check_option_names(name: str, allowed: Iterable[str], options: dict[str, Any]) -> None:
+    """Raise a one-line UsageError for an option the method ``name`` does not take."""
+    allowed = set(allowed)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "no options"
+        raise UsageError(f"{name}: unknown option {', '.join(unknown)} (it takes: {takes})")
+
+
+def check_library_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The library method's options with its defaults filled in; a one-line UsageError for an option it does not
+    take, a value of the wrong type, or one out of range."""
+    defaults = library_defaults(name)
+    check_option_names(name, defaults, options)
+    opts = {**defaults, **options}
+    for key, default in defaults.items():
+        v = opts[key]
+        if type(v) is not type(default) and not (isinstance(default, float) and type(v) is int):
+            kind = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}[type(default)]
+            raise UsageError(f"{name}: option {key} must be {kind}, not {v!r}")
+    if opts.get("batch_size", 1) < 1:
+        raise UsageError(f"{name}: batch_size must be at least 1")
+    if not 0 < opts.get("ratio_channels_to_ablate", 1.0) <= 1:
+        raise UsageError(f"{name}: ratio_channels_to_ablate must be in (0, 1]")
+    if opts.get("reduce", REDUCTIONS[0]) not in REDUCTIONS:
+        raise UsageError(f"{name}: reduce must be one of {', '.join(REDUCTIONS)}, not {opts['reduce']!r}")
+    if opts.get("baseline", BASELINES[0]) not in BASELINES:
+        raise UsageError(f"{name}: baseline must be one of {', '.join(BASELINES)}, not {opts['baseline']!r}")
+    for key in ("n_steps", "n_samples", "perturbations_per_eval", "nt_samples"):
+        if key in opts and opts[key] < 1:
+            raise UsageError(f"{name}: {key} must be at least 1")
+    for key in ("window", "stride", "cell", "internal_batch_size", "nt_samples_batch_size"):
+        if key in opts and opts[key] < 0:
+            raise UsageError(f"{name}: {key} must be 0 (automatic) or more")
+    return opts
+
+
+def check_lime_options(options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """LIME's options with its defaults filled in, and its batch size (None: auto); a one-line UsageError for an
+    unknown option, a value of the wrong type or out of range (``methods/lime.py`` and the CLI check with it)."""
+    options = dict(options)
+    batch_size = options.pop("batch_size", "auto")
+    unknown = set(options) - set(LIME_DEFAULTS)
+    if unknown:
+        raise UsageError(
+            f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(LIME_DEFAULTS)}"
+        )
+    opts = {**LIME_DEFAULTS, **options}
+    try:
+        opts["samples"] = "auto" if str(opts["samples"]).strip().lower() == "auto" else int(opts["samples"])
+        for k in ("segments", "seed", "samples_min", "samples_max", "samples_round"):
+            opts[k] = int(opts[k])
+        opts["tolerance"] = float(opts["tolerance"])
+        batch_size = None if batch_size in (None, "auto") else int(batch_size)
+    except (TypeError, ValueError) as e:
+        raise UsageError(
+            f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
+            f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
+        ) from None
+    opts["hide"] = str(opts["hide"])
+    if opts["samples"] != "auto" and opts["samples"] < 2:
+        raise UsageError("lime: samples must be at least 2 (or auto)")
+    if opts["segments"] < 2:
+        raise UsageError("lime: segments must be at least 2")
+    if opts["hide"] not in LIME_HIDE_MODES:
+        raise UsageError(f"lime: hide must be one of {', '.join(LIME_HIDE_MODES)}, not {opts['hide']!r}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("lime: batch_size must be at least 1")
+    if opts["samples"] == "auto":
+        if not 2 <= opts["samples_min"] <= opts["samples_max"]:
+            raise UsageError(
+                f"lime: with samples=auto, 2 <= samples_min <= samples_max "
+                f"(got {opts['samples_min']} and {opts['samples_max']})"
+            )
+        if opts["samples_round"] < 1:
+            raise UsageError("lime: samples_round must be at least 1")
+        if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
+            raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
+    return opts, batch_size
+
+
+def parse_value(text: str) -> Any:
+    """Read an option value as bool (true/false), int, float, or else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method_option(text: str) -> tuple[str, str, Any]:
+    """Split ``cam:scorecam.batch_size=32`` into (method, key, value); the key is after the last dot."""
+    left, eq, value = text.partition("=")
+    method, dot, key = left.rpartition(".")
+    if not eq or not dot or not method or not key.isidentifier():
+        raise UsageError(f"--method-option {text!r}: expected METHOD.OPTION=VALUE, e.g. cam:scorecam.batch_size=32")
+    return method, key, parse_value(value)
+
+
+def collect_method_options(
+    pairs: Iterable[str], methods: Iterable[str], check: Callable[[str, dict[str, Any]], Any]
+) -> dict[str, dict[str, Any]]:
+    """Parse every ``--method-option``, ``check(method, {key: value})`` each, and refuse one for a method the run
+    does not have."""
+    wanted = list(methods)
+    out: dict[str, dict[str, Any]] = {}
+    for text in pairs:
+        name, key, value = parse_method_option(text)
+        check(name, {key: value})
+        if name not in wanted:
+            raise UsageError(
+                f"--method-option {text!r}: {name} is not among this run's methods ({', '.join(wanted)}); add -m {name}"
+            )
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def check_options_lightly(name: str, options: dict[str, Any]) -> None:
+    """The torch-free check of a method's options (names, types, ranges); an unknown method's name is the error."""
+    check_method_names([name])
+    if name in BUILTIN_OPTIONS:
+        check_option_names(name, BUILTIN_OPTIONS[name], options)
+        if name == "lime":
+            check_lime_options(options)
+    else:
+        check_library_options(name, options)

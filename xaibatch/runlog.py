@@ -16,12 +16,29 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from .errors import ExitCode
+
+
+def write_line(text: str, stream: IO[str] | None = None) -> None:
+    """Write one line to stdout (or ``stream``) and flush it. A reader that went away (``| head -1``) is no error:
+    the stream's file descriptor becomes /dev/null and the command carries on (a run finishes its images), with
+    the exit code it would have had."""
+    stream = stream or sys.stdout
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())  # what is still buffered, and Python's flush at exit, go nowhere
+        finally:
+            os.close(null)
 
 
 def counts(result: Any) -> dict[str, Any]:
@@ -49,8 +66,7 @@ class JsonLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         rec = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
-        self.stream.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        write_line(json.dumps(rec, default=str, ensure_ascii=False), self.stream)
 
     def __call__(self, event: dict[str, Any]) -> None:
         """Adapter for ``RunOptions.on_event``: ``{"event": name, ...}``."""

@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from ..errors import EXIT_INTERRUPTED
 from .bench import bench
+from .boundary import Group
 from .methods import methods_cmd
 from .options import BUILTIN_METHODS
 from .run import run
@@ -23,7 +24,7 @@ from .train import demo_data, train
 __all__ = ["BUILTIN_METHODS", "cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="xaibatch")
 def cli() -> None:
     """Explain an image classifier over whole folders: Grad-CAM, Guided Grad-CAM, LIME, and an HTML report.

@@ -127,20 +127,22 @@ def bench(
       xaibatch bench --only gradcam --markdown
       xaibatch bench --memory --memory-images 2000,20000
     """
-    from ..tools.bench import BenchOptions, format_memory, format_result, memory_check, run_bench
-
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     if memory:
         try:
             counts = tuple(int(v) for v in memory_images.split(","))
         except ValueError:
             raise click.BadParameter("comma-separated integers, e.g. 2000,20000", param_hint="--memory-images")
+        from ..tools.bench import format_memory, memory_check
+
         click.echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
         return
     wanted = tuple(m.strip() for m in only.split(",") if m.strip())
     if not wanted:
         raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
     checked(lambda: known_methods(wanted), param_hint="--only")
+    from ..tools.bench import BenchOptions, format_result, run_bench  # torch: after the options are checked
+
     opts = BenchOptions(
         arch=arch,
         image_size=image_size,

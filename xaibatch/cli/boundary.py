@@ -30,6 +30,35 @@ class Failure(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
+# A bare `xaibatch` (or a group without its command) shows the help, as click's usage error: left as it is.
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def one_line(e: click.UsageError) -> click.UsageError:
+    """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help."""
+    if isinstance(e, _HELP):
+        return e
+    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+    return Failure(f"{e.format_message()}{where}", e.exit_code)
+
+
+class Group(click.Group):
+    """A command group whose usage errors, its own and its commands' (parsing or raised by a command), are one
+    line: a scheduler's log gets one line per failure, and a terminal the command's --help to read."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise one_line(e) from None
+
+
 def reported(fn):
     """Turn library errors (and OS errors such as a full disk) into one line and an exit code."""
 
@@ -62,11 +91,3 @@ def checked(parse, param_hint: str | None = None):
         return parse()
     except XaibatchError as e:
         raise click.BadParameter(str(e), param_hint=param_hint) from None
-
-
-def heavy_import(load):
-    """Import what a command needs (torch and the methods: seconds); a Ctrl-C meanwhile is exit 5 in one line."""
-    try:
-        return load()
-    except KeyboardInterrupt:
-        raise Failure("interrupted while starting", EXIT_INTERRUPTED) from None

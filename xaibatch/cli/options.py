@@ -5,43 +5,40 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from ..method_specs import is_library_method
-from .boundary import checked, heavy_import
+from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
+from .boundary import checked
 
-# The built-in methods, checked without importing the registry (torch, timm: seconds), so that a cron re-run
-# with nothing to compute starts in a fraction of a second; tests/test_startup.py holds this to the registry.
-BUILTIN_METHODS = ("gradcam", "guided-gradcam", "lime")
-# The libraries' methods: a name of this form is checked in full when the run loads its methods (an unknown one is
-# the same one-line error, exit 2, before any image), so that parsing -m cam:scorecam needs no torch either.
+# Method names and options are checked without importing the registry (torch, timm: seconds), from method_specs'
+# tables, so that a cron re-run with nothing to compute starts in a fraction of a second and a typo answers at
+# once; tests/test_startup.py holds the tables to the registry.
+BUILTIN_METHODS = tuple(BUILTIN_OPTIONS)
+
+
+class Number(click.FloatRange):
+    """A number in a range: click's FloatRange lets NaN through (every comparison with it is false), and a NaN
+    threshold, learning rate or timeout fails later, after the imports, or never."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def known_methods(names):
-    """Each name resolves to a method (the registry, with its close matches when one does not)."""
-    if all(m in BUILTIN_METHODS for m in names):
-        return list(names)
-    method_class = heavy_import(lambda: __import__("xaibatch.methods", fromlist=["method_class"]).method_class)
-    return [m for m in names if method_class(m)]
-
-
-def method_names(names):
-    """-m: built-in names, and library names from their torch-free table (method_specs); any other name, the
-    registry (its close matches need torch)."""
-    if all(m in BUILTIN_METHODS or is_library_method(m) for m in names):
-        return list(names)
-    return known_methods(names)
+    """Each name is a method's (method_specs: no torch), else one line with the close matches."""
+    return check_method_names(names)
 
 
 def method_options(values, methods):
-    """--method-option, parsed and checked against the methods it names."""
-    if not values:
-        return {}
-    parse = heavy_import(lambda: __import__("xaibatch.methods.options", fromlist=["x"]).method_options)
-    return parse(values, methods)
+    """--method-option, parsed and checked against the methods it names (method_specs: no torch)."""
+    return collect_method_options(values or (), methods, check_options_lightly)
 
 
 def _option(*decls, **attrs):
@@ -91,7 +88,7 @@ methods_option = _option(
     "methods",
     multiple=True,
     show_default=True,
-    callback=lambda ctx, p, v: checked(lambda: method_names(v)),
+    callback=lambda ctx, p, v: checked(lambda: known_methods(v)),
 )
 # The model: run and serve take all of these, sanity --model, --checkpoint and --arch, train and bench --arch and
 # --image-size.
@@ -139,7 +136,7 @@ def model_options(help: dict[str, str]):
         checkpoint_option(help["checkpoint"]),
         click.option("--classes", metavar="A,B,...", help=help["classes"]),
         click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
-        click.option("--threshold", type=click.FloatRange(0, 1), metavar="T", help=help["threshold"]),
+        click.option("--threshold", type=Number(0, 1), metavar="T", help=help["threshold"]),
         image_size_option(help["image_size"]),
         click.option("--target-layer", help=help["target_layer"]),
     )
@@ -175,10 +172,13 @@ SERVE_MODEL_HELP = {
 
 
 def class_list(text: str | None) -> list[str] | None:
-    """--classes: at least two comma-separated names."""
+    """--classes: at least two comma-separated names, all different."""
     if text is None:
         return None
     names = [n.strip() for n in text.split(",")]
     if len(names) < 2 or not all(names):
         raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # before the model loads: each output needs its own name
+        raise click.BadParameter(f"{', '.join(twice)} given twice; one name per output", param_hint="--classes")
     return names

@@ -13,6 +13,7 @@ from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .boundary import EXIT_CODES_HELP, reported
 from .options import RUN_MODEL_HELP, model_options, seed_option
 from .run_options import (
+    check_engine_options,
     compute_options,
     control_options,
     engine_options,
@@ -34,7 +35,9 @@ class RunCommand(click.Command):
     def parse_args(self, ctx, args):
         wants_json = "--log-json" in args  # before parsing: click consumes the list
         try:
-            return super().parse_args(ctx, args)
+            rest = super().parse_args(ctx, args)
+            check_engine_options(ctx)
+            return rest
         except click.UsageError as e:
             if wants_json:
                 from ..runlog import JsonLog
@@ -84,7 +87,7 @@ def run(
     from ..errors import exit_code_for
     from ..pipeline import RunOptions, default_out
     from ..pipeline import run as run_pipeline
-    from ..runlog import JsonLog
+    from ..runlog import JsonLog, write_line
 
     out = folders.out or default_out(input_dir)
     quiet = control.quiet
@@ -127,14 +130,14 @@ def run(
         partial = getattr(e, "result", None)
         if partial is not None and human:
             list_failures(partial.failed)
-            click.echo(partial.summary_line())
+            write_line(partial.summary_line())
         if jlog:
             jlog.end(exit_code_for(e), partial, error=str(e) or type(e).__name__)
         raise
     code = EXIT_SOME_FAILED if result.failed else EXIT_OK
     if human:
         list_failures(result.failed)
-        click.echo(result.summary_line())
+        write_line(result.summary_line())
     if jlog:
         jlog.end(code, result)
     sys.exit(code)

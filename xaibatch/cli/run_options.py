@@ -13,7 +13,7 @@ from ..engines import ENGINES
 from ..targets import MODES as TARGET_MODES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from .boundary import checked
-from .options import batch_size_option, device_option, grouped, method_options, methods_option, workers_option
+from .options import Number, batch_size_option, device_option, grouped, method_options, methods_option, workers_option
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ control_options = grouped(
     ),
     click.option(
         "--wait-timeout",
-        type=click.FloatRange(0),
+        type=Number(0),
         metavar="SECONDS",
         help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait.",
     ),
@@ -317,6 +317,20 @@ class EngineArgs:
         )
 
 
+RAY_ONLY = ("ray_address", "ray_workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def check_engine_options(ctx: click.Context) -> None:
+    """A Ray option given without --engine ray would do nothing: say so (a forgotten --engine ray would otherwise
+    compute a whole folder on this machine)."""
+    if ctx.params.get("engine") == "ray":
+        return
+    given = [n for n in RAY_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise click.UsageError(f"{flags}: only with --engine ray (without it the run computes on this machine)", ctx)
+
+
 engine_options = grouped(
     "engine",
     EngineArgs,
@@ -344,14 +358,14 @@ engine_options = grouped(
     ),
     click.option(
         "--gpus-per-worker",
-        type=click.FloatRange(0),
+        type=Number(0),
         metavar="G",
         help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
         "has GPUs, else 0.",
     ),
     click.option(
         "--cpus-per-worker",
-        type=click.FloatRange(0, min_open=True),
+        type=Number(0, min_open=True),
         default=1.0,
         show_default=True,
         metavar="C",

@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from .boundary import reported
-from .options import arch_option, batch_size_option, device_option, image_size_option, seed_option, workers_option
+from .options import (
+    Number,
+    arch_option,
+    batch_size_option,
+    device_option,
+    image_size_option,
+    seed_option,
+    workers_option,
+)
 
 
 @click.command()
@@ -16,8 +24,16 @@ from .options import arch_option, batch_size_option, device_option, image_size_o
 @image_size_option("Input size the model is trained at (e.g. --image-size 32).", default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the data.")
 @batch_size_option("Images per step.", default=64, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW).")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share held out for validation.")
+@click.option(
+    "--lr", type=Number(0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate (one-cycle AdamW)."
+)
+@click.option(
+    "--val-fraction",
+    type=Number(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share held out for validation.",
+)
 @seed_option("Seed for the split, init and shuffling.")
 @device_option("auto, cpu, cuda or cuda:N.")
 @workers_option("DataLoader processes.", default=0, show_default=True)

@@ -8,7 +8,6 @@ files, resizing to the original size, writing, the manifest) is the pipeline's.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -16,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from ..method_specs import check_option_names, unknown_method
 from ..model.layers import TargetLayer
 from ..preprocess import Preprocess
 
@@ -146,20 +145,12 @@ def method_class(name: str) -> type[Method]:
     for fam in FAMILIES:
         if name.startswith(fam.prefix) and (cls := fam.resolve(name)) is not None:
             return cls
-    known = list(METHODS) + [f.pattern for f in FAMILIES]
-    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-    close += [k for k in known if k.lower() == name.lower() and k not in close]
-    hint = f"did you mean {', '.join(close)}?" if close else "see `xaibatch methods`"
-    raise UsageError(f"unknown method {name!r}; {hint}")
+    raise unknown_method(name, list(METHODS) + [f.pattern for f in FAMILIES])
 
 
 def check_options(cls: type[Method], options: dict[str, Any]) -> None:
     """Raise a one-line UsageError for an option ``cls`` does not take."""
-    allowed = set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        takes = ", ".join(sorted(allowed)) or "no options"
-        raise UsageError(f"{cls.name}: unknown option {', '.join(unknown)} (it takes: {takes})")
+    check_option_names(cls.name, set(cls.defaults) | ({"seed"} if cls.takes_seed else set()), options)
 
 
 def create_method(name: str, ctx: ModelContext, **options: Any) -> Method:

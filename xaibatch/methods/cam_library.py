@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
-from .base import Batch, Explanation, Method, ModelContext, check_options, register_method
-from ..method_specs import CAM_PREFIX, CAM_SPECS
+from .base import Batch, Explanation, Method, ModelContext, register_method
+from ..method_specs import CAM_PREFIX, CAM_SPECS, check_library_options, library_defaults
 
 PREFIX = CAM_PREFIX
-COMMON = {"aug_smooth": False, "eigen_smooth": False}  # arguments of every CAM's __call__
 
 SPECS = CAM_SPECS  # (method_specs.py) name: (pytorch_grad_cam class, title, batching, extra options and defaults, when to use it)
 PROBE_SKIPPED = {"scorecam", "ablationcam"}  # a probe would cost a forward per channel
@@ -64,16 +63,7 @@ class LibraryCAM(Method):
     short: ClassVar[str]
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
-        check_options(type(self), options)
-        opts = {**self.defaults, **options}
-        for key, default in self.defaults.items():
-            if type(opts[key]) is not type(default) and not (isinstance(default, float) and isinstance(opts[key], int)):
-                raise UsageError(f"{self.name}: option {key} must be a {type(default).__name__}, not {opts[key]!r}")
-        if opts.get("batch_size", 1) < 1:
-            raise UsageError(f"{self.name}: batch_size must be at least 1")
-        if not 0 < opts.get("ratio_channels_to_ablate", 1.0) <= 1:
-            raise UsageError(f"{self.name}: ratio_channels_to_ablate must be in (0, 1]")
-        super().__init__(ctx, **opts)
+        super().__init__(ctx, **check_library_options(self.name, options))
         if self.needs_layer and ctx.layer is None:
             raise ModelError(f"{self.name} needs a target layer")
         if self.short == "ablationcam" and ctx.layer.is_tokens:
@@ -146,14 +136,14 @@ def _version(dist: str) -> str:
 
 
 def _make_class(short: str) -> type[Method]:
-    lib_class, title, batching, extra, summary = SPECS[short]
+    lib_class, title, batching, _, summary = SPECS[short]
     attrs = {
         "name": PREFIX + short,
         "title": f"{title} (pytorch-grad-cam)",
         "lib_class": lib_class,
         "short": short,
         "batching": batching,
-        "defaults": {**extra, **COMMON},
+        "defaults": library_defaults(PREFIX + short),
         "summary": summary,
         "needs_layer": short != "fullgrad",
         "__doc__": f"pytorch-grad-cam's {lib_class} on the pipeline's batches.",

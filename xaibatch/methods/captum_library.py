@@ -40,14 +40,13 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ModelError, UsageError
-from .base import Batch, Explanation, Family, Method, ModelContext, check_options, normalize_per_image
+from .base import Batch, Explanation, Family, Method, ModelContext, normalize_per_image
 from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
+from ..method_specs import NT_PATTERN, check_library_options
 from .lime import mask_seed
 
 PREFIX = CAPTUM_PREFIX
-REDUCTIONS = ("sum", "mean", "abs-max")
-BASELINES = ("zero", "black")
 # Options whose value goes straight to captum's attribute(); the others are read by the adapter.
 PASSED = {
     "n_steps",
@@ -72,9 +71,7 @@ class CaptumMethod(Method):
     tunnel: ClassVar[bool] = False  # wrapped in NoiseTunnel
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
-        check_options(type(self), options)
-        opts = {**self.defaults, **options}
-        self._check(opts)
+        opts = check_library_options(self.name, options)
         super().__init__(ctx, **opts)
         self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  (per instance: the reduction decides)
         if self.needs_layer and (ctx.layer is None or ctx.layer.is_tokens):
@@ -87,22 +84,6 @@ class CaptumMethod(Method):
         except ImportError as e:
             raise UsageError(f"{self.name} needs captum (pip install captum): {e}") from None
         self._probe()
-
-    def _check(self, opts: dict[str, Any]) -> None:
-        for key, default in self.defaults.items():
-            v = opts[key]
-            if type(v) is not type(default) and not (isinstance(default, float) and type(v) is int):
-                raise UsageError(f"{self.name}: option {key} must be a {type(default).__name__}, not {v!r}")
-        if opts["reduce"] not in REDUCTIONS:
-            raise UsageError(f"{self.name}: reduce must be one of {', '.join(REDUCTIONS)}, not {opts['reduce']!r}")
-        if opts.get("baseline", "zero") not in BASELINES:
-            raise UsageError(f"{self.name}: baseline must be one of {', '.join(BASELINES)}, not {opts['baseline']!r}")
-        for key in ("n_steps", "n_samples", "perturbations_per_eval", "nt_samples"):
-            if key in opts and opts[key] < 1:
-                raise UsageError(f"{self.name}: {key} must be at least 1")
-        for key in ("window", "stride", "cell", "internal_batch_size", "nt_samples_batch_size"):
-            if key in opts and opts[key] < 0:
-                raise UsageError(f"{self.name}: {key} must be 0 (automatic) or more")
 
     def config(self) -> dict[str, Any]:
         return {"library": f"captum {_version('captum')}", **self.options}
@@ -249,7 +230,7 @@ register_family(
     Family(
         NT_PREFIX,
         _resolve_tunnel,
-        f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>",
+        NT_PATTERN,
         _resolve_tunnel(NT_PREFIX + "Saliency"),  # type: ignore[arg-type]
         title="NoiseTunnel around a gradient method (captum)",
         options={**NT_DEFAULTS, "...": "the wrapped method's"},

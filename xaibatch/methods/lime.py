@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
-from ..errors import UsageError
+from ..method_specs import check_lime_options
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
 from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
@@ -137,43 +137,7 @@ class Lime(Method):
     summary = "model-agnostic: which superpixels raise or lower the class probability when hidden"
 
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
-        batch_size = options.pop("batch_size", "auto")
-        unknown = set(options) - set(DEFAULTS)
-        if unknown:
-            raise UsageError(
-                f"lime: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, {', '.join(DEFAULTS)}"
-            )
-        opts = {**DEFAULTS, **options}
-        try:
-            opts["samples"] = "auto" if str(opts["samples"]).strip().lower() == "auto" else int(opts["samples"])
-            for k in ("segments", "seed", "samples_min", "samples_max", "samples_round"):
-                opts[k] = int(opts[k])
-            opts["tolerance"] = float(opts["tolerance"])
-            batch_size = None if batch_size in (None, "auto") else int(batch_size)
-        except (TypeError, ValueError) as e:
-            raise UsageError(
-                f"lime: options samples (or auto), segments, seed, samples_min, samples_max, "
-                f"samples_round and batch_size (or auto) must be integers, tolerance a number ({e})"
-            ) from None
-        opts["hide"] = str(opts["hide"])
-        if opts["samples"] != "auto" and opts["samples"] < 2:
-            raise UsageError("lime: samples must be at least 2 (or auto)")
-        if opts["segments"] < 2:
-            raise UsageError("lime: segments must be at least 2")
-        if opts["hide"] not in HIDE_MODES:
-            raise UsageError(f"lime: hide must be one of {', '.join(HIDE_MODES)}, not {opts['hide']!r}")
-        if batch_size is not None and batch_size < 1:
-            raise UsageError("lime: batch_size must be at least 1")
-        if opts["samples"] == "auto":
-            if not 2 <= opts["samples_min"] <= opts["samples_max"]:
-                raise UsageError(
-                    f"lime: with samples=auto, 2 <= samples_min <= samples_max "
-                    f"(got {opts['samples_min']} and {opts['samples_max']})"
-                )
-            if opts["samples_round"] < 1:
-                raise UsageError("lime: samples_round must be at least 1")
-            if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
-                raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
+        opts, batch_size = check_lime_options(options)
         super().__init__(ctx, **opts)
         self.samples: int | str = opts["samples"]
         self.segments: int = opts["segments"]

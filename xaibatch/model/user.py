@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..defaults import MODEL_FORMS
 from ..errors import ModelError, UsageError
 from ..files import file_sha256
 from ..imports import import_torchvision
 from .loading import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
 
-FORMS = "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME"
+FORMS = MODEL_FORMS
 
 
 def _first_line(e: BaseException) -> str:

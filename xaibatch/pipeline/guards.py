@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from .. import layout, targets
-from ..defaults import device_spec_problem
+from ..defaults import device_spec_problem, model_spec_problem
 from ..errors import UsageError
-from ..files import safe_join
+from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
 from ..scan import shown
 from .options import RunOptions
@@ -54,6 +54,10 @@ def check_folders(opts: RunOptions) -> None:
                 f"INPUT_DIR {opts.input_dir} is inside {top[0]}/ of the xaibatch output folder {folder}, "
                 "whose files every run rewrites; give the folder of the original images instead"
             )
+    if out.exists() and not out.is_dir():  # a device or FIFO (click refuses a plain file), or one given to run()
+        raise UsageError(f"cannot write to --out {opts.out_dir}: it exists and is not a folder")
+    if (above := blocked_by_file(out)) is not None:
+        raise UsageError(f"cannot write to --out {opts.out_dir}: Not a directory ({above})")
     if inp.is_relative_to(out) and inp.relative_to(out).parts[0] in layout.OUTPUT_DIRS:
         raise UsageError(
             f"--out {opts.out_dir} would write its {inp.relative_to(out).parts[0]}/ over INPUT_DIR "
@@ -112,6 +116,10 @@ def check_request(opts: RunOptions) -> None:
         raise UsageError(problem)
     if opts.model is not None and opts.arch is not None:
         raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
+    if opts.model is not None and (problem := model_spec_problem(opts.model)):
+        raise UsageError(problem)
+    if opts.threshold is not None and not 0.0 <= opts.threshold <= 1.0:  # NaN too (click's range lets it by)
+        raise UsageError(f"--threshold {opts.threshold} must be between 0 and 1")
     if opts.model is None:
         checkpoint_path(opts)  # --arch without --checkpoint
     elif (where := opts.model.rpartition(":")[0]).endswith(".py") and not Path(where).is_file():

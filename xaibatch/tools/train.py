@@ -7,6 +7,7 @@ other option. Deterministic for a given seed on the CPU.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dataset import ImageDataset, collate
+from ..files import blocked_by_file, make_dirs
 from ..scan import scan
 from ..errors import InputError, UsageError
 from ..model.loading import create, resolve_device, save_checkpoint
@@ -80,6 +82,18 @@ def evaluate(model, loader, labels_of, pre: Preprocess, device) -> float:
     return right / max(total, 1)
 
 
+def check_out(out: Path) -> None:
+    """Refuse a checkpoint path that cannot be written (a file in its way, a read-only folder); make its folder."""
+    if (above := blocked_by_file(out)) is not None:
+        raise UsageError(f"cannot write --out {out}: Not a directory ({above})")
+    try:
+        make_dirs(out.parent)
+    except OSError as e:
+        raise UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):  # a read-only file system says so even to root
+        raise UsageError(f"cannot write --out {out}: its folder {out.parent} is not writable")
+
+
 def train(
     data_dir: Path,
     arch: str,
@@ -98,6 +112,7 @@ def train(
     """Train ``arch``; write xaibatch's checkpoint, or (``save_format="state-dict"``) a plain state_dict that
     ``xaibatch run --model timm:ARCH --classes ... --image-size ...`` loads."""
     t0 = time.time()
+    check_out(Path(out))  # before the training, which a checkpoint that cannot be written would waste
     torch.manual_seed(seed)
     dev = resolve_device(device)
     train_dir, test_dir = _splits(data_dir)
