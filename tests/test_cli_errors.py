@@ -462,6 +462,12 @@ def test_usage_errors_are_one_line(args):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "--help')" in lines[0], r.output
 
 
+def test_an_error_that_already_says_where_to_look_names_one_place():
+    r = helpers.invoke("run", "in", "-m", "nope")
+    assert r.exit_code == errors.EXIT_USAGE, r.output
+    assert r.output.count("see ") == 1 and "`xaibatch methods`" in r.output, r.output
+
+
 def test_a_bare_xaibatch_still_shows_its_help():
     r = helpers.invoke()
     assert "Commands:" in r.output and "Error" not in r.output

@@ -38,8 +38,10 @@ def one_line(e: click.UsageError) -> click.UsageError:
     """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help."""
     if isinstance(e, _HELP):
         return e
-    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-    return Failure(f"{e.format_message()}{where}", e.exit_code)
+    message = e.format_message()
+    # a message that already says where to look (e.g. "see `xaibatch methods`") keeps its one pointer
+    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None and "see `" not in message else ""
+    return Failure(f"{message}{where}", e.exit_code)
 
 
 class Group(click.Group):
