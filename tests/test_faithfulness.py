@@ -142,6 +142,27 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     assert lines[0].endswith("deletion_gradcam,insertion_gradcam")
     assert all(line.split(",")[-1] for line in lines[1:])
     assert (out / "faithfulness-chance.json").is_file()
+    html = (out / "index.html").read_text()
+    assert html.count('<ul class="verdicts"><li class="') == 1 and "chance" in html.split('class="verdicts"')[1]
+
+
+@pytest.mark.parametrize(
+    ("deletion", "insertion", "good", "words"),
+    [
+        (0.10, 0.90, True, "better than both chance maps"),
+        (0.50, 0.40, False, "no better than a chance map on either score"),
+        (0.25, 0.40, None, "better than chance on deletion, not on insertion"),
+        (0.50, 0.80, None, "better than chance on insertion, not on deletion"),
+    ],
+)
+def test_faithfulness_verdict_against_the_better_chance_map(deletion, insertion, good, words):
+    """The summary says what the table's numbers mean: a method's mean scores against the best chance map on each
+    score (lowest deletion, highest insertion), so one good chance map is enough to make a method look weak."""
+    from xaibatch.report.trust import faith_verdict
+
+    chance = [("random map", 64, 0.45, 0.50), ("centred blob", 64, 0.30, 0.70)]
+    v = faith_verdict("Grad-CAM", deletion, insertion, chance)
+    assert v.good is good and v.text.startswith("Grad-CAM: ") and words in v.text
 
 
 def test_old_manifest_gains_the_columns(tmp_path):

@@ -26,10 +26,17 @@ class FaithRow:
 
 
 @dataclass
+class Verdict:
+    text: str
+    good: bool | None  # True: better than chance on both scores; False: on neither; None: mixed
+
+
+@dataclass
 class Trust:
     faith: list[FaithRow] = field(default_factory=list)
     chance: list[tuple[str, int, float, float]] = field(default_factory=list)  # (map, images, deletion, insertion)
     chance_settings: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)  # per method: its scores against the chance line
     sanity: dict[str, Any] | None = None
     sanity_stale: bool = False
 
@@ -72,12 +79,37 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
             if d.get("deletion"):
                 t.chance.append((words, len(d["deletion"]), _mean(d["deletion"]), _mean(d["insertion"])))
         t.chance_settings = f"{chance.get('steps')} steps, {chance.get('baseline')} fill"
+    if t.chance:
+        for f in t.faith:
+            _subset, _n, d, i = f.cells[0]  # all images
+            if d is not None and i is not None:
+                t.verdicts.append(faith_verdict(f.title, d, i, t.chance))
     try:
         t.sanity = json.loads((Path(out) / SANITY_FILE).read_text("utf-8"))
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.get("checkpoint_sha256") != checkpoint_sha
     except (OSError, ValueError):
         t.sanity = None
     return t
+
+
+def faith_verdict(
+    title: str, deletion: float, insertion: float, chance: list[tuple[str, int, float, float]]
+) -> Verdict:
+    """A method's mean scores against the better chance map on each score (lowest deletion, highest insertion):
+    what a reader would otherwise work out from the table's numbers."""
+    best_d = min(d for _w, _n, d, _i in chance)
+    best_i = max(i for _w, _n, _d, i in chance)
+    d_ok, i_ok = deletion < best_d, insertion > best_i
+    if d_ok and i_ok:
+        return Verdict(f"{title}: better than both chance maps on deletion and insertion", True)
+    if not d_ok and not i_ok:
+        return Verdict(
+            f"{title}: no better than a chance map on either score: its most important pixels are not what the "
+            "model's probability depends on most",
+            False,
+        )
+    better, worse = ("deletion", "insertion") if d_ok else ("insertion", "deletion")
+    return Verdict(f"{title}: better than chance on {better}, not on {worse}", None)
 
 
 def curve_points(curve: list[float]) -> str:
