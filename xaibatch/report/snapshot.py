@@ -26,7 +26,7 @@ from typing import Any
 from .. import __version__, layout
 from ..manifest import Manifest
 from ..resources import templates_dir
-from .trust import FaithRow, Trust
+from .trust import FaithRow, Trust, Verdict
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos
@@ -114,7 +114,13 @@ def load(saved: dict[str, Any]) -> ReportData | None:
         d["pages"] = [GalleryPage(**p, blocks=[]) for p in d["pages"]]
         if d["trust"] is not None:
             t = d["trust"]
-            d["trust"] = Trust(**{**t, "faith": [FaithRow(**f) for f in t["faith"]]})
+            d["trust"] = Trust(
+                **{
+                    **t,
+                    "faith": [FaithRow(**f) for f in t["faith"]],
+                    "verdicts": [Verdict(**v) for v in t.get("verdicts", [])],
+                }
+            )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
         return ReportData(**d, cards=[], runs=[], runs_total=0, last_run=None, config={}, config_rows=[])
     except (KeyError, TypeError, ValueError, AttributeError):

@@ -48,6 +48,7 @@ def _mean(xs: list[float]) -> float | None:
 def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: bool, checkpoint_sha: str | None) -> Trust:
     """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity."""
     t = Trust()
+    scores: dict[str, tuple[list[float], list[float]]] = {}  # method title -> all images' deletion, insertion
     for m in methods:
         rows = [
             (images[rel], row)
@@ -56,6 +57,7 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
         ]
         if not rows:
             continue
+        scores[m.title] = ([r.deletion for _i, r in rows], [r.insertion for _i, r in rows])
         subsets = [("all", rows)]
         if labeled:
             subsets += [
@@ -79,11 +81,9 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
             if d.get("deletion"):
                 t.chance.append((words, len(d["deletion"]), _mean(d["deletion"]), _mean(d["insertion"])))
         t.chance_settings = f"{chance.get('steps')} steps, {chance.get('baseline')} fill"
-    if t.chance:
-        for f in t.faith:
-            _subset, _n, d, i = f.cells[0]  # all images
-            if d is not None and i is not None:
-                t.verdicts.append(faith_verdict(f.title, d, i, t.chance))
+        lines = {name: chance[name] for name in ("random", "blob") if (chance.get(name) or {}).get("deletion")}
+        if lines:
+            t.verdicts = [faith_verdict(title, d, i, lines) for title, (d, i) in scores.items()]
     try:
         t.sanity = json.loads((Path(out) / SANITY_FILE).read_text("utf-8"))
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.get("checkpoint_sha256") != checkpoint_sha
@@ -93,23 +93,41 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
 
 
 def faith_verdict(
-    title: str, deletion: float, insertion: float, chance: list[tuple[str, int, float, float]]
+    title: str, deletion: list[float], insertion: list[float], chance: dict[str, dict[str, list[float]]]
 ) -> Verdict:
-    """A method's mean scores against the better chance map on each score (lowest deletion, highest insertion):
-    what a reader would otherwise work out from the table's numbers."""
-    best_d = min(d for _w, _n, d, _i in chance)
-    best_i = max(i for _w, _n, _d, i in chance)
-    d_ok, i_ok = deletion < best_d, insertion > best_i
+    """A method's per-image scores against the better chance map on each score (lowest mean deletion, highest
+    mean insertion): what a reader would otherwise work out from the table. A score counts as better only when
+    the difference of the means exceeds two standard errors (the chance maps are scored on the run's first 64
+    images, the method on all): 0.963 against 0.966 is not a finding."""
+    d_ok = _clearly_better(deletion, min((c["deletion"] for c in chance.values()), key=_mean_of), lower=True)
+    i_ok = _clearly_better(insertion, max((c["insertion"] for c in chance.values()), key=_mean_of), lower=False)
     if d_ok and i_ok:
         return Verdict(f"{title}: better than both chance maps on deletion and insertion", True)
     if not d_ok and not i_ok:
         return Verdict(
-            f"{title}: no better than a chance map on either score: its most important pixels are not what the "
-            "model's probability depends on most",
+            f"{title}: not clearly better than a chance map on either score (the differences are within two "
+            "standard errors, or the other way)",
             False,
         )
-    better, worse = ("deletion", "insertion") if d_ok else ("insertion", "deletion")
-    return Verdict(f"{title}: better than chance on {better}, not on {worse}", None)
+    better, other = ("deletion", "insertion") if d_ok else ("insertion", "deletion")
+    return Verdict(f"{title}: clearly better than chance on {better}, not on {other}", None)
+
+
+def _mean_of(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _clearly_better(xs: list[float], ref: list[float], lower: bool) -> bool:
+    """Whether ``xs``'s mean beats ``ref``'s (lower or higher) by more than two standard errors of the difference."""
+    if len(xs) < 2 or len(ref) < 2:
+        return False
+
+    def var_of_mean(v: list[float]) -> float:
+        m = _mean_of(v)
+        return sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)
+
+    diff = _mean_of(ref) - _mean_of(xs) if lower else _mean_of(xs) - _mean_of(ref)
+    return diff > 2 * (var_of_mean(xs) + var_of_mean(ref)) ** 0.5
 
 
 def curve_points(curve: list[float]) -> str:
