@@ -232,7 +232,7 @@ def _files(out: Path) -> dict[str, str]:
 RUN_METADATA = [
     re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}"),
     re.compile(r"took [^(<]*"),
-    re.compile(r"<td>(\d+ min )?[\d.]+ s</td>"),
+    re.compile(r"<td>(\d+\s+min )?[\d.]+\s+s</td>"),
     re.compile(r"Device</th><td>[^<]*"),
 ]
 

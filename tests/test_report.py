@@ -1205,3 +1205,12 @@ def test_an_unlabeled_summary_promises_no_calibration(tmp_path):
     out = synth(tmp_path / "l", labeled_rows(4))
     report.render(out)
     assert re.search(r'<h2 id="h-conf">Confidence and calibration</h2>', (out / "index.html").read_text())
+
+
+def test_durations_keep_each_number_with_its_unit():
+    """A narrow column may break "1 min 54 s" between the groups, never between a number and its unit."""
+    from xaibatch.report.text import fmt_seconds
+
+    assert fmt_seconds(114) == "1\u00a0min 54\u00a0s"
+    assert fmt_seconds(3.25) == "3.2\u00a0s"
+    assert fmt_seconds(7300) == "2\u00a0h 1\u00a0min"

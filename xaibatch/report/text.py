@@ -15,13 +15,14 @@ def fmt_time(ts: float | None) -> str:
 def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "–"
+    # a no-break space ties each number to its unit: a narrow column breaks "1 min | 54 s", never "1 | min"
     if s < 60:
-        return f"{s:.1f} s"
+        return f"{s:.1f}\u00a0s"
     m, sec = divmod(int(round(s)), 60)
     if m < 60:
-        return f"{m} min {sec} s"
+        return f"{m}\u00a0min {sec}\u00a0s"
     h, m = divmod(m, 60)
-    return f"{h} h {m} min"
+    return f"{h}\u00a0h {m}\u00a0min"
 
 
 def fmt_value(v: Any) -> str:
