@@ -958,6 +958,70 @@ def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(tr
     assert written("died") == forked and len(started) == 1  # the details' (the figures are there already)
 
 
+def test_detail_files_split_over_several_forked_processes_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
+    """On a host with cores to spare a first build's detail files are written by several forked processes, each
+    a contiguous run of gallery pages: the same files, counts and ground truths as one process or none."""
+    import importlib
+    import shutil
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    render_mod = importlib.import_module("xaibatch.report.render")
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
+    _inp, out, _masks = truth_run
+    started: list[int] = []
+    real_fork = forked_mod.os.fork
+
+    def counting_fork():
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+        return pid
+
+    monkeypatch.setattr(forked_mod.os, "fork", counting_fork)
+
+    def written(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
+        monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(render_mod.os, "cpu_count", lambda: cores)
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        for top in ("detail", "gallery"):
+            shutil.rmtree(copy / top, ignore_errors=True)
+        (copy / report.model.STATE_NAME).unlink(missing_ok=True)
+        s = report.render(copy)
+        files = {
+            str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")
+        }
+        state = json.loads((copy / report.model.STATE_NAME).read_text())
+        return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+
+    inline = written("inline", 1)
+    assert not started
+    many = written("many", 16)
+    pages = sum(1 for k in inline[0] if k.startswith("detail/page-") and k.endswith(".js"))
+    assert pages >= 3 and len(started) == min(pages, 6)  # one per run of pages (the figures are there already)
+    assert many == inline
+
+
+def test_page_chunks_are_contiguous_balanced_and_never_empty():
+    from xaibatch.report.model import GalleryPage
+    from xaibatch.report.render import page_chunks
+
+    def pages(*sizes):
+        out, first = [], 1
+        for n, size in enumerate(sizes, 1):
+            out.append(GalleryPage(n, f"p{n}", [], None, None, [], first, first + size - 1))
+            first += size
+        return out
+
+    ps = pages(200, 200, 200, 200, 200, 200, 200, 13)
+    for k in (1, 2, 3, 6, 20):
+        chunks = page_chunks(ps, k)
+        assert [p for c in chunks for p in c] == ps and all(chunks) and len(chunks) <= k
+        assert len(chunks) == min(k, len(ps))
+    sizes = [sum(p.last - p.first + 1 for p in c) for c in page_chunks(ps, 3)]
+    assert max(sizes) <= 600 and min(sizes) >= 400, sizes
+
+
 def test_css_gradients_are_the_overlays_colours():
     for signed in (False, True):
         assert report.text.css_gradient(signed) == report.text.css_gradient(signed, computed=True)

@@ -27,7 +27,7 @@ from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
 from .forked import Forked
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
-from .model import Card, MapView, ReportData, TEMPLATE_NAMES
+from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
 from .output import PageWriter, WriteStats, remove_stale
 from .text import fmt_bytes
 
@@ -138,17 +138,23 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
         keys = [_card_key(c) for c in data.cards]
-        # A first build (no saved fingerprints) writes every detail file: a forked process does, beside the gallery.
-        details = Forked(lambda: _details_in_child(w, env, data, site, site_key, keys), when=not w.previous)
+        # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
+        # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
+        chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
+        details = [Forked(lambda ps=ps: _details_in_child(w, env, data, site, site_key, keys, ps)) for ps in chunks]
         try:
             _write_gallery(w, env, data, site_key, keys, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
             _write_summary(w, env, data)
-            if not _merge_details(w, details.result()):
+            if not chunks:
                 _write_details(w, env, data, site, site_key, keys)
+            for ps, child in zip(chunks, details):
+                if not _merge_details(w, child.result()):
+                    _write_details(w, env, data, site, site_key, keys, ps)
         finally:
-            details.abandon()
+            for child in details:
+                child.abandon()
         drawings.finish()
     finally:
         drawings.abandon()
@@ -191,16 +197,42 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
     return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
 
 
+def detail_processes() -> int:
+    """How many forked processes write a first build's detail files: the cores left beside this process and the
+    figures' one, at least 1 (a 2-core box), at most 6."""
+    return max(1, min(6, (os.cpu_count() or 1) - 2))
+
+
+def page_chunks(pages: list[GalleryPage], k: int) -> list[list[GalleryPage]]:
+    """``pages`` in at most ``k`` contiguous runs of about the same number of cards (never an empty run)."""
+    total = sum(p.last - p.first + 1 for p in pages)
+    chunks: list[list[GalleryPage]] = []
+    done = 0
+    for p in pages:
+        if not chunks or (done >= total * len(chunks) / k and len(chunks) < k):
+            chunks.append([])
+        chunks[-1].append(p)
+        done += p.last - p.first + 1
+    return chunks
+
+
 def _details_in_child(
-    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, keys: list[str]
+    w: PageWriter,
+    env: jinja2.Environment,
+    data: ReportData,
+    site: Any,
+    site_key: str,
+    keys: list[str],
+    pages: list[GalleryPage],
 ) -> tuple[Any, ...]:
-    """In a forked process (report/forked.py): write the detail files as :func:`_write_details` does, through an
-    OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter must learn."""
+    """In a forked process (report/forked.py): write ``pages``' detail files as :func:`_write_details` does,
+    through an OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter must
+    learn."""
     w.files = OutputDir(w.out, pid=os.getppid())
     w.stats = WriteStats(index=w.stats.index)
     w.paths, w.fingerprints, w.truths = set(), {}, {}
     try:
-        _write_details(w, env, data, site, site_key, keys)
+        _write_details(w, env, data, site, site_key, keys, pages)
     finally:
         w.files.close()
     s = w.stats
@@ -223,7 +255,13 @@ def _merge_details(w: PageWriter, got: Any) -> bool:
 
 
 def _write_details(
-    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, keys: list[str]
+    w: PageWriter,
+    env: jinja2.Environment,
+    data: ReportData,
+    site: Any,
+    site_key: str,
+    keys: list[str],
+    pages: list[GalleryPage] | None = None,
 ) -> None:
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
     (detail/page-<n>.js) with its images' detail records; the browser draws one image, named in the URL's
@@ -232,7 +270,7 @@ def _write_details(
     viewer = env.get_template("detail.html")
     cards = data.cards
     shared = site_record(data.methods, data.target_words, data.n_classes)
-    for p in data.pages:
+    for p in data.pages if pages is None else pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
         before = cards[first - 1] if first > 0 and page_cards else None
