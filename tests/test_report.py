@@ -927,27 +927,30 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
     assert drawn() == forked and started
 
 
+def _rebuilt(out: Path, copy: Path) -> tuple[dict[str, bytes], tuple, dict]:
+    """A first build of ``out``'s gallery and detail files in a copy: the files, the counts, the saved state."""
+    import shutil
+
+    shutil.copytree(out, copy)
+    for top in ("detail", "gallery"):
+        shutil.rmtree(copy / top, ignore_errors=True)
+    (copy / report.model.STATE_NAME).unlink(missing_ok=True)
+    s = report.render(copy)
+    files = {str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")}
+    state = json.loads((copy / report.model.STATE_NAME).read_text())
+    return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+
+
 def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
     """render.py writes the detail data files in a forked process beside the gallery (report/forked.py): the
     same files, counts and cached ground truths as written here (one core), and here again when it dies."""
     import importlib
-    import shutil
 
     forked_mod = importlib.import_module("xaibatch.report.forked")
     _inp, out, _masks = truth_run
 
     def written(name: str) -> tuple[dict[str, bytes], tuple, dict]:
-        copy = tmp_path / name
-        shutil.copytree(out, copy)
-        for top in ("detail", "gallery"):
-            shutil.rmtree(copy / top, ignore_errors=True)
-        (copy / report.model.STATE_NAME).unlink(missing_ok=True)
-        s = report.render(copy)
-        files = {
-            str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")
-        }
-        state = json.loads((copy / report.model.STATE_NAME).read_text())
-        return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+        return _rebuilt(out, tmp_path / name)
 
     forked = written("forked")
     assert any(k.startswith("detail/") and k.endswith(".js") for k in forked[0]) and forked[2]["truth"]
@@ -962,7 +965,6 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     """On a host with cores to spare a first build's detail files are written by several forked processes, each
     a contiguous run of gallery pages: the same files, counts and ground truths as one process or none."""
     import importlib
-    import shutil
 
     forked_mod = importlib.import_module("xaibatch.report.forked")
     render_mod = importlib.import_module("xaibatch.report.render")
@@ -982,17 +984,7 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     def written(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
         monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: cores)
         monkeypatch.setattr(render_mod.os, "cpu_count", lambda: cores)
-        copy = tmp_path / name
-        shutil.copytree(out, copy)
-        for top in ("detail", "gallery"):
-            shutil.rmtree(copy / top, ignore_errors=True)
-        (copy / report.model.STATE_NAME).unlink(missing_ok=True)
-        s = report.render(copy)
-        files = {
-            str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")
-        }
-        state = json.loads((copy / report.model.STATE_NAME).read_text())
-        return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+        return _rebuilt(out, tmp_path / name)
 
     inline = written("inline", 1)
     assert not started
