@@ -446,3 +446,17 @@ def test_without_torch_the_usual_exit():
     r = _exit_probe("", ["--version"])
     assert r.returncode == 0, r.stderr
     assert "xaibatch" in r.stdout and "teardown" in r.stdout and "atexit" in r.stdout
+
+
+def test_under_a_profiler_the_usual_exit(tmp_path):
+    """`python -m cProfile -o FILE -m xaibatch ...` writes FILE after the command returns: the quick exit would
+    skip it, so a profiler (or a tracer: a debugger, coverage) keeps the usual exit."""
+    prof = tmp_path / "run.prof"
+    r = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "xaibatch", "methods"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "gradcam" in r.stdout and prof.stat().st_size > 0

@@ -65,12 +65,15 @@ def exit_now(code: object) -> None:
 
     The command has finished: its files are closed, its child processes reaped. Returns (for the usual exit)
     when the code is not a number or a thread that is not a daemon still runs (it would be waited for), or
-    when the output cannot be flushed (a closed pipe: the usual exit reports it).
+    when the output cannot be flushed (a closed pipe: the usual exit reports it), and under a profiler or a
+    tracer (``python -m cProfile -o ...`` writes its file after the command returns; a debugger, coverage).
     """
     import atexit
     import threading
 
     if code is not None and not isinstance(code, int):
+        return
+    if sys.getprofile() is not None or sys.gettrace() is not None:
         return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# What to run on a lent GPU right after ../shared/gpu/check.sh, in the same device call (one start, one budget):
+#   bash .gpu/check.sh; BUDGET=60 bash benchmarks/gpu_profile.sh     (carry: [".gpu"], timeout_s 590)
+# check.sh leaves $DEMO (default /tmp/demo: 20,000 demo images) and the wheels' site in /tmp/site. Under $OUT:
+#   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
+#   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
+# BUDGET: seconds from this script's start after which no step is started (each step has its own timeout).
+set -u
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+DEMO=${DEMO:-/tmp/demo}; T0=$(date +%s); BUDGET=${BUDGET:-150}
+left(){ [ $(( $(date +%s) - T0 )) -lt "$BUDGET" ]; }
+[ -d "$DEMO/test" ] || python3 -m xaibatch demo-data "$DEMO" --train-per-class 10 --test-per-class 10000 >/dev/null
+if left; then
+  rm -rf /tmp/xb-prof-out
+  timeout 90 python3 -m cProfile -o /tmp/xb-run.prof -m xaibatch run "$DEMO/test" -m gradcam --out /tmp/xb-prof-out \
+    --log-json | grep '"end"' >"$OUT/profile.txt"
+  python3 -c "import pstats,sys; pstats.Stats('/tmp/xb-run.prof', stream=sys.stdout).sort_stats('cumulative').print_stats(60)" \
+    >>"$OUT/profile.txt" 2>&1
+fi
+if left; then
+  timeout 60 python3 benchmarks/host_path.py "$DEMO/test" --out /dev/shm/xb-host --batch-size 512 >"$OUT/host.txt" 2>&1
+fi
+echo "gpu_profile done after $(( $(date +%s) - T0 )) s" >>"$OUT/profile.txt"
