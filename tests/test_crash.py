@@ -490,3 +490,32 @@ print(repr(buf.getvalue()))
     assert out.returncode == 0, out.stderr
     said = out.stdout
     assert "boom" in said and "BrokenPipe" not in said and "ConnectionReset" not in said
+
+
+def test_the_run_says_nothing_when_a_killed_worker_leaves_its_index_queue():
+    """The run's own feeder threads (the index queues of its DataLoader workers) printed the start of a traceback
+    when they were still sending to a worker the run had just killed: quiet_feeders silences exactly that for
+    the queues started in it; a queue started outside it still reports, as multiprocessing always has."""
+    code = """
+import multiprocessing as mp, sys, time
+from xaibatch.pipeline.loader import quiet_feeders
+
+def orphan(q):
+    q._reader.close()  # the worker's end, gone (killed)
+    q.put(b"x" * 1_000_000)  # the feeder thread writes into a pipe nobody reads: EPIPE
+    time.sleep(0.5)
+
+with quiet_feeders():
+    quiet = mp.Queue()
+    quiet.put(1)  # the feeder thread starts here, with the quiet handler
+orphan(quiet)
+sys.stderr.write("--\\n")
+usual = mp.Queue()
+usual.put(1)
+orphan(usual)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    quiet, _, usual = out.stderr.partition("--\n")
+    assert quiet == "", quiet
+    assert "BrokenPipeError" in usual  # the control: outside the block the usual traceback

@@ -12,6 +12,7 @@ Both halves live here: :func:`forked_quietly` blocks the stop signals while work
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import Any, Iterator
@@ -21,7 +22,8 @@ from .signals import Abandoned, Stop, die_with_parent
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     """The loader's batches, ending early (and at once) when a signal arrives while waiting for one."""
-    it = forked_quietly(iter, loader)
+    with quiet_feeders():  # the index queues' feeder threads start here, in this process
+        it = forked_quietly(iter, loader)
     finished = False
     try:
         while True:
@@ -103,10 +105,31 @@ def _quiet_when_the_reader_leaves() -> None:
     import multiprocessing.queues
 
     queue = multiprocessing.queues.Queue
-    default = queue._on_queue_feeder_error
+    queue._on_queue_feeder_error = staticmethod(_quiet(queue._on_queue_feeder_error))  # this worker only (forked)
+
+
+@contextlib.contextmanager
+def quiet_feeders() -> Iterator[None]:
+    """In the run's process, the same for the queues whose feeder thread starts in this block (a thread takes
+    its error handler when it starts): the index queues of a DataLoader's workers, which the run kills when it
+    stops early. A feeder still sending indices to a killed worker printed the start of a traceback while the
+    run was exiting: the lone line again, from this side. Queues made elsewhere keep the usual handler."""
+    import multiprocessing.queues
+
+    queue = multiprocessing.queues.Queue
+    usual = queue.__dict__["_on_queue_feeder_error"]
+    queue._on_queue_feeder_error = staticmethod(_quiet(queue._on_queue_feeder_error))
+    try:
+        yield
+    finally:
+        queue._on_queue_feeder_error = usual
+
+
+def _quiet(default: Any) -> Any:
+    """A feeder's error handler that says nothing when the reader has gone, and what ``default`` says otherwise."""
 
     def on_error(e: BaseException, obj: object) -> None:
         if not isinstance(e, (BrokenPipeError, ConnectionError, EOFError)):
             default(e, obj)
 
-    queue._on_queue_feeder_error = staticmethod(on_error)  # this worker process only (it was forked)
+    return on_error
