@@ -474,7 +474,7 @@ def test_a_worker_says_nothing_when_the_main_process_stops_reading():
     feeder thread's traceback, and was killed mid-print: a lone "Traceback" line on a clean stop's stderr.
     worker_init silences exactly that case in the worker; any other feeder error still prints."""
     code = """
-import contextlib, io, multiprocessing.queues as q
+import contextlib, io, sys, multiprocessing.queues as q
 from xaibatch.pipeline.compute import worker_init
 worker_init(0)
 buf = io.StringIO()
@@ -484,12 +484,18 @@ with contextlib.redirect_stderr(buf):
             raise e
         except Exception as err:
             q.Queue._on_queue_feeder_error(err, None)
+    for e in (ConnectionResetError(104, "reset"), EOFError(), KeyError("sharer")):  # the resource sharer's path
+        try:
+            raise e
+        except BaseException as err:
+            sys.excepthook(type(err), err, err.__traceback__)
 print(repr(buf.getvalue()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     said = out.stdout
     assert "boom" in said and "BrokenPipe" not in said and "ConnectionReset" not in said
+    assert "KeyError" in said and "sharer" in said and "EOFError" not in said
 
 
 def test_the_run_says_nothing_when_a_killed_worker_leaves_its_index_queue():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from typing import Any, Iterator
 
 from .signals import Abandoned, Stop, die_with_parent
@@ -106,6 +107,17 @@ def _quiet_when_the_reader_leaves() -> None:
 
     queue = multiprocessing.queues.Queue
     queue._on_queue_feeder_error = staticmethod(_quiet(queue._on_queue_feeder_error))  # this worker only (forked)
+    # The batch's tensors reach the run as file descriptors, handed over by multiprocessing's resource sharer, a
+    # thread of this worker that reports its errors through sys.excepthook: a run that stops while taking them
+    # drops the connection, and the sharer's traceback, cut off when the run kills this worker, was the same
+    # lone line.
+    usual = sys.excepthook
+
+    def hook(kind: type[BaseException], e: BaseException, tb: Any) -> None:
+        if not issubclass(kind, _READER_GONE):
+            usual(kind, e, tb)
+
+    sys.excepthook = hook
 
 
 @contextlib.contextmanager
@@ -125,11 +137,14 @@ def quiet_feeders() -> Iterator[None]:
         queue._on_queue_feeder_error = usual
 
 
+_READER_GONE = (BrokenPipeError, ConnectionError, EOFError)  # the other end of a pipe or socket went away
+
+
 def _quiet(default: Any) -> Any:
     """A feeder's error handler that says nothing when the reader has gone, and what ``default`` says otherwise."""
 
     def on_error(e: BaseException, obj: object) -> None:
-        if not isinstance(e, (BrokenPipeError, ConnectionError, EOFError)):
+        if not isinstance(e, _READER_GONE):
             default(e, obj)
 
     return on_error
