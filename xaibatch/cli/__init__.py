@@ -77,15 +77,18 @@ def exit_now(code: object) -> None:
         return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
+    if not _flushed():
         return
     atexit._run_exitfuncs()  # multiprocessing's (children joined, finalizers), logging's, torch's
+    _flushed()
+    os._exit(code or 0)
+
+
+def _flushed() -> bool:
+    """Flush stdout and stderr; False when one cannot be (a closed pipe or stream, none at all)."""
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # a closed pipe or stream, none at all
-        pass
-    os._exit(code or 0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True

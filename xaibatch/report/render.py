@@ -10,7 +10,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 from urllib.parse import unquote
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 
@@ -141,7 +141,10 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
         # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
         chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
-        details = [Forked(lambda ps=ps: _details_in_child(w, env, data, site, site_key, keys, ps)) for ps in chunks]
+        details = [
+            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, keys, ps)))
+            for ps in chunks
+        ]
         try:
             _write_gallery(w, env, data, site_key, keys, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
@@ -216,23 +219,15 @@ def page_chunks(pages: list[GalleryPage], k: int) -> list[list[GalleryPage]]:
     return chunks
 
 
-def _details_in_child(
-    w: PageWriter,
-    env: jinja2.Environment,
-    data: ReportData,
-    site: Any,
-    site_key: str,
-    keys: list[str],
-    pages: list[GalleryPage],
-) -> tuple[Any, ...]:
-    """In a forked process (report/forked.py): write ``pages``' detail files as :func:`_write_details` does,
-    through an OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter must
-    learn."""
+def _details_in_child(w: PageWriter, write: Callable[[], None]) -> tuple[Any, ...]:
+    """In a forked process (report/forked.py): ``write()`` some detail files (:func:`_write_details` for a run of
+    pages) through an OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter
+    must learn."""
     w.files = OutputDir(w.out, pid=os.getppid())
     w.stats = WriteStats(index=w.stats.index)
     w.paths, w.fingerprints, w.truths = set(), {}, {}
     try:
-        _write_details(w, env, data, site, site_key, keys, pages)
+        write()
     finally:
         w.files.close()
     s = w.stats

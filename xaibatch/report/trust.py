@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean, variance
 from typing import Any
 
 from .. import layout
@@ -99,8 +100,8 @@ def faith_verdict(
     mean insertion): what a reader would otherwise work out from the table. A score counts as better only when
     the difference of the means exceeds two standard errors (the chance maps are scored on the run's first 64
     images, the method on all): 0.963 against 0.966 is not a finding."""
-    d_ok = _clearly_better(deletion, min((c["deletion"] for c in chance.values()), key=_mean_of), lower=True)
-    i_ok = _clearly_better(insertion, max((c["insertion"] for c in chance.values()), key=_mean_of), lower=False)
+    d_ok = _clearly_better(deletion, min((c["deletion"] for c in chance.values()), key=fmean), lower=True)
+    i_ok = _clearly_better(insertion, max((c["insertion"] for c in chance.values()), key=fmean), lower=False)
     if d_ok and i_ok:
         return Verdict(f"{title}: better than both chance maps on deletion and insertion", True)
     if not d_ok and not i_ok:
@@ -113,21 +114,12 @@ def faith_verdict(
     return Verdict(f"{title}: clearly better than chance on {better}, not on {other}", None)
 
 
-def _mean_of(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 def _clearly_better(xs: list[float], ref: list[float], lower: bool) -> bool:
     """Whether ``xs``'s mean beats ``ref``'s (lower or higher) by more than two standard errors of the difference."""
     if len(xs) < 2 or len(ref) < 2:
         return False
-
-    def var_of_mean(v: list[float]) -> float:
-        m = _mean_of(v)
-        return sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)
-
-    diff = _mean_of(ref) - _mean_of(xs) if lower else _mean_of(xs) - _mean_of(ref)
-    return diff > 2 * (var_of_mean(xs) + var_of_mean(ref)) ** 0.5
+    diff = fmean(ref) - fmean(xs) if lower else fmean(xs) - fmean(ref)
+    return diff > 2 * (variance(xs) / len(xs) + variance(ref) / len(ref)) ** 0.5
 
 
 def curve_points(curve: list[float]) -> str:
