@@ -69,7 +69,8 @@ class MethodSetting:
 
 
 def versions() -> dict[str, str]:
-    """Python, xaibatch, torch, numpy and the explanation libraries already imported, by distribution name."""
+    """Python, xaibatch, torch, numpy and the explanation libraries already imported, by distribution name
+    (the module's own ``__version__`` where it has one)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from . import __version__
@@ -77,11 +78,13 @@ def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "xaibatch": __version__}
     wanted = {"torch": "torch", "numpy": "numpy", **LIBRARIES}
     for module, dist in wanted.items():
-        if module in sys.modules:
-            try:
-                out[dist] = version(dist)
-            except PackageNotFoundError:
-                out[dist] = getattr(sys.modules[module], "__version__", "?")
+        if module not in sys.modules:
+            continue
+        own = getattr(sys.modules[module], "__version__", None)  # torch's names its build (2.4.1+cu121)
+        try:
+            out[dist] = str(own) if own else version(dist)
+        except PackageNotFoundError:
+            out[dist] = "?"
     return out
 
 
