@@ -123,7 +123,7 @@ def _images(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
 
 def _state(net: torch.nn.Module):
     """What explain() must hand back unchanged: training flags, the .grad objects and values, the hooks."""
-    flags = [m.training for m in net.modules()]
+    flags = [(m.training, "forward" in vars(m)) for m in net.modules()]  # guided backprop's patch is gone too
     grads = [(p.grad, None if p.grad is None else p.grad.clone()) for p in net.parameters()]
     bn = net.features[1]
     hooks = {

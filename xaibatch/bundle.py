@@ -167,6 +167,10 @@ class Explanations:
             raise UsageError(f"image index {i!r} out of range: {n} images (0..{n - 1})")
         return int(i) % n
 
+    def _title(self, key: str) -> str:
+        title = self.methods[targets.method_of(key)].title
+        return f"{title}, true class" if targets.is_label_key(key) else title
+
     def _has_map(self, i: int, key: str) -> bool:
         return not (targets.is_label_key(key) and not self.misclassified[i])
 
@@ -196,7 +200,7 @@ class Explanations:
         env = Environment(autoescape=True)
         return env.from_string(_REPR).render(
             x=self,
-            heads=[(k, self.methods[targets.method_of(k)].title) for k in self.maps],
+            heads=[(k, self._title(k)) for k in self.maps],
             rows=rows,
             more=len(self) - len(shown),
             side=REPR_SIDE,
