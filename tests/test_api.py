@@ -239,6 +239,7 @@ def test_the_result_is_frozen_and_carries_its_context(tiny_ckpt):
 
     lime = {"lime": {"samples": 24, "segments": 6}}
     r = xaibatch.explain(tiny_ckpt, _images(2, size=40), ["gradcam", "lime"], method_options=lime, seed=5)
+    assert type(r) is xaibatch.Explanations
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.maps = {}
     with pytest.raises(TypeError):
