@@ -196,7 +196,8 @@ def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
         "explain() cannot run inside torch.inference_mode(): its methods need gradients; call it outside"
     )
     with torch.no_grad():  # no_grad is fine: explain() turns gradients on for its own work only
-        assert xaibatch.explain(net, _images(1), ["gradcam"]).maps["gradcam"].shape == (1, 32, 32)
+        # ... and a method's name alone is that one method
+        assert xaibatch.explain(net, _images(1), "gradcam").maps["gradcam"].shape == (1, 32, 32)
     with pytest.raises(UsageError) as e:
         xaibatch.explain(object(), _images())
     assert str(e.value) == "model must be a torch.nn.Module or a checkpoint path, not object"

@@ -14,6 +14,7 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -89,94 +90,78 @@ def explain(
         else:
             x, sizes = _as_uint8_batch(images, pre)
         mode, given = _target_mode(target, labels, x.shape[0])
-        settings = {"target_layer": target_layer, "method_options": method_options or {}, "seed": seed}
-        return _explain(
-            net,
-            x,
-            sizes,
-            pre,
-            dev,
-            list(dict.fromkeys(methods)),
-            mode,
-            given,
-            classes,
-            described,
-            batch_size,
-            **settings,
-        )
+        names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
+        request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)
+        return _explain(net, x, sizes, pre, dev, request)
 
 
-def _explain(
-    net,
-    x,
-    sizes,
-    pre: Preprocess,
-    dev,
-    names: list[str],
-    mode: str,
-    labels,
-    classes,
-    described: str,
-    batch_size: int,
-    *,
-    target_layer: str | None,
-    method_options: dict[str, dict[str, Any]],
-    seed: int,
-) -> Explanations:
+@dataclass(frozen=True)
+class Request:
+    """What explain() was asked for, checked: the methods, the target mode and labels, and the settings."""
+
+    methods: list[str]
+    mode: str  # targets.MODES
+    labels: Any  # (N,) int64 or None
+    classes: Sequence[str] | None
+    model: str  # how the result names the model
+    batch_size: int
+    target_layer: str | None
+    method_options: dict[str, dict[str, Any]]
+    seed: int
+
+
+def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     """explain() once the module is borrowed and the images are the model's input."""
-
     from .errors import UsageError
     from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explained, Explainer
     from .model.heads import OneLogitHead, count_outputs, unwrap
     from .model.layers import find_target_layer
 
-    if not names:
+    if not req.methods:
         raise UsageError("choose at least one method")
     input_size = pre.image_size
-    if count_outputs(net, input_size, "the model") == 1:  # a one-logit head: two classes, as a run reads it
+    outputs = count_outputs(net, input_size, "the model")
+    if outputs == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net).eval()
-    kinds = {m: method_class(m) for m in names}
-    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or target_layer
-    layer = find_target_layer(unwrap(net), input_size, target_layer) if needs_layer else None
+    classes = None if req.classes is None else tuple(str(c) for c in req.classes)
+    if classes is not None and len(classes) != max(outputs, 2):
+        raise UsageError(f"{len(classes)} class names for a model with {max(outputs, 2)} classes")
+    kinds = {m: method_class(m) for m in req.methods}
+    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
+    layer = find_target_layer(unwrap(net), input_size, req.target_layer) if needs_layer else None
     ctx = ModelContext(net, layer, pre, dev)
     made = [
-        create_method(m, ctx, **({"seed": seed} if kinds[m].takes_seed else {}), **method_options.get(m, {}))
-        for m in names
+        create_method(m, ctx, **({"seed": req.seed} if kinds[m].takes_seed else {}), **req.method_options.get(m, {}))
+        for m in req.methods
     ]
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
     segmenter = segmenters[0] if segmenters else None
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
-    first = "label" if mode == "label" else "pred"
-    done = Explained.cat(
-        list(Explainer(made, ctx, first).explain_tensors(x, batch_size, seeds, labels, None, segmenter))
-    )
+    first = Explainer(made, ctx, "label" if req.mode == "label" else "pred")
+    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter)))
     preds = done.probs.argmax(1)
     maps = {m: r.maps for m, r in done.methods.items()}
     info = {m: r.info for m, r in done.methods.items()}
-    if target_modes.label_maps(mode):
-        _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info)
-    if classes is not None:
-        classes = tuple(str(c) for c in classes)
-        if len(classes) != done.probs.shape[1]:
-            raise UsageError(f"{len(classes)} class names for a model with {done.probs.shape[1]} classes")
+    if target_modes.label_maps(req.mode):
+        _add_label_maps(made, ctx, x, seeds, req.labels, preds, req.batch_size, segmenter, maps, info)
     return Explanations(
         maps=Frozen(maps),
         probs=done.probs,
         preds=preds,
-        targets=labels if mode == "label" else preds,
+        targets=req.labels if req.mode == "label" else preds,
         info=Frozen(info),
         layer=layer.name if layer else None,
         images=x,
         classes=classes,
-        labels=labels,
-        target=mode,
+        labels=req.labels,
+        target=req.mode,
         methods=Frozen({m.name: MethodSetting(type(m).title, bool(m.signed), Frozen(m.config())) for m in made}),
         preprocess=pre,
         given_sizes=tuple(sizes),
-        seed=seed,
+        seed=req.seed,
         device=str(dev),
-        model=described,
+        model=req.model,
         versions=Frozen(versions()),
     )
 
