@@ -390,3 +390,10 @@ def test_save_is_atomic_and_never_overwrites_by_surprise(tmp_path, monkeypatch):
     assert (r.save(tmp_path / "empty") / "manifest.json").is_file()  # an empty folder is fine
     with pytest.raises(UsageError, match="must be JSON data"):
         r.save(tmp_path / "other", context={"x": object()})
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "empty").stat().st_mode == (tmp_path / "plain").stat().st_mode  # the umask's, not 0700
+    monkeypatch.chdir(tmp_path / "plain")
+    with pytest.raises(UsageError) as e:
+        r.save(".")
+    assert str(e.value) == ". is the current folder; save() needs a folder of its own (a new name)"
+    assert (r.save("sub") / "manifest.json").is_file() and (tmp_path / "plain" / "sub" / "manifest.json").is_file()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import functools
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,16 +214,19 @@ class Explanations:
         you want kept with it). Atomic: written into a temporary folder beside it, renamed into place only when
         complete (a failure leaves nothing). Refuses a non-empty ``folder`` unless ``overwrite`` and it is an
         earlier ``save()``. Returns the folder."""
-        folder = Path(folder)
+        given = Path(folder)
+        folder = Path(os.path.abspath(given))  # "." and "a/.." name their folder
         extra = _json_context(context)
-        replace = _check_target(folder, overwrite)
+        if folder == Path(os.getcwd()):  # renamed over, the process's current folder would be a deleted one
+            raise UsageError(f"{given} is the current folder; save() needs a folder of its own (a new name)")
+        replace = _check_target(given, overwrite)
         make_dirs(folder.parent)
         with contextlib.ExitStack() as stack:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:32]}.", suffix=".tmp", dir=folder.parent))
+            tmp = _fresh_dir(folder, "new")
             stack.callback(shutil.rmtree, tmp, ignore_errors=True)
             self._write(tmp, extra)
             _move_into_place(tmp, folder, replace)
-        return folder
+        return given
 
     def _write(self, root: Path, context: Any) -> None:
         width = max(4, len(str(len(self) - 1)))
@@ -338,10 +342,23 @@ def _move_into_place(tmp: Path, folder: Path, replace: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _fresh_dir(folder: Path, kind: str) -> Path:
+    """A new empty folder beside ``folder`` with a temporary name (``.<name>.<kind>.<random>.tmp``, the form a
+    sweep of temporary files looks for), made with the user's umask (``tempfile.mkdtemp`` makes it private)."""
+    for _ in range(100):
+        path = folder.parent / f".{folder.name[:32]}.{kind}.{secrets.token_hex(4)}.tmp"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary folder name", str(folder.parent))
+
+
 @contextlib.contextmanager
 def _aside(folder: Path) -> Iterator[Path]:
     """Move ``folder`` to a temporary name beside it; back again when the body raises."""
-    old = Path(tempfile.mkdtemp(prefix=f".{folder.name[:32]}.old.", suffix=".tmp", dir=folder.parent))
+    old = _fresh_dir(folder, "old")
     os.replace(folder, old)
     try:
         yield old
