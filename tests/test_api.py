@@ -195,6 +195,14 @@ def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
     assert str(e.value) == (
         "explain() cannot run inside torch.inference_mode(): its methods need gradients; call it outside"
     )
+    with torch.inference_mode():
+        made_there = TinyNet()
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(made_there, _images())
+    assert str(e.value) == (
+        "the model's weights were made inside torch.inference_mode(), which autograd cannot use: "
+        "build or load the model outside it"
+    )
     with torch.no_grad():  # no_grad is fine: explain() turns gradients on for its own work only
         # ... and a method's name alone is that one method
         assert xaibatch.explain(net, _images(1), "gradcam").maps["gradcam"].shape == (1, 32, 32)

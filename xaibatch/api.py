@@ -14,6 +14,7 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,10 @@ from .preprocess import Preprocess
 __all__ = ["Explanations", "explain"]
 
 INFERENCE_MODE = "explain() cannot run inside torch.inference_mode(): its methods need gradients; call it outside"
+INFERENCE_TENSORS = (
+    "the model's weights were made inside torch.inference_mode(), which autograd cannot use: "
+    "build or load the model outside it"
+)
 
 
 def explain(
@@ -75,6 +80,8 @@ def explain(
         classes = classes if classes is not None else loaded.class_names
     elif isinstance(model, torch.nn.Module):
         net, pre, described = model, None, type(model).__name__
+        if any(t.is_inference() for t in itertools.chain(net.parameters(), net.buffers())):
+            raise UsageError(INFERENCE_TENSORS)
         dev = _device_of(net, device)
         if classes is None:
             classes = (getattr(net, "pretrained_cfg", None) or {}).get("label_names")
@@ -215,8 +222,6 @@ def _target_mode(target, labels, n: int):
 
 def _device_of(net, spec: str):
     """Where a user's module runs: where its parameters are; another ``device`` is refused (it is never moved)."""
-    import itertools
-
     import torch
 
     from .errors import UsageError
