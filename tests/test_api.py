@@ -216,6 +216,12 @@ def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
         xaibatch.explain(net, _images(2), target="label")
     assert str(e.value) == "target='label' needs labels=[the true class of each image]"
     with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), target=[0, 3])
+    assert str(e.value) == "class index 3 out of range: the model has 3 classes (0..2)"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), target="pred,label", labels=[-1, 0])
+    assert str(e.value) == "class index -1 out of range: the model has 3 classes (0..2)"
+    with pytest.raises(UsageError) as e:
         xaibatch.explain(net, _images(2), classes=["a", "b"])
     assert str(e.value) == "2 class names for a model with 3 classes"
     # A module is never moved: another device than its own is refused, naming both (no GPU here: pretend one).

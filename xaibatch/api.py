@@ -131,9 +131,13 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     outputs = count_outputs(net, input_size, "the model")
     if outputs == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net).eval()
+    k = max(outputs, 2)
     classes = None if req.classes is None else tuple(str(c) for c in req.classes)
-    if classes is not None and len(classes) != max(outputs, 2):
-        raise UsageError(f"{len(classes)} class names for a model with {max(outputs, 2)} classes")
+    if classes is not None and len(classes) != k:
+        raise UsageError(f"{len(classes)} class names for a model with {k} classes")
+    if req.labels is not None and ((req.labels < 0) | (req.labels >= k)).any():
+        bad = int(req.labels[(req.labels < 0) | (req.labels >= k)][0])
+        raise UsageError(f"class index {bad} out of range: the model has {k} classes (0..{k - 1})")
     kinds = {m: method_class(m) for m in req.methods}
     needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
     layer = find_target_layer(unwrap(net), input_size, req.target_layer) if needs_layer else None

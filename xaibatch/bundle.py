@@ -97,7 +97,9 @@ class Explanations:
     probs: Any  # (N, classes) float32
     preds: Any  # (N,) int64: the predicted class
     targets: Any  # (N,) int64: the class each map explains
-    info: Mapping[str, list[dict[str, Any] | None]]  # method -> per image, what it reports (LIME: segments, ...)
+    info: Mapping[str, list[dict[str, Any] | None]] = field(
+        default_factory=Frozen
+    )  # method -> per image, what it reports (LIME: segments, ...)
     layer: str | None = None  # the CAM layer used
     images: Any = None  # (N, 3, S, S) uint8: each image as the model saw it (what the overlays are drawn on)
     classes: tuple[str, ...] | None = None  # class names, when known
@@ -147,6 +149,8 @@ class Explanations:
 
     def picture(self, i: int) -> np.ndarray:
         """Image ``i`` as the model saw it: (S, S, 3) uint8."""
+        if self.images is None:
+            raise UsageError("these explanations hold no images to draw on (made without explain())")
         return np.ascontiguousarray(self.images[self._index(i)].permute(1, 2, 0).numpy())
 
     def overlay(self, i: int, method: str = "") -> Any:
