@@ -364,6 +364,30 @@ def test_save_writes_one_bundle_per_image_and_the_manifest_last(tmp_path, monkey
             assert Image.open(folder / files["heatmap"]).size == (32, 32)
     assert (folder / "images/0000/cam-gradcampp.npy").is_file()  # a portable name: no ':' or '+'
     assert np.array_equal(np.asarray(Image.open(folder / "images/0001/input.png")), r.picture(1))
+    # load() gives it all back, bit for bit
+    back = xaibatch.Explanations.load(folder)
+    assert list(back.maps) == list(r.maps) and back.misclassified == r.misclassified
+    for key in r.maps:
+        assert torch.equal(back.maps[key].nan_to_num(-7), r.maps[key].nan_to_num(-7)), key
+        assert list(back.info[key] or []) == list(r.info[key] or []), key
+    for name in ("probs", "preds", "targets", "labels", "images"):
+        assert torch.equal(getattr(back, name), getattr(r, name)), name
+    same = ("layer", "classes", "target", "preprocess", "given_sizes", "seed", "device", "model", "versions")
+    assert all(getattr(back, name) == getattr(r, name) for name in same)
+    assert {k: (m.title, m.signed) for k, m in back.methods.items()} == {
+        k: (m.title, m.signed) for k, m in r.methods.items()
+    }
+    assert np.array_equal(np.asarray(back.overlay(1, "cam:gradcam++")), np.asarray(r.overlay(1, "cam:gradcam++")))
+    man["images"][0]["maps"]["gradcam"]["npy"] = "../../elsewhere.npy"  # a hostile manifest reads nothing outside
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UsageError, match="outside the folder; refusing to read it"):
+        xaibatch.Explanations.load(folder)
+    man["schema_version"] = 2
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UsageError, match=r"saved by a newer xaibatch \(schema 2\); this one reads 1"):
+        xaibatch.Explanations.load(folder)
+    with pytest.raises(UsageError, match="is not a folder explain"):
+        xaibatch.Explanations.load(tmp_path)
 
 
 def test_save_is_atomic_and_never_overwrites_by_surprise(tmp_path, monkeypatch):

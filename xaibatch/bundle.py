@@ -113,6 +113,13 @@ class Explanations:
     model: str = ""  # the model's class name, or the checkpoint's path
     versions: Mapping[str, str] = field(default_factory=Frozen)
 
+    @staticmethod
+    def load(folder: str | Path) -> Explanations:
+        """Read back what :meth:`save` wrote (imports torch): the same maps, predictions and context."""
+        from .bundle_read import read_bundle
+
+        return read_bundle(Path(folder))
+
     # -- reading -------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.preds.shape[0])
@@ -265,7 +272,7 @@ class Explanations:
             "target_class": self.class_name(int(self.targets[i])),
             "label": y,
             "label_class": self.class_name(y),
-            "probs": [round(float(p), 7) for p in self.probs[i]],
+            "probs": [float(p) for p in self.probs[i]],  # each float32 exactly (load() gives it back)
             "maps": files,
         }
 
@@ -284,6 +291,7 @@ class Explanations:
             "methods": {
                 k: {"title": s.title, "signed": s.signed, "settings": dict(s.settings)} for k, s in self.methods.items()
             },
+            "maps": list(self.maps),  # the keys, in order (an image lists only the maps it has)
             "context": context,
             "images": images,
         }
