@@ -207,6 +207,9 @@ def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
         # ... and a method's name alone is that one method
         assert xaibatch.explain(net, _images(1), "gradcam").maps["gradcam"].shape == (1, 32, 32)
     with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, torch.zeros(0, 3, 32, 32, dtype=torch.uint8))
+    assert str(e.value) == "no images to explain"
+    with pytest.raises(UsageError) as e:
         xaibatch.explain(object(), _images())
     assert str(e.value) == "model must be a torch.nn.Module or a checkpoint path, not object"
     with pytest.raises(UsageError) as e:
@@ -312,6 +315,9 @@ def test_overlays_and_true_class_maps_are_a_runs(tmp_path, tiny_ckpt):
     assert r.heatmap(0, "gradcam").size == (32, 32) and r.heatmap(0).mode == "RGB"
     with pytest.raises(UsageError, match="out of range"):
         r.overlay(6, "gradcam")
+    assert r.overlay(torch.tensor(5), "gradcam").size == r.overlay(-1, "gradcam").size == (32, 32)
+    with pytest.raises(UsageError, match="an image index is an integer, not str"):
+        r.overlay("0", "gradcam")
     with pytest.raises(UsageError, match="no 'lime' maps"):
         r.heatmap(0, "lime")
 

@@ -96,6 +96,8 @@ def explain(
             pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
         else:
             x, sizes = _as_uint8_batch(images, pre)
+        if x.shape[0] == 0:
+            raise UsageError("no images to explain")
         mode, given = _target_mode(target, labels, x.shape[0])
         names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
         request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)

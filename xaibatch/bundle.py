@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import json
+import operator
 import os
 import secrets
 import shutil
@@ -97,9 +98,8 @@ class Explanations:
     probs: Any  # (N, classes) float32
     preds: Any  # (N,) int64: the predicted class
     targets: Any  # (N,) int64: the class each map explains
-    info: Mapping[str, list[dict[str, Any] | None]] = field(
-        default_factory=Frozen
-    )  # method -> per image, what it reports (LIME: segments, ...)
+    # method -> per image, what it reports (LIME: its segments, ...), or None
+    info: Mapping[str, list[dict[str, Any] | None]] = field(default_factory=Frozen)
     layer: str | None = None  # the CAM layer used
     images: Any = None  # (N, 3, S, S) uint8: each image as the model saw it (what the overlays are drawn on)
     classes: tuple[str, ...] | None = None  # class names, when known
@@ -173,11 +173,17 @@ class Explanations:
         m, signed = self.map(i, method), self.signed(method)
         return Image.fromarray(colorize(m if signed else stretch(m), signed))
 
-    def _index(self, i: int) -> int:
+    def _index(self, i: Any) -> int:
         n = len(self)
-        if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not -n <= int(i) < n:
-            raise UsageError(f"image index {i!r} out of range: {n} images (0..{n - 1})")
-        return int(i) % n
+        try:
+            k = operator.index(i)  # ints, numpy's and one-element integer tensors
+        except TypeError:
+            k = None
+        if k is None or isinstance(i, bool):
+            raise UsageError(f"an image index is an integer, not {type(i).__name__}")
+        if not -n <= k < n:
+            raise UsageError(f"image index {k} out of range: {n} images (0..{n - 1})")
+        return k % n
 
     def _title(self, key: str) -> str:
         title = self.methods[targets.method_of(key)].title
