@@ -17,7 +17,10 @@ from torch import nn
 # The per-module hook dictionaries of torch 2.x (a missing one is skipped): hooks are compared by their ids.
 HOOK_DICTS = (
     "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
     "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
     "_backward_hooks",
     "_backward_pre_hooks",
     "_state_dict_hooks",
