@@ -334,6 +334,11 @@ def test_the_notebook_grid_is_self_contained_and_escaped():
     srcs = [s.split('"', 1)[0] for s in html.split('src="')[1:]]
     assert len(srcs) == 8 * 3 and all(s.startswith("data:image/png;base64,") for s in srcs)  # 8 rows shown
     assert "2 more" in html and "Guided Grad-CAM" in html
+    import base64
+    import io
+
+    first = Image.open(io.BytesIO(base64.b64decode(srcs[1].split(",", 1)[1])))  # row 0's Grad-CAM overlay
+    assert np.array_equal(np.asarray(first), np.asarray(r.overlay(0, "gradcam")))  # 32 px: shown as it is
     assert "http" not in html.replace("data:", "")
 
 
