@@ -91,3 +91,361 @@ def test_bad_input_is_one_clear_error(tiny_ckpt):
         xaibatch.explain(tiny_ckpt, torch.zeros(2, 32, 32))
     with pytest.raises(UsageError, match="unknown|did you mean|choose"):
         xaibatch.explain(tiny_ckpt, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), ["gradcamm"])
+
+
+# --- A notebook user's view: the model handed back as it came, a result to look at and to keep. ----------------
+
+
+class TinyNet(torch.nn.Module):
+    """Conv, BatchNorm, ReLU, Dropout, a linear head: every flag ``train()``/``eval()`` flips matters here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.head = torch.nn.Sequential(
+            torch.nn.Dropout(0.5), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3)
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _images(n: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _state(net: torch.nn.Module):
+    """What explain() must hand back unchanged: training flags, the .grad objects and values, the hooks."""
+    flags = [(m.training, "forward" in vars(m)) for m in net.modules()]  # guided backprop's patch is gone too
+    grads = [(p.grad, None if p.grad is None else p.grad.clone()) for p in net.parameters()]
+    bn = net.features[1]
+    hooks = {
+        (i, d): set(getattr(m, d))
+        for i, m in enumerate(net.modules())
+        for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    }
+    return flags, grads, hooks, (bn.running_mean.clone(), int(bn.num_batches_tracked))
+
+
+def _assert_same(net: torch.nn.Module, before) -> None:
+    flags, grads, hooks, (mean, tracked) = before
+    now_flags, now_grads, now_hooks, (now_mean, now_tracked) = _state(net)
+    assert now_flags == flags
+    for (g0, v0), (g1, _v1) in zip(grads, now_grads, strict=True):
+        assert g1 is g0  # the same tensor object, with the same values
+        assert (v0 is None and g1 is None) or torch.equal(g1, v0)
+    assert now_hooks == hooks  # the user's own hooks stay, none of explain()'s
+    assert torch.equal(now_mean, mean) and now_tracked == tracked  # BatchNorm statistics not updated either
+
+
+def _training_net() -> torch.nn.Module:
+    """In training mode (but its BatchNorm frozen), half its parameters with a gradient, as mid-training."""
+    net = TinyNet().train()
+    net.features[1].eval()
+    for k, p in enumerate(net.parameters()):
+        if k % 2 == 0:
+            p.grad = torch.full_like(p, 0.25 + k)
+    return net
+
+
+def test_the_users_module_comes_back_as_it_went():
+    net = _training_net()
+    seen = []
+    net.head.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))  # the user's own hook
+    before = _state(net)
+    assert sum(map(len, before[2].values())) == 1
+    # cam:gradcam++ runs pytorch-grad-cam's backward() and then the model's zero_grad(): neither may reach the user.
+    r = xaibatch.explain(
+        net, _images(), ["gradcam", "guided-gradcam", "cam:gradcam++"], mean=(0.5,) * 3, std=(0.5,) * 3
+    )
+    _assert_same(net, before)
+    assert net.training and not net.features[1].training
+    # The maps are those of the model in evaluation mode, as a copy in eval mode gives them.
+    import copy
+
+    ref = xaibatch.explain(copy.deepcopy(net).eval(), _images(), ["gradcam"], mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert torch.allclose(r.maps["gradcam"], ref.maps["gradcam"], atol=1e-6)
+
+
+def test_a_method_that_raises_leaves_the_module_as_it_was(monkeypatch):
+    from xaibatch.methods.gradcam import GradCAM
+
+    def explode(self, batch):
+        self.ctx.model.register_forward_hook(lambda *a: None)  # a hook a failing library would leave behind
+        for p in self.ctx.model.parameters():
+            p.grad = torch.ones_like(p)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(GradCAM, "explain", explode)
+    net = _training_net()
+    before = _state(net)
+    with pytest.raises(RuntimeError, match="boom"):
+        xaibatch.explain(net, _images(), ["gradcam"])
+    _assert_same(net, before)
+
+
+def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
+    net = TinyNet()
+    with torch.inference_mode(), pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(), ["gradcam"])
+    assert str(e.value) == (
+        "explain() cannot run inside torch.inference_mode(): its methods need gradients; call it outside"
+    )
+    with torch.inference_mode():
+        made_there = TinyNet()
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(made_there, _images())
+    assert str(e.value) == (
+        "the model's weights were made inside torch.inference_mode(), which autograd cannot use: "
+        "build or load the model outside it"
+    )
+    with torch.no_grad():  # no_grad is fine: explain() turns gradients on for its own work only
+        # ... and a method's name alone is that one method
+        assert xaibatch.explain(net, _images(1), "gradcam").maps["gradcam"].shape == (1, 32, 32)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, torch.zeros(0, 3, 32, 32, dtype=torch.uint8))
+    assert str(e.value) == "no images to explain"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(object(), _images())
+    assert str(e.value) == "model must be a torch.nn.Module or a checkpoint path, not object"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(), [])
+    assert str(e.value) == "choose at least one method"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), target="label")
+    assert str(e.value) == "target='label' needs labels=[the true class of each image]"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), target=[0, 3])
+    assert str(e.value) == "class index 3 out of range: the model has 3 classes (0..2)"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), target="pred,label", labels=[-1, 0])
+    assert str(e.value) == "class index -1 out of range: the model has 3 classes (0..2)"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(2), classes=["a", "b"])
+    assert str(e.value) == "2 class names for a model with 3 classes"
+    # A module is never moved: another device than its own is refused, naming both (no GPU here: pretend one).
+    import xaibatch.model.loading as loading
+
+    monkeypatch.setattr(loading, "resolve_device", lambda spec: torch.device("cuda", 0))
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(), device="cuda")
+    assert str(e.value) == (
+        "the model is on cpu, not cuda:0: explain() never moves your model; "
+        "call model.to('cuda:0') first, or leave device='auto'"
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_module_on_the_gpu_is_explained_there_and_stays():
+    net = _training_net().cuda()
+    before = _state(net)
+    r = xaibatch.explain(net, _images(), ["gradcam", "lime"], method_options={"lime": {"samples": 40}})
+    _assert_same(net, before)
+    assert all(p.is_cuda for p in net.parameters()) and r.device == "cuda:0" and not r.maps["gradcam"].is_cuda
+    cpu = xaibatch.explain(_training_net(), _images(), ["gradcam"])
+    assert torch.allclose(r.maps["gradcam"], cpu.maps["gradcam"], atol=1e-4)
+    assert r.preds.tolist() == cpu.preds.tolist()
+
+
+def test_the_result_is_frozen_and_carries_its_context(tiny_ckpt):
+    import dataclasses
+    import pickle
+
+    lime = {"lime": {"samples": 24, "segments": 6}}
+    r = xaibatch.explain(tiny_ckpt, _images(2, size=40), ["gradcam", "lime"], method_options=lime, seed=5)
+    assert type(r) is xaibatch.Explanations
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.maps = {}
+    with pytest.raises(TypeError):
+        r.maps["gradcam"] = None
+    assert r.classes == ("FAKE", "REAL") and r.class_name(1) == "REAL"  # the checkpoint's class names
+    assert r.target == "pred" and torch.equal(r.targets, r.preds) and r.labels is None
+    assert r.methods["lime"].signed and not r.methods["gradcam"].signed
+    assert r.methods["lime"].settings["samples"] == 24 and r.methods["lime"].settings["seed"] == 5
+    assert r.methods["gradcam"].title == "Grad-CAM" and r.layer is not None
+    assert r.preprocess.record()["input_size"] == 32 and r.given_sizes == ((40, 40), (40, 40))
+    assert r.images.shape == (2, 3, 32, 32) and r.images.dtype == torch.uint8
+    assert r.versions["torch"] == torch.__version__ and r.versions["xaibatch"] == xaibatch.__version__
+    assert r.model == str(tiny_ckpt) and r.device == "cpu" and r.seed == 5
+    assert repr(r).startswith("Explanations(2 images, methods=['gradcam', 'lime']")
+    again = pickle.loads(pickle.dumps(r))  # kept with pickle / joblib as it is
+    assert torch.equal(again.maps["lime"], r.maps["lime"]) and again.methods == r.methods
+
+
+def test_overlays_and_true_class_maps_are_a_runs(tmp_path, tiny_ckpt):
+    """``target="pred,label"`` gives a run's ``--target pred,label`` maps; ``overlay()`` its overlay PNGs."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp / "FAKE", 3, seed=1) + write_images(inp / "REAL", 3, seed=2)
+    labels = [0, 0, 0, 1, 1, 1]
+    opts = xaibatch.RunOptions(
+        input_dir=inp,
+        out_dir=out,
+        methods=["gradcam"],
+        checkpoint=tiny_ckpt,
+        target="pred,label",
+        workers=0,
+        handle_signals=False,
+    )
+    xaibatch.run(opts, log=lambda s: None)
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        maps = m.maps()
+    finally:
+        m.close()
+    r = xaibatch.explain(tiny_ckpt, paths, ["gradcam"], target="pred,label", labels=labels, device="cpu")
+    rels = [p.relative_to(inp).as_posix() for p in paths]
+    wrong = [i for i, rel in enumerate(rels) if (rel, "gradcam@label") in maps]
+    assert wrong and r.misclassified == [i in wrong for i in range(6)]
+    for i, rel in enumerate(rels):
+        for key in ("gradcam", "gradcam@label"):
+            if key == "gradcam@label" and i not in wrong:
+                assert torch.isnan(r.maps[key][i]).all()
+                with pytest.raises(UsageError, match="only misclassified images get one"):
+                    r.overlay(i, key)
+                continue
+            row = maps[(rel, key)]
+            assert np.allclose(r.maps[key][i].numpy(), np.load(out / row.npy), atol=1e-6), (rel, key)
+            drawn = np.asarray(r.overlay(i, key), dtype=np.int16)
+            saved = np.asarray(Image.open(out / row.png).convert("RGB"), dtype=np.int16)
+            assert drawn.shape == saved.shape and np.abs(drawn - saved).max() <= 1, (rel, key)
+    assert r.heatmap(0, "gradcam").size == (32, 32) and r.heatmap(0).mode == "RGB"
+    with pytest.raises(UsageError, match="out of range"):
+        r.overlay(6, "gradcam")
+    assert r.overlay(torch.tensor(5), "gradcam").size == r.overlay(-1, "gradcam").size == (32, 32)
+    with pytest.raises(UsageError, match="an image index is an integer, not str"):
+        r.overlay("0", "gradcam")
+    with pytest.raises(UsageError, match="no 'lime' maps"):
+        r.heatmap(0, "lime")
+
+
+def test_the_notebook_grid_is_self_contained_and_escaped():
+    net = TinyNet()
+    names = ["<script>alert(1)</script>", "b & c", 'say "hi"']
+    r = xaibatch.explain(net, _images(10, seed=2), ["gradcam", "guided-gradcam"], classes=names)
+    html = r._repr_html_()
+    assert "<script" not in html and "&lt;script&gt;" in html
+    srcs = [s.split('"', 1)[0] for s in html.split('src="')[1:]]
+    assert len(srcs) == 8 * 3 and all(s.startswith("data:image/png;base64,") for s in srcs)  # 8 rows shown
+    assert "2 more" in html and "Guided Grad-CAM" in html
+    import base64
+    import io
+
+    first = Image.open(io.BytesIO(base64.b64decode(srcs[1].split(",", 1)[1])))  # row 0's Grad-CAM overlay
+    assert np.array_equal(np.asarray(first), np.asarray(r.overlay(0, "gradcam")))  # 32 px: shown as it is
+    assert "http" not in html.replace("data:", "")
+
+
+def _listing(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")}
+
+
+def test_save_writes_one_bundle_per_image_and_the_manifest_last(tmp_path, monkeypatch):
+    import json
+
+    import xaibatch.bundle as bundle
+
+    net = TinyNet()
+    r = xaibatch.explain(net, _images(2), ["gradcam", "cam:gradcam++"], target="pred,label", labels=[0, 2])
+    order: list[str] = []
+    write = bundle.atomic_write_bytes
+    monkeypatch.setattr(bundle, "atomic_write_bytes", lambda p, d: (order.append(p.name), write(p, d)))
+    folder = r.save(tmp_path / "keep", context={"notebook": "audit.ipynb"})
+    assert order[-1] == "manifest.json"
+    assert _listing(tmp_path) - {"keep"} == {"keep/" + p for p in _listing(folder)}  # nothing beside it
+    man = json.loads((folder / "manifest.json").read_text())
+    assert (man["schema"], man["schema_version"], man["context"]) == (
+        "xaibatch.explanations",
+        1,
+        {"notebook": "audit.ipynb"},
+    )
+    assert man["versions"]["torch"] == torch.__version__ and man["versions"]["grad-cam"]
+    assert man["methods"]["cam:gradcam++"]["settings"]["library"].startswith("pytorch-grad-cam")
+    assert man["preprocess"]["input_size"] == 32 and man["target"] == "pred,label"
+    for i, im in enumerate(man["images"]):
+        assert (im["pred"], im["label"]) == (int(r.preds[i]), [0, 2][i])
+        assert np.allclose(im["probs"], r.probs[i].numpy(), atol=1e-6)
+        assert ("gradcam@label" in im["maps"]) == r.misclassified[i]
+        for key, files in im["maps"].items():
+            assert np.array_equal(np.load(folder / files["npy"]), r.maps[key][i].numpy())
+            assert np.array_equal(np.asarray(Image.open(folder / files["overlay"])), np.asarray(r.overlay(i, key)))
+            assert Image.open(folder / files["heatmap"]).size == (32, 32)
+    assert (folder / "images/0000/cam-gradcampp.npy").is_file()  # a portable name: no ':' or '+'
+    assert np.array_equal(np.asarray(Image.open(folder / "images/0001/input.png")), r.picture(1))
+    # load() gives it all back, bit for bit
+    back = xaibatch.Explanations.load(folder)
+    assert list(back.maps) == list(r.maps) and back.misclassified == r.misclassified
+    for key in r.maps:
+        assert torch.equal(back.maps[key].nan_to_num(-7), r.maps[key].nan_to_num(-7)), key
+        assert list(back.info[key] or []) == list(r.info[key] or []), key
+    for name in ("probs", "preds", "targets", "labels", "images"):
+        assert torch.equal(getattr(back, name), getattr(r, name)), name
+    same = ("layer", "classes", "target", "preprocess", "given_sizes", "seed", "device", "model", "versions")
+    assert all(getattr(back, name) == getattr(r, name) for name in same)
+    assert {k: (m.title, m.signed) for k, m in back.methods.items()} == {
+        k: (m.title, m.signed) for k, m in r.methods.items()
+    }
+    assert np.array_equal(np.asarray(back.overlay(1, "cam:gradcam++")), np.asarray(r.overlay(1, "cam:gradcam++")))
+    man["images"][0]["maps"]["gradcam"]["npy"] = "../../elsewhere.npy"  # a hostile manifest reads nothing outside
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UsageError, match="outside the folder; refusing to read it"):
+        xaibatch.Explanations.load(folder)
+    man["schema_version"] = 2
+    (folder / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(UsageError, match=r"saved by a newer xaibatch \(schema 2\); this one reads 1"):
+        xaibatch.Explanations.load(folder)
+    with pytest.raises(UsageError, match="is not a folder explain"):
+        xaibatch.Explanations.load(tmp_path)
+
+
+def test_save_is_atomic_and_never_overwrites_by_surprise(tmp_path, monkeypatch):
+    import xaibatch.bundle as bundle
+
+    r = xaibatch.explain(TinyNet(), _images(3), ["gradcam"])
+    real, calls = bundle.save_npy, []
+
+    def fail_third(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, array)
+
+    monkeypatch.setattr(bundle, "save_npy", fail_third)
+    with pytest.raises(OSError, match="No space"):
+        r.save(tmp_path / "keep")
+    assert _listing(tmp_path) == set()  # no half-written folder, no temporary one
+    monkeypatch.setattr(bundle, "save_npy", real)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError) as e:
+        r.save(tmp_path / "mine")
+    assert str(e.value) == f"{tmp_path / 'mine'} is not empty; pass overwrite=True to replace an earlier save()"
+    with pytest.raises(UsageError) as e:
+        r.save(tmp_path / "mine", overwrite=True)
+    assert str(e.value) == (
+        f"{tmp_path / 'mine'} is not an earlier save() (no xaibatch manifest.json); refusing to replace it"
+    )
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    first = r.save(tmp_path / "keep")
+    (first / "images" / "0000" / "stale.npy").write_bytes(b"x")
+    r2 = xaibatch.explain(TinyNet(), _images(1), ["gradcam"])
+    r2.save(first, overwrite=True)  # an earlier save() is replaced as a whole
+    assert not (first / "images" / "0001").exists() and not (first / "images" / "0000" / "stale.npy").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "mine"]  # no temporary or old folder left
+    (tmp_path / "empty").mkdir()
+    assert (r.save(tmp_path / "empty") / "manifest.json").is_file()  # an empty folder is fine
+    with pytest.raises(UsageError, match="must be JSON data"):
+        r.save(tmp_path / "other", context={"x": object()})
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "empty").stat().st_mode == (tmp_path / "plain").stat().st_mode  # the umask's, not 0700
+    monkeypatch.chdir(tmp_path / "plain")
+    with pytest.raises(UsageError) as e:
+        r.save(".")
+    assert str(e.value) == ". is the current folder; save() needs a folder of its own (a new name)"
+    assert (r.save("sub") / "manifest.json").is_file() and (tmp_path / "plain" / "sub" / "manifest.json").is_file()

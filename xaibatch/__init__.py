@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # after such a change recomputes instead of trusting old maps.
 MAP_FORMAT_VERSION = 1
 
-__all__ = ["METHODS", "RayOptions", "RunOptions", "RunResult", "explain", "run", "__version__"]
+__all__ = ["METHODS", "Explanations", "RayOptions", "RunOptions", "RunResult", "explain", "run", "__version__"]
 
 _LAZY = {
     "run": "pipeline",
@@ -19,6 +19,7 @@ _LAZY = {
     "RunOptions": "pipeline",
     "RunResult": "pipeline",
     "explain": "api",
+    "Explanations": "bundle",
     "METHODS": "methods",
 }
 

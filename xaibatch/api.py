@@ -14,23 +14,22 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import targets as target_modes
+from .bundle import Explanations, Frozen, MethodSetting, versions
 from .preprocess import Preprocess
 
+__all__ = ["Explanations", "explain"]
 
-@dataclass
-class Explanations:
-    """What :func:`explain` returns; every tensor is on the CPU, indexed like the images given."""
-
-    maps: dict[str, Any]  # method -> (N, H, W) float32 tensor at the model's input size
-    probs: Any  # (N, classes) float32
-    preds: Any  # (N,) int64: the predicted class
-    targets: Any  # (N,) int64: the class each map explains
-    info: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)  # method -> per image (e.g. LIME's)
-    layer: str | None = None  # the CAM layer used
+INFERENCE_MODE = "explain() cannot run inside torch.inference_mode(): its methods need gradients; call it outside"
+INFERENCE_TENSORS = (
+    "the model's weights were made inside torch.inference_mode(), which autograd cannot use: "
+    "build or load the model outside it"
+)
 
 
 def explain(
@@ -39,6 +38,8 @@ def explain(
     methods: Sequence[str] = ("gradcam",),
     *,
     target: str | Sequence[int] = "pred",
+    labels: Sequence[int] | None = None,
+    classes: Sequence[str] | None = None,
     input_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -48,75 +49,207 @@ def explain(
     seed: int = 0,
     method_options: dict[str, dict[str, Any]] | None = None,
 ) -> Explanations:
-    """Explain ``images`` with ``model``: one map per image and method.
+    """Explain ``images`` with ``model``: one map per image and method, in a frozen :class:`Explanations`.
 
     ``model``: an ``nn.Module`` (classifier logits out; ``mean``/``std`` default to ImageNet's, or
     timm's ``pretrained_cfg`` when the model has one) or the path of a checkpoint ``xaibatch run`` takes.
     ``images``: a uint8 tensor (N, 3, H, W) or float one in [0, 1], a uint8 array (N, H, W, 3), or a list
-    of PIL images or file paths (decoded and resized as a run does). ``target``: ``"pred"``, or one class
-    index per image. Methods and their options are those of ``xaibatch run`` (``xaibatch methods``).
+    of PIL images or file paths (decoded and resized as a run does). ``target``: ``"pred"``, one class
+    index per image, or with ``labels`` (the true class per image) ``"label"`` or ``"pred,label"`` (the
+    prediction, and for each misclassified image also its true class: maps ``"<method>@label"``).
+    ``classes``: class names (a checkpoint's own, or timm's ``label_names``, when not given).
+    Methods and their options are those of ``xaibatch run`` (``xaibatch methods``).
+
+    Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
+    are restored and no hook stays, also when a method raises. It is never moved: it runs where its
+    parameters are (``device="auto"``); another ``device`` is refused (move it yourself first). A
+    checkpoint path is loaded onto ``device`` (auto: the GPU when there is one).
     """
     import torch
 
     from .errors import UsageError
-    from .model.heads import OneLogitHead, count_outputs, unwrap
-    from .model.layers import find_target_layer
+
+    if torch.is_inference_mode_enabled():
+        raise UsageError(INFERENCE_MODE)
+    if isinstance(model, (str, Path)):
+        from .model.loading import load_model, resolve_device
+
+        dev = resolve_device(device)
+        loaded = load_model(Path(model), image_size=input_size)
+        net, pre, described = loaded.module.to(dev), loaded.preprocess, str(model)
+        classes = classes if classes is not None else loaded.class_names
+    elif isinstance(model, torch.nn.Module):
+        net, pre, described = model, None, type(model).__name__
+        if any(t.is_inference() for t in itertools.chain(net.parameters(), net.buffers())):
+            raise UsageError(INFERENCE_TENSORS)
+        dev = _device_of(net, device)
+        if classes is None:
+            classes = (getattr(net, "pretrained_cfg", None) or {}).get("label_names")
+    else:
+        raise UsageError(f"model must be a torch.nn.Module or a checkpoint path, not {type(model).__name__}")
+    from .model.borrowed import borrowed
+
+    with borrowed(net), torch.enable_grad():
+        if pre is None:
+            pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
+            x, sizes = _as_uint8_batch(images, pre)
+            pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
+        else:
+            x, sizes = _as_uint8_batch(images, pre)
+        if x.shape[0] == 0:
+            raise UsageError("no images to explain")
+        mode, given = _target_mode(target, labels, x.shape[0])
+        names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
+        request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)
+        return _explain(net, x, sizes, pre, dev, request)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What explain() was asked for, checked: the methods, the target mode and labels, and the settings."""
+
+    methods: list[str]
+    mode: str  # targets.MODES
+    labels: Any  # (N,) int64 or None
+    classes: Sequence[str] | None
+    model: str  # how the result names the model
+    batch_size: int
+    target_layer: str | None
+    method_options: dict[str, dict[str, Any]]
+    seed: int
+
+
+def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
+    """explain() once the module is borrowed and the images are the model's input."""
+    from .errors import UsageError
     from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explained, Explainer
-    from .model.loading import load_model, resolve_device
+    from .model.heads import OneLogitHead, count_outputs, unwrap
+    from .model.layers import find_target_layer
 
-    dev = resolve_device(device)
-    if isinstance(model, (str, Path)):
-        loaded = load_model(Path(model), image_size=input_size)
-        net, pre = loaded.module, loaded.preprocess
-        x = _as_uint8_batch(images, pre)
-    else:
-        net = model
-        pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
-        x = _as_uint8_batch(images, pre)
-        pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
+    if not req.methods:
+        raise UsageError("choose at least one method")
     input_size = pre.image_size
-    net = net.to(dev).eval()
-    if count_outputs(net, input_size, "the model") == 1:  # a one-logit head: two classes, as a run reads it
+    outputs = count_outputs(net, input_size, "the model")
+    if outputs == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net).eval()
-    names = list(dict.fromkeys(methods))
-    classes = {m: method_class(m) for m in names}
-    needs_layer = any(c.needs_activations or c.needs_layer for c in classes.values()) or target_layer is not None
-    layer = find_target_layer(unwrap(net), input_size, target_layer) if needs_layer else None
+    k = max(outputs, 2)
+    classes = None if req.classes is None else tuple(str(c) for c in req.classes)
+    if classes is not None and len(classes) != k:
+        raise UsageError(f"{len(classes)} class names for a model with {k} classes")
+    if req.labels is not None and ((req.labels < 0) | (req.labels >= k)).any():
+        bad = int(req.labels[(req.labels < 0) | (req.labels >= k)][0])
+        raise UsageError(f"class index {bad} out of range: the model has {k} classes (0..{k - 1})")
+    kinds = {m: method_class(m) for m in req.methods}
+    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
+    layer = find_target_layer(unwrap(net), input_size, req.target_layer) if needs_layer else None
     ctx = ModelContext(net, layer, pre, dev)
-    options = method_options or {}
     made = [
-        create_method(m, ctx, **({"seed": seed} if classes[m].takes_seed else {}), **options.get(m, {})) for m in names
+        create_method(m, ctx, **({"seed": req.seed} if kinds[m].takes_seed else {}), **req.method_options.get(m, {}))
+        for m in req.methods
     ]
-    if isinstance(target, str):
-        if target != "pred":
-            raise UsageError(f"target must be 'pred' or one class index per image, not {target!r}")
-        labels, mode = None, "pred"
-    else:
-        labels, mode = torch.as_tensor(list(target), dtype=torch.long), "label"
-        if labels.shape[0] != x.shape[0]:
-            raise UsageError(f"{labels.shape[0]} targets for {x.shape[0]} images")
-    explainer = Explainer(made, ctx, mode)
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
+    segmenter = segmenters[0] if segmenters else None
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
-    done = Explained.cat(
-        list(explainer.explain_tensors(x, batch_size, seeds, labels, segmenter=segmenters[0] if segmenters else None))
-    )
-    prob = done.probs
-    preds = prob.argmax(1)
+    first = Explainer(made, ctx, "label" if req.mode == "label" else "pred")
+    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter)))
+    preds = done.probs.argmax(1)
+    maps = {m: r.maps for m, r in done.methods.items()}
+    info = {m: r.info for m, r in done.methods.items()}
+    if target_modes.label_maps(req.mode):
+        _add_label_maps(made, ctx, x, seeds, req.labels, preds, req.batch_size, segmenter, maps, info)
     return Explanations(
-        {m: r.maps for m, r in done.methods.items()},
-        prob,
-        preds,
-        preds if labels is None else labels,
-        {m: r.info for m, r in done.methods.items()},
-        layer.name if layer else None,
+        maps=Frozen(maps),
+        probs=done.probs,
+        preds=preds,
+        targets=req.labels if req.mode == "label" else preds,
+        info=Frozen(info),
+        layer=layer.name if layer else None,
+        images=x,
+        classes=classes,
+        labels=req.labels,
+        target=req.mode,
+        methods=Frozen({m.name: MethodSetting(type(m).title, bool(m.signed), Frozen(m.config())) for m in made}),
+        preprocess=pre,
+        given_sizes=tuple(sizes),
+        seed=req.seed,
+        device=str(dev),
+        model=req.model,
+        versions=Frozen(versions()),
     )
+
+
+def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info) -> None:
+    """``pred,label``: each method's map of the true class of the misclassified images (NaN for the others),
+    under ``<method>@label``, computed as a run's label pass does (pipeline/labelmaps.py)."""
+    import torch
+
+    from .methods.explainer import Explained, Explainer
+
+    wrong = [i for i in range(x.shape[0]) if target_modes.misclassified(int(labels[i]), int(preds[i]))]
+    for m in made:
+        maps[target_modes.label_key(m.name)] = torch.full_like(maps[m.name], float("nan"))
+        info[target_modes.label_key(m.name)] = [None] * x.shape[0]
+    if not wrong:
+        return
+    sel = torch.tensor(wrong)
+    parts = Explainer(made, ctx, "label").explain_tensors(
+        x[sel], batch_size, [seeds[i] for i in wrong], labels[sel], None, segmenter
+    )
+    for name, r in Explained.cat(list(parts)).methods.items():
+        key = target_modes.label_key(name)
+        maps[key][sel] = r.maps
+        for n, i in enumerate(wrong):
+            info[key][i] = r.info[n] if r.info else None
+
+
+def _target_mode(target, labels, n: int):
+    """(the targets.MODES mode, the (N,) int64 labels or None) of explain()'s ``target`` and ``labels``."""
+    import torch
+
+    from .errors import UsageError
+
+    given = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+    if not isinstance(target, str):  # one class per image: explain those
+        if given is not None:
+            raise UsageError("give either target=[classes] or labels=[...] with target='label' or 'pred,label'")
+        given, mode = torch.as_tensor(list(target), dtype=torch.long), "label"
+        what = "targets"
+    elif target in target_modes.MODES:
+        mode, what = target, "labels"
+        if mode != "pred" and given is None:
+            raise UsageError(f"target={mode!r} needs labels=[the true class of each image]")
+    else:
+        raise UsageError(f"target must be 'pred', 'label', 'pred,label' or one class index per image, not {target!r}")
+    if given is not None and given.shape[0] != n:
+        raise UsageError(f"{given.shape[0]} {what} for {n} images")
+    return mode, given
+
+
+def _device_of(net, spec: str):
+    """Where a user's module runs: where its parameters are; another ``device`` is refused (it is never moved)."""
+    import torch
+
+    from .errors import UsageError
+    from .model.loading import resolve_device
+
+    first = next(itertools.chain(net.parameters(), net.buffers()), None)
+    here = first.device if first is not None else torch.device("cpu")
+    if spec.strip().lower() == "auto":
+        return here
+    want = resolve_device(spec)
+    if want.type != here.type or (want.index is not None and want.index != here.index):
+        raise UsageError(
+            f"the model is on {here}, not {want}: explain() never moves your model; "
+            f"call model.to({str(want)!r}) first, or leave device='auto'"
+        )
+    return here
 
 
 def _as_uint8_batch(images, pre: Preprocess | None):
     """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`), resized as ``pre``
-    says (None: tensors and arrays keep their size, PIL images and files are made square at their longer side)."""
+    says (None: tensors and arrays keep their size, PIL images and files are made square at their longer side),
+    and each image's (width, height) as given."""
     import numpy as np
     import torch
 
@@ -130,9 +263,10 @@ def _as_uint8_batch(images, pre: Preprocess | None):
             raise UsageError(f"a tensor of images must be (N, 3, H, W), not {tuple(images.shape)}")
         if t.dtype != torch.uint8:
             t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
         if pre is not None:
             t = pre.resize_batch(t)
-        return t.contiguous()
+        return t.contiguous(), sizes
     if isinstance(images, np.ndarray):
         return _as_uint8_batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), pre)
     from .data import load_image
@@ -142,4 +276,4 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         raise UsageError("no images to explain")
     pre = pre or Preprocess(max(pics[0].size))
     arr = np.stack([pre.resize_image(p) for p in pics])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
