@@ -291,9 +291,8 @@ def _plan_run(
     if moved:
         log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
-    row.run_id = row.manifest.start_run(
-        shown(str(opts.input_dir)), setup.config, setup.hashes.predict
-    )  # non-UTF-8 as text
+    shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
+    row.run_id = row.manifest.start_run(shown_input, setup.config, setup.hashes.predict)
     plan = setup.plan or make_plan(
         setup.found,
         known,
