@@ -17,6 +17,7 @@ from xaibatch.pipeline.prepare import prepare
 from xaibatch.evaluation.sanity import (
     FAIL_RANK,
     _maps,
+    SampleBatch,
     cascade,
     reinit,
     spearman,
@@ -79,11 +80,9 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
     x = b.x
     with torch.no_grad():
         targets = ctx.model(ctx.preprocess.normalize(x)).argmax(1)
-    seeds = [image_seed(e.rel) for e in found.images]
-    curves = {
-        c.method: c
-        for c in cascade(ctx.model, lambda net: _maps(net, model, ctx, methods, x, None, targets, seeds, 16))
-    }
+    rels = [e.rel for e in found.images]
+    sample = SampleBatch(rels, x, None, targets, [image_seed(r) for r in rels])
+    curves = {c.method: c for c in cascade(ctx.model, lambda net: _maps(net, ctx, methods, sample, 16))}
     for c in curves.values():
         print(c.verdict(), [round(v, 2) for v in c.rank], [round(v, 2) for v in c.ssim])
     assert curves["gradcam"].rank[0] == 1.0 and curves["gradcam"].rank[-1] < 0.3

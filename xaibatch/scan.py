@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import InputError
 from .layout import MANIFEST
@@ -86,6 +87,9 @@ _KIND = {
 }
 
 
+Frame = tuple[str, str, Iterator[str], frozenset]  # a folder being listed: path, rel, names left, its ancestors
+
+
 def _walk(
     root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
 ) -> list[tuple[str, str, os.stat_result]]:
@@ -100,45 +104,61 @@ def _walk(
     be scanned goes to ``skipped`` as (rel, reason) when it is named like an image or is a folder;
     other files are ignored silently.
     """
-    found: list[tuple[str, str, os.stat_result]] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    deferred: list[tuple[str, str, os.stat_result, frozenset]] = []  # symlinked folders, entered last
-
-    def enter(d: str, rel: str, st: os.stat_result, ancestors: frozenset) -> tuple | None:
-        key = (st.st_dev, st.st_ino)
-        if key in ancestors:
-            skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
-            return None
-        if key in seen_dirs:
-            return None  # the same folder under a second name: its images are already listed once
-        seen_dirs.add(key)
-        try:
-            if rel and is_output_folder(d):
-                return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
-            names = sorted(os.listdir(d))
-        except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
-            skipped.append((shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
-            return None
-        return (d, rel, iter(names), ancestors | {key})
-
-    real_root = os.path.realpath(root)
+    walk = _Walk(os.path.realpath(root), follow_links, skipped)
     try:
         root_st = root.stat()
     except OSError as e:
         skipped.append((".", f"cannot open folder: {e.strerror or e}"))
-        return found
-    stack = [frame] if (frame := enter(str(root), "", root_st, frozenset())) else []
-    while stack or deferred:
+        return walk.found
+    stack = [frame] if (frame := walk.enter(str(root), "", root_st, frozenset())) else []
+    while stack or walk.deferred:
         if not stack:
-            frame = enter(*deferred.pop(0))
-            if frame:
+            if frame := walk.enter(*walk.deferred.pop(0)):
                 stack.append(frame)
             continue
         d, rel, names, ancestors = stack[-1]
         name = next(names, None)
         if name is None:
             stack.pop()
-            continue
+        elif frame := walk.visit(d, rel, name, ancestors):
+            stack.append(frame)
+    # Depth-first order with sorted names, whatever order symlinked folders were entered in.
+    walk.found.sort(key=lambda f: f[0].split("/"))
+    skipped.sort(key=lambda s: s[0].split("/"))
+    return walk.found
+
+
+@dataclass
+class _Walk:
+    """One walk's state: what it found and skipped, the folders it entered, the symlinked folders left for last."""
+
+    real_root: str
+    follow_links: bool
+    skipped: list[tuple[str, str]]
+    found: list[tuple[str, str, os.stat_result]] = field(default_factory=list)
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    deferred: list[tuple[str, str, os.stat_result, frozenset]] = field(default_factory=list)
+
+    def enter(self, d: str, rel: str, st: os.stat_result, ancestors: frozenset) -> Frame | None:
+        """List a folder, unless it is a loop, already listed, an xaibatch output folder or unreadable."""
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            self.skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
+            return None
+        if key in self.seen_dirs:
+            return None  # the same folder under a second name: its images are already listed once
+        self.seen_dirs.add(key)
+        try:
+            if rel and is_output_folder(d):
+                return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
+            names = sorted(os.listdir(d))
+        except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
+            self.skipped.append((shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
+            return None
+        return (d, rel, iter(names), ancestors | {key})
+
+    def visit(self, d: str, rel: str, name: str, ancestors: frozenset) -> Frame | None:
+        """One folder entry: an image is listed, a folder entered (returned) or deferred, the rest skipped or not."""
         p = os.path.join(d, name)
         r = f"{rel}/{name}" if rel else name
         is_image_name = name.lower().endswith(IMAGE_EXTENSIONS)
@@ -150,34 +170,41 @@ def _walk(
                 st = os.stat(p)
         except OSError as e:
             if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:
-                skipped.append((shown(r), reason))
-            continue
+                self.skipped.append((shown(r), reason))
+            return None
         if stat.S_ISDIR(st.st_mode):
-            if not _valid_utf8(name):
-                skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
-            elif is_link:
-                if follow_links or _inside(os.path.realpath(p), real_root):
-                    deferred.append((p, r, st, ancestors))
-                else:
-                    skipped.append(
-                        (
-                            shown(r),
-                            "symlink to a folder outside the input folder; not followed "
-                            "(pass --follow-links to follow it)",
-                        )
-                    )
-            elif frame := enter(p, r, st, ancestors):
-                stack.append(frame)
-        elif is_image_name:
-            outside = is_link and not follow_links and not _inside(os.path.realpath(p), real_root)
+            return self.folder(p, r, name, st, is_link, ancestors)
+        if is_image_name:
+            outside = is_link and not self.leads_inside(p)
             if (reason := _refused(name, r, st, outside)) is None:
-                found.append((r, p, st))
+                self.found.append((r, p, st))
             else:
-                skipped.append((shown(r), reason))
-    # Depth-first order with sorted names, whatever order symlinked folders were entered in.
-    found.sort(key=lambda f: f[0].split("/"))
-    skipped.sort(key=lambda s: s[0].split("/"))
-    return found
+                self.skipped.append((shown(r), reason))
+        return None
+
+    def folder(
+        self, p: str, r: str, name: str, st: os.stat_result, is_link: bool, ancestors: frozenset
+    ) -> Frame | None:
+        """A subfolder: entered now (returned), or last when symlinked, or skipped (a bad name, a link leading out)."""
+        if not _valid_utf8(name):
+            self.skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
+        elif is_link:
+            if self.leads_inside(p):
+                self.deferred.append((p, r, st, ancestors))
+            else:
+                self.skipped.append(
+                    (
+                        shown(r),
+                        "symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)",
+                    )
+                )
+        else:
+            return self.enter(p, r, st, ancestors)
+        return None
+
+    def leads_inside(self, link: str) -> bool:
+        """Whether a symlink may be followed: it stays inside the input folder, or ``--follow-links``."""
+        return self.follow_links or _inside(os.path.realpath(link), self.real_root)
 
 
 def _unopenable(e: OSError, path: str, is_image_name: bool, is_link: bool) -> str | None:

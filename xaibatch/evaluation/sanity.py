@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
 from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, same_content
+
+if TYPE_CHECKING:
+    from ..pipeline.prepare import Prepared
+    from ..runconfig import RunConfig
 
 FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
@@ -135,6 +139,26 @@ def sample(rels: list[str], n: int, seed: int) -> list[str]:
     return [rels[i] for i in sorted(idx)]
 
 
+@dataclass
+class FinishedRun:
+    """The folder's last finished run: its images (manifest rows), its record and the input folder it read."""
+
+    images: dict[str, Any]
+    config: RunConfig
+    root: Path
+
+
+@dataclass
+class SampleBatch:
+    """The readable sampled images in memory: what every method explains before and after each randomization."""
+
+    rels: list[str]
+    x: torch.Tensor  # uint8, as the loader gives it
+    segments: torch.Tensor | None
+    targets: torch.Tensor  # the class the run explained: the same before and after
+    seeds: list[int]
+
+
 def run_sanity(
     out: Path,
     n: int = DEFAULT_SAMPLE,
@@ -145,67 +169,32 @@ def run_sanity(
     override: ModelOverride = ModelOverride(),
 ) -> dict[str, Any]:
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
-    import sqlite3
-
-    from ..dataset import ImageDataset, collate
     from ..lock import OutputLock
     from ..manifest import FILENAME as MANIFEST
-    from ..manifest import Manifest, ManifestError
-    from ..methods.base import image_seed
-    from ..runconfig import read_run
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
         raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
     with OutputLock(out):
-        try:
-            m = Manifest(out / MANIFEST)
-            try:
-                images = m.images()
-                runs = [r for r in m.runs() if r["status"] != "running"]
-                resolved_input = m.get_meta("input_dir")
-            finally:
-                m.close()
-        except sqlite3.DatabaseError as e:
-            raise ManifestError(f"the manifest {out / MANIFEST} is damaged ({e})") from None
-        if not runs or not images:
-            raise UsageError(f"{out} has no finished run with images")
-        last = runs[-1]
-        run_cfg = read_run(last)
-        root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
-        if not root.is_dir():
-            raise UsageError(
-                f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
-                "the run's images and needs them"
-            )
-        opts = rebuild_options(run_cfg, root, out, device, override)
-        prepared = prepare_rebuilt(opts, run_cfg, out, override)
-        model, ctx, methods = prepared.model, prepared.ctx, prepared.methods
-        rels = same_content(root, sample(list(images), n, seed), images, log)
-        entries = image_entries(root, rels)
-        segmenters = [m.segmenter() for m in methods if m.segmenter() is not None]
-        ds = ImageDataset(entries, model.input_size, segmenters[0] if segmenters else None)
-        items = [ds[i] for i in range(len(ds))]
-        b = collate(items)
-        if b.x is None:
-            raise UsageError(f"none of the {len(rels)} sampled images can be read from {root} any more")
-        ok = [entries[i].rel for i in b.index]
-        targets = torch.tensor([images[r].target for r in ok])  # explain the same class before and after
-        seeds = [image_seed(r) for r in ok]
+        run = last_finished_run(out)
+        opts = rebuild_options(run.config, run.root, out, device, override)
+        prepared = prepare_rebuilt(opts, run.config, out, override)
+        rels = same_content(run.root, sample(list(run.images), n, seed), run.images, log)
+        batch = load_sample(run, rels, prepared)
 
         def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
-            return _maps(net, model, ctx, methods, b.x, b.segments, targets, seeds, batch_size)
+            return _maps(net, prepared.ctx, prepared.methods, batch, batch_size)
 
         t0 = time.time()
-        curves = cascade(ctx.model, maps_of, seed=seed, log=log)
+        curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log)
         result = {
             "version": 1,
             "created": time.time(),
             "seconds": time.time() - t0,
-            "images": len(ok),
+            "images": len(batch.rels),
             "seed": seed,
-            "checkpoint_sha256": model.checkpoint_sha256,
-            "input_dir": str(root),
+            "checkpoint_sha256": prepared.model.checkpoint_sha256,
+            "input_dir": str(run.root),
             "curves": [
                 {
                     "method": c.method,
@@ -225,7 +214,55 @@ def run_sanity(
     return result
 
 
-def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) -> dict[str, np.ndarray]:
+def last_finished_run(out: Path) -> FinishedRun:
+    """The folder's last finished run, whose input folder must still exist (sanity recomputes its maps)."""
+    import sqlite3
+
+    from ..manifest import FILENAME as MANIFEST
+    from ..manifest import Manifest, ManifestError
+    from ..runconfig import read_run
+
+    try:
+        m = Manifest(out / MANIFEST)
+        try:
+            images = m.images()
+            runs = [r for r in m.runs() if r["status"] != "running"]
+            resolved_input = m.get_meta("input_dir")
+        finally:
+            m.close()
+    except sqlite3.DatabaseError as e:
+        raise ManifestError(f"the manifest {out / MANIFEST} is damaged ({e})") from None
+    if not runs or not images:
+        raise UsageError(f"{out} has no finished run with images")
+    last = runs[-1]
+    run_cfg = read_run(last)
+    root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
+    if not root.is_dir():
+        raise UsageError(
+            f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
+            "the run's images and needs them"
+        )
+    return FinishedRun(images, run_cfg, root)
+
+
+def load_sample(run: FinishedRun, rels: list[str], prepared: Prepared) -> SampleBatch:
+    """Decode the sampled images as a run would (with the superpixels LIME needs); refuses when none is readable."""
+    from ..dataset import ImageDataset, collate
+    from ..methods.base import image_seed
+
+    entries = image_entries(run.root, rels)
+    segmenters = [m.segmenter() for m in prepared.methods if m.segmenter() is not None]
+    ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None)
+    items = [ds[i] for i in range(len(ds))]
+    b = collate(items)
+    if b.x is None:
+        raise UsageError(f"none of the {len(rels)} sampled images can be read from {run.root} any more")
+    ok = [entries[i].rel for i in b.index]
+    targets = torch.tensor([run.images[r].target for r in ok])  # explain the same class before and after
+    return SampleBatch(ok, b.x, b.segments, targets, [image_seed(r) for r in ok])
+
+
+def _maps(net, ctx, methods, batch: SampleBatch, batch_size: int) -> dict[str, np.ndarray]:
     """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy)."""
     from dataclasses import replace
 
@@ -240,7 +277,8 @@ def _maps(net, model, ctx, methods, x_u8, segments, targets, seeds, batch_size) 
         m.ctx = ctx2
     try:
         ex = Explainer(methods, ctx2, "label")
-        done = Explained.cat(list(ex.explain_tensors(x_u8, batch_size, seeds, targets, segments)))
+        tensors = ex.explain_tensors(batch.x, batch_size, batch.seeds, batch.targets, batch.segments)
+        done = Explained.cat(list(tensors))
         return {k: v.maps.numpy() for k, v in done.methods.items()}
     finally:
         for m in methods:

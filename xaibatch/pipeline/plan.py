@@ -155,82 +155,117 @@ def make_plan(
     listed in ``retarget`` and get every requested map anew (the caller removes their old maps).
     With ``hashes.labels`` (``--target pred,label``) see :func:`label_todo`.
     """
-    redecided, retarget = [], []
-    added, changed, touched, dead_maps = [], [], [], []
-    repaired = 0
-    work: dict[str, Work] = {}
-    same_content = moved_but_same(found, known)
+    present = {e.rel for e in found.images}
+    planner = _Planner(
+        known,
+        hashes,
+        exists,
+        redecide,
+        moved_but_same(found, known),
+        Plan(
+            added=[],
+            changed=[],
+            touched=[],
+            work={},
+            removed=[r for r in known.images if r not in present],
+            stems=assign_stems([e.rel for e in found.images], known.images),
+        ),
+    )
     for e in found.images:
-        row = known.images.get(e.rel)
-        content_same = False
-        if row is not None:
-            content_same = same_content.get(e.rel, True)
-            if e.rel in same_content and content_same:
-                touched.append(e)
-        if row is None:
-            if e.rel not in known.failures:
-                added.append(e)
-        elif not content_same:
-            changed.append(e)
-        fresh = row is None or not content_same or row.predict_hash != hashes.predict
+        planner.add(e)
+    return planner.plan
+
+
+@dataclass
+class _Planner:
+    """make_plan's per-image decisions, filed into ``plan`` in the scan's order."""
+
+    known: Known
+    hashes: Hashes
+    exists: Callable[[str], bool]
+    redecide: Callable[[ImageRow], ImageRow] | None
+    moved_same: dict[str, bool]  # see moved_but_same
+    plan: Plan
+
+    def add(self, e: ImageEntry) -> None:
+        """Plan one image: what it is (new, changed, touched), then which of its maps and files are due."""
+        row = self.known.images.get(e.rel)
+        content_same = self.classify(e, row)
+        fresh = row is None or not content_same or row.predict_hash != self.hashes.predict
         flipped = False
         now = row  # the image row the report will show (None: the batch decides it)
-        if (
-            fresh
-            and row is not None
-            and content_same
-            and redecide is not None
-            and row.predict_hash.split("+")[0] == hashes.model
-        ):  # same model, new threshold
-            new = now = redecide(row)
-            redecided.append(new)
-            flipped = new.target != row.target
-            if flipped:
-                retarget.append(e.rel)
+        if fresh and row is not None and content_same and self.threshold_only(row):
+            now, flipped = self.redecided(e.rel, row)
             fresh = False
-        maps = {} if flipped else known.maps.get(e.rel, {})
-        todo = [
-            m
-            for m, h in hashes.methods.items()
-            if fresh
-            or m not in maps
-            or maps[m].config_hash != h
-            or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))
-        ]
+        maps = {} if flipped else self.known.maps.get(e.rel, {})
+        todo = stale_methods(self.hashes, maps, fresh)
         redisplay = False
         if not fresh:  # an image that stays: are its committed files all still there?
-            redisplay = not (
-                exists(layout.image_png(row.stem)) and exists(layout.image_thumb(row.stem, row.width, row.height))
-            )
-            missing = [
-                m
-                for m, mrow in maps.items()
-                if m not in todo
-                and not targets.is_label_key(m)  # see label_todo
-                and not all(exists(p) for p in mrow.files.paths())
-            ]
-            todo += [m for m in hashes.methods if m in missing]
-            dead_maps += [(e.rel, m) for m in missing if m not in hashes.methods]
-            repaired += bool(redisplay or missing)
-        label_todo_, label_dead = label_todo(hashes, maps, None if fresh else now, exists)
+            redisplay, lost = self.lost_files(e.rel, row, maps, todo)
+            todo += lost
+        label_todo_, label_dead = label_todo(self.hashes, maps, None if fresh else now, self.exists)
         todo += label_todo_
-        dead_maps += [(e.rel, k) for k in label_dead]
+        self.plan.dead_maps += [(e.rel, k) for k in label_dead]
         if todo or fresh or redisplay:
-            work[e.rel] = Work(e, todo, fresh, redisplay)
-    present = {e.rel for e in found.images}
-    removed = [r for r in known.images if r not in present]
-    return Plan(
-        added,
-        changed,
-        touched,
-        work,
-        removed,
-        assign_stems([e.rel for e in found.images], known.images),
-        dead_maps=dead_maps,
-        repaired=repaired,
-        redecided=redecided,
-        retarget=retarget,
-    )
+            self.plan.work[e.rel] = Work(e, todo, fresh, redisplay)
+
+    def classify(self, e: ImageEntry, row: ImageRow | None) -> bool:
+        """File the image as added, changed or touched; returns whether its content is the manifest's."""
+        if row is None:
+            if e.rel not in self.known.failures:
+                self.plan.added.append(e)
+            return False
+        content_same = self.moved_same.get(e.rel, True)
+        if e.rel in self.moved_same and content_same:
+            self.plan.touched.append(e)
+        if not content_same:
+            self.plan.changed.append(e)
+        return content_same
+
+    def threshold_only(self, row: ImageRow) -> bool:
+        """Whether only the decision rule moved since ``row`` (same model, new threshold) and can re-decide it."""
+        return self.redecide is not None and row.predict_hash.split("+")[0] == self.hashes.model
+
+    def redecided(self, rel: str, row: ImageRow) -> tuple[ImageRow, bool]:
+        """The row re-decided from its stored probabilities, and whether its target class flipped."""
+        new = self.redecide(row)
+        self.plan.redecided.append(new)
+        flipped = new.target != row.target
+        if flipped:
+            self.plan.retarget.append(rel)
+        return new, flipped
+
+    def lost_files(self, rel: str, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> tuple[bool, list[str]]:
+        """Whether the display copy must be written again, and the requested methods whose map files are lost.
+
+        The lost maps of methods not requested now are dropped (``dead_maps``); an image with anything lost
+        counts as repaired.
+        """
+        redisplay = not (
+            self.exists(layout.image_png(row.stem)) and self.exists(layout.image_thumb(row.stem, row.width, row.height))
+        )
+        missing = [
+            m
+            for m, mrow in maps.items()
+            if m not in todo
+            and not targets.is_label_key(m)  # see label_todo
+            and not all(self.exists(p) for p in mrow.files.paths())
+        ]
+        self.plan.dead_maps += [(rel, m) for m in missing if m not in self.hashes.methods]
+        self.plan.repaired += bool(redisplay or missing)
+        return redisplay, [m for m in self.hashes.methods if m in missing]
+
+
+def stale_methods(hashes: Hashes, maps: dict[str, MapRow], fresh: bool) -> list[str]:
+    """The requested methods an image's maps are due for: all when it is fresh, else those missing or stale."""
+    return [
+        m
+        for m, h in hashes.methods.items()
+        if fresh
+        or m not in maps
+        or maps[m].config_hash != h
+        or (hashes.faith is not None and maps[m].faith_hash != hashes.faith.get(m))
+    ]
 
 
 def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:

@@ -35,6 +35,7 @@ import sqlite3
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,6 +145,50 @@ def make_out(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
+@dataclass
+class RunRow:
+    """This run's row in the manifest while it runs: what any ending, clean or not, records there."""
+
+    manifest: Manifest
+    tally: Tally
+    t0: float
+    run_id: int | None = None
+    counts: RunCounts | None = None
+    reserve: Reserve | None = None  # should the disk fill up, room to record how this run ended
+
+    def count_tally(self) -> RunCounts:
+        """The counts, with the tally's failures and images computed so far (stopped before the plan: only those)."""
+        self.counts = self.counts or RunCounts()
+        self.counts.failed, self.counts.computed = len(self.tally.failed), self.tally.computed
+        return self.counts
+
+    def finish(self, stopped: bool) -> str:
+        """Record a run that got to its end, or to a signal's; returns its status, which the report shows."""
+        counts = self.count_tally()
+        status = "interrupted" if stopped else ("some-failed" if self.tally.failed else "ok")
+        with self.manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
+            self.manifest.finish_run(self.run_id, status, time.time() - self.t0, counts)
+            self.manifest.set_meta(REPORTING, str(self.run_id))
+        return status
+
+    def fail(self, e: BaseException, out: Path) -> XaibatchError | None:
+        """Record what stopped the run, once the reserve is freed and this process's temporary files are swept.
+
+        Returns the one-line error to raise instead of ``e`` when the storage failed (a full disk), else None.
+        """
+        if self.reserve is not None:
+            self.reserve.release()  # a full disk: room for the run row to say so
+        sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
+        full = storage_error(e, out)
+        if self.run_id is not None:
+            counts = self.count_tally()
+            try:
+                self.manifest.finish_run(self.run_id, ending(e), time.time() - self.t0, counts, reason(full or e))
+            except Exception:
+                pass  # the original error matters more
+        return full
+
+
 def _run_locked(
     opts: RunOptions,
     engine: Engine,
@@ -156,106 +201,111 @@ def _run_locked(
     waited: float,
     timings: dict[str, float],
 ) -> RunResult:
+    """Plan, compute and record the run, then write the report: the stages under the output folder's lock."""
     emit = opts.on_event or (lambda event: None)
     timings["prepare"] = time.time() - t0 - waited
     if waited:
         timings["wait"] = waited
-    found, hashes = setup.found, setup.hashes
-    for name in found.empty_classes:
-        what = "kept as a class with no images" if name in setup.names else "ignored"
-        log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
-
+    warn_empty_classes(setup, log)
     t_plan = time.time()
-    manifest = Manifest(out / layout.MANIFEST)
-    run_id: int | None = None
-    tally = Tally(failed=list(found.skipped))
-    counts: RunCounts | None = None
-    reserve: Reserve | None = None
+    row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
     try:
-        recover(out, manifest, lock, log)
-        reserve = Reserve(out)  # should the disk fill up, room to record how this run ended
-        known = setup.known or Known.read(manifest)  # a cached setup has read it, under this lock
-        moved = migrate_map_folders(out, manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
-        if moved:
-            log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
-        manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
-        run_id = manifest.start_run(shown(str(opts.input_dir)), setup.config, hashes.predict)  # non-UTF-8 as text
-        plan = setup.plan or make_plan(
-            found,
-            known,
-            hashes,
-            existing_files(out).__contains__ if known.images else lambda rel: False,
-            redecider(setup, opts.target, run_id),
-        )
-        if plan.repaired:
-            log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
-        counts = planned_counts(found, plan, tally)
-        emit(plan_event(run_id, counts, len(plan.work)))
-        apply_removals(out, manifest, lock, found, plan, known, run_id, emit)
+        known, plan = _plan_run(opts, out, lock, setup, row, log, emit)
         timings["plan"] = time.time() - t_plan
 
         t_compute = time.time()
         if plan.work and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
-            engine.compute(
-                ComputeJob(opts, out, setup.prepared, plan, known, hashes, run_id, stop, tally, emit, log, lock.check)
+            job = ComputeJob(
+                opts, out, setup.prepared, plan, known, setup.hashes, row.run_id, stop, row.tally, emit, log, lock.check
             )
+            engine.compute(job)
         timings["compute"] = time.time() - t_compute
-        if tally.first_batch is not None:
-            timings["first_batch"] = tally.first_batch - t0  # from the start: what a user waits for the first maps
-        counts.failed, counts.computed = len(tally.failed), tally.computed
-        stopped = stop.requested and tally.done < len(plan.work)  # a signal in the last batch: all done
-        status = "interrupted" if stopped else ("some-failed" if tally.failed else "ok")
-        with manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
-            manifest.finish_run(run_id, status, time.time() - t0, counts)
-            manifest.set_meta(REPORTING, str(run_id))
+        if row.tally.first_batch is not None:
+            timings["first_batch"] = row.tally.first_batch - t0  # from the start: what a user waits for the first maps
+        stopped = stop.requested and row.tally.done < len(plan.work)  # a signal in the last batch: all done
+        status = row.finish(stopped)
     except BaseException as e:
-        if reserve is not None:
-            reserve.release()  # a full disk: room for the run row to say so
-        sweep_temp_files(out, lambda pid: pid == os.getpid())  # what an error cut short in this process
-        full = storage_error(e, out)
-        if run_id is not None:
-            counts = counts or RunCounts()  # stopped before the plan: the failures and images computed so far
-            counts.failed, counts.computed = len(tally.failed), tally.computed
-            try:
-                manifest.finish_run(run_id, ending(e), time.time() - t0, counts, reason(full or e))
-            except Exception:
-                pass  # the original error matters more
+        full = row.fail(e, out)
         if full is not None:
             raise full from None
         raise
     finally:
-        manifest.close()
+        row.manifest.close()
 
     t_report = time.time()
-    report, accuracy = _report(out, opts, lock, reserve, run_id, counts, t0)
+    report, accuracy = _report(out, opts, lock, row)
     timings["report"] = time.time() - t_report
     result = RunResult(
         out,
-        counts.seen,
-        counts.computed,
-        counts.unchanged,
-        counts.added,
-        counts.changed,
-        counts.removed,
-        tally.failed,
+        row.counts.seen,
+        row.counts.computed,
+        row.counts.unchanged,
+        row.counts.added,
+        row.counts.changed,
+        row.counts.removed,
+        row.tally.failed,
         time.time() - t0,
         report,
         setup.layer,
         accuracy,
         status=status,
-        run_id=run_id,
+        run_id=row.run_id,
         timings=timings,
     )
     if status == "interrupted":
         e = Interrupted(
-            f"interrupted by {stop.name} after {counts.computed} of {len(plan.work)} image(s); "
+            f"interrupted by {stop.name} after {row.counts.computed} of {len(plan.work)} image(s); "
             "finished batches are saved, the next run computes the rest"
         )
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
+
+
+def warn_empty_classes(setup: Setup, log: Callable[[str], None]) -> None:
+    """One warning per class folder without images (kept as a class when the model's classes name it)."""
+    for name in setup.found.empty_classes:
+        what = "kept as a class with no images" if name in setup.names else "ignored"
+        log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
+
+
+def _plan_run(
+    opts: RunOptions,
+    out: Path,
+    lock: OutputLock,
+    setup: Setup,
+    row: RunRow,
+    log: Callable[[str], None],
+    emit: Callable[[dict[str, Any]], None],
+) -> tuple[Known, Plan]:
+    """Recover the folder, start the run row, plan against what is known, and apply the plan's removals.
+
+    The manifest's state before this run (``Known``) and the plan are what the compute stage needs.
+    """
+    recover(out, row.manifest, lock, log)
+    row.reserve = Reserve(out)
+    known = setup.known or Known.read(row.manifest)  # a cached setup has read it, under this lock
+    moved = migrate_map_folders(out, row.manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
+    if moved:
+        log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
+    row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
+    shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
+    row.run_id = row.manifest.start_run(shown_input, setup.config, setup.hashes.predict)
+    plan = setup.plan or make_plan(
+        setup.found,
+        known,
+        setup.hashes,
+        existing_files(out).__contains__ if known.images else lambda rel: False,
+        redecider(setup, opts.target, row.run_id),
+    )
+    if plan.repaired:
+        log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
+    row.counts = planned_counts(setup.found, plan, row.tally)
+    emit(plan_event(row.run_id, row.counts, len(plan.work)))
+    apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit)
+    return known, plan
 
 
 def planned_counts(found: Scan, plan: Plan, tally: Tally) -> RunCounts:
@@ -284,9 +334,7 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any
     }
 
 
-def _report(
-    out: Path, opts: RunOptions, lock: OutputLock, reserve: Reserve, run_id: int, counts: RunCounts, t0: float
-) -> tuple[Path, float | None]:
+def _report(out: Path, opts: RunOptions, lock: OutputLock, row: RunRow) -> tuple[Path, float | None]:
     """Write the report (with predictions.csv) while the folder is still ours: its index and the accuracy.
 
     A failure here is the run's: its row says how it ended, as the exit code will; the disk reserve is freed
@@ -299,15 +347,15 @@ def _report(
             lock.check()  # the report is written only while the folder is still ours
             written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
         except BaseException as e:  # the run row agrees with the exit code
-            reserve.release()
+            row.reserve.release()
             full = storage_error(e, out)
-            mark_run(out, run_id, ending(e), time.time() - t0, counts, reason(full or e))
+            mark_run(out, row.run_id, ending(e), time.time() - row.t0, row.counts, reason(full or e))
             if full is not None:
                 raise full from None
             raise
-        mark_run(out, run_id, None, 0, None)  # reported
+        mark_run(out, row.run_id, None, 0, None)  # reported
     finally:
-        reserve.release()
+        row.reserve.release()
     return written.index, written.accuracy
 
 

@@ -2,80 +2,126 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-
 from ..manifest import ImageRow
-from .model import CALIBRATION_BINS, CONFUSION_MAX_CLASSES, HISTOGRAM_BINS, ReportData
+from .model import CALIBRATION_BINS, CONFUSION_MAX_CLASSES, HISTOGRAM_BINS, Card, ReportData
 from .text import fmt_pct, text_on
 
 
+@dataclass(frozen=True)
+class ConfidenceScale:
+    """Where a top-class confidence can fall, from chance (1/k) to 1, cut into the histogram's and calibration's bins."""
+
+    lo: float
+    span: float
+
+    @classmethod
+    def of(cls, k: int) -> ConfidenceScale:
+        lo = 1.0 / k if k > 1 else 0.0
+        return cls(lo, (1.0 - lo) or 1.0)
+
+    def edge(self, i: int, n: int) -> float:
+        """The lower edge of bin ``i`` of ``n`` (``i == n``: the top)."""
+        return self.lo + self.span * i / n
+
+    def bin(self, v: float, n: int) -> int:
+        return min(n - 1, max(0, int((v - self.lo) / self.span * n)))
+
+    def histogram(self, values: list[float]) -> list[int]:
+        counts = [0] * HISTOGRAM_BINS
+        for v in values:
+            counts[self.bin(v, HISTOGRAM_BINS)] += 1
+        return counts
+
+
 def add_metrics(data: ReportData) -> None:
-    cards = data.cards
-    k = len(data.class_names)
+    """Fill the summary's numbers: confidences and predicted classes; with labels, accuracy, calibration, per class
+    scores and the confusions."""
+    cards, names = data.cards, data.class_names
+    scale = ConfidenceScale.of(len(names))
     confs = [c.confidence for c in cards]
     data.mean_confidence = sum(confs) / len(confs) if confs else None
-    lo = 1.0 / k if k > 1 else 0.0
-    span = (1.0 - lo) or 1.0
-
-    def bin_of(v: float, n: int) -> int:
-        return min(n - 1, max(0, int((v - lo) / span * n)))
-
-    data.hist_edges = [lo + span * i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
-    pred_counts = [0] * k
-    for c in cards:
-        if 0 <= c.pred_index < k:
-            pred_counts[c.pred_index] += 1
-    n = len(cards)
-    data.pred_counts = [
-        (data.class_names[i], pred_counts[i], fmt_pct(pred_counts[i] / n) if n else "–") for i in range(k)
-    ]
-    scored = [c for c in cards if c.correct is not None]
+    data.hist_edges = [scale.edge(i, HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
+    data.pred_counts = prediction_counts(cards, names)
     if not data.labeled:
-        counts = [0] * HISTOGRAM_BINS
-        for v in confs:
-            counts[bin_of(v, HISTOGRAM_BINS)] += 1
-        data.hist_series = [("all images", counts, "#0072B2")]
+        data.hist_series = [("all images", scale.histogram(confs), "#0072B2")]
         return
-    right_h = [0] * HISTOGRAM_BINS
-    wrong_h = [0] * HISTOGRAM_BINS
-    cal_n = [0] * CALIBRATION_BINS
-    cal_ok = [0] * CALIBRATION_BINS
-    cal_conf = [0.0] * CALIBRATION_BINS
-    conf_m = [[0] * k for _ in range(k)]
-    for c in scored:
-        (right_h if c.correct else wrong_h)[bin_of(c.confidence, HISTOGRAM_BINS)] += 1
-        b = bin_of(c.confidence, CALIBRATION_BINS)
-        cal_n[b] += 1
-        cal_ok[b] += bool(c.correct)
-        cal_conf[b] += c.confidence
-        if 0 <= c.label_index < k and 0 <= c.pred_index < k:
-            conf_m[c.label_index][c.pred_index] += 1
-    data.hist_series = [("correct", right_h, "#0072B2"), ("misclassified", wrong_h, "#D55E00")]
+    scored = [c for c in cards if c.correct is not None]
+    data.hist_series = [
+        ("correct", scale.histogram([c.confidence for c in scored if c.correct]), "#0072B2"),
+        ("misclassified", scale.histogram([c.confidence for c in scored if not c.correct]), "#D55E00"),
+    ]
     m = len(scored)
     data.correct = sum(1 for c in scored if c.correct)
     data.wrong = m - data.correct
     data.accuracy = data.correct / m if m else None
+    data.calibration, data.ece = calibration(scored, scale)
+    conf_m = confusion_matrix(scored, len(names))
+    data.per_class = per_class_scores(names, conf_m)
+    data.macro = macro_average(data.per_class, m)
+    if len(names) <= CONFUSION_MAX_CLASSES:
+        data.confusion = confusion_cells(conf_m)
+    else:
+        data.top_confusions = top_confusions(names, conf_m)
+
+
+def prediction_counts(cards: list[Card], names: list[str]) -> list[tuple[str, int, str]]:
+    """Per class: its name, how many images were predicted as it, and their share."""
+    k, n = len(names), len(cards)
+    counts = [0] * k
+    for c in cards:
+        if 0 <= c.pred_index < k:
+            counts[c.pred_index] += 1
+    return [(names[i], counts[i], fmt_pct(counts[i] / n) if n else "–") for i in range(k)]
+
+
+def calibration(scored: list[Card], scale: ConfidenceScale) -> tuple[list[dict[str, Any]], float | None]:
+    """The reliability table (per confidence bin: mean confidence, accuracy, their gap) and the expected
+    calibration error (None without labeled images)."""
+    n = [0] * CALIBRATION_BINS
+    ok = [0] * CALIBRATION_BINS
+    conf = [0.0] * CALIBRATION_BINS
+    for c in scored:
+        b = scale.bin(c.confidence, CALIBRATION_BINS)
+        n[b] += 1
+        ok[b] += bool(c.correct)
+        conf[b] += c.confidence
+    m = len(scored)
     ece = 0.0
-    data.calibration = []
+    rows = []
     for b in range(CALIBRATION_BINS):
-        lo_b, hi_b = lo + span * b / CALIBRATION_BINS, lo + span * (b + 1) / CALIBRATION_BINS
+        lo_b, hi_b = scale.edge(b, CALIBRATION_BINS), scale.edge(b + 1, CALIBRATION_BINS)
         row = {
             "lo": lo_b,
             "hi": hi_b,
             "range": f"{lo_b:.2f}–{hi_b:.2f}",
-            "n": cal_n[b],
+            "n": n[b],
             "confidence": None,
             "accuracy": None,
             "gap": None,
         }
-        if cal_n[b]:
-            mc, acc = cal_conf[b] / cal_n[b], cal_ok[b] / cal_n[b]
+        if n[b]:
+            mc, acc = conf[b] / n[b], ok[b] / n[b]
             row.update(confidence=mc, accuracy=acc, gap=acc - mc)
-            ece += cal_n[b] / m * abs(acc - mc)
-        data.calibration.append(row)
-    data.ece = ece if m else None
-    # per class precision / recall / F1 from the confusion matrix
+            ece += n[b] / m * abs(acc - mc)
+        rows.append(row)
+    return rows, (ece if m else None)
+
+
+def confusion_matrix(scored: list[Card], k: int) -> list[list[int]]:
+    """Counts per (true class, predicted class); images whose label or prediction is no class here are left out."""
+    conf_m = [[0] * k for _ in range(k)]
+    for c in scored:
+        if 0 <= c.label_index < k and 0 <= c.pred_index < k:
+            conf_m[c.label_index][c.pred_index] += 1
+    return conf_m
+
+
+def per_class_scores(names: list[str], conf_m: list[list[int]]) -> list[dict[str, Any]]:
+    """Per class precision, recall and F1 from the confusion matrix (None where undefined)."""
+    k = len(names)
     per = []
     for i in range(k):
         tp = conf_m[i][i]
@@ -84,50 +130,47 @@ def add_metrics(data: ReportData) -> None:
         p = tp / predicted if predicted else None
         r = tp / support if support else None
         f = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
-        per.append(
-            {
-                "name": data.class_names[i],
-                "precision": p,
-                "recall": r,
-                "f1": f,
-                "support": support,
-                "predicted": predicted,
-            }
-        )
+        per.append({"name": names[i], "precision": p, "recall": r, "f1": f, "support": support, "predicted": predicted})
+    return per
+
+
+def macro_average(per: list[dict[str, Any]], support: int) -> dict[str, Any]:
+    """The classes' unweighted mean of each score (over the classes where it is defined)."""
 
     def mean(key: str) -> float | None:
         vals = [x[key] for x in per if x[key] is not None]
         return sum(vals) / len(vals) if vals else None
 
-    data.per_class = per
-    data.macro = {"precision": mean("precision"), "recall": mean("recall"), "f1": mean("f1"), "support": m}
-    if k <= CONFUSION_MAX_CLASSES:
-        rows = []
-        for i in range(k):
-            total = sum(conf_m[i]) or 1
-            row = []
-            for j in range(k):
-                share = conf_m[i][j] / total
-                rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))  # white -> dark blue
-                row.append(
-                    {
-                        "n": conf_m[i][j],
-                        "share": fmt_pct(share),
-                        "diag": i == j,
-                        "style": f"background-color: rgb{rgb}; color: {text_on(rgb)}",
-                    }
-                )
-            rows.append(row)
-        data.confusion = rows
-    else:
-        pairs = [
-            (data.class_names[i], data.class_names[j], conf_m[i][j])
-            for i in range(k)
-            for j in range(k)
-            if i != j and conf_m[i][j]
-        ]
-        pairs.sort(key=lambda t: -t[2])
-        data.top_confusions = pairs[:50]
+    return {"precision": mean("precision"), "recall": mean("recall"), "f1": mean("f1"), "support": support}
+
+
+def confusion_cells(conf_m: list[list[int]]) -> list[list[dict[str, Any]]]:
+    """The confusion matrix as table cells, shaded by each true class's share (white to dark blue)."""
+    rows = []
+    for i, counts in enumerate(conf_m):
+        total = sum(counts) or 1
+        row = []
+        for j, count in enumerate(counts):
+            share = count / total
+            rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))  # white -> dark blue
+            row.append(
+                {
+                    "n": count,
+                    "share": fmt_pct(share),
+                    "diag": i == j,
+                    "style": f"background-color: rgb{rgb}; color: {text_on(rgb)}",
+                }
+            )
+        rows.append(row)
+    return rows
+
+
+def top_confusions(names: list[str], conf_m: list[list[int]]) -> list[tuple[str, str, int]]:
+    """The 50 most frequent (true class, predicted class) mistakes, most frequent first."""
+    k = len(names)
+    pairs = [(names[i], names[j], conf_m[i][j]) for i in range(k) for j in range(k) if i != j and conf_m[i][j]]
+    pairs.sort(key=lambda t: -t[2])
+    return pairs[:50]
 
 
 def decision_words(d: dict[str, Any] | None) -> str:

@@ -17,7 +17,7 @@ import jinja2
 from .. import layout
 from ..errors import UsageError, XaibatchError
 from ..files import OutputDir
-from ..manifest import Manifest
+from ..manifest import ImageRow, Manifest
 from ..resources import templates_dir
 from . import snapshot
 from .data import History, assemble, method_infos
@@ -98,6 +98,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
 
 
 def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | None) -> WriteStats:
+    """Read the manifest; with the same content as last time rewrite only the run history, else build and write all."""
     t0 = time.perf_counter()
     state = w.load_state()
     manifest = Manifest(out / layout.MANIFEST)
@@ -105,19 +106,8 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
         backfill_views(out, manifest, method_infos(history.runs, history.run, manifest.map_methods()))
         found = snapshot.inputs(out, manifest, template_dir)
-        if template_dir is None and state.get("content") == found.key:
-            data = snapshot.load(state.get("summary") or {})
-            if data is not None and _still_there(w, data):
-                found.history.apply(data)
-                stats.seconds_build = time.perf_counter() - t0
-                _write_summary(w, environment(), data)
-                stats.pages += sum(1 for rel in w.previous if rel.endswith(".html")) + 1  # and skipped.html
-                stats.unchanged += len(w.previous) + 1 + len(linked(data))
-                stats.gallery_pages = len(data.pages)
-                stats.reused, stats.accuracy = True, data.accuracy
-                stats.seconds_total = time.perf_counter() - t0
-                stats.seconds_render = stats.seconds_total - stats.seconds_build
-                return stats
+        if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
+            return stats
         images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
     finally:
         manifest.close()
@@ -125,6 +115,44 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
+    summary = _write_all(w, out, data, images, maps, template_dir)
+    remove_stale(w)
+    w.save_state(found.key, summary)
+    stats.seconds_render = time.perf_counter() - t1
+    stats.seconds_total = time.perf_counter() - t0
+    return stats
+
+
+def _reuse(w: PageWriter, state: dict, found: snapshot.Inputs, stats: WriteStats, t0: float) -> bool:
+    """Unchanged content: the last build's summary, with this run's history, rewrites only the history pages.
+
+    False when the saved summary cannot be used or a file the last write left is gone (then all is built anew).
+    """
+    data = snapshot.load(state.get("summary") or {})
+    if data is None or not _still_there(w, data):
+        return False
+    found.history.apply(data)
+    stats.seconds_build = time.perf_counter() - t0
+    _write_summary(w, environment(), data)
+    stats.pages += sum(1 for rel in w.previous if rel.endswith(".html")) + 1  # and skipped.html
+    stats.unchanged += len(w.previous) + 1 + len(linked(data))
+    stats.gallery_pages = len(data.pages)
+    stats.reused, stats.accuracy = True, data.accuracy
+    stats.seconds_total = time.perf_counter() - t0
+    stats.seconds_render = stats.seconds_total - stats.seconds_build
+    return True
+
+
+def _write_all(
+    w: PageWriter,
+    out: Path,
+    data: ReportData,
+    images: dict[str, ImageRow],
+    maps: dict,
+    template_dir: Path | None,
+) -> dict:
+    """Write the figures, the CSV, the assets and every page (details in forked processes on a first build);
+    returns the summary to save for the next unchanged run."""
     drawings = Drawings(w)
     try:
         write_colour_bars(w, data, drawings)
@@ -161,11 +189,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         drawings.finish()
     finally:
         drawings.abandon()
-    remove_stale(w)
-    w.save_state(found.key, summary)
-    stats.seconds_render = time.perf_counter() - t1
-    stats.seconds_total = time.perf_counter() - t0
-    return stats
+    return summary
 
 
 def _still_there(w: PageWriter, data: ReportData) -> bool:

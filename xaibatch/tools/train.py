@@ -11,14 +11,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
-from ..scan import scan
+from ..scan import ImageEntry, scan
 from ..errors import InputError, UsageError
 from ..model.loading import create, resolve_device, save_checkpoint
 from ..preprocess import Preprocess
@@ -63,20 +63,52 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
     )
 
 
-def _prep(b, labels_of, pre: Preprocess, device):
-    x = pre.normalize(b.x, device)
-    y = torch.tensor([labels_of[i] for i in b.index], device=device)
-    return x, y
+@dataclass
+class Feed:
+    """Labeled images on their way to the model: their loader, and each batch normalized with its labels."""
+
+    loader: torch.utils.data.DataLoader
+    labels: dict[int, int]  # dataset index -> class index
+    pre: Preprocess
+    device: torch.device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b in self.loader:
+            if b.x is None:
+                continue
+            x = self.pre.normalize(b.x, self.device)
+            yield x, torch.tensor([self.labels[i] for i in b.index], device=self.device)
+
+
+def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list[ImageEntry], list[ImageEntry]]:
+    """Training and validation images: a seeded ``fraction`` (at least one image) held out, both in scan order."""
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(round(fraction * len(perm))))
+    return [images[i] for i in sorted(perm[n_val:])], [images[i] for i in sorted(perm[:n_val])]
+
+
+def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float:
+    """One pass over the training images, each flipped left-right at random; the mean loss."""
+    model.train()
+    total_loss = seen = 0.0
+    for x, y in feed:
+        flip = torch.rand(len(x), device=feed.device) < 0.5  # the one augmentation that keeps evidence intact
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total_loss += float(loss.detach()) * len(y)
+        seen += len(y)
+    return total_loss / max(seen, 1)
 
 
 @torch.no_grad()
-def evaluate(model, loader, labels_of, pre: Preprocess, device) -> float:
+def evaluate(model: torch.nn.Module, feed: Feed) -> float:
     model.eval()
     right = total = 0
-    for b in loader:
-        if b.x is None:
-            continue
-        x, y = _prep(b, labels_of, pre, device)
+    for x, y in feed:
         right += int((model(x).argmax(1) == y).sum())
         total += len(y)
     return right / max(total, 1)
@@ -124,47 +156,27 @@ def train(
     model = create(arch, len(found.classes), img_size=image_size).to(dev)
     pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
-    perm = torch.randperm(len(found.images), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(round(val_fraction * len(perm))))
-    val = [found.images[i] for i in sorted(perm[:n_val])]
-    tr = [found.images[i] for i in sorted(perm[n_val:])]
-    tr_labels = {i: e.label for i, e in enumerate(tr)}
-    val_labels = {i: e.label for i, e in enumerate(val)}
-    train_loader = _loader(tr, image_size, batch_size, True, workers, seed)
-    val_loader = _loader(val, image_size, 256, False, workers, seed)
+    def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
+        loader = _loader(entries, image_size, batch_size, shuffle, workers, seed)
+        return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev)
 
+    tr, val = hold_out(found.images, val_fraction, seed)
+    train_feed, val_feed = feed(tr, batch_size, shuffle=True), feed(val, 256)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(tr) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     log(f"training {arch} at {image_size}px on {len(tr)} images ({len(val)} held out), classes {found.classes}")
     val_acc = 0.0
     for epoch in range(1, epochs + 1):
-        model.train()
-        total_loss = seen = 0.0
-        for b in train_loader:
-            if b.x is None:
-                continue
-            x, y = _prep(b, tr_labels, pre, dev)
-            flip = torch.rand(len(x), device=dev) < 0.5  # the one augmentation that keeps evidence intact
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * len(y)
-            seen += len(y)
-        val_acc = evaluate(model, val_loader, val_labels, pre, dev)
-        log(f"epoch {epoch}/{epochs}: loss {total_loss / max(seen, 1):.4f}, val accuracy {100 * val_acc:.1f}%")
+        loss = train_epoch(model, train_feed, opt, sched)
+        val_acc = evaluate(model, val_feed)
+        log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
 
     test_acc = None
     if test_dir is not None:
         test = scan(test_dir, labeled=True)
         if test.classes == found.classes:
-            test_labels = {i: e.label for i, e in enumerate(test.images)}
-            test_acc = evaluate(
-                model, _loader(test.images, image_size, 256, False, workers, seed), test_labels, pre, dev
-            )
+            test_acc = evaluate(model, feed(test.images, 256))
             log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
     meta = {
         "data": str(data_dir),
