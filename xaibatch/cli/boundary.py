@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
+from ..runlog import reader_gone, silence, write_line
 
 
 def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
@@ -44,21 +46,46 @@ def one_line(e: click.UsageError) -> click.UsageError:
     return Failure(f"{message}{where}", e.exit_code)
 
 
+def echo(text: str) -> None:
+    """Print one line of a command's output (a listing, a table, a verdict): a reader that went away
+    (``| head -1``) is no error, the rest goes nowhere and the command ends as it would have (runlog.write_line)."""
+    write_line(text)
+
+
+def _reader_went_away() -> bool:
+    """After a BrokenPipeError: True (and stdout silenced) when it was stdout's reader that left."""
+    if not reader_gone(sys.stdout):
+        return False
+    silence(sys.stdout)
+    return True
+
+
 class Group(click.Group):
     """A command group whose usage errors, its own and its commands' (parsing or raised by a command), are one
-    line: a scheduler's log gets one line per failure, and a terminal the command's --help to read."""
+    line: a scheduler's log gets one line per failure, and a terminal the command's --help to read.
+
+    Output cut short by its reader (``xaibatch run --help | head -1``; click would exit 1 silently) ends with
+    exit 0: what was left to print was all that remained (help, version, a command's last table)."""
 
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as e:
             raise one_line(e) from None
+        except BrokenPipeError:
+            if not _reader_went_away():
+                raise
+            raise click.exceptions.Exit(0) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
             raise one_line(e) from None
+        except BrokenPipeError:
+            if not _reader_went_away():
+                raise
+            raise click.exceptions.Exit(0) from None
 
 
 def reported(fn):
@@ -73,6 +100,8 @@ def reported(fn):
         except KeyboardInterrupt:
             raise Failure("interrupted", EXIT_INTERRUPTED) from None
         except OSError as e:
+            if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
+                raise  # the command's output was cut short by its reader: Group ends it with exit 0
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             raise Failure(f"{e.strerror or e}{where}", EXIT_RUNTIME) from None
         except click.ClickException:

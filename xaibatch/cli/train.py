@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .boundary import reported
+from .boundary import echo, reported
 from .options import (
     Number,
     arch_option,
@@ -73,11 +73,11 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
         seed=seed,
         device=device,
         workers=workers,
-        log=click.echo,
+        log=echo,
         save_format=save_format,
     )
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
-    click.echo(
+    echo(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
         f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
     )
@@ -105,4 +105,4 @@ def demo_data(out_dir, train_per_class, test_per_class, seed):
     from ..tools.demo import write_demo_data
 
     n = write_demo_data(out_dir, train_per_class, test_per_class, seed)
-    click.echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")
+    echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")
