@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,18 +17,10 @@ from helpers import HOSTILE_NAMES, make_checkpoint, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.tools import synth
+from xaibatch.tools import chromium, synth
+from xaibatch.tools.chromium import CHROMEDRIVER, CHROMIUM  # noqa: F401  (test_target_label's skip)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-        reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
-    ),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING)]
 
 TRAP = """
 window.__xss = [];
@@ -41,33 +32,12 @@ HOSTILE = [*HOSTILE_NAMES, "<script>alert(4)<\\script>.png"]
 
 @pytest.fixture(scope="module")
 def driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="xaibatch-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for a in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-        "--allow-file-access-from-files",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    d = chromium.start(1280, 900, "--allow-file-access-from-files", console_log=True)
     d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TRAP})
     try:
         yield d
     finally:
         d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
