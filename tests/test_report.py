@@ -1270,3 +1270,43 @@ def test_durations_keep_each_number_with_its_unit():
     assert fmt_seconds(114) == "1\u00a0min 54\u00a0s"
     assert fmt_seconds(3.25) == "3.2\u00a0s"
     assert fmt_seconds(7300) == "2\u00a0h 1\u00a0min"
+
+
+def test_card_captions_name_library_methods_shortly_and_break_them_between_words():
+    from xaibatch.report.text import card_captions
+
+    titles = ["Grad-CAM", "Grad-CAM (pytorch-grad-cam)", "IntegratedGradients (captum)", "InputXGradient (captum)"]
+    titles += ["captum:NoiseTunnel.Saliency", "LIME"]
+    assert card_captions(titles) == [
+        ("Grad-CAM",),
+        ("Grad-CAM (pytorch-grad-cam)",),  # "Grad-CAM" alone would read as the method beside it
+        ("Integrated", "Gradients"),
+        ("Input", "X", "Gradient"),
+        ("captum:", "Noise", "Tunnel.", "Saliency"),  # a method without a recorded title: its name
+        ("LIME",),
+    ]
+
+
+def test_card_captions_carry_break_points_and_stay_escaped(tmp_path, monkeypatch):
+    """The 88 px card broke "IntegratedGrad|ients" inside the word: its caption now offers <wbr> between the
+    words of a camel-case name (the full title on hover), escaped as everything else, and fastcards agrees."""
+    import importlib
+
+    extra = {
+        "captum:IntegratedGradients": {"title": "IntegratedGradients (captum)", "signed": True, "config": {}},
+        "cam:evil": {"title": "<b onmouseover=x()>EvilCam (pytorch-grad-cam)", "signed": False, "config": {}},
+    }
+    for k, v in extra.items():
+        monkeypatch.setitem(METHODS, k, {**v, "hash": k})
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("gradcam", "captum:IntegratedGradients", "cam:evil"))
+    report.render(out)
+    html = (out / "gallery" / "page-1.html").read_text()
+    assert '<span class="cap" aria-hidden="true" title="IntegratedGradients (captum)">Integrated<wbr>Gradients<' in html
+    assert 'title="&lt;b onmouseover=x()&gt;EvilCam (pytorch-grad-cam)">&lt;b onmouseover=x()&gt;Evil<wbr>Cam<' in html
+    assert "<b " not in html
+    render = importlib.import_module("xaibatch.report.render")
+    data = report.build(out)
+    data.assets = {"css": "a.css", "js": "a.js", "detail": "d.js"}
+    gallery = report.environment().get_template("gallery.html")
+    for p in data.pages:
+        assert render._render_gallery(gallery, data, p, True) == render._render_gallery(gallery, data, p, False)

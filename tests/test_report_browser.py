@@ -738,3 +738,54 @@ def test_a_ring_at_the_pictures_edge_is_drawn_whole(driver, tmp_path):
     )
     cyan = (outside[:, 0] < 90) & (outside[:, 1] > 170) & (outside[:, 2] > 200)  # MARKER_COLOURS[0], #00e5ff
     assert cyan.sum() >= 4, "the ring is cut off at the picture's edge"
+
+
+BROKEN_WORDS = """
+return Array.prototype.flatMap.call(document.querySelectorAll(arguments[0]), function (el) {
+  var broken = [], walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT), node, m;
+  while ((node = walk.nextNode())) {
+    var words = /[^\\s-]+-?/g;  // a break after a space or a hyphen is a word's own; <wbr> parts are their own nodes
+    while ((m = words.exec(node.data))) {
+      var r = document.createRange();
+      r.setStart(node, m.index);
+      r.setEnd(node, m.index + m[0].length);
+      var tops = new Set(Array.prototype.map.call(r.getClientRects(), function (b) { return Math.round(b.top); }));
+      if (tops.size > 1) broken.push(m[0]);
+    }
+  }
+  return broken;
+});
+"""
+
+
+@pytest.mark.parametrize("width", [375, 1024, 1920])
+def test_card_captions_never_break_inside_a_word(driver, five_methods_out, width):
+    """The 88 px cards broke "IntegratedGrad|ients" (and at 375 px "Integrat|edGradi|ents"): captions now break
+    between the words of a camel-case name, and on a phone the thumbnails wrap to a second row rather than
+    shrink under a word's width."""
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, five_methods_out / "gallery" / "page-1.html")
+        caps = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('.card .cap'), c => c.textContent)"
+        )
+        assert any(c.startswith("IntegratedGradients") for c in caps), caps  # the case under test
+        assert driver.execute_script(BROKEN_WORDS, ".card .cap") == []
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_the_confusion_matrix_note_reads_on_one_line(driver, labeled_out):
+    """Its caption was as wide as the 2x2 table: three lines of a few words. The note now spans the page."""
+    try:
+        driver.set_window_size(1024, 900)
+        open_page(driver, labeled_out / "index.html")
+        lines = driver.execute_script("""
+            var el = Array.prototype.find.call(document.querySelectorAll('main *'),
+                e => e.children.length === 0 && e.textContent.startsWith('Rows: true class'));
+            var r = document.createRange(); r.selectNodeContents(el);
+            return new Set(Array.prototype.map.call(r.getClientRects(), b => Math.round(b.top))).size;""")
+        assert lines == 1
+    finally:
+        driver.set_window_size(1280, 900)
