@@ -274,6 +274,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve_argv(ckpt: Path, out: Path, port: int, *extra: str) -> list[str]:
+    """``xaibatch serve`` as a real process's command line."""
+    return [
+        sys.executable,
+        "-m",
+        "xaibatch",
+        "serve",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def _browser():
     return chromium.start(1280, 1000)
 
@@ -546,20 +563,7 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xaibatch",
-            "serve",
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(tmp_path / "out"),
-            "--port",
-            str(port),
-            "--host",
-            host,
-        ],
+        _serve_argv(ckpt, tmp_path / "out", port, "--host", host),
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -638,18 +642,7 @@ def test_a_port_in_use_is_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "xaibatch",
-                "serve",
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                str(tmp_path / "out"),
-                "--port",
-                str(port),
-            ],
+            _serve_argv(ckpt, tmp_path / "out", port),
             capture_output=True,
             text=True,
             env=env,
