@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, small_run, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
@@ -213,15 +213,7 @@ def gallery_order(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def labeled_run(tmp_path_factory, tiny_ckpt) -> Path:
-    root = tmp_path_factory.mktemp("lab")
-    write_images(root / "in" / "FAKE", 6, seed=1)
-    write_images(root / "in" / "REAL", 6, seed=2)
-    (root / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
-    run(
-        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None,
-    )
-    return root / "out"
+    return small_run(tmp_path_factory.mktemp("lab"), tiny_ckpt, 6, (1, 2), ("REAL/broken.png", b"not a png"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, small_run, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -43,14 +43,7 @@ def driver():
 @pytest.fixture(scope="module")
 def labeled_out(tmp_path_factory, tiny_ckpt) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    write_images(root / "in" / "FAKE", 9, seed=11)
-    write_images(root / "in" / "REAL", 9, seed=12)
-    (root / "in" / "FAKE" / "broken.png").write_bytes(b"\x89PNG but not really")
-    run(
-        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None,
-    )
-    return root / "out"
+    return small_run(root, tiny_ckpt, 9, (11, 12), ("FAKE/broken.png", b"\x89PNG but not really"))
 
 
 @pytest.fixture(scope="module")
