@@ -67,3 +67,9 @@ def test_rerunning_into_its_own_output_replaces_the_set(tmp_path):
     ]
     assert now[".git/HEAD"] == b"mine"
     assert now["train/REAL/real_00000.png"] == first["train/REAL/real_00000.png"]
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    r = _demo(tmp_path / "afile" / "d")
+    assert (r.exit_code, r.output) == (2, f"Error: cannot create {tmp_path / 'afile' / 'd'}: Not a directory\n")

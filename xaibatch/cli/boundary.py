@@ -36,13 +36,16 @@ class Failure(click.ClickException):
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def one_line(e: click.UsageError) -> click.UsageError:
-    """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help."""
+def one_line(e: click.UsageError, command_path: str | None = None) -> click.UsageError:
+    """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help;
+    ``command_path``: the command's, for an error click raised without its context ("Option '-m' requires an
+    argument.")."""
     if isinstance(e, _HELP):
         return e
     message = e.format_message()
+    path = e.ctx.command_path if e.ctx is not None else command_path
     # a message that already says where to look (e.g. "see `xaibatch methods`") keeps its one pointer
-    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None and "see `" not in message else ""
+    where = f" (see '{path} --help')" if path and "see `" not in message else ""
     return Failure(f"{message}{where}", e.exit_code)
 
 
@@ -58,6 +61,9 @@ def _reader_went_away() -> bool:
         return False
     silence(sys.stdout)
     return True
+
+
+_COMMAND_PATH = "xaibatch.command_path"  # ctx.meta: the command the group resolved, for one_line
 
 
 class Group(click.Group):
@@ -77,11 +83,28 @@ class Group(click.Group):
                 raise
             raise click.exceptions.Exit(0) from None
 
+    def format_commands(self, ctx, formatter):
+        """Each command's first sentence in full (wrapped), never click's cut "... and an HTML..."."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            ctx.meta[_COMMAND_PATH] = f"{ctx.command_path} {cmd.name}"
+        return name, cmd, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
-            raise one_line(e) from None
+            raise one_line(e, ctx.meta.get(_COMMAND_PATH, ctx.command_path)) from None
         except BrokenPipeError:
             if not _reader_went_away():
                 raise

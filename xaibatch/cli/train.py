@@ -90,7 +90,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     type=click.IntRange(1),
     default=1000,
     show_default=True,
-    help="Training images per class (e.g. --train-per-class 200).",
+    help="Training images per class (e.g. 200).",
 )
 @click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True, help="Test images per class.")
 @seed_option("Same seed, same files.")

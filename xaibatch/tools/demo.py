@@ -166,11 +166,17 @@ def write_demo_data(
     previous, foreign = survey(out)
     if foreign is not None and not force:
         raise UsageError(
-            f"{out} is not empty and not a previous demo-data output (it holds {printable(str(foreign.relative_to(out)))}): "
+            f"{printable(str(out))} is not empty and not a previous demo-data output (it holds {printable(str(foreign.relative_to(out)))}): "
             "choose a new or empty folder, or pass --force to write train/ and test/ beside what is there"
         )
     if foreign is not None:
         previous = []  # --force: nothing is removed from a folder that is not all ours
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {printable(str(out))}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {printable(str(out))}: Permission denied")
     photos = source_photos()
     written: set[Path] = set()
     for split, n, split_seed in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
