@@ -73,3 +73,16 @@ def test_a_folder_that_cannot_be_made_is_one_line_exit_2(tmp_path):
     (tmp_path / "afile").write_text("mine")
     r = _demo(tmp_path / "afile" / "d")
     assert (r.exit_code, r.output) == (2, f"Error: cannot create {tmp_path / 'afile' / 'd'}: Not a directory\n")
+
+
+def test_a_link_in_an_earlier_output_is_not_written_through(tmp_path):
+    out = tmp_path / "d"
+    assert _demo(out, train=1, test=1).exit_code == 0
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"mine")
+    link = out / "train" / "REAL" / "real_00000.png"
+    link.unlink()
+    link.symlink_to(victim)
+    r = _demo(out, train=1, test=1)
+    assert r.exit_code == 2 and "(it holds train/REAL/real_00000.png)" in r.output
+    assert victim.read_bytes() == b"mine"

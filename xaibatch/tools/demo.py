@@ -141,13 +141,13 @@ def survey(out: Path) -> tuple[list[Path], Path | None]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         allowed = SPLITS if depth == 0 else CLASSES if depth == 1 else ()
         for d in dirs:
-            if d not in allowed:
+            if d not in allowed or os.path.islink(here / d):  # a link: writing through it would leave out
                 return ours, here / d
         for f in sorted(files):
             if f.startswith("."):
                 continue
             m = _OURS.fullmatch(f)
-            if depth != 2 or m is None or m.group(1) != here.name.lower():
+            if depth != 2 or m is None or m.group(1) != here.name.lower() or os.path.islink(here / f):
                 return ours, here / f
             ours.append(here / f)
     return ours, None
