@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts  # noqa: E402
 from xaibatch.report import PAGE_SIZE, render  # noqa: E402
-from xaibatch.tools import synth  # noqa: E402
+from xaibatch.tools import chromium, synth  # noqa: E402
 
 CLASSES = ["FAKE", "REAL"]
 METHODS = {
@@ -151,23 +151,7 @@ def html_weight(out: Path) -> tuple[int, int]:
 
 
 def browser_times(out: Path, pages: list[str]) -> dict[str, dict[str, float]]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-    ):
-        opts.add_argument(a)
-    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-bench-')}")
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver = chromium.start(1280, 900)
     res = {}
     try:
         for page in pages:
@@ -252,7 +236,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
     }
     if not args.no_browser:
-        if Path("/usr/bin/chromedriver").exists():
+        if chromium.available():
             pages = ["index.html", "gallery/page-1.html", f"gallery/page-{first.gallery_pages}.html"]
             result["chromium"] = browser_times(out, pages)
         else:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(DOCS.parent))
 
 from xaibatch.tools.demo import write_demo_data  # noqa: E402
 from xaibatch.pipeline import RunOptions, run  # noqa: E402
+from xaibatch.tools import chromium  # noqa: E402
 
 
 def shoot(driver, page: Path, out: Path, width: int, height: int) -> int:
@@ -59,23 +60,7 @@ def main() -> None:
         )
     )
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for a in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}",
-    ):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    driver = chromium.start(1200, 1000, "--hide-scrollbars")
     try:
         for name, page, size in (
             ("summary.png", out / "index.html", (1200, 1500)),

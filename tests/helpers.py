@@ -50,6 +50,24 @@ def run_opts(inp: Path, out: Path, ckpt: Path | None = None, methods=("gradcam",
     return RunOptions(input_dir=inp, out_dir=out, methods=list(methods), **fields)
 
 
+def small_run(root: Path, ckpt: Path, per_class: int, seeds=(1, 2), broken: tuple[str, bytes] | None = None) -> Path:
+    """A Grad-CAM run over ``root/in/{FAKE,REAL}`` (``per_class`` noise images each, one seed per class) into
+    ``root/out``; ``broken``: one more file in the input (its path under ``in/``, its bytes). Returns ``out``."""
+    from xaibatch.pipeline import RunOptions, run
+
+    write_images(root / "in" / "FAKE", per_class, seed=seeds[0])
+    write_images(root / "in" / "REAL", per_class, seed=seeds[1])
+    if broken is not None:
+        (root / "in" / broken[0]).write_bytes(broken[1])
+    run(RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt), log=quiet)
+    return root / "out"
+
+
+def run_argv(inp: Path, out: Path, ckpt: Path, *extra) -> list[str]:
+    """``run INP --checkpoint CKPT --out OUT EXTRA...`` as a command line's arguments (strings)."""
+    return ["run", str(inp), "--checkpoint", str(ckpt), "--out", str(out), *map(str, extra)]
+
+
 def invoke(*args, catch_exceptions: bool = False):
     """``xaibatch ARGS...`` in this process (click's CliRunner); the arguments may be paths."""
     from click.testing import CliRunner
@@ -119,3 +137,18 @@ def wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = 90.0, p
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(poll)
+
+
+def reap(proc: subprocess.Popen, pids) -> None:
+    """After a test that SIGKILLs a run: kill it if it still lives, collect it, and SIGKILL the children it
+    should have taken along (``pids``), so a failing test leaves no process behind."""
+    import signal
+
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -509,3 +509,17 @@ def test_duplicate_class_names_are_refused_before_the_model_loads(tmp_path, imag
     r = invoke(*run_args(images, out, "--checkpoint", tiny_ckpt, "--classes", "REAL,FAKE,REAL"))
     assert_one_line(r, errors.EXIT_USAGE, "--classes: REAL given twice; one name per output")
     assert not out.exists()
+
+
+def test_an_option_missing_its_value_names_the_commands_help():
+    """click raises "Option '-m' requires an argument." without its context: the line named no help."""
+    r = helpers.invoke("run", ".", "-m", catch_exceptions=True)
+    assert r.exit_code == 2
+    assert r.output == "Error: Option '-m' requires an argument. (see 'cli run --help')\n"  # CliRunner's name: cli
+
+
+def test_the_top_level_help_gives_each_commands_first_sentence_whole():
+    """click cut them at about 45 characters: "Explain every image under INPUT_DIR and write maps plus an..."."""
+    commands = " ".join(helpers.invoke("--help").output.split("Commands:", 1)[1].split())
+    assert "..." not in commands
+    assert "run Explain every image under INPUT_DIR and write maps plus an HTML report. sanity" in commands

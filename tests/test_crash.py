@@ -29,7 +29,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, manifest_rows, run_opts, wait_until, write_images
+from helpers import REPO, manifest_rows, run_argv, run_opts, wait_until, write_images
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.manifest import Manifest
@@ -141,12 +141,7 @@ def _cli(
             sys.executable,
             "-c",
             PRELUDE,
-            "run",
-            str(inp),
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(out),
+            *run_argv(inp, out, ckpt),
             "--batch-size",
             str(BATCH),
             "--workers",

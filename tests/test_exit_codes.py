@@ -138,3 +138,61 @@ def test_a_closed_stdout_loses_nothing(tmp_path, tiny_ckpt, log_json):
     assert err == ""
     assert manifest_rows(tmp_path / "out", "SELECT status FROM runs") == [("ok",)]
     assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
+
+
+def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):
+    """Run ``xaibatch ARGS`` (or a ``python -c`` script) with stdout a pipe whose reader has already left, as
+    ``| head -1`` leaves it after its line; (exit code, stderr)."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-c", code, *code_or_args], cwd=REPO, env=ENV, stdout=w, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(w)
+    return p.returncode, p.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["methods"], ["--help"], ["--version"], ["run", "--help"], ["sanity", "--help"], ["bench", "--help"]],
+    ids=" ".join,
+)
+def test_a_listing_into_a_closed_pipe_is_no_failure(args):
+    """``xaibatch methods | head -1`` exited 1 without a word (click's handling of a closed stdout)."""
+    assert _into_closed_pipe(*args) == (0, "")
+
+
+def test_demo_data_into_a_closed_pipe_writes_its_files(tmp_path):
+    rc, err = _into_closed_pipe("demo-data", str(tmp_path / "d"), "--train-per-class", "1", "--test-per-class", "1")
+    assert (rc, err) == (0, "")
+    assert len(list((tmp_path / "d").rglob("*.png"))) == 4  # train and test, two classes, one image each
+
+
+# a command of the boundary that prints with click.echo (as bench does), and one whose own pipe breaks
+_ECHOING = """
+import sys, click
+from xaibatch.cli.boundary import Group, reported
+@click.group(cls=Group)
+def g(): pass
+@g.command()
+@reported
+def table():
+    for i in range(10000): click.echo(f"row {i}")
+    sys.stderr.write("finished\\n")
+@g.command()
+@reported
+def other():
+    raise BrokenPipeError(32, "Broken pipe")
+g(prog_name="x")
+"""
+
+
+def test_a_closed_stdout_in_a_reported_command_exits_0_other_broken_pipes_exit_3():
+    rc, err = _into_closed_pipe("table", code=_ECHOING)
+    assert (rc, err) == (0, "")  # cut short: its last table was all it had left to do
+    r = subprocess.run([sys.executable, "-c", _ECHOING, "other"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (3, "Error: Broken pipe\n")  # not stdout's reader: an error as before

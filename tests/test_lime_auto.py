@@ -8,7 +8,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from helpers import manifest_rows
+from helpers import manifest_rows, run_argv
 from _methods_helpers import cpu_ctx, make_batch, make_ctx, random_images
 from xaibatch.errors import UsageError
 from xaibatch.preprocess import IMAGENET_MEAN as MEAN  # the oracles' own black: (0 - MEAN) / STD
@@ -291,12 +291,7 @@ def test_cli_auto_records_samples_and_recomputes_only_when_its_options_change(tm
         r = CliRunner().invoke(
             cli,
             [
-                "run",
-                str(inp),
-                "--checkpoint",
-                str(tiny_ckpt),
-                "--out",
-                str(out),
+                *run_argv(inp, out, tiny_ckpt),
                 "--workers",
                 "0",
                 "-m",

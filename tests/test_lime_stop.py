@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import manifest_rows, write_images
+from helpers import manifest_rows, run_argv, write_images
 from outcheck import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,12 +29,7 @@ def test_sigint_stops_a_long_lime_batch_within_seconds(tmp_path, tiny_ckpt):
             sys.executable,
             "-m",
             "xaibatch",
-            "run",
-            str(inp),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "--out",
-            str(out),
+            *run_argv(inp, out, tiny_ckpt),
             "--workers",
             "0",
             "--method",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, REPO, cli, run_opts, write_images
+from helpers import ENV, REPO, cli, run_argv, run_opts, write_images
 from test_crash import PRELUDE
 from xaibatch.errors import LockHeld
 from xaibatch.lock import LOCK_NAME, OutputLock
@@ -97,12 +97,7 @@ def test_second_real_run_exits_4_naming_the_holder_then_waits_with_wait(tmp_path
             sys.executable,
             "-c",
             GATED,
-            "run",
-            str(inp),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "--out",
-            str(out),
+            *run_argv(inp, out, tiny_ckpt),
             "--batch-size",
             "4",
             "--workers",
@@ -122,12 +117,7 @@ def test_second_real_run_exits_4_naming_the_holder_then_waits_with_wait(tmp_path
             sys.executable,
             "-c",
             "from xaibatch.cli import main; main()",
-            "run",
-            str(inp),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "--out",
-            str(out),
+            *run_argv(inp, out, tiny_ckpt),
             "--batch-size",
             "4",
             "--workers",
@@ -175,7 +165,7 @@ def test_wait_timeout_gives_up_with_4(tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     holder = _holder(out)
     try:
-        r = cli("run", str(inp), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--wait-timeout", "1", "--log-json")
+        r = cli(*run_argv(inp, out, tiny_ckpt), "--wait-timeout", "1", "--log-json")
         assert r.returncode == 4
         end = json.loads(r.stdout.strip().splitlines()[-1])
         assert end["event"] == "end" and end["exit_code"] == 4 and end["status"] == "locked"

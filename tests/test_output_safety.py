@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, REPO, invoke, run_opts, wait_until, write_images
+from helpers import ENV, REPO, invoke, reap, run_argv, run_opts, wait_until, write_images
 from xaibatch.lock import LOCK_NAME
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import run
@@ -230,12 +230,7 @@ def _paused_run(inp: Path, out: Path, ckpt: Path, marks: Path, workers: int) -> 
             sys.executable,
             "-c",
             PAUSED_RUN,
-            "run",
-            str(inp),
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(out),
+            *run_argv(inp, out, ckpt),
             "--batch-size",
             "4",
             "--workers",
@@ -293,14 +288,7 @@ def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
         left = [w for w in workers if _alive(w)]
         assert not left, f"workers {left} outlived their SIGKILLed parent by {time.monotonic() - t0:.1f}s"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-        for w in workers:
-            try:
-                os.kill(w, signal.SIGKILL)
-            except OSError:
-                pass
+        reap(proc, workers)
 
 
 WATCHED_CHILD = r"""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, small_run, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
@@ -213,15 +213,7 @@ def gallery_order(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def labeled_run(tmp_path_factory, tiny_ckpt) -> Path:
-    root = tmp_path_factory.mktemp("lab")
-    write_images(root / "in" / "FAKE", 6, seed=1)
-    write_images(root / "in" / "REAL", 6, seed=2)
-    (root / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
-    run(
-        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None,
-    )
-    return root / "out"
+    return small_run(tmp_path_factory.mktemp("lab"), tiny_ckpt, 6, (1, 2), ("REAL/broken.png", b"not a png"))
 
 
 @pytest.fixture(scope="module")
@@ -1270,3 +1262,43 @@ def test_durations_keep_each_number_with_its_unit():
     assert fmt_seconds(114) == "1\u00a0min 54\u00a0s"
     assert fmt_seconds(3.25) == "3.2\u00a0s"
     assert fmt_seconds(7300) == "2\u00a0h 1\u00a0min"
+
+
+def test_card_captions_name_library_methods_shortly_and_break_them_between_words():
+    from xaibatch.report.text import card_captions
+
+    titles = ["Grad-CAM", "Grad-CAM (pytorch-grad-cam)", "IntegratedGradients (captum)", "InputXGradient (captum)"]
+    titles += ["captum:NoiseTunnel.Saliency", "LIME"]
+    assert card_captions(titles) == [
+        ("Grad-CAM",),
+        ("Grad-CAM (pytorch-grad-cam)",),  # "Grad-CAM" alone would read as the method beside it
+        ("Integrated", "Gradients"),
+        ("Input", "X", "Gradient"),
+        ("captum:", "Noise", "Tunnel.", "Saliency"),  # a method without a recorded title: its name
+        ("LIME",),
+    ]
+
+
+def test_card_captions_carry_break_points_and_stay_escaped(tmp_path, monkeypatch):
+    """The 88 px card broke "IntegratedGrad|ients" inside the word: its caption now offers <wbr> between the
+    words of a camel-case name (the full title on hover), escaped as everything else, and fastcards agrees."""
+    import importlib
+
+    extra = {
+        "captum:IntegratedGradients": {"title": "IntegratedGradients (captum)", "signed": True, "config": {}},
+        "cam:evil": {"title": "<b onmouseover=x()>EvilCam (pytorch-grad-cam)", "signed": False, "config": {}},
+    }
+    for k, v in extra.items():
+        monkeypatch.setitem(METHODS, k, {**v, "hash": k})
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("gradcam", "captum:IntegratedGradients", "cam:evil"))
+    report.render(out)
+    html = (out / "gallery" / "page-1.html").read_text()
+    assert '<span class="cap" aria-hidden="true" title="IntegratedGradients (captum)">Integrated<wbr>Gradients<' in html
+    assert 'title="&lt;b onmouseover=x()&gt;EvilCam (pytorch-grad-cam)">&lt;b onmouseover=x()&gt;Evil<wbr>Cam<' in html
+    assert "<b " not in html
+    render = importlib.import_module("xaibatch.report.render")
+    data = report.build(out)
+    data.assets = {"css": "a.css", "js": "a.js", "detail": "d.js"}
+    gallery = report.environment().get_template("gallery.html")
+    for p in data.pages:
+        assert render._render_gallery(gallery, data, p, True) == render._render_gallery(gallery, data, p, False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -14,22 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, small_run, write_images
 from xaibatch import report
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.tools import synth
+from xaibatch.tools import chromium, synth
+from xaibatch.tools.chromium import CHROMEDRIVER, CHROMIUM  # noqa: F401  (test_target_label's skip)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-        reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
-    ),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING)]
 
 TRAP = """
 window.__xss = [];
@@ -41,46 +32,18 @@ HOSTILE = [*HOSTILE_NAMES, "<script>alert(4)<\\script>.png"]
 
 @pytest.fixture(scope="module")
 def driver():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="xaibatch-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for a in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-        "--allow-file-access-from-files",
-        f"--user-data-dir={profile}",
-    ):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    d = chromium.start(1280, 900, "--allow-file-access-from-files", console_log=True)
     d.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": TRAP})
     try:
         yield d
     finally:
         d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def labeled_out(tmp_path_factory, tiny_ckpt) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    write_images(root / "in" / "FAKE", 9, seed=11)
-    write_images(root / "in" / "REAL", 9, seed=12)
-    (root / "in" / "FAKE" / "broken.png").write_bytes(b"\x89PNG but not really")
-    run(
-        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
-        log=lambda s: None,
-    )
-    return root / "out"
+    return small_run(root, tiny_ckpt, 9, (11, 12), ("FAKE/broken.png", b"\x89PNG but not really"))
 
 
 @pytest.fixture(scope="module")
@@ -768,3 +731,54 @@ def test_a_ring_at_the_pictures_edge_is_drawn_whole(driver, tmp_path):
     )
     cyan = (outside[:, 0] < 90) & (outside[:, 1] > 170) & (outside[:, 2] > 200)  # MARKER_COLOURS[0], #00e5ff
     assert cyan.sum() >= 4, "the ring is cut off at the picture's edge"
+
+
+BROKEN_WORDS = """
+return Array.prototype.flatMap.call(document.querySelectorAll(arguments[0]), function (el) {
+  var broken = [], walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT), node, m;
+  while ((node = walk.nextNode())) {
+    var words = /[^\\s-]+-?/g;  // a break after a space or a hyphen is a word's own; <wbr> parts are their own nodes
+    while ((m = words.exec(node.data))) {
+      var r = document.createRange();
+      r.setStart(node, m.index);
+      r.setEnd(node, m.index + m[0].length);
+      var tops = new Set(Array.prototype.map.call(r.getClientRects(), function (b) { return Math.round(b.top); }));
+      if (tops.size > 1) broken.push(m[0]);
+    }
+  }
+  return broken;
+});
+"""
+
+
+@pytest.mark.parametrize("width", [375, 1024, 1920])
+def test_card_captions_never_break_inside_a_word(driver, five_methods_out, width):
+    """The 88 px cards broke "IntegratedGrad|ients" (and at 375 px "Integrat|edGradi|ents"): captions now break
+    between the words of a camel-case name, and on a phone the thumbnails wrap to a second row rather than
+    shrink under a word's width."""
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, five_methods_out / "gallery" / "page-1.html")
+        caps = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('.card .cap'), c => c.textContent)"
+        )
+        assert any(c.startswith("IntegratedGradients") for c in caps), caps  # the case under test
+        assert driver.execute_script(BROKEN_WORDS, ".card .cap") == []
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_the_confusion_matrix_note_reads_on_one_line(driver, labeled_out):
+    """Its caption was as wide as the 2x2 table: three lines of a few words. The note now spans the page."""
+    try:
+        driver.set_window_size(1024, 900)
+        open_page(driver, labeled_out / "index.html")
+        lines = driver.execute_script("""
+            var el = Array.prototype.find.call(document.querySelectorAll('main *'),
+                e => e.children.length === 0 && e.textContent.startsWith('Rows: true class'));
+            var r = document.createRange(); r.selectNodeContents(el);
+            return new Set(Array.prototype.map.call(r.getClientRects(), b => Math.round(b.top))).size;""")
+        assert lines == 1
+    finally:
+        driver.set_window_size(1280, 900)

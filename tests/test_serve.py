@@ -7,7 +7,6 @@ import io
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,15 +20,13 @@ from helpers import make_checkpoint
 from xaibatch import layout
 from xaibatch.errors import DecodeError, UsageError, XaibatchError
 from xaibatch.serve.flags import clean_label, save_flag
-from xaibatch.tools import synth
+from xaibatch.tools import chromium, synth
 
 # Gradio's queue uses pandas options that pandas 3 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:'future.no_silent_downcasting'", "ignore:The copy keyword is deprecated"
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 METHODS = ["gradcam", "guided-gradcam", "lime"]
 SAMPLES = 40
 
@@ -277,31 +274,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve_argv(ckpt: Path, out: Path, port: int, *extra: str) -> list[str]:
+    """``xaibatch serve`` as a real process's command line."""
+    return [
+        sys.executable,
+        "-m",
+        "xaibatch",
+        "serve",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for a in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='xaibatch-chromium-')}",
-    ):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    return chromium.start(1280, 1000)
 
 
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install chromium chromium-driver)",
-)
+needs_chromium = pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING)
 
 
 gate: list[threading.Event] = []
@@ -569,20 +563,7 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "xaibatch",
-            "serve",
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(tmp_path / "out"),
-            "--port",
-            str(port),
-            "--host",
-            host,
-        ],
+        _serve_argv(ckpt, tmp_path / "out", port, "--host", host),
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -661,18 +642,7 @@ def test_a_port_in_use_is_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "xaibatch",
-                "serve",
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                str(tmp_path / "out"),
-                "--port",
-                str(port),
-            ],
+            _serve_argv(ckpt, tmp_path / "out", port),
             capture_output=True,
             text=True,
             env=env,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_opts, wait_until, write_images
+from helpers import reap, run_opts, wait_until, write_images
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run, writer
 from xaibatch.pipeline.writer import PARALLEL_WRITE_MIN_PIXELS, MapPictures, WriteItem, WriteJob, Writer
@@ -180,14 +180,7 @@ def test_sigkill_with_writer_processes_then_rerun_equals_uninterrupted(tmp_path,
                 time.sleep(0.05)
             assert not [k for k in kids if _alive(k)], "a writer process outlived its SIGKILLed run"
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-            for k in kids:
-                try:
-                    os.kill(k, signal.SIGKILL)
-                except OSError:
-                    pass
+            reap(proc, kids)
         r = run(tc._opts(inp, out, tiny_ckpt), log=lambda s: None)
         assert r.status == "ok"
         assert tc._consistent(out) == tc._consistent(ref)

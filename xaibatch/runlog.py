@@ -34,11 +34,29 @@ def write_line(text: str, stream: IO[str] | None = None) -> None:
         stream.write(text + "\n")
         stream.flush()
     except BrokenPipeError:
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, stream.fileno())  # what is still buffered, and Python's flush at exit, go nowhere
-        finally:
-            os.close(null)
+        silence(stream)
+
+
+def silence(stream: IO[str]) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: what is still buffered, what follows and Python's flush at
+    exit go nowhere (its reader went away)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
+def reader_gone(stream: IO[str]) -> bool:
+    """True when ``stream`` is a pipe whose reader has closed it (``| head -1`` after its line)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(stream.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's StringIO), a closed stream
+        return False
 
 
 def counts(result: Any) -> dict[str, Any]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
+from ..runlog import reader_gone, silence, write_line
 
 
 def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
@@ -34,31 +36,79 @@ class Failure(click.ClickException):
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def one_line(e: click.UsageError) -> click.UsageError:
-    """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help."""
+def one_line(e: click.UsageError, command_path: str | None = None) -> click.UsageError:
+    """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help;
+    ``command_path``: the command's, for an error click raised without its context ("Option '-m' requires an
+    argument.")."""
     if isinstance(e, _HELP):
         return e
     message = e.format_message()
+    path = e.ctx.command_path if e.ctx is not None else command_path
     # a message that already says where to look (e.g. "see `xaibatch methods`") keeps its one pointer
-    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None and "see `" not in message else ""
+    where = f" (see '{path} --help')" if path and "see `" not in message else ""
     return Failure(f"{message}{where}", e.exit_code)
+
+
+def echo(text: str) -> None:
+    """Print one line of a command's output (a listing, a table, a verdict): a reader that went away
+    (``| head -1``) is no error, the rest goes nowhere and the command ends as it would have (runlog.write_line)."""
+    write_line(text)
+
+
+def _reader_went_away() -> bool:
+    """After a BrokenPipeError: True (and stdout silenced) when it was stdout's reader that left."""
+    if not reader_gone(sys.stdout):
+        return False
+    silence(sys.stdout)
+    return True
+
+
+_COMMAND_PATH = "xaibatch.command_path"  # ctx.meta: the command the group resolved, for one_line
 
 
 class Group(click.Group):
     """A command group whose usage errors, its own and its commands' (parsing or raised by a command), are one
-    line: a scheduler's log gets one line per failure, and a terminal the command's --help to read."""
+    line: a scheduler's log gets one line per failure, and a terminal the command's --help to read.
+
+    Output cut short by its reader (``xaibatch run --help | head -1``; click would exit 1 silently) ends with
+    exit 0: what was left to print was all that remained (help, version, a command's last table)."""
 
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as e:
             raise one_line(e) from None
+        except BrokenPipeError:
+            if not _reader_went_away():
+                raise
+            raise click.exceptions.Exit(0) from None
+
+    def format_commands(self, ctx, formatter):
+        """Each command's first sentence in full (wrapped), never click's cut "... and an HTML..."."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=1000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None:
+            ctx.meta[_COMMAND_PATH] = f"{ctx.command_path} {cmd.name}"
+        return name, cmd, rest
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
-            raise one_line(e) from None
+            raise one_line(e, ctx.meta.get(_COMMAND_PATH, ctx.command_path)) from None
+        except BrokenPipeError:
+            if not _reader_went_away():
+                raise
+            raise click.exceptions.Exit(0) from None
 
 
 def reported(fn):
@@ -73,6 +123,8 @@ def reported(fn):
         except KeyboardInterrupt:
             raise Failure("interrupted", EXIT_INTERRUPTED) from None
         except OSError as e:
+            if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
+                raise  # the command's output was cut short by its reader: Group ends it with exit 0
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             raise Failure(f"{e.strerror or e}{where}", EXIT_RUNTIME) from None
         except click.ClickException:

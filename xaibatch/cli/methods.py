@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .boundary import echo
+
 
 @click.command("methods")
 def methods_cmd():
@@ -19,7 +21,7 @@ def methods_cmd():
 
     for r in list_methods():
         opts = ", ".join(f"{k}={v}" for k, v in r.options.items()) or "-"
-        click.echo(
+        echo(
             f"{r.name}\n    {r.title}; {r.library}; {r.batching}; {'signed' if r.signed else 'unsigned'}"
             f"\n    options: {opts}\n    use: {r.summary}"
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import ExitCode
-from .boundary import exit_codes_help, reported
+from .boundary import echo, exit_codes_help, reported
 from .options import arch_option, batch_size_option, checkpoint_option, device_option, model_option, seed_option
 
 
@@ -70,6 +70,6 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
         override=ModelOverride(model_spec, checkpoint, arch),
     )
     for c in result["curves"]:
-        click.echo(c["verdict"])
+        echo(c["verdict"])
     if strict and not all(c["passed"] for c in result["curves"]):
         raise SystemExit(int(ExitCode.SOME_FAILED))

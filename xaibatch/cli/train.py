@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .boundary import reported
+from .boundary import echo, reported
 from .options import (
     Number,
     arch_option,
@@ -73,11 +73,11 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
         seed=seed,
         device=device,
         workers=workers,
-        log=click.echo,
+        log=echo,
         save_format=save_format,
     )
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
-    click.echo(
+    echo(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
         f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
     )
@@ -90,13 +90,21 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     type=click.IntRange(1),
     default=1000,
     show_default=True,
-    help="Training images per class (e.g. --train-per-class 200).",
+    help="Training images per class (e.g. 200).",
 )
 @click.option("--test-per-class", type=click.IntRange(1), default=250, show_default=True, help="Test images per class.")
 @seed_option("Same seed, same files.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a folder that holds other files too: train/ and test/ beside them (same names replaced).",
+)
 @reported
-def demo_data(out_dir, train_per_class, test_per_class, seed):
+def demo_data(out_dir, train_per_class, test_per_class, seed, force):
     """Write a CIFAKE-style 32x32 demo set with ground-truth masks of the fake regions.
+
+    OUT_DIR must be new, empty, or an earlier demo-data output (the new set then replaces the earlier
+    one); another non-empty folder is refused unless --force. No file of yours is ever deleted.
 
     \b
     Example:
@@ -104,5 +112,5 @@ def demo_data(out_dir, train_per_class, test_per_class, seed):
     """
     from ..tools.demo import write_demo_data
 
-    n = write_demo_data(out_dir, train_per_class, test_per_class, seed)
-    click.echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")
+    n = write_demo_data(out_dir, train_per_class, test_per_class, seed, force=force)
+    echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")

@@ -20,7 +20,7 @@ from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import CARD_THUMB_PX, WEAK_SIGNED_SCALE, Card, MethodInfo, ReportData
-from .text import css_gradient, fmt_seconds, fmt_time, fmt_value
+from .text import card_captions, css_gradient, fmt_seconds, fmt_time, fmt_value
 
 
 def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present: set[str]) -> list[MethodInfo]:
@@ -40,6 +40,8 @@ def method_infos(runs: list[dict[str, Any]], current: RunConfig | None, present:
         info = {"title": rec.title, "signed": rec.signed, "config": rec.config} if rec is not None else {}
         signed = bool(info.get("signed", False))
         out.append(_method_info(name, str(info.get("title", name)), signed, info.get("config") or {}))
+    for m, caption in zip(out, card_captions([m.title for m in out])):
+        m.caption = caption
     return out
 
 

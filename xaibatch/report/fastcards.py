@@ -19,7 +19,7 @@ from .model import Card
 MACRO_FILES = ("_macros.html", "gallery.html")  # a --template-dir with either of these uses Jinja for cards
 
 
-def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str]] | None = None) -> str:
+def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str, str]] | None = None) -> str:
     """One card. User text (names, classes, titles) is escaped; urls (report.url: percent-encoded), the card
     id (hex), numbers and ``root`` ("../") hold no character HTML would read, as the macro's output shows.
     ``_parts``: each method's escaped pieces, shared by a page's cards (:func:`cards_html`)."""
@@ -32,16 +32,18 @@ def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str
         got = parts.get((v.method, v.title))
         if got is None:
             m, title = e(v.method), e(v.title)
+            caption = "<wbr>".join(str(e(part)) for part in v.m.caption or (v.title,))
             got = parts[(v.method, v.title)] = (
                 m,
-                f'" alt="{title} map" data-method="{m}" {size}><span class="cap" aria-hidden="true">{title}'
+                f'<span class="col"><img src="{root}',
+                f'" alt="{title} map" data-method="{m}" {size}><span class="cap" aria-hidden="true" title="{title}">{caption}'
                 "</span></span>",
                 f' data-method="{m}"',
             )
-        m, col_tail, mag_attr = got
+        m, col_head, col_tail, mag_attr = got
         if v.deletion is not None:
             faith.append(f' data-del-{m}="{v.deletion}" data-ins-{m}="{v.insertion}"')
-        cols.append(f'<span class="col"><img src="{root}{v.thumb}{col_tail}')
+        cols.append(f"{col_head}{v.thumb}{col_tail}")
         if v.mag:
             mags.append(
                 f'<p class="mag{" weak" if v.weak else ""}"{mag_attr}'
@@ -65,5 +67,5 @@ def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str
 
 def cards_html(cards: list[Card], root: str, px: int) -> Markup:
     """A block's cards, as the gallery template's loop over ``ui.card`` writes them."""
-    parts: dict[Any, tuple[str, str, str]] = {}
+    parts: dict[Any, tuple[str, str, str, str]] = {}
     return Markup("".join(f"{card_html(c, root, px, parts)}\n" for c in cards))

@@ -119,6 +119,9 @@ class MethodInfo:
     superpixels: bool = True  # signed maps: LIME's (a superpixel's effect on the probability; WEAK_SIGNED_SCALE
     # applies), else per-pixel attributions in the model's logit units (captum), never flagged weak
     scale_note: str = ""  # signed maps: the gallery's line on the scale each card prints
+    caption: tuple[
+        str, ...
+    ] = ()  # the gallery card's caption under the map, cut where it may break (text.card_captions)
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -92,3 +93,21 @@ def fmt_bytes(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+_LIBRARY = re.compile(r"^(.+?) \((?:captum|pytorch-grad-cam)\)$")  # library methods' titles: "Saliency (captum)"
+# where a long name may break: after ':', '.' or '_', and between camel-case humps ("Integrated|Gradients")
+_BREAKS = re.compile(r"(?<=[:._])(?=.)|(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def break_points(text: str) -> tuple[str, ...]:
+    """``text`` cut where a narrow column may break it; the template joins the parts with ``<wbr>``."""
+    return tuple(p for p in _BREAKS.split(text) if p)
+
+
+def card_captions(titles: list[str]) -> list[tuple[str, ...]]:
+    """The gallery cards' captions of these method titles, as break_points: a library method's title without
+    its library ("IntegratedGradients (captum)" -> "IntegratedGradients"), unless another method of the report
+    then reads the same (Grad-CAM beside "Grad-CAM (pytorch-grad-cam)")."""
+    short = [m.group(1) if (m := _LIBRARY.match(t)) else t for t in titles]
+    return [break_points(s if short.count(s) == 1 else t) for s, t in zip(short, titles)]

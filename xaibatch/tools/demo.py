@@ -11,6 +11,8 @@ explanation of a good model should therefore point into the mask.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from PIL import Image
 from ..errors import UsageError
 from ..report.localization import MASK_SUFFIX
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE
+from ..scan import printable
 
 SIZE = DEFAULT_MODEL_IMAGE_SIZE  # CIFAKE's size, and the bundled model's
 
@@ -116,10 +119,66 @@ class DemoCounts:
     test: int
 
 
-def write_demo_data(out: Path, train_per_class: int = 1000, test_per_class: int = 250, seed: int = 0) -> DemoCounts:
-    """Write ``out/{train,test}/{REAL,FAKE}/*.png`` (+ masks for FAKE); same seed, same bytes."""
+SPLITS = ("train", "test")
+CLASSES = ("REAL", "FAKE")
+_OURS = re.compile(r"(real|fake)_(\d{5,})(\.png|" + re.escape(MASK_SUFFIX) + ")")  # the names write_demo_data gives
+
+
+def _name(kind: str, i: int, suffix: str = ".png") -> str:
+    return f"{kind}_{i:05d}{suffix}"
+
+
+def survey(out: Path) -> tuple[list[Path], Path | None]:
+    """The files a previous demo-data run left in ``out``, and the first entry that is not one of them (None:
+    ``out`` is new, empty or a previous demo-data output). Hidden entries (``.git``, ``.DS_Store``) do not
+    count and are never touched."""
+    ours: list[Path] = []
+    if not out.is_dir():
+        return ours, None
+    for root, dirs, files in os.walk(out):
+        here = Path(root)
+        depth = len(here.relative_to(out).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        allowed = SPLITS if depth == 0 else CLASSES if depth == 1 else ()
+        for d in dirs:
+            if d not in allowed or os.path.islink(here / d):  # a link: writing through it would leave out
+                return ours, here / d
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            m = _OURS.fullmatch(f)
+            if depth != 2 or m is None or m.group(1) != here.name.lower() or os.path.islink(here / f):
+                return ours, here / f
+            ours.append(here / f)
+    return ours, None
+
+
+def write_demo_data(
+    out: Path, train_per_class: int = 1000, test_per_class: int = 250, seed: int = 0, force: bool = False
+) -> DemoCounts:
+    """Write ``out/{train,test}/{REAL,FAKE}/*.png`` (+ masks for FAKE); same seed, same bytes.
+
+    ``out`` must be new, empty, or a previous demo-data output (then the new set replaces it: the files of
+    the old one the new one does not have are removed, nothing else is); with ``force`` any folder, where
+    train/ and test/ are written beside what is there and nothing is removed.
+    """
     out = Path(out)
+    previous, foreign = survey(out)
+    if foreign is not None and not force:
+        raise UsageError(
+            f"{printable(str(out))} is not empty and not a previous demo-data output (it holds {printable(str(foreign.relative_to(out)))}): "
+            "choose a new or empty folder, or pass --force to write train/ and test/ beside what is there"
+        )
+    if foreign is not None:
+        previous = []  # --force: nothing is removed from a folder that is not all ours
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {printable(str(out))}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {printable(str(out))}: Permission denied")
     photos = source_photos()
+    written: set[Path] = set()
     for split, n, split_seed in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
         rng = np.random.default_rng(split_seed)
         real_dir, fake_dir = out / split / "REAL", out / split / "FAKE"
@@ -127,9 +186,15 @@ def write_demo_data(out: Path, train_per_class: int = 1000, test_per_class: int 
         fake_dir.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             _, photo = photos[int(rng.integers(len(photos)))]
-            Image.fromarray(_crop(rng, photo).clip(0, 255).astype(np.uint8)).save(real_dir / f"real_{i:05d}.png")
+            Image.fromarray(_crop(rng, photo).clip(0, 255).astype(np.uint8)).save(real_dir / _name("real", i))
             _, photo = photos[int(rng.integers(len(photos)))]
             fake, mask = make_fake(rng, _crop(rng, photo))
-            Image.fromarray(fake.clip(0, 255).astype(np.uint8)).save(fake_dir / f"fake_{i:05d}.png")
-            np.save(fake_dir / f"fake_{i:05d}{MASK_SUFFIX}", mask)
+            Image.fromarray(fake.clip(0, 255).astype(np.uint8)).save(fake_dir / _name("fake", i))
+            np.save(fake_dir / _name("fake", i, MASK_SUFFIX), mask)
+            written.update(
+                (real_dir / _name("real", i), fake_dir / _name("fake", i), fake_dir / _name("fake", i, MASK_SUFFIX))
+            )
+    for stale in previous:  # a smaller set over a bigger one: the old set's surplus, never a user's file
+        if stale not in written:
+            stale.unlink(missing_ok=True)
     return DemoCounts(2 * train_per_class, 2 * test_per_class)
