@@ -5,8 +5,9 @@ are nearly free, timed from the process's start to its exit (docs/benchmarks.md,
     python benchmarks/host_path.py INPUT_DIR --out /dev/shm/xb-host --tree /tmp/base   # another checkout's code
     python benchmarks/host_path.py PHOTOS --out /dev/shm/xb-host --image-size 224 --decode device   # 224 px
 
-Prints the wall time, the start-up before the JSON ``start`` event, the run's phase timings (``--log-json``) and
-the time from the ``end`` event to the process's exit. The rest of the command line goes to ``xaibatch run``.
+Prints the wall time, the start-up before the JSON ``start`` event, the run's phase timings (``--log-json``), the
+time from the ``end`` event to the process's exit and the CPU time of the run with its processes (loader workers,
+writer processes, the report's forks). The rest of the command line goes to ``xaibatch run``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,6 +74,7 @@ def main() -> None:
         env = {**os.environ, "PYTHONPATH": str(args.tree)}
         r = subprocess.run(cmd, cwd=args.tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         t1 = time.time()
+        cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     start = next(e for e in events if e["event"] == "start")
     end = next(e for e in events if e["event"] == "end")
@@ -81,7 +84,7 @@ def main() -> None:
 
     print(
         f"exit {r.returncode}  wall {t1 - t0:.2f} s  launch->start {at(start) - t0:.2f}  run {end['seconds']:.2f}  "
-        f"end->exit {t1 - at(end):.2f}\n  timings {end['timings']}"
+        f"end->exit {t1 - at(end):.2f}  cpu {cpu.ru_utime:.2f} user + {cpu.ru_stime:.2f} sys\n  timings {end['timings']}"
     )
 
 
