@@ -54,3 +54,28 @@ def test_pictures_from_shared_stacks_equal_their_own(signed):
             assert (x is None and y is None) or np.array_equal(x, y)
     assert views_a == views_b
     assert again[0][1].shape == display[0].shape
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pictures_made_in_chunks_on_the_cpu_equal_one_call_per_size(monkeypatch, signed):
+    """On the CPU a size's pictures are made CPU_CHUNK_PIXELS at a time (faster: a chunk's temporaries stay in the
+    caches); every map, overlay, thumbnail and view is the one a single call for the whole size gives."""
+    from xaibatch.pipeline import pictures
+
+    display, sizes = _batch()
+    display, sizes = display * 3, sizes * 3  # 9 of 224 px, 6 of 200x300
+    maps = torch.rand(len(display), 7, 7, generator=torch.Generator().manual_seed(2)) - 0.3 * signed
+    runs = []
+    for chunk in (10**9, 2 * 224 * 224):  # everything at once; two 224 px pictures at a time
+        monkeypatch.setattr(pictures, "CPU_CHUNK_PIXELS", chunk)
+        views: list = []
+        pics = batch_pictures(display, maps, signed, sizes, 0, views)
+        thumbs = DisplayStacks(display, sizes, CPU).thumbs([i % 2 == 0 for i in range(len(display))])
+        runs.append((pics, views, thumbs))
+    assert pictures.chunks(9, 224 * 224, CPU) == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8), slice(8, 9)]
+    assert pictures.chunks(9, 224 * 224, torch.device("cuda")) == [slice(0, 9)]  # a GPU: the whole size at once
+    (pa, va, ta), (pb, vb, tb) = runs
+    assert va == vb
+    for a, b in zip(pa + ta, pb + tb, strict=True):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True):
+            assert (x is None and y is None) or np.array_equal(x, y)
