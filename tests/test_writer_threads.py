@@ -335,3 +335,26 @@ def test_many_batches_through_writer_processes_reuse_their_shared_buffers(tmp_pa
     m = Manifest(tmp_path / "xaibatch.sqlite")
     assert len(m.maps()) == 72
     m.close()
+
+
+def test_a_share_of_nineteen_224_px_images_fits_a_shared_slot():
+    """The 16-core H200 host's default at 224 px (batch 128 over 7 writer processes: up to 19 images a share, five pictures
+    each) crosses in shared memory, not pickled: pickling cost the writer thread 10x the copy (issue #20)."""
+    from xaibatch.pipeline.shares import pack
+    from xaibatch.pipeline.writer_pool import SLOT_BYTES
+
+    def item(i: int) -> WriteItem:
+        big, small = np.zeros((224, 224, 3), np.uint8), np.zeros((128, 128, 3), np.uint8)
+        return WriteItem(
+            f"{i}.jpg",
+            f"{i}",
+            224,
+            224,
+            big,
+            small,
+            [MapPictures("gradcam", "h", np.zeros((224, 224), np.float32), big, small)],
+        )
+
+    buf = memoryview(bytearray(SLOT_BYTES))
+    packed = pack([item(i) for i in range(19)], buf)
+    assert packed[0] == "stacked" and all(v is None or isinstance(v, tuple) for v in packed[2].values())

@@ -309,7 +309,8 @@ def _sof_marker(data: bytes) -> int | None:
 
 def model_input(im: Image.Image, input_size: int) -> np.ndarray:
     """The model's input for a decoded image: (input_size, input_size, 3) uint8, stretched (no crop), bilinear."""
-    return np.asarray(im.resize((input_size, input_size), Image.BILINEAR), dtype=np.uint8)
+    same = im.size == (input_size, input_size)  # PIL's resize would only copy it
+    return np.asarray(im if same else im.resize((input_size, input_size), Image.BILINEAR), dtype=np.uint8)
 
 
 def display_copy(im: Image.Image) -> np.ndarray:

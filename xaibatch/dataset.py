@@ -17,6 +17,7 @@ import torch
 from . import data  # by module: tests patch data.load_image for the workers they fork
 from .data import JpegInfo, display_copy, model_input
 from .errors import DecodeError
+from .layout import DISPLAY_MAX_SIDE
 from .scan import ImageEntry
 
 
@@ -135,6 +136,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 im = data.load_image(entry.path) if digest is None else data.load_image(entry.path, digest=digest)
             w, h = im.size
             arr = model_input(im, self.input_size)
+            # An image already at the input size is its own display copy: the same pixels, not converted twice
+            same = (w, h) == (self.input_size, self.input_size) and max(w, h) <= DISPLAY_MAX_SIDE
             segments = None
             if self.segmenter is not None:
                 segments = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))
@@ -142,7 +145,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 index=i,
                 orig_size=(h, w),
                 x=torch.from_numpy(arr.copy()).permute(2, 0, 1),
-                display=display_copy(im),
+                display=arr if same else display_copy(im),
                 sha256=None if digest is None else digest.hexdigest(),
                 segments=segments,
             )

@@ -14,12 +14,17 @@ from PIL import Image
 from .layout import THUMB_SIDE
 
 # zlib's run-length strategy on PNG-filtered rows: 25-35% faster than the default strategy at 64-512 px and
-# 5-10% smaller files on photos and overlays (measured with PIL's encoder); lossless all the same.
+# 5-10% smaller files on photos and overlays (measured with PIL's encoder); lossless all the same. With RLE (and with
+# Huffman coding alone) zlib's level changes nothing: levels 1 to 6 within 1% in time and size at 224 px.
 PNG_COMPRESS_LEVEL = 3
 PNG_STRATEGY = zlib.Z_RLE
 # A picture whose PNG rows take at most this many bytes (32x32 RGB: 3,104) is stored uncompressed: its file
 # fits one 4 KiB file-system block either way, and zlib's set-up cost 8x the rest of the encode (issue #20).
 PNG_STORE_MAX_BYTES = 4096
+# A map's overlay and its thumbnail: Huffman coding alone. A colour blend has few runs for RLE to find, so at 224 px
+# it is 22% faster for files 1% larger (512 px: 28%, 3.5%); a photo's display copy keeps RLE, which Huffman coding
+# alone would make 7-23% larger (docs/bench-host224.md).
+MAP_PNG_STRATEGY = zlib.Z_HUFFMAN_ONLY
 
 
 def _colour_table(name: str) -> np.ndarray:
@@ -266,9 +271,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(a: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 -> PNG bytes: numpy's 'Up' row filter and zlib's RLE strategy (stored, uncompressed,
-    up to PNG_STORE_MAX_BYTES of rows).
+def encode_png(a: np.ndarray, strategy: int = PNG_STRATEGY) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes: numpy's 'Up' row filter and zlib's ``strategy`` (RLE, or
+    MAP_PNG_STRATEGY for overlays; stored, uncompressed, up to PNG_STORE_MAX_BYTES of rows).
 
     About twice as fast as PIL's encoder at 32-512 px (PIL tries filters per row) for files 3-6% larger;
     lossless all the same. Releases the GIL in zlib, so writer threads encode in parallel.
@@ -277,7 +282,7 @@ def encode_png(a: np.ndarray) -> bytes:
     flat = np.ascontiguousarray(a).reshape(h, w * c)
     if h * (w * c + 1) <= PNG_STORE_MAX_BYTES:
         return _stored_png(flat, c)
-    return _png_head(w, h, c) + _chunk(b"IDAT", _compressed_zlib(flat)) + _PNG_END
+    return _png_head(w, h, c) + _chunk(b"IDAT", _compressed_zlib(flat, strategy)) + _PNG_END
 
 
 _PNG_END = _chunk(b"IEND", b"")
@@ -313,11 +318,11 @@ def _stored_png(flat: np.ndarray, c: int) -> bytes:
     return b"".join((head, raw, adler, struct.pack(">I", crc), _PNG_END))
 
 
-def _compressed_zlib(flat: np.ndarray) -> bytes:
+def _compressed_zlib(flat: np.ndarray, strategy: int = PNG_STRATEGY) -> bytes:
     h, n = flat.shape
     rows = np.empty((h, n + 1), dtype=np.uint8)
     rows[:, 0] = 2  # filter type Up: each row minus the one above (the first row as is)
     rows[0, 1:] = flat[0]
     np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])
-    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
+    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, 15, 8, strategy)
     return z.compress(rows.data) + z.flush()

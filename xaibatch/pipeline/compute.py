@@ -30,7 +30,8 @@ from .prepare import Prepared
 from .loader import until_stopped, worker_init
 from . import labelmaps
 from .progress import progress_bar
-from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures, display_thumbs
+from .pictures import DisplayStacks
+from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:
@@ -268,14 +269,14 @@ def build_job(
     orig_sizes = [tuple(s) for s in b.orig_size]
     fresh = [plan.work[e.rel].fresh for e in entries]
     views: dict[str, list] = {name: [] for name in maps}
+    device = next(iter(maps.values())).maps.device if maps else torch.device("cpu")
+    stacks = DisplayStacks(b.display, orig_sizes, device, b.display_on_device)  # up once, for every method
     pictures = {
-        name: batch_pictures(
-            b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name], b.display_on_device
-        )
+        name: batch_pictures(b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name], stacks=stacks)
         for name, mm in maps.items()
     }
     shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
-    thumbs = iter(display_thumbs([d for d, f in zip(b.display, shown) if f]))
+    thumbs = stacks.thumbs(shown)
     preds = heads.predict_rows(probs, decision)  # one call per batch: these rows are the compute thread's work
     rows = probs.tolist()  # the float32 values as Python floats, as float() gives them
     for j, e in enumerate(entries):
@@ -284,7 +285,7 @@ def build_job(
         stem = plan.stems[e.rel]
         item = WriteItem(rel=e.rel, stem=stem, width=w, height=h)
         if shown[j]:
-            item.display, item.display_thumb = b.display[j], next(thumbs)
+            item.display, item.display_thumb = b.display[j], thumbs[j]
         if fresh[j]:
             job.image_rows.append(
                 ImageRow(

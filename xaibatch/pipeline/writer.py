@@ -24,7 +24,7 @@ import numpy as np
 from .. import layout
 from ..files import OutputDir, npy_bytes, unlink_all
 from ..manifest import ImageRow, Manifest, MapRow
-from ..overlay import encode_png
+from ..overlay import MAP_PNG_STRATEGY, encode_png
 from .pictures import batch_pictures, display_thumbs, map_size  # noqa: F401  (their home before)
 from .writer_pool import WriterPool, can_fork
 
@@ -310,7 +310,7 @@ def write_item(files: OutputDir, item: WriteItem, run_id: int | None) -> list[Ma
             files.write(layout.image_thumb(stem, w, h), encode_png(item.display_thumb))
     for mp in item.maps:  # layout.MapFiles.of's paths
         files.write(layout.map_npy(mp.method, stem), npy_bytes(mp.array.astype(np.float32, copy=False)))
-        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay))
+        files.write(layout.map_png(mp.method, stem), encode_png(mp.overlay, MAP_PNG_STRATEGY))
         if mp.thumb is not None:
-            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb))
+            files.write(layout.map_thumb(mp.method, stem, w, h), encode_png(mp.thumb, MAP_PNG_STRATEGY))
     return [] if run_id is None else map_rows(item, run_id)

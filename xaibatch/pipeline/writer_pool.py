@@ -44,7 +44,12 @@ def can_fork() -> bool:
 # as its names and the places of its stacks (shares.pack); a larger one (or with no slot free) is pickled.
 SLOTS = 8
 SMALL_MESSAGE = 64 << 10  # a message this small goes into the socket's buffer at once: sent without a thread
-SLOT_BYTES = 4 << 20  # a share of 32 images of 96 px (display, map, overlay) fits; pages are touched as used
+# 16 MiB: a share of 19 images of 224 px with all five pictures (display copy, its thumbnail, map, overlay and its
+# thumbnail: 600 KB an image; the 16-core H200 host's default 128-image batch over its 7 writers) fits, as do 64 of
+# 96 px; pages
+# are touched as used. Pickled instead, a 224 px share cost the writer thread 290 us an image (copies, page faults)
+# against 27 us copied into a slot (docs/bench-host224.md).
+SLOT_BYTES = 16 << 20
 
 
 class WriterDied(RuntimeError):
