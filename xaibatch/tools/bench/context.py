@@ -28,6 +28,7 @@ class Bench:
     x_u8: torch.Tensor  # (N, 3, S, S) uint8 on the device: what the runs' batches hold before normalizing
     targets: torch.Tensor  # the predicted class of each image
     lime_chunk: int  # LIME's model batch (perturbed images per call), the peers' too
+    report_seconds: float = 0.0  # the last main end-to-end row's report
 
     @property
     def images(self) -> np.ndarray:
@@ -59,10 +60,6 @@ class Bench:
     def sync(self) -> None:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
-
-    def chunks(self, k: int, step: int | None = None) -> list[tuple[int, int]]:
-        step = step or self.bs
-        return [(i, min(k, i + step)) for i in range(0, k, step)]
 
     def normalize(self, u8: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 images to the model's (B, 3, H, W) normalized input on the device, as a run's."""

@@ -12,7 +12,7 @@ import torch
 
 from .context import Bench
 from .options import Row
-from .timing import Job
+from .timing import Job, Slice
 
 
 def peer_jobs(b: Bench) -> list[Job]:
@@ -37,14 +37,14 @@ def _gradcam(b: Bench) -> list[Job]:
     tlist = [int(t) for t in b.targets]
     n_each = min(b.n, b.opts.per_image_images)
 
-    def each(warm: bool) -> None:
+    def each(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
-            for i in range(2 if warm else n_each):
+            for i, _ in sl.chunks(n_each, 1):
                 cam(input_tensor=b.x[i : i + 1], targets=[ClassifierOutputTarget(tlist[i])])
 
-    def batched(warm: bool) -> None:
+    def batched(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
-            for a, z in b.chunks(b.n_warm if warm else b.n):
+            for a, z in sl.chunks(b.n, b.bs):
                 cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in tlist[a:z]])
 
     return [
@@ -63,18 +63,18 @@ def _guided(b: Bench) -> list[Job]:
     lib_model = copy.deepcopy(b.model)  # GuidedBackpropReLUModel swaps the ReLU modules for its own
     lib_layer = lib_model.get_submodule(b.layer.name)
 
-    def pgc_guided(warm: bool) -> None:
+    def pgc_guided(sl: Slice) -> None:
         with GradCAM(model=lib_model, target_layers=[lib_layer], reshape_transform=_reshape(b)) as cam:
             gb_model = GuidedBackpropReLUModel(model=lib_model, device=b.dev)
-            for i in range(2 if warm else n_each):  # the library's usage: one image at a time
+            for i, _ in sl.chunks(n_each, 1):  # the library's usage: one image at a time
                 xi = b.x[i : i + 1]
                 grayscale = cam(input_tensor=xi, targets=[ClassifierOutputTarget(tlist[i])])[0]
                 gb = gb_model(xi.clone(), target_category=tlist[i])
                 _ = grayscale[..., None] * gb
 
-    def captum_guided(warm: bool) -> None:
+    def captum_guided(sl: Slice) -> None:
         ggc = GuidedGradCam(b.model, b.layer.module)
-        for a, z in b.chunks(b.n_warm if warm else b.n):
+        for a, z in sl.chunks(b.n, b.bs):
             ggc.attribute(
                 b.x[a:z].clone().requires_grad_(True), target=b.targets[a:z], interpolate_mode="bilinear"
             ).detach().cpu()
@@ -104,9 +104,9 @@ def _lime(b: Bench) -> list[Job]:
         with torch.no_grad():
             return torch.softmax(b.model(b.normalize(batch_u8)), dim=1).cpu().numpy()
 
-    def lime_pkg(warm: bool) -> None:
+    def lime_pkg(sl: Slice) -> None:
         explainer = LimeImageExplainer(random_state=0)
-        for i in range(1 if warm else n_each):
+        for i, _ in sl.chunks(n_each, 1):
             with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
                 explainer.explain_instance(
                     b.images[i],
@@ -122,13 +122,13 @@ def _lime(b: Bench) -> list[Job]:
     def probs(inp):
         return torch.softmax(b.model(inp), dim=1)
 
-    def captum_lime(warm: bool) -> None:
+    def captum_lime(sl: Slice) -> None:
         lime = Lime(
             probs,
             interpretable_model=SkLearnRidge(alpha=1.0),
             similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25),
         )
-        for i in range(1 if warm else n_each):
+        for i, _ in sl.chunks(n_each, 1):
             seg = torch.from_numpy(seg_fn(b.images[i])).to(b.dev)
             fill = fill_method.fill(b.x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
             lime.attribute(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -13,10 +13,13 @@ from .context import Bench, make_bench
 from .inputs import make_inputs
 from .options import FAMILIES, BenchOptions, BenchResult, Row
 from .ratios import ratios
-from .timing import Job, load_average, machine_description, stamped, time_interleaved
+from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
 
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -> BenchResult:
+    started = time.perf_counter() if opts.started is None else opts.started
+    spent: list[tuple[str, float]] = []
+    mark = Marks(started, spent)
     import torch
 
     from ...defaults import default_workers
@@ -27,26 +30,51 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         method_class(name)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
-    log = stamped(log)
+    log = stamped(log, started)
     dev = resolve_device(opts.device)
     workers = default_workers() if opts.workers is None else opts.workers
     root = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     load_start = load_average()
+    mark("start-up: Python, torch, xaibatch")
     try:
-        b = make_bench(opts, make_inputs(root, opts.images, opts.image_size, log), dev, workers)
+        jpeg = "gradcam" in opts.only  # the JPEG loader rows
+        inputs = make_inputs(root, opts.images, opts.image_size, log, jpeg=jpeg)
+        mark(f"inputs: {opts.images} images made, PNG{' and JPEG' if jpeg else ''} files written")
+        b = make_bench(opts, inputs, dev, workers)
+        mark("model: built, saved, loaded; tensors and predictions on the device")
         jobs, lime_rows = bench_jobs(b)
+        mark("jobs: methods made, the peers' libraries imported")
+        repeats = max(1, opts.repeats)
+        units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
+        budget = Budget(started, opts.budget, units)
+        if opts.budget > 0:
+            log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
         try:
-            time_interleaved(jobs, max(1, opts.repeats), log)
+            time_interleaved(jobs, repeats, log, budget)
             cut_off = False
         except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
             cut_off = True
-        rows = [r for r, _ in jobs if math.isfinite(r.seconds)]
+        rows = [r for r, _ in jobs if r.measured]
         lime_rows = [r for r in lime_rows if r in rows]
-        return BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off)
+        res = BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off, spent)
+        res.wall, res.budget = time.perf_counter() - started, opts.budget
+        return res
     finally:
         if opts.work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+class Marks:
+    """Appends (what, wall seconds since the previous mark) to ``spent``."""
+
+    def __init__(self, start: float, spent: list[tuple[str, float]]) -> None:
+        self.last, self.spent = start, spent
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        self.spent.append((what, now - self.last))
+        self.last = now
 
 
 def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
@@ -101,5 +129,12 @@ def header(b: Bench, load_start: str) -> list[str]:
         f"{o.lime_samples} samples, model batch {b.lime_chunk}{'' if o.lime_batch_size else ' (auto)'}, "
         f"{o.lime_segments} SLIC segments); best of {o.repeats} interleaved rounds; "
         f"load average at end {load_average()}",
+        (
+            f"budget {o.budget:g} s: each round of a row gets a share of the time left and measures as many of "
+            "those images as fit in it, at least one batch (one image per image for LIME and the per-image peers); "
+            "the images column says how many"
+            if o.budget > 0
+            else "no budget: every row over all of its images"
+        ),
         f"CAM layer {b.layer.name} {b.layer.grid}",
     ]
