@@ -36,7 +36,7 @@ def forward_backward(b: Bench) -> Job:
             xi = b.x[a:z].detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = b.model(xi)
-                torch.autograd.grad(logits.gather(1, b.targets[a:z, None]).sum(), xi)
+                torch.autograd.grad(logits.gather(1, b.targets(z, sl)[a:z, None]).sum(), xi)
         b.sync()
 
     return Row("limits", f"forward + backward to the input, batch {b.bs}", "limit", b.n), fn
@@ -64,9 +64,9 @@ def end_to_end(
         else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
     )
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
-    # a warm-up explains two batches (the second one's time is the run's rate: see _steady); LIME one image;
-    # with scores (2 x steps forwards an image) an eighth of a batch
-    least = 1 if family == "lime" else max(1, b.n_warm // 8) if faith else b.n_warm  # a timed round's least
+    # a warm-up explains two batches (the second one's time is the run's rate: see _steady); LIME one image, and
+    # with scores (2 x steps forwards an image, three times over for the first CHANCE_SAMPLE) one image too
+    least = 1 if family == "lime" or faith else b.n_warm  # a timed round's least
     warm = min(k, 2 * b.bs) if least == b.n_warm else least
     step = 1 if family == "lime" or faith else b.bs
     row.share = 3.0 if row.kind == "xaibatch" else 2.0  # a run's start-up (the main row's: and its report)

@@ -34,8 +34,8 @@ def _gradcam(b: Bench) -> list[Job]:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n, b.opts.per_image_images)
+    tlist = b.target_list(n_each)  # the per-image row's; the batched row's as it goes
 
     def each(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
@@ -45,7 +45,8 @@ def _gradcam(b: Bench) -> list[Job]:
     def batched(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
             for a, z in sl.chunks(b.n, b.bs):
-                cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in tlist[a:z]])
+                targets = b.targets(z, sl)[a:z].tolist()
+                cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in targets])
 
     return [
         (Row("gradcam", "pytorch-grad-cam GradCAM, per image", "peer", n_each), each),
@@ -58,8 +59,8 @@ def _guided(b: Bench) -> list[Job]:
     from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n, b.opts.per_image_images)
+    tlist = b.target_list(n_each)
     lib_model = copy.deepcopy(b.model)  # GuidedBackpropReLUModel swaps the ReLU modules for its own
     lib_layer = lib_model.get_submodule(b.layer.name)
 
@@ -76,7 +77,7 @@ def _guided(b: Bench) -> list[Job]:
         ggc = GuidedGradCam(b.model, b.layer.module)
         for a, z in sl.chunks(b.n, b.bs):
             ggc.attribute(
-                b.x[a:z].clone().requires_grad_(True), target=b.targets[a:z], interpolate_mode="bilinear"
+                b.x[a:z].clone().requires_grad_(True), target=b.targets(z, sl)[a:z], interpolate_mode="bilinear"
             ).detach().cpu()
         b.sync()
 
@@ -95,8 +96,8 @@ def _lime(b: Bench) -> list[Job]:
     from ...methods import create_method
     from ...methods.segmentation import slic_segments
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n_lime, b.opts.lime_peer_images)
+    tlist = b.target_list(n_each)
     seg_fn = functools.partial(slic_segments, n_segments=b.opts.lime_segments)
     fill_method = create_method("lime", b.ctx, segments=b.opts.lime_segments)
 

@@ -44,7 +44,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         b = make_bench(opts, inputs, dev, workers)
         mark("model: built, saved, loaded; tensors and predictions on the device")
         jobs, lime_rows = bench_jobs(b)
-        mark("jobs: methods made, the peers' libraries imported")
+        mark("jobs: methods made, the peers' libraries imported, the per-image peers' predicted classes")
+        predicted = b.predict_seconds
         repeats = max(1, opts.repeats)
         units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
         budget = Budget(started, opts.budget, units)
@@ -56,6 +57,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
             cut_off = True
         rows = [r for r, _ in jobs if r.measured]
+        n_pred = 0 if b.predicted is None else len(b.predicted)
+        spent.append((f"predicted classes of {n_pred} images, as rows needed them", b.predict_seconds - predicted))
         lime_rows = [r for r in lime_rows if r in rows]
         res = BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off, spent)
         res.wall, res.budget = time.perf_counter() - started, opts.budget

@@ -35,17 +35,23 @@ class Slice:
     images: int = 0  # set by the job: the images this round measured
     hint: tuple[float, float] | None = None  # set by the job: (rate, fixed) for the next round, if it knows better
     start: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0
 
     def chunks(self, k: int, step: int) -> Iterator[tuple[int, int]]:
         """``(a, z)`` ranges of ``k`` images, ``step`` at a time, while the next one fits in the slice."""
         longest = 0.0
         for a in range(0, k, step):
-            now = time.perf_counter()
+            now, paused = time.perf_counter(), self.paused
             if a and (self.warm or now - self.start + longest > self.seconds):
                 return
             yield a, min(k, a + step)
-            longest = max(longest, time.perf_counter() - now)
+            longest = max(longest, time.perf_counter() - now - (self.paused - paused))
             self.images = min(k, a + step)
+
+    def pause(self, seconds: float) -> None:
+        """Take ``seconds`` just spent on something else (the predictions a row needed) out of this round's."""
+        self.start += seconds
+        self.paused += seconds
 
     def plan(self, least: int, most: int, step: int = 1, extra_per_image: float = 0.0) -> int:
         """Images that fit in the slice at the previous round's rate (plus ``extra_per_image`` seconds each),
