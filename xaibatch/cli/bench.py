@@ -181,8 +181,7 @@ def bench(
         started=started,
     )
     with sigterm_interrupts():  # `timeout 100 xaibatch bench ...` still prints what it measured
-        result = run_bench(opts, log=log)
-    click.echo(format_result(result, markdown=markdown))
+        result = run_bench(opts, log=log, show=lambda res: click.echo(format_result(res, markdown=markdown)))
     if result.cut_off:
         raise Failure("interrupted: the tables hold only the rows measured before the signal", EXIT_INTERRUPTED)
 

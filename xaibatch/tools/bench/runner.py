@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,13 @@ from .ratios import ratios
 from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
 
 
-def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -> BenchResult:
+def run_bench(
+    opts: BenchOptions,
+    log: Callable[[str], None] = lambda s: None,
+    show: Callable[[BenchResult], None] = lambda res: None,
+) -> BenchResult:
+    """Time every row; ``show`` gets the result before the generated files are removed (thousands of files take
+    seconds to remove: a `timeout` then still finds the tables printed)."""
     started = time.perf_counter() if opts.started is None else opts.started
     spent: list[tuple[str, float]] = []
     mark = Marks(started, spent)
@@ -62,10 +69,28 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         lime_rows = [r for r in lime_rows if r in rows]
         res = BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off, spent)
         res.wall, res.budget = time.perf_counter() - started, opts.budget
+        show(res)
         return res
     finally:
         if opts.work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+            t = time.perf_counter()
+            try:
+                remove_tree(root)
+                log(f"bench: removed the generated files in {time.perf_counter() - t:.1f} s")
+            except KeyboardInterrupt:  # the tables are out: a signal here leaves the files, not the result
+                log(f"bench: interrupted while removing {root}: left in place")
+
+
+def remove_tree(root: Path) -> None:
+    """``shutil.rmtree(root)``, its folders in parallel (a folder's entries are removed one at a time), in
+    daemon threads: a signal ends the wait and the process exits without them."""
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()] if root.is_dir() else []
+    threads = [threading.Thread(target=shutil.rmtree, args=(p, True), daemon=True) for p in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 class Marks:
