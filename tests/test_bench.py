@@ -237,3 +237,21 @@ def test_a_slice_stops_a_loop_at_its_deadline_and_plans_runs_from_a_rate():
     first = budget.take(2.0)  # half the units: half the time left
     assert 49.0 < first <= 50.0 and budget.units == 2
     assert Budget(time.perf_counter() - 200, 100.0, 4).take() == 0.0  # spent: each row does its least
+
+
+def test_timeouts_second_sigterm_is_the_same_stop():
+    """GNU `timeout` signals the bench and then its process group: the second SIGTERM, a moment after the first,
+    must not interrupt the printing of the tables the first one asked for."""
+    import os
+    import signal
+
+    from xaibatch.cli.bench import sigterm_interrupts
+
+    with sigterm_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # the handler runs between bytecodes
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)  # the group's copy: ignored
+        for _ in range(10**6):
+            pass

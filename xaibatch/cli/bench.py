@@ -25,6 +25,7 @@ from .options import (
 # --budget's default: the GPU check runs `timeout 100 xaibatch bench ...` (and 130); this leaves the interpreter's
 # start, the slack of rows that overrun their share by up to one batch, the tables and the clean-up 25 s
 BENCH_BUDGET_S = 75.0
+REPEATED_SIGNAL_S = 2.0  # a SIGTERM this soon after the first one is the same stop
 
 
 @click.command()
@@ -190,7 +191,12 @@ def bench(
 def sigterm_interrupts():
     """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, for as long as the bench times."""
 
+    first: list[float] = []
+
     def interrupt(signum, frame):
+        if first and time.monotonic() - first[0] < REPEATED_SIGNAL_S:
+            return  # `timeout` signals the process and then its group: one stop, not a second one mid-tables
+        first[:] = [time.monotonic()]
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

@@ -57,8 +57,18 @@ class Bench:
     def lime_option(self) -> int | str:
         return self.opts.lime_batch_size or "auto"
 
-    def lime_options(self) -> dict[str, Any]:
-        return {"samples": self.opts.lime_samples, "segments": self.opts.lime_segments, "batch_size": self.lime_option}
+    def lime_samples(self, warm: bool = False) -> int:
+        """LIME's samples per image; a warm-up's: one model batch of them (the first calls' costs are paid)."""
+        return min(self.opts.lime_samples, self.lime_chunk) if warm else self.opts.lime_samples
+
+    def lime_options(self, warm: bool = False) -> dict[str, Any]:
+        return {"samples": self.lime_samples(warm), "segments": self.opts.lime_segments, "batch_size": self.lime_option}
+
+    def lime_hint(self, sl: Slice, own: float) -> None:
+        """After a LIME warm-up with fewer samples: the rate a full round would have, for planning it."""
+        if sl.warm and own > 0:
+            fixed = max(0.0, time.perf_counter() - sl.start - own)  # a run's start-up
+            sl.hint = (sl.images / own * self.lime_samples(True) / self.lime_samples(), fixed)
 
     def sync(self) -> None:
         if self.dev.type == "cuda":

@@ -86,7 +86,7 @@ def end_to_end(
             device=b.opts.device,
             workers=b.workers,
             labeled=False,
-            method_options={"lime": b.lime_options()},
+            method_options={"lime": b.lime_options(sl.warm)},
             handle_signals=False,
             faithfulness=FaithConfig(chunk=max(64, 4 * b.bs)) if faith else None,
         )
@@ -112,6 +112,8 @@ def end_to_end(
                 fixed["report"] = min(fixed["report"], res.timings["report"])
                 b.report_seconds = res.timings["report"]
         sl.hint = _steady(res.timings, todo, b.bs, time.perf_counter() - sl.start)
+        if family == "lime":
+            b.lime_hint(sl, t)
         return t
 
     return row, fn
@@ -136,17 +138,22 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
     from ...methods.explainer import Explainer
 
     row = Row(family, "xaibatch methods alone, tensors in memory", "xaibatch-tensors", k)
-    method = create_method(family, b.ctx, **(b.lime_options() if family == "lime" else {}))
-    explainer = Explainer([method], b.ctx)
-    segment = method.segmenter()
+    explainers = {}
+    for warm in (False, True) if family == "lime" else (False,):  # LIME's warm-up: one model batch of samples
+        method = create_method(family, b.ctx, **(b.lime_options(warm) if family == "lime" else {}))
+        explainers[warm] = (Explainer([method], b.ctx), method.segmenter())
 
     def fn(sl: Slice) -> None:
         # LIME explains a batch's images together: planned from the previous round; the others batch by batch
+        explainer, segment = explainers[sl.warm and family == "lime"]
         ranges = [(0, sl.plan(1, k))] if family == "lime" else sl.chunks(k, b.bs)
+        t = time.perf_counter()
         for a, z in ranges:
             for _ in explainer.explain_tensors(b.x_u8[a:z], b.bs, list(range(a, z)), segmenter=segment):
                 pass  # each batch's maps come back to the CPU
         b.sync()
+        if family == "lime":
+            b.lime_hint(sl, time.perf_counter() - t)
 
     return row, fn
 

@@ -115,7 +115,7 @@ def _lime(b: Bench) -> list[Job]:
                     labels=(tlist[i],),
                     top_labels=None,
                     hide_color=None,
-                    num_samples=b.opts.lime_samples,
+                    num_samples=b.lime_samples(sl.warm),
                     batch_size=b.lime_chunk,
                     segmentation_fn=seg_fn,
                 )
@@ -137,7 +137,7 @@ def _lime(b: Bench) -> list[Job]:
                 baselines=fill,
                 target=tlist[i],
                 feature_mask=seg[None, None],
-                n_samples=b.opts.lime_samples,
+                n_samples=b.lime_samples(sl.warm),
                 perturbations_per_eval=b.lime_chunk,
             )
         b.sync()
