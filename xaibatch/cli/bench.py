@@ -37,7 +37,7 @@ REPEATED_SIGNAL_S = 2.0  # a SIGTERM this soon after the first one is the same s
     type=click.IntRange(2),
     default=1024,
     show_default=True,
-    help="Generated images for Grad-CAM and Guided Grad-CAM.",
+    help="Generated images for Grad-CAM and Guided Grad-CAM (with --budget: the most a row measures).",
 )
 @click.option(
     "--lime-images",
@@ -76,7 +76,7 @@ REPEATED_SIGNAL_S = 2.0  # a SIGTERM this soon after the first one is the same s
     type=click.IntRange(1),
     default=3,
     show_default=True,
-    help="Interleaved rounds after a warm-up; each figure is its fastest round.",
+    help="Interleaved rounds after a warm-up; each figure is its best round (the highest rate).",
 )
 @click.option(
     "--only",

@@ -49,7 +49,7 @@ def run_bench(
         inputs = make_inputs(root, opts.images, opts.image_size, log, jpeg=jpeg)
         mark(f"inputs: {opts.images} images made, PNG{' and JPEG' if jpeg else ''} files written")
         b = make_bench(opts, inputs, dev, workers)
-        mark("model: built, saved, loaded; tensors and predictions on the device")
+        mark("model: built, saved, loaded; the images on the device")
         jobs, lime_rows = bench_jobs(b)
         mark("jobs: methods made, the peers' libraries imported, the per-image peers' predicted classes")
         predicted = b.predict_seconds

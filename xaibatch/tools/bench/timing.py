@@ -53,15 +53,15 @@ class Slice:
         self.start += seconds
         self.paused += seconds
 
-    def plan(self, least: int, most: int, step: int = 1, extra_per_image: float = 0.0) -> int:
-        """Images that fit in the slice at the previous round's rate (plus ``extra_per_image`` seconds each),
-        whole ``step``s when more than one, between ``least`` and ``most``; sets :attr:`images`."""
+    def plan(self, least: int, most: int, step: int = 1) -> int:
+        """Images that fit in the slice at the previous round's rate after its fixed seconds, whole ``step``s
+        when more than one, between ``least`` and ``most``; sets :attr:`images`."""
         k = most
         if self.warm:
             k = least
         elif math.isfinite(self.seconds):  # an unknown rate: the least
             left = self.seconds - (time.perf_counter() - self.start) - self.fixed
-            k = int(max(0.0, left / (1 / self.rate + extra_per_image))) if self.rate > 0 else least
+            k = int(max(0.0, left * self.rate)) if self.rate > 0 else least
             k = k - k % step if k >= step else k
         self.images = max(least, min(most, k))
         return self.images
