@@ -235,7 +235,7 @@ def test_a_slice_stops_a_loop_at_its_deadline_and_plans_runs_from_a_rate():
 
     budget = Budget(time.perf_counter(), 100.0, 4)
     first = budget.take(2.0)  # half the units: half the time left
-    assert 49.0 < first <= 50.0 and budget.units == 2
+    assert 40.0 < first <= 50.0 and budget.units == 2  # 50 s, less the moments since the start
     assert Budget(time.perf_counter() - 200, 100.0, 4).take() == 0.0  # spent: each row does its least
 
 
