@@ -169,3 +169,89 @@ def test_a_bench_stopped_by_sigterm_prints_the_rows_it_measured(tmp_path):
     assert ("gradcam", "xaibatch methods alone, tensors in memory") not in table  # never timed: left out
     assert "inf" not in out
     assert err.read_text().rstrip().splitlines()[-1].startswith("Error: interrupted")
+
+
+# images each row measures in SMALL's bench (8 images, batch 4, LIME 2 images, LIME's model batch 16)
+ALL_IMAGES = {key: 2 if key[0] == "lime" else 8 for key in ROWS} | {("limits", "forward only, batch 16"): 32}
+LEAST = {key: 1 if key[0] == "lime" or "per image" in key[1] else 4 for key in ROWS} | {
+    ("limits", "forward only, batch 16"): 16
+}
+GRADCAM_PARTS = {  # the gradcam family's other rows: a spent budget leaves them one batch, the faithfulness row one image
+    "xaibatch end to end, the writer's file work removed": 4,
+    "loader alone (0 DataLoader workers)": 4,
+    "loader alone, JPEG, PIL in the workers (0 DataLoader workers)": 4,
+    "loader alone, JPEG, decoded on cpu (0 DataLoader workers)": 4,
+    "writer alone, maps in memory (the writer thread)": 4,
+    "file system floor: 3 atomic files per image, no encoding": 4,
+    "xaibatch end to end + --faithfulness (20 steps)": 1,
+}
+
+
+def _images(output: str) -> dict[tuple[str, str], int]:
+    return {(c[0], c[1]): int(c[2]) for c in map(_cells, output.splitlines()) if len(c) == 6 and c[2].isdigit()}
+
+
+def test_a_spent_budget_still_measures_every_row_over_its_least():
+    """A budget spent before the first row (the GPU check's `timeout` would otherwise cut the LIME rows): every
+    row is still there, each measured once over its least (a batch; one image for LIME and per-image peers)."""
+    r = CliRunner().invoke(cli, [*SMALL, "--budget", "0.001", "--repeats", "3", "--markdown"])
+    assert r.exit_code == 0, r.output
+    images = _images(r.output)
+    assert {k: images.get(k) for k in LEAST} == LEAST, r.output
+    assert {impl: images.get(("gradcam", impl)) for impl in GRADCAM_PARTS} == GRADCAM_PARTS, r.output
+    assert "budget 0.001 s: each round of a row gets a share" in r.output
+    assert re.search(r"^\| total, from the command's start \(budget 0.001 s\) \| \d+\.\d \|", r.output, re.M)
+    assert re.search(r"^\| lime: captum Lime, per image \| \d+\.\d \| \d+\.\d \|$", r.output, re.M)  # wall, warm-up
+
+
+@pytest.mark.slow
+def test_without_a_budget_every_row_measures_all_of_its_images():
+    r = CliRunner().invoke(cli, [*SMALL, "--budget", "0", "--markdown"])
+    assert r.exit_code == 0, r.output
+    images = _images(r.output)
+    assert {k: images.get(k) for k in ALL_IMAGES} == ALL_IMAGES, r.output
+    assert {impl: images.get(("gradcam", impl)) for impl in GRADCAM_PARTS} == dict.fromkeys(GRADCAM_PARTS, 8)
+    assert "no budget: every row over all of its images" in r.output
+
+
+def test_a_slice_stops_a_loop_at_its_deadline_and_plans_runs_from_a_rate():
+    import math
+
+    from xaibatch.tools.bench.timing import Budget, Slice
+
+    assert list(Slice(math.inf).chunks(10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    spent = Slice(0.0)
+    assert list(spent.chunks(10, 4)) == [(0, 4)] and spent.images == 4  # at least one chunk
+    assert list(Slice(math.inf, warm=True).chunks(10, 4)) == [(0, 4)]
+    # 100 images/s, 2 s fixed, 10.5 s: 850 images fit, 832 in whole batches of 64; never above the most
+    assert Slice(10.5, rate=100.0, fixed=2.0).plan(64, 4096, 64) == 832
+    assert Slice(10.5, rate=100.0, fixed=2.0).plan(64, 500, 64) == 500
+    assert Slice(1.0, rate=100.0, fixed=2.0).plan(64, 4096, 64) == 64  # nothing fits: the least
+    assert Slice(10.0).plan(3, 4096) == 3  # no rate known yet: the least
+    assert Slice(math.inf).plan(3, 4096) == 4096
+    budget = Budget(0.0, 0.0, 10)  # no budget
+    assert budget.take() == math.inf
+    import time
+
+    budget = Budget(time.perf_counter(), 100.0, 4)
+    first = budget.take(2.0)  # half the units: half the time left
+    assert 40.0 < first <= 50.0 and budget.units == 2  # 50 s, less the moments since the start
+    assert Budget(time.perf_counter() - 200, 100.0, 4).take() == 0.0  # spent: each row does its least
+
+
+def test_timeouts_second_sigterm_is_the_same_stop():
+    """GNU `timeout` signals the bench and then its process group: the second SIGTERM, a moment after the first,
+    must not interrupt the printing of the tables the first one asked for."""
+    import os
+    import signal
+
+    from xaibatch.cli.bench import sigterm_interrupts
+
+    with sigterm_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # the handler runs between bytecodes
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)  # the group's copy: ignored
+        for _ in range(10**6):
+            pass

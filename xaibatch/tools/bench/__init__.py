@@ -25,9 +25,18 @@ Per-image rows (the peers' per-image usage, LIME's peers) time a subset of
 the images: their rate is per image anyway, and the
 whole set would cost minutes. Each job runs once to warm up, then once per
 round for ``repeats`` rounds; the rounds interleave the implementations of one
-method family, and each job keeps its fastest round, so a burst of load from
+method family, and each job keeps its best round, so a burst of load from
 other processes does not land on one implementation only. ``--memory``
 instead measures peak memory of runs over generated folders of two sizes.
+
+With a budget (``BenchOptions.budget``, the CLI's ``--budget``) the time is
+bounded by design: each round of a row gets a share of the time left
+(``timing.Budget``; a pipeline run's share is larger, for its start-up) and
+measures as many images as fit in it (``timing.Slice``): loops stop when the
+next batch would not fit, pipeline runs plan their images from the previous
+round's rate. Every row is measured at least once, over at least one batch (one
+image for LIME and the per-image peers), so a spent budget costs precision, not
+rows; the table's images column says what each rate was measured over.
 
 Modules: ``options`` (what is asked, what comes back), ``inputs`` (the generated
 files and arrays), ``context`` (the model and tensors every job shares),

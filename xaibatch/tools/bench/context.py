@@ -1,8 +1,9 @@
 """What every job of a bench shares: the options, the device, the model and its checkpoint, the inputs on the
-device, the predicted targets, and the batch sizes."""
+device, the predicted targets (as rows need them), and the batch sizes."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 
 from .inputs import Inputs
 from .options import BenchOptions
+from .timing import Slice
 
 
 @dataclass
@@ -26,8 +28,10 @@ class Bench:
     inputs: Inputs
     x: torch.Tensor  # (N, 3, S, S) normalized inputs on the device
     x_u8: torch.Tensor  # (N, 3, S, S) uint8 on the device: what the runs' batches hold before normalizing
-    targets: torch.Tensor  # the predicted class of each image
     lime_chunk: int  # LIME's model batch (perturbed images per call), the peers' too
+    report_seconds: float = 0.0  # the last main end-to-end row's report
+    predicted: torch.Tensor | None = None  # the predicted class of the first images (see targets)
+    predict_seconds: float = 0.0  # spent predicting them, outside the rows' time
 
     @property
     def images(self) -> np.ndarray:
@@ -53,16 +57,42 @@ class Bench:
     def lime_option(self) -> int | str:
         return self.opts.lime_batch_size or "auto"
 
-    def lime_options(self) -> dict[str, Any]:
-        return {"samples": self.opts.lime_samples, "segments": self.opts.lime_segments, "batch_size": self.lime_option}
+    def lime_samples(self, warm: bool = False) -> int:
+        """LIME's samples per image; a warm-up's: one model batch of them (the first calls' costs are paid)."""
+        return min(self.opts.lime_samples, self.lime_chunk) if warm else self.opts.lime_samples
+
+    def lime_options(self, warm: bool = False) -> dict[str, Any]:
+        return {"samples": self.lime_samples(warm), "segments": self.opts.lime_segments, "batch_size": self.lime_option}
+
+    def lime_hint(self, sl: Slice, own: float) -> None:
+        """After a LIME warm-up with fewer samples: the rate a full round would have, for planning it."""
+        if sl.warm and own > 0:
+            fixed = max(0.0, time.perf_counter() - sl.start - own)  # a run's start-up
+            sl.hint = (sl.images / own * self.lime_samples(True) / self.lime_samples(), fixed)
 
     def sync(self) -> None:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
 
-    def chunks(self, k: int, step: int | None = None) -> list[tuple[int, int]]:
-        step = step or self.bs
-        return [(i, min(k, i + step)) for i in range(0, k, step)]
+    def targets(self, z: int, sl: Slice | None = None) -> torch.Tensor:
+        """The predicted class of the first ``z`` images (what the peers explain, as the runs explain the
+        prediction), computed batch by batch the first time a row asks; that time is taken out of ``sl``'s."""
+        have = 0 if self.predicted is None else len(self.predicted)
+        if z > have:
+            self.sync()  # the row's own queued work stays in its time
+            t = time.perf_counter()
+            with torch.no_grad():
+                new = [self.model(self.x[a : a + self.bs]).argmax(1) for a in range(have, z, self.bs)]
+            self.predicted = torch.cat(new if self.predicted is None else [self.predicted, *new])
+            self.sync()
+            dt = time.perf_counter() - t
+            self.predict_seconds += dt
+            if sl is not None:
+                sl.pause(dt)
+        return self.predicted[:z]
+
+    def target_list(self, z: int) -> list[int]:
+        return self.targets(z).tolist()
 
     def normalize(self, u8: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 images to the model's (B, 3, H, W) normalized input on the device, as a run's."""
@@ -87,6 +117,4 @@ def make_bench(opts: BenchOptions, inputs: Inputs, dev: torch.device, workers: i
     x = torch.cat([loaded.preprocess.normalize(x_u8[a : a + 1024]) for a in range(0, len(x_u8), 1024)])
     # LIME's model batch: the given one, else the one LIME picks (free memory on CUDA); the peers get it too
     lime_chunk = opts.lime_batch_size or create_method("lime", ctx).chunk_size(x[:1])
-    with torch.no_grad():
-        targets = torch.cat([model(x[a : a + opts.batch_size]).argmax(1) for a in range(0, len(x), opts.batch_size)])
-    return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, targets, lime_chunk)
+    return Bench(opts, dev, workers, ckpt, model, layer, ctx, inputs, x, x_u8, lime_chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...evaluation.faithfulness import CHANCE_SAMPLE
 from .options import BenchResult, Row
 
 
@@ -40,18 +41,35 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
         if fixed
         else ""
     )
+    if res.budget > 0:
+        note += (" " if note else "") + (
+            "Each rate is over its row's images column: a run's rate over fewer images carries more of its "
+            "pipeline's fill (the first batch waits for the loader's workers)"
+            + (
+                f", and the faithfulness row's first {CHANCE_SAMPLE} images are scored twice more (the chance line)."
+                if any(r.kind == "xaibatch-faith" for r in res.rows)
+                else "."
+            )
+        )
     header = res.header + (["CUT OFF by a signal: only the rows measured before it are shown"] if res.cut_off else [])
-    if markdown:
-        lines += [f"{h}  " for h in header] + [""]
-        lines += md(cols, table, right=(2, 3, 4, 5)) + [""]
-        lines += [note, ""] if note else []
-        lines += md(rcols, rtable, right=(1,))
-    else:
-        lines += header + [""]
-        lines += plain(cols, table, right=(2, 3, 4, 5)) + [""]
-        lines += [note, ""] if note else []
-        lines += plain(rcols, rtable, right=(1,))
+    tcols, ttable = spent_table(res)
+    render = md if markdown else plain
+    lines += [f"{h}  " for h in header] if markdown else header
+    lines += [""] + render(cols, table, right=(2, 3, 4, 5)) + [""]
+    lines += [note, ""] if note else []
+    lines += render(rcols, rtable, right=(1,)) + [""]
+    lines += render(tcols, ttable, right=(1, 2))
     return "\n".join(lines)
+
+
+def spent_table(res: BenchResult) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Where the bench's wall time went: the parts before the rows, then each row's warm-up and rounds."""
+    cols = ("where the time went", "wall s", "of it warm-up s")
+    table = [(what, f"{s:.1f}", "") for what, s in res.spent]
+    table += [(f"{r.family}: {r.impl}", f"{r.warm_wall + r.rounds_wall:.1f}", f"{r.warm_wall:.1f}") for r in res.rows]
+    budget = f" (budget {res.budget:g} s)" if res.budget > 0 else ""
+    table.append((f"total, from the command's start{budget}", f"{res.wall:.1f}", ""))
+    return cols, table
 
 
 def md(cols, table, right=()) -> list[str]:

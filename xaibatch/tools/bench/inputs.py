@@ -1,7 +1,8 @@
 """The bench's inputs, made once: smooth random images (``tools/synth.py``) as arrays, their PNG files, subsets
 and JPEG copies.
 
-Each image is made and encoded in a thread pool (Pillow's resize and encoders release the GIL). The arrays
+Each image is made and encoded (PNG, and JPEG when the loader rows need it) in one pass of a thread pool
+(Pillow's resize and encoders release the GIL). The arrays
 are what the runs' DataLoader decodes from the files (PNG is lossless and the files are at the model's input
 size, so nothing is resized: tests/test_bench.py checks it), so no file is read back to get the tensors.
 """
@@ -27,8 +28,12 @@ def _save(array: np.ndarray, path: Path) -> None:
     synth.save(array, path, quality=JPEG_QUALITY, compress_level=1)
 
 
+def _threads() -> int:
+    return max(1, min(16, cpu_count()))
+
+
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, min(16, cpu_count())))
+    return ThreadPoolExecutor(_threads())
 
 
 def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path]:
@@ -40,16 +45,22 @@ def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path
     return paths
 
 
-def write_images(folder: Path, n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[Path]]:
-    """Make ``n`` images (``synth.smooth``) and write them as PNGs, in parallel: the arrays and the paths."""
+def write_images(
+    folder: Path, n: int, size: int, seed: int = 0, jpeg_folder: Path | None = None
+) -> tuple[np.ndarray, list[Path]]:
+    """Make ``n`` images (``synth.smooth``) and write them as PNGs (and JPEGs into ``jpeg_folder``), in one
+    parallel pass: the arrays and the PNGs' paths."""
     folder.mkdir(parents=True, exist_ok=True)
+    if jpeg_folder is not None:
+        jpeg_folder.mkdir(parents=True, exist_ok=True)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     paths = [folder / f"img_{i:06d}.png" for i in range(n)]
 
     def one(i: int) -> None:
         images[i] = synth.smooth(i, size, seed)
-        if not paths[i].exists():
-            _save(images[i], paths[i])
+        for path in (paths[i], None if jpeg_folder is None else jpeg_folder / f"img_{i:06d}.jpg"):
+            if path is not None and not path.exists():
+                _save(images[i], path)
 
     with _pool() as pool:
         list(pool.map(one, range(n)))
@@ -100,6 +111,14 @@ class Inputs:
         return self.jpeg_folders[k]
 
 
-def make_inputs(root: Path, n: int, size: int, log: Callable[[str], None] = lambda s: None) -> Inputs:
-    log(f"bench: generating {n} {size}x{size} PNGs in {root}")
-    return Inputs(root, *write_images(root / "all", n, size))
+def make_inputs(
+    root: Path, n: int, size: int, log: Callable[[str], None] = lambda s: None, jpeg: bool = False
+) -> Inputs:
+    """The images, their PNGs in ``root/all`` and, with ``jpeg``, their JPEGs in ``root/jpeg-<n>``, made once."""
+    log(f"bench: generating {n} {size}x{size} PNGs{' and JPEGs' if jpeg else ''} in {root} ({_threads()} threads)")
+    jpegs = root / f"jpeg-{n}" if jpeg else None
+    inputs = Inputs(root, *write_images(root / "all", n, size, jpeg_folder=jpegs))
+    if jpegs is not None:
+        inputs.jpeg_folders[n] = jpegs
+        inputs._jpeg_paths = [jpegs / p.name.replace(".png", ".jpg") for p in inputs.paths]
+    return inputs

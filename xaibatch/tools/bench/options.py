@@ -31,6 +31,8 @@ class BenchOptions:
     only: tuple[str, ...] = FAMILIES
     peers: bool = True
     work_dir: Path | None = None  # keep the generated files here (default: a temporary folder, deleted)
+    budget: float = 0.0  # seconds for the whole bench, from ``started``; 0: none (every row over all its images)
+    started: float | None = None  # time.perf_counter() the budget counts from; None: when run_bench starts
 
 
 @dataclass
@@ -38,13 +40,25 @@ class Row:
     family: str  # "limits" or a method family
     impl: str
     kind: str  # limit | xaibatch | xaibatch-tensors | xaibatch-faith | part | peer
-    images: int
+    images: int  # the images its rate was measured over (its best round's)
     seconds: float = float("inf")
     extra: dict[str, Any] = field(default_factory=dict)
+    share: float = 1.0  # its part of the budget against the other rows' (a run's start-up needs more)
+    warm_wall: float = 0.0  # wall seconds of its warm-up
+    rounds_wall: float = 0.0  # wall seconds of its timed rounds, all of them
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def measured(self) -> bool:
+        return self.images > 0 and self.seconds < float("inf")
+
+    def record(self, images: int, seconds: float) -> None:
+        """Keep this round if its rate is the best so far."""
+        if images > 0 and (not self.measured or images / max(seconds, 1e-9) > self.rate):
+            self.images, self.seconds = images, seconds
 
 
 @dataclass
@@ -68,3 +82,6 @@ class BenchResult:
     rows: list[Row]
     ratios: list[Ratio]
     cut_off: bool = False  # a signal stopped the timing: ``rows`` are the ones measured before it
+    spent: list[tuple[str, float]] = field(default_factory=list)  # wall seconds before the rows: start-up, inputs, ...
+    wall: float = 0.0  # seconds from ``BenchOptions.started`` to the end of the last row
+    budget: float = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
@@ -11,16 +12,16 @@ import torch
 
 from .context import Bench
 from .options import Row
-from .timing import Job, ModelTimer, scratch
+from .timing import Job, ModelTimer, Slice, scratch
 
 
 def forward_only(b: Bench, batch: int, k: int) -> Job:
-    """The model's forward alone over ``k`` images (repeated when that is more than there are)."""
+    """The model's forward alone over up to ``k`` images (repeated when that is more than there are)."""
     xs = b.x if k <= b.n else b.x.repeat((k + b.n - 1) // b.n, 1, 1, 1)[:k]
 
-    def fn(warm: bool) -> None:
+    def fn(sl: Slice) -> None:
         with torch.no_grad():
-            for a, z in b.chunks(min(k, batch) if warm else k, batch):
+            for a, z in sl.chunks(k, batch):
                 b.model(xs[a:z])
         b.sync()
 
@@ -30,12 +31,12 @@ def forward_only(b: Bench, batch: int, k: int) -> Job:
 def forward_backward(b: Bench) -> Job:
     """Forward plus backward to the input (no weight gradients): what any gradient method needs at least."""
 
-    def fn(warm: bool) -> None:
-        for a, z in b.chunks(b.n_warm if warm else b.n):
+    def fn(sl: Slice) -> None:
+        for a, z in sl.chunks(b.n, b.bs):
             xi = b.x[a:z].detach().requires_grad_(True)
             with torch.enable_grad():
                 logits = b.model(xi)
-                torch.autograd.grad(logits.gather(1, b.targets[a:z, None]).sum(), xi)
+                torch.autograd.grad(logits.gather(1, b.targets(z, sl)[a:z, None]).sum(), xi)
         b.sync()
 
     return Row("limits", f"forward + backward to the input, batch {b.bs}", "limit", b.n), fn
@@ -44,10 +45,13 @@ def forward_backward(b: Bench) -> Job:
 def end_to_end(
     b: Bench, family: str, k: int, model_timer: bool = False, faith: bool = False, no_files: bool = False
 ) -> Job:
-    """Real pipeline runs over the first ``k`` files, timed over their compute phase.
+    """Real pipeline runs over the first files, as many as fit in the round's slice (up to ``k``), timed over
+    their compute phase. A run cannot stop half-way, so the images are planned from the previous round's rate
+    and start-up (the warm-up's, for the first round); in whole batches.
 
-    Only the main row's timed rounds render the report (its cost goes to the table's note); warm-ups and the
-    other rows skip it, which takes seconds per run at thousands of images and measures nothing new.
+    Only the main row's timed rounds render the report (its cost goes to the table's note, and into the plan as
+    the last main row's report seconds); warm-ups and the other rows skip it, which takes seconds per run at
+    thousands of images and measures nothing new.
     """
     from ... import pipeline
     from ...evaluation.faithfulness import DEFAULT_STEPS, FaithConfig
@@ -60,12 +64,19 @@ def end_to_end(
         else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
     )
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
-    # a warm-up explains one batch; LIME one image; with scores (2 x steps forwards an image) an eighth of a batch
-    warm_images = 1 if family == "lime" else max(1, b.n_warm // 8) if faith else b.n_warm
+    # a warm-up explains two batches (the second one's time is the run's rate: see _steady); LIME one image, and
+    # with scores (2 x steps forwards an image, three times over for the first CHANCE_SAMPLE) one image too
+    least = 1 if family == "lime" or faith else b.n_warm  # a timed round's least
+    warm = min(k, 2 * b.bs) if least == b.n_warm else least
+    step = 1 if family == "lime" or faith else b.bs
+    row.share = 3.0 if row.kind == "xaibatch" else 2.0  # a run's start-up (the main row's: and its report)
 
-    def fn(warm: bool) -> float:
+    def fn(sl: Slice) -> float:
         out = next(outs)
-        todo = warm_images if warm else k
+        report = row.kind == "xaibatch" and not sl.warm
+        if report:  # the last main row's report, as a fixed cost (a first one overruns its slice by its report)
+            sl.fixed += b.report_seconds
+        todo = sl.plan(warm if sl.warm else least, k, step)
         ro = pipeline.RunOptions(
             input_dir=b.inputs.first(todo),
             out_dir=out,
@@ -75,12 +86,11 @@ def end_to_end(
             device=b.opts.device,
             workers=b.workers,
             labeled=False,
-            method_options={"lime": b.lime_options()},
+            method_options={"lime": b.lime_options(sl.warm)},
             handle_signals=False,
             faithfulness=FaithConfig(chunk=max(64, 4 * b.bs)) if faith else None,
         )
         timer = ModelTimer(type(b.model), b.sync) if model_timer else None
-        report = row.kind == "xaibatch" and not warm
         try:
             with (
                 timer or contextlib.nullcontext(),
@@ -93,15 +103,31 @@ def end_to_end(
         if res.computed != todo:
             raise RuntimeError(f"bench: the {family} run computed {res.computed} of {todo} images")
         t = res.timings["compute"]
-        if not warm:
-            if timer is not None and t < row.seconds:
+        if not sl.warm:
+            if timer is not None and (not row.measured or todo / t > row.rate):
                 row.extra["model_seconds"] = timer.seconds
             fixed = row.extra.setdefault("fixed", {"start-up": float("inf"), "report": float("inf")})
             fixed["start-up"] = min(fixed["start-up"], res.timings["prepare"] + res.timings["plan"])
-            fixed["report"] = min(fixed["report"], res.timings["report"])
+            if report:
+                fixed["report"] = min(fixed["report"], res.timings["report"])
+                b.report_seconds = res.timings["report"]
+        sl.hint = _steady(res.timings, todo, b.bs, time.perf_counter() - sl.start)
+        if family == "lime":
+            b.lime_hint(sl, t)
         return t
 
     return row, fn
+
+
+def _steady(timings: dict[str, float], images: int, batch: int, wall: float) -> tuple[float, float] | None:
+    """(rate, fixed) of a run of more than one batch, from its batches after the first: the first one carries the
+    DataLoader's start-up and the first calls' costs, which a run of more images does not pay again."""
+    first = timings.get("first_batch", 0.0) - timings["prepare"] - timings["plan"] - timings.get("wait", 0.0)
+    after = timings["compute"] - first
+    if images <= batch or first <= 0 or after <= 0:
+        return None
+    rate = (images - batch) / after
+    return rate, max(0.0, wall - timings["compute"] + first - batch / rate)
 
 
 def on_tensors(b: Bench, family: str, k: int) -> Job:
@@ -112,15 +138,22 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
     from ...methods.explainer import Explainer
 
     row = Row(family, "xaibatch methods alone, tensors in memory", "xaibatch-tensors", k)
-    method = create_method(family, b.ctx, **(b.lime_options() if family == "lime" else {}))
-    explainer = Explainer([method], b.ctx)
-    segment = method.segmenter()
+    explainers = {}
+    for warm in (False, True) if family == "lime" else (False,):  # LIME's warm-up: one model batch of samples
+        method = create_method(family, b.ctx, **(b.lime_options(warm) if family == "lime" else {}))
+        explainers[warm] = (Explainer([method], b.ctx), method.segmenter())
 
-    def fn(warm: bool) -> None:
-        n = (1 if family == "lime" else b.n_warm) if warm else k
-        for _ in explainer.explain_tensors(b.x_u8[:n], b.bs, list(range(n)), segmenter=segment):
-            pass  # each batch's maps come back to the CPU
+    def fn(sl: Slice) -> None:
+        # LIME explains a batch's images together: planned from the previous round; the others batch by batch
+        explainer, segment = explainers[sl.warm and family == "lime"]
+        ranges = [(0, sl.plan(1, k))] if family == "lime" else sl.chunks(k, b.bs)
+        t = time.perf_counter()
+        for a, z in ranges:
+            for _ in explainer.explain_tensors(b.x_u8[a:z], b.bs, list(range(a, z)), segmenter=segment):
+                pass  # each batch's maps come back to the CPU
         b.sync()
+        if family == "lime":
+            b.lime_hint(sl, time.perf_counter() - t)
 
     return row, fn
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from .context import Bench
 from .options import Row
-from .timing import Job, scratch
+from .timing import Job, Slice, scratch
 
 
 def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -> Job:
@@ -27,8 +28,8 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
     if on is not None:
         row.extra["decode_on"] = str(on)
 
-    def fn(warm: bool) -> None:
-        k = b.n_warm if warm else b.n
+    def fn(sl: Slice) -> float:
+        k = b.n_warm if sl.warm else b.n
         folder = b.inputs.jpegs(k) if jpeg else b.inputs.first(k)
         ds = ImageDataset(scan(folder).images, b.opts.image_size, jpeg_bytes=on is not None)
         loader = torch.utils.data.DataLoader(
@@ -39,11 +40,16 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
             prefetch_factor=4 if b.workers else None,
             pin_memory=on is not None and on.type == "cuda",
         )
-        for batch in loader:
+        batches = iter(loader)
+        for _ in sl.chunks(k, b.bs):  # the batches that fit in the slice (the loader's start-up included)
+            batch = next(batches)
             if on is not None:
                 batch = finish_batch(batch, on, b.opts.image_size)
         if on is not None and on.type == "cuda":
             torch.cuda.synchronize(on)
+        own = time.perf_counter() - sl.start  # not the workers' shut-down when the slice ended the loop early
+        del batches
+        return own
 
     return row, fn
 
@@ -83,12 +89,14 @@ def write_batches(out: Path, n: int, size: int, batch: int, pictures: Any, write
         w.finish()
 
 
-def floor_files(out: Path, n: int, size: int) -> None:
-    """The writer's atomic writes alone for ``n`` images (temporary name, write, rename; one thread), no encoding."""
+def floor_files(out: Path, n: int, size: int, first: int = 0) -> None:
+    """The writer's atomic writes alone for ``n`` images (temporary name, write, rename; one thread), no encoding;
+    ``first``: the images already written there (their files are named on from them)."""
     body = bytes(3 * size * size // 2)
+    per = files_per_image(size)
     d = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for i in range(n * files_per_image(size)):
+        for i in range(first * per, (first + n) * per):
             fd = os.open(f".{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=d)
             os.write(fd, body)
             os.close(fd)
@@ -111,11 +119,13 @@ def writer_alone(b: Bench) -> Job:
     row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", b.n)
     outs = scratch(b.inputs.root, "writer")
 
-    def fn(warm: bool) -> None:
+    def fn(sl: Slice) -> float:  # the writer works behind a queue: its images are planned, not cut off
         out = next(outs)
         out.mkdir()
         try:
-            write_batches(out, b.n_warm if warm else b.n, size, bs, pictures, writers)
+            t = time.perf_counter()
+            write_batches(out, sl.plan(b.n_warm, b.n, bs), size, bs, pictures, writers)
+            return time.perf_counter() - t  # not the clean-up, as the floor's
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -131,11 +141,13 @@ def file_floor(b: Bench) -> Job:
     )
     outs = scratch(b.inputs.root, "floor")
 
-    def fn(warm: bool) -> None:
+    def fn(sl: Slice) -> float:
         out = next(outs)
         out.mkdir()
         try:
-            floor_files(out, b.n_warm if warm else b.n, size)
+            for a, z in sl.chunks(b.n, b.bs):
+                floor_files(out, z - a, size, first=a)
+            return time.perf_counter() - sl.start  # not the clean-up
         finally:
             shutil.rmtree(out, ignore_errors=True)
 

@@ -12,7 +12,7 @@ import torch
 
 from .context import Bench
 from .options import Row
-from .timing import Job
+from .timing import Job, Slice
 
 
 def peer_jobs(b: Bench) -> list[Job]:
@@ -34,18 +34,19 @@ def _gradcam(b: Bench) -> list[Job]:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n, b.opts.per_image_images)
+    tlist = b.target_list(n_each)  # the per-image row's; the batched row's as it goes
 
-    def each(warm: bool) -> None:
+    def each(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
-            for i in range(2 if warm else n_each):
+            for i, _ in sl.chunks(n_each, 1):
                 cam(input_tensor=b.x[i : i + 1], targets=[ClassifierOutputTarget(tlist[i])])
 
-    def batched(warm: bool) -> None:
+    def batched(sl: Slice) -> None:
         with GradCAM(model=b.model, target_layers=[b.layer.module], reshape_transform=_reshape(b)) as cam:
-            for a, z in b.chunks(b.n_warm if warm else b.n):
-                cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in tlist[a:z]])
+            for a, z in sl.chunks(b.n, b.bs):
+                targets = b.targets(z, sl)[a:z].tolist()
+                cam(input_tensor=b.x[a:z], targets=[ClassifierOutputTarget(t) for t in targets])
 
     return [
         (Row("gradcam", "pytorch-grad-cam GradCAM, per image", "peer", n_each), each),
@@ -58,25 +59,25 @@ def _guided(b: Bench) -> list[Job]:
     from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n, b.opts.per_image_images)
+    tlist = b.target_list(n_each)
     lib_model = copy.deepcopy(b.model)  # GuidedBackpropReLUModel swaps the ReLU modules for its own
     lib_layer = lib_model.get_submodule(b.layer.name)
 
-    def pgc_guided(warm: bool) -> None:
+    def pgc_guided(sl: Slice) -> None:
         with GradCAM(model=lib_model, target_layers=[lib_layer], reshape_transform=_reshape(b)) as cam:
             gb_model = GuidedBackpropReLUModel(model=lib_model, device=b.dev)
-            for i in range(2 if warm else n_each):  # the library's usage: one image at a time
+            for i, _ in sl.chunks(n_each, 1):  # the library's usage: one image at a time
                 xi = b.x[i : i + 1]
                 grayscale = cam(input_tensor=xi, targets=[ClassifierOutputTarget(tlist[i])])[0]
                 gb = gb_model(xi.clone(), target_category=tlist[i])
                 _ = grayscale[..., None] * gb
 
-    def captum_guided(warm: bool) -> None:
+    def captum_guided(sl: Slice) -> None:
         ggc = GuidedGradCam(b.model, b.layer.module)
-        for a, z in b.chunks(b.n_warm if warm else b.n):
+        for a, z in sl.chunks(b.n, b.bs):
             ggc.attribute(
-                b.x[a:z].clone().requires_grad_(True), target=b.targets[a:z], interpolate_mode="bilinear"
+                b.x[a:z].clone().requires_grad_(True), target=b.targets(z, sl)[a:z], interpolate_mode="bilinear"
             ).detach().cpu()
         b.sync()
 
@@ -95,8 +96,8 @@ def _lime(b: Bench) -> list[Job]:
     from ...methods import create_method
     from ...methods.segmentation import slic_segments
 
-    tlist = [int(t) for t in b.targets]
     n_each = min(b.n_lime, b.opts.lime_peer_images)
+    tlist = b.target_list(n_each)
     seg_fn = functools.partial(slic_segments, n_segments=b.opts.lime_segments)
     fill_method = create_method("lime", b.ctx, segments=b.opts.lime_segments)
 
@@ -104,9 +105,9 @@ def _lime(b: Bench) -> list[Job]:
         with torch.no_grad():
             return torch.softmax(b.model(b.normalize(batch_u8)), dim=1).cpu().numpy()
 
-    def lime_pkg(warm: bool) -> None:
+    def lime_pkg(sl: Slice) -> None:
         explainer = LimeImageExplainer(random_state=0)
-        for i in range(1 if warm else n_each):
+        for i, _ in sl.chunks(n_each, 1):
             with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
                 explainer.explain_instance(
                     b.images[i],
@@ -114,7 +115,7 @@ def _lime(b: Bench) -> list[Job]:
                     labels=(tlist[i],),
                     top_labels=None,
                     hide_color=None,
-                    num_samples=b.opts.lime_samples,
+                    num_samples=b.lime_samples(sl.warm),
                     batch_size=b.lime_chunk,
                     segmentation_fn=seg_fn,
                 )
@@ -122,13 +123,13 @@ def _lime(b: Bench) -> list[Job]:
     def probs(inp):
         return torch.softmax(b.model(inp), dim=1)
 
-    def captum_lime(warm: bool) -> None:
+    def captum_lime(sl: Slice) -> None:
         lime = Lime(
             probs,
             interpretable_model=SkLearnRidge(alpha=1.0),
             similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=0.25),
         )
-        for i in range(1 if warm else n_each):
+        for i, _ in sl.chunks(n_each, 1):
             seg = torch.from_numpy(seg_fn(b.images[i])).to(b.dev)
             fill = fill_method.fill(b.x[i : i + 1], seg.view(1, -1), int(seg.max()) + 1)  # the same mean colour
             lime.attribute(
@@ -136,7 +137,7 @@ def _lime(b: Bench) -> list[Job]:
                 baselines=fill,
                 target=tlist[i],
                 feature_mask=seg[None, None],
-                n_samples=b.opts.lime_samples,
+                n_samples=b.lime_samples(sl.warm),
                 perturbations_per_eval=b.lime_chunk,
             )
         b.sync()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -13,10 +14,19 @@ from .context import Bench, make_bench
 from .inputs import make_inputs
 from .options import FAMILIES, BenchOptions, BenchResult, Row
 from .ratios import ratios
-from .timing import Job, load_average, machine_description, stamped, time_interleaved
+from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
 
 
-def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -> BenchResult:
+def run_bench(
+    opts: BenchOptions,
+    log: Callable[[str], None] = lambda s: None,
+    show: Callable[[BenchResult], None] = lambda res: None,
+) -> BenchResult:
+    """Time every row; ``show`` gets the result before the generated files are removed (thousands of files take
+    seconds to remove: a `timeout` then still finds the tables printed)."""
+    started = time.perf_counter() if opts.started is None else opts.started
+    spent: list[tuple[str, float]] = []
+    mark = Marks(started, spent)
     import torch
 
     from ...defaults import default_workers
@@ -27,26 +37,72 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = lambda s: None) -
         method_class(name)
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
-    log = stamped(log)
+    log = stamped(log, started)
     dev = resolve_device(opts.device)
     workers = default_workers() if opts.workers is None else opts.workers
     root = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     load_start = load_average()
+    mark("start-up: Python, torch, xaibatch")
     try:
-        b = make_bench(opts, make_inputs(root, opts.images, opts.image_size, log), dev, workers)
+        jpeg = "gradcam" in opts.only  # the JPEG loader rows
+        inputs = make_inputs(root, opts.images, opts.image_size, log, jpeg=jpeg)
+        mark(f"inputs: {opts.images} images made, PNG{' and JPEG' if jpeg else ''} files written")
+        b = make_bench(opts, inputs, dev, workers)
+        mark("model: built, saved, loaded; the images on the device")
         jobs, lime_rows = bench_jobs(b)
+        mark("jobs: methods made, the peers' libraries imported, the per-image peers' predicted classes")
+        predicted = b.predict_seconds
+        repeats = max(1, opts.repeats)
+        units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
+        budget = Budget(started, opts.budget, units)
+        if opts.budget > 0:
+            log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
         try:
-            time_interleaved(jobs, max(1, opts.repeats), log)
+            time_interleaved(jobs, repeats, log, budget)
             cut_off = False
         except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
             cut_off = True
-        rows = [r for r, _ in jobs if math.isfinite(r.seconds)]
+        rows = [r for r, _ in jobs if r.measured]
+        n_pred = 0 if b.predicted is None else len(b.predicted)
+        spent.append((f"predicted classes of {n_pred} images, as rows needed them", b.predict_seconds - predicted))
         lime_rows = [r for r in lime_rows if r in rows]
-        return BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off)
+        res = BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off, spent)
+        res.wall, res.budget = time.perf_counter() - started, opts.budget
+        show(res)
+        return res
     finally:
         if opts.work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+            t = time.perf_counter()
+            try:
+                remove_tree(root)
+                log(f"bench: removed the generated files in {time.perf_counter() - t:.1f} s")
+            except KeyboardInterrupt:  # the tables are out: a signal here leaves the files, not the result
+                log(f"bench: interrupted while removing {root}: left in place")
+
+
+def remove_tree(root: Path) -> None:
+    """``shutil.rmtree(root)``, its folders in parallel (a folder's entries are removed one at a time), in
+    daemon threads: a signal ends the wait and the process exits without them."""
+    folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()] if root.is_dir() else []
+    threads = [threading.Thread(target=shutil.rmtree, args=(p, True), daemon=True) for p in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Marks:
+    """Appends (what, wall seconds since the previous mark) to ``spent``."""
+
+    def __init__(self, start: float, spent: list[tuple[str, float]]) -> None:
+        self.last, self.spent = start, spent
+
+    def __call__(self, what: str) -> None:
+        now = time.perf_counter()
+        self.spent.append((what, now - self.last))
+        self.last = now
 
 
 def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
@@ -101,5 +157,12 @@ def header(b: Bench, load_start: str) -> list[str]:
         f"{o.lime_samples} samples, model batch {b.lime_chunk}{'' if o.lime_batch_size else ' (auto)'}, "
         f"{o.lime_segments} SLIC segments); best of {o.repeats} interleaved rounds; "
         f"load average at end {load_average()}",
+        (
+            f"budget {o.budget:g} s: each round of a row gets a share of the time left and measures as many of "
+            "those images as fit in it, at least one batch (one image per image for LIME and the per-image peers); "
+            "the images column says how many"
+            if o.budget > 0
+            else "no budget: every row over all of its images"
+        ),
         f"CAM layer {b.layer.name} {b.layer.grid}",
     ]

@@ -3,42 +3,133 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import platform
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .options import Row
 
-Job = tuple[Row, Callable[[bool], "float | None"]]  # fn(warm) -> its own seconds, or None (its wall time counts)
+Job = tuple[Row, Callable[["Slice"], "float | None"]]  # fn(slice) -> its own seconds, or None (its wall time)
+
+WARM_WEIGHT = 0.25  # a warm-up's share of a timed round when the time left is split (it does one batch)
 
 
-def time_interleaved(jobs: list[Job], repeats: int, log: Callable[[str], None]) -> None:
-    """Warm each job up once, then run every job of a family once per round; keep each job's fastest round.
+@dataclass
+class Slice:
+    """The time one round of a row may take, and the images it measured in it.
+
+    A job either loops over chunks with :meth:`chunks` (it stops once the next chunk would not fit, after at
+    least one), or plans its images up front with :meth:`plan` from its previous round's rate (a pipeline run,
+    whose batches cannot be stopped half-way). A warm-up (``warm``) does the least: one chunk, or ``least``.
+    """
+
+    seconds: float = math.inf
+    warm: bool = False
+    rate: float = 0.0  # images/s of this row's previous round (its own seconds); 0: unknown
+    fixed: float = 0.0  # wall seconds of that round outside its own timing (a run's start-up, say)
+    images: int = 0  # set by the job: the images this round measured
+    hint: tuple[float, float] | None = None  # set by the job: (rate, fixed) for the next round, if it knows better
+    start: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0
+
+    def chunks(self, k: int, step: int) -> Iterator[tuple[int, int]]:
+        """``(a, z)`` ranges of ``k`` images, ``step`` at a time, while the next one fits in the slice."""
+        longest = 0.0
+        for a in range(0, k, step):
+            now, paused = time.perf_counter(), self.paused
+            if a and (self.warm or now - self.start + longest > self.seconds):
+                return
+            yield a, min(k, a + step)
+            longest = max(longest, time.perf_counter() - now - (self.paused - paused))
+            self.images = min(k, a + step)
+
+    def pause(self, seconds: float) -> None:
+        """Take ``seconds`` just spent on something else (the predictions a row needed) out of this round's."""
+        self.start += seconds
+        self.paused += seconds
+
+    def plan(self, least: int, most: int, step: int = 1) -> int:
+        """Images that fit in the slice at the previous round's rate after its fixed seconds, whole ``step``s
+        when more than one, between ``least`` and ``most``; sets :attr:`images`."""
+        k = most
+        if self.warm:
+            k = least
+        elif math.isfinite(self.seconds):  # an unknown rate: the least
+            left = self.seconds - (time.perf_counter() - self.start) - self.fixed
+            k = int(max(0.0, left * self.rate)) if self.rate > 0 else least
+            k = k - k % step if k >= step else k
+        self.images = max(least, min(most, k))
+        return self.images
+
+
+class Budget:
+    """Splits the time left before a deadline among the rounds still to run (a warm-up counts WARM_WEIGHT);
+    what a row leaves unused goes to the rows after it."""
+
+    def __init__(self, start: float, seconds: float, units: float) -> None:
+        self.deadline = start + seconds if seconds > 0 else math.inf
+        self.units = units
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def take(self, weight: float = 1.0) -> float:
+        """This round's slice (inf without a budget; 0 once spent: the row does its least)."""
+        share = max(0.0, self.left()) * weight / max(self.units, weight) if math.isfinite(self.deadline) else math.inf
+        self.units = max(0.0, self.units - weight)
+        return share
+
+
+def time_interleaved(jobs: list[Job], repeats: int, log: Callable[[str], None], budget: Budget | None = None) -> None:
+    """Warm each job up once, then run every job of a family once per round; keep each job's best round.
 
     A job returns its own seconds (the compute phase of a pipeline run) or None (then its wall time counts).
+    With a budget each round gets a slice of the time left; rounds after the first run only while time is left,
+    so every row is measured at least once.
     """
+    budget = budget or Budget(time.perf_counter(), 0, 0)
+    seen: dict[int, tuple[float, float]] = {}  # id(row) -> (rate, fixed) of its last round
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum's "Setting backward hooks on ReLU activations", lime's, ...
         for family in dict.fromkeys(r.family for r, _ in jobs):  # one family at a time
             group = [(r, fn) for r, fn in jobs if r.family == family]
             log(f"bench: {family}: warm-up")
-            for _row, fn in group:
-                fn(True)
+            for row, fn in group:
+                budget.take(WARM_WEIGHT * row.share)
+                row.warm_wall, seen[id(row)] = _one(fn, Slice(warm=True))
             for k in range(repeats):
+                if k and budget.left() <= 0:
+                    budget.take(sum(r.share for r, _ in group) * (repeats - k))
+                    log(f"bench: {family}: budget spent, no round {k + 1}")
+                    break
                 log(f"bench: {family}: round {k + 1}/{repeats}")
                 for row, fn in group:
-                    t = time.perf_counter()
-                    own = fn(False)
-                    row.seconds = min(row.seconds, own if own is not None else time.perf_counter() - t)
-                    log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s")  # a cut-off run still reports
+                    rate, fixed = seen[id(row)]
+                    sl = Slice(budget.take(row.share), rate=rate, fixed=fixed)
+                    wall, seen[id(row)] = _one(fn, sl, row)
+                    row.rounds_wall += wall
+                    log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s over {row.images} images")
 
 
-def stamped(log: Callable[[str], None]) -> Callable[[str], None]:
-    """``log`` with the seconds since now in front: a bench cut off by a timeout shows where its time went."""
-    start = time.perf_counter()
+def _one(fn: Callable[[Slice], "float | None"], sl: Slice, row: Row | None = None) -> tuple[float, tuple[float, float]]:
+    """Run one round: its wall seconds, and (rate, fixed) for planning the next one. A timed round goes to ``row``."""
+    own = fn(sl)
+    wall = time.perf_counter() - sl.start
+    seconds = own if own is not None else wall
+    if row is not None:
+        row.record(sl.images, seconds)
+    return wall, sl.hint or (sl.images / seconds if seconds > 0 else 0.0, max(0.0, wall - seconds))
+
+
+def stamped(log: Callable[[str], None], start: float | None = None) -> Callable[[str], None]:
+    """``log`` with the seconds since ``start`` (now) in front: a bench cut off by a timeout shows where its
+    time went."""
+    start = time.perf_counter() if start is None else start
     return lambda s: log(f"[{time.perf_counter() - start:6.1f}s] {s}")
 
 
