@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xaibatch.pipeline.pictures import batch_pictures, display_thumbs  # noqa: E402
+from xaibatch.pipeline.pictures import DisplayStacks, batch_pictures  # noqa: E402
 from xaibatch.tools.bench.parts import files_per_image, floor_files, write_batches  # noqa: E402
 from xaibatch.tools import synth  # noqa: E402
 
@@ -35,7 +35,9 @@ def pictures(size: int, batch: int):
 
     display = [synth.smooth(i, size) for i in range(batch)]  # compresses as photos do (pure noise would not)
     maps = torch.rand(batch, 7, 7, generator=torch.Generator().manual_seed(0))
-    return display, batch_pictures(display, maps, False, [(size, size)] * batch), display_thumbs(display)
+    sizes = [(size, size)] * batch
+    thumbs = DisplayStacks(display, sizes, torch.device("cpu")).thumbs([True] * batch)
+    return display, batch_pictures(display, maps, False, sizes), thumbs
 
 
 def cpu() -> tuple[float, float]:

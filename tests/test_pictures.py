@@ -8,9 +8,19 @@ import pytest
 import torch
 
 from xaibatch.layout import display_size
-from xaibatch.pipeline.pictures import DisplayStacks, batch_pictures, display_thumbs
+from xaibatch.layout import THUMB_SIDE
+from xaibatch.overlay import thumbnail_batch
+from xaibatch.pipeline.pictures import DisplayStacks, batch_pictures
 
 CPU = torch.device("cpu")
+
+
+def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
+    """The reference: each display copy's thumbnail on the CPU, one image at a time (None when small)."""
+    return [
+        None if max(d.shape[:2]) <= THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
+        for d in display
+    ]
 
 
 def _batch():

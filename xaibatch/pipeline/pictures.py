@@ -53,7 +53,7 @@ class DisplayStacks:
 
     def thumbs(self, wanted: list[bool]) -> list[np.ndarray | None]:
         """Per image: the display copy's thumbnail where ``wanted`` and the copy is larger than a thumbnail,
-        else None; the same pixels as :func:`display_thumbs` (on the CPU: bit for bit)."""
+        else None; on the CPU bit for bit those of one image at a time (tests/test_pictures.py)."""
         from ..overlay import thumbnail_batch
 
         out: list[np.ndarray | None] = [None] * len(self.display)
@@ -133,16 +133,3 @@ def _pictures(maps, pics, size: tuple[int, int], signed: bool, want_views: bool)
     thumbs = thumbnail_batch(over)
     group_views = views_batch(shown, full, signed) if want_views else None
     return full.cpu().numpy(), over.cpu().numpy(), None if thumbs is None else thumbs.cpu().numpy(), group_views
-
-
-def display_thumbs(display: list[np.ndarray]) -> list[np.ndarray | None]:
-    """Thumbnails of display copies larger than a thumbnail (None for the others), on the CPU, one at a time
-    (a run makes them with :meth:`DisplayStacks.thumbs`)."""
-    import torch
-
-    from ..overlay import thumbnail_batch
-
-    return [
-        None if max(d.shape[:2]) <= layout.THUMB_SIDE else thumbnail_batch(torch.from_numpy(d.copy())[None])[0].numpy()
-        for d in display
-    ]

@@ -25,7 +25,7 @@ from .. import layout
 from ..files import OutputDir, npy_bytes, unlink_all
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
-from .pictures import batch_pictures, display_thumbs, map_size  # noqa: F401  (their home before)
+from .pictures import batch_pictures, map_size  # noqa: F401  (their home before)
 from .writer_pool import WriterPool, can_fork
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more

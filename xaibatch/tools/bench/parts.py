@@ -108,12 +108,17 @@ def floor_files(out: Path, n: int, size: int, first: int = 0) -> None:
 def writer_alone(b: Bench) -> Job:
     """The writer alone: a run's files and rows for maps already in memory (pictures made on the device)."""
     from ...defaults import default_writers
-    from ...pipeline.pictures import batch_pictures, display_thumbs
+    from ...pipeline.pictures import DisplayStacks, batch_pictures
 
     size, bs = b.opts.image_size, b.bs
     display = [b.images[i % b.n] for i in range(bs)]
     maps = torch.rand(bs, size, size, generator=torch.Generator().manual_seed(0)).to(b.dev)
-    pictures = (display, batch_pictures(display, maps, False, [(size, size)] * bs), display_thumbs(display))
+    sizes = [(size, size)] * bs
+    pictures = (
+        display,
+        batch_pictures(display, maps, False, sizes),
+        DisplayStacks(display, sizes, b.dev).thumbs([True] * bs),
+    )
     writers = default_writers(b.dev.type, b.workers)  # as a run's default --writers
     how = f"{writers} writer process{'es' * (writers > 1)}" if writers else "the writer thread"
     row = Row("gradcam", f"writer alone, maps in memory ({how})", "part", b.n)
