@@ -103,3 +103,22 @@ def test_a_run_off_a_terminal_beats_every_interval(tmp_path, tiny_ckpt):
             assert not any("/4 images" in s for s in lines)
             assert {"done", "total", "elapsed_s", "eta_s", "batch_percent"} <= set(beats[-1])
             assert beats[-1]["total"] == 4
+
+
+def test_the_bar_leaves_no_thread_behind():
+    """tqdm's monitor thread outlives its bar; a run with a bar (a terminal) then had a second thread at report
+    time, and report/forked.py does not fork beside threads: the report was built on one core."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from xaibatch.pipeline.progress import Progress\n"
+        "p = Progress(10, bar=True, heartbeat=0, log=print, emit=lambda e: None, json_events=False)\n"
+        "p.update(10)\n"
+        "p.close()\n"
+        "print('threads', threading.active_count())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "threads 1" in r.stdout, r.stdout

@@ -41,9 +41,7 @@ class Progress:
         self._lock = threading.Lock()
         self._bar = None
         if bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
+            self._bar = _bar_class()(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
         self._stop = threading.Event()
         self._beat = None
         if heartbeat > 0 and self._bar is None:
@@ -132,3 +130,14 @@ def progress_bar(
     return Progress(
         total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit, json_events=opts.on_event is not None
     )
+
+
+def _bar_class():
+    """tqdm without its monitor thread, which outlives the bar: the report forks only while the run has no other
+    thread (report/forked.py), so with tqdm's own class a run on a terminal built its report on one core."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+
+    return Bar
