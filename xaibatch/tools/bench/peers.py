@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import io
 
 import numpy as np
 import torch
@@ -91,6 +90,7 @@ def _lime(b: Bench) -> list[Job]:
     from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import Lime
     from captum.attr._core.lime import get_exp_kernel_similarity_function
+    from lime import lime_image
     from lime.lime_image import LimeImageExplainer
 
     from ...methods import create_method
@@ -108,7 +108,7 @@ def _lime(b: Bench) -> list[Job]:
     def lime_pkg(sl: Slice) -> None:
         explainer = LimeImageExplainer(random_state=0)
         for i, _ in sl.chunks(n_each, 1):
-            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+            with _without_bar(lime_image):  # its tqdm bar: printed per image, and its thread outlives it
                 explainer.explain_instance(
                     b.images[i],
                     classifier_fn,
@@ -146,3 +146,16 @@ def _lime(b: Bench) -> list[Job]:
         (Row("lime", "lime package explain_instance, per image", "peer", n_each), lime_pkg),
         (Row("lime", "captum Lime, per image", "peer", n_each), captum_lime),
     ]
+
+
+@contextlib.contextmanager
+def _without_bar(module):
+    """``module``'s ``tqdm`` (the class it imported) passes its iterable through while the block runs: no bar
+    printed and no tqdm monitor thread, which would stay and keep a later end-to-end row's report from forking
+    (report/forked.py forks only beside no other thread)."""
+    saved = module.tqdm
+    module.tqdm = lambda iterable, *a, **k: iterable
+    try:
+        yield
+    finally:
+        module.tqdm = saved
