@@ -470,6 +470,54 @@ def test_a_picked_report_image_is_explained_and_linked(app, driver):
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
+def test_the_last_image_chosen_is_the_one_explained(app, driver):
+    """An upload and a pick replace each other: picking after an upload explains the pick, not the old file."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, root, _ = app
+    _open(driver, served.url)
+    img = root / "not-in-report.png"
+    img.write_bytes(png(11))
+    res = _upload_and_explain(driver, img)
+    assert not res.find_elements(By.CSS_SELECTOR, "a.xb-detail")
+    pick = driver.find_element(By.CSS_SELECTOR, "#xb-pick input")
+    pick.click()
+    pick.send_keys("report: p0")
+    pick.send_keys(Keys.ENTER)
+    _wait(driver, lambda d: img.stem not in d.find_element(By.ID, "xb-upload").text)  # the upload is let go
+    old = _answer(driver)
+    driver.find_element(By.ID, "xb-explain").click()
+    res = _result(driver, old)
+    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith(layout.card_id("p0.png"))
+    res = _upload_and_explain(driver, img)  # and an upload after a pick lets the pick go
+    assert not res.find_elements(By.CSS_SELECTOR, "a.xb-detail")
+    assert driver.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == ""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_on_a_phone_the_answer_scrolls_into_view(app):
+    """In a narrow window the controls stack above the answer: Explain brings the answer into view."""
+    served, _, root, _ = app
+    d = chromium.start(375, 700)
+    try:
+        d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {"width": 375, "height": 700, "deviceScaleFactor": 1, "mobile": True}
+        )
+        _open(d, served.url)
+        assert d.execute_script("return innerWidth") == 375
+        res = _upload_and_explain(d, root / "photos" / "p0.png")
+        _wait(d, lambda d: d.execute_script("return arguments[0].getBoundingClientRect().top", res) < 350, 10)
+        assert d.execute_script("return document.documentElement.scrollWidth") <= 375  # nothing wider than the phone
+    finally:
+        d.quit()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
 def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
     from selenium.webdriver.common.by import By
 

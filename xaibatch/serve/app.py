@@ -32,6 +32,9 @@ from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa:
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
 REPORT_PREFIX = "report: "
 
+# A narrow window stacks the answer under the controls: bring it into view (a wide one has it in view: no scroll).
+SHOW_ANSWER = """() => { const a = document.getElementById('xb-result');
+  if (a.getBoundingClientRect().top > innerHeight / 2) a.scrollIntoView({block: 'start', behavior: 'smooth'}); }"""
 CSS = "#xb-result .xb-error{color:#b00020;font-weight:600}"
 
 
@@ -154,7 +157,10 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
             max_batch_size=MAX_BATCH,
             concurrency_limit=1,
             api_name="explain",
-        )
+        ).then(None, js=SHOW_ANSWER)
+        # The image explained is the one chosen last: an upload lets the pick go, a pick the upload.
+        upload.upload(lambda _: None, upload, pick, queue=False, api_visibility="private")
+        pick.input(lambda p: None if p else gr.update(), pick, upload, queue=False, api_visibility="private")
         flag_button.click(flag, [last, label], flagged, api_name="flag")
     return blocks
 
