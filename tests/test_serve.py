@@ -518,6 +518,26 @@ def test_on_a_phone_the_answer_scrolls_into_view(app):
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
+def test_the_saved_flag_line_stays_in_its_column(app, driver):
+    """The flagged file's long path (a sha256 name) wraps instead of running over the maps."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, root, _ = app
+    _open(driver, served.url)
+    _upload_and_explain(driver, root / "photos" / "p1.png")
+    label = driver.find_element(By.CSS_SELECTOR, "#xb-label input")
+    label.send_keys("wrapped")
+    label.send_keys(Keys.ENTER)
+    driver.find_element(By.ID, "xb-flag").click()
+    _wait(driver, lambda d: "wrapped" in d.find_element(By.ID, "xb-flagged").text)
+    note = driver.find_element(By.CSS_SELECTOR, "#xb-flagged .xb-note")
+    assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", note), note.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
 def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
     from selenium.webdriver.common.by import By
 
