@@ -265,6 +265,31 @@ def test_without_gradio_serve_says_how_to_install(monkeypatch):
     assert r.output.strip() == 'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]"'
 
 
+def _page_of(tmp_path, methods: list[str]):
+    """The page's Blocks for a service offering ``methods`` (a stand-in: no model is loaded)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from xaibatch.serve.app import build
+    from xaibatch.serve.sources import ReportImages
+
+    model = SimpleNamespace(checkpoint="m.pt", arch="tiny", input_size=32)
+    service = SimpleNamespace(
+        opts=SimpleNamespace(out=tmp_path, methods=methods),
+        prepared=SimpleNamespace(model=model, device="cpu"),
+        names=["a", "b"],
+        default_lime_samples=lambda: 100,
+    )
+    return build(service, ReportImages(tmp_path))
+
+
+@pytest.mark.parametrize("methods, shown", [(["gradcam", "lime"], True), (["gradcam", "captum:Saliency"], False)])
+def test_the_lime_slider_shows_only_when_lime_is_offered(tmp_path, methods, shown):
+    page = _page_of(tmp_path, methods)
+    (slider,) = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "xb-samples"]
+    assert slider.visible is shown
+
+
 # ------------------------------------------------------------------------------------------- the page in Chromium
 
 

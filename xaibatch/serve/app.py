@@ -135,6 +135,7 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
                     step=10,
                     label="LIME samples",
                     elem_id="xb-samples",
+                    visible="lime" in offered,  # a slider that changes nothing only confuses
                 )
                 curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
                 go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
