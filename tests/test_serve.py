@@ -563,6 +563,39 @@ def test_the_saved_flag_line_stays_in_its_column(app, driver):
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
+def test_a_refused_flag_reads_as_an_error(app):
+    """A flag refused (nothing explained yet in this tab) is red like a refused upload, not plain text."""
+    from selenium.webdriver.common.by import By
+
+    served, _, _, _ = app
+    d = _browser()  # a fresh tab: nothing explained in it
+    try:
+        _open(d, served.url)
+        d.find_element(By.ID, "xb-flag").click()
+        _wait(d, lambda d: _answer(d, "xb-flagged") > 0)
+        line = d.find_element(By.CSS_SELECTOR, "#xb-flagged .xb-error")
+        assert line.value_of_css_property("color") == "rgba(176, 0, 32, 1)", line.text
+    finally:
+        d.quit()
+
+
+def test_the_curves_say_which_is_which(service):
+    """The faithfulness curves' colours are named in the visible text, not only in the SVG's aria-label."""
+    import re
+
+    from xaibatch.serve.core import decode_upload
+    from xaibatch.serve.page import result_html
+
+    (r,) = service.explain([decode_upload(png(4))], ["gradcam"], faithfulness=True)
+    text = re.sub(r"<svg.*?</svg>", "", result_html(r, service.names, service.rule(), None), flags=re.S)
+    assert re.search(r"deletion AUC\s+[0-9.]+ \(red curve", text) and re.search(
+        r"insertion AUC\s+[0-9.]+ \(blue curve", text
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
 def test_an_image_of_the_report_links_to_its_detail_page(app, driver):
     from selenium.webdriver.common.by import By
 

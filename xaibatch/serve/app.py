@@ -36,7 +36,7 @@ REPORT_PREFIX = "report: "
 # A narrow window stacks the answer under the controls: bring it into view (a wide one has it in view: no scroll).
 SHOW_ANSWER = """() => { const a = document.getElementById('xb-result');
   if (a.getBoundingClientRect().top > innerHeight / 2) a.scrollIntoView({block: 'start', behavior: 'smooth'}); }"""
-CSS = "#xb-result .xb-error{color:#b00020;font-weight:600} #xb-flagged{overflow-wrap:anywhere}"  # long paths wrap
+CSS = ".xb-answer .xb-error{color:#b00020;font-weight:600} #xb-flagged{overflow-wrap:anywhere}"  # long paths wrap
 
 
 @dataclass
