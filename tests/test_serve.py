@@ -265,6 +265,31 @@ def test_without_gradio_serve_says_how_to_install(monkeypatch):
     assert r.output.strip() == 'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]"'
 
 
+def _page_of(tmp_path, methods: list[str]):
+    """The page's Blocks for a service offering ``methods`` (a stand-in: no model is loaded)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from xaibatch.serve.app import build
+    from xaibatch.serve.sources import ReportImages
+
+    model = SimpleNamespace(checkpoint="m.pt", arch="tiny", input_size=32)
+    service = SimpleNamespace(
+        opts=SimpleNamespace(out=tmp_path, methods=methods),
+        prepared=SimpleNamespace(model=model, device="cpu"),
+        names=["a", "b"],
+        default_lime_samples=lambda: 100,
+    )
+    return build(service, ReportImages(tmp_path))
+
+
+@pytest.mark.parametrize("methods, shown", [(["gradcam", "lime"], True), (["gradcam", "captum:Saliency"], False)])
+def test_the_lime_slider_shows_only_when_lime_is_offered(tmp_path, methods, shown):
+    page = _page_of(tmp_path, methods)
+    (slider,) = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "xb-samples"]
+    assert slider.visible is shown
+
+
 # ------------------------------------------------------------------------------------------- the page in Chromium
 
 
@@ -464,6 +489,107 @@ def test_a_picked_report_image_is_explained_and_linked(app, driver):
         res.find_element(By.CSS_SELECTOR, "a.xb-detail")
         .get_attribute("href")
         .endswith(f"/report/detail/page-1.html#{layout.card_id('p0.png')}")
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_the_last_image_chosen_is_the_one_explained(app, driver):
+    """An upload and a pick replace each other: picking after an upload explains the pick, not the old file."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, root, _ = app
+    _open(driver, served.url)
+    img = root / "not-in-report.png"
+    img.write_bytes(png(11))
+    res = _upload_and_explain(driver, img)
+    assert not res.find_elements(By.CSS_SELECTOR, "a.xb-detail")
+    pick = driver.find_element(By.CSS_SELECTOR, "#xb-pick input")
+    pick.click()
+    pick.send_keys("report: p0")
+    pick.send_keys(Keys.ENTER)
+    _wait(driver, lambda d: img.stem not in d.find_element(By.ID, "xb-upload").text)  # the upload is let go
+    old = _answer(driver)
+    driver.find_element(By.ID, "xb-explain").click()
+    res = _result(driver, old)
+    assert res.find_element(By.CSS_SELECTOR, "a.xb-detail").get_attribute("href").endswith(layout.card_id("p0.png"))
+    res = _upload_and_explain(driver, img)  # and an upload after a pick lets the pick go
+    assert not res.find_elements(By.CSS_SELECTOR, "a.xb-detail")
+    assert driver.find_element(By.CSS_SELECTOR, "#xb-pick input").get_attribute("value") == ""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_on_a_phone_the_answer_scrolls_into_view(app):
+    """In a narrow window the controls stack above the answer: Explain brings the answer into view."""
+    served, _, root, _ = app
+    d = chromium.start(375, 700)
+    try:
+        d.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {"width": 375, "height": 700, "deviceScaleFactor": 1, "mobile": True}
+        )
+        _open(d, served.url)
+        assert d.execute_script("return innerWidth") == 375
+        res = _upload_and_explain(d, root / "photos" / "p0.png")
+        _wait(d, lambda d: d.execute_script("return arguments[0].getBoundingClientRect().top", res) < 350, 10)
+        assert d.execute_script("return document.documentElement.scrollWidth") <= 375  # nothing wider than the phone
+    finally:
+        d.quit()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_the_saved_flag_line_stays_in_its_column(app, driver):
+    """The flagged file's long path (a sha256 name) wraps instead of running over the maps."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, _, root, _ = app
+    _open(driver, served.url)
+    _upload_and_explain(driver, root / "photos" / "p1.png")
+    label = driver.find_element(By.CSS_SELECTOR, "#xb-label input")
+    label.send_keys("wrapped")
+    label.send_keys(Keys.ENTER)
+    driver.find_element(By.ID, "xb-flag").click()
+    _wait(driver, lambda d: "wrapped" in d.find_element(By.ID, "xb-flagged").text)
+    note = driver.find_element(By.CSS_SELECTOR, "#xb-flagged .xb-note")
+    assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", note), note.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_a_refused_flag_reads_as_an_error(app):
+    """A flag refused (nothing explained yet in this tab) is red like a refused upload, not plain text."""
+    from selenium.webdriver.common.by import By
+
+    served, _, _, _ = app
+    d = _browser()  # a fresh tab: nothing explained in it
+    try:
+        _open(d, served.url)
+        d.find_element(By.ID, "xb-flag").click()
+        _wait(d, lambda d: _answer(d, "xb-flagged") > 0)
+        line = d.find_element(By.CSS_SELECTOR, "#xb-flagged .xb-error")
+        assert line.value_of_css_property("color") == "rgba(176, 0, 32, 1)", line.text
+    finally:
+        d.quit()
+
+
+def test_the_curves_say_which_is_which(service):
+    """The faithfulness curves' colours are named in the visible text, not only in the SVG's aria-label."""
+    import re
+
+    from xaibatch.serve.core import decode_upload
+    from xaibatch.serve.page import result_html
+
+    (r,) = service.explain([decode_upload(png(4))], ["gradcam"], faithfulness=True)
+    text = re.sub(r"<svg.*?</svg>", "", result_html(r, service.names, service.rule(), None), flags=re.S)
+    assert re.search(r"deletion AUC\s+[0-9.]+ \(red curve", text) and re.search(
+        r"insertion AUC\s+[0-9.]+ \(blue curve", text
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
@@ -19,6 +19,7 @@ from .core import (
     MAX_UPLOAD_BYTES,
     MIN_LIME_SAMPLES,
     Request,
+    Result,
     Service,
     Upload,  # noqa: E402
     decode_upload,
@@ -32,7 +33,10 @@ from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa:
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
 REPORT_PREFIX = "report: "
 
-CSS = "#xb-result .xb-error{color:#b00020;font-weight:600}"
+# A narrow window stacks the answer under the controls: bring it into view (a wide one has it in view: no scroll).
+SHOW_ANSWER = """() => { const a = document.getElementById('xb-result');
+  if (a.getBoundingClientRect().top > innerHeight / 2) a.scrollIntoView({block: 'start', behavior: 'smooth'}); }"""
+CSS = ".xb-answer .xb-error{color:#b00020;font-weight:600} #xb-flagged{overflow-wrap:anywhere}"  # long paths wrap
 
 
 @dataclass
@@ -58,104 +62,147 @@ def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pic
     raise UsageError("upload an image or pick one")
 
 
-def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
-    """The page, wired to ``service``."""
-    report = report or ReportImages.load(service.opts.out)
-    try:
-        demos = demo_images()
-    except XaibatchError:  # no sample photographs installed: uploads and the report's images still work
-        demos = {}
-    picks = [*demos, *(REPORT_PREFIX + rel for rel in sorted(report.rows)[:MAX_PICKS])]
-    offered = list(service.opts.methods)
-    model = service.prepared.model
-    answers = itertools.count(1)
+@dataclass
+class _Handlers:
+    """What the page's buttons run: explain the requests that arrive together, flag the last explained image."""
 
-    def explain(files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
-        requests: list[Request] = []
-        lines: list[str | None] = []
-        for f, pick, ms, n, faith in zip(files, chosen, methods, samples, curves, strict=True):
-            ordered = tuple(m for m in offered if m in (ms or []))  # as offered, whatever order they were ticked in
-            try:
-                n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
-                requests.append(Request(_source(demos, report, f, pick), ordered, n, bool(faith)))
-                lines.append(None)
-            except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
-                requests.append(Request(None, ordered))
-                lines.append(str(e))
-            except Exception as e:  # never a traceback in the page
-                requests.append(Request(None, ordered))
-                lines.append(f"internal error: {type(e).__name__}: {e}")
-        results = explain_requests(service, requests)
-        html, state = [], []
-        for line, r in zip(lines, results, strict=True):
-            if line is not None or isinstance(r, str):
-                html.append(numbered(next(answers), line_html(line if line is not None else r)))
-                state.append(None)
-            else:
-                html.append(
-                    numbered(
-                        next(answers), result_html(r, service.names, service.rule(), report.detail_url(r.upload.sha256))
-                    )
-                )
-                state.append({"data": r.upload.data, "format": r.upload.image_format})
-        return html, state
+    service: Service
+    report: ReportImages
+    demos: dict[str, bytes]
+    answers: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # numbers every answer shown
 
-    def flag(last: dict | None, label: str | None) -> str:
+    def picks(self) -> list[str]:
+        return [*self.demos, *(REPORT_PREFIX + rel for rel in sorted(self.report.rows)[:MAX_PICKS])]
+
+    def explain(self, files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
+        """One batch of requests (Gradio's batch=True): each one's answer HTML and the image flagging would save."""
+        asked = [self._request(*a) for a in zip(files, chosen, methods, samples, curves, strict=True)]
+        results = explain_requests(self.service, [r for r, _ in asked])
+        answers = [self._answer(line, r) for (_, line), r in zip(asked, results, strict=True)]
+        return [html for html, _ in answers], [last for _, last in answers]
+
+    def _request(
+        self, file: str | None, pick: str | None, ms: list | None, n: Any, faith: Any
+    ) -> tuple[Request, str | None]:
+        """The request, or one that failed and its line."""
+        ordered = tuple(m for m in self.service.opts.methods if m in (ms or []))  # as offered, whatever order ticked
+        try:
+            n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
+            return Request(_source(self.demos, self.report, file, pick), ordered, n, bool(faith)), None
+        except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
+            return Request(None, ordered), str(e)
+        except Exception as e:  # never a traceback in the page
+            return Request(None, ordered), f"internal error: {type(e).__name__}: {e}"
+
+    def _answer(self, line: str | None, r: Result | str) -> tuple[str, dict | None]:
+        if line is not None or isinstance(r, str):
+            return numbered(next(self.answers), line_html(line if line is not None else r)), None
+        s = self.service
+        html = result_html(r, s.names, s.rule(), self.report.detail_url(r.upload.sha256))
+        return numbered(next(self.answers), html), {"data": r.upload.data, "format": r.upload.image_format}
+
+    def flag(self, last: dict | None, label: str | None) -> str:
         try:
             if not last:
                 raise UsageError("nothing to flag: explain an image first")
-            f = save_flag(service.opts.out, label or "", last["data"], last["format"])
+            f = save_flag(self.service.opts.out, label or "", last["data"], last["format"])
         except (XaibatchError, OSError) as e:
-            return numbered(next(answers), line_html(str(e)))
+            return numbered(next(self.answers), line_html(str(e)))
         what = "saved" if f.new else "already flagged:"
-        return numbered(
-            next(answers), line_html(f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)", "note")
-        )
+        note = f"{what} {f.path} (xaibatch run {f.path.parent.parent} reports it)"
+        return numbered(next(self.answers), line_html(note, "note"))
 
+
+@dataclass
+class _Controls:
+    """The page's components that events read or write."""
+
+    upload: Any
+    pick: Any
+    methods: Any
+    samples: Any
+    curves: Any
+    go: Any
+    label: Any
+    flag: Any
+    flagged: Any
+    result: Any
+    last: Any  # the last explained image (per browser tab): what flagging saves
+
+
+def _demos() -> dict[str, bytes]:
+    try:
+        return demo_images()
+    except XaibatchError:  # no sample photographs installed: uploads and the report's images still work
+        return {}
+
+
+def _header(service: Service) -> str:
+    model = service.prepared.model
+    return (
+        f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
+        f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
+        f"device: {service.prepared.device} · no login: keep it on 127.0.0.1"
+    )
+
+
+def _layout(service: Service, picks: list[str]) -> _Controls:
+    """The components, inside an open gr.Blocks: the header, the controls on the left, the answer on the right."""
+    offered = list(service.opts.methods)
+    gr.Markdown(_header(service), elem_id="xb-status")
+    last = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
+            pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
+            methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
+            samples = gr.Slider(
+                MIN_LIME_SAMPLES,
+                MAX_LIME_SAMPLES,
+                value=service.default_lime_samples(),
+                step=10,
+                label="LIME samples",
+                elem_id="xb-samples",
+                visible="lime" in offered,  # a slider that changes nothing only confuses
+            )
+            curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
+            go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
+            label = gr.Dropdown(
+                service.names,
+                value=None,
+                allow_custom_value=True,
+                label="Wrong prediction? The correct label",
+                elem_id="xb-label",
+            )
+            flag = gr.Button("Flag: wrong prediction", elem_id="xb-flag")
+            flagged = gr.HTML(elem_id="xb-flagged")
+        with gr.Column(scale=3):
+            result = gr.HTML(elem_id="xb-result")
+    return _Controls(upload, pick, methods, samples, curves, go, label, flag, flagged, result, last)
+
+
+def _wire(c: _Controls, h: _Handlers) -> None:
+    """The events: Explain (batched, one at a time), Flag, and an upload and a pick replacing each other."""
+    c.go.click(
+        h.explain,
+        [c.upload, c.pick, c.methods, c.samples, c.curves],
+        [c.result, c.last],
+        batch=True,
+        max_batch_size=MAX_BATCH,
+        concurrency_limit=1,
+        api_name="explain",
+    ).then(None, js=SHOW_ANSWER)
+    # The image explained is the one chosen last: an upload lets the pick go, a pick the upload.
+    c.upload.upload(lambda _: None, c.upload, c.pick, queue=False, api_visibility="private")
+    c.pick.input(lambda p: None if p else gr.update(), c.pick, c.upload, queue=False, api_visibility="private")
+    c.flag.click(h.flag, [c.last, c.label], c.flagged, api_name="flag")
+
+
+def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
+    """The page, wired to ``service``."""
+    handlers = _Handlers(service, report or ReportImages.load(service.opts.out), _demos())
     with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
-        gr.Markdown(
-            f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
-            f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
-            f"device: {service.prepared.device} · no login: keep it on 127.0.0.1",
-            elem_id="xb-status",
-        )
-        last = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
-                pick = gr.Dropdown(picks, value=None, label="…or pick a demo or report image", elem_id="xb-pick")
-                methods = gr.CheckboxGroup(offered, value=offered, label="Methods", elem_id="xb-methods")
-                samples = gr.Slider(
-                    MIN_LIME_SAMPLES,
-                    MAX_LIME_SAMPLES,
-                    value=service.default_lime_samples(),
-                    step=10,
-                    label="LIME samples",
-                    elem_id="xb-samples",
-                )
-                curves = gr.Checkbox(False, label="Faithfulness curves (deletion, insertion)", elem_id="xb-curves")
-                go = gr.Button("Explain", variant="primary", elem_id="xb-explain")
-                label = gr.Dropdown(
-                    service.names,
-                    value=None,
-                    allow_custom_value=True,
-                    label="Wrong prediction? The correct label",
-                    elem_id="xb-label",
-                )
-                flag_button = gr.Button("Flag: wrong prediction", elem_id="xb-flag")
-                flagged = gr.HTML(elem_id="xb-flagged")
-            with gr.Column(scale=3):
-                result = gr.HTML(elem_id="xb-result")
-        go.click(
-            explain,
-            [upload, pick, methods, samples, curves],
-            [result, last],
-            batch=True,
-            max_batch_size=MAX_BATCH,
-            concurrency_limit=1,
-            api_name="explain",
-        )
-        flag_button.click(flag, [last, label], flagged, api_name="flag")
+        _wire(_layout(service, handlers.picks()), handlers)
     return blocks
 
 

@@ -27,8 +27,8 @@ TEMPLATE = """\
 <img class="xb-colourbar" alt="colour bar" src="{{ m.bar }}">
 <div class="xb-ticks">{% for t in m.ticks %}<span>{{ t }}</span>{% endfor %}</div>
 <small>{{ m.note }}</small>
-{%- if m.faith %}<br><small class="xb-faith">deletion AUC {{ m.faith.deletion }} (lower is better), insertion AUC
-{{ m.faith.insertion }} (higher is better)</small><br><svg class="xb-curves" width="120" height="60" viewBox="-2 -2 124 64"
+{%- if m.faith %}<br><small class="xb-faith">deletion AUC {{ m.faith.deletion }} (red curve, lower is better), insertion AUC
+{{ m.faith.insertion }} (blue curve, higher is better)</small><br><svg class="xb-curves" width="120" height="60" viewBox="-2 -2 124 64"
 role="img" aria-label="deletion (red) and insertion (blue) curves: probability of {{ pred }} against the share of
 pixels changed"><rect x="0" y="0" width="120" height="60" fill="none" stroke="#ccc"/><polyline
 points="{{ m.faith.curves[0] }}" fill="none" stroke="#D55E00" stroke-width="1.5"/><polyline
