@@ -559,6 +559,35 @@ def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
     assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text
 
 
+def test_detail_view_names_the_faithfulness_curves(driver, tmp_path):
+    """The curves' colours are said in the caption, not only in the picture's aria-label (serve's captions too)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import labeled_rows, synth
+
+    from xaibatch.manifest import Manifest
+
+    out = synth(tmp_path / "o", labeled_rows(2), methods=("gradcam",))
+    m = Manifest(out / "xaibatch.sqlite")
+    faith = json.dumps({"deletion_curve": [0.9, 0.5, 0.2], "insertion_curve": [0.1, 0.4, 0.8]})
+    m.db.execute("UPDATE maps SET deletion = 0.25, insertion = 0.5, faith_json = ? WHERE rel LIKE 'FAKE/%'", (faith,))
+    m.db.execute("UPDATE maps SET deletion = 0.3, insertion = 0.4 WHERE rel LIKE 'REAL/%'")  # scores, no curves
+    m.db.commit()
+    m.close()
+    report.render(out)
+    urls = detail_urls(out)
+    check_page(driver, urls["FAKE/im_0000.png"])
+    fig = driver.find_element("css selector", 'figure[data-method="gradcam"]')
+    assert fig.find_elements("css selector", "svg.curves")
+    text = fig.get_attribute("textContent")
+    assert "(lower is better, the red curve)" in text and "(higher is better, the blue curve)" in text, text
+    open_page(driver, urls["REAL/im_0001.png"])  # no curves drawn: no colours named
+    text = driver.find_element("css selector", 'figure[data-method="gradcam"]').get_attribute("textContent")
+    assert "deletion AUC 0.300 (lower is better)" in text and "curve" not in text, text
+
+
 @pytest.fixture(scope="module")
 def five_methods_out(tmp_path_factory) -> Path:
     """A synthetic labeled report with five methods (two of them signed), so its cards are wide."""

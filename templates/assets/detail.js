@@ -78,7 +78,9 @@
     var about = [el("small", {}, [m.scale_words + "." + (v.note ? " " + v.note : "")]), el("br"),
                  el("small", {}, [m.legend + "."]), el("br")];
     if (v.del !== undefined) {
-      about.push(el("small", {}, ["deletion AUC " + v.del + " (lower is better), insertion AUC " + v.ins + " (higher is better)"]), el("br"));
+      var red = v.curves ? ", the red curve" : "", blue = v.curves ? ", the blue curve" : "";
+      about.push(el("small", {}, ["deletion AUC " + v.del + " (lower is better" + red + "), insertion AUC " + v.ins +
+                                  " (higher is better" + blue + ")"]), el("br"));
       if (v.curves) {
         about.push(svg("svg", {"class": "curves", width: "120", height: "60", viewBox: "-2 -2 124 64", role: "img",
           "aria-label": "deletion (red) and insertion (blue) curves: probability of " + target + " against the share of pixels changed"}, [
