@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any, Iterator
 
-from .signals import Abandoned, Stop, die_with_parent
+from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
 
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
@@ -38,9 +38,6 @@ def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     finally:
         if not finished or stop.requested:
             end_workers(it)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def forked_quietly(start: Any, *args: Any) -> Any:
@@ -91,9 +88,8 @@ def worker_init(_worker_id: int, parent: int | None = None) -> None:
     stopping cleanly. A SIGKILLed main process cannot stop its workers: without
     this they live on, holding their memory, adopted by init.)
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by forked_quietly
+    ignore_stop_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by forked_quietly
     _quiet_when_the_reader_leaves()
     if parent is not None:
         die_with_parent(parent)

@@ -24,7 +24,6 @@ import os
 import pickle
 import queue
 import select
-import signal
 import threading
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..files import OutputDir
-from .signals import die_with_parent  # imported before the fork: the child imports nothing
+from .signals import die_with_parent, ignore_stop_signals  # imported before the fork: the child imports nothing
 
 
 def can_fork() -> bool:
@@ -259,8 +258,7 @@ def _serve(
     """A writer process: write each share it is sent, answer (token, None or the error), until told to stop.
     A share's pictures are read from its slot of ``region`` before the answer (which frees the slot). ``unnamed``:
     new files are written unnamed and then linked (OutputDir), so that processes that share folders wait less."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()  # the run stops us after its batch, as DataLoader workers
     gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
     die_with_parent(parent)
     files = OutputDir(out_dir, pid=parent, unnamed=unnamed)  # temporary names the run's: see OutputDir
