@@ -3,6 +3,7 @@ bar is drawn and Ctrl-C, Ctrl-Z, a resize or a closed window reach the whole for
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -140,6 +141,33 @@ def test_a_run_under_nohup_ignores_the_hangup(tmp_path, images, tiny_ckpt):
     assert manifest_rows(out, "SELECT status FROM runs") == [("ok",)]
 
 
+def test_a_run_that_outlives_its_terminal_is_not_failed_by_its_output(tmp_path, images, tiny_ckpt):
+    """SIGHUP ignored (`disown`, `trap '' HUP`) but the output still on the terminal, which then closes: every
+    write there fails with EIO. That used to fail the run, blamed on the disk ("input/output error writing to
+    OUT: check the disk"), exit 1, no report. The output now goes nowhere and the run finishes: exit 0, row ok."""
+    out = tmp_path / "out"
+    code = (
+        "import signal, runpy, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+        "sys.argv = ['xaibatch', *sys.argv[1:]]; runpy.run_module('xaibatch', run_name='__main__')"
+    )
+    argv = [sys.executable, "-c", code, *_argv(images, out, tiny_ckpt, "--batch-size", "2", "--workers", "1")[3:]]
+    t = ptyrun.Terminal(argv, env=ENV)
+    deadline = time.monotonic() + 90
+    while re.search(r" [1-9]\d*/80 \[", t.text) is None:
+        assert time.monotonic() < deadline and t.poll() is None, t.text
+        t.read(0.1)
+    os.close(t.master)  # the window closes; the run carries on
+    t.master = os.open(os.devnull, os.O_RDONLY)
+    end = time.monotonic() + 90
+    while t.poll() is None:
+        assert time.monotonic() < end, "still running"
+        time.sleep(0.1)
+    os.close(t.master)
+    assert manifest_rows(out, "SELECT status, reason, n_computed FROM runs") == [("ok", None, 80)]
+    assert t.code == 0
+    assert (out / "index.html").exists()
+
+
 def _mid_run(tmp_path, images, ckpt, out_name="out"):
     t = ptyrun.Terminal(_argv(images, tmp_path / out_name, ckpt, "--batch-size", "2", "--workers", "1"), env=ENV)
     deadline = time.monotonic() + 90
@@ -189,3 +217,37 @@ def test_ctrl_z_then_fg_and_a_resize_mid_run(tmp_path, images, tiny_ckpt):
     r = t.finish(120)
     assert r.code == 0 and "Traceback" not in r.text, r.text
     assert SUMMARY.search(_screen_lines(r.text)[-2]).groups() == ("80", "80"), r.text
+
+
+class _HungUp:
+    """A stream on a terminal that has hung up: every write fails with EIO."""
+
+    def write(self, s):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def flush(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def isatty(self):
+        return True
+
+
+def test_the_bar_on_a_hung_up_terminal_fails_no_run(monkeypatch):
+    """The estimate line and the bar, written from the writer's thread, used to raise EIO once the terminal had
+    gone (SIGHUP ignored): the run failed, blamed on the disk. Now the terminal's streams are sent to /dev/null."""
+    from xaibatch import runlog
+    from xaibatch.pipeline.progress import Progress
+
+    silenced = []
+    monkeypatch.setattr(runlog, "_is_char_device", lambda fd: True)
+    monkeypatch.setattr(runlog, "to_devnull", silenced.append)
+    clock = [100.0]
+    p = Progress(10, bar=True, heartbeat=0, log=None, emit=lambda e: None, json_events=False, clock=lambda: clock[0])
+    monkeypatch.setattr(sys, "stderr", _HungUp())
+    p._bar.fp = _HungUp()
+    clock[0] += 10
+    p.update(2)  # the estimate, written above the bar
+    p.within(1, 2)
+    p.close()
+    assert silenced and silenced[0] == [1, 2]
+    assert p.done == 2

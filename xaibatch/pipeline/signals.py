@@ -12,6 +12,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+from ..runlog import to_devnull
+
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the run stops after its batch; its children ignore them
 
@@ -67,8 +69,8 @@ def catch_signals(enabled: bool):
     terminal = [fd for fd in (0, 1, 2) if _isatty(fd)]  # asked now: a hung-up terminal no longer answers
 
     def handler(signum, frame):
-        if signum == signal.SIGHUP:
-            _to_devnull(terminal)
+        if signum == signal.SIGHUP:  # every write to a hung-up terminal fails (in the writer's thread: the run)
+            to_devnull(terminal)
         stop._signalled(signum)
 
     # A signal ignored when we started stays ignored (SIGINT of a background job in sh, SIGHUP under nohup).
@@ -87,23 +89,6 @@ def _isatty(fd: int) -> bool:
         return os.isatty(fd)
     except OSError:
         return False
-
-
-def _to_devnull(fds: list[int]) -> None:
-    """The terminal is gone: its file descriptors now lead to /dev/null, so that the bar, the summary and an
-    error line are dropped instead of failing with EIO (in the writer's thread, the run would fail)."""
-    if not fds:
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-    except OSError:
-        return
-    for fd in fds:
-        try:
-            os.dup2(null, fd)
-        except OSError:
-            pass
-    os.close(null)
 
 
 def ignore_stop_signals() -> None:
