@@ -1,6 +1,6 @@
 """Iterate a DataLoader so that a signal stops the run within seconds, whatever its worker processes are doing.
 
-A worker can be busy for minutes on one file (a huge or slow image); it ignores SIGINT/SIGTERM (see
+A worker can be busy for minutes on one file (a huge or slow image); it ignores the stop signals (see
 :func:`worker_init`), and the DataLoader's own shutdown waits for it and then sends it a
 SIGTERM it ignores. So: a signal that arrives while the run waits for the next batch ends the wait at
 once, and a loader left before its end has its workers killed (SIGKILL: they hold nothing of the
@@ -80,7 +80,7 @@ def end_workers(it: Any) -> None:
 
 
 def worker_init(_worker_id: int, parent: int | None = None) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
+    """DataLoader workers leave SIGINT/SIGTERM/SIGHUP to the main process, which stops them after the current batch,
     and die with it (``parent``: its pid) however it dies.
 
     (A Ctrl-C reaches the whole process group, and systemd signals the whole

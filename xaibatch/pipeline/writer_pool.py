@@ -10,7 +10,7 @@ the exception they met. The writer thread commits a batch's rows only once every
 rows still follow their files.
 
 The processes are forked from the thread that makes the pool (so they need no imports and no pickled
-model), ignore SIGINT/SIGTERM (the run stops them after its current batch, as DataLoader workers), and
+model), ignore SIGINT/SIGTERM/SIGHUP (the run stops them after its current batch, as DataLoader workers), and
 die with the run: ``PR_SET_PDEATHSIG`` on Linux (a thread watching the parent elsewhere), and a closed
 pipe ends their loop. Where ``fork`` is not available :func:`can_fork` is false and the writer uses
 threads.
