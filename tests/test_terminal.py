@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -141,19 +142,31 @@ def test_a_run_under_nohup_ignores_the_hangup(tmp_path, images, tiny_ckpt):
     assert manifest_rows(out, "SELECT status FROM runs") == [("ok",)]
 
 
-def test_a_run_that_outlives_its_terminal_is_not_failed_by_its_output(tmp_path, images, tiny_ckpt):
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_run_that_outlives_its_terminal_is_not_failed_by_its_output(tmp_path, images, tiny_ckpt, broken):
     """SIGHUP ignored (`disown`, `trap '' HUP`) but the output still on the terminal, which then closes: every
     write there fails with EIO. That used to fail the run, blamed on the disk ("input/output error writing to
-    OUT: check the disk"), exit 1, no report. The output now goes nowhere and the run finishes: exit 0, row ok."""
+    OUT: check the disk"), exit 1, no report. The output now goes nowhere and the run finishes: exit 0, row ok
+    (``broken``: an unreadable file, listed on stderr at the end, with stdout on a file: that listing failed the
+    command before its summary line; now the summary is in the file and the exit code is 1, "some failed")."""
     out = tmp_path / "out"
+    if broken:
+        shutil.copytree(images, tmp_path / "in")
+        (tmp_path / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
+        images = tmp_path / "in"
     code = (
         "import signal, runpy, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
         "sys.argv = ['xaibatch', *sys.argv[1:]]; runpy.run_module('xaibatch', run_name='__main__')"
     )
     argv = [sys.executable, "-c", code, *_argv(images, out, tiny_ckpt, "--batch-size", "2", "--workers", "1")[3:]]
-    t = ptyrun.Terminal(argv, env=ENV)
+    log = tmp_path / "stdout.txt"
+    t = ptyrun.Terminal(argv, env=ENV, stdout_file=str(log) if broken else None)
+    if broken:  # no bar (stdout is a file): the terminal closes once the run has started
+        while not (out / MANIFEST).exists():
+            assert t.poll() is None, t.text
+            time.sleep(0.05)
     deadline = time.monotonic() + 90
-    while re.search(r" [1-9]\d*/80 \[", t.text) is None:
+    while not broken and re.search(r" [1-9]\d*/80 \[", t.text) is None:
         assert time.monotonic() < deadline and t.poll() is None, t.text
         t.read(0.1)
     os.close(t.master)  # the window closes; the run carries on
@@ -163,8 +176,11 @@ def test_a_run_that_outlives_its_terminal_is_not_failed_by_its_output(tmp_path, 
         assert time.monotonic() < end, "still running"
         time.sleep(0.1)
     os.close(t.master)
-    assert manifest_rows(out, "SELECT status, reason, n_computed FROM runs") == [("ok", None, 80)]
-    assert t.code == 0
+    status = "some-failed" if broken else "ok"
+    assert manifest_rows(out, "SELECT status, reason, n_computed FROM runs") == [(status, None, 80)]
+    assert t.code == (1 if broken else 0)
+    if broken:
+        assert SUMMARY.search(log.read_text()), log.read_text()
     assert (out / "index.html").exists()
 
 
