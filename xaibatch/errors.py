@@ -50,7 +50,7 @@ class StorageError(XaibatchError, OSError):
 
 
 class Interrupted(XaibatchError):
-    """SIGINT or SIGTERM stopped the run after saving what was done."""
+    """SIGINT, SIGTERM or SIGHUP stopped the run after saving what was done."""
 
     exit_code = 5  # ExitCode.INTERRUPTED
 
@@ -121,7 +121,7 @@ _MEANING = {
     ExitCode.USAGE: "usage error (bad option, folder, model or checkpoint)",
     ExitCode.RUNTIME: "runtime error",
     ExitCode.LOCKED: "another run holds the output folder's lock (see --wait)",
-    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM); finished batches are saved, the next run continues",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP); finished batches are saved, the next run continues",
 }
 
 # The names the code and tests use.

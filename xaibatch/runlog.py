@@ -15,8 +15,10 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import socket
 import sys
 from datetime import datetime, timezone
@@ -35,16 +37,53 @@ def write_line(text: str, stream: IO[str] | None = None) -> None:
         stream.flush()
     except BrokenPipeError:
         silence(stream)
+    except OSError as e:
+        if not terminal_gone(e):
+            raise
+        silence_terminals()
 
 
 def silence(stream: IO[str]) -> None:
     """Point ``stream``'s file descriptor at /dev/null: what is still buffered, what follows and Python's flush at
     exit go nowhere (its reader went away)."""
-    null = os.open(os.devnull, os.O_WRONLY)
+    to_devnull([stream.fileno()])
+
+
+def to_devnull(fds: list[int]) -> None:
+    """Point these file descriptors at /dev/null (quietly: one that cannot be is left as it is)."""
+    if not fds:
+        return
     try:
-        os.dup2(null, stream.fileno())
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        for fd in fds:
+            try:
+                os.dup2(null, fd)
+            except OSError:
+                pass
     finally:
         os.close(null)
+
+
+def terminal_gone(e: OSError) -> bool:
+    """``e`` (from a write to stdout or stderr) says the terminal has hung up (window closed, ssh session lost,
+    SIGHUP ignored): every later write there fails the same way."""
+    return e.errno == errno.EIO and any(_is_char_device(fd) for fd in (1, 2))
+
+
+def silence_terminals() -> None:
+    """The terminal is gone: stdout and stderr, where they were on it (character devices), now lead to /dev/null,
+    so that the bar, the summary and an error line are dropped instead of failing the command."""
+    to_devnull([fd for fd in (1, 2) if _is_char_device(fd)])
+
+
+def _is_char_device(fd: int) -> bool:
+    try:
+        return stat.S_ISCHR(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def reader_gone(stream: IO[str]) -> bool:

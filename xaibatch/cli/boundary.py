@@ -29,7 +29,7 @@ class Failure(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file=None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
+        write_line(f"Error: {self.format_message()}", sys.stderr)  # a gone terminal: the line goes nowhere
 
 
 # A bare `xaibatch` (or a group without its command) shows the help, as click's usage error: left as it is.

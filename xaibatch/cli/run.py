@@ -125,7 +125,7 @@ def run(
         **engine.fields(),
     )
     try:
-        result = run_pipeline(opts, log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)))
+        result = run_pipeline(opts, log=(lambda s: None) if quiet else say)
     except BaseException as e:  # the summary of an interrupted run, the JSON end line of any failure
         partial = getattr(e, "result", None)
         if partial is not None and human:
@@ -147,10 +147,17 @@ def list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
     """The images that could not be read, on stderr (the first ``limit``; the report lists them all)."""
     if not failed:
         return
-    click.echo(f"xaibatch: {len(failed)} image(s) could not be read:", err=True)
+    say(f"xaibatch: {len(failed)} image(s) could not be read:")
     from ..scan import printable
 
     for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
-        click.echo(f"  {printable(rel)}: {printable(reason)}", err=True)
+        say(f"  {printable(rel)}: {printable(reason)}")
     if len(failed) > limit:
-        click.echo(f"  ... and {len(failed) - limit} more (all listed in the report)", err=True)
+        say(f"  ... and {len(failed) - limit} more (all listed in the report)")
+
+
+def say(text: str) -> None:
+    """One line on stderr; a terminal that has gone (closed while the run ignores SIGHUP) fails nothing."""
+    from ..runlog import write_line
+
+    write_line(text, sys.stderr)

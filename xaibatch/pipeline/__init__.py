@@ -7,7 +7,7 @@
     apply.py     what the plan changes without the model: rows and files of gone images, stale maps, new thresholds
     compute.py   the local engine: DataLoader -> Explainer (methods/explainer.py) -> pictures on the device -> a WriteJob per batch
     writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
-    signals.py   SIGINT/SIGTERM: stop after the current batch
+    signals.py   SIGINT/SIGTERM/SIGHUP: stop after the current batch
     recovery.py  after an unclean stop: sweep temporary and unreferenced files
     ray_engine.py  --engine ray: the batches in Ray Data actors (ray_worker.py: BatchWorker, write_files), commits here;
                    ray_connect.py joins the cluster (the engines' registry: xaibatch/engines.py)

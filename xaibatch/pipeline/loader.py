@@ -1,6 +1,6 @@
 """Iterate a DataLoader so that a signal stops the run within seconds, whatever its worker processes are doing.
 
-A worker can be busy for minutes on one file (a huge or slow image); it ignores SIGINT/SIGTERM (see
+A worker can be busy for minutes on one file (a huge or slow image); it ignores the stop signals (see
 :func:`worker_init`), and the DataLoader's own shutdown waits for it and then sends it a
 SIGTERM it ignores. So: a signal that arrives while the run waits for the next batch ends the wait at
 once, and a loader left before its end has its workers killed (SIGKILL: they hold nothing of the
@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any, Iterator
 
-from .signals import Abandoned, Stop, die_with_parent
+from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
 
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
@@ -38,9 +38,6 @@ def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     finally:
         if not finished or stop.requested:
             end_workers(it)
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def forked_quietly(start: Any, *args: Any) -> Any:
@@ -83,7 +80,7 @@ def end_workers(it: Any) -> None:
 
 
 def worker_init(_worker_id: int, parent: int | None = None) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops them after the current batch,
+    """DataLoader workers leave SIGINT/SIGTERM/SIGHUP to the main process, which stops them after the current batch,
     and die with it (``parent``: its pid) however it dies.
 
     (A Ctrl-C reaches the whole process group, and systemd signals the whole
@@ -91,9 +88,8 @@ def worker_init(_worker_id: int, parent: int | None = None) -> None:
     stopping cleanly. A SIGKILLed main process cannot stop its workers: without
     this they live on, holding their memory, adopted by init.)
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by forked_quietly
+    ignore_stop_signals()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by forked_quietly
     _quiet_when_the_reader_leaves()
     if parent is not None:
         die_with_parent(parent)

@@ -63,7 +63,7 @@ class RunOptions(ModelOptions):
     wait: bool = False  # another run holds out_dir: wait for it instead of raising LockHeld
     wait_timeout: float | None = None  # with wait: give up after this many seconds
     on_event: Callable[[dict[str, Any]], None] | None = None  # plan and failure events (see runlog)
-    handle_signals: bool = True  # SIGINT/SIGTERM stop after the current batch (main thread only)
+    handle_signals: bool = True  # SIGINT/SIGTERM/SIGHUP stop after the current batch (main thread only)
     replace: bool = False  # out_dir may hold another input's report or foreign files: write there anyway
     faithfulness: Any = None  # faithfulness.FaithConfig: deletion/insertion scores for every map; None: off
     engine: str = "local"  # local: this process (DataLoader workers); ray: Ray Data actors (pipeline/ray_engine.py)

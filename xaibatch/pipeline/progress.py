@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..runlog import silence_terminals, terminal_gone
+
 MIN_ESTIMATE_S = 5.0  # no estimate before this much compute time: a run this short needs none
 
 
@@ -60,7 +62,7 @@ class Progress:
             self.done += n
             self.batch = None
             if self._bar is not None:
-                self._bar.update(n)
+                self._show(self._bar.update, n)
             elapsed = self.clock() - self.start
             if self.estimated or self.done >= self.total or elapsed < MIN_ESTIMATE_S:
                 return
@@ -72,16 +74,16 @@ class Progress:
                 f"({self.done} done in {duration(elapsed)})"
             )
             if self._bar is not None:
-                self._bar.write(text, file=sys.stderr)  # above the bar, which is redrawn
+                self._show(self._bar.write, text, file=sys.stderr)  # above the bar, which is redrawn
             else:
-                self.log(text)
+                self._show(self.log, text)
 
     def within(self, done: int, total: int) -> None:
         """Progress inside the current batch (LIME: per model sub-batch)."""
         pct = 100 * done // max(1, total)
         self.batch = pct
         if self._bar is not None:
-            self._bar.set_postfix_str(f"batch {pct}%", refresh=True)
+            self._show(self._bar.set_postfix_str, f"batch {pct}%", refresh=True)
 
     def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
         return {
@@ -106,7 +108,17 @@ class Progress:
             if self.json_events:
                 self.emit(self._event(self.clock() - self.start, self.eta()))
             else:
-                self.log(self.line())
+                self._show(self.log, self.line())
+
+    def _show(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Draw or print through ``fn``; a terminal that has gone (closed with SIGHUP ignored) fails no run: its
+        output goes nowhere from then on."""
+        try:
+            fn(*args, **kwargs)
+        except OSError as e:
+            if not terminal_gone(e):
+                raise
+            silence_terminals()
 
     def _beats(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -117,7 +129,7 @@ class Progress:
         if self._beat is not None:
             self._beat.join()
         if self._bar is not None:
-            self._bar.close()
+            self._show(self._bar.close)
 
 
 def progress_bar(

@@ -1,4 +1,7 @@
-"""SIGINT/SIGTERM during a run: finish the current batch, then stop (a second signal stops at once)."""
+"""SIGINT/SIGTERM/SIGHUP during a run: finish the current batch, then stop (a second signal stops at once).
+
+SIGHUP is the terminal closing (a window, an ssh session): the run stops as for SIGTERM, and what it would have
+written on that terminal goes to /dev/null instead (every write to a hung-up terminal fails)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,11 @@ import threading
 import time
 from contextlib import contextmanager
 
+from ..runlog import to_devnull
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the run stops after its batch; its children ignore them
+
 
 class Abandoned(BaseException):
     """Raised by the signal handler inside :meth:`Stop.abandon`; a BaseException, so that no ``except Exception``
@@ -16,7 +24,7 @@ class Abandoned(BaseException):
 
 
 class Stop:
-    """Set by the SIGINT/SIGTERM handler; polled between batches."""
+    """Set by the STOP_SIGNALS handler; polled between batches."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -53,17 +61,20 @@ class Stop:
 
 @contextmanager
 def catch_signals(enabled: bool):
-    """SIGINT/SIGTERM set a flag for the duration of the run; a second one stops at once. Restores the old handlers."""
+    """STOP_SIGNALS set a flag for the duration of the run; a second one stops at once. Restores the old handlers."""
     stop = Stop()
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    terminal = [fd for fd in (0, 1, 2) if _isatty(fd)]  # asked now: a hung-up terminal no longer answers
 
     def handler(signum, frame):
+        if signum == signal.SIGHUP:  # every write to a hung-up terminal fails (in the writer's thread: the run)
+            to_devnull(terminal)
         stop._signalled(signum)
 
-    # A signal ignored when we started stays ignored (e.g. SIGINT of a background job in sh).
-    previous = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    # A signal ignored when we started stays ignored (SIGINT of a background job in sh, SIGHUP under nohup).
+    previous = {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
     for s in previous:
         signal.signal(s, handler)
     try:
@@ -71,6 +82,19 @@ def catch_signals(enabled: bool):
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def ignore_stop_signals() -> None:
+    """In a child process (DataLoader worker, writer process): the run stops it after its batch."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 # -- child processes that end with the run ------------------------------------------------------------------

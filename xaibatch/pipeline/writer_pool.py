@@ -10,7 +10,7 @@ the exception they met. The writer thread commits a batch's rows only once every
 rows still follow their files.
 
 The processes are forked from the thread that makes the pool (so they need no imports and no pickled
-model), ignore SIGINT/SIGTERM (the run stops them after its current batch, as DataLoader workers), and
+model), ignore SIGINT/SIGTERM/SIGHUP (the run stops them after its current batch, as DataLoader workers), and
 die with the run: ``PR_SET_PDEATHSIG`` on Linux (a thread watching the parent elsewhere), and a closed
 pipe ends their loop. Where ``fork`` is not available :func:`can_fork` is false and the writer uses
 threads.
@@ -24,7 +24,6 @@ import os
 import pickle
 import queue
 import select
-import signal
 import threading
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..files import OutputDir
-from .signals import die_with_parent  # imported before the fork: the child imports nothing
+from .signals import die_with_parent, ignore_stop_signals  # imported before the fork: the child imports nothing
 
 
 def can_fork() -> bool:
@@ -259,8 +258,7 @@ def _serve(
     """A writer process: write each share it is sent, answer (token, None or the error), until told to stop.
     A share's pictures are read from its slot of ``region`` before the answer (which frees the slot). ``unnamed``:
     new files are written unnamed and then linked (OutputDir), so that processes that share folders wait less."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run stops us after its batch, as DataLoader workers
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()  # the run stops us after its batch, as DataLoader workers
     gc.disable()  # the parent's heap stays shared (copy-on-write) and its objects' finalizers stay the parent's
     die_with_parent(parent)
     files = OutputDir(out_dir, pid=parent, unnamed=unnamed)  # temporary names the run's: see OutputDir
