@@ -103,6 +103,16 @@ class Terminal:
                 self.code = os.waitstatus_to_exitcode(status)
         return self.code
 
+    def close_window(self, timeout: float = 90) -> None:
+        """Close the terminal's window (the master side; the kernel hangs up the session) and wait for the exit."""
+        os.close(self.master)
+        self.master = os.open(os.devnull, os.O_RDONLY)
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            assert time.monotonic() < end, "still running after the window closed"
+            time.sleep(0.1)
+        os.close(self.master)
+
     def finish(self, timeout: float) -> Result:
         end = time.monotonic() + timeout
         while self.poll() is None:

@@ -91,13 +91,7 @@ def _hang_up_mid_run(tmp_path, images, ckpt, *extra):
     while "/80 [" not in t.text or re.search(r" [1-9]\d*/80 \[", t.text) is None:
         assert time.monotonic() < deadline, t.text
         t.read(0.1)
-    os.close(t.master)  # the window closes
-    t.master = os.open(os.devnull, os.O_RDONLY)
-    end = time.monotonic() + 90
-    while t.poll() is None:
-        assert time.monotonic() < end, "still running after the hangup"
-        time.sleep(0.1)
-    os.close(t.master)
+    t.close_window()
     return t.code, out
 
 
@@ -169,13 +163,7 @@ def test_a_run_that_outlives_its_terminal_is_not_failed_by_its_output(tmp_path, 
     while not broken and re.search(r" [1-9]\d*/80 \[", t.text) is None:
         assert time.monotonic() < deadline and t.poll() is None, t.text
         t.read(0.1)
-    os.close(t.master)  # the window closes; the run carries on
-    t.master = os.open(os.devnull, os.O_RDONLY)
-    end = time.monotonic() + 90
-    while t.poll() is None:
-        assert time.monotonic() < end, "still running"
-        time.sleep(0.1)
-    os.close(t.master)
+    t.close_window()  # the run carries on
     status = "some-failed" if broken else "ok"
     assert manifest_rows(out, "SELECT status, reason, n_computed FROM runs") == [(status, None, 80)]
     assert t.code == (1 if broken else 0)
