@@ -572,7 +572,9 @@ def test_workers_that_die_loading_the_model_stop_the_run(local_ray, tmp_path):
     print(f"took {time.monotonic() - t0:.0f} s")
     assert res.exit_code == 3, res.output
     (line,) = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
-    assert line.startswith(f"Error: Ray workers died while loading the model ({TASK_RETRIES + 1} times): "), line
+    # the third death stops the run; the other of the two actors may die once more before the stop reaches it
+    died = re.match(r"Error: Ray workers died while loading the model \((\d+) times\): ", line)
+    assert died and TASK_RETRIES + 1 <= int(died.group(1)) <= TASK_RETRIES + 2, line
     assert "Traceback" not in res.output
     assert manifest_rows(out, "SELECT status, reason FROM runs") == [("error", line.removeprefix("Error: "))]
     assert manifest_value(out, "SELECT count(*) FROM failures") == 0
