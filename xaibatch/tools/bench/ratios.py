@@ -5,7 +5,8 @@ from __future__ import annotations
 from .options import FAMILIES, BenchOptions, Ratio, Row
 
 
-def ratios(rows: list[Row], opts: BenchOptions, lime_bs_rows: list[Row]) -> list[Ratio]:
+def ratios(rows: list[Row], opts: BenchOptions) -> list[Ratio]:
+    """Every ratio the bench prints, in table order: per family, then against its best peer and its tensors row."""
     out: list[Ratio] = []
     for fam in FAMILIES:
         ours = _find(rows, fam, "xaibatch")
