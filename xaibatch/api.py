@@ -71,22 +71,7 @@ def explain(
 
     if torch.is_inference_mode_enabled():
         raise UsageError(INFERENCE_MODE)
-    if isinstance(model, (str, Path)):
-        from .model.loading import load_model, resolve_device
-
-        dev = resolve_device(device)
-        loaded = load_model(Path(model), image_size=input_size)
-        net, pre, described = loaded.module.to(dev), loaded.preprocess, str(model)
-        classes = classes if classes is not None else loaded.class_names
-    elif isinstance(model, torch.nn.Module):
-        net, pre, described = model, None, type(model).__name__
-        if any(t.is_inference() for t in itertools.chain(net.parameters(), net.buffers())):
-            raise UsageError(INFERENCE_TENSORS)
-        dev = _device_of(net, device)
-        if classes is None:
-            classes = (getattr(net, "pretrained_cfg", None) or {}).get("label_names")
-    else:
-        raise UsageError(f"model must be a torch.nn.Module or a checkpoint path, not {type(model).__name__}")
+    net, pre, described, dev, classes = _model_of(model, device, input_size, classes)
     from .model.borrowed import borrowed
 
     with borrowed(net), torch.enable_grad():
@@ -102,6 +87,30 @@ def explain(
         names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
         request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)
         return _explain(net, x, sizes, pre, dev, request)
+
+
+def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):
+    """(module, its Preprocess or None, how the result names it, its device, class names or None) of explain()'s
+    ``model``: a checkpoint path is loaded onto ``device``; a user's module stays where it is."""
+    import torch
+
+    from .errors import UsageError
+
+    if isinstance(model, (str, Path)):
+        from .model.loading import load_model, resolve_device
+
+        dev = resolve_device(device)
+        loaded = load_model(Path(model), image_size=input_size)
+        classes = classes if classes is not None else loaded.class_names
+        return loaded.module.to(dev), loaded.preprocess, str(model), dev, classes
+    if isinstance(model, torch.nn.Module):
+        if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
+            raise UsageError(INFERENCE_TENSORS)
+        dev = _device_of(model, device)
+        if classes is None:
+            classes = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+        return model, None, type(model).__name__, dev, classes
+    raise UsageError(f"model must be a torch.nn.Module or a checkpoint path, not {type(model).__name__}")
 
 
 @dataclass(frozen=True)
@@ -122,32 +131,16 @@ class Request:
 def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     """explain() once the module is borrowed and the images are the model's input."""
     from .errors import UsageError
-    from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explained, Explainer
-    from .model.heads import OneLogitHead, count_outputs, unwrap
-    from .model.layers import find_target_layer
+    from .model.heads import OneLogitHead, count_outputs
 
     if not req.methods:
         raise UsageError("choose at least one method")
-    input_size = pre.image_size
-    outputs = count_outputs(net, input_size, "the model")
+    outputs = count_outputs(net, pre.image_size, "the model")
     if outputs == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net).eval()
-    k = max(outputs, 2)
-    classes = None if req.classes is None else tuple(str(c) for c in req.classes)
-    if classes is not None and len(classes) != k:
-        raise UsageError(f"{len(classes)} class names for a model with {k} classes")
-    if req.labels is not None and ((req.labels < 0) | (req.labels >= k)).any():
-        bad = int(req.labels[(req.labels < 0) | (req.labels >= k)][0])
-        raise UsageError(f"class index {bad} out of range: the model has {k} classes (0..{k - 1})")
-    kinds = {m: method_class(m) for m in req.methods}
-    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
-    layer = find_target_layer(unwrap(net), input_size, req.target_layer) if needs_layer else None
-    ctx = ModelContext(net, layer, pre, dev)
-    made = [
-        create_method(m, ctx, **({"seed": req.seed} if kinds[m].takes_seed else {}), **req.method_options.get(m, {}))
-        for m in req.methods
-    ]
+    classes = _checked_classes(req, max(outputs, 2))
+    ctx, made = _make_methods(net, pre, dev, req)
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
     segmenter = segmenters[0] if segmenters else None
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
@@ -164,7 +157,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
         preds=preds,
         targets=req.labels if req.mode == "label" else preds,
         info=Frozen(info),
-        layer=layer.name if layer else None,
+        layer=ctx.layer.name if ctx.layer else None,
         images=x,
         classes=classes,
         labels=req.labels,
@@ -177,6 +170,36 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
         model=req.model,
         versions=Frozen(versions()),
     )
+
+
+def _checked_classes(req: Request, k: int) -> tuple[str, ...] | None:
+    """The class names as strings (None: not given), refused unless they and the labels fit ``k`` classes."""
+    from .errors import UsageError
+
+    classes = None if req.classes is None else tuple(str(c) for c in req.classes)
+    if classes is not None and len(classes) != k:
+        raise UsageError(f"{len(classes)} class names for a model with {k} classes")
+    if req.labels is not None and ((req.labels < 0) | (req.labels >= k)).any():
+        bad = int(req.labels[(req.labels < 0) | (req.labels >= k)][0])
+        raise UsageError(f"class index {bad} out of range: the model has {k} classes (0..{k - 1})")
+    return classes
+
+
+def _make_methods(net, pre: Preprocess, dev, req: Request):
+    """(the ModelContext, the methods made in it): the CAM layer is found only when a method needs it."""
+    from .methods import ModelContext, create_method, method_class
+    from .model.heads import unwrap
+    from .model.layers import find_target_layer
+
+    kinds = {m: method_class(m) for m in req.methods}
+    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
+    layer = find_target_layer(unwrap(net), pre.image_size, req.target_layer) if needs_layer else None
+    ctx = ModelContext(net, layer, pre, dev)
+    made = [
+        create_method(m, ctx, **({"seed": req.seed} if kinds[m].takes_seed else {}), **req.method_options.get(m, {}))
+        for m in req.methods
+    ]
+    return ctx, made
 
 
 def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info) -> None:

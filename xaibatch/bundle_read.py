@@ -28,21 +28,9 @@ def read_bundle(folder: Path) -> Explanations:
         keys = list(man["maps"])
         n = len(images)
         first = np.stack([_picture(folder, im["input"]) for im in images]) if n else np.zeros((0, 1, 1, 3), np.uint8)
-        side = first.shape[1:3]
         maps, info = {}, {}
         for key in keys:
-            arr = np.full((n, *side), np.nan, dtype=np.float32)
-            per: list[Any] = [None] * n
-            for i, im in enumerate(images):
-                files = im["maps"].get(key)
-                if files is None:
-                    if not targets.is_label_key(key):
-                        raise UsageError(f"{folder}: image {i} lists no {key!r} map")
-                    continue
-                arr[i] = np.load(_inside(folder, files["npy"]), allow_pickle=False)
-                per[i] = files.get("info")
-            maps[key] = torch.from_numpy(arr)
-            info[key] = per
+            maps[key], info[key] = _read_maps(folder, images, key, first.shape[1:3])
         labels = [im["label"] for im in images]
         return Explanations(
             maps=Frozen(maps),
@@ -70,6 +58,24 @@ def read_bundle(folder: Path) -> Explanations:
         )
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise UsageError(f"{folder}: a damaged save() ({type(e).__name__}: {e})") from None
+
+
+def _read_maps(folder: Path, images: list[dict[str, Any]], key: str, side: tuple[int, ...]) -> tuple[Any, list[Any]]:
+    """(the (N, H, W) float32 tensor of ``key``'s maps, NaN where a label map was not made; each image's info)."""
+    import torch
+
+    n = len(images)
+    arr = np.full((n, *side), np.nan, dtype=np.float32)
+    per: list[Any] = [None] * n
+    for i, im in enumerate(images):
+        files = im["maps"].get(key)
+        if files is None:
+            if not targets.is_label_key(key):
+                raise UsageError(f"{folder}: image {i} lists no {key!r} map")
+            continue
+        arr[i] = np.load(_inside(folder, files["npy"]), allow_pickle=False)
+        per[i] = files.get("info")
+    return torch.from_numpy(arr), per
 
 
 def _manifest(folder: Path) -> dict[str, Any]:

@@ -129,19 +129,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        what = _refusal(e)
-        if what:
-            raise ModelError(
-                f"{path}: refused to load: it asks to import {what} while loading, and so could run code; "
-                "xaibatch loads only plain weights (torch.load weights_only=True). If you trust the file, "
-                "re-save its state_dict with torch.save(model.state_dict(), ...)"
-            ) from None
-        if _is_raw_pickle(path):
-            raise ModelError(
-                f"{path}: refused to load: a plain Python pickle, not a torch.save file; pickles can run code "
-                "when loaded, so xaibatch only reads torch.save files of plain weights (weights_only=True)"
-            ) from None
-        raise ModelError(f"{path}: not a PyTorch checkpoint (corrupted, truncated, or another kind of file)") from None
+        raise _unpickling_error(path, e) from None
     except EOFError:
         raise ModelError(f"{path}: not a PyTorch checkpoint: empty or truncated file") from None
     except MemoryError:
@@ -149,21 +137,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise ModelError(f"{path}: cannot read: {e.strerror or _first_line(e)}") from None
     except RuntimeError as e:
-        msg = str(e)
-        if "zip archive" in msg or "central directory" in msg or "inline_container" in msg:
-            raise ModelError(f"{path}: not a PyTorch checkpoint: corrupted or truncated zip archive") from None
-        if "legacy .tar format" in msg:  # also what torch makes of an all-zero file
-            raise ModelError(
-                f"{path}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or "
-                "another kind of file such as an all-zero one); re-save the weights with "
-                "torch.save(model.state_dict(), ...)"
-            ) from None
-        if "weights_only" in msg:  # torch's own advice (weights_only=False) would run the file's code
-            raise ModelError(
-                f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
-                "re-save the weights with torch.save(model.state_dict(), ...)"
-            ) from None
-        raise ModelError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}") from None
+        raise _runtime_error(path, e) from None
     except Exception as e:  # torch's legacy reader raises KeyError, ValueError, ... on arbitrary bytes
         raise ModelError(
             f"{path}: not a PyTorch checkpoint (corrupted, truncated, or another kind of file; {type(e).__name__})"
@@ -171,6 +145,42 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: holds a {type(obj).__name__}, not a state_dict or xaibatch checkpoint")
     return obj
+
+
+def _unpickling_error(path: Path, e: pickle.UnpicklingError) -> ModelError:
+    """What torch.load's UnpicklingError means for ``path``: a pickle that imports, a raw pickle, or not a checkpoint."""
+    what = _refusal(e)
+    if what:
+        return ModelError(
+            f"{path}: refused to load: it asks to import {what} while loading, and so could run code; "
+            "xaibatch loads only plain weights (torch.load weights_only=True). If you trust the file, "
+            "re-save its state_dict with torch.save(model.state_dict(), ...)"
+        )
+    if _is_raw_pickle(path):
+        return ModelError(
+            f"{path}: refused to load: a plain Python pickle, not a torch.save file; pickles can run code "
+            "when loaded, so xaibatch only reads torch.save files of plain weights (weights_only=True)"
+        )
+    return ModelError(f"{path}: not a PyTorch checkpoint (corrupted, truncated, or another kind of file)")
+
+
+def _runtime_error(path: Path, e: RuntimeError) -> ModelError:
+    """What torch.load's RuntimeError means for ``path``: a broken zip, the legacy format, not plain weights."""
+    msg = str(e)
+    if "zip archive" in msg or "central directory" in msg or "inline_container" in msg:
+        return ModelError(f"{path}: not a PyTorch checkpoint: corrupted or truncated zip archive")
+    if "legacy .tar format" in msg:  # also what torch makes of an all-zero file
+        return ModelError(
+            f"{path}: not a PyTorch checkpoint xaibatch can read (torch's legacy .tar format, or "
+            "another kind of file such as an all-zero one); re-save the weights with "
+            "torch.save(model.state_dict(), ...)"
+        )
+    if "weights_only" in msg:  # torch's own advice (weights_only=False) would run the file's code
+        return ModelError(
+            f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
+            "re-save the weights with torch.save(model.state_dict(), ...)"
+        )
+    return ModelError(f"{path}: not a readable PyTorch checkpoint: {_first_line(e)}")
 
 
 def _is_raw_pickle(path: Path) -> bool:

@@ -108,7 +108,6 @@ class Worker:
 
         from ..files import OutputDir
         from .compute import BatchWorker
-        from .plan import config_hashes
         from .prepare import prepare
 
         c = self.config
@@ -123,36 +122,11 @@ class Worker:
         self.pool = ThreadPoolExecutor(max(1, c.threads), thread_name_prefix="xaibatch-decode")
         self.files = OutputDir(Path(c.out))
         try:
-            probe = Path(c.out) / c.probe
-            if not probe.is_file() or probe.read_text() != c.token:
-                raise UsageError(
-                    f"--out {c.out} is not visible from the Ray worker on {socket.gethostname()}: with "
-                    "--engine ray the output folder must be on a file system every node mounts at the "
-                    "same path (NFS or similar)"
-                )
-            if not Path(c.opts.input_dir).is_dir():
-                raise UsageError(
-                    f"INPUT_DIR {c.opts.input_dir} is not visible from the Ray worker on "
-                    f"{socket.gethostname()}: every node must see it at the same path"
-                )
+            _check_folders_visible(c)
             self.prepared = prepare(c.opts, c.found)
-            mine = config_hashes(self.prepared, c.opts.target, None, c.opts.max_map_side)
-            if (mine.predict, mine.methods) != (c.hashes.predict, c.hashes.methods):
-                what = "model" if mine.predict != c.hashes.predict else "method configuration"
-                raise UsageError(
-                    f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
-                    "every node needs the same checkpoint and xaibatch, and a --model factory without "
-                    "--checkpoint must build the same weights in every process (seed it)"
-                )
+            _check_same_config(c, self.prepared)
             empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
-            scorer = None
-            if c.opts.faithfulness is not None:  # scores only: the driver computes the chance sample once
-                from ..evaluation.faithfulness import scorer_for
-
-                scorer = scorer_for(
-                    Path(c.out), c.opts.faithfulness, self.prepared.ctx, c.hashes.methods, c.hashes.predict
-                )
-                scorer.chance_sample = 0
+            scorer = _scorer(c, self.prepared)
             self.worker = BatchWorker(
                 c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer, should_stop=self.should_stop
             )
@@ -206,6 +180,48 @@ class Worker:
             return Result(task.index, commit=write_files(self.files, job, self.write_pool), worker=self.name)
         except Exception as e:
             return Result(task.index, error=e, worker=self.name)
+
+
+def _check_folders_visible(c: WorkerConfig) -> None:
+    """Refuse to work on a node that does not see --out (the driver's probe file) or INPUT_DIR at their paths."""
+    probe = Path(c.out) / c.probe
+    if not probe.is_file() or probe.read_text() != c.token:
+        raise UsageError(
+            f"--out {c.out} is not visible from the Ray worker on {socket.gethostname()}: with "
+            "--engine ray the output folder must be on a file system every node mounts at the "
+            "same path (NFS or similar)"
+        )
+    if not Path(c.opts.input_dir).is_dir():
+        raise UsageError(
+            f"INPUT_DIR {c.opts.input_dir} is not visible from the Ray worker on "
+            f"{socket.gethostname()}: every node must see it at the same path"
+        )
+
+
+def _check_same_config(c: WorkerConfig, prepared: Any) -> None:
+    """Refuse a model or method configuration whose hashes differ from the driver's."""
+    from .plan import config_hashes
+
+    mine = config_hashes(prepared, c.opts.target, None, c.opts.max_map_side)
+    if (mine.predict, mine.methods) != (c.hashes.predict, c.hashes.methods):
+        what = "model" if mine.predict != c.hashes.predict else "method configuration"
+        raise UsageError(
+            f"the Ray worker on {socket.gethostname()} has a different {what} than the driver: "
+            "every node needs the same checkpoint and xaibatch, and a --model factory without "
+            "--checkpoint must build the same weights in every process (seed it)"
+        )
+
+
+def _scorer(c: WorkerConfig, prepared: Any) -> Any:
+    """The faithfulness scorer of a run with --faithfulness (None without): scores only, the driver computes
+    the chance sample once."""
+    if c.opts.faithfulness is None:
+        return None
+    from ..evaluation.faithfulness import scorer_for
+
+    scorer = scorer_for(Path(c.out), c.opts.faithfulness, prepared.ctx, c.hashes.methods, c.hashes.predict)
+    scorer.chance_sample = 0
+    return scorer
 
 
 def worker_class(config: WorkerConfig) -> type:

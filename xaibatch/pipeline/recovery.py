@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from .. import layout
 from ..files import walk_files
@@ -22,16 +22,12 @@ def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
 
     Walks the whole folder, so it runs only after an unclean stop; call it only while holding the lock.
     """
-    n = 0
-    for _rel, path in walk_files(out):
+
+    def ours(path: str) -> bool:
         m = _TEMP_RE.match(os.path.basename(path))
-        if m and stale(int(m.group(1) or m.group(2))):
-            try:
-                os.unlink(path)
-                n += 1
-            except OSError:
-                pass
-    return n
+        return bool(m) and stale(int(m.group(1) or m.group(2)))
+
+    return _delete(path for _rel, path in walk_files(out) if ours(path))
 
 
 def sweep_orphans(out: Path, manifest: Manifest) -> int:
@@ -42,14 +38,22 @@ def sweep_orphans(out: Path, manifest: Manifest) -> int:
     has left the input meanwhile. Only run after an unclean stop (it walks every file).
     """
     referenced = manifest.referenced_files()
+    return _delete(
+        path
+        for rel, path in walk_files(out, layout.PICTURE_DIRS)
+        if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in referenced
+    )
+
+
+def _delete(paths: Iterable[str]) -> int:
+    """Delete each of ``paths`` as they come; how many went (one that cannot be deleted is passed over)."""
     n = 0
-    for rel, path in walk_files(out, layout.PICTURE_DIRS):
-        if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in referenced:
-            try:
-                os.unlink(path)
-                n += 1
-            except OSError:
-                pass
+    for path in paths:
+        try:
+            os.unlink(path)
+            n += 1
+        except OSError:
+            pass
     return n
 
 

@@ -79,27 +79,41 @@ class WriterPool:
         self._regions = [mmap.mmap(-1, SLOTS * SLOT_BYTES) for _ in range(max(1, n))]  # MAP_SHARED: forks see it
         self._slots: list[list[int | None]] = [[None] * SLOTS for _ in self._regions]  # the job using each slot
         self._shared: dict[int, bool] = {}  # job token -> every share of it in shared memory
-        parent = os.getpid()
         try:
             for i in range(max(1, n)):
-                mine, theirs = Pipe(duplex=True)
-                pid = os.fork()
-                if pid == 0:  # the child: never returns
-                    code = 1
-                    try:
-                        mine.close()
-                        for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
-                            c.close()
-                        _serve(theirs, self.out_dir, parent, write, unpack, self._regions[i], n > 1)
-                        code = 0
-                    finally:
-                        os._exit(code)
-                theirs.close()
-                self.conns.append(mine)
-                self.pids.append(pid)
+                self._fork(i, n > 1, write, unpack)
         except BaseException:
             self.close()
             raise
+        self._start_senders()
+
+    def _fork(
+        self,
+        i: int,
+        unnamed: bool,
+        write: Callable[[Any, Any, int], Any],
+        unpack: Callable[[Any, memoryview | None], list[Any]],
+    ) -> None:
+        """Fork writer process ``i`` over shared region ``i``; keep our end of its pipe and its pid."""
+        parent = os.getpid()
+        mine, theirs = Pipe(duplex=True)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                mine.close()
+                for c in self.conns:  # the other writers' pipes: theirs to close, not ours to keep open
+                    c.close()
+                _serve(theirs, self.out_dir, parent, write, unpack, self._regions[i], unnamed)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.conns.append(mine)
+        self.pids.append(pid)
+
+    def _start_senders(self) -> None:
+        """The outboxes and their sender threads, and the poll over the answer pipes."""
         # One sender thread per process: a share (hundreds of KB) fills the pipe and blocks its sender until that
         # process reads it, which it does once done with its last share; sent from this thread in turn, the
         # other processes would wait for their shares meanwhile (measured: 1.33x instead of 2x at 32 px).

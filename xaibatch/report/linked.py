@@ -7,7 +7,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..resources import templates_dir
 from .forked import Forked
@@ -50,62 +50,23 @@ def write_colour_bars(w: PageWriter, data: ReportData, drawings: Drawings) -> No
         m.bar = url(rel)
 
 
+class Figure(NamedTuple):
+    """One figure a page shows: its name, the numbers it draws (hashed into its file name), its alt text, and how
+    to draw it."""
+
+    name: str
+    numbers: Any
+    alt: str
+    draw: Callable[[], bytes]
+
+
 def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
     """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
     matplotlib is never imported); the pages link them at once, ``drawings`` draws them."""
     from . import figures  # matplotlib itself only when one is drawn
 
-    wanted: list[tuple[str, Any, str, Any]] = []
-    if data.total:
-        if data.labeled:
-            alt = (
-                f"Histogram of the predicted class's probability for {data.correct} correctly classified "
-                f"(blue) and {data.wrong} misclassified (orange) images."
-            )
-        else:
-            alt = f"Histogram of the predicted class's probability over all {data.total} images."
-        wanted.append(
-            (
-                "confidence",
-                (data.hist_edges, data.hist_series),
-                alt,
-                lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
-            )
-        )
-        if data.labeled and data.ece is not None:
-            alt = (
-                f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
-                f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
-            )
-            bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
-            wanted.append(("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece)))
-    sanity = data.trust.sanity if data.trust else None
-    if sanity and sanity.get("curves"):
-        curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
-        alt = (
-            "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
-            "maps after randomizing the model's stages from the top; the table below lists the same numbers."
-        )
-        wanted.append(("sanity", curves, alt, lambda: figures.sanity_curves(curves)))
-    dec = data.decision
-    if dec and dec.get("auc") is not None:
-        alt = (
-            f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
-            f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
-            f"true positive rate {dec['point'][1]:.3f})."
-        )
-        numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
-        wanted.append(
-            (
-                "roc",
-                numbers,
-                alt,
-                lambda: figures.roc_curve(
-                    dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
-                ),
-            )
-        )
-    for name, numbers, alt, draw in wanted:
+    wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data)]
+    for name, numbers, alt, draw in (f for f in wanted if f is not None):
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
         path = w.out / rel
@@ -115,6 +76,79 @@ def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
         else:
             drawings.add(rel, draw)
         data.figures[name] = {"src": url(rel), "alt": alt}
+
+
+def _confidence(data: ReportData) -> Figure | None:
+    """The histogram of the predicted class's probability (none without images)."""
+    from . import figures
+
+    if not data.total:
+        return None
+    if data.labeled:
+        alt = (
+            f"Histogram of the predicted class's probability for {data.correct} correctly classified "
+            f"(blue) and {data.wrong} misclassified (orange) images."
+        )
+    else:
+        alt = f"Histogram of the predicted class's probability over all {data.total} images."
+    return Figure(
+        "confidence",
+        (data.hist_edges, data.hist_series),
+        alt,
+        lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
+    )
+
+
+def _reliability(data: ReportData) -> Figure | None:
+    """The reliability diagram (labeled images only)."""
+    from . import figures
+
+    if not (data.total and data.labeled and data.ece is not None):
+        return None
+    alt = (
+        f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
+        f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
+    )
+    bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
+    return Figure("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece))
+
+
+def _sanity(data: ReportData) -> Figure | None:
+    """The cascading randomization curves (when the sanity check ran)."""
+    from . import figures
+
+    sanity = data.trust.sanity if data.trust else None
+    if not (sanity and sanity.get("curves")):
+        return None
+    curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+    alt = (
+        "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
+        "maps after randomizing the model's stages from the top; the table below lists the same numbers."
+    )
+    return Figure("sanity", curves, alt, lambda: figures.sanity_curves(curves))
+
+
+def _roc(data: ReportData) -> Figure | None:
+    """The ROC curve of a two-class decision (when it has an AUC)."""
+    from . import figures
+
+    dec = data.decision
+    if not (dec and dec.get("auc") is not None):
+        return None
+    alt = (
+        f"ROC curve of P({dec['positive']}) over {dec['n']} labeled images, AUC {dec['auc']:.3f}; the dot is "
+        f"the threshold {dec['threshold']:g} (false positive rate {dec['point'][0]:.3f}, "
+        f"true positive rate {dec['point'][1]:.3f})."
+    )
+    numbers = (dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["positive"])
+    return Figure(
+        "roc",
+        numbers,
+        alt,
+        lambda: figures.roc_curve(
+            dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
+        ),
+    )
 
 
 def linked(data: ReportData) -> list[str]:

@@ -32,45 +32,50 @@ def write_predictions_csv(
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(
-        [
-            "path",
-            "label",
-            "pred",
-            "confidence",
-            "correct",
-            *[csv_cell(f"p_{n}") for n in names],
-            *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")],
-        ]
-    )
+    w.writerow(_header(names, scored))
     for rel in sorted(rows):
-        r = rows[rel]
-        label = names[r.label] if r.label is not None and r.label < len(names) else ""
-        correct = "" if r.label is None else int(r.label == r.pred)
-        faith = []
-        for m in scored:
-            row = maps.get((rel, m))
-            faith += [
-                "" if row is None or v is None else f"{v:.6f}"
-                for v in ((row.deletion, row.insertion) if row else (None, None))
-            ]
-        w.writerow(
-            [
-                csv_cell(rel),
-                csv_cell(label),
-                csv_cell(names[r.pred]),
-                f"{r.confidence:.6f}",
-                correct,
-                *[f"{v:.6f}" for v in r.probs],
-                *faith,
-            ]
-        )
+        w.writerow(_row(rel, rows[rel], names, scored, maps))
     if write is not None:
         write("predictions.csv", buf.getvalue().encode())
     else:
         atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+
+
+def _header(names: list[str], scored: list[str]) -> list[str]:
+    """The columns: the image, its label and prediction, a probability per class, the faithfulness scores."""
+    return [
+        "path",
+        "label",
+        "pred",
+        "confidence",
+        "correct",
+        *[csv_cell(f"p_{n}") for n in names],
+        *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")],
+    ]
+
+
+def _row(rel: str, r: ImageRow, names: list[str], scored: list[str], maps: dict[tuple[str, str], MapRow]) -> list:
+    """One image's cells, as :func:`_header` names them."""
+    label = names[r.label] if r.label is not None and r.label < len(names) else ""
+    correct = "" if r.label is None else int(r.label == r.pred)
+    faith = []
+    for m in scored:
+        row = maps.get((rel, m))
+        faith += [
+            "" if row is None or v is None else f"{v:.6f}"
+            for v in ((row.deletion, row.insertion) if row else (None, None))
+        ]
+    return [
+        csv_cell(rel),
+        csv_cell(label),
+        csv_cell(names[r.pred]),
+        f"{r.confidence:.6f}",
+        correct,
+        *[f"{v:.6f}" for v in r.probs],
+        *faith,
+    ]
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -54,10 +54,6 @@ def memory_check(
     Each child reports its VmHWM (the whole run and up to the report render) and
     the largest RSS of its DataLoader workers.
     """
-    import json
-    import subprocess
-    import sys
-
     from ...defaults import default_workers
     from .. import synth
 
@@ -74,36 +70,29 @@ def memory_check(
             out = root / f"out-{k}"
             shutil.rmtree(out, ignore_errors=True)
             log(f"memory: run over {k} images")
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    [str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")]
-                ),
-            }
-            r = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _MEMORY_CHILD,
-                    str(folder),
-                    str(out),
-                    str(ckpt),
-                    ",".join(methods),
-                    str(batch_size),
-                    str(workers),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            if r.returncode != 0:
-                raise RuntimeError(f"memory run over {k} images failed: {r.stderr.strip()[-2000:]}")
-            results.append({"images": k, **json.loads(r.stdout.strip().splitlines()[-1])})
+            args = [str(folder), str(out), str(ckpt), ",".join(methods), str(batch_size), str(workers)]
+            results.append({"images": k, **_child_run(args, f"memory run over {k} images")})
             shutil.rmtree(out, ignore_errors=True)
         return results
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _child_run(args: list[str], what: str) -> dict[str, Any]:
+    """Run _MEMORY_CHILD in a fresh Python over ``args`` (this xaibatch first on its path); what it printed last."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, *args], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed: {r.stderr.strip()[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def format_memory(results: list[dict[str, Any]], markdown: bool = False) -> str:

@@ -54,15 +54,9 @@ def end_to_end(
     thousands of images and measures nothing new.
     """
     from ... import pipeline
-    from ...evaluation.faithfulness import DEFAULT_STEPS, FaithConfig
+    from ...evaluation.faithfulness import FaithConfig
 
-    row = (
-        Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
-        if faith
-        else Row(family, "xaibatch end to end, the writer's file work removed", "part", k)
-        if no_files
-        else Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
-    )
+    row = _end_to_end_row(family, k, faith, no_files)
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
     # a warm-up explains two batches (the second one's time is the run's rate: see _steady); LIME one image, and
     # with scores (2 x steps forwards an image, three times over for the first CHANCE_SAMPLE) one image too
@@ -104,19 +98,39 @@ def end_to_end(
             raise RuntimeError(f"bench: the {family} run computed {res.computed} of {todo} images")
         t = res.timings["compute"]
         if not sl.warm:
-            if timer is not None and (not row.measured or todo / t > row.rate):
-                row.extra["model_seconds"] = timer.seconds
-            fixed = row.extra.setdefault("fixed", {"start-up": float("inf"), "report": float("inf")})
-            fixed["start-up"] = min(fixed["start-up"], res.timings["prepare"] + res.timings["plan"])
-            if report:
-                fixed["report"] = min(fixed["report"], res.timings["report"])
-                b.report_seconds = res.timings["report"]
+            _keep_timed_round(b, row, res.timings, todo, timer, report)
         sl.hint = _steady(res.timings, todo, b.bs, time.perf_counter() - sl.start)
         if family == "lime":
             b.lime_hint(sl, t)
         return t
 
     return row, fn
+
+
+def _end_to_end_row(family: str, k: int, faith: bool, no_files: bool) -> Row:
+    """The row an end-to-end job fills: the main one, with --faithfulness, or without the writer's file work."""
+    from ...evaluation.faithfulness import DEFAULT_STEPS
+
+    if faith:
+        return Row(family, f"xaibatch end to end + --faithfulness ({DEFAULT_STEPS} steps)", "xaibatch-faith", k)
+    if no_files:
+        return Row(family, "xaibatch end to end, the writer's file work removed", "part", k)
+    return Row(family, "xaibatch end to end (files in, files out)", "xaibatch", k)
+
+
+def _keep_timed_round(
+    b: Bench, row: Row, timings: dict[str, float], todo: int, timer: ModelTimer | None, report: bool
+) -> None:
+    """What a timed round leaves on its row: the model's seconds of its fastest round, and the least start-up
+    and report seconds (the report's also on ``b``, as the next rounds' fixed cost)."""
+    t = timings["compute"]
+    if timer is not None and (not row.measured or todo / t > row.rate):
+        row.extra["model_seconds"] = timer.seconds
+    fixed = row.extra.setdefault("fixed", {"start-up": float("inf"), "report": float("inf")})
+    fixed["start-up"] = min(fixed["start-up"], timings["prepare"] + timings["plan"])
+    if report:
+        fixed["report"] = min(fixed["report"], timings["report"])
+        b.report_seconds = timings["report"]
 
 
 def _steady(timings: dict[str, float], images: int, batch: int, wall: float) -> tuple[float, float] | None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from .context import Bench, make_bench
 from .inputs import make_inputs
-from .options import FAMILIES, BenchOptions, BenchResult, Row
+from .options import FAMILIES, BenchOptions, BenchResult
 from .ratios import ratios
 from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
 
@@ -50,24 +50,14 @@ def run_bench(
         mark(f"inputs: {opts.images} images made, PNG{' and JPEG' if jpeg else ''} files written")
         b = make_bench(opts, inputs, dev, workers)
         mark("model: built, saved, loaded; the images on the device")
-        jobs, lime_rows = bench_jobs(b)
+        jobs = bench_jobs(b)
         mark("jobs: methods made, the peers' libraries imported, the per-image peers' predicted classes")
         predicted = b.predict_seconds
-        repeats = max(1, opts.repeats)
-        units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
-        budget = Budget(started, opts.budget, units)
-        if opts.budget > 0:
-            log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
-        try:
-            time_interleaved(jobs, repeats, log, budget)
-            cut_off = False
-        except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
-            cut_off = True
+        cut_off = _time_jobs(jobs, opts, started, log)
         rows = [r for r, _ in jobs if r.measured]
         n_pred = 0 if b.predicted is None else len(b.predicted)
         spent.append((f"predicted classes of {n_pred} images, as rows needed them", b.predict_seconds - predicted))
-        lime_rows = [r for r in lime_rows if r in rows]
-        res = BenchResult(header(b, load_start), rows, ratios(rows, opts, lime_rows), cut_off, spent)
+        res = BenchResult(header(b, load_start), rows, ratios(rows, opts), cut_off, spent)
         res.wall, res.budget = time.perf_counter() - started, opts.budget
         show(res)
         return res
@@ -79,6 +69,20 @@ def run_bench(
                 log(f"bench: removed the generated files in {time.perf_counter() - t:.1f} s")
             except KeyboardInterrupt:  # the tables are out: a signal here leaves the files, not the result
                 log(f"bench: interrupted while removing {root}: left in place")
+
+
+def _time_jobs(jobs: list[Job], opts: BenchOptions, started: float, log: Callable[[str], None]) -> bool:
+    """Time ``jobs`` in interleaved rounds within the budget left since ``started``; whether a signal cut it off."""
+    repeats = max(1, opts.repeats)
+    units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
+    budget = Budget(started, opts.budget, units)
+    if opts.budget > 0:
+        log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
+    try:
+        time_interleaved(jobs, repeats, log, budget)
+        return False
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
+        return True
 
 
 def remove_tree(root: Path) -> None:
@@ -105,8 +109,8 @@ class Marks:
         self.last = now
 
 
-def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
-    """Every row's job, in table order; and the forward-only rows at LIME's model batch."""
+def bench_jobs(b: Bench) -> list[Job]:
+    """Every row's job, in table order."""
     from .ours import end_to_end, forward_backward, forward_only, on_tensors
     from .parts import file_floor, loader_alone, writer_alone
     from .peers import peer_jobs
@@ -139,8 +143,7 @@ def bench_jobs(b: Bench) -> tuple[list[Job], list[Row]]:
         jobs += peer_jobs(b)
     order = ["limits", *FAMILIES, *only]
     jobs.sort(key=lambda j: order.index(j[0].family))
-    lime_rows = [r for r, _ in jobs if r.impl == f"forward only, batch {b.lime_chunk}" and b.lime_chunk != b.bs]
-    return jobs, lime_rows
+    return jobs
 
 
 def header(b: Bench, load_start: str) -> list[str]:
