@@ -11,6 +11,7 @@ import click
 
 from ..defaults import LIME_DEFAULTS, default_workers
 from ..errors import EXIT_INTERRUPTED
+from .helptext import Command
 from .boundary import Failure, checked, reported
 from .options import (
     BUILTIN_METHODS,
@@ -28,7 +29,7 @@ BENCH_BUDGET_S = 75.0
 REPEATED_SIGNAL_S = 2.0  # a SIGTERM this soon after the first one is the same stop
 
 
-@click.command()
+@click.command(cls=Command)
 @arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
 @image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
 @batch_size_option("Images per batch.", default=64, show_default=True)

@@ -10,6 +10,7 @@ import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
 from ..runlog import reader_gone, silence, write_line
+from .helptext import Context
 
 
 def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
@@ -72,6 +73,8 @@ class Group(click.Group):
 
     Output cut short by its reader (``xaibatch run --help | head -1``; click would exit 1 silently) ends with
     exit 0: what was left to print was all that remained (help, version, a command's last table)."""
+
+    context_class = Context  # --help never breaks a line at a hyphen (helptext.py)
 
     def make_context(self, *args, **kwargs):
         try:

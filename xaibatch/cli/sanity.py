@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import ExitCode
+from .helptext import Command
 from .boundary import echo, exit_codes_help, reported
 from .options import arch_option, batch_size_option, checkpoint_option, device_option, model_option, seed_option
 
@@ -22,7 +23,7 @@ SANITY_EXIT_CODES = {
 }
 
 
-@click.command(epilog=exit_codes_help(SANITY_EXIT_CODES))
+@click.command(cls=Command, epilog=exit_codes_help(SANITY_EXIT_CODES))
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option(
     "--images",

@@ -8,6 +8,7 @@ import click
 
 from ..defaults import LIME_DEFAULTS
 from ..errors import EXIT_USAGE, ExitCode
+from .helptext import Command
 from .boundary import Failure, exit_codes_help, reported
 from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_option, model_options, seed_option
 
@@ -21,7 +22,7 @@ SERVE_EXIT_CODES = {
 }
 
 
-@click.command(epilog=exit_codes_help(SERVE_EXIT_CODES))
+@click.command(cls=Command, epilog=exit_codes_help(SERVE_EXIT_CODES))
 @methods_option(
     "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
     default=BUILTIN_METHODS,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .helptext import Command
 from .boundary import echo, reported
 from .options import (
     Number,
@@ -18,7 +19,7 @@ from .options import (
 )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @arch_option("Any timm model name (e.g. --arch efficientnet_b0).", default="resnet18", show_default=True)
 @image_size_option("Input size the model is trained at (e.g. --image-size 32).", default=64, show_default=True)
@@ -83,7 +84,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     )
 
 
-@click.command("demo-data")
+@click.command("demo-data", cls=Command)
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--train-per-class",
