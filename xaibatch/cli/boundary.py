@@ -123,8 +123,8 @@ def reported(fn):
             return fn(*args, **kwargs)
         except XaibatchError as e:
             raise Failure(str(e), e.exit_code) from None
-        except KeyboardInterrupt:
-            raise Failure("interrupted", EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as e:  # "by SIGTERM" from signals.stops_interrupt; none from Ctrl-C
+            raise Failure(" ".join(["interrupted", *map(str, e.args)]), EXIT_INTERRUPTED) from None
         except OSError as e:
             if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
                 raise  # the command's output was cut short by its reader: Group ends it with exit 0

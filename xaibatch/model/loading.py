@@ -339,6 +339,16 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
         "meta": meta or {},
     }
+    save_atomically(payload, path)
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, renamed over it: a stop or a full disk mid-write
+    leaves ``path`` as it was and no half-written file (the temporary one is removed)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
