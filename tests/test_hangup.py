@@ -4,7 +4,9 @@ exit 5) instead of dying where it stands; under `nohup` (SIGHUP ignored) each go
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 import time
 
@@ -197,3 +199,37 @@ def test_bench_on_a_closed_terminal_prints_the_rows_it_measured(tmp_path):
     assert _close_after(t, "bench: limits: round 2/1000", 240) == 5
     text = tables.read_text()
     assert "CUT OFF by a signal" in text and "| limits |" in text, text
+
+
+# -- run --engine ray -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None,
+    reason='Ray Data is not installed (pip install "xaibatch[ray]")',
+)
+def test_a_ray_run_on_a_closed_terminal_stops_like_a_local_one(tmp_path):
+    """`--engine ray` with a Ray it started itself, whose processes share the terminal's process group: a closed
+    window stops the run as it stops a local one (batches under way finish, exit 5, the row 'interrupted', a
+    consistent folder)."""
+    from helpers import make_checkpoint, manifest_rows, write_images
+    from outcheck import check_output_folder
+
+    inp, out = tmp_path / "in", tmp_path / "o"
+    write_images(inp / "FAKE", 12, seed=1)
+    write_images(inp / "REAL", 12, seed=2)
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    env = {k: v for k, v in ENV.items() if k != "RAY_ADDRESS"}
+    argv = _xaibatch("run", inp, "--out", out, "--checkpoint", ckpt, "-m", "gradcam", "-m", "lime", "--lime-samples",
+                     "300", "--batch-size", "2", "--engine", "ray", "--ray-workers", "2")  # fmt: skip
+    t = ptyrun.Terminal(argv, env=env)
+    deadline = time.monotonic() + 300
+    while not re.search(r" [1-9]\d*/24 \[", t.text):
+        assert time.monotonic() < deadline and t.poll() is None, t.text
+        t.read(0.2)
+    t.close_window(timeout=240)
+    assert t.code == 5, t.text
+    ((status, computed),) = manifest_rows(out, "SELECT status, n_computed FROM runs")
+    assert status == "interrupted" and 0 < computed < 24
+    assert len(check_output_folder(out, inp)) == computed
