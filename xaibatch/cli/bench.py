@@ -160,7 +160,11 @@ def bench(
         try:
             counts = tuple(int(v) for v in memory_images.split(","))
         except ValueError:
-            raise click.BadParameter("comma-separated integers, e.g. 2000,20000", param_hint="--memory-images")
+            counts = ()
+        if not counts or min(counts) < 1:
+            raise click.BadParameter(
+                "comma-separated counts of at least 1, e.g. 2000,20000", param_hint="--memory-images"
+            )
         from ..tools.bench import format_memory, memory_check
 
         with stops_interrupt():
@@ -170,7 +174,10 @@ def bench(
     if not wanted:
         raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
     checked(lambda: known_methods(wanted), param_hint="--only")
+    from ..model.loading import check_arch
     from ..tools.bench import BenchOptions, format_result, run_bench  # torch: after the options are checked
+
+    check_arch(arch)  # before the images are generated: "unknown --arch ...", exit 2
 
     opts = BenchOptions(
         arch=arch,

@@ -72,6 +72,10 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
     Needs the extra: pip install "xaibatch[serve]". Flagged images land in
     OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
     """
+    from ..pipeline.guards import check_model_request
+    from ..pipeline.options import ModelOptions
+
+    check_model_request(ModelOptions(**model.fields()))  # a typo answers at once, before Gradio's and torch's imports
     try:
         import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
     except ImportError:

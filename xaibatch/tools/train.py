@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +125,11 @@ def check_out(out: Path) -> None:
         make_dirs(out.parent)
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
-    if not os.access(out.parent, os.W_OK):  # a read-only file system says so even to root
-        raise UsageError(f"cannot write --out {out}: its folder {out.parent} is not writable")
+    try:  # a file made and removed: os.access says yes to root on a read-only file system or in /proc
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write --out {out}: its folder {out.parent} is not writable ({e.strerror or e})")
 
 
 def train(
