@@ -245,9 +245,9 @@ def test_timeouts_second_sigterm_is_the_same_stop():
     import os
     import signal
 
-    from xaibatch.cli.bench import sigterm_interrupts
+    from xaibatch.pipeline.signals import stops_interrupt
 
-    with sigterm_interrupts():
+    with stops_interrupt():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
             for _ in range(10**6):  # the handler runs between bytecodes

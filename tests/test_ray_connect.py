@@ -142,3 +142,21 @@ def test_rays_cluster_messages_never_reach_stdout(quiet, capsys, monkeypatch):
     got = capsys.readouterr()
     assert got.out == ""
     assert ("A worker died" in got.err) is not quiet
+
+
+def test_the_runs_stop_handlers_outlive_ray_init(fake_init):
+    """ray.init installs its own SIGTERM handler (exit at once); a Ray that took SIGHUP too would kill a run on a
+    closed terminal instead of stopping it after its batches. Every stop signal's handler is the run's again."""
+    import signal
+
+    from xaibatch.pipeline.signals import STOP_SIGNALS
+
+    ray_connect, _, behaviour = fake_init
+
+    def rays_handler(signum, frame):
+        raise SystemExit(signum)
+
+    behaviour["do"] = lambda: [signal.signal(s, rays_handler) for s in STOP_SIGNALS]
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    ray_connect.connect(RayOptions())
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from ..defaults import LIME_DEFAULTS, default_workers
-from ..errors import EXIT_INTERRUPTED
-from .boundary import Failure, checked, reported
+from ..errors import EXIT_INTERRUPTED, ExitCode
+from .helptext import Command
+from ..runlog import write_line
+from .boundary import Failure, checked, echo, exit_codes_help, reported
 from .options import (
     BUILTIN_METHODS,
     arch_option,
@@ -25,10 +26,16 @@ from .options import (
 # --budget's default: the GPU check runs `timeout 100 xaibatch bench ...` (and 130); this leaves the interpreter's
 # start, the slack of rows that overrun their share by up to one batch, the tables and the clean-up 25 s
 BENCH_BUDGET_S = 75.0
-REPEATED_SIGNAL_S = 2.0  # a SIGTERM this soon after the first one is the same stop
+
+BENCH_EXIT_CODES = {
+    ExitCode.OK: "measured",
+    ExitCode.USAGE: "usage error (bad option)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP): the tables hold the rows measured before it",
+}
 
 
-@click.command()
+@click.command(cls=Command, epilog=exit_codes_help(BENCH_EXIT_CODES))
 @arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
 @image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
 @batch_size_option("Images per batch.", default=64, show_default=True)
@@ -146,21 +153,31 @@ def bench(
       xaibatch bench --memory --memory-images 2000,20000
     """
     started = time.perf_counter()  # the budget counts from here: torch is imported after
-    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    log = (lambda s: None) if quiet else (lambda s: write_line(s, sys.stderr))  # a gone terminal: lines go nowhere
+    from ..pipeline.signals import stops_interrupt
+
     if memory:
         try:
             counts = tuple(int(v) for v in memory_images.split(","))
         except ValueError:
-            raise click.BadParameter("comma-separated integers, e.g. 2000,20000", param_hint="--memory-images")
+            counts = ()
+        if not counts or min(counts) < 1:
+            raise click.BadParameter(
+                "comma-separated counts of at least 1, e.g. 2000,20000", param_hint="--memory-images"
+            )
         from ..tools.bench import format_memory, memory_check
 
-        click.echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
+        with stops_interrupt():
+            echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
         return
     wanted = tuple(m.strip() for m in only.split(",") if m.strip())
     if not wanted:
         raise click.BadParameter(f"name at least one method (got {only!r})", param_hint="--only")
     checked(lambda: known_methods(wanted), param_hint="--only")
+    from ..model.loading import check_arch
     from ..tools.bench import BenchOptions, format_result, run_bench  # torch: after the options are checked
+
+    check_arch(arch)  # before the images are generated: "unknown --arch ...", exit 2
 
     opts = BenchOptions(
         arch=arch,
@@ -181,26 +198,7 @@ def bench(
         budget=budget,
         started=started,
     )
-    with sigterm_interrupts():  # `timeout 100 xaibatch bench ...` still prints what it measured
-        result = run_bench(opts, log=log, show=lambda res: click.echo(format_result(res, markdown=markdown)))
+    with stops_interrupt():  # `timeout 100 xaibatch bench ...`, a closed terminal: still prints what it measured
+        result = run_bench(opts, log=log, show=lambda res: echo(format_result(res, markdown=markdown)))
     if result.cut_off:
         raise Failure("interrupted: the tables hold only the rows measured before the signal", EXIT_INTERRUPTED)
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, for as long as the bench times."""
-
-    first: list[float] = []
-
-    def interrupt(signum, frame):
-        if first and time.monotonic() - first[0] < REPEATED_SIGNAL_S:
-            return  # `timeout` signals the process and then its group: one stop, not a second one mid-tables
-        first[:] = [time.monotonic()]
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -10,6 +10,7 @@ import click
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
 from ..runlog import reader_gone, silence, write_line
+from .helptext import Context
 
 
 def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
@@ -73,6 +74,8 @@ class Group(click.Group):
     Output cut short by its reader (``xaibatch run --help | head -1``; click would exit 1 silently) ends with
     exit 0: what was left to print was all that remained (help, version, a command's last table)."""
 
+    context_class = Context  # --help never breaks a line at a hyphen (helptext.py)
+
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
@@ -120,8 +123,8 @@ def reported(fn):
             return fn(*args, **kwargs)
         except XaibatchError as e:
             raise Failure(str(e), e.exit_code) from None
-        except KeyboardInterrupt:
-            raise Failure("interrupted", EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as e:  # "by SIGTERM" from signals.stops_interrupt; none from Ctrl-C
+            raise Failure(" ".join(["interrupted", *map(str, e.args)]), EXIT_INTERRUPTED) from None
         except OSError as e:
             if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
                 raise  # the command's output was cut short by its reader: Group ends it with exit 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .helptext import Command
 from .boundary import echo
 
 
-@click.command("methods")
+@click.command("methods", cls=Command)
 def methods_cmd():
     """List every explanation method: its library, how it batches, signed or not, its options and defaults.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..defaults import device_spec_problem
 from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
 from .boundary import checked
 
@@ -78,7 +79,14 @@ def grouped(name: str, cls, *options):
     return decorate
 
 
-device_option = _option("--device", default="auto", show_default=True)
+def _device_form(ctx, param, value):
+    """--device's form (auto, cpu, cuda, cuda:N) as click parses it: one line at once, before torch loads."""
+    if value is not None and (problem := device_spec_problem(value)):
+        raise click.UsageError(problem, ctx)
+    return value
+
+
+device_option = _option("--device", default="auto", show_default=True, callback=_device_form)
 batch_size_option = _option("--batch-size", type=click.IntRange(1))
 workers_option = _option("--workers", type=click.IntRange(0))
 seed_option = _option("--seed", type=int, default=0, show_default=True)

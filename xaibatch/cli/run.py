@@ -10,6 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_OK, EXIT_SOME_FAILED
+from .helptext import Command
 from .boundary import EXIT_CODES_HELP, reported
 from .options import RUN_MODEL_HELP, model_options, seed_option
 from .run_options import (
@@ -29,7 +30,7 @@ from .run_options import (
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
 
 
-class RunCommand(click.Command):
+class RunCommand(Command):
     """With --log-json, an option error still ends with a JSON line (exit code 2)."""
 
     def parse_args(self, ctx, args):

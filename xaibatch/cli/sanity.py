@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from ..errors import ExitCode
+from ..runlog import write_line
+from .helptext import Command
 from .boundary import echo, exit_codes_help, reported
 from .options import arch_option, batch_size_option, checkpoint_option, device_option, model_option, seed_option
 
@@ -18,11 +21,11 @@ SANITY_EXIT_CODES = {
     ExitCode.USAGE: "usage error (no run in OUT_DIR, the run's model or images not found)",
     ExitCode.RUNTIME: "runtime error",
     ExitCode.LOCKED: "a run holds the output folder's lock",
-    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM)",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP)",
 }
 
 
-@click.command(epilog=exit_codes_help(SANITY_EXIT_CODES))
+@click.command(cls=Command, epilog=exit_codes_help(SANITY_EXIT_CODES))
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option(
     "--images",
@@ -59,16 +62,18 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     """
     from ..evaluation.rebuild import ModelOverride
     from ..evaluation.sanity import run_sanity
+    from ..pipeline.signals import stops_interrupt
 
-    result = run_sanity(
-        out_dir,
-        n=images,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-        log=lambda s: click.echo(s, err=True),
-        override=ModelOverride(model_spec, checkpoint, arch),
-    )
+    with stops_interrupt():  # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on
+        result = run_sanity(
+            out_dir,
+            n=images,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            log=lambda s: write_line(s, sys.stderr),  # a gone terminal: the line goes nowhere
+            override=ModelOverride(model_spec, checkpoint, arch),
+        )
     for c in result["curves"]:
         echo(c["verdict"])
     if strict and not all(c["passed"] for c in result["curves"]):

@@ -8,6 +8,7 @@ import click
 
 from ..defaults import LIME_DEFAULTS
 from ..errors import EXIT_USAGE, ExitCode
+from .helptext import Command
 from .boundary import Failure, exit_codes_help, reported
 from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_option, model_options, seed_option
 
@@ -21,7 +22,7 @@ SERVE_EXIT_CODES = {
 }
 
 
-@click.command(epilog=exit_codes_help(SERVE_EXIT_CODES))
+@click.command(cls=Command, epilog=exit_codes_help(SERVE_EXIT_CODES))
 @methods_option(
     "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
     default=BUILTIN_METHODS,
@@ -71,6 +72,10 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
     Needs the extra: pip install "xaibatch[serve]". Flagged images land in
     OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
     """
+    from ..pipeline.guards import check_model_request
+    from ..pipeline.options import ModelOptions
+
+    check_model_request(ModelOptions(**model.fields()))  # a typo answers at once, before Gradio's and torch's imports
     try:
         import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
     except ImportError:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from .boundary import echo, reported
+from .helptext import Command
+from ..errors import ExitCode
+from .boundary import echo, exit_codes_help, reported
 from .options import (
     Number,
     arch_option,
@@ -17,8 +19,15 @@ from .options import (
     workers_option,
 )
 
+TRAIN_EXIT_CODES = {
+    ExitCode.OK: "the checkpoint is written",
+    ExitCode.USAGE: "usage error (bad option, DATA_DIR without two class folders, --out not writable)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP): --out holds the last finished epoch's model, if any",
+}
 
-@click.command()
+
+@click.command(cls=Command, epilog=exit_codes_help(TRAIN_EXIT_CODES))
 @click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @arch_option("Any timm model name (e.g. --arch efficientnet_b0).", default="resnet18", show_default=True)
 @image_size_option("Input size the model is trained at (e.g. --image-size 32).", default=64, show_default=True)
@@ -59,23 +68,25 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     Example:
       xaibatch train data/demo --arch resnet18 --image-size 64 --epochs 10 --out models/demo.pt
     """
+    from ..pipeline.signals import stops_interrupt
     from ..tools.train import train as train_model
 
-    r = train_model(
-        data_dir,
-        arch,
-        out,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        workers=workers,
-        log=echo,
-        save_format=save_format,
-    )
+    with stops_interrupt():  # SIGTERM, a closed terminal: as Ctrl-C (the last finished epoch saved); nohup: goes on
+        r = train_model(
+            data_dir,
+            arch,
+            out,
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            workers=workers,
+            log=echo,
+            save_format=save_format,
+        )
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
     echo(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
@@ -83,7 +94,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     )
 
 
-@click.command("demo-data")
+@click.command("demo-data", cls=Command)
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
     "--train-per-class",

@@ -71,15 +71,16 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device(spec)
 
 
-def check_arch(arch: str, source: Path | None = None) -> None:
-    """Refuse a name timm does not know, suggesting close ones (``source``: the checkpoint naming it)."""
+def check_arch(arch: str, source: Path | None = None, what: str = "--arch") -> None:
+    """Refuse a name timm does not know, suggesting close ones (``source``: the checkpoint naming it; ``what``:
+    how the message names what the user gave)."""
     timm = import_timm()
 
     if not isinstance(arch, str) or not arch.strip() or not timm.is_model(arch):
         close = difflib.get_close_matches(str(arch), timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         if source is None:
-            raise ModelError(f"unknown --arch {arch!r}{hint}")
+            raise ModelError(f"unknown {what} {arch!r}{hint}")
         raise ModelError(f"{source} names the architecture {arch!r}, which timm {timm.__version__} does not know{hint}")
 
 
@@ -349,6 +350,16 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
         "meta": meta or {},
     }
+    save_atomically(payload, path)
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, renamed over it: a stop or a full disk mid-write
+    leaves ``path`` as it was and no half-written file (the temporary one is removed)."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -128,9 +128,10 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     """Build what ``--model`` names and load ``--checkpoint`` into it (strictly, tensors only)."""
     kind, _, rest = spec.partition(":")
     if kind == "timm":
-        if checkpoint is None:
-            from .loading import create
+        from .loading import check_arch, create
 
+        check_arch(rest, what="timm model")  # --model timm:NAME: the message names no --arch the user never gave
+        if checkpoint is None:
             module = create(rest, num_classes or 2, img_size=image_size)
             return finish(module, rest, None, image_size, None, None, "(random init)", "")
         return load_model(checkpoint, rest, image_size, num_classes)

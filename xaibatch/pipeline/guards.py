@@ -10,8 +10,8 @@ from ..defaults import device_spec_problem, model_spec_problem
 from ..errors import UsageError
 from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
-from ..scan import shown
-from .options import RunOptions
+from ..scan import is_output_folder, shown
+from .options import ModelOptions, RunOptions
 
 
 def default_out(input_dir: Path) -> Path:
@@ -47,6 +47,11 @@ def check_folders(opts: RunOptions) -> None:
             f"--out {opts.out_dir} is INPUT_DIR itself: the next run would read its maps as images; "
             f"choose another folder, e.g. --out {suggest_out(inp, out)}"
         )
+    if is_output_folder(inp):
+        raise UsageError(
+            f"INPUT_DIR {opts.input_dir} is an xaibatch output folder (it holds {layout.MANIFEST}), not a folder "
+            "of images; give the folder its report was made from"
+        )
     for folder in (inp, *inp.parents):
         top = inp.relative_to(folder).parts[:1]
         if top and top[0] in layout.OUTPUT_DIRS and (folder / layout.MANIFEST).is_file():
@@ -67,18 +72,30 @@ def check_folders(opts: RunOptions) -> None:
         return
     for top in layout.OUTPUT_DIRS:  # a symlink planted there would redirect every write
         safe_join(out, top)
-    if opts.replace or (out / layout.MANIFEST).exists() or (out / layout.LOCK).exists():
+    ours = (out / layout.MANIFEST).exists() or (out / layout.LOCK).exists()
+    if not ours and out.is_relative_to(inp) and _holds_files(out):
+        # even with --replace: a folder with a manifest is skipped by every scan, so its images would leave INPUT_DIR
+        raise UsageError(
+            f"--out {opts.out_dir} is a folder inside INPUT_DIR {opts.input_dir} that holds files of its own: "
+            "with the report there, every run of INPUT_DIR would skip that folder and its images; choose a new "
+            f"or empty folder, e.g. --out {suggest_out(inp, out)}"
+        )
+    if opts.replace or ours:
         return  # ours (a run that died before writing its manifest still left its lock file)
-    try:
-        foreign = bool(os.listdir(out))
-    except OSError:
-        return  # unreadable: taking the lock reports it
-    if foreign:
+    if _holds_files(out):
         raise UsageError(
             f"--out {opts.out_dir} is a non-empty folder that is not an xaibatch output (no "
             f"{layout.MANIFEST}); choose a new or empty folder, or pass --replace to write the report "
             "there (its pages and folders such as assets/ and images/ are replaced)"
         )
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything (False when it cannot be read: taking the lock reports that)."""
+    try:
+        return bool(os.listdir(folder))
+    except OSError:
+        return False
 
 
 def check_same_input(opts: RunOptions, out: Path) -> None:
@@ -104,8 +121,6 @@ def check_request(opts: RunOptions) -> None:
 
     prepare() (with the model loaded) checks the rest; these say the same thing in the same words, earlier.
     """
-    from .options import checkpoint_path
-
     if not opts.methods:
         raise UsageError("give at least one --method")
     if opts.batch_size is not None and opts.batch_size < 1:
@@ -114,6 +129,14 @@ def check_request(opts: RunOptions) -> None:
         raise UsageError(problem)
     if problem := device_spec_problem(opts.device):
         raise UsageError(problem)
+    check_model_request(opts)
+
+
+def check_model_request(opts: ModelOptions) -> None:
+    """check_request's model checks (no torch), for run and serve: --model's form and file, --arch with
+    --checkpoint, the checkpoint's file, --threshold."""
+    from .options import checkpoint_path
+
     if opts.model is not None and opts.arch is not None:
         raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
     if opts.model is not None and (problem := model_spec_problem(opts.model)):

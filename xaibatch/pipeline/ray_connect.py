@@ -16,6 +16,7 @@ import threading
 
 from ..errors import Interrupted, UsageError
 from .options import RayOptions
+from .signals import STOP_SIGNALS
 
 # Ray retries a head that does not answer for minutes (forever when something else answers on that port).
 REACH_TIMEOUT_S = 10.0  # to open a TCP connection to the head's address at all
@@ -41,10 +42,10 @@ def connect(r: RayOptions) -> bool:
         # the run are xaibatch's own one-line error)
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     keep_ray_messages_off_stdout(quiet)
-    # ray.init makes SIGTERM exit the process at once; the run's handler (stop after the current batches,
-    # exit code 5) stays in charge.
+    # ray.init makes SIGTERM exit the process at once; the run's handlers of every stop signal (stop after the
+    # current batches, exit code 5; SIGHUP too, whatever a Ray version does with it) stay in charge.
     main = threading.current_thread() is threading.main_thread()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main else {}
     limit = START_TIMEOUT_S if address == "local" else CONNECT_TIMEOUT_S
     what = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
     try:

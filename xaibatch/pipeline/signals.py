@@ -84,6 +84,42 @@ def catch_signals(enabled: bool):
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+REPEATED_SIGNAL_S = 2.0  # a stop signal this soon after the first one is the same stop
+
+
+@contextmanager
+def stops_interrupt(repeat_s: float = REPEATED_SIGNAL_S):
+    """For a command with no batches to finish (train, sanity, bench): SIGTERM and SIGHUP raise KeyboardInterrupt
+    in the main thread, as Ctrl-C does, so that each ends as it does on Ctrl-C (what it has, exit 5) instead of
+    dying where it stands. A SIGHUP first sends the terminal's streams to /dev/null (every write there fails); a
+    signal ignored at the start stays ignored (``nohup``); another stop signal within ``repeat_s`` is the same
+    stop (GNU ``timeout`` signals the process, then its group; a closing terminal's shell resends its SIGHUP).
+    The KeyboardInterrupt names the signal ("by SIGTERM"). Restores the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    terminal = [fd for fd in (0, 1, 2) if _isatty(fd)]  # asked now: a hung-up terminal no longer answers
+    first: list[float] = []
+
+    def interrupt(signum, frame):
+        if first and time.monotonic() - first[0] < repeat_s:
+            return
+        first[:] = [time.monotonic()]
+        if signum == signal.SIGHUP:
+            to_devnull(terminal)
+        raise KeyboardInterrupt(f"by {signal.Signals(signum).name}")
+
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: h for s in stops if (h := signal.getsignal(s)) is not signal.SIG_IGN}
+    for s in previous:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
 def _isatty(fd: int) -> bool:
     try:
         return os.isatty(fd)

@@ -6,8 +6,10 @@ other option. Deterministic for a given seed on the CPU.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,9 @@ import torch.nn.functional as F
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, scan
-from ..errors import InputError, UsageError
-from ..model.loading import create, resolve_device, save_checkpoint
+from ..errors import InputError, Interrupted, UsageError
+from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
+from ..pipeline.loader import worker_init
 from ..preprocess import Preprocess
 
 
@@ -28,9 +31,7 @@ def save_state_dict(path: Path, model: torch.nn.Module) -> None:
     """Write ``model.state_dict()`` alone (tensors only), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
+    save_atomically({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
 
 
 @dataclass
@@ -60,6 +61,8 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
         num_workers=workers,
         collate_fn=collate,
         generator=g,
+        # a stop signal (Ctrl-C, a closed terminal) is the main process's to handle; workers die with it
+        worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers else None,
     )
 
 
@@ -122,8 +125,11 @@ def check_out(out: Path) -> None:
         make_dirs(out.parent)
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
-    if not os.access(out.parent, os.W_OK):  # a read-only file system says so even to root
-        raise UsageError(f"cannot write --out {out}: its folder {out.parent} is not writable")
+    try:  # a file made and removed: os.access says yes to root on a read-only file system or in /proc
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write --out {out}: its folder {out.parent} is not writable ({e.strerror or e})")
 
 
 def train(
@@ -166,29 +172,62 @@ def train(
     steps = epochs * math.ceil(len(tr) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     log(f"training {arch} at {image_size}px on {len(tr)} images ({len(val)} held out), classes {found.classes}")
-    val_acc = 0.0
-    for epoch in range(1, epochs + 1):
-        loss = train_epoch(model, train_feed, opt, sched)
-        val_acc = evaluate(model, val_feed)
-        log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
+    last = Finished(0, 0.0, None)
+    test_acc, by = None, None
+    try:
+        for epoch in range(1, epochs + 1):
+            loss = train_epoch(model, train_feed, opt, sched)
+            val_acc = evaluate(model, val_feed)
+            last = Finished(
+                epoch, val_acc, cpu_copy(model) if epoch < epochs else None
+            )  # one store: a stop sees either
+            log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
 
-    test_acc = None
-    if test_dir is not None:
-        test = scan(test_dir, labeled=True)
-        if test.classes == found.classes:
-            test_acc = evaluate(model, feed(test.images, 256))
-            log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
+        if test_dir is not None:
+            test = scan(test_dir, labeled=True)
+            if test.classes == found.classes:
+                test_acc = evaluate(model, feed(test.images, 256))
+                log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP through signals.stops_interrupt
+        by = " ".join(["interrupted", *map(str, e.args)])
+        if last.epoch == 0:
+            raise Interrupted(f"{by} in epoch 1/{epochs}: no checkpoint written") from None
+        if last.state is not None:
+            model.load_state_dict(last.state)  # the weights of the last finished epoch, not a half-done one
     meta = {
         "data": str(data_dir),
-        "epochs": epochs,
-        "val_accuracy": val_acc,
+        "epochs": last.epoch,
+        "val_accuracy": last.val_accuracy,
         "test_accuracy": test_acc,
         "seed": seed,
         "train_images": len(tr),
         "val_images": len(val),
     }
+    if last.epoch < epochs:
+        meta["epochs_planned"] = epochs  # the record of an interrupted training
     if save_format == "state-dict":
         save_state_dict(out, model)
     else:
         save_checkpoint(out, model, arch, found.classes, image_size, pre.mean, pre.std, meta)
-    return TrainResult(Path(out), val_acc, test_acc, epochs, time.time() - t0, Path(out).stat().st_size)
+    if by is not None and last.epoch < epochs:
+        raise Interrupted(
+            f"{by} in epoch {last.epoch + 1}/{epochs}: wrote {out}, the model after epoch {last.epoch} "
+            f"(val accuracy {100 * last.val_accuracy:.1f}%)"
+        )
+    if by is not None:
+        raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
+    return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, Path(out).stat().st_size)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last finished epoch: its number, validation accuracy, and its weights on the CPU while a later epoch
+    may still change the model's (None after the last epoch)."""
+
+    epoch: int
+    val_accuracy: float
+    state: dict[str, torch.Tensor] | None
+
+
+def cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -1,0 +1,118 @@
+"""Bad options of every command: one line, exit 2, no traceback, and (where no model is needed to tell) before
+torch loads. Found by an audit of each command's answers to typos, wrong types, and misplaced folders."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke
+from test_cli_errors import assert_one_line
+from xaibatch import errors
+from xaibatch.tools import synth
+
+HEAVY = ("torch", "timm", "gradio", "ray")
+
+
+def _heavy_after(code: str) -> list[str]:
+    probe = textwrap.dedent(code) + f"\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_device_typo_or_a_missing_checkpoint_answers_before_torch(tmp_path):
+    """`--device cudda` used to import torch (and Gradio for serve) before saying so: seconds for a typo; serve
+    also checked --checkpoint only after Gradio's import. Every command now answers from the options alone."""
+    folder, missing = str(tmp_path), str(tmp_path / "missing.pt")
+    cases = [
+        (["run", folder, "--device", "cudda"], "--device 'cudda' is not one of"),
+        (["train", folder, "--out", missing, "--device", "cudda"], "--device 'cudda' is not one of"),
+        (["sanity", folder, "--device", "cudda"], "--device 'cudda' is not one of"),
+        (["bench", "--device", "cudda"], "--device 'cudda' is not one of"),
+        (["serve", "--device", "cudda"], "--device 'cudda' is not one of"),
+        (["serve", "--checkpoint", missing], f"--checkpoint {missing}: no such file"),
+        (["serve", "--arch", "resnet18"], "--arch resnet18 needs --checkpoint"),
+    ]
+    loaded = _heavy_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+            assert "Traceback" not in r.output
+    """)
+    assert loaded == []
+
+
+@pytest.mark.parametrize("value", ["0", "2000,-1", "a,b", ","])
+def test_bench_memory_images_must_be_counts(value):
+    """`--memory-images 0` used to start a run over no images and end in a child's 16-line traceback, exit 3."""
+    assert_one_line(invoke("bench", "--memory", "--memory-images", value, catch_exceptions=True), errors.EXIT_USAGE,
+                    "--memory-images", "at least 1")  # fmt: skip
+
+
+def test_bench_refuses_an_unknown_arch_before_generating_its_images(tmp_path):
+    """`bench --arch resnt18` used to generate its 1024 images, then fail with 'internal error: RuntimeError:
+    Unknown model', exit 3. Now it is one line with timm's close names, exit 2, and nothing generated."""
+    keep = tmp_path / "keep"
+    r = invoke("bench", "--arch", "resnt18", "--keep", keep, "-q", catch_exceptions=True)
+    assert_one_line(r, errors.EXIT_USAGE, "unknown --arch 'resnt18'", "did you mean resnet18")
+    assert not keep.exists() or not any(keep.iterdir())
+
+
+def test_model_timm_name_typo_names_the_option_given(tmp_path):
+    """`--model timm:resnt18` used to answer "unknown --arch 'resnt18'", an option the user never gave."""
+    r = invoke("run", synth.write_classes(tmp_path / "in", 1, seed=1), "--model", "timm:resnt18", catch_exceptions=True)
+    line = assert_one_line(r, errors.EXIT_USAGE, "unknown timm model 'resnt18'", "did you mean resnet18")
+    assert "--arch" not in line
+
+
+def _manifest(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(folder / "xaibatch.sqlite") as db:
+        db.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+
+
+def test_an_output_folder_given_as_input_dir_is_refused(tmp_path):
+    """`xaibatch run reports/demo` (the report, not its images) used to answer "folder classes ['images', 'maps'] do
+    not match the model's classes", or with --unlabeled explain the report's own thumbnails and maps."""
+    report = tmp_path / "report"
+    _manifest(report)
+    synth.write_classes(report / "images", 1, seed=1)
+    for extra in ([], ["--unlabeled"]):
+        r = invoke("run", report, "--out", tmp_path / "o", *extra, catch_exceptions=True)
+        assert_one_line(
+            r, errors.EXIT_USAGE, "is an xaibatch output folder", "give the folder its report was made from"
+        )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["plain", "replace"])
+def test_out_inside_input_dir_holding_files_is_refused_even_with_replace(tmp_path, replace):
+    """`--out data/FAKE --replace` used to turn a class folder into an output folder: every later run of data/
+    then skipped it, and its images silently left every report. Without --replace the refusal suggested it."""
+    data = synth.write_classes(tmp_path / "data", 2, seed=1)
+    before = sorted(p.name for p in (data / "FAKE").iterdir())
+    r = invoke("run", data, "--out", data / "FAKE", *(["--replace"] if replace else []), catch_exceptions=True)
+    line = assert_one_line(r, errors.EXIT_USAGE, "is a folder inside INPUT_DIR", "choose a new or empty folder")
+    assert "--replace" not in line
+    assert sorted(p.name for p in (data / "FAKE").iterdir()) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_train_refuses_an_out_it_cannot_create_before_training(tmp_path):
+    """os.access says yes to root for /proc (and for a read-only file system): `train --out /proc/m.pt` trained
+    for its whole time, then failed with 'internal error: RuntimeError: ... open file failed', exit 3. A file made
+    and removed in --out's folder tells before the training."""
+    data = synth.write_classes(tmp_path / "data", 2, seed=1)
+    r = invoke("train", data, "--arch", "test_resnet", "--out", "/proc/xaibatch-m.pt", catch_exceptions=True)
+    assert_one_line(r, errors.EXIT_USAGE, "cannot write --out /proc/xaibatch-m.pt")
+    assert "epoch" not in r.output
