@@ -1208,6 +1208,35 @@ def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkey
     assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}
 
 
+def test_masks_are_read_without_resolving_each_path(truth_run, tmp_path, monkeypatch):
+    """#20: resolving the input folder and each mask's path again (files.safe_join: an lstat per part) was most of
+    reading a mask; the report resolves the input folder once and opens each mask from its folder's descriptor."""
+    import shutil
+
+    from xaibatch.report import forked
+    from xaibatch.report.model import STATE_NAME
+
+    inp, out, masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / STATE_NAME).unlink()  # no cached ground truths: every mask is read
+    monkeypatch.setattr(forked, "can_fork", lambda: False)  # the detail files in this process, where we count
+    real = os.path.realpath
+    resolved = []
+
+    def counting(path, *a, **k):
+        if str(path).startswith(str(inp)):
+            resolved.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    report.render(copy)
+    monkeypatch.undo()
+    assert resolved == [str(inp)], resolved  # the folder, once; no mask path
+    assert {rel: detail_of(copy, rel)["truth"] for rel in masks} == {rel: detail_of(out, rel)["truth"] for rel in masks}
+    assert all(detail_of(copy, rel)["truth"]["points"] for rel in masks)
+
+
 def test_the_summary_says_once_what_a_pred_label_runs_maps_explain(tmp_path):
     """--target pred,label: the summary said "the predicted class, and for a misclassified image also its true
     class" in the settings and, a few lines below, "Maps explain the predicted class." """

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import targets
 from ..errors import UsageError
-from ..files import NotRegularFile, open_regular, safe_join
+from ..files import InputFolder, NotRegularFile, open_regular, safe_join
 from ..layout import display_size
 from .cards import mask_rel
 from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
@@ -27,17 +27,18 @@ class BadArray(ValueError):
     """A .npy file the report will not read; the message says why, in a few words."""
 
 
-def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+def read_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
     """A 2-d boolean or numeric array from a regular ``.npy`` file under ``root``; raises BadArray with the reason.
 
     User data (ground-truth masks) is opened as images are: never a FIFO or a device (no block, no endless
-    read), the header checked before any data is read (no pickles, no structured dtypes, at most
-    ``max_pixels``), and never more than MAX_ARRAY_BYTES.
+    read), never outside ``root`` (an InputFolder: the same check, its folders opened once, for many files),
+    the header checked before any data is read (no pickles, no structured dtypes, at most ``max_pixels``),
+    and never more than MAX_ARRAY_BYTES.
     """
     import numpy as np
 
     try:
-        fd, st = open_regular(safe_join(root, rel))
+        fd, st = root.open(rel) if isinstance(root, InputFolder) else open_regular(safe_join(root, rel))
     except NotRegularFile:
         raise BadArray("not a regular file") from None
     except FileNotFoundError:
@@ -99,7 +100,7 @@ def _read_header(f: Any) -> tuple[Any, bool, Any]:
     return got
 
 
-def load_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
     """:func:`read_array`, or None when it refuses the file."""
     try:
         return read_array(root, rel, max_pixels)
@@ -232,7 +233,7 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
     }
 
 
-def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
+def truth_of(input_dir: Path | InputFolder | None, c: Card) -> dict[str, Any] | None:
     """The ground truth beside the card's image, or a record saying why its mask was skipped; None: no mask."""
     if not c.mask_key or input_dir is None:
         return None
