@@ -166,7 +166,7 @@ class InputFolder:
     """
 
     def __init__(self, root: Path, max_open: int = 64) -> None:
-        self.root = Path(root)
+        self.root = root if isinstance(root, Path) else Path(root)
         self.max_open = max_open
         self._root: int | None = None  # the root, resolved once
         self._fds: dict[str, int] = {}  # subfolder -> descriptor, oldest first

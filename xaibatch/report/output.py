@@ -53,7 +53,7 @@ class PageWriter:
 
     def inputs(self, input_dir: Path) -> InputFolder:
         """The input folder that ground-truth masks are read from (detail.truth_of), its folders opened once."""
-        if self._inputs is None or self._inputs.root != Path(input_dir):
+        if self._inputs is None or self._inputs.root is not input_dir:  # one report: one input folder
             if self._inputs is not None:
                 self._inputs.close()
             self._inputs = InputFolder(input_dir)
