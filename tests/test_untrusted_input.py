@@ -257,6 +257,24 @@ def test_input_folder_opens_exactly_what_safe_join_opens(tmp_path):
         folder.close()
 
 
+def test_input_folder_without_nofollow_opens_each_file_through_safe_join(tmp_path, monkeypatch):
+    """A system without O_NOFOLLOW (or O_DIRECTORY) cannot walk without following links: every path then takes
+    safe_join's road, never a plain open."""
+    from xaibatch import files
+
+    root, _outside = _hostile_input(tmp_path)
+    monkeypatch.setattr(files, "_WALKS", False)
+    calls = []
+    monkeypatch.setattr(files, "safe_join", lambda r, rel: calls.append(rel) or safe_join(r, rel))
+    folder = InputFolder(root)
+    try:
+        for rel in INPUT_RELS:
+            assert _outcome(folder.open, rel) == _outcome(lambda r: open_regular(safe_join(root, r)), rel), rel
+    finally:
+        folder.close()
+    assert calls == INPUT_RELS
+
+
 def test_input_folder_refuses_links_planted_after_its_folders_were_opened(tmp_path):
     """A folder's descriptor is kept, not what is in it: a file or folder swapped for a link that leads out once
     the folder is open is refused all the same."""

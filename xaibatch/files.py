@@ -174,7 +174,7 @@ class InputFolder:
     def open(self, rel: str) -> tuple[int, os.stat_result]:
         """The descriptor and ``fstat`` of the regular file ``root/rel`` (see :func:`open_regular`); raises as
         ``open_regular(safe_join(root, rel))`` does: UsageError for a path that leads outside, OSError else."""
-        if not isinstance(rel, str) or "\0" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
+        if not _WALKS or not isinstance(rel, str) or "\0" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
             return open_regular(safe_join(self.root, rel))  # refused with the reason, or a path it takes apart
         rel_dir, _, name = rel.rpartition("/")
         try:
@@ -223,8 +223,9 @@ class InputFolder:
             self._root = None
 
 
-_READ_NOFOLLOW = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_WALKS = all(hasattr(os, f) for f in ("O_NOFOLLOW", "O_DIRECTORY", "O_NONBLOCK"))  # else: safe_join for every file
+_READ_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_NOFOLLOW = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def hash_open_file(f, size: int, digest) -> None:
