@@ -191,3 +191,41 @@ def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang)
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/" + os.fsencode(tmp_path.name) + b"-in\xff"))
     assert (out / "index.html").is_file()
     assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]
+
+
+def test_the_scan_stats_no_file_that_is_not_named_like_an_image(tmp_path, monkeypatch):
+    """#20: demo data keeps a ground-truth mask beside each FAKE image, a third of the folder's entries; the listing
+    already says they are plain files, so the scan ignores them without an lstat each. What it finds and skips
+    is unchanged: links and folders whatever their names, files named like images whatever they are."""
+    import xaibatch.scan as scan_module
+
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 3)
+    write_images(root / "REAL", 2, seed=1)
+    for p in sorted((root / "FAKE").glob("*.png")):
+        p.with_name(p.stem + ".mask.npy").write_bytes(b"x")
+    (root / "REAL" / "notes.txt").write_text("x")
+    (root / "REAL" / "sub.d").mkdir()  # a folder named like no image is still entered
+    write_images(root / "REAL" / "sub.d", 1, seed=2)
+    os.symlink("/etc", root / "REAL" / "etc.txt")  # a link whatever its name: still looked at (and skipped)
+    os.mkfifo(root / "REAL" / "pipe.png")
+    statted = []
+    real_lstat = os.lstat
+
+    def counting(path, *a, **k):
+        statted.append(os.path.basename(path))
+        return real_lstat(path, *a, **k)
+
+    monkeypatch.setattr(scan_module.os, "lstat", counting)
+    found = scan(root)
+    monkeypatch.undo()
+    assert not [n for n in statted if n.endswith((".npy", "notes.txt"))], statted
+    assert [e.rel for e in found.images] == [
+        "FAKE/img_000.png",
+        "FAKE/img_001.png",
+        "FAKE/img_002.png",
+        "REAL/img_000.png",
+        "REAL/img_001.png",
+        "REAL/sub.d/img_000.png",
+    ]
+    assert [rel for rel, _ in found.skipped] == ["REAL/etc.txt", "REAL/pipe.png"]

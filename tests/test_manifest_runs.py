@@ -28,3 +28,28 @@ def test_finish_run_without_counts_keeps_the_rows_counts(tmp_path):
     row = m.db.execute(f"SELECT status, reason, {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
     m.close()
     assert tuple(row) == ("error", "disk full", 3, 0, 0, 0, 0, 0, 3)
+
+
+def _image(rel: str, run_id: int):
+    from xaibatch.manifest import ImageRow
+
+    return ImageRow(rel, rel[:-4], 10, 1, "0" * 64, 4, 4, 0, 0, 0, 0.9, [0.9, 0.1], "p", run_id)
+
+
+def test_a_batch_of_image_rows_clears_their_failures_and_costs_no_statement_per_row_without_any(tmp_path):
+    """#20: put_images deleted each row's failure, one statement per image in every batch, also when the table was
+    empty (most runs): a sixth of the writer thread's commit. Now only when there are failures, and still each
+    image's own."""
+    m = Manifest(tmp_path / FILENAME)
+    run_id = m.start_run(str(tmp_path), {"x": 1}, "p")
+    statements = []
+    m.db.set_trace_callback(statements.append)
+    m.put_images([_image(f"img_{i}.png", run_id) for i in range(3)])
+    assert not [s for s in statements if "DELETE FROM failures" in s], statements
+    m.put_failure("bad.png", "not an image", run_id)
+    m.put_failure("other.png", "not an image", run_id)
+    m.put_images([_image("bad.png", run_id), _image("img_9.png", run_id)])  # bad.png now reads
+    m.db.set_trace_callback(None)
+    assert m.failures() == [("other.png", "not an image")]
+    assert len(m.images()) == 5
+    m.close()

@@ -1208,6 +1208,60 @@ def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkey
     assert {rel: after[rel]["truth"] for rel in masks} == {rel: before[rel]["truth"] for rel in masks}
 
 
+def _region_path_reference(mask: np.ndarray) -> str:
+    """The region path as first written: one 2-d diff per row, starts and ends by argwhere."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)
+    return "".join(f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z" for (y, x0), (_y, x1) in zip(starts.tolist(), ends.tolist()))
+
+
+def test_region_paths_and_shares_are_those_of_the_row_by_row_code():
+    """detail.region_path works on the flattened rows (#20: the detail process's ground-truth work); its path is the
+    row-by-row one's, character for character, and the share is mask.mean()'s, for odd shapes and runs that
+    touch both edges."""
+    from xaibatch.report import detail
+
+    rng = np.random.default_rng(7)
+    masks = [np.ones((1, 1), bool), np.zeros((3, 4), bool), np.ones((5, 2), bool), np.eye(6, dtype=bool)]
+    masks += [
+        rng.random((h, w)) < p for h, w in [(1, 9), (9, 1), (32, 32), (7, 129), (300, 200)] for p in (0.1, 0.5, 0.9)
+    ]
+    for m in masks:
+        assert detail.region_path(m) == _region_path_reference(m), m.shape
+        assert np.count_nonzero(m) / m.size == float(m.mean()), m.shape  # truth_record's share
+
+
+def test_masks_are_read_without_resolving_each_path(truth_run, tmp_path, monkeypatch):
+    """#20: resolving the input folder and each mask's path again (files.safe_join: an lstat per part) was most of
+    reading a mask; the report resolves the input folder once and opens each mask from its folder's descriptor."""
+    import shutil
+
+    from xaibatch.report import forked
+    from xaibatch.report.model import STATE_NAME
+
+    inp, out, masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / STATE_NAME).unlink()  # no cached ground truths: every mask is read
+    monkeypatch.setattr(forked, "can_fork", lambda: False)  # the detail files in this process, where we count
+    real = os.path.realpath
+    resolved = []
+
+    def counting(path, *a, **k):
+        if str(path).startswith(str(inp)):
+            resolved.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os.path, "realpath", counting)
+    report.render(copy)
+    monkeypatch.undo()
+    assert resolved == [str(inp)], resolved  # the folder, once; no mask path
+    assert {rel: detail_of(copy, rel)["truth"] for rel in masks} == {rel: detail_of(out, rel)["truth"] for rel in masks}
+    assert all(detail_of(copy, rel)["truth"]["points"] for rel in masks)
+
+
 def test_the_summary_says_once_what_a_pred_label_runs_maps_explain(tmp_path):
     """--target pred,label: the summary said "the predicted class, and for a misclassified image also its true
     class" in the settings and, a few lines below, "Maps explain the predicted class." """

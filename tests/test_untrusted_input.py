@@ -26,7 +26,7 @@ from xaibatch.cli import cli
 from xaibatch.data import load_image
 from xaibatch.scan import scan
 from xaibatch.errors import ModelError, UsageError
-from xaibatch.files import make_dirs, safe_join
+from xaibatch.files import InputFolder, make_dirs, open_regular, safe_join
 from xaibatch.model.loading import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +170,150 @@ def test_safe_join_refuses_a_symlink_planted_in_the_output(tmp_path):
     os.symlink(outside, out / "maps")
     with pytest.raises(UsageError, match="resolves outside"):
         safe_join(out, "maps/gradcam/x.npy")
+
+
+# --- InputFolder: safe_join's guarantee for many reads, the root resolved once --------------------------
+
+
+def _hostile_input(tmp_path: Path) -> tuple[Path, Path]:
+    """An input folder with links that stay inside and links that lead out, and the secret folder outside."""
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.npy").write_bytes(b"secret")
+    (root / "a.npy").write_bytes(b"a")
+    (root / "sub" / "b.npy").write_bytes(b"b")
+    (root / "sub" / "deeper" / "c.npy").write_bytes(b"c")
+    os.symlink(root / "a.npy", root / "sub" / "to_a.npy")  # a link that stays inside: followed, as by safe_join
+    os.symlink("../a.npy", root / "sub" / "rel_to_a.npy")
+    os.symlink(root / "sub", root / "sub_link")  # a folder link that stays inside
+    os.symlink(outside / "secret.npy", root / "sub" / "leak.npy")  # links that lead out: refused
+    os.symlink("../../outside/secret.npy", root / "rel_leak.npy")
+    os.symlink(outside, root / "out_dir")
+    os.symlink("/dev/zero", root / "zero.npy")
+    os.symlink(root / "nowhere", root / "broken.npy")
+    os.mkfifo(root / "fifo.npy")
+    return root, outside
+
+
+INPUT_RELS = [
+    "a.npy",
+    "sub/b.npy",
+    "sub/deeper/c.npy",
+    "sub/to_a.npy",
+    "sub/rel_to_a.npy",
+    "sub_link/b.npy",
+    "sub_link/deeper/c.npy",
+    "sub/leak.npy",
+    "rel_leak.npy",
+    "out_dir/secret.npy",
+    "sub_link/leak.npy",
+    "zero.npy",
+    "broken.npy",
+    "fifo.npy",
+    "sub",
+    "missing.npy",
+    "nofolder/x.npy",
+    "a.npy/x.npy",
+    "../outside/secret.npy",
+    "sub/../../outside/secret.npy",
+    "/etc/passwd",
+    "",
+    ".",
+    "sub/",
+    "sub/./b.npy",
+    "sub//b.npy",
+    "./a.npy",
+    "a\0b",
+]
+
+
+def _outcome(open_fn, rel: str) -> tuple[str, bytes | str]:
+    try:
+        fd, _st = open_fn(rel)
+    except Exception as e:  # noqa: BLE001 - the outcome compared is the exception's type
+        return ("refused", type(e).__name__)
+    with os.fdopen(fd, "rb") as f:
+        return ("read", f.read())
+
+
+def test_input_folder_opens_exactly_what_safe_join_opens(tmp_path):
+    """Every path, link and odd name: InputFolder.open reads what open_regular(safe_join(...)) reads and refuses
+    what it refuses, with the same exception; whatever leads outside raises UsageError, a second time too (its
+    folders are then open)."""
+    root, _outside = _hostile_input(tmp_path)
+    folder = InputFolder(root)
+    try:
+        for _ in range(2):
+            for rel in INPUT_RELS:
+                want = _outcome(lambda r: open_regular(safe_join(root, r)), rel)
+                assert _outcome(folder.open, rel) == want, rel
+                assert want != ("read", b"secret"), rel
+        for rel in ("sub/leak.npy", "rel_leak.npy", "out_dir/secret.npy", "sub_link/leak.npy"):
+            with pytest.raises(UsageError, match="resolves outside"):
+                folder.open(rel)
+        assert _outcome(folder.open, "sub/to_a.npy") == ("read", b"a")  # a link inside is still followed
+    finally:
+        folder.close()
+
+
+def test_input_folder_without_nofollow_opens_each_file_through_safe_join(tmp_path, monkeypatch):
+    """A system without O_NOFOLLOW (or O_DIRECTORY) cannot walk without following links: every path then takes
+    safe_join's road, never a plain open."""
+    from xaibatch import files
+
+    root, _outside = _hostile_input(tmp_path)
+    monkeypatch.setattr(files, "_WALKS", False)
+    calls = []
+    monkeypatch.setattr(files, "safe_join", lambda r, rel: calls.append(rel) or safe_join(r, rel))
+    folder = InputFolder(root)
+    try:
+        for rel in INPUT_RELS:
+            assert _outcome(folder.open, rel) == _outcome(lambda r: open_regular(safe_join(root, r)), rel), rel
+    finally:
+        folder.close()
+    assert calls == INPUT_RELS
+
+
+def test_input_folder_refuses_links_planted_after_its_folders_were_opened(tmp_path):
+    """A folder's descriptor is kept, not what is in it: a file or folder swapped for a link that leads out once
+    the folder is open is refused all the same."""
+    root, outside = _hostile_input(tmp_path)
+    folder = InputFolder(root)
+    try:
+        assert _outcome(folder.open, "sub/b.npy") == ("read", b"b")
+        assert _outcome(folder.open, "sub/deeper/c.npy") == ("read", b"c")
+        (root / "sub" / "b.npy").unlink()
+        os.symlink(outside / "secret.npy", root / "sub" / "b.npy")
+        shutil.rmtree(root / "sub" / "deeper")
+        os.symlink(outside, root / "sub" / "deeper")
+        (outside / "c.npy").write_bytes(b"secret")
+        for rel in ("sub/b.npy", "sub/deeper/c.npy"):
+            with pytest.raises(UsageError, match="resolves outside"):
+                folder.open(rel)
+    finally:
+        folder.close()
+
+
+def test_input_folder_reads_deep_and_many_folders(tmp_path):
+    """Folders nested deeper than Python's recursion limit (opened by a loop, not recursion) and more folders
+    than it keeps open (the oldest closed, reopened when needed) read the right bytes."""
+    root = tmp_path / "in"
+    deep = badfiles.deep_chain(root, 1050)
+    for i in range(5):
+        (root / f"f{i}").mkdir()
+        (root / f"f{i}" / "x.npy").write_bytes(str(i).encode())
+    folder = InputFolder(root, max_open=3)
+    try:
+        assert _outcome(folder.open, deep) == ("read", (root / deep).read_bytes())
+        for _ in range(2):
+            for i in range(5):
+                assert _outcome(folder.open, f"f{i}/x.npy") == ("read", str(i).encode())
+        folder.close()
+        assert _outcome(folder.open, "f0/x.npy") == ("read", b"0")  # usable again after close (reopens the root)
+    finally:
+        folder.close()
+        badfiles.remove_tree(root)  # too deep for shutil.rmtree (pytest's clean-up)
 
 
 def test_run_with_a_planted_symlink_writes_nothing_outside(tmp_path, tiny_ckpt):

@@ -151,6 +151,83 @@ def open_regular(path: Path | str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+class InputFolder:
+    """Regular files opened for reading under one folder, as ``open_regular(safe_join(root, rel))`` would, at the
+    cost of one ``open`` and one ``fstat`` a file.
+
+    :func:`safe_join` resolves the root and the path on every call (an ``lstat`` per component: most of the time
+    of reading a small file). Here the root is resolved once, each subfolder is opened once by walking down from
+    it one name at a time without following a symlink (``O_NOFOLLOW``), and a file is opened relative to its
+    folder's descriptor, again without following a symlink. A path reached that way cannot lie outside the root:
+    no ``..`` part (refused as by :func:`safe_join`), no symlink on the way. Where there is a symlink (the file,
+    or a folder above it) or the open fails (missing, a folder replaced since it was opened), the path takes
+    :func:`safe_join`'s road: a link is followed only where it resolves inside the root, and an error is the one
+    it was before. At most ``max_open`` folders are held open at a time.
+    """
+
+    def __init__(self, root: Path, max_open: int = 64) -> None:
+        self.root = root if isinstance(root, Path) else Path(root)
+        self.max_open = max_open
+        self._root: int | None = None  # the root, resolved once
+        self._fds: dict[str, int] = {}  # subfolder -> descriptor, oldest first
+
+    def open(self, rel: str) -> tuple[int, os.stat_result]:
+        """The descriptor and ``fstat`` of the regular file ``root/rel`` (see :func:`open_regular`); raises as
+        ``open_regular(safe_join(root, rel))`` does: UsageError for a path that leads outside, OSError else."""
+        if not _WALKS or not isinstance(rel, str) or "\0" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
+            return open_regular(safe_join(self.root, rel))  # refused with the reason, or a path it takes apart
+        rel_dir, _, name = rel.rpartition("/")
+        try:
+            fd = os.open(name, _READ_NOFOLLOW, dir_fd=self._folder(rel_dir))
+        except OSError:  # a symlink on the way (ELOOP), or an error to raise as before
+            return open_regular(safe_join(self.root, rel))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotRegularFile(errno.EINVAL, "not a regular file", str(self.root / rel))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, st
+
+    def _folder(self, rel_dir: str) -> int:
+        """The descriptor of the subfolder ``rel_dir`` (the root: ""), opened by walking down from the nearest folder
+        already open without following a symlink (iterative: no recursion limit on deep folders); raises OSError
+        where a part is a symlink (ELOOP), not a folder (ENOTDIR), missing, ..."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        if self._root is None:
+            self._root = os.open(os.path.realpath(self.root), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if not rel_dir:
+            return self._root
+        parts = rel_dir.split("/")
+        prefixes = list(itertools.accumulate(parts, lambda a, b: f"{a}/{b}"))
+        i = len(parts)
+        while i and prefixes[i - 1] not in self._fds:
+            i -= 1
+        fd = self._fds[prefixes[i - 1]] if i else self._root
+        for name, prefix in zip(parts[i:], prefixes[i:]):
+            fd = os.open(name, _DIR_NOFOLLOW, dir_fd=fd)  # ELOOP: a symlink; ENOTDIR: a file
+            if len(self._fds) >= self.max_open:  # close the oldest (never the one just opened)
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[prefix] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._root is not None:
+            os.close(self._root)
+            self._root = None
+
+
+_WALKS = all(hasattr(os, f) for f in ("O_NOFOLLOW", "O_DIRECTORY", "O_NONBLOCK"))  # else: safe_join for every file
+_READ_NOFOLLOW = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_NOFOLLOW = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def hash_open_file(f, size: int, digest) -> None:
     """Feed the first ``size`` bytes of the open file ``f`` to ``digest`` (never more: a growing file ends)."""
     left = size

@@ -246,7 +246,8 @@ class Manifest:
             for row in rows
         ]
         self.db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
-        self.db.executemany("DELETE FROM failures WHERE rel = ?", ((p[0],) for p in params))
+        if self.db.execute("SELECT 1 FROM failures LIMIT 1").fetchone():  # none: no statement per row
+            self.db.executemany("DELETE FROM failures WHERE rel = ?", ((p[0],) for p in params))
 
     def touch_image(self, rel: str, size: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE rel = ?", (size, mtime_ns, rel))

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import targets
 from ..errors import UsageError
-from ..files import NotRegularFile, open_regular, safe_join
+from ..files import InputFolder, NotRegularFile, open_regular, safe_join
 from ..layout import display_size
 from .cards import mask_rel
 from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
@@ -27,17 +27,18 @@ class BadArray(ValueError):
     """A .npy file the report will not read; the message says why, in a few words."""
 
 
-def read_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+def read_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
     """A 2-d boolean or numeric array from a regular ``.npy`` file under ``root``; raises BadArray with the reason.
 
     User data (ground-truth masks) is opened as images are: never a FIFO or a device (no block, no endless
-    read), the header checked before any data is read (no pickles, no structured dtypes, at most
-    ``max_pixels``), and never more than MAX_ARRAY_BYTES.
+    read), never outside ``root`` (an InputFolder: the same check, its folders opened once, for many files),
+    the header checked before any data is read (no pickles, no structured dtypes, at most ``max_pixels``),
+    and never more than MAX_ARRAY_BYTES.
     """
     import numpy as np
 
     try:
-        fd, st = open_regular(safe_join(root, rel))
+        fd, st = root.open(rel) if isinstance(root, InputFolder) else open_regular(safe_join(root, rel))
     except NotRegularFile:
         raise BadArray("not a regular file") from None
     except FileNotFoundError:
@@ -99,7 +100,7 @@ def _read_header(f: Any) -> tuple[Any, bool, Any]:
     return got
 
 
-def load_array(root: Path, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
+def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PIXELS) -> Any:
     """:func:`read_array`, or None when it refuses the file."""
     try:
         return read_array(root, rel, max_pixels)
@@ -181,13 +182,16 @@ def region_path(mask: Any) -> str:
     """An SVG path covering the True cells of a boolean grid, one rectangle per horizontal run."""
     import numpy as np
 
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
     padded[:, 1:-1] = mask
-    d = np.diff(padded, axis=1)
-    starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)  # both in row-major order: pairs line up
-    return "".join(
-        f"M{x0} {y}h{x1 - x0}v1h-{x1 - x0}z" for (y, x0), (_y, x1) in zip(starts.tolist(), ends.tolist(), strict=True)
-    )
+    # Across the flattened rows: each row starts and ends with a padding 0, so the changes alternate, a run's
+    # start (0 -> 1) then its end (1 -> 0), and never pair across two rows.
+    changes = np.flatnonzero(np.diff(padded.ravel()))
+    starts, ends = changes[0::2], changes[1::2]
+    ys, xs = np.divmod(starts, w + 2)
+    runs = (ends - starts).tolist()
+    return "".join(map("M{} {}h{}v1h-{}z".format, xs.tolist(), ys.tolist(), runs, runs))
 
 
 def truth_record(mask: Any, c: Card) -> dict[str, Any]:
@@ -197,8 +201,10 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
     h, w = mask.shape
     f = min(1.0, TRUTH_MAX_SIDE / max(h, w))
     gw, gh = max(1, round(w * f)), max(1, round(h * f))
-    ys = (np.arange(gh) * h // gh)[:, None]
-    xs = (np.arange(gw) * w // gw)[None, :]
+    if (gw, gh) == (w, h):
+        grid = mask  # at most TRUTH_MAX_SIDE: drawn cell for cell
+    else:
+        grid = mask[(np.arange(gh) * h // gh)[:, None], (np.arange(gw) * w // gw)[None, :]]
     side = max(gw, gh)
     radius, font = side / 28, side / 9
     points = []
@@ -224,15 +230,15 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
         "mask": mask_rel(c.rel).rsplit("/", 1)[-1],
         "w": gw,
         "h": gh,
-        "path": region_path(mask[ys, xs]),
-        "share": fmt_pct(float(mask.mean())),
+        "path": region_path(grid),
+        "share": fmt_pct(np.count_nonzero(mask) / mask.size),  # mask.mean()'s value (both exact over rounding)
         "r": round(radius, 2),
         "font": round(font, 2),
         "points": points,
     }
 
 
-def truth_of(input_dir: Path | None, c: Card) -> dict[str, Any] | None:
+def truth_of(input_dir: Path | InputFolder | None, c: Card) -> dict[str, Any] | None:
     """The ground truth beside the card's image, or a record saying why its mask was skipped; None: no mask."""
     if not c.mask_key or input_dir is None:
         return None

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UsageError
-from ..files import OutputDir, safe_join, walk_files
+from ..files import InputFolder, OutputDir, safe_join, walk_files
 from .model import FINGERPRINT_VERSION, OWNED_DIRS, STATE_NAME
 
 
@@ -49,9 +49,20 @@ class PageWriter:
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
         self.files = OutputDir(out_dir)
+        self._inputs: InputFolder | None = None
+
+    def inputs(self, input_dir: Path) -> InputFolder:
+        """The input folder that ground-truth masks are read from (detail.truth_of), its folders opened once."""
+        if self._inputs is None or self._inputs.root is not input_dir:  # one report: one input folder
+            if self._inputs is not None:
+                self._inputs.close()
+            self._inputs = InputFolder(input_dir)
+        return self._inputs
 
     def close(self) -> None:
         self.files.close()
+        if self._inputs is not None:
+            self._inputs.close()
 
     def _path(self, rel: str) -> Path:
         # Lexical check only (resolve() per page costs more than rendering it); the top folders are checked once.

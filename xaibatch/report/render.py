@@ -209,7 +209,9 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
         return None
     key = fingerprint(c.mask_key, c.width, c.height, [(v.title, v.peak, v.shape) for v in c.maps])
     hit = w.truth_cache.get(c.rel)
-    truth = hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(data.input_dir, c)
+    truth = (
+        hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(w.inputs(data.input_dir), c)
+    )
     w.truths[c.rel] = [key, truth]
     return truth
 
