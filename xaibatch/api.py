@@ -83,6 +83,7 @@ def explain(
         if any(t.is_inference() for t in itertools.chain(net.parameters(), net.buffers())):
             raise UsageError(INFERENCE_TENSORS)
         dev = _device_of(net, device)
+        _check_float32(net)
         if classes is None:
             classes = (getattr(net, "pretrained_cfg", None) or {}).get("label_names")
     else:
@@ -244,6 +245,21 @@ def _device_of(net, spec: str):
             f"call model.to({str(want)!r}) first, or leave device='auto'"
         )
     return here
+
+
+def _check_float32(net) -> None:
+    """Refuse a module with half, bfloat16 or double parameters in one line: the methods feed it float32 input
+    (a float16 model, common on GPUs, failed deep in its first convolution), and explain() never converts it."""
+    import torch
+
+    from .errors import UsageError
+
+    other = sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if other:
+        raise UsageError(
+            f"the model's parameters are {', '.join(other)}: explain() runs float32 models and never converts "
+            "yours; pass model.float()"
+        )
 
 
 def _as_uint8_batch(images, pre: Preprocess | None):
