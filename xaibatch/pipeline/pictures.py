@@ -112,9 +112,9 @@ def batch_pictures(
 # in the allocator and the caches. Measured on the 2-core box at 224 px, batch 128: one torch thread 3.4 -> 1.4 ms an
 # image of CPU (wall halved); two threads the same wall, system time 2.5 -> 0.1 ms. The same pixels. On a GPU the
 # whole group goes at once up to DEVICE_CHUNK_PIXELS: an overlay takes some 70 bytes of float temporaries a
-# display pixel (counted from overlay_batch's temporaries, unmeasured), so a default GPU batch of 512 photos (display copies of 512 px: 134 M pixels) would have
-# wanted about 9 GB at once; 64 such copies are about 1.2 GB. A 224 px batch of 128 (6.4 M pixels), or any
-# CIFAKE batch, still goes in one call.
+# display pixel (counted from overlay_batch, unmeasured), so a default GPU batch of 512 photos (display copies of
+# 512 px: 134 M pixels) would have wanted about 9 GB at once; 64 such copies are about 1.2 GB. A 224 px batch of
+# 128 (6.4 M pixels), or any CIFAKE batch, still goes in one call.
 CPU_CHUNK_PIXELS = 16 * 224 * 224
 DEVICE_CHUNK_PIXELS = 64 * 512 * 512
 
