@@ -24,6 +24,8 @@ Component rows run with TF32 off (``torch.backends.cudnn.allow_tf32 = False``): 
 difference above float noise is a bug. The ``probs (TF32)`` row and the ``run`` rows keep torch's default (cuDNN
 convolutions in TF32), as a run does: looser tolerances. Without a GPU the other device is the CPU again
 (every difference should be 0: the script checks itself) and the script says the cuda rows were skipped.
+cam:* and captum:* need pytorch-grad-cam and captum (on the GPU image: check.sh's /tmp/site on PYTHONPATH, as
+gpu_profile.sh has it); where one is missing its rows say SKIP.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -47,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 METHODS = ["gradcam", "guided-gradcam", "lime", "cam:gradcam++", "captum:IntegratedGradients"]
+LIBRARIES = {"cam:gradcam++": "pytorch_grad_cam", "captum:IntegratedGradients": "captum"}  # optional dependencies
 OPTIONS = {"lime": {"samples": 64, "segments": 16, "seed": 0}, "captum:IntegratedGradients": {"n_steps": 8}}
 RUN_OPTIONS = [
     "--lime-samples", "64", "--lime-segments", "16", "--seed", "0",
@@ -393,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = ref if skipped else torch.device(args.device)
     if dev.type == "cuda":
         dev = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+    for method, module in LIBRARIES.items():  # check.sh installs them into /tmp/site; alone they may be missing
+        if importlib.util.find_spec(module) is None:
+            METHODS.remove(method)
+            ROWS.append(Row("all", f"maps {method}", 0, 0, "", f"{module} is not installed", skipped=True))
     tmp = Path(tempfile.mkdtemp(prefix="xb-gpueq-")) if args.keep is None else args.keep
     tmp.mkdir(parents=True, exist_ok=True)
     stages: list[str] = []
