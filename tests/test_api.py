@@ -242,8 +242,23 @@ def test_what_cannot_work_is_refused_in_one_line(monkeypatch):
     )
 
 
+def test_a_half_precision_module_is_refused_in_one_line():
+    # float16 models are common on GPUs; the methods feed float32 input, so one failed in its first convolution
+    # with torch's "Input type (torch.FloatTensor) and weight type (torch.HalfTensor) should be the same ..."
+    net = TinyNet().eval().half()
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(), ["gradcam"])
+    assert str(e.value) == (
+        "the model's parameters are torch.float16: explain() runs float32 models and never converts yours; "
+        "pass model.float()"
+    )
+    assert all(p.dtype == torch.float16 for p in net.parameters())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_a_module_on_the_gpu_is_explained_there_and_stays():
+def test_a_module_on_the_gpu_is_explained_there_and_stays(monkeypatch):
+    # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later: the 1e-4 below compares float32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     net = _training_net().cuda()
     before = _state(net)
     r = xaibatch.explain(net, _images(), ["gradcam", "lime"], method_options={"lime": {"samples": 40}})

@@ -288,6 +288,30 @@ def test_one_bad_jpeg_does_not_decode_its_batch_one_by_one(monkeypatch):
     assert len(calls) <= 2 * 7 + 1  # 65 files: log2 levels, two calls each
 
 
+def test_cuda_decode_waits_for_the_callers_stream_first(monkeypatch):
+    # torchvision's nvJPEG writes its outputs from its own stream without waiting for ours (pytorch/vision PR
+    # #9606): our stream is drained before each decode. No GPU here: the stream and the decoder are stand-ins.
+    import torchvision.io
+
+    order = []
+
+    class Stream:
+        def synchronize(self):
+            order.append("synchronize")
+
+    def fake_decode(data, mode, device):
+        order.append("decode")
+        return [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in data]
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    decode.decode_jpegs([torch.zeros(4, dtype=torch.uint8)], torch.device("cuda", 0))
+    assert order == ["synchronize", "decode"]
+    order.clear()
+    decode.decode_jpegs([torch.zeros(4, dtype=torch.uint8)], CPU)
+    assert order == ["decode"]  # the CPU has no stream to wait for
+
+
 def _refuse_reopen(root: Path):
     """open_regular that fails the second open of any file (the fallback must use the bytes in hand)."""
     from xaibatch import files

@@ -35,3 +35,23 @@ def test_cat_fills_per_image_lists_where_a_batch_had_none():
     assert both.probs.shape == (3, 3) and both.methods["m"].maps.shape == (3, 4, 4)
     assert both.methods["m"].info == [{"k": 1}, {"k": 2}, None]
     assert both.methods["m"].faith == [None, None, {"deletion": 0.5}]
+
+
+def test_maps_come_back_on_the_input_device_whatever_the_method_returns():
+    # pytorch-grad-cam's methods return numpy, so cam:* maps were CPU tensors beside the GPU maps of the other
+    # methods: overlay_batch and the faithfulness scorer then mixed devices (only on a GPU). The meta device
+    # stands in for the GPU here: the model runs on it, the method returns CPU maps as cam_library's did.
+    from xaibatch.methods.base import Explanation, Method
+    from xaibatch.preprocess import Preprocess
+
+    class HostMaps(Method):
+        name = "host-maps"
+
+        def explain(self, batch):
+            return Explanation(torch.zeros(batch.x.shape[0], 4, 4))
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2)).to("meta")
+    ctx = ModelContext(net, None, Preprocess(4), torch.device("meta"))
+    got = Explainer([HostMaps(ctx)], ctx)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None, [0, 1])
+    assert got.probs.device.type == "meta"
+    assert got.methods["host-maps"].maps.device.type == "meta"

@@ -70,6 +70,21 @@ def local_ray():
 # -- no Ray needed -------------------------------------------------------------------------------------------------
 
 
+def test_actors_use_their_own_gpu_when_the_run_names_one_of_the_drivers(tmp_path):
+    # --device cuda:1 names a GPU of the driver's host; an actor sees only the GPU Ray gave it (cuda:0 of one), so
+    # "cuda:1" failed every actor's model load ("there are 1 GPU(s)") on a multi-GPU host. Only a GPU shows it.
+    import types
+
+    from xaibatch.pipeline.ray_engine import worker_config
+
+    found = Scan(tmp_path, None, [], [], [])
+    for given, actors in (("cuda:1", "cuda"), ("cuda", "cuda"), ("cpu", "cpu"), ("auto", "auto")):
+        opts = run_opts(tmp_path, tmp_path / "out", None, device=given)
+        job = types.SimpleNamespace(opts=opts, out=tmp_path / "out", prepared=types.SimpleNamespace(found=found))
+        job.hashes, job.run_id = None, 1
+        assert worker_config(job, 8, "probe", "token", "stop", 1).opts.device == actors
+
+
 def test_missing_ray_names_the_install_command(labeled_dir, tmp_path, tiny_ckpt, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))

@@ -157,3 +157,54 @@ def test_max_map_side_caps_the_saved_npy(tmp_path, tiny_ckpt):
             assert h * w <= limit * limit * 1.01 and h * w >= limit * limit * 0.98, (h, w)
             assert abs(w / h - 2.5) < 0.02
         assert np.load(out / "maps/gradcam/strip.npy").shape == (10, 4000)
+
+
+OOM_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Greedy(nn.Module):
+        # The second batch of two images needs more memory than the GPU has (the start-up probes use one image).
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+            self.batches = 0
+
+        def forward(self, x):
+            self.batches += x.shape[0] > 1
+            if self.batches > 1:
+                raise torch.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                    "which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.10 GiB memory in "
+                    "use. Of the allocated memory 76.2 GiB is allocated by PyTorch. If reserved but unallocated "
+                    "memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+                    "fragmentation.  See documentation for Memory Management"
+                )
+            return self.head(self.features(x))
+
+    def build():
+        return Greedy()
+    """
+)
+
+
+def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_do(tmp_path):
+    # Only a GPU runs out of device memory: torch's OutOfMemoryError (a paragraph on allocator settings) came out
+    # as "internal error: OutOfMemoryError: ..." although nothing is wrong with xaibatch. A model raising it
+    # stands in for the GPU.
+    (tmp_path / "greedy.py").write_text(OOM_MODEL)
+    write_images(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    r = invoke(
+        "run", tmp_path / "in", "--model", f"{tmp_path / 'greedy.py'}:build", "--classes", "a,b",
+        "--out", out, "--workers", 0, "--batch-size", 2,
+    )  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "internal error" not in r.output and "Traceback" not in r.output
+    assert (
+        "the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 79.19 GiB): try a smaller --batch-size "
+        "(LIME's model batches: --method-option lime.batch_size=N); what a run finished is kept"
+    ) in " ".join(r.output.split())
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]  # the first batch is kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -54,6 +55,29 @@ def test_reinit_changes_only_the_stage():
     reinit(net[2], 0)
     after = list(net.parameters())
     assert torch.equal(before[0], after[0]) and not torch.equal(before[4], after[4])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_reinit_gives_the_gpu_the_cpus_weights():
+    # torch's CUDA generator gives other numbers than the CPU's for the same seed: a stage on the GPU was
+    # randomized to other weights, so sanity's scores depended on the device. (The CPU cannot show it: a meta
+    # module has no values to move to the CPU and back.)
+    torch.manual_seed(1)
+    stage = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    gpu = copy.deepcopy(stage).cuda()
+    reinit(stage, 0)
+    reinit(gpu, 0)
+    assert all(p.is_cuda for p in gpu.parameters())
+    for a, b in zip(stage.state_dict().values(), gpu.state_dict().values()):
+        assert torch.equal(a, b.cpu())
+
+
+def test_reinit_is_seeded_and_leaves_the_stage_where_it_was():
+    nets = [torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)) for _ in range(2)]
+    for net in nets:
+        reinit(net, 5)
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+    assert all(p.device.type == "cpu" for p in nets[0].parameters())
 
 
 @pytest.fixture(scope="module")

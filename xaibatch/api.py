@@ -107,6 +107,7 @@ def _model_of(model, device: str, input_size: int | None, classes: Sequence[str]
         if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
             raise UsageError(INFERENCE_TENSORS)
         dev = _device_of(model, device)
+        _check_float32(model)
         if classes is None:
             classes = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
         return model, None, type(model).__name__, dev, classes
@@ -267,6 +268,21 @@ def _device_of(net, spec: str):
             f"call model.to({str(want)!r}) first, or leave device='auto'"
         )
     return here
+
+
+def _check_float32(net) -> None:
+    """Refuse a module with half, bfloat16 or double parameters in one line: the methods feed it float32 input
+    (a float16 model, common on GPUs, failed deep in its first convolution), and explain() never converts it."""
+    import torch
+
+    from .errors import UsageError
+
+    other = sorted({str(p.dtype) for p in net.parameters() if p.is_floating_point() and p.dtype != torch.float32})
+    if other:
+        raise UsageError(
+            f"the model's parameters are {', '.join(other)}: explain() runs float32 models and never converts "
+            "yours; pass model.float()"
+        )
 
 
 def _as_uint8_batch(images, pre: Preprocess | None):

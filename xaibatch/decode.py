@@ -81,6 +81,12 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
     import_torchvision()  # without torch._dynamo
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        # torchvision's nvJPEG decoder allocates its outputs on our stream but writes them from its own stream
+        # without waiting for ours (pytorch/vision PR #9606): a block freed while our kernels still use it could
+        # be written under them. A run's batches end in host copies, so this waits for nothing there; it covers
+        # whatever else was queued (the methods' probes at start-up, a caller of this function).
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
         out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 
 import click
@@ -135,11 +136,27 @@ def reported(fn):
         except Exception as e:
             if os.environ.get("XAIBATCH_DEBUG"):
                 raise
+            if type(e).__name__ == "OutOfMemoryError":  # torch's (a GPU's memory), named without importing torch
+                raise Failure(device_memory(str(e)), EXIT_RUNTIME) from None
             raise Failure(
                 f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
             ) from None
 
     return wrapper
+
+
+def device_memory(message: str) -> str:
+    """torch's out-of-memory message (a paragraph about allocator settings) as one line that says what to do."""
+    tried = re.search(r"Tried to allocate ([\d.]+ \w+)", message)
+    free = re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", message)
+    what = ", ".join(
+        ([f"{tried.group(1)} asked for"] if tried else [])
+        + ([f"{free.group(2)} free of {free.group(1)}"] if free else [])
+    )
+    return (
+        f"the GPU ran out of memory{f' ({what})' if what else ''}: try a smaller --batch-size (LIME's model batches: "
+        "--method-option lime.batch_size=N); what a run finished is kept"
+    )
 
 
 def checked(parse, param_hint: str | None = None):

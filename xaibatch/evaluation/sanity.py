@@ -46,17 +46,26 @@ def stages(model: torch.nn.Module) -> list[str]:
 
 
 def reinit(module: torch.nn.Module, gen_seed: int) -> None:
-    """Re-initialise every parameter of ``module`` as a fresh model would (``reset_parameters``), seeded."""
-    torch.manual_seed(gen_seed)
-    done: set[int] = set()
-    for m in module.modules():
-        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-            m.reset_parameters()
-            done.update(id(p) for p in m.parameters(recurse=False))
-    for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
-        if id(p) not in done:
-            with torch.no_grad():
-                p.normal_(0.0, 0.02)
+    """Re-initialise every parameter of ``module`` as a fresh model would (``reset_parameters``), seeded.
+
+    Drawn on the CPU, then put back where it was: torch's CUDA generator gives other numbers for the same seed, so
+    on a GPU the check randomized to other weights than on the CPU (other scores for the same run and seed)."""
+    first = next(iter(module.parameters()), None)
+    where = first.device if first is not None else torch.device("cpu")
+    module.cpu()
+    try:
+        torch.manual_seed(gen_seed)
+        done: set[int] = set()
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+                done.update(id(p) for p in m.parameters(recurse=False))
+        for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
+            if id(p) not in done:
+                with torch.no_grad():
+                    p.normal_(0.0, 0.02)
+    finally:
+        module.to(where)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -33,10 +33,12 @@ constructed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
+import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
@@ -152,8 +154,9 @@ class CaptumMethod(Method):
                 out = []
                 for i in range(x.shape[0]):
                     devices = [x.device] if x.device.type == "cuda" else []
-                    with torch.random.fork_rng(devices=devices):
-                        torch.manual_seed(mask_seed(self.options["seed"], seeds[i]))
+                    seed = mask_seed(self.options["seed"], seeds[i])
+                    with torch.random.fork_rng(devices=devices), _numpy_seeded(seed):
+                        torch.manual_seed(seed)
                         out.append(
                             obj.attribute(x[i : i + 1].detach().clone(), target=targets[i : i + 1], **kw).detach()
                         )
@@ -177,6 +180,18 @@ class CaptumMethod(Method):
         maps = self._reduce(attr)
         info = [{"total": round(float(t), 6)} for t in attr.float().flatten(1).sum(1)] if self.signed else None
         return Explanation(maps, info)
+
+
+@contextlib.contextmanager
+def _numpy_seeded(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded for the block, then as it was: captum's GradientShap draws its points
+    between baseline and input with ``np.random.uniform``, which ``torch.manual_seed`` does not reach."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _version(dist: str) -> str:

@@ -107,7 +107,10 @@ class Explainer:
         out = {}
         for m in self.methods:
             e = m.explain(batch)
-            out[m.name] = MethodMaps(e.maps.detach().float(), e.info)
+            # On the input's device, whatever the method returned: pytorch-grad-cam hands back numpy (cam:* maps
+            # came back on the CPU), and a CPU map beside a GPU one failed in the pictures and the faithfulness
+            # scores (a device mismatch a CPU run never shows).
+            out[m.name] = MethodMaps(e.maps.detach().float().to(x.device), e.info)
         if self.scorer is not None:
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})

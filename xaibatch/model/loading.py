@@ -71,6 +71,14 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device(spec)
 
 
+def use_device(device: torch.device) -> None:
+    """Make ``cuda:N`` the process's current CUDA device (a run's, serve's, sanity's): what torch puts on "the"
+    GPU (the DataLoader's pinning thread, a library's ``torch.device("cuda")``) then goes to N, and GPU 0 gets no
+    CUDA context (hundreds of MB) of its own that nobody asked for."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def check_arch(arch: str, source: Path | None = None, what: str = "--arch") -> None:
     """Refuse a name timm does not know, suggesting close ones (``source``: the checkpoint naming it; ``what``:
     how the message names what the user gave)."""

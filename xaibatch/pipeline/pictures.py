@@ -111,13 +111,18 @@ def batch_pictures(
 # float temporaries (77 MB each at 128 x 224 px) are fresh pages every time (page faults: system time), a chunk's stay
 # in the allocator and the caches. Measured on the 2-core box at 224 px, batch 128: one torch thread 3.4 -> 1.4 ms an
 # image of CPU (wall halved); two threads the same wall, system time 2.5 -> 0.1 ms. The same pixels. On a GPU the
-# whole group goes at once.
+# whole group goes at once up to DEVICE_CHUNK_PIXELS: an overlay takes some 70 bytes of float temporaries a
+# display pixel (counted from overlay_batch, unmeasured), so a default GPU batch of 512 photos (display copies of
+# 512 px: 134 M pixels) would have wanted about 9 GB at once; 64 such copies are about 1.2 GB. A 224 px batch of
+# 128 (6.4 M pixels), or any CIFAKE batch, still goes in one call.
 CPU_CHUNK_PIXELS = 16 * 224 * 224
+DEVICE_CHUNK_PIXELS = 64 * 512 * 512
 
 
 def chunks(n: int, pixels: int, device) -> list[slice]:
     """Slices of a group of ``n`` pictures of ``pixels`` pixels each, as made at a time on ``device``."""
-    k = n if device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // max(1, pixels))
+    limit = CPU_CHUNK_PIXELS if device.type == "cpu" else DEVICE_CHUNK_PIXELS
+    k = max(1, limit // max(1, pixels))
     return [slice(i, min(n, i + k)) for i in range(0, n, k)]
 
 

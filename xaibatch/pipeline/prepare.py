@@ -15,7 +15,7 @@ from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
 from ..model.layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
-from ..model.loading import LoadedModel, load_model, resolve_device
+from ..model.loading import LoadedModel, load_model, resolve_device, use_device
 from .options import RunOptions, checkpoint_path
 
 
@@ -129,6 +129,7 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     if opts.target != "pred" and found.classes is None:
         raise UsageError(f"--target {opts.target} needs a labeled folder (ImageFolder layout); use --target pred")
     model, names = load_and_name(opts, found)
+    use_device(device)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
     needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (

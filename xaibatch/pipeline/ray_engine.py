@@ -94,6 +94,8 @@ def worker_config(job: ComputeJob, batch_size: int, probe: str, token: str, stop
         handle_signals=False,
         template_dir=None,
         batch_size=batch_size,
+        # cuda:N names one of the driver's GPUs; an actor sees only the GPU Ray gave it, as cuda
+        device="cuda" if opts.device.strip().lower().startswith("cuda:") else opts.device,
     )
     return WorkerConfig(
         worker_opts,
