@@ -255,7 +255,7 @@ def test_a_half_precision_module_is_refused_in_one_line():
     assert all(p.dtype == torch.float16 for p in net.parameters())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (and XAIBATCH_TEST_GPU=1)")
 def test_a_module_on_the_gpu_is_explained_there_and_stays(monkeypatch):
     # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later: the 1e-4 below compares float32
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -57,7 +57,7 @@ def test_reinit_changes_only_the_stage():
     assert torch.equal(before[0], after[0]) and not torch.equal(before[4], after[4])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (and XAIBATCH_TEST_GPU=1)")
 def test_reinit_gives_the_gpu_the_cpus_weights():
     # torch's CUDA generator gives other numbers than the CPU's for the same seed: a stage on the GPU was
     # randomized to other weights, so sanity's scores depended on the device. (The CPU cannot show it: a meta
