@@ -131,9 +131,9 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
         raise UsageError("choose at least one method")
     input_size = pre.image_size
     outputs = count_outputs(net, input_size, "the model")
-    if outputs == 1:  # a one-logit head: two classes, as a run reads it
-        net = OneLogitHead(net).eval()
-    k = max(outputs, 2)
+    if outputs.count == 1:  # a one-logit head: two classes, as a run reads it
+        net = OneLogitHead(net, probability=outputs.probability).eval()
+    k = max(outputs.count, 2)
     classes = None if req.classes is None else tuple(str(c) for c in req.classes)
     if classes is not None and len(classes) != k:
         raise UsageError(f"{len(classes)} class names for a model with {k} classes")

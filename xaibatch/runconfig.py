@@ -100,6 +100,7 @@ class ModelRecord:
     target: str = "pred"
     map_format: int | None = None
     one_logit_positive: str | None = None
+    one_logit_output: str | None = None  # "probability": the model's forward ends in its own sigmoid
 
     @property
     def preprocess(self) -> Preprocess | None:
@@ -120,6 +121,8 @@ class ModelRecord:
         }
         if self.one_logit_positive is not None:
             d["one_logit_positive"] = self.one_logit_positive
+        if self.one_logit_output is not None:
+            d["one_logit_output"] = self.one_logit_output
         return d
 
 

@@ -40,6 +40,7 @@ class LoadedModel:
     checkpoint_sha256: str
     outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
+    probability: bool = False  # one output that the model's own sigmoid made (heads.count_outputs)
 
     @property
     def input_size(self) -> int:

@@ -155,5 +155,6 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     loaded = finish(module, spec, None, image_size, None, None, source, digest)
     from .heads import count_outputs
 
-    loaded.outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
+    outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
+    loaded.outputs, loaded.probability = outputs.count, outputs.probability
     return loaded

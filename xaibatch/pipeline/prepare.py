@@ -87,7 +87,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
             raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
         model.class_names = list(opts.classes)
     names = class_names_for(model, found)
-    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit)
+    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit, model.probability)
     heads.with_positive(model.module, model.decision)
     return model, names
 
