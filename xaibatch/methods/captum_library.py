@@ -74,10 +74,10 @@ class CaptumMethod(Method):
         opts = check_library_options(self.name, options)
         super().__init__(ctx, **opts)
         self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  (per instance: the reduction decides)
-        if self.needs_layer and (ctx.layer is None or ctx.layer.is_tokens):
+        if self.needs_layer and (ctx.layer is None or ctx.layer.reshaped):
             raise ModelError(
                 f"{self.name} needs a convolutional (B, C, H, W) target layer; this model's is "
-                f"{'a token sequence' if ctx.layer is not None else 'missing'}"
+                f"{ctx.layer.form if ctx.layer is not None else 'missing'}"
             )
         try:
             self._captum = importlib.import_module("captum.attr")
