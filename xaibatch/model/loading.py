@@ -221,7 +221,8 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
             parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}")
+        hint = _size_hint(module, sd)
+        raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}{hint}")
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # e.g. a tensor torch cannot copy into the parameter
@@ -232,6 +233,20 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
             f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
             "the checkpoint is damaged or its training diverged"
         )
+
+
+def _size_hint(module: nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    """A token model's weights fit one input size: say which, when the file's position embeddings differ."""
+    own, theirs = module.state_dict().get("pos_embed"), sd.get("pos_embed")
+    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    if own is None or theirs is None or own.shape == theirs.shape or theirs.ndim != 3 or patch is None:
+        return ""
+    prefix = 0 if getattr(module, "no_embed_class", False) else int(getattr(module, "num_prefix_tokens", 1))
+    side = math.isqrt(max(int(theirs.shape[1]) - prefix, 0))
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if side < 1 or side * side != theirs.shape[1] - prefix or ph != pw:
+        return ""
+    return f"; its position embeddings fit --image-size {side * ph}"
 
 
 def load_model(

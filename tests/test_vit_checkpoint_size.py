@@ -1,0 +1,28 @@
+"""A ViT's weights fit one input size (its position embeddings): a mismatch says which --image-size fits."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from helpers import invoke, write_images
+
+
+@pytest.mark.parametrize("given", [None, "96"])
+def test_a_vit_state_dict_at_another_size_names_the_size_it_fits(tmp_path, given):
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", pretrained=False, num_classes=2, img_size=64)
+    torch.save(net.state_dict(), tmp_path / "vit.pt")
+    write_images(tmp_path / "in" / "FAKE", 1, size=32, seed=1)
+    write_images(tmp_path / "in" / "REAL", 1, size=32, seed=2)
+    size = ["--image-size", given] if given else []
+    r = invoke(
+        "run", tmp_path / "in", "--model", "timm:test_vit", "--checkpoint", tmp_path / "vit.pt", *size,
+        "--out", tmp_path / "out", "--workers", "0", "--device", "cpu", catch_exceptions=True,
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    line = r.output.strip()
+    assert "\n" not in line and "pos_embed" in line
+    assert line.endswith("its position embeddings fit --image-size 64"), line
+    assert not (tmp_path / "out" / "maps").exists()
