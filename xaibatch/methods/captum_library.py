@@ -97,6 +97,12 @@ class CaptumMethod(Method):
         try:
             self._attribute(x, torch.zeros(1, dtype=torch.long, device=self.ctx.device), [0])
         except Exception as e:  # captum's own message, as one line
+            if "used more than once" in str(e):  # DeepLift's hooks on a module the forward calls twice
+                raise ModelError(
+                    f"{self.name} cannot run on this model: it calls the same activation module more than once per "
+                    "forward (as torchvision's ResNets reuse self.relu), which DeepLift's rules cannot follow; "
+                    "use captum:IntegratedGradients"
+                ) from None
             raise ModelError(f"{self.name} cannot run on this model: {type(e).__name__}: {e}") from None
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
