@@ -1,7 +1,9 @@
-"""A one-output model whose forward already ends in a sigmoid returns P(positive), not a logit.
+"""A model whose forward already ends in a sigmoid (one output) or a softmax returns probabilities, not logits.
 
-Read as a logit it was squashed twice: every image got P(positive) = sigmoid(p) in (0.5, 0.73), so every
-image was predicted positive at the default threshold, and the maps explained that wrong class.
+Read as a logit a sigmoid's output was squashed twice: every image got P(positive) = sigmoid(p) in (0.5, 0.73),
+so every image was predicted positive at the default threshold, and the maps explained that wrong class.
+A softmax's output, softmaxed again, kept the argmax but not the probabilities (two classes: all within
+0.27-0.73), so a --threshold other than 0.5 and every confidence were wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Net(nn.Module):
             return torch.sigmoid(z)
         if self.tail == "module":  # nn.Sigmoid, then the batch dimension only
             return nn.Sigmoid()(z).squeeze(1)
+        if self.tail in ("pair", "softmax"):  # two classes: logits [0, z]
+            pair = torch.cat([torch.zeros_like(z), z], dim=1)
+            return pair.softmax(dim=1) if self.tail == "softmax" else pair
         return z
 
 
@@ -60,6 +65,14 @@ def prob():
 
 def prob_module():
     return make("module")
+
+
+def pair():
+    return make("pair")
+
+
+def softmax():
+    return make("softmax")
 """
 
 
@@ -78,11 +91,11 @@ def world(tmp_path_factory):
     return {"root": root, "ns": ns}
 
 
-def _run(world, factory: str, out):
+def _run(world, factory: str, out, *extra):
     root = world["root"]
     r = invoke(
         "run", str(root / "in"), "--model", f"{root / 'nets.py'}:{factory}", "--out", str(out), "--image-size", "32",
-        "--workers", "0", "--device", "cpu", "-q",
+        "--workers", "0", "--device", "cpu", "-q", *extra,
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     with open(out / "predictions.csv", newline="") as f:
@@ -94,7 +107,20 @@ def test_a_probability_output_is_detected(world, tail):
     got = count_outputs(world["ns"]["make"](tail), 32, "the model")
     assert (got.count, got.probability) == (1, True)
     plain = count_outputs(world["ns"]["make"]("logit"), 32, "the model")
-    assert (plain.count, plain.probability) == (1, False)
+    assert (plain.count, plain.probability, plain.softmax) == (1, False, False)
+    soft = count_outputs(world["ns"]["make"]("softmax"), 32, "the model")
+    assert (soft.count, soft.probability, soft.softmax) == (2, False, True)
+
+
+def test_a_softmax_output_is_read_as_the_models_probabilities(world, tmp_path):
+    ref = _run(world, "pair", tmp_path / "ref", "--threshold", "0.7")
+    got = _run(world, "softmax", tmp_path / "got", "--threshold", "0.7")
+    for k in sorted(ref):
+        assert abs(float(got[k]["p_REAL"]) - float(ref[k]["p_REAL"])) < 2e-6, (k, got[k], ref[k])
+        assert got[k]["pred"] == ref[k]["pred"]
+    assert any(0.5 <= float(r["p_REAL"]) < 0.7 or float(r["p_REAL"]) > 0.73 for r in ref.values())
+    cfg = manifest_value(tmp_path / "got", "SELECT config_json FROM runs")
+    assert '"output": "softmax"' in cfg
 
 
 @pytest.mark.parametrize("factory", ["prob", "prob_module"])
@@ -126,6 +152,8 @@ def test_explain_reads_the_models_own_probability(world):
     torch.testing.assert_close(got.probs, ref.probs, atol=2e-6, rtol=0)
     assert torch.equal(got.preds, ref.preds)
     torch.testing.assert_close(got.maps["gradcam"], ref.maps["gradcam"], atol=1e-4, rtol=0)
+    soft = xaibatch.explain(world["ns"]["softmax"](), images, ["gradcam"], input_size=32, device="cpu")
+    torch.testing.assert_close(soft.probs, ref.probs, atol=2e-6, rtol=0)
 
 
 def test_the_report_says_the_probability_is_the_models_own():

@@ -124,7 +124,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     from .errors import UsageError
     from .methods import ModelContext, create_method, method_class
     from .methods.explainer import Explained, Explainer
-    from .model.heads import OneLogitHead, count_outputs, unwrap
+    from .model.heads import OneLogitHead, SoftmaxOutputHead, count_outputs, unwrap
     from .model.layers import find_target_layer
 
     if not req.methods:
@@ -133,6 +133,8 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     outputs = count_outputs(net, input_size, "the model")
     if outputs.count == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net, probability=outputs.probability).eval()
+    elif outputs.softmax:  # the model's own class probabilities: log(p) as the logits
+        net = SoftmaxOutputHead(net).eval()
     k = max(outputs.count, 2)
     classes = None if req.classes is None else tuple(str(c) for c in req.classes)
     if classes is not None and len(classes) != k:

@@ -101,6 +101,7 @@ class ModelRecord:
     map_format: int | None = None
     one_logit_positive: str | None = None
     one_logit_output: str | None = None  # "probability": the model's forward ends in its own sigmoid
+    output: str | None = None  # "softmax": the model's forward ends in its own softmax
 
     @property
     def preprocess(self) -> Preprocess | None:
@@ -123,6 +124,8 @@ class ModelRecord:
             d["one_logit_positive"] = self.one_logit_positive
         if self.one_logit_output is not None:
             d["one_logit_output"] = self.one_logit_output
+        if self.output is not None:
+            d["output"] = self.output
         return d
 
 

@@ -12,6 +12,8 @@ A model whose forward already ends in a sigmoid (``torch.sigmoid``, ``nn.Sigmoid
 reshape) returns P(positive) itself; :func:`count_outputs` sees that in the graph of its output and the
 head reads ``z = logit(p)``, so the probabilities are the model's own and every method differentiates the
 logit before the model's sigmoid (``d logit(sigmoid(l)) / dl = 1``), as for a model without it.
+Likewise a model ending in a softmax returns its class probabilities: :class:`SoftmaxOutputHead` reads their
+logarithm as the logits (``softmax(log p) = p``), so the probabilities and the threshold rule are the model's.
 
 A two-class model predicts the positive class when its probability is at least the threshold
 (:class:`Decision`); with more classes the prediction is the most probable class.
@@ -66,9 +68,20 @@ class OneLogitHead(nn.Module):
         return torch.cat([-half, half] if self.positive == 1 else [half, -half], dim=1)
 
 
+class SoftmaxOutputHead(nn.Module):
+    """Present a model that returns softmax probabilities as one that returns logits: ``log(p)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.net(x).clamp_min(torch.finfo(torch.float32).tiny))
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The user's own module (whose layer names ``--target-layer`` uses)."""
-    return module.net if isinstance(module, OneLogitHead) else module
+    return module.net if isinstance(module, (OneLogitHead, SoftmaxOutputHead)) else module
 
 
 @dataclass(frozen=True)
@@ -114,20 +127,20 @@ class Outputs:
     """What one forward showed of a model's output: how many values per image, and whether a sigmoid made them."""
 
     count: int
-    probability: bool  # the output is sigmoid(...) (then at most reshaped): already a probability
+    probability: bool  # one output that is sigmoid(...) (then at most reshaped): already a probability
+    softmax: bool = False  # several outputs that are softmax(...): already the class probabilities
 
 
-def ends_in_sigmoid(out: torch.Tensor) -> bool:
-    """Whether the last op that computed ``out`` (past reshapes and copies) was a sigmoid."""
+def last_op(out: torch.Tensor) -> str | None:
+    """The op that computed ``out``, past reshapes and copies (``"Sigmoid"``, ``"Softmax"``, ...); None: no graph."""
     fn = out.grad_fn
     while fn is not None:
         name = fn.name().rstrip("0123456789")
-        if name == "SigmoidBackward":
-            return True
-        if not name.endswith("Backward") or name[: -len("Backward")] not in _RESHAPES or not fn.next_functions:
-            return False
+        op = name[: -len("Backward")] if name.endswith("Backward") else name
+        if op not in _RESHAPES or not fn.next_functions:
+            return op
         fn = fn.next_functions[0][0]
-    return False
+    return None
 
 
 def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
@@ -158,7 +171,8 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
             "or (batch, 1) / (batch,) for a one-logit sigmoid head"
         )
     count = 1 if out.ndim == 1 else int(out.shape[1])
-    return Outputs(count, count == 1 and ends_in_sigmoid(out))
+    op = last_op(out)
+    return Outputs(count, count == 1 and op == "Sigmoid", count > 1 and op == "Softmax")
 
 
 def decision_for(
@@ -188,6 +202,14 @@ def adapt_one_logit(model: Any) -> bool:
     return True
 
 
+def adapt_softmax(model: Any) -> bool:
+    """Wrap a :class:`~xaibatch.model.loading.LoadedModel` whose output is a softmax in :class:`SoftmaxOutputHead`."""
+    if not model.softmax:
+        return False
+    model.module = SoftmaxOutputHead(model.module).eval()
+    return True
+
+
 def with_positive(module: nn.Module, decision: Decision | None) -> None:
     """Point a one-logit head's sigmoid at the positive class's column."""
     if isinstance(module, OneLogitHead) and decision is not None:
@@ -198,10 +220,12 @@ __all__ = [
     "Decision",
     "OneLogitHead",
     "Outputs",
+    "SoftmaxOutputHead",
+    "adapt_softmax",
     "adapt_one_logit",
     "count_outputs",
     "decision_for",
-    "ends_in_sigmoid",
+    "last_op",
     "predict",
     "predict_one",
     "predict_rows",

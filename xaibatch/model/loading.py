@@ -41,6 +41,7 @@ class LoadedModel:
     outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
     probability: bool = False  # one output that the model's own sigmoid made (heads.count_outputs)
+    softmax: bool = False  # outputs that the model's own softmax made: class probabilities
 
     @property
     def input_size(self) -> int:

@@ -156,5 +156,5 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     from .heads import count_outputs
 
     outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
-    loaded.outputs, loaded.probability = outputs.count, outputs.probability
+    loaded.outputs, loaded.probability, loaded.softmax = outputs.count, outputs.probability, outputs.softmax
     return loaded

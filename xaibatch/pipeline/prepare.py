@@ -76,6 +76,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
     else:
         model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
     one_logit = heads.adapt_one_logit(model)
+    heads.adapt_softmax(model)
     if opts.classes is not None:
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
             outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
