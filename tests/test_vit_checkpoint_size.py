@@ -26,3 +26,17 @@ def test_a_vit_state_dict_at_another_size_names_the_size_it_fits(tmp_path, given
     assert "\n" not in line and "pos_embed" in line
     assert line.endswith("its position embeddings fit --image-size 64"), line
     assert not (tmp_path / "out" / "maps").exists()
+
+
+def test_an_image_size_that_cuts_a_patch_is_refused(tmp_path):
+    write_images(tmp_path / "in" / "FAKE", 1, size=32, seed=1)
+    write_images(tmp_path / "in" / "REAL", 1, size=32, seed=2)
+    r = invoke(
+        "run", tmp_path / "in", "--model", "timm:vit_tiny_patch16_224", "--image-size", "72",
+        "--out", tmp_path / "out", "--workers", "0", "--device", "cpu", catch_exceptions=True,
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (
+        "Error: vit_tiny_patch16_224 cuts its inputs into 16x16 patches: at --image-size 72 the last 8 pixel "
+        "rows and columns would never be seen and the maps would be stretched over them; use --image-size 64 or 80"
+    )

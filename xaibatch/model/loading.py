@@ -328,6 +328,16 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
+    patch = getattr(pe, "patch_size", None)
+    if isinstance(patch, int):
+        patch = (patch, patch)
+    if patch is not None and not getattr(pe, "dynamic_img_pad", False) and size % patch[0]:
+        p, cut = patch[0], size % patch[0]  # the patch convolution drops the remainder: a grid short of the image
+        raise ModelError(
+            f"{arch} cuts its inputs into {p}x{patch[1]} patches: at --image-size {size} the last {cut} pixel rows "
+            f"and columns would never be seen and the maps would be stretched over them; "
+            f"use --image-size {' or '.join(str(v) for v in (size - cut, size - cut + p) if v >= 8)}"
+        )
     module.eval()
     return LoadedModel(module, arch, names, pre, source, digest)
 
