@@ -38,5 +38,20 @@ def test_an_image_size_that_cuts_a_patch_is_refused(tmp_path):
     assert r.exit_code == 2, r.output
     assert r.output.strip() == (
         "Error: vit_tiny_patch16_224 cuts its inputs into 16x16 patches: at --image-size 72 the last 8 pixel "
-        "rows and columns would never be seen and the maps would be stretched over them; use --image-size 64 or 80"
+        "rows and columns would never be seen and the maps would be stretched over them; "
+        "use --image-size 64 or --image-size 80"
+    )
+
+
+def test_explain_refuses_an_input_size_that_cuts_a_patch():
+    import xaibatch
+    from xaibatch.errors import ModelError
+
+    net = timm.create_model("test_vit", pretrained=False, num_classes=2, img_size=40).eval()
+    images = torch.zeros(1, 3, 40, 40, dtype=torch.uint8)
+    with pytest.raises(ModelError) as e:
+        xaibatch.explain(net, images, ["gradcam"], input_size=40, device="cpu")
+    assert str(e.value) == (
+        "the model cuts its inputs into 16x16 patches: at input_size=40 the last 8 pixel rows and columns would "
+        "never be seen and the maps would be stretched over them; use input_size=32 or input_size=48"
     )

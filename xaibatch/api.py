@@ -126,10 +126,12 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     from .methods.explainer import Explained, Explainer
     from .model.heads import OneLogitHead, SoftmaxOutputHead, count_outputs, unwrap
     from .model.layers import find_target_layer
+    from .model.loading import check_patches
 
     if not req.methods:
         raise UsageError("choose at least one method")
     input_size = pre.image_size
+    check_patches(net, "the model", input_size, "input_size=")
     outputs = count_outputs(net, input_size, "the model")
     if outputs.count == 1:  # a one-logit head: two classes, as a run reads it
         net = OneLogitHead(net, probability=outputs.probability).eval()

@@ -321,6 +321,22 @@ def _check_fields(obj: dict[str, Any], path: Path):
     return arch, [str(n) for n in names], size, mean, std
 
 
+def check_patches(module: nn.Module, what: str, size: int, option: str = "--image-size ") -> None:
+    """Refuse an input size that a patch model's patch convolution would cut (its remainder is dropped)."""
+    pe = getattr(module, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    if isinstance(patch, int):
+        patch = (patch, patch)
+    if not isinstance(patch, (tuple, list)) or getattr(pe, "dynamic_img_pad", False) or not size % patch[0]:
+        return
+    p, cut = int(patch[0]), size % int(patch[0])
+    fits = " or ".join(f"{option}{v}" for v in (size - cut, size - cut + p) if v >= 8)
+    raise ModelError(
+        f"{what} cuts its inputs into {p}x{patch[1]} patches: at {option}{size} the last {cut} pixel rows "
+        f"and columns would never be seen and the maps would be stretched over them; use {fits}"
+    )
+
+
 def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     pre = Preprocess.for_model(module, image_size, mean, std)
     size = pre.image_size
@@ -328,16 +344,7 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
-    patch = getattr(pe, "patch_size", None)
-    if isinstance(patch, int):
-        patch = (patch, patch)
-    if patch is not None and not getattr(pe, "dynamic_img_pad", False) and size % patch[0]:
-        p, cut = patch[0], size % patch[0]  # the patch convolution drops the remainder: a grid short of the image
-        raise ModelError(
-            f"{arch} cuts its inputs into {p}x{patch[1]} patches: at --image-size {size} the last {cut} pixel rows "
-            f"and columns would never be seen and the maps would be stretched over them; "
-            f"use --image-size {' or '.join(str(v) for v in (size - cut, size - cut + p) if v >= 8)}"
-        )
+    check_patches(module, arch, size)
     module.eval()
     return LoadedModel(module, arch, names, pre, source, digest)
 
