@@ -21,6 +21,9 @@ BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
 KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
 
 
+RANDOM_INIT = "(random init)"  # ModelRecord.checkpoint of a model built without weights (--model timm:NAME)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """The options the run's model was built from (RunOptions' names; paths absolute)."""
@@ -292,7 +295,7 @@ class RunConfig:
         if self.source is not None:
             return self.source
         arch, ck = self.model.arch or "", self.model.checkpoint or ""
-        real = ck not in ("", "(random init)") and not ck.startswith("(weights from")
+        real = ck not in ("", RANDOM_INIT) and not ck.startswith("(weights from")
         if ":" in arch:  # --model SPEC (its arch is the spec)
             kind = {"torchvision": "torchvision", "timm": "timm"}.get(arch.partition(":")[0], "factory")
             return ModelSource(

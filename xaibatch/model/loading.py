@@ -26,6 +26,7 @@ from ..files import file_sha256
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess
+from ..runconfig import RANDOM_INIT
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -36,7 +37,7 @@ class LoadedModel:
     arch: str
     class_names: list[str] | None  # None: a plain state_dict that does not name its classes
     preprocess: Preprocess  # input size, mean and std: how its images become input
-    checkpoint: str  # path, or "(random init)"
+    checkpoint: str  # path, or RANDOM_INIT
     checkpoint_sha256: str
     outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
@@ -261,7 +262,7 @@ def load_model(
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
         module = create(arch, num_classes or 2, img_size=image_size)
-        return finish(module, arch, None, image_size, None, None, "(random init)", "")
+        return finish(module, arch, None, image_size, None, None, RANDOM_INIT, "")
 
     if arch is not None:
         check_arch(arch)
