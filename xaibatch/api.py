@@ -133,14 +133,18 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     """explain() once the module is borrowed and the images are the model's input."""
     from .errors import UsageError
     from .methods.explainer import Explained, Explainer
-    from .model.heads import OneLogitHead, count_outputs
+    from .model.heads import OneLogitHead, SoftmaxOutputHead, count_outputs
+    from .model.loading import check_patches
 
     if not req.methods:
         raise UsageError("choose at least one method")
+    check_patches(net, "the model", pre.image_size, "input_size=")
     outputs = count_outputs(net, pre.image_size, "the model")
-    if outputs == 1:  # a one-logit head: two classes, as a run reads it
-        net = OneLogitHead(net).eval()
-    classes = _checked_classes(req, max(outputs, 2))
+    if outputs.count == 1:  # a one-logit head: two classes, as a run reads it
+        net = OneLogitHead(net, probability=outputs.probability).eval()
+    elif outputs.softmax:  # the model's own class probabilities: log(p) as the logits
+        net = SoftmaxOutputHead(net).eval()
+    classes = _checked_classes(req, max(outputs.count, 2))
     ctx, made = _make_methods(net, pre, dev, req)
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
     segmenter = segmenters[0] if segmenters else None

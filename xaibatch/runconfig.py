@@ -21,6 +21,9 @@ BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
 KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
 
 
+RANDOM_INIT = "(random init)"  # ModelRecord.checkpoint of a model built without weights (--model timm:NAME)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """The options the run's model was built from (RunOptions' names; paths absolute)."""
@@ -100,6 +103,8 @@ class ModelRecord:
     target: str = "pred"
     map_format: int | None = None
     one_logit_positive: str | None = None
+    one_logit_output: str | None = None  # "probability": the model's forward ends in its own sigmoid
+    output: str | None = None  # "softmax": the model's forward ends in its own softmax
 
     @property
     def preprocess(self) -> Preprocess | None:
@@ -120,6 +125,10 @@ class ModelRecord:
         }
         if self.one_logit_positive is not None:
             d["one_logit_positive"] = self.one_logit_positive
+        if self.one_logit_output is not None:
+            d["one_logit_output"] = self.one_logit_output
+        if self.output is not None:
+            d["output"] = self.output
         return d
 
 
@@ -286,7 +295,7 @@ class RunConfig:
         if self.source is not None:
             return self.source
         arch, ck = self.model.arch or "", self.model.checkpoint or ""
-        real = ck not in ("", "(random init)") and not ck.startswith("(weights from")
+        real = ck not in ("", RANDOM_INIT) and not ck.startswith("(weights from")
         if ":" in arch:  # --model SPEC (its arch is the spec)
             kind = {"torchvision": "torchvision", "timm": "timm"}.get(arch.partition(":")[0], "factory")
             return ModelSource(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..runconfig import RunConfig
+from ..runconfig import RANDOM_INIT, RunConfig
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
         "--checkpoint FILE` or `--checkpoint FILE --arch NAME`"
     )
     what = run.rebuild_source().describe() if not override.given() else "the given model"
-    if not override.given() and run.model.checkpoint == "(random init)":
+    if not override.given() and run.model.checkpoint == RANDOM_INIT:
         raise UsageError(
             f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
             "and a rebuild draws others; save the weights and run with --checkpoint"

@@ -68,6 +68,11 @@ class LibraryCAM(Method):
             raise ModelError(f"{self.name} needs a target layer")
         if self.short == "ablationcam" and ctx.layer.is_tokens:
             raise ModelError(f"{self.name} cannot run on a token model (ViT) layer here; use cam:scorecam or gradcam")
+        if self.short == "ablationcam" and ctx.layer.channels_last:
+            raise ModelError(
+                f"{self.name} cannot run on a channels-last (B, H, W, C) layer (Swin, MambaOut); "
+                "use cam:scorecam or gradcam"
+            )
         try:
             self._lib = importlib.import_module("pytorch_grad_cam")
         except ImportError as e:
@@ -91,7 +96,7 @@ class LibraryCAM(Method):
         cls = getattr(self._lib, self.lib_class)
         layer = self.ctx.layer
         layers = [] if self.short == "fullgrad" else [layer.module]
-        reshape = layer.to_grid if (layer is not None and layer.is_tokens) else None
+        reshape = layer.to_grid if (layer is not None and layer.reshaped) else None
         kwargs: dict[str, Any] = {"reshape_transform": reshape}
         if self.short == "ablationcam":
             kwargs.update(

@@ -76,10 +76,10 @@ class CaptumMethod(Method):
         opts = check_library_options(self.name, options)
         super().__init__(ctx, **opts)
         self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  (per instance: the reduction decides)
-        if self.needs_layer and (ctx.layer is None or ctx.layer.is_tokens):
+        if self.needs_layer and (ctx.layer is None or ctx.layer.reshaped):
             raise ModelError(
                 f"{self.name} needs a convolutional (B, C, H, W) target layer; this model's is "
-                f"{'a token sequence' if ctx.layer is not None else 'missing'}"
+                f"{ctx.layer.form if ctx.layer is not None else 'missing'}"
             )
         try:
             self._captum = importlib.import_module("captum.attr")
@@ -99,6 +99,12 @@ class CaptumMethod(Method):
         try:
             self._attribute(x, torch.zeros(1, dtype=torch.long, device=self.ctx.device), [0])
         except Exception as e:  # captum's own message, as one line
+            if "used more than once" in str(e):  # DeepLift's hooks on a module the forward calls twice
+                raise ModelError(
+                    f"{self.name} cannot run on this model: it calls the same activation module more than once per "
+                    "forward (as torchvision's ResNets reuse self.relu), which DeepLift's rules cannot follow; "
+                    "use captum:IntegratedGradients"
+                ) from None
             raise ModelError(f"{self.name} cannot run on this model: {type(e).__name__}: {e}") from None
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,13 @@ of ``z / 2`` and the negative class that of ``-z / 2``; both CAM methods min-max
 factor 1/2 drops out and the maps are those of ``z`` and ``-z``. (``[0, z]`` would give the same
 probabilities but a zero gradient, and so an empty map, for every image predicted negative.)
 
+A model whose forward already ends in a sigmoid (``torch.sigmoid``, ``nn.Sigmoid``, then at most a
+reshape) returns P(positive) itself; :func:`count_outputs` sees that in the graph of its output and the
+head reads ``z = logit(p)``, so the probabilities are the model's own and every method differentiates the
+logit before the model's sigmoid (``d logit(sigmoid(l)) / dl = 1``), as for a model without it.
+Likewise a model ending in a softmax returns its class probabilities: :class:`SoftmaxOutputHead` reads their
+logarithm as the logits (``softmax(log p) = p``), so the probabilities and the threshold rule are the model's.
+
 A two-class model predicts the positive class when its probability is at least the threshold
 (:class:`Decision`); with more classes the prediction is the most probable class.
 """
@@ -23,26 +30,58 @@ from torch import nn
 
 from ..errors import ModelError, UsageError
 
+# A probability output is clamped to [eps, 1 - eps] before its logit (|z| <= 13.8): a saturated sigmoid stays finite.
+PROBABILITY_EPS = 1e-6
+# Autograd nodes that only reshape or copy an output: looked through to find the op that made it.
+_RESHAPES = (
+    "View",
+    "UnsafeView",
+    "ReshapeAlias",
+    "Squeeze",
+    "Unsqueeze",
+    "Clone",
+    "ToCopy",
+    "Select",
+    "Slice",
+    "Expand",
+    "Permute",
+    "T",
+)
+
 
 class OneLogitHead(nn.Module):
     """Present a one-output model as two logits ``[-z/2, z/2]`` (the positive class in column ``positive``)."""
 
     num_classes = 2
 
-    def __init__(self, net: nn.Module, positive: int = 1) -> None:
+    def __init__(self, net: nn.Module, positive: int = 1, probability: bool = False) -> None:
         super().__init__()
         self.net = net
         self.positive = positive
+        self.probability = probability  # the net returns sigmoid(z) itself: read z = logit(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.net(x)
+        if self.probability:
+            z = torch.logit(z, eps=PROBABILITY_EPS)
         half = z.reshape(z.shape[0], 1) / 2
         return torch.cat([-half, half] if self.positive == 1 else [half, -half], dim=1)
 
 
+class SoftmaxOutputHead(nn.Module):
+    """Present a model that returns softmax probabilities as one that returns logits: ``log(p)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.net(x).clamp_min(torch.finfo(torch.float32).tiny))
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The user's own module (whose layer names ``--target-layer`` uses)."""
-    return module.net if isinstance(module, OneLogitHead) else module
+    return module.net if isinstance(module, (OneLogitHead, SoftmaxOutputHead)) else module
 
 
 @dataclass(frozen=True)
@@ -53,6 +92,7 @@ class Decision:
     threshold: float
     positive_name: str
     one_logit: bool
+    probability: bool = False  # the one output is the model's own sigmoid, P(positive)
 
     def predict(self, probs: torch.Tensor) -> torch.Tensor:
         """(B, 2) probabilities -> (B,) long class indices."""
@@ -60,7 +100,10 @@ class Decision:
         return torch.where(yes, self.positive, 1 - self.positive).long()
 
     def config(self) -> dict[str, Any]:
-        return {"positive": self.positive_name, "threshold": self.threshold, "one_logit": self.one_logit}
+        d = {"positive": self.positive_name, "threshold": self.threshold, "one_logit": self.one_logit}
+        if self.probability:  # only then: the records of every other run keep their bytes
+            d["one_logit_output"] = "probability"
+        return d
 
 
 def predict(probs: torch.Tensor, decision: Decision | None) -> torch.Tensor:
@@ -79,8 +122,29 @@ def predict_rows(probs: Any, decision: Decision | None) -> list[int]:
     return predict(torch.from_numpy(np.asarray(probs, dtype=np.float64)), decision).tolist()
 
 
-def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
-    """Run one zero image through ``module``; return its number of outputs, or say why it cannot be used."""
+@dataclass(frozen=True)
+class Outputs:
+    """What one forward showed of a model's output: how many values per image, and whether a sigmoid made them."""
+
+    count: int
+    probability: bool  # one output that is sigmoid(...) (then at most reshaped): already a probability
+    softmax: bool = False  # several outputs that are softmax(...): already the class probabilities
+
+
+def last_op(out: torch.Tensor) -> str | None:
+    """The op that computed ``out``, past reshapes and copies (``"Sigmoid"``, ``"Softmax"``, ...); None: no graph."""
+    fn = out.grad_fn
+    while fn is not None:
+        name = fn.name().rstrip("0123456789")
+        op = name[: -len("Backward")] if name.endswith("Backward") else name
+        if op not in _RESHAPES or not fn.next_functions:
+            return op
+        fn = fn.next_functions[0][0]
+    return None
+
+
+def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
+    """Run one zero image through ``module``; return its outputs, or say why it cannot be used."""
     p = next(iter(module.parameters()), None)
     x = torch.zeros(
         1,
@@ -90,8 +154,9 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
         device=p.device if p is not None else "cpu",
         dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32,
     )
+    x.requires_grad_(True)  # a graph, even of frozen weights, shows the op that made the output
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             out = module.eval()(x)
     except Exception as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -105,10 +170,14 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> int:
             f"{what}: returns {shape} for one image; it must return logits of shape (batch, classes) "
             "or (batch, 1) / (batch,) for a one-logit sigmoid head"
         )
-    return 1 if out.ndim == 1 else int(out.shape[1])
+    count = 1 if out.ndim == 1 else int(out.shape[1])
+    op = last_op(out)
+    return Outputs(count, count == 1 and op == "Sigmoid", count > 1 and op == "Softmax")
 
 
-def decision_for(names: list[str], positive: str | None, threshold: float | None, one_logit: bool) -> Decision | None:
+def decision_for(
+    names: list[str], positive: str | None, threshold: float | None, one_logit: bool, probability: bool = False
+) -> Decision | None:
     """The decision rule for these classes, or None (more than two classes: argmax)."""
     if len(names) != 2:
         for flag, v in (("--positive-class", positive), ("--threshold", threshold)):
@@ -121,15 +190,23 @@ def decision_for(names: list[str], positive: str | None, threshold: float | None
     t = 0.5 if threshold is None else float(threshold)
     if not 0.0 <= t <= 1.0:
         raise UsageError(f"--threshold {t} must be between 0 and 1")
-    return Decision(names.index(name), t, name, one_logit)
+    return Decision(names.index(name), t, name, one_logit, probability)
 
 
 def adapt_one_logit(model: Any) -> bool:
     """Wrap a one-output :class:`~xaibatch.model.loading.LoadedModel` in :class:`OneLogitHead` (in place); say if it was."""
     if model.num_classes != 1:
         return False
-    model.module = OneLogitHead(model.module).eval()
+    model.module = OneLogitHead(model.module, probability=model.probability).eval()
     model.outputs = 2
+    return True
+
+
+def adapt_softmax(model: Any) -> bool:
+    """Wrap a :class:`~xaibatch.model.loading.LoadedModel` whose output is a softmax in :class:`SoftmaxOutputHead`."""
+    if not model.softmax:
+        return False
+    model.module = SoftmaxOutputHead(model.module).eval()
     return True
 
 
@@ -142,9 +219,13 @@ def with_positive(module: nn.Module, decision: Decision | None) -> None:
 __all__ = [
     "Decision",
     "OneLogitHead",
+    "Outputs",
+    "SoftmaxOutputHead",
+    "adapt_softmax",
     "adapt_one_logit",
     "count_outputs",
     "decision_for",
+    "last_op",
     "predict",
     "predict_one",
     "predict_rows",

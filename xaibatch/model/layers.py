@@ -6,6 +6,8 @@ useless); for torchvision models the stages are ResNets' ``layerN`` and the chil
 (EfficientNet, ConvNeXt, ...). For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last block's attention
 (``blocks.N.norm1``): the class token's output there still depends on every
 patch token, while the last block's own output no longer does.
+timm models whose stages are channels-last (``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut,
+Sequencer) give (B, H, W, C) maps, read as such and permuted to (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -28,17 +30,30 @@ class TargetLayer:
     module: nn.Module
     grid: tuple[int, int]  # spatial size of the map it gives at the input size
     prefix_tokens: int | None = None  # set for token models: tokens before the patch grid
+    channels_last: bool = False  # the output is (B, H, W, C) (timm's NHWC models: Swin, MambaOut, ...)
 
     @property
     def is_tokens(self) -> bool:
         return self.prefix_tokens is not None
 
+    @property
+    def reshaped(self) -> bool:
+        """Whether the output needs :meth:`to_grid` to become (B, C, H, W) (a library's ``reshape_transform``)."""
+        return self.is_tokens or self.channels_last
+
+    @property
+    def form(self) -> str:
+        """The output's form, in words (for messages)."""
+        if self.is_tokens:
+            return "a token sequence"
+        return "channels-last (B, H, W, C)" if self.channels_last else "(B, C, H, W)"
+
     def to_grid(self, out: torch.Tensor) -> torch.Tensor:
-        """Return the layer output as (B, C, h, w), reshaping tokens when needed."""
+        """Return the layer output as (B, C, h, w), reshaping tokens or channels-last maps when needed."""
         if not self.is_tokens:
             if out.ndim != 4:
                 raise ModelError(f"layer {self.name!r} gives a {out.ndim}-d output, not a (B, C, H, W) feature map")
-            return out
+            return out.permute(0, 3, 1, 2) if self.channels_last else out
         tokens = out[:, self.prefix_tokens :, :]
         h, w = self.grid
         if tokens.shape[1] != h * w:
@@ -118,6 +133,15 @@ def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetL
     return TargetLayer(name, _module(model, name), (int(gh), int(gw)), prefix)
 
 
+def _channels_last(model: nn.Module, module: nn.Module) -> bool:
+    """Whether ``module`` of ``model`` outputs (B, H, W, C): timm's NHWC models, but not their convolutions."""
+    return getattr(model, "output_fmt", None) == "NHWC" and not isinstance(module, (nn.Conv2d, nn.BatchNorm2d))
+
+
+def _grid(shape: tuple[int, ...], channels_last: bool) -> tuple[int, int]:
+    return (shape[1], shape[2]) if channels_last else (shape[2], shape[3])
+
+
 def find_target_layer(model: nn.Module, input_size: int, name: str | None = None) -> TargetLayer:
     """Pick the CAM layer of any timm model (or check the one the user named)."""
     if _is_token_model(model):
@@ -127,16 +151,22 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
         shape = shapes.get(name)
         if shape is None or len(shape) != 4:
             raise ModelError(f"layer {name!r} does not output a (B, C, H, W) feature map (got {shape})")
-        return TargetLayer(name, _module(model, name), (shape[2], shape[3]))
+        module = _module(model, name)
+        last = _channels_last(model, module)
+        return TargetLayer(name, module, _grid(shape, last), channels_last=last)
     candidates = _stage_names(model)
     shapes = _output_shapes(model, candidates, input_size)
     best = None
     for n in candidates:  # shallow to deep
         s = shapes.get(n)
-        if s is not None and len(s) == 4 and min(s[2], s[3]) >= MIN_GRID:
+        if s is not None and len(s) == 4 and min(_grid(s, _channels_last(model, _module(model, n)))) >= MIN_GRID:
             best = n
     if best is None:
-        maps = [f"{n} ({s[2]}x{s[3]})" for n, s in shapes.items() if len(s) == 4][-12:]
+        maps = [
+            "{} ({}x{})".format(n, *_grid(s, _channels_last(model, _module(model, n))))
+            for n, s in shapes.items()
+            if len(s) == 4
+        ][-12:]
         listed = (
             f"; layers with a feature map: {', '.join(maps)}" if maps else "; it has no conv layer xaibatch can see"
         )
@@ -144,8 +174,9 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
             f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
             f"raise --image-size or name a layer with --target-layer{listed}"
         )
-    s = shapes[best]
-    return TargetLayer(best, _module(model, best), (s[2], s[3]))
+    module = _module(model, best)
+    last = _channels_last(model, module)
+    return TargetLayer(best, module, _grid(shapes[best], last), channels_last=last)
 
 
 def _stage_names(model: nn.Module) -> list[str]:
@@ -190,6 +221,8 @@ def capture(layer: TargetLayer) -> Iterator[dict[str, torch.Tensor]]:
             b, c, h, w = grid.shape
             patches = grid.permute(0, 2, 3, 1).reshape(b, h * w, c)
             return torch.cat([out[:, : layer.prefix_tokens], patches], dim=1)
+        if layer.channels_last:  # the permuted view is off the graph too: continue from it
+            return grid.permute(0, 2, 3, 1)
         return None
 
     handle = layer.module.register_forward_hook(hook)

@@ -26,6 +26,7 @@ from ..files import file_sha256
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess
+from ..runconfig import RANDOM_INIT
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -36,10 +37,12 @@ class LoadedModel:
     arch: str
     class_names: list[str] | None  # None: a plain state_dict that does not name its classes
     preprocess: Preprocess  # input size, mean and std: how its images become input
-    checkpoint: str  # path, or "(random init)"
+    checkpoint: str  # path, or RANDOM_INIT
     checkpoint_sha256: str
     outputs: int | None = None  # set when counted by a forward pass (models not built by timm)
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
+    probability: bool = False  # one output that the model's own sigmoid made (heads.count_outputs)
+    softmax: bool = False  # outputs that the model's own softmax made: class probabilities
 
     @property
     def input_size(self) -> int:
@@ -239,7 +242,8 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
             parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
-        raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}")
+        hint = _size_hint(module, sd)
+        raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}{hint}")
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # e.g. a tensor torch cannot copy into the parameter
@@ -250,6 +254,20 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
             f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
             "the checkpoint is damaged or its training diverged"
         )
+
+
+def _size_hint(module: nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    """A token model's weights fit one input size: say which, when the file's position embeddings differ."""
+    own, theirs = module.state_dict().get("pos_embed"), sd.get("pos_embed")
+    patch = getattr(getattr(module, "patch_embed", None), "patch_size", None)
+    if own is None or theirs is None or own.shape == theirs.shape or theirs.ndim != 3 or patch is None:
+        return ""
+    prefix = 0 if getattr(module, "no_embed_class", False) else int(getattr(module, "num_prefix_tokens", 1))
+    side = math.isqrt(max(int(theirs.shape[1]) - prefix, 0))
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    if side < 1 or side * side != theirs.shape[1] - prefix or ph != pw:
+        return ""
+    return f"; its position embeddings fit --image-size {side * ph}"
 
 
 def load_model(
@@ -263,7 +281,7 @@ def load_model(
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
         module = create(arch, num_classes or 2, img_size=image_size)
-        return finish(module, arch, None, image_size, None, None, "(random init)", "")
+        return finish(module, arch, None, image_size, None, None, RANDOM_INIT, "")
 
     if arch is not None:
         check_arch(arch)
@@ -323,6 +341,22 @@ def _check_fields(obj: dict[str, Any], path: Path):
     return arch, [str(n) for n in names], size, mean, std
 
 
+def check_patches(module: nn.Module, what: str, size: int, option: str = "--image-size ") -> None:
+    """Refuse an input size that a patch model's patch convolution would cut (its remainder is dropped)."""
+    pe = getattr(module, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    if isinstance(patch, int):
+        patch = (patch, patch)
+    if not isinstance(patch, (tuple, list)) or getattr(pe, "dynamic_img_pad", False) or not size % patch[0]:
+        return
+    p, cut = int(patch[0]), size % int(patch[0])
+    fits = " or ".join(f"{option}{v}" for v in (size - cut, size - cut + p) if v >= 8)
+    raise ModelError(
+        f"{what} cuts its inputs into {p}x{patch[1]} patches: at {option}{size} the last {cut} pixel rows "
+        f"and columns would never be seen and the maps would be stretched over them; use {fits}"
+    )
+
+
 def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     pre = Preprocess.for_model(module, image_size, mean, std)
     size = pre.image_size
@@ -330,6 +364,7 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
+    check_patches(module, arch, size)
     module.eval()
     return LoadedModel(module, arch, names, pre, source, digest)
 

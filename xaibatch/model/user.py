@@ -22,6 +22,7 @@ from ..defaults import MODEL_FORMS
 from ..errors import ModelError, UsageError
 from ..files import file_sha256
 from ..imports import import_torchvision
+from ..runconfig import RANDOM_INIT
 from .loading import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
 
 FORMS = MODEL_FORMS
@@ -133,9 +134,9 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
         check_arch(rest, what="timm model")  # --model timm:NAME: the message names no --arch the user never gave
         if checkpoint is None:
             module = create(rest, num_classes or 2, img_size=image_size)
-            return finish(module, rest, None, image_size, None, None, "(random init)", "")
+            return finish(module, rest, None, image_size, None, None, RANDOM_INIT, "")
         return load_model(checkpoint, rest, image_size, num_classes)
-    sd, source, digest = None, "(random init)", ""
+    sd, source, digest = None, RANDOM_INIT, ""
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -156,5 +157,6 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     loaded = finish(module, spec, None, image_size, None, None, source, digest)
     from .heads import count_outputs
 
-    loaded.outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
+    outputs = count_outputs(module, loaded.input_size, f"--model {spec}")
+    loaded.outputs, loaded.probability, loaded.softmax = outputs.count, outputs.probability, outputs.softmax
     return loaded

@@ -56,6 +56,10 @@ def config_hashes(
     decision = model.decision
     if decision is not None and decision.one_logit:  # which class sigmoid(z) is changes every probability
         predict_config["one_logit_positive"] = decision.positive_name
+    if decision is not None and decision.probability:  # the output read as P(positive), not as a logit
+        predict_config["one_logit_output"] = "probability"
+    if model.softmax:  # the outputs read as class probabilities, not as logits
+        predict_config["output"] = "softmax"
     # Maps depend on the model (model_hash) and on each image's target class; the decision rule only moves
     # the prediction, so it sits in the predict hash alone: a new threshold re-decides from the stored
     # probabilities, and only images whose target class flips get new maps (see make_plan).

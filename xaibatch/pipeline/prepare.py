@@ -76,6 +76,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
     else:
         model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
     one_logit = heads.adapt_one_logit(model)
+    heads.adapt_softmax(model)
     if opts.classes is not None:
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
             outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
@@ -87,7 +88,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
             raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
         model.class_names = list(opts.classes)
     names = class_names_for(model, found)
-    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit)
+    model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit, model.probability)
     heads.with_positive(model.module, model.decision)
     return model, names
 

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from .. import layout
 from ..engines import ComputeJob, Engine, engine_for
 from ..errors import Interrupted, UsageError, XaibatchError, storage_error
+from ..runconfig import RANDOM_INIT
 from ..scan import Scan, shown
 from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts
@@ -207,6 +208,7 @@ def _run_locked(
     if waited:
         timings["wait"] = waited
     warn_empty_classes(setup, log)
+    warn_random_weights(opts, setup, log)
     t_plan = time.time()
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
     try:
@@ -269,6 +271,15 @@ def warn_empty_classes(setup: Setup, log: Callable[[str], None]) -> None:
     for name in setup.found.empty_classes:
         what = "kept as a class with no images" if name in setup.names else "ignored"
         log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
+
+
+def warn_random_weights(opts: RunOptions, setup: Setup, log: Callable[[str], None]) -> None:
+    """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint``: maps of an untrained model."""
+    if setup.config.model.checkpoint == RANDOM_INIT:
+        log(
+            f"xaibatch: warning: --model {opts.model} has random weights (no --checkpoint): its maps explain "
+            "an untrained model; give the trained weights with --checkpoint"
+        )
 
 
 def _plan_run(

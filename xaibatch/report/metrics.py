@@ -177,6 +177,8 @@ def decision_words(d: dict[str, Any] | None) -> str:
     if not d:
         return "the most probable class"
     head = "one logit, P(positive) = sigmoid(z); " if d.get("one_logit") else ""
+    if d.get("one_logit_output") == "probability":
+        head = "one output, P(positive) = the model's own sigmoid; "
     return f"{head}{d['positive']} when P({d['positive']}) ≥ {d['threshold']:g}"
 
 

@@ -146,6 +146,8 @@ class Service:
         if d is None:
             return "the class with the highest probability"
         head = "one-logit head read as two classes (sigmoid); " if d.one_logit else ""
+        if d.probability:
+            head = "one output read as two classes (the model's own sigmoid); "
         other = self.names[1 - d.positive]
         return f"{head}{d.positive_name} when its probability is ≥ {d.threshold:g}, else {other}"
 

@@ -26,7 +26,7 @@ def peer_jobs(b: Bench) -> list[Job]:
 
 
 def _reshape(b: Bench):
-    return b.layer.to_grid if b.layer.is_tokens else None
+    return b.layer.to_grid if b.layer.reshaped else None
 
 
 def _gradcam(b: Bench) -> list[Job]:

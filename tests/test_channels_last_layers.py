@@ -1,0 +1,74 @@
+"""timm models whose stages give channels-last (B, H, W, C) maps (Swin, SwinV2, MambaOut, Sequencer).
+
+Their stage outputs were read as (B, C, H, W): Swin's layers.3 at 224 px became a "7x768 grid", and every
+CAM map came from the wrong axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from pytorch_grad_cam import GradCAM as LibGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from _methods_helpers import make_batch, make_ctx, random_images
+from xaibatch.errors import ModelError
+from xaibatch.methods import create_method
+from xaibatch.methods.gradcam import gradcam_maps
+from xaibatch.model.layers import capture, find_target_layer
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def mambaout():
+    torch.manual_seed(0)
+    return timm.create_model("test_mambaout", pretrained=False, num_classes=2).eval()
+
+
+def test_the_stage_grid_is_height_by_width(mambaout):
+    assert mambaout.output_fmt == "NHWC"
+    layer = find_target_layer(mambaout, SIZE)
+    assert (layer.name, layer.grid, layer.channels_last) == ("stages.2", (4, 4), True)
+    named = find_target_layer(mambaout, SIZE, "stages.1")
+    assert (named.grid, named.channels_last) == ((8, 8), True)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with capture(layer) as store:
+        out = mambaout(x)
+    assert store["activations"].shape == (2, 48, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(out, mambaout(x))  # the forward continued from the grid: the same logits
+
+
+def test_gradcam_matches_pytorch_grad_cam_with_a_permute(mambaout):
+    ctx = make_ctx(mambaout, SIZE)
+    batch = make_batch(ctx, random_images(3, SIZE, seed=5))
+    ours = gradcam_maps(batch, SIZE)
+    assert ours.shape == (3, SIZE, SIZE) and torch.isfinite(ours).all() and ours.amax() > 0
+
+    def permute(t):
+        return t.permute(0, 3, 1, 2)
+
+    with LibGradCAM(model=mambaout, target_layers=[ctx.layer.module], reshape_transform=permute) as cam:
+        ref = cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(t)) for t in batch.targets])
+    assert np.abs(ours.numpy() - ref).max() < 1e-4
+    lib = create_method("cam:gradcam", ctx).explain(batch).maps
+    assert np.abs(lib.numpy() - ref).max() < 1e-5
+
+
+def test_a_method_that_needs_a_channels_first_layer_says_so(mambaout):
+    ctx = make_ctx(mambaout, SIZE)
+    with pytest.raises(ModelError, match="captum:GuidedGradCam needs a convolutional .* channels-last"):
+        create_method("captum:GuidedGradCam", ctx)
+    with pytest.raises(ModelError, match="cam:ablationcam cannot run on a channels-last"):
+        create_method("cam:ablationcam", ctx)
+
+
+@pytest.mark.slow
+def test_swin_gets_its_7x7_stage():
+    torch.manual_seed(0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=2).eval()
+    layer = find_target_layer(swin, 224)
+    assert (layer.name, layer.grid, layer.channels_last) == ("layers.3", (7, 7), True)
