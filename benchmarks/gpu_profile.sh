@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# What to run on a lent GPU right after ../shared/gpu/check.sh, in the same device call (one start, one budget):
-#   bash .gpu/check.sh; BUDGET=60 bash benchmarks/gpu_profile.sh     (carry: [".gpu"], timeout_s 590)
-# check.sh leaves $DEMO (default /tmp/demo: 20,000 demo images) and the wheels' site in /tmp/site. Under $OUT:
+# What to run on a lent GPU in the device call right after ../shared/gpu/check.sh's (check.sh alone takes up to
+# about 560 s of the 600 s a call may run, so this is a second call, made at once while the machine is warm):
+#   call 1: bash .gpu/check.sh                                      (carry: [".gpu"], timeout_s 590)
+#   call 2: BUDGET=60 bash benchmarks/gpu_profile.sh              (carry: [".gpu"], timeout_s 420)
+# check.sh leaves $DEMO (default /tmp/demo: 20,000 demo images) and the wheels' site in /tmp/site; on a fresh
+# machine this script installs the wheels and makes the demo images itself. Under $OUT:
 #   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
 #   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
@@ -10,6 +13,7 @@
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 DEMO=${DEMO:-/tmp/demo}; T0=$(date +%s); BUDGET=${BUDGET:-150}
+[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
 left(){ [ $(( $(date +%s) - T0 )) -lt "$BUDGET" ]; }
 if [ "${EQUIV:-1}" = 1 ]; then  # outside BUDGET: the profile's steps keep their time
   timeout 240 python3 benchmarks/gpu_equivalence.py >"$OUT/equivalence.txt" 2>&1
