@@ -256,29 +256,12 @@ def check_decode(set_name: str, folder: Path, size: int, ref_dev, dev) -> None:
         assert raw.undecoded is not None and len(raw.undecoded.jpegs) == len(raw.index), "not every photo on the device"
         got[d] = finish_batch(raw, d, size)
     a, r = got[dev], got[ref_dev]
-    tag = f"{dev.type} vs {ref_dev.type}"
-    mx, mean = levels(a.x.cpu().numpy(), r.x.cpu().numpy())
-    add(set_name, f"decode: model input, {tag}", mean, 2, "levels mean", f"max {mx:.0f}")
-    disp = [levels(p, q) for p, q in zip(a.display, r.display)]
-    add(
-        set_name,
-        f"decode: display copies, {tag}",
-        max(m for _, m in disp),
-        2,
-        "levels mean",
-        f"max {max(x for x, _ in disp):.0f}",
-    )
-    mx, mean = levels(a.x.cpu().numpy(), pil.x.numpy())
-    add(set_name, f"decode: model input, {dev.type} vs PIL", mean, 2, "levels mean", f"max {mx:.0f}")
-    disp = [levels(p, q) for p, q in zip(a.display, pil.display)]
-    add(
-        set_name,
-        f"decode: display copies, {dev.type} vs PIL",
-        max(m for _, m in disp),
-        2,
-        "levels mean",
-        f"max {max(x for x, _ in disp):.0f}",
-    )
+    for other, tag in ((r, f"{dev.type} vs {ref_dev.type}"), (pil, f"{dev.type} vs PIL")):
+        mx, mean = levels(a.x.cpu().numpy(), other.x.cpu().numpy())
+        add(set_name, f"decode: model input, {tag}", mean, 2, "levels mean", f"max {mx:.0f}")
+        disp = [levels(p, q) for p, q in zip(a.display, other.display)]
+        worst_mean, worst_max = max(m for _, m in disp), max(x for x, _ in disp)
+        add(set_name, f"decode: display copies, {tag}", worst_mean, 2, "levels mean", f"max {worst_max:.0f}")
     sizes = [tuple(s) for s in a.orig_size]
     on = DisplayStacks(a.display, sizes, dev, a.display_on_device).thumbs([True] * len(sizes))
     host = DisplayStacks(a.display, sizes, dev).thumbs([True] * len(sizes))
