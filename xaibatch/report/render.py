@@ -374,7 +374,11 @@ def _write_gallery(
 def _render_gallery(gallery: jinja2.Template, data: ReportData, p: Any, fast: bool) -> str:
     for b in p.blocks:
         b.html = cards_html(b.cards, "../", data.card_thumb) if fast else None
-    return gallery.render(r=data, p=p, root="../", nav="gallery")
+    try:
+        return gallery.render(r=data, p=p, root="../", nav="gallery")
+    finally:  # a page's cards as HTML, kept on its blocks, held every page written so far (5 KB an image)
+        for b in p.blocks:
+            b.html = None
 
 
 def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> None:
