@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import weakref
 
 from test_report import labeled_rows, synth
 from xaibatch import report
+from xaibatch.manifest import Manifest
 
 render_module = importlib.import_module("xaibatch.report.render")
 
@@ -27,3 +29,33 @@ def test_gallery_pages_leave_no_card_html_behind(tmp_path, monkeypatch):
     for html, left in rendered:
         assert 'class="card' in html
         assert left == [None] * len(left)
+
+
+def test_manifest_rows_are_released_before_the_pages_are_written(tmp_path, monkeypatch):
+    """The manifest's rows (more memory than the cards) are gone by the time the pages are written: the cards
+    and the CSV's bytes hold what the pages show."""
+    out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"), files=False)
+    refs: list[weakref.ref] = []
+
+    def recorded(read):
+        def rows(self):
+            got = read(self)
+            refs.extend(weakref.ref(r) for r in got.values())
+            return got
+
+        return rows
+
+    monkeypatch.setattr(Manifest, "images", recorded(Manifest.images))
+    monkeypatch.setattr(Manifest, "maps", recorded(Manifest.maps))
+    alive = []
+    real = render_module._write_all
+
+    def write_all(*args):
+        alive.append(sum(r() is not None for r in refs))
+        return real(*args)
+
+    monkeypatch.setattr(render_module, "_write_all", write_all)
+    report.render(out)
+    assert len(refs) == 30 * 3
+    assert alive == [0]
+    assert (out / "predictions.csv").read_text().count("\n") == 31

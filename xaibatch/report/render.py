@@ -17,11 +17,11 @@ import jinja2
 from .. import layout
 from ..errors import UsageError, XaibatchError
 from ..files import OutputDir
-from ..manifest import ImageRow, Manifest
+from ..manifest import Manifest
 from ..resources import templates_dir
 from . import snapshot
-from .data import History, assemble, method_infos
-from .predictions import write_predictions_csv
+from .data import History, assemble, class_names, method_infos
+from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
@@ -111,11 +111,12 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
     finally:
         manifest.close()
-    data = assemble(out, images, maps, failures, found.history, found.masks)
+    csv = predictions_csv(class_names(found.history.run, images), images, maps)
+    data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    summary = _write_all(w, out, data, images, maps, template_dir)
+    summary = _write_all(w, out, data, csv, template_dir)
     remove_stale(w)
     w.save_state(found.key, summary)
     stats.seconds_render = time.perf_counter() - t1
@@ -147,18 +148,17 @@ def _write_all(
     w: PageWriter,
     out: Path,
     data: ReportData,
-    images: dict[str, ImageRow],
-    maps: dict,
+    csv: bytes,
     template_dir: Path | None,
 ) -> dict:
-    """Write the figures, the CSV, the assets and every page (details in forked processes on a first build);
+    """Write the figures, the CSV (predictions.csv's bytes), the assets and every page (details in forked processes on a first build);
     returns the summary to save for the next unchanged run."""
     drawings = Drawings(w)
     try:
         write_colour_bars(w, data, drawings)
         write_figures(w, data, drawings)
         drawings.start()  # drawn beside the pages when there is a second core
-        write_predictions_csv(out, data.class_names, images, maps, write=w.files.write)  # before the pages
+        w.files.write("predictions.csv", csv)  # before the pages
         env = environment(template_dir)
         write_assets(w, data, template_dir)
         if w.sizes is None:  # not yet listed by _still_there
