@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import weakref
 
 from test_report import labeled_rows, synth
@@ -59,3 +60,41 @@ def test_manifest_rows_are_released_before_the_pages_are_written(tmp_path, monke
     assert len(refs) == 30 * 3
     assert alive == [0]
     assert (out / "predictions.csv").read_text().count("\n") == 31
+
+
+def _write_all_growth(out, monkeypatch) -> int:
+    """Bytes the build allocates beyond what it holds when it starts writing (tracemalloc's peak in _write_all)."""
+    import tracemalloc
+
+    real = render_module._write_all
+    grew = []
+
+    def write_all(*args):
+        start = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        got = real(*args)
+        grew.append(tracemalloc.get_traced_memory()[1] - start)
+        return got
+
+    monkeypatch.setattr(render_module, "_write_all", write_all)
+    tracemalloc.start()
+    try:
+        report.render(out)
+    finally:
+        tracemalloc.stop()
+    return grew[0]
+
+
+def test_writing_the_pages_holds_nothing_per_card(tmp_path, monkeypatch):
+    """Writing the pages needs memory per page, not per card: no per-card text (fingerprint keys, card HTML) is
+    kept for the whole build. 1,000 more cards may add at most 100 bytes each (the keys took 600)."""
+    monkeypatch.setattr(render_module, "detail_processes", lambda: 1)
+    small, big = (
+        synth(tmp_path / str(n), labeled_rows(n), methods=("gradcam", "lime"), files=False) for n in (400, 1400)
+    )
+    report.render(tmp_path / "400")  # the first build imports and compiles what every later one reuses
+    for sub in ("gallery", "detail"):
+        shutil.rmtree(small / sub)
+    (small / ".xaibatch-report.json").unlink()
+    extra = _write_all_growth(big, monkeypatch) - _write_all_growth(small, monkeypatch)
+    assert extra < 1000 * 100, extra

@@ -77,7 +77,8 @@ _map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr an
 
 def _card_key(c: Card) -> str:
     """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key and
-    those DERIVED from the others)."""
+    those DERIVED from the others). Made when a page's fingerprint needs it, not kept for every card (600 bytes
+    a card: a gallery page and its detail file each make their cards' again, in parallel on a first build)."""
     return repr((_card_fields(c), [_map_fields(v) for v in c.maps], [_map_fields(v) for v in c.label_maps]))
 
 
@@ -165,24 +166,23 @@ def _write_all(
             w.list_pages()
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
-        keys = [_card_key(c) for c in data.cards]
         # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
         # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
         chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
         details = [
-            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, keys, ps)))
+            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, ps)))
             for ps in chunks
         ]
         try:
-            _write_gallery(w, env, data, site_key, keys, template_dir)
+            _write_gallery(w, env, data, site_key, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
             _write_summary(w, env, data)
             if not chunks:
-                _write_details(w, env, data, site, site_key, keys)
+                _write_details(w, env, data, site, site_key)
             for ps, child in zip(chunks, details):
                 if not _merge_details(w, child.result()):
-                    _write_details(w, env, data, site, site_key, keys, ps)
+                    _write_details(w, env, data, site, site_key, ps)
         finally:
             for child in details:
                 child.abandon()
@@ -281,7 +281,6 @@ def _write_details(
     data: ReportData,
     site: Any,
     site_key: str,
-    keys: list[str],
     pages: list[GalleryPage] | None = None,
 ) -> None:
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
@@ -298,7 +297,7 @@ def _write_details(
         after = cards[last] if last < len(cards) and page_cards else None
         fp = fingerprint(
             site_key,
-            keys[first:last],
+            [_card_key(c) for c in page_cards],
             before and (before.cid, before.page),
             after and (after.cid, after.page),
             data.input_dir is not None,
@@ -333,7 +332,6 @@ def _write_gallery(
     env: jinja2.Environment,
     data: ReportData,
     site_key: str,
-    keys: list[str],
     template_dir: Path | None = None,
 ) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
@@ -363,7 +361,7 @@ def _write_gallery(
                 b.first,
                 b.last,
                 b.heading_section,
-                [keys[c.index] for c in b.cards],
+                [_card_key(c) for c in b.cards],
             )
             for b in p.blocks
         ]
