@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import weakref
 
@@ -98,3 +99,35 @@ def test_writing_the_pages_holds_nothing_per_card(tmp_path, monkeypatch):
     (small / ".xaibatch-report.json").unlink()
     extra = _write_all_growth(big, monkeypatch) - _write_all_growth(small, monkeypatch)
     assert extra < 1000 * 100, extra
+
+
+def test_manifest_rows_read_in_chunks_share_equal_strings(tmp_path, monkeypatch):
+    """Rows read a chunk at a time are the rows read at once; equal strings (an image's rel in its map rows, a
+    method, a hash, a thumbnail that is the picture itself) are one object, as a big report holds every row."""
+    import sqlite3
+
+    from xaibatch import manifest as manifest_module
+
+    rows = labeled_rows(11)
+    out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"), files=False)
+    db = sqlite3.connect(out / manifest_module.FILENAME)
+    db.execute("UPDATE maps SET thumb = png WHERE method = 'lime'")
+    view = json.dumps({"scale": 0.5, "shape": [8, 8]})
+    db.execute("UPDATE maps SET view_json = ? WHERE rel = ?", (view, rows[9][0]))
+    db.commit()
+    db.close()
+    m = Manifest(out / manifest_module.FILENAME)
+    try:
+        whole = m.images(), m.maps()
+        monkeypatch.setattr(manifest_module, "_CHUNK", 4)
+        images, maps = m.images(), m.maps()
+    finally:
+        m.close()
+    assert (images, maps) == whole
+    assert list(images) == list(whole[0]) and list(maps) == list(whole[1])
+    assert len(images) == 11 and len(maps) == 22
+    assert maps[(rows[9][0], "gradcam")].view == {"scale": 0.5, "shape": [8, 8]}
+    for (rel, method), row in maps.items():
+        assert row.rel is images[rel].rel and row.method is maps[(rows[0][0], method)].method
+        assert row.config_hash is maps[(rows[0][0], "gradcam")].config_hash
+        assert (row.thumb is row.png) == (method == "lime")
