@@ -131,3 +131,16 @@ def test_manifest_rows_read_in_chunks_share_equal_strings(tmp_path, monkeypatch)
         assert row.rel is images[rel].rel and row.method is maps[(rows[0][0], method)].method
         assert row.config_hash is maps[(rows[0][0], "gradcam")].config_hash
         assert (row.thumb is row.png) == (method == "lime")
+
+
+def test_cards_hold_one_object_per_equal_text(tmp_path):
+    """A card's equal texts are one object: a small image's thumbnail url is its picture's, the detail url its
+    path when nothing needs escaping, and percentages are shared between cards."""
+    from xaibatch.report.data import build
+
+    out = synth(tmp_path / "o", [("a/x.png", 0, 0.75), ("a/y z.png", 1, 0.75)], files=False)
+    a, b = sorted(build(out).cards, key=lambda c: c.rel)
+    assert a.thumb is a.image and a.detail_url is a.detail
+    assert b.thumb is b.image and b.detail_url == b.detail.replace(" ", "%20") and "%20" not in b.detail
+    assert a.conf_text == b.conf_text == "75.0%" and a.conf_text is b.conf_text
+    assert a.probs[0][2] is b.probs[0][2]
