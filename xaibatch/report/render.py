@@ -77,8 +77,7 @@ _map_fields = operator.attrgetter(*(f.name for f in fields(MapView) if f.repr an
 
 def _card_key(c: Card) -> str:
     """Everything a card can show, as text (faster than the dataclass repr; every field but index/group_key and
-    those DERIVED from the others). Made when a page's fingerprint needs it, not kept for every card (600 bytes
-    a card: a gallery page and its detail file each make their cards' again, in parallel on a first build)."""
+    those DERIVED from the others)."""
     return repr((_card_fields(c), [_map_fields(v) for v in c.maps], [_map_fields(v) for v in c.label_maps]))
 
 
@@ -166,23 +165,24 @@ def _write_all(
             w.list_pages()
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
+        fps = page_fingerprints(data, site_key)
         # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
         # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
         chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
         details = [
-            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, ps)))
+            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, fps, ps)))
             for ps in chunks
         ]
         try:
-            _write_gallery(w, env, data, site_key, template_dir)
+            _write_gallery(w, env, data, fps, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
             _write_summary(w, env, data)
             if not chunks:
-                _write_details(w, env, data, site, site_key)
+                _write_details(w, env, data, site, site_key, fps)
             for ps, child in zip(chunks, details):
                 if not _merge_details(w, child.result()):
-                    _write_details(w, env, data, site, site_key, ps)
+                    _write_details(w, env, data, site, site_key, fps, ps)
         finally:
             for child in details:
                 child.abandon()
@@ -281,6 +281,7 @@ def _write_details(
     data: ReportData,
     site: Any,
     site_key: str,
+    fps: list[tuple[str, str]],
     pages: list[GalleryPage] | None = None,
 ) -> None:
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
@@ -293,15 +294,7 @@ def _write_details(
     for p in data.pages if pages is None else pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
-        before = cards[first - 1] if first > 0 and page_cards else None
-        after = cards[last] if last < len(cards) and page_cards else None
-        fp = fingerprint(
-            site_key,
-            [_card_key(c) for c in page_cards],
-            before and (before.cid, before.page),
-            after and (after.cid, after.page),
-            data.input_dir is not None,
-        )
+        fp = fps[p.number - 1][1]
 
         def script(page_cards=page_cards, first=first) -> str:
             records = []
@@ -331,11 +324,23 @@ def _write_gallery(
     w: PageWriter,
     env: jinja2.Environment,
     data: ReportData,
-    site_key: str,
+    fps: list[tuple[str, str]],
     template_dir: Path | None = None,
 ) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     gallery = env.get_template("gallery.html")
+    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
+    for p in data.pages:
+        w.write_page(p.path, fps[p.number - 1][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+
+
+def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
+    """Per gallery page, the fingerprints of the page and of its detail data file (detail/page-<n>.js).
+
+    A gallery page changes with its cards, its place in the pager or the site; a data file with one of its
+    cards, a neighbour across its edges, the site or a template. Each card's key (:func:`_card_key`) is made
+    once, and only one page's keys are held at a time (they are 600 bytes a card)."""
+    cards = data.cards
     layout_key = fingerprint(
         site_key,
         data.card_width,
@@ -347,8 +352,11 @@ def _write_gallery(
         data.sections,
         data.trust.faith if data.trust else None,
     )
-    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
+    fps = []
     for p in data.pages:
+        first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
+        page_cards = cards[first:last]
+        keys = [_card_key(c) for c in page_cards]
         shown = [
             (
                 b.group.key,
@@ -361,12 +369,21 @@ def _write_gallery(
                 b.first,
                 b.last,
                 b.heading_section,
-                [_card_key(c) for c in b.cards],
+                [keys[c.index - first] for c in b.cards],
             )
             for b in p.blocks
         ]
-        fp = fingerprint(layout_key, p.number, p.first, p.last, shown)
-        w.write_page(p.path, fp, lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+        before = cards[first - 1] if first > 0 and page_cards else None
+        after = cards[last] if last < len(cards) and page_cards else None
+        detail = fingerprint(
+            site_key,
+            keys,
+            before and (before.cid, before.page),
+            after and (after.cid, after.page),
+            data.input_dir is not None,
+        )
+        fps.append((fingerprint(layout_key, p.number, p.first, p.last, shown), detail))
+    return fps
 
 
 def _render_gallery(gallery: jinja2.Template, data: ReportData, p: Any, fast: bool) -> str:
