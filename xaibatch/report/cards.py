@@ -78,6 +78,8 @@ def make_card(
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
     detail = ""  # set by paginate: layout.detail_page(page) + "#" + cid
+    image = url(layout.image_png(stem))
+    thumb = url(layout.image_thumb(stem, r.width, r.height))
     return Card(
         rel=r.rel,
         stem=stem,
@@ -91,8 +93,8 @@ def make_card(
         conf_text=fmt_pct(r.confidence),
         conf_attr=f"{r.confidence:.6f}",
         correct=None if r.label is None else r.label == r.pred,
-        thumb=url(layout.image_thumb(stem, r.width, r.height)),
-        image=url(layout.image_png(stem)),
+        thumb=image if thumb == image else thumb,  # a small image is its own thumbnail: one string
+        image=image,
         detail=detail,
         detail_url=url(detail),
         maps=views,
@@ -220,8 +222,9 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
         g.start_url = f"gallery/page-{g.start_page}.html#{g.key}"
         for c in g.cards:
             c.group_key = g.key
-            c.detail = f"{layout.detail_page(c.page)}#{c.cid}"
-            c.detail_url = url(layout.detail_page(c.page)) + f"#{c.cid}"
+            page = layout.detail_page(c.page)
+            c.detail = f"{page}#{c.cid}"
+            c.detail_url = c.detail if url(page) is page else f"{url(page)}#{c.cid}"  # one string when equal
         i = 0
         while i < len(g.cards):
             p = g.cards[i].page

@@ -192,6 +192,13 @@ def build(out_dir: Path) -> ReportData:
     return assemble(out_dir, *rows, history, masks_beside(history.source(), images))
 
 
+def class_names(run: RunConfig | None, images: dict[str, ImageRow]) -> list[str]:
+    """The run's class names, then "class <i>" for any class its images' probabilities have beyond them."""
+    names: list[str] = list((run or RunConfig.empty()).class_names)
+    k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
+    return names + [f"class {i}" for i in range(len(names), k)]
+
+
 def assemble(
     out_dir: Path,
     images: dict[str, ImageRow],
@@ -200,17 +207,24 @@ def assemble(
     history: History,
     masks: dict[str, str],
 ) -> ReportData:
-    """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder."""
+    """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder.
+
+    Consumes the rows: each image's rows leave ``images`` and ``maps`` once its card is made, so a big report
+    never holds the rows and all the cards at once (the rows take more memory than the cards)."""
     run = history.run or RunConfig.empty()
-    names: list[str] = list(run.class_names)
-    k = max(len(names), len(next(iter(images.values())).probs) if images else 0)
-    names += [f"class {i}" for i in range(len(names), k)]
+    names = class_names(run, images)
     methods = method_infos(history.runs, history.run, {meth for _rel, meth in maps})
     labeled = any(r.label is not None for r in images.values())
+    from .trust import build_trust
+
+    # what needs all the rows, before the cards consume them
+    trust = build_trust(Path(out_dir), images, maps, methods, labeled, run.model.checkpoint_sha256)
+    decision = decision_summary(run.decision, names, images)
+    samples = lime_samples(maps)
 
     input_dir = history.input_dir
     source = history.source()
-    cards = [make_card(images[rel], names, methods, maps, masks) for rel in sorted(images)]
+    cards = [_take_card(rel, images, maps, names, methods, masks) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
     order, pages = paginate(groups, sections)
     data = ReportData(
@@ -239,12 +253,26 @@ def assemble(
     warning = demo_model_warning(run, order, source is not None)
     if warning:
         data.warnings.append(warning)
-    from .trust import build_trust
-
-    data.trust = build_trust(Path(out_dir), images, maps, methods, labeled, run.model.checkpoint_sha256)
-    data.decision = decision_summary(run.decision, names, images)
-    data.lime_samples = lime_samples(maps)
+    data.trust = trust
+    data.decision = decision
+    data.lime_samples = samples
     return data
+
+
+def _take_card(
+    rel: str,
+    images: dict[str, ImageRow],
+    maps: dict[tuple[str, str], MapRow],
+    names: list[str],
+    methods: list[MethodInfo],
+    masks: dict[str, str],
+) -> Card:
+    """The image's card; its image and map rows leave ``images`` and ``maps``."""
+    card = make_card(images.pop(rel), names, methods, maps, masks)
+    for m in methods:
+        maps.pop((rel, m.name), None)
+        maps.pop((rel, targets.label_key(m.name)), None)
+    return card
 
 
 def lime_samples(maps: dict[tuple[str, str], MapRow]) -> dict[str, Any] | None:

@@ -20,27 +20,33 @@ def write_predictions_csv(
 ) -> float | None:
     """Write predictions.csv (from the manifest unless its rows are given; with ``write(rel, bytes)``, the
     report's checked writer, when given); return the accuracy over labeled images (None when there are none)."""
-    import csv
-    import io
-
     if rows is None or maps is None:
         manifest = Manifest(out / layout.MANIFEST)
         try:
             rows, maps = manifest.images(), manifest.maps()
         finally:
             manifest.close()
+    text = predictions_csv(names, rows, maps)
+    if write is not None:
+        write("predictions.csv", text)
+    else:
+        atomic_write_bytes(out / "predictions.csv", text)
+    labeled = [r for r in rows.values() if r.label is not None]
+    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+
+
+def predictions_csv(names: list[str], rows: dict[str, ImageRow], maps: dict[tuple[str, str], MapRow]) -> bytes:
+    """predictions.csv's bytes (the report computes them while it still holds the manifest's rows)."""
+    import csv
+    import io
+
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(_header(names, scored))
     for rel in sorted(rows):
         w.writerow(_row(rel, rows[rel], names, scored, maps))
-    if write is not None:
-        write("predictions.csv", buf.getvalue().encode())
-    else:
-        atomic_write_bytes(out / "predictions.csv", buf.getvalue().encode())
-    labeled = [r for r in rows.values() if r.label is not None]
-    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+    return buf.getvalue().encode()
 
 
 def _header(names: list[str], scored: list[str]) -> list[str]:

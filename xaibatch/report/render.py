@@ -17,11 +17,11 @@ import jinja2
 from .. import layout
 from ..errors import UsageError, XaibatchError
 from ..files import OutputDir
-from ..manifest import ImageRow, Manifest
+from ..manifest import Manifest
 from ..resources import templates_dir
 from . import snapshot
-from .data import History, assemble, method_infos
-from .predictions import write_predictions_csv
+from .data import History, assemble, class_names, method_infos
+from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, detail_record, site_record, truth_of
@@ -111,11 +111,12 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
     finally:
         manifest.close()
-    data = assemble(out, images, maps, failures, found.history, found.masks)
+    csv = predictions_csv(class_names(found.history.run, images), images, maps)
+    data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    summary = _write_all(w, out, data, images, maps, template_dir)
+    summary = _write_all(w, out, data, csv, template_dir)
     remove_stale(w)
     w.save_state(found.key, summary)
     stats.seconds_render = time.perf_counter() - t1
@@ -147,42 +148,41 @@ def _write_all(
     w: PageWriter,
     out: Path,
     data: ReportData,
-    images: dict[str, ImageRow],
-    maps: dict,
+    csv: bytes,
     template_dir: Path | None,
 ) -> dict:
-    """Write the figures, the CSV, the assets and every page (details in forked processes on a first build);
+    """Write the figures, the CSV (predictions.csv's bytes), the assets and every page (details in forked processes on a first build);
     returns the summary to save for the next unchanged run."""
     drawings = Drawings(w)
     try:
         write_colour_bars(w, data, drawings)
         write_figures(w, data, drawings)
         drawings.start()  # drawn beside the pages when there is a second core
-        write_predictions_csv(out, data.class_names, images, maps, write=w.files.write)  # before the pages
+        w.files.write("predictions.csv", csv)  # before the pages
         env = environment(template_dir)
         write_assets(w, data, template_dir)
         if w.sizes is None:  # not yet listed by _still_there
             w.list_pages()
         site = data.site()
         site_key = fingerprint(templates_key(template_dir), site)
-        keys = [_card_key(c) for c in data.cards]
+        fps = page_fingerprints(data, site_key)
         # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
         # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
         chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
         details = [
-            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, keys, ps)))
+            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, fps, ps)))
             for ps in chunks
         ]
         try:
-            _write_gallery(w, env, data, site_key, keys, template_dir)
+            _write_gallery(w, env, data, fps, template_dir)
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
             _write_summary(w, env, data)
             if not chunks:
-                _write_details(w, env, data, site, site_key, keys)
+                _write_details(w, env, data, site, site_key, fps)
             for ps, child in zip(chunks, details):
                 if not _merge_details(w, child.result()):
-                    _write_details(w, env, data, site, site_key, keys, ps)
+                    _write_details(w, env, data, site, site_key, fps, ps)
         finally:
             for child in details:
                 child.abandon()
@@ -281,7 +281,7 @@ def _write_details(
     data: ReportData,
     site: Any,
     site_key: str,
-    keys: list[str],
+    fps: list[tuple[str, str]],
     pages: list[GalleryPage] | None = None,
 ) -> None:
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
@@ -294,15 +294,7 @@ def _write_details(
     for p in data.pages if pages is None else pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
-        before = cards[first - 1] if first > 0 and page_cards else None
-        after = cards[last] if last < len(cards) and page_cards else None
-        fp = fingerprint(
-            site_key,
-            keys[first:last],
-            before and (before.cid, before.page),
-            after and (after.cid, after.page),
-            data.input_dir is not None,
-        )
+        fp = fps[p.number - 1][1]
 
         def script(page_cards=page_cards, first=first) -> str:
             records = []
@@ -332,12 +324,23 @@ def _write_gallery(
     w: PageWriter,
     env: jinja2.Environment,
     data: ReportData,
-    site_key: str,
-    keys: list[str],
+    fps: list[tuple[str, str]],
     template_dir: Path | None = None,
 ) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     gallery = env.get_template("gallery.html")
+    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
+    for p in data.pages:
+        w.write_page(p.path, fps[p.number - 1][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+
+
+def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
+    """Per gallery page, the fingerprints of the page and of its detail data file (detail/page-<n>.js).
+
+    A gallery page changes with its cards, its place in the pager or the site; a data file with one of its
+    cards, a neighbour across its edges, the site or a template. Each card's key (:func:`_card_key`) is made
+    once, and only one page's keys are held at a time (they are 600 bytes a card)."""
+    cards = data.cards
     layout_key = fingerprint(
         site_key,
         data.card_width,
@@ -349,8 +352,11 @@ def _write_gallery(
         data.sections,
         data.trust.faith if data.trust else None,
     )
-    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
+    fps = []
     for p in data.pages:
+        first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
+        page_cards = cards[first:last]
+        keys = [_card_key(c) for c in page_cards]
         shown = [
             (
                 b.group.key,
@@ -363,18 +369,31 @@ def _write_gallery(
                 b.first,
                 b.last,
                 b.heading_section,
-                [keys[c.index] for c in b.cards],
+                [keys[c.index - first] for c in b.cards],
             )
             for b in p.blocks
         ]
-        fp = fingerprint(layout_key, p.number, p.first, p.last, shown)
-        w.write_page(p.path, fp, lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+        before = cards[first - 1] if first > 0 and page_cards else None
+        after = cards[last] if last < len(cards) and page_cards else None
+        detail = fingerprint(
+            site_key,
+            keys,
+            before and (before.cid, before.page),
+            after and (after.cid, after.page),
+            data.input_dir is not None,
+        )
+        fps.append((fingerprint(layout_key, p.number, p.first, p.last, shown), detail))
+    return fps
 
 
 def _render_gallery(gallery: jinja2.Template, data: ReportData, p: Any, fast: bool) -> str:
     for b in p.blocks:
         b.html = cards_html(b.cards, "../", data.card_thumb) if fast else None
-    return gallery.render(r=data, p=p, root="../", nav="gallery")
+    try:
+        return gallery.render(r=data, p=p, root="../", nav="gallery")
+    finally:  # a page's cards as HTML, kept on its blocks, held every page written so far (5 KB an image)
+        for b in p.blocks:
+            b.html = None
 
 
 def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> None:

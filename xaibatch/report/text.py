@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -39,7 +40,7 @@ def fmt_value(v: Any) -> str:
 
 
 def fmt_pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
+    return sys.intern(f"{100 * v:.1f}%")  # few distinct texts (1,001 from 0 to 1), and a card holds three
 
 
 def luminance(rgb: tuple[int, ...]) -> float:
