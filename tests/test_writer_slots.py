@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from helpers import run_opts, write_images
 from xaibatch.manifest import Manifest
@@ -155,3 +156,29 @@ def test_an_item_larger_than_a_slot_is_pickled_and_written(tmp_path, monkeypatch
         out[n] = _pictures(tmp_path / f"w{n}")
     assert seen == [(5, False)]  # one message an item (each its own sub-share), pickled
     assert len(out[0]) == 5 * 3 and out[0] == out[2]  # display copy, npy, overlay
+
+
+def test_an_error_in_a_later_sub_share_is_raised_by_wait(tmp_path, monkeypatch):
+    """wait() returns only once every sub-share is answered and raises the error one of them met; the pool's
+    slots all come free and the next job is written."""
+    monkeypatch.setattr(writer_pool, "SLOT_BYTES", _weight(_item("x", 0)) + 5 * 64)  # one item a slot
+
+    def write(files, it, run_id):
+        if it.stem == "a5":  # process 1's last sub-share
+            raise OSError(28, "No space left on device")
+        return writer.write_item(files, it, None)
+
+    (tmp_path / "out").mkdir()
+    pool = WriterPool(tmp_path / "out", 2, write, shares.pack, shares.unpack, shares.split)
+    try:
+        a = pool.submit([_item(f"a{i}", i) for i in range(6)], 1)
+        with pytest.raises(OSError, match="No space left"):
+            pool.wait(a)
+        assert all(s is None for slots in pool._slots for s in slots) and not any(pool._in_flight)
+        b = pool.submit([_item(f"b{i}", i) for i in range(6)], 1)
+        pool.wait(b)
+    finally:
+        pool.close()
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
+        [f"a{i}.png" for i in range(5)] + [f"b{i}.png" for i in range(6)]
+    )
