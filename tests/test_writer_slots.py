@@ -67,12 +67,14 @@ def test_split_runs_each_fit_their_slot_in_order():
     w = _weight(items[0])
     for size in (w + 5 * 64, 2 * w + 5 * 64 - 1, 3 * w + 400, 19 * w + 5 * 64, 1 << 20):
         runs = shares.split(items, size)
-        assert [it for r in runs for it in r] == items
+        assert [id(it) for r in runs for it in r] == [id(it) for it in items]
         assert len(runs) == -(-19 // max(1, (size - 5 * 64) // w))
         for r in runs:
             packed = shares.pack(r, memoryview(bytearray(size)))
             assert packed[0] == "stacked" and all(v is None or isinstance(v, tuple) for v in packed[2].values())
-    assert [len(r) for r in shares.split(items, w // 2)] == [1] * 19  # each alone too large: a run each
+    assert [r is items for r in shares.split(items, w // 2)] == [
+        True
+    ]  # each alone too large: one run, pickled whole as before
 
 
 def test_split_shares_cross_in_slots_and_write_the_same_files(tmp_path, tiny_ckpt, monkeypatch):
@@ -141,7 +143,8 @@ def test_a_slot_is_freed_only_when_its_own_sub_share_is_answered(tmp_path, monke
 
 
 def test_an_item_larger_than_a_slot_is_pickled_and_written(tmp_path, monkeypatch):
-    """Items each larger than a slot cross pickled (shared() false) and are written the same as by the thread."""
+    """Items each larger than a slot: each process's share crosses pickled in one message (shared() false) and
+    is written the same as by the thread."""
     items = [_item(f"p{i}", i, side=96) for i in range(5)]  # 92 KB each: a large message
     out = {}
     seen = _spy_submit(monkeypatch)
@@ -154,7 +157,7 @@ def test_an_item_larger_than_a_slot_is_pickled_and_written(tmp_path, monkeypatch
         w.put(WriteJob(1, items))
         w.finish()
         out[n] = _pictures(tmp_path / f"w{n}")
-    assert seen == [(5, False)]  # one message an item (each its own sub-share), pickled
+    assert seen == [(2, False)]  # one message a process, pickled
     assert len(out[0]) == 5 * 3 and out[0] == out[2]  # display copy, npy, overlay
 
 

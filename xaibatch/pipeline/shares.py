@@ -57,16 +57,17 @@ def pack(items: list[WriteItem], buf: memoryview | None = None) -> Any:
 
 def split(items: list[WriteItem], size: int) -> list[list[WriteItem]]:
     """``items`` cut into consecutive runs whose stacks (:func:`pack` into a buffer of ``size`` bytes) each fit;
-    an item that alone does not fit is a run of its own (pickled). :func:`pack` stacks only pictures of one
-    shape and dtype per kind, so every item weighs what the first does: a run of n takes n times its bytes plus
-    at most 64 per kind of alignment (_places). A share of mixed shapes crosses as its items whatever its runs."""
+    one run, ``items``, when they fit together or when one item alone does not (then pickled whole, one message).
+    :func:`pack` stacks only pictures of one shape and dtype per kind, so every item weighs what the first does:
+    a run of n takes n times its bytes plus at most 64 per kind of alignment (_places). A share of mixed shapes
+    crosses as its items whatever its runs."""
     if not items:
         return []
     first = items[0]
     arrays = [first.display, first.display_thumb] + [a for mp in first.maps for a in (mp.array, mp.overlay, mp.thumb)]
     weight = sum(a.nbytes for a in arrays if a is not None)
-    per_run = max(1, (size - 64 * len(arrays)) // max(1, weight))
-    if per_run >= len(items):
+    per_run = (size - 64 * len(arrays)) // max(1, weight)
+    if per_run < 1 or per_run >= len(items):
         return [items]
     return [items[i : i + per_run] for i in range(0, len(items), per_run)]
 
