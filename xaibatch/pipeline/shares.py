@@ -55,6 +55,23 @@ def pack(items: list[WriteItem], buf: memoryview | None = None) -> Any:
     return ("stacked", names, {key: None if a is None else np.array(a) for key, a in kinds.items()})
 
 
+def split(items: list[WriteItem], size: int) -> list[list[WriteItem]]:
+    """``items`` cut into consecutive runs whose stacks (:func:`pack` into a buffer of ``size`` bytes) each fit;
+    one run, ``items``, when they fit together or when one item alone does not (then pickled whole, one message).
+    :func:`pack` stacks only pictures of one shape and dtype per kind, so every item weighs what the first does:
+    a run of n takes n times its bytes plus at most 64 per kind of alignment (_places). A share of mixed shapes
+    crosses as its items whatever its runs."""
+    if not items:
+        return []
+    first = items[0]
+    arrays = [first.display, first.display_thumb] + [a for mp in first.maps for a in (mp.array, mp.overlay, mp.thumb)]
+    weight = sum(a.nbytes for a in arrays if a is not None)
+    per_run = (size - 64 * len(arrays)) // max(1, weight)
+    if per_run < 1 or per_run >= len(items):
+        return [items]
+    return [items[i : i + per_run] for i in range(0, len(items), per_run)]
+
+
 def unpack(packed: Any, buf: memoryview | None = None) -> list[WriteItem]:
     """The WriteItems of :func:`pack` (map rows' data left out: config_hash "", no view); ``buf``: the shared
     memory that :func:`pack` was given (the items' arrays are views of it: read them before it is reused)."""

@@ -118,9 +118,9 @@ class Writer(threading.Thread):
         # (pictures_written), so a process does not build rows only to drop them.
         write = lambda f, it, r: write_item(f, it, None)
         if writers > 0 and can_fork():
-            from .shares import pack, unpack  # a share's pixels in one buffer (shares.py imports this module)
+            from .shares import pack, split, unpack  # a share's pixels in one buffer (shares.py imports this module)
 
-            self.pool: WriterPool | None = WriterPool(self.out_dir, writers, write, pack, unpack)
+            self.pool: WriterPool | None = WriterPool(self.out_dir, writers, write, pack, unpack, split)
         else:
             self.pool = None
         self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
@@ -197,6 +197,8 @@ class Writer(threading.Thread):
                 job = self.q.get()
             if job is None:
                 break
+            while self.error is None and sent and not pool.room(job.items):  # else some sub-shares pickled
+                settle()  # the oldest job's slots come free
             if self.error is not None:
                 continue  # after an error: drain the queue, write and commit nothing more
             try:

@@ -25,6 +25,7 @@ import pickle
 import queue
 import select
 import threading
+from collections import deque
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -38,9 +39,11 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and hasattr(os, "waitpid")
 
 
-# Shared memory per process, made before the fork: SLOTS buffers of SLOT_BYTES, one per share in flight (the
-# writer thread keeps at most six jobs out, writer.JOBS_OUT_SHARED). A share whose pictures fit one crosses the pipe
-# as its names and the places of its stacks (shares.pack); a larger one (or with no slot free) is pickled.
+# Shared memory per process, made before the fork: SLOTS buffers of SLOT_BYTES, one per message in flight (the
+# writer thread keeps at most six jobs out, writer.JOBS_OUT_SHARED, and fewer when their shares need more slots).
+# A share whose pictures fit one crosses the pipe as its names and the places of its stacks (shares.pack); a larger
+# one is cut into consecutive sub-shares that each fit (shares.split), sent to the same process one message each;
+# only an item that alone does not fit, or a sub-share with no slot free, is pickled.
 SLOTS = 8
 SMALL_MESSAGE = 64 << 10  # a message this small goes into the socket's buffer at once: sent without a thread
 # 16 MiB: a share of 19 images of 224 px with all five pictures (display copy, its thumbnail, map, overlay and its
@@ -65,19 +68,28 @@ class WriterPool:
         write: Callable[[Any, Any, int], Any],
         pack: Callable[[list[Any], memoryview | None], Any] = lambda items, buf: items,
         unpack: Callable[[Any, memoryview | None], list[Any]] = lambda packed, buf: packed,
+        split: Callable[[list[Any], int], list[list[Any]]] = lambda items, size: [items],
     ) -> None:
         """``write(files, item, run_id)`` writes one item's files (writer.write_item, looked up per call); a
-        share of items crosses the pipe as ``pack(items, buf)`` and is ``unpack``-ed there with the same shared
-        buffer ``buf`` (None: none free; shares.py)."""
+        share of items is cut into ``split(items, SLOT_BYTES)`` sub-shares, each crossing the pipe as
+        ``pack(sub, buf)`` and ``unpack``-ed there with the same shared buffer ``buf`` (None: none free;
+        shares.py)."""
         self.pack = pack
+        self.split = split
         self.out_dir = Path(out_dir)
         self.conns: list[Connection] = []
         self.pids: list[int] = []
         self._next = 0
-        self._pending: dict[int, int] = {}  # job token -> shares not yet acknowledged
+        self._pending: dict[int, int] = {}  # job token -> messages (sub-shares) not yet acknowledged
         self._errors: dict[int, BaseException] = {}
         self._regions = [mmap.mmap(-1, SLOTS * SLOT_BYTES) for _ in range(max(1, n))]  # MAP_SHARED: forks see it
         self._slots: list[list[int | None]] = [[None] * SLOTS for _ in self._regions]  # the job using each slot
+        # Per process, (token, slot) of each message sent and not yet acknowledged, in the order sent. A process
+        # reads its messages in that order and answers each once done with its slot, over one pipe: its answers
+        # come back in the same order, so an answer is always for the head of this queue and frees exactly that
+        # message's slot. (Freeing every slot of the answered token instead would free its later sub-shares'
+        # slots before the process has read them: the next job's pictures would be written over theirs.)
+        self._in_flight: list[deque[tuple[int, int | None]]] = [deque() for _ in self._regions]
         self._shared: dict[int, bool] = {}  # job token -> every share of it in shared memory
         try:
             for i in range(max(1, n)):
@@ -149,28 +161,40 @@ class WriterPool:
     def __len__(self) -> int:
         return len(self.conns)
 
+    def _shares(self, items: list[Any]) -> list[list[list[Any]]]:
+        """``items`` as one contiguous share per process (as many as items, at most), each cut into the
+        sub-shares that fit a slot."""
+        k = min(len(self.conns), len(items))
+        return [self.split(items[i * len(items) // k : (i + 1) * len(items) // k], SLOT_BYTES) for i in range(k)]
+
+    def room(self, items: list[Any]) -> bool:
+        """Whether every sub-share of ``items`` would find a free slot now (else the writer settles older jobs
+        first rather than have some pickled)."""
+        return all(len(subs) <= self._slots[i].count(None) for i, subs in enumerate(self._shares(items)))
+
     def submit(self, items: list[Any], run_id: int) -> int:
-        """Send ``items`` (WriteItems) to the processes, one contiguous share each; return the job's token."""
+        """Send ``items`` (WriteItems) to the processes, one contiguous share each (as one message per sub-share,
+        in order); return the job's token."""
         token = self._next
         self._next += 1
-        k = min(len(self.conns), len(items))
-        self._pending[token] = k
+        self._pending[token] = 0  # counted as sent: wait() needs an answer to each message
         self._shared[token] = True
-        for i in range(k):
-            share = items[i * len(items) // k : (i + 1) * len(items) // k]
+        for i, subs in enumerate(self._shares(items)):
             if not self._senders[i].is_alive():  # it met a closed pipe: the process is gone
-                self._pending[token] -= k - i
                 raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})")
-            slot = self._free_slot(i, token)  # held until the share is acknowledged, used or not
-            packed = self.pack(share, None if slot is None else _slot_view(self._regions[i], slot))
-            data = pickle.dumps((token, run_id, slot, packed), protocol=pickle.HIGHEST_PROTOCOL)
-            small = len(data) <= SMALL_MESSAGE
-            self._shared[token] = self._shared[token] and small
-            self._send(i, data, small)
+            for sub in subs:
+                slot = self._free_slot(i, token)  # held until this message is acknowledged, used or not
+                packed = self.pack(sub, None if slot is None else _slot_view(self._regions[i], slot))
+                data = pickle.dumps((token, run_id, slot, packed), protocol=pickle.HIGHEST_PROTOCOL)
+                small = len(data) <= SMALL_MESSAGE
+                self._shared[token] = self._shared[token] and small
+                self._pending[token] += 1
+                self._in_flight[i].append((token, slot))
+                self._send(i, data, small)
         return token
 
     def shared(self, token: int) -> bool:
-        """Whether every share of job ``token`` crossed as a small message (its pictures in shared memory)."""
+        """Whether every message of job ``token`` crossed small (its pictures in shared memory)."""
         return self._shared.get(token, False)
 
     def _send(self, i: int, data: bytes | None, small: bool = False) -> None:
@@ -190,7 +214,7 @@ class WriterPool:
             self._outbox[i].put(data)
 
     def _free_slot(self, i: int, token: int) -> int | None:
-        """A shared buffer of process ``i`` that no share in flight uses, now ``token``'s; None if all are."""
+        """A shared buffer of process ``i`` that no message in flight uses, now ``token``'s; None if all are."""
         slots = self._slots[i]
         for k, used in enumerate(slots):
             if used is None:
@@ -199,7 +223,7 @@ class WriterPool:
         return None
 
     def wait(self, token: int) -> None:
-        """Block until every share of ``token`` is written; raise the first error a process met for it."""
+        """Block until every message (sub-share) of ``token`` is written; raise the first error a process met for it."""
         while self._pending.get(token, 0) > 0:
             for fd, _ in self._poll.poll():
                 i = self._by_fd[fd]
@@ -208,10 +232,10 @@ class WriterPool:
                 except (EOFError, OSError):
                     raise WriterDied(f"a writer process ended unexpectedly ({self._status(i)})") from None
                 self._pending[done] -= 1
-                slots = self._slots[i]
-                for k, used in enumerate(slots):
-                    if used == done:  # that share is written: its buffer can take the next
-                        slots[k] = None
+                sent, slot = self._in_flight[i].popleft()  # answers come in the order sent (see __init__)
+                assert sent == done, (sent, done)
+                if slot is not None:  # that message is written: its buffer can take the next
+                    self._slots[i][slot] = None
                 if err is not None:
                     self._errors.setdefault(done, err)
         self._pending.pop(token, None)
