@@ -185,3 +185,50 @@ def test_an_error_in_a_later_sub_share_is_raised_by_wait(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
         [f"a{i}.png" for i in range(5)] + [f"b{i}.png" for i in range(6)]
     )
+
+
+def test_a_share_of_mixed_sizes_packs_picture_by_picture_into_shared_memory():
+    """A photo set's share (pictures of several shapes, some without a thumbnail) crossed pickled whole; it now
+    packs each picture into the buffer and unpacks to the same arrays, and split cuts it by each item's weight."""
+    items = [_item("a", 1, side=16), _item("b", 2, side=40), _item("c", 3, side=24)]
+    items[1].maps[0] = MapPictures(
+        "gradcam", "h", items[1].maps[0].array, items[1].maps[0].overlay, np.zeros((8, 8, 3), np.uint8)
+    )
+    size = 1 << 16
+    buf = memoryview(bytearray(size))
+    packed = shares.pack(items, buf)
+    assert packed[0] == "stacked"  # names and places only: no picture in the message
+    assert all(not isinstance(a, np.ndarray) for v in packed[2].values() for a in (v if isinstance(v, list) else [v]))
+    for unpacked in (shares.unpack(packed, buf), shares.unpack(shares.pack(items), None)):  # in buf; pickled
+        for got, want in zip(unpacked, items, strict=True):
+            for g, w in zip(shares._arrays(got), shares._arrays(want), strict=True):
+                assert (g is None and w is None) or np.array_equal(g, w)
+    w = [sum(-(-a.nbytes // 64) * 64 for a in shares._arrays(it) if a is not None) for it in items]
+    room = w[1] + 5 * 64  # the biggest alone
+    assert [len(r) for r in shares.split(items, room)] == [1, 1, 1]
+    assert [len(r) for r in shares.split(items, w[0] + w[1] + 5 * 64)] == [2, 1]
+    for r in shares.split(items, w[0] + w[1] + 5 * 64):
+        assert shares.pack(r, memoryview(bytearray(w[0] + w[1] + 5 * 64)))[0] == "stacked"
+
+
+def test_a_photo_set_of_mixed_sizes_crosses_in_slots_and_writes_the_same_files(tmp_path, tiny_ckpt, monkeypatch):
+    """Images of several sizes: each share crosses in shared memory (before: pickled whole, its shapes did not
+    stack), split over slots when large, and writes what the writer thread writes."""
+    inp = tmp_path / "in"
+    for k, side in enumerate((48, 96, 160)):
+        for p in write_images(inp / f"s{side}", 4, size=side, seed=k):
+            p.rename(inp / f"{p.stem}_{side}.png")  # sorted: every batch of 4 mixes the sizes
+        (inp / f"s{side}").rmdir()
+    seen = _spy_submit(monkeypatch)
+    files = {}
+    item = 160 * 160 * (3 + 4 + 3) + 2 * 128 * 128 * 3  # the largest: display copy, map, overlay, 2 thumbnails
+    for name, n, slot in (("thread", 0, None), ("split", 2, item + item // 8)):
+        if slot is not None:
+            monkeypatch.setattr(writer_pool, "SLOT_BYTES", slot)
+        seen.clear()
+        out = tmp_path / name
+        run(run_opts(inp, out, tiny_ckpt, writers=n), log=lambda s: None)
+        files[name] = _pictures(out)
+    assert seen and all(shared for _, shared in seen)
+    assert any(messages > 2 for messages, _ in seen)  # some share was cut into sub-shares
+    assert files["thread"] == files["split"] and len(files["thread"]) >= 12 * 3

@@ -220,7 +220,7 @@ def test_writer_count_is_not_in_the_request(tmp_path):
 
 
 def test_a_share_crosses_the_pipe_stacked_and_comes_back_the_same():
-    """shares.pack stacks a share's pictures per kind (one image size) and falls back to the items otherwise;
+    """shares.pack stacks a share's pictures per kind (one image size), a kind of mixed sizes picture by picture;
     unpack gives back the arrays and names write_item uses."""
     import pickle
 
@@ -254,7 +254,8 @@ def test_a_share_crosses_the_pipe_stacked_and_comes_back_the_same():
     mixed = uniform[:2] + [item(9, 24, thumb=False)]
     packed = pack(uniform)
     assert packed[0] == "stacked" and packed[2]["0.array"].shape == (5, 16, 16)
-    assert isinstance(pack(mixed), list)
+    ragged = pack(mixed)
+    assert ragged[0] == "stacked" and isinstance(ragged[2]["display"], list) and len(ragged[2]["display"]) == 3
     for items in (uniform, mixed):
         back = unpack(pickle.loads(pickle.dumps(pack(items), protocol=pickle.HIGHEST_PROTOCOL)))
         assert len(back) == len(items) and all(same(a, b) for a, b in zip(items, back, strict=True))
