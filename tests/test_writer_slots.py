@@ -61,6 +61,14 @@ def _spy_submit(monkeypatch) -> list[tuple[int, bool]]:
     return seen
 
 
+def _run_with(inp: Path, out: Path, ckpt: Path, writers: int, slot: int | None, monkeypatch) -> dict:
+    """A run of ``inp`` into ``out`` with ``writers`` processes (and slots of ``slot`` bytes); its picture files."""
+    if slot is not None:
+        monkeypatch.setattr(writer_pool, "SLOT_BYTES", slot)
+    run(run_opts(inp, out, ckpt, writers=writers), log=lambda s: None)
+    return _pictures(out)
+
+
 def test_split_runs_each_fit_their_slot_in_order():
     """shares.split's runs are the items in order and each packs into a buffer of the size it was given."""
     items = [_item(f"i{i}", i, side=24) for i in range(19)]
@@ -86,13 +94,9 @@ def test_split_shares_cross_in_slots_and_write_the_same_files(tmp_path, tiny_ckp
     seen = _spy_submit(monkeypatch)
     item = 128 * 128 * (3 + 4 + 3)  # display copy, float32 map, overlay (128 px: their own thumbnails)
     for name, n, slot in (("thread", 0, None), ("whole", 2, None), ("split", 2, item + 4096)):
-        if slot is not None:
-            monkeypatch.setattr(writer_pool, "SLOT_BYTES", slot)
         seen.clear()
-        out = tmp_path / name
-        run(run_opts(inp, out, tiny_ckpt, writers=n), log=lambda s: None)
-        files[name] = _pictures(out)
-        m = Manifest(out / "xaibatch.sqlite")
+        files[name] = _run_with(inp, tmp_path / name, tiny_ckpt, n, slot, monkeypatch)
+        m = Manifest(tmp_path / name / "xaibatch.sqlite")
         rows[name] = {k: (r.npy, r.png, r.thumb) for k, r in m.maps().items()}
         m.close()
         if name == "whole":  # batches of 4 over 2 processes: one message each
@@ -223,12 +227,8 @@ def test_a_photo_set_of_mixed_sizes_crosses_in_slots_and_writes_the_same_files(t
     files = {}
     item = 160 * 160 * (3 + 4 + 3) + 2 * 128 * 128 * 3  # the largest: display copy, map, overlay, 2 thumbnails
     for name, n, slot in (("thread", 0, None), ("split", 2, item + item // 8)):
-        if slot is not None:
-            monkeypatch.setattr(writer_pool, "SLOT_BYTES", slot)
         seen.clear()
-        out = tmp_path / name
-        run(run_opts(inp, out, tiny_ckpt, writers=n), log=lambda s: None)
-        files[name] = _pictures(out)
+        files[name] = _run_with(inp, tmp_path / name, tiny_ckpt, n, slot, monkeypatch)
     assert seen and all(shared for _, shared in seen)
     assert any(messages > 2 for messages, _ in seen)  # some share was cut into sub-shares
     assert files["thread"] == files["split"] and len(files["thread"]) >= 12 * 3
