@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import sys
 import time
 
@@ -104,6 +105,36 @@ def test_an_interrupted_training_saves_the_weights_of_its_last_finished_epoch(tm
     state = torch.load(tmp_path / "m.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert state.keys() == ended.keys()
     assert all(torch.equal(state[k], ended[k]) for k in ended)
+
+
+def test_a_signal_during_a_training_step_lets_that_step_finish_and_stops_before_the_next(
+    tmp_path, train_data, monkeypatch
+):
+    """The stop is taken between batches, never raised from the signal handler into whatever code runs: thrown into
+    the DataLoader's own code (starting its queue threads, joining a worker), it left `train` waiting forever after
+    a closed terminal. A SIGTERM sent from inside the loss of epoch 2's first step: that step runs to its end, no
+    later step runs, and the model of epoch 1 is written."""
+    import types
+
+    from xaibatch.tools import train as train_mod
+
+    steps, finished = [], []
+
+    def cross_entropy(logits, y):
+        steps.append(len(y))
+        if len(steps) == 3:  # 14 training images in batches of 8: epoch 2's first step
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append(len(steps))  # not reached if the handler raises here
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    monkeypatch.setattr(train_mod, "F", types.SimpleNamespace(cross_entropy=cross_entropy))
+    out = tmp_path / "m.pt"
+    r = invoke("train", train_data, "--arch", "test_resnet", "--image-size", "32", "--batch-size", "8",
+               "--epochs", "4", "--out", out, catch_exceptions=True)  # fmt: skip
+    assert r.exit_code == 5, r.output
+    assert "Error: interrupted by SIGTERM in epoch 2/4: wrote" in r.output and "after epoch 1 " in r.output
+    assert finished == [3] and len(steps) == 3
+    assert torch.load(out, map_location="cpu", weights_only=True)["meta"]["epochs"] == 1
 
 
 def test_a_training_stopped_in_its_first_epoch_leaves_out_as_it_was(tmp_path, train_data, monkeypatch):

@@ -68,10 +68,11 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     Example:
       xaibatch train data/demo --arch resnet18 --image-size 64 --epochs 10 --out models/demo.pt
     """
-    from ..pipeline.signals import stops_interrupt
+    from ..pipeline.signals import REPEATED_SIGNAL_S, catch_signals
     from ..tools.train import train as train_model
 
-    with stops_interrupt():  # SIGTERM, a closed terminal: as Ctrl-C (the last finished epoch saved); nohup: goes on
+    # Ctrl-C, SIGTERM, a closed terminal: the batch under way ends, the last finished epoch is saved; nohup: goes on
+    with catch_signals(True, REPEATED_SIGNAL_S) as stop:
         r = train_model(
             data_dir,
             arch,
@@ -86,6 +87,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
             workers=workers,
             log=echo,
             save_format=save_format,
+            stop=stop,
         )
     test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
     echo(

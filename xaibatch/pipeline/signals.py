@@ -26,9 +26,11 @@ class Abandoned(BaseException):
 class Stop:
     """Set by the STOP_SIGNALS handler; polled between batches."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeat_s: float = 0.0) -> None:
         self.signum: int | None = None
         self._abandoning = False
+        self._repeat_s = repeat_s  # a SIGTERM/SIGHUP this soon after the first signal is the same stop
+        self._first = 0.0
 
     @property
     def requested(self) -> bool:
@@ -52,17 +54,20 @@ class Stop:
 
     def _signalled(self, signum: int) -> None:
         if self.requested:
+            if signum != signal.SIGINT and time.monotonic() - self._first < self._repeat_s:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
         if self._abandoning:
             self._abandoning = False  # raised once: what handles it runs unabandoned
             raise Abandoned
 
 
 @contextmanager
-def catch_signals(enabled: bool):
-    """STOP_SIGNALS set a flag for the duration of the run; a second one stops at once. Restores the old handlers."""
-    stop = Stop()
+def catch_signals(enabled: bool, repeat_s: float = 0.0):
+    """STOP_SIGNALS set a flag for the duration of the run; a second one stops at once, except a SIGTERM or SIGHUP
+    within ``repeat_s`` of the first (see :func:`stops_interrupt`). Restores the old handlers."""
+    stop = Stop(repeat_s)
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield stop
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, scan
 from ..errors import InputError, Interrupted, UsageError
 from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
-from ..pipeline.loader import worker_init
+from ..pipeline.loader import until_stopped, worker_init
+from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
 
 
@@ -68,19 +70,32 @@ def _loader(entries, size, batch_size, shuffle, workers, seed):
 
 @dataclass
 class Feed:
-    """Labeled images on their way to the model: their loader, and each batch normalized with its labels."""
+    """Labeled images on their way to the model: their loader, and each batch normalized with its labels.
+
+    A stop signal (``stop``: Ctrl-C, SIGTERM, a closed terminal) ends the iteration between batches with
+    KeyboardInterrupt, raised here rather than from the signal handler: an exception thrown into the middle of
+    the DataLoader's own code (starting its queue threads, joining its workers) could leave it waiting forever."""
 
     loader: torch.utils.data.DataLoader
     labels: dict[int, int]  # dataset index -> class index
     pre: Preprocess
     device: torch.device
+    stop: Stop
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for b in self.loader:
-            if b.x is None:
-                continue
-            x = self.pre.normalize(b.x, self.device)
-            yield x, torch.tensor([self.labels[i] for i in b.index], device=self.device)
+        batches = until_stopped(self.loader, self.stop)  # a signal while waiting for a batch ends the wait at once
+        try:
+            for b in batches:
+                if self.stop.requested:
+                    break
+                if b.x is None:
+                    continue
+                x = self.pre.normalize(b.x, self.device)
+                yield x, torch.tensor([self.labels[i] for i in b.index], device=self.device)
+        finally:
+            batches.close()  # a loader left early has its workers killed, not joined
+        if self.stop.requested:
+            raise KeyboardInterrupt(*([] if self.stop.signum == signal.SIGINT else [f"by {self.stop.name}"]))
 
 
 def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list[ImageEntry], list[ImageEntry]]:
@@ -146,9 +161,13 @@ def train(
     workers: int = 0,
     log: Callable[[str], None] = print,
     save_format: str = "xaibatch",
+    stop: Stop | None = None,
 ) -> TrainResult:
     """Train ``arch``; write xaibatch's checkpoint, or (``save_format="state-dict"``) a plain state_dict that
-    ``xaibatch run --model timm:ARCH --classes ... --image-size ...`` loads."""
+    ``xaibatch run --model timm:ARCH --classes ... --image-size ...`` loads. ``stop`` (see
+    :func:`~xaibatch.pipeline.signals.catch_signals`) ends the training after the batch under way; the model of
+    the last finished epoch is then written."""
+    stop = stop if stop is not None else Stop()
     t0 = time.time()
     check_out(Path(out))  # before the training, which a checkpoint that cannot be written would waste
     torch.manual_seed(seed)
@@ -164,7 +183,7 @@ def train(
 
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
         loader = _loader(entries, image_size, batch_size, shuffle, workers, seed)
-        return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev)
+        return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev, stop)
 
     tr, val = hold_out(found.images, val_fraction, seed)
     train_feed, val_feed = feed(tr, batch_size, shuffle=True), feed(val, 256)
@@ -188,7 +207,7 @@ def train(
             if test.classes == found.classes:
                 test_acc = evaluate(model, feed(test.images, 256))
                 log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP through signals.stops_interrupt
+    except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
         by = " ".join(["interrupted", *map(str, e.args)])
         if last.epoch == 0:
             raise Interrupted(f"{by} in epoch 1/{epochs}: no checkpoint written") from None
