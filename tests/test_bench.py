@@ -255,3 +255,77 @@ def test_timeouts_second_sigterm_is_the_same_stop():
         os.kill(os.getpid(), signal.SIGTERM)  # the group's copy: ignored
         for _ in range(10**6):
             pass
+
+
+def test_a_signal_ends_the_timing_after_the_chunk_under_way_and_drops_that_round():
+    """A SIGTERM used to raise KeyboardInterrupt wherever the bench stood: inside a row's DataLoader, writer or
+    queue code it could leave a lock held, and the bench hung instead of printing its tables (4 of 20 closed
+    terminals under load). The signal now only sets the stop: the chunk under way runs to its end, no later chunk
+    or row runs, and the round it cut short is not recorded."""
+    import os
+    import signal
+
+    from xaibatch.pipeline.signals import catch_signals
+    from xaibatch.tools.bench.options import Row
+    from xaibatch.tools.bench.timing import time_interleaved
+
+    chunks, finished = [], []
+
+    def job(sl):
+        for a, z in sl.chunks(10, 2):
+            chunks.append((a, z))
+            if len(chunks) == 3:  # the warm-up's one chunk, then the first timed round's second
+                os.kill(os.getpid(), signal.SIGTERM)
+                finished.append(a)  # not reached if the handler raises here
+        return None
+
+    later_rounds = []
+
+    def later(sl):
+        later_rounds.append("warm-up" if sl.warm else "timed")
+        return None
+
+    first, second = Row("f", "first", "part", 0), Row("f", "second", "part", 0)
+    with catch_signals(True) as stop:
+        with pytest.raises(KeyboardInterrupt):
+            time_interleaved([(first, job), (second, later)], 3, lambda s: None, stop=stop)
+    assert chunks == [(0, 2), (0, 2), (2, 4)] and finished == [2]
+    assert later_rounds == ["warm-up"]  # every row warms up first; none is timed after the signal
+    assert stop.name == "SIGTERM" and not first.measured and not second.measured
+
+
+def test_a_run_inside_a_command_that_catches_signals_shares_its_stop():
+    """`xaibatch bench` times runs: a signal must stop the run (after its batch) and the bench with it, so the
+    run's catch_signals hands out the bench's Stop instead of installing handlers of its own."""
+    import signal
+
+    from xaibatch.pipeline.signals import catch_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with catch_signals(True) as outer:
+        handler = signal.getsignal(signal.SIGTERM)
+        with catch_signals(False) as inner, catch_signals(True) as inner2:
+            assert inner is outer and inner2 is outer
+            assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGTERM) is handler
+    assert signal.getsignal(signal.SIGTERM) is before
+    with catch_signals(False) as alone:
+        assert alone is not outer and not alone.requested
+
+
+def test_a_repeated_sigterm_within_the_window_is_the_same_stop_and_a_second_ctrl_c_is_not():
+    import os
+    import signal
+
+    from xaibatch.pipeline.signals import catch_signals
+
+    with catch_signals(True, repeat_s=30.0) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # GNU timeout's copy to the process group: the same stop
+        for _ in range(10**5):
+            pass
+        assert stop.requested and stop.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
+            for _ in range(10**6):
+                pass

@@ -154,7 +154,7 @@ def bench(
     """
     started = time.perf_counter()  # the budget counts from here: torch is imported after
     log = (lambda s: None) if quiet else (lambda s: write_line(s, sys.stderr))  # a gone terminal: lines go nowhere
-    from ..pipeline.signals import stops_interrupt
+    from ..pipeline.signals import REPEATED_SIGNAL_S, catch_signals, stops_interrupt
 
     if memory:
         try:
@@ -198,7 +198,8 @@ def bench(
         budget=budget,
         started=started,
     )
-    with stops_interrupt():  # `timeout 100 xaibatch bench ...`, a closed terminal: still prints what it measured
-        result = run_bench(opts, log=log, show=lambda res: echo(format_result(res, markdown=markdown)))
+    # `timeout 100 xaibatch bench ...`, a closed terminal: the chunk under way ends, the rows measured are printed
+    with catch_signals(True, REPEATED_SIGNAL_S) as stop:
+        result = run_bench(opts, log=log, show=lambda res: echo(format_result(res, markdown=markdown)), stop=stop)
     if result.cut_off:
         raise Failure("interrupted: the tables hold only the rows measured before the signal", EXIT_INTERRUPTED)

@@ -63,12 +63,22 @@ class Stop:
             raise Abandoned
 
 
+_caught: list[Stop] = []  # the Stops of the catch_signals blocks open in the main thread, innermost last
+
+
 @contextmanager
 def catch_signals(enabled: bool, repeat_s: float = 0.0):
     """STOP_SIGNALS set a flag for the duration of the run; a second one stops at once, except a SIGTERM or SIGHUP
-    within ``repeat_s`` of the first (see :func:`stops_interrupt`). Restores the old handlers."""
+    within ``repeat_s`` of the first (see :func:`stops_interrupt`). Restores the old handlers.
+
+    Inside another such block (a run that ``xaibatch bench`` times) the caller's Stop is the one yielded, whatever
+    ``enabled``: one signal stops both, each between its own steps."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and _caught:
+        yield _caught[-1]
+        return
     stop = Stop(repeat_s)
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if not enabled or not main:
         yield stop
         return
     terminal = [fd for fd in (0, 1, 2) if _isatty(fd)]  # asked now: a hung-up terminal no longer answers
@@ -82,9 +92,11 @@ def catch_signals(enabled: bool, repeat_s: float = 0.0):
     previous = {s: h for s in STOP_SIGNALS if (h := signal.getsignal(s)) is not signal.SIG_IGN}
     for s in previous:
         signal.signal(s, handler)
+    _caught.append(stop)
     try:
         yield stop
     finally:
+        _caught.pop()
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 

@@ -8,22 +8,28 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
+from ...errors import Interrupted
 from .context import Bench, make_bench
 from .inputs import make_inputs
 from .options import FAMILIES, BenchOptions, BenchResult
 from .ratios import ratios
 from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
 
+if TYPE_CHECKING:
+    from ...pipeline.signals import Stop
+
 
 def run_bench(
     opts: BenchOptions,
     log: Callable[[str], None] = lambda s: None,
     show: Callable[[BenchResult], None] = lambda res: None,
+    stop: "Stop | None" = None,
 ) -> BenchResult:
     """Time every row; ``show`` gets the result before the generated files are removed (thousands of files take
-    seconds to remove: a `timeout` then still finds the tables printed)."""
+    seconds to remove: a `timeout` then still finds the tables printed). ``stop`` (see
+    :func:`~xaibatch.pipeline.signals.catch_signals`) cuts the timing off between chunks."""
     started = time.perf_counter() if opts.started is None else opts.started
     spent: list[tuple[str, float]] = []
     mark = Marks(started, spent)
@@ -53,7 +59,7 @@ def run_bench(
         jobs = bench_jobs(b)
         mark("jobs: methods made, the peers' libraries imported, the per-image peers' predicted classes")
         predicted = b.predict_seconds
-        cut_off = _time_jobs(jobs, opts, started, log)
+        cut_off = _time_jobs(jobs, opts, started, log, stop)
         rows = [r for r, _ in jobs if r.measured]
         n_pred = 0 if b.predicted is None else len(b.predicted)
         spent.append((f"predicted classes of {n_pred} images, as rows needed them", b.predict_seconds - predicted))
@@ -71,7 +77,9 @@ def run_bench(
                 log(f"bench: interrupted while removing {root}: left in place")
 
 
-def _time_jobs(jobs: list[Job], opts: BenchOptions, started: float, log: Callable[[str], None]) -> bool:
+def _time_jobs(
+    jobs: list[Job], opts: BenchOptions, started: float, log: Callable[[str], None], stop: "Stop | None" = None
+) -> bool:
     """Time ``jobs`` in interleaved rounds within the budget left since ``started``; whether a signal cut it off."""
     repeats = max(1, opts.repeats)
     units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
@@ -79,9 +87,9 @@ def _time_jobs(jobs: list[Job], opts: BenchOptions, started: float, log: Callabl
     if opts.budget > 0:
         log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
     try:
-        time_interleaved(jobs, repeats, log, budget)
+        time_interleaved(jobs, repeats, log, budget, stop)
         return False
-    except KeyboardInterrupt:  # SIGINT, or SIGTERM from a `timeout`: the tables of the rows measured so far
+    except (KeyboardInterrupt, Interrupted):  # a signal (a row's run stops as Interrupted): the rows measured so far
         return True
 
 

@@ -10,9 +10,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .options import Row
+
+if TYPE_CHECKING:
+    from ...pipeline.signals import Stop
 
 Job = tuple[Row, Callable[["Slice"], "float | None"]]  # fn(slice) -> its own seconds, or None (its wall time)
 
@@ -26,6 +29,7 @@ class Slice:
     A job either loops over chunks with :meth:`chunks` (it stops once the next chunk would not fit, after at
     least one), or plans its images up front with :meth:`plan` from its previous round's rate (a pipeline run,
     whose batches cannot be stopped half-way). A warm-up (``warm``) does the least: one chunk, or ``least``.
+    A stop signal (``stop``) ends the chunks too; such a round is not recorded.
     """
 
     seconds: float = math.inf
@@ -36,13 +40,18 @@ class Slice:
     hint: tuple[float, float] | None = None  # set by the job: (rate, fixed) for the next round, if it knows better
     start: float = field(default_factory=time.perf_counter)
     paused: float = 0.0
+    stop: "Stop | None" = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None and self.stop.requested
 
     def chunks(self, k: int, step: int) -> Iterator[tuple[int, int]]:
         """``(a, z)`` ranges of ``k`` images, ``step`` at a time, while the next one fits in the slice."""
         longest = 0.0
         for a in range(0, k, step):
             now, paused = time.perf_counter(), self.paused
-            if a and (self.warm or now - self.start + longest > self.seconds):
+            if a and (self.warm or now - self.start + longest > self.seconds or self.stopped):
                 return
             yield a, min(k, a + step)
             longest = max(longest, time.perf_counter() - now - (self.paused - paused))
@@ -85,12 +94,20 @@ class Budget:
         return share
 
 
-def time_interleaved(jobs: list[Job], repeats: int, log: Callable[[str], None], budget: Budget | None = None) -> None:
+def time_interleaved(
+    jobs: list[Job],
+    repeats: int,
+    log: Callable[[str], None],
+    budget: Budget | None = None,
+    stop: "Stop | None" = None,
+) -> None:
     """Warm each job up once, then run every job of a family once per round; keep each job's best round.
 
     A job returns its own seconds (the compute phase of a pipeline run) or None (then its wall time counts).
     With a budget each round gets a slice of the time left; rounds after the first run only while time is left,
-    so every row is measured at least once.
+    so every row is measured at least once. ``stop`` (a signal) ends the timing with KeyboardInterrupt after the
+    chunk or the run's batch under way, its round unrecorded: never raised from the signal handler into a job's
+    DataLoader, threads or writer processes, whose locks it could leave held.
     """
     budget = budget or Budget(time.perf_counter(), 0, 0)
     seen: dict[int, tuple[float, float]] = {}  # id(row) -> (rate, fixed) of its last round
@@ -101,7 +118,7 @@ def time_interleaved(jobs: list[Job], repeats: int, log: Callable[[str], None], 
             log(f"bench: {family}: warm-up")
             for row, fn in group:
                 budget.take(WARM_WEIGHT * row.share)
-                row.warm_wall, seen[id(row)] = _one(fn, Slice(warm=True))
+                row.warm_wall, seen[id(row)] = _one(fn, Slice(warm=True, stop=stop))
             for k in range(repeats):
                 if k and budget.left() <= 0:
                     budget.take(sum(r.share for r, _ in group) * (repeats - k))
@@ -110,15 +127,20 @@ def time_interleaved(jobs: list[Job], repeats: int, log: Callable[[str], None], 
                 log(f"bench: {family}: round {k + 1}/{repeats}")
                 for row, fn in group:
                     rate, fixed = seen[id(row)]
-                    sl = Slice(budget.take(row.share), rate=rate, fixed=fixed)
+                    sl = Slice(budget.take(row.share), rate=rate, fixed=fixed, stop=stop)
                     wall, seen[id(row)] = _one(fn, sl, row)
                     row.rounds_wall += wall
                     log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s over {row.images} images")
 
 
 def _one(fn: Callable[[Slice], "float | None"], sl: Slice, row: Row | None = None) -> tuple[float, tuple[float, float]]:
-    """Run one round: its wall seconds, and (rate, fixed) for planning the next one. A timed round goes to ``row``."""
+    """Run one round: its wall seconds, and (rate, fixed) for planning the next one. A timed round goes to ``row``;
+    a stopped one raises KeyboardInterrupt instead."""
+    if sl.stopped:
+        raise KeyboardInterrupt
     own = fn(sl)
+    if sl.stopped:
+        raise KeyboardInterrupt
     wall = time.perf_counter() - sl.start
     seconds = own if own is not None else wall
     if row is not None:
