@@ -54,8 +54,10 @@ class Terminal:
                 os.execvpe(argv[0], argv, env)
             finally:
                 os._exit(127)
+        self.slave_name = os.ttyname(slave)
         os.close(slave)
         self.pid, self.master, self.buf, self.code = pid, master, bytearray(), None
+        self.hangup_sent = False  # close_window sent SIGHUP itself: another process still held the master
 
     def read(self, timeout: float = 0.1) -> None:
         end = time.monotonic() + timeout
@@ -104,14 +106,35 @@ class Terminal:
         return self.code
 
     def close_window(self, timeout: float = 90) -> None:
-        """Close the terminal's window (the master side; the kernel hangs up the session) and wait for the exit."""
+        """Close the terminal's window (the master side; the kernel hangs up the session) and wait for the exit.
+
+        The kernel hangs up only when every copy of the master is closed. A process forked from this one while the
+        terminal was open (a library's helper in a thread of the test process) holds a copy, and then nothing is
+        sent: the slave can still be opened. Then this sends what the hangup would have sent, SIGHUP and SIGCONT,
+        to the terminal's foreground group (``hangup_sent``)."""
         os.close(self.master)
         self.master = os.open(os.devnull, os.O_RDONLY)
+        if self._master_held_elsewhere():
+            self.hangup_sent = True
+            for sig in (signal.SIGHUP, signal.SIGCONT):
+                try:
+                    os.killpg(self.foreground_group(), sig)
+                except ProcessLookupError:
+                    pass
         end = time.monotonic() + timeout
         while self.poll() is None:
-            assert time.monotonic() < end, "still running after the window closed"
+            assert time.monotonic() < end, f"still running after the window closed (hangup_sent={self.hangup_sent})"
             time.sleep(0.1)
         os.close(self.master)
+
+    def _master_held_elsewhere(self) -> bool:
+        """Whether the slave still opens after this process closed its master (after a hangup it does not)."""
+        try:
+            fd = os.open(self.slave_name, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
 
     def finish(self, timeout: float) -> Result:
         end = time.monotonic() + timeout

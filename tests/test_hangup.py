@@ -260,7 +260,7 @@ def test_a_ray_run_on_a_closed_terminal_stops_like_a_local_one(tmp_path):
         assert time.monotonic() < deadline and t.poll() is None, t.text
         t.read(0.2)
     t.close_window(timeout=240)
-    assert t.code == 5, t.text
+    assert t.code == 5, f"hangup_sent={t.hangup_sent}\n{t.text}"
     ((status, computed),) = manifest_rows(out, "SELECT status, n_computed FROM runs")
     assert status == "interrupted" and 0 < computed < 24
     assert len(check_output_folder(out, inp)) == computed
