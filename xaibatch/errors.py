@@ -55,6 +55,11 @@ class Interrupted(XaibatchError):
     exit_code = 5  # ExitCode.INTERRUPTED
 
 
+def interrupted_by(e: KeyboardInterrupt) -> str:
+    """ "interrupted", or "interrupted by SIGTERM" for a KeyboardInterrupt that names its signal (Ctrl-C's does not)."""
+    return " ".join(["interrupted", *map(str, e.args)])
+
+
 # Write errors that no retry fixes: the run stops, and the message says what to do (storage_error).
 _STORAGE_ADVICE = {
     errno.ENOSPC: "free space and run again",

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError
+from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by
 from ..runlog import reader_gone, silence, write_line
 from .helptext import Context
 
@@ -125,7 +125,7 @@ def reported(fn):
         except XaibatchError as e:
             raise Failure(str(e), e.exit_code) from None
         except KeyboardInterrupt as e:  # "by SIGTERM" from signals.stops_interrupt; none from Ctrl-C
-            raise Failure(" ".join(["interrupted", *map(str, e.args)]), EXIT_INTERRUPTED) from None
+            raise Failure(interrupted_by(e), EXIT_INTERRUPTED) from None
         except OSError as e:
             if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
                 raise  # the command's output was cut short by its reader: Group ends it with exit 0

@@ -123,7 +123,7 @@ def demo_data(out_dir, train_per_class, test_per_class, seed, force):
     Example:
       xaibatch demo-data data/demo && xaibatch run data/demo/test
     """
-    from ..errors import Interrupted
+    from ..errors import Interrupted, interrupted_by
     from ..pipeline.signals import stops_interrupt
     from ..tools.demo import write_demo_data
 
@@ -131,6 +131,7 @@ def demo_data(out_dir, train_per_class, test_per_class, seed, force):
         with stops_interrupt():  # SIGTERM, a closed terminal: as Ctrl-C; nohup: goes on
             n = write_demo_data(out_dir, train_per_class, test_per_class, seed, force=force)
     except KeyboardInterrupt as e:  # one thread, no loader: a stop raised where it stands leaves nothing held
-        by = " ".join(["interrupted", *map(str, e.args)])
-        raise Interrupted(f"{by}: {out_dir} holds part of the set; the same command again replaces it") from None
+        raise Interrupted(
+            f"{interrupted_by(e)}: {out_dir} holds part of the set; the same command again replaces it"
+        ) from None
     echo(f"wrote {n.train} train and {n.test} test images to {out_dir}")

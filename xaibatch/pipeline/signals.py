@@ -40,6 +40,11 @@ class Stop:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else "signal"
 
+    def interrupt(self) -> KeyboardInterrupt:
+        """What a command raises, between its steps, on this stop: a KeyboardInterrupt naming the signal as
+        :func:`stops_interrupt`'s do ("by SIGTERM"; Ctrl-C's names none)."""
+        return KeyboardInterrupt(*([] if self.signum in (None, signal.SIGINT) else [f"by {self.name}"]))
+
     @contextmanager
     def abandon(self):
         """Within this block a signal raises :class:`Abandoned` at once: nothing in it is worth finishing (waiting

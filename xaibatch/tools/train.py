@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, scan
-from ..errors import InputError, Interrupted, UsageError
+from ..errors import InputError, Interrupted, UsageError, interrupted_by
 from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
 from ..pipeline.loader import until_stopped, worker_init
 from ..pipeline.signals import Stop
@@ -95,7 +94,7 @@ class Feed:
         finally:
             batches.close()  # a loader left early has its workers killed, not joined
         if self.stop.requested:
-            raise KeyboardInterrupt(*([] if self.stop.signum == signal.SIGINT else [f"by {self.stop.name}"]))
+            raise self.stop.interrupt()
 
 
 def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list[ImageEntry], list[ImageEntry]]:
@@ -208,7 +207,7 @@ def train(
                 test_acc = evaluate(model, feed(test.images, 256))
                 log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
     except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
-        by = " ".join(["interrupted", *map(str, e.args)])
+        by = interrupted_by(e)
         if last.epoch == 0:
             raise Interrupted(f"{by} in epoch 1/{epochs}: no checkpoint written") from None
         if last.state is not None:
