@@ -838,7 +838,7 @@ def images_of(out: Path) -> dict:
         m.close()
 
 
-def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
+def test_a_report_with_its_colour_bars_imports_no_matplotlib(tmp_path):
     import subprocess
     import sys
 
@@ -858,7 +858,7 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
     )
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
-    m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn (with matplotlib)
+    m = Manifest(out / FILENAME)  # a change the figures show: they are redrawn, still without matplotlib
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
     before = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
@@ -869,6 +869,7 @@ def test_an_unchanged_report_imports_no_matplotlib(tmp_path):
         check=True,
         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[2])},
     )
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr  # the figures are SVG written by report/figures.py
     after = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}  # drawn by a forked process or here
     new = set(after) - set(before)
     assert any(n.startswith("confidence-") for n in new) and all(b"<svg" in after[n] for n in new)

@@ -43,6 +43,38 @@ def test_the_package_and_its_light_modules_import_nothing_heavy():
     assert loaded == []
 
 
+def test_a_first_run_on_a_fresh_machine_builds_no_font_cache(tmp_path, tiny_ckpt):
+    """#20: on the fresh H200 machine matplotlib's first figure scanned the system's fonts for 15 s (its font
+    cache). The figures are SVG written by xaibatch: a first run, every figure drawn, never imports matplotlib's
+    font manager, and the empty matplotlib config folder of a fresh machine stays without a font list."""
+    from helpers import write_images
+
+    inp, out, mpl = tmp_path / "in", tmp_path / "out", tmp_path / "mplconfig"
+    write_images(inp / "FAKE", 4, seed=1)
+    write_images(inp / "REAL", 4, seed=2)
+    mpl.mkdir()
+    probe = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
+                           checkpoint=Path({str(tiny_ckpt)!r}), workers=0, handle_signals=False), log=lambda s: None)
+        assert r.computed == 8, r
+        print(sorted(m for m in sys.modules if m.startswith("matplotlib.font")))
+    """)
+    r = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MPLCONFIGDIR": str(mpl)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert sorted(p.name.split("-")[0] for p in (out / "figures").iterdir()) == ["confidence", "reliability", "roc"]
+    assert not [p.name for p in mpl.rglob("*") if "font" in p.name]
+
+
 def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
     """Cron over a folder with nothing new: a scan, a manifest read and the report, but no model load."""
     from helpers import write_images

@@ -15,7 +15,7 @@ Layout written into the output folder::
                                drawn by assets/detail.js with textContent only; one file per page, not per image
     history.html               every run
     skipped.html               every file that could not be read, and why
-    figures/<name>-<hash>.svg  matplotlib figures (only redrawn when their numbers change)
+    figures/<name>-<hash>.svg  the SVG figures (only redrawn when their numbers change)
     assets/report.<hash>.css   templates/assets/report.css, content-hashed
     assets/report.<hash>.js    templates/assets/report.js, content-hashed
     assets/detail.<hash>.js    templates/assets/detail.js, content-hashed

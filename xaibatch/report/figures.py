@@ -1,114 +1,294 @@
-"""The report's figures, drawn with matplotlib and returned as SVG bytes.
+"""The report's figures, written as SVG from their numbers: axes, ticks, bars, lines, markers and a legend.
 
-Figures are built on a bare :class:`matplotlib.figure.Figure` with an Agg
-canvas: pyplot is never imported, so no window ever opens and the process-wide
-backend of a caller (a notebook, say) is left alone. The numbers come from
-:mod:`xaibatch.report`; this module only draws them. SVG text stays text
-(small files) and ids are salted, so equal numbers give equal bytes.
+No plotting library is imported: a figure costs about a millisecond, equal numbers give equal bytes, and the
+text stays text, set by the browser in its own sans-serif. So no font is measured and no font cache is built:
+on a fresh machine matplotlib's first figure scanned the system's fonts for 15 s (issue 20). Every label is
+escaped, since class and method names are user data. Sizes are the CSS pixels the summary page shows them at.
+The numbers come from :mod:`xaibatch.report`; this module only draws them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-from typing import TYPE_CHECKING, Iterator, Sequence
+import math
+from html import escape
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+VERSION = 2  # bump when a figure's look changes, so cached files are redrawn (1: drawn with matplotlib)
 
-VERSION = 1  # bump when a figure's look changes, so cached files are redrawn
-
-_RC = {
-    "svg.fonttype": "none",
-    "svg.hashsalt": "xaibatch",
-    "font.size": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.titlesize": 10,
-}
+FONT = 12.0  # px: tick labels, axis labels, legend
+TITLE = 13.5
+INK = "#222"
+CYCLE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+BLUE, ORANGE, GREY = "#0072B2", "#D55E00", "#555"
+TICK = 4.0  # px, outward
+CHAR = 0.6 * FONT  # a label's width per character, for placing a legend (no font is measured)
 
 
-@contextlib.contextmanager
-def _style() -> Iterator[None]:
-    """matplotlib's settings for one figure. matplotlib is imported here, when a figure is drawn, never at
-    import: its first import on a machine builds a font cache (about 15 s), which a report whose figures are
-    unchanged must not pay (tests/test_report_reuse.py)."""
-    import matplotlib
-
-    with matplotlib.rc_context(_RC):
-        yield
+def _n(v: float) -> str:
+    """A coordinate with at most one decimal ('12', '12.5'; never '-0')."""
+    r = round(v, 1) + 0.0
+    return f"{r:.1f}".removesuffix(".0") if r else "0"
 
 
-def _new(width: float = 5.0, height: float = 3.2) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def ticks(lo: float, hi: float, most: int = 6, integer: bool = False) -> tuple[list[float], int]:
+    """Round values in [lo, hi] to mark on an axis (steps of 1, 2, 2.5 or 5 times a power of ten, at most
+    ``most`` steps), and the decimals their labels need."""
+    span = hi - lo
+    if not span > 0:
+        return [lo], 0
+    raw = span / most
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    if integer:
+        step = max(1.0, round(step))
+    first = math.ceil(lo / step - 1e-9)
+    values = [round(k * step, 12) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+    decimals = 0
+    while decimals < 6 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-6:
+        decimals += 1
+    return values, decimals
 
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+
+class Plot:
+    """One plotting box of a figure: data limits mapped onto a pixel box, what is drawn in it, its legend."""
+
+    def __init__(self, box: tuple[float, float, float, float], xlim: tuple[float, float], ylim: tuple[float, float]):
+        self.left, self.top, self.width, self.height = box
+        self.xlim, self.ylim = xlim, ylim
+        self.parts: list[str] = []
+        self.legend: list[tuple[str, str]] = []  # (swatch drawn around (0, 0), label)
+        self.marks: list[
+            tuple[float, float]
+        ] = []  # pixels drawn on (line points, dots, bar tops): a legend avoids them
+
+    @property
+    def bottom(self) -> float:
+        return self.top + self.height
+
+    def x(self, v: float) -> float:
+        lo, hi = self.xlim
+        return self.left + (v - lo) / (hi - lo) * self.width
+
+    def y(self, v: float) -> float:
+        lo, hi = self.ylim
+        return self.top + (hi - v) / (hi - lo) * self.height
+
+    def bars(self, lefts, widths, heights, colour: str, label: str, opacity: float) -> None:
+        """Bars from 0 up to each height, outlined in ``colour``."""
+        for x0, w, h in zip(lefts, widths, heights, strict=True):
+            if h is None or not h > 0:
+                continue
+            y0, y1 = self.y(h), self.y(0)
+            self.marks += [(self.x(x0 + w * k / 4), y0) for k in range(5)]
+            self.parts.append(
+                f'<rect x="{_n(self.x(x0))}" y="{_n(y0)}" width="{_n(self.x(x0 + w) - self.x(x0))}" '
+                f'height="{_n(y1 - y0)}" fill="{colour}" fill-opacity="{opacity}" stroke="{colour}"/>'
+            )
+        self.legend.append(
+            (
+                f'<rect x="-6" y="-5" width="12" height="10" fill="{colour}" fill-opacity="{opacity}" stroke="{colour}"/>',
+                label,
+            )
+        )
+
+    def line(
+        self, xs, ys, colour: str, label: str | None, width: float = 1.5, dash: bool = False, dots: float = 0
+    ) -> None:
+        """A line through the finite points (broken where a value is missing), with round dots of radius ``dots``."""
+        style = f'fill="none" stroke="{colour}" stroke-width="{width}"' + (' stroke-dasharray="5 3"' if dash else "")
+        for run in _runs(xs, ys):
+            pts = _polyline([(self.x(a), self.y(b)) for a, b in run])
+            self.marks += _along(pts)
+            self.parts.append(f'<polyline points="{" ".join(f"{_n(a)},{_n(b)}" for a, b in pts)}" {style}/>')
+            if dots:
+                self.dots([a for a, _ in run], [b for _, b in run], colour, None, dots)
+        if label is not None:
+            swatch = f'<line x1="-9" y1="0" x2="9" y2="0" {style}/>'
+            if dots:
+                swatch += f'<circle r="{dots}" fill="{colour}"/>'
+            self.legend.append((swatch, label))
+
+    def dots(self, xs, ys, colour: str, label: str | None, r: float = 3.0, diamond: bool = False) -> None:
+        """Markers at the finite points: circles, or diamonds."""
+
+        def mark(a: float, b: float) -> str:
+            if diamond:
+                return f'<path d="M{_n(a)} {_n(b - r)}l{r} {r}l{-r} {r}l{-r} {-r}z" fill="{colour}"/>'
+            return f'<circle cx="{_n(a)}" cy="{_n(b)}" r="{r}" fill="{colour}"/>'
+
+        for run in _runs(xs, ys):
+            self.parts.extend(mark(self.x(a), self.y(b)) for a, b in run)
+            self.marks += [(self.x(a), self.y(b)) for a, b in run]
+        if label is not None:
+            self.legend.append((mark(0, 0), label))
+
+    def hline(self, v: float, colour: str, width: float = 0.8) -> None:
+        self.parts.append(
+            f'<line x1="{_n(self.left)}" y1="{_n(self.y(v))}" x2="{_n(self.left + self.width)}" y2="{_n(self.y(v))}" '
+            f'stroke="{colour}" stroke-width="{width}"/>'
+        )
 
 
-def _svg(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": "xaibatch"})
-    return buf.getvalue()
+def _runs(xs, ys) -> list[list[tuple[float, float]]]:
+    """The points split where a value is missing or not finite."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for a, b in zip(xs, ys, strict=True):
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            if runs[-1]:
+                runs.append([])
+        else:
+            runs[-1].append((float(a), float(b)))
+    return [r for r in runs if r]
+
+
+def _along(pts: list[tuple[float, float]], every: float = 8.0) -> list[tuple[float, float]]:
+    """Points along a polyline at most ``every`` pixels apart (what a legend must not cover)."""
+    out = pts[:1]
+    for (a, b), (c, d) in zip(pts, pts[1:]):
+        k = max(1, math.ceil(math.hypot(c - a, d - b) / every))
+        out += [(a + (c - a) * i / k, b + (d - b) * i / k) for i in range(1, k + 1)]
+    return out
+
+
+def _polyline(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points as drawn (a tenth of a pixel), without repeats and without the middle points of a straight
+    horizontal or vertical run: a ROC curve over 100,000 images stays under about 50 KB."""
+    out: list[tuple[float, float]] = []
+    for a, b in pts:
+        p = (round(a, 1), round(b, 1))
+        if out and p == out[-1]:
+            continue
+        if len(out) >= 2 and (out[-2][0] == out[-1][0] == p[0] or out[-2][1] == out[-1][1] == p[1]):
+            out[-1] = p
+        else:
+            out.append(p)
+    return out
+
+
+class Chart:
+    """A figure: its plots, their axes and titles, as one SVG."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.parts: list[str] = []
+
+    def text(self, x: float, y: float, s: str, size: float = FONT, anchor: str = "middle", rotate: float = 0) -> None:
+        turn = f' transform="rotate({rotate:g} {_n(x)} {_n(y)})"' if rotate else ""
+        self.parts.append(
+            f'<text x="{_n(x)}" y="{_n(y)}" font-size="{size:g}" text-anchor="{anchor}"{turn}>{escape(s)}</text>'
+        )
+
+    def axes(
+        self,
+        p: Plot,
+        title: str,
+        xlabel: str,
+        ylabel: str | None,
+        xticks: tuple[list[float], int] | None = None,
+        xnames: Sequence[str] | None = None,
+        yticks: tuple[list[float], int] | None = None,
+        ytick_labels: bool = True,
+    ) -> None:
+        """The left and bottom axis lines of ``p`` with ticks, their labels (``xnames``: names slanted under the
+        ticks 0, 1, ...), the axis labels and the title."""
+        left, bottom, right = p.left, p.bottom, p.left + p.width
+        self.parts.append(f'<path d="M{_n(left)} {_n(p.top)}V{_n(bottom)}H{_n(right)}" fill="none" stroke="{INK}"/>')
+        xs, xd = xticks or ticks(*p.xlim)
+        if xnames is not None:
+            xs, xd = list(range(len(xnames))), 0
+        for i, v in enumerate(xs):
+            x = p.x(v)
+            self.parts.append(f'<path d="M{_n(x)} {_n(bottom)}v{TICK:g}" stroke="{INK}"/>')
+            if xnames is not None:
+                self.text(x + 3, bottom + TICK + FONT, _short(xnames[i]), anchor="end", rotate=-45)
+            else:
+                self.text(x, bottom + TICK + FONT + 1, f"{v:.{xd}f}")
+        ys, yd = yticks or ticks(*p.ylim)
+        for v in ys:
+            y = p.y(v)
+            self.parts.append(f'<path d="M{_n(left)} {_n(y)}h{-TICK:g}" stroke="{INK}"/>')
+            if ytick_labels:
+                self.text(left - TICK - 3, y + FONT * 0.35, f"{v:.{yd}f}", anchor="end")
+        below = bottom + TICK + FONT + 1 + (_slant(xnames) if xnames is not None else 0)
+        self.text(left + p.width / 2, below + FONT + 4, xlabel)
+        if ylabel is not None:
+            self.text(left - 44, p.top + p.height / 2, ylabel, rotate=-90)
+        self.text(left + p.width / 2, p.top - 10, title, size=TITLE)
+
+    def legend(self, p: Plot, where: str = "best") -> None:
+        """``p``'s legend entries, one a line, without a frame, inside the box in a corner: ``where`` ("upper
+        left", "upper right", "lower left", "lower right"), or "best", the one over the fewest marks."""
+        if not p.legend:
+            return
+        step = FONT * 1.4
+        w, h = 30 + max(len(label) for _, label in p.legend) * CHAR, step * len(p.legend)
+
+        def corner(at: str) -> tuple[float, float]:
+            x = p.left + 10 if at.endswith("left") else p.left + p.width - 10 - w
+            return x, (p.top + 6 if at.startswith("upper") else p.bottom - 8 - h)
+
+        def covered(at: str) -> int:
+            x, y = corner(at)
+            return sum(x - 4 <= a <= x + w + 4 and y - 4 <= b <= y + h + 4 for a, b in p.marks)
+
+        corners = ("upper left", "upper right", "lower left", "lower right")
+        x, y = corner(min(corners, key=covered) if where == "best" else where)
+        y += step / 2
+        for i, (swatch, label) in enumerate(p.legend):
+            yy = y + i * step
+            self.parts.append(f'<g transform="translate({_n(x + 10)} {_n(yy)})">{swatch}</g>')
+            self.text(x + 26, yy + FONT * 0.35, label, anchor="start")
+
+    def svg(self, plots: Sequence[Plot]) -> bytes:
+        body = "".join(part for p in plots for part in p.parts) + "".join(self.parts)
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width}" height="{self.height}" '
+            f'viewBox="0 0 {self.width} {self.height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
+            f'fill="{INK}"><rect width="{self.width}" height="{self.height}" fill="#fff"/>{body}</svg>\n'
+        ).encode()
+
+
+def _short(name: str, most: int = 14) -> str:
+    return name if len(name) <= most else name[: most - 1] + "…"
+
+
+def _slant(names: Sequence[str]) -> float:
+    """How far below the axis names slanted at 45 degrees reach (past one line of text)."""
+    return max((len(_short(n)) for n in names), default=0) * CHAR * 0.71
 
 
 def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
     """Counts per confidence bin, one outlined bar series per group (e.g. correct vs misclassified)."""
-    with _style():
-        fig = _new()
-        ax = fig.add_subplot()
-        widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        for label, counts, colour in series:
-            ax.bar(
-                edges[:-1],
-                counts,
-                width=widths,
-                align="edge",
-                label=f"{label} ({sum(counts)})",
-                color=colour,
-                alpha=0.45,
-                edgecolor=colour,
-                linewidth=1.0,
-            )
-        ax.set_xlim(edges[0], edges[-1])
-        ax.set_xlabel("confidence (probability of the predicted class)")
-        ax.set_ylabel("images")
-        ax.set_title("Confidence")
-        if len(series) > 1:
-            ax.legend(frameon=False)
-        return _svg(fig)
+    top = max((c for _, counts, _ in series for c in counts), default=0)
+    p = Plot((64, 30, 420, 242), (edges[0], edges[-1]), (0, max(1, top) * 1.05))
+    lefts, widths = list(edges[:-1]), [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    for label, counts, colour in series:
+        p.bars(lefts, widths, counts, colour, f"{label} ({sum(counts)})", 0.45)
+    c = Chart(500, 320)
+    c.axes(
+        p,
+        "Confidence",
+        "confidence (probability of the predicted class)",
+        "images",
+        yticks=ticks(*p.ylim, integer=True),
+    )
+    if len(series) > 1:
+        c.legend(p)
+    return c.svg([p])
 
 
 def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, float | None]], ece: float) -> bytes:
     """Accuracy per confidence bin (bars) against perfect calibration (diagonal); bins are (lo, hi, n, conf, acc)."""
-    with _style():
-        fig = _new()
-        ax = fig.add_subplot()
-        lo, hi = bins[0][0], bins[-1][1]
-        ax.plot([lo, hi], [lo, hi], color="#555", linestyle="--", linewidth=1, label="perfect calibration")
-        xs = [b[0] for b in bins if b[2]]
-        ws = [b[1] - b[0] for b in bins if b[2]]
-        acc = [b[4] for b in bins if b[2]]
-        conf = [b[3] for b in bins if b[2]]
-        ax.bar(xs, acc, width=ws, align="edge", color="#0072B2", alpha=0.6, edgecolor="#0072B2", label="accuracy")
-        ax.scatter(
-            [x + w / 2 for x, w in zip(xs, ws, strict=True)],
-            conf,
-            color="#D55E00",
-            marker="D",
-            s=14,
-            zorder=3,
-            label="mean confidence",
-        )
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("confidence bin")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"Reliability (ECE {100 * ece:.1f}%)")
-        ax.legend(frameon=False, loc="upper left")
-        return _svg(fig)
+    lo, hi = bins[0][0], bins[-1][1]
+    full = [b for b in bins if b[2]]
+    p = Plot((64, 30, 420, 242), (lo, hi), (0, 1.02))
+    p.line([lo, hi], [lo, hi], GREY, "perfect calibration", width=1, dash=True)
+    p.bars([b[0] for b in full], [b[1] - b[0] for b in full], [b[4] for b in full], BLUE, "accuracy", 0.6)
+    p.dots([(b[0] + b[1]) / 2 for b in full], [b[3] for b in full], ORANGE, "mean confidence", r=4, diamond=True)
+    c = Chart(500, 320)
+    c.axes(p, f"Reliability (ECE {100 * ece:.1f}%)", "confidence bin", "accuracy")
+    c.legend(p)
+    return c.svg([p])
 
 
 def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int = 256, height: int = 14) -> bytes:
@@ -124,39 +304,33 @@ def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int =
 
 def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
     """Rank correlation and SSIM to the original maps per randomization step, one line per method."""
-    with _style():
-        fig = _new(7.0, 3.2)
-        axes = fig.subplots(1, 2, sharey=True)
-        for ax, which, title in ((axes[0], 2, "Spearman rank correlation"), (axes[1], 3, "SSIM")):
-            for c in curves:
-                ax.plot(range(len(c[1])), c[which], marker="o", markersize=3, label=c[0])
-            ax.axhline(0, color="#999", linewidth=0.8)
-            steps = list(curves[0][1])
-            ax.set_xticks(range(len(steps)), steps, rotation=45, ha="right")
-            ax.set_title(title)
-            ax.set_xlabel("randomized from the top")
-        axes[0].set_ylabel("similarity to the original maps")
-        axes[0].set_ylim(-0.6, 1.05)
-        axes[1].legend(frameon=False)
-        return _svg(fig)
+    steps = list(curves[0][1])
+    below = 44 + _slant(steps)
+    height = 320
+    plots = [
+        Plot((64 + i * 310, 30, 290, height - 30 - below - FONT), (-0.3, len(steps) - 0.7), (-0.6, 1.05))
+        for i in range(2)
+    ]
+    c = Chart(700, height)
+    for i, (p, which, title) in enumerate(((plots[0], 2, "Spearman rank correlation"), (plots[1], 3, "SSIM"))):
+        p.hline(0, "#999")
+        for k, curve in enumerate(curves):
+            p.line(range(len(curve[1])), curve[which], CYCLE[k % len(CYCLE)], curve[0], dots=2.5)
+        ylabel = "similarity to the original maps" if i == 0 else None
+        c.axes(p, title, "randomized from the top", ylabel, xnames=steps, ytick_labels=i == 0)
+    c.legend(plots[1])
+    return c.svg(plots)
 
 
 def roc_curve(
     fpr: Sequence[float], tpr: Sequence[float], point: tuple[float, float], threshold: float, auc: float, positive: str
 ) -> bytes:
     """The ROC curve of the positive class's probability, with the operating point of the threshold marked."""
-    with _style():
-        fig = _new(4.2, 3.6)
-        ax = fig.add_subplot()
-        ax.plot([0, 1], [0, 1], color="#555", linestyle="--", linewidth=1, label="chance")
-        ax.plot(fpr, tpr, color="#0072B2", linewidth=1.5, label=f"ROC (AUC {auc:.3f})")
-        ax.scatter(
-            [point[0]], [point[1]], color="#D55E00", marker="o", s=30, zorder=3, label=f"threshold {threshold:g}"
-        )
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.02)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel(f"true positive rate ({positive})")
-        ax.set_title(f"ROC, positive class {positive}")
-        ax.legend(frameon=False, loc="lower right")
-        return _svg(fig)
+    p = Plot((64, 30, 342, 282), (-0.01, 1.01), (-0.01, 1.02))
+    p.line([0, 1], [0, 1], GREY, "chance", width=1, dash=True)
+    p.line(fpr, tpr, BLUE, f"ROC (AUC {auc:.3f})")
+    p.dots([point[0]], [point[1]], ORANGE, f"threshold {threshold:g}", r=4)
+    c = Chart(420, 360)
+    c.axes(p, f"ROC, positive class {positive}", "false positive rate", f"true positive rate ({positive})")
+    c.legend(p)
+    return c.svg([p])

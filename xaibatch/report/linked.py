@@ -61,9 +61,9 @@ class Figure(NamedTuple):
 
 
 def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
-    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (and then
-    matplotlib is never imported); the pages link them at once, ``drawings`` draws them."""
-    from . import figures  # matplotlib itself only when one is drawn
+    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn; the pages link
+    them at once, ``drawings`` draws them."""
+    from . import figures
 
     wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data)]
     for name, numbers, alt, draw in (f for f in wanted if f is not None):
@@ -164,7 +164,8 @@ def _colour_bar(signed: bool) -> bytes:
 
 
 class Drawings:
-    """The SVGs this write must draw (matplotlib: about 0.6 s of CPU with its import). With a second core they
+    """The SVGs this write must draw: the figures (about a millisecond each) and, on a first build, the colour
+    bars (matplotlib's colour tables: about 0.2 s with its import). With a second core they
     are drawn by a forked process while this one renders the pages (:meth:`start`, report/forked.py), and
     written here, through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are
     drawn here (so a drawing's own error is raised as it would be inline)."""
