@@ -227,3 +227,23 @@ def test_equal_numbers_give_equal_bytes():
     a = figures.roc_curve(d["roc_fpr"], d["roc_tpr"], d["point"], 0.5, d["auc"], "REAL")
     b = figures.roc_curve(list(d["roc_fpr"]), list(d["roc_tpr"]), d["point"], 0.5, d["auc"], "REAL")
     assert a == b and b"-0," not in a and b" -0 " not in a
+
+
+def test_long_names_are_shortened_to_stay_inside_the_figure():
+    """A 300-character class or method name (user data) is cut with an ellipsis where the figure shows it; the
+    page's tables and the alt text carry it whole."""
+    long = "a-very-long-class-name-" * 13
+    d = roc_numbers(50, 1.0)
+    for svg in (
+        figures.roc_curve(d["roc_fpr"], d["roc_tpr"], d["point"], 0.5, d["auc"], long),
+        figures.sanity_curves([(long, ["original", long], [1, 0.5], [1, 0.4])]),
+    ):
+        root = parse(svg)
+        width = float(root.get("width"))
+        for t in root.iter(f"{NS}text"):
+            if t.get("transform"):
+                continue  # turned text: the axis label (cut to 16 characters) and the slanted step names
+            x, n = float(t.get("x")), len(t.text or "") * figures.CHAR * float(t.get("font-size")) / figures.FONT
+            lo = {"start": x, "middle": x - n / 2, "end": x - n}[t.get("text-anchor")]
+            assert 0 <= lo and lo + n <= width, t.text
+        assert any("…" in (t.text or "") for t in root.iter(f"{NS}text"))

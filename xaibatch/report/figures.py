@@ -221,10 +221,11 @@ class Chart:
         if not p.legend:
             return
         step = FONT * 1.4
-        w, h = 30 + max(len(label) for _, label in p.legend) * CHAR, step * len(p.legend)
+        entries = [(swatch, _short(label, 40)) for swatch, label in p.legend]
+        w, h = 30 + max(len(label) for _, label in entries) * CHAR, step * len(entries)
 
         def corner(at: str) -> tuple[float, float]:
-            x = p.left + 10 if at.endswith("left") else p.left + p.width - 10 - w
+            x = p.left + 10 if at.endswith("left") else max(p.left + 10, p.left + p.width - 10 - w)
             return x, (p.top + 6 if at.startswith("upper") else p.bottom - 8 - h)
 
         def covered(at: str) -> int:
@@ -234,7 +235,7 @@ class Chart:
         corners = ("upper left", "upper right", "lower left", "lower right")
         x, y = corner(min(corners, key=covered) if where == "best" else where)
         y += step / 2
-        for i, (swatch, label) in enumerate(p.legend):
+        for i, (swatch, label) in enumerate(entries):
             yy = y + i * step
             self.parts.append(f'<g transform="translate({_n(x + 10)} {_n(yy)})">{swatch}</g>')
             self.text(x + 26, yy + FONT * 0.35, label, anchor="start")
@@ -331,6 +332,7 @@ def roc_curve(
     p.line(fpr, tpr, BLUE, f"ROC (AUC {auc:.3f})")
     p.dots([point[0]], [point[1]], ORANGE, f"threshold {threshold:g}", r=4)
     c = Chart(420, 360)
-    c.axes(p, f"ROC, positive class {positive}", "false positive rate", f"true positive rate ({positive})")
+    name = _short(positive, 24)  # the page and the alt text name it in full
+    c.axes(p, f"ROC, positive class {name}", "false positive rate", f"true positive rate ({_short(name, 16)})")
     c.legend(p)
     return c.svg([p])
