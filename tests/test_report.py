@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -434,7 +435,7 @@ def test_incremental_writes(tmp_path):
     report.render(out)
     pages = page_files(out) + list((out / "assets").iterdir()) + list((out / "figures").iterdir())
     old = 1_000_000_000  # 2001: any rewrite is visible
-    for p in pages:
+    for p in pages + [out / layout.GALLERY_NAMES]:
         os.utime(p, (old, old))
     stats = report.render(out)
     assert stats.written == 0 and stats.unchanged == len(pages)
@@ -445,10 +446,12 @@ def test_incremental_writes(tmp_path):
     m.db.execute("UPDATE images SET confidence = 0.991, probs_json = '[0.991, 0.009]' WHERE rel = 'FAKE/im_0000.png'")
     m.close()
     stats = report.render(out)
-    changed = sorted(str(p.relative_to(out)) for p in page_files(out) if p.stat().st_mtime != old)
+    files = page_files(out) + [out / layout.GALLERY_NAMES]
+    changed = sorted(str(p.relative_to(out)) for p in files if p.stat().st_mtime != old)
     assert "detail/page-1.js" in changed and "gallery/page-1.html" in changed  # its detail data, its card
     assert "index.html" in changed
-    assert 3 <= len(changed) <= 8, changed
+    assert layout.GALLERY_NAMES in changed  # the card moved: most confident first
+    assert 4 <= len(changed) <= 9, changed
     assert stats.written == len(changed) + 2  # + the redrawn figures
 
 
@@ -1357,3 +1360,48 @@ def test_card_captions_carry_break_points_and_stay_escaped(tmp_path, monkeypatch
     gallery = report.environment().get_template("gallery.html")
     for p in data.pages:
         assert render._render_gallery(gallery, data, p, True) == render._render_gallery(gallery, data, p, False)
+
+
+def names_file(out: Path) -> list[list]:
+    """gallery/names.js as data: [[page, [[card id, name], ...]], ...]."""
+    text = (out / layout.GALLERY_NAMES).read_text("ascii")
+    assert text.startswith("xaibatchNames(") and text.endswith(");\n")
+    return json.loads(text[len("xaibatchNames(") : -3])
+
+
+def test_the_names_file_lists_every_image_where_the_gallery_links_it(tmp_path, monkeypatch):
+    """The gallery's "find an image" reads gallery/names.js: every image once, with the gallery page that
+    shows it and the card id of its detail view, as the gallery pages' own links say; names stay data
+    (ASCII JSON, "<" escaped); the file follows the images and is rewritten when it is missing."""
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 4)
+    rows = labeled_rows(9) + [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE]
+    out = synth(tmp_path / "o", rows)
+    report.render(out)
+    listed = {name: (page, cid) for page, entries in names_file(out) for cid, name in entries}
+    assert sorted(listed) == sorted(r[0] for r in rows)  # every image, once
+    linked = {}
+    for page in sorted((out / "gallery").glob("page-*.html")):
+        for name, href in re.findall(
+            r'<li class="card[^"]*" id="[^"]*" data-conf="[^"]*" data-name="([^"]*)"[^>]*>\n<a class="thumbs" href="([^"]*)"',
+            page.read_text(),
+        ):
+            n, cid = re.fullmatch(r"\.\./detail/page-(\d+)\.html#(c[0-9a-f]{12})", unescape(href)).groups()
+            assert n == page.stem.removeprefix("page-")  # a card's detail view is its own page's
+            linked[unescape(name)] = (int(n), cid)
+    assert linked == listed
+    text = (out / layout.GALLERY_NAMES).read_text("ascii")
+    assert "<" not in text and "FAKE/<img src=x onerror=alert(1)>.png" in listed
+    # a new image is listed; an unchanged report leaves the file; a deleted file is written again
+    m = Manifest(out / FILENAME)
+    m.db.execute(
+        "INSERT INTO images SELECT 'REAL/new.png', 'REAL/new', size, mtime_ns, 'n', width, height, label, pred, "
+        "target, confidence, probs_json, predict_hash, run_id FROM images WHERE rel = 'REAL/im_0001.png'"
+    )
+    m.db.commit()
+    m.close()
+    report.render(out)
+    assert "REAL/new.png" in {name for _page, entries in names_file(out) for _cid, name in entries}
+    before = (out / layout.GALLERY_NAMES).stat().st_mtime_ns
+    assert report.render(out).reused and (out / layout.GALLERY_NAMES).stat().st_mtime_ns == before
+    (out / layout.GALLERY_NAMES).unlink()
+    assert not report.render(out).reused and names_file(out)

@@ -811,3 +811,54 @@ def test_the_confusion_matrix_note_reads_on_one_line(driver, labeled_out):
         assert lines == 1
     finally:
         driver.set_window_size(1280, 900)
+
+
+def found(driver) -> list[str]:
+    """The names listed by "find an image" (read in one call: the list is rebuilt as the search runs)."""
+    return driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('#find-results a'), a => a.textContent)"
+    )
+
+
+def test_find_an_image_on_any_page_and_open_its_detail_view(driver, paged_out, hostile_out):
+    """The gallery's "find an image" searches every page's names (gallery/names.js, loaded on the first
+    search): the names that contain the text, or a pasted path that ends with a name, each a link to its
+    detail view; names are shown as text."""
+    from selenium.webdriver.common.keys import Keys
+
+    urls = detail_urls(paged_out)
+    last_page = max(int(u.split("detail/page-")[1].split(".")[0]) for u in urls.values())
+    name = sorted(n for n, u in urls.items() if f"detail/page-{last_page}.html" in u)[0]
+    assert last_page > 1
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    assert name not in [c["name"] for c in visible_cards(driver)]  # not on this page
+    box = driver.find_element("id", "find-name")
+    query = name.rsplit("/", 1)[-1][:-4].upper()  # "IMG_007": any case
+    box.send_keys(query)
+    want = sorted(n for n in urls if query.lower() in n.lower())
+    wait_until(lambda: sorted(found(driver)) == want, f"the names containing {query}")
+    assert len(want) == 2 and name in want  # FAKE/img_007.png and REAL/img_007.png
+    status = driver.find_element("id", "find-status").text
+    assert status == "2 images."
+    box.clear()
+    box.send_keys(f"/data/incoming/{name}")  # a pasted path finds the image it ends with
+    wait_until(lambda: found(driver) == [name], "the pasted path's image")
+    box.send_keys(Keys.ENTER)  # Enter: to the first result ...
+    driver.switch_to.active_element.send_keys(Keys.ENTER)  # ... and open it
+    wait_until(
+        lambda: driver.find_elements("tag name", "h1") and driver.find_element("tag name", "h1").text == name,
+        "its detail view",
+    )
+    assert driver.current_url == urls[name]
+    check_page(driver, driver.current_url)
+    open_page(driver, paged_out / "gallery" / "page-1.html")
+    driver.find_element("id", "find-name").send_keys("no such name")
+    wait_until(lambda: driver.find_element("id", "find-status").text.startswith("No file name contains"), "none")
+    assert found(driver) == []
+    # hostile names: listed exactly, as text
+    rels = manifest_rels(hostile_out)
+    open_page(driver, hostile_out / "gallery" / "page-1.html")
+    driver.find_element("id", "find-name").send_keys("<")
+    wait_until(lambda: sorted(found(driver)) == sorted(r for r in rels if "<" in r), "the names with <")
+    assert driver.execute_script("return window.__xss") == []
+    assert driver.execute_script("return document.querySelectorAll('[onerror],[onload],script:not([src])').length") == 0

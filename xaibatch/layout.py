@@ -138,6 +138,8 @@ def detail_page(page: int) -> str:
     return f"detail/page-{page}.html"
 
 
+GALLERY_NAMES = "gallery/names.js"  # every image's name, gallery page and card id: the gallery's "find an image"
+
 DETAIL_LINK = re.compile(r"detail/page-(\d+)\.html#(c[0-9a-f]{12})")  # a gallery card's link to its detail view
 
 

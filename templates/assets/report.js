@@ -115,3 +115,71 @@
   restore();
   apply(false);
 }());
+
+/* Find an image on any gallery page. The first search loads names.js, beside the pages: every image's name,
+   gallery page and card id. The matching names are then listed as links to their detail views, built from
+   text nodes only, since file names are user data. A query that ends with a whole name (a pasted path) finds it
+   too. */
+(function () {
+  "use strict";
+  var form = document.getElementById("find");
+  if (!form) { return; }
+  var input = document.getElementById("find-name");
+  var status = document.getElementById("find-status");
+  var list = document.getElementById("find-results");
+  var MOST = 50;
+  var names = null, loading = false, timer = null;
+
+  window.xaibatchNames = function (pages) {
+    names = [];
+    pages.forEach(function (p) {
+      p[1].forEach(function (e) { names.push({ id: e[0], name: e[1], lower: e[1].toLowerCase(), page: p[0] }); });
+    });
+    search();
+  };
+
+  function load() {
+    if (loading) { return; }
+    loading = true;
+    status.textContent = "Loading the names\u2026";
+    var s = document.createElement("script");
+    s.src = "names.js";
+    s.onerror = function () { status.textContent = "The list of names (gallery/names.js) could not be loaded."; };
+    document.body.appendChild(s);
+  }
+
+  function search() {
+    var typed = input.value.trim(), q = typed.toLowerCase();
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    list.hidden = true;
+    if (!q) { status.textContent = ""; return; }
+    if (names === null) { load(); return; }
+    var found = 0, tail = "/" + q;
+    for (var i = 0; i < names.length; i++) {
+      var n = names[i];
+      if (n.lower.indexOf(q) < 0 && tail.slice(-(n.lower.length + 1)) !== "/" + n.lower) { continue; }
+      found++;
+      if (found > MOST) { continue; }
+      var li = document.createElement("li"), a = document.createElement("a"), small = document.createElement("small");
+      a.href = "../detail/page-" + n.page + ".html#" + n.id;
+      a.textContent = n.name;
+      small.textContent = " (gallery page " + n.page + ")";
+      li.appendChild(a);
+      li.appendChild(small);
+      list.appendChild(li);
+    }
+    list.hidden = found === 0;
+    status.textContent = found === 0 ? "No file name contains \u201c" + typed + "\u201d." :
+      found + (found === 1 ? " image" : " images") + (found > MOST ? ", the first " + MOST + " listed." : ".");
+  }
+
+  input.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(search, 150); });
+  form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    clearTimeout(timer);
+    search();
+    var first = list.querySelector("a");
+    if (first) { first.focus(); }
+  });
+  form.hidden = false;
+}());

@@ -175,6 +175,7 @@ def _write_all(
         ]
         try:
             _write_gallery(w, env, data, fps, template_dir)
+            w.write(layout.GALLERY_NAMES, names_script(data.cards))
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
             _write_summary(w, env, data)
@@ -199,7 +200,9 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     sizes = w.sizes or {}
     if any(rel not in sizes for rel in list(w.previous) + pages):
         return False
-    return all((w.out / unquote(u)).is_file() for u in linked(data) + ["predictions.csv", "skipped.html"])
+    return all(
+        (w.out / unquote(u)).is_file() for u in linked(data) + ["predictions.csv", "skipped.html", layout.GALLERY_NAMES]
+    )
 
 
 def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
@@ -214,6 +217,18 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
     )
     w.truths[c.rel] = [key, truth]
     return truth
+
+
+def names_script(cards: list[Card]) -> bytes:
+    """gallery/names.js: per gallery page, its images' card ids and names, for the gallery's "find an image"
+    (loaded by report.js on the first search). ASCII JSON handed to a function, as in :func:`detail_script`."""
+    pages: list[list[Any]] = []
+    for c in cards:
+        if not pages or pages[-1][0] != c.page:
+            pages.append([c.page, []])
+        pages[-1][1].append([c.cid, c.rel])
+    body = json.dumps(pages, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
+    return f"xaibatchNames({body});\n".encode("ascii")
 
 
 def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
