@@ -57,9 +57,8 @@ class Plot:
         self.xlim, self.ylim = xlim, ylim
         self.parts: list[str] = []
         self.legend: list[tuple[str, str]] = []  # (swatch drawn around (0, 0), label)
-        self.marks: list[
-            tuple[float, float]
-        ] = []  # pixels drawn on (line points, dots, bar tops): a legend avoids them
+        # the pixels drawn on (line points, dots, bar tops): a legend avoids them
+        self.marks: list[tuple[float, float]] = []
 
     @property
     def bottom(self) -> float:
@@ -184,7 +183,6 @@ class Chart:
         title: str,
         xlabel: str,
         ylabel: str | None,
-        xticks: tuple[list[float], int] | None = None,
         xnames: Sequence[str] | None = None,
         yticks: tuple[list[float], int] | None = None,
         ytick_labels: bool = True,
@@ -193,9 +191,7 @@ class Chart:
         ticks 0, 1, ...), the axis labels and the title."""
         left, bottom, right = p.left, p.bottom, p.left + p.width
         self.parts.append(f'<path d="M{_n(left)} {_n(p.top)}V{_n(bottom)}H{_n(right)}" fill="none" stroke="{INK}"/>')
-        xs, xd = xticks or ticks(*p.xlim)
-        if xnames is not None:
-            xs, xd = list(range(len(xnames))), 0
+        xs, xd = (list(range(len(xnames))), 0) if xnames is not None else ticks(*p.xlim)
         for i, v in enumerate(xs):
             x = p.x(v)
             self.parts.append(f'<path d="M{_n(x)} {_n(bottom)}v{TICK:g}" stroke="{INK}"/>')

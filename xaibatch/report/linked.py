@@ -165,10 +165,10 @@ def _colour_bar(signed: bool) -> bytes:
 
 class Drawings:
     """The SVGs this write must draw: the figures (about a millisecond each) and, on a first build, the colour
-    bars (matplotlib's colour tables: about 0.2 s with its import). With a second core they
-    are drawn by a forked process while this one renders the pages (:meth:`start`, report/forked.py), and
-    written here, through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are
-    drawn here (so a drawing's own error is raised as it would be inline)."""
+    bars (matplotlib's colour tables: about 0.2 s with its import). With a second core they are drawn by a
+    forked process while this one renders the pages (:meth:`start`, report/forked.py), and written here,
+    through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are drawn here (so a
+    drawing's own error is raised as it would be inline)."""
 
     def __init__(self, w: PageWriter) -> None:
         self.w = w

@@ -221,24 +221,25 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
 
 def names_script(cards: list[Card]) -> bytes:
     """gallery/names.js: per gallery page, its images' card ids and names, for the gallery's "find an image"
-    (loaded by report.js on the first search). ASCII JSON handed to a function, as in :func:`detail_script`."""
+    (loaded by report.js on the first search), handed to a function."""
     pages: list[list[Any]] = []
     for c in cards:
         if not pages or pages[-1][0] != c.page:
             pages.append([c.page, []])
         pages[-1][1].append([c.cid, c.rel])
-    body = json.dumps(pages, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
-    return f"xaibatchNames({body});\n".encode("ascii")
+    return f"xaibatchNames({script_json(pages)});\n".encode("ascii")
+
+
+def script_json(value: Any) -> str:
+    """``value`` as a JavaScript expression for a plain script (``fetch`` is refused on file://): ASCII JSON, in
+    which file names are data, never markup ("<" is written \\u003c, so not even a "</script>" in a name could
+    end a script if the file were ever inlined)."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
 
 
 def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
-    """A detail data file: a plain script that hands its JSON to the viewer (``fetch`` is refused on file://).
-    ASCII JSON is a valid JavaScript expression; file names are data in it, never markup (and "<" is written
-    \\u003c, so not even a "</script>" in a name could end a script if the file were ever inlined)."""
-    body = json.dumps({"site": site, "images": records}, ensure_ascii=True, separators=(",", ":")).replace(
-        "<", "\\u003c"
-    )
-    return f"window.XAIBATCH_DETAIL = {body};\n".encode("ascii")
+    """A detail data file: a plain script that hands its JSON to the viewer."""
+    return f"window.XAIBATCH_DETAIL = {script_json({'site': site, 'images': records})};\n".encode("ascii")
 
 
 def detail_processes() -> int:
