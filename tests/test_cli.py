@@ -201,7 +201,7 @@ def test_the_clis_faithfulness_choices_and_defaults_are_the_librarys():
 def test_serve_help_lists_only_the_exit_codes_serve_can_end_with():
     # serve has no lock, no unreadable images, no batches: run's table (4 "see --wait", 1, 5 "batches") misled
     text = " ".join(invoke("serve", "--help").output.split())
-    assert "Exit codes: 0 stopped with Ctrl-C 2 usage error" in text
+    assert "Exit codes: 0 stopped with Ctrl-C, SIGTERM or a closed terminal (SIGHUP) 2 usage error" in text
     assert "3 runtime error" in text
     assert "another run holds" not in text and "could not be read" not in text and "batches" not in text
 

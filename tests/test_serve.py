@@ -676,10 +676,14 @@ def test_two_clients_at_once(app, driver):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2"])  # the second: another address, still this machine
-def test_the_command_serves_until_ctrl_c(tmp_path, host):
-    """`xaibatch serve` loads the model, prints its URL, answers on it, and a Ctrl-C ends it with exit 0; any
-    host but the loopback is named in a warning that the app has no login."""
+@pytest.mark.parametrize(
+    "host, signame",
+    [("127.0.0.1", "SIGINT"), ("127.0.0.2", "SIGTERM"), ("127.0.0.1", "SIGHUP")],  # .2: another address, this machine
+)
+def test_the_command_serves_until_stopped(tmp_path, host, signame):
+    """`xaibatch serve` loads the model, prints its URL, answers on it, and a Ctrl-C, SIGTERM (systemd's stop) or
+    SIGHUP (its terminal closed) ends it with exit 0 and one line, nothing on stdout (Gradio's own message went
+    there); any host but the loopback is named in a warning that the app has no login."""
     pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
     import signal
     import subprocess
@@ -690,6 +694,7 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen(
         _serve_argv(ckpt, tmp_path / "out", port, "--host", host),
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -709,9 +714,13 @@ def test_the_command_serves_until_ctrl_c(tmp_path, host):
         assert ("no login" in "".join(lines)) == (host != "127.0.0.1")
         with urllib.request.urlopen(url, timeout=30) as r:
             assert r.status == 200
-        p.send_signal(signal.SIGINT)
-        assert p.wait(timeout=60) == 0
-        assert "Traceback" not in p.stderr.read()
+        p.send_signal(getattr(signal, signame))
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out == ""
+        assert "Traceback" not in err
+        said = "stopped" if signame == "SIGINT" else f"stopped by {signame}"
+        assert err.strip().splitlines()[-1] == f"xaibatch serve: {said}", err
     finally:
         if p.poll() is None:
             p.kill()

@@ -15,7 +15,7 @@ from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_o
 
 # serve has no lock, no unreadable images and no batches to save: only these codes apply (not run's table)
 SERVE_EXIT_CODES = {
-    ExitCode.OK: "stopped with Ctrl-C",
+    ExitCode.OK: "stopped with Ctrl-C, SIGTERM or a closed terminal (SIGHUP)",
     ExitCode.USAGE: "usage error (bad option, model or checkpoint; Gradio missing; the port in use)",
     ExitCode.RUNTIME: "runtime error",
     ExitCode.INTERRUPTED: "interrupted while starting, before it serves",
@@ -72,6 +72,13 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
     Needs the extra: pip install "xaibatch[serve]". Flagged images land in
     OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
     """
+    from ..pipeline.signals import stops_interrupt
+
+    with stops_interrupt():  # SIGTERM (systemd's stop), a closed terminal: as Ctrl-C; nohup: goes on serving
+        _serve(methods, model, device, lime_samples, seed, out, host, port)
+
+
+def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
     from ..pipeline.guards import check_model_request
     from ..pipeline.options import ModelOptions
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -48,7 +49,7 @@ class Served:
     app: Any
 
     def close(self) -> None:
-        self.blocks.close()
+        self.blocks.close(verbose=False)  # Gradio would print its "Closing server" on stdout
 
 
 def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pick: str | None) -> Upload:
@@ -213,7 +214,8 @@ def launch(
     block: bool = True,
     log: Callable[[str], None] = print,
 ) -> Served:
-    """Start the app; with ``block`` serve until Ctrl-C."""
+    """Start the app; with ``block`` serve until Ctrl-C (or a KeyboardInterrupt that a signal handler raises:
+    ``stops_interrupt`` turns SIGTERM and SIGHUP into one), then close it."""
     report = ReportImages.load(service.opts.out)
     if report.problem:
         log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
@@ -238,7 +240,10 @@ def launch(
     if block:
         log(f"xaibatch serve: {url} (Ctrl-C stops)")
         try:
-            blocks.block_thread()
+            while blocks.is_running:  # Gradio's block_thread() but quiet: it prints to stdout on Ctrl-C
+                time.sleep(0.1)
+        except KeyboardInterrupt as e:
+            log(f"xaibatch serve: stopped{''.join(f' {a}' for a in e.args)}")  # "stopped by SIGTERM"
         finally:
             served.close()
     return served
