@@ -710,6 +710,32 @@ def truth_run(tmp_path_factory, tiny_ckpt) -> tuple[Path, Path, dict[str, np.nda
     return inp, root / "out", masks
 
 
+def test_maps_whose_maxima_share_a_pixel_share_one_ring_that_names_them_all():
+    """Two rings on one pixel drew "1" and "3" over each other; now one ring stands there labelled "1,3", inside
+    the figure, and each map keeps its own row in the pointing game."""
+    from types import SimpleNamespace as NS
+
+    from xaibatch.report.detail import truth_record
+
+    mask = np.zeros((32, 32), bool)
+    mask[4:10, 4:10] = True
+    peaks = {"A": (5, 6), "B": (20, 31), "C": (5, 6), "D": None, "E": (20, 31), "F": (5, 6)}  # (y, x)
+    card = NS(rel="FAKE/x.png", maps=[NS(title=t, peak=p, shape=(32, 32)) for t, p in peaks.items()])
+    t = truth_record(mask, card)
+    by = {p["title"]: p for p in t["points"]}
+    assert [p["n"] for p in t["points"]] == [1, 2, 3, 4, 5, 6]
+    assert by["A"]["label"] == "1,3,6" and by["B"]["label"] == "2,5"
+    assert all("label" not in by[k] and "x" not in by[k] for k in "CDEF")  # drawn by A's and B's rings
+    assert (by["C"]["px"], by["C"]["hit"]) == ([6, 5], True) and (by["E"]["px"], by["E"]["hit"]) == ([31, 20], False)
+    assert by["D"]["note"] == "map unreadable"
+    for k in "AB":
+        p = by[k]
+        assert (p["x"], p["y"]) == (peaks[k][1] + 0.5, peaks[k][0] + 0.5)
+        width = 0.6 * t["font"] * len(p["label"])  # the label fits (0.05: font and lx are rounded)
+        assert 0 <= p["lx"] and p["lx"] + width <= t["w"] + 0.05
+    assert len({p["colour"] for p in t["points"]}) == 6  # six methods, six colours
+
+
 def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
     from xaibatch.report.localization import pointing_game
 

@@ -144,15 +144,15 @@
     var marks = [svg("image", {href: up + im.image, x: "0", y: "0", width: String(t.w), height: String(t.h), preserveAspectRatio: "none"}),
                  svg("path", {d: t.path, fill: "#00d000", "fill-opacity": "0.45"})];
     t.points.forEach(function (p) {
-      if (!p.px) { return; }
+      if (!p.label) { return; }  // no maximum, or its ring stands with another map's at the same pixel
       marks.push(svg("circle", {cx: p.x.toFixed(2), cy: p.y.toFixed(2), r: t.r.toFixed(2), fill: "none", stroke: p.colour,
         "stroke-width": "2", "vector-effect": "non-scaling-stroke"}));
       marks.push(svg("text", {x: p.lx.toFixed(2), y: p.ly.toFixed(2), "font-size": t.font.toFixed(2), fill: p.colour, stroke: "#000",
-        "stroke-width": "0.6", "paint-order": "stroke", "vector-effect": "non-scaling-stroke"}, [String(p.n)]));
+        "stroke-width": "0.6", "paint-order": "stroke", "vector-effect": "non-scaling-stroke"}, [p.label]));
     });
     var fig = el("figure", {"class": "truth"}, [
       svg("svg", {viewBox: "0 0 " + t.w + " " + t.h, width: String(im.dw), height: String(im.dh), role: "img", "aria-labelledby": "truth-cap"}, marks),
-      el("figcaption", {id: "truth-cap"}, ["Ground-truth region (green) and each map's maximum (numbered rings)."])]);
+      el("figcaption", {id: "truth-cap"}, ["Ground-truth region (green) and each map's maximum (numbered rings; maps whose maximum is the same pixel share a ring)."])]);
     var rows = t.points.map(function (p) {
       var result = p.hit === undefined ? "not scored: " + p.note
         : p.hit ? el("span", {"class": "good"}, ["hit"]) : el("strong", {"class": "bad"}, ["miss"]);

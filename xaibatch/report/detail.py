@@ -207,7 +207,8 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
         grid = mask[(np.arange(gh) * h // gh)[:, None], (np.arange(gw) * w // gw)[None, :]]
     side = max(gw, gh)
     radius, font = side / 28, side / 9
-    points = []
+    points: list[dict[str, Any]] = []
+    ringed: dict[tuple[int, int], dict[str, Any]] = {}  # peak -> the point whose ring and label stand there
     for i, v in enumerate(c.maps):
         pt: dict[str, Any] = {"n": i + 1, "title": v.title, "colour": MARKER_COLOURS[i % len(MARKER_COLOURS)]}
         if v.peak is None or v.shape is None:
@@ -216,16 +217,18 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
             pt["note"] = f"map {v.shape[1]}×{v.shape[0]} and mask {w}×{h} differ"
         else:
             y, x = v.peak
-            px, py = (x + 0.5) * gw / w, (y + 0.5) * gh / h
-            pt.update(
-                px=[x, y],
-                hit=bool(mask[y, x]),
-                x=round(px, 2),
-                y=round(py, 2),
-                lx=round(min(px + radius, gw - 0.6 * font), 2),
-                ly=round(py - radius if py - radius >= font else py + radius + font, 2),
-            )
+            pt.update(px=[x, y], hit=bool(mask[y, x]))
+            first = ringed.setdefault((x, y), pt)
+            first["label"] = f"{first['label']},{pt['n']}" if first is not pt else str(pt["n"])  # one ring: "1,3"
         points.append(pt)
+    for (x, y), pt in ringed.items():
+        px, py = (x + 0.5) * gw / w, (y + 0.5) * gh / h
+        pt.update(
+            x=round(px, 2),
+            y=round(py, 2),
+            lx=round(max(0.0, min(px + radius, gw - 0.6 * font * len(pt["label"]))), 2),
+            ly=round(py - radius if py - radius >= font else py + radius + font, 2),
+        )
     return {
         "mask": mask_rel(c.rel).rsplit("/", 1)[-1],
         "w": gw,

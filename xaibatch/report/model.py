@@ -33,7 +33,7 @@ FAILURES_ON_SUMMARY = 50
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 
 
-FINGERPRINT_VERSION = 2  # bump when what a detail page shows changes without a template change
+FINGERPRINT_VERSION = 3  # bump when what a detail page shows changes without a template change
 
 
 STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
@@ -61,7 +61,8 @@ TEMPLATE_NAMES = (
 ASSET_NAMES = ("report.css", "report.js", "detail.js")  # under assets/ in a template folder
 
 
-MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00")  # each method's maximum on the ground-truth figure
+# each method's maximum on the ground-truth figure (bright on photos, none of them the region's green)
+MARKER_COLOURS = ("#00e5ff", "#ff2bd6", "#ffe600", "#ff7a00", "#ffffff", "#ff3b3b")
 
 
 TRUTH_MAX_SIDE = 128  # the ground-truth region is drawn on a grid at most this large
