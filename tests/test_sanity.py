@@ -155,8 +155,10 @@ def test_strict_exits_1_when_a_method_fails(monkeypatch, tmp_path, strict, passe
     import xaibatch.evaluation.sanity as sanity_mod
     from xaibatch.cli import cli
 
-    curves = [{"passed": p, "verdict": f"m{i}: {'passes' if p else 'FAILS'}"} for i, p in enumerate(passed)]
-    monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: {"curves": curves})
+    curves = [
+        {"passed": p, "verdict": f"m{i}: {'passes' if p else 'FAILS'}", "checked": 1.0} for i, p in enumerate(passed)
+    ]
+    monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: {"created": 1.0, "curves": curves})
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path), *(["--strict"] if strict else [])])
     assert res.exit_code == code, res.output
     assert "m1: " in res.output

@@ -201,3 +201,69 @@ def test_a_folder_written_before_the_record_existed(inp, tiny_ckpt, tmp_path):
     db.close()
     res = _sanity(out)
     assert res.exit_code == 0, res.output
+
+
+def test_a_check_after_a_run_that_added_a_method_keeps_the_others_verdicts(inp, tiny_ckpt, tmp_path):
+    """A run that only adds a method records only that method; its check used to drop the verdicts of the folder's
+    other methods from sanity.json and the report. They are kept when the earlier check's model, sample size,
+    seed and input folder are the same, and said to be earlier; another sample size checks only the new run's."""
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=tiny_ckpt)
+    assert _sanity(out).exit_code == 0
+    first = json.loads((out / "sanity.json").read_text())
+    _run(inp, out, ["captum:Saliency"], checkpoint=tiny_ckpt)  # the folder now holds both methods' maps
+    res = _sanity(out)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "sanity.json").read_text())
+    assert [c["method"] for c in data["curves"]] == ["captum:Saliency", "gradcam"]
+    kept = data["curves"][1]
+    assert kept == {**first["curves"][0], "checked": first["created"]}  # the earlier curve, unchanged
+    assert data["curves"][0]["checked"] == data["created"] > first["created"]
+    assert "gradcam: " in res.output and "(kept from the previous check)" in res.output.splitlines()[-1]
+    html = (out / "index.html").read_text()
+    assert html.count("(from the check of ") == 1 and "on the same model and sample size" in html
+    assert "Saliency" in html and kept["verdict"] in html
+
+    res = _sanity(out, "--seed", "1")  # another sample: the earlier verdicts say nothing of it
+    assert res.exit_code == 0, res.output
+    assert [c["method"] for c in json.loads((out / "sanity.json").read_text())["curves"]] == ["captum:Saliency"]
+    assert "(from the check of " not in (out / "index.html").read_text()
+
+
+def test_earlier_curves_keeps_only_what_the_same_check_of_a_method_still_held_said(tmp_path):
+    from xaibatch.evaluation.sanity import FILENAME, earlier_curves
+
+    steps = ["original", "head", "+stem"]
+    now = {"version": 1, "created": 20.0, "checkpoint_sha256": "abc", "images": 4, "seed": 0, "input_dir": "/in"}
+    new = {**now, "curves": [{"method": "lime", "steps": steps, "checked": 20.0}]}
+
+    def kept(old: dict, held=("lime", "gradcam", "cam:eigencam")) -> list[str]:
+        (tmp_path / FILENAME).write_text(json.dumps(old))
+        return [c["method"] for c in earlier_curves(tmp_path, new, set(held))]
+
+    curves = [{"method": m, "steps": steps} for m in ("gradcam", "lime", "cam:eigencam", "gone")]
+    old = {**now, "created": 10.0, "curves": curves}
+    assert kept(old) == ["gradcam", "cam:eigencam"]  # lime redone now; "gone" has no maps in the folder
+    (tmp_path / FILENAME).write_text(json.dumps(old))
+    assert {c["checked"] for c in earlier_curves(tmp_path, new, {"gradcam"})} == {10.0}
+    for k, v in [("checkpoint_sha256", "other"), ("images", 8), ("seed", 3), ("input_dir", "/else"), ("version", 2)]:
+        assert kept({**old, k: v}) == [], k
+    assert kept({**old, "curves": [{"method": "gradcam", "steps": ["original", "head"]}]}) == []  # another model
+    (tmp_path / FILENAME).write_text("{not json")
+    assert earlier_curves(tmp_path, new, {"gradcam"}) == []
+    (tmp_path / FILENAME).unlink()
+    assert earlier_curves(tmp_path, new, {"gradcam"}) == []
+
+
+@pytest.mark.parametrize(
+    "text", ['{"version": 1, "images": 3}', '{"curves": [7]}', '{"curves": [{"method": "gradcam"}]}', "[]", "{oops"]
+)
+def test_a_sanity_file_without_curves_leaves_the_section_out(inp, tiny_ckpt, tmp_path, text):
+    """A hand-edited or foreign sanity.json stopped the report ("'dict object' has no attribute 'curves'")."""
+    from xaibatch.report import write_report
+
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=tiny_ckpt)
+    (out / "sanity.json").write_text(text)
+    write_report(out)
+    assert "Sanity check" not in (out / "index.html").read_text()

@@ -53,7 +53,9 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
 
     The run's model, layer and methods are rebuilt from what the run recorded (absolute paths, each
-    method's options); --model/--checkpoint/--arch replace the model when its files moved.
+    method's options); --model/--checkpoint/--arch replace the model when its files moved. The
+    verdicts of an earlier check on the same model, sample size and seed are kept for the folder's
+    other methods (a run that only added a method), and count for --strict.
 
     \b
     Example:
@@ -74,7 +76,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
             log=lambda s: write_line(s, sys.stderr),  # a gone terminal: the line goes nowhere
             override=ModelOverride(model_spec, checkpoint, arch),
         )
-    for c in result["curves"]:
-        echo(c["verdict"])
+    for c in result["curves"]:  # this check's, then the ones kept from the folder's previous check
+        echo(c["verdict"] + ("" if c["checked"] == result["created"] else " (kept from the previous check)"))
     if strict and not all(c["passed"] for c in result["curves"]):
         raise SystemExit(int(ExitCode.SOME_FAILED))

@@ -155,6 +155,7 @@ class FinishedRun:
     images: dict[str, Any]
     config: RunConfig
     root: Path
+    map_methods: set[str]  # every method the folder holds maps of (earlier runs' too)
 
 
 @dataclass
@@ -196,9 +197,10 @@ def run_sanity(
 
         t0 = time.time()
         curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log)
+        created = time.time()
         result = {
             "version": 1,
-            "created": time.time(),
+            "created": created,
             "seconds": time.time() - t0,
             "images": len(batch.rels),
             "seed": seed,
@@ -212,15 +214,39 @@ def run_sanity(
                     "ssim": c.ssim,
                     "passed": c.passed(),
                     "verdict": c.verdict(),
+                    "checked": created,
                 }
                 for c in curves
             ],
         }
+        result["curves"] += earlier_curves(out, result, run.map_methods)
         atomic_write_bytes(out / FILENAME, json.dumps(result, indent=1).encode())
         from ..report import write_report
 
         write_report(out)
     return result
+
+
+def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> list[dict[str, Any]]:
+    """The curves of the folder's previous check that this one did not redo, so that a check after a run that only
+    added a method keeps the others' verdicts: kept only where that check's model, sample size, seed and input
+    folder are this one's, its stages the same, and the folder still holds the method's maps."""
+    try:
+        old = json.loads((out / FILENAME).read_text("utf-8"))
+        same = old["version"] == 1 and all(old[k] == result[k] for k in SAME_CHECK)
+        curves = [c for c in old["curves"] if isinstance(c, dict)] if same else []
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: nothing to keep
+        return []
+    redone = {c["method"] for c in result["curves"]}
+    steps = result["curves"][0]["steps"] if result["curves"] else None
+    return [
+        {**c, "checked": c.get("checked", old.get("created"))}
+        for c in curves
+        if c.get("method") not in redone and c.get("method") in map_methods and c.get("steps") == steps
+    ]
+
+
+SAME_CHECK = ("checkpoint_sha256", "images", "seed", "input_dir")  # what a kept curve's check must share
 
 
 def last_finished_run(out: Path) -> FinishedRun:
@@ -230,11 +256,13 @@ def last_finished_run(out: Path) -> FinishedRun:
     from ..manifest import FILENAME as MANIFEST
     from ..manifest import Manifest, ManifestError
     from ..runconfig import read_run
+    from ..targets import method_of
 
     try:
         m = Manifest(out / MANIFEST)
         try:
             images = m.images()
+            map_methods = {method_of(k) for k in m.map_methods()}
             runs = [r for r in m.runs() if r["status"] != "running"]
             resolved_input = m.get_meta("input_dir")
         finally:
@@ -251,7 +279,7 @@ def last_finished_run(out: Path) -> FinishedRun:
             f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
             "the run's images and needs them"
         )
-    return FinishedRun(images, run_cfg, root)
+    return FinishedRun(images, run_cfg, root, map_methods)
 
 
 def load_sample(run: FinishedRun, rels: list[str], prepared: Prepared) -> SampleBatch:

@@ -13,9 +13,11 @@ from statistics import fmean, variance
 from typing import Any
 
 from .. import layout
+from .text import fmt_time
 
 SANITY_FILE = layout.SANITY
 
+CURVE_KEYS = {"method", "steps", "rank", "ssim", "passed", "verdict"}  # what the page and figure read of a curve
 CURVE_W, CURVE_H = 120, 60  # the detail page's curve thumbnails, in CSS pixels
 
 
@@ -88,7 +90,12 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
     try:
         t.sanity = json.loads((Path(out) / SANITY_FILE).read_text("utf-8"))
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.get("checkpoint_sha256") != checkpoint_sha
-    except (OSError, ValueError):
+        for c in t.sanity["curves"]:  # a curve kept from an earlier check (sanity.earlier_curves) says when
+            if not CURVE_KEYS <= c.keys():
+                raise ValueError(f"a curve without {sorted(CURVE_KEYS - c.keys())}")
+            checked = c.get("checked")
+            c["earlier"] = fmt_time(checked) if checked is not None and checked != t.sanity.get("created") else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         t.sanity = None
     return t
 
