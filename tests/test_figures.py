@@ -247,3 +247,27 @@ def test_long_names_are_shortened_to_stay_inside_the_figure():
             lo = {"start": x, "middle": x - n / 2, "end": x - n}[t.get("text-anchor")]
             assert 0 <= lo and lo + n <= width, t.text
         assert any("…" in (t.text or "") for t in root.iter(f"{NS}text"))
+
+
+def test_the_sanity_legend_stands_beside_the_panels_however_many_methods():
+    """Inside the SSIM panel the legend hid lines (with three methods, Grad-CAM's); it now stands to the right of
+    both panels, every name in it (cut past 30 characters), and the figure is as wide as ``sanity_size`` says,
+    the size the summary page gives its <img>."""
+    steps = ["original", "head", "+s2", "+stem"]
+    names = [f"method-{k}" for k in range(10)] + ["captum:IntegratedGradients.with.a.long.suffix"]
+    rng = np.random.default_rng(0)
+    curves = [(n, steps, [1.0, *rng.uniform(-0.5, 1, 3)], [1.0, *rng.uniform(-0.5, 1, 3)]) for n in names]
+    root = parse(figures.sanity_curves(curves))
+    assert (int(root.get("width")), int(root.get("height"))) == figures.sanity_size(names)
+    frames = [p.get("d") for p in root.iter(f"{NS}path") if re.fullmatch(r"M[\d.]+ [\d.]+V[\d.]+H[\d.]+", p.get("d"))]
+    assert len(frames) == 2  # the two panels' axes
+    right = max(float(d.rsplit("H", 1)[1]) for d in frames)
+    legend = [t for t in root.iter(f"{NS}text") if t.get("text-anchor") == "start"]
+    assert [t.text for t in legend] == names[:10] + ["captum:IntegratedGradients.wi…"]
+    assert all(float(t.get("x")) > right for t in legend)
+    for t in legend:
+        end = float(t.get("x")) + len(t.text) * figures.CHAR
+        assert end <= int(root.get("width"))
+    for colour in figures.CYCLE:  # and no line reaches the legend's column
+        for ln in polylines(root, colour):
+            assert ln[:, 0].max() <= right

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from html import escape
-from typing import Sequence
+from typing import Iterable, Sequence
 
-VERSION = 2  # bump when a figure's look changes, so cached files are redrawn (1: drawn with matplotlib)
+VERSION = 3  # bump when a figure's look changes, so cached files are redrawn (1: matplotlib; 3: sanity legend)
 
 FONT = 12.0  # px: tick labels, axis labels, legend
 TITLE = 13.5
@@ -216,9 +216,8 @@ class Chart:
         left", "upper right", "lower left", "lower right"), or "best", the one over the fewest marks."""
         if not p.legend:
             return
-        step = FONT * 1.4
         entries = [(swatch, _short(label, 40)) for swatch, label in p.legend]
-        w, h = 30 + max(len(label) for _, label in entries) * CHAR, step * len(entries)
+        w, h = _legend_width(label for _, label in entries), LEGEND_STEP * len(entries)
 
         def corner(at: str) -> tuple[float, float]:
             x = p.left + 10 if at.endswith("left") else max(p.left + 10, p.left + p.width - 10 - w)
@@ -229,10 +228,12 @@ class Chart:
             return sum(x - 4 <= a <= x + w + 4 and y - 4 <= b <= y + h + 4 for a, b in p.marks)
 
         corners = ("upper left", "upper right", "lower left", "lower right")
-        x, y = corner(min(corners, key=covered) if where == "best" else where)
-        y += step / 2
+        self.entries(entries, *corner(min(corners, key=covered) if where == "best" else where))
+
+    def entries(self, entries: Sequence[tuple[str, str]], x: float, y: float) -> None:
+        """Legend entries (swatch, label), one a line, from (x, y) down."""
         for i, (swatch, label) in enumerate(entries):
-            yy = y + i * step
+            yy = y + (i + 0.5) * LEGEND_STEP
             self.parts.append(f'<g transform="translate({_n(x + 10)} {_n(yy)})">{swatch}</g>')
             self.text(x + 26, yy + FONT * 0.35, label, anchor="start")
 
@@ -245,6 +246,13 @@ class Chart:
         ).encode()
 
 
+LEGEND_STEP = FONT * 1.4  # px from one legend entry to the next
+
+
+def _legend_width(labels: Iterable[str]) -> float:
+    return 30 + max(map(len, labels), default=0) * CHAR
+
+
 def _short(name: str, most: int = 14) -> str:
     return name if len(name) <= most else name[: most - 1] + "…"
 
@@ -254,6 +262,10 @@ def _slant(names: Sequence[str]) -> float:
     return max((len(_short(n)) for n in names), default=0) * CHAR * 0.71
 
 
+HISTOGRAM_SIZE = (500, 320)  # the confidence histogram's and the reliability diagram's width and height
+ROC_SIZE = (420, 360)
+
+
 def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
     """Counts per confidence bin, one outlined bar series per group (e.g. correct vs misclassified)."""
     top = max((c for _, counts, _ in series for c in counts), default=0)
@@ -261,7 +273,7 @@ def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Seq
     lefts, widths = list(edges[:-1]), [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
     for label, counts, colour in series:
         p.bars(lefts, widths, counts, colour, f"{label} ({sum(counts)})", 0.45)
-    c = Chart(500, 320)
+    c = Chart(*HISTOGRAM_SIZE)
     c.axes(
         p,
         "Confidence",
@@ -282,7 +294,7 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
     p.line([lo, hi], [lo, hi], GREY, "perfect calibration", width=1, dash=True)
     p.bars([b[0] for b in full], [b[1] - b[0] for b in full], [b[4] for b in full], BLUE, "accuracy", 0.6)
     p.dots([(b[0] + b[1]) / 2 for b in full], [b[3] for b in full], ORANGE, "mean confidence", r=4, diamond=True)
-    c = Chart(500, 320)
+    c = Chart(*HISTOGRAM_SIZE)
     c.axes(p, f"Reliability (ECE {100 * ece:.1f}%)", "confidence bin", "accuracy")
     c.legend(p)
     return c.svg([p])
@@ -299,23 +311,33 @@ def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int =
     ).encode()
 
 
+SANITY_PANELS = 610  # px: the two panels of the sanity figure and their margins; its legend stands to the right
+SANITY_HEIGHT = 320
+SANITY_NAME = 30  # a method's name in that legend is cut past this many characters
+
+
+def sanity_size(methods: Sequence[str]) -> tuple[int, int]:
+    """The sanity figure's width and height in CSS pixels: the page's ``<img>`` sizes itself from this."""
+    return math.ceil(SANITY_PANELS + _legend_width(_short(m, SANITY_NAME) for m in methods) + 10), SANITY_HEIGHT
+
+
 def sanity_curves(curves: Sequence[tuple[str, Sequence[str], Sequence[float], Sequence[float]]]) -> bytes:
-    """Rank correlation and SSIM to the original maps per randomization step, one line per method."""
+    """Rank correlation and SSIM to the original maps per randomization step, one line per method; the legend
+    beside the two panels, so that no line hides behind it however many methods there are."""
     steps = list(curves[0][1])
     below = 44 + _slant(steps)
-    height = 320
     plots = [
-        Plot((64 + i * 310, 30, 290, height - 30 - below - FONT), (-0.3, len(steps) - 0.7), (-0.6, 1.05))
+        Plot((64 + i * 275, 30, 255, SANITY_HEIGHT - 30 - below - FONT), (-0.3, len(steps) - 0.7), (-0.6, 1.05))
         for i in range(2)
     ]
-    c = Chart(700, height)
+    c = Chart(*sanity_size([curve[0] for curve in curves]))
     for i, (p, which, title) in enumerate(((plots[0], 2, "Spearman rank correlation"), (plots[1], 3, "SSIM"))):
         p.hline(0, "#999")
         for k, curve in enumerate(curves):
             p.line(range(len(curve[1])), curve[which], CYCLE[k % len(CYCLE)], curve[0], dots=2.5)
         ylabel = "similarity to the original maps" if i == 0 else None
         c.axes(p, title, "randomized from the top", ylabel, xnames=steps, ytick_labels=i == 0)
-    c.legend(plots[1])
+    c.entries([(s, _short(label, SANITY_NAME)) for s, label in plots[1].legend], SANITY_PANELS, plots[1].top)
     return c.svg(plots)
 
 
@@ -327,7 +349,7 @@ def roc_curve(
     p.line([0, 1], [0, 1], GREY, "chance", width=1, dash=True)
     p.line(fpr, tpr, BLUE, f"ROC (AUC {auc:.3f})")
     p.dots([point[0]], [point[1]], ORANGE, f"threshold {threshold:g}", r=4)
-    c = Chart(420, 360)
+    c = Chart(*ROC_SIZE)
     name = _short(positive, 24)  # the page and the alt text name it in full
     c.axes(p, f"ROC, positive class {name}", "false positive rate", f"true positive rate ({_short(name, 16)})")
     c.legend(p)

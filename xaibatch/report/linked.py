@@ -58,6 +58,7 @@ class Figure(NamedTuple):
     numbers: Any
     alt: str
     draw: Callable[[], bytes]
+    size: tuple[int, int]  # its width and height in CSS pixels, for the page's <img>
 
 
 def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
@@ -66,7 +67,7 @@ def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
     from . import figures
 
     wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data)]
-    for name, numbers, alt, draw in (f for f in wanted if f is not None):
+    for name, numbers, alt, draw, (width, height) in (f for f in wanted if f is not None):
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
         path = w.out / rel
@@ -75,7 +76,7 @@ def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
             w.stats.unchanged += 1
         else:
             drawings.add(rel, draw)
-        data.figures[name] = {"src": url(rel), "alt": alt}
+        data.figures[name] = {"src": url(rel), "alt": alt, "width": width, "height": height}
 
 
 def _confidence(data: ReportData) -> Figure | None:
@@ -96,6 +97,7 @@ def _confidence(data: ReportData) -> Figure | None:
         (data.hist_edges, data.hist_series),
         alt,
         lambda: figures.confidence_histogram(data.hist_edges, data.hist_series),
+        figures.HISTOGRAM_SIZE,
     )
 
 
@@ -110,7 +112,13 @@ def _reliability(data: ReportData) -> Figure | None:
         f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
     )
     bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
-    return Figure("reliability", (bins, data.ece), alt, lambda: figures.reliability_diagram(bins, data.ece))
+    return Figure(
+        "reliability",
+        (bins, data.ece),
+        alt,
+        lambda: figures.reliability_diagram(bins, data.ece),
+        figures.HISTOGRAM_SIZE,
+    )
 
 
 def _sanity(data: ReportData) -> Figure | None:
@@ -125,7 +133,8 @@ def _sanity(data: ReportData) -> Figure | None:
         "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
         "maps after randomizing the model's stages from the top; the table below lists the same numbers."
     )
-    return Figure("sanity", curves, alt, lambda: figures.sanity_curves(curves))
+    size = figures.sanity_size([c[0] for c in curves])
+    return Figure("sanity", curves, alt, lambda: figures.sanity_curves(curves), size)
 
 
 def _roc(data: ReportData) -> Figure | None:
@@ -148,6 +157,7 @@ def _roc(data: ReportData) -> Figure | None:
         lambda: figures.roc_curve(
             dec["roc_fpr"], dec["roc_tpr"], dec["point"], dec["threshold"], dec["auc"], dec["positive"]
         ),
+        figures.ROC_SIZE,
     )
 
 
