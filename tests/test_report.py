@@ -1431,3 +1431,75 @@ def test_the_names_file_lists_every_image_where_the_gallery_links_it(tmp_path, m
     assert report.render(out).reused and (out / layout.GALLERY_NAMES).stat().st_mtime_ns == before
     (out / layout.GALLERY_NAMES).unlink()
     assert not report.render(out).reused and names_file(out)
+
+
+def _copy_runs(out: Path, n: int, status: str = "ok", run_id: int | None = None) -> None:
+    """``n`` more run rows like run ``run_id`` (default: the last), as a cron job's unchanged re-runs leave them."""
+    m = Manifest(out / FILENAME)
+    cols = [r[1] for r in m.db.execute("PRAGMA table_info(runs)")][1:]
+    where = f"WHERE id = {int(run_id)}" if run_id is not None else "ORDER BY id DESC LIMIT 1"
+    row = dict(zip(cols, m.db.execute(f"SELECT {', '.join(cols)} FROM runs {where}").fetchone()))
+    rows = [{**row, "status": status, "started_at": row["started_at"] + k + 1} for k in range(n)]
+    m.db.executemany(
+        f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+        [[r[c] for c in cols] for r in rows],
+    )
+    m.db.commit()
+    m.close()
+
+
+def test_the_history_lists_the_latest_runs_and_counts_every_run(tmp_path, tiny_ckpt, monkeypatch):
+    """A cron job every 15 minutes leaves 35,000 runs a year: every unchanged re-run listed (and read) them all
+    (3 s and 270 MB a re-run, a 6.5 MB history page). The page lists the latest HISTORY_ROWS, newest first, and
+    counts every run by status."""
+    from xaibatch.report import data as report_data
+
+    monkeypatch.setattr(report_data, "HISTORY_ROWS", 5)
+    write_images(tmp_path / "in" / "FAKE", 2, seed=5)
+    write_images(tmp_path / "in" / "REAL", 2, seed=6)
+    opts = RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt)
+    run(opts, log=lambda s: None)
+    out = tmp_path / "out"
+    _copy_runs(out, 2, "error")
+    _copy_runs(out, 9)
+    run(opts, log=lambda s: None)  # run 13
+    page = (out / "history.html").read_text()
+    ids = [int(x) for x in re.findall(r'<tr><th scope="row">(\d+)</th>', page)]
+    assert ids == [13, 12, 11, 10, 9]
+    assert '13 runs: <span class="status-ok">11 ok</span>, <span class="status-error">2 error</span>.' in page
+    assert "The latest 5 are listed" in page
+    summary = (out / "index.html").read_text()
+    assert '<a href="history.html">Run history: 13 runs</a>' in summary
+
+
+def test_a_method_only_older_runs_recorded_keeps_its_words_and_only_what_is_needed_is_read(
+    tmp_path, tiny_ckpt, monkeypatch
+):
+    """LIME's maps from a run long before the latest runs (gradcam only, as a cron job adds them) keep LIME's
+    title and signed colours; a report whose last run recorded every method reads no older record."""
+    from xaibatch.report import data as report_data
+
+    monkeypatch.setattr(report_data, "HISTORY_ROWS", 3)
+    write_images(tmp_path / "in" / "FAKE", 2, seed=5)
+    write_images(tmp_path / "in" / "REAL", 2, seed=6)
+    base = dict(input_dir=tmp_path / "in", out_dir=tmp_path / "out", checkpoint=tiny_ckpt)
+    run(RunOptions(**base, methods=["lime"], method_options={"lime": {"samples": 12}}), log=lambda s: None)
+    run(RunOptions(**base, methods=["gradcam"]), log=lambda s: None)
+    out = tmp_path / "out"
+    _copy_runs(out, 6)
+    reads = []
+    real = report_data.read_run
+    monkeypatch.setattr(report_data, "read_run", lambda r: reads.append(r["id"]) or real(r))
+    report.render(out)
+    assert reads[0] == 8 and reads[-1] == 1  # the last run, then back to the run that recorded LIME
+    assert "LIME" in (out / "gallery" / "page-1.html").read_text()
+    m = Manifest(out / FILENAME)
+    history = report_data.History.read(m)
+    m.close()
+    infos = {i.name: i for i in report_data.method_infos(history, {"lime", "gradcam"})}
+    assert infos["lime"].title == "LIME" and infos["lime"].signed and not infos["gradcam"].signed
+
+    run(RunOptions(**base, methods=["gradcam", "lime"], method_options={"lime": {"samples": 12}}), log=lambda s: None)
+    reads.clear()
+    report.render(out)
+    assert reads == [9]  # the last run records both: nothing older is read

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from . import layout, manifest_schema
 from .errors import UsageError, XaibatchError, storage_error
@@ -192,10 +192,23 @@ class Manifest:
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def runs(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT * FROM runs ORDER BY id")
+    def runs(self, newest: int | None = None) -> list[dict[str, Any]]:
+        """The runs in order, oldest first; with ``newest``, only that many of the latest."""
+        limit = "" if newest is None else f" LIMIT {int(newest)}"
+        cur = self.db.execute(f"SELECT * FROM (SELECT * FROM runs ORDER BY id DESC{limit}) ORDER BY id")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def runs_newest_first(self) -> Iterator[dict[str, Any]]:
+        """The runs from the latest back, read a chunk at a time (a caller may stop early)."""
+        cur = self.db.execute("SELECT * FROM runs ORDER BY id DESC")
+        names = [d[0] for d in cur.description]
+        while rows := cur.fetchmany(256):
+            yield from (dict(zip(names, r)) for r in rows)
+
+    def run_statuses(self) -> dict[str, int]:
+        """How many runs ended with each status."""
+        return dict(self.db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status"))
 
     # -- images and maps ----------------------------------------------------
     def images(self) -> dict[str, ImageRow]:

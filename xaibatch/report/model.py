@@ -244,8 +244,9 @@ class ReportData:
     methods: list[MethodInfo]
     config: dict[str, Any]
     config_rows: list[tuple[str, str]]
-    runs: list[dict[str, Any]]  # newest first, formatted
+    runs: list[dict[str, Any]]  # newest first, formatted; at most data.HISTORY_ROWS
     runs_total: int
+    run_statuses: list[tuple[str, int]]  # (status, how many runs ended so), most frequent first
     last_run: dict[str, Any] | None
     failures: list[tuple[str, str]]
     cards: list[Card]

@@ -34,7 +34,14 @@ from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportDa
 
 SUMMARY_VERSION = 1  # bump when ReportData's summary fields change meaning
 VOLATILE_CONFIG = ("device", "batch_size", "workers")  # shown only in the settings rows, rendered every run
-PER_RUN = ("runs", "runs_total", "last_run", "config", "config_rows")  # History.apply sets these every run
+PER_RUN = (
+    "runs",
+    "runs_total",
+    "run_statuses",
+    "last_run",
+    "config",
+    "config_rows",
+)  # History.apply sets these every run
 NOT_SAVED = ("cards", *PER_RUN)
 
 
@@ -61,11 +68,10 @@ class Inputs:
     key: str
 
 
-def inputs(out: Path, manifest: Manifest, template_dir: Path | None) -> Inputs:
-    history = History.read(manifest)
+def inputs(out: Path, manifest: Manifest, history: History, template_dir: Path | None) -> Inputs:
     masks = masks_beside(history.source(), manifest.image_rels())
     config = {k: v for k, v in history.config.items() if k not in VOLATILE_CONFIG}
-    methods = method_infos(history.runs, history.run, manifest.map_methods())
+    methods = method_infos(history, manifest.map_methods())
     st = os.stat(out / layout.MANIFEST)
     trust_files = [_signature(out / name) for name in (layout.FAITH_CHANCE, layout.SANITY)]
     key = fingerprint(
@@ -122,6 +128,8 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                 }
             )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
-        return ReportData(**d, cards=[], runs=[], runs_total=0, last_run=None, config={}, config_rows=[])
+        return ReportData(
+            **d, cards=[], runs=[], runs_total=0, run_statuses=[], last_run=None, config={}, config_rows=[]
+        )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
