@@ -1503,3 +1503,38 @@ def test_a_method_only_older_runs_recorded_keeps_its_words_and_only_what_is_need
     reads.clear()
     report.render(out)
     assert reads == [9]  # the last run records both: nothing older is read
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_per_class_and_macro_scores_match_sklearn_when_classes_are_never_predicted(seed):
+    """A model that never predicts some classes (and a class with no images that is predicted): per-class F1 and
+    the macro averages are scikit-learn's with zero_division=0. Undefined scores used to be left out of the
+    macro average, so a model that predicts one class for everything scored that class's F1."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from xaibatch.report.metrics import macro_average, per_class_scores
+
+    rng = np.random.default_rng(seed)
+    k = 6
+    y = rng.integers(0, 4, 200)  # classes 4 and 5 have no images
+    pred = np.where(rng.random(200) < 0.5, y, rng.choice([0, 2, 5], 200))  # 5: predicted, no images
+    pred[pred == 1] = 0  # 1: images, never predicted; 4: neither
+    conf = [[int(np.sum((y == i) & (pred == j))) for j in range(k)] for i in range(k)]
+    per = per_class_scores([str(i) for i in range(k)], conf)
+    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    p, r, f, _s = precision_recall_fscore_support(y, pred, labels=present, zero_division=0)
+    for i, cls in enumerate(present):
+        c = per[cls]
+        assert (c["precision"] or 0.0) == pytest.approx(p[i]) and (c["recall"] or 0.0) == pytest.approx(r[i])
+        assert c["f1"] == pytest.approx(f[i])
+    assert per[1]["precision"] is None and per[1]["f1"] == 0.0  # never predicted: no precision, F1 0
+    assert per[4]["f1"] is None  # no images, never predicted: no score, not in the average
+    macro = macro_average(per, len(y))
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    assert (macro["precision"], macro["recall"], macro["f1"]) == pytest.approx((mp, mr, mf))
+
+    always = [[0] * 3 for _ in range(3)]
+    for i in range(3):
+        always[i][2] = 10  # one class predicted for everything
+    m = macro_average(per_class_scores(["a", "b", "c"], always), 30)
+    assert m["f1"] == pytest.approx(0.5 / 3) and m["precision"] == pytest.approx(1 / 9)

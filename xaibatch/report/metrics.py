@@ -129,17 +129,21 @@ def per_class_scores(names: list[str], conf_m: list[list[int]]) -> list[dict[str
         predicted = sum(conf_m[j][i] for j in range(k))
         p = tp / predicted if predicted else None
         r = tp / support if support else None
-        f = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+        # 2 tp / (support + predicted) is F1 where both are defined, and 0 where one is undefined and the other 0
+        # (a class with images that is never predicted): scikit-learn's value with zero_division=0
+        f = 2 * tp / (support + predicted) if support + predicted else None
         per.append({"name": names[i], "precision": p, "recall": r, "f1": f, "support": support, "predicted": predicted})
     return per
 
 
 def macro_average(per: list[dict[str, Any]], support: int) -> dict[str, Any]:
-    """The classes' unweighted mean of each score (over the classes where it is defined)."""
+    """The unweighted mean of each score over the classes that have images or predictions, an undefined score
+    counted as 0 (scikit-learn's macro average with zero_division=0). Leaving those out made a model that predicts
+    one class for everything look as good as its one predicted class."""
+    present = [x for x in per if x["support"] or x["predicted"]]
 
     def mean(key: str) -> float | None:
-        vals = [x[key] for x in per if x[key] is not None]
-        return sum(vals) / len(vals) if vals else None
+        return sum(x[key] or 0.0 for x in present) / len(present) if present else None
 
     return {"precision": mean("precision"), "recall": mean("recall"), "f1": mean("f1"), "support": support}
 
