@@ -263,15 +263,14 @@ def last_finished_run(out: Path) -> FinishedRun:
         try:
             images = m.images()
             map_methods = {method_of(k) for k in m.map_methods()}
-            runs = [r for r in m.runs() if r["status"] != "running"]
+            last = next((r for r in m.runs_newest_first() if r["status"] != "running"), None)
             resolved_input = m.get_meta("input_dir")
         finally:
             m.close()
     except sqlite3.DatabaseError as e:
         raise ManifestError(f"the manifest {out / MANIFEST} is damaged ({e})") from None
-    if not runs or not images:
+    if last is None or not images:
         raise UsageError(f"{out} has no finished run with images")
-    last = runs[-1]
     run_cfg = read_run(last)
     root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
     if not root.is_dir():
