@@ -33,6 +33,26 @@ class DecodeError(XaibatchError):
     """One image could not be read; the run skips it and goes on."""
 
 
+# The DecodeError reasons (data.py's words) that the file's own bytes decide: the same size and mtime give the same
+# answer, so a run need not read such a file again (pipeline/plan.py). "cannot read: ...", "not a regular file",
+# "out of memory" may pass, and any other words (an unexpected exception's) are retried too.
+LASTING_REASONS = (
+    "empty file",
+    "file too large",
+    "corrupt or truncated image",
+    "not an image",
+    "unsupported TIFF variant",
+    "refused: the image declares",
+    "decoded to an unusable",
+    "malformed image",
+)
+
+
+def lasting(reason: str) -> bool:
+    """Whether reading the same bytes again gives the same failure (see LASTING_REASONS)."""
+    return reason.startswith(LASTING_REASONS)
+
+
 class LockHeld(XaibatchError):
     """Another run holds the output folder."""
 

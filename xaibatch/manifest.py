@@ -250,6 +250,22 @@ class Manifest:
     def failures(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT rel, reason FROM failures ORDER BY rel"))
 
+    def failure_stamps(self) -> dict[str, tuple[int, int]]:
+        """rel -> (size, mtime_ns) of each failed file whose bytes were read and refused (see stamp_failures)."""
+        rows = self.db.execute(
+            "SELECT s.rel, s.size, s.mtime_ns FROM failure_stamps s JOIN failures f ON f.rel = s.rel"
+        )
+        return {rel: (size, mtime) for rel, size, mtime in rows}
+
+    def stamp_failures(self, stamps: Iterable[tuple[str, int, int]]) -> None:
+        """Record (rel, size, mtime_ns) of files that failed in this run; stamps of files no longer failing go."""
+        with self.transaction():
+            self.db.execute("DELETE FROM failure_stamps WHERE rel NOT IN (SELECT rel FROM failures)")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO failure_stamps SELECT rel, ?, ? FROM failures WHERE rel = ?",
+                ((size, mtime, rel) for rel, size, mtime in stamps),
+            )
+
     def put_image(self, row: ImageRow) -> None:
         self.put_images([row])
 

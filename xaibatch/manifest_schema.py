@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS maps (
 CREATE TABLE IF NOT EXISTS failures (
     rel TEXT PRIMARY KEY, reason TEXT NOT NULL, run_id INTEGER NOT NULL
 );
+-- size and mtime of a failed file when its bytes were read and refused: unchanged, it is not read again.
+-- A table of its own, so that an older xaibatch (which ignores it) still reads and writes this folder.
+CREATE TABLE IF NOT EXISTS failure_stamps (
+    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
+);
 INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
 """ + "".join(
     # Every change to what the report shows per image bumps meta.content_version, whatever code path made it:

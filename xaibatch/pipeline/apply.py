@@ -51,7 +51,7 @@ def apply_removals(
             for m in rows:
                 manifest.remove_map(rel, m)
     unlink_all(out, discard)
-    for rel, reason in found.skipped:
+    for rel, reason in found.skipped + plan.still_failed:  # unreadable as before, read again or not
         emit({"event": "failure", "path": rel, "reason": reason})
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 from .. import MAP_FORMAT_VERSION, layout, targets
 from ..layout import assign_stems
@@ -17,6 +17,7 @@ from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
 from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
 from ..defaults import DEFAULT_MAX_MAP_SIDE
+from ..errors import lasting
 
 if TYPE_CHECKING:
     from .prepare import Prepared
@@ -91,20 +92,33 @@ def config_hashes(
     return Hashes(predict, methods, predict_config, faith, model_hash, labels)
 
 
+class Failed(NamedTuple):
+    """An image the manifest lists as unreadable."""
+
+    reason: str
+    stamp: tuple[int, int] | None  # (size, mtime_ns) when its bytes were refused (Manifest.stamp_failures)
+
+    def still(self, e: ImageEntry) -> bool:
+        """Whether reading ``e`` again would surely fail the same way: same bytes, a reason they decide."""
+        return self.stamp == (e.size, e.mtime_ns) and lasting(self.reason)
+
+
 @dataclass
 class Known:
     """What the manifest holds when a run starts."""
 
     images: dict[str, ImageRow]
     maps: dict[str, dict[str, MapRow]]  # rel -> method -> row
-    failures: set[str]
+    failures: dict[str, Failed]  # rel -> why it failed, and the file's stamp then
 
     @classmethod
     def read(cls, manifest: Manifest) -> Known:
         maps: dict[str, dict[str, MapRow]] = defaultdict(dict)
         for (rel, m), row in manifest.maps().items():
             maps[rel][m] = row
-        return cls(manifest.images(), maps, {rel for rel, _ in manifest.failures()})
+        stamps = manifest.failure_stamps()
+        failures = {rel: Failed(reason, stamps.get(rel)) for rel, reason in manifest.failures()}
+        return cls(manifest.images(), maps, failures)
 
     def files_of(self, rels: Iterable[str]) -> list[str]:
         """Output files of these images as the manifest records them (their stored stem, not a recomputed one)."""
@@ -140,6 +154,7 @@ class Plan:
     redecided: list[ImageRow] = field(default_factory=list)  # new threshold: rows re-decided, no forward pass
     retarget: list[str] = field(default_factory=list)  # ... whose target class flipped: their maps go, all anew
     repaired: int = 0  # images whose committed files were found missing
+    still_failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason): unchanged, not read again
 
 
 def make_plan(
@@ -151,7 +166,8 @@ def make_plan(
 ) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
-    Failed images are retried every run (they count as neither added nor changed). Output files of
+    Failed images are retried (they count as neither added nor changed), except one whose bytes were refused
+    and whose size and mtime are still those it had then: it stays failed unread (``still_failed``). Output files of
     skipped images are looked up with ``exists`` (see existing_files): a deleted display copy is written
     again, a deleted map of a requested method recomputed, and one of a method not requested dropped.
     When only the decision rule changed (the predict hash is ``model+decision``), ``redecide`` gives the
@@ -194,6 +210,10 @@ class _Planner:
     def add(self, e: ImageEntry) -> None:
         """Plan one image: what it is (new, changed, touched), then which of its maps and files are due."""
         row = self.known.images.get(e.rel)
+        failed = self.known.failures.get(e.rel) if row is None else None
+        if failed is not None and failed.still(e):
+            self.plan.still_failed.append((e.rel, failed.reason))
+            return
         content_same = self.classify(e, row)
         fresh = row is None or not content_same or row.predict_hash != self.hashes.predict
         flipped = False

@@ -72,7 +72,7 @@ def task_for(index: int, todo: tuple[str, ...], entries: list[ImageEntry], plan:
     sub_known = Known(
         {r: known.images[r] for r in rels if r in known.images},
         {r: known.maps[r] for r in rels if r in known.maps},
-        set(),
+        {},
     )
     absolute = [dataclasses.replace(e, file=os.path.abspath(e.file)) for e in entries]
     for e in absolute:
@@ -125,7 +125,7 @@ class Worker:
             _check_folders_visible(c)
             self.prepared = prepare(c.opts, c.found)
             _check_same_config(c, self.prepared)
-            empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, set())  # each task brings its own
+            empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, {})  # each task brings its own
             scorer = _scorer(c, self.prepared)
             self.worker = BatchWorker(
                 c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer, should_stop=self.should_stop

@@ -223,6 +223,7 @@ def _run_locked(
                 opts, out, setup.prepared, plan, known, setup.hashes, row.run_id, stop, row.tally, emit, log, lock.check
             )
             engine.compute(job)
+            stamp_failures(row.manifest, plan, row.tally)
         timings["compute"] = time.time() - t_compute
         if row.tally.first_batch is not None:
             timings["first_batch"] = row.tally.first_batch - t0  # from the start: what a user waits for the first maps
@@ -313,10 +314,19 @@ def _plan_run(
     )
     if plan.repaired:
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
+    row.tally.failed.extend(plan.still_failed)  # unreadable as before: listed (exit 1), not read again
     row.counts = planned_counts(setup.found, plan, row.tally)
     emit(plan_event(row.run_id, row.counts, len(plan.work)))
     apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit)
     return known, plan
+
+
+def stamp_failures(manifest: Manifest, plan: Plan, tally: Tally) -> None:
+    """Stamp the files this run read and refused with the size and mtime they were planned with: unchanged, the
+    next run lists them without reading them again (plan.Failed.still). A run killed before this retries them."""
+    manifest.stamp_failures(
+        [(rel, w.entry.size, w.entry.mtime_ns) for rel, _ in tally.failed if (w := plan.work.get(rel))]
+    )
 
 
 def planned_counts(found: Scan, plan: Plan, tally: Tally) -> RunCounts:
@@ -326,7 +336,7 @@ def planned_counts(found: Scan, plan: Plan, tally: Tally) -> RunCounts:
         added=len(plan.added),
         changed=len(plan.changed),
         removed=len(plan.removed),
-        unchanged=len(found.images) - len(plan.work),
+        unchanged=len(found.images) - len(plan.work) - len(plan.still_failed),
         failed=len(tally.failed),
     )
 
