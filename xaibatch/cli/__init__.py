@@ -16,6 +16,7 @@ from .bench import bench
 from .boundary import Group
 from .methods import methods_cmd
 from .options import BUILTIN_METHODS
+from .report import report
 from .run import run
 from .sanity import sanity
 from .serve import serve
@@ -36,7 +37,7 @@ def cli() -> None:
     """
 
 
-for _command in (run, train, bench, methods_cmd, sanity, serve, demo_data):
+for _command in (run, report, train, bench, methods_cmd, sanity, serve, demo_data):
     cli.add_command(_command)
 
 

@@ -190,3 +190,10 @@ def class_list(text: str | None) -> list[str] | None:
     if twice:  # before the model loads: each output needs its own name
         raise click.BadParameter(f"{', '.join(twice)} given twice; one name per output", param_hint="--classes")
     return names
+
+
+template_dir_option = click.option(  # run, report
+    "--template-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).",
+)

@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .helptext import Command
 from .boundary import EXIT_CODES_HELP, reported
-from .options import RUN_MODEL_HELP, model_options, seed_option
+from .options import RUN_MODEL_HELP, model_options, seed_option, template_dir_option
 from .run_options import (
     check_engine_options,
     compute_options,
@@ -24,7 +24,6 @@ from .run_options import (
     lime_options,
     max_map_side_option,
     target_option,
-    template_dir_option,
 )
 
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often

@@ -214,11 +214,6 @@ max_map_side_option = click.option(
     help="Save .npy maps of images over N x N pixels scaled down to about N x N pixels (aspect kept; "
     "e.g. --max-map-side 0 for the image's own size).",
 )
-template_dir_option = click.option(
-    "--template-dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
-    help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).",
-)
 
 
 @dataclass(frozen=True)

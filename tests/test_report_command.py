@@ -1,0 +1,59 @@
+"""`xaibatch report OUT`: the report rendered again from the manifest alone (no input folder, no model)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke, quiet, run_opts, write_images
+from xaibatch.lock import OutputLock
+from xaibatch.pipeline import run
+
+
+@pytest.fixture
+def out(tmp_path, tiny_ckpt) -> Path:
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    run(run_opts(inp, tmp_path / "out", tiny_ckpt), log=quiet)
+    return tmp_path / "out"
+
+
+def test_it_brings_back_deleted_pages_without_the_input_folder(out, tmp_path):
+    before = {p: p.read_bytes() for p in out.rglob("*.html")}
+    for p in before:
+        p.unlink()
+    shutil.rmtree(tmp_path / "in")  # moved away, or the folder copied to another machine
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().endswith(f"-> {out / 'index.html'}")
+    assert {p: p.read_bytes() for p in out.rglob("*.html")} == before  # the same pages, byte for byte
+
+
+def test_template_dir_renders_with_the_users_templates_and_without_it_the_packaged_ones(out, tmp_path):
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "index.html").write_text(
+        '{% extends "base.html" %}{% block main %}<p id="mine">{{ r.total }} images</p>{% endblock %}'
+    )
+    res = invoke("report", out, "--template-dir", tpl)
+    assert res.exit_code == 0, res.output
+    assert '<p id="mine">6 images</p>' in (out / "index.html").read_text()
+    assert invoke("report", out).exit_code == 0
+    assert 'id="mine"' not in (out / "index.html").read_text() and "Per class" in (out / "index.html").read_text()
+
+
+def test_refusals_are_one_line(out, tmp_path):
+    res = invoke("report", tmp_path, catch_exceptions=True)  # no manifest
+    assert res.exit_code == 2 and "not an xaibatch output folder" in res.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "index.html").write_text("{% block main %}{% endblock")
+    res = invoke("report", out, "--template-dir", broken, catch_exceptions=True)
+    assert res.exit_code == 2 and "template error in" in res.output
+    with OutputLock(out):  # a run holds the folder
+        res = invoke("report", out, catch_exceptions=True)
+    assert res.exit_code == 4, res.output
+    assert all(len(line) < 300 for line in res.output.splitlines()) and "Traceback" not in res.output

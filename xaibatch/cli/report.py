@@ -1,0 +1,51 @@
+"""``xaibatch report``: render an output folder's report again from its manifest (no input folder, no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import ExitCode
+from .boundary import echo, exit_codes_help, reported
+from .helptext import Command
+from .options import template_dir_option
+
+# no images are read and nothing is computed: no "some failed" (1); a run holding the folder is 4
+REPORT_EXIT_CODES = {
+    ExitCode.OK: "the report is up to date",
+    ExitCode.USAGE: "usage error (no xaibatch output folder, a broken --template-dir)",
+    ExitCode.RUNTIME: "runtime error (e.g. the disk is full)",
+    ExitCode.LOCKED: "a run holds the output folder's lock",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP); the report's pages are each whole",
+}
+
+
+@click.command(cls=Command, epilog=exit_codes_help(REPORT_EXIT_CODES))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@template_dir_option
+@reported
+def report(out_dir: Path, template_dir: Path | None) -> None:
+    """Render the report in OUT_DIR again from its manifest: after editing templates, upgrading xaibatch or
+    copying the folder elsewhere. Needs neither the input folder nor the model; pages that did not change are
+    not rewritten.
+
+    \b
+    Examples:
+      xaibatch report outputs/demo-test
+      xaibatch report outputs/demo-test --template-dir my_templates
+    """
+    from .. import layout
+    from ..errors import UsageError
+    from ..lock import OutputLock
+    from ..pipeline.signals import stops_interrupt
+    from ..report import check_templates, write_report
+
+    if not (out_dir / layout.MANIFEST).is_file():
+        raise UsageError(
+            f"{out_dir} is not an xaibatch output folder (no {layout.MANIFEST}); make one with xaibatch run"
+        )
+    check_templates(template_dir)
+    with stops_interrupt(), OutputLock(out_dir):
+        stats = write_report(out_dir, template_dir)
+    echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")
