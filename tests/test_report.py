@@ -1451,7 +1451,7 @@ def _copy_runs(out: Path, n: int, status: str = "ok", run_id: int | None = None)
 def test_the_history_lists_the_latest_runs_and_counts_every_run(tmp_path, tiny_ckpt, monkeypatch):
     """A cron job every 15 minutes leaves 35,000 runs a year: every unchanged re-run listed (and read) them all
     (3 s and 270 MB a re-run, a 6.5 MB history page). The page lists the latest HISTORY_ROWS, newest first, and
-    counts every run by status."""
+    counts every run by status, and the latest older runs that did not end ok."""
     from xaibatch.report import data as report_data
 
     monkeypatch.setattr(report_data, "HISTORY_ROWS", 5)
@@ -1464,8 +1464,11 @@ def test_the_history_lists_the_latest_runs_and_counts_every_run(tmp_path, tiny_c
     _copy_runs(out, 9)
     run(opts, log=lambda s: None)  # run 13
     page = (out / "history.html").read_text()
-    ids = [int(x) for x in re.findall(r'<tr><th scope="row">(\d+)</th>', page)]
+    listed, older = page.split('id="h-older"')
+    ids = [int(x) for x in re.findall(r'<tr><th scope="row">(\d+)</th>', listed)]
     assert ids == [13, 12, 11, 10, 9]
+    older_ids = [int(x) for x in re.findall(r'<tr><th scope="row">(\d+)</th>', older)]
+    assert older_ids == [3, 2]  # the older runs that did not end ok are still shown
     assert '13 runs: <span class="status-ok">11 ok</span>, <span class="status-error">2 error</span>.' in page
     assert "The latest 5 are listed" in page
     summary = (out / "index.html").read_text()

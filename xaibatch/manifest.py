@@ -206,6 +206,15 @@ class Manifest:
         while rows := cur.fetchmany(256):
             yield from (dict(zip(names, r)) for r in rows)
 
+    def runs_not_ok(self, before: int, most: int) -> list[dict[str, Any]]:
+        """The latest ``most`` runs with an id below ``before`` that did not end ok (nor are running), newest first."""
+        cur = self.db.execute(
+            "SELECT * FROM runs WHERE id < ? AND status NOT IN ('ok', 'running') ORDER BY id DESC LIMIT ?",
+            (before, most),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
     def run_statuses(self) -> dict[str, int]:
         """How many runs ended with each status."""
         return dict(self.db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status"))

@@ -135,6 +135,7 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 HISTORY_ROWS = 1000  # the run history lists this many of the latest runs (a cron job every 15 minutes: 10 days)
+OLDER_PROBLEMS = 100  # ... and this many of the older runs that did not end ok
 
 
 @dataclass
@@ -147,6 +148,7 @@ class History:
     method's record is missing."""
 
     runs: list[dict[str, Any]]  # the latest HISTORY_ROWS, oldest first
+    older_problems: list[dict[str, Any]]  # older runs that did not end ok, newest first (at most OLDER_PROBLEMS)
     total: int
     statuses: dict[str, int]  # every run's status: how many
     last: dict[str, Any] | None
@@ -174,7 +176,8 @@ class History:
             missing -= recorded.keys()
             if not missing:
                 break
-        return cls(runs, sum(statuses.values()), statuses, last, run, older)
+        problems = manifest.runs_not_ok(runs[0]["id"], OLDER_PROBLEMS) if runs else []
+        return cls(runs, problems, sum(statuses.values()), statuses, last, run, older)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -193,6 +196,7 @@ class History:
         """Set what changes with every run: the run table, the last run and the settings rows."""
         data.runs = [_run_row(r) for r in reversed(self.runs)]
         data.runs_total = self.total
+        data.older_problems = [_run_row(r) for r in self.older_problems]
         data.run_statuses = sorted(self.statuses.items(), key=lambda kv: (-kv[1], kv[0]))
         data.last_run = _run_row(self.last) if self.last else None
         data.config = self.config
@@ -256,6 +260,7 @@ def assemble(
         config_rows=[],
         runs=[],
         runs_total=0,
+        older_problems=[],
         run_statuses=[],
         last_run=None,
         failures=failures,

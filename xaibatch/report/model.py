@@ -246,6 +246,7 @@ class ReportData:
     config_rows: list[tuple[str, str]]
     runs: list[dict[str, Any]]  # newest first, formatted; at most data.HISTORY_ROWS
     runs_total: int
+    older_problems: list[dict[str, Any]]  # formatted as runs: older runs that did not end ok, newest first
     run_statuses: list[tuple[str, int]]  # (status, how many runs ended so), most frequent first
     last_run: dict[str, Any] | None
     failures: list[tuple[str, str]]

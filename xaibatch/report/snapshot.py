@@ -37,6 +37,7 @@ VOLATILE_CONFIG = ("device", "batch_size", "workers")  # shown only in the setti
 PER_RUN = (
     "runs",
     "runs_total",
+    "older_problems",
     "run_statuses",
     "last_run",
     "config",
@@ -129,7 +130,15 @@ def load(saved: dict[str, Any]) -> ReportData | None:
             )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
         return ReportData(
-            **d, cards=[], runs=[], runs_total=0, run_statuses=[], last_run=None, config={}, config_rows=[]
+            **d,
+            cards=[],
+            runs=[],
+            runs_total=0,
+            older_problems=[],
+            run_statuses=[],
+            last_run=None,
+            config={},
+            config_rows=[],
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
