@@ -242,13 +242,6 @@ class ReportData:
     total: int
     class_names: list[str]
     methods: list[MethodInfo]
-    config: dict[str, Any]
-    config_rows: list[tuple[str, str]]
-    runs: list[dict[str, Any]]  # newest first, formatted; at most data.HISTORY_ROWS
-    runs_total: int
-    older_problems: list[dict[str, Any]]  # formatted as runs: older runs that did not end ok, newest first
-    run_statuses: list[tuple[str, int]]  # (status, how many runs ended so), most frequent first
-    last_run: dict[str, Any] | None
     failures: list[tuple[str, str]]
     cards: list[Card]
     groups: list[Group]
@@ -282,6 +275,14 @@ class ReportData:
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
     lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())
+    # what data.History.apply sets on every run (snapshot.PER_RUN): the run history and the last run's settings
+    config: dict[str, Any] = field(default_factory=dict)
+    config_rows: list[tuple[str, str]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)  # newest first, formatted; at most data.HISTORY_ROWS
+    runs_total: int = 0
+    older_problems: list[dict[str, Any]] = field(default_factory=list)  # older runs that did not end ok, newest first
+    run_statuses: list[tuple[str, int]] = field(default_factory=list)  # (status, how many ended so), most first
+    last_run: dict[str, Any] | None = None
 
     @property
     def n_classes(self) -> int:

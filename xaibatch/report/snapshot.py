@@ -129,16 +129,6 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                 }
             )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
-        return ReportData(
-            **d,
-            cards=[],
-            runs=[],
-            runs_total=0,
-            older_problems=[],
-            run_statuses=[],
-            last_run=None,
-            config={},
-            config_rows=[],
-        )
+        return ReportData(**d, cards=[])  # History.apply sets the per-run fields
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
