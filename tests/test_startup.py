@@ -123,6 +123,34 @@ def test_unchanged_rerun_never_imports_torch(tmp_path, tiny_ckpt):
     assert (third.computed, third.unchanged) == (7, 0)
 
 
+def test_a_rerun_over_unchanged_broken_files_and_the_report_command_import_nothing_heavy(tmp_path, tiny_ckpt):
+    """A truncated image, refused once, is listed by the next run without loading torch to read it again; and
+    `xaibatch report` renders a folder's report with no model at all."""
+    from helpers import write_images
+
+    from xaibatch.pipeline import RunOptions, run
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    good = write_images(inp, 3)
+    (inp / "cut.png").write_bytes(good[0].read_bytes()[:150])
+    opts = dict(methods=["gradcam"], checkpoint=tiny_ckpt, workers=0, handle_signals=False)
+    first = run(RunOptions(input_dir=inp, out_dir=out, **opts), log=lambda s: None)
+    assert [rel for rel, _ in first.failed] == ["cut.png"]
+    (out / "index.html").unlink()
+    probe = f"""
+        from pathlib import Path
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
+                           checkpoint=Path({str(tiny_ckpt)!r}), workers=0, handle_signals=False), log=lambda s: None)
+        assert (r.computed, r.unchanged, [rel for rel, _ in r.failed]) == (0, 3, ["cut.png"]), r
+        res = CliRunner().invoke(cli, ["report", {str(out)!r}])
+        assert res.exit_code == 0 and Path({str(out / "index.html")!r}).is_file(), res.output
+    """
+    assert _modules_after(probe) == []
+
+
 def test_the_clis_builtin_method_names_are_the_registrys():
     from xaibatch.cli import BUILTIN_METHODS
     from xaibatch.methods import METHODS
