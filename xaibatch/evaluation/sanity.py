@@ -227,6 +227,9 @@ def run_sanity(
     return result
 
 
+SAME_CHECK = ("checkpoint_sha256", "images", "seed", "input_dir")  # what a kept curve's check must share
+
+
 def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> list[dict[str, Any]]:
     """The curves of the folder's previous check that this one did not redo, so that a check after a run that only
     added a method keeps the others' verdicts: kept only where that check's model, sample size, seed and input
@@ -244,9 +247,6 @@ def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> 
         for c in curves
         if c.get("method") not in redone and c.get("method") in map_methods and c.get("steps") == steps
     ]
-
-
-SAME_CHECK = ("checkpoint_sha256", "images", "seed", "input_dir")  # what a kept curve's check must share
 
 
 def last_finished_run(out: Path) -> FinishedRun:

@@ -154,6 +154,7 @@ class History:
     last: dict[str, Any] | None
     run: RunConfig | None  # the last run's configuration (None: no run, or a damaged record)
     older_methods: dict[str, MethodRecord]  # the latest record of each method with maps that the last run lacks
+    map_methods: set[str]  # the manifest's map keys (methods, and their "@label" maps), read once
 
     @classmethod
     def read(cls, manifest: Manifest) -> History:
@@ -165,7 +166,8 @@ class History:
         except BadRecord:
             run = None
         latest = run.methods if run is not None else {}
-        missing = {targets.method_of(k) for k in manifest.map_methods()} - set(latest)
+        map_methods = manifest.map_methods()
+        missing = {targets.method_of(k) for k in map_methods} - set(latest)
         older: dict[str, MethodRecord] = {}
         for r in manifest.runs_newest_first() if missing else ():
             try:
@@ -177,7 +179,7 @@ class History:
             if not missing:
                 break
         problems = manifest.runs_not_ok(runs[0]["id"], OLDER_PROBLEMS) if runs else []
-        return cls(runs, problems, sum(statuses.values()), statuses, last, run, older)
+        return cls(runs, problems, sum(statuses.values()), statuses, last, run, older, map_methods)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     manifest = Manifest(out / layout.MANIFEST)
     try:
         history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
-        backfill_views(out, manifest, method_infos(history, manifest.map_methods()))
+        backfill_views(out, manifest, method_infos(history, history.map_methods))
         found = snapshot.inputs(out, manifest, history, template_dir)
         if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
             return stats

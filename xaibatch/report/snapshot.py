@@ -72,7 +72,7 @@ class Inputs:
 def inputs(out: Path, manifest: Manifest, history: History, template_dir: Path | None) -> Inputs:
     masks = masks_beside(history.source(), manifest.image_rels())
     config = {k: v for k, v in history.config.items() if k not in VOLATILE_CONFIG}
-    methods = method_infos(history, manifest.map_methods())
+    methods = method_infos(history, history.map_methods)
     st = os.stat(out / layout.MANIFEST)
     trust_files = [_signature(out / name) for name in (layout.FAITH_CHANCE, layout.SANITY)]
     key = fingerprint(
