@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from helpers import invoke, quiet, run_opts, write_images
+from xaibatch import layout
 from xaibatch.lock import OutputLock
 from xaibatch.pipeline import run
 
@@ -57,3 +59,19 @@ def test_refusals_are_one_line(out, tmp_path):
         res = invoke("report", out, catch_exceptions=True)
     assert res.exit_code == 4, res.output
     assert all(len(line) < 300 for line in res.output.splitlines()) and "Traceback" not in res.output
+
+
+def test_a_run_killed_before_shows_as_killed_not_running(out):
+    """A SIGKILLed run leaves its row 'running'; the next command to hold the lock says it was killed (the next run
+    did; `report` renders the history, so it must too) and sweeps what that run left."""
+    db = sqlite3.connect(out / layout.MANIFEST)
+    with db:
+        db.execute("UPDATE runs SET status = 'running' WHERE id = (SELECT max(id) FROM runs)")
+    db.close()
+    leftover = out / "maps" / "gradcam" / f".left.{2**22 + 1}.tmp"  # a dead writer's temporary file
+    leftover.write_bytes(b"x")
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert "did not finish; cleaned 1 leftover file(s)" in res.output and not leftover.exists()
+    history = (out / "history.html").read_text()
+    assert ">killed<" in history and ">running<" not in history

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from ..errors import ExitCode
+from ..runlog import write_line
 from .boundary import echo, exit_codes_help, reported
 from .helptext import Command
 from .options import template_dir_option
@@ -38,6 +40,7 @@ def report(out_dir: Path, template_dir: Path | None) -> None:
     from .. import layout
     from ..errors import UsageError
     from ..lock import OutputLock
+    from ..pipeline.recovery import recover_folder
     from ..pipeline.signals import stops_interrupt
     from ..report import check_templates, write_report
 
@@ -46,6 +49,7 @@ def report(out_dir: Path, template_dir: Path | None) -> None:
             f"{out_dir} is not an xaibatch output folder (no {layout.MANIFEST}); make one with xaibatch run"
         )
     check_templates(template_dir)
-    with stops_interrupt(), OutputLock(out_dir):
+    with stops_interrupt(), OutputLock(out_dir) as lock:
+        recover_folder(out_dir, lock, lambda line: write_line(line, sys.stderr))
         stats = write_report(out_dir, template_dir)
     echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")

@@ -181,11 +181,13 @@ def run_sanity(
     """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
     from ..lock import OutputLock
     from ..manifest import FILENAME as MANIFEST
+    from ..pipeline.recovery import recover_folder
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
         raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
-    with OutputLock(out):
+    with OutputLock(out) as lock:
+        recover_folder(out, lock, log)
         run = last_finished_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)

@@ -83,6 +83,16 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
             log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
 
 
+def recover_folder(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
+    """:func:`recover` for a command that holds ``OUT``'s lock without running (``report``, ``sanity``): a run
+    killed before it must not stay "running" on the pages they render."""
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        recover(out, manifest, lock, log)
+    finally:
+        manifest.close()
+
+
 REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)
 
 
