@@ -271,3 +271,63 @@ def test_the_sanity_legend_stands_beside_the_panels_however_many_methods():
     for colour in figures.CYCLE:  # and no line reaches the legend's column
         for ln in polylines(root, colour):
             assert ln[:, 0].max() <= right
+
+
+def legend_box(root: ET.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a figure's legend: its swatches and its left-anchored labels."""
+    xs, ys = [], []
+    for g in root.iter(f"{NS}g"):
+        m = re.fullmatch(r"translate\(([-\d.]+) ([-\d.]+)\)", g.get("transform", ""))
+        if m:
+            xs.append(float(m[1]) - 6)
+            ys += [float(m[2]) - 6, float(m[2]) + 6]
+    for t in root.iter(f"{NS}text"):
+        if t.get("text-anchor") == "start":
+            x, y = float(t.get("x")), float(t.get("y"))
+            xs += [x, x + len(t.text or "") * figures.CHAR]
+            ys += [y - figures.FONT, y]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+@pytest.mark.parametrize(
+    "accuracy",
+    [
+        [0.5, 0.5, 1.0, 0.67, 1.0, None, 0.75, None, 0.4, 0.97],  # the audit's: a legend over the bars of 0.5-0.7
+        [1.0] * 10,  # every bar full height
+        [0.0, 0.1, 1.0, 1.0, 0.2, 1.0, 1.0, 0.3, 1.0, 1.0],
+    ],
+)
+def test_the_reliability_legend_covers_no_bar(accuracy):
+    """The legend's corner was chosen by the bars' tops alone: it landed on the bodies of the bars below them.
+    Bars are now whole boxes to avoid, and the axis runs past 1 so that a band above them always has room."""
+    bins = [
+        (0.5 + 0.05 * i, 0.55 + 0.05 * i, 0 if a is None else 10, 0.52 + 0.05 * i, a) for i, a in enumerate(accuracy)
+    ]
+    root = parse(figures.reliability_diagram(bins, 0.05))
+    left, top, right, bottom = legend_box(root)
+    bars = [r for r in root.iter(f"{NS}rect") if r.get("fill") == figures.BLUE and float(r.get("width")) > 12]
+    assert len(bars) == sum(a is not None and a > 0 for a in accuracy)
+    for r in bars:
+        x, y, w, h = (float(r.get(k)) for k in ("x", "y", "width", "height"))
+        assert x + w <= left or x >= right or y >= bottom or y + h <= top, (r.attrib, (left, top, right, bottom))
+    fy = Axis(root, "y").data
+    assert fy(bottom) > 1.0  # above every bar and the diagonal's end
+    ys = [float(t.text) for t in root.iter(f"{NS}text") if t.get("text-anchor") == "end"]
+    assert ys[0] == 0 and ys[-1] == 1  # the y axis is labelled up to 1 only
+
+
+def test_the_histogram_legend_avoids_the_bars_bodies():
+    """Two tall bars at the ends and one in the middle leave the lower corners under bars: the legend goes where
+    no bar is."""
+    edges = [0.5 + 0.05 * i for i in range(11)]
+    counts = [[90, 0, 0, 0, 0, 0, 0, 0, 0, 95], [0, 0, 0, 0, 0, 0, 0, 0, 0, 3]]
+    root = parse(
+        figures.confidence_histogram(
+            edges, [("correct", counts[0], figures.BLUE), ("wrong", counts[1], figures.ORANGE)]
+        )
+    )
+    left, top, right, bottom = legend_box(root)
+    for r in root.iter(f"{NS}rect"):
+        if r.get("fill-opacity") and float(r.get("width")) > 12:
+            x, y, w, h = (float(r.get(k)) for k in ("x", "y", "width", "height"))
+            assert x + w <= left or x >= right or y >= bottom or y + h <= top, r.attrib

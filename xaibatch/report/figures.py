@@ -13,7 +13,7 @@ import math
 from html import escape
 from typing import Iterable, Sequence
 
-VERSION = 3  # bump when a figure's look changes, so cached files are redrawn (1: matplotlib; 3: sanity legend)
+VERSION = 4  # bump when a figure's look changes, so cached files are redrawn (1: matplotlib; 3: sanity legend)
 
 FONT = 12.0  # px: tick labels, axis labels, legend
 TITLE = 13.5
@@ -57,8 +57,9 @@ class Plot:
         self.xlim, self.ylim = xlim, ylim
         self.parts: list[str] = []
         self.legend: list[tuple[str, str]] = []  # (swatch drawn around (0, 0), label)
-        # the pixels drawn on (line points, dots, bar tops): a legend avoids them
+        # the pixels drawn on (line points, dots) and the boxes filled (bars): a legend avoids them
         self.marks: list[tuple[float, float]] = []
+        self.boxes: list[tuple[float, float, float, float]] = []  # (left, top, right, bottom)
 
     @property
     def bottom(self) -> float:
@@ -78,7 +79,7 @@ class Plot:
             if h is None or not h > 0:
                 continue
             y0, y1 = self.y(h), self.y(0)
-            self.marks += [(self.x(x0 + w * k / 4), y0) for k in range(5)]
+            self.boxes.append((self.x(x0), y0, self.x(x0 + w), y1))
             self.parts.append(
                 f'<rect x="{_n(self.x(x0))}" y="{_n(y0)}" width="{_n(self.x(x0 + w) - self.x(x0))}" '
                 f'height="{_n(y1 - y0)}" fill="{colour}" fill-opacity="{opacity}" stroke="{colour}"/>'
@@ -223,9 +224,13 @@ class Chart:
             x = p.left + 10 if at.endswith("left") else max(p.left + 10, p.left + p.width - 10 - w)
             return x, (p.top + 6 if at.startswith("upper") else p.bottom - 8 - h)
 
-        def covered(at: str) -> int:
-            x, y = corner(at)
-            return sum(x - 4 <= a <= x + w + 4 and y - 4 <= b <= y + h + 4 for a, b in p.marks)
+        def covered(at: str) -> float:
+            """Marks under the legend, a bar's body counting one per 5 x 5 px of it."""
+            x0, y0 = corner(at)
+            x1, y1 = x0 + w + 4, y0 + h + 4
+            x0, y0 = x0 - 4, y0 - 4
+            area = sum(max(0.0, min(x1, r) - max(x0, l)) * max(0.0, min(y1, b) - max(y0, t)) for l, t, r, b in p.boxes)
+            return sum(x0 <= a <= x1 and y0 <= b <= y1 for a, b in p.marks) + area / 25
 
         corners = ("upper left", "upper right", "lower left", "lower right")
         self.entries(entries, *corner(min(corners, key=covered) if where == "best" else where))
@@ -262,14 +267,21 @@ def _slant(names: Sequence[str]) -> float:
     return max((len(_short(n)) for n in names), default=0) * CHAR * 0.71
 
 
+def legend_band(entries: int, height: float = 242) -> float:
+    """The share of a plot's height a legend of ``entries`` takes, with its margins: the y axis runs that much past
+    the highest bar, so that the legend has a band above every bar (and the ticks stop at the data's top)."""
+    return (LEGEND_STEP * entries + 16) / height
+
+
 HISTOGRAM_SIZE = (500, 320)  # the confidence histogram's and the reliability diagram's width and height
 ROC_SIZE = (420, 360)
 
 
 def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
     """Counts per confidence bin, one outlined bar series per group (e.g. correct vs misclassified)."""
-    top = max((c for _, counts, _ in series for c in counts), default=0)
-    p = Plot((64, 30, 420, 242), (edges[0], edges[-1]), (0, max(1, top) * 1.05))
+    top = max(1, max((c for _, counts, _ in series for c in counts), default=0)) * 1.05
+    band = legend_band(len(series)) if len(series) > 1 else 0.0
+    p = Plot((64, 30, 420, 242), (edges[0], edges[-1]), (0, top / (1 - band)))
     lefts, widths = list(edges[:-1]), [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
     for label, counts, colour in series:
         p.bars(lefts, widths, counts, colour, f"{label} ({sum(counts)})", 0.45)
@@ -279,7 +291,7 @@ def confidence_histogram(edges: Sequence[float], series: Sequence[tuple[str, Seq
         "Confidence",
         "confidence (probability of the predicted class)",
         "images",
-        yticks=ticks(*p.ylim, integer=True),
+        yticks=ticks(0, top, integer=True),
     )
     if len(series) > 1:
         c.legend(p)
@@ -290,12 +302,12 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
     """Accuracy per confidence bin (bars) against perfect calibration (diagonal); bins are (lo, hi, n, conf, acc)."""
     lo, hi = bins[0][0], bins[-1][1]
     full = [b for b in bins if b[2]]
-    p = Plot((64, 30, 420, 242), (lo, hi), (0, 1.02))
+    p = Plot((64, 30, 420, 242), (lo, hi), (0, 1.02 / (1 - legend_band(3))))
     p.line([lo, hi], [lo, hi], GREY, "perfect calibration", width=1, dash=True)
     p.bars([b[0] for b in full], [b[1] - b[0] for b in full], [b[4] for b in full], BLUE, "accuracy", 0.6)
     p.dots([(b[0] + b[1]) / 2 for b in full], [b[3] for b in full], ORANGE, "mean confidence", r=4, diamond=True)
     c = Chart(*HISTOGRAM_SIZE)
-    c.axes(p, f"Reliability (ECE {100 * ece:.1f}%)", "confidence bin", "accuracy")
+    c.axes(p, f"Reliability (ECE {100 * ece:.1f}%)", "confidence bin", "accuracy", yticks=ticks(0, 1))
     c.legend(p)
     return c.svg([p])
 
