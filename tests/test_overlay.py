@@ -150,12 +150,15 @@ def test_a_map_zero_everywhere_is_flagged_and_named_on_the_page(signed):
     full[1, 3, 4] = 0.5 if not signed else -0.25  # one value: not zero everywhere
     views = views_batch(full, full, signed)
     assert views[0].get("zero") is True and "zero" not in views[1]
+    # a signed map whose one value speaks against the class has no evidence for it: its peak points nowhere
+    assert views[0].get("nowhere") is True and views[1].get("nowhere") is (True if signed else None)
     for j in range(2):
-        assert view_of(full[j].numpy(), 8, 8, signed).get("zero") == views[j].get("zero")
+        again = view_of(full[j].numpy(), 8, 8, signed)
+        assert (again.get("zero"), again.get("nowhere")) == (views[j].get("zero"), views[j].get("nowhere"))
     info = MethodInfo("m", "Grad-CAM", signed, [], "", "")
     flagged = _scale_view(SimpleNamespace(view=views[0]), info)
     said = (
-        "weak evidence: hiding any one superpixel changes the probability by at most 0 "
+        "zero everywhere: hiding any one superpixel leaves the probability as it is"
         if signed
         else ("zero everywhere: Grad-CAM finds no evidence")
     )

@@ -720,7 +720,10 @@ def test_maps_whose_maxima_share_a_pixel_share_one_ring_that_names_them_all():
     mask = np.zeros((32, 32), bool)
     mask[4:10, 4:10] = True
     peaks = {"A": (5, 6), "B": (20, 31), "C": (5, 6), "D": None, "E": (20, 31), "F": (5, 6)}  # (y, x)
-    card = NS(rel="FAKE/x.png", maps=[NS(title=t, peak=p, shape=(32, 32)) for t, p in peaks.items()])
+    card = NS(
+        rel="FAKE/x.png",
+        maps=[NS(title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()],
+    )
     t = truth_record(mask, card)
     by = {p["title"]: p for p in t["points"]}
     assert [p["n"] for p in t["points"]] == [1, 2, 3, 4, 5, 6]
@@ -734,6 +737,58 @@ def test_maps_whose_maxima_share_a_pixel_share_one_ring_that_names_them_all():
         width = 0.6 * t["font"] * len(p["label"])  # the label fits (0.05: font and lx are rounded)
         assert 0 <= p["lx"] and p["lx"] + width <= t["w"] + 0.05
     assert len({p["colour"] for p in t["points"]}) == 6  # six methods, six colours
+
+
+def test_ring_labels_stand_by_their_own_ring_and_cover_no_other_label_or_ring():
+    """Each label stood up and to the right of its ring whatever stood there: with three maxima a few pixels
+    apart, "3" covered "2" and "1" stood beside ring 3 (the audit's fake_00012). Now every label sits beside its
+    ring, covers no other label or ring, stands nearer its own ring than any other, inside the figure."""
+    from types import SimpleNamespace as NS
+
+    from xaibatch.report.detail import label_box, truth_record
+
+    def overlap(a, b):
+        return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+    mask = np.zeros((32, 32), bool)
+    crowds = [
+        {"A": (12, 14), "B": (10, 18), "C": (14, 18)},  # (y, x): three maxima a few pixels apart
+        {"A": (16, 8), "B": (16, 12), "C": (16, 16), "D": (16, 20), "E": (16, 24)},  # a row
+        {"A": (0, 0), "B": (0, 3), "C": (3, 0), "D": (31, 31)},  # three in a corner: no room, see below
+    ]
+    for peaks in crowds:
+        maps = [NS(title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()]
+        t = truth_record(mask, NS(rel="FAKE/x.png", maps=maps))
+        pts, r = t["points"], t["r"]
+        boxes = [label_box(p["label"], p["lx"], p["ly"], t["font"]) for p in pts]
+        rings = [(p["x"] - r, p["y"] - r, p["x"] + r, p["y"] + r) for p in pts]
+        for i, (p, box) in enumerate(zip(pts, boxes)):
+            assert -0.01 <= box[0] and box[2] <= t["w"] + 0.05 and -0.01 <= box[1] and box[3] <= t["h"] + 0.05, p
+            assert not any(overlap(box, b) for j, b in enumerate(boxes) if j != i), (peaks, p)
+            if peaks is crowds[-1] and p["title"] != "D":
+                continue  # three labels 3.6 px tall and three rings within 4 px of a corner: labels apart only
+            assert not any(overlap(box, b) for b in rings), (peaks, p)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            near = min(range(len(pts)), key=lambda j: (cx - pts[j]["x"]) ** 2 + (cy - pts[j]["y"]) ** 2)
+            assert near == i, (peaks, p)
+
+
+def test_a_map_that_points_nowhere_is_not_scored():
+    """An all-zero map (LIME when the model is sure whatever is hidden) has its "maximum" at (0, 0): it was scored
+    a miss there. Now it is not scored, and neither is a signed map with no evidence for the class."""
+    from types import SimpleNamespace as NS
+
+    from xaibatch.report.detail import truth_record
+
+    mask = np.zeros((8, 8), bool)
+    mask[:2, :2] = True  # (0, 0) would be a hit
+    flat = [NS(title="A", peak=[0, 0], shape=(8, 8), zero=True, nowhere=True)]
+    flat.append(NS(title="B", peak=[0, 0], shape=(8, 8), zero=False, nowhere=True))
+    flat.append(NS(title="C", peak=[0, 1], shape=(8, 8), zero=False, nowhere=False))
+    by = {p["title"]: p for p in truth_record(mask, NS(rel="FAKE/x.png", maps=flat))["points"]}
+    assert by["A"]["note"] == "the map is zero everywhere" and "hit" not in by["A"] and "label" not in by["A"]
+    assert by["B"]["note"] == "the map shows no evidence for the class" and "hit" not in by["B"]
+    assert by["C"]["hit"] is True and by["C"]["label"] == "3"
 
 
 def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):
@@ -1066,7 +1121,10 @@ def test_lime_magnitude_shows_in_the_gallery_and_the_detail_view(tmp_path):
     m.close()
     np.save(out / "maps" / "lime" / "FAKE" / "strong.npy", np.zeros((8, 8), np.float32))
     report.render(out)
-    assert "at most 0 " in map_of(detail_of(out, "FAKE/strong.png"), "lime")["weak"]
+    flat = map_of(detail_of(out, "FAKE/strong.png"), "lime")
+    assert (
+        flat["weak"].startswith("zero everywhere: hiding any one superpixel") and flat["ticks"] == []
+    )  # not "−0 0 +0"
 
 
 # -- issue 22: hostile ground-truth masks and links under the output folder ------------------------------

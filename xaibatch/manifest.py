@@ -74,7 +74,8 @@ class MapRow:
     faith_hash: str | None = None
     # What the report shows of the map without reading the .npy back, computed with its picture
     # (pipeline/writer.py:map_views): "scale" (the value drawn at full colour, overlay.display_scale),
-    # "peak" ([row, column] of its maximum, LIME: of its strongest evidence for the class) and "shape".
+    # "peak" ([row, column] of its maximum, LIME: of its strongest evidence for the class) and "shape"; "zero"
+    # and "nowhere" for a map that shows nothing (overlay.views_batch).
     view: dict[str, Any] | None = None
 
     @property

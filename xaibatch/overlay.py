@@ -218,7 +218,8 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     signed maps: max |m|, 0 when all zero);
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
-    only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out)."""
+    only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out);
+    "nowhere": True when its evidence is (a signed map with no positive value): the peak then points nowhere."""
     import torch
 
     b = shown.shape[0]
@@ -230,14 +231,23 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
         top = flat.kthvalue(k + 1, dim=1).values
         scale = torch.where(top > 1e-6, top, torch.ones_like(top))
     ev = full.float().reshape(b, -1)
-    peak = (ev.clamp(min=0) if signed else ev).argmax(dim=1)
+    evidence = ev.clamp(min=0) if signed else ev
+    peak = evidence.argmax(dim=1)
     zero = ev.abs().amax(dim=1) <= ZERO_MAP
+    nowhere = evidence.amax(dim=1) <= ZERO_MAP
     w = full.shape[2]
     shape = [int(full.shape[1]), int(w)]
     return [
-        {"scale": s, "peak": [p // w, p % w], "shape": shape, **({"zero": True} if z else {})}
-        for s, p, z in zip(scale.cpu().tolist(), peak.cpu().tolist(), zero.cpu().tolist(), strict=True)
+        {"scale": s, "peak": [p // w, p % w], "shape": shape, **flat_view(z, n)}
+        for s, p, z, n in zip(
+            scale.cpu().tolist(), peak.cpu().tolist(), zero.cpu().tolist(), nowhere.cpu().tolist(), strict=True
+        )
     ]
+
+
+def flat_view(zero: bool, nowhere: bool) -> dict[str, bool]:
+    """The view's keys for a map that shows nothing (see views_batch); none for the usual map."""
+    return {"zero": True, "nowhere": True} if zero else {"nowhere": True} if nowhere else {}
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):

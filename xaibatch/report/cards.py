@@ -140,7 +140,7 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
     out: dict[str, Any] = {"scale": float(scale), "scale_text": text, "peak": v.get("peak"), "shape": v.get("shape")}
     if m.signed:
         out["mag"] = f"±{text}"
-        if m.superpixels and scale < WEAK_SIGNED_SCALE:  # a probability: LIME's only
+        if m.superpixels and scale < WEAK_SIGNED_SCALE and not v.get("zero"):  # a probability: LIME's only
             out["weak"] = (
                 f"weak evidence: hiding any one superpixel changes the probability by at most "
                 f"{text} (under {WEAK_SIGNED_SCALE:g}); the colours are scaled to this image's "
@@ -148,8 +148,14 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
             )
     if v.get("zero"):  # no colour at all: say why, or the blank overlay reads as a broken picture
         out["zero"] = True
-    if v.get("zero") and "weak" not in out:  # (LIME's warning above already says "at most 0")
-        out["weak"] = f"zero everywhere: {m.title} finds no evidence for this class in the image"
+    if v.get("nowhere"):
+        out["nowhere"] = True
+    if v.get("zero"):
+        out["weak"] = (
+            "zero everywhere: hiding any one superpixel leaves the probability as it is"
+            if m.signed and m.superpixels
+            else f"zero everywhere: {m.title} finds no evidence for this class in the image"
+        )
     return out
 
 

@@ -116,15 +116,15 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
     picture (overlay.views_batch): the colour bar's scale at the display size, the peak, the shape."""
     import numpy as np
 
-    from ..overlay import ZERO_MAP, display_map, display_scale
+    from ..overlay import ZERO_MAP, display_map, display_scale, flat_view
 
     m = np.nan_to_num(m.astype(np.float32, copy=False))
     shown = display_map(m, display_size(width, height), signed)
     s = float(np.abs(shown).max()) if signed else display_scale(shown, signed)  # as overlay.views_batch
     evidence = np.where(m > 0, m, 0) if signed else m
     y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
-    zero = {"zero": True} if float(np.abs(m).max(initial=0.0)) <= ZERO_MAP else {}
-    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **zero}
+    flat = flat_view(float(np.abs(m).max(initial=0.0)) <= ZERO_MAP, float(evidence.max(initial=0.0)) <= ZERO_MAP)
+    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **flat}
 
 
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
@@ -151,7 +151,7 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
 
 def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
     """The numbers under a map's colour bar, left to right, and the sentence that says what they mean."""
-    if v.scale is None:
+    if v.scale is None or v.zero:  # a map with no colour: its warning says why, no scale to read
         return [], ""
     return colour_ticks(v.scale, v.m.signed, target, v.m.superpixels)
 
@@ -194,6 +194,60 @@ def region_path(mask: Any) -> str:
     return "".join(map("M{} {}h{}v1h-{}z".format, xs.tolist(), ys.tolist(), runs, runs))
 
 
+LABEL_WIDTH, LABEL_ASCENT, LABEL_DESCENT = 0.6, 0.75, 0.2  # a label's box, in units of its font size
+
+
+def label_box(text: str, x: float, y: float, font: float) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of ``text`` drawn at (x, y), its baseline's start, as the detail view draws it."""
+    return x, y - LABEL_ASCENT * font, x + LABEL_WIDTH * font * len(text), y + LABEL_DESCENT * font
+
+
+def place_labels(
+    rings: list[tuple[float, float]], texts: list[str], w: float, h: float, radius: float, font: float
+) -> list[tuple[float, float]]:
+    """Where each ring's label stands (its baseline's start), inside the w x h figure: beside its own ring, one
+    label after another, at the first of eight places around the ring that covers no label placed before and no
+    ring, and stands nearer its own ring than any other (colour alone must not be what tells them apart).
+    When every place is taken (rings crowded into a corner), the one that covers least, the nearest ring last."""
+
+    def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    ring_boxes = [(x - radius, y - radius, x + radius, y + radius) for x, y in rings]
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[tuple[float, float]] = []
+    for i, ((x, y), text) in enumerate(zip(rings, texts, strict=True)):
+        tw, up, down = LABEL_WIDTH * font * len(text), LABEL_ASCENT * font, LABEL_DESCENT * font
+        gap = 0.15 * font
+        spots = [  # right, left, above, below, then the four corners
+            (x + radius + gap, y + up / 2),
+            (x - radius - gap - tw, y + up / 2),
+            (x - tw / 2, y - radius - gap - down),
+            (x - tw / 2, y + radius + gap + up),
+            (x + radius, y - radius),
+            (x + radius, y + radius + up),
+            (x - radius - tw, y - radius),
+            (x - radius - tw, y + radius + up),
+        ]
+        best: tuple[float, tuple[float, float]] | None = None
+        for lx, ly in spots:
+            lx, ly = min(max(lx, 0.0), max(0.0, w - tw)), min(max(ly, up), h - down)  # inside the figure
+            box = label_box(text, lx, ly, font)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            own = (cx - x) ** 2 + (cy - y) ** 2
+            cost = sum(overlap(box, b) for b in placed) * 4
+            cost += sum(overlap(box, b) for b in ring_boxes)  # its own ring too: a label hides no ring
+            cost += sum(own > (cx - ox) ** 2 + (cy - oy) ** 2 for j, (ox, oy) in enumerate(rings) if j != i) * font
+            if best is None or cost < best[0]:
+                best = (cost, (lx, ly))
+            if cost == 0:
+                break
+        assert best is not None
+        out.append(best[1])
+        placed.append(label_box(text, *best[1], font))
+    return out
+
+
 def truth_record(mask: Any, c: Card) -> dict[str, Any]:
     """The ground-truth figure and each map's pointing game (from its stored peak), as the detail view draws it."""
     import numpy as np
@@ -211,7 +265,9 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
     ringed: dict[tuple[int, int], dict[str, Any]] = {}  # peak -> the point whose ring and label stand there
     for i, v in enumerate(c.maps):
         pt: dict[str, Any] = {"n": i + 1, "title": v.title, "colour": MARKER_COLOURS[i % len(MARKER_COLOURS)]}
-        if v.peak is None or v.shape is None:
+        if v.zero or v.nowhere:
+            pt["note"] = "the map is zero everywhere" if v.zero else "the map shows no evidence for the class"
+        elif v.peak is None or v.shape is None:
             pt["note"] = "map unreadable"
         elif tuple(v.shape) != (h, w):
             pt["note"] = f"map {v.shape[1]}×{v.shape[0]} and mask {w}×{h} differ"
@@ -221,14 +277,10 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
             first = ringed.setdefault((x, y), pt)
             first["label"] = f"{first['label']},{pt['n']}" if first is not pt else str(pt["n"])  # one ring: "1,3"
         points.append(pt)
-    for (x, y), pt in ringed.items():
-        px, py = (x + 0.5) * gw / w, (y + 0.5) * gh / h
-        pt.update(
-            x=round(px, 2),
-            y=round(py, 2),
-            lx=round(max(0.0, min(px + radius, gw - 0.6 * font * len(pt["label"]))), 2),
-            ly=round(py - radius if py - radius >= font else py + radius + font, 2),
-        )
+    rings = [((x + 0.5) * gw / w, (y + 0.5) * gh / h) for x, y in ringed]
+    labels = place_labels(rings, [pt["label"] for pt in ringed.values()], gw, gh, radius, font)
+    for pt, (px, py), (lx, ly) in zip(ringed.values(), rings, labels, strict=True):
+        pt.update(x=round(px, 2), y=round(py, 2), lx=round(lx, 2), ly=round(ly, 2))
     return {
         "mask": mask_rel(c.rel).rsplit("/", 1)[-1],
         "w": gw,
@@ -306,7 +358,7 @@ def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str,
         "image": c.image,
         "page": c.page,
         "maps": [map_record(v, c) for v in c.maps],
-        "probs": [[name, text] for name, _p, text in c.probs],
+        "probs": [[name, text, round(100 * p, 1)] for name, p, text in c.probs],  # the bar's length: a share of 100
         "truth": truth,
         "prev": neighbour(prev, c.page),
         "next": neighbour(nxt, c.page),

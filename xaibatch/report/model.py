@@ -33,7 +33,7 @@ FAILURES_ON_SUMMARY = 50
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 
 
-FINGERPRINT_VERSION = 3  # bump when what a detail page shows changes without a template change
+FINGERPRINT_VERSION = 4  # bump when what a detail page shows changes without a template change
 
 
 STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
@@ -142,6 +142,7 @@ class MapView:
     shape: list[int] | None = None  # the saved map's [height, width]
     mag: str = ""  # signed maps: "±0.0006", the scale the gallery prints under the card
     zero: bool = False  # the map is zero everywhere (MapRow.view): it shows no colour at all
+    nowhere: bool = False  # ... or no evidence for the class anywhere (signed, none positive): its peak means nothing
     weak: str = ""  # signed maps whose scale is under WEAK_SIGNED_SCALE, or a map zero everywhere: the warning
     deletion: str | None = None  # faithfulness AUCs, "0.123" (also the gallery's sort keys)
     insertion: str | None = None

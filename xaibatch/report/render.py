@@ -210,7 +210,7 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
     same: a mask is read once, not on every page write."""
     if not c.mask_key or data.input_dir is None:
         return None
-    key = fingerprint(c.mask_key, c.width, c.height, [(v.title, v.peak, v.shape) for v in c.maps])
+    key = fingerprint(c.mask_key, c.width, c.height, [(v.title, v.peak, v.shape, v.zero, v.nowhere) for v in c.maps])
     hit = w.truth_cache.get(c.rel)
     truth = (
         hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(w.inputs(data.input_dir), c)
