@@ -27,7 +27,8 @@ window.__xss = [];
 window.alert = window.confirm = window.prompt = function (m) { window.__xss.push(String(m)); };
 """
 
-HOSTILE = [*HOSTILE_NAMES, "<script>alert(4)<\\script>.png"]
+RTL = "rtl \u202egnp.exe.png"  # a right-to-left override: shown as "rtl gnp.exe.png"... backwards
+HOSTILE = [*HOSTILE_NAMES, "<script>alert(4)<\\script>.png", RTL]
 
 
 @pytest.fixture(scope="module")
@@ -862,3 +863,72 @@ def test_find_an_image_on_any_page_and_open_its_detail_view(driver, paged_out, h
     wait_until(lambda: sorted(found(driver)) == sorted(r for r in rels if "<" in r), "the names with <")
     assert driver.execute_script("return window.__xss") == []
     assert driver.execute_script("return document.querySelectorAll('[onerror],[onload],script:not([src])').length") == 0
+
+
+def test_skip_to_content_keeps_the_image_shown(driver, paged_out):
+    """On a detail view "Skip to content" set the fragment to #main, which names no image: the view jumped to
+    the page's first image and the URL no longer named the one read. It now moves the focus only."""
+    from selenium.webdriver.common.keys import Keys
+
+    urls = detail_urls(paged_out)
+    name = sorted(urls)[3]
+    open_page(driver, urls[name])
+    assert driver.find_element("tag name", "h1").text == name
+    driver.find_element("tag name", "body").send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.get_attribute("class") == "skip"
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_until(lambda: driver.switch_to.active_element.get_attribute("id") == "main", "the focus on main")
+    assert driver.find_element("tag name", "h1").text == name and driver.current_url == urls[name]
+    driver.execute_script("location.hash = 'main'")  # a link from elsewhere: still the same image
+    time.sleep(0.2)
+    assert driver.find_element("tag name", "h1").text == name
+
+
+def test_probability_bars_are_as_long_as_the_probabilities(driver, labeled_out):
+    """The bars were a percentage of the table cell, capped at 10rem: every probability over about 67% drew the
+    same full bar. Each bar is now its share of one track."""
+    for url in sorted(detail_urls(labeled_out).values())[:4]:
+        open_page(driver, url)
+        rows = driver.execute_script("""
+            return Array.prototype.map.call(document.querySelectorAll('table.probs tbody tr'), function (tr) {
+              var bar = tr.querySelector('.bar'), track = tr.querySelector('.track');
+              return [tr.querySelector('td').textContent.trim(), bar.getBoundingClientRect().width,
+                      track.getBoundingClientRect().width];
+            });""")
+        assert len(rows) == 2
+        for text, bar, track in rows:
+            assert bar == pytest.approx(track * float(text.rstrip("%")) / 100, abs=1.0), (text, bar, track)
+
+
+def test_a_mangled_fragment_leaves_the_gallery_working(driver, labeled_out):
+    """A link cut mid-escape (#class=%E0%A4%A) threw "URI malformed" and left the filters unapplied."""
+    driver.get_log("browser")  # drop earlier pages' messages
+    open_page(driver, (labeled_out / "gallery" / "page-1.html").as_uri() + "#class=%E0%A4%A&sort=name")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert driver.find_element("id", "f-status").text.startswith("Showing ")
+    assert driver.find_element("id", "f-sort").get_attribute("value") == "name"  # the readable part still applies
+
+
+def test_a_right_to_left_name_turns_no_text_around_it(driver, hostile_out):
+    """A name with a right-to-left override turned the words after it ("(gallery page 1)" read backwards in the
+    Find results). Names are isolated: their own direction, bidi-isolated in the detail view, and between
+    isolate marks in the page title and the pictures' alt texts."""
+    open_page(driver, hostile_out / "gallery" / "page-1.html")
+    driver.find_element("id", "find-name").send_keys("rtl")
+    wait_until(lambda: len(found(driver)) == 1 and RTL in found(driver)[0], "the RTL name")
+    link = driver.find_element("css selector", "#find-results a")
+    assert link.get_attribute("dir") == "auto"
+    small = driver.find_element("css selector", "#find-results small")
+    assert small.get_attribute("textContent").startswith(" (gallery page ")
+    # the words after the name stay left to right: "(" is left of ")"
+    left, right = driver.execute_script("""
+        var t = document.querySelector('#find-results small').firstChild, r = document.createRange();
+        r.setStart(t, 1); r.setEnd(t, 2); var a = r.getBoundingClientRect().left;
+        r.setStart(t, t.length - 1); r.setEnd(t, t.length); return [a, r.getBoundingClientRect().left];""")
+    assert left < right
+    link.click()
+    wait_until(lambda: "\u202e" in driver.find_element("tag name", "h1").text, "its detail view")
+    assert driver.execute_script("return getComputedStyle(document.querySelector('h1 bdi')).unicodeBidi") == "isolate"
+    assert driver.title.startswith("\u2068") and "\u2069 · " in driver.title
+    alts = driver.execute_script("return Array.prototype.map.call(document.querySelectorAll('.views img'), i => i.alt)")
+    assert alts and all(a.startswith("\u2068") or " of \u2068" in a for a in alts), alts

@@ -26,6 +26,8 @@
     (kids || []).forEach(function (k) { e.appendChild(typeof k === "string" ? document.createTextNode(k) : k); });
     return e;
   }
+  // a file name is user data: isolated, so a right-to-left mark in it cannot turn the words around it
+  function iso(name) { return "\u2068" + name + "\u2069"; }
   function href(n) { return n.page ? "page-" + n.page + ".html#" + n.id : "#" + n.id; }
 
   function pager(im) {
@@ -54,7 +56,7 @@
     row("Maps explain", [im.label_maps && im.label_maps.length
       ? im.pred + " (the predicted class) and " + im.label + " (the true class), in two rows"
       : im.target + " (" + site.target_words + ")"]);
-    row("File", [im.rel], "name");
+    row("File", [el("bdi", {}, [im.rel])], "name");
     row("Size", [im.w + "×" + im.h + " px, " + im.bytes + ", sha256 " + im.sha]);
     return el("dl", {"class": "facts"}, kids);
   }
@@ -100,12 +102,12 @@
     if (v.weak) { below.push(el("p", {"class": "weak", role: "note"}, ["⚠ " + v.weak + "."])); }
     below.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
     return el("figure", {"data-method": v.m}, [
-      picture(v.png, m.title + " map of " + im.rel + " for class " + target, im),
+      picture(v.png, m.title + " map of " + iso(im.rel) + " for class " + iso(target), im),
       el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, [m.title])]), el("div", {}, below)])]);
   }
 
   function viewsRow(im, maps, target) {
-    var figs = [el("figure", {}, [picture(im.image, im.rel + ": original", im),
+    var figs = [el("figure", {}, [picture(im.image, iso(im.rel) + ": original", im),
       el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])])];
     maps.forEach(function (v) {
       figs.push(v ? mapFigure(v, im, target)
@@ -176,9 +178,10 @@
     return [el("h2", {}, ["Class probabilities"]), el("div", {"class": "scroll"}, [el("table", {"class": "probs"}, [el("caption", {}, [caption]),
       el("thead", {}, [el("tr", {}, [el("th", {scope: "col"}, ["Class"]), el("th", {scope: "col"}, ["Probability"])])]),
       el("tbody", {}, im.probs.map(function (p) {
-        var bar = el("span", {"class": "bar", "aria-hidden": "true"});
-        bar.style.width = p[1];
-        return el("tr", {}, [el("th", {scope: "row"}, [p[0]]), el("td", {}, [bar, " " + p[1]])]);
+        var bar = el("span", {"class": "bar"});
+        bar.style.width = p[2] + "%";
+        return el("tr", {}, [el("th", {scope: "row"}, [el("bdi", {}, [p[0]])]),
+          el("td", {}, [el("span", {"class": "track", "aria-hidden": "true"}, [bar]), " " + p[1]])]);
       }))])])];
   }
 
@@ -188,13 +191,15 @@
       root.replaceChildren(el("h1", {}, ["No images yet."]));
       return;
     }
-    var i = Object.prototype.hasOwnProperty.call(byId, id) ? byId[id] : 0;
+    var known = Object.prototype.hasOwnProperty.call(byId, id);
+    if (!known && shown !== null) { return; }  // a fragment that names no image (#main) keeps the one shown
+    var i = known ? byId[id] : 0;
     if (shown === i) { return; }
     shown = i;
     var im = images[i];
-    var kids = [pager(im), el("h1", {"class": "name"}, [im.rel]), facts(im), views(im), truth(im)].concat(probs(im));
+    var kids = [pager(im), el("h1", {"class": "name"}, [el("bdi", {}, [im.rel])]), facts(im), views(im), truth(im)].concat(probs(im));
     root.replaceChildren.apply(root, kids.filter(function (k) { return k; }));
-    document.title = im.rel + " · " + siteTitle;
+    document.title = iso(im.rel) + " · " + siteTitle;
   }
 
   // ← and → follow Previous and Next (no modifier; never while typing or inside a form control)
@@ -206,6 +211,15 @@
     var a = rel && root.querySelector("nav.pager a[rel=" + rel + "]");
     if (a) { e.preventDefault(); a.click(); }
   });
+  // "Skip to content" moves the focus without taking the image's id out of the URL
+  var skip = document.querySelector("a.skip"), main = document.getElementById("main");
+  if (skip && main) {
+    skip.addEventListener("click", function (e) {
+      e.preventDefault();
+      main.setAttribute("tabindex", "-1");
+      main.focus();
+    });
+  }
   window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
   show(location.hash.slice(1));
 }());

@@ -70,7 +70,7 @@
         var ok = groupOk && (!method || method === "-" || methods.indexOf(method) >= 0);
         card.hidden = !ok;
         if (ok) { visible++; }
-        var imgs = card.querySelectorAll("img[data-method]");
+        var imgs = card.querySelectorAll("img[data-method], p.mag[data-method]");
         for (var i = 0; i < imgs.length; i++) {
           var m = imgs[i].getAttribute("data-method");
           var hide = method === "-" || (method !== "" && m !== method);
@@ -103,7 +103,8 @@
     var h = location.hash.replace(/^#/, "");
     if (h.indexOf("=") < 0) { return; }
     h.split("&").forEach(function (pair) {
-      var kv = pair.split("="), k = decodeURIComponent(kv[0] || ""), v = decodeURIComponent(kv[1] || "");
+      var kv = pair.split("="), k, v;
+      try { k = decodeURIComponent(kv[0] || ""); v = decodeURIComponent(kv[1] || ""); } catch (e) { return; }  // a mangled link
       if (Object.prototype.hasOwnProperty.call(els, k) && els[k] && hasOption(els[k], v)) { els[k].value = v; }
     });
   }
@@ -163,6 +164,7 @@
       var li = document.createElement("li"), a = document.createElement("a"), small = document.createElement("small");
       a.href = "../detail/page-" + n.page + ".html#" + n.id;
       a.textContent = n.name;
+      a.setAttribute("dir", "auto");  // a right-to-left name cannot turn the words after it
       small.textContent = " (gallery page " + n.page + ")";
       li.appendChild(a);
       li.appendChild(small);
