@@ -118,6 +118,22 @@ def test_adapters_match_the_libraries_and_leave_the_model_clean():
     assert ig.info[0]["total"] == pytest.approx(float(ref_ig[0].sum()), rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cam:gradcam", "cam:gradcam++", "cam:hirescam", "cam:layercam"])
+def test_gradient_cams_run_on_a_model_frozen_for_inference(name):
+    """A model whose parameters all have requires_grad=False (a common step before inference) failed every
+    gradient CAM: "element 0 of tensors does not require grad". Its maps are now the unfrozen model's."""
+    model = tiny_model("test_resnet", num_classes=3)
+    ctx = make_ctx(model, 32)
+    batch = make_batch(ctx, random_images(3, 32, seed=4), activations=False)
+    want = create_method(name, ctx).explain(batch).maps
+    for p in model.parameters():
+        p.requires_grad_(False)
+    got = create_method(name, ctx).explain(batch).maps
+    assert torch.allclose(got, want, atol=1e-6) and float(want.abs().max()) > 0
+    assert not any(p.requires_grad for p in model.parameters())  # left as it came
+    assert not batch.x.requires_grad
+
+
 def test_random_methods_do_not_depend_on_the_batch():
     model = tiny_model("test_resnet", num_classes=2)
     ctx = make_ctx(model, 32)

@@ -117,7 +117,9 @@ class LibraryCAM(Method):
         try:
             with torch.enable_grad(), _quiet_progress(*mods):
                 out = cam(
-                    input_tensor=x.detach().clone(),
+                    # a leaf that needs its gradient: a model whose parameters are all frozen for inference
+                    # still builds a graph through the target layer's activations (as the native methods do)
+                    input_tensor=x.detach().clone().requires_grad_(True),
                     targets=[ClassifierOutputTarget(int(t)) for t in targets],
                     aug_smooth=self.options["aug_smooth"],
                     eigen_smooth=self.options["eigen_smooth"],
