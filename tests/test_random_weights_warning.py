@@ -21,3 +21,41 @@ def test_a_run_of_random_weights_warns_once(tmp_path):
     lines.clear()
     run(run_opts(tmp_path / "in", tmp_path / "out2", ckpt, device="cpu"), log=lines.append)
     assert not [s for s in lines if "random weights" in s]
+
+
+def test_random_weights_are_the_same_model_on_every_run_and_hashed(tmp_path):
+    """Random weights were drawn afresh on each run but recorded with an empty digest: a re-run that added a method
+    computed it on another model and kept the first model's maps and predictions beside it. They are now drawn
+    from one seed, without touching the caller's random state, and their digest is recorded."""
+    import torch
+
+    from xaibatch.model.loading import load_model
+    from xaibatch.model.user import load_user_model, weights_sha256
+
+    state = torch.random.get_rng_state()
+    for spec in ("timm:test_resnet", "torchvision:resnet18"):
+        a, b = (load_user_model(spec, None, 32, 2) for _ in range(2))
+        assert a.checkpoint_sha256 == b.checkpoint_sha256 == weights_sha256(b.module) != ""
+    a, b = (load_model(None, "test_resnet", 32, 2) for _ in range(2))
+    assert a.checkpoint_sha256 == b.checkpoint_sha256 == weights_sha256(a.module)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+    write_images(tmp_path / "in" / "FAKE", 2, size=32, seed=1)
+    write_images(tmp_path / "in" / "REAL", 2, size=32, seed=2)
+    opts = run_opts(tmp_path / "in", tmp_path / "out", None, model="timm:test_resnet", image_size=32, device="cpu")
+    run(opts, log=lambda s: None)
+    before = (tmp_path / "out" / "predictions.csv").read_bytes()
+    again = run(
+        run_opts(
+            tmp_path / "in",
+            tmp_path / "out",
+            None,
+            model="timm:test_resnet",
+            image_size=32,
+            device="cpu",
+            methods=["gradcam", "captum:Saliency"],
+        ),
+        log=lambda s: None,
+    )
+    assert again.computed == 4  # the new method's maps, on the same model: no image predicted again
+    assert (tmp_path / "out" / "predictions.csv").read_bytes() == before

@@ -95,8 +95,24 @@ def check_arch(arch: str, source: Path | None = None, what: str = "--arch") -> N
         raise ModelError(f"{source} names the architecture {arch!r}, which timm {timm.__version__} does not know{hint}")
 
 
+RANDOM_SEED = 0  # random weights xaibatch builds are drawn from this seed: same command, same model, same maps
+
+
+def random_init(build):
+    """``build()`` under :data:`RANDOM_SEED`, the caller's random state left as it was: a model run with random
+    weights is the same model on every run (its weights' digest says so), so a re-run computes only what is new."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return build()
+
+
 def create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
-    """Build ``arch`` untrained; models with a fixed input grid (ViT, DeiT, ...) are built at ``img_size``."""
+    """Build ``arch`` untrained (seeded: :func:`random_init`); models with a fixed input grid (ViT, DeiT, ...)
+    are built at ``img_size``."""
+    return random_init(lambda: _create(arch, num_classes, source, img_size))
+
+
+def _create(arch: str, num_classes: int, source: Path | None, img_size: int | None) -> nn.Module:
     timm = import_timm()
 
     check_arch(arch, source)
@@ -280,8 +296,10 @@ def load_model(
     if checkpoint is None:
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
+        from .user import weights_sha256
+
         module = create(arch, num_classes or 2, img_size=image_size)
-        return finish(module, arch, None, image_size, None, None, RANDOM_INIT, "")
+        return finish(module, arch, None, image_size, None, None, RANDOM_INIT, weights_sha256(module))
 
     if arch is not None:
         check_arch(arch)

@@ -102,8 +102,10 @@ def build_torchvision(name: str, num_classes: int, sd: dict[str, torch.Tensor] |
         raise ModelError(f"--model torchvision:{name}: not a torchvision classification model{hint}")
 
     def make(n: int) -> nn.Module:
+        from .loading import random_init
+
         try:
-            return torchvision.models.get_model(name, weights=None, num_classes=n)
+            return random_init(lambda: torchvision.models.get_model(name, weights=None, num_classes=n))
         except Exception as e:
             raise ModelError(f"--model torchvision:{name}: cannot build it: {_first_line(e)}") from None
 
@@ -134,7 +136,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
         check_arch(rest, what="timm model")  # --model timm:NAME: the message names no --arch the user never gave
         if checkpoint is None:
             module = create(rest, num_classes or 2, img_size=image_size)
-            return finish(module, rest, None, image_size, None, None, RANDOM_INIT, "")
+            return finish(module, rest, None, image_size, None, None, RANDOM_INIT, weights_sha256(module))
         return load_model(checkpoint, rest, image_size, num_classes)
     sd, source, digest = None, RANDOM_INIT, ""
     if checkpoint is not None:
