@@ -421,3 +421,27 @@ def test_train_state_dict_round_trip(world, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert len(_csv(tmp_path / "out")) == 16
+
+
+def test_a_model_file_imports_its_neighbours_and_a_module_spec_the_current_folder(tmp_path, monkeypatch):
+    """`--model models/net.py:make` whose file imports `blocks.py` beside it failed with "No module named 'blocks'"
+    (only PYTHONPATH=. helped); `python net.py` finds it. A module spec finds packages in the current folder, as
+    uvicorn's module:app does. Both folders go last on sys.path, so they shadow nothing installed."""
+    import sys
+
+    from xaibatch.model.user import build_factory
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "blocks_7f3a.py").write_text("import torch\nWIDTH = 5\n")
+    (tmp_path / "models" / "net_7f3a.py").write_text(
+        "import torch\nfrom blocks_7f3a import WIDTH\n\ndef make():\n    return torch.nn.Linear(WIDTH, 2)\n"
+    )
+    (tmp_path / "proj_7f3a").mkdir()
+    (tmp_path / "proj_7f3a" / "__init__.py").write_text(
+        "import torch\n\ndef make():\n    return torch.nn.Linear(3, 2)\n"
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    assert build_factory(f"{tmp_path / 'models' / 'net_7f3a.py'}:make").in_features == 5
+    assert build_factory("proj_7f3a:make").in_features == 3
+    assert sys.path[-2:] == [str((tmp_path / "models").resolve()), str(tmp_path.resolve())]

@@ -33,9 +33,18 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
+def _importable(folder: Path) -> None:
+    """Let the user's code import its neighbours, as ``python FILE.py`` (its folder) or uvicorn's ``module:app`` (the
+    current folder) do: the folder goes last on sys.path, so it never shadows an installed package."""
+    entry = str(folder.resolve())
+    if entry not in sys.path:
+        sys.path.append(entry)
+
+
 def _import_file(path: Path, spec: str):
     if not path.is_file():
         raise UsageError(f"--model {spec}: no such file {path}")
+    _importable(path.parent)
     name = f"xaibatch_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}_{path.stem}"
     mod_spec = importlib.util.spec_from_file_location(name, path)
     if mod_spec is None or mod_spec.loader is None:
@@ -51,12 +60,14 @@ def _import_file(path: Path, spec: str):
 
 
 def _import_module(dotted: str, spec: str):
+    _importable(Path.cwd())
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as e:
         if e.name and dotted.startswith(e.name):
             raise UsageError(
-                f"--model {spec}: no module named {dotted!r} (not on sys.path; give a FILE.py instead)"
+                f"--model {spec}: no module named {dotted!r} (neither on sys.path nor in the current folder; "
+                "give a FILE.py instead)"
             ) from None
         raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
     except (Exception, SystemExit) as e:
