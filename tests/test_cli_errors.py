@@ -111,7 +111,7 @@ def test_checkpoint_with_different_shapes_names_them(tmp_path, images):
         r,
         errors.EXIT_USAGE,
         "1 shape mismatch",
-        "conv1.0.weight is (16, 1, 3, 3) in the file but (16, 3, 3, 3) in test_resnet",
+        "conv1.0.weight is (16, 1, 3, 3) in the file but (16, 3, 3, 3) in the model",
     )
 
 

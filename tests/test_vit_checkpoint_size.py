@@ -55,3 +55,35 @@ def test_explain_refuses_an_input_size_that_cuts_a_patch():
         "the model cuts its inputs into 16x16 patches: at input_size=40 the last 8 pixel rows and columns would "
         "never be seen and the maps would be stretched over them; use input_size=32 or input_size=48"
     )
+
+
+def test_a_torchvision_vit_trained_at_another_size_loads_at_that_size(tmp_path):
+    """torchvision's ViTs were always built at 224 px: a vit_b_32 trained at 64 px could not be loaded even with
+    --image-size 64 ("encoder.pos_embedding is (1, 5, 768) in the file but (1, 50, 768)"), and the message named
+    an --arch the user never gave."""
+    import torchvision
+
+    from xaibatch.errors import ModelError
+    from xaibatch.model.user import load_user_model
+
+    torch.manual_seed(0)
+    net = torchvision.models.vit_b_32(num_classes=2, image_size=64)
+    torch.save(net.state_dict(), tmp_path / "vit.pt")
+    loaded = load_user_model("torchvision:vit_b_32", tmp_path / "vit.pt", 64, 2)
+    assert loaded.input_size == 64 and torch.equal(loaded.module.encoder.pos_embedding, net.encoder.pos_embedding)
+    with pytest.raises(ModelError, match=r"does not fit --model torchvision:vit_b_32: .*pos_embedding"):
+        load_user_model("torchvision:vit_b_32", tmp_path / "vit.pt", 96, 2)
+
+
+def test_a_checkpoint_of_another_architecture_names_the_option_given(tmp_path):
+    from xaibatch.errors import ModelError
+    from xaibatch.model.loading import save_checkpoint
+    from xaibatch.model.user import load_user_model
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    save_checkpoint(tmp_path / "r.pt", net, "test_resnet", ["FAKE", "REAL"], 32, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ModelError) as e:
+        load_user_model("timm:test_vit", tmp_path / "r.pt", 32, 2)
+    assert str(e.value).endswith(
+        "was trained as test_resnet, not --model timm:test_vit; drop --model (the checkpoint names its architecture)"
+    )

@@ -242,11 +242,13 @@ def _classifier_out(arch_model: nn.Module, sd: dict[str, torch.Tensor]) -> int |
 
 
 def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    """Load ``sd`` strictly; a mismatch is one line naming ``arch`` as the user gave it (``--arch resnet18``,
+    ``--model torchvision:vit_b_32``, or a checkpoint's own architecture)."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [
-        f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} in {arch}"
+        f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} in the model"
         for k in own
         if k in sd and sd[k].shape != own[k].shape
     ]
@@ -259,11 +261,11 @@ def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
         hint = _size_hint(module, sd)
-        raise ModelError(f"{path} does not fit --arch {arch}: {'; '.join(parts)}{hint}")
+        raise ModelError(f"{path} does not fit {arch}: {'; '.join(parts)}{hint}")
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # e.g. a tensor torch cannot copy into the parameter
-        raise ModelError(f"{path} does not fit --arch {arch}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise ModelError(f"{path} does not fit {arch}: {str(e).strip().splitlines()[0][:200]}") from None
     bad = [k for k, v in sd.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad:  # every prediction would be NaN: refuse before anything is written
         raise ModelError(
@@ -291,8 +293,10 @@ def load_model(
     arch: str | None = None,
     image_size: int | None = None,
     num_classes: int | None = None,
+    flag: str = "--arch ",
 ) -> LoadedModel:
-    """Build the model a checkpoint describes (``checkpoint=None``: random weights for ``arch``)."""
+    """Build the model a checkpoint describes (``checkpoint=None``: random weights for ``arch``); messages name
+    ``arch`` after ``flag``, the option it came with (``--model timm:``)."""
     if checkpoint is None:
         if arch is None:
             raise UsageError("give --checkpoint, or --arch for a randomly initialised model")
@@ -313,9 +317,12 @@ def load_model(
     if obj.get("format") == FORMAT:
         ck_arch, names, size, mean, std = _check_fields(obj, path)
         if arch and arch != ck_arch:
-            raise ModelError(f"{path} was trained as {ck_arch}, not --arch {arch}; drop --arch")
+            raise ModelError(
+                f"{path} was trained as {ck_arch}, not {flag}{arch}; drop {flag.split()[0]} (the checkpoint "
+                "names its architecture)"
+            )
         module = create(ck_arch, len(names), source=path, img_size=size)
-        load_weights(module, unwrap_state_dict(obj, path), ck_arch, path)
+        load_weights(module, unwrap_state_dict(obj, path), f"its architecture {ck_arch}", path)
         return finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
     if arch is None:
         raise UsageError(f"{path} is a plain state_dict: say which timm model it is with --arch NAME")
@@ -323,7 +330,7 @@ def load_model(
     probe = create(arch, num_classes or 2, img_size=image_size)
     n = _classifier_out(probe, sd) or num_classes or 2
     module = probe if n == (num_classes or 2) else create(arch, n, img_size=image_size)
-    load_weights(module, sd, arch, path)
+    load_weights(module, sd, f"{flag}{arch}", path)
     return finish(module, arch, None, image_size, None, None, str(path), digest)
 
 

@@ -103,8 +103,11 @@ def _last_linear(module: nn.Module) -> str | None:
     return names[-1] if names else None
 
 
-def build_torchvision(name: str, num_classes: int, sd: dict[str, torch.Tensor] | None) -> nn.Module:
-    """A torchvision classification model, random init, with as many outputs as the weights (or classes) say."""
+def build_torchvision(
+    name: str, num_classes: int, sd: dict[str, torch.Tensor] | None, image_size: int | None = None
+) -> nn.Module:
+    """A torchvision classification model, random init, with as many outputs as the weights (or classes) say; a
+    ViT is built at ``image_size`` (its position embeddings are sized by it), like timm's token models."""
     torchvision = import_torchvision()
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
@@ -112,11 +115,13 @@ def build_torchvision(name: str, num_classes: int, sd: dict[str, torch.Tensor] |
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"--model torchvision:{name}: not a torchvision classification model{hint}")
 
+    sized = {"image_size": image_size} if image_size and name.startswith("vit_") else {}
+
     def make(n: int) -> nn.Module:
         from .loading import random_init
 
         try:
-            return random_init(lambda: torchvision.models.get_model(name, weights=None, num_classes=n))
+            return random_init(lambda: torchvision.models.get_model(name, weights=None, num_classes=n, **sized))
         except Exception as e:
             raise ModelError(f"--model torchvision:{name}: cannot build it: {_first_line(e)}") from None
 
@@ -148,7 +153,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
         if checkpoint is None:
             module = create(rest, num_classes or 2, img_size=image_size)
             return finish(module, rest, None, image_size, None, None, RANDOM_INIT, weights_sha256(module))
-        return load_model(checkpoint, rest, image_size, num_classes)
+        return load_model(checkpoint, rest, image_size, num_classes, flag="--model timm:")
     sd, source, digest = None, RANDOM_INIT, ""
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -157,13 +162,13 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
         sd = unwrap_state_dict(read_checkpoint(path), path)
         source, digest = str(path), file_sha256(path)
     if kind == "torchvision":
-        module = build_torchvision(rest, num_classes or 2, sd)
+        module = build_torchvision(rest, num_classes or 2, sd, image_size)
     else:
         module = build_factory(spec)
         if checkpoint is None:
             source = f"(weights from {spec})"
     if sd is not None:
-        load_weights(module, sd, spec, Path(checkpoint))
+        load_weights(module, sd, f"--model {spec}", Path(checkpoint))
     if not digest:
         digest = weights_sha256(module)
     module.to(torch.float32)
