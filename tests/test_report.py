@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, small_run, write_images
+from helpers import HOSTILE_NAMES, make_checkpoint, quiet, small_run, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
@@ -1599,3 +1599,25 @@ def test_per_class_and_macro_scores_match_sklearn_when_classes_are_never_predict
         always[i][2] = 10  # one class predicted for everything
     m = macro_average(per_class_scores(["a", "b", "c"], always), 30)
     assert m["f1"] == pytest.approx(0.5 / 3) and m["precision"] == pytest.approx(1 / 9)
+
+
+def test_a_method_dropped_from_the_command_is_marked_with_its_coverage(tmp_path, tiny_ckpt):
+    """A cron job whose command dropped a method keeps that method's older maps: the summary listed it as if it
+    covered every image, and the images added since silently had no map of it. It now says how many images it
+    covers and that the last run did not ask for it."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+
+    def methods_row() -> str:
+        html = (out / "index.html").read_text()
+        return unescape(re.sub(r"<[^>]+>", "", re.search(r"<dt>Methods</dt><dd>(.*?)</dd>", html).group(1)))
+
+    run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "captum:Saliency"], checkpoint=tiny_ckpt), log=quiet)
+    assert methods_row() == "Saliency (captum), Grad-CAM"
+    write_images(inp / "REAL" / "more", 1, seed=9)
+    run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt), log=quiet)
+    assert methods_row() == "Grad-CAM, Saliency (captum) (6 of 7 images; not asked by the last run)"
+    assert "6 of 7 images; not asked by the last run</small>" in (out / "index.html").read_text()  # the table too
+    run(RunOptions(input_dir=inp, out_dir=out, methods=["captum:Saliency"], checkpoint=tiny_ckpt), log=quiet)
+    assert methods_row() == "Saliency (captum), Grad-CAM (not asked by the last run)"

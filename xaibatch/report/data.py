@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,7 @@ def assemble(
 
     input_dir = history.input_dir
     source = history.source()
+    coverage = method_coverage(methods, maps, len(images), history)
     cards = [_take_card(rel, images, maps, names, methods, masks) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
     order, pages = paginate(groups, sections)
@@ -276,7 +278,27 @@ def assemble(
     data.trust = trust
     data.decision = decision
     data.lime_samples = samples
+    data.coverage = coverage
     return data
+
+
+def method_coverage(
+    methods: list[MethodInfo], maps: dict[tuple[str, str], MapRow], images: int, history: History
+) -> dict[str, str]:
+    """What the summary says of each method whose maps do not cover every image, or that the last run did not ask
+    for ("40 of 41 images; not asked by the last run"): a method dropped from a cron job's command keeps its
+    older maps, and the images added since have none of it."""
+    counts = Counter(meth for _rel, meth in maps)
+    asked = set(history.run.methods) if history.run is not None else None
+    out: dict[str, str] = {}
+    for m in methods:
+        n = counts.get(m.name, 0)
+        words = [f"{n:,} of {images:,} images"] if n < images else []
+        if asked is not None and m.name not in asked:
+            words.append("not asked by the last run")
+        if words:
+            out[m.name] = "; ".join(words)
+    return out
 
 
 def _take_card(

@@ -273,6 +273,7 @@ class ReportData:
     version: str = __version__
     has_csv: bool = True
     warnings: list[str] = field(default_factory=list)  # shown at the top of the summary
+    coverage: dict[str, str] = field(default_factory=dict)  # method -> "40 of 41 images; not asked by the last run"
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
     lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())

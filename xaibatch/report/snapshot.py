@@ -32,7 +32,7 @@ from .cards import masks_beside
 from .data import History, method_infos
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 1  # bump when ReportData's summary fields change meaning
+SUMMARY_VERSION = 2  # bump when ReportData's summary fields change meaning (2: coverage)
 VOLATILE_CONFIG = ("device", "batch_size", "workers")  # shown only in the settings rows, rendered every run
 PER_RUN = (
     "runs",
