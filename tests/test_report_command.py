@@ -75,3 +75,17 @@ def test_a_run_killed_before_shows_as_killed_not_running(out):
     assert "did not finish; cleaned 1 leftover file(s)" in res.output and not leftover.exists()
     history = (out / "history.html").read_text()
     assert ">killed<" in history and ">running<" not in history
+
+
+def test_it_mends_pages_cut_short_or_overwritten(out):
+    """A page overwritten with other bytes stayed: its inputs were unchanged, so it was not rendered again ("0
+    file(s) written"). A page not at the size it was written is now rendered again."""
+    pages = {
+        p: p.read_bytes() for p in [out / "index.html", out / "detail" / "page-1.js", out / "gallery" / "page-1.html"]
+    }
+    for p in pages:
+        p.write_bytes(b"junk\n")
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert {p: p.read_bytes() for p in pages} == pages
+    assert "3 file(s) written" in res.output

@@ -89,17 +89,19 @@ class PageWriter:
         self.stats.written += 1
 
     def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
-        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time and the file is
-        there); otherwise render and write only if the bytes differ."""
-        self.fingerprints[rel] = fingerprint
-        if self.previous.get(rel) == fingerprint:
-            size = (self.sizes or {}).get(rel, -1)
-            if size >= 0:
-                self._path(rel)
-                self._count(rel, size)
-                self.stats.unchanged += 1
-                return
-        self.write(rel, render().encode("utf-8"))
+        """Skip rendering when the page's inputs are unchanged (same fingerprint as last time) and the file is
+        there at the size it was written; otherwise render and write only if the bytes differ. The saved key is
+        the fingerprint and that size ("<fingerprint>/<bytes>"), so a page cut short or overwritten is mended."""
+        size = (self.sizes or {}).get(rel, -1)
+        if size >= 0 and self.previous.get(rel) == f"{fingerprint}/{size}":
+            self.fingerprints[rel] = self.previous[rel]
+            self._path(rel)
+            self._count(rel, size)
+            self.stats.unchanged += 1
+            return
+        data = render().encode("utf-8")
+        self.write(rel, data)
+        self.fingerprints[rel] = f"{fingerprint}/{len(data)}"
 
     def list_pages(self) -> None:
         """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
