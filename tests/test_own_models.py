@@ -404,6 +404,10 @@ def test_train_state_dict_round_trip(world, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "format" not in torch.load(ck, weights_only=True)  # a plain state_dict
+    # it does not carry its input size: the last line says how to run it (without, a run would use 224 px)
+    assert r.output.strip().splitlines()[-1] == (
+        f"explain with: xaibatch run IMAGES --model timm:test_resnet --checkpoint {ck} --image-size 32"
+    )
     r = _run(
         [
             str(demo / "test"),

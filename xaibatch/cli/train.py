@@ -94,6 +94,9 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
         f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
     )
+    # a plain state_dict does not carry its input size: without --image-size a run would feed it 224 px images
+    model = f"--model timm:{arch} --checkpoint {r.path} --image-size {image_size}"
+    echo(f"explain with: xaibatch run IMAGES {model if save_format == 'state-dict' else f'--checkpoint {r.path}'}")
 
 
 @click.command("demo-data", cls=Command)
