@@ -464,3 +464,27 @@ def test_save_is_atomic_and_never_overwrites_by_surprise(tmp_path, monkeypatch):
         r.save(".")
     assert str(e.value) == ". is the current folder; save() needs a folder of its own (a new name)"
     assert (r.save("sub") / "manifest.json").is_file() and (tmp_path / "plain" / "sub" / "manifest.json").is_file()
+
+
+# --- Inputs as a notebook holds them: checked, never silently changed. -----------------------------------------
+
+
+def test_labels_and_targets_may_be_class_names():
+    net, u8 = TinyNet(), _images(2)
+    names = ["cat", "dog", "owl"]
+    r = xaibatch.explain(net, u8, target="label", labels=["owl", "cat"], classes=names)
+    assert r.labels.tolist() == [2, 0] and r.targets.tolist() == [2, 0]
+    assert xaibatch.explain(net, u8, target=["dog", 1], classes=names).targets.tolist() == [1, 1]
+    assert xaibatch.explain(net, u8, target="label", labels=np.array([2.0, 0.0])).labels.tolist() == [2, 0]
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8, target="label", labels=["owl", "bat"], classes=names)
+    assert str(e.value) == "labels[1] is 'bat', not one of the classes: cat, dog, owl"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8, target="label", labels=["owl", "cat"])
+    assert str(e.value) == "labels[0] is a class name ('owl') but the model's classes are not named: pass classes=[...]"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8, target="label", labels=[0.5, 1])  # was truncated to class 0
+    assert str(e.value) == "labels[0] is 0.5: a class is an integer index or a class name"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8, target="label", labels="cat")
+    assert str(e.value) == "labels must be a list with one class per image, not a str"

@@ -15,6 +15,7 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,8 +56,9 @@ def explain(
     timm's ``pretrained_cfg`` when the model has one) or the path of a checkpoint ``xaibatch run`` takes.
     ``images``: a uint8 tensor (N, 3, H, W) or float one in [0, 1], a uint8 array (N, H, W, 3), or a list
     of PIL images or file paths (decoded and resized as a run does). ``target``: ``"pred"``, one class
-    index per image, or with ``labels`` (the true class per image) ``"label"`` or ``"pred,label"`` (the
-    prediction, and for each misclassified image also its true class: maps ``"<method>@label"``).
+    (index or name) per image, or with ``labels`` (the true class per image, index or name) ``"label"`` or
+    ``"pred,label"`` (the prediction, and for each misclassified image also its true class: maps
+    ``"<method>@label"``).
     ``classes``: class names (a checkpoint's own, or timm's ``label_names``, when not given).
     Methods and their options are those of ``xaibatch run`` (``xaibatch methods``).
 
@@ -83,7 +85,7 @@ def explain(
             x, sizes = _as_uint8_batch(images, pre)
         if x.shape[0] == 0:
             raise UsageError("no images to explain")
-        mode, given = _target_mode(target, labels, x.shape[0])
+        mode, given = _target_mode(target, labels, x.shape[0], classes)
         names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
         request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)
         return _explain(net, x, sizes, pre, dev, request)
@@ -231,27 +233,59 @@ def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, m
             info[key][i] = r.info[n] if r.info else None
 
 
-def _target_mode(target, labels, n: int):
+def _target_mode(target, labels, n: int, classes: Sequence[str] | None):
     """(the targets.MODES mode, the (N,) int64 labels or None) of explain()'s ``target`` and ``labels``."""
-    import torch
-
     from .errors import UsageError
 
-    given = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+    given = None if labels is None else _class_indices(labels, classes, "labels")
     if not isinstance(target, str):  # one class per image: explain those
         if given is not None:
             raise UsageError("give either target=[classes] or labels=[...] with target='label' or 'pred,label'")
-        given, mode = torch.as_tensor(list(target), dtype=torch.long), "label"
+        given, mode = _class_indices(target, classes, "target"), "label"
         what = "targets"
     elif target in target_modes.MODES:
         mode, what = target, "labels"
         if mode != "pred" and given is None:
             raise UsageError(f"target={mode!r} needs labels=[the true class of each image]")
     else:
-        raise UsageError(f"target must be 'pred', 'label', 'pred,label' or one class index per image, not {target!r}")
+        raise UsageError(
+            f"target must be 'pred', 'label', 'pred,label' or one class (index or name) per image, not {target!r}"
+        )
     if given is not None and given.shape[0] != n:
         raise UsageError(f"{given.shape[0]} {what} for {n} images")
     return mode, given
+
+
+def _class_indices(values, classes: Sequence[str] | None, what: str):
+    """(N,) int64 of one class per image, each an integer index or a name of ``classes``: a float label was
+    truncated and a name reached torch (``too many dimensions 'str'``), so each is checked here."""
+    import torch
+
+    from .errors import UsageError
+
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{what} must be a list with one class per image, not {_a(values)}")
+    names = None if classes is None else [str(c) for c in classes]
+    return torch.tensor([_class_index(v, names, f"{what}[{i}]") for i, v in enumerate(values)], dtype=torch.long)
+
+
+def _class_index(v, names: list[str] | None, what: str) -> int:
+    """One class given as an index (any integer, or a whole float) or as one of ``names``."""
+    from .errors import UsageError
+
+    if getattr(v, "ndim", None) == 0:  # a numpy scalar, a 0-d array or tensor
+        v = v.item()
+    if isinstance(v, str):
+        if names is None:
+            raise UsageError(
+                f"{what} is a class name ({v!r}) but the model's classes are not named: pass classes=[...]"
+            )
+        if v not in names:
+            raise UsageError(f"{what} is {v!r}, not one of the classes: {', '.join(names)}")
+        return names.index(v)
+    if isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()):
+        return int(v)
+    raise UsageError(f"{what} is {v!r}: a class is an integer index or a class name")
 
 
 def _device_of(net, spec: str):
@@ -320,3 +354,9 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     pre = pre or Preprocess(max(pics[0].size))
     arr = np.stack([pre.resize_image(p) for p in pics])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
+
+
+def _a(value) -> str:
+    """``an int``, ``a list``: what a value is, for a message."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
