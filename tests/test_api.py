@@ -488,3 +488,42 @@ def test_labels_and_targets_may_be_class_names():
     with pytest.raises(UsageError) as e:
         xaibatch.explain(net, u8, target="label", labels="cat")
     assert str(e.value) == "labels must be a list with one class per image, not a str"
+
+
+def test_errors_name_explains_keywords_not_the_cli_flags(tmp_path, monkeypatch):
+    u8 = _images(2)
+
+    class Flat(torch.nn.Module):  # a linear model fixed to 64 px inputs
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 64 * 64, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(Flat(), u8)
+    assert str(e.value).endswith("; give the input size it was trained at with input_size=")
+    coarse = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=32), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(coarse, u8)
+    assert "; pass a larger input_size= or name a layer with target_layer=; layers with" in str(e.value)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(tmp_path / "nope.pt", u8)
+    assert str(e.value) == f"checkpoint {tmp_path / 'nope.pt'}: no such file"
+    torch.save(TinyNet().state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(tmp_path / "weights.pt", u8)
+    assert str(e.value) == (
+        f"{tmp_path / 'weights.pt'} is a plain state_dict: explain() loads xaibatch checkpoints; build the model, "
+        "load_state_dict() it and pass the module"
+    )
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), u8, device="gpu")
+    assert str(e.value) == "device='gpu' is not one of auto, cpu, cuda, cuda:N"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(tmp_path / "weights.pt", u8, device="cuda:0")
+    assert str(e.value) == "device='cuda:0': no CUDA GPU is available here; use device='cpu' or 'auto'"

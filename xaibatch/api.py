@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,7 +61,8 @@ def explain(
     ``"pred,label"`` (the prediction, and for each misclassified image also its true class: maps
     ``"<method>@label"``).
     ``classes``: class names (a checkpoint's own, or timm's ``label_names``, when not given).
-    Methods and their options are those of ``xaibatch run`` (``xaibatch methods``).
+    Methods and their options are those of ``xaibatch run`` (``xaibatch methods``); errors name explain()'s
+    keywords (``input_size=``), not the CLI's flags.
 
     Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
     are restored and no hook stays, also when a method raises. It is never moved: it runs where its
@@ -73,22 +75,64 @@ def explain(
 
     if torch.is_inference_mode_enabled():
         raise UsageError(INFERENCE_MODE)
-    net, pre, described, dev, classes = _model_of(model, device, input_size, classes)
-    from .model.borrowed import borrowed
+    with _keyword_names():
+        net, pre, described, dev, classes = _model_of(model, device, input_size, classes)
+        from .model.borrowed import borrowed
 
-    with borrowed(net), torch.enable_grad():
-        if pre is None:
-            pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
-            x, sizes = _as_uint8_batch(images, pre)
-            pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
-        else:
-            x, sizes = _as_uint8_batch(images, pre)
-        if x.shape[0] == 0:
-            raise UsageError("no images to explain")
-        mode, given = _target_mode(target, labels, x.shape[0], classes)
-        names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
-        request = Request(names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed)
-        return _explain(net, x, sizes, pre, dev, request)
+        with borrowed(net), torch.enable_grad():
+            if pre is None:
+                pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
+                x, sizes = _as_uint8_batch(images, pre)
+                pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
+            else:
+                x, sizes = _as_uint8_batch(images, pre)
+            if x.shape[0] == 0:
+                raise UsageError("no images to explain")
+            mode, given = _target_mode(target, labels, x.shape[0], classes)
+            names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
+            request = Request(
+                names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed
+            )
+            return _explain(net, x, sizes, pre, dev, request)
+
+
+# What the loader and the layer search say in the CLI's words (they serve ``xaibatch run`` too), as explain()'s
+# keywords: the exact phrases first, then each flag.
+_KEYWORDS = (
+    (
+        r"say which timm model it is with --arch NAME",
+        "explain() loads xaibatch checkpoints; build the model, load_state_dict() it and pass the module",
+    ),
+    (
+        r"raise --image-size or name a layer with --target-layer",
+        "pass a larger input_size= or name a layer with target_layer=",
+    ),
+    (r"use --device cpu or auto", "use device='cpu' or 'auto'"),
+    (r"--device '([^']*)'", r"device='\1'"),
+    (r"--device (\S+?):( |$)", r"device='\1':\2"),
+    (r"--checkpoint (.+?): ", r"checkpoint \1: "),
+    (r"--image-size ?", "input_size="),
+    (r"--target-layer", "target_layer="),
+)
+
+
+@contextmanager
+def _keyword_names():
+    """Re-raise a one-line error that names a CLI flag (``--image-size``) with explain()'s keyword instead: a
+    notebook has no flags."""
+    import re
+
+    from .errors import UsageError
+
+    try:
+        yield
+    except UsageError as e:
+        text = str(e)
+        for pattern, words in _KEYWORDS:
+            text = re.sub(pattern, words, text)
+        if text == str(e):
+            raise
+        raise type(e)(text) from None
 
 
 def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):
