@@ -469,6 +469,42 @@ def test_save_is_atomic_and_never_overwrites_by_surprise(tmp_path, monkeypatch):
 # --- Inputs as a notebook holds them: checked, never silently changed. -----------------------------------------
 
 
+def test_float_images_outside_0_1_are_refused_not_clamped():
+    net, u8 = TinyNet(), _images(2)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8.float())  # 0-255 floats were clamped to [0, 1]: a white image
+    assert str(e.value) == (
+        "float images must be in [0, 1], these range from 0 to 255: pass uint8 pixels (0-255) or floats in "
+        "[0, 1] (0-255 floats: divide by 255), not normalized ones: explain() applies the model's mean/std itself"
+    )
+    normalized = (u8.float() / 255 - 0.5) / 0.25
+    with pytest.raises(UsageError, match="these range from -2 to 2: pass uint8"):
+        xaibatch.explain(net, normalized)
+    with pytest.raises(UsageError, match=r"^float images hold NaN or infinite values: pass uint8"):
+        xaibatch.explain(net, torch.full((1, 3, 32, 32), float("nan")))
+    ref = xaibatch.explain(net, u8).maps["gradcam"]
+    off = u8.float() / 255 + torch.where(u8 == 255, 1e-4, 0.0) - torch.where(u8 == 0, 1e-4, 0.0)  # float error
+    assert torch.equal(xaibatch.explain(net, off).maps["gradcam"], ref)
+    assert torch.equal(xaibatch.explain(net, u8.long()).maps["gradcam"], ref)  # integer pixels: 0-255 as uint8's
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8.long() * 2)
+    assert str(e.value).startswith("integer images must be in 0..255, these range from 0 to 510: pass uint8")
+
+
+def test_a_non_square_batch_is_stretched_to_a_square_as_a_list_of_pictures_is():
+    net = TinyNet()
+    wide = _images(2)[:, :, :, :24].repeat(1, 1, 1, 2)  # (2, 3, 32, 48)
+    methods = ["gradcam", "captum:Saliency", "guided-gradcam"]
+    r = xaibatch.explain(net, wide, methods)  # guided-gradcam multiplied a 48x48 map by a 32x48 one
+    assert {k: tuple(v.shape) for k, v in r.maps.items()} == dict.fromkeys(methods, (2, 48, 48))
+    assert r.preprocess.image_size == 48 and r.given_sizes == ((48, 32), (48, 32))
+    pics = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in wide]
+    as_pil = xaibatch.explain(net, pics, methods)  # PIL images: stretched to the first one's longer side
+    assert as_pil.images.shape == r.images.shape and (as_pil.images.int() - r.images.int()).abs().max() <= 1
+    at = xaibatch.explain(net, wide.permute(0, 2, 3, 1).numpy(), methods, input_size=32)
+    assert {tuple(v.shape) for v in at.maps.values()} == {(2, 32, 32)} and at.given_sizes == r.given_sizes
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]

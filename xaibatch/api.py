@@ -55,14 +55,17 @@ def explain(
 
     ``model``: an ``nn.Module`` (classifier logits out; ``mean``/``std`` default to ImageNet's, or
     timm's ``pretrained_cfg`` when the model has one) or the path of a checkpoint ``xaibatch run`` takes.
-    ``images``: a uint8 tensor (N, 3, H, W) or float one in [0, 1], a uint8 array (N, H, W, 3), or a list
-    of PIL images or file paths (decoded and resized as a run does). ``target``: ``"pred"``, one class
-    (index or name) per image, or with ``labels`` (the true class per image, index or name) ``"label"`` or
-    ``"pred,label"`` (the prediction, and for each misclassified image also its true class: maps
-    ``"<method>@label"``).
-    ``classes``: class names (a checkpoint's own, or timm's ``label_names``, when not given).
-    Methods and their options are those of ``xaibatch run`` (``xaibatch methods``); errors name explain()'s
-    keywords (``input_size=``), not the CLI's flags.
+    ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is not 3
+    wide), of uint8 or integer pixels 0-255 or floats in [0, 1] (others are refused, never clamped: pass
+    them before normalizing, explain() applies ``mean``/``std``), or one such image ((3, H, W), (H, W, 3));
+    or a list of PIL images or file paths (decoded as a run does). Each image is stretched to
+    ``input_size`` x ``input_size`` (a checkpoint's own when not given), else to a square at the first
+    image's longer side, so every method's maps are (N, S, S) at that side S (``out.preprocess.image_size``).
+    ``target``: ``"pred"``, one class per image (index or name), or with ``labels`` (the true class per
+    image, index or name) ``"label"`` or ``"pred,label"`` (the prediction, and for each misclassified image
+    also its true class: maps ``"<method>@label"``). ``classes``: class names (a checkpoint's own, or timm's
+    ``label_names``, when not given). Methods and their options are those of ``xaibatch run``
+    (``xaibatch methods``); errors name explain()'s keywords (``input_size=``), not the CLI's flags.
 
     Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
     are restored and no hook stays, also when a method raises. It is never moved: it runs where its
@@ -368,28 +371,19 @@ def _check_float32(net) -> None:
 
 
 def _as_uint8_batch(images, pre: Preprocess | None):
-    """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`), resized as ``pre``
-    says (None: tensors and arrays keep their size, PIL images and files are made square at their longer side),
-    and each image's (width, height) as given."""
+    """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`), stretched to ``pre``'s
+    size (None: the first image's longer side, for every form: a non-square batch kept its own H x W, and each
+    method's maps came out another size), and each image's (width, height) as given."""
     import numpy as np
     import torch
 
     from .errors import UsageError
 
-    if isinstance(images, torch.Tensor):
-        t = images.detach().cpu()
-        if t.dim() == 3:
-            t = t[None]
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise UsageError(f"a tensor of images must be (N, 3, H, W), not {tuple(images.shape)}")
-        if t.dtype != torch.uint8:
-            t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        t = _uint8_images(images, "a tensor" if isinstance(images, torch.Tensor) else "an array")
+        size = pre.image_size if pre is not None else max(t.shape[2:], default=0)
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
-        if pre is not None:
-            t = pre.resize_batch(t)
-        return t.contiguous(), sizes
-    if isinstance(images, np.ndarray):
-        return _as_uint8_batch(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), pre)
+        return Preprocess(size).resize_batch(t).contiguous(), sizes
     from .data import load_image
 
     pics = [load_image(p) if isinstance(p, (str, Path)) else p.convert("RGB") for p in images]
@@ -398,6 +392,66 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     pre = pre or Preprocess(max(pics[0].size))
     arr = np.stack([pre.resize_image(p) for p in pics])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
+
+
+# Float pixels this far outside [0, 1] round to the same uint8 as the nearest value inside: float error, not a
+# range of its own (0-255, or normalized with a mean and std).
+FLOAT_SLACK = 0.5 / 255
+
+
+def _uint8_images(a, kind: str):
+    """(N, 3, H, W) uint8 CPU tensor of a tensor or array of one image or a batch, channels first or last (a
+    tensor's default first, an array's last); any other shape or range is refused, naming what was given."""
+    import numpy as np
+    import torch
+
+    from .errors import UsageError
+
+    shape = tuple(a.shape)
+    try:
+        t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.detach().cpu()
+    except TypeError:
+        raise UsageError(f"{kind} of dtype {a.dtype} is no image: pass uint8 pixels or floats in [0, 1]") from None
+    if t.dim() == 3:
+        t = t[None]
+    first, last = t.dim() == 4 and t.shape[1] == 3, t.dim() == 4 and t.shape[3] == 3
+    if not (first or last):
+        layouts = "(N, 3, H, W) or (N, H, W, 3) (one image: (3, H, W) or (H, W, 3))"
+        if isinstance(a, np.ndarray):
+            layouts = "(N, H, W, 3) or (N, 3, H, W) (one image: (H, W, 3) or (3, H, W))"
+        raise UsageError(f"{kind} of images must be {layouts}, not {shape}")
+    if last and (not first or isinstance(a, np.ndarray)):
+        t = t.permute(0, 3, 1, 2)
+    return _as_uint8(t).contiguous()
+
+
+def _as_uint8(t):
+    """uint8 pixels of integer (0-255) or float ([0, 1]) ones; others refused in one line, never clamped (the
+    model would see other images than the caller's)."""
+    import torch
+
+    from .errors import UsageError
+
+    instead = "pass uint8 pixels (0-255) or floats in [0, 1]"
+    if t.dtype == torch.uint8 or t.numel() == 0:
+        return t.to(torch.uint8)
+    if t.dtype == torch.bool or t.is_complex():
+        raise UsageError(f"images of {t.dtype} are no pictures: {instead}")
+    if not t.is_floating_point():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi > 255:
+            raise UsageError(f"integer images must be in 0..255, these range from {lo} to {hi}: {instead}")
+        return t.to(torch.uint8)
+    f = t.float()
+    if not torch.isfinite(f).all():
+        raise UsageError(f"float images hold NaN or infinite values: {instead}")
+    lo, hi = float(f.min()), float(f.max())
+    if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+        raise UsageError(
+            f"float images must be in [0, 1], these range from {lo:.4g} to {hi:.4g}: {instead} (0-255 floats: "
+            "divide by 255), not normalized ones: explain() applies the model's mean/std itself"
+        )
+    return (f.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _a(value) -> str:
