@@ -505,6 +505,59 @@ def test_a_non_square_batch_is_stretched_to_a_square_as_a_list_of_pictures_is():
     assert {tuple(v.shape) for v in at.maps.values()} == {(2, 32, 32)} and at.given_sizes == r.given_sizes
 
 
+def test_one_image_and_lists_of_arrays_are_batches(tmp_path):
+    net, u8 = TinyNet(), _images(2)
+    hwc = u8.permute(0, 2, 3, 1).numpy()
+    ref = xaibatch.explain(net, u8).maps["gradcam"]
+    forms = {
+        "list of arrays": [hwc[0], hwc[1]],
+        "list of tensors": [u8[0], u8[1]],
+        "list of float tensors": [u8[0].float() / 255, u8[1].double() / 255],
+        "NCHW array": u8.numpy(),
+        "NHWC tensor": torch.from_numpy(hwc),
+    }
+    for name, images in forms.items():
+        assert torch.equal(xaibatch.explain(net, images).maps["gradcam"], ref), name
+    Image.fromarray(hwc[0]).save(tmp_path / "a.png")
+    one = xaibatch.explain(net, u8[:1]).maps["gradcam"]
+    ones = {
+        "a path string": str(tmp_path / "a.png"),
+        "a Path": tmp_path / "a.png",
+        "a PIL image": Image.fromarray(hwc[0]),
+        "an (H, W, 3) array": hwc[0],
+        "a (3, H, W) tensor": u8[0],
+    }
+    for name, image in ones.items():
+        assert torch.equal(xaibatch.explain(net, image).maps["gradcam"], one), name
+    odd = xaibatch.explain(net, [hwc[0], hwc[1][:24, :, :]])  # sizes differ: each stretched, as PIL images are
+    assert odd.maps["gradcam"].shape == (2, 32, 32) and odd.given_sizes == ((32, 32), (32, 24))
+
+
+def test_images_that_cannot_be_read_are_named(tmp_path):
+    net = TinyNet()
+    missing = tmp_path / "missing.png"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, str(missing))
+    assert str(e.value) == f"{missing}: cannot read: No such file or directory"
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, [_images(1)[0], 7])
+    assert str(e.value) == (
+        "images[1] is an int: expected a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor"
+    )
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, 7)
+    assert str(e.value) == ("images must be a tensor, an array, a PIL image, a file path or a list of them, not an int")
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, np.zeros((2, 32, 32, 4), dtype=np.uint8))
+    assert str(e.value) == (
+        "an array of images must be (N, H, W, 3) or (N, 3, H, W) (one image: (H, W, 3) or (3, H, W)), "
+        "not (2, 32, 32, 4)"
+    )
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, [np.zeros((2, 32, 32, 3), dtype=np.uint8)])
+    assert str(e.value) == "images[0] is an array of 2 images: give one image per list item, or the array itself"
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]

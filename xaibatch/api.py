@@ -57,8 +57,8 @@ def explain(
     timm's ``pretrained_cfg`` when the model has one) or the path of a checkpoint ``xaibatch run`` takes.
     ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is not 3
     wide), of uint8 or integer pixels 0-255 or floats in [0, 1] (others are refused, never clamped: pass
-    them before normalizing, explain() applies ``mean``/``std``), or one such image ((3, H, W), (H, W, 3));
-    or a list of PIL images or file paths (decoded as a run does). Each image is stretched to
+    them before normalizing, explain() applies ``mean``/``std``); one such image ((3, H, W), (H, W, 3)), a
+    PIL image or a file path; or a list of any of these (decoded as a run does). Each image is stretched to
     ``input_size`` x ``input_size`` (a checkpoint's own when not given), else to a square at the first
     image's longer side, so every method's maps are (N, S, S) at that side S (``out.preprocess.image_size``).
     ``target``: ``"pred"``, one class per image (index or name), or with ``labels`` (the true class per
@@ -376,6 +376,7 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     method's maps came out another size), and each image's (width, height) as given."""
     import numpy as np
     import torch
+    from PIL import Image
 
     from .errors import UsageError
 
@@ -384,14 +385,48 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         size = pre.image_size if pre is not None else max(t.shape[2:], default=0)
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
         return Preprocess(size).resize_batch(t).contiguous(), sizes
-    from .data import load_image
-
-    pics = [load_image(p) if isinstance(p, (str, Path)) else p.convert("RGB") for p in images]
+    if isinstance(images, (str, Path, Image.Image)):
+        images = [images]
+    elif not hasattr(images, "__iter__"):
+        raise UsageError(
+            f"images must be a tensor, an array, a PIL image, a file path or a list of them, not {_a(images)}"
+        )
+    pics = [_picture(p, f"images[{i}]") for i, p in enumerate(images)]
     if not pics:
         raise UsageError("no images to explain")
     pre = pre or Preprocess(max(pics[0].size))
     arr = np.stack([pre.resize_image(p) for p in pics])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
+
+
+def _picture(item, what: str):
+    """One list item of ``images`` as an RGB PIL image (a file decoded as a run decodes it)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .data import load_image
+    from .errors import DecodeError, UsageError
+
+    if isinstance(item, (str, Path)):
+        try:
+            return load_image(item)
+        except DecodeError as e:  # its reason alone ("cannot read: ...") named no file
+            raise UsageError(f"{item}: {e}") from None
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        kind = "a tensor" if isinstance(item, torch.Tensor) else "an array"
+        t = _uint8_images(item, kind)
+        if t.shape[0] != 1:
+            raise UsageError(
+                f"{what} is {kind} of {t.shape[0]} images: give one image per list item, "
+                f"or the {kind.split()[1]} itself"
+            )
+        return Image.fromarray(t[0].permute(1, 2, 0).numpy())
+    raise UsageError(
+        f"{what} is {_a(item)}: expected a file path, a PIL image, an (H, W, 3) array or a (3, H, W) tensor"
+    )
 
 
 # Float pixels this far outside [0, 1] round to the same uint8 as the nearest value inside: float error, not a
