@@ -162,3 +162,16 @@ def test_the_report_says_the_probability_is_the_models_own():
     d = {"positive": "REAL", "threshold": 0.5, "one_logit": True, "one_logit_output": "probability"}
     assert decision_words(d) == "one output, P(positive) = the model's own sigmoid; REAL when P(REAL) ≥ 0.5"
     assert decision_words({**d, "one_logit_output": None}).startswith("one logit, P(positive) = sigmoid(z); ")
+
+
+def test_a_one_logit_model_against_three_class_folders_says_it_has_two_classes(world, tmp_path):
+    """It said "the model has 2 outputs" of a model with one: the two classes its sigmoid logit stands for."""
+    import shutil
+
+    inp = tmp_path / "in"
+    shutil.copytree(world["root"] / "in", inp)
+    shutil.copytree(inp / "REAL", inp / "OTHER")
+    r = invoke("run", inp, "--model", f"{world['root'] / 'nets.py'}:logit", "--image-size", "32",
+               "--out", tmp_path / "out", "--workers", "0", catch_exceptions=True)  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "the model has 2 outputs (one sigmoid logit: two classes); check --checkpoint" in r.output

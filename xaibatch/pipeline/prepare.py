@@ -42,9 +42,10 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
             _relabel(found, sorted(found.classes + found.empty_classes))  # empty class folders stay classes
         if len(found.classes) != k:
             empty = f" (and empty folder(s) {found.empty_classes})" if found.empty_classes else ""
+            head = " (one sigmoid logit: two classes)" if isinstance(model.module, heads.OneLogitHead) else ""
             raise InputError(
                 f"the folder has {len(found.classes)} classes {found.classes}{empty} but the model has {k} "
-                "outputs; check --checkpoint or pass --unlabeled"
+                f"outputs{head}; check --checkpoint or pass --unlabeled"
             )
         return found.classes
     return [f"class_{i}" for i in range(k)]
