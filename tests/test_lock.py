@@ -247,3 +247,36 @@ def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     again = OutputLock(out)
     assert again.try_acquire()
     again.release()
+
+
+def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
+    """report and sanity have no --wait: their refusal says something they can do, and sanity says it before
+    importing torch (seconds); run's still names its --wait."""
+    from helpers import invoke, small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    holder = _holder(out)
+    try:
+        for command in ("report", "sanity"):
+            r = invoke(command, out, catch_exceptions=True)
+            assert r.exit_code == 4, r.output
+            assert f"pid {holder.pid}" in r.output and "try again when it has finished" in r.output, r.output
+            assert "--wait" not in r.output, r.output
+        r = invoke(*run_argv(tmp_path / "in", out, tiny_ckpt), "--workers", "0", catch_exceptions=True)
+        assert r.exit_code == 4 and "pass --wait to wait for it" in r.output, r.output
+        probe = f"""
+import sys
+from click.testing import CliRunner
+from xaibatch.cli import cli
+r = CliRunner().invoke(cli, ["sanity", {str(out)!r}])
+assert r.exit_code == 4, r.output
+print("torch" in sys.modules)
+"""
+        p = subprocess.run(
+            [sys.executable, "-c", probe], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+        )
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.strip() == "False"  # refused before torch was imported
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -159,6 +159,7 @@ def test_strict_exits_1_when_a_method_fails(monkeypatch, tmp_path, strict, passe
         {"passed": p, "verdict": f"m{i}: {'passes' if p else 'FAILS'}", "checked": 1.0} for i, p in enumerate(passed)
     ]
     monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: {"created": 1.0, "curves": curves})
+    (tmp_path / "xaibatch.sqlite").touch()  # the CLI takes the folder's lock (a run's folder) before the check
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path), *(["--strict"] if strict else [])])
     assert res.exit_code == code, res.output
     assert "m1: " in res.output

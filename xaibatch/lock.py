@@ -36,6 +36,7 @@ from . import layout
 from .errors import LockHeld, UsageError, XaibatchError
 
 LOCK_NAME = layout.LOCK
+BUSY_HINT = "try again when it has finished"  # the end of the refusal for a command without --wait
 
 # Lock files this process holds. A second OutputLock on the same folder in this
 # process must not open the file (that would drop the POSIX lock on close).
@@ -125,11 +126,13 @@ class OutputLock:
         poll: float = 0.5,
         should_stop: Callable[[], bool] = lambda: False,
         on_wait: Callable[[str], None] = lambda s: None,
+        hint: str = BUSY_HINT,
     ) -> float:
         """Take the lock; with ``wait`` poll until it is free (or ``timeout`` seconds pass).
 
         Returns the seconds spent waiting (0.0 when the lock was free). ``should_stop``
-        is polled while waiting so a signal can end the wait.
+        is polled while waiting so a signal can end the wait. ``hint`` ends the refusal without ``wait``: what the
+        command that asked can do (only ``run`` has a --wait to offer).
         """
         if self.try_acquire():
             return 0.0
@@ -138,7 +141,7 @@ class OutputLock:
         while not self.try_acquire():
             who = describe(self.holder())
             if not wait:
-                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); pass --wait to wait for it")
+                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); {hint}")
             waited = time.monotonic() - t0
             if timeout is not None and waited >= timeout:
                 raise LockHeld(

@@ -62,11 +62,14 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
     """
-    from ..evaluation.rebuild import ModelOverride
-    from ..evaluation.sanity import run_sanity
+    from ..evaluation.rebuild import ModelOverride, locked_run_folder
     from ..pipeline.signals import stops_interrupt
 
-    with stops_interrupt():  # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on
+    # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on. The lock before torch's
+    # seconds of importing: a run holding OUT_DIR is refused at once.
+    with stops_interrupt(), locked_run_folder(out_dir) as lock:
+        from ..evaluation.sanity import run_sanity
+
         result = run_sanity(
             out_dir,
             n=images,
@@ -75,6 +78,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
             batch_size=batch_size,
             log=lambda s: write_line(s, sys.stderr),  # a gone terminal: the line goes nowhere
             override=ModelOverride(model_spec, checkpoint, arch),
+            lock=lock,
         )
     for c in result["curves"]:  # this check's, then the ones kept from the folder's previous check
         echo(c["verdict"] + ("" if c["checked"] == result["created"] else " (kept from the previous check)"))

@@ -19,6 +19,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +30,10 @@ import torch
 from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
-from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, same_content
+from .rebuild import ModelOverride, image_entries, locked_run_folder, prepare_rebuilt, rebuild_options, same_content
 
 if TYPE_CHECKING:
+    from ..lock import OutputLock
     from ..pipeline.prepare import Prepared
     from ..runconfig import RunConfig
 
@@ -177,16 +179,16 @@ def run_sanity(
     batch_size: int = 32,
     log: Callable[[str], None] = lambda s: None,
     override: ModelOverride = ModelOverride(),
+    lock: OutputLock | None = None,
 ) -> dict[str, Any]:
-    """Run the cascade for every method of the folder's last run; write sanity.json and the report."""
-    from ..lock import OutputLock
-    from ..manifest import FILENAME as MANIFEST
+    """Run the cascade for every method of the folder's last run; write sanity.json and the report.
+
+    ``lock``: the folder's lock when the caller holds it already (the CLI takes it before importing torch, so that
+    a run holding the folder is refused at once); else it is taken here."""
     from ..pipeline.recovery import recover_folder
 
     out = Path(out)
-    if not (out / MANIFEST).is_file():
-        raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
-    with OutputLock(out) as lock:
+    with nullcontext(lock) if lock is not None else locked_run_folder(out) as lock:
         recover_folder(out, lock, log)
         run = last_finished_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)

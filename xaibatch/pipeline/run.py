@@ -77,6 +77,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 timeout=opts.wait_timeout,
                 should_stop=lambda: stop.requested,
                 on_wait=log,
+                hint="pass --wait to wait for it",
             )
             waited[0] += w
             check_same_input(opts, out)
