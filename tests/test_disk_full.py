@@ -226,11 +226,59 @@ def test_storage_errors_name_the_file_and_what_to_do(tmp_path):
     assert str(storage_error(OSError(errno.ENOSPC, "x"), out)) == (
         f"no space left on device writing to {out}: free space and run again; finished images are kept"
     )
-    assert storage_error(OSError(errno.EACCES, "Permission denied"), out) is None  # not the disk's state
+    assert storage_error(OSError(errno.EACCES, "Permission denied"), out) is None  # no file: no folder to name
     assert storage_error(ValueError("x"), out) is None
     damaged = sqlite3.DatabaseError("file is not a database")
     damaged.sqlite_errorcode = 26  # SQLITE_NOTADB: still "damaged", see test_run_errors.py
     assert storage_error(damaged, out) is None
+
+
+def test_a_refused_write_under_out_names_the_file_and_the_folder_to_fix(tmp_path):
+    """EACCES (EPERM: an immutable folder) under OUT is the folder's state, as a full disk is: one line naming the
+    file and what to make writable; the same errno for a file outside OUT (an input) stays the reader's."""
+    from xaibatch.errors import storage_error
+
+    out = tmp_path / "o"
+    npy = f"{out}/maps/gradcam/REAL/real_00001.npy"
+    assert str(storage_error(PermissionError(errno.EACCES, "Permission denied", npy), out)) == (
+        f"permission denied writing {npy}: make {out}/maps/gradcam/REAL writable and run again; "
+        "finished images are kept"
+    )
+    folder = f"{out}/maps/gradcam/REAL/sub"  # a folder that could not be made: its parent is the one to fix
+    assert f"writing {folder}: make {out}/maps/gradcam/REAL writable" in str(
+        storage_error(PermissionError(errno.EACCES, "Permission denied", folder), out)
+    )
+    assert str(storage_error(OSError(errno.EPERM, "Operation not permitted", npy), out)).startswith(
+        f"operation not permitted writing {npy}: make {out}/maps/gradcam/REAL writable"
+    )
+    assert storage_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "in/a.png")), out) is None
+    read_only = sqlite3.OperationalError("attempt to write a readonly database")
+    read_only.sqlite_errorcode = 8 | 6 << 8  # SQLITE_READONLY_DIRECTORY: OUT refuses the manifest's -wal file
+    assert str(storage_error(read_only, out)) == (
+        f"permission denied writing {out}/xaibatch.sqlite: make {out} writable and run again; finished images are kept"
+    )
+    read_only.sqlite_errorcode = 8  # SQLITE_READONLY: the manifest itself
+    assert f"make {out}/xaibatch.sqlite writable" in str(storage_error(read_only, out))
+
+
+def test_a_refused_temporary_file_is_named_as_the_file_meant(tmp_path, monkeypatch):
+    """A folder that refuses new files refuses the temporary name first: the error names the file meant, never
+    ".real_00001.npy.2.1307.tmp"."""
+    import xaibatch.files as files
+
+    def refuse(path, *args, **kwargs):  # a new file's temporary name; the folder itself opens
+        if not os.fspath(path).endswith(".tmp"):
+            return os.open(path, *args, **kwargs)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    monkeypatch.setattr(files, "os", types.SimpleNamespace(**{**vars(os), "open": refuse}))
+    with files.OutputDir(tmp_path) as d, pytest.raises(PermissionError) as raised:
+        d.write("maps/a.npy", b"x")
+    assert raised.value.filename == str(tmp_path / "maps" / "a.npy")
+    monkeypatch.setattr(files, "open", refuse, raising=False)
+    with pytest.raises(PermissionError) as raised:
+        files.atomic_write_bytes(tmp_path / "b.json", b"{}")
+    assert raised.value.filename == str(tmp_path / "b.json")
 
 
 def test_no_room_for_the_manifest_says_so_too(tmp_path, tiny_ckpt, monkeypatch):
@@ -293,6 +341,54 @@ def test_a_file_size_limit_in_writer_processes(tmp_path, tiny_ckpt):
     assert assert_committed_whole(out) == BATCH
     again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)  # no limit now
     assert (again.status, again.computed, again.unchanged) == ("ok", 12 - BATCH, BATCH)
+    check_output_folder(out, inp)
+
+
+def _without_file_permission_override() -> list[str]:
+    """The command prefix under which a chmod bites: none for a user; for root, setpriv without the capabilities
+    that override file permissions (skipped where that is not possible)."""
+    if os.geteuid() != 0:
+        return []
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    try:
+        probe = subprocess.run([*prefix, "sh", "-c", "test -w /proc/1/root"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        probe = None
+    if probe is None or probe.returncode != 1:
+        pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE: chmod a-w does not bite")
+    return prefix
+
+
+@pytest.mark.parametrize("writers", [0, 2])
+def test_a_folder_made_read_only_under_out(tmp_path, tiny_ckpt, writers):
+    """chmod a-w OUT/maps/gradcam/REAL: a new image there, and a new folder below it, each stop the run with one
+    line naming the file (never its temporary name) and the folder to make writable, exit 3; then a re-run
+    finishes."""
+    prefix = _without_file_permission_override()
+    out = helpers.small_run(tmp_path, tiny_ckpt, 2)
+    inp, real = tmp_path / "in", out / "maps" / "gradcam" / "REAL"
+    write_images(inp / "REAL" / "sub", 1, seed=7)
+    (inp / "REAL" / "img_000.png").rename(inp / "REAL" / "new.png")  # a new name: its map is a new file in REAL
+    real.chmod(0o555)
+    try:
+        p = subprocess.run(
+            [*prefix, sys.executable, "-m", "xaibatch", "run", inp, "--out", out, "--checkpoint", tiny_ckpt, "-q",
+             "--workers", "0", "--writers", str(writers)],
+            cwd=REPO, env=helpers.ENV, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        real.chmod(0o755)
+    assert p.returncode == 3, p.stderr
+    m = re.fullmatch(
+        rf"Error: permission denied writing {re.escape(str(real))}/(new\.npy|new\.png|sub): make "
+        rf"{re.escape(str(real))} writable and run again; finished images are kept\n",
+        p.stderr,
+    )
+    assert m, p.stderr
+    assert last_run(out) == ("error", p.stderr.strip().removeprefix("Error: "))
+    again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)
+    assert (again.status, again.computed) == ("ok", 2)
     check_output_folder(out, inp)
 
 

@@ -88,29 +88,47 @@ _STORAGE_ADVICE = {
     errno.EROFS: "make the folder writable and run again",
     errno.EIO: "check the disk and run again",
 }
-_SQLITE_ERRNO = {13: errno.ENOSPC, 10: errno.EIO}  # SQLITE_FULL (also a full quota), SQLITE_IOERR
+# SQLITE_FULL (also a full quota), SQLITE_IOERR, SQLITE_READONLY (the manifest, or its folder, refuses writes)
+_SQLITE_ERRNO = {13: errno.ENOSPC, 10: errno.EIO, 8: errno.EACCES}
+_SQLITE_READONLY_DIRECTORY = 8 | 6 << 8  # the manifest's folder refuses its -wal and -shm files
+# A file or folder under OUT that refuses writes (its mode, an immutable attribute): the fix is its folder's (the
+# manifest's own, for a read-only manifest). Only under OUT: an input file or a checkpoint can be refused so too.
+_DENIED = (errno.EACCES, errno.EPERM)
 
 
 def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageError | None:
     """``exc`` as the run's one-line StorageError when it is a full disk (or quota, file size limit, read-only or
-    failing file system) met writing under ``out``, by a file write or by the manifest's SQLite; else None."""
+    failing file system, a folder under ``out`` that refuses new files) met writing under ``out``, by a file write
+    or by the manifest's SQLite; else None."""
     if isinstance(exc, StorageError):
         return exc
     code = getattr(exc, "sqlite_errorcode", None)  # sqlite3.Error (Python 3.11+): not an OSError
     if isinstance(code, int):
         err = _SQLITE_ERRNO.get(code & 0xFF)
         path = os.path.join(out, layout.MANIFEST)
+        refuses = path if err == errno.EACCES and code != _SQLITE_READONLY_DIRECTORY else os.fspath(out)
     elif isinstance(exc, OSError):
         err = exc.errno
         path = exc.filename if isinstance(exc.filename, str) and exc.filename else None
+        refuses = (os.path.dirname(path) or ".") if path else None
     else:
         return None
-    if err not in _STORAGE_ADVICE:
+    if err in _DENIED and path is not None and _under(path, out):
+        advice = f"make {refuses} writable and run again"
+    elif err in _STORAGE_ADVICE:
+        advice = _STORAGE_ADVICE[err]
+    else:
         return None
     where = f"writing {path}" if path else f"writing to {out}"
-    full = StorageError(f"{os.strerror(err).lower()} {where}: {_STORAGE_ADVICE[err]}; finished images are kept")
+    full = StorageError(f"{os.strerror(err).lower()} {where}: {advice}; finished images are kept")
     full.errno = err
     return full
+
+
+def _under(path: str, folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies in ``folder`` (or is it), by their absolute names."""
+    p, f = os.path.abspath(path), os.path.abspath(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
 
 
 class ExitCode(IntEnum):

@@ -79,6 +79,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as e:  # a folder that refuses new files: name the file meant
+            name_target(e, path)
+            raise
     else:
         raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
     try:
@@ -96,9 +99,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def name_target(e: BaseException, path: Path) -> None:
     """Let an OSError from writing ``path`` name it (a failed ``write`` names no file; a temporary name is none of
-    the user's business), so that the message of a full disk says which file."""
-    if isinstance(e, OSError) and not (e.filename and os.path.isabs(e.filename)):
+    the user's business), so that the message of a full disk or a refused folder says which file."""
+    if isinstance(e, OSError) and not (e.filename and os.path.isabs(e.filename) and not temporary(e.filename)):
         e.filename = str(path)
+
+
+def temporary(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is a temporary file's (``.<name>.<n>.<pid>.tmp``, see atomic_write_bytes)."""
+    base = os.path.basename(os.fsdecode(name))
+    return base.startswith(".") and base.endswith(".tmp")
 
 
 class Reserve:
@@ -305,6 +314,9 @@ class OutputDir:
                 break
             except FileExistsError:
                 continue
+            except OSError as e:  # a folder that refuses new files: name the file meant
+                name_target(e, self.root / rel)
+                raise
         else:
             raise FileExistsError(errno.EEXIST, "no free temporary file name", rel_dir)
         try:
