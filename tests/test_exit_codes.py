@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,46 @@ def test_a_closed_stdout_in_a_reported_command_exits_0_other_broken_pipes_exit_3
     assert (rc, err) == (0, "")  # cut short: its last table was all it had left to do
     r = subprocess.run([sys.executable, "-c", _ECHOING, "other"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert (r.returncode, r.stderr) == (3, "Error: Broken pipe\n")  # not stdout's reader: an error as before
+
+
+@pytest.mark.parametrize("flag", ["-q", "--log-json"])
+def test_more_workers_than_cpus_prints_no_torch_warning(tmp_path, tiny_ckpt, flag):
+    """-q prints only Error: lines and --log-json only JSON: torch's paragraph about a DataLoader with more workers
+    than CPUs (twice: when it is made and when it starts) is not printed; --workers is the user's choice. Run on one
+    CPU, so that 2 workers are more than torch suggests on any host."""
+    inp = tmp_path / "in"
+    write_images(inp, 6)
+    cpu = min(os.sched_getaffinity(0))
+    r = subprocess.run(
+        [sys.executable, "-m", "xaibatch", "run", inp, "--checkpoint", tiny_ckpt, "--out", tmp_path / "out",
+         "--batch-size", "2", "--workers", "2", flag],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert flag == "--log-json" or r.stdout == ""
+
+
+def test_no_more_loader_workers_than_batches(tmp_path, tiny_ckpt, monkeypatch):
+    """A worker loads whole batches: more than the run's batches only fork and idle (--workers 1000 over 2
+    batches forked 1000 processes and made no progress in a minute)."""
+    import torch
+
+    from helpers import run_opts
+    from xaibatch.pipeline import run
+    from xaibatch.pipeline.compute import loader_workers
+
+    assert [loader_workers(1000, 40, 32), loader_workers(3, 40, 4), loader_workers(0, 40, 4)] == [2, 3, 0]
+    made: list[int] = []
+
+    class Recorded(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs["num_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Recorded)
+    inp = tmp_path / "in"
+    write_images(inp, 3)
+    r = run(run_opts(inp, tmp_path / "out", tiny_ckpt, workers=2), log=lambda s: None)  # one batch of 4
+    assert r.computed == 3 and made == [1]

@@ -116,3 +116,29 @@ def test_train_refuses_an_out_it_cannot_create_before_training(tmp_path):
     r = invoke("train", data, "--arch", "test_resnet", "--out", "/proc/xaibatch-m.pt", catch_exceptions=True)
     assert_one_line(r, errors.EXIT_USAGE, "cannot write --out /proc/xaibatch-m.pt")
     assert "epoch" not in r.output
+
+
+def test_workers_past_four_per_cpu_are_refused_before_torch(tmp_path):
+    """--workers 1000 forked 1000 DataLoader processes (no progress in a minute, most of another to stop): a number
+    past 4 per CPU is a slip, refused at parsing in every command that takes --workers."""
+    from xaibatch.defaults import cpu_count
+
+    many = str(4 * cpu_count() + 1)
+    folder = str(tmp_path)
+    cases = [
+        ["run", folder, "--workers", many],
+        ["train", folder, "--out", str(tmp_path / "m.pt"), "--workers", many],
+        ["bench", "--workers", many],
+    ]
+    loaded = _heavy_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1, (args, r.output)
+            assert "--workers {many} is more than 4 per CPU" in errors[0] and "at most" in errors[0], r.output
+    """)
+    assert loaded == []
+    assert invoke("run", tmp_path / "missing", "--workers", str(4 * cpu_count())).exit_code == 2  # the folder's
+    assert "does not exist" in invoke("run", tmp_path / "missing", "--workers", str(4 * cpu_count())).output

@@ -69,6 +69,21 @@ def default_workers(device_type: str = "cpu") -> int:
     return max(1, min(16, n // 2))
 
 
+WORKERS_PER_CPU = 4  # --workers above this many per CPU is refused (workers_problem)
+
+
+def workers_problem(workers: int) -> str | None:
+    """Why ``--workers`` is too many for this host, or None. Decoding is CPU work: past a few processes per CPU
+    more only compete and start slowly (--workers 1000 made no progress in a minute), so such a number is a slip."""
+    cpus = cpu_count()
+    if workers <= WORKERS_PER_CPU * cpus:
+        return None
+    return (
+        f"--workers {workers} is more than {WORKERS_PER_CPU} per CPU ({cpus} CPU(s) here: at most "
+        f"{WORKERS_PER_CPU * cpus}); decoding is CPU work, more processes only compete"
+    )
+
+
 def default_writers(device_type: str = "cpu", workers: int = 0) -> int:
     """Writer processes that encode PNGs and write the files (pipeline/writer_pool.py); 0: the writer thread.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..defaults import device_spec_problem
+from ..defaults import device_spec_problem, workers_problem
 from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
 from .boundary import checked
 
@@ -30,6 +30,20 @@ class Number(click.FloatRange):
         if math.isnan(number):
             self.fail(f"{value!r} is not a number", param, ctx)
         return number
+
+
+class Workers(click.IntRange):
+    """--workers: 0 or more, and not past what this host's CPUs can use (defaults.workers_problem): a slip such as
+    --workers 1000 answers at once instead of forking a thousand processes."""
+
+    def __init__(self) -> None:
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        workers = super().convert(value, param, ctx)
+        if problem := workers_problem(workers):
+            raise click.UsageError(problem, ctx)
+        return workers
 
 
 def known_methods(names):
@@ -88,7 +102,7 @@ def _device_form(ctx, param, value):
 
 device_option = _option("--device", default="auto", show_default=True, callback=_device_form)
 batch_size_option = _option("--batch-size", type=click.IntRange(1))
-workers_option = _option("--workers", type=click.IntRange(0))
+workers_option = _option("--workers", type=Workers())
 seed_option = _option("--seed", type=int, default=0, show_default=True)
 methods_option = _option(
     "--method",

@@ -83,7 +83,8 @@ compute_options = grouped(
     ),
     device_option("auto, cpu, cuda or cuda:N (e.g. --device cuda:1); auto picks CUDA when present."),
     workers_option(
-        "DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process).",
+        "DataLoader processes that decode images (e.g. --workers 8; 0 decodes in the main process; at most 4 "
+        "per CPU; no more start than the run has batches).",
         show_default="CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
     ),
     click.option(

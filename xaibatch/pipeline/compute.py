@@ -27,7 +27,7 @@ from ..methods.explainer import Explainer, MethodMaps
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import until_stopped, worker_init
+from .loader import more_workers_than_cpus, until_stopped, worker_init
 from . import labelmaps
 from .progress import progress_bar
 from .pictures import DisplayStacks
@@ -219,17 +219,19 @@ def compute(job: ComputeJob) -> None:
     )
     try:
         for todo, entries in method_groups(plan).items():
-            loader = torch.utils.data.DataLoader(
-                worker.dataset(todo, entries),
-                batch_size=prepared.batch_size,
-                shuffle=False,
-                num_workers=prepared.workers,
-                collate_fn=collate,
-                pin_memory=device.type == "cuda",
-                persistent_workers=False,
-                prefetch_factor=4 if prepared.workers > 0 else None,
-                worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if prepared.workers > 0 else None,
-            )
+            workers = loader_workers(prepared.workers, len(entries), prepared.batch_size)
+            with more_workers_than_cpus():
+                loader = torch.utils.data.DataLoader(
+                    worker.dataset(todo, entries),
+                    batch_size=prepared.batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    collate_fn=collate,
+                    pin_memory=device.type == "cuda",
+                    persistent_workers=False,
+                    prefetch_factor=4 if workers > 0 else None,
+                    worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
+                )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b)
                 account(tally, emit, job.failed, len(job.items))
@@ -247,6 +249,13 @@ def compute(job: ComputeJob) -> None:
         from ..evaluation.faithfulness import save_chance
 
         save_chance(out, scorer)
+
+
+def loader_workers(workers: int, images: int, batch_size: int) -> int:
+    """DataLoader processes for ``images`` in batches of ``batch_size``: at most one a batch. A worker loads whole
+    batches, so more only start (each a fork of this process) and idle; 1000 over 2 batches made no progress in
+    a minute and took most of another to stop."""
+    return min(workers, -(-images // batch_size))
 
 
 def build_job(

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .. import layout, targets
-from ..defaults import device_spec_problem, model_spec_problem
+from ..defaults import device_spec_problem, model_spec_problem, workers_problem
 from ..errors import UsageError
 from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
@@ -125,6 +125,8 @@ def check_request(opts: RunOptions) -> None:
         raise UsageError("give at least one --method")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if opts.workers is not None and (problem := workers_problem(opts.workers)):
+        raise UsageError(problem)
     if problem := targets.problem(opts.target):
         raise UsageError(problem)
     if problem := device_spec_problem(opts.device):

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from typing import Any, Iterator
 
 from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
@@ -23,7 +24,7 @@ from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     """The loader's batches, ending early (and at once) when a signal arrives while waiting for one."""
-    with quiet_feeders():  # the index queues' feeder threads start here, in this process
+    with quiet_feeders(), more_workers_than_cpus():  # the index queues' feeder threads start here, in this process
         it = forked_quietly(iter, loader)
     finished = False
     try:
@@ -38,6 +39,16 @@ def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     finally:
         if not finished or stop.requested:
             end_workers(it)
+
+
+@contextlib.contextmanager
+def more_workers_than_cpus() -> Iterator[None]:
+    """Without torch's warning that a DataLoader has more workers than CPUs (a paragraph on stderr, when the loader
+    is made and again when it starts): --workers is the user's, bounded at parsing (defaults.workers_problem), and
+    -q promises only "Error:" lines. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
 
 
 def forked_quietly(start: Any, *args: Any) -> Any:

@@ -23,7 +23,7 @@ from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by
 from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
-from ..pipeline.loader import until_stopped, worker_init
+from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
 from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
 
@@ -55,16 +55,17 @@ def _splits(data_dir: Path) -> tuple[Path, Path | None]:
 
 def _loader(entries, size, batch_size, shuffle, workers, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        ImageDataset(entries, size),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        collate_fn=collate,
-        generator=g,
-        # a stop signal (Ctrl-C, a closed terminal) is the main process's to handle; workers die with it
-        worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers else None,
-    )
+    with more_workers_than_cpus():
+        return torch.utils.data.DataLoader(
+            ImageDataset(entries, size),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate,
+            generator=g,
+            # a stop signal (Ctrl-C, a closed terminal) is the main process's to handle; workers die with it
+            worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers else None,
+        )
 
 
 @dataclass
