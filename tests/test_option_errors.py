@@ -142,3 +142,53 @@ def test_workers_past_four_per_cpu_are_refused_before_torch(tmp_path):
     assert loaded == []
     assert invoke("run", tmp_path / "missing", "--workers", str(4 * cpu_count())).exit_code == 2  # the folder's
     assert "does not exist" in invoke("run", tmp_path / "missing", "--workers", str(4 * cpu_count())).output
+
+
+def test_lime_options_are_checked_together_at_parsing_in_the_users_words(tmp_path):
+    """--lime-samples auto --lime-samples-max 10 passed each option's check, then failed seconds later (torch
+    loaded) naming samples_min, which nobody gave; --method-option lime.tolerance=-1 likewise. Both now answer at
+    parsing, one line, exit 2, no torch, naming the options given and what works."""
+    synth.write_images(tmp_path / "in", 1, 32, 0, "png")
+    folder = str(tmp_path / "in")
+    auto = ["run", folder, "-m", "lime", "--lime-samples", "auto"]
+    cases = [
+        (
+            [*auto, "--lime-samples-max", "10"],
+            "Error: --lime-samples-max 10 is below the first round of --lime-samples auto (200 samples); give "
+            "--lime-samples-max 200 or more (or --method-option lime.samples_min=10 or less)",
+        ),
+        (
+            [*auto, "--method-option", "lime.samples_min=5000"],
+            "Error: --lime-samples-max 2000 (the default) is below the first round of --lime-samples auto (5000 "
+            "samples); give --lime-samples-max 5000 or more (or --method-option lime.samples_min=2000 or less)",
+        ),
+        (
+            [
+                "run",
+                folder,
+                "-m",
+                "lime",
+                "--method-option",
+                "lime.samples=auto",
+                "--method-option",
+                "lime.samples_max=100",
+            ],
+            "Error: --method-option lime.samples_max=100 is below the first round of --method-option "
+            "lime.samples=auto (200 samples)",
+        ),  # fmt: skip
+        ([*auto, "--method-option", "lime.tolerance=-1"], "lime: tolerance must be a positive number, not -1.0"),
+        (["run", folder, "-m", "lime", "--method-option", "lime.tolerance=-1"], "lime: tolerance must be a positive"),
+        (["run", folder, "-m", "lime", "--method-option", "lime.samples_round=0"], "samples_round must be at least 1"),
+    ]
+    loaded = _heavy_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+            assert "samples_min <=" not in r.output
+    """)
+    assert loaded == []
+    r = invoke(*auto[:1], tmp_path / "missing", *auto[2:], "--lime-samples-max", "200", catch_exceptions=True)
+    assert r.exit_code == 2 and "does not exist" in r.output, r.output  # a working pair passes parsing

@@ -223,9 +223,19 @@ def check_library_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def check_lime_options(options: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+def lime_option(key: str, value: Any) -> str:
+    """A LIME option as a library caller gives it (``lime.samples_max=10``): check_lime_options' default words."""
+    return f"lime.{key}={value}"
+
+
+def check_lime_options(
+    options: dict[str, Any], spelled: Callable[[str, Any], str] = lime_option
+) -> tuple[dict[str, Any], int | None]:
     """LIME's options with its defaults filled in, and its batch size (None: auto); a one-line UsageError for an
-    unknown option, a value of the wrong type or out of range (``methods/lime.py`` and the CLI check with it)."""
+    unknown option, a value of the wrong type or out of range (``methods/lime.py`` and the CLI check with it).
+
+    ``options``: those given (the rest are defaults); ``spelled(key, value)``: an option as its caller would type
+    it, for the message about two of them (the CLI's --lime-samples-max 10, a library's lime.samples_max=10)."""
     options = dict(options)
     batch_size = options.pop("batch_size", "auto")
     unknown = set(options) - set(LIME_DEFAULTS)
@@ -254,17 +264,28 @@ def check_lime_options(options: dict[str, Any]) -> tuple[dict[str, Any], int | N
         raise UsageError(f"lime: hide must be one of {', '.join(LIME_HIDE_MODES)}, not {opts['hide']!r}")
     if batch_size is not None and batch_size < 1:
         raise UsageError("lime: batch_size must be at least 1")
-    if opts["samples"] == "auto":
-        if not 2 <= opts["samples_min"] <= opts["samples_max"]:
-            raise UsageError(
-                f"lime: with samples=auto, 2 <= samples_min <= samples_max "
-                f"(got {opts['samples_min']} and {opts['samples_max']})"
-            )
-        if opts["samples_round"] < 1:
-            raise UsageError("lime: samples_round must be at least 1")
-        if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
-            raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
+    # auto's own options: each value checked whatever --lime-samples, so that a bad one never waits for auto
+    for key in ("samples_min", "samples_max"):
+        if opts[key] < 2:
+            raise UsageError(f"lime: {key} must be at least 2")
+    if opts["samples_round"] < 1:
+        raise UsageError("lime: samples_round must be at least 1")
+    if not opts["tolerance"] > 0 or not math.isfinite(opts["tolerance"]):
+        raise UsageError(f"lime: tolerance must be a positive number, not {opts['tolerance']}")
+    if opts["samples"] == "auto" and opts["samples_min"] > opts["samples_max"]:
+        raise UsageError(auto_bounds_problem(opts, set(options), spelled))
     return opts, batch_size
+
+
+def auto_bounds_problem(opts: dict[str, Any], given: set[str], spelled: Callable[[str, Any], str]) -> str:
+    """Why auto's first round (samples_min) above its ceiling (samples_max) cannot run, in the words of the options
+    the caller gave, and the two ways out."""
+    low, high = opts["samples_min"], opts["samples_max"]
+    ceiling = spelled("samples_max", high) + ("" if "samples_max" in given else " (the default)")
+    return (
+        f"{ceiling} is below the first round of {spelled('samples', 'auto')} ({low} samples); give "
+        f"{spelled('samples_max', low)} or more (or {spelled('samples_min', high)} or less)"
+    )
 
 
 def parse_value(text: str) -> Any:

@@ -12,6 +12,8 @@ from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, FAITH_BASELINES, FA
 from ..engines import ENGINES
 from ..targets import MODES as TARGET_MODES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
+from ..errors import UsageError
+from ..method_specs import check_lime_options
 from .boundary import checked
 from .options import Number, batch_size_option, device_option, grouped, method_options, methods_option, workers_option
 
@@ -170,6 +172,35 @@ class LimeArgs:
             "hide": self.lime_hide,
             "samples_max": self.lime_samples_max,
         }
+
+
+LIME_FLAGS = {
+    "samples": "--lime-samples",
+    "samples_max": "--lime-samples-max",
+    "segments": "--lime-segments",
+    "hide": "--lime-hide",
+}  # LIME's options that have a flag of their own (the rest: --method-option)
+
+
+def check_lime_given(ctx: click.Context) -> None:
+    """LIME's options together, as the run merges them (--method-option lime.* over --lime-*). Each passes its own
+    check, but --lime-samples auto with a --lime-samples-max below auto's first round failed seconds later, once
+    torch had loaded, in LIME's internal names: refused here, in the words of the options given."""
+    if "lime" not in (ctx.params.get("methods") or ()):
+        return
+    chosen = (ctx.params.get("method_option") or {}).get("lime", {})
+    default = click.core.ParameterSource.DEFAULT
+    flags = {k: ctx.params[f"lime_{k}"] for k in LIME_FLAGS if ctx.get_parameter_source(f"lime_{k}") != default}
+
+    def spelled(key: str, value: Any) -> str:
+        if key in chosen or key not in LIME_FLAGS:
+            return f"--method-option lime.{key}={value}"
+        return f"{LIME_FLAGS[key]} {value}"
+
+    try:
+        check_lime_options({**flags, **chosen}, spelled)
+    except UsageError as e:
+        raise click.UsageError(str(e), ctx) from None
 
 
 lime_options = grouped(
