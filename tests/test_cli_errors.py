@@ -77,6 +77,43 @@ def test_input_is_a_file(tmp_path, tiny_ckpt):
     assert_one_line(r, errors.EXIT_USAGE, "is a file")
 
 
+def test_an_empty_input_dir_is_refused_not_taken_as_the_current_folder(tmp_path, tiny_ckpt, monkeypatch):
+    """``xaibatch run "$DIR"`` with $DIR unset in a cron line: "" was ".", so the run explained the job's working
+    folder and wrote outputs/ into it."""
+    write_images(tmp_path / "REAL", 2)
+    write_images(tmp_path / "FAKE", 2, seed=1)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert_one_line(invoke("", "--checkpoint", tiny_ckpt, "--workers", "0"), errors.EXIT_USAGE, "INPUT_DIR is empty")
+    r = invoke("REAL", "--out", "", "--checkpoint", tiny_ckpt, "--workers", "0")
+    assert_one_line(r, errors.EXIT_USAGE, "--out is empty")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+EMPTY_PATHS = [
+    (["run", "in", "--checkpoint", ""], "--checkpoint is empty; give a file"),
+    (["run", "in", "--template-dir", ""], "--template-dir is empty"),
+    (["report", ""], "OUT_DIR is empty"),
+    (["sanity", ""], "OUT_DIR is empty"),
+    (["sanity", "in", "--checkpoint", ""], "--checkpoint is empty"),
+    (["train", ""], "DATA_DIR is empty"),
+    (["train", "in", "--out", ""], "--out is empty; give a file"),
+    (["demo-data", ""], "OUT_DIR is empty"),
+    (["serve", "--out", ""], "--out is empty"),
+    (["bench", "--keep", ""], "--keep is empty"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, needle", EMPTY_PATHS, ids=[" ".join(a or "''" for a in args) for args, _ in EMPTY_PATHS]
+)
+def test_every_empty_path_is_a_usage_error(tmp_path, monkeypatch, args, needle):
+    """Every command's path: "" is a usage error naming the option, never the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line(helpers.invoke(*args), errors.EXIT_USAGE, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- model and checkpoint -------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from ..runlog import write_line
 from .boundary import Failure, checked, echo, exit_codes_help, reported
 from .options import (
     BUILTIN_METHODS,
+    NonEmptyPath,
     arch_option,
     batch_size_option,
     device_option,
@@ -115,7 +116,7 @@ BENCH_EXIT_CODES = {
 )
 @click.option(
     "--keep",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=NonEmptyPath(path_type=Path, file_okay=False),
     help="Generate the files into this folder and keep them (default: a temporary folder).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")

@@ -46,6 +46,18 @@ class Workers(click.IntRange):
         return workers
 
 
+class NonEmptyPath(click.Path):
+    """click's Path, refusing "": pathlib reads it as the current folder, so an unset variable in a cron line
+    (``xaibatch run "$DIR"``) would scan, or write into, whatever folder the job starts in."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, bytes)) and not value:
+            name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+            what = "a file" if not self.dir_okay else "a folder, or . for the current one"
+            raise click.UsageError(f"{name} is empty; give {what}", ctx)
+        return super().convert(value, param, ctx)
+
+
 def known_methods(names):
     """Each name is a method's (method_specs: no torch), else one line with the close matches."""
     return check_method_names(names)
@@ -116,7 +128,7 @@ methods_option = _option(
 # --image-size.
 arch_option = _option("--arch")
 model_option = _option("--model", "model_spec", metavar="SPEC")
-checkpoint_option = _option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False))
+checkpoint_option = _option("--checkpoint", type=NonEmptyPath(path_type=Path, dir_okay=False))
 image_size_option = _option("--image-size", type=click.IntRange(8, 4096))
 
 
@@ -208,6 +220,6 @@ def class_list(text: str | None) -> list[str] | None:
 
 template_dir_option = click.option(  # run, report
     "--template-dir",
-    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    type=NonEmptyPath(path_type=Path, file_okay=False, exists=True),
     help="Your own Jinja templates, tried before the packaged ones (e.g. --template-dir my_templates).",
 )

@@ -11,7 +11,7 @@ from ..errors import ExitCode
 from ..runlog import write_line
 from .boundary import echo, exit_codes_help, reported
 from .helptext import Command
-from .options import template_dir_option
+from .options import NonEmptyPath, template_dir_option
 
 # no images are read and nothing is computed: no "some failed" (1); a run holding the folder is 4
 REPORT_EXIT_CODES = {
@@ -24,7 +24,7 @@ REPORT_EXIT_CODES = {
 
 
 @click.command(cls=Command, epilog=exit_codes_help(REPORT_EXIT_CODES))
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("out_dir", type=NonEmptyPath(path_type=Path, file_okay=False, exists=True))
 @template_dir_option
 @reported
 def report(out_dir: Path, template_dir: Path | None) -> None:

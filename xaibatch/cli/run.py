@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .helptext import Command
 from .boundary import EXIT_CODES_HELP, reported
-from .options import RUN_MODEL_HELP, model_options, seed_option, template_dir_option
+from .options import RUN_MODEL_HELP, NonEmptyPath, model_options, seed_option, template_dir_option
 from .run_options import (
     check_engine_options,
     check_lime_given,
@@ -49,7 +49,7 @@ class RunCommand(Command):
 
 
 @click.command(cls=RunCommand, epilog=EXIT_CODES_HELP)
-@click.argument("input_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("input_dir", type=NonEmptyPath(path_type=Path, file_okay=False))
 @explain_options
 @model_options(RUN_MODEL_HELP)
 @target_option

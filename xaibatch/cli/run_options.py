@@ -15,7 +15,16 @@ from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
 from ..method_specs import check_lime_options
 from .boundary import checked
-from .options import Number, batch_size_option, device_option, grouped, method_options, methods_option, workers_option
+from .options import (
+    Number,
+    NonEmptyPath,
+    batch_size_option,
+    device_option,
+    grouped,
+    method_options,
+    methods_option,
+    workers_option,
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ folder_options = grouped(
     FolderArgs,
     click.option(
         "--out",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=NonEmptyPath(path_type=Path, file_okay=False),
         help="Output folder (e.g. --out reports/cifake). Default: outputs/<parent>-<name> of INPUT_DIR "
         "(data/demo/test -> outputs/demo-test).",
     ),

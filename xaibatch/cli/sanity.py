@@ -11,7 +11,15 @@ from ..errors import ExitCode
 from ..runlog import write_line
 from .helptext import Command
 from .boundary import echo, exit_codes_help, reported
-from .options import arch_option, batch_size_option, checkpoint_option, device_option, model_option, seed_option
+from .options import (
+    NonEmptyPath,
+    arch_option,
+    batch_size_option,
+    checkpoint_option,
+    device_option,
+    model_option,
+    seed_option,
+)
 
 
 # the verdicts decide the exit code only with --strict (a report refresh is not a run: no images to skip)
@@ -26,7 +34,7 @@ SANITY_EXIT_CODES = {
 
 
 @click.command(cls=Command, epilog=exit_codes_help(SANITY_EXIT_CODES))
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("out_dir", type=NonEmptyPath(path_type=Path, file_okay=False, exists=True))
 @click.option(
     "--images",
     type=click.IntRange(1),

@@ -10,7 +10,15 @@ from ..defaults import LIME_DEFAULTS
 from ..errors import EXIT_USAGE, ExitCode
 from .helptext import Command
 from .boundary import Failure, exit_codes_help, reported
-from .options import BUILTIN_METHODS, SERVE_MODEL_HELP, device_option, methods_option, model_options, seed_option
+from .options import (
+    BUILTIN_METHODS,
+    SERVE_MODEL_HELP,
+    NonEmptyPath,
+    device_option,
+    methods_option,
+    model_options,
+    seed_option,
+)
 
 
 # serve has no lock, no unreadable images and no batches to save: only these codes apply (not run's table)
@@ -39,7 +47,7 @@ SERVE_EXIT_CODES = {
 @seed_option("Seed of LIME and the other random methods, as for run.")
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=NonEmptyPath(path_type=Path, file_okay=False),
     default=Path("outputs/serve"),
     show_default=True,
     help="Flagged images go to OUT/flagged/<label>/; a report in OUT offers its "

@@ -10,6 +10,7 @@ from .helptext import Command
 from ..errors import ExitCode
 from .boundary import echo, exit_codes_help, reported
 from .options import (
+    NonEmptyPath,
     Number,
     arch_option,
     batch_size_option,
@@ -28,7 +29,7 @@ TRAIN_EXIT_CODES = {
 
 
 @click.command(cls=Command, epilog=exit_codes_help(TRAIN_EXIT_CODES))
-@click.argument("data_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("data_dir", type=NonEmptyPath(path_type=Path, file_okay=False, exists=True))
 @arch_option("Any timm model name (e.g. --arch efficientnet_b0).", default="resnet18", show_default=True)
 @image_size_option("Input size the model is trained at (e.g. --image-size 32).", default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True, help="Passes over the data.")
@@ -48,7 +49,7 @@ TRAIN_EXIT_CODES = {
 @workers_option("DataLoader processes.", default=0, show_default=True)
 @click.option(
     "--out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=NonEmptyPath(path_type=Path, dir_okay=False),
     required=True,
     help="Checkpoint to write (e.g. --out models/cifake-resnet18.pt).",
 )
@@ -100,7 +101,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
 
 
 @click.command("demo-data", cls=Command)
-@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=NonEmptyPath(path_type=Path, file_okay=False))
 @click.option(
     "--train-per-class",
     type=click.IntRange(1),
