@@ -326,6 +326,8 @@ def build(
         add(Case("loopdir/up", FAIL, "symlink loop", "folder symlink to its own parent"))
         os.symlink("dir.png", root / "alias_dir")
         add(Case("alias_dir/inside.png", IGNORED, what="same folder under a second name: scanned once"))
+        os.symlink("old_report/images", root / "report_link")
+        add(Case("report_link/good_000.png", IGNORED, what="a symlink into an xaibatch output folder's images/"))
         os.symlink("good_000.png", root / "link_to_good.png")
         add(Case("link_to_good.png", OK, what="symlink to a good image", size=(32, 32)))
         os.mkfifo(root / "fifo.png")

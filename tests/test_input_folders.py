@@ -1,5 +1,5 @@
-"""The input folder's scan: unreadable subfolders, clashing or too long stems, empty classes, links out, folder
-names that are not UTF-8, a stray manifest in a class folder."""
+"""The input folder's scan: unreadable subfolders, clashing or too long stems, empty classes, links out, links into
+a report, folder names that are not UTF-8, a stray manifest in a class folder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import REPO, manifest_rows, write_images
+from helpers import REPO, invoke, manifest_rows, write_images
 from oddnames import make_unreadable
 from xaibatch import layout
 from xaibatch.cli import cli
@@ -59,6 +59,49 @@ def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, 
     )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (out / "images" / "out_link").iterdir()) == ["img_000.png", "img_001.png"]
+
+
+ORIGINALS = ["FAKE/img_000.png", "FAKE/img_001.png", "REAL/img_000.png", "REAL/img_001.png"]
+
+
+@pytest.mark.parametrize("where", ["out-inside-the-input", "out-elsewhere-follow-links"])
+def test_a_link_into_the_report_does_not_feed_it_its_own_copies(tmp_path, tiny_ckpt, where):
+    """A link into OUT's images/ (inside the input: followed by default; elsewhere: with --follow-links) made each
+    run scan the display copies it had written as new images: 8, 12, 16 ... seen, REAL/imgs/REAL/imgs/... listed."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    inside = where == "out-inside-the-input"
+    out = root / "rep" if inside else tmp_path / "out"
+    args = ["run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", "0", "-q"]
+    args += [] if inside else ["--follow-links"]
+    assert invoke(*args).exit_code == 0
+    os.symlink("../rep/images" if inside else out / "images", root / "REAL" / "imgs")
+    os.symlink(out / "images" / "FAKE" / "img_000.png", root / "REAL" / "copy.png")  # one display copy: the same
+    for _ in range(2):
+        r = invoke(*args)
+        assert r.exit_code == 0, r.output
+        assert sorted(rel for (rel,) in manifest_rows(out, "SELECT rel FROM images")) == ORIGINALS
+    assert not (out / "images" / "REAL" / "imgs").exists()
+
+
+def test_the_runs_out_and_any_report_reached_through_a_link_are_not_scanned(tmp_path):
+    """--out is skipped before it holds a manifest (a first run, one killed before writing it); a link into any
+    folder below an xaibatch output folder is skipped as the output folder itself is, silently."""
+    root = tmp_path / "in"
+    write_images(root / "REAL", 1)
+    write_images(root / "rep" / "images" / "REAL", 1, seed=1)  # --out, its manifest not written yet
+    old = tmp_path / "old"  # another report, outside the input
+    write_images(old / "maps" / "gradcam" / "REAL", 1, seed=2)
+    (old / layout.MANIFEST).write_bytes(b"SQLite format 3\0" + bytes(84))
+    os.symlink("../rep/images", root / "REAL" / "imgs")
+    os.symlink(old / "maps" / "gradcam", root / "REAL" / "old")
+    os.symlink(old / "maps" / "gradcam" / "REAL" / "img_000.png", root / "REAL" / "old.png")
+    found = scan(root, follow_links=True, out=root / "rep")
+    assert [e.rel for e in found.images] == ["REAL/img_000.png"] and found.skipped == []
+    assert "rep/images/REAL/img_000.png" in [e.rel for e in scan(root).images]  # only --out says what rep/ is
+    # An input inside --out (--replace into a folder above it): the input is still scanned.
+    assert [e.rel for e in scan(root / "REAL", out=root).images] == ["img_000.png"]
 
 
 def _check_stems(stems: dict[str, str]) -> None:

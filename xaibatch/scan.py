@@ -2,8 +2,9 @@
 
 Layout: ImageFolder (classes = first folder level, sorted) or a flat/unlabeled
 folder. Files are sorted, so order is deterministic. What cannot even be
-listed or opened is reported as skipped, never a reason to stop. Imports
-nothing heavy: an unchanged re-run plans from a scan without loading torch.
+listed or opened is reported as skipped, never a reason to stop. xaibatch
+output folders are ignored silently. Imports nothing heavy: an unchanged re-run
+plans from a scan without loading torch.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ Frame = tuple[str, str, Iterator[str], frozenset]  # a folder being listed: path
 
 
 def _walk(
-    root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
+    root: Path, skipped: list[tuple[str, str]], follow_links: bool = False, out: Path | None = None
 ) -> list[tuple[str, str, os.stat_result]]:
     """Every image-named regular file under ``root``, in sorted depth-first order.
 
     A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
-    system; a link to someone's private file would publish it) unless ``follow_links``.
+    system; a link to someone's private file would publish it) unless ``follow_links``. An xaibatch output
+    folder is not entered, and a symlink that leads into one (or into ``out``, the run's own, whether or not it
+    holds a manifest yet) is ignored: its display copies and maps would come back as new images on every run.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -110,6 +113,8 @@ def _walk(
     except OSError as e:
         skipped.append((".", f"cannot open folder: {e.strerror or e}"))
         return walk.found
+    if out is not None:
+        walk.avoid(out)
     stack = [frame] if (frame := walk.enter(str(root), "", root_st, frozenset())) else []
     while stack or walk.deferred:
         if not stack:
@@ -138,6 +143,20 @@ class _Walk:
     found: list[tuple[str, str, os.stat_result]] = field(default_factory=list)
     seen_dirs: set[tuple[int, int]] = field(default_factory=set)
     deferred: list[tuple[str, str, os.stat_result, frozenset]] = field(default_factory=list)
+    real_out: str | None = None  # the run's --out, when it is not above the input (see avoid)
+    out_key: tuple[int, int] | None = None
+
+    def avoid(self, out: Path) -> None:
+        """Never scan the run's ``out``: on a first run, or after its manifest was lost, nothing else marks it."""
+        real = os.path.realpath(out)
+        if _inside(self.real_root, real):
+            return  # the input lies in --out (with --replace): guards keep the report's own folders off it
+        self.real_out = real
+        try:
+            st = os.stat(real)
+            self.out_key = (st.st_dev, st.st_ino)
+        except OSError:
+            pass  # not made yet: nothing in it to scan
 
     def enter(self, d: str, rel: str, st: os.stat_result, ancestors: frozenset) -> Frame | None:
         """List a folder, unless it is a loop, already listed, an xaibatch output folder or unreadable."""
@@ -149,7 +168,7 @@ class _Walk:
             return None  # the same folder under a second name: its images are already listed once
         self.seen_dirs.add(key)
         try:
-            if rel and is_output_folder(d):
+            if rel and (key == self.out_key or is_output_folder(d)):
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             with os.scandir(d) as it:
                 names = sorted(e.name for e in it if not _other_file(e))
@@ -177,6 +196,8 @@ class _Walk:
             return self.folder(p, r, name, st, is_link, ancestors)
         if is_image_name:
             outside = is_link and not self.leads_inside(p)
+            if is_link and not outside and self.in_output(os.path.realpath(p)):
+                return None  # a display copy or overlay of a report: not an input
             if (reason := _refused(name, r, st, outside)) is None:
                 self.found.append((r, p, st))
             else:
@@ -190,15 +211,15 @@ class _Walk:
         if not _valid_utf8(name):
             self.skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
         elif is_link:
-            if self.leads_inside(p):
-                self.deferred.append((p, r, st, ancestors))
-            else:
+            if not self.leads_inside(p):
                 self.skipped.append(
                     (
                         shown(r),
                         "symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)",
                     )
                 )
+            elif not self.in_output(os.path.realpath(p)):  # a link into a report is ignored, as the report is
+                self.deferred.append((p, r, st, ancestors))
         else:
             return self.enter(p, r, st, ancestors)
         return None
@@ -206,6 +227,22 @@ class _Walk:
     def leads_inside(self, link: str) -> bool:
         """Whether a symlink may be followed: it stays inside the input folder, or ``--follow-links``."""
         return self.follow_links or _inside(os.path.realpath(link), self.real_root)
+
+    def in_output(self, real: str) -> bool:
+        """Whether a symlink's target ``real`` lies in the run's --out or in an xaibatch output folder.
+
+        The walk never enters an output folder, but a link jumps past that check: its target's folders are looked
+        at up to the first one that holds the input folder too (that one and those above are the input's own
+        surroundings, which the run's guards judge).
+        """
+        if self.real_out is not None and _inside(real, self.real_out):
+            return True
+        folder = real
+        while not _inside(self.real_root, folder):  # ends at / at the latest: it holds the input folder too
+            if is_output_folder(folder):
+                return True
+            folder = os.path.dirname(folder)
+        return False
 
 
 def _other_file(e: os.DirEntry) -> bool:
@@ -277,15 +314,16 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def scan(root: Path, labeled: bool | None = None, follow_links: bool = False) -> Scan:
-    """List the images under ``root``; ``labeled=None`` decides from the layout."""
+def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, out: Path | None = None) -> Scan:
+    """List the images under ``root``; ``labeled=None`` decides from the layout; ``out``: the run's output folder,
+    never scanned (see _walk)."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"input folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"input {root} is not a folder")
     skipped: list[tuple[str, str]] = []
-    files = _walk(root, skipped, follow_links)
+    files = _walk(root, skipped, follow_links, out)
     if not files and not skipped:
         raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     top_level = [f for f in files if "/" not in f[0]]

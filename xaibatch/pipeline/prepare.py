@@ -127,7 +127,7 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     if problem := targets.problem(opts.target):
         raise UsageError(problem)
     device = resolve_device(opts.device)
-    found = found or scan(opts.input_dir, opts.labeled, opts.follow_links)
+    found = found or scan(opts.input_dir, opts.labeled, opts.follow_links, opts.out_dir)
     if opts.target != "pred" and found.classes is None:
         raise UsageError(f"--target {opts.target} needs a labeled folder (ImageFolder layout); use --target pred")
     model, names = load_and_name(opts, found)
