@@ -199,6 +199,11 @@ def build(
     )  # a manifest's header: an empty file is no manifest
     put("old_report/images/good_000.png", png_bytes(Image.fromarray(rgb_array(8, 8, seed=3))))
     add(Case("old_report/images/good_000.png", IGNORED, what="images inside an xaibatch output folder"))
+    # Hidden names: a folder of a tool (.git/, .ipynb_checkpoints/), macOS's AppleDouble metadata beside each file.
+    put(".ipynb_checkpoints/good_000.png", png_bytes(Image.fromarray(rgb_array(8, 8, seed=4))))
+    add(Case(".ipynb_checkpoints/good_000.png", IGNORED, what="an image in a hidden folder"))
+    put("._good_000.png", b"\0\5\26\7\0\2\0\0Mac OS X        ")
+    add(Case("._good_000.png", IGNORED, what="macOS's AppleDouble file ._x.png"))
 
     # --- unusual but valid: must decode to the right RGB ------------------------------------------
     grey = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (16, 1))  # 32x16 ramp
@@ -364,12 +369,16 @@ def build(
 
 
 def put_names(root: Path, sub: str, bf: BadFolder) -> None:
-    """Good images under hostile names, in ``root/sub`` and ``root/sub/<name as a folder>``."""
+    """Good images under hostile names, in ``root/sub`` and ``root/sub/<name as a folder>``; hidden ones
+    (``..png``, ``.hidden.png``) are ignored."""
     for i, name in enumerate(HOSTILE_NAMES):
         p = root / sub / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(png_bytes(Image.new("RGB", (8, 6), (i * 10 % 256, 50, 60))))
-        bf.cases.append(Case(f"{sub}/{name}", OK, what=f"hostile name {name[:40]!r}", size=(8, 6)))
+        if name.startswith("."):
+            bf.cases.append(Case(f"{sub}/{name}", IGNORED, what=f"hidden name {name!r}"))
+        else:
+            bf.cases.append(Case(f"{sub}/{name}", OK, what=f"hostile name {name[:40]!r}", size=(8, 6)))
     folder = "<b>bold</b> & 'q' #%?"
     p = root / sub / folder / "in folder.png"
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The input folder's scan: unreadable subfolders, clashing or too long stems, empty classes, links out, links into
-a report, folder names that are not UTF-8, a stray manifest in a class folder."""
+a report, hidden names, folder names that are not UTF-8, a stray manifest in a class folder."""
 
 from __future__ import annotations
 
@@ -102,6 +102,50 @@ def test_the_runs_out_and_any_report_reached_through_a_link_are_not_scanned(tmp_
     assert "rep/images/REAL/img_000.png" in [e.rel for e in scan(root).images]  # only --out says what rep/ is
     # An input inside --out (--replace into a folder above it): the input is still scanned.
     assert [e.rel for e in scan(root / "REAL", out=root).images] == ["img_000.png"]
+
+
+def test_hidden_files_and_folders_are_ignored(tmp_path):
+    """A hidden folder was a class ("folder classes ['.git', 'FAKE', 'REAL'] do not match"), hidden images were
+    explained, and macOS's ._x.png metadata failed every run (exit 1)."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 1)
+    write_images(root / "REAL", 1, seed=1)
+    for rel in (".git/x.png", ".ipynb_checkpoints/REAL/y.png", "REAL/.hidden.png", "REAL/.thumbs/t.png", ".z.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / rel)
+    (root / "REAL" / "._img_000.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")  # AppleDouble metadata
+    (root / ".empty").mkdir()
+    found = scan(root)
+    assert found.classes == ["FAKE", "REAL"] and not found.empty_classes and found.skipped == []
+    assert [e.rel for e in found.images] == ["FAKE/img_000.png", "REAL/img_000.png"]
+
+
+def test_a_report_that_holds_hidden_images_drops_them_on_the_next_run(tmp_path, tiny_ckpt, monkeypatch):
+    """An output folder an older xaibatch filled with hidden images (and a failure for ._x.png): the next run
+    removes them as images gone from the input, and ends with exit 0."""
+    import xaibatch.scan as scan_module
+    from outcheck import check_output_folder
+
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    for rel in ("REAL/.hidden.png", "REAL/.thumbs/t.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(root / rel)
+    (root / "REAL" / "._img_000.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+    out = tmp_path / "out"
+    args = ["run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", "0"]
+    with monkeypatch.context() as m:
+        m.setattr(scan_module, "_hidden", lambda name: False, raising=False)  # the scan of older versions
+        assert invoke(*args).exit_code == 1
+    assert len(manifest_rows(out, "SELECT rel FROM images")) == 6
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "2 removed" in r.output and "0 failed" in r.output
+    assert sorted(rel for (rel,) in manifest_rows(out, "SELECT rel FROM images")) == ORIGINALS
+    assert manifest_rows(out, "SELECT count(*) FROM failures") == [(0,)]
+    check_output_folder(out, root)
+    assert "._img_000" not in (out / "skipped.html").read_text()
 
 
 def _check_stems(stems: dict[str, str]) -> None:

@@ -2,9 +2,10 @@
 
 Layout: ImageFolder (classes = first folder level, sorted) or a flat/unlabeled
 folder. Files are sorted, so order is deterministic. What cannot even be
-listed or opened is reported as skipped, never a reason to stop. xaibatch
-output folders are ignored silently. Imports nothing heavy: an unchanged re-run
-plans from a scan without loading torch.
+listed or opened is reported as skipped, never a reason to stop. Hidden names
+(``.git/``, ``.ipynb_checkpoints/``, macOS's ``._x.png``) and xaibatch output
+folders are ignored silently. Imports nothing heavy: an unchanged re-run plans
+from a scan without loading torch.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def _walk(
     system; a link to someone's private file would publish it) unless ``follow_links``. An xaibatch output
     folder is not entered, and a symlink that leads into one (or into ``out``, the run's own, whether or not it
     holds a manifest yet) is ignored: its display copies and maps would come back as new images on every run.
+    Names starting with "." are hidden: ignored.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name; a symlink back to a folder above it is
@@ -171,7 +173,7 @@ class _Walk:
             if rel and (key == self.out_key or is_output_folder(d)):
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             with os.scandir(d) as it:
-                names = sorted(e.name for e in it if not _other_file(e))
+                names = sorted(e.name for e in it if not _hidden(e.name) and not _other_file(e))
         except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
             self.skipped.append((shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
             return None
@@ -243,6 +245,12 @@ class _Walk:
                 return True
             folder = os.path.dirname(folder)
         return False
+
+
+def _hidden(name: str) -> bool:
+    """A hidden file or folder (``.git/``, ``.ipynb_checkpoints/``, ``.thumbs/``, macOS's ``._x.png`` metadata):
+    never an input, never a class, never a failure; ignored silently, as files not named like images are."""
+    return name.startswith(".")
 
 
 def _other_file(e: os.DirEntry) -> bool:
@@ -354,7 +362,7 @@ def _empty_folders(root: Path, taken: set[str]) -> list[str]:
         return []
     out = []
     for name in names:
-        if name in taken or name.startswith(".") or not _valid_utf8(name):
+        if name in taken or _hidden(name) or not _valid_utf8(name):
             continue
         try:
             if (root / name).is_dir() and not is_output_folder(root / name):
