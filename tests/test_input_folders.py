@@ -3,6 +3,7 @@ a report, hidden names, folder names that are not UTF-8, a stray manifest in a c
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -316,3 +317,31 @@ def test_the_scan_stats_no_file_that_is_not_named_like_an_image(tmp_path, monkey
         "REAL/sub.d/img_000.png",
     ]
     assert [rel for rel, _ in found.skipped] == ["REAL/etc.txt", "REAL/pipe.png"]
+
+
+def test_a_stray_image_at_the_top_of_class_folders_is_refused_not_relabelled(tmp_path, tiny_ckpt):
+    """A folder with images both at its top and in subfolders is read as unlabeled. So one stray file landing at
+    the top of a cron job's class folders regrouped every image by prediction and dropped the labels, without a
+    word. A folder that earlier runs read as class folders is refused instead (exit 2), nothing written; with
+    --unlabeled it is read as asked: the labels of the images already explained go too (they stayed, stale), and
+    come back with the class folders, without a forward pass. A first run over such a folder is unlabeled, as
+    before."""
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_images(root / "FAKE", 2, seed=1)
+    write_images(root / "REAL", 2, seed=2)
+    args = ["run", str(root), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = (out / "predictions.csv").read_bytes()
+    write_images(root, 1, seed=3)  # img_000.png at the top
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().startswith(f"Error: 1 image(s) now sit directly in {root} (e.g. img_000.png), which ")
+    assert (out / "predictions.csv").read_bytes() == before
+    assert CliRunner().invoke(cli, [*args, "--unlabeled"]).exit_code == 0
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 5 and all(r["label"] == "" for r in rows)  # no labels any more: as asked, no forward pass
+    maps = {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*.npy") if "/FAKE/" in str(p) or "/REAL/" in str(p)}
+    (root / "img_000.png").unlink()  # and back to class folders: the labels return, nothing is computed again
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert (out / "predictions.csv").read_bytes() == before
+    assert maps and {p: p.stat().st_mtime_ns for p in maps} == maps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -151,7 +152,7 @@ class Plan:
     removed: list[str]  # in the manifest, gone from the input
     stems: dict[str, str]  # rel -> output file stem
     dead_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method): files lost, method not asked
-    redecided: list[ImageRow] = field(default_factory=list)  # new threshold: rows re-decided, no forward pass
+    redecided: list[ImageRow] = field(default_factory=list)  # new threshold or label: rows re-decided, no forward pass
     retarget: list[str] = field(default_factory=list)  # ... whose target class flipped: their maps go, all anew
     repaired: int = 0  # images whose committed files were found missing
     still_failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason): unchanged, not read again
@@ -221,6 +222,9 @@ class _Planner:
         if fresh and row is not None and content_same and self.threshold_only(row):
             now, flipped = self.redecided(e.rel, row)
             fresh = False
+        if not fresh and now is not None and now.label != e.label:
+            now, moved = self.relabeled(e, now)
+            flipped = flipped or moved
         maps = {} if flipped else self.known.maps.get(e.rel, {})
         todo = stale_methods(self.hashes, maps, fresh)
         redisplay = False
@@ -257,6 +261,22 @@ class _Planner:
         flipped = new.target != row.target
         if flipped:
             self.plan.retarget.append(rel)
+        return new, flipped
+
+    def relabeled(self, e: ImageEntry, row: ImageRow) -> tuple[ImageRow, bool]:
+        """The row with the label the scan gives now (``--unlabeled`` added or dropped: the bytes are the same, no
+        forward pass), and whether its target class moved with it (``--target label``: its maps go, all anew)."""
+        by_label = self.hashes.predict_config.get("target") == "label" and e.label is not None
+        new = dataclasses.replace(
+            row, label=e.label, target=e.label if by_label else row.target, size=e.size, mtime_ns=e.mtime_ns
+        )
+        if self.plan.redecided and self.plan.redecided[-1].rel == e.rel:
+            self.plan.redecided[-1] = new  # re-decided under a new threshold too: one row says both
+        else:
+            self.plan.redecided.append(new)
+        flipped = new.target != row.target
+        if flipped and e.rel not in self.plan.retarget:
+            self.plan.retarget.append(e.rel)
         return new, flipped
 
     def lost_files(self, rel: str, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> tuple[bool, list[str]]:

@@ -41,9 +41,9 @@ from typing import Any, Callable
 
 from .. import layout
 from ..engines import ComputeJob, Engine, engine_for
-from ..errors import Interrupted, UsageError, XaibatchError, storage_error
+from ..errors import InputError, Interrupted, UsageError, XaibatchError, storage_error
 from ..runconfig import RANDOM_INIT
-from ..scan import Scan, shown
+from ..scan import Scan, printable, shown
 from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts
 from .options import RunOptions, RunResult
@@ -275,6 +275,20 @@ def warn_empty_classes(setup: Setup, log: Callable[[str], None]) -> None:
         log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
 
 
+def refuse_lost_labels(opts: RunOptions, found: Scan, known: Known) -> None:
+    """Refuse to read as unlabeled a folder that earlier runs read as class folders, because images now sit at its
+    top: one stray file would regroup every image by prediction and drop the labels, without a word."""
+    if opts.labeled is not None or found.classes is not None:
+        return
+    top = [e.rel for e in found.images if "/" not in e.rel]
+    if top and any(r.label is not None for r in known.images.values()):
+        raise InputError(
+            f"{len(top)} image(s) now sit directly in {found.root} (e.g. {printable(top[0])}), which earlier runs "
+            "read as class folders: move them into a class folder, or pass --unlabeled to regroup every image by "
+            "its prediction"
+        )
+
+
 def warn_random_weights(opts: RunOptions, setup: Setup, log: Callable[[str], None]) -> None:
     """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint``: maps of an untrained model."""
     if setup.config.model.checkpoint == RANDOM_INIT:
@@ -300,6 +314,7 @@ def _plan_run(
     recover(out, row.manifest, lock, log)
     row.reserve = Reserve(out)
     known = setup.known or Known.read(row.manifest)  # a cached setup has read it, under this lock
+    refuse_lost_labels(opts, setup.found, known)
     moved = migrate_map_folders(out, row.manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
     if moved:
         log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
