@@ -52,10 +52,8 @@ sys.path.insert(0, str(ROOT))
 METHODS = ["gradcam", "guided-gradcam", "lime", "cam:gradcam++", "captum:IntegratedGradients"]
 LIBRARIES = {"cam:gradcam++": "pytorch_grad_cam", "captum:IntegratedGradients": "captum"}  # optional dependencies
 OPTIONS = {"lime": {"samples": 64, "segments": 16, "seed": 0}, "captum:IntegratedGradients": {"n_steps": 8}}
-RUN_OPTIONS = [
-    "--lime-samples", "64", "--lime-segments", "16", "--seed", "0",
-    "--method-option", "captum:IntegratedGradients.n_steps=8",
-]  # fmt: skip
+LIME_RUN_OPTIONS = ["--lime-samples", "64", "--lime-segments", "16"]  # only with -m lime (else a usage error)
+RUN_OPTIONS = ["--seed", "0", "--method-option", "captum:IntegratedGradients.n_steps=8"]
 
 
 @dataclass
@@ -281,7 +279,7 @@ def check_decode(set_name: str, folder: Path, size: int, ref_dev, dev) -> None:
 
 def run_cli(folder: Path, ckpt: Path, out: Path, device: str, decode: str, methods: list[str]) -> tuple[bool, str]:
     cmd = [sys.executable, "-m", "xaibatch", "run", str(folder), "--checkpoint", str(ckpt), "--out", str(out)]
-    cmd += [a for m in methods for a in ("-m", m)] + RUN_OPTIONS
+    cmd += [a for m in methods for a in ("-m", m)] + RUN_OPTIONS + (LIME_RUN_OPTIONS if "lime" in methods else [])
     cmd += ["--device", device, "--decode", decode, "--faithfulness", "--faithfulness-steps", "8", "-q"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

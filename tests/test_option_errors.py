@@ -192,3 +192,33 @@ def test_lime_options_are_checked_together_at_parsing_in_the_users_words(tmp_pat
     assert loaded == []
     r = invoke(*auto[:1], tmp_path / "missing", *auto[2:], "--lime-samples-max", "200", catch_exceptions=True)
     assert r.exit_code == 2 and "does not exist" in r.output, r.output  # a working pair passes parsing
+
+
+def test_options_that_would_do_nothing_or_say_one_thing_twice_are_refused_before_torch(tmp_path):
+    """--lime-samples without -m lime, --faithfulness-steps without --faithfulness, and a LIME setting given both as
+    a flag and as --method-option lime.* (which won, silently) were taken without a word: the run did something
+    else than the command line reads. Each is one line, exit 2, at parsing, as a Ray option without --engine ray."""
+    synth.write_images(tmp_path / "in", 1, 32, 0, "png")
+    folder = str(tmp_path / "in")
+    cases = [
+        (["run", folder, "--lime-samples", "50"], "Error: --lime-samples: only with -m lime"),
+        (["run", folder, "--lime-segments", "20", "--lime-hide", "zero"], "Error: --lime-segments, --lime-hide: only"),
+        (
+            ["run", folder, "-m", "lime", "--lime-samples", "50", "--method-option", "lime.samples=30"],
+            "Error: --lime-samples 50 and --method-option lime.samples=30 both set LIME's samples: give one of them",
+        ),
+        (["run", folder, "--faithfulness-steps", "5"], "Error: --faithfulness-steps: only with --faithfulness"),
+        (["run", folder, "--faithfulness-baseline", "zero"], "Error: --faithfulness-baseline: only with"),
+    ]
+    loaded = _heavy_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and errors[0].startswith(needle), (args, r.output)
+    """)
+    assert loaded == []
+    for ok in (["-m", "lime", "--lime-samples", "50"], ["--faithfulness", "--faithfulness-steps", "5"]):
+        r = invoke("run", tmp_path / "missing", *ok, catch_exceptions=True)
+        assert r.exit_code == 2 and "does not exist" in r.output, r.output  # together they pass parsing

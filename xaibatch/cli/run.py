@@ -15,6 +15,7 @@ from .boundary import EXIT_CODES_HELP, reported
 from .options import RUN_MODEL_HELP, NonEmptyPath, model_options, seed_option, template_dir_option
 from .run_options import (
     check_engine_options,
+    check_faithfulness_given,
     check_lime_given,
     compute_options,
     control_options,
@@ -39,6 +40,7 @@ class RunCommand(Command):
             rest = super().parse_args(ctx, args)
             check_engine_options(ctx)
             check_lime_given(ctx)
+            check_faithfulness_given(ctx)
             return rest
         except click.UsageError as e:
             if wants_json:

@@ -191,15 +191,29 @@ LIME_FLAGS = {
 }  # LIME's options that have a flag of their own (the rest: --method-option)
 
 
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` (its parameter's name) was given, not left at its default."""
+    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+
 def check_lime_given(ctx: click.Context) -> None:
     """LIME's options together, as the run merges them (--method-option lime.* over --lime-*). Each passes its own
     check, but --lime-samples auto with a --lime-samples-max below auto's first round failed seconds later, once
-    torch had loaded, in LIME's internal names: refused here, in the words of the options given."""
+    torch had loaded, in LIME's internal names: refused here, in the words of the options given. A --lime-* flag
+    without -m lime, or one that a --method-option lime.* sets again, would be dropped without a word: refused."""
+    flags = {k: ctx.params[f"lime_{k}"] for k in LIME_FLAGS if given(ctx, f"lime_{k}")}
     if "lime" not in (ctx.params.get("methods") or ()):
+        if flags:
+            names = ", ".join(LIME_FLAGS[k] for k in flags)
+            raise click.UsageError(f"{names}: only with -m lime (LIME is not among this run's methods)", ctx)
         return
     chosen = (ctx.params.get("method_option") or {}).get("lime", {})
-    default = click.core.ParameterSource.DEFAULT
-    flags = {k: ctx.params[f"lime_{k}"] for k in LIME_FLAGS if ctx.get_parameter_source(f"lime_{k}") != default}
+    for k in flags.keys() & chosen.keys():
+        raise click.UsageError(
+            f"{LIME_FLAGS[k]} {ctx.params[f'lime_{k}']} and --method-option lime.{k}={chosen[k]} both set LIME's "
+            f"{k}: give one of them",
+            ctx,
+        )
 
     def spelled(key: str, value: Any) -> str:
         if key in chosen or key not in LIME_FLAGS:
@@ -354,6 +368,17 @@ class EngineArgs:
 
 
 RAY_ONLY = ("ray_address", "ray_workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def check_faithfulness_given(ctx: click.Context) -> None:
+    """--faithfulness-steps or --faithfulness-baseline without --faithfulness would do nothing: say so."""
+    if ctx.params.get("faithfulness"):
+        return
+    names = [f"--{n.replace('_', '-')}" for n in ("faithfulness_steps", "faithfulness_baseline") if given(ctx, n)]
+    if names:
+        raise click.UsageError(
+            f"{', '.join(names)}: only with --faithfulness (the maps are not scored without it)", ctx
+        )
 
 
 def check_engine_options(ctx: click.Context) -> None:
