@@ -842,6 +842,9 @@ def test_find_an_image_on_any_page_and_open_its_detail_view(driver, paged_out, h
     status = driver.find_element("id", "find-status").text
     assert status == "2 images."
     box.clear()
+    box.send_keys("C:\\data\\incoming\\" + name.replace("/", "\\"))  # a pasted Windows path too
+    wait_until(lambda: found(driver) == [name], "the pasted Windows path's image")
+    box.clear()
     box.send_keys(f"/data/incoming/{name}")  # a pasted path finds the image it ends with
     wait_until(lambda: found(driver) == [name], "the pasted path's image")
     box.send_keys(Keys.ENTER)  # Enter: to the first result ...

@@ -155,10 +155,10 @@
     list.hidden = true;
     if (!q) { status.textContent = ""; return; }
     if (names === null) { load(); return; }
-    var found = 0, tail = "/" + q;
+    var found = 0, tail = "/" + q, posix = "/" + q.replace(/\\/g, "/");  // a pasted Windows path too
     for (var i = 0; i < names.length; i++) {
-      var n = names[i];
-      if (n.lower.indexOf(q) < 0 && tail.slice(-(n.lower.length + 1)) !== "/" + n.lower) { continue; }
+      var n = names[i], end = "/" + n.lower;
+      if (n.lower.indexOf(q) < 0 && tail.slice(-end.length) !== end && posix.slice(-end.length) !== end) { continue; }
       found++;
       if (found > MOST) { continue; }
       var li = document.createElement("li"), a = document.createElement("a"), small = document.createElement("small");
