@@ -27,6 +27,20 @@ def _heavy_after(code: str) -> list[str]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _one_line_errors_before_torch(cases: list[tuple[list[str], str]], never: str = "Traceback") -> list[str]:
+    """Run each (args, needle) through the CLI in one fresh interpreter: each must end in one "Error" line holding
+    ``needle``, exit 2, without ``never`` in the output. Returns the heavy modules that got imported (none, we hope)."""
+    return _heavy_after(f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        for args, needle in {cases!r}:
+            r = CliRunner().invoke(cli, args)
+            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
+            assert {never!r} not in r.output
+    """)
+
+
 def test_a_device_typo_or_a_missing_checkpoint_answers_before_torch(tmp_path):
     """`--device cudda` used to import torch (and Gradio for serve) before saying so: seconds for a typo; serve
     also checked --checkpoint only after Gradio's import. Every command now answers from the options alone."""
@@ -40,16 +54,7 @@ def test_a_device_typo_or_a_missing_checkpoint_answers_before_torch(tmp_path):
         (["serve", "--checkpoint", missing], f"--checkpoint {missing}: no such file"),
         (["serve", "--arch", "resnet18"], "--arch resnet18 needs --checkpoint"),
     ]
-    loaded = _heavy_after(f"""
-        from click.testing import CliRunner
-        from xaibatch.cli import cli
-        for args, needle in {cases!r}:
-            r = CliRunner().invoke(cli, args)
-            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
-            assert "Traceback" not in r.output
-    """)
-    assert loaded == []
+    assert _one_line_errors_before_torch(cases) == []
 
 
 @pytest.mark.parametrize("value", ["0", "2000,-1", "a,b", ","])
@@ -180,16 +185,7 @@ def test_lime_options_are_checked_together_at_parsing_in_the_users_words(tmp_pat
         (["run", folder, "-m", "lime", "--method-option", "lime.tolerance=-1"], "lime: tolerance must be a positive"),
         (["run", folder, "-m", "lime", "--method-option", "lime.samples_round=0"], "samples_round must be at least 1"),
     ]
-    loaded = _heavy_after(f"""
-        from click.testing import CliRunner
-        from xaibatch.cli import cli
-        for args, needle in {cases!r}:
-            r = CliRunner().invoke(cli, args)
-            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-            assert r.exit_code == 2 and len(errors) == 1 and needle in errors[0], (args, r.output)
-            assert "samples_min <=" not in r.output
-    """)
-    assert loaded == []
+    assert _one_line_errors_before_torch(cases, never="samples_min <=") == []
     r = invoke(*auto[:1], tmp_path / "missing", *auto[2:], "--lime-samples-max", "200", catch_exceptions=True)
     assert r.exit_code == 2 and "does not exist" in r.output, r.output  # a working pair passes parsing
 
@@ -210,15 +206,7 @@ def test_options_that_would_do_nothing_or_say_one_thing_twice_are_refused_before
         (["run", folder, "--faithfulness-steps", "5"], "Error: --faithfulness-steps: only with --faithfulness"),
         (["run", folder, "--faithfulness-baseline", "zero"], "Error: --faithfulness-baseline: only with"),
     ]
-    loaded = _heavy_after(f"""
-        from click.testing import CliRunner
-        from xaibatch.cli import cli
-        for args, needle in {cases!r}:
-            r = CliRunner().invoke(cli, args)
-            errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
-            assert r.exit_code == 2 and len(errors) == 1 and errors[0].startswith(needle), (args, r.output)
-    """)
-    assert loaded == []
+    assert _one_line_errors_before_torch(cases) == []
     for ok in (["-m", "lime", "--lime-samples", "50"], ["--faithfulness", "--faithfulness-steps", "5"]):
         r = invoke("run", tmp_path / "missing", *ok, catch_exceptions=True)
         assert r.exit_code == 2 and "does not exist" in r.output, r.output  # together they pass parsing
