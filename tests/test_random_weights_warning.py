@@ -59,3 +59,29 @@ def test_random_weights_are_the_same_model_on_every_run_and_hashed(tmp_path):
     )
     assert again.computed == 4  # the new method's maps, on the same model: no image predicted again
     assert (tmp_path / "out" / "predictions.csv").read_bytes() == before
+
+
+def test_training_draws_its_first_weights_from_its_own_seed(tmp_path, monkeypatch):
+    """Random weights are drawn from one fixed seed for runs, but `xaibatch train --seed N` starts from N's weights:
+    two seeds, two starting models (an ensemble of seeds would start from one), one seed, the same start."""
+    import torch
+
+    from xaibatch.tools import synth
+    from xaibatch.tools import train as training
+
+    data = synth.write_classes(tmp_path / "data", 4, seed=1)
+    starts: list[dict] = []
+    create = training.create
+
+    def recorded(*args, **kw):
+        model = create(*args, **kw)
+        starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(training, "create", recorded)
+    for seed in (0, 0, 1):
+        training.train(data, "test_resnet", tmp_path / f"{len(starts)}.pt", image_size=32, epochs=1, batch_size=8,
+                       seed=seed, workers=0, log=lambda s: None)  # fmt: skip
+    a, b, c = starts
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

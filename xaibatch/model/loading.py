@@ -98,18 +98,23 @@ def check_arch(arch: str, source: Path | None = None, what: str = "--arch") -> N
 RANDOM_SEED = 0  # random weights xaibatch builds are drawn from this seed: same command, same model, same maps
 
 
-def random_init(build):
-    """``build()`` under :data:`RANDOM_SEED`, the caller's random state left as it was: a model run with random
-    weights is the same model on every run (its weights' digest says so), so a re-run computes only what is new."""
+def random_init(build, seed: int = RANDOM_SEED):
+    """``build()`` under ``seed``, the caller's random state left as it was: a model run with random weights is the
+    same model on every run (its weights' digest says so), so a re-run computes only what is new."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
+        torch.manual_seed(seed)
         return build()
 
 
-def create(arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None) -> nn.Module:
-    """Build ``arch`` untrained (seeded: :func:`random_init`); models with a fixed input grid (ViT, DeiT, ...)
-    are built at ``img_size``."""
-    return random_init(lambda: _create(arch, num_classes, source, img_size))
+def create(
+    arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None, seed: int | None = RANDOM_SEED
+) -> nn.Module:
+    """Build ``arch`` untrained, its weights drawn from ``seed`` (:func:`random_init`; None: from the caller's random
+    state, as training does after seeding it with its --seed); models with a fixed input grid (ViT, DeiT, ...) are
+    built at ``img_size``."""
+    if seed is None:
+        return _create(arch, num_classes, source, img_size)
+    return random_init(lambda: _create(arch, num_classes, source, img_size), seed)
 
 
 def _create(arch: str, num_classes: int, source: Path | None, img_size: int | None) -> nn.Module:

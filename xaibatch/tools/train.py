@@ -178,7 +178,7 @@ def train(
         raise InputError(f"{train_dir} needs at least two class folders to train on")
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
-    model = create(arch, len(found.classes), img_size=image_size).to(dev)
+    model = create(arch, len(found.classes), img_size=image_size, seed=None).to(dev)  # from --seed, set above
     pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
