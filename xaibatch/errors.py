@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from enum import IntEnum
+from pathlib import Path
 
 from . import layout
 
@@ -113,7 +114,7 @@ def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageErr
         refuses = (os.path.dirname(path) or ".") if path else None
     else:
         return None
-    if err in _DENIED and path is not None and _under(path, out):
+    if err in _DENIED and path is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(out)):
         advice = f"make {refuses} writable and run again"
     elif err in _STORAGE_ADVICE:
         advice = _STORAGE_ADVICE[err]
@@ -123,12 +124,6 @@ def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageErr
     full = StorageError(f"{os.strerror(err).lower()} {where}: {advice}; finished images are kept")
     full.errno = err
     return full
-
-
-def _under(path: str, folder: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` lies in ``folder`` (or is it), by their absolute names."""
-    p, f = os.path.abspath(path), os.path.abspath(folder)
-    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
 
 
 class ExitCode(IntEnum):

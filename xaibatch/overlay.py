@@ -219,7 +219,8 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
     only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out);
-    "nowhere": True when its evidence is (a signed map with no positive value): the peak then points nowhere."""
+    "nowhere": True when it holds no evidence for the class (zero, or a signed map with no positive value): its
+    peak then points nowhere."""
     import torch
 
     b = shown.shape[0]

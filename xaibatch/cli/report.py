@@ -37,19 +37,11 @@ def report(out_dir: Path, template_dir: Path | None) -> None:
       xaibatch report outputs/demo-test
       xaibatch report outputs/demo-test --template-dir my_templates
     """
-    from .. import layout
-    from ..errors import UsageError
-    from ..lock import OutputLock
-    from ..pipeline.recovery import recover_folder
+    from ..pipeline.recovery import held_output
     from ..pipeline.signals import stops_interrupt
     from ..report import check_templates, write_report
 
-    if not (out_dir / layout.MANIFEST).is_file():
-        raise UsageError(
-            f"{out_dir} is not an xaibatch output folder (no {layout.MANIFEST}); make one with xaibatch run"
-        )
     check_templates(template_dir)
-    with stops_interrupt(), OutputLock(out_dir) as lock:
-        recover_folder(out_dir, lock, lambda line: write_line(line, sys.stderr))
+    with stops_interrupt(), held_output(out_dir, lambda line: write_line(line, sys.stderr)):
         stats = write_report(out_dir, template_dir)
     echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")

@@ -70,12 +70,16 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
     """
-    from ..evaluation.rebuild import ModelOverride, locked_run_folder
+    from ..evaluation.rebuild import ModelOverride
+    from ..pipeline.recovery import held_output
     from ..pipeline.signals import stops_interrupt
+
+    def log(line: str) -> None:
+        write_line(line, sys.stderr)  # a gone terminal: the line goes nowhere
 
     # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on. The lock before torch's
     # seconds of importing: a run holding OUT_DIR is refused at once.
-    with stops_interrupt(), locked_run_folder(out_dir) as lock:
+    with stops_interrupt(), held_output(out_dir, log) as lock:
         from ..evaluation.sanity import run_sanity
 
         result = run_sanity(
@@ -84,7 +88,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
             seed=seed,
             device=device,
             batch_size=batch_size,
-            log=lambda s: write_line(s, sys.stderr),  # a gone terminal: the line goes nowhere
+            log=log,
             override=ModelOverride(model_spec, checkpoint, arch),
             lock=lock,
         )

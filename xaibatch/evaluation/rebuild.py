@@ -3,26 +3,13 @@ its images still hold what it explained."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import layout
 from ..errors import UsageError
-from ..lock import OutputLock
 from ..runconfig import RANDOM_INIT, RunConfig
-
-
-@contextmanager
-def locked_run_folder(out: Path) -> Iterator[OutputLock]:
-    """The lock of ``out``, a folder a run wrote. Torch-free, so that a run holding the folder is refused (exit 4)
-    before the seconds of importing it; a folder without a manifest is refused before a lock file is made in it."""
-    if not (out / layout.MANIFEST).is_file():
-        raise UsageError(f"{out} has no xaibatch manifest; run `xaibatch run ... --out {out}` first")
-    with OutputLock(out) as lock:
-        yield lock
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
-from .rebuild import ModelOverride, image_entries, locked_run_folder, prepare_rebuilt, rebuild_options, same_content
+from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, same_content
 
 if TYPE_CHECKING:
     from ..lock import OutputLock
@@ -183,13 +183,12 @@ def run_sanity(
 ) -> dict[str, Any]:
     """Run the cascade for every method of the folder's last run; write sanity.json and the report.
 
-    ``lock``: the folder's lock when the caller holds it already (the CLI takes it before importing torch, so that
-    a run holding the folder is refused at once); else it is taken here."""
-    from ..pipeline.recovery import recover_folder
+    ``lock``: the folder's lock when the caller holds it already, the folder recovered (pipeline.recovery.held_output:
+    the CLI takes it before importing torch, so that a run holding the folder is refused at once); else that here."""
+    from ..pipeline.recovery import held_output
 
     out = Path(out)
-    with nullcontext(lock) if lock is not None else locked_run_folder(out) as lock:
-        recover_folder(out, lock, log)
+    with nullcontext(lock) if lock is not None else held_output(out, log):
         run = last_finished_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .. import layout
+from ..errors import UsageError
 from ..files import walk_files
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest, RunCounts
@@ -83,14 +85,24 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
             log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
 
 
-def recover_folder(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
-    """:func:`recover` for a command that holds ``OUT``'s lock without running (``report``, ``sanity``): a run
-    killed before it must not stay "running" on the pages they render."""
-    manifest = Manifest(out / layout.MANIFEST)
-    try:
-        recover(out, manifest, lock, log)
-    finally:
-        manifest.close()
+@contextmanager
+def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
+    """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
+    folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
+    Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
+    before a lock file is made in it."""
+    if not (out / layout.MANIFEST).is_file():
+        raise UsageError(
+            f"{out} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST}); make one with "
+            "xaibatch run"
+        )
+    with OutputLock(out) as lock:
+        manifest = Manifest(out / layout.MANIFEST)
+        try:
+            recover(out, manifest, lock, log)
+        finally:
+            manifest.close()
+        yield lock
 
 
 REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)

@@ -93,7 +93,7 @@ class PageWriter:
         there at the size it was written; otherwise render and write only if the bytes differ. The saved key is
         the fingerprint and that size ("<fingerprint>/<bytes>"), so a page cut short or overwritten is mended."""
         size = (self.sizes or {}).get(rel, -1)
-        if size >= 0 and self.previous.get(rel) == f"{fingerprint}/{size}":
+        if size >= 0 and self.previous.get(rel) == _page_key(fingerprint, size):
             self.fingerprints[rel] = self.previous[rel]
             self._path(rel)
             self._count(rel, size)
@@ -101,7 +101,12 @@ class PageWriter:
             return
         data = render().encode("utf-8")
         self.write(rel, data)
-        self.fingerprints[rel] = f"{fingerprint}/{len(data)}"
+        self.fingerprints[rel] = _page_key(fingerprint, len(data))
+
+    def intact(self) -> bool:
+        """Every page the last write left is still there at the size it was written (after list_pages)."""
+        sizes = self.sizes or {}
+        return all(key.rpartition("/")[2] == str(sizes.get(rel)) for rel, key in self.previous.items())
 
     def list_pages(self) -> None:
         """Sizes of the pages already there, from one listing of their folders (not a stat per page)."""
@@ -168,3 +173,8 @@ def remove_stale(w: PageWriter) -> None:
                     os.rmdir(dirpath)  # only succeeds when empty
                 except OSError:
                     pass
+
+
+def _page_key(fingerprint: str, size: int) -> str:
+    """What the state saves of a page: its inputs' fingerprint and the bytes it was written with."""
+    return f"{fingerprint}/{size}"

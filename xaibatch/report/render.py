@@ -198,9 +198,7 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     w.list_pages()
     pages = [p.path for p in data.pages]
     sizes = w.sizes or {}
-    if any(rel not in sizes for rel in pages) or any(
-        key.rpartition("/")[2] != str(sizes.get(rel)) for rel, key in w.previous.items()
-    ):  # a page gone, or not at the size it was written
+    if any(rel not in sizes for rel in pages) or not w.intact():  # a page gone, or not at the size it was written
         return False
     return all(
         (w.out / unquote(u)).is_file() for u in linked(data) + ["predictions.csv", "skipped.html", layout.GALLERY_NAMES]
