@@ -579,7 +579,7 @@ def test_cards_label_each_thumbnail_column_with_its_method(tmp_path):
         )
         assert [(name or "image", cap) for name, cap in pairs] == [
             ("image", "Original"),
-            ("gradcam", "Grad-CAM"),
+            ("gradcam", "Grad\u2011CAM"),
             ("lime", "LIME"),
         ]
 
@@ -1410,14 +1410,16 @@ def test_card_captions_name_library_methods_shortly_and_break_them_between_words
     from xaibatch.report.text import card_captions
 
     titles = ["Grad-CAM", "Grad-CAM (pytorch-grad-cam)", "IntegratedGradients (captum)", "InputXGradient (captum)"]
-    titles += ["captum:NoiseTunnel.Saliency", "LIME"]
+    titles += ["captum:NoiseTunnel.Saliency", "LIME", "Guided Grad-CAM", "a-long-hyphenated-name (captum)"]
     assert card_captions(titles) == [
-        ("Grad-CAM",),
-        ("Grad-CAM (pytorch-grad-cam)",),  # "Grad-CAM" alone would read as the method beside it
+        ("Grad\u2011CAM",),  # a short hyphenated word: non-breaking hyphens (a card read "Guided Grad-" / "CAM")
+        ("Grad\u2011CAM (pytorch-grad-cam)",),  # "Grad-CAM" alone would read as the method beside it
         ("Integrated", "Gradients"),
         ("Input", "X", "Gradient"),
         ("captum:", "Noise", "Tunnel.", "Saliency"),  # a method without a recorded title: its name
         ("LIME",),
+        ("Guided Grad\u2011CAM",),
+        ("a-long-hyphenated-name",),  # too long for a column: it may break at its hyphens
     ]
 
 

@@ -405,7 +405,7 @@ def test_thumbnail_columns_are_labeled_and_borders_follow_the_label(driver, labe
     cards = card_columns(driver)
     assert cards
     for c in cards:
-        assert [(x["cap"], x["method"]) for x in c["cols"]] == [("Original", None), ("Grad-CAM", "gradcam")]
+        assert [(x["cap"], x["method"]) for x in c["cols"]] == [("Original", None), ("Grad\u2011CAM", "gradcam")]
         assert all(x["under"] and x["shown"] for x in c["cols"]), c
         assert c["border"] == (RED if "wrong" in c["cls"].split() else GREEN), c
     assert {c["border"] for c in cards} == {RED, GREEN}
@@ -781,6 +781,15 @@ return Array.prototype.flatMap.call(document.querySelectorAll(arguments[0]), fun
 """
 
 
+LINES_OF_LAST_WORD = """
+var cap = Array.prototype.find.call(document.querySelectorAll(arguments[0]), c => c.textContent.startsWith(arguments[1]));
+var t = cap.firstChild, r = document.createRange();
+r.setStart(t, t.data.lastIndexOf(' ') + 1);
+r.setEnd(t, t.data.length);
+return new Set(Array.prototype.map.call(r.getClientRects(), b => Math.round(b.top))).size;
+"""
+
+
 @pytest.mark.parametrize("width", [375, 1024, 1920])
 def test_card_captions_never_break_inside_a_word(driver, five_methods_out, width):
     """The 88 px cards broke "IntegratedGrad|ients" (and at 375 px "Integrat|edGradi|ents"): captions now break
@@ -794,6 +803,8 @@ def test_card_captions_never_break_inside_a_word(driver, five_methods_out, width
         )
         assert any(c.startswith("IntegratedGradients") for c in caps), caps  # the case under test
         assert driver.execute_script(BROKEN_WORDS, ".card .cap") == []
+        # nor after the hyphen of a short word: a card read "Guided Grad-" over "CAM"
+        assert driver.execute_script(LINES_OF_LAST_WORD, ".card .cap", "Guided Grad") == 1
         assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
     finally:
         driver.set_window_size(1280, 900)

@@ -99,10 +99,15 @@ def fmt_bytes(n: int) -> str:
 _LIBRARY = re.compile(r"^(.+?) \((?:captum|pytorch-grad-cam)\)$")  # library methods' titles: "Saliency (captum)"
 # where a long name may break: after ':', '.' or '_', and between camel-case humps ("Integrated|Gradients")
 _BREAKS = re.compile(r"(?<=[:._])(?=.)|(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# a short hyphenated word ("Grad-CAM", at most 10 characters: it fits a card's column) keeps its hyphen unbroken
+_SHORT_HYPHENATED = re.compile(r"(?<![\w-])\w[\w-]{1,8}\w(?![\w-])")
+NON_BREAKING_HYPHEN = "\u2011"
 
 
 def break_points(text: str) -> tuple[str, ...]:
-    """``text`` cut where a narrow column may break it; the template joins the parts with ``<wbr>``."""
+    """``text`` cut where a narrow column may break it; the template joins the parts with ``<wbr>``. A short
+    hyphenated word gets non-breaking hyphens: a card read "Guided Grad-" over "CAM"."""
+    text = _SHORT_HYPHENATED.sub(lambda m: m.group(0).replace("-", NON_BREAKING_HYPHEN), text)
     return tuple(p for p in _BREAKS.split(text) if p)
 
 
