@@ -328,6 +328,45 @@ def test_filter_state_follows_the_pager(driver, paged_out):
     assert not any(i.is_displayed() for i in driver.find_elements("css selector", "img[data-method]"))
 
 
+def test_filters_go_to_the_detail_view_and_come_back(driver, paged_out):
+    """The gallery's filters were lost on a visit to a detail view: "Back to gallery page N" (and Previous,
+    Next) opened the page unfiltered. The fragment now carries them there and back, and the gallery scrolls to
+    the card the user came from."""
+    driver.set_window_size(1280, 600)
+    try:
+        open_page(driver, paged_out / "gallery" / "page-2.html")
+        select(driver, "f-sort", "name")
+        select(driver, "f-method", "-")
+        card = driver.find_elements("css selector", "li.card")[-1]
+        cid = card.get_attribute("id")
+        link = card.find_element("css selector", "a.thumbs")
+        assert link.get_attribute("href").endswith(f"#{cid}&method=-&sort=name")
+        driver.execute_script("arguments[0].click()", link)
+        wait_until(lambda: "/detail/" in driver.current_url, "the detail view")
+        assert driver.find_element("tag name", "h1").text == card_name(paged_out, cid)
+        for rel in ("prev", "next"):
+            for a in driver.find_elements("css selector", f"nav.pager a[rel={rel}]"):
+                assert a.get_attribute("href").endswith("&method=-&sort=name")
+        driver.find_element("partial link text", "Back to gallery page 2").click()
+        wait_until(lambda: "/gallery/" in driver.current_url, "the gallery")
+        assert driver.find_element("id", "f-sort").get_attribute("value") == "name"
+        assert driver.find_element("id", "f-method").get_attribute("value") == "-"
+        wait_until(  # the card is in view (it is the page's last card, below the fold)
+            lambda: driver.execute_script(
+                "var r = document.getElementById(arguments[0]).getBoundingClientRect();"
+                "return r.top >= 0 && r.bottom <= window.innerHeight;",
+                cid,
+            ),
+            "the card in view",
+        )
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def card_name(out: Path, cid: str) -> str:
+    return next(n for n, u in detail_urls(out).items() if u.endswith(f"#{cid}"))
+
+
 def test_pages_work_without_javascript(labeled_out):
     """Cards are server-side rendered: the raw HTML already lists every image; the controls start hidden."""
     html = (labeled_out / "gallery" / "page-1.html").read_text()

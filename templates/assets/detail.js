@@ -1,7 +1,8 @@
 /* xaibatch report: the detail view. Draws one image of a gallery page from that page's data file
-   (detail/page-<n>.js sets window.XAIBATCH_DETAIL), the image named in the URL fragment (#<card id>), the
-   first one without it. Dependency-free; every element is built with createElement and textContent, never
-   from HTML text, so file and class names (user data) stay text. */
+   (detail/page-<n>.js sets window.XAIBATCH_DETAIL), the image named in the URL fragment (#<card id>, then
+   the gallery's filters, kept for the links), the first one without it. Dependency-free; every element is
+   built with createElement and textContent, never from HTML text, so file and class names (user data) stay
+   text. */
 (function () {
   "use strict";
   var root = document.getElementById("detail");
@@ -28,7 +29,15 @@
   }
   // a file name is user data: isolated, so a right-to-left mark in it cannot turn the words around it
   function iso(name) { return "\u2068" + name + "\u2069"; }
-  function href(n) { return n.page ? "page-" + n.page + ".html#" + n.id : "#" + n.id; }
+  // the fragment: #<card id>, then the gallery's filters (&show=wrong...), carried to the neighbours and back
+  var keep = "";
+  function tail() { return keep ? "&" + keep : ""; }
+  function href(n) { return (n.page ? "page-" + n.page + ".html#" : "#") + n.id + tail(); }
+  function fromHash() {
+    var h = location.hash.slice(1), amp = h.indexOf("&");
+    keep = amp < 0 ? "" : h.slice(amp + 1);
+    show(amp < 0 ? h : h.slice(0, amp));
+  }
 
   function pager(im) {
     function side(n, rel, text) {
@@ -42,7 +51,7 @@
     }
     return el("nav", {"class": "pager", "aria-label": "Neighbouring images"}, [el("ul", {}, [
       el("li", {}, [side(im.prev, "prev", "← Previous")]),
-      el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id}, ["Back to gallery page " + im.page])]),
+      el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id + tail()}, ["Back to gallery page " + im.page])]),
       el("li", {}, [side(im.next, "next", "Next →")])])]);
   }
 
@@ -220,6 +229,6 @@
       main.focus();
     });
   }
-  window.addEventListener("hashchange", function () { show(location.hash.slice(1)); });
-  show(location.hash.slice(1));
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
 }());

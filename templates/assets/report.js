@@ -1,6 +1,6 @@
 /* xaibatch report: filters and sorting on a gallery page. Dependency-free; it only hides and re-orders the
    cards the page already lists (never builds HTML from data), and carries the choice across pages in the
-   URL fragment (#class=0&show=wrong&method=gradcam&sort=conf-desc). */
+   URL fragment (#class=0&show=wrong&method=gradcam&sort=conf-desc), to the detail views and back. */
 (function () {
   "use strict";
   var form = document.getElementById("controls");
@@ -97,6 +97,20 @@
       var a = links[j], base = a.getAttribute("href").split("#")[0];
       a.setAttribute("href", frag ? base + "#" + frag : base);
     }
+    // a card's detail view gets the choice too (#<card id>&show=wrong...), and hands it back to this page
+    var cardLinks = document.querySelectorAll("li.card > a.thumbs");
+    for (var c = 0; c < cardLinks.length; c++) {
+      var bare = cardLinks[c].getAttribute("href").split("&")[0];
+      cardLinks[c].setAttribute("href", frag ? bare + "&" + frag : bare);
+    }
+  }
+
+  // back from a detail view (#<card id>&show=wrong...): the card the user came from, in view
+  function revisit() {
+    var h = location.hash.replace(/^#/, ""), first = h.split("&")[0];
+    if (h.indexOf("&") < 0 || first.indexOf("=") >= 0) { return; }
+    var card = document.getElementById(first);
+    if (card && card.classList.contains("card") && !card.hidden) { card.scrollIntoView({block: "center"}); }
   }
 
   function restore() {
@@ -115,6 +129,7 @@
   form.hidden = false;
   restore();
   apply(false);
+  revisit();
 }());
 
 /* Find an image on any gallery page. The first search loads names.js, beside the pages: every image's name,
