@@ -208,3 +208,39 @@ def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_do(tmp_path):
         "(LIME's model batches: --method-option lime.batch_size=N); what a run finished is kept"
     ) in " ".join(r.output.split())
     assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]  # the first batch is kept
+
+
+DETACHED_LAYER_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):  # the output never sees the features' gradient
+            return self.head(x.mean((2, 3))) + 0.0 * self.features(x).detach().mean()
+
+    def build():
+        return Detached()
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
+def test_a_target_layer_the_output_does_not_depend_on_is_one_line(tmp_path, method):
+    # The gradient of the class score with respect to a detached (or unused) layer does not exist: autograd's
+    # "One of the differentiated Tensors appears to not have been used in the graph" came out as an internal error.
+    (tmp_path / "detached.py").write_text(DETACHED_LAYER_MODEL)
+    write_images(tmp_path / "in", 2)
+    r = invoke(
+        "run", tmp_path / "in", "--model", f"{tmp_path / 'detached.py'}:build", "--classes", "a,b", "-m", method,
+        "--out", tmp_path / "out", "--workers", 0,
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "internal error" not in r.output and "Traceback" not in r.output
+    assert "the model's output does not depend on the target layer features.2" in " ".join(r.output.split())
+    assert "--target-layer" in r.output

@@ -24,13 +24,16 @@ import torch
 
 from ..errors import ModelError, UsageError
 from .base import Batch, Explanation, Method, ModelContext, normalize_per_image, register_method
-from .gradcam import gradcam_maps
+from .gradcam import gradcam_maps, layer_name
 from .guided_backprop import guided_backprop, guided_modules
 
 
-def guided_gradcam_product(batch: Batch, model: torch.nn.Module, size: int) -> tuple[torch.Tensor, int]:
-    """Return guided backprop x Grad-CAM as (B, C, H, W), before any reduction, and the patched-module count."""
-    cam = gradcam_maps(batch, size)  # first: it uses the shared forward's graph
+def guided_gradcam_product(
+    batch: Batch, model: torch.nn.Module, size: int, layer: str = ""
+) -> tuple[torch.Tensor, int]:
+    """Return guided backprop x Grad-CAM as (B, C, H, W), before any reduction, and the patched-module count
+    (``layer``: the target layer's name, for gradcam_maps' message)."""
+    cam = gradcam_maps(batch, size, layer)  # first: it uses the shared forward's graph
     grads, count = guided_backprop(model, batch.x, batch.targets)
     return grads * cam[:, None].to(grads.dtype), count
 
@@ -65,5 +68,5 @@ class GuidedGradCAM(Method):
             )
 
     def explain(self, batch: Batch) -> Explanation:
-        product, self.patched = guided_gradcam_product(batch, self.ctx.model, self.ctx.input_size)
+        product, self.patched = guided_gradcam_product(batch, self.ctx.model, self.ctx.input_size, layer_name(self.ctx))
         return Explanation(reduce_guided(product))
