@@ -80,6 +80,84 @@ def test_reinit_is_seeded_and_leaves_the_stage_where_it_was():
     assert all(p.device.type == "cpu" for p in nets[0].parameters())
 
 
+def _maps_by_model(original: np.ndarray, after: np.ndarray):
+    """A maps_of for cascade(): ``original`` from the unchanged model, ``after`` from any randomized copy."""
+    calls = []
+
+    def maps_of(net):
+        calls.append(net)
+        return {"m": original if len(calls) == 1 else after}
+
+    return maps_of
+
+
+def test_a_map_that_turns_into_its_negative_still_shows_the_image_and_fails():
+    """Eigen-CAM's principal component has no fixed sign: after randomization half the maps came back as their
+    own negative (rank correlation about -0.9), the other half as themselves (+0.9); the signed mean was near 0
+    and the method "passed". Each image's correlation now counts by its size."""
+    rng = np.random.default_rng(0)
+    original = rng.random((8, 16, 16)).astype(np.float32)
+    flipped = np.stack([1 - m if i % 2 else m for i, m in enumerate(original)])  # min-max scaled, sign flipped
+    assert np.mean([spearman(a, b) for a, b in zip(original, flipped)]) == pytest.approx(0.0, abs=1e-6)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    (curve,) = cascade(net, _maps_by_model(original, flipped))
+    assert curve.rank[-1] == pytest.approx(1.0)
+    assert not curve.passed() and "FAILS" in curve.verdict()
+
+
+def test_empty_maps_cannot_pass_and_are_left_out_of_the_mean():
+    """spearman() is 0 for a constant map, so a method whose maps were empty before any randomization
+    "passed" (rank correlation 0.00), even under --strict. Images with a constant original map are left out;
+    a method with nothing but such maps cannot tell, and does not pass."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    zeros = np.zeros((4, 8, 8), np.float32)
+    (curve,) = cascade(net, _maps_by_model(zeros, zeros))
+    assert curve.scored == 0 and curve.rank == [None, None, None]
+    assert not curve.passed() and "cannot tell" in curve.verdict()
+
+    rng = np.random.default_rng(1)
+    some = rng.random((4, 8, 8)).astype(np.float32)
+    some[:2] = 0  # two empty maps, two that stay the same
+    (curve,) = cascade(net, _maps_by_model(some, some.copy()))
+    assert curve.scored == 2 and curve.rank[-1] == pytest.approx(1.0)  # not (0 + 0 + 1 + 1) / 4
+    assert "2 of the 4 images had constant maps and are left out" in curve.verdict()
+
+
+def test_weight_normed_layers_are_randomized_and_the_model_rebuilt_when_it_cannot_be_copied():
+    """A model with torch.nn.utils.weight_norm cannot be deep-copied (its derived weight is no graph leaf):
+    sanity crashed with an internal error. It now builds the model again; and reinit, which reset the derived
+    weight the next forward recomputes from weight_g and weight_v, randomizes those (spectral_norm's
+    weight_orig too)."""
+    from torch.nn.utils import spectral_norm, weight_norm
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            weight_norm(torch.nn.Linear(6, 6, bias=False)), spectral_norm(torch.nn.Linear(6, 2, bias=False))
+        ).eval()  # spectral_norm's power iteration moves in training mode
+
+    x = torch.randn(5, 6)
+    for i in range(2):
+        layer = build()[i]
+        before = layer(x[:, : layer.in_features]).detach().clone()
+        reinit(layer, 3)
+        assert not torch.allclose(layer(x[:, : layer.in_features]), before), f"layer {i} was not randomized"
+
+    model = build()
+    model(x)  # weight_norm's weight is now a non-leaf tensor
+    with pytest.raises(RuntimeError):
+        copy.deepcopy(model)
+    seen = []
+
+    def maps_of(net):
+        seen.append(net)
+        return {"m": np.random.default_rng(len(seen)).random((2, 8, 8)).astype(np.float32)}
+
+    curves = cascade(model, maps_of, fresh=build)
+    assert curves[0].steps == ["original", "1", "+0"]
+    assert seen[1] is not model and torch.equal(model(x), build()(x))  # the original never randomized
+
+
 @pytest.fixture(scope="module")
 def demo_sample(demo_dir, tmp_path_factory):
     """24 demo test images (12 per class) and the bundled model, prepared as a run would."""

@@ -90,9 +90,26 @@ def test_sanity_after_torchvision(inp, tmp_path):
     assert res.exit_code == 0, res.output
 
 
-def test_random_weights_cannot_be_rebuilt_and_it_says_so(inp, tmp_path):
+def test_random_weights_xaibatch_drew_are_rebuilt_and_checked(inp, tmp_path):
+    """timm:NAME without --checkpoint draws its weights from a fixed seed and records their digest, so sanity
+    rebuilds the same model (it refused, saying "a rebuild draws others", which stopped being true)."""
     out = tmp_path / "o"
     _run(inp, out, ["gradcam"], model="timm:test_resnet", image_size=32)
+    res = _sanity(out)
+    assert res.exit_code == 0, res.output
+    assert "gradcam: " in res.output
+
+
+def test_random_weights_of_an_older_run_cannot_be_rebuilt_and_it_says_so(inp, tmp_path):
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], model="timm:test_resnet", image_size=32)
+    db = sqlite3.connect(out / "xaibatch.sqlite")  # an older run recorded no digest of random weights
+    cfg = json.loads(db.execute("SELECT config_json FROM runs").fetchone()[0])
+    assert cfg["model"]["checkpoint_sha256"]
+    cfg["model"]["checkpoint_sha256"] = ""
+    db.execute("UPDATE runs SET config_json = ?", (json.dumps(cfg, sort_keys=True),))
+    db.commit()
+    db.close()
     res = _sanity(out)
     assert res.exit_code == 2 and "random weights" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -231,10 +248,10 @@ def test_a_check_after_a_run_that_added_a_method_keeps_the_others_verdicts(inp, 
 
 
 def test_earlier_curves_keeps_only_what_the_same_check_of_a_method_still_held_said(tmp_path):
-    from xaibatch.evaluation.sanity import FILENAME, earlier_curves
+    from xaibatch.evaluation.sanity import FILENAME, VERSION, earlier_curves
 
     steps = ["original", "head", "+stem"]
-    now = {"version": 1, "created": 20.0, "checkpoint_sha256": "abc", "images": 4, "seed": 0, "input_dir": "/in"}
+    now = {"version": VERSION, "created": 20.0, "checkpoint_sha256": "abc", "images": 4, "seed": 0, "input_dir": "/in"}
     new = {**now, "curves": [{"method": "lime", "steps": steps, "checked": 20.0}]}
 
     def kept(old: dict, held=("lime", "gradcam", "cam:eigencam")) -> list[str]:
@@ -246,7 +263,8 @@ def test_earlier_curves_keeps_only_what_the_same_check_of_a_method_still_held_sa
     assert kept(old) == ["gradcam", "cam:eigencam"]  # lime redone now; "gone" has no maps in the folder
     (tmp_path / FILENAME).write_text(json.dumps(old))
     assert {c["checked"] for c in earlier_curves(tmp_path, new, {"gradcam"})} == {10.0}
-    for k, v in [("checkpoint_sha256", "other"), ("images", 8), ("seed", 3), ("input_dir", "/else"), ("version", 2)]:
+    others = [("checkpoint_sha256", "other"), ("images", 8), ("seed", 3), ("input_dir", "/else")]
+    for k, v in [*others, ("version", VERSION - 1)]:  # version 1 averaged signed correlations
         assert kept({**old, k: v}) == [], k
     assert kept({**old, "curves": [{"method": "gradcam", "steps": ["original", "head"]}]}) == []  # another model
     (tmp_path / FILENAME).write_text("{not json")

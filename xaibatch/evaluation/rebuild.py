@@ -65,10 +65,14 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
         "--checkpoint FILE` or `--checkpoint FILE --arch NAME`"
     )
     what = run.rebuild_source().describe() if not override.given() else "the given model"
-    if not override.given() and run.model.checkpoint == RANDOM_INIT:
+    # random weights xaibatch drew (timm:NAME, torchvision:NAME, --arch) come from a fixed seed and their digest
+    # is recorded: a rebuild draws the same, checked below; a factory's own random weights, or an older run's,
+    # have no digest to check against
+    if not override.given() and run.model.checkpoint == RANDOM_INIT and not run.model.checkpoint_sha256:
         raise UsageError(
-            f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint), "
-            "and a rebuild draws others; save the weights and run with --checkpoint"
+            f"sanity cannot rebuild the run's model: {what} had random weights (no --checkpoint) whose digest "
+            "the run did not record, so a rebuild cannot be checked to be the same model; save the weights and "
+            "run with --checkpoint"
         )
     try:
         prepared = prepare(opts)
@@ -83,6 +87,15 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
             f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}"
         )
     return prepared
+
+
+def rebuilt_model(opts, prepared):
+    """The run's model loaded again, as prepare() loaded ``prepared``'s: on its device, in eval mode (a second
+    copy, for a model that cannot be deep-copied)."""
+    from ..pipeline.prepare import load_and_name
+
+    model, _names = load_and_name(opts, prepared.found)
+    return model.module.to(prepared.device).eval()
 
 
 def same_content(root: Path, rels: list[str], images: dict[str, Any], log: Callable[[str], None]) -> list[str]:

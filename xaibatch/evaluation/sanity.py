@@ -9,6 +9,12 @@ rank correlation (of absolute values, as the paper's figures) and SSIM to the
 original maps should fall towards 0. A method whose maps survive a fully
 random network shows the image (edges), not the model.
 
+Each image's correlation counts by its size: a map that turns into its own
+negative (Eigen-CAM's principal component has no fixed sign) still shows the
+image, so a mean of signed correlations near 0 would pass it. An image whose
+original map is constant (empty) has nothing to compare and is left out; a
+method whose maps are all empty cannot pass.
+
 Writes ``sanity.json`` into the output folder; the report draws the figure and
 the verdicts from it.
 """
@@ -30,7 +36,7 @@ import torch
 from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
-from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, same_content
+from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, rebuilt_model, same_content
 
 if TYPE_CHECKING:
     from ..lock import OutputLock
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
 FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
 FAIL_RANK = 0.5  # mean rank correlation after the whole network is random above this: the method fails
+VERSION = 2  # sanity.json; 2: correlations by their size, empty maps left out (1's curves are not kept)
 
 
 def stages(model: torch.nn.Module) -> list[str]:
@@ -61,6 +68,7 @@ def reinit(module: torch.nn.Module, gen_seed: int) -> None:
         for m in module.modules():
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
                 m.reset_parameters()
+                _into_norm_parameters(m)
                 done.update(id(p) for p in m.parameters(recurse=False))
         for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
             if id(p) not in done:
@@ -68,6 +76,24 @@ def reinit(module: torch.nn.Module, gen_seed: int) -> None:
                     p.normal_(0.0, 0.02)
     finally:
         module.to(where)
+
+
+def _into_norm_parameters(m: torch.nn.Module) -> None:
+    """After ``m.reset_parameters()``: carry the fresh weight into the parameters it is computed from when ``m``
+    has torch.nn.utils.weight_norm or spectral_norm (the hooks of old): reset_parameters wrote into the derived
+    ``weight``, which the next forward recomputes from the untouched ``weight_g``/``weight_v`` (``weight_orig``),
+    so such a layer was never randomized."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    with torch.no_grad():
+        for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                fresh = getattr(m, hook.name)
+                getattr(m, hook.name + "_v").copy_(fresh)
+                getattr(m, hook.name + "_g").copy_(torch.norm_except_dim(fresh, 2, hook.dim))
+            elif isinstance(hook, SpectralNorm):
+                getattr(m, hook.name + "_orig").copy_(getattr(m, hook.name))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,49 +122,81 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 class Curve:
     method: str
     steps: list[str]  # "original", then the cumulatively randomized stages ("fc", "+layer4", ...)
-    rank: list[float]  # mean over the sample, per step
-    ssim: list[float]
+    rank: list[float | None]  # mean |rank correlation| over the scored images, per step; None: none scored
+    ssim: list[float | None]
+    scored: int = 0  # images whose original map is not constant (the others have nothing to compare)
+    images: int = 0
 
     def verdict(self) -> str:
+        if not self.scored:
+            return (
+                f"{self.method}: cannot tell: its maps of the {self.images} sampled image(s) are constant (empty) "
+                "before any randomization, so nothing can change; counted as failing"
+            )
         r = self.rank[-1]
+        left = self.images - self.scored
+        out = f" ({left} of the {self.images} images had constant maps and are left out)" if left else ""
         if r > FAIL_RANK:
             return (
                 f"{self.method}: FAILS: maps keep {r:.2f} rank correlation after the whole network is "
-                "randomized: they show the image, not the model"
+                f"randomized: they show the image, not the model{out}"
             )
-        return f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized"
+        return f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized{out}"
 
     def passed(self) -> bool:
-        return self.rank[-1] <= FAIL_RANK
+        return bool(self.scored) and self.rank[-1] is not None and self.rank[-1] <= FAIL_RANK
 
 
 MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -> (B, H, W) maps
 
 
 def cascade(
-    model: torch.nn.Module, maps_of: MapsFn, seed: int = 0, log: Callable[[str], None] = lambda s: None
+    model: torch.nn.Module,
+    maps_of: MapsFn,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda s: None,
+    fresh: Callable[[], torch.nn.Module] | None = None,
 ) -> list[Curve]:
-    """Randomize ``model``'s stages from the top, cumulatively, on a deep copy; compare each method's maps."""
+    """Randomize ``model``'s stages from the top, cumulatively, on a copy (``fresh``: builds the model again, for
+    a model that cannot be deep-copied); compare each method's maps."""
     from ..model.heads import unwrap
 
     original = maps_of(model)
-    net = copy.deepcopy(model)
+    net = copy_model(model, fresh)
     inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
     names = stages(inner)
     if not names:
         raise UsageError("the model has no top-level stage with parameters to randomize")
+    varies = {m: [bool(np.ptp(a) > 0) for a in ref] for m, ref in original.items()}  # the images scored
     labels = ["original"]
-    rank = {m: [1.0] for m in original}
-    sim = {m: [1.0] for m in original}
+    rank: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
+    sim: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
     for i, name in enumerate(names):
         reinit(getattr(inner, name), seed + i)
         labels.append(name if i == 0 else f"+{name}")
         now = maps_of(net)
         for m, ref in original.items():
-            rank[m].append(float(np.mean([spearman(a, b) for a, b in zip(ref, now[m], strict=True)])))
-            sim[m].append(float(np.mean([ssim(a, b) for a, b in zip(ref, now[m], strict=True)])))
-        log(f"sanity: randomized {labels[-1]}: " + ", ".join(f"{m} {rank[m][-1]:.2f}" for m in original))
-    return [Curve(m, labels, rank[m], sim[m]) for m in original]
+            pairs = [(a, b) for a, b, v in zip(ref, now[m], varies[m], strict=True) if v]
+            rank[m].append(float(np.mean([abs(spearman(a, b)) for a, b in pairs])) if pairs else None)
+            sim[m].append(float(np.mean([ssim(a, b) for a, b in pairs])) if pairs else None)
+        log(f"sanity: randomized {labels[-1]}: " + ", ".join(f"{m} {_num(rank[m][-1])}" for m in original))
+    return [Curve(m, labels, rank[m], sim[m], sum(varies[m]), len(varies[m])) for m in original]
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def copy_model(model: torch.nn.Module, fresh: Callable[[], torch.nn.Module] | None) -> torch.nn.Module:
+    """A copy of ``model`` to randomize: a deep copy, or ``fresh()`` (the model built again) where it cannot be
+    copied (torch.nn.utils.weight_norm's derived weights are no graph leaves: "Only Tensors created explicitly by
+    the user support the deepcopy protocol")."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError:
+        if fresh is None:
+            raise
+        return fresh()
 
 
 def sample(rels: list[str], n: int, seed: int) -> list[str]:
@@ -199,10 +257,10 @@ def run_sanity(
             return _maps(net, prepared.ctx, prepared.methods, batch, batch_size)
 
         t0 = time.time()
-        curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log)
+        curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log, fresh=lambda: rebuilt_model(opts, prepared))
         created = time.time()
         result = {
-            "version": 1,
+            "version": VERSION,
             "created": created,
             "seconds": time.time() - t0,
             "images": len(batch.rels),
@@ -215,6 +273,7 @@ def run_sanity(
                     "steps": c.steps,
                     "rank": c.rank,
                     "ssim": c.ssim,
+                    "scored": c.scored,
                     "passed": c.passed(),
                     "verdict": c.verdict(),
                     "checked": created,
@@ -239,7 +298,7 @@ def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> 
     folder are this one's, its stages the same, and the folder still holds the method's maps."""
     try:
         old = json.loads((out / FILENAME).read_text("utf-8"))
-        same = old["version"] == 1 and all(old[k] == result[k] for k in SAME_CHECK)
+        same = old["version"] == VERSION and all(old[k] == result[k] for k in SAME_CHECK)
         curves = [c for c in old["curves"] if isinstance(c, dict)] if same else []
     except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: nothing to keep
         return []

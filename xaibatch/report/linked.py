@@ -128,7 +128,10 @@ def _sanity(data: ReportData) -> Figure | None:
     sanity = data.trust.sanity if data.trust else None
     if not (sanity and sanity.get("curves")):
         return None
-    curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"]]
+    # a method whose maps were all empty has no numbers to draw (sanity.Curve: "cannot tell")
+    curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"] if None not in c["rank"]]
+    if not curves:
+        return None
     alt = (
         "Cascading randomization: mean rank correlation and SSIM between each method's original maps and its "
         "maps after randomizing the model's stages from the top; the table below lists the same numbers."
