@@ -406,7 +406,8 @@ def test_train_state_dict_round_trip(world, tmp_path):
     assert "format" not in torch.load(ck, weights_only=True)  # a plain state_dict
     # it does not carry its input size: the last line says how to run it (without, a run would use 224 px)
     assert r.output.strip().splitlines()[-1] == (
-        f"explain with: xaibatch run IMAGES --model timm:test_resnet --checkpoint {ck} --image-size 32"
+        f"explain with: xaibatch run IMAGES --model timm:test_resnet --checkpoint {ck} --image-size 32 "
+        "--classes FAKE,REAL"  # nor its class names: a flat folder's run would call them class_0, class_1
     )
     r = _run(
         [
@@ -449,3 +450,22 @@ def test_a_model_file_imports_its_neighbours_and_a_module_spec_the_current_folde
     assert build_factory(f"{tmp_path / 'models' / 'net_7f3a.py'}:make").in_features == 5
     assert build_factory("proj_7f3a:make").in_features == 3
     assert sys.path[-2:] == [str((tmp_path / "models").resolve()), str(tmp_path.resolve())]
+
+
+def test_train_ends_with_a_command_a_shell_reads_and_trains_past_a_batch_of_one(world, tmp_path):
+    """80 demo images, 8 held out, in batches of 71: every epoch ended with a batch of one image, which batch norm
+    cannot train on ("Expected more than 1 value per channel when training": an internal error in the first
+    epoch, no checkpoint). And the printed command named a path with a space or a quote unquoted."""
+    import shlex
+
+    ck = tmp_path / "my models" / "it's.pt"
+    r = CliRunner().invoke(
+        cli,
+        ["train", str(world["root"] / "demo"), "--arch", "test_resnet", "--image-size", "32", "--epochs", "1",
+         "--batch-size", "71", "--format", "state-dict", "--out", str(ck)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "on 72 images (8 held out)" in r.output and ck.is_file()
+    argv = shlex.split(r.output.strip().splitlines()[-1].removeprefix("explain with: "))
+    assert argv[argv.index("--checkpoint") + 1] == str(ck)
+    assert argv[argv.index("--classes") + 1] == "FAKE,REAL"

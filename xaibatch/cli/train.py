@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -95,9 +96,15 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
         f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
     )
-    # a plain state_dict does not carry its input size: without --image-size a run would feed it 224 px images
-    model = f"--model timm:{arch} --checkpoint {r.path} --image-size {image_size}"
-    echo(f"explain with: xaibatch run IMAGES {model if save_format == 'state-dict' else f'--checkpoint {r.path}'}")
+    # a plain state_dict carries neither its input size (without --image-size a run would feed it 224 px
+    # images) nor its class names (a run of a flat folder would call them class_0, class_1); quoted for a shell
+    path = shlex.quote(str(r.path))
+    if save_format == "state-dict":
+        classes = shlex.quote(",".join(r.classes))
+        how = f"--model timm:{arch} --checkpoint {path} --image-size {image_size} --classes {classes}"
+    else:
+        how = f"--checkpoint {path}"
+    echo(f"explain with: xaibatch run IMAGES {how}")
 
 
 @click.command("demo-data", cls=Command)

@@ -43,6 +43,7 @@ class TrainResult:
     epochs: int
     seconds: float
     size_bytes: int
+    classes: list[str]  # in the model's output order
 
 
 def _splits(data_dir: Path) -> tuple[Path, Path | None]:
@@ -106,10 +107,17 @@ def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list
 
 
 def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float:
-    """One pass over the training images, each flipped left-right at random; the mean loss."""
+    """One pass over the training images, each flipped left-right at random; the mean loss.
+
+    A batch of one image is passed over when the model has batch norm layers, which cannot train on one value
+    per channel ("Expected more than 1 value per channel when training"): 65 training images in batches of 64
+    ended every epoch that way, and train stopped with an internal error in its first epoch."""
     model.train()
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     total_loss = seen = 0.0
     for x, y in feed:
+        if batch_norm and len(y) < 2:
+            continue
         flip = torch.rand(len(x), device=feed.device) < 0.5  # the one augmentation that keeps evidence intact
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         loss = F.cross_entropy(model(x), y)
@@ -235,7 +243,8 @@ def train(
         )
     if by is not None:
         raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
-    return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, Path(out).stat().st_size)
+    size = Path(out).stat().st_size
+    return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, size, list(found.classes))
 
 
 @dataclass(frozen=True)
