@@ -172,6 +172,27 @@ def test_another_input_on_an_existing_output_folder_needs_replace(tmp_path, tiny
     assert invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
 
 
+def test_a_folder_whose_runs_all_stopped_before_any_image_takes_another_input(tmp_path, tiny_ckpt):
+    """A first run that stopped before its first image (a Ray cluster it could not reach: exit 2) left a manifest
+    naming its input, and every later run of another input into that new --out was refused as "holds the report
+    of ..." although the folder held no report of anything."""
+    from xaibatch.manifest import Manifest
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    write_images(a, 3, seed=1)
+    write_images(b, 2, seed=2)
+    out.mkdir()
+    m = Manifest(out / "xaibatch.sqlite")  # what such a run leaves: its run row, ended "error", and its input
+    m.set_meta("input_dir", str(a.resolve()))
+    m.finish_run(m.start_run(str(a), {}, "p"), "error", 1.0, None, "cannot reach the Ray cluster at 127.0.0.1:1")
+    m.close()
+    r = invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "images").iterdir())) == 2
+    r = invoke("run", a, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)  # now it holds b's report
+    _one_line_exit_2(r, str(b.resolve()), "--replace")
+
+
 # --- 4: a non-empty folder that is not an xaibatch output ----------------------------------------------
 
 

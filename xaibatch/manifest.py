@@ -133,6 +133,11 @@ class Manifest:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def holds_results(self) -> bool:
+        """Whether any run got as far as an image: an image or a failure row."""
+        row = self.db.execute("SELECT EXISTS (SELECT 1 FROM images) OR EXISTS (SELECT 1 FROM failures)").fetchone()
+        return bool(row[0])
+
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 

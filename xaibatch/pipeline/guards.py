@@ -106,10 +106,13 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     manifest = Manifest(path)
     try:
         recorded = manifest.get_meta("input_dir")
+        holds = manifest.holds_results()
     finally:
         manifest.close()
     inp = Path(opts.input_dir).resolve()
-    if recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 bytes escaped
+    # a folder whose runs all stopped before any image (a Ray cluster that could not be reached, a GPU out of
+    # memory at the first batch) holds no report of anything: it was refused for every other input
+    if holds and recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 escaped
         raise UsageError(
             f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
             f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report"
