@@ -218,6 +218,20 @@ def test_more_workers_than_cpus_prints_no_torch_warning(tmp_path, tiny_ckpt, fla
     assert flag == "--log-json" or r.stdout == ""
 
 
+def test_log_json_says_lime_s_estimate_as_an_event_not_a_line(tmp_path, tiny_ckpt):
+    """--log-json gives events instead of the text lines: LIME's up-front cost ("LIME: 2 image(s) x 10 samples =
+    20 model forwards ...") was printed to stderr as well, which a scheduler's error log collected every run."""
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    r = _run(
+        inp, tmp_path / "out", tiny_ckpt, "-m", "lime", "--lime-samples", "10", "--lime-segments", "4", "--log-json"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    (estimate,) = [e for e in _events(r.stdout) if e["event"] == "estimate"]
+    assert estimate["method"] == "lime" and "model forwards" in estimate["text"]
+
+
 def test_no_more_loader_workers_than_batches(tmp_path, tiny_ckpt, monkeypatch):
     """A worker loads whole batches: more than the run's batches only fork and idle (--workers 1000 over 2
     batches forked 1000 processes and made no progress in a minute)."""

@@ -59,6 +59,31 @@ def test_json_mode_beats_events_not_lines():
     p.close()
 
 
+def test_a_batch_abandoned_by_a_stop_before_the_first_image_is_no_estimate():
+    """A stop signal during the first LIME batch (which takes longer than the estimate's 5 s) counted the abandoned
+    batch as 0 images done: the estimate divided by nothing and the run ended "internal error: TypeError: type
+    NoneType doesn't define __round__" (exit 3) instead of exit 5."""
+    clock, lines, events = Clock(), [], []
+    p = Progress(100, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=False, clock=clock)
+    clock.t += 7
+    p.update(0)
+    assert lines == [] and events == []
+    clock.t += 1
+    p.update(4)  # the estimate comes with the first images
+    assert lines == ["xaibatch: about 3m12s left for 96 more image(s) (4 done in 8s)"]
+    p.close()
+
+
+def test_json_mode_estimates_as_an_event_only():
+    """--log-json promises events instead of the text lines: the estimate went to stderr as text too."""
+    clock, lines, events = Clock(), [], []
+    p = Progress(10, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=True, clock=clock)
+    clock.t += 6
+    p.update(2)
+    assert lines == [] and [e["eta_s"] for e in events] == [24.0]
+    p.close()
+
+
 def test_duration():
     assert [duration(s) for s in (0, 59.4, 60, 75, 3599, 3600, 4000)] == [
         "0s",

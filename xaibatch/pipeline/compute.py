@@ -175,9 +175,10 @@ def announce(
     emit: Callable[[dict[str, Any]], None],
     log: Callable[[str], None],
     known: Known,
+    json_events: bool = False,
 ) -> None:
     """Slow methods say up front what they cost: every map they will compute, the true class's too
-    (``--target pred,label``; see labelmaps.expected)."""
+    (``--target pred,label``; see labelmaps.expected). ``json_events`` (--log-json): as an event only."""
     for m in prepared.methods:
         n = sum(1 for w in plan.work.values() if m.name in w.methods)
         exact, guessed, bound = labelmaps.expected(plan, known, targets.label_key(m.name))
@@ -187,7 +188,8 @@ def announce(
                 how = ", at most" if bound else (f", {guessed} of them estimated" if guessed else "")
                 line += f" (with {extra} true-class map(s) of misclassified images{how})"
             emit({"event": "estimate", "method": m.name, "images": n + extra, "label_maps": extra, "text": line})
-            log(f"xaibatch: {line}")
+            if not json_events:
+                log(f"xaibatch: {line}")
 
 
 def compute(job: ComputeJob) -> None:
@@ -197,7 +199,7 @@ def compute(job: ComputeJob) -> None:
     run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
     if not plan.work:
         return
-    announce(prepared, plan, emit, log, known)
+    announce(prepared, plan, emit, log, known, opts.on_event is not None)
 
     device = prepared.ctx.device
     progress = progress_bar(opts, len(plan.work), log, emit)

@@ -64,11 +64,14 @@ class Progress:
             if self._bar is not None:
                 self._show(self._bar.update, n)
             elapsed = self.clock() - self.start
-            if self.estimated or self.done >= self.total or elapsed < MIN_ESTIMATE_S:
+            # not before the first image: a batch a stop signal abandoned counts 0 (its ETA would be None)
+            if self.estimated or not self.done or self.done >= self.total or elapsed < MIN_ESTIMATE_S:
                 return
             self.estimated = True
             eta = self.eta()
             self.emit(self._event(elapsed, eta))
+            if self.json_events:  # --log-json: the event is the estimate; stderr keeps to what has no event
+                return
             text = (
                 f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
                 f"({self.done} done in {duration(elapsed)})"

@@ -210,7 +210,7 @@ def compute_ray(job: ComputeJob) -> None:
     from .compute import announce, batches, progress_bar
     from .recovery import sweep_temp_files
 
-    announce(prepared, plan, job.emit, job.log, known)
+    announce(prepared, plan, job.emit, job.log, known, opts.on_event is not None)
     started = connect(opts.ray)
     flag = None
     token = uuid.uuid4().hex
