@@ -1623,3 +1623,23 @@ def test_a_method_dropped_from_the_command_is_marked_with_its_coverage(tmp_path,
     assert "6 of 7 images; not asked by the last run</small>" in (out / "index.html").read_text()  # the table too
     run(RunOptions(input_dir=inp, out_dir=out, methods=["captum:Saliency"], checkpoint=tiny_ckpt), log=quiet)
     assert methods_row() == "Saliency (captum), Grad-CAM (not asked by the last run)"
+
+
+def test_the_summary_is_written_after_every_figure_it_links(tmp_path, monkeypatch):
+    """index.html was replaced while its figures were still being drawn in a forked process: a run killed (or out of
+    disk) in between left a summary linking figures/*.svg that did not exist. It is written last now."""
+    import importlib
+
+    render_module = importlib.import_module("xaibatch.report.render")  # the package's render() hides the module
+    out = synth(tmp_path / "o", labeled_rows(6), methods=("gradcam",))
+    missing: list[list[str]] = []
+    real = render_module._write_summary
+
+    def checked(w, env, data):
+        missing.append([f["src"] for f in data.figures.values() if not (out / unquote(f["src"])).is_file()])
+        return real(w, env, data)
+
+    monkeypatch.setattr(render_module, "_write_summary", checked)
+    report.render(out)
+    assert missing == [[]]
+    assert any(f.suffix == ".svg" for f in (out / "figures").iterdir())

@@ -178,7 +178,6 @@ def _write_all(
             w.write(layout.GALLERY_NAMES, names_script(data.cards))
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
             summary = snapshot.save(data)
-            _write_summary(w, env, data)
             if not chunks:
                 _write_details(w, env, data, site, site_key, fps)
             for ps, child in zip(chunks, details):
@@ -188,6 +187,9 @@ def _write_all(
             for child in details:
                 child.abandon()
         drawings.finish()
+        # the summary last, once every figure it links is drawn: a run killed (or out of disk) before this keeps
+        # the previous index.html, which links the previous figures (their names carry their content's hash)
+        _write_summary(w, env, data)
     finally:
         drawings.abandon()
     return summary
