@@ -73,6 +73,7 @@ def test_a_run_killed_before_shows_as_killed_not_running(out):
     res = invoke("report", out)
     assert res.exit_code == 0, res.output
     assert "did not finish; cleaned 1 leftover file(s)" in res.output and not leftover.exists()
+    assert "continuing" not in res.output  # a report continues no run (it said "continuing where it stopped")
     history = (out / "history.html").read_text()
     assert ">killed<" in history and ">running<" not in history
 

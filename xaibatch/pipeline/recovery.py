@@ -59,7 +59,13 @@ def _delete(paths: Iterable[str]) -> int:
     return n
 
 
-def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str], None]) -> None:
+def recover(
+    out: Path,
+    manifest: Manifest,
+    lock: OutputLock,
+    log: Callable[[str], None],
+    then: str = ", continuing where it stopped",
+) -> None:
     """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
 
     Such a run left its run row 'running' or its holder record in the lock file.
@@ -75,10 +81,7 @@ def recover(out: Path, manifest: Manifest, lock: OutputLock, log: Callable[[str]
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
         swept += sweep_orphans(out, manifest)
         who = f" ({describe(lock.previous)})" if lock.previous else ""
-        log(
-            f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s), "
-            "continuing where it stopped"
-        )
+        log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s){then}")
     elif last in ("interrupted", "error"):
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
         if swept:
@@ -99,7 +102,7 @@ def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
     with OutputLock(out) as lock:
         manifest = Manifest(out / layout.MANIFEST)
         try:
-            recover(out, manifest, lock, log)
+            recover(out, manifest, lock, log, then="")  # nothing here continues the run: the next run will
         finally:
             manifest.close()
         yield lock
