@@ -24,6 +24,7 @@ def test_the_out_collision_message_suggests_a_free_folder(tmp_path, monkeypatch)
     out.mkdir(parents=True)
     m = Manifest(out / layout.MANIFEST)
     m.set_meta("input_dir", str(a.resolve()))
+    m.put_failure("img_000.png", "corrupt", m.start_run(str(a), {}, "p"))  # a report of a (one without rows: of none)
     m.close()
     with pytest.raises(UsageError) as ei:
         check_same_input(RunOptions(input_dir=b, out_dir=out, methods=["gradcam"]), out)
