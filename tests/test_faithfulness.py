@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import manifest_rows
+from helpers import manifest_rows, run_opts
 from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -189,3 +189,108 @@ def test_old_manifest_gains_the_columns(tmp_path):
     row = m.maps()[("a.png", "gradcam")]
     m.close()
     assert row.config_hash == "h" and row.deletion is None and row.faith_hash is None
+
+
+def _report_trust(out) -> dict:
+    """The summary page's trust data (chance rows, verdicts) as the report saved it, numbers unrounded."""
+    import json
+
+    from xaibatch.report.model import STATE_NAME
+
+    return json.loads((out / STATE_NAME).read_text())["summary"]["trust"]
+
+
+def test_chance_sample_and_verdict_do_not_follow_file_names(tmp_path, tiny_ckpt):
+    """The same 80 images as class folders (FAKE/ sorts first) and flat with REAL's first (as the audit's repro
+    renamed them): the chance maps are scored on the same images, so the chance rows and the verdict are the same.
+    Before, they were scored on each folder's first 64 images in path order: two other sets."""
+    import json
+    import shutil
+
+    from xaibatch.tools import synth
+
+    a = synth.write_classes(tmp_path / "a", 40, seed=1)
+    b = tmp_path / "b"
+    b.mkdir()
+    for cls, prefix in (("REAL", "a_"), ("FAKE", "b_")):
+        for f in sorted((a / cls).iterdir()):
+            shutil.copyfile(f, b / f"{prefix}{f.name}")
+    outs = tmp_path / "oa", tmp_path / "ob"
+    for inp, out in zip((a, b), outs):
+        run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "mean")), log=lambda s: None)
+    ta, tb = (_report_trust(o) for o in outs)
+    assert [row[:2] for row in ta["chance"]] == [["random map", 64], ["centred blob", 64]]
+    assert ta["chance"] == tb["chance"]
+    assert ta["verdicts"] and ta["verdicts"] == tb["verdicts"]
+    # the sample: the same contents in both folders, from both class folders
+    sa, sb = (json.loads((o / "faithfulness-chance.json").read_text())["images"] for o in outs)
+    assert sorted(s["sha256"] for s in sa.values()) == sorted(s["sha256"] for s in sb.values())
+    assert {rel.split("/")[0] for rel in sa} == {"FAKE", "REAL"}
+
+
+def test_chance_sample_is_kept_topped_up_and_replaces_an_older_file(tmp_path, tiny_ckpt, monkeypatch):
+    """The sample is the images whose sha256 sorts first; a re-run scores only the sampled images it lacks, and a
+    chance file of an older xaibatch (lists over the first images, no per-image keys) is scored again once, with
+    no map recomputed; until then the report reads it and compares unpaired."""
+    import hashlib
+    import json
+    import shutil
+
+    from xaibatch.evaluation import chance
+    from xaibatch.report import write_report
+    from xaibatch.tools import synth
+
+    monkeypatch.setattr(chance, "CHANCE_SAMPLE", 6)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    synth.write_images(inp, 10, 32, 3)
+    opts = run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "mean"))
+    lines: list[str] = []
+
+    def shas():
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in inp.iterdir()}
+
+    def smallest():
+        return sorted(sorted(shas().items(), key=lambda kv: (kv[1], kv[0]))[:6])
+
+    def entries():
+        return json.loads((out / "faithfulness-chance.json").read_text())["images"]
+
+    run(opts, log=lines.append)
+    first = entries()
+    assert sorted((rel, s["sha256"]) for rel, s in first.items()) == smallest()
+    assert any("on 6 sampled image(s)" in line for line in lines)
+    lines.clear()
+    assert run(opts, log=lines.append).computed == 0 and entries() == first
+    assert not any("sampled image" in line for line in lines)
+
+    more = tmp_path / "more"
+    synth.write_images(more, 10, 32, 4)
+    for f in more.iterdir():
+        shutil.copyfile(f, inp / f"new_{f.name}")
+    lines.clear()
+    assert run(opts, log=lines.append).computed == 10
+    now = entries()
+    new = [rel for rel, _ in smallest() if rel.startswith("new_")]
+    assert sorted((rel, s["sha256"]) for rel, s in now.items()) == smallest()
+    assert all(now[rel] == first[rel] for rel in now if rel in first)  # kept, not scored again
+    assert [line for line in lines if "sampled image" in line] == (
+        [f"xaibatch: scoring a random map and a centred blob on {len(new)} sampled image(s) (the chance line)"]
+        if new
+        else []
+    )
+
+    legacy = {"key": "older", "steps": 4, "baseline": "mean"}
+    legacy |= {m: {"deletion": [0.5, 0.6, 0.7], "insertion": [0.4, 0.5, 0.6]} for m in ("random", "blob")}
+    (out / "faithfulness-chance.json").write_text(json.dumps(legacy))
+    write_report(out)
+    t = _report_trust(out)
+    assert t["chance"][0][:2] == ["random map", 3] and "older xaibatch" in t["chance_note"]
+    assert len(t["verdicts"]) == 1 and "sampled images" not in t["verdicts"][0]["text"]
+    lines.clear()
+    again = run(opts, log=lines.append)
+    assert again.computed == 0 and "model" in again.timings  # the model loads for the chance line alone
+    assert entries() == now and any("on 6 sampled image(s)" in line for line in lines)
+    t = _report_trust(out)
+    assert t["chance"][0][:2] == ["random map", 6] and "content's hash" in t["chance_note"]
+    again = run(opts, log=lines.append)
+    assert again.computed == 0 and "model" not in again.timings  # then an unchanged re-run loads nothing

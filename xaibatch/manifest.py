@@ -259,6 +259,10 @@ class Manifest:
     def image_rels(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT rel FROM images")]
 
+    def image_targets(self) -> list[tuple[str, str, int]]:
+        """(rel, sha256, target class) of every image: what the faithfulness chance sample is drawn from."""
+        return self.db.execute("SELECT rel, sha256, target FROM images").fetchall()
+
     def map_methods(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT method FROM maps")}
 

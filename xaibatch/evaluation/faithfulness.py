@@ -12,11 +12,13 @@ Batched: for a batch of B images and M methods the curves' endpoints come from
 the shared forward (the image) and one forward of the fills (shared by every
 method), so the cost is ``B * (1 + 2 * (N - 1) * M)`` forwards, run in chunks of
 perturbed images built on the device from the maps already in memory.
+
+The report's chance line (a random map and a centred blob, scored the same way) is scored once a run's maps are
+in, on a sample of its images drawn by content (:mod:`.chance`, :func:`update_chance`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +27,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import layout
 from ..defaults import FAITH_BASELINES, FAITH_STEPS
 from ..errors import UsageError
-from ..report.trust import load_chance
-from ..files import atomic_write_bytes
 from ..pipeline.plan import config_hash
 from ..preprocess import Preprocess
+from . import chance
+from .chance import CHANCE_SAMPLE as CHANCE_SAMPLE  # the sample size, where the bench reads it
 
 VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
 BASELINES = FAITH_BASELINES
 DEFAULT_STEPS = FAITH_STEPS
-CHANCE_SAMPLE = 64  # images on which a random map and a centred blob are scored (the report's chance line)
 BLUR_KERNEL = 11  # as RISE's code: an 11-pixel Gaussian kernel with sigma 5
 BLUR_SIGMA = 5.0
 
@@ -124,16 +124,12 @@ def auc(curve: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Scorer:
-    """Scores a batch's maps with one model; keeps the chance sample (random map, centred blob) of a run."""
+    """Scores a batch's maps with one model."""
 
     model: torch.nn.Module
     cfg: FaithConfig
     preprocess: Preprocess  # the model's: the black of the "zero" baseline
-    chance: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    chance_sample: int = CHANCE_SAMPLE
     hashes: dict[str, str] = field(default_factory=dict)  # method -> faithfulness hash
-    chance_key: str = ""
-    chance_loaded: int = 0
     forwards: int = 0  # images sent through the model (the bench reads it)
 
     def probs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -181,22 +177,6 @@ class Scorer:
         inse = torch.cat([p_fill[:, None], inner[:, 1], p_image[:, None]], dim=1)
         return Scores(auc(dele), auc(inse), dele, inse)
 
-    def add_chance(self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor, seeds: list[int]) -> None:
-        """Score a random map and a centred blob on the run's first ``chance_sample`` images."""
-        have = len(self.chance.get("random", {}).get("deletion", []))
-        take = min(self.chance_sample - have, x.shape[0])
-        if take <= 0:
-            return
-        x, targets, p_image = x[:take], targets[:take], p_image[:take]
-        maps = {
-            "random": random_maps(x.shape[-2:], seeds[:take], x.device),
-            "blob": blob_maps(x.shape[-2:], take, x.device),
-        }
-        for name, s in self.score(x, targets, p_image, maps).items():
-            d = self.chance.setdefault(name, {"deletion": [], "insertion": []})
-            d["deletion"] += [float(v) for v in s.deletion]
-            d["insertion"] += [float(v) for v in s.insertion]
-
 
 def random_maps(size: tuple[int, int], seeds: list[int], device: torch.device) -> torch.Tensor:
     """Uniform noise maps, one per seed (the same image gets the same map on every run)."""
@@ -218,8 +198,6 @@ def blob_maps(size: tuple[int, int], b: int, device: torch.device) -> torch.Tens
 
 # -- the run's bookkeeping (hashes, cache, chance sample) ----------------------------------------------------
 
-CHANCE_FILE = layout.FAITH_CHANCE
-
 
 def hashes(cfg: FaithConfig | None, method_hashes: dict[str, str]) -> dict[str, str] | None:
     """Per method: the hash its scores are stored under (its map's hash plus the settings); None when disabled."""
@@ -239,52 +217,84 @@ def scored(known_maps: dict, faith_hashes: dict[str, str] | None) -> dict:
     return {k: row for k, row in known_maps.items() if row.faith_hash == faith_hashes.get(k[1])}
 
 
-def scorer_for(
-    out: Path, cfg: FaithConfig | None, ctx, method_hashes: dict[str, str], predict_hash: str
-) -> Scorer | None:
-    """A Scorer for this run (None when disabled), continuing the chance sample a previous run left."""
+def scorer_for(cfg: FaithConfig | None, ctx, method_hashes: dict[str, str]) -> Scorer | None:
+    """The Scorer of a run's maps (None when disabled)."""
     if cfg is None:
         return None
-    scorer = Scorer(ctx.model, cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
-    scorer.chance_key = config_hash({"faithfulness": cfg.key(), "predict": predict_hash})  # the model, not the methods
-    previous = load_chance(out)
-    if previous and previous.get("key") == scorer.chance_key:
-        scorer.chance = {k: previous[k] for k in ("random", "blob") if k in previous}
-    scorer.chance_loaded = _chance_n(scorer.chance)
-    return scorer
+    return Scorer(ctx.model, cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
 
 
-def _chance_n(chance: dict[str, dict[str, list[float]]]) -> int:
-    return len(chance.get("random", {}).get("deletion", []))
-
-
-def save_chance(out: Path, scorer: Scorer | None) -> None:
-    """Write the chance sample when this run added to it."""
-    if scorer is None or _chance_n(scorer.chance) == scorer.chance_loaded:
-        return
-    body = {"key": scorer.chance_key, "steps": scorer.cfg.steps, "baseline": scorer.cfg.baseline, **scorer.chance}
-    atomic_write_bytes(Path(out) / CHANCE_FILE, json.dumps(body).encode())
-
-
-def chance_on_driver(out: Path, cfg: FaithConfig, prepared, hashes, entries, target: str) -> None:
-    """``--engine ray``: the chance sample, computed once here on the run's first images (the actors score
-    only the maps), with the same images, targets and seeds a local run would use; written like a local run's."""
-    from ..dataset import ImageDataset, collate
-    from ..methods.explainer import Explainer
+def chance_seed(sha256: str) -> int:
+    """The random map's seed for an image: from its content, so a renamed or copied image gets the same map."""
     from ..methods.base import image_seed
 
-    scorer = scorer_for(out, cfg, prepared.ctx, hashes.methods, hashes.predict)
-    need = scorer.chance_sample - _chance_n(scorer.chance)
-    if need <= 0 or not entries:
-        return
-    sample = list(entries)[:need]
-    ds = ImageDataset(sample, prepared.model.input_size)
-    b = collate([ds[i] for i in range(len(ds))])
-    if b.x is None:
-        return
-    ok = [sample[i] for i in b.index]
-    labels = torch.tensor([e.label if e.label is not None else -1 for e in ok])
-    explainer = Explainer([], prepared.ctx, target, scorer, decision=prepared.model.decision)
-    for _ in explainer.explain_tensors(b.x, 32, [image_seed(e.rel) for e in ok], labels):
-        pass  # the scorer adds each batch to its chance sample
-    save_chance(out, scorer)
+    return image_seed("chance:" + sha256)
+
+
+def update_chance(
+    out: Path,
+    cfg: FaithConfig,
+    prepared,
+    predict_hash: str,
+    images: list[tuple[str, str, int]],
+    entries: dict[str, Any],
+    check=lambda: None,
+    log=lambda line: None,
+    should_stop=lambda: False,
+    sample_size: int | None = None,
+) -> int:
+    """Bring the chance sample up to date once a run's maps are committed (both engines, on the driver): draw it
+    from ``images`` ((rel, sha256, target) of every image the manifest holds, see :func:`chance.sample`), keep the
+    scores already in ``faithfulness-chance.json`` for these settings, score a random map and a centred blob on the
+    sampled images that lack them (decoded again from ``entries``, the scan's, each explained for its manifest
+    target class), and write the file when it changed. A stop ends it between batches, keeping what is scored.
+    Returns how many images were scored."""
+    from ..dataset import ImageDataset, collate
+
+    chance_key = chance.key(cfg.key(), predict_hash)
+    old = chance.read(out)
+    usable = old if old is not None and old.legacy is None and old.key == chance_key else None
+    target_of = {rel: target for rel, _sha, target in images}
+    drawn = chance.sample([(rel, sha) for rel, sha, _t in images if sha and rel in entries], sample_size)
+    keep: dict[str, chance.ChanceScores] = {}
+    todo: list[tuple[str, str]] = []
+    for rel, sha in drawn:
+        s = chance.matching(usable, rel, sha, target_of[rel]) if usable is not None else None
+        if s is not None:
+            keep[rel] = s
+        else:
+            todo.append((rel, sha))
+    if todo:
+        log(f"xaibatch: scoring a random map and a centred blob on {len(todo)} sampled image(s) (the chance line)")
+    scorer = Scorer(prepared.ctx.model, cfg, prepared.ctx.preprocess)
+    step = max(1, prepared.batch_size or 32)
+    done = 0
+    for a in range(0, len(todo), step):
+        if should_stop():
+            break
+        part = todo[a : a + step]
+        ds = ImageDataset([entries[rel] for rel, _ in part], prepared.model.input_size, want_hash=[True] * len(part))
+        b = collate([ds[i] for i in range(len(ds))])
+        if b.x is None:
+            continue
+        # a file that no longer holds what the manifest says is left to the next run (whose plan sees it)
+        ok = [j for j, i in enumerate(b.index) if b.sha256[j] == part[i][1]]
+        if not ok:
+            continue
+        rels, shas = zip(*(part[b.index[j]] for j in ok))
+        x = prepared.ctx.preprocess.normalize(b.x[ok], prepared.ctx.device)
+        targets = torch.tensor([target_of[rel] for rel in rels], device=x.device)
+        maps = {
+            "random": random_maps(x.shape[-2:], [chance_seed(sha) for sha in shas], x.device),
+            "blob": blob_maps(x.shape[-2:], len(ok), x.device),
+        }
+        got = scorer.score(x, targets, scorer.probs(x, targets), maps)
+        for k, (rel, sha) in enumerate(zip(rels, shas)):
+            pairs = {name: (float(v.deletion[k]), float(v.insertion[k])) for name, v in got.items()}
+            keep[rel] = chance.ChanceScores(sha, target_of[rel], pairs)
+        done += len(ok)
+    drawn_scores = {rel: keep[rel] for rel, _ in drawn if rel in keep}  # in the sample's order
+    if usable is None or drawn_scores != usable.images:
+        check()
+        chance.write(out, chance_key, cfg.steps, cfg.baseline, drawn_scores)
+    return done

@@ -116,7 +116,6 @@ class Explainer:
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
             for k, v in out.items():
                 v.faith = [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(batch.x.shape[0])]
-            self.scorer.add_chance(batch.x, targets, p_image, seeds)
         return Explained(probs, out)
 
     def explain_tensors(

@@ -215,7 +215,7 @@ def compute(job: ComputeJob) -> None:
     if opts.faithfulness is not None:
         from ..evaluation.faithfulness import scorer_for
 
-        scorer = scorer_for(out, opts.faithfulness, prepared.ctx, hashes.methods, hashes.predict)
+        scorer = scorer_for(opts.faithfulness, prepared.ctx, hashes.methods)
     worker = BatchWorker(
         opts, prepared, hashes, plan, known, run_id, scorer, should_stop=lambda: stop.requested, on_progress=on_progress
     )
@@ -247,10 +247,6 @@ def compute(job: ComputeJob) -> None:
             writer.finish()
         finally:
             progress.close()
-    if scorer is not None:
-        from ..evaluation.faithfulness import save_chance
-
-        save_chance(out, scorer)
 
 
 def loader_workers(workers: int, images: int, batch_size: int) -> int:

@@ -242,17 +242,6 @@ def compute_ray(job: ComputeJob) -> None:
         # never renamed. We hold the lock, so no one else writes here; the driver's own (the run's disk reserve,
         # files.Reserve) stay.
         sweep_temp_files(out, lambda pid: pid != os.getpid())
-        if opts.faithfulness is not None and not job.stop.requested:
-            from ..evaluation.faithfulness import chance_on_driver
-
-            chance_on_driver(
-                out,
-                opts.faithfulness,
-                prepared,
-                job.hashes,
-                [e for _todo, entries in batches(plan, batch_size) for e in entries],
-                opts.target,
-            )
     finally:
         if streamer is not None and streamer.progress is not None:
             streamer.progress.close()

@@ -213,15 +213,11 @@ def _check_same_config(c: WorkerConfig, prepared: Any) -> None:
 
 
 def _scorer(c: WorkerConfig, prepared: Any) -> Any:
-    """The faithfulness scorer of a run with --faithfulness (None without): scores only, the driver computes
-    the chance sample once."""
-    if c.opts.faithfulness is None:
-        return None
+    """The faithfulness scorer of a run with --faithfulness (None without): the maps' scores (the driver scores
+    the chance sample once the maps are in, as after a local run)."""
     from ..evaluation.faithfulness import scorer_for
 
-    scorer = scorer_for(Path(c.out), c.opts.faithfulness, prepared.ctx, c.hashes.methods, c.hashes.predict)
-    scorer.chance_sample = 0
-    return scorer
+    return scorer_for(c.opts.faithfulness, prepared.ctx, c.hashes.methods)
 
 
 def worker_class(config: WorkerConfig) -> type:

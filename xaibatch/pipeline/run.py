@@ -225,6 +225,8 @@ def _run_locked(
             )
             engine.compute(job)
             stamp_failures(row.manifest, plan, row.tally)
+        if opts.faithfulness is not None and setup.prepared is not None and not stop.requested:
+            chance_line(opts, out, setup, row.manifest, lock, log, stop)
         timings["compute"] = time.time() - t_compute
         if row.tally.first_batch is not None:
             timings["first_batch"] = row.tally.first_batch - t0  # from the start: what a user waits for the first maps
@@ -335,6 +337,27 @@ def _plan_run(
     emit(plan_event(row.run_id, row.counts, len(plan.work)))
     apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit)
     return known, plan
+
+
+def chance_line(
+    opts: RunOptions, out: Path, setup: Setup, manifest: Manifest, lock: OutputLock, log, stop: Stop
+) -> None:
+    """--faithfulness: the chance sample (a random map, a centred blob) scored on the images it lacks, here on the
+    driver whichever engine computed the maps: drawn by content from every image the manifest holds now."""
+    from ..evaluation.faithfulness import update_chance
+
+    entries = {e.rel: e for e in setup.found.images}
+    update_chance(
+        out,
+        opts.faithfulness,
+        setup.prepared,
+        setup.hashes.predict,
+        manifest.image_targets(),
+        entries,
+        check=lock.check,
+        log=log,
+        should_stop=lambda: stop.requested,
+    )
 
 
 def stamp_failures(manifest: Manifest, plan: Plan, tally: Tally) -> None:

@@ -153,6 +153,11 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)
         if plan.work:
             return None
+        if opts.faithfulness is not None and known.images:
+            from ..evaluation import chance
+
+            if chance.due(out, chance.key(opts.faithfulness.key(), predict_hash)):
+                return None  # the chance line must be scored (an older xaibatch's, or deleted): the model loads
     except (KeyError, TypeError, ValueError, BadRecord):
         return None
     finally:

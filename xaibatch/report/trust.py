@@ -13,6 +13,7 @@ from statistics import fmean, variance
 from typing import Any
 
 from .. import layout
+from ..evaluation import chance as chance_file
 from .text import fmt_time
 
 SANITY_FILE = layout.SANITY
@@ -39,6 +40,7 @@ class Trust:
     faith: list[FaithRow] = field(default_factory=list)
     chance: list[tuple[str, int, float, float]] = field(default_factory=list)  # (map, images, deletion, insertion)
     chance_settings: str = ""
+    chance_note: str = ""  # how the chance rows' images were chosen, and how the verdicts compare with them
     verdicts: list[Verdict] = field(default_factory=list)  # per method: its scores against the chance line
     sanity: dict[str, Any] | None = None
     sanity_stale: bool = False
@@ -51,7 +53,7 @@ def _mean(xs: list[float]) -> float | None:
 def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: bool, checkpoint_sha: str | None) -> Trust:
     """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity."""
     t = Trust()
-    scores: dict[str, tuple[list[float], list[float]]] = {}  # method title -> all images' deletion, insertion
+    scores: dict[str, dict[str, tuple[float, float]]] = {}  # method title -> rel -> (deletion, insertion)
     for m in methods:
         rows = [
             (images[rel], row)
@@ -60,7 +62,7 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
         ]
         if not rows:
             continue
-        scores[m.title] = ([r.deletion for _i, r in rows], [r.insertion for _i, r in rows])
+        scores[m.title] = {i.rel: (r.deletion, r.insertion) for i, r in rows}
         subsets = [("all", rows)]
         if labeled:
             subsets += [
@@ -77,16 +79,13 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
                 ],
             )
         )
-    chance = load_chance(out)
-    if t.faith and chance:
-        for name, words in (("random", "random map"), ("blob", "centred blob")):
-            d = chance.get(name) or {}
-            if d.get("deletion"):
-                t.chance.append((words, len(d["deletion"]), _mean(d["deletion"]), _mean(d["insertion"])))
-        t.chance_settings = f"{chance.get('steps')} steps, {chance.get('baseline')} fill"
-        lines = {name: chance[name] for name in ("random", "blob") if (chance.get(name) or {}).get("deletion")}
-        if lines:
-            t.verdicts = [faith_verdict(title, d, i, lines) for title, (d, i) in scores.items()]
+    chance = chance_file.read(out)
+    if t.faith and chance is not None:
+        t.chance_settings = f"{chance.steps} steps, {chance.baseline} fill"
+        if chance.legacy is None:
+            _sampled_chance(t, chance, images, scores)
+        elif chance.legacy:
+            _legacy_chance(t, chance.legacy, scores)
     try:
         t.sanity = json.loads((Path(out) / SANITY_FILE).read_text("utf-8"))
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.get("checkpoint_sha256") != checkpoint_sha
@@ -100,15 +99,64 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
     return t
 
 
+CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
+
+
+def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scores: dict) -> None:
+    """The chance rows over the sampled images the report shows (same content and target class as scored), and
+    each method's verdict against them."""
+    sample = {
+        rel: s.scores
+        for rel, s in chance.images.items()
+        if (row := images.get(rel)) is not None and row.sha256 == s.sha256 and row.target == s.target
+    }
+    if not sample:
+        return
+    for name, words in CHANCE_WORDS.items():
+        d, i = zip(*(s[name] for s in sample.values()))
+        t.chance.append((words, len(sample), fmean(d), fmean(i)))
+    t.chance_note = (
+        f"The chance rows score a random map and a centred blob on {len(sample)} images drawn by their content's "
+        "hash, whatever their names or folders."
+    )
+    lists = {
+        name: {"deletion": [s[name][0] for s in sample.values()], "insertion": [s[name][1] for s in sample.values()]}
+        for name in CHANCE_WORDS
+    }
+    t.verdicts = [
+        faith_verdict(title, [d for d, _i in per_image.values()], [i for _d, i in per_image.values()], lists)
+        for title, per_image in scores.items()
+    ]
+
+
+def _legacy_chance(t: Trust, legacy: dict[str, dict[str, list[float]]], scores: dict) -> None:
+    """An older xaibatch's chance lists (the run's first images in path order): shown, compared unpaired."""
+    for name, words in CHANCE_WORDS.items():
+        d = legacy.get(name)
+        if d:
+            t.chance.append((words, len(d["deletion"]), fmean(d["deletion"]), fmean(d["insertion"])))
+    t.chance_note = (
+        "The chance rows were scored by an older xaibatch on the run's first images in path order, which may not "
+        "be like the others (one class folder); the next run with --faithfulness scores them on a sample."
+    )
+    t.verdicts = [
+        faith_verdict(title, [d for d, _i in per_image.values()], [i for _d, i in per_image.values()], legacy)
+        for title, per_image in scores.items()
+    ]
+
+
 def faith_verdict(
     title: str, deletion: list[float], insertion: list[float], chance: dict[str, dict[str, list[float]]]
 ) -> Verdict:
     """A method's per-image scores against the better chance map on each score (lowest mean deletion, highest
     mean insertion): what a reader would otherwise work out from the table. A score counts as better only when
-    the difference of the means exceeds two standard errors (the chance maps are scored on the run's first 64
-    images, the method on all): 0.963 against 0.966 is not a finding."""
+    the difference of the means exceeds two standard errors: 0.963 against 0.966 is not a finding."""
     d_ok = _clearly_better(deletion, min((c["deletion"] for c in chance.values()), key=fmean), lower=True)
     i_ok = _clearly_better(insertion, max((c["insertion"] for c in chance.values()), key=fmean), lower=False)
+    return _verdict(title, d_ok, i_ok)
+
+
+def _verdict(title: str, d_ok: bool, i_ok: bool) -> Verdict:
     if d_ok and i_ok:
         return Verdict(f"{title}: better than both chance maps on deletion and insertion", True)
     if not d_ok and not i_ok:
@@ -133,12 +181,3 @@ def curve_points(curve: list[float]) -> str:
     """An SVG polyline's points for a probability curve over [0, 1] in a CURVE_W x CURVE_H box."""
     n = max(1, len(curve) - 1)
     return " ".join(f"{CURVE_W * i / n:.1f},{CURVE_H * (1 - max(0.0, min(1.0, v))):.1f}" for i, v in enumerate(curve))
-
-
-def load_chance(out: Path) -> dict[str, Any] | None:
-    """The chance sample file, or None when it is missing or unreadable (it is only a cache)."""
-    try:
-        data = json.loads((Path(out) / layout.FAITH_CHANCE).read_text("utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
