@@ -162,8 +162,9 @@ def _around(mean: float, n: int = 64, spread: float = 0.05) -> list[float]:
     ],
 )
 def test_faithfulness_verdict_against_the_better_chance_map(deletion, insertion, good, words):
-    """The summary says what the table's numbers mean: a method's scores against the better chance map on each
-    score (lowest deletion, highest insertion), better only beyond two standard errors of the difference."""
+    """With an older chance file (lists, no per-image keys) the summary compares unpaired: a method's scores
+    against the better chance map on each score (lowest deletion, highest insertion), better only beyond two
+    standard errors of the difference."""
     from xaibatch.report.trust import faith_verdict
 
     chance = {
@@ -294,3 +295,37 @@ def test_chance_sample_is_kept_topped_up_and_replaces_an_older_file(tmp_path, ti
     assert t["chance"][0][:2] == ["random map", 6] and "content's hash" in t["chance_note"]
     again = run(opts, log=lines.append)
     assert again.computed == 0 and "model" not in again.timings  # then an unchanged re-run loads nothing
+
+
+def test_paired_verdict_compares_the_same_images():
+    """Hand-made scores: chance maps whose per-image scores spread widely, a method a little better on every
+    image. Paired (the same images) that is clearly better; compared as two unpaired means it is not, because
+    the spread between images swamps the difference. Images only the method has do not count."""
+    from xaibatch.report.trust import faith_verdict, paired_verdict
+
+    rels = [f"img_{k:03d}.png" for k in range(64)]
+    base = [0.2 + 0.6 * ((k * 7) % 10) / 9 for k in range(64)]  # per image: 0.2 .. 0.8
+    chance = {rel: {"random": (d, 1 - d), "blob": (d - 0.01, 1 - d + 0.01)} for rel, d in zip(rels, base, strict=True)}
+    method = {rel: (d - 0.03, 1 - d + 0.03) for rel, d in zip(rels, base, strict=True)}
+    v = paired_verdict("Grad-CAM", method, chance)
+    assert v.good is True and v.text.startswith("Grad-CAM: better than both chance maps"), v.text
+    assert "on the 64 sampled images" in v.text
+    d, i = [s[0] for s in method.values()], [s[1] for s in method.values()]
+    lists = {
+        n: {"deletion": [c[n][0] for c in chance.values()], "insertion": [c[n][1] for c in chance.values()]}
+        for n in ("random", "blob")
+    }
+    assert faith_verdict("Grad-CAM", d, i, lists).good is False  # the unpaired comparison misses it
+
+    # better than the random map on every image, but not than the blob: not better than chance
+    mixed = {rel: (d - 0.005, 1 - d + 0.03) for rel, d in zip(rels, base, strict=True)}
+    v = paired_verdict("Grad-CAM", mixed, chance)
+    assert v.good is None and "clearly better than chance on insertion, not on deletion" in v.text, v.text
+
+    # images outside the sample (much worse here) do not move the verdict; noisy differences are no finding
+    outside = {f"other_{k}.png": (0.99, 0.01) for k in range(500)}
+    assert paired_verdict("Grad-CAM", {**method, **outside}, chance).good is True
+    noisy = {rel: (d + (0.2 if k % 2 else -0.26), 1 - d) for k, (rel, d) in enumerate(zip(rels, base, strict=True))}
+    v = paired_verdict("Grad-CAM", noisy, chance)
+    assert v.good is False and "not clearly better than a chance map on either score" in v.text, v.text
+    assert paired_verdict("Grad-CAM", {}, chance).good is False  # no image in common: no finding

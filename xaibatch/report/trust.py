@@ -104,7 +104,7 @@ CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
 
 def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scores: dict) -> None:
     """The chance rows over the sampled images the report shows (same content and target class as scored), and
-    each method's verdict against them."""
+    each method's verdict against them on the same images."""
     sample = {
         rel: s.scores
         for rel, s in chance.images.items()
@@ -117,16 +117,10 @@ def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scor
         t.chance.append((words, len(sample), fmean(d), fmean(i)))
     t.chance_note = (
         f"The chance rows score a random map and a centred blob on {len(sample)} images drawn by their content's "
-        "hash, whatever their names or folders."
+        "hash, whatever their names or folders; each verdict compares a method's scores with theirs image by "
+        "image, on the same images."
     )
-    lists = {
-        name: {"deletion": [s[name][0] for s in sample.values()], "insertion": [s[name][1] for s in sample.values()]}
-        for name in CHANCE_WORDS
-    }
-    t.verdicts = [
-        faith_verdict(title, [d for d, _i in per_image.values()], [i for _d, i in per_image.values()], lists)
-        for title, per_image in scores.items()
-    ]
+    t.verdicts = [paired_verdict(title, per_image, sample) for title, per_image in scores.items()]
 
 
 def _legacy_chance(t: Trust, legacy: dict[str, dict[str, list[float]]], scores: dict) -> None:
@@ -145,28 +139,48 @@ def _legacy_chance(t: Trust, legacy: dict[str, dict[str, list[float]]], scores: 
     ]
 
 
+def paired_verdict(
+    title: str, scores: dict[str, tuple[float, float]], chance: dict[str, dict[str, tuple[float, float]]]
+) -> Verdict:
+    """A method's per-image (deletion, insertion) against each chance map's on the same images (``chance``: rel ->
+    map -> (deletion, insertion)), the images both have. A score counts as better only when it beats every chance
+    map by more than two standard errors of the mean paired difference: 0.963 against 0.966 is not a finding."""
+    common = [rel for rel in chance if rel in scores]
+    names = {name for rel in common for name in chance[rel]}
+    d_ok = bool(names) and all(_paired_better([chance[r][name][0] - scores[r][0] for r in common]) for name in names)
+    i_ok = bool(names) and all(_paired_better([scores[r][1] - chance[r][name][1] for r in common]) for name in names)
+    return _verdict(title, d_ok, i_ok, f" (image by image, on the {len(common)} sampled images)")
+
+
 def faith_verdict(
     title: str, deletion: list[float], insertion: list[float], chance: dict[str, dict[str, list[float]]]
 ) -> Verdict:
-    """A method's per-image scores against the better chance map on each score (lowest mean deletion, highest
-    mean insertion): what a reader would otherwise work out from the table. A score counts as better only when
-    the difference of the means exceeds two standard errors: 0.963 against 0.966 is not a finding."""
+    """A method's scores against an older xaibatch's chance lists, which name no images (so unpaired): the better
+    chance map on each score (lowest mean deletion, highest mean insertion); a score counts as better only when
+    the difference of the means exceeds two standard errors."""
     d_ok = _clearly_better(deletion, min((c["deletion"] for c in chance.values()), key=fmean), lower=True)
     i_ok = _clearly_better(insertion, max((c["insertion"] for c in chance.values()), key=fmean), lower=False)
     return _verdict(title, d_ok, i_ok)
 
 
-def _verdict(title: str, d_ok: bool, i_ok: bool) -> Verdict:
+def _verdict(title: str, d_ok: bool, i_ok: bool, how: str = "") -> Verdict:
     if d_ok and i_ok:
-        return Verdict(f"{title}: better than both chance maps on deletion and insertion", True)
+        return Verdict(f"{title}: better than both chance maps on deletion and insertion{how}", True)
     if not d_ok and not i_ok:
         return Verdict(
             f"{title}: not clearly better than a chance map on either score (the differences are within two "
-            "standard errors, or the other way)",
+            f"standard errors, or the other way){how}",
             False,
         )
     better, other = ("deletion", "insertion") if d_ok else ("insertion", "deletion")
-    return Verdict(f"{title}: clearly better than chance on {better}, not on {other}", None)
+    return Verdict(f"{title}: clearly better than chance on {better}, not on {other}{how}", None)
+
+
+def _paired_better(diffs: list[float]) -> bool:
+    """Whether the mean of paired differences (positive: the method better) exceeds two standard errors."""
+    if len(diffs) < 2:
+        return False
+    return fmean(diffs) > 2 * (variance(diffs) / len(diffs)) ** 0.5
 
 
 def _clearly_better(xs: list[float], ref: list[float], lower: bool) -> bool:
