@@ -46,7 +46,7 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
             "Each rate is over its row's images column: a run's rate over fewer images carries more of its "
             "pipeline's fill (the first batch waits for the loader's workers)"
             + (
-                f", and the faithfulness row's first {CHANCE_SAMPLE} images are scored twice more (the chance line)."
+                f", and {CHANCE_SAMPLE} of the faithfulness row's images are scored twice more (the chance line)."
                 if any(r.kind == "xaibatch-faith" for r in res.rows)
                 else "."
             )

@@ -59,7 +59,7 @@ def end_to_end(
     row = _end_to_end_row(family, k, faith, no_files)
     outs = scratch(b.inputs.root, f"out-{family}{'-faith' if faith else '-nofiles' if no_files else ''}")
     # a warm-up explains two batches (the second one's time is the run's rate: see _steady); LIME one image, and
-    # with scores (2 x steps forwards an image, three times over for the first CHANCE_SAMPLE) one image too
+    # with scores (2 x steps forwards an image, and the CHANCE_SAMPLE sampled images twice more) one image too
     least = 1 if family == "lime" or faith else b.n_warm  # a timed round's least
     warm = min(k, 2 * b.bs) if least == b.n_warm else least
     step = 1 if family == "lime" or faith else b.bs

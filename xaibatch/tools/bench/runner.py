@@ -138,7 +138,7 @@ def bench_jobs(b: Bench) -> list[Job]:
             writer_alone(b),
             file_floor(b),  # the writer, and its ceiling on this file system
             end_to_end(b, "gradcam", n, faith=True),  # the scores' cost (not fewer: the chance sample,
-            # the first faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
+            # faithfulness.CHANCE_SAMPLE images scored twice more, would weigh on the rate)
             on_tensors(b, "gradcam", n),
         ]
     if "guided-gradcam" in only:
