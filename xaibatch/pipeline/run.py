@@ -355,7 +355,7 @@ def chance_line(
         manifest.image_targets(),
         entries,
         check=lock.check,
-        log=log,
+        log=log if opts.on_event is None else (lambda line: None),  # --log-json: JSON only
         should_stop=lambda: stop.requested,
     )
 
