@@ -244,3 +244,23 @@ def test_a_target_layer_the_output_does_not_depend_on_is_one_line(tmp_path, meth
     assert "internal error" not in r.output and "Traceback" not in r.output
     assert "the model's output does not depend on the target layer features.2" in " ".join(r.output.split())
     assert "--target-layer" in r.output
+
+
+def test_the_host_running_out_of_memory_is_one_line_that_says_what_to_do(tmp_path):
+    # torch's CPU allocator failing ("[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator: can't allocate
+    # memory: you tried to allocate 642252800 bytes") came out as "internal error: RuntimeError: ..." (an audit's
+    # IntegratedGradients run at 224 px under a memory limit).
+    host = OOM_MODEL.replace(
+        "raise torch.OutOfMemoryError(",
+        "raise RuntimeError(\"[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+        'you tried to allocate 642252800 bytes. Error code 12 (Cannot allocate memory)"); raise ValueError(',
+    )
+    (tmp_path / "greedy.py").write_text(host)
+    write_images(tmp_path / "in", 4)
+    r = invoke(
+        "run", tmp_path / "in", "--model", f"{tmp_path / 'greedy.py'}:build", "--classes", "a,b",
+        "--out", tmp_path / "out", "--workers", 0, "--batch-size", 2,
+    )  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "internal error" not in r.output and "Traceback" not in r.output
+    assert "out of memory (0.60 GiB asked for): try a smaller --batch-size" in " ".join(r.output.split())

@@ -138,6 +138,8 @@ def reported(fn):
                 raise
             if type(e).__name__ == "OutOfMemoryError":  # torch's (a GPU's memory), named without importing torch
                 raise Failure(device_memory(str(e)), EXIT_RUNTIME) from None
+            if isinstance(e, MemoryError) or CPU_ALLOCATOR in str(e):  # the host's memory (torch's CPU allocator)
+                raise Failure(host_memory(str(e)), EXIT_RUNTIME) from None
             raise Failure(
                 f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
             ) from None
@@ -156,6 +158,20 @@ def device_memory(message: str) -> str:
     return (
         f"the GPU ran out of memory{f' ({what})' if what else ''}: try a smaller --batch-size (LIME's model batches: "
         "--method-option lime.batch_size=N); what a run finished is kept"
+    )
+
+
+CPU_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory"
+
+
+def host_memory(message: str) -> str:
+    """torch's CPU allocator failure ("[enforce fail at alloc_cpu.cpp:...] ... you tried to allocate N bytes") or a
+    MemoryError as one line that says what to do."""
+    tried = re.search(r"tried to allocate (\d+) bytes", message)
+    what = f" ({int(tried.group(1)) / 2**30:.2f} GiB asked for)" if tried else ""
+    return (
+        f"out of memory{what}: try a smaller --batch-size (LIME's model batches: --method-option "
+        "lime.batch_size=N; captum's: --method-option captum:NAME.internal_batch_size=N); what a run finished is kept"
     )
 
 
