@@ -1411,6 +1411,7 @@ def test_card_captions_name_library_methods_shortly_and_break_them_between_words
 
     titles = ["Grad-CAM", "Grad-CAM (pytorch-grad-cam)", "IntegratedGradients (captum)", "InputXGradient (captum)"]
     titles += ["captum:NoiseTunnel.Saliency", "LIME", "Guided Grad-CAM", "a-long-hyphenated-name (captum)"]
+    titles += ["Grad-CAM++ (pytorch-grad-cam)", "Eigen-CAM (pytorch-grad-cam)"]
     assert card_captions(titles) == [
         ("Grad\u2011CAM",),  # a short hyphenated word: non-breaking hyphens (a card read "Guided Grad-" / "CAM")
         ("Grad\u2011CAM (pytorch-grad-cam)",),  # "Grad-CAM" alone would read as the method beside it
@@ -1420,6 +1421,8 @@ def test_card_captions_name_library_methods_shortly_and_break_them_between_words
         ("LIME",),
         ("Guided Grad\u2011CAM",),
         ("a-long-hyphenated-name",),  # too long for a column: it may break at its hyphens
+        ("Grad-CAM++",),  # a phone's column broke it as "Grad-CAM+" over "+": it may break after its hyphen
+        ("Eigen\u2011CAM",),
     ]
 
 

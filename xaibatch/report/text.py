@@ -99,8 +99,9 @@ def fmt_bytes(n: int) -> str:
 _LIBRARY = re.compile(r"^(.+?) \((?:captum|pytorch-grad-cam)\)$")  # library methods' titles: "Saliency (captum)"
 # where a long name may break: after ':', '.' or '_', and between camel-case humps ("Integrated|Gradients")
 _BREAKS = re.compile(r"(?<=[:._])(?=.)|(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-# a short hyphenated word ("Grad-CAM", at most 10 characters: it fits a card's column) keeps its hyphen unbroken
-_SHORT_HYPHENATED = re.compile(r"(?<![\w-])\w[\w-]{1,8}\w(?![\w-])")
+# a short hyphenated word ("Grad-CAM", "Eigen-CAM": at most 9 characters, what a phone's card column holds) keeps
+# its hyphen unbroken; "Grad-CAM++" may break after its hyphen (else a phone broke it as "Grad-CAM+" over "+")
+_SHORT_HYPHENATED = re.compile(r"(?<![\w+-])[\w+][\w+-]{1,7}[\w+](?![\w+-])")
 NON_BREAKING_HYPHEN = "\u2011"
 
 
