@@ -126,8 +126,8 @@ def test_integrated_gradients_goes_through_the_model_in_chunks_by_default(monkey
 
     from xaibatch.methods import captum_library
 
-    assert captum_library.internal_batch(32, 224 * 224) == 64  # 64 images of 224 px a chunk
-    assert captum_library.internal_batch(32, 32 * 32) >= 32 * 50  # a CIFAKE batch: every step at once, as before
+    assert captum_library.internal_batch(32, 224 * 224) == 32  # 32 images of 224 px a chunk
+    assert captum_library.internal_batch(32, 32 * 32) == 1568  # a CIFAKE batch's 1,600 images: two chunks
     assert captum_library.internal_batch(128, 512 * 512) == 128  # never below the batch (captum's minimum)
     model = tiny_model("test_resnet", num_classes=3)
     ctx = make_ctx(model, 32)
