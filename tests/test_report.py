@@ -842,6 +842,43 @@ def test_recomputed_map_updates_its_colour_bar_numbers(tmp_path):
     assert map_of(detail_of(out, "FAKE/a.png"), "lime")["ticks"] == ["−0.5", "0", "+0.5"]
 
 
+def test_detail_data_gives_each_maps_saved_shape(tmp_path, tiny_ckpt):
+    """The detail view's "raw map (.npy, float32, H×W)" link named the image's size, but an image over
+    --max-map-side (by area) has its map saved smaller: the record carries the saved file's shape."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.new("RGB", (300, 60), (90, 20, 200)).save(inp / "wide.png")  # 18,000 pixels, over 40 x 40: scaled down
+    Image.new("RGB", (30, 40), (20, 90, 200)).save(inp / "small.png")  # 1,200 pixels: its own size
+    out = tmp_path / "out"
+    run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, max_map_side=40), log=quiet)
+    _site, records = detail_data(out)
+    shapes = {}
+    for rel, rec in records.items():
+        v = map_of(rec, "gradcam")
+        shapes[rel] = v["shape"]
+        assert v["shape"] == list(np.load(out / unquote(v["npy"])).shape), rel
+        assert [rec["h"], rec["w"]] == list(Image.open(inp / rel).size[::-1])  # the image's size, as before
+    assert shapes["small.png"] == [40, 30]
+    h, w = shapes["wide.png"]
+    assert h * w <= 40 * 40 * 1.01 and (h, w) != (60, 300), shapes
+
+
+def test_the_saved_shape_of_a_map_read_back_or_unreadable(tmp_path):
+    """Rows without a stored view (older folders): the shape comes from the .npy read once; an unreadable map
+    has none, so the detail view names no size rather than a wrong one."""
+    out = synth(tmp_path / "o", [("FAKE/a.png", 0, 0.9), ("REAL/b.png", 1, 0.2)])
+    m = Manifest(out / FILENAME)
+    m.db.execute("UPDATE images SET width = 5000, height = 600 WHERE rel = 'FAKE/a.png'")
+    m.db.commit()
+    m.close()
+    np.save(out / "maps" / "gradcam" / "FAKE" / "a.npy", np.zeros((355, 2956), np.float32))  # --max-map-side 1024
+    (out / "maps" / "gradcam" / "REAL" / "b.npy").write_bytes(b"not a .npy file")
+    report.render(out)
+    a, b = detail_of(out, "FAKE/a.png"), detail_of(out, "REAL/b.png")
+    assert (a["w"], a["h"]) == (5000, 600) and map_of(a, "gradcam")["shape"] == [355, 2956]
+    assert map_of(b, "gradcam")["shape"] is None
+
+
 def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
     inp = tmp_path / "in"
     (inp / "FAKE").mkdir(parents=True)

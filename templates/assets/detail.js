@@ -84,6 +84,14 @@
     return el("span", {"class": "cbar"}, kids);
   }
 
+  // the saved map's size, H×W: the image's own, or smaller when the image is over --max-map-side (by area);
+  // nothing when the map could not be read
+  function npyShape(v, im) {
+    if (!v.shape) { return ""; }
+    var s = ", " + v.shape[0] + "×" + v.shape[1];
+    return v.shape[0] === im.h && v.shape[1] === im.w ? s : s + ", scaled down from the image's " + im.h + "×" + im.w + " by --max-map-side";
+  }
+
   function mapFigure(v, im, target) {
     var m = site.methods[v.m] || {title: v.m, legend: "", scale_words: "", bar: ""};
     var about = [el("small", {}, [m.scale_words + "." + (v.note ? " " + v.note : "")]), el("br"),
@@ -100,7 +108,7 @@
           svg("polyline", {points: v.curves[1], fill: "none", stroke: "#0072B2", "stroke-width": "1.5"})]), el("br"));
       }
     }
-    about.push(el("a", {href: up + v.npy, download: ""}, ["raw map (.npy, float32, " + im.h + "×" + im.w + ")"]));
+    about.push(el("a", {href: up + v.npy, download: ""}, ["raw map (.npy, float32" + npyShape(v, im) + ")"]));
     if (v.info.length) {
       about.push(el("ul", {"class": "info"}, v.info.map(function (kv) {
         var words = site.info_words[kv[0]];

@@ -319,6 +319,9 @@ def map_record(v: MapView, c: Card, target: str | None = None) -> dict[str, Any]
         "m": v.method,
         "png": v.png,
         "npy": v.npy,
+        # the saved map's [height, width] (MapRow.view): the image's size, or smaller over --max-map-side;
+        # None when the map could not be read (its view unknown)
+        "shape": list(v.shape) if v.shape else None,
         "ticks": ticks,
         "note": note,
         "info": [[k, x] for k, x, _w in v.info],
