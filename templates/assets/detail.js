@@ -92,6 +92,14 @@
     return v.shape[0] === im.h && v.shape[1] === im.w ? s : s + ", scaled down from the image's " + im.h + "×" + im.w + " by --max-map-side";
   }
 
+  // a method's title as text parts with a <wbr> between them: a narrow figure breaks "Integrated|Gradients"
+  // between its words, never inside one (the parts: text.break_points)
+  function titleParts(m) {
+    var kids = [];
+    (m.breaks || [m.title]).forEach(function (p, i) { if (i) { kids.push(el("wbr")); } kids.push(p); });
+    return kids;
+  }
+
   function mapFigure(v, im, target) {
     var m = site.methods[v.m] || {title: v.m, legend: "", scale_words: "", bar: ""};
     var about = [el("small", {}, [m.scale_words + "." + (v.note ? " " + v.note : "")]), el("br"),
@@ -120,7 +128,7 @@
     below.push(el("details", {}, [el("summary", {}, ["What this map shows"])].concat(about)));
     return el("figure", {"data-method": v.m}, [
       picture(v.png, m.title + " map of " + iso(im.rel) + " for class " + iso(target), im),
-      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, [m.title])]), el("div", {}, below)])]);
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, titleParts(m))]), el("div", {}, below)])]);
   }
 
   function viewsRow(im, maps, target) {

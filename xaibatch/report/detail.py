@@ -18,7 +18,7 @@ from ..files import InputFolder, NotRegularFile, open_regular, safe_join
 from ..layout import display_size
 from .cards import mask_rel
 from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
-from .text import fmt_bytes, fmt_num, fmt_pct
+from .text import break_points, fmt_bytes, fmt_num, fmt_pct
 
 MASK_MAX_PIXELS = 10_000_000  # a ground-truth mask larger than this is skipped without reading it
 
@@ -382,6 +382,8 @@ def site_record(methods: list[MethodInfo], target_words: str, n_classes: int) ->
         "methods": {
             m.name: {
                 "title": m.title,
+                # where the caption may break ("Integrated|Gradients"): a narrow figure broke words inside
+                "breaks": list(break_points(m.title)),
                 "signed": m.signed,
                 "legend": m.legend,
                 "scale_words": m.scale_words,
