@@ -708,6 +708,139 @@ def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out)
     assert max(top for _h, top in rows) - min(top for _h, top in rows) < 1, rows
 
 
+@pytest.fixture(scope="module")
+def tall_out(tmp_path_factory) -> Path:
+    """A synthetic report of a tall photo (300x2400: display copy 64x512) and a panorama (4000x800: 512x102),
+    four methods with long library titles, colour bars with long numbers and a weak LIME map."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import test_report
+
+    from xaibatch.layout import display_size
+    from xaibatch.pipeline.pictures import map_size
+
+    extra = {
+        "cam:gradcam++": {"title": "Grad-CAM++ (pytorch-grad-cam)", "signed": False, "config": {}, "hash": "p"},
+        "captum:IntegratedGradients": {
+            "title": "IntegratedGradients (captum)",
+            "signed": True,
+            "config": {"reduce": "sum"},
+            "hash": "i",
+        },
+    }
+    methods = ("gradcam", "cam:gradcam++", "captum:IntegratedGradients", "lime")
+    sizes = {"FAKE/tall.png": (300, 2400), "REAL/wide.png": (4000, 800)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(test_report, "METHODS", {**test_report.METHODS, **extra})
+        out = test_report.synth(
+            tmp_path_factory.mktemp("tall") / "o",
+            [("FAKE/tall.png", 0, 0.9), ("REAL/wide.png", 1, 0.2)],
+            methods=methods,
+        )
+    m = Manifest(out / FILENAME)
+    for rel, (w, h) in sizes.items():
+        m.db.execute("UPDATE images SET width = ?, height = ? WHERE rel = ?", (w, h, rel))
+    m.db.commit()
+    m.close()
+    rng = np.random.default_rng(0)
+    for rel, (w, h) in sizes.items():
+        stem = rel.rsplit(".", 1)[0]
+        dw, dh = display_size(w, h)
+        for sub in ("images", *(f"maps/{k}" for k in methods)):
+            Image.fromarray(rng.integers(0, 255, (dh, dw, 3), np.uint8)).save(out / sub / f"{stem}.png")
+        mh, mw = map_size(h, w, 1024)
+        ramp = np.linspace(0, 0.93, mh * mw, dtype=np.float32).reshape(mh, mw)  # ticks 0, 0.46, >= 0.92
+        for k in methods:
+            a = {"lime": ramp * 4e-4, "captum:IntegratedGradients": (ramp - 0.465) * 0.0012}.get(k, ramp)
+            np.save(out / "maps" / k / f"{stem}.npy", a)  # IntegratedGradients: about -0.000557 / 0 / +0.000557
+    report.render(out)
+    return out
+
+
+FIGURE_MIN = 150  # report.css .views --min: the width a title and a colour bar's numbers need
+
+TALL_LAYOUT = """
+function box(e) { var r = e.getBoundingClientRect(); return {l: r.left, r: r.right, t: r.top, b: r.bottom, w: r.width, h: r.height}; }
+return Array.prototype.map.call(document.querySelectorAll('.views figure'), function (f) {
+  var img = f.querySelector('img');
+  return {fig: box(f), img: box(img), dw: +img.getAttribute('width'), dh: +img.getAttribute('height'),
+          ticks: Array.prototype.map.call(f.querySelectorAll('.cbar .ticks > span'), function (t) {
+            return {text: t.textContent, box: box(t), lines: t.getClientRects().length}; })};
+});
+"""
+
+
+def overlapping(boxes: list[dict]) -> list[tuple[int, int]]:
+    """The pairs of boxes that cover a common area (a shared edge is not an overlap)."""
+    return [
+        (i, j)
+        for i, a in enumerate(boxes)
+        for j, b in enumerate(boxes[i + 1 :], i + 1)
+        if min(a["r"], b["r"]) - max(a["l"], b["l"]) > 0.5 and min(a["b"], b["b"]) - max(a["t"], b["t"]) > 0.5
+    ]
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_a_tall_pictures_figures_keep_a_readable_width(driver, tall_out, width):
+    """A 300x2400 photo (display copy 64x512) held every figure to 64 px at 1400 px: titles broke inside words
+    ("Integrat|edGradi|ents"), colour-bar numbers ran together ("00.4 >= / 65 0.92"); at 390 px the copies were
+    stretched 2.5 times. Each figure is now at least FIGURE_MIN wide, the picture at most its display copy's
+    size, its aspect kept, centred, no taller than the window; numbers and words are never cut or overlaid."""
+    url = detail_urls(tall_out)["FAKE/tall.png"]
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, url)
+        assert not load_all_images(driver)
+        figs = driver.execute_script(TALL_LAYOUT)
+        assert len(figs) == 5 and {(f["dw"], f["dh"]) for f in figs} == {(64, 512)}
+        for f in figs:
+            fig, img = f["fig"], f["img"]
+            assert fig["w"] >= FIGURE_MIN, figs
+            assert img["w"] <= f["dw"] + 0.5 and img["h"] <= f["dh"] + 0.5, f  # never enlarged
+            assert img["h"] == pytest.approx(img["w"] * f["dh"] / f["dw"], abs=1.5), f  # its aspect kept
+            assert abs((img["l"] + img["r"]) / 2 - (fig["l"] + fig["r"]) / 2) <= 1, f  # centred
+            assert img["h"] <= driver.execute_script("return window.innerHeight")
+            ticks = f["ticks"]
+            if ticks:  # the original has no colour bar
+                assert len(ticks) == 3 and all(t["lines"] == 1 for t in ticks), ticks  # no number broken
+                assert overlapping([t["box"] for t in ticks]) == [], ticks
+                assert all(fig["l"] - 0.5 <= t["box"]["l"] and t["box"]["r"] <= fig["r"] + 0.5 for t in ticks), ticks
+        texts = [t["text"] for f in figs for t in f["ticks"]]
+        assert any(t.startswith("−0.0005") for t in texts) and any(t.startswith("≥ 0.9") for t in texts), texts
+        if width >= 1400:
+            assert len({round(f["fig"]["t"]) for f in figs}) == 1, figs  # one row
+        assert driver.execute_script(BROKEN_WORDS, ".views figcaption strong") == []
+        assert driver.execute_script(BROKEN_WORDS, ".views .weak") == []
+        weak = driver.find_element("css selector", 'figure[data-method="lime"] .weak')
+        assert weak.is_displayed() and weak.size["width"] >= FIGURE_MIN  # not one word a line
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_a_panoramas_figures_fill_their_columns_as_before(driver, tall_out, width):
+    """A 4000x800 photo (display copy 512x102) keeps its layout: one row at 1400 px, each picture as wide as its
+    figure (never wider than 512 px), two columns on a phone, nothing wider than the window."""
+    url = detail_urls(tall_out)["REAL/wide.png"]
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, url)
+        figs = driver.execute_script(TALL_LAYOUT)
+        assert len(figs) == 5 and {(f["dw"], f["dh"]) for f in figs} == {(512, 102)}
+        for f in figs:
+            assert f["fig"]["w"] >= FIGURE_MIN and f["img"]["w"] == pytest.approx(f["fig"]["w"], abs=0.5), f
+            assert f["img"]["w"] <= 512.5
+            assert overlapping([t["box"] for t in f["ticks"]]) == []
+        tops = sorted({round(f["fig"]["t"]) for f in figs})
+        assert len(tops) == (1 if width >= 1400 else 3), figs  # one row; on a phone two figures a row
+        assert driver.execute_script(BROKEN_WORDS, ".views figcaption strong") == []
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    finally:
+        driver.set_window_size(1280, 900)
+
+
 def test_detail_view_arrow_keys_walk_the_images(driver, paged_out):
     """→ and ← step through the images as Next and Previous do, across gallery pages too."""
     from selenium.webdriver.common.keys import Keys

@@ -140,7 +140,8 @@
     });
     var d = el("div", {"class": "views"}, figs);
     d.style.setProperty("--n", String(figs.length));
-    d.style.setProperty("--w", im.dw + "px");
+    d.style.setProperty("--w", im.dw + "px");  // the display copy's size: never drawn larger (report.css)
+    d.style.setProperty("--ar", String(im.dw / im.dh));
     return d;
   }
 
