@@ -1,5 +1,5 @@
-"""A batch's pictures, made on the device where its maps are: maps at the original size, overlays, thumbnails
-(what the writer then only encodes and writes)."""
+"""A batch's pictures, made on the device where its maps are: maps at the original size (scaled down past
+--max-map-side: map_size), overlays, thumbnails (what the writer then only encodes and writes)."""
 
 from __future__ import annotations
 
