@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -116,6 +117,41 @@ def synth(
 def labeled_rows(n: int, seed: int = 0) -> list[tuple[str, int, float]]:
     rng = np.random.default_rng(seed)
     return [(f"{CLASSES[i % 2]}/im_{i:04d}.png", i % 2, float(rng.uniform(0.02, 0.98))) for i in range(n)]
+
+
+def another_model(
+    out: Path, rels: list[str], status: str = "interrupted", sha: str = "cd" * 32, checkpoint: str = "n.pt"
+) -> int:
+    """A later run of a synth() folder with another model (predict hash "q", or "p" for synth's own ``sha``) that
+    re-predicted ``rels`` (each now right, at 90%) and ended ``status``: with "interrupted", before the others."""
+    cfg = {
+        "model": {"arch": "resnet18", "checkpoint": checkpoint, "checkpoint_sha256": sha, "input_size": 32},
+        "methods": {"gradcam": METHODS["gradcam"]},
+        "class_names": CLASSES,
+        "seed": 0,
+    }
+    m = Manifest(out / FILENAME)
+    predict_hash = "p" if sha == "ab" * 32 else "q"
+    run_id = m.start_run("/data/set", cfg, predict_hash)
+    images = m.images()
+    with m.transaction():
+        for rel in rels:
+            r = images[rel]
+            probs = [0.9, 0.1] if r.label == 0 else [0.1, 0.9]
+            m.put_image(
+                dataclasses.replace(
+                    r,
+                    pred=r.label,
+                    target=r.label,
+                    confidence=0.9,
+                    probs=probs,
+                    predict_hash=predict_hash,
+                    run_id=run_id,
+                )
+            )
+    m.finish_run(run_id, status, 1.0, RunCounts(seen=len(images), computed=len(rels)))
+    m.close()
+    return run_id
 
 
 class Links(HTMLParser):
@@ -680,6 +716,46 @@ def test_summary_warns_when_the_bundled_model_meets_other_data(tmp_path):
     html = (out / "index.html").read_text()
     assert 'class="warn"' in html and "none of the 3 images has a ground-truth mask" in html
     assert "not 32x32" not in html
+
+
+def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone(tmp_path):
+    """A run with another model stopped before it recomputed every image (exit 5, or killed): the report showed
+    one accuracy, ECE, confusion matrix and gallery over both models' predictions, and named only the last one.
+    It now says how many images an earlier model predicted and which, measures the last run's model's images
+    alone (the others' accuracy said apart), and drops it all once a complete run has recomputed them."""
+    rows = labeled_rows(20)
+    rels = [rel for rel, _label, _p in rows]
+    out = synth(tmp_path / "o", rows)
+    report.render(out)
+    assert 'id="earlier"' not in (out / "index.html").read_text()
+
+    another_model(out, rels[:5], checkpoint="<b>n</b>.pt")  # right on its 5, stopped before the other 15
+    stats = report.render(out)
+    raw = (out / "index.html").read_text()
+    html = unescape(raw)
+    assert 'id="earlier"' in html and "15 of 20 images still hold the predictions and maps of an earlier model" in html
+    assert "15 by resnet18, m.pt (sha256 abababababab)" in html and "The last run (interrupted) used" in html
+    assert "&lt;b&gt;n&lt;/b&gt;.pt" in raw and "<b>n</b>" not in raw  # the last run's model, escaped
+    assert stats.accuracy == 1.0 and "over the 5 of 20 images predicted by the last run's model" in html
+    right = sum(1 for _rel, label, p0 in rows[5:] if label == int(p0 < 0.5))
+    assert 0 < right < 15 and f"their own accuracy {100 * right / 15:.1f}% ({right} of 15 labeled images" in html
+    data = report.build(out)
+    assert (data.correct, data.wrong, data.measured, data.total) == (5, 0, 5, 20)
+    assert sum(cell["n"] for row in data.confusion for cell in row) == 5
+    assert sum(b["n"] for b in data.calibration) == 5 and data.decision is None
+
+    another_model(out, rels[5:], status="ok", checkpoint="<b>n</b>.pt")  # the next complete run
+    report.render(out)
+    assert 'id="earlier"' not in (out / "index.html").read_text() and report.build(out).accuracy == 1.0
+
+    # back to the first model, stopped before any image: no image row changed, yet every one is an earlier model's
+    another_model(out, [], sha="ab" * 32, checkpoint="m.pt")
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert (
+        "20 of 20 images still hold" in html and "20 by resnet18, &lt;b&gt;n&lt;/b&gt;.pt (sha256 cdcdcdcdcdcd)" in html
+    )
+    assert 'Measured over</dt><dd class="bad">0 images' in html and report.build(out).accuracy is None
 
 
 @pytest.fixture(scope="module")

@@ -184,6 +184,12 @@ class Manifest:
             )
         return ids
 
+    def newest_run_with(self, predict_hash: str) -> dict[str, Any] | None:
+        """The newest run row that recorded ``predict_hash`` (the model that predicted some images); None: none."""
+        cur = self.db.execute("SELECT * FROM runs WHERE predict_hash = ? ORDER BY id DESC LIMIT 1", (predict_hash,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
     def last_status(self) -> str | None:
         """The status of the newest run row (None: no run yet)."""
         row = self.db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()

@@ -66,8 +66,10 @@ def make_card(
     methods: list[MethodInfo],
     maps: dict[tuple[str, str], MapRow],
     masks: dict[str, str] | None = None,
+    earlier: str = "",
 ) -> Card:
-    """One image's card; ``masks``: see masks_beside."""
+    """One image's card; ``masks``: see masks_beside; ``earlier``: the earlier model that predicted it, in words
+    ("": the last run's)."""
     stem = r.stem
     views = [_view(row, m) for m in methods if (row := maps.get((r.rel, m.name))) is not None]
     why_not = []  # --target pred,label: the true class's maps of a misclassified image
@@ -109,6 +111,7 @@ def make_card(
         size=r.size,
         mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
         label_maps=why_not,
+        earlier=earlier,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
-from ..runconfig import BadRecord, MethodRecord, RunConfig, read_run
+from ..runconfig import BUNDLED, BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
@@ -156,6 +156,9 @@ class History:
     run: RunConfig | None  # the last run's configuration (None: no run, or a damaged record)
     older_methods: dict[str, MethodRecord]  # the latest record of each method with maps that the last run lacks
     map_methods: set[str]  # the manifest's map keys (methods, and their "@label" maps), read once
+    # read_rows: images per predict hash (the model that predicted them), and words for the earlier models
+    predicted: Counter[str] = field(default_factory=Counter)
+    models: dict[str, str] = field(default_factory=dict)  # an earlier predict hash -> its model, in words
 
     @classmethod
     def read(cls, manifest: Manifest) -> History:
@@ -188,6 +191,26 @@ class History:
         return self.run.to_dict() if self.run is not None else {}
 
     @property
+    def predict_hash(self) -> str:
+        """The last run's predict hash: what its model and decision rule give the images it predicts."""
+        return str((self.last or {}).get("predict_hash") or "")
+
+    def read_models(self, manifest: Manifest, images: dict[str, ImageRow]) -> None:
+        """Count the images per predict hash, and name the model of each earlier hash that the images hold (a
+        look-up in the runs table for each of the EARLIER_NAMED most common: a few, whatever the images)."""
+        self.predicted = Counter(r.predict_hash for r in images.values())
+        self.models = {}
+        last = self.predict_hash
+        if not last:
+            return
+        for h, _n in self.predicted.most_common():
+            if h == last:
+                continue
+            if len(self.models) == EARLIER_NAMED:
+                break
+            self.models[h] = earlier_model_words(h, manifest.newest_run_with(h), self)
+
+    @property
     def input_dir(self) -> str:
         return (self.last or {}).get("input_dir") or ""
 
@@ -211,11 +234,68 @@ def build(out_dir: Path) -> ReportData:
     m = Manifest(Path(out_dir) / layout.MANIFEST)
     try:
         history = History.read(m)
-        rows = m.images(), m.maps(), m.failures()
+        rows = read_rows(m, history)
     finally:
         m.close()
     images = rows[0]
     return assemble(out_dir, *rows, history, masks_beside(history.source(), images))
+
+
+def read_rows(
+    m: Manifest, history: History
+) -> tuple[dict[str, ImageRow], dict[tuple[str, str], MapRow], list[tuple[str, str]]]:
+    """The manifest's image, map and failure rows, and (into ``history``) which models predicted the images."""
+    images = m.images()
+    history.read_models(m, images)
+    return images, m.maps(), m.failures()
+
+
+EARLIER_NAMED = 3  # the summary names this many of the earlier models whose predictions the images still hold
+
+# what a predict hash covers (runconfig.ModelRecord.hashed), in words: what else an earlier model had
+_SETTING_WORDS = {
+    "arch": "architecture",
+    "input_size": "input size",
+    "mean": "normalization",
+    "std": "normalization",
+    "classes": "class list",
+    "target": "--target",
+    "map_format": "map format (an older xaibatch)",
+    "one_logit_positive": "positive class",
+    "one_logit_output": "output reading",
+    "output": "output reading",
+}
+
+
+def model_words(run: RunConfig) -> str:
+    """A run's model in a few words: the bundled demo model, or its architecture and checkpoint, and its sha256."""
+    m = run.model
+    if run.source is not None and run.source.kind == BUNDLED:
+        name = "the bundled demo model"
+    else:
+        name = ", ".join(str(x) for x in (m.arch, m.checkpoint) if x) or "an unrecorded model"
+    sha = m.checkpoint_sha256 or ""
+    return f"{name} (sha256 {sha[:12]})" if sha else name
+
+
+def earlier_model_words(predict_hash: str, row: dict[str, Any] | None, history: History) -> str:
+    """The model of an earlier predict hash, in words, from ``row`` (the newest run that recorded the hash)."""
+    if predict_hash.split("+")[0] == history.predict_hash.split("+")[0]:  # plan.config_hashes: model+decision
+        return "the same model under an earlier decision rule"
+    try:
+        run = read_run(row) if row is not None else None
+    except BadRecord:
+        run = None
+    if run is None:
+        return "an earlier model that no run row records"
+    words = model_words(run)
+    now = history.run
+    sha = run.model.checkpoint_sha256
+    if now is not None and sha and sha == now.model.checkpoint_sha256:  # the same weights: what else differed
+        a, b = run.model.hashed(), now.model.hashed()
+        other = dict.fromkeys(_SETTING_WORDS.get(k, k) for k in {**a, **b} if a.get(k) != b.get(k))
+        words += f" with another {', '.join(other)}" if other else " under earlier settings"
+    return words
 
 
 def class_names(run: RunConfig | None, images: dict[str, ImageRow]) -> list[str]:
@@ -243,15 +323,26 @@ def assemble(
     labeled = any(r.label is not None for r in images.values())
     from .trust import build_trust
 
+    # Images whose predictions an earlier model made (a run with another model stopped before it recomputed them)
+    # are shown, and marked; the numbers are over the last run's model's images alone (earlier_summary).
+    predicted = history.predicted
+    if sum(predicted.values()) != len(images):  # rows not read by read_rows
+        predicted = Counter(r.predict_hash for r in images.values())
+    last = history.predict_hash
+    earlier = {h: n for h, n in predicted.items() if h != last} if last else {}
+    words = {h: history.models.get(h) or "an earlier model" for h in earlier}  # the cards' words
+    measured = {rel: r for rel, r in images.items() if r.predict_hash == last} if earlier else images
+
     # what needs all the rows, before the cards consume them
-    trust = build_trust(Path(out_dir), images, maps, methods, labeled, run.model.checkpoint_sha256)
-    decision = decision_summary(run.decision, names, images)
+    trust = build_trust(Path(out_dir), measured, maps, methods, labeled, run.model.checkpoint_sha256)
+    decision = decision_summary(run.decision, names, measured)
+    del measured  # a copy: it would keep every row alive while the cards consume them
     samples = lime_samples(maps)
 
     input_dir = history.input_dir
     source = history.source()
     coverage = method_coverage(methods, maps, len(images), history)
-    cards = [_take_card(rel, images, maps, names, methods, masks) for rel in sorted(images)]
+    cards = [_take_card(rel, images, maps, names, methods, masks, words) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
     order, pages = paginate(groups, sections)
     data = ReportData(
@@ -271,7 +362,8 @@ def assemble(
         input_dir=source,
     )
     history.apply(data)
-    add_metrics(data)
+    data.earlier = earlier_summary(earlier, history.models, order, history.run)
+    add_metrics(data, [c for c in order if not c.earlier] if earlier else order)
     warning = demo_model_warning(run, order, source is not None)
     if warning:
         data.warnings.append(warning)
@@ -280,6 +372,33 @@ def assemble(
     data.lime_samples = samples
     data.coverage = coverage
     return data
+
+
+def earlier_summary(
+    earlier: dict[str, int], named: dict[str, str], cards: list[Card], run: RunConfig | None
+) -> dict[str, Any] | None:
+    """What the summary says of the images an earlier model predicted (None: there are none): how many, by which
+    models (``named``: History.models), the last run's model, and their own accuracy (the headline numbers leave
+    them out)."""
+    if not earlier:
+        return None
+    n, total = sum(earlier.values()), len(cards)
+    by: Counter[str] = Counter()
+    for h, k in earlier.items():
+        by[named.get(h) or "other earlier models"] += k
+    scored = [c for c in cards if c.earlier and c.correct is not None]
+    correct = sum(1 for c in scored if c.correct)
+    return {
+        "images": n,
+        "of": total,
+        "measured": total - n,
+        "models": [[w, k] for w, k in sorted(by.items(), key=lambda wk: (-wk[1], wk[0]))],
+        "last": model_words(run) if run is not None else "the last run's model",
+        "scored": len(scored),
+        "correct": correct,
+        "accuracy": correct / len(scored) if scored else None,
+        "scope": f"over the {total - n:,} of {total:,} images predicted by the last run's model",
+    }
 
 
 def method_coverage(
@@ -308,9 +427,12 @@ def _take_card(
     names: list[str],
     methods: list[MethodInfo],
     masks: dict[str, str],
+    earlier: dict[str, str],
 ) -> Card:
-    """The image's card; its image and map rows leave ``images`` and ``maps``."""
-    card = make_card(images.pop(rel), names, methods, maps, masks)
+    """The image's card; its image and map rows leave ``images`` and ``maps``. ``earlier``: the words of each
+    earlier model's predict hash (see assemble)."""
+    row = images.pop(rel)
+    card = make_card(row, names, methods, maps, masks, earlier.get(row.predict_hash, ""))
     for m in methods:
         maps.pop((rel, m.name), None)
         maps.pop((rel, targets.label_key(m.name)), None)

@@ -83,15 +83,16 @@ def _confidence(data: ReportData) -> Figure | None:
     """The histogram of the predicted class's probability (none without images)."""
     from . import figures
 
-    if not data.total:
+    if not data.measured:
         return None
+    scope = data.earlier["scope"] if data.earlier else ""  # images an earlier model predicted are left out
     if data.labeled:
         alt = (
             f"Histogram of the predicted class's probability for {data.correct} correctly classified "
-            f"(blue) and {data.wrong} misclassified (orange) images."
+            f"(blue) and {data.wrong} misclassified (orange) images{', ' + scope if scope else ''}."
         )
     else:
-        alt = f"Histogram of the predicted class's probability over all {data.total} images."
+        alt = f"Histogram of the predicted class's probability {scope or f'over all {data.total} images'}."
     return Figure(
         "confidence",
         (data.hist_edges, data.hist_series),
@@ -107,9 +108,10 @@ def _reliability(data: ReportData) -> Figure | None:
 
     if not (data.total and data.labeled and data.ece is not None):
         return None
+    scope = f" ({data.earlier['scope']})" if data.earlier else ""
     alt = (
         f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
-        f"expected calibration error {100 * data.ece:.1f}%. The table below lists the same numbers."
+        f"expected calibration error {100 * data.ece:.1f}%{scope}. The table below lists the same numbers."
     )
     bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
     return Figure(

@@ -36,10 +36,11 @@ class ConfidenceScale:
         return counts
 
 
-def add_metrics(data: ReportData) -> None:
-    """Fill the summary's numbers: confidences and predicted classes; with labels, accuracy, calibration, per class
+def add_metrics(data: ReportData, cards: list[Card] | None = None) -> None:
+    """Fill the summary's numbers over ``cards`` (all of them by default; data.assemble leaves out the images an
+    earlier model predicted): confidences and predicted classes; with labels, accuracy, calibration, per class
     scores and the confusions."""
-    cards, names = data.cards, data.class_names
+    cards, names = data.cards if cards is None else cards, data.class_names
     scale = ConfidenceScale.of(len(names))
     confs = [c.confidence for c in cards]
     data.mean_confidence = sum(confs) / len(confs) if confs else None

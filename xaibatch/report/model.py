@@ -182,6 +182,8 @@ class Card:
     index: int = field(default=0, repr=False)  # position in gallery order (not shown, so not fingerprinted)
     page: int = 1
     label_maps: list[MapView] = field(default_factory=list)  # --target pred,label, misclassified: "why not" maps
+    # the earlier model whose prediction (and maps) the image still holds, in words; "": the last run's model
+    earlier: str = ""
 
 
 @dataclass
@@ -277,6 +279,8 @@ class ReportData:
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
     lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())
+    # images an earlier model predicted (data.earlier_summary; None: none): the numbers above leave them out
+    earlier: dict[str, Any] | None = None
     # what data.History.apply sets on every run (snapshot.PER_RUN): the run history and the last run's settings
     config: dict[str, Any] = field(default_factory=dict)
     config_rows: list[tuple[str, str]] = field(default_factory=list)
@@ -289,6 +293,11 @@ class ReportData:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def measured(self) -> int:
+        """How many images the metrics are over: those the last run's model predicted (see ``earlier``)."""
+        return self.earlier["measured"] if self.earlier else self.total
 
     def site(self) -> Site:
         return Site(

@@ -20,7 +20,7 @@ from ..files import OutputDir
 from ..manifest import Manifest
 from ..resources import templates_dir
 from . import snapshot
-from .data import History, assemble, class_names, method_infos
+from .data import History, assemble, class_names, method_infos, read_rows
 from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
@@ -108,7 +108,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         found = snapshot.inputs(out, manifest, history, template_dir)
         if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
             return stats
-        images, maps, failures = manifest.images(), manifest.maps(), manifest.failures()
+        images, maps, failures = read_rows(manifest, history)
     finally:
         manifest.close()
     csv = predictions_csv(class_names(found.history.run, images), images, maps)

@@ -2,7 +2,8 @@
 
 The gallery and detail pages, the figures, the skipped-files page and predictions.csv depend on the
 manifest's image, map and failure rows (whose every change moves ``meta.content_version``, kept by
-triggers: see manifest.py), the last run's settings, the ground-truth masks beside the images, the
+triggers: see manifest.py), the last run's settings and predict hash (which images an earlier model
+predicted), the ground-truth masks beside the images, the
 faithfulness and sanity files, and the templates. :func:`inputs` hashes all of that into one key.
 While the key matches the one saved with the report and the report's files are all in place,
 render.py re-renders index.html and history.html from the summary saved with the key instead of
@@ -32,7 +33,7 @@ from .cards import masks_beside
 from .data import History, method_infos
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 2  # bump when ReportData's summary fields change meaning (2: coverage)
+SUMMARY_VERSION = 3  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier)
 VOLATILE_CONFIG = ("device", "batch_size", "workers")  # shown only in the settings rows, rendered every run
 PER_RUN = (
     "runs",
@@ -84,6 +85,7 @@ def inputs(out: Path, manifest: Manifest, history: History, template_dir: Path |
         st.st_dev,
         st.st_ino,  # another manifest moved in: not ours
         sorted(config.items()),
+        history.predict_hash,  # which of the images' predictions are the last run's model's (data.earlier_summary)
         [dataclasses.astuple(m) for m in methods],
         history.input_dir,
         history.source() is not None,
