@@ -722,7 +722,8 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
     """A run with another model stopped before it recomputed every image (exit 5, or killed): the report showed
     one accuracy, ECE, confusion matrix and gallery over both models' predictions, and named only the last one.
     It now says how many images an earlier model predicted and which, measures the last run's model's images
-    alone (the others' accuracy said apart), and drops it all once a complete run has recomputed them."""
+    alone (the others' accuracy said apart), marks the others' cards and detail views, and drops it all once a
+    complete run has recomputed them."""
     rows = labeled_rows(20)
     rels = [rel for rel, _label, _p in rows]
     out = synth(tmp_path / "o", rows)
@@ -743,10 +744,18 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
     assert (data.correct, data.wrong, data.measured, data.total) == (5, 0, 5, 20)
     assert sum(cell["n"] for row in data.confusion for cell in row) == 5
     assert sum(b["n"] for b in data.calibration) == 5 and data.decision is None
+    gallery = (out / "gallery" / "page-1.html").read_text()
+    assert gallery.count('<p class="earlier" title="predicted by resnet18, m.pt (sha256 abababababab)') == 15
+    assert "Cards marked “earlier model”" in gallery
+    records = detail_data(out)[1]
+    assert sorted(rel for rel, rec in records.items() if "earlier" in rec) == sorted(rels[5:])
+    assert records[rels[7]]["earlier"] == "resnet18, m.pt (sha256 abababababab)"
 
     another_model(out, rels[5:], status="ok", checkpoint="<b>n</b>.pt")  # the next complete run
     report.render(out)
     assert 'id="earlier"' not in (out / "index.html").read_text() and report.build(out).accuracy == 1.0
+    assert 'class="earlier"' not in (out / "gallery" / "page-1.html").read_text()
+    assert not any("earlier" in rec for rec in detail_data(out)[1].values())
 
     # back to the first model, stopped before any image: no image row changed, yet every one is an earlier model's
     another_model(out, [], sha="ab" * 32, checkpoint="m.pt")
@@ -756,6 +765,8 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
         "20 of 20 images still hold" in html and "20 by resnet18, &lt;b&gt;n&lt;/b&gt;.pt (sha256 cdcdcdcdcdcd)" in html
     )
     assert 'Measured over</dt><dd class="bad">0 images' in html and report.build(out).accuracy is None
+    assert (out / "gallery" / "page-1.html").read_text().count('class="earlier"') == 20
+    assert all("earlier" in rec for rec in detail_data(out)[1].values())
 
 
 @pytest.fixture(scope="module")
@@ -1379,10 +1390,13 @@ def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
     data.assets = {"css": "a.css", "js": "a.js", "detail": "d.js"}
     gallery = report.environment().get_template("gallery.html")
     assert data.pages and any("weak" in v.weak for c in data.cards for v in c.maps)
+    for c in data.cards[::3]:  # an earlier model's prediction (data.assemble), named by its recorded checkpoint
+        c.earlier = f"resnet18, {c.rel} (sha256 abababababab)"
     for p in data.pages:
         fast = render._render_gallery(gallery, data, p, True)
         assert fast == render._render_gallery(gallery, data, p, False)
         assert "data-del-gradcam" in fast and "⚠ weak" in fast and "&lt;img src=x" in fast
+        assert 'class="earlier" title="predicted by resnet18, FAKE/' in fast
 
 
 def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkeypatch):

@@ -599,6 +599,34 @@ def test_detail_view_of_a_weak_lime_map_says_so(driver, tmp_path):
     assert len(weak) == 1 and weak[0].is_displayed() and "⚠ weak" in weak[0].text
 
 
+def test_an_earlier_models_image_says_so_in_its_detail_view_and_card(driver, tmp_path):
+    """A run with another model stopped before it recomputed every image: the images it did not get to still hold
+    the earlier model's prediction, and their detail view and card say so (as text: the checkpoint is user data)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import another_model, labeled_rows, synth
+
+    out = synth(tmp_path / "o", labeled_rows(2))
+    another_model(out, ["REAL/im_0001.png"], checkpoint="<img src=x onerror=alert(7)>.pt")
+    report.render(out)
+    urls = detail_urls(out)
+    check_page(driver, urls["FAKE/im_0000.png"])
+    facts = driver.find_element("css selector", "dl.facts").text
+    assert (
+        "Model\nan earlier model: this prediction and its maps come from resnet18, m.pt (sha256 abababababab)" in facts
+    )
+    assert "the next complete run recomputes them" in facts
+    open_page(driver, urls["REAL/im_0001.png"])  # the last run's model: nothing to say
+    assert "earlier model" not in driver.find_element("css selector", "dl.facts").text
+    open_page(driver, out / "gallery" / "page-1.html")
+    marks = driver.find_elements("css selector", "li.card p.earlier")
+    assert len(marks) == 1 and marks[0].is_displayed() and marks[0].text == "earlier model"
+    open_page(driver, out / "index.html")
+    assert "1 of 2 images still hold" in driver.find_element("id", "earlier").text
+    assert driver.execute_script("return window.__xss") == []
+
+
 def test_detail_view_names_the_faithfulness_curves(driver, tmp_path):
     """The curves' colours are said in the caption, not only in the picture's aria-label (serve's captions too)."""
     import json

@@ -62,6 +62,11 @@
     var verdict = im.correct === false ? el("strong", {"class": "bad"}, ["misclassified"])
       : im.correct ? el("span", {"class": "good"}, ["correct"]) : null;
     row("Predicted", [im.pred + " (" + im.conf + ")", verdict ? " " : null, verdict]);
+    if (im.earlier) {  // a run with another model stopped before it recomputed this image
+      row("Model", [el("strong", {"class": "bad"}, ["an earlier model"]),
+        ": this prediction and its maps come from " + im.earlier + ", not from the last run's model; " +
+        "the next complete run recomputes them"]);
+    }
     row("Maps explain", [im.label_maps && im.label_maps.length
       ? im.pred + " (the predicted class) and " + im.label + " (the true class), in two rows"
       : im.target + " (" + site.target_words + ")"]);

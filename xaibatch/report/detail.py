@@ -366,6 +366,8 @@ def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str,
         "prev": neighbour(prev, c.page),
         "next": neighbour(nxt, c.page),
     }
+    if c.earlier:  # an earlier model's prediction and maps, which the next complete run recomputes
+        rec["earlier"] = c.earlier
     if c.label_maps:  # --target pred,label, misclassified: each method's map of the true class, a second row
         rec["label_maps"] = [map_record(v, c, c.label) for v in c.label_maps]
     return rec

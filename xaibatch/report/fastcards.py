@@ -61,7 +61,18 @@ def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str
         f"{''.join(cols)}</a>\n"
         f'<p class="name">{rel}</p>\n'
         f'<p class="meta">{label}predicted {e(c.pred)} <strong>{c.conf_text}</strong></p>\n'
+        f"{_earlier(c.earlier)}"
         f"{''.join(mags)}</li>"
+    )
+
+
+def _earlier(words: str) -> str:
+    """The mark of a card whose prediction an earlier model made (see Card.earlier)."""
+    if not words:
+        return ""
+    return (
+        f'<p class="earlier" title="predicted by {escape(words)}, not by the last run\'s model: the next complete '
+        'run recomputes it">earlier model</p>'
     )
 
 

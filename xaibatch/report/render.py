@@ -369,6 +369,7 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
         len(data.pages),
         data.sections,
         data.trust.faith if data.trust else None,
+        data.earlier is not None,  # the gallery's line on cards marked "earlier model"
     )
     fps = []
     for p in data.pages:
