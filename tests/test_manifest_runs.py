@@ -53,3 +53,47 @@ def test_a_batch_of_image_rows_clears_their_failures_and_costs_no_statement_per_
     assert m.failures() == [("other.png", "not an image")]
     assert len(m.images()) == 5
     m.close()
+
+
+def test_a_killed_run_is_closed_with_its_plan_and_the_images_it_committed(tmp_path):
+    """A run left 'running' (SIGKILL) was closed as 'killed' with every count 0. Its counts are NULL (unknown) from
+    its start; its plan's it records itself; closing it adds, as computed, the images whose rows it committed."""
+    from xaibatch.manifest import MapRow
+
+    m = Manifest(tmp_path / FILENAME)
+    older = m.start_run(str(tmp_path), {"x": 1}, "p")
+    m.put_images([_image("old.png", older)])
+    m.finish_run(older, "ok", 1.0, RunCounts(seen=1, added=1, computed=1))
+    run_id = m.start_run(str(tmp_path), {"x": 1}, "p")
+    assert m.db.execute(f"SELECT {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone() == (None,) * 7
+    m.plan_counts(run_id, RunCounts(seen=4, added=3, changed=0, removed=1, unchanged=1, failed=2, computed=9))
+    m.put_images([_image(f"img_{i}.png", run_id) for i in range(3)])
+    m.put_maps([MapRow("old.png", "gradcam", "h", "a.npy", "a.png", None, None, run_id)])  # a map only: computed too
+    m.put_maps([MapRow("img_0.png", "gradcam", "h", "b.npy", "b.png", None, None, run_id)])
+    m.db.execute(  # a row an older xaibatch left running: it counted nothing, the columns hold their defaults
+        "INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash)"
+        " VALUES (1, 'running', '', '{}', 'p')"
+    )
+    legacy = m.db.execute("SELECT max(id) FROM runs").fetchone()[0]
+    assert m.close_stale_runs() == [run_id, legacy]
+    rows = {i: tuple(r) for i, *r in m.db.execute(f"SELECT id, status, {COLUMNS} FROM runs")}
+    m.close()
+    assert rows[run_id] == ("killed", 4, 3, 0, 1, 1, None, 4)  # failed: not known; computed: 3 images + 1 map
+    assert rows[legacy] == ("killed", None, None, None, None, None, None, 0)
+    assert rows[older] == ("ok", 1, 1, 0, 0, 0, 0, 1)
+
+
+def test_a_run_records_its_plan_before_it_computes(tmp_path, tiny_ckpt):
+    """What a run found and planned is in its row before the first batch: a run killed while it computes keeps it."""
+    from helpers import manifest_rows, run_opts, write_images
+    from xaibatch.pipeline import run
+
+    write_images(tmp_path / "in", 3, seed=1)
+    seen_at_plan = []
+
+    def on_event(event):
+        if event["event"] == "plan":
+            seen_at_plan.extend(manifest_rows(tmp_path / "out", f"SELECT status, {COLUMNS} FROM runs"))
+
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt, on_event=on_event), log=lambda s: None)
+    assert seen_at_plan == [("running", 3, 3, 0, 0, 0, None, None)]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, make_checkpoint, quiet, small_run, write_images
+from helpers import HOSTILE_NAMES, invoke, make_checkpoint, quiet, small_run, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
@@ -123,7 +123,8 @@ def another_model(
     out: Path, rels: list[str], status: str = "interrupted", sha: str = "cd" * 32, checkpoint: str = "n.pt"
 ) -> int:
     """A later run of a synth() folder with another model (predict hash "q", or "p" for synth's own ``sha``) that
-    re-predicted ``rels`` (each now right, at 90%) and ended ``status``: with "interrupted", before the others."""
+    re-predicted ``rels`` (each now right, at 90%) and ended ``status``: with "interrupted", before the others;
+    "running", killed there."""
     cfg = {
         "model": {"arch": "resnet18", "checkpoint": checkpoint, "checkpoint_sha256": sha, "input_size": 32},
         "methods": {"gradcam": METHODS["gradcam"]},
@@ -149,7 +150,8 @@ def another_model(
                     run_id=run_id,
                 )
             )
-    m.finish_run(run_id, status, 1.0, RunCounts(seen=len(images), computed=len(rels)))
+    if status != "running":  # "running": killed, its row left as it was
+        m.finish_run(run_id, status, 1.0, RunCounts(seen=len(images), computed=len(rels)))
     m.close()
     return run_id
 
@@ -767,6 +769,39 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
     assert 'Measured over</dt><dd class="bad">0 images' in html and report.build(out).accuracy is None
     assert (out / "gallery" / "page-1.html").read_text().count('class="earlier"') == 20
     assert all("earlier" in rec for rec in detail_data(out)[1].values())
+
+
+def test_a_killed_run_lists_what_it_planned_and_committed_never_made_up_zeros(tmp_path):
+    """A run killed (SIGKILL, out of memory) after it committed images was listed as "killed – 0 0 0 0 0 0 0".
+    Closed by the next command under the lock, it now shows its plan's counts and, as computed, the images it
+    committed; what it never recorded (its failures; every count of a run an older xaibatch left) is "unknown"."""
+    rows = labeled_rows(6)
+    out = synth(tmp_path / "o", rows)
+    m = Manifest(out / FILENAME)
+    legacy = m.start_run("/data/set", {"x": 1}, "p")  # an older xaibatch's row: the columns' zeros, never counted
+    m.db.execute(
+        "UPDATE runs SET status = 'killed', n_seen = 0, n_added = 0, n_changed = 0, n_removed = 0,"
+        " n_unchanged = 0, n_failed = 0, n_computed = 0 WHERE id = ?",
+        (legacy,),
+    )
+    killed = another_model(out, [rel for rel, _l, _p in rows[:4]], status="running")  # then SIGKILL
+    m.db.execute(
+        "UPDATE runs SET n_seen = 6, n_added = 0, n_changed = 0, n_removed = 0, n_unchanged = 0,"
+        " n_failed = NULL, n_computed = NULL WHERE id = ?",
+        (killed,),
+    )  # what it recorded as it planned
+    m.close()
+    res = invoke("report", out)  # closes the stale run as a run would
+    assert res.exit_code == 0, res.output
+    history = (out / "history.html").read_text()
+    cells = {
+        int(run): [unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tds)]
+        for run, tds in re.findall(r'<tr><th scope="row">(\d+)</th>(.*?)</tr>', history)
+    }
+    assert cells[killed][1:] == ["killed", "–", "6", "0", "0", "0", "0", "unknown", "4"]
+    assert cells[legacy][1:] == ["killed", "–", *["unknown"] * 7]
+    assert cells[1][3:] == ["6", "6", "0", "0", "0", "0", "6"]
+    assert "killed, took – (4 computed, 0 unchanged)" in (out / "index.html").read_text()  # the last run's line
 
 
 @pytest.fixture(scope="module")

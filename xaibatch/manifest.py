@@ -84,6 +84,8 @@ class MapRow:
         return layout.MapFiles(self.npy, self.png, self.thumb)
 
 
+_COUNT_COLUMNS = tuple(f"n_{f.name}" for f in fields(RunCounts))  # the runs table's n_* columns, in RunCounts' order
+
 STALE_REASON = (
     "it ended without recording how: killed (SIGKILL, out of memory, a reboot), or its disk became read-only or "
     "failed; the next run swept what it left"
@@ -151,19 +153,30 @@ class Manifest:
 
     # -- runs ---------------------------------------------------------------
     def start_run(self, input_dir: str, config: Any, predict_hash: str) -> int:
-        """Record a started run; ``config``: a runconfig.RunConfig (or its dict)."""
+        """Record a started run; ``config``: a runconfig.RunConfig (or its dict). Its counts are NULL (not known)
+        until it records them: its plan's (plan_counts), then all of them as it ends (finish_run)."""
         text = config.to_json() if hasattr(config, "to_json") else json.dumps(config, sort_keys=True)
+        counts = ", ".join(_COUNT_COLUMNS)
         cur = self.db.execute(
-            "INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash) VALUES (?, 'running', ?, ?, ?)",
+            f"INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash, {counts})"
+            f" VALUES (?, 'running', ?, ?, ?{', NULL' * len(_COUNT_COLUMNS)})",
             (time.time(), input_dir, text, predict_hash),
         )
         return int(cur.lastrowid)
+
+    def plan_counts(self, run_id: int, counts: RunCounts) -> None:
+        """Record what a run found and planned, before it computes: a run killed later (SIGKILL, out of memory)
+        still says so. Failed and computed stay unknown: they grow while it computes (see close_stale_runs)."""
+        self.db.execute(
+            "UPDATE runs SET n_seen = ?, n_added = ?, n_changed = ?, n_removed = ?, n_unchanged = ? WHERE id = ?",
+            (counts.seen, counts.added, counts.changed, counts.removed, counts.unchanged, run_id),
+        )
 
     def finish_run(
         self, run_id: int, status: str, seconds: float, counts: RunCounts | None, reason: str | None = None
     ) -> None:
         """Record how the run ended; ``counts`` None: the run stopped before it counted anything."""
-        names = [f"n_{f.name}" for f in fields(RunCounts)] if counts is not None else []
+        names = list(_COUNT_COLUMNS) if counts is not None else []
         cols = "".join(f", {name} = ?" for name in names)
         self.db.execute(
             f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, reason = ?{cols} WHERE id = ?",
@@ -175,13 +188,34 @@ class Manifest:
 
     def close_stale_runs(self) -> list[int]:
         """Mark runs left ``running`` by a killed process as ``killed``, saying what may have happened (a run whose
-        disk turned read-only or failed could not record its end either); call only while holding the lock."""
+        disk turned read-only or failed could not record its end either); call only while holding the lock.
+
+        What such a run did is filled in where it can be known: its plan's counts it recorded itself (plan_counts),
+        and as computed, the images whose rows it committed, predictions or maps (nothing has replaced them: this
+        runs before the next run computes; an image only re-decided under a new threshold counts too). How many
+        files it failed to read is not known (NULL, the report's "unknown"); nor are the counts of a run an older
+        xaibatch left, which recorded none (its zeros are the columns' defaults)."""
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
-        if ids:
-            self.db.executemany(
-                "UPDATE runs SET status = 'killed', reason = COALESCE(reason, ?) WHERE id = ?",
-                ((STALE_REASON, i) for i in ids),
-            )
+        if not ids:
+            return ids
+        with self.transaction():
+            for i in ids:  # a scan of the image and map rows each (no index on run_id): only after a kill
+                (committed,) = self.db.execute(
+                    "SELECT COUNT(*) FROM (SELECT rel FROM images WHERE run_id = ? UNION SELECT rel FROM maps"
+                    " WHERE run_id = ?)",
+                    (i, i),
+                ).fetchone()
+                self.db.execute(
+                    "UPDATE runs SET status = 'killed', reason = COALESCE(reason, ?), n_computed = ?, n_failed = NULL"
+                    " WHERE id = ?",
+                    (STALE_REASON, committed, i),
+                )
+                self.db.execute(  # a row an older xaibatch started: no count recorded, only the columns' defaults
+                    "UPDATE runs SET n_seen = NULL, n_added = NULL, n_changed = NULL, n_removed = NULL,"
+                    " n_unchanged = NULL WHERE id = ? AND n_seen = 0 AND n_added = 0 AND n_changed = 0"
+                    " AND n_removed = 0 AND n_unchanged = 0",
+                    (i,),
+                )
         return ids
 
     def newest_run_with(self, predict_hash: str) -> dict[str, Any] | None:

@@ -334,6 +334,7 @@ def _plan_run(
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
     row.tally.failed.extend(plan.still_failed)  # unreadable as before: listed (exit 1), not read again
     row.counts = planned_counts(setup.found, plan, row.tally)
+    row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
     emit(plan_event(row.run_id, row.counts, len(plan.work)))
     apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit)
     return known, plan

@@ -118,20 +118,21 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
     return rows
 
 
+COUNTS = ("seen", "added", "changed", "removed", "unchanged", "failed", "computed")  # the runs table's n_* columns
+
+
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
+    counts = [r[f"n_{k}"] for k in COUNTS]
+    if r["status"] == "killed" and not any(counts):  # closed by an older xaibatch, which counted nothing
+        counts = [None] * len(COUNTS)
     return {
         "id": r["id"],
         "started": fmt_time(r["started_at"]),
         "status": r["status"],
         "reason": r.get("reason"),  # why it ended "error" (the line it exited with); shown on hover
         "seconds": fmt_seconds(r["seconds"]),
-        "seen": r["n_seen"],
-        "added": r["n_added"],
-        "changed": r["n_changed"],
-        "removed": r["n_removed"],
-        "unchanged": r["n_unchanged"],
-        "failed": r["n_failed"],
-        "computed": r["n_computed"],
+        # NULL: not recorded (a killed run's failures, or what a run killed before its plan found)
+        **{k: "unknown" if v is None else v for k, v in zip(COUNTS, counts, strict=True)},
     }
 
 
