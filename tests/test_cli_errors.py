@@ -420,6 +420,26 @@ def test_output_dir_writes_new_and_existing_files_atomically(tmp_path, unnamed):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "b.npy", "m", "maps"]
 
 
+@pytest.mark.parametrize("unnamed", [False, True])
+def test_output_dir_frees_an_empty_folder_where_a_file_goes(tmp_path, unnamed):
+    """An empty folder where a picture goes (what an input folder x.png/ left) is removed and the file written; a
+    folder with files in it stays as it is and the write fails with one line naming it (it failed "Is a directory"
+    on every run after)."""
+    import xaibatch.files as files
+
+    (tmp_path / "images/x.png").mkdir(parents=True)
+    (tmp_path / "images/y.png").mkdir()
+    (tmp_path / "images/y.png/keep.txt").write_text("mine")
+    with files.OutputDir(tmp_path, unnamed=unnamed) as d:
+        d.write("images/x.png", b"picture")
+        with pytest.raises(IsADirectoryError, match="a folder that is not empty stands where this file goes") as e:
+            d.write("images/y.png", b"picture")
+    assert (tmp_path / "images/x.png").read_bytes() == b"picture"
+    assert e.value.filename == str(tmp_path / "images/y.png")
+    assert (tmp_path / "images/y.png/keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "images").rglob("*")) == ["keep.txt", "x.png", "y.png"]
+
+
 def test_output_dir_without_o_tmpfile_writes_named_files(tmp_path, monkeypatch):
     """A file system that refuses O_TMPFILE: the unnamed path turns itself off and the files are written as before."""
     import types

@@ -88,14 +88,14 @@ def _slow_report(*a, **k):
 _rp.write_report = _slow_report
 
 import xaibatch.pipeline.apply as _apply  # the plan's removals: rows committed, then files deleted
-_unlink_all = _apply.unlink_all
+_remove_files = _apply.remove_files
 def _unlink_held(*a, **k):  # the removal transaction has committed; its files are not deleted yet
     if os.environ.get("XB_TEST_HOLD_REMOVALS"):
         _mark("removals-committed")
         while True:  # until a second signal raises KeyboardInterrupt here
             time.sleep(0.02)
-    return _unlink_all(*a, **k)
-_apply.unlink_all = _unlink_held
+    return _remove_files(*a, **k)
+_apply.remove_files = _unlink_held
 
 from xaibatch.cli import main
 main()

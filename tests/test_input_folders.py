@@ -201,6 +201,65 @@ def test_run_with_clashing_and_long_names_writes_every_file_and_the_report(tmp_p
         assert (out / "images" / f"{stem}.png").is_file()
 
 
+def _empty_folders(out: Path) -> list[str]:
+    """Empty folders below images/, thumbs/ and maps/ (those three themselves may be)."""
+    return sorted(
+        os.path.relpath(d, out)
+        for top in ("images", "thumbs", "maps")
+        for d, subs, files in os.walk(out / top)
+        if not subs and not files and d != str(out / top)
+    )
+
+
+def test_an_image_that_becomes_a_folder_and_then_an_image_again(tmp_path, tiny_ckpt):
+    """REAL/img_000.png is a file, then a folder holding an image, then a file again. The folder's image left
+    images/REAL/img_000.png/ and maps/gradcam/REAL/img_000.png/ behind, empty, where the file's display copy and
+    overlay go: every run after failed with exit 3, "Is a directory". Folders the removed images' files leave empty
+    go with them, and each run ends with exit 0."""
+    import shutil
+
+    from outcheck import check_output_folder
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_images(root / "FAKE", 2)
+    image = write_images(root / "REAL", 2, seed=1)[0]
+    original = image.read_bytes()
+    args = ["run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", "0", "-q"]
+    assert invoke(*args).exit_code == 0
+    image.unlink()
+    write_images(image, 1, seed=5)  # REAL/img_000.png/img_000.png
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    check_output_folder(out, root)
+    shutil.rmtree(image)
+    image.write_bytes(original)
+    for _ in range(2):  # and the run after
+        r = invoke(*args)
+        assert r.exit_code == 0, r.output
+        check_output_folder(out, root)
+    assert (out / "images/REAL/img_000.png").is_file() and (out / "maps/gradcam/REAL/img_000.png").is_file()
+    assert _empty_folders(out) == []
+
+
+def test_an_empty_folder_left_where_an_image_goes_is_freed(tmp_path, tiny_ckpt):
+    """An output folder an older xaibatch left with empty folders where an image's files go (see above): the run
+    removes them and writes the files; it failed with exit 3 on every run."""
+    from outcheck import check_output_folder
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_images(root / "REAL", 2, seed=1)
+    write_images(root / "FAKE", 1)
+    args = ["run", root, "--checkpoint", tiny_ckpt, "--out", out, "--workers", "0", "-q"]
+    assert invoke(*args).exit_code == 0
+    for rel in ("images/REAL/img_000.png", "maps/gradcam/REAL/img_000.png", "maps/gradcam/REAL/img_000.npy"):
+        (out / rel).unlink()
+        (out / rel).mkdir()
+    r = invoke(*args)  # the lost files are written again
+    assert r.exit_code == 0, r.output
+    check_output_folder(out, root)
+    assert _empty_folders(out) == []
+
+
 @pytest.mark.parametrize("plain", [False, True], ids=["xaibatch-checkpoint", "plain-state-dict"])
 def test_an_emptied_class_folder_is_a_class_without_images_and_its_images_leave(tmp_path, tiny_ckpt, plain):
     import timm

@@ -9,7 +9,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -324,7 +324,11 @@ class OutputDir:
                 _write_all(fd, data)
             finally:
                 os.close(fd)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            try:
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except IsADirectoryError:  # a folder in the file's place (what an input folder x.png/ left)
+                _free_place(dir_fd, name, self.root / rel)
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException as e:
             try:
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -388,6 +392,21 @@ class OutputDir:
         self.close()
 
 
+def _free_place(dir_fd: int, name: str, path: Path) -> None:
+    """Remove the folder ``name`` standing where a file is to go when it is empty; else raise one line naming it
+    (never its files: they are not ours to delete)."""
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise IsADirectoryError(
+            errno.EISDIR,
+            "a folder that is not empty stands where this file goes: move it away and run again",
+            str(path),
+        ) from None
+
+
 _NPY_HEADERS: dict[tuple[tuple[int, ...], str], bytes] = {}
 
 
@@ -411,13 +430,37 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
 
 
-def unlink_all(out: Path, paths) -> None:
-    """Delete these files under ``out``, quietly skipping any that are gone or would lie outside it."""
+def remove_files(out: Path, paths: Iterable[str], roots: tuple[str, ...] = ()) -> int:
+    """Delete these files under ``out`` (relative paths), quietly passing over any that are gone, cannot be deleted
+    or would lie outside it; how many went.
+
+    Then each folder this leaves empty goes too, up the tree but never ``out/<root>`` itself nor anything outside
+    ``roots`` (top-level folders of ``out``): a folder left empty would stand in the way of a file of its name
+    later (an input folder ``x.png/`` replaced by a file ``x.png`` gives ``images/x.png``).
+    """
+    n = 0
+    folders: set[str] = set()
     for p in paths:
         try:
-            safe_join(out, p).unlink(missing_ok=True)
+            safe_join(out, p).unlink()
+            n += 1
         except (OSError, UsageError):
-            pass
+            continue
+        folders.add(p.rpartition("/")[0])
+    folders = {d for d in folders if "/" in d and d.split("/", 1)[0] in roots}
+    while folders:  # deepest first, a level at a time: a folder is empty only once those below it went
+        depth = max(d.count("/") for d in folders)
+        level = {d for d in folders if d.count("/") == depth}
+        folders -= level
+        for d in level:
+            try:
+                os.rmdir(safe_join(out, d))  # only an empty folder; never one a symlink leads to (ENOTDIR)
+            except (OSError, UsageError):
+                continue
+            parent = d.rpartition("/")[0]
+            if "/" in parent:
+                folders.add(parent)
+    return n
 
 
 def walk_files(root: Path, tops: tuple[str, ...] = ("",)) -> Iterator[tuple[str, str]]:

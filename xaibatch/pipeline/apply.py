@@ -11,7 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from ..files import unlink_all
+from .. import layout
+from ..files import remove_files
 from ..lock import OutputLock
 from ..manifest import ImageRow, Manifest
 from ..scan import Scan
@@ -50,7 +51,7 @@ def apply_removals(
         for rel, rows in stale.items():
             for m in rows:
                 manifest.remove_map(rel, m)
-    unlink_all(out, discard)
+    remove_files(out, discard, layout.PICTURE_DIRS)
     for rel, reason in found.skipped + plan.still_failed:  # unreadable as before, read again or not
         emit({"event": "failure", "path": rel, "reason": reason})
 

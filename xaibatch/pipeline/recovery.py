@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 from .. import layout
 from ..errors import UsageError
-from ..files import walk_files
+from ..files import remove_files, walk_files
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest, RunCounts
 
@@ -40,11 +40,12 @@ def sweep_orphans(out: Path, manifest: Manifest) -> int:
     has left the input meanwhile. Only run after an unclean stop (it walks every file).
     """
     referenced = manifest.referenced_files()
-    return _delete(
-        path
-        for rel, path in walk_files(out, layout.PICTURE_DIRS)
+    orphans = [
+        rel
+        for rel, _path in walk_files(out, layout.PICTURE_DIRS)
         if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in referenced
-    )
+    ]
+    return remove_files(out, orphans, layout.PICTURE_DIRS)  # and the folders that leaves empty
 
 
 def _delete(paths: Iterable[str]) -> int:

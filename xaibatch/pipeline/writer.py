@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import layout
-from ..files import OutputDir, npy_bytes, unlink_all
+from ..files import OutputDir, npy_bytes, remove_files
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
 from .pictures import batch_pictures, map_size  # noqa: F401  (their home before)
@@ -274,7 +274,7 @@ def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[]
         manifest.put_maps(record.map_rows)
         for rel, reason in record.failed:
             manifest.put_failure(rel, reason, record.run_id)
-    unlink_all(out_dir, record.discard)
+    remove_files(out_dir, record.discard, layout.PICTURE_DIRS)
 
 
 def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
