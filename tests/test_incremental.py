@@ -393,6 +393,24 @@ def test_assign_stems_never_collides():
     assert len(set(stems.values())) == 5
 
 
+def test_assign_stems_goes_round_files_still_on_disk():
+    """Files of removed images stay until the report no longer shows them: a new image's files never need a folder
+    where one of them is, nor go where a folder of them is; the very same file is simply replaced."""
+    on_disk = {
+        "images/R/x.png",  # R/x.png, removed; a folder R/x.png/ arrives
+        "maps/gradcam/R/x.npy",
+        "images/R/y.png/a.png",  # R/y.png/a.png, removed; a file R/y.png arrives
+        "maps/gradcam/R/y.png/a.png",
+        "images/R/z.png",  # R/z.png, removed; R/z.jpg arrives: the same stem, its files replaced
+    }
+    rels = ["R/x.png/a.png", "R/y.png", "R/z.jpg"]
+    assert assign_stems(rels, {}) == {"R/x.png/a.png": "R/x.png/a", "R/y.png": "R/y", "R/z.jpg": "R/z"}
+    stems = assign_stems(rels, {}, on_disk)
+    assert stems["R/z.jpg"] == "R/z" and stems["R/y.png"] == "R/y.png"
+    assert stems["R/x.png/a.png"].split("/")[1] not in ("x.png", "x.npy")
+    assert len(set(stems.values())) == 3
+
+
 def test_run_history_counts_and_summary(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 5)

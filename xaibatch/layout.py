@@ -22,7 +22,7 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 from collections import defaultdict
 
 MANIFEST = "xaibatch.sqlite"
@@ -218,18 +218,36 @@ def _aside(stem: str, files: set[str], n: int) -> str:
     return "/".join(parts)
 
 
-def assign_stems(rels: list[str], known: dict[str, Any]) -> dict[str, str]:
+def _as_stem_path(path: str) -> str | None:
+    """Where a file under images/, thumbs/ or maps/ stands among the paths stems make (``<stem><suffix>``):
+    ``images/a/b.png``, ``maps/<m>/a/b.png``, ``thumbs/<m>/a/b.png`` -> ``a/b.png``; None elsewhere."""
+    top, _, rest = path.partition("/")
+    if top not in PICTURE_DIRS:
+        return None
+    return (rest if top == "images" else rest.partition("/")[2]) or None
+
+
+def assign_stems(rels: list[str], known: dict[str, Any], on_disk: Collection[str] = ()) -> dict[str, str]:
     """Output file stem per image: an image already in the manifest keeps its stem for good.
 
     A new image gets ``map_stems``' choice unless that clashes with a stem already given
     (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``), or with a
     folder one needs, or the other way round (``a.jpg`` known as ``a``, then ``a.html/b.png``
-    arrives: its folder becomes ``a.html~<hash>``).
+    arrives: its folder becomes ``a.html~<hash>``). ``on_disk``: the files under images/, thumbs/
+    and maps/ (relative to the output folder) that may still be there while the new images are
+    written, such as those of images removed this run (deleted only after the report): a new
+    image's files never need a folder where one of them is, nor go where a folder of them is
+    (``x.png`` removed and a folder ``x.png/`` arrives, or the other way round); the same file
+    (``x.png`` replaced by ``x.jpg``) is simply replaced.
     """
     stems = {r: known[r].stem for r in rels if r in known}
     taken = set(stems.values())
     files = {s + x for s in taken for x in STEM_SUFFIXES}
     folders = _folders(taken)
+    if on_disk and len(stems) < len(rels):  # only new images take stems
+        there = {p for f in on_disk if (p := _as_stem_path(f)) is not None and p not in files}  # not a known stem's
+        files |= there
+        folders |= _folders(there)
 
     def free(stem: str) -> bool:
         parents = ["/".join(stem.split("/")[:i]) for i in range(1, stem.count("/") + 1)]

@@ -10,7 +10,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, NamedTuple
 
 from .. import MAP_FORMAT_VERSION, layout, targets
 from ..layout import assign_stems
@@ -164,6 +164,7 @@ def make_plan(
     hashes: Hashes,
     exists: Callable[[str], bool] = lambda rel: True,
     redecide: Callable[[ImageRow], ImageRow] | None = None,
+    on_disk: Collection[str] = (),
 ) -> Plan:
     """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
 
@@ -174,7 +175,8 @@ def make_plan(
     When only the decision rule changed (the predict hash is ``model+decision``), ``redecide`` gives the
     new row from the stored probabilities, with no forward pass; images whose target class it flips are
     listed in ``retarget`` and get every requested map anew (the caller removes their old maps).
-    With ``hashes.labels`` (``--target pred,label``) see :func:`label_todo`.
+    With ``hashes.labels`` (``--target pred,label``) see :func:`label_todo`. ``on_disk``: the files under
+    images/, thumbs/ and maps/ (see existing_files), which new images' stems go round (layout.assign_stems).
     """
     present = {e.rel for e in found.images}
     planner = _Planner(
@@ -189,7 +191,7 @@ def make_plan(
             touched=[],
             work={},
             removed=[r for r in known.images if r not in present],
-            stems=assign_stems([e.rel for e in found.images], known.images),
+            stems=assign_stems([e.rel for e in found.images], known.images, on_disk),
         ),
     )
     for e in found.images:

@@ -323,13 +323,12 @@ def _plan_run(
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
     shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
     row.run_id = row.manifest.start_run(shown_input, setup.config, setup.hashes.predict)
-    plan = setup.plan or make_plan(
-        setup.found,
-        known,
-        setup.hashes,
-        existing_files(out).__contains__ if known.images else lambda rel: False,
-        redecider(setup, opts.target, row.run_id),
-    )
+    plan = setup.plan
+    if plan is None:
+        on_disk = existing_files(out)
+        plan = make_plan(
+            setup.found, known, setup.hashes, on_disk.__contains__, redecider(setup, opts.target, row.run_id), on_disk
+        )
     if plan.repaired:
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
     row.tally.failed.extend(plan.still_failed)  # unreadable as before: listed (exit 1), not read again

@@ -150,7 +150,8 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
             dict(config.label_hashes or {}),
         )
         known = Known.read(manifest)
-        plan = make_plan(found, known, hashes, existing_files(out).__contains__ if known.images else lambda r: False)
+        on_disk = existing_files(out)
+        plan = make_plan(found, known, hashes, on_disk.__contains__, on_disk=on_disk)
         if plan.work:
             return None
         if opts.faithfulness is not None and known.images:
