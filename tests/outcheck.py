@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import re
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 from helpers import manifest_rows, manifest_value
 from xaibatch import layout
@@ -32,12 +34,39 @@ def _unquote_cell(cell: str) -> str:
     return cell[1:] if cell.startswith("'") and cell[1:2] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
+# A picture file a report page or data file links: "../images/a.png" in a page, "maps/m/a.png" in a data file.
+_PICTURE_LINK = re.compile(r"""["'](?:\.\./)?((?:images|thumbs|maps)/[^"'<>]+?\.(?:png|npy))["']""")
+
+
+def report_links(out: Path) -> set[str]:
+    """Every file under images/, thumbs/, maps/ that the report's pages and data files link, relative to ``out``."""
+    out = Path(out)
+    links = set()
+    for page in [*out.glob("*.html"), *out.glob("gallery/*"), *out.glob("detail/*")]:
+        if page.suffix not in (".html", ".js"):
+            continue
+        for m in _PICTURE_LINK.finditer(page.read_text("utf-8")):
+            link = html.unescape(m.group(1)) if page.suffix == ".html" else json.loads(f'"{m.group(1)}"')
+            links.add(unquote(link))  # links are percent-encoded, in the pages and in their data files
+    return links
+
+
+def check_report_links(out: Path) -> set[str]:
+    """Assert that every picture the report on disk links exists (whichever run wrote it); return the links."""
+    links = report_links(out)
+    assert links, "the report links no picture"
+    missing = sorted(p for p in links if not (Path(out) / p).is_file())
+    assert not missing, f"the report links missing files: {missing[:5]}"
+    return links
+
+
 def check_output_folder(out: Path, input_dir: Path | None = None, report: bool = True) -> dict[str, str]:
     """Assert that ``out`` is consistent; return {rel: stem} of its images.
 
     Every manifest row's files exist; no file under images/, thumbs/, maps/ that no row points at; no
     temporary file anywhere; predictions.csv, the gallery pages and the detail pages list each manifest
-    image exactly once (when ``report``); with ``input_dir``, every image row is a file there.
+    image exactly once, and every picture they link exists (when ``report``); with ``input_dir``, every image row
+    is a file there.
     """
     out = Path(out)
     rows = manifest_rows(out, "SELECT rel, stem, width, height FROM images")
@@ -93,4 +122,6 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
             if d != str(out / "detail") and n.endswith(".html")
         ]
         assert not stale, f"per-image pages of the old layout left: {stale[:5]}"
+        missing = sorted(p for p in report_links(out) if not (out / p).is_file())
+        assert not missing, f"the report links missing files: {missing[:5]}"
     return stems

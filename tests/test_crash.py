@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from helpers import REPO, manifest_rows, run_argv, run_opts, wait_until, write_images
-from outcheck import check_output_folder
+from outcheck import check_output_folder, check_report_links
 from xaibatch import layout
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import RunOptions, run
@@ -252,6 +252,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     inp, out = _starting_folder(tmp_path, tiny_ckpt)
     ref = _reference(tmp_path, out, inp, tiny_ckpt)
     previous = _consistent(out)
+    assert "images/img_006.png" in check_report_links(out)  # the image removed from the input
     marks = tmp_path / "marks"
     cond, what, delay, report_delay = KILL_POINTS[point]
 
@@ -272,6 +273,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     finally:
         m.close()
     assert previous  # the starting report existed
+    check_report_links(out)  # and every file it links still does: a removed image's go only after the new report
     if point == "files-written-not-committed":  # the state this point is about: files no row points at yet
         referenced = Manifest(out / "xaibatch.sqlite").referenced_files()
         assert _files(out) - referenced

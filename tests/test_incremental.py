@@ -290,6 +290,54 @@ def test_image_that_becomes_unreadable_leaves_the_report(tmp_path, tiny_ckpt):
     m.close()
 
 
+def test_files_of_dropped_rows_stay_until_the_report_no_longer_shows_them(tmp_path, tiny_ckpt, monkeypatch):
+    """A run drops rows before it computes (images gone, unreadable now) and while it computes (the map of a
+    method no longer asked, of an image whose content changed). The report on disk shows those images and maps
+    until the run writes its new one (hours for LIME; for good when it never gets there), so their files stay until
+    then: they were deleted at once, and the old report showed pictures that were gone. Here the report fails:
+    every file the old report links is still there. The next run ends clean, without a file of the dropped rows,
+    and keeps the files a new image wrote where a removed one's were (img_003.png renamed: the same stem)."""
+    import xaibatch.report
+    from outcheck import check_output_folder, check_report_links
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 8)
+    run(run_opts(inp, out, tiny_ckpt, methods=("gradcam", "testmean")), log=quiet)
+    links = check_report_links(out)
+    paths[0].unlink()
+    paths[1].write_bytes(b"not a png any more")
+    _bump_mtime(paths[1])
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(paths[2])
+    _bump_mtime(paths[2])
+    paths[3].rename(inp / "img_003.PNG")
+    dropped = {
+        f"{top}/{m}/img_00{i}.{x}"
+        for top, x in (("maps", "npy"), ("maps", "png"))
+        for m in ("gradcam", "testmean")
+        for i in (0, 1)
+    } | {"images/img_000.png", "images/img_001.png", "maps/testmean/img_002.png"}
+    assert dropped <= links
+
+    def no_report(*args, **kwargs):
+        raise RuntimeError("no report this time")
+
+    with monkeypatch.context() as m:
+        m.setattr(xaibatch.report, "write_report", no_report)
+        with pytest.raises(RuntimeError, match="no report this time"):
+            run(run_opts(inp, out, tiny_ckpt), log=quiet)  # Grad-CAM only
+    rows = set(manifest_rows(out, "SELECT rel, method FROM maps"))
+    assert ("img_002.png", "testmean") not in rows and ("img_003.PNG", "gradcam") in rows  # computed, committed
+    assert not {r for r, _ in rows} & {"img_000.png", "img_001.png", "img_003.png"}
+    assert check_report_links(out) == links  # the report of the run before, every file it links in place
+
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert r.status == "some-failed" and r.computed == 0
+    check_output_folder(out, inp)  # no file without a row; every file the report links exists
+    assert not [p for p in dropped if (out / p).exists()]
+    stems = dict(manifest_rows(out, "SELECT rel, stem FROM images"))
+    assert stems["img_003.PNG"] == "img_003" and (out / "maps/gradcam/img_003.npy").is_file()
+
+
 def _sql(out: Path, statement: str) -> None:
     m = Manifest(out / "xaibatch.sqlite")
     with m.transaction():

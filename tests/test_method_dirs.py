@@ -58,7 +58,9 @@ def _opts(inp, out, ckpt, **kw):
 
 
 def _to_old_layout(out):
-    """Rewrite a folder as main e16738b wrote it: the method's name itself as its folder."""
+    """Rewrite a folder as main e16738b wrote it: the method's name itself as its folder, its report linking there."""
+    from xaibatch.report import write_report
+
     for top in ("maps", "thumbs"):
         if (out / top / "cam-gradcampp").exists():
             (out / top / "cam-gradcampp").rename(out / top / "cam:gradcam++")
@@ -67,6 +69,7 @@ def _to_old_layout(out):
         db.execute(f"UPDATE maps SET {col} = replace({col}, '/cam-gradcampp/', '/cam:gradcam++/')")
     db.commit()
     db.close()
+    write_report(out)
 
 
 def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckpt, monkeypatch):

@@ -1,8 +1,12 @@
-"""What the plan changes without the model: rows and files of images gone, stale maps, new thresholds.
+"""What the plan changes without the model: rows of images gone, stale maps, new thresholds; and, once the report
+no longer shows them, the files of the rows the run dropped.
 
-:func:`apply_removals` runs before any batch is computed, rows first and files after (a kill in between leaves
-only unreferenced files, which the next run's recovery sweeps); :func:`redecider` gives :func:`.plan.make_plan`
-an image's new prediction from the probabilities it already has when only the decision rule changed.
+:func:`apply_removals` runs before any batch is computed and drops rows only: the report on disk still shows those
+images and maps (for the hours a LIME run may compute, or for good after a kill) and links their files, so the files
+stay until the run has written its new report, when :func:`delete_dropped` deletes those no row points at then (a
+new image may have taken the same path meanwhile). A run stopped before that leaves them to the next run's recovery
+sweep of unreferenced files. :func:`redecider` gives :func:`.plan.make_plan` an image's new prediction from the
+probabilities it already has when only the decision rule changed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from .setup import Setup
 
 
 def apply_removals(
-    out: Path,
     manifest: Manifest,
     lock: OutputLock,
     found: Scan,
@@ -29,13 +32,15 @@ def apply_removals(
     known: Known,
     run_id: int,
     emit: Callable[[dict[str, Any]], None],
-) -> None:
-    """Images gone from the input or no longer readable leave the manifest, then their files go."""
+) -> set[str]:
+    """Images gone from the input or no longer readable leave the manifest, as do maps that are lost or explain a
+    target no longer the image's. Returns the files this run may leave without a row: those of these rows, and
+    those of the images it computes anew (maps of methods not asked this time, an image that fails now), for
+    :func:`delete_dropped` once the new report is written."""
     present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
-    discard = known.files_of(plan.removed) + known.files_of(rel for rel, _ in found.skipped)
-    discard += [p for rel, m in plan.dead_maps for p in known.maps[rel][m].files.paths()]
+    rels = {*plan.removed, *(rel for rel, _ in found.skipped), *plan.work, *(rel for rel, _ in plan.dead_maps)}
+    dropped = set(known.files_of(rels | set(plan.retarget)))
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
-    discard += [p for rows in stale.values() for row in rows.values() for p in row.files.paths()]
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
@@ -51,9 +56,24 @@ def apply_removals(
         for rel, rows in stale.items():
             for m in rows:
                 manifest.remove_map(rel, m)
-    remove_files(out, discard, layout.PICTURE_DIRS)
     for rel, reason in found.skipped + plan.still_failed:  # unreadable as before, read again or not
         emit({"event": "failure", "path": rel, "reason": reason})
+    return dropped
+
+
+def delete_dropped(out: Path, dropped: set[str], lock: OutputLock) -> int:
+    """Delete the files of ``dropped`` that no manifest row points at now, and the folders that leaves empty; how
+    many went. Call once the report that no longer shows them is written, under the lock: a file a row points at
+    again (an image renamed or replaced, whose new files took the same path) stays."""
+    if not dropped:
+        return 0
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        lock.check()  # a run that took the folder meanwhile owns these files now
+        gone = sorted(dropped - manifest.referenced_files())
+    finally:
+        manifest.close()
+    return remove_files(out, gone, layout.PICTURE_DIRS)
 
 
 def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], ImageRow] | None:

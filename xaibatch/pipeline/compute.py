@@ -124,10 +124,9 @@ class BatchWorker:
         methods, explainer = self.explainer(todo)
         if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
             b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
-        failed = [(entries[i].rel, reason) for i, reason in b.failed]
-        gone = self.known.files_of(rel for rel, _ in failed)  # fine before, failing now: they leave the report
+        failed = [(entries[i].rel, reason) for i, reason in b.failed]  # fine before, failing now: they leave the report
         if b.x is None:
-            return WriteJob(self.run_id, failed=failed, discard=gone), False
+            return WriteJob(self.run_id, failed=failed), False
         batch_entries = [entries[i] for i in b.index]
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
         seeds = [image_seed(e.rel) for e in batch_entries]
@@ -135,7 +134,7 @@ class BatchWorker:
             explained = explainer(b.x, labels, b.segments, seeds)
             label_idx, label_maps = labelmaps.explain(self, todo, b, batch_entries, explained.probs, labels, seeds)
         except StopRequested:
-            return WriteJob(self.run_id, failed=failed, discard=gone), True
+            return WriteJob(self.run_id, failed=failed), True
         model = self.prepared.model
         check_probs(explained.probs, batch_entries, model)
         job = build_job(
@@ -154,7 +153,7 @@ class BatchWorker:
         )
         signed = {m.name: m.signed for m in self.prepared.methods}
         labelmaps.add(job, b, label_idx, label_maps, signed, self.hashes.labels, self.opts.max_map_side)
-        job.failed, job.discard = failed, job.discard + gone
+        job.failed = failed
         return job, False
 
 
@@ -270,7 +269,7 @@ def build_job(
     max_map_side: int = 0,
     decision: Any = None,
 ) -> WriteJob:
-    """The writer's job for one computed batch: its pictures (made on the device), rows and files to drop."""
+    """The writer's job for one computed batch: its pictures (made on the device), rows to write and to drop."""
     job = WriteJob(run_id)
     signed = {m.name: m.signed for m in methods}
     orig_sizes = [tuple(s) for s in b.orig_size]
@@ -313,10 +312,7 @@ def build_job(
                 )
             )
             # New content or a new model: maps of methods not requested this run describe the old picture.
-            for m, row in known.maps.get(e.rel, {}).items():
-                if m not in maps:
-                    job.drop_maps.append((e.rel, m))
-                    job.discard += row.files.paths()
+            job.drop_maps += [(e.rel, m) for m in known.maps.get(e.rel, {}) if m not in maps]
         for name, mm in maps.items():
             full, over, thumb = pictures[name][j]
             item.maps.append(

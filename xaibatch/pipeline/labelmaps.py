@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import layout, targets
+from .. import targets
 from ..methods import Method
 from ..dataset import LoadedBatch
 from ..methods.explainer import Explainer, MethodMaps
@@ -138,13 +138,12 @@ def add(
     max_map_side: int,
 ) -> None:
     """Put the true-class maps on their images' WriteItems (``job.items`` in batch order, as build_job makes them);
-    rows and files build_job meant to drop for those keys are written anew instead, so neither goes."""
+    rows build_job meant to drop for those keys are written anew instead, so they stay."""
     if not idx:
         return
     display = [b.display[i] for i in idx]
     sizes = [tuple(b.orig_size[i]) for i in idx]
     written: set[tuple[str, str]] = set()
-    paths: set[str] = set()
     for key, mm in maps.items():
         arr, info = mm.maps, mm.info
         views: list = []
@@ -156,6 +155,4 @@ def add(
                 MapPictures(key, hashes[key], full, over, thumb, info[n] if info else None, None, views[n])
             )
             written.add((item.rel, key))
-            paths.update(layout.MapFiles.of(key, item.stem, item.width, item.height).paths())
     job.drop_maps = [d for d in job.drop_maps if d not in written]
-    job.discard = [p for p in job.discard if p not in paths]

@@ -34,7 +34,7 @@ from ..engines import ComputeJob
 from ..errors import UsageError
 from ..scan import Scan
 from .options import RunOptions
-from .plan import Known, Tally
+from .plan import Tally
 from .ray_connect import connect, quiet_ray_data, resources
 from .ray_worker import Result, StopFlag, Task, WorkerConfig, task_for, worker_class
 
@@ -61,7 +61,6 @@ TASK_RETRIES = 2
 def fail_dead(
     manifest: Any,
     out: Path,
-    known: Known,
     rels: list[str],
     run_id: int,
     check: Callable[[], None],
@@ -77,7 +76,7 @@ def fail_dead(
         "explaining it)"
     )
     failed = [(rel, reason) for rel in rels]
-    commit(manifest, Commit(run_id, failed=failed, discard=known.files_of(rels), count=len(failed)), out, check)
+    commit(manifest, Commit(run_id, failed=failed, count=len(failed)), out, check)
     account(tally, emit, failed, 0)
 
 
@@ -179,7 +178,7 @@ class Streamer:
         back = self.stream(singles)
         dead = [t.entries[0].rel for t in singles if t.index not in back]
         if dead and not job.stop.requested:
-            fail_dead(self.manifest, job.out, known, dead, job.run_id, job.check, job.tally, job.emit)
+            fail_dead(self.manifest, job.out, dead, job.run_id, job.check, job.tally, job.emit)
 
 
 def forward_stop(stop: Any, flag: Any) -> threading.Event:

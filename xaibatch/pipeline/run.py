@@ -16,10 +16,12 @@ Safe to run from a scheduler:
   seed) changed. New and changed images get every requested method; an image
   whose content or model changed loses the maps of methods not requested this
   time (they described the old picture). Images gone from the input, or no longer
-  readable, leave the manifest, and then their files are deleted.
+  readable, leave the manifest; their files are deleted once the new report is
+  written (the report on disk links them until then).
 * Crash-safe: files are written to a temporary name and renamed; a batch's rows
   are committed only after all its files are in place; rows of removed images
-  are deleted before their files. A killed run leaves the last committed state;
+  are deleted before their files, and those files only after the report that no
+  longer shows them. A killed run leaves the last committed state;
   the next run marks its run row ``killed``, deletes stale temporary files, and
   (when the previous run never released the lock) files no row points at.
 * SIGINT/SIGTERM: the current batch finishes, queued batches are written, the run
@@ -35,7 +37,7 @@ import sqlite3
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +52,7 @@ from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
-from .apply import apply_removals, redecider
+from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
 from .recovery import REPORTING, mark_run, recover, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
@@ -157,6 +159,7 @@ class RunRow:
     run_id: int | None = None
     counts: RunCounts | None = None
     reserve: Reserve | None = None  # should the disk fill up, room to record how this run ended
+    dropped: set[str] = field(default_factory=set)  # files the run may leave without a row: deleted after the report
 
     def count_tally(self) -> RunCounts:
         """The counts, with the tally's failures and images computed so far (stopped before the plan: only those)."""
@@ -335,7 +338,7 @@ def _plan_run(
     row.counts = planned_counts(setup.found, plan, row.tally)
     row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
     emit(plan_event(row.run_id, row.counts, len(plan.work)))
-    apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit)
+    row.dropped = apply_removals(row.manifest, lock, setup.found, plan, known, row.run_id, emit)
     return known, plan
 
 
@@ -395,7 +398,8 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any
 
 
 def _report(out: Path, opts: RunOptions, lock: OutputLock, row: RunRow) -> tuple[Path, float | None]:
-    """Write the report (with predictions.csv) while the folder is still ours: its index and the accuracy.
+    """Write the report (with predictions.csv) while the folder is still ours, then delete the files of the rows the
+    run dropped (shown by the report until then); returns its index and the accuracy.
 
     A failure here is the run's: its row says how it ended, as the exit code will; the disk reserve is freed
     first, so that on a full disk the row can still say so.
@@ -406,6 +410,7 @@ def _report(out: Path, opts: RunOptions, lock: OutputLock, row: RunRow) -> tuple
         try:
             lock.check()  # the report is written only while the folder is still ours
             written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
+            delete_dropped(out, row.dropped, lock)  # files the report on disk showed until now
         except BaseException as e:  # the run row agrees with the exit code
             row.reserve.release()
             full = storage_error(e, out)

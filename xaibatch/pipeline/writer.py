@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import layout
-from ..files import OutputDir, npy_bytes, remove_files
+from ..files import OutputDir, npy_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
 from .pictures import batch_pictures, map_size  # noqa: F401  (their home before)
@@ -69,14 +69,17 @@ class WriteItem:
 
 @dataclass
 class WriteJob:
-    """A batch for the writer: files to write, then rows to commit in one transaction, then files to delete."""
+    """A batch for the writer: files to write, then rows to commit in one transaction.
+
+    Files the rows no longer point at are not deleted here: the report on disk shows them until the run writes
+    its new one (see apply.delete_dropped).
+    """
 
     run_id: int
     items: list[WriteItem] = field(default_factory=list)
     image_rows: list[ImageRow] = field(default_factory=list)
     drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
     failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
-    discard: list[str] = field(default_factory=list)  # files no committed row points at any more
 
     @property
     def count(self) -> int:
@@ -214,7 +217,7 @@ class Writer(threading.Thread):
 
 @dataclass
 class Commit:
-    """A batch whose files are all in place: the rows to commit in one transaction, then the files to delete.
+    """A batch whose files are all in place: the rows to commit in one transaction.
 
     What the local writer thread hands itself and what a Ray worker sends back to the driver
     (picklable, no pixels): committing it is the same step in both engines (:func:`commit`).
@@ -225,7 +228,6 @@ class Commit:
     map_rows: list[MapRow] = field(default_factory=list)
     drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
     failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
-    discard: list[str] = field(default_factory=list)  # files no committed row points at any more
     count: int = 0  # images done: written plus failed
     computed: int = 0  # images that went through the model
 
@@ -244,7 +246,6 @@ def write_files(files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None
         [r for rows in per_item for r in rows],
         list(job.drop_maps),
         list(job.failed),
-        list(job.discard),
         job.count,
         len(job.items),
     )
@@ -258,14 +259,14 @@ def pictures_written(job: WriteJob) -> Commit:
         [r for it in job.items for r in map_rows(it, job.run_id)],
         list(job.drop_maps),
         list(job.failed),
-        list(job.discard),
         job.count,
         len(job.items),
     )
 
 
 def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[], None] = lambda: None) -> None:
-    """Commit a batch's rows in one transaction (its files are in place), then delete the files it discards."""
+    """Commit a batch's rows in one transaction (its files are in place). The files of the rows it drops stay until
+    the run's report no longer shows them (apply.delete_dropped)."""
     with manifest.transaction():
         check()  # inside the transaction: a run that took the folder cannot sweep between check and commit
         manifest.put_images(record.image_rows)
@@ -274,7 +275,6 @@ def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[]
         manifest.put_maps(record.map_rows)
         for rel, reason in record.failed:
             manifest.put_failure(rel, reason, record.run_id)
-    remove_files(out_dir, record.discard, layout.PICTURE_DIRS)
 
 
 def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
