@@ -1,8 +1,13 @@
 """Clean up after a run that did not finish: stale temporary files and files no manifest row points at; and the
-run rows of runs killed while they ran or wrote their report."""
+run rows of runs killed while they ran or wrote their report.
+
+Temporary files go at once. Files no row points at go only after the next report is written (:func:`sweep_due`):
+the report on disk may still link them (the images a killed run removed), for as long as the next run computes.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -33,11 +38,13 @@ def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
 
 
 def sweep_orphans(out: Path, manifest: Manifest) -> int:
-    """Delete map/image files under images/, thumbs/, maps/ that no manifest row points at.
+    """Delete map/image files under images/, thumbs/, maps/ that no manifest row points at, and the folders that
+    leaves empty.
 
     A run killed after writing a batch's files but before committing its rows
     leaves such files; normally the next run rewrites them, but not if the image
-    has left the input meanwhile. Only run after an unclean stop (it walks every file).
+    has left the input meanwhile; one killed after dropping rows leaves their files.
+    Only after an unclean stop (it walks every file), once the report no longer links them (:func:`sweep_due`).
     """
     referenced = manifest.referenced_files()
     orphans = [
@@ -60,14 +67,20 @@ def _delete(paths: Iterable[str]) -> int:
     return n
 
 
+SWEEP = "sweep_due"  # meta: files no row points at go after the next report (JSON: why, temporary files swept)
+
+
 def recover(
     out: Path,
     manifest: Manifest,
     lock: OutputLock,
     log: Callable[[str], None],
-    then: str = ", continuing where it stopped",
+    then: str = "; continuing where it stopped",
 ) -> None:
-    """After a run that died (SIGKILL, power): sweep its temporary files and files no committed row points at.
+    """After a run that died (SIGKILL, power): sweep its temporary files now, and files no committed row points at
+    once the next report is written (:func:`sweep_due`; noted in the manifest, so that a run that stops before
+    its report leaves the sweep to the one after). ``then``: what the caller does next, said at once after "the
+    previous run did not finish" ("": nothing is said until the sweep).
 
     Such a run left its run row 'running' or its holder record in the lock file.
     A run that ended ``interrupted`` or ``error`` released the lock cleanly but may have been stopped (a second
@@ -80,19 +93,56 @@ def recover(
     if killed or lock.previous:
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
-        swept += sweep_orphans(out, manifest)
         who = f" ({describe(lock.previous)})" if lock.previous else ""
-        log(f"xaibatch: the previous run{who} did not finish; cleaned {swept} leftover file(s){then}")
+        sweep_later(manifest, "the previous run did not finish", swept)  # said again when swept: without a time
+        if then:
+            log(f"xaibatch: the previous run{who} did not finish{then}")
     elif last in ("interrupted", "error"):
-        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid)) + sweep_orphans(out, manifest)
-        if swept:
-            log(f"xaibatch: the previous run ended {last}; cleaned {swept} leftover file(s)")
+        swept = sweep_temp_files(out, lambda pid: not pid_alive(pid))
+        sweep_later(manifest, f"the previous run ended {last}", swept)
+
+
+def sweep_later(manifest: Manifest, why: str, swept: int) -> None:
+    """Note that files no row points at are to be swept after the next report (added to a note still there)."""
+    due = _due(manifest)
+    with manifest.transaction():
+        manifest.set_meta(SWEEP, json.dumps({"why": why, "swept": swept + (due["swept"] if due else 0)}))
+
+
+def _due(manifest: Manifest) -> dict | None:
+    raw = manifest.get_meta(SWEEP)
+    if not raw:
+        return None
+    try:
+        due = json.loads(raw)
+        return {"why": str(due["why"]), "swept": int(due["swept"])}
+    except (ValueError, KeyError, TypeError):
+        return {"why": "the previous run did not finish", "swept": 0}
+
+
+def sweep_due(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
+    """Once a report is written (it links no file without a row): sweep the files no row points at, when an
+    unclean stop left the sweep due; says how many went (temporary files included), then notes it done."""
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        due = _due(manifest)
+        if due is None:
+            return
+        lock.check()  # the files are ours to delete only while the folder is
+        swept = due["swept"] + sweep_orphans(out, manifest)
+        with manifest.transaction():
+            manifest.set_meta(SWEEP, "")
+    finally:
+        manifest.close()
+    if swept:
+        log(f"xaibatch: {due['why']}; cleaned {swept} leftover file(s)")
 
 
 @contextmanager
 def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
     """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
     folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
+    The body writes the report; then the sweep a recovery left due runs.
     Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
     before a lock file is made in it."""
     if not (out / layout.MANIFEST).is_file():
@@ -103,10 +153,11 @@ def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
     with OutputLock(out) as lock:
         manifest = Manifest(out / layout.MANIFEST)
         try:
-            recover(out, manifest, lock, log, then="")  # nothing here continues the run: the next run will
+            recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)
         finally:
             manifest.close()
         yield lock
+        sweep_due(out, lock, log)  # the command wrote the report (an error skips this: the sweep stays due)
 
 
 REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)

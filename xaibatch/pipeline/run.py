@@ -22,8 +22,8 @@ Safe to run from a scheduler:
   are committed only after all its files are in place; rows of removed images
   are deleted before their files, and those files only after the report that no
   longer shows them. A killed run leaves the last committed state;
-  the next run marks its run row ``killed``, deletes stale temporary files, and
-  (when the previous run never released the lock) files no row points at.
+  the next run marks its run row ``killed``, deletes stale temporary files, and,
+  once its own report is written, files no row points at.
 * SIGINT/SIGTERM: the current batch finishes, queued batches are written, the run
   row says ``interrupted``, the report shows what is done, and
   :class:`~xaibatch.errors.Interrupted` is raised (exit code 5). A second signal
@@ -54,7 +54,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
-from .recovery import REPORTING, mark_run, recover, sweep_temp_files
+from .recovery import REPORTING, mark_run, recover, sweep_due, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
 from ..files import Reserve
@@ -244,7 +244,7 @@ def _run_locked(
         row.manifest.close()
 
     t_report = time.time()
-    report, accuracy = _report(out, opts, lock, row)
+    report, accuracy = _report(out, opts, lock, row, log)
     timings["report"] = time.time() - t_report
     result = RunResult(
         out,
@@ -397,9 +397,12 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any
     }
 
 
-def _report(out: Path, opts: RunOptions, lock: OutputLock, row: RunRow) -> tuple[Path, float | None]:
+def _report(
+    out: Path, opts: RunOptions, lock: OutputLock, row: RunRow, log: Callable[[str], None]
+) -> tuple[Path, float | None]:
     """Write the report (with predictions.csv) while the folder is still ours, then delete the files of the rows the
-    run dropped (shown by the report until then); returns its index and the accuracy.
+    run dropped (shown by the report until then) and those a sweep due after an unclean stop finds; returns its
+    index and the accuracy.
 
     A failure here is the run's: its row says how it ended, as the exit code will; the disk reserve is freed
     first, so that on a full disk the row can still say so.
@@ -411,6 +414,7 @@ def _report(out: Path, opts: RunOptions, lock: OutputLock, row: RunRow) -> tuple
             lock.check()  # the report is written only while the folder is still ours
             written = write_report(out, template_dir=opts.template_dir)  # with predictions.csv
             delete_dropped(out, row.dropped, lock)  # files the report on disk showed until now
+            sweep_due(out, lock, log)  # what a run that did not finish left (recovery.recover)
         except BaseException as e:  # the run row agrees with the exit code
             row.reserve.release()
             full = storage_error(e, out)
