@@ -211,6 +211,36 @@ def test_a_threshold_flip_adds_and_removes_only_the_flipped_images_rows(inp, tmp
     check_output_folder(out, inp)
 
 
+def test_a_threshold_flip_stopped_before_its_report_leaves_every_file_the_report_links(
+    inp, tmp_path, tiny_ckpt, monkeypatch
+):
+    """A new threshold drops, before it computes, the maps of the images whose target it flips, among them the
+    true-class maps of those now correct, which it does not compute again. The report on disk shows them until
+    the run writes its new one: their files stay till then (they went at once: a run stopped before its report
+    left a report linking missing maps)."""
+    import xaibatch.report
+    from outcheck import check_report_links
+
+    out = tmp_path / "out"
+    go(opts(inp, out, tiny_ckpt, threshold=0.5))
+    images, _maps = rows(out)
+    links = check_report_links(out)
+    t = flip_threshold(images)
+
+    def no_report(*args, **kwargs):
+        raise RuntimeError("no report this time")
+
+    with monkeypatch.context() as m:
+        m.setattr(xaibatch.report, "write_report", no_report)
+        with pytest.raises(RuntimeError, match="no report this time"):
+            go(opts(inp, out, tiny_ckpt, threshold=t))
+    new_images, new_maps = rows(out)
+    assert label_rels(new_maps) == wrong(new_images) != wrong(images)  # computed and committed, not reported
+    assert check_report_links(out) == links
+    go(opts(inp, out, tiny_ckpt, threshold=t))
+    check_output_folder(out, inp)  # and no file of a dropped map is left
+
+
 def test_the_detail_data_holds_both_maps_of_a_misclassified_image(inp, tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     go(opts(inp, out, tiny_ckpt, methods=("gradcam", "lime"), method_options=LIME))
