@@ -656,22 +656,27 @@ def test_detail_view_names_the_faithfulness_curves(driver, tmp_path):
     assert "deletion AUC 0.300 (lower is better)" in text and "curve" not in text, text
 
 
-@pytest.fixture(scope="module")
-def five_methods_out(tmp_path_factory) -> Path:
-    """A synthetic labeled report with five methods (two of them signed), so its cards are wide."""
+IG_METHOD = {"title": "IntegratedGradients (captum)", "signed": True, "config": {"reduce": "sum"}, "hash": "i"}
+
+
+def report_tests():
+    """tests/test_report.py as a module: its synth() writes a report's manifest without a model."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     import test_report
 
+    return test_report
+
+
+@pytest.fixture(scope="module")
+def five_methods_out(tmp_path_factory) -> Path:
+    """A synthetic labeled report with five methods (two of them signed), so its cards are wide."""
+    test_report = report_tests()
+
     extra = {
         "cam:eigencam": {"title": "Eigen-CAM (pytorch-grad-cam)", "signed": False, "config": {}, "hash": "e"},
-        "captum:IntegratedGradients": {
-            "title": "IntegratedGradients (captum)",
-            "signed": True,
-            "config": {"reduce": "sum"},
-            "hash": "i",
-        },
+        "captum:IntegratedGradients": IG_METHOD,
         "guided-gradcam": {"title": "Guided Grad-CAM", "signed": False, "config": {}, "hash": "gg"},
     }
     methods = ("gradcam", "guided-gradcam", "lime", "cam:eigencam", "captum:IntegratedGradients")
@@ -740,22 +745,14 @@ def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out)
 def tall_out(tmp_path_factory) -> Path:
     """A synthetic report of a tall photo (300x2400: display copy 64x512) and a panorama (4000x800: 512x102),
     four methods with long library titles, colour bars with long numbers and a weak LIME map."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_report
+    test_report = report_tests()
 
     from xaibatch.layout import display_size
     from xaibatch.pipeline.pictures import map_size
 
     extra = {
         "cam:gradcam++": {"title": "Grad-CAM++ (pytorch-grad-cam)", "signed": False, "config": {}, "hash": "p"},
-        "captum:IntegratedGradients": {
-            "title": "IntegratedGradients (captum)",
-            "signed": True,
-            "config": {"reduce": "sum"},
-            "hash": "i",
-        },
+        "captum:IntegratedGradients": IG_METHOD,
     }
     methods = ("gradcam", "cam:gradcam++", "captum:IntegratedGradients", "lime")
     sizes = {"FAKE/tall.png": (300, 2400), "REAL/wide.png": (4000, 800)}
