@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from typing import Any
 from .. import layout, targets
 from ..files import file_sha256
 from .localization import MASK_SUFFIX
-from ..manifest import ImageRow, Manifest, MapRow
+from ..manifest import ImageRow, Manifest, MapRow, RunCounts
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
 from ..runconfig import BUNDLED, BadRecord, MethodRecord, RunConfig, read_run
@@ -118,7 +118,7 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
     return rows
 
 
-COUNTS = ("seen", "added", "changed", "removed", "unchanged", "failed", "computed")  # the runs table's n_* columns
+COUNTS = tuple(f.name for f in fields(RunCounts))  # the runs table's n_* columns, as the manifest names them
 
 
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
