@@ -46,7 +46,9 @@ class Batch:
     x: torch.Tensor  # (B, 3, H, W) normalized model input, on the device
     targets: torch.Tensor  # (B,) long: the class each map explains
     logits: torch.Tensor  # (B, K) from the shared forward pass
-    activations: torch.Tensor | None = None  # target layer output, as (B, C, h, w), in the graph of ``logits``
+    # target layer output, as (B, C, h, w), in the graph of ``logits``; that graph starts there (layers.py
+    # forward_from_layer): ``logits`` has no gradient with respect to ``x`` or any parameter
+    activations: torch.Tensor | None = None
     segments: torch.Tensor | None = None  # (B, H, W) long superpixel labels, when a method asked for them
     seeds: list[int] | None = None  # one seed per image, stable across runs
     cache: dict[str, Any] = field(default_factory=dict)

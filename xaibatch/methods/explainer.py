@@ -1,6 +1,7 @@
-"""Explain one batch: one shared forward pass (keeping the CAM layer's activations when a method needs them),
-then each method on it. The one place a batch is explained: runs, ``xaibatch bench`` and :func:`xaibatch.explain`;
-:meth:`Explainer.explain_tensors` is the one loop over the batches of images already in memory."""
+"""Explain one batch: one shared forward pass (keeping the CAM layer's activations, and autograd's graph from
+that layer on, when a method needs them), then each method on it. The one place a batch is explained: runs,
+``xaibatch bench`` and :func:`xaibatch.explain`; :meth:`Explainer.explain_tensors` is the one loop over the
+batches of images already in memory."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from ..model.heads import predict
-from ..model.layers import capture
+from ..model.layers import forward_from_layer
 from .base import Batch, Method, ModelContext
 
 
@@ -84,10 +85,8 @@ class Explainer:
         x = self.ctx.preprocess.normalize(x_uint8, dev)
         net = self.ctx.model
         activations = None
-        if self.want_activations:
-            with torch.enable_grad(), capture(self.ctx.layer) as store:
-                logits = net(x.requires_grad_(True))
-            activations = store["activations"]
+        if self.want_activations:  # a graph from the target layer on: all Grad-CAM differentiates
+            logits, activations = forward_from_layer(net, x, self.ctx.layer)
         else:
             with torch.no_grad():
                 logits = net(x)
