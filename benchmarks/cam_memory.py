@@ -166,7 +166,7 @@ def main() -> None:
                     f"| {res['sys_s']:.2f} | {diff} |",
                     flush=True,
                 )
-    print(f"\n{res['device']}; torch from {sys.executable}")
+    print(f"\n{res.get('device', 'no configuration ran')}; torch from {sys.executable}")
 
 
 if __name__ == "__main__":
