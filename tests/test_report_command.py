@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import invoke, quiet, run_opts, write_images
+from helpers import cli, invoke, quiet, run_opts, write_images
 from xaibatch import layout
 from xaibatch.lock import OutputLock
 from xaibatch.pipeline import run
@@ -76,6 +76,28 @@ def test_a_run_killed_before_shows_as_killed_not_running(out):
     assert "continuing" not in res.output  # a report continues no run (it said "continuing where it stopped")
     history = (out / "history.html").read_text()
     assert ">killed<" in history and ">running<" not in history
+
+
+def test_quiet_prints_only_error_lines_as_run_does(out):
+    """-q for a cron job, as `run -q`: no summary line, no word of what a recovery cleaned; an error still says so,
+    one line on stderr. A real process, as a scheduler runs it (stdout and stderr apart, no terminal)."""
+    db = sqlite3.connect(out / layout.MANIFEST)
+    with db:
+        db.execute("UPDATE runs SET status = 'running' WHERE id = (SELECT max(id) FROM runs)")  # SIGKILLed
+    db.close()
+    leftover = out / "maps" / "gradcam" / f".left.{2**22 + 1}.tmp"  # a dead writer's temporary file
+    leftover.write_bytes(b"x")
+    (out / "index.html").unlink()
+    res = cli("report", out, "-q")
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    assert ">killed<" in (out / "history.html").read_text() and (out / "index.html").is_file()  # it did it all
+    assert not leftover.exists()
+    with OutputLock(out):  # a run holds the folder
+        res = cli("report", out, "--quiet")
+    assert res.returncode == 4 and res.stdout == ""
+    assert res.stderr.startswith("Error: ") and len(res.stderr.splitlines()) == 1, res.stderr
+    res = cli("report", out)  # without -q: the summary line
+    assert res.returncode == 0 and "page(s)" in res.stdout, res
 
 
 def test_it_mends_pages_cut_short_or_overwritten(out):

@@ -241,3 +241,25 @@ def test_strict_exits_1_when_a_method_fails(monkeypatch, tmp_path, strict, passe
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path), *(["--strict"] if strict else [])])
     assert res.exit_code == code, res.output
     assert "m1: " in res.output
+
+
+def test_quiet_prints_only_error_lines_as_run_does(monkeypatch, tmp_path):
+    """-q, as `run -q`: no progress lines, no verdicts (they are in sanity.json and the report); --strict's exit
+    code still says a method failed, and an error is still its one line."""
+    from click.testing import CliRunner
+
+    import xaibatch.evaluation.sanity as sanity_mod
+    from xaibatch.cli import cli
+
+    def fake_check(out, log, **kw):
+        log("sanity: randomized layer4: m0 0.1")
+        return {"created": 1.0, "curves": [{"passed": False, "verdict": "m0: FAILS", "checked": 1.0}]}
+
+    monkeypatch.setattr(sanity_mod, "run_sanity", fake_check)
+    (tmp_path / "xaibatch.sqlite").touch()
+    loud = CliRunner().invoke(cli, ["sanity", str(tmp_path), "--strict"])
+    assert loud.exit_code == 1 and "randomized layer4" in loud.output and "m0: FAILS" in loud.output
+    res = CliRunner().invoke(cli, ["sanity", str(tmp_path), "--strict", "-q"])
+    assert (res.exit_code, res.output) == (1, "")
+    res = CliRunner().invoke(cli, ["sanity", str(tmp_path / "nowhere"), "--quiet"])
+    assert res.exit_code == 2 and res.output.startswith("Error: ") and len(res.output.splitlines()) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import click
 from ..defaults import LIME_DEFAULTS, default_workers
 from ..errors import EXIT_INTERRUPTED, ExitCode
 from .helptext import Command
-from ..runlog import write_line
-from .boundary import Failure, checked, echo, exit_codes_help, reported
+from .boundary import Failure, checked, echo, exit_codes_help, notes, reported
 from .options import (
     BUILTIN_METHODS,
     NonEmptyPath,
@@ -154,7 +152,7 @@ def bench(
       xaibatch bench --memory --memory-images 2000,20000
     """
     started = time.perf_counter()  # the budget counts from here: torch is imported after
-    log = (lambda s: None) if quiet else (lambda s: write_line(s, sys.stderr))  # a gone terminal: lines go nowhere
+    log = notes(quiet)
     from ..pipeline.signals import REPEATED_SIGNAL_S, catch_signals, stops_interrupt
 
     if memory:

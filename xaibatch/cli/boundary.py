@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import sys
+from typing import Callable
 
 import click
 
@@ -55,6 +56,21 @@ def echo(text: str) -> None:
     """Print one line of a command's output (a listing, a table, a verdict): a reader that went away
     (``| head -1``) is no error, the rest goes nowhere and the command ends as it would have (runlog.write_line)."""
     write_line(text)
+
+
+def say(text: str) -> None:
+    """One line on stderr (progress, a warning, what a recovery cleaned): a terminal that has gone (closed while the
+    command ignores SIGHUP) fails nothing (runlog.write_line)."""
+    write_line(text, sys.stderr)
+
+
+def _say_nothing(text: str) -> None:
+    pass
+
+
+def notes(quiet: bool) -> Callable[[str], None]:
+    """The ``log`` of a command: :func:`say`, or with ``-q`` nowhere (its ``Error:`` line still comes, from here)."""
+    return _say_nothing if quiet else say
 
 
 def _reader_went_away() -> bool:

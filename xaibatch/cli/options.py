@@ -116,6 +116,7 @@ device_option = _option("--device", default="auto", show_default=True, callback=
 batch_size_option = _option("--batch-size", type=click.IntRange(1))
 workers_option = _option("--workers", type=Workers())
 seed_option = _option("--seed", type=int, default=0, show_default=True)
+quiet_option = _option("--quiet", "-q", is_flag=True)  # only Error: lines (boundary.notes)
 methods_option = _option(
     "--method",
     "-m",

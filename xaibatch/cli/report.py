@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from ..errors import ExitCode
-from ..runlog import write_line
-from .boundary import echo, exit_codes_help, reported
+from .boundary import echo, exit_codes_help, notes, reported
 from .helptext import Command
-from .options import NonEmptyPath, template_dir_option
+from .options import NonEmptyPath, quiet_option, template_dir_option
 
 # no images are read and nothing is computed: no "some failed" (1); a run holding the folder is 4
 REPORT_EXIT_CODES = {
@@ -26,8 +24,9 @@ REPORT_EXIT_CODES = {
 @click.command(cls=Command, epilog=exit_codes_help(REPORT_EXIT_CODES))
 @click.argument("out_dir", type=NonEmptyPath(path_type=Path, file_okay=False, exists=True))
 @template_dir_option
+@quiet_option("No summary line, no word of what a recovery cleaned: only Error: lines (a cron job's mail).")
 @reported
-def report(out_dir: Path, template_dir: Path | None) -> None:
+def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
     """Render the report in OUT_DIR again from its manifest: after editing templates, upgrading xaibatch or
     copying the folder elsewhere. Needs neither the input folder nor the model; pages that did not change are
     not rewritten.
@@ -36,12 +35,14 @@ def report(out_dir: Path, template_dir: Path | None) -> None:
     Examples:
       xaibatch report outputs/demo-test
       xaibatch report outputs/demo-test --template-dir my_templates
+      xaibatch report outputs/demo-test -q
     """
     from ..pipeline.recovery import held_output
     from ..pipeline.signals import stops_interrupt
     from ..report import check_templates, write_report
 
     check_templates(template_dir)
-    with stops_interrupt(), held_output(out_dir, lambda line: write_line(line, sys.stderr)):
+    with stops_interrupt(), held_output(out_dir, notes(quiet)):
         stats = write_report(out_dir, template_dir)
-    echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")
+    if not quiet:
+        echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")

@@ -11,7 +11,7 @@ import click
 from .. import __version__
 from ..errors import EXIT_OK, EXIT_SOME_FAILED
 from .helptext import Command
-from .boundary import EXIT_CODES_HELP, reported
+from .boundary import EXIT_CODES_HELP, notes, reported, say
 from .options import RUN_MODEL_HELP, NonEmptyPath, model_options, seed_option, template_dir_option
 from .run_options import (
     check_engine_options,
@@ -128,7 +128,7 @@ def run(
         **engine.fields(),
     )
     try:
-        result = run_pipeline(opts, log=(lambda s: None) if quiet else say)
+        result = run_pipeline(opts, log=notes(quiet))
     except BaseException as e:  # the summary of an interrupted run, the JSON end line of any failure
         partial = getattr(e, "result", None)
         if partial is not None and human:
@@ -157,10 +157,3 @@ def list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
         say(f"  {printable(rel)}: {printable(reason)}")
     if len(failed) > limit:
         say(f"  ... and {len(failed) - limit} more (all listed in the report)")
-
-
-def say(text: str) -> None:
-    """One line on stderr; a terminal that has gone (closed while the run ignores SIGHUP) fails nothing."""
-    from ..runlog import write_line
-
-    write_line(text, sys.stderr)

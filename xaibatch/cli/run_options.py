@@ -23,6 +23,7 @@ from .options import (
     grouped,
     method_options,
     methods_option,
+    quiet_option,
     workers_option,
 )
 
@@ -284,7 +285,7 @@ class ControlArgs:
 control_options = grouped(
     "control",
     ControlArgs,
-    click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line, no list of failed images."),
+    quiet_option("No progress bar, no summary line, no list of failed images: only Error: lines."),
     click.option(
         "--wait", is_flag=True, help="If another run holds --out, wait for it to finish instead of exiting with code 4."
     ),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from ..errors import ExitCode
-from ..runlog import write_line
 from .helptext import Command
-from .boundary import echo, exit_codes_help, reported
+from .boundary import echo, exit_codes_help, notes, reported
 from .options import (
     NonEmptyPath,
     arch_option,
@@ -18,6 +16,7 @@ from .options import (
     checkpoint_option,
     device_option,
     model_option,
+    quiet_option,
     seed_option,
 )
 
@@ -56,8 +55,12 @@ SANITY_EXIT_CODES = {
     is_flag=True,
     help="Exit 1 when a method fails the check, for a CI job or a scheduler (e.g. --strict).",
 )
+@quiet_option(
+    "No progress lines, no verdicts: only Error: lines (the verdicts are in OUT_DIR/sanity.json and the report; "
+    "with --strict the exit code says whether every method passed)."
+)
 @reported
-def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch, strict):
+def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch, strict, quiet):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
 
     The run's model, layer and methods are rebuilt from what the run recorded (absolute paths, each
@@ -69,14 +72,13 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     Example:
       xaibatch run data/demo/test -m gradcam -m guided-gradcam --out reports/demo
       xaibatch sanity reports/demo
+      xaibatch sanity reports/demo --strict -q      # a cron job: only the exit code and Error: lines
     """
     from ..evaluation.rebuild import ModelOverride
     from ..pipeline.recovery import held_output
     from ..pipeline.signals import stops_interrupt
 
-    def log(line: str) -> None:
-        write_line(line, sys.stderr)  # a gone terminal: the line goes nowhere
-
+    log = notes(quiet)
     # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on. The lock before torch's
     # seconds of importing: a run holding OUT_DIR is refused at once.
     with stops_interrupt(), held_output(out_dir, log) as lock:
@@ -93,6 +95,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
             lock=lock,
         )
     for c in result["curves"]:  # this check's, then the ones kept from the folder's previous check
-        echo(c["verdict"] + ("" if c["checked"] == result["created"] else " (kept from the previous check)"))
+        if not quiet:
+            echo(c["verdict"] + ("" if c["checked"] == result["created"] else " (kept from the previous check)"))
     if strict and not all(c["passed"] for c in result["curves"]):
         raise SystemExit(int(ExitCode.SOME_FAILED))
