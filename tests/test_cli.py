@@ -35,6 +35,10 @@ def test_run_labeled_folder_writes_maps_manifest_csv_and_report(tmp_path, labele
     assert '"layer": "layer' in cfg
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 10 and {r["label"] for r in rows} == {"FAKE", "REAL"}
+    # the model that predicted each row: the run's predict hash, the last run's model (not an earlier one)
+    assert {(r["model_hash"], r["earlier_model"]) for r in rows} == {
+        (manifest_value(out, "SELECT predict_hash FROM runs"), "0")
+    }
     html = (out / "index.html").read_text()
     assert "Misclassified" in html and "Correct" in html
 

@@ -139,8 +139,9 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     rows = manifest_rows(out, "SELECT deletion, insertion, faith_json FROM maps")
     assert len(rows) == 10 and all(0 <= d <= 1 and 0 <= i <= 1 and f for d, i, f in rows)
     lines = (out / "predictions.csv").read_text().splitlines()
-    assert lines[0].endswith("deletion_gradcam,insertion_gradcam")
-    assert all(line.split(",")[-1] for line in lines[1:])
+    header = lines[0].split(",")
+    assert header[-4:-2] == ["deletion_gradcam", "insertion_gradcam"]  # then the model's two columns
+    assert all(line.split(",")[-3] for line in lines[1:])
     assert (out / "faithfulness-chance.json").is_file()
     html = (out / "index.html").read_text()
     assert html.count('<ul class="verdicts"><li class="') == 1 and "chance" in html.split('class="verdicts"')[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -752,9 +753,18 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
     records = detail_data(out)[1]
     assert sorted(rel for rel, rec in records.items() if "earlier" in rec) == sorted(rels[5:])
     assert records[rels[7]]["earlier"] == "resnet18, m.pt (sha256 abababababab)"
+    # predictions.csv says which model predicted each row: its predict hash and whether it is an earlier model's
+    csv_rows = predictions(out)
+    assert {r["path"]: (r["model_hash"], r["earlier_model"]) for r in csv_rows} == {
+        **{rel: ("q", "0") for rel in rels[:5]},
+        **{rel: ("p", "1") for rel in rels[5:]},
+    }
+    assert list(csv_rows[0])[-2:] == ["model_hash", "earlier_model"]  # last: the other columns keep their places
+    assert list(csv_rows[0])[:5] == ["path", "label", "pred", "confidence", "correct"]
 
     another_model(out, rels[5:], status="ok", checkpoint="<b>n</b>.pt")  # the next complete run
     report.render(out)
+    assert {(r["model_hash"], r["earlier_model"]) for r in predictions(out)} == {("q", "0")}
     assert 'id="earlier"' not in (out / "index.html").read_text() and report.build(out).accuracy == 1.0
     assert 'class="earlier"' not in (out / "gallery" / "page-1.html").read_text()
     assert not any("earlier" in rec for rec in detail_data(out)[1].values())
@@ -769,6 +779,13 @@ def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone
     assert 'Measured over</dt><dd class="bad">0 images' in html and report.build(out).accuracy is None
     assert (out / "gallery" / "page-1.html").read_text().count('class="earlier"') == 20
     assert all("earlier" in rec for rec in detail_data(out)[1].values())
+    assert {(r["model_hash"], r["earlier_model"]) for r in predictions(out)} == {("q", "1")}
+
+
+def predictions(out: Path) -> list[dict[str, str]]:
+    """predictions.csv's rows, by column name."""
+    with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def test_a_killed_run_lists_what_it_planned_and_committed_never_made_up_zeros(tmp_path):

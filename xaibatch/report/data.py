@@ -196,16 +196,18 @@ class History:
         """The last run's predict hash: what its model and decision rule give the images it predicts."""
         return str((self.last or {}).get("predict_hash") or "")
 
+    def earlier(self, predict_hash: str) -> bool:
+        """Whether an image predicted under ``predict_hash`` holds an earlier model's prediction, not the last run's
+        model's (its card is marked, the numbers leave it out, predictions.csv says so); never without a last run."""
+        return bool(self.predict_hash) and predict_hash != self.predict_hash
+
     def read_models(self, manifest: Manifest, images: dict[str, ImageRow]) -> None:
         """Count the images per predict hash, and name the model of each earlier hash that the images hold (a
         look-up in the runs table for each of the EARLIER_NAMED most common: a few, whatever the images)."""
         self.predicted = Counter(r.predict_hash for r in images.values())
         self.models = {}
-        last = self.predict_hash
-        if not last:
-            return
         for h, _n in self.predicted.most_common():
-            if h == last:
+            if not self.earlier(h):
                 continue
             if len(self.models) == EARLIER_NAMED:
                 break
@@ -329,10 +331,9 @@ def assemble(
     predicted = history.predicted
     if sum(predicted.values()) != len(images):  # rows not read by read_rows
         predicted = Counter(r.predict_hash for r in images.values())
-    last = history.predict_hash
-    earlier = {h: n for h, n in predicted.items() if h != last} if last else {}
+    earlier = {h: n for h, n in predicted.items() if history.earlier(h)}
     words = {h: history.models.get(h) or "an earlier model" for h in earlier}  # the cards' words
-    measured = {rel: r for rel, r in images.items() if r.predict_hash == last} if earlier else images
+    measured = {rel: r for rel, r in images.items() if r.predict_hash not in earlier} if earlier else images
 
     # what needs all the rows, before the cards consume them
     trust = build_trust(Path(out_dir), measured, maps, methods, labeled, run.model.checkpoint_sha256)

@@ -17,16 +17,22 @@ def write_predictions_csv(
     rows: dict[str, ImageRow] | None = None,
     maps: dict[tuple[str, str], MapRow] | None = None,
     write: Callable[[str, bytes], None] | None = None,
+    earlier: Callable[[str], bool] | None = None,
 ) -> float | None:
-    """Write predictions.csv (from the manifest unless its rows are given; with ``write(rel, bytes)``, the
-    report's checked writer, when given); return the accuracy over labeled images (None when there are none)."""
-    if rows is None or maps is None:
+    """Write predictions.csv (from the manifest unless its rows and ``earlier`` (History.earlier) are given; with
+    ``write(rel, bytes)``, the report's checked writer, when given); return the accuracy over labeled images (None
+    when there are none)."""
+    if rows is None or maps is None or earlier is None:
+        from .data import History
+
         manifest = Manifest(out / layout.MANIFEST)
         try:
-            rows, maps = manifest.images(), manifest.maps()
+            if rows is None or maps is None:
+                rows, maps = manifest.images(), manifest.maps()
+            earlier = earlier or History.read(manifest).earlier
         finally:
             manifest.close()
-    text = predictions_csv(names, rows, maps)
+    text = predictions_csv(names, rows, maps, earlier)
     if write is not None:
         write("predictions.csv", text)
     else:
@@ -35,8 +41,14 @@ def write_predictions_csv(
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
 
 
-def predictions_csv(names: list[str], rows: dict[str, ImageRow], maps: dict[tuple[str, str], MapRow]) -> bytes:
-    """predictions.csv's bytes (the report computes them while it still holds the manifest's rows)."""
+def predictions_csv(
+    names: list[str],
+    rows: dict[str, ImageRow],
+    maps: dict[tuple[str, str], MapRow],
+    earlier: Callable[[str], bool],
+) -> bytes:
+    """predictions.csv's bytes (the report computes them while it still holds the manifest's rows); ``earlier``:
+    whether a predict hash is an earlier model's than the last run's (History.earlier)."""
     import csv
     import io
 
@@ -45,12 +57,14 @@ def predictions_csv(names: list[str], rows: dict[str, ImageRow], maps: dict[tupl
     w = csv.writer(buf)
     w.writerow(_header(names, scored))
     for rel in sorted(rows):
-        w.writerow(_row(rel, rows[rel], names, scored, maps))
+        w.writerow(_row(rel, rows[rel], names, scored, maps, earlier))
     return buf.getvalue().encode()
 
 
 def _header(names: list[str], scored: list[str]) -> list[str]:
-    """The columns: the image, its label and prediction, a probability per class, the faithfulness scores."""
+    """The columns: the image, its label and prediction, a probability per class, the faithfulness scores, and last
+    (where a column added later cannot move the others) the model that predicted it: its predict hash (the runs
+    table's) and whether that is an earlier model's than the last run's."""
     return [
         "path",
         "label",
@@ -59,10 +73,19 @@ def _header(names: list[str], scored: list[str]) -> list[str]:
         "correct",
         *[csv_cell(f"p_{n}") for n in names],
         *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")],
+        "model_hash",
+        "earlier_model",
     ]
 
 
-def _row(rel: str, r: ImageRow, names: list[str], scored: list[str], maps: dict[tuple[str, str], MapRow]) -> list:
+def _row(
+    rel: str,
+    r: ImageRow,
+    names: list[str],
+    scored: list[str],
+    maps: dict[tuple[str, str], MapRow],
+    earlier: Callable[[str], bool],
+) -> list:
     """One image's cells, as :func:`_header` names them."""
     label = names[r.label] if r.label is not None and r.label < len(names) else ""
     correct = "" if r.label is None else int(r.label == r.pred)
@@ -81,6 +104,8 @@ def _row(rel: str, r: ImageRow, names: list[str], scored: list[str], maps: dict[
         correct,
         *[f"{v:.6f}" for v in r.probs],
         *faith,
+        csv_cell(r.predict_hash),
+        int(earlier(r.predict_hash)),
     ]
 
 

@@ -111,7 +111,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         images, maps, failures = read_rows(manifest, history)
     finally:
         manifest.close()
-    csv = predictions_csv(class_names(found.history.run, images), images, maps)
+    csv = predictions_csv(class_names(found.history.run, images), images, maps, found.history.earlier)
     data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
