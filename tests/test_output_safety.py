@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -216,6 +217,33 @@ def test_foreign_non_empty_out_is_refused_unless_replace(tmp_path, tiny_ckpt):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", empty, "--workers", 0).exit_code == 0
+
+
+def test_the_sweep_after_a_killed_run_keeps_a_replaced_folders_own_files(tmp_path, tiny_ckpt):
+    """A user's site taken with --replace kept its images/logo.png only until a run was killed: the next command's
+    sweep of files no row points at deleted every .png and .npy under images/, thumbs/ and maps/ (and a file with a
+    temporary file's name anywhere). The files that were there before the folder's first run are noted now and
+    never swept; temporary files are swept only where xaibatch writes. What a killed run left is still swept."""
+    inp, site = tmp_path / "in", tmp_path / "site"
+    write_images(inp, 3)
+    mine = {"images/logo.png": b"\x89PNG logo", "maps/coords.npy": b"NUMPY", "thumbs/icons/home.png": b"\x89PNG"}
+    mine["blog/.draft.99999999.tmp"] = b"an editor's temporary file"  # pid 99999999: no such process
+    for rel, data in mine.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", site, "--workers", 0, "--replace").exit_code == 0
+    db = sqlite3.connect(site / "xaibatch.sqlite")  # what a SIGKILL leaves: the run row "running" ...
+    with db:
+        db.execute("UPDATE runs SET status = 'running' WHERE id = (SELECT max(id) FROM runs)")
+    db.close()
+    left = ["maps/gradcam/gone.npy", "images/gone.png", f"maps/gradcam/.gone.npy.0.{2**22 + 1}.tmp"]
+    for rel in left:  # ... and files of rows it never committed, a dead writer's temporary file
+        (site / rel).write_bytes(b"x")
+    res = invoke("report", site)
+    assert res.exit_code == 0, res.output
+    assert "cleaned 3 leftover file(s)" in res.output
+    assert {rel: (site / rel).read_bytes() for rel in mine} == mine
+    assert not any((site / rel).exists() for rel in left)
 
 
 # --- 5 and 7: a real run paused before its first commit ---------------------------------------------------

@@ -25,34 +25,73 @@ _TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
 
 
 def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
-    """Delete temporary files (``.<name>.<pid>.tmp``, see files.atomic_write_bytes) whose writer ``stale(pid)``.
+    """Delete temporary files (``.<name>.<pid>.tmp``, see files.atomic_write_bytes) whose writer ``stale(pid)``, where
+    xaibatch writes (:func:`_where_runs_write`).
 
-    Walks the whole folder, so it runs only after an unclean stop; call it only while holding the lock.
+    Walks every folder xaibatch writes, so it runs only after an unclean stop; call it only while holding the lock.
     """
 
     def ours(path: str) -> bool:
         m = _TEMP_RE.match(os.path.basename(path))
         return bool(m) and stale(int(m.group(1) or m.group(2)))
 
-    return _delete(path for _rel, path in walk_files(out) if ours(path))
+    return _delete(path for path in _where_runs_write(out) if ours(path))
+
+
+def _where_runs_write(out: Path) -> Iterator[str]:
+    """Every file xaibatch may have written under ``out``: the folder's own files (not below them), those under its
+    OUTPUT_DIRS and flagged/ (``serve``). Another folder there is a user's, even with a temporary file's name."""
+    try:
+        with os.scandir(out) as it:
+            top = [e.path for e in it if not e.is_dir(follow_symlinks=False)]
+    except OSError:
+        top = []
+    yield from top
+    yield from (path for _rel, path in walk_files(out, (*layout.OUTPUT_DIRS, layout.FLAGGED)))
 
 
 def sweep_orphans(out: Path, manifest: Manifest) -> int:
     """Delete map/image files under images/, thumbs/, maps/ that no manifest row points at, and the folders that
-    leaves empty.
+    leaves empty; never a file that was there before the folder's first run (:func:`note_foreign_files`).
 
     A run killed after writing a batch's files but before committing its rows
     leaves such files; normally the next run rewrites them, but not if the image
     has left the input meanwhile; one killed after dropping rows leaves their files.
     Only after an unclean stop (it walks every file), once the report no longer links them (:func:`sweep_due`).
     """
-    referenced = manifest.referenced_files()
+    keep = manifest.referenced_files() | foreign_files(manifest)
     orphans = [
         rel
         for rel, _path in walk_files(out, layout.PICTURE_DIRS)
-        if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in referenced
+        if rel.endswith(layout.PICTURE_SUFFIXES) and rel not in keep
     ]
     return remove_files(out, orphans, layout.PICTURE_DIRS)  # and the folders that leaves empty
+
+
+FOREIGN = "foreign_files"  # meta: JSON list of the picture files a folder held before its first run row
+
+
+def note_foreign_files(out: Path, manifest: Manifest) -> None:
+    """Before a folder's first run row: note the files already under images/, thumbs/ and maps/ as not xaibatch's
+    (a user's site taken with --replace), so that :func:`sweep_orphans` never deletes them. No run has written a
+    picture there yet (pictures come after the run row), so what is there is the user's; a run killed before its
+    row leaves the next one to note it again. A run may still overwrite one with an image's file of that name
+    (--replace says so); should its row go with a run killed before deleting its files, that file stays."""
+    if manifest.last_status() is not None:  # a folder with a run row: its picture folders are the runs' own
+        return
+    found = sorted(rel for rel, _path in walk_files(out, layout.PICTURE_DIRS) if rel.endswith(layout.PICTURE_SUFFIXES))
+    if found or manifest.get_meta(FOREIGN):
+        with manifest.transaction():
+            manifest.set_meta(FOREIGN, json.dumps(found) if found else "")
+
+
+def foreign_files(manifest: Manifest) -> set[str]:
+    """The files :func:`note_foreign_files` noted (none for a folder xaibatch made, or one from before the note)."""
+    try:
+        found = json.loads(manifest.get_meta(FOREIGN) or "[]")
+    except ValueError:
+        return set()
+    return {rel for rel in found if isinstance(rel, str)} if isinstance(found, list) else set()
 
 
 def _delete(paths: Iterable[str]) -> int:

@@ -54,7 +54,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
-from .recovery import REPORTING, mark_run, recover, sweep_due, sweep_temp_files
+from .recovery import REPORTING, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
 from ..files import Reserve
@@ -325,6 +325,7 @@ def _plan_run(
         log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
     shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
+    note_foreign_files(out, row.manifest)  # the folder's first run: pictures already there are a user's, kept
     row.run_id = row.manifest.start_run(shown_input, setup.config, setup.hashes.predict)
     plan = setup.plan
     if plan is None:
