@@ -2,8 +2,9 @@
 
 Pixels are ranked by a map's value, most salient first: the map at the model's input size, as the method
 returned it (not the ``.npy``, which is resized to the image's own size); a signed map (LIME and the others
-``xaibatch methods`` calls signed) by its signed value, so evidence for the class goes first and evidence against it last; ties (LIME's
-superpixels are plateaus, Grad-CAM's zeros) in pixel order, row by row (:func:`ranks`). *Deletion* replaces
+``xaibatch methods`` calls signed) by its signed value, so evidence for the class goes first and evidence
+against it last; ties (LIME's superpixels are plateaus, Grad-CAM's zeros) in pixel order, row by row
+(:func:`ranks`). *Deletion* replaces
 them, ``ceil(HW / N)`` more per step, with a fill (by default the blurred image)
 and follows the explained class's softmax probability from the image to the
 fill; *insertion* starts from the fill and puts the image's pixels back in the
