@@ -104,6 +104,28 @@ def test_flag_never_writes_outside_out(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_explained_images_are_kept_for_flagging_within_a_bound():
+    """What a Flag press saves is found by the sha256 the tab holds; the oldest go first, the newest always stays."""
+    from xaibatch.serve.flags import Explained
+
+    kept = Explained(max_bytes=10)
+    assert kept.keep("a", b"12345", "PNG") == "a"
+    kept.keep("b", b"678", "JPEG")
+    assert kept.get("a") == (b"12345", "PNG") and kept.get("b") == (b"678", "JPEG")
+    kept.keep("a", b"12345", "PNG")  # explained again: the newest now
+    kept.keep("c", b"xyz", "PNG")  # 11 bytes: "b" goes, not "a"
+    assert kept.get("a")[0] == b"12345"
+    with pytest.raises(UsageError, match="explain it again"):
+        kept.get("b")
+    kept.keep("big", b"0" * 100, "PNG")  # over the bound alone: kept, every other one goes
+    assert kept.get("big")[0] == b"0" * 100
+    with pytest.raises(UsageError, match="explain it again"):
+        kept.get("c")
+    for nothing in ("", None):
+        with pytest.raises(UsageError, match="explain an image first"):
+            kept.get(nothing)
+
+
 def test_flagged_images_are_a_folder_run_reports(tmp_path, tiny_ckpt):
     from xaibatch.pipeline import RunOptions, run
 
@@ -671,6 +693,64 @@ def test_two_clients_at_once(app, driver):
             assert len(res.find_elements(By.CSS_SELECTOR, "figure.xb-map")) == 4
         assert all(p in service.names for p in preds)
         assert sum(batches[before:]) == 2  # both explained, in one batch or two
+    finally:
+        second.quit()
+
+
+def _waiting(served) -> int:
+    """Requests in the app's queue, not yet taken by a batch."""
+    return sum(len(q.queue) for q in served.blocks._queue.event_queue_per_concurrency_id.values())
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
+def test_tabs_explained_in_one_batch_each_flag_their_own_image(app, driver):
+    """Two tabs whose requests are explained in one batch each flag the image they show. (The flagged image was a
+    gr.State output of the batched event, which Gradio hands to the batch's first tab only, holding the batch's
+    last image: that tab saved the other tab's image under its label, and the other tab could flag nothing.)"""
+    from gradio_client import Client, handle_file
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    served, service, root, batches = app
+    second = _browser()
+    try:
+        pages, files = [driver, second], []
+        for i, d in enumerate(pages):
+            _open(d, served.url)
+            files.append(root / f"batched{i}.png")
+            files[-1].write_bytes(png(400 + i))
+            d.find_element(By.CSS_SELECTOR, "#xb-upload input[type=file]").send_keys(str(files[-1]))
+            _wait(d, lambda d, n=files[-1].stem: n in d.find_element(By.ID, "xb-upload").text)
+        before = len(batches)
+        release = threading.Event()
+        gate.append(release)
+        try:  # a third request holds the model while both tabs' requests queue up behind it
+            blocker = Client(served.url, verbose=False).submit(
+                handle_file(str(root / "photos" / "p0.png")), None, ["gradcam"], SAMPLES, False, api_name="/explain"
+            )
+            _until(lambda: len(batches) > before)
+            for d in pages:
+                d.find_element(By.ID, "xb-explain").click()
+            _until(lambda: _waiting(served) == 2)
+        finally:
+            release.set()
+            gate.clear()
+        blocker.result(timeout=120)
+        for d in pages:
+            _result(d, 0)
+        assert batches[before:] == [1, 2]  # the two tabs: one batch
+        for i, d in enumerate(pages):
+            label = d.find_element(By.CSS_SELECTOR, "#xb-label input")
+            label.send_keys(f"tab{i}")
+            label.send_keys(Keys.ENTER)
+            d.find_element(By.ID, "xb-flag").click()
+            _wait(d, lambda d: _answer(d, "xb-flagged") > 0)
+            assert "saved" in d.find_element(By.ID, "xb-flagged").text, i
+        for i, f in enumerate(files):
+            (saved,) = (service.opts.out / "flagged" / f"tab{i}").iterdir()
+            assert saved.read_bytes() == f.read_bytes(), i
     finally:
         second.quit()
 

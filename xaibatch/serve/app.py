@@ -27,7 +27,7 @@ from .core import (
     explain_requests,
     read_upload,
 )
-from .flags import save_flag  # noqa: E402
+from .flags import Explained, save_flag  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
 
@@ -65,22 +65,24 @@ def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pic
 
 @dataclass
 class _Handlers:
-    """What the page's buttons run: explain the requests that arrive together, flag the last explained image."""
+    """What the page's buttons run: explain the requests that arrive together, flag the image a tab explained."""
 
     service: Service
     report: ReportImages
     demos: dict[str, bytes]
     answers: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # numbers every answer shown
+    explained: Explained = field(default_factory=Explained)  # what flagging saves, by the sha256 a tab holds
 
     def picks(self) -> list[str]:
         return [*self.demos, *(REPORT_PREFIX + rel for rel in sorted(self.report.rows)[:MAX_PICKS])]
 
     def explain(self, files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
-        """One batch of requests (Gradio's batch=True): each one's answer HTML and the image flagging would save."""
+        """One batch of requests (Gradio's batch=True): each one's answer HTML and the sha256 of the image flagging
+        would save ("" for none)."""
         asked = [self._request(*a) for a in zip(files, chosen, methods, samples, curves, strict=True)]
         results = explain_requests(self.service, [r for r, _ in asked])
         answers = [self._answer(line, r) for (_, line), r in zip(asked, results, strict=True)]
-        return [html for html, _ in answers], [last for _, last in answers]
+        return [html for html, _ in answers], [sha for _, sha in answers]
 
     def _request(
         self, file: str | None, pick: str | None, ms: list | None, n: Any, faith: Any
@@ -95,18 +97,17 @@ class _Handlers:
         except Exception as e:  # never a traceback in the page
             return Request(None, ordered), f"internal error: {type(e).__name__}: {e}"
 
-    def _answer(self, line: str | None, r: Result | str) -> tuple[str, dict | None]:
+    def _answer(self, line: str | None, r: Result | str) -> tuple[str, str]:
         if line is not None or isinstance(r, str):
-            return numbered(next(self.answers), line_html(line if line is not None else r)), None
-        s = self.service
-        html = result_html(r, s.names, s.rule(), self.report.detail_url(r.upload.sha256))
-        return numbered(next(self.answers), html), {"data": r.upload.data, "format": r.upload.image_format}
+            return numbered(next(self.answers), line_html(line if line is not None else r)), ""
+        s, u = self.service, r.upload
+        html = result_html(r, s.names, s.rule(), self.report.detail_url(u.sha256))
+        return numbered(next(self.answers), html), self.explained.keep(u.sha256, u.data, u.image_format)
 
-    def flag(self, last: dict | None, label: str | None) -> str:
+    def flag(self, sha256: str | None, label: str | None) -> str:
         try:
-            if not last:
-                raise UsageError("nothing to flag: explain an image first")
-            f = save_flag(self.service.opts.out, label or "", last["data"], last["format"])
+            data, image_format = self.explained.get(sha256)
+            f = save_flag(self.service.opts.out, label or "", data, image_format)
         except (XaibatchError, OSError) as e:
             return numbered(next(self.answers), line_html(str(e)))
         what = "saved" if f.new else "already flagged:"
@@ -128,7 +129,7 @@ class _Controls:
     flag: Any
     flagged: Any
     result: Any
-    last: Any  # the last explained image (per browser tab): what flagging saves
+    explained: Any  # the sha256 of the image the tab's answer shows (hidden): what flagging saves
 
 
 def _demos() -> dict[str, bytes]:
@@ -151,7 +152,8 @@ def _layout(service: Service, picks: list[str]) -> _Controls:
     """The components, inside an open gr.Blocks: the header, the controls on the left, the answer on the right."""
     offered = list(service.opts.methods)
     gr.Markdown(_header(service), elem_id="xb-status")
-    last = gr.State(None)
+    # A component, not a gr.State: a batched event hands each request's outputs back to its own tab, but not states.
+    explained = gr.Textbox("", visible=False, label="sha256 of the explained image", elem_id="xb-explained")
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Upload an image", type="filepath", elem_id="xb-upload")
@@ -179,7 +181,7 @@ def _layout(service: Service, picks: list[str]) -> _Controls:
             flagged = gr.HTML(elem_id="xb-flagged")
         with gr.Column(scale=3):
             result = gr.HTML(elem_id="xb-result")
-    return _Controls(upload, pick, methods, samples, curves, go, label, flag, flagged, result, last)
+    return _Controls(upload, pick, methods, samples, curves, go, label, flag, flagged, result, explained)
 
 
 def _wire(c: _Controls, h: _Handlers) -> None:
@@ -187,7 +189,7 @@ def _wire(c: _Controls, h: _Handlers) -> None:
     c.go.click(
         h.explain,
         [c.upload, c.pick, c.methods, c.samples, c.curves],
-        [c.result, c.last],
+        [c.result, c.explained],
         batch=True,
         max_batch_size=MAX_BATCH,
         concurrency_limit=1,
@@ -196,7 +198,7 @@ def _wire(c: _Controls, h: _Handlers) -> None:
     # The image explained is the one chosen last: an upload lets the pick go, a pick the upload.
     c.upload.upload(lambda _: None, c.upload, c.pick, queue=False, api_visibility="private")
     c.pick.input(lambda p: None if p else gr.update(), c.pick, c.upload, queue=False, api_visibility="private")
-    c.flag.click(h.flag, [c.last, c.label], c.flagged, api_name="flag")
+    c.flag.click(h.flag, [c.explained, c.label], c.flagged, api_name="flag")
 
 
 def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:

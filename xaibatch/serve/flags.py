@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ..files import atomic_write_bytes, safe_join
 from ..layout import FLAGGED
 
 MAX_LABEL_CHARS = 64
+MAX_KEPT_BYTES = 256 * 1024 * 1024  # explained images kept for a later Flag press (the newest one always)
 # PIL's format name -> the extension `xaibatch run` reads (scan.IMAGE_EXTENSIONS)
 EXTENSIONS = {
     "PNG": ".png",
@@ -65,3 +68,39 @@ def save_flag(out: Path, label: str, data: bytes, image_format: str) -> Flagged:
         return Flagged(rel, path, label, new=False)
     atomic_write_bytes(path, data)
     return Flagged(rel, path, label, new=True)
+
+
+class Explained:
+    """The images explained lately, by sha256: what a Flag press saves. The page holds only the sha256 of the image
+    its tab shows (Gradio cannot hand a batched event's per-session state back to each session: a gr.State output
+    of a batch went to its first request's tab only, holding the batch's last image). Bounded by ``max_bytes``,
+    oldest out first, the newest always kept; thread-safe (explaining and flagging run on Gradio's threads)."""
+
+    def __init__(self, max_bytes: int = MAX_KEPT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def keep(self, sha256: str, data: bytes, image_format: str) -> str:
+        """Remember an explained image; returns its sha256 (what the page holds)."""
+        with self._lock:
+            if sha256 in self._images:
+                self._images.move_to_end(sha256)
+                return sha256
+            self._images[sha256] = (data, image_format)
+            self._size += len(data)
+            while self._size > self.max_bytes and len(self._images) > 1:
+                _, (old, _) = self._images.popitem(last=False)
+                self._size -= len(old)
+        return sha256
+
+    def get(self, sha256: str | None) -> tuple[bytes, str]:
+        """The bytes and PIL format of the image explained with this sha256; UsageError when there is none."""
+        if not sha256:
+            raise UsageError("nothing to flag: explain an image first")
+        with self._lock:
+            kept = self._images.get(sha256)
+        if kept is None:
+            raise UsageError("this image is no longer held by the server: explain it again, then flag it")
+        return kept
