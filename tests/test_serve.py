@@ -104,6 +104,22 @@ def test_flag_never_writes_outside_out(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_camera_jpeg_with_several_pictures_can_be_flagged(tmp_path):
+    """Phones and cameras write JPEGs that hold more pictures (MPO: depth maps, previews); PIL names their format
+    MPO. They were explained, but flagging them said "cannot flag an image of format 'MPO'"."""
+    from xaibatch.scan import scan
+    from xaibatch.serve.core import decode_upload
+
+    buf = io.BytesIO()
+    first, second = (Image.fromarray(synth.noise(np.random.default_rng(s), 32)) for s in (1, 2))
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    u = decode_upload(buf.getvalue())
+    assert u.image_format == "MPO"
+    f = save_flag(tmp_path / "out", "REAL", u.data, u.image_format)
+    assert f.path.suffix == ".jpg" and f.path.read_bytes() == u.data
+    assert [i.rel for i in scan(tmp_path / "out" / "flagged", None, False).images] == [f"REAL/{f.path.name}"]
+
+
 def test_explained_images_are_kept_for_flagging_within_a_bound():
     """What a Flag press saves is found by the sha256 the tab holds; the oldest go first, the newest always stays."""
     from xaibatch.serve.flags import Explained

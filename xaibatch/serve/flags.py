@@ -25,6 +25,7 @@ MAX_KEPT_BYTES = 256 * 1024 * 1024  # explained images kept for a later Flag pre
 EXTENSIONS = {
     "PNG": ".png",
     "JPEG": ".jpg",
+    "MPO": ".jpg",  # a JPEG holding more pictures (phones, cameras): PIL names it MPO
     "WEBP": ".webp",
     "BMP": ".bmp",
     "DIB": ".bmp",
