@@ -581,6 +581,31 @@ def test_on_a_phone_the_answer_scrolls_into_view(app):
 @pytest.mark.browser
 @pytest.mark.slow
 @needs_chromium
+def test_a_tall_picture_keeps_its_colour_bars_in_view(app, driver):
+    """A 100x800 photo was drawn 200x1600 px: every colour bar and its numbers sat a thousand pixels below the
+    window. Its pictures now fit 200x300 px, in their own aspect, so the bars and numbers show with the maps."""
+    from selenium.webdriver.common.by import By
+
+    served, _, root, _ = app
+    tall = root / "tall.png"
+    Image.fromarray(synth.noise(np.random.default_rng(8), 800)[:, :100]).save(tall)
+    _open(driver, served.url)
+    res = _upload_and_explain(driver, tall)
+    _wait(driver, _images_loaded)
+    view = driver.execute_script("return innerHeight")
+    rect = "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height, r.bottom]"
+    figures = res.find_elements(By.CSS_SELECTOR, "figure.xb-map")
+    assert len(figures) == 4
+    for f in figures:
+        w, h, _ = driver.execute_script(rect, f.find_element(By.CSS_SELECTOR, "img"))
+        assert h <= 300 and abs(w / h - 100 / 800) < 0.02, (f.get_attribute("data-method"), w, h)
+    for part in res.find_elements(By.CSS_SELECTOR, "img.xb-colourbar, .xb-ticks"):
+        assert driver.execute_script(rect, part)[2] <= view, part.text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@needs_chromium
 def test_the_saved_flag_line_stays_in_its_column(app, driver):
     """The flagged file's long path (a sha256 name) wraps instead of running over the maps."""
     from selenium.webdriver.common.by import By

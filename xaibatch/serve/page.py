@@ -20,10 +20,11 @@ TEMPLATE = """\
 <tr><td>{{ name }}</td><td class="xb-num">{{ pct }}</td><td><span class="xb-bar" style="width:{{ w }}px"></span></td></tr>
 {%- endfor %}</table>
 <div class="xb-maps">
-<figure class="xb-map" data-method="image"><figcaption>Image</figcaption><img alt="the image" src="{{ image }}"></figure>
+<figure class="xb-map" data-method="image"><figcaption>Image</figcaption><img alt="the image" src="{{ image }}"
+style="{{ box }}"></figure>
 {%- for m in maps %}
 <figure class="xb-map" data-method="{{ m.method }}"><figcaption>{{ m.title }}</figcaption>
-<img alt="{{ m.title }} map" src="{{ m.src }}">
+<img alt="{{ m.title }} map" src="{{ m.src }}" style="{{ box }}">
 <img class="xb-colourbar" alt="colour bar" src="{{ m.bar }}">
 <div class="xb-ticks">{% for t in m.ticks %}<span>{{ t }}</span>{% endfor %}</div>
 <small>{{ m.note }}</small>
@@ -36,12 +37,14 @@ points="{{ m.faith.curves[1] }}" fill="none" stroke="#0072B2" stroke-width="1.5"
 {%- endfor %}
 </div></div>
 <style>
-.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:200px}.xb-map img{width:200px;
-image-rendering:pixelated}.xb-map img.xb-colourbar{height:14px;image-rendering:auto}.xb-ticks{display:flex;
+.xb-maps{display:flex;flex-wrap:wrap;gap:12px}.xb-map{margin:0;width:200px}.xb-map img{display:block;margin:0 auto;
+image-rendering:pixelated}.xb-map img.xb-colourbar{width:200px;height:14px;image-rendering:auto}.xb-ticks{display:flex;
 justify-content:space-between;font-size:12px}.xb-probs td{padding:0 6px}.xb-num{text-align:right}
 .xb-bar{display:inline-block;height:10px;background:#4c78a8}
 </style>
 """
+
+PICTURE_WIDTH, PICTURE_MAX_HEIGHT = 200, 300  # px: a tall picture keeps its colour bar in view
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 _PAGE = _ENV.from_string(TEMPLATE)
@@ -76,7 +79,8 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
         }
         for m in r.maps
     ]
-    image = data_uri(png_bytes(Image.fromarray(display_copy(r.upload.image))), "image/png")
+    display = display_copy(r.upload.image)
+    image = data_uri(png_bytes(Image.fromarray(display)), "image/png")
     return _PAGE.render(
         pred=names[r.pred],
         conf=fmt_pct(r.probs[r.pred]),
@@ -86,7 +90,16 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
         probs=probs,
         maps=maps,
         image=image,
+        box=picture_box(display.shape[1], display.shape[0]),
     )
+
+
+def picture_box(w: int, h: int) -> str:
+    """The drawn size of a w x h picture and its maps: PICTURE_WIDTH wide, or narrower for a picture taller than
+    PICTURE_MAX_HEIGHT at that width (a 100x800 photo was drawn 1600 px tall, its colour bar and numbers far below
+    the window); the picture's own aspect either way."""
+    width = min(PICTURE_WIDTH, PICTURE_MAX_HEIGHT * w / h)
+    return f"width:{width:.0f}px;height:{width * h / w:.0f}px"
 
 
 def _faith(row: dict | None) -> dict | None:
