@@ -887,6 +887,41 @@ def _until(cond, timeout: float = 60) -> None:
 
 
 @pytest.mark.slow
+def test_uploads_are_removed_when_the_app_stops(service, tmp_path):
+    """Gradio copies every upload into its temporary folder; they stayed there, the server running or not (1,572
+    files after an afternoon's audit). They are removed when the app stops, and after a day while it serves."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from gradio.utils import get_upload_folder
+    from gradio_client import Client, handle_file
+
+    from xaibatch.serve.app import launch
+
+    image = tmp_path / "mine.png"
+    image.write_bytes(png(500))
+    served = launch(service, port=_free_port(), block=False)
+    try:
+        html, _ = Client(served.url, verbose=False).predict(
+            handle_file(str(image)), None, ["gradcam"], SAMPLES, False, api_name="/explain"
+        )
+        assert 'class="xb-result"' in html
+        copies = [f for f in Path(get_upload_folder()).rglob("*.png") if f.read_bytes() == image.read_bytes()]
+        assert copies
+    finally:
+        served.close()
+    assert not [f for f in copies if f.exists()]
+
+
+def test_an_upload_removed_from_the_server_asks_for_it_again(tmp_path):
+    """A tab left open past a day explains an upload Gradio has removed: one line that says what to do."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from xaibatch.serve.app import _source
+    from xaibatch.serve.sources import ReportImages
+
+    with pytest.raises(UsageError, match="no longer on the server: upload the image again"):
+        _source({}, ReportImages(tmp_path), str(tmp_path / "gone.png"), None)
+
+
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line(tmp_path):
     pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
     import subprocess

@@ -32,6 +32,7 @@ from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
 
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
+UPLOADS_KEPT_S, UPLOADS_CHECKED_S = 86400, 3600  # Gradio's copies of uploads: removed a day on, and when it stops
 REPORT_PREFIX = "report: "
 
 # A narrow window stacks the answer under the controls: bring it into view (a wide one has it in view: no scroll).
@@ -55,6 +56,8 @@ class Served:
 def _source(demos: dict[str, bytes], report: ReportImages, file: str | None, pick: str | None) -> Upload:
     """The request's image: the uploaded file, else the picked demo or report image."""
     if file:
+        if not Path(file).exists():  # removed a day after its upload (UPLOADS_KEPT_S)
+            raise UsageError("this upload is no longer on the server: upload the image again")
         return read_upload(file)
     if pick in demos:
         return decode_upload(demos[pick])
@@ -204,7 +207,8 @@ def _wire(c: _Controls, h: _Handlers) -> None:
 def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     """The page, wired to ``service``."""
     handlers = _Handlers(service, report or ReportImages.load(service.opts.out), _demos())
-    with gr.Blocks(title="xaibatch serve", analytics_enabled=False) as blocks:
+    uploads = (UPLOADS_CHECKED_S, UPLOADS_KEPT_S)  # else every upload stays in Gradio's temporary folder for good
+    with gr.Blocks(title="xaibatch serve", analytics_enabled=False, delete_cache=uploads) as blocks:
         _wire(_layout(service, handlers.picks()), handlers)
     return blocks
 
