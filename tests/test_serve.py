@@ -922,6 +922,23 @@ def test_an_upload_removed_from_the_server_asks_for_it_again(tmp_path):
 
 
 @pytest.mark.slow
+def test_serving_random_weights_warns_as_a_run_does(tmp_path):
+    """`xaibatch serve --model timm:NAME` without --checkpoint serves an untrained model: the terminal says so, in
+    the run's words (the page's header says "(random init)")."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from xaibatch.serve.app import launch
+    from xaibatch.serve.core import ServeOptions, Service
+
+    service = Service(ServeOptions(out=tmp_path / "out", methods=["gradcam"], model="timm:test_resnet", image_size=32))
+    lines: list[str] = []
+    launch(service, port=_free_port(), block=False, log=lines.append).close()
+    assert lines == [
+        "xaibatch: warning: --model timm:test_resnet has random weights (no --checkpoint): its maps explain "
+        "an untrained model; give the trained weights with --checkpoint"
+    ]
+
+
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line(tmp_path):
     pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
     import subprocess

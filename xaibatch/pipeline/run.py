@@ -212,7 +212,7 @@ def _run_locked(
     if waited:
         timings["wait"] = waited
     warn_empty_classes(setup, log)
-    warn_random_weights(opts, setup, log)
+    warn_random_weights(opts.model, setup.config.model.checkpoint, log)
     t_plan = time.time()
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
     try:
@@ -294,11 +294,12 @@ def refuse_lost_labels(opts: RunOptions, found: Scan, known: Known) -> None:
         )
 
 
-def warn_random_weights(opts: RunOptions, setup: Setup, log: Callable[[str], None]) -> None:
-    """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint``: maps of an untrained model."""
-    if setup.config.model.checkpoint == RANDOM_INIT:
+def warn_random_weights(model: str | None, checkpoint: str, log: Callable[[str], None]) -> None:
+    """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (a run's, serve's): maps of an
+    untrained model."""
+    if checkpoint == RANDOM_INIT:
         log(
-            f"xaibatch: warning: --model {opts.model} has random weights (no --checkpoint): its maps explain "
+            f"xaibatch: warning: --model {model} has random weights (no --checkpoint): its maps explain "
             "an untrained model; give the trained weights with --checkpoint"
         )
 

@@ -222,6 +222,9 @@ def launch(
 ) -> Served:
     """Start the app; with ``block`` serve until Ctrl-C (or a KeyboardInterrupt that a signal handler raises:
     ``stops_interrupt`` turns SIGTERM and SIGHUP into one), then close it."""
+    from ..pipeline.run import warn_random_weights
+
+    warn_random_weights(service.opts.model, service.prepared.model.checkpoint, log)
     report = ReportImages.load(service.opts.out)
     if report.problem:
         log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
