@@ -849,6 +849,40 @@ def test_the_command_serves_until_stopped(tmp_path, host, signame):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signame, gap", [("SIGINT", 0.05), ("SIGTERM", 0.0)])
+def test_a_second_stop_signal_is_the_same_stop(tmp_path, signame, gap):
+    """A second Ctrl-C, or GNU timeout's signal to the process then to its group, ended the serve with "Error:
+    interrupted" and exit 5 instead of "stopped" and exit 0 (the second signal interrupted the close)."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    import signal
+    import subprocess
+
+    ckpt = make_checkpoint(tmp_path / "tiny.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen(
+        _serve_argv(ckpt, tmp_path / "out", _free_port()),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 120
+        while "Ctrl-C stops" not in p.stderr.readline():
+            assert time.time() < deadline and p.poll() is None
+        for _ in range(2):
+            p.send_signal(getattr(signal, signame))
+            time.sleep(gap)
+        out, err = p.communicate(timeout=60)
+        said = "stopped" if signame == "SIGINT" else f"stopped by {signame}"
+        assert (p.returncode, out, err) == (0, "", f"xaibatch serve: {said}\n")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
 def test_requests_that_wait_together_are_one_batch_in_the_app(app):
     """While a batch is computed, requests queue up; the next batch takes them all (Gradio's batch=True)."""
     from gradio_client import Client, handle_file

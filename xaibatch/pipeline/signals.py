@@ -26,10 +26,11 @@ class Abandoned(BaseException):
 class Stop:
     """Set by the STOP_SIGNALS handler; polled between batches."""
 
-    def __init__(self, repeat_s: float = 0.0) -> None:
+    def __init__(self, repeat_s: float = 0.0, once: bool = False) -> None:
         self.signum: int | None = None
         self._abandoning = False
         self._repeat_s = repeat_s  # a SIGTERM/SIGHUP this soon after the first signal is the same stop
+        self._once = once  # every signal after the first is the same stop
         self._first = 0.0
 
     @property
@@ -59,7 +60,7 @@ class Stop:
 
     def _signalled(self, signum: int) -> None:
         if self.requested:
-            if signum != signal.SIGINT and time.monotonic() - self._first < self._repeat_s:
+            if self._once or (signum != signal.SIGINT and time.monotonic() - self._first < self._repeat_s):
                 return
             raise KeyboardInterrupt
         self.signum, self._first = signum, time.monotonic()
@@ -72,9 +73,10 @@ _caught: list[Stop] = []  # the Stops of the catch_signals blocks open in the ma
 
 
 @contextmanager
-def catch_signals(enabled: bool, repeat_s: float = 0.0):
+def catch_signals(enabled: bool, repeat_s: float = 0.0, once: bool = False):
     """STOP_SIGNALS set a flag for the duration of the run; a second one stops at once, except a SIGTERM or SIGHUP
-    within ``repeat_s`` of the first (see :func:`stops_interrupt`). Restores the old handlers.
+    within ``repeat_s`` of the first (see :func:`stops_interrupt`), or any with ``once`` (a command whose stop takes
+    milliseconds: serve, where a second Ctrl-C interrupted its close). Restores the old handlers.
 
     Inside another such block (a run that ``xaibatch bench`` times) the caller's Stop is the one yielded, whatever
     ``enabled``: one signal stops both, each between its own steps."""
@@ -82,7 +84,7 @@ def catch_signals(enabled: bool, repeat_s: float = 0.0):
     if main and _caught:
         yield _caught[-1]
         return
-    stop = Stop(repeat_s)
+    stop = Stop(repeat_s, once)
     if not enabled or not main:
         yield stop
         return

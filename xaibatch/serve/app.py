@@ -15,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 import gradio as gr  # noqa: E402
 
 from ..errors import UsageError, XaibatchError  # noqa: E402
+from ..pipeline.signals import catch_signals  # noqa: E402
 from .core import (
     MAX_LIME_SAMPLES,
     MAX_UPLOAD_BYTES,
@@ -220,8 +221,7 @@ def launch(
     block: bool = True,
     log: Callable[[str], None] = print,
 ) -> Served:
-    """Start the app; with ``block`` serve until Ctrl-C (or a KeyboardInterrupt that a signal handler raises:
-    ``stops_interrupt`` turns SIGTERM and SIGHUP into one), then close it."""
+    """Start the app; with ``block`` serve until a stop signal (Ctrl-C, SIGTERM, SIGHUP), then close it."""
     from ..pipeline.run import warn_random_weights
 
     warn_random_weights(service.opts.model, service.prepared.model.checkpoint, log)
@@ -247,14 +247,17 @@ def launch(
         _mount_report(app, service.opts.out)
     served = Served(url, blocks, app)
     if block:
-        log(f"xaibatch serve: {url} (Ctrl-C stops)")
-        try:
-            while blocks.is_running:  # Gradio's block_thread() but quiet: it prints to stdout on Ctrl-C
-                time.sleep(0.1)
-        except KeyboardInterrupt as e:
-            log(f"xaibatch serve: stopped{''.join(f' {a}' for a in e.args)}")  # "stopped by SIGTERM"
-        finally:
-            served.close()
+        # A stop signal sets a flag, and any later one is the same stop: a second Ctrl-C, or GNU timeout's signal
+        # to the process group, used to interrupt the close ("Error: interrupted", exit 5).
+        with catch_signals(True, once=True) as stop:
+            try:
+                log(f"xaibatch serve: {url} (Ctrl-C stops)")
+                while blocks.is_running and not stop.requested:  # Gradio's block_thread() prints on Ctrl-C
+                    time.sleep(0.1)
+            finally:
+                served.close()
+        if stop.requested:
+            log(f"xaibatch serve: stopped{''.join(f' {a}' for a in stop.interrupt().args)}")  # "stopped by SIGTERM"
     return served
 
 
