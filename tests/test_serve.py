@@ -303,6 +303,28 @@ def test_without_gradio_serve_says_how_to_install(monkeypatch):
     assert r.output.strip() == 'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]"'
 
 
+@pytest.mark.parametrize(
+    "host, said",
+    [
+        ("192.0.2.1", "Error: --host 192.0.2.1: not an address of this machine"),
+        ("::1", "Error: --host ::1: Gradio cannot serve on an IPv6 address; use 127.0.0.1 or an IPv4 address"),
+    ],
+)
+def test_a_host_it_cannot_listen_on_is_one_line_before_the_model_loads(monkeypatch, tmp_path, host, said):
+    """An address not of this machine loaded the model first (seconds), then printed uvicorn's own error line and
+    "cannot listen on ... (in use?); pick another with --port"; an IPv6 address (::1, which the warning treated as
+    local) ended in "internal error: InvalidURL" (exit 3) once Gradio's server ran."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+    from xaibatch.serve import core
+
+    monkeypatch.setattr(core.Service, "__init__", lambda *a, **k: pytest.fail("the model loaded"))
+    r = CliRunner().invoke(cli, ["serve", "--host", host, "--port", str(_free_port()), "--out", str(tmp_path)])
+    assert (r.exit_code, r.output) == (2, said + "\n")
+
+
 def _page_of(tmp_path, methods: list[str]):
     """The page's Blocks for a service offering ``methods`` (a stand-in: no model is loaded)."""
     from types import SimpleNamespace

@@ -89,13 +89,15 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
 def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
     from ..pipeline.guards import check_model_request
     from ..pipeline.options import ModelOptions
+    from ..serve.address import check_listen
 
     check_model_request(ModelOptions(**model.fields()))  # a typo answers at once, before Gradio's and torch's imports
     try:
         import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
     except ImportError:
         raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    check_listen(host, port)  # a port in use or a host not of this machine: before the model loads (seconds)
+    if host not in ("127.0.0.1", "localhost"):
         click.echo(
             f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "
             f"can use the model, read the report in {out} and write into {out}/flagged",

@@ -16,6 +16,7 @@ import gradio as gr  # noqa: E402
 
 from ..errors import UsageError, XaibatchError  # noqa: E402
 from ..pipeline.signals import catch_signals  # noqa: E402
+from .address import listen_error  # noqa: E402
 from .core import (
     MAX_LIME_SAMPLES,
     MAX_UPLOAD_BYTES,
@@ -242,7 +243,7 @@ def launch(
             css=CSS,
         )
     except OSError as e:  # Gradio's words name its own environment variables; ours name the option
-        raise UsageError(f"cannot listen on {host}:{port} (in use?); pick another with --port") from e
+        raise listen_error(host, port, e) from e
     if report.rows:
         _mount_report(app, service.opts.out)
     served = Served(url, blocks, app)
