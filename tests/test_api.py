@@ -558,6 +558,21 @@ def test_images_that_cannot_be_read_are_named(tmp_path):
     assert str(e.value) == "images[0] is an array of 2 images: give one image per list item, or the array itself"
 
 
+def test_a_folder_or_a_dict_of_images_is_refused_saying_what_to_pass(tmp_path):
+    net = TinyNet()
+    (tmp_path / "REAL").mkdir()
+    for folder in (tmp_path / "REAL", str(tmp_path / "REAL")):  # was "...: not a regular file"
+        with pytest.raises(UsageError) as e:
+            xaibatch.explain(net, folder)
+        assert str(e.value) == (
+            f"{tmp_path / 'REAL'} is a folder: explain() takes images; pass its files "
+            f"(sorted(Path({str(tmp_path / 'REAL')!r}).glob('*.png'))), or explain a whole folder with xaibatch.run()"
+        )
+    with pytest.raises(UsageError) as e:  # its keys were read as file names ("a: cannot read: ...")
+        xaibatch.explain(net, {"a": _images(1)[0]})
+    assert str(e.value) == "images must be a tensor, an array, a PIL image, a file path or a list of them, not a dict"
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]

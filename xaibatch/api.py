@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,7 +388,7 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         return Preprocess(size).resize_batch(t).contiguous(), sizes
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
-    elif not hasattr(images, "__iter__"):
+    elif isinstance(images, Mapping) or not hasattr(images, "__iter__"):  # a dict's keys are no images
         raise UsageError(
             f"images must be a tensor, an array, a PIL image, a file path or a list of them, not {_a(images)}"
         )
@@ -409,6 +410,11 @@ def _picture(item, what: str):
     from .errors import DecodeError, UsageError
 
     if isinstance(item, (str, Path)):
+        if Path(item).is_dir():  # "not a regular file" said what it is not, not what to pass
+            raise UsageError(
+                f"{item} is a folder: explain() takes images; pass its files "
+                f"(sorted(Path({str(item)!r}).glob('*.png'))), or explain a whole folder with xaibatch.run()"
+            )
         try:
             return load_image(item)
         except DecodeError as e:  # its reason alone ("cannot read: ...") named no file
