@@ -43,6 +43,21 @@ def test_explain_gives_the_maps_a_run_writes(tmp_path, tiny_ckpt):
             assert np.allclose(got.maps[method][i].numpy(), saved, atol=1e-6), method
 
 
+def test_run_takes_one_method_by_name_as_explain_does(tmp_path, tiny_ckpt):
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    opts = xaibatch.RunOptions(
+        input_dir=inp, out_dir=tmp_path / "out", methods="gradcam", checkpoint=tiny_ckpt, handle_signals=False
+    )  # was "unknown method 'g'": the string's letters were read as the method names
+    result = xaibatch.run(opts, log=lambda s: None)
+    m = Manifest(tmp_path / "out" / "xaibatch.sqlite")
+    try:
+        assert opts.methods == ["gradcam"] and result.computed == 2
+        assert {method for _, method in m.maps()} == {"gradcam"}
+    finally:
+        m.close()
+
+
 def test_every_image_form_gives_the_same_maps(tmp_path, tiny_ckpt):
     paths = write_images(tmp_path / "in", 3)
     loaded = load_model(tiny_ckpt)

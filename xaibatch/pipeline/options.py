@@ -69,6 +69,10 @@ class RunOptions(ModelOptions):
     engine: str = "local"  # local: this process (DataLoader workers); ray: Ray Data actors (pipeline/ray_engine.py)
     ray: RayOptions = field(default_factory=RayOptions)  # with engine="ray"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):  # one method by name, as explain() takes it (its letters were methods)
+            self.methods = [self.methods]
+
 
 @dataclass
 class RunResult:
