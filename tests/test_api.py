@@ -646,3 +646,15 @@ def test_errors_name_explains_keywords_not_the_cli_flags(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as e:
         xaibatch.explain(tmp_path / "weights.pt", u8, device="cuda:0")
     assert str(e.value) == "device='cuda:0': no CUDA GPU is available here; use device='cpu' or 'auto'"
+
+
+def test_help_describes_every_keyword_and_what_comes_back():
+    import inspect
+
+    doc = inspect.getdoc(xaibatch.explain)
+    params = list(inspect.signature(xaibatch.explain).parameters)
+    # batch_size, seed, target_layer and method_options were in the signature only: help() never said how to
+    # pass LIME's samples
+    assert [p for p in params if f"``{p}``" not in doc] == []
+    assert "Returns an :class:`Explanations`" in doc and "UsageError" in doc
+    assert '{"lime": {"samples": 200}' in doc

@@ -38,10 +38,10 @@ INFERENCE_TENSORS = (
 def explain(
     model,
     images,
-    methods: Sequence[str] = ("gradcam",),
+    methods: str | Sequence[str] = ("gradcam",),
     *,
-    target: str | Sequence[int] = "pred",
-    labels: Sequence[int] | None = None,
+    target: str | Sequence[int | str] = "pred",
+    labels: Sequence[int | str] | None = None,
     classes: Sequence[str] | None = None,
     input_size: int | None = None,
     mean: Sequence[float] | None = None,
@@ -54,24 +54,47 @@ def explain(
 ) -> Explanations:
     """Explain ``images`` with ``model``: one map per image and method, in a frozen :class:`Explanations`.
 
-    ``model``: an ``nn.Module`` (classifier logits out; ``mean``/``std`` default to ImageNet's, or
-    timm's ``pretrained_cfg`` when the model has one) or the path of a checkpoint ``xaibatch run`` takes.
-    ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is not 3
-    wide), of uint8 or integer pixels 0-255 or floats in [0, 1] (others are refused, never clamped: pass
-    them before normalizing, explain() applies ``mean``/``std``); one such image ((3, H, W), (H, W, 3)), a
-    PIL image or a file path; or a list of any of these (decoded as a run does). Each image is stretched to
-    ``input_size`` x ``input_size`` (a checkpoint's own when not given), else to a square at the first
-    image's longer side, so every method's maps are (N, S, S) at that side S (``out.preprocess.image_size``).
-    ``target``: ``"pred"``, one class per image (index or name), or with ``labels`` (the true class per
-    image, index or name) ``"label"`` or ``"pred,label"`` (the prediction, and for each misclassified image
-    also its true class: maps ``"<method>@label"``). ``classes``: class names (a checkpoint's own, or timm's
-    ``label_names``, when not given). Methods and their options are those of ``xaibatch run``
-    (``xaibatch methods``); errors name explain()'s keywords (``input_size=``), not the CLI's flags.
+    ::
+
+        out = xaibatch.explain(model, images, ["gradcam", "lime"], classes=["FAKE", "REAL"])
+        out                      # in Jupyter: a grid of overlays (images x methods)
+        out.overlay(0, "lime")   # a PIL image; out.heatmap(i, method): the map alone
+        out.maps["gradcam"]      # (N, S, S) float32 CPU tensor; out.preds, out.probs, out.layer
+        out.save("explained")    # a folder per image and a manifest.json; Explanations.load() reads it back
+
+    Arguments:
+
+    - ``model``: an ``nn.Module`` returning class logits ((N, classes), or (N, 1) / (N,) for one sigmoid
+      logit), or the path of a checkpoint ``xaibatch run`` takes.
+    - ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is
+      not 3 wide); one image ((3, H, W), (H, W, 3), a PIL image or a file path); or a list of any of
+      these (files decoded as a run does). Pixels are uint8 (0-255) or floats in [0, 1], before
+      normalizing; others are refused, never clamped. Each image is stretched to ``input_size`` squared.
+    - ``methods``: one name or a list (``xaibatch methods`` lists them: ``"gradcam"``, ``"lime"``,
+      ``"cam:gradcam++"``, ``"captum:IntegratedGradients"``, ...).
+    - ``target``: ``"pred"`` (the predicted class), one class per image (index or name), or with
+      ``labels`` ``"label"`` (the true class) or ``"pred,label"`` (the prediction, and for each
+      misclassified image also its true class: maps ``"<method>@label"``).
+    - ``labels``: the true class of each image (index or name).
+    - ``classes``: the class names (default: a checkpoint's own, or timm's ``label_names``).
+    - ``input_size``: the side S the model sees (default: a checkpoint's own, else the first image's
+      longer side); the maps are (N, S, S) (``out.preprocess.image_size``).
+    - ``mean``, ``std``: the normalization explain() applies (default: timm's ``pretrained_cfg``, else
+      ImageNet's).
+    - ``target_layer``: the CAM layer's name (``model.named_modules()``; default: found from the model).
+    - ``device``: ``"auto"`` runs where the module's parameters are; another device is refused (it is
+      never moved: call ``model.to(...)`` first). A checkpoint path is loaded onto it (auto: the GPU
+      when there is one).
+    - ``batch_size``: images per model batch.
+    - ``seed``: the seed of the methods that draw random numbers (LIME): equal calls give equal maps.
+    - ``method_options``: per method, its options by name, as ``xaibatch methods`` lists them:
+      ``{"lime": {"samples": 200}, "captum:IntegratedGradients": {"n_steps": 32}}``.
+
+    Returns an :class:`Explanations` (tensors on the CPU, indexed like ``images``). Bad input raises
+    :class:`xaibatch.errors.UsageError` with a one-line message naming explain()'s keywords.
 
     Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
-    are restored and no hook stays, also when a method raises. It is never moved: it runs where its
-    parameters are (``device="auto"``); another ``device`` is refused (move it yourself first). A
-    checkpoint path is loaded onto ``device`` (auto: the GPU when there is one).
+    are restored and no hook stays, also when a method raises.
     """
     import torch
 
