@@ -658,3 +658,40 @@ def test_help_describes_every_keyword_and_what_comes_back():
     assert [p for p in params if f"``{p}``" not in doc] == []
     assert "Returns an :class:`Explanations`" in doc and "UsageError" in doc
     assert '{"lime": {"samples": 200}' in doc
+
+
+def test_maps_and_overlays_at_the_images_own_size_are_a_runs(tmp_path, tiny_ckpt):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    rng = np.random.default_rng(3)
+    paths = [inp / "wide.png", inp / "tall.png"]
+    for p, (h, w) in zip(paths, [(32, 48), (40, 20)], strict=True):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+    methods = ["gradcam", "captum:InputXGradient"]  # unsigned (bilinear) and signed (nearest)
+    xaibatch.run(
+        xaibatch.RunOptions(
+            input_dir=inp, out_dir=out, methods=methods, checkpoint=tiny_ckpt, handle_signals=False, batch_size=2
+        ),
+        log=lambda s: None,
+    )
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        saved = m.maps()
+    finally:
+        m.close()
+    got = xaibatch.explain(tiny_ckpt, paths, methods, device="cpu")
+    assert got.maps["gradcam"].shape == (2, 32, 32) and got.given_sizes == ((48, 32), (20, 40))
+    for i, p in enumerate(paths):
+        w, h = got.given_sizes[i]
+        for method in methods:
+            # the maps were only (S, S): laid over the 48x32 picture a notebook has, they were squashed
+            own = got.map(i, method, size="given")
+            assert own.shape == (h, w) and own.dtype == np.float32
+            assert np.allclose(own, np.load(out / saved[(p.name, method)].npy), atol=1e-5), (p.name, method)
+            assert got.overlay(i, method, size="given").size == (w, h)
+            assert got.heatmap(i, method, size="given").size == (w, h)
+        assert got.picture(i, size="given").shape == (h, w, 3)
+    assert got.map(0, "gradcam").shape == (32, 32) and got.overlay(0).size == (32, 32)
+    with pytest.raises(UsageError) as e:
+        got.map(0, "gradcam", size=(48, 32))
+    assert str(e.value) == "size must be 'input' (the model's input size) or 'given' (the image's own), not (48, 32)"

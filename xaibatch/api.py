@@ -59,6 +59,7 @@ def explain(
         out = xaibatch.explain(model, images, ["gradcam", "lime"], classes=["FAKE", "REAL"])
         out                      # in Jupyter: a grid of overlays (images x methods)
         out.overlay(0, "lime")   # a PIL image; out.heatmap(i, method): the map alone
+        out.overlay(0, "lime", size="given")   # at the image's own size (out.given_sizes[0])
         out.maps["gradcam"]      # (N, S, S) float32 CPU tensor; out.preds, out.probs, out.layer
         out.save("explained")    # a folder per image and a manifest.json; Explanations.load() reads it back
 

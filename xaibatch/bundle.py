@@ -29,7 +29,7 @@ import numpy as np
 from . import layout, targets
 from .errors import UsageError
 from .files import atomic_write_bytes, make_dirs, safe_join, save_npy
-from .overlay import colorize, overlay, png_bytes, stretch, thumbnail
+from .overlay import colorize, overlay, png_bytes, resize_maps, stretch, thumbnail
 from .preprocess import Preprocess
 from .report.text import class_name
 
@@ -144,34 +144,59 @@ class Explanations:
     def signed(self, method: str) -> bool:
         return self.methods[targets.method_of(method)].signed
 
-    def map(self, i: int, method: str) -> np.ndarray:
-        """Image ``i``'s map of ``method`` as an (H, W) float32 array."""
+    def map(self, i: int, method: str, size: str = "input") -> np.ndarray:
+        """Image ``i``'s map of ``method`` as an (H, W) float32 array: at the model's input size (S, S), or with
+        ``size="given"`` at the image's own size as given (``given_sizes[i]``), resized as a run saves it."""
         i = self._index(i)
         if method not in self.maps:
             raise UsageError(f"no {method!r} maps; these were computed: {', '.join(self.maps)}")
-        m = self.maps[method][i].numpy()
-        if targets.is_label_key(method) and np.isnan(m).all():
+        m = self.maps[method][i]
+        if targets.is_label_key(method) and bool(m.isnan().all()):
             raise UsageError(f"image {i} has no {method} map: only misclassified images get one")
-        return m
+        given = self._given_size(i, size)
+        if given is None or given[::-1] == tuple(m.shape):
+            return m.numpy()
+        return resize_maps(m[None], given[::-1], self.signed(method))[0].numpy()
 
-    def picture(self, i: int) -> np.ndarray:
-        """Image ``i`` as the model saw it: (S, S, 3) uint8."""
+    def picture(self, i: int, size: str = "input") -> np.ndarray:
+        """Image ``i`` as the model saw it: (S, S, 3) uint8; ``size="given"``: stretched back to its own size."""
         if self.images is None:
             raise UsageError("these explanations hold no images to draw on (made without explain())")
-        return np.ascontiguousarray(self.images[self._index(i)].permute(1, 2, 0).numpy())
+        from PIL import Image
 
-    def overlay(self, i: int, method: str = "") -> Any:
-        """Image ``i`` with its map of ``method`` (default: the first) over it, as the report draws it: a PIL image."""
+        i = self._index(i)
+        pic = np.ascontiguousarray(self.images[i].permute(1, 2, 0).numpy())
+        given = self._given_size(i, size)
+        if given is None or given[::-1] == pic.shape[:2]:
+            return pic
+        return np.asarray(_image(pic).resize(given, Image.BILINEAR))
+
+    def overlay(self, i: int, method: str = "", size: str = "input") -> Any:
+        """Image ``i`` with its map of ``method`` (default: the first) over it, as the report draws it: a PIL image
+        (``size="given"``: at the image's own size, so it lines up with the picture you passed)."""
         method = method or next(iter(self.maps))
-        return overlay(self.picture(i), self.map(i, method), self.signed(method))
+        return overlay(self.picture(i, size), self.map(i, method, size), self.signed(method))
 
-    def heatmap(self, i: int, method: str = "") -> Any:
+    def heatmap(self, i: int, method: str = "", size: str = "input") -> Any:
         """Image ``i``'s map of ``method`` (default: the first) in the report's colours alone: a PIL image."""
         from PIL import Image
 
         method = method or next(iter(self.maps))
-        m, signed = self.map(i, method), self.signed(method)
+        m, signed = self.map(i, method, size), self.signed(method)
         return Image.fromarray(colorize(m if signed else stretch(m), signed))
+
+    def _given_size(self, i: int, size: str) -> tuple[int, int] | None:
+        """Image ``i``'s (width, height) as given for ``size="given"``; None for "input" (the model's size)."""
+        if size == "input":
+            return None
+        if size != "given":
+            raise UsageError(
+                f"size must be 'input' (the model's input size) or 'given' (the image's own), not {size!r}"
+            )
+        if len(self.given_sizes) != len(self):
+            raise UsageError("these explanations do not know the images' own sizes (given_sizes is empty)")
+        w, h = self.given_sizes[i]
+        return int(w), int(h)
 
     def _index(self, i: Any) -> int:
         n = len(self)
