@@ -588,6 +588,27 @@ def test_a_folder_or_a_dict_of_images_is_refused_saying_what_to_pass(tmp_path):
     assert str(e.value) == "images must be a tensor, an array, a PIL image, a file path or a list of them, not a dict"
 
 
+def test_photographs_without_input_size_are_refused_not_run_at_their_own_size():
+    """A phone photo set the model's side to 4032 px (16 million pixels a map): refused before any forward."""
+    from PIL import Image
+
+    calls = []
+    net = TinyNet()
+    net.register_forward_hook(lambda *_: calls.append(1))
+    photo = Image.new("RGB", (2000, 1500), (90, 120, 30))
+    for images, side in ((photo, 2000), ([photo], 2000), (torch.zeros(1, 3, 1100, 40, dtype=torch.uint8), 1100)):
+        with pytest.raises(UsageError) as e:
+            xaibatch.explain(net, images)
+        assert str(e.value) == (
+            f"the images are {side} px on their longer side, and without input_size= the model would run at "
+            f"{side} x {side} px: pass the size it was trained at (e.g. input_size=224)"
+        )
+    assert calls == []
+    out = xaibatch.explain(net, photo, input_size=32)  # told the size: the photograph is explained
+    assert out.maps["gradcam"].shape == (1, 32, 32) and list(out.given_sizes) == [(2000, 1500)]
+    assert xaibatch.explain(net, Image.new("RGB", (1024, 700))).maps["gradcam"].shape == (1, 1024, 1024)
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]

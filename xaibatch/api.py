@@ -79,7 +79,8 @@ def explain(
     - ``labels``: the true class of each image (index or name).
     - ``classes``: the class names (default: a checkpoint's own, or timm's ``label_names``).
     - ``input_size``: the side S the model sees (default: a checkpoint's own, else the first image's
-      longer side); the maps are (N, S, S) (``out.preprocess.image_size``).
+      longer side, up to 1024 px: larger images need ``input_size``); the maps are (N, S, S)
+      (``out.preprocess.image_size``).
     - ``mean``, ``std``: the normalization explain() applies (default: timm's ``pretrained_cfg``, else
       ImageNet's).
     - ``target_layer``: the CAM layer's name (``model.named_modules()``; default: found from the model).
@@ -407,7 +408,7 @@ def _as_uint8_batch(images, pre: Preprocess | None):
 
     if isinstance(images, (torch.Tensor, np.ndarray)):
         t = _uint8_images(images, "a tensor" if isinstance(images, torch.Tensor) else "an array")
-        size = pre.image_size if pre is not None else max(t.shape[2:], default=0)
+        size = pre.image_size if pre is not None else _side_of_images(max(t.shape[2:], default=0))
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
         return Preprocess(size).resize_batch(t).contiguous(), sizes
     if isinstance(images, (str, Path, Image.Image)):
@@ -419,9 +420,25 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     pics = [_picture(p, f"images[{i}]") for i, p in enumerate(images)]
     if not pics:
         raise UsageError("no images to explain")
-    pre = pre or Preprocess(max(pics[0].size))
+    pre = pre or Preprocess(_side_of_images(max(pics[0].size)))
     arr = np.stack([pre.resize_image(p) for p in pics])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
+
+
+MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)
+
+
+def _side_of_images(side: int) -> int:
+    """The model's input side when no ``input_size`` was given: the images' longer side, up to MAX_IMAGES_SIDE. A
+    photograph's side (4032 px: 16 million pixels a map, a forward of minutes and gigabytes) is refused, not run."""
+    from .errors import UsageError
+
+    if side > MAX_IMAGES_SIDE:
+        raise UsageError(
+            f"the images are {side} px on their longer side, and without input_size= the model would run at "
+            f"{side} x {side} px: pass the size it was trained at (e.g. input_size=224)"
+        )
+    return side
 
 
 def _picture(item, what: str):
