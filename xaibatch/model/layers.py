@@ -116,21 +116,37 @@ def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetL
     if _is_torchvision_vit(model):  # the input of the last block's attention, as timm's norm1
         last_block = list(model.encoder.layers.named_children())[-1][0]  # encoder_layer_N
         name = name or f"encoder.layers.{last_block}.ln_1"
-        gh = gw = input_size // int(model.patch_size)
-        prefix = 1
+        grid = (input_size // int(model.patch_size),) * 2
     else:
         last = len(model.blocks) - 1
         name = name or f"blocks.{last}.norm1"
-        gh, gw = (
-            model.patch_embed.dynamic_feat_size((input_size, input_size))
-            if hasattr(model.patch_embed, "dynamic_feat_size")
-            else model.patch_embed.grid_size
-        )
-        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        grid = _patch_grid(model.patch_embed, input_size)
     shapes = _output_shapes(model, [name], input_size)
     if name not in shapes or len(shapes[name]) != 3:
         raise ModelError(f"layer {name!r} does not give a token sequence; pick a block of the ViT")
-    return TargetLayer(name, _module(model, name), (int(gh), int(gw)), prefix)
+    # The tokens before the patch grid (class, distillation, register tokens) are counted at the layer itself:
+    # a model's num_prefix_tokens is wrong for blocks that run before its class token joins (CaiT, XCiT).
+    tokens = shapes[name][1]
+    if grid is None or tokens < grid[0] * grid[1]:
+        raise ModelError(
+            f"layer {name!r} gives {tokens} tokens, not a patch grid of the {input_size}x{input_size} input"
+            f"{f' ({grid[0]}x{grid[1]})' if grid else ''} that a map can be drawn from (a model that pools or "
+            "reorders its tokens); CAM methods cannot read it: use methods that need no layer (lime, captum:*)"
+        )
+    return TargetLayer(name, _module(model, name), grid, tokens - grid[0] * grid[1])
+
+
+def _patch_grid(patch_embed: nn.Module, input_size: int) -> tuple[int, int] | None:
+    """The patch grid ``patch_embed`` cuts an input of ``input_size`` into, or None when it does not say."""
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        gh, gw = patch_embed.dynamic_feat_size((input_size, input_size))
+        return int(gh), int(gw)
+    patch = getattr(patch_embed, "patch_size", None)
+    if isinstance(patch, int):
+        patch = (patch, patch)
+    if not isinstance(patch, (tuple, list)) or len(patch) != 2:
+        return None
+    return input_size // int(patch[0]), input_size // int(patch[1])
 
 
 def _channels_last(model: nn.Module, module: nn.Module) -> bool:
