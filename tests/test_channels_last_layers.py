@@ -1,4 +1,4 @@
-"""timm models whose stages give channels-last (B, H, W, C) maps (Swin, SwinV2, MambaOut, Sequencer).
+"""Models whose stages give channels-last (B, H, W, C) maps: timm's Swin, SwinV2, MambaOut, Sequencer; torchvision's Swin.
 
 Their stage outputs were read as (B, C, H, W): Swin's layers.3 at 224 px became a "7x768 grid", and every
 CAM map came from the wrong axes.
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torchvision
 from pytorch_grad_cam import GradCAM as LibGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -72,3 +73,26 @@ def test_swin_gets_its_7x7_stage():
     swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=2).eval()
     layer = find_target_layer(swin, 224)
     assert (layer.name, layer.grid, layer.channels_last) == ("layers.3", (7, 7), True)
+
+
+def test_torchvision_swin_is_read_channels_last():
+    """torchvision's Swin has no ``output_fmt``: its ``features`` stages were read as (B, C, H, W), so swin_t's
+    features.7 at 224 px was a "7x768 grid" and Grad-CAM drew 7 "channels" of 7x768 maps."""
+    torch.manual_seed(0)
+    swin = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1, 1], num_heads=[1, 1, 1], window_size=[4, 4], num_classes=2
+    ).eval()
+    ctx = make_ctx(swin, SIZE)
+    assert (ctx.layer.name, ctx.layer.grid, ctx.layer.channels_last) == ("features.5", (4, 4), True)
+    named = find_target_layer(swin, SIZE, "features.3")
+    assert (named.grid, named.channels_last) == ((8, 8), True)
+    batch = make_batch(ctx, random_images(3, SIZE, seed=6))
+    ours = gradcam_maps(batch, SIZE)
+    assert batch.activations.shape == (3, 64, 4, 4) and ours.amax() > 0
+
+    def permute(t):
+        return t.permute(0, 3, 1, 2)
+
+    with LibGradCAM(model=swin, target_layers=[ctx.layer.module], reshape_transform=permute) as cam:
+        ref = cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(t)) for t in batch.targets])
+    assert np.abs(ours.numpy() - ref).max() < 1e-4

@@ -7,12 +7,13 @@ useless); for torchvision models the stages are ResNets' ``layerN`` and the chil
 (``blocks.N.norm1``): the class token's output there still depends on every
 patch token, while the last block's own output no longer does.
 timm models whose stages are channels-last (``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut,
-Sequencer) give (B, H, W, C) maps, read as such and permuted to (B, C, H, W).
+Sequencer) and torchvision's Swin and Swin V2 give (B, H, W, C) maps, read as such and permuted to (B, C, H, W).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -150,8 +151,15 @@ def _patch_grid(patch_embed: nn.Module, input_size: int) -> tuple[int, int] | No
 
 
 def _channels_last(model: nn.Module, module: nn.Module) -> bool:
-    """Whether ``module`` of ``model`` outputs (B, H, W, C): timm's NHWC models, but not their convolutions."""
-    return getattr(model, "output_fmt", None) == "NHWC" and not isinstance(module, (nn.Conv2d, nn.BatchNorm2d))
+    """Whether ``module`` of ``model`` outputs (B, H, W, C): timm's NHWC models and torchvision's Swin (whose
+    ``features`` run channels-last from the patch embedding on), but not their convolutions."""
+    nhwc = getattr(model, "output_fmt", None) == "NHWC" or _is_torchvision_swin(model)
+    return nhwc and not isinstance(module, (nn.Conv2d, nn.BatchNorm2d))
+
+
+def _is_torchvision_swin(model: nn.Module) -> bool:
+    swin = sys.modules.get("torchvision.models.swin_transformer")  # loaded whenever such a model exists
+    return swin is not None and isinstance(model, swin.SwinTransformer)
 
 
 def _grid(shape: tuple[int, ...], channels_last: bool) -> tuple[int, int]:
