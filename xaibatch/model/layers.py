@@ -2,8 +2,8 @@
 
 The rule for CNNs: the deepest stage whose feature map is still at least 4x4
 at the model's input size (ResNet's ``layer4`` on a 32x32 input is 1x1 and
-useless); for torchvision models the stages are ResNets' ``layerN`` and the children of ``features``
-(EfficientNet, ConvNeXt, ...). For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last block's attention
+useless); for torchvision models the stages are ResNets' ``layerN``, the children of ``features``
+(EfficientNet, ConvNeXt, Swin, ...) or of the container other families keep their stages in. For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last block's attention
 (``blocks.N.norm1``): the class token's output there still depends on every
 patch token, while the last block's own output no longer does.
 timm models whose stages are channels-last (``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut,
@@ -218,16 +218,19 @@ def _stage_names(model: nn.Module) -> list[str]:
 
 def _torchvision_stages(model: nn.Module) -> list[str] | None:
     """A torchvision model's stage outputs: ResNets' ``layer1..4`` (after the skip connections, as timm's),
-    else the children of ``features`` (EfficientNet, MobileNet, ConvNeXt, DenseNet, VGG, ...)."""
+    else the children of ``features`` (EfficientNet, MobileNet, ConvNeXt, Swin, DenseNet, VGG, ...), RegNet's
+    ``trunk_output``, MaxViT's ``blocks`` or MNASNet's ``layers``, else the model's own children (GoogLeNet's
+    and Inception's whole inception blocks, ShuffleNet's stages): never a conv inside a block, which sees only
+    a branch of it or its input before the skip connection."""
     if not type(model).__module__.startswith("torchvision.models"):
         return None
     kids = dict(model.named_children())
     if all(f"layer{i}" in kids for i in range(1, 5)):
         return [f"layer{i}" for i in range(1, 5)]
-    features = kids.get("features")
-    if isinstance(features, nn.Sequential):
-        return [f"features.{n}" for n, _ in features.named_children()]
-    return None
+    for name in ("features", "trunk_output", "blocks", "layers"):
+        if isinstance(kids.get(name), (nn.Sequential, nn.ModuleList)):
+            return [f"{name}.{n}" for n, _ in kids[name].named_children()]
+    return list(kids)
 
 
 @contextlib.contextmanager
