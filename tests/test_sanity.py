@@ -158,6 +158,26 @@ def test_weight_normed_layers_are_randomized_and_the_model_rebuilt_when_it_canno
     assert seen[1] is not model and torch.equal(model(x), build()(x))  # the original never randomized
 
 
+def test_a_vits_own_parameters_are_randomized_last():
+    """A ViT's position embeddings and class token are parameters of the model itself, in no child: the cascade
+    ended at "+patch_embed" with them as trained, and called that the whole network randomized."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=2, img_size=32).eval()
+    seen = []
+
+    def maps_of(net):
+        seen.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        return {"m": np.random.default_rng(len(seen)).random((2, 8, 8)).astype(np.float32)}
+
+    (curve,) = cascade(vit, maps_of)
+    assert curve.steps == ["original", "head", "+norm", "+blocks", "+patch_embed", "+cls_token,pos_embed"]
+    changed = {n for n, p in seen[-1].items() if not torch.equal(p, seen[0][n])}
+    assert {"pos_embed", "cls_token", "patch_embed.proj.weight", "head.weight"} <= changed
+    assert torch.equal(vit.pos_embed, seen[0]["pos_embed"])  # the run's model itself is left alone
+
+
 @pytest.fixture(scope="module")
 def demo_sample(demo_dir, tmp_path_factory):
     """24 demo test images (12 per class) and the bundled model, prepared as a run would."""

@@ -3,7 +3,8 @@ NeurIPS 2018, https://arxiv.org/abs/1810.03292).
 
 On a fixed, seeded sample of a run's images, a deep copy of the model has its
 top-level stages re-initialised one after another from the output down
-(cumulatively), and every method's maps are recomputed after each step. A map
+(cumulatively), then the parameters the model holds itself (a ViT's position
+embeddings and class token), and every method's maps are recomputed after each step. A map
 that explains the model must change as the model is destroyed: its Spearman
 rank correlation (of absolute values, as the paper's figures) and SSIM to the
 original maps should fall towards 0. A method whose maps survive a fully
@@ -52,6 +53,20 @@ VERSION = 2  # sanity.json; 2: correlations by their size, empty maps left out (
 def stages(model: torch.nn.Module) -> list[str]:
     """The model's top-level children that hold parameters, from the output back to the input."""
     return [n for n, m in model.named_children() if any(True for _ in m.parameters())][::-1]
+
+
+def own_parameters(model: torch.nn.Module) -> list[str]:
+    """The parameters ``model`` holds itself, in no child: a ViT's ``pos_embed`` and ``cls_token`` (torchvision's
+    ``class_token``), randomized last, at the input end, after every stage."""
+    return sorted(n for n, _ in model.named_parameters(recurse=False))
+
+
+def reinit_own(model: torch.nn.Module, gen_seed: int) -> None:
+    """Draw ``model``'s own parameters afresh, seeded, as :func:`reinit` draws a bare parameter (on the CPU)."""
+    torch.manual_seed(gen_seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters(recurse=False)):
+            p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, 0.02))
 
 
 def reinit(module: torch.nn.Module, gen_seed: int) -> None:
@@ -165,14 +180,18 @@ def cascade(
     net = copy_model(model, fresh)
     inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
     names = stages(inner)
-    if not names:
+    own = own_parameters(inner)
+    if not names and not own:
         raise UsageError("the model has no top-level stage with parameters to randomize")
     varies = {m: [bool(np.ptp(a) > 0) for a in ref] for m, ref in original.items()}  # the images scored
     labels = ["original"]
     rank: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
     sim: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
-    for i, name in enumerate(names):
-        reinit(getattr(inner, name), seed + i)
+    for i, name in enumerate(names + ([",".join(own)] if own else [])):
+        if i < len(names):
+            reinit(getattr(inner, name), seed + i)
+        else:  # without them a ViT's "fully random" network kept its trained position embeddings and class token
+            reinit_own(inner, seed + i)
         labels.append(name if i == 0 else f"+{name}")
         now = maps_of(net)
         for m, ref in original.items():
