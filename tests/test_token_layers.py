@@ -14,7 +14,7 @@ import torch
 from pytorch_grad_cam import GradCAM as LibGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from _methods_helpers import make_batch, make_ctx, random_images, tiny_model
+from _methods_helpers import cpu_ctx, make_batch, make_ctx, random_images, tiny_model
 from xaibatch.errors import ModelError
 from xaibatch.methods.gradcam import gradcam_maps
 from xaibatch.model.layers import find_target_layer
@@ -58,3 +58,28 @@ def test_a_token_model_without_a_patch_grid_is_refused_in_one_line():
     model = tiny_model("hiera_tiny_224", img_size=SIZE, num_classes=2, embed_dim=16, num_heads=1, stages=(1, 1, 1, 1))
     with pytest.raises(ModelError, match=r"^layer 'blocks\.3\.norm1' gives 16 tokens, not a patch grid .* use methods"):
         find_target_layer(model, SIZE)
+
+
+@pytest.mark.parametrize("name", ["blocks.1", "blocks.1.attn", "norm"])
+def test_a_named_layer_whose_patch_tokens_the_output_never_reads_is_refused(name):
+    """After the last block's attention only the class token goes on to a class-token ViT's head: every map of
+    ``--target-layer blocks.<last>`` (or ``norm``) was silently all zero, for every image."""
+    model = tiny_model("vit_tiny_patch16_224", **SMALL, depth=2)
+    with pytest.raises(ModelError, match=rf"^layer '{name}': the model's output no longer reads the patch tokens"):
+        find_target_layer(model, SIZE, name)
+
+
+@pytest.mark.parametrize(
+    "arch,name",
+    [
+        ("vit_tiny_patch16_224", "blocks.1.norm1"),  # the default, named
+        ("vit_tiny_patch16_224", "blocks.0"),
+        ("beit_base_patch16_224", "blocks.1"),  # a class token, but the head averages the patch tokens
+    ],
+)
+def test_a_named_layer_the_output_reads_is_kept(arch, name):
+    model = tiny_model(arch, **SMALL, depth=2)
+    layer = find_target_layer(model, SIZE, name)
+    assert (layer.name, layer.grid, layer.prefix_tokens) == (name, (4, 4), 1)
+    batch = make_batch(cpu_ctx(model, layer, SIZE), random_images(2, SIZE, seed=3))
+    assert gradcam_maps(batch, SIZE).amax() > 0

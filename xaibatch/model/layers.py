@@ -114,6 +114,7 @@ def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[
 
 
 def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetLayer:
+    named = name is not None
     if _is_torchvision_vit(model):  # the input of the last block's attention, as timm's norm1
         last_block = list(model.encoder.layers.named_children())[-1][0]  # encoder_layer_N
         name = name or f"encoder.layers.{last_block}.ln_1"
@@ -134,7 +135,43 @@ def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetL
             f"{f' ({grid[0]}x{grid[1]})' if grid else ''} that a map can be drawn from (a model that pools or "
             "reorders its tokens); CAM methods cannot read it: use methods that need no layer (lime, captum:*)"
         )
-    return TargetLayer(name, _module(model, name), grid, tokens - grid[0] * grid[1])
+    layer = TargetLayer(name, _module(model, name), grid, tokens - grid[0] * grid[1])
+    if named and layer.prefix_tokens and not _patches_reach_output(model, layer, input_size):
+        raise ModelError(
+            f"layer {name!r}: the model's output no longer reads the patch tokens there (only its class token goes "
+            "on to the head), so every map would be empty; name an earlier layer, or leave --target-layer out for "
+            "the last block's attention input"
+        )
+    return layer
+
+
+def _patches_reach_output(model: nn.Module, layer: TargetLayer, input_size: int) -> bool:
+    """Whether the logits depend on ``layer``'s patch tokens: False when a gradient reaches its prefix tokens but
+    none its patches (a class-token ViT's last block output, or its final norm). A head that gives no gradient at
+    all (torchvision starts its ViT's at zero) cannot tell: True."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        store["tokens"] = out.detach().requires_grad_(True)
+        return store["tokens"].clone()  # the rest of the forward may change it in place
+
+    p = next(model.parameters())
+    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+    handle = layer.module.register_forward_hook(hook)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad(), frozen(model):
+            logits = model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or not logits.requires_grad:
+        return True
+    (grad,) = torch.autograd.grad(logits.sum(), store["tokens"], allow_unused=True)
+    if grad is None:
+        return True
+    return bool(grad[:, layer.prefix_tokens :].abs().amax() > 0) or not bool(grad[:, : layer.prefix_tokens].any())
 
 
 def _patch_grid(patch_embed: nn.Module, input_size: int) -> tuple[int, int] | None:
