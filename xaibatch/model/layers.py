@@ -1,13 +1,13 @@
 """Choose and capture the layer that CAM methods read, for CNNs and ViTs alike.
 
-The rule for CNNs: the deepest stage whose feature map is still at least 4x4
-at the model's input size (ResNet's ``layer4`` on a 32x32 input is 1x1 and
-useless); for torchvision models the stages are ResNets' ``layerN``, the children of ``features``
-(EfficientNet, ConvNeXt, Swin, ...) or of the container other families keep their stages in. For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last block's attention
-(``blocks.N.norm1``): the class token's output there still depends on every
-patch token, while the last block's own output no longer does.
-timm models whose stages are channels-last (``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut,
-Sequencer) and torchvision's Swin and Swin V2 give (B, H, W, C) maps, read as such and permuted to (B, C, H, W).
+The rule for CNNs: the deepest stage whose feature map is still at least 4x4 at the model's input size
+(ResNet's ``layer4`` on a 32x32 input is 1x1 and useless); for torchvision models the stages are ResNets'
+``layerN``, the children of ``features`` (EfficientNet, ConvNeXt, Swin, ...) or of the container other
+families keep their stages in. For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last
+block's attention (``blocks.N.norm1``): the class token's output there still depends on every patch token,
+while the last block's own output no longer does. timm models whose stages are channels-last
+(``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut, Sequencer) and torchvision's Swin and Swin V2 give
+(B, H, W, C) maps, read as such and permuted to (B, C, H, W).
 """
 
 from __future__ import annotations
