@@ -57,6 +57,30 @@ def test_a_device_typo_or_a_missing_checkpoint_answers_before_torch(tmp_path):
     assert _one_line_errors_before_torch(cases) == []
 
 
+def test_methods_may_be_given_comma_separated_as_one_value(tmp_path):
+    """`-m gradcam,lime` was refused as one unknown method 'gradcam,lime': it is -m gradcam -m lime, its names
+    checked one by one (and LIME's options with them) before torch."""
+    from xaibatch.cli.options import known_methods
+
+    assert known_methods(("gradcam,lime", " cam:scorecam ", "captum:Saliency,")) == [
+        "gradcam",
+        "lime",
+        "cam:scorecam",
+        "captum:Saliency",
+    ]
+    synth.write_images(tmp_path / "in", 1, 32, 0, "png")
+    folder = str(tmp_path / "in")
+    cases = [
+        (["run", folder, "-m", "gradcam,limee"], "unknown method 'limee'"),
+        (  # lime came from the list: its options are checked with it
+            ["run", folder, "-m", "gradcam,lime", "--lime-samples", "auto", "--lime-samples-max", "10"],
+            "--lime-samples-max 10 is below the first round of --lime-samples auto",
+        ),
+        (["serve", "-m", "cam:scorecam,gradcamm"], "unknown method 'gradcamm'"),
+    ]
+    assert _one_line_errors_before_torch(cases) == []
+
+
 @pytest.mark.parametrize("value", ["0", "2000,-1", "a,b", ","])
 def test_bench_memory_images_must_be_counts(value):
     """`--memory-images 0` used to start a run over no images and end in a child's 16-line traceback, exit 3."""

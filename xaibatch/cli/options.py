@@ -58,9 +58,10 @@ class NonEmptyPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-def known_methods(names):
-    """Each name is a method's (method_specs: no torch), else one line with the close matches."""
-    return check_method_names(names)
+def known_methods(values):
+    """Each name is a method's (method_specs: no torch), else one line with the close matches; a value may hold
+    several, comma-separated (``-m gradcam,lime`` is ``-m gradcam -m lime``: no method name has a comma)."""
+    return check_method_names(name.strip() for value in values for name in value.split(",") if name.strip())
 
 
 def method_options(values, methods):

@@ -40,7 +40,7 @@ explain_options = grouped(
     "explain",
     ExplainArgs,
     methods_option(
-        "Explanation method; repeat for several (e.g. -m gradcam -m lime -m cam:scorecam). "
+        "Explanation method; repeat or separate with commas for several (e.g. -m gradcam,lime -m cam:scorecam). "
         "All of them: xaibatch methods.",
         default=("gradcam",),
         is_eager=True,

@@ -32,7 +32,8 @@ SERVE_EXIT_CODES = {
 
 @click.command(cls=Command, epilog=exit_codes_help(SERVE_EXIT_CODES))
 @methods_option(
-    "A method the page offers; repeat for several (e.g. -m gradcam -m cam:scorecam). All of them: xaibatch methods.",
+    "A method the page offers; repeat or separate with commas for several (e.g. -m gradcam,cam:scorecam). "
+    "All of them: xaibatch methods.",
     default=BUILTIN_METHODS,
 )
 @model_options(SERVE_MODEL_HELP)
