@@ -105,6 +105,29 @@ def test_a_map_that_turns_into_its_negative_still_shows_the_image_and_fails():
     assert not curve.passed() and "FAILS" in curve.verdict()
 
 
+def test_slow_original_maps_announce_how_long_the_steps_will_take(monkeypatch):
+    """A ViT with seven methods took 30 min and said nothing for its first 10 (the original maps and the first
+    step): original maps slower than ESTIMATE_AFTER_S announce the steps to go and their time, before them."""
+    import xaibatch.evaluation.sanity as sanity_mod
+
+    def clock(*ticks):  # time.monotonic() giving these, then the last one again
+        left = list(ticks)
+        return lambda: left.pop(0) if len(left) > 1 else left[0]
+
+    monkeypatch.setattr(sanity_mod.time, "monotonic", clock(100.0, 700.0))  # the original maps take 10 minutes
+    rng = np.random.default_rng(0)
+    original = rng.random((2, 8, 8)).astype(np.float32)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    lines = []
+    cascade(net, _maps_by_model(original, original[::-1].copy()), log=lines.append)
+    assert lines[0] == "sanity: the original maps took 10 min; 2 randomization steps to go, each as long: about 20 min"
+    assert [ln.split(":")[1] for ln in lines[1:]] == [" randomized 1", " randomized +0"]
+    monkeypatch.setattr(sanity_mod.time, "monotonic", clock(0.0, 2.0))  # a quick check: nothing more
+    lines.clear()
+    cascade(net, _maps_by_model(original, original[::-1].copy()), log=lines.append)
+    assert len(lines) == 2 and lines[0].startswith("sanity: randomized")
+
+
 def test_empty_maps_cannot_pass_and_are_left_out_of_the_mean():
     """spearman() is 0 for a constant map, so a method whose maps were empty before any randomization
     "passed" (rank correlation 0.00), even under --strict. Images with a constant original map are left out;

@@ -176,13 +176,21 @@ def cascade(
     a model that cannot be deep-copied); compare each method's maps."""
     from ..model.heads import unwrap
 
+    t0 = time.monotonic()
     original = maps_of(model)
+    took = time.monotonic() - t0
     net = copy_model(model, fresh)
     inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
     names = stages(inner)
     own = own_parameters(inner)
     if not names and not own:
         raise UsageError("the model has no top-level stage with parameters to randomize")
+    steps = len(names) + bool(own)
+    if took >= ESTIMATE_AFTER_S:  # a ViT with seven methods: minutes a step, and nothing said until the first
+        log(
+            f"sanity: the original maps took {_duration(took)}; {steps} randomization steps to go, each as long: "
+            f"about {_duration(took * steps)}"
+        )
     varies = {m: [bool(np.ptp(a) > 0) for a in ref] for m, ref in original.items()}  # the images scored
     labels = ["original"]
     rank: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
@@ -200,6 +208,13 @@ def cascade(
             sim[m].append(float(np.mean([ssim(a, b) for a, b in pairs])) if pairs else None)
         log(f"sanity: randomized {labels[-1]}: " + ", ".join(f"{m} {_num(rank[m][-1])}" for m in original))
     return [Curve(m, labels, rank[m], sim[m], sum(varies[m]), len(varies[m])) for m in original]
+
+
+ESTIMATE_AFTER_S = 10.0  # original maps slower than this: say how long the steps will take
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _num(v: float | None) -> str:
