@@ -261,9 +261,11 @@ def test_threshold_on_a_softmax_model(tmp_path):
 
 def test_a_batch_of_rows_is_predicted_as_each_row_alone():
     """build_job predicts a batch's rows in one call (predict_rows): the same classes as predict_one, row by row,
-    also at the threshold itself (float32 0.7 compared in float64, as predict_one compares it)."""
+    and as the explainer's float32 probabilities on the device (predict): its maps explain the row's class, also at
+    the threshold itself. float32 0.7 (0.69999999) was the positive class on the device (compared in float32) and
+    the negative one in the row (compared in float64): the map explained the class the row did not predict."""
     import numpy as np
-    from xaibatch.model.heads import Decision, predict_one, predict_rows
+    from xaibatch.model.heads import Decision, predict, predict_one, predict_rows
 
     probs = np.array(
         [[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.25, 0.75], [0.5, 0.5], [np.float32(0.3), np.float32(0.7)]],
@@ -276,8 +278,30 @@ def test_a_batch_of_rows_is_predicted_as_each_row_alone():
         Decision(0, 0.3, "F", True),
     ):
         assert predict_rows(probs, decision) == [predict_one(p, decision) for p in probs]
+        assert predict(torch.from_numpy(probs), decision).tolist() == predict_rows(probs, decision)
     three = np.random.default_rng(0).dirichlet([1, 1, 1], 50).astype(np.float32)
     assert predict_rows(three, None) == [predict_one(p, None) for p in three]
+
+
+def test_a_threshold_copied_from_the_csv_decides_as_a_fresh_run_does(world, tmp_path):
+    """The probabilities are stored (and shown in predictions.csv) with 6 decimals. A threshold copied from the CSV
+    was compared with the stored value when a new --threshold re-decided a folder, but with the float32 one in a
+    fresh run: the image at the threshold was REAL in one report and FAKE in the other, and the fresh CSV said
+    ``p_REAL 0.xxxxxx, pred FAKE`` at that very threshold. Now every run decides by the probability it stores."""
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    assert _run(_cnn_args(world, first, "-m", "gradcam")).exit_code == 0
+    shown = {rel: float(r["p_REAL"]) for rel, r in _csv(first).items()}
+    raw = dict(manifest_rows(first, "SELECT rel, confidence FROM images WHERE pred = 1"))  # P(REAL), unrounded
+    above = sorted(rel for rel, p in raw.items() if shown[rel] > p)  # shown rounded up: p < the CSV's value
+    assert above, "the fixture should have a REAL prediction whose probability the CSV rounds up"
+    t = shown[above[0]]
+    assert _run(_cnn_args(world, first, "-m", "gradcam", "--threshold", str(t))).exit_code == 0  # re-decided
+    assert _run(_cnn_args(world, fresh, "-m", "gradcam", "--threshold", str(t))).exit_code == 0  # computed anew
+    redecided, computed = _csv(first), _csv(fresh)
+    for rel, p in shown.items():
+        want = "REAL" if p >= t else "FAKE"  # the rule, on the CSV's own numbers
+        assert (redecided[rel]["pred"], computed[rel]["pred"]) == (want, want), rel
+    assert computed[above[0]]["pred"] == "REAL"
 
 
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):

@@ -16,7 +16,10 @@ Likewise a model ending in a softmax returns its class probabilities: :class:`So
 logarithm as the logits (``softmax(log p) = p``), so the probabilities and the threshold rule are the model's.
 
 A two-class model predicts the positive class when its probability is at least the threshold
-(:class:`Decision`); with more classes the prediction is the most probable class.
+(:class:`Decision`); with more classes the prediction is the most probable class. The probability compared is the
+one the manifest stores and predictions.csv shows (:func:`stored`: float64, rounded to ``PROB_DECIMALS``), on the
+device and from the manifest alike: a batch, one row re-decided under a new threshold and the CSV's
+``p >= threshold`` agree, also at the threshold itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from ..errors import ModelError, UsageError
 
 # A probability output is clamped to [eps, 1 - eps] before its logit (|z| <= 13.8): a saturated sigmoid stays finite.
 PROBABILITY_EPS = 1e-6
+# Probabilities are stored (manifest, predictions.csv) with this many decimals, and decided as stored.
+PROB_DECIMALS = 6
 # Autograd nodes that only reshape or copy an output: looked through to find the op that made it.
 _RESHAPES = (
     "View",
@@ -95,8 +100,8 @@ class Decision:
     probability: bool = False  # the one output is the model's own sigmoid, P(positive)
 
     def predict(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B, 2) probabilities -> (B,) long class indices."""
-        yes = probs[:, self.positive] >= self.threshold
+        """(B, 2) probabilities -> (B,) long class indices, from the positive class's probability as stored."""
+        yes = stored(probs[:, self.positive]) >= self.threshold
         return torch.where(yes, self.positive, 1 - self.positive).long()
 
     def config(self) -> dict[str, Any]:
@@ -104,6 +109,13 @@ class Decision:
         if self.probability:  # only then: the records of every other run keep their bytes
             d["one_logit_output"] = "probability"
         return d
+
+
+def stored(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities as the manifest stores them: float64, rounded to ``PROB_DECIMALS`` (the same operations on
+    every device, and idempotent: a stored value stores as itself)."""
+    scale = 10.0**PROB_DECIMALS
+    return torch.round(probs.double() * scale) / scale
 
 
 def predict(probs: torch.Tensor, decision: Decision | None) -> torch.Tensor:
@@ -229,6 +241,7 @@ __all__ = [
     "predict",
     "predict_one",
     "predict_rows",
+    "stored",
     "unwrap",
     "with_positive",
 ]

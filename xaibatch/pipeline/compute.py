@@ -285,6 +285,7 @@ def build_job(
     thumbs = stacks.thumbs(shown)
     preds = heads.predict_rows(probs, decision)  # one call per batch: these rows are the compute thread's work
     rows = probs.tolist()  # the float32 values as Python floats, as float() gives them
+    kept = heads.stored(torch.from_numpy(probs)).tolist()  # what the decision compared: the manifest's values
     for j, e in enumerate(entries):
         p, pred = rows[j], preds[j]
         h, w = orig_sizes[j]
@@ -306,7 +307,7 @@ def build_job(
                     pred=pred,
                     target=int(e.label) if target == "label" else pred,
                     confidence=p[pred],
-                    probs=[round(v, 6) for v in p],
+                    probs=kept[j],
                     predict_hash=hashes.predict,
                     run_id=run_id,
                 )
