@@ -304,6 +304,28 @@ def test_a_threshold_copied_from_the_csv_decides_as_a_fresh_run_does(world, tmp_
     assert computed[above[0]]["pred"] == "REAL"
 
 
+@pytest.mark.parametrize("classes", ["FAKE,REAL", "REAL,FAKE"])
+def test_one_logit_classes_name_the_sigmoid_in_their_order_as_explain_does(world, tmp_path, classes):
+    """``--classes A,B`` names the outputs in order: a one-logit head's sigmoid(z) is P(B), as explain() reads
+    ``classes=[A, B]``. The run took the second in sorted order whatever the order given: ``--classes REAL,FAKE``
+    (a detector whose sigmoid is P(FAKE)) was read as P(REAL), and every prediction and label check inverted
+    without a word, where explain() with the same names said the opposite."""
+    import xaibatch
+
+    out = tmp_path / "out"
+    assert _run(_cnn_args(world, out, "-m", "gradcam", "--classes", classes)).exit_code == 0
+    rows = _csv(out)
+    x, _ = _load(world["root"] / "demo" / "test")
+    names = classes.split(",")
+    with torch.no_grad():
+        sig = torch.sigmoid(world["model"](x)[:, 0]).numpy()
+    ref = xaibatch.explain(world["model"], x, methods=["gradcam"], classes=names)
+    for i, (rel, s) in enumerate(zip(_load.rels, sig)):
+        assert float(rows[rel][f"p_{names[1]}"]) == pytest.approx(s, abs=1e-5), rel
+        assert rows[rel]["pred"] == names[int(s >= 0.5)] == names[int(ref.preds[i])], rel
+        assert rows[rel]["label"] == rel.split("/")[0]
+
+
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"

@@ -187,7 +187,8 @@ RUN_MODEL_HELP = {
     "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
     "checkpoint's, else the folder's.",
     "positive_class": "Two classes: the one a one-logit head's sigmoid and --threshold are about "
-    "(e.g. --positive-class FAKE). Default: the second in sorted order.",
+    "(e.g. --positive-class FAKE). Default: one logit: the second of --classes as given (else of the sorted "
+    "folder names); two outputs: the second in sorted order.",
     "threshold": "Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
     "Default: 0.5.",
     "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else the "

@@ -190,13 +190,20 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
 def decision_for(
     names: list[str], positive: str | None, threshold: float | None, one_logit: bool, probability: bool = False
 ) -> Decision | None:
-    """The decision rule for these classes, or None (more than two classes: argmax)."""
+    """The decision rule for these classes (``names`` in the model's output order), or None (more than two classes:
+    argmax). The positive class: ``positive``, else a one-logit head's second class (``--classes A,B``: sigmoid(z)
+    is P(B); folder names are sorted), else the second in sorted order."""
     if len(names) != 2:
         for flag, v in (("--positive-class", positive), ("--threshold", threshold)):
             if v is not None:
                 raise UsageError(f"{flag} needs a two-class model; this one has {len(names)} classes {names}")
         return None
-    name = positive if positive is not None else sorted(names)[1]
+    if positive is not None:
+        name = positive
+    elif one_logit:  # sigmoid(z) is the second class in output order (as explain() reads it): --classes as given
+        name = names[1]
+    else:
+        name = sorted(names)[1]
     if name not in names:
         raise UsageError(f"--positive-class {name!r} is not one of the classes {', '.join(names)}")
     t = 0.5 if threshold is None else float(threshold)

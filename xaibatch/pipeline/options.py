@@ -27,7 +27,7 @@ class ModelOptions:
     arch: str | None = None
     model: str | None = None  # FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME (usermodel)
     classes: list[str] | None = None  # class names in output order (else the checkpoint's or the folder's)
-    positive_class: str | None = None  # two classes: the one the threshold is about (default: second sorted)
+    positive_class: str | None = None  # two classes: the one the threshold is about (see heads.decision_for)
     threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
     target_layer: str | None = None
