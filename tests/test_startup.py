@@ -285,6 +285,43 @@ def test_the_builtin_methods_option_names_are_their_classes():
             assert library_defaults(name) == cls.defaults, name
 
 
+@pytest.mark.parametrize("classes", [("REAL", "FAKE"), ("FAKE", "OTHER", "REAL")])
+def test_an_unchanged_rerun_over_folders_numbered_in_the_models_order_imports_no_torch(tmp_path, classes):
+    """The folders FAKE/REAL (sorted) and a model whose classes are REAL,FAKE, or FAKE,OTHER,REAL: the run numbers
+    the labels in the model's order. The request it recorded held those classes, never the scan's, so every
+    unchanged re-run loaded torch and the model (2.5 s here, and a large model's load); it plans from the scan,
+    numbered as that run numbered it: a touched file (same bytes, new mtime) keeps its label."""
+    import csv
+    import os
+
+    from helpers import make_checkpoint
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.tools.synth import write_classes
+
+    inp, out = write_classes(tmp_path / "in", 3), tmp_path / "out"
+    ckpt = make_checkpoint(tmp_path / "m.pt", classes=list(classes))
+    opts = RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=ckpt, workers=0, handle_signals=False)
+    assert run(opts, log=lambda s: None).computed == 6
+
+    def labels() -> dict[str, str]:
+        with open(out / "predictions.csv", newline="") as f:
+            return {r["path"]: r["label"] for r in csv.DictReader(f)}
+
+    assert labels() == {f"{c}/img_{i:03d}.png": c for c in ("FAKE", "REAL") for i in range(3)}
+    before = labels()
+    touched = inp / "REAL" / "img_001.png"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    probe = f"""
+        from pathlib import Path
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
+                           checkpoint=Path({str(ckpt)!r}), workers=0, handle_signals=False), log=lambda s: None)
+        assert (r.computed, r.unchanged) == (0, 6), r
+    """
+    assert _modules_after(probe) == []
+    assert labels() == before
+
+
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 

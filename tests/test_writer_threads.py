@@ -208,11 +208,10 @@ def test_writers_option_changes_no_map(tmp_path, tiny_ckpt):
 
 def test_writer_count_is_not_in_the_request(tmp_path):
     """An unchanged re-run with another --writers still skips loading the model (same request key)."""
-    from types import SimpleNamespace
-
     from xaibatch.pipeline.setup import request_key
+    from xaibatch.scan import Scan
 
-    found = SimpleNamespace(classes=["a", "b"])
+    found = Scan(tmp_path, ["a", "b"], [], [])
     keys = {
         request_key(RunOptions(tmp_path, tmp_path / "o", ["gradcam"], writers=n), found, "0" * 64) for n in (None, 0, 3)
     }

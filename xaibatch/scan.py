@@ -10,6 +10,7 @@ from a scan without loading torch.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
@@ -60,6 +61,16 @@ class Scan:
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
     empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
     digests: dict[str, str] = field(default_factory=dict)  # rel -> sha256 the planner hashed (once per scan)
+
+    def numbered_by(self, names: list[str]) -> Scan:
+        """This scan with its labels numbered by ``names`` (the model's classes in output order, a superset of the
+        folder's): a new Scan, which shares the digests hashed over this one."""
+        index = {c: names.index(c) for c in self.classes or []}
+        images = [
+            dataclasses.replace(e, label=index[self.classes[e.label]]) if self.classes and e.label is not None else e
+            for e in self.images
+        ]
+        return dataclasses.replace(self, classes=list(names), images=images)
 
 
 def shown(name: str) -> str:

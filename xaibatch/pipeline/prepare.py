@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +51,9 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
 
 
 def _relabel(found: Scan, names: list[str]) -> None:
-    """Number ``found``'s labels by ``names`` (a superset of its classes)."""
-    index = {c: names.index(c) for c in found.classes or []}
-    found.images = [
-        dataclasses.replace(e, label=index[found.classes[e.label]]) if e.label is not None else e for e in found.images
-    ]
-    found.classes = list(names)
+    """Number ``found``'s labels by ``names`` (a superset of its classes), in place."""
+    numbered = found.numbered_by(names)
+    found.images, found.classes = numbered.images, numbered.classes
 
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more

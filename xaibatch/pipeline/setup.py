@@ -60,7 +60,8 @@ class Setup:
 
 
 def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
-    """Hash of everything that decides this run's predictions and maps, computable without the model."""
+    """Hash of everything that decides this run's predictions and maps, computable without the model: ``found`` as
+    scanned (its folder classes sorted, before prepare() numbers them in the model's order)."""
     fields = {k: v for k, v in vars(opts).items() if k not in NOT_IN_REQUEST}
     fields["methods"] = list(dict.fromkeys(opts.methods))
     factory_file = (opts.model or "").rpartition(":")[0]
@@ -73,6 +74,8 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
             "options": fields,
             "checkpoint_sha256": checkpoint_sha256,
             "classes": found.classes,
+            # empty class folders stay classes of a model that names none (prepare.class_names_for)
+            **({"empty_classes": found.empty_classes} if found.empty_classes else {}),
         }
     )
 
@@ -91,7 +94,9 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     engine = ENGINES[opts.engine]
     # --engine ray: the workers load the model on their own devices; the driver needs it only to check and hash.
     driver_opts = dataclasses.replace(opts, device="cpu") if engine.workers_device else opts
-    prepared = prepare(driver_opts, found or scan_input(opts))
+    found = found or scan_input(opts)
+    scanned = dataclasses.replace(found)  # prepare() numbers found's labels in the model's order: the request is this
+    prepared = prepare(driver_opts, found)
     hashes = config_hashes(prepared, opts.target, opts.faithfulness, opts.max_map_side)
     model, layer, methods = prepared.model, prepared.layer, prepared.methods
     source = ModelSource.of(opts)
@@ -113,7 +118,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         engine=engine.record(opts),
         labeled=prepared.found.classes is not None,
         class_names=prepared.names,
-        request=request_key(opts, prepared.found, model.checkpoint_sha256),
+        request=request_key(opts, scanned, model.checkpoint_sha256),
         model_hash=hashes.model,
         decision=model.decision.config() if model.decision is not None else None,
         faithfulness=opts.faithfulness.key() if opts.faithfulness else None,
@@ -141,6 +146,11 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
             return None
         config_json, predict_hash = last
         config = RunConfig.from_json(config_json)
+        if found.classes is not None and config.class_names != found.classes:
+            # the folder's classes in the model's order, as prepare() numbered them for the run that recorded this
+            if not set(found.classes) <= set(config.class_names):
+                return None
+            found = found.numbered_by(config.class_names)
         hashes = Hashes(
             predict_hash,
             {m: v.hash for m, v in config.methods.items()},
