@@ -557,3 +557,22 @@ def test_under_a_profiler_the_usual_exit(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "gradcam" in r.stdout and prof.stat().st_size > 0
+
+
+def test_a_profiler_through_sys_monitoring_keeps_the_usual_exit(monkeypatch):
+    """Python 3.12's cProfile watches through sys.monitoring, and sys.getprofile() says None: the quick exit
+    skipped its file (the GPU machine's profile of a run was never written). Simulated here for any Python."""
+    from types import SimpleNamespace
+
+    from xaibatch.cli import _observed
+
+    tools: dict[int, str] = {}
+    fake = SimpleNamespace(DEBUGGER_ID=0, COVERAGE_ID=1, PROFILER_ID=2, get_tool=tools.get)
+    monkeypatch.setattr(sys, "monitoring", fake, raising=False)
+    monkeypatch.setattr(sys, "getprofile", lambda: None)
+    monkeypatch.setattr(sys, "gettrace", lambda: None)
+    assert not _observed()
+    for tool, name in ((2, "cProfile"), (1, "coverage"), (0, "pdb")):
+        tools.clear()
+        tools[tool] = name
+        assert _observed(), name

@@ -74,7 +74,7 @@ def exit_now(code: object) -> None:
 
     if code is not None and not isinstance(code, int):
         return
-    if sys.getprofile() is not None or sys.gettrace() is not None:
+    if _observed():
         return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
@@ -83,6 +83,19 @@ def exit_now(code: object) -> None:
     atexit._run_exitfuncs()  # multiprocessing's (children joined, finalizers), logging's, torch's
     _flushed()
     os._exit(code or 0)
+
+
+def _observed() -> bool:
+    """Whether a profiler, debugger or coverage tool watches the process: through sys.setprofile/settrace, or
+    through sys.monitoring (Python 3.12's cProfile uses it, and sys.getprofile() says None: the GPU machine's
+    profile was never written)."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    if monitoring is None:
+        return False
+    tools = (monitoring.DEBUGGER_ID, monitoring.COVERAGE_ID, monitoring.PROFILER_ID)
+    return any(monitoring.get_tool(i) is not None for i in tools)
 
 
 def _flushed() -> bool:
