@@ -1,7 +1,9 @@
-"""Models whose stages give channels-last (B, H, W, C) maps: timm's Swin, SwinV2, MambaOut, Sequencer; torchvision's Swin.
+"""Models whose stages give channels-last (B, H, W, C) maps: timm's Swin, SwinV2, MambaOut, Sequencer, VOLO;
+torchvision's Swin.
 
 Their stage outputs were read as (B, C, H, W): Swin's layers.3 at 224 px became a "7x768 grid", and every
-CAM map came from the wrong axes.
+CAM map came from the wrong axes. VOLO does not declare it (no ``output_fmt``): its ``network.4`` at 224 px was
+read as a 14x384 grid, silently.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from timm.models.volo import VOLO
 from pytorch_grad_cam import GradCAM as LibGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -96,3 +99,49 @@ def test_torchvision_swin_is_read_channels_last():
     with LibGradCAM(model=swin, target_layers=[ctx.layer.module], reshape_transform=permute) as cam:
         ref = cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(t)) for t in batch.targets])
     assert np.abs(ours.numpy() - ref).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def volo():
+    """volo_d1_224's layout (an outlooker stage, a downsample, transformer stages, class attention), made small."""
+    torch.manual_seed(0)
+    dims = {"embed_dims": [16, 32, 32, 32], "num_heads": [1, 2, 2, 2], "stem_hidden_dim": 8}
+    return VOLO(layers=[1, 1, 1, 1], img_size=SIZE, num_classes=2, **dims).eval()
+
+
+def _permuted_gradcam(model, module, batch):
+    def permute(t):
+        return t.permute(0, 3, 1, 2)
+
+    with LibGradCAM(model=model, target_layers=[module], reshape_transform=permute) as cam:
+        return cam(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(t)) for t in batch.targets])
+
+
+def test_volo_stages_are_told_channels_last_from_their_shapes(volo):
+    assert getattr(volo, "output_fmt", None) is None
+    ctx = make_ctx(volo, SIZE)
+    assert (ctx.layer.name, ctx.layer.grid, ctx.layer.channels_last) == ("network.4", (4, 4), True)
+    batch = make_batch(ctx, random_images(3, SIZE, seed=8))
+    assert batch.activations.shape == (3, 32, 4, 4)
+    ours = gradcam_maps(batch, SIZE)
+    assert ours.amax() > 0
+    assert np.abs(ours.numpy() - _permuted_gradcam(volo, ctx.layer.module, batch)).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "name,grid,last",
+    [
+        ("network.0", (8, 8), True),  # a stage
+        ("network.1", (4, 4), True),  # the downsample between stages: not a stage, its channels a stage's
+        ("network.4.0.mlp.fc1", None, None),  # 96 channels, no stage's: cannot be told from the shape
+        ("patch_embed", (8, 8), False),  # the stem's output, before the model permutes it
+        ("network.1.proj", (4, 4), False),  # a convolution
+    ],
+)
+def test_a_named_layer_of_volo_is_read_by_its_shape_or_refused(volo, name, grid, last):
+    if grid is None:
+        with pytest.raises(ModelError, match=rf"^layer '{name}' gives a 4x4x96 output whose channels .* network\.0"):
+            find_target_layer(volo, SIZE, name)
+        return
+    layer = find_target_layer(volo, SIZE, name)
+    assert (layer.grid, layer.channels_last) == (grid, last)

@@ -6,8 +6,9 @@ The rule for CNNs: the deepest stage whose feature map is still at least 4x4 at 
 families keep their stages in. For token models (timm's ViT, DeiT; torchvision's ViT) the input of the last
 block's attention (``blocks.N.norm1``): the class token's output there still depends on every patch token,
 while the last block's own output no longer does. timm models whose stages are channels-last
-(``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut, Sequencer) and torchvision's Swin and Swin V2 give
-(B, H, W, C) maps, read as such and permuted to (B, C, H, W).
+(``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut, Sequencer), torchvision's Swin and Swin V2, and models whose
+stage shapes show it (VOLO: the last dim is the stage's channel count) give (B, H, W, C) maps, read as such and
+permuted to (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -187,11 +188,52 @@ def _patch_grid(patch_embed: nn.Module, input_size: int) -> tuple[int, int] | No
     return input_size // int(patch[0]), input_size // int(patch[1])
 
 
-def _channels_last(model: nn.Module, module: nn.Module) -> bool:
-    """Whether ``module`` of ``model`` outputs (B, H, W, C): timm's NHWC models and torchvision's Swin (whose
-    ``features`` run channels-last from the patch embedding on), but not their convolutions."""
-    nhwc = getattr(model, "output_fmt", None) == "NHWC" or _is_torchvision_swin(model)
-    return nhwc and not isinstance(module, (nn.Conv2d, nn.BatchNorm2d))
+def _channels_last(
+    model: nn.Module, name: str, shape: tuple[int, ...], stages: dict[str, tuple[int, ...]]
+) -> bool | None:
+    """Whether layer ``name`` of ``model``, whose output has 4-d ``shape``, outputs (B, H, W, C); None when that
+    cannot be told. ``stages`` holds the output shapes of the model's stages (:func:`_stage_channels`).
+
+    Declared: timm's NHWC models and torchvision's Swin (whose ``features`` run channels-last from the patch
+    embedding on), but not their convolutions. Undeclared (VOLO: its ``network`` stages are (B, H, W, C) with no
+    ``output_fmt``): a stage whose last dim is its channel count (from ``feature_info``) and whose dim 1 is not is
+    channels-last; in such a model another layer is told by which of dim 1 and dim 3 is one of the stages'
+    channel counts, and None when both or neither are (a guess could draw every map from the wrong axes)."""
+    module = _module(model, name)
+    if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
+        return False
+    if getattr(model, "output_fmt", None) == "NHWC" or _is_torchvision_swin(model):
+        return True
+    channels = _stage_channels(model)
+    by_shape = _last_is_channels(shape, {channels[name]} if name in channels else set())
+    if by_shape is not None:
+        return by_shape
+    if not any(_last_is_channels(s, {channels[n]}) for n, s in stages.items() if n in channels and len(s) == 4):
+        return False  # a channels-first model, as its stages show
+    return _last_is_channels(shape, set(channels.values()))
+
+
+def _last_is_channels(shape: tuple[int, ...], channels: set[int]) -> bool | None:
+    """True when dim 3 of ``shape`` is one of ``channels`` and dim 1 is not, False for the reverse, else None."""
+    first, last = shape[1] in channels, shape[3] in channels
+    return last if first != last else None
+
+
+def _stage_channels(model: nn.Module) -> dict[str, int]:
+    """The channel count ``feature_info`` gives each stage of a timm model that exists under that name."""
+    return {
+        e["module"]: int(e["num_chs"])
+        for e in _feature_info(model)
+        if e.get("num_chs") and _has_module(model, e["module"])
+    }
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _is_torchvision_swin(model: nn.Module) -> bool:
@@ -207,45 +249,50 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
     """Pick the CAM layer of any timm model (or check the one the user named)."""
     if _is_token_model(model):
         return _token_layer(model, name, input_size)
+    stages = list(_stage_channels(model))
     if name is not None:
-        shapes = _output_shapes(model, [name], input_size)
+        shapes = _output_shapes(model, [name, *stages], input_size)
         shape = shapes.get(name)
         if shape is None or len(shape) != 4:
             raise ModelError(f"layer {name!r} does not output a (B, C, H, W) feature map (got {shape})")
-        module = _module(model, name)
-        last = _channels_last(model, module)
-        return TargetLayer(name, module, _grid(shape, last), channels_last=last)
+        last = _channels_last(model, name, shape, shapes)
+        if last is None:
+            raise ModelError(
+                f"layer {name!r} gives a {'x'.join(map(str, shape[1:]))} output whose channels xaibatch cannot tell "
+                f"from its height (the model's stages are channels-last); name one of its stages: {', '.join(stages)}"
+            )
+        return TargetLayer(name, _module(model, name), _grid(shape, last), channels_last=last)
     candidates = _stage_names(model)
-    shapes = _output_shapes(model, candidates, input_size)
+    shapes = _output_shapes(model, list(dict.fromkeys([*candidates, *stages])), input_size)
+    layouts = {n: _channels_last(model, n, s, shapes) for n, s in shapes.items() if n in candidates and len(s) == 4}
+    maps = {n: _grid(shapes[n], last) for n, last in layouts.items() if last is not None}
     best = None
     for n in candidates:  # shallow to deep
-        s = shapes.get(n)
-        if s is not None and len(s) == 4 and min(_grid(s, _channels_last(model, _module(model, n)))) >= MIN_GRID:
+        if n in maps and min(maps[n]) >= MIN_GRID:
             best = n
     if best is None:
-        maps = [
-            "{} ({}x{})".format(n, *_grid(s, _channels_last(model, _module(model, n))))
-            for n, s in shapes.items()
-            if len(s) == 4
-        ][-12:]
-        listed = (
-            f"; layers with a feature map: {', '.join(maps)}" if maps else "; it has no conv layer xaibatch can see"
+        listed = [f"{n} ({h}x{w})" for n, (h, w) in maps.items()][-12:]
+        listed_text = (
+            f"; layers with a feature map: {', '.join(listed)}" if listed else "; it has no conv layer xaibatch can see"
         )
         raise ModelError(
             f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
-            f"raise --image-size or name a layer with --target-layer{listed}"
+            f"raise --image-size or name a layer with --target-layer{listed_text}"
         )
-    module = _module(model, best)
-    last = _channels_last(model, module)
-    return TargetLayer(best, module, _grid(shapes[best], last), channels_last=last)
+    return TargetLayer(best, _module(model, best), maps[best], channels_last=bool(layouts[best]))
+
+
+def _feature_info(model: nn.Module) -> list[dict]:
+    """A timm model's ``feature_info`` entries (its stages: module name, channels, reduction); [] for others."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        return []
+    entries = info if isinstance(info, list) else getattr(info, "info", [])
+    return [e for e in entries if isinstance(e, dict)]
 
 
 def _stage_names(model: nn.Module) -> list[str]:
-    info = getattr(model, "feature_info", None)
-    names: list[str] = []
-    if info is not None:
-        entries = info if isinstance(info, list) else getattr(info, "info", [])
-        names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
+    names = [e["module"] for e in _feature_info(model) if e.get("module")]
     if not names:
         names = _torchvision_stages(model) or []
     if not names:  # neither timm nor torchvision: every conv-ish child, in order
