@@ -8,12 +8,16 @@ block's attention (``blocks.N.norm1``): the class token's output there still dep
 while the last block's own output no longer does. timm models whose stages are channels-last
 (``output_fmt == "NHWC"``: Swin, SwinV2, MambaOut, Sequencer), torchvision's Swin and Swin V2, and models whose
 stage shapes show it (VOLO: the last dim is the stage's channel count) give (B, H, W, C) maps, read as such and
-permuted to (B, C, H, W).
+permuted to (B, C, H, W). Stages that are token sequences (LeViT's, EfficientFormer's last; Twins and MViTv2,
+whose ``feature_info`` names stages they do not have, through their final ``norm``) are read as their patch grid
+when the tokens are exactly a stage's grid; models with no one grid (CrossViT's two branches, PiT's and TNT's
+tuple stages) are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import dataclass
 from typing import Iterator
@@ -124,6 +128,11 @@ def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetL
         last = len(model.blocks) - 1
         name = name or f"blocks.{last}.norm1"
         grid = _patch_grid(model.patch_embed, input_size)
+        if not named and not _has_module(model, name):  # CrossViT: two branches of blocks, each its own grid
+            raise ModelError(
+                f"this model has no {name!r}, the input of a ViT's last attention, so xaibatch cannot find a grid of "
+                "patch tokens in it; CAM methods cannot read it: use methods that need no layer (lime, captum:*)"
+            )
     shapes = _output_shapes(model, [name], input_size)
     if name not in shapes or len(shapes[name]) != 3:
         raise ModelError(f"layer {name!r} does not give a token sequence; pick a block of the ViT")
@@ -251,35 +260,71 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
         return _token_layer(model, name, input_size)
     stages = list(_stage_channels(model))
     if name is not None:
-        shapes = _output_shapes(model, [name, *stages], input_size)
-        shape = shapes.get(name)
-        if shape is None or len(shape) != 4:
-            raise ModelError(f"layer {name!r} does not output a (B, C, H, W) feature map (got {shape})")
-        last = _channels_last(model, name, shape, shapes)
-        if last is None:
-            raise ModelError(
-                f"layer {name!r} gives a {'x'.join(map(str, shape[1:]))} output whose channels xaibatch cannot tell "
-                f"from its height (the model's stages are channels-last); name one of its stages: {', '.join(stages)}"
-            )
-        return TargetLayer(name, _module(model, name), _grid(shape, last), channels_last=last)
+        return _read_layer(model, name, _output_shapes(model, [name, *stages], input_size), input_size)
     candidates = _stage_names(model)
     shapes = _output_shapes(model, list(dict.fromkeys([*candidates, *stages])), input_size)
-    layouts = {n: _channels_last(model, n, s, shapes) for n, s in shapes.items() if n in candidates and len(s) == 4}
-    maps = {n: _grid(shapes[n], last) for n, last in layouts.items() if last is not None}
-    best = None
+    readable: dict[str, TargetLayer] = {}
     for n in candidates:  # shallow to deep
-        if n in maps and min(maps[n]) >= MIN_GRID:
-            best = n
-    if best is None:
-        listed = [f"{n} ({h}x{w})" for n, (h, w) in maps.items()][-12:]
-        listed_text = (
-            f"; layers with a feature map: {', '.join(listed)}" if listed else "; it has no conv layer xaibatch can see"
-        )
+        with contextlib.suppress(ModelError):
+            readable[n] = _read_layer(model, n, shapes, input_size)
+    best = [layer for layer in readable.values() if min(layer.grid) >= MIN_GRID]
+    if best:
+        return best[-1]
+    if candidates and not readable:
+        outputs = ", ".join(f"{n} ({_shape_text(shapes.get(n))})" for n in candidates[-3:])
         raise ModelError(
-            f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
-            f"raise --image-size or name a layer with --target-layer{listed_text}"
+            f"no stage of this model gives a feature map or a grid of patch tokens that a map can be drawn from "
+            f"({'..., ' if len(candidates) > 3 else ''}{outputs}); use methods that need no layer (lime, captum:*), "
+            "or name a layer that gives a (B, C, H, W) map with --target-layer"
         )
-    return TargetLayer(best, _module(model, best), maps[best], channels_last=bool(layouts[best]))
+    listed = ["{} ({}x{})".format(n, *layer.grid) for n, layer in readable.items()][-12:]
+    listed_text = (
+        f"; layers with a feature map: {', '.join(listed)}" if listed else "; it has no conv layer xaibatch can see"
+    )
+    raise ModelError(
+        f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
+        f"raise --image-size or name a layer with --target-layer{listed_text}"
+    )
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, shape[1:])) if shape else "no single tensor"
+
+
+def _read_layer(model: nn.Module, name: str, shapes: dict[str, tuple[int, ...]], input_size: int) -> TargetLayer:
+    """How layer ``name`` of a model that is no ViT gives its map (``shapes``: its and the stages' output shapes),
+    or a ModelError that says why it gives none."""
+    shape = shapes.get(name)
+    if shape is not None and len(shape) == 4:
+        last = _channels_last(model, name, shape, shapes)
+        if last is None:
+            stages = ", ".join(_stage_channels(model))
+            raise ModelError(
+                f"layer {name!r} gives a {_shape_text(shape)} output whose channels xaibatch cannot tell from its "
+                f"height (the model's stages are channels-last); name one of its stages: {stages}"
+            )
+        return TargetLayer(name, _module(model, name), _grid(shape, last), channels_last=last)
+    grid = _token_grid(model, shape, input_size) if shape is not None and len(shape) == 3 else None
+    if grid is None:
+        raise ModelError(
+            f"layer {name!r} does not output a (B, C, H, W) feature map or a stage's grid of patch tokens "
+            f"(got {_shape_text(shape)})"
+        )
+    return TargetLayer(name, _module(model, name), grid, prefix_tokens=0)
+
+
+def _token_grid(model: nn.Module, shape: tuple[int, ...], input_size: int) -> tuple[int, int] | None:
+    """The patch grid a (B, N, C) output holds in a model whose stages are token sequences (LeViT, Twins,
+    MViTv2), or None: N must be r*r tokens and nothing else, for an r that is a stage's side at ``input_size``
+    (its ``feature_info`` reduction, rounded either way) and C that stage's channel count. The tokens are read
+    row by row, as such models flatten and reshape them (``x.flatten(2).transpose(1, 2)``)."""
+    side = math.isqrt(shape[1])
+    if side * side != shape[1]:
+        return None
+    for e in _feature_info(model):
+        if e.get("num_chs") == shape[2] and e.get("reduction") and abs(side - input_size / e["reduction"]) < 1:
+            return side, side
+    return None
 
 
 def _feature_info(model: nn.Module) -> list[dict]:
@@ -292,9 +337,10 @@ def _feature_info(model: nn.Module) -> list[dict]:
 
 
 def _stage_names(model: nn.Module) -> list[str]:
-    names = [e["module"] for e in _feature_info(model) if e.get("module")]
-    if not names:
-        names = _torchvision_stages(model) or []
+    named = [e["module"] for e in _feature_info(model) if e.get("module")]
+    if named:  # Twins and MViTv2 name stages they do not have ("block.0"): their final norm holds the last one's tokens
+        return [n for n in named if _has_module(model, n)] or [n for n in ["norm"] if _has_module(model, n)]
+    names = _torchvision_stages(model) or []
     if not names:  # neither timm nor torchvision: every conv-ish child, in order
         names = _conv_names(model)
     return names
