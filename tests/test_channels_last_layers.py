@@ -89,6 +89,9 @@ def test_torchvision_swin_is_read_channels_last():
     assert (ctx.layer.name, ctx.layer.grid, ctx.layer.channels_last) == ("features.5", (4, 4), True)
     named = find_target_layer(swin, SIZE, "features.3")
     assert (named.grid, named.channels_last) == ((8, 8), True)
+    for name, grid, last in (("norm", (4, 4), True), ("permute", (4, 4), False)):  # permute was read as a 64x4 grid
+        named = find_target_layer(swin, SIZE, name)
+        assert (named.grid, named.channels_last) == (grid, last), name
     batch = make_batch(ctx, random_images(3, SIZE, seed=6))
     ours = gradcam_maps(batch, SIZE)
     assert batch.activations.shape == (3, 64, 4, 4) and ours.amax() > 0

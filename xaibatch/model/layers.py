@@ -211,8 +211,10 @@ def _channels_last(
     module = _module(model, name)
     if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)):
         return False
-    if getattr(model, "output_fmt", None) == "NHWC" or _is_torchvision_swin(model):
+    if getattr(model, "output_fmt", None) == "NHWC":
         return True
+    if _is_torchvision_swin(model):  # channels-last through ``features`` and ``norm``; ``permute`` on is (B, C, H, W)
+        return name == "norm" or name.split(".")[0] == "features"
     channels = _stage_channels(model)
     by_shape = _last_is_channels(shape, {channels[name]} if name in channels else set())
     if by_shape is not None:
