@@ -583,6 +583,9 @@ def test_a_folder_or_a_dict_of_images_is_refused_saying_what_to_pass(tmp_path):
             f"{tmp_path / 'REAL'} is a folder: explain() takes images; pass its files "
             f"(sorted(Path({str(tmp_path / 'REAL')!r}).glob('*.png'))), or explain a whole folder with xaibatch.run()"
         )
+    with pytest.raises(UsageError) as e:  # a name too long for the file system: OSError from the folder check
+        xaibatch.explain(net, ["x" * 300])
+    assert str(e.value) == f"{'x' * 300}: cannot read: File name too long"
     with pytest.raises(UsageError) as e:  # its keys were read as file names ("a: cannot read: ...")
         xaibatch.explain(net, {"a": _images(1)[0]})
     assert str(e.value) == "images must be a tensor, an array, a PIL image, a file path or a list of them, not a dict"

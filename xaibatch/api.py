@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+import os
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -451,7 +452,7 @@ def _picture(item, what: str):
     from .errors import DecodeError, UsageError
 
     if isinstance(item, (str, Path)):
-        if Path(item).is_dir():  # "not a regular file" said what it is not, not what to pass
+        if os.path.isdir(item):  # "not a regular file" said what it is not; never raises (a name too long)
             raise UsageError(
                 f"{item} is a folder: explain() takes images; pass its files "
                 f"(sorted(Path({str(item)!r}).glob('*.png'))), or explain a whole folder with xaibatch.run()"
