@@ -246,6 +246,27 @@ def test_the_sweep_after_a_killed_run_keeps_a_replaced_folders_own_files(tmp_pat
     assert not any((site / rel).exists() for rel in left)
 
 
+def test_a_run_killed_before_its_first_row_leaves_a_replaced_folders_files_to_the_next_sweep(tmp_path):
+    """A run killed after opening the manifest but before noting the folder's own files (and before its run row)
+    left the next command's sweep nothing to keep: `xaibatch report` deleted images/logo.png. Without a run row
+    no run has written a picture, so nothing is swept."""
+    from xaibatch.manifest import Manifest
+    from xaibatch.pipeline.recovery import sweep_orphans
+
+    site = tmp_path / "site"
+    mine = {"images/logo.png": b"\x89PNG logo", "maps/data.npy": b"NUMPY"}
+    for rel, data in mine.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(data)
+    manifest = Manifest(site / "xaibatch.sqlite")
+    try:
+        assert manifest.last_status() is None
+        assert sweep_orphans(site, manifest) == 0
+    finally:
+        manifest.close()
+    assert {rel: (site / rel).read_bytes() for rel in mine} == mine
+
+
 # --- 5 and 7: a real run paused before its first commit ---------------------------------------------------
 
 PAUSED_RUN = r"""

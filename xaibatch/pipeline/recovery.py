@@ -59,6 +59,8 @@ def sweep_orphans(out: Path, manifest: Manifest) -> int:
     has left the input meanwhile; one killed after dropping rows leaves their files.
     Only after an unclean stop (it walks every file), once the report no longer links them (:func:`sweep_due`).
     """
+    if manifest.last_status() is None:  # no run row yet: no run wrote a picture (a run killed before noting them)
+        return 0
     keep = manifest.referenced_files() | foreign_files(manifest)
     orphans = [
         rel
