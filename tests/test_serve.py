@@ -325,6 +325,23 @@ def test_a_host_it_cannot_listen_on_is_one_line_before_the_model_loads(monkeypat
     assert (r.exit_code, r.output) == (2, said + "\n")
 
 
+def test_localhost_resolving_to_ipv6_first_is_still_listened_on(monkeypatch):
+    """Where localhost resolves to an IPv6 address first (IPv6 off in a container), the address check bound that
+    one and refused --host localhost, which uvicorn serves over IPv4: the check asks for IPv4, as uvicorn binds."""
+    import socket
+
+    from xaibatch.serve import address
+
+    def resolve(host, port, family=0, type=0, *rest):
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))
+        if family == socket.AF_INET:
+            return [v4]
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", port, 0, 0)), v4]  # not this machine's
+
+    monkeypatch.setattr(address.socket, "getaddrinfo", resolve)
+    address.check_listen("localhost", _free_port())  # raised "--host localhost: not an address of this machine"
+
+
 def _page_of(tmp_path, methods: list[str]):
     """The page's Blocks for a service offering ``methods`` (a stand-in: no model is loaded)."""
     from types import SimpleNamespace

@@ -23,7 +23,8 @@ def check_listen(host: str, port: int) -> None:
     if ":" in host:  # Gradio writes http://::1:7860/ and fails on it once its server runs (an internal error)
         raise UsageError(f"--host {host}: Gradio cannot serve on an IPv6 address; use 127.0.0.1 or an IPv4 address")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # IPv4, as uvicorn binds a host without ":" (localhost may resolve to ::1 first where IPv6 is off)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(address)
