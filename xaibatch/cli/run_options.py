@@ -103,7 +103,7 @@ compute_options = grouped(
         "--writers",
         type=click.IntRange(0),
         show_default="CPU: 0; GPU: the CPUs the workers leave, 1 to 8",
-        help="Processes that encode and write the pictures (e.g. --writers 4; 0 writes in the main process).",
+        help="Processes that encode and write the pictures (e.g. --writers 4; 0: one writer thread in the main process).",
     ),
     click.option(
         "--decode",
