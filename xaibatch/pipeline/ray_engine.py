@@ -60,7 +60,6 @@ TASK_RETRIES = 2
 
 def fail_dead(
     manifest: Any,
-    out: Path,
     rels: list[str],
     run_id: int,
     check: Callable[[], None],
@@ -76,7 +75,7 @@ def fail_dead(
         "explaining it)"
     )
     failed = [(rel, reason) for rel in rels]
-    commit(manifest, Commit(run_id, failed=failed, count=len(failed)), out, check)
+    commit(manifest, Commit(run_id, failed=failed, count=len(failed)), check)
     account(tally, emit, failed, 0)
 
 
@@ -152,7 +151,7 @@ class Streamer:
             back.add(res.index)
             if res.skipped or res.index in self.committed:  # a retried batch that had already come back
                 continue
-            commit(self.manifest, res.commit, job.out, job.check)
+            commit(self.manifest, res.commit, job.check)
             self.committed.add(res.index)
             account(job.tally, job.emit, res.commit.failed, res.commit.computed)
             if self.progress is not None:
@@ -178,7 +177,7 @@ class Streamer:
         back = self.stream(singles)
         dead = [t.entries[0].rel for t in singles if t.index not in back]
         if dead and not job.stop.requested:
-            fail_dead(self.manifest, job.out, dead, job.run_id, job.check, job.tally, job.emit)
+            fail_dead(self.manifest, dead, job.run_id, job.check, job.tally, job.emit)
 
 
 def forward_stop(stop: Any, flag: Any) -> threading.Event:

@@ -169,7 +169,7 @@ class Writer(threading.Thread):
 
     def write(self, manifest: Manifest, files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None) -> None:
         record = write_files(files, job, pool)
-        commit(manifest, record, self.out_dir, self.check)
+        commit(manifest, record, self.check)
         self.on_done(record.count)
 
     def _run_pool(self, manifest: Manifest) -> None:
@@ -183,7 +183,7 @@ class Writer(threading.Thread):
             try:
                 pool.wait(token)
                 if self.error is None:
-                    commit(manifest, pictures_written(job), self.out_dir, self.check)
+                    commit(manifest, pictures_written(job), self.check)
                     self.on_done(job.count)
             except BaseException as e:  # surfaced by the compute thread
                 if self.error is None:
@@ -264,7 +264,7 @@ def pictures_written(job: WriteJob) -> Commit:
     )
 
 
-def commit(manifest: Manifest, record: Commit, out_dir: Path, check: Callable[[], None] = lambda: None) -> None:
+def commit(manifest: Manifest, record: Commit, check: Callable[[], None] = lambda: None) -> None:
     """Commit a batch's rows in one transaction (its files are in place). The files of the rows it drops stay until
     the run's report no longer shows them (apply.delete_dropped)."""
     with manifest.transaction():
