@@ -105,17 +105,32 @@ def _output_shapes(model: nn.Module, names: list[str], input_size: int) -> dict[
                 shapes[n] = tuple(out.shape)
 
         handles.append(_module(model, n).register_forward_hook(hook))
-    p = next(model.parameters())
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype))
+        with _probing(model), torch.no_grad():
+            model(_probe_input(model, input_size))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return shapes
+
+
+@contextlib.contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for a probe forward (its shapes, its gradient paths), its own mode back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _probe_input(model: nn.Module, input_size: int, noise: bool = False) -> torch.Tensor:
+    """One image of ``input_size`` (zeros, or seeded noise) where the model's parameters are, of their dtype."""
+    p = next(model.parameters())
+    shape = (1, 3, input_size, input_size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) if noise else torch.zeros(shape)
+    return x.to(p.device, p.dtype)
 
 
 def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetLayer:
@@ -165,17 +180,12 @@ def _patches_reach_output(model: nn.Module, layer: TargetLayer, input_size: int)
         store["tokens"] = out.detach().requires_grad_(True)
         return store["tokens"].clone()  # the rest of the forward may change it in place
 
-    p = next(model.parameters())
-    x = torch.randn(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
     handle = layer.module.register_forward_hook(hook)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.enable_grad(), frozen(model):
-            logits = model(x)
+        with _probing(model), torch.enable_grad(), frozen(model):
+            logits = model(_probe_input(model, input_size, noise=True))
     finally:
         handle.remove()
-        model.train(was_training)
     if not isinstance(logits, torch.Tensor) or not logits.requires_grad:
         return True
     (grad,) = torch.autograd.grad(logits.sum(), store["tokens"], allow_unused=True)
