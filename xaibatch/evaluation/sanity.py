@@ -183,21 +183,22 @@ def cascade(
     inner = unwrap(net)  # a one-logit head's wrapper is no stage: the user's model's stages are
     names = stages(inner)
     own = own_parameters(inner)
-    if not names and not own:
+    # each stage from the output down, then (a ViT's position embeddings, class token) the model's own parameters
+    steps = [(n, getattr(inner, n)) for n in names] + ([(",".join(own), None)] if own else [])
+    if not steps:
         raise UsageError("the model has no top-level stage with parameters to randomize")
-    steps = len(names) + bool(own)
     if took >= ESTIMATE_AFTER_S:  # a ViT with seven methods: minutes a step, and nothing said until the first
         log(
-            f"sanity: the original maps took {_duration(took)}; {steps} randomization steps to go, each as long: "
-            f"about {_duration(took * steps)}"
+            f"sanity: the original maps took {_duration(took)}; {len(steps)} randomization steps to go, each as "
+            f"long: about {_duration(took * len(steps))}"
         )
     varies = {m: [bool(np.ptp(a) > 0) for a in ref] for m, ref in original.items()}  # the images scored
     labels = ["original"]
     rank: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
     sim: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
-    for i, name in enumerate(names + ([",".join(own)] if own else [])):
-        if i < len(names):
-            reinit(getattr(inner, name), seed + i)
+    for i, (name, stage) in enumerate(steps):
+        if stage is not None:
+            reinit(stage, seed + i)
         else:  # without them a ViT's "fully random" network kept its trained position embeddings and class token
             reinit_own(inner, seed + i)
         labels.append(name if i == 0 else f"+{name}")
