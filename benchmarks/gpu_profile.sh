@@ -7,6 +7,8 @@
 # machine this script installs the wheels and makes the demo images itself. Under $OUT:
 #   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
 #   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
+#   lime.txt      benchmarks/lime_phases.py: one LIME batch phase by phase (the bundled model at the run's GPU
+#                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials)
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
 #                 correctness before speed; about a minute, its own timeout, not in BUDGET; EQUIV=0 skips it)
 # BUDGET: seconds from this script's start after which no step is started (each step has its own timeout).
@@ -30,5 +32,12 @@ if left; then
 fi
 if left; then
   timeout 60 python3 benchmarks/host_path.py "$DEMO/test" --out /dev/shm/xb-host --batch-size 512 >"$OUT/host.txt" 2>&1
+fi
+if left; then
+  for flags in "" "--cudnn-benchmark" "--channels-last" "--cudnn-benchmark --channels-last"; do
+    timeout 60 python3 benchmarks/lime_phases.py --batch-size 512 --rounds 2 $flags >>"$OUT/lime.txt" 2>&1
+  done
+  timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 >>"$OUT/lime.txt" 2>&1
+  timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 --cudnn-benchmark >>"$OUT/lime.txt" 2>&1
 fi
 echo "gpu_profile done after $(( $(date +%s) - T0 )) s" >>"$OUT/profile.txt"
