@@ -7,6 +7,8 @@
 # machine this script installs the wheels and makes the demo images itself. Under $OUT:
 #   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
 #   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
+#   device.txt    benchmarks/device_start.py: time to the first batch with the GPU started beside the imports
+#                 and without (3 rounds over 2,000 demo images, fresh processes taking turns)
 #   lime.txt      benchmarks/lime_phases.py: one LIME batch phase by phase (the bundled model at the run's GPU
 #                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials)
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
@@ -32,6 +34,11 @@ if left; then
 fi
 if left; then
   timeout 60 python3 benchmarks/host_path.py "$DEMO/test" --out /dev/shm/xb-host --batch-size 512 >"$OUT/host.txt" 2>&1
+fi
+if left; then
+  mkdir -p /tmp/demo2k/FAKE /tmp/demo2k/REAL
+  for c in FAKE REAL; do ls "$DEMO/test/$c" | grep -v mask | head -1000 | sed "s|^|$DEMO/test/$c/|" | xargs cp -t /tmp/demo2k/$c; done
+  timeout 120 python3 benchmarks/device_start.py /tmp/demo2k --rounds 3 >"$OUT/device.txt" 2>&1
 fi
 if left; then
   for flags in "" "--cudnn-benchmark" "--channels-last" "--cudnn-benchmark --channels-last"; do

@@ -576,3 +576,53 @@ def test_a_profiler_through_sys_monitoring_keeps_the_usual_exit(monkeypatch):
         tools.clear()
         tools[tool] = name
         assert _observed(), name
+
+
+@pytest.mark.parametrize(
+    "spec, available, count, current, want",
+    [
+        ("cpu", True, 2, 0, None),
+        ("auto", False, 0, 0, None),
+        ("auto", True, 2, 1, "cuda:1"),  # the process's current device, as torch.device("cuda") would be
+        ("cuda", True, 1, 0, "cuda:0"),
+        ("CUDA:1", True, 2, 0, "cuda:1"),
+        ("cuda:2", True, 2, 0, None),  # no such GPU: the run says so itself, later
+        ("cuda:x", True, 2, 0, None),
+        ("cuda:0", False, 0, 0, None),
+        (None, True, 1, 0, None),
+    ],
+)
+def test_the_device_a_run_starts_beside_its_imports(monkeypatch, spec, available, count, current, want):
+    """A GPU run creates its CUDA context during the imports (warmup.py); only for the device it will use, never
+    for a CPU run on a GPU host, nor for a spec the run refuses."""
+    import torch
+
+    from xaibatch.pipeline import warmup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    assert warmup.warm_device(spec) == want
+
+
+def test_the_device_thread_is_joined_before_the_run_goes_on(monkeypatch):
+    """The device starts in a thread of its own, and Warmup.wait() returns only once it is done: the forks that
+    follow (DataLoader workers, writer processes, the report's) see no other thread."""
+    import threading
+    import time
+
+    from xaibatch.pipeline import warmup
+
+    seen: list[str] = []
+
+    def slow_start(name: str) -> None:
+        time.sleep(0.3)
+        seen.append(name)
+
+    monkeypatch.setattr(warmup, "warm_device", lambda spec: "cuda:0" if spec == "cuda" else None)
+    monkeypatch.setattr(warmup, "_start_device", slow_start)
+    w = warmup.Warmup(device="cuda")
+    w.wait()
+    assert seen == ["cuda:0"]
+    assert not any(t.name == "xaibatch-device" for t in threading.enumerate())
+    assert warmup.start_device("cpu") is None

@@ -95,7 +95,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
 
         try:
             # A new output folder will compute: torch and the libraries import in a thread during the scan.
-            warm = Warmup() if Path(opts.input_dir).is_dir() and not (out / layout.MANIFEST).is_file() else None
+            computes = Path(opts.input_dir).is_dir() and not (out / layout.MANIFEST).is_file()
+            local = engine.workers_device is None  # Ray's workers start their own GPUs
+            warm = Warmup(device=opts.device if local else None) if computes else None
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
                 found = timed(timings, "scan", scan_input, opts)  # once: the cached setup and the model's share it

@@ -3,6 +3,10 @@
 Only for a run that will surely compute (a new output folder): an unchanged re-run imports no torch at all.
 The main thread imports nothing heavy until :meth:`Warmup.wait` returns, so the two never import the same
 module at once. An import error is not raised here: the main thread's own import raises it again, as usual.
+
+A run on a GPU also starts the device there, as soon as torch is imported: a third thread creates the CUDA
+context and loads cuDNN with one tiny convolution (torch releases the interpreter's lock inside its operators, so
+this overlaps the rest of the imports). The model's first forward would pay both otherwise.
 """
 
 from __future__ import annotations
@@ -16,20 +20,66 @@ import time
 HEAVY_MODULES = ("torch", "xaibatch.imports", "xaibatch.pipeline.prepare", "xaibatch.pipeline.compute")
 
 
-def import_heavy(modules: tuple[str, ...] = HEAVY_MODULES) -> None:
+def import_heavy(modules: tuple[str, ...] = HEAVY_MODULES, device: str | None = None) -> threading.Thread | None:
+    """Import ``modules``; with ``device`` (a --device spec) a GPU starts in a thread once torch is in (returned)."""
     from ..imports import import_timm
 
     importlib.import_module(modules[0])
+    started = start_device(device)
     import_timm()
     for name in modules[1:]:
         importlib.import_module(name)
+    return started
+
+
+def warm_device(spec: str | None) -> str | None:
+    """The CUDA device a --device spec will run on ("cuda:N"), or None: the CPU, no GPU, or a spec that the run
+    refuses later with its own message. Asks torch whether CUDA is there without creating a context."""
+    import torch
+
+    spec = (spec or "").strip().lower()
+    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = spec.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        return None
+    return f"cuda:{index or torch.cuda.current_device()}"
+
+
+def start_device(spec: str | None) -> threading.Thread | None:
+    """Start the GPU a run will use (see the module's docstring) in a thread; None when there is none to start."""
+    try:
+        name = warm_device(spec)
+    except Exception:  # noqa: BLE001  (the run resolves the device itself and says what is wrong)
+        return None
+    if name is None:
+        return None
+    thread = threading.Thread(target=_start_device, args=(name,), name="xaibatch-device", daemon=True)
+    thread.start()
+    return thread
+
+
+def _start_device(name: str) -> None:
+    import torch
+
+    try:
+        x = torch.zeros(1, 1, 4, 4, device=name)
+        torch.nn.functional.conv2d(x, torch.zeros(1, 1, 3, 3, device=name))
+        torch.cuda.synchronize(name)
+    except Exception:  # noqa: BLE001  (a device that fails fails again, with its message, when the model moves)
+        pass
 
 
 class Warmup:
-    """The heavy imports, started now in a thread (``background``) or done in :meth:`wait`."""
+    """The heavy imports, started now in a thread (``background``) or done in :meth:`wait`; ``device``: the run's
+    --device spec, for a GPU to start beside the imports (None: no device is started)."""
 
-    def __init__(self, background: bool = True) -> None:
+    def __init__(self, background: bool = True, device: str | None = None) -> None:
         self.seconds: float | None = None
+        self.device = device
+        self._device_thread: threading.Thread | None = None
         self._thread = threading.Thread(target=self._run, name="xaibatch-import", daemon=True) if background else None
         if self._thread is not None:
             self._thread.start()
@@ -37,7 +87,7 @@ class Warmup:
     def _run(self) -> None:
         t = time.perf_counter()
         try:
-            import_heavy()
+            self._device_thread = import_heavy(device=self.device)
         except BaseException:  # noqa: BLE001  (raised again, as one line, where the main thread imports it)
             pass
         self.seconds = time.perf_counter() - t
@@ -48,4 +98,6 @@ class Warmup:
             self._run()
         else:
             self._thread.join()
+        if self._device_thread is not None:  # joined: later forks (writers, the report) want no other thread
+            self._device_thread.join()
         return self.seconds or 0.0
