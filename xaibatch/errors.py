@@ -81,6 +81,19 @@ def interrupted_by(e: KeyboardInterrupt) -> str:
     return " ".join(["interrupted", *map(str, e.args)])
 
 
+CPU_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory"  # torch's RuntimeError when the host's memory is out
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """``"device"`` when ``exc`` is torch's OutOfMemoryError (a GPU's memory), ``"host"`` when it is the host's
+    (torch's CPU allocator failing, a MemoryError), else None. Named without importing torch."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "device"
+    if isinstance(exc, MemoryError) or CPU_ALLOCATOR in str(exc):
+        return "host"
+    return None
+
+
 # Write errors that no retry fixes: the run stops, and the message says what to do (storage_error).
 _STORAGE_ADVICE = {
     errno.ENOSPC: "free space and run again",

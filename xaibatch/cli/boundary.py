@@ -10,7 +10,7 @@ from typing import Callable
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by
+from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by, out_of_memory
 from ..runlog import reader_gone, silence, write_line
 from .helptext import Context
 
@@ -152,9 +152,10 @@ def reported(fn):
         except Exception as e:
             if os.environ.get("XAIBATCH_DEBUG"):
                 raise
-            if type(e).__name__ == "OutOfMemoryError":  # torch's (a GPU's memory), named without importing torch
+            memory = out_of_memory(e)  # a run splits a batch first (compute.BatchWorker): one image did not fit
+            if memory == "device":  # torch's OutOfMemoryError (a GPU's memory)
                 raise Failure(device_memory(str(e)), EXIT_RUNTIME) from None
-            if isinstance(e, MemoryError) or CPU_ALLOCATOR in str(e):  # the host's memory (torch's CPU allocator)
+            if memory == "host":  # the host's memory (torch's CPU allocator, a MemoryError)
                 raise Failure(host_memory(str(e)), EXIT_RUNTIME) from None
             raise Failure(
                 f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
@@ -175,9 +176,6 @@ def device_memory(message: str) -> str:
         f"the GPU ran out of memory{f' ({what})' if what else ''}: try a smaller --batch-size (LIME's model batches: "
         "--method-option lime.batch_size=N); what a run finished is kept"
     )
-
-
-CPU_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory"
 
 
 def host_memory(message: str) -> str:
