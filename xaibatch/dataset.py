@@ -58,6 +58,27 @@ class LoadedBatch:
     undecoded: Undecoded | None = None
     display_on_device: list[torch.Tensor | None] | None = None  # --decode device: the display copies still there
 
+    def part(self, start: int, stop: int) -> LoadedBatch:
+        """The good images ``start`` to ``stop - 1`` as a batch of their own, every per-image field cut alike (views
+        of the tensors, no copies); no ``failed``: the whole batch's failures stay with it. A batch run out of
+        memory is explained in such parts (:class:`xaibatch.pipeline.compute.BatchWorker`), undecoded or not."""
+        undecoded = None
+        if self.undecoded is not None:
+            u = self.undecoded
+            jpegs = [JpegBytes(jp.position - start, jp.data, jp.info) for jp in u.jpegs if start <= jp.position < stop]
+            undecoded = Undecoded(jpegs, u.inputs[start:stop])
+        return LoadedBatch(
+            failed=[],
+            index=self.index[start:stop],
+            orig_size=self.orig_size[start:stop],
+            display=self.display[start:stop],
+            sha256=self.sha256[start:stop],
+            x=None if self.x is None else self.x[start:stop],
+            segments=None if self.segments is None else self.segments[start:stop],
+            undecoded=undecoded,
+            display_on_device=None if self.display_on_device is None else self.display_on_device[start:stop],
+        )
+
     def pin_memory(self) -> LoadedBatch:
         """Page-locked input tensors (the DataLoader's ``pin_memory=True`` calls this on a custom batch)."""
         if self.x is not None:

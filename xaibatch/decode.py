@@ -170,6 +170,8 @@ def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixe
 def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode all in one call; when that fails, each half in one call, and so on down to single files (None for
     each that fails): one bad JPEG in a batch of 512 costs about 2 x 9 calls, not 512."""
+    if not data:  # a part of a batch (LoadedBatch.part) may hold no JPEG
+        return []
     try:
         return list(decode_jpegs(data, device))
     except Exception:
