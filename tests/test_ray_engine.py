@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -600,3 +601,35 @@ def test_workers_that_die_loading_the_model_stop_the_run(local_ray, tmp_path):
     assert manifest_rows(out, "SELECT status, reason FROM runs") == [("error", line.removeprefix("Error: "))]
     assert manifest_value(out, "SELECT count(*) FROM failures") == 0
     assert manifest_value(out, "SELECT count(*) FROM images") == 0
+
+
+@pytest.mark.slow
+def test_a_batch_too_large_for_a_workers_memory_is_split_there(local_ray, tmp_path, one_thread):
+    """The local engine's splitting (test_out_of_memory.py) in an actor: the run finishes, the maps are a local
+    run's at the size that fits, and the driver says the warning and the batch_split event once."""
+    from test_out_of_memory import greedy, maps, refused
+
+    inp = tmp_path / "in"
+    write_images(inp, 12)
+    model, log = greedy(tmp_path, "greedy", 2)
+    events: list = []
+    said: list[str] = []
+
+    def opts(out: Path, engine: str, batch: int, **kw) -> RunOptions:
+        return run_opts(
+            inp, out, None, ["gradcam"], model=model, classes=["a", "b"], batch_size=batch, engine=engine,
+            ray=RayOptions(workers=1, cpus_per_worker=1), **kw,
+        )  # fmt: skip
+
+    r = run(opts(tmp_path / "ray", "ray", 8, on_event=events.append), log=said.append)
+    assert r.status == "ok" and r.computed == 12
+    assert refused(log) == [8, 4]  # one actor: the second batch (4 images) was cut in twos up front
+    lines = [line for line in said if "did not fit" in line]
+    assert len(lines) == 1 and "explaining 2 at a time from now on (next time give --batch-size 2)" in lines[0]
+    assert [(e["batch_size"], e["size"]) for e in events if e["event"] == "batch_split"] == [(8, 2)]
+    run(opts(tmp_path / "local", "local", 2), log=lambda s: None)
+    got, want = maps(tmp_path / "ray"), maps(tmp_path / "local")
+    assert got.keys() == want.keys() and len(got) == 12
+    for key in got:
+        assert np.array_equal(got[key], want[key]), key  # one thread each: the same floats
+    check_output_folder(tmp_path / "ray", inp)

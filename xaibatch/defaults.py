@@ -99,7 +99,8 @@ def default_writers(device_type: str = "cpu", workers: int = 0) -> int:
 
 def default_batch_size(device_type: str, input_size: int) -> int:
     """Images per batch: 32 on the CPU; on a GPU as many as keep it busy without running out of memory for
-    the activations and gradients that Grad-CAM keeps (measured on an H100 with resnet50: 128 at 224 px)."""
+    the activations and gradients that Grad-CAM keeps (measured on an H100 with resnet50: 128 at 224 px). A batch
+    that does not fit a smaller GPU (or a heavier method) is split by the run (pipeline/compute.BatchWorker)."""
     if device_type == "cpu":
         return 32
     if input_size <= 64:

@@ -7,6 +7,9 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``failure``: one per image that could not be read (path, reason).
 * ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
   ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
+* ``batch_split``: a batch did not fit in memory and the run explains fewer images at a time from now on
+  (batch_size: the images of the batch that did not fit, size: the images per part now, memory: ``device`` or
+  ``host``, text: the warning line); once, again only if a later batch must be split smaller.
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it): once when the first batches give an estimate, then about every minute.
 * ``end``: status, exit_code, counts (seen, computed, skipped, failed, added, changed, removed),

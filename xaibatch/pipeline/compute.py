@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gc
 import os
 import time
 from collections import defaultdict
@@ -19,7 +21,7 @@ from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
 from ..model import heads
-from ..errors import ModelError
+from ..errors import ModelError, out_of_memory
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed
 from ..model.loading import LoadedModel
@@ -71,9 +73,14 @@ class BatchWorker:
         scorer: Any = None,
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: Callable[[int, int], None] | None = None,
+        on_split: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
+        self.on_split = on_split  # the batch_split event, when a batch did not fit in memory (split_event)
+        self.fits: int | None = None  # after a batch ran out of memory: the most images explained at once
+        self._span = (0, 1, 1)  # the part of the batch being explained: (first image, images, the batch's images)
+        self._oom: tuple[int, str] | None = None  # this batch ran out of memory: (its images, "device" or "host")
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
         self._on_device: dict[tuple[str, ...], bool] = {}
         self.labels = labelmaps.LabelPass(self)  # --target pred,label: the true class's maps
@@ -89,11 +96,20 @@ class BatchWorker:
                     self.opts.target,
                     self.scorer,
                     should_stop=self.should_stop,
-                    on_progress=self.on_progress,
+                    on_progress=None if self.on_progress is None else self._within,
                     decision=self.prepared.model.decision,
                 ),
             )
         return self._explainers[todo]
+
+    def _within(self, done: int, total: int) -> None:
+        """A method's progress in the part being explained, as progress in the whole batch."""
+        assert self.on_progress is not None
+        start, n, whole = self._span
+        if n == whole:
+            self.on_progress(done, total)
+        else:
+            self.on_progress(start * total + done * n, whole * total)
 
     def segmenters(self, todo: tuple[str, ...]) -> list[Callable[[np.ndarray], np.ndarray]]:
         methods = self.explainer(todo)[0] + labelmaps.label_methods(self.prepared.methods, todo)
@@ -120,13 +136,81 @@ class BatchWorker:
 
     def job(self, todo: tuple[str, ...], entries: list[ImageEntry], b: LoadedBatch) -> tuple[WriteJob, bool]:
         """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
-        (then it carries only the failures: none of its images is committed)."""
+        (then it carries only the failures: none of its images is committed).
+
+        A batch that runs out of memory (the GPU's, or the host's) is explained in halves, each half again in
+        halves while it does not fit; the size that fitted is kept (``fits``), so later batches are cut into
+        parts of that size up front. The parts' WriteJobs joined are the one the whole batch gives. A single
+        image that does not fit raises as before."""
+        failed = [(entries[i].rel, reason) for i, reason in b.failed]  # fine before, failing now: they leave the report
+        if b.x is None and b.undecoded is None:
+            return WriteJob(self.run_id, failed=failed), False
+        jobs: list[WriteJob] = []
+        self._oom = None
+        try:
+            self._fitted(todo, entries, b if not b.failed else dataclasses.replace(b, failed=[]), 0, len(b.index), jobs)
+        except Stopped as stop:  # nothing of the batch is committed: only its failures
+            self._said_split()
+            return WriteJob(self.run_id, failed=failed + [f for j in jobs for f in j.failed] + stop.failed), True
+        self._said_split()
+        if len(jobs) == 1:
+            job = jobs[0]
+            job.failed = failed + job.failed
+            return job, False
+        job = WriteJob(self.run_id, failed=failed)
+        for part in jobs:
+            job.items += part.items
+            job.image_rows += part.image_rows
+            job.drop_maps += part.drop_maps
+            job.failed += part.failed
+        return job, False
+
+    def _said_split(self) -> None:
+        """The batch_split event, once per batch that found the size too large (once a run, unless memory shrinks)."""
+        if self._oom is not None and self.on_split is not None:
+            self.on_split(split_event(self._oom[0], self.fits, self._oom[1], self.prepared.ctx.device))
+
+    def _fitted(
+        self,
+        todo: tuple[str, ...],
+        entries: list[ImageEntry],
+        b: LoadedBatch,
+        at: int,
+        whole: int,
+        jobs: list[WriteJob],
+    ) -> None:
+        """Append the WriteJob(s) of ``b`` (images ``at``... of a batch of ``whole``) to ``jobs``: in parts of at most
+        ``fits`` images, and in halves of a part that runs out of memory."""
+        n = len(b.index)
+        size = self.fits
+        if size is not None and n > size:  # (a part that runs out of memory lowers fits for the parts after it)
+            for a in range(0, n, size):
+                self._fitted(todo, entries, b.part(a, a + size), at + a, whole, jobs)
+            return
+        self._span = (at, n, whole)
+        try:
+            jobs.append(self._explained(todo, entries, b))
+            return
+        except Exception as e:
+            memory = out_of_memory(e)
+            if memory is None or n == 1:
+                raise
+        # Out of the except block: the exception and its frames (the part's tensors, autograd's graph) are gone.
+        free_memory(self.prepared.ctx.device)
+        if self._oom is None:
+            self._oom = (whole, memory)
+        self.fits = -(-n // 2)
+        self._fitted(todo, entries, b, at, whole, jobs)
+
+    def _explained(self, todo: tuple[str, ...], entries: list[ImageEntry], b: LoadedBatch) -> WriteJob:
+        """The WriteJob of ``b`` (the whole batch, or a part), its failures those of decoding only; a stop raises
+        :class:`Stopped` with them."""
         methods, explainer = self.explainer(todo)
         if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
             b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
-        failed = [(entries[i].rel, reason) for i, reason in b.failed]  # fine before, failing now: they leave the report
+        failed = [(entries[i].rel, reason) for i, reason in b.failed]
         if b.x is None:
-            return WriteJob(self.run_id, failed=failed), False
+            return WriteJob(self.run_id, failed=failed)
         batch_entries = [entries[i] for i in b.index]
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
         seeds = [image_seed(e.rel) for e in batch_entries]
@@ -134,7 +218,7 @@ class BatchWorker:
             explained = explainer(b.x, labels, b.segments, seeds)
             label_idx, label_maps = labelmaps.explain(self, todo, b, batch_entries, explained.probs, labels, seeds)
         except StopRequested:
-            return WriteJob(self.run_id, failed=failed), True
+            raise Stopped(failed) from None
         model = self.prepared.model
         check_probs(explained.probs, batch_entries, model)
         job = build_job(
@@ -154,7 +238,38 @@ class BatchWorker:
         signed = {m.name: m.signed for m in self.prepared.methods}
         labelmaps.add(job, b, label_idx, label_maps, signed, self.hashes.labels, self.opts.max_map_side)
         job.failed = failed
-        return job, False
+        return job
+
+
+class Stopped(Exception):
+    """A stop abandoned the batch (a method raised StopRequested): the failures its decoding found so far."""
+
+    def __init__(self, failed: list[tuple[str, str]]) -> None:
+        super().__init__("stopped")
+        self.failed = failed
+
+
+def free_memory(device: torch.device) -> None:
+    """After running out of memory: collect what the failed attempt left (reference cycles) and give the GPU's
+    cached blocks back, so that the halves start from as much memory as there is."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def split_event(batch: int, size: int | None, memory: str, device: torch.device) -> dict[str, Any]:
+    """The ``batch_split`` event: a batch of ``batch`` images did not fit in ``memory`` ("device": the GPU's; "host":
+    the host's), so the run explains ``size`` at a time from now on; ``text`` is its warning line."""
+    where = (
+        "the host's memory"
+        if memory == "host"
+        else ("the GPU's memory" if device.type == "cuda" else "the device's memory")
+    )
+    text = (
+        f"a batch of {batch} images did not fit in {where}: explaining {size} at a time from now on "
+        f"(next time give --batch-size {size})"
+    )
+    return {"event": "batch_split", "batch_size": batch, "size": size, "memory": memory, "text": text}
 
 
 def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[tuple[str, str]], computed: int) -> None:
@@ -216,7 +331,16 @@ def compute(job: ComputeJob) -> None:
 
         scorer = scorer_for(opts.faithfulness, prepared.ctx, hashes.methods)
     worker = BatchWorker(
-        opts, prepared, hashes, plan, known, run_id, scorer, should_stop=lambda: stop.requested, on_progress=on_progress
+        opts,
+        prepared,
+        hashes,
+        plan,
+        known,
+        run_id,
+        scorer,
+        should_stop=lambda: stop.requested,
+        on_progress=on_progress,
+        on_split=functools.partial(say_split, emit, log),
     )
     try:
         for todo, entries in method_groups(plan).items():
@@ -246,6 +370,13 @@ def compute(job: ComputeJob) -> None:
             writer.finish()
         finally:
             progress.close()
+
+
+def say_split(emit: Callable[[dict[str, Any]], None], log: Callable[[str], None], event: dict[str, Any]) -> None:
+    """A batch did not fit in memory (split_event): the event, and a warning line (as the run's other warnings, also
+    with --log-json; none with -q)."""
+    emit(event)
+    log(f"xaibatch: warning: {event['text']}")
 
 
 def loader_workers(workers: int, images: int, batch_size: int) -> int:

@@ -118,12 +118,13 @@ class Streamer:
         self.workers, self.gpus, self.cpus = workers, gpus, cpus
         self.committed: set[int] = set()
         self.progress: Any = None
+        self.split: int | None = None  # the smallest size an actor split a batch to (said once per size)
 
     def stream(self, batch: list[Task]) -> set[int]:
         """Run these tasks, committing each Commit as it comes back; the indices that came back."""
         import ray.data
 
-        from .compute import account
+        from .compute import account, say_split
         from .writer import commit
 
         job = self.job
@@ -153,6 +154,9 @@ class Streamer:
                 continue
             commit(self.manifest, res.commit, job.check)
             self.committed.add(res.index)
+            if res.split is not None and (self.split is None or res.split["size"] < self.split):
+                self.split = res.split["size"]  # each actor learns the size on its own: one line per size
+                say_split(job.emit, job.log, res.split)
             account(job.tally, job.emit, res.commit.failed, res.commit.computed)
             if self.progress is not None:
                 self.progress.update(res.commit.count)

@@ -42,6 +42,7 @@ class Result:
     skipped: bool = False
     error: BaseException | None = None
     worker: str = ""  # host:pid
+    split: dict[str, Any] | None = None  # the batch did not fit in the actor's memory: compute.split_event
 
 
 @dataclass
@@ -127,8 +128,17 @@ class Worker:
             _check_same_config(c, self.prepared)
             empty_plan, empty_known = Plan([], [], [], {}, [], {}), Known({}, {}, {})  # each task brings its own
             scorer = _scorer(c, self.prepared)
+            self.splits: list[dict[str, Any]] = []  # the batch_split events of the task under way
             self.worker = BatchWorker(
-                c.opts, self.prepared, c.hashes, empty_plan, empty_known, c.run_id, scorer, should_stop=self.should_stop
+                c.opts,
+                self.prepared,
+                c.hashes,
+                empty_plan,
+                empty_known,
+                c.run_id,
+                scorer,
+                should_stop=self.should_stop,
+                on_split=self.splits.append,
             )
             from .writer import writer_threads
 
@@ -176,8 +186,10 @@ class Worker:
             self.worker.plan, self.worker.known = task.plan, task.known
             ds = self.worker.dataset(task.todo, task.entries)
             b = collate(list(self.pool.map(ds.__getitem__, range(len(ds)))))  # what the DataLoader makes
+            self.splits.clear()
             job, _abandoned = self.worker.job(task.todo, task.entries, b)  # abandoned: its failures only
-            return Result(task.index, commit=write_files(self.files, job, self.write_pool), worker=self.name)
+            commit = write_files(self.files, job, self.write_pool)
+            return Result(task.index, commit=commit, worker=self.name, split=self.splits[-1] if self.splits else None)
         except Exception as e:
             return Result(task.index, error=e, worker=self.name)
 

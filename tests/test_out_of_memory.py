@@ -1,0 +1,286 @@
+"""A batch too large for the memory (the GPU's, or the host's) is split and the run goes on.
+
+A user model stands in for the GPU: it raises torch's OutOfMemoryError (or the CPU allocator's RuntimeError) on
+any forward that sees more than LIMIT images, and logs the size of each forward it refused. The runs go through
+``pipeline.run`` (``run_opts``) and the CLI in-process; the WriteJobs the local engine hands the writer are recorded
+by wrapping ``Writer.put``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import invoke, manifest_rows, quiet, run_opts, write_images
+from outcheck import check_output_folder
+from xaibatch.dataset import JpegBytes, LoadedBatch, Undecoded
+from xaibatch.errors import Interrupted
+from xaibatch.pipeline import run
+from xaibatch.pipeline import writer as writer_module
+
+GREEDY = """
+import os
+import signal
+
+import torch
+from torch import nn
+
+LOG = {log!r}
+LIMIT = {limit}
+WHERE = {where!r}  # "forward": any forward; "guided": guided backprop's only (its input needs a gradient)
+KIND = {kind!r}  # "device": torch's OutOfMemoryError (CUDA); "host": the CPU allocator's RuntimeError
+STOP_AT = {stop_at}  # send this process SIGINT at the n-th forward of exactly LIMIT images (0: never)
+FULL_FROM = {full_from}  # from the n-th forward of more than one image on, refuse every forward (0: never)
+
+
+class Greedy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        self.full = 0
+        self.multi = 0
+
+    def forward(self, x):
+        n = x.shape[0]
+        self.multi += n > 1
+        if (n > LIMIT or 0 < FULL_FROM <= self.multi) and (WHERE == "forward" or x.requires_grad):
+            with open(LOG, "a") as f:
+                f.write(f"{{n}}\\n")
+            if KIND == "device":
+                raise torch.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of "
+                    "which 1.06 GiB is free. If reserved but unallocated memory is large try setting "
+                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+                )
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 642252800 bytes. Error code 12 (Cannot allocate memory)"
+            )
+        if n == LIMIT:
+            self.full += 1
+            if self.full == STOP_AT:
+                os.kill(os.getpid(), signal.SIGINT)
+        return self.head(self.features(x))
+
+
+def build():
+    torch.manual_seed(0)  # every run (and every build in one) the same weights
+    return Greedy()
+"""
+
+
+def greedy(tmp_path: Path, name: str, limit: int, where="forward", kind="device", stop_at=0, full_from=0):
+    """A model file that refuses forwards of more than ``limit`` images; returns (its --model, its log)."""
+    log = tmp_path / f"{name}.log"
+    path = tmp_path / f"{name}.py"
+    path.write_text(
+        GREEDY.format(log=str(log), limit=limit, where=where, kind=kind, stop_at=stop_at, full_from=full_from)
+    )
+    return f"{path}:build", log
+
+
+def refused(log: Path) -> list[int]:
+    """The sizes of the forwards the model refused, in order."""
+    return [int(n) for n in log.read_text().split()] if log.exists() else []
+
+
+def write_input(inp: Path, jpeg: bool) -> None:
+    """20 images (with ``jpeg``: JPEGs, and two PNGs that begin the second batch) and, in the second batch, one
+    file that is no image."""
+    write_images(inp, 20, ext="jpg" if jpeg else "png")
+    if jpeg:  # PNGs among JPEGs: an undecoded batch's model inputs hold them; a part of two holds no JPEG
+        for name in ("img_007b.png", "img_007c.png"):
+            Image.open(inp / "img_007.jpg").convert("RGB").save(inp / name)
+    (inp / "img_010x.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+
+
+def recorded(monkeypatch) -> list:
+    """Every WriteJob the local engine queues, as it was queued (the writer empties nothing it is given)."""
+    jobs: list = []
+    put = writer_module.Writer.put
+
+    def spy(self, job):
+        jobs.append(summary(job))
+        return put(self, job)
+
+    monkeypatch.setattr(writer_module.Writer, "put", spy)
+    return jobs
+
+
+def summary(job) -> dict:
+    """A WriteJob's content: items, rows, drops and failures in order (probabilities apart: numbers)."""
+    return {
+        "items": [(it.rel, it.stem, it.width, it.height, [m.method for m in it.maps]) for it in job.items],
+        "rows": [(r.rel, r.stem, r.sha256, r.width, r.height, r.label, r.pred, r.target) for r in job.image_rows],
+        "probs": [r.probs for r in job.image_rows],
+        "drop_maps": list(job.drop_maps),
+        "failed": list(job.failed),
+    }
+
+
+def maps(out: Path) -> dict[str, np.ndarray]:
+    return {str(p.relative_to(out)): np.load(p) for p in sorted((out / "maps").rglob("*.npy"))}
+
+
+def probabilities(out: Path) -> dict[str, list[float]]:
+    return {rel: json.loads(p) for rel, p in manifest_rows(out, "SELECT rel, probs_json FROM images")}
+
+
+CASES = {  # (kind, where, --decode device with JPEGs)
+    "gpu": ("device", "forward", False),
+    "host": ("host", "forward", False),
+    "gpu-in-guided-backprop": ("device", "guided", False),
+    "gpu-jpegs-decoded-on-the-device": ("device", "forward", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_batch_too_large_for_memory_is_split_and_the_run_finishes(tmp_path, monkeypatch, case):
+    # A batch of 8 that runs out of memory used to end the run ("the GPU ran out of memory: try a smaller
+    # --batch-size", exit 3), whatever batches had gone before: a cron run of 50,000 images on a smaller GPU than
+    # the default batch size was sized for. Now the batch is explained in halves (8 -> 4 -> 2 here), and the rest
+    # of the run in parts of 2 without running out of memory again.
+    kind, where, jpeg = CASES[case]
+    inp = tmp_path / "in"
+    write_input(inp, jpeg)
+    methods = ["gradcam", "guided-gradcam"]
+    extra = {"classes": ["a", "b"], "decode": "device" if jpeg else "cpu"}
+
+    def one(name: str, limit: int, batch: int, events: list | None = None, lines: list | None = None):
+        model, log = greedy(tmp_path, name, limit, where, kind)
+        out = tmp_path / name
+        jobs = recorded(monkeypatch)
+        result = run(
+            run_opts(inp, out, None, methods, model=model, batch_size=batch, on_event=events, **extra),
+            log=quiet if lines is None else lines.append,
+        )
+        monkeypatch.undo()
+        return out, result, jobs, refused(log)
+
+    events: list = []
+    lines: list = []
+    out, result, jobs, tried = one("split", 2, 8, events.append, lines)
+    whole_out, whole, whole_jobs, _ = one("whole", 1000, 8)  # the same batches, none split
+    small_out, small, _, small_tried = one("small", 2, 2)  # --batch-size 2: the size the split run ends up with
+
+    assert tried == [8, 4], tried  # later batches (and the first batch's second half) are cut in twos up front
+    assert small_tried == []
+    n_images = len(list(inp.iterdir())) - 1
+    assert result.computed == whole.computed == small.computed == n_images
+    assert result.failed == whole.failed == small.failed and [rel for rel, _ in result.failed] == ["img_010x.png"]
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(n_images,)]
+    check_output_folder(out, inp)
+
+    # Each batch's WriteJob is the unsplit batch's: the same items, rows, drops and failures, in the same order.
+    assert len(jobs) == len(whole_jobs) == 3
+    for got, want in zip(jobs, whole_jobs):
+        assert {k: v for k, v in got.items() if k != "probs"} == {k: v for k, v in want.items() if k != "probs"}
+        np.testing.assert_allclose(got["probs"], want["probs"], rtol=1e-5, atol=1e-6)
+
+    # The maps and probabilities are those of a run with --batch-size 2 (and of the unsplit batches).
+    for other in (small_out, whole_out):
+        got, want = maps(out), maps(other)
+        assert got.keys() == want.keys() and len(got) == 2 * n_images
+        for key in got:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        p, q = probabilities(out), probabilities(other)
+        assert p.keys() == q.keys()
+        np.testing.assert_allclose([p[k] for k in p], [q[k] for k in p], rtol=1e-5, atol=1e-7)
+
+    # One warning line, one event: what happened, the size the run now uses, what to give next time.
+    said = [line for line in lines if "did not fit" in line]
+    where_said = "the host's memory" if kind == "host" else "the device's memory"
+    assert said == [
+        f"xaibatch: warning: a batch of 8 images did not fit in {where_said}: explaining 2 at a time from now on "
+        "(next time give --batch-size 2)"
+    ], lines
+    split = [e for e in events if e["event"] == "batch_split"]
+    assert split == [
+        {"event": "batch_split", "batch_size": 8, "size": 2, "memory": kind, "text": said[0].split("warning: ")[1]}
+    ]
+
+
+def test_an_image_alone_that_does_not_fit_is_the_one_line_error_of_before(tmp_path):
+    # Split down to one image and still out of memory: nothing more to split, the run ends as it did before
+    # (exit 3, the one line naming --batch-size), with the batches before it kept and no "did not fit" warning.
+    model, log = greedy(tmp_path, "single", 1000, full_from=2)  # the second batch, at any size
+    write_images(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    r = invoke(
+        "run", tmp_path / "in", "--model", model, "--classes", "a,b", "--out", out, "--workers", 0,
+        "--batch-size", 3, "--log-json",
+    )  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output and "internal error" not in r.output
+    assert (
+        "Error: the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 7.79 GiB): try a smaller "
+        "--batch-size (LIME's model batches: --method-option lime.batch_size=N); what a run finished is kept"
+    ) in " ".join(r.output.split())
+    assert refused(log) == [3, 2, 1]  # it tried the halves before giving up (it used to stop at the first 3)
+    assert "did not fit" not in r.output and "batch_split" not in r.output
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(3,)]  # the first batch is kept
+    events = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert [e["event"] for e in events] == ["start", "plan", "end"] and events[-1]["exit_code"] == 3
+
+
+def test_a_stop_in_a_split_batch_commits_nothing_of_it(tmp_path):
+    # A batch split in parts is still one batch: a signal while LIME explains its second part abandons all of it,
+    # the first part's maps too (computed, never committed), as a stop abandons an unsplit batch.
+    inp = tmp_path / "in"
+    write_images(inp, 8)
+    out = tmp_path / "out"
+    # Forwards of 2 images: the explainer's, one per part (LIME's own, of 1 sample each, are not). The 4th is the
+    # second batch's second part.
+    model, log = greedy(tmp_path, "stop", 2, stop_at=4)
+    opts = run_opts(
+        inp, out, None, ["lime"], model=model, classes=["a", "b"], batch_size=4, handle_signals=True,
+        method_options={"lime": {"samples": 40, "batch_size": 1}},
+    )  # fmt: skip
+    with pytest.raises(Interrupted):
+        run(opts, log=quiet)
+    assert refused(log) == [4]  # the first batch; the second was cut in twos up front
+    assert manifest_rows(out, "SELECT count(*) FROM images") == [(4,)]  # the first batch only
+    assert manifest_rows(out, "SELECT status FROM runs") == [("interrupted",)]
+    check_output_folder(out, inp)
+
+
+def test_a_part_of_a_batch_keeps_every_field():
+    # LoadedBatch.part cuts every per-image field alike; a field added to LoadedBatch must be cut too.
+    jpeg = torch.arange(5, dtype=torch.uint8)
+    info = object()
+    b = LoadedBatch(
+        failed=[(9, "broken")],
+        index=[0, 1, 2, 3],
+        orig_size=[(10, 10), (11, 11), (12, 12), (13, 13)],
+        display=[np.zeros((1, 1, 3), np.uint8), None, np.ones((1, 1, 3), np.uint8), None],
+        sha256=["a", "b", "c", "d"],
+        x=torch.arange(4).view(4, 1, 1, 1),
+        segments=torch.arange(4).view(4, 1, 1),
+        undecoded=Undecoded(
+            [JpegBytes(1, jpeg, info), JpegBytes(3, jpeg, info)],  # type: ignore[arg-type]
+            [torch.zeros(1), None, torch.ones(1), None],
+        ),
+        display_on_device=[None, torch.zeros(1), None, torch.ones(1)],
+    )
+    p = b.part(1, 3)
+    assert {f.name for f in dataclasses.fields(LoadedBatch)} == {
+        "failed", "index", "orig_size", "display", "sha256", "x", "segments", "undecoded", "display_on_device",
+    }  # fmt: skip
+    assert p.failed == []  # the whole batch's failures stay with it
+    assert p.index == [1, 2] and p.orig_size == [(11, 11), (12, 12)] and p.sha256 == ["b", "c"]
+    assert p.display[0] is None and p.display[1] is b.display[2]
+    assert p.x is not None and p.x.flatten().tolist() == [1, 2] and p.x.data_ptr() == b.x[1:].data_ptr()  # a view
+    assert p.segments is not None and p.segments.flatten().tolist() == [1, 2]
+    assert p.undecoded is not None and [(jp.position, jp.data is jpeg) for jp in p.undecoded.jpegs] == [(0, True)]
+    assert p.undecoded.inputs[0] is None and p.undecoded.inputs[1] is b.undecoded.inputs[2]
+    assert p.display_on_device is not None and p.display_on_device[0] is b.display_on_device[1]
+    assert b.part(0, 1).undecoded.jpegs == []  # no JPEG in it: decode.finish_batch decodes none
