@@ -16,7 +16,9 @@ a prefix of the same ordered work list), so the maps must be byte-identical.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -29,7 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, manifest_rows, run_argv, run_opts, wait_until, write_images
+from helpers import REPO, invoke, manifest_rows, quiet, run_argv, run_opts, wait_until, write_images
 from outcheck import check_output_folder, check_report_links
 from xaibatch import layout
 from xaibatch.manifest import Manifest
@@ -278,10 +280,14 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
         referenced = Manifest(out / "xaibatch.sqlite").referenced_files()
         assert _files(out) - referenced
 
+    committed = _count(out, "SELECT count(*) FROM images WHERE run_id = 2")  # new and changed images only
     said: list[str] = []
     r = run(_opts(inp, out, tiny_ckpt), log=said.append)
     assert r.status == "ok"
     assert any("did not finish" in line for line in said)
+    # what the killed run committed is "resumed", not "unchanged" (the old images run 1 left are)
+    assert (r.unchanged, r.resumed, r.computed) == (N_OLD - 2, committed, N_NEW + 1 - committed)
+    assert r.resumed_from == ({2: "killed"} if committed else {})
     got, want = _consistent(out), _consistent(ref)
     assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys()
     assert got == want  # same rows, byte-identical maps
@@ -454,6 +460,58 @@ def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monke
     res = ei.value.result
     assert res.status == "interrupted" and res.computed == 2 * BATCH
     assert Manifest(tmp_path / "out" / "xaibatch.sqlite").runs()[-1]["status"] == "interrupted"
+
+
+def _history_row(out: Path, run_id: int) -> dict[str, str]:
+    """Run ``run_id``'s row of history.html, by column."""
+    page = (out / "history.html").read_text()
+    heads = re.findall(r'<th scope="col">(.*?)</th>', page)
+    row = re.search(rf'<tr><th scope="row">{run_id}</th>(.*?)</tr>', page).group(1)
+    return dict(zip(heads, [str(run_id), *re.findall(r"<td[^>]*>(.*?)</td>", row)], strict=True))
+
+
+def test_a_resumed_run_tells_what_the_interrupted_run_did_from_unchanged_images(tmp_path, tiny_ckpt, monkeypatch):
+    """The run after an interrupted one counted the images that run had committed as "skipped (unchanged)": in
+    its summary, its --log-json plan and end events and the run history, as if they had been there before. They
+    are "resumed" now, naming the run that did them, and the run after that finds them unchanged."""
+    from xaibatch.errors import Interrupted
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3 * BATCH)
+    _sigterm_during_second_batch(monkeypatch)
+    opts = _opts(inp, out, tiny_ckpt)
+    opts.handle_signals = True
+    with pytest.raises(Interrupted):
+        run(opts, log=quiet)  # two batches of three committed
+    monkeypatch.undo()
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    argv = ("--batch-size", BATCH, "--workers", 0)
+
+    r = invoke(*run_argv(inp, out, tiny_ckpt, *argv, "--log-json"))
+    assert r.exit_code == 0, r.output
+    events = {e["event"]: e for e in map(json.loads, r.stdout.splitlines())}
+    plan, end = events["plan"], events["end"]
+    assert (plan["unchanged"], plan["resumed"], plan["resumed_from"], plan["to_compute"]) == (0, 2 * BATCH, [1], BATCH)
+    assert (end["computed"], end["skipped"], end["resumed"], end["seen"]) == (BATCH, 0, 2 * BATCH, 3 * BATCH)
+    history = _history_row(out, 2)
+    assert (history["Unchanged"], history["Resumed"], history["Computed"]) == ("0", str(2 * BATCH), str(BATCH))
+    assert _history_row(out, 1)["Status"] == "interrupted"
+    index = (out / "index.html").read_text()
+    assert (
+        f'({BATCH} computed, {2 * BATCH} already done by <a href="history.html">runs that did not finish</a>, 0 unchanged)'
+        in index
+    )
+
+    r = invoke(*run_argv(inp, copy, tiny_ckpt, *argv))  # the same, as a person reads it
+    assert (
+        f"{3 * BATCH} images seen, {BATCH} computed, {2 * BATCH} already done by the interrupted run 1, "
+        "0 skipped (unchanged), 0 failed"
+    ) in r.stdout
+
+    again = run(_opts(inp, out, tiny_ckpt), log=quiet)  # the interrupted run is behind a finished one now
+    assert (again.computed, again.unchanged, again.resumed, again.resumed_from) == (0, 3 * BATCH, 0, {})
+    assert "skipped (unchanged)" in again.summary_line() and "already done" not in again.summary_line()
 
 
 def test_signal_during_the_last_batch_still_finishes_ok(tmp_path, tiny_ckpt, monkeypatch):

@@ -123,7 +123,7 @@ def test_disk_full_while_writing_a_batch(tmp_path, tiny_ckpt, monkeypatch, write
         m.close()
 
     again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)
-    assert (again.status, again.computed, again.unchanged) == ("ok", 12 - BATCH, BATCH)
+    assert (again.status, again.computed, again.unchanged, again.resumed) == ("ok", 12 - BATCH, 0, BATCH)
     check_output_folder(out, inp)  # those files written again and committed (or swept after the report)
 
 
@@ -186,7 +186,7 @@ def test_disk_full_in_the_manifest_commit(tmp_path, tiny_ckpt, monkeypatch):
     assert assert_committed_whole(out) == BATCH
     monkeypatch.undo()
     again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)
-    assert (again.status, again.computed, again.unchanged) == ("ok", 12 - BATCH, BATCH)
+    assert (again.status, again.computed, again.unchanged, again.resumed) == ("ok", 12 - BATCH, 0, BATCH)
     check_output_folder(out, inp)
 
 
@@ -206,7 +206,7 @@ def test_disk_full_while_writing_the_report(tmp_path, tiny_ckpt, monkeypatch):
     assert not (out / "index.html").exists()
     monkeypatch.undo()
     again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)
-    assert (again.status, again.computed, again.unchanged) == ("ok", 0, 6)
+    assert (again.status, again.computed, again.unchanged, again.resumed) == ("ok", 0, 0, 6)  # the failed run's
     check_output_folder(out, inp)
     reason = line.removeprefix("Error: ")
     assert f'<td class="status-error" title="{reason}">error</td>' in (out / "history.html").read_text()
@@ -344,7 +344,7 @@ def test_a_file_size_limit_in_writer_processes(tmp_path, tiny_ckpt):
     assert last_run(out) == ("error", p.stderr.strip().removeprefix("Error: "))
     assert assert_committed_whole(out) == BATCH
     again = run(run_opts(inp, out, tiny_ckpt), log=helpers.quiet)  # no limit now
-    assert (again.status, again.computed, again.unchanged) == ("ok", 12 - BATCH, BATCH)
+    assert (again.status, again.computed, again.unchanged, again.resumed) == ("ok", 12 - BATCH, 0, BATCH)
     check_output_folder(out, inp)
 
 
@@ -453,9 +453,10 @@ def test_a_real_full_file_system(tmp_path, tiny_ckpt, writers):
     kept = assert_committed_whole(failed)
     assert 0 < kept < 60
     rerun = keep / "rerun"
-    assert manifest_rows(rerun, "SELECT status, n_computed, n_unchanged FROM runs ORDER BY id")[-1] == (
+    assert manifest_rows(rerun, "SELECT status, n_computed, n_unchanged, n_resumed FROM runs ORDER BY id")[-1] == (
         "ok",
         60 - kept,
+        0,
         kept,
     )
     check_output_folder(rerun, inp)

@@ -6,7 +6,7 @@ import dataclasses
 
 from xaibatch.manifest import FILENAME, Manifest, RunCounts
 
-COLUMNS = "n_seen, n_added, n_changed, n_removed, n_unchanged, n_failed, n_computed"
+COLUMNS = "n_seen, n_added, n_changed, n_removed, n_unchanged, n_failed, n_computed, n_resumed"
 
 
 def test_finish_run_writes_every_count_by_name(tmp_path):
@@ -27,7 +27,7 @@ def test_finish_run_without_counts_keeps_the_rows_counts(tmp_path):
     m.finish_run(run_id, "error", 2.0, None, "disk full")  # after the report: the status and why only
     row = m.db.execute(f"SELECT status, reason, {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
     m.close()
-    assert tuple(row) == ("error", "disk full", 3, 0, 0, 0, 0, 0, 3)
+    assert tuple(row) == ("error", "disk full", 3, 0, 0, 0, 0, 0, 3, 0)
 
 
 def _image(rel: str, run_id: int):
@@ -65,7 +65,7 @@ def test_a_killed_run_is_closed_with_its_plan_and_the_images_it_committed(tmp_pa
     m.put_images([_image("old.png", older)])
     m.finish_run(older, "ok", 1.0, RunCounts(seen=1, added=1, computed=1))
     run_id = m.start_run(str(tmp_path), {"x": 1}, "p")
-    assert m.db.execute(f"SELECT {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone() == (None,) * 7
+    assert m.db.execute(f"SELECT {COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone() == (None,) * 8
     m.plan_counts(run_id, RunCounts(seen=4, added=3, changed=0, removed=1, unchanged=1, failed=2, computed=9))
     m.put_images([_image(f"img_{i}.png", run_id) for i in range(3)])
     m.put_maps([MapRow("old.png", "gradcam", "h", "a.npy", "a.png", None, None, run_id)])  # a map only: computed too
@@ -78,9 +78,9 @@ def test_a_killed_run_is_closed_with_its_plan_and_the_images_it_committed(tmp_pa
     assert m.close_stale_runs() == [run_id, legacy]
     rows = {i: tuple(r) for i, *r in m.db.execute(f"SELECT id, status, {COLUMNS} FROM runs")}
     m.close()
-    assert rows[run_id] == ("killed", 4, 3, 0, 1, 1, None, 4)  # failed: not known; computed: 3 images + 1 map
-    assert rows[legacy] == ("killed", None, None, None, None, None, None, 0)
-    assert rows[older] == ("ok", 1, 1, 0, 0, 0, 0, 1)
+    assert rows[run_id] == ("killed", 4, 3, 0, 1, 1, None, 4, 0)  # failed: not known; computed: 3 images + 1 map
+    assert rows[legacy] == ("killed", None, None, None, None, None, None, 0, None)
+    assert rows[older] == ("ok", 1, 1, 0, 0, 0, 0, 1, 0)
 
 
 def test_a_run_records_its_plan_before_it_computes(tmp_path, tiny_ckpt):
@@ -96,4 +96,4 @@ def test_a_run_records_its_plan_before_it_computes(tmp_path, tiny_ckpt):
             seen_at_plan.extend(manifest_rows(tmp_path / "out", f"SELECT status, {COLUMNS} FROM runs"))
 
     run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt, on_event=on_event), log=lambda s: None)
-    assert seen_at_plan == [("running", 3, 3, 0, 0, 0, None, None)]
+    assert seen_at_plan == [("running", 3, 3, 0, 0, 0, None, None, 0)]

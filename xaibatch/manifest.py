@@ -38,6 +38,9 @@ class RunCounts:
     unchanged: int = 0
     failed: int = 0
     computed: int = 0
+    # images not computed because runs before this one that did not finish (Manifest.unfinished_runs) had committed
+    # them: not counted as unchanged. NULL in the rows of an older xaibatch, which counted them as unchanged.
+    resumed: int = 0
 
 
 @dataclass
@@ -168,8 +171,9 @@ class Manifest:
         """Record what a run found and planned, before it computes: a run killed later (SIGKILL, out of memory)
         still says so. Failed and computed stay unknown: they grow while it computes (see close_stale_runs)."""
         self.db.execute(
-            "UPDATE runs SET n_seen = ?, n_added = ?, n_changed = ?, n_removed = ?, n_unchanged = ? WHERE id = ?",
-            (counts.seen, counts.added, counts.changed, counts.removed, counts.unchanged, run_id),
+            "UPDATE runs SET n_seen = ?, n_added = ?, n_changed = ?, n_removed = ?, n_unchanged = ?, n_resumed = ?"
+            " WHERE id = ?",
+            (counts.seen, counts.added, counts.changed, counts.removed, counts.unchanged, counts.resumed, run_id),
         )
 
     def finish_run(
@@ -223,6 +227,18 @@ class Manifest:
         cur = self.db.execute("SELECT * FROM runs WHERE predict_hash = ? ORDER BY id DESC LIMIT 1", (predict_hash,))
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+    def unfinished_runs(self) -> dict[int, str]:
+        """The runs after the last one that finished (ok, some-failed) that ended without finishing (interrupted,
+        killed, error), oldest first: run id -> status. Call while holding the lock, after close_stale_runs and
+        before start_run. Read newest first and only back to that finished run (a cron job's runs table is long)."""
+        out: dict[int, str] = {}
+        for run_id, status in self.db.execute("SELECT id, status FROM runs ORDER BY id DESC"):
+            if status in ("ok", "some-failed"):
+                break
+            if status in ("interrupted", "killed", "error"):
+                out[run_id] = status
+        return dict(sorted(out.items()))
 
     def last_status(self) -> str | None:
         """The status of the newest run row (None: no run yet)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 
 SCHEMA_VERSION = 4  # 2: maps rows gained the faithfulness columns, 3: view_json, 4: runs.reason (added in place)
+# runs.n_resumed was added in place without a new version: an older xaibatch names the columns it writes and reads
+# (it leaves n_resumed NULL), so it may still use a folder this one wrote.
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,7 +23,8 @@ CREATE TABLE IF NOT EXISTS runs (
     n_seen INTEGER DEFAULT 0, n_added INTEGER DEFAULT 0, n_changed INTEGER DEFAULT 0,
     n_removed INTEGER DEFAULT 0, n_unchanged INTEGER DEFAULT 0, n_failed INTEGER DEFAULT 0,
     n_computed INTEGER DEFAULT 0,
-    reason TEXT                        -- why a run stopped on an error: the message it exited with
+    reason TEXT,                       -- why a run stopped on an error: the message it exited with
+    n_resumed INTEGER                  -- images unfinished runs before it had done (NULL: an older xaibatch's row)
 );
 CREATE TABLE IF NOT EXISTS images (
     rel TEXT PRIMARY KEY,
@@ -64,7 +67,7 @@ INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
 )
 
 ADDED_COLUMNS = {
-    "runs": (("reason", "TEXT"),),
+    "runs": (("reason", "TEXT"), ("n_resumed", "INTEGER")),
     "maps": (
         ("deletion", "REAL"),
         ("insertion", "REAL"),

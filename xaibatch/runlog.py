@@ -3,7 +3,9 @@
 Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 
 * ``start``: pid, host, input_dir, out_dir, methods, version.
-* ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute).
+* ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from).
+  ``resumed``: images not computed again because runs before this one that did not finish (interrupted, killed,
+  stopped by an error) had done them, ``resumed_from`` those runs' ids; such images are not ``unchanged``.
 * ``failure``: one per image that could not be read (path, reason).
 * ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
   ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
@@ -12,8 +14,9 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   ``host``, text: the warning line); once, again only if a later batch must be split smaller.
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it): once when the first batches give an estimate, then about every minute.
-* ``end``: status, exit_code, counts (seen, computed, skipped, failed, added, changed, removed),
-  seconds, report; plus ``error`` when the run stopped on an error.
+* ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, added, changed, removed),
+  seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: unchanged images; with
+  ``resumed`` (see ``plan``), seen = computed + skipped + resumed + failed once a run has got to its end.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def counts(result: Any) -> dict[str, Any]:
         "seen": result.seen,
         "computed": result.computed,
         "skipped": result.unchanged,
+        "resumed": result.resumed,
         "failed": len(result.failed),
         "added": result.added,
         "changed": result.changed,

@@ -93,13 +93,40 @@ class RunResult:
     # Seconds per phase: prepare (of which scan, import: torch and the libraries, model: load and hashes), plan,
     # compute, report, wait (for the lock); first_batch: from the start to the first batch explained.
     timings: dict[str, float] = field(default_factory=dict)
+    # images not computed because runs before this one that did not finish had done them (not in ``unchanged``),
+    # and those runs: id -> status (interrupted, killed, error)
+    resumed: int = 0
+    resumed_from: dict[int, str] = field(default_factory=dict)
 
     def summary_line(self) -> str:
         stopped = " (interrupted)" if self.status == "interrupted" else ""
+        resumed = f"{self.resumed} already done by {unfinished_words(self.resumed_from)}, " if self.resumed else ""
         return (
-            f"xaibatch: {self.seen} images seen, {self.computed} computed, {self.unchanged} skipped (unchanged), "
-            f"{len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> {self.report}"
+            f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.unchanged} skipped "
+            f"(unchanged), {len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> "
+            f"{self.report}"
         )
+
+
+_ENDED = {"interrupted": "interrupted", "killed": "killed", "error": "failed"}  # a run's status, as an adjective
+
+
+def unfinished_words(runs: dict[int, str]) -> str:
+    """Runs that did not finish, in words: "the interrupted run 3", "the killed runs 2 and 3",
+    "runs 2 (killed) and 3 (interrupted)", "5 runs that did not finish (2 to 9)"."""
+    if not runs:
+        return "earlier runs that did not finish"
+    ids = sorted(runs)
+    if len(ids) > 3:
+        return f"{len(ids)} runs that did not finish ({ids[0]} to {ids[-1]})"
+    words = {_ENDED.get(s, s) for s in runs.values()}
+    if len(words) == 1:
+        return f"the {words.pop()} run{'s' if len(ids) > 1 else ''} {_listed([str(i) for i in ids])}"
+    return "runs " + _listed([f"{i} ({_ENDED.get(runs[i], runs[i])})" for i in ids])
+
+
+def _listed(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def checkpoint_path(opts: ModelOptions) -> Path:

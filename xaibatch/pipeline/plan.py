@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,6 +362,27 @@ def label_todo(
 
     todo = [k for k, h in hashes.labels.items() if k not in maps or maps[k].config_hash != h or lost(k)]
     return todo, [k for k in have if k not in hashes.labels and lost(k)]  # a method not asked now: as its maps
+
+
+def resumed_by(found: Scan, known: Known, plan: Plan, hashes: Hashes, unfinished: Collection[int]) -> Counter[int]:
+    """Of the images the plan leaves alone, those that runs which did not finish (``unfinished``:
+    Manifest.unfinished_runs) computed: their image row, or the row of a map asked for now, is one of those runs'.
+    Run id -> how many, each image under the newest of them. They count as resumed, not unchanged: this run
+    continues where those stopped."""
+    by: Counter[int] = Counter()
+    if not unfinished:
+        return by
+    failed = {rel for rel, _ in plan.still_failed}
+    keys = [*hashes.methods, *hashes.labels]
+    for e in found.images:
+        row = known.images.get(e.rel)
+        if row is None or e.rel in plan.work or e.rel in failed:
+            continue
+        maps = known.maps.get(e.rel, {})
+        ids = [i for i in (row.run_id, *(maps[k].run_id for k in keys if k in maps)) if i in unfinished]
+        if ids:
+            by[max(ids)] += 1
+    return by
 
 
 def existing_files(out: Path) -> set[str]:

@@ -50,7 +50,7 @@ from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
-from .plan import Known, Plan, Tally, existing_files, make_plan
+from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
@@ -162,6 +162,7 @@ class RunRow:
     counts: RunCounts | None = None
     reserve: Reserve | None = None  # should the disk fill up, room to record how this run ended
     dropped: set[str] = field(default_factory=set)  # files the run may leave without a row: deleted after the report
+    resumed_from: dict[int, str] = field(default_factory=dict)  # unfinished runs whose images it skips: id -> status
 
     def count_tally(self) -> RunCounts:
         """The counts, with the tally's failures and images computed so far (stopped before the plan: only those)."""
@@ -264,6 +265,8 @@ def _run_locked(
         status=status,
         run_id=row.run_id,
         timings=timings,
+        resumed=row.counts.resumed,
+        resumed_from=row.resumed_from,
     )
     if status == "interrupted":
         e = Interrupted(
@@ -329,6 +332,7 @@ def _plan_run(
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
     shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
     note_foreign_files(out, row.manifest)  # the folder's first run: pictures already there are a user's, kept
+    unfinished = row.manifest.unfinished_runs()  # after recover(): a killed run says "killed" now
     row.run_id = row.manifest.start_run(shown_input, setup.config, setup.hashes.predict)
     plan = setup.plan
     if plan is None:
@@ -339,9 +343,11 @@ def _plan_run(
     if plan.repaired:
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
     row.tally.failed.extend(plan.still_failed)  # unreadable as before: listed (exit 1), not read again
-    row.counts = planned_counts(setup.found, plan, row.tally)
+    resumed = resumed_by(setup.found, known, plan, setup.hashes, unfinished)
+    row.resumed_from = {i: unfinished[i] for i in sorted(resumed)}
+    row.counts = planned_counts(setup.found, plan, row.tally, sum(resumed.values()))
     row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
-    emit(plan_event(row.run_id, row.counts, len(plan.work)))
+    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from)))
     row.dropped = apply_removals(row.manifest, lock, setup.found, plan, known, row.run_id, emit)
     return known, plan
 
@@ -375,19 +381,21 @@ def stamp_failures(manifest: Manifest, plan: Plan, tally: Tally) -> None:
     )
 
 
-def planned_counts(found: Scan, plan: Plan, tally: Tally) -> RunCounts:
-    """The run's counts once it has planned (nothing computed yet; the scan's failures so far)."""
+def planned_counts(found: Scan, plan: Plan, tally: Tally, resumed: int = 0) -> RunCounts:
+    """The run's counts once it has planned (nothing computed yet; the scan's failures so far). ``resumed``: the
+    images left alone that unfinished runs before this one computed (plan.resumed_by), not counted as unchanged."""
     return RunCounts(
         seen=len(found.images) + len(found.skipped),
         added=len(plan.added),
         changed=len(plan.changed),
         removed=len(plan.removed),
-        unchanged=len(found.images) - len(plan.work) - len(plan.still_failed),
+        unchanged=len(found.images) - len(plan.work) - len(plan.still_failed) - resumed,
         failed=len(tally.failed),
+        resumed=resumed,
     )
 
 
-def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any]:
+def plan_event(run_id: int, counts: RunCounts, to_compute: int, resumed_from: list[int]) -> dict[str, Any]:
     """The ``plan`` event (``--log-json``)."""
     return {
         "event": "plan",
@@ -398,6 +406,8 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int) -> dict[str, Any
         "removed": counts.removed,
         "unchanged": counts.unchanged,
         "to_compute": to_compute,
+        "resumed": counts.resumed,
+        "resumed_from": resumed_from,
     }
 
 

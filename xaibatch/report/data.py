@@ -122,10 +122,10 @@ COUNTS = tuple(f.name for f in fields(RunCounts))  # the runs table's n_* column
 
 
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
-    counts = [r[f"n_{k}"] for k in COUNTS]
+    counts = [r.get(f"n_{k}") for k in COUNTS]
     if r["status"] == "killed" and not any(counts):  # closed by an older xaibatch, which counted nothing
         counts = [None] * len(COUNTS)
-    return {
+    row = {
         "id": r["id"],
         "started": fmt_time(r["started_at"]),
         "status": r["status"],
@@ -134,6 +134,9 @@ def _run_row(r: dict[str, Any]) -> dict[str, Any]:
         # NULL: not recorded (a killed run's failures, or what a run killed before its plan found)
         **{k: "unknown" if v is None else v for k, v in zip(COUNTS, counts, strict=True)},
     }
+    if r.get("n_resumed") is None and row["seen"] != "unknown":  # an older xaibatch's row: counted as unchanged
+        row["resumed"] = "–"
+    return row
 
 
 HISTORY_ROWS = 1000  # the run history lists this many of the latest runs (a cron job every 15 minutes: 10 days)
