@@ -354,10 +354,10 @@ def _sql(out: Path, statement: str) -> None:
 
 
 def _last_run_loaded_the_model(out: Path) -> bool:
-    import json
+    from xaibatch.runconfig import RunConfig
 
     (config,) = manifest_rows(out, "SELECT config_json FROM runs ORDER BY id DESC LIMIT 1")[0]
-    return "model not loaded" not in json.loads(config)["device"]
+    return RunConfig.from_json(config).loaded_model
 
 
 def test_an_unchanged_unreadable_file_is_listed_without_being_read_again(tmp_path, tiny_ckpt):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import HOSTILE_NAMES, invoke, make_checkpoint, quiet, small_run, write_images
+from helpers import HOSTILE_NAMES, invoke, make_checkpoint, quiet, run_opts, small_run, write_images
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts
 from xaibatch.pipeline import RunOptions, run
@@ -1805,6 +1805,42 @@ def test_a_method_dropped_from_the_command_is_marked_with_its_coverage(tmp_path,
     assert "6 of 7 images; not asked by the last run</small>" in (out / "index.html").read_text()  # the table too
     run(RunOptions(input_dir=inp, out_dir=out, methods=["captum:Saliency"], checkpoint=tiny_ckpt), log=quiet)
     assert methods_row() == "Saliency (captum), Grad-CAM (not asked by the last run)"
+
+
+def _settings(out: Path) -> tuple[str, dict[str, str]]:
+    """The summary's settings table: its caption and its rows."""
+    html = (out / "index.html").read_text()
+    table = re.search(r'<h2 id="h-config">.*?</table>', html, re.S).group(0)
+    caption = unescape(re.search(r"<caption>(.*?)</caption>", table).group(1))
+    return caption, {k: unescape(v) for k, v in re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td></tr>', table)}
+
+
+def test_an_unchanged_rerun_shows_the_settings_of_the_run_that_computed_the_maps(tmp_path, tiny_ckpt):
+    """A re-run with nothing to compute loads no model; the report then showed its settings: "Device: auto (model
+    not loaded: nothing to compute)" and its own batch size and workers, none of which made a map. It now shows
+    those of the latest run with the same options that loaded the model, and says the last run computed nothing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    rows = ("Device", "Batch size", "Decode workers", "Target layer", "Versions")
+
+    def shown(batch: int, **kw) -> tuple[str, tuple[str, ...]]:
+        run(run_opts(inp, out, tiny_ckpt, batch_size=batch, device="auto", **kw), log=quiet)
+        caption, settings = _settings(out)
+        return caption, tuple(settings[k] for k in rows)
+
+    caption, first = shown(4)
+    assert caption == "The last run's settings" and first[:2] == ("cpu", "4")
+    nothing = (
+        "The settings of run {}, the latest run with the same options that loaded the model; the last run, run {}, "
+        "found nothing to compute and loaded no model"
+    )
+    assert shown(2) == (nothing.format(1, 2), first)  # batch size and device change no map: nothing to compute
+    caption, second = shown(3, methods=["gradcam", "guided-gradcam"])  # a method added: computed
+    assert caption == "The last run's settings" and second[:2] == ("cpu", "3")
+    assert shown(5, methods=["gradcam", "guided-gradcam"]) == (nothing.format(3, 4), second)
+    assert shown(6) == (nothing.format(1, 5), first)  # the first run's options again
+    assert shown(7) == (nothing.format(1, 6), first)  # a run that loaded none before it: the settings it names
 
 
 def test_the_summary_is_written_after_every_figure_it_links(tmp_path, monkeypatch):

@@ -245,14 +245,16 @@ class Manifest:
         row = self.db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
 
-    def last_config(self, request: str) -> tuple[str, str] | None:
-        """Config and predict hash of the newest finished run made with this request key (see pipeline.setup)."""
-        row = self.db.execute(
-            "SELECT config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
-            " ORDER BY id DESC LIMIT 1",
+    def finished_with(self, request: str) -> Iterator[tuple[int, str, str]]:
+        """Id, config and predict hash of the finished runs made with this request key (see pipeline.setup), newest
+        first, read as the caller goes (it wants the newest, now and then the one before)."""
+        cur = self.db.execute(
+            "SELECT id, config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
+            " ORDER BY id DESC",
             (f'%"request": "{request}"%',),
-        ).fetchone()
-        return None if row is None else (row[0], row[1])
+        )
+        while row := cur.fetchone():
+            yield row[0], row[1], row[2]
 
     def runs(self, newest: int | None = None) -> list[dict[str, Any]]:
         """The runs in order, oldest first; with ``newest``, only that many of the latest."""

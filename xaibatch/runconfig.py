@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .manifest import ManifestError
@@ -22,6 +22,8 @@ KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
 
 
 RANDOM_INIT = "(random init)"  # ModelRecord.checkpoint of a model built without weights (--model timm:NAME)
+# What an older xaibatch recorded as the device of a run that found nothing to compute (its settings_of: None).
+NOT_LOADED = "(model not loaded: nothing to compute)"
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,9 @@ class RunConfig:
     source: ModelSource | None = None  # None: recorded by an xaibatch that did not record it
     input_dir: str | None = None  # absolute; None: older record (the run row's input_dir is as given)
     label_hashes: dict[str, str] | None = None  # --target pred,label: hash per true-class map key (plan.Hashes.labels)
+    # A run that found nothing to compute loads no model: it records the settings of the newest finished run with the
+    # same request that did (its device, batch size, workers, versions), and here that run's id. None: its own.
+    settings_of: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +204,8 @@ class RunConfig:
             d["input_dir"] = self.input_dir
         if self.label_hashes:
             d["label_hashes"] = self.label_hashes
+        if self.settings_of is not None:
+            d["settings_of"] = self.settings_of
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -249,6 +256,7 @@ class RunConfig:
                 source=source,
                 input_dir=d.get("input_dir"),
                 label_hashes=d.get("label_hashes"),
+                settings_of=int(d["settings_of"]) if d.get("settings_of") is not None else None,
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -273,8 +281,10 @@ class RunConfig:
         """--target as given (``pred,label`` records ``pred`` as the prediction maps' target)."""
         return self.source.target if self.source is not None else self.model.target
 
-    def with_device(self, device: str, batch_size: int | None, workers: int | None) -> RunConfig:
-        return replace(self, device=device, batch_size=batch_size, workers=workers)
+    @property
+    def loaded_model(self) -> bool:
+        """Whether the run that recorded this loaded its model (it had something to compute)."""
+        return self.settings_of is None and not self.device.endswith(NOT_LOADED)
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         """Each method's options as it was built; older records: its recorded config, less what is not an option."""

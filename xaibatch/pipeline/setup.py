@@ -130,6 +130,22 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
     return Setup(prepared.found, hashes, prepared.names, config.layer, config, prepared)
 
 
+def settings_source(manifest: Manifest, request: str) -> tuple[RunConfig, str] | None:
+    """The record and predict hash of the newest finished run with this request, as a run that loads no model records
+    them: with the settings of the run that did load it (RunConfig.settings_of), not this run's device and batch
+    size, which computed nothing. A record an older xaibatch made without loading its model is passed over for the
+    one before it; when none loaded it, the newest is taken as recorded. None: no finished run with this request."""
+    newest = None
+    for run_id, config_json, predict_hash in manifest.finished_with(request):
+        config = RunConfig.from_json(config_json)
+        if config.loaded_model:
+            return dataclasses.replace(config, settings_of=run_id), predict_hash
+        if config.settings_of is not None:  # a run that loaded none either: the settings it names
+            return config, predict_hash
+        newest = newest or (config, predict_hash)
+    return newest
+
+
 def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
     """The setup of the last finished run with this request, if the plan then has nothing to compute."""
     manifest_path = out / layout.MANIFEST
@@ -141,11 +157,10 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         return None  # the full path reports it properly
     manifest = Manifest(manifest_path)
     try:
-        last = manifest.last_config(key)
+        last = settings_source(manifest, key)
         if last is None:
             return None
-        config_json, predict_hash = last
-        config = RunConfig.from_json(config_json)
+        config, predict_hash = last
         if found.classes is not None and config.class_names != found.classes:
             # the folder's classes in the model's order, as prepare() numbered them for the run that recorded this
             if not set(found.classes) <= set(config.class_names):
@@ -173,5 +188,4 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         return None
     finally:
         manifest.close()
-    config = config.with_device(f"{opts.device} (model not loaded: nothing to compute)", opts.batch_size, opts.workers)
     return Setup(found, hashes, config.class_names, config.layer, config, known=known, plan=plan)

@@ -118,6 +118,19 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
     return rows
 
 
+def config_caption(config: RunConfig | None, last: dict[str, Any] | None) -> str:
+    """What the settings rows are: the last run's, or, when it found nothing to compute and loaded no model, those of
+    the run with the same request that did (RunConfig.settings_of), whose settings it recorded."""
+    if config is None or config.loaded_model or last is None:
+        return "The last run's settings"
+    if config.settings_of is None:  # recorded by an older xaibatch: the device and batch size of a run that had none
+        return f"The last run's settings (run {last['id']} found nothing to compute and loaded no model)"
+    return (
+        f"The settings of run {config.settings_of}, the latest run with the same options that loaded the model; the last "
+        f"run, run {last['id']}, found nothing to compute and loaded no model"
+    )
+
+
 COUNTS = tuple(f.name for f in fields(RunCounts))  # the runs table's n_* columns, as the manifest names them
 
 
@@ -233,6 +246,7 @@ class History:
         data.last_run = _run_row(self.last) if self.last else None
         data.config = self.config
         data.config_rows = _config_rows(self.run, self.last)
+        data.config_caption = config_caption(self.run, self.last)
 
 
 def build(out_dir: Path) -> ReportData:

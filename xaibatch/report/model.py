@@ -284,6 +284,7 @@ class ReportData:
     # what data.History.apply sets on every run (snapshot.PER_RUN): the run history and the last run's settings
     config: dict[str, Any] = field(default_factory=dict)
     config_rows: list[tuple[str, str]] = field(default_factory=list)
+    config_caption: str = "The last run's settings"  # or a run's before it, when the last one loaded no model
     runs: list[dict[str, Any]] = field(default_factory=list)  # newest first, formatted; at most data.HISTORY_ROWS
     runs_total: int = 0
     older_problems: list[dict[str, Any]] = field(default_factory=list)  # older runs that did not end ok, newest first

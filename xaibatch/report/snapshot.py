@@ -34,7 +34,8 @@ from .data import History, method_infos
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
 SUMMARY_VERSION = 3  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier)
-VOLATILE_CONFIG = ("device", "batch_size", "workers")  # shown only in the settings rows, rendered every run
+# shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
+VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
     "runs",
     "runs_total",
@@ -43,6 +44,7 @@ PER_RUN = (
     "last_run",
     "config",
     "config_rows",
+    "config_caption",
 )  # History.apply sets these every run
 NOT_SAVED = ("cards", *PER_RUN)
 
