@@ -346,6 +346,8 @@ def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
 NOT_FOR_GRADCAM = (
     "torch._dynamo",
     "torch.distributed.fsdp",
+    "huggingface_hub.hf_api",  # timm's download client (imports.py): httpx and the Hub's API
+    "httpx",
     "captum",
     "lime",
     "pytorch_grad_cam",
@@ -408,6 +410,39 @@ def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
         names=("torch._dynamo",),
     )
     assert loaded == ["torch._dynamo"]
+
+
+def test_timm_without_the_hub_client_still_downloads_through_it():
+    """imports.py defers huggingface_hub's client while timm is imported; timm's hub functions import it on their
+    first call, the error classes timm catches become the real ones, and ``import huggingface_hub`` afterwards is
+    the real package (a notebook that imported xaibatch first still downloads pretrained weights)."""
+    loaded = _loaded_after(
+        """
+        import os, sys
+        import torch
+        from xaibatch.imports import import_timm
+        timm = import_timm()
+        assert "huggingface_hub.hf_api" not in sys.modules and "httpx" not in sys.modules
+        import huggingface_hub, huggingface_hub.utils
+        assert type(huggingface_hub) is type(os) and huggingface_hub.__file__.endswith("__init__.py")
+        from timm.models import _hub
+        assert _hub._has_hf_hub
+        os.environ["HF_HUB_OFFLINE"] = "1"  # no network: the real client says it is offline, in its own words
+        try:
+            _hub.hf_hub_download("timm/resnet18.a1_in1k", "model.safetensors")
+        except Exception as e:
+            assert type(e).__module__.startswith("huggingface_hub"), type(e)
+        else:
+            raise AssertionError("downloaded offline")
+        from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError
+        assert _hub.EntryNotFoundError is EntryNotFoundError
+        assert _hub.RepositoryNotFoundError is RepositoryNotFoundError
+        assert isinstance(_hub.HfApi(), huggingface_hub.HfApi)
+        assert timm.create_model("resnet18", pretrained=False, num_classes=2).num_classes == 2
+    """,
+        names=("huggingface_hub.hf_api",),
+    )
+    assert loaded == ["huggingface_hub.hf_api"]
 
 
 def _cheap_cases(tmp_path, tiny_ckpt):

@@ -12,6 +12,13 @@ runs only under ``torch.compile`` or in models xaibatch rarely builds:
 While they are imported, ``torch._dynamo.utils`` is a stand-in whose members import the real module on
 first use, and ``torch.compiler.disable`` applies the real decorator on a function's first call. Code
 that uses the compiler sees no difference; the compiler is only loaded once something uses it.
+
+timm 1.x also imports huggingface_hub's client at import (``HfApi``, ``hf_hub_download``, ``model_info`` and two
+error classes: httpx and the API's modules, about 0.14 s of a 1.4 s start-up on a 2-core box) for downloads that
+xaibatch never makes (``pretrained=False``). While timm is imported, ``huggingface_hub`` and its ``utils`` are
+stand-ins: those names are functions that import the real client on their first call, and the error classes
+are placeholders that call swaps for the real ones wherever they were imported; any other name imports the real
+package at once. After timm's import, ``import huggingface_hub`` is the real package.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import sys
 import types
 from typing import Any, Callable, Iterator
@@ -85,10 +93,80 @@ def _compiler_deferred() -> Iterator[None]:
             del sys.modules[_DYNAMO_UTILS]
 
 
+_HUB = "huggingface_hub"
+_HUB_UTILS = "huggingface_hub.utils"
+_HUB_CALLS = {_HUB: ("HfApi", "hf_hub_download", "model_info"), _HUB_UTILS: ()}  # what timm calls, not at import
+_HUB_ERRORS = ("EntryNotFoundError", "RepositoryNotFoundError")  # what timm catches around those calls
+
+
+class _LazyHub(types.ModuleType):
+    """``huggingface_hub`` (or its ``utils``) while timm is imported: see the module's docstring."""
+
+    def __init__(self, name: str, placeholders: dict[type, str]) -> None:
+        super().__init__(name)
+        self._placeholders = placeholders  # placeholder class -> its name in huggingface_hub.utils
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _HUB_CALLS[self.__name__]:
+            return _deferred_call(self.__name__, name, self._placeholders)
+        if self.__name__ == _HUB_UTILS and name in _HUB_ERRORS:
+            placeholder = type(name, (Exception,), {"__module__": __name__})
+            self._placeholders[placeholder] = name
+            return placeholder
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_real_hub(self.__name__, self._placeholders), name)  # anything else: the real one, now
+
+
+def _real_hub(name: str, placeholders: dict[type, str]) -> types.ModuleType:
+    """The real ``name`` (huggingface_hub or its utils), imported now; the placeholders handed out meanwhile are
+    swapped for the real error classes in every module that imported them."""
+    for n in (_HUB_UTILS, _HUB):
+        if isinstance(sys.modules.get(n), _LazyHub):
+            del sys.modules[n]
+    real = importlib.import_module(name)
+    if placeholders:
+        utils = importlib.import_module(_HUB_UTILS)
+        swap = {id(p): getattr(utils, n) for p, n in placeholders.items()}  # the placeholders live until cleared
+        for module in list(sys.modules.values()):
+            names = getattr(module, "__dict__", None)
+            if isinstance(names, dict):
+                for key, value in list(names.items()):
+                    if id(value) in swap:  # by identity: no attribute of anything else is looked at
+                        names[key] = swap[id(value)]
+        placeholders.clear()
+    return real
+
+
+def _deferred_call(module: str, name: str, placeholders: dict[type, str]) -> Callable:
+    def call(*args, **kwargs):
+        return getattr(_real_hub(module, placeholders), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+@contextlib.contextmanager
+def _hub_deferred() -> Iterator[None]:
+    if _HUB in sys.modules or importlib.util.find_spec(_HUB) is None:  # imported already, or timm does without it
+        yield
+        return
+    placeholders: dict[type, str] = {}
+    sys.modules[_HUB] = _LazyHub(_HUB, placeholders)
+    sys.modules[_HUB_UTILS] = _LazyHub(_HUB_UTILS, placeholders)
+    try:
+        yield
+    finally:
+        for n in (_HUB_UTILS, _HUB):
+            if isinstance(sys.modules.get(n), _LazyHub):
+                del sys.modules[n]
+
+
 def import_timm() -> types.ModuleType:
-    """``import timm`` (and the torchvision it imports) without importing ``torch._dynamo``."""
+    """``import timm`` (and the torchvision it imports) without importing ``torch._dynamo`` or huggingface_hub's
+    client."""
     if "timm" not in sys.modules:
-        with _compiler_deferred():
+        with _compiler_deferred(), _hub_deferred():
             with contextlib.suppress(ImportError):  # torchvision is optional for torch; timm says so if it needs it
                 importlib.import_module("torchvision")
             importlib.import_module("timm")
