@@ -209,9 +209,9 @@ def test_a_batch_too_large_for_memory_is_split_and_the_run_finishes(tmp_path, mo
     ]
 
 
-def test_an_image_alone_that_does_not_fit_is_the_one_line_error_of_before(tmp_path):
-    # Split down to one image and still out of memory: nothing more to split, the run ends as it did before
-    # (exit 3, the one line naming --batch-size), with the batches before it kept and no "did not fit" warning.
+def test_an_image_alone_that_does_not_fit_is_one_line_that_does_not_ask_for_a_smaller_batch(tmp_path):
+    # Split down to one image and still out of memory: nothing more to split, the run ends (exit 3, one line), with
+    # the batches before it kept and no "did not fit" warning. The line does not advise a smaller --batch-size.
     model, log = greedy(tmp_path, "single", 1000, full_from=2)  # the second batch, at any size
     write_images(tmp_path / "in", 6)
     out = tmp_path / "out"
@@ -222,9 +222,11 @@ def test_an_image_alone_that_does_not_fit_is_the_one_line_error_of_before(tmp_pa
     assert r.exit_code == 3, r.output
     assert "Traceback" not in r.output and "internal error" not in r.output
     assert (
-        "Error: the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 7.79 GiB): try a smaller "
-        "--batch-size (LIME's model batches: --method-option lime.batch_size=N); what a run finished is kept"
+        "Error: the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 7.79 GiB) with one image at a "
+        "time: try a smaller --image-size, smaller inner batches (LIME's model batches: --method-option "
+        "lime.batch_size=N); or --device cpu; what a run finished is kept"
     ) in " ".join(r.output.split())
+    assert "--batch-size" not in r.output
     assert refused(log) == [3, 2, 1]  # it tried the halves before giving up (it used to stop at the first 3)
     assert "did not fit" not in r.output and "batch_split" not in r.output
     assert manifest_rows(out, "SELECT count(*) FROM images") == [(3,)]  # the first batch is kept
@@ -284,3 +286,12 @@ def test_a_part_of_a_batch_keeps_every_field():
     assert p.undecoded.inputs[0] is None and p.undecoded.inputs[1] is b.undecoded.inputs[2]
     assert p.display_on_device is not None and p.display_on_device[0] is b.display_on_device[1]
     assert b.part(0, 1).undecoded.jpegs == []  # no JPEG in it: decode.finish_batch decodes none
+
+
+@pytest.mark.parametrize("memory", ["device", "host"])
+def test_out_of_memory_outside_a_run_still_asks_for_a_smaller_batch(memory):
+    # sanity, bench and explain() do not split their batches: there a smaller --batch-size is the advice
+    from xaibatch.errors import memory_message
+
+    line = memory_message("CUDA out of memory. Tried to allocate 1.50 GiB.", memory)
+    assert "try a smaller --batch-size" in line and "one image" not in line and "\n" not in line

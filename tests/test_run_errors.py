@@ -203,9 +203,10 @@ def test_a_gpu_out_of_memory_is_one_line_that_says_what_to_do(tmp_path):
     )  # fmt: skip
     assert r.exit_code == 3, r.output
     assert "internal error" not in r.output and "Traceback" not in r.output
-    assert (
-        "the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 79.19 GiB): try a smaller --batch-size "
-        "(LIME's model batches: --method-option lime.batch_size=N); what a run finished is kept"
+    assert (  # the batch was split down to one image first (test_out_of_memory.py): --batch-size cannot help
+        "the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 79.19 GiB) with one image at a time: try a "
+        "smaller --image-size, smaller inner batches (LIME's model batches: --method-option lime.batch_size=N); or "
+        "--device cpu; what a run finished is kept"
     ) in " ".join(r.output.split())
     assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]  # the first batch is kept
 
@@ -263,4 +264,6 @@ def test_the_host_running_out_of_memory_is_one_line_that_says_what_to_do(tmp_pat
     )  # fmt: skip
     assert r.exit_code == 3, r.output
     assert "internal error" not in r.output and "Traceback" not in r.output
-    assert "out of memory (0.60 GiB asked for): try a smaller --batch-size" in " ".join(r.output.split())
+    assert "out of memory (0.60 GiB asked for) with one image at a time: try a smaller --image-size" in " ".join(
+        r.output.split()
+    )

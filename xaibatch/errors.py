@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from enum import IntEnum
 from pathlib import Path
 
@@ -92,6 +93,42 @@ def out_of_memory(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError) or CPU_ALLOCATOR in str(exc):
         return "host"
     return None
+
+
+class OneImageTooLarge(XaibatchError):
+    """One image alone did not fit in memory: a run split its batch down to one image (pipeline/compute.py)."""
+
+    exit_code = 3  # ExitCode.RUNTIME
+
+
+def memory_message(message: str, memory: str, alone: bool = False) -> str:
+    """torch's out-of-memory message (a paragraph about allocator settings; the CPU allocator's "[enforce fail at
+    alloc_cpu.cpp:...] ... you tried to allocate N bytes"; a MemoryError's) as one line that says what to do.
+    ``memory``: out_of_memory's answer; ``alone``: it happened to one image at a time, when a smaller --batch-size
+    cannot help."""
+    if memory == "device":
+        tried = re.search(r"Tried to allocate ([\d.]+ \w+)", message)
+        free = re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", message)
+        what = ", ".join(
+            ([f"{tried.group(1)} asked for"] if tried else [])
+            + ([f"{free.group(2)} free of {free.group(1)}"] if free else [])
+        )
+        head = f"the GPU ran out of memory{f' ({what})' if what else ''}"
+        inner = "LIME's model batches: --method-option lime.batch_size=N"
+    else:
+        tried = re.search(r"tried to allocate (\d+) bytes", message)
+        head = f"out of memory{f' ({int(tried.group(1)) / 2**30:.2f} GiB asked for)' if tried else ''}"
+        inner = (
+            "LIME's model batches: --method-option lime.batch_size=N; captum's: --method-option "
+            "captum:NAME.internal_batch_size=N"
+        )
+    if alone:
+        cpu = "; or --device cpu" if memory == "device" else ""
+        return (
+            f"{head} with one image at a time: try a smaller --image-size, smaller inner batches ({inner}){cpu}; "
+            "what a run finished is kept"
+        )
+    return f"{head}: try a smaller --batch-size ({inner}); what a run finished is kept"
 
 
 # Write errors that no retry fixes: the run stops, and the message says what to do (storage_error).

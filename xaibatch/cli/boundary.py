@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from typing import Callable
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by, out_of_memory
+from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by, memory_message, out_of_memory
 from ..runlog import reader_gone, silence, write_line
 from .helptext import Context
 
@@ -152,41 +151,14 @@ def reported(fn):
         except Exception as e:
             if os.environ.get("XAIBATCH_DEBUG"):
                 raise
-            memory = out_of_memory(e)  # a run splits a batch first (compute.BatchWorker): one image did not fit
-            if memory == "device":  # torch's OutOfMemoryError (a GPU's memory)
-                raise Failure(device_memory(str(e)), EXIT_RUNTIME) from None
-            if memory == "host":  # the host's memory (torch's CPU allocator, a MemoryError)
-                raise Failure(host_memory(str(e)), EXIT_RUNTIME) from None
+            memory = out_of_memory(e)  # torch's OutOfMemoryError (a GPU's), its CPU allocator's, a MemoryError
+            if memory is not None:  # (a run splits its batch first: compute.BatchWorker, OneImageTooLarge)
+                raise Failure(memory_message(str(e), memory), EXIT_RUNTIME) from None
             raise Failure(
                 f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
             ) from None
 
     return wrapper
-
-
-def device_memory(message: str) -> str:
-    """torch's out-of-memory message (a paragraph about allocator settings) as one line that says what to do."""
-    tried = re.search(r"Tried to allocate ([\d.]+ \w+)", message)
-    free = re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", message)
-    what = ", ".join(
-        ([f"{tried.group(1)} asked for"] if tried else [])
-        + ([f"{free.group(2)} free of {free.group(1)}"] if free else [])
-    )
-    return (
-        f"the GPU ran out of memory{f' ({what})' if what else ''}: try a smaller --batch-size (LIME's model batches: "
-        "--method-option lime.batch_size=N); what a run finished is kept"
-    )
-
-
-def host_memory(message: str) -> str:
-    """torch's CPU allocator failure ("[enforce fail at alloc_cpu.cpp:...] ... you tried to allocate N bytes") or a
-    MemoryError as one line that says what to do."""
-    tried = re.search(r"tried to allocate (\d+) bytes", message)
-    what = f" ({int(tried.group(1)) / 2**30:.2f} GiB asked for)" if tried else ""
-    return (
-        f"out of memory{what}: try a smaller --batch-size (LIME's model batches: --method-option "
-        "lime.batch_size=N; captum's: --method-option captum:NAME.internal_batch_size=N); what a run finished is kept"
-    )
 
 
 def checked(parse, param_hint: str | None = None):

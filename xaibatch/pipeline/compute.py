@@ -21,7 +21,7 @@ from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
 from ..model import heads
-from ..errors import ModelError, out_of_memory
+from ..errors import ModelError, OneImageTooLarge, memory_message, out_of_memory
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed
 from ..model.loading import LoadedModel
@@ -193,8 +193,10 @@ class BatchWorker:
             return
         except Exception as e:
             memory = out_of_memory(e)
-            if memory is None or n == 1:
+            if memory is None:
                 raise
+            if n == 1:  # nothing left to split: a smaller --batch-size cannot help
+                raise OneImageTooLarge(memory_message(str(e), memory, alone=True)) from None
         # Out of the except block: the exception and its frames (the part's tensors, autograd's graph) are gone.
         free_memory(self.prepared.ctx.device)
         if self._oom is None:
