@@ -9,7 +9,15 @@ from typing import Callable
 
 import click
 
-from ..errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ExitCode, XaibatchError, interrupted_by, memory_message, out_of_memory
+from ..errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    ExitCode,
+    XaibatchError,
+    interrupted_by,
+    memory_message,
+    out_of_memory,
+)
 from ..runlog import reader_gone, silence, write_line
 from .helptext import Context
 
