@@ -61,16 +61,60 @@ class Scan:
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
     empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
     digests: dict[str, str] = field(default_factory=dict)  # rel -> sha256 the planner hashed (once per scan)
+    by_case: dict[str, str] = field(default_factory=dict)  # numbered_by: folder -> the class it matched by case
 
     def numbered_by(self, names: list[str]) -> Scan:
-        """This scan with its labels numbered by ``names`` (the model's classes in output order, a superset of the
-        folder's): a new Scan, which shares the digests hashed over this one."""
-        index = {c: names.index(c) for c in self.classes or []}
+        """This scan with its labels numbered by ``names`` (the model's classes in output order; each class folder
+        matched to one of them by :func:`match_classes`): a new Scan, which shares the digests hashed over this
+        one. Raises InputError when a folder matches no class, or not only one."""
+        matched = match_classes(self.classes or [], names)
+        index = {c: names.index(n) for c, n in matched.items()}
         images = [
             dataclasses.replace(e, label=index[self.classes[e.label]]) if self.classes and e.label is not None else e
             for e in self.images
         ]
-        return dataclasses.replace(self, classes=list(names), images=images)
+        by_case = {**self.by_case, **{c: n for c, n in matched.items() if c != n}}
+        return dataclasses.replace(self, classes=list(names), images=images, by_case=by_case)
+
+
+def match_classes(folders: list[str], names: list[str]) -> dict[str, str]:
+    """Each class folder's class among ``names``: the class of its exact name, else the one class whose name
+    differs from it only by case (``Real`` is ``REAL``: CIFAKE mirrors and Kaggle sets spell folders in any case).
+
+    The one place folder names become classes. Refused (InputError, one line): a folder that matches no class, one
+    that matches two classes only by case (``real`` and ``REAL``), and two folders that would be the same class
+    (``REAL`` and ``Real``: never merged without a word).
+    """
+    exact = set(names)
+    by_fold: dict[str, list[str]] = {}
+    for n in names:
+        by_fold.setdefault(n.casefold(), []).append(n)
+    matched: dict[str, str] = {}
+    for f in folders:
+        if f in exact:
+            matched[f] = f
+            continue
+        near = by_fold.get(f.casefold(), [])
+        if len(near) > 1:
+            raise InputError(
+                f"class folder {f!r} matches the model's classes {' and '.join(map(repr, near))} only by "
+                "case; rename it to the class it holds, or pass --unlabeled"
+            )
+        if not near:
+            raise InputError(
+                f"folder classes {folders} do not match the model's classes {names}; "
+                "rename the folders or pass --unlabeled"
+            )
+        matched[f] = near[0]
+    taken: dict[str, str] = {}
+    for f, n in matched.items():
+        if n in taken:
+            raise InputError(
+                f"class folders {taken[n]!r} and {f!r} differ only by case and would both be the model's class "
+                f"{n!r}; merge them into one folder, or pass --unlabeled"
+            )
+        taken[n] = f
+    return matched
 
 
 def shown(name: str) -> str:

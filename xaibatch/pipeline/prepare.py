@@ -21,19 +21,14 @@ from .options import RunOptions, checkpoint_path
 def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
     """The model's class names, checked against the folder's classes when both exist.
 
-    A folder class the model knows under another index (or a model class whose folder is empty)
-    is fine: ``found``'s labels are renumbered to the model's order.
+    A folder class the model knows under another index, or under a name that differs only by case (or a model
+    class whose folder is empty) is fine: ``found``'s labels are renumbered to the model's order
+    (``Scan.numbered_by``, which matches folders to classes).
     """
     k = model.num_classes
     if model.class_names is not None:
         names = model.class_names
         if found.classes is not None and found.classes != names:
-            unknown = [c for c in found.classes if c not in names]
-            if unknown:
-                raise InputError(
-                    f"folder classes {found.classes} do not match the model's classes {names}; "
-                    "rename the folders or pass --unlabeled"
-                )
             _relabel(found, names)
         return names
     if found.classes is not None:
@@ -51,9 +46,9 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
 
 
 def _relabel(found: Scan, names: list[str]) -> None:
-    """Number ``found``'s labels by ``names`` (a superset of its classes), in place."""
+    """Number ``found``'s labels by ``names`` (each class folder one of them: ``Scan.numbered_by``), in place."""
     numbered = found.numbered_by(names)
-    found.images, found.classes = numbered.images, numbered.classes
+    found.images, found.classes, found.by_case = numbered.images, numbered.classes, numbered.by_case
 
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more

@@ -54,6 +54,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
+from .notices import say_notices
 from .recovery import REPORTING, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
@@ -214,7 +215,7 @@ def _run_locked(
     timings["prepare"] = time.time() - t0 - waited
     if waited:
         timings["wait"] = waited
-    warn_empty_classes(setup, log)
+    say_notices(setup, log, emit)
     warn_random_weights(opts.model, setup.config.model.checkpoint, log)
     t_plan = time.time()
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
@@ -276,13 +277,6 @@ def _run_locked(
         e.result = result  # type: ignore[attr-defined]
         raise e
     return result
-
-
-def warn_empty_classes(setup: Setup, log: Callable[[str], None]) -> None:
-    """One warning per class folder without images (kept as a class when the model's classes name it)."""
-    for name in setup.found.empty_classes:
-        what = "kept as a class with no images" if name in setup.names else "ignored"
-        log(f"xaibatch: warning: class folder {name!r} holds no images; {what}")
 
 
 def refuse_lost_labels(opts: RunOptions, found: Scan, known: Known) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import MAP_FORMAT_VERSION, __version__, layout
 from ..engines import ENGINES
+from ..errors import InputError
 from ..files import file_sha256
 from ..manifest import Manifest
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
@@ -163,9 +164,10 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         config, predict_hash = last
         if found.classes is not None and config.class_names != found.classes:
             # the folder's classes in the model's order, as prepare() numbered them for the run that recorded this
-            if not set(found.classes) <= set(config.class_names):
+            try:
+                found = found.numbered_by(config.class_names)
+            except InputError:
                 return None
-            found = found.numbered_by(config.class_names)
         hashes = Hashes(
             predict_hash,
             {m: v.hash for m, v in config.methods.items()},

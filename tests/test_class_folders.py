@@ -1,0 +1,127 @@
+"""Class folders against the model's class names, through real runs: folders named in another case (``Real/`` for
+REAL).
+
+Runs go through the CLI in-process (``invoke``); stdout and stderr are read apart, the notices from both: the line
+on stderr and the ``notice`` event of ``--log-json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke, make_checkpoint, manifest_rows, manifest_value, run_argv, write_images
+from xaibatch.errors import EXIT_OK, EXIT_USAGE, InputError
+
+
+def _events(stdout: str, kind: str | None = None) -> list[dict]:
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return [e for e in events if e["event"] == "notice" and (kind is None or e["kind"] == kind)]
+
+
+def _csv(out: Path) -> list[dict]:
+    with open(out / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _grouping(out: Path) -> tuple[str, str]:
+    """The summary page's count of correct and misclassified images."""
+    m = re.search(r"(\d+) correct, (\d+) misclassified", (out / "index.html").read_text())
+    assert m, "the summary names no correct/misclassified counts"
+    return m.group(1), m.group(2)
+
+
+# -- folder names in another case ---------------------------------------------------------------------------------
+
+
+def test_class_folders_named_in_another_case_are_matched_and_labelled_by_the_models_class(tmp_path):
+    """`Real/` and `Fake/` against the bundled model's REAL and FAKE were refused ("folder classes ['Fake', 'Real']
+    do not match the model's classes"). Now each is its one class regardless of case, said once per run, and the
+    labels, the report's grouping and predictions.csv are those of the same images in REAL/ and FAKE/."""
+    from xaibatch.tools.demo import write_demo_data
+
+    write_demo_data(tmp_path / "demo", train_per_class=1, test_per_class=8, seed=0)
+    exact = tmp_path / "demo" / "test"
+    cased = tmp_path / "cased"
+    for name, folder in (("REAL", "Real"), ("FAKE", "Fake")):
+        shutil.copytree(exact / name, cased / folder, ignore=shutil.ignore_patterns("*.npy"))
+    r = invoke("run", exact, "--out", tmp_path / "o-exact", "--workers", "0")
+    assert r.exit_code == EXIT_OK, r.output
+    assert "by case" not in r.stderr
+
+    out = tmp_path / "o-cased"
+    args = ["run", cased, "--out", out, "--workers", "0", "--log-json"]
+    r = invoke(*args)
+    assert r.exit_code == EXIT_OK, r.output
+    line = "xaibatch: class folders matched to the model's classes by case: Fake -> FAKE, Real -> REAL"
+    assert r.stderr.splitlines().count(line) == 1, r.stderr
+    (event,) = _events(r.stdout, "classes-by-case")
+    assert event["folders"] == {"Fake": "FAKE", "Real": "REAL"} and event["text"] in line
+
+    def by_image(rows, key):
+        return {row["path"].split("/", 1)[1]: tuple(row[k] for k in key) for row in rows}
+
+    cols = ("label", "pred", "correct", "p_FAKE", "p_REAL")
+    assert by_image(_csv(out), cols) == by_image(_csv(tmp_path / "o-exact"), cols)
+    assert {row["label"] for row in _csv(out) if row["path"].startswith("Real/")} == {"REAL"}
+    labels = dict(manifest_rows(out, "SELECT rel, label FROM images"))
+    assert {rel.split("/")[0]: labels[rel] for rel in labels} == {"Fake": 0, "Real": 1}  # the model's FAKE, REAL
+    assert _grouping(out) == _grouping(tmp_path / "o-exact")
+    assert int(_grouping(out)[0]) > int(_grouping(out)[1])  # the bundled model is right about most of them
+
+    # An unchanged re-run reuses the setup without loading the model, and says it again.
+    r = invoke(*args[:-1])
+    assert r.exit_code == EXIT_OK, r.output
+    assert r.stderr.splitlines().count(line) == 1, r.stderr
+    config = manifest_value(out, "SELECT config_json FROM runs WHERE id = 2")
+    assert json.loads(config)["settings_of"] == 1  # the settings of the run that loaded the model
+
+
+@pytest.mark.parametrize(
+    "folders, classes, message",
+    [
+        (("REAL", "Real", "FAKE"), ("FAKE", "REAL"), "class folders 'REAL' and 'Real' differ only by case"),
+        (("Real", "real", "FAKE"), ("FAKE", "REAL"), "class folders 'Real' and 'real' differ only by case"),
+        (("Real",), ("REAL", "real"), "class folder 'Real' matches the model's classes 'REAL' and 'real' only by case"),
+    ],
+    ids=["exact-and-cased-folder", "two-cased-folders", "two-classes-by-case"],
+)
+def test_a_match_by_case_that_is_not_the_only_one_is_refused_in_one_line(tmp_path, folders, classes, message):
+    ckpt = make_checkpoint(tmp_path / "ck.pt", classes=classes)
+    for k, name in enumerate(folders):
+        write_images(tmp_path / "in" / name, 1, seed=k)
+    r = invoke(*run_argv(tmp_path / "in", tmp_path / "out", ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert err.startswith("Error: ") and message in err, err
+    assert not (tmp_path / "out" / "xaibatch.sqlite").exists()
+
+
+def test_an_empty_folder_beside_its_class_in_another_case_is_ignored(tmp_path, tiny_ckpt):
+    """An empty REAL/ left beside Real/ (a rename half done) is no second REAL: the run goes on, and says so."""
+    write_images(tmp_path / "in" / "Real", 1, seed=1)
+    write_images(tmp_path / "in" / "FAKE", 1)
+    (tmp_path / "in" / "REAL").mkdir()
+    r = invoke(*run_argv(tmp_path / "in", tmp_path / "out", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "xaibatch: warning: class folder 'REAL' holds no images; ignored" in r.stderr.splitlines(), r.stderr
+    assert "Real -> REAL" in r.stderr
+    assert {row["path"]: row["label"] for row in _csv(tmp_path / "out")} == {
+        "FAKE/img_000.png": "FAKE",
+        "Real/img_000.png": "REAL",
+    }
+
+
+def test_exact_names_win_over_a_match_by_case():
+    from xaibatch.scan import match_classes
+
+    assert match_classes(["FAKE", "REAL"], ["REAL", "FAKE"]) == {"FAKE": "FAKE", "REAL": "REAL"}
+    assert match_classes(["Real", "fake"], ["FAKE", "REAL"]) == {"Real": "REAL", "fake": "FAKE"}
+    assert match_classes(["Real"], ["REAL", "Real"]) == {"Real": "Real"}  # the model has both: the exact one
+    with pytest.raises(InputError, match=r"folder classes \['Cat'\] do not match"):
+        match_classes(["Cat"], ["FAKE", "REAL"])

@@ -1,0 +1,53 @@
+"""What a run says about its classes before its plan: one line each on stderr (none with ``-q``), each also a
+``notice`` event (``--log-json``: ``kind``, ``text`` and the kind's own fields).
+
+* ``empty-class``: a class folder without images (``folder``, ``kept``: still a class of the model).
+* ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
+
+Both setups give them, the cached one (no model loaded) too. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from .setup import Setup
+
+Notice = tuple[str, str, dict[str, Any]]  # kind, text (without "xaibatch: "), the event's other fields
+
+
+def say_notices(setup: Setup, log: Callable[[str], None], emit: Callable[[dict[str, Any]], None]) -> None:
+    """Each of the run's notices as a line for ``log`` and a ``notice`` event for ``emit``."""
+    for kind, text, fields in class_notices(setup):
+        log(f"xaibatch: {text}")
+        emit({"event": "notice", "kind": kind, "text": text, **fields})
+
+
+def class_notices(setup: Setup) -> Iterator[Notice]:
+    """The run's notes on its classes, in this order: empty class folders, folders matched by case."""
+    names, found = setup.names, setup.found
+    labels = {e.label for e in found.images} if found.empty_classes else set()
+    for name in found.empty_classes:
+        kept = _kept(name, names, labels)
+        what = "kept as a class with no images" if kept else "ignored"
+        yield (
+            "empty-class",
+            f"warning: class folder {name!r} holds no images; {what}",
+            {"folder": name, "kept": kept},
+        )
+    if found.by_case:
+        pairs = ", ".join(f"{folder} -> {name}" for folder, name in sorted(found.by_case.items()))
+        yield (
+            "classes-by-case",
+            f"class folders matched to the model's classes by case: {pairs}",
+            {"folders": dict(sorted(found.by_case.items()))},
+        )
+
+
+def _kept(name: str, names: list[str], labels: set) -> bool:
+    """Whether an empty class folder stays a class: the class it names (exactly, else only by case) has no images
+    from another folder (an empty ``REAL/`` beside ``Real/``'s images is no class of its own: ignored)."""
+    near = [i for i, n in enumerate(names) if n == name] or [
+        i for i, n in enumerate(names) if n.casefold() == name.casefold()
+    ]
+    return len(near) == 1 and near[0] not in labels
