@@ -1,5 +1,5 @@
 """Class folders against the model's class names, through real runs: folders named in another case (``Real/`` for
-REAL).
+REAL), symbolic links as class folders.
 
 Runs go through the CLI in-process (``invoke``); stdout and stderr are read apart, the notices from both: the line
 on stderr and the ``notice`` event of ``--log-json``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import invoke, make_checkpoint, manifest_rows, manifest_value, run_argv, write_images
-from xaibatch.errors import EXIT_OK, EXIT_USAGE, InputError
+from xaibatch.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, InputError
 
 
 def _events(stdout: str, kind: str | None = None) -> list[dict]:
@@ -34,6 +35,16 @@ def _grouping(out: Path) -> tuple[str, str]:
     m = re.search(r"(\d+) correct, (\d+) misclassified", (out / "index.html").read_text())
     assert m, "the summary names no correct/misclassified counts"
     return m.group(1), m.group(2)
+
+
+def _plain_state_dict(path: Path) -> Path:
+    """A plain state_dict of the tests' tiny model: no class names inside (the run needs --arch)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), path)
+    return path
 
 
 # -- folder names in another case ---------------------------------------------------------------------------------
@@ -125,3 +136,66 @@ def test_exact_names_win_over_a_match_by_case():
     assert match_classes(["Real"], ["REAL", "Real"]) == {"Real": "Real"}  # the model has both: the exact one
     with pytest.raises(InputError, match=r"folder classes \['Cat'\] do not match"):
         match_classes(["Cat"], ["FAKE", "REAL"])
+
+
+# -- symbolic links as class folders -------------------------------------------------------------------------------
+
+
+def test_a_class_folder_linked_to_a_folder_scanned_under_its_own_name_is_not_called_empty(tmp_path, tiny_ckpt):
+    """IN/REAL -> FAKE/sub: the folder is scanned once, under its real name (the scan's rule), and the warning said
+    REAL "holds no images" as if it were empty."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "FAKE" / "sub", 2, seed=1)
+    os.symlink("FAKE/sub", root / "REAL")
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0", "--log-json"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "holds no images" not in r.stderr
+    assert (
+        "xaibatch: warning: class folder 'REAL' is a symbolic link to 'FAKE/sub', whose images are listed under that "
+        "name (a folder is scanned once); 'REAL' is kept as a class with no images"
+    ) in r.stderr.splitlines()
+    (event,) = _events(r.stdout, "empty-class")
+    assert (event["folder"], event["link_to"], event["kept"]) == ("REAL", "FAKE/sub", True)
+
+
+def test_a_class_folder_linked_out_of_the_input_is_named_as_skipped_never_as_empty(tmp_path, tiny_ckpt):
+    """IN/REAL -> /elsewhere/real: links out are not followed unless --follow-links (docs/robustness.md). The run
+    lists the link with that reason; a model that names no classes counted one class folder and its refusal did not
+    say why ("the folder has 1 classes ['FAKE'] but the model has 2 outputs")."""
+    write_images(tmp_path / "elsewhere" / "real", 2, seed=1)
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    os.symlink(tmp_path / "elsewhere" / "real", root / "REAL")
+    skipped = "REAL: symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)"
+
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_SOME_FAILED, r.output
+    assert "holds no images" not in r.stderr and f"  {skipped}" in r.stderr.splitlines()
+
+    plain = _plain_state_dict(tmp_path / "plain.pt")
+    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
+    r = invoke(*run_argv(root, tmp_path / "out2", plain, *extra))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
+
+    r = invoke(*run_argv(root, tmp_path / "out3", plain, *extra, "--follow-links"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert {row["label"] for row in _csv(tmp_path / "out3")} == {"FAKE", "REAL"}
+
+
+def test_a_class_folder_linked_into_a_report_is_ignored_as_the_report_is(tmp_path, tiny_ckpt):
+    """A link into an xaibatch output folder is ignored silently, as the output folder itself (docs/robustness.md);
+    as a class folder it was warned about as holding no images."""
+    write_images(tmp_path / "first" / "REAL", 2, seed=1)
+    write_images(tmp_path / "first" / "FAKE", 2)
+    rep = tmp_path / "rep"
+    assert invoke(*run_argv(tmp_path / "first", rep, tiny_ckpt, "--workers", "0")).exit_code == EXIT_OK
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    os.symlink(rep / "images" / "REAL", root / "COPIES")
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0", "--follow-links"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "COPIES" not in r.stderr, r.stderr

@@ -61,6 +61,8 @@ class Scan:
     skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
     empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
     digests: dict[str, str] = field(default_factory=dict)  # rel -> sha256 the planner hashed (once per scan)
+    # empty class folders that are symbolic links whose folder is listed under its own name: name -> that name
+    aliases: dict[str, str] = field(default_factory=dict)
     by_case: dict[str, str] = field(default_factory=dict)  # numbered_by: folder -> the class it matched by case
 
     def numbered_by(self, names: list[str]) -> Scan:
@@ -147,10 +149,8 @@ _KIND = {
 Frame = tuple[str, str, Iterator[str], frozenset]  # a folder being listed: path, rel, names left, its ancestors
 
 
-def _walk(
-    root: Path, skipped: list[tuple[str, str]], follow_links: bool = False, out: Path | None = None
-) -> list[tuple[str, str, os.stat_result]]:
-    """Every image-named regular file under ``root``, in sorted depth-first order.
+def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False, out: Path | None = None) -> _Walk:
+    """Every image-named regular file under ``root``, in sorted depth-first order (the walk's ``found``).
 
     A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
     system; a link to someone's private file would publish it) unless ``follow_links``. An xaibatch output
@@ -159,17 +159,18 @@ def _walk(
     Names starting with "." are hidden: ignored.
 
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
-    through a symlink is scanned once, under its real name; a symlink back to a folder above it is
-    a loop and reported. Iterative, so deep nesting cannot hit Python's recursion limit. What cannot
-    be scanned goes to ``skipped`` as (rel, reason) when it is named like an image or is a folder;
-    other files are ignored silently.
+    through a symlink is scanned once, under its real name (the link's name -> that name: ``aliases``); a
+    symlink back to a folder above it is a loop and reported. Iterative, so deep nesting cannot hit
+    Python's recursion limit. What cannot be scanned goes to ``skipped`` as (rel, reason) when it is named
+    like an image or is a folder; other files are ignored silently. Output folders not entered, and links
+    into one: ``outputs``.
     """
     walk = _Walk(os.path.realpath(root), follow_links, skipped)
     try:
         root_st = root.stat()
     except OSError as e:
         skipped.append((".", f"cannot open folder: {e.strerror or e}"))
-        return walk.found
+        return walk
     if out is not None:
         walk.avoid(out)
     stack = [frame] if (frame := walk.enter(str(root), "", root_st, frozenset())) else []
@@ -187,18 +188,21 @@ def _walk(
     # Depth-first order with sorted names, whatever order symlinked folders were entered in.
     walk.found.sort(key=lambda f: f[0].split("/"))
     skipped.sort(key=lambda s: s[0].split("/"))
-    return walk.found
+    return walk
 
 
 @dataclass
 class _Walk:
-    """One walk's state: what it found and skipped, the folders it entered, the symlinked folders left for last."""
+    """One walk's state: what it found and skipped, the folders it entered, the symlinked folders left for last;
+    the folders it did not enter on purpose: output folders (``outputs``), second names of a folder (``aliases``)."""
 
     real_root: str
     follow_links: bool
     skipped: list[tuple[str, str]]
     found: list[tuple[str, str, os.stat_result]] = field(default_factory=list)
-    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    seen_dirs: dict[tuple[int, int], str] = field(default_factory=dict)  # each folder entered -> its rel
+    aliases: dict[str, str] = field(default_factory=dict)  # rel of a symlink to a folder listed already -> that rel
+    outputs: set[str] = field(default_factory=set)  # rels of xaibatch output folders and of links into one
     deferred: list[tuple[str, str, os.stat_result, frozenset]] = field(default_factory=list)
     real_out: str | None = None  # the run's --out, when it is not above the input (see avoid)
     out_key: tuple[int, int] | None = None
@@ -222,10 +226,16 @@ class _Walk:
             self.skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
             return None
         if key in self.seen_dirs:
+            first = self.seen_dirs[key]
+            if first in self.outputs:
+                self.outputs.add(rel)
+            else:
+                self.aliases[rel] = first
             return None  # the same folder under a second name: its images are already listed once
-        self.seen_dirs.add(key)
+        self.seen_dirs[key] = rel
         try:
             if rel and (key == self.out_key or is_output_folder(d)):
+                self.outputs.add(rel)
                 return None  # an xaibatch output folder (e.g. --out inside the input): its maps are not inputs
             with os.scandir(d) as it:
                 names = sorted(e.name for e in it if not _hidden(e.name) and not _other_file(e))
@@ -277,6 +287,8 @@ class _Walk:
                 )
             elif not self.in_output(os.path.realpath(p)):  # a link into a report is ignored, as the report is
                 self.deferred.append((p, r, st, ancestors))
+            else:
+                self.outputs.add(r)
         else:
             return self.enter(p, r, st, ancestors)
         return None
@@ -386,7 +398,8 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
     if not root.is_dir():
         raise InputError(f"input {root} is not a folder")
     skipped: list[tuple[str, str]] = []
-    files = _walk(root, skipped, follow_links, out)
+    walk = _walk(root, skipped, follow_links, out)
+    files = walk.found
     if not files and not skipped:
         raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     top_level = [f for f in files if "/" not in f[0]]
@@ -400,13 +413,17 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
                 "folder; move them into class folders or pass --unlabeled"
             )
         classes = sorted({f[0].split("/", 1)[0] for f in files})
-        empty = _empty_folders(root, set(classes) | {rel.split("/", 1)[0] for rel, _ in skipped})
+        not_classes = {rel.split("/", 1)[0] for rel, _ in skipped} | {r for r in walk.outputs if "/" not in r}
+        empty = _empty_folders(root, set(classes) | not_classes)
     index = {c: i for i, c in enumerate(classes or [])}
     images = [
         ImageEntry(rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns)
         for rel, path, st in files
     ]
-    return Scan(root, classes, images, skipped, empty if labeled else [])
+    if not labeled:
+        return Scan(root, classes, images, skipped)
+    aliases = {name: walk.aliases[name] for name in empty if name in walk.aliases}
+    return Scan(root, classes, images, skipped, empty, aliases=aliases)
 
 
 def _empty_folders(root: Path, taken: set[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """What a run says about its classes before its plan: one line each on stderr (none with ``-q``), each also a
 ``notice`` event (``--log-json``: ``kind``, ``text`` and the kind's own fields).
 
-* ``empty-class``: a class folder without images (``folder``, ``kept``: still a class of the model).
+* ``empty-class``: a class folder without images (``folder``, ``kept``: still a class of the model; ``link_to``:
+  a symbolic link to a folder scanned under that other name, which holds its images).
 * ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
 
 Both setups give them, the cached one (no model loaded) too. Imports no torch.
@@ -30,11 +31,19 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
     for name in found.empty_classes:
         kept = _kept(name, names, labels)
         what = "kept as a class with no images" if kept else "ignored"
-        yield (
-            "empty-class",
-            f"warning: class folder {name!r} holds no images; {what}",
-            {"folder": name, "kept": kept},
-        )
+        target = found.aliases.get(name)
+        if target is None:
+            yield (
+                "empty-class",
+                f"warning: class folder {name!r} holds no images; {what}",
+                {"folder": name, "kept": kept},
+            )
+        else:  # each folder is scanned once, under its real name: this name holds none of its images
+            text = (
+                f"warning: class folder {name!r} is a symbolic link to {target!r}, whose images are listed under "
+                f"that name (a folder is scanned once); {name!r} is {what}"
+            )
+            yield "empty-class", text, {"folder": name, "kept": kept, "link_to": target}
     if found.by_case:
         pairs = ", ".join(f"{folder} -> {name}" for folder, name in sorted(found.by_case.items()))
         yield (

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 
-from ..scan import Scan, scan
+from ..scan import Scan, printable, scan
 from .. import layout, targets
 from ..model import heads
 from ..defaults import default_batch_size, default_workers
@@ -36,6 +36,9 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
             _relabel(found, sorted(found.classes + found.empty_classes))  # empty class folders stay classes
         if len(found.classes) != k:
             empty = f" (and empty folder(s) {found.empty_classes})" if found.empty_classes else ""
+            # a class folder that was not scanned (a link out of the input) is why, more often than the model
+            not_scanned = [f"{printable(r)}: {why}" for r, why in found.skipped if "/" not in r and r != "."]
+            empty += f" (not scanned: {'; '.join(not_scanned)})" if not_scanned else ""
             head = " (one sigmoid logit: two classes)" if isinstance(model.module, heads.OneLogitHead) else ""
             raise InputError(
                 f"the folder has {len(found.classes)} classes {found.classes}{empty} but the model has {k} "
