@@ -1,5 +1,5 @@
 """Class folders against the model's class names, through real runs: folders named in another case (``Real/`` for
-REAL), symbolic links as class folders.
+REAL), symbolic links as class folders, and the order a model that names no classes is read in.
 
 Runs go through the CLI in-process (``invoke``); stdout and stderr are read apart, the notices from both: the line
 on stderr and the ``notice`` event of ``--log-json``.
@@ -199,3 +199,37 @@ def test_a_class_folder_linked_into_a_report_is_ignored_as_the_report_is(tmp_pat
     r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0", "--follow-links"))
     assert r.exit_code == EXIT_OK, r.output
     assert "COPIES" not in r.stderr, r.stderr
+
+
+# -- the order of a model that names no classes --------------------------------------------------------------------
+
+
+def test_a_model_that_names_no_classes_says_which_order_it_is_read_in(tmp_path, labeled_dir, tiny_ckpt):
+    """A plain state_dict without --classes is read in the sorted folders' order: with the model trained as
+    REAL,FAKE every label is swapped and the accuracy near 0 %, and nothing said which order was assumed."""
+    plain = _plain_state_dict(tmp_path / "plain.pt")
+    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
+    line = (
+        "xaibatch: warning: the model names no classes: its outputs are read as the class folders in sorted order, "
+        "FAKE,REAL; if it was trained in another order, give that order with --classes (e.g. --classes REAL,FAKE)"
+    )
+    out = tmp_path / "out"
+    for again in (False, True):  # a re-run that loads no model says it too
+        r = invoke(*run_argv(labeled_dir, out, plain, *extra, "--log-json"))
+        assert r.exit_code == EXIT_OK, r.output
+        assert r.stderr.splitlines().count(line) == 1, r.stderr
+        (event,) = _events(r.stdout, "class-order")
+        assert event["classes"] == ["FAKE", "REAL"] and f"xaibatch: {event['text']}" == line
+    assert json.loads(manifest_value(out, "SELECT config_json FROM runs WHERE id = 2"))["settings_of"] == 1
+
+    r = invoke(*run_argv(labeled_dir, tmp_path / "q", plain, *extra, "-q", "--log-json"))
+    assert r.exit_code == EXIT_OK and r.stderr == "", r.stderr  # -q: only Error: lines; the event stays
+    assert len(_events(r.stdout, "class-order")) == 1
+
+    for other in (
+        run_argv(labeled_dir, tmp_path / "given", plain, *extra, "--classes", "REAL,FAKE", "--log-json"),
+        run_argv(labeled_dir, tmp_path / "named", tiny_ckpt, "--workers", "0", "--log-json"),
+    ):
+        r = invoke(*other)
+        assert r.exit_code == EXIT_OK, r.output
+        assert "names no classes" not in r.stderr and not _events(r.stdout, "class-order")

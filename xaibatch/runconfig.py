@@ -166,6 +166,9 @@ class RunConfig:
     # A run that found nothing to compute loads no model: it records the settings of the newest finished run with the
     # same request that did (its device, batch size, workers, versions), and here that run's id. None: its own.
     settings_of: int | None = None
+    # where class_names came from: "model", "option" (--classes), "folders" (sorted, the order assumed: the model
+    # names none) or "numbered" (class_0, ...); None: older record
+    classes_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys this version does not know
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +209,8 @@ class RunConfig:
             d["label_hashes"] = self.label_hashes
         if self.settings_of is not None:
             d["settings_of"] = self.settings_of
+        if self.classes_from is not None:
+            d["classes_from"] = self.classes_from
         return {**self.extra, **d}
 
     def to_json(self) -> str:
@@ -257,6 +262,7 @@ class RunConfig:
                 input_dir=d.get("input_dir"),
                 label_hashes=d.get("label_hashes"),
                 settings_of=int(d["settings_of"]) if d.get("settings_of") is not None else None,
+                classes_from=d.get("classes_from"),
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -4,14 +4,17 @@
 * ``empty-class``: a class folder without images (``folder``, ``kept``: still a class of the model; ``link_to``:
   a symbolic link to a folder scanned under that other name, which holds its images).
 * ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
+* ``class-order``: a model that names no classes, run without ``--classes``: its outputs are read as the sorted
+  class folders (``classes``), an order nothing checks.
 
-Both setups give them, the cached one (no model loaded) too. Imports no torch.
+Both setups give them, the cached one (no model loaded) from what the run it reuses recorded. Imports no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from ..runconfig import RANDOM_INIT
 from .setup import Setup
 
 Notice = tuple[str, str, dict[str, Any]]  # kind, text (without "xaibatch: "), the event's other fields
@@ -25,7 +28,7 @@ def say_notices(setup: Setup, log: Callable[[str], None], emit: Callable[[dict[s
 
 
 def class_notices(setup: Setup) -> Iterator[Notice]:
-    """The run's notes on its classes, in this order: empty class folders, folders matched by case."""
+    """The run's notes on its classes, in this order: empty class folders, folders matched by case, the order."""
     names, found = setup.names, setup.found
     labels = {e.label for e in found.images} if found.empty_classes else set()
     for name in found.empty_classes:
@@ -51,6 +54,8 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
             f"class folders matched to the model's classes by case: {pairs}",
             {"folders": dict(sorted(found.by_case.items()))},
         )
+    if setup.config.classes_from == "folders" and setup.config.model.checkpoint != RANDOM_INIT:
+        yield "class-order", assumed_order(names), {"classes": list(names)}
 
 
 def _kept(name: str, names: list[str], labels: set) -> bool:
@@ -60,3 +65,13 @@ def _kept(name: str, names: list[str], labels: set) -> bool:
         i for i, n in enumerate(names) if n.casefold() == name.casefold()
     ]
     return len(near) == 1 and near[0] not in labels
+
+
+def assumed_order(names: list[str], most: int = 10) -> str:
+    """The warning of a model that names no classes: which order its outputs are read in, and how to give another."""
+    shown = ",".join(names[:most]) + (f",... ({len(names)} classes)" if len(names) > most else "")
+    example = f" (e.g. --classes {','.join(reversed(names))})" if len(names) <= 4 else ""
+    return (
+        f"warning: the model names no classes: its outputs are read as the class folders in sorted order, "
+        f"{shown}; if it was trained in another order, give that order with --classes{example}"
+    )

@@ -101,6 +101,18 @@ class Prepared:
     methods: list[Method]
     batch_size: int = 32  # RunOptions' value, or the device's default (defaults.py)
     workers: int = 0
+    classes_from: str = "model"  # where ``names`` came from (classes_from)
+
+
+def classes_from(opts: RunOptions, model: LoadedModel, found: Scan) -> str:
+    """Where load_and_name took the class names from (RunConfig.classes_from): "option" (--classes), "model" (the
+    checkpoint's), "folders" (the sorted class folders: a model that names none, its order assumed) or "numbered"
+    (class_0, class_1, ...: neither)."""
+    if opts.classes is not None:
+        return "option"
+    if model.class_names is not None:
+        return "model"
+    return "folders" if found.classes is not None else "numbered"
 
 
 def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
@@ -141,4 +153,5 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     ]
     batch_size = opts.batch_size or default_batch_size(device.type, model.input_size)
     workers = default_workers(device.type) if opts.workers is None else opts.workers
-    return Prepared(device, found, model, names, layer, ctx, methods, batch_size, workers)
+    named = classes_from(opts, model, found)
+    return Prepared(device, found, model, names, layer, ctx, methods, batch_size, workers, named)

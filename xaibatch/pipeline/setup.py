@@ -127,6 +127,7 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         source=source,
         input_dir=os.path.abspath(opts.input_dir),
         label_hashes=hashes.labels or None,
+        classes_from=prepared.classes_from,
     )
     return Setup(prepared.found, hashes, prepared.names, config.layer, config, prepared)
 
