@@ -3,8 +3,9 @@
     python benchmarks/startup.py --tree before=/tmp/base --tree after=. --rounds 3
 
 Per round and tree: three mistakes that must answer with one line and exit code 2 (a missing folder, an empty
-folder, a missing checkpoint), ``import torch`` alone in its own process, and a first ``xaibatch run -m gradcam
---log-json`` over 64 demo images into a new folder. Prints a Markdown table of medians (seconds).
+folder, a missing checkpoint), ``import torch`` alone in its own process, torch and timm as the run's warm-up
+imports them (``xaibatch.imports.import_timm``), and a first ``xaibatch run -m gradcam --log-json`` over 64 demo
+images into a new folder. Prints a Markdown table of medians (seconds).
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ def main() -> None:
                 add(key, s)
             _, r = cmd(tree, ["-c", "import time; t=time.perf_counter(); import torch; print(time.perf_counter()-t)"])
             add("import torch", float(r.stdout))
+            _, r = cmd(
+                tree,
+                [
+                    "-c",
+                    "import time; t=time.perf_counter(); import torch; from xaibatch.imports import import_timm; "
+                    "import_timm(); print(time.perf_counter()-t)",
+                ],
+            )
+            add("import torch, timm (the warm-up's)", float(r.stdout))
             shutil.rmtree(work / "o-run", ignore_errors=True)
             s, r = cmd(
                 tree,
