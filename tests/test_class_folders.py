@@ -170,8 +170,9 @@ def test_a_class_folder_linked_out_of_the_input_is_named_as_skipped_never_as_emp
     skipped = "REAL: symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)"
 
     r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
-    assert r.exit_code == EXIT_SOME_FAILED, r.output
+    assert r.exit_code == EXIT_SOME_FAILED, r.output  # a folder not scanned is listed as a bad file is: exit 1
     assert "holds no images" not in r.stderr and f"  {skipped}" in r.stderr.splitlines()
+    assert "xaibatch: 1 folder(s) not scanned:" in r.stderr.splitlines(), r.stderr  # was "1 image(s) could not be read"
 
     plain = _plain_state_dict(tmp_path / "plain.pt")
     extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
@@ -183,6 +184,47 @@ def test_a_class_folder_linked_out_of_the_input_is_named_as_skipped_never_as_emp
     r = invoke(*run_argv(root, tmp_path / "out3", plain, *extra, "--follow-links"))
     assert r.exit_code == EXIT_OK, r.output
     assert {row["label"] for row in _csv(tmp_path / "out3")} == {"FAKE", "REAL"}
+
+
+def test_a_class_folder_that_is_a_broken_link_is_named_as_skipped(tmp_path, tiny_ckpt):
+    """IN/REAL -> a folder that is gone was dropped without a word: the run went on with FAKE alone, and a model that
+    names no classes was refused with "the folder has 1 classes ['FAKE'] but the model has 2 outputs" and no reason.
+    Now it is listed as a folder not scanned (a failure, exit 1, as every skipped entry), and the refusal says why."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    os.symlink(tmp_path / "gone", root / "REAL")
+    skipped = "REAL: broken symlink: what it points to does not exist"
+
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_SOME_FAILED, r.output
+    assert r.stderr.splitlines() == ["xaibatch: 1 folder(s) not scanned:", f"  {skipped}"], r.stderr
+    assert manifest_rows(tmp_path / "out", "SELECT rel, reason FROM failures") == [tuple(skipped.split(": ", 1))]
+
+    plain = _plain_state_dict(tmp_path / "plain.pt")
+    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
+    r = invoke(*run_argv(root, tmp_path / "out2", plain, *extra))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
+
+    os.symlink("REAL2", root / "REAL2")  # a link to itself: a loop
+    (root / "REAL").unlink()
+    r = invoke(*run_argv(root, tmp_path / "out3", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_SOME_FAILED and "  REAL2: symlink loop" in r.stderr.splitlines(), r.stderr
+
+
+def test_a_broken_link_that_is_no_class_folder_is_still_ignored(tmp_path):
+    """Beside images at the top of a flat folder, or below a class folder, a link to nothing is not known to be a
+    folder: ignored, as a file not named like an image is (a broken notes.txt link must not fail every run)."""
+    from xaibatch.scan import scan
+
+    write_images(tmp_path / "flat", 2)
+    os.symlink(tmp_path / "gone", tmp_path / "flat" / "notes")
+    write_images(tmp_path / "classes" / "FAKE", 2)
+    os.symlink(tmp_path / "gone", tmp_path / "classes" / "FAKE" / "notes")
+    for root in (tmp_path / "flat", tmp_path / "classes"):
+        found = scan(root)
+        assert len(found.images) == 2 and found.skipped == [], found.skipped
 
 
 def test_a_class_folder_linked_into_a_report_is_ignored_as_the_report_is(tmp_path, tiny_ckpt):

@@ -203,6 +203,7 @@ class _Walk:
     seen_dirs: dict[tuple[int, int], str] = field(default_factory=dict)  # each folder entered -> its rel
     aliases: dict[str, str] = field(default_factory=dict)  # rel of a symlink to a folder listed already -> that rel
     outputs: set[str] = field(default_factory=set)  # rels of xaibatch output folders and of links into one
+    broken_tops: list[tuple[str, str]] = field(default_factory=list)  # top-level links to nothing: (name, reason)
     deferred: list[tuple[str, str, os.stat_result, frozenset]] = field(default_factory=list)
     real_out: str | None = None  # the run's --out, when it is not above the input (see avoid)
     out_key: tuple[int, int] | None = None
@@ -258,6 +259,8 @@ class _Walk:
         except OSError as e:
             if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:
                 self.skipped.append((shown(r), reason))
+            elif is_link and not rel:  # a class folder, when the input is class folders: scan() decides
+                self.broken_tops.append((shown(r), _dead_link(e)))
             return None
         if stat.S_ISDIR(st.st_mode):
             return self.folder(p, r, name, st, is_link, ancestors)
@@ -347,6 +350,16 @@ def _unopenable(e: OSError, path: str, is_image_name: bool, is_link: bool) -> st
     return f"cannot read: {e.strerror or e}"
 
 
+def _dead_link(e: OSError) -> str:
+    """Why a top-level symbolic link that leads nowhere (a class folder, when the input is class folders) is
+    skipped: as a link named like an image would be (see _unopenable)."""
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    if e.errno == errno.ENOENT:
+        return "broken symlink: what it points to does not exist"
+    return f"cannot open: {e.strerror or e}"
+
+
 def _refused(name: str, rel: str, st: os.stat_result, outside: bool) -> str | None:
     """Why a file named like an image is not an input (``outside``: a symlink leading out, not followed)."""
     if not stat.S_ISREG(st.st_mode):
@@ -403,6 +416,9 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
     if not files and not skipped:
         raise InputError(f"input folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     top_level = [f for f in files if "/" not in f[0]]
+    if files and not top_level and walk.broken_tops:  # class folders: a link to nothing among them is one too
+        skipped.extend(walk.broken_tops)
+        skipped.sort(key=lambda s: s[0].split("/"))
     if labeled is None:
         labeled = bool(files) and not top_level
     classes: list[str] | None = None

@@ -147,11 +147,16 @@ def run(
 
 
 def list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
-    """The images that could not be read, on stderr (the first ``limit``; the report lists them all)."""
+    """The images that could not be read and the folders not scanned, on stderr (the first ``limit``; the report
+    lists them all). An entry not named like an image is a folder: the scan lists no other file (scan._walk)."""
     if not failed:
         return
-    say(f"xaibatch: {len(failed)} image(s) could not be read:")
-    from ..scan import printable
+    from ..scan import IMAGE_EXTENSIONS, printable
+
+    folders = sum(not rel.lower().endswith(IMAGE_EXTENSIONS) for rel, _ in failed)
+    counts = [f"{len(failed) - folders} image(s) could not be read"] if len(failed) > folders else []
+    counts += [f"{folders} folder(s) not scanned"] if folders else []
+    say(f"xaibatch: {', '.join(counts)}:")
 
     for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
         say(f"  {printable(rel)}: {printable(reason)}")
