@@ -227,6 +227,37 @@ def test_a_broken_link_that_is_no_class_folder_is_still_ignored(tmp_path):
         assert len(found.images) == 2 and found.skipped == [], found.skipped
 
 
+def test_a_class_folder_linked_below_another_top_level_folder_is_refused_with_the_reason(tmp_path, tiny_ckpt):
+    """IN/REAL -> IN/data/real: the folder is scanned once, under its real name (docs/robustness.md), so its images
+    are data/real/... and their class is `data`. The refusal named only `data` ("folder classes ['FAKE', 'data'] do
+    not match"); it now says that REAL is a link whose images are listed under `data`, and what to do."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "data" / "real", 2, seed=1)
+    os.symlink("data/real", root / "REAL")
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert "folder classes ['FAKE', 'data'] do not match the model's classes ['FAKE', 'REAL']" in err, err
+    assert (
+        "(class folder 'REAL' is a symbolic link to 'data/real', whose images are listed under 'data': a folder is "
+        "scanned once, under its real name; put the folder itself in the link's place, or the links in a folder of "
+        "their own and pass --follow-links)"
+    ) in err, err
+    assert not (tmp_path / "out" / "xaibatch.sqlite").exists()
+
+    links = tmp_path / "links"  # what the line advises: links out of their folder, followed when asked
+    links.mkdir()
+    os.symlink(root / "FAKE", links / "FAKE")
+    os.symlink(root / "data" / "real", links / "REAL")
+    r = invoke(*run_argv(links, tmp_path / "out2", tiny_ckpt, "--workers", "0", "--follow-links"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert {row["path"].split("/")[0]: row["label"] for row in _csv(tmp_path / "out2")} == {
+        "FAKE": "FAKE",
+        "REAL": "REAL",
+    }
+
+
 def test_a_class_folder_linked_into_a_report_is_ignored_as_the_report_is(tmp_path, tiny_ckpt):
     """A link into an xaibatch output folder is ignored silently, as the output folder itself (docs/robustness.md);
     as a class folder it was warned about as holding no images."""

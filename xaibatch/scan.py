@@ -69,7 +69,10 @@ class Scan:
         """This scan with its labels numbered by ``names`` (the model's classes in output order; each class folder
         matched to one of them by :func:`match_classes`): a new Scan, which shares the digests hashed over this
         one. Raises InputError when a folder matches no class, or not only one."""
-        matched = match_classes(self.classes or [], names)
+        try:
+            matched = match_classes(self.classes or [], names)
+        except InputError as e:
+            raise InputError(f"{e}{self._linked_note(names)}") from None
         index = {c: names.index(n) for c, n in matched.items()}
         images = [
             dataclasses.replace(e, label=index[self.classes[e.label]]) if self.classes and e.label is not None else e
@@ -77,6 +80,31 @@ class Scan:
         ]
         by_case = {**self.by_case, **{c: n for c, n in matched.items() if c != n}}
         return dataclasses.replace(self, classes=list(names), images=images, by_case=by_case)
+
+    def _linked_note(self, names: list[str]) -> str:
+        """Why a class folder that is a link is not a class of its own, when its images went to a folder that
+        matches no class (``REAL -> data/real``: listed under ``data``): to add to the refusal."""
+        links = [
+            f"class folder {link!r} is a symbolic link to {target!r}, whose images are listed under "
+            f"{target.split('/', 1)[0]!r}"
+            for link, target in sorted(self.aliases.items())
+            if not named_class(target.split("/", 1)[0], names)
+        ]
+        if not links:
+            return ""
+        return (
+            f" ({'; '.join(links)}: a folder is scanned once, under its real name; put the folder itself in the "
+            "link's place, or the links in a folder of their own and pass --follow-links)"
+        )
+
+
+def named_class(name: str, names: list[str]) -> list[str]:
+    """The classes among ``names`` that ``name`` names: itself when it is one, else every class whose name differs
+    from it only by case (none, one, or several: ambiguous). The rule of :func:`match_classes` and
+    ``--positive-class``."""
+    if name in names:
+        return [name]
+    return [n for n in names if n.casefold() == name.casefold()]
 
 
 def match_classes(folders: list[str], names: list[str]) -> dict[str, str]:
@@ -87,16 +115,9 @@ def match_classes(folders: list[str], names: list[str]) -> dict[str, str]:
     that matches two classes only by case (``real`` and ``REAL``), and two folders that would be the same class
     (``REAL`` and ``Real``: never merged without a word).
     """
-    exact = set(names)
-    by_fold: dict[str, list[str]] = {}
-    for n in names:
-        by_fold.setdefault(n.casefold(), []).append(n)
     matched: dict[str, str] = {}
     for f in folders:
-        if f in exact:
-            matched[f] = f
-            continue
-        near = by_fold.get(f.casefold(), [])
+        near = named_class(f, names)
         if len(near) > 1:
             raise InputError(
                 f"class folder {f!r} matches the model's classes {' and '.join(map(repr, near))} only by "
