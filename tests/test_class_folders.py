@@ -306,3 +306,47 @@ def test_a_model_that_names_no_classes_says_which_order_it_is_read_in(tmp_path, 
         r = invoke(*other)
         assert r.exit_code == EXIT_OK, r.output
         assert "names no classes" not in r.stderr and not _events(r.stdout, "class-order")
+
+
+# -- --positive-class and --classes, named as class folders are ----------------------------------------------------
+
+
+def test_positive_class_is_named_as_a_class_folder_is_regardless_of_case(tmp_path, labeled_dir, tiny_ckpt):
+    """`--positive-class fake` with the classes FAKE, REAL was refused ("'fake' is not one of the classes FAKE, REAL")
+    while a folder `fake/` was FAKE. Now it is the class it names regardless of case, an exact name first; a name
+    that matches two classes only by case is refused. At --threshold 0.9 the positive class decides every prediction
+    of the tiny random model (its probabilities stay near 0.5): all the other class."""
+    base = ("--workers", "0", "--threshold", "0.9")
+    preds = {}
+    for given in ("FAKE", "fake"):
+        out = tmp_path / f"out-{given}"
+        r = invoke(*run_argv(labeled_dir, out, tiny_ckpt, *base, "--positive-class", given))
+        assert r.exit_code == EXIT_OK, r.output
+        preds[given] = [(row["path"], row["pred"]) for row in _csv(out)]
+        assert "FAKE when P(FAKE) ≥ 0.9" in (out / "index.html").read_text()
+    assert preds["fake"] == preds["FAKE"] and {p for _, p in preds["fake"]} == {"REAL"}
+
+    ckpt = make_checkpoint(tmp_path / "cased.pt", classes=("REAL", "Real"))
+    write_images(tmp_path / "in" / "REAL", 1)
+    write_images(tmp_path / "in" / "Real", 1, seed=1)
+    r = invoke(*run_argv(tmp_path / "in", tmp_path / "o2", ckpt, "--workers", "0", "--positive-class", "real"))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert "--positive-class 'real' matches the classes 'REAL' and 'Real' only by case; give one of them exactly" in err
+    r = invoke(*run_argv(tmp_path / "in", tmp_path / "o3", ckpt, *base, "--positive-class", "Real"))  # exact wins
+    assert r.exit_code == EXIT_OK, r.output
+    assert {row["pred"] for row in _csv(tmp_path / "o3")} == {"REAL"}
+
+
+def test_classes_given_in_another_case_match_the_folders_by_case(tmp_path, labeled_dir):
+    """--classes names the model's outputs; the folders are matched to them as to a checkpoint's (match_classes)."""
+    plain = _plain_state_dict(tmp_path / "plain.pt")
+    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0", "--classes", "fake,real")
+    r = invoke(*run_argv(labeled_dir, tmp_path / "out", plain, *extra, "--positive-class", "REAL"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "class folders matched to the model's classes by case: FAKE -> fake, REAL -> real" in r.stderr
+    assert {row["path"].split("/")[0]: row["label"] for row in _csv(tmp_path / "out")} == {
+        "FAKE": "fake",
+        "REAL": "real",
+    }
+    assert "real when P(real)" in (tmp_path / "out" / "index.html").read_text()

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, UsageError
+from ..scan import named_class
 
 # A probability output is clamped to [eps, 1 - eps] before its logit (|z| <= 13.8): a saturated sigmoid stays finite.
 PROBABILITY_EPS = 1e-6
@@ -193,14 +194,21 @@ def decision_for(
 ) -> Decision | None:
     """The decision rule for these classes (``names`` in the model's output order), or None (more than two classes:
     argmax). The positive class: ``positive``, else a one-logit head's second class (``--classes A,B``: sigmoid(z)
-    is P(B); folder names are sorted), else the second in sorted order."""
+    is P(B); folder names are sorted), else the second in sorted order. ``positive`` names its class as a class
+    folder does (``scan.named_class``): exactly, else the one class that differs from it only by case."""
     if len(names) != 2:
         for flag, v in (("--positive-class", positive), ("--threshold", threshold)):
             if v is not None:
                 raise UsageError(f"{flag} needs a two-class model; this one has {len(names)} classes {names}")
         return None
     if positive is not None:
-        name = positive
+        near = named_class(positive, names)
+        if len(near) > 1:
+            raise UsageError(
+                f"--positive-class {positive!r} matches the classes {' and '.join(map(repr, near))} only by case; "
+                "give one of them exactly"
+            )
+        name = near[0] if near else positive
     elif one_logit:  # sigmoid(z) is the second class in output order (as explain() reads it): --classes as given
         name = names[1]
     else:
