@@ -85,3 +85,28 @@ def test_training_draws_its_first_weights_from_its_own_seed(tmp_path, monkeypatc
     a, b, c = starts
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_random_weights_warning_is_a_notice_event_with_log_json(tmp_path):
+    """The warning was a stderr line only: with --log-json (stdout to a scheduler's log, stderr elsewhere) nothing
+    said the maps explain an untrained model. It is a `random-weights` notice too, on a re-run that loads no model,
+    and with -q (no stderr line)."""
+    import json
+
+    from helpers import invoke
+
+    write_images(tmp_path / "in" / "FAKE", 1, size=32, seed=1)
+    write_images(tmp_path / "in" / "REAL", 1, size=32, seed=2)
+    line = (
+        "xaibatch: warning: --model timm:test_resnet has random weights (no --checkpoint): its maps explain an "
+        "untrained model; give the trained weights with --checkpoint"
+    )
+    args = ["run", tmp_path / "in", "--out", tmp_path / "out", "--model", "timm:test_resnet", "--image-size", "32"]
+    for extra in ((), (), ("-q",)):  # the second run reuses the first one's setup
+        r = invoke(*args, "--workers", "0", "--log-json", *extra)
+        assert r.exit_code == 0, r.output
+        assert r.stderr.splitlines() == ([] if extra else [line]), r.stderr
+        events = [json.loads(s) for s in r.stdout.splitlines()]
+        (notice,) = [e for e in events if e["event"] == "notice"]
+        assert notice["kind"] == "random-weights" and notice["model"] == "timm:test_resnet"
+        assert f"xaibatch: {notice['text']}" == line

@@ -3,8 +3,9 @@
 Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 
 * ``start``: pid, host, input_dir, out_dir, methods, version.
-* ``notice``: what the run says about its classes before its plan, as its stderr line does (kind, text, and the
-  kind's fields; ``pipeline/notices.py``): ``empty-class``, ``classes-by-case``, ``class-order``.
+* ``notice``: a warning the run says before its plan, as its stderr line does (kind, text, and the kind's fields;
+  ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
+  model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from).
   ``resumed``: images not computed again because runs before this one that did not finish (interrupted, killed,
   stopped by an error) had done them, ``resumed_from`` those runs' ids; such images are not ``unchanged``.

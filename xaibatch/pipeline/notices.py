@@ -6,13 +6,15 @@
 * ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
 * ``class-order``: a model that names no classes, run without ``--classes``: its outputs are read as the sorted
   class folders (``classes``), an order nothing checks.
+* ``random-weights``: ``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (``model``): the maps
+  explain an untrained model (``random_weights``; serve says it too, as a line).
 
 Both setups give them, the cached one (no model loaded) from what the run it reuses recorded. Imports no torch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..runconfig import RANDOM_INIT
 from .setup import Setup
@@ -22,9 +24,24 @@ Notice = tuple[str, str, dict[str, Any]]  # kind, text (without "xaibatch: "), t
 
 def say_notices(setup: Setup, log: Callable[[str], None], emit: Callable[[dict[str, Any]], None]) -> None:
     """Each of the run's notices as a line for ``log`` and a ``notice`` event for ``emit``."""
-    for kind, text, fields in class_notices(setup):
+    say(class_notices(setup), log, emit)
+
+
+def say(notices: Iterable[Notice], log: Callable[[str], None], emit: Callable[[dict[str, Any]], None]) -> None:
+    """Each notice as a line for ``log`` and a ``notice`` event for ``emit``."""
+    for kind, text, fields in notices:
         log(f"xaibatch: {text}")
         emit({"event": "notice", "kind": kind, "text": text, **fields})
+
+
+def random_weights(model: str | None, checkpoint: str) -> Iterator[Notice]:
+    """A model built without weights (``--model timm:NAME`` without ``--checkpoint``: a run's, serve's)."""
+    if checkpoint == RANDOM_INIT:
+        text = (
+            f"warning: --model {model} has random weights (no --checkpoint): its maps explain an untrained model; "
+            "give the trained weights with --checkpoint"
+        )
+        yield "random-weights", text, {"model": model}
 
 
 def class_notices(setup: Setup) -> Iterator[Notice]:

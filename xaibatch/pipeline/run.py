@@ -44,7 +44,6 @@ from typing import Any, Callable
 from .. import layout
 from ..engines import ComputeJob, Engine, engine_for
 from ..errors import InputError, Interrupted, UsageError, XaibatchError, storage_error
-from ..runconfig import RANDOM_INIT
 from ..scan import Scan, printable, shown
 from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts
@@ -54,7 +53,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
-from .notices import say_notices
+from .notices import random_weights, say, say_notices
 from .recovery import REPORTING, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
@@ -216,7 +215,7 @@ def _run_locked(
     if waited:
         timings["wait"] = waited
     say_notices(setup, log, emit)
-    warn_random_weights(opts.model, setup.config.model.checkpoint, log)
+    warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit)
     t_plan = time.time()
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
     try:
@@ -293,14 +292,15 @@ def refuse_lost_labels(opts: RunOptions, found: Scan, known: Known) -> None:
         )
 
 
-def warn_random_weights(model: str | None, checkpoint: str, log: Callable[[str], None]) -> None:
+def warn_random_weights(
+    model: str | None,
+    checkpoint: str,
+    log: Callable[[str], None],
+    emit: Callable[[dict[str, Any]], None] = lambda event: None,
+) -> None:
     """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (a run's, serve's): maps of an
-    untrained model."""
-    if checkpoint == RANDOM_INIT:
-        log(
-            f"xaibatch: warning: --model {model} has random weights (no --checkpoint): its maps explain "
-            "an untrained model; give the trained weights with --checkpoint"
-        )
+    untrained model; a line and a ``random-weights`` notice event (pipeline/notices.py)."""
+    say(random_weights(model, checkpoint), log, emit)
 
 
 def _plan_run(
