@@ -285,8 +285,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     r = run(_opts(inp, out, tiny_ckpt), log=said.append)
     assert r.status == "ok"
     assert any("did not finish" in line for line in said)
-    # what the killed run committed is "resumed", not "unchanged" (the old images run 1 left are)
-    assert (r.unchanged, r.resumed, r.computed) == (N_OLD - 2, committed, N_NEW + 1 - committed)
+    # what the killed run committed is "resumed", a part of "unchanged" (as everything not computed again)
+    assert (r.unchanged, r.resumed, r.computed) == (N_OLD - 2 + committed, committed, N_NEW + 1 - committed)
     assert r.resumed_from == ({2: "killed"} if committed else {})
     got, want = _consistent(out), _consistent(ref)
     assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys()
@@ -492,8 +492,11 @@ def test_a_resumed_run_tells_what_the_interrupted_run_did_from_unchanged_images(
     assert r.exit_code == 0, r.output
     events = {e["event"]: e for e in map(json.loads, r.stdout.splitlines())}
     plan, end = events["plan"], events["end"]
-    assert (plan["unchanged"], plan["resumed"], plan["resumed_from"], plan["to_compute"]) == (0, 2 * BATCH, [1], BATCH)
-    assert (end["computed"], end["skipped"], end["resumed"], end["seen"]) == (BATCH, 0, 2 * BATCH, 3 * BATCH)
+    # the JSON fields keep their meaning (a log collector's seen == computed + skipped + failed); resumed is a part
+    plan_counts = (plan["unchanged"], plan["resumed"], plan["resumed_from"], plan["to_compute"])
+    assert plan_counts == (2 * BATCH, 2 * BATCH, [1], BATCH)
+    assert (end["computed"], end["skipped"], end["resumed"], end["seen"]) == (BATCH, 2 * BATCH, 2 * BATCH, 3 * BATCH)
+    assert end["seen"] == end["computed"] + end["skipped"] + end["failed"]
     history = _history_row(out, 2)
     assert (history["Unchanged"], history["Resumed"], history["Computed"]) == ("0", str(2 * BATCH), str(BATCH))
     assert _history_row(out, 1)["Status"] == "interrupted"
@@ -580,3 +583,22 @@ orphan(usual)
     quiet, _, usual = out.stderr.partition("--\n")
     assert quiet == "", quiet
     assert "BrokenPipeError" in usual  # the control: outside the block the usual traceback
+
+
+def test_images_this_run_re_decides_are_its_own_work_not_the_stopped_runs(tmp_path, tiny_ckpt):
+    """A run that re-decided every image under a new threshold stopped (here: marked interrupted, as a kill after
+    its removals would leave it); the next run, at the old threshold, re-decides them all again itself. It used to
+    say "8 already done by the interrupted run 2": that run's work was undone, not resumed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 4, seed=1)
+    write_images(inp / "REAL", 4, seed=2)
+    run(run_opts(inp, out, tiny_ckpt, workers=0), log=quiet)
+    second = run(run_opts(inp, out, tiny_ckpt, workers=0, threshold=0.5001), log=quiet)  # flips none
+    assert (second.computed, _count(out, "SELECT count(*) FROM images WHERE run_id = 2")) == (0, 8)
+    db = sqlite3.connect(out / "xaibatch.sqlite", isolation_level=None)  # damage on purpose: run 2 never finished
+    db.execute("UPDATE runs SET status = 'interrupted' WHERE id = 2")
+    db.close()
+    third = run(run_opts(inp, out, tiny_ckpt, workers=0), log=quiet)
+    assert _count(out, "SELECT count(*) FROM images WHERE run_id = 3") == 8  # every row re-decided by run 3
+    assert (third.computed, third.unchanged, third.resumed, third.resumed_from) == (0, 8, 0, {})
+    assert "already done" not in third.summary_line()

@@ -7,8 +7,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
   model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from).
-  ``resumed``: images not computed again because runs before this one that did not finish (interrupted, killed,
-  stopped by an error) had done them, ``resumed_from`` those runs' ids; such images are not ``unchanged``.
+  ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
+  did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).
 * ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
   ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
@@ -18,8 +18,9 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it): once when the first batches give an estimate, then about every minute.
 * ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, added, changed, removed),
-  seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: unchanged images; with
-  ``resumed`` (see ``plan``), seen = computed + skipped + resumed + failed once a run has got to its end.
+  seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: images not computed again (as
+  before ``resumed`` existed), ``resumed`` the part of them unfinished runs had done (see ``plan``); seen = computed
+  + skipped + failed once a run has got to its end.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class RunResult:
     # Seconds per phase: prepare (of which scan, import: torch and the libraries, model: load and hashes), plan,
     # compute, report, wait (for the lock); first_batch: from the start to the first batch explained.
     timings: dict[str, float] = field(default_factory=dict)
-    # images not computed because runs before this one that did not finish had done them (not in ``unchanged``),
+    # of ``unchanged``, the images not computed because runs before this one that did not finish had done them,
     # and those runs: id -> status (interrupted, killed, error)
     resumed: int = 0
     resumed_from: dict[int, str] = field(default_factory=dict)
@@ -102,7 +102,7 @@ class RunResult:
         stopped = " (interrupted)" if self.status == "interrupted" else ""
         resumed = f"{self.resumed} already done by {unfinished_words(self.resumed_from)}, " if self.resumed else ""
         return (
-            f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.unchanged} skipped "
+            f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.unchanged - self.resumed} skipped "
             f"(unchanged), {len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> "
             f"{self.report}"
         )

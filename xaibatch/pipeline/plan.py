@@ -372,11 +372,13 @@ def resumed_by(found: Scan, known: Known, plan: Plan, hashes: Hashes, unfinished
     by: Counter[int] = Counter()
     if not unfinished:
         return by
-    failed = {rel for rel, _ in plan.still_failed}
+    # this run's own work on an image (computed, re-decided under a new threshold, its maps retargeted) is not a
+    # stopped run's: only what this run leaves as that run left it is resumed
+    redone = {rel for rel, _ in plan.still_failed} | {r.rel for r in plan.redecided} | set(plan.retarget)
     keys = [*hashes.methods, *hashes.labels]
     for e in found.images:
         row = known.images.get(e.rel)
-        if row is None or e.rel in plan.work or e.rel in failed:
+        if row is None or e.rel in plan.work or e.rel in redone:
             continue
         maps = known.maps.get(e.rel, {})
         ids = [i for i in (row.run_id, *(maps[k].run_id for k in keys if k in maps)) if i in unfinished]

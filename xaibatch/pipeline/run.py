@@ -253,7 +253,7 @@ def _run_locked(
         out,
         row.counts.seen,
         row.counts.computed,
-        row.counts.unchanged,
+        row.counts.unchanged + row.counts.resumed,  # RunResult.unchanged: resumed images included, as before
         row.counts.added,
         row.counts.changed,
         row.counts.removed,
@@ -398,7 +398,7 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int, resumed_from: li
         "added": counts.added,
         "changed": counts.changed,
         "removed": counts.removed,
-        "unchanged": counts.unchanged,
+        "unchanged": counts.unchanged + counts.resumed,  # as before resumed existed: ``resumed`` is a part of it
         "to_compute": to_compute,
         "resumed": counts.resumed,
         "resumed_from": resumed_from,
