@@ -346,8 +346,6 @@ def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
 NOT_FOR_GRADCAM = (
     "torch._dynamo",
     "torch.distributed.fsdp",
-    "huggingface_hub.hf_api",  # timm's download client (imports.py): httpx and the Hub's API
-    "httpx",
     "captum",
     "lime",
     "pytorch_grad_cam",
@@ -420,7 +418,8 @@ def test_timm_without_the_hub_client_still_downloads_through_it():
         """
         import os, sys
         import torch
-        from xaibatch.imports import import_timm
+        from xaibatch.imports import defer_hub, import_timm
+        defer_hub()  # as `xaibatch run` does
         timm = import_timm()
         assert "huggingface_hub.hf_api" not in sys.modules and "httpx" not in sys.modules
         import huggingface_hub, huggingface_hub.utils
@@ -443,6 +442,36 @@ def test_timm_without_the_hub_client_still_downloads_through_it():
         names=("huggingface_hub.hf_api",),
     )
     assert loaded == ["huggingface_hub.hf_api"]
+
+
+def test_the_cli_run_imports_no_hub_client_and_a_library_user_gets_the_real_one(tmp_path, tiny_ckpt):
+    """`xaibatch run` (its process is xaibatch's alone) imports timm without huggingface_hub's client; a library
+    user's process (threads of their own may import from huggingface_hub meanwhile) imports timm as timm does."""
+    from helpers import write_images
+
+    write_images(tmp_path / "in", 4)
+    loaded = _loaded_after(
+        f"""
+        from click.testing import CliRunner
+        from xaibatch.cli import cli
+        r = CliRunner().invoke(cli, ["run", {str(tmp_path / "in")!r}, "--checkpoint", {str(tiny_ckpt)!r}, "--out",
+                                     {str(tmp_path / "out")!r}, "--workers", "0", "-q"])
+        assert r.exit_code == 0, r.output
+    """,
+        names=("huggingface_hub.hf_api", "httpx", "timm"),
+    )
+    assert loaded == ["timm"]
+    loaded = _loaded_after(
+        """
+        import torch
+        from xaibatch.imports import import_timm
+        import_timm()
+        import huggingface_hub
+        assert huggingface_hub.__spec__ is not None  # the package itself, never a stand-in
+    """,
+        names=("huggingface_hub.hf_api", "timm"),
+    )
+    assert loaded == ["huggingface_hub.hf_api", "timm"]
 
 
 def _cheap_cases(tmp_path, tiny_ckpt):
@@ -636,8 +665,30 @@ def test_the_device_a_run_starts_beside_its_imports(monkeypatch, spec, available
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
     assert warmup.warm_device(spec) == want
+    assert warmup.may_use_cuda(spec) == (spec is not None and spec.lower() != "cpu")
+
+
+def test_the_device_thread_alone_asks_torch_about_cuda(monkeypatch):
+    """Asking for the current device initialises CUDA (torch.cuda._lazy_init): never in the import thread, and in
+    the device's own thread only once something else initialised it; else the run's "cuda" is device 0."""
+    import torch
+
+    from xaibatch.pipeline import warmup
+
+    asked: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: asked.append("is_available") or True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: asked.append("current_device") or 1)
+    assert warmup.warm_device("auto") == "cuda:0" and "current_device" not in asked
+    asked.clear()
+    started: list[str] = []
+    monkeypatch.setattr(warmup, "_start_device", started.append)
+    thread = warmup.start_device("auto")  # from the words alone: torch is asked nothing here
+    thread.join()
+    assert asked == [] and started == ["auto"]
 
 
 def test_the_device_thread_is_joined_before_the_run_goes_on(monkeypatch):
@@ -654,10 +705,9 @@ def test_the_device_thread_is_joined_before_the_run_goes_on(monkeypatch):
         time.sleep(0.3)
         seen.append(name)
 
-    monkeypatch.setattr(warmup, "warm_device", lambda spec: "cuda:0" if spec == "cuda" else None)
     monkeypatch.setattr(warmup, "_start_device", slow_start)
     w = warmup.Warmup(device="cuda")
     w.wait()
-    assert seen == ["cuda:0"]
+    assert seen == ["cuda"]
     assert not any(t.name == "xaibatch-device" for t in threading.enumerate())
     assert warmup.start_device("cpu") is None

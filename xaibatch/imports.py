@@ -18,7 +18,9 @@ error classes: httpx and the API's modules, about 0.14 s of a 1.4 s start-up on 
 xaibatch never makes (``pretrained=False``). While timm is imported, ``huggingface_hub`` and its ``utils`` are
 stand-ins: those names are functions that import the real client on their first call, and the error classes
 are placeholders that call swaps for the real ones wherever they were imported; any other name imports the real
-package at once. After timm's import, ``import huggingface_hub`` is the real package.
+package at once. After timm's import, ``import huggingface_hub`` is the real package. Only where :func:`defer_hub`
+opted in (``xaibatch run`` from the command line, whose process runs no other code): the stand-ins are no package
+(no ``__spec__``, no ``__path__``), so another thread importing from huggingface_hub meanwhile would fail.
 """
 
 from __future__ import annotations
@@ -94,6 +96,15 @@ def _compiler_deferred() -> Iterator[None]:
 
 
 _HUB = "huggingface_hub"
+_DEFER_HUB = [False]  # defer_hub
+
+
+def defer_hub(on: bool = True) -> None:
+    """Let :func:`import_timm` import timm without huggingface_hub's client (see the module's docstring): for a
+    process whose threads xaibatch owns, where nothing else imports from huggingface_hub while timm is imported."""
+    _DEFER_HUB[0] = on
+
+
 _HUB_UTILS = "huggingface_hub.utils"
 _HUB_CALLS = {_HUB: ("HfApi", "hf_hub_download", "model_info"), _HUB_UTILS: ()}  # what timm calls, not at import
 _HUB_ERRORS = ("EntryNotFoundError", "RepositoryNotFoundError")  # what timm catches around those calls
@@ -148,7 +159,7 @@ def _deferred_call(module: str, name: str, placeholders: dict[type, str]) -> Cal
 
 @contextlib.contextmanager
 def _hub_deferred() -> Iterator[None]:
-    if _HUB in sys.modules or importlib.util.find_spec(_HUB) is None:  # imported already, or timm does without it
+    if not _DEFER_HUB[0] or _HUB in sys.modules or importlib.util.find_spec(_HUB) is None:  # (or timm lacks it)
         yield
         return
     placeholders: dict[type, str] = {}

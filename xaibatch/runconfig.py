@@ -214,7 +214,7 @@ class RunConfig:
         return {**self.extra, **d}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)  # sorted: Manifest.last_config finds the request key
+        return json.dumps(self.to_dict(), sort_keys=True)  # sorted: Manifest.finished_with finds the request key
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:

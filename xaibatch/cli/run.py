@@ -127,6 +127,9 @@ def run(
         faithfulness=faith.config(compute.batch_size),
         **engine.fields(),
     )
+    from ..imports import defer_hub
+
+    defer_hub()  # this process runs nothing else: timm may import without the Hub's client (imports.py)
     try:
         result = run_pipeline(opts, log=notes(quiet))
     except BaseException as e:  # the summary of an interrupted run, the JSON end line of any failure

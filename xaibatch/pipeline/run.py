@@ -113,6 +113,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 if acquire() > 0:  # the folder appeared and was busy: look at the input again
                     with loading():
                         setup = load_setup(opts)
+            if warm is not None:  # started, though the setup came from the cache (a --wait that found it done):
+                with loading():  # its threads end before the report's forks and the exit
+                    warm.wait()
             return _run_locked(opts, engine, out, lock, setup, stop, log, t0, waited[0], timings)
         except (OSError, sqlite3.DatabaseError) as e:
             full = storage_error(e, out)  # a full disk (before the run row): never "damaged", never a traceback

@@ -32,39 +32,43 @@ def import_heavy(modules: tuple[str, ...] = HEAVY_MODULES, device: str | None = 
     return started
 
 
+def may_use_cuda(spec: str | None) -> bool:
+    """Whether a --device spec can mean a GPU (``auto``, ``cuda``, ``cuda:N``): from the words alone."""
+    spec = (spec or "").strip().lower()
+    return spec in ("auto", "cuda") or spec.startswith("cuda:")
+
+
 def warm_device(spec: str | None) -> str | None:
     """The CUDA device a --device spec will run on ("cuda:N"), or None: the CPU, no GPU, or a spec that the run
-    refuses later with its own message. Asks torch whether CUDA is there without creating a context."""
+    refuses later with its own message. Called in the device's thread: asking torch whether CUDA is there
+    initialises the driver."""
     import torch
 
-    spec = (spec or "").strip().lower()
-    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+    if not may_use_cuda(spec) or not torch.cuda.is_available():
         return None
-    if not torch.cuda.is_available():
-        return None
-    index = spec.partition(":")[2]
+    index = (spec or "").strip().lower().partition(":")[2]
     if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
         return None
-    return f"cuda:{index or torch.cuda.current_device()}"
+    # "cuda" is the current device of the run's main thread: 0 unless something set it (torch not yet initialised)
+    return f"cuda:{index or (torch.cuda.current_device() if torch.cuda.is_initialized() else 0)}"
 
 
 def start_device(spec: str | None) -> threading.Thread | None:
-    """Start the GPU a run will use (see the module's docstring) in a thread; None when there is none to start."""
-    try:
-        name = warm_device(spec)
-    except Exception:  # noqa: BLE001  (the run resolves the device itself and says what is wrong)
+    """Start the GPU a run will use (see the module's docstring) in a thread; None when the spec is the CPU's."""
+    if not may_use_cuda(spec):
         return None
-    if name is None:
-        return None
-    thread = threading.Thread(target=_start_device, args=(name,), name="xaibatch-device", daemon=True)
+    thread = threading.Thread(target=_start_device, args=(spec,), name="xaibatch-device", daemon=True)
     thread.start()
     return thread
 
 
-def _start_device(name: str) -> None:
+def _start_device(spec: str) -> None:
     import torch
 
     try:
+        name = warm_device(spec)
+        if name is None:
+            return
         x = torch.zeros(1, 1, 4, 4, device=name)
         torch.nn.functional.conv2d(x, torch.zeros(1, 1, 3, 3, device=name))
         torch.cuda.synchronize(name)
