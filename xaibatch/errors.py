@@ -96,16 +96,22 @@ def out_of_memory(exc: BaseException) -> str | None:
 
 
 class OneImageTooLarge(XaibatchError):
-    """One image alone did not fit in memory: a run split its batch down to one image (pipeline/compute.py)."""
+    """One image alone did not fit in memory: a batch was split down to one image (methods/explainer.Fitting: a
+    run's batches, sanity's and explain()'s)."""
 
     exit_code = 3  # ExitCode.RUNTIME
 
 
-def memory_message(message: str, memory: str, alone: bool = False) -> str:
+class BatchSplitWarning(UserWarning):
+    """explain() split a batch that did not fit in memory (its maps are unchanged): pass a smaller batch_size."""
+
+
+def memory_message(message: str, memory: str, alone: bool = False, caller: str = "run") -> str:
     """torch's out-of-memory message (a paragraph about allocator settings; the CPU allocator's "[enforce fail at
     alloc_cpu.cpp:...] ... you tried to allocate N bytes"; a MemoryError's) as one line that says what to do.
-    ``memory``: out_of_memory's answer; ``alone``: it happened to one image at a time, when a smaller --batch-size
-    cannot help."""
+    ``memory``: out_of_memory's answer; ``alone``: it happened to one image at a time, when a smaller batch cannot
+    help. ``caller``: whose options the advice names: "run" (a run's, bench's), "sanity" (its batches split, and the
+    image size and methods' options are the run's), "explain" (explain()'s keywords)."""
     if memory == "device":
         tried = re.search(r"Tried to allocate ([\d.]+ \w+)", message)
         free = re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", message)
@@ -114,21 +120,29 @@ def memory_message(message: str, memory: str, alone: bool = False) -> str:
             + ([f"{free.group(2)} free of {free.group(1)}"] if free else [])
         )
         head = f"the GPU ran out of memory{f' ({what})' if what else ''}"
-        inner = "LIME's model batches: --method-option lime.batch_size=N"
     else:
         tried = re.search(r"tried to allocate (\d+) bytes", message)
         head = f"out of memory{f' ({int(tried.group(1)) / 2**30:.2f} GiB asked for)' if tried else ''}"
-        inner = (
-            "LIME's model batches: --method-option lime.batch_size=N; captum's: --method-option "
-            "captum:NAME.internal_batch_size=N"
+    if caller == "sanity":
+        if alone:
+            cause = "with one image at a time, at the run's image size and with its methods' options"
+        else:  # the model's load, its randomized copy: the batches themselves are split to fit
+            cause = "outside the batches (they are split to fit)"
+        return f"{head} {cause}: " + ("try --device cpu" if memory == "device" else "free memory and try again")
+    if caller == "explain":
+        inner = "method_options={'lime': {'batch_size': N}" + (
+            "}" if memory == "device" else ", 'captum:NAME': {'internal_batch_size': N}}"
         )
+        size, batch, cpu, kept = "input_size", "batch_size", "; or the model on the CPU (model.cpu())", ""
+    else:
+        inner = "LIME's model batches: --method-option lime.batch_size=N"
+        if memory != "device":
+            inner += "; captum's: --method-option captum:NAME.internal_batch_size=N"
+        size, batch, cpu, kept = "--image-size", "--batch-size", "; or --device cpu", "; what a run finished is kept"
     if alone:
-        cpu = "; or --device cpu" if memory == "device" else ""
-        return (
-            f"{head} with one image at a time: try a smaller --image-size, smaller inner batches ({inner}){cpu}; "
-            "what a run finished is kept"
-        )
-    return f"{head}: try a smaller --batch-size ({inner}); what a run finished is kept"
+        cpu = cpu if memory == "device" else ""
+        return f"{head} with one image at a time: try a smaller {size}, smaller inner batches ({inner}){cpu}{kept}"
+    return f"{head}: try a smaller {batch} ({inner}){kept}"
 
 
 # Write errors that no retry fixes: the run stops, and the message says what to do (storage_error).

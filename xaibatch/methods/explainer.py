@@ -1,16 +1,18 @@
 """Explain one batch: one shared forward pass (keeping the CAM layer's activations, and autograd's graph from
 that layer on, when a method needs them), then each method on it. The one place a batch is explained: runs,
 ``xaibatch bench`` and :func:`xaibatch.explain`; :meth:`Explainer.explain_tensors` is the one loop over the
-batches of images already in memory."""
+batches of images already in memory. :class:`Fitting` is how all of them split a batch that runs out of memory."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
+from ..errors import OneImageTooLarge, memory_message, out_of_memory
 from ..model.heads import predict
 from ..model.layers import forward_from_layer
 from .base import Batch, Method, ModelContext
@@ -125,17 +127,114 @@ class Explainer:
         labels: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+        fitting: Fitting | None = None,
     ) -> Iterator[Explained]:
         """Explain (N, 3, S, S) uint8 images already in memory, ``batch_size`` at a time: each batch's result, on
         the CPU, in order (:meth:`Explained.cat` joins them). ``seeds``, ``labels`` and ``segments`` are per image;
         with ``segmenter`` (and no ``segments``) each batch's superpixels are made from its images, as a
-        DataLoader worker makes them in a run."""
-        for a in range(0, x_uint8.shape[0], batch_size):
-            xb = x_uint8[a : a + batch_size]
-            seg = None if segments is None else segments[a : a + batch_size]
-            if seg is None and segmenter is not None:
-                hwc = xb.permute(0, 2, 3, 1).cpu().numpy()
+        DataLoader worker makes them in a run.
+
+        With ``fitting``, a batch that runs out of memory is explained in the parts it fits in (one result per
+        part), and later batches in parts of the size that fitted (:class:`Fitting`); without, it raises (the
+        bench times the batch size it was asked for)."""
+        n = x_uint8.shape[0]
+        for a in range(0, n, batch_size):
+            z = min(a + batch_size, n)
+            seg = None if segments is None else segments[a:z]
+            if seg is None and segmenter is not None:  # per image: the same superpixels in any part
+                hwc = x_uint8[a:z].permute(0, 2, 3, 1).cpu().numpy()
                 seg = torch.stack([torch.from_numpy(np.ascontiguousarray(segmenter(im), dtype=np.int64)) for im in hwc])
-            yield self(
-                xb, None if labels is None else labels[a : a + batch_size], seg, seeds[a : a + xb.shape[0]]
-            ).cpu()
+
+            def part(p: int, q: int, a: int = a, seg: torch.Tensor | None = seg) -> Explained:
+                """Images a + p ... a + q - 1, each with its own seed, label and superpixels."""
+                ls = None if labels is None else labels[a + p : a + q]
+                return self(x_uint8[a + p : a + q], ls, None if seg is None else seg[p:q], seeds[a + p : a + q]).cpu()
+
+            if fitting is None:
+                yield part(0, z - a)
+                continue
+            done = fitting.parts(z - a, part)
+            fitting.say()
+            yield from done
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A batch of ``batch`` images that did not fit in ``memory`` ("device": the GPU's; "host": the host's), since
+    explained ``size`` at a time."""
+
+    batch: int
+    size: int
+    memory: str
+
+    def text(self, device: torch.device, hint: str, done: bool = False) -> str:
+        """The warning, ``hint`` what to give next time (``--batch-size 32``); ``done``: said after the last batch."""
+        where = (
+            "the host's memory"
+            if self.memory == "host"
+            else ("the GPU's memory" if device.type == "cuda" else "the device's memory")
+        )
+        how = f"explained {self.size} at a time" if done else f"explaining {self.size} at a time from now on"
+        return f"a batch of {self.batch} images did not fit in {where}: {how} ({hint})"
+
+
+class Fitting:
+    """The one policy for a batch that runs out of memory (the GPU's, or the host's), of a run's batches
+    (pipeline/compute.BatchWorker) and of those over images in memory (:meth:`Explainer.explain_tensors`:
+    explain(), sanity): the batch is explained in halves, each half again in halves while it does not fit; the size
+    that fitted is kept (``fits``), so later batches are cut into parts of that size up front. A single image that
+    does not fit raises :class:`~xaibatch.errors.OneImageTooLarge` (``caller``: whose options its advice names,
+    errors.memory_message). Each part's images keep their own seeds and labels: the maps are a smaller batch's."""
+
+    def __init__(self, device: torch.device, on_split: Callable[[Split], None] | None = None, caller: str = "run"):
+        self.device, self.on_split, self.caller = device, on_split, caller
+        self.fits: int | None = None  # after a batch ran out of memory: the most images explained at once
+        self._oom: tuple[int, str] | None = None  # the last batch ran out of memory: (its images, "device" or "host")
+
+    def parts(self, n: int, attempt: Callable[[int, int], T]) -> list[T]:
+        """``attempt(p, q)`` over images p ... q - 1 of a batch of ``n``, in parts that fit, in order: their results."""
+        self._oom = None
+        done: list[T] = []
+        self._fitted(0, n, n, attempt, done)
+        return done
+
+    def _fitted(self, p: int, q: int, whole: int, attempt: Callable[[int, int], T], done: list[T]) -> None:
+        n = q - p
+        size = self.fits
+        if size is not None and n > size:  # (a part that runs out of memory lowers fits for the parts after it)
+            for a in range(p, q, size):
+                self._fitted(a, min(a + size, q), whole, attempt, done)
+            return
+        try:
+            done.append(attempt(p, q))
+            return
+        except Exception as e:
+            memory = out_of_memory(e)
+            if memory is None:
+                raise
+            if n == 1:  # nothing left to split: a smaller batch cannot help
+                raise OneImageTooLarge(memory_message(str(e), memory, alone=True, caller=self.caller)) from None
+        # Out of the except block: the exception and its frames (the part's tensors, autograd's graph) are gone.
+        free_memory(self.device)
+        if self._oom is None:
+            self._oom = (whole, memory)
+        self.fits = -(-n // 2)
+        self._fitted(p, q, whole, attempt, done)
+
+    def say(self) -> None:
+        """``on_split``, once after a batch that found the size too large (once in all, unless memory shrinks);
+        after a stop too, whose batch was split before it."""
+        if self._oom is not None and self.on_split is not None and self.fits is not None:
+            self.on_split(Split(self._oom[0], self.fits, self._oom[1]))
+        self._oom = None
+
+
+def free_memory(device: torch.device) -> None:
+    """After running out of memory: collect what the failed attempt left (reference cycles) and give the GPU's
+    cached blocks back, so that the halves start from as much memory as there is."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

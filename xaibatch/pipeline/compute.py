@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import os
 import time
 from collections import defaultdict
@@ -21,11 +20,11 @@ from ..decode import device_decode, finish_batch
 from ..scan import ImageEntry
 from ..manifest import ImageRow
 from ..model import heads
-from ..errors import ModelError, OneImageTooLarge, memory_message, out_of_memory
+from ..errors import ModelError
 from ..methods import Method, StopRequested
 from ..methods.base import image_seed
 from ..model.loading import LoadedModel
-from ..methods.explainer import Explainer, MethodMaps
+from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
@@ -78,9 +77,10 @@ class BatchWorker:
         self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
         self.on_split = on_split  # the batch_split event, when a batch did not fit in memory (split_event)
-        self.fits: int | None = None  # after a batch ran out of memory: the most images explained at once
+        device = prepared.ctx.device
+        # a batch that runs out of memory is explained in the parts that fit (the policy explain() and sanity share)
+        self.fitting = Fitting(device, None if on_split is None else lambda s: on_split(split_event(s, device)))
         self._span = (0, 1, 1)  # the part of the batch being explained: (first image, images, the batch's images)
-        self._oom: tuple[int, str] | None = None  # this batch ran out of memory: (its images, "device" or "host")
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
         self._on_device: dict[tuple[str, ...], bool] = {}
         self.labels = labelmaps.LabelPass(self)  # --target pred,label: the true class's maps
@@ -138,71 +138,38 @@ class BatchWorker:
         """The WriteJob of one collated batch ``b`` of ``entries``, and whether a stop abandoned it mid-batch
         (then it carries only the failures: none of its images is committed).
 
-        A batch that runs out of memory (the GPU's, or the host's) is explained in halves, each half again in
-        halves while it does not fit; the size that fitted is kept (``fits``), so later batches are cut into
-        parts of that size up front. The parts' WriteJobs joined are the one the whole batch gives. A single
-        image that does not fit raises as before."""
+        A batch that runs out of memory (the GPU's, or the host's) is explained in the parts that fit
+        (:class:`~xaibatch.methods.explainer.Fitting`: halves, later batches cut to the size that fitted); the parts'
+        WriteJobs joined are the one the whole batch gives. A single image that does not fit raises."""
         failed = [(entries[i].rel, reason) for i, reason in b.failed]  # fine before, failing now: they leave the report
         if b.x is None and b.undecoded is None:
             return WriteJob(self.run_id, failed=failed), False
+        whole = b if not b.failed else dataclasses.replace(b, failed=[])
+        n = len(b.index)
+
         jobs: list[WriteJob] = []
-        self._oom = None
+
+        def part(p: int, q: int) -> None:
+            self._span = (p, q - p, n)
+            jobs.append(self._explained(todo, entries, whole if q - p == n else whole.part(p, q)))
+
         try:
-            self._fitted(todo, entries, b if not b.failed else dataclasses.replace(b, failed=[]), 0, len(b.index), jobs)
+            self.fitting.parts(n, part)
         except Stopped as stop:  # nothing of the batch is committed: only its failures
-            self._said_split()
+            self.fitting.say()
             return WriteJob(self.run_id, failed=failed + [f for j in jobs for f in j.failed] + stop.failed), True
-        self._said_split()
+        self.fitting.say()
         if len(jobs) == 1:
             job = jobs[0]
             job.failed = failed + job.failed
             return job, False
         job = WriteJob(self.run_id, failed=failed)
-        for part in jobs:
-            job.items += part.items
-            job.image_rows += part.image_rows
-            job.drop_maps += part.drop_maps
-            job.failed += part.failed
+        for one in jobs:
+            job.items += one.items
+            job.image_rows += one.image_rows
+            job.drop_maps += one.drop_maps
+            job.failed += one.failed
         return job, False
-
-    def _said_split(self) -> None:
-        """The batch_split event, once per batch that found the size too large (once a run, unless memory shrinks)."""
-        if self._oom is not None and self.on_split is not None:
-            self.on_split(split_event(self._oom[0], self.fits, self._oom[1], self.prepared.ctx.device))
-
-    def _fitted(
-        self,
-        todo: tuple[str, ...],
-        entries: list[ImageEntry],
-        b: LoadedBatch,
-        at: int,
-        whole: int,
-        jobs: list[WriteJob],
-    ) -> None:
-        """Append the WriteJob(s) of ``b`` (images ``at``... of a batch of ``whole``) to ``jobs``: in parts of at most
-        ``fits`` images, and in halves of a part that runs out of memory."""
-        n = len(b.index)
-        size = self.fits
-        if size is not None and n > size:  # (a part that runs out of memory lowers fits for the parts after it)
-            for a in range(0, n, size):
-                self._fitted(todo, entries, b.part(a, a + size), at + a, whole, jobs)
-            return
-        self._span = (at, n, whole)
-        try:
-            jobs.append(self._explained(todo, entries, b))
-            return
-        except Exception as e:
-            memory = out_of_memory(e)
-            if memory is None:
-                raise
-            if n == 1:  # nothing left to split: a smaller --batch-size cannot help
-                raise OneImageTooLarge(memory_message(str(e), memory, alone=True)) from None
-        # Out of the except block: the exception and its frames (the part's tensors, autograd's graph) are gone.
-        free_memory(self.prepared.ctx.device)
-        if self._oom is None:
-            self._oom = (whole, memory)
-        self.fits = -(-n // 2)
-        self._fitted(todo, entries, b, at, whole, jobs)
 
     def _explained(self, todo: tuple[str, ...], entries: list[ImageEntry], b: LoadedBatch) -> WriteJob:
         """The WriteJob of ``b`` (the whole batch, or a part), its failures those of decoding only; a stop raises
@@ -251,27 +218,11 @@ class Stopped(Exception):
         self.failed = failed
 
 
-def free_memory(device: torch.device) -> None:
-    """After running out of memory: collect what the failed attempt left (reference cycles) and give the GPU's
-    cached blocks back, so that the halves start from as much memory as there is."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def split_event(batch: int, size: int | None, memory: str, device: torch.device) -> dict[str, Any]:
-    """The ``batch_split`` event: a batch of ``batch`` images did not fit in ``memory`` ("device": the GPU's; "host":
-    the host's), so the run explains ``size`` at a time from now on; ``text`` is its warning line."""
-    where = (
-        "the host's memory"
-        if memory == "host"
-        else ("the GPU's memory" if device.type == "cuda" else "the device's memory")
-    )
-    text = (
-        f"a batch of {batch} images did not fit in {where}: explaining {size} at a time from now on "
-        f"(next time give --batch-size {size})"
-    )
-    return {"event": "batch_split", "batch_size": batch, "size": size, "memory": memory, "text": text}
+def split_event(split: Split, device: torch.device) -> dict[str, Any]:
+    """The ``batch_split`` event: a batch of ``split.batch`` images did not fit in memory ("device": the GPU's;
+    "host": the host's), so the run explains ``split.size`` at a time from now on; ``text`` is its warning line."""
+    text = split.text(device, f"next time give --batch-size {split.size}")
+    return {"event": "batch_split", "batch_size": split.batch, "size": split.size, "memory": split.memory, "text": text}
 
 
 def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[tuple[str, str]], computed: int) -> None:
