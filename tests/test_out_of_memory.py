@@ -3,13 +3,17 @@
 A user model stands in for the GPU: it raises torch's OutOfMemoryError (or the CPU allocator's RuntimeError) on
 any forward that sees more than LIMIT images, and logs the size of each forward it refused. The runs go through
 ``pipeline.run`` (``run_opts``) and the CLI in-process; the WriteJobs the local engine hands the writer are recorded
-by wrapping ``Writer.put``.
+by wrapping ``Writer.put``. The other two paths that explain batches, ``xaibatch.explain()`` and ``xaibatch sanity``
+(both through ``Explainer.explain_tensors``), split theirs the same way (``methods/explainer.Fitting``): the same
+model built in-process, and ``sanity`` over a run folder made with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +23,9 @@ from PIL import Image
 
 from helpers import invoke, manifest_rows, quiet, run_opts, write_images
 from outcheck import check_output_folder
+import xaibatch
 from xaibatch.dataset import JpegBytes, LoadedBatch, Undecoded
-from xaibatch.errors import Interrupted
+from xaibatch.errors import BatchSplitWarning, Interrupted, OneImageTooLarge
 from xaibatch.pipeline import run
 from xaibatch.pipeline import writer as writer_module
 
@@ -290,8 +295,157 @@ def test_a_part_of_a_batch_keeps_every_field():
 
 @pytest.mark.parametrize("memory", ["device", "host"])
 def test_out_of_memory_outside_a_run_still_asks_for_a_smaller_batch(memory):
-    # sanity, bench and explain() do not split their batches: there a smaller --batch-size is the advice
+    # bench does not split its batches (it times the size asked for): there a smaller --batch-size is the advice
     from xaibatch.errors import memory_message
 
     line = memory_message("CUDA out of memory. Tried to allocate 1.50 GiB.", memory)
     assert "try a smaller --batch-size" in line and "one image" not in line and "\n" not in line
+
+
+def built(model: str):
+    """The module a greedy --model FILE.py:build builds, for explain()."""
+    path, factory = model.rsplit(":", 1)
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, factory)()
+
+
+def test_explain_splits_a_batch_too_large_for_memory_and_gives_a_smaller_batchs_maps(tmp_path):
+    # explain(model, images, batch_size=8) on a GPU that holds 2 images failed with torch's OutOfMemoryError (the
+    # default batch_size=32 on a notebook's small GPU). Now it splits as a run does (8 -> 4 -> 2, the rest in twos),
+    # says so once, and gives the maps of batch_size=2: each image keeps its LIME seed and superpixels, the true
+    # class's pass (pred,label) uses the size that fitted.
+    # 10 images: a second batch (images 8 and 9) whose part must carry its own images' seeds, labels, superpixels
+    x = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = [0, 1, 1, 0, 1, 0, 0, 1, 1, 0]
+    kw = {
+        "methods": ["gradcam", "lime"],
+        "target": "pred,label",
+        "labels": labels,
+        "method_options": {"lime": {"samples": 24, "batch_size": 1}},  # LIME's forwards: one sample each
+    }
+    model, log = greedy(tmp_path, "split", 2)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got = xaibatch.explain(built(model), x, batch_size=8, **kw)
+    assert refused(log) == [8, 4]  # later batches (and the label pass) cut in twos up front
+    small_model, small_log = greedy(tmp_path, "small", 2)
+    want = xaibatch.explain(built(small_model), x, batch_size=2, **kw)
+    assert refused(small_log) == []
+
+    assert got.maps.keys() == want.maps.keys() == {"gradcam", "lime", "gradcam@label", "lime@label"}
+    assert not torch.isnan(got.maps["gradcam@label"]).all()  # some were misclassified: the label pass ran
+    for key in got.maps:
+        torch.testing.assert_close(got.maps[key], want.maps[key], rtol=1e-5, atol=1e-6, equal_nan=True, msg=key)
+    torch.testing.assert_close(got.probs, want.probs, rtol=1e-6, atol=1e-7)
+    assert got.info["lime"] == want.info["lime"]  # the superpixels and fits of each image
+
+    splits = [w for w in said if issubclass(w.category, BatchSplitWarning)]
+    assert [str(w.message) for w in splits] == [
+        "explain(): a batch of 8 images did not fit in the device's memory: explained 2 at a time "
+        "(next time pass batch_size=2)"
+    ], [str(w.message) for w in said]
+    assert splits[0].filename == __file__  # it points at the caller's line
+
+
+def test_explain_with_one_image_too_large_raises_saying_what_to_pass(tmp_path):
+    # Split down to one image and still out of memory: OneImageTooLarge, in explain()'s keywords, no warning.
+    model, log = greedy(tmp_path, "single", 1000, full_from=1)  # the first forward of several images, then all
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as said, pytest.raises(OneImageTooLarge) as e:
+        warnings.simplefilter("always")
+        xaibatch.explain(built(model), x, ["gradcam"], batch_size=4)
+    assert refused(log) == [4, 2, 1]
+    assert str(e.value) == (
+        "the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 7.79 GiB) with one image at a time: try a "
+        "smaller input_size, smaller inner batches (method_options={'lime': {'batch_size': N}}); or the model on "
+        "the CPU (model.cpu())"
+    )
+    assert not [w for w in said if issubclass(w.category, BatchSplitWarning)]
+
+
+SANITY_METHODS = ["gradcam", "guided-gradcam", "lime"]  # LIME: each image's seed and superpixels in a part
+
+
+@pytest.fixture
+def greedy_run(tmp_path):
+    """A run folder made with the greedy model (2 images at a time in guided backprop, any number elsewhere: LIME's
+    model batches, which sanity does not choose, fit; the run's batches of 2 fit): (folder, model file's --model,
+    its log)."""
+    model, log = greedy(tmp_path, "model", 2, where="guided")
+    inp = tmp_path / "in"
+    write_images(inp, 10)  # sanity's batches of 8: a second batch, of 2
+    out = tmp_path / "out"
+    run(run_opts(inp, out, None, SANITY_METHODS, model=model, classes=["a", "b"], batch_size=2, image_size=32,
+                 method_options={"lime": {"samples": 24}}), log=quiet)  # fmt: skip
+    assert refused(log) == []
+    return out, model, log
+
+
+def test_sanity_splits_a_batch_too_large_for_memory_and_scores_as_a_smaller_batch(greedy_run):
+    # `xaibatch sanity OUT --batch-size 8` on a GPU that holds 2 images ended "Error: the GPU ran out of memory: try
+    # a smaller --batch-size", exit 3. Now it splits (8 -> 4 -> 2) for the original maps and keeps the size for
+    # every randomization step: one warning line, exit 0, the scores of --batch-size 2.
+    out, model, log = greedy_run
+
+    def check(*extra):
+        r = invoke("sanity", out, "--device", "cpu", "--images", 10, *extra)
+        assert r.exit_code == 0, r.output
+        return r.output, json.loads((out / "sanity.json").read_text())["curves"]
+
+    said, curves = check("--batch-size", 8)
+    assert refused(log) == [8, 4]
+    lines = [line for line in said.splitlines() if "did not fit" in line]
+    assert lines == [
+        "sanity: warning: a batch of 8 images did not fit in the device's memory: explaining 2 at a time from now "
+        "on (next time give --batch-size 2)"
+    ], said
+    log.unlink()
+    _, small = check("--batch-size", 2)
+    assert refused(log) == []
+    assert [c["method"] for c in curves] == [c["method"] for c in small] == SANITY_METHODS
+    for c, s in zip(curves, small):
+        assert c["steps"] == s["steps"] and c["scored"] == s["scored"] and c["passed"] == s["passed"]
+        np.testing.assert_allclose(c["rank"], s["rank"], rtol=1e-6, atol=1e-7, err_msg=c["method"])
+        np.testing.assert_allclose(c["ssim"], s["ssim"], rtol=1e-6, atol=1e-7, err_msg=c["method"])
+
+    quiet_output, _ = check("--batch-size", 8, "-q")  # -q: no line, as sanity's other lines
+    assert quiet_output == ""
+
+
+def test_sanity_with_one_image_too_large_is_one_line_naming_its_own_options(greedy_run, tmp_path):
+    # One image alone does not fit: one line, exit 3, advising what sanity can change (not the run's --image-size
+    # or --method-option, which it takes from the run), nothing written.
+    out, _, _ = greedy_run
+    model, log = greedy(tmp_path, "model", 1000, where="guided", full_from=1)  # the same weights; guided's fail
+    r = invoke("sanity", out, "--device", "cpu", "--images", 8, "--batch-size", 8, "--model", model)
+    assert r.exit_code == 3, r.output
+    assert r.output.splitlines()[-1] == (
+        "Error: the GPU ran out of memory (2.00 GiB asked for, 1.06 GiB free of 7.79 GiB) with one image at a time, "
+        "at the run's image size and with its methods' options: try --device cpu"
+    )
+    assert "did not fit" not in r.output
+    assert refused(log) == [8, 4, 2, 1]
+    assert not (out / "sanity.json").exists()
+
+
+@pytest.mark.parametrize("memory", ["device", "host"])
+def test_sanity_out_of_memory_outside_its_batches_does_not_ask_for_a_smaller_batch(greedy_run, monkeypatch, memory):
+    # Its batches split themselves: out of memory elsewhere (the randomized copy of the model, its load) used to
+    # say "try a smaller --batch-size", which cannot help there.
+    import xaibatch.evaluation.sanity as sanity_module
+
+    def no_room(model, fresh):
+        if memory == "device":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        raise MemoryError()
+
+    monkeypatch.setattr(sanity_module, "copy_model", no_room)
+    out, _, _ = greedy_run
+    r = invoke("sanity", out, "--device", "cpu", "--images", 8, "-q")
+    assert r.exit_code == 3
+    head = "the GPU ran out of memory (2.00 GiB asked for)" if memory == "device" else "out of memory"
+    advice = "try --device cpu" if memory == "device" else "free memory and try again"
+    assert r.output == f"Error: {head} outside the batches (they are split to fit): {advice}\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import numbers
 import os
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ def explain(
     - ``device``: ``"auto"`` runs where the module's parameters are; another device is refused (it is
       never moved: call ``model.to(...)`` first). A checkpoint path is loaded onto it (auto: the GPU
       when there is one).
-    - ``batch_size``: images per model batch.
+    - ``batch_size``: images per model batch. A batch that does not fit in memory (the GPU's, or the host's)
+      is explained in halves, and the later ones in parts of the size that fitted; the maps are those of that
+      smaller batch_size, and a :class:`xaibatch.errors.BatchSplitWarning` says which size to pass.
     - ``seed``: the seed of the methods that draw random numbers (LIME): equal calls give equal maps.
     - ``method_options``: per method, its options by name, as ``xaibatch methods`` lists them:
       ``{"lime": {"samples": 200}, "captum:IntegratedGradients": {"n_steps": 32}}``.
@@ -97,11 +100,13 @@ def explain(
     :class:`xaibatch.errors.UsageError` with a one-line message naming explain()'s keywords.
 
     Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
-    are restored and no hook stays, also when a method raises.
+    are restored and no hook stays, also when a method raises. One image alone that does not fit in memory
+    raises :class:`xaibatch.errors.OneImageTooLarge`.
     """
     import torch
 
-    from .errors import UsageError
+    from .errors import BatchSplitWarning, UsageError
+    from .methods.explainer import Fitting, Split
 
     if torch.is_inference_mode_enabled():
         raise UsageError(INFERENCE_MODE)
@@ -123,7 +128,16 @@ def explain(
             request = Request(
                 names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed
             )
-            return _explain(net, x, sizes, pre, dev, request)
+            splits: list[Split] = []
+            result = _explain(net, x, sizes, pre, dev, request, Fitting(dev, splits.append, caller="explain"))
+    if splits:  # once, after the last batch: the first batch that did not fit, and the size that did
+        split = Split(splits[0].batch, splits[-1].size, splits[-1].memory)
+        warnings.warn(
+            f"explain(): {split.text(dev, f'next time pass batch_size={split.size}', done=True)}",
+            BatchSplitWarning,
+            stacklevel=2,
+        )
+    return result
 
 
 # What the loader and the layer search say in the CLI's words (they serve ``xaibatch run`` too), as explain()'s
@@ -205,8 +219,9 @@ class Request:
     seed: int
 
 
-def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
-    """explain() once the module is borrowed and the images are the model's input."""
+def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Explanations:
+    """explain() once the module is borrowed and the images are the model's input; ``fitting``: the batch size
+    that fits in memory (methods/explainer.Fitting), shared by the prediction's and the true class's batches."""
     from .errors import UsageError
     from .methods.explainer import Explained, Explainer
     from .model.heads import OneLogitHead, SoftmaxOutputHead, count_outputs
@@ -226,12 +241,12 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request) -> Explanations:
     segmenter = segmenters[0] if segmenters else None
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
     first = Explainer(made, ctx, "label" if req.mode == "label" else "pred")
-    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter)))
+    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter, fitting)))
     preds = done.probs.argmax(1)
     maps = {m: r.maps for m, r in done.methods.items()}
     info = {m: r.info for m, r in done.methods.items()}
     if target_modes.label_maps(req.mode):
-        _add_label_maps(made, ctx, x, seeds, req.labels, preds, req.batch_size, segmenter, maps, info)
+        _add_label_maps(made, ctx, x, seeds, req.labels, preds, req.batch_size, segmenter, maps, info, fitting)
     return Explanations(
         maps=Frozen(maps),
         probs=done.probs,
@@ -283,7 +298,7 @@ def _make_methods(net, pre: Preprocess, dev, req: Request):
     return ctx, made
 
 
-def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info) -> None:
+def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info, fitting) -> None:
     """``pred,label``: each method's map of the true class of the misclassified images (NaN for the others),
     under ``<method>@label``, computed as a run's label pass does (pipeline/labelmaps.py)."""
     import torch
@@ -298,7 +313,7 @@ def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, m
         return
     sel = torch.tensor(wrong)
     parts = Explainer(made, ctx, "label").explain_tensors(
-        x[sel], batch_size, [seeds[i] for i in wrong], labels[sel], None, segmenter
+        x[sel], batch_size, [seeds[i] for i in wrong], labels[sel], None, segmenter, fitting
     )
     for name, r in Explained.cat(list(parts)).methods.items():
         key = target_modes.label_key(name)

@@ -138,8 +138,11 @@ class Group(click.Group):
             raise click.exceptions.Exit(0) from None
 
 
-def reported(fn):
-    """Turn library errors (and OS errors such as a full disk) into one line and an exit code."""
+def reported(fn=None, *, caller: str = "run"):
+    """Turn library errors (and OS errors such as a full disk) into one line and an exit code. ``caller``: whose
+    options the advice of an out-of-memory error names (errors.memory_message): ``@reported(caller="sanity")``."""
+    if fn is None:
+        return functools.partial(reported, caller=caller)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -160,8 +163,8 @@ def reported(fn):
             if os.environ.get("XAIBATCH_DEBUG"):
                 raise
             memory = out_of_memory(e)  # torch's OutOfMemoryError (a GPU's), its CPU allocator's, a MemoryError
-            if memory is not None:  # (a run splits its batch first: compute.BatchWorker, OneImageTooLarge)
-                raise Failure(memory_message(str(e), memory), EXIT_RUNTIME) from None
+            if memory is not None:  # (run and sanity split their batches first: explainer.Fitting, OneImageTooLarge)
+                raise Failure(memory_message(str(e), memory, caller=caller), EXIT_RUNTIME) from None
             raise Failure(
                 f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
             ) from None

@@ -43,7 +43,11 @@ SANITY_EXIT_CODES = {
 )
 @seed_option("Seed of the sample and the re-initialisation.")
 @device_option("auto, cpu, cuda or cuda:N.")
-@batch_size_option("Images per batch.", default=32, show_default=True)
+@batch_size_option(
+    "Images per batch; one that does not fit in memory is explained in halves (one warning line).",
+    default=32,
+    show_default=True,
+)
 @model_option(
     "The run's model, when it cannot be rebuilt from what the run recorded (a moved factory file): "
     "FILE.py:FACTORY, module.path:FACTORY, torchvision:NAME or timm:NAME."
@@ -59,7 +63,7 @@ SANITY_EXIT_CODES = {
     "No progress lines, no verdicts: only Error: lines (the verdicts are in OUT_DIR/sanity.json and the report; "
     "with --strict the exit code says whether every method passed)."
 )
-@reported
+@reported(caller="sanity")
 def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch, strict, quiet):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
 

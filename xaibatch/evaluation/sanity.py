@@ -41,6 +41,7 @@ from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_opti
 
 if TYPE_CHECKING:
     from ..lock import OutputLock
+    from ..methods.explainer import Fitting, Split
     from ..pipeline.prepare import Prepared
     from ..runconfig import RunConfig
 
@@ -287,9 +288,10 @@ def run_sanity(
         prepared = prepare_rebuilt(opts, run.config, out, override)
         rels = same_content(run.root, sample(list(run.images), n, seed), run.images, log)
         batch = load_sample(run, rels, prepared)
+        fitting = split_batches(prepared.ctx.device, log)  # one size for every step's maps
 
         def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
-            return _maps(net, prepared.ctx, prepared.methods, batch, batch_size)
+            return _maps(net, prepared.ctx, prepared.methods, batch, batch_size, fitting)
 
         t0 = time.time()
         curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log, fresh=lambda: rebuilt_model(opts, prepared))
@@ -395,8 +397,20 @@ def load_sample(run: FinishedRun, rels: list[str], prepared: Prepared) -> Sample
     return SampleBatch(ok, b.x, b.segments, targets, [image_seed(r) for r in ok])
 
 
-def _maps(net, ctx, methods, batch: SampleBatch, batch_size: int) -> dict[str, np.ndarray]:
-    """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy)."""
+def split_batches(device: torch.device, log: Callable[[str], None]) -> Fitting:
+    """The check's batches split where they run out of memory, as a run's (methods/explainer.Fitting), said in one
+    line (the first time; again only if memory shrinks)."""
+    from ..methods.explainer import Fitting
+
+    def say(split: Split) -> None:
+        log(f"sanity: warning: {split.text(device, f'next time give --batch-size {split.size}')}")
+
+    return Fitting(device, say, caller="sanity")
+
+
+def _maps(net, ctx, methods, batch: SampleBatch, batch_size: int, fitting: Fitting) -> dict[str, np.ndarray]:
+    """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy), in
+    batches of ``batch_size`` split where they do not fit (``fitting``)."""
     from dataclasses import replace
 
     from ..model.layers import find_target_layer
@@ -410,7 +424,7 @@ def _maps(net, ctx, methods, batch: SampleBatch, batch_size: int) -> dict[str, n
         m.ctx = ctx2
     try:
         ex = Explainer(methods, ctx2, "label")
-        tensors = ex.explain_tensors(batch.x, batch_size, batch.seeds, batch.targets, batch.segments)
+        tensors = ex.explain_tensors(batch.x, batch_size, batch.seeds, batch.targets, batch.segments, None, fitting)
         done = Explained.cat(list(tensors))
         return {k: v.maps.numpy() for k, v in done.methods.items()}
     finally:
