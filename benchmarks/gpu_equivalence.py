@@ -19,6 +19,11 @@ photo JPEGs (224 x 224, 320 x 240, 240 x 360: the display copies and thumbnails 
   copies, mean absolute difference in grey levels (torchvision's own test of nvJPEG allows a mean under 2).
 * ``run``: whole ``xaibatch run`` commands over the photos (all five methods, --faithfulness) on cuda with
   ``--decode cpu`` and ``--decode device`` against the CPU's run: predictions and saved .npy maps.
+* ``out of memory`` (cuda only): a run over the photos whose model asks the CUDA allocator for more than the GPU
+  has on any forward of more than 2 images (a real ``torch.OutOfMemoryError``): it must finish, say once that the
+  batch was split, and write the maps of a ``--batch-size 2`` run on the same GPU.
+* ``device`` (cuda only): a ``--device cpu`` run on the GPU host initialises no CUDA (the warm-up's device thread
+  starts only for a spec that can mean a GPU).
 
 Component rows run with TF32 off (``torch.backends.cudnn.allow_tf32 = False``): float32 on both sides, so any
 difference above float noise is a bug. The ``probs (TF32)`` row and the ``run`` rows keep torch's default (cuDNN
@@ -341,6 +346,66 @@ def check_runs(folder: Path, ckpt: Path, tmp: Path, others: list[tuple[str, str]
             add("run", f"{tag}: maps {m}", worst, float("nan"), "rel", f"{len(keys)} maps")
 
 
+GREEDY = """
+import torch
+from xaibatch.model.loading import load_model
+
+
+class Greedy(torch.nn.Module):  # the checkpoint's resnet18; any forward of more than 2 images: a real CUDA OOM
+    def __init__(self):
+        super().__init__()
+        self.net = load_model({ckpt!r}).module
+
+    def forward(self, x):
+        if x.shape[0] > 2 and x.is_cuda:
+            torch.empty(1 << 46, dtype=torch.uint8, device=x.device)  # 64 TiB: more than any GPU has
+        return self.net(x)
+
+
+def build():
+    return Greedy()
+"""
+
+
+def check_out_of_memory(folder: Path, ckpt: Path, tmp: Path, dev) -> None:
+    """A run that runs out of the GPU's memory on every batch of more than 2 images finishes with the maps of a
+    --batch-size 2 run (pipeline/compute.py, methods/explainer.Fitting)."""
+    (tmp / "greedy.py").write_text(GREEDY.format(ckpt=str(ckpt)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    outs = {}
+    for bs in (8, 2):
+        out = tmp / f"oom-{bs}"
+        cmd = [sys.executable, "-m", "xaibatch", "run", str(folder), "--model", f"{tmp / 'greedy.py'}:build"]
+        cmd += ["--classes", "a,b", "--out", str(out), "--device", str(dev), "-m", "gradcam", "-m", "guided-gradcam"]
+        cmd += ["--batch-size", str(bs), "--workers", "0"]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        add("out of memory", f"run --batch-size {bs}", p.returncode, 0, "exit", (p.stderr.strip()[-70:]))
+        if bs == 8:
+            said = p.stderr.count("did not fit")
+            add("out of memory", "said once", abs(said - 1), 0, "lines", f"{said} 'did not fit' line(s)")
+        outs[bs] = out
+    if all((o / "predictions.csv").is_file() for o in outs.values()):
+        (_, a), (_, b) = run_outputs(outs[8]), run_outputs(outs[2])
+        add("out of memory", "same map files", len(set(a) ^ set(b)), 0, "files", f"{len(a)} .npy")
+        worst = max((rel(a[k], b[k]) for k in a if k in b), default=float("nan"))
+        add("out of memory", "maps: split 8 vs batch 2", worst, 1e-3, "rel", "TF32 as a run has it")
+
+
+def check_cpu_run_leaves_cuda_alone(folder: Path, ckpt: Path, tmp: Path) -> None:
+    """``--device cpu`` on a GPU host: the warm-up starts no device, nothing initialises CUDA."""
+    probe = (
+        "import sys, torch; from pathlib import Path; from xaibatch.pipeline import RunOptions, run; "
+        f"run(RunOptions(input_dir=Path({str(folder)!r}), out_dir=Path({str(tmp / 'cpu-run')!r}), "
+        f"checkpoint=Path({str(ckpt)!r}), methods=['gradcam'], device='cpu', workers=0, handle_signals=False), "
+        "log=lambda s: None); "
+        "print(int(torch.cuda.is_initialized()))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    got = p.stdout.strip().splitlines()[-1:] or ["?"]
+    add("device", "--device cpu initialises no CUDA", 0 if got == ["0"] else 1, 0, "", p.stderr.strip()[-70:])
+
+
 # -- the table ------------------------------------------------------------------------------------------------------
 
 
@@ -412,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_runs:
             others = [("cpu", "device")] if dev.type == "cpu" else [(str(dev), "cpu"), (str(dev), "device")]
             stage("run", "runs", check_runs, photos, resnet, tmp, others)
+        if dev.type == "cuda":
+            stage("out of memory", "split", check_out_of_memory, photos, resnet, tmp, dev)
+            stage("device", "cpu run", check_cpu_run_leaves_cuda_alone, photos, resnet, tmp)
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
