@@ -174,12 +174,7 @@ def test_a_class_folder_linked_out_of_the_input_is_named_as_skipped_never_as_emp
     assert "holds no images" not in r.stderr and f"  {skipped}" in r.stderr.splitlines()
     assert "xaibatch: 1 folder(s) not scanned:" in r.stderr.splitlines(), r.stderr  # was "1 image(s) could not be read"
 
-    plain = _plain_state_dict(tmp_path / "plain.pt")
-    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
-    r = invoke(*run_argv(root, tmp_path / "out2", plain, *extra))
-    assert r.exit_code == EXIT_USAGE, r.output
-    (err,) = r.stderr.splitlines()
-    assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
+    plain, extra = _refused_without_classes(root, tmp_path, skipped)
 
     r = invoke(*run_argv(root, tmp_path / "out3", plain, *extra, "--follow-links"))
     assert r.exit_code == EXIT_OK, r.output
@@ -200,12 +195,7 @@ def test_a_class_folder_that_is_a_broken_link_is_named_as_skipped(tmp_path, tiny
     assert r.stderr.splitlines() == ["xaibatch: 1 folder(s) not scanned:", f"  {skipped}"], r.stderr
     assert manifest_rows(tmp_path / "out", "SELECT rel, reason FROM failures") == [tuple(skipped.split(": ", 1))]
 
-    plain = _plain_state_dict(tmp_path / "plain.pt")
-    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
-    r = invoke(*run_argv(root, tmp_path / "out2", plain, *extra))
-    assert r.exit_code == EXIT_USAGE, r.output
-    (err,) = r.stderr.splitlines()
-    assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
+    plain, extra = _refused_without_classes(root, tmp_path, skipped)
 
     os.symlink("REAL2", root / "REAL2")  # a link to itself: a loop
     (root / "REAL").unlink()
@@ -350,3 +340,15 @@ def test_classes_given_in_another_case_match_the_folders_by_case(tmp_path, label
         "REAL": "real",
     }
     assert "real when P(real)" in (tmp_path / "out" / "index.html").read_text()
+
+
+def _refused_without_classes(root: Path, tmp_path: Path, skipped: str) -> tuple[Path, tuple[str, ...]]:
+    """A model that names no classes over ``root`` (one class folder scanned): refused in one line that says why
+    the other was not scanned. Returns the plain state_dict and its options, for more runs."""
+    plain = _plain_state_dict(tmp_path / "plain.pt")
+    extra = ("--arch", "test_resnet", "--image-size", "32", "--workers", "0")
+    r = invoke(*run_argv(root, tmp_path / "out2", plain, *extra))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (err,) = r.stderr.splitlines()
+    assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
+    return plain, extra
