@@ -200,3 +200,20 @@ def test_the_console_script_uses_the_guarded_entry_point():
 
     with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
         assert tomllib.load(f)["project"]["scripts"]["xaibatch"] == "xaibatch.entry:main"
+
+
+def test_an_unknown_target_layer_names_close_ones_the_top_level_and_says_which_convs_it_lists():
+    # "--target-layer nope" listed only the last 12 conv layers, as if they were all, and never the stages (s3:
+    # the automatic layer the report shows); a near miss got no suggestion.
+    import timm
+
+    from xaibatch.errors import ModelError
+    from xaibatch.model.layers import find_target_layer
+
+    model = timm.create_model("regnetx_002", pretrained=False, num_classes=2)
+    with pytest.raises(ModelError) as e:
+        find_target_layer(model, 64, "s3.b1.conv9")
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("model has no layer 's3.b1.conv9'; did you mean s3.b1.conv3")
+    assert "its top-level layers: stem, s1, s2, s3, s4, final_conv, head" in line
+    assert "the last 12 of its 44 conv layers: s4.b4.conv1.conv," in line

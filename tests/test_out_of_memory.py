@@ -201,17 +201,31 @@ def test_a_batch_too_large_for_memory_is_split_and_the_run_finishes(tmp_path, mo
         assert p.keys() == q.keys()
         np.testing.assert_allclose([p[k] for k in p], [q[k] for k in p], rtol=1e-5, atol=1e-7)
 
-    # One warning line, one event: what happened, the size the run now uses, what to give next time.
-    said = [line for line in lines if "did not fit" in line]
+    # One event (--log-json: no line beside it): what happened, the size the run now uses, what to give next time.
+    assert not [line for line in lines if "did not fit" in line], lines
     where_said = "the host's memory" if kind == "host" else "the device's memory"
-    assert said == [
-        f"xaibatch: warning: a batch of 8 images did not fit in {where_said}: explaining 2 at a time from now on "
+    text = (
+        f"a batch of 8 images did not fit in {where_said}: explaining 2 at a time from now on "
         "(next time give --batch-size 2)"
-    ], lines
+    )
     split = [e for e in events if e["event"] == "batch_split"]
-    assert split == [
-        {"event": "batch_split", "batch_size": 8, "size": 2, "memory": kind, "text": said[0].split("warning: ")[1]}
+    assert split == [{"event": "batch_split", "batch_size": 8, "size": 2, "memory": kind, "text": text}]
+
+
+def test_without_log_json_the_split_is_one_warning_line(tmp_path):
+    # The same split as a person (or a scheduler's log without --log-json) sees it: one line on stderr, once.
+    model, log = greedy(tmp_path, "split", 2)
+    write_images(tmp_path / "in", 12)
+    r = invoke(
+        "run", tmp_path / "in", "--model", model, "--classes", "a,b", "--out", tmp_path / "out", "--workers", 0,
+        "--batch-size", 8,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [line for line in r.stderr.splitlines() if "did not fit" in line] == [
+        "xaibatch: warning: a batch of 8 images did not fit in the device's memory: explaining 2 at a time from now "
+        "on (next time give --batch-size 2)"
     ]
+    assert refused(log) == [8, 4]
 
 
 def test_an_image_alone_that_does_not_fit_is_one_line_that_does_not_ask_for_a_smaller_batch(tmp_path):

@@ -298,8 +298,9 @@ control_options = grouped(
     click.option(
         "--log-json",
         is_flag=True,
-        help="Print JSON lines to stdout (start, plan, each failure, end with counts and exit code) "
-        "instead of the summary line; for schedulers and log collectors.",
+        help="Print JSON lines to stdout (start, notice, estimate, plan, each failure, progress, batch_split, end "
+        "with counts and exit code) instead of the summary line; warnings and notes are events only, stderr keeps "
+        "the Error: line. For schedulers and log collectors.",
     ),
 )
 

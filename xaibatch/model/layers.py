@@ -71,10 +71,16 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
+        import difflib
+
+        close = difflib.get_close_matches(name, [n for n, _ in model.named_modules() if n], n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        children = [n for n, _ in model.named_children()]
         convs = _conv_names(model)
-        names = convs[-12:] if convs else [n for n, _ in model.named_children()]
-        kind = "its conv layers" if convs else "top-level layers"
-        raise ModelError(f"model has no layer {name!r}; {kind}: {', '.join(names)}") from None
+        tail = f"; the last {min(12, len(convs))} of its {len(convs)} conv layers: {', '.join(convs[-12:])}"
+        raise ModelError(
+            f"model has no layer {name!r}; {hint}its top-level layers: {', '.join(children)}{tail if convs else ''}"
+        ) from None
 
 
 def _conv_names(model: nn.Module) -> list[str]:

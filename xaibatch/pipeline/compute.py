@@ -293,7 +293,7 @@ def compute(job: ComputeJob) -> None:
         scorer,
         should_stop=lambda: stop.requested,
         on_progress=on_progress,
-        on_split=functools.partial(say_split, emit, log),
+        on_split=lambda event: say_split(emit, log, event, opts.on_event is None),
     )
     try:
         for todo, entries in method_groups(plan).items():
@@ -325,11 +325,14 @@ def compute(job: ComputeJob) -> None:
             progress.close()
 
 
-def say_split(emit: Callable[[dict[str, Any]], None], log: Callable[[str], None], event: dict[str, Any]) -> None:
-    """A batch did not fit in memory (split_event): the event, and a warning line (as the run's other warnings, also
-    with --log-json; none with -q)."""
+def say_split(
+    emit: Callable[[dict[str, Any]], None], log: Callable[[str], None], event: dict[str, Any], lines: bool = True
+) -> None:
+    """A batch did not fit in memory (split_event): the event, and a warning line unless ``lines`` is False
+    (--log-json: events only, as the run's notices; none with -q)."""
     emit(event)
-    log(f"xaibatch: warning: {event['text']}")
+    if lines:
+        log(f"xaibatch: warning: {event['text']}")
 
 
 def loader_workers(workers: int, images: int, batch_size: int) -> int:

@@ -22,15 +22,21 @@ from .setup import Setup
 Notice = tuple[str, str, dict[str, Any]]  # kind, text (without "xaibatch: "), the event's other fields
 
 
-def say_notices(setup: Setup, log: Callable[[str], None], emit: Callable[[dict[str, Any]], None]) -> None:
+def say_notices(
+    setup: Setup, log: Callable[[str], None], emit: Callable[[dict[str, Any]], None], lines: bool = True
+) -> None:
     """Each of the run's notices as a line for ``log`` and a ``notice`` event for ``emit``."""
-    say(class_notices(setup), log, emit)
+    say(class_notices(setup), log, emit, lines)
 
 
-def say(notices: Iterable[Notice], log: Callable[[str], None], emit: Callable[[dict[str, Any]], None]) -> None:
-    """Each notice as a line for ``log`` and a ``notice`` event for ``emit``."""
+def say(
+    notices: Iterable[Notice], log: Callable[[str], None], emit: Callable[[dict[str, Any]], None], lines: bool = True
+) -> None:
+    """Each notice as a ``notice`` event for ``emit`` and, unless ``lines`` is False (--log-json: events only, so a
+    scheduler's error log does not grow by a line each run), a line for ``log``."""
     for kind, text, fields in notices:
-        log(f"xaibatch: {text}")
+        if lines:
+            log(f"xaibatch: {text}")
         emit({"event": "notice", "kind": kind, "text": text, **fields})
 
 

@@ -156,7 +156,7 @@ class Streamer:
             self.committed.add(res.index)
             if res.split is not None and (self.split is None or res.split["size"] < self.split):
                 self.split = res.split["size"]  # each actor learns the size on its own: one line per size
-                say_split(job.emit, job.log, res.split)
+                say_split(job.emit, job.log, res.split, job.opts.on_event is None)
             account(job.tally, job.emit, res.commit.failed, res.commit.computed)
             if self.progress is not None:
                 self.progress.update(res.commit.count)

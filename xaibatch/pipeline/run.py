@@ -217,8 +217,9 @@ def _run_locked(
     timings["prepare"] = time.time() - t0 - waited
     if waited:
         timings["wait"] = waited
-    say_notices(setup, log, emit)
-    warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit)
+    lines = opts.on_event is None  # --log-json: notices as events only
+    say_notices(setup, log, emit, lines)
+    warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit, lines)
     t_plan = time.time()
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
     try:
@@ -300,10 +301,11 @@ def warn_random_weights(
     checkpoint: str,
     log: Callable[[str], None],
     emit: Callable[[dict[str, Any]], None] = lambda event: None,
+    lines: bool = True,
 ) -> None:
     """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (a run's, serve's): maps of an
     untrained model; a line and a ``random-weights`` notice event (pipeline/notices.py)."""
-    say(random_weights(model, checkpoint), log, emit)
+    say(random_weights(model, checkpoint), log, emit, lines)
 
 
 def _plan_run(
