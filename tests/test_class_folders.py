@@ -358,3 +358,15 @@ def _refused_without_classes(root: Path, tmp_path: Path, skipped: str) -> tuple[
     (err,) = r.stderr.splitlines()
     assert "the folder has 1 classes ['FAKE']" in err and f"(not scanned: {skipped})" in err, err
     return plain, extra
+
+
+def test_a_broken_link_named_like_a_file_beside_class_folders_is_still_ignored(tmp_path, tiny_ckpt):
+    """A stray `notes.txt -> /gone` beside FAKE/ and REAL/ was listed as a folder not scanned (exit 1, every run)
+    once broken class-folder links were listed: a name with an extension is no class folder, ignored as before."""
+    root = tmp_path / "in"
+    write_images(root / "FAKE", 2)
+    write_images(root / "REAL", 2, seed=1)
+    os.symlink(tmp_path / "gone" / "notes.txt", root / "notes.txt")
+    r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "not scanned" not in r.stderr and "notes.txt" not in r.output

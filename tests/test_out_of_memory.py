@@ -316,6 +316,39 @@ def test_out_of_memory_outside_a_run_still_asks_for_a_smaller_batch(memory):
     assert "try a smaller --batch-size" in line and "one image" not in line and "\n" not in line
 
 
+@pytest.mark.parametrize(
+    "caller, says, never",
+    [
+        ("bench", "try a smaller --batch-size (LIME's model batches: --lime-batch-size N)", "--method-option"),
+        ("train", "try a smaller --batch-size, or --device cpu", "--method-option"),
+        ("other", "try --device cpu", "--batch-size"),
+    ],
+)
+def test_each_command_is_advised_with_its_own_options(caller, says, never):
+    # bench has --lime-batch-size, not --method-option; serve, report and demo-data have no batch size; none of
+    # them has a run's finished batches to keep: the advice named a run's options for all of them.
+    from xaibatch.errors import memory_message
+
+    line = memory_message("CUDA out of memory. Tried to allocate 1.50 GiB.", "device", caller=caller)
+    assert line == f"the GPU ran out of memory (1.50 GiB asked for): {says}"
+    assert never not in line and "what a run finished is kept" not in line
+
+
+def test_bench_out_of_memory_names_bench_options(monkeypatch):
+    # through the command: bench's boundary says bench's words
+    import torch
+
+    import xaibatch.tools.bench as tools_bench
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB.")
+
+    monkeypatch.setattr(tools_bench, "run_bench", oom)
+    r = invoke("bench", "--budget", "5")
+    assert r.exit_code == 3, r.output
+    assert "--lime-batch-size N" in r.output and "--method-option" not in r.output
+
+
 def built(model: str):
     """The module a greedy --model FILE.py:build builds, for explain()."""
     path, factory = model.rsplit(":", 1)

@@ -110,8 +110,10 @@ def memory_message(message: str, memory: str, alone: bool = False, caller: str =
     """torch's out-of-memory message (a paragraph about allocator settings; the CPU allocator's "[enforce fail at
     alloc_cpu.cpp:...] ... you tried to allocate N bytes"; a MemoryError's) as one line that says what to do.
     ``memory``: out_of_memory's answer; ``alone``: it happened to one image at a time, when a smaller batch cannot
-    help. ``caller``: whose options the advice names: "run" (a run's, bench's), "sanity" (its batches split, and the
-    image size and methods' options are the run's), "explain" (explain()'s keywords)."""
+    help. ``caller``: whose options the advice names: "run" (a run's), "sanity" (its batches split, and the image
+    size and methods' options are the run's), "explain" (explain()'s keywords), "bench" (its --batch-size and
+    --lime-batch-size), "train" (its --batch-size), "other" (serve, report, demo-data: no batch of theirs to
+    shrink)."""
     if memory == "device":
         tried = re.search(r"Tried to allocate ([\d.]+ \w+)", message)
         free = re.search(r"total capacity of ([\d.]+ \w+) of which ([\d.]+ \w+) is free", message)
@@ -123,12 +125,23 @@ def memory_message(message: str, memory: str, alone: bool = False, caller: str =
     else:
         tried = re.search(r"tried to allocate (\d+) bytes", message)
         head = f"out of memory{f' ({int(tried.group(1)) / 2**30:.2f} GiB asked for)' if tried else ''}"
+    cpu_or_free = "try --device cpu" if memory == "device" else "free memory and try again"
     if caller == "sanity":
         if alone:
             cause = "with one image at a time, at the run's image size and with its methods' options"
         else:  # the model's load, its randomized copy: the batches themselves are split to fit
             cause = "outside the batches (they are split to fit)"
-        return f"{head} {cause}: " + ("try --device cpu" if memory == "device" else "free memory and try again")
+        return f"{head} {cause}: {cpu_or_free}"
+    if caller == "other":
+        return f"{head}: {cpu_or_free}"
+    if caller == "train":
+        return (
+            f"{head}: try a smaller --batch-size, or --device cpu"
+            if memory == "device"
+            else f"{head}: try a smaller --batch-size"
+        )
+    if caller == "bench":
+        return f"{head}: try a smaller --batch-size (LIME's model batches: --lime-batch-size N)"
     if caller == "explain":
         inner = "method_options={'lime': {'batch_size': N}" + (
             "}" if memory == "device" else ", 'captum:NAME': {'internal_batch_size': N}}"

@@ -280,8 +280,8 @@ class _Walk:
         except OSError as e:
             if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:
                 self.skipped.append((shown(r), reason))
-            elif is_link and not rel:  # a class folder, when the input is class folders: scan() decides
-                self.broken_tops.append((shown(r), _dead_link(e)))
+            elif is_link and not rel and _folder_like(name, p):  # a class folder, when the input is class
+                self.broken_tops.append((shown(r), _dead_link(e)))  # folders: scan() decides
             return None
         if stat.S_ISDIR(st.st_mode):
             return self.folder(p, r, name, st, is_link, ancestors)
@@ -369,6 +369,17 @@ def _unopenable(e: OSError, path: str, is_image_name: bool, is_link: bool) -> st
     if is_link:
         return "broken symlink"
     return f"cannot read: {e.strerror or e}"
+
+
+def _folder_like(name: str, path: str) -> bool:
+    """Whether a link to nothing may have been a class folder: a name without an extension (``REAL``), or a target
+    written as a folder (``/data/real/``). ``notes.txt -> /gone`` is no class: ignored as any file not named like
+    an image."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = ""
+    return not os.path.splitext(name)[1] or target.endswith("/")
 
 
 def _dead_link(e: OSError) -> str:

@@ -118,7 +118,7 @@ BENCH_EXIT_CODES = {
     help="Generate the files into this folder and keep them (default: a temporary folder).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-@reported
+@reported(caller="bench")
 def bench(
     arch,
     image_size,

@@ -25,7 +25,7 @@ REPORT_EXIT_CODES = {
 @click.argument("out_dir", type=NonEmptyPath(path_type=Path, file_okay=False, exists=True))
 @template_dir_option
 @quiet_option("No summary line, no word of what a recovery cleaned: only Error: lines (a cron job's mail).")
-@reported
+@reported(caller="other")
 def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
     """Render the report in OUT_DIR again from its manifest: after editing templates, upgrading xaibatch or
     copying the folder elsewhere. Needs neither the input folder nor the model; pages that did not change are

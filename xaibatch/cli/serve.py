@@ -68,7 +68,7 @@ SERVE_EXIT_CODES = {
     show_default=True,
     help="Port to listen on (e.g. --port 8080).",
 )
-@reported
+@reported(caller="other")
 def serve(methods, model, device, lime_samples, seed, out, host, port):
     """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
 

@@ -62,7 +62,7 @@ TRAIN_EXIT_CODES = {
     show_default=True,
     help="xaibatch's checkpoint, or a plain state_dict for run's --model timm:ARCH.",
 )
-@reported
+@reported(caller="train")
 def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed, device, workers, out, save_format):
     """Train a timm model from scratch on DATA_DIR (ImageFolder, or a folder with train/ and test/).
 
@@ -123,7 +123,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
     is_flag=True,
     help="Write into a folder that holds other files too: train/ and test/ beside them (same names replaced).",
 )
-@reported
+@reported(caller="other")
 def demo_data(out_dir, train_per_class, test_per_class, seed, force):
     """Write a CIFAKE-style 32x32 demo set with ground-truth masks of the fake regions.
 
