@@ -408,9 +408,12 @@ def split_batches(device: torch.device, log: Callable[[str], None]) -> Fitting:
     return Fitting(device, say, caller="sanity")
 
 
-def _maps(net, ctx, methods, batch: SampleBatch, batch_size: int, fitting: Fitting) -> dict[str, np.ndarray]:
+def _maps(
+    net, ctx, methods, batch: SampleBatch, batch_size: int, fitting: Fitting | None = None
+) -> dict[str, np.ndarray]:
     """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy), in
-    batches of ``batch_size`` split where they do not fit (``fitting``)."""
+    batches of ``batch_size``, split where they do not fit with a ``fitting`` (None: a batch that does not fit
+    raises)."""
     from dataclasses import replace
 
     from ..model.layers import find_target_layer
