@@ -719,3 +719,20 @@ def test_maps_and_overlays_at_the_images_own_size_are_a_runs(tmp_path, tiny_ckpt
     with pytest.raises(UsageError) as e:
         got.map(0, "gradcam", size=(48, 32))
     assert str(e.value) == "size must be 'input' (the model's input size) or 'given' (the image's own), not (48, 32)"
+
+
+def test_class_names_are_read_by_case_as_a_runs_class_folders_are():
+    # explain(labels=["real", ...]) was refused ("not one of the classes: FAKE, REAL") while the CLI reads a `Real/`
+    # folder as REAL: the same rule now (an exact name first, else the one class that differs only by case).
+    net, u8 = TinyNet(), _images(2)
+    r = xaibatch.explain(net, u8, target="label", labels=["real", "Fake"], classes=["FAKE", "REAL", "OTHER"])
+    assert r.labels.tolist() == [1, 0] and r.targets.tolist() == [1, 0]
+    assert xaibatch.explain(net, u8, target=["fake", "REAL"], classes=["FAKE", "REAL", "OTHER"]).targets.tolist() == [
+        0,
+        1,
+    ]
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, u8, target="label", labels=["real", "a"], classes=["REAL", "Real", "x"])
+    assert str(e.value) == "labels[0] is 'real', which matches the classes REAL and Real only by case"
+    exact = xaibatch.explain(net, u8, target="label", labels=["Real", "REAL"], classes=["REAL", "Real", "x"])
+    assert exact.labels.tolist() == [1, 0]  # an exact name wins

@@ -359,8 +359,10 @@ def _class_indices(values, classes: Sequence[str] | None, what: str):
 
 
 def _class_index(v, names: list[str] | None, what: str) -> int:
-    """One class given as an index (any integer, or a whole float) or as one of ``names``."""
+    """One class given as an index (any integer, or a whole float) or as one of ``names`` (by case as a run's class
+    folders and --positive-class are: an exact name, else the one class that differs from it only by case)."""
     from .errors import UsageError
+    from .scan import named_class
 
     if getattr(v, "ndim", None) == 0:  # a numpy scalar, a 0-d array or tensor
         v = v.item()
@@ -369,9 +371,12 @@ def _class_index(v, names: list[str] | None, what: str) -> int:
             raise UsageError(
                 f"{what} is a class name ({v!r}) but the model's classes are not named: pass classes=[...]"
             )
-        if v not in names:
+        near = named_class(v, names)
+        if len(near) > 1:
+            raise UsageError(f"{what} is {v!r}, which matches the classes {' and '.join(near)} only by case")
+        if not near:
             raise UsageError(f"{what} is {v!r}, not one of the classes: {', '.join(names)}")
-        return names.index(v)
+        return names.index(near[0])
     if isinstance(v, numbers.Integral) or (isinstance(v, numbers.Real) and float(v).is_integer()):
         return int(v)
     raise UsageError(f"{what} is {v!r}: a class is an integer index or a class name")
