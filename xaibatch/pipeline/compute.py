@@ -76,9 +76,9 @@ class BatchWorker:
     ) -> None:
         self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
-        self.on_split = on_split  # the batch_split event, when a batch did not fit in memory (split_event)
         device = prepared.ctx.device
-        # a batch that runs out of memory is explained in the parts that fit (the policy explain() and sanity share)
+        # a batch that runs out of memory is explained in the parts that fit (the policy explain() and sanity share);
+        # on_split: the batch_split event then (split_event)
         self.fitting = Fitting(device, None if on_split is None else lambda s: on_split(split_event(s, device)))
         self._span = (0, 1, 1)  # the part of the batch being explained: (first image, images, the batch's images)
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
