@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from ..runconfig import RANDOM_INIT
+from ..scan import named_class
 from .setup import Setup
 
 Notice = tuple[str, str, dict[str, Any]]  # kind, text (without "xaibatch: "), the event's other fields
@@ -84,10 +85,8 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
 def _kept(name: str, names: list[str], labels: set) -> bool:
     """Whether an empty class folder stays a class: the class it names (exactly, else only by case) has no images
     from another folder (an empty ``REAL/`` beside ``Real/``'s images is no class of its own: ignored)."""
-    near = [i for i, n in enumerate(names) if n == name] or [
-        i for i, n in enumerate(names) if n.casefold() == name.casefold()
-    ]
-    return len(near) == 1 and near[0] not in labels
+    near = named_class(name, names)
+    return len(near) == 1 and names.index(near[0]) not in labels
 
 
 def assumed_order(names: list[str], most: int = 10) -> str:
