@@ -6,6 +6,8 @@
 # check.sh leaves $DEMO (default /tmp/demo: 20,000 demo images) and the wheels' site in /tmp/site; on a fresh
 # machine this script installs the wheels and makes the demo images itself. Under $OUT:
 #   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
+#   spy.txt       the same run under py-spy (its wheel in .gpu/whl): CPU time per thread of the run and per forked
+#                 process role (loader workers, writer processes, report forks), by function (benchmarks/spy_summary.py)
 #   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
 #   device.txt    benchmarks/device_start.py: time to the first batch with the GPU started beside the imports
 #                 and without (3 rounds over 2,000 demo images, fresh processes taking turns)
@@ -31,6 +33,13 @@ if left; then
     --log-json | grep '"end"' >"$OUT/profile.txt"
   python3 -c "import pstats,sys; pstats.Stats('/tmp/xb-run.prof', stream=sys.stdout).sort_stats('cumulative').print_stats(60)" \
     >>"$OUT/profile.txt" 2>&1
+fi
+SPY=$(command -v py-spy || echo /tmp/site/bin/py-spy)
+if left && [ -x "$SPY" ]; then  # every thread and forked process (cProfile sees the main thread only)
+  rm -rf /tmp/xb-spy-out
+  timeout 90 "$SPY" record -s -t -r 200 -f raw -o /tmp/xb-run.spy -- python3 -m xaibatch run "$DEMO/test" -m gradcam \
+    --out /tmp/xb-spy-out --log-json 2>"$OUT/spy.err" | grep '"end"' >"$OUT/spy.txt"
+  python3 benchmarks/spy_summary.py /tmp/xb-run.spy --rate 200 >>"$OUT/spy.txt" 2>&1
 fi
 if left; then
   timeout 60 python3 benchmarks/host_path.py "$DEMO/test" --out /dev/shm/xb-host --batch-size 512 >"$OUT/host.txt" 2>&1
