@@ -48,14 +48,15 @@ def main() -> None:
         k = 0  # a forked process's frames come under its parent's: the innermost "process" frame is the sampled one
         while k < len(frames) and _PROCESS.match(frames[k]):
             k += 1
-        if not k or not n.isdigit():
+        if not n.isdigit():
             continue
-        pid = int(_PROCESS.match(frames[k - 1]).group(1))  # type: ignore[union-attr]
+        pid = int(_PROCESS.match(frames[k - 1]).group(1)) if k else 0  # type: ignore[union-attr]  (0: no -s)
         thread = frames[k] if len(frames) > k and frames[k].startswith("thread") else ""
         stacks.append((pid, thread, frames[k + 1 if thread else k :], int(n)))
     if not stacks:
         raise SystemExit(f"{args.raw}: no samples")
-    root = int(_PROCESS.match(args.raw.read_text().split(";", 1)[0]).group(1))  # type: ignore[union-attr]
+    first = _PROCESS.match(args.raw.read_text().split(";", 1)[0])
+    root = int(first.group(1)) if first else 0
     roles: dict[int, str] = {}
     for pid, _thread, frames, _n in stacks:
         if pid != root and roles.get(pid, "other process") == "other process":
