@@ -6,6 +6,7 @@
 # check.sh leaves $DEMO (default /tmp/demo: 20,000 demo images) and the wheels' site in /tmp/site; on a fresh
 # machine this script installs the wheels and makes the demo images itself. Under $OUT:
 #   profile.txt   the run's `end` line and a cProfile of it (cumulative, top 60): a 20,000-image Grad-CAM run
+#   env.txt       what the imports cost there and why (bytecode compiled or not, Python, file system, -X importtime)
 #   spy.txt       the same run under py-spy (its wheel in .gpu/whl): CPU time per thread of the run and per forked
 #                 process role (loader workers, writer processes, report forks), by function (benchmarks/spy_summary.py)
 #   host.txt      the same images through benchmarks/host_path.py (a model that costs nothing): the host alone
@@ -26,6 +27,19 @@ if [ "${EQUIV:-1}" = 1 ]; then  # outside BUDGET: the profile's steps keep their
   echo "gpu_equivalence exit $? after $(( $(date +%s) - T0 )) s" >>"$OUT/equivalence.txt"
   T0=$(date +%s)
 fi
+{  # why imports cost 2.5-3x this box's there: bytecode compiled or not, the interpreter, the file system
+  python3 -c "import sys,os;print(sys.version.split()[0], 'PYTHONDONTWRITEBYTECODE', os.environ.get('PYTHONDONTWRITEBYTECODE'))"
+  for m in torch timm numpy PIL; do
+    d=$(python3 -c "import os,$m;print(os.path.dirname($m.__file__))" 2>/dev/null) &&
+      echo "$m: $(find "$d" -name '*.py' | wc -l) .py, $(find "$d" -name '*.pyc' | wc -l) .pyc in $d ($(df -T "$d" | awk 'NR==2{print $2}'))"
+  done
+  for i in 1 2; do
+    /usr/bin/time -f "import torch: %e s" python3 -c "import torch"
+    /usr/bin/time -f "torch and timm as a run imports them: %e s" python3 -c \
+      "import torch; from xaibatch.imports import defer_hub, import_timm; defer_hub(); import_timm()"
+  done
+  python3 -X importtime -c "import torch" 2>&1 | sort -t'|' -k1.13,1.24 -n | tail -15  # most self time
+} >"$OUT/env.txt" 2>&1
 [ -d "$DEMO/test" ] || python3 -m xaibatch demo-data "$DEMO" --train-per-class 10 --test-per-class 10000 >/dev/null
 if left; then
   rm -rf /tmp/xb-prof-out
