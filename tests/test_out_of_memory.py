@@ -496,3 +496,33 @@ def test_sanity_out_of_memory_outside_its_batches_does_not_ask_for_a_smaller_bat
     head = "the GPU ran out of memory (2.00 GiB asked for)" if memory == "device" else "out of memory"
     advice = "try --device cpu" if memory == "device" else "free memory and try again"
     assert r.output == f"Error: {head} outside the batches (they are split to fit): {advice}\n"
+
+
+def test_serve_answers_running_out_of_memory_with_what_to_do():
+    # serve wrote "internal error: OutOfMemoryError: CUDA out of memory. Tried to allocate ... (a paragraph)" into
+    # the page, where every command's boundary says what to do (errors.outcome: one rule for both)
+    from xaibatch.serve.core import Request, explain_requests
+
+    class Full:
+        def explain(self, *a):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total ...")
+
+    out = explain_requests(Full(), [Request(object(), ("gradcam",))])  # type: ignore[arg-type]
+    assert out == ["the GPU ran out of memory (1.50 GiB asked for): try --device cpu"]
+
+
+def test_the_json_end_event_says_what_the_error_line_says(tmp_path, monkeypatch):
+    # --log-json's end event held str(e): "" for a MemoryError (then its type's name), torch's paragraph for a GPU's,
+    # where the Error: line says what to do; a scheduler reading the JSON got less than a person reading stderr
+    import xaibatch.pipeline as pipeline
+
+    def full(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(pipeline, "run", full)
+    write_images(tmp_path / "in", 2)
+    r = invoke("run", tmp_path / "in", "--out", tmp_path / "out", "--log-json", "--device", "cpu")
+    assert r.exit_code == 3, r.output
+    end = json.loads([line for line in r.output.splitlines() if line.startswith('{"event": "end"')][-1])
+    error_line = next(line for line in r.output.splitlines() if line.startswith("Error: "))
+    assert end["error"] == error_line.removeprefix("Error: ") and end["error"].startswith("out of memory: try a")

@@ -1,12 +1,6 @@
-"""``python -m xaibatch``: the same as the ``xaibatch`` command."""
+"""``python -m xaibatch``: the same as the ``xaibatch`` command (entry.main: a Ctrl-C while starting is one line)."""
 
-try:
-    from .cli import main
-except KeyboardInterrupt:  # before cli's own guard is in place
-    import sys
-
-    sys.stderr.write("Error: interrupted while starting\n")
-    raise SystemExit(5) from None
+from .entry import main
 
 if __name__ == "__main__":
     main()

@@ -1,26 +1,73 @@
-"""One exception root and one exit-code table; only the CLI turns errors into messages and exit codes."""
+"""One exception root, one exit-code table and one rule for what any error tells a user (:func:`outcome`); only the
+CLI's boundary (cli/boundary.py) and the servers say it."""
 
 from __future__ import annotations
 
 import errno
 import os
 import re
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
 from . import layout
 
 
+class ExitCode(IntEnum):
+    """What a scheduler sees: each exit code with its run status and meaning (README and --help use these)."""
+
+    OK = 0
+    SOME_FAILED = 1
+    USAGE = 2
+    RUNTIME = 3
+    LOCKED = 4
+    INTERRUPTED = 5
+
+    @property
+    def status(self) -> str:
+        return _STATUS[self]
+
+    @property
+    def meaning(self) -> str:
+        return _MEANING[self]
+
+
+_STATUS = {
+    ExitCode.OK: "ok",
+    ExitCode.SOME_FAILED: "some-failed",
+    ExitCode.USAGE: "usage-error",
+    ExitCode.RUNTIME: "error",
+    ExitCode.LOCKED: "locked",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+_MEANING = {
+    ExitCode.OK: "success",
+    ExitCode.SOME_FAILED: "success, but some images could not be read (listed in the report)",
+    ExitCode.USAGE: "usage error (bad option, folder, model or checkpoint)",
+    ExitCode.RUNTIME: "runtime error",
+    ExitCode.LOCKED: "another run holds the output folder's lock (see --wait)",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP); finished batches are saved, the next run continues",
+}
+
+# The names the code and tests use.
+EXIT_OK = ExitCode.OK
+EXIT_SOME_FAILED = ExitCode.SOME_FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_RUNTIME = ExitCode.RUNTIME
+EXIT_LOCKED = ExitCode.LOCKED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+
+
 class XaibatchError(Exception):
     """Base of every error xaibatch reports to a user as one line."""
 
-    exit_code = 3  # ExitCode.RUNTIME
+    exit_code = ExitCode.RUNTIME
 
 
 class UsageError(XaibatchError):
     """The user asked for something that cannot work (bad option, bad folder)."""
 
-    exit_code = 2  # ExitCode.USAGE
+    exit_code = ExitCode.USAGE
 
 
 class ModelError(UsageError):
@@ -58,7 +105,7 @@ def lasting(reason: str) -> bool:
 class LockHeld(XaibatchError):
     """Another run holds the output folder."""
 
-    exit_code = 4  # ExitCode.LOCKED
+    exit_code = ExitCode.LOCKED
 
 
 class StorageError(XaibatchError, OSError):
@@ -68,13 +115,13 @@ class StorageError(XaibatchError, OSError):
     with its ``errno``, for callers that catch those.
     """
 
-    exit_code = 3  # ExitCode.RUNTIME
+    exit_code = ExitCode.RUNTIME
 
 
 class Interrupted(XaibatchError):
     """SIGINT, SIGTERM or SIGHUP stopped the run after saving what was done."""
 
-    exit_code = 5  # ExitCode.INTERRUPTED
+    exit_code = ExitCode.INTERRUPTED
 
 
 def interrupted_by(e: KeyboardInterrupt) -> str:
@@ -99,7 +146,7 @@ class OneImageTooLarge(XaibatchError):
     """One image alone did not fit in memory: a batch was split down to one image (methods/explainer.Fitting: a
     run's batches, sanity's and explain()'s)."""
 
-    exit_code = 3  # ExitCode.RUNTIME
+    exit_code = ExitCode.RUNTIME
 
 
 class BatchSplitWarning(UserWarning):
@@ -203,51 +250,6 @@ def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageErr
     return full
 
 
-class ExitCode(IntEnum):
-    """What a scheduler sees: each exit code with its run status and meaning (README and --help use these)."""
-
-    OK = 0
-    SOME_FAILED = 1
-    USAGE = 2
-    RUNTIME = 3
-    LOCKED = 4
-    INTERRUPTED = 5
-
-    @property
-    def status(self) -> str:
-        return _STATUS[self]
-
-    @property
-    def meaning(self) -> str:
-        return _MEANING[self]
-
-
-_STATUS = {
-    ExitCode.OK: "ok",
-    ExitCode.SOME_FAILED: "some-failed",
-    ExitCode.USAGE: "usage-error",
-    ExitCode.RUNTIME: "error",
-    ExitCode.LOCKED: "locked",
-    ExitCode.INTERRUPTED: "interrupted",
-}
-_MEANING = {
-    ExitCode.OK: "success",
-    ExitCode.SOME_FAILED: "success, but some images could not be read (listed in the report)",
-    ExitCode.USAGE: "usage error (bad option, folder, model or checkpoint)",
-    ExitCode.RUNTIME: "runtime error",
-    ExitCode.LOCKED: "another run holds the output folder's lock (see --wait)",
-    ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP); finished batches are saved, the next run continues",
-}
-
-# The names the code and tests use.
-EXIT_OK = ExitCode.OK
-EXIT_SOME_FAILED = ExitCode.SOME_FAILED
-EXIT_USAGE = ExitCode.USAGE
-EXIT_RUNTIME = ExitCode.RUNTIME
-EXIT_LOCKED = ExitCode.LOCKED
-EXIT_INTERRUPTED = ExitCode.INTERRUPTED
-
-
 def exit_code_for(exc: BaseException) -> int:
     """The exit code of any outcome: an xaibatch error's own, 5 for Ctrl-C, 3 for anything unexpected."""
     if isinstance(exc, XaibatchError):
@@ -260,3 +262,31 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
     return EXIT_RUNTIME
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a user is told of an error: one ``line``, the exit ``code``; ``internal``: not an error xaibatch
+    foresaw (a bug, or a library's surprise), whose traceback XAIBATCH_DEBUG=1 shows."""
+
+    line: str
+    code: int
+    internal: bool = False
+
+
+def outcome(exc: BaseException, caller: str = "run") -> Outcome:
+    """The one line and exit code of ``exc``: an xaibatch error's own; a signal's "interrupted"; an OSError with
+    the file it names; running out of memory as what to do (``caller``: whose options the advice names, see
+    :func:`memory_message`); anything else as an internal error. The CLI's Error: line, the JSON end event's
+    ``error`` and ``serve``'s answer all say this."""
+    if isinstance(exc, XaibatchError):
+        return Outcome(str(exc), exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):  # "by SIGTERM" from signals.stops_interrupt; none from Ctrl-C
+        return Outcome(interrupted_by(exc), ExitCode.INTERRUPTED)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return Outcome(f"{exc.strerror or exc}{where}", ExitCode.RUNTIME)
+    memory = out_of_memory(exc)  # torch's OutOfMemoryError (a GPU's), its CPU allocator's, a MemoryError
+    if memory is not None:
+        return Outcome(memory_message(str(exc), memory, caller=caller), ExitCode.RUNTIME)
+    return Outcome(f"internal error: {type(exc).__name__}: {exc}", ExitCode.RUNTIME, internal=True)

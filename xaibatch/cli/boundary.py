@@ -10,13 +10,9 @@ from typing import Callable
 import click
 
 from ..errors import (
-    EXIT_INTERRUPTED,
-    EXIT_RUNTIME,
     ExitCode,
     XaibatchError,
-    interrupted_by,
-    memory_message,
-    out_of_memory,
+    outcome,
 )
 from ..runlog import reader_gone, silence, write_line
 from .helptext import Context
@@ -148,26 +144,16 @@ def reported(fn=None, *, caller: str = "run"):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except XaibatchError as e:
-            raise Failure(str(e), e.exit_code) from None
-        except KeyboardInterrupt as e:  # "by SIGTERM" from signals.stops_interrupt; none from Ctrl-C
-            raise Failure(interrupted_by(e), EXIT_INTERRUPTED) from None
-        except OSError as e:
-            if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
-                raise  # the command's output was cut short by its reader: Group ends it with exit 0
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise Failure(f"{e.strerror or e}{where}", EXIT_RUNTIME) from None
         except click.ClickException:
             raise
-        except Exception as e:
-            if os.environ.get("XAIBATCH_DEBUG"):
-                raise
-            memory = out_of_memory(e)  # torch's OutOfMemoryError (a GPU's), its CPU allocator's, a MemoryError
-            if memory is not None:  # (run and sanity split their batches first: explainer.Fitting, OneImageTooLarge)
-                raise Failure(memory_message(str(e), memory, caller=caller), EXIT_RUNTIME) from None
-            raise Failure(
-                f"internal error: {type(e).__name__}: {e} (set XAIBATCH_DEBUG=1 for the traceback)", EXIT_RUNTIME
-            ) from None
+        except (KeyboardInterrupt, Exception) as e:
+            if isinstance(e, BrokenPipeError) and reader_gone(sys.stdout):
+                raise  # the command's output was cut short by its reader: Group ends it with exit 0
+            if os.environ.get("XAIBATCH_DEBUG") and not isinstance(e, (XaibatchError, KeyboardInterrupt, OSError)):
+                raise  # the traceback of what xaibatch did not foresee (running out of memory included)
+            said = outcome(e, caller)  # (run and sanity split their batches first: explainer.Fitting, OneImageTooLarge)
+            hint = " (set XAIBATCH_DEBUG=1 for the traceback)" if said.internal else ""
+            raise Failure(said.line + hint, said.code) from None
 
     return wrapper
 

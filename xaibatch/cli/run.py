@@ -87,7 +87,7 @@ def run(
     left, then a progress line follows about every minute (JSON "progress"
     events with --log-json; none with -q), and one summary line at the end.
     """
-    from ..errors import exit_code_for
+    from ..errors import exit_code_for, outcome
     from ..pipeline import RunOptions, default_out
     from ..pipeline import run as run_pipeline
     from ..runlog import JsonLog, write_line
@@ -137,8 +137,9 @@ def run(
         if partial is not None and human:
             list_failures(partial.failed)
             write_line(partial.summary_line())
-        if jlog:
-            jlog.end(exit_code_for(e), partial, error=str(e) or type(e).__name__)
+        if jlog:  # the same line as the Error: line (errors.outcome), less its XAIBATCH_DEBUG hint
+            line = e.format_message() if isinstance(e, click.ClickException) else outcome(e).line
+            jlog.end(exit_code_for(e), partial, error=line or type(e).__name__)
         raise
     code = EXIT_SOME_FAILED if result.failed else EXIT_OK
     if human:

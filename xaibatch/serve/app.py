@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
 
-from ..errors import UsageError, XaibatchError  # noqa: E402
+from ..errors import UsageError, XaibatchError, outcome  # noqa: E402
 from ..pipeline.signals import catch_signals  # noqa: E402
 from .address import listen_error  # noqa: E402
 from .core import (
@@ -97,10 +97,8 @@ class _Handlers:
         try:
             n = min(max(int(n), MIN_LIME_SAMPLES), MAX_LIME_SAMPLES)
             return Request(_source(self.demos, self.report, file, pick), ordered, n, bool(faith)), None
-        except XaibatchError as e:  # DecodeError included: one line, the server keeps serving
-            return Request(None, ordered), str(e)
-        except Exception as e:  # never a traceback in the page
-            return Request(None, ordered), f"internal error: {type(e).__name__}: {e}"
+        except Exception as e:  # DecodeError included: one line (errors.outcome), never a traceback in the page
+            return Request(None, ordered), outcome(e, caller="other").line
 
     def _answer(self, line: str | None, r: Result | str) -> tuple[str, str]:
         if line is not None or isinstance(r, str):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..model import heads
 from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, open_image_file
-from ..errors import DecodeError, UsageError, XaibatchError
+from ..errors import DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
 from ..overlay import display_map, display_scale, overlay, png_bytes
@@ -249,10 +249,8 @@ def explain_requests(service: Service, requests: list[Request]) -> list[Result |
     for (methods, samples, faith), idx in groups.items():
         try:
             results = service.explain([requests[i].upload for i in idx], list(methods), samples, faith)
-        except XaibatchError as e:
-            results = [str(e)] * len(idx)
-        except Exception as e:  # one bad request never stops the server
-            results = [f"internal error: {type(e).__name__}: {e}"] * len(idx)
+        except Exception as e:  # one bad request never stops the server: its line (errors.outcome)
+            results = [outcome(e, caller="other").line] * len(idx)
         for i, r in zip(idx, results, strict=True):
             out[i] = r
     return out
