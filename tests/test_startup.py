@@ -283,6 +283,10 @@ def test_the_builtin_methods_option_names_are_their_classes():
     for name, cls in METHODS.items():
         if ":" in name:
             assert library_defaults(name) == cls.defaults, name
+    # and every native method is there: the CLI checks -m against BUILTIN_OPTIONS (no torch), so a method
+    # registered but left out of it would answer "unknown method" to `xaibatch run -m <name>`
+    natives = {n for n, cls in METHODS.items() if ":" not in n and cls.__module__.startswith("xaibatch.methods.")}
+    assert natives == set(BUILTIN_OPTIONS)
 
 
 @pytest.mark.parametrize("classes", [("REAL", "FAKE"), ("FAKE", "OTHER", "REAL")])
