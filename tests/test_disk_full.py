@@ -460,3 +460,25 @@ def test_a_real_full_file_system(tmp_path, tiny_ckpt, writers):
         kept,
     )
     check_output_folder(rerun, inp)
+
+
+def test_a_finished_run_that_cannot_note_its_report_is_done_says_so(tmp_path, tiny_ckpt, monkeypatch):
+    """The last write of a run notes that its report is done (recovery.mark_run). That write failing was passed
+    over in silence (exit 0), and the note left behind made the next run record this finished run as "killed"
+    while reporting: now the run says what the disk said."""
+    from xaibatch.manifest import Manifest
+    from xaibatch.pipeline.recovery import REPORTING
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 4)
+    real = Manifest.set_meta
+
+    def set_meta(self, key, value):
+        if key == REPORTING and value == "":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, key, value)
+
+    monkeypatch.setattr(Manifest, "set_meta", set_meta)
+    r = helpers.invoke("run", inp, "--out", out, "--checkpoint", tiny_ckpt, "-q", "--workers", "0")
+    assert r.exit_code == 3, r.output
+    assert error_line(r.output).startswith("Error: no space left on device writing to ")

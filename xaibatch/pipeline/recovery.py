@@ -213,7 +213,8 @@ def mark_run(
     reason: str | None = None,
 ) -> None:
     """After the report: set the run's status (and why) when it failed (None: it did not), and note that the report
-    is done; never hides the original error."""
+    is done. On a failed run's path a manifest that refuses this is passed over (the original error is the one to
+    tell); on a finished run's it raises: left unsaid, the note would make the next run call this one killed."""
     if run_id is None:
         return
     try:
@@ -226,7 +227,8 @@ def mark_run(
         finally:
             manifest.close()
     except Exception:
-        pass
+        if status is None:
+            raise
 
 
 def killed_while_reporting(manifest: Manifest) -> bool:
