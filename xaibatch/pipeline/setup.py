@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import MAP_FORMAT_VERSION, __version__, layout
 from ..engines import ENGINES
-from ..errors import InputError
+from ..errors import InputError, XaibatchError
 from ..files import file_sha256
 from ..manifest import Manifest
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
@@ -155,8 +155,8 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         return None
     try:
         key = request_key(opts, found, file_sha256(checkpoint_path(opts)))
-    except Exception:
-        return None  # the full path reports it properly
+    except (OSError, XaibatchError):  # a missing checkpoint, --arch without one: the full path says so properly
+        return None
     manifest = Manifest(manifest_path)
     try:
         last = settings_source(manifest, key)
