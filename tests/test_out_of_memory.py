@@ -526,3 +526,17 @@ def test_the_json_end_event_says_what_the_error_line_says(tmp_path, monkeypatch)
     end = json.loads([line for line in r.output.splitlines() if line.startswith('{"event": "end"')][-1])
     error_line = next(line for line in r.output.splitlines() if line.startswith("Error: "))
     assert end["error"] == error_line.removeprefix("Error: ") and end["error"].startswith("out of memory: try a")
+
+
+def test_the_run_row_says_what_the_error_line_says(tmp_path, monkeypatch):
+    # the run's row (the history's hover text) held "MemoryError: " where the Error: line said what to do
+    def full(self, job):
+        raise MemoryError()
+
+    monkeypatch.setattr(writer_module.Writer, "put", full)
+    write_images(tmp_path / "in", 4)
+    r = invoke("run", tmp_path / "in", "--out", tmp_path / "out", "--device", "cpu", "--workers", "0", "-q")
+    assert r.exit_code == 3, r.output
+    line = next(line for line in r.output.splitlines() if line.startswith("Error: "))
+    assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("error", line[len("Error: ") :])]
+    assert "out of memory: try a smaller --batch-size" in line

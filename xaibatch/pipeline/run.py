@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from .. import layout
 from ..engines import ComputeJob, Engine, engine_for
-from ..errors import InputError, Interrupted, UsageError, XaibatchError, storage_error
+from ..errors import InputError, Interrupted, UsageError, XaibatchError, outcome, storage_error
 from ..scan import Scan, printable, shown
 from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts
@@ -447,11 +447,5 @@ def ending(e: BaseException) -> str:
 
 
 def reason(e: BaseException) -> str:
-    """The run row's reason: the one line the run exits with (cli/boundary.py says it so)."""
-    if isinstance(e, XaibatchError):
-        return str(e)
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
-    return f"{type(e).__name__}: {e}"
+    """The run row's reason: the one line the run exits with (errors.outcome, as cli/boundary.py says it)."""
+    return outcome(e).line
