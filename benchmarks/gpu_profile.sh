@@ -14,6 +14,7 @@
 #                 and without (3 rounds over 2,000 demo images, fresh processes taking turns)
 #   lime.txt      benchmarks/lime_phases.py: one LIME batch phase by phase (the bundled model at the run's GPU
 #                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials)
+#   bench_r18_b512.md  xaibatch bench at resnet18 @ 64 with batch 512 (a run's GPU default there; check.sh's bench: 64)
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
 #                 correctness before speed; about a minute, its own timeout, not in BUDGET; EQUIV=0 skips it)
 # BUDGET: seconds from this script's start after which no step is started (each step has its own timeout).
@@ -69,5 +70,9 @@ if left; then
   done
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 >>"$OUT/lime.txt" 2>&1
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 --cudnn-benchmark >>"$OUT/lime.txt" 2>&1
+fi
+if left; then  # the bench's ratios at the batch a run uses on a GPU at 64 px (512), not the bench's default 64
+  timeout 100 python3 -m xaibatch bench --arch resnet18 --image-size 64 --device cuda --images 8192 --batch-size 512 \
+    --only gradcam --repeats 1 --budget 80 --markdown >"$OUT/bench_r18_b512.md" 2>&1
 fi
 echo "gpu_profile done after $(( $(date +%s) - T0 )) s" >>"$OUT/profile.txt"
