@@ -285,3 +285,34 @@ def test_a_sanity_file_without_curves_leaves_the_section_out(inp, tiny_ckpt, tmp
     (out / "sanity.json").write_text(text)
     write_report(out)
     assert "Sanity check" not in (out / "index.html").read_text()
+
+
+def _verdict_items(out: Path) -> dict[str, str]:
+    """The report's sanity verdicts, by method: each list item's text."""
+    import re
+
+    html = (out / "index.html").read_text()
+    items = re.findall(
+        r"<li class=\"(?:good|bad)\">(.*?)</li>", html.split('<ul class="verdicts">', 1)[1].split("</ul>")[0]
+    )
+    return {re.sub(r"<[^>]+>", "", i).split(":")[0]: re.sub(r"<[^>]+>", "", i) for i in items}
+
+
+def test_a_verdict_on_maps_recomputed_since_under_other_settings_says_so(inp, tiny_ckpt, tmp_path):
+    """A cron job's command changed a method's option (same checkpoint) after `xaibatch sanity`: that method's maps
+    were recomputed, and the report used to show the check of the old maps as current (it compared the checkpoint
+    only). The verdict of a method whose maps no longer carry the hash it was checked with says to check again."""
+    out = tmp_path / "o"
+    lime = {"samples": 12, "segments": 6}
+    _run(inp, out, ["gradcam", "lime"], checkpoint=tiny_ckpt, method_options={"lime": lime})
+    assert _sanity(out).exit_code == 0
+    again = "run xaibatch sanity again"
+    assert not any(again in v for v in _verdict_items(out).values())
+
+    _run(inp, out, ["gradcam", "lime"], checkpoint=tiny_ckpt, method_options={"lime": {**lime, "samples": 16}})
+    verdicts = _verdict_items(out)
+    assert set(verdicts) == {"gradcam", "lime"}
+    assert again in verdicts["lime"] and again not in verdicts["gradcam"]
+
+    assert _sanity(out).exit_code == 0  # checked again: current
+    assert not any(again in v for v in _verdict_items(out).values())

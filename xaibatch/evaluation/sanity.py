@@ -314,6 +314,8 @@ def run_sanity(
                     "passed": c.passed(),
                     "verdict": c.verdict(),
                     "checked": created,
+                    # the hash of the maps checked: the report marks the verdict once the method's maps have another
+                    **({"hash": run.config.methods[c.method].hash} if c.method in run.config.methods else {}),
                 }
                 for c in curves
             ],

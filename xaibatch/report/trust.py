@@ -43,7 +43,7 @@ class Trust:
     chance_note: str = ""  # how the chance rows' images were chosen, and how the verdicts compare with them
     verdicts: list[Verdict] = field(default_factory=list)  # per method: its scores against the chance line
     sanity: dict[str, Any] | None = None
-    sanity_stale: bool = False
+    sanity_stale: bool = False  # checked with another checkpoint; a curve's own "stale": its maps were recomputed since
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -94,9 +94,22 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
                 raise ValueError(f"a curve without {sorted(CURVE_KEYS - c.keys())}")
             checked = c.get("checked")
             c["earlier"] = fmt_time(checked) if checked is not None and checked != t.sanity.get("created") else None
+        _mark_recomputed(t.sanity["curves"], maps, t.sanity_stale)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         t.sanity = None
     return t
+
+
+def _mark_recomputed(curves: list[dict[str, Any]], maps: dict, whole: bool) -> None:
+    """Mark the sanity curves whose method's maps no longer carry the hash they were checked with ("stale"): a
+    method option, the input size or the layer changed since (same checkpoint), or its maps are gone. A curve of an
+    older xaibatch names no hash: only the checkpoint tells. ``whole``: another checkpoint, which the check as a
+    whole says, no curve on its own."""
+    hashes: dict[str, set[str]] = {}
+    for (_rel, name), row in maps.items():
+        hashes.setdefault(name, set()).add(row.config_hash)
+    for c in curves:
+        c["stale"] = not whole and "hash" in c and c["hash"] not in hashes.get(c["method"], ())
 
 
 CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
