@@ -31,8 +31,8 @@ from .prepare import Prepared
 from .loader import more_workers_than_cpus, until_stopped, worker_init
 from . import labelmaps
 from .progress import progress_bar
-from .pictures import DisplayStacks
-from .writer import MapPictures, WriteItem, WriteJob, Writer, batch_pictures
+from .pictures import DisplayStacks, batch_pictures
+from .writer import MapPictures, WriteItem, WriteJob, Writer
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:

@@ -21,7 +21,8 @@ from ..dataset import LoadedBatch
 from ..methods.explainer import Explainer, MethodMaps
 from ..model import heads
 from ..scan import ImageEntry
-from .writer import MapPictures, WriteJob, batch_pictures
+from .pictures import batch_pictures
+from .writer import MapPictures, WriteJob
 
 if TYPE_CHECKING:
     from .compute import BatchWorker

@@ -54,11 +54,6 @@ def _relabel(found: Scan, names: list[str]) -> None:
     found.images, found.classes, found.by_case = numbered.images, numbered.classes, numbered.by_case
 
 
-# Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
-# writer threads only slow each other down (measured: 64 px slower with 2 threads, 96 px already faster).
-PARALLEL_WRITE_MIN_PIXELS = 96 * 96
-
-
 def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]]:
     """Build the model (timm checkpoint or ``--model``), read one-logit heads as two classes, name the classes."""
     n_hint = len(opts.classes or found.classes or []) or None

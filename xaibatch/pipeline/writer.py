@@ -25,7 +25,6 @@ from .. import layout
 from ..files import OutputDir, npy_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
-from .pictures import batch_pictures, map_size  # noqa: F401  (their home before)
 from .writer_pool import WriterPool, can_fork
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
@@ -99,22 +98,20 @@ class Writer(threading.Thread):
 
     ``writers`` > 0: that many writer processes encode and write (started here, in the calling thread, so
     that they die with it); the next job is sent to them before the previous one's rows are committed.
-    0: this thread writes. ``threads`` > 1 (or ``writers`` where there is no ``fork``): a thread pool.
+    0: this thread writes. ``writers`` > 1 where there is no ``fork``: a thread pool of that many.
     """
 
     def __init__(
         self,
         out_dir: Path,
         on_done: Callable[[int], None] = lambda n: None,
-        threads: int = 1,
-        queue_size: int = 4,
         check: Callable[[], None] = lambda: None,
         writers: int = 0,
     ) -> None:
         self.check = check  # raises when the output folder's lock is no longer ours
         super().__init__(name="xaibatch-writer", daemon=True)
         self.out_dir = Path(out_dir)
-        self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=queue_size)
+        self.q: queue.Queue[WriteJob | None] = queue.Queue(maxsize=4)
         self.error: BaseException | None = None
         self.on_done = on_done
         # Looked up per call: what this module holds then. No run id: the writer thread makes the rows itself
@@ -126,7 +123,7 @@ class Writer(threading.Thread):
             self.pool: WriterPool | None = WriterPool(self.out_dir, writers, write, pack, unpack, split)
         else:
             self.pool = None
-        self.threads = max(threads, writers) if self.pool is None else 1  # > 1: a batch's images on threads
+        self.threads = max(1, writers) if self.pool is None else 1  # > 1: a batch's images on threads
 
     def put(self, job: WriteJob) -> None:
         if self.error is not None:

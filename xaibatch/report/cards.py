@@ -125,7 +125,6 @@ def _view(row: MapRow, m: MethodInfo) -> MapView:
         url(row.thumb or row.png),
         url(row.npy),
         [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
-        npy_rel=row.npy,
         config_hash=row.config_hash,
         **_faith_view(row),
         **_scale_view(row, m),

@@ -134,7 +134,6 @@ class MapView:
     thumb: str
     npy: str
     info: list[tuple[str, str, str]]  # (key, value, what it means)
-    npy_rel: str = field(default="", repr=False)  # manifest path of the .npy (npy is its url)
     config_hash: str = ""  # a recomputed map (same paths, new numbers) changes the card, so its page
     scale: float | None = None  # the value drawn at full colour (MapRow.view; None: unknown)
     scale_text: str = ""  # the same, as the page prints it (3 significant digits)

@@ -34,9 +34,9 @@ def write_predictions_csv(
             manifest.close()
     text = predictions_csv(names, rows, maps, earlier)
     if write is not None:
-        write("predictions.csv", text)
+        write(layout.CSV, text)
     else:
-        atomic_write_bytes(out / "predictions.csv", text)
+        atomic_write_bytes(out / layout.CSV, text)
     labeled = [r for r in rows.values() if r.label is not None]
     return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
 

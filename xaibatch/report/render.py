@@ -116,7 +116,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    summary = _write_all(w, out, data, csv, template_dir)
+    summary = _write_all(w, data, csv, template_dir)
     remove_stale(w)
     w.save_state(found.key, summary)
     stats.seconds_render = time.perf_counter() - t1
@@ -146,7 +146,6 @@ def _reuse(w: PageWriter, state: dict, found: snapshot.Inputs, stats: WriteStats
 
 def _write_all(
     w: PageWriter,
-    out: Path,
     data: ReportData,
     csv: bytes,
     template_dir: Path | None,
@@ -158,7 +157,7 @@ def _write_all(
         write_colour_bars(w, data, drawings)
         write_figures(w, data, drawings)
         drawings.start()  # drawn beside the pages when there is a second core
-        w.files.write("predictions.csv", csv)  # before the pages
+        w.files.write(layout.CSV, csv)  # before the pages
         env = environment(template_dir)
         write_assets(w, data, template_dir)
         if w.sizes is None:  # not yet listed by _still_there
@@ -203,7 +202,7 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     if any(rel not in sizes for rel in pages) or not w.intact():  # a page gone, or not at the size it was written
         return False
     return all(
-        (w.out / unquote(u)).is_file() for u in linked(data) + ["predictions.csv", "skipped.html", layout.GALLERY_NAMES]
+        (w.out / unquote(u)).is_file() for u in linked(data) + [layout.CSV, "skipped.html", layout.GALLERY_NAMES]
     )
 
 
