@@ -151,9 +151,10 @@ def image_files(stem: str) -> list[str]:
     return [image_png(stem), f"thumbs/image/{stem}.png"]
 
 
-# Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png and the
-# report's detail/<stem>.html. The stem's last part must leave room for the longest suffix in 255 bytes.
-STEM_SUFFIXES = (".png", ".npy", ".html")
+# Every file a stem becomes: images/<stem>.png, thumbs/<m>/<stem>.png, maps/<m>/<stem>.npy|.png (the report's
+# detail pages are detail/page-N.html, named by no stem). The stem's last part must leave room for the longest
+# suffix in 255 bytes.
+STEM_SUFFIXES = (".png", ".npy")
 MAX_STEM_NAME_BYTES = 255 - max(len(x) for x in STEM_SUFFIXES)
 
 
@@ -182,9 +183,9 @@ def map_stems(rels: list[str]) -> dict[str, str]:
 
     Stems are unique, short enough for every file they become (STEM_SUFFIXES), and no
     ``<stem><suffix>`` is also a folder another image's files go in (``photo.jpg`` next to a
-    folder ``photo.png/``, or ``a.jpg`` next to ``a.html/``, whose detail pages need a folder
-    ``detail/a.html/``): until that holds, the clashing ones keep their extension, and as a last
-    resort get a short hash of their path (and, when too long, a shortened name).
+    folder ``photo.png/``, whose maps need a folder ``maps/<m>/photo.png/``): until that holds,
+    the clashing ones keep their extension, and as a last resort get a short hash of their path
+    (and, when too long, a shortened name).
     """
     stage = dict.fromkeys(rels, 0)  # 0: no extension, 1: with extension, 2: hashed
 
@@ -232,8 +233,8 @@ def assign_stems(rels: list[str], known: dict[str, Any], on_disk: Collection[str
 
     A new image gets ``map_stems``' choice unless that clashes with a stem already given
     (``b.png`` known as ``b``, then ``b.jpg`` arrives: the newcomer is ``b.jpg``), or with a
-    folder one needs, or the other way round (``a.jpg`` known as ``a``, then ``a.html/b.png``
-    arrives: its folder becomes ``a.html~<hash>``). ``on_disk``: the files under images/, thumbs/
+    folder one needs, or the other way round (``a.jpg`` known as ``a``, then ``a.png/b.png``
+    arrives: its folder becomes ``a.png~<hash>``). ``on_disk``: the files under images/, thumbs/
     and maps/ (relative to the output folder) that may still be there while the new images are
     written, such as those of images removed this run (deleted only after the report): a new
     image's files never need a folder where one of them is, nor go where a folder of them is

@@ -22,10 +22,9 @@ from .errors import InputError
 from .layout import MANIFEST
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-# Maps are written as <out>/maps/<method>/<rel>.npy (sometimes <rel> keeps its extension, + ".png"):
-# names and paths longer than this cannot be written, so such images are reported instead of crashing
-# the run's writer half-way.
-MAX_NAME_BYTES = 255 - len(".png")
+# An image's files are named by its stem (layout.assign_stems), whose last part is cut and hashed to fit
+# NAME_MAX with any suffix, so no file name is too long; a path this long is refused instead of failing
+# half-way in the run's writer.
 MAX_REL_BYTES = 3072  # leaves about 1 KB of PATH_MAX (4096) for --out and "thumbs/<method>/"
 # Larger files are refused from their size alone, never read: every new file is hashed in full before it is
 # decoded, and a sparse 16 TB "image" would otherwise keep a run busy for hours. A 64-megapixel image (the pixel
@@ -400,8 +399,6 @@ def _refused(name: str, rel: str, st: os.stat_result, outside: bool) -> str | No
         return "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
     if not _valid_utf8(name):
         return "file name is not valid UTF-8; rename it"
-    if len(name.encode()) > MAX_NAME_BYTES:
-        return f"file name too long ({len(name.encode())} bytes; at most {MAX_NAME_BYTES}) to name its maps"
     if len(rel.encode()) > MAX_REL_BYTES:
         return f"path too long ({len(rel.encode())} bytes under the input folder; at most {MAX_REL_BYTES})"
     return too_large(st.st_size)
