@@ -1743,6 +1743,7 @@ def test_a_method_only_older_runs_recorded_keeps_its_words_and_only_what_is_need
     m.close()
     infos = {i.name: i for i in report_data.method_infos(history, {"lime", "gradcam"})}
     assert infos["lime"].title == "LIME" and infos["lime"].signed and not infos["gradcam"].signed
+    assert infos["lime"].superpixels and not infos["gradcam"].superpixels  # Method.superpixels, as recorded
 
     run(RunOptions(**base, methods=["gradcam", "lime"], method_options={"lime": {"samples": 12}}), log=lambda s: None)
     reads.clear()
@@ -1861,3 +1862,18 @@ def test_the_summary_is_written_after_every_figure_it_links(tmp_path, monkeypatc
     report.render(out)
     assert missing == [[]]
     assert any(f.suffix == ".svg" for f in (out / "figures").iterdir())
+
+
+def test_superpixel_maps_are_the_methods_record_and_older_records_mean_lime():
+    """Whether a method's signed maps are superpixels (LIME's probability changes, not per-pixel logit
+    attributions) is Method.superpixels, recorded with the run; a record from before it says so for LIME only."""
+    from xaibatch.methods.base import Method
+    from xaibatch.methods.lime import Lime
+    from xaibatch.runconfig import RunConfig
+
+    assert Lime.superpixels and not Method.superpixels
+    old = {"lime": {"title": "LIME", "signed": True}, "captum:Saliency": {"title": "S", "signed": True}}
+    methods = RunConfig.from_dict({"methods": old}).methods
+    assert methods["lime"].superpixels and not methods["captum:Saliency"].superpixels
+    again = RunConfig.from_dict(json.loads(RunConfig.from_dict({"methods": old}).to_json())).methods
+    assert again == methods

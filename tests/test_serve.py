@@ -230,6 +230,23 @@ def test_maps_equal_explain_bit_for_bit(service):
     assert service.method("lime", SAMPLES + 10) is not service.method("lime", SAMPLES)
 
 
+def test_a_map_zero_everywhere_has_no_scale_as_in_the_report(service):
+    """A map with no colour (LIME's when no superpixel moves the probability, Grad-CAM's for a class the model
+    rules out) prints no colour-bar numbers but the report's "zero everywhere" words; serve used to label an
+    all-zero LIME map -1, 0, +1 and an all-zero Grad-CAM map 0, 0.5, >= 1. A map with colour keeps the report's
+    scale (overlay.display_scale, as the run stores it)."""
+    from xaibatch.overlay import display_scale
+
+    display = np.full((32, 32, 3), 128, np.uint8)
+    for name, words in [("lime", "hiding any one superpixel"), ("gradcam", "Grad-CAM finds no evidence")]:
+        m = service.method(name, SAMPLES if name == "lime" else None)
+        pic = service._picture(m, np.zeros((32, 32), np.float32), display, "FAKE", None)
+        assert pic.ticks == [] and pic.note.startswith("zero everywhere") and words in pic.note, (name, pic.ticks)
+    ramp = np.linspace(-0.25, 0.5, 32 * 32, dtype=np.float32).reshape(32, 32)
+    pic = service._picture(service.method("lime", SAMPLES), ramp, display, "FAKE", None)
+    assert display_scale(ramp, True) == 0.5 and pic.ticks == ["−0.5", "0", "+0.5"]
+
+
 def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkeypatch):
     from xaibatch.serve.core import Request, decode_upload, explain_requests
 

@@ -65,12 +65,30 @@ def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
 def colorize(m: np.ndarray, signed: bool) -> np.ndarray:
     """(H, W) map -> (H, W, 3) uint8 colours; signed maps are scaled symmetrically around 0."""
     if signed:
-        lim = float(np.abs(m).max()) or 1.0
+        lim = display_scale(m, signed=True) or 1.0  # all zero: the ramp's middle everywhere
         return _lookup(_packed(True), 0.5 + 0.5 * np.clip(m / lim, -1, 1))
     return _lookup(_packed(False), np.clip(m, 0, 1))
 
 
 DISPLAY_PERCENTILE = 99.0
+STRETCH_MIN = 1e-6  # an unsigned map whose 99th percentile is at most this is drawn as it is, not stretched
+
+
+def _percentile_rank(n: int) -> int:
+    """The rank (0-based, ascending) of DISPLAY_PERCENTILE among ``n`` values: the one order statistic that
+    :func:`display_scale`, :func:`stretch` and their batched forms use."""
+    return min(n - 1, int(n * DISPLAY_PERCENTILE / 100))
+
+
+def _top(m: np.ndarray) -> float:
+    flat = m.ravel()
+    k = _percentile_rank(flat.size)
+    return float(np.partition(flat, k)[k])
+
+
+def _top_batch(flat):
+    """:func:`_top` per row of a (B, N) tensor."""
+    return flat.kthvalue(_percentile_rank(flat.shape[1]) + 1, dim=1).values
 
 
 def stretch(m: np.ndarray) -> np.ndarray:
@@ -80,10 +98,8 @@ def stretch(m: np.ndarray) -> np.ndarray:
     evidence sits far below it, invisible on a max-scaled colour ramp. Smooth
     Grad-CAM maps barely change (their 99th percentile is close to their max).
     """
-    flat = m.ravel()
-    k = min(flat.size - 1, int(flat.size * DISPLAY_PERCENTILE / 100))
-    top = float(np.partition(flat, k)[k])
-    return np.clip(m / top, 0, 1) if top > 1e-6 else m
+    top = _top(m)
+    return np.clip(m / top, 0, 1) if top > STRETCH_MIN else m
 
 
 def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
@@ -96,14 +112,25 @@ def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarra
 
 
 def display_scale(m: np.ndarray, signed: bool) -> float:
-    """The map value drawn at full colour: max |m| for signed maps, the 99th percentile (see :func:`stretch`)
-    for unsigned ones. The report prints it beside each map's colour bar."""
+    """The map value drawn at full colour, which the report and ``xaibatch serve`` print under its colour bar
+    (MapRow.view's "scale"; :func:`display_scale_batch` for a batch): max |m| for signed maps (0 for a map
+    zero everywhere: nothing is drawn), the 99th percentile (see :func:`stretch`) for unsigned ones (1 when that
+    is at most STRETCH_MIN: the map is drawn unstretched)."""
     if signed:
-        return float(np.abs(m).max()) or 1.0
-    flat = m.ravel()
-    k = min(flat.size - 1, int(flat.size * DISPLAY_PERCENTILE / 100))
-    top = float(np.partition(flat, k)[k])
-    return top if top > 1e-6 else 1.0
+        return float(np.abs(m).max(initial=0.0))
+    top = _top(m)
+    return top if top > STRETCH_MIN else 1.0
+
+
+def display_scale_batch(m, signed: bool):
+    """:func:`display_scale` per map of a (B, H, W) tensor: a (B,) float tensor, the same values."""
+    import torch
+
+    flat = m.float().reshape(m.shape[0], -1)
+    if signed:
+        return flat.abs().amax(dim=1)
+    top = _top_batch(flat)
+    return torch.where(top > STRETCH_MIN, top, torch.ones_like(top))
 
 
 def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5) -> Image.Image:
@@ -118,7 +145,7 @@ def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5
         m = stretch(m)
     colours = colorize(m, signed).astype(np.float32)
     if signed:  # let the image show through where the evidence is weak
-        lim = display_scale(m, signed=True)
+        lim = display_scale(m, signed=True) or 1.0  # all zero: transparent everywhere
         a = (alpha + 0.2) * np.clip(np.abs(m) / lim, 0, 1)[..., None]
     else:  # the photo shows through where the map is low, the colour where it is high
         a = (0.3 + 0.5 * m)[..., None]
@@ -181,10 +208,8 @@ def stretch_batch(m):
     import torch
 
     b = m.shape[0]
-    flat = m.reshape(b, -1)
-    k = min(flat.shape[1] - 1, int(flat.shape[1] * DISPLAY_PERCENTILE / 100))
-    top = flat.kthvalue(k + 1, dim=1).values.view(b, 1, 1)
-    return torch.where(top > 1e-6, (m / top).clamp(0, 1), m)
+    top = _top_batch(m.reshape(b, -1)).view(b, 1, 1)
+    return torch.where(top > STRETCH_MIN, (m / top).clamp(0, 1), m)
 
 
 def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
@@ -197,8 +222,8 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
 
     m = m.float()
     if signed:
-        lim = m.abs().amax(dim=(1, 2), keepdim=True)
-        lim = torch.where(lim > 0, lim, torch.ones_like(lim))
+        lim = display_scale_batch(m, True).view(-1, 1, 1)
+        lim = torch.where(lim > 0, lim, torch.ones_like(lim))  # all zero: transparent everywhere
         colours = _lookup_t(_table(True, m.device), 0.5 + 0.5 * (m / lim).clamp(-1, 1)).float()
         a = ((alpha + 0.2) * (m.abs() / lim).clamp(0, 1))[..., None]
     else:
@@ -214,23 +239,14 @@ ZERO_MAP = 1e-6  # a map whose every value is at most this (in absolute value) i
 
 def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
     """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
-    "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size;
-    signed maps: max |m|, 0 when all zero);
+    "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size);
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
     only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out);
     "nowhere": True when it holds no evidence for the class (zero, or a signed map with no positive value): its
     peak then points nowhere."""
-    import torch
-
     b = shown.shape[0]
-    flat = shown.float().reshape(b, -1)
-    if signed:  # an all-zero map keeps 0: no superpixel had any effect (the overlay is transparent)
-        scale = flat.abs().amax(dim=1)
-    else:
-        k = min(flat.shape[1] - 1, int(flat.shape[1] * DISPLAY_PERCENTILE / 100))
-        top = flat.kthvalue(k + 1, dim=1).values
-        scale = torch.where(top > 1e-6, top, torch.ones_like(top))
+    scale = display_scale_batch(shown, signed)
     ev = full.float().reshape(b, -1)
     evidence = ev.clamp(min=0) if signed else ev
     peak = evidence.argmax(dim=1)

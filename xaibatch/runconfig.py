@@ -89,6 +89,11 @@ class MethodRecord:
     config: dict[str, Any]  # what its maps' hash covers (shown in the report)
     hash: str
     options: dict[str, Any] | None = None  # what it was built with (create_method's options); None: older record
+    superpixels: bool = False  # Method.superpixels (records before it: read as LEGACY_SUPERPIXELS)
+
+
+# Records written before MethodRecord.superpixels: LIME's maps were then the only superpixel maps.
+LEGACY_SUPERPIXELS = ("lime",)
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,7 @@ class RunConfig:
                     "config": m.config,
                     "hash": m.hash,
                     **({"options": m.options} if m.options is not None else {}),
+                    **({"superpixels": True} if m.superpixels else {}),
                 }
                 for n, m in self.methods.items()
             },
@@ -229,6 +235,7 @@ class RunConfig:
                     config=dict(v.get("config") or {}),
                     hash=str(v.get("hash", "")),
                     options=dict(v["options"]) if v.get("options") is not None else None,
+                    superpixels=bool(v.get("superpixels", str(n) in LEGACY_SUPERPIXELS)),
                 )
                 for n, v in (d.get("methods") or {}).items()
             }

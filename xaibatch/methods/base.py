@@ -79,6 +79,8 @@ class Method:
     name: ClassVar[str]
     title: ClassVar[str]  # shown in the report
     signed: ClassVar[bool] = False  # maps in [-1, 1]-ish with meaning in the sign (LIME) instead of [0, 1]
+    # signed maps: one value per superpixel, its effect on the probability (LIME), not per-pixel logit attributions
+    superpixels: ClassVar[bool] = False
     needs_activations: ClassVar[bool] = False  # wants the target layer captured in the shared forward
     takes_seed: ClassVar[bool] = False  # accepts a ``seed`` option (the run's --seed unless given)
     needs_layer: ClassVar[bool] = False  # reads the target layer itself (library CAMs), without the shared capture

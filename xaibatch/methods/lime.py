@@ -132,6 +132,7 @@ class Lime(Method):
     name = "lime"
     title = "LIME"
     signed = True
+    superpixels = True
     takes_seed = True
     defaults = {**DEFAULTS, "batch_size": "auto"}
     summary = "model-agnostic: which superpixels raise or lower the class probability when hidden"

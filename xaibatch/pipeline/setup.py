@@ -110,7 +110,9 @@ def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
         layer=layer.name if layer else None,
         layer_grid=list(layer.grid) if layer else None,
         methods={
-            m.name: MethodRecord(m.title, m.signed, m.config(), hashes.methods[m.name], options[m.name])
+            m.name: MethodRecord(
+                m.title, m.signed, m.config(), hashes.methods[m.name], options[m.name], superpixels=m.superpixels
+            )
             for m in methods
         },
         batch_size=prepared.batch_size,

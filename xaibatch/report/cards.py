@@ -153,12 +153,16 @@ def _scale_view(row: MapRow, m: MethodInfo) -> dict[str, Any]:
     if v.get("nowhere"):
         out["nowhere"] = True
     if v.get("zero"):
-        out["weak"] = (
-            "zero everywhere: hiding any one superpixel leaves the probability as it is"
-            if m.signed and m.superpixels
-            else f"zero everywhere: {m.title} finds no evidence for this class in the image"
-        )
+        out["weak"] = zero_words(m.title, m.signed, m.superpixels)
     return out
+
+
+def zero_words(title: str, signed: bool, superpixels: bool) -> str:
+    """What a map zero everywhere says instead of its scale (it has no colour; the report's card and detail view,
+    and ``xaibatch serve``)."""
+    if signed and superpixels:
+        return "zero everywhere: hiding any one superpixel leaves the probability as it is"
+    return f"zero everywhere: {title} finds no evidence for this class in the image"
 
 
 def _faith_view(row: MapRow) -> dict[str, Any]:

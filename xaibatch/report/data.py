@@ -16,7 +16,7 @@ from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow, RunCounts
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
-from ..runconfig import BUNDLED, BadRecord, MethodRecord, RunConfig, read_run
+from ..runconfig import BUNDLED, LEGACY_SUPERPIXELS, BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
@@ -32,17 +32,17 @@ def method_infos(history: History, present: set[str]) -> list[MethodInfo]:
     out = []
     for name in names:
         rec = latest.get(name) or history.older_methods.get(name)
-        info = {"title": rec.title, "signed": rec.signed, "config": rec.config} if rec is not None else {}
-        signed = bool(info.get("signed", False))
-        out.append(_method_info(name, str(info.get("title", name)), signed, info.get("config") or {}))
+        if rec is None:  # maps in the manifest with no run's record of their method
+            out.append(_method_info(name, name, False, {}, name in LEGACY_SUPERPIXELS))
+        else:
+            out.append(_method_info(name, rec.title, rec.signed, rec.config, rec.superpixels))
     for m, caption in zip(out, card_captions([m.title for m in out])):
         m.caption = caption
     return out
 
 
-def _method_info(name: str, title: str, signed: bool, config: dict[str, Any]) -> MethodInfo:
+def _method_info(name: str, title: str, signed: bool, config: dict[str, Any], superpixels: bool) -> MethodInfo:
     """A method's words: what its colours and numbers mean (LIME's superpixels, or per-pixel attributions)."""
-    superpixels = name == "lime"
     if not signed:
         legend = "bright = more important, dark = less important (the photo shows through where the map is low)"
         scale = "map value (0 to 1 in the .npy); the colour saturates at this image's 99th percentile"

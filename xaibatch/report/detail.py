@@ -120,7 +120,7 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
 
     m = np.nan_to_num(m.astype(np.float32, copy=False))
     shown = display_map(m, display_size(width, height), signed)
-    s = float(np.abs(shown).max()) if signed else display_scale(shown, signed)  # as overlay.views_batch
+    s = display_scale(shown, signed)
     evidence = np.where(m > 0, m, 0) if signed else m
     y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
     flat = flat_view(float(np.abs(m).max(initial=0.0)) <= ZERO_MAP, float(evidence.max(initial=0.0)) <= ZERO_MAP)

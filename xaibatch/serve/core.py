@@ -22,8 +22,9 @@ from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, displa
 from ..errors import DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
-from ..overlay import display_map, display_scale, overlay, png_bytes
+from ..overlay import ZERO_MAP, display_map, display_scale, overlay, png_bytes
 from ..pipeline.options import ModelOptions, RunOptions
+from ..report.cards import zero_words
 from ..report.detail import colour_ticks
 from ..pipeline.prepare import Prepared, prepare
 from ..scan import Scan
@@ -222,9 +223,12 @@ class Service:
 
     def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None) -> MapPicture:
         h, w = display.shape[:2]
-        signed = type(m).signed
-        scale = display_scale(display_map(a, (w, h), signed), signed)
-        ticks, note = colour_ticks(scale, signed, target, superpixels=m.name == "lime")
+        signed, superpixels = type(m).signed, type(m).superpixels
+        if float(np.abs(a).max(initial=0.0)) <= ZERO_MAP:  # no colour: no scale to read, as in the report
+            ticks, note = [], zero_words(type(m).title, signed, superpixels)
+        else:
+            scale = display_scale(display_map(a, (w, h), signed), signed)
+            ticks, note = colour_ticks(scale, signed, target, superpixels)
         return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note, faith)
 
 
