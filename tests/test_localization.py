@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from helpers import manifest_rows
-from xaibatch.report.localization import hit, pointing_game
+from xaibatch import layout
+from xaibatch.errors import UsageError
+from xaibatch.report.localization import pointing_game
 from xaibatch.pipeline import RunOptions, run
 
 
@@ -23,14 +25,53 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
-def test_hit_uses_the_maximum():
+def _scored(tmp_path, maps: dict[str, np.ndarray], masks: dict[str, np.ndarray], method: str, signed: bool):
+    """An output folder whose manifest holds ``maps`` (.npy files too) with their views, as a run stores them,
+    and an input folder with ``masks`` beside the images."""
+    from xaibatch.manifest import ImageRow, Manifest, MapRow
+    from xaibatch.overlay import view_of
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for rel, mask in masks.items():
+        (inp / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(inp / rel.replace(".png", ".mask.npy"), mask)
+    out.mkdir()
+    m = Manifest(out / layout.MANIFEST)
+    run_id = m.start_run(str(inp), {"methods": {}}, "p")
+    with m.transaction():
+        for rel, a in maps.items():
+            stem = rel[: -len(".png")]
+            npy = layout.map_npy(method, stem)
+            (out / npy).parent.mkdir(parents=True, exist_ok=True)
+            np.save(out / npy, a)
+            h, w = a.shape
+            m.put_image(ImageRow(rel, stem, 100, 0, "0" * 64, w, h, 0, 0, 0, 1.0, [1.0, 0.0], "p", run_id))
+            view = view_of(a, w, h, signed)
+            m.put_map(MapRow(rel, method, "h", npy, layout.map_png(method, stem), None, None, run_id, view=view))
+    m.close()
+    return inp, out
+
+
+def test_the_pointing_game_scores_the_stored_peak_and_a_map_pointing_nowhere_misses(tmp_path):
+    """A map hits when its peak (the stored view's, as the report's detail view marks it) is in the mask. A signed
+    map with no positive value points nowhere: a miss, whichever method made it (it was scored by its raw
+    maximum unless the method was "lime", here a hit on the mask's one pixel)."""
     mask = np.zeros((4, 4), bool)
-    mask[0, 0] = True
-    m = np.zeros((4, 4))
-    m[0, 0] = 1
-    assert hit(m, mask)
-    m[3, 3] = 2
-    assert not hit(m, mask)
+    mask[1, 1] = True
+    inside, outside, against = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32), -np.ones((4, 4))
+    inside[1, 1] = outside[3, 3] = 1
+    against[1, 1] = -0.01  # its largest value, in the mask; but no evidence for the class anywhere
+    maps = {"FAKE/in.png": inside, "FAKE/out.png": outside, "FAKE/against.png": against.astype(np.float32)}
+    inp, out = _scored(tmp_path, maps, dict.fromkeys(maps, mask), "captum:IntegratedGradients", signed=True)
+    game = pointing_game(out, inp, "captum:IntegratedGradients", sorted(maps) + ["FAKE/none.png"])
+    assert (game.images, game.hits) == (3, 1) and game.chance == 1 / 16
+    assert game.nowhere == 1
+
+
+def test_the_pointing_game_of_a_folder_without_a_manifest_is_one_line_and_makes_none(tmp_path):
+    with pytest.raises(UsageError, match="not an xaibatch output folder"):
+        pointing_game(tmp_path, tmp_path, "gradcam", ["a.png"])
+    assert not (tmp_path / layout.MANIFEST).exists()
 
 
 # The demo set and the bundled model's runs over it take about 3 minutes on 2 cores: the slow tier.

@@ -138,12 +138,11 @@ def test_output_dir_leaves_no_temporary_file_when_a_write_fails(tmp_path, monkey
 @pytest.mark.parametrize("signed", [False, True])
 def test_a_map_zero_everywhere_is_flagged_and_named_on_the_page(signed):
     """Grad-CAM of a class the model rules out is often zero everywhere: a blank overlay that reads as a broken
-    picture. The view flags it (as overlay.views_batch and report.detail.view_of compute it) and the page says so."""
+    picture. The view flags it (as overlay.views_batch and overlay.view_of compute it) and the page says so."""
     from types import SimpleNamespace
 
-    from xaibatch.overlay import views_batch
+    from xaibatch.overlay import view_of, views_batch
     from xaibatch.report.cards import _scale_view
-    from xaibatch.report.detail import view_of
     from xaibatch.report.model import MethodInfo
 
     full = torch.zeros(2, 8, 8)
@@ -155,6 +154,7 @@ def test_a_map_zero_everywhere_is_flagged_and_named_on_the_page(signed):
     for j in range(2):
         again = view_of(full[j].numpy(), 8, 8, signed)
         assert (again.get("zero"), again.get("nowhere")) == (views[j].get("zero"), views[j].get("nowhere"))
+        assert again["scale"] == views[j]["scale"] and again["peak"] == views[j]["peak"]
     info = MethodInfo("m", "Grad-CAM", signed, [], "", "")
     flagged = _scale_view(SimpleNamespace(view=views[0]), info)
     said = (

@@ -1034,6 +1034,8 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
 def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, tmp_path):
     import shutil
 
+    from xaibatch.overlay import view_of
+
     inp, out, _masks = truth_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
@@ -1042,7 +1044,7 @@ def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, t
     m.close()
     for (rel, method), row in maps.items():  # computed with the picture (overlay.views_batch) ...
         a = np.load(copy / row.npy)
-        want = report.detail.view_of(a, images[rel].width, images[rel].height, method == "lime")
+        want = view_of(a, images[rel].width, images[rel].height, method == "lime")
         assert row.view["peak"] == want["peak"] and row.view["shape"] == want["shape"] == list(a.shape)
         assert row.view["scale"] == pytest.approx(want["scale"], rel=1e-5)  # ... as the report once read it back
     before = detail_data(copy)

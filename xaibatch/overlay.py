@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .layout import THUMB_SIDE
+from .layout import THUMB_SIDE, display_size
 
 # zlib's run-length strategy on PNG-filtered rows: 25-35% faster than the default strategy at 64-512 px and
 # 5-10% smaller files on photos and overlays (measured with PIL's encoder); lossless all the same. With RLE (and with
@@ -265,6 +265,18 @@ def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
 def flat_view(zero: bool, nowhere: bool) -> dict[str, bool]:
     """The view's keys for a map that shows nothing (see views_batch); none for the usual map."""
     return {"zero": True, "nowhere": True} if zero else {"nowhere": True} if nowhere else {}
+
+
+def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
+    """:func:`views_batch` of one saved map, in numpy: MapRow.view for older folders, whose rows lack it (the
+    report stores it: report.detail.backfill_views). The same scale, peak, shape and flags."""
+    m = np.nan_to_num(m.astype(np.float32, copy=False))
+    shown = display_map(m, display_size(width, height), signed)
+    s = display_scale(shown, signed)
+    evidence = np.where(m > 0, m, 0) if signed else m
+    y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
+    flat = flat_view(float(np.abs(m).max(initial=0.0)) <= ZERO_MAP, float(evidence.max(initial=0.0)) <= ZERO_MAP)
+    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **flat}
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):

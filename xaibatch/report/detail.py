@@ -15,7 +15,6 @@ from typing import Any
 from .. import targets
 from ..errors import UsageError
 from ..files import InputFolder, NotRegularFile, open_regular, safe_join
-from ..layout import display_size
 from .cards import mask_rel
 from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
 from .text import break_points, fmt_bytes, fmt_num, fmt_pct
@@ -111,25 +110,11 @@ def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PI
 # -- map views: what a map shows without reading it --------------------------------------------------------
 
 
-def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
-    """MapRow.view of a saved map (older folders, whose rows lack it), as the pipeline computes it with the
-    picture (overlay.views_batch): the colour bar's scale at the display size, the peak, the shape."""
-    import numpy as np
-
-    from ..overlay import ZERO_MAP, display_map, display_scale, flat_view
-
-    m = np.nan_to_num(m.astype(np.float32, copy=False))
-    shown = display_map(m, display_size(width, height), signed)
-    s = display_scale(shown, signed)
-    evidence = np.where(m > 0, m, 0) if signed else m
-    y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
-    flat = flat_view(float(np.abs(m).max(initial=0.0)) <= ZERO_MAP, float(evidence.max(initial=0.0)) <= ZERO_MAP)
-    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **flat}
-
-
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     """Store a view on every map row that lacks one (rows written before views existed): each such map is read
     once, on the first report after an upgrade, never again. An unreadable map gets ``{"scale": None}``."""
+    from ..overlay import view_of  # numpy and PIL: only for a folder that has such rows
+
     signed = {m.name: m.signed for m in methods}
     signed.update({targets.label_key(m.name): m.signed for m in methods})
     todo = manifest.db.execute(

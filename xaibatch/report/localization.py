@@ -1,6 +1,6 @@
 """Check maps against ground-truth masks: the pointing game (Zhang et al., 2016).
 
-A map "hits" when its maximum falls inside the mask. Chance is the share of
+A map "hits" when its maximum (MapRow.view's peak) falls inside the mask. Chance is the share of
 the image the mask covers: a map that points at random hits that often.
 """
 
@@ -11,12 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import layout
+
 
 @dataclass
 class PointingGame:
     images: int
     hits: int
     chance: float  # mean mask area fraction
+    nowhere: int = 0  # maps that point nowhere (zero, or no evidence for the class): misses
 
     @property
     def rate(self) -> float:
@@ -29,45 +32,44 @@ class PointingGame:
 MASK_SUFFIX = ".mask.npy"  # the ground truth beside an image: <name>.mask.npy (written by `xaibatch demo-data`)
 
 
-def mask_for(image_path: Path) -> np.ndarray | None:
-    """The ground-truth mask saved beside an image, if there is one."""
-    p = Path(image_path)
-    m = p.with_name(p.name.rsplit(".", 1)[0] + MASK_SUFFIX)
-    return np.load(m) if m.is_file() else None
-
-
-def peak(saliency: np.ndarray) -> tuple[int, int]:
-    """(row, column) of the map's first maximum: where the map points."""
-    y, x = np.unravel_index(int(np.argmax(saliency)), saliency.shape)
-    return int(y), int(x)
-
-
-def hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
-    """True when the map's (first) maximum lies inside the mask."""
-    if saliency.shape != mask.shape:
-        raise ValueError(f"map {saliency.shape} and mask {mask.shape} differ in size")
-    return bool(mask[peak(saliency)])
-
-
 def pointing_game(out_dir: Path, input_dir: Path, method: str, rels: list[str]) -> PointingGame:
-    """Score ``method``'s saved maps for the images in ``rels`` that have a mask beside them."""
-    import sqlite3
+    """Score ``method``'s maps for the images in ``rels`` that have a mask beside them, as the report's detail
+    view does: by the peak each map's stored view records (MapRow.view, overlay.views_batch: signed maps by
+    their strongest evidence *for* the class), the manifest read through Manifest and the masks through the
+    report's safe reader. A map that points nowhere (zero everywhere, or signed with no positive value) is a
+    miss, also counted in ``nowhere``; a map without a view that has a peak (unreadable, or written before
+    views: ``xaibatch report`` stores them) is not scored."""
+    from ..errors import UsageError
+    from ..manifest import Manifest
+    from .cards import mask_rel
+    from .detail import load_array
 
-    db = sqlite3.connect(Path(out_dir) / "xaibatch.sqlite")
+    path = Path(out_dir) / layout.MANIFEST
+    if not path.is_file():  # Manifest() would make an empty one
+        raise UsageError(f"{out_dir} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST})")
+    manifest = Manifest(path)
     try:
-        npy = dict(db.execute("SELECT rel, npy FROM maps WHERE method = ?", (method,)))
+        maps = manifest.maps()
     finally:
-        db.close()
-    hits = n = 0
+        manifest.close()
+    hits = n = nowhere = 0
     areas = []
     for rel in rels:
-        mask = mask_for(Path(input_dir) / rel)
-        if mask is None or rel not in npy:
+        row = maps.get((rel, method))
+        view = (row.view if row is not None else None) or {}
+        if not view.get("nowhere") and view.get("peak") is None:
             continue
-        m = np.load(Path(out_dir) / npy[rel])
-        if method == "lime":  # signed: the strongest evidence *for* the class
-            m = np.where(m > 0, m, 0)
-        hits += hit(m, mask)
+        mask = load_array(Path(input_dir), mask_rel(rel))
+        if mask is None:
+            continue
+        mask = mask != 0
+        if view.get("nowhere"):
+            nowhere += 1
+        elif tuple(view["shape"]) != mask.shape:
+            raise ValueError(f"{rel}: map {tuple(view['shape'])} and mask {mask.shape} differ in size")
+        else:
+            y, x = view["peak"]
+            hits += bool(mask[y, x])
         n += 1
         areas.append(mask.mean())
-    return PointingGame(n, hits, float(np.mean(areas)) if areas else 0.0)
+    return PointingGame(n, hits, float(np.mean(areas)) if areas else 0.0, nowhere)
