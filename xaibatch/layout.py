@@ -138,6 +138,16 @@ def detail_page(page: int) -> str:
     return f"detail/page-{page}.html"
 
 
+def detail_data(page: int) -> str:
+    """The data file of :func:`detail_page` (its images' detail records, a plain script)."""
+    return f"detail/page-{page}.js"
+
+
+def gallery_page(page: int) -> str:
+    """Gallery page ``page`` (from 1); ``#<group key>`` or ``#<card_id>`` names a place on it."""
+    return f"gallery/page-{page}.html"
+
+
 GALLERY_NAMES = "gallery/names.js"  # every image's name, gallery page and card id: the gallery's "find an image"
 
 DETAIL_LINK = re.compile(r"detail/page-(\d+)\.html#(c[0-9a-f]{12})")  # a gallery card's link to its detail view

@@ -402,6 +402,14 @@ class Manifest:
             ],
         )
 
+    def maps_without_view(self) -> list[tuple[str, str, str, str, int, int]]:
+        """The map rows written before views existed (MapRow.view None): (rel, method, config_hash, npy, and
+        the image's width and height), for the report to store their views (report.detail.backfill_views)."""
+        return self.db.execute(
+            "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
+            " WHERE m.view_json IS NULL"
+        ).fetchall()
+
     def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Store maps' views computed after the fact (older folders): (rel, method, config_hash, view); a row
         recomputed meanwhile (another config_hash) keeps its own."""

@@ -231,7 +231,7 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
     for g in groups:
         g.section_title = titles[g.section]
         g.start_page = g.cards[0].page
-        g.start_url = f"gallery/page-{g.start_page}.html#{g.key}"
+        g.start_url = f"{layout.gallery_page(g.start_page)}#{g.key}"
         for c in g.cards:
             c.group_key = g.key
             page = layout.detail_page(c.page)
@@ -251,7 +251,7 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
         pages.append(
             GalleryPage(
                 number=n,
-                path=f"gallery/page-{n}.html",
+                path=layout.gallery_page(n),
                 blocks=blocks[n - 1],
                 prev=f"page-{n - 1}.html" if n > 1 else None,
                 next=f"page-{n + 1}.html" if n < total else None,

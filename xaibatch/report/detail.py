@@ -117,12 +117,8 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
 
     signed = {m.name: m.signed for m in methods}
     signed.update({targets.label_key(m.name): m.signed for m in methods})
-    todo = manifest.db.execute(
-        "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
-        " WHERE m.view_json IS NULL"
-    ).fetchall()
     views = []
-    for rel, method, config_hash, npy, width, height in todo:
+    for rel, method, config_hash, npy, width, height in manifest.maps_without_view():
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
         if m is None or not m.size:
             views.append((rel, method, config_hash, {"scale": None}))

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 
-from .. import __version__
+from .. import __version__, layout
 
 
 PAGE_SIZE = 200  # cards per gallery page
@@ -266,7 +266,7 @@ class ReportData:
     figures: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {"src", "alt"}
     decision: dict[str, Any] | None = None  # two classes: threshold, its metrics and ROC (see decision_summary)
     assets: dict[str, str] = field(default_factory=dict)  # "css"/"js" -> report-root-relative url
-    gallery_first: str = "gallery/page-1.html"
+    gallery_first: str = layout.gallery_page(1)
     page_size: int = PAGE_SIZE
     card_width: int = 0
     card_thumb: int = CARD_THUMB_PX

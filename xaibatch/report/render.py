@@ -322,17 +322,22 @@ def _write_details(
                 records.append(detail_record(c, prev, nxt, _truth(w, data, c)))
             return detail_script(shared, records).decode("ascii")
 
-        rel = f"detail/page-{p.number}.js"
+        rel = layout.detail_data(p.number)
         w.write_page(rel, fp, script)
         if w.fingerprints[rel] == w.previous.get(rel):  # not rebuilt: keep its cached ground truths
             for c in page_cards:
                 if c.rel in w.truth_cache and c.mask_key:
                     w.truths[c.rel] = w.truth_cache[c.rel]
         w.write_page(
-            f"detail/page-{p.number}.html",
+            layout.detail_page(p.number),
             fingerprint(site_key, p.number, len(data.pages)),
             lambda n=p.number: viewer.render(
-                r=site, number=n, pages=len(data.pages), root="../", nav="detail", data_src=f"page-{n}.js"
+                r=site,
+                number=n,
+                pages=len(data.pages),
+                root="../",
+                nav="detail",
+                data_src=layout.detail_data(n).rsplit("/", 1)[1],
             ),
         )
 
