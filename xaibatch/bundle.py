@@ -37,7 +37,6 @@ SCHEMA = "xaibatch.explanations"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 REPR_MAX_IMAGES = 8  # rows the notebook grid shows (the rest: a line saying how many more)
-REPR_SIDE = 128  # the grid's pictures at most this large (the report's thumbnail side)
 # Libraries recorded when they are imported (an explanation does not import what its methods do not need).
 LIBRARIES = {"timm": "timm", "captum": "captum", "lime": "lime", "pytorch_grad_cam": "grad-cam"}
 
@@ -246,7 +245,7 @@ class Explanations:
             heads=[(k, self._title(k)) for k in self.maps],
             rows=rows,
             more=len(self) - len(shown),
-            side=REPR_SIDE,
+            side=layout.THUMB_SIDE,  # the grid's pictures at most this large, as the report's thumbnails
         )
 
     # -- keeping -------------------------------------------------------------------------------------------------
@@ -335,7 +334,7 @@ def _image(a: np.ndarray) -> Any:
 
 
 def _data_uri(image: Any) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(thumbnail(image, REPR_SIDE))).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(thumbnail(image, layout.THUMB_SIDE))).decode("ascii")
 
 
 def _dumps(d: dict[str, Any]) -> bytes:
