@@ -266,7 +266,7 @@ def compute(job: ComputeJob) -> None:
     run_id, stop, tally, emit, log, check = job.run_id, job.stop, job.tally, job.emit, job.log, job.check
     if not plan.work:
         return
-    announce(prepared, plan, emit, log, known, opts.on_event is not None)
+    announce(prepared, plan, emit, log, known, opts.events_only)
 
     device = prepared.ctx.device
     progress = progress_bar(opts, len(plan.work), log, emit)
@@ -293,7 +293,7 @@ def compute(job: ComputeJob) -> None:
         scorer,
         should_stop=lambda: stop.requested,
         on_progress=on_progress,
-        on_split=lambda event: say_split(emit, log, event, opts.on_event is None),
+        on_split=lambda event: say_split(emit, log, event, not opts.events_only),
     )
     try:
         for todo, entries in method_groups(plan).items():

@@ -69,6 +69,12 @@ class RunOptions(ModelOptions):
     engine: str = "local"  # local: this process (DataLoader workers); ray: Ray Data actors (pipeline/ray_engine.py)
     ray: RayOptions = field(default_factory=RayOptions)  # with engine="ray"
 
+    @property
+    def events_only(self) -> bool:
+        """--log-json (``on_event``): what the run says with an event (notices, estimates, a split batch, progress)
+        is that event only; its log lines keep to what has none. The one place that rule is decided."""
+        return self.on_event is not None
+
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):  # one method by name, as explain() takes it (its letters were methods)
             self.methods = [self.methods]

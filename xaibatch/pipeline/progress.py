@@ -143,7 +143,7 @@ def progress_bar(
 ) -> Progress:
     """The run's progress over every image to compute (a bar only when ``opts.progress``)."""
     return Progress(
-        total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit, json_events=opts.on_event is not None
+        total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit, json_events=opts.events_only
     )
 
 

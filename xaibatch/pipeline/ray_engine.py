@@ -156,7 +156,7 @@ class Streamer:
             self.committed.add(res.index)
             if res.split is not None and (self.split is None or res.split["size"] < self.split):
                 self.split = res.split["size"]  # each actor learns the size on its own: one line per size
-                say_split(job.emit, job.log, res.split, job.opts.on_event is None)
+                say_split(job.emit, job.log, res.split, not job.opts.events_only)
             account(job.tally, job.emit, res.commit.failed, res.commit.computed)
             if self.progress is not None:
                 self.progress.update(res.commit.count)
@@ -212,7 +212,7 @@ def compute_ray(job: ComputeJob) -> None:
     from .compute import announce, batches, progress_bar
     from .recovery import sweep_temp_files
 
-    announce(prepared, plan, job.emit, job.log, known, opts.on_event is not None)
+    announce(prepared, plan, job.emit, job.log, known, opts.events_only)
     started = connect(opts.ray)
     flag = None
     token = uuid.uuid4().hex

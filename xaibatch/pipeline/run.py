@@ -217,7 +217,7 @@ def _run_locked(
     timings["prepare"] = time.time() - t0 - waited
     if waited:
         timings["wait"] = waited
-    lines = opts.on_event is None  # --log-json: notices as events only
+    lines = not opts.events_only  # --log-json: notices as events only
     say_notices(setup, log, emit, lines)
     warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit, lines)
     t_plan = time.time()
@@ -254,18 +254,18 @@ def _run_locked(
     report, accuracy = _report(out, opts, lock, row, log)
     timings["report"] = time.time() - t_report
     result = RunResult(
-        out,
-        row.counts.seen,
-        row.counts.computed,
-        row.counts.unchanged + row.counts.resumed,  # RunResult.unchanged: resumed images included, as before
-        row.counts.added,
-        row.counts.changed,
-        row.counts.removed,
-        row.tally.failed,
-        time.time() - t0,
-        report,
-        setup.layer,
-        accuracy,
+        out_dir=out,
+        seen=row.counts.seen,
+        computed=row.counts.computed,
+        unchanged=row.counts.unchanged + row.counts.resumed,  # RunResult.unchanged: resumed images included, as before
+        added=row.counts.added,
+        changed=row.counts.changed,
+        removed=row.counts.removed,
+        failed=row.tally.failed,
+        seconds=time.time() - t0,
+        report=report,
+        layer=setup.layer,
+        accuracy=accuracy,
         status=status,
         run_id=row.run_id,
         timings=timings,
@@ -367,7 +367,7 @@ def chance_line(
         manifest.image_targets(),
         entries,
         check=lock.check,
-        log=log if opts.on_event is None else (lambda line: None),  # --log-json: JSON only
+        log=(lambda line: None) if opts.events_only else log,  # --log-json: JSON only
         should_stop=lambda: stop.requested,
     )
 
