@@ -397,3 +397,15 @@ def test_the_lime_estimate_counts_the_true_class_maps(inp, tmp_path, tiny_ckpt):
     assert (third["images"], third["label_maps"]) == (6 + guess, guess)
     if guess:
         assert f"{guess} of them estimated" in third["text"]
+
+
+def test_the_first_maps_explain_the_label_only_under_target_label():
+    """targets.target_class: the one rule that the run's rows, a re-decided row, the Explainer and explain() read."""
+    import torch
+
+    from xaibatch import targets
+
+    assert [targets.target_class(m, 1, 0) for m in targets.MODES] == [1, 0, 1]
+    pred, label = torch.tensor([1, 1]), torch.tensor([0, 1])
+    assert torch.equal(targets.target_class("label", pred, label), label)
+    assert torch.equal(targets.target_class("pred,label", pred, label), pred)

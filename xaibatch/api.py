@@ -240,7 +240,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
     segmenter = segmenters[0] if segmenters else None
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
-    first = Explainer(made, ctx, "label" if req.mode == "label" else "pred")
+    first = Explainer(made, ctx, target_modes.maps_target(req.mode))
     done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter, fitting)))
     preds = done.probs.argmax(1)
     maps = {m: r.maps for m, r in done.methods.items()}
@@ -251,7 +251,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
         maps=Frozen(maps),
         probs=done.probs,
         preds=preds,
-        targets=req.labels if req.mode == "label" else preds,
+        targets=target_modes.target_class(req.mode, preds, req.labels),
         info=Frozen(info),
         layer=ctx.layer.name if ctx.layer else None,
         images=x,

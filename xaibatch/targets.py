@@ -8,6 +8,10 @@ of incremental runs and crash safety holds for them as for any map. Imports noth
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
+
 MODES = ("pred", "label", "pred,label")
 BOTH = "pred,label"
 LABEL_SUFFIX = "@label"
@@ -29,6 +33,18 @@ def maps_target(mode: str) -> str:
     """What the first maps of every image explain (and their hashes cover): those of ``pred,label`` are the
     maps of ``pred``, so switching between the two recomputes no prediction map."""
     return "pred" if mode == BOTH else mode
+
+
+def by_label(mode: str) -> bool:
+    """Whether the first maps explain the image's given label (``--target label``) rather than the prediction
+    (``pred`` and ``pred,label``: the true class's maps of ``pred,label`` are ``pipeline/labelmaps.py``'s)."""
+    return maps_target(mode) == "label"
+
+
+def target_class(mode: str, pred: T, label: T) -> T:
+    """The class the first maps of an image explain under ``mode``: ``label`` under ``--target label``, else
+    ``pred``. Ints or tensors of classes alike."""
+    return label if by_label(mode) else pred
 
 
 def label_key(method: str) -> str:

@@ -15,6 +15,7 @@ import torch
 from ..errors import OneImageTooLarge, memory_message, out_of_memory
 from ..model.heads import predict
 from ..model.layers import forward_from_layer
+from ..targets import target_class
 from .base import Batch, Method, ModelContext
 
 
@@ -93,8 +94,8 @@ class Explainer:
             with torch.no_grad():
                 logits = net(x)
         probs = torch.softmax(logits.detach().float(), dim=1)
-        # "label": the given classes; else the prediction (``pred,label``'s true-class maps: pipeline/labelmaps.py)
-        targets = labels.to(dev) if self.target == "label" else predict(probs, self.decision)
+        # (``pred,label``'s true-class maps: pipeline/labelmaps.py)
+        targets = target_class(self.target, predict(probs, self.decision), labels).to(dev)
         batch = Batch(
             x=x.detach(),
             targets=targets,

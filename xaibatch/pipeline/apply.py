@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import layout
+from .. import layout, targets
 from ..files import remove_files
 from ..lock import OutputLock
 from ..manifest import ImageRow, Manifest
@@ -88,7 +88,7 @@ def redecider(setup: Setup, target: str, run_id: int) -> Callable[[ImageRow], Im
         return dataclasses.replace(
             row,
             pred=pred,
-            target=row.target if target == "label" else pred,
+            target=targets.target_class(target, pred, row.target),  # under --target label: its label, kept
             confidence=float(row.probs[pred]),
             predict_hash=setup.hashes.predict,
             run_id=run_id,

@@ -392,7 +392,7 @@ def build_job(
                     height=h,
                     label=e.label,
                     pred=pred,
-                    target=int(e.label) if target == "label" else pred,
+                    target=int(targets.target_class(target, pred, e.label)),
                     confidence=p[pred],
                     probs=kept[j],
                     predict_hash=hashes.predict,

@@ -268,7 +268,7 @@ class _Planner:
     def relabeled(self, e: ImageEntry, row: ImageRow) -> tuple[ImageRow, bool]:
         """The row with the label the scan gives now (``--unlabeled`` added or dropped: the bytes are the same, no
         forward pass), and whether its target class moved with it (``--target label``: its maps go, all anew)."""
-        by_label = self.hashes.predict_config.get("target") == "label" and e.label is not None
+        by_label = targets.by_label(self.hashes.predict_config.get("target", "pred")) and e.label is not None
         new = dataclasses.replace(
             row, label=e.label, target=e.label if by_label else row.target, size=e.size, mtime_ns=e.mtime_ns
         )

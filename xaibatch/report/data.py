@@ -86,7 +86,7 @@ def _method_info(name: str, title: str, signed: bool, config: dict[str, Any], su
 
 def target_words(mode: str) -> str:
     """What a run's maps explain, in words (its --target)."""
-    if mode == "label":
+    if targets.by_label(mode):
         return "the folder's label"
     if targets.label_maps(mode):
         return "the predicted class, and for a misclassified image also its true class"
