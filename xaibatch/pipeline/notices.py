@@ -51,6 +51,18 @@ def random_weights(model: str | None, checkpoint: str) -> Iterator[Notice]:
         yield "random-weights", text, {"model": model}
 
 
+def warn_random_weights(
+    model: str | None,
+    checkpoint: str,
+    log: Callable[[str], None],
+    emit: Callable[[dict[str, Any]], None] = lambda event: None,
+    lines: bool = True,
+) -> None:
+    """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (a run's, serve's): maps of an
+    untrained model; a line and a ``random-weights`` notice event."""
+    say(random_weights(model, checkpoint), log, emit, lines)
+
+
 def class_notices(setup: Setup) -> Iterator[Notice]:
     """The run's notes on its classes, in this order: empty class folders, folders matched by case, the order."""
     names, found = setup.names, setup.found

@@ -53,7 +53,7 @@ from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
-from .notices import random_weights, say, say_notices
+from .notices import say_notices, warn_random_weights
 from .recovery import REPORTING, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
@@ -294,18 +294,6 @@ def refuse_lost_labels(opts: RunOptions, found: Scan, known: Known) -> None:
             "read as class folders: move them into a class folder, or pass --unlabeled to regroup every image by "
             "its prediction"
         )
-
-
-def warn_random_weights(
-    model: str | None,
-    checkpoint: str,
-    log: Callable[[str], None],
-    emit: Callable[[dict[str, Any]], None] = lambda event: None,
-    lines: bool = True,
-) -> None:
-    """``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (a run's, serve's): maps of an
-    untrained model; a line and a ``random-weights`` notice event (pipeline/notices.py)."""
-    say(random_weights(model, checkpoint), log, emit, lines)
 
 
 def _plan_run(

@@ -221,7 +221,7 @@ def launch(
     log: Callable[[str], None] = print,
 ) -> Served:
     """Start the app; with ``block`` serve until a stop signal (Ctrl-C, SIGTERM, SIGHUP), then close it."""
-    from ..pipeline.run import warn_random_weights
+    from ..pipeline.notices import warn_random_weights
 
     warn_random_weights(service.opts.model, service.prepared.model.checkpoint, log)
     report = ReportImages.load(service.opts.out)
