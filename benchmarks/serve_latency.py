@@ -46,9 +46,7 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="xaibatch-serve-bench-"))
     t0 = time.perf_counter()
-    service = Service(
-        ServeOptions(out=out, lime_samples=args.lime_samples, method_options={"lime": {"samples": args.lime_samples}})
-    )
+    service = Service(ServeOptions(out=out, method_options={"lime": {"samples": args.lime_samples}}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -203,7 +203,6 @@ def service(tmp_path_factory):
             out=root / "out",
             methods=METHODS,
             checkpoint=ckpt,
-            lime_samples=SAMPLES,
             method_options={"lime": {"samples": SAMPLES}},
         )
     )
@@ -228,6 +227,22 @@ def test_maps_equal_explain_bit_for_bit(service):
     service.explain(uploads[:1], ["lime"], SAMPLES + 10)  # the slider: another LIME object, made once
     assert service.method("lime", SAMPLES + 10) is service.method("lime", SAMPLES + 10)
     assert service.method("lime", SAMPLES + 10) is not service.method("lime", SAMPLES)
+
+
+def test_the_lime_slider_starts_at_the_samples_lime_runs_at(service, tmp_path):
+    """The slider's start is LIME's sample count, given once (method_options, else LIME's default). ServeOptions
+    had a second field for it, lime_samples: given alone (lime_samples=40), the slider started at 40 while LIME at
+    that setting ran its default 1000 samples."""
+    import dataclasses
+
+    from xaibatch.defaults import LIME_DEFAULTS
+    from xaibatch.serve.core import ServeOptions, Service
+
+    assert service.default_lime_samples() == SAMPLES == service.method("lime", SAMPLES).samples
+    plain = Service(ServeOptions(out=tmp_path / "out", methods=["lime"], checkpoint=service.opts.checkpoint))
+    start = plain.default_lime_samples()
+    assert start == LIME_DEFAULTS["samples"] == plain.method("lime", start).samples
+    assert [f.name for f in dataclasses.fields(ServeOptions) if "samples" in f.name] == []
 
 
 def test_a_map_zero_everywhere_has_no_scale_as_in_the_report(service):
@@ -444,7 +459,6 @@ def app(tmp_path_factory):
             out=out,
             methods=METHODS,
             checkpoint=ckpt,
-            lime_samples=SAMPLES,
             method_options={"lime": {"samples": SAMPLES}},
         )
     )

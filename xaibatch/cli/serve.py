@@ -114,7 +114,6 @@ def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
             **model.fields(),
             device=device,
             seed=seed,
-            lime_samples=lime_samples,
             method_options={"lime": {"samples": lime_samples}},
         )
     )

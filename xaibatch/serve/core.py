@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..model import heads
 from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, open_image_file
+from ..defaults import LIME_DEFAULTS
 from ..errors import DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
@@ -42,8 +43,7 @@ class ServeOptions(ModelOptions):
     methods: list[str] = field(default_factory=lambda: list(NATIVE_METHODS))  # offered in the page
     device: str = "auto"
     seed: int = 0
-    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lime_samples: int = 1000  # the slider's start
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # LIME's "samples": the slider's start
 
 
 @dataclass
@@ -156,7 +156,8 @@ class Service:
         return None if name != "lime" or samples is None or samples == self.default_lime_samples() else int(samples)
 
     def default_lime_samples(self) -> int:
-        return int(self.opts.method_options.get("lime", {}).get("samples", self.opts.lime_samples))
+        """The samples slider's start: LIME's samples as the methods were made (method_options, else LIME's own)."""
+        return int(self.opts.method_options.get("lime", {}).get("samples", LIME_DEFAULTS["samples"]))
 
     def method(self, name: str, lime_samples: int | None = None) -> Method:
         """The method object (made once per name and LIME sample count), with prepare()'s options."""
