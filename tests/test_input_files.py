@@ -112,6 +112,41 @@ def test_every_bad_file_is_listed_with_its_reason(bad_run):
         assert "\n" not in reason and len(reason) < 300
 
 
+def test_every_lasting_reason_starts_a_reason_a_bad_file_gets(bad_runs, tmp_path, monkeypatch):
+    """errors.LASTING_REASONS (failures the bytes decide: not read again while size and mtime stay) are matched
+    by their first words, so each must start a reason a bad file really gets: a message reworded apart from them
+    would make that failure read again on every run, silently. The reasons: the bad folder's run, a TIFF PIL
+    cannot decode, a sparse file over the size limit; and, through the same code with a stand-in, the two no
+    file here reaches (a decode to no usable pixels, PIL recursing too deep)."""
+    from tinytiff import tiff
+
+    from xaibatch import data
+    from xaibatch.scan import MAX_FILE_BYTES
+
+    def reason(path: Path) -> str:
+        with pytest.raises(DecodeError) as e:
+            load_image(path)
+        return str(e.value)
+
+    reasons = list(bad_runs[0].failures.values())
+    (tmp_path / "float.tif").write_bytes(tiff(3, 32, 3))
+    with (tmp_path / "big.png").open("wb") as f:  # sparse: no disk used
+        f.truncate(MAX_FILE_BYTES + 1)
+    reasons += [why for _, why in scan(tmp_path).skipped]
+    reasons.append(reason(tmp_path / "float.tif"))
+    good = tmp_path / "good.png"
+    good.write_bytes(badfiles.png_bytes(Image.new("RGB", (4, 4))))
+    with monkeypatch.context() as m:
+        m.setattr(data, "_to_rgb", lambda im: Image.new("L", im.size))
+        reasons.append(reason(good))
+    with monkeypatch.context() as m:
+        m.setattr(data.Image, "open", lambda *a, **kw: (_ for _ in ()).throw(RecursionError()))
+        reasons.append(reason(good))
+    assert all(errors.lasting(r) for r in reasons[-4:]), reasons[-4:]
+    for prefix in errors.LASTING_REASONS:
+        assert any(r.startswith(prefix) for r in reasons), (prefix, reasons)
+
+
 def test_non_images_are_ignored_and_nothing_else_appears(bad_run):
     listed = set(bad_run.images) | set(bad_run.failures)
     for case in bad_run.folder.by(IGNORED):

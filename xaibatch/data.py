@@ -19,7 +19,16 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .errors import DecodeError
+from .errors import (
+    CORRUPT_IMAGE,
+    EMPTY_FILE,
+    MALFORMED_IMAGE,
+    NOT_AN_IMAGE,
+    TIFF_VARIANT,
+    TOO_MANY_PIXELS,
+    UNUSABLE_DECODE,
+    DecodeError,
+)
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import too_large
 from .files import NotRegularFile, hash_open_file, open_regular
@@ -59,7 +68,7 @@ def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
     f = os.fdopen(fd, "rb")
     if st.st_size == 0:
         f.close()
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError(f"{EMPTY_FILE} (0 bytes)")
     if reason := too_large(st.st_size):  # grown since the scan
         f.close()
         raise DecodeError(reason)
@@ -76,10 +85,10 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
         except Image.UnidentifiedImageError:
             if (why := _tiff_problem(f)) is not None:
                 raise DecodeError(
-                    f"unsupported TIFF variant ({why}): PIL cannot decode its samples (such as "
+                    f"{TIFF_VARIANT} ({why}): PIL cannot decode its samples (such as "
                     "floating-point colour, or more than 4 channels); convert it to 8- or 16-bit RGB"
                 ) from None
-            raise DecodeError(f"not an image{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
+            raise DecodeError(f"{NOT_AN_IMAGE}{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
         with im:
             _check_size(im.size, max_pixels)
             im.seek(0)
@@ -91,7 +100,7 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 pass
             rgb = _to_rgb(im)
         if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
-            raise DecodeError(f"decoded to an unusable {rgb.mode} {rgb.width}x{rgb.height} image")
+            raise DecodeError(f"{UNUSABLE_DECODE} {rgb.mode} {rgb.width}x{rgb.height} image")
         return rgb
 
 
@@ -105,13 +114,11 @@ def decode_errors(max_pixels: int = MAX_PIXELS) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
-        raise DecodeError(
-            f"refused: the image declares {n}, over the limit of {max_pixels:,} (decompression bomb?)"
-        ) from None
+        raise DecodeError(f"{TOO_MANY_PIXELS} {n}, over the limit of {max_pixels:,} (decompression bomb?)") from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
     except RecursionError:
-        raise DecodeError("malformed image (nesting too deep)") from None
+        raise DecodeError(f"{MALFORMED_IMAGE} (nesting too deep)") from None
     except OSError as e:
         if e.errno is not None:  # a real I/O error, not PIL's "image file is truncated"
             raise DecodeError(f"cannot read: {e.strerror or e}") from None
@@ -127,7 +134,7 @@ def _describe(e: BaseException) -> str:
     """PIL's reason for a failed decode, as one short line."""
     text = str(e).strip()
     msg = text.splitlines()[0][:200] if text else ""
-    return f"corrupt or truncated image: {msg}" if msg else f"corrupt or truncated image ({type(e).__name__})"
+    return f"{CORRUPT_IMAGE}: {msg}" if msg else f"{CORRUPT_IMAGE} ({type(e).__name__})"
 
 
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders

@@ -82,18 +82,27 @@ class DecodeError(XaibatchError):
     """One image could not be read; the run skips it and goes on."""
 
 
-# The DecodeError reasons (data.py's words) that the file's own bytes decide: the same size and mtime give the same
-# answer, so a run need not read such a file again (pipeline/plan.py). "cannot read: ...", "not a regular file",
-# "out of memory" may pass, and any other words (an unexpected exception's) are retried too.
+# The first words of the DecodeError reasons that the file's own bytes decide: the same size and mtime give the
+# same answer, so a run need not read such a file again (pipeline/plan.py). data.py and scan.py start each such
+# reason with its constant, so a reworded message stays lasting. "cannot read: ...", "not a regular file", "out of
+# memory" may pass, and any other words (an unexpected exception's) are retried too.
+EMPTY_FILE = "empty file"
+FILE_TOO_LARGE = "file too large"
+CORRUPT_IMAGE = "corrupt or truncated image"
+NOT_AN_IMAGE = "not an image"
+TIFF_VARIANT = "unsupported TIFF variant"
+TOO_MANY_PIXELS = "refused: the image declares"
+UNUSABLE_DECODE = "decoded to an unusable"
+MALFORMED_IMAGE = "malformed image"
 LASTING_REASONS = (
-    "empty file",
-    "file too large",
-    "corrupt or truncated image",
-    "not an image",
-    "unsupported TIFF variant",
-    "refused: the image declares",
-    "decoded to an unusable",
-    "malformed image",
+    EMPTY_FILE,
+    FILE_TOO_LARGE,
+    CORRUPT_IMAGE,
+    NOT_AN_IMAGE,
+    TIFF_VARIANT,
+    TOO_MANY_PIXELS,
+    UNUSABLE_DECODE,
+    MALFORMED_IMAGE,
 )
 
 

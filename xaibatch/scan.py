@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError
+from .errors import FILE_TOO_LARGE, InputError
 from .layout import MANIFEST
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -35,7 +35,7 @@ MAX_FILE_BYTES = 1 << 30
 def too_large(size: int) -> str | None:
     """The reason a file of ``size`` bytes is refused unread, or None."""
     if size > MAX_FILE_BYTES:
-        return f"file too large ({size:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it"
+        return f"{FILE_TOO_LARGE} ({size:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it"
     return None
 
 

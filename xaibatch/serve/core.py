@@ -20,7 +20,7 @@ from PIL import Image
 from ..model import heads
 from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, display_copy, open_image_file
 from ..defaults import LIME_DEFAULTS
-from ..errors import DecodeError, UsageError, outcome
+from ..errors import EMPTY_FILE, DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
 from ..methods.explainer import Explainer
 from ..overlay import ZERO_MAP, display_map, display_scale, overlay, png_bytes
@@ -93,7 +93,7 @@ def decode_upload(data: bytes, max_bytes: int | None = None, seed: int = 0) -> U
     """:func:`read_upload` for bytes in memory."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     if not data:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError(f"{EMPTY_FILE} (0 bytes)")
     if len(data) > max_bytes:
         raise DecodeError(f"refused: over the upload limit of {max_bytes:,} bytes")
     with decode_errors(MAX_PIXELS):
