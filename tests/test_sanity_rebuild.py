@@ -197,6 +197,21 @@ def test_a_moved_checkpoint_is_named_and_can_be_passed(inp, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_a_damaged_checkpoint_is_a_model_that_cannot_be_rebuilt_and_says_how_to_pass_one(inp, tmp_path):
+    """Any error of the model step says the run's model cannot be rebuilt and how to pass it. Which errors did was
+    decided by searching the message for "--checkpoint", "--model", "--arch" or "state_dict": the loader's
+    "m.pt: not a PyTorch checkpoint: corrupted or truncated zip archive" names none of them and came out bare."""
+    ck = make_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=ck)
+    ck.write_bytes(ck.read_bytes()[:1000])
+    res = _sanity(out)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"Error: sanity cannot rebuild the run's model from --checkpoint {ck}: {ck}: not a")
+    assert "pass the run's model: `xaibatch sanity" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
 def test_a_folder_written_before_the_record_existed(inp, tiny_ckpt, tmp_path):
     """An older run row (no source, no options, a relative input folder): inferred from what it has."""
     out = tmp_path / "o"

@@ -58,7 +58,7 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
 def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
     """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
     from ..errors import XaibatchError
-    from ..pipeline.prepare import prepare
+    from ..pipeline.prepare import load_and_name, prepare
 
     how = (
         f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
@@ -74,12 +74,16 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
             "the run did not record, so a rebuild cannot be checked to be the same model; save the weights and "
             "run with --checkpoint"
         )
-    try:
-        prepared = prepare(opts)
-    except XaibatchError as e:
-        if "--model" in str(e) or "--checkpoint" in str(e) or "--arch" in str(e) or "state_dict" in str(e):
+
+    def load(opts, found):
+        """prepare()'s model step (build, read the head, name the classes): each of its errors says the model
+        cannot be rebuilt from ``what``, and how to pass it; the other steps' errors stay as they are."""
+        try:
+            return load_and_name(opts, found)
+        except XaibatchError as e:
             raise UsageError(f"sanity cannot rebuild the run's model from {what}: {e}; {how}") from None
-        raise
+
+    prepared = prepare(opts, load=load)
     want = run.model.checkpoint_sha256
     if want and prepared.model.checkpoint_sha256 != want:
         raise UsageError(

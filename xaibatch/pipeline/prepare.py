@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -110,8 +111,13 @@ def classes_from(opts: RunOptions, model: LoadedModel, found: Scan) -> str:
     return "folders" if found.classes is not None else "numbered"
 
 
-def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
-    """Load, scan and check everything that can fail before any file is written."""
+def prepare(
+    opts: RunOptions,
+    found: Scan | None = None,
+    load: Callable[[RunOptions, Scan], tuple[LoadedModel, list[str]]] = load_and_name,
+) -> Prepared:
+    """Load, scan and check everything that can fail before any file is written. ``load``: the model step
+    (:func:`load_and_name`, or a caller's wrapper of it that words that step's errors its own way)."""
     if not opts.methods:
         raise UsageError("give at least one --method")
     if opts.template_dir is not None:
@@ -131,7 +137,7 @@ def prepare(opts: RunOptions, found: Scan | None = None) -> Prepared:
     found = found or scan(opts.input_dir, opts.labeled, opts.follow_links, opts.out_dir)
     if opts.target != "pred" and found.classes is None:
         raise UsageError(f"--target {opts.target} needs a labeled folder (ImageFolder layout); use --target pred")
-    model, names = load_and_name(opts, found)
+    model, names = load(opts, found)
     use_device(device)
     model.module.to(device).eval()
     methods_wanted = list(dict.fromkeys(opts.methods))
