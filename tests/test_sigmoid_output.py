@@ -112,6 +112,22 @@ def test_a_probability_output_is_detected(world, tail):
     assert (soft.count, soft.probability, soft.softmax) == (2, False, True)
 
 
+def test_one_wrapper_by_the_outputs_for_runs_and_explain(world):
+    """heads.wrap reads a module by its Outputs, for a run's model (heads.adapt) and explain()'s alike."""
+    from xaibatch.model.heads import OneLogitHead, SoftmaxOutputHead, wrap
+
+    def wrapped(tail: str):
+        net = world["ns"]["make"](tail)
+        return net, wrap(net, count_outputs(net, 32, "the model"))
+
+    for tail, kind in [("sigmoid", OneLogitHead), ("logit", OneLogitHead), ("softmax", SoftmaxOutputHead)]:
+        net, head = wrapped(tail)
+        assert type(head) is kind and head.net is net, tail
+    assert wrapped("sigmoid")[1].probability and not wrapped("logit")[1].probability
+    net, head = wrapped("pair")
+    assert head is net
+
+
 def test_a_softmax_output_is_read_as_the_models_probabilities(world, tmp_path):
     ref = _run(world, "pair", tmp_path / "ref", "--threshold", "0.7")
     got = _run(world, "softmax", tmp_path / "got", "--threshold", "0.7")

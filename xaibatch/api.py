@@ -224,17 +224,14 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
     that fits in memory (methods/explainer.Fitting), shared by the prediction's and the true class's batches."""
     from .errors import UsageError
     from .methods.explainer import Explained, Explainer
-    from .model.heads import OneLogitHead, SoftmaxOutputHead, count_outputs
+    from .model.heads import count_outputs, wrap
     from .model.loading import check_patches
 
     if not req.methods:
         raise UsageError("choose at least one method")
     check_patches(net, "the model", pre.image_size, "input_size=")
     outputs = count_outputs(net, pre.image_size, "the model")
-    if outputs.count == 1:  # a one-logit head: two classes, as a run reads it
-        net = OneLogitHead(net, probability=outputs.probability).eval()
-    elif outputs.softmax:  # the model's own class probabilities: log(p) as the logits
-        net = SoftmaxOutputHead(net).eval()
+    net = wrap(net, outputs)  # as a run reads it: one logit as two classes, a softmax's log(p) as the logits
     classes = _checked_classes(req, max(outputs.count, 2))
     ctx, made = _make_methods(net, pre, dev, req)
     segmenters = [m.segmenter() for m in made if m.segmenter() is not None]

@@ -221,21 +221,25 @@ def decision_for(
     return Decision(names.index(name), t, name, one_logit, probability)
 
 
-def adapt_one_logit(model: Any) -> bool:
-    """Wrap a one-output :class:`~xaibatch.model.loading.LoadedModel` in :class:`OneLogitHead` (in place); say if it was."""
-    if model.num_classes != 1:
-        return False
-    model.module = OneLogitHead(model.module, probability=model.probability).eval()
-    model.outputs = 2
-    return True
+def wrap(module: nn.Module, outputs: Outputs) -> nn.Module:
+    """The module as xaibatch reads it, by its :class:`Outputs`: one logit as two classes (:class:`OneLogitHead`),
+    a model's own softmax as logits (:class:`SoftmaxOutputHead`), any other as it is. A run's model
+    (:func:`adapt`) and ``explain()``'s module alike."""
+    if outputs.count == 1:
+        return OneLogitHead(module, probability=outputs.probability).eval()
+    if outputs.softmax:
+        return SoftmaxOutputHead(module).eval()
+    return module
 
 
-def adapt_softmax(model: Any) -> bool:
-    """Wrap a :class:`~xaibatch.model.loading.LoadedModel` whose output is a softmax in :class:`SoftmaxOutputHead`."""
-    if not model.softmax:
-        return False
-    model.module = SoftmaxOutputHead(model.module).eval()
-    return True
+def adapt(model: Any) -> bool:
+    """:func:`wrap` a :class:`~xaibatch.model.loading.LoadedModel`'s module, in place; whether it has one logit
+    (then read as two classes)."""
+    one_logit = model.num_classes == 1
+    model.module = wrap(model.module, Outputs(model.num_classes, model.probability, model.softmax))
+    if one_logit:
+        model.outputs = 2
+    return one_logit
 
 
 def with_positive(module: nn.Module, decision: Decision | None) -> None:
@@ -249,8 +253,7 @@ __all__ = [
     "OneLogitHead",
     "Outputs",
     "SoftmaxOutputHead",
-    "adapt_softmax",
-    "adapt_one_logit",
+    "adapt",
     "count_outputs",
     "decision_for",
     "last_op",
@@ -260,4 +263,5 @@ __all__ = [
     "stored",
     "unwrap",
     "with_positive",
+    "wrap",
 ]

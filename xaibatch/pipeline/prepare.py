@@ -66,8 +66,7 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
         model = load_user_model(opts.model, opts.checkpoint, opts.image_size, n_hint)
     else:
         model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
-    one_logit = heads.adapt_one_logit(model)
-    heads.adapt_softmax(model)
+    one_logit = heads.adapt(model)
     if opts.classes is not None:
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
             outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
