@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from xaibatch.manifest import FILENAME, Manifest, RunCounts
 
 COLUMNS = "n_seen, n_added, n_changed, n_removed, n_unchanged, n_failed, n_computed, n_resumed"
@@ -97,3 +99,34 @@ def test_a_run_records_its_plan_before_it_computes(tmp_path, tiny_ckpt):
 
     run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt, on_event=on_event), log=lambda s: None)
     assert seen_at_plan == [("running", 3, 3, 0, 0, 0, None, None, 0)]
+
+
+def test_the_run_statuses_are_the_words_every_xaibatch_stored(tmp_path):
+    """RunStatus names the status words once: the strings a folder holds stay those an older xaibatch wrote and
+    reads, the exit codes' statuses are the same words, and "finished" (ok, some-failed) is not "ended"."""
+    from xaibatch.errors import ExitCode
+    from xaibatch.runstatus import ENDED, ENDED_BADLY, FINISHED, RunStatus
+
+    assert [s.value for s in RunStatus] == ["running", "ok", "some-failed", "interrupted", "error", "killed"]
+    assert {c.status for c in ExitCode} - {"usage-error", "locked"} == {"ok", "some-failed", "error", "interrupted"}
+    assert FINISHED == {"ok", "some-failed"} and ENDED_BADLY == {"interrupted", "error", "killed"}
+    assert ENDED == set(RunStatus) - {RunStatus.RUNNING}
+    assert f"ended {RunStatus.SOME_FAILED}" == "ended some-failed"
+    m = Manifest(tmp_path / FILENAME)
+    ids = [m.start_run(str(tmp_path), {"x": 1}, "p") for _ in range(4)]
+    assert m.db.execute("SELECT DISTINCT status, typeof(status) FROM runs").fetchall() == [("running", "text")]
+    m.finish_run(ids[0], RunStatus.OK, 1.0, None)
+    m.finish_run(ids[1], RunStatus.INTERRUPTED, 1.0, None)
+    m.finish_run(ids[2], "error", 1.0, None)  # a plain word is one too
+    assert m.close_stale_runs() == [ids[3]]
+    assert m.unfinished_runs() == {ids[1]: "interrupted", ids[2]: "error", ids[3]: "killed"}
+    assert all(type(s) is RunStatus for s in m.unfinished_runs().values())
+    assert [r[0] for r in m.db.execute("SELECT status FROM runs ORDER BY id")] == [
+        "ok",
+        "interrupted",
+        "error",
+        "killed",
+    ]
+    with pytest.raises(ValueError):  # an unknown word is never stored
+        m.finish_run(ids[3], "done", 1.0, None)
+    m.close()

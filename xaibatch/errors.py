@@ -11,6 +11,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from . import layout
+from .runstatus import RunStatus
 
 
 class ExitCode(IntEnum):
@@ -32,13 +33,13 @@ class ExitCode(IntEnum):
         return _MEANING[self]
 
 
-_STATUS = {
-    ExitCode.OK: "ok",
-    ExitCode.SOME_FAILED: "some-failed",
+_STATUS = {  # a run's exit codes: its run row's status; the others: no run row (refused before one was started)
+    ExitCode.OK: RunStatus.OK.value,
+    ExitCode.SOME_FAILED: RunStatus.SOME_FAILED.value,
     ExitCode.USAGE: "usage-error",
-    ExitCode.RUNTIME: "error",
+    ExitCode.RUNTIME: RunStatus.ERROR.value,
     ExitCode.LOCKED: "locked",
-    ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.INTERRUPTED: RunStatus.INTERRUPTED.value,
 }
 _MEANING = {
     ExitCode.OK: "success",

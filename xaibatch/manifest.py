@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from . import layout, manifest_schema
 from .errors import UsageError, XaibatchError, storage_error
+from .runstatus import ENDED_BADLY, FINISHED, RunStatus, sql_list
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
 # Rows read at a time: a table's rows are built from a chunk of SQLite's tuples (and one json.loads over each
@@ -162,8 +163,8 @@ class Manifest:
         counts = ", ".join(_COUNT_COLUMNS)
         cur = self.db.execute(
             f"INSERT INTO runs (started_at, status, input_dir, config_json, predict_hash, {counts})"
-            f" VALUES (?, 'running', ?, ?, ?{', NULL' * len(_COUNT_COLUMNS)})",
-            (time.time(), input_dir, text, predict_hash),
+            f" VALUES (?, ?, ?, ?, ?{', NULL' * len(_COUNT_COLUMNS)})",
+            (time.time(), RunStatus.RUNNING.value, input_dir, text, predict_hash),
         )
         return int(cur.lastrowid)
 
@@ -177,18 +178,19 @@ class Manifest:
         )
 
     def finish_run(
-        self, run_id: int, status: str, seconds: float, counts: RunCounts | None, reason: str | None = None
+        self, run_id: int, status: RunStatus, seconds: float, counts: RunCounts | None, reason: str | None = None
     ) -> None:
         """Record how the run ended; ``counts`` None: the run stopped before it counted anything."""
         names = list(_COUNT_COLUMNS) if counts is not None else []
+        values = astuple(counts) if counts is not None else ()
         cols = "".join(f", {name} = ?" for name in names)
         self.db.execute(
             f"UPDATE runs SET status = ?, finished_at = ?, seconds = ?, reason = ?{cols} WHERE id = ?",
-            (status, time.time(), seconds, reason, *(astuple(counts) if counts is not None else ()), run_id),
+            (RunStatus(status).value, time.time(), seconds, reason, *values, run_id),
         )
 
-    def set_status(self, run_id: int, status: str) -> None:
-        self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (status, run_id))
+    def set_status(self, run_id: int, status: RunStatus) -> None:
+        self.db.execute("UPDATE runs SET status = ? WHERE id = ?", (RunStatus(status).value, run_id))
 
     def close_stale_runs(self) -> list[int]:
         """Mark runs left ``running`` by a killed process as ``killed``, saying what may have happened (a run whose
@@ -199,7 +201,7 @@ class Manifest:
         runs before the next run computes; an image only re-decided under a new threshold counts too). How many
         files it failed to read is not known (NULL, the report's "unknown"); nor are the counts of a run an older
         xaibatch left, which recorded none (its zeros are the columns' defaults)."""
-        ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = 'running'")]
+        ids = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE status = ?", (RunStatus.RUNNING.value,))]
         if not ids:
             return ids
         with self.transaction():
@@ -210,9 +212,9 @@ class Manifest:
                     (i, i),
                 ).fetchone()
                 self.db.execute(
-                    "UPDATE runs SET status = 'killed', reason = COALESCE(reason, ?), n_computed = ?, n_failed = NULL"
+                    "UPDATE runs SET status = ?, reason = COALESCE(reason, ?), n_computed = ?, n_failed = NULL"
                     " WHERE id = ?",
-                    (STALE_REASON, committed, i),
+                    (RunStatus.KILLED.value, STALE_REASON, committed, i),
                 )
                 self.db.execute(  # a row an older xaibatch started: no count recorded, only the columns' defaults
                     "UPDATE runs SET n_seen = NULL, n_added = NULL, n_changed = NULL, n_removed = NULL,"
@@ -228,16 +230,17 @@ class Manifest:
         row = cur.fetchone()
         return None if row is None else dict(zip([d[0] for d in cur.description], row))
 
-    def unfinished_runs(self) -> dict[int, str]:
-        """The runs after the last one that finished (ok, some-failed) that ended without finishing (interrupted,
-        killed, error), oldest first: run id -> status. Call while holding the lock, after close_stale_runs and
-        before start_run. Read newest first and only back to that finished run (a cron job's runs table is long)."""
-        out: dict[int, str] = {}
+    def unfinished_runs(self) -> dict[int, RunStatus]:
+        """The runs after the last one that finished (runstatus.FINISHED: ok, some-failed) that ended badly
+        (runstatus.ENDED_BADLY: interrupted, killed, error), oldest first: run id -> status. Call while holding the
+        lock, after close_stale_runs and before start_run. Read newest first and only back to that finished run (a
+        cron job's runs table is long)."""
+        out: dict[int, RunStatus] = {}
         for run_id, status in self.db.execute("SELECT id, status FROM runs ORDER BY id DESC"):
-            if status in ("ok", "some-failed"):
+            if status in FINISHED:
                 break
-            if status in ("interrupted", "killed", "error"):
-                out[run_id] = status
+            if status in ENDED_BADLY:
+                out[run_id] = RunStatus(status)
         return dict(sorted(out.items()))
 
     def last_status(self) -> str | None:
@@ -246,11 +249,11 @@ class Manifest:
         return None if row is None else row[0]
 
     def finished_with(self, request: str) -> Iterator[tuple[int, str, str]]:
-        """Id, config and predict hash of the finished runs made with this request key (see pipeline.setup), newest
+        """Id, config and predict hash of the finished runs (runstatus.FINISHED) made with this request key (see pipeline.setup), newest
         first, read as the caller goes (it wants the newest, now and then the one before)."""
         cur = self.db.execute(
-            "SELECT id, config_json, predict_hash FROM runs WHERE status IN ('ok', 'some-failed') AND config_json LIKE ?"
-            " ORDER BY id DESC",
+            f"SELECT id, config_json, predict_hash FROM runs WHERE status IN {sql_list(FINISHED)}"
+            " AND config_json LIKE ? ORDER BY id DESC",
             (f'%"request": "{request}"%',),
         )
         while row := cur.fetchone():
@@ -273,7 +276,8 @@ class Manifest:
     def runs_not_ok(self, before: int, most: int) -> list[dict[str, Any]]:
         """The latest ``most`` runs with an id below ``before`` that did not end ok (nor are running), newest first."""
         cur = self.db.execute(
-            "SELECT * FROM runs WHERE id < ? AND status NOT IN ('ok', 'running') ORDER BY id DESC LIMIT ?",
+            f"SELECT * FROM runs WHERE id < ? AND status NOT IN {sql_list({RunStatus.OK, RunStatus.RUNNING})}"
+            " ORDER BY id DESC LIMIT ?",
             (before, most),
         )
         names = [d[0] for d in cur.description]

@@ -245,8 +245,10 @@ def sample(rels: list[str], n: int, seed: int) -> list[str]:
 
 
 @dataclass
-class FinishedRun:
-    """The folder's last finished run: its images (manifest rows), its record and the input folder it read."""
+class EndedRun:
+    """The folder's last ended run (any status but running: runstatus.ENDED, not only the FINISHED ones, ok and
+    some-failed): its images (manifest rows, whichever runs committed them), its record and the input folder it read.
+    An interrupted run's record is its request's as well: the maps sanity recomputes are those it asked for."""
 
     images: dict[str, Any]
     config: RunConfig
@@ -283,7 +285,7 @@ def run_sanity(
 
     out = Path(out)
     with nullcontext(lock) if lock is not None else held_output(out, log):
-        run = last_finished_run(out)
+        run = last_ended_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)
         rels = same_content(run.root, sample(list(run.images), n, seed), run.images, log)
@@ -350,12 +352,12 @@ def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> 
     ]
 
 
-def last_finished_run(out: Path) -> FinishedRun:
-    """The folder's last finished run, whose input folder must still exist (sanity recomputes its maps)."""
+def last_ended_run(out: Path) -> EndedRun:
+    """The folder's last ended run (see EndedRun), whose input folder must still exist (sanity recomputes its maps)."""
     import sqlite3
 
     from ..manifest import FILENAME as MANIFEST
-    from ..manifest import Manifest, ManifestError
+    from ..manifest import Manifest, ManifestError, RunStatus
     from ..runconfig import read_run
     from ..targets import method_of
 
@@ -364,7 +366,7 @@ def last_finished_run(out: Path) -> FinishedRun:
         try:
             images = m.images()
             map_methods = {method_of(k) for k in m.map_methods()}
-            last = next((r for r in m.runs_newest_first() if r["status"] != "running"), None)
+            last = next((r for r in m.runs_newest_first() if r["status"] != RunStatus.RUNNING), None)
             resolved_input = m.get_meta("input_dir")
         finally:
             m.close()
@@ -379,10 +381,10 @@ def last_finished_run(out: Path) -> FinishedRun:
             f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
             "the run's images and needs them"
         )
-    return FinishedRun(images, run_cfg, root, map_methods)
+    return EndedRun(images, run_cfg, root, map_methods)
 
 
-def load_sample(run: FinishedRun, rels: list[str], prepared: Prepared) -> SampleBatch:
+def load_sample(run: EndedRun, rels: list[str], prepared: Prepared) -> SampleBatch:
     """Decode the sampled images as a run would (with the superpixels LIME needs); refuses when none is readable."""
     from ..dataset import ImageDataset, collate
     from ..methods.base import image_seed

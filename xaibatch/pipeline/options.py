@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..defaults import DEFAULT_MAX_MAP_SIDE
+from ..runstatus import RunStatus
 
 
 @dataclass
@@ -94,7 +95,7 @@ class RunResult:
     report: Path | None
     layer: str | None
     accuracy: float | None
-    status: str = "ok"  # ok | some-failed | interrupted (the run row's status)
+    status: RunStatus = RunStatus.OK  # ok | some-failed | interrupted (the run row's status)
     run_id: int | None = None
     # Seconds per phase: prepare (of which scan, import: torch and the libraries, model: load and hashes), plan,
     # compute, report, wait (for the lock); first_batch: from the start to the first batch explained.
@@ -102,10 +103,10 @@ class RunResult:
     # of ``unchanged``, the images not computed because runs before this one that did not finish had done them,
     # and those runs: id -> status (interrupted, killed, error)
     resumed: int = 0
-    resumed_from: dict[int, str] = field(default_factory=dict)
+    resumed_from: dict[int, RunStatus] = field(default_factory=dict)
 
     def summary_line(self) -> str:
-        stopped = " (interrupted)" if self.status == "interrupted" else ""
+        stopped = " (interrupted)" if self.status == RunStatus.INTERRUPTED else ""
         resumed = f"{self.resumed} already done by {unfinished_words(self.resumed_from)}, " if self.resumed else ""
         return (
             f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.unchanged - self.resumed} skipped "
@@ -114,10 +115,11 @@ class RunResult:
         )
 
 
-_ENDED = {"interrupted": "interrupted", "killed": "killed", "error": "failed"}  # a run's status, as an adjective
+# a status of runstatus.ENDED_BADLY, as an adjective
+_ENDED = {RunStatus.INTERRUPTED: "interrupted", RunStatus.KILLED: "killed", RunStatus.ERROR: "failed"}
 
 
-def unfinished_words(runs: dict[int, str]) -> str:
+def unfinished_words(runs: dict[int, RunStatus]) -> str:
     """Runs that did not finish, in words: "the interrupted run 3", "the killed runs 2 and 3",
     "runs 2 (killed) and 3 (interrupted)", "5 runs that did not finish (2 to 9)"."""
     if not runs:

@@ -18,7 +18,7 @@ from .. import layout
 from ..errors import UsageError
 from ..files import remove_files, walk_files
 from ..lock import OutputLock, describe, pid_alive
-from ..manifest import Manifest, RunCounts
+from ..manifest import Manifest, RunCounts, RunStatus
 
 
 _TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
@@ -138,7 +138,7 @@ def recover(
         sweep_later(manifest, "the previous run did not finish", swept)  # said again when swept: without a time
         if then:
             log(f"xaibatch: the previous run{who} did not finish{then}")
-    elif last in ("interrupted", "error"):
+    elif last in (RunStatus.INTERRUPTED, RunStatus.ERROR):  # released the lock (KILLED did not: handled above)
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid))
         sweep_later(manifest, f"the previous run ended {last}", swept)
 
@@ -207,7 +207,7 @@ REPORTING = "reporting_run"  # meta: the run whose report is being written (its 
 def mark_run(
     out: Path,
     run_id: int | None,
-    status: str | None,
+    status: RunStatus | None,
     seconds: float,
     counts: RunCounts | None,
     reason: str | None = None,
@@ -237,6 +237,6 @@ def killed_while_reporting(manifest: Manifest) -> bool:
     if not run_id:
         return False
     with manifest.transaction():
-        manifest.set_status(int(run_id), "killed")
+        manifest.set_status(int(run_id), RunStatus.KILLED)
         manifest.set_meta(REPORTING, "")
     return True

@@ -46,7 +46,7 @@ from ..engines import ComputeJob, Engine, engine_for
 from ..errors import InputError, Interrupted, UsageError, XaibatchError, outcome, storage_error
 from ..scan import Scan, printable, shown
 from ..lock import OutputLock
-from ..manifest import Manifest, ManifestError, RunCounts
+from ..manifest import Manifest, ManifestError, RunCounts, RunStatus
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input
 from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
@@ -165,7 +165,7 @@ class RunRow:
     counts: RunCounts | None = None
     reserve: Reserve | None = None  # should the disk fill up, room to record how this run ended
     dropped: set[str] = field(default_factory=set)  # files the run may leave without a row: deleted after the report
-    resumed_from: dict[int, str] = field(default_factory=dict)  # unfinished runs whose images it skips: id -> status
+    resumed_from: dict[int, RunStatus] = field(default_factory=dict)  # the unfinished runs whose images it skips
 
     def count_tally(self) -> RunCounts:
         """The counts, with the tally's failures and images computed so far (stopped before the plan: only those)."""
@@ -173,10 +173,10 @@ class RunRow:
         self.counts.failed, self.counts.computed = len(self.tally.failed), self.tally.computed
         return self.counts
 
-    def finish(self, stopped: bool) -> str:
+    def finish(self, stopped: bool) -> RunStatus:
         """Record a run that got to its end, or to a signal's; returns its status, which the report shows."""
         counts = self.count_tally()
-        status = "interrupted" if stopped else ("some-failed" if self.tally.failed else "ok")
+        status = RunStatus.INTERRUPTED if stopped else (RunStatus.SOME_FAILED if self.tally.failed else RunStatus.OK)
         with self.manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
             self.manifest.finish_run(self.run_id, status, time.time() - self.t0, counts)
             self.manifest.set_meta(REPORTING, str(self.run_id))
@@ -272,7 +272,7 @@ def _run_locked(
         resumed=row.counts.resumed,
         resumed_from=row.resumed_from,
     )
-    if status == "interrupted":
+    if status == RunStatus.INTERRUPTED:
         e = Interrupted(
             f"interrupted by {stop.name} after {row.counts.computed} of {len(plan.work)} image(s); "
             "finished batches are saved, the next run computes the rest"
@@ -429,9 +429,9 @@ def _report(
     return written.index, written.accuracy
 
 
-def ending(e: BaseException) -> str:
+def ending(e: BaseException) -> RunStatus:
     """The run row's status when ``e`` stopped the run (the exit code's, see errors.ExitCode)."""
-    return "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "error"
+    return RunStatus.INTERRUPTED if isinstance(e, (KeyboardInterrupt, Interrupted)) else RunStatus.ERROR
 
 
 def reason(e: BaseException) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from .. import layout, targets
 from ..files import file_sha256
 from .localization import MASK_SUFFIX
-from ..manifest import ImageRow, Manifest, MapRow, RunCounts
+from ..manifest import ImageRow, Manifest, MapRow, RunCounts, RunStatus
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
 from ..runconfig import BUNDLED, LEGACY_SUPERPIXELS, BadRecord, MethodRecord, RunConfig, read_run
@@ -136,7 +136,7 @@ COUNTS = tuple(f.name for f in fields(RunCounts))  # the runs table's n_* column
 
 def _run_row(r: dict[str, Any]) -> dict[str, Any]:
     counts = [r.get(f"n_{k}") for k in COUNTS]
-    if r["status"] == "killed" and not any(counts):  # closed by an older xaibatch, which counted nothing
+    if r["status"] == RunStatus.KILLED and not any(counts):  # closed by an older xaibatch, which counted nothing
         counts = [None] * len(COUNTS)
     row = {
         "id": r["id"],
@@ -181,7 +181,7 @@ class History:
     def read(cls, manifest: Manifest) -> History:
         runs = manifest.runs(newest=HISTORY_ROWS)
         statuses = manifest.run_statuses()
-        last = next((r for r in reversed(runs) if r["status"] != "running"), runs[-1] if runs else None)
+        last = next((r for r in reversed(runs) if r["status"] != RunStatus.RUNNING), runs[-1] if runs else None)
         try:
             run = read_run(last) if last else None
         except BadRecord:
