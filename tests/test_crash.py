@@ -267,7 +267,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     # What the killed run leaves is readable and self-consistent (temp files aside, which the next run sweeps).
     m = Manifest(out / "xaibatch.sqlite")
     try:
-        assert m.runs()[-1]["status"] in ("running", "ok")
+        assert m.runs()[-1].status in ("running", "ok")
         for rel, r in m.images().items():
             assert (out / f"images/{r.stem}.png").exists()
         for r in m.maps().values():
@@ -293,7 +293,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     assert got == want  # same rows, byte-identical maps
     assert _files(out) == _files(ref)  # no orphans, nothing missing
     check_output_folder(out, inp)
-    statuses = [row["status"] for row in Manifest(out / "xaibatch.sqlite").runs()]
+    statuses = [row.status for row in Manifest(out / "xaibatch.sqlite").runs()]
     assert statuses[0] == "ok" and statuses[-1] == "ok"
     assert statuses[1] == "killed"  # also when killed during the report, whose run row said "ok" already
 
@@ -334,9 +334,9 @@ def test_signal_stops_cleanly_with_exit_5_and_rerun_completes(tmp_path, tiny_ckp
 
     runs = Manifest(out / "xaibatch.sqlite").runs()
     last = runs[-1]
-    assert last["status"] == "interrupted" and last["finished_at"] is not None
+    assert last.status == "interrupted" and last.finished_at is not None
     done = _count(out, "SELECT count(*) FROM images WHERE run_id = 2")
-    assert 0 < last["n_computed"] < N_NEW + 1 and done == last["n_computed"]  # the writer drained its queue
+    assert 0 < last.n_computed < N_NEW + 1 and done == last.n_computed  # the writer drained its queue
     _consistent(out)  # report rendered, every referenced file in place
 
     r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
@@ -400,7 +400,7 @@ def test_a_second_signal_right_after_the_removal_commit_leaves_nothing_behind(tm
     proc.send_signal(signal.SIGTERM)
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5 and "interrupted" in stderr and "Traceback" not in stderr, stderr
-    assert Manifest(out / "xaibatch.sqlite").runs()[-1]["status"] == "interrupted"
+    assert Manifest(out / "xaibatch.sqlite").runs()[-1].status == "interrupted"
     with pytest.raises(AssertionError, match="files no row points at"):
         check_output_folder(out, inp, report=False)  # the removed image's files
 
@@ -459,7 +459,7 @@ def test_signal_in_process_interrupts_after_the_batch(tmp_path, tiny_ckpt, monke
         run(opts, log=lambda s: None)
     res = ei.value.result
     assert res.status == "interrupted" and res.computed == 2 * BATCH
-    assert Manifest(tmp_path / "out" / "xaibatch.sqlite").runs()[-1]["status"] == "interrupted"
+    assert Manifest(tmp_path / "out" / "xaibatch.sqlite").runs()[-1].status == "interrupted"
 
 
 def _history_row(out: Path, run_id: int) -> dict[str, str]:

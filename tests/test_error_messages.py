@@ -124,7 +124,7 @@ def test_a_signal_during_the_report_says_interrupted(tmp_path, tiny_ckpt, monkey
         run(opts, log=lambda s: None)
     m = Manifest(tmp_path / "o" / layout.MANIFEST)
     try:
-        assert m.runs()[-1]["status"] == "interrupted"
+        assert m.runs()[-1].status == "interrupted"
         assert not m.get_meta("reporting_run")
     finally:
         m.close()

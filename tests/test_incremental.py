@@ -186,18 +186,18 @@ def test_changed_added_removed(tmp_path, tiny_ckpt):
     _assert_close(_state(fresh), _state(out))
 
     runs = Manifest(out / "xaibatch.sqlite").runs()
-    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert [r.status for r in runs] == ["ok", "ok"]
     last = runs[-1]
     assert (
-        last["n_seen"],
-        last["n_added"],
-        last["n_changed"],
-        last["n_removed"],
-        last["n_unchanged"],
-        last["n_failed"],
-        last["n_computed"],
+        last.n_seen,
+        last.n_added,
+        last.n_changed,
+        last.n_removed,
+        last.n_unchanged,
+        last.n_failed,
+        last.n_computed,
     ) == (8, 1, 1, 1, 6, 0, 2)
-    assert last["finished_at"] >= last["started_at"] and last["seconds"] > 0
+    assert last.finished_at >= last.started_at and last.seconds > 0
 
 
 def test_adding_a_method_computes_only_that_method(tmp_path, tiny_ckpt):

@@ -287,7 +287,7 @@ def test_six_library_methods_end_to_end_on_demo_data_with_the_bundled_model(tmp_
     m = Manifest(out / FILENAME)
     try:
         images = m.images()
-        config = json.loads(m.runs()[-1]["config_json"])
+        config = json.loads(m.runs()[-1].config_json)
     finally:
         m.close()
     assert len(images) == 4

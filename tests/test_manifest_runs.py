@@ -130,3 +130,32 @@ def test_the_run_statuses_are_the_words_every_xaibatch_stored(tmp_path):
     with pytest.raises(ValueError):  # an unknown word is never stored
         m.finish_run(ids[3], "done", 1.0, None)
     m.close()
+
+
+def test_run_rows_are_read_as_run_records_by_column_name(tmp_path):
+    """The run reads hand RunRecords, one field per column of the runs table, read by name: a column a newer
+    xaibatch adds in place (as n_resumed was) is not read, and the runs still read."""
+    from xaibatch.manifest import RunRecord
+
+    m = Manifest(tmp_path / FILENAME)
+    columns = [r[1] for r in m.db.execute("PRAGMA table_info(runs)")]
+    assert sorted(columns) == sorted(f.name for f in dataclasses.fields(RunRecord))
+    older = m.start_run("in", {"x": 1}, "p")
+    m.finish_run(older, "error", 1.5, RunCounts(seen=2, computed=1, failed=1), "why")
+    m.db.execute("ALTER TABLE runs ADD COLUMN n_newer INTEGER")  # before any column this xaibatch reads
+    m.db.execute("ALTER TABLE runs ADD COLUMN label TEXT DEFAULT 'x'")
+    newer = m.start_run("in", {"x": 2}, "q")
+    (first, last) = m.runs()
+    assert (first.id, first.status, first.reason, first.seconds, first.input_dir) == (older, "error", "why", 1.5, "in")
+    assert first.counts() == dataclasses.asdict(RunCounts(seen=2, computed=1, failed=1))
+    assert (last.id, last.status, last.ended, last.config_json, last.predict_hash) == (
+        newer,
+        "running",
+        False,
+        '{"x": 2}',
+        "q",
+    )
+    assert set(last.counts().values()) == {None}  # not counted yet
+    assert [r.id for r in m.runs_newest_first()] == [newer, older]
+    assert m.runs_not_ok(newer + 1, 5) == [first] and m.newest_run_with("p") == first
+    m.close()

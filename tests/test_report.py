@@ -278,7 +278,7 @@ def test_pipeline_report_summary(labeled_run):
     out = labeled_run
     html = (out / "index.html").read_text()
     m = Manifest(out / FILENAME)
-    images, cfg = m.images(), json.loads(m.runs()[-1]["config_json"])
+    images, cfg = m.images(), json.loads(m.runs()[-1].config_json)
     m.close()
     acc = sum(r.label == r.pred for r in images.values()) / len(images)
     assert f"{100 * acc:.1f}%" in html
@@ -1736,7 +1736,7 @@ def test_a_method_only_older_runs_recorded_keeps_its_words_and_only_what_is_need
     _copy_runs(out, 6)
     reads = []
     real = report_data.read_run
-    monkeypatch.setattr(report_data, "read_run", lambda r: reads.append(r["id"]) or real(r))
+    monkeypatch.setattr(report_data, "read_run", lambda r: reads.append(r.id) or real(r))
     report.render(out)
     assert reads[0] == 8 and reads[-1] == 1  # the last run, then back to the run that recorded LIME
     assert "LIME" in (out / "gallery" / "page-1.html").read_text()

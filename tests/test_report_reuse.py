@@ -32,7 +32,7 @@ def add_run(out, status="ok"):
     """A finished run row with the last run's configuration, as an unchanged cron re-run leaves it."""
     m = Manifest(out / FILENAME)
     last = m.runs()[-1]
-    run_id = m.start_run(last["input_dir"], json.loads(last["config_json"]), last["predict_hash"])
+    run_id = m.start_run(last.input_dir, json.loads(last.config_json), last.predict_hash)
     m.finish_run(run_id, status, 0.5, RunCounts(seen=8, unchanged=8))
     m.close()
 
@@ -140,9 +140,9 @@ def lost_figure(out):
 def method_settings(out):
     m = Manifest(out / FILENAME)
     last = m.runs()[-1]
-    cfg = json.loads(last["config_json"])
+    cfg = json.loads(last.config_json)
     cfg["methods"]["lime"]["config"]["samples"] = 500
-    run_id = m.start_run(last["input_dir"], cfg, last["predict_hash"])
+    run_id = m.start_run(last.input_dir, cfg, last.predict_hash)
     m.finish_run(run_id, "ok", 0.5, RunCounts(seen=8))
     m.close()
 

@@ -98,7 +98,7 @@ def test_parallel_writer_error_commits_nothing_of_its_batch(tmp_path, tiny_ckpt,
     m = Manifest(tmp_path / "out" / "xaibatch.sqlite")
     try:
         assert m.images() == {} and m.maps() == {}
-        assert m.runs()[-1]["status"] == "error"
+        assert m.runs()[-1].status == "error"
     finally:
         m.close()
     assert not list((tmp_path / "out").rglob("*.tmp"))

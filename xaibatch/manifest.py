@@ -44,6 +44,40 @@ class RunCounts:
     resumed: int = 0
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the runs table as read (Manifest.runs and the other run reads); the columns by name."""
+
+    id: int
+    started_at: float
+    finished_at: float | None
+    status: str  # a RunStatus word (one this xaibatch does not know, a newer one's, is kept as read)
+    input_dir: str
+    config_json: str  # the run's record: runconfig.read_run
+    predict_hash: str
+    seconds: float | None
+    # the counts (RunCounts' fields); NULL: not known (a killed run's failures, what a run killed before its plan
+    # found; n_resumed: a row an older xaibatch wrote)
+    n_seen: int | None
+    n_added: int | None
+    n_changed: int | None
+    n_removed: int | None
+    n_unchanged: int | None
+    n_failed: int | None
+    n_computed: int | None
+    reason: str | None  # why it ended "error": the line it exited with
+    n_resumed: int | None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run ended, whatever its status (runstatus.ENDED; not only FINISHED): not running."""
+        return self.status != RunStatus.RUNNING
+
+    def counts(self) -> dict[str, int | None]:
+        """Its counts by RunCounts' names (seen, added, ...), None where not known."""
+        return {f.name: getattr(self, f"n_{f.name}") for f in fields(RunCounts)}
+
+
 @dataclass
 class ImageRow:
     rel: str
@@ -89,6 +123,8 @@ class MapRow:
 
 
 _COUNT_COLUMNS = tuple(f"n_{f.name}" for f in fields(RunCounts))  # the runs table's n_* columns, in RunCounts' order
+# The runs table's columns a RunRecord holds, named: a column a newer xaibatch adds in place is not read.
+_RUN_COLUMNS = ", ".join(f.name for f in fields(RunRecord))
 
 STALE_REASON = (
     "it ended without recording how: killed (SIGKILL, out of memory, a reboot), or its disk became read-only or "
@@ -224,11 +260,12 @@ class Manifest:
                 )
         return ids
 
-    def newest_run_with(self, predict_hash: str) -> dict[str, Any] | None:
+    def newest_run_with(self, predict_hash: str) -> RunRecord | None:
         """The newest run row that recorded ``predict_hash`` (the model that predicted some images); None: none."""
-        cur = self.db.execute("SELECT * FROM runs WHERE predict_hash = ? ORDER BY id DESC LIMIT 1", (predict_hash,))
-        row = cur.fetchone()
-        return None if row is None else dict(zip([d[0] for d in cur.description], row))
+        row = self.db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE predict_hash = ? ORDER BY id DESC LIMIT 1", (predict_hash,)
+        ).fetchone()
+        return None if row is None else RunRecord(*row)
 
     def unfinished_runs(self) -> dict[int, RunStatus]:
         """The runs after the last one that finished (runstatus.FINISHED: ok, some-failed) that ended badly
@@ -259,29 +296,26 @@ class Manifest:
         while row := cur.fetchone():
             yield row[0], row[1], row[2]
 
-    def runs(self, newest: int | None = None) -> list[dict[str, Any]]:
+    def runs(self, newest: int | None = None) -> list[RunRecord]:
         """The runs in order, oldest first; with ``newest``, only that many of the latest."""
         limit = "" if newest is None else f" LIMIT {int(newest)}"
-        cur = self.db.execute(f"SELECT * FROM (SELECT * FROM runs ORDER BY id DESC{limit}) ORDER BY id")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        cur = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM (SELECT * FROM runs ORDER BY id DESC{limit}) ORDER BY id")
+        return [RunRecord(*r) for r in cur.fetchall()]
 
-    def runs_newest_first(self) -> Iterator[dict[str, Any]]:
+    def runs_newest_first(self) -> Iterator[RunRecord]:
         """The runs from the latest back, read a chunk at a time (a caller may stop early)."""
-        cur = self.db.execute("SELECT * FROM runs ORDER BY id DESC")
-        names = [d[0] for d in cur.description]
+        cur = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY id DESC")
         while rows := cur.fetchmany(256):
-            yield from (dict(zip(names, r)) for r in rows)
+            yield from (RunRecord(*r) for r in rows)
 
-    def runs_not_ok(self, before: int, most: int) -> list[dict[str, Any]]:
+    def runs_not_ok(self, before: int, most: int) -> list[RunRecord]:
         """The latest ``most`` runs with an id below ``before`` that did not end ok (nor are running), newest first."""
         cur = self.db.execute(
-            f"SELECT * FROM runs WHERE id < ? AND status NOT IN {sql_list({RunStatus.OK, RunStatus.RUNNING})}"
-            " ORDER BY id DESC LIMIT ?",
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id < ?"
+            f" AND status NOT IN {sql_list({RunStatus.OK, RunStatus.RUNNING})} ORDER BY id DESC LIMIT ?",
             (before, most),
         )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        return [RunRecord(*r) for r in cur.fetchall()]
 
     def run_statuses(self) -> dict[str, int]:
         """How many runs ended with each status."""

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .manifest import ManifestError
+from .manifest import ManifestError, RunRecord
 from .preprocess import Preprocess
 
 BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
@@ -337,6 +337,6 @@ class BadRecord(ManifestError):
         super().__init__(f"the manifest's record of the run is damaged ({why}); run `xaibatch run` again")
 
 
-def read_run(row: dict[str, Any]) -> RunConfig:
+def read_run(row: RunRecord) -> RunConfig:
     """The configuration of a run row from Manifest.runs()."""
-    return RunConfig.from_json(row["config_json"])
+    return RunConfig.from_json(row.config_json)

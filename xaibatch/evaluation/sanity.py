@@ -357,7 +357,7 @@ def last_ended_run(out: Path) -> EndedRun:
     import sqlite3
 
     from ..manifest import FILENAME as MANIFEST
-    from ..manifest import Manifest, ManifestError, RunStatus
+    from ..manifest import Manifest, ManifestError
     from ..runconfig import read_run
     from ..targets import method_of
 
@@ -366,7 +366,7 @@ def last_ended_run(out: Path) -> EndedRun:
         try:
             images = m.images()
             map_methods = {method_of(k) for k in m.map_methods()}
-            last = next((r for r in m.runs_newest_first() if r["status"] != RunStatus.RUNNING), None)
+            last = next((r for r in m.runs_newest_first() if r.ended), None)
             resolved_input = m.get_meta("input_dir")
         finally:
             m.close()
@@ -375,7 +375,7 @@ def last_ended_run(out: Path) -> EndedRun:
     if last is None or not images:
         raise UsageError(f"{out} has no finished run with images")
     run_cfg = read_run(last)
-    root = Path(run_cfg.input_dir or resolved_input or last["input_dir"])
+    root = Path(run_cfg.input_dir or resolved_input or last.input_dir)
     if not root.is_dir():
         raise UsageError(
             f"the run's input folder {root} does not exist any more; sanity recomputes maps of "

@@ -13,7 +13,7 @@ from typing import Any
 from .. import layout, targets
 from ..files import file_sha256
 from .localization import MASK_SUFFIX
-from ..manifest import ImageRow, Manifest, MapRow, RunCounts, RunStatus
+from ..manifest import ImageRow, Manifest, MapRow, RunCounts, RunRecord, RunStatus
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
 from ..runconfig import BUNDLED, LEGACY_SUPERPIXELS, BadRecord, MethodRecord, RunConfig, read_run
@@ -93,7 +93,7 @@ def target_words(mode: str) -> str:
     return "the predicted class"
 
 
-def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _config_rows(config: RunConfig | None, last: RunRecord | None) -> list[tuple[str, str]]:
     config = config or RunConfig.empty()
     model = config.model
     sha = str(model.checkpoint_sha256 or "")
@@ -108,7 +108,7 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
         ("Decision", decision_words(config.decision)),
         ("Target layer", fmt_value(config.layer)),
         ("Layer grid", "×".join(str(g) for g in grid) if grid else "–"),
-        ("Input folder", fmt_value((last or {}).get("input_dir"))),
+        ("Input folder", fmt_value(last.input_dir if last else None)),
         ("Device", fmt_value(config.device or None)),
         ("Batch size", fmt_value(config.batch_size)),
         ("Decode workers", fmt_value(config.workers)),
@@ -118,36 +118,36 @@ def _config_rows(config: RunConfig | None, last: dict[str, Any] | None) -> list[
     return rows
 
 
-def config_caption(config: RunConfig | None, last: dict[str, Any] | None) -> str:
+def config_caption(config: RunConfig | None, last: RunRecord | None) -> str:
     """What the settings rows are: the last run's, or, when it found nothing to compute and loaded no model, those of
     the run with the same request that did (RunConfig.settings_of), whose settings it recorded."""
     if config is None or config.loaded_model or last is None:
         return "The last run's settings"
     if config.settings_of is None:  # recorded by an older xaibatch: the device and batch size of a run that had none
-        return f"The last run's settings (run {last['id']} found nothing to compute and loaded no model)"
+        return f"The last run's settings (run {last.id} found nothing to compute and loaded no model)"
     return (
         f"The settings of run {config.settings_of}, the latest run with the same options that loaded the model; the last "
-        f"run, run {last['id']}, found nothing to compute and loaded no model"
+        f"run, run {last.id}, found nothing to compute and loaded no model"
     )
 
 
 COUNTS = tuple(f.name for f in fields(RunCounts))  # the runs table's n_* columns, as the manifest names them
 
 
-def _run_row(r: dict[str, Any]) -> dict[str, Any]:
-    counts = [r.get(f"n_{k}") for k in COUNTS]
-    if r["status"] == RunStatus.KILLED and not any(counts):  # closed by an older xaibatch, which counted nothing
+def _run_row(r: RunRecord) -> dict[str, Any]:
+    counts = list(r.counts().values())
+    if r.status == RunStatus.KILLED and not any(counts):  # closed by an older xaibatch, which counted nothing
         counts = [None] * len(COUNTS)
     row = {
-        "id": r["id"],
-        "started": fmt_time(r["started_at"]),
-        "status": r["status"],
-        "reason": r.get("reason"),  # why it ended "error" (the line it exited with); shown on hover
-        "seconds": fmt_seconds(r["seconds"]),
+        "id": r.id,
+        "started": fmt_time(r.started_at),
+        "status": r.status,
+        "reason": r.reason,  # why it ended "error" (the line it exited with); shown on hover
+        "seconds": fmt_seconds(r.seconds),
         # NULL: not recorded (a killed run's failures, or what a run killed before its plan found)
         **{k: "unknown" if v is None else v for k, v in zip(COUNTS, counts, strict=True)},
     }
-    if r.get("n_resumed") is None and row["seen"] != "unknown":  # an older xaibatch's row: counted as unchanged
+    if r.n_resumed is None and row["seen"] != "unknown":  # an older xaibatch's row: counted as unchanged
         row["resumed"] = "–"
     return row
 
@@ -165,11 +165,11 @@ class History:
     of such a folder 3 s and 270 MB; the report reads the latest ``HISTORY_ROWS`` and older ones only while a
     method's record is missing."""
 
-    runs: list[dict[str, Any]]  # the latest HISTORY_ROWS, oldest first
-    older_problems: list[dict[str, Any]]  # older runs that did not end ok, newest first (at most OLDER_PROBLEMS)
+    runs: list[RunRecord]  # the latest HISTORY_ROWS, oldest first
+    older_problems: list[RunRecord]  # older runs that did not end ok, newest first (at most OLDER_PROBLEMS)
     total: int
     statuses: dict[str, int]  # every run's status: how many
-    last: dict[str, Any] | None
+    last: RunRecord | None  # the last run that ended (RunRecord.ended), else the last one
     run: RunConfig | None  # the last run's configuration (None: no run, or a damaged record)
     older_methods: dict[str, MethodRecord]  # the latest record of each method with maps that the last run lacks
     map_methods: set[str]  # the manifest's map keys (methods, and their "@label" maps), read once
@@ -181,7 +181,7 @@ class History:
     def read(cls, manifest: Manifest) -> History:
         runs = manifest.runs(newest=HISTORY_ROWS)
         statuses = manifest.run_statuses()
-        last = next((r for r in reversed(runs) if r["status"] != RunStatus.RUNNING), runs[-1] if runs else None)
+        last = next((r for r in reversed(runs) if r.ended), runs[-1] if runs else None)
         try:
             run = read_run(last) if last else None
         except BadRecord:
@@ -199,7 +199,7 @@ class History:
             missing -= recorded.keys()
             if not missing:
                 break
-        problems = manifest.runs_not_ok(runs[0]["id"], OLDER_PROBLEMS) if runs else []
+        problems = manifest.runs_not_ok(runs[0].id, OLDER_PROBLEMS) if runs else []
         return cls(runs, problems, sum(statuses.values()), statuses, last, run, older, map_methods)
 
     @property
@@ -210,7 +210,7 @@ class History:
     @property
     def predict_hash(self) -> str:
         """The last run's predict hash: what its model and decision rule give the images it predicts."""
-        return str((self.last or {}).get("predict_hash") or "")
+        return (self.last.predict_hash if self.last else "") or ""
 
     def earlier(self, predict_hash: str) -> bool:
         """Whether an image predicted under ``predict_hash`` holds an earlier model's prediction, not the last run's
@@ -231,7 +231,7 @@ class History:
 
     @property
     def input_dir(self) -> str:
-        return (self.last or {}).get("input_dir") or ""
+        return (self.last.input_dir if self.last else "") or ""
 
     def source(self) -> Path | None:
         """The last run's input folder while it is still there (ground-truth masks are read from it)."""
@@ -298,7 +298,7 @@ def model_words(run: RunConfig) -> str:
     return f"{name} (sha256 {sha[:12]})" if sha else name
 
 
-def earlier_model_words(predict_hash: str, row: dict[str, Any] | None, history: History) -> str:
+def earlier_model_words(predict_hash: str, row: RunRecord | None, history: History) -> str:
     """The model of an earlier predict hash, in words, from ``row`` (the newest run that recorded the hash)."""
     if predict_hash.split("+")[0] == history.predict_hash.split("+")[0]:  # plan.config_hashes: model+decision
         return "the same model under an earlier decision rule"
