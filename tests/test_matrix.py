@@ -160,8 +160,8 @@ def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:
 
         out = _copy(world, source, family, tmp_path)
         result = run_sanity(out, n=4, device="cpu", batch_size=4)
-        assert {c["method"] for c in result["curves"]} == set(FAMILIES[family])
-        assert all(np.isfinite(c["rank"]).all() for c in result["curves"])
+        assert {c.method for c in result.curves} == set(FAMILIES[family])
+        assert all(np.isfinite(c.rank).all() for c in result.curves)
         assert json.loads((out / "sanity.json").read_text())["images"] == 4
         check_output_folder(out, world["inp"])
     elif entry == "explain":

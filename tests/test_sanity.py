@@ -15,6 +15,7 @@ from xaibatch.methods import Batch, Explanation, Method
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.methods.base import image_seed
 from xaibatch.pipeline.prepare import prepare
+from xaibatch.evaluation.sanity_file import SanityCurve, SanityResult
 from xaibatch.evaluation.sanity import (
     FAIL_RANK,
     _maps,
@@ -276,14 +277,16 @@ def test_strict_exits_1_when_a_method_fails(monkeypatch, tmp_path, strict, passe
     import xaibatch.evaluation.sanity as sanity_mod
     from xaibatch.cli import cli
 
-    curves = [
-        {"passed": p, "verdict": f"m{i}: {'passes' if p else 'FAILS'}", "checked": 1.0} for i, p in enumerate(passed)
-    ]
-    monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: {"created": 1.0, "curves": curves})
+    curves = [_curve(f"m{i}: {'passes' if p else 'FAILS'}", p) for i, p in enumerate(passed)]
+    monkeypatch.setattr(sanity_mod, "run_sanity", lambda out, **kw: SanityResult(curves, created=1.0))
     (tmp_path / "xaibatch.sqlite").touch()  # the CLI takes the folder's lock (a run's folder) before the check
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path), *(["--strict"] if strict else [])])
     assert res.exit_code == code, res.output
     assert "m1: " in res.output
+
+
+def _curve(verdict: str, passed: bool) -> SanityCurve:
+    return SanityCurve(verdict.split(":")[0], ["original", "fc"], [1.0, 0.1], [1.0, 0.2], passed, verdict, checked=1.0)
 
 
 def test_quiet_prints_only_error_lines_as_run_does(monkeypatch, tmp_path):
@@ -296,7 +299,7 @@ def test_quiet_prints_only_error_lines_as_run_does(monkeypatch, tmp_path):
 
     def fake_check(out, log, **kw):
         log("sanity: randomized layer4: m0 0.1")
-        return {"created": 1.0, "curves": [{"passed": False, "verdict": "m0: FAILS", "checked": 1.0}]}
+        return SanityResult([_curve("m0: FAILS", False)], created=1.0)
 
     monkeypatch.setattr(sanity_mod, "run_sanity", fake_check)
     (tmp_path / "xaibatch.sqlite").touch()
@@ -306,3 +309,32 @@ def test_quiet_prints_only_error_lines_as_run_does(monkeypatch, tmp_path):
     assert (res.exit_code, res.output) == (1, "")
     res = CliRunner().invoke(cli, ["sanity", str(tmp_path / "nowhere"), "--quiet"])
     assert res.exit_code == 2 and res.output.startswith("Error: ") and len(res.output.splitlines()) == 1
+
+
+def test_sanity_json_as_older_xaibatch_wrote_it_reads_and_is_written_back_byte_for_byte(tmp_path):
+    """sanity.json is a SanityResult now; the files earlier versions wrote read as before (version 1: no scored, no
+    hash; a hand-written one: no version or created) and come back out as the same bytes."""
+    import json
+
+    v2 = {"version": 2, "created": 2.5, "seconds": 1.25, "images": 4, "seed": 0, "checkpoint_sha256": "abc",
+          "input_dir": "/in", "curves": [
+              {"method": "gradcam", "steps": ["original", "fc"], "rank": [1.0, 0.1], "ssim": [1.0, None], "scored": 4,
+               "passed": True, "verdict": "gradcam: passes", "checked": 2.5, "hash": "h1"},
+              {"method": "lime", "steps": ["original", "fc"], "rank": [None, None], "ssim": [None, None], "scored": 0,
+               "passed": False, "verdict": "lime: cannot tell", "checked": 1.0, "newer": [1]}]}  # fmt: skip
+    v1 = {**v2, "version": 1, "curves": [{k: v for k, v in c.items() if k not in ("scored", "hash", "newer")}
+                                          for c in v2["curves"]]}  # fmt: skip
+    bare = {"images": 4, "curves": [{k: v for k, v in v1["curves"][0].items() if k != "checked"}]}
+    for old in (v2, v1, bare):
+        text = json.dumps(old, indent=1)
+        result = SanityResult.from_json(text)
+        assert [c.verdict for c in result.curves] == [c["verdict"] for c in old["curves"]]
+        if old is not bare:  # the writer names every top-level key, as it always did
+            assert result.to_json() == text
+        assert [json.dumps(c.to_dict()) for c in result.curves] == [json.dumps(c) for c in old["curves"]]
+    assert SanityResult.from_json(json.dumps(v1)).curves[0].scored is None
+    assert SanityResult.from_json(json.dumps(bare)).created is None
+    assert SanityResult.from_json(json.dumps(v2)).curves[1].extra == {"newer": [1]}
+    for bad in ("[]", '{"images": 3}', '{"curves": [7]}', '{"curves": [{"method": "gradcam"}]}', "{oops"):
+        (tmp_path / "sanity.json").write_text(bad)
+        assert SanityResult.read(tmp_path) is None, bad

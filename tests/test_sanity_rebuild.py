@@ -256,6 +256,13 @@ def test_a_check_after_a_run_that_added_a_method_keeps_the_others_verdicts(inp, 
     assert html.count("(from the check of ") == 1 and "on the same model and sample size" in html
     assert "Saliency" in html and kept["verdict"] in html
 
+    damaged = {**data, "curves": [data["curves"][0], {k: v for k, v in kept.items() if k != "verdict"}]}
+    (out / "sanity.json").write_text(json.dumps(damaged))  # a kept curve without its verdict: crashed the CLI
+    res = _sanity(out)
+    assert res.exit_code == 0, res.output
+    assert [c["method"] for c in json.loads((out / "sanity.json").read_text())["curves"]] == ["captum:Saliency"]
+    assert "Sanity check" in (out / "index.html").read_text()  # not left out of the report for the bad curve
+
     res = _sanity(out, "--seed", "1")  # another sample: the earlier verdicts say nothing of it
     assert res.exit_code == 0, res.output
     assert [c["method"] for c in json.loads((out / "sanity.json").read_text())["curves"]] == ["captum:Saliency"]
@@ -263,25 +270,31 @@ def test_a_check_after_a_run_that_added_a_method_keeps_the_others_verdicts(inp, 
 
 
 def test_earlier_curves_keeps_only_what_the_same_check_of_a_method_still_held_said(tmp_path):
-    from xaibatch.evaluation.sanity import FILENAME, VERSION, earlier_curves
+    from xaibatch.evaluation.sanity import FILENAME, VERSION, SanityCurve, SanityResult, earlier_curves
 
     steps = ["original", "head", "+stem"]
     now = {"version": VERSION, "created": 20.0, "checkpoint_sha256": "abc", "images": 4, "seed": 0, "input_dir": "/in"}
-    new = {**now, "curves": [{"method": "lime", "steps": steps, "checked": 20.0}]}
+    new = SanityResult([SanityCurve("lime", steps, [1.0, 0.2, 0.1], [1.0, 0.3, 0.2], True, "lime", 4, 20.0)], **now)
+
+    def curve(method: str, steps=steps, **more) -> dict:
+        return {"method": method, "steps": steps, "rank": [1.0] * 3, "ssim": [1.0] * 3, "passed": False,
+                "verdict": f"{method}: FAILS", **more}  # fmt: skip
 
     def kept(old: dict, held=("lime", "gradcam", "cam:eigencam")) -> list[str]:
         (tmp_path / FILENAME).write_text(json.dumps(old))
-        return [c["method"] for c in earlier_curves(tmp_path, new, set(held))]
+        return [c.method for c in earlier_curves(tmp_path, new, set(held))]
 
-    curves = [{"method": m, "steps": steps} for m in ("gradcam", "lime", "cam:eigencam", "gone")]
+    curves = [curve(m) for m in ("gradcam", "lime", "cam:eigencam", "gone")]
     old = {**now, "created": 10.0, "curves": curves}
     assert kept(old) == ["gradcam", "cam:eigencam"]  # lime redone now; "gone" has no maps in the folder
     (tmp_path / FILENAME).write_text(json.dumps(old))
-    assert {c["checked"] for c in earlier_curves(tmp_path, new, {"gradcam"})} == {10.0}
+    assert {c.checked for c in earlier_curves(tmp_path, new, {"gradcam"})} == {10.0}
     others = [("checkpoint_sha256", "other"), ("images", 8), ("seed", 3), ("input_dir", "/else")]
     for k, v in [*others, ("version", VERSION - 1)]:  # version 1 averaged signed correlations
         assert kept({**old, k: v}) == [], k
-    assert kept({**old, "curves": [{"method": "gradcam", "steps": ["original", "head"]}]}) == []  # another model
+    assert kept({**old, "curves": [curve("gradcam", ["original", "head"])]}) == []  # another model
+    bad = [{"method": "gradcam", "steps": steps}, 7, curve("cam:eigencam", checked=12.0)]
+    assert kept({**old, "curves": bad}) == ["cam:eigencam"]  # no verdict (damaged), no curve: not kept
     (tmp_path / FILENAME).write_text("{not json")
     assert earlier_curves(tmp_path, new, {"gradcam"}) == []
     (tmp_path / FILENAME).unlink()

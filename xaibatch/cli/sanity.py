@@ -98,8 +98,8 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
             override=ModelOverride(model_spec, checkpoint, arch),
             lock=lock,
         )
-    for c in result["curves"]:  # this check's, then the ones kept from the folder's previous check
+    for c in result.curves:  # this check's, then the ones kept from the folder's previous check
         if not quiet:
-            echo(c["verdict"] + ("" if c["checked"] == result["created"] else " (kept from the previous check)"))
-    if strict and not all(c["passed"] for c in result["curves"]):
+            echo(c.verdict + ("" if c.checked == result.created else " (kept from the previous check)"))
+    if strict and not all(c.passed for c in result.curves):
         raise SystemExit(int(ExitCode.SOME_FAILED))

@@ -23,32 +23,30 @@ the verdicts from it.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .. import layout
 from ..errors import UsageError
 from ..files import atomic_write_bytes
+from .sanity_file import FILENAME, VERSION, SanityCurve, SanityResult
 from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, rebuilt_model, same_content
 
 if TYPE_CHECKING:
     from ..lock import OutputLock
     from ..methods.explainer import Fitting, Split
+    from ..manifest import ImageRow
     from ..pipeline.prepare import Prepared
     from ..runconfig import RunConfig
 
-FILENAME = layout.SANITY
 DEFAULT_SAMPLE = 64
 FAIL_RANK = 0.5  # mean rank correlation after the whole network is random above this: the method fails
-VERSION = 2  # sanity.json; 2: correlations by their size, empty maps left out (1's curves are not kept)
 
 
 def stages(model: torch.nn.Module) -> list[str]:
@@ -162,6 +160,13 @@ class Curve:
     def passed(self) -> bool:
         return bool(self.scored) and self.rank[-1] is not None and self.rank[-1] <= FAIL_RANK
 
+    def record(self, checked: float, hash: str | None) -> SanityCurve:
+        """The curve as sanity.json keeps it; ``hash``: its maps' config hash (the report marks the verdict once the
+        method's maps have another)."""
+        return SanityCurve(
+            self.method, self.steps, self.rank, self.ssim, self.passed(), self.verdict(), self.scored, checked, hash
+        )
+
 
 MapsFn = Callable[[torch.nn.Module], dict[str, np.ndarray]]  # model -> method -> (B, H, W) maps
 
@@ -250,7 +255,7 @@ class EndedRun:
     some-failed): its images (manifest rows, whichever runs committed them), its record and the input folder it read.
     An interrupted run's record is its request's as well: the maps sanity recomputes are those it asked for."""
 
-    images: dict[str, Any]
+    images: dict[str, ImageRow]
     config: RunConfig
     root: Path
     map_methods: set[str]  # every method the folder holds maps of (earlier runs' too)
@@ -276,7 +281,7 @@ def run_sanity(
     log: Callable[[str], None] = lambda s: None,
     override: ModelOverride = ModelOverride(),
     lock: OutputLock | None = None,
-) -> dict[str, Any]:
+) -> SanityResult:
     """Run the cascade for every method of the folder's last run; write sanity.json and the report.
 
     ``lock``: the folder's lock when the caller holds it already, the folder recovered (pipeline.recovery.held_output:
@@ -298,57 +303,39 @@ def run_sanity(
         t0 = time.time()
         curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log, fresh=lambda: rebuilt_model(opts, prepared))
         created = time.time()
-        result = {
-            "version": VERSION,
-            "created": created,
-            "seconds": time.time() - t0,
-            "images": len(batch.rels),
-            "seed": seed,
-            "checkpoint_sha256": prepared.model.checkpoint_sha256,
-            "input_dir": str(run.root),
-            "curves": [
-                {
-                    "method": c.method,
-                    "steps": c.steps,
-                    "rank": c.rank,
-                    "ssim": c.ssim,
-                    "scored": c.scored,
-                    "passed": c.passed(),
-                    "verdict": c.verdict(),
-                    "checked": created,
-                    # the hash of the maps checked: the report marks the verdict once the method's maps have another
-                    **({"hash": run.config.methods[c.method].hash} if c.method in run.config.methods else {}),
-                }
-                for c in curves
-            ],
-        }
-        result["curves"] += earlier_curves(out, result, run.map_methods)
-        atomic_write_bytes(out / FILENAME, json.dumps(result, indent=1).encode())
+        recorded = run.config.methods
+        result = SanityResult(
+            [c.record(created, recorded[c.method].hash if c.method in recorded else None) for c in curves],
+            VERSION,
+            created,
+            time.time() - t0,
+            len(batch.rels),
+            seed,
+            prepared.model.checkpoint_sha256,
+            str(run.root),
+        )
+        result.curves += earlier_curves(out, result, run.map_methods)
+        atomic_write_bytes(out / FILENAME, result.to_json().encode())
         from ..report import write_report
 
         write_report(out)
     return result
 
 
-SAME_CHECK = ("checkpoint_sha256", "images", "seed", "input_dir")  # what a kept curve's check must share
-
-
-def earlier_curves(out: Path, result: dict[str, Any], map_methods: set[str]) -> list[dict[str, Any]]:
+def earlier_curves(out: Path, result: SanityResult, map_methods: set[str]) -> list[SanityCurve]:
     """The curves of the folder's previous check that this one did not redo, so that a check after a run that only
     added a method keeps the others' verdicts: kept only where that check's model, sample size, seed and input
-    folder are this one's, its stages the same, and the folder still holds the method's maps."""
-    try:
-        old = json.loads((out / FILENAME).read_text("utf-8"))
-        same = old["version"] == VERSION and all(old[k] == result[k] for k in SAME_CHECK)
-        curves = [c for c in old["curves"] if isinstance(c, dict)] if same else []
-    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: nothing to keep
+    folder are this one's (SanityResult.same_check), its stages the same, and the folder still holds the method's
+    maps. A curve the previous file holds without what the page reads (a verdict, ...) is not kept."""
+    old = SanityResult.read(out, skip_bad_curves=True)
+    if old is None or not old.same_check(result):  # none, unreadable, or another check: nothing to keep
         return []
-    redone = {c["method"] for c in result["curves"]}
-    steps = result["curves"][0]["steps"] if result["curves"] else None
+    redone = {c.method for c in result.curves}
+    steps = result.curves[0].steps if result.curves else None
     return [
-        {**c, "checked": c.get("checked", old.get("created"))}
-        for c in curves
-        if c.get("method") not in redone and c.get("method") in map_methods and c.get("steps") == steps
+        replace(c, checked=old.created if c.checked is None else c.checked)
+        for c in old.curves
+        if c.method not in redone and c.method in map_methods and c.steps == steps
     ]
 
 
@@ -418,8 +405,6 @@ def _maps(
     """Every method's maps of the sample under ``net`` (the target layer looked up by name in that copy), in
     batches of ``batch_size``, split where they do not fit with a ``fitting`` (None: a batch that does not fit
     raises)."""
-    from dataclasses import replace
-
     from ..model.layers import find_target_layer
     from ..methods.explainer import Explained, Explainer
 

@@ -128,10 +128,10 @@ def _sanity(data: ReportData) -> Figure | None:
     from . import figures
 
     sanity = data.trust.sanity if data.trust else None
-    if not (sanity and sanity.get("curves")):
+    if not (sanity and sanity.curves):
         return None
     # a method whose maps were all empty has no numbers to draw (sanity.Curve: "cannot tell")
-    curves = [(c["method"], c["steps"], c["rank"], c["ssim"]) for c in sanity["curves"] if None not in c["rank"]]
+    curves = [(c.method, c.steps, c.rank, c.ssim) for c in sanity.curves if None not in c.rank]
     if not curves:
         return None
     alt = (

@@ -27,13 +27,14 @@ from typing import Any
 from .. import __version__, layout
 from ..manifest import Manifest
 from ..resources import templates_dir
-from .trust import FaithRow, Trust, Verdict
+from ..evaluation.sanity_file import SanityCurve, SanityResult
+from .trust import FaithRow, SanityRow, Trust, Verdict
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 3  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier)
+SUMMARY_VERSION = 4  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
@@ -116,6 +117,10 @@ def save(data: ReportData) -> dict[str, Any]:
     return out
 
 
+def _sanity(saved: dict[str, Any] | None) -> SanityResult | None:
+    return None if saved is None else SanityResult(**{**saved, "curves": [SanityCurve(**c) for c in saved["curves"]]})
+
+
 def load(saved: dict[str, Any]) -> ReportData | None:
     """A ReportData without cards from :func:`save`'s output; None when it does not fit (another version)."""
     try:
@@ -130,6 +135,8 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                     **t,
                     "faith": [FaithRow(**f) for f in t["faith"]],
                     "verdicts": [Verdict(**v) for v in t.get("verdicts", [])],
+                    "sanity": _sanity(t["sanity"]),
+                    "sanity_rows": [SanityRow(**{**r, "curve": SanityCurve(**r["curve"])}) for r in t["sanity_rows"]],
                 }
             )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None

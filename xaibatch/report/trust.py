@@ -6,19 +6,14 @@ Plain data from the manifest's scores, ``faithfulness-chance.json`` and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, variance
-from typing import Any
 
-from .. import layout
 from ..evaluation import chance as chance_file
+from ..evaluation.sanity_file import SanityCurve, SanityResult
 from .text import fmt_time
 
-SANITY_FILE = layout.SANITY
-
-CURVE_KEYS = {"method", "steps", "rank", "ssim", "passed", "verdict"}  # what the page and figure read of a curve
 CURVE_W, CURVE_H = 120, 60  # the detail page's curve thumbnails, in CSS pixels
 
 
@@ -36,14 +31,24 @@ class Verdict:
 
 
 @dataclass
+class SanityRow:
+    """A sanity curve as the page lists it."""
+
+    curve: SanityCurve
+    earlier: str | None = None  # kept from an earlier check (sanity.earlier_curves): when it was checked, in words
+    stale: bool = False  # its method's maps no longer carry the hash they were checked with (_mark_recomputed)
+
+
+@dataclass
 class Trust:
     faith: list[FaithRow] = field(default_factory=list)
     chance: list[tuple[str, int, float, float]] = field(default_factory=list)  # (map, images, deletion, insertion)
     chance_settings: str = ""
     chance_note: str = ""  # how the chance rows' images were chosen, and how the verdicts compare with them
     verdicts: list[Verdict] = field(default_factory=list)  # per method: its scores against the chance line
-    sanity: dict[str, Any] | None = None
-    sanity_stale: bool = False  # checked with another checkpoint; a curve's own "stale": its maps were recomputed since
+    sanity: SanityResult | None = None  # sanity.json (None: none, or unreadable)
+    sanity_rows: list[SanityRow] = field(default_factory=list)  # its curves, as the page lists them
+    sanity_stale: bool = False  # checked with another checkpoint; a row's own "stale": its maps were recomputed since
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -86,21 +91,20 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
             _sampled_chance(t, chance, images, scores)
         elif chance.legacy:
             _legacy_chance(t, chance.legacy, scores)
-    try:
-        t.sanity = json.loads((Path(out) / SANITY_FILE).read_text("utf-8"))
-        t.sanity_stale = bool(checkpoint_sha) and t.sanity.get("checkpoint_sha256") != checkpoint_sha
-        for c in t.sanity["curves"]:  # a curve kept from an earlier check (sanity.earlier_curves) says when
-            if not CURVE_KEYS <= c.keys():
-                raise ValueError(f"a curve without {sorted(CURVE_KEYS - c.keys())}")
-            checked = c.get("checked")
-            c["earlier"] = fmt_time(checked) if checked is not None and checked != t.sanity.get("created") else None
-        _mark_recomputed(t.sanity["curves"], maps, t.sanity_stale)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        t.sanity = None
+    t.sanity = SanityResult.read(out)  # a curve without what the page reads: the section is left out
+    if t.sanity is not None:
+        t.sanity_stale = bool(checkpoint_sha) and t.sanity.checkpoint_sha256 != checkpoint_sha
+        t.sanity_rows = [SanityRow(c, earlier_words(c, t.sanity)) for c in t.sanity.curves]
+        _mark_recomputed(t.sanity_rows, maps, t.sanity_stale)
     return t
 
 
-def _mark_recomputed(curves: list[dict[str, Any]], maps: dict, whole: bool) -> None:
+def earlier_words(c: SanityCurve, result: SanityResult) -> str | None:
+    """When a curve kept from an earlier check (sanity.earlier_curves) was checked, in words; None: this check's."""
+    return fmt_time(c.checked) if c.checked is not None and c.checked != result.created else None
+
+
+def _mark_recomputed(rows: list[SanityRow], maps: dict, whole: bool) -> None:
     """Mark the sanity curves whose method's maps no longer carry the hash they were checked with ("stale"): a
     method option, the input size or the layer changed since (same checkpoint), or its maps are gone. A curve of an
     older xaibatch names no hash: only the checkpoint tells. ``whole``: another checkpoint, which the check as a
@@ -108,8 +112,9 @@ def _mark_recomputed(curves: list[dict[str, Any]], maps: dict, whole: bool) -> N
     hashes: dict[str, set[str]] = {}
     for (_rel, name), row in maps.items():
         hashes.setdefault(name, set()).add(row.config_hash)
-    for c in curves:
-        c["stale"] = not whole and "hash" in c and c["hash"] not in hashes.get(c["method"], ())
+    for row in rows:
+        c = row.curve
+        row.stale = not whole and c.hash is not None and c.hash not in hashes.get(c.method, ())
 
 
 CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
