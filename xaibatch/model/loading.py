@@ -43,6 +43,9 @@ class LoadedModel:
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
     probability: bool = False  # one output that the model's own sigmoid made (heads.count_outputs)
     softmax: bool = False  # outputs that the model's own softmax made: class probabilities
+    # the input size came from --image-size, the checkpoint or the model's pretrained_cfg; False: from nowhere (a
+    # factory's or torchvision's model without one: preprocess.DEFAULT_SIZE), which a run says (notices.py)
+    size_declared: bool = True
 
     @property
     def input_size(self) -> int:
@@ -389,6 +392,7 @@ def check_patches(module: nn.Module, what: str, size: int, option: str = "--imag
 
 def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     pre = Preprocess.for_model(module, image_size, mean, std)
+    declared = image_size is not None or bool((getattr(module, "pretrained_cfg", None) or {}).get("input_size"))
     size = pre.image_size
     pe = getattr(module, "patch_embed", None)
     fixed = getattr(pe, "img_size", None)
@@ -396,7 +400,7 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
     check_patches(module, arch, size)
     module.eval()
-    return LoadedModel(module, arch, names, pre, source, digest)
+    return LoadedModel(module, arch, names, pre, source, digest, size_declared=declared)
 
 
 def save_checkpoint(

@@ -6,10 +6,14 @@
 * ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
 * ``class-order``: a model that names no classes, run without ``--classes``: its outputs are read as the sorted
   class folders (``classes``), an order nothing checks.
+* ``input-size``: a model that declares no input size (a ``--model`` factory without timm's ``pretrained_cfg``,
+  a torchvision model), run without ``--image-size``: its images are resized to 224 px (``input_size``), which
+  a model trained on 32 px CIFAKE images was not (said when the run loads the model).
 * ``random-weights``: ``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (``model``): the maps
   explain an untrained model (``random_weights``; serve says it too, as a line).
 
-Both setups give them, the cached one (no model loaded) from what the run it reuses recorded. Imports no torch.
+Both setups give the class notices, the cached one (no model loaded) from what the run it reuses recorded; the
+input size is said by a run that loads the model. Imports no torch.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def say_notices(
 ) -> None:
     """Each of the run's notices as a line for ``log`` and a ``notice`` event for ``emit``."""
     say(class_notices(setup), log, emit, lines)
+    say(input_size_notices(setup), log, emit, lines)
 
 
 def say(
@@ -92,6 +97,18 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
         )
     if setup.config.classes_from == "folders" and setup.config.model.checkpoint != RANDOM_INIT:
         yield "class-order", assumed_order(names), {"classes": list(names)}
+
+
+def input_size_notices(setup: Setup) -> Iterator[Notice]:
+    """A loaded model whose input size came from nowhere (LoadedModel.size_declared): the size it is run at."""
+    prepared = setup.prepared
+    if prepared is not None and not prepared.model.size_declared:
+        size = prepared.model.input_size
+        text = (
+            f"warning: the model declares no input size: images are resized to {size}x{size} px; if it was trained "
+            "at another size, give that size with --image-size (e.g. --image-size 32 for CIFAKE's images)"
+        )
+        yield "input-size", text, {"input_size": size}
 
 
 def _kept(name: str, names: list[str], labels: set) -> bool:
