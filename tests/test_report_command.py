@@ -98,6 +98,8 @@ def test_quiet_prints_only_error_lines_as_run_does(out):
     assert res.stderr.startswith("Error: ") and len(res.stderr.splitlines()) == 1, res.stderr
     res = cli("report", out)  # without -q: the summary line
     assert res.returncode == 0 and "page(s)" in res.stdout, res
+    res = cli("report", out)  # nothing to rewrite: said so, not "0 file(s) written"
+    assert res.returncode == 0 and res.stdout.startswith("xaibatch: ") and "page(s), all up to date -> " in res.stdout
 
 
 def test_it_mends_pages_cut_short_or_overwritten(out):

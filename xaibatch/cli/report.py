@@ -45,4 +45,5 @@ def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
     with stops_interrupt(), held_output(out_dir, notes(quiet)):
         stats = write_report(out_dir, template_dir)
     if not quiet:
-        echo(f"xaibatch: {stats.pages} page(s), {stats.written} file(s) written -> {out_dir / 'index.html'}")
+        done = f"{stats.written} file(s) written" if stats.written else "all up to date"
+        echo(f"xaibatch: {stats.pages} page(s), {done} -> {out_dir / 'index.html'}")
