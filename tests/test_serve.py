@@ -332,7 +332,9 @@ def test_without_gradio_serve_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     r = CliRunner().invoke(cli, ["serve"])
     assert r.exit_code == 2
-    assert r.output.strip() == 'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]"'
+    assert r.output.strip() == (
+        'Error: xaibatch serve needs Gradio: pip install "xaibatch[serve]" (from a checkout: pip install -e ".[serve]")'
+    )
 
 
 @pytest.mark.parametrize(

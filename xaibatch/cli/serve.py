@@ -78,7 +78,8 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
       xaibatch serve --checkpoint models/cifake.pt --out reports/cifake --port 8080
 
     \b
-    Needs the extra: pip install "xaibatch[serve]". Flagged images land in
+    Needs the extra: pip install "xaibatch[serve]" (from a checkout: pip install
+    -e ".[serve]"). Flagged images land in
     OUT/flagged/<label>/; xaibatch run OUT/flagged reports them like any folder.
     """
     from ..pipeline.signals import stops_interrupt
@@ -96,7 +97,10 @@ def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
     try:
         import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
     except ImportError:
-        raise Failure('xaibatch serve needs Gradio: pip install "xaibatch[serve]"', EXIT_USAGE) from None
+        raise Failure(
+            'xaibatch serve needs Gradio: pip install "xaibatch[serve]" (from a checkout: pip install -e ".[serve]")',
+            EXIT_USAGE,
+        ) from None
     check_listen(host, port)  # a port in use or a host not of this machine: before the model loads (seconds)
     if host not in ("127.0.0.1", "localhost"):
         click.echo(

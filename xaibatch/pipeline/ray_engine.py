@@ -38,7 +38,7 @@ from .plan import Tally
 from .ray_connect import connect, quiet_ray_data, resources
 from .ray_worker import Result, StopFlag, Task, WorkerConfig, task_for, worker_class
 
-INSTALL = 'pip install "xaibatch[ray]"'
+INSTALL = 'pip install "xaibatch[ray]" (from a checkout: pip install -e ".[ray]")'
 
 
 def check_available(opts: RunOptions) -> None:
