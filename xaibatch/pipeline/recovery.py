@@ -116,7 +116,7 @@ def recover(
     manifest: Manifest,
     lock: OutputLock,
     log: Callable[[str], None],
-    then: str = "; continuing where it stopped",
+    then: str = "; what it finished is kept",
 ) -> None:
     """After a run that died (SIGKILL, power): sweep its temporary files now, and files no committed row points at
     once the next report is written (:func:`sweep_due`; noted in the manifest, so that a run that stops before
