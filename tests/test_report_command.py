@@ -114,3 +114,24 @@ def test_it_mends_pages_cut_short_or_overwritten(out):
     assert res.exit_code == 0, res.output
     assert {p: p.read_bytes() for p in pages} == pages
     assert "3 file(s) written" in res.output
+
+
+def test_a_users_template_reads_the_sanity_curves_as_the_last_release_did(out, tmp_path):
+    """An index.html copied from the last release (docs/report.md invites it) reads each sanity curve's ``earlier``
+    and verdict: the typed sanity result had moved ``earlier`` off the curves, so such a template stopped every
+    ``report`` and every run's report of a folder with a sanity.json (StrictUndefined: exit 3)."""
+    from xaibatch.evaluation.sanity_file import FILENAME, SanityCurve, SanityResult
+
+    curve = SanityCurve("gradcam", ["original", "fc"], [1.0, 0.2], [1.0, 0.3], True, "gradcam: passed", checked=1.0)
+    (out / FILENAME).write_text(SanityResult([curve], created=2.0, images=6).to_json())
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "index.html").write_text(
+        '{% extends "base.html" %}{% block main %}{% set s = r.trust.sanity %}'
+        "{% for c in s.curves %}<li>{{ c.verdict }}{% if c.earlier %} (from the check of {{ c.earlier }})"
+        "{% endif %}</li>{% endfor %}{% endblock %}"
+    )
+    res = invoke("report", out, "--template-dir", tpl)
+    assert res.exit_code == 0, res.output
+    page = (out / "index.html").read_text()
+    assert "<li>gradcam: passed (from the check of " in page

@@ -35,6 +35,11 @@ class SanityCurve:
     checked: float | None = None  # when (time.time()); an earlier check's for a kept curve (None: the file's created)
     hash: str | None = None  # the checked maps' config hash (None: an older xaibatch's curve, or no record of it)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this xaibatch does not know, written back as read
+    # The report's words on the curve (report/trust.py), never in the file: when a curve kept from an earlier check
+    # was checked, in words (None: this check's); whether its method's maps were recomputed since. Templates read
+    # them as ``c.earlier`` and ``c.stale`` (a user's index.html of an earlier release included).
+    earlier: str | None = field(default=None, compare=False)
+    stale: bool = field(default=False, compare=False)
 
     REQUIRED = ("method", "steps", "rank", "ssim", "passed", "verdict")  # what the page and figure read of a curve
 

@@ -28,7 +28,7 @@ from .. import __version__, layout
 from ..manifest import Manifest
 from ..resources import templates_dir
 from ..evaluation.sanity_file import SanityCurve, SanityResult
-from .trust import FaithRow, SanityRow, Trust, Verdict
+from .trust import FaithRow, Trust, Verdict
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos
@@ -136,7 +136,6 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                     "faith": [FaithRow(**f) for f in t["faith"]],
                     "verdicts": [Verdict(**v) for v in t.get("verdicts", [])],
                     "sanity": _sanity(t["sanity"]),
-                    "sanity_rows": [SanityRow(**{**r, "curve": SanityCurve(**r["curve"])}) for r in t["sanity_rows"]],
                 }
             )
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None

@@ -31,24 +31,14 @@ class Verdict:
 
 
 @dataclass
-class SanityRow:
-    """A sanity curve as the page lists it."""
-
-    curve: SanityCurve
-    earlier: str | None = None  # kept from an earlier check (sanity.earlier_curves): when it was checked, in words
-    stale: bool = False  # its method's maps no longer carry the hash they were checked with (_mark_recomputed)
-
-
-@dataclass
 class Trust:
     faith: list[FaithRow] = field(default_factory=list)
     chance: list[tuple[str, int, float, float]] = field(default_factory=list)  # (map, images, deletion, insertion)
     chance_settings: str = ""
     chance_note: str = ""  # how the chance rows' images were chosen, and how the verdicts compare with them
     verdicts: list[Verdict] = field(default_factory=list)  # per method: its scores against the chance line
-    sanity: SanityResult | None = None  # sanity.json (None: none, or unreadable)
-    sanity_rows: list[SanityRow] = field(default_factory=list)  # its curves, as the page lists them
-    sanity_stale: bool = False  # checked with another checkpoint; a row's own "stale": its maps were recomputed since
+    sanity: SanityResult | None = None  # sanity.json (None: none, or unreadable); its curves' earlier and stale set
+    sanity_stale: bool = False  # checked with another checkpoint; a curve's own "stale": its maps were recomputed since
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -94,8 +84,9 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
     t.sanity = SanityResult.read(out)  # a curve without what the page reads: the section is left out
     if t.sanity is not None:
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.checkpoint_sha256 != checkpoint_sha
-        t.sanity_rows = [SanityRow(c, earlier_words(c, t.sanity)) for c in t.sanity.curves]
-        _mark_recomputed(t.sanity_rows, maps, t.sanity_stale)
+        for c in t.sanity.curves:
+            c.earlier = earlier_words(c, t.sanity)
+        _mark_recomputed(t.sanity.curves, maps, t.sanity_stale)
     return t
 
 
@@ -104,7 +95,7 @@ def earlier_words(c: SanityCurve, result: SanityResult) -> str | None:
     return fmt_time(c.checked) if c.checked is not None and c.checked != result.created else None
 
 
-def _mark_recomputed(rows: list[SanityRow], maps: dict, whole: bool) -> None:
+def _mark_recomputed(curves: list[SanityCurve], maps: dict, whole: bool) -> None:
     """Mark the sanity curves whose method's maps no longer carry the hash they were checked with ("stale"): a
     method option, the input size or the layer changed since (same checkpoint), or its maps are gone. A curve of an
     older xaibatch names no hash: only the checkpoint tells. ``whole``: another checkpoint, which the check as a
@@ -112,9 +103,8 @@ def _mark_recomputed(rows: list[SanityRow], maps: dict, whole: bool) -> None:
     hashes: dict[str, set[str]] = {}
     for (_rel, name), row in maps.items():
         hashes.setdefault(name, set()).add(row.config_hash)
-    for row in rows:
-        c = row.curve
-        row.stale = not whole and c.hash is not None and c.hash not in hashes.get(c.method, ())
+    for c in curves:
+        c.stale = not whole and c.hash is not None and c.hash not in hashes.get(c.method, ())
 
 
 CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
