@@ -212,6 +212,18 @@ def test_a_damaged_checkpoint_is_a_model_that_cannot_be_rebuilt_and_says_how_to_
     assert len(res.output.strip().splitlines()) == 1
 
 
+def test_class_folders_that_no_longer_match_are_the_folders_fault_not_the_models(inp, tiny_ckpt, tmp_path):
+    """A class folder added since the run is refused as the run refuses it, not as a model that cannot be rebuilt
+    with advice to pass another model (the model step's wording had taken every error of that step)."""
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=tiny_ckpt)
+    write_images(inp / "OTHER", 1, size=24, seed=3)
+    res = _sanity(out)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("Error: folder classes ") and "cannot rebuild" not in res.output
+    assert "pass the run's model" not in res.output
+
+
 def test_a_folder_written_before_the_record_existed(inp, tiny_ckpt, tmp_path):
     """An older run row (no source, no options, a relative input folder): inferred from what it has."""
     out = tmp_path / "o"

@@ -57,7 +57,7 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
 
 def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
     """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
-    from ..errors import XaibatchError
+    from ..errors import InputError, XaibatchError
     from ..pipeline.prepare import load_and_name, prepare
 
     how = (
@@ -77,9 +77,13 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
 
     def load(opts, found):
         """prepare()'s model step (build, read the head, name the classes): each of its errors says the model
-        cannot be rebuilt from ``what``, and how to pass it; the other steps' errors stay as they are."""
+        cannot be rebuilt from ``what``, and how to pass it, but the input folder's (InputError: class folders
+        that no longer match the model's classes), which is no fault of the model; the other steps' errors stay as
+        they are."""
         try:
             return load_and_name(opts, found)
+        except InputError:
+            raise
         except XaibatchError as e:
             raise UsageError(f"sanity cannot rebuild the run's model from {what}: {e}; {how}") from None
 
