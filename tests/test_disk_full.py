@@ -464,8 +464,9 @@ def test_a_real_full_file_system(tmp_path, tiny_ckpt, writers):
 
 def test_a_finished_run_that_cannot_note_its_report_is_done_says_so(tmp_path, tiny_ckpt, monkeypatch):
     """The last write of a run notes that its report is done (recovery.mark_run). That write failing was passed
-    over in silence (exit 0), and the note left behind made the next run record this finished run as "killed"
-    while reporting: now the run says what the disk said."""
+    over in silence, and the note left behind made the next run record this finished run as "killed" while
+    reporting: now the run says so in a warning. Its images and report are done: its exit code stays theirs (0),
+    not a full disk's 3 nor a "damaged manifest" for a lock another SQLite client held too long."""
     from xaibatch.manifest import Manifest
     from xaibatch.pipeline.recovery import REPORTING
 
@@ -479,6 +480,11 @@ def test_a_finished_run_that_cannot_note_its_report_is_done_says_so(tmp_path, ti
         return real(self, key, value)
 
     monkeypatch.setattr(Manifest, "set_meta", set_meta)
-    r = helpers.invoke("run", inp, "--out", out, "--checkpoint", tiny_ckpt, "-q", "--workers", "0")
-    assert r.exit_code == 3, r.output
-    assert error_line(r.output).startswith("Error: no space left on device writing to ")
+    r = helpers.invoke("run", inp, "--out", out, "--checkpoint", tiny_ckpt, "--workers", "0")
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.output.splitlines() if "could not note" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        "xaibatch: warning: could not note in the manifest that the report is done (no space left on device"
+    ), r.output
+    assert warned[0].endswith("the next run will list this run as killed while reporting")
+    assert "Error" not in r.output

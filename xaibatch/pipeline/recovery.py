@@ -214,7 +214,8 @@ def mark_run(
 ) -> None:
     """After the report: set the run's status (and why) when it failed (None: it did not), and note that the report
     is done. On a failed run's path a manifest that refuses this is passed over (the original error is the one to
-    tell); on a finished run's it raises: left unsaid, the note would make the next run call this one killed."""
+    tell); on a finished run's it raises, for the run to say (left unsaid, the note would make the next run call
+    this one killed while reporting, without a word now)."""
     if run_id is None:
         return
     try:

@@ -423,7 +423,14 @@ def _report(
             if full is not None:
                 raise full from None
             raise
-        mark_run(out, row.run_id, None, 0, None)  # reported
+        try:
+            mark_run(out, row.run_id, None, 0, None)  # reported
+        except Exception as e:  # the run's work and report are done: only its history row is at stake
+            why = str(storage_error(e, out) or e) or type(e).__name__  # a full disk's line; "database is locked"
+            log(
+                f"xaibatch: warning: could not note in the manifest that the report is done ({why}); "
+                "the next run will list this run as killed while reporting"
+            )
     finally:
         row.reserve.release()
     return written.index, written.accuracy
