@@ -335,6 +335,14 @@ def test_sanity_json_as_older_xaibatch_wrote_it_reads_and_is_written_back_byte_f
     assert SanityResult.from_json(json.dumps(v1)).curves[0].scored is None
     assert SanityResult.from_json(json.dumps(bare)).created is None
     assert SanityResult.from_json(json.dumps(v2)).curves[1].extra == {"newer": [1]}
-    for bad in ("[]", '{"images": 3}', '{"curves": [7]}', '{"curves": [{"method": "gradcam"}]}', "{oops"):
+    odd_method = {**v2["curves"][0], "method": ["gradcam"]}  # a hand-edited file: the report's stale check hashes it
+    for bad in (
+        "[]",
+        '{"images": 3}',
+        '{"curves": [7]}',
+        '{"curves": [{"method": "gradcam"}]}',
+        "{oops",
+        json.dumps({**v2, "curves": [odd_method]}),
+    ):
         (tmp_path / "sanity.json").write_text(bad)
         assert SanityResult.read(tmp_path) is None, bad

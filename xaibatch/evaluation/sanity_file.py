@@ -64,6 +64,8 @@ class SanityCurve:
             raise ValueError(f"a curve without {missing}")
         if not (isinstance(d["steps"], list) and isinstance(d["rank"], list) and isinstance(d["ssim"], list)):
             raise ValueError("a curve whose steps, rank or ssim is no list")
+        if not isinstance(d["method"], str) or not isinstance(d["verdict"], str):
+            raise ValueError("a curve whose method or verdict is no string")
         if not isinstance(d.get("checked", 0), (int, float)) or not isinstance(d.get("hash", ""), str):
             raise ValueError("a curve whose checked is no time or whose hash is no string")
         known = {*cls.REQUIRED, "scored", "checked", "hash"}
