@@ -136,3 +136,17 @@ def test_a_clash_is_refused_before_any_compute(tmp_path, tiny_ckpt):
     finally:
         del METHODS["cam-gradcampp"]
     shutil.rmtree(tmp_path / "in")
+
+
+def test_a_long_stem_moves_too(tmp_path):
+    """The move links each file under its new name through a temporary one; for a stem of the longest kind that
+    temporary name (the whole file name, a dot and the pid) was over 255 bytes: ENAMETOOLONG mid-migration."""
+    from xaibatch import layout
+    from xaibatch.pipeline.migrate import _link
+
+    stem = "s" * layout.MAX_STEM_NAME_BYTES
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / f"{stem}.npy").write_bytes(b"map")
+    _link(tmp_path, f"old/{stem}.npy", f"maps/m/{stem}.npy")
+    assert (tmp_path / "maps" / "m" / f"{stem}.npy").read_bytes() == b"map"
+    assert [p.name for p in (tmp_path / "maps" / "m").iterdir()] == [f"{stem}.npy"]  # no temporary file left
