@@ -122,14 +122,22 @@ def display_scale(m: np.ndarray, signed: bool) -> float:
     return top if top > STRETCH_MIN else 1.0
 
 
-def display_scale_batch(m, signed: bool):
-    """:func:`display_scale` per map of a (B, H, W) tensor: a (B,) float tensor, the same values."""
+def tops_batch(m, signed: bool):
+    """The statistic a batch's display scale and stretch are made of, per map of a (B, H, W) tensor: max |m| for
+    signed maps, the 99th percentile for unsigned ones. A batch's overlays and views share it
+    (pipeline/pictures.py): computed once."""
+    flat = m.float().reshape(m.shape[0], -1)
+    return flat.abs().amax(dim=1) if signed else _top_batch(flat)
+
+
+def display_scale_batch(m, signed: bool, tops=None):
+    """:func:`display_scale` per map of a (B, H, W) tensor: a (B,) float tensor, the same values; ``tops``: the
+    maps' :func:`tops_batch`, when already made."""
     import torch
 
-    flat = m.float().reshape(m.shape[0], -1)
+    top = tops_batch(m, signed) if tops is None else tops
     if signed:
-        return flat.abs().amax(dim=1)
-    top = _top_batch(flat)
+        return top
     return torch.where(top > STRETCH_MIN, top, torch.ones_like(top))
 
 
@@ -203,31 +211,32 @@ def _lookup_t(table, x):
     return table[idx]
 
 
-def stretch_batch(m):
-    """:func:`stretch` per map of a (B, H, W) tensor: the same values (same order statistic, same division)."""
+def stretch_batch(m, tops=None):
+    """:func:`stretch` per map of a (B, H, W) tensor: the same values (same order statistic, same division);
+    ``tops``: the maps' :func:`tops_batch`, when already made."""
     import torch
 
     b = m.shape[0]
-    top = _top_batch(m.reshape(b, -1)).view(b, 1, 1)
+    top = (_top_batch(m.reshape(b, -1)) if tops is None else tops).view(b, 1, 1)
     return torch.where(top > STRETCH_MIN, (m / top).clamp(0, 1), m)
 
 
-def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
+def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
     """:func:`overlay` for a batch already at the display size: (B, H, W, 3) uint8 and (B, H, W) -> (B, H, W, 3).
 
     Runs wherever the tensors are (the model's device), so the host only encodes; equal to :func:`overlay`
-    bit for bit on the CPU (tests/test_overlay.py).
+    bit for bit on the CPU (tests/test_overlay.py). ``tops``: the maps' :func:`tops_batch`, when already made.
     """
     import torch
 
     m = m.float()
     if signed:
-        lim = display_scale_batch(m, True).view(-1, 1, 1)
+        lim = display_scale_batch(m, True, tops).view(-1, 1, 1)
         lim = torch.where(lim > 0, lim, torch.ones_like(lim))  # all zero: transparent everywhere
         colours = _lookup_t(_table(True, m.device), 0.5 + 0.5 * (m / lim).clamp(-1, 1)).float()
         a = ((alpha + 0.2) * (m.abs() / lim).clamp(0, 1))[..., None]
     else:
-        m = stretch_batch(m)
+        m = stretch_batch(m, tops)
         colours = _lookup_t(_table(False, m.device), m.clamp(0, 1)).float()
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.float() + a * colours
@@ -237,16 +246,16 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5):
 ZERO_MAP = 1e-6  # a map whose every value is at most this (in absolute value) is "zero everywhere"
 
 
-def views_batch(shown, full, signed: bool) -> list[dict[str, Any]]:
+def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
     """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
     "scale", the value drawn at full colour (:func:`display_scale` of ``shown``, the maps at the overlay's size);
     "peak", [row, column] of the first maximum of ``full`` (the saved maps; signed: of their positive part,
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
     only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out);
     "nowhere": True when it holds no evidence for the class (zero, or a signed map with no positive value): its
-    peak then points nowhere."""
+    peak then points nowhere. ``tops``: ``shown``'s :func:`tops_batch`, when already made."""
     b = shown.shape[0]
-    scale = display_scale_batch(shown, signed)
+    scale = display_scale_batch(shown, signed, tops)
     ev = full.float().reshape(b, -1)
     evidence = ev.clamp(min=0) if signed else ev
     peak = evidence.argmax(dim=1)
