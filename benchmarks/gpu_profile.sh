@@ -14,6 +14,9 @@
 #                 and without (3 rounds over 2,000 demo images, fresh processes taking turns)
 #   lime.txt      benchmarks/lime_phases.py: one LIME batch phase by phase (the bundled model at the run's GPU
 #                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials)
+#   fs.txt        the file system a run writes to (/tmp): benchmarks/fs_scale.py (atomic small files from 1-16
+#                 processes, one folder and one each) and benchmarks/writer_scale.py (the writer with 0-8
+#                 processes against one thread's floor): does the writer's 0.55x come from the folder or the FS?
 #   bench_r18_b512.md  xaibatch bench at resnet18 @ 64 with batch 512 (a run's GPU default there; check.sh's bench: 64)
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
 #                 correctness before speed; about a minute, its own timeout, not in BUDGET; EQUIV=0 skips it)
@@ -70,6 +73,12 @@ if left; then
   done
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 >>"$OUT/lime.txt" 2>&1
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 --cudnn-benchmark >>"$OUT/lime.txt" 2>&1
+fi
+if left; then  # the writer's 0.55x of the floor with 8 processes: the file system's scaling, or the writer's own?
+  { df -T /tmp /dev/shm; nproc
+    timeout 60 python3 benchmarks/fs_scale.py --root /tmp --files 24000 --procs 1,2,4,8,16 --rounds 1
+    mkdir -p /tmp/xb-ws && timeout 90 python3 benchmarks/writer_scale.py --size 32 --images 8192 --batch 512 \
+      --writers 0,1,2,4,8 --rounds 1 --out /tmp/xb-ws; } >"$OUT/fs.txt" 2>&1
 fi
 if left; then  # the bench's ratios at the batch a run uses on a GPU at 64 px (512), not the bench's default 64
   timeout 100 python3 -m xaibatch bench --arch resnet18 --image-size 64 --device cuda --images 8192 --batch-size 512 \
