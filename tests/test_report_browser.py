@@ -741,6 +741,45 @@ def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out)
     assert max(top for _h, top in rows) - min(top for _h, top in rows) < 1, rows
 
 
+ROWS = """
+var rows = {};
+Array.prototype.forEach.call(document.querySelectorAll('.views figure'), function (f) {
+  var r = f.getBoundingClientRect(), t = Math.round(r.top);
+  (rows[t] = rows[t] || []).push(Math.round(r.width * 10) / 10);
+});
+return Object.keys(rows).sort(function (a, b) { return a - b; }).map(function (t) { return rows[t]; });
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1024, 900, 768, 600, 375])
+def test_a_detail_row_too_wide_for_the_window_wraps_evenly(driver, five_methods_out, width):
+    """Six pictures (the original and five maps) that do not fit one row split into even rows at one size:
+    at 1024 px the row wrapped 5 + 1, at 768 px 4 + 2, an orphan map under a full row of small ones. Now
+    3 + 3 (or 2 + 2 + 2), as large as the rows' share allows; one row where six fit, as before."""
+    url = next(iter(detail_urls(five_methods_out).values()))
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, url)
+        rows = driver.execute_script(ROWS)
+        counts = [len(r) for r in rows]
+        assert sum(counts) == 6
+        assert len(set(counts)) == 1, rows  # even rows: no orphan
+        assert len({w for r in rows for w in r}) == 1, rows  # one size
+        assert rows[0][0] >= FIGURE_MIN
+        if width >= 1280:
+            assert counts == [6]
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+        # a window resized while the view is open wraps again, raising no error event
+        driver.execute_script("window.__errors = []; addEventListener('error', e => __errors.push(e.message));")
+        driver.set_window_size(1280, 900)
+        wait_until(lambda: [len(r) for r in driver.execute_script(ROWS)] == [6], "one row after widening")
+        driver.set_window_size(width, 900)
+        wait_until(lambda: driver.execute_script(ROWS) == rows, "the same rows again")
+        assert driver.execute_script("return window.__errors") == []
+    finally:
+        driver.set_window_size(1280, 900)
+
+
 @pytest.fixture(scope="module")
 def tall_out(tmp_path_factory) -> Path:
     """A synthetic report of a tall photo (300x2400: display copy 64x512) and a panorama (4000x800: 512x102),

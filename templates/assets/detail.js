@@ -216,6 +216,23 @@
       }))])])];
   }
 
+  // a row of figures that does not fit the window wraps into even rows (report.css .views.balanced): the columns
+  // that fit are counted with the one-row layout (its auto-fill tracks), then the figures are shared out evenly
+  function balance() {
+    Array.prototype.forEach.call(root.querySelectorAll(".views"), function (v) {
+      v.classList.remove("balanced");
+      var fit = getComputedStyle(v).gridTemplateColumns.split(" ").filter(Boolean).length, n = v.children.length;
+      if (fit >= 1 && fit < n) {
+        v.style.setProperty("--cols", String(Math.ceil(n / Math.ceil(n / fit))));
+        v.classList.add("balanced");
+      }
+    });
+  }
+  var width = -1;
+  function rebalance() {
+    if (root.clientWidth !== width) { width = root.clientWidth; balance(); }
+  }
+
   var shown = null;
   function show(id) {
     if (!images.length) {
@@ -230,6 +247,7 @@
     var im = images[i];
     var kids = [pager(im), el("h1", {"class": "name"}, [el("bdi", {}, [im.rel])]), facts(im), views(im), truth(im)].concat(probs(im));
     root.replaceChildren.apply(root, kids.filter(function (k) { return k; }));
+    balance();
     document.title = iso(im.rel) + " · " + siteTitle;
   }
 
@@ -253,4 +271,9 @@
   }
   window.addEventListener("hashchange", fromHash);
   fromHash();
+  width = root.clientWidth;
+  // a scroll bar coming or going too; in the next frame, since balancing changes the observed element's height
+  // (inside the observer's callback that is an error event: "ResizeObserver loop completed ...")
+  if (window.ResizeObserver) { new ResizeObserver(function () { requestAnimationFrame(rebalance); }).observe(root); }
+  else { window.addEventListener("resize", rebalance); }
 }());
