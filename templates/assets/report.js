@@ -87,8 +87,9 @@
       while (el && !(el.tagName === "H2")) { if (el.classList.contains("group") && !el.hidden) { any = true; } el = el.nextElementSibling; }
       h.hidden = !any;
     }
-    status.textContent = "Showing " + shown + " of " + total + " images on this page.";
     var frag = fragment();
+    status.textContent = "Showing " + shown + " of " + total + " images on this page.";
+    if (!shown && (cls || show)) { elsewhere(cls, show, frag); }
     if (fromUser && window.history && history.replaceState) {
       history.replaceState(null, "", frag ? "#" + frag : location.pathname + location.search);
     }
@@ -103,6 +104,33 @@
       var bare = cardLinks[c].getAttribute("href").split("&")[0];
       cardLinks[c].setAttribute("href", frag ? bare + "&" + frag : bare);
     }
+  }
+
+  // a class or section with no card on this page: the pages of the gallery that hold it, each a link that keeps
+  // the choice (the form's data-where: "<class> <section> <first page> <last page>" per group, comma-separated)
+  function elsewhere(cls, show, frag) {
+    var ranges = [];
+    (form.getAttribute("data-where") || "").split(",").forEach(function (g) {
+      var f = g.split(" ");
+      if (f.length === 4 && (!cls || f[0] === cls) && (!show || f[1] === show)) { ranges.push([+f[2], +f[3]]); }
+    });
+    ranges.sort(function (a, b) { return a[0] - b[0]; });
+    var merged = [];
+    ranges.forEach(function (r) {
+      var last = merged[merged.length - 1];
+      if (last && r[0] <= last[1] + 1) { last[1] = Math.max(last[1], r[1]); } else { merged.push(r.slice()); }
+    });
+    if (!merged.length) { status.appendChild(document.createTextNode(" No image in the gallery matches this choice.")); return; }
+    var many = merged.length > 1 || merged[0][0] !== merged[0][1];
+    status.appendChild(document.createTextNode(" The images you chose are on page" + (many ? "s " : " ")));
+    merged.forEach(function (r, i) {
+      if (i) { status.appendChild(document.createTextNode(", ")); }
+      var a = document.createElement("a");
+      a.href = "page-" + r[0] + ".html" + (frag ? "#" + frag : "");
+      a.textContent = r[0] === r[1] ? String(r[0]) : r[0] + "\u2013" + r[1];
+      status.appendChild(a);
+    });
+    status.appendChild(document.createTextNode("."));
   }
 
   // back from a detail view (#<card id>&show=wrong...): the card the user came from, in view

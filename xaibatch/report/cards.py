@@ -230,7 +230,7 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
     blocks: list[list[Block]] = [[] for _ in range(total)]
     for g in groups:
         g.section_title = titles[g.section]
-        g.start_page = g.cards[0].page
+        g.start_page, g.end_page = g.cards[0].page, g.cards[-1].page
         g.start_url = f"{layout.gallery_page(g.start_page)}#{g.key}"
         for c in g.cards:
             c.group_key = g.key

@@ -197,6 +197,7 @@ class Group:
     section_title: str = ""
     start_page: int = 1
     start_url: str = ""
+    end_page: int = 1  # the gallery page of its last card
 
 
 @dataclass

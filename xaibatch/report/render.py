@@ -374,6 +374,7 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
         data.sections,
         data.trust.faith if data.trust else None,
         data.earlier is not None,  # the gallery's line on cards marked "earlier model"
+        [(g.class_index, g.section, g.start_page, g.end_page) for g in data.groups],  # the filters' "on pages"
     )
     fps = []
     for p in data.pages:
