@@ -4,8 +4,9 @@ and time the biggest gallery page's load in headless Chromium.
     python benchmarks/report_scale.py --images 20000 --out /tmp/xaibatch-scale
     python benchmarks/report_scale.py --images 100000 --out /tmp/xaibatch-scale-100k --no-browser
 
-Every thumbnail is a hard link to one tiny PNG (cheap for 100k images), so the numbers are the report's own:
-building the data from SQLite, rendering with Jinja, comparing/writing pages. Three writes are timed: the
+Every picture (original, overlays) is a hard link to one tiny PNG, every map to one tiny .npy (cheap for 100k
+images), so the numbers are the report's own: building the data from SQLite, rendering with Jinja,
+comparing/writing pages, and a page load fetches every picture it shows as a real report's does. Three writes are timed: the
 first (cold), a second with nothing changed (every page compared, none rewritten), and a third after one
 image's prediction changed (only the pages that show it, its neighbours' detail pages and the summary).
 """
@@ -26,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xaibatch import layout  # noqa: E402
+from xaibatch.layout import MapFiles  # noqa: E402
 from xaibatch.manifest import FILENAME, ImageRow, Manifest, MapRow, RunCounts  # noqa: E402
 from xaibatch.report import PAGE_SIZE, render  # noqa: E402
 from xaibatch.tools import chromium, synth  # noqa: E402
@@ -43,11 +46,12 @@ METHODS = {
 
 
 def synthesize(out: Path, n: int, seed: int = 0) -> None:
-    """A manifest shaped like a labeled pipeline run over n images, plus hard-linked tiny thumbnails."""
+    """A manifest shaped like a labeled pipeline run over n images, plus its pictures: hard links to one tiny PNG."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    tiny = out / ".tiny.png"
+    tiny, tiny_map = out / ".tiny.png", out / ".tiny.npy"
     synth.save(synth.noise(rng, 32), tiny)
+    np.save(tiny_map, rng.random((32, 32), dtype=np.float32))
     config = {
         "xaibatch": "bench",
         "torch": "-",
@@ -105,33 +109,29 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
                     "peak": [int(v) for v in rng.integers(0, 32, 2)],
                     "shape": [32, 32],
                 }
-                m.put_map(
-                    MapRow(
-                        rel,
-                        name,
-                        METHODS[name]["hash"],
-                        f"maps/{name}/{stem}.npy",
-                        f"maps/{name}/{stem}.png",
-                        f"thumbs/{name}/{stem}.png",
-                        None,
-                        run_id,
-                        view=view,
-                    )
-                )
-            for sub in ("thumbs/image", *(f"thumbs/{k}" for k in METHODS)):
-                _link(tiny, out / sub / f"{stem}.png")
+                files = MapFiles.of(name, stem, 32, 32)  # as a run names them: a 32 px overlay is its own thumbnail
+                m.put_map(MapRow(rel, name, METHODS[name]["hash"], *files.paths(), None, run_id, view=view))
+            # the files the report links: the original's display copy, the overlays (their own thumbnails), the maps
+            for picture in (layout.image_thumb(stem, 32, 32), *(layout.map_thumb(k, stem, 32, 32) for k in METHODS)):
+                _link(tiny, out / picture)
+            for k in METHODS:
+                _link(tiny_map, out / layout.map_npy(k, stem))
     m.finish_run(run_id, "ok", 1.0, RunCounts(seen=n, added=n, computed=n))
     m.close()
+
+
+_SOURCES: dict[Path, Path] = {}  # a file that has as many links as the file system allows -> its copy in use
 
 
 def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
+        os.link(_SOURCES.get(src, src), dst)
     except FileExistsError:
         pass
-    except OSError:
-        shutil.copyfile(src, dst)
+    except OSError:  # too many links (ext4: 65,000), or none at all: a copy, which the next links share
+        shutil.copyfile(_SOURCES.get(src, src), dst)
+        _SOURCES[src] = dst
 
 
 def change_one(out: Path) -> None:

@@ -1879,3 +1879,23 @@ def test_superpixel_maps_are_the_methods_record_and_older_records_mean_lime():
     assert methods["lime"].superpixels and not methods["captum:Saliency"].superpixels
     again = RunConfig.from_dict(json.loads(RunConfig.from_dict({"methods": old}).to_json())).methods
     assert again == methods
+
+
+def test_the_scale_benchmarks_report_links_only_pictures_it_made(tmp_path):
+    """benchmarks/report_scale.py synthesized thumbnails under thumbs/ only, while a report of 32 px images shows
+    images/<stem>.png and the overlays (a small picture is its own thumbnail): every gallery page of its report
+    asked the browser for 200 missing originals, so its page-load times measured failed requests."""
+    import importlib.util
+
+    from outcheck import check_report_links
+
+    spec = importlib.util.spec_from_file_location(
+        "report_scale", Path(__file__).parents[1] / "benchmarks" / "report_scale.py"
+    )
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    out = tmp_path / "scale"
+    scale.synthesize(out, 12)
+    report.render(out)
+    links = check_report_links(out)
+    assert any(p.startswith("images/") for p in links) and any(p.startswith("maps/lime/") for p in links), links
