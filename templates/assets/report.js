@@ -109,8 +109,9 @@
   // a class or section with no card on this page: the pages of the gallery that hold it, each a link that keeps
   // the choice (the form's data-where: "<class> <section> <first page> <last page>" per group, comma-separated)
   function elsewhere(cls, show, frag) {
-    var ranges = [];
-    (form.getAttribute("data-where") || "").split(",").forEach(function (g) {
+    var ranges = [], where = form.getAttribute("data-where");
+    if (where === null) { return; }  // a gallery template of your own from before this attribute
+    where.split(",").forEach(function (g) {
       var f = g.split(" ");
       if (f.length === 4 && (!cls || f[0] === cls) && (!show || f[1] === show)) { ranges.push([+f[2], +f[3]]); }
     });
