@@ -216,6 +216,43 @@ def test_negative_predictions_in_the_run_are_maps_of_minus_z(world, tmp_path):
         assert np.abs(ours - r).max() < 1e-3
 
 
+def test_library_methods_on_one_logit_equal_the_libraries_on_the_users_model(world, tmp_path):
+    """cam:* and captum:* on a one-logit model give the libraries' own maps of the user's module: pytorch-grad-cam's
+    BinaryClassifierOutputTarget (z for the positive class, -z for the negative) and captum's attributions of the one
+    output (negated for the negative class). They read the head's [-z/2, z/2] before: Score-CAM's softmax over
+    channels flattened (correlation 0.56 with the library's map on a trained CNN), Grad-CAM++'s weights moved, and
+    every captum attribution was half the logit's."""
+    from captum.attr import IntegratedGradients, Occlusion
+    from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    out = tmp_path / "out"
+    methods = "cam:scorecam,cam:gradcam++,captum:IntegratedGradients,captum:Occlusion"
+    r = _run(_cnn_args(world, out, "-m", methods, "--target", "pred,label"))
+    assert r.exit_code == 0, r.output
+    rows = _csv(out)
+    x, _ = _load(world["root"] / "demo" / "test")
+    rels = _load.rels
+    net = world["model"]
+    for key, column in (("", "pred"), ("_40label", "label")):
+        idx = [i for i, rel in enumerate(rels) if not key or rows[rel]["correct"] == "0"]
+        target = torch.tensor([int(rows[rels[i]][column] == "REAL") for i in idx])
+        assert 0 < int(target.sum()) < len(idx), "both classes explained, the negative one included"
+        xs, sign = x[idx], (target * 2 - 1).float()[:, None, None]
+        refs = {}
+        for name, cls in (("cam-scorecam", ScoreCAM), ("cam-gradcampp", GradCAMPlusPlus)):
+            with cls(model=net, target_layers=[net.features[3]]) as cam:
+                refs[name] = cam(input_tensor=xs, targets=[BinaryClassifierOutputTarget(int(t)) for t in target])
+        ig = IntegratedGradients(net).attribute(xs, target=0, baselines=torch.zeros_like(xs), method="gausslegendre")
+        refs["captum-IntegratedGradients"] = (ig.sum(1) * sign).detach().numpy()
+        occ = Occlusion(net).attribute(xs, target=0, sliding_window_shapes=(3, 4, 4), strides=(3, 2, 2), baselines=0)
+        refs["captum-Occlusion"] = (occ.mean(1) * sign).detach().numpy()
+        for folder, ref in refs.items():
+            ours = np.stack([np.load(out / "maps" / f"{folder}{key}" / f"{rels[i][:-4]}.npy") for i in idx])
+            scale = max(float(np.abs(ref).max()), 1e-12)
+            assert np.abs(ours - ref).max() <= 1e-4 * scale, (folder, key)
+
+
 def test_threshold_moves_predictions_and_only_flipped_maps(world, tmp_path):
     out = tmp_path / "out"
     assert _run(_cnn_args(world, out, "-m", "gradcam")).exit_code == 0

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
+from ..model.heads import ONE_LOGIT_SCORES, library_scores, one_logit
 from .base import Batch, Explanation, Method, ModelContext, register_method
 from ..method_specs import CAM_PREFIX, CAM_SPECS, check_library_options, library_defaults
 
@@ -81,7 +82,8 @@ class LibraryCAM(Method):
             self._probe()
 
     def config(self) -> dict[str, Any]:
-        return {"library": f"pytorch-grad-cam {_version('grad-cam')}", **self.options}
+        extra = {"one_logit_scores": ONE_LOGIT_SCORES} if one_logit(self.ctx.model) else {}
+        return {"library": f"pytorch-grad-cam {_version('grad-cam')}", **self.options, **extra}
 
     def _probe(self) -> None:
         """Run once on a blank image now, so a method that cannot run on this model stops the run before it starts."""
@@ -103,7 +105,7 @@ class LibraryCAM(Method):
                 batch_size=self.options["batch_size"],
                 ratio_channels_to_ablate=float(self.options["ratio_channels_to_ablate"]),
             )
-        cam = cls(self.ctx.model, layers, **kwargs)
+        cam = cls(library_scores(self.ctx.model), layers, **kwargs)  # one logit: BinaryClassifierOutputTarget's ±z
         if self.short == "scorecam":
             cam.batch_size = self.options["batch_size"]
         return cam

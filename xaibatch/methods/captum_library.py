@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
+from ..model.heads import ONE_LOGIT_SCORES, library_scores, one_logit
 from .base import Batch, Explanation, Family, Method, ModelContext, normalize_per_image
 from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
@@ -88,7 +89,8 @@ class CaptumMethod(Method):
         self._probe()
 
     def config(self) -> dict[str, Any]:
-        return {"library": f"captum {_version('captum')}", **self.options}
+        extra = {"one_logit_scores": ONE_LOGIT_SCORES} if one_logit(self.ctx.model) else {}
+        return {"library": f"captum {_version('captum')}", **self.options, **extra}
 
     # -- captum
 
@@ -140,7 +142,7 @@ class CaptumMethod(Method):
 
     def _make(self) -> Any:
         cls = getattr(self._captum, self.base)
-        model = self.ctx.model
+        model = library_scores(self.ctx.model)  # one logit: the attributions of z (of -z for the negative class)
         obj = cls(model, self.ctx.layer.module) if self.base == "GuidedGradCam" else cls(model)
         return self._captum.NoiseTunnel(obj) if self.tunnel else obj
 

@@ -6,7 +6,11 @@ softmax is exactly ``[1 - sigmoid(z), sigmoid(z)]``. The methods differentiate t
 (Grad-CAM, guided backprop) or read its softmax probability (LIME), so the positive class gets the gradient
 of ``z / 2`` and the negative class that of ``-z / 2``; both CAM methods min-max scale each map, so the
 factor 1/2 drops out and the maps are those of ``z`` and ``-z``. (``[0, z]`` would give the same
-probabilities but a zero gradient, and so an empty map, for every image predicted negative.)
+probabilities but a zero gradient, and so an empty map, for every image predicted negative.) The library
+methods (``cam:*``, ``captum:*``) score a class by its logit's value and size, not only its direction (Score-CAM's
+softmax over channels, Grad-CAM++'s weights, attributions in logit units), so they read the head through
+:func:`library_scores`: ``[-z, z]``, the scores of pytorch-grad-cam's ``BinaryClassifierOutputTarget`` and of
+captum's attributions of the one output (negated for the negative class).
 
 A model whose forward already ends in a sigmoid (``torch.sigmoid``, ``nn.Sigmoid``, then at most a
 reshape) returns P(positive) itself; :func:`count_outputs` sees that in the graph of its output and the
@@ -36,6 +40,9 @@ from ..scan import named_class
 
 # A probability output is clamped to [eps, 1 - eps] before its logit (|z| <= 13.8): a saturated sigmoid stays finite.
 PROBABILITY_EPS = 1e-6
+# What a one-logit model's library methods (cam:*, captum:*) explain, in their config: a map made before, of ±z/2,
+# has another hash and is recomputed.
+ONE_LOGIT_SCORES = "plus-minus-z"
 # Probabilities are stored (manifest, predictions.csv) with this many decimals, and decided as stored.
 PROB_DECIMALS = 6
 # Autograd nodes that only reshape or copy an output: looked through to find the op that made it.
@@ -83,6 +90,28 @@ class SoftmaxOutputHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(self.net(x).clamp_min(torch.finfo(torch.float32).tiny))
+
+
+class OneLogitScores(nn.Module):
+    """A :class:`OneLogitHead` as the reference libraries score its classes: ``[-z, z]`` (twice the head's logits)."""
+
+    def __init__(self, head: OneLogitHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) * 2
+
+
+def library_scores(module: nn.Module) -> nn.Module:
+    """The module the library methods (``cam:*``, ``captum:*``) explain: a one-logit head's classes scored ``-z``
+    and ``z`` (:class:`OneLogitScores`), any other module as it is."""
+    return OneLogitScores(module) if isinstance(module, OneLogitHead) else module
+
+
+def one_logit(module: nn.Module) -> bool:
+    """Whether ``module`` is a one-logit model read as two classes (its library methods' maps are of ``±z``)."""
+    return isinstance(module, OneLogitHead)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -251,12 +280,15 @@ def with_positive(module: nn.Module, decision: Decision | None) -> None:
 __all__ = [
     "Decision",
     "OneLogitHead",
+    "OneLogitScores",
     "Outputs",
     "SoftmaxOutputHead",
     "adapt",
     "count_outputs",
     "decision_for",
     "last_op",
+    "library_scores",
+    "one_logit",
     "predict",
     "predict_one",
     "predict_rows",
