@@ -79,6 +79,15 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
         model.class_names = list(opts.classes)
     names = class_names_for(model, found)
     model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit, model.probability)
+    if one_logit and model.class_names is not None and model.decision.positive != 1:
+        # the classes in output order say sigmoid(z) is P(second); --positive-class would read it as P(first)
+        # and invert every prediction, label check and ROC curve without a word
+        given = "--classes" if opts.classes is not None else "the checkpoint's classes"
+        first, second = model.class_names
+        raise UsageError(
+            f"--positive-class {first}: this one-logit model's sigmoid(z) is P({second}), the second of {given} "
+            f"{first},{second}; if it is P({first}), give --classes {second},{first} (and no --positive-class)"
+        )
     heads.with_positive(model.module, model.decision)
     return model, names
 
