@@ -396,6 +396,46 @@ def test_positive_class_against_the_order_of_given_classes_is_refused(world, tmp
     assert ok.exit_code == 0, ok.output
 
 
+CHECKPOINT_FORMS = {
+    "training-dict": lambda sd: {"epoch": 6, "net": sd, "optimizer": {"state": {}, "param_groups": []}},
+    "torch.compile": lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},
+    "DataParallel(torch.compile)": lambda sd: {f"module._orig_mod.{k}": v for k, v in sd.items()},
+    "lightning": lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "global_step": 10},
+    "DataParallel checkpoint": lambda sd: {"epoch": 6, "model_state_dict": {f"module.{k}": v for k, v in sd.items()}},
+}
+
+
+@pytest.mark.parametrize("form", list(CHECKPOINT_FORMS))
+def test_checkpoint_forms_of_a_training_script_load_as_the_state_dict(world, tmp_path, form):
+    """The ways training scripts save weights load as the plain state_dict does. Before, a training checkpoint
+    whose weights sat under another key (``{"net": ..., "epoch": 6}``) was "no tensors found: not a state_dict",
+    and the keys of ``torch.compile``'s ``_orig_mod.`` or a LightningModule's ``model.`` did not fit the module."""
+    ckpt = tmp_path / f"{form}.pt"
+    torch.save(CHECKPOINT_FORMS[form](world["model"].state_dict()), ckpt)
+    plain, out = tmp_path / "plain", tmp_path / "out"
+    assert _run(_cnn_args(world, plain, "-m", "gradcam")).exit_code == 0
+    args = _cnn_args(world, out, "-m", "gradcam")
+    args[args.index("--checkpoint") + 1] = str(ckpt)
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    want = {rel: (row["pred"], row["p_REAL"]) for rel, row in _csv(plain).items()}
+    assert {rel: (row["pred"], row["p_REAL"]) for rel, row in _csv(out).items()} == want
+
+
+def test_checkpoint_with_two_sets_of_weights_names_them(world, tmp_path):
+    sd = world["model"].state_dict()
+    ckpt = tmp_path / "two.pt"
+    torch.save({"net": sd, "ema": sd, "epoch": 6}, ckpt)
+    args = _cnn_args(world, tmp_path / "out", "-m", "gradcam")
+    args[args.index("--checkpoint") + 1] = str(ckpt)
+    r = invoke("run", *args, "-q")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"Error: {ckpt}: no tensors at its top level, and weights under 'net' and 'ema': re-save the ones to "
+        "explain alone, e.g. torch.save(ckpt['net'], ...)"
+    )
+
+
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"

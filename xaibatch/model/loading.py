@@ -229,11 +229,27 @@ def _is_raw_pickle(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
+def _tensor_dict(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(t, torch.Tensor) for t in v.values())
+
+
 def unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint: a state_dict, or one under ``state_dict``, ``model`` or ``model_state_dict``,
+    or under the one entry of a training checkpoint that holds a dict of tensors (``{"net": ..., "epoch": 3}``)."""
     for key in ("state_dict", "model", "model_state_dict"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
+    else:
+        nested = [k for k, v in obj.items() if _tensor_dict(v)]
+        if len(nested) == 1 and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = obj[nested[0]]
+        elif len(nested) > 1 and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            keys = " and ".join(repr(str(k)) for k in nested[:4])
+            raise ModelError(
+                f"{path}: no tensors at its top level, and weights under {keys}: re-save the ones to explain "
+                f"alone, e.g. torch.save(ckpt[{str(nested[0])!r}], ...)"
+            )
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise ModelError(f"{path}: no tensors found: not a state_dict")
@@ -249,10 +265,29 @@ def _classifier_out(arch_model: nn.Module, sd: dict[str, torch.Tensor]) -> int |
     return None
 
 
+def _fit_prefix(sd: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``sd`` without the one leading prefix that every key carries when the weights were saved through a wrapper
+    (``torch.compile``'s ``_orig_mod.``, a LightningModule's ``model.``, DataParallel around either), where the keys
+    left are exactly the module's; else ``sd`` as it is."""
+    if not sd or set(sd) == set(own):
+        return sd
+    parts = next(iter(sd)).split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i]) + "."
+        if not all(k.startswith(prefix) for k in sd):
+            break
+        cut = {k[len(prefix) :]: v for k, v in sd.items()}
+        if set(cut) == set(own):
+            return cut
+    return sd
+
+
 def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], arch: str, path: Path) -> None:
-    """Load ``sd`` strictly; a mismatch is one line naming ``arch`` as the user gave it (``--arch resnet18``,
-    ``--model torchvision:vit_b_32``, or a checkpoint's own architecture)."""
+    """Load ``sd`` strictly (a wrapper's key prefix taken off: :func:`_fit_prefix`); a mismatch is one line naming
+    ``arch`` as the user gave it (``--arch resnet18``, ``--model torchvision:vit_b_32``, or a checkpoint's own
+    architecture)."""
     own = module.state_dict()
+    sd = _fit_prefix(sd, own)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [
