@@ -436,6 +436,27 @@ def test_checkpoint_with_two_sets_of_weights_names_them(world, tmp_path):
     )
 
 
+def test_torchscript_file_is_named_as_such(world, tmp_path):
+    """A TorchScript file was "not a checkpoint of plain weights": the message now says what it is and how to get
+    its weights, and the file is still never loaded."""
+    net = world["model"]
+    ts = torch.jit.trace(net, torch.zeros(1, 3, 32, 32))  # scripted and traced modules save the same archive
+    ckpt = tmp_path / "model.ts.pt"
+    torch.jit.save(ts, ckpt)
+    args = _cnn_args(world, tmp_path / "out", "-m", "gradcam")
+    args[args.index("--checkpoint") + 1] = str(ckpt)
+    r = invoke("run", *args, "-q")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"Error: {ckpt}: a TorchScript archive (torch.jit.save), not plain weights; xaibatch loads no TorchScript. "
+        "Save the model's state_dict (torch.jit.load(...).state_dict() keeps its keys, if you trust the file) and "
+        "give its nn.Module with --model FILE.py:FACTORY"
+    )
+    torch.save(torch.jit.load(ckpt).state_dict(), tmp_path / "sd.pt")  # the advice works
+    args[args.index("--checkpoint") + 1] = str(tmp_path / "sd.pt")
+    assert _run(args).exit_code == 0
+
+
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"

@@ -211,6 +211,12 @@ def _runtime_error(path: Path, e: RuntimeError) -> ModelError:
             "another kind of file such as an all-zero one); re-save the weights with "
             "torch.save(model.state_dict(), ...)"
         )
+    if "TorchScript" in msg:  # torch.jit.save's archive: its loader builds the file's own code
+        return ModelError(
+            f"{path}: a TorchScript archive (torch.jit.save), not plain weights; xaibatch loads no TorchScript. "
+            "Save the model's state_dict (torch.jit.load(...).state_dict() keeps its keys, if you trust the file) "
+            "and give its nn.Module with --model FILE.py:FACTORY"
+        )
     if "weights_only" in msg:  # torch's own advice (weights_only=False) would run the file's code
         return ModelError(
             f"{path}: not a checkpoint of plain weights (refused by torch.load weights_only=True); "
