@@ -457,6 +457,24 @@ def test_torchscript_file_is_named_as_such(world, tmp_path):
     assert _run(args).exit_code == 0
 
 
+def test_one_logit_model_without_classes_says_which_probability_its_sigmoid_is(world, tmp_path):
+    """A one-logit model that names no classes was warned about "its outputs ... in sorted order" (it has one), and
+    ``--positive-class FAKE`` re-reading a P(REAL) logit as P(FAKE) went unsaid. The line names the class whose
+    probability sigmoid(z) is read as, and why; a re-run that loads no model says the same."""
+    want = {
+        (): "P(REAL) = sigmoid(z) (the second of the class folders FAKE,REAL); if it is P(FAKE), give --classes "
+        "REAL,FAKE instead",
+        ("--positive-class", "FAKE"): "P(FAKE) = sigmoid(z) (--positive-class FAKE); if it is P(REAL), give "
+        "--classes FAKE,REAL instead",
+    }
+    for i, (extra, text) in enumerate(want.items()):
+        line = f"xaibatch: warning: the model names no classes: its one logit is read as {text}"
+        for _ in range(2):
+            r = invoke("run", *_cnn_args(world, tmp_path / f"out{i}", "-m", "gradcam", *extra), "--workers", "0")
+            assert r.exit_code == 0, r.output
+            assert r.stderr.splitlines().count(line) == 1, r.stderr
+
+
 def test_srm_model_end_to_end_layer_after_the_filters(world, tmp_path):
     root = world["root"]
     out = tmp_path / "out"

@@ -5,7 +5,8 @@
   a symbolic link to a folder scanned under that other name, which holds its images).
 * ``classes-by-case``: class folders matched to the model's classes only by case (``folders``: folder -> class).
 * ``class-order``: a model that names no classes, run without ``--classes``: its outputs are read as the sorted
-  class folders (``classes``), an order nothing checks.
+  class folders (``classes``), an order nothing checks; a one-logit model's line says which class's probability
+  its sigmoid is read as.
 * ``input-size``: a model that declares no input size (a ``--model`` factory without timm's ``pretrained_cfg``,
   a torchvision model), run without ``--image-size``: its images are resized to 224 px (``input_size``), which
   a model trained on 32 px CIFAKE images was not (said when the run loads the model).
@@ -96,7 +97,9 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
             {"folders": dict(sorted(found.by_case.items()))},
         )
     if setup.config.classes_from == "folders" and setup.config.model.checkpoint != RANDOM_INIT:
-        yield "class-order", assumed_order(names), {"classes": list(names)}
+        decision = setup.config.decision or {}
+        text = assumed_logit(names, decision["positive"]) if decision.get("one_logit") else assumed_order(names)
+        yield "class-order", text, {"classes": list(names)}
 
 
 def input_size_notices(setup: Setup) -> Iterator[Notice]:
@@ -116,6 +119,19 @@ def _kept(name: str, names: list[str], labels: set) -> bool:
     from another folder (an empty ``REAL/`` beside ``Real/``'s images is no class of its own: ignored)."""
     near = named_class(name, names)
     return len(near) == 1 and names.index(near[0]) not in labels
+
+
+def assumed_logit(names: list[str], positive: str) -> str:
+    """The warning of a one-logit model that names no classes: which class's probability its sigmoid is read as
+    (the second sorted class folder, or --positive-class), and how to say it is the other's."""
+    other = names[0] if positive == names[1] else names[1]
+    why = (
+        f"the second of the class folders {','.join(names)}" if positive == names[1] else f"--positive-class {positive}"
+    )
+    return (
+        f"warning: the model names no classes: its one logit is read as P({positive}) = sigmoid(z) ({why}); "
+        f"if it is P({other}), give --classes {positive},{other} instead"
+    )
 
 
 def assumed_order(names: list[str], most: int = 10) -> str:
