@@ -548,6 +548,28 @@ def test_one_image_and_lists_of_arrays_are_batches(tmp_path):
     assert odd.maps["gradcam"].shape == (2, 32, 32) and odd.given_sizes == ((32, 32), (32, 24))
 
 
+def test_a_pil_image_of_any_mode_is_the_input_its_file_gives(tmp_path):
+    # A 16-bit grey PIL image reached the model as solid white (convert("RGB") clips 0..65535 at 255) and an
+    # RGBA one with its transparent pixels' hidden colour, while the same file by path (and in a run) was
+    # scaled to 8 bits and composited over white.
+    net = TinyNet()
+    grey = (np.asarray(_images(1)[0, 0], dtype=np.uint16) * 257).astype(np.uint16)
+    rgba = np.dstack([_images(1)[0].permute(1, 2, 0).numpy(), np.full((32, 32), 255, np.uint8)])
+    rgba[:, :16, 3] = 0
+    paths = {"I;16": tmp_path / "grey16.png", "RGBA": tmp_path / "rgba.png"}
+    Image.fromarray(grey).save(paths["I;16"])
+    Image.fromarray(rgba).save(paths["RGBA"])
+    for mode, path in paths.items():
+        with Image.open(path) as pil:
+            assert pil.mode == mode
+            as_pil = xaibatch.explain(net, pil)
+        by_path = xaibatch.explain(net, path)
+        assert torch.equal(as_pil.images, by_path.images), mode
+        assert torch.equal(as_pil.maps["gradcam"], by_path.maps["gradcam"]), mode
+    white = xaibatch.explain(net, paths["RGBA"]).images[0, :, :, :16]
+    assert bool((white == 255).all())  # the transparent half, as a run shows it
+
+
 def test_images_that_cannot_be_read_are_named(tmp_path):
     net = TinyNet()
     missing = tmp_path / "missing.png"

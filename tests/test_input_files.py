@@ -137,7 +137,7 @@ def test_every_lasting_reason_starts_a_reason_a_bad_file_gets(bad_runs, tmp_path
     good = tmp_path / "good.png"
     good.write_bytes(badfiles.png_bytes(Image.new("RGB", (4, 4))))
     with monkeypatch.context() as m:
-        m.setattr(data, "_to_rgb", lambda im: Image.new("L", im.size))
+        m.setattr(data, "to_rgb", lambda im: Image.new("L", im.size))
         reasons.append(reason(good))
     with monkeypatch.context() as m:
         m.setattr(data.Image, "open", lambda *a, **kw: (_ for _ in ()).throw(RecursionError()))

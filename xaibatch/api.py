@@ -465,7 +465,7 @@ def _picture(item, what: str):
     import torch
     from PIL import Image
 
-    from .data import load_image
+    from .data import load_image, to_rgb
     from .errors import DecodeError, UsageError
 
     if isinstance(item, (str, Path)):
@@ -478,8 +478,8 @@ def _picture(item, what: str):
             return load_image(item)
         except DecodeError as e:  # its reason alone ("cannot read: ...") named no file
             raise UsageError(f"{item}: {e}") from None
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
+    if isinstance(item, Image.Image):  # its mode as a run reads a file's: 16 bits scaled, transparency over white
+        return to_rgb(item)
     if isinstance(item, (torch.Tensor, np.ndarray)):
         kind = "a tensor" if isinstance(item, torch.Tensor) else "an array"
         t = _uint8_images(item, kind)

@@ -98,7 +98,7 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 im = ImageOps.exif_transpose(im)
             except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
                 pass
-            rgb = _to_rgb(im)
+            rgb = to_rgb(im)
         if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
             raise DecodeError(f"{UNUSABLE_DECODE} {rgb.mode} {rgb.width}x{rgb.height} image")
         return rgb
@@ -176,8 +176,9 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; transparency is composited over white."""
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; transparency is composited over white (runs, ``serve`` and ``explain()``'s
+    PIL images: one rule, so one image gives one input however it arrives)."""
     if im.mode.startswith("I;16"):  # 16-bit grey: keep the high byte
         a = np.asarray(im)
         return Image.fromarray((a >> 8).astype(np.uint8), "L").convert("RGB")
