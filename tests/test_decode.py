@@ -21,7 +21,7 @@ from skimage import data as skd
 
 import badfiles
 from xaibatch import decode
-from xaibatch.data import jpeg_info, load_image, read_for_device
+from xaibatch.data import full_size, jpeg_info, load_image, read_for_device
 from xaibatch.dataset import ImageDataset, LoadedBatch, collate
 from xaibatch.decode import device_decode, finish_batch, orient
 from xaibatch.preprocess import Preprocess
@@ -368,8 +368,10 @@ def test_header_check_refuses_what_it_must():
 def test_bomb_refused_before_decoding(tmp_path):
     p = tmp_path / "big.jpg"
     p.write_bytes(jpeg(Image.new("RGB", (300, 200))))
-    with pytest.raises(DecodeError, match="over the limit of 50,000"):
-        read_for_device(p, max_pixels=50_000)
+    with pytest.raises(DecodeError, match="over the limit of 3,000 even decoded at 1/4 of its size"):
+        read_for_device(p, max_pixels=3_000)
+    im = read_for_device(p, max_pixels=50_000)  # over the limit, under it at half size: decoded so by PIL
+    assert im.size == (150, 100) and full_size(im) == (300, 200)
 
 
 def test_which_groups_decode_on_the_device(monkeypatch):

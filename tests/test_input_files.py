@@ -233,6 +233,31 @@ def test_exif_orientation_6_puts_the_left_half_on_top(tmp_path):
     assert bottom[2] > 200 and bottom[0] < 60, bottom  # blue below
 
 
+def test_a_jpeg_over_the_pixel_limit_is_decoded_scaled_and_keeps_its_size(tmp_path):
+    """A 67.5-megapixel phone JPEG (EXIF orientation 6) was refused as a decompression bomb: now decoded at half
+    size, upright; the manifest keeps its own size, and a bomb PNG is refused as before."""
+    from helpers import quiet, run_opts
+    from xaibatch.pipeline.run import run
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    stored = Image.new("L", (9000, 7500), 90)  # over MAX_PIXELS (64,000,000); grey: a small file, quick to write
+    stored.paste(250, (0, 0, 4500, 7500))  # the left half light: on top once rotated
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(inp / "phone.jpg", quality=70, exif=exif.tobytes())
+    (inp / "bomb.png").write_bytes(badfiles.bomb_png(9000, 9000))
+    del stored
+    a = np.asarray(load_image(inp / "phone.jpg"))
+    assert a.shape == (4500, 3750, 3)  # stored 9000 wide, 7500 high; upright 7500 x 9000; decoded at 1/2
+    assert a[:2000].mean() > 200 and a[2500:].mean() < 120  # upright: the light half on top
+    r = run(run_opts(inp, out, make_checkpoint(tmp_path / "m.pt")), log=quiet)
+    failed = dict(r.failed)
+    assert r.computed == 1 and list(failed) == ["bomb.png"], failed
+    assert failed["bomb.png"].startswith("refused: the image has 81,000,000 pixels"), failed
+    assert manifest_rows(out, "SELECT rel, width, height FROM images") == [("phone.jpg", 7500, 9000)]
+
+
 def test_decompression_bomb_is_refused_fast_without_reading_it(tmp_path):
     """Measured in a fresh process: under 0.5 s and under 20 MB more peak memory than a tiny image."""
     (tmp_path / "bomb.png").write_bytes(badfiles.bomb_png(100_000, 100_000))

@@ -37,6 +37,10 @@ from .files import NotRegularFile, hash_open_file, open_regular
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
 DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
+# A JPEG over MAX_PIXELS (a 108 or 200 megapixel phone photo) is decoded at 1/2 or 1/4 of its size, libjpeg's own
+# scaled decoding: at most MAX_PIXELS pixels in memory, as for any other image. Only over 16x MAX_PIXELS is it refused.
+JPEG_SCALES = (2, 4)
+FULL_SIZE = "xaibatch.full_size"  # an image decoded scaled: its own (w, h) in its PIL info (full_size() reads it)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -81,7 +85,7 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
         warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(f, formats=DECODE_FORMATS)
+            im = _open(f)
         except Image.UnidentifiedImageError:
             if (why := _tiff_problem(f)) is not None:
                 raise DecodeError(
@@ -90,15 +94,19 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
                 ) from None
             raise DecodeError(f"{NOT_AN_IMAGE}{_looks_like(f)}: the content is not {_FORMAT_NAMES}") from None
         with im:
+            full = _fit_jpeg(im, max_pixels)
             _check_size(im.size, max_pixels)
             im.seek(0)
             _check_size(im.size, max_pixels)
             im.load()
+            decoded = im.size
             try:
                 im = ImageOps.exif_transpose(im)
             except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
                 pass
             rgb = to_rgb(im)
+            if full is not None:  # decoded scaled: the image's own size, oriented as its pixels are
+                rgb.info[FULL_SIZE] = full if rgb.size == decoded else full[::-1]
         if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
             raise DecodeError(f"{UNUSABLE_DECODE} {rgb.mode} {rgb.width}x{rgb.height} image")
         return rgb
@@ -114,7 +122,7 @@ def decode_errors(max_pixels: int = MAX_PIXELS) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         n = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
-        raise DecodeError(f"{TOO_MANY_PIXELS} {n}, over the limit of {max_pixels:,} (decompression bomb?)") from None
+        raise DecodeError(_too_many(n, max_pixels)) from None
     except MemoryError:
         raise DecodeError("out of memory while decoding") from None
     except RecursionError:
@@ -166,14 +174,46 @@ def _looks_like(f) -> str:
     return " (looks like text)" if text and all(c.isprintable() or c in "\r\n\t" for c in text) else ""
 
 
+def _too_many(pixels: str, max_pixels: int, jpeg: bool = False) -> str:
+    scaled = f" even decoded at 1/{JPEG_SCALES[-1]} of its size" if jpeg else ""
+    return f"{TOO_MANY_PIXELS} {pixels}, over the limit of {max_pixels:,}{scaled} (decompression bomb?)"
+
+
+def _open(f: BinaryIO) -> Image.Image:
+    """``Image.open`` of the formats PIL may sniff; a JPEG over PIL's pixel limit opened all the same (its header
+    only): :func:`_fit_jpeg` decides whether a scaled decoding of it fits."""
+    try:
+        return Image.open(f, formats=DECODE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        f.seek(0)
+        if f.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
+            raise
+        f.seek(0)
+        from PIL import JpegImagePlugin
+
+        return JpegImagePlugin.JpegImageFile(f)  # Image.open's own pixel check left out: _fit_jpeg's follows
+
+
+def _fit_jpeg(im: Image.Image, max_pixels: int) -> tuple[int, int] | None:
+    """Have a JPEG over ``max_pixels`` decoded at 1/2 or 1/4 of its size (``draft``: the DCT scaled, never the
+    whole image in memory), the first that fits, and return its (w, h) as stored; None for an image decoded
+    whole. One that fits at neither scale is refused."""
+    w, h = im.size
+    if im.format != "JPEG" or w * h <= max_pixels:
+        return None
+    for scale in JPEG_SCALES:
+        if -(-w // scale) * -(-h // scale) <= max_pixels:  # libjpeg rounds a scaled side up
+            im.draft(im.mode, (w // scale, h // scale))
+            return (w, h)
+    raise DecodeError(_too_many(f"{w * h:,} pixels ({w}x{h})", max_pixels, jpeg=True))
+
+
 def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     w, h = size
     if w < 1 or h < 1:
         raise DecodeError(f"empty image ({w}x{h})")
     if w * h > max_pixels:
-        raise DecodeError(
-            f"refused: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,} (decompression bomb?)"
-        )
+        raise DecodeError(_too_many(f"{w * h:,} pixels ({w}x{h})", max_pixels))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -313,6 +353,11 @@ def _sof_marker(data: bytes) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------- resized copies
+
+
+def full_size(im: Image.Image) -> tuple[int, int]:
+    """A decoded image's (w, h) as its file has it: a JPEG decoded scaled (:data:`JPEG_SCALES`) is smaller."""
+    return tuple(im.info.get(FULL_SIZE, im.size))
 
 
 def model_input(im: Image.Image, input_size: int) -> np.ndarray:

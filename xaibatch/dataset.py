@@ -159,6 +159,7 @@ class ImageDataset(torch.utils.data.Dataset):
             arr = model_input(im, self.input_size)
             # An image already at the input size is its own display copy: the same pixels, not converted twice
             same = (w, h) == (self.input_size, self.input_size) and max(w, h) <= DISPLAY_MAX_SIDE
+            w, h = data.full_size(im)  # a large JPEG decoded scaled keeps its own size for its maps and report
             segments = None
             if self.segmenter is not None:
                 segments = torch.from_numpy(np.ascontiguousarray(self.segmenter(arr), dtype=np.int64))

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .defaults import DECODE_CHOICES
-from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, model_input
+from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, full_size, model_input
 from .dataset import LoadedBatch
 from .errors import DecodeError, UsageError
 from .layout import DISPLAY_MAX_SIDE, display_size
@@ -149,7 +149,7 @@ def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixe
             continue
         xs[j] = torch.from_numpy(model_input(im, input_size).copy()).permute(2, 0, 1)
         display[j] = display_copy(im)
-        orig_size[j] = (im.height, im.width)
+        orig_size[j] = full_size(im)[::-1]
     _resize_on_device(on_device, xs, display, input_size)
     shown = [d.permute(1, 2, 0) if isinstance(d, torch.Tensor) else None for d in display]  # (h, w, 3) views
     _displays_to_host(display)
