@@ -758,3 +758,24 @@ def test_class_names_are_read_by_case_as_a_runs_class_folders_are():
     assert str(e.value) == "labels[0] is 'real', which matches the classes REAL and Real only by case"
     exact = xaibatch.explain(net, u8, target="label", labels=["Real", "REAL"], classes=["REAL", "Real", "x"])
     assert exact.labels.tolist() == [1, 0]  # an exact name wins
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_run_inside_no_grad_or_inference_mode_still_explains(tmp_path, tiny_ckpt, mode):
+    # A notebook's `with torch.no_grad():` around xaibatch.run() made Grad-CAM fail: "the model's output does not
+    # depend on the target layer ...; pass --target-layer", a wrong hint. The run loads its own model, so it turns
+    # gradients on for itself; the caller's mode is back afterwards.
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    opts = xaibatch.RunOptions(
+        input_dir=inp,
+        out_dir=tmp_path / "out",
+        methods=["gradcam", "captum:Saliency"],
+        checkpoint=tiny_ckpt,
+        handle_signals=False,
+    )
+    with getattr(torch, mode)():
+        result = xaibatch.run(opts, log=lambda s: None)
+        assert not torch.is_grad_enabled()
+    assert result.computed == 2 and not result.failed
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()

@@ -68,7 +68,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
     engine = engine_for(opts)  # no ray import: only whether it is installed
     out = Path(opts.out_dir)
     timings: dict[str, float] = {}
-    with catch_signals(opts.handle_signals) as stop:
+    with _autograd_on(), catch_signals(opts.handle_signals) as stop:
         lock = OutputLock(out)
 
         waited = [0.0]
@@ -129,6 +129,20 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             ) from None
         finally:
             lock.release()
+
+
+@contextmanager
+def _autograd_on():
+    """Gradients on for the run, whatever the caller's mode: a notebook's ``torch.no_grad()`` or
+    ``torch.inference_mode()`` around ``xaibatch.run()`` made every gradient method fail ("the model's output does
+    not depend on the target layer"). The run loads its own model, so nothing of the caller's is touched; torch
+    not imported yet (the CLI) starts with gradients on, and is not imported here."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
