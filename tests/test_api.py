@@ -779,3 +779,25 @@ def test_run_inside_no_grad_or_inference_mode_still_explains(tmp_path, tiny_ckpt
         assert not torch.is_grad_enabled()
     assert result.computed == 2 and not result.failed
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+def test_method_options_are_checked_as_the_clis_are():
+    net = TinyNet()
+    # LIME's own seed (listed by `xaibatch methods`) raised "got multiple values for keyword argument 'seed'"
+    own = xaibatch.explain(net, _images(2), "lime", method_options={"lime": {"samples": 20, "seed": 7}})
+    given = xaibatch.explain(net, _images(2), "lime", seed=7, method_options={"lime": {"samples": 20}})
+    assert torch.equal(own.maps["lime"], given.maps["lime"]) and own.methods["lime"].settings["seed"] == 7
+    # silently ignored before (or recorded as a setting that did nothing); the CLI refuses each
+    refused = {
+        "method_options names 'lime', which is not among the methods (gradcam); add it to methods=": (
+            "gradcam",
+            {"lime": {"samples": 20}},
+        ),
+        "gradcam: unknown option x (it takes: no options)": ("gradcam", {"gradcam": {"x": 1}}),
+        "method_options['lime'] must be a dict of option -> value, not an int": ("lime", {"lime": 5}),
+        "method_options must be a dict of method -> {option: value}, not a list": ("lime", [("lime", {})]),
+    }
+    for message, (methods, options) in refused.items():
+        with pytest.raises(UsageError) as e:
+            xaibatch.explain(net, _images(1), methods, method_options=options)
+        assert str(e.value) == message

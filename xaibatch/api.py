@@ -285,14 +285,33 @@ def _make_methods(net, pre: Preprocess, dev, req: Request):
     from .model.layers import find_target_layer
 
     kinds = {m: method_class(m) for m in req.methods}
+    options = _method_options(req.method_options, kinds, req.seed)
     needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
     layer = find_target_layer(unwrap(net), pre.image_size, req.target_layer) if needs_layer else None
     ctx = ModelContext(net, layer, pre, dev)
-    made = [
-        create_method(m, ctx, **({"seed": req.seed} if kinds[m].takes_seed else {}), **req.method_options.get(m, {}))
-        for m in req.methods
-    ]
+    made = [create_method(m, ctx, **options[m]) for m in req.methods]
     return ctx, made
+
+
+def _method_options(given: Any, kinds: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]:
+    """Each method's options, checked as ``--method-option`` is: a mapping of mappings, only for methods asked for,
+    only options the method takes (an unknown one was silently ignored, or recorded as a setting; LIME's own
+    ``seed`` raised "got multiple values for keyword argument 'seed'"); ``seed=`` for a method unless given."""
+    from .errors import UsageError
+    from .methods.base import check_options
+
+    if not isinstance(given, Mapping):
+        raise UsageError(f"method_options must be a dict of method -> {{option: value}}, not {_a(given)}")
+    for name, opts in given.items():
+        if name not in kinds:
+            raise UsageError(
+                f"method_options names {name!r}, which is not among the methods ({', '.join(kinds)}); "
+                f"add it to methods="
+            )
+        if not isinstance(opts, Mapping):
+            raise UsageError(f"method_options[{name!r}] must be a dict of option -> value, not {_a(opts)}")
+        check_options(kinds[name], dict(opts))
+    return {m: {**({"seed": seed} if cls.takes_seed else {}), **dict(given.get(m, {}))} for m, cls in kinds.items()}
 
 
 def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info, fitting) -> None:
