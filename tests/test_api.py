@@ -801,3 +801,40 @@ def test_method_options_are_checked_as_the_clis_are():
         with pytest.raises(UsageError) as e:
             xaibatch.explain(net, _images(1), methods, method_options=options)
         assert str(e.value) == message
+
+
+def test_numeric_keywords_out_of_range_are_one_line():
+    # before: range()'s ValueError, an IndexError, PIL's "height and width must be > 0", torch's broadcasting
+    # error, input_size=0 taken as not given, std=0 explained without a word (infinite input)
+    net = TinyNet()
+    cases = {
+        "batch_size must be a whole number of at least 1, not 0": {"batch_size": 0},
+        "batch_size must be a whole number of at least 1, not -1": {"batch_size": -1},
+        "input_size must be a whole number from 8 to 4096 (pixels), not 0": {"input_size": 0},
+        "input_size must be a whole number from 8 to 4096 (pixels), not -5": {"input_size": -5},
+        "input_size must be a whole number from 8 to 4096 (pixels), not 2.5": {"input_size": 2.5},
+        "seed must be a whole number, not 'x'": {"seed": "x"},
+        "mean must be three numbers, one per channel (R, G, B), not [0.5, 0.5]": {"mean": [0.5, 0.5]},
+        "std must be three positive numbers, one per channel (R, G, B), not [0, 0, 0]": {"std": [0, 0, 0]},
+    }
+    for message, kw in cases.items():
+        with pytest.raises(UsageError) as e:
+            xaibatch.explain(net, _images(1), "gradcam", **kw)
+        assert str(e.value) == message
+    assert xaibatch.explain(net, _images(1), "gradcam", input_size=np.int64(16), batch_size=np.int64(2)).maps[
+        "gradcam"
+    ].shape == (1, 16, 16)
+
+
+def test_run_options_image_size_out_of_range_is_one_line(tmp_path, tiny_ckpt):
+    # the CLI's --image-size is 8..4096; from Python 0 was taken as not given and -3 failed deep in torch
+    inp = tmp_path / "in"
+    write_images(inp, 1)
+    for size in (0, -3):
+        opts = xaibatch.RunOptions(
+            input_dir=inp, out_dir=tmp_path / "out", methods="gradcam", checkpoint=tiny_ckpt, image_size=size
+        )
+        with pytest.raises(UsageError) as e:
+            xaibatch.run(opts, log=lambda s: None)
+        assert str(e.value) == f"--image-size must be a whole number from 8 to 4096, not {size}"
+    assert not (tmp_path / "out").exists()

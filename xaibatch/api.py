@@ -15,6 +15,7 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import os
 import warnings
@@ -110,6 +111,7 @@ def explain(
 
     if torch.is_inference_mode_enabled():
         raise UsageError(INFERENCE_MODE)
+    _check_numbers(input_size, mean, std, batch_size, seed)
     with _keyword_names():
         net, pre, described, dev, classes = _model_of(model, device, input_size, classes)
         from .model.borrowed import borrowed
@@ -177,6 +179,39 @@ def _keyword_names():
         if text == str(e):
             raise
         raise type(e)(text) from None
+
+
+def _check_numbers(input_size, mean, std, batch_size, seed) -> None:
+    """Refuse explain()'s numeric keywords out of range in one line, as the CLI's ranges do: batch_size=0 raised
+    range()'s ValueError deep in the explainer, a negative input_size PIL's, input_size=0 was taken as not given,
+    a mean of two numbers raised a broadcasting error, and std=0 gave infinite input and meaningless maps."""
+    from .errors import UsageError
+
+    def whole(v) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if input_size is not None and not (whole(input_size) and SIDE_RANGE[0] <= input_size <= SIDE_RANGE[1]):
+        raise UsageError(
+            f"input_size must be a whole number from {SIDE_RANGE[0]} to {SIDE_RANGE[1]} (pixels), not {input_size!r}"
+        )
+    if not (whole(batch_size) and batch_size >= 1):
+        raise UsageError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
+    if not whole(seed):
+        raise UsageError(f"seed must be a whole number, not {seed!r}")
+    for name, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        try:
+            floats = [float(v) for v in values]
+        except (TypeError, ValueError):
+            floats = []
+        positive = name == "mean" or all(f > 0 for f in floats)
+        if len(floats) != 3 or not all(math.isfinite(f) for f in floats) or not positive:
+            kind = "numbers" if name == "mean" else "positive numbers"
+            raise UsageError(f"{name} must be three {kind}, one per channel (R, G, B), not {values!r}")
+
+
+SIDE_RANGE = (8, 4096)  # input_size, as the CLI's --image-size
 
 
 def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -146,6 +147,12 @@ def check_model_request(opts: ModelOptions) -> None:
         raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
     if opts.model is not None and (problem := model_spec_problem(opts.model)):
         raise UsageError(problem)
+    if opts.image_size is not None and not (
+        isinstance(opts.image_size, numbers.Integral)
+        and not isinstance(opts.image_size, bool)
+        and 8 <= opts.image_size <= 4096
+    ):  # the CLI's range; from Python, 0 was taken as not given and -3 failed deep in torch
+        raise UsageError(f"--image-size must be a whole number from 8 to 4096, not {opts.image_size!r}")
     if opts.threshold is not None and not 0.0 <= opts.threshold <= 1.0:  # NaN too (click's range lets it by)
         raise UsageError(f"--threshold {opts.threshold} must be between 0 and 1")
     if opts.model is None:
