@@ -838,3 +838,13 @@ def test_run_options_image_size_out_of_range_is_one_line(tmp_path, tiny_ckpt):
             xaibatch.run(opts, log=lambda s: None)
         assert str(e.value) == f"--image-size must be a whole number from 8 to 4096, not {size}"
     assert not (tmp_path / "out").exists()
+
+
+def test_wide_integer_arrays_are_checked_not_a_torch_error():
+    # a 16-bit array raised torch's NotImplementedError: "min_all" not implemented for 'UInt16'
+    wide = np.full((1, 16, 16, 3), 4000, dtype=np.uint16)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), wide, "gradcam")
+    assert str(e.value).startswith("integer images must be in 0..255, these range from 4000 to 4000")
+    small = xaibatch.explain(TinyNet(), wide // 20, "gradcam")  # 200: in range, explained as uint8
+    assert small.images.dtype == torch.uint8 and int(small.images.max()) == 200

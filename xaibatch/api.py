@@ -592,7 +592,8 @@ def _as_uint8(t):
     if t.dtype == torch.bool or t.is_complex():
         raise UsageError(f"images of {t.dtype} are no pictures: {instead}")
     if not t.is_floating_point():
-        lo, hi = int(t.min()), int(t.max())
+        wide = t.double()  # torch has no min() of uint16/32/64 ("min_all" not implemented for 'UInt16')
+        lo, hi = int(wide.min()), int(wide.max())
         if lo < 0 or hi > 255:
             raise UsageError(f"integer images must be in 0..255, these range from {lo} to {hi}: {instead}")
         return t.to(torch.uint8)
