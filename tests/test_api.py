@@ -848,3 +848,20 @@ def test_wide_integer_arrays_are_checked_not_a_torch_error():
     assert str(e.value).startswith("integer images must be in 0..255, these range from 4000 to 4000")
     small = xaibatch.explain(TinyNet(), wide // 20, "gradcam")  # 200: in range, explained as uint8
     assert small.images.dtype == torch.uint8 and int(small.images.max()) == 200
+
+
+def test_bytes_images_and_a_string_of_classes_are_refused_saying_what_to_pass():
+    # a file's bytes were iterated ("images[0] is an int"); classes="abc" was read as the names a, b, c
+    png = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    import io
+
+    buf = io.BytesIO()
+    png.save(buf, format="PNG")
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), buf.getvalue())
+    assert str(e.value) == (
+        "images is a bytes: pass a file path or a PIL image (PIL.Image.open(io.BytesIO(data))), not a file's bytes"
+    )
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), _images(1), classes="abc")
+    assert str(e.value) == "classes must be a list of class names, not a str"

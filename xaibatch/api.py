@@ -304,6 +304,8 @@ def _checked_classes(req: Request, k: int) -> tuple[str, ...] | None:
     """The class names as strings (None: not given), refused unless they and the labels fit ``k`` classes."""
     from .errors import UsageError
 
+    if isinstance(req.classes, (str, bytes)):  # its letters were taken as the class names
+        raise UsageError(f"classes must be a list of class names, not {_a(req.classes)}")
     classes = None if req.classes is None else tuple(str(c) for c in req.classes)
     if classes is not None and len(classes) != k:
         raise UsageError(f"{len(classes)} class names for a model with {k} classes")
@@ -485,6 +487,11 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         return Preprocess(size).resize_batch(t).contiguous(), sizes
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
+    elif isinstance(images, (bytes, bytearray, memoryview)):  # its items are ints: "images[0] is an int"
+        raise UsageError(
+            f"images is {_a(images)}: pass a file path or a PIL image (PIL.Image.open(io.BytesIO(data))), "
+            "not a file's bytes"
+        )
     elif isinstance(images, Mapping) or not hasattr(images, "__iter__"):  # a dict's keys are no images
         raise UsageError(
             f"images must be a tensor, an array, a PIL image, a file path or a list of them, not {_a(images)}"
