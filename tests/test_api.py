@@ -865,3 +865,15 @@ def test_bytes_images_and_a_string_of_classes_are_refused_saying_what_to_pass():
     with pytest.raises(UsageError) as e:
         xaibatch.explain(TinyNet(), _images(1), classes="abc")
     assert str(e.value) == "classes must be a list of class names, not a str"
+
+
+def test_a_model_on_the_meta_device_is_refused_in_one_line():
+    # a model made with empty weights (device="meta") failed deep in the explainer: "Cannot copy out of meta tensor"
+    with torch.device("meta"):
+        net = TinyNet()
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(net, _images(1), "gradcam")
+    assert str(e.value) == (
+        "the model's weights are on the meta device (made without data): load them first "
+        "(model.to_empty(device='cpu'), then load_state_dict(...))"
+    )

@@ -444,6 +444,11 @@ def _device_of(net, spec: str):
 
     first = next(itertools.chain(net.parameters(), net.buffers()), None)
     here = first.device if first is not None else torch.device("cpu")
+    if here.type == "meta":  # failed at the first copy: "Cannot copy out of meta tensor; no data!"
+        raise UsageError(
+            "the model's weights are on the meta device (made without data): load them first "
+            "(model.to_empty(device='cpu'), then load_state_dict(...))"
+        )
     if spec.strip().lower() == "auto":
         return here
     want = resolve_device(spec)
