@@ -877,3 +877,22 @@ def test_a_model_on_the_meta_device_is_refused_in_one_line():
         "the model's weights are on the meta device (made without data): load them first "
         "(model.to_empty(device='cpu'), then load_state_dict(...))"
     )
+
+
+def test_pil_images_are_read_as_a_run_reads_their_files(tmp_path):
+    # Image.convert("RGB") clipped 16-bit grey to near white, float grey in [0, 1] to black, and made transparent
+    # pixels black where a run (and explain() given the path) composites them over white: other input, other maps
+    grey16 = Image.fromarray(np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16))
+    grey_f = Image.fromarray(np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32), "F")
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:16, :, :3], rgba[:16, :, 3] = 200, 255  # the lower half transparent
+    pictures = [grey16, grey_f, Image.fromarray(rgba, "RGBA")]
+    paths = []
+    for k, pic in enumerate(pictures):
+        paths.append(tmp_path / f"{k}.{'tif' if pic.mode == 'F' else 'png'}")
+        pic.save(paths[-1])
+    from_files = xaibatch.explain(TinyNet(), paths, "gradcam")
+    from_pil = xaibatch.explain(TinyNet(), pictures, "gradcam")
+    assert torch.equal(from_pil.images, from_files.images)
+    assert torch.equal(from_pil.maps["gradcam"], from_files.maps["gradcam"])
+    assert 120 < float(from_pil.images[0].float().mean()) < 135 and int(from_pil.images[2, :, 31, 0].min()) == 255
