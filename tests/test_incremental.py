@@ -107,6 +107,31 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
     assert _state(out) == before_state  # skipped images stay exactly as they were
 
 
+def test_a_new_request_revision_loads_the_model_once_and_recomputes_nothing_unchanged(tmp_path, tiny_ckpt, monkeypatch):
+    """A folder whose last run was made under an earlier REQUEST_REVISION (maps of a method whose configuration has
+    since gained a field) is not served by the cached path: the model loads once, the methods' hashes decide (here
+    nothing changed, so nothing is computed), and the run after is cached again."""
+    import sys
+
+    from xaibatch.pipeline import setup
+
+    run_module = sys.modules["xaibatch.pipeline.run"]
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 6)
+    loads = []
+    real_load = run_module.load_setup
+    monkeypatch.setattr(run_module, "load_setup", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    with monkeypatch.context() as m:
+        m.setattr(setup, "REQUEST_REVISION", setup.REQUEST_REVISION - 1)  # the code before the bump
+        assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 6
+    before = _files(out)
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.computed, r.unchanged, len(loads)) == (0, 6, 2)  # loaded again, though nothing was to compute
+    assert _files(out) == before
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.computed, len(loads)) == (0, 2)  # the cached path again
+
+
 def test_manifest_sha256_is_the_files_content_hash(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 5)

@@ -60,6 +60,13 @@ class Setup:
     plan: Plan | None = None
 
 
+# Part of every request's hash: bumped when a method's configuration (its hash) gains a field or changes meaning
+# within one xaibatch version, so that the next unchanged run of a folder loads the model once and its methods'
+# hashes decide what is recomputed, instead of the cached path keeping maps made the old way.
+# 2: a one-logit model's cam:* and captum:* maps explain +-z, no longer +-z/2 (their config: one_logit_scores).
+REQUEST_REVISION = 2
+
+
 def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
     """Hash of everything that decides this run's predictions and maps, computable without the model: ``found`` as
     scanned (its folder classes sorted, before prepare() numbers them in the model's order)."""
@@ -72,6 +79,7 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
         {
             "xaibatch": __version__,
             "map_format": MAP_FORMAT_VERSION,
+            "request_revision": REQUEST_REVISION,
             "options": fields,
             "checkpoint_sha256": checkpoint_sha256,
             "classes": found.classes,
