@@ -120,6 +120,16 @@ def labeled_rows(n: int, seed: int = 0) -> list[tuple[str, int, float]]:
     return [(f"{CLASSES[i % 2]}/im_{i:04d}.png", i % 2, float(rng.uniform(0.02, 0.98))) for i in range(n)]
 
 
+def mixed_rows() -> list[tuple[str, int, float]]:
+    """Both classes misclassified and correct: in gallery order 4 wrong FAKE, 3 wrong REAL, 3 right FAKE (FAKE/r0
+    the least confident), 3 right REAL; at 3 cards a page every group crosses a page boundary."""
+    rows = [(f"FAKE/w{i}.png", 0, 0.4 - i / 20) for i in range(4)]  # labelled FAKE, predicted REAL
+    rows += [(f"REAL/w{i}.png", 1, 0.9 - i / 20) for i in range(3)]
+    rows += [(f"FAKE/r{i}.png", 0, 0.6 + i / 20) for i in range(3)]
+    rows += [(f"REAL/r{i}.png", 1, 0.4 - i / 20) for i in range(3)]
+    return rows
+
+
 def another_model(
     out: Path, rels: list[str], status: str = "interrupted", sha: str = "cd" * 32, checkpoint: str = "n.pt"
 ) -> int:
@@ -412,10 +422,18 @@ def test_grouping_and_sorting_order(tmp_path):
     assert gallery_order(out) == ["b.png", "a.png", "e.png", "f.png", "d.png", "c.png", "h.png", "g.png"]
     html = (out / "gallery" / "page-1.html").read_text()
     assert html.index('<h2 class="section">Misclassified') < html.index('<h2 class="section">Correct')
-    # previous/next on detail pages follow the gallery order
+    # previous/next on detail pages follow the gallery order; a neighbour in another group names it
     _site, records = detail_data(out)
     d = records["e.png"]
-    assert d["prev"] == {"id": records["a.png"]["id"]} and d["next"] == {"id": records["f.png"]["id"]}
+    assert d["group"] == "wrong-1"
+    assert d["prev"] == {"id": records["a.png"]["id"], "group": "wrong-0"} and d["next"] == {
+        "id": records["f.png"]["id"]
+    }
+    # where a group starts or ends: the same class's nearest group that way, for a class filter (detail.js)
+    assert "cprev" not in d and "cnext" not in d  # no earlier REAL group; e.png does not end its group
+    assert records["f.png"]["cnext"] == {"id": records["h.png"]["id"], "group": "right-1"}
+    assert records["d.png"]["cprev"] == {"id": records["a.png"]["id"], "group": "wrong-0"}
+    assert "cnext" not in records["d.png"] and "cprev" not in records["c.png"] and "cnext" not in records["c.png"]
 
 
 def test_metrics_match_sklearn(tmp_path):
@@ -492,6 +510,29 @@ def test_incremental_writes(tmp_path):
     assert layout.GALLERY_NAMES in changed  # the card moved: most confident first
     assert 4 <= len(changed) <= 9, changed
     assert stats.written == len(changed) + 2  # + the redrawn figures
+
+
+def test_a_class_filters_step_out_of_a_group_is_rewritten_where_it_moved(tmp_path, monkeypatch):
+    """The last misclassified FAKE (gallery page 2) leads a class filter's Next to the first correct FAKE, pages
+    away: when another image becomes that first one, page 2's data file is rewritten though none of its cards
+    and neither neighbour across its edges changed."""
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 3)
+    out = synth(tmp_path / "o", mixed_rows(), files=False)
+    report.render(out)
+    assert detail_data(out)[1]["FAKE/w0.png"]["cnext"] == {
+        "id": layout.card_id("FAKE/r0.png"),
+        "page": 3,
+        "group": "right-0",
+    }
+    m = Manifest(out / FILENAME)
+    m.db.execute("UPDATE images SET confidence = 0.95, probs_json = '[0.95, 0.05]' WHERE rel = 'FAKE/r0.png'")
+    m.db.commit()
+    m.close()
+    report.render(out)
+    _site, records = detail_data(out)
+    assert records["FAKE/w0.png"]["page"] == 2
+    assert records["FAKE/w0.png"]["cnext"] == {"id": layout.card_id("FAKE/r1.png"), "page": 3, "group": "right-0"}
+    assert records["FAKE/r1.png"]["cprev"] == {"id": layout.card_id("FAKE/w0.png"), "page": 2, "group": "wrong-0"}
 
 
 def test_rerun_over_unchanged_folder_rewrites_only_summary_and_history(tmp_path, tiny_ckpt):

@@ -16,7 +16,7 @@ from .. import targets
 from ..errors import UsageError
 from ..files import InputFolder, NotRegularFile, open_regular, safe_join
 from .cards import mask_rel
-from .model import Card, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
+from .model import Card, Group, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
 from .text import break_points, fmt_bytes, fmt_num, fmt_pct
 
 MASK_MAX_PIXELS = 10_000_000  # a ground-truth mask larger than this is skipped without reading it
@@ -316,14 +316,45 @@ def map_record(v: MapView, c: Card, target: str | None = None) -> dict[str, Any]
     return rec
 
 
-def neighbour(c: Card | None, page: int) -> dict[str, Any] | None:
+def neighbour(c: Card | None, page: int, group: str) -> dict[str, Any] | None:
+    """A link target of the detail view: its card id, its gallery page when not ``page``, its gallery group
+    (``wrong-0``: section and class) when not ``group``, the group of the card it is drawn from."""
     if c is None:
         return None
-    return {"id": c.cid} if c.page == page else {"id": c.cid, "page": c.page}
+    rec: dict[str, Any] = {"id": c.cid} if c.page == page else {"id": c.cid, "page": c.page}
+    if c.group_key != group:
+        rec["group"] = c.group_key
+    return rec
 
 
-def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str, Any] | None) -> dict[str, Any]:
-    """One image's detail view: every fact the page shows, as text the browser only places."""
+def class_neighbours(groups: list[Group]) -> dict[str, tuple[Card | None, Card | None]]:
+    """Per gallery group (its key): the last card of the nearest earlier group of the same class and the first
+    card of the nearest later one (misclassified FAKE's and correct FAKE's), so that a class filter's
+    Previous and Next can leave a group for the next one it keeps, which can be far away in gallery order."""
+    out: dict[str, tuple[Card | None, Card | None]] = {}
+    last: dict[int, Card] = {}
+    for g in groups:
+        if g.cards:
+            out[g.key] = (last.get(g.class_index), None)
+            last[g.class_index] = g.cards[-1]
+    first: dict[int, Card] = {}
+    for g in reversed(groups):
+        if g.cards:
+            out[g.key] = (out[g.key][0], first.get(g.class_index))
+            first[g.class_index] = g.cards[0]
+    return out
+
+
+def detail_record(
+    c: Card,
+    prev: Card | None,
+    nxt: Card | None,
+    truth: dict[str, Any] | None,
+    across: tuple[Card | None, Card | None] = (None, None),
+) -> dict[str, Any]:
+    """One image's detail view: every fact the page shows, as text the browser only places. ``across``: the
+    card's group's :func:`class_neighbours`, kept only where the card opens or closes its group."""
+    g = c.group_key
     rec = {
         "id": c.cid,
         "rel": c.rel,
@@ -341,12 +372,18 @@ def detail_record(c: Card, prev: Card | None, nxt: Card | None, truth: dict[str,
         "sha": c.sha256,
         "image": c.image,
         "page": c.page,
+        "group": g,
         "maps": [map_record(v, c) for v in c.maps],
         "probs": [[name, text, round(100 * p, 1)] for name, p, text in c.probs],  # the bar's length: a share of 100
         "truth": truth,
-        "prev": neighbour(prev, c.page),
-        "next": neighbour(nxt, c.page),
+        "prev": neighbour(prev, c.page, g),
+        "next": neighbour(nxt, c.page, g),
     }
+    # the gallery's class filter steps from a group's edge to the same class's next group (detail.js: step)
+    if across[0] is not None and (prev is None or prev.group_key != g):
+        rec["cprev"] = neighbour(across[0], c.page, g)
+    if across[1] is not None and (nxt is None or nxt.group_key != g):
+        rec["cnext"] = neighbour(across[1], c.page, g)
     if c.earlier:  # an earlier model's prediction and maps, which the next complete run recomputes
         rec["earlier"] = c.earlier
     if c.label_maps:  # --target pred,label, misclassified: each method's map of the true class, a second row

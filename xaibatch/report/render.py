@@ -24,7 +24,7 @@ from .data import History, assemble, class_names, method_infos, read_rows
 from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
-from .detail import backfill_views, detail_record, site_record, truth_of
+from .detail import backfill_views, class_neighbours, detail_record, site_record, truth_of
 from .forked import Forked
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
 from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
@@ -304,10 +304,11 @@ def _write_details(
     """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
     (detail/page-<n>.js) with its images' detail records; the browser draws one image, named in the URL's
     fragment (detail/page-<n>.html#<card id>). A data file is rewritten only when one of its cards, a
-    neighbour across its edges, the site or a template changed."""
+    neighbour across its edges or where a class filter leaves its groups, the site or a template changed."""
     viewer = env.get_template("detail.html")
     cards = data.cards
     shared = site_record(data.methods, data.target_words, data.n_classes)
+    across = class_neighbours(data.groups)
     for p in data.pages if pages is None else pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
@@ -319,7 +320,7 @@ def _write_details(
                 j = first + i
                 prev = cards[j - 1] if j > 0 else None
                 nxt = cards[j + 1] if j + 1 < len(cards) else None
-                records.append(detail_record(c, prev, nxt, _truth(w, data, c)))
+                records.append(detail_record(c, prev, nxt, _truth(w, data, c), across[c.group_key]))
             return detail_script(shared, records).decode("ascii")
 
         rel = layout.detail_data(p.number)
@@ -360,8 +361,9 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
     """Per gallery page, the fingerprints of the page and of its detail data file (detail/page-<n>.js).
 
     A gallery page changes with its cards, its place in the pager or the site; a data file with one of its
-    cards, a neighbour across its edges, the site or a template. Each card's key (:func:`_card_key`) is made
-    once, and only one page's keys are held at a time (they are 600 bytes a card)."""
+    cards, a neighbour across its edges or a class filter's step out of its groups, the site or a template.
+    Each card's key (:func:`_card_key`) is made once, and only one page's keys are held at a time (they are
+    600 bytes a card)."""
     cards = data.cards
     layout_key = fingerprint(
         site_key,
@@ -376,6 +378,7 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
         data.earlier is not None,  # the gallery's line on cards marked "earlier model"
         [(g.class_index, g.section, g.start_page, g.end_page) for g in data.groups],  # the filters' "on pages"
     )
+    across = class_neighbours(data.groups)
     fps = []
     for p in data.pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
@@ -402,8 +405,10 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
         detail = fingerprint(
             site_key,
             keys,
-            before and (before.cid, before.page),
-            after and (after.cid, after.page),
+            before and (before.cid, before.page, before.group_key),
+            after and (after.cid, after.page, after.group_key),
+            # the groups' edges a class filter steps to (detail.class_neighbours), wherever they are
+            [(k, [x and (x.cid, x.page) for x in across[k]]) for k in dict.fromkeys(c.group_key for c in page_cards)],
             data.input_dir is not None,
         )
         fps.append((fingerprint(layout_key, p.number, p.first, p.last, shown), detail))
