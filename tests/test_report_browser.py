@@ -1230,3 +1230,84 @@ def test_a_right_to_left_name_turns_no_text_around_it(driver, hostile_out):
     assert driver.title.startswith("\u2068") and "\u2069 · " in driver.title
     alts = driver.execute_script("return Array.prototype.map.call(document.querySelectorAll('.views img'), i => i.alt)")
     assert alts and all(a.startswith("\u2068") or " of \u2068" in a for a in alts), alts
+
+
+@pytest.fixture(scope="module")
+def mixed_out(tmp_path_factory) -> Path:
+    """test_report.mixed_rows at 3 cards a page: wrong FAKE (4), wrong REAL (3), right FAKE (3), right REAL (3),
+    in this gallery order over 5 pages, each group across a page boundary."""
+    tr = report_tests()
+    out = tr.synth(tmp_path_factory.mktemp("mixed") / "o", tr.mixed_rows())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report.model, "PAGE_SIZE", 3)
+        report.render(out)
+    return out
+
+
+def test_detail_prev_next_follow_the_gallerys_filter(driver, mixed_out):
+    """With "misclassified" chosen, Previous from the first misclassified image showed a correct one: Previous and
+    Next ignored the gallery's filters. They now step through the images the class and misclassified/correct
+    filters keep, in gallery order and across gallery pages (and data files), keep the filter in the URL, and say
+    when there is no previous or next one; without a filter they walk every image as before."""
+    import re
+
+    from selenium.webdriver.common.keys import Keys
+
+    order = []  # (name, gallery group) in gallery order
+    for n in range(1, 6):
+        html = (mixed_out / "gallery" / f"page-{n}.html").read_text()
+        for group, cards in re.findall(r'<section class="group" id="([^"]*)"(.*?)</ol>', html, re.S):
+            order += [(name, group) for name in re.findall(r'data-name="([^"]*)"', cards)]
+    assert [g for _n, g in order] == ["wrong-0"] * 4 + ["wrong-1"] * 3 + ["right-0"] * 3 + ["right-1"] * 3
+
+    def h1() -> str:
+        return driver.find_element("tag name", "h1").text
+
+    def walk(rel: str, choice: str) -> list[str]:
+        """Follow the pager's ``rel`` link until it is gone; the images shown, the filter kept in every URL."""
+        seen = [h1()]
+        while links := driver.find_elements("css selector", f"nav.pager a[rel={rel}]"):
+            links[0].click()
+            wait_until(lambda: h1() != seen[-1], f"the {rel} image")
+            seen.append(h1())
+            frag = driver.execute_script("return location.hash")
+            assert frag.endswith(choice) if choice else "&" not in frag, driver.current_url
+        return seen
+
+    def pager() -> str:
+        return driver.find_element("css selector", "nav.pager").text
+
+    # the gallery's "misclassified": its first card's detail view, then Next to the last misclassified image
+    open_page(driver, mixed_out / "gallery" / "page-1.html")
+    select(driver, "f-show", "wrong")
+    driver.find_element("css selector", "li.card a.thumbs").click()
+    wrong = [n for n, g in order if g.startswith("wrong-")]
+    assert walk("next", "&show=wrong") == wrong  # pages 1, 2 and 3
+    assert "No next image in this filter" in pager()  # a correct image follows in the gallery
+    back = driver.find_element("partial link text", "Back to gallery page 3")
+    assert back.get_attribute("href").endswith("&show=wrong")
+    assert walk("prev", "&show=wrong") == wrong[::-1]
+    assert "← Previous" in pager() and "in this filter" not in pager()  # the gallery's first image
+
+    # a class (both sections): misclassified FAKE, then correct FAKE, over the misclassified REAL between them
+    fake = [n for n, g in order if g.endswith("-0")]
+    open_page(driver, detail_urls(mixed_out)[fake[0]].split("&")[0] + "&class=0")
+    assert walk("next", "&class=0") == fake
+    assert "No next image in this filter" in pager()
+    # the arrow keys follow the same steps, across a page boundary (right FAKE's first, on page 3, back to page 2)
+    open_page(driver, detail_urls(mixed_out)[fake[4]].split("&")[0] + "&class=0&sort=name")
+    driver.find_element("tag name", "body").send_keys(Keys.ARROW_LEFT)
+    wait_until(lambda: h1() == fake[3], "the last misclassified FAKE after ←")
+    assert "/detail/page-2.html#" in driver.current_url and driver.current_url.endswith("&class=0&sort=name")
+
+    # a class and a section: one group, no step out of it either way
+    reals = [n for n, g in order if g == "wrong-1"]
+    open_page(driver, detail_urls(mixed_out)[reals[0]].split("&")[0] + "&class=1&show=wrong")
+    assert "No previous image in this filter" in pager()
+    assert walk("next", "&class=1&show=wrong") == reals
+    assert "No next image in this filter" in pager()
+
+    # no filter: every image in gallery order, as before
+    open_page(driver, detail_urls(mixed_out)[order[0][0]])
+    assert walk("next", "") == [n for n, _g in order]
+    assert "in this filter" not in pager()

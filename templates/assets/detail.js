@@ -1,8 +1,8 @@
 /* xaibatch report: the detail view. Draws one image of a gallery page from that page's data file
    (detail/page-<n>.js sets window.XAIBATCH_DETAIL), the image named in the URL fragment (#<card id>, then
-   the gallery's filters, kept for the links), the first one without it. Dependency-free; every element is
-   built with createElement and textContent, never from HTML text, so file and class names (user data) stay
-   text. */
+   the gallery's filters, kept for the links and followed by Previous and Next), the first one without it.
+   Dependency-free; every element is built with createElement and textContent, never from HTML text, so file
+   and class names (user data) stay text. */
 (function () {
   "use strict";
   var root = document.getElementById("detail");
@@ -30,17 +30,44 @@
   // a file name is user data: isolated, so a right-to-left mark in it cannot turn the words around it
   function iso(name) { return "\u2068" + name + "\u2069"; }
   // the fragment: #<card id>, then the gallery's filters (&show=wrong...), carried to the neighbours and back
-  var keep = "";
+  var keep = "", want = {"class": "", show: ""};
   function tail() { return keep ? "&" + keep : ""; }
   function href(n) { return (n.page ? "page-" + n.page + ".html#" : "#") + n.id + tail(); }
   function fromHash() {
     var h = location.hash.slice(1), amp = h.indexOf("&");
     keep = amp < 0 ? "" : h.slice(amp + 1);
+    want = {"class": "", show: ""};
+    keep.split("&").forEach(function (pair) {
+      var kv = pair.split("="), k, v;
+      try { k = decodeURIComponent(kv[0] || ""); v = decodeURIComponent(kv[1] || ""); } catch (e) { return; }  // a mangled link
+      if (Object.prototype.hasOwnProperty.call(want, k)) { want[k] = v; }
+    });
     show(amp < 0 ? h : h.slice(0, amp));
+  }
+
+  // Previous and Next under the gallery's class and misclassified/correct filters: the images they keep, in
+  // gallery order, across its pages. They keep whole gallery groups (one section, one class: "wrong-0", the
+  // group's id in the gallery), so a step stays in the image's group, goes on to the neighbouring group when the
+  // filter keeps it, else to the same class's group beyond (cprev, cnext: report/detail.py, class_neighbours).
+  // The sort and the method choice change no step: the order is the gallery's own.
+  function filtered() { return !!(want["class"] || want.show); }
+  function kept(group) {
+    var d = group.lastIndexOf("-");
+    return (!want["class"] || group.slice(d + 1) === want["class"]) && (!want.show || group.slice(0, d) === want.show);
+  }
+  function step(im, rel) {
+    var n = im[rel];
+    if (!filtered() || !im.group || !kept(im.group)) { return n; }  // an image the filter leaves out: every image
+    if (n && kept(n.group || im.group)) { return n; }
+    var c = im[rel === "prev" ? "cprev" : "cnext"];
+    return c && kept(c.group) ? c : null;
   }
 
   function pager(im) {
     function side(n, rel, text) {
+      if (!n && filtered() && im[rel]) {  // the first or last image the filter keeps: say so
+        text = rel === "prev" ? "← No previous image in this filter" : "No next image in this filter →";
+      }
       if (!n) { return el("span", {"aria-disabled": "true"}, [text]); }
       var a = el("a", {href: href(n), rel: rel, "aria-keyshortcuts": rel === "prev" ? "ArrowLeft" : "ArrowRight",
                        title: (rel === "prev" ? "Previous" : "Next") + " image (" + (rel === "prev" ? "←" : "→") + " key)"},
@@ -50,9 +77,9 @@
       return a;
     }
     return el("nav", {"class": "pager", "aria-label": "Neighbouring images"}, [el("ul", {}, [
-      el("li", {}, [side(im.prev, "prev", "← Previous")]),
+      el("li", {}, [side(step(im, "prev"), "prev", "← Previous")]),
       el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id + tail()}, ["Back to gallery page " + im.page])]),
-      el("li", {}, [side(im.next, "next", "Next →")])])]);
+      el("li", {}, [side(step(im, "next"), "next", "Next →")])])]);
   }
 
   function facts(im) {
@@ -233,7 +260,7 @@
     if (root.clientWidth !== width) { width = root.clientWidth; balance(); }
   }
 
-  var shown = null;
+  var shown = null, shownKeep = "";
   function show(id) {
     if (!images.length) {
       root.replaceChildren(el("h1", {}, ["No images yet."]));
@@ -242,8 +269,9 @@
     var known = Object.prototype.hasOwnProperty.call(byId, id);
     if (!known && shown !== null) { return; }  // a fragment that names no image (#main) keeps the one shown
     var i = known ? byId[id] : 0;
-    if (shown === i) { return; }
+    if (shown === i && shownKeep === keep) { return; }
     shown = i;
+    shownKeep = keep;
     var im = images[i];
     var kids = [pager(im), el("h1", {"class": "name"}, [el("bdi", {}, [im.rel])]), facts(im), views(im), truth(im)].concat(probs(im));
     root.replaceChildren.apply(root, kids.filter(function (k) { return k; }));
