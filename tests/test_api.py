@@ -896,3 +896,26 @@ def test_pil_images_are_read_as_a_run_reads_their_files(tmp_path):
     assert torch.equal(from_pil.images, from_files.images)
     assert torch.equal(from_pil.maps["gradcam"], from_files.maps["gradcam"])
     assert 120 < float(from_pil.images[0].float().mean()) < 135 and int(from_pil.images[2, :, 31, 0].min()) == 255
+
+
+# --- A notebook user's audit: a bug in the model, odd models, saving and loading, spellings, large photos. ------
+
+
+def test_a_model_without_parameters_is_explained_or_refused_in_one_line():
+    """``next(model.parameters())`` raised StopIteration out of the layer search."""
+    pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # three "classes": R, G, B
+    x = _images(2)
+    r = xaibatch.explain(pool, x, ["lime", "captum:InputXGradient"], method_options={"lime": {"samples": 20}})
+    assert r.maps["lime"].shape == (2, 32, 32) and r.maps["captum:InputXGradient"].shape == (2, 32, 32)
+    assert r.probs.shape == (2, 3)
+    with pytest.raises(UsageError) as e:  # no stage: no size helps, so no "pass a larger input_size="
+        xaibatch.explain(pool, x, ["gradcam"])
+    assert str(e.value).startswith("this model has no stage xaibatch can see (no conv layer)"), str(e.value)
+    assert "input_size" not in str(e.value) and "use methods that need no layer (lime, captum:*)" in str(e.value)
+    staged = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+    staged.append(torch.nn.Flatten())
+    named = xaibatch.explain(staged, x, ["gradcam"], target_layer="1")  # a layer it has: gradcam reads it
+    assert named.layer == "1" and named.maps["gradcam"].shape == (2, 32, 32)
+    with pytest.raises(UsageError) as e:  # pytorch-grad-cam's own next(model.parameters())
+        xaibatch.explain(staged, x, ["cam:gradcam"], target_layer="1")
+    assert str(e.value).startswith("cam:gradcam cannot run on a model without parameters"), str(e.value)

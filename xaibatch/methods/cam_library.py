@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ModelError, UsageError
 from ..model.heads import ONE_LOGIT_SCORES, library_scores, one_logit
+from ..model.layers import weights_place
 from .base import Batch, Explanation, Method, ModelContext, register_method
 from ..method_specs import CAM_PREFIX, CAM_SPECS, check_library_options, library_defaults
 
@@ -67,6 +68,11 @@ class LibraryCAM(Method):
         super().__init__(ctx, **check_library_options(self.name, options))
         if self.needs_layer and ctx.layer is None:
             raise ModelError(f"{self.name} needs a target layer")
+        if next(ctx.model.parameters(), None) is None:  # the library's next(model.parameters()): StopIteration
+            raise ModelError(
+                f"{self.name} cannot run on a model without parameters (pytorch-grad-cam finds the device from "
+                "them); use gradcam or a captum:* method"
+            )
         if self.short == "ablationcam" and ctx.layer.is_tokens:
             raise ModelError(f"{self.name} cannot run on a token model (ViT) layer here; use cam:scorecam or gradcam")
         if self.short == "ablationcam" and ctx.layer.channels_last:
@@ -87,8 +93,8 @@ class LibraryCAM(Method):
 
     def _probe(self) -> None:
         """Run once on a blank image now, so a method that cannot run on this model stops the run before it starts."""
-        p = next(self.ctx.model.parameters())
-        x = torch.zeros(1, 3, self.ctx.input_size, self.ctx.input_size, device=self.ctx.device, dtype=p.dtype)
+        dtype = weights_place(self.ctx.model)[1]
+        x = torch.zeros(1, 3, self.ctx.input_size, self.ctx.input_size, device=self.ctx.device, dtype=dtype)
         try:
             self._maps(x, torch.zeros(1, dtype=torch.long, device=self.ctx.device))
         except Exception as e:  # the library's own message, as one line

@@ -43,6 +43,7 @@ import torch
 
 from ..errors import ModelError, UsageError
 from ..model.heads import ONE_LOGIT_SCORES, library_scores, one_logit
+from ..model.layers import weights_place
 from .base import Batch, Explanation, Family, Method, ModelContext, normalize_per_image
 from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
@@ -96,8 +97,8 @@ class CaptumMethod(Method):
 
     def _probe(self) -> None:
         """Run once on a blank image now, so a method that cannot run on this model stops the run before it starts."""
-        p = next(self.ctx.model.parameters())
-        x = torch.zeros(1, 3, self.ctx.input_size, self.ctx.input_size, device=self.ctx.device, dtype=p.dtype)
+        dtype = weights_place(self.ctx.model)[1]
+        x = torch.zeros(1, 3, self.ctx.input_size, self.ctx.input_size, device=self.ctx.device, dtype=dtype)
         try:
             self._attribute(x, torch.zeros(1, dtype=torch.long, device=self.ctx.device), [0])
         except Exception as e:  # captum's own message, as one line

@@ -17,6 +17,7 @@ tuple stages) are refused.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -131,12 +132,20 @@ def _probing(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def weights_place(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a model's weights are and their float dtype: its first parameter's (else a float buffer's); a model
+    with neither (a pooling toy, ``nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())``): the CPU, float32.
+    ``next(model.parameters())`` raised StopIteration out of the layer search for such a model."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    p = next((t for t in tensors if t.is_floating_point()), None)
+    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+
+
 def _probe_input(model: nn.Module, input_size: int, noise: bool = False) -> torch.Tensor:
-    """One image of ``input_size`` (zeros, or seeded noise) where the model's parameters are, of their dtype."""
-    p = next(model.parameters())
+    """One image of ``input_size`` (zeros, or seeded noise) where the model's weights are, of their dtype."""
     shape = (1, 3, input_size, input_size)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) if noise else torch.zeros(shape)
-    return x.to(p.device, p.dtype)
+    return x.to(*weights_place(model))
 
 
 def _token_layer(model: nn.Module, name: str | None, input_size: int) -> TargetLayer:
@@ -295,13 +304,16 @@ def find_target_layer(model: nn.Module, input_size: int, name: str | None = None
             f"({'..., ' if len(candidates) > 3 else ''}{outputs}); use methods that need no layer (lime, captum:*), "
             "or name a layer that gives a (B, C, H, W) map with --target-layer"
         )
+    if not candidates:  # no size helps: "raise --image-size" sent the user after the wrong cause
+        raise ModelError(
+            "this model has no stage xaibatch can see (no conv layer): CAM methods cannot find a layer to read; "
+            "use methods that need no layer (lime, captum:*), or name a layer that gives a (B, C, H, W) map "
+            "with --target-layer"
+        )
     listed = ["{} ({}x{})".format(n, *layer.grid) for n, layer in readable.items()][-12:]
-    listed_text = (
-        f"; layers with a feature map: {', '.join(listed)}" if listed else "; it has no conv layer xaibatch can see"
-    )
     raise ModelError(
         f"no stage of this model keeps a {MIN_GRID}x{MIN_GRID} feature map at input size {input_size}; "
-        f"raise --image-size or name a layer with --target-layer{listed_text}"
+        f"raise --image-size or name a layer with --target-layer; layers with a feature map: {', '.join(listed)}"
     )
 
 
