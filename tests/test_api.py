@@ -668,7 +668,7 @@ def test_errors_name_explains_keywords_not_the_cli_flags(tmp_path, monkeypatch):
 
     with pytest.raises(UsageError) as e:
         xaibatch.explain(Flat(), u8)
-    assert str(e.value).endswith("; give the input size it was trained at with input_size=")
+    assert str(e.value).endswith(": give the input size it was trained at with input_size=")
     coarse = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, stride=32), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
     )
@@ -899,6 +899,48 @@ def test_pil_images_are_read_as_a_run_reads_their_files(tmp_path):
 
 
 # --- A notebook user's audit: a bug in the model, odd models, saving and loading, spellings, large photos. ------
+
+
+class _Buggy(torch.nn.Module):
+    """A bug that no input size fixes: 4 features into a Linear of 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(10, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class _Flat224(torch.nn.Module):
+    """A linear model fixed to 224 px inputs: the size is the cause, and 224 px runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 224 * 224, 2)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_a_forward_that_raises_names_the_users_exception_first():
+    """It ended "give the input size it was trained at with input_size=" for any error, and dropped the user's
+    exception: a bug in forward sent the user after the input size, with no line of their code."""
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(_Buggy(), _images(2))
+    text = str(e.value)
+    assert text.startswith(
+        "the model: its forward raised RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x4 and 10x2) ("
+    ), text
+    assert f"{__file__}, line " in text and text.endswith(", in forward), on a 32x32 input")
+    assert isinstance(e.value.__cause__, RuntimeError)  # chained: the notebook's traceback shows the user's frames
+    with pytest.raises(UsageError) as e:  # where the size is the cause, the hint stays, with the size that runs
+        xaibatch.explain(_Flat224(), _images(2))
+    assert str(e.value).endswith(
+        "on a 32x32 input; it runs at 224x224: give the input size it was trained at with input_size="
+    ), str(e.value)
+    assert isinstance(e.value.__cause__, RuntimeError)
 
 
 def test_a_model_without_parameters_is_explained_or_refused_in_one_line():

@@ -98,7 +98,9 @@ def explain(
       ``{"lime": {"samples": 200}, "captum:IntegratedGradients": {"n_steps": 32}}``.
 
     Returns an :class:`Explanations` (tensors on the CPU, indexed like ``images``). Bad input raises
-    :class:`xaibatch.errors.UsageError` with a one-line message naming explain()'s keywords.
+    :class:`xaibatch.errors.UsageError` with a one-line message naming explain()'s keywords; a model whose
+    forward raises, :class:`xaibatch.errors.ModelError` (a UsageError) saying your exception and where it was
+    raised first, chained to it.
 
     Your module is handed back as it came: each submodule's training flag and each parameter's ``.grad``
     are restored and no hook stays, also when a method raises. One image alone that does not fit in memory
@@ -178,7 +180,7 @@ def _keyword_names():
             text = re.sub(pattern, words, text)
         if text == str(e):
             raise
-        raise type(e)(text) from None
+        raise type(e)(text) from e.__cause__  # a forward's own exception stays chained: the user's traceback
 
 
 def _check_numbers(input_size, mean, std, batch_size, seed) -> None:

@@ -28,7 +28,9 @@ device and from the manifest alike: a batch, one row re-decided under a new thre
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +39,7 @@ from torch import nn
 
 from ..errors import ModelError, UsageError
 from ..scan import named_class
+from .layers import weights_place
 
 # A probability output is clamped to [eps, 1 - eps] before its logit (|z| <= 13.8): a saturated sigmoid stays finite.
 PROBABILITY_EPS = 1e-6
@@ -188,25 +191,10 @@ def last_op(out: torch.Tensor) -> str | None:
 
 def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
     """Run one zero image through ``module``; return its outputs, or say why it cannot be used."""
-    p = next(iter(module.parameters()), None)
-    x = torch.zeros(
-        1,
-        3,
-        input_size,
-        input_size,
-        device=p.device if p is not None else "cpu",
-        dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32,
-    )
-    x.requires_grad_(True)  # a graph, even of frozen weights, shows the op that made the output
     try:
-        with torch.enable_grad():
-            out = module.eval()(x)
-    except Exception as e:
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ModelError(
-            f"{what}: a forward pass at {input_size}x{input_size} failed ({type(e).__name__}: {msg}); "
-            "give the input size it was trained at with --image-size"
-        ) from None
+        out = _zero_forward(module, input_size)
+    except Exception as e:  # chained: a notebook shows the user's own traceback under the one line
+        raise forward_failed(module, input_size, what, e) from e
     if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(
@@ -216,6 +204,48 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
     count = 1 if out.ndim == 1 else int(out.shape[1])
     op = last_op(out)
     return Outputs(count, count == 1 and op == "Sigmoid", count > 1 and op == "Softmax")
+
+
+def _zero_forward(module: nn.Module, input_size: int) -> Any:
+    device, dtype = weights_place(module)
+    x = torch.zeros(1, 3, input_size, input_size, device=device, dtype=dtype)
+    x.requires_grad_(True)  # a graph, even of frozen weights, shows the op that made the output
+    with torch.enable_grad():
+        return module.eval()(x)
+
+
+OTHER_SIZES = (224, 256)  # the size a failed forward is tried again at: the first that is not the one that failed
+
+
+def forward_failed(module: nn.Module, input_size: int, what: str, e: Exception) -> ModelError:
+    """The one line for a forward that raised ``e`` at ``input_size``: the exception's type, message and where in
+    the user's code first; "give the input size it was trained at" only when the size is the likely cause, i.e.
+    the forward runs at another size, or fails there in other words (a fixed Linear after a flatten: its shapes
+    change with the size). A bug the size does not touch (a Linear that never fits) got the size hint alone."""
+    said = f"{type(e).__name__}: {_first_line(e)}"
+    text = f"{what}: its forward raised {said}{_where(e)}, on a {input_size}x{input_size} input"
+    other = next(s for s in OTHER_SIZES if s != input_size)
+    try:
+        _zero_forward(module, other)
+    except Exception as again:
+        if f"{type(again).__name__}: {_first_line(again)}" == said:
+            return ModelError(text)
+        return ModelError(
+            f"{text}; its error changes with the input size: give the input size it was trained at with --image-size"
+        )
+    return ModelError(f"{text}; it runs at {other}x{other}: give the input size it was trained at with --image-size")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _where(e: BaseException) -> str:
+    """`` (FILE, line N, in NAME)``: the deepest frame of ``e``'s traceback outside torch and xaibatch (the user's
+    forward, or their model library's), or "" when there is none."""
+    skip = (str(Path(torch.__file__).parent), str(Path(__file__).parents[1]))
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
+    return f" ({frames[-1].filename}, line {frames[-1].lineno}, in {frames[-1].name})" if frames else ""
 
 
 def decision_for(
