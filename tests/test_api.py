@@ -961,3 +961,20 @@ def test_a_model_without_parameters_is_explained_or_refused_in_one_line():
     with pytest.raises(UsageError) as e:  # pytorch-grad-cam's own next(model.parameters())
         xaibatch.explain(staged, x, ["cam:gradcam"], target_layer="1")
     assert str(e.value).startswith("cam:gradcam cannot run on a model without parameters"), str(e.value)
+
+
+def test_a_data_parallel_model_is_explained_as_the_module_it_wraps():
+    """Through the wrapper the layer search picked ``module.layer3.1.conv2`` instead of ``layer3``: other maps."""
+    import timm
+
+    net = timm.create_model("resnet18", pretrained=False, num_classes=2).eval()
+    x = _images(2, size=64)
+    bare = xaibatch.explain(net, x)
+    wrapped = xaibatch.explain(torch.nn.DataParallel(net), x)
+    assert (bare.layer, wrapped.layer) == ("layer3", "module.layer3")  # named as the wrapper names it
+    assert torch.equal(bare.maps["gradcam"], wrapped.maps["gradcam"]) and torch.equal(bare.probs, wrapped.probs)
+    assert wrapped.model == "ResNet (the .module of a DataParallel)"
+    for name in ("module.layer2", "layer2"):  # either name of the layer
+        chosen = xaibatch.explain(torch.nn.DataParallel(net), x, target_layer=name)
+        assert chosen.layer == "module.layer2", name
+        assert torch.equal(chosen.maps["gradcam"], xaibatch.explain(net, x, target_layer="layer2").maps["gradcam"])

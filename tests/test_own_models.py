@@ -82,6 +82,24 @@ def not_a_module():
 
 def three_outputs():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+class Buggy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(10, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))  # 4 features into a Linear of 10: wrong at every input size
+
+
+def buggy():
+    return Buggy()
+
+
+def parallel():
+    return nn.DataParallel(srm())
 """
 
 
@@ -532,6 +550,39 @@ def test_bad_factory_is_one_line_exit_2(world, tmp_path, factory, words):
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert words in r.output
+
+
+def test_a_forward_that_raises_names_the_users_exception_not_the_input_size(world, tmp_path):
+    """A bug in the factory's forward was reported as "a forward pass at 32x32 failed (...); give the input size it
+    was trained at with --image-size": the size hint sent the user after the wrong cause, and said not where."""
+    root = world["root"]
+    r = _run([root / "demo" / "test", "--model", f"{root}/mymodels.py:buggy", "--image-size", 32, "--out", tmp_path])
+    line = r.output.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1, r.output
+    assert line.startswith(
+        f"Error: --model {root}/mymodels.py:buggy: its forward raised RuntimeError: mat1 and mat2 shapes cannot be "
+        "multiplied (1x4 and 10x2) ("
+    ), line
+    assert "mymodels.py, line" in line and "in forward), on a 32x32 input" in line
+    assert "--image-size" not in line  # the error is the same at 224 px: not the size's
+
+
+def test_a_factory_that_returns_data_parallel_runs_the_module_it_wraps(world, tmp_path):
+    """Through the wrapper the layer search saw ``module.*`` names and picked another layer: its maps were not the
+    model's. The wrapped module is run: the same layer and maps as the bare factory's."""
+    root, outs = world["root"], {}
+    for factory in ("srm", "parallel"):
+        outs[factory] = tmp_path / factory
+        args = [root / "demo" / "test", "--model", f"{root}/mymodels.py:{factory}", "--image-size", 32]
+        r = _run([*args, "--out", outs[factory], "--device", "cpu", "-m", "gradcam"])
+        assert r.exit_code == 0, r.output
+    layers = {f: json.loads(manifest_value(o, "SELECT config_json FROM runs"))["layer"] for f, o in outs.items()}
+    assert layers["parallel"] == layers["srm"] and layers["srm"].startswith("body."), layers
+    bare = sorted((outs["srm"] / "maps" / "gradcam").rglob("*.npy"))
+    assert len(bare) == 16
+    for f in bare:
+        wrapped = np.load(outs["parallel"] / f.relative_to(outs["srm"]))
+        assert np.array_equal(np.load(f), wrapped), f.name
 
 
 def test_bad_target_layer_lists_candidates(world, tmp_path):

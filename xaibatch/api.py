@@ -69,7 +69,9 @@ def explain(
     Arguments:
 
     - ``model``: an ``nn.Module`` returning class logits ((N, classes), or (N, 1) / (N,) for one sigmoid
-      logit), or the path of a checkpoint ``xaibatch run`` takes.
+      logit), or the path of a checkpoint ``xaibatch run`` takes. A ``DataParallel`` or
+      ``DistributedDataParallel`` is explained as the module it wraps, on one device (``out.layer`` named as in
+      the wrapper: ``module.layer3``).
     - ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is
       not 3 wide); one image ((3, H, W), (H, W, 3), a PIL image or a file path); or a list of any of
       these (files decoded as a run does). Pixels are uint8 (0-255) or floats in [0, 1], before
@@ -115,7 +117,7 @@ def explain(
         raise UsageError(INFERENCE_MODE)
     _check_numbers(input_size, mean, std, batch_size, seed)
     with _keyword_names():
-        net, pre, described, dev, classes = _model_of(model, device, input_size, classes)
+        net, pre, described, dev, classes, prefix = _model_of(model, device, input_size, classes)
         from .model.borrowed import borrowed
 
         with borrowed(net), torch.enable_grad():
@@ -130,7 +132,7 @@ def explain(
             mode, given = _target_mode(target, labels, x.shape[0], classes)
             names = [methods] if isinstance(methods, str) else list(dict.fromkeys(methods))
             request = Request(
-                names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed
+                names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed, prefix
             )
             splits: list[Split] = []
             result = _explain(net, x, sizes, pre, dev, request, Fitting(dev, splits.append, caller="explain"))
@@ -217,8 +219,9 @@ SIDE_RANGE = (8, 4096)  # input_size, as the CLI's --image-size
 
 
 def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):
-    """(module, its Preprocess or None, how the result names it, its device, class names or None) of explain()'s
-    ``model``: a checkpoint path is loaded onto ``device``; a user's module stays where it is."""
+    """(module, its Preprocess or None, how the result names it, its device, class names or None, the prefix of its
+    layer names in ``model``) of explain()'s ``model``: a checkpoint path is loaded onto ``device``; a user's module
+    stays where it is; a DataParallel's or DistributedDataParallel's is the module it wraps (``"module."``)."""
     import torch
 
     from .errors import UsageError
@@ -229,15 +232,20 @@ def _model_of(model, device: str, input_size: int | None, classes: Sequence[str]
         dev = resolve_device(device)
         loaded = load_model(Path(model), image_size=input_size)
         classes = classes if classes is not None else loaded.class_names
-        return loaded.module.to(dev), loaded.preprocess, str(model), dev, classes
+        return loaded.module.to(dev), loaded.preprocess, str(model), dev, classes, ""
     if isinstance(model, torch.nn.Module):
+        from .model.user import unwrap_parallel
+
+        wrapper = model
+        model, prefix = unwrap_parallel(model)
         if any(t.is_inference() for t in itertools.chain(model.parameters(), model.buffers())):
             raise UsageError(INFERENCE_TENSORS)
         dev = _device_of(model, device)
         _check_float32(model)
         if classes is None:
             classes = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-        return model, None, type(model).__name__, dev, classes
+        described = type(model).__name__ + (f" (the .module of a {type(wrapper).__name__})" if prefix else "")
+        return model, None, described, dev, classes, prefix
     raise UsageError(f"model must be a torch.nn.Module or a checkpoint path, not {type(model).__name__}")
 
 
@@ -254,6 +262,7 @@ class Request:
     target_layer: str | None
     method_options: dict[str, dict[str, Any]]
     seed: int
+    layer_prefix: str = ""  # "module.": the model was a DataParallel's (layers named as in the wrapper)
 
 
 def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Explanations:
@@ -287,7 +296,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
         preds=preds,
         targets=target_modes.target_class(req.mode, preds, req.labels),
         info=Frozen(info),
-        layer=ctx.layer.name if ctx.layer else None,
+        layer=req.layer_prefix + ctx.layer.name if ctx.layer else None,
         images=x,
         classes=classes,
         labels=req.labels,
@@ -326,7 +335,10 @@ def _make_methods(net, pre: Preprocess, dev, req: Request):
     kinds = {m: method_class(m) for m in req.methods}
     options = _method_options(req.method_options, kinds, req.seed)
     needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
-    layer = find_target_layer(unwrap(net), pre.image_size, req.target_layer) if needs_layer else None
+    name = req.target_layer
+    if name and req.layer_prefix and name.startswith(req.layer_prefix):  # named in the wrapper: "module.layer2"
+        name = name[len(req.layer_prefix) :]
+    layer = find_target_layer(unwrap(net), pre.image_size, name) if needs_layer else None
     ctx = ModelContext(net, layer, pre, dev)
     made = [create_method(m, ctx, **options[m]) for m in req.methods]
     return ctx, made

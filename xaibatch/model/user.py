@@ -3,7 +3,8 @@
 ``FILE.py:FACTORY`` and ``module.path:FACTORY`` import your code and call ``FACTORY()`` with no arguments;
 it must return an ``nn.Module`` (with its weights already loaded, or give them with ``--checkpoint``).
 That runs your code with your rights: trusted code only, as with ``--template-dir``. A module may carry
-timm's ``pretrained_cfg`` dict (``input_size``, ``mean``, ``std``) to say how its inputs are scaled.
+timm's ``pretrained_cfg`` dict (``input_size``, ``mean``, ``std``) to say how its inputs are scaled. A factory
+that returns a ``DataParallel`` or ``DistributedDataParallel`` is read as the module it wraps (:func:`unwrap_parallel`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,18 @@ def build_factory(spec: str) -> nn.Module:
         raise ModelError(f"--model {spec}: {fname}() raised {_first_line(e)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"--model {spec}: {fname}() returned a {type(module).__name__}, not a torch.nn.Module")
-    return module
+    return unwrap_parallel(module)[0]
+
+
+def unwrap_parallel(module: nn.Module) -> tuple[nn.Module, str]:
+    """(the module a ``DataParallel`` or ``DistributedDataParallel`` wraps, the prefix of its names in the wrapper:
+    ``"module."``), or (``module``, ""). xaibatch explains on one device, so it runs the wrapped module: through
+    the wrapper the layer search saw its names under ``module.`` and picked another layer (a BatchNorm inside
+    ``module.layer2`` instead of ``layer2``), and its maps were not the model's."""
+    prefix = ""
+    while isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        module, prefix = module.module, prefix + "module."
+    return module, prefix
 
 
 def _last_linear(module: nn.Module) -> str | None:
