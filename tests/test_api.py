@@ -978,3 +978,9 @@ def test_a_data_parallel_model_is_explained_as_the_module_it_wraps():
         chosen = xaibatch.explain(torch.nn.DataParallel(net), x, target_layer=name)
         assert chosen.layer == "module.layer2", name
         assert torch.equal(chosen.maps["gradcam"], xaibatch.explain(net, x, target_layer="layer2").maps["gradcam"])
+
+
+def test_load_of_a_missing_folder_says_it_does_not_exist(tmp_path):
+    with pytest.raises(UsageError) as e:  # was "... is not a folder explain()'s save() wrote"
+        xaibatch.Explanations.load(tmp_path / "nope")
+    assert str(e.value) == f"{tmp_path / 'nope'}: no such folder"

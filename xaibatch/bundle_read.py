@@ -7,6 +7,7 @@ read with ``allow_pickle=False``. A folder that is not such a save, or one writt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ def _read_maps(folder: Path, images: list[dict[str, Any]], key: str, side: tuple
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
+    try:  # "is not a folder save() wrote" sent the user looking inside a folder that is not there
+        os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"{folder}: no such folder") from None
+    except OSError:
+        pass  # unreadable: said below
     try:
         man = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
