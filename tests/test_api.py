@@ -984,3 +984,27 @@ def test_load_of_a_missing_folder_says_it_does_not_exist(tmp_path):
     with pytest.raises(UsageError) as e:  # was "... is not a folder explain()'s save() wrote"
         xaibatch.Explanations.load(tmp_path / "nope")
     assert str(e.value) == f"{tmp_path / 'nope'}: no such folder"
+
+
+def test_save_that_the_file_system_refuses_names_the_users_folder(tmp_path, monkeypatch):
+    """The OSError named the temporary folder (``/sys/.e.new.4ebf41a3.tmp``, ``.keep.new.<hex>.tmp/...``)."""
+    import os
+
+    import xaibatch.bundle as bundle
+    from xaibatch.errors import StorageError
+
+    r = xaibatch.explain(TinyNet(), _images(1), ["gradcam"])
+    if os.path.isdir("/sys/kernel"):  # sysfs: no new folder in it, even for root
+        with pytest.raises(StorageError) as e:
+            r.save("/sys/xaibatch-save-test")
+        assert str(e.value).startswith("save() cannot write /sys/xaibatch-save-test: "), str(e.value)
+        assert ".tmp" not in str(e.value) and isinstance(e.value, OSError)
+
+    def full(path, array):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(bundle, "save_npy", full)
+    with pytest.raises(OSError) as e:
+        r.save(tmp_path / "keep")
+    assert str(e.value) == f"save() cannot write {tmp_path / 'keep'}: No space left on device"
+    assert e.value.errno == 28 and _listing(tmp_path) == set()

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import layout, targets
-from .errors import UsageError
+from .errors import StorageError, UsageError
 from .files import atomic_write_bytes, make_dirs, safe_join, save_npy
 from .overlay import colorize, overlay, png_bytes, resize_maps, stretch, thumbnail
 from .preprocess import Preprocess
@@ -260,13 +260,18 @@ class Explanations:
         extra = _json_context(context)
         if folder == Path(os.getcwd()):  # renamed over, the process's current folder would be a deleted one
             raise UsageError(f"{given} is the current folder; save() needs a folder of its own (a new name)")
-        replace = _check_target(given, overwrite)
-        make_dirs(folder.parent)
-        with contextlib.ExitStack() as stack:
-            tmp = _fresh_dir(folder, "new")
-            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-            self._write(tmp, extra)
-            _move_into_place(tmp, folder, replace)
+        try:
+            replace = _check_target(given, overwrite)
+            make_dirs(folder.parent)
+            with contextlib.ExitStack() as stack:
+                tmp = _fresh_dir(folder, "new")
+                stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+                self._write(tmp, extra)
+                _move_into_place(tmp, folder, replace)
+        except StorageError:
+            raise
+        except OSError as e:  # it named the temporary folder ('/sys/.e.new.4ebf41a3.tmp'), not the user's
+            raise _save_failed(given, e) from e
         return given
 
     def _write(self, root: Path, context: Any) -> None:
@@ -348,6 +353,13 @@ def _json_context(context: Mapping[str, Any] | None) -> Any:
         return json.loads(json.dumps(dict(context), allow_nan=False))
     except (TypeError, ValueError) as e:
         raise UsageError(f"save(context=...) must be JSON data: {e}") from None
+
+
+def _save_failed(given: Path, e: OSError) -> StorageError:
+    """save()'s OSError as one line naming the folder the user gave; still an OSError with its ``errno``."""
+    failed = StorageError(f"save() cannot write {given}: {e.strerror or e}")
+    failed.errno = e.errno  # (strerror or filename set would make str() "[Errno 1] ...: path")
+    return failed
 
 
 def _check_target(folder: Path, overwrite: bool) -> bool:
