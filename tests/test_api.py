@@ -1008,3 +1008,15 @@ def test_save_that_the_file_system_refuses_names_the_users_folder(tmp_path, monk
         r.save(tmp_path / "keep")
     assert str(e.value) == f"save() cannot write {tmp_path / 'keep'}: No space left on device"
     assert e.value.errno == 28 and _listing(tmp_path) == set()
+
+
+def test_target_is_read_in_any_case_and_with_spaces_as_the_cli_reads_it(tmp_path, tiny_ckpt):
+    from xaibatch.pipeline import RunOptions
+
+    net, x = TinyNet(), _images(2)
+    for spelling, mode in (("PRED", "pred"), (" Label ", "label"), ("pred, label", "pred,label")):
+        r = xaibatch.explain(net, x, target=spelling, labels=[0, 1])  # was refused: "target must be 'pred', ..."
+        assert r.target == mode, spelling
+        assert RunOptions(input_dir=tmp_path, out_dir=tmp_path, methods=["gradcam"], target=spelling).target == mode
+    with pytest.raises(UsageError, match="target must be 'pred', 'label', 'pred,label'"):
+        xaibatch.explain(net, x, target="label,pred", labels=[0, 1])

@@ -16,11 +16,13 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_images
+from helpers import manifest_value
 from outcheck import check_output_folder
 from xaibatch import layout
 from xaibatch.cli import cli
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RunOptions, run
+from xaibatch.runconfig import RunConfig
 from xaibatch.tools import synth
 
 LIME = {"lime": {"samples": 32, "segments": 8}}
@@ -292,6 +294,16 @@ def test_bad_targets_are_one_line_errors_before_any_import(inp, tmp_path, tiny_c
     assert not (tmp_path / "o2").exists()
     with pytest.raises(UsageError, match="--target pred,label needs a labeled folder"):
         go(opts(flat_dir, tmp_path / "o3", tiny_ckpt))
+
+
+@pytest.mark.parametrize("spelling, mode", [("PRED", "pred"), ("Pred, Label", "pred,label")])
+def test_target_is_read_in_any_case_and_with_spaces_as_explain_reads_it(inp, tmp_path, tiny_ckpt, spelling, mode):
+    """``--target PRED`` and ``--target 'pred, label'`` were refused by click's choice; explain() takes them too."""
+    out = tmp_path / "o"
+    args = ["run", str(inp), "--out", str(out), "--checkpoint", str(tiny_ckpt), "--target", spelling, "-q"]
+    res = CliRunner().invoke(cli, [*args, "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert RunConfig.from_json(manifest_value(out, "SELECT config_json FROM runs")).target_mode() == mode
 
 
 def test_sanity_after_a_pred_label_run_checks_the_prediction_maps(inp, tmp_path, tiny_ckpt):

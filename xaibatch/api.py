@@ -78,7 +78,8 @@ def explain(
       normalizing; others are refused, never clamped. Each image is stretched to ``input_size`` squared.
     - ``methods``: one name or a list (``xaibatch methods`` lists them: ``"gradcam"``, ``"lime"``,
       ``"cam:gradcam++"``, ``"captum:IntegratedGradients"``, ...).
-    - ``target``: ``"pred"`` (the predicted class), one class per image (index or name), or with
+    - ``target``: ``"pred"`` (the predicted class; any case, ``"pred, label"`` with spaces too, as ``--target``
+      reads them), one class per image (index or name), or with
       ``labels`` ``"label"`` (the true class) or ``"pred,label"`` (the prediction, and for each
       misclassified image also its true class: maps ``"<method>@label"``).
     - ``labels``: the true class of each image (index or name).
@@ -399,8 +400,8 @@ def _target_mode(target, labels, n: int, classes: Sequence[str] | None):
             raise UsageError("give either target=[classes] or labels=[...] with target='label' or 'pred,label'")
         given, mode = _class_indices(target, classes, "target"), "label"
         what = "targets"
-    elif target in target_modes.MODES:
-        mode, what = target, "labels"
+    elif target_modes.spelled(target) in target_modes.MODES:  # "PRED", "pred, label": as --target reads them
+        mode, what = target_modes.spelled(target), "labels"
         if mode != "pred" and given is None:
             raise UsageError(f"target={mode!r} needs labels=[the true class of each image]")
     else:

@@ -17,9 +17,19 @@ BOTH = "pred,label"
 LABEL_SUFFIX = "@label"
 
 
+def spelled(text: str) -> str:
+    """The mode a user's spelling means: ``"PRED"`` is ``pred`` and ``"pred, label"`` is ``pred,label`` (case and
+    spaces around the words do not matter; the order does: ``label,pred`` stays unknown). An unknown spelling
+    comes back as it was, for :func:`problem` to name. ``--target``, ``RunOptions`` and explain() read it alike."""
+    if not isinstance(text, str):
+        return text
+    mode = ",".join(word.strip() for word in text.lower().split(","))
+    return mode if mode in MODES else text
+
+
 def problem(mode: str) -> str | None:
     """The one-line error for an unknown --target, or None."""
-    if mode in MODES:
+    if spelled(mode) in MODES:
         return None
     return f"--target must be pred, label or pred,label, not {mode!r}"
 

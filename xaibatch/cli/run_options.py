@@ -10,6 +10,7 @@ import click
 
 from ..defaults import DECODE_CHOICES, DEFAULT_MAX_MAP_SIDE, FAITH_BASELINES, FAITH_STEPS
 from ..engines import ENGINES
+from .. import targets
 from ..targets import MODES as TARGET_MODES
 from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..errors import UsageError
@@ -55,9 +56,19 @@ explain_options = grouped(
     ),
 )
 
+
+def _target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--target as explain()'s target= reads it (targets.spelled): ``PRED``, ``'pred, label'`` are accepted."""
+    mode = targets.spelled(value)
+    if mode not in TARGET_MODES:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(map(repr, TARGET_MODES))}.")
+    return mode
+
+
 target_option = click.option(
     "--target",
-    type=click.Choice(TARGET_MODES),
+    metavar=f"[{'|'.join(TARGET_MODES)}]",
+    callback=_target,
     default=TARGET_MODES[0],
     show_default=True,
     help="Class each map explains: the prediction, the folder's label, or both for misclassified images "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..defaults import DEFAULT_MAX_MAP_SIDE
+from .. import targets
 from ..runstatus import RunStatus
 
 
@@ -79,6 +80,7 @@ class RunOptions(ModelOptions):
     def __post_init__(self) -> None:
         if isinstance(self.methods, str):  # one method by name, as explain() takes it (its letters were methods)
             self.methods = [self.methods]
+        self.target = targets.spelled(self.target)  # "PRED", "pred, label": as --target and explain() read them
 
 
 @dataclass
