@@ -1020,3 +1020,17 @@ def test_target_is_read_in_any_case_and_with_spaces_as_the_cli_reads_it(tmp_path
         assert RunOptions(input_dir=tmp_path, out_dir=tmp_path, methods=["gradcam"], target=spelling).target == mode
     with pytest.raises(UsageError, match="target must be 'pred', 'label', 'pred,label'"):
         xaibatch.explain(net, x, target="label,pred", labels=[0, 1])
+
+
+def test_a_jpeg_decoded_scaled_keeps_its_own_size(tmp_path):
+    """A JPEG over 64 megapixels is decoded at 1/2 of its size: its given size was the decoded one (4500x3750)."""
+    path = tmp_path / "photo.jpg"
+    stored = Image.new("L", (9000, 7500), 90)  # over MAX_PIXELS (64,000,000); grey: a small file, quick to write
+    stored.paste(200, (0, 0, 4500, 7500))
+    stored.save(path, quality=50)
+    del stored
+    r = xaibatch.explain(TinyNet(), [path, _images(1)[0]], input_size=32)
+    assert r.given_sizes == ((9000, 7500), (32, 32))  # as a run records it (test_input_files: 7500 x 9000 upright)
+    with pytest.raises(UsageError) as e:  # without input_size=: its own side is what is refused
+        xaibatch.explain(TinyNet(), path)
+    assert str(e.value).startswith("the images are 9000 px on their longer side"), str(e.value)

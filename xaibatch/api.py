@@ -498,6 +498,7 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     import torch
     from PIL import Image
 
+    from .data import full_size
     from .errors import UsageError
 
     if isinstance(images, (torch.Tensor, np.ndarray)):
@@ -519,9 +520,10 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     pics = [_picture(p, f"images[{i}]") for i, p in enumerate(images)]
     if not pics:
         raise UsageError("no images to explain")
-    pre = pre or Preprocess(_side_of_images(max(pics[0].size)))
+    # A JPEG over 64 megapixels is decoded at 1/2 or 1/4 of its size: its own size is the file's, as a run records it
+    pre = pre or Preprocess(_side_of_images(max(full_size(pics[0]))))
     arr = np.stack([pre.resize_image(p) for p in pics])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [tuple(p.size) for p in pics]
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [full_size(p) for p in pics]
 
 
 MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)
