@@ -234,7 +234,7 @@ def test_negative_predictions_in_the_run_are_maps_of_minus_z(world, tmp_path):
         assert np.abs(ours - r).max() < 1e-3
 
 
-def test_library_methods_on_one_logit_equal_the_libraries_on_the_users_model(world, tmp_path):
+def test_library_methods_on_one_logit_equal_the_libraries_on_the_users_model(world, tmp_path, monkeypatch):
     """cam:* and captum:* on a one-logit model give the libraries' own maps of the user's module: pytorch-grad-cam's
     BinaryClassifierOutputTarget (z for the positive class, -z for the negative) and captum's attributions of the one
     output (negated for the negative class). They read the head's [-z/2, z/2] before: Score-CAM's softmax over
@@ -243,6 +243,11 @@ def test_library_methods_on_one_logit_equal_the_libraries_on_the_users_model(wor
     from captum.attr import IntegratedGradients, Occlusion
     from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+    from tqdm import tqdm
+
+    # the reference Score-CAM's bar would start tqdm's monitor thread, which outlives the test and keeps every
+    # later test's report from forking (report/forked.py: no fork beside another thread)
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
 
     out = tmp_path / "out"
     methods = "cam:scorecam,cam:gradcam++,captum:IntegratedGradients,captum:Occlusion"
