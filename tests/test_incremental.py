@@ -273,6 +273,33 @@ def test_new_model_recomputes_and_drops_maps_of_methods_not_requested(tmp_path, 
     assert not list((out / "thumbs" / "testmean").glob("*.png"))
 
 
+def test_new_model_keeps_the_display_copies_of_unchanged_images(tmp_path, tiny_ckpt):
+    """A display copy depends on the image's bytes only: a new model recomputes every prediction and map but
+    writes no display copy again (a cron job that swaps its checkpoint rewrote one file an image for nothing),
+    except one whose file went missing and one of an image whose bytes changed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 4, size=300)  # 300 px: a display copy and its own thumbnail
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    copies = sorted([*(out / "images").glob("*.png"), *(out / "thumbs" / "image").glob("*.png")])
+    assert len(copies) == 8
+    before = {p: p.stat().st_ino for p in copies}
+    lost = out / "images" / "img_001.png"
+    lost.unlink()
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(paths[2])
+    _bump_mtime(paths[2])
+    r = run(run_opts(inp, out, make_checkpoint(tmp_path / "other.pt", seed=1)), log=quiet)
+    assert r.computed == 4
+    assert lost.is_file()
+    rewritten = sorted(str(p.relative_to(out)) for p in copies if p.stat().st_ino != before.get(p))
+    # img_001's copy and thumbnail (written together), img_002's (new bytes); img_000 and img_003 kept
+    assert rewritten == [
+        "images/img_001.png",
+        "images/img_002.png",
+        "thumbs/image/img_001.png",
+        "thumbs/image/img_002.png",
+    ]
+
+
 def test_changed_content_drops_stale_maps_of_methods_not_requested(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 3)

@@ -368,7 +368,7 @@ def build_job(
         name: batch_pictures(b.display, mm.maps, signed[name], orig_sizes, max_map_side, views[name], stacks=stacks)
         for name, mm in maps.items()
     }
-    shown = [f or plan.work[e.rel].redisplay for e, f in zip(entries, fresh)]  # display copies to (re)write
+    shown = [plan.work[e.rel].display for e in entries]  # display copies to (re)write
     thumbs = stacks.thumbs(shown)
     preds = heads.predict_rows(probs, decision)  # one call per batch: these rows are the compute thread's work
     rows = probs.tolist()  # the float32 values as Python floats, as float() gives them

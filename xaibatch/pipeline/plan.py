@@ -139,8 +139,11 @@ class Work:
 
     entry: ImageEntry
     methods: list[str]  # methods whose maps are missing or stale
-    fresh: bool  # new content or a new model: the prediction and display copy are (re)written too
+    fresh: bool  # new content or a new model: the prediction is made (and stored) again
     redisplay: bool = False  # only the display copy's files went missing: written again, no new prediction
+    # the display copy's files are written: a new or changed image, or its files gone (they depend on the image's
+    # bytes only: a new model or threshold leaves them as they are)
+    display: bool = False
 
 
 @dataclass
@@ -237,7 +240,8 @@ class _Planner:
         todo += label_todo_
         self.plan.dead_maps += [(e.rel, k) for k in label_dead]
         if todo or fresh or redisplay:
-            self.plan.work[e.rel] = Work(e, todo, fresh, redisplay)
+            display = redisplay or row is None or not content_same or (fresh and not self.display_there(row))
+            self.plan.work[e.rel] = Work(e, todo, fresh, redisplay, display)
 
     def classify(self, e: ImageEntry, row: ImageRow | None) -> bool:
         """File the image as added, changed or touched; returns whether its content is the manifest's."""
@@ -281,15 +285,19 @@ class _Planner:
             self.plan.retarget.append(e.rel)
         return new, flipped
 
+    def display_there(self, row: ImageRow) -> bool:
+        """Whether the image's display copy files (the copy, its thumbnail when it has one) are on disk."""
+        return self.exists(layout.image_png(row.stem)) and self.exists(
+            layout.image_thumb(row.stem, row.width, row.height)
+        )
+
     def lost_files(self, rel: str, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> tuple[bool, list[str]]:
         """Whether the display copy must be written again, and the requested methods whose map files are lost.
 
         The lost maps of methods not requested now are dropped (``dead_maps``); an image with anything lost
         counts as repaired.
         """
-        redisplay = not (
-            self.exists(layout.image_png(row.stem)) and self.exists(layout.image_thumb(row.stem, row.width, row.height))
-        )
+        redisplay = not self.display_there(row)
         missing = [
             m
             for m, mrow in maps.items()
