@@ -357,6 +357,25 @@ def test_hostile_names_are_text_and_links_work(hostile_run):
 # -- synthetic manifests (no model): scale, order, grouping -----------------------------------------------
 
 
+def test_counts_of_thousands_are_written_with_separators(tmp_path):
+    """A large run's counts read as 1,203 images, not 1203: the summary's totals and metrics, the confusion and
+    calibration tables, a gallery page's range and group sizes (each of them raw before but the earlier-model
+    and history lines)."""
+    import re
+
+    n = 1203
+    out = synth(tmp_path / "o", labeled_rows(n), files=False)
+    report.render(out)
+    index = (out / "index.html").read_text()
+    text = re.sub(r"<[^>]+>", "", index)
+    assert "Images1,203" in text.replace(" ", "").replace("\n", "")
+    assert "1,203 computed" in text and "Macro average" in text
+    plain = re.sub(r"[0-9a-f]{16,}|\d{4}-\d\d-\d\d|[+-]\d{4}(?!\d)", "", text)  # hashes, dates, time zones aside
+    assert not re.search(r"(?<![\d,.#-])\d{4,}(?![\d,.])", plain), "a count of 4+ digits"
+    gallery = re.sub(r"<[^>]+>", "", (out / "gallery" / "page-6.html").read_text())
+    assert "Images 1,001–1,200 of 1,203." in gallery
+
+
 def test_pagination_counts_and_page_weight(tmp_path):
     n = 2 * report.PAGE_SIZE + 37
     out = synth(tmp_path / "o", labeled_rows(n), methods=("gradcam", "lime"), files=False)

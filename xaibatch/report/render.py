@@ -50,6 +50,7 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
     env.filters["conf"] = lambda v: f"{100 * v:.1f}%"
     env.filters["num"] = lambda v: "–" if v is None else f"{v:.3f}"
     env.filters["bytes"] = fmt_bytes
+    env.filters["count"] = lambda v: f"{v:,}" if isinstance(v, int) else v  # 100,000 images, not 100000
     return env
 
 
