@@ -152,12 +152,48 @@ def paired_verdict(
 ) -> Verdict:
     """A method's per-image (deletion, insertion) against each chance map's on the same images (``chance``: rel ->
     map -> (deletion, insertion)), the images both have. A score counts as better only when it beats every chance
-    map by more than two standard errors of the mean paired difference: 0.963 against 0.966 is not a finding."""
+    map by more than two standard errors of the mean paired difference: 0.963 against 0.966 is not a finding. The
+    text gives each mean gain with its two standard errors and, when the method beats one chance map and not the
+    other, names them: "not better than a chance map" read as "no better than random" where it beat the random
+    map by four standard errors and only the centred blob matched it."""
     common = [rel for rel in chance if rel in scores]
-    names = {name for rel in common for name in chance[rel]}
-    d_ok = bool(names) and all(_paired_better([chance[r][name][0] - scores[r][0] for r in common]) for name in names)
-    i_ok = bool(names) and all(_paired_better([scores[r][1] - chance[r][name][1] for r in common]) for name in names)
-    return _verdict(title, d_ok, i_ok, f" (image by image, on the {len(common)} sampled images)")
+    names = [n for n in CHANCE_WORDS if any(n in chance[rel] for rel in common)]
+    gains = {
+        name: (
+            [chance[r][name][0] - scores[r][0] for r in common],
+            [scores[r][1] - chance[r][name][1] for r in common],
+        )
+        for name in names
+    }
+    d_ok = bool(names) and all(_paired_better(d) for d, _i in gains.values())
+    i_ok = bool(names) and all(_paired_better(i) for _d, i in gains.values())
+    how = f" (image by image, on the {len(common)} sampled images"
+    if len(common) >= 2:
+        how += "; mean gain ± two standard errors, " + "; ".join(
+            f"over the {CHANCE_WORDS[n]}: deletion {_gain(d)}, insertion {_gain(i)}" for n, (d, i) in gains.items()
+        )
+    beaten = [n for n, (d, i) in gains.items() if _paired_better(d) or _paired_better(i)]
+    if not d_ok and not i_ok and beaten:
+        short = [n for n in names if n not in beaten]
+        beats = " and ".join(
+            f"the {CHANCE_WORDS[n]} on "
+            + " and ".join(s for s, g in zip(("deletion", "insertion"), gains[n]) if _paired_better(g))
+            for n in beaten
+        )
+        if short:
+            text = (
+                f"{title}: not clearly better than the {' or the '.join(CHANCE_WORDS[n] for n in short)} on either "
+                f"score, though better than {beats}"
+            )
+        else:  # each score beats one chance map and not the other
+            text = f"{title}: not better than both chance maps on either score, though better than {beats}"
+        return Verdict(text + how + ")", False)
+    return _verdict(title, d_ok, i_ok, how + ")")
+
+
+def _gain(diffs: list[float]) -> str:
+    """A mean paired difference with two standard errors, e.g. "+0.141 ± 0.070"."""
+    return f"{fmean(diffs):+.3f} ± {2 * (variance(diffs) / len(diffs)) ** 0.5:.3f}"
 
 
 def faith_verdict(
