@@ -147,6 +147,32 @@ def test_empty_maps_cannot_pass_and_are_left_out_of_the_mean():
     assert "2 of the 4 images had constant maps and are left out" in curve.verdict()
 
 
+def test_the_verdict_states_its_spread_and_threshold_and_says_when_another_sample_could_flip_it():
+    """The verdict gave a bare mean ("FAILS: maps keep 0.57"; the bundled model's InputXGradient on 32 demo images)
+    and the page never said where the line is. It now gives two standard errors of the last step's mean over the
+    images, the threshold, and says so when the threshold lies within them."""
+    rng = np.random.default_rng(0)
+    original = rng.random((8, 16, 16)).astype(np.float32)
+    noise = rng.random((8, 16, 16)).astype(np.float32)
+    weights = np.array([0.9, 0.2] * 4, np.float32)[:, None, None]  # half the images keep their map, half lose it
+    after = weights * original + (1 - weights) * noise
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    (curve,) = cascade(net, _maps_by_model(original, after))
+    per_image = [abs(spearman(a, b)) for a, b in zip(original, after, strict=True)]
+    se = 2 * np.std(per_image, ddof=1) / np.sqrt(8)
+    assert curve.rank[-1] == pytest.approx(np.mean(per_image))
+    assert abs(curve.rank[-1] - FAIL_RANK) < se  # the threshold within the spread
+    text = curve.verdict()
+    assert f"(± {se:.2f}, two standard errors over 8 images; a method fails above {FAIL_RANK:.2f}" in text, text
+    assert "the threshold is within them: check more images (--images)" in text, text
+
+    (clear,) = cascade(net, _maps_by_model(original, original.copy()))
+    assert clear.verdict().endswith(
+        f"(± 0.00, two standard errors over 8 images; a method fails above {FAIL_RANK:.2f}): "
+        "they show the image, not the model"
+    ), clear.verdict()
+
+
 def test_weight_normed_layers_are_randomized_and_the_model_rebuilt_when_it_cannot_be_copied():
     """A model with torch.nn.utils.weight_norm cannot be deep-copied (its derived weight is no graph leaf):
     sanity crashed with an internal error. It now builds the model again; and reinit, which reset the derived

@@ -140,6 +140,22 @@ class Curve:
     ssim: list[float | None]
     scored: int = 0  # images whose original map is not constant (the others have nothing to compare)
     images: int = 0
+    last: list[float] | None = None  # each scored image's |rank correlation| once the whole network is random
+
+    def spread(self) -> float | None:
+        """Two standard errors of the last step's mean rank correlation over the scored images (None: under 2)."""
+        if not self.last or len(self.last) < 2:
+            return None
+        return 2 * float(np.std(self.last, ddof=1)) / len(self.last) ** 0.5
+
+    def _stated(self, r: float) -> str:
+        """The parenthesis after the last step's mean: its two standard errors over the images, the threshold, and,
+        when the threshold lies within them, that another sample could give the other verdict."""
+        se = self.spread()
+        if se is None:
+            return f"(a method fails above {FAIL_RANK:.2f})"
+        near = "; the threshold is within them: check more images (--images)" if abs(r - FAIL_RANK) <= se else ""
+        return f"(± {se:.2f}, two standard errors over {len(self.last)} images; a method fails above {FAIL_RANK:.2f}{near})"
 
     def verdict(self) -> str:
         if not self.scored:
@@ -153,9 +169,12 @@ class Curve:
         if r > FAIL_RANK:
             return (
                 f"{self.method}: FAILS: maps keep {r:.2f} rank correlation after the whole network is "
-                f"randomized: they show the image, not the model{out}"
+                f"randomized {self._stated(r)}: they show the image, not the model{out}"
             )
-        return f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized{out}"
+        return (
+            f"{self.method}: passes: rank correlation falls to {r:.2f} once the whole network is randomized "
+            f"{self._stated(r)}{out}"
+        )
 
     def passed(self) -> bool:
         return bool(self.scored) and self.rank[-1] is not None and self.rank[-1] <= FAIL_RANK
@@ -202,6 +221,7 @@ def cascade(
     labels = ["original"]
     rank: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
     sim: dict[str, list[float | None]] = {m: [1.0 if any(v) else None] for m, v in varies.items()}
+    last: dict[str, list[float]] = {m: [] for m in original}  # the last step's per-image |rank correlation|
     for i, (name, stage) in enumerate(steps):
         if stage is not None:
             reinit(stage, seed + i)
@@ -211,10 +231,11 @@ def cascade(
         now = maps_of(net)
         for m, ref in original.items():
             pairs = [(a, b) for a, b, v in zip(ref, now[m], varies[m], strict=True) if v]
-            rank[m].append(float(np.mean([abs(spearman(a, b)) for a, b in pairs])) if pairs else None)
+            last[m] = [abs(spearman(a, b)) for a, b in pairs]
+            rank[m].append(float(np.mean(last[m])) if pairs else None)
             sim[m].append(float(np.mean([ssim(a, b) for a, b in pairs])) if pairs else None)
         log(f"sanity: randomized {labels[-1]}: " + ", ".join(f"{m} {_num(rank[m][-1])}" for m in original))
-    return [Curve(m, labels, rank[m], sim[m], sum(varies[m]), len(varies[m])) for m in original]
+    return [Curve(m, labels, rank[m], sim[m], sum(varies[m]), len(varies[m]), last[m]) for m in original]
 
 
 ESTIMATE_AFTER_S = 10.0  # original maps slower than this: say how long the steps will take
