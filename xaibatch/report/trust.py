@@ -129,6 +129,13 @@ def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scor
         "image, on the same images."
     )
     t.verdicts = [paired_verdict(title, per_image, sample) for title, per_image in scores.items()]
+    for f in t.faith:  # the method's means on the chance rows' images: the table's rows above are over all images
+        on = [scores[f.title][rel] for rel in sample if rel in scores.get(f.title, {})]
+        if on:
+            f.cells.append((SAME_IMAGES, len(on), fmean(d for d, _i in on), fmean(i for _d, i in on)))
+
+
+SAME_IMAGES = "the chance rows' images"  # the subset of a method's table row that the chance rows are scored on
 
 
 def _legacy_chance(t: Trust, legacy: dict[str, dict[str, list[float]]], scores: dict) -> None:
