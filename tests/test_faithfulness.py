@@ -424,3 +424,29 @@ def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     cells = t.faith[0].cells
     assert cells[-1][:2] == ("the chance rows' images", 3), cells
     assert cells[-1][2:] == pytest.approx((0.9, 0.4)), cells
+
+
+@pytest.mark.parametrize(("fill_p", "warned"), [(0.97, True), (0.40, False)])
+def test_the_page_says_when_the_fill_does_not_move_the_model(tmp_path, fill_p, warned):
+    """With the default blur fill the demo model's probability moved by 0.026 on average from the image to the
+    fill, so every map's curves were flat and the page said only "Grad-CAM: not clearly better than a chance map",
+    which blames the maps for what the fill does. The page now says so when the fill barely moves the output."""
+    from types import SimpleNamespace
+
+    from xaibatch.report.trust import build_trust
+
+    images, maps = {}, {}
+    for k in range(8):
+        rel = f"img_{k}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0)
+        curve = [0.99, 0.98, fill_p]
+        maps[(rel, "gradcam")] = SimpleNamespace(
+            rel=rel,
+            deletion=0.98,
+            insertion=0.98,
+            faith={"deletion_curve": curve, "insertion_curve": curve[::-1]},
+            config_hash="h",
+        )
+    t = build_trust(tmp_path, images, maps, [SimpleNamespace(name="gradcam", title="Grad-CAM")], True, None)
+    assert ("the explained class's probability moves by 0.020 on average" in t.fill_note) is warned, t.fill_note
+    assert bool(t.fill_note) is warned
