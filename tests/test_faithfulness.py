@@ -450,3 +450,38 @@ def test_the_page_says_when_the_fill_does_not_move_the_model(tmp_path, fill_p, w
     t = build_trust(tmp_path, images, maps, [SimpleNamespace(name="gradcam", title="Grad-CAM")], True, None)
     assert ("the explained class's probability moves by 0.020 on average" in t.fill_note) is warned, t.fill_note
     assert bool(t.fill_note) is warned
+
+
+@pytest.mark.parametrize("sanity_passed", [False, True])
+def test_a_good_faithfulness_verdict_of_maps_that_fail_the_sanity_check_says_so(tmp_path, sanity_passed):
+    """Guided Backprop beat both chance maps on the demo data, a green line, above a sanity check that found its maps
+    keep 0.71 rank correlation on a random network. The verdict now says its maps fail the check and is not green."""
+    from types import SimpleNamespace
+
+    from xaibatch.evaluation import chance as chance_file
+    from xaibatch.evaluation.sanity_file import FILENAME, SanityCurve, SanityResult
+    from xaibatch.report.trust import build_trust
+
+    images, maps, sample = {}, {}, {}
+    for k in range(16):
+        rel = f"img_{k:02d}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0)
+        curve = [0.99, 0.5, 0.01]
+        d = 0.2 + 0.01 * (k % 3)
+        maps[(rel, "captum:GuidedBackprop")] = SimpleNamespace(
+            rel=rel, deletion=d, insertion=1 - d, faith={"deletion_curve": curve}, config_hash="h"
+        )
+        sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.8, 0.3), "blob": (0.7, 0.4)})
+    chance_file.write(tmp_path, "k", 20, "mean", sample)
+    verdict = "captum:GuidedBackprop: passes" if sanity_passed else "captum:GuidedBackprop: FAILS"
+    curve = SanityCurve("captum:GuidedBackprop", ["original", "fc"], [1.0, 0.7], [1.0, 0.7], sanity_passed, verdict)
+    (tmp_path / FILENAME).write_text(SanityResult([curve], checkpoint_sha256="c", created=1.0).to_json())
+    methods = [SimpleNamespace(name="captum:GuidedBackprop", title="GuidedBackprop (captum)")]
+    t = build_trust(tmp_path, images, maps, methods, True, "c")
+    (v,) = t.verdicts
+    assert v.text.startswith("GuidedBackprop (captum): better than both chance maps"), v.text
+    flagged = v.text.endswith(
+        "but its maps fail the sanity check below, so these scores do not show that they explain the model"
+    )
+    assert flagged is not sanity_passed, v.text
+    assert v.good is (True if sanity_passed else None)

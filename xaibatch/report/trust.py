@@ -89,7 +89,26 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
         for c in t.sanity.curves:
             c.earlier = earlier_words(c, t.sanity)
         _mark_recomputed(t.sanity.curves, maps, t.sanity_stale)
+        _flag_insane(t, {m.name: m.title for m in methods})
     return t
+
+
+def _flag_insane(t: Trust, titles: dict[str, str]) -> None:
+    """A faithfulness verdict of a method whose maps fail the sanity check (of this checkpoint, on these maps) says
+    so and is not shown as good: Guided Backprop's maps beat both chance maps on the demo data, in green, above a
+    sanity check that finds they keep 0.71 rank correlation on a random network (they show the image's edges, which
+    deletion rewards whatever the model). Only the two together are the finding."""
+    if t.sanity_stale:
+        return
+    failed = {titles.get(c.method, c.method) for c in t.sanity.curves if not c.passed and not c.stale}
+    for k, v in enumerate(t.verdicts):
+        title = next((f for f in failed if v.text.startswith(f + ": ")), None)
+        if title is not None:
+            t.verdicts[k] = Verdict(
+                f"{v.text}; but its maps fail the sanity check below, so these scores do not show that they explain "
+                "the model",
+                None if v.good else v.good,
+            )
 
 
 FLAT_FILL = 0.1  # the mean |P(image) - P(fill)| under which the page says the fill does not remove the evidence
