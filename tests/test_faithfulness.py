@@ -192,7 +192,8 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     assert all(line.split(",")[-3] for line in lines[1:])
     assert (out / "faithfulness-chance.json").is_file()
     html = (out / "index.html").read_text()
-    assert html.count('<ul class="verdicts"><li class="') == 1 and "chance" in html.split('class="verdicts"')[1]
+    verdicts = html.split('class="verdicts"')[1]
+    assert html.count('<ul class="verdicts"><li class="') == 1 and "over the random map: deletion" in verdicts
 
 
 def _around(mean: float, n: int = 64, spread: float = 0.05) -> list[float]:
