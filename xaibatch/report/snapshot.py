@@ -35,7 +35,7 @@ from .data import History, method_infos
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
 SUMMARY_VERSION = 5  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
-# 5: faithfulness verdicts name the chance map and give the gains; a row on the chance rows' images)
+# 5: faithfulness verdicts name the chance map, give the gains, flag maps failing sanity; chance-images row, fill note)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
