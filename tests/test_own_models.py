@@ -146,14 +146,15 @@ def _csv(out):
         return {r["path"]: r for r in csv.DictReader(f)}
 
 
-def _cnn_args(world, out, *extra):
+def _cnn_args(world, out, *extra, checkpoint=None):
+    """The run of the world's CNN into ``out``, with its own checkpoint or ``checkpoint``."""
     root = world["root"]
     return [
         str(root / "demo" / "test"),
         "--model",
         f"{root}/mymodels.py:cnn",
         "--checkpoint",
-        str(root / "cnn.pt"),
+        str(checkpoint or root / "cnn.pt"),
         "--out",
         str(out),
         *extra,
@@ -437,9 +438,7 @@ def test_checkpoint_forms_of_a_training_script_load_as_the_state_dict(world, tmp
     torch.save(CHECKPOINT_FORMS[form](world["model"].state_dict()), ckpt)
     plain, out = tmp_path / "plain", tmp_path / "out"
     assert _run(_cnn_args(world, plain, "-m", "gradcam")).exit_code == 0
-    args = _cnn_args(world, out, "-m", "gradcam")
-    args[args.index("--checkpoint") + 1] = str(ckpt)
-    r = _run(args)
+    r = _run(_cnn_args(world, out, "-m", "gradcam", checkpoint=ckpt))
     assert r.exit_code == 0, r.output
     want = {rel: (row["pred"], row["p_REAL"]) for rel, row in _csv(plain).items()}
     assert {rel: (row["pred"], row["p_REAL"]) for rel, row in _csv(out).items()} == want
@@ -449,9 +448,7 @@ def test_checkpoint_with_two_sets_of_weights_names_them(world, tmp_path):
     sd = world["model"].state_dict()
     ckpt = tmp_path / "two.pt"
     torch.save({"net": sd, "ema": sd, "epoch": 6}, ckpt)
-    args = _cnn_args(world, tmp_path / "out", "-m", "gradcam")
-    args[args.index("--checkpoint") + 1] = str(ckpt)
-    r = invoke("run", *args, "-q")
+    r = invoke("run", *_cnn_args(world, tmp_path / "out", "-m", "gradcam", "-q", checkpoint=ckpt))
     assert r.exit_code == 2
     assert r.output.strip() == (
         f"Error: {ckpt}: no tensors at its top level, and weights under 'net' and 'ema': re-save the ones to "
@@ -466,9 +463,7 @@ def test_torchscript_file_is_named_as_such(world, tmp_path):
     ts = torch.jit.trace(net, torch.zeros(1, 3, 32, 32))  # scripted and traced modules save the same archive
     ckpt = tmp_path / "model.ts.pt"
     torch.jit.save(ts, ckpt)
-    args = _cnn_args(world, tmp_path / "out", "-m", "gradcam")
-    args[args.index("--checkpoint") + 1] = str(ckpt)
-    r = invoke("run", *args, "-q")
+    r = invoke("run", *_cnn_args(world, tmp_path / "out", "-m", "gradcam", "-q", checkpoint=ckpt))
     assert r.exit_code == 2
     assert r.output.strip() == (
         f"Error: {ckpt}: a TorchScript archive (torch.jit.save), not plain weights; xaibatch loads no TorchScript. "
@@ -476,8 +471,7 @@ def test_torchscript_file_is_named_as_such(world, tmp_path):
         "give its nn.Module with --model FILE.py:FACTORY"
     )
     torch.save(torch.jit.load(ckpt).state_dict(), tmp_path / "sd.pt")  # the advice works
-    args[args.index("--checkpoint") + 1] = str(tmp_path / "sd.pt")
-    assert _run(args).exit_code == 0
+    assert _run(_cnn_args(world, tmp_path / "out", "-m", "gradcam", checkpoint=tmp_path / "sd.pt")).exit_code == 0
 
 
 def test_one_logit_model_without_classes_says_which_probability_its_sigmoid_is(world, tmp_path):
