@@ -135,7 +135,7 @@ def _module(world, source: str):
         net = torchvision.models.resnet18(num_classes=2)
         net.load_state_dict(torch.load(src["checkpoint"], weights_only=True))
         return net
-    return build_factory(src["model"])
+    return build_factory(src["model"])[0]
 
 
 def _cell(entry: str, source: str, family: str, world, tmp_path) -> None:

@@ -584,6 +584,23 @@ def test_a_factory_that_returns_data_parallel_runs_the_module_it_wraps(world, tm
         assert np.array_equal(np.load(f), wrapped), f.name
 
 
+def test_a_data_parallel_factorys_target_layer_may_be_named_in_the_wrapper(world, tmp_path):
+    """``--target-layer module.body...`` (the name print(model) shows for a DataParallel, and what a run recorded
+    before the wrapped module was run) names the wrapped module's layer: the run and a sanity rebuild find it,
+    and the run records the module's own name, as a bare factory's run does."""
+    root = world["root"]
+    bare = tmp_path / "bare"
+    args = [root / "demo" / "test", "--image-size", 32, "--device", "cpu", "-m", "gradcam"]
+    assert _run([*args, "--model", f"{root}/mymodels.py:srm", "--out", bare]).exit_code == 0
+    layer = json.loads(manifest_value(bare, "SELECT config_json FROM runs"))["layer"]
+    out = tmp_path / "wrapped"
+    r = _run([*args, "--model", f"{root}/mymodels.py:parallel", "--target-layer", f"module.{layer}", "--out", out])
+    assert r.exit_code == 0, r.output
+    assert json.loads(manifest_value(out, "SELECT config_json FROM runs"))["layer"] == layer
+    r = invoke("sanity", str(out), "--images", "4")
+    assert r.exit_code == 0, r.output
+
+
 def test_bad_target_layer_lists_candidates(world, tmp_path):
     r = _run(_cnn_args(world, tmp_path / "o", "--target-layer", "nope"))
     assert r.exit_code == 2 and "features.0" in r.output and "features.3" in r.output
@@ -692,8 +709,8 @@ def test_a_model_file_imports_its_neighbours_and_a_module_spec_the_current_folde
     )
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.chdir(tmp_path)
-    assert build_factory(f"{tmp_path / 'models' / 'net_7f3a.py'}:make").in_features == 5
-    assert build_factory("proj_7f3a:make").in_features == 3
+    assert build_factory(f"{tmp_path / 'models' / 'net_7f3a.py'}:make")[0].in_features == 5
+    assert build_factory("proj_7f3a:make")[0].in_features == 3
     assert sys.path[-2:] == [str((tmp_path / "models").resolve()), str(tmp_path.resolve())]
 
 

@@ -46,6 +46,9 @@ class LoadedModel:
     # the input size came from --image-size, the checkpoint or the model's pretrained_cfg; False: from nowhere (a
     # factory's or torchvision's model without one: preprocess.DEFAULT_SIZE), which a run says (notices.py)
     size_declared: bool = True
+    # a --model factory that returned a DataParallel: the prefix of its layers' names in the wrapper ("module."),
+    # which a --target-layer given in the wrapper's names drops (the wrapped module is what runs)
+    layer_prefix: str = ""
 
     @property
     def input_size(self) -> int:

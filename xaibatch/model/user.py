@@ -75,7 +75,7 @@ def _import_module(dotted: str, spec: str):
         raise ModelError(f"--model {spec}: importing {dotted} failed: {_first_line(e)}") from None
 
 
-def build_factory(spec: str) -> nn.Module:
+def build_factory(spec: str) -> tuple[nn.Module, str]:
     """Import ``FILE.py:FACTORY`` / ``module.path:FACTORY`` and call the factory; errors are one line."""
     where, _, fname = spec.rpartition(":")
     if not where or not fname.isidentifier():
@@ -96,7 +96,7 @@ def build_factory(spec: str) -> nn.Module:
         raise ModelError(f"--model {spec}: {fname}() raised {_first_line(e)}") from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"--model {spec}: {fname}() returned a {type(module).__name__}, not a torch.nn.Module")
-    return unwrap_parallel(module)[0]
+    return unwrap_parallel(module)
 
 
 def unwrap_parallel(module: nn.Module) -> tuple[nn.Module, str]:
@@ -166,7 +166,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
             module = create(rest, num_classes or 2, img_size=image_size)
             return finish(module, rest, None, image_size, None, None, RANDOM_INIT, weights_sha256(module))
         return load_model(checkpoint, rest, image_size, num_classes, flag="--model timm:")
-    sd, source, digest = None, RANDOM_INIT, ""
+    sd, source, digest, prefix = None, RANDOM_INIT, "", ""
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -176,7 +176,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     if kind == "torchvision":
         module = build_torchvision(rest, num_classes or 2, sd, image_size)
     else:
-        module = build_factory(spec)
+        module, prefix = build_factory(spec)  # a DataParallel's module, its names' prefix in the wrapper
         if checkpoint is None:
             source = f"(weights from {spec})"
     if sd is not None:
@@ -185,6 +185,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
         digest = weights_sha256(module)
     module.to(torch.float32)
     loaded = finish(module, spec, None, image_size, None, None, source, digest)
+    loaded.layer_prefix = prefix
     from .heads import count_outputs
 
     outputs = count_outputs(module, loaded.input_size, f"--model {spec}")

@@ -152,7 +152,10 @@ def prepare(
     needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
         opts.target_layer is not None
     )
-    layer = find_target_layer(heads.unwrap(model.module), model.input_size, opts.target_layer) if needs_layer else None
+    named = opts.target_layer
+    if named and model.layer_prefix and named.startswith(model.layer_prefix):  # "module.layer2" of a DataParallel
+        named = named[len(model.layer_prefix) :]
+    layer = find_target_layer(heads.unwrap(model.module), model.input_size, named) if needs_layer else None
     ctx = ModelContext(model=model.module, layer=layer, preprocess=model.preprocess, device=device)
     methods = [
         create_method(
