@@ -943,6 +943,42 @@ def test_a_forward_that_raises_names_the_users_exception_first():
     assert isinstance(e.value.__cause__, RuntimeError)
 
 
+def test_a_forward_out_of_memory_is_not_blamed_on_the_input_size():
+    """An out-of-memory error in the first forward read "it runs at 224x224: give the input size it was trained
+    at", after a second forward at 224 px (dear on a GPU that has just run out): it is raised as it came, once."""
+    calls = []
+
+    class Hungry(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[-1])
+            if x.shape[-1] > 230:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return x.mean((2, 3))[:, :2]
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        xaibatch.explain(Hungry(), _images(1, size=256), ["lime"], method_options={"lime": {"samples": 10}})
+    assert calls == [256]
+
+
+def test_where_a_forward_raised_names_a_model_librarys_file():
+    """torchvision's own frames were dropped as torch's (its folder starts with torch's path): "(FILE, line N,
+    in NAME)" named nothing for a torchvision model's assertion."""
+    import os
+
+    import torchvision
+
+    from xaibatch.model.heads import _where
+
+    lib = os.path.join(os.path.dirname(torchvision.__file__), "models", "made_up.py")
+    code = compile("def check(x):\n    raise AssertionError('Wrong image height!')\n", lib, "exec")
+    space: dict = {}
+    exec(code, space)
+    try:
+        space["check"](None)
+    except AssertionError as e:
+        assert _where(e) == f" ({lib}, line 2, in check)"
+
+
 def test_a_model_without_parameters_is_explained_or_refused_in_one_line():
     """``next(model.parameters())`` raised StopIteration out of the layer search."""
     pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # three "classes": R, G, B

@@ -28,6 +28,7 @@ device and from the manifest alike: a batch, one row re-decided under a new thre
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, UsageError, out_of_memory
 from ..scan import named_class
 from .layers import weights_place
 
@@ -194,6 +195,8 @@ def count_outputs(module: nn.Module, input_size: int, what: str) -> Outputs:
     try:
         out = _zero_forward(module, input_size)
     except Exception as e:  # chained: a notebook shows the user's own traceback under the one line
+        if out_of_memory(e):  # not the model's fault, nor the size's to guess at: said as every out-of-memory is
+            raise
         raise forward_failed(module, input_size, what, e) from e
     if not isinstance(out, torch.Tensor) or out.ndim not in (1, 2) or out.shape[0] != 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -243,7 +246,7 @@ def _first_line(e: BaseException) -> str:
 def _where(e: BaseException) -> str:
     """`` (FILE, line N, in NAME)``: the deepest frame of ``e``'s traceback outside torch and xaibatch (the user's
     forward, or their model library's), or "" when there is none."""
-    skip = (str(Path(torch.__file__).parent), str(Path(__file__).parents[1]))
+    skip = (str(Path(torch.__file__).parent) + os.sep, str(Path(__file__).parents[1]) + os.sep)  # not torchvision
     frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
     return f" ({frames[-1].filename}, line {frames[-1].lineno}, in {frames[-1].name})" if frames else ""
 
