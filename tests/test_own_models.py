@@ -420,6 +420,30 @@ def test_positive_class_against_the_order_of_given_classes_is_refused(world, tmp
     assert ok.exit_code == 0, ok.output
 
 
+def test_sanity_of_a_folder_whose_run_read_the_logit_inverted_says_to_run_again(world, tmp_path):
+    """A folder made before the refusal above, with --positive-class against the given order: sanity's rebuild met
+    the refusal and advised --classes (which sanity does not take) or passing the model (which gave the same
+    error). It says the run read the model inverted and how to run it again."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    args = _cnn_args(world, out, "-m", "gradcam", "--classes", "FAKE,REAL", "--positive-class", "REAL")
+    assert _run(args).exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")  # what the run recorded before the refusal existed
+    cfg = json.loads(db.execute("SELECT config_json FROM runs").fetchone()[0])
+    cfg["source"]["positive_class"] = "FAKE"
+    db.execute("UPDATE runs SET config_json = ?", (json.dumps(cfg),))
+    db.commit()
+    db.close()
+    r = invoke("sanity", str(out), "--images", "4")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"Error: sanity cannot check {out}: its run read this one-logit model's sigmoid(z) as P(FAKE) "
+        "(--positive-class FAKE with the classes FAKE,REAL), inverted: runs now refuse it; run xaibatch run again "
+        "with --classes REAL,FAKE and no --positive-class, then sanity"
+    )
+
+
 CHECKPOINT_FORMS = {
     "training-dict": lambda sd: {"epoch": 6, "net": sd, "optimizer": {"state": {}, "param_groups": []}},
     "torch.compile": lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()},

@@ -58,7 +58,7 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
 def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
     """prepare() the rebuilt options; a model that cannot be rebuilt, or is not the run's, is one line saying how."""
     from ..errors import InputError, XaibatchError
-    from ..pipeline.prepare import load_and_name, prepare
+    from ..pipeline.prepare import InvertedLogit, load_and_name, prepare
 
     how = (
         f"pass the run's model: `xaibatch sanity {out} --model FILE.py:FACTORY|torchvision:NAME|timm:NAME "
@@ -84,6 +84,13 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
             return load_and_name(opts, found)
         except InputError:
             raise
+        except InvertedLogit as e:  # a run from before the refusal: no model to pass fixes it, the run must be redone
+            first, second = e.classes
+            raise UsageError(
+                f"sanity cannot check {out}: its run read this one-logit model's sigmoid(z) as P({first}) "
+                f"(--positive-class {first} with the classes {first},{second}), inverted: runs now refuse it; run "
+                f"xaibatch run again with --classes {second},{first} and no --positive-class, then sanity"
+            ) from None
         except XaibatchError as e:
             raise UsageError(f"sanity cannot rebuild the run's model from {what}: {e}; {how}") from None
 

@@ -84,12 +84,22 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
         # and invert every prediction, label check and ROC curve without a word
         given = "--classes" if opts.classes is not None else "the checkpoint's classes"
         first, second = model.class_names
-        raise UsageError(
+        raise InvertedLogit(
             f"--positive-class {first}: this one-logit model's sigmoid(z) is P({second}), the second of {given} "
-            f"{first},{second}; if it is P({first}), give --classes {second},{first} (and no --positive-class)"
+            f"{first},{second}; if it is P({first}), give --classes {second},{first} (and no --positive-class)",
+            (first, second),
         )
     heads.with_positive(model.module, model.decision)
     return model, names
+
+
+class InvertedLogit(UsageError):
+    """``--positive-class`` naming the first of a one-logit model's classes (in output order): read so, its sigmoid
+    would be inverted. Refused; ``classes`` (first, second) lets a sanity check of an older run say what to do."""
+
+    def __init__(self, message: str, classes: tuple[str, str]) -> None:
+        super().__init__(message)
+        self.classes = classes
 
 
 @dataclass
