@@ -358,22 +358,22 @@ def test_hostile_names_are_text_and_links_work(hostile_run):
 
 
 def test_counts_of_thousands_are_written_with_separators(tmp_path):
-    """A large run's counts read as 1,203 images, not 1203: the summary's totals and metrics, the confusion and
-    calibration tables, a gallery page's range and group sizes (each of them raw before but the earlier-model
-    and history lines)."""
+    """A large run's counts read as 2,403 images, not 2403: the summary's totals and metrics, the confusion and
+    calibration tables, the figures' alt texts, a gallery page's range and group sizes (each of them raw before
+    but the earlier-model and history lines)."""
     import re
 
-    n = 1203
+    n = 2403  # about 1,200 correct and 1,200 misclassified: the figures' alt texts count them too
     out = synth(tmp_path / "o", labeled_rows(n), files=False)
     report.render(out)
     index = (out / "index.html").read_text()
-    text = re.sub(r"<[^>]+>", "", index)
-    assert "Images1,203" in text.replace(" ", "").replace("\n", "")
-    assert "1,203 computed" in text and "Macro average" in text
+    text = re.sub(r"<[^>]+>", "", index) + " ".join(re.findall(r'alt="([^"]*)"', index))
+    assert "Images2,403" in text.replace(" ", "").replace("\n", "")
+    assert "2,403 computed" in text and "Macro average" in text and "correctly classified" in text
     plain = re.sub(r"[0-9a-f]{16,}|\d{4}-\d\d-\d\d|[+-]\d{4}(?!\d)", "", text)  # hashes, dates, time zones aside
     assert not re.search(r"(?<![\d,.#-])\d{4,}(?![\d,.])", plain), "a count of 4+ digits"
     gallery = re.sub(r"<[^>]+>", "", (out / "gallery" / "page-6.html").read_text())
-    assert "Images 1,001–1,200 of 1,203." in gallery
+    assert "Images 1,001–1,200 of 2,403." in gallery
 
 
 def test_pagination_counts_and_page_weight(tmp_path):

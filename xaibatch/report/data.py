@@ -504,10 +504,10 @@ def demo_model_warning(config: RunConfig, cards: list[Card], input_readable: boo
     reasons = []
     other = sum(1 for c in cards if (c.width, c.height) != (DEMO_SIZE, DEMO_SIZE))
     if other:
-        reasons.append(f"{other} of {len(cards)} images are not {DEMO_SIZE}x{DEMO_SIZE} (every demo image is)")
+        reasons.append(f"{other:,} of {len(cards):,} images are not {DEMO_SIZE}x{DEMO_SIZE} (every demo image is)")
     if input_readable and not any(c.mask_key for c in cards):
         reasons.append(
-            f"none of the {len(cards)} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
+            f"none of the {len(cards):,} images has a ground-truth mask (<name>{MASK_SUFFIX}) beside it "
             "(every demo FAKE image has one)"
         )
     if not reasons:

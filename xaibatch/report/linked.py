@@ -88,11 +88,11 @@ def _confidence(data: ReportData) -> Figure | None:
     scope = data.earlier["scope"] if data.earlier else ""  # images an earlier model predicted are left out
     if data.labeled:
         alt = (
-            f"Histogram of the predicted class's probability for {data.correct} correctly classified "
-            f"(blue) and {data.wrong} misclassified (orange) images{', ' + scope if scope else ''}."
+            f"Histogram of the predicted class's probability for {data.correct:,} correctly classified "
+            f"(blue) and {data.wrong:,} misclassified (orange) images{', ' + scope if scope else ''}."
         )
     else:
-        alt = f"Histogram of the predicted class's probability {scope or f'over all {data.total} images'}."
+        alt = f"Histogram of the predicted class's probability {scope or f'over all {data.total:,} images'}."
     return Figure(
         "confidence",
         (data.hist_edges, data.hist_series),

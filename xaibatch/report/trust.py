@@ -171,7 +171,7 @@ def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scor
         d, i = zip(*(s[name] for s in sample.values()))
         t.chance.append((words, len(sample), fmean(d), fmean(i)))
     t.chance_note = (
-        f"The chance rows score a random map and a centred blob on {len(sample)} images drawn by their content's "
+        f"The chance rows score a random map and a centred blob on {len(sample):,} images drawn by their content's "
         "hash, whatever their names or folders; each verdict compares a method's scores with theirs image by "
         "image, on the same images."
     )
@@ -221,7 +221,7 @@ def paired_verdict(
     }
     d_ok = bool(names) and all(_paired_better(d) for d, _i in gains.values())
     i_ok = bool(names) and all(_paired_better(i) for _d, i in gains.values())
-    how = f" (image by image, on the {len(common)} sampled images"
+    how = f" (image by image, on the {len(common):,} sampled images"
     if len(common) >= 2:
         how += "; mean gain ± two standard errors, " + "; ".join(
             f"over the {CHANCE_WORDS[n]}: deletion {_gain(d)}, insertion {_gain(i)}" for n, (d, i) in gains.items()
