@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=3000, help="bytes a file (a 32 px overlay is about 3 KB)")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops it: its folders are removed on the way
     hows = ["named"] + (["tmpfile"] if hasattr(os, "O_TMPFILE") and sys.platform == "linux" else [])
     configs = [(p, s, h) for h in hows for s in (True, False) for p in map(int, a.procs.split(",")) if s or p > 1]
     best: dict[tuple, float] = {}

@@ -425,6 +425,16 @@ def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     cells = t.faith[0].cells
     assert cells[-1][:2] == ("the chance rows' images", 3), cells
     assert cells[-1][2:] == pytest.approx((0.9, 0.4)), cells
+    # a sample of every image adds no row: it would repeat the "all" row
+    whole = ChanceFile(
+        "k",
+        20,
+        "mean",
+        {rel: ChanceScores(f"s{k}", 0, {"random": (0.8, 0.5), "blob": (0.7, 0.6)}) for k, rel in enumerate(rels)},
+    )
+    t = Trust(faith=[FaithRow("gradcam", "Grad-CAM", [("all", 6, 0.5, 0.65)])])
+    _sampled_chance(t, whole, images, {"Grad-CAM": per_image})
+    assert [c[0] for c in t.faith[0].cells] == ["all"]
 
 
 @pytest.mark.parametrize(("fill_p", "warned"), [(0.97, True), (0.40, False)])

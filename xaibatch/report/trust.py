@@ -178,7 +178,7 @@ def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scor
     t.verdicts = [paired_verdict(title, per_image, sample) for title, per_image in scores.items()]
     for f in t.faith:  # the method's means on the chance rows' images: the table's rows above are over all images
         on = [scores[f.title][rel] for rel in sample if rel in scores.get(f.title, {})]
-        if on:
+        if on and len(on) < len(scores.get(f.title, {})):  # a sample of every image: its "(all)" row already
             f.cells.append((SAME_IMAGES, len(on), fmean(d for d, _i in on), fmean(i for _d, i in on)))
 
 
