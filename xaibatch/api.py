@@ -190,15 +190,15 @@ def _check_numbers(input_size, mean, std, batch_size, seed) -> None:
     """Refuse explain()'s numeric keywords out of range in one line, as the CLI's ranges do: batch_size=0 raised
     range()'s ValueError deep in the explainer, a negative input_size PIL's, input_size=0 was taken as not given,
     a mean of two numbers raised a broadcasting error, and std=0 gave infinite input and meaningless maps."""
+    from .defaults import IMAGE_SIDES, image_side_ok
     from .errors import UsageError
 
     def whole(v) -> bool:
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-    if input_size is not None and not (whole(input_size) and SIDE_RANGE[0] <= input_size <= SIDE_RANGE[1]):
-        raise UsageError(
-            f"input_size must be a whole number from {SIDE_RANGE[0]} to {SIDE_RANGE[1]} (pixels), not {input_size!r}"
-        )
+    if input_size is not None and not image_side_ok(input_size):
+        lo, hi = IMAGE_SIDES
+        raise UsageError(f"input_size must be a whole number from {lo} to {hi} (pixels), not {input_size!r}")
     if not (whole(batch_size) and batch_size >= 1):
         raise UsageError(f"batch_size must be a whole number of at least 1, not {batch_size!r}")
     if not whole(seed):
@@ -214,9 +214,6 @@ def _check_numbers(input_size, mean, std, batch_size, seed) -> None:
         if len(floats) != 3 or not all(math.isfinite(f) for f in floats) or not positive:
             kind = "numbers" if name == "mean" else "positive numbers"
             raise UsageError(f"{name} must be three {kind}, one per channel (R, G, B), not {values!r}")
-
-
-SIDE_RANGE = (8, 4096)  # input_size, as the CLI's --image-size
 
 
 def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):
@@ -332,13 +329,12 @@ def _make_methods(net, pre: Preprocess, dev, req: Request):
     from .methods import ModelContext, create_method, method_class
     from .model.heads import unwrap
     from .model.layers import find_target_layer
+    from .model.user import inner_name
 
     kinds = {m: method_class(m) for m in req.methods}
     options = _method_options(req.method_options, kinds, req.seed)
     needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
-    name = req.target_layer
-    if name and req.layer_prefix and name.startswith(req.layer_prefix):  # named in the wrapper: "module.layer2"
-        name = name[len(req.layer_prefix) :]
+    name = inner_name(req.target_layer, req.layer_prefix)  # named in the wrapper: "module.layer2"
     layer = find_target_layer(unwrap(net), pre.image_size, name) if needs_layer else None
     ctx = ModelContext(net, layer, pre, dev)
     made = [create_method(m, ctx, **options[m]) for m in req.methods]

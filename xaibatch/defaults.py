@@ -8,6 +8,8 @@ import os
 # --decode: auto decodes JPEGs with PIL in the DataLoader workers except on device types measured faster
 # (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
 DECODE_CHOICES = ("auto", "cpu", "device")
+# model input sides (--image-size, explain()'s input_size, a checkpoint's input_size): whole numbers in this range
+IMAGE_SIDES = (8, 4096)
 DEFAULT_MAX_MAP_SIDE = 1024  # --max-map-side: an 8000x8000 image would otherwise make a 256 MB .npy per method
 
 # LIME's options (methods/lime.py, which imports torch) and their defaults, here so that --help shows them cheaply
@@ -108,3 +110,10 @@ def default_batch_size(device_type: str, input_size: int) -> int:
     if input_size <= 128:
         return 256
     return 128 if input_size <= 256 else 32
+
+
+def image_side_ok(v: object) -> bool:
+    """Whether ``v`` is a model input side xaibatch takes (:data:`IMAGE_SIDES`; a bool is no number here)."""
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and IMAGE_SIDES[0] <= v <= IMAGE_SIDES[1]

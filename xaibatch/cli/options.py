@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..defaults import device_spec_problem, workers_problem
+from ..defaults import IMAGE_SIDES, device_spec_problem, workers_problem
 from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
 from .boundary import checked
 
@@ -131,7 +131,7 @@ methods_option = _option(
 arch_option = _option("--arch")
 model_option = _option("--model", "model_spec", metavar="SPEC")
 checkpoint_option = _option("--checkpoint", type=NonEmptyPath(path_type=Path, dir_okay=False))
-image_size_option = _option("--image-size", type=click.IntRange(8, 4096))
+image_size_option = _option("--image-size", type=click.IntRange(*IMAGE_SIDES))
 
 
 @dataclass(frozen=True)

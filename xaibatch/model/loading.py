@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..defaults import device_spec_problem
+from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok
 from ..files import file_sha256
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
@@ -401,8 +401,8 @@ def _check_fields(obj: dict[str, Any], path: Path):
     if len(set(names)) != len(names):
         raise bad("class_names", "repeats a name")
     size = obj.get("input_size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
-        raise bad("input_size", "must be a whole number of pixels from 8 to 4096")
+    if not isinstance(size, int) or not image_side_ok(size):
+        raise bad("input_size", "must be a whole number of pixels from {} to {}".format(*IMAGE_SIDES))
     mean, std = obj.get("mean"), obj.get("std")
     for field, v in (("mean", mean), ("std", std)):
         if v is not None and (

@@ -110,6 +110,14 @@ def unwrap_parallel(module: nn.Module) -> tuple[nn.Module, str]:
     return module, prefix
 
 
+def inner_name(name: str | None, prefix: str) -> str | None:
+    """A layer ``name`` given in a wrapper's names (``module.layer2``, :func:`unwrap_parallel`'s ``prefix``) as the
+    wrapped module names it (``layer2``); any other name as it is."""
+    if name and prefix and name.startswith(prefix):
+        return name[len(prefix) :]
+    return name
+
+
 def _last_linear(module: nn.Module) -> str | None:
     names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
     return names[-1] if names else None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 
 from .. import layout, targets
-from ..defaults import device_spec_problem, model_spec_problem, workers_problem
+from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok, model_spec_problem, workers_problem
 from ..errors import UsageError
 from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
@@ -147,12 +146,10 @@ def check_model_request(opts: ModelOptions) -> None:
         raise UsageError("give --model or --arch, not both (--model timm:NAME is --arch NAME)")
     if opts.model is not None and (problem := model_spec_problem(opts.model)):
         raise UsageError(problem)
-    if opts.image_size is not None and not (
-        isinstance(opts.image_size, numbers.Integral)
-        and not isinstance(opts.image_size, bool)
-        and 8 <= opts.image_size <= 4096
-    ):  # the CLI's range; from Python, 0 was taken as not given and -3 failed deep in torch
-        raise UsageError(f"--image-size must be a whole number from 8 to 4096, not {opts.image_size!r}")
+    if opts.image_size is not None and not image_side_ok(opts.image_size):
+        # the CLI's range; from Python, 0 was taken as not given and -3 failed deep in torch
+        lo, hi = IMAGE_SIDES
+        raise UsageError(f"--image-size must be a whole number from {lo} to {hi}, not {opts.image_size!r}")
     if opts.threshold is not None and not 0.0 <= opts.threshold <= 1.0:  # NaN too (click's range lets it by)
         raise UsageError(f"--threshold {opts.threshold} must be between 0 and 1")
     if opts.model is None:

@@ -16,6 +16,7 @@ from ..errors import InputError, UsageError
 from ..model.layers import TargetLayer, find_target_layer
 from ..methods import Method, ModelContext, create_method, method_class
 from ..model.loading import LoadedModel, load_model, resolve_device, use_device
+from ..model.user import inner_name
 from .options import RunOptions, checkpoint_path
 
 
@@ -162,9 +163,7 @@ def prepare(
     needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
         opts.target_layer is not None
     )
-    named = opts.target_layer
-    if named and model.layer_prefix and named.startswith(model.layer_prefix):  # "module.layer2" of a DataParallel
-        named = named[len(model.layer_prefix) :]
+    named = inner_name(opts.target_layer, model.layer_prefix)  # "module.layer2" of a DataParallel: layer2
     layer = find_target_layer(heads.unwrap(model.module), model.input_size, named) if needs_layer else None
     ctx = ModelContext(model=model.module, layer=layer, preprocess=model.preprocess, device=device)
     methods = [
