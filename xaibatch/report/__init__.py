@@ -51,7 +51,7 @@ The package::
 from .model import Card, MapView, PAGE_SIZE, ReportData, up, url
 from .data import build, bundled_model_sha256, demo_model_warning
 from .render import WriteStats, check_templates, environment, render, write_report
-from .predictions import csv_cell, write_predictions_csv
+from .predictions import csv_cell
 
 __all__ = [
     "Card",
@@ -68,6 +68,5 @@ __all__ = [
     "render",
     "up",
     "url",
-    "write_predictions_csv",
     "write_report",
 ]

@@ -24,12 +24,6 @@ CARD_THUMB_PX = 88  # thumbnails on cards are drawn this large (the files are <=
 MAX_PROBS_SHOWN = 10  # class probabilities on a detail page (the most likely ones)
 
 
-RUNS_ON_SUMMARY = 20
-
-
-FAILURES_ON_SUMMARY = 50
-
-
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 
 

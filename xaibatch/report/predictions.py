@@ -2,43 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 
-from .. import layout
-from ..files import atomic_write_bytes
-from ..manifest import ImageRow, Manifest, MapRow
-
-
-def write_predictions_csv(
-    out: Path,
-    names: list[str],
-    rows: dict[str, ImageRow] | None = None,
-    maps: dict[tuple[str, str], MapRow] | None = None,
-    write: Callable[[str, bytes], None] | None = None,
-    earlier: Callable[[str], bool] | None = None,
-) -> float | None:
-    """Write predictions.csv (from the manifest unless its rows and ``earlier`` (History.earlier) are given; with
-    ``write(rel, bytes)``, the report's checked writer, when given); return the accuracy over labeled images (None
-    when there are none)."""
-    if rows is None or maps is None or earlier is None:
-        from .data import History
-
-        manifest = Manifest(out / layout.MANIFEST)
-        try:
-            if rows is None or maps is None:
-                rows, maps = manifest.images(), manifest.maps()
-            earlier = earlier or History.read(manifest).earlier
-        finally:
-            manifest.close()
-    text = predictions_csv(names, rows, maps, earlier)
-    if write is not None:
-        write(layout.CSV, text)
-    else:
-        atomic_write_bytes(out / layout.CSV, text)
-    labeled = [r for r in rows.values() if r.label is not None]
-    return sum(r.label == r.pred for r in labeled) / len(labeled) if labeled else None
+from ..manifest import ImageRow, MapRow
 
 
 def predictions_csv(
