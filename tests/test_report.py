@@ -1231,7 +1231,7 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
 
     forked = drawn()
     assert len(forked) == 4  # two figures, two colour bars
-    monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: {0})
     assert drawn() == forked
     monkeypatch.undo()
     monkeypatch.setattr(forked_mod.os, "fork", lambda: (_ for _ in ()).throw(AssertionError("forked beside a thread")))
@@ -1269,7 +1269,7 @@ def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(tr
 
     forked = written("forked")
     assert any(k.startswith("detail/") and k.endswith(".js") for k in forked[0]) and forked[2]["truth"]
-    monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: {0})
     assert written("inline") == forked
     monkeypatch.undo()
     started = _children_die(monkeypatch, forked_mod)
@@ -1282,7 +1282,6 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     import importlib
 
     forked_mod = importlib.import_module("xaibatch.report.forked")
-    render_mod = importlib.import_module("xaibatch.report.render")
     monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
     _inp, out, _masks = truth_run
     started: list[int] = []
@@ -1297,8 +1296,7 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     monkeypatch.setattr(forked_mod.os, "fork", counting_fork)
 
     def written(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
-        monkeypatch.setattr(forked_mod.os, "cpu_count", lambda: cores)
-        monkeypatch.setattr(render_mod.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: set(range(cores)))
         return _rebuilt(out, tmp_path / name)
 
     inline = written("inline", 1)

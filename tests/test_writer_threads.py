@@ -358,3 +358,23 @@ def test_a_share_of_nineteen_224_px_images_fits_a_shared_slot():
     buf = memoryview(bytearray(SLOT_BYTES))
     packed = pack([item(i) for i in range(19)], buf)
     assert packed[0] == "stacked" and all(v is None or isinstance(v, tuple) for v in packed[2].values())
+
+
+def test_every_process_and_thread_count_follows_the_cpus_this_process_may_use(monkeypatch):
+    """On a 64-core host where the job may use 2 CPUs (taskset, Slurm, a container's cpuset) the writer threads,
+    the report's forked processes and the plan's hashing threads count 2, not 64."""
+    import os
+
+    from xaibatch import defaults
+    from xaibatch.pipeline.writer import writer_threads
+    from xaibatch.report import forked
+    from xaibatch.report.render import detail_processes
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert defaults.cpu_count() == 2
+    assert writer_threads("cuda", 1) == 1
+    assert detail_processes() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert not forked.can_fork()
+    assert writer_threads("cuda", 1) == 1

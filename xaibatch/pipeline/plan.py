@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from ..layout import assign_stems
 from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
 from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
-from ..defaults import DEFAULT_MAX_MAP_SIDE
+from ..defaults import DEFAULT_MAX_MAP_SIDE, cpu_count
 from ..errors import lasting
 
 if TYPE_CHECKING:
@@ -344,7 +343,7 @@ def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:
                 return False
         return digest == known.images[e.rel].sha256
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, cpu_count())) as pool:
         return dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
 
 

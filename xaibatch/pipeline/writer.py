@@ -10,7 +10,6 @@ are in place.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import layout
+from ..defaults import cpu_count
 from ..files import OutputDir, npy_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
@@ -90,7 +90,7 @@ def writer_threads(device_type: str, workers: int) -> int:
     cores that the DataLoader workers leave (up to 8), which the writer needs to keep up with the device."""
     if device_type == "cpu":
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) - max(1, workers)))
+    return max(1, min(8, cpu_count() - max(1, workers)))
 
 
 class Writer(threading.Thread):

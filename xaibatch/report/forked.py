@@ -17,9 +17,11 @@ import threading
 from multiprocessing import Pipe
 from typing import Any, Callable
 
+from ..defaults import cpu_count
+
 
 def can_fork() -> bool:
-    return hasattr(os, "fork") and (os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+    return hasattr(os, "fork") and cpu_count() >= 2 and threading.active_count() == 1
 
 
 class Forked:

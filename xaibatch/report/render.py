@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jinja2
 
 from .. import layout
+from ..defaults import cpu_count
 from ..errors import UsageError, XaibatchError
 from ..files import OutputDir
 from ..manifest import Manifest
@@ -247,7 +248,7 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
 def detail_processes() -> int:
     """How many forked processes write a first build's detail files: the cores left beside this process and the
     figures' one, at least 1 (a 2-core box), at most 6."""
-    return max(1, min(6, (os.cpu_count() or 1) - 2))
+    return max(1, min(6, cpu_count() - 2))
 
 
 def page_chunks(pages: list[GalleryPage], k: int) -> list[list[GalleryPage]]:
