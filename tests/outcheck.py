@@ -14,9 +14,9 @@ from urllib.parse import unquote
 
 from helpers import manifest_rows, manifest_value
 from xaibatch import layout
+from xaibatch.files import temporary
 
 OWNED = ("images", "thumbs", "maps")
-TEMP = re.compile(r"^\..+\.\d+\.tmp$|^\.xaibatch-write-test\.\d+$")
 
 
 class _Cards(HTMLParser):
@@ -90,7 +90,7 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
                 present.add(Path(os.path.relpath(os.path.join(dirpath, name), out)).as_posix())
     orphans = sorted(present - referenced)
     assert not orphans, f"files no row points at: {orphans[:5]}"
-    temps = [os.path.join(d, n) for d, _s, files in os.walk(out) for n in files if TEMP.match(n)]
+    temps = [os.path.join(d, n) for d, _s, files in os.walk(out) for n in files if temporary(n)]
     assert not temps, f"temporary files left: {temps[:5]}"
     assert not set(stems) & failures, f"images both computed and failed: {sorted(set(stems) & failures)[:5]}"
     if input_dir is not None:

@@ -235,6 +235,22 @@ def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
     assert not half.exists() and live.exists()
 
 
+def test_every_temporary_name_is_one_the_sweep_recognises():
+    """Every writer names its temporary files with files.temp_name, which the sweep after a crash reads back:
+    the pid last, short enough beside a 255-byte name; names that are not temporary files are left alone."""
+    from xaibatch.files import temp_name, temp_pid, temporary
+
+    long = "é" * 120 + ".npy"
+    for name in ("img.png", long, "xaibatch-reserve"):
+        tmp = temp_name(name)
+        assert temp_pid(tmp) == os.getpid() and temporary(tmp) and len(tmp.encode()) <= 100
+        assert temp_pid(temp_name(name, pid=4242)) == 4242
+    assert temp_name("a") != temp_name("a")  # two writers of one name in one process
+    assert temp_pid(".xaibatch-write-test.77") == 77  # what older versions left after a crash
+    for other in ("notes.tmp", ".hidden", ".a.tmp", "img.png.123.tmp", ".a.b.tmp"):
+        assert temp_pid(other) is None and not temporary(other)
+
+
 def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 2)

@@ -7,6 +7,7 @@ import io
 import itertools
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -72,8 +73,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     make_dirs(path.parent)
     for _ in range(1000):  # a stale temporary file (same pid after a crash) is skipped, not reused
-        # ".<name>.<pid>.tmp" with the pid last: the form a sweep of stale temporary files looks for.
-        tmp = path.with_name(f".{path.name[:32]}.{next(_tmp_counter)}.{os.getpid()}.tmp")
+        tmp = path.with_name(temp_name(path.name))
         try:
             f = open(tmp, "xb")
             break
@@ -104,10 +104,26 @@ def name_target(e: BaseException, path: Path) -> None:
         e.filename = str(path)
 
 
+def temp_name(name: str, pid: int | None = None) -> str:
+    """A temporary file's name for ``name``: ``.<name cut to 32 characters>.<n>.<pid>.tmp``, unique in this process
+    (``n``), the pid last: a sweep after a crash (:func:`temp_pid`) removes those whose process is gone. Short,
+    so that a 250-byte file name still leaves room for it."""
+    return f".{name[:32]}.{next(_tmp_counter)}.{pid or os.getpid()}.tmp"
+
+
+# what temp_name makes, and what xaibatch wrote to test a folder until November 2026 (".xaibatch-write-test.<pid>")
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
+
+
+def temp_pid(name: str | os.PathLike[str]) -> int | None:
+    """The pid of the process that wrote the temporary file ``name`` (:func:`temp_name`), or None if it is none."""
+    m = _TEMP_RE.match(os.path.basename(os.fsdecode(name)))
+    return int(m.group(1) or m.group(2)) if m else None
+
+
 def temporary(name: str | os.PathLike[str]) -> bool:
-    """Whether ``name`` is a temporary file's (``.<name>.<n>.<pid>.tmp``, see atomic_write_bytes)."""
-    base = os.path.basename(os.fsdecode(name))
-    return base.startswith(".") and base.endswith(".tmp")
+    """Whether ``name`` is a temporary file's (:func:`temp_name`)."""
+    return temp_pid(name) is not None
 
 
 class Reserve:
@@ -118,7 +134,7 @@ class Reserve:
     SIZE = 256 * 1024  # some 60 pages of the manifest's log; random bytes, which no file system compresses away
 
     def __init__(self, out: Path) -> None:
-        self.path = Path(out) / f".xaibatch-reserve.{os.getpid()}.tmp"
+        self.path = Path(out) / temp_name("xaibatch-reserve")
         try:
             atomic_write_bytes(self.path, os.urandom(self.SIZE))
         except OSError as e:
@@ -308,7 +324,7 @@ class OutputDir:
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         for _ in range(1000):
-            tmp = f".{name[:32]}.{next(_tmp_counter)}.{self.pid or os.getpid()}.tmp"
+            tmp = temp_name(name, self.pid)
             try:
                 fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
                 break

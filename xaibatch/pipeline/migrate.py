@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import layout
 from ..errors import UsageError
-from ..files import make_dirs, safe_join
+from ..files import make_dirs, safe_join, temp_name
 from ..manifest import Manifest, MapRow
 
 
@@ -51,9 +51,7 @@ def _link(out: Path, old: str, new: str) -> None:
     if dst.is_file() and os.path.samefile(src, dst):
         return  # linked by a migration that stopped before its commit (rename() would do nothing here)
     make_dirs(dst.parent)
-    # recovery's temporary-file pattern; the name cut as files.atomic_write_bytes cuts it: a stem of the longest
-    # kind (layout.MAX_STEM_NAME_BYTES) with a dot and the pid added is over NAME_MAX
-    tmp = dst.with_name(f".{dst.name[:32]}.{os.getpid()}.tmp")
+    tmp = dst.with_name(temp_name(dst.name))  # a crash leaves it to the sweep
     try:
         os.link(src, tmp)
     except OSError:  # a file system without hard links

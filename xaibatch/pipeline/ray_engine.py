@@ -207,7 +207,7 @@ def compute_ray(job: ComputeJob) -> None:
     import ray.data  # noqa: F401  (Streamer uses it; imported before connect(), as this engine always has)
 
     from ..defaults import default_batch_size
-    from ..files import atomic_write_bytes
+    from ..files import atomic_write_bytes, temp_name
     from ..manifest import Manifest
     from .compute import announce, batches, progress_bar
     from .recovery import sweep_temp_files
@@ -216,7 +216,7 @@ def compute_ray(job: ComputeJob) -> None:
     started = connect(opts.ray)
     flag = None
     token = uuid.uuid4().hex
-    probe = f".xaibatch-ray-probe.{os.getpid()}.tmp"  # a temporary file's name: a crash leaves it to the sweep
+    probe = temp_name("xaibatch-ray-probe")  # a crash leaves it to the sweep
     manifest = Manifest(out / layout.MANIFEST)
     streamer = None
     try:

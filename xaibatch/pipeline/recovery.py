@@ -9,31 +9,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .. import layout
 from ..errors import UsageError
-from ..files import remove_files, walk_files
+from ..files import remove_files, temp_pid, walk_files
 from ..lock import OutputLock, describe, pid_alive
 from ..manifest import Manifest, RunCounts, RunStatus
 
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$|^\.xaibatch-write-test\.(\d+)$")
-
-
 def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
-    """Delete temporary files (``.<name>.<pid>.tmp``, see files.atomic_write_bytes) whose writer ``stale(pid)``, where
+    """Delete temporary files (files.temp_name) whose writer ``stale(pid)``, where
     xaibatch writes (:func:`_where_runs_write`).
 
     Walks every folder xaibatch writes, so it runs only after an unclean stop; call it only while holding the lock.
     """
 
     def ours(path: str) -> bool:
-        m = _TEMP_RE.match(os.path.basename(path))
-        return bool(m) and stale(int(m.group(1) or m.group(2)))
+        pid = temp_pid(path)
+        return pid is not None and stale(pid)
 
     return _delete(path for path in _where_runs_write(out) if ours(path))
 
