@@ -19,7 +19,8 @@ from xaibatch.cli import cli
 from xaibatch.errors import ModelError, UsageError
 from xaibatch.manifest import FILENAME, Manifest
 from xaibatch.methods import FAMILIES, METHODS, create_method, list_methods, method_class
-from xaibatch.methods.options import method_options, parse_method_option, parse_value
+from xaibatch.method_specs import collect_method_options, parse_method_option, parse_value
+from xaibatch.methods.base import check_options
 from xaibatch.pipeline import run
 
 from _methods_helpers import make_batch, make_ctx, model_state, random_images, tiny_model
@@ -75,6 +76,11 @@ def test_unknown_name_lists_close_matches():
         method_class("captum:integratedgradients")
     with pytest.raises(UsageError, match=r"unknown method"):
         method_class("captum:NoiseTunnel.Occlusion")  # not a wrappable method
+
+
+def method_options(pairs: list[str], methods: list[str]) -> dict:
+    """--method-option checked against the registry's classes (the CLI checks the same names without torch)."""
+    return collect_method_options(pairs, methods, lambda name, opts: check_options(method_class(name), opts))
 
 
 def test_option_values_and_syntax():

@@ -267,6 +267,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
     """explain() once the module is borrowed and the images are the model's input; ``fitting``: the batch size
     that fits in memory (methods/explainer.Fitting), shared by the prediction's and the true class's batches."""
     from .errors import UsageError
+    from .methods.base import first_segmenter
     from .methods.explainer import Explained, Explainer
     from .model.heads import count_outputs, wrap
     from .model.loading import check_patches
@@ -278,8 +279,7 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
     net = wrap(net, outputs)  # as a run reads it: one logit as two classes, a softmax's log(p) as the logits
     classes = _checked_classes(req, max(outputs.count, 2))
     ctx, made = _make_methods(net, pre, dev, req)
-    segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
-    segmenter = segmenters[0] if segmenters else None
+    segmenter = first_segmenter(made)
     seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
     first = Explainer(made, ctx, target_modes.maps_target(req.mode))
     done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter, fitting)))
@@ -326,25 +326,19 @@ def _checked_classes(req: Request, k: int) -> tuple[str, ...] | None:
 
 def _make_methods(net, pre: Preprocess, dev, req: Request):
     """(the ModelContext, the methods made in it): the CAM layer is found only when a method needs it."""
-    from .methods import ModelContext, create_method, method_class
-    from .model.heads import unwrap
-    from .model.layers import find_target_layer
+    from .methods.base import build_methods, method_class
     from .model.user import inner_name
 
     kinds = {m: method_class(m) for m in req.methods}
-    options = _method_options(req.method_options, kinds, req.seed)
-    needs_layer = any(c.needs_activations or c.needs_layer for c in kinds.values()) or req.target_layer
+    options = _method_options(req.method_options, kinds)
     name = inner_name(req.target_layer, req.layer_prefix)  # named in the wrapper: "module.layer2"
-    layer = find_target_layer(unwrap(net), pre.image_size, name) if needs_layer else None
-    ctx = ModelContext(net, layer, pre, dev)
-    made = [create_method(m, ctx, **options[m]) for m in req.methods]
-    return ctx, made
+    return build_methods(req.methods, net, pre, dev, name, options, req.seed)
 
 
-def _method_options(given: Any, kinds: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]:
+def _method_options(given: Any, kinds: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each method's options, checked as ``--method-option`` is: a mapping of mappings, only for methods asked for,
     only options the method takes (an unknown one was silently ignored, or recorded as a setting; LIME's own
-    ``seed`` raised "got multiple values for keyword argument 'seed'"); ``seed=`` for a method unless given."""
+    ``seed`` raised "got multiple values for keyword argument 'seed'")."""
     from .errors import UsageError
     from .methods.base import check_options
 
@@ -359,7 +353,7 @@ def _method_options(given: Any, kinds: dict[str, Any], seed: int) -> dict[str, d
         if not isinstance(opts, Mapping):
             raise UsageError(f"method_options[{name!r}] must be a dict of option -> value, not {_a(opts)}")
         check_options(kinds[name], dict(opts))
-    return {m: {**({"seed": seed} if cls.takes_seed else {}), **dict(given.get(m, {}))} for m, cls in kinds.items()}
+    return {m: dict(given.get(m, {})) for m in kinds}
 
 
 def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info, fitting) -> None:

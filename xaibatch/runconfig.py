@@ -301,15 +301,14 @@ class RunConfig:
 
     def method_options(self) -> dict[str, dict[str, Any]]:
         """Each method's options as it was built; older records: its recorded config, less what is not an option."""
-        from .methods import method_class
+        from .methods.base import method_class, option_names
 
         out = {}
         for name, rec in self.methods.items():
             if rec.options is not None:
                 out[name] = dict(rec.options)
                 continue
-            cls = method_class(name)
-            allowed = set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
+            allowed = option_names(method_class(name))
             out[name] = {k: v for k, v in rec.config.items() if k in allowed}
         return out
 

@@ -395,11 +395,10 @@ def last_ended_run(out: Path) -> EndedRun:
 def load_sample(run: EndedRun, rels: list[str], prepared: Prepared) -> SampleBatch:
     """Decode the sampled images as a run would (with the superpixels LIME needs); refuses when none is readable."""
     from ..dataset import ImageDataset, collate
-    from ..methods.base import image_seed
+    from ..methods.base import first_segmenter, image_seed
 
     entries = image_entries(run.root, rels)
-    segmenters = [m.segmenter() for m in prepared.methods if m.segmenter() is not None]
-    ds = ImageDataset(entries, prepared.model.input_size, segmenters[0] if segmenters else None)
+    ds = ImageDataset(entries, prepared.model.input_size, first_segmenter(prepared.methods))
     items = [ds[i] for i in range(len(ds))]
     b = collate(items)
     if b.x is None:

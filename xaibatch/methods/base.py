@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -152,13 +152,59 @@ def method_class(name: str) -> type[Method]:
     raise unknown_method(name, list(METHODS) + [f.pattern for f in FAMILIES])
 
 
+def option_names(cls: type[Method]) -> set[str]:
+    """Every option ``cls`` takes: its defaults' names, and ``seed`` when it takes one."""
+    return set(cls.defaults) | ({"seed"} if cls.takes_seed else set())
+
+
 def check_options(cls: type[Method], options: dict[str, Any]) -> None:
     """Raise a one-line UsageError for an option ``cls`` does not take."""
-    check_option_names(cls.name, set(cls.defaults) | ({"seed"} if cls.takes_seed else set()), options)
+    check_option_names(cls.name, option_names(cls), options)
+
+
+def options_for(cls: type[Method], seed: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options ``cls`` is made with: the run's ``seed`` when it takes one, then the options given (a ``seed``
+    among them wins). Seed first: the order is the configuration hash's."""
+    return {**({"seed": seed} if cls.takes_seed else {}), **(given or {})}
+
+
+def needs_layer(classes: Iterable[type[Method]], layer_name: str | None = None) -> bool:
+    """Whether the CAM layer must be found: a method reads it, or the user named one (then it is checked)."""
+    return layer_name is not None or any(c.needs_activations or c.needs_layer for c in classes)
+
+
+def first_segmenter(methods: Iterable[Method]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The superpixel function the images are cut with: the first method's that has one (every method of a batch
+    sees the same segments)."""
+    return next((s for m in methods if (s := m.segmenter()) is not None), None)
 
 
 def create_method(name: str, ctx: ModelContext, **options: Any) -> Method:
     return method_class(name)(ctx, **options)
+
+
+def build_methods(
+    names: Iterable[str],
+    model: torch.nn.Module,
+    preprocess: Preprocess,
+    device: torch.device,
+    layer_name: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+) -> tuple[ModelContext, list[Method]]:
+    """The context every method of a run (or an explain() call, or serve) shares and the methods made in it, each
+    with :func:`options_for`; the CAM layer of ``model`` (a wrapped head, read through it) is looked for only when
+    :func:`needs_layer`."""
+    from ..model.heads import unwrap
+    from ..model.layers import find_target_layer
+
+    names = list(names)
+    classes = {m: method_class(m) for m in names}
+    layer = None
+    if needs_layer(classes.values(), layer_name):
+        layer = find_target_layer(unwrap(model), preprocess.image_size, layer_name)
+    ctx = ModelContext(model=model, layer=layer, preprocess=preprocess, device=device)
+    return ctx, [create_method(m, ctx, **options_for(classes[m], seed, (options or {}).get(m))) for m in names]
 
 
 def normalize_per_image(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ..manifest import ImageRow
 from ..model import heads
 from ..errors import ModelError
 from ..methods import Method, StopRequested
-from ..methods.base import image_seed
+from ..methods.base import first_segmenter, image_seed
 from ..model.loading import LoadedModel
 from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
@@ -111,25 +111,23 @@ class BatchWorker:
         else:
             self.on_progress(start * total + done * n, whole * total)
 
-    def segmenters(self, todo: tuple[str, ...]) -> list[Callable[[np.ndarray], np.ndarray]]:
-        methods = self.explainer(todo)[0] + labelmaps.label_methods(self.prepared.methods, todo)
-        return [s for m in methods if (s := m.segmenter()) is not None]
+    def segmenter(self, todo: tuple[str, ...]) -> Callable[[np.ndarray], np.ndarray] | None:
+        return first_segmenter(self.explainer(todo)[0] + labelmaps.label_methods(self.prepared.methods, todo))
 
     def on_device(self, todo: tuple[str, ...]) -> bool:
         """Whether this group's JPEGs are decoded on the device (--decode; see decode.py), decided once."""
         if todo not in self._on_device:
             self._on_device[todo] = device_decode(
-                self.opts.decode, self.prepared.ctx.device, segments=bool(self.segmenters(todo))
+                self.opts.decode, self.prepared.ctx.device, segments=self.segmenter(todo) is not None
             )
         return self._on_device[todo]
 
     def dataset(self, todo: tuple[str, ...], entries: list[ImageEntry]) -> ImageDataset:
         """Decoding (and LIME's segmenting) of these images; new and changed files are hashed from the same open."""
-        segmenters = self.segmenters(todo)
         return ImageDataset(
             entries,
             self.prepared.model.input_size,
-            segmenters[0] if segmenters else None,
+            self.segmenter(todo),
             want_hash=[self.plan.work[e.rel].fresh for e in entries],
             jpeg_bytes=self.on_device(todo),
         )

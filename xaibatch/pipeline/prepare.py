@@ -13,8 +13,9 @@ from .. import layout, targets
 from ..model import heads
 from ..defaults import default_batch_size, default_workers
 from ..errors import InputError, UsageError
-from ..model.layers import TargetLayer, find_target_layer
-from ..methods import Method, ModelContext, create_method, method_class
+from ..model.layers import TargetLayer
+from ..methods import Method, ModelContext, method_class
+from ..methods.base import build_methods
 from ..model.loading import LoadedModel, load_model, resolve_device, use_device
 from ..model.user import inner_name
 from .options import RunOptions, checkpoint_path
@@ -159,19 +160,11 @@ def prepare(
     model, names = load(opts, found)
     use_device(device)
     model.module.to(device).eval()
-    methods_wanted = list(dict.fromkeys(opts.methods))
-    needs_layer = any(classes[m].needs_activations or classes[m].needs_layer for m in methods_wanted) or (
-        opts.target_layer is not None
+    layer_name = inner_name(opts.target_layer, model.layer_prefix)  # "module.layer2" of a DataParallel: layer2
+    ctx, methods = build_methods(
+        dict.fromkeys(opts.methods), model.module, model.preprocess, device, layer_name, opts.method_options, opts.seed
     )
-    named = inner_name(opts.target_layer, model.layer_prefix)  # "module.layer2" of a DataParallel: layer2
-    layer = find_target_layer(heads.unwrap(model.module), model.input_size, named) if needs_layer else None
-    ctx = ModelContext(model=model.module, layer=layer, preprocess=model.preprocess, device=device)
-    methods = [
-        create_method(
-            m, ctx, **{**({"seed": opts.seed} if classes[m].takes_seed else {}), **opts.method_options.get(m, {})}
-        )
-        for m in methods_wanted
-    ]
+    layer = ctx.layer
     batch_size = opts.batch_size or default_batch_size(device.type, model.input_size)
     workers = default_workers(device.type) if opts.workers is None else opts.workers
     named = classes_from(opts, model, found)

@@ -22,6 +22,7 @@ from ..data import DECODE_FORMATS, MAX_PIXELS, decode_errors, decode_pil, displa
 from ..defaults import LIME_DEFAULTS
 from ..errors import EMPTY_FILE, DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
+from ..methods.base import first_segmenter, options_for
 from ..methods.explainer import Explainer
 from ..overlay import ZERO_MAP, display_map, display_scale, overlay, png_bytes
 from ..pipeline.options import ModelOptions, RunOptions
@@ -164,7 +165,7 @@ class Service:
         key = (name, self._samples_key(name, lime_samples))
         if key not in self._made:
             cls = method_class(name)
-            options = {**({"seed": self.opts.seed} if cls.takes_seed else {}), **self.opts.method_options.get(name, {})}
+            options = options_for(cls, self.opts.seed, self.opts.method_options.get(name))
             if key[1] is not None:
                 options["samples"] = key[1]
             self._made[key] = create_method(name, self.prepared.ctx, **options)
@@ -190,12 +191,12 @@ class Service:
         made = [self.method(m, lime_samples) for m in dict.fromkeys(methods)]
         pre = self.prepared.ctx.preprocess
         x = torch.stack([torch.from_numpy(pre.resize_image(u.image).copy()).permute(2, 0, 1) for u in uploads])
-        segmenters = [m.segmenter() for m in made if m.segmenter() is not None]
+        segmenter = first_segmenter(made)
         segments = None
-        if segmenters:  # as explain() and the DataLoader make them: from the model input, by the first segmenter
+        if segmenter is not None:  # as explain() and the DataLoader make them: from the model input
             segments = torch.stack(
                 [
-                    torch.from_numpy(np.ascontiguousarray(segmenters[0](a.permute(1, 2, 0).numpy()), dtype=np.int64))
+                    torch.from_numpy(np.ascontiguousarray(segmenter(a.permute(1, 2, 0).numpy()), dtype=np.int64))
                     for a in x
                 ]
             )
