@@ -921,7 +921,7 @@ def test_maps_whose_maxima_share_a_pixel_share_one_ring_that_names_them_all():
     peaks = {"A": (5, 6), "B": (20, 31), "C": (5, 6), "D": None, "E": (20, 31), "F": (5, 6)}  # (y, x)
     card = NS(
         rel="FAKE/x.png",
-        maps=[NS(title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()],
+        maps=[NS(method=t, title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()],
     )
     t = truth_record(mask, card)
     by = {p["title"]: p for p in t["points"]}
@@ -956,7 +956,7 @@ def test_ring_labels_stand_by_their_own_ring_and_cover_no_other_label_or_ring():
         {"A": (0, 0), "B": (0, 3), "C": (3, 0), "D": (31, 31)},  # three in a corner: no room, see below
     ]
     for peaks in crowds:
-        maps = [NS(title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()]
+        maps = [NS(method=t, title=t, peak=p, shape=(32, 32), zero=False, nowhere=False) for t, p in peaks.items()]
         t = truth_record(mask, NS(rel="FAKE/x.png", maps=maps))
         pts, r = t["points"], t["r"]
         boxes = [label_box(p["label"], p["lx"], p["ly"], t["font"]) for p in pts]
@@ -981,13 +981,100 @@ def test_a_map_that_points_nowhere_is_not_scored():
 
     mask = np.zeros((8, 8), bool)
     mask[:2, :2] = True  # (0, 0) would be a hit
-    flat = [NS(title="A", peak=[0, 0], shape=(8, 8), zero=True, nowhere=True)]
-    flat.append(NS(title="B", peak=[0, 0], shape=(8, 8), zero=False, nowhere=True))
-    flat.append(NS(title="C", peak=[0, 1], shape=(8, 8), zero=False, nowhere=False))
+    flat = [NS(method="A", title="A", peak=[0, 0], shape=(8, 8), zero=True, nowhere=True)]
+    flat.append(NS(method="B", title="B", peak=[0, 0], shape=(8, 8), zero=False, nowhere=True))
+    flat.append(NS(method="C", title="C", peak=[0, 1], shape=(8, 8), zero=False, nowhere=False))
     by = {p["title"]: p for p in truth_record(mask, NS(rel="FAKE/x.png", maps=flat))["points"]}
     assert by["A"]["note"] == "the map is zero everywhere" and "hit" not in by["A"] and "label" not in by["A"]
     assert by["B"]["note"] == "the map shows no evidence for the class" and "hit" not in by["B"]
     assert by["C"]["hit"] is True and by["C"]["label"] == "3"
+
+
+def _pointing_table(out: Path) -> list[list[str]]:
+    """The summary's pointing-game table, as its cells' text."""
+    page = (out / "index.html").read_text()
+    if 'id="h-pointing"' not in page:
+        return []
+    body = page[page.index('id="h-pointing"') :]
+    body = body[body.index("<tbody>") : body.index("</tbody>")]
+    return [
+        [unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
+
+
+def test_summary_scores_each_method_by_the_pointing_game_against_both_baselines(tmp_path, tiny_ckpt):
+    """The summary's localization table: per method, the hits of the maps' maxima in the ground-truth masks
+    over the images whose maps explain their true class, equal to localization.pointing_game (which reads the
+    manifest and the masks itself); chance the masks' mean area, the centre point's rate on the same images;
+    kept by an unchanged re-run (the saved summary)."""
+    from xaibatch.report.localization import pointing_game
+
+    inp = tmp_path / "in"
+    fakes = write_images(inp / "FAKE", 12, seed=3)
+    write_images(inp / "REAL", 3, seed=4)
+    rng = np.random.default_rng(2)
+    for i, p in enumerate(fakes[:10]):  # two FAKEs without a mask
+        mask = np.zeros((32, 32), bool)
+        y, x = rng.integers(0, 22, 2)
+        mask[y : y + 10, x : x + 10 + i % 3] = True
+        if i % 4 == 0:
+            mask[16, 16] = True  # some masks cover the centre point (the centre is pixel (15, 15) of 32)
+            mask[15, 15] = True
+        np.save(p.with_name(p.stem + ".mask.npy"), mask)
+    out = tmp_path / "out"
+    opts = run_opts(inp, out, tiny_ckpt, ["gradcam", "lime"], method_options={"lime": {"samples": 32}}, target="label")
+    run(opts, log=quiet)
+    rows = _pointing_table(out)
+    rels = [f"FAKE/{p.name}" for p in fakes[:10]]
+    assert [r[0] for r in rows] == ["Grad-CAM", "LIME"]
+    for row, method in zip(rows, ("gradcam", "lime"), strict=True):
+        g = pointing_game(out, inp, method, rels)
+        assert g.images == 10 and row[1] == "10"
+        assert row[2].split(" ")[0] == str(g.hits)
+        assert row[3].startswith(f"{100 * g.rate:.1f}% ± ")
+        assert row[4] == f"{100 * g.chance:.1f}%" and row[5] == f"{100 * g.centre_rate:.1f}%"
+        assert g.centre == 3  # the three masks drawn over the centre
+    assert "Localization (pointing game)" in (out / "index.html").read_text()
+    run(opts, log=quiet)  # unchanged: the summary comes from the saved snapshot
+    assert _pointing_table(out) == rows
+
+
+def test_the_pointing_game_leaves_out_maps_of_another_class_and_counts_maps_pointing_nowhere():
+    """tally(): a misclassified image's maps (target != label) and unlabeled images are not scored, a map that
+    points nowhere is a miss, an unreadable one is not scored; the verdict compares the rate less two standard
+    errors with both baselines."""
+    from types import SimpleNamespace as NS
+
+    from xaibatch.report.localization import PointingRow, tally
+
+    def truth(area, centre, *points):
+        return [
+            "key",
+            {"area": area, "centre": centre, "points": [{"m": m, "title": m.upper(), **p} for m, p in points]},
+        ]
+
+    cards = [NS(rel=f"r{i}", label="FAKE", target="FAKE") for i in range(4)]
+    cards += [NS(rel="wrong", label="FAKE", target="REAL"), NS(rel="nolabel", label=None, target="FAKE")]
+    truths = {
+        "r0": truth(0.1, True, ("a", {"hit": True}), ("b", {"hit": False})),
+        "r1": truth(0.3, False, ("a", {"hit": False}), ("b", {"note": "map unreadable"})),
+        "r2": truth(0.2, False, ("a", {"nowhere": True, "note": "the map is zero everywhere"}), ("b", {"hit": True})),
+        "r3": ["key", {"skipped": "16x16, the image is 32x32"}],  # a mask of another size
+        "wrong": truth(0.5, True, ("a", {"hit": True}), ("b", {"hit": True})),
+        "nolabel": truth(0.5, True, ("a", {"hit": True}), ("b", {"hit": True})),
+    }
+    a, b = tally(cards, truths)
+    assert (a.method, a.title, a.images, a.hits, a.nowhere, a.centre) == ("a", "A", 3, 1, 1, 1)
+    assert a.chance == pytest.approx(0.2)
+    assert (b.images, b.hits, b.nowhere, b.centre) == (2, 1, 0, 1) and b.chance == pytest.approx(0.15)
+    sure = PointingRow("m", "M", 400, 300, 0, 0.1, 40)  # 75 % against 10 % and 10 %
+    maybe = PointingRow("m", "M", 400, 120, 0, 0.1, 116)  # 30 % against 10 %, but the centre hits 29 %
+    no = PointingRow("m", "M", 20, 3, 0, 0.1, 2)  # 15 % of 20: within two standard errors of 10 %
+    assert (sure.good, maybe.good, no.good) == (True, None, False)
+    assert "clearly more often than chance (10.0%) and the centre point" in sure.verdict
+    assert "not clearly more often than a map that always points at the centre (29.0%)" in maybe.verdict
+    assert "not clearly more often than chance (10.0%)" in no.verdict
 
 
 def test_detail_page_shows_ground_truth_and_the_pointing_game(truth_run):

@@ -245,9 +245,15 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     ringed: dict[tuple[int, int], dict[str, Any]] = {}  # peak -> the point whose ring and label stand there
     for i, v in enumerate(c.maps):
-        pt: dict[str, Any] = {"n": i + 1, "title": v.title, "colour": MARKER_COLOURS[i % len(MARKER_COLOURS)]}
-        if v.zero or v.nowhere:
+        pt: dict[str, Any] = {
+            "n": i + 1,
+            "m": v.method,
+            "title": v.title,
+            "colour": MARKER_COLOURS[i % len(MARKER_COLOURS)],
+        }
+        if v.zero or v.nowhere:  # a miss (localization.tally)
             pt["note"] = "the map is zero everywhere" if v.zero else "the map shows no evidence for the class"
+            pt["nowhere"] = True
         elif v.peak is None or v.shape is None:
             pt["note"] = "map unreadable"
         elif tuple(v.shape) != (h, w):
@@ -268,6 +274,8 @@ def truth_record(mask: Any, c: Card) -> dict[str, Any]:
         "h": gh,
         "path": region_path(grid),
         "share": fmt_pct(np.count_nonzero(mask) / mask.size),  # mask.mean()'s value (both exact over rounding)
+        "area": round(float(np.count_nonzero(mask) / mask.size), 6),  # the summary's chance (localization.tally)
+        "centre": bool(mask[(h - 1) // 2, (w - 1) // 2]),  # a map that always points at the centre pixel hits
         "r": round(radius, 2),
         "font": round(font, 2),
         "points": points,

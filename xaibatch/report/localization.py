@@ -10,12 +10,15 @@ area alone says little.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
 from .. import layout
+from .text import fmt_pct
 
 
 @dataclass
@@ -39,6 +42,78 @@ class PointingGame:
             f"{self.rate:.1%} hits on {self.images} images (chance {self.chance:.1%}; "
             f"the centre point {self.centre_rate:.1%})"
         )
+
+
+@dataclass
+class PointingRow:
+    """One method's pointing game over the report's images with a ground-truth mask whose maps explain their true
+    class, for the summary page: its hits against the two chance rates, on the same images."""
+
+    method: str
+    title: str
+    images: int
+    hits: int
+    nowhere: int  # maps that point nowhere (zero, or no evidence for the class): counted as misses
+    chance: float  # the masks' mean area: how often a map pointing at random hits
+    centre: int  # how many of the images' masks cover the centre pixel (a map that always points there)
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.images if self.images else 0.0
+
+    @property
+    def centre_rate(self) -> float:
+        return self.centre / self.images if self.images else 0.0
+
+    @property
+    def margin(self) -> float:
+        """Two standard errors of the hit rate (binomial, the rate taken as (hits + 1) / (images + 2) so that all or
+        no hits on a few images still leave a margin): the rate is read as above a baseline only beyond it."""
+        p = (self.hits + 1) / (self.images + 2)
+        return 2 * math.sqrt(p * (1 - p) / self.images) if self.images else 0.0
+
+    @property
+    def good(self) -> bool | None:
+        """True: clearly above both baselines; None: above the area's chance only; False: not clearly above it."""
+        low = self.rate - self.margin
+        return True if low > max(self.chance, self.centre_rate) else None if low > self.chance else False
+
+    @property
+    def verdict(self) -> str:
+        head = f"{self.title}: {fmt_pct(self.rate)} ± {fmt_pct(self.margin)} of its maps' maxima fall in the region"
+        if self.good:
+            return f"{head}, clearly more often than chance ({fmt_pct(self.chance)}) and the centre point"
+        if self.good is None:
+            return (
+                f"{head}: more often than chance ({fmt_pct(self.chance)}), but not clearly more often than a map "
+                f"that always points at the centre ({fmt_pct(self.centre_rate)})"
+            )
+        return f"{head}: not clearly more often than chance ({fmt_pct(self.chance)})"
+
+
+def tally(cards: Iterable[Any], truths: dict[str, Any]) -> list[PointingRow]:
+    """Each method's :class:`PointingRow` from the detail view's ground-truth records (``truths``: image -> [key,
+    detail.truth_record]), over the ``cards`` whose maps explain their true class (a misclassified image's maps
+    explain another class, whose evidence need not lie in the region). Maps scored as the detail view scores them:
+    a map pointing nowhere is a miss, one whose size or view is unknown is not scored."""
+    rows: dict[str, PointingRow] = {}
+    areas: dict[str, float] = {}
+    for c in cards:
+        truth = (truths.get(c.rel) or [None, None])[1]
+        if c.label is None or c.target != c.label or not isinstance(truth, dict) or "area" not in truth:
+            continue
+        for pt in truth["points"]:
+            if "hit" not in pt and not pt.get("nowhere"):
+                continue  # unreadable, or another size than the mask
+            row = rows.setdefault(pt["m"], PointingRow(pt["m"], pt["title"], 0, 0, 0, 0.0, 0))
+            row.images += 1
+            row.hits += bool(pt.get("hit"))
+            row.nowhere += bool(pt.get("nowhere"))
+            row.centre += bool(truth["centre"])
+            areas[pt["m"]] = areas.get(pt["m"], 0.0) + truth["area"]
+    for m, row in rows.items():
+        row.chance = areas[m] / row.images
+    return list(rows.values())
 
 
 MASK_SUFFIX = ".mask.npy"  # the ground truth beside an image: <name>.mask.npy (written by `xaibatch demo-data`)

@@ -26,6 +26,7 @@ from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, class_neighbours, detail_record, site_record, truth_of
+from .localization import tally
 from .forked import Forked
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
 from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
@@ -178,7 +179,6 @@ def _write_all(
             _write_gallery(w, env, data, fps, template_dir)
             w.write(layout.GALLERY_NAMES, names_script(data.cards))
             w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
-            summary = snapshot.save(data)
             if not chunks:
                 _write_details(w, env, data, site, site_key, fps)
             for ps, child in zip(chunks, details):
@@ -187,6 +187,8 @@ def _write_all(
         finally:
             for child in details:
                 child.abandon()
+        data.localization = tally(data.cards, w.truths)  # from the ground truths the detail files were drawn with
+        summary = snapshot.save(data)
         drawings.finish()
         # the summary last, once every figure it links is drawn: a run killed (or out of disk) before this keeps
         # the previous index.html, which links the previous figures (their names carry their content's hash)
@@ -208,12 +210,21 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     )
 
 
+TRUTH_VERSION = 2  # bump when detail.truth_record's fields change (2: area, centre, each point's method)
+
+
 def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
     """The card's ground truth (detail.truth_of), from the cache while its mask and its maps' peaks are the
     same: a mask is read once, not on every page write."""
     if not c.mask_key or data.input_dir is None:
         return None
-    key = fingerprint(c.mask_key, c.width, c.height, [(v.title, v.peak, v.shape, v.zero, v.nowhere) for v in c.maps])
+    key = fingerprint(
+        TRUTH_VERSION,
+        c.mask_key,
+        c.width,
+        c.height,
+        [(v.method, v.title, v.peak, v.shape, v.zero, v.nowhere) for v in c.maps],
+    )
     hit = w.truth_cache.get(c.rel)
     truth = (
         hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(w.inputs(data.input_dir), c)

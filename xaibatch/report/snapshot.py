@@ -32,10 +32,12 @@ from .trust import FaithRow, Trust, Verdict
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos
+from .localization import PointingRow
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 5  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
-# 5: faithfulness verdicts name the chance map, give the gains, flag maps failing sanity; chance-images row, fill note)
+SUMMARY_VERSION = 6  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
+# 5: faithfulness verdicts name the chance map, give the gains, flag maps failing sanity; chance-images row, fill note;
+# 6: the pointing game per method)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
@@ -114,6 +116,7 @@ def save(data: ReportData) -> dict[str, Any]:
     out["groups"] = [{f.name: getattr(g, f.name) for f in fields(Group) if f.name != "cards"} for g in data.groups]
     out["pages"] = [{f.name: getattr(p, f.name) for f in fields(GalleryPage) if f.name != "blocks"} for p in data.pages]
     out["trust"] = dataclasses.asdict(data.trust) if data.trust is not None else None
+    out["localization"] = [dataclasses.asdict(r) for r in data.localization]
     out["input_dir"] = str(data.input_dir) if data.input_dir is not None else None
     return out
 
@@ -139,6 +142,7 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                     "sanity": _sanity(t["sanity"]),
                 }
             )
+        d["localization"] = [PointingRow(**r) for r in d["localization"]]
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
         return ReportData(**d, cards=[])  # History.apply sets the per-run fields
     except (KeyError, TypeError, ValueError, AttributeError):
