@@ -246,9 +246,9 @@ def _report_trust(out) -> dict:
     """The summary page's trust data (chance rows, verdicts) as the report saved it, numbers unrounded."""
     import json
 
-    from xaibatch.report.model import STATE_NAME
+    from xaibatch.layout import REPORT_STATE
 
-    return json.loads((out / STATE_NAME).read_text())["summary"]["trust"]
+    return json.loads((out / REPORT_STATE).read_text())["summary"]["trust"]
 
 
 def test_chance_sample_and_verdict_do_not_follow_file_names(tmp_path, tiny_ckpt):

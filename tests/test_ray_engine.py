@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from xaibatch.report.model import STATE_NAME
+from xaibatch.layout import REPORT_STATE
 from xaibatch.cli import cli
 from xaibatch.errors import UsageError
 from xaibatch.pipeline import RayOptions, RunOptions, run
@@ -288,7 +288,7 @@ def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, t
     assert {k.split("/")[1] for k in npys} == set(METHODS)
     assert [k for k in npys if fa[k] != fb[k]] == []  # Grad-CAM, Guided Grad-CAM and LIME (same seed): same bytes
     # The report's cache keys on its own manifest file (inode), so it differs between two folders by design.
-    differ = sorted(k for k in fa if fa[k] != fb[k] and k != STATE_NAME)
+    differ = sorted(k for k in fa if fa[k] != fb[k] and k != REPORT_STATE)
     assert set(differ) <= {"index.html", "history.html"}, differ  # run metadata only ...
     for page in differ:
         assert _scrubbed(a / page) == _scrubbed(b / page)  # ... dates, durations, the device

@@ -1197,7 +1197,7 @@ def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, t
     before = detail_data(copy)
     for row in maps.values():
         (copy / row.npy).unlink()  # the report needs none of them
-    (copy / report.model.STATE_NAME).unlink()  # and builds everything again
+    (copy / layout.REPORT_STATE).unlink()  # and builds everything again
     stats = report.render(copy)
     assert not stats.reused and detail_data(copy) == before
 
@@ -1253,7 +1253,7 @@ def test_a_report_with_its_colour_bars_imports_no_matplotlib(tmp_path):
 
     out = synth(tmp_path / "o", labeled_rows(30), methods=("gradcam", "lime"))
     report.render(out)
-    (out / report.model.STATE_NAME).unlink()  # every page and data file is built again; no figure changes
+    (out / layout.REPORT_STATE).unlink()  # every page and data file is built again; no figure changes
     code = (
         "import sys; from pathlib import Path; from xaibatch import report; "
         f"s = report.render(Path({str(out)!r})); assert not s.reused; "
@@ -1312,7 +1312,7 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
     def drawn() -> dict[str, bytes]:
         for d in ("figures", "assets"):
             shutil.rmtree(out / d, ignore_errors=True)
-        (out / report.model.STATE_NAME).unlink(missing_ok=True)
+        (out / layout.REPORT_STATE).unlink(missing_ok=True)
         report.render(out)
         return {p.name: p.read_bytes() for d in ("figures", "assets") for p in (out / d).glob("*.svg")}
 
@@ -1336,10 +1336,10 @@ def _rebuilt(out: Path, copy: Path) -> tuple[dict[str, bytes], tuple, dict]:
     shutil.copytree(out, copy)
     for top in ("detail", "gallery"):
         shutil.rmtree(copy / top, ignore_errors=True)
-    (copy / report.model.STATE_NAME).unlink(missing_ok=True)
+    (copy / layout.REPORT_STATE).unlink(missing_ok=True)
     s = report.render(copy)
     files = {str(p.relative_to(copy)): p.read_bytes() for top in ("detail", "gallery") for p in (copy / top).rglob("*")}
-    state = json.loads((copy / report.model.STATE_NAME).read_text())
+    state = json.loads((copy / layout.REPORT_STATE).read_text())
     return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
 
 
@@ -1653,12 +1653,12 @@ def test_masks_are_read_without_resolving_each_path(truth_run, tmp_path, monkeyp
     import shutil
 
     from xaibatch.report import forked
-    from xaibatch.report.model import STATE_NAME
+    from xaibatch.layout import REPORT_STATE
 
     inp, out, masks = truth_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    (copy / STATE_NAME).unlink()  # no cached ground truths: every mask is read
+    (copy / REPORT_STATE).unlink()  # no cached ground truths: every mask is read
     monkeypatch.setattr(forked, "can_fork", lambda: False)  # the detail files in this process, where we count
     real = os.path.realpath
     resolved = []

@@ -11,7 +11,7 @@ import pytest
 from test_report import html_pages, labeled_rows, synth
 from xaibatch import layout, report
 from xaibatch.manifest import FILENAME, Manifest, RunCounts
-from xaibatch.report.model import STATE_NAME
+from xaibatch.layout import REPORT_STATE
 
 OLD = 1_000_000_000  # 2001: any rewrite is visible
 
@@ -39,9 +39,9 @@ def add_run(out, status="ok"):
 
 def full_render(out):
     """Render with the saved content key spoiled, so everything is built from the manifest."""
-    state = json.loads((out / STATE_NAME).read_text())
+    state = json.loads((out / REPORT_STATE).read_text())
     state["content"] = "spoiled"
-    (out / STATE_NAME).write_text(json.dumps(state))
+    (out / REPORT_STATE).write_text(json.dumps(state))
     return report.render(out)
 
 
@@ -67,7 +67,7 @@ def test_unchanged_renders_only_the_run_history(out):
     assert stats.reused
     assert rewritten(out, files) == ["history.html", "index.html"]
     assert "Run history" in (out / "index.html").read_text()
-    assert stats.accuracy == pytest.approx(json.loads((out / STATE_NAME).read_text())["summary"]["accuracy"])
+    assert stats.accuracy == pytest.approx(json.loads((out / REPORT_STATE).read_text())["summary"]["accuracy"])
 
 
 def test_reused_summary_is_byte_identical_to_a_full_build(out):
@@ -197,9 +197,9 @@ def test_template_dir_always_builds(out, tmp_path):
 
 
 def test_damaged_state_builds(out):
-    state = json.loads((out / STATE_NAME).read_text())
+    state = json.loads((out / REPORT_STATE).read_text())
     state["summary"]["groups"] = [{"nonsense": 1}]
-    (out / STATE_NAME).write_text(json.dumps(state))
+    (out / REPORT_STATE).write_text(json.dumps(state))
     stats = report.render(out)
     assert not stats.reused
     assert report.render(out).reused

@@ -30,6 +30,10 @@ LOCK = ".xaibatch.lock"
 CSV = "predictions.csv"
 FAITH_CHANCE = "faithfulness-chance.json"  # deletion/insertion of random maps and a centred blob
 SANITY = "sanity.json"  # `xaibatch sanity`: the model-randomization test
+INDEX = "index.html"  # the report's summary page: open this
+HISTORY = "history.html"  # every run
+SKIPPED = "skipped.html"  # every file that could not be read, and why
+REPORT_STATE = ".xaibatch-report.json"  # what each report page was rendered from (a cache: safe to delete)
 
 DISPLAY_MAX_SIDE = 512  # display copies and overlays are written at most this large
 THUMB_SIDE = 128  # gallery thumbnails are at most this large

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import layout
 from ..errors import ExitCode
 from .boundary import echo, exit_codes_help, notes, reported
 from .helptext import Command
@@ -46,4 +47,4 @@ def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
         stats = write_report(out_dir, template_dir)
     if not quiet:
         done = f"{stats.written} file(s) written" if stats.written else "all up to date"
-        echo(f"xaibatch: {stats.pages} page(s), {done} -> {out_dir / 'index.html'}")
+        echo(f"xaibatch: {stats.pages} page(s), {done} -> {out_dir / layout.INDEX}")

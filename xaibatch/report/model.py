@@ -30,9 +30,6 @@ CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent con
 FINGERPRINT_VERSION = 4  # bump when what a detail page shows changes without a template change
 
 
-STATE_NAME = ".xaibatch-report.json"  # detail page -> fingerprint of its inputs (a cache: safe to delete)
-
-
 CALIBRATION_BINS = 10
 
 
@@ -44,11 +41,11 @@ TEMPLATE_NAMES = (
     "_macros.html",
     "_runs_table.html",
     "_failures_table.html",
-    "index.html",
+    layout.INDEX,
     "gallery.html",
     "detail.html",
-    "history.html",
-    "skipped.html",
+    layout.HISTORY,
+    layout.SKIPPED,
 )
 
 

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import layout
 from ..errors import UsageError
 from ..files import InputFolder, OutputDir, safe_join, walk_files
-from .model import FINGERPRINT_VERSION, OWNED_DIRS, STATE_NAME
+from .model import FINGERPRINT_VERSION, OWNED_DIRS
 
 
 @dataclass
@@ -120,7 +121,7 @@ class PageWriter:
     def load_state(self) -> dict[str, Any]:
         """The state saved by the last write: page fingerprints, the content key and the summary (a cache)."""
         try:
-            state = json.loads((self.out / STATE_NAME).read_text("utf-8"))
+            state = json.loads((self.out / layout.REPORT_STATE).read_text("utf-8"))
             if state.get("version") == FINGERPRINT_VERSION and isinstance(state.get("pages"), dict):
                 self.previous = state["pages"]
                 if isinstance(state.get("truth"), dict):
@@ -144,8 +145,8 @@ class PageWriter:
             separators=(",", ":"),
             default=str,
         ).encode("utf-8", "surrogatepass")
-        if self.files.read(STATE_NAME, len(body)) != body:
-            self.files.write(STATE_NAME, body)
+        if self.files.read(layout.REPORT_STATE, len(body)) != body:
+            self.files.write(layout.REPORT_STATE, body)
 
 
 def remove_stale(w: PageWriter) -> None:

@@ -88,7 +88,7 @@ def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
     """Bring the report up to date: the run history only when nothing else changed, else build and write
     (pages whose inputs did not change are not rendered again); returns what was written."""
     out = Path(out_dir)
-    stats = WriteStats(index=out / "index.html")
+    stats = WriteStats(index=out / layout.INDEX)
     w = PageWriter(out, stats)
     collecting = gc.isenabled()
     gc.disable()  # the report builds many long-lived objects and few cycles: without this, the cyclic
@@ -178,7 +178,7 @@ def _write_all(
         try:
             _write_gallery(w, env, data, fps, template_dir)
             w.write(layout.GALLERY_NAMES, names_script(data.cards))
-            w.write("skipped.html", env.get_template("skipped.html").render(r=data, root="", nav="skipped").encode())
+            w.write(layout.SKIPPED, env.get_template(layout.SKIPPED).render(r=data, root="", nav="skipped").encode())
             if not chunks:
                 _write_details(w, env, data, site, site_key, fps)
             for ps, child in zip(chunks, details):
@@ -206,7 +206,7 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     if any(rel not in sizes for rel in pages) or not w.intact():  # a page gone, or not at the size it was written
         return False
     return all(
-        (w.out / unquote(u)).is_file() for u in linked(data) + [layout.CSV, "skipped.html", layout.GALLERY_NAMES]
+        (w.out / unquote(u)).is_file() for u in linked(data) + [layout.CSV, layout.SKIPPED, layout.GALLERY_NAMES]
     )
 
 
@@ -440,8 +440,8 @@ def _render_gallery(gallery: jinja2.Template, data: ReportData, p: Any, fast: bo
 
 def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> None:
     """The pages that show the run history: written on every run."""
-    w.write("history.html", env.get_template("history.html").render(r=data, root="", nav="history").encode())
-    w.write("index.html", env.get_template("index.html").render(r=data, root="", nav="summary").encode("utf-8"))
+    w.write(layout.HISTORY, env.get_template(layout.HISTORY).render(r=data, root="", nav="history").encode())
+    w.write(layout.INDEX, env.get_template(layout.INDEX).render(r=data, root="", nav="summary").encode("utf-8"))
 
 
 def write_report(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
