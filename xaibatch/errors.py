@@ -1,5 +1,5 @@
 """One exception root, one exit-code table and one rule for what any error tells a user (:func:`outcome`); only the
-CLI's boundary (cli/boundary.py) and the servers say it."""
+CLI's boundary (cli/boundary.py), the servers and explain() say it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Literal
 
 from . import layout
 from .runstatus import RunStatus
+
+# whose options an error's advice names (memory_message): a run's, sanity's, explain()'s keywords, bench's, train's,
+# or none (the report command, serve)
+Caller = Literal["run", "sanity", "explain", "bench", "train", "other"]
 
 
 class ExitCode(IntEnum):
@@ -163,7 +168,7 @@ class BatchSplitWarning(UserWarning):
     """explain() split a batch that did not fit in memory (its maps are unchanged): pass a smaller batch_size."""
 
 
-def memory_message(message: str, memory: str, alone: bool = False, caller: str = "run") -> str:
+def memory_message(message: str, memory: str, alone: bool = False, caller: Caller = "run") -> str:
     """torch's out-of-memory message (a paragraph about allocator settings; the CPU allocator's "[enforce fail at
     alloc_cpu.cpp:...] ... you tried to allocate N bytes"; a MemoryError's) as one line that says what to do.
     ``memory``: out_of_memory's answer; ``alone``: it happened to one image at a time, when a smaller batch cannot
@@ -284,7 +289,7 @@ class Outcome:
     internal: bool = False
 
 
-def outcome(exc: BaseException, caller: str = "run") -> Outcome:
+def outcome(exc: BaseException, caller: Caller = "run") -> Outcome:
     """The one line and exit code of ``exc``: an xaibatch error's own; a signal's "interrupted"; an OSError with
     the file it names; running out of memory as what to do (``caller``: whose options the advice names, see
     :func:`memory_message`); anything else as an internal error. The CLI's Error: line, the JSON end event's

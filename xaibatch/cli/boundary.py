@@ -10,6 +10,7 @@ from typing import Callable
 import click
 
 from ..errors import (
+    Caller,
     ExitCode,
     XaibatchError,
     outcome,
@@ -134,7 +135,7 @@ class Group(click.Group):
             raise click.exceptions.Exit(0) from None
 
 
-def reported(fn=None, *, caller: str = "run"):
+def reported(fn=None, *, caller: Caller = "run"):
     """Turn library errors (and OS errors such as a full disk) into one line and an exit code. ``caller``: whose
     options the advice of an out-of-memory error names (errors.memory_message): ``@reported(caller="sanity")``."""
     if fn is None:

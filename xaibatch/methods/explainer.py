@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from ..errors import OneImageTooLarge, memory_message, out_of_memory
+from ..errors import Caller, OneImageTooLarge, memory_message, out_of_memory
 from ..model.heads import predict
 from ..model.layers import forward_from_layer
 from ..targets import target_class
@@ -190,7 +190,7 @@ class Fitting:
     does not fit raises :class:`~xaibatch.errors.OneImageTooLarge` (``caller``: whose options its advice names,
     errors.memory_message). Each part's images keep their own seeds and labels: the maps are a smaller batch's."""
 
-    def __init__(self, device: torch.device, on_split: Callable[[Split], None] | None = None, caller: str = "run"):
+    def __init__(self, device: torch.device, on_split: Callable[[Split], None] | None = None, caller: Caller = "run"):
         self.device, self.on_split, self.caller = device, on_split, caller
         self.fits: int | None = None  # after a batch ran out of memory: the most images explained at once
         self._oom: tuple[int, str] | None = None  # the last batch ran out of memory: (its images, "device" or "host")
