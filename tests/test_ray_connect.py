@@ -160,3 +160,36 @@ def test_the_runs_stop_handlers_outlive_ray_init(fake_init):
     before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     ray_connect.connect(RayOptions())
     assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+@pytest.mark.parametrize("mode", [None, "token"])
+def test_a_cluster_that_wants_rays_token_says_so(fake_init, monkeypatch, mode):
+    """`ray start --head` turns on Ray's token authentication when ~/.ray/auth_token exists (a Ray that a run started
+    writes it), and Ray sends the token to an explicit address only under RAY_AUTH_MODE=token: the run said "Failed
+    to connect to Ray cluster at ..." and nothing of why (measured: 20 s, then that line)."""
+    ray_connect, _, behaviour = fake_init
+    monkeypatch.setattr(ray_connect, "reachable", lambda address: None)
+    if mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+
+    def refused():  # the chain Ray 2.60 raises (ray._private.worker.init over node._init_gcs_client)
+        try:
+            raise RuntimeError(
+                "Failed to connect to GCS. Last connection error: Traceback (most recent call last):\n  ...\n"
+                "ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing "
+                "or incorrect. Note: RAY_AUTH_MODE is currently 'disabled' (not 'token')."
+            )
+        except RuntimeError as e:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from e
+
+    behaviour["do"] = refused
+    with pytest.raises(UsageError) as ei:
+        ray_connect.connect(RayOptions(address="10.0.0.1:6379"))
+    text = str(ei.value)
+    assert text.startswith("cannot join the Ray cluster at 10.0.0.1:6379: ") and "\n" not in text
+    if mode is None:
+        assert "RAY_AUTH_MODE=token" in text and "--ray-address auto" in text
+    else:
+        assert "refused this machine's Ray token" in text and "head node's token" in text

@@ -64,7 +64,7 @@ def connect(r: RayOptions) -> bool:
         raise UsageError(f"cannot {what}: no answer within {limit:g} s (is it a Ray head, and running?)") from None
     except Exception as e:
         _shutdown_quietly()
-        raise UsageError(f"cannot {what}: {_first_line(e)}") from None
+        raise UsageError(f"cannot {what}: {_auth_refused(e) or _first_line(e)}") from None
     finally:
         for s, h in handlers.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
@@ -166,6 +166,34 @@ def keep_ray_messages_off_stdout(quiet: bool) -> None:
 
     to_stderr.xaibatch_quiet = quiet  # type: ignore[attr-defined]
     ray_worker.print_to_stdstream = to_stderr
+
+
+def _auth_refused(e: BaseException) -> str | None:
+    """What to do when the cluster refused the connection for want of Ray's token (None for any other failure).
+
+    ``ray start`` turns token authentication on when ``~/.ray/auth_token`` exists, and a Ray that a run started
+    writes that file; a driver joining an explicit address sends the token only under RAY_AUTH_MODE=token (Ray's
+    rule: ``auto`` sends it). Ray says only "Failed to connect to Ray cluster at ..." after 20 s of retries, the
+    reason buried in the exception it chains.
+    """
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    if not any(type(x).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(x) for x in chain):
+        return None
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+        return (
+            "the cluster refused this machine's Ray token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token):"
+            " use the head node's token"
+        )
+    return (
+        "the cluster asks for Ray's token authentication, which Ray uses with an explicit address only under "
+        "RAY_AUTH_MODE=token: run with RAY_AUTH_MODE=token and the head node's token (~/.ray/auth_token or "
+        "RAY_AUTH_TOKEN), or with --ray-address auto on the head node"
+    )
 
 
 def _first_line(e: BaseException) -> str:
