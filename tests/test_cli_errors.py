@@ -497,6 +497,19 @@ def test_ray_options_without_engine_ray_are_refused(tmp_path, images, tiny_ckpt,
     assert r.exit_code == errors.EXIT_USAGE and '"event": "end"' in r.output  # the scheduler's JSON line too
 
 
+@pytest.mark.parametrize("flag", [["--workers", "4"], ["--writers", "2"], ["--workers", "0", "--writers", "0"]])
+def test_local_engine_options_with_engine_ray_are_refused(tmp_path, images, tiny_ckpt, flag, monkeypatch):
+    """--workers and --writers set the local engine's DataLoader and writer processes; a Ray worker decodes and
+    writes with --cpus-per-worker threads. With --engine ray they were dropped without a word (the run started Ray
+    and computed as if they were not there)."""
+    out = tmp_path / "out"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # had they passed, no Ray starts: nobody answers there
+    r = invoke(images, "--out", out, "-q", "--checkpoint", tiny_ckpt, "--engine", "ray", *flag)
+    names = ", ".join(f for f in flag if f.startswith("--"))
+    assert_one_line(r, errors.EXIT_USAGE, f"{names}: not with --engine ray", "--cpus-per-worker")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -107,8 +107,6 @@ def test_cli_exit_2_in_one_line_for_a_dead_address(labeled_dir, tmp_path, tiny_c
             str(tiny_ckpt),
             "--out",
             str(tmp_path / "o"),
-            "--workers",
-            "0",
             "-q",
             "--engine",
             "ray",

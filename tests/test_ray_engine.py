@@ -220,8 +220,8 @@ def test_an_unchanged_rerun_with_engine_ray_starts_no_ray(labeled_dir, tmp_path,
     from test_startup import _modules_after
 
     out = tmp_path / "o"
-    args = ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
-    assert CliRunner().invoke(cli, args).exit_code == 0  # the local engine computed it
+    args = ["run", str(labeled_dir), "--checkpoint", str(tiny_ckpt), "--out", str(out), "-q"]
+    assert CliRunner().invoke(cli, [*args, "--workers", "0"]).exit_code == 0  # the local engine computed it
     loaded = _modules_after(f"""
         from click.testing import CliRunner
         from xaibatch.cli import cli
@@ -588,7 +588,7 @@ def test_workers_that_die_loading_the_model_stop_the_run(local_ray, tmp_path):
     write_images(inp, 4, seed=3)
     (tmp_path / "dies.py").write_text(DIES_LOADING.format(driver=os.getpid()))
     args = ["run", inp, "--out", out, "--model", f"{tmp_path / 'dies.py'}:build", "--classes", "a,b", "-q"]
-    args += ["--workers", "0", "--batch-size", "2", "--engine", "ray", "--ray-workers", "2", "--cpus-per-worker", "1"]
+    args += ["--batch-size", "2", "--engine", "ray", "--ray-workers", "2", "--cpus-per-worker", "1"]
     t0 = time.monotonic()
     res = CliRunner().invoke(cli, [str(a) for a in args])
     print(f"took {time.monotonic() - t0:.0f} s")

@@ -382,6 +382,7 @@ class EngineArgs:
 
 
 RAY_ONLY = ("ray_address", "ray_workers", "gpus_per_worker", "cpus_per_worker")
+LOCAL_ONLY = ("workers", "writers")  # the local engine's processes: a Ray worker has --cpus-per-worker threads
 
 
 def check_faithfulness_given(ctx: click.Context) -> None:
@@ -397,8 +398,16 @@ def check_faithfulness_given(ctx: click.Context) -> None:
 
 def check_engine_options(ctx: click.Context) -> None:
     """A Ray option given without --engine ray would do nothing: say so (a forgotten --engine ray would otherwise
-    compute a whole folder on this machine)."""
+    compute a whole folder on this machine). Nor do --workers and --writers with it (a Ray worker's threads)."""
     if ctx.params.get("engine") == "ray":
+        local = [n for n in LOCAL_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if local:  # a Ray worker decodes with --cpus-per-worker threads and writes its own batch's files
+            flags = ", ".join("--" + n for n in local)
+            raise click.UsageError(
+                f"{flags}: not with --engine ray (a Ray worker decodes and writes with --cpus-per-worker threads; "
+                "give --cpus-per-worker)",
+                ctx,
+            )
         return
     given = [n for n in RAY_ONLY if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
     if given:
