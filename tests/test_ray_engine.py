@@ -271,8 +271,10 @@ def test_ray_engine_matches_the_local_engine(local_ray, labeled_dir, tmp_path, t
     a, b = tmp_path / "local", tmp_path / "ray"
     (labeled_dir / "FAKE" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # fails in a worker
     events: dict[str, list] = {"local": [], "ray": []}
-    ra = run(_opts(labeled_dir, a, tiny_ckpt, on_event=events["local"].append))
-    rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray", on_event=events["ray"].append))
+    lines: dict[str, list] = {"local": [], "ray": []}  # with --log-json: stderr (the ray run said its batches there)
+    ra = run(_opts(labeled_dir, a, tiny_ckpt, on_event=events["local"].append), log=lines["local"].append)
+    rb = run(_opts(labeled_dir, b, tiny_ckpt, "ray", on_event=events["ray"].append), log=lines["ray"].append)
+    assert lines["ray"] == lines["local"]
     assert (ra.computed, rb.computed, rb.status, len(rb.failed)) == (10, 10, "some-failed", 1)
     assert sorted(ra.failed) == sorted(rb.failed)
     same = lambda evs: sorted(  # noqa: E731  (progress events are timing: when a beat falls differs)

@@ -225,10 +225,11 @@ def compute_ray(job: ComputeJob) -> None:
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
         tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
-        job.log(
-            f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
-            f"({gpus:g} GPU, {cpus:g} CPU each)"
-        )
+        if not opts.events_only:  # --log-json: stderr keeps what a scheduler must read (a cron job mailed this line)
+            job.log(
+                f"xaibatch: {len(tasks)} batch(es) of up to {batch_size} on {n_workers} Ray worker(s) "
+                f"({gpus:g} GPU, {cpus:g} CPU each)"
+            )
         atomic_write_bytes(out / probe, token.encode())
         stop_name = f"xaibatch-stop-{token}"
         flag = ray.remote(StopFlag).options(name=stop_name, num_cpus=0).remote()
