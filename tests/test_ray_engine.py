@@ -444,6 +444,20 @@ def test_a_cluster_without_the_gpus_asked_for_is_refused(local_ray, labeled_dir,
 
 
 @pytest.mark.slow
+def test_device_cuda_on_workers_without_a_gpu_is_refused_before_they_load(local_ray, labeled_dir, tmp_path, tiny_ckpt):
+    """--device cuda on a cluster with no GPU (or --gpus-per-worker 0): each actor loaded the model, then said
+    "--device cuda: no CUDA GPU is available here", "here" being a worker (18 s on a 2-core box)."""
+    for gpus, why in ((None, "the cluster has 0 GPU"), (0.0, "--gpus-per-worker 0")):
+        opts = dataclasses.replace(
+            _opts(labeled_dir, tmp_path / f"o{gpus}", tiny_ckpt, "ray"),
+            device="cuda",
+            ray=RayOptions(workers=2, gpus_per_worker=gpus, cpus_per_worker=1),
+        )
+        with pytest.raises(UsageError, match=f"--device cuda: the Ray workers get no GPU \\({why}"):
+            run(opts)
+
+
+@pytest.mark.slow
 @needs_ray
 def test_sigterm_to_a_cli_run_that_started_its_own_ray(tmp_path, tiny_ckpt):
     """The CLI starts a Ray on this machine (no address: $RAY_ADDRESS removed) and keeps its SIGTERM handling."""

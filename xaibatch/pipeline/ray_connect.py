@@ -214,13 +214,20 @@ def quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def resources(r: RayOptions) -> tuple[int, float, float]:
-    """(actors, GPUs each, CPUs each): GPU workers when the cluster has GPUs, as many as it has room for."""
+def resources(r: RayOptions, device: str = "auto") -> tuple[int, float, float]:
+    """(actors, GPUs each, CPUs each): GPU workers when the cluster has GPUs, as many as it has room for. A
+    ``device`` of cuda with workers that get no GPU is a UsageError here, before any actor loads the model."""
     import ray
 
     total = ray.cluster_resources()
     gpus = r.gpus_per_worker if r.gpus_per_worker is not None else (1.0 if total.get("GPU", 0) >= 1 else 0.0)
     cpus = r.cpus_per_worker
+    if gpus == 0 and device.strip().lower().startswith("cuda"):  # each actor would load, then find no GPU
+        why = "--gpus-per-worker 0" if r.gpus_per_worker == 0 else f"the cluster has {total.get('GPU', 0):g} GPU(s)"
+        raise UsageError(
+            f"--device {device}: the Ray workers get no GPU ({why}); use --device auto or cpu, or give them GPUs "
+            "with --gpus-per-worker"
+        )
     if gpus > total.get("GPU", 0) or cpus > total.get("CPU", 0):  # Ray would wait for them forever
         raise UsageError(
             f"the Ray cluster has {total.get('GPU', 0):g} GPU(s) and {total.get('CPU', 0):g} CPU(s): "

@@ -221,7 +221,7 @@ def compute_ray(job: ComputeJob) -> None:
     streamer = None
     try:
         quiet_ray_data()
-        n_workers, gpus, cpus = resources(opts.ray)
+        n_workers, gpus, cpus = resources(opts.ray, opts.device)
         batch_size = opts.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu", prepared.model.input_size)
         tasks = [task_for(i, todo, entries, plan, known) for i, (todo, entries) in enumerate(batches(plan, batch_size))]
         n_workers = min(n_workers, len(tasks))
