@@ -549,6 +549,10 @@ def test_a_bare_xaibatch_still_shows_its_help():
         (["run", "in", "--threshold", "nan"], "'nan' is not a number"),
         (["run", "in", "--wait-timeout", "nan"], "'nan' is not a number"),
         (["run", "in", "--engine", "ray", "--cpus-per-worker", "nan"], "'nan' is not a number"),
+        (["run", "in", "--engine", "ray", "--cpus-per-worker", "inf"], "'inf' is not a finite number"),
+        (["run", "in", "--engine", "ray", "--gpus-per-worker", "inf"], "'inf' is not a finite number"),
+        (["run", "in", "--engine", "ray", "--ray-address", ""], "--ray-address is empty"),
+        (["run", "in", "--engine", "ray", "--ray-address", " "], "--ray-address is empty"),
         (["serve", "--threshold", "nan"], "'nan' is not a number"),
         (["train", ".", "--out", "m.pt", "--lr", "nan"], "'nan' is not a number"),
         (["train", ".", "--out", "m.pt", "--lr", "-1"], "--lr"),
@@ -557,7 +561,8 @@ def test_a_bare_xaibatch_still_shows_its_help():
 )
 def test_nan_and_out_of_range_numbers_are_usage_errors(args, needle):
     """click's FloatRange lets NaN through; --lr -1 (or NaN) trained nothing and exited 3 with 'internal error:
-    ValueError: Invalid learning rate' after the imports. Each is now one line, exit 2, before any import."""
+    ValueError: Invalid learning rate' after the imports. Each is now one line, exit 2, before any import. An inf
+    CPU or GPU count was refused only after a Ray had started; an empty --ray-address started a private Ray."""
     r = helpers.invoke(*args)
     assert_one_line(r, errors.EXIT_USAGE, needle)
 

@@ -23,13 +23,28 @@ BUILTIN_METHODS = tuple(BUILTIN_OPTIONS)
 
 class Number(click.FloatRange):
     """A number in a range: click's FloatRange lets NaN through (every comparison with it is false), and a NaN
-    threshold, learning rate or timeout fails later, after the imports, or never."""
+    threshold, learning rate or timeout fails later, after the imports, or never. ``finite``: inf refused too (a
+    count of CPUs or GPUs: inf was refused only once a Ray had started, 10 s later)."""
+
+    def __init__(self, *args, finite: bool = False, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.finite = finite
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
         if math.isnan(number):
             self.fail(f"{value!r} is not a number", param, ctx)
+        if self.finite and math.isinf(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+def non_empty(ctx, param, value):
+    """A click callback: "" refused (an unset variable in a cron line, ``--ray-address "$HEAD"``, meant the default
+    without a word)."""
+    if isinstance(value, str) and not value.strip():
+        raise click.UsageError(f"{param.opts[0]} is empty; give a value or leave the option out", ctx)
+    return value
 
 
 class Workers(click.IntRange):

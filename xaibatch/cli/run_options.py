@@ -24,6 +24,7 @@ from .options import (
     grouped,
     method_options,
     methods_option,
+    non_empty,
     quiet_option,
     workers_option,
 )
@@ -430,6 +431,7 @@ engine_options = grouped(
     click.option(
         "--ray-address",
         metavar="ADDRESS",
+        callback=non_empty,
         help="With --engine ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT). Default: "
         "$RAY_ADDRESS, else a Ray started on this machine for the run (e.g. --ray-address auto).",
     ),
@@ -442,14 +444,14 @@ engine_options = grouped(
     ),
     click.option(
         "--gpus-per-worker",
-        type=Number(0),
+        type=Number(0, finite=True),
         metavar="G",
         help="With --engine ray: GPUs per actor (e.g. 0.5 puts two on a GPU). Default: 1 when the cluster "
         "has GPUs, else 0.",
     ),
     click.option(
         "--cpus-per-worker",
-        type=Number(0, min_open=True),
+        type=Number(0, min_open=True, finite=True),
         default=1.0,
         show_default=True,
         metavar="C",
