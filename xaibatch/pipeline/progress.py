@@ -35,10 +35,15 @@ class Progress:
         emit: Callable[[dict[str, Any]], None],
         json_events: bool,
         clock: Callable[[], float] = time.monotonic,
+        warmup: int = 0,
     ) -> None:
         self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
         self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
         self.start = clock()
+        # warmup: the first updates that also carry the workers' start-up (a Ray actor loads the model after the
+        # run's clock started, and all of them finish their first batch at about the same time): the rate is
+        # measured from the last of them on, over the images done since (the estimate was 4.7 times the time left)
+        self.warmup, self.rate_start, self.rate_base = warmup, self.start, 0
         self.estimated = False
         self._lock = threading.Lock()
         self._bar = None
@@ -51,10 +56,10 @@ class Progress:
             self._beat.start()
 
     def eta(self) -> float | None:
-        """Seconds left at the rate so far, or None before the first image."""
-        if not self.done:
+        """Seconds left at the rate so far, or None before the first image (after the warm-up's updates)."""
+        if self.warmup or self.done <= self.rate_base:
             return None
-        return (self.clock() - self.start) / self.done * (self.total - self.done)
+        return (self.clock() - self.rate_start) / (self.done - self.rate_base) * (self.total - self.done)
 
     def update(self, n: int) -> None:
         """``n`` more images are done; the first time enough time has passed, say how long the rest will take."""
@@ -63,9 +68,19 @@ class Progress:
             self.batch = None
             if self._bar is not None:
                 self._show(self._bar.update, n)
+            if self.warmup:
+                self.warmup -= 1
+                if not self.warmup:
+                    self.rate_start, self.rate_base = self.clock(), self.done
+                return
             elapsed = self.clock() - self.start
             # not before the first image: a batch a stop signal abandoned counts 0 (its ETA would be None)
-            if self.estimated or not self.done or self.done >= self.total or elapsed < MIN_ESTIMATE_S:
+            if (
+                self.estimated
+                or self.done <= self.rate_base
+                or self.done >= self.total
+                or self.clock() - self.rate_start < MIN_ESTIMATE_S
+            ):
                 return
             self.estimated = True
             eta = self.eta()
@@ -140,10 +155,18 @@ def progress_bar(
     total: int,
     log: Callable[[str], None] = lambda s: None,
     emit: Callable[[dict[str, Any]], None] = lambda e: None,
+    warmup: int = 0,
 ) -> Progress:
-    """The run's progress over every image to compute (a bar only when ``opts.progress``)."""
+    """The run's progress over every image to compute (a bar only when ``opts.progress``); ``warmup``: see
+    Progress (the Ray engine's actors, one first batch each)."""
     return Progress(
-        total, bar=opts.progress, heartbeat=opts.heartbeat, log=log, emit=emit, json_events=opts.events_only
+        total,
+        bar=opts.progress,
+        heartbeat=opts.heartbeat,
+        log=log,
+        emit=emit,
+        json_events=opts.events_only,
+        warmup=warmup,
     )
 
 

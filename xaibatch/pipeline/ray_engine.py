@@ -236,7 +236,8 @@ def compute_ray(job: ComputeJob) -> None:
         config = worker_config(job, batch_size, probe, token, stop_name, cpus)
         streamer = Streamer(job, manifest, config, n_workers, gpus, cpus)
         done = forward_stop(job.stop, flag)
-        streamer.progress = progress_bar(opts, len(plan.work), job.log, job.emit)
+        # one first batch per actor carries its start-up (Ray's workers, torch, the model): no rate from those
+        streamer.progress = progress_bar(opts, len(plan.work), job.log, job.emit, warmup=n_workers)
         try:
             streamer.stream_all(tasks)
         finally:
