@@ -1046,7 +1046,7 @@ def test_the_pointing_game_leaves_out_maps_of_another_class_and_counts_maps_poin
     errors with both baselines."""
     from types import SimpleNamespace as NS
 
-    from xaibatch.report.localization import PointingRow, tally
+    from xaibatch.report.localization import PointingGame, tally
 
     def truth(area, centre, *points):
         return [
@@ -1068,9 +1068,9 @@ def test_the_pointing_game_leaves_out_maps_of_another_class_and_counts_maps_poin
     assert (a.method, a.title, a.images, a.hits, a.nowhere, a.centre) == ("a", "A", 3, 1, 1, 1)
     assert a.chance == pytest.approx(0.2)
     assert (b.images, b.hits, b.nowhere, b.centre) == (2, 1, 0, 1) and b.chance == pytest.approx(0.15)
-    sure = PointingRow("m", "M", 400, 300, 0, 0.1, 40)  # 75 % against 10 % and 10 %
-    maybe = PointingRow("m", "M", 400, 120, 0, 0.1, 116)  # 30 % against 10 %, but the centre hits 29 %
-    no = PointingRow("m", "M", 20, 3, 0, 0.1, 2)  # 15 % of 20: within two standard errors of 10 %
+    sure = PointingGame("m", "M", 400, 300, 0, 0.1, 40)  # 75 % against 10 % and 10 %
+    maybe = PointingGame("m", "M", 400, 120, 0, 0.1, 116)  # 30 % against 10 %, but the centre hits 29 %
+    no = PointingGame("m", "M", 20, 3, 0, 0.1, 2)  # 15 % of 20: within two standard errors of 10 %
     assert (sure.good, maybe.good, no.good) == (True, None, False)
     assert "clearly more often than chance (10.0%) and the centre point" in sure.verdict
     assert "not clearly more often than a map that always points at the centre (29.0%)" in maybe.verdict

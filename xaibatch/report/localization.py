@@ -23,31 +23,8 @@ from .text import fmt_pct
 
 @dataclass
 class PointingGame:
-    images: int
-    hits: int
-    chance: float  # mean mask area fraction
-    nowhere: int = 0  # maps that point nowhere (zero, or no evidence for the class): misses
-    centre: int = 0  # hits of a map that always points at the centre pixel, on the same images
-
-    @property
-    def centre_rate(self) -> float:
-        return self.centre / self.images if self.images else 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.hits / self.images if self.images else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"{self.rate:.1%} hits on {self.images} images (chance {self.chance:.1%}; "
-            f"the centre point {self.centre_rate:.1%})"
-        )
-
-
-@dataclass
-class PointingRow:
-    """One method's pointing game over the report's images with a ground-truth mask whose maps explain their true
-    class, for the summary page: its hits against the two chance rates, on the same images."""
+    """One method's pointing game over images with a ground-truth mask (the summary page's: those whose maps
+    explain their true class): its hits against the two chance rates, on the same images."""
 
     method: str
     title: str
@@ -90,13 +67,19 @@ class PointingRow:
             )
         return f"{head}: not clearly more often than chance ({fmt_pct(self.chance)})"
 
+    def __str__(self) -> str:
+        return (
+            f"{self.rate:.1%} hits on {self.images} images (chance {self.chance:.1%}; "
+            f"the centre point {self.centre_rate:.1%})"
+        )
 
-def tally(cards: Iterable[Any], truths: dict[str, Any]) -> list[PointingRow]:
-    """Each method's :class:`PointingRow` from the detail view's ground-truth records (``truths``: image -> [key,
+
+def tally(cards: Iterable[Any], truths: dict[str, Any]) -> list[PointingGame]:
+    """Each method's :class:`PointingGame` from the detail view's ground-truth records (``truths``: image -> [key,
     detail.truth_record]), over the ``cards`` whose maps explain their true class (a misclassified image's maps
     explain another class, whose evidence need not lie in the region). Maps scored as the detail view scores them:
     a map pointing nowhere is a miss, one whose size or view is unknown is not scored."""
-    rows: dict[str, PointingRow] = {}
+    rows: dict[str, PointingGame] = {}
     areas: dict[str, float] = {}
     for c in cards:
         truth = (truths.get(c.rel) or [None, None])[1]
@@ -105,7 +88,7 @@ def tally(cards: Iterable[Any], truths: dict[str, Any]) -> list[PointingRow]:
         for pt in truth["points"]:
             if "hit" not in pt and not pt.get("nowhere"):
                 continue  # unreadable, or another size than the mask
-            row = rows.setdefault(pt["m"], PointingRow(pt["m"], pt["title"], 0, 0, 0, 0.0, 0))
+            row = rows.setdefault(pt["m"], PointingGame(pt["m"], pt["title"], 0, 0, 0, 0.0, 0))
             row.images += 1
             row.hits += bool(pt.get("hit"))
             row.nowhere += bool(pt.get("nowhere"))
@@ -160,4 +143,4 @@ def pointing_game(out_dir: Path, input_dir: Path, method: str, rels: list[str]) 
         n += 1
         areas.append(mask.mean())
         centre += bool(mask[(mask.shape[0] - 1) // 2, (mask.shape[1] - 1) // 2])  # the centred blob's first peak
-    return PointingGame(n, hits, float(np.mean(areas)) if areas else 0.0, nowhere, centre)
+    return PointingGame(method, method, n, hits, nowhere, float(np.mean(areas)) if areas else 0.0, centre)

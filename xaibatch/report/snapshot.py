@@ -32,7 +32,7 @@ from .trust import FaithRow, Trust, Verdict
 from . import model
 from .cards import masks_beside
 from .data import History, method_infos
-from .localization import PointingRow
+from .localization import PointingGame
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
 SUMMARY_VERSION = 6  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
@@ -142,7 +142,7 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                     "sanity": _sanity(t["sanity"]),
                 }
             )
-        d["localization"] = [PointingRow(**r) for r in d["localization"]]
+        d["localization"] = [PointingGame(**r) for r in d["localization"]]
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
         return ReportData(**d, cards=[])  # History.apply sets the per-run fields
     except (KeyError, TypeError, ValueError, AttributeError):
