@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
-from ..scan import ImageEntry, scan
+from ..scan import ImageEntry, Scan, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by
 from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
 from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
@@ -97,6 +98,32 @@ class Feed:
             batches.close()  # a loader left early has its workers killed, not joined
         if self.stop.requested:
             raise self.stop.interrupt()
+
+
+def scan_split(folder: Path) -> Scan:
+    """The class folders of one split; a layout train cannot read is refused with train's own advice (it has no
+    ``--unlabeled``, which run's messages offer)."""
+    try:
+        return scan(folder, labeled=True)
+    except InputError as e:
+        raise InputError(_NO_UNLABELED.sub("", str(e))) from None
+
+
+_NO_UNLABELED = re.compile(r",? or pass --unlabeled")
+
+
+def scan_test_split(folder: Path, classes: list[str]) -> Scan:
+    """The test split, its labels numbered as the training classes (folders matched as a run matches them: exactly,
+    else by case; a test split may lack a class). Checked before the training: a test folder that cannot be scored
+    (empty, loose images, a class the training split does not have) ended a finished training with an error and no
+    checkpoint, and one whose folders differed from train's in case or number was passed over without a word."""
+    try:
+        return scan(folder, labeled=True).numbered_by(classes)
+    except InputError as e:
+        why = _NO_UNLABELED.sub("", str(e)).replace("the model's classes", "the training classes")
+        raise InputError(
+            f"cannot score the test split {folder}: {why} (or move it aside to train without a test accuracy)"
+        ) from None
 
 
 def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list[ImageEntry], list[ImageEntry]]:
@@ -181,9 +208,10 @@ def train(
     torch.manual_seed(seed)
     dev = resolve_device(device)
     train_dir, test_dir = _splits(data_dir)
-    found = scan(train_dir, labeled=True)
+    found = scan_split(train_dir)
     if not found.classes or len(found.classes) < 2:
         raise InputError(f"{train_dir} needs at least two class folders to train on")
+    test = scan_test_split(test_dir, found.classes) if test_dir is not None else None  # before the epochs it would end
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     model = create(arch, len(found.classes), img_size=image_size, seed=None).to(dev)  # from --seed, set above
@@ -210,11 +238,9 @@ def train(
             )  # one store: a stop sees either
             log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
 
-        if test_dir is not None:
-            test = scan(test_dir, labeled=True)
-            if test.classes == found.classes:
-                test_acc = evaluate(model, feed(test.images, 256))
-                log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
+        if test is not None:
+            test_acc = evaluate(model, feed(test.images, 256))
+            log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
     except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
         by = interrupted_by(e)
         if last.epoch == 0:

@@ -1,0 +1,103 @@
+"""``xaibatch train`` on the folders users bring: the test split, unreadable images, sizes a model cannot run at.
+
+Tiny timm models (``test_resnet``) on generated noise images at 32 px, one epoch; the accuracies are recomputed
+here from the checkpoint with timm and PIL alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import invoke
+from xaibatch.tools import synth
+
+
+def _args(data: Path, out: Path, *extra) -> list:
+    return ["train", data, "--arch", "test_resnet", "--image-size", "32", "--epochs", "1", "--out", out, *extra]
+
+
+def _accuracy(ckpt: Path, folder: Path) -> tuple[int, int]:
+    """Right and total over ``folder``'s class folders, from the checkpoint alone (folders named by case)."""
+    import timm
+
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    names = ck["class_names"]
+    model = timm.create_model(ck["arch"], pretrained=False, num_classes=len(names))
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    mean, std = torch.tensor(ck["mean"])[:, None, None], torch.tensor(ck["std"])[:, None, None]
+    right = total = 0
+    for d in sorted(folder.iterdir()):
+        label = [n.casefold() for n in names].index(d.name.casefold())
+        for f in sorted(d.iterdir()):
+            x = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255
+            with torch.no_grad():
+                right += int(model(((x - mean) / std)[None]).argmax(1)) == label
+            total += 1
+    return right, total
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    synth.write_classes(root / "train", 12, seed=1)
+    synth.write_classes(root / "test", 4, seed=5)
+    return root
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("empty", "holds no images"),
+        ("loose", "outside any class folder; move them into class folders (or move it aside"),
+        ("other class", "folder classes ['FAKE', 'OTHER'] do not match the training classes ['FAKE', 'REAL']"),
+    ],
+)
+def test_a_test_split_that_cannot_be_scored_is_refused_before_training(data, tmp_path, monkeypatch, damage, says):
+    """It was scanned after the last epoch: an empty test/ or one with loose images ended a finished training with
+    'Error: input folder .../test holds no images', exit 2 and no checkpoint (every epoch lost); a test/ whose
+    classes differ from train/'s was passed over without a word."""
+    from xaibatch.tools import train as train_module
+
+    test = data / "test"
+    if damage == "empty":
+        for f in test.rglob("*.png"):
+            f.unlink()
+    elif damage == "loose":
+        synth.write_images(test, 2, seed=9)
+    else:
+        (test / "REAL").rename(test / "OTHER")
+    monkeypatch.setattr(train_module, "create", lambda *a, **k: pytest.fail("trained before checking test/"))
+    r = invoke(*_args(data, tmp_path / "m.pt"))
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"Error: cannot score the test split {test}: ") and says in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "--unlabeled" not in r.output
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_test_split_in_another_case_and_with_one_class_is_scored(data, tmp_path):
+    """CIFAKE mirrors spell folders in any case: test/real beside train/REAL (and no FAKE) is the class REAL, as a
+    run matches it. Before, the test accuracy was left out without a word."""
+    test = data / "test"
+    for f in (test / "FAKE").iterdir():
+        f.unlink()
+    (test / "FAKE").rmdir()
+    (test / "REAL").rename(test / "real")
+    out = tmp_path / "m.pt"
+    r = invoke(*_args(data, out))
+    assert r.exit_code == 0, r.output
+    right, total = _accuracy(out, test)
+    assert f"test accuracy on {test}: {100 * right / total:.2f}% ({total} images)" in r.output
+    assert torch.load(out, weights_only=True)["meta"]["test_accuracy"] == right / total
+
+
+def test_a_training_folder_with_loose_images_is_not_told_to_pass_unlabeled(data, tmp_path):
+    """train has no --unlabeled: the scan's advice for run sent the user to an option train refuses."""
+    r = invoke("train", data / "train" / "REAL", "--out", tmp_path / "m.pt")
+    assert r.exit_code == 2 and "outside any class folder; move them into class folders" in r.output
+    assert "--unlabeled" not in r.output
