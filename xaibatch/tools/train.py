@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
-from ..scan import ImageEntry, Scan, scan
+from ..scan import ImageEntry, Scan, printable, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by
 from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
 from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
@@ -76,13 +76,18 @@ class Feed:
 
     A stop signal (``stop``: Ctrl-C, SIGTERM, a closed terminal) ends the iteration between batches with
     KeyboardInterrupt, raised here rather than from the signal handler: an exception thrown into the middle of
-    the DataLoader's own code (starting its queue threads, joining its workers) could leave it waiting forever."""
+    the DataLoader's own code (starting its queue threads, joining its workers) could leave it waiting forever.
+
+    An image that cannot be read is left out of its batch and noted in ``unreadable`` (its path under the split,
+    the reason), for train to say so: the counts it prints would otherwise include images nobody saw."""
 
     loader: torch.utils.data.DataLoader
     labels: dict[int, int]  # dataset index -> class index
     pre: Preprocess
     device: torch.device
     stop: Stop
+    rels: list[str] = field(default_factory=list)  # dataset index -> path under the split
+    unreadable: dict[str, str] = field(default_factory=dict)  # path under the split -> why it could not be read
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = until_stopped(self.loader, self.stop)  # a signal while waiting for a batch ends the wait at once
@@ -90,6 +95,8 @@ class Feed:
             for b in batches:
                 if self.stop.requested:
                     break
+                for i, why in b.failed:
+                    self.unreadable[self.rels[i] if i < len(self.rels) else str(i)] = why
                 if b.x is None:
                     continue
                 x = self.pre.normalize(b.x, self.device)
@@ -219,7 +226,7 @@ def train(
 
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
         loader = _loader(entries, image_size, batch_size, shuffle, workers, seed)
-        return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev, stop)
+        return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev, stop, [e.rel for e in entries])
 
     tr, val = hold_out(found.images, val_fraction, seed)
     train_feed, val_feed = feed(tr, batch_size, shuffle=True), feed(val, 256)
@@ -236,11 +243,16 @@ def train(
             last = Finished(
                 epoch, val_acc, cpu_copy(model) if epoch < epochs else None
             )  # one store: a stop sees either
+            if epoch == 1:
+                note_unreadable(log, {**train_feed.unreadable, **val_feed.unreadable}, train_dir)
             log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
 
         if test is not None:
-            test_acc = evaluate(model, feed(test.images, 256))
-            log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({len(test.images)} images)")
+            test_feed = feed(test.images, 256)
+            test_acc = evaluate(model, test_feed)
+            scored = len(test.images) - len(test_feed.unreadable)
+            log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({scored} images)")
+            note_unreadable(log, test_feed.unreadable, test_dir)
     except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
         by = interrupted_by(e)
         if last.epoch == 0:
@@ -253,9 +265,11 @@ def train(
         "val_accuracy": last.val_accuracy,
         "test_accuracy": test_acc,
         "seed": seed,
-        "train_images": len(tr),
-        "val_images": len(val),
+        "train_images": len(tr) - len(train_feed.unreadable),  # the images read: those it learnt from
+        "val_images": len(val) - len(val_feed.unreadable),
     }
+    if unreadable := len(train_feed.unreadable) + len(val_feed.unreadable):
+        meta["unreadable_images"] = unreadable
     if last.epoch < epochs:
         meta["epochs_planned"] = epochs  # the record of an interrupted training
     if save_format == "state-dict":
@@ -271,6 +285,15 @@ def train(
         raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
     size = Path(out).stat().st_size
     return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, size, list(found.classes))
+
+
+def note_unreadable(log: Callable[[str], None], unreadable: dict[str, str], split: Path, limit: int = 5) -> None:
+    """Say which images of ``split`` could not be read and were left out (the first ``limit``, as a run lists them)."""
+    if not unreadable:
+        return
+    lines = [f"  {printable(rel)}: {why}" for rel, why in sorted(unreadable.items())[:limit]]
+    more = [f"  ... and {len(unreadable) - limit} more"] if len(unreadable) > limit else []
+    log("\n".join([f"{len(unreadable)} image(s) in {split} could not be read and are left out:", *lines, *more]))
 
 
 @dataclass(frozen=True)
