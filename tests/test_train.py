@@ -120,3 +120,25 @@ def test_unreadable_images_are_named_and_left_out_of_the_counts(data, tmp_path):
     assert total == 8 and f"test accuracy on {data / 'test'}: {100 * right / total:.2f}% (8 images)" in r.output
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["train_images"] + meta["val_images"] == 24 and meta["unreadable_images"] == 1
+
+
+@pytest.mark.parametrize(
+    "arch, size, says",
+    [
+        ("test_vit", "40", "--arch test_vit cuts its inputs into 16x16 patches: at --image-size 40 the last 8 pixel"),
+        ("test_convnext", "8", "--arch test_convnext does not run at --image-size 8: RuntimeError: Calculated padded"),
+    ],
+)
+def test_an_image_size_the_architecture_cannot_run_at_is_refused_before_any_image(data, tmp_path, arch, size, says):
+    """A ViT at a size its patches cut trained to the end, and run then refused its checkpoint (exit 2); a size too
+    small for the layers ended the first epoch with 'internal error: RuntimeError: ... Kernel size can't be greater
+    than actual input size', exit 3. Both are the user's option: one line, exit 2, before the loader starts."""
+    from xaibatch.tools import train as train_module
+
+    out = tmp_path / "m.pt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "_loader", lambda *a, **k: pytest.fail("read images before checking the size"))
+        r = invoke("train", data, "--arch", arch, "--image-size", size, "--epochs", "1", "--out", out)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"Error: {says}") and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()

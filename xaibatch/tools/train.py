@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, Scan, printable, scan
-from ..errors import InputError, Interrupted, UsageError, interrupted_by
-from ..model.loading import create, resolve_device, save_atomically, save_checkpoint
+from ..errors import InputError, Interrupted, UsageError, interrupted_by, out_of_memory
+from ..model.loading import check_patches, create, resolve_device, save_atomically, save_checkpoint
 from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
 from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
@@ -174,6 +174,25 @@ def evaluate(model: torch.nn.Module, feed: Feed) -> float:
     return right / max(total, 1)
 
 
+def check_runs_at(model: torch.nn.Module, arch: str, size: int, device: torch.device) -> None:
+    """Refuse, before any image is read, an --image-size the architecture cannot run at: one its patches would cut
+    (run refuses such a checkpoint: the whole training was wasted), or one too small for its layers ("Kernel size
+    can't be greater than actual input size": an internal error, exit 3, in the first epoch). A forward of two
+    black images in eval mode: no weight, statistic or random state changes."""
+    check_patches(model, f"--arch {arch}", size)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, size, size, device=device))
+    except RuntimeError as e:
+        if out_of_memory(e) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"--arch {arch} does not run at --image-size {size}: {type(e).__name__}: {first}; try a larger --image-size"
+        ) from None
+
+
 def check_out(out: Path) -> None:
     """Refuse a checkpoint path that cannot be written (a file in its way, a read-only folder); make its folder."""
     if (above := blocked_by_file(out)) is not None:
@@ -222,6 +241,7 @@ def train(
     if not 0 < val_fraction < 1:
         raise UsageError("--val-fraction must be between 0 and 1")
     model = create(arch, len(found.classes), img_size=image_size, seed=None).to(dev)  # from --seed, set above
+    check_runs_at(model, arch, image_size, dev)
     pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
