@@ -142,3 +142,21 @@ def test_an_image_size_the_architecture_cannot_run_at_is_refused_before_any_imag
     assert r.exit_code == 2, r.output
     assert r.output.startswith(f"Error: {says}") and len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_batch_size_one_with_batch_norm_is_refused_before_training(data, tmp_path):
+    """Every step of a batch of one is passed over for a batch norm model: the training ran no step, printed
+    "loss 0.0000" and saved the untrained model with exit 0."""
+    r = invoke(*_args(data, tmp_path / "m.pt", "--batch-size", "1"))
+    assert r.exit_code == 2 and r.output.startswith("Error: --batch-size 1: --arch test_resnet has batch norm")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_epoch_without_a_training_step_saves_nothing(tmp_path):
+    """Two images, one held out: the one left is a batch of one, which a batch norm model passes over. The model
+    was saved as trained ("loss 0.0000", exit 0)."""
+    synth.write_classes(tmp_path / "two", 1, seed=3)
+    r = invoke(*_args(tmp_path / "two", tmp_path / "m.pt"))
+    assert r.exit_code == 2, r.output
+    assert "Error: no training step ran in epoch 1: 1 training image(s), and a model with batch norm" in r.output
+    assert not (tmp_path / "m.pt").exists()

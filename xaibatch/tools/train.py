@@ -140,14 +140,14 @@ def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list
     return [images[i] for i in sorted(perm[n_val:])], [images[i] for i in sorted(perm[:n_val])]
 
 
-def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float:
-    """One pass over the training images, each flipped left-right at random; the mean loss.
+def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float | None:
+    """One pass over the training images, each flipped left-right at random; the mean loss (None: no step ran).
 
     A batch of one image is passed over when the model has batch norm layers, which cannot train on one value
     per channel ("Expected more than 1 value per channel when training"): 65 training images in batches of 64
     ended every epoch that way, and train stopped with an internal error in its first epoch."""
     model.train()
-    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    batch_norm = has_batch_norm(model)
     total_loss = seen = 0.0
     for x, y in feed:
         if batch_norm and len(y) < 2:
@@ -161,7 +161,11 @@ def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, 
         sched.step()
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
-    return total_loss / max(seen, 1)
+    return total_loss / seen if seen else None
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @torch.no_grad()
@@ -242,6 +246,11 @@ def train(
         raise UsageError("--val-fraction must be between 0 and 1")
     model = create(arch, len(found.classes), img_size=image_size, seed=None).to(dev)  # from --seed, set above
     check_runs_at(model, arch, image_size, dev)
+    if batch_size < 2 and has_batch_norm(model):  # every step would be passed over: a model saved untrained
+        raise UsageError(
+            f"--batch-size 1: --arch {arch} has batch norm layers, which cannot train on one image per step; "
+            "use --batch-size 2 or more"
+        )
     pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
@@ -259,6 +268,8 @@ def train(
     try:
         for epoch in range(1, epochs + 1):
             loss = train_epoch(model, train_feed, opt, sched)
+            if loss is None:  # nothing trained: saved, it would pass for a trained model
+                raise UsageError(f"no training step ran in epoch {epoch}: {no_step(tr, train_feed, model)}")
             val_acc = evaluate(model, val_feed)
             last = Finished(
                 epoch, val_acc, cpu_copy(model) if epoch < epochs else None
@@ -305,6 +316,19 @@ def train(
         raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
     size = Path(out).stat().st_size
     return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, size, list(found.classes))
+
+
+def no_step(images: list[ImageEntry], feed: Feed, model: torch.nn.Module) -> str:
+    """Why an epoch over ``images`` ran no step: none could be read, or too few for a model with batch norm."""
+    read = len(images) - len(feed.unreadable)
+    if not read:
+        return f"none of the {len(images)} training image(s) could be read"
+    return (
+        f"{read} training image(s), and a model with batch norm trains on at least 2 per step; add images, or "
+        "lower --val-fraction"
+        if has_batch_norm(model)
+        else f"{read} training image(s) gave no batch"
+    )
 
 
 def note_unreadable(log: Callable[[str], None], unreadable: dict[str, str], split: Path, limit: int = 5) -> None:
