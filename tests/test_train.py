@@ -160,3 +160,10 @@ def test_an_epoch_without_a_training_step_saves_nothing(tmp_path):
     assert r.exit_code == 2, r.output
     assert "Error: no training step ran in epoch 1: 1 training image(s), and a model with batch norm" in r.output
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_out_that_ends_with_a_slash_is_refused(data, tmp_path):
+    """pathlib drops the slash: --out models/ wrote a checkpoint named "models" where a folder was meant."""
+    r = invoke(*_args(data, f"{tmp_path / 'models'}/"))
+    assert r.exit_code == 2 and f"--out {tmp_path / 'models'}/ ends with /, a folder; give a file (e.g. " in r.output
+    assert not (tmp_path / "models").exists()

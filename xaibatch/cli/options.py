@@ -66,10 +66,13 @@ class NonEmptyPath(click.Path):
     (``xaibatch run "$DIR"``) would scan, or write into, whatever folder the job starts in."""
 
     def convert(self, value, param, ctx):
+        name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
         if isinstance(value, (str, bytes)) and not value:
-            name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
             what = "a file" if not self.dir_okay else "a folder, or . for the current one"
             raise click.UsageError(f"{name} is empty; give {what}", ctx)
+        if not self.dir_okay and isinstance(value, str) and value.endswith("/"):
+            # pathlib drops the slash: train --out models/ wrote a checkpoint named "models"
+            raise click.UsageError(f"{name} {value} ends with /, a folder; give a file (e.g. {value}model.pt)", ctx)
         return super().convert(value, param, ctx)
 
 
