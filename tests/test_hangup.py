@@ -102,6 +102,7 @@ def test_an_interrupted_training_saves_the_weights_of_its_last_finished_epoch(tm
                tmp_path / "m.pt", catch_exceptions=True)  # fmt: skip
     assert r.exit_code == 5
     assert "Error: interrupted by SIGTERM in epoch 3/4: wrote" in r.output and "after epoch 2" in r.output
+    assert "train does not resume: the same command again trains all 4 epochs from the start" in r.output
     state = torch.load(tmp_path / "m.pt", map_location="cpu", weights_only=True)["state_dict"]
     assert state.keys() == ended.keys()
     assert all(torch.equal(state[k], ended[k]) for k in ended)
@@ -148,6 +149,8 @@ def test_a_training_stopped_in_its_first_epoch_leaves_out_as_it_was(tmp_path, tr
     monkeypatch.setattr(train_mod, "train_epoch", train_epoch)
     r = invoke("train", train_data, "--arch", "test_resnet", "--out", out, catch_exceptions=True)
     assert r.exit_code == 5 and "interrupted in epoch 1/10: no checkpoint written" in r.output
+    # what to do, and that the earlier file is still there (it said only "no checkpoint written")
+    assert f"({out} is as it was); the same command again starts over" in r.output
     assert out.read_bytes() == b"an earlier model"
 
 

@@ -287,7 +287,10 @@ def train(
     except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
         by = interrupted_by(e)
         if last.epoch == 0:
-            raise Interrupted(f"{by} in epoch 1/{epochs}: no checkpoint written") from None
+            kept = f" ({out} is as it was)" if Path(out).exists() else ""
+            raise Interrupted(
+                f"{by} in epoch 1/{epochs}: no checkpoint written{kept}; the same command again starts over"
+            ) from None
         if last.state is not None:
             model.load_state_dict(last.state)  # the weights of the last finished epoch, not a half-done one
     meta = {
@@ -310,7 +313,8 @@ def train(
     if by is not None and last.epoch < epochs:
         raise Interrupted(
             f"{by} in epoch {last.epoch + 1}/{epochs}: wrote {out}, the model after epoch {last.epoch} "
-            f"(val accuracy {100 * last.val_accuracy:.1f}%)"
+            f"(val accuracy {100 * last.val_accuracy:.1f}%), which run explains as any checkpoint; train does not "
+            f"resume: the same command again trains all {epochs} epochs from the start"
         )
     if by is not None:
         raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
