@@ -167,3 +167,19 @@ def test_an_out_that_ends_with_a_slash_is_refused(data, tmp_path):
     r = invoke(*_args(data, f"{tmp_path / 'models'}/"))
     assert r.exit_code == 2 and f"--out {tmp_path / 'models'}/ ends with /, a folder; give a file (e.g. " in r.output
     assert not (tmp_path / "models").exists()
+
+
+def test_a_class_whose_only_image_is_held_out_is_named(tmp_path):
+    """A class folder of one image whose image the seeded split holds out: the model never saw the class and
+    nothing said so (its validation and test accuracies then fail it without a hint why)."""
+    from xaibatch.scan import scan
+    from xaibatch.tools.train import hold_out
+
+    root = synth.write_classes(tmp_path / "data", 8, seed=1)
+    synth.write_images(root / "ONE", 1, seed=7)
+    images = scan(root, labeled=True).images
+    seed = next(s for s in range(100) if any(e.rel.startswith("ONE/") for e in hold_out(images, 0.25, s)[1]))
+    r = invoke(*_args(root, tmp_path / "m.pt", "--val-fraction", "0.25", "--seed", seed))
+    assert r.exit_code == 0, r.output
+    assert "warning: class 'ONE' has no image to train on (its 1 image(s) are held out for validation)" in r.output
+    assert "class 'FAKE'" not in r.output and "class 'REAL'" not in r.output

@@ -6,6 +6,7 @@ other option. Deterministic for a given seed on the CPU.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import os
@@ -140,6 +141,13 @@ def hold_out(images: list[ImageEntry], fraction: float, seed: int) -> tuple[list
     return [images[i] for i in sorted(perm[n_val:])], [images[i] for i in sorted(perm[:n_val])]
 
 
+def unseen_classes(found: Scan, training: list[ImageEntry]) -> dict[str, int]:
+    """The classes none of whose images is among ``training`` (a class of one image held out), with their sizes."""
+    sizes = collections.Counter(e.label for e in found.images)
+    seen = {e.label for e in training}
+    return {c: sizes[k] for k, c in enumerate(found.classes or []) if k not in seen}
+
+
 def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float | None:
     """One pass over the training images, each flipped left-right at random; the mean loss (None: no step ran).
 
@@ -263,6 +271,11 @@ def train(
     steps = epochs * math.ceil(len(tr) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     log(f"training {arch} at {image_size}px on {len(tr)} images ({len(val)} held out), classes {found.classes}")
+    for name, n in unseen_classes(found, tr).items():
+        log(
+            f"warning: class {printable(name)!r} has no image to train on (its {n} image(s) are held out for "
+            "validation): the model cannot learn it; add images of it, or try another --seed"
+        )
     last = Finished(0, 0.0, None)
     test_acc, by = None, None
     try:
