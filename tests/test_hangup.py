@@ -145,13 +145,14 @@ def test_a_training_stopped_in_its_first_epoch_leaves_out_as_it_was(tmp_path, tr
         raise KeyboardInterrupt
 
     out = tmp_path / "m.pt"
-    out.write_bytes(b"an earlier model")
+    torch.save({"an earlier model": torch.zeros(1)}, out)
+    before = out.read_bytes()
     monkeypatch.setattr(train_mod, "train_epoch", train_epoch)
     r = invoke("train", train_data, "--arch", "test_resnet", "--out", out, catch_exceptions=True)
     assert r.exit_code == 5 and "interrupted in epoch 1/10: no checkpoint written" in r.output
     # what to do, and that the earlier file is still there (it said only "no checkpoint written")
     assert f"({out} is as it was); the same command again starts over" in r.output
-    assert out.read_bytes() == b"an earlier model"
+    assert out.read_bytes() == before
 
 
 def test_a_checkpoint_save_stopped_midway_leaves_no_half_written_file(tmp_path, monkeypatch):

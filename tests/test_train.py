@@ -183,3 +183,32 @@ def test_a_class_whose_only_image_is_held_out_is_named(tmp_path):
     assert r.exit_code == 0, r.output
     assert "warning: class 'ONE' has no image to train on (its 1 image(s) are held out for validation)" in r.output
     assert "class 'FAKE'" not in r.output and "class 'REAL'" not in r.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "text", "image"])
+def test_an_out_that_is_not_a_checkpoint_is_not_replaced(data, tmp_path, monkeypatch, kind):
+    """The checkpoint is renamed over --out at the end: --out /dev/null (to see the accuracies only) replaced the
+    device with a 45 MB file when run as root (a FIFO stands in for it here), and a typo replaced a notes file or
+    an image of the data set after the whole training. Refused before training; an earlier checkpoint (a PyTorch
+    file) is still replaced."""
+    import os
+
+    from xaibatch.tools import train as train_module
+
+    out = {"fifo": tmp_path / "fifo", "text": tmp_path / "notes.txt", "image": data / "train" / "REAL" / "img_000.png"}
+    out = out[kind]
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "text":
+        out.write_text("my notes\n")
+    before = None if kind == "fifo" else out.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "create", lambda *a, **k: pytest.fail("trained before checking --out"))
+        r = invoke(*_args(data, out))
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    says = "is a FIFO, not a file a checkpoint may replace" if kind == "fifo" else "exists and is not a PyTorch file"
+    assert r.output.startswith(f"Error: --out {out} {says}")
+    assert out.is_fifo() if kind == "fifo" else out.read_bytes() == before
+    torch.save({"earlier": torch.zeros(1)}, tmp_path / "m.pt")
+    assert invoke(*_args(data, tmp_path / "m.pt")).exit_code == 0
+    assert "state_dict" in torch.load(tmp_path / "m.pt", weights_only=True)

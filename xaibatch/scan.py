@@ -391,10 +391,15 @@ def _dead_link(e: OSError) -> str:
     return f"cannot open: {e.strerror or e}"
 
 
+def file_kind(st: os.stat_result) -> str:
+    """What a file that is not a regular one is: "a FIFO", "a character device", ..."""
+    return _KIND.get(stat.S_IFMT(st.st_mode), "special file")
+
+
 def _refused(name: str, rel: str, st: os.stat_result, outside: bool) -> str | None:
     """Why a file named like an image is not an input (``outside``: a symlink leading out, not followed)."""
     if not stat.S_ISREG(st.st_mode):
-        return f"not a regular file ({_KIND.get(stat.S_IFMT(st.st_mode), 'special file')})"
+        return f"not a regular file ({file_kind(st)})"
     if outside:
         return "symlink to a file outside the input folder; not followed (pass --follow-links to follow it)"
     if not _valid_utf8(name):

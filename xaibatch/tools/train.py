@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ..dataset import ImageDataset, collate
 from ..files import blocked_by_file, make_dirs
-from ..scan import ImageEntry, Scan, printable, scan
+from ..scan import ImageEntry, Scan, file_kind, printable, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by, out_of_memory
 from ..model.loading import check_patches, create, resolve_device, save_atomically, save_checkpoint
 from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
@@ -205,10 +206,41 @@ def check_runs_at(model: torch.nn.Module, arch: str, size: int, device: torch.de
         ) from None
 
 
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; an older torch's pickle
+
+
+def check_replaceable(out: Path) -> None:
+    """An existing --out is replaced (renamed over) at the end: only a regular file that is empty or a PyTorch file.
+    ``--out /dev/null`` (to see the accuracies only) replaced the device with a 45 MB file when run as root, and a
+    typo (``--out notes.txt``, an image of the data set) replaced the user's file without a word."""
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UsageError(f"cannot write --out {out}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(
+            f"--out {out} is {file_kind(st)}, not a file a checkpoint may replace; give the checkpoint a file name"
+        )
+    try:
+        with open(out, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise UsageError(f"cannot read --out {out} to check it is a checkpoint: {e.strerror or e}") from None
+    if head and not head.startswith(TORCH_FILE_STARTS):
+        raise UsageError(
+            f"--out {out} exists and is not a PyTorch file; train replaces only an earlier checkpoint: give "
+            "another name, or move that file away"
+        )
+
+
 def check_out(out: Path) -> None:
-    """Refuse a checkpoint path that cannot be written (a file in its way, a read-only folder); make its folder."""
+    """Refuse a checkpoint path that cannot be written (a file in its way, a read-only folder) or that holds what a
+    checkpoint must not replace; make its folder."""
     if (above := blocked_by_file(out)) is not None:
         raise UsageError(f"cannot write --out {out}: Not a directory ({above})")
+    check_replaceable(out)
     try:
         make_dirs(out.parent)
     except OSError as e:
