@@ -158,16 +158,21 @@ def test_a_training_stopped_in_its_first_epoch_leaves_out_as_it_was(tmp_path, tr
 def test_a_checkpoint_save_stopped_midway_leaves_no_half_written_file(tmp_path, monkeypatch):
     from xaibatch.model import loading
 
-    def save(obj, path):
-        path.write_bytes(b"half")
+    def save(obj, f):  # a path (a fixed temporary name, before) or an open file
+        f.write_bytes(b"half") if isinstance(f, os.PathLike) else f.write(b"half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(loading.torch, "save", save)
     out = tmp_path / "m.pt"
     out.write_bytes(b"before")
+    (tmp_path / "m.pt.tmp").write_bytes(b"the user's")  # the fixed temporary name it wrote through and removed
     with pytest.raises(KeyboardInterrupt):
         loading.save_atomically({}, out)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"] and out.read_bytes() == b"before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.tmp"] and out.read_bytes() == b"before"
+    assert (tmp_path / "m.pt.tmp").read_bytes() == b"the user's"
+    monkeypatch.undo()
+    loading.save_atomically({"a": 1}, out)
+    assert torch.load(out, weights_only=True) == {"a": 1} and (tmp_path / "m.pt.tmp").read_bytes() == b"the user's"
 
 
 # -- sanity -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -71,19 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     exclusively (never follows a symlink left at that name), and removed when the write fails, so
     a full disk leaves neither a truncated target nor a stray temporary file.
     """
-    make_dirs(path.parent)
-    for _ in range(1000):  # a stale temporary file (same pid after a crash) is skipped, not reused
-        tmp = path.with_name(temp_name(path.name))
-        try:
-            f = open(tmp, "xb")
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:  # a folder that refuses new files: name the file meant
-            name_target(e, path)
-            raise
-    else:
-        raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+    tmp, f = open_temporary(path)
     try:
         with f:
             f.write(data)
@@ -95,6 +83,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             pass
         name_target(e, path)
         raise
+
+
+def open_temporary(path: Path) -> tuple[Path, BinaryIO]:
+    """A new temporary file beside ``path`` (its folder made), open for writing: :func:`temp_name`'s, created
+    exclusively, never a name in use (a user's ``<name>.tmp``, another process's temporary file)."""
+    make_dirs(path.parent)
+    for _ in range(1000):  # a stale temporary file (same pid after a crash) is skipped, not reused
+        tmp = path.with_name(temp_name(path.name))
+        try:
+            return tmp, open(tmp, "xb")
+        except FileExistsError:
+            continue
+        except OSError as e:  # a folder that refuses new files: name the file meant
+            name_target(e, path)
+            raise
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def name_target(e: BaseException, path: Path) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok
-from ..files import file_sha256
+from ..files import file_sha256, open_temporary
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess
@@ -477,9 +477,10 @@ def save_checkpoint(
 def save_atomically(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, renamed over it: a stop or a full disk mid-write
     leaves ``path`` as it was and no half-written file (the temporary one is removed)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, f = open_temporary(path)  # never a fixed name: a user's m.pt.tmp, or a second training's, is not it
     try:
-        torch.save(obj, tmp)
+        with f:
+            torch.save(obj, f)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
