@@ -150,3 +150,41 @@ def test_a_long_stem_moves_too(tmp_path):
     _link(tmp_path, f"old/{stem}.npy", f"maps/m/{stem}.npy")
     assert (tmp_path / "maps" / "m" / f"{stem}.npy").read_bytes() == b"map"
     assert [p.name for p in (tmp_path / "maps" / "m").iterdir()] == [f"{stem}.npy"]  # no temporary file left
+
+
+def test_the_report_on_disk_keeps_its_old_map_files_until_the_new_one_is_written(tmp_path, tiny_ckpt, monkeypatch):
+    """The move linked the new names and deleted the old ones before the run's report: the report on disk, which
+    links the old names, showed broken pictures while the run computed, and after a kill until the next run (a
+    main run killed after the move over a folder e16738b wrote: 900 of 7,099 links broken)."""
+    import xaibatch.report as report
+    from outcheck import check_report_links
+
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 3, size=24, seed=1)
+    write_images(inp / "REAL", 3, size=24, seed=2)
+    out = tmp_path / "o"
+    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    _to_old_layout(out)
+    write_images(inp / "REAL" / "new", 2, size=24, seed=3)  # work to do: the run computes after the move
+
+    def killed(*a, **kw):  # a run stopped after its compute, before its report
+        check_report_links(out)  # the old report, during the run
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(report, "write_report", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    check_report_links(out)  # and after the stop
+    assert (out / "maps" / "cam:gradcam++").is_dir()
+    monkeypatch.undo()
+
+    res = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert res.computed == 0  # the stopped run committed its maps; the move is not done twice
+    check_output_folder(out, inp)  # the old names went with the next report: nothing unreferenced
+    assert not any(":" in p.name for p in out.rglob("*")), "a folder or file still has a colon"
+
+    # An uninterrupted run removes the old names once its report is written
+    _to_old_layout(out)
+    res = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    check_output_folder(out, inp)
+    assert not any(":" in p.name for p in out.rglob("*"))

@@ -1,9 +1,11 @@
 """Move map files written under an older layout (``maps/cam:gradcam++/``) to the current one, without recomputing.
 
 Crash-safe order, as everywhere: the files are first linked (or copied) under their new names, then the
-rows are updated in one transaction, then the old names are removed. A kill before the commit leaves
-new names no row points at (swept after an unclean stop, or overwritten by the next migration); a kill
-after it leaves old names no row points at (swept likewise). Imports no torch.
+rows are updated in one transaction; the old names stay until the run has written its new report (the report
+on disk links them until then), when the run deletes them as it deletes a removed image's files
+(``apply.delete_dropped``). A kill before the commit leaves new names no row points at (swept after an unclean
+stop, or overwritten by the next migration); a kill after it leaves old names no row points at (swept likewise,
+after the next report). Imports no torch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import shutil
 from pathlib import Path
 
 from .. import layout
-from ..errors import UsageError
 from ..files import make_dirs, safe_join, temp_name
 from ..manifest import Manifest, MapRow
 
@@ -59,11 +60,14 @@ def _link(out: Path, old: str, new: str) -> None:
     os.replace(tmp, dst)
 
 
-def migrate_map_folders(out: Path, manifest: Manifest, maps: dict[str, dict[str, MapRow]], lock=None) -> int:
-    """Move stale map files to their current folders; returns the number of map rows moved."""
+def migrate_map_folders(
+    out: Path, manifest: Manifest, maps: dict[str, dict[str, MapRow]], lock=None
+) -> tuple[int, set[str]]:
+    """Give stale map files their current names and move their rows there; returns the number of map rows moved and
+    the old names, which the report on disk still links: delete them once the new report is written."""
     moves = stale_rows(maps)
     if not moves:
-        return 0
+        return 0, set()
     pairs = {
         (getattr(old, f), getattr(new, f))
         for old, new in moves
@@ -79,25 +83,4 @@ def migrate_map_folders(out: Path, manifest: Manifest, maps: dict[str, dict[str,
             manifest.put_map(new)
     for old, new in moves:  # the rows moved: update the caller's view too
         maps[old.rel][old.method] = new
-    for src, _dst in pairs:
-        try:
-            safe_join(out, src).unlink()
-        except (OSError, UsageError):
-            pass
-    for method in sorted({old.method for old, _new in moves}):  # maps/cam:gradcam++ and its subfolders, once empty
-        for top in ("maps", "thumbs"):
-            try:
-                _remove_empty(safe_join(out, f"{top}/{method}"))
-            except UsageError:
-                pass
-    return len(moves)
-
-
-def _remove_empty(folder: Path) -> None:
-    if not folder.is_dir() or folder.is_symlink():
-        return
-    for dirpath, _dirs, _files in sorted(os.walk(folder), key=lambda t: -len(t[0])):
-        try:
-            os.rmdir(dirpath)
-        except OSError:
-            pass
+    return len(moves), {src for src, _dst in pairs}

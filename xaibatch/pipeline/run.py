@@ -327,7 +327,8 @@ def _plan_run(
     row.reserve = Reserve(out)
     known = setup.known or Known.read(row.manifest)  # a cached setup has read it, under this lock
     refuse_lost_labels(opts, setup.found, known)
-    moved = migrate_map_folders(out, row.manifest, known.maps, lock)  # maps/cam:gradcam++/ -> maps/cam-gradcampp/
+    # maps/cam:gradcam++/ -> maps/cam-gradcampp/; the old names go with the dropped files, after the report
+    moved, old_names = migrate_map_folders(out, row.manifest, known.maps, lock)
     if moved:
         log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
@@ -349,7 +350,7 @@ def _plan_run(
     row.counts = planned_counts(setup.found, plan, row.tally, sum(resumed.values()))
     row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
     emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from)))
-    row.dropped = apply_removals(row.manifest, lock, setup.found, plan, known, row.run_id, emit)
+    row.dropped = apply_removals(row.manifest, lock, setup.found, plan, known, row.run_id, emit) | old_names
     return known, plan
 
 
