@@ -108,6 +108,7 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
                     "scale": float(rng.uniform(0.001, 0.05) if METHODS[name]["signed"] else rng.uniform(0.5, 1)),
                     "peak": [int(v) for v in rng.integers(0, 32, 2)],
                     "shape": [32, 32],
+                    "nowhere": False,  # on every view a run stores (overlay.flat_view): none is read back
                 }
                 files = MapFiles.of(name, stem, 32, 32)  # as a run names them: a 32 px overlay is its own thumbnail
                 m.put_map(MapRow(rel, name, METHODS[name]["hash"], *files.paths(), None, run_id, view=view))

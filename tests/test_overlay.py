@@ -150,7 +150,7 @@ def test_a_map_zero_everywhere_is_flagged_and_named_on_the_page(signed):
     views = views_batch(full, full, signed)
     assert views[0].get("zero") is True and "zero" not in views[1]
     # a signed map whose one value speaks against the class has no evidence for it: its peak points nowhere
-    assert views[0].get("nowhere") is True and views[1].get("nowhere") is (True if signed else None)
+    assert views[0].get("nowhere") is True and views[1].get("nowhere") is signed
     for j in range(2):
         again = view_of(full[j].numpy(), 8, 8, signed)
         assert (again.get("zero"), again.get("nowhere")) == (views[j].get("zero"), views[j].get("nowhere"))

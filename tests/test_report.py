@@ -1239,6 +1239,43 @@ def test_an_older_folder_gets_its_views_once_and_nothing_is_recomputed(truth_run
     assert report.render(copy).reused  # read once: the next report moves nothing
 
 
+def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_once(truth_run, tmp_path):
+    """Views written before the "zero"/"nowhere" flags (xaibatch of 2026-12-04 to 12-06) lack them: the report of
+    an upgraded folder coloured a Grad-CAM map that is zero everywhere by a scale ("Full colour: values of 1"),
+    called a flat LIME map weak evidence, and scored such maps' arbitrary peaks in the pointing game, where a
+    fresh run says "zero everywhere" and counts them as misses (16 of 900 maps of a folder 7e5dfc3 wrote)."""
+    import sqlite3
+
+    inp, out, _masks = truth_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    m = Manifest(copy / FILENAME)
+    maps = m.maps()
+    m.close()
+    flat = {"FAKE/img_000.png": ("gradcam", 0.0), "FAKE/img_001.png": ("lime", -0.25)}  # zero; no positive value
+    db = sqlite3.connect(copy / FILENAME)
+    for rel, (method, value) in flat.items():
+        row = maps[rel, method]
+        a = np.zeros_like(np.load(copy / row.npy))
+        a[3, 4] = value
+        np.save(copy / row.npy, a)
+        old = {k: v for k, v in row.view.items() if k not in ("zero", "nowhere")}  # as an older xaibatch stored it
+        old["peak"] = [3, 4]
+        db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(old), rel, method))
+    db.commit()
+    db.close()
+
+    report.render(copy)
+    m = Manifest(copy / FILENAME)
+    views = {rel: m.maps()[rel, method].view for rel, (method, _v) in flat.items()}
+    m.close()
+    assert views["FAKE/img_000.png"].get("zero") is True and views["FAKE/img_000.png"].get("nowhere") is True
+    assert views["FAKE/img_001.png"].get("nowhere") is True and not views["FAKE/img_001.png"].get("zero")
+    shown = map_of(detail_of(copy, "FAKE/img_000.png"), "gradcam")
+    assert shown["weak"].startswith("zero everywhere") and shown["ticks"] == [], shown  # no colour bar to read
+    assert report.render(copy).reused  # read once: the next report moves nothing
+
+
 def images_of(out: Path) -> dict:
     m = Manifest(out / FILENAME)
     try:

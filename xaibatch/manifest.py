@@ -113,7 +113,8 @@ class MapRow:
     # What the report shows of the map without reading the .npy back, computed with its picture
     # (pipeline/writer.py:map_views): "scale" (the value drawn at full colour, overlay.display_scale),
     # "peak" ([row, column] of its maximum, LIME: of its strongest evidence for the class) and "shape"; "zero"
-    # and "nowhere" for a map that shows nothing (overlay.views_batch).
+    # and "nowhere" for a map that shows nothing (overlay.views_batch; "nowhere" is on every view since views
+    # lacking it, stored by an older xaibatch, are computed again once: report.detail.backfill_views).
     view: dict[str, Any] | None = None
 
     @property
@@ -441,11 +442,12 @@ class Manifest:
         )
 
     def maps_without_view(self) -> list[tuple[str, str, str, str, int, int]]:
-        """The map rows written before views existed (MapRow.view None): (rel, method, config_hash, npy, and
-        the image's width and height), for the report to store their views (report.detail.backfill_views)."""
+        """The map rows written before views existed (MapRow.view None) or before they flagged a map that shows
+        nothing (a view without "nowhere", see overlay.flat_view): (rel, method, config_hash, npy, and the image's
+        width and height), for the report to store their views (report.detail.backfill_views)."""
         return self.db.execute(
             "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
-            " WHERE m.view_json IS NULL"
+            """ WHERE m.view_json IS NULL OR m.view_json NOT LIKE '%"nowhere"%'"""
         ).fetchall()
 
     def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:

@@ -253,7 +253,7 @@ def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
     the strongest evidence for the class, as the pointing game scores it); "shape" of ``full``; "zero": True
     only when the map is zero everywhere (no evidence at all: Grad-CAM's for a class the model rules out);
     "nowhere": True when it holds no evidence for the class (zero, or a signed map with no positive value): its
-    peak then points nowhere. ``tops``: ``shown``'s :func:`tops_batch`, when already made."""
+    peak then points nowhere (False otherwise). ``tops``: ``shown``'s :func:`tops_batch`, when already made."""
     b = shown.shape[0]
     scale = display_scale_batch(shown, signed, tops)
     ev = full.float().reshape(b, -1)
@@ -272,8 +272,9 @@ def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
 
 
 def flat_view(zero: bool, nowhere: bool) -> dict[str, bool]:
-    """The view's keys for a map that shows nothing (see views_batch); none for the usual map."""
-    return {"zero": True, "nowhere": True} if zero else {"nowhere": True} if nowhere else {}
+    """The view's flags (see views_batch): "nowhere" on every view, so that one an older xaibatch stored, which
+    lacks it, is told apart and read again (report.detail.backfill_views); "zero" only for a map zero everywhere."""
+    return {"zero": True, "nowhere": True} if zero else {"nowhere": bool(nowhere)}
 
 
 def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:

@@ -111,8 +111,10 @@ def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PI
 
 
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
-    """Store a view on every map row that lacks one (rows written before views existed): each such map is read
-    once, on the first report after an upgrade, never again. An unreadable map gets ``{"scale": None}``."""
+    """Store a view on every map row that lacks one (rows written before views existed) or holds one without the
+    flags of a map that shows nothing (written before those, which a fresh run's report shows: "zero everywhere",
+    a miss in the pointing game): each such map is read once, on the first report after an upgrade, never again.
+    An unreadable map gets ``{"scale": None, "nowhere": None}``."""
     from ..overlay import view_of  # numpy and PIL: only for a folder that has such rows
 
     signed = {m.name: m.signed for m in methods}
@@ -121,7 +123,7 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     for rel, method, config_hash, npy, width, height in manifest.maps_without_view():
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
         if m is None or not m.size:
-            views.append((rel, method, config_hash, {"scale": None}))
+            views.append((rel, method, config_hash, {"scale": None, "nowhere": None}))
         else:
             views.append((rel, method, config_hash, view_of(m, width, height, signed.get(method, False))))
     if views:
