@@ -32,6 +32,32 @@ def test_overlay_batch_equals_overlay_bit_for_bit(signed):
     assert np.array_equal(got, ref)
 
 
+@pytest.mark.parametrize("name", ["inferno", "RdBu_r"])
+def test_the_written_out_colour_maps_are_matplotlibs(name):
+    """colourmaps.py holds matplotlib's colours, so that runs need not import it: every colour and the one for NaN
+    equal matplotlib's (as 8-bit values, as colorize always drew them), and colorize gives matplotlib's colour
+    for any value."""
+    from matplotlib import colormaps
+
+    from xaibatch import colourmaps
+    from xaibatch.overlay import colorize
+
+    cmap = colormaps[name]
+    want = np.vstack([cmap(np.arange(cmap.N)), np.asarray(cmap.get_bad())[None]])[:, :3]
+    got = colourmaps.packed(name).view(np.uint8).reshape(-1, 4)
+    assert got.shape == (257, 4) and not got[:, 3].any()
+    assert np.array_equal(got[:, :3], (want * 255).astype(np.uint8))
+    x = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    x[0, :3] = (0.0, 1.0, 0.5)
+    signed = name == "RdBu_r"
+    drawn = colorize(2 * x - 1 if signed else x, signed)
+    if signed:  # scaled symmetrically by the map's display scale, as colorize does
+        from xaibatch.overlay import display_scale
+
+        x = 0.5 + 0.5 * np.clip((2 * x - 1) / display_scale(2 * x - 1, signed=True), -1, 1)
+    assert np.array_equal(drawn, (cmap(x)[..., :3] * 255).astype(np.uint8))
+
+
 def test_resize_maps_is_what_the_npy_always_held():
     """Bilinear (align_corners=False) for unsigned maps, nearest for signed ones, as before the batch path."""
     m = torch.rand(2, 8, 8)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import colourmaps
 from .layout import THUMB_SIDE, display_size
 
 # zlib's run-length strategy on PNG-filtered rows: 25-35% faster than the default strategy at 64-512 px and
@@ -27,26 +28,11 @@ PNG_STORE_MAX_BYTES = 4096
 MAP_PNG_STRATEGY = zlib.Z_HUFFMAN_ONLY
 
 
-def _colour_table(name: str) -> np.ndarray:
-    """The colormap as N + 1 packed RGBX uint32 words: its N colours, then its colour for NaN.
-
-    Built once from matplotlib, so :func:`colorize` is one 1-d gather per map
-    instead of a matplotlib call, with exactly the colours matplotlib gives.
-    """
-    from matplotlib import colormaps  # here, not at import: the report needs it only to draw a colour bar
-
-    cmap = colormaps[name]
-    rgba = np.vstack([cmap(np.arange(cmap.N)), np.asarray(cmap.get_bad(), dtype=np.float64)[None]])
-    packed = np.zeros((len(rgba), 4), dtype=np.uint8)
-    packed[:, :3] = (rgba[:, :3] * 255).astype(np.uint8)
-    return packed.view(np.uint32)[:, 0]
-
-
 @functools.cache
 def _packed(signed: bool) -> np.ndarray:
     """The colour table of unsigned maps (inferno) or signed ones (RdBu_r: red = evidence for the explained
-    class, blue = against), built on first use."""
-    return _colour_table("RdBu_r" if signed else "inferno")
+    class, blue = against): matplotlib's colours, written out (colourmaps.py) so that no run imports it."""
+    return colourmaps.packed("RdBu_r" if signed else "inferno")
 
 
 def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
