@@ -22,6 +22,14 @@ from .errors import FILE_TOO_LARGE, InputError
 from .layout import MANIFEST
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+MASK_SUFFIX = ".mask.npy"  # an image's ground-truth mask lies beside it as <name>.mask.npy (as demo-data writes it)
+
+
+def mask_rel(rel: str) -> str:
+    """Where an image's ground-truth mask lies, relative to the input folder: ``FAKE/a.png`` -> ``FAKE/a.mask.npy``."""
+    return rel.rsplit(".", 1)[0] + MASK_SUFFIX
+
+
 # An image's files are named by its stem (layout.assign_stems), whose last part is cut and hashed to fit
 # NAME_MAX with any suffix, so no file name is too long; a path this long is refused instead of failing
 # half-way in the run's writer.

@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 from .. import layout, targets
 from ..layout import display_size
-from .localization import MASK_SUFFIX
 from ..manifest import ImageRow, MapRow
+from ..scan import MASK_SUFFIX, mask_rel
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import (
     Block,
@@ -28,11 +28,6 @@ from .model import (
     url,
 )
 from .text import class_name, fmt_num, fmt_pct, fmt_value
-
-
-def mask_rel(rel: str) -> str:
-    """Where demo-data keeps an image's ground-truth mask, relative to the input folder (see demo.mask_for)."""
-    return rel.rsplit(".", 1)[0] + MASK_SUFFIX
 
 
 def masks_beside(input_dir: Path | None, rels: Iterable[str]) -> dict[str, str]:

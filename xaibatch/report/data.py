@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import layout, targets
 from ..files import file_sha256
-from .localization import MASK_SUFFIX
+from ..scan import MASK_SUFFIX
 from ..manifest import ImageRow, Manifest, MapRow, RunCounts, RunRecord, RunStatus
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint

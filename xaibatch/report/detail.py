@@ -15,7 +15,7 @@ from typing import Any
 from .. import targets
 from ..errors import UsageError
 from ..files import InputFolder, NotRegularFile, open_regular, safe_join
-from .cards import mask_rel
+from ..scan import mask_rel
 from .model import Card, Group, MARKER_COLOURS, MAX_ARRAY_BYTES, MapView, MethodInfo, TRUTH_MAX_SIDE
 from .text import break_points, fmt_bytes, fmt_num, fmt_pct
 

@@ -99,9 +99,6 @@ def tally(cards: Iterable[Any], truths: dict[str, Any]) -> list[PointingGame]:
     return list(rows.values())
 
 
-MASK_SUFFIX = ".mask.npy"  # the ground truth beside an image: <name>.mask.npy (written by `xaibatch demo-data`)
-
-
 def pointing_game(out_dir: Path, input_dir: Path, method: str, rels: list[str]) -> PointingGame:
     """Score ``method``'s maps for the images in ``rels`` that have a mask beside them, as the report's detail
     view does: by the peak each map's stored view records (MapRow.view, overlay.views_batch: signed maps by
@@ -111,7 +108,7 @@ def pointing_game(out_dir: Path, input_dir: Path, method: str, rels: list[str]) 
     views: ``xaibatch report`` stores them) is not scored."""
     from ..errors import UsageError
     from ..manifest import Manifest
-    from .cards import mask_rel
+    from ..scan import mask_rel
     from .detail import load_array
 
     path = Path(out_dir) / layout.MANIFEST

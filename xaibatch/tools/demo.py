@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
-from ..report.localization import MASK_SUFFIX
+from ..scan import MASK_SUFFIX
 from ..resources import DEFAULT_MODEL_IMAGE_SIZE
 from ..scan import printable
 
