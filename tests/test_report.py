@@ -1239,12 +1239,16 @@ def test_an_older_folder_gets_its_views_once_and_nothing_is_recomputed(truth_run
     assert report.render(copy).reused  # read once: the next report moves nothing
 
 
-def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_once(truth_run, tmp_path):
+def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_once(truth_run, tmp_path, monkeypatch):
     """Views written before the "zero"/"nowhere" flags (xaibatch of 2026-12-04 to 12-06) lack them: the report of
     an upgraded folder coloured a Grad-CAM map that is zero everywhere by a scale ("Full colour: values of 1"),
-    called a flat LIME map weak evidence, and scored such maps' arbitrary peaks in the pointing game, where a
-    fresh run says "zero everywhere" and counts them as misses (16 of 900 maps of a folder 7e5dfc3 wrote)."""
+    called a flat LIME map weak evidence, and scored such maps' peaks in the pointing game, where a fresh run
+    says "zero everywhere" and counts them as misses (16 of 900 maps of a folder 7e5dfc3 wrote). Only those are
+    read again (a flat map's stored peak, the argmax of nothing, is the first pixel); every other view, whose peak
+    shows evidence, gains its flag without its map being read (every view of every older folder lacks it)."""
     import sqlite3
+
+    from xaibatch.report import detail as detail_mod
 
     inp, out, _masks = truth_run
     copy = tmp_path / "out"
@@ -1260,13 +1264,24 @@ def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_on
         a[3, 4] = value
         np.save(copy / row.npy, a)
         old = {k: v for k, v in row.view.items() if k not in ("zero", "nowhere")}  # as an older xaibatch stored it
-        old["peak"] = [3, 4]
+        old["peak"] = [0, 0]  # views_batch's argmax of no evidence
+        db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(old), rel, method))
+    others = {k: r for k, r in maps.items() if k[0] not in flat and r.view and r.view.get("peak") != [0, 0]}
+    for (rel, method), row in others.items():
+        old = {k: v for k, v in row.view.items() if k not in ("zero", "nowhere")}
         db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(old), rel, method))
     db.commit()
     db.close()
+    read: list[str] = []
+    real_load = detail_mod.load_array
+    monkeypatch.setattr(
+        detail_mod, "load_array", lambda root, rel, **kw: read.append(rel) or real_load(root, rel, **kw)
+    )
 
     report.render(copy)
+    assert len(others) >= 4 and sorted(read) == sorted(maps[rel, method].npy for rel, (method, _v) in flat.items())
     m = Manifest(copy / FILENAME)
+    assert all(m.maps()[k].view == {**r.view, "nowhere": False} for k, r in others.items())
     views = {rel: m.maps()[rel, method].view for rel, (method, _v) in flat.items()}
     m.close()
     assert views["FAKE/img_000.png"].get("zero") is True and views["FAKE/img_000.png"].get("nowhere") is True

@@ -441,12 +441,13 @@ class Manifest:
             ],
         )
 
-    def maps_without_view(self) -> list[tuple[str, str, str, str, int, int]]:
+    def maps_without_view(self) -> list[tuple[str, str, str, str, int, int, str | None]]:
         """The map rows written before views existed (MapRow.view None) or before they flagged a map that shows
-        nothing (a view without "nowhere", see overlay.flat_view): (rel, method, config_hash, npy, and the image's
-        width and height), for the report to store their views (report.detail.backfill_views)."""
+        nothing (a view without "nowhere", see overlay.flat_view): (rel, method, config_hash, npy, the image's
+        width and height, the view as stored), for the report to store their views (report.detail.backfill_views)."""
         return self.db.execute(
-            "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height FROM maps m JOIN images i USING (rel)"
+            "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height, m.view_json"
+            " FROM maps m JOIN images i USING (rel)"
             """ WHERE m.view_json IS NULL OR m.view_json NOT LIKE '%"nowhere"%'"""
         ).fetchall()
 

@@ -7,6 +7,7 @@ page (``detail/page-<n>.js``), so the report's cost grows with its pages, not wi
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,20 @@ def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PI
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     """Store a view on every map row that lacks one (rows written before views existed) or holds one without the
     flags of a map that shows nothing (written before those, which a fresh run's report shows: "zero everywhere",
-    a miss in the pointing game): each such map is read once, on the first report after an upgrade, never again.
-    An unreadable map gets ``{"scale": None, "nowhere": None}``."""
+    a miss in the pointing game), once, on the first report after an upgrade. Only maps that may be flat are read:
+    a stored peak elsewhere than the first pixel is evidence (a flat map's peak, the argmax of nothing, was always
+    [0, 0]), so that view only gains ``"nowhere": False`` (reading every map of a 100,000-image folder of photos,
+    4 MB a map, would take hours). An unreadable map gets ``{"scale": None, "nowhere": None}``."""
     from ..overlay import view_of  # numpy and PIL: only for a folder that has such rows
 
     signed = {m.name: m.signed for m in methods}
     signed.update({targets.label_key(m.name): m.signed for m in methods})
     views = []
-    for rel, method, config_hash, npy, width, height in manifest.maps_without_view():
+    for rel, method, config_hash, npy, width, height, stored in manifest.maps_without_view():
+        view = json.loads(stored) if stored else None
+        if isinstance(view, dict) and _points_somewhere(view):
+            views.append((rel, method, config_hash, {**view, "nowhere": False}))
+            continue
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
         if m is None or not m.size:
             views.append((rel, method, config_hash, {"scale": None, "nowhere": None}))
@@ -130,6 +137,12 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
         with manifest.transaction():
             manifest.set_views(views)
     return len(views)
+
+
+def _points_somewhere(view: dict[str, Any]) -> bool:
+    """A stored view whose map has evidence somewhere: a scale and a peak elsewhere than the first pixel."""
+    peak = view.get("peak")
+    return view.get("scale") is not None and isinstance(peak, list) and len(peak) == 2 and peak != [0, 0]
 
 
 def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
