@@ -18,6 +18,7 @@ from xaibatch.pipeline import plan
 from xaibatch.manifest import Manifest
 from xaibatch.methods import METHODS, Explanation, Method
 from xaibatch.layout import assign_stems
+from xaibatch.scan import Failure
 from xaibatch.pipeline import run
 from xaibatch.tools import synth
 
@@ -431,19 +432,19 @@ def test_an_unchanged_unreadable_file_is_listed_without_being_read_again(tmp_pat
     ]
 
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
-    assert r.failed == [("cut.png", reason)] and r.status == "some-failed"
+    assert r.failed == [Failure("cut.png", reason, "image")] and r.status == "some-failed"
     assert (r.seen, r.unchanged, r.computed) == (5, 4, 0)
     assert not _last_run_loaded_the_model(out)  # nothing to read: no torch, no model
 
     _sql(out, "UPDATE failures SET reason = 'cannot read: Input/output error'")  # a reason the bytes do not decide
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
-    assert r.failed == [("cut.png", reason)] and _last_run_loaded_the_model(out)
+    assert r.failed == [Failure("cut.png", reason, "image")] and _last_run_loaded_the_model(out)
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert not _last_run_loaded_the_model(out)  # its bytes refused again: stamped again
 
     _sql(out, "DELETE FROM failure_stamps")  # a run killed before it stamped: read again
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
-    assert r.failed == [("cut.png", reason)] and _last_run_loaded_the_model(out)
+    assert r.failed == [Failure("cut.png", reason, "image")] and _last_run_loaded_the_model(out)
 
     shutil.copy(paths[1], bad)  # mended: new size and mtime
     _bump_mtime(bad)

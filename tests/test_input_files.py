@@ -30,7 +30,7 @@ from xaibatch import errors
 from xaibatch.cli import cli
 from xaibatch.data import load_image
 from xaibatch.dataset import ImageDataset, collate
-from xaibatch.scan import scan
+from xaibatch.scan import Failure, scan
 from xaibatch.errors import DecodeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +339,7 @@ def test_device_files_are_not_opened(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.png")
     found = scan(tmp_path)
     assert [e.rel for e in found.images] == ["a.png"]
-    assert found.skipped == [("zero.png", "not a regular file (a character device)")]
+    assert found.skipped == [Failure("zero.png", "not a regular file (a character device)", "image")]
 
 
 def test_scan_order_is_depth_first_sorted(tmp_path):

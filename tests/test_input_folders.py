@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import REPO, invoke, manifest_rows, write_images
+from helpers import REPO, invoke, manifest_rows, run_argv, write_images
 from oddnames import make_unreadable
 from xaibatch import layout
 from xaibatch.cli import cli
@@ -63,6 +63,23 @@ def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, 
 
 
 ORIGINALS = ["FAKE/img_000.png", "FAKE/img_001.png", "REAL/img_000.png", "REAL/img_001.png"]
+
+
+def test_a_folder_named_like_an_image_is_listed_as_a_folder_not_scanned(tmp_path, tiny_ckpt):
+    """The failures' list on stderr tells images from folders by their kind (scan.Failure), not by the name: a folder
+    ``more.png`` (a link out, not followed) was counted as "1 image(s) could not be read" with the unreadable
+    image ``cut.png``; on the re-run too, where ``cut.png`` stays failed unread."""
+    write_images(tmp_path / "elsewhere", 1, seed=5)
+    root = tmp_path / "in"
+    write_images(root, 2)
+    (root / "cut.png").write_bytes(b"not an image")
+    os.symlink(tmp_path / "elsewhere", root / "more.png")
+    for _ in range(2):
+        r = invoke(*run_argv(root, tmp_path / "out", tiny_ckpt, "--workers", "0"))
+        assert r.exit_code == 1, r.output
+        lines = r.stderr.splitlines()
+        assert lines[0] == "xaibatch: 1 image(s) could not be read, 1 folder(s) not scanned:", r.stderr
+        assert sorted(line.split(":")[0] for line in lines[1:]) == ["  cut.png", "  more.png"], r.stderr
 
 
 @pytest.mark.parametrize("where", ["out-inside-the-input", "out-elsewhere-follow-links"])

@@ -29,7 +29,7 @@ from xaibatch.errors import UsageError
 from xaibatch.pipeline import RayOptions, RunOptions, run
 from xaibatch.pipeline.compute import batches
 from xaibatch.pipeline.plan import Plan, Work
-from xaibatch.scan import ImageEntry, Scan
+from xaibatch.scan import Failure, ImageEntry, Scan
 
 from helpers import manifest_rows, manifest_value, run_opts, write_images
 from outcheck import check_output_folder
@@ -569,9 +569,10 @@ def test_an_image_that_kills_its_worker_fails_after_bounded_retries(local_ray, t
     print(f"took {time.monotonic() - t0:.0f} s")
     assert r.status == "some-failed" and r.computed == 4
     assert r.failed == [
-        (
+        Failure(
             "img_001.png",
             "the Ray worker died on this image 3 times (out of memory, or a crash decoding or explaining it)",
+            "image",
         )
     ]
     assert any("computing their images one at a time" in line for line in said), said

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_images
-from xaibatch.scan import MAX_FILE_BYTES, scan
+from xaibatch.scan import MAX_FILE_BYTES, Failure, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,9 +158,10 @@ def test_files_too_large_are_refused_unread(tmp_path):
     found = scan(inp)
     assert [e.rel for e in found.images] == ["img_000.png"]
     assert found.skipped == [
-        (
+        Failure(
             "big.png",
             f"file too large ({MAX_FILE_BYTES + 1:,} bytes; at most {MAX_FILE_BYTES:,}): refused without reading it",
+            "image",
         )
     ]
 

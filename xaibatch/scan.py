@@ -16,7 +16,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from .errors import FILE_TOO_LARGE, InputError
 from .layout import MANIFEST
@@ -60,12 +60,34 @@ class ImageEntry:
         return Path(self.file)
 
 
+@dataclass(frozen=True, order=True)
+class Failure:
+    """An input the run could not read, and why; ``kind``: ``"image"``, a file named like an image (refused by the
+    scan, unreadable, undecodable, or failed as before and not read again), or ``"folder"``, a folder not scanned
+    (unlistable, a loop, a link out, a name that is not UTF-8, too deep to open, a class folder's link to nothing).
+
+    One type from the scan to the CLI (Scan.skipped, Plan.still_failed, WriteJob, Commit, Tally, RunResult.failed);
+    the manifest's failures table, the report, predictions.csv and ``--log-json`` keep the rel and reason only.
+    Unpacks and indexes as ``(rel, reason)`` (``for rel, reason in result.failed``, ``dict(result.failed)``,
+    ``f[0]``), as the pairs it replaced did; it equals only a Failure."""
+
+    rel: str  # as the scan names it: POSIX, relative to the input root ("." for the root itself)
+    reason: str
+    kind: Literal["image", "folder"]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.rel, self.reason))
+
+    def __getitem__(self, i: int) -> str:
+        return (self.rel, self.reason)[i]
+
+
 @dataclass
 class Scan:
     root: Path
     classes: list[str] | None  # None for an unlabeled folder
     images: list[ImageEntry]
-    skipped: list[tuple[str, str]]  # (rel, reason): entries that are not even readable as files
+    skipped: list[Failure]  # entries that are not even readable as files, and folders not scanned
     empty_classes: list[str] = field(default_factory=list)  # labeled: top-level folders without any image
     digests: dict[str, str] = field(default_factory=dict)  # rel -> sha256 the planner hashed (once per scan)
     # empty class folders that are symbolic links whose folder is listed under its own name: name -> that name
@@ -177,7 +199,7 @@ _KIND = {
 Frame = tuple[str, str, Iterator[str], frozenset]  # a folder being listed: path, rel, names left, its ancestors
 
 
-def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False, out: Path | None = None) -> _Walk:
+def _walk(root: Path, skipped: list[Failure], follow_links: bool = False, out: Path | None = None) -> _Walk:
     """Every image-named regular file under ``root``, in sorted depth-first order (the walk's ``found``).
 
     A symlink, to a folder or a file, that leads outside ``root`` is skipped (a link to / would crawl the
@@ -189,7 +211,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     Symlinked folders are followed after the real ones, so a folder reachable both directly and
     through a symlink is scanned once, under its real name (the link's name -> that name: ``aliases``); a
     symlink back to a folder above it is a loop and reported. Iterative, so deep nesting cannot hit
-    Python's recursion limit. What cannot be scanned goes to ``skipped`` as (rel, reason) when it is named
+    Python's recursion limit. What cannot be scanned goes to ``skipped`` (a Failure) when it is named
     like an image or is a folder; other files are ignored silently. Output folders not entered, and links
     into one: ``outputs``.
     """
@@ -197,7 +219,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
     try:
         root_st = root.stat()
     except OSError as e:
-        skipped.append((".", f"cannot open folder: {e.strerror or e}"))
+        skipped.append(Failure(".", f"cannot open folder: {e.strerror or e}", "folder"))
         return walk
     if out is not None:
         walk.avoid(out)
@@ -215,7 +237,7 @@ def _walk(root: Path, skipped: list[tuple[str, str]], follow_links: bool = False
             stack.append(frame)
     # Depth-first order with sorted names, whatever order symlinked folders were entered in.
     walk.found.sort(key=lambda f: f[0].split("/"))
-    skipped.sort(key=lambda s: s[0].split("/"))
+    skipped.sort(key=lambda s: s.rel.split("/"))
     return walk
 
 
@@ -226,12 +248,12 @@ class _Walk:
 
     real_root: str
     follow_links: bool
-    skipped: list[tuple[str, str]]
+    skipped: list[Failure]
     found: list[tuple[str, str, os.stat_result]] = field(default_factory=list)
     seen_dirs: dict[tuple[int, int], str] = field(default_factory=dict)  # each folder entered -> its rel
     aliases: dict[str, str] = field(default_factory=dict)  # rel of a symlink to a folder listed already -> that rel
     outputs: set[str] = field(default_factory=set)  # rels of xaibatch output folders and of links into one
-    broken_tops: list[tuple[str, str]] = field(default_factory=list)  # top-level links to nothing: (name, reason)
+    broken_tops: list[Failure] = field(default_factory=list)  # top-level links to nothing (folders, maybe)
     deferred: list[tuple[str, str, os.stat_result, frozenset]] = field(default_factory=list)
     real_out: str | None = None  # the run's --out, when it is not above the input (see avoid)
     out_key: tuple[int, int] | None = None
@@ -252,7 +274,7 @@ class _Walk:
         """List a folder, unless it is a loop, already listed, an xaibatch output folder or unreadable."""
         key = (st.st_dev, st.st_ino)
         if key in ancestors:
-            self.skipped.append((rel, "symlink loop: leads back to a folder above it; not followed"))
+            self.skipped.append(Failure(rel, "symlink loop: leads back to a folder above it; not followed", "folder"))
             return None
         if key in self.seen_dirs:
             first = self.seen_dirs[key]
@@ -269,7 +291,7 @@ class _Walk:
             with os.scandir(d) as it:
                 names = sorted(e.name for e in it if not _hidden(e.name) and not _other_file(e))
         except OSError as e:  # one unreadable folder is reported; the rest of the input is still scanned
-            self.skipped.append((shown(rel or "."), f"cannot list folder: {e.strerror or e}"))
+            self.skipped.append(Failure(shown(rel or "."), f"cannot list folder: {e.strerror or e}", "folder"))
             return None
         return (d, rel, iter(names), ancestors | {key})
 
@@ -285,10 +307,10 @@ class _Walk:
             if is_link:
                 st = os.stat(p)
         except OSError as e:
-            if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:
-                self.skipped.append((shown(r), reason))
+            if (reason := _unopenable(e, p, is_image_name, is_link)) is not None:  # not named like an image: a folder
+                self.skipped.append(Failure(shown(r), reason, "image" if is_image_name else "folder"))
             elif is_link and not rel and _folder_like(name, p):  # a class folder, when the input is class
-                self.broken_tops.append((shown(r), _dead_link(e)))  # folders: scan() decides
+                self.broken_tops.append(Failure(shown(r), _dead_link(e), "folder"))  # folders: scan() decides
             return None
         if stat.S_ISDIR(st.st_mode):
             return self.folder(p, r, name, st, is_link, ancestors)
@@ -299,7 +321,7 @@ class _Walk:
             if (reason := _refused(name, r, st, outside)) is None:
                 self.found.append((r, p, st))
             else:
-                self.skipped.append((shown(r), reason))
+                self.skipped.append(Failure(shown(r), reason, "image"))
         return None
 
     def folder(
@@ -307,15 +329,12 @@ class _Walk:
     ) -> Frame | None:
         """A subfolder: entered now (returned), or last when symlinked, or skipped (a bad name, a link leading out)."""
         if not _valid_utf8(name):
-            self.skipped.append((shown(r), "folder name is not valid UTF-8: its images are not scanned; rename it"))
+            why = "folder name is not valid UTF-8: its images are not scanned; rename it"
+            self.skipped.append(Failure(shown(r), why, "folder"))
         elif is_link:
             if not self.leads_inside(p):
-                self.skipped.append(
-                    (
-                        shown(r),
-                        "symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)",
-                    )
-                )
+                why = "symlink to a folder outside the input folder; not followed (pass --follow-links to follow it)"
+                self.skipped.append(Failure(shown(r), why, "folder"))
             elif not self.in_output(os.path.realpath(p)):  # a link into a report is ignored, as the report is
                 self.deferred.append((p, r, st, ancestors))
             else:
@@ -452,7 +471,7 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
         raise InputError(f"input folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"input {root} is not a folder")
-    skipped: list[tuple[str, str]] = []
+    skipped: list[Failure] = []
     walk = _walk(root, skipped, follow_links, out)
     files = walk.found
     if not files and not skipped:
@@ -460,7 +479,7 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
     top_level = [f for f in files if "/" not in f[0]]
     if files and not top_level and walk.broken_tops:  # class folders: a link to nothing among them is one too
         skipped.extend(walk.broken_tops)
-        skipped.sort(key=lambda s: s[0].split("/"))
+        skipped.sort(key=lambda s: s.rel.split("/"))
     if labeled is None:
         labeled = bool(files) and not top_level
     classes: list[str] | None = None
@@ -471,7 +490,7 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
                 "folder; move them into class folders or pass --unlabeled"
             )
         classes = sorted({f[0].split("/", 1)[0] for f in files})
-        not_classes = {rel.split("/", 1)[0] for rel, _ in skipped} | {r for r in walk.outputs if "/" not in r}
+        not_classes = {s.rel.split("/", 1)[0] for s in skipped} | {r for r in walk.outputs if "/" not in r}
         empty = _empty_folders(root, set(classes) | not_classes)
     index = {c: i for i, c in enumerate(classes or [])}
     images = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +28,9 @@ from .run_options import (
     max_map_side_option,
     target_option,
 )
+
+if TYPE_CHECKING:
+    from ..scan import Failure
 
 PROGRESS_EVERY_S = 60.0  # off a terminal, a progress line (or a JSON event) this often
 
@@ -150,19 +154,19 @@ def run(
     sys.exit(code)
 
 
-def list_failures(failed: list[tuple[str, str]], limit: int = 20) -> None:
-    """The images that could not be read and the folders not scanned, on stderr (the first ``limit``; the report
-    lists them all). An entry not named like an image is a folder: the scan lists no other file (scan._walk)."""
+def list_failures(failed: list[Failure], limit: int = 20) -> None:
+    """The images that could not be read and the folders not scanned (each Failure's kind), on stderr (the first
+    ``limit``; the report lists them all)."""
     if not failed:
         return
-    from ..scan import IMAGE_EXTENSIONS, printable
+    from ..scan import printable
 
-    folders = sum(not rel.lower().endswith(IMAGE_EXTENSIONS) for rel, _ in failed)
+    folders = sum(f.kind == "folder" for f in failed)
     counts = [f"{len(failed) - folders} image(s) could not be read"] if len(failed) > folders else []
     counts += [f"{folders} folder(s) not scanned"] if folders else []
     say(f"xaibatch: {', '.join(counts)}:")
 
-    for rel, reason in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
-        say(f"  {printable(rel)}: {printable(reason)}")
+    for f in failed[:limit]:  # names quoted: a newline or an ANSI code in one cannot forge log lines
+        say(f"  {printable(f.rel)}: {printable(f.reason)}")
     if len(failed) > limit:
         say(f"  ... and {len(failed) - limit} more (all listed in the report)")

@@ -37,16 +37,16 @@ def apply_removals(
     target no longer the image's. Returns the files this run may leave without a row: those of these rows, and
     those of the images it computes anew (maps of methods not asked this time, an image that fails now), for
     :func:`delete_dropped` once the new report is written."""
-    present = {e.rel for e in found.images} | {rel for rel, _ in found.skipped}
-    rels = {*plan.removed, *(rel for rel, _ in found.skipped), *plan.work, *(rel for rel, _ in plan.dead_maps)}
+    present = {e.rel for e in found.images} | {f.rel for f in found.skipped}
+    rels = {*plan.removed, *(f.rel for f in found.skipped), *plan.work, *(rel for rel, _ in plan.dead_maps)}
     dropped = set(known.files_of(rels | set(plan.retarget)))
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
         manifest.remove_failures(r for r in known.failures if r not in present)
-        for rel, reason in found.skipped:
-            manifest.put_failure(rel, reason, run_id)
+        for f in found.skipped:
+            manifest.put_failure(f.rel, f.reason, run_id)
         for e in plan.touched:
             manifest.touch_image(e.rel, e.size, e.mtime_ns)
         for rel, m in plan.dead_maps:  # lost files of a method not asked for now: it leaves the report
@@ -56,8 +56,8 @@ def apply_removals(
         for rel, rows in stale.items():
             for m in rows:
                 manifest.remove_map(rel, m)
-    for rel, reason in found.skipped + plan.still_failed:  # unreadable as before, read again or not
-        emit({"event": "failure", "path": rel, "reason": reason})
+    for f in found.skipped + plan.still_failed:  # unreadable as before, read again or not
+        emit({"event": "failure", "path": f.rel, "reason": f.reason})
     return dropped
 
 

@@ -17,7 +17,7 @@ from ..dataset import ImageDataset, LoadedBatch, collate
 from ..defaults import default_writers
 from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
-from ..scan import ImageEntry
+from ..scan import Failure, ImageEntry
 from ..manifest import ImageRow
 from ..model import heads
 from ..errors import ModelError
@@ -139,7 +139,7 @@ class BatchWorker:
         A batch that runs out of memory (the GPU's, or the host's) is explained in the parts that fit
         (:class:`~xaibatch.methods.explainer.Fitting`: halves, later batches cut to the size that fitted); the parts'
         WriteJobs joined are the one the whole batch gives. A single image that does not fit raises."""
-        failed = [(entries[i].rel, reason) for i, reason in b.failed]  # fine before, failing now: they leave the report
+        failed = [Failure(entries[i].rel, reason, "image") for i, reason in b.failed]  # fine before, failing now: gone
         if b.x is None and b.undecoded is None:
             return WriteJob(self.run_id, failed=failed), False
         whole = b if not b.failed else dataclasses.replace(b, failed=[])
@@ -175,7 +175,7 @@ class BatchWorker:
         methods, explainer = self.explainer(todo)
         if self.on_device(todo):  # the JPEGs the workers only read: decoded and resized here, as one batch
             b = finish_batch(b, self.prepared.ctx.device, self.prepared.model.input_size)
-        failed = [(entries[i].rel, reason) for i, reason in b.failed]
+        failed = [Failure(entries[i].rel, reason, "image") for i, reason in b.failed]
         if b.x is None:
             return WriteJob(self.run_id, failed=failed)
         batch_entries = [entries[i] for i in b.index]
@@ -211,7 +211,7 @@ class BatchWorker:
 class Stopped(Exception):
     """A stop abandoned the batch (a method raised StopRequested): the failures its decoding found so far."""
 
-    def __init__(self, failed: list[tuple[str, str]]) -> None:
+    def __init__(self, failed: list[Failure]) -> None:
         super().__init__("stopped")
         self.failed = failed
 
@@ -223,15 +223,15 @@ def split_event(split: Split, device: torch.device) -> dict[str, Any]:
     return {"event": "batch_split", "batch_size": split.batch, "size": split.size, "memory": split.memory, "text": text}
 
 
-def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[tuple[str, str]], computed: int) -> None:
+def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[Failure], computed: int) -> None:
     """Count a batch in the run's tally and report its failures (both engines)."""
     if tally.first_batch is None:
         tally.first_batch = time.time()
     tally.failed.extend(failed)
     tally.done += len(failed) + computed
     tally.computed += computed
-    for rel, reason in failed:
-        emit({"event": "failure", "path": rel, "reason": reason})
+    for f in failed:
+        emit({"event": "failure", "path": f.rel, "reason": f.reason})
 
 
 def announce(

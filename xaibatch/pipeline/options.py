@@ -9,6 +9,7 @@ from typing import Any, Callable
 from ..defaults import DEFAULT_MAX_MAP_SIDE
 from .. import targets
 from ..runstatus import RunStatus
+from ..scan import Failure
 
 
 @dataclass
@@ -92,7 +93,7 @@ class RunResult:
     added: int
     changed: int
     removed: int
-    failed: list[tuple[str, str]]
+    failed: list[Failure]  # unpacks as (rel, reason) pairs, as before it was typed
     seconds: float
     report: Path | None
     layer: str | None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, NamedTupl
 
 from .. import MAP_FORMAT_VERSION, layout, targets
 from ..layout import assign_stems
-from ..scan import MAX_FILE_BYTES, ImageEntry, Scan
+from ..scan import MAX_FILE_BYTES, Failure, ImageEntry, Scan
 from ..files import file_sha256, walk_files
 from ..manifest import ImageRow, Manifest, MapRow
 from ..defaults import DEFAULT_MAX_MAP_SIDE, cpu_count
@@ -157,7 +157,7 @@ class Plan:
     redecided: list[ImageRow] = field(default_factory=list)  # new threshold or label: rows re-decided, no forward pass
     retarget: list[str] = field(default_factory=list)  # ... whose target class flipped: their maps go, all anew
     repaired: int = 0  # images whose committed files were found missing
-    still_failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason): unchanged, not read again
+    still_failed: list[Failure] = field(default_factory=list)  # images failed as before, unchanged: not read again
 
 
 def make_plan(
@@ -217,7 +217,7 @@ class _Planner:
         row = self.known.images.get(e.rel)
         failed = self.known.failures.get(e.rel) if row is None else None
         if failed is not None and failed.still(e):
-            self.plan.still_failed.append((e.rel, failed.reason))
+            self.plan.still_failed.append(Failure(e.rel, failed.reason, "image"))
             return
         content_same = self.classify(e, row)
         fresh = row is None or not content_same or row.predict_hash != self.hashes.predict
@@ -381,7 +381,7 @@ def resumed_by(found: Scan, known: Known, plan: Plan, hashes: Hashes, unfinished
         return by
     # this run's own work on an image (computed, re-decided under a new threshold, its maps retargeted) is not a
     # stopped run's: only what this run leaves as that run left it is resumed
-    redone = {rel for rel, _ in plan.still_failed} | {r.rel for r in plan.redecided} | set(plan.retarget)
+    redone = {f.rel for f in plan.still_failed} | {r.rel for r in plan.redecided} | set(plan.retarget)
     keys = [*hashes.methods, *hashes.labels]
     for e in found.images:
         row = known.images.get(e.rel)
@@ -408,5 +408,5 @@ class Tally:
 
     computed: int = 0
     done: int = 0  # computed + failed
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    failed: list[Failure] = field(default_factory=list)  # the scan's, the plan's and the batches'
     first_batch: float | None = None  # time.time() when the first batch was explained

@@ -67,6 +67,7 @@ def fail_dead(
     emit: Callable[[dict[str, Any]], None],
 ) -> None:
     """Commit as failures the images that killed their Ray worker on every try (they leave the report)."""
+    from ..scan import Failure
     from .compute import account
     from .writer import Commit, commit
 
@@ -74,7 +75,7 @@ def fail_dead(
         f"the Ray worker died on this image {TASK_RETRIES + 1} times (out of memory, or a crash decoding or "
         "explaining it)"
     )
-    failed = [(rel, reason) for rel in rels]
+    failed = [Failure(rel, reason, "image") for rel in rels]
     commit(manifest, Commit(run_id, failed=failed, count=len(failed)), check)
     account(tally, emit, failed, 0)
 

@@ -379,7 +379,7 @@ def stamp_failures(manifest: Manifest, plan: Plan, tally: Tally) -> None:
     """Stamp the files this run read and refused with the size and mtime they were planned with: unchanged, the
     next run lists them without reading them again (plan.Failed.still). A run killed before this retries them."""
     manifest.stamp_failures(
-        [(rel, w.entry.size, w.entry.mtime_ns) for rel, _ in tally.failed if (w := plan.work.get(rel))]
+        [(f.rel, w.entry.size, w.entry.mtime_ns) for f in tally.failed if (w := plan.work.get(f.rel))]
     )
 
 

@@ -25,6 +25,7 @@ from ..defaults import cpu_count
 from ..files import OutputDir, npy_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
+from ..scan import Failure
 from .writer_pool import WriterPool, can_fork
 
 # Below about this many display pixels per image, encoding is mostly Python work under the GIL and more
@@ -78,7 +79,7 @@ class WriteJob:
     items: list[WriteItem] = field(default_factory=list)
     image_rows: list[ImageRow] = field(default_factory=list)
     drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    failed: list[Failure] = field(default_factory=list)  # images that could not be read
 
     @property
     def count(self) -> int:
@@ -224,7 +225,7 @@ class Commit:
     image_rows: list[ImageRow] = field(default_factory=list)
     map_rows: list[MapRow] = field(default_factory=list)
     drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+    failed: list[Failure] = field(default_factory=list)  # images that could not be read
     count: int = 0  # images done: written plus failed
     computed: int = 0  # images that went through the model
 
@@ -270,8 +271,8 @@ def commit(manifest: Manifest, record: Commit, check: Callable[[], None] = lambd
         for rel, method in record.drop_maps:
             manifest.remove_map(rel, method)
         manifest.put_maps(record.map_rows)
-        for rel, reason in record.failed:
-            manifest.put_failure(rel, reason, record.run_id)
+        for f in record.failed:
+            manifest.put_failure(f.rel, f.reason, record.run_id)
 
 
 def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
