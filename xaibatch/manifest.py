@@ -43,6 +43,13 @@ class RunCounts:
     # them: not counted as unchanged. NULL in the rows of an older xaibatch, which counted them as unchanged.
     resumed: int = 0
 
+    @property
+    def skipped(self) -> int:
+        """The images not computed again, resumed ones included, as counted before ``resumed`` was apart: the one
+        place of that rule (RunResult.unchanged, the ``plan`` event's ``unchanged``, the ``end`` event's
+        ``skipped``)."""
+        return self.unchanged + self.resumed
+
 
 @dataclass(frozen=True)
 class RunRecord:

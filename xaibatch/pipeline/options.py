@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from ..defaults import DEFAULT_MAX_MAP_SIDE
 from .. import targets
+from ..manifest import RunCounts
 from ..runstatus import RunStatus
 from ..scan import Failure
 
@@ -87,12 +88,7 @@ class RunOptions(ModelOptions):
 @dataclass
 class RunResult:
     out_dir: Path
-    seen: int
-    computed: int
-    unchanged: int
-    added: int
-    changed: int
-    removed: int
+    counts: RunCounts  # the run row's; its numbers are also this result's attributes (seen, computed, ...)
     failed: list[Failure]  # unpacks as (rel, reason) pairs, as before it was typed
     seconds: float
     report: Path | None
@@ -103,16 +99,45 @@ class RunResult:
     # Seconds per phase: prepare (of which scan, import: torch and the libraries, model: load and hashes), plan,
     # compute, report, wait (for the lock); first_batch: from the start to the first batch explained.
     timings: dict[str, float] = field(default_factory=dict)
-    # of ``unchanged``, the images not computed because runs before this one that did not finish had done them,
-    # and those runs: id -> status (interrupted, killed, error)
-    resumed: int = 0
+    # the runs before this one that did not finish whose images it did not compute again (``resumed`` of them):
+    # id -> status (interrupted, killed, error)
     resumed_from: dict[int, RunStatus] = field(default_factory=dict)
+
+    @property
+    def seen(self) -> int:
+        return self.counts.seen
+
+    @property
+    def computed(self) -> int:
+        return self.counts.computed
+
+    @property
+    def unchanged(self) -> int:
+        """The images not computed again, ``resumed`` ones included (RunCounts.skipped)."""
+        return self.counts.skipped
+
+    @property
+    def resumed(self) -> int:
+        """Of ``unchanged``, the images not computed because runs before this one that did not finish had done them."""
+        return self.counts.resumed
+
+    @property
+    def added(self) -> int:
+        return self.counts.added
+
+    @property
+    def changed(self) -> int:
+        return self.counts.changed
+
+    @property
+    def removed(self) -> int:
+        return self.counts.removed
 
     def summary_line(self) -> str:
         stopped = " (interrupted)" if self.status == RunStatus.INTERRUPTED else ""
         resumed = f"{self.resumed} already done by {unfinished_words(self.resumed_from)}, " if self.resumed else ""
         return (
-            f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.unchanged - self.resumed} skipped "
+            f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.counts.unchanged} skipped "
             f"(unchanged), {len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> "
             f"{self.report}"
         )

@@ -269,12 +269,7 @@ def _run_locked(
     timings["report"] = time.time() - t_report
     result = RunResult(
         out_dir=out,
-        seen=row.counts.seen,
-        computed=row.counts.computed,
-        unchanged=row.counts.unchanged + row.counts.resumed,  # RunResult.unchanged: resumed images included, as before
-        added=row.counts.added,
-        changed=row.counts.changed,
-        removed=row.counts.removed,
+        counts=row.counts,
         failed=row.tally.failed,
         seconds=time.time() - t0,
         report=report,
@@ -283,7 +278,6 @@ def _run_locked(
         status=status,
         run_id=row.run_id,
         timings=timings,
-        resumed=row.counts.resumed,
         resumed_from=row.resumed_from,
     )
     if status == RunStatus.INTERRUPTED:
@@ -406,7 +400,7 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int, resumed_from: li
         "added": counts.added,
         "changed": counts.changed,
         "removed": counts.removed,
-        "unchanged": counts.unchanged + counts.resumed,  # as before resumed existed: ``resumed`` is a part of it
+        "unchanged": counts.skipped,  # as before resumed existed: ``resumed`` is a part of it
         "to_compute": to_compute,
         "resumed": counts.resumed,
         "resumed_from": resumed_from,
