@@ -199,7 +199,9 @@ def test_a_class_folder_that_is_a_broken_link_is_named_as_skipped(tmp_path, tiny
     assert r.stderr.splitlines() == ["xaibatch: 1 folder(s) not scanned:", f"  {skipped}"], r.stderr
     assert manifest_rows(tmp_path / "out", "SELECT rel, reason FROM failures") == [tuple(skipped.split(": ", 1))]
 
+    os.symlink(tmp_path / "gone.png", root / "stray.png")  # an unreadable image beside them is no class folder
     plain, extra = _refused_without_classes(root, tmp_path, skipped)
+    (root / "stray.png").unlink()
 
     os.symlink("REAL2", root / "REAL2")  # a link to itself: a loop
     (root / "REAL").unlink()

@@ -41,7 +41,9 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
             empty = f" (and empty folder(s) {found.empty_classes})" if found.empty_classes else ""
             # a class folder that was not scanned (a link out of the input) is why, more often than the model
             not_scanned = [
-                f"{printable(f.rel)}: {f.reason}" for f in found.skipped if "/" not in f.rel and f.rel != "."
+                f"{printable(f.rel)}: {f.reason}"
+                for f in found.skipped
+                if f.kind == "folder" and "/" not in f.rel and f.rel != "."
             ]
             empty += f" (not scanned: {'; '.join(not_scanned)})" if not_scanned else ""
             head = " (one sigmoid logit: two classes)" if isinstance(model.module, heads.OneLogitHead) else ""
