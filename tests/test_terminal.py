@@ -239,12 +239,12 @@ class _HungUp:
 def test_the_bar_on_a_hung_up_terminal_fails_no_run(monkeypatch):
     """The estimate line and the bar, written from the writer's thread, used to raise EIO once the terminal had
     gone (SIGHUP ignored): the run failed, blamed on the disk. Now the terminal's streams are sent to /dev/null."""
-    from xaibatch import runlog
+    from xaibatch import console
     from xaibatch.pipeline.progress import Progress
 
     silenced = []
-    monkeypatch.setattr(runlog, "_is_char_device", lambda fd: True)
-    monkeypatch.setattr(runlog, "to_devnull", silenced.append)
+    monkeypatch.setattr(console, "_is_char_device", lambda fd: True)
+    monkeypatch.setattr(console, "to_devnull", silenced.append)
     clock = [100.0]
     p = Progress(10, bar=True, heartbeat=0, log=None, emit=lambda e: None, json_events=False, clock=lambda: clock[0])
     monkeypatch.setattr(sys, "stderr", _HungUp())

@@ -25,87 +25,14 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import stat
 import socket
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from .console import write_line
 from .errors import ExitCode
-
-
-def write_line(text: str, stream: IO[str] | None = None) -> None:
-    """Write one line to stdout (or ``stream``) and flush it. A reader that went away (``| head -1``) is no error:
-    the stream's file descriptor becomes /dev/null and the command carries on (a run finishes its images), with
-    the exit code it would have had."""
-    stream = stream or sys.stdout
-    try:
-        stream.write(text + "\n")
-        stream.flush()
-    except BrokenPipeError:
-        silence(stream)
-    except OSError as e:
-        if not terminal_gone(e):
-            raise
-        silence_terminals()
-
-
-def silence(stream: IO[str]) -> None:
-    """Point ``stream``'s file descriptor at /dev/null: what is still buffered, what follows and Python's flush at
-    exit go nowhere (its reader went away)."""
-    to_devnull([stream.fileno()])
-
-
-def to_devnull(fds: list[int]) -> None:
-    """Point these file descriptors at /dev/null (quietly: one that cannot be is left as it is)."""
-    if not fds:
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        for fd in fds:
-            try:
-                os.dup2(null, fd)
-            except OSError:
-                pass
-    finally:
-        os.close(null)
-
-
-def terminal_gone(e: OSError) -> bool:
-    """``e`` (from a write to stdout or stderr) says the terminal has hung up (window closed, ssh session lost,
-    SIGHUP ignored): every later write there fails the same way."""
-    return e.errno == errno.EIO and any(_is_char_device(fd) for fd in (1, 2))
-
-
-def silence_terminals() -> None:
-    """The terminal is gone: stdout and stderr, where they were on it (character devices), now lead to /dev/null,
-    so that the bar, the summary and an error line are dropped instead of failing the command."""
-    to_devnull([fd for fd in (1, 2) if _is_char_device(fd)])
-
-
-def _is_char_device(fd: int) -> bool:
-    try:
-        return stat.S_ISCHR(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
-def reader_gone(stream: IO[str]) -> bool:
-    """True when ``stream`` is a pipe whose reader has closed it (``| head -1`` after its line)."""
-    import select
-
-    try:
-        poll = select.poll()
-        poll.register(stream.fileno(), select.POLLOUT)
-        return any(ev & select.POLLERR for _, ev in poll.poll(0))
-    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's StringIO), a closed stream
-        return False
 
 
 def counts(result: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ..errors import (
     XaibatchError,
     outcome,
 )
-from ..runlog import reader_gone, silence, write_line
+from ..console import reader_gone, silence, write_line
 from .helptext import Context
 
 
@@ -58,13 +58,13 @@ def one_line(e: click.UsageError, command_path: str | None = None) -> click.Usag
 
 def echo(text: str) -> None:
     """Print one line of a command's output (a listing, a table, a verdict): a reader that went away
-    (``| head -1``) is no error, the rest goes nowhere and the command ends as it would have (runlog.write_line)."""
+    (``| head -1``) is no error, the rest goes nowhere and the command ends as it would have (console.write_line)."""
     write_line(text)
 
 
 def say(text: str) -> None:
     """One line on stderr (progress, a warning, what a recovery cleaned): a terminal that has gone (closed while the
-    command ignores SIGHUP) fails nothing (runlog.write_line)."""
+    command ignores SIGHUP) fails nothing (console.write_line)."""
     write_line(text, sys.stderr)
 
 

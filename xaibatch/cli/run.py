@@ -94,7 +94,8 @@ def run(
     from ..errors import exit_code_for, outcome
     from ..pipeline import RunOptions, default_out
     from ..pipeline import run as run_pipeline
-    from ..runlog import JsonLog, write_line
+    from ..console import write_line
+    from ..runlog import JsonLog
 
     out = folders.out or default_out(input_dir)
     quiet = control.quiet

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..runlog import silence_terminals, terminal_gone
+from ..console import silence_terminals, terminal_gone
 
 MIN_ESTIMATE_S = 5.0  # no estimate before this much compute time: a run this short needs none
 

@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from ..runlog import to_devnull
+from ..console import to_devnull
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the run stops after its batch; its children ignore them
