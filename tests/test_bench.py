@@ -159,7 +159,7 @@ def test_a_bench_stopped_by_sigterm_prints_the_rows_it_measured(tmp_path):
             stderr=e,
             text=True,
         )
-        wait_until(proc, lambda: "bench: limits: round 2/1000" in err.read_text(), "the first round", timeout=180)
+        wait_until(proc, lambda: "bench: gradcam: warm-up" in err.read_text(), "the first round", timeout=180)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 5, err.read_text()
@@ -329,3 +329,30 @@ def test_a_repeated_sigterm_within_the_window_is_the_same_stop_and_a_second_ctrl
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: at once
             for _ in range(10**6):
                 pass
+
+
+def test_later_rounds_never_push_another_familys_first_round_past_the_budget():
+    """`xaibatch bench --budget 60` took 75 s: gradcam's and guided-gradcam's rounds 2 and 3 ran while time was
+    left, and LIME's warm-up and first round, which every row owes, came after them, past the budget. Every
+    family's first round now comes first; a later round runs only when the time left covers its least."""
+    import time
+
+    from xaibatch.tools.bench.options import Row
+    from xaibatch.tools.bench.timing import Budget, time_interleaved
+
+    calls = []
+
+    def job(name):
+        def fn(sl):
+            calls.append(f"{name} {'warm-up' if sl.warm else 'round'}")
+            time.sleep(0.3)  # each round's least: more than its slice
+            sl.images = 1
+            return None
+
+        return fn
+
+    first, second = Row("first", "a", "part", 1), Row("second", "b", "part", 1)
+    start = time.perf_counter()
+    time_interleaved([(first, job("first")), (second, job("second"))], 3, lambda s: None, Budget(start, 1.0, 6.5))
+    assert calls == ["first warm-up", "first round", "second warm-up", "second round"]
+    assert time.perf_counter() - start < 1.35 and first.measured and second.measured

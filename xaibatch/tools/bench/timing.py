@@ -103,34 +103,55 @@ def time_interleaved(
 ) -> None:
     """Warm each job up once, then run every job of a family once per round; keep each job's best round.
 
+    Every family's warm-up and first round come first: the round every row owes, whatever the budget, is never
+    pushed past it by another family's optional later rounds. Then the later rounds, family by family, each only
+    while the time left covers the family's least round (its rows' warm-up walls: a warm-up does the least), so a
+    budget is overrun by no more than the first rounds' least work.
+
     A job returns its own seconds (the compute phase of a pipeline run) or None (then its wall time counts).
-    With a budget each round gets a slice of the time left; rounds after the first run only while time is left,
-    so every row is measured at least once. ``stop`` (a signal) ends the timing with KeyboardInterrupt after the
-    chunk or the run's batch under way, its round unrecorded: never raised from the signal handler into a job's
-    DataLoader, threads or writer processes, whose locks it could leave held.
+    With a budget each round gets a slice of the time left. ``stop`` (a signal) ends the timing with
+    KeyboardInterrupt after the chunk or the run's batch under way, its round unrecorded: never raised from the
+    signal handler into a job's DataLoader, threads or writer processes, whose locks it could leave held.
     """
     budget = budget or Budget(time.perf_counter(), 0, 0)
     seen: dict[int, tuple[float, float]] = {}  # id(row) -> (rate, fixed) of its last round
+    families = {f: [(r, fn) for r, fn in jobs if r.family == f] for f in dict.fromkeys(r.family for r, _ in jobs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum's "Setting backward hooks on ReLU activations", lime's, ...
-        for family in dict.fromkeys(r.family for r, _ in jobs):  # one family at a time
-            group = [(r, fn) for r, fn in jobs if r.family == family]
+        for family, group in families.items():  # one family at a time
             log(f"bench: {family}: warm-up")
             for row, fn in group:
                 budget.take(WARM_WEIGHT * row.share)
                 row.warm_wall, seen[id(row)] = _one(fn, Slice(warm=True, stop=stop))
-            for k in range(repeats):
-                if k and budget.left() <= 0:
-                    budget.take(sum(r.share for r, _ in group) * (repeats - k))
-                    log(f"bench: {family}: budget spent, no round {k + 1}")
-                    break
-                log(f"bench: {family}: round {k + 1}/{repeats}")
-                for row, fn in group:
-                    rate, fixed = seen[id(row)]
-                    sl = Slice(budget.take(row.share), rate=rate, fixed=fixed, stop=stop)
-                    wall, seen[id(row)] = _one(fn, sl, row)
-                    row.rounds_wall += wall
-                    log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s over {row.images} images")
+            _round(family, group, 1, repeats, budget, seen, log, stop)
+        for k in range(2, repeats + 1):
+            for family, group in list(families.items()):
+                if budget.left() < sum(r.warm_wall for r, _ in group):
+                    budget.take(sum(r.share for r, _ in group) * (repeats - k + 1))
+                    log(f"bench: {family}: budget spent, no round {k}")
+                    del families[family]
+                    continue
+                _round(family, group, k, repeats, budget, seen, log, stop)
+
+
+def _round(
+    family: str,
+    group: list[Job],
+    k: int,
+    repeats: int,
+    budget: Budget,
+    seen: dict[int, tuple[float, float]],
+    log: Callable[[str], None],
+    stop: "Stop | None",
+) -> None:
+    """Round ``k`` of one family: each row once, in a slice of the budget, planned from its previous round."""
+    log(f"bench: {family}: round {k}/{repeats}")
+    for row, fn in group:
+        rate, fixed = seen[id(row)]
+        sl = Slice(budget.take(row.share), rate=rate, fixed=fixed, stop=stop)
+        wall, seen[id(row)] = _one(fn, sl, row)
+        row.rounds_wall += wall
+        log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s over {row.images} images")
 
 
 def _one(fn: Callable[[Slice], "float | None"], sl: Slice, row: Row | None = None) -> tuple[float, tuple[float, float]]:
