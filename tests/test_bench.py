@@ -194,12 +194,16 @@ def _images(output: str) -> dict[tuple[str, str], int]:
 def test_a_spent_budget_still_measures_every_row_over_its_least():
     """A budget spent before the first row (the GPU check's `timeout` would otherwise cut the LIME rows): every
     row is still there, each measured once over its least (a batch; one image for LIME and per-image peers)."""
-    r = CliRunner().invoke(cli, [*SMALL, "--budget", "0.001", "--repeats", "3", "--markdown"])
+    loud = [a for a in SMALL if a != "--quiet"]
+    r = CliRunner().invoke(cli, [*loud, "--budget", "0.001", "--repeats", "3", "--markdown"])
     assert r.exit_code == 0, r.output
     images = _images(r.output)
     assert {k: images.get(k) for k in LEAST} == LEAST, r.output
     assert {impl: images.get(("gradcam", impl)) for impl in GRADCAM_PARTS} == GRADCAM_PARTS, r.output
     assert "budget 0.001 s: each round of a row gets a share" in r.output
+    assert re.search(r"The bench ran \d+ s past its 0.001 s budget: every row is measured once", r.output)
+    assert re.search(r"the 0.001 s budget was spent before the first row \(at \d+ s\): each of the \d+ rows", r.output)
+    assert " of the 0.001 s budget left" not in r.output  # it said "-6 of the 1 s budget left for 22 rows"
     assert re.search(r"^\| total, from the command's start \(budget 0.001 s\) \| \d+\.\d \|", r.output, re.M)
     assert re.search(r"^\| lime: captum Lime, per image \| \d+\.\d \| \d+\.\d \|$", r.output, re.M)  # wall, warm-up
 

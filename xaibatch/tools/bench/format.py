@@ -51,6 +51,11 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
                 else "."
             )
         )
+    if res.budget > 0 and res.wall > res.budget:
+        note += (" " if note else "") + (
+            f"The bench ran {res.wall - res.budget:.0f} s past its {res.budget:g} s budget: every row is measured "
+            "once, over at least one batch (one image for LIME and the per-image peers), even when the time is spent."
+        )
     header = res.header + (["CUT OFF by a signal: only the rows measured before it are shown"] if res.cut_off else [])
     tcols, ttable = spent_table(res)
     render = md if markdown else plain

@@ -84,8 +84,13 @@ def _time_jobs(
     repeats = max(1, opts.repeats)
     units = sum((WARM_WEIGHT + repeats) * r.share for r, _ in jobs)
     budget = Budget(started, opts.budget, units)
-    if opts.budget > 0:
+    if opts.budget > 0 and budget.left() > 0:
         log(f"bench: {budget.left():.0f} of the {opts.budget:g} s budget left for {len(jobs)} rows")
+    elif opts.budget > 0:
+        log(
+            f"bench: the {opts.budget:g} s budget was spent before the first row (at {opts.budget - budget.left():.0f}"
+            f" s): each of the {len(jobs)} rows is measured once, over its least, past the budget"
+        )
     try:
         time_interleaved(jobs, repeats, log, budget, stop)
         return False
