@@ -124,6 +124,27 @@ def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
     assert jpegs == ["img_000000.jpg", "img_000001.jpg"] and (tmp_path / "jpeg-5" / "img_000004.jpg").is_file()
 
 
+def test_a_kept_folder_of_another_image_size_is_written_again(tmp_path):
+    """`xaibatch bench --keep DIR --image-size 64` after a `--keep DIR --image-size 32` bench timed the 32 px
+    files (resized by the loader) in rows that said 64 px: existing files were kept whatever their size."""
+    import numpy as np
+    from PIL import Image
+
+    from xaibatch.dataset import ImageDataset
+    from xaibatch.scan import scan
+    from xaibatch.tools.bench.inputs import make_inputs
+
+    small = make_inputs(tmp_path, 3, 16, jpeg=True)
+    small.first(2), small.jpegs(2)
+    inputs = make_inputs(tmp_path, 3, 24, jpeg=True)
+    ds = ImageDataset(scan(inputs.first(2), labeled=False).images, 24)
+    decoded = np.stack([ds[i].x.permute(1, 2, 0).numpy() for i in range(len(ds))])
+    np.testing.assert_array_equal(decoded, inputs.images[:2])
+    for path in [*inputs.jpegs(2).iterdir(), *(tmp_path / "jpeg-3").iterdir(), *(tmp_path / "all").iterdir()]:
+        with Image.open(path) as im:
+            assert im.size == (24, 24), path
+
+
 def test_the_bench_model_is_synths_checkpoint_at_the_architectures_own_size(tmp_path):
     """``xaibatch bench`` without --image-size builds its model with ``synth.tiny_checkpoint(size=None)``: the
     checkpoint records the architecture's own input size, and the same seed gives the same weights."""

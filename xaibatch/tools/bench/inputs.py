@@ -28,6 +28,18 @@ def _save(array: np.ndarray, path: Path) -> None:
     synth.save(array, path, quality=JPEG_QUALITY, compress_level=1)
 
 
+def _current(path: Path, size: int) -> bool:
+    """Whether ``path`` is a readable image of ``size`` x ``size`` already (``--keep``: an earlier bench's file at
+    this size is reused; one of another ``--image-size`` is written again)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size == (size, size)
+    except (OSError, ValueError):
+        return False
+
+
 def _threads() -> int:
     return max(1, min(16, cpu_count()))
 
@@ -37,11 +49,13 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def write_files(images: np.ndarray, folder: Path, ext: str = "png") -> list[Path]:
-    """``img_000000.<ext>``, ... in ``folder``, encoded in parallel; existing files are kept (``--keep``)."""
+    """``img_000000.<ext>``, ... in ``folder``, encoded in parallel; existing files of this size are kept
+    (``--keep``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"img_{i:06d}.{ext}" for i in range(len(images))]
+    size = images.shape[1]
     with _pool() as pool:
-        list(pool.map(lambda i: paths[i].exists() or _save(images[i], paths[i]), range(len(paths))))
+        list(pool.map(lambda i: _current(paths[i], size) or _save(images[i], paths[i]), range(len(paths))))
     return paths
 
 
@@ -59,7 +73,7 @@ def write_images(
     def one(i: int) -> None:
         images[i] = synth.smooth(i, size, seed)
         for path in (paths[i], None if jpeg_folder is None else jpeg_folder / f"img_{i:06d}.jpg"):
-            if path is not None and not path.exists():
+            if path is not None and not _current(path, size):
                 _save(images[i], path)
 
     with _pool() as pool:
@@ -68,10 +82,13 @@ def write_images(
 
 
 def subset(src: list[Path], folder: Path) -> Path:
-    """A folder holding (hard links to) these files."""
+    """A folder holding (hard links to) these files; a file of an earlier ``--keep`` bench that is not this one's
+    (a copy, or another size's) is replaced."""
     folder.mkdir(parents=True, exist_ok=True)
     for p in src:
         dst = folder / p.name
+        if dst.exists() and not os.path.samefile(p, dst):
+            dst.unlink()
         if not dst.exists():
             try:
                 os.link(p, dst)
