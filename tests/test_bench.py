@@ -107,6 +107,15 @@ def test_bench_memory_table(tmp_path):
     assert "peak RSS 12 vs 6 images" in r.output
 
 
+@pytest.mark.parametrize("budget", ["nan", "inf"])
+def test_a_budget_that_is_not_a_finite_number_is_refused(budget):
+    """`--budget nan` and `--budget inf` were taken: a bench with no limit whose header then said "budget inf s"
+    (0 is the way to ask for none)."""
+    r = CliRunner().invoke(cli, ["bench", "--budget", budget, "--only", "nosuch"])  # fails fast either way
+    assert r.exit_code == 2 and "--budget" in r.output and "not a" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+
+
 def test_the_generated_arrays_are_what_the_runs_decode(tmp_path):
     """The bench's tensors come from the arrays it generated, not from reading its files back: the same pixels."""
     import numpy as np

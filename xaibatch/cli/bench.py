@@ -14,6 +14,7 @@ from .boundary import Failure, checked, echo, exit_codes_help, notes, reported
 from .options import (
     BUILTIN_METHODS,
     NonEmptyPath,
+    Number,
     arch_option,
     batch_size_option,
     device_option,
@@ -93,7 +94,7 @@ BENCH_EXIT_CODES = {
 )
 @click.option(
     "--budget",
-    type=click.FloatRange(0),
+    type=Number(0, finite=True),
     default=BENCH_BUDGET_S,
     show_default=True,
     help="Seconds for the whole bench from the command's start; 0: none (every row over all its images). "
