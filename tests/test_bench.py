@@ -390,3 +390,27 @@ def test_later_rounds_never_push_another_familys_first_round_past_the_budget():
     time_interleaved([(first, job("first")), (second, job("second"))], 3, lambda s: None, Budget(start, 1.0, 6.5))
     assert calls == ["first warm-up", "first round", "second warm-up", "second round"]
     assert time.perf_counter() - start < 1.35 and first.measured and second.measured
+
+
+def test_a_later_round_starts_only_when_the_rows_quickest_round_fits():
+    """LIME's warm-up explains with one model batch of samples, its rounds with all of them: a later round
+    judged by the warm-up's wall started with 8 s left and took 12 s (`--budget 60` ran 64 s). A round's cost is
+    now judged by the rows' quickest timed round."""
+    import time
+
+    from xaibatch.tools.bench.options import Row
+    from xaibatch.tools.bench.timing import Budget, time_interleaved
+
+    calls = []
+
+    def lime_like(sl):
+        calls.append("warm-up" if sl.warm else "round")
+        time.sleep(0.05 if sl.warm else 0.4)  # fewer samples in the warm-up
+        sl.images = 1
+        return None
+
+    row = Row("lime", "a", "part", 1)
+    start = time.perf_counter()
+    time_interleaved([(row, lime_like)], 3, lambda s: None, Budget(start, 0.75, 3.25))
+    assert calls == ["warm-up", "round"]  # 0.3 s left after the first round: a second (0.4 s) does not fit
+    assert time.perf_counter() - start < 0.75

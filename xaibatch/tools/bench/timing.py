@@ -105,8 +105,9 @@ def time_interleaved(
 
     Every family's warm-up and first round come first: the round every row owes, whatever the budget, is never
     pushed past it by another family's optional later rounds. Then the later rounds, family by family, each only
-    while the time left covers the family's least round (its rows' warm-up walls: a warm-up does the least), so a
-    budget is overrun by no more than the first rounds' least work.
+    while the time left covers the family's cheapest rounds so far (each row's quickest timed round: a warm-up can
+    do less than a round's least, LIME's with fewer samples), so a budget is overrun by no more than the first
+    rounds' least work.
 
     A job returns its own seconds (the compute phase of a pipeline run) or None (then its wall time counts).
     With a budget each round gets a slice of the time left. ``stop`` (a signal) ends the timing with
@@ -115,6 +116,7 @@ def time_interleaved(
     """
     budget = budget or Budget(time.perf_counter(), 0, 0)
     seen: dict[int, tuple[float, float]] = {}  # id(row) -> (rate, fixed) of its last round
+    cheapest: dict[int, float] = {}  # id(row) -> wall seconds of its quickest timed round
     families = {f: [(r, fn) for r, fn in jobs if r.family == f] for f in dict.fromkeys(r.family for r, _ in jobs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # captum's "Setting backward hooks on ReLU activations", lime's, ...
@@ -123,15 +125,15 @@ def time_interleaved(
             for row, fn in group:
                 budget.take(WARM_WEIGHT * row.share)
                 row.warm_wall, seen[id(row)] = _one(fn, Slice(warm=True, stop=stop))
-            _round(family, group, 1, repeats, budget, seen, log, stop)
+            _round(family, group, 1, repeats, budget, seen, cheapest, log, stop)
         for k in range(2, repeats + 1):
             for family, group in list(families.items()):
-                if budget.left() < sum(r.warm_wall for r, _ in group):
+                if budget.left() < sum(cheapest[id(r)] for r, _ in group):
                     budget.take(sum(r.share for r, _ in group) * (repeats - k + 1))
                     log(f"bench: {family}: budget spent, no round {k}")
                     del families[family]
                     continue
-                _round(family, group, k, repeats, budget, seen, log, stop)
+                _round(family, group, k, repeats, budget, seen, cheapest, log, stop)
 
 
 def _round(
@@ -141,6 +143,7 @@ def _round(
     repeats: int,
     budget: Budget,
     seen: dict[int, tuple[float, float]],
+    cheapest: dict[int, float],
     log: Callable[[str], None],
     stop: "Stop | None",
 ) -> None:
@@ -151,6 +154,7 @@ def _round(
         sl = Slice(budget.take(row.share), rate=rate, fixed=fixed, stop=stop)
         wall, seen[id(row)] = _one(fn, sl, row)
         row.rounds_wall += wall
+        cheapest[id(row)] = min(wall, cheapest.get(id(row), wall))
         log(f"bench: {row.family}: {row.impl}: {row.rate:,.1f} images/s over {row.images} images")
 
 
