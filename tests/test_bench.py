@@ -154,6 +154,30 @@ def test_a_kept_folder_of_another_image_size_is_written_again(tmp_path):
             assert im.size == (24, 24), path
 
 
+def test_keep_refuses_a_folder_of_the_users_and_leaves_it_alone(tmp_path):
+    """`xaibatch bench --keep ~/work` overwrote the user's `model.pt` there with the bench's random model (and
+    removes `out-*`, `writer-*`, ... scratch folders): --keep now takes a new or empty folder or an earlier
+    bench's, else exit 2 before any file is written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.pt").write_bytes(b"my weights")
+    args = [*SMALL, "--only", "gradcam", "--no-peers", "--budget", "0.001", "--keep", str(mine)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert "--keep" in r.output and "model.pt" in r.output and "new or empty folder" in r.output
+    assert sorted(p.name for p in mine.iterdir()) == ["model.pt"]
+    assert (mine / "model.pt").read_bytes() == b"my weights"
+
+
+def test_a_folder_the_bench_generated_into_may_be_kept_again(tmp_path):
+    from xaibatch.tools.bench.inputs import claim_folder, keep_folder_problem, make_inputs
+
+    assert keep_folder_problem(tmp_path / "new") is None and keep_folder_problem(tmp_path) is None  # new, empty
+    make_inputs(claim_folder(tmp_path / "kept"), 2, 16)
+    assert keep_folder_problem(tmp_path / "kept") is None  # an earlier bench's
+    assert "is not an earlier bench's folder" in keep_folder_problem(tmp_path / "kept" / "all")
+
+
 def test_the_bench_model_is_synths_checkpoint_at_the_architectures_own_size(tmp_path):
     """``xaibatch bench`` without --image-size builds its model with ``synth.tiny_checkpoint(size=None)``: the
     checkpoint records the architecture's own input size, and the same seed gives the same weights."""

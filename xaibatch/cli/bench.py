@@ -116,7 +116,8 @@ BENCH_EXIT_CODES = {
 @click.option(
     "--keep",
     type=NonEmptyPath(path_type=Path, file_okay=False),
-    help="Generate the files into this folder and keep them (default: a temporary folder).",
+    help="Generate the files into this folder and keep them: a new or empty folder, or one an earlier bench kept "
+    "(default: a temporary folder).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @reported(caller="bench")
@@ -167,6 +168,7 @@ def bench(
             )
         from ..tools.bench import format_memory, memory_check
 
+        _check_keep(keep)
         with stops_interrupt():
             echo(format_memory(memory_check(counts, workers=workers, work_dir=keep, log=log), markdown))
         return
@@ -178,6 +180,7 @@ def bench(
     from ..tools.bench import BenchOptions, format_result, run_bench  # torch: after the options are checked
 
     check_arch(arch)  # before the images are generated: "unknown --arch ...", exit 2
+    _check_keep(keep)
 
     opts = BenchOptions(
         arch=arch,
@@ -203,3 +206,12 @@ def bench(
         result = run_bench(opts, log=log, show=lambda res: echo(format_result(res, markdown=markdown)), stop=stop)
     if result.cut_off:
         raise Failure("interrupted: the tables hold only the rows measured before the signal", EXIT_INTERRUPTED)
+
+
+def _check_keep(keep: Path | None) -> None:
+    """--keep takes a new or empty folder, or an earlier bench's: never one of the user's (exit 2)."""
+    from ..tools.bench.inputs import keep_folder_problem
+
+    problem = None if keep is None else keep_folder_problem(keep)
+    if problem:
+        raise click.BadParameter(f"{str(keep)!r}: {problem}", param_hint="--keep")

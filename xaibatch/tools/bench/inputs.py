@@ -28,6 +28,32 @@ def _save(array: np.ndarray, path: Path) -> None:
     synth.save(array, path, quality=JPEG_QUALITY, compress_level=1)
 
 
+KEEP_MARK = ".xaibatch-bench"  # in a folder the bench generated its files into: a later bench may use it again
+
+
+def keep_folder_problem(folder: Path) -> str | None:
+    """Why ``--keep`` may not use ``folder`` (None: it may). The bench writes ``model.pt``, ``all/``, ... there and
+    removes its scratch folders (``out-*``, ``writer-*``, ...), so it takes only a new or empty folder, or one an
+    earlier bench marked as its own (:data:`KEEP_MARK`); never the user's (their ``model.pt`` was overwritten)."""
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if not names or KEEP_MARK in names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"it holds files ({shown}) and is not an earlier bench's folder: name a new or empty folder"
+
+
+def claim_folder(folder: Path) -> Path:
+    """``folder``, created if need be and marked as the bench's (:data:`KEEP_MARK`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / KEEP_MARK).touch()
+    return folder
+
+
 def _current(path: Path, size: int) -> bool:
     """Whether ``path`` is a readable image of ``size`` x ``size`` already (``--keep``: an earlier bench's file at
     this size is reused; one of another ``--image-size`` is written again)."""

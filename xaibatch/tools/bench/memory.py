@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .format import md, plain
-from .inputs import subset, write_images
+from .inputs import claim_folder, subset, write_images
 
 
 _MEMORY_CHILD = r"""
@@ -58,8 +58,7 @@ def memory_check(
     from .. import synth
 
     workers = default_workers() if workers is None else workers
-    root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = claim_folder(Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-")))
     try:
         ckpt = synth.tiny_checkpoint(root / "model.pt", arch, size)
         log(f"memory: generating {max(counts)} {size}x{size} PNGs")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ...errors import Interrupted
 from .context import Bench, make_bench
-from .inputs import make_inputs
+from .inputs import claim_folder, make_inputs
 from .options import FAMILIES, BenchOptions, BenchResult
 from .ratios import ratios
 from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
@@ -46,8 +46,7 @@ def run_bench(
     log = stamped(log, started)
     dev = resolve_device(opts.device)
     workers = default_workers() if opts.workers is None else opts.workers
-    root = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = claim_folder(Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-")))
     load_start = load_average()
     mark("start-up: Python, torch, xaibatch")
     try:
