@@ -438,3 +438,13 @@ def test_a_later_round_starts_only_when_the_rows_quickest_round_fits():
     time_interleaved([(row, lime_like)], 3, lambda s: None, Budget(start, 0.75, 3.25))
     assert calls == ["warm-up", "round"]  # 0.3 s left after the first round: a second (0.4 s) does not fit
     assert time.perf_counter() - start < 0.75
+
+
+def test_the_tables_say_past_the_budget_only_when_it_was_overrun_by_a_second_or_more():
+    """A 75 s bench that ended at 75.2 s said "The bench ran 0 s past its 75 s budget"."""
+    from xaibatch.tools.bench import BenchResult, format_result
+
+    def note(wall):
+        return "past its 75 s budget" in format_result(BenchResult(["h"], [], [], wall=wall, budget=75.0))
+
+    assert not note(75.2) and not note(70.0) and note(80.0)

@@ -51,7 +51,7 @@ def format_result(res: BenchResult, markdown: bool = False) -> str:
                 else "."
             )
         )
-    if res.budget > 0 and res.wall > res.budget:
+    if res.budget > 0 and res.wall - res.budget >= 1:  # not the moments the tables and the clean-up take
         note += (" " if note else "") + (
             f"The bench ran {res.wall - res.budget:.0f} s past its {res.budget:g} s budget: every row is measured "
             "once, over at least one batch (one image for LIME and the per-image peers), even when the time is spent."
