@@ -448,3 +448,16 @@ def test_the_tables_say_past_the_budget_only_when_it_was_overrun_by_a_second_or_
         return "past its 75 s budget" in format_result(BenchResult(["h"], [], [], wall=wall, budget=75.0))
 
     assert not note(75.2) and not note(70.0) and note(80.0)
+
+
+def test_a_slow_rows_rate_is_not_printed_as_zero():
+    """LIME at 224 px on a CPU: 0.02 images/s was printed as "0.0" images/s."""
+    from xaibatch.tools.bench import BenchResult, Row, format_result
+
+    rows = [
+        Row("lime", "xaibatch end to end (files in, files out)", "xaibatch", 1, 48.0),
+        Row("limits", "f", "limit", 64, 2.0),
+    ]
+    lines = format_result(BenchResult(["h"], rows, [])).splitlines()
+    assert any(line.split()[-1] == "0.0208" for line in lines if line.startswith("lime ")), lines
+    assert any(line.split()[-1] == "32.0" for line in lines if line.startswith("limits ")), lines
