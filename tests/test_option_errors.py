@@ -88,6 +88,15 @@ def test_bench_memory_images_must_be_counts(value):
                     "--memory-images", "at least 1")  # fmt: skip
 
 
+def test_bench_memory_refuses_the_timing_tables_options():
+    """`bench --memory --budget 60 --arch resnet50` measured timm's test_resnet with no budget, without a word;
+    `--memory-images 5` without --memory timed the tables. Both are one line, exit 2."""
+    r = invoke("bench", "--memory", "--budget", "60", "--arch", "resnet50", catch_exceptions=True)
+    assert_one_line(r, errors.EXIT_USAGE, "--arch, --budget: not with --memory")
+    r = invoke("bench", "--memory-images", "5", catch_exceptions=True)
+    assert_one_line(r, errors.EXIT_USAGE, "--memory-images: only with --memory")
+
+
 def test_bench_refuses_an_unknown_arch_before_generating_its_images(tmp_path):
     """`bench --arch resnt18` used to generate its 1024 images, then fail with 'internal error: RuntimeError:
     Unknown model', exit 3. Now it is one line with timm's close names, exit 2, and nothing generated."""

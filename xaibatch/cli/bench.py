@@ -35,6 +35,29 @@ BENCH_EXIT_CODES = {
 }
 
 
+MEMORY_OPTIONS = ("memory", "memory_images", "workers", "keep", "markdown", "quiet")  # what --memory reads
+
+
+def _check_memory_options(ctx: click.Context, memory: bool) -> None:
+    """--memory measures a fixed run (timm's test_resnet, Grad-CAM, 32 px): an option of the timing tables given
+    with it did nothing without a word (--memory --budget 60 --arch resnet50), as --memory-images without it."""
+    given = [
+        p
+        for p in ctx.command.params
+        if p.name and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
+    ]
+    if memory:
+        ignored = [p.opts[0] for p in given if p.name not in MEMORY_OPTIONS]
+        if ignored:
+            raise click.UsageError(
+                f"{', '.join(ignored)}: not with --memory (it times a fixed Grad-CAM run of timm's test_resnet on "
+                "32x32 PNGs; it takes --memory-images, --workers, --keep, --markdown and -q)",
+                ctx,
+            )
+    elif any(p.name == "memory_images" for p in given):
+        raise click.UsageError("--memory-images: only with --memory", ctx)
+
+
 @click.command(cls=Command, epilog=exit_codes_help(BENCH_EXIT_CODES))
 @arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
 @image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
@@ -154,6 +177,7 @@ def bench(
       xaibatch bench --memory --memory-images 2000,20000
     """
     started = time.perf_counter()  # the budget counts from here: torch is imported after
+    _check_memory_options(click.get_current_context(), memory)
     log = notes(quiet)
     from ..pipeline.signals import REPEATED_SIGNAL_S, catch_signals, stops_interrupt
 
