@@ -1243,30 +1243,43 @@ def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_on
     """Views written before the "zero"/"nowhere" flags (xaibatch of 2026-12-04 to 12-06) lack them: the report of
     an upgraded folder coloured a Grad-CAM map that is zero everywhere by a scale ("Full colour: values of 1"),
     called a flat LIME map weak evidence, and scored such maps' peaks in the pointing game, where a fresh run
-    says "zero everywhere" and counts them as misses (16 of 900 maps of a folder 7e5dfc3 wrote). Only those are
-    read again (a flat map's stored peak, the argmax of nothing, is the first pixel); every other view, whose peak
-    shows evidence, gains its flag without its map being read (every view of every older folder lacks it)."""
+    says "zero everywhere" and counts them as misses (16 of 900 maps of a folder 7e5dfc3 wrote). Only maps that
+    may be flat are read again: a peak at the first pixel (the argmax of no evidence), a signed map's scale at most
+    the zero threshold (LIME of +-5e-7, its peak elsewhere), an unsigned map's fallback scale; every other view
+    gains its flag from its numbers without its map being read (every view of every older folder lacks it)."""
     import sqlite3
 
+    from xaibatch.overlay import view_of
     from xaibatch.report import detail as detail_mod
 
     inp, out, _masks = truth_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     m = Manifest(copy / FILENAME)
-    maps = m.maps()
+    maps, images = m.maps(), m.images()
     m.close()
-    flat = {"FAKE/img_000.png": ("gradcam", 0.0), "FAKE/img_001.png": ("lime", -0.25)}  # zero; no positive value
+    flat = {  # zero; no positive value; values within the zero threshold, the largest off the first pixel
+        "FAKE/img_000.png": ("gradcam", {(3, 4): 0.0}),
+        "FAKE/img_001.png": ("lime", {(3, 4): -0.25}),
+        "FAKE/img_002.png": ("lime", {(0, 29): 2.07e-7, (5, 5): -4.9e-7}),
+    }
     db = sqlite3.connect(copy / FILENAME)
-    for rel, (method, value) in flat.items():
+    for rel, (method, values) in flat.items():
         row = maps[rel, method]
         a = np.zeros_like(np.load(copy / row.npy))
-        a[3, 4] = value
+        for at, value in values.items():
+            a[at] = value
         np.save(copy / row.npy, a)
-        old = {k: v for k, v in row.view.items() if k not in ("zero", "nowhere")}  # as an older xaibatch stored it
-        old["peak"] = [0, 0]  # views_batch's argmax of no evidence
+        view = view_of(a, images[rel].width, images[rel].height, signed=method == "lime")
+        old = {k: v for k, v in view.items() if k not in ("zero", "nowhere")}  # as an older xaibatch stored it
         db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(old), rel, method))
-    others = {k: r for k, r in maps.items() if k[0] not in flat and r.view and r.view.get("peak") != [0, 0]}
+    assert json.loads(db.execute("SELECT view_json FROM maps WHERE rel = 'FAKE/img_002.png' AND method = 'lime'")
+                      .fetchone()[0])["peak"] == [0, 29]  # fmt: skip
+    others = {
+        k: r
+        for k, r in maps.items()
+        if k[0] not in flat and r.view and not r.view.get("nowhere") and r.view.get("peak") != [0, 0]
+    }
     for (rel, method), row in others.items():
         old = {k: v for k, v in row.view.items() if k not in ("zero", "nowhere")}
         db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(old), rel, method))
@@ -1286,6 +1299,7 @@ def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_on
     m.close()
     assert views["FAKE/img_000.png"].get("zero") is True and views["FAKE/img_000.png"].get("nowhere") is True
     assert views["FAKE/img_001.png"].get("nowhere") is True and not views["FAKE/img_001.png"].get("zero")
+    assert views["FAKE/img_002.png"].get("zero") is True and views["FAKE/img_002.png"].get("nowhere") is True
     shown = map_of(detail_of(copy, "FAKE/img_000.png"), "gradcam")
     assert shown["weak"].startswith("zero everywhere") and shown["ticks"] == [], shown  # no colour bar to read
     assert report.render(copy).reused  # read once: the next report moves nothing

@@ -114,18 +114,21 @@ def load_array(root: Path | InputFolder, rel: str, max_pixels: int = MASK_MAX_PI
 def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     """Store a view on every map row that lacks one (rows written before views existed) or holds one without the
     flags of a map that shows nothing (written before those, which a fresh run's report shows: "zero everywhere",
-    a miss in the pointing game), once, on the first report after an upgrade. Only maps that may be flat are read:
-    a stored peak elsewhere than the first pixel is evidence (a flat map's peak, the argmax of nothing, was always
-    [0, 0]), so that view only gains ``"nowhere": False`` (reading every map of a 100,000-image folder of photos,
-    4 MB a map, would take hours). An unreadable map gets ``{"scale": None, "nowhere": None}``."""
-    from ..overlay import view_of  # numpy and PIL: only for a folder that has such rows
+    a miss in the pointing game), once, on the first report after an upgrade. Only maps that may be flat are read
+    (:func:`_shows_evidence`); the others' views gain their flag from what they hold (reading every map of a
+    100,000-image folder of photos, 4 MB a map, would take hours). An unreadable map gets ``{"scale": None,
+    "nowhere": None}``."""
+    from ..overlay import ZERO_MAP, view_of  # numpy and PIL: only for a folder that has such rows
 
     signed = {m.name: m.signed for m in methods}
     signed.update({targets.label_key(m.name): m.signed for m in methods})
     views = []
     for rel, method, config_hash, npy, width, height, stored in manifest.maps_without_view():
         view = json.loads(stored) if stored else None
-        if isinstance(view, dict) and _points_somewhere(view):
+        if isinstance(view, dict) and view.get("zero"):  # flagged zero everywhere: no evidence either
+            views.append((rel, method, config_hash, {**view, "nowhere": True}))
+            continue
+        if isinstance(view, dict) and _shows_evidence(view, signed.get(method, False), ZERO_MAP):
             views.append((rel, method, config_hash, {**view, "nowhere": False}))
             continue
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
@@ -139,10 +142,16 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     return len(views)
 
 
-def _points_somewhere(view: dict[str, Any]) -> bool:
-    """A stored view whose map has evidence somewhere: a scale and a peak elsewhere than the first pixel."""
-    peak = view.get("peak")
-    return view.get("scale") is not None and isinstance(peak, list) and len(peak) == 2 and peak != [0, 0]
+def _shows_evidence(view: dict[str, Any], signed: bool, zero_map: float) -> bool:
+    """Whether a view stored without the flat flags is surely of a map with evidence for its class, from its numbers
+    alone (overlay.views_batch): a peak off the first pixel (the argmax of no evidence is the first pixel) and a
+    scale that only such a map has: a signed map's (max |m|) above ``zero_map``, an unsigned map's (its 99th
+    percentile, 1.0 when that is nothing) neither the fallback nor below ``zero_map``. Left: a signed map whose
+    positive values are all below ``zero_map`` beside larger negative ones (then its tiny peak counts)."""
+    peak, scale = view.get("peak"), view.get("scale")
+    if not isinstance(scale, (int, float)) or not isinstance(peak, list) or len(peak) != 2 or peak == [0, 0]:
+        return False
+    return scale > zero_map if signed else zero_map < scale != 1.0
 
 
 def scale_texts(v: MapView, target: str) -> tuple[list[str], str]:
