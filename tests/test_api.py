@@ -994,6 +994,9 @@ def test_a_model_without_parameters_is_explained_or_refused_in_one_line():
     staged.append(torch.nn.Flatten())
     named = xaibatch.explain(staged, x, ["gradcam"], target_layer="1")  # a layer it has: gradcam reads it
     assert named.layer == "1" and named.maps["gradcam"].shape == (2, 32, 32)
+    for empty in ("", " "):  # an unset variable's name: refused as --target-layer "" is (it was read as the model)
+        with pytest.raises(UsageError, match="^target_layer is empty; give a layer's name, or None"):
+            xaibatch.explain(staged, x, ["captum:Saliency"], target_layer=empty)
     with pytest.raises(UsageError) as e:  # pytorch-grad-cam's own next(model.parameters())
         xaibatch.explain(staged, x, ["cam:gradcam"], target_layer="1")
     assert str(e.value).startswith("cam:gradcam cannot run on a model without parameters"), str(e.value)

@@ -97,6 +97,13 @@ def test_bench_memory_refuses_the_timing_tables_options():
     assert_one_line(r, errors.EXIT_USAGE, "--memory-images: only with --memory")
 
 
+def test_an_empty_target_layer_is_refused(tmp_path):
+    """`--target-layer "$LAYER"` with the variable unset named the model itself: "layer '' does not output a (B,
+    C, H, W) feature map", after the model had loaded. Now one line at parse, exit 2."""
+    r = invoke("run", tmp_path, "--target-layer", "", catch_exceptions=True)
+    assert_one_line(r, errors.EXIT_USAGE, "--target-layer is empty; give a value or leave the option out")
+
+
 def test_bench_refuses_an_unknown_arch_before_generating_its_images(tmp_path):
     """`bench --arch resnt18` used to generate its 1024 images, then fail with 'internal error: RuntimeError:
     Unknown model', exit 3. Now it is one line with timm's close names, exit 2, and nothing generated."""

@@ -212,3 +212,24 @@ def test_an_out_that_is_not_a_checkpoint_is_not_replaced(data, tmp_path, monkeyp
     torch.save({"earlier": torch.zeros(1)}, tmp_path / "m.pt")
     assert invoke(*_args(data, tmp_path / "m.pt")).exit_code == 0
     assert "state_dict" in torch.load(tmp_path / "m.pt", weights_only=True)
+
+
+def test_only_a_file_torch_saved_is_taken_for_a_checkpoint(tmp_path):
+    """--out is replaced only when it is a checkpoint: a zip archive (a .docx, .xlsx, .jar) or a pickle passed for
+    one by their first bytes (PK, 0x80); now a zip must hold torch's <name>/data.pkl and a pickle start with an
+    older torch's magic number."""
+    import pickle
+    import zipfile
+
+    from xaibatch.tools.train import is_torch_file
+
+    docx = tmp_path / "thesis.docx"
+    with zipfile.ZipFile(docx, "w") as z:
+        z.writestr("word/document.xml", "<w:document/>")
+        z.writestr("[Content_Types].xml", "<Types/>")
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps({"not": "torch"}, protocol=2))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "new.pt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    got = {p.name: is_torch_file(p) for p in sorted(tmp_path.iterdir())}
+    assert got == {"broken.zip": False, "data.pkl": False, "new.pt": True, "old.pt": True, "thesis.docx": False}

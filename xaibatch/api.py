@@ -326,11 +326,14 @@ def _checked_classes(req: Request, k: int) -> tuple[str, ...] | None:
 
 def _make_methods(net, pre: Preprocess, dev, req: Request):
     """(the ModelContext, the methods made in it): the CAM layer is found only when a method needs it."""
+    from .errors import UsageError
     from .methods.base import build_methods, method_class
     from .model.user import inner_name
 
     kinds = {m: method_class(m) for m in req.methods}
     options = _method_options(req.method_options, kinds)
+    if req.target_layer is not None and not str(req.target_layer).strip():
+        raise UsageError("target_layer is empty; give a layer's name, or None for the one xaibatch finds")
     name = inner_name(req.target_layer, req.layer_prefix)  # named in the wrapper: "module.layer2"
     return build_methods(req.methods, net, pre, dev, name, options, req.seed)
 

@@ -133,7 +133,7 @@ def temporary(name: str | os.PathLike[str]) -> bool:
 class Reserve:
     """A little disk space held back under ``out`` while a run writes, freed when a write fails for want of it:
     then the run's row can still say ``error`` (SQLite must grow its log to record it). A temporary file's name
-    (``.xaibatch-reserve.<pid>.tmp``), so a sweep after a killed run removes it."""
+    (:func:`temp_name`), so a sweep after a killed run removes it."""
 
     SIZE = 256 * 1024  # some 60 pages of the manifest's log; random bytes, which no file system compresses away
 

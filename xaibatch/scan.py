@@ -189,6 +189,7 @@ def _valid_utf8(name: str) -> bool:
 
 
 _KIND = {
+    stat.S_IFDIR: "a folder",
     stat.S_IFIFO: "a FIFO",
     stat.S_IFSOCK: "a socket",
     stat.S_IFCHR: "a character device",
@@ -420,7 +421,7 @@ def _dead_link(e: OSError) -> str:
 
 def file_kind(st: os.stat_result) -> str:
     """What a file that is not a regular one is: "a FIFO", "a character device", ..."""
-    return _KIND.get(stat.S_IFMT(st.st_mode), "special file")
+    return _KIND.get(stat.S_IFMT(st.st_mode), "a special file")
 
 
 def _refused(name: str, rel: str, st: os.stat_result, outside: bool) -> str | None:

@@ -192,7 +192,7 @@ def model_options(help: dict[str, str]):
         click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
         click.option("--threshold", type=Number(0, 1), metavar="T", help=help["threshold"]),
         image_size_option(help["image_size"]),
-        click.option("--target-layer", help=help["target_layer"]),
+        click.option("--target-layer", callback=non_empty, help=help["target_layer"]),
     )
 
 

@@ -37,8 +37,7 @@ COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn o
 
 def write_colour_bars(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
     """One small SVG colour bar per colour map, shared by every page and image; drawn only when its file is
-    missing (drawing needs matplotlib's colour tables, which an unchanged report does not import); ``drawings``
-    draws it."""
+    missing; ``drawings`` draws it."""
     for m in data.methods:
         key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
         rel = f"assets/colourbar.{key}.svg"
@@ -180,7 +179,7 @@ def _colour_bar(signed: bool) -> bytes:
 
 class Drawings:
     """The SVGs this write must draw: the figures (about a millisecond each) and, on a first build, the colour
-    bars (matplotlib's colour tables: about 0.2 s with its import). With a second core they are drawn by a
+    bars. With a second core they are drawn by a
     forked process while this one renders the pages (:meth:`start`, report/forked.py), and written here,
     through the PageWriter, by :meth:`finish`; otherwise, or when that process fails, they are drawn here (so a
     drawing's own error is raised as it would be inline)."""

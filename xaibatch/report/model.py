@@ -269,7 +269,7 @@ class ReportData:
     coverage: dict[str, str] = field(default_factory=dict)  # method -> "40 of 41 images; not asked by the last run"
     input_dir: Path | None = None  # the last run's input folder when it is still there (ground-truth masks)
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
-    localization: list[Any] = field(default_factory=list)  # localization.PointingRow per method (ground-truth masks)
+    localization: list[Any] = field(default_factory=list)  # localization.PointingGame per method (ground-truth masks)
     lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())
     # images an earlier model predicted (data.earlier_summary; None: none): the numbers above leave them out
     earlier: dict[str, Any] | None = None

@@ -55,8 +55,8 @@ def text_on(rgb: tuple[int, ...]) -> str:
     return "#fff" if 1.05 / (lum + 0.05) >= (lum + 0.05) / 0.05 else "#000"
 
 
-# The overlays' two colour ramps (overlay.colorize) at 9 stops, as CSS: kept as text so that a report which
-# draws no figure needs no matplotlib (its colour tables come from there); tests/test_report.py checks them.
+# The overlays' two colour ramps (overlay.colorize, colourmaps.py) at 9 stops, as CSS, for the legends;
+# tests/test_report.py checks them against the tables.
 CSS_GRADIENTS = {
     False: "linear-gradient(to right, rgb(0,0,3), rgb(32,12,74), rgb(87,15,109), rgb(137,34,105), rgb(187,55,84), "
     "rgb(228,90,49), rgb(249,142,8), rgb(248,203,52), rgb(252,254,164))",

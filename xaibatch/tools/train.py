@@ -206,7 +206,27 @@ def check_runs_at(model: torch.nn.Module, arch: str, size: int, device: torch.de
         ) from None
 
 
-TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; an older torch's pickle
+# what an older torch.save (before its zip format) writes first: its magic number, pickled
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` is a file torch.save wrote: a zip archive with its ``<name>/data.pkl`` (a .docx, .xlsx or
+    .jar is a zip archive too), or an older torch's pickle that starts with its magic number (any other pickle is
+    not). Raises OSError when it cannot be read."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(len(LEGACY_TORCH_MAGIC))
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        return True
+    if not head.startswith(b"PK\x03\x04"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.count("/") == 1 and n.endswith("/data.pkl") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
 
 
 def check_replaceable(out: Path) -> None:
@@ -224,11 +244,10 @@ def check_replaceable(out: Path) -> None:
             f"--out {out} is {file_kind(st)}, not a file a checkpoint may replace; give the checkpoint a file name"
         )
     try:
-        with open(out, "rb") as f:
-            head = f.read(4)
+        ours = st.st_size == 0 or is_torch_file(out)
     except OSError as e:
         raise UsageError(f"cannot read --out {out} to check it is a checkpoint: {e.strerror or e}") from None
-    if head and not head.startswith(TORCH_FILE_STARTS):
+    if not ours:
         raise UsageError(
             f"--out {out} exists and is not a PyTorch file; train replaces only an earlier checkpoint: give "
             "another name, or move that file away"
