@@ -1178,17 +1178,22 @@ def test_a_fifo_named_like_a_mask_is_never_opened(tmp_path):
 # -- issue 20: the report reads no map back (views stored with the maps), one data file per page ----------
 
 
+def _copied_with_rows(out: Path, copy: Path) -> tuple[Path, dict, dict]:
+    """A copy of the output folder ``out`` at ``copy``, and its manifest's map and image rows."""
+    shutil.copytree(out, copy)
+    m = Manifest(copy / FILENAME)
+    try:
+        return copy, m.maps(), m.images()
+    finally:
+        m.close()
+
+
 def test_views_are_stored_with_the_maps_and_the_report_reads_no_map(truth_run, tmp_path):
-    import shutil
 
     from xaibatch.overlay import view_of
 
     inp, out, _masks = truth_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    m = Manifest(copy / FILENAME)
-    maps, images = m.maps(), m.images()
-    m.close()
+    copy, maps, images = _copied_with_rows(out, tmp_path / "out")
     for (rel, method), row in maps.items():  # computed with the picture (overlay.views_batch) ...
         a = np.load(copy / row.npy)
         want = view_of(a, images[rel].width, images[rel].height, method == "lime")
@@ -1253,11 +1258,7 @@ def test_views_an_older_xaibatch_stored_without_the_flat_flags_are_read_again_on
     from xaibatch.report import detail as detail_mod
 
     inp, out, _masks = truth_run
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    m = Manifest(copy / FILENAME)
-    maps, images = m.maps(), m.images()
-    m.close()
+    copy, maps, images = _copied_with_rows(out, tmp_path / "out")
     flat = {  # zero; no positive value; values within the zero threshold, the largest off the first pixel
         "FAKE/img_000.png": ("gradcam", {(3, 4): 0.0}),
         "FAKE/img_001.png": ("lime", {(3, 4): -0.25}),
