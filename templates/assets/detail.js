@@ -63,6 +63,15 @@
     return c && kept(c.group) ? c : null;
   }
 
+  // the link a step to another page's view was taken by, for that page to focus its own (per tab; none in a
+  // browser that refuses storage to file://, which then starts at the page's top as any page does)
+  var FOCUS_KEY = "xaibatch-detail-focus";
+  function remember(rel) { try { sessionStorage.setItem(FOCUS_KEY, rel); } catch (e) { /* no storage */ } }
+  function recall() {
+    try { var rel = sessionStorage.getItem(FOCUS_KEY); sessionStorage.removeItem(FOCUS_KEY); return rel; }
+    catch (e) { return null; }
+  }
+
   function pager(im) {
     function side(n, rel, text) {
       if (!n && filtered() && im[rel]) {  // the first or last image the filter keeps: say so
@@ -74,6 +83,11 @@
         rel === "prev" ? ["← Previous", el("span", {"class": "sr"}, [" image"])]
         : ["Next", el("span", {"class": "sr"}, [" image"]), " →"]);
       if (!n.page) { a.addEventListener("click", function () { show(n.id); }); }
+      else {  // to another gallery page's view: a new document, which puts the focus back on this link (start)
+        a.addEventListener("click", function (e) {
+          if (!(e.ctrlKey || e.metaKey || e.shiftKey || e.altKey)) { remember(rel); }
+        });
+      }
       return a;
     }
     return el("nav", {"class": "pager", "aria-label": "Neighbouring images"}, [el("ul", {}, [
@@ -260,6 +274,9 @@
     if (root.clientWidth !== width) { width = root.clientWidth; balance(); }
   }
 
+  // the polite status that names each newly shown image, beside the view (outside the elements replaced)
+  var status = el("p", {"class": "sr", role: "status", "aria-live": "polite"});
+  root.parentNode.insertBefore(status, root.nextSibling);
   var shown = null, shownKeep = "";
   function show(id) {
     if (!images.length) {
@@ -273,10 +290,29 @@
     shown = i;
     shownKeep = keep;
     var im = images[i];
-    var kids = [pager(im), el("h1", {"class": "name"}, [el("bdi", {}, [im.rel])]), facts(im), views(im), truth(im)].concat(probs(im));
+    // the focus inside the view (Previous, Next, a map's explanations) would go with the elements replaced, to
+    // the page's top: it moves to the new view's same link, else to the image's name, and the status says which
+    // image this is (a screen reader hears the new name, not only "Next image, link" again)
+    var focused = document.activeElement, rel = null, refocus = false;
+    if (focused && focused !== document.body && root.contains(focused)) {
+      refocus = true;
+      rel = focused.getAttribute("rel");
+    }
+    var first = !status.hasAttribute("data-shown");
+    var h1 = el("h1", {"class": "name", tabindex: "-1"}, [el("bdi", {}, [im.rel])]);
+    var kids = [pager(im), h1, facts(im), views(im), truth(im)].concat(probs(im));
     root.replaceChildren.apply(root, kids.filter(function (k) { return k; }));
     balance();
     document.title = iso(im.rel) + " · " + siteTitle;
+    if (refocus) {
+      var again = rel && root.querySelector("nav.pager a[rel=" + rel + "]");
+      (again || h1).focus({preventScroll: !!again});
+    }
+    status.setAttribute("data-shown", "");
+    if (!first) {
+      status.textContent = "Showing " + iso(im.rel) + (im.label !== null ? ", true class " + im.label : "") +
+        ", predicted " + im.pred + (im.correct === false ? ", misclassified" : "") + ".";
+    }
   }
 
   // ← and → follow Previous and Next (no modifier; never while typing or inside a form control)
@@ -299,6 +335,11 @@
   }
   window.addEventListener("hashchange", fromHash);
   fromHash();
+  var came = recall();
+  if (came === "prev" || came === "next") {
+    var link = root.querySelector("nav.pager a[rel=" + came + "]"), name = root.querySelector("h1");
+    if (link || name) { (link || name).focus(); }
+  }
   width = root.clientWidth;
   // a scroll bar coming or going too; in the next frame, since balancing changes the observed element's height
   // (inside the observer's callback that is an error event: "ResizeObserver loop completed ...")

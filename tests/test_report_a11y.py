@@ -1,0 +1,163 @@
+"""The report for a keyboard, a screen reader, Windows high contrast and paper (headless Chromium over file://):
+every table, picture and figure named; the focus kept when the detail view changes image; forced colours keep the
+colour keys; the printed summary keeps every table whole and spends no ink on dark bands."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import write_images
+from xaibatch.pipeline import RunOptions, run
+from xaibatch.tools import chromium
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not chromium.available(), reason=chromium.MISSING)]
+
+
+@pytest.fixture(scope="module")
+def driver():
+    d = chromium.start(1280, 900, "--allow-file-access-from-files")
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_ckpt) -> Path:
+    """Grad-CAM over 4 + 4 images, the FAKE ones with demo-style masks (the pointing game), and an unreadable file."""
+    root = tmp_path_factory.mktemp("a11y")
+    for p in write_images(root / "in" / "FAKE", 4, seed=21):
+        mask = np.zeros((32, 32), bool)
+        mask[4:16, 10:24] = True
+        np.save(p.with_name(p.stem + ".mask.npy"), mask)
+    write_images(root / "in" / "REAL", 4, seed=22)
+    (root / "in" / "REAL" / "broken.png").write_bytes(b"not an image")
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def paged(out, tmp_path_factory) -> Path:
+    """The same report with 4 cards a page: two gallery pages, two detail files."""
+    from xaibatch import report
+
+    paged = tmp_path_factory.mktemp("a11y-paged") / "out"
+    shutil.copytree(out, paged)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report.model, "PAGE_SIZE", 4)
+        report.write_report(paged)
+    return paged
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    assert driver.execute_script("return document.readyState") == "complete"
+
+
+def wait_until(cond, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def gallery_order(driver, out: Path) -> list[tuple[str, str]]:
+    """(name, detail url) of page 1's cards, in gallery order."""
+    open_page(driver, (out / "gallery" / "page-1.html").as_uri())
+    return driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('li.card'),"
+        " c => [c.dataset.name, c.querySelector('a.thumbs').href])"
+    )
+
+
+def focused(driver) -> str:
+    """What has the focus: 'next', 'prev' (the detail view's links), 'h1', or the element's tag."""
+    return driver.execute_script(
+        "var e = document.activeElement;"
+        "return e.getAttribute('rel') || (e.tagName === 'H1' ? 'h1' : e.tagName.toLowerCase());"
+    )
+
+
+NAMES = r"""
+function name(e) {  // the accessible name as the report gives it: a label, a caption, an alt
+  if (e.hasAttribute('aria-label')) { return e.getAttribute('aria-label'); }
+  if (e.hasAttribute('aria-labelledby')) {
+    return e.getAttribute('aria-labelledby').split(' ').map(id => (document.getElementById(id) || {}).textContent || '').join(' ');
+  }
+  if (e.tagName === 'TABLE') { return e.caption ? e.caption.textContent : ''; }
+  if (e.tagName === 'IMG') { return e.getAttribute('alt'); }
+  return e.labels && e.labels.length ? e.labels[0].textContent : '';
+}
+var missing = [];
+document.querySelectorAll('table, img, svg, select, input, button').forEach(function (e) {
+  if (e.closest('[aria-hidden="true"]')) { return; }  // decoration beside its words
+  var n = name(e);
+  if (e.tagName === 'BUTTON' && !n) { n = e.textContent; }
+  if (!n || !n.trim()) { missing.push(e.tagName + ' ' + e.outerHTML.slice(0, 80)); }
+});
+document.querySelectorAll('th:not([scope])').forEach(function (e) { missing.push('th without scope: ' + e.textContent); });
+return missing;
+"""
+
+
+def test_the_detail_view_keeps_the_focus_when_it_changes_image(driver, out):
+    """Enter on Next, or an arrow key, redrew the view and dropped the focus to the page's top: the next Tab began
+    again at "Skip to content" and a screen reader said nothing of the new image. The focus now stays on the same
+    link of the new view, else moves to the image's name, and a status names the image shown."""
+    from selenium.webdriver.common.keys import Keys
+
+    order = gallery_order(driver, out)
+    names = [n for n, _u in order]
+    open_page(driver, order[0][1])
+    driver.find_element("css selector", "nav.pager a[rel=next]").send_keys(Keys.ENTER)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == names[1], "the second image")
+    assert focused(driver) == "next"
+    status = driver.find_element("css selector", "#detail + [role=status]")
+    assert names[1] in status.get_attribute("textContent")
+    driver.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)  # the key, with the focus on Next
+    wait_until(lambda: driver.find_element("tag name", "h1").text == names[2], "the third image")
+    assert focused(driver) == "next"
+    driver.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == names[1], "the second image again")
+    assert focused(driver) == "next"
+    driver.find_element("css selector", "nav.pager a[rel=prev]").send_keys(Keys.ENTER)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == names[0], "the first image")
+    assert focused(driver) == "h1"  # the first image has no Previous link: its name holds the focus
+    assert driver.execute_script("return getComputedStyle(document.activeElement).outlineStyle") != "none"
+    driver.switch_to.active_element.send_keys(Keys.TAB)  # the next Tab goes on from the view, not the page's top
+    assert driver.execute_script("return document.activeElement.closest('#detail') !== null")
+    driver.find_element("css selector", "figure[data-method] summary").send_keys(Keys.ARROW_RIGHT)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == names[1], "the second image by its key")
+    assert focused(driver) == "h1"
+    assert names[1] in status.get_attribute("textContent")
+
+
+def test_a_step_to_another_gallery_pages_image_keeps_the_focus_too(driver, paged):
+    """Next from the last image of a gallery page opens another detail file: a new document, whose focus began at
+    the page's top. It is now on that page's own Next (or Previous) link."""
+    from selenium.webdriver.common.keys import Keys
+
+    first = gallery_order(driver, paged)
+    open_page(driver, (paged / "gallery" / "page-2.html").as_uri())
+    second = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('li.card'), c => c.dataset.name)"
+    )
+    open_page(driver, first[-1][1])
+    driver.find_element("css selector", "nav.pager a[rel=next]").send_keys(Keys.ENTER)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == second[0], "page 2's first image")
+    assert "detail/page-2.html" in driver.current_url
+    wait_until(lambda: focused(driver) == "next", "the focus on Next")
+    driver.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    wait_until(lambda: driver.find_element("tag name", "h1").text == first[-1][0], "page 1's last image")
+    wait_until(lambda: focused(driver) == "prev", "the focus on Previous")
+    open_page(driver, (paged / "gallery" / "page-1.html").as_uri())
+    open_page(driver, first[-1][1])  # opened afresh (a bookmark, the gallery's link): the page's top, as before
+    assert focused(driver) == "body"
