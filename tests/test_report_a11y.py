@@ -108,6 +108,24 @@ return missing;
 """
 
 
+def test_every_table_picture_and_control_has_a_name(driver, out):
+    """A screen reader announces a table, picture, figure or control by its name: the summary's Methods table had
+    none, and the detail view's colour bars were hidden, leaving their numbers ("0 0.5 ≥ 0.9") without a word of
+    what they scale."""
+    urls = gallery_order(driver, out)
+    pages = [out / "index.html", out / "gallery" / "page-1.html", out / "history.html", out / "skipped.html"]
+    for url in [*(p.as_uri() for p in pages), urls[0][1]]:
+        open_page(driver, url)
+        wait_until(lambda: driver.execute_script("return !!document.querySelector('h1')"), "the page's heading")
+        assert driver.execute_script(NAMES) == [], url
+    bars = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('.cbar svg'),"
+        " s => [s.getAttribute('role'), s.getAttribute('aria-label')])"
+    )
+    assert bars == [["img", "Colour scale: bright = more important, dark = less important (the photo shows "
+                     "through where the map is low)"]]  # fmt: skip
+
+
 def test_the_detail_view_keeps_the_focus_when_it_changes_image(driver, out):
     """Enter on Next, or an arrow key, redrew the view and dropped the focus to the page's top: the next Tab began
     again at "Skip to content" and a screen reader said nothing of the new image. The focus now stays on the same

@@ -123,7 +123,8 @@
   }
 
   function colourBar(m, ticks) {
-    var s = svg("svg", {width: "256", height: "14", viewBox: "0 0 256 14", "aria-hidden": "true"},
+    // named by what its colours mean (the numbers under it follow as text); hidden, it left those numbers bare
+    var s = svg("svg", {width: "256", height: "14", viewBox: "0 0 256 14", role: "img", "aria-label": "Colour scale: " + m.legend},
                 [svg("image", {href: up + m.bar, width: "256", height: "14"})]);
     var kids = [s];
     if (ticks.length) { kids.push(el("span", {"class": "ticks"}, ticks.map(function (t) { return el("span", {}, [t]); }))); }
