@@ -158,6 +158,41 @@ def test_the_detail_view_keeps_the_focus_when_it_changes_image(driver, out):
     assert names[1] in status.get_attribute("textContent")
 
 
+def test_forced_colours_keep_the_colour_keys(driver, out):
+    """Windows high contrast dropped the gallery's colour ramps (blank boxes beside "bright = more important"),
+    drew the current page of the pager like every other, and gave the ground-truth table's swatches the text
+    colour, so no swatch matched its ring in the figure."""
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "forced-colors", "value": "active"}]})
+    try:
+        open_page(driver, (out / "gallery" / "page-1.html").as_uri())
+        assert driver.execute_script("return matchMedia('(forced-colors: active)').matches")
+        ramps = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('.ramp'), r => getComputedStyle(r).backgroundImage)"
+        )
+        assert ramps and all("gradient" in r for r in ramps), ramps
+        # the fixture has one page: a second page's link is drawn beside it to compare
+        current, other = driver.execute_script(
+            "var a = document.querySelector('.pager a[aria-current=page]'), b = a.cloneNode(true);"
+            "b.removeAttribute('aria-current'); a.parentNode.appendChild(b);"
+            "return [a, b].map(e => getComputedStyle(e).backgroundColor + ' ' + getComputedStyle(e).color);"
+        )
+        assert current != other
+        fake = next(u for n, u in gallery_order(driver, out) if n.startswith("FAKE/"))
+        open_page(driver, fake)
+        wait_until(lambda: driver.find_elements("css selector", "table.pointing .swatch"), "the pointing table")
+        swatch = driver.execute_script(
+            "var s = document.querySelector('table.pointing .swatch'), c = document.querySelector('figure.truth circle');"
+            "return [getComputedStyle(s).borderTopColor, getComputedStyle(c).stroke, getComputedStyle(s.parentNode).color];"
+        )
+        assert swatch[0] == swatch[1] and swatch[0] != swatch[2], swatch
+        bar = driver.execute_script(
+            "return getComputedStyle(document.querySelector('table.probs .bar')).backgroundColor"
+        )
+        assert bar == "rgb(0, 114, 178)"  # the probability bars: report.css .bar
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+
+
 def test_a_step_to_another_gallery_pages_image_keeps_the_focus_too(driver, paged):
     """Next from the last image of a gallery page opens another detail file: a new document, whose focus began at
     the page's top. It is now on that page's own Next (or Previous) link."""
