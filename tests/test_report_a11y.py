@@ -193,6 +193,40 @@ def test_forced_colours_keep_the_colour_keys(driver, out):
         driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
 
 
+def test_the_printed_summary_keeps_every_table_whole_and_spends_no_ink(driver, out):
+    """Printed, the run history's twelve columns were cut at the paper's edge (a box that scrolls on screen),
+    the folded reliability table was left out, and the dark header band and the navigation were printed."""
+    driver.set_window_size(680, 900)  # about the text width of A4 or Letter paper
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, (out / "index.html").as_uri())
+        page = driver.execute_script("return document.documentElement.clientWidth")
+        wide = driver.execute_script(
+            "return Array.prototype.filter.call(document.querySelectorAll('table'), function (t) {"
+            "  var r = t.getBoundingClientRect(), box = t.parentNode.getBoundingClientRect();"
+            "  return r.right > document.documentElement.clientWidth || r.right > box.right + 1; })"
+            ".map(t => (t.caption ? t.caption.textContent : t.getAttribute('aria-labelledby')) + ' ' + t.offsetWidth)"
+        )
+        assert wide == [], f"cut off on {page} px of paper: {wide}"
+        folded = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('details table'), t => t.offsetHeight)"
+        )
+        assert folded and all(h > 0 for h in folded), folded
+        shown = driver.execute_script(
+            "var h = document.querySelector('header.top'), n = h.querySelector('nav');"
+            "return [getComputedStyle(h).backgroundColor, getComputedStyle(n).display];"
+        )
+        assert shown == ["rgba(0, 0, 0, 0)", "none"]
+        cells = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('table.confusion td'),"
+            " c => getComputedStyle(c).backgroundColor)"
+        )
+        assert cells and set(cells) == {"rgba(0, 0, 0, 0)"}
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
 def test_a_step_to_another_gallery_pages_image_keeps_the_focus_too(driver, paged):
     """Next from the last image of a gallery page opens another detail file: a new document, whose focus began at
     the page's top. It is now on that page's own Next (or Previous) link."""
