@@ -333,6 +333,31 @@ def test_run_with_a_planted_symlink_writes_nothing_outside(tmp_path, tiny_ckpt):
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["link to a file", "dangling link", "fifo"])
+def test_a_planted_lock_file_is_refused_and_nothing_outside_changes(tmp_path, tiny_ckpt, kind):
+    """Another user of a shared --out planting .xaibatch.lock as a link: the lock's holder record truncated and
+    wrote the file it pointed at (a user's file outside --out), or created one there."""
+    images, out, victim = tmp_path / "in", tmp_path / "out", tmp_path / "victim.txt"
+    write_images(images, 3)
+    args = ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    (out / ".xaibatch.lock").unlink()
+    if kind == "fifo":
+        os.mkfifo(out / ".xaibatch.lock")
+    else:
+        if kind == "link to a file":
+            victim.write_text("a user's own file")
+        os.symlink(victim, out / ".xaibatch.lock")
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert "Traceback" not in r.output
+    assert r.exit_code == errors.EXIT_USAGE, r.output
+    assert "the lock file" in r.output and "refusing to open it" in r.output
+    if kind == "link to a file":
+        assert victim.read_text() == "a user's own file"
+    else:
+        assert not victim.exists()
+
+
 # --- no file outside --out, whatever the names ----------------------------------------------------
 
 

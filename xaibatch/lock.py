@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -42,6 +43,8 @@ BUSY_HINT = "try again when it has finished"  # the end of the refusal for a com
 # process must not open the file (that would drop the POSIX lock on close).
 _HELD: dict[str, dict[str, Any]] = {}  # lock path -> the holder record written
 _HELD_GUARD = threading.Lock()
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO there never blocks the open
+_NOT_A_FILE = "the lock file {} is {}: refusing to open it (remove it; xaibatch makes a new one)"
 
 
 def pid_alive(pid: int) -> bool:
@@ -87,10 +90,15 @@ class OutputLock:
         if self.key in _HELD:
             return _HELD[self.key]
         try:
-            with open(self.path, "rb") as f:  # another process's lock: reading cannot release it
-                return _parse(f.read())
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)  # another process's lock: reading cannot release it
         except OSError:
             return None
+        try:
+            return _parse(_read_all(fd)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     # -- taking and releasing ---------------------------------------------------
     def try_acquire(self) -> bool:
@@ -98,9 +106,15 @@ class OutputLock:
             if self.key in _HELD:
                 return False
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # never through a link another user planted in a shared --out: the holder record truncates the file
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW, 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP or os.path.islink(self.path):
+                    raise UsageError(_NOT_A_FILE.format(self.path, "a symbolic link")) from None
                 raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device planted there: never truncated
+                os.close(fd)
+                raise UsageError(_NOT_A_FILE.format(self.path, "not a regular file"))
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
