@@ -358,6 +358,30 @@ def test_a_planted_lock_file_is_refused_and_nothing_outside_changes(tmp_path, ti
         assert not victim.exists()
 
 
+@pytest.mark.parametrize("kind", ["empty file", "another manifest"])
+def test_a_planted_manifest_link_is_refused_and_its_target_kept(tmp_path, tiny_ckpt, kind):
+    """SQLite follows a link: xaibatch.sqlite planted as a link to an empty file outside --out made the run write
+    a whole manifest there (and into another output folder's manifest, when it pointed at one)."""
+    images, out, other = tmp_path / "in", tmp_path / "out", tmp_path / "other"
+    write_images(images, 3)
+    args = ["run", str(images), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--workers", "0", "-q"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    other.mkdir()
+    victim = other / "xaibatch.sqlite"
+    if kind == "empty file":
+        victim.write_bytes(b"")
+    else:
+        shutil.copy(out / "xaibatch.sqlite", victim)
+    (out / "xaibatch.sqlite").unlink()
+    os.symlink(victim, out / "xaibatch.sqlite")
+    before = _snapshot(other)
+    r = CliRunner().invoke(cli, [*args[:-1], "--replace", "-q"], catch_exceptions=False)
+    assert "Traceback" not in r.output
+    assert r.exit_code == errors.EXIT_USAGE, r.output
+    assert "is a symbolic link" in r.output
+    assert _snapshot(other) == before
+
+
 # --- no file outside --out, whatever the names ----------------------------------------------------
 
 

@@ -149,6 +149,10 @@ class Manifest:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.is_symlink():  # SQLite follows it: a link planted in a shared --out redirected every write
+            raise UsageError(
+                f"the manifest {self.path} is a symbolic link: refusing to open it (xaibatch never makes one)"
+            )
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         except sqlite3.Error as e:
