@@ -1064,3 +1064,36 @@ def test_a_port_in_use_is_one_line(tmp_path):
         )
     assert r.returncode == 2
     assert r.stderr == f"Error: cannot listen on 127.0.0.1:{port} (in use?); pick another with --port\n"
+
+
+def _http(url: str, path: str, method: str = "GET", headers: dict | None = None, body: bytes = b"") -> int:
+    """The status of one request, with any Host and Origin headers (urllib would set its own Host)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        c.request(method, path, body=body or None, headers=headers or {})
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def test_the_report_route_serves_the_report_not_the_rest_of_out(app):
+    """/report/ served all of OUT: the manifest (the input folder's path, every run's command line), the lock, and
+    every image colleagues flagged; now the report's pages and pictures only."""
+    served, _, root, _ = app
+    out = root / "out"
+    flagged = out / layout.FLAGGED / "cat" / "f.png"
+    flagged.parent.mkdir(parents=True, exist_ok=True)
+    flagged.write_bytes(png(1))
+    page = next((out / "gallery").glob("page-*.html")).name
+    for rel in (layout.INDEX, layout.CSV, f"gallery/{page}"):
+        assert _http(served.url, f"/report/{rel}") == 200, rel
+    for rel in (layout.MANIFEST, layout.LOCK, layout.REPORT_STATE, "flagged/cat/f.png", "%2e%2e/out/xaibatch.sqlite"):
+        assert (out / rel).exists() or "%2e" in rel
+        assert _http(served.url, f"/report/{rel}") == 404, rel
+

@@ -14,6 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
 
+from .. import layout  # noqa: E402
 from ..errors import UsageError, XaibatchError, outcome  # noqa: E402
 from ..pipeline.signals import catch_signals  # noqa: E402
 from .address import listen_error  # noqa: E402
@@ -36,6 +37,10 @@ from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa:
 MAX_BATCH = 8  # requests that arrive together are explained as one batch, up to this many
 UPLOADS_KEPT_S, UPLOADS_CHECKED_S = 86400, 3600  # Gradio's copies of uploads: removed a day on, and when it stops
 REPORT_PREFIX = "report: "
+# What /report/ serves of OUT: the report's pages and folders (StaticFiles refuses links out of OUT itself)
+REPORT_FILES = frozenset(
+    {layout.INDEX, layout.HISTORY, layout.SKIPPED, layout.CSV, layout.SANITY, layout.FAITH_CHANCE, *layout.OUTPUT_DIRS}
+)
 
 # A narrow window stacks the answer under the controls: bring it into view (a wide one has it in view: no scroll).
 SHOW_ANSWER = """() => { const a = document.getElementById('xb-result');
@@ -261,8 +266,17 @@ def launch(
 
 
 def _mount_report(app: Any, out: Path) -> None:
-    """Serve the report folder at REPORT_ROUTE, ahead of Gradio's own catch-all routes."""
+    """Serve the report's pages and pictures at REPORT_ROUTE, ahead of Gradio's own catch-all routes: not the rest
+    of OUT (the manifest, with the input folder's path and every run's command line, nor OUT/flagged/)."""
+    from starlette.exceptions import HTTPException
     from starlette.staticfiles import StaticFiles
 
-    app.mount(REPORT_ROUTE, StaticFiles(directory=str(out)), name="xaibatch-report")
+    class ReportFiles(StaticFiles):
+        def get_path(self, scope: Any) -> str:
+            path = super().get_path(scope)
+            if path.replace("\\", "/").lstrip("/").split("/", 1)[0] not in REPORT_FILES:
+                raise HTTPException(status_code=404)
+            return path
+
+    app.mount(REPORT_ROUTE, ReportFiles(directory=str(out)), name="xaibatch-report")
     app.router.routes.insert(0, app.router.routes.pop())
