@@ -1097,3 +1097,37 @@ def test_the_report_route_serves_the_report_not_the_rest_of_out(app):
         assert (out / rel).exists() or "%2e" in rel
         assert _http(served.url, f"/report/{rel}") == 404, rel
 
+
+def test_another_host_name_or_another_sites_post_is_refused(app):
+    """DNS rebinding (a web page whose name resolves to 127.0.0.1) read the report and flagged images; another
+    site's page could upload files (a form post needs no CORS preflight). Both are 403 now; the app's own page,
+    a tunnel's localhost:PORT and API clients that send no Origin work as before."""
+    served, _, root, _ = app
+    port = served.url.rstrip("/").rsplit(":", 1)[1]
+    own = f"127.0.0.1:{port}"
+    for path in ("/", "/report/index.html", "/gradio_api/info"):
+        assert _http(served.url, path, headers={"Host": f"attacker.example:{port}"}) == 403, path
+        assert _http(served.url, path, headers={"Host": "localhost:9000"}) == 200, path
+        assert _http(served.url, path) == 200, path
+    form = {"Content-Type": "multipart/form-data; boundary=b"}
+    body = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n' + png(2) + b"\r\n--b--\r\n"
+    evil = {**form, "Origin": "http://evil.example"}
+    assert _http(served.url, "/gradio_api/upload", "POST", evil, body) == 403
+    assert _http(served.url, "/gradio_api/upload", "POST", {**form, "Origin": "null"}, body) == 403
+    rebound = {**form, "Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"}
+    assert _http(served.url, "/gradio_api/upload", "POST", rebound, body) == 403
+    assert _http(served.url, "/gradio_api/upload", "POST", {**form, "Origin": f"http://{own}"}, body) == 200
+    assert _http(served.url, "/gradio_api/upload", "POST", form, body) == 200
+
+
+def test_on_another_address_any_host_name_works_but_not_another_sites_post():
+    from xaibatch.serve.guard import RequestGuard
+
+    g = RequestGuard(None, "0.0.0.0")  # its names are not known: a Host is not checked
+    assert g.refusal("GET", {b"host": b"gpu-box.example:7860"}) is None
+    assert g.refusal("POST", {b"host": b"gpu-box:7860", b"origin": b"http://gpu-box:7860"}) is None
+    assert g.refusal("POST", {b"host": b"gpu-box:7860", b"origin": b"http://evil.example"}) is not None
+    local = RequestGuard(None, "127.0.0.1")
+    assert local.refusal("GET", {b"host": b"[::1]:7860"}) is None
+    assert local.refusal("GET", {b"host": b"127.0.0.1.evil.example"}) is not None
+    assert local.refusal("GET", {}) is not None  # no Host at all (HTTP/1.0): not a browser page of this app

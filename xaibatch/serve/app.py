@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from .. import layout  # noqa: E402
 from ..errors import UsageError, XaibatchError, outcome  # noqa: E402
@@ -31,6 +32,7 @@ from .core import (
     read_upload,
 )
 from .flags import Explained, save_flag  # noqa: E402
+from .guard import RequestGuard  # noqa: E402
 from .page import line_html, numbered, result_html  # noqa: E402
 from .sources import MAX_PICKS, REPORT_ROUTE, ReportImages, demo_images  # noqa: E402
 
@@ -244,6 +246,7 @@ def launch(
             show_error=False,
             max_file_size=MAX_UPLOAD_BYTES * 2,
             css=CSS,
+            app_kwargs={"middleware": [Middleware(RequestGuard, host=host)]},  # no rebinding, no other site's posts
         )
     except OSError as e:  # Gradio's words name its own environment variables; ours name the option
         raise listen_error(host, port, e) from e
