@@ -1131,3 +1131,46 @@ def test_on_another_address_any_host_name_works_but_not_another_sites_post():
     assert local.refusal("GET", {b"host": b"[::1]:7860"}) is None
     assert local.refusal("GET", {b"host": b"127.0.0.1.evil.example"}) is not None
     assert local.refusal("GET", {}) is not None  # no Host at all (HTTP/1.0): not a browser page of this app
+
+
+def test_class_names_in_the_header_are_text_not_markdown(tmp_path):
+    """The header was a gr.Markdown: a class named ``![t](http://host/t.png)`` became a picture fetched from that
+    host, ``[x](url)`` a link, and ``<script>...</script>`` vanished. Now escaped HTML, each name in a <bdi>."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from html.parser import HTMLParser
+
+    from xaibatch.serve.app import build
+    from xaibatch.serve.core import ServeOptions, Service
+    from xaibatch.serve.sources import ReportImages
+
+    names = [
+        "</script><script>alert(1)</script>",
+        "![t](http://127.0.0.1:1/t.png) [x](javascript:alert(2))",
+        "a\u202eb",
+    ]
+    ckpt = make_checkpoint(tmp_path / "h.pt", classes=names)
+    service = Service(ServeOptions(out=tmp_path / "out", methods=["gradcam"], checkpoint=ckpt))
+    config = build(service, ReportImages(tmp_path / "out")).config
+    (header,) = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "xb-status"]
+    assert header["type"] == "html"
+
+    class Page(HTMLParser):
+        tags: list[str] = []
+        bdi: list[str] = []
+        inside = False
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.inside = tag == "bdi"
+
+        def handle_endtag(self, tag):
+            self.inside = False
+
+        def handle_data(self, data):
+            if self.inside:
+                self.bdi.append(data)
+
+    page = Page()
+    page.feed(header["props"]["value"])
+    assert set(page.tags) <= {"h2", "p", "b", "bdi"}
+    assert all(n in page.bdi for n in names)

@@ -3,6 +3,7 @@ prediction and the maps, flag a wrong prediction into ``OUT/flagged/<label>/``."
 
 from __future__ import annotations
 
+import html
 import itertools
 import os
 import time
@@ -150,18 +151,25 @@ def _demos() -> dict[str, bytes]:
 
 
 def _header(service: Service) -> str:
+    """The page's first lines, as escaped HTML: class names and the checkpoint's name are data (a gr.Markdown
+    header rendered a class named ``![t](http://host/t.png)`` as a picture and dropped ``<script>...``), each in a
+    ``<bdi>`` so a right-to-left name turns no text around it."""
     model = service.prepared.model
+
+    def bdi(text: object) -> str:
+        return f"<bdi>{html.escape(str(text))}</bdi>"
+
     return (
-        f"## xaibatch serve\nModel **{Path(model.checkpoint).name}** ({model.arch}, "
-        f"{model.input_size}×{model.input_size}) · classes: {', '.join(service.names)} · "
-        f"device: {service.prepared.device} · no login: keep it on 127.0.0.1"
+        f"<h2>xaibatch serve</h2><p>Model <b>{bdi(Path(model.checkpoint).name)}</b> ({bdi(model.arch)}, "
+        f"{int(model.input_size)}×{int(model.input_size)}) · classes: {', '.join(bdi(n) for n in service.names)} · "
+        f"device: {bdi(service.prepared.device)} · no login: keep it on 127.0.0.1</p>"
     )
 
 
 def _layout(service: Service, picks: list[str]) -> _Controls:
     """The components, inside an open gr.Blocks: the header, the controls on the left, the answer on the right."""
     offered = list(service.opts.methods)
-    gr.Markdown(_header(service), elem_id="xb-status")
+    gr.HTML(_header(service), elem_id="xb-status")
     # A component, not a gr.State: a batched event hands each request's outputs back to its own tab, but not states.
     explained = gr.Textbox("", visible=False, label="sha256 of the explained image", elem_id="xb-explained")
     with gr.Row():
