@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import socket
+import stat
+import subprocess
 import sys
 import threading
 import time
@@ -1174,3 +1176,42 @@ def test_class_names_in_the_header_are_text_not_markdown(tmp_path):
     page.feed(header["props"]["value"])
     assert set(page.tags) <= {"h2", "p", "b", "bdi"}
     assert all(n in page.bdi for n in names)
+
+
+def test_uploads_go_to_a_folder_of_the_users_own_not_the_shared_tmp_gradio(tmp_path):
+    """Gradio's default /tmp/gradio is one folder for every user of a shared machine: each upload a world-readable
+    file there, and a folder another user made first could hold links. Without $GRADIO_TEMP_DIR the app now uses
+    <tmp>/xaibatch-serve-<uid>, mode 0700."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    code = "import xaibatch.serve.app, gradio.utils as u; print(u.get_upload_folder())"
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env.update(TMPDIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / f"xaibatch-serve-{os.getuid()}")
+    from xaibatch.serve import uploads
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("GRADIO_TEMP_DIR", raising=False)
+        mp.setattr(uploads.tempfile, "gettempdir", lambda: str(tmp_path))
+        folder = uploads.check_private_uploads()
+    assert folder == tmp_path / f"xaibatch-serve-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_planted_uploads_folder_is_refused(tmp_path, monkeypatch):
+    from xaibatch.serve import uploads
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setattr(uploads.tempfile, "gettempdir", lambda: str(tmp_path))
+    ours = tmp_path / f"xaibatch-serve-{os.getuid()}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ours.symlink_to(elsewhere)
+    with pytest.raises(UsageError, match="a link or not a folder"):
+        uploads.check_private_uploads()
+    ours.unlink()
+    ours.mkdir(mode=0o777)
+    ours.chmod(0o777)
+    assert uploads.check_private_uploads() == ours
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700

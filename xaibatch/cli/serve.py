@@ -92,8 +92,10 @@ def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
     from ..pipeline.guards import check_model_request
     from ..pipeline.options import ModelOptions
     from ..serve.address import check_listen
+    from ..serve.uploads import check_private_uploads, use_private_uploads
 
     check_model_request(ModelOptions(**model.fields()))  # a typo answers at once, before Gradio's and torch's imports
+    use_private_uploads()  # before Gradio's import, which reads $GRADIO_TEMP_DIR once
     try:
         import gradio  # noqa: F401  (the optional extra; seconds to import, and needed right after)
     except ImportError:
@@ -102,6 +104,7 @@ def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
             EXIT_USAGE,
         ) from None
     check_listen(host, port)  # a port in use or a host not of this machine: before the model loads (seconds)
+    check_private_uploads()
     if host not in ("127.0.0.1", "localhost"):
         click.echo(
             f"xaibatch serve: warning: listening on {host}; the app has no login, anyone who reaches it "

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .uploads import check_private_uploads, use_private_uploads
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
+use_private_uploads()  # not the shared /tmp/gradio: read once, when Gradio is imported
 
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -20,7 +23,7 @@ from .. import layout  # noqa: E402
 from ..errors import UsageError, XaibatchError, outcome  # noqa: E402
 from ..pipeline.signals import catch_signals  # noqa: E402
 from .address import listen_error  # noqa: E402
-from .core import (
+from .core import (  # noqa: E402
     MAX_LIME_SAMPLES,
     MAX_UPLOAD_BYTES,
     MIN_LIME_SAMPLES,
@@ -242,6 +245,7 @@ def launch(
     report = ReportImages.load(service.opts.out)
     if report.problem:
         log(f"xaibatch serve: the report in {service.opts.out} is not readable ({report.problem}); serving without it")
+    check_private_uploads()
     blocks = build(service, report)
     blocks.queue(default_concurrency_limit=1)
     try:
