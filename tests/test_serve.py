@@ -1133,6 +1133,13 @@ def test_on_another_address_any_host_name_works_but_not_another_sites_post():
     assert local.refusal("GET", {b"host": b"[::1]:7860"}) is None
     assert local.refusal("GET", {b"host": b"127.0.0.1.evil.example"}) is not None
     assert local.refusal("GET", {}) is not None  # no Host at all (HTTP/1.0): not a browser page of this app
+    proxied = RequestGuard(None, "127.0.0.1", ("xai.example.com", "Other.Example:8443"))  # --allow-host
+    assert proxied.refusal("GET", {b"host": b"xai.example.com"}) is None
+    assert proxied.refusal("GET", {b"host": b"other.example"}) is None
+    assert proxied.refusal("POST", {b"host": b"xai.example.com", b"origin": b"https://xai.example.com"}) is None
+    assert proxied.refusal("GET", {b"host": b"attacker.example"}) is not None
+    assert proxied.refusal("POST", {b"host": b"xai.example.com", b"origin": b"https://xai.example.com:8443"}) is None
+    assert proxied.refusal("POST", {b"host": b"xai.example.com", b"origin": b"https://evil.example"}) is not None
 
 
 def test_class_names_in_the_header_are_text_not_markdown(tmp_path):

@@ -62,6 +62,15 @@ SERVE_EXIT_CODES = {
     "reaches it use the model, read the report in OUT and write into OUT/flagged.",
 )
 @click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="On 127.0.0.1 the app answers only requests addressed to 127.0.0.1 or localhost (no DNS rebinding): "
+    "another name it should answer to, e.g. a reverse proxy's that passes its own Host header "
+    "(--allow-host xai.example.com); repeatable.",
+)
+@click.option(
     "--port",
     type=click.IntRange(1, 65535),
     default=7860,
@@ -69,7 +78,7 @@ SERVE_EXIT_CODES = {
     help="Port to listen on (e.g. --port 8080).",
 )
 @reported(caller="other")
-def serve(methods, model, device, lime_samples, seed, out, host, port):
+def serve(methods, model, device, lime_samples, seed, out, host, port, allow_hosts):
     """A local web page: upload an image, see its prediction and maps, flag wrong predictions.
 
     \b
@@ -85,10 +94,10 @@ def serve(methods, model, device, lime_samples, seed, out, host, port):
     from ..pipeline.signals import stops_interrupt
 
     with stops_interrupt():  # SIGTERM (systemd's stop), a closed terminal: as Ctrl-C; nohup: goes on serving
-        _serve(methods, model, device, lime_samples, seed, out, host, port)
+        _serve(methods, model, device, lime_samples, seed, out, host, port, allow_hosts)
 
 
-def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
+def _serve(methods, model, device, lime_samples, seed, out, host, port, allow_hosts=()) -> None:
     from ..pipeline.guards import check_model_request
     from ..pipeline.options import ModelOptions
     from ..serve.address import check_listen
@@ -124,4 +133,4 @@ def _serve(methods, model, device, lime_samples, seed, out, host, port) -> None:
             method_options={"lime": {"samples": lime_samples}},
         )
     )
-    launch(service, host=host, port=port, log=lambda s: click.echo(s, err=True))
+    launch(service, host=host, port=port, log=lambda s: click.echo(s, err=True), allow_hosts=tuple(allow_hosts))

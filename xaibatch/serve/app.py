@@ -237,6 +237,7 @@ def launch(
     port: int | None = None,
     block: bool = True,
     log: Callable[[str], None] = print,
+    allow_hosts: tuple[str, ...] = (),
 ) -> Served:
     """Start the app; with ``block`` serve until a stop signal (Ctrl-C, SIGTERM, SIGHUP), then close it."""
     from ..pipeline.notices import warn_random_weights
@@ -258,7 +259,9 @@ def launch(
             show_error=False,
             max_file_size=MAX_UPLOAD_BYTES * 2,
             css=CSS,
-            app_kwargs={"middleware": [Middleware(RequestGuard, host=host)]},  # no rebinding, no other site's posts
+            app_kwargs={
+                "middleware": [Middleware(RequestGuard, host=host, allow=allow_hosts)]
+            },  # no rebinding, no other site's posts
         )
     except OSError as e:  # Gradio's words name its own environment variables; ours name the option
         raise listen_error(host, port, e) from e

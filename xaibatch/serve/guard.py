@@ -34,20 +34,21 @@ def host_name(authority: str) -> str:
 class RequestGuard:
     """403 for a request whose Host is not a name of the loopback address the server listens on (only when it
     listens on one: on another address its names are not known here), and for a request that is not GET, HEAD or
-    OPTIONS whose Origin is not the server's own (the Host the browser asked)."""
+    OPTIONS whose Origin names another host than the one the browser asked (its Host)."""
 
-    def __init__(self, app: Callable[..., Awaitable[Any]], host: str) -> None:
+    def __init__(self, app: Callable[..., Awaitable[Any]], host: str, allow: tuple[str, ...] = ()) -> None:
         self.app = app
-        self.names = (LOOPBACK_NAMES | {host.lower()}) if is_loopback(host) else None
+        extra = {host.lower(), *(host_name(a) or a.lower() for a in allow)}  # --allow-host: a proxy's name
+        self.names = (LOOPBACK_NAMES | extra) if is_loopback(host) else None
 
     def refusal(self, method: str, headers: dict[bytes, bytes]) -> str | None:
         host = headers.get(b"host", b"").decode("latin-1")
         if self.names is not None and host_name(host) not in self.names:
-            return "this server answers only to 127.0.0.1 and localhost"
+            return "this server answers only to 127.0.0.1, localhost and the names of --allow-host"
         origin = headers.get(b"origin")
         if method not in SAFE_METHODS and origin is not None:
-            o = urlsplit(origin.decode("latin-1"))
-            if o.scheme not in ("http", "https") or o.netloc.lower() != host.lower():
+            o = urlsplit(origin.decode("latin-1"))  # by name, not port: nginx's $host drops the port a page has
+            if o.scheme not in ("http", "https") or host_name(o.netloc) != host_name(host):
                 return "a request from a page of another site"
         return None
 
