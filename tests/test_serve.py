@@ -326,6 +326,31 @@ def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monk
     assert ReportImages.load(tmp_path / "nothing").rows == {}
 
 
+def test_a_report_image_is_read_only_with_the_bytes_its_run_read(tmp_path, tiny_ckpt):
+    """The manifest names the folder the report's images are read from: in a shared --out another user's cron
+    job writes it, and could point it at a folder of the server's user (any image that user can read, shown in the
+    page). A file whose bytes are not the run's is refused; so is an image changed since the run."""
+    from xaibatch.manifest import Manifest
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.serve.sources import ReportImages
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png(1))
+    run(
+        RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "a.png").write_bytes(png(2))  # the server's user's own image
+    m = Manifest(tmp_path / "out" / layout.MANIFEST)
+    m.set_meta("input_dir", str(tmp_path / "private"))
+    m.close()
+    with pytest.raises(XaibatchError, match="changed since the report's run"):
+        ReportImages.load(tmp_path / "out").read("a.png")
+    (tmp_path / "private" / "a.png").write_bytes(png(1))  # the run's bytes: read as before
+    assert ReportImages.load(tmp_path / "out").read("a.png").data == png(1)
+
+
 def test_without_gradio_serve_says_how_to_install(monkeypatch):
     from click.testing import CliRunner
 

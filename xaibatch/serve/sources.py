@@ -104,4 +104,9 @@ class ReportImages:
 
         if rel not in self.rows or self.input_dir is None:
             raise XaibatchError(f"{rel!r} is not in the report under {self.out}")
-        return read_upload(safe_join(self.input_dir, rel), seed=image_seed(rel))
+        upload = read_upload(safe_join(self.input_dir, rel), seed=image_seed(rel))
+        # Only the bytes the run read: the manifest (another user's, in a shared folder) names the folder read, and
+        # would otherwise make this server read and show any image its user can read, at a path of its choosing.
+        if upload.sha256 != self.rows[rel].sha256:
+            raise XaibatchError(f"{rel!r} has changed since the report's run: upload it instead (or run again)")
+        return upload
