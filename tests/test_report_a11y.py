@@ -4,14 +4,13 @@ colour keys; the printed summary keeps every table whole and spends no ink on da
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import write_images
+from test_report_browser import open_page, repaged, wait_until
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.tools import chromium
 
@@ -47,26 +46,7 @@ def out(tmp_path_factory, tiny_ckpt) -> Path:
 @pytest.fixture(scope="module")
 def paged(out, tmp_path_factory) -> Path:
     """The same report with 4 cards a page: two gallery pages, two detail files."""
-    from xaibatch import report
-
-    paged = tmp_path_factory.mktemp("a11y-paged") / "out"
-    shutil.copytree(out, paged)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report.model, "PAGE_SIZE", 4)
-        report.write_report(paged)
-    return paged
-
-
-def open_page(driver, url: str) -> None:
-    driver.get(url)
-    assert driver.execute_script("return document.readyState") == "complete"
-
-
-def wait_until(cond, what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    return repaged(out, tmp_path_factory.mktemp("a11y-paged") / "out", 4)
 
 
 def gallery_order(driver, out: Path) -> list[tuple[str, str]]:

@@ -50,12 +50,16 @@ def labeled_out(tmp_path_factory, tiny_ckpt) -> Path:
 @pytest.fixture(scope="module")
 def paged_out(labeled_out, tmp_path_factory) -> Path:
     """The same run re-rendered with 5 cards per page, so there are several pages."""
-    out = tmp_path_factory.mktemp("paged") / "out"
-    shutil.copytree(labeled_out, out)
+    return repaged(labeled_out, tmp_path_factory.mktemp("paged") / "out", 5)
+
+
+def repaged(out: Path, copy: Path, page_size: int) -> Path:
+    """A copy of the output folder ``out`` at ``copy``, its report written again with ``page_size`` cards a page."""
+    shutil.copytree(out, copy)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report.model, "PAGE_SIZE", 5)
-        report.write_report(out)
-    return out
+        mp.setattr(report.model, "PAGE_SIZE", page_size)
+        report.write_report(copy)
+    return copy
 
 
 @pytest.fixture(scope="module")
