@@ -139,7 +139,6 @@ class Work:
     entry: ImageEntry
     methods: list[str]  # methods whose maps are missing or stale
     fresh: bool  # new content or a new model: the prediction is made (and stored) again
-    redisplay: bool = False  # only the display copy's files went missing: written again, no new prediction
     # the display copy's files are written: a new or changed image, or its files gone (they depend on the image's
     # bytes only: a new model or threshold leaves them as they are)
     display: bool = False
@@ -240,7 +239,7 @@ class _Planner:
         self.plan.dead_maps += [(e.rel, k) for k in label_dead]
         if todo or fresh or redisplay:
             display = redisplay or row is None or not content_same or (fresh and not self.display_there(row))
-            self.plan.work[e.rel] = Work(e, todo, fresh, redisplay, display)
+            self.plan.work[e.rel] = Work(e, todo, fresh, display)
 
     def classify(self, e: ImageEntry, row: ImageRow | None) -> bool:
         """File the image as added, changed or touched; returns whether its content is the manifest's."""
