@@ -12,6 +12,7 @@ import torch
 from helpers import manifest_rows, run_opts
 from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
+from xaibatch.methods.chunks import CPU_CHUNK
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.compute import image_seed
 from xaibatch.preprocess import Preprocess
@@ -60,6 +61,63 @@ def test_batched_scores_match_the_per_image_definition(baseline, steps, size):
         assert abs(float(got.deletion[j]) - ref["deletion"]) < 1e-4
         assert abs(float(got.insertion[j]) - ref["insertion"]) < 1e-4
     assert scorer.forwards == 5 * (1 + 2 * (steps - 1))
+
+
+def _scoring_case(size=12, b=6):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * size * size, 3)
+    ).eval()
+    pre = Preprocess(size, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    x, maps, targets = torch.randn(b, 3, size, size), torch.rand(b, size, size), torch.arange(b) % 3
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1).gather(1, targets[:, None])[:, 0]
+    return model, pre, x, {"m": maps}, targets, p
+
+
+class _Fits(torch.nn.Module):
+    """``model``, raising torch's out-of-memory error on more than ``most`` images at once (as a GPU does)."""
+
+    def __init__(self, model, most):
+        super().__init__()
+        self.model, self.most, self.sizes = model, most, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.most:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.model(x)
+
+
+def test_scores_do_not_depend_on_the_chunk():
+    """The chunk (images per forward: the device's choice by default, or fixed) changes no score."""
+    model, pre, x, maps, targets, p = _scoring_case()
+    auto = Scorer(model, FaithConfig(5), pre)
+    assert auto.chunk_size(x) == CPU_CHUNK  # on the CPU, LIME's measured chunk
+    want = auto.score(x, targets, p, maps)["m"]
+    for chunk in (1, 7, 10_000):
+        got = Scorer(model, FaithConfig(5, chunk=chunk), pre).score(x, targets, p, maps)["m"]
+        torch.testing.assert_close(got.deletion_curve, want.deletion_curve, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got.insertion_curve, want.insertion_curve, rtol=0, atol=1e-6)
+
+
+def test_a_chunk_that_runs_out_of_memory_is_made_again_in_halves():
+    """A chunk too large for the device's memory is halved until it fits, and the size that fitted is kept, so
+    the scores come out as with a chunk that fits from the start (before: the out-of-memory error went to the
+    batch's split, which cannot make a fixed chunk smaller, and ended the run at one image)."""
+    model, pre, x, maps, targets, p = _scoring_case()
+    want = Scorer(model, FaithConfig(5, chunk=5), pre).score(x, targets, p, maps)["m"]
+    tight = _Fits(model, most=5)
+    scorer = Scorer(tight, FaithConfig(5, chunk=24), pre)
+    got = scorer.score(x, targets, p, maps)["m"]
+    torch.testing.assert_close(got.deletion_curve, want.deletion_curve, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.insertion_curve, want.insertion_curve, rtol=0, atol=1e-6)
+    assert scorer.chunk_size(x) == 3  # the fills' 6 images failed once, then 3 at a time
+    assert tight.sizes == [6] + [3] * (2 + 6 * 2 * 4 // 3)  # the fills, then every curve's images in chunks of 3
+    assert scorer.forwards == 6 * (1 + 2 * 4)  # every image scored once: no chunk counted twice
+    one = Scorer(_Fits(model, most=0), FaithConfig(5, chunk=2), pre)
+    with pytest.raises(torch.OutOfMemoryError):  # one image that does not fit: for the batch's split to say
+        one.score(x, targets, p, maps)
 
 
 @pytest.mark.slow

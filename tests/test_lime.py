@@ -23,9 +23,10 @@ from xaibatch.preprocess import IMAGENET_MEAN as MEAN  # the oracles' own black:
 from xaibatch.preprocess import IMAGENET_STD as STD
 from xaibatch.model.layers import TargetLayer
 from xaibatch.methods import METHODS, create_method
-from xaibatch.methods import lime as lime_module
 from xaibatch.methods import lime_masks
-from xaibatch.methods.lime import CPU_CHUNK, Lime, _contiguous
+from xaibatch.methods import chunks
+from xaibatch.methods.chunks import CPU_CHUNK
+from xaibatch.methods.lime import Lime, _contiguous
 from xaibatch.methods.lime_fit import cosine_distances_to_ones, kernel_weights, weighted_ridge
 from xaibatch.methods.lime_masks import MASK_DRAW, draw_masks, mask_seed, reference_masks
 from xaibatch.methods.segmentation import grid_segments, slic_segments
@@ -355,9 +356,11 @@ def test_cuda_chunk_from_free_memory_and_probe_peak(monkeypatch):
     per_image = 3 * mib + 3 * 64 * 64 * 4 + 64 * 64
     state["free"] = 1000 * mib  # + 200 MiB idle in the allocator: 600 MiB for chunks
     expected = int(600 * mib // per_image)
-    assert lime_module.cuda_chunk(nn.Identity(), x) == expected - expected % 64 == 192
+    assert chunks.cuda_chunk(nn.Identity(), x) == expected - expected % 64 == 192
+    three = int(600 * mib // (3 * mib + 3 * (3 * 64 * 64 * 4 + 64 * 64)))  # faithfulness: 3 copies an image
+    assert chunks.cuda_chunk(nn.Identity(), x, copies=3) == three - three % 64 == 128
     state["free"] = 70 * 1024 * mib
-    assert lime_module.cuda_chunk(nn.Identity(), x) == lime_module.MAX_CHUNK
+    assert chunks.cuda_chunk(nn.Identity(), x) == chunks.MAX_CHUNK
     state["free"] = 0  # next to nothing: still one image per call
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 100 * mib)
-    assert lime_module.cuda_chunk(nn.Identity(), x) == 1
+    assert chunks.cuda_chunk(nn.Identity(), x) == 1

@@ -129,7 +129,7 @@ def run(
         wait_timeout=control.wait_timeout,
         on_event=jlog,
         replace=folders.replace,
-        faithfulness=faith.config(compute.batch_size),
+        faithfulness=faith.config(),
         **engine.fields(),
     )
     from ..imports import defer_hub

@@ -326,13 +326,13 @@ class FaithArgs:
     faithfulness_steps: int
     faithfulness_baseline: str
 
-    def config(self, batch_size: int | None):
+    def config(self):
         """The library's FaithConfig, or None when not asked for."""
         if not self.faithfulness:
             return None
         from ..evaluation.faithfulness import FaithConfig  # torch: only when --faithfulness is asked for
 
-        return FaithConfig(self.faithfulness_steps, self.faithfulness_baseline, chunk=max(64, 4 * (batch_size or 32)))
+        return FaithConfig(self.faithfulness_steps, self.faithfulness_baseline)
 
 
 faith_options = grouped(

@@ -15,7 +15,9 @@ insertion rise fast (high AUC).
 Batched: for a batch of B images and M methods the curves' endpoints come from
 the shared forward (the image) and one forward of the fills (shared by every
 method), so the cost is ``B * (1 + 2 * (N - 1) * M)`` forwards, run in chunks of
-perturbed images built on the device from the maps already in memory.
+perturbed images built on the device from the maps already in memory: as many images per forward as the
+device's memory allows (:mod:`xaibatch.methods.chunks`), a chunk that runs out of memory anyway made again in
+halves.
 
 The report's chance line (a random map and a centred blob, scored the same way) is scored once a run's maps are
 in, on a sample of its images drawn by content (:mod:`.chance`, :func:`update_chance`).
@@ -26,13 +28,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..defaults import FAITH_BASELINES, FAITH_STEPS
-from ..errors import UsageError
+from ..errors import UsageError, out_of_memory
+from ..methods.chunks import auto_chunk
+from ..methods.explainer import free_memory
 from ..pipeline.plan import config_hash
 from ..preprocess import Preprocess
 from . import chance
@@ -51,7 +55,7 @@ class FaithConfig:
 
     steps: int = DEFAULT_STEPS
     baseline: str = BASELINES[0]
-    chunk: int = 256  # perturbed images per forward (memory, not results)
+    chunk: int | None = None  # images per forward (memory, not results); None: as the device's memory allows
 
     def __post_init__(self) -> None:
         if self.steps < 2:
@@ -135,16 +139,48 @@ class Scorer:
     preprocess: Preprocess  # the model's: the black of the "zero" baseline
     hashes: dict[str, str] = field(default_factory=dict)  # method -> faithfulness hash
     forwards: int = 0  # images sent through the model (the bench reads it)
+    _chunks: dict[tuple, int] = field(default_factory=dict, repr=False)  # (device, shape, dtype) -> chunk_size
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        """Images per forward for inputs shaped as ``x``: ``cfg.chunk``, else chosen once per device and shape
+        (chunks.auto_chunk; the scorer gathers the image and its fill and blends them: three copies an image);
+        halved for good by a chunk that ran out of memory."""
+        key = (x.device, tuple(x.shape[1:]), x.dtype)
+        if key not in self._chunks:
+            self._chunks[key] = self.cfg.chunk or auto_chunk(self.model, x, copies=3)
+        return self._chunks[key]
+
+    def _forward(
+        self, x: torch.Tensor, n: int, inputs: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """The target class's softmax probability of ``n`` images that ``inputs(a, b)`` makes, images ``a ... b - 1``
+        and their targets, a chunk at a time. A chunk that runs out of memory is made again in halves (one image
+        that does not fit raises, for the batch's own split: explainer.Fitting)."""
+        key = (x.device, tuple(x.shape[1:]), x.dtype)
+        out: list[torch.Tensor] = []
+        a = 0
+        with torch.no_grad():
+            while a < n:
+                size = min(n - a, self.chunk_size(x))
+                try:
+                    out.append(self._probs(*inputs(a, a + size)))
+                    a += size
+                    continue
+                except Exception as e:
+                    if out_of_memory(e) is None or size == 1:
+                        raise
+                # Out of the except block: the failed chunk's tensors are gone with its frame.
+                free_memory(x.device)
+                self._chunks[key] = -(-size // 2)
+        self.forwards += n
+        return torch.cat(out) if out else x.new_zeros(0)
+
+    def _probs(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(images).float(), dim=1).gather(1, targets[:, None])[:, 0]
 
     def probs(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The targets' softmax probabilities of a batch, in chunks."""
-        out = []
-        with torch.no_grad():
-            for i in range(0, x.shape[0], self.cfg.chunk):
-                logits = self.model(x[i : i + self.cfg.chunk]).float()
-                out.append(torch.softmax(logits, dim=1).gather(1, targets[i : i + self.cfg.chunk, None])[:, 0])
-        self.forwards += x.shape[0]
-        return torch.cat(out) if out else x.new_zeros(0)
+        """The targets' softmax probabilities of a batch."""
+        return self._forward(x, x.shape[0], lambda a, b: (x[a:b], targets[a:b]))
 
     def score(
         self, x: torch.Tensor, targets: torch.Tensor, p_image: torch.Tensor, maps: dict[str, torch.Tensor]
@@ -165,18 +201,16 @@ class Scorer:
         jj = torch.arange(b, device=x.device).repeat_interleave(2 * (n - 1))
         ss = torch.arange(n - 1, device=x.device).repeat(2 * b)
         ins = torch.arange(2, device=x.device).repeat_interleave(n - 1).repeat(b).bool()
-        probs = []
-        with torch.no_grad():
-            for i in range(0, jj.shape[0], self.cfg.chunk):
-                j, s, a = jj[i : i + self.cfg.chunk], ss[i : i + self.cfg.chunk], ins[i : i + self.cfg.chunk]
-                changed = (rank[j] < ks[s][:, None]).view(-1, 1, h, w)  # the first k pixels in map order
-                a4 = a.view(-1, 1, 1, 1)
-                xi, fi = x[j], fill[j]
-                img = torch.where(changed, torch.where(a4, xi, fi), torch.where(a4, fi, xi))
-                logits = self.model(img).float()
-                probs.append(torch.softmax(logits, dim=1).gather(1, targets[j, None])[:, 0])
-        self.forwards += jj.shape[0]
-        inner = torch.cat(probs).view(b, 2, n - 1)
+
+        def blended(p: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+            j, s, a = jj[p:q], ss[p:q], ins[p:q]
+            changed = (rank[j] < ks[s][:, None]).view(-1, 1, h, w)  # the first k pixels in map order
+            a4 = a.view(-1, 1, 1, 1)
+            xi, fi = x[j], fill[j]
+            return torch.where(changed, torch.where(a4, xi, fi), torch.where(a4, fi, xi)), targets[j]
+
+        probs = self._forward(x, jj.shape[0], blended)
+        inner = probs.view(b, 2, n - 1)
         dele = torch.cat([p_image[:, None], inner[:, 0], p_fill[:, None]], dim=1)
         inse = torch.cat([p_fill[:, None], inner[:, 1], p_image[:, None]], dim=1)
         return Scores(auc(dele), auc(inse), dele, inse)

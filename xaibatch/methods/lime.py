@@ -17,7 +17,7 @@ and the feature index, in int64 torch ops), so the bits are the same on every
 device and do not depend on which other images share the batch. The masked
 images are built on the device and go through the model in chunks of
 ``batch_size`` (``auto``: as many as half the free CUDA memory holds, measured
-by one probe forward; ``CPU_CHUNK`` on the CPU); the B weighted ridge
+by one probe forward; ``chunks.CPU_CHUNK`` on the CPU); the B weighted ridge
 regressions are solved together in float64 closed form. Images with fewer
 superpixels are padded with always-off columns, which after weighted centring
 are exactly zero and so change neither the real coefficients nor (computed over
@@ -47,15 +47,13 @@ from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..method_specs import check_lime_options
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
+from .chunks import auto_chunk, layout
 from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
 from .lime_fit import coefficient_noise, cosine_distances_to_ones, kernel_weights, weighted_ridge
 from .lime_masks import MASK_DRAW, draw_masks, mask_seed
 
 HIDE_MODES = LIME_HIDE_MODES
 DEFAULTS: dict[str, Any] = LIME_DEFAULTS
-CPU_CHUNK = 256  # model sub-batch on the CPU (measured, see README "Speed": 128 is slower, 512 no faster)
-MAX_CHUNK = 4096  # never more perturbed images per model call, whatever the free memory
-CUDA_MEMORY_SHARE = 0.5  # of the free device memory, what one chunk's forward may take
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -97,34 +95,6 @@ def _contiguous(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return out, counts
     present = torch.zeros(flat.shape[0], span, dtype=torch.long, device=flat.device).scatter_(1, flat, 1)
     return (present.cumsum(dim=1) - 1).gather(1, flat), present.sum(dim=1)
-
-
-def cuda_chunk(model: torch.nn.Module, x: torch.Tensor, probe: int = 16) -> int:
-    """The largest model sub-batch that fits in half the free CUDA memory, from one probe forward's peak per image.
-
-    Resets the device's peak-memory statistics (nothing in xaibatch reads them across this call).
-    """
-    dev = x.device
-    torch.cuda.synchronize(dev)
-    base = torch.cuda.memory_allocated(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    with torch.no_grad():
-        model(x[:1].expand(probe, -1, -1, -1).contiguous(memory_format=_layout(x)))
-    torch.cuda.synchronize(dev)
-    per_image = max(1, torch.cuda.max_memory_allocated(dev) - base) / probe
-    per_image += x[0].numel() * x.element_size() + x[0, 0].numel()  # the chunk buffer's share, and ``keep``
-    free, _total = torch.cuda.mem_get_info(dev)
-    free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # the allocator's idle blocks
-    n = int(CUDA_MEMORY_SHARE * free // per_image)
-    return max(1, min(MAX_CHUNK, n - n % 64 if n >= 128 else n))
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return (
-        torch.channels_last
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format
-    )
 
 
 @register_method
@@ -205,20 +175,20 @@ class Lime(Method):
         """Perturbed images per model call: ``batch_size`` when given, else chosen once per device and input shape.
 
         CUDA: half the free memory (the caching allocator's idle blocks included) over the peak memory per
-        image of one probe forward, at most ``MAX_CHUNK``. CPU: ``CPU_CHUNK``. Map-neutral either way.
+        image of one probe forward, at most ``chunks.MAX_CHUNK``. CPU: ``chunks.CPU_CHUNK``. Map-neutral either way.
         """
         if self.batch_size is not None:
             return self.batch_size
         key = (x.device, tuple(x.shape[1:]), x.dtype)
         if key not in self._auto_chunk:
-            self._auto_chunk[key] = cuda_chunk(self.ctx.model, x) if x.device.type == "cuda" else CPU_CHUNK
+            self._auto_chunk[key] = auto_chunk(self.ctx.model, x)
         return self._auto_chunk[key]
 
     def fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
         x = batch.x
         fill = self.fill(x, labels, n_max)
         if fill.shape != x.shape or fill.stride() != x.stride():
-            fill = fill.expand_as(x).contiguous(memory_format=_layout(x))
+            fill = fill.expand_as(x).contiguous(memory_format=layout(x))
         return fill
 
     def forward_masks(
@@ -249,14 +219,14 @@ class Lime(Method):
         targets = batch.targets.to(x.device)[idx].repeat_interleave(s)
         probs = torch.empty(n, dtype=torch.float64, device=x.device)
         chunk = min(self.chunk_size(x), n)
-        layout = _layout(x)
+        fmt = layout(x)
         model = self.ctx.model
         with torch.no_grad():
             for start in range(0, n, chunk):  # chunks of the model batch, not samples
                 end = min(n, start + chunk)
                 # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
                 # on which the model is 5-15% slower (CPU).
-                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
                 for k in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
                     i = images[k]
                     a, b = max(start, k * s), min(end, (k + 1) * s)

@@ -82,7 +82,7 @@ def end_to_end(
             labeled=False,
             method_options={"lime": b.lime_options(sl.warm)},
             handle_signals=False,
-            faithfulness=FaithConfig(chunk=max(64, 4 * b.bs)) if faith else None,
+            faithfulness=FaithConfig() if faith else None,
         )
         timer = ModelTimer(type(b.model), b.sync) if model_timer else None
         try:
