@@ -122,6 +122,27 @@ def test_unreadable_images_are_named_and_left_out_of_the_counts(data, tmp_path):
     assert meta["train_images"] + meta["val_images"] == 24 and meta["unreadable_images"] == 1
 
 
+def test_no_readable_held_out_or_test_image_is_not_called_0_percent(data, tmp_path):
+    """Every held-out and every test image corrupt: train printed "val accuracy 0.0%" and "test accuracy 0.00%
+    (0 images)" and recorded 0.0 in the checkpoint, as if the model were always wrong."""
+    from xaibatch.scan import scan
+    from xaibatch.tools.train import hold_out
+
+    _, val = hold_out(scan(data / "train", labeled=True).images, 0.2, 0)  # train's defaults: --val-fraction, --seed
+    for e in val:
+        (data / "train" / e.rel).write_bytes(b"not an image")
+    for f in (data / "test").rglob("*.png"):
+        f.write_bytes(b"not an image")
+    out = tmp_path / "m.pt"
+    r = invoke(*_args(data, out))
+    assert r.exit_code == 0, r.output
+    assert "epoch 1/1: loss " in r.output and "val accuracy not measured (none of its images could be read)" in r.output
+    assert f"test accuracy on {data / 'test'}: not measured (none of its images could be read) (0 images)" in r.output
+    assert "0.0%" not in r.output and "0.00%" not in r.output
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert meta["val_accuracy"] is None and meta["test_accuracy"] is None and meta["val_images"] == 0
+
+
 @pytest.mark.parametrize(
     "arch, size, says",
     [

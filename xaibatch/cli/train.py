@@ -71,7 +71,7 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
       xaibatch train data/demo --arch resnet18 --image-size 64 --epochs 10 --out models/demo.pt
     """
     from ..pipeline.signals import REPEATED_SIGNAL_S, catch_signals
-    from ..tools.train import train as train_model
+    from ..tools.train import accuracy_text, train as train_model
 
     # Ctrl-C, SIGTERM, a closed terminal: the batch under way ends, the last finished epoch is saved; nohup: goes on
     with catch_signals(True, REPEATED_SIGNAL_S) as stop:
@@ -91,10 +91,10 @@ def train(data_dir, arch, image_size, epochs, batch_size, lr, val_fraction, seed
             save_format=save_format,
             stop=stop,
         )
-    test = f", test accuracy {100 * r.test_accuracy:.2f}%" if r.test_accuracy is not None else ""
+    test = f", test accuracy {accuracy_text(r.test_accuracy, 2)}" if r.test_accuracy is not None else ""
     echo(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB) in {r.seconds:.0f}s: "
-        f"val accuracy {100 * r.val_accuracy:.1f}%{test}"
+        f"val accuracy {accuracy_text(r.val_accuracy)}{test}"
     )
     # a plain state_dict carries neither its input size (without --image-size a run would feed it 224 px
     # images) nor its class names (a run of a flat folder would call them class_0, class_1); quoted for a shell

@@ -41,8 +41,8 @@ def save_state_dict(path: Path, model: torch.nn.Module) -> None:
 @dataclass
 class TrainResult:
     path: Path
-    val_accuracy: float
-    test_accuracy: float | None
+    val_accuracy: float | None  # None: no held-out image could be read
+    test_accuracy: float | None  # None: no test split, or none of its images could be read
     epochs: int
     seconds: float
     size_bytes: int
@@ -178,13 +178,21 @@ def has_batch_norm(model: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, feed: Feed) -> float:
+def evaluate(model: torch.nn.Module, feed: Feed) -> float | None:
+    """The share of ``feed``'s images the model gets right; None when none of them could be read (not 0 %)."""
     model.eval()
     right = total = 0
     for x, y in feed:
         right += int((model(x).argmax(1) == y).sum())
         total += len(y)
-    return right / max(total, 1)
+    return right / total if total else None
+
+
+def accuracy_text(accuracy: float | None, digits: int = 1) -> str:
+    """An accuracy as train prints it: a percentage, or why there is none (evaluate's None)."""
+    return (
+        f"{100 * accuracy:.{digits}f}%" if accuracy is not None else "not measured (none of its images could be read)"
+    )
 
 
 def check_runs_at(model: torch.nn.Module, arch: str, size: int, device: torch.device) -> None:
@@ -327,7 +335,7 @@ def train(
             f"warning: class {printable(name)!r} has no image to train on (its {n} image(s) are held out for "
             "validation): the model cannot learn it; add images of it, or try another --seed"
         )
-    last = Finished(0, 0.0, None)
+    last = Finished(0, None, None)
     test_acc, by = None, None
     try:
         for epoch in range(1, epochs + 1):
@@ -340,13 +348,13 @@ def train(
             )  # one store: a stop sees either
             if epoch == 1:
                 note_unreadable(log, {**train_feed.unreadable, **val_feed.unreadable}, train_dir)
-            log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {100 * val_acc:.1f}%")
+            log(f"epoch {epoch}/{epochs}: loss {loss:.4f}, val accuracy {accuracy_text(val_acc)}")
 
         if test is not None:
             test_feed = feed(test.images, 256)
             test_acc = evaluate(model, test_feed)
             scored = len(test.images) - len(test_feed.unreadable)
-            log(f"test accuracy on {test_dir}: {100 * test_acc:.2f}% ({scored} images)")
+            log(f"test accuracy on {test_dir}: {accuracy_text(test_acc, 2)} ({scored} images)")
             note_unreadable(log, test_feed.unreadable, test_dir)
     except KeyboardInterrupt as e:  # from a Feed that saw a stop signal, or a second signal (catch_signals)
         by = interrupted_by(e)
@@ -377,7 +385,7 @@ def train(
     if by is not None and last.epoch < epochs:
         raise Interrupted(
             f"{by} in epoch {last.epoch + 1}/{epochs}: wrote {out}, the model after epoch {last.epoch} "
-            f"(val accuracy {100 * last.val_accuracy:.1f}%), which run explains as any checkpoint; train does not "
+            f"(val accuracy {accuracy_text(last.val_accuracy)}), which run explains as any checkpoint; train does not "
             f"resume: the same command again trains all {epochs} epochs from the start"
         )
     if by is not None:
@@ -414,7 +422,7 @@ class Finished:
     may still change the model's (None after the last epoch)."""
 
     epoch: int
-    val_accuracy: float
+    val_accuracy: float | None
     state: dict[str, torch.Tensor] | None
 
 
