@@ -119,6 +119,37 @@ def test_cli_exit_2_in_one_line_for_a_dead_address(labeled_dir, tmp_path, tiny_c
     assert len(lines) == 1 and lines[0].startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1"), r.output
 
 
+def test_a_dead_address_is_refused_before_the_model_loads(labeled_dir, tmp_path, monkeypatch):
+    """The refusal came after the model had loaded (seconds of torch and a model for a mistyped address): the
+    address is tried with the run's other checks now, before the model's factory runs."""
+    factory = tmp_path / "factory.py"
+    marker = tmp_path / "model-built"
+    factory.write_text(
+        f"from pathlib import Path\nimport timm\n\ndef build():\n    Path({str(marker)!r}).touch()\n"
+        "    return timm.create_model('test_resnet', pretrained=False, num_classes=2)\n"
+    )
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = [
+        "run",
+        str(labeled_dir),
+        "--model",
+        f"{factory}:build",
+        "--image-size",
+        "32",
+        "--target-layer",
+        "layer4",
+    ]
+    r = CliRunner().invoke(
+        cli, [*args, "--out", str(tmp_path / "o"), "-q", "--engine", "ray", "--ray-address", "127.0.0.1:1"]
+    )
+    assert r.exit_code == 2 and r.output.startswith("Error: cannot reach the Ray cluster at 127.0.0.1:1"), r.output
+    assert not marker.exists() and not (tmp_path / "o").exists()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # the same address from the environment
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o"), "-q", "--engine", "ray"])
+    assert r.exit_code == 2 and "cannot reach the Ray cluster at 127.0.0.1:1" in r.output, r.output
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_rays_cluster_messages_never_reach_stdout(quiet, capsys, monkeypatch):
     """Ray prints "(raylet) A worker died ..." to stdout, among --log-json's lines; off a terminal, nowhere."""

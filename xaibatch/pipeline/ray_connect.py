@@ -125,14 +125,29 @@ def reachable(address: str) -> None:
     """Refuse at once (UsageError) a cluster address that names no cluster or whose head does not answer."""
     if address == "local" or address.startswith("ray://"):  # ray://: Ray's client checks it (and its extra)
         return
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        hostport = canonicalize_bootstrap_address(address)  # auto: $RAY_ADDRESS, else the last cluster started here
-    except Exception as e:
-        raise UsageError(f"--ray-address {address}: {_first_line(e)}") from None
+    hostport = literal_hostport(address)
     if hostport is None:
-        return
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            hostport = canonicalize_bootstrap_address(address)  # auto: $RAY_ADDRESS, else the last cluster here
+        except Exception as e:
+            raise UsageError(f"--ray-address {address}: {_first_line(e)}") from None
+    if hostport is not None:
+        answers(address, hostport)
+
+
+def literal_hostport(address: str) -> str | None:
+    """``host:port`` when ``address`` is one (``10.0.0.5:6379``, ``head:6379``, ``[::1]:6379``), read without
+    importing Ray; None for ``local``, ``auto``, ``ray://...`` and the rest, which Ray reads."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in address or host == "ray":
+        return None
+    return f"{host}:{port}"
+
+
+def answers(address: str, hostport: str) -> None:
+    """Refuse (UsageError) a head at ``hostport`` that does not take a TCP connection within REACH_TIMEOUT_S."""
     host, _, port = hostport.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()

@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..scan import Scan
 from .options import RunOptions
 from .plan import Tally
-from .ray_connect import connect, quiet_ray_data, resources
+from .ray_connect import answers, connect, literal_hostport, quiet_ray_data, resources
 from .ray_worker import Result, StopFlag, Task, WorkerConfig, task_for, worker_class
 
 INSTALL = 'pip install "xaibatch[ray]" (from a checkout: pip install -e ".[ray]")'
@@ -50,6 +50,9 @@ def check_available(opts: RunOptions) -> None:
         raise UsageError("--ray-workers must be at least 1")
     if (r.gpus_per_worker is not None and r.gpus_per_worker < 0) or r.cpus_per_worker <= 0:
         raise UsageError("--gpus-per-worker must be 0 or more and --cpus-per-worker more than 0")
+    address = r.address or os.environ.get("RAY_ADDRESS") or ""
+    if hostport := literal_hostport(address):  # a head that does not answer: said before the model loads
+        answers(address, hostport)
 
 
 # Times Ray retries a batch whose actor died (an OOM kill, a decoder's segfault) before giving it up: then the
