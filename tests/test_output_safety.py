@@ -173,6 +173,26 @@ def test_another_input_on_an_existing_output_folder_needs_replace(tmp_path, tiny
     assert invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
 
 
+def test_an_input_link_flipped_to_a_new_folder_is_the_same_input(tmp_path, tiny_ckpt):
+    """A sync that swaps the input folder by a symlink flip (``ln -sfn new current``) is the same INPUT_DIR to the
+    cron job that names ``current``: every run after the first flip was refused with exit 2 ("holds the report of
+    .../old"), since the guard compared the link's target, until --replace threw the whole report away."""
+    old, new, link, out = tmp_path / "old", tmp_path / "new", tmp_path / "current", tmp_path / "out"
+    write_images(old, 3, seed=1)
+    write_images(new, 2, seed=2)
+    link.symlink_to("old")
+    assert invoke("run", link, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    tmp = tmp_path / "current.tmp"
+    tmp.symlink_to("new")
+    os.replace(tmp, link)
+    r = invoke("run", link, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    assert r.exit_code == 0, r.output
+    assert len(list((out / "images").iterdir())) == 2
+    assert Manifest(out / "xaibatch.sqlite").get_meta("input_dir") == str(new.resolve())  # what it is of now
+    # another folder named otherwise is still another input
+    _one_line_exit_2(invoke("run", old, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0), "--replace")
+
+
 def test_a_folder_whose_runs_all_stopped_before_any_image_takes_another_input(tmp_path, tiny_ckpt):
     """A first run that stopped before its first image (a Ray cluster it could not reach: exit 2) left a manifest
     naming its input, and every later run of another input into that new --out was refused as "holds the report

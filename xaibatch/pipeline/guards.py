@@ -106,17 +106,26 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     manifest = Manifest(path)
     try:
         recorded = manifest.get_meta("input_dir")
+        named = manifest.get_meta("input_path")
         holds = manifest.holds_results()
     finally:
         manifest.close()
     inp = Path(opts.input_dir).resolve()
     # a folder whose runs all stopped before any image (a Ray cluster that could not be reached, a GPU out of
-    # memory at the first batch) holds no report of anything: it was refused for every other input
-    if holds and recorded is not None and recorded != shown(str(inp)):  # recorded as text: non-UTF-8 escaped
+    # memory at the first batch) holds no report of anything: it was refused for every other input. The same
+    # path as named (a symbolic link a sync flips to a new folder: ln -sfn new current) is the same input.
+    same = recorded == shown(str(inp)) or named == input_path(opts.input_dir)  # as text: non-UTF-8 escaped
+    if holds and recorded is not None and not same:
         raise UsageError(
             f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
             f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report"
         )
+
+
+def input_path(input_dir: Path | str) -> str:
+    """INPUT_DIR as the user names it, absolute, its symbolic links kept (``meta.input_path``; ``meta.input_dir`` is
+    the folder it resolves to): a link flipped to a new folder still names the same input."""
+    return shown(os.path.abspath(input_dir))
 
 
 def check_request(opts: RunOptions) -> None:

@@ -48,7 +48,7 @@ from ..scan import Scan, printable, shown
 from ..lock import OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts, RunStatus
 from .options import RunOptions, RunResult
-from .guards import check_folders, check_request, check_same_input
+from .guards import check_folders, check_request, check_same_input, input_path
 from .plan import Known, Plan, Tally, existing_files, make_plan, resumed_by
 from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
@@ -326,6 +326,7 @@ def _plan_run(
     if moved:
         log(f"xaibatch: moved {moved} map(s) to portable folder names (maps/<method folder>/), nothing recomputed")
     row.manifest.set_meta("input_dir", shown(str(Path(opts.input_dir).resolve())))  # what this report is of
+    row.manifest.set_meta("input_path", input_path(opts.input_dir))  # and how the user names it (check_same_input)
     shown_input = shown(str(opts.input_dir))  # non-UTF-8 as text
     note_foreign_files(out, row.manifest)  # the folder's first run: pictures already there are a user's, kept
     unfinished = row.manifest.unfinished_runs()  # after recover(): a killed run says "killed" now
