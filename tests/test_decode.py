@@ -423,3 +423,46 @@ def test_run_with_device_decode(photos, tmp_path, tiny_ckpt):
         )
     )
     assert again.computed == 0  # the decode path is not part of the configuration hash (README)
+
+
+@pytest.mark.parametrize("reader", [load_image, read_for_device])
+def test_the_hash_is_of_the_bytes_decoded_though_the_file_changes_while_read(tmp_path, monkeypatch, reader):
+    """A labelling tool rewrote an image in place while a run read it: the sha256 the manifest keeps was of the old
+    bytes (hashed first) and the map of the new ones (the file read again to decode), so a map was stored under a hash
+    that names other bytes. Now the bytes hashed are the bytes decoded."""
+    from xaibatch import data
+
+    def png(seed: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    old, new = png(1), png(2)
+    assert len(old) > 8192  # past the file's read buffer: decoding reads the disk again
+    path = tmp_path / "a.png"
+    path.write_bytes(old)
+    real_open = data.open_image_file
+
+    def racing_open(p):
+        f, size = real_open(p)
+        read = f.read
+
+        def read_then_rewrite(*a):  # the first read of its bytes (not a sniff of the header) is followed by a
+            got = read(*a)  # rewrite in place (same inode)
+            if len(got) < 64:
+                return got
+            f.read = read
+            with open(p, "r+b") as w:
+                w.write(new)
+            return got
+
+        f.read = read_then_rewrite
+        return f, size
+
+    monkeypatch.setattr(data, "open_image_file", racing_open)
+    digest = hashlib.sha256()
+    im = reader(path, digest=digest)
+    hashed = {hashlib.sha256(b).hexdigest(): b for b in (old, new)}
+    assert digest.hexdigest() in hashed, "the hash is of no whole version of the file"
+    decoded_from = np.asarray(Image.open(io.BytesIO(hashed[digest.hexdigest()])).convert("RGB"))
+    assert np.array_equal(np.asarray(im), decoded_from), "the pixels decoded are not those of the bytes hashed"

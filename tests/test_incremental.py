@@ -94,7 +94,7 @@ def test_unchanged_rerun_skips_everything_without_hashing_or_writing(tmp_path, t
         raise AssertionError(f"hashed {path} on the unchanged fast path")
 
     monkeypatch.setattr(plan, "file_sha256", no_hashing)  # the planner hashes touched files
-    monkeypatch.setattr(data, "hash_open_file", no_hashing)  # the loader new and changed ones
+    monkeypatch.setattr(data, "read_hashed", no_hashing)  # the loader new and changed ones
     again = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (again.seen, again.computed, again.unchanged, again.added, again.changed, again.removed) == (
         12,
@@ -154,7 +154,7 @@ def test_touched_file_is_hashed_once_then_fast_again(tmp_path, tiny_ckpt, monkey
     assert (r.computed, r.unchanged, r.changed) == (0, 6, 0)
     assert _files(out) == before
     monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
-    monkeypatch.setattr(data, "hash_open_file", lambda *a: (_ for _ in ()).throw(AssertionError("hashed")))
+    monkeypatch.setattr(data, "read_hashed", lambda *a: (_ for _ in ()).throw(AssertionError("hashed")))
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)  # the new mtime was recorded: no hashing now
     assert r.computed == 0
 

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import too_large
-from .files import NotRegularFile, hash_open_file, open_regular
+from .files import NotRegularFile, open_regular, read_hashed
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
@@ -49,14 +49,13 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = Non
     """Decode one image to RGB: first frame, EXIF orientation applied, size-checked before decoding.
 
     Returns an RGB image of at least 1x1 pixels or raises :class:`DecodeError` with a short reason;
-    nothing else. With ``digest`` (a hashlib object) the file's bytes are fed to it first, from the
-    same open file that is then decoded: one safe open per file, and the hash is of what was decoded.
+    nothing else. With ``digest`` (a hashlib object) the file's bytes are read once, fed to it and decoded from
+    memory: one safe open per file, and the hash is of what was decoded, even when the file changes meanwhile.
     """
     f, size = open_image_file(path)
     with f, decode_errors(max_pixels):
         if digest is not None:
-            hash_open_file(f, size, digest)
-            f.seek(0)
+            return decode_pil(io.BytesIO(read_hashed(f, size, digest)), max_pixels)
         return decode_pil(f, max_pixels)
 
 
@@ -281,12 +280,11 @@ def read_for_device(
     with f, decode_errors(max_pixels):
         if f.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
             f.seek(0)
-            if digest is not None:
-                hash_open_file(f, size, digest)
-                f.seek(0)
+            if digest is not None:  # decoded from the bytes hashed, as load_image does
+                return decode_pil(io.BytesIO(read_hashed(f, size, digest)), max_pixels)
             return decode_pil(f, max_pixels)
         f.seek(0)
-        data = f.read(size)  # never more than the size at open: a growing file ends there, as hash_open_file does
+        data = f.read(size)  # never more than the size at open: a growing file ends there, as read_hashed does
         if digest is not None:
             digest.update(data)
         info = jpeg_info(data, max_pixels)

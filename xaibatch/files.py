@@ -265,6 +265,16 @@ def hash_open_file(f, size: int, digest) -> None:
         left -= len(chunk)
 
 
+def read_hashed(f, size: int, digest) -> bytes:
+    """The first ``size`` bytes of the open file ``f`` (never more: a growing file ends there), fed to ``digest``.
+
+    An image is decoded from these bytes in memory, not from the file again: a file rewritten while a run reads it
+    (a labelling tool, ``cp`` over it) is then explained from exactly the bytes whose hash the manifest keeps."""
+    data = f.read(size)
+    digest.update(data)
+    return data
+
+
 def file_sha256(path: Path, max_bytes: int | None = None) -> str:
     """SHA-256 of a regular file (anything else raises OSError), read in 1 MiB chunks up to its size.
 
