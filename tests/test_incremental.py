@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -532,3 +533,90 @@ def test_run_history_counts_and_summary(tmp_path, tiny_ckpt):
     rows = manifest_rows(out, "SELECT id, status, n_seen, n_added, n_unchanged, n_computed FROM runs ORDER BY id")
     assert rows == [(r1.run_id, "ok", 5, 5, 0, 5), (r2.run_id, "ok", 5, 0, 5, 0)]
     assert set(r2.timings) == {"scan", "prepare", "plan", "compute", "report"}  # no import, model, first_batch
+
+
+def _rewrite_keeping_stamp(path: Path, content: bytes) -> None:
+    """New bytes of the same size in place, the mtime put back (``cp -p`` over it, ``touch -r``)."""
+    st = path.stat()
+    assert len(content) == st.st_size
+    path.write_bytes(content)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _same_size_pngs(folder: Path, n: int, seed: int) -> list[Path]:
+    """Uncompressed noise PNGs: every one of the same size, so any can replace another byte for byte."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [synth.save(synth.noise(rng, 32), folder / f"img_{i:03d}.png", compress_level=0) for i in range(n)]
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_explained_again(tmp_path, tiny_ckpt):
+    """A labelling tool re-saved an image with new pixels and put its mtime back (``cp -p``, ``touch -r``): same size,
+    same mtime, so the re-run skipped it and kept the old image's prediction and maps under its name for good. The
+    scan also compares the inode's change time (ctime), which no tool can set back: the file is hashed, and explained
+    again when its bytes changed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = _same_size_pngs(inp, 4, seed=1)
+    (other,) = _same_size_pngs(tmp_path / "other", 1, seed=2)
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 4
+    _rewrite_keeping_stamp(paths[2], other.read_bytes())
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.changed, r.computed, r.unchanged) == (1, 1, 3)
+    images, _ = _state(out)
+    assert images["img_002.png"][2] == hashlib.sha256(other.read_bytes()).hexdigest()
+    os.chmod(paths[1], 0o644)  # a new ctime, the same bytes: hashed once, nothing computed, then fast again
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.changed, r.computed, r.unchanged) == (0, 0, 4)
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 0
+
+
+def test_an_image_refused_while_rewritten_is_read_again_once_whole(tmp_path, tiny_ckpt, monkeypatch):
+    """``cp -p`` over an image while a run read it: the run saw it half written (corrupt or truncated), and stamped
+    the failure with the size and mtime the scan had seen, which ``cp -p`` puts back when it is done. Every later
+    run then listed the whole, good image as failed without reading it again. The stamp holds the ctime too."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = _same_size_pngs(inp, 3, seed=1)
+    (other,) = _same_size_pngs(tmp_path / "other", 1, seed=2)
+    real_load = data.load_image
+
+    def rewritten_while_read(path, *a, **k):
+        if Path(path).name != "img_001.png":
+            return real_load(path, *a, **k)
+        st = os.stat(path)
+        with open(path, "r+b") as f:  # cp -p has written half of the new bytes
+            f.truncate(st.st_size // 2)
+        try:
+            return real_load(path, *a, **k)
+        finally:
+            Path(path).write_bytes(other.read_bytes())  # and then the rest, and puts the mtime back
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "load_image", rewritten_while_read)
+        r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert [rel for rel, _why in r.failed] == ["img_001.png"]
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.failed, r.computed) == ([], 1)
+    images, _ = _state(out)
+    assert images["img_001.png"][2] == hashlib.sha256(paths[1].read_bytes()).hexdigest()
+
+
+def test_a_folder_an_older_xaibatch_wrote_is_hashed_once_and_nothing_recomputed(tmp_path, tiny_ckpt, monkeypatch):
+    """A manifest of schema 4 has no ctime: its images are hashed once (touched: nothing computed, nothing written),
+    their ctimes recorded, and the run after hashes nothing."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 4)
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 4
+    before = _files(out)
+    db = sqlite3.connect(out / "xaibatch.sqlite")  # not through Manifest, which would add the columns back
+    db.executescript(
+        "ALTER TABLE images DROP COLUMN ctime_ns; ALTER TABLE failure_stamps DROP COLUMN ctime_ns;"
+        "UPDATE meta SET value = '4' WHERE key = 'schema_version';"
+    )
+    db.close()
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.computed, r.unchanged, r.changed) == (0, 4, 0)
+    assert _files(out) == before
+    assert manifest_rows(out, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).unchanged == 4

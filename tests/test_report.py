@@ -1877,7 +1877,7 @@ def test_the_names_file_lists_every_image_where_the_gallery_links_it(tmp_path, m
     m = Manifest(out / FILENAME)
     m.db.execute(
         "INSERT INTO images SELECT 'REAL/new.png', 'REAL/new', size, mtime_ns, 'n', width, height, label, pred, "
-        "target, confidence, probs_json, predict_hash, run_id FROM images WHERE rel = 'REAL/im_0001.png'"
+        "target, confidence, probs_json, predict_hash, run_id, ctime_ns FROM images WHERE rel = 'REAL/im_0001.png'"
     )
     m.db.commit()
     m.close()

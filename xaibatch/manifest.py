@@ -26,6 +26,11 @@ FILENAME = layout.MANIFEST  # the name tests and tools import
 # of its JSON columns), not from all of them at once (at 20,000 images, the tuples alone took 5 MiB).
 # Equal strings (a rel in images and maps, a method, a hash) are one object: a report holds every row.
 _CHUNK = 4096
+# The images columns put_images writes, named: ctime_ns is last whether the file was made with it or upgraded.
+_IMAGE_COLUMNS = (
+    "rel, stem, size, mtime_ns, sha256, width, height, label, pred, target, confidence, probs_json, predict_hash, run_id,"
+    " ctime_ns"
+)
 
 
 @dataclass
@@ -101,6 +106,7 @@ class ImageRow:
     probs: list[float]
     predict_hash: str
     run_id: int
+    ctime_ns: int | None = None  # the file's ctime when scanned (scan.ImageEntry); None: an older xaibatch's row
 
 
 @dataclass
@@ -337,7 +343,7 @@ class Manifest:
     def images(self) -> dict[str, ImageRow]:
         cur = self.db.execute(
             "SELECT rel, stem, size, mtime_ns, sha256, width, height, label, pred, target, confidence, probs_json,"
-            " predict_hash, run_id FROM images"
+            " predict_hash, run_id, ctime_ns FROM images"
         )
         out: dict[str, ImageRow] = {}
         same: dict[str, str] = {}  # one object per distinct predict hash
@@ -345,7 +351,7 @@ class Manifest:
             probs = _json_column([r[11] for r in rows])
             for r, p in zip(rows, probs, strict=True):
                 h = same.setdefault(r[12], r[12])
-                out[r[0]] = ImageRow(sys.intern(r[0]), *r[1:11], p, h, r[13])
+                out[r[0]] = ImageRow(sys.intern(r[0]), *r[1:11], p, h, r[13], r[14])
         return out
 
     def maps(self) -> dict[tuple[str, str], MapRow]:
@@ -377,20 +383,23 @@ class Manifest:
     def failures(self) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT rel, reason FROM failures ORDER BY rel"))
 
-    def failure_stamps(self) -> dict[str, tuple[int, int]]:
-        """rel -> (size, mtime_ns) of each failed file whose bytes were read and refused (see stamp_failures)."""
+    def failure_stamps(self) -> dict[str, tuple[int, int, int | None]]:
+        """rel -> (size, mtime_ns, ctime_ns) of each failed file whose bytes were read and refused (see
+        stamp_failures); ctime_ns None in a stamp an older xaibatch wrote."""
         rows = self.db.execute(
-            "SELECT s.rel, s.size, s.mtime_ns FROM failure_stamps s JOIN failures f ON f.rel = s.rel"
+            "SELECT s.rel, s.size, s.mtime_ns, s.ctime_ns FROM failure_stamps s JOIN failures f ON f.rel = s.rel"
         )
-        return {rel: (size, mtime) for rel, size, mtime in rows}
+        return {rel: (size, mtime, ctime) for rel, size, mtime, ctime in rows}
 
-    def stamp_failures(self, stamps: Iterable[tuple[str, int, int]]) -> None:
-        """Record (rel, size, mtime_ns) of files that failed in this run; stamps of files no longer failing go."""
+    def stamp_failures(self, stamps: Iterable[tuple[str, int, int, int | None]]) -> None:
+        """Record (rel, size, mtime_ns, ctime_ns) of files that failed in this run; stamps of files no longer failing
+        go."""
         with self.transaction():
             self.db.execute("DELETE FROM failure_stamps WHERE rel NOT IN (SELECT rel FROM failures)")
             self.db.executemany(
-                "INSERT OR REPLACE INTO failure_stamps SELECT rel, ?, ? FROM failures WHERE rel = ?",
-                ((size, mtime, rel) for rel, size, mtime in stamps),
+                "INSERT OR REPLACE INTO failure_stamps (rel, size, mtime_ns, ctime_ns)"
+                " SELECT rel, ?, ?, ? FROM failures WHERE rel = ?",
+                ((size, mtime, ctime, rel) for rel, size, mtime, ctime in stamps),
             )
 
     def put_image(self, row: ImageRow) -> None:
@@ -414,15 +423,21 @@ class Manifest:
                 json.dumps(row.probs),
                 row.predict_hash,
                 row.run_id,
+                row.ctime_ns,
             )
             for row in rows
         ]
-        self.db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params)
+        self.db.executemany(
+            f"INSERT OR REPLACE INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params,
+        )
         if self.db.execute("SELECT 1 FROM failures LIMIT 1").fetchone():  # none: no statement per row
             self.db.executemany("DELETE FROM failures WHERE rel = ?", ((p[0],) for p in params))
 
-    def touch_image(self, rel: str, size: int, mtime_ns: int) -> None:
-        self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE rel = ?", (size, mtime_ns, rel))
+    def touch_image(self, rel: str, size: int, mtime_ns: int, ctime_ns: int | None) -> None:
+        self.db.execute(
+            "UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE rel = ?", (size, mtime_ns, ctime_ns, rel)
+        )
 
     def put_map(self, row: MapRow) -> None:
         self.put_maps([row])

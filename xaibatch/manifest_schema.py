@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4  # 2: maps rows gained the faithfulness columns, 3: view_json, 4: runs.reason (added in place)
+SCHEMA_VERSION = 5  # 2: maps rows gained the faithfulness columns, 3: view_json, 4: runs.reason (added in place),
+# 5: images.ctime_ns and failure_stamps.ctime_ns (an older xaibatch writes images rows without naming columns)
 # runs.n_resumed was added in place without a new version: an older xaibatch names the columns it writes and reads
 # (it leaves n_resumed NULL), so it may still use a folder this one wrote.
 
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS images (
     label INTEGER, pred INTEGER NOT NULL, target INTEGER NOT NULL, confidence REAL NOT NULL,
     probs_json TEXT NOT NULL,
     predict_hash TEXT NOT NULL,
-    run_id INTEGER NOT NULL
+    run_id INTEGER NOT NULL,
+    ctime_ns INTEGER                  -- the file's ctime when scanned (NULL: an older xaibatch's row)
 );
 CREATE TABLE IF NOT EXISTS maps (
     rel TEXT NOT NULL, method TEXT NOT NULL,
@@ -51,10 +53,10 @@ CREATE TABLE IF NOT EXISTS maps (
 CREATE TABLE IF NOT EXISTS failures (
     rel TEXT PRIMARY KEY, reason TEXT NOT NULL, run_id INTEGER NOT NULL
 );
--- size and mtime of a failed file when its bytes were read and refused: unchanged, it is not read again.
+-- size, mtime and ctime of a failed file when its bytes were read and refused: unchanged, it is not read again.
 -- A table of its own, so that an older xaibatch (which ignores it) still reads and writes this folder.
 CREATE TABLE IF NOT EXISTS failure_stamps (
-    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
+    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER
 );
 INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
 """ + "".join(
@@ -68,6 +70,8 @@ INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
 
 ADDED_COLUMNS = {
     "runs": (("reason", "TEXT"), ("n_resumed", "INTEGER")),
+    "images": (("ctime_ns", "INTEGER"),),
+    "failure_stamps": (("ctime_ns", "INTEGER"),),
     "maps": (
         ("deletion", "REAL"),
         ("insertion", "REAL"),

@@ -54,6 +54,9 @@ class ImageEntry:
     label: int | None
     size: int
     mtime_ns: int
+    # the inode's change time: any write, truncate or utime moves it, and no tool sets it back, so a rewrite that
+    # keeps size and mtime (cp -p, touch -r) still shows (plan.moved_but_same). None: not from a scan
+    ctime_ns: int | None = None
 
     @property
     def path(self) -> Path:
@@ -495,7 +498,9 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
         empty = _empty_folders(root, set(classes) | not_classes)
     index = {c: i for i, c in enumerate(classes or [])}
     images = [
-        ImageEntry(rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns)
+        ImageEntry(
+            rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        )
         for rel, path, st in files
     ]
     if not labeled:

@@ -83,8 +83,8 @@ def run(
       xaibatch run photos/ --arch resnet18 --checkpoint my.pt --image-size 224 --device cuda
       xaibatch run data/CIFAKE/test --model examples/cifake_cnn.py:build --checkpoint cnn.pt --threshold 0.7
 
-    Re-runs are incremental: unchanged images (same size and mtime, or same
-    sha256) with unchanged settings are skipped; new and changed images are
+    Re-runs are incremental: unchanged images (same size, mtime and ctime, or
+    same sha256) with unchanged settings are skipped; new and changed images are
     computed; images gone from INPUT_DIR leave the report and their files are
     deleted. One run per --out at a time (see --wait). Not on a terminal there is
     no progress bar: once the first batches are done a line estimates the time

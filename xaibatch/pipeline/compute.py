@@ -385,6 +385,7 @@ def build_job(
                     stem=stem,
                     size=e.size,
                     mtime_ns=e.mtime_ns,
+                    ctime_ns=e.ctime_ns,
                     sha256=b.sha256[j],
                     width=w,
                     height=h,

@@ -96,11 +96,13 @@ class Failed(NamedTuple):
     """An image the manifest lists as unreadable."""
 
     reason: str
-    stamp: tuple[int, int] | None  # (size, mtime_ns) when its bytes were refused (Manifest.stamp_failures)
+    # (size, mtime_ns, ctime_ns) as scanned before its bytes were refused (Manifest.stamp_failures): a file being
+    # rewritten then (cp -p puts size and mtime back when it is done) has a new ctime, and is read again
+    stamp: tuple[int, int, int | None] | None
 
     def still(self, e: ImageEntry) -> bool:
         """Whether reading ``e`` again would surely fail the same way: same bytes, a reason they decide."""
-        return self.stamp == (e.size, e.mtime_ns) and lasting(self.reason)
+        return self.stamp == (e.size, e.mtime_ns, e.ctime_ns) and lasting(self.reason)
 
 
 @dataclass
@@ -272,7 +274,12 @@ class _Planner:
         forward pass), and whether its target class moved with it (``--target label``: its maps go, all anew)."""
         by_label = targets.by_label(self.hashes.predict_config.get("target", "pred")) and e.label is not None
         new = dataclasses.replace(
-            row, label=e.label, target=e.label if by_label else row.target, size=e.size, mtime_ns=e.mtime_ns
+            row,
+            label=e.label,
+            target=e.label if by_label else row.target,
+            size=e.size,
+            mtime_ns=e.mtime_ns,
+            ctime_ns=e.ctime_ns,
         )
         if self.plan.redecided and self.plan.redecided[-1].rel == e.rel:
             self.plan.redecided[-1] = new  # re-decided under a new threshold too: one row says both
@@ -321,14 +328,19 @@ def stale_methods(hashes: Hashes, maps: dict[str, MapRow], fresh: bool) -> list[
 
 
 def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:
-    """Per known image whose size or mtime moved: whether its content is the same (a touch, not an edit).
+    """Per known image whose size, mtime or ctime moved: whether its content is the same (a touch, not an edit).
+
+    The ctime catches a rewrite that put size and mtime back (cp -p, touch -r); it also moves on chmod, chown, a new
+    hard link or a rename, which cost one hash and no recompute. A row without one (an older xaibatch's) is hashed
+    once.
 
     Those files are hashed in parallel (hashlib releases the GIL); a digest the scan already holds is reused.
     """
     suspects = [
         e
         for e in found.images
-        if (row := known.images.get(e.rel)) is not None and (row.size != e.size or row.mtime_ns != e.mtime_ns)
+        if (row := known.images.get(e.rel)) is not None
+        and (row.size != e.size or row.mtime_ns != e.mtime_ns or row.ctime_ns != e.ctime_ns)
     ]
     if not suspects:
         return {}

@@ -9,7 +9,7 @@ and commits the manifest one batch per transaction while the next batch runs.
 Safe to run from a scheduler:
 
 * One run per output folder (:mod:`xaibatch.lock`); ``--wait`` queues behind the holder.
-* Incremental: an image is skipped when its size and mtime match the manifest
+* Incremental: an image is skipped when its size, mtime and ctime match the manifest
   (no hashing), or when they moved but its sha256 did not; a map is recomputed
   when its configuration hash (checkpoint sha256, arch, input size, normalization,
   classes, target, MAP_FORMAT_VERSION, method and its options, target layer,
@@ -371,10 +371,10 @@ def chance_line(
 
 
 def stamp_failures(manifest: Manifest, plan: Plan, tally: Tally) -> None:
-    """Stamp the files this run read and refused with the size and mtime they were planned with: unchanged, the
-    next run lists them without reading them again (plan.Failed.still). A run killed before this retries them."""
+    """Stamp the files this run read and refused with the size, mtime and ctime they were planned with: unchanged,
+    the next run lists them without reading them again (plan.Failed.still). A run killed before this retries them."""
     manifest.stamp_failures(
-        [(f.rel, w.entry.size, w.entry.mtime_ns) for f in tally.failed if (w := plan.work.get(f.rel))]
+        [(f.rel, w.entry.size, w.entry.mtime_ns, w.entry.ctime_ns) for f in tally.failed if (w := plan.work.get(f.rel))]
     )
 
 
