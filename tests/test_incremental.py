@@ -620,3 +620,37 @@ def test_a_folder_an_older_xaibatch_wrote_is_hashed_once_and_nothing_recomputed(
     assert manifest_rows(out, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
     assert run(run_opts(inp, out, tiny_ckpt), log=quiet).unchanged == 4
+
+
+def test_an_image_moved_or_deleted_while_the_run_reads_it_is_left_to_the_next_run(tmp_path, tiny_ckpt, monkeypatch):
+    """A labelling tool moved ``REAL/img_001.png`` to ``FAKE/`` and deleted another image after the scan listed them:
+    the run failed both ("cannot read: No such file or directory", exit 1) and listed them as unreadable, so a cron
+    job over a folder people work in exited 1 on most runs for nothing a person must mend. They are no failure now:
+    a ``vanished`` event each, exit 0, and the next run finds the moved one where it went."""
+    from outcheck import check_output_folder
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    real_load = data.load_image
+
+    def moved_meanwhile(path, *a, **k):
+        p = Path(path)
+        if p.parent.name == "REAL" and p.name == "img_001.png":
+            p.rename(inp / "FAKE" / "moved.png")
+        elif p.parent.name == "FAKE" and p.name == "img_002.png":
+            p.unlink()
+        return real_load(path, *a, **k)
+
+    events: list[dict] = []
+    with monkeypatch.context() as m:
+        m.setattr(data, "load_image", moved_meanwhile)
+        r = run(run_opts(inp, out, tiny_ckpt, on_event=events.append), log=quiet)
+    assert (r.status, r.failed, r.computed) == ("ok", [], 4)
+    gone = sorted(e["path"] for e in events if e["event"] == "vanished")
+    assert gone == sorted(f.rel for f in r.vanished) == ["FAKE/img_002.png", "REAL/img_001.png"]
+    assert not [e for e in events if e["event"] == "failure"]
+    assert manifest_rows(out, "SELECT rel FROM failures") == []
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert (r.status, r.failed, r.added, r.computed) == ("ok", [], 1, 1)
+    check_output_folder(out, inp)

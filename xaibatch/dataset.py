@@ -8,6 +8,7 @@ explains the batch (runs, ``sanity``, faithfulness's chance sample, ``xaibatch b
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -16,7 +17,7 @@ import torch
 
 from . import data  # by module: tests patch data.load_image for the workers they fork
 from .data import JpegInfo, display_copy, model_input
-from .errors import DecodeError
+from .errors import VANISHED, DecodeError
 from .layout import DISPLAY_MAX_SIDE
 from .scan import ImageEntry
 
@@ -172,6 +173,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 segments=segments,
             )
         except DecodeError as e:
+            if str(e).startswith("cannot read") and not os.path.lexists(entry.file):  # moved or deleted meanwhile
+                return Unreadable(i, f"{VANISHED} (moved or deleted while the run read it)")
             return Unreadable(i, str(e))
         except Exception as e:  # a worker must never die on one file
             return Unreadable(i, f"{type(e).__name__}: {e}")

@@ -112,6 +112,17 @@ LASTING_REASONS = (
 )
 
 
+# An image the scan listed that is gone when its batch reads it (moved, renamed or deleted meanwhile, as a labelling
+# tool or a sync does): no failure of the image. The run leaves it to the next one, which finds where it went
+# (dataset.ImageDataset words it; compute.account and writer.commit keep it out of the failures and the exit code).
+VANISHED = "gone since the scan"
+
+
+def vanished(reason: str) -> bool:
+    """Whether an image's reason says it was moved or deleted after the scan (see VANISHED)."""
+    return reason.startswith(VANISHED)
+
+
 def lasting(reason: str) -> bool:
     """Whether reading the same bytes again gives the same failure (see LASTING_REASONS)."""
     return reason.startswith(LASTING_REASONS)

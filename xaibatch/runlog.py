@@ -10,6 +10,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
   did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).
+* ``vanished``: one per image the scan listed that was moved or deleted before its batch read it (path, reason):
+  no failure (it does not make exit code 1), left to the next run, which finds where it went.
 * ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
   ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
 * ``batch_split``: a batch did not fit in memory and the run explains fewer images at a time from now on
@@ -17,10 +19,10 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   ``host``, text: the warning line); once, again only if a later batch must be split smaller.
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it): once when the first batches give an estimate, then about every minute.
-* ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, added, changed, removed),
-  seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: images not computed again (as
-  before ``resumed`` existed), ``resumed`` the part of them unfinished runs had done (see ``plan``); seen = computed
-  + skipped + failed once a run has got to its end.
+* ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, vanished, added, changed,
+  removed), seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: images not computed again
+  (as before ``resumed`` existed), ``resumed`` the part of them unfinished runs had done (see ``plan``); seen =
+  computed + skipped + failed + vanished once a run has got to its end.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def counts(result: Any) -> dict[str, Any]:
         "skipped": result.unchanged,
         "resumed": result.resumed,
         "failed": len(result.failed),
+        "vanished": len(result.vanished),
         "added": result.added,
         "changed": result.changed,
         "removed": result.removed,

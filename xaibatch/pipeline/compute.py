@@ -20,7 +20,7 @@ from ..decode import device_decode, finish_batch
 from ..scan import Failure, ImageEntry
 from ..manifest import ImageRow
 from ..model import heads
-from ..errors import ModelError
+from ..errors import ModelError, vanished
 from ..methods import Method, StopRequested
 from ..methods.base import first_segmenter, image_seed
 from ..model.loading import LoadedModel
@@ -224,14 +224,20 @@ def split_event(split: Split, device: torch.device) -> dict[str, Any]:
 
 
 def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[Failure], computed: int) -> None:
-    """Count a batch in the run's tally and report its failures (both engines)."""
+    """Count a batch in the run's tally and report its failures (both engines); an image moved or deleted since the
+    scan is no failure: a ``vanished`` event, left to the next run (errors.VANISHED)."""
     if tally.first_batch is None:
         tally.first_batch = time.time()
+    gone = [f for f in failed if vanished(f.reason)]
+    failed = [f for f in failed if not vanished(f.reason)]
     tally.failed.extend(failed)
-    tally.done += len(failed) + computed
+    tally.vanished.extend(gone)
+    tally.done += len(failed) + len(gone) + computed
     tally.computed += computed
     for f in failed:
         emit({"event": "failure", "path": f.rel, "reason": f.reason})
+    for f in gone:
+        emit({"event": "vanished", "path": f.rel, "reason": f.reason})
 
 
 def announce(

@@ -102,6 +102,9 @@ class RunResult:
     # the runs before this one that did not finish whose images it did not compute again (``resumed`` of them):
     # id -> status (interrupted, killed, error)
     resumed_from: dict[int, RunStatus] = field(default_factory=dict)
+    # images the scan listed that were moved or deleted before their batch read them: no failure, left to the next
+    # run (errors.VANISHED)
+    vanished: list[Failure] = field(default_factory=list)
 
     @property
     def seen(self) -> int:

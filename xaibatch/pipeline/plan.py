@@ -420,4 +420,5 @@ class Tally:
     computed: int = 0
     done: int = 0  # computed + failed
     failed: list[Failure] = field(default_factory=list)  # the scan's, the plan's and the batches'
+    vanished: list[Failure] = field(default_factory=list)  # images moved or deleted since the scan: the next run's
     first_batch: float | None = None  # time.time() when the first batch was explained

@@ -249,6 +249,12 @@ def _run_locked(
             )
             engine.compute(job)
             stamp_failures(row.manifest, plan, row.tally)
+            if row.tally.vanished and lines:
+                gone = row.tally.vanished
+                log(
+                    f"xaibatch: {len(gone)} image(s) moved or deleted while the run read them (e.g. "
+                    f"{printable(gone[0].rel)}): left to the next run"
+                )
         if opts.faithfulness is not None and setup.prepared is not None and not stop.requested:
             chance_line(opts, out, setup, row.manifest, lock, log, stop)
         timings["compute"] = time.time() - t_compute
@@ -279,6 +285,7 @@ def _run_locked(
         run_id=row.run_id,
         timings=timings,
         resumed_from=row.resumed_from,
+        vanished=row.tally.vanished,
     )
     if status == RunStatus.INTERRUPTED:
         e = Interrupted(

@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import layout
 from ..defaults import cpu_count
+from ..errors import vanished
 from ..files import OutputDir, npy_bytes
 from ..manifest import ImageRow, Manifest, MapRow
 from ..overlay import MAP_PNG_STRATEGY, encode_png
@@ -272,7 +273,8 @@ def commit(manifest: Manifest, record: Commit, check: Callable[[], None] = lambd
             manifest.remove_map(rel, method)
         manifest.put_maps(record.map_rows)
         for f in record.failed:
-            manifest.put_failure(f.rel, f.reason, record.run_id)
+            if not vanished(f.reason):  # moved or deleted since the scan: its rows are the next run's to settle
+                manifest.put_failure(f.rel, f.reason, record.run_id)
 
 
 def faith_fields(faith: dict[str, Any] | None) -> dict[str, Any]:
