@@ -602,8 +602,10 @@ def test_an_image_refused_while_rewritten_is_read_again_once_whole(tmp_path, tin
 
 
 def test_a_folder_an_older_xaibatch_wrote_is_hashed_once_and_nothing_recomputed(tmp_path, tiny_ckpt, monkeypatch):
-    """A manifest of schema 4 has no ctime: its images are hashed once (touched: nothing computed, nothing written),
-    their ctimes recorded, and the run after hashes nothing."""
+    """A manifest of schema 4 has no ctime: its images with their recorded size and mtime are taken as the same,
+    as that version took them, without reading them (a first version of the ctime check hashed every image of
+    the folder once: every byte of a 100,000-photo set), and gain their ctimes: nothing computed, nothing
+    written, and a later rewrite that keeps size and mtime is caught."""
     inp, out = tmp_path / "in", tmp_path / "out"
     write_images(inp, 4)
     assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 4
@@ -614,12 +616,19 @@ def test_a_folder_an_older_xaibatch_wrote_is_hashed_once_and_nothing_recomputed(
         "UPDATE meta SET value = '4' WHERE key = 'schema_version';"
     )
     db.close()
+    monkeypatch.setattr(plan, "file_sha256", lambda p, n=None: (_ for _ in ()).throw(AssertionError("hashed")))
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.computed, r.unchanged, r.changed) == (0, 4, 0)
     assert _files(out) == before
     assert manifest_rows(out, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
-    monkeypatch.setattr(plan, "file_sha256", lambda p: (_ for _ in ()).throw(AssertionError("hashed")))
+    assert all(c for (c,) in manifest_rows(out, "SELECT ctime_ns FROM images"))
     assert run(run_opts(inp, out, tiny_ckpt), log=quiet).unchanged == 4
+    monkeypatch.undo()
+    path = sorted(inp.rglob("*.png"))[0]
+    st = path.stat()
+    path.write_bytes(sorted(inp.rglob("*.png"))[1].read_bytes()[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # cp -p: new bytes, the same size and mtime
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).changed == 1
 
 
 def test_an_image_moved_or_deleted_while_the_run_reads_it_is_left_to_the_next_run(tmp_path, tiny_ckpt, monkeypatch):
