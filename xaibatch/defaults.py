@@ -3,7 +3,11 @@ defaults and choices that the CLI shows before anything heavy loads (imports not
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import re
+from pathlib import Path
 
 # --decode: auto decodes JPEGs with PIL in the DataLoader workers except on device types measured faster
 # (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
@@ -52,11 +56,99 @@ def device_spec_problem(spec: str) -> str | None:
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    """CPUs this process may use: those its affinity mask lets it run on (taskset, Slurm, a cpuset), fewer under a
+    cgroup CPU quota (``docker --cpus=4``, a pod's ``limits.cpu``: the mask still shows every core of the host),
+    rounded up, at least 1. Every process and thread count of xaibatch starts from this number."""
     try:
-        return len(os.sched_getaffinity(0))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        n = os.cpu_count() or 1
+    quota = _own_cgroup_cpus()
+    if quota is not None:
+        n = min(n, math.ceil(quota))
+    return max(1, n)
+
+
+def quota_threads() -> int | None:
+    """The threads torch's OpenMP should start under a cgroup CPU quota lower than the CPUs the affinity mask
+    shows (it counts the mask: 64 threads for a 4-CPU container on a 64-core host), or None: no such quota."""
+    try:
+        mask = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mask = os.cpu_count() or 1
+    n = cpu_count()
+    return n if n < mask else None
+
+
+@functools.cache
+def _own_cgroup_cpus() -> float | None:
+    """:func:`cgroup_cpus` of this process, read once (1 ms: /proc/self/mountinfo)."""
+    return cgroup_cpus()
+
+
+def cgroup_cpus(root: str = "/") -> float | None:
+    """The CPUs a cgroup CPU quota gives this process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``; the lowest on the way from its cgroup up to the root of the mount, as the JVM and Go
+    read it), or None: no quota, or none readable. ``root``: where /proc and /sys are (tests)."""
+    base = Path(root)
+    try:
+        cgroups = (base / "proc/self/cgroup").read_text().splitlines()
+        mounts = (base / "proc/self/mountinfo").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found: list[float] = []
+    for line in cgroups:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        v2 = controllers == ""
+        if not path.startswith("/") or not (v2 or "cpu" in controllers.split(",")):
+            continue
+        for mount_root, mount_point in _cgroup_mounts(mounts, v2):
+            rel = path[len(mount_root) :] if path.startswith(mount_root.rstrip("/") + "/") else ""
+            rel = "" if path == mount_root else rel
+            top = base / mount_point.lstrip("/")
+            here = top / rel.strip("/")
+            while True:
+                cpus = _quota_in(here, v2)
+                if cpus is not None:
+                    found.append(cpus)
+                if here == top or top not in here.parents:
+                    break
+                here = here.parent
+    return min(found) if found else None
+
+
+def _cgroup_mounts(mountinfo: list[str], v2: bool) -> list[tuple[str, str]]:
+    """(root within the hierarchy, mount point) of each cgroup2 mount (``v2``) or v1 mount with the cpu
+    controller, from /proc/self/mountinfo's lines."""
+    out = []
+    for line in mountinfo:
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(rest) < 3:
+            continue
+        fstype, options = rest[0], rest[2].split(",")
+        if (v2 and fstype == "cgroup2") or (not v2 and fstype == "cgroup" and "cpu" in options):
+            out.append((_unescape(fields[3]), _unescape(fields[4])))
+    return out
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: a space, tab, newline or backslash is written as an octal escape (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _quota_in(folder: Path, v2: bool) -> float | None:
+    """CPUs of the quota set in one cgroup ``folder``, or None (none set, or not readable)."""
+    try:
+        if v2:
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        q, p = int(quota), int(period or 100000)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None  # "max" (v2) or unreadable
+    return q / p if q > 0 and p > 0 else None  # -1: none (v1)
 
 
 def default_workers(device_type: str = "cpu") -> int:
