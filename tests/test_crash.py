@@ -532,14 +532,15 @@ def test_signal_during_the_last_batch_still_finishes_ok(tmp_path, tiny_ckpt, mon
 def test_a_worker_says_nothing_when_the_main_process_stops_reading():
     """A DataLoader worker whose batch is still being sent when the run stops reading (a signal) printed the
     feeder thread's traceback, and was killed mid-print: a lone "Traceback" line on a clean stop's stderr.
-    worker_init silences exactly that case in the worker; any other feeder error still prints."""
+    worker_init silences exactly that case in the worker; any other feeder error (a batch that could not be
+    sent: the run would wait for it forever) is one line, and the worker ends (test_batch_handover.py)."""
     code = """
 import contextlib, io, sys, multiprocessing.queues as q
 from xaibatch.pipeline.compute import worker_init
 worker_init(0)
 buf = io.StringIO()
 with contextlib.redirect_stderr(buf):
-    for e in (BrokenPipeError(32, "closed"), ConnectionResetError(104, "reset"), ValueError("boom")):
+    for e in (BrokenPipeError(32, "closed"), ConnectionResetError(104, "reset")):
         try:
             raise e
         except Exception as err:
@@ -549,13 +550,18 @@ with contextlib.redirect_stderr(buf):
             raise e
         except BaseException as err:
             sys.excepthook(type(err), err, err.__traceback__)
-print(repr(buf.getvalue()))
+print(repr(buf.getvalue()), flush=True)
+q.Queue._on_queue_feeder_error(ValueError("boom"), None)
+print("still here")
 """
+    from xaibatch.pipeline.loader import LOADER_WORKER_FAILED
+
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == LOADER_WORKER_FAILED, out.stderr
     said = out.stdout
-    assert "boom" in said and "BrokenPipe" not in said and "ConnectionReset" not in said
+    assert "BrokenPipe" not in said and "ConnectionReset" not in said and "still here" not in said
     assert "KeyError" in said and "sharer" in said and "EOFError" not in said
+    assert out.stderr == "xaibatch: a DataLoader worker could not hand over a batch: boom\n"
 
 
 def test_the_run_says_nothing_when_a_killed_worker_leaves_its_index_queue():

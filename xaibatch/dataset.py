@@ -80,8 +80,30 @@ class LoadedBatch:
             display_on_device=None if self.display_on_device is None else self.display_on_device[start:stop],
         )
 
+    def arrays(self) -> LoadedBatch:
+        """This batch with its tensors as numpy arrays (the same memory): what :func:`collate_piped` hands on.
+        A worker's tensors cross to the run through /dev/shm and a socket in the temporary folder; arrays are
+        pickled through the worker's pipe, which needs neither (pipeline/loader.handover)."""
+        return self._converted(lambda t: t.numpy())
+
+    def tensors(self) -> LoadedBatch:
+        """This batch with any numpy arrays (:meth:`arrays`) as tensors again (the same memory); idempotent."""
+        return self._converted(lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a)
+
+    def _converted(self, f: Callable[[torch.Tensor | np.ndarray], torch.Tensor | np.ndarray]) -> LoadedBatch:
+        if self.x is not None:
+            self.x = f(self.x)  # type: ignore[assignment]
+        if self.segments is not None:
+            self.segments = f(self.segments)  # type: ignore[assignment]
+        if self.undecoded is not None:
+            u = self.undecoded
+            u.jpegs = [JpegBytes(jp.position, f(jp.data), jp.info) for jp in u.jpegs]  # type: ignore[arg-type]
+            u.inputs = [None if t is None else f(t) for t in u.inputs]  # type: ignore[misc]
+        return self
+
     def pin_memory(self) -> LoadedBatch:
         """Page-locked input tensors (the DataLoader's ``pin_memory=True`` calls this on a custom batch)."""
+        self.tensors()  # a batch that crossed a pipe as arrays
         if self.x is not None:
             self.x = self.x.pin_memory()
         if self.segments is not None:
@@ -139,6 +161,15 @@ class ImageDataset(torch.utils.data.Dataset):
         self.want_hash = want_hash  # per entry: also return the sha256 of the bytes decoded
         self.jpeg_bytes = jpeg_bytes
 
+    def tensor_bytes(self) -> int:
+        """Bytes of tensors one image adds to a batch (what crosses from a DataLoader worker): its model input,
+        LIME's superpixels, and with ``jpeg_bytes`` its file (the entries' mean size)."""
+        side = self.input_size * self.input_size
+        n = 3 * side + (8 * side if self.segmenter is not None else 0)
+        if self.jpeg_bytes and self.entries:
+            n += sum(e.size for e in self.entries) // len(self.entries)
+        return n
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -178,6 +209,12 @@ class ImageDataset(torch.utils.data.Dataset):
             return Unreadable(i, str(e))
         except Exception as e:  # a worker must never die on one file
             return Unreadable(i, f"{type(e).__name__}: {e}")
+
+
+def collate_piped(items: list[ImageItem | Unreadable]) -> LoadedBatch:
+    """:func:`collate`, its tensors as numpy arrays (:meth:`LoadedBatch.arrays`): the workers' collate when
+    their batches cross through pipes; the run makes them tensors again (:meth:`LoadedBatch.tensors`)."""
+    return collate(items).arrays()
 
 
 def collate(items: list[ImageItem | Unreadable]) -> LoadedBatch:

@@ -168,6 +168,26 @@ def out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
+_LOADER_DIED = re.compile(
+    r"DataLoader worker \(pid\(?s?\)? ([\d, ]+)\) (exited unexpectedly|is killed by signal: [\w ]+)"
+)
+
+
+def loader_died(exc: BaseException) -> str | None:
+    """torch's RuntimeError when a DataLoader worker died (killed by the out-of-memory killer, a bus error on a
+    full /dev/shm, or ended because it could not hand over a batch: pipeline/loader.py) as one line that says
+    what to do; None for any other error."""
+    m = _LOADER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if m is None:
+        return None
+    how = m.group(2).replace("is killed by signal: ", "killed by ").rstrip(". ")
+    return (
+        f"a DataLoader worker (pid {m.group(1)}) {how}: out of memory or of /dev/shm space (see the lines above); "
+        "run again with fewer --workers or a smaller --batch-size, or give the container more memory or "
+        "/dev/shm (docker run --shm-size=1g)"
+    )
+
+
 class OneImageTooLarge(XaibatchError):
     """One image alone did not fit in memory: a batch was split down to one image (methods/explainer.Fitting: a
     run's batches, sanity's and explain()'s)."""
@@ -315,4 +335,7 @@ def outcome(exc: BaseException, caller: Caller = "run") -> Outcome:
     memory = out_of_memory(exc)  # torch's OutOfMemoryError (a GPU's), its CPU allocator's, a MemoryError
     if memory is not None:
         return Outcome(memory_message(str(exc), memory, caller=caller), ExitCode.RUNTIME)
+    died = loader_died(exc)
+    if died is not None:
+        return Outcome(died, ExitCode.RUNTIME)
     return Outcome(f"internal error: {type(exc).__name__}: {exc}", ExitCode.RUNTIME, internal=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import targets
-from ..dataset import ImageDataset, LoadedBatch, collate
+from ..dataset import ImageDataset, LoadedBatch, collate, collate_piped
 from ..defaults import default_writers
 from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
@@ -28,7 +28,8 @@ from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import more_workers_than_cpus, until_stopped, worker_init
+from .loader import PREFETCH, handover, more_workers_than_cpus, until_stopped, worker_init
+from . import notices
 from . import labelmaps
 from .progress import progress_bar
 from .pictures import DisplayStacks, batch_pictures
@@ -299,23 +300,30 @@ def compute(job: ComputeJob) -> None:
         on_progress=on_progress,
         on_split=lambda event: say_split(emit, log, event, not opts.events_only),
     )
+    said: set[str] = set()
     try:
         for todo, entries in method_groups(plan).items():
             workers = loader_workers(prepared.workers, len(entries), prepared.batch_size)
+            dataset = worker.dataset(todo, entries)
+            piped = handover(workers, prepared.batch_size * dataset.tensor_bytes())
+            if piped is not None and piped not in said:
+                said.add(piped)
+                text = f"warning: the DataLoader workers send their batches through pipes (slower): {piped}"
+                notices.say([("batch-handover", text, {"reason": piped})], log, emit, not opts.events_only)
             with more_workers_than_cpus():
                 loader = torch.utils.data.DataLoader(
-                    worker.dataset(todo, entries),
+                    dataset,
                     batch_size=prepared.batch_size,
                     shuffle=False,
                     num_workers=workers,
-                    collate_fn=collate,
+                    collate_fn=collate if piped is None else collate_piped,
                     pin_memory=device.type == "cuda",
                     persistent_workers=False,
-                    prefetch_factor=4 if workers > 0 else None,
+                    prefetch_factor=PREFETCH if workers > 0 else None,
                     worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
                 )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
-                job, abandoned = worker.job(todo, entries, b)
+                job, abandoned = worker.job(todo, entries, b.tensors())
                 account(tally, emit, job.failed, len(job.items))
                 writer.put(job)  # an abandoned batch: only its failures, none of its images is committed
                 if abandoned or stop.requested:

@@ -8,6 +8,13 @@ run's, only images being decoded) before it is shut down, so no join waits on th
 
 Both halves live here: :func:`forked_quietly` blocks the stop signals while workers fork, and
 :func:`worker_init` (each worker's first act) ignores them and ties the worker's life to the run's.
+
+How the batches cross from the workers, also here (:func:`handover`): torch puts a worker's tensors in /dev/shm and
+passes their file descriptors over a socket made in the temporary folder. In a container /dev/shm is often 64 MB
+(Docker's default) and the temporary folder may be read-only or missing: a batch that cannot cross was dropped
+with a traceback and the run waited for it forever. Where either would fail, the batches cross as numpy arrays
+through the workers' pipes (:func:`xaibatch.dataset.collate_piped`); a worker that still cannot hand over a
+batch ends, and the run stops with one line (errors.loader_died).
 """
 
 from __future__ import annotations
@@ -39,6 +46,36 @@ def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
     finally:
         if not finished or stop.requested:
             end_workers(it)
+
+
+PREFETCH = 4  # batches each DataLoader worker loads ahead
+
+
+def handover(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> str | None:
+    """Why ``workers`` DataLoader workers must send their batches (``batch_bytes`` of tensors each) through pipes
+    rather than shared memory (see the module's docstring), or None: shared memory, torch's usual way (faster for
+    large batches). The batches in flight, each worker's PREFETCH and the one being explained, must fit in the free
+    space of ``shm``, and a socket must be possible in the temporary folder."""
+    if workers == 0:
+        return None
+    import multiprocessing.util
+
+    try:  # where the workers make the socket that passes the descriptors: made here, once, and inherited
+        multiprocessing.util.get_temp_dir()
+    except OSError:
+        return "no writable temporary folder (TMPDIR, /tmp) for the workers' sockets"
+    need = (workers * PREFETCH + 1) * batch_bytes
+    try:
+        st = os.statvfs(shm)
+    except OSError:
+        return None  # no /dev/shm to measure (not Linux): torch's own way
+    free = st.f_bavail * st.f_frsize
+    if need <= free:
+        return None
+    return (
+        f"{shm} has {free / 2**20:.0f} MB free, less than the {need / 2**20:.0f} MB of batches in flight "
+        f"(docker run --shm-size=1g, or a memory-backed emptyDir at {shm} in Kubernetes, gives it more)"
+    )
 
 
 @contextlib.contextmanager
@@ -113,7 +150,7 @@ def _quiet_when_the_reader_leaves() -> None:
     import multiprocessing.queues
 
     queue = multiprocessing.queues.Queue
-    queue._on_queue_feeder_error = staticmethod(_quiet(queue._on_queue_feeder_error))  # this worker only (forked)
+    queue._on_queue_feeder_error = staticmethod(_fatal())  # this worker only (forked)
     # The batch's tensors reach the run as file descriptors, handed over by multiprocessing's resource sharer, a
     # thread of this worker that reports its errors through sys.excepthook: a run that stops while taking them
     # drops the connection, and the sharer's traceback, cut off when the run kills this worker, was the same
@@ -155,3 +192,23 @@ def _quiet(default: Any) -> Any:
             default(e, obj)
 
     return on_error
+
+
+def _fatal() -> Any:
+    """A worker's feeder error handler: a batch that could not be sent (its tensors could not be shared: /dev/shm
+    full, no temporary folder) is lost, and the run would wait for it forever; so the worker says why in one line
+    and ends, and the run stops on its death (errors.loader_died). A reader gone is no error (:func:`_quiet`)."""
+
+    def on_error(e: BaseException, obj: object) -> None:
+        if isinstance(e, _READER_GONE):
+            return
+        try:
+            sys.stderr.write(f"xaibatch: a DataLoader worker could not hand over a batch: {e}\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(LOADER_WORKER_FAILED)
+
+    return on_error
+
+
+LOADER_WORKER_FAILED = 3  # a worker's exit status when it could not send a batch (errors.loader_died)

@@ -13,6 +13,10 @@
 * ``random-weights``: ``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (``model``): the maps
   explain an untrained model (``random_weights``; serve says it too, as a line).
 
+* ``batch-handover``: the DataLoader workers send their batches through pipes, not shared memory, because
+  /dev/shm is too small for the batches in flight or there is no writable temporary folder (``reason``;
+  pipeline/loader.handover; said by the run that computes).
+
 Both setups give the class notices, the cached one (no model loaded) from what the run it reuses recorded; the
 input size is said by a run that loads the model. Imports no torch.
 """
