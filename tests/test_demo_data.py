@@ -125,3 +125,23 @@ def test_a_sigterm_midway_is_one_line_exit_5_and_the_same_command_again_complete
     assert subprocess.run(argv, env=ENV, capture_output=True).returncode == 0
     assert subprocess.run([*argv[:4], str(whole), *argv[5:]], env=ENV, capture_output=True).returncode == 0
     assert _tree(out) == _tree(whole)
+
+
+def test_demo_data_imports_none_of_the_packages_whose_photos_it_uses(tmp_path):
+    """In a container with a read-only or missing HOME, importing matplotlib printed two warning lines and made a
+    cache folder in the temporary (or working) folder; the photos are found by the packages' paths alone, the same
+    photos as before."""
+    import subprocess
+    import sys
+
+    from helpers import ENV, REPO
+
+    code = (
+        "import sys; from xaibatch.tools.demo import source_photos; names = [n for n, _ in source_photos()]; "
+        "print(sorted(m for m in ('matplotlib', 'sklearn', 'skimage') if m in sys.modules)); print(names)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    imported, names = p.stdout.splitlines()
+    assert imported == "[]"
+    assert "matplotlib/grace_hopper.jpg" in names and "sklearn/china.jpg" in names and "skimage/rocket.jpg" in names

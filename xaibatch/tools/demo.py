@@ -48,23 +48,23 @@ _PHOTOS = [
 ]
 
 
+# Where each package keeps its sample photographs, below its own folder
+_DATA_DIRS = {"skimage": "data", "sklearn": "datasets/images", "matplotlib": "mpl-data/sample_data"}
+
+
 def _data_dir(package: str) -> Path | None:
+    """The package's folder of sample photographs, found without importing the package: importing matplotlib
+    writes its config and cache folders under $HOME (with a read-only or missing HOME, two warning lines and a
+    folder in the temporary one, or the working one), and scikit-learn's import takes seconds."""
+    import importlib.util
+
     try:
-        if package == "skimage":
-            import skimage
-
-            return Path(skimage.__file__).parent / "data"
-        if package == "sklearn":
-            import sklearn
-
-            return Path(sklearn.__file__).parent / "datasets" / "images"
-        if package == "matplotlib":
-            import matplotlib
-
-            return Path(matplotlib.get_data_path()) / "sample_data"
-    except ImportError:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
         return None
-    return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / _DATA_DIRS[package]
 
 
 def source_photos() -> list[tuple[str, np.ndarray]]:
