@@ -254,3 +254,35 @@ def test_only_a_file_torch_saved_is_taken_for_a_checkpoint(tmp_path):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     got = {p.name: is_torch_file(p) for p in sorted(tmp_path.iterdir())}
     assert got == {"broken.zip": False, "data.pkl": False, "new.pt": True, "old.pt": True, "thesis.docx": False}
+
+
+NO_TEMPDIR = """
+import sys, tempfile
+
+def none(*args, **kwargs):
+    raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp', '/']")
+
+tempfile.gettempdir = tempfile.gettempdirb = tempfile._get_default_tempdir = none
+tempfile.tempdir = None
+from xaibatch.cli import main
+main()
+"""
+
+
+def test_train_needs_no_temporary_folder(tmp_path):
+    """docker run --read-only without TMPDIR: torch.optim imports torch._dynamo, which made its cache folder in the
+    temporary folder, and train failed with "No usable temporary directory found"."""
+    import subprocess
+    import sys
+
+    from helpers import ENV, REPO
+
+    data = synth.write_classes(tmp_path / "data", 6, seed=1)
+    args = [str(a) for a in _args(data, tmp_path / "m.pt", "--batch-size", "4")]
+    env = {k: v for k, v in ENV.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    p = subprocess.run(
+        [sys.executable, "-c", NO_TEMPDIR, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "m.pt").is_file()
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["data", "m.pt"]  # nothing else beside the checkpoint

@@ -149,6 +149,21 @@ def unseen_classes(found: Scan, training: list[ImageEntry]) -> dict[str, int]:
     return {c: sizes[k] for k, c in enumerate(found.classes or []) if k not in seen}
 
 
+def compiler_cache_without_tempdir(out: Path) -> None:
+    """torch.optim imports torch._dynamo, which makes its cache folder ($TMPDIR/torchinductor_USER) as it is
+    imported: in a container with a read-only root and no TMPDIR, train failed with "No usable temporary directory
+    found". Training compiles nothing, so then the cache is named after the checkpoint's folder, which exists
+    (nothing is written there: torch only checks that it does). A TORCHINDUCTOR_CACHE_DIR of the user's wins."""
+    import tempfile
+
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(out).resolve().parent)
+
+
 def train_epoch(model: torch.nn.Module, feed: Feed, opt: torch.optim.Optimizer, sched) -> float | None:
     """One pass over the training images, each flipped left-right at random; the mean loss (None: no step ran).
 
@@ -326,6 +341,7 @@ def train(
 
     tr, val = hold_out(found.images, val_fraction, seed)
     train_feed, val_feed = feed(tr, batch_size, shuffle=True), feed(val, 256)
+    compiler_cache_without_tempdir(out)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(tr) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
