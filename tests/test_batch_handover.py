@@ -117,3 +117,31 @@ def test_handover_measures_shm_and_the_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     monkeypatch.delitem(multiprocessing.util.process.current_process()._config, "tempdir", raising=False)
     assert "no writable temporary folder" in handover(1, 1000, shm=str(tmp_path))
+
+
+def test_a_batch_as_arrays_and_back_is_the_same_batch():
+    """collate_piped's batch (numpy arrays, pickled through a pipe) is collate's once the run makes it tensors
+    again: model inputs, LIME's superpixels and --decode device's undecoded JPEG bytes alike."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from xaibatch.dataset import JpegBytes, LoadedBatch, Undecoded
+
+    def batch() -> LoadedBatch:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8, generator=g)
+        b = LoadedBatch(
+            [], [0, 1], [(8, 8)] * 2, [None, None], [None, None], x=x, segments=torch.arange(128).view(2, 8, 8)
+        )
+        b.undecoded = Undecoded([JpegBytes(0, torch.arange(5, dtype=torch.uint8), None)], [None, x[1]])
+        return b
+
+    sent = batch().arrays()
+    assert isinstance(sent.x, np.ndarray) and isinstance(sent.undecoded.jpegs[0].data, np.ndarray)
+    got, want = pickle.loads(pickle.dumps(sent)).tensors(), batch()
+    assert torch.equal(got.x, want.x) and torch.equal(got.segments, want.segments)
+    assert torch.equal(got.undecoded.jpegs[0].data, want.undecoded.jpegs[0].data)
+    assert got.undecoded.inputs[0] is None and torch.equal(got.undecoded.inputs[1], want.undecoded.inputs[1])
+    assert got.tensors() is got  # idempotent: the run calls it on every batch
