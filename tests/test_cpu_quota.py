@@ -108,3 +108,53 @@ def test_torch_starts_as_many_threads_as_the_quota_gives(monkeypatch):
     monkeypatch.setattr(defaults, "_own_cgroup_cpus", lambda: None)  # no quota: torch's own count
     openmp_env()
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_a_cgroup_memory_limit_v2_and_v1(tmp_path):
+    v2 = fake_host(
+        tmp_path / "v2",
+        "0::/pod/ctr\n",
+        [V2_MOUNT],
+        {
+            "sys/fs/cgroup/pod/memory.max": "2147483648\n",
+            "sys/fs/cgroup/pod/ctr/memory.max": "max\n",
+        },
+    )
+    assert defaults.cgroup_memory(v2) == 2 << 30
+    v1 = fake_host(
+        tmp_path / "v1",
+        "5:memory:/docker/abc\n",
+        V1_MOUNTS,
+        {
+            "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",  # v1's "no limit"
+        },
+    )
+    assert defaults.cgroup_memory(v1) is None
+    (tmp_path / "v1/sys/fs/cgroup/memory/memory.limit_in_bytes").write_text("1572864000\n")
+    assert defaults.cgroup_memory(v1) == 1572864000
+    assert defaults.cgroup_cpus(v1) is None  # no cpu mount there
+
+
+def test_a_run_after_one_the_oom_killer_ended_says_what_may_have_happened(tmp_path, tiny_ckpt, monkeypatch):
+    """In a pod with a 2 GiB limit a run at 224 px (2.4 GB at its default batch with two methods) was SIGKILLed by
+    the kernel: no line, exit 137, and the next run said only that the previous one did not finish."""
+    from helpers import run_opts, write_images
+
+    import sqlite3
+
+    from xaibatch.pipeline import recovery, run
+
+    write_images(tmp_path / "in", 4)
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=lambda s: None)
+    db = sqlite3.connect(tmp_path / "out" / "xaibatch.sqlite")  # what a SIGKILL leaves: the run row "running"
+    with db:
+        db.execute("UPDATE runs SET status = 'running' WHERE id = (SELECT max(id) FROM runs)")
+    db.close()
+    monkeypatch.setattr(recovery, "cgroup_memory", lambda: 2 << 30)
+    said: list[str] = []
+    (tmp_path / "in" / "img_new.png").write_bytes((tmp_path / "in" / "img_000.png").read_bytes())
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=said.append)
+    line = next(s for s in said if "did not finish" in s)
+    assert "memory limit, 2.0 GiB, the out-of-memory killer" in line and "--batch-size" in line, line
+    assert line.endswith("what it finished is kept")
+    assert recovery.memory_note(0) == ""

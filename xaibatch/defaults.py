@@ -8,6 +8,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Iterator
 
 # --decode: auto decodes JPEGs with PIL in the DataLoader workers except on device types measured faster
 # (decode.AUTO_ON_DEVICE: none yet; an H200 measured nvJPEG slower)
@@ -90,36 +91,54 @@ def cgroup_cpus(root: str = "/") -> float | None:
     """The CPUs a cgroup CPU quota gives this process (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` over
     ``cpu.cfs_period_us``; the lowest on the way from its cgroup up to the root of the mount, as the JVM and Go
     read it), or None: no quota, or none readable. ``root``: where /proc and /sys are (tests)."""
+    found = [q for folder, v2 in _cgroup_folders(root, "cpu") if (q := _quota_in(folder, v2)) is not None]
+    return min(found) if found else None
+
+
+def cgroup_memory(root: str = "/") -> int | None:
+    """The bytes a cgroup memory limit gives this process (v2 ``memory.max``, v1 ``memory.limit_in_bytes``; the
+    lowest on the way up, as :func:`cgroup_cpus`), or None: no limit, or none readable. Past it the kernel's
+    out-of-memory killer ends the run (SIGKILL: no error to catch, no line said)."""
+    found = []
+    for folder, v2 in _cgroup_folders(root, "memory"):
+        try:
+            limit = int((folder / ("memory.max" if v2 else "memory.limit_in_bytes")).read_text().strip())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue  # "max" (v2), or unreadable
+        if 0 < limit < 1 << 60:  # v1 says "no limit" as a number near 2**63
+            found.append(limit)
+    return min(found) if found else None
+
+
+def _cgroup_folders(root: str, controller: str) -> Iterator[tuple[Path, bool]]:
+    """Each cgroup folder whose ``controller`` files apply to this process, from its own cgroup up to the root of
+    each mount that shows it, with whether it is cgroup v2."""
     base = Path(root)
     try:
         cgroups = (base / "proc/self/cgroup").read_text().splitlines()
         mounts = (base / "proc/self/mountinfo").read_text().splitlines()
     except (OSError, UnicodeDecodeError):
-        return None
-    found: list[float] = []
+        return
     for line in cgroups:
         _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
         v2 = controllers == ""
-        if not path.startswith("/") or not (v2 or "cpu" in controllers.split(",")):
+        if not path.startswith("/") or not (v2 or controller in controllers.split(",")):
             continue
-        for mount_root, mount_point in _cgroup_mounts(mounts, v2):
+        for mount_root, mount_point in _cgroup_mounts(mounts, v2, controller):
             rel = path[len(mount_root) :] if path.startswith(mount_root.rstrip("/") + "/") else ""
             rel = "" if path == mount_root else rel
             top = base / mount_point.lstrip("/")
             here = top / rel.strip("/")
             while True:
-                cpus = _quota_in(here, v2)
-                if cpus is not None:
-                    found.append(cpus)
+                yield here, v2
                 if here == top or top not in here.parents:
                     break
                 here = here.parent
-    return min(found) if found else None
 
 
-def _cgroup_mounts(mountinfo: list[str], v2: bool) -> list[tuple[str, str]]:
-    """(root within the hierarchy, mount point) of each cgroup2 mount (``v2``) or v1 mount with the cpu
-    controller, from /proc/self/mountinfo's lines."""
+def _cgroup_mounts(mountinfo: list[str], v2: bool, controller: str) -> list[tuple[str, str]]:
+    """(root within the hierarchy, mount point) of each cgroup2 mount (``v2``) or v1 mount with the
+    ``controller``, from /proc/self/mountinfo's lines."""
     out = []
     for line in mountinfo:
         head, sep, tail = line.partition(" - ")
@@ -127,7 +146,7 @@ def _cgroup_mounts(mountinfo: list[str], v2: bool) -> list[tuple[str, str]]:
         if not sep or len(fields) < 5 or len(rest) < 3:
             continue
         fstype, options = rest[0], rest[2].split(",")
-        if (v2 and fstype == "cgroup2") or (not v2 and fstype == "cgroup" and "cpu" in options):
+        if (v2 and fstype == "cgroup2") or (not v2 and fstype == "cgroup" and controller in options):
             out.append((_unescape(fields[3]), _unescape(fields[4])))
     return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .. import layout
+from ..defaults import cgroup_memory
 from ..errors import UsageError
 from ..files import remove_files, temp_pid, walk_files
 from ..lock import OutputLock, describe, pid_alive
@@ -133,10 +134,22 @@ def recover(
         who = f" ({describe(lock.previous)})" if lock.previous else ""
         sweep_later(manifest, "the previous run did not finish", swept)  # said again when swept: without a time
         if then:
-            log(f"xaibatch: the previous run{who} did not finish{then}")
+            log(f"xaibatch: the previous run{who} did not finish{memory_note()}{then}")
     elif last in (RunStatus.INTERRUPTED, RunStatus.ERROR):  # released the lock (KILLED did not: handled above)
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid))
         sweep_later(manifest, f"the previous run ended {last}", swept)
+
+
+def memory_note(limit: int | None = None) -> str:
+    """Under a cgroup memory limit (``limit``: read when None) the out-of-memory killer ends a run with SIGKILL,
+    which no run can report: what the next run says of the one that did not finish, or "" without a limit."""
+    limit = cgroup_memory() if limit is None else limit
+    if not limit:
+        return ""
+    return (
+        f" (under this container's memory limit, {limit / 2**30:.1f} GiB, the out-of-memory killer ends a run "
+        "without a word: if that was it, a smaller --batch-size or fewer --workers need less)"
+    )
 
 
 def sweep_later(manifest: Manifest, why: str, swept: int) -> None:
