@@ -1231,6 +1231,23 @@ def test_uploads_go_to_a_folder_of_the_users_own_not_the_shared_tmp_gradio(tmp_p
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
+def test_no_temporary_folder_for_the_uploads_says_which_variable_to_set(monkeypatch):
+    """docker run --read-only without TMPDIR: serve ended with Python's "No usable temporary directory found in
+    [...]", which names no way out; now the line names GRADIO_TEMP_DIR and TMPDIR (exit 2)."""
+    from xaibatch.errors import ExitCode
+    from xaibatch.serve import uploads
+
+    def none():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    monkeypatch.setattr(uploads.tempfile, "gettempdir", none)
+    with pytest.raises(UsageError, match="set GRADIO_TEMP_DIR or TMPDIR to a writable folder") as e:
+        uploads.check_private_uploads()
+    assert e.value.exit_code == ExitCode.USAGE
+    assert "GRADIO_TEMP_DIR" not in os.environ
+
+
 def test_a_planted_uploads_folder_is_refused(tmp_path, monkeypatch):
     from xaibatch.serve import uploads
 

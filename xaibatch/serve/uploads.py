@@ -19,7 +19,14 @@ VARIABLE = "GRADIO_TEMP_DIR"
 def use_private_uploads() -> None:
     """Point Gradio at this user's own folder unless ``$GRADIO_TEMP_DIR`` names one (no file touched)."""
     if not os.environ.get(VARIABLE):
-        os.environ[VARIABLE] = str(Path(tempfile.gettempdir()) / f"xaibatch-serve-{os.getuid()}")
+        try:
+            tmp = tempfile.gettempdir()
+        except FileNotFoundError:  # a read-only container without TMPDIR: Python's own message names no way out
+            raise UsageError(
+                f"no writable temporary folder for the uploads (TMPDIR, /tmp): set {VARIABLE} or TMPDIR to a "
+                "writable folder"
+            ) from None
+        os.environ[VARIABLE] = str(Path(tmp) / f"xaibatch-serve-{os.getuid()}")
 
 
 def check_private_uploads() -> Path:
