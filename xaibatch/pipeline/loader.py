@@ -73,9 +73,13 @@ def handover(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> str | Non
     if need <= free:
         return None
     return (
-        f"{shm} has {free / 2**20:.0f} MB free, less than the {need / 2**20:.0f} MB of batches in flight "
+        f"{shm} has {_mb(free)} free, less than the {_mb(need)} of batches in flight "
         f"(docker run --shm-size=1g, or a memory-backed emptyDir at {shm} in Kubernetes, gives it more)"
     )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.{0 if n >= 10 * 2**20 else 1}f} MB"
 
 
 @contextlib.contextmanager

@@ -21,12 +21,12 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..dataset import ImageDataset, collate
+from ..dataset import ImageDataset, collate, collate_piped
 from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, Scan, file_kind, printable, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by, out_of_memory
 from ..model.loading import check_patches, create, resolve_device, save_atomically, save_checkpoint
-from ..pipeline.loader import more_workers_than_cpus, until_stopped, worker_init
+from ..pipeline.loader import handover, more_workers_than_cpus, until_stopped, worker_init
 from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
 
@@ -57,15 +57,19 @@ def _splits(data_dir: Path) -> tuple[Path, Path | None]:
     return data_dir, None
 
 
-def _loader(entries, size, batch_size, shuffle, workers, seed):
+def _loader(entries, size, batch_size, shuffle, workers, seed, log=lambda line: None):
     g = torch.Generator().manual_seed(seed)
+    dataset = ImageDataset(entries, size)
+    piped = handover(workers, batch_size * dataset.tensor_bytes())  # as a run's: /dev/shm, a temporary folder
+    if piped is not None:
+        log(f"warning: the DataLoader workers send their batches through pipes (slower): {piped}")
     with more_workers_than_cpus():
         return torch.utils.data.DataLoader(
-            ImageDataset(entries, size),
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=collate,
+            collate_fn=collate if piped is None else collate_piped,
             generator=g,
             # a stop signal (Ctrl-C, a closed terminal) is the main process's to handle; workers die with it
             worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers else None,
@@ -97,6 +101,7 @@ class Feed:
             for b in batches:
                 if self.stop.requested:
                     break
+                b.tensors()  # a batch that crossed a pipe as arrays (_loader)
                 for i, why in b.failed:
                     self.unreadable[self.rels[i] if i < len(self.rels) else str(i)] = why
                 if b.x is None:
@@ -335,8 +340,15 @@ def train(
         )
     pre = Preprocess.for_model(model, image_size)  # the architecture's mean and std, written into the checkpoint
 
+    said: list[str] = []
+
+    def say_once(line: str) -> None:  # the training and validation loaders' warning: the first is enough
+        if not said:
+            said.append(line)
+            log(line)
+
     def feed(entries: list[ImageEntry], batch_size: int, shuffle: bool = False) -> Feed:
-        loader = _loader(entries, image_size, batch_size, shuffle, workers, seed)
+        loader = _loader(entries, image_size, batch_size, shuffle, workers, seed, say_once)
         return Feed(loader, {i: e.label for i, e in enumerate(entries)}, pre, dev, stop, [e.rel for e in entries])
 
     tr, val = hold_out(found.images, val_fraction, seed)
