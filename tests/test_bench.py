@@ -93,6 +93,22 @@ def test_bench_only_one_method_plain_table():
     assert re.search(r"JPEG loader alone at 32 px: decoded on cpu / PIL in the workers\s+\d+\.\d\dx", r.output)
 
 
+def test_no_temporary_folder_asks_for_keep(monkeypatch):
+    """docker run --read-only without TMPDIR: the bench ended with Python's "No usable temporary directory found in
+    [...]"; now one line names --keep DIR (exit 2), for the timings and the memory table alike."""
+    import tempfile
+
+    def none(*args, **kwargs):
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", none)
+    memory = ["bench", "--memory", "--memory-images", "8", "--workers", "0", "--quiet"]
+    for argv in ([*SMALL, "--only", "gradcam", "--no-peers"], memory):
+        r = CliRunner().invoke(cli, argv)
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines()[-1].endswith("for the bench's files: give one with --keep DIR")
+
+
 def test_bench_rejects_unknown_method():
     r = CliRunner().invoke(cli, [*SMALL, "--only", "gradcam,nope"])
     assert r.exit_code == 2

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ...defaults import cpu_count
+from ...errors import UsageError
 from .. import synth
 
 JPEG_QUALITY = 90  # 4:2:0, as most cameras and sites save them
@@ -45,6 +46,20 @@ def keep_folder_problem(folder: Path) -> str | None:
         return None
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return f"it holds files ({shown}) and is not an earlier bench's folder: name a new or empty folder"
+
+
+def work_folder(keep: str | Path | None, prefix: str) -> Path:
+    """The bench's folder: ``keep`` (--keep), else a new temporary one, claimed (:func:`claim_folder`)."""
+    import tempfile
+
+    if keep:
+        return claim_folder(Path(keep))
+    try:
+        return claim_folder(Path(tempfile.mkdtemp(prefix=prefix)))
+    except FileNotFoundError:  # a read-only container without TMPDIR: Python's message names no way out
+        raise UsageError(
+            "no writable temporary folder (TMPDIR, /tmp) for the bench's files: give one with --keep DIR"
+        ) from None
 
 
 def claim_folder(folder: Path) -> Path:

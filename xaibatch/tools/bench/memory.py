@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from .format import md, plain
-from .inputs import claim_folder, subset, write_images
+from .inputs import work_folder, subset, write_images
 
 
 _MEMORY_CHILD = r"""
@@ -58,7 +57,7 @@ def memory_check(
     from .. import synth
 
     workers = default_workers() if workers is None else workers
-    root = claim_folder(Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-mem-")))
+    root = work_folder(work_dir, "xaibatch-mem-")
     try:
         ckpt = synth.tiny_checkpoint(root / "model.pt", arch, size)
         log(f"memory: generating {max(counts)} {size}x{size} PNGs")

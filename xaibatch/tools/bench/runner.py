@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ...errors import Interrupted
 from .context import Bench, make_bench
-from .inputs import claim_folder, make_inputs
+from .inputs import work_folder, make_inputs
 from .options import FAMILIES, BenchOptions, BenchResult
 from .ratios import ratios
 from .timing import WARM_WEIGHT, Budget, Job, load_average, machine_description, stamped, time_interleaved
@@ -46,7 +45,7 @@ def run_bench(
     log = stamped(log, started)
     dev = resolve_device(opts.device)
     workers = default_workers() if opts.workers is None else opts.workers
-    root = claim_folder(Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="xaibatch-bench-")))
+    root = work_folder(opts.work_dir, "xaibatch-bench-")
     load_start = load_average()
     mark("start-up: Python, torch, xaibatch")
     try:
