@@ -99,7 +99,7 @@ def test_loader_died_words_torchs_messages():
         o = outcome(RuntimeError(message))
         assert not o.internal and o.code == ExitCode.RUNTIME
         assert o.line.startswith("a DataLoader worker (pid 4321) ") and "--workers" in o.line, o.line
-    assert "killed by Bus error:" in outcome(RuntimeError(message.replace("Killed", "Bus error"))).line
+    assert "killed by signal Bus error:" in outcome(RuntimeError(message.replace("Killed", "Bus error"))).line
 
 
 def test_handover_measures_shm_and_the_temporary_folder(tmp_path, monkeypatch):

@@ -191,8 +191,9 @@ def workers_problem(workers: int) -> str | None:
     cpus = cpu_count()
     if workers <= WORKERS_PER_CPU * cpus:
         return None
+    here = f"{cpus} CPU(s) here, by the container's CPU quota" if quota_threads() is not None else f"{cpus} CPU(s) here"
     return (
-        f"--workers {workers} is more than {WORKERS_PER_CPU} per CPU ({cpus} CPU(s) here: at most "
+        f"--workers {workers} is more than {WORKERS_PER_CPU} per CPU ({here}: at most "
         f"{WORKERS_PER_CPU * cpus}); decoding is CPU work, more processes only compete"
     )
 

@@ -88,7 +88,7 @@ class DecodeError(XaibatchError):
     """One image could not be read; the run skips it and goes on."""
 
 
-# The first words of the DecodeError reasons that the file's own bytes decide: the same size and mtime give the
+# The first words of the DecodeError reasons that the file's own bytes decide: the same size, mtime and ctime give the
 # same answer, so a run need not read such a file again (pipeline/plan.py). data.py and scan.py start each such
 # reason with its constant, so a reworded message stays lasting. "cannot read: ...", "not a regular file", "out of
 # memory" may pass, and any other words (an unexpected exception's) are retried too.
@@ -180,7 +180,7 @@ def loader_died(exc: BaseException) -> str | None:
     m = _LOADER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
     if m is None:
         return None
-    how = m.group(2).replace("is killed by signal: ", "killed by ").rstrip(". ")
+    how = m.group(2).replace("is killed by signal: ", "killed by signal ").rstrip(". ")
     return (
         f"a DataLoader worker (pid {m.group(1)}) {how}: out of memory or of /dev/shm space (see the lines above); "
         "run again with fewer --workers or a smaller --batch-size, or give the container more memory or "
