@@ -663,3 +663,64 @@ def test_an_image_moved_or_deleted_while_the_run_reads_it_is_left_to_the_next_ru
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert (r.status, r.failed, r.added, r.computed) == ("ok", [], 1, 1)
     check_output_folder(out, inp)
+
+
+def _content_version(out: Path) -> str:
+    return manifest_rows(out, "SELECT value FROM meta WHERE key = 'content_version'")[0][0]
+
+
+def test_a_ctime_alone_moved_is_read_once_said_and_redraws_nothing(tmp_path, tiny_ckpt, monkeypatch):
+    """A chmod or chown (a Kubernetes fsGroup re-owns every file at each pod start) moves the ctime alone: each such
+    image is read to check it, and the run says how many; the row's new ctime bumped content_version (the trigger
+    fired on any UPDATE of images), so the report drew every per-image page again. --no-ctime reads none."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 4)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    version = _content_version(out)
+    for p in paths[:2]:
+        os.chmod(p, 0o640)
+    said: list[str] = []
+    r = run(run_opts(inp, out, tiny_ckpt), log=said.append)
+    assert (r.computed, r.unchanged, r.changed) == (0, 4, 0)
+    assert "xaibatch: 2 image(s) read to check after their ctime alone moved" in "\n".join(said)
+    assert "2 with the same bytes; --no-ctime takes size and mtime alone" in "\n".join(said)
+    assert _content_version(out) == version  # only the stamps moved: the per-image pages are not drawn again
+    for p in paths:
+        os.chmod(p, 0o600)
+    monkeypatch.setattr(plan, "file_sha256", lambda p, n=None: (_ for _ in ()).throw(AssertionError("hashed")))
+    said.clear()
+    r = run(run_opts(inp, out, tiny_ckpt, check_ctime=False), log=said.append)
+    assert (r.computed, r.unchanged) == (0, 4) and "ctime" not in "\n".join(said)
+
+
+def test_a_new_threshold_keeps_the_touch_of_the_image_it_re_decides(tmp_path, tiny_ckpt, monkeypatch):
+    """A re-decided row (a new --threshold) was written from the old row after the touches: the stamps the scan had
+    just recorded (a chmod's ctime, a touch's mtime) went back, so the next run read those images again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp / "REAL", 3, seed=1) + write_images(inp / "FAKE", 3, seed=2)
+    run(run_opts(inp, out, tiny_ckpt, threshold=0.5), log=quiet)
+    for p in paths:
+        os.chmod(p, 0o640)
+    _bump_mtime(paths[0])
+    run(run_opts(inp, out, tiny_ckpt, threshold=0.3), log=quiet)
+    stamps = dict(
+        ((rel, (s, m, c)) for rel, s, m, c in manifest_rows(out, "SELECT rel, size, mtime_ns, ctime_ns FROM images"))
+    )
+    for p in paths:
+        st = p.stat()
+        assert stamps[p.relative_to(inp).as_posix()] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    monkeypatch.setattr(plan, "file_sha256", lambda p, n=None: (_ for _ in ()).throw(AssertionError("hashed")))
+    assert run(run_opts(inp, out, tiny_ckpt, threshold=0.3), log=quiet).computed == 0
+
+
+def test_a_failure_stamped_by_an_older_xaibatch_is_not_read_again(tmp_path, tiny_ckpt):
+    """A failure stamp written before the ctime (NULL) never matched a file's ctime: every broken file was read
+    again after the upgrade, and a cron job with nothing new loaded torch and the model. It is read by size and
+    mtime, as that version did."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 3)
+    (inp / "cut.png").write_bytes(paths[0].read_bytes()[:200])
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    _sql(out, "UPDATE failure_stamps SET ctime_ns = NULL")
+    r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert [f.rel for f in r.failed] == ["cut.png"] and not _last_run_loaded_the_model(out)

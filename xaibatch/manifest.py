@@ -434,10 +434,10 @@ class Manifest:
         if self.db.execute("SELECT 1 FROM failures LIMIT 1").fetchone():  # none: no statement per row
             self.db.executemany("DELETE FROM failures WHERE rel = ?", ((p[0],) for p in params))
 
-    def touch_image(self, rel: str, size: int, mtime_ns: int, ctime_ns: int | None) -> None:
-        self.db.execute(
-            "UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE rel = ?", (size, mtime_ns, ctime_ns, rel)
-        )
+    def touch_image(self, rel: str, mtime_ns: int, ctime_ns: int | None) -> None:
+        """The scan's new stamps of an image whose bytes (so its size too) are the row's: columns no page shows, so
+        content_version stays (manifest_schema.SHOWN_IMAGE_COLUMNS)."""
+        self.db.execute("UPDATE images SET mtime_ns = ?, ctime_ns = ? WHERE rel = ?", (mtime_ns, ctime_ns, rel))
 
     def put_map(self, row: MapRow) -> None:
         self.put_maps([row])

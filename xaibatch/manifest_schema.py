@@ -10,6 +10,12 @@ SCHEMA_VERSION = 5  # 2: maps rows gained the faithfulness columns, 3: view_json
 # runs.n_resumed was added in place without a new version: an older xaibatch names the columns it writes and reads
 # (it leaves n_resumed NULL), so it may still use a folder this one wrote.
 
+# The images columns the report shows or reads (all but the scan's mtime and ctime stamps): an UPDATE of one of
+# them bumps content_version
+SHOWN_IMAGE_COLUMNS = (
+    "rel, stem, size, sha256, width, height, label, pred, target, confidence, probs_json, predict_hash, run_id"
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -59,13 +65,23 @@ CREATE TABLE IF NOT EXISTS failure_stamps (
     rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER
 );
 INSERT OR IGNORE INTO meta VALUES ('content_version', '0');
+-- an images row's mtime and ctime are the scan's stamps, shown nowhere: a touch (chmod, chown, touch) that
+-- changed neither the bytes nor anything shown must not make the report draw every page again (before schema 5
+-- the trigger below fired on any UPDATE of a row)
+DROP TRIGGER IF EXISTS images_update;
 """ + "".join(
     # Every change to what the report shows per image bumps meta.content_version, whatever code path made it:
     # the report (report/snapshot.py) skips its per-image pages while the number has not moved.
-    f"CREATE TRIGGER IF NOT EXISTS {table}_{op.lower()} AFTER {op} ON {table} BEGIN "
+    f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON {table} BEGIN "
     "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'content_version'; END;\n"
     for table in ("images", "maps", "failures")
-    for op in ("INSERT", "UPDATE", "DELETE")
+    for name, event in (
+        (f"{table}_insert", "INSERT"),
+        ("images_update_shown", f"UPDATE OF {SHOWN_IMAGE_COLUMNS}")
+        if table == "images"
+        else (f"{table}_update", "UPDATE"),
+        (f"{table}_delete", "DELETE"),
+    )
 )
 
 ADDED_COLUMNS = {

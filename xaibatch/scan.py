@@ -467,9 +467,11 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, out: Path | None = None) -> Scan:
+def scan(
+    root: Path, labeled: bool | None = None, follow_links: bool = False, out: Path | None = None, ctime: bool = True
+) -> Scan:
     """List the images under ``root``; ``labeled=None`` decides from the layout; ``out``: the run's output folder,
-    never scanned (see _walk)."""
+    never scanned (see _walk); ``ctime`` False: the entries carry none (``--no-ctime``: size and mtime alone)."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"input folder {root} does not exist")
@@ -499,7 +501,12 @@ def scan(root: Path, labeled: bool | None = None, follow_links: bool = False, ou
     index = {c: i for i, c in enumerate(classes or [])}
     images = [
         ImageEntry(
-            rel, path, index[rel.split("/", 1)[0]] if classes else None, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            rel,
+            path,
+            index[rel.split("/", 1)[0]] if classes else None,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns if ctime else None,
         )
         for rel, path, st in files
     ]

@@ -119,6 +119,7 @@ def run(
         **compute.fields(),
         labeled=False if folders.unlabeled else None,
         follow_links=folders.follow_links,
+        check_ctime=not folders.no_ctime,
         max_map_side=max_map_side,
         method_options={**method_option, "lime": {**lime.options(), **method_option.get("lime", {})}},
         seed=seed,

@@ -137,6 +137,7 @@ class FolderArgs:
     replace: bool
     unlabeled: bool
     follow_links: bool
+    no_ctime: bool
 
 
 folder_options = grouped(
@@ -160,6 +161,13 @@ folder_options = grouped(
         "--follow-links",
         is_flag=True,
         help="Follow symlinks to folders and files outside INPUT_DIR (skipped with a reason by default).",
+    ),
+    click.option(
+        "--no-ctime",
+        is_flag=True,
+        help="Take an image whose size and mtime match the last run as unchanged whatever its ctime (a volume "
+        "re-owned at each start, e.g. Kubernetes fsGroup, moves every ctime: without this flag each run then "
+        "reads every image to check it). A rewrite that keeps size and mtime (cp -p) goes unseen.",
     ),
 )
 

@@ -48,7 +48,7 @@ def apply_removals(
         for f in found.skipped:
             manifest.put_failure(f.rel, f.reason, run_id)
         for e in plan.touched:
-            manifest.touch_image(e.rel, e.size, e.mtime_ns, e.ctime_ns)
+            manifest.touch_image(e.rel, e.mtime_ns, e.ctime_ns)
         for rel, m in plan.dead_maps:  # lost files of a method not asked for now: it leaves the report
             manifest.remove_map(rel, m)
         for row in plan.redecided:  # a new threshold: new predictions from the stored probabilities

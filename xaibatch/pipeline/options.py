@@ -58,6 +58,7 @@ class RunOptions(ModelOptions):
     decode: str = "auto"  # JPEG decoding: auto (on the device when it is CUDA), cpu (PIL in the workers), device
     labeled: bool | None = None  # None: decide from the folder layout
     follow_links: bool = False  # follow symlinked folders that lead outside input_dir
+    check_ctime: bool = True  # an image whose ctime alone moved is hashed to check it (False: --no-ctime)
     max_map_side: int = DEFAULT_MAX_MAP_SIDE  # saved .npy maps at most about N x N pixels; 0: the image's own size
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0  # for every method that takes one (LIME); part of only those methods' hashes

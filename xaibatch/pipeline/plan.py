@@ -102,7 +102,11 @@ class Failed(NamedTuple):
 
     def still(self, e: ImageEntry) -> bool:
         """Whether reading ``e`` again would surely fail the same way: same bytes, a reason they decide."""
-        return self.stamp == (e.size, e.mtime_ns, e.ctime_ns) and lasting(self.reason)
+        if self.stamp is None or not lasting(self.reason):
+            return False
+        # no ctime: a stamp an older xaibatch wrote (or a run under --no-ctime), read by size and mtime as then
+        size, mtime, ctime = self.stamp
+        return (size, mtime) == (e.size, e.mtime_ns) and (ctime is None or e.ctime_ns in (None, ctime))
 
 
 @dataclass
@@ -158,6 +162,7 @@ class Plan:
     redecided: list[ImageRow] = field(default_factory=list)  # new threshold or label: rows re-decided, no forward pass
     retarget: list[str] = field(default_factory=list)  # ... whose target class flipped: their maps go, all anew
     repaired: int = 0  # images whose committed files were found missing
+    ctime_only: tuple[int, int] = (0, 0)  # images hashed because their ctime alone moved, and those the same
     still_failed: list[Failure] = field(default_factory=list)  # images failed as before, unchanged: not read again
 
 
@@ -169,10 +174,10 @@ def make_plan(
     redecide: Callable[[ImageRow], ImageRow] | None = None,
     on_disk: Collection[str] = (),
 ) -> Plan:
-    """Decide per image what must be (re)computed: size+mtime first, content hash only when those moved.
+    """Decide per image what must be (re)computed: size, mtime and ctime first, content hash only when those moved.
 
     Failed images are retried (they count as neither added nor changed), except one whose bytes were refused
-    and whose size and mtime are still those it had then: it stays failed unread (``still_failed``). Output files of
+    and whose size, mtime and ctime are still those it had then: it stays failed unread (``still_failed``). Output files of
     skipped images are looked up with ``exists`` (see existing_files): a deleted display copy is written
     again, a deleted map of a requested method recomputed, and one of a method not requested dropped.
     When only the decision rule changed (the predict hash is ``model+decision``), ``redecide`` gives the
@@ -182,12 +187,13 @@ def make_plan(
     images/, thumbs/ and maps/ (see existing_files), which new images' stems go round (layout.assign_stems).
     """
     present = {e.rel for e in found.images}
+    moved_same = moved_but_same(found, known)
     planner = _Planner(
         known,
         hashes,
         exists,
         redecide,
-        moved_but_same(found, known),
+        moved_same,
         Plan(
             added=[],
             changed=[],
@@ -199,7 +205,25 @@ def make_plan(
     )
     for e in found.images:
         planner.add(e)
+    planner.plan.ctime_only = ctime_only(found, known, moved_same)
     return planner.plan
+
+
+def ctime_only(found: Scan, known: Known, moved_same: dict[str, bool]) -> tuple[int, int]:
+    """Of the images moved_but_same read, those with the size, mtime and a ctime recorded as before (their ctime
+    alone moved: chmod, chown, a hard link, a volume re-owned), and how many of them held the same bytes."""
+    n = same = 0
+    for e in found.images:
+        row = known.images.get(e.rel)
+        if (
+            e.rel in moved_same
+            and row is not None
+            and row.ctime_ns is not None
+            and (row.size, row.mtime_ns) == (e.size, e.mtime_ns)
+        ):
+            n += 1
+            same += moved_same[e.rel]
+    return n, same
 
 
 @dataclass
@@ -225,7 +249,7 @@ class _Planner:
         flipped = False
         now = row  # the image row the report will show (None: the batch decides it)
         if fresh and row is not None and content_same and self.threshold_only(row):
-            now, flipped = self.redecided(e.rel, row)
+            now, flipped = self.redecided(e, row)
             fresh = False
         if not fresh and now is not None and now.label != e.label:
             now, moved = self.relabeled(e, now)
@@ -260,13 +284,14 @@ class _Planner:
         """Whether only the decision rule moved since ``row`` (same model, new threshold) and can re-decide it."""
         return self.redecide is not None and row.predict_hash.split("+")[0] == self.hashes.model
 
-    def redecided(self, rel: str, row: ImageRow) -> tuple[ImageRow, bool]:
-        """The row re-decided from its stored probabilities, and whether its target class flipped."""
-        new = self.redecide(row)
+    def redecided(self, e: ImageEntry, row: ImageRow) -> tuple[ImageRow, bool]:
+        """The row re-decided from its stored probabilities, with the scan's stamps of ``e`` (the row is written
+        after the touches: stale stamps would undo them), and whether its target class flipped."""
+        new = dataclasses.replace(self.redecide(row), size=e.size, mtime_ns=e.mtime_ns, ctime_ns=e.ctime_ns)
         self.plan.redecided.append(new)
         flipped = new.target != row.target
         if flipped:
-            self.plan.retarget.append(rel)
+            self.plan.retarget.append(e.rel)
         return new, flipped
 
     def relabeled(self, e: ImageEntry, row: ImageRow) -> tuple[ImageRow, bool]:
@@ -340,9 +365,12 @@ def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:
     suspects, upgraded = [], {}
     for e in found.images:
         row = known.images.get(e.rel)
-        if row is None or row.ctime_ns == e.ctime_ns and row.size == e.size and row.mtime_ns == e.mtime_ns:
+        if row is None:
             continue
-        if row.ctime_ns is None and row.size == e.size and row.mtime_ns == e.mtime_ns:
+        stamps = row.size == e.size and row.mtime_ns == e.mtime_ns
+        if stamps and (e.ctime_ns is None or row.ctime_ns == e.ctime_ns):  # None: --no-ctime
+            continue
+        if stamps and row.ctime_ns is None:
             upgraded[e.rel] = True
         else:
             suspects.append(e)

@@ -346,6 +346,12 @@ def _plan_run(
         )
     if plan.repaired:
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
+    read, same = plan.ctime_only
+    if read:
+        log(
+            f"xaibatch: {read} image(s) read to check after their ctime alone moved (chmod, chown, a hard link, a "
+            f"volume re-owned at each start), {same} with the same bytes; --no-ctime takes size and mtime alone"
+        )
     row.tally.failed.extend(plan.still_failed)  # unreadable as before: listed (exit 1), not read again
     resumed = resumed_by(setup.found, known, plan, setup.hashes, unfinished)
     row.resumed_from = {i: unfinished[i] for i in sorted(resumed)}

@@ -90,7 +90,7 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
 
 
 def scan_input(opts: RunOptions) -> Scan:
-    return scan(opts.input_dir, opts.labeled, opts.follow_links, opts.out_dir)
+    return scan(opts.input_dir, opts.labeled, opts.follow_links, opts.out_dir, ctime=opts.check_ctime)
 
 
 def load_setup(opts: RunOptions, found: Scan | None = None) -> Setup:
