@@ -393,6 +393,65 @@ class OutputDir:
         finally:
             os.close(fd)
 
+    def link(self, src: str, rel: str) -> bool:
+        """Give the regular file ``root/src`` the name ``root/rel`` too, atomically: a hard link made under a
+        temporary name and renamed over whatever ``rel`` was (a copy where the file system links nothing). False,
+        nothing done, when ``src`` is not a regular file (gone, a link, a folder); True when ``rel`` is it already."""
+        src_dir, _, src_name = src.rpartition("/")
+        rel_dir, _, name = rel.rpartition("/")
+        if not name or name in (".", "..") or not src_name or src_name in (".", ".."):
+            safe_join(self.root, rel), safe_join(self.root, src)  # raises with the reason
+        if src_dir and not os.path.isdir(safe_join(self.root, src_dir)):
+            return False
+        dir_fd = self._folder(rel_dir)
+        src_fd = self._folder(src_dir)  # the most recently used now: dir_fd stays open (max_open > 1)
+        try:
+            st = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):  # linked by a run killed before its commit
+                return True
+        except OSError:
+            pass
+        for _ in range(1000):
+            tmp = temp_name(name, self.pid)
+            try:
+                os.link(src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                break
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # deleted since the stat
+                return False
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    name_target(e, self.root / rel)
+                    raise
+                data = self.read(src, st.st_size)  # no hard links here: the bytes copied
+                if data is None:
+                    return False
+                self.write(rel, data)
+                return True
+        else:
+            raise FileExistsError(errno.EEXIST, "no free temporary file name", rel_dir)
+        try:
+            try:
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except IsADirectoryError:  # a folder in the file's place (what an input folder x.png/ left)
+                _free_place(dir_fd, name, self.root / rel)
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException as e:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            name_target(e, self.root / rel)
+            raise
+        return True
+
     def read(self, rel: str, size: int) -> bytes | None:
         """The bytes of ``root/rel`` when it is a regular file of exactly ``size`` bytes (never a link, never
         outside root), else None: what a writer compares with before rewriting a file unchanged."""

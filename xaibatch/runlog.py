@@ -6,7 +6,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``notice``: a warning the run says before its plan, as its stderr line does (kind, text, and the kind's fields;
   ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
   model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
-* ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from).
+* ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from,
+  moved: images found at a new path, their results taken along).
   ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
   did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).

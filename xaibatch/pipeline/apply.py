@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import layout, targets
-from ..files import remove_files
+from ..files import OutputDir, remove_files
 from ..lock import OutputLock
 from ..manifest import ImageRow, Manifest
 from ..scan import Scan
@@ -24,7 +24,21 @@ from .plan import Known, Plan
 from .setup import Setup
 
 
+def link_moved(out: Path, plan: Plan) -> int:
+    """Give each moved image's files their names under its new stem (a hard link, or a copy where the file system has
+    none: nothing recomputed), before the rows that point at them are committed; how many. The old names stay until
+    the new report no longer shows them. A file gone meanwhile is not linked: the next run finds it lost and writes
+    it again, as it does any committed file deleted."""
+    n = 0
+    with OutputDir(out) as files:
+        for mv in plan.moves:
+            for old, new in mv.links():
+                n += files.link(old, new)
+    return n
+
+
 def apply_removals(
+    out: Path,
     manifest: Manifest,
     lock: OutputLock,
     found: Scan,
@@ -34,16 +48,23 @@ def apply_removals(
     emit: Callable[[dict[str, Any]], None],
 ) -> set[str]:
     """Images gone from the input or no longer readable leave the manifest, as do maps that are lost or explain a
-    target no longer the image's. Returns the files this run may leave without a row: those of these rows, and
+    target no longer the image's; moved images' rows go to their new paths, once their files are linked there
+    (:func:`link_moved`; a kill in between leaves files no row points at, which the next run links again). Returns the files this run may leave without a row: those of these rows, and
     those of the images it computes anew (maps of methods not asked this time, an image that fails now), for
     :func:`delete_dropped` once the new report is written."""
     present = {e.rel for e in found.images} | {f.rel for f in found.skipped}
     rels = {*plan.removed, *(f.rel for f in found.skipped), *plan.work, *(rel for rel, _ in plan.dead_maps)}
     dropped = set(known.files_of(rels | set(plan.retarget)))
+    dropped.update(p for mv in plan.moves for p in mv.old_files())
+    link_moved(out, plan)
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
+        for mv in plan.moves:  # as the planner holds them (Known.move); re-labeled below with the re-decided rows
+            manifest.remove_images([mv.old])
+            manifest.put_image(mv.image_row())
+            manifest.put_maps(mv.map_rows().values())
         manifest.remove_failures(r for r in known.failures if r not in present)
         for f in found.skipped:
             manifest.put_failure(f.rel, f.reason, run_id)

@@ -126,6 +126,21 @@ class Known:
         failures = {rel: Failed(reason, stamps.get(rel)) for rel, reason in manifest.failures()}
         return cls(manifest.images(), maps, failures)
 
+    def move(self, moves: list[Move], exists: Callable[[str], bool]) -> Callable[[str], bool]:
+        """Hold each moved image at its new path (its rows there, see Move) and no longer at its old one: what the
+        manifest holds once :func:`.apply.apply_removals` has committed the moves, which the rest of the run plans
+        and computes against. Returns ``exists`` for that state: a new path's file is there when its old one is
+        (the link is made before the rows are committed)."""
+        if not moves:
+            return exists
+        for mv in moves:
+            self.images.pop(mv.old, None)
+            self.maps.pop(mv.old, None)
+            self.images[mv.new] = mv.image_row()
+            self.maps[mv.new] = mv.map_rows()
+        linked = {new: old for mv in moves for old, new in mv.links()}
+        return lambda path: exists(linked.get(path, path))
+
     def files_of(self, rels: Iterable[str]) -> list[str]:
         """Output files of these images as the manifest records them (their stored stem, not a recomputed one)."""
         paths: list[str] = []
@@ -150,6 +165,65 @@ class Work:
     display: bool = False
 
 
+@dataclass(frozen=True)
+class Move:
+    """An image the manifest holds at a path gone from the scan whose bytes (sha256) the scan found at a path it does
+    not hold: moved to another class folder (a relabel) or renamed. Its rows and files go to the new path (files
+    linked under the new stem, :func:`.apply.link_moved`): the run goes on as if the file had always been there, with
+    its label now the new folder's (:meth:`_Planner.relabeled` decides which maps that leaves due)."""
+
+    row: ImageRow  # the manifest's row at the old path
+    maps: dict[str, MapRow]  # its maps there
+    entry: ImageEntry  # the scan's image at the new path
+    stem: str  # the new path's output stem (layout.assign_stems)
+
+    @property
+    def old(self) -> str:
+        return self.row.rel
+
+    @property
+    def new(self) -> str:
+        return self.entry.rel
+
+    def image_row(self) -> ImageRow:
+        """The image row at the new path: the same prediction, the file's new stamp and stem (the label is the old
+        one: the planner re-labels it as it does an image whose label changed in place)."""
+        e = self.entry
+        return dataclasses.replace(
+            self.row, rel=e.rel, stem=self.stem, size=e.size, mtime_ns=e.mtime_ns, ctime_ns=e.ctime_ns
+        )
+
+    def map_rows(self) -> dict[str, MapRow]:
+        """The map rows at the new path, their files named from the new stem. A true-class map
+        (``<method>@label``) explains the old label: it goes along only while the label stays (else
+        :func:`label_todo` asks for it again where the image is misclassified under its new label)."""
+        relabeled = self.row.label != self.entry.label
+        rows = {}
+        for m, r in self.maps.items():
+            if relabeled and targets.is_label_key(m):
+                continue
+            files = layout.MapFiles.of(m, self.stem, self.row.width, self.row.height)
+            rows[m] = dataclasses.replace(
+                r, rel=self.new, npy=files.npy, png=files.png, thumb=files.thumb if r.thumb else None
+            )
+        return rows
+
+    def old_files(self) -> list[str]:
+        """Every file of the old path's rows: dropped once the report no longer shows them."""
+        return [*layout.image_files(self.row.stem), *(p for r in self.maps.values() for p in r.files.paths())]
+
+    def links(self) -> list[tuple[str, str]]:
+        """(old file, new file) for each file the new path's rows point at: the display copy, its thumbnail, the
+        maps' arrays, overlays and thumbnails."""
+        r, pairs = self.row, {}
+        pairs[layout.image_png(r.stem)] = layout.image_png(self.stem)
+        pairs[layout.image_thumb(r.stem, r.width, r.height)] = layout.image_thumb(self.stem, r.width, r.height)
+        for m, new in self.map_rows().items():
+            old = self.maps[m]
+            pairs.update(zip(old.files.paths(), new.files.paths()))
+        return [(a, b) for a, b in pairs.items() if a != b]
+
+
 @dataclass
 class Plan:
     added: list[ImageEntry]
@@ -164,6 +238,10 @@ class Plan:
     repaired: int = 0  # images whose committed files were found missing
     ctime_only: tuple[int, int] = (0, 0)  # images hashed because their ctime alone moved, and those the same
     still_failed: list[Failure] = field(default_factory=list)  # images failed as before, unchanged: not read again
+    # images moved or renamed (same bytes at a new path, the old one gone): neither added nor removed; their rows and
+    # files go to the new path before anything is computed (apply.apply_removals), and ``work`` holds only what the
+    # new path needs besides (a map whose target class moved with the label)
+    moves: list[Move] = field(default_factory=list)
 
 
 def make_plan(
@@ -187,7 +265,11 @@ def make_plan(
     images/, thumbs/ and maps/ (see existing_files), which new images' stems go round (layout.assign_stems).
     """
     present = {e.rel for e in found.images}
-    moved_same = moved_but_same(found, known)
+    stems = assign_stems([e.rel for e in found.images], known.images, on_disk)
+    moves = find_moves(found, known, stems)
+    exists = known.move(moves, exists)
+    gone, moved_to = {m.old for m in moves}, {m.entry.rel for m in moves}
+    moved_same = moved_but_same(found, known)  # after the moves: a moved image's new ctime is checked as any other
     planner = _Planner(
         known,
         hashes,
@@ -199,13 +281,14 @@ def make_plan(
             changed=[],
             touched=[],
             work={},
-            removed=[r for r in known.images if r not in present],
-            stems=assign_stems([e.rel for e in found.images], known.images, on_disk),
+            removed=[r for r in known.images if r not in present and r not in gone],
+            stems=stems,
+            moves=moves,
         ),
     )
     for e in found.images:
         planner.add(e)
-    planner.plan.ctime_only = ctime_only(found, known, moved_same)
+    planner.plan.ctime_only = ctime_only(found, known, {e: same for e, same in moved_same.items() if e not in moved_to})
     return planner.plan
 
 
@@ -224,6 +307,65 @@ def ctime_only(found: Scan, known: Known, moved_same: dict[str, bool]) -> tuple[
             n += 1
             same += moved_same[e.rel]
     return n, same
+
+
+def find_moves(found: Scan, known: Known, stems: dict[str, str]) -> list[Move]:
+    """The images moved or renamed since the manifest was written: each row whose path is gone from the scan paired
+    with at most one new path (not in the manifest) holding the same bytes.
+
+    Only new files of a vanished row's size are hashed (in parallel, into ``found.digests``). Several vanished rows
+    or new paths with the same bytes (duplicates) pair deterministically: a new path with the old one's file name
+    first (``REAL/x.png`` -> ``FAKE/x.png``), then the rest in path order; what is left over is removed or added as
+    before. A copy (the old path still there) is an added image: its old path keeps its rows and files.
+    """
+    vanished = sorted(r for r in known.images if r not in {e.rel for e in found.images})
+    if not vanished:
+        return []
+    sizes = {known.images[r].size for r in vanished}
+    fresh = [
+        e
+        for e in found.images
+        if e.rel not in known.images
+        and e.size in sizes
+        and not ((f := known.failures.get(e.rel)) is not None and f.still(e))
+    ]
+    if not fresh:
+        return []
+    digests = _digests(found, fresh)
+    by_sha: dict[str, list[ImageEntry]] = defaultdict(list)
+    for e in sorted(fresh, key=lambda e: e.rel):
+        if digests.get(e.rel) is not None:
+            by_sha[digests[e.rel]].append(e)
+    moves = []
+    for rel in vanished:
+        row = known.images[rel]
+        candidates = by_sha.get(row.sha256)
+        if not candidates:
+            continue
+        name = rel.rpartition("/")[2]
+        e = next((c for c in candidates if c.rel.rpartition("/")[2] == name), candidates[0])
+        candidates.remove(e)
+        moves.append(Move(row, dict(known.maps.get(rel, {})), e, stems[e.rel]))
+    return moves
+
+
+def _digests(found: Scan, entries: list[ImageEntry]) -> dict[str, str | None]:
+    """The sha256 of each entry's file (None: unreadable now), hashed in parallel (hashlib releases the GIL); a digest
+    the scan already holds is reused, a new one kept there (a cached setup's plan hashes once for the run)."""
+
+    def digest(e: ImageEntry) -> str | None:
+        d = found.digests.get(e.rel)
+        if d is None:
+            try:  # a file grown past the limit since the scan is not read: it fails as it decodes
+                d = found.digests[e.rel] = file_sha256(e.path, MAX_FILE_BYTES)
+            except OSError:
+                return None
+        return d
+
+    if len(entries) == 1:
+        return {entries[0].rel: digest(entries[0])}
+    with ThreadPoolExecutor(max_workers=min(8, cpu_count())) as pool:
+        return dict(zip((e.rel for e in entries), pool.map(digest, entries)))
 
 
 @dataclass
@@ -377,17 +519,8 @@ def moved_but_same(found: Scan, known: Known) -> dict[str, bool]:
     if not suspects:
         return upgraded
 
-    def same(e: ImageEntry) -> bool:
-        digest = found.digests.get(e.rel)  # a cached setup that found work planned over this scan already
-        if digest is None:
-            try:  # a file grown past the limit since the scan is not read: it fails as it decodes
-                digest = found.digests[e.rel] = file_sha256(e.path, MAX_FILE_BYTES)
-            except OSError:
-                return False
-        return digest == known.images[e.rel].sha256
-
-    with ThreadPoolExecutor(max_workers=min(8, cpu_count())) as pool:
-        return upgraded | dict(zip((e.rel for e in suspects), pool.map(same, suspects)))
+    digests = _digests(found, suspects)  # a cached setup that found work planned over this scan already hashed them
+    return upgraded | {e.rel: digests[e.rel] == known.images[e.rel].sha256 for e in suspects}
 
 
 def label_todo(

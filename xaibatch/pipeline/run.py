@@ -344,6 +344,11 @@ def _plan_run(
         plan = make_plan(
             setup.found, known, setup.hashes, on_disk.__contains__, redecider(setup, opts.target, row.run_id), on_disk
         )
+    if plan.moves and not opts.events_only:  # --log-json: the plan event's moved
+        log(
+            f"xaibatch: {len(plan.moves)} image(s) moved or renamed (e.g. {printable(plan.moves[0].old)} -> "
+            f"{printable(plan.moves[0].new)}): their predictions and maps go with them"
+        )
     if plan.repaired:
         log(f"xaibatch: {plan.repaired} image(s) lost output files since they were committed; writing them again")
     read, same = plan.ctime_only
@@ -357,8 +362,8 @@ def _plan_run(
     row.resumed_from = {i: unfinished[i] for i in sorted(resumed)}
     row.counts = planned_counts(setup.found, plan, row.tally, sum(resumed.values()))
     row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
-    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from)))
-    row.dropped = apply_removals(row.manifest, lock, setup.found, plan, known, row.run_id, emit) | old_names
+    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves)))
+    row.dropped = apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit) | old_names
     return known, plan
 
 
@@ -405,8 +410,11 @@ def planned_counts(found: Scan, plan: Plan, tally: Tally, resumed: int = 0) -> R
     )
 
 
-def plan_event(run_id: int, counts: RunCounts, to_compute: int, resumed_from: list[int]) -> dict[str, Any]:
-    """The ``plan`` event (``--log-json``)."""
+def plan_event(
+    run_id: int, counts: RunCounts, to_compute: int, resumed_from: list[int], moved: int = 0
+) -> dict[str, Any]:
+    """The ``plan`` event (``--log-json``). ``moved``: images found at a new path (plan.Move), counted as unchanged
+    (or to compute, where their new label asks for maps), neither added nor removed."""
     return {
         "event": "plan",
         "run_id": run_id,
@@ -418,6 +426,7 @@ def plan_event(run_id: int, counts: RunCounts, to_compute: int, resumed_from: li
         "to_compute": to_compute,
         "resumed": counts.resumed,
         "resumed_from": resumed_from,
+        "moved": moved,
     }
 
 
