@@ -99,6 +99,16 @@ def _unlink_held(*a, **k):  # the removal transaction has committed; its files a
     return _remove_files(*a, **k)
 _apply.remove_files = _unlink_held
 
+_link_moved = _apply.link_moved
+def _linked_held(*a, **k):  # moved images' files linked under their new names; their rows not committed yet
+    n = _link_moved(*a, **k)
+    if os.environ.get("XB_TEST_HOLD_LINKS"):
+        _mark("linked")
+        while True:  # until killed
+            time.sleep(0.02)
+    return n
+_apply.link_moved = _linked_held
+
 from xaibatch.cli import main
 main()
 """
@@ -128,6 +138,7 @@ def _cli(
     extra=(),
     hold_at: int = 0,
     hold_removals: bool = False,
+    hold_links: bool = False,
 ):
     env = {
         **os.environ,
@@ -137,6 +148,7 @@ def _cli(
         "XB_TEST_MARKS": str(marks) if marks else "",
         "XB_TEST_HOLD_AT": str(hold_at),
         "XB_TEST_HOLD_REMOVALS": "1" if hold_removals else "",
+        "XB_TEST_HOLD_LINKS": "1" if hold_links else "",
     }
     return subprocess.Popen(
         [
@@ -386,6 +398,46 @@ def test_sigkill_of_a_pred_label_run_then_rerun_equals_uninterrupted(tmp_path, t
     assert any("did not finish" in line for line in said)
     got, want = _consistent(out), _consistent(ref)
     assert got == want  # same image rows; same map rows, the @label ones too; byte-identical maps
+    assert _files(out) == _files(ref)
+    check_output_folder(out, inp)
+
+
+def test_sigkill_between_linking_moved_images_and_committing_them_then_rerun(tmp_path, tiny_ckpt):
+    """Images moved between class folders and renamed (plan.Move): killed once their files are linked under the new
+    names and before the rows that point at them are committed. The folder still holds the old rows (the report on
+    disk links only existing files); the next run links again over what the killed one left and ends as an
+    uninterrupted run does, nothing computed but the true-class map the new label asks for."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    synth.write_classes(inp, 3, seed=1)
+    run(_opts(inp, out, tiny_ckpt, target="pred,label"), log=lambda s: None)
+    moved = {"REAL/img_000.png": "FAKE/from_real.png", "FAKE/img_001.png": "REAL/from_fake.png"}
+    moved["REAL/img_001.png"] = "REAL/renamed.png"
+    for old, new in moved.items():
+        (inp / old).rename(inp / new)
+    ref = tmp_path / "ref"
+    shutil.copytree(out, ref)
+    run(_opts(inp, ref, tiny_ckpt, target="pred,label"), log=lambda s: None)
+    before = _consistent(out)
+
+    marks = tmp_path / "marks"
+    proc = _cli(inp, out, tiny_ckpt, marks=marks, hold_links=True, extra=PRED_LABEL)
+    wait_until(proc, lambda: (marks / "linked").exists(), "the moved images' links")
+    proc.kill()
+    proc.wait()
+    proc.stdout.close(), proc.stderr.close()
+    m = Manifest(out / "xaibatch.sqlite")
+    try:  # the old rows (a temporary file of the killed run aside, which the next run sweeps)
+        assert (set(m.images()), set(m.maps())) == (set(before[0]), set(before[1]))
+    finally:
+        m.close()
+    linked = _files(out) - Manifest(out / "xaibatch.sqlite").referenced_files()
+    assert layout.image_png("FAKE/from_real") in linked and layout.map_npy("gradcam", "REAL/renamed") in linked
+    check_report_links(out)
+
+    r = run(_opts(inp, out, tiny_ckpt, target="pred,label"), log=lambda s: None)
+    assert r.status == "ok" and r.computed == 1  # FAKE/from_real.png, misclassified now: its gradcam@label
+    got, want = _consistent(out), _consistent(ref)
+    assert got == want
     assert _files(out) == _files(ref)
     check_output_folder(out, inp)
 

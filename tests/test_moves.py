@@ -231,6 +231,26 @@ def test_duplicates_pair_each_vanished_row_with_one_new_path(inp, tmp_path, tiny
     check_output_folder(out, inp)
 
 
+def test_renames_in_a_chain_take_each_image_its_own_files(inp, tmp_path, tiny_ckpt):
+    """``img_002.png`` -> ``img_009.png`` and ``img_001.png`` -> ``img_002.jpg``, whose stem is ``img_002`` again:
+    every file is linked before any is replaced, so no image gets another's pictures."""
+    out = tmp_path / "out"
+    go(opts(inp, out, tiny_ckpt, methods=("gradcam", "lime")))
+    before, before_maps = images(out), maps(out)
+    display = {rel: (out / layout.image_png(before[rel][0])).read_bytes() for rel in before}
+    move(inp, "REAL/img_002.png", "REAL/img_009.png")
+    move(inp, "REAL/img_001.png", "REAL/img_002.jpg")
+    r = go(opts(inp, out, tiny_ckpt, methods=("gradcam", "lime")))
+    assert r.computed == 0
+    after, after_maps = images(out), maps(out)
+    assert after["REAL/img_002.jpg"][0] == "REAL/img_002"  # the stem the other image had
+    for old, new in (("REAL/img_002.png", "REAL/img_009.png"), ("REAL/img_001.png", "REAL/img_002.jpg")):
+        assert (out / layout.image_png(after[new][0])).read_bytes() == display[old], new
+        for m in ("gradcam", "lime"):
+            assert after_maps[(new, m)][3] == before_maps[(old, m)][3], (new, m)
+    check_output_folder(out, inp)
+
+
 def test_a_copy_is_an_added_image(inp, tmp_path, tiny_ckpt):
     out = tmp_path / "out"
     go(opts(inp, out, tiny_ckpt))
@@ -271,3 +291,45 @@ def test_a_move_after_a_model_change_keeps_only_the_display_copy(inp, tmp_path, 
     assert images(out)["FAKE/moved.png"][1] == 0
     assert (out / layout.image_png("FAKE/moved")).stat().st_ino == display  # not written again
     check_output_folder(out, inp)
+
+
+def test_output_dir_link_gives_a_file_a_second_name_inside_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    from xaibatch.errors import UsageError
+    from xaibatch.files import OutputDir
+
+    out = tmp_path / "out"
+    (out / "maps/a").mkdir(parents=True)
+    (out / "maps/a/x.npy").write_bytes(b"old map")
+    (out / "maps/b").mkdir(parents=True)
+    (out / "maps/b/y.npy").write_bytes(b"left by another image")  # replaced, as a write replaces it
+    os.symlink(tmp_path / "secret", out / "maps/a/link.npy")
+    (tmp_path / "secret").write_bytes(b"not ours")
+    with OutputDir(out) as files:
+        assert files.link([("maps/a/x.npy", "maps/b/y.npy")]) == 1
+        assert files.link([("maps/a/x.npy", "maps/b/y.npy")]) == 1  # linked already (a run killed before its commit)
+        assert files.link([("maps/a/x.npy", "maps/c/d/z.npy")]) == 1  # folders made as a write makes them
+        gone = [("maps/a/gone.npy", "maps/b/w.npy"), ("maps/nowhere/gone.npy", "maps/b/w.npy")]
+        assert files.link([*gone, ("maps/a/link.npy", "maps/b/v.npy")]) == 0  # never a link followed out
+        for src, dst in (("maps/a/x.npy", "../escaped.npy"), ("../secret", "maps/b/u.npy")):
+            with pytest.raises(UsageError, match="refusing"):
+                files.link([("maps/a/x.npy", "maps/b/t.npy"), (src, dst)])
+    ino = (out / "maps/a/x.npy").stat().st_ino
+    assert (out / "maps/b/y.npy").stat().st_ino == ino and (out / "maps/c/d/z.npy").stat().st_ino == ino
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() or p.is_symlink()) == [
+        "link.npy",
+        "x.npy",
+        "y.npy",
+        "z.npy",
+    ]
+    assert not (tmp_path / "escaped.npy").exists() and not (out / "maps/b/t.npy").exists()  # nothing of a refusal
+
+    def no_links(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links: the bytes are copied
+    with OutputDir(out) as files:
+        assert files.link([("maps/a/x.npy", "maps/b/copy.npy")]) == 1
+    assert (out / "maps/b/copy.npy").read_bytes() == b"old map"
+    assert not [p for p in out.rglob("*.tmp")]

@@ -393,10 +393,45 @@ class OutputDir:
         finally:
             os.close(fd)
 
-    def link(self, src: str, rel: str) -> bool:
-        """Give the regular file ``root/src`` the name ``root/rel`` too, atomically: a hard link made under a
-        temporary name and renamed over whatever ``rel`` was (a copy where the file system links nothing). False,
-        nothing done, when ``src`` is not a regular file (gone, a link, a folder); True when ``rel`` is it already."""
+    def link(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Give each regular file ``root/src`` the name ``root/rel`` too, for each ``(src, rel)``: hard links (copies
+        where the file system links nothing) made under temporary names first, then renamed over whatever each
+        ``rel`` was, so that a ``src`` that is also another pair's ``rel`` (renames in a chain: ``b`` -> ``c``,
+        ``a`` -> ``b``) is read before it is replaced. A ``src`` that is not a regular file (gone, a link, a
+        folder) is passed over; a ``rel`` that is ``src`` already counts as done. Returns how many are in place."""
+        staged: list[tuple[str, str, str]] = []  # (rel's folder, temporary name, name)
+        done = 0
+        try:
+            for src, rel in pairs:
+                step = self._stage_link(src, rel)
+                if step is True:
+                    done += 1
+                elif step:
+                    staged.append(step)
+            while staged:
+                rel_dir, tmp, name = staged[0]
+                dir_fd = self._folder(rel_dir)
+                try:
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except IsADirectoryError:  # a folder in the file's place (what an input folder x.png/ left)
+                    _free_place(dir_fd, name, self.root / rel_dir / name)
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                staged.pop(0)
+                done += 1
+        except BaseException as e:
+            for rel_dir, tmp, name in staged:
+                try:
+                    os.unlink(tmp, dir_fd=self._folder(rel_dir))
+                except OSError:
+                    pass
+            if staged:
+                name_target(e, self.root / staged[0][0] / staged[0][2])
+            raise
+        return done
+
+    def _stage_link(self, src: str, rel: str) -> tuple[str, str, str] | bool:
+        """``src`` linked (or copied) to a temporary name beside ``rel``: (rel's folder, that name, rel's name); True
+        when ``rel`` is ``src`` already; False, nothing done, when ``src`` is not a regular file."""
         src_dir, _, src_name = src.rpartition("/")
         rel_dir, _, name = rel.rpartition("/")
         if not name or name in (".", "..") or not src_name or src_name in (".", ".."):
@@ -421,7 +456,7 @@ class OutputDir:
             tmp = temp_name(name, self.pid)
             try:
                 os.link(src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                break
+                return rel_dir, tmp, name
             except FileExistsError:
                 continue
             except FileNotFoundError:  # deleted since the stat
@@ -430,27 +465,24 @@ class OutputDir:
                 if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                     name_target(e, self.root / rel)
                     raise
-                data = self.read(src, st.st_size)  # no hard links here: the bytes copied
-                if data is None:
-                    return False
-                self.write(rel, data)
-                return True
+                break
         else:
             raise FileExistsError(errno.EEXIST, "no free temporary file name", rel_dir)
+        data = self.read(src, st.st_size)  # no hard links here: the bytes copied
+        if data is None:
+            return False
+        dir_fd = self._folder(rel_dir)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
         try:
             try:
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except IsADirectoryError:  # a folder in the file's place (what an input folder x.png/ left)
-                _free_place(dir_fd, name, self.root / rel)
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException as e:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            name_target(e, self.root / rel)
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dir_fd)
             raise
-        return True
+        return rel_dir, tmp, name
 
     def read(self, rel: str, size: int) -> bytes | None:
         """The bytes of ``root/rel`` when it is a regular file of exactly ``size`` bytes (never a link, never

@@ -29,12 +29,8 @@ def link_moved(out: Path, plan: Plan) -> int:
     none: nothing recomputed), before the rows that point at them are committed; how many. The old names stay until
     the new report no longer shows them. A file gone meanwhile is not linked: the next run finds it lost and writes
     it again, as it does any committed file deleted."""
-    n = 0
-    with OutputDir(out) as files:
-        for mv in plan.moves:
-            for old, new in mv.links():
-                n += files.link(old, new)
-    return n
+    with OutputDir(out) as files:  # all at once: an image renamed to where another's files were (a chain)
+        return files.link([pair for mv in plan.moves for pair in mv.links()])
 
 
 def apply_removals(

@@ -318,7 +318,8 @@ def find_moves(found: Scan, known: Known, stems: dict[str, str]) -> list[Move]:
     first (``REAL/x.png`` -> ``FAKE/x.png``), then the rest in path order; what is left over is removed or added as
     before. A copy (the old path still there) is an added image: its old path keeps its rows and files.
     """
-    vanished = sorted(r for r in known.images if r not in {e.rel for e in found.images})
+    present = {e.rel for e in found.images} | {f.rel for f in found.skipped}  # unreadable there: not moved away
+    vanished = sorted(r for r in known.images if r not in present)
     if not vanished:
         return []
     sizes = {known.images[r].size for r in vanished}
