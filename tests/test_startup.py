@@ -327,6 +327,36 @@ def test_an_unchanged_rerun_over_folders_numbered_in_the_models_order_imports_no
     assert labels() == before
 
 
+def test_a_rerun_after_images_moved_between_class_folders_imports_no_torch(tmp_path, tiny_ckpt):
+    """A labelling tool moved an image to the other class folder and renamed another: their predictions and maps
+    go along (plan.Move), nothing to compute, so no model loads either; predictions.csv lists the new paths and
+    labels."""
+    import csv
+
+    from xaibatch.pipeline import RunOptions, run
+    from xaibatch.tools.synth import write_classes
+
+    inp, out = write_classes(tmp_path / "in", 3), tmp_path / "out"
+    opts = RunOptions(
+        input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt, workers=0, handle_signals=False
+    )
+    assert run(opts, log=lambda s: None).computed == 6
+    (inp / "REAL" / "img_001.png").rename(inp / "FAKE" / "relabelled.png")
+    (inp / "FAKE" / "img_002.png").rename(inp / "FAKE" / "renamed.png")
+    probe = f"""
+        from pathlib import Path
+        from xaibatch.pipeline import RunOptions, run
+        r = run(RunOptions(input_dir=Path({str(inp)!r}), out_dir=Path({str(out)!r}), methods=["gradcam"],
+                           checkpoint=Path({str(tiny_ckpt)!r}), workers=0, handle_signals=False), log=lambda s: None)
+        assert (r.computed, r.unchanged, r.counts.added, r.counts.removed) == (0, 6, 0, 0), r
+    """
+    assert _modules_after(probe) == []
+    with open(out / "predictions.csv", newline="") as f:
+        labels = {r["path"]: r["label"] for r in csv.DictReader(f)}
+    assert labels["FAKE/relabelled.png"] == "FAKE" and labels["FAKE/renamed.png"] == "FAKE"
+    assert "REAL/img_001.png" not in labels and "FAKE/img_002.png" not in labels
+
+
 def test_an_unchanged_rerun_from_the_cli_imports_no_torch(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 
