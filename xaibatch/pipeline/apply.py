@@ -44,9 +44,10 @@ def apply_removals(
     emit: Callable[[dict[str, Any]], None],
 ) -> set[str]:
     """Images gone from the input or no longer readable leave the manifest, as do maps that are lost or explain a
-    target no longer the image's; moved images' rows go to their new paths, once their files are linked there
-    (:func:`link_moved`; a kill in between leaves files no row points at, which the next run links again). Returns the files this run may leave without a row: those of these rows, and
-    those of the images it computes anew (maps of methods not asked this time, an image that fails now), for
+    target no longer the image's; moved images' rows go to their new paths once their files are linked there
+    (:func:`link_moved`; a kill in between leaves files no row points at, which the next run links again). Returns
+    the files this run may leave without a row: those of these rows (a moved image's old names), and those of the
+    images it computes anew (maps of methods not asked this time, an image that fails now), for
     :func:`delete_dropped` once the new report is written."""
     present = {e.rel for e in found.images} | {f.rel for f in found.skipped}
     rels = {*plan.removed, *(f.rel for f in found.skipped), *plan.work, *(rel for rel, _ in plan.dead_maps)}

@@ -263,6 +263,8 @@ def make_plan(
     listed in ``retarget`` and get every requested map anew (the caller removes their old maps).
     With ``hashes.labels`` (``--target pred,label``) see :func:`label_todo`. ``on_disk``: the files under
     images/, thumbs/ and maps/ (see existing_files), which new images' stems go round (layout.assign_stems).
+    An image moved or renamed (:func:`find_moves`) is planned at its new path as an image whose label changed in
+    place: ``known`` is updated to hold it there (Known.move), as the manifest will once the moves are applied.
     """
     present = {e.rel for e in found.images}
     stems = assign_stems([e.rel for e in found.images], known.images, on_disk)
@@ -438,8 +440,8 @@ class _Planner:
         return new, flipped
 
     def relabeled(self, e: ImageEntry, row: ImageRow) -> tuple[ImageRow, bool]:
-        """The row with the label the scan gives now (``--unlabeled`` added or dropped: the bytes are the same, no
-        forward pass), and whether its target class moved with it (``--target label``: its maps go, all anew)."""
+        """The row with the label the scan gives now (``--unlabeled`` added or dropped, or a Move to another class
+        folder: the bytes are the same, no forward pass), and whether its target class moved with it (``--target label``: its maps go, all anew)."""
         by_label = targets.by_label(self.hashes.predict_config.get("target", "pred")) and e.label is not None
         new = dataclasses.replace(
             row,
