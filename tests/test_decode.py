@@ -466,3 +466,33 @@ def test_the_hash_is_of_the_bytes_decoded_though_the_file_changes_while_read(tmp
     assert digest.hexdigest() in hashed, "the hash is of no whole version of the file"
     decoded_from = np.asarray(Image.open(io.BytesIO(hashed[digest.hexdigest()])).convert("RGB"))
     assert np.array_equal(np.asarray(im), decoded_from), "the pixels decoded are not those of the bytes hashed"
+
+
+@pytest.mark.parametrize("reader", [load_image, read_for_device])
+def test_a_file_over_the_memory_limit_is_decoded_from_the_file_and_refused_if_rewritten(tmp_path, monkeypatch, reader):
+    """Read whole into memory to be hashed and decoded, a 300 MB scan TIFF was held twice in each loader worker; past
+    IN_MEMORY_MAX a file is hashed, then decoded from the file, and refused as changed (left to the next run, as a
+    file moved away is) when its size, mtime or ctime moved meanwhile."""
+    from xaibatch import data
+    from xaibatch.errors import vanished
+
+    arr = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "a.png"
+    Image.fromarray(arr).save(path)
+    monkeypatch.setattr(data, "IN_MEMORY_MAX", 100)
+    monkeypatch.setattr(data, "read_hashed", lambda *a: (_ for _ in ()).throw(AssertionError("held in memory")))
+    digest = hashlib.sha256()
+    assert np.array_equal(np.asarray(reader(path, digest=digest)), arr)
+    assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    real_decode = data.decode_pil
+
+    def rewritten_meanwhile(f, *a):  # another tool writes the file between the hash and the decode
+        with open(path, "r+b") as w:
+            w.write(path.read_bytes())
+        return real_decode(f, *a)
+
+    monkeypatch.setattr(data, "decode_pil", rewritten_meanwhile)
+    with pytest.raises(DecodeError) as e:
+        reader(path, digest=hashlib.sha256())
+    assert vanished(str(e.value)) and "rewritten while the run read it" in str(e.value)

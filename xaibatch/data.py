@@ -27,11 +27,12 @@ from .errors import (
     TIFF_VARIANT,
     TOO_MANY_PIXELS,
     UNUSABLE_DECODE,
+    VANISHED,
     DecodeError,
 )
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import too_large
-from .files import NotRegularFile, open_regular, read_hashed
+from .files import NotRegularFile, hash_open_file, open_regular, read_hashed
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
@@ -55,8 +56,32 @@ def load_image(path: Path | str, max_pixels: int = MAX_PIXELS, digest: Any = Non
     f, size = open_image_file(path)
     with f, decode_errors(max_pixels):
         if digest is not None:
-            return decode_pil(io.BytesIO(read_hashed(f, size, digest)), max_pixels)
+            return decode_hashed(f, size, digest, max_pixels)
         return decode_pil(f, max_pixels)
+
+
+IN_MEMORY_MAX = 64 << 20  # a larger file is hashed and decoded from the file, not held in memory twice
+
+
+def decode_hashed(f: BinaryIO, size: int, digest: Any, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode the open file ``f`` with its bytes fed to ``digest``, the hash of exactly the bytes decoded: read once
+    and decoded from memory; a file over IN_MEMORY_MAX (a 300 MB scan TIFF, in each loader worker) is read twice
+    from the file instead, and refused as changed (errors.VANISHED: left to the next run) when its size, mtime or
+    ctime moved while it was read."""
+    if size <= IN_MEMORY_MAX:
+        return decode_pil(io.BytesIO(read_hashed(f, size, digest)), max_pixels)
+    before = os.fstat(f.fileno())
+    hash_open_file(f, size, digest)
+    f.seek(0)
+    im = decode_pil(f, max_pixels)
+    after = os.fstat(f.fileno())
+    if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    ):
+        raise DecodeError(f"{VANISHED} (rewritten while the run read it)")
+    return im
 
 
 def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
@@ -281,7 +306,7 @@ def read_for_device(
         if f.read(len(JPEG_MAGIC)) != JPEG_MAGIC:
             f.seek(0)
             if digest is not None:  # decoded from the bytes hashed, as load_image does
-                return decode_pil(io.BytesIO(read_hashed(f, size, digest)), max_pixels)
+                return decode_hashed(f, size, digest, max_pixels)
             return decode_pil(f, max_pixels)
         f.seek(0)
         data = f.read(size)  # never more than the size at open: a growing file ends there, as read_hashed does
