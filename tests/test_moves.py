@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import run_opts
 from outcheck import check_output_folder, check_report_links
 from xaibatch import layout
 from xaibatch.pipeline import RunOptions, run
@@ -35,18 +36,7 @@ def inp(tmp_path) -> Path:
 
 
 def opts(inp: Path, out: Path, ckpt: Path, target: str = "pred", methods=("gradcam",), **kw) -> RunOptions:
-    return RunOptions(
-        input_dir=inp,
-        out_dir=out,
-        methods=list(methods),
-        checkpoint=ckpt,
-        target=target,
-        workers=0,
-        batch_size=3,
-        handle_signals=False,
-        method_options=LIME,
-        **kw,
-    )
+    return run_opts(inp, out, ckpt, methods, target=target, batch_size=3, method_options=LIME, **kw)
 
 
 def go(o: RunOptions, said: list[str] | None = None):
