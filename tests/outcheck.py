@@ -111,9 +111,8 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         assert cards == Counter(stems.keys()), f"gallery and manifest differ: {sorted(set(cards) ^ set(stems))[:5]}"
         details: Counter = Counter()  # each image's detail view: a record in its gallery page's data file
         for page in sorted((out / "detail").glob("page-*.js")):
-            text = page.read_text("ascii")
             assert (out / "detail" / page.name.replace(".js", ".html")).is_file(), f"{page.name} has no viewer"
-            details.update(im["rel"] for im in json.loads(text[text.index("=") + 1 :].rstrip().rstrip(";"))["images"])
+            details.update(im["rel"] for im in detail_page_images(page))
         assert details == Counter(stems.keys()), f"detail views differ: {sorted(set(details) ^ set(stems))[:5]}"
         stale = [
             os.path.join(d, n)
@@ -125,3 +124,14 @@ def check_output_folder(out: Path, input_dir: Path | None = None, report: bool =
         missing = sorted(p for p in report_links(out) if not (out / p).is_file())
         assert not missing, f"the report links missing files: {missing[:5]}"
     return stems
+
+
+def detail_page_images(page: Path) -> list[dict]:
+    """The image records of one detail data file (``detail/page-N.js``: ``window...=<JSON>;``)."""
+    text = page.read_text("ascii")
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))["images"]
+
+
+def detail_records(out: Path) -> dict[str, dict]:
+    """rel -> the detail view's record of that image, over every detail data file of the report in ``out``."""
+    return {im["rel"]: im for page in (Path(out) / "detail").glob("page-*.js") for im in detail_page_images(page)}

@@ -12,14 +12,13 @@ import csv
 import json
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import run_opts
-from outcheck import check_output_folder, check_report_links
+from helpers import manifest_rows, run_opts
+from outcheck import check_output_folder, check_report_links, detail_records
 from xaibatch import layout
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.tools import synth
@@ -45,38 +44,19 @@ def go(o: RunOptions, said: list[str] | None = None):
 
 def images(out: Path) -> dict[str, tuple]:
     """rel -> (stem, label, pred, target, probs, sha256, run_id)."""
-    db = sqlite3.connect(out / layout.MANIFEST)
-    try:
-        return {
-            r[0]: (r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7])
-            for r in db.execute("SELECT rel, stem, label, pred, target, probs_json, sha256, run_id FROM images")
-        }
-    finally:
-        db.close()
+    rows = manifest_rows(out, "SELECT rel, stem, label, pred, target, probs_json, sha256, run_id FROM images")
+    return {r[0]: (r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows}
 
 
 def maps(out: Path) -> dict[tuple[str, str], tuple[str, str, int, bytes]]:
     """(rel, method) -> (config_hash, npy path, run_id, the .npy's bytes)."""
-    db = sqlite3.connect(out / layout.MANIFEST)
-    try:
-        rows = list(db.execute("SELECT rel, method, config_hash, npy, run_id FROM maps"))
-    finally:
-        db.close()
+    rows = manifest_rows(out, "SELECT rel, method, config_hash, npy, run_id FROM maps")
     return {(r[0], r[1]): (r[2], r[3], r[4], (out / r[3]).read_bytes()) for r in rows}
 
 
 def csv_rows(out: Path) -> dict[str, dict[str, str]]:
     with open(out / layout.CSV, newline="") as f:
         return {row["path"]: row for row in csv.DictReader(f)}
-
-
-def detail_records(out: Path) -> dict[str, dict]:
-    recs = {}
-    for f in (out / "detail").glob("page-*.js"):
-        text = f.read_text()
-        data = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
-        recs.update({im["rel"]: im for im in data["images"]})
-    return recs
 
 
 def move(inp: Path, old: str, new: str) -> None:

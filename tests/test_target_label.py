@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import write_images
 from helpers import manifest_value
-from outcheck import check_output_folder
+from outcheck import check_output_folder, detail_records
 from xaibatch import layout
 from xaibatch.cli import cli
 from xaibatch.errors import UsageError
@@ -74,15 +74,6 @@ def wrong(images) -> set[str]:
 
 def label_rels(maps, key: str = "gradcam@label") -> set[str]:
     return {rel for rel, k in maps if k == key}
-
-
-def detail_records(out: Path) -> dict[str, dict]:
-    recs = {}
-    for f in (out / "detail").glob("page-*.js"):
-        text = f.read_text()
-        data = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
-        recs.update({im["rel"]: im for im in data["images"]})
-    return recs
 
 
 def test_true_class_maps_exist_exactly_for_misclassified_images(inp, tmp_path, tiny_ckpt):
