@@ -44,3 +44,27 @@ def test_library_methods_on_a_family(tmp_path, arch, layer):
             assert m.shape == ((48, 48) if rel.startswith("FAKE") else (40, 40)), (method, rel)
             assert np.isfinite(m).all(), (method, rel)
         assert any(np.abs(np.load(out / npy)).max() > 0 for _, npy in rows), method
+
+
+@pytest.mark.parametrize("arch,kwargs", [("test_vit", {"img_size": 64}), ("test_mambaout", {})])
+def test_fullgrad_ignores_the_layers_reshape(arch, kwargs):
+    """cam:fullgrad reads every conv and batch-norm bias, not the run's layer: the token model's and the channels-last
+    model's reshape of that layer was handed to FullGrad, which applied it to the conv outputs, and the method was
+    refused at construction ("63 patch tokens do not form a 4x4 grid"; a broadcast error on MambaOut). Its maps are
+    now the library's own, called as its documentation says (no reshape_transform)."""
+    from pytorch_grad_cam import FullGrad
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from xaibatch.methods import create_method
+
+    from _methods_helpers import make_batch, make_ctx, random_images, tiny_model
+
+    model = tiny_model(arch, num_classes=3, **kwargs)
+    ctx = make_ctx(model, 64)
+    assert ctx.layer.reshaped
+    batch = make_batch(ctx, random_images(2, 64, seed=3), activations=False)
+    got = create_method("cam:fullgrad", ctx).explain(batch).maps.numpy()
+    targets = [ClassifierOutputTarget(int(t)) for t in batch.targets]
+    ref = FullGrad(model, [])(input_tensor=batch.x.clone().requires_grad_(True), targets=targets)
+    model.zero_grad(set_to_none=True)
+    assert got.shape == (2, 64, 64) and np.abs(got - ref).max() < 1e-5

@@ -104,7 +104,10 @@ class LibraryCAM(Method):
         cls = getattr(self._lib, self.lib_class)
         layer = self.ctx.layer
         layers = [] if self.short == "fullgrad" else [layer.module]
-        reshape = layer.to_grid if (layer is not None and layer.reshaped) else None
+        # FullGrad reads every conv and batch-norm bias, never the run's layer: that layer's reshape (a ViT's tokens,
+        # a Swin's channels-last grid) would be applied to those (B, C, H, W) outputs and fail
+        reshaped = layer is not None and layer.reshaped and self.short != "fullgrad"
+        reshape = layer.to_grid if reshaped else None
         kwargs: dict[str, Any] = {"reshape_transform": reshape}
         if self.short == "ablationcam":
             kwargs.update(
