@@ -216,6 +216,18 @@ def test_method_options_are_checked_without_torch(tmp_path):
         (["-m", "cam:scorecam", "--method-option", "cam:scorecam.batch_size=x"], "batch_size must be an integer"),
         (["-m", "captum:Occlusion", "--method-option", "captum:Occlusion.reduce=max"], "reduce must be one of"),
         (
+            ["-m", "captum:GuidedGradCam", "--method-option", "captum:GuidedGradCam.interpolate_mode=linear"],
+            "captum:GuidedGradCam: interpolate_mode must be one of nearest, nearest-exact, bilinear, bicubic, area",
+        ),
+        (
+            ["-m", "captum:IntegratedGradients", "--method-option", "captum:IntegratedGradients.method=riemann"],
+            "captum:IntegratedGradients: method must be one of gausslegendre, riemann_left",
+        ),
+        (
+            ["-m", "captum:NoiseTunnel.Saliency", "--method-option", "captum:NoiseTunnel.Saliency.nt_type=smooth"],
+            "captum:NoiseTunnel.Saliency: nt_type must be one of smoothgrad, smoothgrad_sq, vargrad, not 'smooth'",
+        ),
+        (
             ["-m", "captum:NoiseTunnel.Saliency", "--method-option", "captum:NoiseTunnel.Saliency.nt_samples=0"],
             "at least 1",
         ),

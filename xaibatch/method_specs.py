@@ -131,6 +131,14 @@ NT_DEFAULTS = {"nt_type": "smoothgrad", "nt_samples": 5, "nt_samples_batch_size"
 NT_PATTERN = f"{NT_PREFIX}<{'|'.join(TUNNELABLE)}>"  # the NoiseTunnel family's names, as listings show them
 REDUCTIONS = ("sum", "mean", "abs-max")  # captum: how (B, 3, H, W) attributions become one map per image
 BASELINES = ("zero", "black")  # captum: the normalized input's zero (the mean colour), or black pixels
+# The word options captum takes from a fixed list (checked here: captum asserts only once the model has loaded, and
+# GuidedGradCam's interpolation, failing inside attribute(), leaves no map at all and stopped a run with an internal
+# error). interpolate_mode: torch's modes for a (B, C, h, w) map (linear and trilinear want other shapes).
+WORD_CHOICES: dict[str, tuple[str, ...]] = {
+    "method": ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"),
+    "nt_type": ("smoothgrad", "smoothgrad_sq", "vargrad"),
+    "interpolate_mode": ("nearest", "nearest-exact", "bilinear", "bicubic", "area"),
+}
 
 # The built-in methods' option names (their classes import torch; tests/test_startup.py holds these to them).
 BUILTIN_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -214,6 +222,9 @@ def check_library_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"{name}: reduce must be one of {', '.join(REDUCTIONS)}, not {opts['reduce']!r}")
     if opts.get("baseline", BASELINES[0]) not in BASELINES:
         raise UsageError(f"{name}: baseline must be one of {', '.join(BASELINES)}, not {opts['baseline']!r}")
+    for key, choices in WORD_CHOICES.items():
+        if key in opts and opts[key] not in choices:
+            raise UsageError(f"{name}: {key} must be one of {', '.join(choices)}, not {opts[key]!r}")
     for key in ("n_steps", "n_samples", "perturbations_per_eval", "nt_samples"):
         if key in opts and opts[key] < 1:
             raise UsageError(f"{name}: {key} must be at least 1")
