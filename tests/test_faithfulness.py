@@ -554,3 +554,33 @@ def test_a_good_faithfulness_verdict_of_maps_that_fail_the_sanity_check_says_so(
     )
     assert flagged is not sanity_passed, v.text
     assert v.good is (True if sanity_passed else None)
+
+
+@pytest.mark.parametrize("fill_p", [0.97, 0.01])
+def test_a_good_faithfulness_verdict_under_a_fill_that_does_not_move_the_model_says_so(tmp_path, fill_p):
+    """On a random-weights ResNet the blur fill moved the class probability by 0.002 on average; the page said these
+    scores cannot tell maps apart, and below it, in green, "IntegratedGradients (captum): better than both chance
+    maps" by +0.003 of AUC. A good verdict under such a fill now says so and is not green."""
+    from types import SimpleNamespace
+
+    from xaibatch.evaluation import chance as chance_file
+    from xaibatch.report.trust import build_trust
+
+    images, maps, sample = {}, {}, {}
+    for k in range(16):
+        rel = f"img_{k:02d}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0)
+        d = 0.2 + 0.01 * (k % 3)
+        maps[(rel, "captum:IntegratedGradients")] = SimpleNamespace(
+            rel=rel, deletion=d, insertion=1 - d, faith={"deletion_curve": [0.99, 0.5, fill_p]}, config_hash="h"
+        )
+        sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.8, 0.3), "blob": (0.7, 0.4)})
+    chance_file.write(tmp_path, "k", 20, "blur", sample)
+    methods = [SimpleNamespace(name="captum:IntegratedGradients", title="IntegratedGradients (captum)")]
+    t = build_trust(tmp_path, images, maps, methods, True, "c")
+    (v,) = t.verdicts
+    flat = fill_p > 0.9
+    assert bool(t.fill_note) is flat
+    assert v.text.startswith("IntegratedGradients (captum): better than both chance maps"), v.text
+    assert v.text.endswith("so a gain this small does not show that the maps explain it") is flat, v.text
+    assert v.good is (None if flat else True)

@@ -83,6 +83,8 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
             _sampled_chance(t, chance, images, scores)
         elif chance.legacy:
             _legacy_chance(t, chance.legacy, scores)
+    if t.fill_note:
+        _flag_flat_fill(t)
     t.sanity = SanityResult.read(out)  # a curve without what the page reads: the section is left out
     if t.sanity is not None:
         t.sanity_stale = bool(checkpoint_sha) and t.sanity.checkpoint_sha256 != checkpoint_sha
@@ -108,6 +110,19 @@ def _flag_insane(t: Trust, titles: dict[str, str]) -> None:
                 f"{v.text}; but its maps fail the sanity check below, so these scores do not show that they explain "
                 "the model",
                 None if v.good else v.good,
+            )
+
+
+def _flag_flat_fill(t: Trust) -> None:
+    """A good faithfulness verdict under a fill that barely moves the model's output says so and is not shown as
+    good: on a random-weights ResNet the blur fill moved the class probability by 0.002, and IntegratedGradients
+    "beat both chance maps" in green by +0.003 of AUC, below a note that these scores cannot tell maps apart."""
+    for k, v in enumerate(t.verdicts):
+        if v.good:
+            t.verdicts[k] = Verdict(
+                f"{v.text}; but the fill barely changes the model's output (above), so a gain this small does not "
+                "show that the maps explain it",
+                None,
             )
 
 
