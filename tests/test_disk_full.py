@@ -373,7 +373,8 @@ def test_a_folder_made_read_only_under_out(tmp_path, tiny_ckpt, writers):
     out = helpers.small_run(tmp_path, tiny_ckpt, 2)
     inp, real = tmp_path / "in", out / "maps" / "gradcam" / "REAL"
     write_images(inp / "REAL" / "sub", 1, seed=7)
-    (inp / "REAL" / "img_000.png").rename(inp / "REAL" / "new.png")  # a new name: its map is a new file in REAL
+    (fresh,) = write_images(tmp_path / "fresh", 1, seed=9)  # new bytes (a renamed image would keep its maps)
+    fresh.rename(inp / "REAL" / "new.png")  # a new image: its map is a new file in REAL
     real.chmod(0o555)
     try:
         p = subprocess.run(
