@@ -270,8 +270,8 @@ def make_plan(
     stems = assign_stems([e.rel for e in found.images], known.images, on_disk)
     moves = find_moves(found, known, stems)
     exists = known.move(moves, exists)
-    gone, moved_to = {m.old for m in moves}, {m.entry.rel for m in moves}
-    moved_same = moved_but_same(found, known)  # after the moves: a moved image's new ctime is checked as any other
+    gone = {m.old for m in moves}
+    moved_same = moved_but_same(found, known)  # after the moves: a moved row already holds its new file's stamps
     planner = _Planner(
         known,
         hashes,
@@ -290,7 +290,7 @@ def make_plan(
     )
     for e in found.images:
         planner.add(e)
-    planner.plan.ctime_only = ctime_only(found, known, {e: same for e, same in moved_same.items() if e not in moved_to})
+    planner.plan.ctime_only = ctime_only(found, known, moved_same)
     return planner.plan
 
 
@@ -298,16 +298,12 @@ def ctime_only(found: Scan, known: Known, moved_same: dict[str, bool]) -> tuple[
     """Of the images moved_but_same read, those with the size, mtime and a ctime recorded as before (their ctime
     alone moved: chmod, chown, a hard link, a volume re-owned), and how many of them held the same bytes."""
     n = same = 0
-    for e in found.images:
+    for e in found.images if moved_same else ():  # none read (an unchanged re-run): no second pass
         row = known.images.get(e.rel)
-        if (
-            e.rel in moved_same
-            and row is not None
-            and row.ctime_ns is not None
-            and (row.size, row.mtime_ns) == (e.size, e.mtime_ns)
-        ):
-            n += 1
-            same += moved_same[e.rel]
+        if e.rel in moved_same and row is not None and row.ctime_ns is not None:
+            if (row.size, row.mtime_ns) == (e.size, e.mtime_ns):  # the ctime alone moved
+                n += 1
+                same += moved_same[e.rel]
     return n, same
 
 
