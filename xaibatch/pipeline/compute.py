@@ -28,7 +28,7 @@ from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import PREFETCH, handover, more_workers_than_cpus, until_stopped, worker_init
+from .loader import PREFETCH, handover, handover_warning, more_workers_than_cpus, until_stopped, worker_init
 from . import notices
 from . import labelmaps
 from .progress import progress_bar
@@ -308,7 +308,7 @@ def compute(job: ComputeJob) -> None:
             piped = handover(workers, prepared.batch_size * dataset.tensor_bytes())
             if piped is not None and piped not in said:
                 said.add(piped)
-                text = f"warning: the DataLoader workers send their batches through pipes (slower): {piped}"
+                text = handover_warning(piped)
                 notices.say([("batch-handover", text, {"reason": piped})], log, emit, not opts.events_only)
             with more_workers_than_cpus():
                 loader = torch.utils.data.DataLoader(

@@ -78,6 +78,11 @@ def handover(workers: int, batch_bytes: int, shm: str = "/dev/shm") -> str | Non
     )
 
 
+def handover_warning(reason: str) -> str:
+    """The line a run or ``train`` says once when :func:`handover` chose pipes (``reason``: its answer)."""
+    return f"warning: the DataLoader workers send their batches through pipes (slower): {reason}"
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:.{0 if n >= 10 * 2**20 else 1}f} MB"
 

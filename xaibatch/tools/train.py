@@ -26,7 +26,7 @@ from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, Scan, file_kind, printable, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by, out_of_memory
 from ..model.loading import check_patches, create, resolve_device, save_atomically, save_checkpoint
-from ..pipeline.loader import handover, more_workers_than_cpus, until_stopped, worker_init
+from ..pipeline.loader import handover, handover_warning, more_workers_than_cpus, until_stopped, worker_init
 from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
 
@@ -62,7 +62,7 @@ def _loader(entries, size, batch_size, shuffle, workers, seed, log=lambda line: 
     dataset = ImageDataset(entries, size)
     piped = handover(workers, batch_size * dataset.tensor_bytes())  # as a run's: /dev/shm, a temporary folder
     if piped is not None:
-        log(f"warning: the DataLoader workers send their batches through pipes (slower): {piped}")
+        log(handover_warning(piped))
     with more_workers_than_cpus():
         return torch.utils.data.DataLoader(
             dataset,
