@@ -34,6 +34,32 @@ def test_it_brings_back_deleted_pages_without_the_input_folder(out, tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*.html")} == before  # the same pages, byte for byte
 
 
+def test_a_copy_elsewhere_keeps_its_ground_truth_and_pointing_game_without_the_input_folder(tmp_path, tiny_ckpt):
+    # the folder copied to another machine (or its input deleted or renamed): `report` there used to drop every
+    # image's ground truth and the summary's pointing game, which it reads from the masks beside the input images
+    import numpy as np
+
+    inp = tmp_path / "in"
+    for i, p in enumerate(write_images(inp / "FAKE", 3, seed=1)):
+        mask = np.zeros((32, 32), bool)
+        mask[4 * i : 4 * i + 12, 8:20] = True
+        np.save(p.with_name(p.stem + ".mask.npy"), mask)
+    write_images(inp / "REAL", 3, seed=2)
+    run(run_opts(inp, tmp_path / "out", tiny_ckpt, target="label"), log=quiet)  # every map scored
+    before = {p.relative_to(tmp_path / "out"): p.read_bytes() for p in (tmp_path / "out").rglob("*.*")}
+    assert b"h-pointing" in before[Path("index.html")]  # the summary's pointing game
+    assert b'"area"' in before[Path("detail/page-1.js")]  # each masked image's ground truth in its detail view
+    shutil.copytree(tmp_path / "out", tmp_path / "elsewhere" / "copy")  # cp -r: new mtimes, another path
+    inp.rename(tmp_path / "renamed")
+    copy = tmp_path / "elsewhere" / "copy"
+    for i in range(2):  # the report rebuilt without the input folder, then reused
+        res = invoke("report", copy)
+        assert res.exit_code == 0, res.output
+        after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*.*")}
+        for name in ("index.html", "detail/page-1.js", "gallery/page-1.html"):
+            assert after[Path(name)] == before[Path(name)], f"{name} changed without the input folder (pass {i})"
+
+
 def test_template_dir_renders_with_the_users_templates_and_without_it_the_packaged_ones(out, tmp_path):
     tpl = tmp_path / "tpl"
     tpl.mkdir()

@@ -108,7 +108,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     try:
         history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
         backfill_views(out, manifest, method_infos(history, history.map_methods))
-        found = snapshot.inputs(out, manifest, history, template_dir)
+        found = snapshot.inputs(out, manifest, history, template_dir, w.truth_cache)
         if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
             return stats
         images, maps, failures = read_rows(manifest, history)
@@ -215,8 +215,9 @@ TRUTH_VERSION = 2  # bump when detail.truth_record's fields change (2: area, cen
 
 def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
     """The card's ground truth (detail.truth_of), from the cache while its mask and its maps' peaks are the
-    same: a mask is read once, not on every page write."""
-    if not c.mask_key or data.input_dir is None:
+    same: a mask is read once, not on every page write, and not at all while the input folder is not there (the
+    mask key then comes from the cache too: snapshot.kept_masks)."""
+    if not c.mask_key:
         return None
     key = fingerprint(
         TRUTH_VERSION,
@@ -226,10 +227,13 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
         [(v.method, v.title, v.peak, v.shape, v.zero, v.nowhere) for v in c.maps],
     )
     hit = w.truth_cache.get(c.rel)
-    truth = (
-        hit[1] if isinstance(hit, list) and len(hit) == 2 and hit[0] == key else truth_of(w.inputs(data.input_dir), c)
-    )
-    w.truths[c.rel] = [key, truth]
+    if isinstance(hit, list) and len(hit) in (2, 3) and hit[0] == key:
+        truth = hit[1]
+    elif data.input_dir is not None:
+        truth = truth_of(w.inputs(data.input_dir), c)
+    else:
+        return None
+    w.truths[c.rel] = [key, truth, c.mask_key]  # the mask key: what kept_masks gives back without the input folder
     return truth
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from .. import __version__, layout
 from ..manifest import Manifest
 from ..resources import templates_dir
+from ..scan import mask_rel
 from ..evaluation.sanity_file import SanityCurve, SanityResult
 from .trust import FaithRow, Trust, Verdict
 from . import model
@@ -76,8 +77,13 @@ class Inputs:
     key: str
 
 
-def inputs(out: Path, manifest: Manifest, history: History, template_dir: Path | None) -> Inputs:
-    masks = masks_beside(history.source(), manifest.image_rels())
+def inputs(
+    out: Path, manifest: Manifest, history: History, template_dir: Path | None, kept: dict[str, Any] | None = None
+) -> Inputs:
+    """``kept``: the ground truths the last write drew (PageWriter.truth_cache); while the input folder is not there
+    (deleted, renamed, or the output folder copied to another machine) its masks are taken as they were then."""
+    source = history.source()
+    masks = masks_beside(source, manifest.image_rels()) if source is not None else kept_masks(kept or {})
     config = {k: v for k, v in history.config.items() if k not in VOLATILE_CONFIG}
     methods = method_infos(history, history.map_methods)
     st = os.stat(out / layout.MANIFEST)
@@ -99,6 +105,16 @@ def inputs(out: Path, manifest: Manifest, history: History, template_dir: Path |
         trust_files,
     )
     return Inputs(history, masks, key)
+
+
+def kept_masks(truths: dict[str, Any]) -> dict[str, str]:
+    """cards.masks_beside as it was when these ground truths (image -> [key, truth record, mask key], see
+    render._truth) were read from the input folder."""
+    return {
+        mask_rel(rel): entry[2]
+        for rel, entry in truths.items()
+        if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], str) and entry[2]
+    }
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
