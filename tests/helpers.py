@@ -8,6 +8,7 @@ Method tests' batches and tiny models: ``_methods_helpers.py``; a whole output f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -152,3 +153,35 @@ def reap(proc: subprocess.Popen, pids) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def without_file_permission_override() -> list[str]:
+    """The command prefix under which a chmod bites: none for a user; for root, setpriv without the capabilities
+    that override file permissions (skipped where that is not possible)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+    try:
+        probe = subprocess.run([*prefix, "sh", "-c", "test -w /proc/1/root"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        probe = None
+    if probe is None or probe.returncode != 1:
+        pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE: chmod a-w does not bite")
+    return prefix
+
+
+@contextlib.contextmanager
+def read_only_tree(root: Path):
+    """``chmod -R a-w root`` for the block (bites under without_file_permission_override), then writable again."""
+    paths = [root, *root.rglob("*")]
+    modes = {p: p.stat().st_mode & 0o7777 for p in paths if not p.is_symlink()}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)

@@ -348,28 +348,12 @@ def test_a_file_size_limit_in_writer_processes(tmp_path, tiny_ckpt):
     check_output_folder(out, inp)
 
 
-def _without_file_permission_override() -> list[str]:
-    """The command prefix under which a chmod bites: none for a user; for root, setpriv without the capabilities
-    that override file permissions (skipped where that is not possible)."""
-    if os.geteuid() != 0:
-        return []
-    drop = "-dac_override,-dac_read_search"
-    prefix = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
-    try:
-        probe = subprocess.run([*prefix, "sh", "-c", "test -w /proc/1/root"], capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        probe = None
-    if probe is None or probe.returncode != 1:
-        pytest.skip("running as root without setpriv to drop CAP_DAC_OVERRIDE: chmod a-w does not bite")
-    return prefix
-
-
 @pytest.mark.parametrize("writers", [0, 2])
 def test_a_folder_made_read_only_under_out(tmp_path, tiny_ckpt, writers):
     """chmod a-w OUT/maps/gradcam/REAL: a new image there, and a new folder below it, each stop the run with one
     line naming the file (never its temporary name) and the folder to make writable, exit 3; then a re-run
     finishes."""
-    prefix = _without_file_permission_override()
+    prefix = helpers.without_file_permission_override()
     out = helpers.small_run(tmp_path, tiny_ckpt, 2)
     inp, real = tmp_path / "in", out / "maps" / "gradcam" / "REAL"
     write_images(inp / "REAL" / "sub", 1, seed=7)

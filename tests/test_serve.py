@@ -326,6 +326,34 @@ def test_report_images_are_found_by_content_and_read_from_any_cwd(tmp_path, monk
     assert ReportImages.load(tmp_path / "nothing").rows == {}
 
 
+def test_a_read_only_report_is_read_and_left_as_it_was(tmp_path, tiny_ckpt):
+    """An output folder opened read-only (chmod -R a-w, a read-only mount, an archive unpacked so): serve read none
+    of its report ("permission denied writing OUT/xaibatch.sqlite: make OUT writable and run again"), as SQLite
+    wants the manifest's -shm file made; in a writable folder reading it leaves no -wal or -shm file behind."""
+    import subprocess
+
+    from helpers import ENV, REPO, quiet, read_only_tree, run_opts, without_file_permission_override, write_images
+    from xaibatch.pipeline import run
+    from xaibatch.serve.sources import ReportImages
+
+    prefix = without_file_permission_override()
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    write_images(tmp_path / "in" / "REAL", 2, seed=2)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=quiet)
+    before = sorted(p.name for p in out.iterdir())
+    assert len(ReportImages.load(out).rows) == 4 and sorted(p.name for p in out.iterdir()) == before
+    probe = "import sys; from xaibatch.serve.sources import ReportImages as R; r = R.load(sys.argv[1]); "
+    probe += "print(r.problem, sorted(r.rows))"
+    with read_only_tree(out):
+        p = subprocess.run(
+            [*prefix, sys.executable, "-c", probe, str(out)], cwd=REPO, env=ENV, capture_output=True, text=True
+        )
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "None ['FAKE/img_000.png', 'FAKE/img_001.png', 'REAL/img_000.png', 'REAL/img_001.png']"
+
+
 def test_a_report_image_is_read_only_with_the_bytes_its_run_read(tmp_path, tiny_ckpt):
     """The manifest names the folder the report's images are read from: in a shared --out another user's cron
     job writes it, and could point it at a folder of the server's user (any image that user can read, shown in the

@@ -10,6 +10,7 @@ leaves the last committed state intact. The tables and their upgrade: :mod:`.man
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -150,15 +151,64 @@ class ManifestError(XaibatchError):
     """The manifest file exists but SQLite cannot use it (exit code 3)."""
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes the manifest. Where the file and its folder can be written it is opened as
+    runs open it, with writes refused (``query_only``), so that closing it removes its ``-wal`` and ``-shm`` files
+    as a run's close does. Elsewhere it is opened read-only (SQLite's ``mode=ro``), which needs a ``-shm`` index:
+    where the folder refuses to have one made and no ``-wal`` file is there (no run is writing, nor was killed
+    while writing), the file is read as it stands (``immutable``)."""
+    if not path.is_file():
+        raise ManifestError(f"cannot read the manifest {path}: no such file")
+    uri = path.resolve().as_uri()
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        tries = [(str(path), False, "PRAGMA query_only = ON")]
+    else:
+        tries = [(f"{uri}?mode=ro", True, None)]
+        if not os.path.lexists(f"{path}-wal"):
+            tries.append((f"{uri}?immutable=1", True, None))
+    for i, (name, is_uri, pragma) in enumerate(tries):
+        db = None
+        try:
+            db = sqlite3.connect(name, uri=is_uri, timeout=30, isolation_level=None)
+            if pragma:
+                db.execute(pragma)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            break
+        except sqlite3.Error as e:
+            if db is not None:
+                db.close()
+            if i == len(tries) - 1:
+                raise ManifestError(f"cannot read the manifest {path}: {e}") from None
+    try:
+        schema = int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        schema = 0
+    if schema != manifest_schema.SCHEMA_VERSION:
+        db.close()
+        newer = schema > manifest_schema.SCHEMA_VERSION
+        raise ManifestError(
+            f"the manifest {path} was written by {'a newer' if newer else 'an older'} xaibatch (its schema "
+            f"{schema}; this one reads {manifest_schema.SCHEMA_VERSION}): "
+            + ("upgrade xaibatch" if newer else f"run xaibatch report {path.parent} once where it can be written")
+        )
+    return db
+
+
 class Manifest:
     """A thin typed layer over the SQLite file; one instance per thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """``read_only``: only read (``serve``'s view of a report), also in a folder or on a file system that
+        refuses writes (``chmod -R a-w OUT``, a read-only mount, an archive unpacked read-only); the file must
+        exist and be of this xaibatch's schema."""
         self.path = Path(path)
         if self.path.is_symlink():  # SQLite follows it: a link planted in a shared --out redirected every write
             raise UsageError(
                 f"the manifest {self.path} is a symbolic link: refusing to open it (xaibatch never makes one)"
             )
+        if read_only:
+            self.db = _open_read_only(self.path)
+            return
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         except sqlite3.Error as e:

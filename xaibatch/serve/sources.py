@@ -57,7 +57,7 @@ class ReportImages:
         if not path.is_file():
             return found
         try:
-            m = Manifest(path)
+            m = Manifest(path, read_only=True)  # the report may be read-only: serve never writes it
             try:
                 rows, input_dir = m.images(), m.get_meta("input_dir")  # resolved by the run: any cwd works
             finally:
