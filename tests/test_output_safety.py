@@ -173,6 +173,22 @@ def test_another_input_on_an_existing_output_folder_needs_replace(tmp_path, tiny
     assert invoke("run", b, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
 
 
+def test_an_input_folder_moved_away_says_replace_keeps_its_results(tmp_path, tiny_ckpt):
+    """The input folder moved or renamed (same images), the cron job pointed at the new path: the refusal said
+    "pass --replace to replace that report", which reads as losing the results; --replace keeps every one whose
+    image has the same bytes, and the refusal now says so where the folder it names is not there any more."""
+    old, new, out = tmp_path / "old" / "test", tmp_path / "new" / "test", tmp_path / "out"
+    write_images(old, 3, seed=1)
+    assert invoke("run", old, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    new.parent.mkdir()
+    old.rename(new)
+    r = invoke("run", new, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0)
+    _one_line_exit_2(r, f"holds the report of {old.resolve()}, which is not there any more", "moved or renamed")
+    assert "--replace" in r.output and "nothing is computed again" in r.output, r.output
+    r = invoke("run", new, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--replace")
+    assert r.exit_code == 0 and "0 computed, 3 skipped (unchanged)" in r.output, r.output
+
+
 def test_an_input_link_flipped_to_a_new_folder_is_the_same_input(tmp_path, tiny_ckpt):
     """A sync that swaps the input folder by a symlink flip (``ln -sfn new current``) is the same INPUT_DIR to the
     cron job that names ``current``: every run after the first flip was refused with exit 2 ("holds the report of

@@ -116,6 +116,13 @@ def check_same_input(opts: RunOptions, out: Path) -> None:
     # path as named (a symbolic link a sync flips to a new folder: ln -sfn new current) is the same input.
     same = recorded == shown(str(inp)) or named == input_path(opts.input_dir)  # as text: non-UTF-8 escaped
     if holds and recorded is not None and not same:
+        if not os.path.lexists(recorded):  # moved or renamed (or deleted): --replace keeps what is the same
+            raise UsageError(
+                f"--out {opts.out_dir} holds the report of {recorded}, which is not there any more; if INPUT_DIR "
+                f"{inp} is that folder moved or renamed, pass --replace (an image with the same bytes keeps its "
+                f"results: nothing is computed again for it), else choose another --out (e.g. --out "
+                f"{suggest_out(inp, out)})"
+            )
         raise UsageError(
             f"--out {opts.out_dir} holds the report of {recorded}, not of INPUT_DIR {inp}; choose "
             f"another --out (e.g. --out {suggest_out(inp, out)}) or pass --replace to replace that report"
