@@ -199,6 +199,41 @@ def test_every_page_loads_its_images_and_links(driver, labeled_out):
             assert driver.find_element("tag name", "h1").text == name
 
 
+def test_served_by_a_static_web_server_every_page_loads_without_a_console_error(driver, labeled_out, tmp_path):
+    """The folder copied elsewhere and served as a sub-path of a static web server (python -m http.server from its
+    parent): every page, figure and picture loads, and the console stays clean (each page asked the server for
+    /favicon.ico, which it lacks: a 404 in the console)."""
+    import functools
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    shutil.copytree(labeled_out, site / "runs" / "cifake")  # cp -r: new mtimes, another path
+    missing = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            if args[1:2] == ("404",):
+                missing.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/runs/cifake/"
+    out = site / "runs" / "cifake"
+    try:
+        driver.get_log("browser")  # what earlier tests left
+        for page in all_pages(out):
+            rel = (page if isinstance(page, Path) else Path(unquote(urlsplit(page).path))).relative_to(out)
+            driver.get(base + rel.as_posix() + ("#" + urlsplit(page).fragment if isinstance(page, str) else ""))
+            assert not load_all_images(driver), rel
+            severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not severe, f"{rel}: console errors {severe}"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert missing == []
+
+
 def test_pagination_reaches_every_image(driver, paged_out):
     rels = manifest_rels(paged_out)
     open_page(driver, paged_out / "gallery" / "page-1.html")

@@ -29,7 +29,7 @@ def write_assets(w: PageWriter, data: ReportData, template_dir: Path | None) -> 
         stem, ext = name.rsplit(".", 1)
         rel = f"assets/{stem}.{hashlib.sha256(body).hexdigest()[:8]}.{ext}"
         w.write(rel, body)
-        data.assets[ext if stem == "report" else stem] = url(rel)  # "css", "js", "detail"
+        data.assets[ext if stem == "report" else stem] = url(rel)  # "css", "js", "detail", "icon"
 
 
 COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn only when their file is missing)

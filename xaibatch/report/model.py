@@ -49,7 +49,7 @@ TEMPLATE_NAMES = (
 )
 
 
-ASSET_NAMES = ("report.css", "report.js", "detail.js")  # under assets/ in a template folder
+ASSET_NAMES = ("report.css", "report.js", "detail.js", "icon.svg")  # under assets/ in a template folder
 
 
 # each method's maximum on the ground-truth figure (bright on photos, none of them the region's green)
