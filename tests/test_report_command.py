@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import cli, invoke, quiet, run_opts, write_images
+from helpers import ENV, REPO, cli, invoke, quiet, run_opts, write_images
 from xaibatch import layout
 from xaibatch.lock import OutputLock
 from xaibatch.pipeline import run
@@ -58,6 +60,20 @@ def test_a_copy_elsewhere_keeps_its_ground_truth_and_pointing_game_without_the_i
         after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*.*")}
         for name in ("index.html", "detail/page-1.js", "gallery/page-1.html"):
             assert after[Path(name)] == before[Path(name)], f"{name} changed without the input folder (pass {i})"
+
+
+def test_a_read_only_folder_is_refused_in_one_line_naming_it_as_given(out):
+    """chmod -R a-w OUT (an archive kept read-only): `report OUT` is refused, exit 2, nothing changed; the line named
+    an option it does not have ("cannot write to --out OUT")."""
+    from helpers import read_only_tree, without_file_permission_override
+
+    prefix = without_file_permission_override()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with read_only_tree(out):
+        argv = [*prefix, sys.executable, "-m", "xaibatch", "report", str(out)]
+        p = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", f"Error: cannot write to {out}: Permission denied\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_template_dir_renders_with_the_users_templates_and_without_it_the_packaged_ones(out, tmp_path):

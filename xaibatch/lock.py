@@ -78,8 +78,11 @@ class LockLost(XaibatchError):
 class OutputLock:
     """Exclusive lock on an output folder; ``acquire`` raises :class:`LockHeld` when it is taken."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, named: str | None = None) -> None:
+        """``named``: the folder as the command's refusals name it (``--out OUT`` for a run, ``OUT`` for ``report`` and
+        ``sanity``, which take it as their argument)."""
         self.out_dir = Path(out_dir)
+        self.named = named if named is not None else f"--out {self.out_dir}"
         self.path = self.out_dir / LOCK_NAME
         self.key = str(self.path.resolve())
         self.fd: int | None = None
@@ -111,7 +114,7 @@ class OutputLock:
             except OSError as e:
                 if e.errno == errno.ELOOP or os.path.islink(self.path):
                     raise UsageError(_NOT_A_FILE.format(self.path, "a symbolic link")) from None
-                raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
+                raise UsageError(f"cannot write to {self.named}: {e.strerror or e}") from None
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device planted there: never truncated
                 os.close(fd)
                 raise UsageError(_NOT_A_FILE.format(self.path, "not a regular file"))
@@ -121,7 +124,7 @@ class OutputLock:
                 os.close(fd)
                 if e.errno in (errno.EACCES, errno.EAGAIN):
                     return False
-                raise UsageError(f"cannot lock --out {self.out_dir}: {e.strerror or e}") from None
+                raise UsageError(f"cannot lock {self.named}: {e.strerror or e}") from None
             rec = _HELD[self.key] = _record()
         self.fd = fd
         try:
@@ -130,7 +133,7 @@ class OutputLock:
             os.pwrite(fd, json.dumps(rec).encode(), 0)
         except OSError as e:
             self.release()
-            raise UsageError(f"cannot write to --out {self.out_dir}: {e.strerror or e}") from None
+            raise UsageError(f"cannot write to {self.named}: {e.strerror or e}") from None
         return True
 
     def acquire(

@@ -200,7 +200,7 @@ def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
             f"{out} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST}); make one with "
             "xaibatch run"
         )
-    with OutputLock(out) as lock:
+    with OutputLock(out, named=str(out)) as lock:  # the command's argument, not an --out
         manifest = Manifest(out / layout.MANIFEST)
         try:
             recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)
