@@ -3,6 +3,7 @@ inputs inside output folders, orphaned workers, a deleted lock file, deleted out
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV, REPO, invoke, reap, run_argv, run_opts, wait_until, write_images
+from helpers import ENV, REPO, invoke, manifest_value, reap, run_argv, run_opts, wait_until, write_images
 from xaibatch.lock import LOCK_NAME
 from xaibatch.manifest import Manifest
 from xaibatch.pipeline import run
@@ -187,6 +188,10 @@ def test_an_input_folder_moved_away_says_replace_keeps_its_results(tmp_path, tin
     assert "--replace" in r.output and "nothing is computed again" in r.output, r.output
     r = invoke("run", new, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0, "--replace")
     assert r.exit_code == 0 and "0 computed, 3 skipped (unchanged)" in r.output, r.output
+    # that run, which loaded no model (nothing to compute), recorded the folder where it is now, not the earlier
+    # run's (sanity read the images from there: "does not exist any more")
+    recorded = manifest_value(out, "SELECT config_json FROM runs ORDER BY id DESC LIMIT 1")
+    assert json.loads(recorded)["input_dir"] == os.path.abspath(new)
 
 
 def test_an_input_link_flipped_to_a_new_folder_is_the_same_input(tmp_path, tiny_ckpt):

@@ -201,4 +201,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         return None
     finally:
         manifest.close()
+    # the record is the earlier run's but the input folder is this one's: the same images at another path (the
+    # folder moved or renamed, then --replace; a symbolic link flipped) were recorded as where they no longer are
+    config = dataclasses.replace(config, input_dir=os.path.abspath(opts.input_dir))
     return Setup(found, hashes, config.class_names, config.layer, config, known=known, plan=plan)
