@@ -197,6 +197,21 @@ def test_a_moved_checkpoint_is_named_and_can_be_passed(inp, tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_a_moved_input_folder_says_how_to_point_the_folder_at_it(inp, tiny_ckpt, tmp_path):
+    """The input folder moved or renamed: sanity said only that it "does not exist any more"; a run from the new
+    path with --replace records it (computing nothing for the same images), and sanity then works."""
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], checkpoint=tiny_ckpt)
+    moved = inp.rename(tmp_path / "moved")
+    res = _sanity(out)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"xaibatch run NEW_PATH --out {out} --replace" in res.output, res.output
+    again = run(run_opts(moved, out, tiny_ckpt, ["gradcam"], device="cpu", replace=True), log=quiet)
+    assert again.computed == 0
+    res = _sanity(out)
+    assert res.exit_code == 0, res.output
+
+
 def test_a_damaged_checkpoint_is_a_model_that_cannot_be_rebuilt_and_says_how_to_pass_one(inp, tmp_path):
     """Any error of the model step says the run's model cannot be rebuilt and how to pass it. Which errors did was
     decided by searching the message for "--checkpoint", "--model", "--arch" or "state_dict": the loader's

@@ -387,7 +387,8 @@ def last_ended_run(out: Path) -> EndedRun:
     if not root.is_dir():
         raise UsageError(
             f"the run's input folder {root} does not exist any more; sanity recomputes maps of "
-            "the run's images and needs them"
+            "the run's images and needs them (moved or renamed? xaibatch run NEW_PATH --out "
+            f"{out} --replace records where it is now, computing nothing again for the same images)"
         )
     return EndedRun(images, run_cfg, root, map_methods)
 
