@@ -354,6 +354,23 @@ def test_a_read_only_report_is_read_and_left_as_it_was(tmp_path, tiny_ckpt):
     assert p.stdout.strip() == "None ['FAKE/img_000.png', 'FAKE/img_001.png', 'REAL/img_000.png', 'REAL/img_001.png']"
 
 
+def test_a_report_without_its_input_folder_offers_none_of_its_images(tmp_path, tiny_ckpt):
+    """The output folder copied to another machine (or its input folder moved): the page listed every report image
+    to pick, and picking one said "cannot read: No such file or directory"."""
+    from helpers import quiet, run_opts, write_images
+    from xaibatch.pipeline import run
+    from xaibatch.serve.sources import ReportImages
+
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=quiet)
+    assert ReportImages.load(tmp_path / "out").pickable() == ["FAKE/img_000.png", "FAKE/img_001.png"]
+    (tmp_path / "in").rename(tmp_path / "moved")
+    report = ReportImages.load(tmp_path / "out")
+    assert report.pickable() == [] and len(report.rows) == 2  # an upload of one still finds its detail page
+    with pytest.raises(XaibatchError, match=r"input folder .*/in is not there any more .*: upload 'FAKE/img_000.png'"):
+        report.read("FAKE/img_000.png")
+
+
 def test_a_report_image_is_read_only_with_the_bytes_its_run_read(tmp_path, tiny_ckpt):
     """The manifest names the folder the report's images are read from: in a shared --out another user's cron
     job writes it, and could point it at a folder of the server's user (any image that user can read, shown in the

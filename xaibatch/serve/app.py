@@ -90,7 +90,7 @@ class _Handlers:
     explained: Explained = field(default_factory=Explained)  # what flagging saves, by the sha256 a tab holds
 
     def picks(self) -> list[str]:
-        return [*self.demos, *(REPORT_PREFIX + rel for rel in sorted(self.report.rows)[:MAX_PICKS])]
+        return [*self.demos, *(REPORT_PREFIX + rel for rel in self.report.pickable()[:MAX_PICKS])]
 
     def explain(self, files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
         """One batch of requests (Gradio's batch=True): each one's answer HTML and the sha256 of the image flagging

@@ -98,12 +98,22 @@ class ReportImages:
                 self.pages.update((cid, int(n)) for n, cid in layout.DETAIL_LINK.findall(text))
         return self.pages
 
+    def pickable(self) -> list[str]:
+        """The report's images the page offers to pick: none while its input folder is not there (moved, renamed,
+        or the output folder copied to another machine); an upload of one still links to its detail page."""
+        return sorted(self.rows) if self.input_dir is not None and self.input_dir.is_dir() else []
+
     def read(self, rel: str) -> Upload:
         """One of the report's images, read from its input folder, with the seed its run gave it (LIME)."""
         from ..methods.base import image_seed
 
         if rel not in self.rows or self.input_dir is None:
             raise XaibatchError(f"{rel!r} is not in the report under {self.out}")
+        if not self.input_dir.is_dir():
+            raise XaibatchError(
+                f"the report's input folder {self.input_dir} is not there any more (moved, renamed, or the report "
+                f"copied from another machine): upload {rel!r} instead"
+            )
         upload = read_upload(safe_join(self.input_dir, rel), seed=image_seed(rel))
         # Only the bytes the run read: the manifest (another user's, in a shared folder) names the folder read, and
         # would otherwise make this server read and show any image its user can read, at a path of its choosing.
