@@ -62,6 +62,24 @@ def test_a_copy_elsewhere_keeps_its_ground_truth_and_pointing_game_without_the_i
             assert after[Path(name)] == before[Path(name)], f"{name} changed without the input folder (pass {i})"
 
 
+def test_the_input_folder_named_relative_is_found_from_any_cwd(tmp_path, tiny_ckpt, monkeypatch):
+    """`xaibatch run data/test` then, from another folder, `xaibatch report` (its cache deleted, as report.md says is
+    safe): the masks were looked for relative to the report command's folder and the ground truth was dropped."""
+    import numpy as np
+
+    for p in write_images(tmp_path / "data" / "test" / "FAKE", 2, seed=1):
+        np.save(p.with_name(p.stem + ".mask.npy"), np.eye(32, dtype=bool))
+    monkeypatch.chdir(tmp_path)
+    run(run_opts(Path("data/test"), Path("out"), tiny_ckpt, target="label"), log=quiet)
+    before = (tmp_path / "out" / "index.html").read_bytes()
+    assert b"h-pointing" in before
+    (tmp_path / "out" / layout.REPORT_STATE).unlink()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert invoke("report", tmp_path / "out").exit_code == 0
+    assert (tmp_path / "out" / "index.html").read_bytes() == before
+
+
 def test_a_read_only_folder_is_refused_in_one_line_naming_it_as_given(out):
     """chmod -R a-w OUT (an archive kept read-only): `report OUT` is refused, exit 2, nothing changed; the line named
     an option it does not have ("cannot write to --out OUT")."""

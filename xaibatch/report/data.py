@@ -234,8 +234,10 @@ class History:
         return (self.last.input_dir if self.last else "") or ""
 
     def source(self) -> Path | None:
-        """The last run's input folder while it is still there (ground-truth masks are read from it)."""
-        return Path(self.input_dir) if self.input_dir and os.path.isdir(self.input_dir) else None
+        """The last run's input folder while it is still there (ground-truth masks are read from it): the absolute
+        path its record holds, else (an older record) its row's, as given (relative to where that run started)."""
+        path = (self.run.input_dir if self.run is not None else None) or self.input_dir
+        return Path(path) if path and os.path.isdir(path) else None
 
     def apply(self, data: ReportData) -> None:
         """Set what changes with every run: the run table, the last run and the settings rows."""
