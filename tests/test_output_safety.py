@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -192,6 +193,23 @@ def test_an_input_folder_moved_away_says_replace_keeps_its_results(tmp_path, tin
     # run's (sanity read the images from there: "does not exist any more")
     recorded = manifest_value(out, "SELECT config_json FROM runs ORDER BY id DESC LIMIT 1")
     assert json.loads(recorded)["input_dir"] == os.path.abspath(new)
+
+
+def test_a_copy_taken_while_a_run_wrote_says_so_in_its_history(tmp_path, tiny_ckpt):
+    """cp -a OUT while a cron run writes to it: the copy's next run finds that run 'running' and marks it killed,
+    whose reason named only a kill or a failing disk, though the run may well have finished in the original."""
+    from xaibatch.manifest import Manifest
+
+    inp, out, copy = tmp_path / "in", tmp_path / "out", tmp_path / "copy"
+    write_images(inp, 3, seed=1)
+    assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", out, "--workers", 0).exit_code == 0
+    m = Manifest(out / "xaibatch.sqlite")
+    m.start_run(str(inp), {}, "p")  # a run under way when the folder was copied
+    m.close()
+    shutil.copytree(out, copy)
+    assert invoke("run", inp, "--checkpoint", tiny_ckpt, "--out", copy, "--workers", 0).exit_code == 0
+    reason = manifest_value(copy, "SELECT reason FROM runs WHERE status = 'killed'")
+    assert "this folder is a copy taken while it ran" in reason, reason
 
 
 def test_an_input_link_flipped_to_a_new_folder_is_the_same_input(tmp_path, tiny_ckpt):

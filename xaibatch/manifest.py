@@ -142,8 +142,8 @@ _COUNT_COLUMNS = tuple(f"n_{f.name}" for f in fields(RunCounts))  # the runs tab
 _RUN_COLUMNS = ", ".join(f.name for f in fields(RunRecord))
 
 STALE_REASON = (
-    "it ended without recording how: killed (SIGKILL, out of memory, a reboot), or its disk became read-only or "
-    "failed; the next run swept what it left"
+    "it ended without recording how: killed (SIGKILL, out of memory, a reboot), its disk became read-only or "
+    "failed, or this folder is a copy taken while it ran; the next run swept what it left"
 )
 
 
