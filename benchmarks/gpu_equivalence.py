@@ -166,20 +166,18 @@ def check_methods(set_name: str, folder: Path, ckpt: Path, ref_dev, dev) -> None
     import torch
 
     from xaibatch.methods import create_method
-    from xaibatch.methods.base import image_seed
     from xaibatch.methods.explainer import Explainer
 
     loaded, ctxs = contexts(ckpt, [ref_dev, dev] if dev != ref_dev else [ref_dev])
     methods = {d: [create_method(m, c, **OPTIONS.get(m, {})) for m in METHODS] for d, c in ctxs.items()}
     segmenter = next(m.segmenter() for m in methods[ref_dev] if m.segmenter() is not None)
     entries, b = load_batch(folder, loaded.input_size, segmenter)
-    seeds = [image_seed(entries[i].rel) for i in b.index]
     with torch.no_grad():
         ref_probs = torch.softmax(ctxs[ref_dev].model(ctxs[ref_dev].preprocess.normalize(b.x, ref_dev)).float(), 1)
     targets = ref_probs.argmax(1)  # both devices explain the CPU's predictions: a near-tie cannot flip a map
     got = {}
     for d, ctx in ctxs.items():
-        got[d] = Explainer(methods[d], ctx, "label")(b.x, targets, b.segments, seeds).cpu()
+        got[d] = Explainer(methods[d], ctx, "label")(b.x, targets, b.segments).cpu()
     other = got[dev]
     ref = got[ref_dev]
     add(set_name, "probs", (other.probs - ref.probs).abs().max(), 1e-4, "abs")

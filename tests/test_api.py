@@ -43,6 +43,37 @@ def test_explain_gives_the_maps_a_run_writes(tmp_path, tiny_ckpt):
             assert np.allclose(got.maps[method][i].numpy(), saved, atol=1e-6), method
 
 
+def test_random_maps_are_the_images_own_whatever_its_name_place_or_caller(tmp_path, tiny_ckpt):
+    # LIME and captum's GradientShap draw per image: a run seeded each image by its path and explain() by its
+    # position in ``images``, so the same picture got other maps under another name, at another place in the
+    # list, or in a notebook instead of a run. Now the seed comes from the pixels the model gets.
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 3)
+    (inp / "zz copy.png").write_bytes(paths[0].read_bytes())  # the same bytes under another name, last in order
+    methods = ["lime", "captum:GradientShap"]
+    opts = {"lime": {"samples": 40, "segments": 8}, "captum:GradientShap": {"n_samples": 3, "stdevs": 0.1}}
+    xaibatch.run(
+        xaibatch.RunOptions(
+            input_dir=inp, out_dir=out, methods=methods, method_options=opts, checkpoint=tiny_ckpt, workers=0,
+            batch_size=2, handle_signals=False,
+        ),
+        log=lambda s: None,
+    )  # fmt: skip
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        saved = m.maps()
+    finally:
+        m.close()
+    got = xaibatch.explain(tiny_ckpt, [paths[2], paths[0]], methods, method_options=opts, device="cpu")
+    for method in methods:
+        first = np.load(out / saved[(paths[0].name, method)].npy)
+        assert np.array_equal(np.load(out / saved[("zz copy.png", method)].npy), first), method
+        assert np.allclose(got.map(1, method, size="given"), first, atol=1e-6), method
+        assert np.allclose(
+            got.map(0, method, size="given"), np.load(out / saved[(paths[2].name, method)].npy), atol=1e-6
+        )
+
+
 def test_run_takes_one_method_by_name_as_explain_does(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     write_images(inp, 2)

@@ -18,8 +18,8 @@ def test_explain_tensors_batches_join_to_the_one_batch_result(tiny_ckpt):
     ex = Explainer([create_method("gradcam", ctx)], ctx, "label")
     x = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 1])
-    whole = ex(x, labels, None, list(range(5)))
-    parts = list(ex.explain_tensors(x, 2, list(range(5)), labels))
+    whole = ex(x, labels, None)
+    parts = list(ex.explain_tensors(x, 2, labels))
     assert [p.probs.shape[0] for p in parts] == [2, 2, 1]
     assert all(p.probs.device.type == "cpu" and p.methods["gradcam"].maps.device.type == "cpu" for p in parts)
     joined = Explained.cat(parts)
@@ -52,6 +52,6 @@ def test_maps_come_back_on_the_input_device_whatever_the_method_returns():
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2)).to("meta")
     ctx = ModelContext(net, None, Preprocess(4), torch.device("meta"))
-    got = Explainer([HostMaps(ctx)], ctx)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None, [0, 1])
+    got = Explainer([HostMaps(ctx)], ctx)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
     assert got.probs.device.type == "meta"
     assert got.methods["host-maps"].maps.device.type == "meta"

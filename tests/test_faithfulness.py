@@ -14,7 +14,7 @@ from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, ra
 from xaibatch.manifest import Manifest
 from xaibatch.methods.chunks import CPU_CHUNK
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.pipeline.compute import image_seed
+from xaibatch.methods.base import image_seed
 from xaibatch.preprocess import Preprocess
 
 

@@ -94,7 +94,7 @@ def uint8_batch(images):
 def explainer_maps(ctx, images, targets=None):
     """The ``gradcam`` maps of uint8 (B, S, S, 3) images through the Explainer, as a run computes them."""
     ex = Explainer([create_method("gradcam", ctx)], ctx, "label" if targets is not None else "pred")
-    return ex(uint8_batch(images), targets, None, list(range(len(images)))).methods["gradcam"].maps
+    return ex(uint8_batch(images), targets, None).methods["gradcam"].maps
 
 
 def full_graph_maps(ctx, images, targets=None):

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from xaibatch.methods import Batch, Explanation, Method
 from xaibatch.pipeline import RunOptions, run
-from xaibatch.methods.base import image_seed
 from xaibatch.pipeline.prepare import prepare
 from xaibatch.evaluation.sanity_file import SanityCurve, SanityResult
 from xaibatch.evaluation.sanity import (
@@ -253,7 +252,7 @@ def test_gradcam_passes_and_edges_fail_on_the_demo_model(demo_sample, tmp_path):
     with torch.no_grad():
         targets = ctx.model(ctx.preprocess.normalize(x)).argmax(1)
     rels = [e.rel for e in found.images]
-    sample = SampleBatch(rels, x, None, targets, [image_seed(r) for r in rels])
+    sample = SampleBatch(rels, x, None, targets)
     curves = {c.method: c for c in cascade(ctx.model, lambda net: _maps(net, ctx, methods, sample, 16))}
     for c in curves.values():
         print(c.verdict(), [round(v, 2) for v in c.rank], [round(v, 2) for v in c.ssim])

@@ -280,14 +280,13 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
     classes = _checked_classes(req, max(outputs.count, 2))
     ctx, made = _make_methods(net, pre, dev, req)
     segmenter = first_segmenter(made)
-    seeds = list(range(x.shape[0]))  # per position, as a run's per-path seeds: batching never matters
     first = Explainer(made, ctx, target_modes.maps_target(req.mode))
-    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, seeds, req.labels, None, segmenter, fitting)))
+    done = Explained.cat(list(first.explain_tensors(x, req.batch_size, req.labels, None, segmenter, fitting)))
     preds = done.probs.argmax(1)
     maps = {m: r.maps for m, r in done.methods.items()}
     info = {m: r.info for m, r in done.methods.items()}
     if target_modes.label_maps(req.mode):
-        _add_label_maps(made, ctx, x, seeds, req.labels, preds, req.batch_size, segmenter, maps, info, fitting)
+        _add_label_maps(made, ctx, x, req.labels, preds, req.batch_size, segmenter, maps, info, fitting)
     return Explanations(
         maps=Frozen(maps),
         probs=done.probs,
@@ -359,7 +358,7 @@ def _method_options(given: Any, kinds: dict[str, Any]) -> dict[str, dict[str, An
     return {m: dict(given.get(m, {})) for m in kinds}
 
 
-def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, maps, info, fitting) -> None:
+def _add_label_maps(made, ctx, x, labels, preds, batch_size, segmenter, maps, info, fitting) -> None:
     """``pred,label``: each method's map of the true class of the misclassified images (NaN for the others),
     under ``<method>@label``, computed as a run's label pass does (pipeline/labelmaps.py)."""
     import torch
@@ -373,9 +372,7 @@ def _add_label_maps(made, ctx, x, seeds, labels, preds, batch_size, segmenter, m
     if not wrong:
         return
     sel = torch.tensor(wrong)
-    parts = Explainer(made, ctx, "label").explain_tensors(
-        x[sel], batch_size, [seeds[i] for i in wrong], labels[sel], None, segmenter, fitting
-    )
+    parts = Explainer(made, ctx, "label").explain_tensors(x[sel], batch_size, labels[sel], None, segmenter, fitting)
     for name, r in Explained.cat(list(parts)).methods.items():
         key = target_modes.label_key(name)
         maps[key][sel] = r.maps

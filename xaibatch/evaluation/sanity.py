@@ -290,7 +290,6 @@ class SampleBatch:
     x: torch.Tensor  # uint8, as the loader gives it
     segments: torch.Tensor | None
     targets: torch.Tensor  # the class the run explained: the same before and after
-    seeds: list[int]
 
 
 def run_sanity(
@@ -396,7 +395,7 @@ def last_ended_run(out: Path) -> EndedRun:
 def load_sample(run: EndedRun, rels: list[str], prepared: Prepared) -> SampleBatch:
     """Decode the sampled images as a run would (with the superpixels LIME needs); refuses when none is readable."""
     from ..dataset import ImageDataset, collate
-    from ..methods.base import first_segmenter, image_seed
+    from ..methods.base import first_segmenter
 
     entries = image_entries(run.root, rels)
     ds = ImageDataset(entries, prepared.model.input_size, first_segmenter(prepared.methods))
@@ -406,7 +405,7 @@ def load_sample(run: EndedRun, rels: list[str], prepared: Prepared) -> SampleBat
         raise UsageError(f"none of the {len(rels)} sampled images can be read from {run.root} any more")
     ok = [entries[i].rel for i in b.index]
     targets = torch.tensor([run.images[r].target for r in ok])  # explain the same class before and after
-    return SampleBatch(ok, b.x, b.segments, targets, [image_seed(r) for r in ok])
+    return SampleBatch(ok, b.x, b.segments, targets)
 
 
 def split_batches(device: torch.device, log: Callable[[str], None]) -> Fitting:
@@ -437,7 +436,7 @@ def _maps(
         m.ctx = ctx2
     try:
         ex = Explainer(methods, ctx2, "label")
-        tensors = ex.explain_tensors(batch.x, batch_size, batch.seeds, batch.targets, batch.segments, None, fitting)
+        tensors = ex.explain_tensors(batch.x, batch_size, batch.targets, batch.segments, None, fitting)
         done = Explained.cat(list(tensors))
         return {k: v.maps.numpy() for k, v in done.methods.items()}
     finally:

@@ -20,9 +20,29 @@ from ..model.layers import TargetLayer
 from ..preprocess import Preprocess
 
 
-def image_seed(rel: str) -> int:
-    """A seed per image that depends only on its path, never on batching; methods mix in their own --seed."""
-    return int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "little")
+# How random methods (LIME, captum's GradientShap and NoiseTunnel) seed each image; in their maps' hashes, so maps
+# seeded by an earlier rule (a run's by the image's path, explain()'s by its position) are recomputed once.
+IMAGE_SEEDS = "pixels"
+
+
+def image_seed(text: str) -> int:
+    """A 32-bit seed from a string (the chance map's, from the image's sha256: faithfulness.chance_seed)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def pixel_seeds(x_uint8: torch.Tensor) -> list[int]:
+    """One seed per image of a (B, 3, S, S) uint8 batch, from its pixels as the model gets them: a function of the
+    image alone, never of its path, its name, its place in a batch or folder, or the batch size; so a run, a
+    resumed run, ``--engine ray``, explain() and serve draw the same samples for the same picture. Methods mix in
+    their own seed (--seed)."""
+    arr = x_uint8.detach().to("cpu", torch.uint8).contiguous().numpy()
+    shape = np.asarray(arr.shape[1:], dtype="<i8").tobytes()
+    return [int.from_bytes(hashlib.sha256(shape + a.tobytes()).digest()[:4], "little") for a in arr]
+
+
+def uses_seeds(methods: Iterable[Method]) -> bool:
+    """Whether any of ``methods`` draws random numbers per image (and so needs :func:`pixel_seeds`)."""
+    return any(m.takes_seed for m in methods)
 
 
 @dataclass
@@ -50,7 +70,7 @@ class Batch:
     # forward_from_layer): ``logits`` has no gradient with respect to ``x`` or any parameter
     activations: torch.Tensor | None = None
     segments: torch.Tensor | None = None  # (B, H, W) long superpixel labels, when a method asked for them
-    seeds: list[int] | None = None  # one seed per image, stable across runs
+    seeds: list[int] | None = None  # one seed per image (pixel_seeds: from its pixels), stable across runs
     cache: dict[str, Any] = field(default_factory=dict)
     should_stop: Callable[[], bool] | None = None  # a long method polls this per model sub-batch
     on_progress: Callable[[int, int], None] | None = None  # (done, total) units of this batch's work

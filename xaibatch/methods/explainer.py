@@ -16,7 +16,7 @@ from ..errors import Caller, OneImageTooLarge, memory_message, out_of_memory
 from ..model.heads import predict
 from ..model.layers import forward_from_layer
 from ..targets import target_class
-from .base import Batch, Method, ModelContext
+from .base import Batch, Method, ModelContext, pixel_seeds, uses_seeds
 
 
 @dataclass
@@ -79,11 +79,13 @@ class Explainer:
         self.ctx = ctx
         self.target = target
         self.want_activations = any(m.needs_activations for m in methods)
+        self.seeded = uses_seeds(methods)  # per-image seeds from the pixels (base.pixel_seeds), when a method draws
 
-    def __call__(
-        self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None, seeds: list[int]
-    ) -> Explained:
-        """Explain one batch of (B, 3, S, S) uint8 images: probabilities (B, K) and each method's maps."""
+    def __call__(self, x_uint8: torch.Tensor, labels: torch.Tensor | None, segments: torch.Tensor | None) -> Explained:
+        """Explain one batch of (B, 3, S, S) uint8 images: probabilities (B, K) and each method's maps. Each
+        image's random draws (LIME's samples, ...) are seeded from its own pixels: its maps are the same in any
+        batch, at any place in it, and whatever the file was called."""
+        seeds = pixel_seeds(x_uint8) if self.seeded else None
         dev = self.ctx.device
         x = self.ctx.preprocess.normalize(x_uint8, dev)
         net = self.ctx.model
@@ -124,14 +126,13 @@ class Explainer:
         self,
         x_uint8: torch.Tensor,
         batch_size: int,
-        seeds: list[int],
         labels: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
         fitting: Fitting | None = None,
     ) -> Iterator[Explained]:
         """Explain (N, 3, S, S) uint8 images already in memory, ``batch_size`` at a time: each batch's result, on
-        the CPU, in order (:meth:`Explained.cat` joins them). ``seeds``, ``labels`` and ``segments`` are per image;
+        the CPU, in order (:meth:`Explained.cat` joins them). ``labels`` and ``segments`` are per image;
         with ``segmenter`` (and no ``segments``) each batch's superpixels are made from its images, as a
         DataLoader worker makes them in a run.
 
@@ -147,9 +148,9 @@ class Explainer:
                 seg = torch.stack([torch.from_numpy(np.ascontiguousarray(segmenter(im), dtype=np.int64)) for im in hwc])
 
             def part(p: int, q: int, a: int = a, seg: torch.Tensor | None = seg) -> Explained:
-                """Images a + p ... a + q - 1, each with its own seed, label and superpixels."""
+                """Images a + p ... a + q - 1, each with its own label and superpixels (and seed: its pixels')."""
                 ls = None if labels is None else labels[a + p : a + q]
-                return self(x_uint8[a + p : a + q], ls, None if seg is None else seg[p:q], seeds[a + p : a + q]).cpu()
+                return self(x_uint8[a + p : a + q], ls, None if seg is None else seg[p:q]).cpu()
 
             if fitting is None:
                 yield part(0, z - a)

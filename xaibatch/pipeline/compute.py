@@ -22,7 +22,7 @@ from ..manifest import ImageRow
 from ..model import heads
 from ..errors import ModelError, vanished
 from ..methods import Method, StopRequested
-from ..methods.base import first_segmenter, image_seed
+from ..methods.base import first_segmenter
 from ..model.loading import LoadedModel
 from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
@@ -181,10 +181,9 @@ class BatchWorker:
             return WriteJob(self.run_id, failed=failed)
         batch_entries = [entries[i] for i in b.index]
         labels = torch.tensor([e.label if e.label is not None else -1 for e in batch_entries])
-        seeds = [image_seed(e.rel) for e in batch_entries]
         try:
-            explained = explainer(b.x, labels, b.segments, seeds)
-            label_idx, label_maps = labelmaps.explain(self, todo, b, batch_entries, explained.probs, labels, seeds)
+            explained = explainer(b.x, labels, b.segments)
+            label_idx, label_maps = labelmaps.explain(self, todo, b, batch_entries, explained.probs, labels)
         except StopRequested:
             raise Stopped(failed) from None
         model = self.prepared.model

@@ -114,7 +114,6 @@ def explain(
     entries: list[ImageEntry],
     probs: torch.Tensor,
     labels: torch.Tensor,
-    seeds: list[int],
 ) -> tuple[list[int], Maps]:
     """The true-class maps of the batch's images that need them: (their positions, maps per key)."""
     ex = worker.labels.explainer(todo)
@@ -125,7 +124,7 @@ def explain(
         return [], {}
     sel = torch.tensor(idx)
     segments = None if b.segments is None else b.segments[sel]
-    explained = ex(b.x[sel], labels[sel], segments, [seeds[i] for i in idx])
+    explained = ex(b.x[sel], labels[sel], segments)
     return idx, {targets.label_key(name): v for name, v in explained.methods.items()}
 
 

@@ -45,6 +45,8 @@ def config_hashes(
     prepared: Prepared, target: str, faithfulness: Any = None, max_map_side: int = DEFAULT_MAX_MAP_SIDE
 ) -> Hashes:
     """Hash what decides the predictions (model, input, classes, target) and, per method, its maps."""
+    from ..methods.base import IMAGE_SEEDS  # torch is loaded: there is a prepared model
+
     model, layer = prepared.model, prepared.layer
     predict_config = {
         "arch": model.arch,
@@ -73,6 +75,8 @@ def config_hashes(
                 "method": m.name,
                 "config": m.config(),
                 "layer": layer.name if (layer and (m.needs_activations or m.needs_layer)) else None,
+                # random methods: how each image is seeded (base.IMAGE_SEEDS); maps of an earlier rule are redone
+                **({"image_seeds": IMAGE_SEEDS} if m.takes_seed else {}),
                 # only a non-default value joins the hash: existing folders stay valid
                 **({"max_map_side": max_map_side} if max_map_side != DEFAULT_MAX_MAP_SIDE else {}),
             }

@@ -55,7 +55,6 @@ class Upload:
     image_format: str
     image: Image.Image
     sha256: str
-    seed: int = 0  # the per-image seed (LIME): 0 as for explain()'s first image; a report's image: its run's
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Result:
     seconds: float  # the batch's compute time
 
 
-def read_upload(path: str | Path, max_bytes: int | None = None, seed: int = 0) -> Upload:
+def read_upload(path: str | Path, max_bytes: int | None = None) -> Upload:
     """Read and decode an uploaded file with the loader's checks; DecodeError (one line) when it is no image."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     f, size = open_image_file(path)  # refuses 0 bytes, FIFOs, devices
@@ -87,10 +86,10 @@ def read_upload(path: str | Path, max_bytes: int | None = None, seed: int = 0) -
         if size > max_bytes:
             raise DecodeError(f"refused: {size:,} bytes, over the upload limit of {max_bytes:,}")
         data = f.read(max_bytes + 1)
-    return decode_upload(data, max_bytes, seed)
+    return decode_upload(data, max_bytes)
 
 
-def decode_upload(data: bytes, max_bytes: int | None = None, seed: int = 0) -> Upload:
+def decode_upload(data: bytes, max_bytes: int | None = None) -> Upload:
     """:func:`read_upload` for bytes in memory."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     if not data:
@@ -104,7 +103,7 @@ def decode_upload(data: bytes, max_bytes: int | None = None, seed: int = 0) -> U
         except Image.UnidentifiedImageError:
             image_format = ""  # decode_pil says why, in the loader's words
         image = decode_pil(io.BytesIO(data), MAX_PIXELS)
-    return Upload(data, image_format, image, hashlib.sha256(data).hexdigest(), seed)
+    return Upload(data, image_format, image, hashlib.sha256(data).hexdigest())
 
 
 class Service:
@@ -205,7 +204,7 @@ class Service:
         )
         with self._lock:
             t0 = time.perf_counter()
-            done = explainer(x, None, segments, [u.seed for u in uploads])
+            done = explainer(x, None, segments)  # seeded by each image's pixels, as a run's
             probs = done.probs.cpu()
             maps = {k: v.maps.cpu().numpy() for k, v in done.methods.items()}
             faith = {k: v.faith for k, v in done.methods.items()}

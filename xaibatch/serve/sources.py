@@ -104,9 +104,7 @@ class ReportImages:
         return sorted(self.rows) if self.input_dir is not None and self.input_dir.is_dir() else []
 
     def read(self, rel: str) -> Upload:
-        """One of the report's images, read from its input folder, with the seed its run gave it (LIME)."""
-        from ..methods.base import image_seed
-
+        """One of the report's images, read from its input folder."""
         if rel not in self.rows or self.input_dir is None:
             raise XaibatchError(f"{rel!r} is not in the report under {self.out}")
         if not self.input_dir.is_dir():
@@ -114,7 +112,7 @@ class ReportImages:
                 f"the report's input folder {self.input_dir} is not there any more (moved, renamed, or the report "
                 f"copied from another machine): upload {rel!r} instead"
             )
-        upload = read_upload(safe_join(self.input_dir, rel), seed=image_seed(rel))
+        upload = read_upload(safe_join(self.input_dir, rel))
         # Only the bytes the run read: the manifest (another user's, in a shared folder) names the folder read, and
         # would otherwise make this server read and show any image its user can read, at a path of its choosing.
         if upload.sha256 != self.rows[rel].sha256:

@@ -163,7 +163,7 @@ def on_tensors(b: Bench, family: str, k: int) -> Job:
         ranges = [(0, sl.plan(1, k))] if family == "lime" else sl.chunks(k, b.bs)
         t = time.perf_counter()
         for a, z in ranges:
-            for _ in explainer.explain_tensors(b.x_u8[a:z], b.bs, list(range(a, z)), segmenter=segment):
+            for _ in explainer.explain_tensors(b.x_u8[a:z], b.bs, segmenter=segment):
                 pass  # each batch's maps come back to the CPU
         b.sync()
         if family == "lime":
