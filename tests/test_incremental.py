@@ -134,6 +134,29 @@ def test_a_new_request_revision_loads_the_model_once_and_recomputes_nothing_unch
     assert (r.computed, len(loads)) == (0, 2)  # the cached path again
 
 
+def test_maps_of_an_earlier_seeding_rule_are_recomputed_once_the_others_kept(tmp_path, tiny_ckpt, monkeypatch):
+    """LIME's maps were seeded by the image's path: a folder made so gets its random methods' maps recomputed once
+    (not kept by the cached path), its deterministic methods' maps and its predictions kept as they were."""
+    from xaibatch.methods import base
+    from xaibatch.pipeline import setup
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 4)
+    opts = run_opts(inp, out, tiny_ckpt, methods=("gradcam", "lime"), method_options={"lime": {"samples": 20}})
+    with monkeypatch.context() as m:  # the code before pixel seeds: its request revision and its maps' hashes
+        m.setattr(setup, "REQUEST_REVISION", 2)
+        m.setattr(base, "IMAGE_SEEDS", "path")
+        run(opts, log=quiet)
+    before = _files(out)
+    r = run(opts, log=quiet)
+    after = _files(out)
+    assert r.computed == 4
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed and all(k.startswith("maps/lime/") for k in changed if k.startswith("maps/")), changed
+    assert not any(k.startswith(("maps/gradcam/", "images/")) for k in changed)
+    assert run(opts, log=quiet).computed == 0
+
+
 def test_manifest_sha256_is_the_files_content_hash(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     paths = write_images(inp, 5)

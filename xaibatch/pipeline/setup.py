@@ -64,7 +64,9 @@ class Setup:
 # within one xaibatch version, so that the next unchanged run of a folder loads the model once and its methods'
 # hashes decide what is recomputed, instead of the cached path keeping maps made the old way.
 # 2: a one-logit model's cam:* and captum:* maps explain +-z, no longer +-z/2 (their config: one_logit_scores).
-REQUEST_REVISION = 2
+# 3: the random methods (LIME, GradientShap, NoiseTunnel) seed each image by its pixels, not its path (their hash:
+#    methods.base.IMAGE_SEEDS).
+REQUEST_REVISION = 3
 
 
 def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
