@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 
+from .. import targets
 from ..manifest import ImageRow, MapRow
 
 
@@ -20,18 +21,22 @@ def predictions_csv(
     import io
 
     scored = sorted({m for (_rel, m), row in maps.items() if row.deletion is not None})  # faithfulness columns
+    keys = sorted({m for _rel, m in maps if not targets.is_label_key(m)})  # a map path column per method
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(_header(names, scored))
+    w.writerow(_header(names, scored, keys))
     for rel in sorted(rows):
-        w.writerow(_row(rel, rows[rel], names, scored, maps, earlier))
+        w.writerow(_row(rel, rows[rel], names, scored, keys, maps, earlier))
     return buf.getvalue().encode()
 
 
-def _header(names: list[str], scored: list[str]) -> list[str]:
-    """The columns: the image, its label and prediction, a probability per class, the faithfulness scores, and last
-    (where a column added later cannot move the others) the model that predicted it: its predict hash (the runs
-    table's) and whether that is an earlier model's than the last run's."""
+def _header(names: list[str], scored: list[str], keys: list[str]) -> list[str]:
+    """The columns: the image, its label and prediction, a probability per class, the faithfulness scores, the
+    model that predicted it: its predict hash (the runs table's) and whether that is an earlier model's than the
+    last run's, and last (where a column added later cannot move the others) each map's ``.npy`` path relative to
+    the folder (``npy_<method>``; empty where the image has no such map): its name cannot be derived from the
+    image's path alone (layout.assign_stems). The true-class maps of ``--target pred,label`` have none: the file is
+    a ``--target pred`` run's (``xaibatch.open_results`` reads them)."""
     return [
         "path",
         "label",
@@ -42,6 +47,7 @@ def _header(names: list[str], scored: list[str]) -> list[str]:
         *[f"{kind}_{m}" for m in scored for kind in ("deletion", "insertion")],
         "model_hash",
         "earlier_model",
+        *[csv_cell(f"npy_{k}") for k in keys],
     ]
 
 
@@ -50,6 +56,7 @@ def _row(
     r: ImageRow,
     names: list[str],
     scored: list[str],
+    keys: list[str],
     maps: dict[tuple[str, str], MapRow],
     earlier: Callable[[str], bool],
 ) -> list:
@@ -73,6 +80,7 @@ def _row(
         *faith,
         csv_cell(r.predict_hash),
         int(earlier(r.predict_hash)),
+        *[csv_cell(row.npy) if (row := maps.get((rel, k))) else "" for k in keys],
     ]
 
 
