@@ -39,6 +39,7 @@ def test_help_of_every_command_imports_nothing_heavy():
 def test_the_package_and_its_light_modules_import_nothing_heavy():
     loaded = _modules_after("""
         import xaibatch, xaibatch.cli, xaibatch.errors, xaibatch.layout, xaibatch.defaults, xaibatch.runlog, xaibatch.console
+        import xaibatch.results
     """)
     assert loaded == []
 

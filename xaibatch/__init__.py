@@ -11,7 +11,18 @@ __version__ = "0.1.0"
 # after such a change recomputes instead of trusting old maps.
 MAP_FORMAT_VERSION = 1
 
-__all__ = ["METHODS", "Explanations", "RayOptions", "RunOptions", "RunResult", "explain", "run", "__version__"]
+__all__ = [
+    "METHODS",
+    "Explanations",
+    "RayOptions",
+    "Results",
+    "RunOptions",
+    "RunResult",
+    "explain",
+    "open_results",
+    "run",
+    "__version__",
+]
 
 _LAZY = {
     "run": "pipeline",
@@ -21,6 +32,8 @@ _LAZY = {
     "explain": "api",
     "Explanations": "bundle",
     "METHODS": "methods",
+    "open_results": "results",
+    "Results": "results",
 }
 
 

@@ -128,6 +128,15 @@ def lasting(reason: str) -> bool:
     return reason.startswith(LASTING_REASONS)
 
 
+class UnknownName(UsageError, LookupError):
+    """An image, method or class a caller named that an output folder does not hold (``xaibatch.open_results``);
+    its line names the close matches. A LookupError too, as a missing key is."""
+
+
+class MissingOutput(XaibatchError, FileNotFoundError):
+    """A file the manifest names is not on disk (deleted, or not copied with the folder)."""
+
+
 class LockHeld(XaibatchError):
     """Another run holds the output folder."""
 

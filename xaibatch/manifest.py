@@ -9,6 +9,7 @@ leaves the last committed state intact. The tables and their upgrade: :mod:`.man
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import layout, manifest_schema
 from .errors import UsageError, XaibatchError, storage_error
@@ -151,16 +152,58 @@ class ManifestError(XaibatchError):
     """The manifest file exists but SQLite cannot use it (exit code 3)."""
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
+T = TypeVar("T")
+_SNAPSHOT_TRIES = 5
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def read_snapshot(path: Path, read: Callable[[Manifest], T]) -> T:
+    """``read(manifest)`` over one committed state of the manifest at ``path``, leaving no trace in its folder: no
+    file made or changed there, not even for a moment (the folder's listing and mtimes stay), also while a run
+    writes into it (``xaibatch.open_results``).
+
+    With a ``-wal`` file there (a run is writing, or one was killed while writing) it is read through it, read-only
+    (``mode=ro``, in one read transaction: a read-only connection never checkpoints). Without one the file holds
+    every committed row and is read as it stands (``immutable``); a run that started meanwhile changes the file
+    only when it checkpoints, which its stamps show: then it is read again."""
+    path = Path(path)
+    for attempt in range(_SNAPSHOT_TRIES):
+        wal = os.path.lexists(f"{path}-wal")  # read through: consistent whatever a checkpoint changes
+        before = None if wal or not path.is_file() else _stamp(path)
+        m = Manifest(path, read_only=True, traceless=True)
+        try:
+            with m.reading():
+                out = read(m)
+        except sqlite3.DatabaseError as e:  # torn by a checkpoint under an immutable read: read again
+            if attempt == _SNAPSHOT_TRIES - 1:
+                raise ManifestError(f"cannot read the manifest {path}: {e}") from None
+            continue
+        finally:
+            m.close()
+        if before is None or before == _stamp(path):
+            return out
+    raise ManifestError(f"cannot read the manifest {path}: it kept changing while it was read; try again")
+
+
+def _open_read_only(path: Path, traceless: bool = False) -> sqlite3.Connection:
     """A connection that never writes the manifest. Where the file and its folder can be written it is opened as
     runs open it, with writes refused (``query_only``), so that closing it removes its ``-wal`` and ``-shm`` files
     as a run's close does. Elsewhere it is opened read-only (SQLite's ``mode=ro``), which needs a ``-shm`` index:
     where the folder refuses to have one made and no ``-wal`` file is there (no run is writing, nor was killed
-    while writing), the file is read as it stands (``immutable``)."""
+    while writing), the file is read as it stands (``immutable``). ``traceless``: never make a file in the folder,
+    not even for a moment (see :func:`read_snapshot`): ``immutable`` where no ``-wal`` file is there, else
+    ``mode=ro`` through the files a run made."""
     if not path.is_file():
         raise ManifestError(f"cannot read the manifest {path}: no such file")
     uri = path.resolve().as_uri()
-    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+    if traceless:
+        wal = os.path.lexists(f"{path}-wal")
+        tries = [(f"{uri}?mode=ro" if wal else f"{uri}?immutable=1", True, None)]
+    elif os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
         tries = [(str(path), False, "PRAGMA query_only = ON")]
     else:
         tries = [(f"{uri}?mode=ro", True, None)]
@@ -197,17 +240,17 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 class Manifest:
     """A thin typed layer over the SQLite file; one instance per thread."""
 
-    def __init__(self, path: Path, read_only: bool = False) -> None:
+    def __init__(self, path: Path, read_only: bool = False, traceless: bool = False) -> None:
         """``read_only``: only read (``serve``'s view of a report), also in a folder or on a file system that
         refuses writes (``chmod -R a-w OUT``, a read-only mount, an archive unpacked read-only); the file must
-        exist and be of this xaibatch's schema."""
+        exist and be of this xaibatch's schema. ``traceless`` (with ``read_only``): see :func:`read_snapshot`."""
         self.path = Path(path)
         if self.path.is_symlink():  # SQLite follows it: a link planted in a shared --out redirected every write
             raise UsageError(
                 f"the manifest {self.path} is a symbolic link: refusing to open it (xaibatch never makes one)"
             )
         if read_only:
-            self.db = _open_read_only(self.path)
+            self.db = _open_read_only(self.path, traceless)
             return
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
@@ -237,6 +280,15 @@ class Manifest:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Manifest]:
+        """Reads that all see one committed state, whatever a run commits meanwhile (one read transaction)."""
+        self.db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.db.execute("COMMIT")
 
     # -- meta ----------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -1,0 +1,227 @@
+"""`xaibatch.open_results(OUT)`: a run's saved folder read back in a notebook, read-only and without a trace."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import ENV, REPO, manifest_rows, quiet, read_only_tree, run_opts, write_images
+from xaibatch import layout
+from xaibatch.errors import MissingOutput, UnknownName, UsageError, XaibatchError
+from xaibatch.manifest import Manifest, read_snapshot
+from xaibatch.results import open_results
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory, tiny_ckpt) -> Path:
+    """FAKE/img_00{0..3}.png, REAL/img_00{0..3}.png and REAL/img_000.jpg (its maps keep their extension: two
+    images share the stem REAL/img_000), one unreadable file, --target pred,label (the tiny model calls everything
+    REAL: every FAKE image gets true-class maps)."""
+    from xaibatch.pipeline import run
+
+    root = tmp_path_factory.mktemp("results")
+    write_images(root / "in" / "FAKE", 4, seed=1)
+    write_images(root / "in" / "REAL", 4, seed=2)
+    write_images(root / "in" / "REAL", 1, seed=5, ext="jpg")
+    (root / "in" / "REAL" / "broken.png").write_bytes(b"not a png")
+    run(run_opts(root / "in", root / "out", tiny_ckpt, target="pred,label"), log=quiet)
+    return root / "out"
+
+
+def listing(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``folder`` (itself too) with its mtime, ctime and size: what a write would move."""
+    out = {}
+    for p in [folder, *folder.rglob("*")]:
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    return out
+
+
+def predictions(out: Path) -> list[dict[str, str]]:
+    with open(out / layout.CSV, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_record_equals_its_predictions_csv_row(out):
+    res = open_results(out)
+    rows = predictions(out)
+    assert [r["path"] for r in rows] == [r.rel for r in res] and len(res) == len(rows) == 9
+    keys = ["gradcam", "gradcam@label"]
+    assert list(res.map_keys) == keys and [c for c in rows[0] if c.startswith("npy_")] == ["npy_gradcam"]
+    for row in rows:
+        r = res[row["path"]]
+        assert (r.label, r.pred, f"{r.confidence:.6f}") == (row["label"], row["pred"], row["confidence"])
+        assert str(int(r.correct)) == row["correct"] and str(int(r.earlier)) == row["earlier_model"]
+        assert {f"p_{c}": f"{p:.6f}" for c, p in r.probs.items()} == {k: v for k, v in row.items() if k[:2] == "p_"}
+        assert str(r.maps["gradcam"].npy.relative_to(out)) == row["npy_gradcam"]  # the true-class maps: no column
+        assert r.source == out.parent / "in" / r.rel and r.size == (32, 32)
+    assert res.classes == ("FAKE", "REAL") and res.target == "pred,label" and res.input_dir == out.parent / "in"
+    assert list(res.methods) == ["gradcam"] and res.methods["gradcam"].title == "Grad-CAM"
+    assert res.model is not None and res.model.input_size == 32 and res.last_run.status == "some-failed"
+    assert dict(res.failures) == {
+        "REAL/broken.png": dict(manifest_rows(out, "SELECT rel, reason FROM failures"))["REAL/broken.png"]
+    }
+    wrong = res.where(correct=False, label="FAKE")
+    assert [r.rel for r in wrong] == [r["path"] for r in rows if r["correct"] == "0" and r["label"] == "FAKE"]
+    assert len(wrong) == 4 and all("gradcam@label" in r.maps for r in wrong)
+
+
+def test_map_and_overlay_are_the_files_the_manifest_names(out):
+    res = open_results(out)
+    named = manifest_rows(out, "SELECT rel, method, npy, png FROM maps")
+    assert len(named) == 9 + 4  # every image's map, and the FAKE ones' true-class maps
+    for rel, key, npy, png in named:
+        a = res.map(rel, key)
+        assert a.dtype == np.float32 and np.array_equal(a, np.load(out / npy))
+        assert np.array_equal(res[rel].map(key), a)
+        with Image.open(out / png) as im:
+            assert np.array_equal(np.asarray(res.overlay(rel, key)), np.asarray(im))
+    png, jpg = res["REAL/img_000.png"].maps["gradcam"], res["REAL/img_000.jpg"].maps["gradcam"]
+    assert (png.npy.name, jpg.npy.name) == ("img_000.png.npy", "img_000.jpg.npy")  # not derivable from the path
+    assert not np.array_equal(res.map("REAL/img_000.png", "gradcam"), res.map("REAL/img_000.jpg", "gradcam"))
+    label = res["FAKE/img_001.png"].maps["gradcam@label"].npy
+    assert label == out / "maps" / layout.method_dir("gradcam@label") / "FAKE" / "img_001.npy"
+
+
+def test_reading_leaves_no_trace_in_the_folder(out):
+    """No file made, not even for a moment: the manifest's -wal and -shm files once came and went, and the
+    folder's mtime moved."""
+    before = listing(out)
+    res = open_results(out)
+    for r in res:
+        for key in r.maps:
+            r.map(key), r.overlay(key)
+    pytest.importorskip("pandas")
+    res.to_pandas()
+    assert listing(out) == before
+
+
+def test_a_read_only_folder_is_read(out, tmp_path):
+    from helpers import without_file_permission_override
+
+    prefix = without_file_permission_override()
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    script = (
+        "import sys, xaibatch; res = xaibatch.open_results(sys.argv[1]); "
+        "print(len(res), res.map('FAKE/img_000.png', 'gradcam@label').shape, 'torch' in sys.modules)"
+    )
+    with read_only_tree(copy):
+        before = listing(copy)
+        p = subprocess.run(
+            [*prefix, sys.executable, "-c", script, str(copy)], cwd=REPO, env=ENV, capture_output=True, text=True
+        )
+        assert listing(copy) == before
+    assert (p.returncode, p.stdout, p.stderr) == (0, "9 (32, 32) False\n", "")  # and no torch imported
+
+
+def test_a_run_writing_meanwhile_is_seen_as_last_committed(out, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    writer = Manifest(copy / layout.MANIFEST)  # as a run holds it: WAL mode, -wal and -shm files there
+    try:
+        writer.db.execute("BEGIN IMMEDIATE")
+        writer.db.execute("UPDATE images SET pred = 0 WHERE rel = 'REAL/img_001.png'")  # not committed
+        before = listing(copy)
+        assert (copy / f"{layout.MANIFEST}-wal").exists()
+        assert open_results(copy)["REAL/img_001.png"].pred == "REAL"
+        writer.db.execute("COMMIT")
+        assert open_results(copy)["REAL/img_001.png"].pred == "FAKE"
+        after = listing(copy)
+        for name in (f"{layout.MANIFEST}-wal", f"{layout.MANIFEST}-shm", layout.MANIFEST):
+            before.pop(name), after.pop(name)  # the writer's own files (its commit)
+        assert after == before
+    finally:
+        writer.close()
+
+
+def test_a_manifest_changed_while_read_is_read_again(out, tmp_path):
+    """A run that starts while a folder without a -wal file is read as it stands (immutable) and checkpoints into
+    the file: the read is done again, over the new state."""
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    path = copy / layout.MANIFEST
+    seen = []
+
+    def read(m: Manifest):
+        seen.append(m.images()["REAL/img_001.png"].pred)
+        if len(seen) == 1:  # a run meanwhile: commits, closes (checkpoints into the file, removes its -wal)
+            w = sqlite3.connect(path)
+            w.execute("UPDATE images SET pred = 0 WHERE rel = 'REAL/img_001.png'")
+            w.commit()
+            w.close()
+        return seen[-1]
+
+    assert read_snapshot(path, read) == 0 and seen == [1, 0]
+
+
+def test_errors_are_one_line_and_name_close_matches(out, tmp_path):
+    res = open_results(out)
+    with pytest.raises(UnknownName, match=r"no image 'FAKE/img_01\.png' in .*; did you mean 'FAKE/img_001\.png'"):
+        res["FAKE/img_01.png"]
+    with pytest.raises(LookupError, match=r"'REAL/broken\.png' could not be read by the run \(.*\)"):
+        res.map("REAL/broken.png", "gradcam")
+    with pytest.raises(UnknownName, match=r"no 'gradcm' maps in .* \(it has: gradcam, gradcam@label\)"):
+        res.map("FAKE/img_000.png", "gradcm")
+    with pytest.raises(UnknownName, match=r"'REAL/img_001\.png' has no 'gradcam@label' map \(its maps: gradcam\)"):
+        res["REAL/img_001.png"].map("gradcam@label")
+    with pytest.raises(UnknownName, match=r"no class 'FAEK' in .*; did you mean 'FAKE'\?"):
+        res.where(label="FAEK")
+    with pytest.raises(UnknownName, match=r"ImageRecord has no field 'corect'; did you mean 'correct'\?"):
+        res.where(corect=False)
+    with pytest.raises(UsageError, match=r"nowhere is not an xaibatch output folder \(no such folder\)"):
+        open_results(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match=r"is not an xaibatch output folder \(no xaibatch\.sqlite there\)"):
+        open_results(out.parent / "in")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    npy = res["FAKE/img_002.png"].maps["gradcam"].npy
+    (copy / npy.relative_to(out)).unlink()
+    gone = open_results(copy)
+    with pytest.raises(MissingOutput, match=r"img_002\.npy is missing \('gradcam' map of 'FAKE/img_002\.png'\)"):
+        gone.map("FAKE/img_002.png", "gradcam")
+    assert isinstance(MissingOutput("x"), FileNotFoundError)
+
+    for version, words in ((99, "a newer xaibatch"), (4, "an older xaibatch")):
+        db = sqlite3.connect(copy / layout.MANIFEST)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        db.commit()
+        db.close()
+        with pytest.raises(XaibatchError, match=rf"was written by {words} \(its schema {version}; this one reads 5\)"):
+            open_results(copy)
+
+
+def test_to_pandas_is_one_row_an_image(out):
+    pd = pytest.importorskip("pandas")
+    frame = open_results(out).to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame.index) == [r["path"] for r in predictions(out)]
+    assert frame.loc["FAKE/img_000.png", "npy_gradcam@label"] == out / "maps/gradcam_40label/FAKE/img_000.npy"
+    assert frame["overlay_gradcam@label"].isna().sum() == 5
+    assert bool(frame.loc["REAL/img_000.jpg", "correct"]) is True
+
+
+def test_open_results_imports_no_torch(out):
+    script = (
+        "import sys, xaibatch; res = xaibatch.open_results(sys.argv[1]); "
+        "[r.map(k) for r in res for k in r.maps]; print('torch' in sys.modules)"
+    )
+    p = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "False\n", "")
+
+
+def test_the_folder_need_not_be_where_it_was_written(out, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    res = open_results(os.path.relpath(moved))
+    assert res.out == moved.absolute() and res["FAKE/img_000.png"].maps["gradcam"].npy.is_relative_to(moved)
+    assert np.array_equal(res.map("FAKE/img_000.png", "gradcam"), open_results(out).map("FAKE/img_000.png", "gradcam"))

@@ -1,0 +1,270 @@
+"""``xaibatch.open_results(OUT)``: what a run saved in an output folder, read back in a notebook.
+
+::
+
+    res = xaibatch.open_results("outputs/demo-test")
+    res.classes, res.methods, res.model, res.last_run   # the folder's classes, methods (as recorded), model, last run
+    wrong = res.where(correct=False, label="FAKE")      # ImageRecords: rel, label, pred, probs, maps, ...
+    r = wrong[0]
+    r.map("gradcam")                                    # the .npy as saved: float32, at the image's size
+    r.overlay("gradcam")                                # the report's overlay, a PIL image
+    r.maps["gradcam@label"].npy                         # --target pred,label: the true class's map, its path
+    res.to_pandas()                                     # one row an image (needs pandas)
+
+Read only, and without a trace: the manifest is read once, as one committed state (:func:`manifest.read_snapshot`:
+also while a run writes into the folder, also from a read-only copy), and nothing is ever written into the
+folder. Every path comes from the manifest (the stems and layout of the run that wrote it, ``layout.py``) and is
+kept inside the folder (:func:`files.safe_join`); maps are read with ``allow_pickle=False``. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import layout, targets
+from .bundle import Frozen
+from .errors import MissingOutput, UnknownName, UsageError
+from .files import safe_join
+from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
+from .report.data import History, class_names
+from .report.text import class_name
+from .runconfig import MethodRecord, ModelRecord, RunConfig
+
+__all__ = ["ImageRecord", "MapPaths", "Results", "open_results"]
+
+
+@dataclass(frozen=True)
+class MapPaths:
+    """One map's files, absolute: the array (``.npy``, float32 at the image's size) and the report's overlay."""
+
+    npy: Path
+    overlay: Path
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of an output folder, as its last prediction left it (predictions.csv's row, with its maps)."""
+
+    rel: str  # its path relative to the input folder, as predictions.csv's ``path``
+    source: Path | None  # where it was read: the input folder's absolute path joined with rel (it may be gone)
+    label: str | None  # the true class (its class folder); None: an unlabeled folder
+    pred: str  # the predicted class
+    target: str  # the class the maps explain (``--target``: the prediction, or the label)
+    probs: Mapping[str, float]  # class name -> probability
+    confidence: float
+    correct: bool | None  # None: no label
+    earlier: bool  # predicted by an earlier model than the last run's (predictions.csv's ``earlier_model``)
+    size: tuple[int, int]  # (width, height)
+    sha256: str
+    maps: Mapping[str, MapPaths]  # map key -> its files: each method, and ``<method>@label`` (--target pred,label)
+
+    def map(self, method: str) -> np.ndarray:
+        """The map as saved: a float32 array at the image's size (up to --max-map-side)."""
+        path = self.files(method).npy
+        try:
+            return np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise _missing(path, self.rel, method) from None
+
+    def overlay(self, method: str) -> Any:
+        """The report's overlay of the map (at most 512 px a side), a PIL image."""
+        from PIL import Image
+
+        path = self.files(method).overlay
+        try:
+            with Image.open(path, formats=["PNG"]) as im:
+                im.load()
+                return im
+        except FileNotFoundError:
+            raise _missing(path, self.rel, method) from None
+
+    def files(self, method: str) -> MapPaths:
+        """The map's files; an image without that map is one line naming the ones it has."""
+        try:
+            return self.maps[method]
+        except KeyError:
+            pass
+        have = ", ".join(self.maps) or "none"
+        why = (
+            "; true-class maps are made only for misclassified images (--target pred,label)"
+            if targets.is_label_key(method)
+            else ""
+        )
+        raise UnknownName(f"{self.rel!r} has no {method!r} map (its maps: {have}){why}")
+
+
+class Results:
+    """An output folder's images, maps and run record, as :func:`open_results` read them (one committed state).
+
+    ``len(res)`` images, ``for r in res`` each :class:`ImageRecord` (sorted by path), ``res[rel]`` one, ``rel in
+    res``, :meth:`where` a selection; ``res.failures``: rel -> why each file that could not be read was skipped."""
+
+    def __init__(
+        self,
+        out: Path,
+        images: dict[str, ImageRow],
+        maps: dict[tuple[str, str], MapRow],
+        failures: list[tuple[str, str]],
+        history: History,
+        input_dir: str | None,
+    ) -> None:
+        self.out = out
+        run = history.run
+        self.config: RunConfig | None = run  # the last run's record (None: no run, or a damaged record)
+        self.last_run: RunRecord | None = history.last  # the last run that ended: status, counts, seconds, input
+        self.model: ModelRecord | None = run.model if run is not None else None
+        self.input_dir: Path | None = Path(input_dir) if input_dir else None
+        self.classes: tuple[str, ...] = tuple(class_names(run, images))
+        self.target: str = run.target_mode() if run is not None else "pred"
+        keys = {key for _rel, key in maps}
+        latest = run.methods if run is not None else {}
+        names = [n for n in latest if n in keys or targets.label_key(n) in keys]
+        names += sorted({targets.method_of(k) for k in keys} - set(names))
+        found = {n: latest.get(n) or history.older_methods.get(n) for n in names}
+        self.methods: Mapping[str, MethodRecord] = Frozen({n: r for n, r in found.items() if r is not None})
+        self.map_keys: tuple[str, ...] = tuple(k for n in names for k in (n, targets.label_key(n)) if k in keys)
+        self.failures: Mapping[str, str] = Frozen(dict(failures))
+        per_image: dict[str, dict[str, MapPaths]] = {}
+        for (rel, key), row in maps.items():
+            per_image.setdefault(rel, {})[key] = MapPaths(self._inside(row.npy), self._inside(row.png))
+        order = {k: i for i, k in enumerate(self.map_keys)}
+        self._records = {
+            rel: self._record(
+                row, history, {k: v for k, v in sorted(per_image.get(rel, {}).items(), key=lambda kv: order[kv[0]])}
+            )
+            for rel, row in sorted(images.items())
+        }
+
+    def _inside(self, rel: str) -> Path:
+        try:
+            return safe_join(self.out, rel)
+        except UsageError:
+            raise UsageError(
+                f"{self.out}: the manifest names {rel!r}, outside the folder; refusing to read it"
+            ) from None
+
+    def _record(self, row: ImageRow, history: History, maps: dict[str, MapPaths]) -> ImageRecord:
+        names = list(self.classes)
+        label = class_name(names, row.label)
+        pred = class_name(names, row.pred) or ""
+        return ImageRecord(
+            rel=row.rel,
+            source=self.input_dir / row.rel if self.input_dir is not None else None,
+            label=label,
+            pred=pred,
+            target=class_name(names, row.target) or "",
+            probs=Frozen(zip(names, row.probs)),
+            confidence=row.confidence,
+            correct=None if row.label is None else row.label == row.pred,
+            earlier=history.earlier(row.predict_hash),
+            size=(row.width, row.height),
+            sha256=row.sha256,
+            maps=Frozen(maps),
+        )
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self._records.values())
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self._records
+
+    def __getitem__(self, rel: str) -> ImageRecord:
+        try:
+            return self._records[rel]
+        except (KeyError, TypeError):
+            pass
+        if rel in self.failures:
+            raise UnknownName(f"{rel!r} could not be read by the run ({self.failures[rel]}): it has no prediction")
+        raise UnknownName(f"no image {rel!r} in {self.out}{_close(rel, self._records)}")
+
+    def __repr__(self) -> str:
+        return (
+            f"Results({str(self.out)!r}: {len(self)} images, {len(self.failures)} failed, "
+            f"classes={list(self.classes)}, maps={list(self.map_keys)})"
+        )
+
+    def where(self, **equal: Any) -> list[ImageRecord]:
+        """The images whose fields equal the values given, in path order: ``where(correct=False, label="FAKE")``;
+        anything else is a list comprehension over ``res``. A class name or field that does not exist is refused."""
+        fields = ImageRecord.__dataclass_fields__
+        for name, value in equal.items():
+            if name not in fields:
+                raise UnknownName(f"ImageRecord has no field {name!r}{_close(name, fields)}")
+            if name in ("label", "pred", "target") and value is not None and value not in self.classes:
+                raise UnknownName(f"no class {value!r} in {self.out}{_close(str(value), self.classes)}")
+        return [r for r in self if all(getattr(r, k) == v for k, v in equal.items())]
+
+    def map(self, image: str | ImageRecord, method: str) -> np.ndarray:
+        """``res[rel].map(method)``: the map as saved (float32, the image's size); ``method@label``: the true class's."""
+        return self._image(image, method).map(method)
+
+    def overlay(self, image: str | ImageRecord, method: str) -> Any:
+        """``res[rel].overlay(method)``: the report's overlay, a PIL image."""
+        return self._image(image, method).overlay(method)
+
+    def _image(self, image: str | ImageRecord, method: str) -> ImageRecord:
+        if method not in self.map_keys:
+            have = ", ".join(self.map_keys) or "none"
+            raise UnknownName(f"no {method!r} maps in {self.out} (it has: {have})")
+        return image if isinstance(image, ImageRecord) else self[image]
+
+    def to_pandas(self) -> Any:
+        """One row an image: predictions.csv's columns (``path`` the index) and each map's ``.npy`` and overlay
+        path, absolute. Needs pandas (not a dependency of xaibatch)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("to_pandas() needs pandas: pip install pandas") from None
+        rows = []
+        for r in self:
+            row: dict[str, Any] = {"path": r.rel, "label": r.label, "pred": r.pred, "confidence": r.confidence}
+            row["correct"] = r.correct
+            row.update({f"p_{c}": p for c, p in r.probs.items()})
+            row["earlier_model"] = r.earlier
+            for k in self.map_keys:
+                files = r.maps.get(k)
+                row[f"npy_{k}"] = files.npy if files else None
+                row[f"overlay_{k}"] = files.overlay if files else None
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("path") if rows else pd.DataFrame(rows)
+
+
+def open_results(out: str | Path) -> Results:
+    """Read the output folder ``out`` of ``xaibatch run`` (its manifest, once): see :class:`Results`."""
+    out = Path(out)
+    path = out / layout.MANIFEST
+    if not path.is_file():
+        what = "no such folder" if not out.exists() else f"no {layout.MANIFEST} there"
+        raise UsageError(f"{out} is not an xaibatch output folder ({what}): give the --out of xaibatch run")
+
+    def read(m: Manifest) -> tuple[Any, ...]:
+        history = History.read(m)
+        return m.images(), m.maps(), m.failures(), history, m.get_meta("input_dir")
+
+    images, maps, failures, history, input_dir = read_snapshot(path, read)
+    if not input_dir:  # older folders: the run's absolute record, else its row's path as given
+        input_dir = (history.run.input_dir if history.run is not None else None) or history.input_dir or None
+    return Results(Path(os.path.abspath(out)), images, maps, failures, history, input_dir)
+
+
+def _missing(path: Path, rel: str, method: str) -> MissingOutput:
+    return MissingOutput(
+        f"{path} is missing ({method!r} map of {rel!r}): deleted, or not copied with the folder; "
+        "xaibatch run makes it again"
+    )
+
+
+def _close(name: str, among: Any) -> str:
+    near = difflib.get_close_matches(name, [str(x) for x in among], n=3)
+    return f"; did you mean {', '.join(map(repr, near))}?" if near else ""
