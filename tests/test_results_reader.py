@@ -225,3 +225,25 @@ def test_the_folder_need_not_be_where_it_was_written(out, tmp_path):
     res = open_results(os.path.relpath(moved))
     assert res.out == moved.absolute() and res["FAKE/img_000.png"].maps["gradcam"].npy.is_relative_to(moved)
     assert np.array_equal(res.map("FAKE/img_000.png", "gradcam"), open_results(out).map("FAKE/img_000.png", "gradcam"))
+
+
+def test_no_file_outside_the_folder_is_read(out, tmp_path):
+    """A manifest naming ../x.npy is refused as the folder is opened; a link under the folder that leads outside
+    it, as the file is read."""
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.ones((2, 2), np.float32))
+    link = copy / "maps" / "gradcam" / "FAKE" / "img_003.npy"
+    link.unlink()
+    link.symlink_to(outside)
+    with pytest.raises(
+        UsageError, match=r"refusing to read .*/maps/gradcam/FAKE/img_003\.npy: a link leads it outside"
+    ):
+        open_results(copy).map("FAKE/img_003.png", "gradcam")
+    db = sqlite3.connect(copy / layout.MANIFEST)
+    db.execute("UPDATE maps SET npy = '../secret.npy' WHERE rel = 'FAKE/img_002.png' AND method = 'gradcam'")
+    db.commit()
+    db.close()
+    with pytest.raises(UsageError, match=r"the manifest names '\.\./secret\.npy', outside the folder; refusing"):
+        open_results(copy)

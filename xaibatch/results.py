@@ -22,8 +22,8 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -64,10 +64,11 @@ class ImageRecord:
     size: tuple[int, int]  # (width, height)
     sha256: str
     maps: Mapping[str, MapPaths]  # map key -> its files: each method, and ``<method>@label`` (--target pred,label)
+    out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
 
     def map(self, method: str) -> np.ndarray:
         """The map as saved: a float32 array at the image's size (up to --max-map-side)."""
-        path = self.files(method).npy
+        path = self._inside(self.files(method).npy)
         try:
             return np.load(path, allow_pickle=False)
         except FileNotFoundError:
@@ -77,13 +78,20 @@ class ImageRecord:
         """The report's overlay of the map (at most 512 px a side), a PIL image."""
         from PIL import Image
 
-        path = self.files(method).overlay
+        path = self._inside(self.files(method).overlay)
         try:
             with Image.open(path, formats=["PNG"]) as im:
                 im.load()
                 return im
         except FileNotFoundError:
             raise _missing(path, self.rel, method) from None
+
+    def _inside(self, path: Path) -> Path:
+        """``path``, refused when a link under the folder leads it outside (files.safe_join's rule, as it is read)."""
+        try:
+            return safe_join(self.out, path.relative_to(self.out).as_posix())
+        except UsageError:
+            raise UsageError(f"refusing to read {path}: a link leads it outside {self.out}") from None
 
     def files(self, method: str) -> MapPaths:
         """The map's files; an image without that map is one line naming the ones it has."""
@@ -143,12 +151,12 @@ class Results:
         }
 
     def _inside(self, rel: str) -> Path:
-        try:
-            return safe_join(self.out, rel)
-        except UsageError:
-            raise UsageError(
-                f"{self.out}: the manifest names {rel!r}, outside the folder; refusing to read it"
-            ) from None
+        """``OUT/rel`` for a path the manifest names (a plain relative path: no ``..``, not absolute; where links
+        under the folder lead is checked as a file is read, ImageRecord._inside)."""
+        pure = PurePosixPath(rel)
+        if rel and "\0" not in rel and not pure.is_absolute() and ".." not in pure.parts:
+            return self.out.joinpath(*pure.parts)
+        raise UsageError(f"{self.out}: the manifest names {rel!r}, outside the folder; refusing to read it")
 
     def _record(self, row: ImageRow, history: History, maps: dict[str, MapPaths]) -> ImageRecord:
         names = list(self.classes)
@@ -167,6 +175,7 @@ class Results:
             size=(row.width, row.height),
             sha256=row.sha256,
             maps=Frozen(maps),
+            out=self.out,
         )
 
     # -- reading -------------------------------------------------------------------------------------------------
