@@ -15,7 +15,7 @@ import os
 import sqlite3
 import sys
 import time
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -67,7 +67,7 @@ class RunRecord:
     finished_at: float | None
     status: str  # a RunStatus word (one this xaibatch does not know, a newer one's, is kept as read)
     input_dir: str
-    config_json: str  # the run's record: runconfig.read_run
+    config_json: str = field(repr=False)  # the run's record: runconfig.read_run (a page of JSON: not in the repr)
     predict_hash: str
     seconds: float | None
     # the counts (RunCounts' fields); NULL: not known (a killed run's failures, what a run killed before its plan
