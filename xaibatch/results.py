@@ -23,7 +23,7 @@ import difflib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,10 +42,21 @@ __all__ = ["ImageRecord", "MapPaths", "Results", "open_results"]
 
 @dataclass(frozen=True)
 class MapPaths:
-    """One map's files, absolute: the array (``.npy``, float32 at the image's size) and the report's overlay."""
+    """One map's files: the array (``.npy``, float32 at the image's size) and the report's overlay, as absolute
+    paths (``npy``, ``overlay``), made as they are asked for (a folder of 50,000 images holds 100,000 per method);
+    ``npy_rel`` and ``overlay_rel``: relative to the folder, as the manifest and predictions.csv name them."""
 
-    npy: Path
-    overlay: Path
+    out: Path = field(repr=False)
+    npy_rel: str
+    overlay_rel: str
+
+    @property
+    def npy(self) -> Path:
+        return self.out / self.npy_rel
+
+    @property
+    def overlay(self) -> Path:
+        return self.out / self.overlay_rel
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,6 @@ class ImageRecord:
     """One image of an output folder, as its last prediction left it (predictions.csv's row, with its maps)."""
 
     rel: str  # its path relative to the input folder, as predictions.csv's ``path``
-    source: Path | None  # where it was read: the input folder's absolute path joined with rel (it may be gone)
     label: str | None  # the true class (its class folder); None: an unlabeled folder
     pred: str  # the predicted class
     target: str  # the class the maps explain (``--target``: the prediction, or the label)
@@ -65,6 +75,12 @@ class ImageRecord:
     sha256: str
     maps: Mapping[str, MapPaths]  # map key -> its files: each method, and ``<method>@label`` (--target pred,label)
     out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
+    input_dir: Path | None = field(repr=False, compare=False, default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """Where the image was read: the input folder's absolute path joined with rel (it may be gone since)."""
+        return self.input_dir / self.rel if self.input_dir is not None else None
 
     def map(self, method: str) -> np.ndarray:
         """The map as saved: a float32 array at the image's size (up to --max-map-side)."""
@@ -141,7 +157,9 @@ class Results:
         self.failures: Mapping[str, str] = Frozen(dict(failures))
         per_image: dict[str, dict[str, MapPaths]] = {}
         for (rel, key), row in maps.items():
-            per_image.setdefault(rel, {})[key] = MapPaths(self._inside(row.npy), self._inside(row.png))
+            per_image.setdefault(rel, {})[key] = MapPaths(
+                self.out, _plain(self.out, row.npy), _plain(self.out, row.png)
+            )
         order = {k: i for i, k in enumerate(self.map_keys)}
         self._records = {
             rel: self._record(
@@ -150,21 +168,12 @@ class Results:
             for rel, row in sorted(images.items())
         }
 
-    def _inside(self, rel: str) -> Path:
-        """``OUT/rel`` for a path the manifest names (a plain relative path: no ``..``, not absolute; where links
-        under the folder lead is checked as a file is read, ImageRecord._inside)."""
-        pure = PurePosixPath(rel)
-        if rel and "\0" not in rel and not pure.is_absolute() and ".." not in pure.parts:
-            return self.out.joinpath(*pure.parts)
-        raise UsageError(f"{self.out}: the manifest names {rel!r}, outside the folder; refusing to read it")
-
     def _record(self, row: ImageRow, history: History, maps: dict[str, MapPaths]) -> ImageRecord:
         names = list(self.classes)
         label = class_name(names, row.label)
         pred = class_name(names, row.pred) or ""
         return ImageRecord(
             rel=row.rel,
-            source=self.input_dir / row.rel if self.input_dir is not None else None,
             label=label,
             pred=pred,
             target=class_name(names, row.target) or "",
@@ -176,6 +185,7 @@ class Results:
             sha256=row.sha256,
             maps=Frozen(maps),
             out=self.out,
+            input_dir=self.input_dir,
         )
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -230,7 +240,7 @@ class Results:
 
     def to_pandas(self) -> Any:
         """One row an image: predictions.csv's columns (``path`` the index) and each map's ``.npy`` and overlay
-        path, absolute. Needs pandas (not a dependency of xaibatch)."""
+        path, absolute, as strings. Needs pandas (not a dependency of xaibatch)."""
         try:
             import pandas as pd
         except ImportError:
@@ -243,8 +253,8 @@ class Results:
             row["earlier_model"] = r.earlier
             for k in self.map_keys:
                 files = r.maps.get(k)
-                row[f"npy_{k}"] = files.npy if files else None
-                row[f"overlay_{k}"] = files.overlay if files else None
+                row[f"npy_{k}"] = str(files.npy) if files else None
+                row[f"overlay_{k}"] = str(files.overlay) if files else None
             rows.append(row)
         return pd.DataFrame(rows).set_index("path") if rows else pd.DataFrame(rows)
 
@@ -265,6 +275,14 @@ def open_results(out: str | Path) -> Results:
     if not input_dir:  # older folders: the run's absolute record, else its row's path as given
         input_dir = (history.run.input_dir if history.run is not None else None) or history.input_dir or None
     return Results(Path(os.path.abspath(out)), images, maps, failures, history, input_dir)
+
+
+def _plain(out: Path, rel: str) -> str:
+    """A path the manifest names, refused unless plain and relative (no ``..``, not absolute); where links under
+    the folder lead is checked as a file is read (ImageRecord._inside)."""
+    if not rel or rel.startswith("/") or "\0" in rel or ".." in rel.split("/"):
+        raise UsageError(f"{out}: the manifest names {rel!r}, outside the folder; refusing to read it")
+    return rel
 
 
 def _missing(path: Path, rel: str, method: str) -> MissingOutput:
