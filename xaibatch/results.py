@@ -84,7 +84,7 @@ class ImageRecord:
 
     def map(self, method: str) -> np.ndarray:
         """The map as saved: a float32 array at the image's size (up to --max-map-side)."""
-        path = self._inside(self.files(method).npy)
+        path = self._inside(self.files(method).npy_rel)
         try:
             return np.load(path, allow_pickle=False)
         except FileNotFoundError:
@@ -94,7 +94,7 @@ class ImageRecord:
         """The report's overlay of the map (at most 512 px a side), a PIL image."""
         from PIL import Image
 
-        path = self._inside(self.files(method).overlay)
+        path = self._inside(self.files(method).overlay_rel)
         try:
             with Image.open(path, formats=["PNG"]) as im:
                 im.load()
@@ -102,12 +102,12 @@ class ImageRecord:
         except FileNotFoundError:
             raise _missing(path, self.rel, method) from None
 
-    def _inside(self, path: Path) -> Path:
-        """``path``, refused when a link under the folder leads it outside (files.safe_join's rule, as it is read)."""
+    def _inside(self, rel: str) -> Path:
+        """``OUT/rel``, refused when a link under the folder leads it outside (files.safe_join's rule, as read)."""
         try:
-            return safe_join(self.out, path.relative_to(self.out).as_posix())
+            return safe_join(self.out, rel)
         except UsageError:
-            raise UsageError(f"refusing to read {path}: a link leads it outside {self.out}") from None
+            raise UsageError(f"refusing to read {self.out / rel}: a link leads it outside {self.out}") from None
 
     def files(self, method: str) -> MapPaths:
         """The map's files; an image without that map is one line naming the ones it has."""
@@ -216,7 +216,7 @@ class Results:
     def where(self, **equal: Any) -> list[ImageRecord]:
         """The images whose fields equal the values given, in path order: ``where(correct=False, label="FAKE")``;
         anything else is a list comprehension over ``res``. A class name or field that does not exist is refused."""
-        fields = ImageRecord.__dataclass_fields__
+        fields = [name for name, f in ImageRecord.__dataclass_fields__.items() if f.repr]
         for name, value in equal.items():
             if name not in fields:
                 raise UnknownName(f"ImageRecord has no field {name!r}{_close(name, fields)}")
