@@ -247,3 +247,9 @@ def test_no_file_outside_the_folder_is_read(out, tmp_path):
     db.close()
     with pytest.raises(UsageError, match=r"the manifest names '\.\./secret\.npy', outside the folder; refusing"):
         open_results(copy)
+
+
+def test_to_pandas_without_pandas_says_so(out, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    with pytest.raises(UsageError, match=r"^to_pandas\(\) needs pandas: pip install pandas$"):
+        open_results(out).to_pandas()
