@@ -203,3 +203,23 @@ def test_damaged_state_builds(out):
     stats = report.render(out)
     assert not stats.reused
     assert report.render(out).reused
+
+
+def test_a_report_of_an_older_summary_version_is_built_again_with_the_new_csv_columns(out, monkeypatch):
+    """A folder whose report an xaibatch before predictions.csv's npy_<method> columns wrote (SUMMARY_VERSION 6, the
+    CSV without them) gains them at its next unchanged re-run: the reused summary would keep the old CSV."""
+    from xaibatch.report import snapshot
+
+    csv_path = out / "predictions.csv"
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("npy_")] == ["npy_gradcam", "npy_lime"]
+    keep = [i for i, c in enumerate(header) if not c.startswith("npy_")]
+    old = "\n".join(",".join(r.split(",")[i] for i in keep) for r in csv_path.read_text().splitlines()) + "\n"
+    monkeypatch.setattr(snapshot, "SUMMARY_VERSION", 6)  # the folder as the older version left it
+    full_render(out)
+    csv_path.write_text(old)
+    monkeypatch.undo()
+    add_run(out)
+    stats = report.render(out)
+    assert not stats.reused
+    assert csv_path.read_text().splitlines()[0].split(",") == header

@@ -36,9 +36,9 @@ from .data import History, method_infos
 from .localization import PointingGame
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 6  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
+SUMMARY_VERSION = 7  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
 # 5: faithfulness verdicts name the chance map, give the gains, flag maps failing sanity; chance-images row, fill note;
-# 6: the pointing game per method)
+# 6: the pointing game per method; 7: predictions.csv's npy_<method> columns, which only a full build writes)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
