@@ -353,6 +353,24 @@ def test_a_read_only_report_is_read_and_left_as_it_was(tmp_path, tiny_ckpt):
     assert p.stdout.strip() == "None ['FAKE/img_000.png', 'FAKE/img_001.png', 'REAL/img_000.png', 'REAL/img_001.png']"
 
 
+def test_reading_a_report_makes_no_file_in_it_even_for_a_moment(tmp_path, tiny_ckpt):
+    """serve opened the manifest as a run does, with writes refused: SQLite made its -wal and -shm files in OUT and
+    removed them on close, which moved the folder's mtime (a backup or sync tool saw a change) and raced a run
+    starting there. It reads one committed state now, as open_results does (manifest.read_snapshot)."""
+    from helpers import quiet, run_opts, write_images
+    from xaibatch.pipeline import run
+    from xaibatch.serve.sources import ReportImages
+
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=quiet)
+    st = out.stat()
+    before = (sorted(p.name for p in out.iterdir()), st.st_mtime_ns, st.st_ctime_ns)
+    assert sorted(ReportImages.load(out).rows) == ["FAKE/img_000.png", "FAKE/img_001.png"]
+    st = out.stat()
+    assert (sorted(p.name for p in out.iterdir()), st.st_mtime_ns, st.st_ctime_ns) == before
+
+
 def test_a_report_without_its_input_folder_offers_none_of_its_images(tmp_path, tiny_ckpt):
     """The output folder copied to another machine (or its input folder moved): the page listed every report image
     to pick, and picking one said "cannot read: No such file or directory"."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import layout
 from ..errors import XaibatchError
 from ..files import safe_join
-from ..manifest import ImageRow, Manifest
+from ..manifest import ImageRow, read_snapshot
 from .core import Upload, read_upload
 
 MAX_PICKS = 1000  # report images offered in the page's list (all of them can still be uploaded)
@@ -56,12 +56,8 @@ class ReportImages:
         path = found.out / layout.MANIFEST
         if not path.is_file():
             return found
-        try:
-            m = Manifest(path, read_only=True)  # the report may be read-only: serve never writes it
-            try:
-                rows, input_dir = m.images(), m.get_meta("input_dir")  # resolved by the run: any cwd works
-            finally:
-                m.close()
+        try:  # one committed state, no file made there even for a moment (-wal, -shm): it may be read-only
+            rows, input_dir = read_snapshot(path, lambda m: (m.images(), m.get_meta("input_dir")))  # any cwd works
         except (XaibatchError, OSError, ValueError) as e:
             found.problem = str(e)
             return found
