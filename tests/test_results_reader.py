@@ -201,6 +201,20 @@ def test_errors_are_one_line_and_name_close_matches(out, tmp_path):
             open_results(copy)
 
 
+def test_an_image_by_position_or_path_as_explanations_numbers_them(out):
+    """``res[0]`` (explain()'s result is indexed so: ``out.map(0, "gradcam")``) raised TypeError "'int' object is
+    not iterable" from inside difflib, and ``res[Path(...)]`` one too; the position is the path order's."""
+    res = open_results(out)
+    records = list(res)
+    assert res[0] is records[0] and res[-1] is records[-1] and res[np.int64(2)] is records[2]
+    assert np.array_equal(res.map(1, "gradcam"), records[1].map("gradcam"))
+    assert res[Path("FAKE/img_001.png")] is res["FAKE/img_001.png"] and Path("FAKE/img_001.png") in res
+    with pytest.raises(UsageError, match=r"^image index 9 out of range: 9 images \(0\.\.8\)$"):
+        res[9]
+    with pytest.raises(UsageError, match=r"^an image is its path \(a str\) or its position \(an int\), not float$"):
+        res[1.0]
+
+
 def test_to_pandas_is_one_row_an_image(out):
     pd = pytest.importorskip("pandas")
     frame = open_results(out).to_pandas()

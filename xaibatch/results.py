@@ -20,6 +20,7 @@ kept inside the folder (:func:`files.safe_join`); maps are read with ``allow_pic
 from __future__ import annotations
 
 import difflib
+import operator
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -127,8 +128,9 @@ class ImageRecord:
 class Results:
     """An output folder's images, maps and run record, as :func:`open_results` read them (one committed state).
 
-    ``len(res)`` images, ``for r in res`` each :class:`ImageRecord` (sorted by path), ``res[rel]`` one, ``rel in
-    res``, :meth:`where` a selection; ``res.failures``: rel -> why each file that could not be read was skipped."""
+    ``len(res)`` images, ``for r in res`` each :class:`ImageRecord` (sorted by path), ``res[rel]`` one (``res[i]``:
+    the i-th in that order), ``rel in res``, :meth:`where` a selection; ``res.failures``: rel -> why each file that
+    could not be read was skipped."""
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class Results:
                 self.out, _plain(self.out, row.npy), _plain(self.out, row.png)
             )
         order = {k: i for i, k in enumerate(self.map_keys)}
+        self._order: list[ImageRecord] | None = None  # the records in path order, for res[i]
         self._records = {
             rel: self._record(
                 row, history, {k: v for k, v in sorted(per_image.get(rel, {}).items(), key=lambda kv: order[kv[0]])}
@@ -196,16 +199,36 @@ class Results:
         return iter(self._records.values())
 
     def __contains__(self, rel: object) -> bool:
-        return rel in self._records
+        return (Path(rel).as_posix() if isinstance(rel, os.PathLike) else rel) in self._records
 
-    def __getitem__(self, rel: str) -> ImageRecord:
+    def __getitem__(self, rel: str | int) -> ImageRecord:
+        """An image by its path under the input folder (``res["FAKE/a.png"]``, a ``Path`` too) or by its position
+        in path order (``res[0]``, ``res[-1]``: as ``Explanations`` numbers its images)."""
+        if isinstance(rel, os.PathLike):
+            rel = Path(rel).as_posix()
+        if not isinstance(rel, str):
+            return self._at(rel)
         try:
             return self._records[rel]
-        except (KeyError, TypeError):
+        except KeyError:
             pass
         if rel in self.failures:
             raise UnknownName(f"{rel!r} could not be read by the run ({self.failures[rel]}): it has no prediction")
         raise UnknownName(f"no image {rel!r} in {self.out}{_close(rel, self._records)}")
+
+    def _at(self, i: Any) -> ImageRecord:
+        try:
+            k = operator.index(i)  # ints, numpy's
+        except TypeError:
+            k = None
+        if k is None or isinstance(i, bool):
+            raise UsageError(f"an image is its path (a str) or its position (an int), not {type(i).__name__}")
+        n = len(self)
+        if not -n <= k < n:
+            raise UsageError(f"image index {k} out of range: {n} images" + (f" (0..{n - 1})" if n else ""))
+        if self._order is None:
+            self._order = list(self._records.values())
+        return self._order[k]
 
     def __repr__(self) -> str:
         return (
@@ -224,15 +247,15 @@ class Results:
                 raise UnknownName(f"no class {value!r} in {self.out}{_close(str(value), self.classes)}")
         return [r for r in self if all(getattr(r, k) == v for k, v in equal.items())]
 
-    def map(self, image: str | ImageRecord, method: str) -> np.ndarray:
+    def map(self, image: str | int | ImageRecord, method: str) -> np.ndarray:
         """``res[rel].map(method)``: the map as saved (float32, the image's size); ``method@label``: the true class's."""
         return self._image(image, method).map(method)
 
-    def overlay(self, image: str | ImageRecord, method: str) -> Any:
+    def overlay(self, image: str | int | ImageRecord, method: str) -> Any:
         """``res[rel].overlay(method)``: the report's overlay, a PIL image."""
         return self._image(image, method).overlay(method)
 
-    def _image(self, image: str | ImageRecord, method: str) -> ImageRecord:
+    def _image(self, image: str | int | ImageRecord, method: str) -> ImageRecord:
         if method not in self.map_keys:
             have = ", ".join(self.map_keys) or "none"
             raise UnknownName(f"no {method!r} maps in {self.out} (it has: {have})")
