@@ -176,6 +176,10 @@ def test_errors_are_one_line_and_name_close_matches(out, tmp_path):
         res["REAL/img_001.png"].map("gradcam@label")
     with pytest.raises(UnknownName, match=r"no class 'FAEK' in .*; did you mean 'FAKE'\?"):
         res.where(label="FAEK")
+    with pytest.raises(UnknownName, match=r"no class 'fake' in .*; did you mean 'FAKE'\?"):
+        res.where(label="fake")  # the class folders' case: said nothing close
+    with pytest.raises(UnknownName, match=r"no image 'fake/img_001\.png' in .*; did you mean 'FAKE/img_001\.png'"):
+        res["fake/img_001.png"]
     with pytest.raises(UnknownName, match=r"ImageRecord has no field 'corect'; did you mean 'correct'\?"):
         res.where(corect=False)
     with pytest.raises(UsageError, match=r"nowhere is not an xaibatch output folder \(no such folder\)"):

@@ -316,5 +316,11 @@ def _missing(path: Path, rel: str, method: str) -> MissingOutput:
 
 
 def _close(name: str, among: Any) -> str:
-    near = difflib.get_close_matches(name, [str(x) for x in among], n=3)
+    """``; did you mean ...?`` naming up to three of ``among`` close to ``name``, whatever their case ("fake" for
+    the class FAKE), or nothing."""
+    names = [str(x) for x in among]
+    by_lower: dict[str, list[str]] = {}
+    for x in names:
+        by_lower.setdefault(x.lower(), []).append(x)
+    near = [x for low in difflib.get_close_matches(name.lower(), by_lower, n=3) for x in by_lower[low]][:3]
     return f"; did you mean {', '.join(map(repr, near))}?" if near else ""
