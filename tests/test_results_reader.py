@@ -219,6 +219,30 @@ def test_an_image_by_position_or_path_as_explanations_numbers_them(out):
         res[1.0]
 
 
+def test_a_ground_truth_mask_is_read_as_the_report_reads_it(out, tmp_path):
+    """The mass of a map inside the ground-truth region, the pointing game: each needs the mask beside the image
+    (``<name>.mask.npy``, as demo-data writes it), which the record did not name; ``r.mask()`` reads it."""
+    import dataclasses
+
+    res = open_results(out)
+    r = res["FAKE/img_000.png"]
+    beside = out.parent / "in" / "FAKE" / "img_000.mask.npy"
+    marked = np.zeros((32, 32), np.uint8)
+    marked[4:12, 20:30] = 1
+    np.save(beside, marked)
+    try:
+        mask = r.mask()
+        assert mask.dtype == bool and np.array_equal(mask, marked == 1)
+        assert res["FAKE/img_001.png"].mask() is None  # no mask beside it
+        np.save(beside, np.array([{"a": 1}, None], dtype=object))  # a pickle: never loaded
+        with pytest.raises(UsageError, match=r"img_000\.mask\.npy is not read as a ground-truth mask: "):
+            r.mask()
+    finally:
+        beside.unlink()
+    with pytest.raises(UsageError, match=r"the input folder .*gone is not there .*: the mask of 'FAKE/img_000\.png'"):
+        dataclasses.replace(r, input_dir=tmp_path / "gone").mask()
+
+
 def test_to_pandas_is_one_row_an_image(out):
     pd = pytest.importorskip("pandas")
     frame = open_results(out).to_pandas()
@@ -231,7 +255,7 @@ def test_to_pandas_is_one_row_an_image(out):
 def test_open_results_imports_no_torch(out):
     script = (
         "import sys, xaibatch; res = xaibatch.open_results(sys.argv[1]); "
-        "[r.map(k) for r in res for k in r.maps]; print('torch' in sys.modules)"
+        "[r.map(k) for r in res for k in r.maps]; [r.mask() for r in res]; print('torch' in sys.modules)"
     )
     p = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert (p.returncode, p.stdout, p.stderr) == (0, "False\n", "")

@@ -8,6 +8,7 @@
     r = wrong[0]
     r.map("gradcam")                                    # the .npy as saved: float32, at the image's size
     r.overlay("gradcam")                                # the report's overlay, a PIL image
+    r.mask()                                            # the ground-truth mask beside the image (bool), or None
     r.maps["gradcam@label"].npy                         # --target pred,label: the true class's map, its path
     res.to_pandas()                                     # one row an image (needs pandas)
 
@@ -37,6 +38,7 @@ from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
 from .report.text import class_name
 from .runconfig import MethodRecord, ModelRecord, RunConfig
+from .scan import mask_rel
 
 __all__ = ["ImageRecord", "MapPaths", "Results", "open_results"]
 
@@ -102,6 +104,25 @@ class ImageRecord:
                 return im
         except FileNotFoundError:
             raise _missing(path, self.rel, method) from None
+
+    def mask(self) -> np.ndarray | None:
+        """The image's ground-truth mask, as the report's localization reads it: ``<name>.mask.npy`` beside the
+        image in the input folder (``demo-data`` writes one beside each FAKE image), True where marked; None when
+        the image has none. Read as user data (never unpickled, no FIFO, inside the input folder)."""
+        from .report.detail import BadArray, read_array
+
+        if self.input_dir is None or not self.input_dir.is_dir():
+            raise UsageError(
+                f"the input folder {self.input_dir or '(not recorded)'} is not there (moved, renamed, or the output "
+                f"folder copied from another machine): the mask of {self.rel!r} cannot be read"
+            )
+        rel = mask_rel(self.rel)
+        try:
+            return read_array(self.input_dir, rel) != 0
+        except BadArray as e:
+            if str(e) == "missing":
+                return None
+            raise UsageError(f"{self.input_dir / rel} is not read as a ground-truth mask: {e}") from None
 
     def _inside(self, rel: str) -> Path:
         """``OUT/rel``, refused when a link under the folder leads it outside (files.safe_join's rule, as read)."""
