@@ -219,6 +219,24 @@ def test_an_image_by_position_or_path_as_explanations_numbers_them(out):
         res[1.0]
 
 
+def test_heatmap_is_explains_heatmap_of_the_same_image(out, tiny_ckpt):
+    """explain()'s result draws a map alone (``ex.heatmap(i, method)``); a record had map() and overlay() only."""
+    import dataclasses
+
+    import xaibatch
+    from xaibatch.overlay import colorize
+
+    res = open_results(out)
+    r = res["FAKE/img_001.png"]
+    ex = xaibatch.explain(tiny_ckpt, [r.source], methods=["gradcam"], target="pred,label", labels=[0])
+    for key in ("gradcam", "gradcam@label"):
+        mine = r.heatmap(key)
+        assert mine.size == (32, 32) and np.array_equal(np.asarray(mine), np.asarray(ex.heatmap(0, key, size="given")))
+    assert np.array_equal(np.asarray(res.heatmap(r.rel, "gradcam")), np.asarray(r.heatmap("gradcam")))
+    signed = dataclasses.replace(r, signed={"gradcam": True})  # a signed method: symmetric around 0, no stretch
+    assert np.array_equal(np.asarray(signed.heatmap("gradcam")), colorize(r.map("gradcam"), True))
+
+
 def test_a_ground_truth_mask_is_read_as_the_report_reads_it(out, tmp_path):
     """The mass of a map inside the ground-truth region, the pointing game: each needs the mask beside the image
     (``<name>.mask.npy``, as demo-data writes it), which the record did not name; ``r.mask()`` reads it."""
@@ -255,7 +273,7 @@ def test_to_pandas_is_one_row_an_image(out):
 def test_open_results_imports_no_torch(out):
     script = (
         "import sys, xaibatch; res = xaibatch.open_results(sys.argv[1]); "
-        "[r.map(k) for r in res for k in r.maps]; [r.mask() for r in res]; print('torch' in sys.modules)"
+        "[(r.map(k), r.heatmap(k)) for r in res for k in r.maps]; [r.mask() for r in res]; print('torch' in sys.modules)"
     )
     p = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert (p.returncode, p.stdout, p.stderr) == (0, "False\n", "")

@@ -8,6 +8,7 @@
     r = wrong[0]
     r.map("gradcam")                                    # the .npy as saved: float32, at the image's size
     r.overlay("gradcam")                                # the report's overlay, a PIL image
+    r.heatmap("gradcam")                                # the map alone in the report's colours (Explanations')
     r.mask()                                            # the ground-truth mask beside the image (bool), or None
     r.maps["gradcam@label"].npy                         # --target pred,label: the true class's map, its path
     res.to_pandas()                                     # one row an image (needs pandas)
@@ -79,6 +80,7 @@ class ImageRecord:
     maps: Mapping[str, MapPaths]  # map key -> its files: each method, and ``<method>@label`` (--target pred,label)
     out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
     input_dir: Path | None = field(repr=False, compare=False, default=None)
+    signed: Mapping[str, bool] = field(repr=False, compare=False, default_factory=Frozen)  # method -> signed maps
 
     @property
     def source(self) -> Path | None:
@@ -104,6 +106,19 @@ class ImageRecord:
                 return im
         except FileNotFoundError:
             raise _missing(path, self.rel, method) from None
+
+    def heatmap(self, method: str) -> Any:
+        """The map alone in the report's colours, a PIL image at the map's size: as ``Explanations.heatmap``
+        draws it (signed maps symmetric around 0; unsigned ones stretched to their 99th percentile)."""
+        from PIL import Image
+
+        from .overlay import colorize, stretch
+
+        m = self.map(method)
+        signed = self.signed.get(targets.method_of(method))
+        if signed is None:  # a method the folder's records lost: signed when it holds a negative value
+            signed = bool(m.size and m.min() < 0)
+        return Image.fromarray(colorize(m if signed else stretch(m), signed))
 
     def mask(self) -> np.ndarray | None:
         """The image's ground-truth mask, as the report's localization reads it: ``<name>.mask.npy`` beside the
@@ -176,6 +191,7 @@ class Results:
         names += sorted({targets.method_of(k) for k in keys} - set(names))
         found = {n: latest.get(n) or history.older_methods.get(n) for n in names}
         self.methods: Mapping[str, MethodRecord] = Frozen({n: r for n, r in found.items() if r is not None})
+        self._signed = Frozen({n: r.signed for n, r in self.methods.items()})
         self.map_keys: tuple[str, ...] = tuple(k for n in names for k in (n, targets.label_key(n)) if k in keys)
         self.failures: Mapping[str, str] = Frozen(dict(failures))
         per_image: dict[str, dict[str, MapPaths]] = {}
@@ -210,6 +226,7 @@ class Results:
             maps=Frozen(maps),
             out=self.out,
             input_dir=self.input_dir,
+            signed=self._signed,
         )
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -275,6 +292,10 @@ class Results:
     def overlay(self, image: str | int | ImageRecord, method: str) -> Any:
         """``res[rel].overlay(method)``: the report's overlay, a PIL image."""
         return self._image(image, method).overlay(method)
+
+    def heatmap(self, image: str | int | ImageRecord, method: str) -> Any:
+        """``res[rel].heatmap(method)``: the map alone in the report's colours, a PIL image."""
+        return self._image(image, method).heatmap(method)
 
     def _image(self, image: str | int | ImageRecord, method: str) -> ImageRecord:
         if method not in self.map_keys:
