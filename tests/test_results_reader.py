@@ -144,6 +144,23 @@ def test_a_run_writing_meanwhile_is_seen_as_last_committed(out, tmp_path):
         writer.close()
 
 
+def test_a_run_not_ended_is_said(out, tmp_path):
+    """Opened while a second run wrote into the folder, the records mixed its maps with the first's (some images
+    with a LIME map, some without) and nothing said so: last_run is the last run that ended, status "ok"."""
+    res = open_results(out)
+    assert res.running is None and "had not ended" not in repr(res)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    writer = Manifest(copy / layout.MANIFEST)
+    try:
+        run_id = writer.start_run(str(out.parent / "in"), {}, "")
+    finally:
+        writer.close()
+    res = open_results(copy)
+    assert res.running is not None and res.running.id == run_id and res.last_run.id == run_id - 1
+    assert repr(res).endswith(f"; run {run_id} had not ended (writing, or killed): open again for more)")
+
+
 def test_a_manifest_changed_while_read_is_read_again(out, tmp_path):
     """A run that starts while a folder without a -wal file is read as it stands (immutable) and checkpoints into
     the file: the read is done again, over the new state."""

@@ -181,6 +181,9 @@ class Results:
         run = history.run
         self.config: RunConfig | None = run  # the last run's record (None: no run, or a damaged record)
         self.last_run: RunRecord | None = history.last  # the last run that ended: status, counts, seconds, input
+        newest = history.runs[-1] if history.runs else None
+        # a run not ended when the folder was read: writing into it (its images so far are here), or killed
+        self.running: RunRecord | None = newest if newest is not None and not newest.ended else None
         self.model: ModelRecord | None = run.model if run is not None else None
         self.input_dir: Path | None = Path(input_dir) if input_dir else None
         self.classes: tuple[str, ...] = tuple(class_names(run, images))
@@ -269,9 +272,11 @@ class Results:
         return self._order[k]
 
     def __repr__(self) -> str:
+        running = self.running
+        busy = f"; run {running.id} had not ended (writing, or killed): open again for more" if running else ""
         return (
             f"Results({str(self.out)!r}: {len(self)} images, {len(self.failures)} failed, "
-            f"classes={list(self.classes)}, maps={list(self.map_keys)})"
+            f"classes={list(self.classes)}, maps={list(self.map_keys)}{busy})"
         )
 
     def where(self, **equal: Any) -> list[ImageRecord]:
