@@ -174,7 +174,7 @@ def read_snapshot(path: Path, read: Callable[[Manifest], T]) -> T:
     for attempt in range(_SNAPSHOT_TRIES):
         wal = os.path.lexists(f"{path}-wal")  # read through: consistent whatever a checkpoint changes
         before = None if wal or not path.is_file() else _stamp(path)
-        m = Manifest(path, read_only=True, traceless=True)
+        m = Manifest(path, read_only=True)
         try:
             with m.reading():
                 out = read(m)
@@ -189,39 +189,22 @@ def read_snapshot(path: Path, read: Callable[[Manifest], T]) -> T:
     raise ManifestError(f"cannot read the manifest {path}: it kept changing while it was read; try again")
 
 
-def _open_read_only(path: Path, traceless: bool = False) -> sqlite3.Connection:
-    """A connection that never writes the manifest. Where the file and its folder can be written it is opened as
-    runs open it, with writes refused (``query_only``), so that closing it removes its ``-wal`` and ``-shm`` files
-    as a run's close does. Elsewhere it is opened read-only (SQLite's ``mode=ro``), which needs a ``-shm`` index:
-    where the folder refuses to have one made and no ``-wal`` file is there (no run is writing, nor was killed
-    while writing), the file is read as it stands (``immutable``). ``traceless``: never make a file in the folder,
-    not even for a moment (see :func:`read_snapshot`): ``immutable`` where no ``-wal`` file is there, else
-    ``mode=ro`` through the files a run made."""
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes the manifest nor makes a file beside it, not even for a moment (see
+    :func:`read_snapshot`): with no ``-wal`` file there (no run writing, nor one killed while writing) the file is
+    read as it stands (SQLite's ``immutable``), else read-only (``mode=ro``) through the files the run made. Works in
+    a folder or on a file system that refuses writes."""
     if not path.is_file():
         raise ManifestError(f"cannot read the manifest {path}: no such file")
-    uri = path.resolve().as_uri()
-    if traceless:
-        wal = os.path.lexists(f"{path}-wal")
-        tries = [(f"{uri}?mode=ro" if wal else f"{uri}?immutable=1", True, None)]
-    elif os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
-        tries = [(str(path), False, "PRAGMA query_only = ON")]
-    else:
-        tries = [(f"{uri}?mode=ro", True, None)]
-        if not os.path.lexists(f"{path}-wal"):
-            tries.append((f"{uri}?immutable=1", True, None))
-    for i, (name, is_uri, pragma) in enumerate(tries):
-        db = None
-        try:
-            db = sqlite3.connect(name, uri=is_uri, timeout=30, isolation_level=None)
-            if pragma:
-                db.execute(pragma)
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            break
-        except sqlite3.Error as e:
-            if db is not None:
-                db.close()
-            if i == len(tries) - 1:
-                raise ManifestError(f"cannot read the manifest {path}: {e}") from None
+    uri = path.resolve().as_uri() + ("?mode=ro" if os.path.lexists(f"{path}-wal") else "?immutable=1")
+    db = None
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error as e:
+        if db is not None:
+            db.close()
+        raise ManifestError(f"cannot read the manifest {path}: {e}") from None
     try:
         schema = int(row[0]) if row else 0
     except (TypeError, ValueError):
@@ -240,17 +223,16 @@ def _open_read_only(path: Path, traceless: bool = False) -> sqlite3.Connection:
 class Manifest:
     """A thin typed layer over the SQLite file; one instance per thread."""
 
-    def __init__(self, path: Path, read_only: bool = False, traceless: bool = False) -> None:
-        """``read_only``: only read (``serve``'s view of a report), also in a folder or on a file system that
-        refuses writes (``chmod -R a-w OUT``, a read-only mount, an archive unpacked read-only); the file must
-        exist and be of this xaibatch's schema. ``traceless`` (with ``read_only``): see :func:`read_snapshot`."""
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """``read_only``: only read, leaving no trace (:func:`read_snapshot`, the way to read one committed state:
+        ``open_results``, ``serve``'s view of a report); the file must exist and be of this xaibatch's schema."""
         self.path = Path(path)
         if self.path.is_symlink():  # SQLite follows it: a link planted in a shared --out redirected every write
             raise UsageError(
                 f"the manifest {self.path} is a symbolic link: refusing to open it (xaibatch never makes one)"
             )
         if read_only:
-            self.db = _open_read_only(self.path, traceless)
+            self.db = _open_read_only(self.path)
             return
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
