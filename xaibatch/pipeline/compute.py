@@ -14,7 +14,7 @@ import torch
 
 from .. import targets
 from ..dataset import ImageDataset, LoadedBatch, collate, collate_piped
-from ..defaults import default_writers
+from ..defaults import default_writers, model_threads
 from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
 from ..scan import Failure, ImageEntry
@@ -300,9 +300,11 @@ def compute(job: ComputeJob) -> None:
         on_split=lambda event: say_split(emit, log, event, not opts.events_only),
     )
     said: set[str] = set()
+    threads = torch.get_num_threads()  # torch's own, given back at the end (explain() and later runs in a notebook)
     try:
         for todo, entries in method_groups(plan).items():
             workers = loader_workers(prepared.workers, len(entries), prepared.batch_size)
+            torch.set_num_threads(model_threads(device.type, workers, threads))  # the workers' CPUs left to them
             dataset = worker.dataset(todo, entries)
             piped = handover(workers, prepared.batch_size * dataset.tensor_bytes())
             if piped is not None and piped not in said:
@@ -330,6 +332,7 @@ def compute(job: ComputeJob) -> None:
             if stop.requested:
                 break
     finally:
+        torch.set_num_threads(threads)
         try:
             writer.finish()
         finally:

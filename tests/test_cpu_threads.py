@@ -1,0 +1,58 @@
+"""A CPU run's model threads leave its DataLoader workers their CPUs (defaults.model_threads)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from helpers import run_opts, write_images
+from xaibatch import defaults
+
+
+def two_cpus(monkeypatch, given: bool = False) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(defaults, "_own_cgroup_cpus", lambda: None)
+    monkeypatch.setattr(defaults, "THREADS_GIVEN", given)
+
+
+def test_the_model_gets_the_cpus_the_workers_leave(monkeypatch):
+    two_cpus(monkeypatch)
+    assert defaults.model_threads("cpu", 1, 2) == 1  # the 2-core default: 1 worker, 1 model thread
+    assert defaults.model_threads("cpu", 0, 2) == 2  # no worker: torch's own
+    assert defaults.model_threads("cpu", 4, 2) == 1  # never none
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert defaults.model_threads("cpu", defaults.default_workers("cpu"), 8) == 8  # never more than torch's own
+    assert defaults.model_threads("cpu", 4, 16) == 12
+
+
+def test_a_gpu_run_and_given_threads_keep_torchs_count(monkeypatch):
+    two_cpus(monkeypatch)
+    assert defaults.model_threads("cuda", 1, 2) == 2
+    monkeypatch.setattr(defaults, "THREADS_GIVEN", True)  # OMP_NUM_THREADS set: the user's number
+    assert defaults.model_threads("cpu", 1, 2) == 2
+
+
+def test_a_run_computes_with_those_threads_and_gives_torchs_back(tmp_path, tiny_ckpt, monkeypatch):
+    from xaibatch.pipeline import compute, run
+
+    two_cpus(monkeypatch)
+    seen = []
+    job = compute.BatchWorker.job
+
+    def spy(self, *a, **kw):
+        seen.append(torch.get_num_threads())
+        return job(self, *a, **kw)
+
+    monkeypatch.setattr(compute.BatchWorker, "job", spy)
+    inp = tmp_path / "in"
+    write_images(inp, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = run(run_opts(inp, tmp_path / "out", tiny_ckpt, workers=1))
+        assert r.status == "ok"
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
