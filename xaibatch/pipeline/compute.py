@@ -273,7 +273,7 @@ def compute(job: ComputeJob) -> None:
     announce(prepared, plan, emit, log, known, opts.events_only)
 
     device = prepared.ctx.device
-    progress = progress_bar(opts, len(plan.work), log, emit)
+    progress = progress_bar(opts, len(plan.work), log, emit, batch_size=prepared.batch_size)
     on_progress = progress.within  # within one batch (LIME: per model sub-batch)
     writer = Writer(
         out,

@@ -36,9 +36,14 @@ class Progress:
         json_events: bool,
         clock: Callable[[], float] = time.monotonic,
         warmup: int = 0,
+        batch_size: int = 0,
     ) -> None:
         self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
         self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
+        # batch_size: images per batch (0: not known); with it the current batch's share counts towards the rate,
+        # so that a slow first batch (LIME's 32 images x 1,000 forwards: minutes on a CPU) has an estimate
+        # within seconds instead of after it
+        self.batch_size, self.share = batch_size, 0.0
         self.start = clock()
         # warmup: the first updates that also carry the workers' start-up (a Ray actor loads the model after the
         # run's clock started, and all of them finish their first batch at about the same time): the rate is
@@ -55,11 +60,19 @@ class Progress:
             self._beat = threading.Thread(target=self._beats, args=(heartbeat,), name="xaibatch-progress", daemon=True)
             self._beat.start()
 
+    def images_done(self) -> float:
+        """Images done, with the current batch's share of its images when the batch size is known."""
+        if self.batch is None or not self.batch_size:
+            return self.done
+        return self.done + self.share * min(self.batch_size, self.total - self.done)
+
     def eta(self) -> float | None:
-        """Seconds left at the rate so far, or None before the first image (after the warm-up's updates)."""
-        if self.warmup or self.done <= self.rate_base:
+        """Seconds left at the rate so far, or None before the first image or batch share (after the warm-up's
+        updates)."""
+        done = self.images_done()
+        if self.warmup or done <= self.rate_base:
             return None
-        return (self.clock() - self.rate_start) / (self.done - self.rate_base) * (self.total - self.done)
+        return (self.clock() - self.rate_start) / (done - self.rate_base) * (self.total - done)
 
     def update(self, n: int) -> None:
         """``n`` more images are done; the first time enough time has passed, say how long the rest will take."""
@@ -73,35 +86,43 @@ class Progress:
                 if not self.warmup:
                     self.rate_start, self.rate_base = self.clock(), self.done
                 return
-            elapsed = self.clock() - self.start
-            # not before the first image: a batch a stop signal abandoned counts 0 (its ETA would be None)
-            if (
-                self.estimated
-                or self.done <= self.rate_base
-                or self.done >= self.total
-                or self.clock() - self.rate_start < MIN_ESTIMATE_S
-            ):
-                return
-            self.estimated = True
-            eta = self.eta()
-            self.emit(self._event(elapsed, eta))
-            if self.json_events:  # --log-json: the event is the estimate; stderr keeps to what has no event
-                return
-            text = (
-                f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
-                f"({self.done} done in {duration(elapsed)})"
-            )
-            if self._bar is not None:
-                self._show(self._bar.write, text, file=sys.stderr)  # above the bar, which is redrawn
-            else:
-                self._show(self.log, text)
+            self._estimate()
+
+    def _estimate(self) -> None:
+        """Say how long the rest will take, once: when enough time has passed and some work is done (under the
+        lock)."""
+        # not before the first image: a batch a stop signal abandoned counts 0 (its ETA would be None)
+        if (
+            self.estimated
+            or self.warmup
+            or self.images_done() <= self.rate_base
+            or self.done >= self.total
+            or self.clock() - self.rate_start < MIN_ESTIMATE_S
+        ):
+            return
+        self.estimated = True
+        elapsed, eta = self.clock() - self.start, self.eta()
+        self.emit(self._event(elapsed, eta))
+        if self.json_events:  # --log-json: the event is the estimate; stderr keeps to what has no event
+            return
+        batch = f", current batch {self.batch}%" if self.batch is not None else ""
+        text = (
+            f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
+            f"({self.done} done in {duration(elapsed)}{batch})"
+        )
+        if self._bar is not None:
+            self._show(self._bar.write, text, file=sys.stderr)  # above the bar, which is redrawn
+        else:
+            self._show(self.log, text)
 
     def within(self, done: int, total: int) -> None:
         """Progress inside the current batch (LIME: per model sub-batch)."""
         pct = 100 * done // max(1, total)
-        self.batch = pct
-        if self._bar is not None:
-            self._show(self._bar.set_postfix_str, f"batch {pct}%", refresh=True)
+        with self._lock:
+            self.batch, self.share = pct, min(1.0, done / max(1, total))
+            if self._bar is not None:
+                self._show(self._bar.set_postfix_str, f"batch {pct}%", refresh=True)
+            self._estimate()
 
     def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
         return {
@@ -156,9 +177,10 @@ def progress_bar(
     log: Callable[[str], None] = lambda s: None,
     emit: Callable[[dict[str, Any]], None] = lambda e: None,
     warmup: int = 0,
+    batch_size: int = 0,
 ) -> Progress:
-    """The run's progress over every image to compute (a bar only when ``opts.progress``); ``warmup``: see
-    Progress (the Ray engine's actors, one first batch each)."""
+    """The run's progress over every image to compute (a bar only when ``opts.progress``); ``warmup`` and
+    ``batch_size``: see Progress (the Ray engine's actors, one first batch each; the local engine's batches)."""
     return Progress(
         total,
         bar=opts.progress,
@@ -167,6 +189,7 @@ def progress_bar(
         emit=emit,
         json_events=opts.events_only,
         warmup=warmup,
+        batch_size=batch_size,
     )
 
 
