@@ -173,7 +173,8 @@ def test_the_bar_leaves_no_thread_behind():
 def test_a_slow_first_batch_is_estimated_from_its_share():
     """LIME's first batch of 32 images took 87 s on the 2-core box (1,000 forwards each): the estimate came only
     after it, and the heartbeat said "0/64 images, 1m00s, current batch 66%" with no time left. With the batch size
-    known, the batch's share counts: an estimate within seconds."""
+    known, the batch's share counts, from the first share on (before it: the workers' start, the first forwards):
+    an estimate within seconds."""
     clock, lines, events = Clock(), [], []
     p = Progress(
         1000,
@@ -186,18 +187,20 @@ def test_a_slow_first_batch_is_estimated_from_its_share():
         batch_size=32,
     )
     clock.t += 2
-    p.within(10, 100)  # too early to say
+    p.within(10, 100)  # the rate starts here, at 3.2 images
+    clock.t += 4
+    p.within(20, 100)  # too early to say
     assert lines == []
-    clock.t += 6
-    p.within(25, 100)  # 8 images' worth in 8 s: 992 more take 992 s
-    assert lines == ["xaibatch: about 16m32s left for 1000 more image(s) (0 done in 8s, current batch 25%)"]
-    assert events[0]["eta_s"] == 992.0 and events[0]["done"] == 0 and events[0]["batch_percent"] == 25
+    clock.t += 2
+    p.within(35, 100)  # 8 images' worth in 6 s: 988.8 more take 741.6 s
+    assert lines == ["xaibatch: about 12m22s left for 1000 more image(s) (0 done in 8s, current batch 35%)"]
+    assert events[0]["eta_s"] == 741.6 and events[0]["done"] == 0 and events[0]["batch_percent"] == 35
     p.within(50, 100)
     p.beat()
-    assert lines[1:] == ["xaibatch: 0/1000 images, 8s, about 8m12s left, current batch 50%"]  # 16 in 8 s
+    assert lines[1:] == ["xaibatch: 0/1000 images, 8s, about 7m41s left, current batch 50%"]  # 12.8 in 6 s
     p.update(32)
     p.beat()
-    assert lines[2:] == ["xaibatch: 32/1000 images, 8s, about 4m02s left"]
+    assert lines[2:] == ["xaibatch: 32/1000 images, 8s, about 3m22s left"]  # 28.8 in 6 s
     p.close()
 
 
