@@ -186,16 +186,19 @@ def default_workers(device_type: str = "cpu") -> int:
 THREADS_GIVEN = "OMP_NUM_THREADS" in os.environ
 
 
-def model_threads(device_type: str, workers: int, threads: int) -> int:
+def model_threads(device_type: str, workers: int, threads: int, slow: bool = False) -> int:
     """torch's CPU threads for a run's model: ``threads`` (torch's own number) at most, and no more than the CPUs
-    its ``workers`` (DataLoader processes) leave, at least 1; on a GPU, or with OMP_NUM_THREADS given, ``threads``.
+    its ``workers`` (DataLoader processes) leave, at least 1; on a GPU, with OMP_NUM_THREADS given, or for a
+    ``slow`` method (LIME, faithfulness: many forwards per image, the workers idle meanwhile), ``threads``.
 
     A worker decodes the next batch while the model runs, so on 2 CPUs torch's 2 threads and 1 worker make 3 busy
     on 2 cores, and an OpenMP thread that waits at each barrier for one that lost its core spins (measured on the
     2-core box, shared: Grad-CAM on the 500 demo images computed in 1.5-2.3 s with 1 thread, 4.7-7.7 s with 2,
     LIME in 25-43 s against 37-50 s for 16 images, Grad-CAM at 224 px (timm resnet18, 96 photos) in 7.2-7.5 s
-    against 9.2-9.5; the model alone at 32 px, 2,200-3,300 images/s against 700-2,300)."""
-    if device_type != "cpu" or THREADS_GIVEN:
+    against 9.2-9.5; the model alone at 32 px, 2,200-3,300 images/s against 700-2,300). On the box quiet: Grad-CAM
+    1.2-1.3 s against 1.3-1.5, but LIME 14.8-15.6 s against 9.6-11.3 s (64 images, 250 samples): a slow method's
+    worker idles while the model runs, which takes both cores then."""
+    if device_type != "cpu" or THREADS_GIVEN or slow:
         return threads
     return max(1, min(threads, cpu_count() - max(0, workers)))
 

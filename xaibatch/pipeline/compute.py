@@ -301,10 +301,12 @@ def compute(job: ComputeJob) -> None:
     )
     said: set[str] = set()
     threads = torch.get_num_threads()  # torch's own, given back at the end (explain() and later runs in a notebook)
+    # many forwards per image (a method that says its cost up front: LIME; faithfulness): the workers mostly idle
+    slow = opts.faithfulness is not None or any(m.estimate(1) for m in prepared.methods)
     try:
         for todo, entries in method_groups(plan).items():
             workers = loader_workers(prepared.workers, len(entries), prepared.batch_size)
-            torch.set_num_threads(model_threads(device.type, workers, threads))  # the workers' CPUs left to them
+            torch.set_num_threads(model_threads(device.type, workers, threads, slow))  # the workers' CPUs left
             dataset = worker.dataset(todo, entries)
             piped = handover(workers, prepared.batch_size * dataset.tensor_bytes())
             if piped is not None and piped not in said:
