@@ -33,7 +33,9 @@ def test_a_gpu_run_and_given_threads_keep_torchs_count(monkeypatch):
     assert defaults.model_threads("cpu", 1, 2) == 2
 
 
-def test_a_run_computes_with_those_threads_and_gives_torchs_back(tmp_path, tiny_ckpt, monkeypatch):
+def threads_of_a_run(tmp_path, tiny_ckpt, monkeypatch, methods=("gradcam",), options=None) -> tuple[set[int], int]:
+    """Run on 4 images with torch at 2 threads and 1 worker on 2 CPUs: (the thread counts each batch ran with,
+    torch's count after the run)."""
     from xaibatch.pipeline import compute, run
 
     two_cpus(monkeypatch)
@@ -50,37 +52,22 @@ def test_a_run_computes_with_those_threads_and_gives_torchs_back(tmp_path, tiny_
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        r = run(run_opts(inp, tmp_path / "out", tiny_ckpt, workers=1))
-        assert r.status == "ok"
-        assert seen and set(seen) == {1}
-        assert torch.get_num_threads() == 2
+        opts = run_opts(inp, tmp_path / "out", tiny_ckpt, methods=methods, workers=1)
+        opts.method_options = options or {}
+        assert run(opts).status == "ok"
+        return set(seen), torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_computes_with_those_threads_and_gives_torchs_back(tmp_path, tiny_ckpt, monkeypatch):
+    assert threads_of_a_run(tmp_path, tiny_ckpt, monkeypatch) == ({1}, 2)
 
 
 def test_a_slow_methods_run_keeps_torchs_threads(tmp_path, tiny_ckpt, monkeypatch):
     """LIME's worker idles while the model runs its 1,000 forwards an image: on a quiet 2-core box 2 threads took
     9.6-11.3 s where 1 took 14.8-15.6 s."""
-    from xaibatch.pipeline import compute, run
-
     two_cpus(monkeypatch)
     assert defaults.model_threads("cpu", 1, 2, slow=True) == 2
-    seen = []
-    job = compute.BatchWorker.job
-
-    def spy(self, *a, **kw):
-        seen.append(torch.get_num_threads())
-        return job(self, *a, **kw)
-
-    monkeypatch.setattr(compute.BatchWorker, "job", spy)
-    inp = tmp_path / "in"
-    write_images(inp, 4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        opts = run_opts(inp, tmp_path / "out", tiny_ckpt, methods=("gradcam", "lime"), workers=1)
-        opts.method_options = {"lime": {"samples": 20}}
-        assert run(opts).status == "ok"
-        assert seen and set(seen) == {2}
-    finally:
-        torch.set_num_threads(threads)
+    seen, _ = threads_of_a_run(tmp_path, tiny_ckpt, monkeypatch, ("gradcam", "lime"), {"lime": {"samples": 20}})
+    assert seen == {2}
