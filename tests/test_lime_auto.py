@@ -215,6 +215,8 @@ def test_options_config_and_estimate(ctx_tiny):
     }
     assert create_method("lime", ctx_tiny, samples="AUTO", samples_max=3000).config()["samples_max"] == 3000
     assert "4 image(s) x 200-2000 samples" in a.estimate(4) and "800 to 8,000 model forwards" in a.estimate(4)
+    assert a.estimate(4).endswith("(in chunks of 256)")  # the CPU's chunk (chunks.CPU_CHUNK), not "as many as ..."
+    assert create_method("lime", ctx_tiny, batch_size=64).estimate(1).endswith("(in chunks of 64)")
     for bad in (
         {"samples_min": 500, "samples_max": 400},
         {"samples_min": 1},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-CPU_CHUNK = 256  # model sub-batch on the CPU (measured, see README "Speed": 128 is slower, 512 no faster)
+CPU_CHUNK = 256  # model sub-batch on the CPU (measured: docs/benchmarks.md, seventeenth round; 64-512 alike)
 MAX_CHUNK = 4096  # never more images per model call, whatever the free memory
 CUDA_MEMORY_SHARE = 0.5  # of the free device memory, what one chunk's forward may take
 

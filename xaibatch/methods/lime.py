@@ -47,7 +47,7 @@ from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..method_specs import check_lime_options
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
-from .chunks import auto_chunk, layout
+from .chunks import CPU_CHUNK, auto_chunk, layout
 from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
 from .lime_fit import coefficient_noise, cosine_distances_to_ones, kernel_weights, weighted_ridge
 from .lime_masks import MASK_DRAW, draw_masks, mask_seed
@@ -140,7 +140,8 @@ class Lime(Method):
         return cfg
 
     def estimate(self, n_images: int) -> str:
-        chunks = f"(in chunks of {self.batch_size or 'as many as memory allows'})"
+        size = self.batch_size or (CPU_CHUNK if self.ctx.device.type == "cpu" else "as many as memory allows")
+        chunks = f"(in chunks of {size})"
         if self.auto:
             return (
                 f"LIME: {n_images} image(s) x {self.samples_min}-{self.samples_max} samples (auto: each image stops "
