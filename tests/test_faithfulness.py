@@ -246,8 +246,9 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     assert len(rows) == 10 and all(0 <= d <= 1 and 0 <= i <= 1 and f for d, i, f in rows)
     lines = (out / "predictions.csv").read_text().splitlines()
     header = lines[0].split(",")
-    assert header[-4:-2] == ["deletion_gradcam", "insertion_gradcam"]  # then the model's two columns
-    assert all(line.split(",")[-3] for line in lines[1:])
+    # then the model's two columns and the map's path
+    assert header[-5:] == ["deletion_gradcam", "insertion_gradcam", "model_hash", "earlier_model", "npy_gradcam"]
+    assert all(line.split(",")[-4] for line in lines[1:])  # every image's insertion score
     assert (out / "faithfulness-chance.json").is_file()
     html = (out / "index.html").read_text()
     verdicts = html.split('class="verdicts"')[1]
