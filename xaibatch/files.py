@@ -17,6 +17,14 @@ import numpy as np
 from .errors import UsageError
 
 
+def plain_relative(rel: object) -> bool:
+    """Whether ``rel`` is a plain relative POSIX path: a non-empty str, not absolute, no ``..`` part, no NUL byte."""
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return False
+    pure = PurePosixPath(rel)
+    return bool(pure.parts) and not pure.is_absolute() and all(p not in ("..", "") for p in pure.parts)
+
+
 def safe_join(root: Path, rel: str) -> Path:
     """``root / rel``, refusing anything that would land outside ``root``.
 
@@ -24,13 +32,9 @@ def safe_join(root: Path, rel: str) -> Path:
     result, symlinks resolved, must still be under ``root`` (so a symlink planted inside the output
     folder cannot redirect a write either).
     """
-    if not isinstance(rel, str) or not rel or "\0" in rel:
+    if not plain_relative(rel):
         raise UsageError(f"refusing to write {rel!r}: not a plain relative path")
-    pure = PurePosixPath(rel)
-    parts = pure.parts
-    if not parts or pure.is_absolute() or any(p in ("..", "") for p in parts):
-        raise UsageError(f"refusing to write {rel!r}: not a plain relative path")
-    path = root.joinpath(*parts)
+    path = root.joinpath(*PurePosixPath(rel).parts)
     if not path.resolve().is_relative_to(root.resolve()):
         raise UsageError(f"refusing to write {rel!r}: it resolves outside {root}")
     return path

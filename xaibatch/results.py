@@ -34,7 +34,7 @@ import numpy as np
 from . import layout, targets
 from .bundle import Frozen
 from .errors import MissingOutput, UnknownName, UsageError
-from .files import safe_join
+from .files import plain_relative, safe_join
 from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
 from .report.text import class_name
@@ -342,15 +342,15 @@ def open_results(out: str | Path) -> Results:
         return m.images(), m.maps(), m.failures(), history, m.get_meta("input_dir")
 
     images, maps, failures, history, input_dir = read_snapshot(path, read)
-    if not input_dir:  # older folders: the run's absolute record, else its row's path as given
-        input_dir = (history.run.input_dir if history.run is not None else None) or history.input_dir or None
+    if not input_dir:  # older folders: what the last run recorded
+        input_dir = history.recorded_input() or None
     return Results(Path(os.path.abspath(out)), images, maps, failures, history, input_dir)
 
 
 def _plain(out: Path, rel: str) -> str:
     """A path the manifest names, refused unless plain and relative (no ``..``, not absolute); where links under
     the folder lead is checked as a file is read (ImageRecord._inside)."""
-    if not rel or rel.startswith("/") or "\0" in rel or ".." in rel.split("/"):
+    if not plain_relative(rel):
         raise UsageError(f"{out}: the manifest names {rel!r}, outside the folder; refusing to read it")
     return rel
 

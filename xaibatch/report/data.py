@@ -233,10 +233,14 @@ class History:
     def input_dir(self) -> str:
         return (self.last.input_dir if self.last else "") or ""
 
+    def recorded_input(self) -> str:
+        """The last run's input folder as recorded: the absolute path its record holds, else (an older record) its
+        row's, as given (relative to where that run started); "" when none."""
+        return (self.run.input_dir if self.run is not None else None) or self.input_dir
+
     def source(self) -> Path | None:
-        """The last run's input folder while it is still there (ground-truth masks are read from it): the absolute
-        path its record holds, else (an older record) its row's, as given (relative to where that run started)."""
-        path = (self.run.input_dir if self.run is not None else None) or self.input_dir
+        """The last run's input folder while it is still there (ground-truth masks are read from it)."""
+        path = self.recorded_input()
         return Path(path) if path and os.path.isdir(path) else None
 
     def apply(self, data: ReportData) -> None:
