@@ -477,3 +477,39 @@ def test_a_slow_rows_rate_is_not_printed_as_zero():
     lines = format_result(BenchResult(["h"], rows, [])).splitlines()
     assert any(line.split()[-1] == "0.0208" for line in lines if line.startswith("lime ")), lines
     assert any(line.split()[-1] == "32.0" for line in lines if line.startswith("limits ")), lines
+
+
+def test_the_end_to_end_runs_decode_with_as_many_workers_as_a_run_on_the_device(monkeypatch):
+    """Unset, --workers is a run's default on the bench's device: on a GPU half the CPUs (a 16-core H100 host's
+    bench ran its end-to-end rows with the CPU rule's 4 workers while a run there decodes with 8)."""
+    import torch
+
+    import xaibatch.defaults as defaults
+    import xaibatch.model.loading as loading
+    import xaibatch.tools.bench as bench_pkg
+    import xaibatch.tools.bench.runner as runner
+
+    class Done:
+        cut_off = False
+
+    given = []
+    monkeypatch.setattr(bench_pkg, "run_bench", lambda opts, **kw: given.append(opts.workers) or Done())
+    for args, want in (([], None), (["--workers", "3"], 3)):
+        r = CliRunner().invoke(cli, ["bench", "--quiet", *args])
+        assert r.exit_code == 0, r.output
+        assert given.pop() == want
+
+    class Chosen(Exception):
+        pass
+
+    asked = []
+    monkeypatch.setattr(loading, "resolve_device", lambda spec: torch.device("cuda"))
+    monkeypatch.setattr(defaults, "default_workers", lambda device_type="cpu": asked.append(device_type) or 5)
+
+    def stop(*a, **kw):
+        raise Chosen
+
+    monkeypatch.setattr(runner, "work_folder", stop)
+    with pytest.raises(Chosen):
+        runner.run_bench(bench_pkg.BenchOptions(only=("gradcam",)), log=lambda s: None, show=lambda res: None)
+    assert asked == ["cuda"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..defaults import LIME_DEFAULTS, default_workers
+from ..defaults import LIME_DEFAULTS
 from ..errors import EXIT_INTERRUPTED, ExitCode
 from .helptext import Command
 from .boundary import Failure, checked, echo, exit_codes_help, notes, reported
@@ -98,8 +98,7 @@ def _check_memory_options(ctx: click.Context, memory: bool) -> None:
 )
 @workers_option(
     "DataLoader processes of the end-to-end runs (as run's --workers).",
-    default=default_workers,
-    show_default="CPUs - 1, at most 4",
+    show_default="as run's: CPU: CPUs - 1, at most 4; GPU: half the CPUs, at most 16",
 )
 @click.option(
     "--repeats",

@@ -26,7 +26,7 @@ class BenchOptions:
     classes: int = 2
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0: torch's default
-    workers: int | None = None  # DataLoader processes of the end-to-end runs; None: the CLI's default
+    workers: int | None = None  # DataLoader processes of the end-to-end runs; None: a run's default on the device
     repeats: int = 3
     only: tuple[str, ...] = FAMILIES
     peers: bool = True

@@ -44,7 +44,7 @@ def run_bench(
         torch.set_num_threads(opts.threads)
     log = stamped(log, started)
     dev = resolve_device(opts.device)
-    workers = default_workers() if opts.workers is None else opts.workers
+    workers = default_workers(dev.type) if opts.workers is None else opts.workers  # as a run on `dev` decodes
     root = work_folder(opts.work_dir, "xaibatch-bench-")
     load_start = load_average()
     mark("start-up: Python, torch, xaibatch")
