@@ -287,6 +287,31 @@ def test_to_pandas_is_one_row_an_image(out):
     assert bool(frame.loc["REAL/img_000.jpg", "correct"]) is True
 
 
+def test_faithfulness_scores_and_the_model_read_as_predictions_csv_has_them(tmp_path, tiny_ckpt):
+    """--faithfulness: each scored map's deletion and insertion on its record, and to_pandas() has every column of
+    predictions.csv (scores and model_hash too), by the same names, in its order, with its values."""
+    pytest.importorskip("pandas")
+    from xaibatch.evaluation.faithfulness import FaithConfig
+    from xaibatch.pipeline import run
+
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    write_images(tmp_path / "in" / "REAL", 2, seed=2)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt, faithfulness=FaithConfig(steps=4)), log=quiet)
+    res, rows = open_results(out), predictions(out)
+    assert res.scored == ("gradcam",) and len(rows) == 4
+    for row in rows:
+        r = res[row["path"]]
+        f = r.faithfulness["gradcam"]
+        assert (f"{f.deletion:.6f}", f"{f.insertion:.6f}") == (row["deletion_gradcam"], row["insertion_gradcam"])
+        assert r.model_hash == row["model_hash"] and 0 <= f.deletion <= 1
+    frame = open_results(out).to_pandas()
+    csv_columns = list(rows[0])[1:]  # without path: the index
+    assert [c for c in frame.columns if c in csv_columns] == csv_columns
+    assert list(frame["model_hash"]) == [r["model_hash"] for r in rows]
+    assert [f"{v:.6f}" for v in frame["insertion_gradcam"]] == [r["insertion_gradcam"] for r in rows]
+
+
 def test_open_results_imports_no_torch(out):
     script = (
         "import sys, xaibatch; res = xaibatch.open_results(sys.argv[1]); "

@@ -11,6 +11,7 @@
     r.heatmap("gradcam")                                # the map alone in the report's colours (Explanations')
     r.mask()                                            # the ground-truth mask beside the image (bool), or None
     r.maps["gradcam@label"].npy                         # --target pred,label: the true class's map, its path
+    r.faithfulness["gradcam"].deletion                  # --faithfulness: the map's scores
     res.to_pandas()                                     # one row an image (needs pandas)
 
 Read only, and without a trace: the manifest is read once, as one committed state (:func:`manifest.read_snapshot`:
@@ -27,7 +28,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from .report.text import class_name
 from .runconfig import MethodRecord, ModelRecord, RunConfig
 from .scan import mask_rel
 
-__all__ = ["ImageRecord", "MapPaths", "Results", "open_results"]
+__all__ = ["Faithfulness", "ImageRecord", "MapPaths", "Results", "open_results"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,15 @@ class MapPaths:
         return self.out / self.overlay_rel
 
 
+class Faithfulness(NamedTuple):
+    """A map's faithfulness scores (``--faithfulness``): the areas under its deletion and insertion curves, as
+    predictions.csv's ``deletion_<method>`` and ``insertion_<method>`` (a faithful map: low deletion, high
+    insertion; docs/methods.md)."""
+
+    deletion: float
+    insertion: float
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image of an output folder, as its last prediction left it (predictions.csv's row, with its maps)."""
@@ -78,6 +88,8 @@ class ImageRecord:
     size: tuple[int, int]  # (width, height)
     sha256: str
     maps: Mapping[str, MapPaths]  # map key -> its files: each method, and ``<method>@label`` (--target pred,label)
+    model_hash: str  # the model that predicted it (predictions.csv's ``model_hash``, the runs table's)
+    faithfulness: Mapping[str, Faithfulness]  # map key -> its scores, for the maps scored (``--faithfulness``)
     out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
     input_dir: Path | None = field(repr=False, compare=False, default=None)
     signed: Mapping[str, bool] = field(repr=False, compare=False, default_factory=Frozen)  # method -> signed maps
@@ -198,20 +210,30 @@ class Results:
         self.map_keys: tuple[str, ...] = tuple(k for n in names for k in (n, targets.label_key(n)) if k in keys)
         self.failures: Mapping[str, str] = Frozen(dict(failures))
         per_image: dict[str, dict[str, MapPaths]] = {}
+        scores: dict[str, dict[str, Faithfulness]] = {}
         for (rel, key), row in maps.items():
             per_image.setdefault(rel, {})[key] = MapPaths(
                 self.out, _plain(self.out, row.npy), _plain(self.out, row.png)
             )
+            if row.deletion is not None and row.insertion is not None:
+                scores.setdefault(rel, {})[key] = Faithfulness(row.deletion, row.insertion)
+        # the scored map keys, in predictions.csv's order of its deletion_/insertion_ columns
+        self.scored: tuple[str, ...] = tuple(sorted({k for per in scores.values() for k in per}))
         order = {k: i for i, k in enumerate(self.map_keys)}
         self._order: list[ImageRecord] | None = None  # the records in path order, for res[i]
         self._records = {
             rel: self._record(
-                row, history, {k: v for k, v in sorted(per_image.get(rel, {}).items(), key=lambda kv: order[kv[0]])}
+                row,
+                history,
+                {k: v for k, v in sorted(per_image.get(rel, {}).items(), key=lambda kv: order[kv[0]])},
+                scores.get(rel, {}),
             )
             for rel, row in sorted(images.items())
         }
 
-    def _record(self, row: ImageRow, history: History, maps: dict[str, MapPaths]) -> ImageRecord:
+    def _record(
+        self, row: ImageRow, history: History, maps: dict[str, MapPaths], scores: dict[str, Faithfulness]
+    ) -> ImageRecord:
         names = list(self.classes)
         label = class_name(names, row.label)
         pred = class_name(names, row.pred) or ""
@@ -227,6 +249,8 @@ class Results:
             size=(row.width, row.height),
             sha256=row.sha256,
             maps=Frozen(maps),
+            model_hash=row.predict_hash,
+            faithfulness=Frozen(scores),
             out=self.out,
             input_dir=self.input_dir,
             signed=self._signed,
@@ -309,8 +333,8 @@ class Results:
         return image if isinstance(image, ImageRecord) else self[image]
 
     def to_pandas(self) -> Any:
-        """One row an image: predictions.csv's columns (``path`` the index) and each map's ``.npy`` and overlay
-        path, absolute, as strings. Needs pandas (not a dependency of xaibatch)."""
+        """One row an image: predictions.csv's columns (``path`` the index; the same names, in its order) and each
+        map's ``.npy`` and overlay path, absolute, as strings. Needs pandas (not a dependency of xaibatch)."""
         try:
             import pandas as pd
         except ImportError:
@@ -320,6 +344,11 @@ class Results:
             row: dict[str, Any] = {"path": r.rel, "label": r.label, "pred": r.pred, "confidence": r.confidence}
             row["correct"] = r.correct
             row.update({f"p_{c}": p for c, p in r.probs.items()})
+            for k in self.scored:
+                f = r.faithfulness.get(k)
+                row[f"deletion_{k}"] = f.deletion if f else None
+                row[f"insertion_{k}"] = f.insertion if f else None
+            row["model_hash"] = r.model_hash
             row["earlier_model"] = r.earlier
             for k in self.map_keys:
                 files = r.maps.get(k)
