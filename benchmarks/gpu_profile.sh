@@ -17,7 +17,8 @@
 #   fs.txt        the file system a run writes to (/tmp): benchmarks/fs_scale.py (atomic small files from 1-16
 #                 processes, one folder and one each) and benchmarks/writer_scale.py (the writer with 0-8
 #                 processes against one thread's floor): does the writer's 0.55x come from the folder or the FS?
-#   bench_r18_b512.md  xaibatch bench at resnet18 @ 64 with batch 512 (a run's GPU default there; check.sh's bench: 64)
+#   bench_r18_b64.md  xaibatch bench at resnet18 @ 64 with batch 64 (the bench's default before it took a run's:
+#                 512 there, as check.sh's bench now runs; #20's baseline was measured at 64)
 #   equivalence.txt  benchmarks/gpu_equivalence.py: every device path against the CPU, PASS/FAIL per row (first:
 #                 correctness before speed; about a minute, its own timeout, not in BUDGET; EQUIV=0 skips it)
 # BUDGET: seconds from this script's start after which no step is started (each step has its own timeout).
@@ -80,8 +81,8 @@ if left; then  # the writer's 0.55x of the floor with 8 processes: the file syst
     mkdir -p /tmp/xb-ws && timeout 90 python3 benchmarks/writer_scale.py --size 32 --images 8192 --batch 512 \
       --writers 0,1,2,4,8 --rounds 1 --out /tmp/xb-ws; } >"$OUT/fs.txt" 2>&1
 fi
-if left; then  # the bench's ratios at the batch a run uses on a GPU at 64 px (512), not the bench's default 64
-  timeout 100 python3 -m xaibatch bench --arch resnet18 --image-size 64 --device cuda --images 8192 --batch-size 512 \
-    --only gradcam --repeats 1 --budget 80 --markdown >"$OUT/bench_r18_b512.md" 2>&1
+if left; then  # the bench's ratios at #20's baseline batch (64); check.sh's bench runs at a run's GPU batch (512)
+  timeout 100 python3 -m xaibatch bench --arch resnet18 --image-size 64 --device cuda --images 4096 --batch-size 64 \
+    --only gradcam --repeats 1 --budget 80 --markdown >"$OUT/bench_r18_b64.md" 2>&1
 fi
 echo "gpu_profile done after $(( $(date +%s) - T0 )) s" >>"$OUT/profile.txt"

@@ -479,9 +479,10 @@ def test_a_slow_rows_rate_is_not_printed_as_zero():
     assert any(line.split()[-1] == "32.0" for line in lines if line.startswith("limits ")), lines
 
 
-def test_the_end_to_end_runs_decode_with_as_many_workers_as_a_run_on_the_device(monkeypatch):
-    """Unset, --workers is a run's default on the bench's device: on a GPU half the CPUs (a 16-core H100 host's
-    bench ran its end-to-end rows with the CPU rule's 4 workers while a run there decodes with 8)."""
+def test_unset_workers_and_batch_are_a_runs_on_the_benchs_device(monkeypatch, tmp_path):
+    """Unset, --workers and --batch-size are a run's defaults on the bench's device: on a GPU half the CPUs and
+    512 at 64 px (a 16-core H100 host's bench ran its end-to-end rows with the CPU rule's 4 workers and batches
+    of 64, where a run there decodes with 8 workers and batches of 512)."""
     import torch
 
     import xaibatch.defaults as defaults
@@ -493,23 +494,26 @@ def test_the_end_to_end_runs_decode_with_as_many_workers_as_a_run_on_the_device(
         cut_off = False
 
     given = []
-    monkeypatch.setattr(bench_pkg, "run_bench", lambda opts, **kw: given.append(opts.workers) or Done())
-    for args, want in (([], None), (["--workers", "3"], 3)):
+    monkeypatch.setattr(bench_pkg, "run_bench", lambda opts, **kw: given.append(opts) or Done())
+    for args, want in (([], (None, None)), (["--workers", "3", "--batch-size", "7"], (3, 7))):
         r = CliRunner().invoke(cli, ["bench", "--quiet", *args])
         assert r.exit_code == 0, r.output
-        assert given.pop() == want
+        opts = given.pop()
+        assert (opts.workers, opts.batch_size) == want
 
     class Chosen(Exception):
         pass
 
-    asked = []
+    def stop(opts, inputs, dev, workers):
+        raise Chosen(opts.batch_size, workers)
+
     monkeypatch.setattr(loading, "resolve_device", lambda spec: torch.device("cuda"))
-    monkeypatch.setattr(defaults, "default_workers", lambda device_type="cpu": asked.append(device_type) or 5)
-
-    def stop(*a, **kw):
-        raise Chosen
-
-    monkeypatch.setattr(runner, "work_folder", stop)
-    with pytest.raises(Chosen):
-        runner.run_bench(bench_pkg.BenchOptions(only=("gradcam",)), log=lambda s: None, show=lambda res: None)
-    assert asked == ["cuda"]
+    monkeypatch.setattr(defaults, "cpu_count", lambda: 16)
+    monkeypatch.setattr(runner, "work_folder", lambda *a: tmp_path)
+    monkeypatch.setattr(runner, "make_inputs", lambda *a, **kw: None)
+    monkeypatch.setattr(runner, "make_bench", stop)
+    for size, batch in ((64, 512), (224, 128)):
+        opts = bench_pkg.BenchOptions(only=("gradcam",), image_size=size, work_dir=tmp_path)
+        with pytest.raises(Chosen) as e:
+            runner.run_bench(opts, log=lambda s: None, show=lambda res: None)
+        assert e.value.args == (batch, 8)

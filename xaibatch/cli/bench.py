@@ -61,7 +61,10 @@ def _check_memory_options(ctx: click.Context, memory: bool) -> None:
 @click.command(cls=Command, epilog=exit_codes_help(BENCH_EXIT_CODES))
 @arch_option("timm model, randomly initialised (e.g. --arch resnet50 on a GPU).", default="resnet18", show_default=True)
 @image_size_option("Generated images' and model input size (e.g. --image-size 224).", default=64, show_default=True)
-@batch_size_option("Images per batch.", default=64, show_default=True)
+@batch_size_option(
+    "Images per batch (e.g. --batch-size 64).",
+    show_default="a run's: 32 on the CPU; on a GPU 512/256/128 by --image-size",
+)
 @click.option(
     "--images",
     type=click.IntRange(2),

@@ -15,7 +15,7 @@ FAMILIES = ("gradcam", "guided-gradcam", "lime")
 class BenchOptions:
     arch: str = "resnet18"
     image_size: int = 64
-    batch_size: int = 64
+    batch_size: int | None = None  # images per batch; None: a run's default on the device at image_size
     images: int = 1024
     per_image_images: int = 128  # per-image peers explain only this many of them (their rate is per image anyway)
     lime_images: int = 4

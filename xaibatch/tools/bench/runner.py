@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -34,7 +35,7 @@ def run_bench(
     mark = Marks(started, spent)
     import torch
 
-    from ...defaults import default_workers
+    from ...defaults import default_batch_size, default_workers
     from ...methods import method_class
     from ...model.loading import resolve_device
 
@@ -45,6 +46,8 @@ def run_bench(
     log = stamped(log, started)
     dev = resolve_device(opts.device)
     workers = default_workers(dev.type) if opts.workers is None else opts.workers  # as a run on `dev` decodes
+    if opts.batch_size is None:  # as a run on `dev` batches (a GPU's 512 at 64 px, where a batch's fixed costs fade)
+        opts = dataclasses.replace(opts, batch_size=default_batch_size(dev.type, opts.image_size))
     root = work_folder(opts.work_dir, "xaibatch-bench-")
     load_start = load_average()
     mark("start-up: Python, torch, xaibatch")
