@@ -301,11 +301,15 @@ def test_pipeline_report_summary(labeled_run):
     assert "REAL/broken.png" in html
     assert "REAL/broken.png" in (out / "skipped.html").read_text()
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert [f.split("-")[0] for f in figures] == ["confidence", "reliability", "roc"]  # roc: two classes (issue 13)
+    # roc: two classes (issue 13); a mean map per gallery group (tests/test_mean_maps.py)
+    assert [f.split("-")[0] for f in figures if not f.startswith("mean-")] == ["confidence", "reliability", "roc"]
+    groups = {f"{'right' if r.label == r.pred else 'wrong'}-{r.label}" for r in images.values()}
+    assert {f.rsplit("-", 1)[0] for f in figures if f.startswith("mean-")} == {f"mean-0-{g}" for g in groups}
     for f in figures:
         svg = (out / "figures" / f).read_bytes()
         assert b"<svg" in svg and len(svg) < 200_000
-    assert re.search(r"ECE \d+\.\d%", (out / "figures" / figures[1]).read_text())
+    (reliability,) = [f for f in figures if f.startswith("reliability-")]
+    assert re.search(r"ECE \d+\.\d%", (out / "figures" / reliability).read_text())
 
 
 def test_pipeline_report_links_and_pages(labeled_run):
@@ -1388,7 +1392,7 @@ def test_figures_drawn_by_the_forked_process_are_the_ones_drawn_inline(tmp_path,
         return {p.name: p.read_bytes() for p in drawings}  # drawn, not the page icon copied from the templates
 
     forked = drawn()
-    assert len(forked) == 4  # two figures, two colour bars
+    assert len(forked) == 12  # two figures, two colour bars, a mean map per method and gallery group (8)
     monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: {0})
     assert drawn() == forked
     monkeypatch.undo()

@@ -147,6 +147,11 @@ def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
+def ramp_colours(x: np.ndarray, signed: bool) -> np.ndarray:
+    """Positions on the overlays' colour ramp (0: its start, 1: its end; a signed map's 0 is at 0.5) -> uint8 RGB."""
+    return _lookup(_packed(signed), np.clip(np.asarray(x, dtype=np.float32), 0, 1))
+
+
 def colour_stops(signed: bool, n: int = 33) -> list[tuple[float, tuple[int, int, int]]]:
     """``n`` (offset 0..1, RGB) stops of the colour ramp the overlays use, for a colour bar."""
     xs = np.linspace(0, 1, n, dtype=np.float32)
@@ -231,6 +236,55 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
 
 ZERO_MAP = 1e-6  # a map whose every value is at most this (in absolute value) is "zero everywhere"
 
+# A map's summary grid (MapRow.view "grid"), from which the report averages the maps of a group of images without
+# reading them back (report/meanmaps.py): the map as its overlay shows it (divided by its display scale, clipped to
+# [0, 1], or [-1, 1] for a signed map) averaged over GRID x GRID cells of the display copy (torch's adaptive average
+# pooling), each cell one byte, round(127 v) + 128, the GRID * GRID bytes in base64 (344 characters a map).
+GRID = 16
+
+
+def grids_batch(shown, scale, signed: bool) -> list[str]:
+    """Each map of ``shown`` (B, H, W, at the display copy's size) as its view's "grid"; ``scale``: the maps'
+    :func:`display_scale_batch`."""
+    import base64
+
+    import torch
+    import torch.nn.functional as F
+
+    lo = -1.0 if signed else 0.0
+    s = torch.where(scale > 0, scale, torch.ones_like(scale)).float()[:, None, None]
+    cells = F.adaptive_avg_pool2d((shown.float() / s).clamp(lo, 1.0)[:, None], GRID)[:, 0]
+    q = (cells * 127).round().add(128).clamp(1, 255).to(torch.uint8).reshape(len(cells), -1).cpu().numpy()
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in q]
+
+
+def grid_of(shown: np.ndarray, scale: float, signed: bool) -> str:
+    """:func:`grids_batch` of one map in numpy (views of older maps: :func:`view_of`): the same cells, each the mean
+    of the rows ``floor(i H / GRID)`` to ``ceil((i + 1) H / GRID)`` and likewise the columns."""
+    import base64
+
+    lo = -1.0 if signed else 0.0
+    v = np.clip(shown.astype(np.float64) / (scale if scale > 0 else 1.0), lo, 1.0)
+    h, w = v.shape
+    sums = np.zeros((h + 1, w + 1))
+    sums[1:, 1:] = v.cumsum(0).cumsum(1)
+    i = np.arange(GRID)
+    r0, r1 = i * h // GRID, -(-(i + 1) * h // GRID)
+    c0, c1 = i * w // GRID, -(-(i + 1) * w // GRID)
+    total = sums[r1][:, c1] - sums[r0][:, c1] - sums[r1][:, c0] + sums[r0][:, c0]
+    cells = total / ((r1 - r0)[:, None] * (c1 - c0)[None, :])
+    q = np.clip(np.round(cells * 127) + 128, 1, 255).astype(np.uint8)
+    return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def read_grids(grids: list[str]) -> np.ndarray:
+    """Stored grids (:func:`grids_batch`) back as an (n, GRID, GRID) float array in [-1, 1]."""
+    import base64
+
+    raw = b"".join(base64.b64decode(g) for g in grids)
+    q = np.frombuffer(raw, np.uint8).reshape(len(grids), GRID, GRID)
+    return (q.astype(np.float32) - 128) / 127
+
 
 def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
     """Per map of a batch, what the report shows of it without reading the .npy back (MapRow.view):
@@ -249,10 +303,16 @@ def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
     nowhere = evidence.amax(dim=1) <= ZERO_MAP
     w = full.shape[2]
     shape = [int(full.shape[1]), int(w)]
+    grids = grids_batch(shown, scale, signed)
     return [
-        {"scale": s, "peak": [p // w, p % w], "shape": shape, **flat_view(z, n)}
-        for s, p, z, n in zip(
-            scale.cpu().tolist(), peak.cpu().tolist(), zero.cpu().tolist(), nowhere.cpu().tolist(), strict=True
+        {"scale": s, "peak": [p // w, p % w], "shape": shape, **flat_view(z, n), "grid": g}
+        for s, p, z, n, g in zip(
+            scale.cpu().tolist(),
+            peak.cpu().tolist(),
+            zero.cpu().tolist(),
+            nowhere.cpu().tolist(),
+            grids,
+            strict=True,
         )
     ]
 
@@ -272,7 +332,8 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
     evidence = np.where(m > 0, m, 0) if signed else m
     y, x = np.unravel_index(int(np.argmax(evidence)), m.shape)
     flat = flat_view(float(np.abs(m).max(initial=0.0)) <= ZERO_MAP, float(evidence.max(initial=0.0)) <= ZERO_MAP)
-    return {"scale": s, "peak": [int(y), int(x)], "shape": [int(m.shape[0]), int(m.shape[1])], **flat}
+    shape = [int(m.shape[0]), int(m.shape[1])]
+    return {"scale": s, "peak": [int(y), int(x)], "shape": shape, **flat, "grid": grid_of(shown, s, signed)}
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):

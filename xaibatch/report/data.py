@@ -19,6 +19,7 @@ from ..resources import default_checkpoint
 from ..runconfig import BUNDLED, LEGACY_SUPERPIXELS, BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
 from .metrics import add_metrics, decision_summary, decision_words
+from .meanmaps import map_grids, mean_maps
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import CARD_THUMB_PX, WEAK_SIGNED_SCALE, Card, MethodInfo, ReportData
 from .text import card_captions, css_gradient, fmt_seconds, fmt_time, fmt_value
@@ -367,6 +368,7 @@ def assemble(
     input_dir = history.input_dir
     source = history.source()
     coverage = method_coverage(methods, maps, len(images), history)
+    grids = map_grids(maps, methods)
     cards = [_take_card(rel, images, maps, names, methods, masks, words) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
     order, pages = paginate(groups, sections)
@@ -396,6 +398,7 @@ def assemble(
     data.decision = decision
     data.lime_samples = samples
     data.coverage = coverage
+    data.mean_maps = mean_maps(groups, grids, methods, run.target_mode())
     return data
 
 

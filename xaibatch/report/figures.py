@@ -323,6 +323,30 @@ def colour_bar(stops: Sequence[tuple[float, tuple[int, int, int]]], width: int =
     ).encode()
 
 
+MEAN_MAP_PX = 112  # a mean map's side on the summary page, in CSS pixels
+
+
+def mean_map(colours: Sequence[Sequence[tuple[int, int, int]]], side: int = MEAN_MAP_PX) -> bytes:
+    """A grid of coloured cells (rows of RGB), one unit each in the SVG's own coordinates and ``side`` pixels
+    across: a run of equal colours in a row is one rectangle (no text: the page's caption says what it shows)."""
+    rows, cols = len(colours), len(colours[0]) if colours else 0
+    rects = []
+    for y, row in enumerate(colours):
+        x = 0
+        while x < cols:
+            end = x + 1
+            while end < cols and row[end] == row[x]:
+                end += 1
+            r, g, b = row[x]
+            rects.append(f'<rect x="{x}" y="{y}" width="{end - x}" height="1" fill="#{r:02x}{g:02x}{b:02x}"/>')
+            x = end
+    height = round(side * rows / cols) if cols else side
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{side}" height="{height}" viewBox="0 0 {cols} {rows}" '
+        f'shape-rendering="crispEdges">{"".join(rects)}</svg>\n'
+    ).encode()
+
+
 SANITY_PANELS = 610  # px: the two panels of the sanity figure and their margins; its legend stands to the right
 SANITY_HEIGHT = 320
 SANITY_NAME = 30  # a method's name in that legend is cut past this many characters

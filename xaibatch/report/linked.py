@@ -65,7 +65,7 @@ def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
     them at once, ``drawings`` draws them."""
     from . import figures
 
-    wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data)]
+    wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data), *_mean_maps(data)]
     for name, numbers, alt, draw, (width, height) in (f for f in wanted if f is not None):
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
@@ -163,6 +163,30 @@ def _roc(data: ReportData) -> Figure | None:
         ),
         figures.ROC_SIZE,
     )
+
+
+def _mean_maps(data: ReportData) -> list[Figure]:
+    """A heatmap per method and gallery group (meanmaps.py), each method's on one colour scale."""
+    import numpy as np
+
+    from . import figures
+    from ..overlay import ramp_colours
+
+    out = []
+    for i, mm in enumerate(data.mean_maps):
+        top = mm.top if mm.top > 0 else 1.0
+        for g in mm.groups:
+            v = np.asarray(g.cells, dtype=np.float32) / top
+            colours = ramp_colours(0.5 + 0.5 * v if mm.signed else v, mm.signed).tolist()
+            rows = [[tuple(c) for c in row] for row in colours]
+            g.figure = f"mean-{i}-{g.group}"
+            strongest = "no cell above zero" if g.where == "nowhere" else f"strongest at the {g.where}"
+            alt = f"{mm.title}, {g.title}: the mean of {g.maps:,} maps, {strongest}."
+            size = (figures.MEAN_MAP_PX, figures.MEAN_MAP_PX)
+            out.append(
+                Figure(g.figure, (rows, figures.MEAN_MAP_PX), alt, functools.partial(figures.mean_map, rows), size)
+            )
+    return out
 
 
 def linked(data: ReportData) -> list[str]:

@@ -271,6 +271,7 @@ class ReportData:
     trust: Any = None  # trust.Trust: faithfulness summary, chance line, sanity check
     localization: list[Any] = field(default_factory=list)  # localization.PointingGame per method (ground-truth masks)
     lime_samples: dict[str, Any] | None = None  # LIME's samples per map: maps, mean, median, max (lime_samples())
+    mean_maps: list[Any] = field(default_factory=list)  # meanmaps.MethodMeans per method: each group's mean map
     # images an earlier model predicted (data.earlier_summary; None: none): the numbers above leave them out
     earlier: dict[str, Any] | None = None
     # what data.History.apply sets on every run (snapshot.PER_RUN): the run history and the last run's settings

@@ -34,11 +34,13 @@ from . import model
 from .cards import masks_beside
 from .data import History, method_infos
 from .localization import PointingGame
+from .meanmaps import MeanMap, MethodMeans
 from .model import FINGERPRINT_VERSION, GalleryPage, Group, MethodInfo, ReportData
 
-SUMMARY_VERSION = 7  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
+SUMMARY_VERSION = 8  # bump when ReportData's summary fields change meaning (2: coverage, 3: earlier, 4: SanityResult,
 # 5: faithfulness verdicts name the chance map, give the gains, flag maps failing sanity; chance-images row, fill note;
-# 6: the pointing game per method; 7: predictions.csv's npy_<method> columns, which only a full build writes)
+# 6: the pointing game per method; 7: predictions.csv's npy_<method> columns, which only a full build writes;
+# 8: the mean maps)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (
@@ -133,6 +135,7 @@ def save(data: ReportData) -> dict[str, Any]:
     out["pages"] = [{f.name: getattr(p, f.name) for f in fields(GalleryPage) if f.name != "blocks"} for p in data.pages]
     out["trust"] = dataclasses.asdict(data.trust) if data.trust is not None else None
     out["localization"] = [dataclasses.asdict(r) for r in data.localization]
+    out["mean_maps"] = [dataclasses.asdict(m) for m in data.mean_maps]
     out["input_dir"] = str(data.input_dir) if data.input_dir is not None else None
     return out
 
@@ -159,6 +162,7 @@ def load(saved: dict[str, Any]) -> ReportData | None:
                 }
             )
         d["localization"] = [PointingGame(**r) for r in d["localization"]]
+        d["mean_maps"] = [MethodMeans(**{**m, "groups": [MeanMap(**g) for g in m["groups"]]}) for m in d["mean_maps"]]
         d["input_dir"] = Path(d["input_dir"]) if d["input_dir"] is not None else None
         return ReportData(**d, cards=[])  # History.apply sets the per-run fields
     except (KeyError, TypeError, ValueError, AttributeError):
