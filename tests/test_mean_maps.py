@@ -156,3 +156,16 @@ def test_maps_stored_without_a_grid_are_left_out_and_the_page_says_so(tmp_path, 
     assert sum(g["without"] for g in mm["groups"]) == 3 and sum(g["maps"] for g in mm["groups"]) == 5
     page = unescape((out / "index.html").read_text())
     assert "3 maps stored by an older xaibatch have no grid and are left out" in page
+
+
+def test_an_unlabeled_folder_averages_by_predicted_class(tmp_path, tiny_ckpt):
+    from xaibatch.pipeline import run
+
+    write_images(tmp_path / "in", 6, seed=5)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt, labeled=False), log=quiet)
+    with open(out / layout.CSV, newline="") as f:
+        preds = {r["pred"] for r in csv.DictReader(f)}
+    (mm,) = _summary(out)["mean_maps"]
+    assert [g["title"] for g in mm["groups"]] == [f"predicted {p}" for p in sorted(preds)]
+    assert sum(g["maps"] for g in mm["groups"]) == 6 and mm["explains"] == "the predicted class"

@@ -69,9 +69,9 @@ def mean_maps(
     """Per method with a grid anywhere, its mean map per gallery group (paginated: their section titles and first
     pages set), in gallery order; the largest MOST_GROUPS groups. ``target``: the run's --target (the maps of
     the true class that ``pred,label`` adds are not averaged)."""
-    explains = "the folder's label" if targets.by_label(target) else "the predicted class"
     from ..overlay import read_grids
 
+    explains = "the folder's label" if targets.by_label(target) else "the predicted class"
     out = []
     for m in methods:
         found = []
@@ -85,7 +85,7 @@ def mean_maps(
             except ValueError:  # a grid that is not one (a manifest edited by hand): the method has no mean maps
                 found = []
                 break
-            title = f"{g.section_title}, {g.title}"
+            title = _title(g)
             cells = [[round(float(v), 4) for v in row] for row in mean]
             found.append(MeanMap(g.key, title, g.start_url, len(have), len(stored) - len(have), cells, where(mean)))
         if not found:
@@ -98,6 +98,13 @@ def mean_maps(
         hidden = len(found) - len(shown)
         out.append(MethodMeans(m.name, m.title, m.signed, top, shown, hidden, ticks, without, explains))
     return out
+
+
+def _title(g: Group) -> str:
+    """A group's name under its mean map: "Misclassified, true FAKE", "predicted FAKE", "no label, predicted FAKE"."""
+    if g.section in ("wrong", "right"):
+        return f"{g.section_title}, {g.title}"
+    return f"no label, {g.title}" if g.section == "nolabel" else g.title
 
 
 def where(cells: Any) -> str:
