@@ -169,3 +169,31 @@ def test_an_unlabeled_folder_averages_by_predicted_class(tmp_path, tiny_ckpt):
     (mm,) = _summary(out)["mean_maps"]
     assert [g["title"] for g in mm["groups"]] == [f"predicted {p}" for p in sorted(preds)]
     assert sum(g["maps"] for g in mm["groups"]) == 6 and mm["explains"] == "the predicted class"
+
+
+def test_open_results_averages_any_selection_as_the_summary_does(tmp_path, tiny_ckpt):
+    """res.mean_map(method, records): the same mean as the summary's for a group's records, from the stored grids."""
+    from xaibatch.errors import UnknownName, XaibatchError
+    from xaibatch.pipeline import run
+    from xaibatch.results import open_results
+
+    write_images(tmp_path / "in" / "FAKE", 5, seed=3)
+    write_images(tmp_path / "in" / "REAL", 5, seed=4)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=quiet)
+    res = open_results(out)
+    (mm,) = _summary(out)["mean_maps"]
+    for g in mm["groups"]:
+        section, label = g["group"].split("-")
+        chosen = res.where(correct=section == "right", label=res.classes[int(label)])
+        assert np.abs(res.mean_map("gradcam", chosen) - np.asarray(g["cells"])).max() <= 1e-4
+    everything = res.mean_map("gradcam")
+    assert everything.shape == (16, 16) and np.array_equal(everything, res.mean_map("gradcam", range(len(res))))
+    with pytest.raises(UnknownName, match="no 'lime' maps"):
+        res.mean_map("lime")
+    db = sqlite3.connect(out / layout.MANIFEST)
+    db.execute("UPDATE maps SET view_json = json_remove(view_json, '$.grid')")
+    db.commit()
+    db.close()
+    with pytest.raises(XaibatchError, match="no 'gradcam' map of these images has a summary grid"):
+        open_results(out).mean_map("gradcam")

@@ -12,6 +12,7 @@
     r.mask()                                            # the ground-truth mask beside the image (bool), or None
     r.maps["gradcam@label"].npy                         # --target pred,label: the true class's map, its path
     r.faithfulness["gradcam"].deletion                  # --faithfulness: the map's scores
+    res.mean_map("gradcam", wrong)                      # those maps averaged (16 x 16), as the report's summary does
     res.to_pandas()                                     # one row an image (needs pandas)
 
 Read only, and without a trace: the manifest is read once, as one committed state (:func:`manifest.read_snapshot`:
@@ -25,7 +26,7 @@ from __future__ import annotations
 import difflib
 import operator
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +35,7 @@ import numpy as np
 
 from . import layout, targets
 from .bundle import Frozen
-from .errors import MissingOutput, UnknownName, UsageError
+from .errors import MissingOutput, UnknownName, UsageError, XaibatchError
 from .files import plain_relative, safe_join
 from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
@@ -211,7 +212,10 @@ class Results:
         self.failures: Mapping[str, str] = Frozen(dict(failures))
         per_image: dict[str, dict[str, MapPaths]] = {}
         scores: dict[str, dict[str, Faithfulness]] = {}
+        self._grids: dict[tuple[str, str], str] = {}  # (rel, key) -> the map's summary grid (overlay.grids_batch)
         for (rel, key), row in maps.items():
+            if isinstance(row.view, dict) and isinstance(row.view.get("grid"), str):
+                self._grids[rel, key] = row.view["grid"]
             per_image.setdefault(rel, {})[key] = MapPaths(
                 self.out, _plain(self.out, row.npy), _plain(self.out, row.png)
             )
@@ -325,6 +329,24 @@ class Results:
     def heatmap(self, image: str | int | ImageRecord, method: str) -> Any:
         """``res[rel].heatmap(method)``: the map alone in the report's colours, a PIL image."""
         return self._image(image, method).heatmap(method)
+
+    def mean_map(self, method: str, images: Iterable[str | int | ImageRecord] | None = None) -> np.ndarray:
+        """The ``method`` maps of ``images`` (records, paths or positions; default: every image) averaged as the
+        report's summary averages a gallery group's: each map as its overlay shows it (divided by its display scale,
+        clipped to [0, 1], signed maps to [-1, 1]) over a 16 x 16 grid of its image, from the grid stored with it
+        (no ``.npy`` is read). A (16, 16) float64 array; maps stored before the grids existed are left out."""
+        from .overlay import read_grids
+
+        if method not in self.map_keys:
+            self._image(0, method)  # the unknown method's error
+        chosen = self if images is None else [self._image(i, method) for i in images]
+        grids = [g for r in chosen if (g := self._grids.get((r.rel, method))) is not None]
+        if not grids:
+            raise XaibatchError(
+                f"no {method!r} map of these images has a summary grid in {self.out} (maps stored by an xaibatch "
+                "before the report's mean maps have none; a run that recomputes them adds it)"
+            )
+        return read_grids(grids).mean(axis=0, dtype=np.float64)
 
     def _image(self, image: str | int | ImageRecord, method: str) -> ImageRecord:
         if method not in self.map_keys:
