@@ -929,6 +929,31 @@ def test_pil_images_are_read_as_a_run_reads_their_files(tmp_path):
     assert 120 < float(from_pil.images[0].float().mean()) < 135 and int(from_pil.images[2, :, 31, 0].min()) == 255
 
 
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_a_pil_jpeg_with_an_exif_orientation_is_explained_upright_as_its_file_is(tmp_path, orientation):
+    # Image.open() of a camera JPEG whose EXIF turns it a quarter (orientation 6 or 8) was explained as stored,
+    # on its side: other probabilities and maps, and given_sizes with width and height swapped, than the same
+    # file by path and in a run, which turn it upright.
+    upright = np.zeros((24, 40, 3), np.uint8)
+    upright[:8, :] = 255  # a white band along the top: where it ends up shows the orientation
+    stored = Image.fromarray(upright).transpose(
+        Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270
+    )
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "camera.jpg"
+    stored.save(path, exif=exif, quality=95)
+    net = TinyNet()
+    by_path = xaibatch.explain(net, path, input_size=32)
+    with Image.open(path) as pil:
+        as_pil = xaibatch.explain(net, pil, input_size=32)
+        assert pil.size == (24, 40)  # the caller's image is left as it was
+    assert by_path.given_sizes == as_pil.given_sizes == ((40, 24),)
+    assert torch.equal(as_pil.images, by_path.images)
+    assert torch.equal(as_pil.maps["gradcam"], by_path.maps["gradcam"])
+    assert float(by_path.images[0, :, :8].float().mean()) > 200  # upright: the band on top
+
+
 # --- A notebook user's audit: a bug in the model, odd models, saving and loading, spellings, large photos. ------
 
 

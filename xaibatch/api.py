@@ -74,8 +74,9 @@ def explain(
       the wrapper: ``module.layer3``).
     - ``images``: a tensor (N, 3, H, W) or array (N, H, W, 3) (the other channel order too, when it is
       not 3 wide); one image ((3, H, W), (H, W, 3), a PIL image or a file path); or a list of any of
-      these (files decoded as a run does). Pixels are uint8 (0-255) or floats in [0, 1], before
-      normalizing; others are refused, never clamped. Each image is stretched to ``input_size`` squared.
+      these (files and PIL images read as a run reads a file: EXIF orientation applied). Pixels are uint8
+      (0-255) or floats in [0, 1], before normalizing; others are refused, never clamped. Each image is
+      stretched to ``input_size`` squared.
     - ``methods``: one name or a list (``xaibatch methods`` lists them: ``"gradcam"``, ``"lime"``,
       ``"cam:gradcam++"``, ``"captum:IntegratedGradients"``, ...).
     - ``target``: ``"pred"`` (the predicted class; any case, ``"pred, label"`` with spaces too, as ``--target``
@@ -538,7 +539,7 @@ def _picture(item, what: str):
     import torch
     from PIL import Image
 
-    from .data import load_image, to_rgb
+    from .data import load_image, to_rgb, upright
     from .errors import DecodeError, UsageError
 
     if isinstance(item, (str, Path)):
@@ -551,8 +552,9 @@ def _picture(item, what: str):
             return load_image(item)
         except DecodeError as e:  # its reason alone ("cannot read: ...") named no file
             raise UsageError(f"{item}: {e}") from None
-    if isinstance(item, Image.Image):  # its mode as a run reads a file's: 16 bits scaled, transparency over white
-        return to_rgb(item)
+    if isinstance(item, Image.Image):
+        # as a run reads its file: EXIF orientation applied, 16 bits scaled, transparency over white
+        return to_rgb(upright(item))
     if isinstance(item, (torch.Tensor, np.ndarray)):
         kind = "a tensor" if isinstance(item, torch.Tensor) else "an array"
         t = _uint8_images(item, kind)

@@ -124,11 +124,7 @@ def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
             _check_size(im.size, max_pixels)
             im.load()
             decoded = im.size
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # unreadable EXIF: the pixels are fine, keep them as stored
-                pass
-            rgb = to_rgb(im)
+            rgb = to_rgb(upright(im))
             if full is not None:  # decoded scaled: the image's own size, oriented as its pixels are
                 rgb.info[FULL_SIZE] = full if rgb.size == decoded else full[::-1]
         if rgb.mode != "RGB" or rgb.width < 1 or rgb.height < 1:
@@ -238,6 +234,21 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise DecodeError(f"empty image ({w}x{h})")
     if w * h > max_pixels:
         raise DecodeError(_too_many(f"{w * h:,} pixels ({w}x{h})", max_pixels))
+
+
+_TURNED = range(2, 9)  # EXIF orientations other than 1 (as stored)
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation says, as a viewer shows it (runs, ``serve`` and ``explain()``'s PIL
+    images: ``Image.open`` leaves a camera JPEG on its side); ``im`` itself when it has no orientation to apply or
+    its EXIF is unreadable (the pixels are fine: kept as stored)."""
+    try:
+        if im.getexif().get(0x0112, 1) in _TURNED:
+            return ImageOps.exif_transpose(im)
+    except Exception:
+        pass
+    return im
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
