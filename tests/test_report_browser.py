@@ -870,7 +870,8 @@ def test_a_detail_row_too_wide_for_the_window_wraps_evenly(driver, five_methods_
 @pytest.fixture(scope="module")
 def tall_out(tmp_path_factory) -> Path:
     """A synthetic report of a tall photo (300x2400: display copy 64x512) and a panorama (4000x800: 512x102),
-    four methods with long library titles, colour bars with long numbers and a weak LIME map."""
+    four methods with long library titles, colour bars with long numbers and a weak LIME map; and a web banner
+    (10000x20: 512x1) and a one-pixel-wide line (1x400), thinner than any photo."""
     test_report = report_tests()
 
     from xaibatch.layout import display_size
@@ -881,12 +882,22 @@ def tall_out(tmp_path_factory) -> Path:
         "captum:IntegratedGradients": IG_METHOD,
     }
     methods = ("gradcam", "cam:gradcam++", "captum:IntegratedGradients", "lime")
-    sizes = {"FAKE/tall.png": (300, 2400), "REAL/wide.png": (4000, 800)}
+    sizes = {
+        "FAKE/tall.png": (300, 2400),
+        "REAL/wide.png": (4000, 800),
+        "REAL/banner.png": (10000, 20),
+        "REAL/line.png": (1, 400),
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(test_report, "METHODS", {**test_report.METHODS, **extra})
         out = test_report.synth(
             tmp_path_factory.mktemp("tall") / "o",
-            [("FAKE/tall.png", 0, 0.9), ("REAL/wide.png", 1, 0.2)],
+            [
+                ("FAKE/tall.png", 0, 0.9),
+                ("REAL/wide.png", 1, 0.2),
+                ("REAL/banner.png", 1, 0.3),
+                ("REAL/line.png", 1, 0.4),
+            ],
             methods=methods,
         )
     m = Manifest(out / FILENAME)
@@ -987,6 +998,31 @@ def test_a_panoramas_figures_fill_their_columns_as_before(driver, tall_out, widt
         tops = sorted({round(f["fig"]["t"]) for f in figs})
         assert len(tops) == (1 if width >= 1400 else 3), figs  # one row; on a phone two figures a row
         assert driver.execute_script(BROKEN_WORDS, ".views figcaption strong") == []
+        assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+@pytest.mark.parametrize(
+    ("rel", "width"), [("REAL/banner.png", 1400), ("REAL/banner.png", 390), ("REAL/line.png", 1400)]
+)
+def test_a_banner_or_a_one_pixel_line_is_drawn_stretched_not_invisible(driver, tall_out, rel, width):
+    """A 10000x20 web banner (display copy 512x1) was drawn 253x0 px: its original and every map invisible, and
+    a 1x400 line 1 px wide. A picture thinner than 1:8 is now drawn stretched to 1:8, said in the original's
+    caption; the original and its maps in boxes of one size, so the maps still lie over the image."""
+    url = detail_urls(tall_out)[rel]
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, url)
+        assert not load_all_images(driver)
+        figs = driver.execute_script(TALL_LAYOUT)
+        assert len(figs) == 5
+        boxes = {(round(f["img"]["w"]), round(f["img"]["h"])) for f in figs}
+        assert len(boxes) == 1, figs  # the maps line up with the original
+        ((w, h),) = boxes
+        assert min(w, h) >= 16 and max(w, h) / min(w, h) == pytest.approx(8, abs=0.5), figs
+        caption = driver.find_element("css selector", ".views figure figcaption").text
+        assert "stretched" in caption, caption
         assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
     finally:
         driver.set_window_size(1280, 900)

@@ -180,7 +180,8 @@
 
   function viewsRow(im, maps, target) {
     var figs = [el("figure", {}, [picture(im.image, iso(im.rel) + ": original", im),
-      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, ["Original"]), im.pixelated ? " (enlarged)" : null])])])];
+      el("figcaption", {}, [el("span", {"class": "title"}, [el("strong", {}, ["Original"]),
+        im.stretched ? " (stretched to be seen)" : im.pixelated ? " (enlarged)" : null])])])];
     maps.forEach(function (v) {
       figs.push(v ? mapFigure(v, im, target)
         : el("figure", {"class": "none"}, [el("figcaption", {}, [el("span", {"class": "title"}, ["no map of " + target])])]));

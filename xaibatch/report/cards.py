@@ -17,6 +17,7 @@ from . import model  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import (
     Block,
     Card,
+    DETAIL_MAX_ASPECT,
     DETAIL_MIN_SIDE,
     GalleryPage,
     Group,
@@ -74,6 +75,11 @@ def make_card(
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
+    disp_w, disp_h = round(dw * scale), round(dh * scale)
+    thinnest = max(disp_w, disp_h) / DETAIL_MAX_ASPECT
+    stretched = min(disp_w, disp_h) < thinnest
+    if stretched:
+        disp_w, disp_h = max(disp_w, round(thinnest)), max(disp_h, round(thinnest))
     detail = ""  # set by paginate: layout.detail_page(page) + "#" + cid
     image = url(layout.image_png(stem))
     thumb = url(layout.image_thumb(stem, r.width, r.height))
@@ -99,9 +105,10 @@ def make_card(
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
         width=r.width,
         height=r.height,
-        disp_w=round(dw * scale),
-        disp_h=round(dh * scale),
+        disp_w=disp_w,
+        disp_h=disp_h,
         pixelated=scale > 1,
+        stretched=stretched,
         sha256=r.sha256[:12],
         size=r.size,
         mask_key=masks.get(mask_rel(r.rel), "") if masks else "",

@@ -400,6 +400,7 @@ def detail_record(
         "dw": c.disp_w,
         "dh": c.disp_h,
         "pixelated": c.pixelated,
+        "stretched": c.stretched,
         "bytes": fmt_bytes(c.size),
         "sha": c.sha256,
         "image": c.image,

@@ -18,6 +18,11 @@ PAGE_SIZE = 200  # cards per gallery page
 DETAIL_MIN_SIDE = 256  # the detail page shows images at least this large (pixelated when upscaled)
 
 
+# ... and no thinner than 1:DETAIL_MAX_ASPECT: a 10000x20 web banner (display copy 512x1) or a 1 px line is drawn
+# stretched to it, not 0 or 1 px across
+DETAIL_MAX_ASPECT = 8
+
+
 CARD_THUMB_PX = 88  # thumbnails on cards are drawn this large (the files are <= 128 px)
 
 
@@ -27,7 +32,7 @@ MAX_PROBS_SHOWN = 10  # class probabilities on a detail page (the most likely on
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
 
 
-FINGERPRINT_VERSION = 4  # bump when what a detail page shows changes without a template change
+FINGERPRINT_VERSION = 5  # bump when what a detail page shows changes without a template change
 
 
 CALIBRATION_BINS = 10
@@ -165,6 +170,7 @@ class Card:
     disp_w: int = 0
     disp_h: int = 0
     pixelated: bool = False
+    stretched: bool = False  # thinner than 1:DETAIL_MAX_ASPECT: disp_w x disp_h is not its aspect
     sha256: str = ""
     size: int = 0
     mask_key: str = ""  # "size:mtime" of a ground-truth mask (<name>.mask.npy) beside the input image, or ""

@@ -68,6 +68,7 @@ DERIVED = {
     "disp_w",  # width, height
     "disp_h",
     "pixelated",
+    "stretched",
     "scale_text",  # scale (and the method's signedness, in the site key)
     "mag",
     "weak",  # scale, zero
