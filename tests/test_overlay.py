@@ -69,6 +69,32 @@ def test_resize_maps_is_what_the_npy_always_held():
     assert resize_maps(m, (8, 8), signed=False) is not None and torch.equal(resize_maps(m, (8, 8), False), m)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("size", [(400, 1), (1, 400), (3, 3), (80, 120), (20, 10000)])
+def test_a_map_shrunk_to_a_small_image_averages_every_pixel_not_a_sample(signed, size):
+    """A 224 px map resized to a smaller image kept one input pixel in 75 (a 3x3 icon) or the middle column alone
+    (a 1x400 line): a Guided Grad-CAM of a 1x400 image was zero everywhere, a signed pixel map at 120x80 kept 0.3
+    of its correlation. A side that shrinks is now the mean of the pixels it covers (the total attribution kept);
+    one that grows is interpolated as before. The overlay's numpy path (display_map) follows the same rule."""
+    from xaibatch.overlay import display_map
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((224, 224), np.float32)
+    m[:, 1::2] = 1.0  # evidence in every other column only, as guided gradients come
+    if signed:
+        m = (rng.standard_normal((224, 224)) * m).astype(np.float32)
+    h, w = size
+    got = resize_maps(torch.from_numpy(m)[None], size, signed)[0].numpy()
+    assert got.shape == size
+    small = (min(h, 224), min(w, 224))
+    means = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(m)[None, None], small)[0, 0].numpy()
+    if small == size:
+        np.testing.assert_allclose(got, means, atol=1e-6)
+    assert got.mean() == pytest.approx(float(m.mean()), abs=2e-3 if signed else 1e-2)
+    shown = display_map(m, (w, h), signed)
+    assert shown.shape == size and shown.mean() == pytest.approx(float(m.mean()), abs=2e-3 if signed else 1e-2)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 3), (32, 32, 3), (17, 300, 3), (64, 48, 4)])
 def test_encode_png_round_trips(shape):
     a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 # Bumped whenever the numbers written into a map change meaning (normalization,
 # resizing, method definition). Part of every configuration hash, so a re-run
 # after such a change recomputes instead of trusting old maps.
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 
 __all__ = [
     "METHODS",

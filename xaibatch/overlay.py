@@ -89,12 +89,18 @@ def stretch(m: np.ndarray) -> np.ndarray:
 
 
 def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
-    """The map resized to the display copy's ``(width, height)``, as the overlay draws it."""
+    """The map resized to the display copy's ``(width, height)``, as the overlay draws it: a side that shrinks
+    averaged (BOX), then one that grows interpolated, as :func:`resize_maps` does."""
     w, h = size
     if m.shape == (h, w):
         return m
-    resample = Image.NEAREST if signed else Image.BILINEAR
-    return np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((w, h), resample))
+    im = Image.fromarray(m.astype(np.float32), "F")
+    small = (min(w, im.width), min(h, im.height))
+    if small != im.size:
+        im = im.resize(small, Image.BOX)
+    if small != (w, h):
+        im = im.resize((w, h), Image.NEAREST if signed else Image.BILINEAR)
+    return np.asarray(im)
 
 
 def display_scale(m: np.ndarray, signed: bool) -> float:
@@ -337,14 +343,24 @@ def view_of(m: Any, width: int, height: int, signed: bool) -> dict[str, Any]:
 
 
 def resize_maps(m, size: tuple[int, int], signed: bool):
-    """(B, h, w) maps to (B, H, W): bilinear for unsigned maps, nearest for signed ones (segment edges stay)."""
+    """(B, h, w) maps to (B, H, W). A side that shrinks first, to the mean of the pixels each output pixel covers
+    (a 224 px map sampled down to a 120x80 or 1x400 image kept one pixel in several, or only the middle column:
+    every pixel's attribution now counts); then a side that grows: bilinear for unsigned maps, nearest for signed
+    ones (segment edges stay). :func:`display_map` is the same rule in PIL."""
     import torch.nn.functional as F
 
-    if tuple(m.shape[1:]) == tuple(size):
-        return m.float()
-    if signed:
-        return F.interpolate(m.float()[:, None], size=size, mode="nearest")[:, 0]
-    return F.interpolate(m.float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    x = m.float()[:, None]
+    if tuple(x.shape[2:]) == tuple(size):
+        return x[:, 0]
+    small = (min(size[0], x.shape[2]), min(size[1], x.shape[3]))
+    if small != tuple(x.shape[2:]):
+        x = F.interpolate(x, size=small, mode="area")
+    if small != tuple(size):
+        if signed:
+            x = F.interpolate(x, size=size, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x[:, 0]
 
 
 def thumbnail_batch(pics, side: int = THUMB_SIDE):
