@@ -388,3 +388,34 @@ def test_unexpected_exception_in_a_worker_is_one_failure(folder, monkeypatch):
     found, loader = _loader(folder, 2)
     failed = {found.images[i].rel: why for b in loader for i, why in b.failed}
     assert failed["good_003.png"] == "RuntimeError: simulated bug"
+
+
+def _ico() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="ICO")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "said"),
+    [
+        ("iphone.jpg", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(200), "HEIC"),
+        ("phone.jpg", b"\0\0\0\x1cftypmif1\0\0\0\0mif1avifmiaf" + bytes(200), "AVIF"),
+        ("favicon.png", _ico(), "ICO"),
+        ("logo.jpg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>\n', "SVG"),
+        ("photo.jpg", b"\xef\xbb\xbf\n  <!DOCTYPE html>\n<html><head><title>404 Not Found</title>", "HTML page"),
+    ],
+)
+def test_a_scraped_file_in_a_format_xaibatch_does_not_read_is_named(tmp_path, name, data, said):
+    """A HEIC or AVIF photo, an ICO icon, an SVG drawing or a web server's HTML error page saved under an image's
+    name all failed "not an image: the content is not PNG, JPEG, ...", which left the user to find out what each
+    file was (a HEIC is an image). The reason now names what the file is; it still starts with "not an image",
+    a failure the same bytes always give (errors.LASTING_REASONS)."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(DecodeError) as e:
+        load_image(p)
+    reason = str(e.value)
+    assert said in reason and errors.lasting(reason) and "\n" not in reason, reason

@@ -183,15 +183,40 @@ def _tiff_problem(f) -> str | None:
     return "unknown reason"
 
 
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
 def _looks_like(f) -> str:
-    """`` (looks like text)`` when the open file starts with readable text, else nothing."""
+    """What a file PIL does not decode is, when its first bytes say: the usual strays of a folder of downloads
+    (`` xaibatch reads (HEIC/HEIF: ...)``, AVIF, an ICO icon, an SVG drawing, an HTML page), else `` (looks like
+    text)`` when it starts with readable text, else nothing."""
     try:
         f.seek(0)
         head = f.read(512)
-        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last char is fine
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError):
         return ""
-    return " (looks like text)" if text and all(c.isprintable() or c in "\r\n\t" for c in text) else ""
+    if head[4:8] == b"ftyp":  # ISO media: the major brand, then (after the minor version) the compatible ones
+        size = int.from_bytes(head[:4], "big")
+        brands = {head[i : i + 4] for i in (8, *range(16, min(size, len(head)) - 3, 4))}
+        if brands & _AVIF_BRANDS:
+            return " xaibatch reads (AVIF; convert it to PNG or JPEG)"
+        if brands & _HEIF_BRANDS:
+            return " xaibatch reads (HEIC/HEIF, as phones save photos; convert it to JPEG or PNG)"
+    if head[:4] in (b"\0\0\1\0", b"\0\0\2\0") and head[4:6] != b"\0\0":  # ICO or CUR, one picture or more
+        return " xaibatch reads (a Windows icon, ICO; convert it to PNG)"
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last char is fine
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not text or not all(c.isprintable() or c in "\r\n\t" for c in text.lstrip("\ufeff")):
+        return ""
+    start = text.lstrip("\ufeff \r\n\t").lower()
+    if "<svg" in text.lower():
+        return " xaibatch reads (an SVG drawing: shapes, no pixels; render it to PNG)"
+    if start.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return " (an HTML page, as a failed download saves one)"
+    return " (looks like text)"
 
 
 def _too_many(pixels: str, max_pixels: int, jpeg: bool = False) -> str:
