@@ -8,8 +8,13 @@ __version__ = "0.1.0"
 
 # Bumped whenever the numbers written into a map change meaning (normalization,
 # resizing, method definition). Part of every configuration hash, so a re-run
-# after such a change recomputes instead of trusting old maps.
-MAP_FORMAT_VERSION = 2
+# after such a change recomputes instead of trusting old maps. Not bumped when a
+# map shrunk to an image smaller than the model's input became the mean of the
+# pixels it covers instead of a sample (overlay.resize_maps): the same attribution,
+# better resampled, and only those images' maps differ, where a bump recomputes
+# every map of every folder (hours of LIME on a large one); maps stored before
+# keep their sampling until recomputed.
+MAP_FORMAT_VERSION = 1
 
 __all__ = [
     "METHODS",
