@@ -3,13 +3,14 @@ CLI's boundary (cli/boundary.py), the servers and explain() say it."""
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import re
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 from . import layout
 from .runstatus import RunStatus
@@ -126,6 +127,21 @@ def vanished(reason: str) -> bool:
 def lasting(reason: str) -> bool:
     """Whether reading the same bytes again gives the same failure (see LASTING_REASONS)."""
     return reason.startswith(LASTING_REASONS)
+
+
+def close_names(name: str, among: Iterable[object]) -> list[str]:
+    """Up to three of ``among`` close to ``name``, whatever their case ("fake" for the class FAKE), closest first:
+    the hint of a name that is not one of ``among``."""
+    by_lower: dict[str, list[str]] = {}
+    for x in map(str, among):
+        by_lower.setdefault(x.lower(), []).append(x)
+    return [x for low in difflib.get_close_matches(name.lower(), by_lower, n=3) for x in by_lower[low]][:3]
+
+
+def did_you_mean(name: str, among: Iterable[object]) -> str:
+    """``; did you mean ...?`` naming :func:`close_names`, or nothing."""
+    near = close_names(name, among)
+    return f"; did you mean {', '.join(map(repr, near))}?" if near else ""
 
 
 class UnknownName(UsageError, LookupError):

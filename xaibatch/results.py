@@ -23,7 +23,6 @@ kept inside the folder (:func:`files.safe_join`); maps are read with ``allow_pic
 
 from __future__ import annotations
 
-import difflib
 import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +34,7 @@ import numpy as np
 
 from . import layout, targets
 from .bundle import Frozen
-from .errors import MissingOutput, UnknownName, UsageError, XaibatchError
+from .errors import MissingOutput, UnknownName, UsageError, XaibatchError, did_you_mean
 from .files import plain_relative, safe_join
 from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
@@ -283,7 +282,7 @@ class Results:
             pass
         if rel in self.failures:
             raise UnknownName(f"{rel!r} could not be read by the run ({self.failures[rel]}): it has no prediction")
-        raise UnknownName(f"no image {rel!r} in {self.out}{_close(rel, self._records)}")
+        raise UnknownName(f"no image {rel!r} in {self.out}{did_you_mean(rel, self._records)}")
 
     def _at(self, i: Any) -> ImageRecord:
         try:
@@ -313,9 +312,9 @@ class Results:
         fields = [name for name, f in ImageRecord.__dataclass_fields__.items() if f.repr]
         for name, value in equal.items():
             if name not in fields:
-                raise UnknownName(f"ImageRecord has no field {name!r}{_close(name, fields)}")
+                raise UnknownName(f"ImageRecord has no field {name!r}{did_you_mean(name, fields)}")
             if name in ("label", "pred", "target") and value is not None and value not in self.classes:
-                raise UnknownName(f"no class {value!r} in {self.out}{_close(str(value), self.classes)}")
+                raise UnknownName(f"no class {value!r} in {self.out}{did_you_mean(str(value), self.classes)}")
         return [r for r in self if all(getattr(r, k) == v for k, v in equal.items())]
 
     def map(self, image: str | int | ImageRecord, method: str) -> np.ndarray:
@@ -411,14 +410,3 @@ def _missing(path: Path, rel: str, method: str) -> MissingOutput:
         f"{path} is missing ({method!r} map of {rel!r}): deleted, or not copied with the folder; "
         "xaibatch run makes it again"
     )
-
-
-def _close(name: str, among: Any) -> str:
-    """``; did you mean ...?`` naming up to three of ``among`` close to ``name``, whatever their case ("fake" for
-    the class FAKE), or nothing."""
-    names = [str(x) for x in among]
-    by_lower: dict[str, list[str]] = {}
-    for x in names:
-        by_lower.setdefault(x.lower(), []).append(x)
-    near = [x for low in difflib.get_close_matches(name.lower(), by_lower, n=3) for x in by_lower[low]][:3]
-    return f"; did you mean {', '.join(map(repr, near))}?" if near else ""

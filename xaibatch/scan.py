@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from .errors import FILE_TOO_LARGE, InputError
+from .errors import FILE_TOO_LARGE, InputError, close_names
 from .layout import MANIFEST
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -157,8 +157,8 @@ def match_classes(folders: list[str], names: list[str]) -> dict[str, str]:
             )
         if not near:
             raise InputError(
-                f"folder classes {folders} do not match the model's classes {names}; "
-                "rename the folders or pass --unlabeled"
+                f"folder classes {listed(folders)} do not match the model's classes {listed(names)}"
+                f"{unmatched(folders, names)}; rename the folders or pass --unlabeled"
             )
         matched[f] = near[0]
     taken: dict[str, str] = {}
@@ -170,6 +170,34 @@ def match_classes(folders: list[str], names: list[str]) -> dict[str, str]:
             )
         taken[n] = f
     return matched
+
+
+LISTED_NAMES = 12  # names an error lists in full; a longer list (a model's 1000 classes) is cut to its ends
+
+
+def listed(names: list[str]) -> str:
+    """``names`` as a refusal prints them: all of them, or with many (ImageNet's 1000 classes, which made the line
+    10 KB long) how many, the first and the last few."""
+    if len(names) <= LISTED_NAMES:
+        return str(names)
+    head, tail = names[: LISTED_NAMES - 3], names[-2:]
+    return f"({len(names)}: {', '.join(map(repr, head))}, ..., {', '.join(map(repr, tail))})"
+
+
+def unmatched(folders: list[str], names: list[str]) -> str:
+    """``: 'tabby_cat' is none of them; did you mean 'tabby'?``: the folders no class matches (with a close class
+    name for the first few), so that among three folders and 1000 classes the one to rename is found at once."""
+    missing = [f for f in folders if not named_class(f, names)]
+    if len(missing) == len(folders) > 1:
+        return ": no folder is one of them (the folders' names must be the model's class names)"
+    hints = [f"{f!r} is none of them{_near(f, names)}" for f in missing[:3]]
+    more = f"; and {len(missing) - 3} more folders" if len(missing) > 3 else ""
+    return ": " + "; ".join(hints) + more
+
+
+def _near(name: str, names: list[str]) -> str:
+    near = close_names(name, names)
+    return f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
 
 
 def shown(name: str) -> str:

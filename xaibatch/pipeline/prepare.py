@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 
-from ..scan import Scan, printable, scan
+from ..scan import Scan, listed, printable, scan
 from .. import layout, targets
 from ..model import heads
 from ..defaults import default_batch_size, default_workers
@@ -47,9 +47,11 @@ def class_names_for(model: LoadedModel, found: Scan) -> list[str]:
             ]
             empty += f" (not scanned: {'; '.join(not_scanned)})" if not_scanned else ""
             head = " (one sigmoid logit: two classes)" if isinstance(model.module, heads.OneLogitHead) else ""
+            # more outputs than folders: a subset of the model's classes (3 of ImageNet's 1000) is named by --classes
+            subset = f"; name its {k} classes in output order with --classes" if k > len(found.classes) else ""
             raise InputError(
-                f"the folder has {len(found.classes)} classes {found.classes}{empty} but the model has {k} "
-                f"outputs{head}; check --checkpoint or pass --unlabeled"
+                f"the folder has {len(found.classes)} classes {listed(found.classes)}{empty} but the model has {k} "
+                f"outputs{head}{subset}; check --checkpoint or pass --unlabeled"
             )
         return found.classes
     return [f"class_{i}" for i in range(k)]
@@ -77,11 +79,13 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
             outputs = "one logit, read as two classes" if one_logit else f"{model.num_classes} outputs"
             raise UsageError(
-                f"--classes {','.join(opts.classes)}: the model has {outputs}; give that many "
-                "different names, in output order"
+                f"--classes {listed(opts.classes)}: {len(opts.classes)} names, but the model has {outputs}; give "
+                "that many different names, in output order"
             )
         if model.class_names is not None and model.class_names != opts.classes:
-            raise UsageError(f"--classes {','.join(opts.classes)} differ from the checkpoint's {model.class_names}")
+            raise UsageError(
+                f"--classes {listed(opts.classes)} differ from the checkpoint's {listed(model.class_names)}"
+            )
         model.class_names = list(opts.classes)
     names = class_names_for(model, found)
     model.decision = heads.decision_for(names, opts.positive_class, opts.threshold, one_logit, model.probability)
