@@ -3,10 +3,14 @@ summary, the gallery's filter, the detail view and serve's answer stay the size 
 
 from __future__ import annotations
 
+import csv
+import json
+import re
+from pathlib import Path
 
 import pytest
 
-from helpers import make_checkpoint, write_images
+from helpers import make_checkpoint, quiet, run_opts, write_images
 from xaibatch.errors import InputError
 from xaibatch.scan import match_classes
 
@@ -28,6 +32,75 @@ def test_folders_not_among_1000_classes_are_named_with_a_close_class_in_a_short_
     assert "'Daisy' is" not in line  # matched by case, as a run matches it
     with pytest.raises(InputError, match="no folder is one of them"):
         match_classes(["airplane", "ship"], names)
+
+
+@pytest.fixture(scope="module")
+def subset_run(tmp_path_factory):
+    """Three class folders named among a 40-class model's classes, explained with Grad-CAM."""
+    from xaibatch.pipeline import run
+
+    root = tmp_path_factory.mktemp("many")
+    ckpt = make_checkpoint(root / "m.pt", classes=NAMES)
+    for k, name in enumerate(FOLDERS):
+        write_images(root / "in" / name, 3, seed=10 + k)
+    run(run_opts(root / "in", root / "out", ckpt), log=quiet)
+    return root / "out"
+
+
+def _occurring(out: Path) -> list[str]:
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    seen = {r["label"] for r in rows} | {r["pred"] for r in rows}
+    return [n for n in NAMES if n in seen]
+
+
+def test_the_summary_lists_only_the_classes_that_occur(subset_run):
+    """The summary of 24 images of a 1000-class model was 37,000 px tall: every class name in the overview and the
+    configuration, and one per-class row for each of the 1000 classes, all but a few zeros."""
+    html = (subset_run / "index.html").read_text()
+    occurring = _occurring(subset_run)
+    per_class = html[html.index('id="h-classes"') : html.index('id="h-confusion"')]
+    assert re.findall(r"<tr><th scope=\"row\">([^<]+)</th>", per_class) == [*occurring, "Macro average"]
+    assert f"The model's {K - len(occurring)} other classes have no images and no predictions" in per_class
+    # the confusion matrix over those classes (few enough for one), not a list of the most frequent confusions
+    matrix = html[html.index('id="h-confusion"') : html.index('id="h-conf"')]
+    assert re.findall(r'<th scope="col">([^<]+)</th>', matrix)[1:] == occurring
+    assert "Most frequent confusions" not in matrix
+    overview = html[: html.index('id="h-classes"')]
+    assert f"<details><summary>{K} classes</summary>" in overview
+    assert "class 20" not in html.replace(overview, "")  # nowhere else on the page: not a class that occurs
+    assert "<td>40 (their names: Overview, Classes)</td>" in html
+
+
+def test_the_gallery_filter_offers_the_classes_it_has_groups_of(subset_run):
+    page = (subset_run / "gallery" / "page-1.html").read_text()
+    select = page[page.index('<select id="f-class">') : page.index("</select>")]
+    assert (
+        re.findall(r'<option value="\d+">([^<]+)</option>', select) == NAMES[-3:]
+    )  # its groups' classes, in the model's order
+
+
+def test_the_detail_view_gives_the_true_class_its_probability_and_rank(subset_run):
+    """A misclassified image showed its true class without its probability, and the 10 likeliest of many classes
+    seldom hold it."""
+    text = (subset_run / "detail" / "page-1.js").read_text()
+    images = json.loads(text[text.index("{") : text.rindex("}") + 1])["images"]
+    by_rel = {r["path"]: r for r in csv.DictReader((subset_run / "predictions.csv").open())}
+    wrong = [im for im in images if not im["correct"]]
+    assert wrong
+    for im in wrong:
+        probs = [float(by_rel[im["rel"]][f"p_{n}"]) for n in NAMES]
+        p = probs[NAMES.index(im["label"])]
+        rank = 1 + sum(q > p for q in probs)
+        assert re.fullmatch(rf"[0-9.<>%]+, {rank}(st|nd|rd|th) of {K}", im["label_conf"]), im["label_conf"]
+    assert all(im["label_conf"] == "" for im in images if im["correct"])
+
+
+def test_ordinals():
+    from xaibatch.report.cards import ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111, 412)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th", "412th",
+    ]  # fmt: skip
 
 
 def test_a_plain_state_dict_of_many_outputs_says_to_name_its_classes(tmp_path):

@@ -99,7 +99,7 @@
   function facts(im) {
     var kids = [];
     function row(k, v, cls) { kids.push(el("dt", {}, [k])); kids.push(el("dd", cls ? {"class": cls} : {}, v)); }
-    if (im.label !== null) { row("True class", [im.label]); }
+    if (im.label !== null) { row("True class", [im.label + (im.label_conf ? " (" + im.label_conf + ")" : "")]); }
     var verdict = im.correct === false ? el("strong", {"class": "bad"}, ["misclassified"])
       : im.correct ? el("span", {"class": "good"}, ["correct"]) : null;
     row("Predicted", [im.pred + " (" + im.conf + ")", verdict ? " " : null, verdict]);

@@ -56,6 +56,12 @@ def masks_beside(input_dir: Path | None, rels: Iterable[str]) -> dict[str, str]:
     return found
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    tail = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{tail}"
+
+
 def make_card(
     r: ImageRow,
     names: list[str],
@@ -73,6 +79,11 @@ def make_card(
         if (row := maps.get((r.rel, targets.label_key(m.name)))) is not None:
             why_not.append(_view(row, m))
     order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
+    label_conf = ""
+    if r.label is not None and r.label != r.pred and 0 <= r.label < len(r.probs):
+        p = r.probs[r.label]
+        rank = 1 + sum(q > p for q in r.probs)
+        label_conf = f"{fmt_pct(p)}, {ordinal(rank)} of {len(r.probs):,}"
     dw, dh = display_size(r.width, r.height)
     scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
     disp_w, disp_h = round(dw * scale), round(dh * scale)
@@ -103,6 +114,7 @@ def make_card(
         maps=views,
         methods_attr=" ".join(v.method for v in views),
         probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
+        label_conf=label_conf,
         width=r.width,
         height=r.height,
         disp_w=disp_w,

@@ -104,7 +104,7 @@ def _config_rows(config: RunConfig | None, last: RunRecord | None) -> list[tuple
         ("Checkpoint", fmt_value(model.checkpoint)),
         ("Checkpoint sha256", sha[:12] if sha else "–"),
         ("Input size", f"{model.input_size} px" if model.input_size else "–"),
-        ("Classes", fmt_value(config.class_names or None)),
+        ("Classes", _classes_words(config.class_names)),
         ("Maps explain", target_words(config.target_mode())),
         ("Decision", decision_words(config.decision)),
         ("Target layer", fmt_value(config.layer)),
@@ -117,6 +117,13 @@ def _config_rows(config: RunConfig | None, last: RunRecord | None) -> list[tuple
         ("Versions", f"xaibatch {config.xaibatch or '–'}, torch {config.torch or '–'}"),
     ]
     return rows
+
+
+def _classes_words(names: list[str] | None) -> str:
+    """The configuration's classes: their names, or as many as ImageNet's only their number (the overview lists them)."""
+    if names and len(names) > model.CONFUSION_MAX_CLASSES:
+        return f"{len(names):,} (their names: Overview, Classes)"
+    return fmt_value(names or None)
 
 
 def config_caption(config: RunConfig | None, last: RunRecord | None) -> str:

@@ -393,6 +393,7 @@ def detail_record(
         "label": c.label,
         "pred": c.pred,
         "conf": c.conf_text,
+        "label_conf": c.label_conf,
         "correct": c.correct,
         "target": c.target,
         "w": c.width,

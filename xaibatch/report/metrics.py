@@ -46,6 +46,10 @@ def add_metrics(data: ReportData, cards: list[Card] | None = None) -> None:
     data.mean_confidence = sum(confs) / len(confs) if confs else None
     data.hist_edges = [scale.edge(i, HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
     data.pred_counts = prediction_counts(cards, names)
+    many = len(names) > CONFUSION_MAX_CLASSES  # ImageNet's 1000: list only the classes that occur
+    if many:
+        data.pred_counts = [row for row in data.pred_counts if row[1]]
+        data.classes_unlisted = len(names) - len(data.pred_counts)
     if not data.labeled:
         data.hist_series = [("all images", scale.histogram(confs), "#0072B2")]
         return
@@ -62,7 +66,15 @@ def add_metrics(data: ReportData, cards: list[Card] | None = None) -> None:
     conf_m = confusion_matrix(scored, len(names))
     data.per_class = per_class_scores(names, conf_m)
     data.macro = macro_average(data.per_class, m)
-    if len(names) <= CONFUSION_MAX_CLASSES:
+    data.confusion_names = names
+    if many:  # the rows of the classes with images or predictions; the matrix over them when they are few
+        occur = [i for i, c in enumerate(data.per_class) if c["support"] or c["predicted"]]
+        data.per_class = [data.per_class[i] for i in occur]
+        data.classes_unlisted = len(names) - len(occur)
+        if len(occur) <= CONFUSION_MAX_CLASSES:
+            conf_m = [[conf_m[i][j] for j in occur] for i in occur]
+            data.confusion_names = [names[i] for i in occur]
+    if len(data.confusion_names) <= CONFUSION_MAX_CLASSES:
         data.confusion = confusion_cells(conf_m)
     else:
         data.top_confusions = top_confusions(names, conf_m)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ CARD_THUMB_PX = 88  # thumbnails on cards are drawn this large (the files are <=
 MAX_PROBS_SHOWN = 10  # class probabilities on a detail page (the most likely ones)
 
 
-CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead
+CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead, only the classes
+# that occur in its tables, and folds the class names away (ImageNet's 1000 made the summary 37,000 px tall)
 
 
 FINGERPRINT_VERSION = 5  # bump when what a detail page shows changes without a template change
@@ -180,6 +183,9 @@ class Card:
     label_maps: list[MapView] = field(default_factory=list)  # --target pred,label, misclassified: "why not" maps
     # the earlier model whose prediction (and maps) the image still holds, in words; "": the last run's model
     earlier: str = ""
+    # a misclassified image: its true class's probability and rank ("0.1%, 412th of 1,000"; the detail view's top 10
+    # of ImageNet's 1000 classes seldom hold it); "": none
+    label_conf: str = ""
 
 
 @dataclass
@@ -253,6 +259,8 @@ class ReportData:
     accuracy: float | None = None
     confusion: list[list[dict[str, Any]]] | None = None
     top_confusions: list[tuple[str, str, int]] | None = None
+    confusion_names: list[str] = field(default_factory=list)  # the matrix's rows and columns, in order
+    classes_unlisted: int = 0  # over CONFUSION_MAX_CLASSES classes: those with no image and no prediction, not listed
     per_class: list[dict[str, Any]] = field(default_factory=list)
     macro: dict[str, Any] | None = None
     ece: float | None = None
@@ -280,6 +288,19 @@ class ReportData:
     mean_maps: list[Any] = field(default_factory=list)  # meanmaps.MethodMeans per method: each group's mean map
     # images an earlier model predicted (data.earlier_summary; None: none): the numbers above leave them out
     earlier: dict[str, Any] | None = None
+
+    @property
+    def classes_folded(self) -> bool:
+        """Too many classes to list their names in the overview unasked (see CONFUSION_MAX_CLASSES)."""
+        return len(self.class_names) > CONFUSION_MAX_CLASSES
+
+    @functools.cached_property
+    def filter_classes(self) -> list[tuple[int, str]]:
+        """The gallery's class filter: (index, name) of each class the gallery has a group of, in class order (a
+        1000-class model's other 997 classes found nothing, in a list of 1000)."""
+        grouped = {g.class_index for g in self.groups}
+        return [(i, n) for i, n in enumerate(self.class_names) if i in grouped]
+
     # what data.History.apply sets on every run (snapshot.PER_RUN): the run history and the last run's settings
     config: dict[str, Any] = field(default_factory=dict)
     config_rows: list[tuple[str, str]] = field(default_factory=list)

@@ -60,6 +60,7 @@ def environment(template_dir: Path | None = None) -> jinja2.Environment:
 DERIVED = {
     "cid",  # rel
     "conf_text",  # confidence
+    "label_conf",  # probs, label, pred
     "conf_attr",
     "image",  # stem
     "thumb",  # stem, width, height
