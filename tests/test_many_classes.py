@@ -103,6 +103,24 @@ def test_ordinals():
     ]  # fmt: skip
 
 
+def test_serve_answers_with_the_likeliest_classes_not_every_one(tmp_path):
+    """serve's answer listed all 1000 classes' probabilities above the maps: 1000 rows, the maps 20,000 px down."""
+    from xaibatch.serve.core import ServeOptions, Service, decode_upload
+    from xaibatch.serve.page import result_html
+    from xaibatch.tools.synth import noise, save
+
+    import numpy as np
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", classes=NAMES)
+    service = Service(ServeOptions(out=tmp_path / "out", methods=["gradcam"], checkpoint=ckpt))
+    image = save(noise(np.random.default_rng(0), 32), tmp_path / "a.png").read_bytes()
+    (r,) = service.explain([decode_upload(image)], ["gradcam"], None, False)
+    html = result_html(r, service.names, service.rule(), None)
+    rows = re.findall(r"<tr><td>([^<]+)</td>", html)
+    assert len(rows) == 10 and rows[0] == NAMES[r.pred]
+    assert f"The 10 most likely of {K}\nclasses" in html
+
+
 def test_a_plain_state_dict_of_many_outputs_says_to_name_its_classes(tmp_path):
     """Three class folders and a plain state_dict of 40 outputs: the refusal said "check --checkpoint or pass
     --unlabeled", never --classes, the one way to name 1000 classes; and a --classes of the wrong length or

@@ -9,6 +9,7 @@ import jinja2
 
 from ..report.figures import colour_bar
 from ..overlay import colour_stops, png_bytes
+from ..report.model import MAX_PROBS_SHOWN
 from ..report.text import fmt_pct
 from .core import Result
 
@@ -16,7 +17,8 @@ TEMPLATE = """\
 <div class="xb-result" data-pred="{{ pred }}">
 <p class="xb-pred">Prediction: <b>{{ pred }}</b> ({{ conf }}) · rule: {{ rule }} · {{ seconds }}
 {%- if detail %} · <a class="xb-detail" href="{{ detail }}" target="_blank" rel="noopener">in the report</a>{% endif %}</p>
-<table class="xb-probs">{% for name, pct, w in probs %}
+<table class="xb-probs">{% if probs | length < classes %}<caption>The {{ probs | length }} most likely of {{ classes }}
+classes</caption>{% endif %}{% for name, pct, w in probs %}
 <tr><td>{{ name }}</td><td class="xb-num">{{ pct }}</td><td><span class="xb-bar" style="width:{{ w }}px"></span></td></tr>
 {%- endfor %}</table>
 <div class="xb-maps">
@@ -65,7 +67,8 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
 
     from ..data import display_copy
 
-    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])  # every class, the likeliest first
+    # the likeliest first, as many as a report's detail page lists: ImageNet's 1000 rows put the maps 20,000 px down
+    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
     probs = [(names[i], fmt_pct(r.probs[i]), round(120 * r.probs[i])) for i in order]
     maps = [
         {
@@ -88,6 +91,7 @@ def result_html(r: Result, names: list[str], rule: str, detail: str | None) -> s
         seconds=f"{r.seconds:.2f} s",
         detail=detail,
         probs=probs,
+        classes=len(r.probs),
         maps=maps,
         image=image,
         box=picture_box(display.shape[1], display.shape[0]),
