@@ -147,3 +147,32 @@ def test_a_plain_state_dict_of_many_outputs_says_to_name_its_classes(tmp_path):
     assert r.exit_code == 2 and len(r.stderr) < 500 and "differ from the checkpoint's (40: 'class 00'" in r.stderr
     r = invoke(*argv, "--checkpoint", plain, "--classes", ",".join(NAMES))
     assert r.exit_code == 0, r.output
+
+
+def test_classes_from_a_file_one_a_line(tmp_path):
+    """1000 class names were one comma-separated --classes argument (10 KB), and a name with a comma, as timm's
+    ImageNet descriptions have ("tabby, tabby cat"), could not be given at all. --classes @FILE: one a line."""
+    import torch
+
+    from helpers import invoke
+    from xaibatch.cli.options import class_list
+
+    names = [*NAMES[:-3], "tabby, tabby cat", "goldfish", "daisy"]
+    listing = tmp_path / "names.txt"
+    listing.write_text("\ufeff" + "\n".join(names[:20]) + "\n\n  " + "\n".join(names[20:]) + "\n", encoding="utf-8")
+    assert class_list(f"@{listing}") == names
+    ckpt = make_checkpoint(tmp_path / "m.pt", classes=NAMES)
+    plain = tmp_path / "plain.pt"
+    torch.save(torch.load(ckpt, weights_only=True)["state_dict"], plain)
+    write_images(tmp_path / "in" / "goldfish", 1, seed=1)
+    write_images(tmp_path / "in" / "daisy", 1, seed=2)
+    argv = ["run", tmp_path / "in", "--arch", "test_resnet", "--image-size", "32", "--checkpoint", plain]
+    r = invoke(*argv, "--out", tmp_path / "out", "--classes", f"@{listing}")
+    assert r.exit_code == 0, r.output
+    header = next(csv.reader((tmp_path / "out" / "predictions.csv").open()))
+    assert [h[2:] for h in header if h.startswith("p_")] == names
+    r = invoke(*argv, "--out", tmp_path / "out2", "--classes", f"@{tmp_path / 'none.txt'}")
+    assert r.exit_code == 2 and "none.txt: No such file or directory" in r.stderr, r.output
+    (tmp_path / "one.txt").write_text("daisy\n")
+    r = invoke(*argv, "--out", tmp_path / "out2", "--classes", f"@{tmp_path / 'one.txt'}")
+    assert r.exit_code == 2 and "one.txt: at least two names, one a line" in r.stderr, r.output

@@ -202,8 +202,8 @@ RUN_MODEL_HELP = {
     "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
     "checkpoint": "Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
     "Default: the bundled demo model.",
-    "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL). Default: the "
-    "checkpoint's, else the folder's.",
+    "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL), or @FILE with one name a line "
+    "(e.g. --classes @imagenet_classes.txt). Default: the checkpoint's, else the folder's.",
     "positive_class": "Two classes: the one a one-logit head's sigmoid and --threshold are about "
     "(e.g. --positive-class FAKE). Default: one logit: the second of --classes as given (else of the sorted "
     "folder names); two outputs: the second in sorted order.",
@@ -227,16 +227,35 @@ SERVE_MODEL_HELP = {
 
 
 def class_list(text: str | None) -> list[str] | None:
-    """--classes: at least two comma-separated names, all different."""
+    """--classes: at least two comma-separated names, all different; or ``@FILE``, one name a line (blank lines
+    skipped): ImageNet's 1000 names, whose own may hold commas ("tabby, tabby cat"), are a file, not a 10 KB
+    argument."""
     if text is None:
         return None
-    names = [n.strip() for n in text.split(",")]
+    if text.startswith("@"):
+        names = [n.strip() for n in _class_file(Path(text[1:])).splitlines() if n.strip()]
+        if len(names) < 2:
+            raise click.BadParameter(f"{text[1:]}: at least two names, one a line", param_hint="--classes")
+    else:
+        names = [n.strip() for n in text.split(",")]
     if len(names) < 2 or not all(names):
-        raise click.BadParameter("at least two comma-separated names, e.g. FAKE,REAL", param_hint="--classes")
+        raise click.BadParameter(
+            "at least two comma-separated names, e.g. FAKE,REAL (or @FILE: one a line)", param_hint="--classes"
+        )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # before the model loads: each output needs its own name
         raise click.BadParameter(f"{', '.join(twice)} given twice; one name per output", param_hint="--classes")
     return names
+
+
+def _class_file(path: Path) -> str:
+    """The text of --classes @FILE, or one line saying why not."""
+    try:
+        return path.read_text(encoding="utf-8-sig")  # a BOM (Windows' Notepad) is no part of the first name
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint="--classes") from None
+    except OSError as e:
+        raise click.BadParameter(f"{path}: {e.strerror or e}", param_hint="--classes") from None
 
 
 template_dir_option = click.option(  # run, report
