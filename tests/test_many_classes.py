@@ -176,3 +176,16 @@ def test_classes_from_a_file_one_a_line(tmp_path):
     (tmp_path / "one.txt").write_text("daisy\n")
     r = invoke(*argv, "--out", tmp_path / "out2", "--classes", f"@{tmp_path / 'one.txt'}")
     assert r.exit_code == 2 and "one.txt: at least two names, one a line" in r.stderr, r.output
+
+
+def test_open_results_reprs_stay_short(subset_run):
+    """In a notebook, a 1000-class folder's Results printed every class name (13 KB) and one ImageRecord every
+    probability (24 KB)."""
+    import xaibatch
+
+    res = xaibatch.open_results(subset_run)
+    assert f"classes=({K}: 'class 00', " in repr(res) and len(repr(res)) < 400, repr(res)
+    rec = res[0]
+    top = max(rec.probs, key=rec.probs.get)
+    assert f"probs=<{K} classes, likeliest {top!r}: " in repr(rec) and len(repr(rec)) < 600, repr(rec)
+    assert repr(rec).startswith(f"ImageRecord(rel={rec.rel!r}, label={rec.label!r}, pred={rec.pred!r}, ")

@@ -23,6 +23,7 @@ kept inside the folder (:func:`files.safe_join`); maps are read with ``allow_pic
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,7 +41,7 @@ from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
 from .report.text import class_name
 from .runconfig import MethodRecord, ModelRecord, RunConfig
-from .scan import mask_rel
+from .scan import LISTED_NAMES, listed, mask_rel
 
 __all__ = ["Faithfulness", "ImageRecord", "MapPaths", "Results", "open_results"]
 
@@ -81,7 +82,7 @@ class ImageRecord:
     label: str | None  # the true class (its class folder); None: an unlabeled folder
     pred: str  # the predicted class
     target: str  # the class the maps explain (``--target``: the prediction, or the label)
-    probs: Mapping[str, float]  # class name -> probability
+    probs: Mapping[str, float] = field(repr=False)  # class name -> probability (in the repr: see __repr__)
     confidence: float
     correct: bool | None  # None: no label
     earlier: bool  # predicted by an earlier model than the last run's (predictions.csv's ``earlier_model``)
@@ -93,6 +94,17 @@ class ImageRecord:
     out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
     input_dir: Path | None = field(repr=False, compare=False, default=None)
     signed: Mapping[str, bool] = field(repr=False, compare=False, default_factory=Frozen)  # method -> signed maps
+
+    def __repr__(self) -> str:
+        """The dataclass's repr, with ``probs`` in full up to scan.LISTED_NAMES classes, else the likeliest few: a
+        1000-class model's record was 24 KB of probabilities in a notebook cell."""
+        fields_ = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr]
+        probs = repr(self.probs)
+        if len(self.probs) > LISTED_NAMES:
+            top = sorted(self.probs.items(), key=lambda kv: -kv[1])[:3]
+            probs = f"<{len(self.probs)} classes, likeliest {', '.join(f'{k!r}: {v:g}' for k, v in top)}>"
+        fields_.insert(4, f"probs={probs}")
+        return f"ImageRecord({', '.join(fields_)})"
 
     @property
     def source(self) -> Path | None:
@@ -303,7 +315,7 @@ class Results:
         busy = f"; run {running.id} had not ended (writing, or killed): open again for more" if running else ""
         return (
             f"Results({str(self.out)!r}: {len(self)} images, {len(self.failures)} failed, "
-            f"classes={list(self.classes)}, maps={list(self.map_keys)}{busy})"
+            f"classes={listed(list(self.classes))}, maps={list(self.map_keys)}{busy})"
         )
 
     def where(self, **equal: Any) -> list[ImageRecord]:
