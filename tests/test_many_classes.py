@@ -189,3 +189,17 @@ def test_open_results_reprs_stay_short(subset_run):
     top = max(rec.probs, key=rec.probs.get)
     assert f"probs=<{K} classes, likeliest {top!r}: " in repr(rec) and len(repr(rec)) < 600, repr(rec)
     assert repr(rec).startswith(f"ImageRecord(rel={rec.rel!r}, label={rec.label!r}, pred={rec.pred!r}, ")
+
+
+def test_an_unlabeled_folder_lists_the_predicted_classes_only(tmp_path):
+    """An unlabeled folder of a 1000-class model listed 1000 rows of "Images per predicted class", all but a few 0."""
+    from xaibatch.pipeline import run
+
+    ckpt = make_checkpoint(tmp_path / "m.pt", classes=NAMES)
+    write_images(tmp_path / "in", 4, seed=3)
+    run(run_opts(tmp_path / "in", tmp_path / "out", ckpt), log=quiet)
+    html = (tmp_path / "out" / "index.html").read_text()
+    table = html[html.index('id="h-pred"') : html.index("</table>", html.index('id="h-pred"'))]
+    preds = {r["pred"] for r in csv.DictReader((tmp_path / "out" / "predictions.csv").open())}
+    assert re.findall(r'<tr><th scope="row">([^<]+)</th>', table) == [n for n in NAMES if n in preds]
+    assert f"(the model's {K - len(preds)} other classes: none)" in table
