@@ -98,13 +98,16 @@ class ImageRecord:
     def __repr__(self) -> str:
         """The dataclass's repr, with ``probs`` in full up to scan.LISTED_NAMES classes, else the likeliest few: a
         1000-class model's record was 24 KB of probabilities in a notebook cell."""
-        fields_ = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr]
         probs = repr(self.probs)
         if len(self.probs) > LISTED_NAMES:
             top = sorted(self.probs.items(), key=lambda kv: -kv[1])[:3]
             probs = f"<{len(self.probs)} classes, likeliest {', '.join(f'{k!r}: {v:g}' for k, v in top)}>"
-        fields_.insert(4, f"probs={probs}")
-        return f"ImageRecord({', '.join(fields_)})"
+        shown = [
+            f"{f.name}={probs if f.name == 'probs' else repr(getattr(self, f.name))}"
+            for f in dataclasses.fields(self)
+            if f.repr or f.name == "probs"
+        ]
+        return f"ImageRecord({', '.join(shown)})"
 
     @property
     def source(self) -> Path | None:
