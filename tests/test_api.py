@@ -110,6 +110,7 @@ def test_every_image_form_gives_the_same_maps(tmp_path, tiny_ckpt):
             std=loaded.preprocess.std,
             device="cpu",
             batch_size=2,
+            input_size=32,  # the images' own: no form is resized (timm's cfg of the bare module says 160)
         )
         if ref is None:
             ref = r.maps["gradcam"]
@@ -665,6 +666,21 @@ def test_photographs_without_input_size_are_refused_not_run_at_their_own_size():
     assert xaibatch.explain(net, Image.new("RGB", (1024, 700))).maps["gradcam"].shape == (1, 1024, 1024)
 
 
+def test_a_timm_model_runs_at_its_declared_size_as_a_run_takes_it():
+    """Without input_size=, a model declaring its input in timm's pretrained_cfg is explained at that size, as
+    `xaibatch run --model timm:NAME` runs it (the images' own side made 2 of 6 ImageNet predictions differ)."""
+    from PIL import Image
+
+    net = TinyNet()
+    net.pretrained_cfg = {"input_size": (3, 24, 24)}
+    photo = Image.new("RGB", (300, 200), (90, 120, 30))
+    out = xaibatch.explain(net, photo)
+    assert out.maps["gradcam"].shape == (1, 24, 24) and out.preprocess.record()["input_size"] == 24
+    given = xaibatch.explain(net, photo, input_size=24)
+    assert torch.equal(out.probs, given.probs) and torch.equal(out.maps["gradcam"], given.maps["gradcam"])
+    assert xaibatch.explain(net, photo, input_size=40).maps["gradcam"].shape == (1, 40, 40)  # a given size wins
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]
@@ -1064,8 +1080,8 @@ def test_a_data_parallel_model_is_explained_as_the_module_it_wraps():
 
     net = timm.create_model("resnet18", pretrained=False, num_classes=2).eval()
     x = _images(2, size=64)
-    bare = xaibatch.explain(net, x)
-    wrapped = xaibatch.explain(torch.nn.DataParallel(net), x)
+    bare = xaibatch.explain(net, x, input_size=64)
+    wrapped = xaibatch.explain(torch.nn.DataParallel(net), x, input_size=64)
     assert (bare.layer, wrapped.layer) == ("layer3", "module.layer3")  # named as the wrapper names it
     assert torch.equal(bare.maps["gradcam"], wrapped.maps["gradcam"]) and torch.equal(bare.probs, wrapped.probs)
     assert wrapped.model == "ResNet (the .module of a DataParallel)"

@@ -85,8 +85,9 @@ def explain(
       misclassified image also its true class: maps ``"<method>@label"``).
     - ``labels``: the true class of each image (index or name).
     - ``classes``: the class names (default: a checkpoint's own, or timm's ``label_names``).
-    - ``input_size``: the side S the model sees (default: a checkpoint's own, else the first image's
-      longer side, up to 1024 px: larger images need ``input_size``); the maps are (N, S, S)
+    - ``input_size``: the side S the model sees (default: a checkpoint's own, else the model's timm
+      ``pretrained_cfg``'s, as a run takes it, else the first image's longer side, up to 1024 px: larger
+      images need ``input_size``); the maps are (N, S, S)
       (``out.preprocess.image_size``).
     - ``mean``, ``std``: the normalization explain() applies (default: timm's ``pretrained_cfg``, else
       ImageNet's).
@@ -123,8 +124,9 @@ def explain(
         from .model.borrowed import borrowed
 
         with borrowed(net), torch.enable_grad():
-            if pre is None:
-                pre = Preprocess.for_model(net, input_size, mean, std) if input_size else None
+            if pre is None:  # a given size, else timm's pretrained_cfg's (as a run's), else the images' (below)
+                sized = input_size or _declared_side(net)
+                pre = Preprocess.for_model(net, sized, mean, std) if sized else None
                 x, sizes = _as_uint8_batch(images, pre)
                 pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
             else:
@@ -518,6 +520,16 @@ def _as_uint8_batch(images, pre: Preprocess | None):
 
 
 MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)
+
+
+def _declared_side(net) -> int | None:
+    """The input side a module declares (timm's ``pretrained_cfg["input_size"]``: (3, 224, 224)), as a run takes it
+    (``--image-size``'s default), or None."""
+    size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+    try:
+        return int(size[-1]) if size else None
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _side_of_images(side: int) -> int:
