@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from helpers import write_images
 from xaibatch.pipeline import RunOptions, run
 from xaibatch.pipeline.progress import Progress, duration
@@ -213,3 +215,31 @@ def test_without_the_batch_size_a_share_is_no_estimate():
     p.beat()
     assert lines == ["xaibatch: 0/1000 images, 8s, current batch 25%"]
     p.close()
+
+
+def test_the_true_class_pass_counts_in_the_batchs_share(tmp_path, tiny_ckpt, monkeypatch):
+    """--target pred,label: after the batch's own LIME pass, its misclassified images' LIME maps of their true
+    class took as long again while the line said "current batch 100%, about 0s left". Now the share steps back
+    when that pass starts (8 images done of 8 + 4) and reaches 100 % with it."""
+    from helpers import quiet, run_opts, write_images
+    from xaibatch.pipeline import run
+    from xaibatch.pipeline.progress import Progress
+
+    shares = []
+    real = Progress.within
+    monkeypatch.setattr(Progress, "within", lambda self, d, t: (shares.append(d / t), real(self, d, t))[1])
+    write_images(tmp_path / "in" / "FAKE", 4, seed=1)  # the tiny model calls every image REAL: 4 misclassified
+    write_images(tmp_path / "in" / "REAL", 4, seed=2)
+    opts = run_opts(
+        tmp_path / "in",
+        tmp_path / "out",
+        tiny_ckpt,
+        ["lime"],
+        batch_size=8,
+        target="pred,label",
+        method_options={"lime": {"samples": 40, "batch_size": 10}},
+    )
+    assert run(opts, log=quiet).computed == 8
+    top = shares.index(1.0)  # the batch's own pass, done
+    assert shares[top + 1] == pytest.approx(8 / 12, abs=0.05) and shares[-1] == 1.0
+    assert shares[top + 1 :] == sorted(shares[top + 1 :]) and len(shares) > top + 2

@@ -82,6 +82,7 @@ class BatchWorker:
         # on_split: the batch_split event then (split_event)
         self.fitting = Fitting(device, None if on_split is None else lambda s: on_split(split_event(s, device)))
         self._span = (0, 1, 1)  # the part of the batch being explained: (first image, images, the batch's images)
+        self.label_maps = 0  # --target pred,label: the part's images getting true-class maps, while they do
         self._explainers: dict[tuple[str, ...], tuple[list[Method], Explainer]] = {}
         self._on_device: dict[tuple[str, ...], bool] = {}
         self.labels = labelmaps.LabelPass(self)  # --target pred,label: the true class's maps
@@ -97,16 +98,23 @@ class BatchWorker:
                     self.opts.target,
                     self.scorer,
                     should_stop=self.should_stop,
-                    on_progress=None if self.on_progress is None else self._within,
+                    on_progress=None if self.on_progress is None else self.within,
                     decision=self.prepared.model.decision,
                 ),
             )
         return self._explainers[todo]
 
-    def _within(self, done: int, total: int) -> None:
-        """A method's progress in the part being explained, as progress in the whole batch."""
+    def within(self, done: int, total: int) -> None:
+        """A method's progress in the part being explained, as progress in the whole batch. While the part's
+        true-class maps are made (``label_maps`` images, labelmaps.explain), its own pass counts as its ``n``
+        images done and those maps as ``label_maps`` more: the share steps back when they start (work found that
+        the prediction pass could not know of) and reaches the end with them, where it stayed at 100 % with "0s
+        left" for minutes."""
         assert self.on_progress is not None
         start, n, whole = self._span
+        k = self.label_maps
+        if k:
+            done, total = n * total + k * done, (n + k) * total  # of the part's n + k "images"
         if n == whole:
             self.on_progress(done, total)
         else:

@@ -83,6 +83,7 @@ class LabelPass:
                     "label",
                     None,  # faithfulness: prediction maps only
                     should_stop=w.should_stop,
+                    on_progress=None if w.on_progress is None else w.within,  # as the part's own pass reports
                     decision=w.prepared.model.decision,
                 )
                 if methods
@@ -124,7 +125,11 @@ def explain(
         return [], {}
     sel = torch.tensor(idx)
     segments = None if b.segments is None else b.segments[sel]
-    explained = ex(b.x[sel], labels[sel], segments)
+    worker.label_maps = len(idx)  # the progress of this pass: after the part's own (BatchWorker.within)
+    try:
+        explained = ex(b.x[sel], labels[sel], segments)
+    finally:
+        worker.label_maps = 0
     return idx, {targets.label_key(name): v for name, v in explained.methods.items()}
 
 
