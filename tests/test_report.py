@@ -1469,6 +1469,53 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     assert many == inline
 
 
+def test_pages_a_forked_process_took_and_never_sent_are_written_here(truth_run, tmp_path, monkeypatch):
+    """A first build's pages are taken from one queue by the forked processes and this one (render._write_pages):
+    a child that dies after taking a run of pages sends nothing back, and those pages are written here, the same
+    files, counts and ground truths as a build in one process."""
+    import importlib
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
+    _inp, out, _masks = truth_run
+    monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: {0})
+    inline = _rebuilt(out, tmp_path / "inline")
+    parent, took = os.getpid(), tmp_path / "took"
+    took.mkdir()
+    real_take = forked_mod.Queue.take
+
+    def take_and_die(self):
+        item = real_take(self)
+        if os.getpid() != parent and item is not None:  # a child: dies holding the run it took
+            (took / str(item)).touch()
+            os._exit(3)
+        return item
+
+    monkeypatch.setattr(forked_mod.Queue, "take", take_and_die)
+    monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert _rebuilt(out, tmp_path / "lost") == inline
+    assert any(took.iterdir())  # some runs were taken by the children, and lost
+
+
+def test_a_queue_hands_each_item_to_one_process(monkeypatch):
+    """report/forked.py:Queue: the forked processes and this one take every item exactly once between them."""
+    from xaibatch.report import forked
+
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    q = forked.Queue(forked.Queue.MAX_ITEMS)
+    children = [forked.Forked(lambda: list(iter(q.take, None))) for _ in range(3)]
+    mine = list(iter(q.take, None))
+    theirs = [child.result() for child in children]
+    q.close()
+    taken = mine + [i for got in theirs for i in got]
+    assert sorted(taken) == list(range(forked.Queue.MAX_ITEMS))
+    empty = forked.Queue(0)
+    assert q.take() is None and empty.take() is None
+    empty.close()
+    with pytest.raises(ValueError):
+        forked.Queue(forked.Queue.MAX_ITEMS + 1)
+
+
 def test_page_chunks_are_contiguous_balanced_and_never_empty():
     from xaibatch.report.model import GalleryPage
     from xaibatch.report.render import page_chunks

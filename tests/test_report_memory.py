@@ -26,6 +26,7 @@ def test_gallery_pages_leave_no_card_html_behind(tmp_path, monkeypatch):
         return html
 
     monkeypatch.setattr(render_module, "_render_gallery", spy)
+    monkeypatch.setattr(importlib.import_module("xaibatch.report.forked"), "can_fork", lambda: False)  # seen here
     report.render(out)
     assert len(rendered) == 3
     for html, left in rendered:

@@ -5,6 +5,10 @@ picklable result; :meth:`Forked.result` gives it, or None when there was no chil
 does the work itself, so an error is raised where it would be inline). No fork on one core, nor beside other
 threads (a server, Ray's driver: locks they hold would stay held in the child); a run has only its main thread
 by the time it writes the report.
+
+Work that several processes share (a first build's pages) is handed out by a :class:`Queue`: each of them, this
+one included, takes the next item when it is done with the last, so a process slowed by its neighbours (or by
+this one's own serial work) takes fewer, and none waits while another still has a long run ahead.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import gc
 import os
 import pickle
 import signal
+import struct
 import threading
 from multiprocessing import Pipe
 from typing import Any, Callable
@@ -77,3 +82,35 @@ class Forked:
             except ChildProcessError:
                 pass
             self.pid = 0
+
+
+class Queue:
+    """The items ``0 .. n-1``, each taken once by whichever process asks first: this one and those it forks after.
+
+    A pipe filled before any fork, its write end closed: a read of one item's two bytes takes it whole (the
+    kernel serializes the readers of a pipe), and a read at the end finds none. At most MAX_ITEMS items, so the
+    whole queue fits in any pipe's buffer (512 bytes: POSIX's least)."""
+
+    MAX_ITEMS = 256
+    _ITEM = struct.Struct("<H")
+
+    def __init__(self, n: int) -> None:
+        if not 0 <= n <= self.MAX_ITEMS:
+            raise ValueError(f"a queue holds at most {self.MAX_ITEMS} items, not {n}")
+        self.fd, w = os.pipe()
+        try:
+            body = b"".join(self._ITEM.pack(i) for i in range(n))
+            while body:
+                body = body[os.write(w, body) :]
+        finally:
+            os.close(w)
+
+    def take(self) -> int | None:
+        """The next item, or None when every item is taken."""
+        got = os.read(self.fd, self._ITEM.size) if self.fd >= 0 else b""
+        return self._ITEM.unpack(got)[0] if len(got) == self._ITEM.size else None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

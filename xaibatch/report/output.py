@@ -1,5 +1,6 @@
 """Where every file of the report goes: :class:`PageWriter` (written only when its bytes change, through
-files.OutputDir), what a write did (:class:`WriteStats`), and the removal of files no write produced."""
+files.OutputDir), what a write did (:class:`WriteStats`; :class:`Written` for writes set apart, e.g. by a forked
+process), and the removal of files no write produced."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ class WriteStats:
     seconds_total: float = 0.0
     reused: bool = False  # nothing per image changed: only the run history was rendered (see snapshot.py)
     accuracy: float | None = None  # over labeled images; None when there are none
+
+
+@dataclass
+class Written:
+    """What some writes set apart from the rest (:meth:`PageWriter.apart`) must tell the PageWriter: made in a
+    forked process, or here out of order, and taken in (:meth:`PageWriter.take`) in the order of a build made
+    in one piece, so the saved state (its fingerprints and ground truths in gallery order) and the counts are the
+    same byte for byte."""
+
+    paths: list[str]
+    fingerprints: dict[str, str]
+    truths: dict[str, list[Any]]
+    written: int
+    unchanged: int
+    pages: int
+    biggest_page: tuple[str, int]
 
 
 class PageWriter:
@@ -103,6 +120,31 @@ class PageWriter:
         data = render().encode("utf-8")
         self.write(rel, data)
         self.fingerprints[rel] = _page_key(fingerprint, len(data))
+
+    def apart(self, write: Callable[[], None]) -> Written:
+        """Run ``write()`` with this writer's record of what was written set aside; returns what it wrote, for
+        :meth:`take` (the files themselves are written as ever)."""
+        kept = self.paths, self.fingerprints, self.truths, self.stats
+        self.paths, self.fingerprints, self.truths = set(), {}, {}
+        self.stats = WriteStats(index=kept[3].index)
+        try:
+            write()
+            s = self.stats
+            return Written(
+                sorted(self.paths), self.fingerprints, self.truths, s.written, s.unchanged, s.pages, s.biggest_page
+            )
+        finally:
+            self.paths, self.fingerprints, self.truths, self.stats = kept
+
+    def take(self, got: Written) -> None:
+        """Take in what :meth:`apart` returned, as if those writes were made now."""
+        self.paths.update(got.paths)
+        self.fingerprints.update(got.fingerprints)
+        self.truths.update(got.truths)
+        s = self.stats
+        s.written, s.unchanged, s.pages = s.written + got.written, s.unchanged + got.unchanged, s.pages + got.pages
+        if got.biggest_page[1] > s.biggest_page[1]:
+            s.biggest_page = tuple(got.biggest_page)
 
     def intact(self) -> bool:
         """Every page the last write left is still there at the size it was written (after list_pages)."""

@@ -27,10 +27,10 @@ from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
 from .detail import backfill_views, class_neighbours, detail_record, site_record, truth_of
 from .localization import tally
-from .forked import Forked
+from .forked import Forked, Queue
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
 from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
-from .output import PageWriter, WriteStats, remove_stale
+from .output import PageWriter, WriteStats, Written, remove_stale
 from .text import fmt_bytes
 
 
@@ -155,8 +155,8 @@ def _write_all(
     csv: bytes,
     template_dir: Path | None,
 ) -> dict:
-    """Write the figures, the CSV (predictions.csv's bytes), the assets and every page (details in forked processes on a first build);
-    returns the summary to save for the next unchanged run."""
+    """Write the figures, the CSV (predictions.csv's bytes), the assets and every page (shared with forked processes
+    on a first build: :func:`_write_pages`); returns the summary to save for the next unchanged run."""
     drawings = Drawings(w)
     try:
         write_colour_bars(w, data, drawings)
@@ -168,27 +168,7 @@ def _write_all(
         if w.sizes is None:  # not yet listed by _still_there
             w.list_pages()
         site = data.site()
-        site_key = fingerprint(templates_key(template_dir), site)
-        fps = page_fingerprints(data, site_key)
-        # A first build (no saved fingerprints) writes every detail file: forked processes do, beside the gallery,
-        # each a contiguous run of gallery pages (one on a 2-core box; more where there are cores to spare).
-        chunks = page_chunks(data.pages, detail_processes()) if not w.previous else []
-        details = [
-            Forked(lambda ps=ps: _details_in_child(w, lambda: _write_details(w, env, data, site, site_key, fps, ps)))
-            for ps in chunks
-        ]
-        try:
-            _write_gallery(w, env, data, fps, template_dir)
-            w.write(layout.GALLERY_NAMES, names_script(data.cards))
-            w.write(layout.SKIPPED, env.get_template(layout.SKIPPED).render(r=data, root="", nav="skipped").encode())
-            if not chunks:
-                _write_details(w, env, data, site, site_key, fps)
-            for ps, child in zip(chunks, details):
-                if not _merge_details(w, child.result()):
-                    _write_details(w, env, data, site, site_key, fps, ps)
-        finally:
-            for child in details:
-                child.abandon()
+        _write_pages(w, env, data, site, fingerprint(templates_key(template_dir), site), template_dir)
         data.localization = tally(data.cards, w.truths)  # from the ground truths the detail files were drawn with
         summary = snapshot.save(data)
         drawings.finish()
@@ -263,8 +243,8 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
 
 
 def detail_processes() -> int:
-    """How many forked processes write a first build's detail files: the cores left beside this process and the
-    figures' one, at least 1 (a 2-core box), at most 6."""
+    """How many forked processes share a first build's pages with this one (:func:`_write_pages`): the cores left
+    beside this process and the figures' one, at least 1 (a 2-core box), at most 6."""
     return max(1, min(6, cpu_count() - 2))
 
 
@@ -281,34 +261,63 @@ def page_chunks(pages: list[GalleryPage], k: int) -> list[list[GalleryPage]]:
     return chunks
 
 
-def _details_in_child(w: PageWriter, write: Callable[[], None]) -> tuple[Any, ...]:
-    """In a forked process (report/forked.py): ``write()`` some detail files (:func:`_write_details` for a run of
-    pages) through an OutputDir whose temporary names carry the run's pid; return what the parent's PageWriter
-    must learn."""
-    w.files = OutputDir(w.out, pid=os.getppid())
-    w.stats = WriteStats(index=w.stats.index)
-    w.paths, w.fingerprints, w.truths = set(), {}, {}
+def _write_pages(
+    w: PageWriter, env: jinja2.Environment, data: ReportData, site: Any, site_key: str, template_dir: Path | None
+) -> None:
+    """The gallery pages and their detail files, gallery/names.js and skipped.html.
+
+    The pages are written in contiguous runs (about one page each), each run's gallery pages, fingerprints and
+    detail files by one process. A first build (no saved fingerprints) writes all of them: forked processes
+    (report/forked.py) and this one take the runs from one queue, this one once its own share is written, so
+    none of them waits while work is left, whatever the cores. Each run's writes are set apart
+    (PageWriter.apart) and taken in here in gallery order: the state and counts are those of a build in one
+    process, and a run no child sent back (it failed) is written here."""
+    gallery = env.get_template("gallery.html")
+    env.get_template("detail.html")  # compiled once, before any fork, not in each process
+    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
+    runs = page_chunks(data.pages, min(len(data.pages), Queue.MAX_ITEMS))
+
+    def run(i: int) -> tuple[Written, Written]:
+        fps = page_fingerprints(data, site_key, runs[i])
+        return (
+            w.apart(lambda: _write_gallery(w, gallery, data, fps, runs[i], fast)),
+            w.apart(lambda: _write_details(w, env, data, site, site_key, fps, runs[i])),
+        )
+
+    done: dict[int, tuple[Written, Written]] = {}
+    helpers = min(detail_processes(), len(runs)) if not w.previous else 0
+    queue = Queue(len(runs)) if helpers else None
+    children = [Forked(lambda: _runs_in_child(w, queue, run)) for _ in range(helpers)] if queue else []
     try:
-        write()
+        w.write(layout.GALLERY_NAMES, names_script(data.cards))  # this process's own share first
+        for i in iter(queue.take, None) if queue else range(len(runs)):
+            done[i] = run(i)
+        for child in children:
+            got = child.result()
+            if isinstance(got, dict):
+                done.update(got)
+    finally:
+        for child in children:
+            child.abandon()
+        if queue:
+            queue.close()
+    for i in range(len(runs)):
+        if i not in done:  # taken by a child that failed: written here
+            done[i] = run(i)
+        w.take(done[i][0])
+    w.write(layout.SKIPPED, env.get_template(layout.SKIPPED).render(r=data, root="", nav="skipped").encode())
+    for i in range(len(runs)):
+        w.take(done[i][1])
+
+
+def _runs_in_child(w: PageWriter, queue: Queue, run: Callable[[int], tuple[Written, Written]]) -> dict[int, Any]:
+    """In a forked process (report/forked.py): ``run`` every run of pages it takes from ``queue``, writing through an
+    OutputDir whose temporary names carry the run's pid; returns what each run wrote."""
+    w.files = OutputDir(w.out, pid=os.getppid())
+    try:
+        return {i: run(i) for i in iter(queue.take, None)}
     finally:
         w.files.close()
-    s = w.stats
-    return sorted(w.paths), w.fingerprints, w.truths, s.written, s.unchanged, s.pages, s.biggest_page
-
-
-def _merge_details(w: PageWriter, got: Any) -> bool:
-    """Take in what :func:`_details_in_child` returned; False when there is nothing (write them here)."""
-    if not isinstance(got, tuple) or len(got) != 7:
-        return False
-    paths, fingerprints, truths, written, unchanged, pages, biggest = got
-    w.paths.update(paths)
-    w.fingerprints.update(fingerprints)
-    w.truths.update(truths)
-    s = w.stats
-    s.written, s.unchanged, s.pages = s.written + written, s.unchanged + unchanged, s.pages + pages
-    if biggest[1] > s.biggest_page[1]:
-        s.biggest_page = tuple(biggest)
-    return True
 
 
 def _write_details(
@@ -317,10 +326,10 @@ def _write_details(
     data: ReportData,
     site: Any,
     site_key: str,
-    fps: list[tuple[str, str]],
-    pages: list[GalleryPage] | None = None,
+    fps: dict[int, tuple[str, str]],
+    pages: list[GalleryPage],
 ) -> None:
-    """Per gallery page, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
+    """Per gallery page of ``pages``, a viewer page (detail/page-<n>.html, the same frame for every page) and a data file
     (detail/page-<n>.js) with its images' detail records; the browser draws one image, named in the URL's
     fragment (detail/page-<n>.html#<card id>). A data file is rewritten only when one of its cards, a
     neighbour across its edges or where a class filter leaves its groups, the site or a template changed."""
@@ -328,10 +337,10 @@ def _write_details(
     cards = data.cards
     shared = site_record(data.methods, data.target_words, data.n_classes)
     across = class_neighbours(data.groups)
-    for p in data.pages if pages is None else pages:
+    for p in pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
-        fp = fps[p.number - 1][1]
+        fp = fps[p.number][1]
 
         def script(page_cards=page_cards, first=first) -> str:
             records = []
@@ -364,20 +373,20 @@ def _write_details(
 
 def _write_gallery(
     w: PageWriter,
-    env: jinja2.Environment,
+    gallery: jinja2.Template,
     data: ReportData,
-    fps: list[tuple[str, str]],
-    template_dir: Path | None = None,
+    fps: dict[int, tuple[str, str]],
+    pages: list[GalleryPage],
+    fast: bool,
 ) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
-    gallery = env.get_template("gallery.html")
-    fast = template_dir is None or not any((Path(template_dir) / n).exists() for n in MACRO_FILES)
-    for p in data.pages:
-        w.write_page(p.path, fps[p.number - 1][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+    for p in pages:
+        w.write_page(p.path, fps[p.number][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
 
 
-def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
-    """Per gallery page, the fingerprints of the page and of its detail data file (detail/page-<n>.js).
+def page_fingerprints(data: ReportData, site_key: str, pages: list[GalleryPage]) -> dict[int, tuple[str, str]]:
+    """Per gallery page of ``pages`` (by number), the fingerprints of the page and of its detail data file
+    (detail/page-<n>.js).
 
     A gallery page changes with its cards, its place in the pager or the site; a data file with one of its
     cards, a neighbour across its edges or a class filter's step out of its groups, the site or a template.
@@ -398,8 +407,8 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
         [(g.class_index, g.section, g.start_page, g.end_page) for g in data.groups],  # the filters' "on pages"
     )
     across = class_neighbours(data.groups)
-    fps = []
-    for p in data.pages:
+    fps = {}
+    for p in pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
         keys = [_card_key(c) for c in page_cards]
@@ -430,7 +439,7 @@ def page_fingerprints(data: ReportData, site_key: str) -> list[tuple[str, str]]:
             [(k, [x and (x.cid, x.page) for x in across[k]]) for k in dict.fromkeys(c.group_key for c in page_cards)],
             data.input_dir is not None,
         )
-        fps.append((fingerprint(layout_key, p.number, p.first, p.last, shown), detail))
+        fps[p.number] = (fingerprint(layout_key, p.number, p.first, p.last, shown), detail)
     return fps
 
 
