@@ -612,6 +612,33 @@ def test_template_dir_override(tmp_path):
     assert not css[0].exists()
 
 
+def test_templates_checked_before_a_build_are_compiled_once(tmp_path, monkeypatch):
+    """check_templates (a run's, before its compute; ``xaibatch report``'s) compiles every template, and the build
+    renders with those, not compiling them again; a template edited since is compiled anew."""
+    import jinja2
+
+    out = synth(tmp_path / "o", labeled_rows(4))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "skipped.html").write_text('{% extends "base.html" %}{% block main %}<p>first</p>{% endblock %}')
+    compiled = []
+    real = jinja2.Environment.compile
+
+    def counting(self, source, name=None, *args, **kwargs):
+        compiled.append(name)
+        return real(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    report.check_templates(mine)
+    checked = list(compiled)
+    assert "gallery.html" in checked and "skipped.html" in checked
+    report.write_report(out, template_dir=mine)
+    assert compiled == checked  # nothing compiled twice
+    (mine / "skipped.html").write_text('{% extends "base.html" %}{% block main %}<p>second</p>{% endblock %}')
+    report.write_report(out, template_dir=mine)
+    assert "<p>second</p>" in (out / "skipped.html").read_text()
+
+
 def test_autoescape_of_hostile_names_synthetic(tmp_path):
     rows = [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE]
     out = synth(tmp_path / "o", rows, failures=[("<script>alert(2)</script>.png", "bad <b>header</b>")])

@@ -34,8 +34,24 @@ from .output import PageWriter, WriteStats, Written, remove_stale
 from .text import fmt_bytes
 
 
+_ENVIRONMENTS: dict[tuple[str | None, str], jinja2.Environment] = {}  # the last template files' (templates_key)
+
+
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
-    """User templates first (trusted: they are the user's own), packaged ones as the fallback."""
+    """User templates first (trusted: they are the user's own), packaged ones as the fallback.
+
+    One per process while the template files are the same (their templates_key): check_templates, before a run's
+    compute or ``xaibatch report``'s build, compiles every template, and the report then renders with those
+    instead of compiling them all again (0.1 to 0.2 s of the build, in its serial part)."""
+    key = (None if template_dir is None else str(template_dir), templates_key(template_dir))
+    env = _ENVIRONMENTS.get(key)
+    if env is None:
+        _ENVIRONMENTS.clear()
+        env = _ENVIRONMENTS[key] = _new_environment(template_dir)
+    return env
+
+
+def _new_environment(template_dir: Path | None) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
     if template_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
