@@ -1462,7 +1462,7 @@ def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(tr
     assert written("inline") == forked
     monkeypatch.undo()
     started = _children_die(monkeypatch, forked_mod)
-    assert written("died") == forked and len(started) == 1  # the details' (the figures are there already)
+    assert written("died") == forked and len(started) == 2  # the CSV's, the pages' (the figures are there already)
 
 
 def test_detail_files_split_over_several_forked_processes_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
@@ -1492,7 +1492,8 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     assert not started
     many = written("many", 16)
     pages = sum(1 for k in inline[0] if k.startswith("detail/page-") and k.endswith(".js"))
-    assert pages >= 3 and len(started) == min(pages, 6)  # one per run of pages (the figures are there already)
+    # one per run of pages, and the CSV's (the figures are there already)
+    assert pages >= 3 and len(started) == min(pages, 6) + 1
     assert many == inline
 
 
@@ -1541,6 +1542,41 @@ def test_a_queue_hands_each_item_to_one_process(monkeypatch):
     empty.close()
     with pytest.raises(ValueError):
         forked.Queue(forked.Queue.MAX_ITEMS + 1)
+
+
+def test_predictions_csv_made_beside_the_cards_is_the_one_made_here(tmp_path, monkeypatch):
+    """render.py makes predictions.csv's bytes in a forked process while this one makes the cards (which consume
+    the manifest's rows): the same bytes as made here on one core, and, when that process dies, made here from
+    the rows read again."""
+    import importlib
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    render_mod = importlib.import_module("xaibatch.report.render")
+    out = synth(tmp_path / "o", labeled_rows(9), methods=("gradcam", "lime"), files=False, failures=[("x.png", "bad")])
+    made_here = []
+    real = render_mod.predictions_csv
+
+    def counted(*args):
+        made_here.append(os.getpid())
+        return real(*args)
+
+    monkeypatch.setattr(render_mod, "predictions_csv", counted)
+
+    def csv_of(name: str) -> bytes:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        report.render(copy)
+        return (copy / "predictions.csv").read_bytes()
+
+    beside = csv_of("beside")
+    assert made_here == []  # not here: in the forked process
+    monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: {0})
+    assert csv_of("inline") == beside and made_here == [os.getpid()]
+    monkeypatch.undo()
+    monkeypatch.setattr(render_mod, "predictions_csv", counted)
+    started = _children_die(monkeypatch, forked_mod)
+    assert csv_of("died") == beside and started and len(made_here) == 2
+    assert beside.count(b"\n") == 10
 
 
 def test_page_chunks_are_contiguous_balanced_and_never_empty():

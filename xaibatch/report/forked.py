@@ -56,6 +56,11 @@ class Forked:
         theirs.close()
         self.pid, self.conn = pid, mine
 
+    @property
+    def started(self) -> bool:
+        """Whether a process runs ``fn`` (else the caller does the work itself)."""
+        return self.pid != 0
+
     def result(self) -> Any:
         """The child's result, or None (no child, or it failed); the child is reaped either way."""
         got = None

@@ -132,8 +132,17 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
         images, maps, failures = read_rows(manifest, history)
     finally:
         manifest.close()
-    csv = predictions_csv(class_names(found.history.run, images), images, maps, found.history.earlier)
-    data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
+    names = class_names(found.history.run, images)
+    # predictions.csv's bytes, made on a second core while this one makes the cards (which consume the rows)
+    beside = Forked(lambda: predictions_csv(names, images, maps, found.history.earlier))
+    try:
+        csv = None if beside.started else predictions_csv(names, images, maps, found.history.earlier)
+        data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
+        if csv is None:
+            got = beside.result()
+            csv = got if isinstance(got, bytes) else _csv_again(out, found.history)
+    finally:
+        beside.abandon()
     stats.gallery_pages, stats.accuracy = len(data.pages), data.accuracy
     stats.seconds_build = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -143,6 +152,17 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     stats.seconds_render = time.perf_counter() - t1
     stats.seconds_total = time.perf_counter() - t0
     return stats
+
+
+def _csv_again(out: Path, history: History) -> bytes:
+    """predictions.csv's bytes from the manifest's rows read again: the process that was making them failed, and
+    the cards have consumed this process's rows (the folder is locked: the rows are the same)."""
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        images, maps, _failures = read_rows(manifest, history)
+    finally:
+        manifest.close()
+    return predictions_csv(class_names(history.run, images), images, maps, history.earlier)
 
 
 def _reuse(w: PageWriter, state: dict, found: snapshot.Inputs, stats: WriteStats, t0: float) -> bool:
