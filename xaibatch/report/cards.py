@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -72,32 +73,26 @@ def make_card(
 ) -> Card:
     """One image's card; ``masks``: see masks_beside; ``earlier``: the earlier model that predicted it, in words
     ("": the last run's)."""
-    stem = r.stem
-    views = [_view(row, m) for m in methods if (row := maps.get((r.rel, m.name))) is not None]
+    rel, stem, probs = r.rel, r.stem, r.probs
+    views = [_view(row, m) for m in methods if (row := maps.get((rel, m.name))) is not None]
     why_not = []  # --target pred,label: the true class's maps of a misclassified image
     for m in methods:
-        if (row := maps.get((r.rel, targets.label_key(m.name)))) is not None:
+        if (row := maps.get((rel, targets.label_key(m.name)))) is not None:
             why_not.append(_view(row, m))
-    order = sorted(range(len(r.probs)), key=lambda i: -r.probs[i])[:MAX_PROBS_SHOWN]
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:MAX_PROBS_SHOWN]
     label_conf = ""
-    if r.label is not None and r.label != r.pred and 0 <= r.label < len(r.probs):
-        p = r.probs[r.label]
-        rank = 1 + sum(q > p for q in r.probs)
-        label_conf = f"{fmt_pct(p)}, {ordinal(rank)} of {len(r.probs):,}"
-    dw, dh = display_size(r.width, r.height)
-    scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
-    disp_w, disp_h = round(dw * scale), round(dh * scale)
-    thinnest = max(disp_w, disp_h) / DETAIL_MAX_ASPECT
-    stretched = min(disp_w, disp_h) < thinnest
-    if stretched:
-        disp_w, disp_h = max(disp_w, round(thinnest)), max(disp_h, round(thinnest))
-    detail = ""  # set by paginate: layout.detail_page(page) + "#" + cid
+    if r.label is not None and r.label != r.pred and 0 <= r.label < len(probs):
+        p = probs[r.label]
+        rank = 1 + sum(q > p for q in probs)
+        label_conf = f"{fmt_pct(p)}, {ordinal(rank)} of {len(probs):,}"
+    disp_w, disp_h, pixelated, stretched = _detail_size(r.width, r.height)
     image = url(layout.image_png(stem))
-    thumb = url(layout.image_thumb(stem, r.width, r.height))
+    # a small image is its own thumbnail: one string
+    thumb = url(layout.image_thumb(stem, r.width, r.height)) if layout.has_own_thumbnail(r.width, r.height) else image
     return Card(
-        rel=r.rel,
+        rel=rel,
         stem=stem,
-        cid=layout.card_id(r.rel),
+        cid=layout.card_id(rel),
         label=class_name(names, r.label),
         label_index=r.label,
         pred=class_name(names, r.pred) or "",
@@ -107,41 +102,56 @@ def make_card(
         conf_text=fmt_pct(r.confidence),
         conf_attr=f"{r.confidence:.6f}",
         correct=None if r.label is None else r.label == r.pred,
-        thumb=image if thumb == image else thumb,  # a small image is its own thumbnail: one string
+        thumb=thumb,
         image=image,
-        detail=detail,
-        detail_url=url(detail),
+        detail="",  # set by paginate: layout.detail_page(page) + "#" + cid
+        detail_url="",
         maps=views,
         methods_attr=" ".join(v.method for v in views),
-        probs=[(class_name(names, i) or "", r.probs[i], fmt_pct(r.probs[i])) for i in order],
+        probs=[(class_name(names, i) or "", probs[i], fmt_pct(probs[i])) for i in order],
         label_conf=label_conf,
         width=r.width,
         height=r.height,
         disp_w=disp_w,
         disp_h=disp_h,
-        pixelated=scale > 1,
+        pixelated=pixelated,
         stretched=stretched,
         sha256=r.sha256[:12],
         size=r.size,
-        mask_key=masks.get(mask_rel(r.rel), "") if masks else "",
+        mask_key=masks.get(mask_rel(rel), "") if masks else "",
         label_maps=why_not,
         earlier=earlier,
     )
 
 
+@functools.lru_cache(maxsize=1024)  # a card per image, and a handful of image sizes
+def _detail_size(width: int, height: int) -> tuple[int, int, bool, bool]:
+    """The size the detail view draws a width x height image at (its display copy, upscaled to DETAIL_MIN_SIDE:
+    pixelated, and no thinner than 1:DETAIL_MAX_ASPECT: stretched), whether it is upscaled, whether stretched."""
+    dw, dh = display_size(width, height)
+    scale = max(1.0, DETAIL_MIN_SIDE / max(dw, dh))
+    disp_w, disp_h = round(dw * scale), round(dh * scale)
+    thinnest = max(disp_w, disp_h) / DETAIL_MAX_ASPECT
+    stretched = min(disp_w, disp_h) < thinnest
+    if stretched:
+        disp_w, disp_h = max(disp_w, round(thinnest)), max(disp_h, round(thinnest))
+    return disp_w, disp_h, scale > 1, stretched
+
+
 def _view(row: MapRow, m: MethodInfo) -> MapView:
     """What a card shows of one map row of method ``m`` (its prediction's map or its true class's)."""
+    png = url(row.png)
     return MapView(
         m.name,
         m.title,
         m,
-        url(row.png),
-        url(row.thumb or row.png),
+        png,
+        png if not row.thumb or row.thumb == row.png else url(row.thumb),  # a small map is its own thumbnail
         url(row.npy),
-        [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in (row.info or {}).items()],
+        [(str(k), fmt_value(v), INFO_WORDS.get(str(k), "")) for k, v in row.info.items()] if row.info else [],
         config_hash=row.config_hash,
-        **_faith_view(row),
-        **_scale_view(row, m),
+        **(_faith_view(row) if row.deletion is not None else {}),
+        **(_scale_view(row, m) if row.view else {}),
     )
 
 
