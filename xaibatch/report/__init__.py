@@ -42,6 +42,7 @@ The package::
     model.py        sizes, limits and the dataclasses a page shows (Card, MapView, ReportData, ...)
     data.py         build(): the report's data from the manifest; cards.py, metrics.py, detail.py, text.py help
     detail.py       the detail view's records (and the views of maps from older folders, read once)
+    meanmaps.py     the summary's mean maps: each gallery group's maps averaged, from the grids stored in their views
     fastcards.py    the packaged card macro written out in Python (the gallery's per-image cost)
     render.py       render()/write_report(): Jinja over that data, writing only what changed
     predictions.py  predictions.csv
