@@ -197,3 +197,33 @@ def test_open_results_averages_any_selection_as_the_summary_does(tmp_path, tiny_
     db.close()
     with pytest.raises(XaibatchError, match="no 'gradcam' map of these images has a summary grid"):
         open_results(out).mean_map("gradcam")
+
+
+def test_images_a_method_has_not_explained_yet_are_not_maps_without_a_grid(tmp_path, tiny_ckpt):
+    """A method added and its run interrupted: the images it has no map for yet are the overview's coverage, not
+    maps "stored by an older xaibatch" (the page said so of every one of them) nor "left out" of a group."""
+    from click.testing import CliRunner
+
+    from xaibatch.cli import cli
+    from xaibatch.pipeline import run
+
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 4, seed=3)
+    write_images(inp / "REAL", 4, seed=4)
+    out = tmp_path / "out"
+    run(run_opts(inp, out, tiny_ckpt, ["gradcam", "lime"], method_options={"lime": {"samples": 32}}), log=quiet)
+    db = sqlite3.connect(out / layout.MANIFEST)  # the rows an interrupted run had not committed yet
+    rels = [r for (r,) in db.execute("SELECT rel FROM maps WHERE method = 'lime' ORDER BY rel LIMIT 5")]
+    db.executemany("DELETE FROM maps WHERE method = 'lime' AND rel = ?", [(r,) for r in rels])
+    db.commit()
+    db.close()
+    r = CliRunner().invoke(cli, ["report", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    lime = next(mm for mm in _summary(out)["mean_maps"] if mm["method"] == "lime")
+    assert sum(g["maps"] for g in lime["groups"]) == 3
+    assert sum(g["without"] for g in lime["groups"]) == 0 and lime["without"] == 0
+    page = unescape((out / "index.html").read_text())
+    assert (
+        "older xaibatch" not in page
+        and "left out" not in page[page.index('id="h-mean"') : page.index('id="h-gallery"')]
+    )

@@ -76,7 +76,9 @@ def mean_maps(
     for m in methods:
         found = []
         for g in groups:
-            stored = [grids.get((c.rel, m.name)) for c in g.cards if not c.earlier]
+            # the maps this method has in the group: an image it has not explained yet (a method added, a run
+            # interrupted: the coverage the overview states) is not a map without a grid
+            stored = [grids[c.rel, m.name] for c in g.cards if not c.earlier and (c.rel, m.name) in grids]
             have = [s for s in stored if isinstance(s, str)]
             if not have:
                 continue
