@@ -1386,3 +1386,27 @@ def test_detail_prev_next_follow_the_gallerys_filter(driver, mixed_out):
     open_page(driver, detail_urls(mixed_out)[order[0][0]])
     assert walk("next", "") == [n for n, _g in order]
     assert "in this filter" not in pager()
+
+
+def test_a_long_class_name_wraps_inside_its_mean_maps_caption(driver, tmp_path, tiny_ckpt):
+    """A class name with no space ("american_staffordshire_terrier") ran out of its 152 px mean map caption over
+    the next figure's; it now breaks inside its caption, at any width."""
+    classes = ["american_staffordshire_terrier_" + "x" * 30, "REAL"]
+    ckpt = make_checkpoint(tmp_path / "c.pt", classes=classes)
+    for i, c in enumerate(classes):
+        write_images(tmp_path / "in" / c, 3, seed=i)
+    run(
+        RunOptions(input_dir=tmp_path / "in", out_dir=tmp_path / "out", methods=["gradcam"], checkpoint=ckpt),
+        log=lambda s: None,
+    )
+    try:
+        for width in (375, 1400):
+            driver.set_window_size(width, 900)
+            open_page(driver, tmp_path / "out" / "index.html")
+            spill = driver.execute_script(
+                "return Array.prototype.map.call(document.querySelectorAll('.mean-maps figcaption'), function (c) {"
+                "  return c.scrollWidth - c.clientWidth; })"
+            )
+            assert spill and max(spill) <= 1, (width, spill)
+    finally:
+        driver.set_window_size(1280, 900)
