@@ -203,3 +203,34 @@ def test_an_unlabeled_folder_lists_the_predicted_classes_only(tmp_path):
     preds = {r["pred"] for r in csv.DictReader((tmp_path / "out" / "predictions.csv").open())}
     assert re.findall(r'<tr><th scope="row">([^<]+)</th>', table) == [n for n in NAMES if n in preds]
     assert f"(the model's {K - len(preds)} other classes: none)" in table
+
+
+def test_an_older_template_dir_index_never_labels_the_matrix_with_other_classes(subset_run, tmp_path):
+    """A --template-dir index.html written before confusion_names labels the matrix's rows and columns with
+    r.class_names: given the matrix over the 3 classes that occur, it named them 'class 00', 'class 01', ... (the
+    model's first classes) over 40 headers. Such a page now gets the most frequent confusions, as it did."""
+    import shutil
+
+    from xaibatch.report import write_report
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "index.html").write_text(
+        "{% if r.confusion %}<table>{% for row in r.confusion %}<tr><th>{{ r.class_names[loop.index0] }}</th>"
+        "{% for cell in row %}<td>{{ cell.n }}</td>{% endfor %}</tr>{% endfor %}</table>"
+        "{% elif r.top_confusions %}<ol>{% for t, p, n in r.top_confusions %}<li>{{ t }} as {{ p }}: {{ n }}</li>"
+        "{% endfor %}</ol>{% endif %}"
+    )
+    out = tmp_path / "out"
+    shutil.copytree(subset_run, out)
+    write_report(out, template_dir=old)
+    page = (out / "index.html").read_text()
+    occurring = _occurring(subset_run)
+    shown = re.findall(r"<th>([^<]*)</th>", page) + [
+        n for t, p in re.findall(r"<li>([^<]*) as ([^<:]*):", page) for n in (t, p)
+    ]
+    assert shown and set(shown) <= set(occurring), shown
+    write_report(out)  # the packaged template: the matrix over the classes that occur, as before
+    html = (out / "index.html").read_text()
+    matrix = html[html.index('id="h-confusion"') : html.index('id="h-conf"')]
+    assert re.findall(r'<th scope="row">([^<]*)</th>', matrix) == occurring

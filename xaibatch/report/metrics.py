@@ -67,17 +67,19 @@ def add_metrics(data: ReportData, cards: list[Card] | None = None) -> None:
     data.per_class = per_class_scores(names, conf_m)
     data.macro = macro_average(data.per_class, m)
     data.confusion_names = names
-    if many:  # the rows of the classes with images or predictions; the matrix over them when they are few
-        occur = [i for i, c in enumerate(data.per_class) if c["support"] or c["predicted"]]
-        data.per_class = [data.per_class[i] for i in occur]
-        data.classes_unlisted = len(names) - len(occur)
-        if len(occur) <= CONFUSION_MAX_CLASSES:
-            conf_m = [[conf_m[i][j] for j in occur] for i in occur]
-            data.confusion_names = [names[i] for i in occur]
-    if len(data.confusion_names) <= CONFUSION_MAX_CLASSES:
-        data.confusion = confusion_cells(conf_m)
-    else:
-        data.top_confusions = top_confusions(names, conf_m)
+    if not many:
+        data.confusion = data.confusion_shown = confusion_cells(conf_m)
+        return
+    # the rows of the classes with images or predictions; the matrix over them when they are few. data.confusion
+    # stays None: it is over every class, as a --template-dir index.html written before confusion_names labels it
+    # (r.class_names[i]); such a page lists the most frequent confusions, as it did
+    occur = [i for i, c in enumerate(data.per_class) if c["support"] or c["predicted"]]
+    data.per_class = [data.per_class[i] for i in occur]
+    data.classes_unlisted = len(names) - len(occur)
+    data.top_confusions = top_confusions(names, conf_m)
+    if len(occur) <= CONFUSION_MAX_CLASSES:
+        data.confusion_names = [names[i] for i in occur]
+        data.confusion_shown = confusion_cells([[conf_m[i][j] for j in occur] for i in occur])
 
 
 def prediction_counts(cards: list[Card], names: list[str]) -> list[tuple[str, int, str]]:

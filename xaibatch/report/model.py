@@ -257,9 +257,10 @@ class ReportData:
     correct: int | None = None
     wrong: int | None = None
     accuracy: float | None = None
-    confusion: list[list[dict[str, Any]]] | None = None
+    confusion: list[list[dict[str, Any]]] | None = None  # over class_names, every class (older templates read it)
+    confusion_shown: list[list[dict[str, Any]]] | None = None  # the matrix the summary shows, over confusion_names
     top_confusions: list[tuple[str, str, int]] | None = None
-    confusion_names: list[str] = field(default_factory=list)  # the matrix's rows and columns, in order
+    confusion_names: list[str] = field(default_factory=list)  # the shown matrix's rows and columns, in order
     classes_unlisted: int = 0  # over CONFUSION_MAX_CLASSES classes: those with no image and no prediction, not listed
     per_class: list[dict[str, Any]] = field(default_factory=list)
     macro: dict[str, Any] | None = None
