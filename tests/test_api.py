@@ -681,6 +681,18 @@ def test_a_timm_model_runs_at_its_declared_size_as_a_run_takes_it():
     assert xaibatch.explain(net, photo, input_size=40).maps["gradcam"].shape == (1, 40, 40)  # a given size wins
 
 
+def test_a_timm_model_built_for_another_size_runs_at_the_size_it_was_built_for():
+    """timm.create_model("vit_...", img_size=32) keeps the 224 px of its pretrained_cfg: explain() without
+    input_size= fed it 224 px and its forward refused ("Input height (224) doesn't match model (32)"), where it
+    ran at the images' 32 px before it read the cfg. The size the model was built for comes first."""
+    import timm
+
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=2, depth=1)
+    assert net.pretrained_cfg["input_size"][-1] == 224
+    out = xaibatch.explain(net, _images(2), methods="gradcam")
+    assert out.preprocess.image_size == 32 and out.maps["gradcam"].shape == (2, 32, 32)
+
+
 def test_labels_and_targets_may_be_class_names():
     net, u8 = TinyNet(), _images(2)
     names = ["cat", "dog", "owl"]

@@ -523,8 +523,18 @@ MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may
 
 
 def _declared_side(net) -> int | None:
-    """The input side a module declares (timm's ``pretrained_cfg["input_size"]``: (3, 224, 224)), as a run takes it
-    (``--image-size``'s default), or None."""
+    """The input side a module declares, or None: the one a timm token model was built for (its square
+    ``patch_embed.img_size``, unless ``dynamic_img_size``; ``create_model(..., img_size=64)`` keeps the
+    ``pretrained_cfg`` of 224 px, which its forward refuses, and a run refuses too: loading.finish), else timm's
+    ``pretrained_cfg["input_size"]`` ((3, 224, 224)), as a run takes it (``--image-size``'s default)."""
+    fixed = getattr(getattr(net, "patch_embed", None), "img_size", None)
+    if fixed is not None and not getattr(net, "dynamic_img_size", False):
+        try:
+            h, w = (int(v) for v in fixed)
+        except (TypeError, ValueError):
+            pass
+        else:
+            return h if h == w else None
     size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
     try:
         return int(size[-1]) if size else None
