@@ -120,7 +120,7 @@ def test_the_summary_averages_each_groups_maps_as_their_npy_files_say(tmp_path, 
     for src, alt in figures:
         assert (out / src).is_file() and (out / src).read_bytes().startswith(b"<svg")
         assert re.fullmatch(
-            r"(Grad-CAM|LIME), (Correct|Misclassified), true (FAKE|REAL): the mean of \d+ maps, "
+            r"(Grad-CAM|LIME), (Correct|Misclassified), true (FAKE|REAL): (the mean of \d+ maps|its one map), "
             r"(strongest at the [a-z ]+|no cell above zero)\.",
             unescape(alt),
         )
@@ -227,3 +227,29 @@ def test_images_a_method_has_not_explained_yet_are_not_maps_without_a_grid(tmp_p
         "older xaibatch" not in page
         and "left out" not in page[page.index('id="h-mean"') : page.index('id="h-gallery"')]
     )
+
+
+def test_a_group_of_one_image_says_map_not_maps(tmp_path, tiny_ckpt):
+    """A group of one image (a single misclassified image is common) read "1 maps" under its figure and "the mean
+    of 1 maps" in its alt text; one map stored without a grid "1 maps ... have no grid"."""
+    from xaibatch.pipeline import run
+    from xaibatch.report import write_report
+
+    write_images(tmp_path / "in" / "FAKE", 1, seed=3)
+    write_images(tmp_path / "in" / "REAL", 3, seed=4)
+    out = tmp_path / "out"
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=quiet)
+    db = sqlite3.connect(out / layout.MANIFEST)
+    db.execute(
+        "UPDATE maps SET view_json = json_remove(view_json, '$.grid') WHERE rel LIKE 'REAL/%' AND rowid = "
+        "(SELECT min(rowid) FROM maps WHERE rel LIKE 'REAL/%')"
+    )
+    db.commit()
+    db.close()
+    write_report(out)
+    (mm,) = _summary(out)["mean_maps"]
+    assert any(g["maps"] == 1 for g in mm["groups"]) and mm["without"] == 1
+    page = unescape((out / "index.html").read_text())
+    section = page[page.index('id="h-mean"') : page.index('id="h-gallery"')]
+    assert " 1 maps" not in section and "of 1 maps" not in section, section
+    assert "its one map, " in section and "1 map stored by an older xaibatch has no grid" in section

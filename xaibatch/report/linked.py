@@ -181,7 +181,8 @@ def _mean_maps(data: ReportData) -> list[Figure]:
             rows = [[tuple(c) for c in row] for row in colours]
             g.figure = f"mean-{i}-{g.group}"
             strongest = "no cell above zero" if g.where == "nowhere" else f"strongest at the {g.where}"
-            alt = f"{mm.title}, {g.title}: the mean of {g.maps:,} maps, {strongest}."
+            mean = f"the mean of {g.maps:,} maps" if g.maps != 1 else "its one map"
+            alt = f"{mm.title}, {g.title}: {mean}, {strongest}."
             size = (figures.MEAN_MAP_PX, figures.MEAN_MAP_PX)
             out.append(
                 Figure(g.figure, (rows, figures.MEAN_MAP_PX), alt, functools.partial(figures.mean_map, rows), size)
