@@ -129,33 +129,53 @@ def test_the_summary_averages_each_groups_maps_as_their_npy_files_say(tmp_path, 
     assert again[again.index('id="h-mean"') : again.index('id="h-gallery"')] == section
 
 
-def test_maps_stored_without_a_grid_are_left_out_and_the_page_says_so(tmp_path, tiny_ckpt):
-    """Maps an older xaibatch stored have a view without a grid: left out of the means (never read back from
-    their .npy files), counted under each figure and in the method's line."""
-    from xaibatch.cli import cli
+def _drop_grids(out, rels=None):
+    """Views as an xaibatch before the mean maps stored them: without a grid (``rels``: those images' only)."""
+    db = sqlite3.connect(out / layout.MANIFEST)
+    for rel, method, view in db.execute("SELECT rel, method, view_json FROM maps").fetchall():
+        if rels is None or rel in rels:
+            v = json.loads(view)
+            v.pop("grid", None)
+            db.execute("UPDATE maps SET view_json = ? WHERE rel = ? AND method = ?", (json.dumps(v), rel, method))
+    db.commit()
+    db.close()
+
+
+def test_maps_stored_without_a_grid_are_left_out_until_xaibatch_report_reads_them(tmp_path, tiny_ckpt):
+    """Maps an older xaibatch stored have a view without a grid: a run's report leaves them out of the means (it
+    never reads maps back), counted under each figure and in the method's line, and says how to add them;
+    `xaibatch report` reads each such map once and stores its grid: the same means as a fresh run's."""
     from click.testing import CliRunner
+
+    from xaibatch import report
+    from xaibatch.cli import cli
+    from xaibatch.pipeline import run
 
     inp = tmp_path / "in"
     write_images(inp / "FAKE", 4, seed=3)
     write_images(inp / "REAL", 4, seed=4)
     out = tmp_path / "out"
-    from xaibatch.pipeline import run
-
     run(run_opts(inp, out, tiny_ckpt), log=quiet)
-    db = sqlite3.connect(out / layout.MANIFEST)
-    rows = db.execute("SELECT rel, view_json FROM maps ORDER BY rel").fetchall()
-    for rel, view in rows[:3]:
-        v = json.loads(view)
-        del v["grid"]
-        db.execute("UPDATE maps SET view_json = ? WHERE rel = ?", (json.dumps(v), rel))
-    db.commit()
-    db.close()
-    r = CliRunner().invoke(cli, ["report", str(out), "-q"])
-    assert r.exit_code == 0, r.output
+    fresh = _summary(out)["mean_maps"]
+    rels = sorted(r for (r,) in sqlite3.connect(out / layout.MANIFEST).execute("SELECT rel FROM images"))
+    _drop_grids(out, rels[:3])
+    report.render(out)  # as a run's report
     (mm,) = _summary(out)["mean_maps"]
     assert sum(g["without"] for g in mm["groups"]) == 3 and sum(g["maps"] for g in mm["groups"]) == 5
-    page = unescape((out / "index.html").read_text())
-    assert "3 maps stored by an older xaibatch have no grid and are left out" in page
+    page = unescape(re.sub(r"<[^>]+>", "", (out / "index.html").read_text()))  # the words, without the tags
+    assert "3 maps stored by an older xaibatch have no grid and are left out (xaibatch report on this folder" in page
+    _drop_grids(out)  # every map: no mean at all, and the page says why
+    report.render(out)
+    (mm,) = _summary(out)["mean_maps"]
+    assert mm["groups"] == [] and mm["without"] == 8
+    page = unescape(re.sub(r"<[^>]+>", "", (out / "index.html").read_text()))
+    assert "Its 8 maps were stored by an older xaibatch, without the summary grid" in page
+    r = CliRunner().invoke(cli, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "; 8 maps of an older xaibatch read for the mean maps -> " in r.output
+    assert _summary(out)["mean_maps"] == fresh
+    r = CliRunner().invoke(cli, ["report", str(out)])  # nothing left to read
+    assert r.exit_code == 0 and "older xaibatch" not in r.output
 
 
 def test_an_unlabeled_folder_averages_by_predicted_class(tmp_path, tiny_ckpt):

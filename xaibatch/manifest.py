@@ -561,6 +561,15 @@ class Manifest:
             """ WHERE m.view_json IS NULL OR m.view_json NOT LIKE '%"nowhere"%'"""
         ).fetchall()
 
+    def maps_without_grid(self) -> list[tuple[str, str, str, str, int, int, str | None]]:
+        """The map rows whose view has no summary grid (stored before the mean maps, see overlay.grids_batch), as
+        :meth:`maps_without_view` gives them, for ``xaibatch report`` to add it (report.detail.backfill_grids)."""
+        return self.db.execute(
+            "SELECT m.rel, m.method, m.config_hash, m.npy, i.width, i.height, m.view_json"
+            " FROM maps m JOIN images i USING (rel)"
+            """ WHERE m.view_json IS NULL OR m.view_json NOT LIKE '%"grid"%'"""
+        ).fetchall()
+
     def set_views(self, views: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Store maps' views computed after the fact (older folders): (rel, method, config_hash, view); a row
         recomputed meanwhile (another config_hash) keeps its own."""

@@ -30,7 +30,7 @@ REPORT_EXIT_CODES = {
 def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
     """Render the report in OUT_DIR again from its manifest: after editing templates, upgrading xaibatch or
     copying the folder elsewhere. Needs neither the input folder nor the model; pages that did not change are
-    not rewritten.
+    not rewritten. Maps stored by an older xaibatch are read once for the summary's mean maps.
 
     \b
     Examples:
@@ -44,7 +44,8 @@ def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
 
     check_templates(template_dir)
     with stops_interrupt(), held_output(out_dir, notes(quiet)):
-        stats = write_report(out_dir, template_dir)
+        stats = write_report(out_dir, template_dir, fill_grids=True)
     if not quiet:
         done = f"{stats.written} file(s) written" if stats.written else "all up to date"
-        echo(f"xaibatch: {stats.pages} page(s), {done} -> {out_dir / layout.INDEX}")
+        grids = f"; {stats.grids:,} maps of an older xaibatch read for the mean maps" if stats.grids else ""
+        echo(f"xaibatch: {stats.pages} page(s), {done}{grids} -> {out_dir / layout.INDEX}")

@@ -142,6 +142,37 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     return len(views)
 
 
+def backfill_grids(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
+    """Add the summary grid (overlay.grid_of) to every map view that lacks one, reading each such map once: maps
+    stored before the summary's mean maps. Only ``xaibatch report`` asks for it (a run never reads its maps back:
+    at 4 MB a photo's map, a large folder's would take long); an unreadable map keeps its view. Returns how many
+    views gained a grid."""
+    import numpy as np
+
+    from ..layout import display_size
+    from ..overlay import display_map, display_scale, grid_of, view_of
+
+    signed = {m.name: m.signed for m in methods}
+    signed.update({targets.label_key(m.name): m.signed for m in methods})
+    views = []
+    for rel, method, config_hash, npy, width, height, stored in manifest.maps_without_grid():
+        m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
+        if m is None or not m.size:
+            continue
+        s = signed.get(method, False)
+        view = json.loads(stored) if stored else None
+        if not isinstance(view, dict) or not isinstance(view.get("scale"), (int, float)):
+            view = view_of(m, width, height, s)  # no view at all: the whole of it, grid included
+        else:
+            shown = display_map(np.nan_to_num(m.astype(np.float32, copy=False)), display_size(width, height), s)
+            view = {**view, "grid": grid_of(shown, float(view["scale"]) or display_scale(shown, s), s)}
+        views.append((rel, method, config_hash, view))
+    if views:
+        with manifest.transaction():
+            manifest.set_views(views)
+    return len(views)
+
+
 def _shows_evidence(view: dict[str, Any], signed: bool, zero_map: float) -> bool:
     """Whether a view stored without the flat flags is surely of a map with evidence for its class, from its numbers
     alone (overlay.views_batch): a peak off the first pixel (the argmax of no evidence is the first pixel) and a

@@ -51,6 +51,7 @@ class MethodMeans:
     ticks: list[str] = field(default_factory=list)  # the numbers under its colour bar, left to right
     without: int = 0  # maps left out for want of a grid, over its groups
     explains: str = "the predicted class"  # what the averaged maps explain, in words
+    grid: int = 16  # the cells of a side (overlay.GRID)
 
 
 def map_grids(maps: dict[tuple[str, str], MapRow], methods: list[MethodInfo]) -> dict[tuple[str, str], str | None]:
@@ -66,20 +67,23 @@ def map_grids(maps: dict[tuple[str, str], MapRow], methods: list[MethodInfo]) ->
 def mean_maps(
     groups: list[Group], grids: dict[tuple[str, str], str | None], methods: list[MethodInfo], target: str = "pred"
 ) -> list[MethodMeans]:
-    """Per method with a grid anywhere, its mean map per gallery group (paginated: their section titles and first
-    pages set), in gallery order; the largest MOST_GROUPS groups. ``target``: the run's --target (the maps of
-    the true class that ``pred,label`` adds are not averaged)."""
-    from ..overlay import read_grids
+    """Per method with maps, its mean map per gallery group (paginated: their section titles and first pages set),
+    in gallery order; the largest MOST_GROUPS groups. A method none of whose maps has a grid (all stored by an
+    xaibatch before the mean maps: ``xaibatch report`` adds them) has no groups, only its count of maps without.
+    ``target``: the run's --target (the maps of the true class that ``pred,label`` adds are not averaged)."""
+    from ..overlay import GRID, read_grids
 
     explains = "the folder's label" if targets.by_label(target) else "the predicted class"
     out = []
     for m in methods:
         found = []
+        missing = 0
         for g in groups:
             # the maps this method has in the group: an image it has not explained yet (a method added, a run
             # interrupted: the coverage the overview states) is not a map without a grid
             stored = [grids[c.rel, m.name] for c in g.cards if not c.earlier and (c.rel, m.name) in grids]
             have = [s for s in stored if isinstance(s, str)]
+            missing += len(stored) - len(have)
             if not have:
                 continue
             try:
@@ -91,6 +95,8 @@ def mean_maps(
             cells = [[round(float(v), 4) for v in row] for row in mean]
             found.append(MeanMap(g.key, title, g.start_url, len(have), len(stored) - len(have), cells, where(mean)))
         if not found:
+            if missing:
+                out.append(MethodMeans(m.name, m.title, m.signed, 0.0, [], 0, [], missing, explains, GRID))
             continue
         shown = sorted(sorted(found, key=lambda f: -f.maps)[:MOST_GROUPS], key=found.index)
         top = max(float(np.abs(np.asarray(f.cells)).max()) for f in shown)
@@ -98,7 +104,7 @@ def mean_maps(
         ticks = [f"−{t}", "0", f"+{t}"] if m.signed else ["0", fmt_num(top / 2), t]
         without = sum(f.without for f in shown)
         hidden = len(found) - len(shown)
-        out.append(MethodMeans(m.name, m.title, m.signed, top, shown, hidden, ticks, without, explains))
+        out.append(MethodMeans(m.name, m.title, m.signed, top, shown, hidden, ticks, without, explains, GRID))
     return out
 
 

@@ -31,6 +31,7 @@ class WriteStats:
     seconds_render: float = 0.0
     seconds_total: float = 0.0
     reused: bool = False  # nothing per image changed: only the run history was rendered (see snapshot.py)
+    grids: int = 0  # map views given their summary grid (xaibatch report on a folder of an older xaibatch)
     accuracy: float | None = None  # over labeled images; None when there are none
 
 

@@ -25,7 +25,7 @@ from .data import History, assemble, class_names, method_infos, read_rows
 from .predictions import predictions_csv
 from .snapshot import fingerprint, templates_key
 from .fastcards import MACRO_FILES, cards_html
-from .detail import backfill_views, class_neighbours, detail_record, site_record, truth_of
+from .detail import backfill_grids, backfill_views, class_neighbours, detail_record, site_record, truth_of
 from .localization import tally
 from .forked import Forked, Queue
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
@@ -102,23 +102,24 @@ def _card_key(c: Card) -> str:
     return repr((_card_fields(c), [_map_fields(v) for v in c.maps], [_map_fields(v) for v in c.label_maps]))
 
 
-def render(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
+def render(out_dir: Path, template_dir: Path | None = None, fill_grids: bool = False) -> WriteStats:
     """Bring the report up to date: the run history only when nothing else changed, else build and write
-    (pages whose inputs did not change are not rendered again); returns what was written."""
+    (pages whose inputs did not change are not rendered again); returns what was written. ``fill_grids``
+    (``xaibatch report``): first add the summary grid to the views of maps stored without one, reading them."""
     out = Path(out_dir)
     stats = WriteStats(index=out / layout.INDEX)
     w = PageWriter(out, stats)
     collecting = gc.isenabled()
     gc.disable()  # the report builds many long-lived objects and few cycles: without this, the cyclic
     try:  # collector walks every card again and again (measured: half the time of a 20,000-image build)
-        return _render(w, out, stats, template_dir)
+        return _render(w, out, stats, template_dir, fill_grids)
     finally:
         if collecting:
             gc.enable()
         w.close()
 
 
-def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | None) -> WriteStats:
+def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | None, fill_grids: bool) -> WriteStats:
     """Read the manifest; with the same content as last time rewrite only the run history, else build and write all."""
     t0 = time.perf_counter()
     state = w.load_state()
@@ -126,6 +127,8 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     try:
         history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
         backfill_views(out, manifest, method_infos(history, history.map_methods))
+        if fill_grids:  # the mean maps of maps stored before them (the content key moves: a full build)
+            stats.grids = backfill_grids(out, manifest, method_infos(history, history.map_methods))
         found = snapshot.inputs(out, manifest, history, template_dir, w.truth_cache)
         if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
             return stats
@@ -495,10 +498,11 @@ def _write_summary(w: PageWriter, env: jinja2.Environment, data: ReportData) -> 
     w.write(layout.INDEX, env.get_template(layout.INDEX).render(r=data, root="", nav="summary").encode("utf-8"))
 
 
-def write_report(out_dir: Path, template_dir: Path | None = None) -> WriteStats:
-    """Write (or bring up to date) the static report in ``out_dir``; returns what was written (``.index``)."""
+def write_report(out_dir: Path, template_dir: Path | None = None, fill_grids: bool = False) -> WriteStats:
+    """Write (or bring up to date) the static report in ``out_dir``; returns what was written (``.index``).
+    ``fill_grids``: see :func:`render`."""
     try:
-        return render(out_dir, template_dir)
+        return render(out_dir, template_dir, fill_grids)
     except jinja2.TemplateError as e:  # e.g. a --template-dir template using a name the data lacks
         raise XaibatchError(f"cannot render the report: {type(e).__name__}: {e}") from None
 
