@@ -252,3 +252,18 @@ def test_overlays_are_huffman_coded_and_display_copies_run_length_coded(tmp_path
         with Image.open(io.BytesIO(data)) as im:
             assert np.array_equal(np.asarray(im), a), rel
     assert encode_png(over, MAP_PNG_STRATEGY) != encode_png(over)  # the strategies do differ here
+
+
+def test_a_peak_shared_by_a_region_is_its_middle_not_its_top_left_edge():
+    """A LIME map's strongest superpixel is a region of equal values: its peak (the pointing game's, the detail
+    view's marker) is the region's pixel nearest its centroid, in torch and numpy alike; a map with no evidence
+    keeps the first pixel (its "nowhere" flag says the peak means nothing)."""
+    from xaibatch.overlay import peak_of, peaks_batch
+
+    m = np.zeros((10, 12), np.float32)
+    m[2:6, 3:9] = 0.5  # rows 2-5, columns 3-8: centroid (3.5, 5.5), four pixels at 0.5 from it
+    m[7, 1] = 0.2
+    flat = torch.from_numpy(np.stack([m, np.zeros_like(m)])).reshape(2, -1)
+    got = [divmod(int(p), 12) for p in peaks_batch(flat, 10, 12)]
+    assert got == [(3, 5), (0, 0)] and peak_of(m) == (3, 5) and peak_of(np.zeros_like(m)) == (0, 0)
+    assert np.unravel_index(np.argmax(m), m.shape) == (2, 3)  # what the first maximum was: the region's corner
