@@ -124,8 +124,11 @@ class Streamer:
         self.progress: Any = None
         self.split: int | None = None  # the smallest size an actor split a batch to (said once per size)
 
-    def stream(self, batch: list[Task]) -> set[int]:
-        """Run these tasks, committing each Commit as it comes back; the indices that came back."""
+    def stream(self, batch: list[Task], alone: bool = False) -> set[int]:
+        """Run these tasks, committing each Commit as it comes back; the indices that came back. ``alone``: one
+        task in flight per actor, so that an actor's death is counted against the task that killed it only (the
+        images of a lost batch, one a task: with several in flight, an image queued behind the one that kills the
+        worker died with it three times and failed too, in a slow-tier run of 5 images: 3 computed, not 4)."""
         import ray.data
 
         from .compute import account, say_split
@@ -140,7 +143,9 @@ class Streamer:
                 batch_size=1,
                 batch_format="numpy",
                 zero_copy_batch=True,
-                compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(batch))),
+                compute=ray.data.ActorPoolStrategy(
+                    size=min(self.workers, len(batch)), **({"max_tasks_in_flight_per_actor": 1} if alone else {})
+                ),
                 num_cpus=self.cpus,
                 num_gpus=self.gpus,
                 max_restarts=-1,
@@ -182,7 +187,7 @@ class Streamer:
             task_for(len(tasks) + k, t.todo, [e], plan, known)
             for k, (t, e) in enumerate((t, e) for t in lost for e in t.entries)
         ]
-        back = self.stream(singles)
+        back = self.stream(singles, alone=True)
         dead = [t.entries[0].rel for t in singles if t.index not in back]
         if dead and not job.stop.requested:
             fail_dead(self.manifest, dead, job.run_id, job.check, job.tally, job.emit)
