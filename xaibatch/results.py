@@ -351,8 +351,7 @@ class Results:
         (no ``.npy`` is read). A (16, 16) float64 array; maps stored before the grids existed are left out."""
         from .overlay import read_grids
 
-        if method not in self.map_keys:
-            self._image(0, method)  # the unknown method's error
+        self._check_method(method)
         chosen = self if images is None else [self._image(i, method) for i in images]
         grids = [g for r in chosen if (g := self._grids.get((r.rel, method))) is not None]
         if not grids:
@@ -363,10 +362,13 @@ class Results:
         return read_grids(grids).mean(axis=0, dtype=np.float64)
 
     def _image(self, image: str | int | ImageRecord, method: str) -> ImageRecord:
+        self._check_method(method)
+        return image if isinstance(image, ImageRecord) else self[image]
+
+    def _check_method(self, method: str) -> None:
         if method not in self.map_keys:
             have = ", ".join(self.map_keys) or "none"
             raise UnknownName(f"no {method!r} maps in {self.out} (it has: {have})")
-        return image if isinstance(image, ImageRecord) else self[image]
 
     def to_pandas(self) -> Any:
         """One row an image: predictions.csv's columns (``path`` the index; the same names, in its order) and each

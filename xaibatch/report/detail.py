@@ -120,8 +120,7 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     "nowhere": None}``."""
     from ..overlay import ZERO_MAP, view_of  # numpy and PIL: only for a folder that has such rows
 
-    signed = {m.name: m.signed for m in methods}
-    signed.update({targets.label_key(m.name): m.signed for m in methods})
+    signed = _signed_by_key(methods)
     views = []
     for rel, method, config_hash, npy, width, height, stored in manifest.maps_without_view():
         view = json.loads(stored) if stored else None
@@ -152,8 +151,7 @@ def backfill_grids(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     from ..layout import display_size
     from ..overlay import display_map, display_scale, grid_of, view_of
 
-    signed = {m.name: m.signed for m in methods}
-    signed.update({targets.label_key(m.name): m.signed for m in methods})
+    signed = _signed_by_key(methods)
     views = []
     for rel, method, config_hash, npy, width, height, stored in manifest.maps_without_grid():
         m = load_array(out, npy, max_pixels=MAX_ARRAY_BYTES)
@@ -171,6 +169,13 @@ def backfill_grids(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
         with manifest.transaction():
             manifest.set_views(views)
     return len(views)
+
+
+def _signed_by_key(methods: list[MethodInfo]) -> dict[str, bool]:
+    """Map key (a method, and its ``@label`` maps) -> whether its maps are signed."""
+    signed = {m.name: m.signed for m in methods}
+    signed.update({targets.label_key(m.name): m.signed for m in methods})
+    return signed
 
 
 def _shows_evidence(view: dict[str, Any], signed: bool, zero_map: float) -> bool:

@@ -126,9 +126,10 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     manifest = Manifest(out / layout.MANIFEST)
     try:
         history = History.read(manifest)  # maps from before views existed: read once, stored (a migration)
-        backfill_views(out, manifest, method_infos(history, history.map_methods))
+        infos = method_infos(history, history.map_methods)
+        backfill_views(out, manifest, infos)
         if fill_grids:  # the mean maps of maps stored before them (the content key moves: a full build)
-            stats.grids = backfill_grids(out, manifest, method_infos(history, history.map_methods))
+            stats.grids = backfill_grids(out, manifest, infos)
         found = snapshot.inputs(out, manifest, history, template_dir, w.truth_cache)
         if template_dir is None and state.get("content") == found.key and _reuse(w, state, found, stats, t0):
             return stats
