@@ -89,18 +89,14 @@ def stretch(m: np.ndarray) -> np.ndarray:
 
 
 def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
-    """The map resized to the display copy's ``(width, height)``, as the overlay draws it: a side that shrinks
-    averaged (BOX), then one that grows interpolated, as :func:`resize_maps` does."""
+    """One map resized to the display copy's ``(width, height)``: :func:`resize_maps` on the CPU, the run's rule
+    and pixels (a side that shrinks averaged, then one that grows interpolated). Imports torch only to resize."""
     w, h = size
     if m.shape == (h, w):
         return m
-    im = Image.fromarray(m.astype(np.float32), "F")
-    small = (min(w, im.width), min(h, im.height))
-    if small != im.size:
-        im = im.resize(small, Image.BOX)
-    if small != (w, h):
-        im = im.resize((w, h), Image.NEAREST if signed else Image.BILINEAR)
-    return np.asarray(im)
+    import torch
+
+    return resize_maps(torch.from_numpy(np.require(m, np.float32, "CW"))[None], (h, w), signed)[0].numpy()
 
 
 def display_scale(m: np.ndarray, signed: bool) -> float:
@@ -133,24 +129,22 @@ def display_scale_batch(m, signed: bool, tops=None):
     return torch.where(top > STRETCH_MIN, top, torch.ones_like(top))
 
 
-def overlay(display: np.ndarray, m: np.ndarray, signed: bool, alpha: float = 0.5) -> Image.Image:
-    """Blend a map (any size, resized here) over the display image.
+def overlay(display: np.ndarray, m: np.ndarray, signed: bool) -> Image.Image:
+    """A map (any size) over the display image, as a run draws it: :func:`draw`'s overlay as a PIL image."""
+    return Image.fromarray(draw(display, m, signed)[0])
 
-    Signed maps: the colour's opacity grows with |m|, so where the map is 0 the
-    overlay is fully transparent. Unsigned maps: opacity 0.3 at 0 to 0.8 at full scale.
-    """
-    h, w = display.shape[:2]
-    m = display_map(m, (w, h), signed)
-    if not signed:
-        m = stretch(m)
-    colours = colorize(m, signed).astype(np.float32)
-    if signed:  # let the image show through where the evidence is weak
-        lim = display_scale(m, signed=True) or 1.0  # all zero: transparent everywhere
-        a = (alpha + 0.2) * np.clip(np.abs(m) / lim, 0, 1)[..., None]
-    else:  # the photo shows through where the map is low, the colour where it is high
-        a = (0.3 + 0.5 * m)[..., None]
-    out = (1 - a) * display.astype(np.float32) + a * colours
-    return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+def draw(display: np.ndarray, m: np.ndarray, signed: bool) -> tuple[np.ndarray, float]:
+    """One map (any size) over one display copy ((H, W, 3) uint8), on the CPU through the run's own
+    :func:`draw_batch`: the (H, W, 3) uint8 overlay, the same pixels a run writes for that map and image, and its
+    display scale (the value drawn at full colour, which the colour bar reads). ``xaibatch serve`` and
+    ``explain()``'s pictures are drawn here."""
+    import torch
+
+    pics = torch.from_numpy(np.require(display, np.uint8, "CW"))[None]  # a PIL image's array is read-only
+    maps = torch.from_numpy(np.require(m, np.float32, "CW"))[None]
+    shown, tops, over = draw_batch(pics, maps, signed)
+    return over[0].numpy(), float(display_scale_batch(shown, signed, tops)[0])
 
 
 def ramp_colours(x: np.ndarray, signed: bool) -> np.ndarray:
@@ -219,10 +213,11 @@ def stretch_batch(m, tops=None):
 
 
 def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
-    """:func:`overlay` for a batch already at the display size: (B, H, W, 3) uint8 and (B, H, W) -> (B, H, W, 3).
-
-    Runs wherever the tensors are (the model's device), so the host only encodes; equal to :func:`overlay`
-    bit for bit on the CPU (tests/test_overlay.py). ``tops``: the maps' :func:`tops_batch`, when already made.
+    """Colour a batch of maps already at the display size over their display copies: (B, H, W, 3) uint8 and
+    (B, H, W) -> (B, H, W, 3) uint8. Signed maps: the colour's opacity grows with |m|, so where the map is 0 the
+    overlay is fully transparent. Unsigned maps (stretched: :func:`stretch_batch`): opacity 0.3 at 0 to 0.8 at
+    full scale. Runs wherever the tensors are (a run: the model's device), so the host only encodes; the one
+    blend of every surface (:func:`draw_batch`). ``tops``: the maps' :func:`tops_batch`, when already made.
     """
     import torch
 
@@ -238,6 +233,19 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.float() + a * colours
     return out.clamp_(0, 255).to(torch.uint8)
+
+
+def draw_batch(pics, maps, signed: bool, full=None):
+    """Maps drawn for display, defined once: a run's overlays (pipeline/pictures.py, on the model's device), and
+    ``xaibatch serve``'s and ``explain()``'s (:func:`draw`, on the CPU). ``maps`` (B, h, w) at any size are
+    resized to the display copies' size ((B, H, W, 3) uint8 ``pics``) by :func:`resize_maps`, then coloured over
+    them by :func:`overlay_batch`. ``full``: the maps already resized by :func:`resize_maps` to some size, taken
+    as they are when that is the display size (the same values). Returns the maps at the display size ("shown"),
+    their :func:`tops_batch` and the (B, H, W, 3) uint8 overlays."""
+    dh, dw = pics.shape[1:3]
+    shown = full if full is not None and tuple(full.shape[1:]) == (dh, dw) else resize_maps(maps, (dh, dw), signed)
+    tops = tops_batch(shown, signed)  # the overlays' scale and the views' "scale": one order statistic a batch
+    return shown, tops, overlay_batch(pics, shown, signed, tops=tops)
 
 
 ZERO_MAP = 1e-6  # a map whose every value is at most this (in absolute value) is "zero everywhere"
@@ -382,7 +390,7 @@ def resize_maps(m, size: tuple[int, int], signed: bool):
     """(B, h, w) maps to (B, H, W). A side that shrinks first, to the mean of the pixels each output pixel covers
     (a 224 px map sampled down to a 120x80 or 1x400 image kept one pixel in several, or only the middle column:
     every pixel's attribution now counts); then a side that grows: bilinear for unsigned maps, nearest for signed
-    ones (segment edges stay). :func:`display_map` is the same rule in PIL."""
+    ones (segment edges stay). :func:`display_map`: one map in numpy, through this function."""
     import torch.nn.functional as F
 
     x = m.float()[:, None]

@@ -129,13 +129,10 @@ def chunks(n: int, pixels: int, device) -> list[slice]:
 def _pictures(maps, pics, size: tuple[int, int], signed: bool, want_views: bool):
     """Full-size maps, overlays, their thumbnails (None when small) as host arrays and the views (None unless
     ``want_views``) of ``maps`` (n, h, w) over the display copies ``pics`` (n, H, W, 3) on the device."""
-    from ..overlay import overlay_batch, resize_maps, thumbnail_batch, tops_batch, views_batch
+    from ..overlay import draw_batch, resize_maps, thumbnail_batch, views_batch
 
     full = resize_maps(maps, size, signed)
-    dh, dw = pics.shape[1:3]
-    shown = full if tuple(full.shape[1:]) == (dh, dw) else resize_maps(maps, (dh, dw), signed)
-    tops = tops_batch(shown, signed)  # the overlays' scale and the views' "scale": one order statistic a batch
-    over = overlay_batch(pics, shown, signed, tops=tops)
+    shown, tops, over = draw_batch(pics, maps, signed, full)  # the one drawing of serve and explain() too
     thumbs = thumbnail_batch(over)
     group_views = views_batch(shown, full, signed, tops) if want_views else None
     return full.cpu().numpy(), over.cpu().numpy(), None if thumbs is None else thumbs.cpu().numpy(), group_views

@@ -24,7 +24,7 @@ from ..errors import EMPTY_FILE, DecodeError, UsageError, outcome
 from ..methods import Method, create_method, method_class
 from ..methods.base import first_segmenter, options_for
 from ..methods.explainer import Explainer
-from ..overlay import ZERO_MAP, display_map, display_scale, overlay, png_bytes
+from ..overlay import MAP_PNG_STRATEGY, ZERO_MAP, draw, encode_png
 from ..pipeline.options import ModelOptions, RunOptions
 from ..report.cards import zero_words
 from ..report.detail import colour_ticks
@@ -223,14 +223,14 @@ class Service:
         return results
 
     def _picture(self, m: Method, a: np.ndarray, display: np.ndarray, target: str, faith: dict | None) -> MapPicture:
-        h, w = display.shape[:2]
         signed, superpixels = type(m).signed, type(m).superpixels
+        over, scale = draw(display, a, signed)  # a run's pixels and scale for this image and map (overlay.draw)
         if float(np.abs(a).max(initial=0.0)) <= ZERO_MAP:  # no colour: no scale to read, as in the report
             ticks, note = [], zero_words(type(m).title, signed, superpixels)
         else:
-            scale = display_scale(display_map(a, (w, h), signed), signed)
             ticks, note = colour_ticks(scale, signed, target, superpixels)
-        return MapPicture(m.name, type(m).title, signed, a, png_bytes(overlay(display, a, signed)), ticks, note, faith)
+        png = encode_png(over, MAP_PNG_STRATEGY)  # as the run's writer encodes an overlay: the same bytes
+        return MapPicture(m.name, type(m).title, signed, a, png, ticks, note, faith)
 
 
 @dataclass(frozen=True)
