@@ -54,6 +54,33 @@ def test_values_given_win_then_the_models_own_then_imagenet():
     assert Preprocess(16, [1, 2, 3]).mean == (1.0, 2.0, 3.0)  # lists and ints read as a tuple of floats
 
 
+def test_a_models_declared_size_is_one_rule_for_runs_and_explain():
+    """The model's declared input side, defined once (preprocess.declared_size): the side a ViT was built for
+    beats its pretrained_cfg's 224 px, a timm CNN's pretrained_cfg, a plain module none. A run read only the
+    pretrained_cfg: a --model factory's ViT built at 64 px was refused ("was built for 64x64 inputs;
+    --image-size 224 does not fit it", an option never given) where explain() ran it at 64 px."""
+    from xaibatch.model.loading import finish
+    from xaibatch.preprocess import declared_size
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=2, depth=1)
+    assert vit.pretrained_cfg["input_size"][-1] == 224 and declared_size(vit) == 64
+    assert Preprocess.for_model(vit).image_size == 64 and Preprocess.for_model(vit, 32).image_size == 32
+    loaded = finish(vit, "factory.py:build", None, None, None, None, "random", "0" * 64)
+    assert loaded.input_size == 64 and loaded.size_declared
+    dynamic = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=2, depth=1, dynamic_img_size=True
+    )
+    assert declared_size(dynamic) == 224  # any size fits it: the cfg's
+    cnn = timm.create_model("test_resnet", pretrained=False, num_classes=2)
+    assert declared_size(cnn) == cnn.pretrained_cfg["input_size"][-1] == 160
+    assert Preprocess.for_model(cnn).image_size == 160
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    assert declared_size(plain) is None and Preprocess.for_model(plain).image_size == 224
+    assert not finish(plain, "f.py:build", None, None, None, None, "random", "0" * 64).size_declared
+    plain.pretrained_cfg = {"input_size": "big"}  # not a size: none declared
+    assert declared_size(plain) is None
+
+
 def test_a_checkpoint_carries_its_own_normalization(tmp_path):
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", pretrained=False, num_classes=2)

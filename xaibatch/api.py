@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from . import targets as target_modes
 from .bundle import Explanations, Frozen, MethodSetting, versions
-from .preprocess import Preprocess
+from .preprocess import Preprocess, declared_size
 
 __all__ = ["Explanations", "explain"]
 
@@ -85,8 +85,9 @@ def explain(
       misclassified image also its true class: maps ``"<method>@label"``).
     - ``labels``: the true class of each image (index or name).
     - ``classes``: the class names (default: a checkpoint's own, or timm's ``label_names``).
-    - ``input_size``: the side S the model sees (default: a checkpoint's own, else the model's timm
-      ``pretrained_cfg``'s, as a run takes it, else the first image's longer side, up to 1024 px: larger
+    - ``input_size``: the side S the model sees (default: a checkpoint's own, else the one the model
+      declares, as a run takes it (``preprocess.declared_size``: a timm ViT's ``img_size``, else timm's
+      ``pretrained_cfg``'s), else the first image's longer side, up to 1024 px: larger
       images need ``input_size``); the maps are (N, S, S)
       (``out.preprocess.image_size``).
     - ``mean``, ``std``: the normalization explain() applies (default: timm's ``pretrained_cfg``, else
@@ -124,8 +125,8 @@ def explain(
         from .model.borrowed import borrowed
 
         with borrowed(net), torch.enable_grad():
-            if pre is None:  # a given size, else timm's pretrained_cfg's (as a run's), else the images' (below)
-                sized = input_size or _declared_side(net)
+            if pre is None:  # a given size, else the model's declared one (as a run's), else the images' (below)
+                sized = input_size or declared_size(net)
                 pre = Preprocess.for_model(net, sized, mean, std) if sized else None
                 x, sizes = _as_uint8_batch(images, pre)
                 pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
@@ -520,26 +521,6 @@ def _as_uint8_batch(images, pre: Preprocess | None):
 
 
 MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)
-
-
-def _declared_side(net) -> int | None:
-    """The input side a module declares, or None: the one a timm token model was built for (its square
-    ``patch_embed.img_size``, unless ``dynamic_img_size``; ``create_model(..., img_size=64)`` keeps the
-    ``pretrained_cfg`` of 224 px, which its forward refuses, and a run refuses too: loading.finish), else timm's
-    ``pretrained_cfg["input_size"]`` ((3, 224, 224)), as a run takes it (``--image-size``'s default)."""
-    fixed = getattr(getattr(net, "patch_embed", None), "img_size", None)
-    if fixed is not None and not getattr(net, "dynamic_img_size", False):
-        try:
-            h, w = (int(v) for v in fixed)
-        except (TypeError, ValueError):
-            pass
-        else:
-            return h if h == w else None
-    size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
-    try:
-        return int(size[-1]) if size else None
-    except (TypeError, ValueError, IndexError):
-        return None
 
 
 def _side_of_images(side: int) -> int:

@@ -40,9 +40,10 @@ class Preprocess:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> Preprocess:
-        """Each value as given, else the module's ``pretrained_cfg`` (timm's), else ImageNet's and 224 px."""
+        """Each value as given, else the module's own (the size: :func:`declared_size`; mean and std: timm's
+        ``pretrained_cfg``), else ImageNet's and 224 px."""
         cfg = getattr(module, "pretrained_cfg", None) or {}
-        size = image_size or (cfg.get("input_size") or (3, DEFAULT_SIZE, DEFAULT_SIZE))[-1]
+        size = image_size or declared_size(module) or DEFAULT_SIZE
         return cls(size, mean or cfg.get("mean") or IMAGENET_MEAN, std or cfg.get("std") or IMAGENET_STD)
 
     # -- the record ---------------------------------------------------------------------------------------------
@@ -95,6 +96,27 @@ class Preprocess:
         from .decode import resize
 
         return resize(t, (self.image_size, self.image_size))
+
+
+def declared_size(module: Any) -> int | None:
+    """The input side a model declares, or None; the one rule of runs (:meth:`Preprocess.for_model`, and whether
+    a run says it guessed: ``LoadedModel.size_declared``), ``serve`` and :func:`xaibatch.explain`. First the side a
+    timm token model was built for: its square ``patch_embed.img_size``, unless ``dynamic_img_size``
+    (``create_model(..., img_size=64)`` keeps the ``pretrained_cfg`` of 224 px, which its forward refuses; a
+    non-square build declares no side); else timm's ``pretrained_cfg["input_size"]`` ((3, 224, 224)); else None."""
+    fixed = getattr(getattr(module, "patch_embed", None), "img_size", None)
+    if fixed is not None and not getattr(module, "dynamic_img_size", False):
+        try:
+            h, w = (int(v) for v in fixed)
+        except (TypeError, ValueError):
+            pass
+        else:
+            return h if h == w else None
+    size = (getattr(module, "pretrained_cfg", None) or {}).get("input_size")
+    try:
+        return int(size[-1]) if size else None
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
 
 @functools.lru_cache(maxsize=16)

@@ -210,7 +210,7 @@ RUN_MODEL_HELP = {
     "threshold": "Two classes: predict the positive class when its probability is >= T (e.g. --threshold 0.7). "
     "Default: 0.5.",
     "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else the "
-    "model's pretrained_cfg (timm's), else 224.",
+    "model's own (the img_size a timm ViT was built at, else timm's pretrained_cfg), else 224.",
     "target_layer": "Layer of the CAM methods (gradcam, guided-gradcam, cam:*; e.g. --target-layer layer3). "
     "Default: the deepest stage still at least 4x4.",
 }

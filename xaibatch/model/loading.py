@@ -25,7 +25,7 @@ from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok
 from ..files import file_sha256, open_temporary
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, declared_size
 from ..runconfig import RANDOM_INIT
 
 FORMAT = "xaibatch-checkpoint"
@@ -43,8 +43,8 @@ class LoadedModel:
     decision: Any = None  # heads.Decision for two classes (set by the pipeline), else None: argmax
     probability: bool = False  # one output that the model's own sigmoid made (heads.count_outputs)
     softmax: bool = False  # outputs that the model's own softmax made: class probabilities
-    # the input size came from --image-size, the checkpoint or the model's pretrained_cfg; False: from nowhere (a
-    # factory's or torchvision's model without one: preprocess.DEFAULT_SIZE), which a run says (notices.py)
+    # the input size came from --image-size, the checkpoint or the model itself (preprocess.declared_size); False: from
+    # nowhere (a factory's or torchvision's model without one: preprocess.DEFAULT_SIZE), which a run says (notices.py)
     size_declared: bool = True
     # a --model factory that returned a DataParallel: the prefix of its layers' names in the wrapper ("module."),
     # which a --target-layer given in the wrapper's names drops (the wrapped module is what runs)
@@ -436,7 +436,7 @@ def check_patches(module: nn.Module, what: str, size: int, option: str = "--imag
 
 def finish(module, arch, names, image_size, mean, std, source, digest) -> LoadedModel:
     pre = Preprocess.for_model(module, image_size, mean, std)
-    declared = image_size is not None or bool((getattr(module, "pretrained_cfg", None) or {}).get("input_size"))
+    declared = image_size is not None or declared_size(module) is not None
     size = pre.image_size
     pe = getattr(module, "patch_embed", None)
     fixed = getattr(pe, "img_size", None)
