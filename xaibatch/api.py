@@ -499,7 +499,13 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         t = _uint8_images(images, "a tensor" if isinstance(images, torch.Tensor) else "an array")
         size = pre.image_size if pre is not None else _side_of_images(max(t.shape[2:], default=0))
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
-        return Preprocess(size).resize_batch(t).contiguous(), sizes
+        if tuple(t.shape[2:]) == (size, size) or t.shape[0] == 0:
+            return t.contiguous(), sizes
+        # resized as a run's loader resizes a decoded file (PIL's BILINEAR), not by torch's antialiased bilinear
+        # (--decode device's), which put pixels a grey level off and moved maps by up to 0.013
+        pre_t = Preprocess(size)
+        arr = np.stack([pre_t.resize_image(Image.fromarray(a.permute(1, 2, 0).numpy())) for a in t])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), sizes
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     elif isinstance(images, (bytes, bytearray, memoryview)):  # its items are ints: "images[0] is an int"

@@ -84,18 +84,13 @@ class Preprocess:
         mean, std = self.stats(like.device)
         return ((0.0 - mean) / std).to(like.dtype)
 
-    # -- resizing (in memory; the DataLoader's workers and --decode device resize as these do) -----------------
+    # -- resizing (in memory; the DataLoader's workers resize as this does) ----------------------------------
     def resize_image(self, im: Any) -> Any:
-        """A decoded PIL image as the model's (S, S, 3) uint8 array (as the DataLoader's workers make it)."""
+        """A decoded PIL image as the model's (S, S, 3) uint8 array (as the DataLoader's workers make it; also
+        explain()'s images, tensors and arrays included, and serve's uploads)."""
         from .data import model_input
 
         return model_input(im, self.image_size)
-
-    def resize_batch(self, t: Any) -> Any:
-        """(N, 3, H, W) uint8 images as (N, 3, S, S) uint8, as PIL's BILINEAR would (what ``--decode device`` does)."""
-        from .decode import resize
-
-        return resize(t, (self.image_size, self.image_size))
 
 
 def declared_size(module: Any) -> int | None:
