@@ -118,7 +118,7 @@ def backfill_views(out: Path, manifest: Any, methods: list[MethodInfo]) -> int:
     (:func:`_shows_evidence`); the others' views gain their flag from what they hold (reading every map of a
     100,000-image folder of photos, 4 MB a map, would take hours). An unreadable map gets ``{"scale": None,
     "nowhere": None}``."""
-    from ..overlay import ZERO_MAP, view_of  # numpy and PIL: only for a folder that has such rows
+    from ..overlay import ZERO_MAP, view_of  # numpy (torch to resize a map): only for a folder that has such rows
 
     signed = _signed_by_key(methods)
     views = []
