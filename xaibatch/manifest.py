@@ -123,7 +123,7 @@ class MapRow:
     run_id: int
     deletion: float | None = None
     insertion: float | None = None
-    faith: dict[str, Any] | None = None  # the curves, see faithfulness.Scores.row
+    faith: dict[str, Any] | None = None  # the curves, see faithfulness.Scores.rows
     faith_hash: str | None = None
     # What the report shows of the map without reading the .npy back, computed with its picture
     # (pipeline/writer.py:map_views): "scale" (the value drawn at full colour, overlay.display_scale),

@@ -131,7 +131,7 @@ class LibraryCAM(Method):
                     # a leaf that needs its gradient: a model whose parameters are all frozen for inference
                     # still builds a graph through the target layer's activations (as the native methods do)
                     input_tensor=x.detach().clone().requires_grad_(True),
-                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                    targets=[ClassifierOutputTarget(t) for t in targets.tolist()],  # one copy, not one per image
                     aug_smooth=self.options["aug_smooth"],
                     eigen_smooth=self.options["eigen_smooth"],
                 )

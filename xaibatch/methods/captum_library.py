@@ -189,7 +189,8 @@ class CaptumMethod(Method):
         seeds = batch.seeds if batch.seeds is not None else [0] * batch.x.shape[0]
         attr = self._attribute(batch.x, batch.targets, seeds)
         maps = self._reduce(attr)
-        info = [{"total": round(float(t), 6)} for t in attr.float().flatten(1).sum(1)] if self.signed else None
+        # one copy of the batch's totals (float() of each was a device synchronisation per image on a GPU)
+        info = [{"total": round(t, 6)} for t in attr.float().flatten(1).sum(1).tolist()] if self.signed else None
         return Explanation(maps, info)
 
 

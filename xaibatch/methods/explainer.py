@@ -119,7 +119,7 @@ class Explainer:
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
             for k, v in out.items():
-                v.faith = [{**scores[k].row(j), "hash": self.scorer.hashes.get(k)} for j in range(batch.x.shape[0])]
+                v.faith = [{**row, "hash": self.scorer.hashes.get(k)} for row in scores[k].rows()]
         return Explained(probs, out)
 
     def explain_tensors(

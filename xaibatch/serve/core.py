@@ -66,7 +66,7 @@ class MapPicture:
     overlay_png: bytes
     ticks: list[str]  # under the colour bar, as the report's detail page prints them
     note: str
-    faith: dict[str, Any] | None = None  # deletion/insertion AUCs and curves (faithfulness.Scores.row), on request
+    faith: dict[str, Any] | None = None  # deletion/insertion AUCs and curves (faithfulness.Scores.rows), on request
 
 
 @dataclass
