@@ -541,3 +541,34 @@ def test_the_run_row_says_what_the_error_line_says(tmp_path, monkeypatch):
     line = next(line for line in r.output.splitlines() if line.startswith("Error: "))
     assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("error", line[len("Error: ") :])]
     assert "out of memory: try a smaller --batch-size" in line
+
+
+def test_jpegs_that_run_out_of_memory_decoding_split_the_batch(tmp_path, tiny_ckpt, monkeypatch):
+    # nvJPEG's outputs come from torch's CUDA allocator: a batch of large photos can run out of the GPU's memory in
+    # the decode itself. decode._decode_each took that for a JPEG the device refuses: it halved the batch on every
+    # batch of the run, without a word, and where even one image did not fit sent the batch to PIL in the main
+    # process. Now it is a batch that does not fit, split once as any other (Fitting); the CPU's decoder stands in.
+    from xaibatch import decode
+
+    inp = tmp_path / "in"
+    write_input(inp, jpeg=True)
+    real = decode.decode_jpegs
+    refused_sizes: list[int] = []
+
+    def tight(data, device):
+        if len(data) > 2:
+            refused_sizes.append(len(data))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return real(data, device)
+
+    monkeypatch.setattr(decode, "decode_jpegs", tight)
+    events: list = []
+    result = run(
+        run_opts(inp, tmp_path / "out", tiny_ckpt, ["gradcam"], batch_size=8, decode="device", on_event=events.append),
+        log=quiet,
+    )
+    assert result.computed == len(list(inp.iterdir())) - 1
+    assert [rel for rel, _ in result.failed] == ["img_010x.png"]
+    assert refused_sizes == [8, 4], refused_sizes  # later batches are decoded in parts of 2 up front
+    split = [e for e in events if e["event"] == "batch_split"]
+    assert [(e["batch_size"], e["size"], e["memory"]) for e in split] == [(8, 2, "device")]

@@ -29,7 +29,7 @@ import torch
 from .defaults import DECODE_CHOICES
 from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, full_size, model_input
 from .dataset import LoadedBatch
-from .errors import DecodeError, UsageError
+from .errors import DecodeError, UsageError, out_of_memory
 from .layout import DISPLAY_MAX_SIDE, display_size
 
 
@@ -169,12 +169,17 @@ def finish_batch(b: LoadedBatch, device: torch.device, input_size: int, max_pixe
 
 def _decode_each(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode all in one call; when that fails, each half in one call, and so on down to single files (None for
-    each that fails): one bad JPEG in a batch of 512 costs about 2 x 9 calls, not 512."""
+    each that fails): one bad JPEG in a batch of 512 costs about 2 x 9 calls, not 512. Running out of memory is
+    no bad JPEG: it is raised, and the batch is split as any batch that does not fit (methods/explainer.Fitting);
+    taken for a refusal, it was halved here on every batch, and where even one image did not fit the whole batch
+    went to PIL in this process, without a word."""
     if not data:  # a part of a batch (LoadedBatch.part) may hold no JPEG
         return []
     try:
         return list(decode_jpegs(data, device))
-    except Exception:
+    except Exception as e:
+        if out_of_memory(e) is not None:
+            raise
         if len(data) == 1:
             return [None]
     half = len(data) // 2
