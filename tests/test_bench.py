@@ -517,3 +517,32 @@ def test_unset_workers_and_batch_are_a_runs_on_the_benchs_device(monkeypatch, tm
         with pytest.raises(Chosen) as e:
             runner.run_bench(opts, log=lambda s: None, show=lambda res: None)
         assert e.value.args == (batch, 8)
+
+
+def test_the_bench_makes_its_cuda_n_the_current_device(monkeypatch, tmp_path):
+    # A run makes --device cuda:N current (prepare -> use_device); the bench did not: its "loader alone, decoded
+    # on" rows pin their batches in the DataLoader's thread, which pins on the current device, so a bench on
+    # cuda:1 opened a CUDA context (hundreds of MB) on GPU 0 and pinned for it. No GPU here: stand-ins.
+    import torch
+
+    import xaibatch.model.loading as loading
+    import xaibatch.tools.bench as bench_pkg
+    import xaibatch.tools.bench.runner as runner
+
+    class Built(Exception):
+        pass
+
+    current = []
+    monkeypatch.setattr(loading, "resolve_device", lambda spec: torch.device(spec))
+    monkeypatch.setattr(loading, "use_device", current.append)
+    monkeypatch.setattr(runner, "work_folder", lambda *a: tmp_path)
+    monkeypatch.setattr(runner, "make_inputs", lambda *a, **kw: None)
+
+    def built(opts, inputs, dev, workers):
+        raise Built(list(current))
+
+    monkeypatch.setattr(runner, "make_bench", built)
+    opts = bench_pkg.BenchOptions(only=("gradcam",), device="cuda:1", work_dir=tmp_path)
+    with pytest.raises(Built) as e:
+        runner.run_bench(opts, log=lambda s: None, show=lambda res: None)
+    assert e.value.args == ([torch.device("cuda", 1)],)  # before the model, the inputs or any DataLoader

@@ -37,7 +37,7 @@ def run_bench(
 
     from ...defaults import default_batch_size, default_workers
     from ...methods import method_class
-    from ...model.loading import resolve_device
+    from ...model.loading import resolve_device, use_device
 
     for name in opts.only:  # any method: an unknown name raises UsageError with the close matches
         method_class(name)
@@ -45,6 +45,7 @@ def run_bench(
         torch.set_num_threads(opts.threads)
     log = stamped(log, started)
     dev = resolve_device(opts.device)
+    use_device(dev)  # as a run's: the loader rows' pinning thread (and torch's "cuda") on --device cuda:N, not GPU 0
     workers = default_workers(dev.type) if opts.workers is None else opts.workers  # as a run on `dev` decodes
     if opts.batch_size is None:  # as a run on `dev` batches (a GPU's 512 at 64 px, where a batch's fixed costs fade)
         opts = dataclasses.replace(opts, batch_size=default_batch_size(dev.type, opts.image_size))
