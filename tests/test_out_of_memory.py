@@ -572,3 +572,53 @@ def test_jpegs_that_run_out_of_memory_decoding_split_the_batch(tmp_path, tiny_ck
     assert refused_sizes == [8, 4], refused_sizes  # later batches are decoded in parts of 2 up front
     split = [e for e in events if e["event"] == "batch_split"]
     assert [(e["batch_size"], e["size"], e["memory"]) for e in split] == [(8, 2, "device")]
+
+
+class _Tight(torch.nn.Module):
+    """A small CNN whose forwards of more than ``limit`` images run out of (the GPU's) memory."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 2),
+        )
+        self.limit, self.refused = limit, []
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            self.refused.append(x.shape[0])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return self.net(x)
+
+
+def test_limes_own_chunk_that_runs_out_of_memory_is_halved(tmp_path):
+    # LIME's automatic chunk (perturbed images per forward) is half the GPU memory free when first measured. Once
+    # less is free, every chunk ran out of memory; splitting the batch of images could not help (one image's
+    # samples still filled a chunk), so the run ended saying one image did not fit. Now the chunk is halved, as
+    # faithfulness's chunks are; a lime.batch_size the user gave is kept (and the batch is split as before).
+    from xaibatch.methods import ModelContext, create_method
+    from xaibatch.methods.explainer import Explainer
+    from xaibatch.preprocess import Preprocess
+
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    got = {}
+    for given in ("auto", 16):
+        net = _Tight(limit=16)
+        ctx = ModelContext(net, None, Preprocess(16), torch.device("cpu"))
+        lime = create_method("lime", ctx, samples=64, segments=8, batch_size=given)
+        got[given] = Explainer([lime], ctx)(x, None, None).methods["lime"].maps
+        assert net.refused == ([128, 64, 32] if given == "auto" else []), net.refused
+        assert lime.chunk_size(ctx.preprocess.normalize(x)) == 16
+    torch.testing.assert_close(got["auto"], got[16])
+
+    net = _Tight(limit=16)
+    ctx = ModelContext(net, None, Preprocess(16), torch.device("cpu"))
+    lime = create_method("lime", ctx, samples=64, segments=8, batch_size=32)
+    with pytest.raises(torch.OutOfMemoryError):
+        Explainer([lime], ctx)(x, None, None)
+    assert net.refused == [32]  # not halved: the user's size

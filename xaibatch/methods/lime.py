@@ -47,7 +47,9 @@ from ..defaults import LIME_DEFAULTS, LIME_HIDE_MODES
 from ..method_specs import check_lime_options
 from .segmentation import SEGMENTATION_CONFIG, slic_segments
 from .base import Batch, Explanation, Method, ModelContext, register_method
+from ..errors import out_of_memory
 from .chunks import CPU_CHUNK, auto_chunk, layout
+from .explainer import free_memory
 from .lime_auto import AUTO_OPTIONS, checkpoints, fit_until_stable
 from .lime_fit import coefficient_noise, cosine_distances_to_ones, kernel_weights, weighted_ridge
 from .lime_masks import MASK_DRAW, draw_masks, mask_seed
@@ -223,21 +225,39 @@ class Lime(Method):
         fmt = layout(x)
         model = self.ctx.model
         with torch.no_grad():
-            for start in range(0, n, chunk):  # chunks of the model batch, not samples
+            start = 0
+            while start < n:  # chunks of the model batch, not samples
                 end = min(n, start + chunk)
-                # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
-                # on which the model is 5-15% slower (CPU).
-                perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-                for k in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
-                    i = images[k]
-                    a, b = max(start, k * s), min(end, (k + 1) * s)
-                    keep = masks[i, lo + a - k * s : lo + b - k * s].index_select(1, labels[i]).view(-1, 1, h, w)
-                    torch.where(keep, x[i], fill[i], out=perturbed[a - start : b - start])
-                logits = model(perturbed).float()
-                p = torch.softmax(logits, dim=1).gather(1, targets[start:end, None])[:, 0]
-                probs[start:end] = p
-                batch.progress(done + end, total)  # may raise StopRequested: SIGINT within seconds
+                try:
+                    # x's layout: where() alone would lay its output out like ``keep`` (reads as channels-last),
+                    # on which the model is 5-15% slower (CPU).
+                    perturbed = torch.empty((end - start, c, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+                    for k in range(start // s, (end - 1) // s + 1):  # the images this chunk covers
+                        i = images[k]
+                        a, b = max(start, k * s), min(end, (k + 1) * s)
+                        keep = masks[i, lo + a - k * s : lo + b - k * s].index_select(1, labels[i]).view(-1, 1, h, w)
+                        torch.where(keep, x[i], fill[i], out=perturbed[a - start : b - start])
+                    logits = model(perturbed).float()
+                    probs[start:end] = torch.softmax(logits, dim=1).gather(1, targets[start:end, None])[:, 0]
+                except Exception as e:
+                    if out_of_memory(e) is None or self.batch_size is not None or end - start == 1:
+                        raise  # a given lime.batch_size is the user's: the batch is split (explainer.Fitting)
+                else:
+                    batch.progress(done + end, total)  # may raise StopRequested: SIGINT within seconds
+                    start = end
+                    continue
+                # Out of the except block (the chunk's tensors are gone with its frame): the auto size, measured
+                # when more memory was free, halved for the rest of the run, as faithfulness's chunks are.
+                perturbed = logits = None
+                free_memory(x.device)
+                chunk = self._halve_chunk(x, end - start)
         return probs.view(len(images), s)
+
+    def _halve_chunk(self, x: torch.Tensor, size: int) -> int:
+        """After a chunk of ``size`` ran out of memory: half of it, kept as the auto size for ``x``'s shape."""
+        key = (x.device, tuple(x.shape[1:]), x.dtype)
+        self._auto_chunk[key] = -(-size // 2)
+        return self._auto_chunk[key]
 
     def class_probabilities(self, batch: Batch, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """Return P(target | masked image) as (B, S) float64 for masks (B, S, F) over labels (B, H*W)."""
