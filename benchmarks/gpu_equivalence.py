@@ -12,13 +12,18 @@ photo JPEGs (224 x 224, 320 x 240, 240 x 360: the display copies and thumbnails 
   the maps of the same images explaining the same classes (the CPU's predictions), scaled by the CPU map's
   largest absolute value.
 * ``pictures``: the writer's pictures (pipeline/pictures.py) made on each device from the *same* maps: the
-  full-size maps, overlays, overlay thumbnails, the views' scale and peak.
+  full-size maps, overlays, overlay thumbnails, the views' scale and peak (the value there; and, information only,
+  how many views name another pixel: equal maxima are told apart by their centroid, overlay.peaks_batch), and the
+  views' grids (the report's mean maps: overlay.grids_batch, adaptive average pooling on the device), in bytes.
 * ``display thumbnails``: DisplayStacks.thumbs on each device from the same display copies.
 * ``decode``: ``--decode device``'s decode and resize (nvJPEG on cuda) against the same on the CPU
   (libjpeg-turbo through torchvision) and against the PIL path (``--decode cpu``): the model input and display
   copies, mean absolute difference in grey levels (torchvision's own test of nvJPEG allows a mean under 2).
 * ``run``: whole ``xaibatch run`` commands over the photos (all five methods, --faithfulness) on cuda with
-  ``--decode cpu`` and ``--decode device`` against the CPU's run: predictions and saved .npy maps.
+  ``--decode cpu`` and ``--decode device`` against the CPU's run: predictions, saved .npy maps and the
+  faithfulness AUCs (predictions.csv). The cuda ``--decode cpu`` run is made twice (information only): how many
+  of its .npy files the second run wrote other bytes into (cuDNN's backward and float atomics, e.g. LIME's mean
+  fill's ``scatter_add_``, need not add in the same order twice), by method.
 * ``out of memory`` (cuda only): a run over the photos whose model asks the CUDA allocator for more than the GPU
   has on any forward of more than 2 images (a real ``torch.OutOfMemoryError``): it must finish, say once that the
   batch was split, and write the maps of a ``--batch-size 2`` run on the same GPU.
@@ -93,6 +98,13 @@ def rel(a, b) -> float:
     scale = np.abs(b).max() if b.size else 0.0
     d = np.abs(a - b).max() if b.size else 0.0
     return float(d / scale) if scale > 0 else float(d)
+
+
+def grid_bytes(grid: str) -> np.ndarray:
+    """A view's "grid" (base64, overlay.grids_batch) as its uint8 cells."""
+    import base64
+
+    return np.frombuffer(base64.b64decode(grid), np.uint8)
 
 
 def levels(a, b) -> tuple[float, float]:
@@ -206,7 +218,8 @@ def check_pictures(set_name: str, b, maps: dict, methods, ref_dev, dev) -> None:
 
     sizes = [tuple(s) for s in b.orig_size]
     signed = {m.name: m.signed for m in methods}
-    worst = {"full": 0.0, "over": 0.0, "over_mean": 0.0, "thumb": 0.0, "scale": 0.0, "peak": 0.0}
+    worst = {"full": 0.0, "over": 0.0, "over_mean": 0.0, "thumb": 0.0, "scale": 0.0, "peak": 0.0, "grid": 0.0}
+    moved, n_views = 0, 0
     for name, m in maps.items():
         made = {}
         for d in (ref_dev, dev):
@@ -227,12 +240,17 @@ def check_pictures(set_name: str, b, maps: dict, methods, ref_dev, dev) -> None:
             at = full[a["peak"][0], a["peak"][1]] if a["peak"][1] < w else np.nan
             top = full.clip(min=0).max() if signed[name] else full.max()
             worst["peak"] = max(worst["peak"], abs(float(at) - float(top)) / max(abs(float(top)), 1e-12))
+            moved += a["peak"] != r["peak"]
+            n_views += 1
+            worst["grid"] = max(worst["grid"], levels(grid_bytes(a["grid"]), grid_bytes(r["grid"]))[0])
     add(set_name, "pictures: full-size maps", worst["full"], 1e-4, "rel")
     add(set_name, "pictures: overlays", worst["over"], 12, "levels max", f"worst mean {worst['over_mean']:.3f}")
     add(set_name, "pictures: overlays (mean)", worst["over_mean"], 0.05, "levels mean")
     add(set_name, "pictures: overlay thumbnails", worst["thumb"], 12, "levels max")
     add(set_name, "pictures: views' scale", worst["scale"], 1e-4, "rel")
     add(set_name, "pictures: views' peak (value there)", worst["peak"], 1e-4, "rel to max")
+    add(set_name, "pictures: views' peak (another pixel)", moved, float("nan"), "views", f"of {n_views}")
+    add(set_name, "pictures: views' grids", worst["grid"], 1, "bytes max", "round(127 v) + 128 a cell")
     thumbs = {d: DisplayStacks(b.display, sizes, d).thumbs([True] * len(sizes)) for d in (ref_dev, dev)}
     pairs = [(a, r) for a, r in zip(thumbs[dev], thumbs[ref_dev]) if r is not None]
     worst_thumb = max((levels(a, r)[0] for a, r in pairs), default=0.0)
@@ -299,6 +317,21 @@ def run_outputs(out: Path) -> tuple[dict[str, list[float]], dict[str, np.ndarray
     return probs, maps
 
 
+def run_aucs(out: Path) -> dict[tuple[str, str], float]:
+    """The faithfulness AUCs of a run (predictions.csv's deletion_*/insertion_* columns), by (image, column)."""
+    with open(out / "predictions.csv", newline="") as f:
+        return {
+            (r["path"], k): float(v)
+            for r in csv.DictReader(f)
+            for k, v in r.items()
+            if k.startswith(("deletion_", "insertion_")) and v
+        }
+
+
+def npy_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.npy"))}
+
+
 def check_runs(folder: Path, ckpt: Path, tmp: Path, others: list[tuple[str, str]]) -> None:
     """Whole runs (TF32 as a run has it) against a CPU run with ``--decode cpu``: each of ``others`` (device,
     decode) must finish and write the same map files; its predictions and maps are compared with the CPU's.
@@ -314,6 +347,7 @@ def check_runs(folder: Path, ckpt: Path, tmp: Path, others: list[tuple[str, str]
     if not ok:
         return
     ref_probs, ref_maps = run_outputs(base)
+    ref_aucs = run_aucs(base)
     for device, decode in others:
         methods = [m for m in METHODS if decode == "cpu" or m != "lime"]
         out = tmp / f"run-{device}-{decode}"
@@ -342,6 +376,28 @@ def check_runs(folder: Path, ckpt: Path, tmp: Path, others: list[tuple[str, str]
             keys = [k for k in ref_maps if k in maps and k.startswith(f"maps/{method_dir(m)}/")]
             worst = max((rel(maps[k], ref_maps[k]) for k in keys), default=float("nan"))
             add("run", f"{tag}: maps {m}", worst, float("nan"), "rel", f"{len(keys)} maps")
+        aucs = run_aucs(out)
+        common = [k for k in ref_aucs if k in aucs]
+        worst_auc = max((abs(aucs[k] - ref_aucs[k]) for k in common), default=float("nan"))
+        add("run", f"{tag}: faithfulness AUCs", worst_auc, float("nan"), "abs", f"{len(common)} of {len(ref_aucs)}")
+        if device != "cpu" and decode == "cpu":
+            check_rerun(folder, ckpt, out, tmp / f"run-{device}-{decode}-again", device, methods)
+
+
+def check_rerun(folder: Path, ckpt: Path, first: Path, again: Path, device: str, methods: list[str]) -> None:
+    """The same run on the same device once more: how many .npy files hold other bytes, by method (information:
+    no tolerance yet; a GPU's backward and float atomics may add in another order)."""
+    from xaibatch.layout import method_dir
+
+    ok, why = run_cli(folder, ckpt, again, device, "cpu", methods)
+    add("run", f"run {device} again", 0 if ok else 1, 0, "failed", "" if ok else why[:70])
+    if not ok:
+        return
+    a, b = npy_bytes(first), npy_bytes(again)
+    differ = [k for k in a if a[k] != b.get(k)]
+    by = {m: sum(k.startswith(f"maps/{method_dir(m)}/") for k in differ) for m in methods}
+    note = ", ".join(f"{m} {n}" for m, n in by.items() if n) or f"all {len(a)} byte-identical"
+    add("run", f"{device} twice: .npy not byte-identical", len(differ), float("nan"), "files", note[:70])
 
 
 GREEDY = """
