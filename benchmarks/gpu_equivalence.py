@@ -27,6 +27,9 @@ photo JPEGs (224 x 224, 320 x 240, 240 x 360: the display copies and thumbnails 
 * ``out of memory`` (cuda only): a run over the photos whose model asks the CUDA allocator for more than the GPU
   has on any forward of more than 2 images (a real ``torch.OutOfMemoryError``): it must finish, say once that the
   batch was split, and write the maps of a ``--batch-size 2`` run on the same GPU.
+* ``out of memory``, LIME (cuda only): LIME's automatic chunk meets a real out-of-memory on forwards of more than
+  32 images (2 images x 64 samples): it must be halved to 32 (two refused forwards) and give the maps of
+  ``lime.batch_size=32``; the memory still allocated afterwards is printed (information).
 * ``device`` (cuda only): a ``--device cpu`` run on the GPU host initialises no CUDA (the warm-up's device thread
   starts only for a spec that can mean a GPU).
 
@@ -445,6 +448,46 @@ def check_out_of_memory(folder: Path, ckpt: Path, tmp: Path, dev) -> None:
         add("out of memory", "maps: split 8 vs batch 2", worst, 1e-3, "rel", "TF32 as a run has it")
 
 
+def check_lime_chunk_out_of_memory(folder: Path, ckpt: Path, dev) -> None:
+    """LIME's automatic chunk that runs out of the device's memory is halved (methods/lime.forward_masks): the
+    checkpoint's model asks the CUDA allocator for more than the GPU has on any forward of more than 32 images (a
+    real torch.OutOfMemoryError; elsewhere it raises one), so 2 images x 64 samples go 128 -> 64 -> 32; the maps
+    must be those of ``lime.batch_size=32``, and the memory the failed chunks held given back."""
+    import torch
+
+    from xaibatch.methods import ModelContext, create_method
+    from xaibatch.methods.explainer import Explainer
+    from xaibatch.model.loading import load_model
+
+    class Tight(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.refused = net, []
+
+        def forward(self, x):
+            if x.shape[0] > 32:
+                self.refused.append(x.shape[0])
+                if x.is_cuda:
+                    torch.empty(1 << 46, dtype=torch.uint8, device=x.device)  # 64 TiB: more than any GPU has
+                raise torch.OutOfMemoryError("stand-in: no GPU")
+            return self.net(x)
+
+    loaded = load_model(ckpt)
+    _, b = load_batch(folder, loaded.input_size)
+    x = b.x[:2]
+    got, refused = {}, {}
+    for given in ("auto", 32):
+        net = Tight(copy.deepcopy(loaded.module).to(dev).eval())
+        ctx = ModelContext(net, None, loaded.preprocess, dev)
+        lime = create_method("lime", ctx, samples=64, segments=16, seed=0, batch_size=given)
+        got[given] = Explainer([lime], ctx)(x, None, None).methods["lime"].maps.cpu().numpy()
+        refused[given] = net.refused
+    held = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else 0.0
+    add("out of memory", "LIME chunk: refused forwards", abs(len(refused["auto"]) - 2), 0, "", str(refused["auto"]))
+    add("out of memory", "LIME chunk: maps vs batch_size=32", rel(got["auto"], got[32]), 1e-3, "rel")
+    add("out of memory", "LIME chunk: memory held after", held, float("nan"), "MiB", "torch.cuda.memory_allocated")
+
+
 def check_cpu_run_leaves_cuda_alone(folder: Path, ckpt: Path, tmp: Path) -> None:
     """``--device cpu`` on a GPU host: the warm-up starts no device, nothing initialises CUDA."""
     probe = (
@@ -534,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         if dev.type == "cuda":
             stage("out of memory", "split", check_out_of_memory, photos, resnet, tmp, dev)
             stage("device", "cpu run", check_cpu_run_leaves_cuda_alone, photos, resnet, tmp)
+            demo, tiny = sets["demo 32px"]
+            stage("out of memory", "lime chunk", check_lime_chunk_out_of_memory, demo, tiny, dev)
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
