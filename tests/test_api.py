@@ -747,8 +747,8 @@ def test_errors_name_explains_keywords_not_the_cli_flags(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as e:
         xaibatch.explain(tmp_path / "weights.pt", u8)
     assert str(e.value) == (
-        f"{tmp_path / 'weights.pt'} is a plain state_dict: explain() loads xaibatch checkpoints; build the model, "
-        "load_state_dict() it and pass the module"
+        f"{tmp_path / 'weights.pt'} is a plain state_dict: explain() loads checkpoints that name their model "
+        "(xaibatch's, timm train.py's, a timm Hub folder); build the model, load_state_dict() it and pass the module"
     )
     with pytest.raises(UsageError) as e:
         xaibatch.explain(TinyNet(), u8, device="gpu")

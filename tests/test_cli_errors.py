@@ -243,8 +243,8 @@ def test_damaged_xaibatch_checkpoint_fields(tmp_path, images, damage, needle):
 def test_checkpoint_that_is_a_folder_or_missing(tmp_path, images):
     r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tmp_path / "missing.pt"))
     assert_one_line(r, errors.EXIT_USAGE, "no such file")
-    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tmp_path))
-    assert_one_line(r, errors.EXIT_USAGE, "is a directory")
+    r = invoke(*run_args(images, tmp_path / "out", "--checkpoint", tmp_path))  # not a timm Hub folder
+    assert_one_line(r, errors.EXIT_USAGE, "a folder, not a checkpoint: give a weights file")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")

@@ -535,7 +535,7 @@ def _cheap_cases(tmp_path, tiny_ckpt):
         "empty folder": ({"input_dir": empty}, "holds no images"),
         "input is a file": ({"input_dir": images / sorted(p.name for p in images.iterdir())[0]}, "not a folder"),
         "missing checkpoint": ({"checkpoint": tmp_path / "none.pt"}, "--checkpoint"),
-        "checkpoint is a folder": ({"checkpoint": images}, "not a regular file"),
+        "checkpoint is a folder": ({"checkpoint": images}, "a folder, not a checkpoint"),
         "--arch without --checkpoint": ({"checkpoint": None, "arch": "resnet18"}, "needs --checkpoint"),
         "--model and --arch": ({"model": "timm:resnet18", "arch": "resnet18"}, "not both"),
         "missing --model file": ({"checkpoint": None, "model": str(tmp_path / "net.py") + ":build"}, "no such file"),

@@ -156,7 +156,8 @@ def explain(
 _KEYWORDS = (
     (
         r"say which timm model it is with --arch NAME",
-        "explain() loads xaibatch checkpoints; build the model, load_state_dict() it and pass the module",
+        "explain() loads checkpoints that name their model (xaibatch's, timm train.py's, a timm Hub folder); "
+        "build the model, load_state_dict() it and pass the module",
     ),
     (
         r"raise --image-size or name a layer with --target-layer",

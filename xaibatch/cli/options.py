@@ -63,12 +63,17 @@ class Workers(click.IntRange):
 
 class NonEmptyPath(click.Path):
     """click's Path, refusing "": pathlib reads it as the current folder, so an unset variable in a cron line
-    (``xaibatch run "$DIR"``) would scan, or write into, whatever folder the job starts in."""
+    (``xaibatch run "$DIR"``) would scan, or write into, whatever folder the job starts in. ``what``: what to give
+    instead, when not the default's words."""
+
+    def __init__(self, *args, what: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.what = what
 
     def convert(self, value, param, ctx):
         name = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
         if isinstance(value, (str, bytes)) and not value:
-            what = "a file" if not self.dir_okay else "a folder, or . for the current one"
+            what = self.what or ("a file" if not self.dir_okay else "a folder, or . for the current one")
             raise click.UsageError(f"{name} is empty; give {what}", ctx)
         if not self.dir_okay and isinstance(value, str) and value.endswith("/"):
             # pathlib drops the slash: train --out models/ wrote a checkpoint named "models"
@@ -148,7 +153,7 @@ methods_option = _option(
 # --image-size.
 arch_option = _option("--arch")
 model_option = _option("--model", "model_spec", metavar="SPEC")
-checkpoint_option = _option("--checkpoint", type=NonEmptyPath(path_type=Path, dir_okay=False))
+checkpoint_option = _option("--checkpoint", type=NonEmptyPath(path_type=Path, what="a file or a timm Hub folder"))
 image_size_option = _option("--image-size", type=click.IntRange(*IMAGE_SIDES))
 
 
@@ -197,11 +202,12 @@ def model_options(help: dict[str, str]):
 
 
 RUN_MODEL_HELP = {
-    "arch": "timm model name of a plain state_dict checkpoint (e.g. --arch resnet18).",
+    "arch": "timm model name of a plain state_dict or .safetensors checkpoint (e.g. --arch resnet18).",
     "model_spec": "Your own model: FILE.py:FACTORY or module.path:FACTORY (runs that code: trusted code only), "
     "torchvision:NAME or timm:NAME (e.g. --model examples/cifake_cnn.py:build).",
-    "checkpoint": "Weights: xaibatch's format or a plain state_dict (e.g. --checkpoint models/cifake.pt). "
-    "Default: the bundled demo model.",
+    "checkpoint": "Weights: xaibatch's format, timm train.py's model_best.pth.tar, a timm Hub folder (config.json "
+    "and model.safetensors), or a plain state_dict or .safetensors file with --arch (e.g. --checkpoint "
+    "models/cifake.pt). Default: the bundled demo model.",
     "classes": "Class names in the model's output order (e.g. --classes FAKE,REAL), or @FILE with one name a line "
     "(e.g. --classes @imagenet_classes.txt). Default: the checkpoint's, else the folder's.",
     "positive_class": "Two classes: the one a one-logit head's sigmoid and --threshold are about "

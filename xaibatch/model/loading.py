@@ -1,4 +1,5 @@
-"""Build a timm model from a checkpoint: xaibatch's own format or a plain state_dict.
+"""Build a timm model from a checkpoint: xaibatch's own format, a plain state_dict (torch.save or .safetensors), or
+the timm ecosystem's own files (train.py's checkpoints, Hub folders: ``formats.py``).
 
 xaibatch's checkpoint is a dict of plain types (loadable with
 ``weights_only=True``)::
@@ -10,6 +11,7 @@ xaibatch's checkpoint is a dict of plain types (loadable with
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import pickle
@@ -27,6 +29,7 @@ from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess, declared_size
 from ..runconfig import RANDOM_INIT
+from . import formats
 
 FORMAT = "xaibatch-checkpoint"
 
@@ -49,6 +52,8 @@ class LoadedModel:
     # a --model factory that returned a DataParallel: the prefix of its layers' names in the wrapper ("module."),
     # which a --target-layer given in the wrapper's names drops (the wrapped module is what runs)
     layer_prefix: str = ""
+    # a timm train.py checkpoint that also holds EMA weights (state_dict_ema), not explained: a run says so (notices.py)
+    unused_ema: bool = False
 
     @property
     def input_size(self) -> int:
@@ -113,28 +118,36 @@ def random_init(build, seed: int = RANDOM_SEED):
 
 
 def create(
-    arch: str, num_classes: int, source: Path | None = None, img_size: int | None = None, seed: int | None = RANDOM_SEED
+    arch: str,
+    num_classes: int,
+    source: Path | None = None,
+    img_size: int | None = None,
+    seed: int | None = RANDOM_SEED,
+    model_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build ``arch`` untrained, its weights drawn from ``seed`` (:func:`random_init`; None: from the caller's random
     state, as training does after seeding it with its --seed); models with a fixed input grid (ViT, DeiT, ...) are
-    built at ``img_size``."""
+    built at ``img_size``; ``model_args``: a checkpoint's own keywords for timm.create_model (a Hub folder's)."""
     if seed is None:
-        return _create(arch, num_classes, source, img_size)
-    return random_init(lambda: _create(arch, num_classes, source, img_size), seed)
+        return _create(arch, num_classes, source, img_size, model_args)
+    return random_init(lambda: _create(arch, num_classes, source, img_size, model_args), seed)
 
 
-def _create(arch: str, num_classes: int, source: Path | None, img_size: int | None) -> nn.Module:
+def _create(
+    arch: str, num_classes: int, source: Path | None, img_size: int | None, model_args: dict[str, Any] | None = None
+) -> nn.Module:
     timm = import_timm()
 
     check_arch(arch, source)
+    kwargs = {**(model_args or {}), "num_classes": num_classes}
     try:
-        if img_size is not None:
+        if img_size is not None and "img_size" not in kwargs:
             try:  # only token models take img_size; their position embeddings depend on it
-                return timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=img_size)
+                return timm.create_model(arch, pretrained=False, img_size=img_size, **kwargs)
             except TypeError as e:
                 if "img_size" not in str(e):
                     raise
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        return timm.create_model(arch, pretrained=False, **kwargs)
     except Exception as e:  # a timm entry that cannot be built offline or with these settings
         raise ModelError(f"cannot build {arch} with {num_classes} classes: {type(e).__name__}: {e}") from None
 
@@ -164,7 +177,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     torch raises, becomes one :class:`ModelError` line.
     """
     try:
-        with warnings.catch_warnings():
+        # timm's train.py checkpoints hold their argparse.Namespace: allowed, as timm's own loader does, and
+        # nothing else (a Namespace is built from plain values; it runs no code of the file's)
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -267,8 +282,23 @@ def unwrap_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor
     return sd
 
 
-def _classifier_out(arch_model: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
-    name = (getattr(arch_model, "pretrained_cfg", None) or {}).get("classifier")
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint file, whatever its format (a .safetensors file's tensors, else
+    :func:`read_checkpoint` and :func:`unwrap_state_dict`): what a ``--model`` factory's module loads."""
+    if formats.is_safetensors(path):
+        return unwrap_state_dict(formats.read_safetensors(path), path)
+    return unwrap_state_dict(read_checkpoint(path), path)
+
+
+def _classifier_out(arch_model: nn.Module | str, sd: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes ``sd``'s classifier has (``arch_model``: a model built, or a timm name)."""
+    if isinstance(arch_model, str):
+        cfg = import_timm().models.get_pretrained_cfg(arch_model)
+        name = getattr(cfg, "classifier", None) if cfg is not None else None
+    else:
+        name = (getattr(arch_model, "pretrained_cfg", None) or {}).get("classifier")
+    if isinstance(name, (tuple, list)):  # DeiT's distilled pair: both heads have the classes
+        name = name[0] if name else None
     if name and f"{name}.weight" in sd:
         return int(sd[f"{name}.weight"].shape[0])
     return None
@@ -362,9 +392,14 @@ def load_model(
     path = Path(checkpoint)
     if not path.exists():
         raise UsageError(f"--checkpoint {path}: no such file")
+    if path.is_dir():
+        folder = formats.hub_folder(path)
+        sd = read_state_dict(folder.weights)
+        return _load_described(path, folder.described, sd, arch, image_size, flag, formats.checkpoint_digest(path))
     if not path.is_file():
         raise UsageError(f"--checkpoint {path}: not a regular file")
-    obj = read_checkpoint(path)
+    tensors_only = formats.is_safetensors(path)
+    obj = formats.read_safetensors(path) if tensors_only else read_checkpoint(path)
     digest = file_sha256(path)
     if obj.get("format") == FORMAT:
         ck_arch, names, size, mean, std = _check_fields(obj, path)
@@ -376,14 +411,70 @@ def load_model(
         module = create(ck_arch, len(names), source=path, img_size=size)
         load_weights(module, unwrap_state_dict(obj, path), f"its architecture {ck_arch}", path)
         return finish(module, ck_arch, names, image_size or size, mean, std, str(path), digest)
+    if not tensors_only and formats.is_timm_training(obj):
+        sd = unwrap_state_dict({"state_dict": obj["state_dict"]}, path)
+        loaded = _load_described(path, formats.timm_training(obj, path), sd, arch, image_size, flag, digest)
+        loaded.unused_ema = _tensor_dict(obj.get("state_dict_ema"))
+        return loaded
     if arch is None:
-        raise UsageError(f"{path} is a plain state_dict: say which timm model it is with --arch NAME")
+        what = "a .safetensors file of plain weights" if tensors_only else "a plain state_dict"
+        raise UsageError(f"{path} is {what}: say which timm model it is with --arch NAME")
     sd = unwrap_state_dict(obj, path)
     probe = create(arch, num_classes or 2, img_size=image_size)
     n = _classifier_out(probe, sd) or num_classes or 2
     module = probe if n == (num_classes or 2) else create(arch, n, img_size=image_size)
     load_weights(module, sd, f"{flag}{arch}", path)
     return finish(module, arch, None, image_size, None, None, str(path), digest)
+
+
+def _load_described(
+    path: Path,
+    described: formats.Described,
+    sd: dict[str, torch.Tensor],
+    arch: str | None,
+    image_size: int | None,
+    flag: str,
+    digest: str,
+) -> LoadedModel:
+    """Build the model a timm train.py checkpoint or Hub folder describes (``formats.Described``) and load ``sd``:
+    its architecture (``arch``, the user's, must agree), its classes from the weights, its input size, mean, std
+    and class names where it names them (``image_size``, the user's, first)."""
+    timm = import_timm()
+    named = described.arch
+    if arch and named and arch != named and timm.is_model(named):
+        raise ModelError(
+            f"{path} was trained as {named}, not {flag}{arch}; drop {flag.split()[0]} (the checkpoint "
+            "names its architecture)"
+        )
+    name = arch or named
+    if name is None:
+        raise UsageError(
+            f"{path} is a timm training checkpoint saved without its args, which name the model: "
+            "say which timm model it is with --arch NAME"
+        )
+    if arch is None:
+        check_arch(name, path)
+    side = image_size
+    if side is None and described.input_hw is not None:
+        h, w = described.input_hw
+        if h != w:
+            raise ModelError(
+                f"{path}: its model takes {h}x{w} (height x width) inputs; xaibatch explains square inputs: "
+                "give --image-size N if the model also takes NxN inputs"
+            )
+        if not image_side_ok(h):
+            raise ModelError(
+                f"{path}: its input size {h} is out of xaibatch's range {IMAGE_SIDES[0]}..{IMAGE_SIDES[1]}"
+            )
+        side = h
+    args = described.model_args
+    n = _classifier_out(name, sd) or args.get("num_classes") or 2
+    names = described.class_names
+    if names is not None and len(names) != n:
+        raise ModelError(f"{path}: its label_names name {len(names)} classes, its weights have {n} outputs")
+    module = create(name, n, source=None if arch else path, img_size=side, model_args=args)
+    load_weights(module, sd, f"{flag}{arch}" if arch else f"its architecture {name}", path)
+    return finish(module, name, names, side, described.mean, described.std, str(path), digest)
 
 
 def _check_fields(obj: dict[str, Any], path: Path):

@@ -24,7 +24,7 @@ from ..errors import ModelError, UsageError
 from ..files import file_sha256
 from ..imports import import_torchvision
 from ..runconfig import RANDOM_INIT
-from .loading import LoadedModel, finish, load_weights, unwrap_state_dict, load_model, read_checkpoint
+from .loading import LoadedModel, finish, load_weights, load_model, read_state_dict
 
 FORMS = MODEL_FORMS
 
@@ -177,9 +177,14 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     sd, source, digest, prefix = None, RANDOM_INIT, "", ""
     if checkpoint is not None:
         path = Path(checkpoint)
+        if path.is_dir():
+            raise UsageError(
+                f"--checkpoint {path}: a folder; --model {spec} loads a weights file "
+                "(e.g. --checkpoint FOLDER/model.safetensors)"
+            )
         if not path.is_file():
             raise UsageError(f"--checkpoint {path}: no such file")
-        sd = unwrap_state_dict(read_checkpoint(path), path)
+        sd = read_state_dict(path)
         source, digest = str(path), file_sha256(path)
     if kind == "torchvision":
         module = build_torchvision(rest, num_classes or 2, sd, image_size)

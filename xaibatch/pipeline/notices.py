@@ -10,6 +10,8 @@
 * ``input-size``: a model that declares no input size (a ``--model`` factory without timm's ``pretrained_cfg``,
   a torchvision model), run without ``--image-size``: its images are resized to 224 px (``input_size``), which
   a model trained on 32 px CIFAKE images was not (said when the run loads the model).
+* ``ema-weights``: a timm train.py checkpoint that also holds EMA weights (``state_dict_ema``): its ``state_dict``
+  is explained, as timm's validate.py does without ``--use-ema`` (said when the run loads the model).
 * ``random-weights``: ``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (``model``): the maps
   explain an untrained model (``random_weights``; serve says it too, as a line).
 
@@ -107,7 +109,8 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
 
 
 def input_size_notices(setup: Setup) -> Iterator[Notice]:
-    """A loaded model whose input size came from nowhere (LoadedModel.size_declared): the size it is run at."""
+    """What a run that loads its model says of it: an input size from nowhere (LoadedModel.size_declared), the size
+    it is run at; EMA weights left unused (LoadedModel.unused_ema)."""
     prepared = setup.prepared
     if prepared is not None and not prepared.model.size_declared:
         size = prepared.model.input_size
@@ -116,6 +119,13 @@ def input_size_notices(setup: Setup) -> Iterator[Notice]:
             "at another size, give that size with --image-size (e.g. --image-size 32 for CIFAKE's images)"
         )
         yield "input-size", text, {"input_size": size}
+    if prepared is not None and prepared.model.unused_ema:
+        text = (
+            "note: the checkpoint also holds EMA weights (state_dict_ema); its state_dict is explained, as timm's "
+            "validate.py does without --use-ema; to explain the EMA weights, save state_dict_ema alone and pass that "
+            f"file with --arch {prepared.model.arch}"
+        )
+        yield "ema-weights", text, {}
 
 
 def _kept(name: str, names: list[str], labels: set) -> bool:

@@ -20,6 +20,7 @@ from ..engines import ENGINES
 from ..errors import InputError, XaibatchError
 from ..files import file_sha256
 from ..manifest import Manifest
+from ..model.formats import checkpoint_digest
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
 from ..scan import Scan, scan
 from .options import RunOptions, checkpoint_path
@@ -166,7 +167,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
     if not manifest_path.is_file():
         return None
     try:
-        key = request_key(opts, found, file_sha256(checkpoint_path(opts)))
+        key = request_key(opts, found, checkpoint_digest(checkpoint_path(opts)))
     except (OSError, XaibatchError):  # a missing checkpoint, --arch without one: the full path says so properly
         return None
     manifest = Manifest(manifest_path)

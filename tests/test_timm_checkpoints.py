@@ -1,0 +1,228 @@
+"""The timm ecosystem's own checkpoints load as a timm user expects: train.py's ``model_best.pth.tar`` (with its
+``argparse.Namespace``), ``.safetensors`` files and Hub folders (``save_for_hf``), each giving the same predictions
+as the same weights saved as a plain state_dict with ``--arch``; each broken form is one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models import save_for_hf
+from timm.utils import CheckpointSaver, ModelEmaV3
+
+from helpers import invoke, quiet, run_opts, write_images
+from xaibatch.errors import ModelError, UsageError
+from xaibatch.model.loading import load_model
+from xaibatch.pipeline import run
+
+ARCH = "test_resnet"
+MEAN = [0.4, 0.45, 0.5]  # not test_resnet's own (0.5): shows where a file's mean/std came from
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(ARCH, pretrained=False, num_classes=2).eval()
+
+
+def _hub(model: torch.nn.Module, where: Path, **kw) -> Path:
+    data = {"input_size": (3, 32, 32), "mean": MEAN, "std": (0.2, 0.2, 0.2)}
+    save_for_hf(model, where, model_config={"label_names": ["FAKE", "REAL"]}, data_config=data, **kw)
+    return where
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """The same weights as a plain state_dict, a train.py checkpoint (with EMA weights that differ), a
+    .safetensors file and a Hub folder (both weights files)."""
+    root = tmp_path_factory.mktemp("timm")
+    model = _model()
+    torch.save(model.state_dict(), root / "plain.pt")
+    save_file(model.state_dict(), root / "model.safetensors")
+    args = argparse.Namespace(model=ARCH, input_size=None, img_size=32, mean=MEAN, std=None, model_kwargs={})
+    ema = ModelEmaV3(model)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(1.0)  # not the model's weights: only state_dict is explained
+    train = root / "output" / "train"
+    train.mkdir(parents=True)
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, model_ema=ema,
+                            checkpoint_dir=str(train), recovery_dir=str(train))  # fmt: skip
+    saver.save_checkpoint(epoch=0, metric=50.0)
+    _hub(model, root / "hub", safe_serialization="both")
+    return {"root": root, "plain": root / "plain.pt", "best": train / "model_best.pth.tar",
+            "st": root / "model.safetensors", "hub": root / "hub"}  # fmt: skip
+
+
+def _probs(loaded, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return loaded.module(x).softmax(1)
+
+
+X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_timm_train_checkpoint_loads_without_arch(files):
+    """Before, torch.load(weights_only=True) refused the file's argparse.Namespace ("asks to import
+    argparse.Namespace")."""
+    ref = load_model(files["plain"], ARCH, 32)
+    got = load_model(files["best"])
+    assert got.arch == ARCH and got.class_names is None  # the classes: the run's folders, as for a state_dict
+    assert got.input_size == 32  # args.img_size (test_resnet's own is 160)
+    assert got.preprocess.mean == tuple(MEAN)  # args.mean
+    assert got.preprocess.std == ref.preprocess.std  # args.std None: the model's own, as timm reads it
+    assert torch.equal(_probs(got, X), _probs(ref, X))  # state_dict, not state_dict_ema
+    assert load_model(files["best"], ARCH).checkpoint_sha256 == got.checkpoint_sha256  # --arch that agrees
+
+
+def test_timm_train_checkpoint_refuses_another_arch_and_any_other_global(files, tmp_path):
+    with pytest.raises(ModelError, match="was trained as test_resnet, not --arch resnet18"):
+        load_model(files["best"], "resnet18")
+    obj = torch.load(files["best"], weights_only=False)
+    obj["args"].out = Path("somewhere")  # a global that is not argparse.Namespace: still refused
+    torch.save(obj, tmp_path / "other.pth.tar")
+    with pytest.raises(ModelError, match="asks to import pathlib"):
+        load_model(tmp_path / "other.pth.tar")
+
+
+def test_timm_train_checkpoint_without_args_needs_arch(files, tmp_path):
+    obj = torch.load(files["best"], weights_only=False)
+    del obj["args"]
+    obj["arch"] = "resnet"  # what CheckpointSaver writes without args: the class's name
+    torch.save(obj, tmp_path / "noargs.pth.tar")
+    with pytest.raises(UsageError, match="saved without its args.*--arch NAME"):
+        load_model(tmp_path / "noargs.pth.tar")
+    got = load_model(tmp_path / "noargs.pth.tar", ARCH, 32)
+    assert torch.equal(_probs(got, X), _probs(load_model(files["plain"], ARCH, 32), X))
+
+
+def test_safetensors_with_arch_gives_the_state_dicts_predictions(files, tmp_path):
+    ref = load_model(files["plain"], ARCH, 32)
+    got = load_model(files["st"], ARCH, 32)
+    assert torch.equal(_probs(got, X), _probs(ref, X))
+    shutil.copy(files["st"], tmp_path / "weights.bin")  # another name: told by its header
+    assert torch.equal(_probs(load_model(tmp_path / "weights.bin", ARCH, 32), X), _probs(ref, X))
+    with pytest.raises(UsageError, match=r"\.safetensors file of plain weights: say which timm model"):
+        load_model(files["st"])
+
+
+@pytest.mark.parametrize("cut", [4, 100, -1000])
+def test_a_damaged_safetensors_file_is_one_line(files, tmp_path, cut):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(files["st"].read_bytes()[:cut])
+    with pytest.raises(ModelError, match="not a safetensors file xaibatch can read") as e:
+        load_model(bad, ARCH)
+    assert "\n" not in str(e.value)
+
+
+def test_hub_folder_names_its_model_classes_and_preprocessing(files, tmp_path):
+    ref = load_model(files["plain"], ARCH, 32)
+    got = load_model(files["hub"])
+    assert (got.arch, got.class_names, got.input_size) == (ARCH, ["FAKE", "REAL"], 32)
+    assert got.preprocess.mean == pytest.approx(MEAN) and got.preprocess.std == pytest.approx([0.2] * 3)
+    assert torch.equal(_probs(got, X), _probs(ref, X))
+    bin_only = shutil.copytree(files["hub"], tmp_path / "bin")
+    (bin_only / "model.safetensors").unlink()
+    assert torch.equal(_probs(load_model(bin_only), X), _probs(ref, X))  # pytorch_model.bin when alone
+    cfg = json.loads((bin_only / "config.json").read_text())
+    cfg["label_names"] = {"1": "REAL", "0": "FAKE"}  # {id: name}
+    (bin_only / "config.json").write_text(json.dumps(cfg))
+    assert load_model(bin_only).class_names == ["FAKE", "REAL"]
+
+
+def _folder(tmp_path: Path, config: dict | None, weights=("model.safetensors",)) -> Path:
+    d = tmp_path / "f"
+    d.mkdir()
+    if config is not None:
+        (d / "config.json").write_text(json.dumps(config))
+    for name in weights:
+        save_file(_model().state_dict(), d / name)
+    return d
+
+
+@pytest.mark.parametrize(
+    "config, weights, said",
+    [
+        ({"architectures": ["ViTForImageClassification"], "model_type": "vit"}, ("model.safetensors",),
+         r"a Hugging Face transformers model \(ViTForImageClassification\), not a timm one.*--model FILE\.py:FACTORY"),
+        ({"architecture": ARCH, "num_classes": 2}, (), "a timm Hub folder without its weights"),
+        (None, ("model.safetensors",), "no config.json: give the weights file and its timm model"),
+        (None, (), "a folder, not a checkpoint"),
+        ({"architecture": ARCH, "pretrained_cfg": {"input_size": [3, 32, 48]}}, ("model.safetensors",),
+         r"takes 32x48 \(height x width\) inputs; xaibatch explains square inputs: give --image-size N"),
+    ],
+)  # fmt: skip
+def test_folders_that_are_not_timm_hub_folders_say_what_they_are(tmp_path, config, weights, said):
+    d = _folder(tmp_path, config, weights)
+    with pytest.raises(UsageError, match=said) as e:
+        load_model(d)
+    assert "\n" not in str(e.value)
+
+
+def test_a_non_square_hub_folder_runs_at_the_size_given(tmp_path):
+    d = _folder(tmp_path, {"architecture": ARCH, "pretrained_cfg": {"input_size": [3, 32, 48]}})
+    assert load_model(d, image_size=40).input_size == 40
+
+
+def test_the_cli_takes_each_form_and_sanity_rebuilds_it(files, tmp_path):
+    """run, sanity and serve's --checkpoint took no folder (click: "is a directory"); a train.py checkpoint
+    needs no --arch."""
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 2, seed=1)
+    write_images(inp / "REAL", 2, seed=2)
+    for name, extra in (("hub", ()), ("best", ()), ("st", ("--arch", ARCH, "--image-size", "32"))):
+        out = tmp_path / f"out-{name}"
+        res = invoke("run", inp, "--checkpoint", files[name], "--out", out, "--workers", "0", *extra)
+        assert res.exit_code == 0, (name, res.output)
+        assert ("also holds EMA weights (state_dict_ema)" in res.output) == (name == "best"), res.output
+        assert ("the model names no classes" in res.output) == (name != "hub"), res.output  # folders assumed
+        res = invoke("sanity", out, "--images", "2", "--device", "cpu")
+        assert res.exit_code == 0, (name, res.output)
+    transformers = _folder(tmp_path, {"architectures": ["ViTForImageClassification"]})
+    for argv in (("run", inp, "--out", tmp_path / "o"), ("serve",), ("sanity", tmp_path / "out-hub")):
+        res = invoke(*argv, "--checkpoint", transformers)
+        assert res.exit_code == 2, (argv, res.output)
+        assert "a Hugging Face transformers model" in res.output and "Traceback" not in res.output, argv
+
+
+def test_a_hub_folder_rerun_recomputes_only_when_its_weights_change(files, tmp_path):
+    from xaibatch.model.formats import checkpoint_digest
+
+    hub = shutil.copytree(files["hub"], tmp_path / "hub")
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 2, seed=1)
+    write_images(inp / "REAL", 2, seed=2)
+    out = tmp_path / "out"
+    first = run(run_opts(inp, out, hub), log=quiet)
+    assert first.computed == 4
+    cfg = json.loads((hub / "config.json").read_text())
+    cfg["license"] = "mit"  # a field that changes no prediction
+    (hub / "config.json").write_text(json.dumps(cfg))
+    again = run(run_opts(inp, out, hub), log=quiet)
+    assert again.computed == 0 and "model" not in again.timings  # the cached setup: the digest matched, no torch
+    before = checkpoint_digest(hub)
+    save_file(_model(seed=1).state_dict(), hub / "model.safetensors")
+    assert checkpoint_digest(hub) != before
+    assert run(run_opts(inp, out, hub), log=quiet).computed == 4
+
+
+def test_explain_takes_a_hub_folder_and_a_train_checkpoint(files, tmp_path):
+    """explain()'s checkpoint path: the Hub folder names its classes; a .safetensors file says what to pass."""
+    import xaibatch
+
+    paths = write_images(tmp_path / "imgs", 2, seed=4)
+    hub = xaibatch.explain(files["hub"], paths, device="cpu")
+    best = xaibatch.explain(files["best"], paths, device="cpu")
+    assert hub.classes == ("FAKE", "REAL") and best.classes is None
+    module = load_model(files["plain"], ARCH, 32).module
+    for got, mean, std in ((hub, MEAN, [0.2] * 3), (best, MEAN, [0.5] * 3)):  # each file's own normalization
+        assert xaibatch.explain(module, paths, device="cpu", input_size=32, mean=mean, std=std).probs.allclose(
+            got.probs, atol=1e-6
+        )
+    with pytest.raises(UsageError, match="explain\\(\\) loads checkpoints that name their model"):
+        xaibatch.explain(files["st"], paths, device="cpu")
