@@ -226,3 +226,23 @@ def test_explain_takes_a_hub_folder_and_a_train_checkpoint(files, tmp_path):
         )
     with pytest.raises(UsageError, match="explain\\(\\) loads checkpoints that name their model"):
         xaibatch.explain(files["st"], paths, device="cpu")
+
+
+FACTORY = """
+import timm
+def build():
+    return timm.create_model("test_resnet", pretrained=False, num_classes=2)
+"""
+
+
+def test_a_factory_loads_a_safetensors_file_and_refuses_a_folder(files, tmp_path):
+    from xaibatch.model.user import load_user_model
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    spec = f"{tmp_path / 'net.py'}:build"
+    got = load_user_model(spec, files["st"], 32, None)
+    assert torch.equal(_probs(got, X), _probs(load_model(files["plain"], ARCH, 32), X))
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 1, seed=1)
+    res = invoke("run", inp, "--model", spec, "--checkpoint", files["hub"], "--out", tmp_path / "o")
+    assert res.exit_code == 2 and "a folder; --model" in res.output and "loads a weights file" in res.output

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 from ..files import file_sha256
 
 CONFIG = "config.json"
@@ -88,6 +88,13 @@ def checkpoint_digest(path: Path) -> str:
     h.update(weights.encode() + b"\n")
     h.update(json.dumps(folder.described.model_args, sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
+
+
+def folder_for_factory(path: Path, spec: str) -> UsageError:
+    """A folder given to a ``--model`` factory or torchvision model, which loads one weights file."""
+    return UsageError(
+        f"--checkpoint {path}: a folder; --model {spec} loads a weights file (e.g. --checkpoint FOLDER/model.safetensors)"
+    )
 
 
 def hub_folder(path: Path) -> HubFolder:

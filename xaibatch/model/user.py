@@ -24,6 +24,7 @@ from ..errors import ModelError, UsageError
 from ..files import file_sha256
 from ..imports import import_torchvision
 from ..runconfig import RANDOM_INIT
+from .formats import folder_for_factory
 from .loading import LoadedModel, finish, load_weights, load_model, read_state_dict
 
 FORMS = MODEL_FORMS
@@ -178,10 +179,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     if checkpoint is not None:
         path = Path(checkpoint)
         if path.is_dir():
-            raise UsageError(
-                f"--checkpoint {path}: a folder; --model {spec} loads a weights file "
-                "(e.g. --checkpoint FOLDER/model.safetensors)"
-            )
+            raise folder_for_factory(path, spec)
         if not path.is_file():
             raise UsageError(f"--checkpoint {path}: no such file")
         sd = read_state_dict(path)

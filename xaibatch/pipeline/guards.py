@@ -176,9 +176,11 @@ def check_model_request(opts: ModelOptions) -> None:
         path = Path(opts.checkpoint)
         if not path.exists():
             raise UsageError(f"--checkpoint {path}: no such file")
-        if path.is_dir() and (opts.model is None or opts.model.startswith("timm:")):
-            from ..model.formats import hub_folder
+        if path.is_dir():
+            from ..model.formats import folder_for_factory, hub_folder
 
+            if opts.model is not None and not opts.model.startswith("timm:"):
+                raise folder_for_factory(path, opts.model)
             hub_folder(path)  # a timm Hub folder, else what it is (a transformers model, no weights), at once
         elif not path.is_file():
             raise UsageError(f"--checkpoint {path}: not a regular file")
