@@ -290,13 +290,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(read_checkpoint(path), path)
 
 
-def _classifier_out(arch_model: nn.Module | str, sd: dict[str, torch.Tensor]) -> int | None:
-    """The number of classes ``sd``'s classifier has (``arch_model``: a model built, or a timm name)."""
-    if isinstance(arch_model, str):
-        cfg = import_timm().models.get_pretrained_cfg(arch_model)
-        name = getattr(cfg, "classifier", None) if cfg is not None else None
-    else:
-        name = (getattr(arch_model, "pretrained_cfg", None) or {}).get("classifier")
+def _classifier_out(arch: str, sd: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes ``sd``'s classifier has, its name from timm's registry (no model built)."""
+    cfg = import_timm().models.get_pretrained_cfg(arch)
+    name = getattr(cfg, "classifier", None) if cfg is not None else None
     if isinstance(name, (tuple, list)):  # DeiT's distilled pair: both heads have the classes
         name = name[0] if name else None
     if name and f"{name}.weight" in sd:
@@ -420,9 +417,8 @@ def load_model(
         what = "a .safetensors file of plain weights" if tensors_only else "a plain state_dict"
         raise UsageError(f"{path} is {what}: say which timm model it is with --arch NAME")
     sd = unwrap_state_dict(obj, path)
-    probe = create(arch, num_classes or 2, img_size=image_size)
-    n = _classifier_out(probe, sd) or num_classes or 2
-    module = probe if n == (num_classes or 2) else create(arch, n, img_size=image_size)
+    n = _classifier_out(arch, sd) or num_classes or 2  # from timm's registry: the model is built once
+    module = create(arch, n, img_size=image_size)
     load_weights(module, sd, f"{flag}{arch}", path)
     return finish(module, arch, None, image_size, None, None, str(path), digest)
 
