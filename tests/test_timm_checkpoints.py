@@ -265,3 +265,15 @@ def test_a_plain_state_dict_builds_its_model_once(tmp_path, monkeypatch):
     got = load_model(tmp_path / "three.pt", ARCH, 32)
     assert len(built) == 1 and got.num_classes == 3
     assert torch.equal(_probs(got, X), net(X).softmax(1).detach())
+
+
+def test_an_arch_with_a_tag_is_the_same_model_and_model_args_need_no_in_chans(files, tmp_path):
+    obj = torch.load(files["best"], weights_only=False)
+    obj["args"].model = obj["arch"] = f"{ARCH}.r160_in1k"  # train.py --model NAME.TAG
+    torch.save(obj, tmp_path / "tagged.pth.tar")
+    assert load_model(tmp_path / "tagged.pth.tar", ARCH).arch == ARCH  # was "trained as ..., not --arch ..."
+    hub = shutil.copytree(files["hub"], tmp_path / "hub")
+    cfg = json.loads((hub / "config.json").read_text())
+    cfg["model_args"]["in_chans"] = None  # was "a model of None input channels"
+    (hub / "config.json").write_text(json.dumps(cfg))
+    assert load_model(hub).class_names == ["FAKE", "REAL"]

@@ -153,7 +153,7 @@ def _described(cfg: dict[str, Any], config: Path) -> Described:
     args = cfg.get("model_args") or {}
     if not isinstance(args, dict):
         raise bad("'model_args' is not an object")
-    if args.get("in_chans", 3) != 3:
+    if args.get("in_chans") not in (None, 3):
         raise ModelError(f"{config}: a model of {args['in_chans']} input channels; xaibatch explains RGB images")
     names = cfg.get("label_names", pre.get("label_names", pre.get("labels")))
     size = pre.get("input_size")

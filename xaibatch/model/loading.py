@@ -437,7 +437,7 @@ def _load_described(
     and class names where it names them (``image_size``, the user's, first)."""
     timm = import_timm()
     named = described.arch
-    if arch and named and arch != named and timm.is_model(named):
+    if arch and named and arch.split(".")[0] != named.split(".")[0] and timm.is_model(named):  # tags aside
         raise ModelError(
             f"{path} was trained as {named}, not {flag}{arch}; drop {flag.split()[0]} (the checkpoint "
             "names its architecture)"
