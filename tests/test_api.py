@@ -1163,3 +1163,115 @@ def test_a_jpeg_decoded_scaled_keeps_its_own_size(tmp_path):
     with pytest.raises(UsageError) as e:  # without input_size=: its own side is what is refused
         xaibatch.explain(TinyNet(), path)
     assert str(e.value).startswith("the images are 9000 px on their longer side"), str(e.value)
+
+
+def _skimage_photo(name: str) -> Image.Image:
+    from xaibatch.tools.demo import _data_dir
+
+    d = _data_dir("skimage")
+    if d is None or not (d / name).is_file():
+        pytest.skip(f"scikit-image's {name} is not installed")
+    with Image.open(d / name) as im:
+        return im.convert("RGB")
+
+
+def test_overlays_are_the_reports_pixels_over_the_images_display_copy(tmp_path):
+    """explain()'s pictures are a run's: each image's display copy (data.display_copy: the image itself, at most
+    512 px a side) with the map drawn over it as a run draws it, so ``overlay(i, m, size="given")``, the grid and
+    save() show the report's overlay PNG pixel for pixel. They were drawn over the model's input stretched back
+    to the image's size: on a 64 px model 17-80 grey levels off the report's, also for the 32 px demo images
+    (upscaled to 64 and back), and for photos over 512 px another size (1000 x 872, not 512 x 447) and blurred.
+    Batches of one on both sides: a batch's float sums may move a map by 1e-7, and a pixel by one step."""
+    import json
+
+    from helpers import make_checkpoint
+    from xaibatch import layout
+    from xaibatch.tools.demo import write_demo_data
+
+    ckpt = make_checkpoint(tmp_path / "m64.pt", size=64)
+    inp = tmp_path / "in"
+    write_demo_data(tmp_path / "demo", train_per_class=1, test_per_class=1, seed=0)
+    demo = sorted((tmp_path / "demo" / "test").rglob("*.png"))
+    demo = [p for p in demo if not p.name.endswith(".mask.png")][:2]
+    inp.mkdir()
+    paths = []
+    for p in demo:  # the 32 px demo images
+        paths.append(inp / f"demo_{p.name}")
+        paths[-1].write_bytes(p.read_bytes())
+    assert Image.open(paths[0]).size == (32, 32)
+    photos = {
+        "chelsea.png": _skimage_photo("chelsea.png"),  # 451 x 300: under 512, not square
+        "coffee.png": _skimage_photo("coffee.png"),  # 600 x 400: over 512, not square
+        "hubble.png": _skimage_photo("hubble_deep_field.jpg"),  # 1000 x 872
+    }
+    for name, im in photos.items():
+        paths.append(inp / name)
+        im.save(paths[-1])
+    rocket = _skimage_photo("rocket.jpg")  # 640 x 427, stored on its side (427 x 640) with an EXIF orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    paths.append(inp / "rocket.jpg")
+    rocket.transpose(Image.Transpose.ROTATE_90).save(paths[-1], quality=90, exif=exif)
+    methods = ["gradcam", "captum:InputXGradient"]  # unsigned (bilinear) and signed (nearest)
+    out = tmp_path / "out"
+    opts = xaibatch.RunOptions(
+        input_dir=inp, out_dir=out, methods=methods, checkpoint=ckpt, batch_size=1, workers=0, handle_signals=False
+    )
+    xaibatch.run(opts, log=lambda s: None)
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        saved, images = m.maps(), m.images()
+    finally:
+        m.close()
+    ex = xaibatch.explain(ckpt, paths, methods, batch_size=1, device="cpu")
+    kept = ex.save(tmp_path / "kept")
+    manifest = json.loads((kept / "manifest.json").read_text())
+    back = xaibatch.Explanations.load(kept)
+    for i, p in enumerate(paths):
+        w, h = ex.given_sizes[i]
+        report = np.asarray(Image.open(out / layout.image_png(images[p.name].stem)).convert("RGB"))
+        assert report.shape[:2] == layout.display_size(w, h)[::-1], p.name
+        assert np.array_equal(ex.picture(i, "given"), report), p.name  # the report's picture
+        for method in methods:
+            run_png = np.asarray(Image.open(out / saved[(p.name, method)].png).convert("RGB"))
+            assert np.array_equal(np.asarray(ex.overlay(i, method, size="given")), run_png), (p.name, method)
+            files = manifest["images"][i]["maps"][method]
+            assert np.array_equal(np.asarray(Image.open(kept / files["overlay"])), run_png), (p.name, method)
+            assert np.array_equal(np.asarray(back.overlay(i, method, size="given")), run_png), (p.name, method)
+        assert np.array_equal(np.asarray(Image.open(kept / manifest["images"][i]["display"])), report), p.name
+    assert Image.open(paths[-1]).size == (427, 640) and ex.given_sizes[-1] == (640, 427)  # upright
+    assert ex.picture(len(paths) - 1, "given").shape == (342, 512, 3)
+    # a tensor's display copy is its own pixels, as a file of them would be
+    pixels = torch.from_numpy(np.array(Image.open(paths[0]))).permute(2, 0, 1)
+    t = xaibatch.explain(ckpt, pixels, methods, batch_size=1, device="cpu")
+    first = np.asarray(Image.open(out / saved[(paths[0].name, "gradcam")].png).convert("RGB"))
+    assert np.array_equal(np.asarray(t.overlay(0, "gradcam", size="given")), first)
+
+
+def test_a_save_of_an_older_xaibatch_loads_and_draws_as_before(tmp_path):
+    """A bundle saved before explain() kept display copies (no ``display`` in its manifest, no display.png) still
+    loads; its pictures are drawn over the model's input stretched back to the image's size, as that version drew
+    them, and saved again as such."""
+    import json
+
+    pixels = torch.randint(0, 256, (3, 3, 20, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    r = xaibatch.explain(TinyNet(), pixels, "gradcam", input_size=32)
+    assert [d.shape for d in r.displays] == [(20, 28, 3)] * 3  # the tensor's own pixels
+    assert np.array_equal(r.displays[1], pixels[1].permute(1, 2, 0))
+    folder = r.save(tmp_path / "new")
+    back = xaibatch.Explanations.load(folder)
+    assert all(np.array_equal(a, b) for a, b in zip(back.displays, r.displays, strict=True))
+    man = json.loads((folder / "manifest.json").read_text())
+    for im in man["images"]:  # as the previous version wrote it
+        del im["display"]
+        (folder / im["folder"] / "display.png").unlink()
+    (folder / "manifest.json").write_text(json.dumps(man))
+    old = xaibatch.Explanations.load(folder)
+    assert old.displays is None and torch.equal(old.images, r.images)
+    assert torch.equal(old.maps["gradcam"], r.maps["gradcam"])
+    stretched = np.asarray(Image.fromarray(old.picture(1)).resize((28, 20), Image.BILINEAR))
+    assert np.array_equal(old.picture(1, "given"), stretched)
+    assert not np.array_equal(old.picture(1, "given"), r.picture(1, "given"))  # the display copy is sharper
+    assert old.overlay(1, size="given").size == (28, 20) and "data:image/png" in old._repr_html_()
+    again = json.loads((old.save(tmp_path / "again") / "manifest.json").read_text())
+    assert again["images"][0]["display"] is None

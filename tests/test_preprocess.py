@@ -106,7 +106,7 @@ def test_resizing_in_memory_matches_the_loaders(tmp_path):
 
     t = torch.from_numpy(a).permute(2, 0, 1)[None]
     for given in (t, a[None], t.float() / 255):
-        x, sizes = _as_uint8_batch(given, pre)
+        x, sizes, _ = _as_uint8_batch(given, pre)
         assert torch.equal(x[0], loader) and sizes == [(50, 30)]
 
 

@@ -267,9 +267,8 @@ def test_a_map_zero_everywhere_has_no_scale_as_in_the_report(service):
 def test_serve_and_explain_draw_a_runs_overlay_pixels(service, tmp_path):
     """A map drawn for display is drawn once (overlay.draw_batch): serve's overlay of an image is the PNG a run
     wrote for it, byte for byte (same pixels, same encoder), and explain()'s map drawn over the run's display copy
-    too; at every size, also where the map shrinks on one side and grows on the other. explain()'s own overlay
-    is drawn over the model's input (stretched back to the image's size): the run's pixels where that is the
-    image, at the model's size. Serve drew with PIL
+    too; at every size, also where the map shrinks on one side and grows on the other; and explain()'s own overlay
+    at the image's size, drawn over its display copy as a run's is. Serve drew with PIL
     (display_map: BOX then BILINEAR or NEAREST, PNG by PIL): at 20x50 px its LIME overlay differed from the
     report's by up to 140 of 255 (segment edges a pixel off), Grad-CAM's by 16, and no PNG's bytes were equal.
     Batches of one: a batch's float sums may move a map by 1e-7, and a pixel by one step."""
@@ -310,8 +309,7 @@ def test_serve_and_explain_draw_a_runs_overlay_pixels(service, tmp_path):
             assert served[method].overlay_png == written, (sizes[i], method)
             over, _ = draw(display, ex.maps[method][i].numpy(), served[method].signed)
             assert encode_png(over, MAP_PNG_STRATEGY) == written, (sizes[i], method)
-            if sizes[i] == (32, 32):  # explain() draws over the model's input: the image itself at the model's size
-                assert np.array_equal(np.asarray(ex.overlay(i, method, size="given")), over), method
+            assert np.array_equal(np.asarray(ex.overlay(i, method, size="given")), over), (sizes[i], method)
 
 
 def test_requests_that_arrive_together_are_one_batch_per_setting(service, monkeypatch):

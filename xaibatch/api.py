@@ -62,7 +62,7 @@ def explain(
         out = xaibatch.explain(model, images, ["gradcam", "lime"], classes=["FAKE", "REAL"])
         out                      # in Jupyter: a grid of overlays (images x methods)
         out.overlay(0, "lime")   # a PIL image; out.heatmap(i, method): the map alone
-        out.overlay(0, "lime", size="given")   # at the image's own size (out.given_sizes[0])
+        out.overlay(0, "lime", size="given")   # the report's overlay: over the image's display copy
         out.maps["gradcam"]      # (N, S, S) float32 CPU tensor; out.preds, out.probs, out.layer
         out.save("explained")    # a folder per image and a manifest.json; Explanations.load() reads it back
 
@@ -128,10 +128,10 @@ def explain(
             if pre is None:  # a given size, else the model's declared one (as a run's), else the images' (below)
                 sized = input_size or declared_size(net)
                 pre = Preprocess.for_model(net, sized, mean, std) if sized else None
-                x, sizes = _as_uint8_batch(images, pre)
+                x, sizes, shown = _as_uint8_batch(images, pre)
                 pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
             else:
-                x, sizes = _as_uint8_batch(images, pre)
+                x, sizes, shown = _as_uint8_batch(images, pre)
             if x.shape[0] == 0:
                 raise UsageError("no images to explain")
             mode, given = _target_mode(target, labels, x.shape[0], classes)
@@ -140,7 +140,7 @@ def explain(
                 names, mode, given, classes, described, batch_size, target_layer, method_options or {}, seed, prefix
             )
             splits: list[Split] = []
-            result = _explain(net, x, sizes, pre, dev, request, Fitting(dev, splits.append, caller="explain"))
+            result = _explain(net, x, (sizes, shown), pre, dev, request, Fitting(dev, splits.append, caller="explain"))
     if splits:  # once, after the last batch: the first batch that did not fit, and the size that did
         split = Split(splits[0].batch, splits[-1].size, splits[-1].memory)
         warnings.warn(
@@ -268,9 +268,10 @@ class Request:
     layer_prefix: str = ""  # "module.": the model was a DataParallel's (layers named as in the wrapper)
 
 
-def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Explanations:
-    """explain() once the module is borrowed and the images are the model's input; ``fitting``: the batch size
-    that fits in memory (methods/explainer.Fitting), shared by the prediction's and the true class's batches."""
+def _explain(net, x, given, pre: Preprocess, dev, req: Request, fitting) -> Explanations:
+    """explain() once the module is borrowed and the images are the model's input; ``given``: each image's
+    (width, height) and display copy; ``fitting``: the batch size that fits in memory
+    (methods/explainer.Fitting), shared by the prediction's and the true class's batches."""
     from .errors import UsageError
     from .methods.base import first_segmenter
     from .methods.explainer import Explained, Explainer
@@ -305,11 +306,12 @@ def _explain(net, x, sizes, pre: Preprocess, dev, req: Request, fitting) -> Expl
         target=req.mode,
         methods=Frozen({m.name: MethodSetting(type(m).title, bool(m.signed), Frozen(m.config())) for m in made}),
         preprocess=pre,
-        given_sizes=tuple(sizes),
+        given_sizes=tuple(given[0]),
         seed=req.seed,
         device=str(dev),
         model=req.model,
         versions=Frozen(versions()),
+        displays=tuple(given[1]),
     )
 
 
@@ -488,25 +490,29 @@ def _check_float32(net) -> None:
 def _as_uint8_batch(images, pre: Preprocess | None):
     """(N, 3, S, S) uint8 CPU tensor from any of the accepted forms (see :func:`explain`), stretched to ``pre``'s
     size (None: the first image's longer side, for every form: a non-square batch kept its own H x W, and each
-    method's maps came out another size), and each image's (width, height) as given."""
+    method's maps came out another size), each image's (width, height) as given, and each image's display copy
+    (:func:`data.display_copy`, as a run makes it: the picture its overlays are drawn over; a tensor's or array's
+    own pixels as a PIL image)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from .data import full_size
+    from .data import display_copy, full_size
     from .errors import UsageError
 
     if isinstance(images, (torch.Tensor, np.ndarray)):
         t = _uint8_images(images, "a tensor" if isinstance(images, torch.Tensor) else "an array")
         size = pre.image_size if pre is not None else _side_of_images(max(t.shape[2:], default=0))
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
+        pics = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in t]
+        shown = [display_copy(p) for p in pics]  # copies: the caller's tensor may change after the call
         if tuple(t.shape[2:]) == (size, size) or t.shape[0] == 0:
-            return t.contiguous(), sizes
+            return t.contiguous(), sizes, shown
         # resized as a run's loader resizes a decoded file (PIL's BILINEAR), not by torch's antialiased bilinear
         # (--decode device's), which put pixels a grey level off and moved maps by up to 0.013
         pre_t = Preprocess(size)
-        arr = np.stack([pre_t.resize_image(Image.fromarray(a.permute(1, 2, 0).numpy())) for a in t])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), sizes
+        arr = np.stack([pre_t.resize_image(p) for p in pics])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), sizes, shown
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     elif isinstance(images, (bytes, bytearray, memoryview)):  # its items are ints: "images[0] is an int"
@@ -524,7 +530,8 @@ def _as_uint8_batch(images, pre: Preprocess | None):
     # A JPEG over 64 megapixels is decoded at 1/2 or 1/4 of its size: its own size is the file's, as a run records it
     pre = pre or Preprocess(_side_of_images(max(full_size(pics[0]))))
     arr = np.stack([pre.resize_image(p) for p in pics])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [full_size(p) for p in pics]
+    shown = [display_copy(p) for p in pics]
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [full_size(p) for p in pics], shown
 
 
 MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)

@@ -29,7 +29,7 @@ import numpy as np
 from . import layout, targets
 from .errors import StorageError, UsageError
 from .files import atomic_write_bytes, make_dirs, safe_join, save_npy
-from .overlay import colorize, overlay, png_bytes, resize_maps, stretch, thumbnail
+from .overlay import MAP_PNG_STRATEGY, colorize, draw, encode_png, png_bytes, resize_maps, stretch, thumbnail
 from .preprocess import Preprocess
 from .report.text import class_name
 
@@ -100,7 +100,7 @@ class Explanations:
     # method -> per image, what it reports (LIME: its segments, ...), or None
     info: Mapping[str, list[dict[str, Any] | None]] = field(default_factory=Frozen)
     layer: str | None = None  # the CAM layer used
-    images: Any = None  # (N, 3, S, S) uint8: each image as the model saw it (what the overlays are drawn on)
+    images: Any = None  # (N, 3, S, S) uint8: each image as the model saw it (what size="input" draws on)
     classes: tuple[str, ...] | None = None  # class names, when known
     labels: Any = None  # (N,) int64 true classes when given, else None
     target: str = "pred"  # "pred", "label" or "pred,label" (targets.py): what the maps explain
@@ -111,6 +111,10 @@ class Explanations:
     device: str = "cpu"
     model: str = ""  # the model's class name, or the checkpoint's path
     versions: Mapping[str, str] = field(default_factory=Frozen)
+    # Per image its display copy, (h, w, 3) uint8: the image at its own size, at most 512 px a side, made as a run
+    # makes it (data.display_copy): what size="given" pictures and overlays, the grid and save() draw on, the
+    # report's picture. None (a bundle or a pickle of an older xaibatch): the model's input stretched back instead.
+    displays: tuple[np.ndarray, ...] | None = None
 
     @staticmethod
     def load(folder: str | Path) -> Explanations:
@@ -158,23 +162,30 @@ class Explanations:
         return resize_maps(m[None], given[::-1], self.signed(method))[0].numpy()
 
     def picture(self, i: int, size: str = "input") -> np.ndarray:
-        """Image ``i`` as the model saw it: (S, S, 3) uint8; ``size="given"``: stretched back to its own size."""
+        """Image ``i``: as the model saw it, (S, S, 3) uint8; ``size="given"``: as the report shows it, its display
+        copy (the image itself at its own size, made at most 512 px a side as a run makes it; explanations of an
+        older xaibatch, which kept no display copy: the model's input stretched back to the image's size)."""
+        i = self._index(i)
+        given = self._given_size(i, size)
+        if given is not None and self.displays is not None:
+            return self.displays[i]
         if self.images is None:
             raise UsageError("these explanations hold no images to draw on (made without explain())")
         from PIL import Image
 
-        i = self._index(i)
         pic = np.ascontiguousarray(self.images[i].permute(1, 2, 0).numpy())
-        given = self._given_size(i, size)
         if given is None or given[::-1] == pic.shape[:2]:
             return pic
         return np.asarray(_image(pic).resize(given, Image.BILINEAR))
 
     def overlay(self, i: int, method: str = "", size: str = "input") -> Any:
-        """Image ``i`` with its map of ``method`` (default: the first) over it, as the report draws it: a PIL image
-        (``size="given"``: at the image's own size, so it lines up with the picture you passed)."""
+        """Image ``i`` with its map of ``method`` (default: the first) over it, drawn as a run draws it
+        (:func:`overlay.draw`): a PIL image over the model's input, or with ``size="given"`` over the image's display
+        copy (:meth:`picture`): the report's overlay of that map, pixel for pixel, at the image's own size up to
+        512 px a side."""
         method = method or next(iter(self.maps))
-        return overlay(self.picture(i, size), self.map(i, method, size), self.signed(method))
+        m = self.map(i, method)  # at the model's input size: a run resizes that map to its display copy
+        return _image(draw(self.picture(i, size), m, self.signed(method))[0])
 
     def heatmap(self, i: int, method: str = "", size: str = "input") -> Any:
         """Image ``i``'s map of ``method`` (default: the first) in the report's colours alone: a PIL image."""
@@ -209,6 +220,11 @@ class Explanations:
             raise UsageError(f"image index {k} out of range: {n} images (0..{n - 1})")
         return k % n
 
+    @property
+    def _shown(self) -> str:
+        """The size the grid and save() draw at: the report's pictures, where the images' own sizes are known."""
+        return "given" if len(self.given_sizes) == len(self) else "input"
+
     def _title(self, key: str) -> str:
         title = self.methods[targets.method_of(key)].title
         return f"{title}, true class" if targets.is_label_key(key) else title
@@ -224,13 +240,13 @@ class Explanations:
         shown = range(min(len(self), REPR_MAX_IMAGES))
         rows = []
         for i in shown:
-            cells = [_data_uri(self.overlay(i, k)) if self._has_map(i, k) else None for k in self.maps]
+            cells = [_data_uri(self.overlay(i, k, self._shown)) if self._has_map(i, k) else None for k in self.maps]
             y = None if self.labels is None else int(self.labels[i])
             p = int(self.preds[i])
             rows.append(
                 {
                     "i": i,
-                    "input": _data_uri(_image(self.picture(i))),
+                    "input": _data_uri(_image(self.picture(i, self._shown))),
                     "pred": self.class_name(p),
                     "prob": f"{float(self.probs[i, p]):.1%}",
                     "target": self.class_name(int(self.targets[i])),
@@ -280,6 +296,8 @@ class Explanations:
         for i in range(len(self)):
             rel_dir = f"images/{i:0{width}d}"
             atomic_write_bytes(safe_join(root, f"{rel_dir}/input.png"), png_bytes(_image(self.picture(i))))
+            if self.displays is not None:
+                atomic_write_bytes(safe_join(root, f"{rel_dir}/display.png"), png_bytes(_image(self.displays[i])))
             files = {}
             for key in self.maps:
                 if not self._has_map(i, key):
@@ -287,7 +305,8 @@ class Explanations:
                 stem = f"{rel_dir}/{layout.method_dir(key)}"
                 names = {"npy": f"{stem}.npy", "overlay": f"{stem}-overlay.png", "heatmap": f"{stem}-heatmap.png"}
                 save_npy(safe_join(root, names["npy"]), self.map(i, key))
-                atomic_write_bytes(safe_join(root, names["overlay"]), png_bytes(self.overlay(i, key)))
+                over = np.asarray(self.overlay(i, key, self._shown))  # encoded as a run's: the same bytes
+                atomic_write_bytes(safe_join(root, names["overlay"]), encode_png(over, MAP_PNG_STRATEGY))
                 atomic_write_bytes(safe_join(root, names["heatmap"]), png_bytes(self.heatmap(i, key)))
                 info = self.info.get(key)
                 files[key] = {**names, "info": info[i] if info else None}
@@ -300,6 +319,7 @@ class Explanations:
             "index": i,
             "folder": rel_dir,
             "input": f"{rel_dir}/input.png",
+            "display": f"{rel_dir}/display.png" if self.displays is not None else None,
             "given_size": list(self.given_sizes[i]) if self.given_sizes else None,
             "pred": int(self.preds[i]),
             "pred_class": self.class_name(int(self.preds[i])),

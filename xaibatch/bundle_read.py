@@ -56,6 +56,7 @@ def read_bundle(folder: Path) -> Explanations:
             device=man["device"],
             model=man["model"],
             versions=Frozen(man["versions"]),
+            displays=_displays(folder, images),
         )
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise UsageError(f"{folder}: a damaged save() ({type(e).__name__}: {e})") from None
@@ -77,6 +78,14 @@ def _read_maps(folder: Path, images: list[dict[str, Any]], key: str, side: tuple
         arr[i] = np.load(_inside(folder, files["npy"]), allow_pickle=False)
         per[i] = files.get("info")
     return torch.from_numpy(arr), per
+
+
+def _displays(folder: Path, images: list[dict[str, Any]]) -> tuple[np.ndarray, ...] | None:
+    """Each image's display copy (``display.png``); None for a save of an older xaibatch, which kept none (its
+    pictures are then drawn over the model's input, as that version drew them)."""
+    if not images or any(not im.get("display") for im in images):
+        return None
+    return tuple(_picture(folder, im["display"]) for im in images)
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
