@@ -504,15 +504,18 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         t = _uint8_images(images, "a tensor" if isinstance(images, torch.Tensor) else "an array")
         size = pre.image_size if pre is not None else _side_of_images(max(t.shape[2:], default=0))
         sizes = [(int(t.shape[3]), int(t.shape[2]))] * t.shape[0]
-        pics = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in t]
-        shown = [display_copy(p) for p in pics]  # copies: the caller's tensor may change after the call
-        if tuple(t.shape[2:]) == (size, size) or t.shape[0] == 0:
+        same = tuple(t.shape[2:]) == (size, size)
+        pre_t, inputs, shown = Preprocess(size), [], []
+        for a in t:  # each image's own pixels as a PIL image, as a file of them would be decoded
+            pic = Image.fromarray(a.permute(1, 2, 0).numpy())
+            shown.append(display_copy(pic))  # a copy: the caller's tensor may change after the call
+            if not same:
+                # resized as a run's loader resizes a decoded file (PIL's BILINEAR), not by torch's antialiased
+                # bilinear (--decode device's), which put pixels a grey level off and moved maps by up to 0.013
+                inputs.append(pre_t.resize_image(pic))
+        if same or t.shape[0] == 0:
             return t.contiguous(), sizes, shown
-        # resized as a run's loader resizes a decoded file (PIL's BILINEAR), not by torch's antialiased bilinear
-        # (--decode device's), which put pixels a grey level off and moved maps by up to 0.013
-        pre_t = Preprocess(size)
-        arr = np.stack([pre_t.resize_image(p) for p in pics])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), sizes, shown
+        return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous(), sizes, shown
     if isinstance(images, (str, Path, Image.Image)):
         images = [images]
     elif isinstance(images, (bytes, bytearray, memoryview)):  # its items are ints: "images[0] is an int"
@@ -524,14 +527,19 @@ def _as_uint8_batch(images, pre: Preprocess | None):
         raise UsageError(
             f"images must be a tensor, an array, a PIL image, a file path or a list of them, not {_a(images)}"
         )
-    pics = [_picture(p, f"images[{i}]") for i, p in enumerate(images)]
-    if not pics:
+    inputs, sizes, shown = [], [], []
+    for i, item in enumerate(images):  # one decoded image at a time: 50 phone photos held 1.8 GB at once
+        pic = _picture(item, f"images[{i}]")
+        # A JPEG over 64 megapixels is decoded at 1/2 or 1/4 of its size: its own size is the file's, as a run
+        # records it
+        pre = pre or Preprocess(_side_of_images(max(full_size(pic))))
+        inputs.append(pre.resize_image(pic))
+        sizes.append(full_size(pic))
+        shown.append(display_copy(pic))
+        del pic
+    if not inputs:
         raise UsageError("no images to explain")
-    # A JPEG over 64 megapixels is decoded at 1/2 or 1/4 of its size: its own size is the file's, as a run records it
-    pre = pre or Preprocess(_side_of_images(max(full_size(pics[0]))))
-    arr = np.stack([pre.resize_image(p) for p in pics])
-    shown = [display_copy(p) for p in pics]
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [full_size(p) for p in pics], shown
+    return torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous(), sizes, shown
 
 
 MAX_IMAGES_SIDE = 1024  # without input_size=, the side the images' own size may set (a phone photo: 4032 px)
