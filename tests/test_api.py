@@ -1239,6 +1239,18 @@ def test_overlays_are_the_reports_pixels_over_the_images_display_copy(tmp_path):
             assert np.array_equal(np.asarray(Image.open(kept / files["overlay"])), run_png), (p.name, method)
             assert np.array_equal(np.asarray(back.overlay(i, method, size="given")), run_png), (p.name, method)
         assert np.array_equal(np.asarray(Image.open(kept / manifest["images"][i]["display"])), report), p.name
+    import base64
+    import io
+
+    from xaibatch.overlay import thumbnail
+
+    html = ex._repr_html_()  # the notebook grid: the report's pictures, as thumbnails
+    srcs = [s.split('"', 1)[0].split(",", 1)[1] for s in html.split('src="')[1:]]
+    for i, p in enumerate(paths):
+        cells = [np.asarray(Image.open(io.BytesIO(base64.b64decode(c)))) for c in srcs[3 * i : 3 * i + 3]]
+        assert np.array_equal(cells[0], np.asarray(thumbnail(Image.fromarray(ex.picture(i, "given"))))), p.name
+        run_png = Image.open(out / saved[(p.name, methods[0])].png).convert("RGB")
+        assert np.array_equal(cells[1], np.asarray(thumbnail(run_png))), p.name
     assert Image.open(paths[-1]).size == (427, 640) and ex.given_sizes[-1] == (640, 427)  # upright
     assert ex.picture(len(paths) - 1, "given").shape == (342, 512, 3)
     # a tensor's display copy is its own pixels, as a file of them would be
