@@ -267,7 +267,7 @@ def scorer_for(cfg: FaithConfig | None, ctx, method_hashes: dict[str, str]) -> S
     """The Scorer of a run's maps (None when disabled)."""
     if cfg is None:
         return None
-    return Scorer(ctx.model, cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
+    return Scorer(ctx.forward_model(), cfg, ctx.preprocess, hashes=hashes(cfg, method_hashes) or {})
 
 
 def chance_seed(sha256: str) -> int:
@@ -312,7 +312,7 @@ def update_chance(
             todo.append((rel, sha))
     if todo:
         log(f"xaibatch: scoring a random map and a centred blob on {len(todo)} sampled image(s) (the chance line)")
-    scorer = Scorer(prepared.ctx.model, cfg, prepared.ctx.preprocess)
+    scorer = Scorer(prepared.ctx.forward_model(), cfg, prepared.ctx.preprocess)
     step = max(1, prepared.batch_size or 32)
     done = 0
     for a in range(0, len(todo), step):

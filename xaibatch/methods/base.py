@@ -9,6 +9,7 @@ files, resizing to the original size, writing, the manifest) is the pipeline's.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
@@ -53,10 +54,27 @@ class ModelContext:
     layer: TargetLayer
     preprocess: Preprocess  # input size, mean, std: normalizing and black baselines go through it
     device: torch.device
+    _forward_only: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def input_size(self) -> int:
         return self.preprocess.image_size
+
+    def forward_model(self) -> torch.nn.Module:
+        """``model`` for forwards without gradient whose outputs are not stored (LIME's perturbed images,
+        faithfulness's curves): eval-mode BatchNorm folded into the convolution before it where that is exact
+        (model/fold.py: the same numbers to float rounding; ``model`` itself when nothing folds). Built on first
+        use, once per context (a run's, an explain() call's, a sanity step's: ``replace`` starts it afresh). Never
+        for the prediction pass or the gradient methods: their hooks and layer names are ``model``'s."""
+        if self._forward_only is None:
+            from ..model.fold import fold_batchnorm
+
+            param = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+            dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+            size = self.preprocess.image_size
+            probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device, dtype)
+            self._forward_only = fold_batchnorm(self.model, probe)
+        return self._forward_only
 
 
 @dataclass

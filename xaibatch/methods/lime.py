@@ -184,7 +184,7 @@ class Lime(Method):
             return self.batch_size
         key = (x.device, tuple(x.shape[1:]), x.dtype)
         if key not in self._auto_chunk:
-            self._auto_chunk[key] = auto_chunk(self.ctx.model, x)
+            self._auto_chunk[key] = auto_chunk(self.ctx.forward_model(), x)
         return self._auto_chunk[key]
 
     def fill_for(self, batch: Batch, labels: torch.Tensor, n_max: int) -> torch.Tensor:
@@ -223,7 +223,7 @@ class Lime(Method):
         probs = torch.empty(n, dtype=torch.float64, device=x.device)
         chunk = min(self.chunk_size(x), n)
         fmt = layout(x)
-        model = self.ctx.model
+        model = self.ctx.forward_model()  # BatchNorm folded where exact: no gradient, probabilities not stored
         with torch.no_grad():
             start = 0
             while start < n:  # chunks of the model batch, not samples

@@ -176,7 +176,7 @@ class Service:
             from ..evaluation.faithfulness import FaithConfig, Scorer
 
             ctx = self.prepared.ctx
-            self._scorer = Scorer(ctx.model, FaithConfig(), ctx.preprocess)
+            self._scorer = Scorer(ctx.forward_model(), FaithConfig(), ctx.preprocess)
         return self._scorer
 
     # -- explaining -------------------------------------------------------------------------------
