@@ -13,7 +13,8 @@
 #   device.txt    benchmarks/device_start.py: time to the first batch with the GPU started beside the imports
 #                 and without (3 rounds over 2,000 demo images, fresh processes taking turns)
 #   lime.txt      benchmarks/lime_phases.py: one LIME batch phase by phase (the bundled model at the run's GPU
-#                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials)
+#                 batch of 512, and resnet18 @ 64), as is, with cudnn.benchmark and channels-last (trials), all
+#                 with BatchNorm folded (model/fold.py); the bundled one once more unfolded (--unfolded): the fold's gain
 #   fs.txt        the file system a run writes to (/tmp): benchmarks/fs_scale.py (atomic small files from 1-16
 #                 processes, one folder and one each) and benchmarks/writer_scale.py (the writer with 0-8
 #                 processes against one thread's floor): does the writer's 0.55x come from the folder or the FS?
@@ -72,6 +73,7 @@ if left; then
   for flags in "" "--cudnn-benchmark" "--channels-last" "--cudnn-benchmark --channels-last"; do
     timeout 60 python3 benchmarks/lime_phases.py --batch-size 512 --rounds 2 $flags >>"$OUT/lime.txt" 2>&1
   done
+  timeout 60 python3 benchmarks/lime_phases.py --batch-size 512 --rounds 2 --unfolded >>"$OUT/lime.txt" 2>&1
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 >>"$OUT/lime.txt" 2>&1
   timeout 60 python3 benchmarks/lime_phases.py --arch resnet18 --size 64 --rounds 2 --cudnn-benchmark >>"$OUT/lime.txt" 2>&1
 fi

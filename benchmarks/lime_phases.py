@@ -3,6 +3,7 @@
     python benchmarks/lime_phases.py                                   # the bundled model, 32 px, batch 64
     python benchmarks/lime_phases.py --arch resnet18 --size 64 --batch-size 64 --device cuda
     python benchmarks/lime_phases.py --arch null --size 64              # a model that costs nothing
+    python benchmarks/lime_phases.py --unfolded                         # BatchNorm not folded (model/fold.py)
 
 Runs xaibatch's own LIME (``methods/lime.py``) on synthetic images, the phases of ``Lime.explain`` one after the
 other with the device synchronized around each: the segmentation (in a run: the DataLoader workers, per image),
@@ -26,6 +27,7 @@ from torch import nn
 from xaibatch.methods.base import Batch, ModelContext
 from xaibatch.methods.lime import Lime
 from xaibatch.methods.lime_fit import coefficient_noise, cosine_distances_to_ones, kernel_weights, weighted_ridge
+from xaibatch.model.fold import folded_count
 from xaibatch.model.layers import find_target_layer
 from xaibatch.preprocess import Preprocess
 from xaibatch.tools import synth
@@ -69,6 +71,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (a trial)")
     ap.add_argument("--channels-last", action="store_true", help="model and input channels-last (a trial)")
+    ap.add_argument(
+        "--unfolded", action="store_true", help="LIME's forwards through the model as it is, BatchNorm kept"
+    )
     a = ap.parse_args()
     dev = torch.device(a.device)
     torch.backends.cudnn.benchmark = a.cudnn_benchmark
@@ -77,6 +82,9 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     size = pre.image_size
     ctx = ModelContext(model, find_target_layer(model, size), pre, dev)
+    if a.unfolded:
+        ctx.forward_model = lambda: model  # type: ignore[method-assign]
+    folded = folded_count(model, ctx.forward_model())
     lime = Lime(ctx, samples=a.samples)
     seg = lime.segmenter()
     images = synth.patches(a.batch_size, size, 0)
@@ -139,6 +147,7 @@ def main() -> None:
         f"chunk {lime.chunk_size(x)}, median of {a.rounds} rounds"
         + (", cudnn.benchmark" if a.cudnn_benchmark else "")
         + (", channels-last" if a.channels_last else "")
+        + (", BatchNorm unfolded" if a.unfolded else f", {folded} BatchNorm folded")
     )
     explain = statistics.median(times["explain (all but segmentation)"])
     for k, v in times.items():
