@@ -237,6 +237,24 @@ def test_the_context_builds_it_once():
     assert ctx.model is model
 
 
+def test_a_torch_without_dispatch_modes_runs_the_model_as_it_is(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_fold(name, *args, **kwargs):
+        if name.endswith("model.fold"):  # methods/base.py's "from ..model.fold import ..."
+            raise ImportError("no torch.utils._python_dispatch")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "xaibatch.model.fold")
+    monkeypatch.setattr(builtins, "__import__", no_fold)
+    model = randomize_norms(UserCNN())
+    pre = Preprocess(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    ctx = ModelContext(model=model, layer=None, preprocess=pre, device=torch.device("cpu"))
+    assert ctx.forward_model() is model
+
+
 def count_norm_calls(monkeypatch) -> list[int]:
     """Calls of F.batch_norm from now on (module hooks would be copied into the folded copy, and keep it unfolded)."""
     calls = [0]

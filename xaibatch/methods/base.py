@@ -67,8 +67,11 @@ class ModelContext:
         use, once per context (a run's, an explain() call's, a sanity step's: ``replace`` starts it afresh). Never
         for the prediction pass or the gradient methods: their hooks and layer names are ``model``'s."""
         if self._forward_only is None:
-            from ..model.fold import fold_batchnorm
-
+            try:  # fold.py watches the probe through torch's dispatch modes (torch.utils._python_dispatch)
+                from ..model.fold import fold_batchnorm
+            except ImportError:  # a torch without them: the model as it is, as for anything fold.py cannot tell
+                self._forward_only = self.model
+                return self.model
             param = next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
             dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
             size = self.preprocess.image_size
