@@ -277,3 +277,27 @@ def test_an_arch_with_a_tag_is_the_same_model_and_model_args_need_no_in_chans(fi
     cfg["model_args"]["in_chans"] = None  # was "a model of None input channels"
     (hub / "config.json").write_text(json.dumps(cfg))
     assert load_model(hub).class_names == ["FAKE", "REAL"]
+
+
+def test_a_one_logit_hub_folder_takes_two_label_names(tmp_path):
+    """A one-logit head is read as two classes (heads.adapt): before, its two label_names were refused ("name 2
+    classes, its weights have 1 outputs"), and one name made the run refuse the folder's two classes."""
+    torch.manual_seed(0)
+    one = timm.create_model(ARCH, pretrained=False, num_classes=1).eval()
+    save_for_hf(one, tmp_path / "two", model_config={"label_names": ["FAKE", "REAL"]})
+    got = load_model(tmp_path / "two")
+    assert (got.num_classes, got.class_names) == (1, ["FAKE", "REAL"])
+    save_for_hf(one, tmp_path / "one", model_config={"label_names": ["REAL"]})
+    assert load_model(tmp_path / "one").class_names is None  # the run's own rule names them
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    write_images(tmp_path / "in" / "REAL", 2, seed=2)
+    for folder in ("two", "one"):
+        res = run(run_opts(tmp_path / "in", tmp_path / f"out-{folder}", tmp_path / folder, image_size=32), log=quiet)
+        assert (res.counts.computed, res.counts.failed) == (4, 0)
+
+
+def test_a_hub_folder_without_a_classifier_says_so(tmp_path):
+    """Before: "does not fit its architecture test_resnet: 2 missing key(s), e.g. fc.weight"."""
+    save_for_hf(timm.create_model(ARCH, pretrained=False, num_classes=0), tmp_path / "features")
+    with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):
+        load_model(tmp_path / "features")

@@ -464,9 +464,17 @@ def _load_described(
             )
         side = h
     args = described.model_args
-    n = _classifier_out(name, sd) or args.get("num_classes") or 2
+    n = _classifier_out(name, sd)
+    if n is None and args.get("num_classes") == 0:  # save_for_hf of a model built with num_classes=0
+        raise ModelError(
+            f"{path}: a {name} without a classifier (num_classes 0: features, no class scores); xaibatch "
+            "explains a classifier's classes"
+        )
+    n = n or args.get("num_classes") or 2
     names = described.class_names
-    if names is not None and len(names) != n:
+    if n == 1 and names is not None and len(names) != 2:
+        names = None  # one logit is read as two classes (heads.adapt): one name cannot say which is which
+    elif names is not None and n != 1 and len(names) != n:
         raise ModelError(f"{path}: its label_names name {len(names)} classes, its weights have {n} outputs")
     module = create(name, n, source=None if arch else path, img_size=side, model_args=args)
     load_weights(module, sd, f"{flag}{arch}" if arch else f"its architecture {name}", path)
