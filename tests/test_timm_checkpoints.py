@@ -301,3 +301,15 @@ def test_a_hub_folder_without_a_classifier_says_so(tmp_path):
     save_for_hf(timm.create_model(ARCH, pretrained=False, num_classes=0), tmp_path / "features")
     with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):
         load_model(tmp_path / "features")
+
+
+def test_a_train_checkpoint_of_an_hf_hub_model_asks_for_its_arch(files, tmp_path):
+    """train.py --model hf-hub:timm/NAME writes that as arch; before: "names the architecture 'hf-hub:…', which
+    timm does not know; see timm.list_models()", and no word that --arch loads it."""
+    obj = torch.load(files["best"], weights_only=False)
+    obj["arch"] = obj["args"].model = f"hf-hub:timm/{ARCH}.r160_in1k"
+    torch.save(obj, tmp_path / "hub.pth.tar")
+    with pytest.raises(UsageError, match=r"trained from hf-hub:timm/test_resnet.r160_in1k.*--arch NAME"):
+        load_model(tmp_path / "hub.pth.tar")
+    got = load_model(tmp_path / "hub.pth.tar", ARCH)
+    assert torch.equal(_probs(got, X), _probs(load_model(files["best"]), X))

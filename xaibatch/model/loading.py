@@ -32,6 +32,7 @@ from ..runconfig import RANDOM_INIT
 from . import formats
 
 FORMAT = "xaibatch-checkpoint"
+HF_HUB = "hf-hub:"  # timm's prefix of a model name that is a Hugging Face Hub repo
 
 
 @dataclass
@@ -447,6 +448,11 @@ def _load_described(
         raise UsageError(
             f"{path} is a timm training checkpoint saved without its args, which name the model: "
             "say which timm model it is with --arch NAME"
+        )
+    if arch is None and name.startswith(HF_HUB):  # train.py --model hf-hub:ORG/REPO: the model is the repo's config
+        raise UsageError(
+            f"{path} was trained from {name}, whose architecture is in that Hub repo's config, not in the "
+            "checkpoint: say which timm model it is with --arch NAME"
         )
     if arch is None:
         check_arch(name, path)
