@@ -190,7 +190,7 @@ def test_the_cli_takes_each_form_and_sanity_rebuilds_it(files, tmp_path):
         assert "a Hugging Face transformers model" in res.output and "Traceback" not in res.output, argv
 
 
-def test_a_hub_folder_rerun_recomputes_only_when_its_weights_change(files, tmp_path):
+def test_a_hub_folder_rerun_recomputes_when_its_weights_or_model_config_change(files, tmp_path):
     from xaibatch.model.formats import checkpoint_digest
 
     hub = shutil.copytree(files["hub"], tmp_path / "hub")
@@ -205,6 +205,14 @@ def test_a_hub_folder_rerun_recomputes_only_when_its_weights_change(files, tmp_p
     (hub / "config.json").write_text(json.dumps(cfg))
     again = run(run_opts(inp, out, hub), log=quiet)
     assert again.computed == 0 and "model" not in again.timings  # the cached setup: the digest matched, no torch
+    for field, value in (("mean", [0.1, 0.1, 0.1]), ("input_size", [3, 48, 48])):
+        # before: the digest was the weights' alone, and a re-run reused maps of the old normalization or size
+        cfg["pretrained_cfg"][field] = value
+        (hub / "config.json").write_text(json.dumps(cfg))
+        assert run(run_opts(inp, out, hub), log=quiet).computed == 4, field
+    cfg["label_names"] = ["REAL", "FAKE"]
+    (hub / "config.json").write_text(json.dumps(cfg))
+    assert run(run_opts(inp, out, hub), log=quiet).computed == 4
     before = checkpoint_digest(hub)
     save_file(_model(seed=1).state_dict(), hub / "model.safetensors")
     assert checkpoint_digest(hub) != before

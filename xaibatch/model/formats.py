@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +73,18 @@ def is_safetensors(path: Path) -> bool:
 
 
 def checkpoint_digest(path: Path) -> str:
-    """The sha256 a run records for ``--checkpoint`` (maps are stale when it changes; ``sanity`` checks it): a
-    file's own; a Hub folder's: its weights file's sha256, combined with config.json's ``model_args`` (which
-    build the model) when it has any. The rest of config.json (classes, input size, mean and std) is part of the
-    run's configuration already; its other fields (licence, descriptions) change no prediction."""
+    """The sha256 a run records for ``--checkpoint`` (maps are stale when it changes; ``sanity`` checks it; an
+    unchanged re-run compares it before any model loads): a file's own; a Hub folder's: its weights file's sha256
+    combined with all that its config.json says of the model (:class:`Described`: architecture, classes, input
+    size, mean, std, ``model_args``), each of which changes the maps or the predictions. The rest of config.json
+    (licence, descriptions) changes neither."""
     path = Path(path)
     if not path.is_dir():
         return file_sha256(path)
     folder = hub_folder(path)
-    weights = file_sha256(folder.weights)
-    if not folder.described.model_args:
-        return weights
     h = hashlib.sha256(b"xaibatch hub folder\n")
-    h.update(weights.encode() + b"\n")
-    h.update(json.dumps(folder.described.model_args, sort_keys=True, separators=(",", ":")).encode())
+    h.update(file_sha256(folder.weights).encode() + b"\n")
+    h.update(json.dumps(asdict(folder.described), sort_keys=True, separators=(",", ":")).encode())
     return h.hexdigest()
 
 
