@@ -1314,3 +1314,15 @@ def test_files_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     r = xaibatch.explain(TinyNet(), paths, "gradcam", input_size=32)
     assert len(r.displays) == 6 and r.displays[0].shape == (40, 40, 3)
     assert max(most) == 0, most  # each decoded picture is gone before the next is decoded
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.rand(1, 3, 0, 5), np.zeros((2, 4, 0, 3), np.uint8), [Image.new("RGB", (5, 0))]],
+    ids=["tensor", "array", "pil"],
+)
+def test_an_image_of_no_pixels_is_refused_in_one_line(images):
+    """Before: explained as a black square at the model's size, and its display copy of no pixels raised
+    "IndexError: kthvalue(): Expected reduction dim 1 to have non-zero size" in the notebook grid."""
+    with pytest.raises(UsageError, match="of no pixels"):
+        xaibatch.explain(TinyNet(), images, input_size=32)

@@ -578,6 +578,8 @@ def _picture(item, what: str):
         except DecodeError as e:  # its reason alone ("cannot read: ...") named no file
             raise UsageError(f"{item}: {e}") from None
     if isinstance(item, Image.Image):
+        if 0 in item.size:
+            raise UsageError(f"{what} is an image of no pixels ({item.width} x {item.height})")
         # as a run reads its file: EXIF orientation applied, 16 bits scaled, transparency over white
         return to_rgb(upright(item))
     if isinstance(item, (torch.Tensor, np.ndarray)):
@@ -622,6 +624,8 @@ def _uint8_images(a, kind: str):
         raise UsageError(f"{kind} of images must be {layouts}, not {shape}")
     if last and (not first or isinstance(a, np.ndarray)):
         t = t.permute(0, 3, 1, 2)
+    if t.shape[0] and 0 in t.shape[2:]:
+        raise UsageError(f"{kind} of images of no pixels ({t.shape[2]} x {t.shape[3]}, height x width): {shape}")
     return _as_uint8(t).contiguous()
 
 
