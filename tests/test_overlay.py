@@ -13,14 +13,14 @@ from PIL import Image
 from xaibatch import layout
 from xaibatch.errors import UsageError
 from xaibatch.files import OutputDir, npy_bytes
-from xaibatch.overlay import encode_png, overlay, overlay_batch, resize_maps, thumbnail, thumbnail_batch
+from xaibatch.overlay import draw, encode_png, overlay_batch, resize_maps, thumbnail, thumbnail_batch
 
 
 @pytest.mark.parametrize("signed", [False, True])
 def test_one_map_is_drawn_as_a_run_draws_it(signed):
-    """overlay() (serve's and explain()'s pictures, one map on the CPU) gives the pixels of a run's batch path
-    (pipeline/pictures.batch_pictures), also where the map shrinks on one side and grows on the other. overlay()
-    resized with PIL (BOX, then BILINEAR or NEAREST): a signed map's segment edges fell a pixel elsewhere, an
+    """draw() (serve's and explain()'s pictures, one map on the CPU) gives the pixels of a run's batch path
+    (pipeline/pictures.batch_pictures), also where the map shrinks on one side and grows on the other. The old
+    overlay() resized with PIL (BOX, then BILINEAR or NEAREST): a signed map's segment edges fell a pixel elsewhere, an
     unsigned map's shrunk values differed by up to 0.02."""
     from xaibatch.overlay import display_map
     from xaibatch.pipeline.pictures import batch_pictures
@@ -37,7 +37,7 @@ def test_one_map_is_drawn_as_a_run_draws_it(signed):
         display = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(6)]
         run = batch_pictures(display, torch.from_numpy(maps), signed, [(h, w)] * 6)
         for i in range(6):
-            assert np.array_equal(np.asarray(overlay(display[i], maps[i], signed)), run[i][1]), ((h, w), i)
+            assert np.array_equal(draw(display[i], maps[i], signed)[0], run[i][1]), ((h, w), i)
             full = resize_maps(torch.from_numpy(maps[i])[None], (h, w), signed)[0].numpy()
             assert np.array_equal(display_map(maps[i], (w, h), signed), full)
 

@@ -129,11 +129,6 @@ def display_scale_batch(m, signed: bool, tops=None):
     return torch.where(top > STRETCH_MIN, top, torch.ones_like(top))
 
 
-def overlay(display: np.ndarray, m: np.ndarray, signed: bool) -> Image.Image:
-    """A map (any size) over the display image, as a run draws it: :func:`draw`'s overlay as a PIL image."""
-    return Image.fromarray(draw(display, m, signed)[0])
-
-
 def draw(display: np.ndarray, m: np.ndarray, signed: bool) -> tuple[np.ndarray, float]:
     """One map (any size) over one display copy ((H, W, 3) uint8), on the CPU through the run's own
     :func:`draw_batch`: the (H, W, 3) uint8 overlay, the same pixels a run writes for that map and image, and its
