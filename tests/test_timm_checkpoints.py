@@ -321,3 +321,19 @@ def test_a_train_checkpoint_of_an_hf_hub_model_asks_for_its_arch(files, tmp_path
         load_model(tmp_path / "hub.pth.tar")
     got = load_model(tmp_path / "hub.pth.tar", ARCH)
     assert torch.equal(_probs(got, X), _probs(load_model(files["best"]), X))
+
+
+@pytest.mark.parametrize(
+    "config, said",
+    [
+        (None, r"no config.json: build its timm model, load_state_dict\(\) \S+model.safetensors and pass the module"),
+        ({"architectures": ["ViTForImageClassification"]}, r"not a timm one.*load it yourself \(transformers\)"),
+    ],
+)
+def test_explain_on_a_folder_it_cannot_build_names_no_cli_option(tmp_path, config, said):
+    """Before: "e.g. --checkpoint F --arch NAME" and "pass --model FILE.py:FACTORY", options explain() has not."""
+    import xaibatch
+
+    with pytest.raises(UsageError, match=said) as e:
+        xaibatch.explain(_folder(tmp_path, config), torch.rand(1, 3, 32, 32), device="cpu")
+    assert "--" not in str(e.value)

@@ -159,6 +159,14 @@ _KEYWORDS = (
         "explain() loads checkpoints that name their model (xaibatch's, timm train.py's, a timm Hub folder); "
         "build the model, load_state_dict() it and pass the module",
     ),
+    (  # a folder with weights but no config.json (formats.hub_folder)
+        r"give the weights file and its timm model, e\.g\. --checkpoint (\S+) --arch NAME",
+        r"build its timm model, load_state_dict() \1 and pass the module",
+    ),
+    (  # a transformers folder (formats.hub_folder)
+        r"load it in your own factory and pass --model FILE\.py:FACTORY \(README: Your own model\)",
+        "load it yourself (transformers) and pass the module",
+    ),
     (
         r"raise --image-size or name a layer with --target-layer",
         "pass a larger input_size= or name a layer with target_layer=",
