@@ -349,3 +349,10 @@ def test_checkpoints_load_on_a_torch_without_safe_globals(files, tmp_path, monke
     assert load_model(files["plain"], ARCH, 32).arch == ARCH
     with pytest.raises(ModelError, match="asks to import argparse.Namespace"):  # as torch < 2.5's own load refuses
         load_model(files["best"])
+
+
+def test_an_arch_with_an_unknown_tag_is_one_line(files):
+    """The classifier's size is read from timm's registry before the model is built; timm raised "Invalid
+    pretrained tag" there, which the CLI printed as "internal error: RuntimeError"."""
+    with pytest.raises(ModelError, match=r"cannot build test_resnet\.nosuchtag .*Invalid pretrained tag"):
+        load_model(files["plain"], f"{ARCH}.nosuchtag", 32)

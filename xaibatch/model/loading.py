@@ -296,7 +296,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _classifier_out(arch: str, sd: dict[str, torch.Tensor]) -> int | None:
     """The number of classes ``sd``'s classifier has, its name from timm's registry (no model built)."""
-    cfg = import_timm().models.get_pretrained_cfg(arch)
+    try:
+        cfg = import_timm().models.get_pretrained_cfg(arch)
+    except Exception:  # timm raises on an unknown tag ("Invalid pretrained tag"): create() says it in one line
+        cfg = None
     name = getattr(cfg, "classifier", None) if cfg is not None else None
     if isinstance(name, (tuple, list)):  # DeiT's distilled pair: both heads have the classes
         name = name[0] if name else None
