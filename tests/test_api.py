@@ -1326,3 +1326,17 @@ def test_an_image_of_no_pixels_is_refused_in_one_line(images):
     "IndexError: kthvalue(): Expected reduction dim 1 to have non-zero size" in the notebook grid."""
     with pytest.raises(UsageError, match="of no pixels"):
         xaibatch.explain(TinyNet(), images, input_size=32)
+
+
+def test_explanations_without_display_copies_draw_the_grid_and_save_at_the_input_size(tmp_path):
+    """Explanations of an older xaibatch (a pickle or a save without display copies): the grid and save() drew
+    each picture stretched to the image's own size, a 4032 x 3024 overlay per cell (seconds an image), where that
+    version drew the model's input."""
+    import dataclasses
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    out = dataclasses.replace(xaibatch.explain(TinyNet(), [photo], input_size=32), displays=None)
+    out.save(tmp_path / "old")
+    with Image.open(next((tmp_path / "old").rglob("*-overlay.png"))) as im:
+        assert im.size == (32, 32)
+    assert out.overlay(0, size="given").size == (400, 300)  # asked for: still the image's own size

@@ -222,8 +222,10 @@ class Explanations:
 
     @property
     def _shown(self) -> str:
-        """The size the grid and save() draw at: the report's pictures, where the images' own sizes are known."""
-        return "given" if len(self.given_sizes) == len(self) else "input"
+        """The size the grid and save() draw at: the report's pictures, where each image's display copy is kept;
+        else (explanations of an older xaibatch) the model's input, as that version drew them: ``given`` there
+        stretches each picture to the image's own size, a phone photo's 12 megapixels a cell."""
+        return "given" if self.displays is not None and len(self.given_sizes) == len(self) else "input"
 
     def _title(self, key: str) -> str:
         title = self.methods[targets.method_of(key)].title
