@@ -356,3 +356,19 @@ def test_an_arch_with_an_unknown_tag_is_one_line(files):
     pretrained tag" there, which the CLI printed as "internal error: RuntimeError"."""
     with pytest.raises(ModelError, match=r"cannot build test_resnet\.nosuchtag .*Invalid pretrained tag"):
         load_model(files["plain"], f"{ARCH}.nosuchtag", 32)
+
+
+def test_the_ema_notes_recipe_explains_the_ema_weights_as_trained(files, tmp_path):
+    """The note said "save state_dict_ema alone and pass that file with --arch test_resnet": that file runs at the
+    model's own 160 px and mean 0.5, not the 32 px and mean the training's args give. Its recipe now keeps args."""
+    inp = tmp_path / "in"
+    write_images(inp / "FAKE", 2, seed=1)
+    write_images(inp / "REAL", 2, seed=2)
+    res = invoke("run", inp, "--checkpoint", files["best"], "--out", tmp_path / "out", "--workers", "0")
+    note = next(line for line in res.output.splitlines() if "EMA weights" in line)
+    assert "state_dict_ema as its state_dict" in note and "--arch" not in note, note
+    ck = torch.load(files["best"], weights_only=False)
+    ck["state_dict"] = ck["state_dict_ema"]
+    torch.save(ck, tmp_path / "ema.pth.tar")
+    ema, trained = load_model(tmp_path / "ema.pth.tar"), load_model(files["best"])
+    assert (ema.input_size, ema.preprocess) == (trained.input_size, trained.preprocess)

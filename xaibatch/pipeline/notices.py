@@ -122,8 +122,9 @@ def input_size_notices(setup: Setup) -> Iterator[Notice]:
     if prepared is not None and prepared.model.unused_ema:
         text = (
             "note: the checkpoint also holds EMA weights (state_dict_ema); its state_dict is explained, as timm's "
-            "validate.py does without --use-ema; to explain the EMA weights, save state_dict_ema alone and pass that "
-            f"file with --arch {prepared.model.arch}"
+            "validate.py does without --use-ema; to explain the EMA weights, save the checkpoint with its "
+            "state_dict_ema as its state_dict (its args kept: the same model, input size, mean and std) and pass "
+            "that file"
         )
         yield "ema-weights", text, {}
 
