@@ -372,3 +372,15 @@ def test_the_ema_notes_recipe_explains_the_ema_weights_as_trained(files, tmp_pat
     torch.save(ck, tmp_path / "ema.pth.tar")
     ema, trained = load_model(tmp_path / "ema.pth.tar"), load_model(files["best"])
     assert (ema.input_size, ema.preprocess) == (trained.input_size, trained.preprocess)
+
+
+def test_label_names_of_another_length_say_where_to_correct_them(tmp_path):
+    """--classes cannot replace a checkpoint's names ("differ from the checkpoint's"), so the line alone left the
+    user no way on; it now names config.json, and without label_names the folder loads."""
+    save_for_hf(_model(), tmp_path / "hub", model_config={"label_names": ["a", "b", "c"]})
+    with pytest.raises(ModelError, match=r"name 3 classes, its weights have 2 outputs; correct label_names in \S+"):
+        load_model(tmp_path / "hub")
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
+    del cfg["label_names"]
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
+    assert load_model(tmp_path / "hub").class_names is None

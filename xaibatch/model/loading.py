@@ -487,7 +487,10 @@ def _load_described(
     if n == 1 and names is not None and len(names) != 2:
         names = None  # one logit is read as two classes (heads.adapt): one name cannot say which is which
     elif names is not None and n != 1 and len(names) != n:
-        raise ModelError(f"{path}: its label_names name {len(names)} classes, its weights have {n} outputs")
+        raise ModelError(  # --classes cannot replace them (they differ from the checkpoint's): say where they are
+            f"{path}: its label_names name {len(names)} classes, its weights have {n} outputs; correct label_names "
+            f"in {path / formats.CONFIG}, or remove them (then named as for a model that names no classes)"
+        )
     module = create(name, n, source=None if arch else path, img_size=side, model_args=args)
     load_weights(module, sd, f"{flag}{arch}" if arch else f"its architecture {name}", path)
     return finish(module, name, names, side, described.mean, described.std, str(path), digest)
