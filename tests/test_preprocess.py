@@ -125,3 +125,15 @@ def test_the_record_reads_back_and_keeps_its_bytes():
     # computed by the code before Preprocess, from the same fields: existing folders keep their predictions
     assert config_hash({"arch": "a", "checkpoint_sha256": "s", **pre.record()}) == "6fad1e53354d817f"
     assert ModelRecord(**{"arch": "a", **pre.record()}).hashed()["mean"] == list(IMAGENET_MEAN)
+
+
+def test_a_non_square_vit_is_refused_without_naming_an_option_not_given():
+    """A factory's ViT built at 64x96 declares no side; the run fell back to 224 and said "--image-size 224 does
+    not fit it", an option never given."""
+    from xaibatch.errors import ModelError
+    from xaibatch.model.loading import finish
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(64, 96), num_classes=2, depth=1)
+    with pytest.raises(ModelError, match=r"built for 64x96 \(height x width\) inputs; xaibatch explains square") as e:
+        finish(vit, "factory.py:build", None, None, None, None, "random", "0" * 64)
+    assert "--image-size" not in str(e.value)

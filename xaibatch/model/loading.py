@@ -551,6 +551,11 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
     pe = getattr(module, "patch_embed", None)
     fixed = getattr(pe, "img_size", None)
     if fixed is not None and not getattr(module, "dynamic_img_size", False) and tuple(fixed) != (size, size):
+        if fixed[0] != fixed[1]:  # declares no side (preprocess.declared_size): size is no --image-size given
+            raise ModelError(
+                f"{arch} was built for {fixed[0]}x{fixed[1]} (height x width) inputs; xaibatch explains square "
+                "inputs: build it at N x N"
+            )
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
     check_patches(module, arch, size)
     module.eval()
