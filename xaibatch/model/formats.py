@@ -79,9 +79,11 @@ def checkpoint_digest(path: Path) -> str:
     size, mean, std, ``model_args``), each of which changes the maps or the predictions. The rest of config.json
     (licence, descriptions) changes neither."""
     path = Path(path)
-    if not path.is_dir():
-        return file_sha256(path)
-    folder = hub_folder(path)
+    return folder_digest(hub_folder(path)) if path.is_dir() else file_sha256(path)
+
+
+def folder_digest(folder: HubFolder) -> str:
+    """:func:`checkpoint_digest` of a Hub folder already read (loading builds its model from the same reading)."""
     h = hashlib.sha256(b"xaibatch hub folder\n")
     h.update(file_sha256(folder.weights).encode() + b"\n")
     h.update(json.dumps(asdict(folder.described), sort_keys=True, separators=(",", ":")).encode())

@@ -399,7 +399,7 @@ def load_model(
     if path.is_dir():
         folder = formats.hub_folder(path)
         sd = read_state_dict(folder.weights)
-        return _load_described(path, folder.described, sd, arch, image_size, flag, formats.checkpoint_digest(path))
+        return _load_described(path, folder.described, sd, arch, image_size, flag, formats.folder_digest(folder))
     if not path.is_file():
         raise UsageError(f"--checkpoint {path}: not a regular file")
     tensors_only = formats.is_safetensors(path)
