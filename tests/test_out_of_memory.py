@@ -39,7 +39,8 @@ from torch import nn
 LOG = {log!r}
 LIMIT = {limit}
 WHERE = {where!r}  # "forward": any forward; "guided": guided backprop's only (its input needs a gradient)
-KIND = {kind!r}  # "device": torch's OutOfMemoryError (CUDA); "host": the CPU allocator's RuntimeError
+KIND = {kind!r}  # "device": torch's OutOfMemoryError (CUDA); "host": the CPU allocator's RuntimeError;
+# "cublas": a CUDA library's failed allocation, a plain RuntimeError (what cuBLAS says making its handle)
 STOP_AT = {stop_at}  # send this process SIGINT at the n-th forward of exactly LIMIT images (0: never)
 FULL_FROM = {full_from}  # from the n-th forward of more than one image on, refuse every forward (0: never)
 
@@ -66,6 +67,8 @@ class Greedy(nn.Module):
                     "which 1.06 GiB is free. If reserved but unallocated memory is large try setting "
                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
                 )
+            if KIND == "cublas":
+                raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried "
                 "to allocate 642252800 bytes. Error code 12 (Cannot allocate memory)"
@@ -144,6 +147,7 @@ CASES = {  # (kind, where, --decode device with JPEGs)
     "gpu": ("device", "forward", False),
     "host": ("host", "forward", False),
     "gpu-in-guided-backprop": ("device", "guided", False),
+    "gpu-library-allocation": ("cublas", "forward", False),
     "gpu-jpegs-decoded-on-the-device": ("device", "forward", True),
 }
 
@@ -203,13 +207,14 @@ def test_a_batch_too_large_for_memory_is_split_and_the_run_finishes(tmp_path, mo
 
     # One event (--log-json: no line beside it): what happened, the size the run now uses, what to give next time.
     assert not [line for line in lines if "did not fit" in line], lines
+    memory = "host" if kind == "host" else "device"
     where_said = "the host's memory" if kind == "host" else "the device's memory"
     text = (
         f"a batch of 8 images did not fit in {where_said}: explaining 2 at a time from now on "
         "(next time give --batch-size 2)"
     )
     split = [e for e in events if e["event"] == "batch_split"]
-    assert split == [{"event": "batch_split", "batch_size": 8, "size": 2, "memory": kind, "text": text}]
+    assert split == [{"event": "batch_split", "batch_size": 8, "size": 2, "memory": memory, "text": text}]
 
 
 def test_without_log_json_the_split_is_one_warning_line(tmp_path):

@@ -181,12 +181,19 @@ def interrupted_by(e: KeyboardInterrupt) -> str:
 
 
 CPU_ALLOCATOR = "DefaultCPUAllocator: can't allocate memory"  # torch's RuntimeError when the host's memory is out
+# A GPU's memory out where torch's caching allocator is not the one asking, said as a plain RuntimeError (from
+# torch 2.8 its subclass AcceleratorError): a CUDA call's own allocation, cuBLAS making its handle (often while
+# the cache holds the memory: the halves start after torch.cuda.empty_cache), cuDNN's workspace.
+DEVICE_ALLOCATION_FAILED = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def out_of_memory(exc: BaseException) -> str | None:
-    """``"device"`` when ``exc`` is torch's OutOfMemoryError (a GPU's memory), ``"host"`` when it is the host's
-    (torch's CPU allocator failing, a MemoryError), else None. Named without importing torch."""
+    """``"device"`` when ``exc`` is torch's OutOfMemoryError (a GPU's memory) or a CUDA library's failed
+    allocation, ``"host"`` when it is the host's (torch's CPU allocator failing, a MemoryError), else None. Named
+    without importing torch."""
     if type(exc).__name__ == "OutOfMemoryError":
+        return "device"
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in DEVICE_ALLOCATION_FAILED):
         return "device"
     if isinstance(exc, MemoryError) or CPU_ALLOCATOR in str(exc):
         return "host"
