@@ -454,6 +454,58 @@ def test_without_prctl_a_worker_watches_its_parent_pid(tmp_path):
             pass
 
 
+SERVED_CHILD = r"""
+import multiprocessing, os, sys, time
+import xaibatch.pipeline.signals as pl
+
+
+def child(parent, pidfile):
+    pl.die_with_parent(parent)  # its parent is the fork server, not the run
+    with open(pidfile, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    multiprocessing.get_context("forkserver").Process(target=child, args=(os.getpid(), sys.argv[1])).start()
+    time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_fork_servers_child_lives_with_the_run_and_dies_with_it(tmp_path):
+    # Python 3.14 starts multiprocessing's children from a fork server on Linux: such a worker's parent is the
+    # server, so die_with_parent took the living run for dead and the worker ended at once (every run with
+    # --workers failed: "a DataLoader worker ... exited unexpectedly: out of memory or of /dev/shm space").
+    script, pidfile = tmp_path / "served.py", tmp_path / "kid.pid"
+    script.write_text(SERVED_CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pidfile)], cwd=REPO, env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    kid = 0
+    try:
+        wait_until(proc, lambda: pidfile.exists() and pidfile.read_text() != "", "the child's pid", timeout=60)
+        kid = int(pidfile.read_text())
+        time.sleep(1.0)
+        assert _alive(kid), "the fork server's child took its living run for dead"
+        proc.kill()
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        while _alive(kid) and time.monotonic() - t0 < 3.0:
+            time.sleep(0.05)
+        assert not _alive(kid), "the fork server's child outlived its SIGKILLed run"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if kid:
+            try:
+                os.kill(kid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 @pytest.mark.slow
 def test_a_run_whose_lock_file_is_deleted_stops_and_the_folder_stays_consistent(tmp_path, tiny_ckpt):
     inp, out, marks = tmp_path / "in", tmp_path / "out", tmp_path / "marks"

@@ -28,7 +28,15 @@ from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import PREFETCH, handover, handover_warning, more_workers_than_cpus, until_stopped, worker_init
+from .loader import (
+    PREFETCH,
+    handover,
+    handover_warning,
+    more_workers_than_cpus,
+    until_stopped,
+    worker_context,
+    worker_init,
+)
 from . import notices
 from . import labelmaps
 from .progress import progress_bar
@@ -332,6 +340,7 @@ def compute(job: ComputeJob) -> None:
                     persistent_workers=False,
                     prefetch_factor=PREFETCH if workers > 0 else None,
                     worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
+                    multiprocessing_context=worker_context(workers),
                 )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b.tensors())

@@ -136,6 +136,19 @@ def end_workers(it: Any) -> None:
         shutdown()
 
 
+def worker_context(workers: int) -> Any:
+    """How a DataLoader's ``workers`` start (its ``multiprocessing_context``): forked on Linux, as this module
+    wants them (the stop signals blocked while they fork, each worker the run's own child), whatever the
+    interpreter's default start method: Python 3.14 made it forkserver on Linux, where each worker would be a fork
+    server's child that imports torch anew (and, before die_with_parent knew it, took its parent for dead and
+    ended the run). Elsewhere the platform's own (macOS: spawn); None without workers (torch refuses a context)."""
+    if workers > 0 and sys.platform.startswith("linux"):
+        import multiprocessing
+
+        return multiprocessing.get_context("fork")
+    return None
+
+
 def worker_init(_worker_id: int, parent: int | None = None) -> None:
     """DataLoader workers leave SIGINT/SIGTERM/SIGHUP to the main process, which stops them after the current batch,
     and die with it (``parent``: its pid) however it dies.

@@ -163,11 +163,37 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def die_with_parent(parent: int) -> None:
-    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid."""
+    """Make this process end when ``parent`` does: PR_SET_PDEATHSIG on Linux, else a thread watching its pid. A
+    process that ``parent`` did not start itself (a fork server's child: Python 3.14's default start method on
+    Linux; a spawned process started through another) watches the pid ``parent``, alive but not its parent."""
+    if os.getppid() != parent:
+        if not _alive(parent):  # the parent died already
+            os._exit(1)
+        threading.Thread(target=_watch_pid, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
+        return
     if not _set_pdeathsig(signal.SIGKILL):
         threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
     if os.getppid() != parent:  # the parent died before the above took effect
         os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Running: not gone, nor a zombie that whoever started it has not reaped yet (where /proc tells)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that pid
+        return True
+    return True
 
 
 def _set_pdeathsig(sig: int) -> bool:
@@ -184,5 +210,11 @@ def _set_pdeathsig(sig: int) -> bool:
 
 def _watch_parent(parent: int, poll: float = 0.5) -> None:
     while os.getppid() == parent:
+        time.sleep(poll)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch_pid(pid: int, poll: float = 0.5) -> None:
+    while _alive(pid):
         time.sleep(poll)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -26,7 +26,14 @@ from ..files import blocked_by_file, make_dirs
 from ..scan import ImageEntry, Scan, file_kind, printable, scan
 from ..errors import InputError, Interrupted, UsageError, interrupted_by, out_of_memory
 from ..model.loading import check_patches, create, resolve_device, save_atomically, save_checkpoint
-from ..pipeline.loader import handover, handover_warning, more_workers_than_cpus, until_stopped, worker_init
+from ..pipeline.loader import (
+    handover,
+    handover_warning,
+    more_workers_than_cpus,
+    until_stopped,
+    worker_context,
+    worker_init,
+)
 from ..pipeline.signals import Stop
 from ..preprocess import Preprocess
 
@@ -73,6 +80,7 @@ def _loader(entries, size, batch_size, shuffle, workers, seed, log=lambda line: 
             generator=g,
             # a stop signal (Ctrl-C, a closed terminal) is the main process's to handle; workers die with it
             worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers else None,
+            multiprocessing_context=worker_context(workers),
         )
 
 

@@ -20,6 +20,7 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
     device) the workers read the JPEGs and the main process decodes and resizes them there (decode.py)."""
     from ...dataset import ImageDataset, collate
     from ...decode import finish_batch
+    from ...pipeline.loader import worker_context
     from ...scan import scan
 
     if on is not None:
@@ -39,6 +40,7 @@ def loader_alone(b: Bench, what: str = "", jpeg: bool = False, on: Any = None) -
             collate_fn=collate,
             prefetch_factor=4 if b.workers else None,
             pin_memory=on is not None and on.type == "cuda",
+            multiprocessing_context=worker_context(b.workers),  # as a run's
         )
         batches = iter(loader)
         for _ in sl.chunks(k, b.bs):  # the batches that fit in the slice (the loader's start-up included)
