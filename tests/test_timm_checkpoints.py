@@ -384,3 +384,18 @@ def test_label_names_of_another_length_say_where_to_correct_them(tmp_path):
     del cfg["label_names"]
     (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
     assert load_model(tmp_path / "hub").class_names is None
+
+
+def test_a_hub_vit_built_at_another_size_than_the_one_given_names_its_config(tmp_path):
+    # "vit_tiny_patch16_224 was built for 32x32 inputs; --image-size 64 does not fit it": where 32 came from was
+    # for the user to find (config.json's model_args, which the folder's model is built with)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32)
+    d = tmp_path / "hub"
+    save_for_hf(model, d, model_args={"img_size": 32}, safe_serialization=True)
+    assert load_model(d).input_size == 32
+    with pytest.raises(ModelError) as e:
+        load_model(d, image_size=64)
+    said = str(e.value)
+    assert f"{d / 'config.json'}'s model_args build vit_tiny_patch16_224 for 32x32 inputs" in said, said
+    assert "--image-size 64 does not fit it: leave --image-size out" in said and "\n" not in said
+    assert load_model(d, image_size=32).input_size == 32

@@ -463,6 +463,15 @@ def _load_described(
     if arch is None:
         check_arch(name, path)
     side = image_size
+    built = described.model_args.get("img_size")  # the size it is built at (a ViT's position embeddings)
+    if side is not None and built is not None and not described.model_args.get("dynamic_img_size"):
+        hw = tuple(built) if isinstance(built, (list, tuple)) else (built, built)
+        if hw != (side, side):
+            where = f"{path / formats.CONFIG}'s model_args" if path.is_dir() else "its model_kwargs"
+            raise ModelError(
+                f"{path}: {where} build {name} for {hw[0]}x{hw[1]} inputs (img_size); --image-size {side} "
+                "does not fit it: leave --image-size out"
+            )
     if side is None and described.input_hw is not None:
         h, w = described.input_hw
         if h != w:
