@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -747,3 +748,45 @@ def test_a_failure_stamped_by_an_older_xaibatch_is_not_read_again(tmp_path, tiny
     _sql(out, "UPDATE failure_stamps SET ctime_ns = NULL")
     r = run(run_opts(inp, out, tiny_ckpt), log=quiet)
     assert [f.rel for f in r.failed] == ["cut.png"] and not _last_run_loaded_the_model(out)
+
+
+EDITED_FACTORY = """
+import torch
+from torch import nn
+
+SIGN = {sign}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return SIGN * self.head(self.features(x).mean((2, 3)))
+
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+def test_an_edited_factory_forward_predicts_and_explains_every_image_again(tmp_path):
+    """--model FILE.py:FACTORY: the factory's code is part of the model as its weights are. A forward edited in the
+    file (here: the logits' sign, same weights) was taken for the same model: every image skipped as unchanged, the
+    report kept the old model's predictions and maps."""
+    inp, out, net = tmp_path / "in", tmp_path / "out", tmp_path / "net.py"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    net.write_text(EDITED_FACTORY.format(sign=1.0))
+    opts = run_opts(inp, out, None, ["gradcam"], model=f"{net}:build", image_size=32)
+    assert run(opts, log=quiet).computed == 6
+    before = dict(manifest_rows(out, "SELECT rel, probs_json FROM images"))
+    assert run(opts, log=quiet).computed == 0  # the same file: nothing to do
+    net.write_text(EDITED_FACTORY.format(sign=-1.0))
+    assert run(opts, log=quiet).computed == 6
+    after = dict(manifest_rows(out, "SELECT rel, probs_json FROM images"))
+    for rel, probs in before.items():
+        np.testing.assert_allclose(json.loads(after[rel]), json.loads(probs)[::-1], rtol=1e-5, err_msg=rel)

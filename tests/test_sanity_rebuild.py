@@ -371,3 +371,16 @@ def test_a_verdict_on_maps_recomputed_since_under_other_settings_says_so(inp, ti
 
     assert _sanity(out).exit_code == 0  # checked again: current
     assert not any(again in v for v in _verdict_items(out).values())
+
+
+def test_a_factory_whose_code_changed_since_the_run_is_refused(inp, tmp_path):
+    # the weights are the run's (the factory's own seed) but its forward may not be: sanity would check another model
+    net = tmp_path / "net.py"
+    net.write_text(FACTORY)
+    out = tmp_path / "o"
+    _run(inp, out, ["gradcam"], model=f"{net}:build", checkpoint=_state_dict(tmp_path), image_size=32)
+    net.write_text(FACTORY + "\n# an edit\n")
+    res = _sanity(out)
+    assert res.exit_code == 2, res.output
+    assert "whose code is not the run's: its file changed since the run" in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -101,6 +101,13 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
             f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
             f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}"
         )
+    code = run.model.code_sha256
+    if code and prepared.model.code_sha256 != code:
+        raise UsageError(
+            f"sanity rebuilt a model from {what} whose code is not the run's: its file changed since the run "
+            f"(sha256 {(prepared.model.code_sha256 or 'none')[:12]}, the run's {code[:12]}); run xaibatch run "
+            "again with it, then sanity"
+        )
     return prepared
 
 

@@ -100,6 +100,19 @@ def build_factory(spec: str) -> tuple[nn.Module, str]:
     return unwrap_parallel(module)
 
 
+def factory_code_sha256(spec: str) -> str | None:
+    """The sha256 of the file that defines ``--model``'s factory (``FILE.py``, or the imported module's own file),
+    part of the predictions' hash: a forward edited in it is a new model, whose weights may be the same bytes. The
+    modules that file imports in turn are not followed. None when there is no such file."""
+    where = spec.rpartition(":")[0]
+    if where.endswith(".py"):
+        path: Path | None = Path(where)
+    else:
+        mod = sys.modules.get(where)
+        path = Path(mod.__file__) if mod is not None and getattr(mod, "__file__", None) else None
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
 def unwrap_parallel(module: nn.Module) -> tuple[nn.Module, str]:
     """(the module a ``DataParallel`` or ``DistributedDataParallel`` wraps, the prefix of its names in the wrapper:
     ``"module."``), or (``module``, ""). xaibatch explains on one device, so it runs the wrapped module: through
@@ -197,6 +210,8 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     module.to(torch.float32)
     loaded = finish(module, spec, None, image_size, None, None, source, digest)
     loaded.layer_prefix = prefix
+    if kind != "torchvision":
+        loaded.code_sha256 = factory_code_sha256(spec)
     from .heads import count_outputs
 
     outputs = count_outputs(module, loaded.input_size, f"--model {spec}")

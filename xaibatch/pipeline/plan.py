@@ -56,6 +56,8 @@ def config_hashes(
         "target": targets.maps_target(target),
         "map_format": MAP_FORMAT_VERSION,
     }
+    if model.code_sha256 is not None:  # a --model factory's file: an edited forward is a new model
+        predict_config["code_sha256"] = model.code_sha256
     decision = model.decision
     if decision is not None and decision.one_logit:  # which class sigmoid(z) is changes every probability
         predict_config["one_logit_positive"] = decision.positive_name
