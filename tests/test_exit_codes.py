@@ -141,6 +141,38 @@ def test_a_closed_stdout_loses_nothing(tmp_path, tiny_ckpt, log_json):
     assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "full, extra", [("stdout", []), ("stdout", ["--log-json"]), ("stderr", [])], ids=["summary", "log-json", "stderr"]
+)
+def test_a_log_on_a_full_disk_fails_no_run(tmp_path, tiny_ckpt, full, extra):
+    """cron's ``>> /var/log/xaibatch.jsonl 2>> xaibatch.err`` with /var full (here /dev/full: every write ENOSPC).
+    The first line that could not be written ended the run: with --log-json its start event, before any image
+    (exit 3, "Error: No space left on device", row 'error' "no space left on device writing to OUT": OUT's disk
+    blamed for the log's); a finished run's summary turned its exit 1 into 3. The lines are dropped instead and the
+    run ends as it would have: every image computed, the unreadable one listed as failed, exit 1."""
+    write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out", "--workers", "0", *extra]
+    with open("/dev/full", "w") as dev_full:
+        streams = {"stdout": dev_full} if full == "stdout" else {"stderr": dev_full}
+        other = "stderr" if full == "stdout" else "stdout"
+        r = subprocess.run(
+            [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args)],
+            cwd=REPO,
+            env=ENV,
+            text=True,
+            timeout=120,
+            **streams,
+            **{other: subprocess.PIPE},
+        )
+    said = r.stderr if full == "stdout" else r.stdout
+    assert r.returncode == 1, said
+    assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("some-failed", None)]
+    assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
+    assert (tmp_path / "out" / "index.html").exists()
+
+
 def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):
     """Run ``xaibatch ARGS`` (or a ``python -c`` script) with stdout a pipe whose reader has already left, as
     ``| head -1`` leaves it after its line; (exit code, stderr)."""

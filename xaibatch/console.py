@@ -1,6 +1,6 @@
-"""The command's own stdout and stderr: lines that a reader gone away (``| head -1``) or a terminal hung up
-(a closed window, a lost ssh session) cannot turn into an error; the command carries on with the exit code it
-would have had."""
+"""The command's own stdout and stderr: lines that a reader gone away (``| head -1``), a terminal hung up
+(a closed window, a lost ssh session) or a log file that cannot grow (its disk full: cron's ``>> xaibatch.log``)
+cannot turn into an error; the command carries on with the exit code it would have had."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import IO
 def write_line(text: str, stream: IO[str] | None = None) -> None:
     """Write one line to stdout (or ``stream``) and flush it. A reader that went away (``| head -1``) is no error:
     the stream's file descriptor becomes /dev/null and the command carries on (a run finishes its images), with
-    the exit code it would have had."""
+    the exit code it would have had. So is a file that refuses the line (a log on a full disk, over its quota or
+    ``ulimit -f``): that stream's output is dropped from then on; the run's own files are elsewhere, and stopping it
+    there blamed OUT's disk for the log's."""
     stream = stream or sys.stdout
     try:
         stream.write(text + "\n")
@@ -22,9 +24,23 @@ def write_line(text: str, stream: IO[str] | None = None) -> None:
     except BrokenPipeError:
         silence(stream)
     except OSError as e:
-        if not terminal_gone(e):
+        if terminal_gone(e):
+            silence_terminals()
+        elif not log_lost(stream):
             raise
-        silence_terminals()
+
+
+def log_lost(stream: IO[str]) -> bool:
+    """``stream``, stdout or stderr (a file, a device such as /dev/full), refused a write: its output goes to
+    /dev/null from then on. False for any other stream."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    if fd not in (1, 2):
+        return False
+    to_devnull([fd])
+    return True
 
 
 def silence(stream: IO[str]) -> None:
