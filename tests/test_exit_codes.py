@@ -173,6 +173,27 @@ def test_a_log_on_a_full_disk_fails_no_run(tmp_path, tiny_ckpt, full, extra):
     assert (tmp_path / "out" / "index.html").exists()
 
 
+@pytest.mark.parametrize("closed", [(1,), (1, 2), (0, 1, 2)], ids=["stdout", "stdout-stderr", "all"])
+def test_a_run_started_with_its_output_closed(tmp_path, tiny_ckpt, closed):
+    """``xaibatch run ... >&-`` (or a daemon that closed its descriptors before starting it): "Error: internal
+    error: AttributeError: 'NoneType' object has no attribute 'isatty'", exit 3, nothing computed; with stderr
+    closed too the manifest took descriptor 1 and the run failed, "unable to open database" (exit 1). Closed
+    descriptors now lead to /dev/null and the run finishes."""
+    write_images(tmp_path / "in", 3)
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out", "--workers", "1"]
+    r = subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args + ["--log-json"])],
+        cwd=REPO,
+        env=ENV,
+        timeout=120,
+        preexec_fn=lambda: [os.close(fd) for fd in closed],
+    )
+    assert r.returncode == 0
+    assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("ok", None)]
+    assert manifest_rows(tmp_path / "out", "PRAGMA integrity_check") == [("ok",)]
+    assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
+
+
 def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):
     """Run ``xaibatch ARGS`` (or a ``python -c`` script) with stdout a pipe whose reader has already left, as
     ``| head -1`` leaves it after its line; (exit code, stderr)."""

@@ -43,6 +43,27 @@ def log_lost(stream: IO[str]) -> bool:
     return True
 
 
+def open_std_streams() -> None:
+    """Give stdin, stdout and stderr a file when the command started without one (``>&-``, a daemon that closed
+    them): /dev/null. Else Python's ``sys.stdout`` is None (an internal error at the first line), and the next file
+    the command opens takes descriptor 1 or 2, so that its lines are written into that file (the manifest)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
+
+
 def silence(stream: IO[str]) -> None:
     """Point ``stream``'s file descriptor at /dev/null: what is still buffered, what follows and Python's flush at
     exit go nowhere (its reader went away)."""

@@ -11,6 +11,7 @@ import sys
 import click
 
 from .. import __version__, defaults
+from ..console import open_std_streams
 from ..errors import EXIT_INTERRUPTED
 from .bench import bench
 from .boundary import Group
@@ -80,6 +81,7 @@ def keep_freed_memory() -> bool:
 
 
 def main() -> None:
+    open_std_streams()  # before any file is opened: none may take a closed stdout's descriptor
     openmp_env()
     keep_freed_memory()
     try:
