@@ -18,6 +18,9 @@ def write_line(text: str, stream: IO[str] | None = None) -> None:
     ``ulimit -f``): that stream's output is dropped from then on; the run's own files are elsewhere, and stopping it
     there blamed OUT's disk for the log's."""
     stream = stream or sys.stdout
+    if not can_encode(text, stream):  # a name outside a Latin-1 locale's characters: \u65e5, not an internal error
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
     try:
         stream.write(text + "\n")
         stream.flush()
@@ -28,6 +31,22 @@ def write_line(text: str, stream: IO[str] | None = None) -> None:
             silence_terminals()
         elif not log_lost(stream):
             raise
+
+
+def can_encode(text: str, stream: IO[str]) -> bool:
+    """Whether ``stream`` takes ``text`` as it is: its encoding (a locale's, such as ISO-8859-1, or
+    PYTHONIOENCODING's) has every character, or it replaces those it lacks itself (stderr's backslashreplace)."""
+    encoding = getattr(stream, "encoding", None)
+    errors = getattr(stream, "errors", None) or "strict"
+    if not isinstance(encoding, str) or errors != "strict":
+        return True
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    except LookupError:
+        return True
+    return True
 
 
 def log_lost(stream: IO[str]) -> bool:
