@@ -194,6 +194,32 @@ def test_a_run_started_with_its_output_closed(tmp_path, tiny_ckpt, closed):
     assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
 
 
+@pytest.mark.parametrize("out", ["absolute", "default"])
+def test_a_run_from_a_deleted_working_folder_says_so(tmp_path, tiny_ckpt, out):
+    """A cron job's folder replaced under it (or a shell left in a removed folder): importing torch ended the
+    run with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", the default --out with "Error: No such
+    file or directory". One line says what happened, exit 2."""
+    write_images(tmp_path / "in", 2)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--workers", "0"]
+    args += ["--out", tmp_path / "out"] if out == "absolute" else []
+    r = subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args)],
+        cwd=gone,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=gone.rmdir,  # after the child's chdir
+    )
+    assert (r.returncode, r.stderr) == (
+        2,
+        "Error: the working folder no longer exists (deleted since this shell entered it): cd to a folder that "
+        "exists and run again\n",
+    )
+
+
 def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):
     """Run ``xaibatch ARGS`` (or a ``python -c`` script) with stdout a pipe whose reader has already left, as
     ``| head -1`` leaves it after its line; (exit code, stderr)."""
