@@ -416,8 +416,39 @@ def test_output_dir_writes_new_and_existing_files_atomically(tmp_path, unnamed):
         d.write("b.npy", b"x" * 100_000)
     assert (tmp_path / "maps/m/a.png").read_bytes() == b"second"
     assert (tmp_path / "b.npy").read_bytes() == b"x" * 100_000
-    assert stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o644 & ~_umask()
+    assert stat.S_IMODE((tmp_path / "b.npy").stat().st_mode) == 0o666 & ~_umask()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "b.npy", "m", "maps"]
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027])
+def test_every_file_of_a_run_has_the_umasks_permissions(tmp_path, tiny_ckpt, umask):
+    """A group sharing a folder (umask 002, a cluster's project folder): the maps, pictures, the manifest and the
+    lock were 0644 whatever the umask (created with 0644, SQLite's default), so that no one else of the group could
+    run into it ("cannot write to --out OUT: Permission denied"). Every file is now 0666 less the umask, as
+    cp and every other tool make them, whoever writes it: the writer thread, the writer processes, the report."""
+    import stat
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "in" / "FAKE", 3)
+    write_images(tmp_path / "in" / "REAL", 3, seed=1)
+    out = tmp_path / "out"
+    argv = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", out, "--workers", "1", "--writers", "2"]
+    r = subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, argv)],
+        cwd=helpers.REPO,
+        env=helpers.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    assert r.returncode == 0, r.stderr
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if not p.is_symlink()}
+    assert {"xaibatch.sqlite", ".xaibatch.lock", "index.html", "predictions.csv"} <= set(modes)
+    assert any(name.startswith("maps/") and name.endswith(".png") for name in modes)
+    wrong = {n: oct(m) for n, m in modes.items() if m != (0o777 if (out / n).is_dir() else 0o666) & ~umask}
+    assert wrong == {}
 
 
 @pytest.mark.parametrize("unnamed", [False, True])

@@ -141,6 +141,85 @@ def test_a_closed_stdout_loses_nothing(tmp_path, tiny_ckpt, log_json):
     assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "full, extra", [("stdout", []), ("stdout", ["--log-json"]), ("stderr", [])], ids=["summary", "log-json", "stderr"]
+)
+def test_a_log_on_a_full_disk_fails_no_run(tmp_path, tiny_ckpt, full, extra):
+    """cron's ``>> /var/log/xaibatch.jsonl 2>> xaibatch.err`` with /var full (here /dev/full: every write ENOSPC).
+    The first line that could not be written ended the run: with --log-json its start event, before any image
+    (exit 3, "Error: No space left on device", row 'error' "no space left on device writing to OUT": OUT's disk
+    blamed for the log's); a finished run's summary turned its exit 1 into 3. The lines are dropped instead and the
+    run ends as it would have: every image computed, the unreadable one listed as failed, exit 1."""
+    write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out", "--workers", "0", *extra]
+    with open("/dev/full", "w") as dev_full:
+        streams = {"stdout": dev_full} if full == "stdout" else {"stderr": dev_full}
+        other = "stderr" if full == "stdout" else "stdout"
+        r = subprocess.run(
+            [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args)],
+            cwd=REPO,
+            env=ENV,
+            text=True,
+            timeout=120,
+            **streams,
+            **{other: subprocess.PIPE},
+        )
+    said = r.stderr if full == "stdout" else r.stdout
+    assert r.returncode == 1, said
+    assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("some-failed", None)]
+    assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
+    assert (tmp_path / "out" / "index.html").exists()
+
+
+@pytest.mark.parametrize("closed", [(1,), (1, 2), (0, 1, 2)], ids=["stdout", "stdout-stderr", "all"])
+def test_a_run_started_with_its_output_closed(tmp_path, tiny_ckpt, closed):
+    """``xaibatch run ... >&-`` (or a daemon that closed its descriptors before starting it): "Error: internal
+    error: AttributeError: 'NoneType' object has no attribute 'isatty'", exit 3, nothing computed; with stderr
+    closed too the manifest took descriptor 1 and the run failed, "unable to open database" (exit 1). Closed
+    descriptors now lead to /dev/null and the run finishes."""
+    write_images(tmp_path / "in", 3)
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--out", tmp_path / "out", "--workers", "1"]
+    r = subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args + ["--log-json"])],
+        cwd=REPO,
+        env=ENV,
+        timeout=120,
+        preexec_fn=lambda: [os.close(fd) for fd in closed],
+    )
+    assert r.returncode == 0
+    assert manifest_rows(tmp_path / "out", "SELECT status, reason FROM runs") == [("ok", None)]
+    assert manifest_rows(tmp_path / "out", "PRAGMA integrity_check") == [("ok",)]
+    assert manifest_value(tmp_path / "out", "SELECT COUNT(*) FROM maps") == 3
+
+
+@pytest.mark.parametrize("out", ["absolute", "default"])
+def test_a_run_from_a_deleted_working_folder_says_so(tmp_path, tiny_ckpt, out):
+    """A cron job's folder replaced under it (or a shell left in a removed folder): importing torch ended the
+    run with "Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", the default --out with "Error: No such
+    file or directory". One line says what happened, exit 2."""
+    write_images(tmp_path / "in", 2)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    args = ["run", tmp_path / "in", "--checkpoint", tiny_ckpt, "--workers", "0"]
+    args += ["--out", tmp_path / "out"] if out == "absolute" else []
+    r = subprocess.run(
+        [sys.executable, "-c", "from xaibatch.cli import main; main()", *map(str, args)],
+        cwd=gone,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=gone.rmdir,  # after the child's chdir
+    )
+    assert (r.returncode, r.stderr) == (
+        2,
+        "Error: the working folder no longer exists (deleted since this shell entered it): cd to a folder that "
+        "exists and run again\n",
+    )
+
+
 def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):
     """Run ``xaibatch ARGS`` (or a ``python -c`` script) with stdout a pipe whose reader has already left, as
     ``| head -1`` leaves it after its line; (exit code, stderr)."""

@@ -61,3 +61,24 @@ def test_help_at_80_columns_keeps_clicks_layout():
     lines = _help(("run",), 78).splitlines()
     method = next(line for line in lines if line.lstrip().startswith("-m, --method TEXT"))
     assert method.index("Explanation method") == 2 + 30 + 2
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "xaibatch")
+def test_help_under_python_oo_is_the_same(path):
+    """PYTHONOPTIMIZE=2 (python -OO: docstrings stripped, set by some images and services) left ``xaibatch --help``
+    with no command described and each command's --help without its description and examples."""
+    import subprocess
+    import sys
+
+    from helpers import ENV, REPO
+
+    def helped(optimize: str) -> str:
+        env = {**ENV, "PYTHONOPTIMIZE": optimize, "COLUMNS": "100"}
+        argv = [sys.executable, "-c", "from xaibatch.cli import main; main()", *path, "--help"]
+        r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    plain, stripped = helped(""), helped("2")
+    assert len(plain.splitlines()) > 10
+    assert stripped == plain

@@ -4,6 +4,7 @@ a report, hidden names, folder names that are not UTF-8, a stray manifest in a c
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -357,6 +358,34 @@ def test_an_input_folder_whose_name_is_not_utf8_works(tmp_path, tiny_ckpt, lang)
     out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/outputs/" + os.fsencode(tmp_path.name) + b"-in\xff"))
     assert (out / "index.html").is_file()
     assert manifest_rows(out, "SELECT count(*) FROM images") == [(2,)]
+
+
+@pytest.mark.parametrize("log_json", [False, True], ids=["summary", "log-json"])
+def test_names_outside_a_latin1_stdout_are_escaped(tmp_path, tiny_ckpt, log_json):
+    """stdout in ISO-8859-1 (an old server's locale; here PYTHONIOENCODING) and an image named in Japanese that
+    cannot be read: its failure event ended the run, "Error: internal error: UnicodeEncodeError: 'latin-1' codec
+    can't encode characters", exit 3, row 'error'. The JSON now names it with \\u escapes (the same JSON), a
+    line with backslash escapes."""
+    inp = tmp_path / "in"
+    write_images(inp, 2)
+    (inp / "bröken_日本.png").write_text("not an image")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "latin-1"}
+    argv = [sys.executable, "-m", "xaibatch", "run", str(inp), "--checkpoint", str(tiny_ckpt), "--workers", "0"]
+    p = subprocess.run(
+        [*argv, "--out", str(tmp_path / "out_日本"), *["--log-json"] * log_json],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert p.returncode == 1, p.stderr.decode(errors="replace")
+    assert manifest_rows(tmp_path / "out_日本", "SELECT status FROM runs") == [("some-failed",)]
+    lines = p.stdout.decode("latin-1").splitlines()
+    if log_json:
+        events = [json.loads(line) for line in lines]
+        assert [e["path"] for e in events if e["event"] == "failure"] == ["bröken_日本.png"]
+        assert events[-1]["report"].endswith("out_日本/index.html")
+    else:
+        assert lines[-1].endswith("out_\\u65e5\\u672c/index.html"), lines
 
 
 def test_the_scan_stats_no_file_that_is_not_named_like_an_image(tmp_path, monkeypatch):

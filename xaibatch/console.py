@@ -1,6 +1,6 @@
-"""The command's own stdout and stderr: lines that a reader gone away (``| head -1``) or a terminal hung up
-(a closed window, a lost ssh session) cannot turn into an error; the command carries on with the exit code it
-would have had."""
+"""The command's own stdout and stderr: lines that a reader gone away (``| head -1``), a terminal hung up
+(a closed window, a lost ssh session) or a log file that cannot grow (its disk full: cron's ``>> xaibatch.log``)
+cannot turn into an error; the command carries on with the exit code it would have had."""
 
 from __future__ import annotations
 
@@ -14,17 +14,73 @@ from typing import IO
 def write_line(text: str, stream: IO[str] | None = None) -> None:
     """Write one line to stdout (or ``stream``) and flush it. A reader that went away (``| head -1``) is no error:
     the stream's file descriptor becomes /dev/null and the command carries on (a run finishes its images), with
-    the exit code it would have had."""
+    the exit code it would have had. So is a file that refuses the line (a log on a full disk, over its quota or
+    ``ulimit -f``): that stream's output is dropped from then on; the run's own files are elsewhere, and stopping it
+    there blamed OUT's disk for the log's."""
     stream = stream or sys.stdout
+    if not can_encode(text, stream):  # a name outside a Latin-1 locale's characters: \u65e5, not an internal error
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
     try:
         stream.write(text + "\n")
         stream.flush()
     except BrokenPipeError:
         silence(stream)
     except OSError as e:
-        if not terminal_gone(e):
+        if terminal_gone(e):
+            silence_terminals()
+        elif not log_lost(stream):
             raise
-        silence_terminals()
+
+
+def can_encode(text: str, stream: IO[str]) -> bool:
+    """Whether ``stream`` takes ``text`` as it is: its encoding (a locale's, such as ISO-8859-1, or
+    PYTHONIOENCODING's) has every character, or it replaces those it lacks itself (stderr's backslashreplace)."""
+    encoding = getattr(stream, "encoding", None)
+    errors = getattr(stream, "errors", None) or "strict"
+    if not isinstance(encoding, str) or errors != "strict":
+        return True
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    except LookupError:
+        return True
+    return True
+
+
+def log_lost(stream: IO[str]) -> bool:
+    """``stream``, stdout or stderr (a file, a device such as /dev/full), refused a write: its output goes to
+    /dev/null from then on. False for any other stream."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    if fd not in (1, 2):
+        return False
+    to_devnull([fd])
+    return True
+
+
+def open_std_streams() -> None:
+    """Give stdin, stdout and stderr a file when the command started without one (``>&-``, a daemon that closed
+    them): /dev/null. Else Python's ``sys.stdout`` is None (an internal error at the first line), and the next file
+    the command opens takes descriptor 1 or 2, so that its lines are written into that file (the manifest)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            return
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
 
 
 def silence(stream: IO[str]) -> None:

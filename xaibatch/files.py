@@ -344,7 +344,7 @@ class OutputDir:
         for _ in range(1000):
             tmp = temp_name(name, self.pid)
             try:
-                fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+                fd = os.open(tmp, flags, 0o666, dir_fd=dir_fd)
                 break
             except FileExistsError:
                 continue
@@ -378,7 +378,7 @@ class OutputDir:
         crash leaves nothing (the file never had a name). False, nothing written, where ``name`` exists (then
         :meth:`write` replaces it) or the system cannot (no ``O_TMPFILE`` in this file system, no ``/proc``)."""
         try:
-            fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
         except OSError:  # EOPNOTSUPP, EISDIR (a kernel without O_TMPFILE), ...
             self.unnamed = False
             return False
@@ -477,7 +477,7 @@ class OutputDir:
             return False
         dir_fd = self._folder(rel_dir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o666, dir_fd=dir_fd)
         try:
             try:
                 _write_all(fd, data)

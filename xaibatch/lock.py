@@ -110,7 +110,7 @@ class OutputLock:
                 return False
             try:
                 # never through a link another user planted in a shared --out: the holder record truncates the file
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW, 0o666)
             except OSError as e:
                 if e.errno == errno.ELOOP or os.path.islink(self.path):
                     raise UsageError(_NOT_A_FILE.format(self.path, "a symbolic link")) from None

@@ -220,6 +220,17 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _create_as_others(path: Path) -> None:
+    """Create the manifest, when missing, as other tools create files: mode 0666 less the umask. SQLite makes a new
+    database (and so its -wal and -shm files) 0644 whatever the umask, so that a group sharing a folder under
+    ``umask 002`` could not run into it after the first member (every other file of the folder is group-writable)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError:  # there already, or not creatable: SQLite says why when it opens it
+        return
+    os.close(fd)
+
+
 class Manifest:
     """A thin typed layer over the SQLite file; one instance per thread."""
 
@@ -234,6 +245,7 @@ class Manifest:
         if read_only:
             self.db = _open_read_only(self.path)
             return
+        _create_as_others(self.path)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         except sqlite3.Error as e:

@@ -34,7 +34,7 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from .console import write_line
+from .console import can_encode, write_line
 from .errors import ExitCode
 
 
@@ -65,7 +65,10 @@ class JsonLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         rec = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
-        write_line(json.dumps(rec, default=str, ensure_ascii=False), self.stream)
+        line = json.dumps(rec, default=str, ensure_ascii=False)
+        if not can_encode(line, self.stream):  # a stdout in ISO-8859-1: the same JSON, names as \u escapes
+            line = json.dumps(rec, default=str)
+        write_line(line, self.stream)
 
     def __call__(self, event: dict[str, Any]) -> None:
         """Adapter for ``RunOptions.on_event``: ``{"event": name, ...}``."""

@@ -11,7 +11,8 @@ import sys
 import click
 
 from .. import __version__, defaults
-from ..errors import EXIT_INTERRUPTED
+from ..console import open_std_streams, write_line
+from ..errors import EXIT_INTERRUPTED, ExitCode
 from .bench import bench
 from .boundary import Group
 from .methods import methods_cmd
@@ -80,6 +81,8 @@ def keep_freed_memory() -> bool:
 
 
 def main() -> None:
+    open_std_streams()  # before any file is opened: none may take a closed stdout's descriptor
+    working_folder_exists()
     openmp_env()
     keep_freed_memory()
     try:
@@ -91,6 +94,21 @@ def main() -> None:
         if "torch" in sys.modules:
             exit_now(e.code)  # returns when it cannot: the usual exit
         raise
+
+
+def working_folder_exists() -> None:
+    """Exit 2 with one line when the working folder has been deleted (a release folder replaced under a cron job,
+    a shell left in a removed folder): importing torch ended the process with "Intel oneMKL FATAL ERROR: Cannot
+    load libtorch_cpu.so", and the default --out with "Error: No such file or directory"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        write_line(
+            "Error: the working folder no longer exists (deleted since this shell entered it): cd to a folder that "
+            "exists and run again",
+            sys.stderr,
+        )
+        sys.exit(int(ExitCode.USAGE))
 
 
 def exit_now(code: object) -> None:

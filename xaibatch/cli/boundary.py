@@ -16,7 +16,7 @@ from ..errors import (
     outcome,
 )
 from ..console import reader_gone, silence, write_line
-from .helptext import Context
+from .helptext import Context, docstring
 
 
 def exit_codes_help(meanings: dict[ExitCode, str] | None = None) -> str:
@@ -96,6 +96,11 @@ class Group(click.Group):
     exit 0: what was left to print was all that remained (help, version, a command's last table)."""
 
     context_class = Context  # --help never breaks a line at a hyphen (helptext.py)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help is None:  # python -OO: the docstring read from the source (helptext.docstring)
+            self.help = docstring(self.callback)
 
     def make_context(self, *args, **kwargs):
         try:

@@ -12,6 +12,8 @@ with its value: click cuts a word longer than its column in two. Only click's pu
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 _HYPHEN = "-"
@@ -46,7 +48,34 @@ class Context(click.Context):
     formatter_class = HelpFormatter
 
 
+def docstring(callback) -> str | None:
+    """``callback``'s docstring, which click takes as its command's help; under ``python -OO`` (PYTHONOPTIMIZE=2,
+    which strips docstrings) read from its source, else ``--help`` described no command. None without one."""
+    if callback is None:
+        return None
+    if sys.flags.optimize < 2:
+        return callback.__doc__
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(callback))))
+    except (OSError, TypeError, SyntaxError):  # no source (a .pyc-only install): no help, as before
+        return None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    return ast.get_docstring(node, clean=False)
+
+
 class Command(click.Command):
-    """A command whose --help is written by HelpFormatter (every xaibatch command is one)."""
+    """A command whose --help is written by HelpFormatter (every xaibatch command is one), its help its
+    docstring under ``python -OO`` too."""
 
     context_class = Context
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help is None:
+            self.help = docstring(self.callback)
