@@ -835,3 +835,49 @@ def test_a_smaller_max_map_side_saves_every_map_again_at_that_size(tmp_path, tin
     finally:
         m.close()
     assert shapes == {(16, 16)}
+
+
+TWO_FACTORIES = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+        self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def relu_net():
+    return Net(nn.ReLU)
+
+
+def tanh_net():
+    return Net(nn.Tanh)
+"""
+
+
+def test_the_same_weights_in_another_architecture_predict_every_image_again(tmp_path):
+    """The architecture is part of the configuration (README): one weights file loaded into another --model (two
+    factories whose modules share every parameter name and shape) is another model, whose predictions and maps are
+    all computed again."""
+    models = tmp_path / "nets.py"
+    models.write_text(TWO_FACTORIES)
+    ns: dict = {}
+    exec(compile(TWO_FACTORIES, "nets", "exec"), ns)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(ns["relu_net"]().state_dict(), weights)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    first = run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet)
+    images, _ = _state(out)
+    again = run(run_opts(inp, out, weights, model=f"{models}:tanh_net"), log=quiet)
+    assert (first.computed, again.computed) == (3, 3)
+    after, _ = _state(out)
+    assert all(after[rel][5] != images[rel][5] for rel in images)  # another prediction hash
