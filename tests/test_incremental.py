@@ -881,3 +881,25 @@ def test_the_same_weights_in_another_architecture_predict_every_image_again(tmp_
     assert (first.computed, again.computed) == (3, 3)
     after, _ = _state(out)
     assert all(after[rel][5] != images[rel][5] for rel in images)  # another prediction hash
+
+
+def test_a_new_normalization_of_the_same_model_predicts_every_image_again(tmp_path):
+    """Normalization is part of the configuration (README): a --model factory whose pretrained_cfg now gives
+    another mean and std (the user fixed it in their models file; same factory, same weights) feeds the model other
+    inputs, so every prediction and map is computed again."""
+    models = tmp_path / "nets.py"
+    models.write_text(TWO_FACTORIES)
+    ns: dict = {}
+    exec(compile(TWO_FACTORIES, "nets", "exec"), ns)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(ns["relu_net"]().state_dict(), weights)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
+    fixed = TWO_FACTORIES.replace(
+        '"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)', '"mean": (0.4, 0.4, 0.4), "std": (0.2, 0.2, 0.2)'
+    )
+    assert fixed != TWO_FACTORIES
+    models.write_text(fixed)
+    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
