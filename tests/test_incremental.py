@@ -903,3 +903,15 @@ def test_a_new_normalization_of_the_same_model_predicts_every_image_again(tmp_pa
     assert fixed != TWO_FACTORIES
     models.write_text(fixed)
     assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
+
+
+def test_another_image_size_predicts_every_image_again(tmp_path, tiny_ckpt):
+    """The input size is part of the configuration (README): the same checkpoint at another --image-size sees other
+    pixels, so every prediction and map is computed again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    images, _ = _state(out)
+    assert run(run_opts(inp, out, tiny_ckpt, image_size=48), log=quiet).computed == 3
+    after, _ = _state(out)
+    assert all(after[rel][5] != images[rel][5] for rel in images)
