@@ -336,6 +336,18 @@ def test_positive_class_is_named_as_a_class_folder_is_regardless_of_case(tmp_pat
     assert {row["pred"] for row in _csv(tmp_path / "o3")} == {"REAL"}
 
 
+def test_the_default_positive_class_of_two_outputs_is_the_second_in_sorted_order(tmp_path, labeled_dir):
+    """README: two outputs, no --positive-class: the positive class is the second in sorted order, whatever order the
+    model names them in (a checkpoint of REAL, FAKE: REAL). At --threshold 0.9 it decides every prediction of the
+    tiny random model (its probabilities stay near 0.5): all the other class."""
+    ckpt = make_checkpoint(tmp_path / "unsorted.pt", classes=("REAL", "FAKE"))
+    out = tmp_path / "out"
+    r = invoke(*run_argv(labeled_dir, out, ckpt, "--workers", "0", "--threshold", "0.9"))
+    assert r.exit_code == EXIT_OK, r.output
+    assert "REAL when P(REAL) ≥ 0.9" in (out / "index.html").read_text()
+    assert {row["pred"] for row in _csv(out)} == {"FAKE"}
+
+
 def test_classes_given_in_another_case_match_the_folders_by_case(tmp_path, labeled_dir):
     """--classes names the model's outputs; the folders are matched to them as to a checkpoint's (match_classes)."""
     plain = _plain_state_dict(tmp_path / "plain.pt")

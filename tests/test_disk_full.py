@@ -325,6 +325,37 @@ def _cli(*args, limit: int | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def test_an_atomic_write_refused_midway_leaves_the_old_file_whole(tmp_path):
+    """files.atomic_write_bytes (sanity.json, faithfulness-chance.json, serve's flags) writes a temporary file and
+    renames it over the target: a write the file system refuses halfway (here a file size limit, EFBIG) leaves the
+    previous file as it was and no temporary file, never a truncated target."""
+    target = tmp_path / "sanity.json"
+    target.write_bytes(b"the previous run's verdicts")
+    code = (
+        "import errno, sys\n"
+        "from pathlib import Path\n"
+        "from xaibatch.files import atomic_write_bytes\n"
+        "try:\n"
+        "    atomic_write_bytes(Path(sys.argv[1]), b'x' * 65536)\n"
+        "except OSError as e:\n"
+        "    sys.exit(0 if e.errno == errno.EFBIG else 1)\n"
+        "sys.exit(2)\n"
+    )
+    limit = 4096
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        cwd=REPO,
+        env=helpers.ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert p.returncode == 0, p.stderr
+    assert target.read_bytes() == b"the previous run's verdicts"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["sanity.json"]
+
+
 def test_a_file_size_limit_in_writer_processes(tmp_path, tiny_ckpt):
     """No seam: the kernel refuses a large image's files in a writer process (EFBIG, SIGXFSZ ignored by Python)."""
     inp, out = tmp_path / "in", tmp_path / "out"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import manifest_rows, run_opts
+from helpers import manifest_rows, quiet, run_opts, write_images
 from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
 from xaibatch.methods.chunks import CPU_CHUNK
@@ -173,6 +173,18 @@ def test_blur_fill_is_a_normalized_gaussian():
     pre = Preprocess(20, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     assert torch.allclose(fill_image(x, "blur", pre), x, atol=1e-6)
     assert torch.allclose(fill_image(x, "zero", pre), torch.zeros_like(x))
+
+
+def test_a_new_baseline_scores_every_map_again(tmp_path, tiny_ckpt):
+    """The fill (--faithfulness-baseline) moves every score: a re-run under another one scores the maps again (with
+    the maps at the model's input size, so it computes them), not keep the other fill's numbers."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    assert run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "mean")), log=quiet).computed == 3
+    before = manifest_rows(out, "SELECT rel, faith_hash FROM maps")
+    assert run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "blur")), log=quiet).computed == 3
+    after = dict(manifest_rows(out, "SELECT rel, faith_hash FROM maps"))
+    assert all(after[rel] != h for rel, h in before)
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:

@@ -70,6 +70,18 @@ def test_product_equals_captum_guided_gradcam(resnet):
     assert map_err < 1e-3
 
 
+def test_the_map_is_each_pixels_largest_magnitude_over_the_channels():
+    """reduce_guided: abs, max over channels, then min-max per image. A pixel whose evidence is strongly negative in
+    one channel (the input gradient's sign follows the first layer's weights) is as salient as a positive one."""
+    product = torch.zeros(1, 3, 2, 2)
+    product[0, :, 0, 0] = torch.tensor([1e-4, -4e-4, 0.0])  # strongest: negative
+    product[0, :, 0, 1] = torch.tensor([2e-4, 1e-4, 0.0])
+    product[0, :, 1, 0] = torch.tensor([0.0, 0.0, -1e-4])
+    got = reduce_guided(product * 1e-2)  # tiny values, as guided gradients are
+    want = torch.tensor([[[1.0, 0.5], [0.25, 0.0]]])
+    assert torch.allclose(got, want, atol=1e-3), got
+
+
 def test_explain_is_batched_like_per_image(resnet):
     model, ctx = resnet
     method = create_method("guided-gradcam", ctx)

@@ -790,3 +790,170 @@ def test_an_edited_factory_forward_predicts_and_explains_every_image_again(tmp_p
     after = dict(manifest_rows(out, "SELECT rel, probs_json FROM images"))
     for rel, probs in before.items():
         np.testing.assert_allclose(json.loads(after[rel]), json.loads(probs)[::-1], rtol=1e-5, err_msg=rel)
+
+
+def test_under_no_ctime_a_same_size_rewrite_with_a_new_mtime_is_explained_again(tmp_path, tiny_ckpt):
+    """--no-ctime takes size and mtime alone: an image rewritten in place with new bytes of the same size (a
+    labelling tool's re-save) has the same size and a new mtime, and must be hashed and explained again, not
+    skipped with the old image's prediction and maps under its name."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = _same_size_pngs(inp, 3, seed=1)
+    (other,) = _same_size_pngs(tmp_path / "other", 1, seed=2)
+    assert run(run_opts(inp, out, tiny_ckpt, check_ctime=False), log=quiet).computed == 3
+    paths[1].write_bytes(other.read_bytes())
+    _bump_mtime(paths[1])
+    r = run(run_opts(inp, out, tiny_ckpt, check_ctime=False), log=quiet)
+    assert (r.changed, r.computed, r.unchanged) == (1, 1, 2)
+    images, _ = _state(out)
+    assert images["img_001.png"][2] == hashlib.sha256(other.read_bytes()).hexdigest()
+
+
+def test_a_new_target_layer_recomputes_the_cam_maps_and_only_those(tmp_path, tiny_ckpt):
+    """The layer is part of a CAM method's configuration (README, incremental runs): a re-run with another
+    --target-layer must explain every image again at that layer, not keep the maps of the old one; a method that
+    reads no layer keeps its maps."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 4)
+    methods = ("gradcam", "testmean")
+    run(run_opts(inp, out, tiny_ckpt, methods=methods), log=quiet)
+    _, before = _state(out)
+    r = run(run_opts(inp, out, tiny_ckpt, methods=methods, target_layer="layer3"), log=quiet)
+    assert r.computed == 4
+    _, after = _state(out)
+    for key in before:
+        assert (after[key][0] != before[key][0]) == (key[1] == "gradcam"), key
+    assert any(after[k][2] != before[k][2] for k in before if k[1] == "gradcam")  # new maps, not relabelled old ones
+
+
+def test_classes_given_in_another_order_predict_every_image_again(tmp_path):
+    """A model that names no classes reads its outputs as the class folders in sorted order, and the run's warning
+    says to give the training order with --classes. The classes are part of the configuration (README): the re-run
+    with --classes REAL,FAKE must predict again under that order, whose positive class REAL is now output 0; the
+    old rows' predictions were decided with output 1 as REAL."""
+    import timm
+
+    torch.manual_seed(0)
+    plain = tmp_path / "plain.pt"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=2).state_dict(), plain)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 4, seed=1)
+    write_images(inp / "REAL", 4, seed=2)
+    given = dict(arch="test_resnet", image_size=32, threshold=0.3)
+    run(run_opts(inp, out, plain, **given), log=quiet)
+    r = run(run_opts(inp, out, plain, classes=["REAL", "FAKE"], **given), log=quiet)
+    assert r.computed == 8
+    rows = manifest_rows(out, "SELECT rel, label, pred, probs_json FROM images")
+    for rel, label, pred, probs in rows:
+        assert label == (0 if rel.startswith("REAL/") else 1), rel
+        assert pred == (0 if json.loads(probs)[0] >= 0.3 else 1), (rel, probs)
+
+
+def test_a_new_map_format_recomputes_every_map(tmp_path, tiny_ckpt, monkeypatch):
+    """Maps written in an earlier map format (MAP_FORMAT_VERSION: what a map's array holds and how it is drawn) are
+    computed again by the version that changed it, not kept beside the new ones."""
+    from xaibatch.pipeline import setup
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    _, before = _state(out)
+    monkeypatch.setattr(plan, "MAP_FORMAT_VERSION", 999)
+    monkeypatch.setattr(setup, "MAP_FORMAT_VERSION", 999)
+    assert run(run_opts(inp, out, tiny_ckpt), log=quiet).computed == 3
+    _, after = _state(out)
+    assert after.keys() == before.keys() and all(after[k][0] != before[k][0] for k in before)
+
+
+def test_a_smaller_max_map_side_saves_every_map_again_at_that_size(tmp_path, tiny_ckpt):
+    """--max-map-side decides the saved arrays' size: a re-run that lowers it must save the maps again at the new
+    size, not keep the larger arrays of the run before."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3, size=32)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    assert run(run_opts(inp, out, tiny_ckpt, max_map_side=16), log=quiet).computed == 3
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        shapes = {np.load(out / r.npy).shape for r in m.maps().values()}
+    finally:
+        m.close()
+    assert shapes == {(16, 16)}
+
+
+TWO_FACTORIES = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+        self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def relu_net():
+    return Net(nn.ReLU)
+
+
+def tanh_net():
+    return Net(nn.Tanh)
+"""
+
+
+def test_the_same_weights_in_another_architecture_predict_every_image_again(tmp_path):
+    """The architecture is part of the configuration (README): one weights file loaded into another --model (two
+    factories whose modules share every parameter name and shape) is another model, whose predictions and maps are
+    all computed again."""
+    models = tmp_path / "nets.py"
+    models.write_text(TWO_FACTORIES)
+    ns: dict = {}
+    exec(compile(TWO_FACTORIES, "nets", "exec"), ns)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(ns["relu_net"]().state_dict(), weights)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    first = run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet)
+    images, _ = _state(out)
+    again = run(run_opts(inp, out, weights, model=f"{models}:tanh_net"), log=quiet)
+    assert (first.computed, again.computed) == (3, 3)
+    after, _ = _state(out)
+    assert all(after[rel][5] != images[rel][5] for rel in images)  # another prediction hash
+
+
+def test_a_new_normalization_of_the_same_model_predicts_every_image_again(tmp_path):
+    """Normalization is part of the configuration (README): a --model factory whose pretrained_cfg now gives
+    another mean and std (the user fixed it in their models file; same factory, same weights) feeds the model other
+    inputs, so every prediction and map is computed again."""
+    models = tmp_path / "nets.py"
+    models.write_text(TWO_FACTORIES)
+    ns: dict = {}
+    exec(compile(TWO_FACTORIES, "nets", "exec"), ns)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(ns["relu_net"]().state_dict(), weights)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
+    fixed = TWO_FACTORIES.replace(
+        '"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)', '"mean": (0.4, 0.4, 0.4), "std": (0.2, 0.2, 0.2)'
+    )
+    assert fixed != TWO_FACTORIES
+    models.write_text(fixed)
+    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
+
+
+def test_another_image_size_predicts_every_image_again(tmp_path, tiny_ckpt):
+    """The input size is part of the configuration (README): the same checkpoint at another --image-size sees other
+    pixels, so every prediction and map is computed again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    images, _ = _state(out)
+    assert run(run_opts(inp, out, tiny_ckpt, image_size=48), log=quiet).computed == 3
+    after, _ = _state(out)
+    assert all(after[rel][5] != images[rel][5] for rel in images)

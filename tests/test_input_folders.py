@@ -63,6 +63,19 @@ def test_folder_symlink_out_of_the_input_is_not_followed_unless_asked(tmp_path, 
     assert sorted(p.name for p in (out / "images" / "out_link").iterdir()) == ["img_000.png", "img_001.png"]
 
 
+def test_a_link_to_a_sibling_whose_name_extends_the_inputs_leads_outside(tmp_path):
+    """``in-extra`` is not inside ``in``, though its path starts with the input's: a link to it leads out of the
+    input folder and is not followed without --follow-links (a path prefix is not a folder)."""
+    root = tmp_path / "in"
+    write_images(root, 1)
+    sibling = tmp_path / "in-extra"
+    write_images(sibling, 2, seed=5)
+    os.symlink(sibling, root / "more")
+    found = scan(root)
+    assert [e.rel for e in found.images] == ["img_000.png"]
+    assert [rel for rel, _ in found.skipped] == ["more"] and "outside the input folder" in found.skipped[0][1]
+
+
 ORIGINALS = ["FAKE/img_000.png", "FAKE/img_001.png", "REAL/img_000.png", "REAL/img_001.png"]
 
 

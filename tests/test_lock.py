@@ -235,6 +235,28 @@ def test_stale_record_of_a_dead_process_is_taken_over(tmp_path, tiny_ckpt):
     assert not half.exists() and live.exists()
 
 
+@pytest.mark.parametrize("status", ["interrupted", "error"])
+def test_after_a_run_that_ended_badly_only_dead_writers_temp_files_are_swept(tmp_path, tiny_ckpt, status):
+    """A run that ended interrupted or with an error released the lock: the next run sweeps the temporary files of
+    processes that are gone, not those of a live one (a `serve` saving a flag, any other writer there now)."""
+    import sqlite3
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 2)
+    run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    with db:
+        db.execute("UPDATE runs SET status = ? WHERE id = (SELECT MAX(id) FROM runs)", (status,))
+    db.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    half = out / "maps" / "gradcam" / f".img_000.npy.0.{dead.stdout.strip()}.tmp"
+    half.write_bytes(b"half")
+    live = out / "maps" / "gradcam" / f".img_001.npy.0.{os.getpid()}.tmp"
+    live.write_bytes(b"being written")
+    run(run_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert not half.exists() and live.read_bytes() == b"being written"
+
+
 def test_every_temporary_name_is_one_the_sweep_recognises():
     """Every writer names its temporary files with files.temp_name, which the sweep after a crash reads back:
     the pid last, short enough beside a 255-byte name; names that are not temporary files are left alone."""

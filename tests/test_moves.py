@@ -303,3 +303,30 @@ def test_output_dir_link_gives_a_file_a_second_name_inside_the_folder(tmp_path, 
         assert files.link([("maps/a/x.npy", "maps/b/copy.npy")]) == 1
     assert (out / "maps/b/copy.npy").read_bytes() == b"old map"
     assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_misclassified_image_moved_to_a_third_class_explains_its_new_label(tmp_path):
+    """--target pred,label with three classes: an image predicted C in folder A moved to folder B stays
+    misclassified, and its true-class maps (``@label``) must explain B now; the map of A it had must not go along
+    with the move (with two classes a move between folders always ends correct or explained anew)."""
+    ckpt = synth.tiny_checkpoint(tmp_path / "abc.pt", classes=("A", "B", "C"))
+    root = tmp_path / "in"
+    for seed, name in enumerate("ABC", start=1):
+        synth.write_images(root / name, 3, 32, seed, "png")
+    out = tmp_path / "out"
+    go(opts(root, out, ckpt, target="pred,label"))
+    names = "ABC"
+    old, pred = next(
+        (rel, row[2]) for rel, row in sorted(images(out).items()) if names[row[2]] != rel.split("/")[0]
+    )  # a misclassified image
+    third = next(n for n in names if n not in (old.split("/")[0], names[pred]))
+    new = f"{third}/moved.png"
+    move(root, old, new)
+    r = go(opts(root, out, ckpt, target="pred,label"))
+    ref = tmp_path / "ref"
+    go(opts(root, ref, ckpt, target="pred,label"))
+    got, want = maps(out), maps(ref)
+    assert got.keys() == want.keys() and (new, "gradcam@label") in got
+    assert got[(new, "gradcam@label")][2] == r.run_id  # computed for the new label, not the old one's carried over
+    assert np.allclose(np.load(out / got[(new, "gradcam@label")][1]), np.load(ref / want[(new, "gradcam@label")][1]))
+    assert images(out)[new][1] == names.index(third)

@@ -2231,3 +2231,31 @@ def test_the_scale_benchmarks_report_links_only_pictures_it_made(tmp_path):
     report.render(out)
     links = check_report_links(out)
     assert any(p.startswith("images/") for p in links) and any(p.startswith("maps/lime/") for p in links), links
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_decision_summary_roc_curve_and_auc_match_sklearn(seed):
+    """The two-class summary's ROC curve of the positive class (its probability as the score) and its area are
+    scikit-learn's roc_curve and roc_auc_score, ties included; the operating point is the threshold rule's."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from xaibatch.report.metrics import decision_summary
+
+    rng = np.random.default_rng(seed)
+    n, pos, t = 60, 0, 0.4  # the positive class first: its probability is probs[0]
+    label = rng.integers(0, 2, n)
+    p = np.round(np.clip(np.where(label == pos, 0.6, 0.4) + rng.normal(0, 0.25, n), 0, 1), 2)  # ties
+    rows = {
+        f"{i}.png": ImageRow(
+            f"{i}.png", str(i), 1, 1, "", 8, 8, int(label[i]), pos if p[i] >= t else 1 - pos, 0, 0.0,
+            [float(p[i]), float(1 - p[i])], "h", 1,
+        )
+        for i in range(n)
+    }  # fmt: skip
+    d = decision_summary({"positive": "A", "threshold": t}, ["A", "B"], rows)
+    truth = label == pos
+    fpr, tpr, _ = roc_curve(truth, p, drop_intermediate=False)
+    assert d["auc"] == pytest.approx(roc_auc_score(truth, p))
+    assert np.allclose(d["roc_fpr"], fpr, atol=1e-6) and np.allclose(d["roc_tpr"], tpr, atol=1e-6)
+    said = p >= t
+    assert d["point"] == pytest.approx(((said & ~truth).sum() / (~truth).sum(), (said & truth).sum() / truth.sum()))

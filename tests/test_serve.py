@@ -851,6 +851,20 @@ def test_a_refused_flag_reads_as_an_error(app):
         d.quit()
 
 
+def test_class_names_and_error_lines_are_text_not_markup(service):
+    """The page's result and its one-line answers are autoescaped: a class name (from a user's checkpoint or
+    --classes) or an error naming an uploaded file's name shows as text, never as markup the browser runs."""
+    from xaibatch.serve.core import decode_upload
+    from xaibatch.serve.page import line_html, result_html
+
+    (r,) = service.explain([decode_upload(png(4))], ["gradcam"])
+    names = [f"<img src=x onerror=alert({i})>" for i in range(len(service.names))]
+    html = result_html(r, names, service.rule(), None)
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(0)&gt;" in html
+    line = line_html("cannot read <script>alert(1)</script>.png")
+    assert "<script>" not in line and "&lt;script&gt;alert(1)&lt;/script&gt;" in line
+
+
 def test_the_curves_say_which_is_which(service):
     """The faithfulness curves' colours are named in the visible text, not only in the SVG's aria-label."""
     import re

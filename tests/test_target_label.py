@@ -412,3 +412,20 @@ def test_the_first_maps_explain_the_label_only_under_target_label():
     pred, label = torch.tensor([1, 1]), torch.tensor([0, 1])
     assert torch.equal(targets.target_class("label", pred, label), label)
     assert torch.equal(targets.target_class("pred,label", pred, label), pred)
+
+
+def test_under_target_label_the_report_still_groups_by_the_prediction(inp, tmp_path, tiny_ckpt):
+    """--target label changes what the maps explain, not whether an image is correct: a misclassified image (label
+    not its prediction) stays in the gallery's misclassified group, and the accuracy counts it wrong. The card's
+    target under this mode is the label, which would make every image look correct."""
+    out = tmp_path / "out"
+    go(opts(inp, out, tiny_ckpt, target="label"))
+    images, _ = rows(out)
+    bad = wrong(images)
+    assert bad and len(bad) < len(images), "the fixture needs misclassified and correct images"
+    records = detail_records(out)
+    for rel, (label, pred, *_r) in images.items():
+        side = "wrong" if rel in bad else "right"
+        assert records[rel]["group"] == f"{side}-{label}", rel
+    html = (out / "index.html").read_text()
+    assert f"({len(images) - len(bad)} correct, {len(bad)} misclassified" in html
