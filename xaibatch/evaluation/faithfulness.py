@@ -252,17 +252,6 @@ def hashes(cfg: FaithConfig | None, method_hashes: dict[str, str]) -> dict[str, 
     return {m: config_hash({"map": h, "faithfulness": cfg.key()}) for m, h in method_hashes.items()}
 
 
-def scored(known_maps: dict, faith_hashes: dict[str, str] | None) -> dict:
-    """The manifest's maps that count as done: with scores enabled, only those scored under these settings.
-
-    Scores need the maps at the model's input size, which the folder keeps only at
-    the image's size, so a map without current scores is recomputed with them.
-    """
-    if faith_hashes is None:
-        return known_maps
-    return {k: row for k, row in known_maps.items() if row.faith_hash == faith_hashes.get(k[1])}
-
-
 def scorer_for(cfg: FaithConfig | None, ctx, method_hashes: dict[str, str]) -> Scorer | None:
     """The Scorer of a run's maps (None when disabled)."""
     if cfg is None:
