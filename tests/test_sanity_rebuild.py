@@ -384,3 +384,4 @@ def test_a_factory_whose_code_changed_since_the_run_is_refused(inp, tmp_path):
     assert res.exit_code == 2, res.output
     assert "whose code is not the run's: its file changed since the run" in res.output
     assert len(res.output.strip().splitlines()) == 1
+    assert _sanity(out, "--model", f"{net}:build").exit_code == 0  # given: the user's word for the code

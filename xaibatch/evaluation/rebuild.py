@@ -101,12 +101,12 @@ def prepare_rebuilt(opts, run: RunConfig, out: Path, override: ModelOverride):
             f"sanity rebuilt a model from {what} whose weights are not the run's (sha256 "
             f"{prepared.model.checkpoint_sha256[:12]}, the run's {want[:12]}); {how}"
         )
-    code = run.model.code_sha256
-    if code and prepared.model.code_sha256 != code:
+    code = run.model.code_sha256  # a --model given to sanity is the user's word for the run's code (weights checked)
+    if code and not override.given() and prepared.model.code_sha256 != code:
         raise UsageError(
             f"sanity rebuilt a model from {what} whose code is not the run's: its file changed since the run "
             f"(sha256 {(prepared.model.code_sha256 or 'none')[:12]}, the run's {code[:12]}); run xaibatch run "
-            "again with it, then sanity"
+            "again with it, then sanity, or give it with --model to check the run's maps with this code"
         )
     return prepared
 
