@@ -459,6 +459,27 @@ def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
     assert loaded == ["torch._dynamo"]
 
 
+def test_the_deferred_compiler_disable_works_with_a_torch_whose_disable_takes_no_reason():
+    # torch 2.1 (pyproject's floor): torch.compiler.disable(fn=None, recursive=True), no reason=. The stand-in passed
+    # reason=None to it, so a function a newer timm decorates at import (naflexvit) raised TypeError on its first call.
+    from xaibatch.imports import _lazy_disable
+
+    seen = []
+
+    def old_disable(fn=None, recursive=True):
+        seen.append(recursive)
+        return fn
+
+    lazy = _lazy_disable(old_disable)
+    assert lazy(lambda x: 2 * x)(3) == 6
+    assert lazy(recursive=False)(lambda x: x + 1)(1) == 2
+    assert lazy(abs)(-4) == 4  # not a Python function: the real decorator at once
+    assert seen == [True, False, True]
+    reasons = []
+    lazy = _lazy_disable(lambda fn, recursive=True, *, reason=None: reasons.append(reason) or fn)
+    assert lazy(reason="why")(lambda x: x)(5) == 5 and reasons == ["why"]  # a newer torch still gets it
+
+
 def test_timm_without_the_hub_client_still_downloads_through_it():
     """imports.py defers huggingface_hub's client while timm is imported; timm's hub functions import it on their
     first call, the error classes timm catches become the real ones, and ``import huggingface_hub`` afterwards is

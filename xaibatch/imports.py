@@ -62,13 +62,13 @@ def _lazy_disable(real: Callable) -> Callable:
         if fn is None:
             return functools.partial(disable, recursive=recursive, reason=reason)
         if not isinstance(fn, types.FunctionType):
-            return real(fn, recursive, reason=reason)
+            return real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive)
         done: list[Callable] = []
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            if not done:
-                done.append(real(fn, recursive, reason=reason))
+            if not done:  # reason= only when given: older torch's disable(fn=None, recursive=True) (2.1) takes none
+                done.append(real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive))
             return done[0](*args, **kwargs)
 
         return call
