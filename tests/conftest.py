@@ -14,7 +14,18 @@ from pathlib import Path
 if os.environ.get("XAIBATCH_TEST_GPU") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+import click.testing
 import pytest
+
+if not hasattr(click.testing, "StreamMixer"):  # click < 8.2 (pyproject allows 8.1): the tests read 8.2's Result,
+    # whose stderr is always captured and whose output holds both streams (here stdout's lines, then stderr's)
+    _runner_init = click.testing.CliRunner.__init__
+
+    def _separate_stderr(self, *args, mix_stderr: bool = False, **kwargs) -> None:
+        _runner_init(self, *args, mix_stderr=mix_stderr, **kwargs)
+
+    click.testing.CliRunner.__init__ = _separate_stderr
+    click.testing.Result.output = property(lambda r: r.stdout + (r.stderr if r.stderr_bytes is not None else ""))
 
 # make_checkpoint and write_images live in helpers.py; imported here too for tests that still import them from conftest
 from helpers import CLASSES, make_checkpoint, write_images  # noqa: F401
