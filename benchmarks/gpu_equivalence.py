@@ -469,7 +469,7 @@ def check_lime_chunk_out_of_memory(folder: Path, ckpt: Path, dev) -> None:
                 self.refused.append(x.shape[0])
                 if x.is_cuda:
                     torch.empty(1 << 46, dtype=torch.uint8, device=x.device)  # 64 TiB: more than any GPU has
-                raise torch.OutOfMemoryError("stand-in: no GPU")
+                raise torch.cuda.OutOfMemoryError("stand-in: no GPU")
             return self.net(x)
 
     loaded = load_model(ckpt)

@@ -608,6 +608,19 @@ def test_a_pil_image_of_any_mode_is_the_input_its_file_gives(tmp_path):
     assert bool((white == 255).all())  # the transparent half, as a run shows it
 
 
+def test_a_16_bit_grey_png_is_the_input_its_pixels_give_as_a_tiff(tmp_path):
+    # Pillow < 10.3 opened a 16-bit grey PNG as mode "I" (10.3 and later: "I;16", as a TIFF): its pixels were
+    # scaled by their range, not cut to their high byte, so a dark one (all below 256) reached the model bright.
+    net = TinyNet()
+    dark = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256
+    for grey in (dark, dark * 200):  # 0..255 (black as 8 bits), 0..51000
+        for name in ("grey16.png", "grey16.tif"):
+            Image.fromarray(grey).save(tmp_path / name)
+        png, tif = (xaibatch.explain(net, tmp_path / n).images for n in ("grey16.png", "grey16.tif"))
+        assert torch.equal(png, tif)
+        assert torch.equal(tif[0, 0], torch.from_numpy((grey >> 8).astype(np.uint8)))
+
+
 def test_images_that_cannot_be_read_are_named(tmp_path):
     net = TinyNet()
     missing = tmp_path / "missing.png"
@@ -913,6 +926,12 @@ def test_wide_integer_arrays_are_checked_not_a_torch_error():
     assert str(e.value).startswith("integer images must be in 0..255, these range from 4000 to 4000")
     small = xaibatch.explain(TinyNet(), wide // 20, "gradcam")  # 200: in range, explained as uint8
     assert small.images.dtype == torch.uint8 and int(small.images.max()) == 200
+    # torch < 2.3 (pyproject allows 2.1) has no uint16/32/64 tensors: these were refused as "no image"
+    for dtype in (np.uint32, np.uint64):
+        assert torch.equal(xaibatch.explain(TinyNet(), (wide // 20).astype(dtype), "gradcam").images, small.images)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), np.full((16, 16, 3), 2**64 - 1, dtype=np.uint64), "gradcam")
+    assert str(e.value).startswith("integer images must be in 0..255, these range from")
 
 
 def test_bytes_images_and_a_string_of_classes_are_refused_saying_what_to_pass():

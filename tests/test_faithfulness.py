@@ -85,7 +85,7 @@ class _Fits(torch.nn.Module):
     def forward(self, x):
         self.sizes.append(x.shape[0])
         if x.shape[0] > self.most:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.model(x)
 
 
@@ -116,7 +116,7 @@ def test_a_chunk_that_runs_out_of_memory_is_made_again_in_halves():
     assert tight.sizes == [6] + [3] * (2 + 6 * 2 * 4 // 3)  # the fills, then every curve's images in chunks of 3
     assert scorer.forwards == 6 * (1 + 2 * 4)  # every image scored once: no chunk counted twice
     one = Scorer(_Fits(model, most=0), FaithConfig(5, chunk=2), pre)
-    with pytest.raises(torch.OutOfMemoryError):  # one image that does not fit: for the batch's split to say
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one image that does not fit: for the batch's split to say
         one.score(x, targets, p, maps)
 
 

@@ -119,7 +119,9 @@ def test_adapters_match_the_libraries_and_leave_the_model_clean():
         ref = lib(input_tensor=batch.x, targets=[ClassifierOutputTarget(int(t)) for t in batch.targets])
     model.zero_grad(set_to_none=True)
     assert cam.shape == ref.shape == (3, 32, 32) and np.abs(cam - ref).max() < 1e-5
-    ref_ig = IntegratedGradients(model).attribute(batch.x.clone(), target=batch.targets, n_steps=8).detach().sum(1)
+    ref_ig = (
+        IntegratedGradients(model).attribute(batch.x.clone(), target=batch.targets, n_steps=8).detach().float().sum(1)
+    )
     assert torch.allclose(ig.maps, ref_ig, rtol=1e-4, atol=1e-7)
     assert ig.info[0]["total"] == pytest.approx(float(ref_ig[0].sum()), rel=1e-4, abs=1e-6)
 
@@ -149,7 +151,7 @@ def test_integrated_gradients_goes_through_the_model_in_chunks_by_default(monkey
     monkeypatch.setattr(IntegratedGradients, "attribute", spy)
     ig = create_method("captum:IntegratedGradients", ctx, n_steps=8).explain(batch)
     assert seen[-1] == 6
-    ref = real(IntegratedGradients(model), batch.x.clone(), target=batch.targets, n_steps=8).detach().sum(1)
+    ref = real(IntegratedGradients(model), batch.x.clone(), target=batch.targets, n_steps=8).detach().float().sum(1)
     assert torch.allclose(ig.maps, ref, rtol=1e-4, atol=1e-6)
 
 

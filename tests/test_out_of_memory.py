@@ -62,7 +62,7 @@ class Greedy(nn.Module):
             with open(LOG, "a") as f:
                 f.write(f"{{n}}\\n")
             if KIND == "device":
-                raise torch.OutOfMemoryError(
+                raise torch.cuda.OutOfMemoryError(
                     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of "
                     "which 1.06 GiB is free. If reserved but unallocated memory is large try setting "
                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
@@ -347,7 +347,7 @@ def test_bench_out_of_memory_names_bench_options(monkeypatch):
     import xaibatch.tools.bench as tools_bench
 
     def oom(*a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB.")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB.")
 
     monkeypatch.setattr(tools_bench, "run_bench", oom)
     r = invoke("bench", "--budget", "5")
@@ -492,7 +492,7 @@ def test_sanity_out_of_memory_outside_its_batches_does_not_ask_for_a_smaller_bat
 
     def no_room(model, fresh):
         if memory == "device":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
         raise MemoryError()
 
     monkeypatch.setattr(sanity_module, "copy_model", no_room)
@@ -511,7 +511,7 @@ def test_serve_answers_running_out_of_memory_with_what_to_do():
 
     class Full:
         def explain(self, *a):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total ...")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB. GPU 0 has a total ...")
 
     out = explain_requests(Full(), [Request(object(), ("gradcam",))])  # type: ignore[arg-type]
     assert out == ["the GPU ran out of memory (1.50 GiB asked for): try --device cpu"]
@@ -563,7 +563,7 @@ def test_jpegs_that_run_out_of_memory_decoding_split_the_batch(tmp_path, tiny_ck
     def tight(data, device):
         if len(data) > 2:
             refused_sizes.append(len(data))
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
         return real(data, device)
 
     monkeypatch.setattr(decode, "decode_jpegs", tight)
@@ -597,7 +597,7 @@ class _Tight(torch.nn.Module):
     def forward(self, x):
         if x.shape[0] > self.limit:
             self.refused.append(x.shape[0])
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
         return self.net(x)
 
 
@@ -624,6 +624,6 @@ def test_limes_own_chunk_that_runs_out_of_memory_is_halved(tmp_path):
     net = _Tight(limit=16)
     ctx = ModelContext(net, None, Preprocess(16), torch.device("cpu"))
     lime = create_method("lime", ctx, samples=64, segments=8, batch_size=32)
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         Explainer([lime], ctx)(x, None, None)
     assert net.refused == [32]  # not halved: the user's size

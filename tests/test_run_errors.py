@@ -175,7 +175,7 @@ OOM_MODEL = textwrap.dedent(
         def forward(self, x):
             self.batches += x.shape[0] > 1
             if self.batches > 1:
-                raise torch.OutOfMemoryError(
+                raise torch.cuda.OutOfMemoryError(
                     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of "
                     "which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.10 GiB memory in "
                     "use. Of the allocated memory 76.2 GiB is allocated by PyTorch. If reserved but unallocated "
@@ -252,7 +252,7 @@ def test_the_host_running_out_of_memory_is_one_line_that_says_what_to_do(tmp_pat
     # memory: you tried to allocate 642252800 bytes") came out as "internal error: RuntimeError: ..." (an audit's
     # IntegratedGradients run at 224 px under a memory limit).
     host = OOM_MODEL.replace(
-        "raise torch.OutOfMemoryError(",
+        "raise torch.cuda.OutOfMemoryError(",
         "raise RuntimeError(\"[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
         'you tried to allocate 642252800 bytes. Error code 12 (Cannot allocate memory)"); raise ValueError(',
     )

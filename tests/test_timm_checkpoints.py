@@ -13,7 +13,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models import save_for_hf
+from timm.models._hub import save_for_hf  # timm.models exports it from timm 1.0.16 only
 from timm.utils import CheckpointSaver, ModelEmaV3
 
 from helpers import invoke, quiet, run_opts, write_images
@@ -32,7 +32,9 @@ def _model(seed: int = 0) -> torch.nn.Module:
 
 def _hub(model: torch.nn.Module, where: Path, **kw) -> Path:
     data = {"input_size": (3, 32, 32), "mean": MEAN, "std": (0.2, 0.2, 0.2)}
-    save_for_hf(model, where, model_config={"label_names": ["FAKE", "REAL"]}, data_config=data, **kw)
+    # as the model's pretrained_cfg, which every timm saves (save_for_hf's data_config= is newer than pyproject's timm)
+    model.pretrained_cfg = {**model.pretrained_cfg, **data}
+    save_for_hf(model, where, model_config={"label_names": ["FAKE", "REAL"]}, **kw)
     return where
 
 
@@ -282,7 +284,9 @@ def test_an_arch_with_a_tag_is_the_same_model_and_model_args_need_no_in_chans(fi
     assert load_model(tmp_path / "tagged.pth.tar", ARCH).arch == ARCH  # was "trained as ..., not --arch ..."
     hub = shutil.copytree(files["hub"], tmp_path / "hub")
     cfg = json.loads((hub / "config.json").read_text())
-    cfg["model_args"]["in_chans"] = None  # was "a model of None input channels"
+    cfg.setdefault("model_args", {})["in_chans"] = (
+        None  # was "a model of None input channels" (older timm: no model_args)
+    )
     (hub / "config.json").write_text(json.dumps(cfg))
     assert load_model(hub).class_names == ["FAKE", "REAL"]
 
@@ -307,6 +311,11 @@ def test_a_one_logit_hub_folder_takes_two_label_names(tmp_path):
 def test_a_hub_folder_without_a_classifier_says_so(tmp_path):
     """Before: "does not fit its architecture test_resnet: 2 missing key(s), e.g. fc.weight"."""
     save_for_hf(timm.create_model(ARCH, pretrained=False, num_classes=0), tmp_path / "features")
+    with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):
+        load_model(tmp_path / "features")
+    # timm <= 1.0.28 (pyproject allows 1.0.10) writes no model_args, only the top-level num_classes 0
+    config = tmp_path / "features" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model_args"}))
     with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):
         load_model(tmp_path / "features")
 

@@ -62,13 +62,13 @@ def _lazy_disable(real: Callable) -> Callable:
         if fn is None:
             return functools.partial(disable, recursive=recursive, reason=reason)
         if not isinstance(fn, types.FunctionType):
-            return real(fn, recursive, reason=reason)
+            return real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive)
         done: list[Callable] = []
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            if not done:
-                done.append(real(fn, recursive, reason=reason))
+            if not done:  # reason= only when given: older torch's disable(fn=None, recursive=True) (2.1) takes none
+                done.append(real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive))
             return done[0](*args, **kwargs)
 
         return call
@@ -106,7 +106,11 @@ def defer_hub(on: bool = True) -> None:
 
 
 _HUB_UTILS = "huggingface_hub.utils"
-_HUB_CALLS = {_HUB: ("HfApi", "hf_hub_download", "model_info"), _HUB_UTILS: ()}  # what timm calls, not at import
+_HUB_CALLS = {  # what timm calls, not at import (timm < 1.0.22 imported the five names after model_info)
+    _HUB: ("HfApi", "hf_hub_download", "model_info")
+    + ("create_repo", "get_hf_file_metadata", "hf_hub_url", "repo_type_and_id_from_hf_id", "upload_folder"),
+    _HUB_UTILS: (),
+}
 _HUB_ERRORS = ("EntryNotFoundError", "RepositoryNotFoundError")  # what timm catches around those calls
 
 

@@ -155,6 +155,8 @@ def _described(cfg: dict[str, Any], config: Path) -> Described:
         raise bad("'model_args' is not an object")
     if args.get("in_chans") not in (None, 3):
         raise ModelError(f"{config}: a model of {args['in_chans']} input channels; xaibatch explains RGB images")
+    if "num_classes" not in args and cfg.get("num_classes") == 0:  # timm <= 1.0.28 wrote model_args only when
+        args = {**args, "num_classes": 0}  # given; its top-level num_classes says a model without a classifier
     names = cfg.get("label_names", pre.get("label_names", pre.get("labels")))
     size = pre.get("input_size")
     if size is not None:
