@@ -621,11 +621,7 @@ def _uint8_images(a, kind: str):
     try:
         t = torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a.detach().cpu()
     except TypeError:
-        if not (isinstance(a, np.ndarray) and a.dtype.kind == "u"):
-            raise UsageError(f"{kind} of dtype {a.dtype} is no image: pass uint8 pixels or floats in [0, 1]") from None
-        # torch < 2.3 has no uint16/32/64 tensors: the same values as int64 (a uint64 past int64's range is
-        # past 255 all the same), so the range is checked as on a newer torch
-        t = torch.from_numpy(np.minimum(a, np.iinfo(np.int64).max).astype(np.int64))
+        raise UsageError(f"{kind} of dtype {a.dtype} is no image: pass uint8 pixels or floats in [0, 1]") from None
     if t.dim() == 3:
         t = t[None]
     first, last = t.dim() == 4 and t.shape[1] == 3, t.dim() == 4 and t.shape[3] == 3
