@@ -89,19 +89,8 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
         torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
-        if not _decodes_lists():  # torchvision < 0.19 (torch < 2.4) decodes one tensor a call
-            return [decode_jpeg(d, mode=ImageReadMode.RGB, device=device) for d in data]
         out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     return list(out)
-
-
-@functools.cache
-def _decodes_lists() -> bool:
-    """Whether torchvision's ``decode_jpeg`` takes a list of tensors (0.19 and later)."""
-    import torchvision
-
-    major, minor = (int(n) for n in torchvision.__version__.split(".")[:2])
-    return (major, minor) >= (0, 19)
 
 
 def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
