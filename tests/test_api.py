@@ -926,6 +926,11 @@ def test_wide_integer_arrays_are_checked_not_a_torch_error():
     assert str(e.value).startswith("integer images must be in 0..255, these range from 4000 to 4000")
     small = xaibatch.explain(TinyNet(), wide // 20, "gradcam")  # 200: in range, explained as uint8
     assert small.images.dtype == torch.uint8 and int(small.images.max()) == 200
+    for dtype in (np.uint32, np.uint64):  # wider unsigned arrays: the same images, the same range check
+        assert torch.equal(xaibatch.explain(TinyNet(), (wide // 20).astype(dtype), "gradcam").images, small.images)
+    with pytest.raises(UsageError) as e:
+        xaibatch.explain(TinyNet(), np.full((16, 16, 3), 2**64 - 1, dtype=np.uint64), "gradcam")
+    assert str(e.value).startswith("integer images must be in 0..255, these range from")
 
 
 def test_bytes_images_and_a_string_of_classes_are_refused_saying_what_to_pass():
