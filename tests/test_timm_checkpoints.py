@@ -408,3 +408,15 @@ def test_a_hub_vit_built_at_another_size_than_the_one_given_names_its_config(tmp
     assert f"{d / 'config.json'}'s model_args build vit_tiny_patch16_224 for 32x32 inputs" in said, said
     assert "--image-size 64 does not fit it: leave --image-size out" in said and "\n" not in said
     assert load_model(d, image_size=32).input_size == 32
+
+
+def test_a_hub_folders_model_args_size_goes_before_its_pretrained_cfgs(tmp_path):
+    # an older timm's save_for_hf (1.0.16, within pyproject's floor) wrote model_args' img_size 32 but kept
+    # pretrained_cfg's input_size at 224: the folder was read as a 224 px model, which its ViT (built at 32) refused
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32)
+    d = tmp_path / "hub"
+    save_for_hf(model, d, model_args={"img_size": 32}, safe_serialization=True)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["pretrained_cfg"]["input_size"] = [3, 224, 224]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert load_model(d).input_size == 32

@@ -466,9 +466,13 @@ def _load_described(
         check_arch(name, path)
     side = image_size
     built = described.model_args.get("img_size")  # the size it is built at (a ViT's position embeddings)
-    if side is not None and built is not None and not described.model_args.get("dynamic_img_size"):
+    if built is not None and not described.model_args.get("dynamic_img_size"):
         hw = tuple(built) if isinstance(built, (list, tuple)) else (built, built)
-        if hw != (side, side):
+        if (
+            side is None and hw[0] == hw[1]
+        ):  # before pretrained_cfg's input_size (an older timm's save_for_hf kept 224 there)
+            side = int(hw[0])
+        elif side is not None and hw != (side, side):
             where = f"{path / formats.CONFIG}'s model_args" if path.is_dir() else "its model_kwargs"
             raise ModelError(
                 f"{path}: {where} build {name} for {hw[0]}x{hw[1]} inputs (img_size); --image-size {side} "
