@@ -348,18 +348,6 @@ def test_explain_on_a_folder_it_cannot_build_names_no_cli_option(tmp_path, confi
     assert "--" not in str(e.value)
 
 
-def test_checkpoints_load_on_a_torch_without_safe_globals(files, tmp_path, monkeypatch):
-    """pyproject allows torch >= 2.1; torch.serialization.safe_globals came in 2.5. Before, its AttributeError
-    made every checkpoint "not a PyTorch checkpoint (corrupted, truncated, ...; AttributeError)"."""
-    from helpers import make_checkpoint
-
-    monkeypatch.delattr(torch.serialization, "safe_globals")
-    assert load_model(make_checkpoint(tmp_path / "x.pt")).arch == ARCH
-    assert load_model(files["plain"], ARCH, 32).arch == ARCH
-    with pytest.raises(ModelError, match="asks to import argparse.Namespace"):  # as torch < 2.5's own load refuses
-        load_model(files["best"])
-
-
 def test_an_arch_with_an_unknown_tag_is_one_line(files):
     """The classifier's size is read from timm's registry before the model is built; timm raised "Invalid
     pretrained tag" there, which the CLI printed as "internal error: RuntimeError"."""

@@ -67,7 +67,9 @@ def _lazy_disable(real: Callable) -> Callable:
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            if not done:  # reason= only when given: older torch's disable(fn=None, recursive=True) (2.1) takes none
+            if (
+                not done
+            ):  # reason= only when given: older torch's disable(fn=None, recursive=True) (2.6 included) takes none
                 done.append(real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive))
             return done[0](*args, **kwargs)
 

@@ -12,7 +12,6 @@ xaibatch's checkpoint is a dict of plain types (loadable with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import math
 import pickle
@@ -182,10 +181,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         # timm's train.py checkpoints hold their argparse.Namespace: allowed, as timm's own loader does, and
-        # nothing else (a Namespace is built from plain values; it runs no code of the file's). torch < 2.5 has no
-        # safe_globals: there such a file is refused as any other import is (and every other file loads)
-        allowed = getattr(torch.serialization, "safe_globals", None)
-        with warnings.catch_warnings(), allowed([argparse.Namespace]) if allowed else contextlib.nullcontext():
+        # nothing else (a Namespace is built from plain values; it runs no code of the file's)
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
