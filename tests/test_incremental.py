@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -957,3 +959,28 @@ def test_another_image_size_predicts_every_image_again(tmp_path, tiny_ckpt):
     assert run(run_opts(inp, out, tiny_ckpt, image_size=48), log=quiet).computed == 3
     after, _ = _state(out)
     assert all(after[rel][5] != images[rel][5] for rel in images)
+
+
+def test_an_edited_factory_module_is_a_new_model_on_an_unchanged_re_run(tmp_path, monkeypatch):
+    """--model module.path:FACTORY --checkpoint W: the request key of an unchanged re-run (which loads no model) held
+    a FILE.py's code but not a module's, so a forward edited in the module was never looked at: nothing computed,
+    the old model's predictions and maps kept."""
+    inp, out, code = tmp_path / "in", tmp_path / "out", tmp_path / "code"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    (code / "nets").mkdir(parents=True)
+    (code / "nets" / "__init__.py").write_text("")
+    (code / "nets" / "edited.py").write_text(EDITED_FACTORY.format(sign=1.0))
+    monkeypatch.syspath_prepend(str(code))
+    ckpt = tmp_path / "w.pt"
+    torch.save(importlib.import_module("nets.edited").build().state_dict(), ckpt)
+    opts = run_opts(inp, out, ckpt, ["gradcam"], model="nets.edited:build", image_size=32)
+    for name in ("nets", "nets.edited"):  # each run a new process: nothing imported before it
+        monkeypatch.delitem(sys.modules, name)
+    assert run(opts, log=quiet).computed == 6
+    for name in ("nets", "nets.edited"):
+        monkeypatch.delitem(sys.modules, name)
+    assert run(opts, log=quiet).computed == 0 and not _last_run_loaded_the_model(out)  # the same module: nothing
+    assert "nets" not in sys.modules  # found without running the package's code
+    (code / "nets" / "edited.py").write_text(EDITED_FACTORY.format(sign=-1.0))
+    assert run(opts, log=quiet).computed == 6

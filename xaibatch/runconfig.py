@@ -112,7 +112,7 @@ class ModelRecord:
     one_logit_positive: str | None = None
     one_logit_output: str | None = None  # "probability": the model's forward ends in its own sigmoid
     output: str | None = None  # "softmax": the model's forward ends in its own softmax
-    code_sha256: str | None = None  # a --model factory's source file (model/user.factory_code_sha256)
+    code_sha256: str | None = None  # a --model factory's source file (model/formats.factory_code_sha256)
 
     @property
     def preprocess(self) -> Preprocess | None:

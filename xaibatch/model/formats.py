@@ -20,9 +20,13 @@ digest without it.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import math
+import os
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +74,38 @@ def is_safetensors(path: Path) -> bool:
         return False
     (n,) = struct.unpack("<Q", head[:8])
     return 2 <= n <= 100 * 2**20
+
+
+def factory_code_sha256(spec: str | None) -> str | None:
+    """The sha256 of the file that defines ``--model``'s factory (``FILE.py``, or ``module.path``'s own file: the
+    module imported, else the file an import would run, found without running it), part of the predictions' hash
+    and of an unchanged re-run's request: a forward edited in it is a new model, whose weights may be the same
+    bytes. The modules that file imports in turn are not followed. None for ``timm:``/``torchvision:`` and where
+    there is no such file."""
+    where = (spec or "").rpartition(":")[0]
+    if not where or (spec or "").partition(":")[0] in ("timm", "torchvision"):
+        return None
+    path = Path(where) if where.endswith(".py") else _module_file(where)
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The file of module ``dotted``: the one imported, else where importing it (sys.path, then the current folder,
+    as ``model.user`` imports it) would find it, without running any of its packages' code."""
+    mod = sys.modules.get(dotted)
+    if mod is not None:
+        where = getattr(mod, "__file__", None)
+        return Path(where) if where else None
+    parts = dotted.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0]) or importlib.machinery.PathFinder.find_spec(parts[0], [os.getcwd()])
+        for i in range(1, len(parts)):
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), spec.submodule_search_locations)
+    except (ImportError, ValueError, OSError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.has_location and spec.origin else None
 
 
 def checkpoint_digest(path: Path) -> str:

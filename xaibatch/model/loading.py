@@ -55,7 +55,7 @@ class LoadedModel:
     layer_prefix: str = ""
     # a timm train.py checkpoint that also holds EMA weights (state_dict_ema), not explained: a run says so (notices.py)
     unused_ema: bool = False
-    # a --model factory's source file (user.factory_code_sha256): its code is part of the model, as its weights are
+    # a --model factory's source file (formats.factory_code_sha256): its code is part of the model, as its weights are
     code_sha256: str | None = None
 
     @property

@@ -24,7 +24,7 @@ from ..errors import ModelError, UsageError
 from ..files import file_sha256
 from ..imports import import_torchvision
 from ..runconfig import RANDOM_INIT
-from .formats import folder_for_factory
+from .formats import factory_code_sha256, folder_for_factory
 from .loading import LoadedModel, finish, load_weights, load_model, read_state_dict
 
 FORMS = MODEL_FORMS
@@ -98,19 +98,6 @@ def build_factory(spec: str) -> tuple[nn.Module, str]:
     if not isinstance(module, nn.Module):
         raise ModelError(f"--model {spec}: {fname}() returned a {type(module).__name__}, not a torch.nn.Module")
     return unwrap_parallel(module)
-
-
-def factory_code_sha256(spec: str) -> str | None:
-    """The sha256 of the file that defines ``--model``'s factory (``FILE.py``, or the imported module's own file),
-    part of the predictions' hash: a forward edited in it is a new model, whose weights may be the same bytes. The
-    modules that file imports in turn are not followed. None when there is no such file."""
-    where = spec.rpartition(":")[0]
-    if where.endswith(".py"):
-        path: Path | None = Path(where)
-    else:
-        mod = sys.modules.get(where)
-        path = Path(mod.__file__) if mod is not None and getattr(mod, "__file__", None) else None
-    return file_sha256(path) if path is not None and path.is_file() else None
 
 
 def unwrap_parallel(module: nn.Module) -> tuple[nn.Module, str]:
@@ -210,8 +197,7 @@ def load_user_model(spec: str, checkpoint: Path | None, image_size: int | None, 
     module.to(torch.float32)
     loaded = finish(module, spec, None, image_size, None, None, source, digest)
     loaded.layer_prefix = prefix
-    if kind != "torchvision":
-        loaded.code_sha256 = factory_code_sha256(spec)
+    loaded.code_sha256 = factory_code_sha256(spec)
     from .heads import count_outputs
 
     outputs = count_outputs(module, loaded.input_size, f"--model {spec}")

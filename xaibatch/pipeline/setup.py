@@ -2,8 +2,8 @@
 
 Two ways to get it. :func:`load_setup` loads the model (torch, timm, the methods) and computes
 everything. :func:`cached_setup` reuses the hashes of an earlier finished run with the same
-*request* (every option that decides a prediction or a map, the checkpoint's sha256, the folder's
-classes and xaibatch's version) without importing torch, and is only taken when the plan finds
+*request* (every option that decides a prediction or a map, the checkpoint's sha256, a ``--model``
+factory's file, the folder's classes and xaibatch's version) without importing torch, and is only taken when the plan finds
 nothing to compute: an unchanged cron re-run then costs a folder scan and a manifest read.
 """
 
@@ -18,9 +18,8 @@ from typing import Any
 from .. import MAP_FORMAT_VERSION, __version__, layout
 from ..engines import ENGINES
 from ..errors import InputError, XaibatchError
-from ..files import file_sha256
 from ..manifest import Manifest
-from ..model.formats import checkpoint_digest
+from ..model.formats import checkpoint_digest, factory_code_sha256
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
 from ..scan import Scan, scan
 from .options import RunOptions, checkpoint_path
@@ -75,9 +74,9 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
     scanned (its folder classes sorted, before prepare() numbers them in the model's order)."""
     fields = {k: v for k, v in vars(opts).items() if k not in NOT_IN_REQUEST}
     fields["methods"] = list(dict.fromkeys(opts.methods))
-    factory_file = (opts.model or "").rpartition(":")[0]
-    if factory_file.endswith(".py") and Path(factory_file).is_file():  # --model FILE.py:FACTORY: the code counts
-        fields["model_code_sha256"] = file_sha256(Path(factory_file))
+    code = factory_code_sha256(opts.model)  # --model FILE.py:FACTORY or module.path:FACTORY: the code counts
+    if code is not None:
+        fields["model_code_sha256"] = code
     return config_hash(
         {
             "xaibatch": __version__,
