@@ -929,24 +929,29 @@ def test_the_same_weights_in_another_architecture_predict_every_image_again(tmp_
 
 def test_a_new_normalization_of_the_same_model_predicts_every_image_again(tmp_path):
     """Normalization is part of the configuration (README): a --model factory whose pretrained_cfg now gives
-    another mean and std (the user fixed it in their models file; same factory, same weights) feeds the model other
-    inputs, so every prediction and map is computed again."""
+    another mean and std (the user fixed it in the settings file it reads; the same factory file, the same weights)
+    feeds the model other inputs, so every prediction and map is computed again. (Edited in the factory's own file,
+    its code's hash alone would tell the runs apart; without --checkpoint each run loads the model, which made
+    its weights.)"""
     models = tmp_path / "nets.py"
-    models.write_text(TWO_FACTORIES)
-    ns: dict = {}
-    exec(compile(TWO_FACTORIES, "nets", "exec"), ns)
-    torch.manual_seed(0)
-    weights = tmp_path / "w.pt"
-    torch.save(ns["relu_net"]().state_dict(), weights)
+    models.write_text(
+        TWO_FACTORIES
+        + "\n\ndef configured_net():\n"
+        + "    import json, pathlib\n"
+        + "    torch.manual_seed(0)\n"
+        + "    net = Net(nn.ReLU)\n"
+        + "    net.pretrained_cfg = json.loads((pathlib.Path(__file__).parent / 'norm.json').read_text())\n"
+        + "    return net\n"
+    )
+    norm = tmp_path / "norm.json"
+    norm.write_text(json.dumps({"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}))
     inp, out = tmp_path / "in", tmp_path / "out"
     write_images(inp, 3)
-    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
-    fixed = TWO_FACTORIES.replace(
-        '"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)', '"mean": (0.4, 0.4, 0.4), "std": (0.2, 0.2, 0.2)'
-    )
-    assert fixed != TWO_FACTORIES
-    models.write_text(fixed)
-    assert run(run_opts(inp, out, weights, model=f"{models}:relu_net"), log=quiet).computed == 3
+    opts = run_opts(inp, out, None, model=f"{models}:configured_net")
+    assert run(opts, log=quiet).computed == 3
+    assert run(opts, log=quiet).computed == 0  # the same model
+    norm.write_text(json.dumps({"input_size": [3, 32, 32], "mean": [0.4] * 3, "std": [0.2] * 3}))
+    assert run(opts, log=quiet).computed == 3
 
 
 def test_another_image_size_predicts_every_image_again(tmp_path, tiny_ckpt):
