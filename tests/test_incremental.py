@@ -989,3 +989,28 @@ def test_an_edited_factory_module_is_a_new_model_on_an_unchanged_re_run(tmp_path
     assert "nets" not in sys.modules  # found without running the package's code
     (code / "nets" / "edited.py").write_text(EDITED_FACTORY.format(sign=-1.0))
     assert run(opts, log=quiet).computed == 6
+
+
+def test_a_factory_folder_made_before_its_code_was_hashed_is_predicted_again_at_once(tmp_path, monkeypatch):
+    """--model FILE.py:FACTORY --checkpoint W: a folder whose maps were made before the factory's code joined the
+    predictions' hash was served by the cached path (its request unchanged: FILE.py's sha256 was in it already), so
+    nothing happened until a run found one new image, and that run predicted and explained the whole folder again.
+    A new request revision makes the next run load the model and recompute it once, as a0536a5 says."""
+    from xaibatch.model import user
+    from xaibatch.pipeline import setup
+
+    inp, out, net = tmp_path / "in", tmp_path / "out", tmp_path / "net.py"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    net.write_text(EDITED_FACTORY.format(sign=1.0))
+    ns: dict = {}
+    exec(compile(EDITED_FACTORY.format(sign=1.0), "net", "exec"), ns)
+    ckpt = tmp_path / "w.pt"
+    torch.save(ns["build"]().state_dict(), ckpt)
+    opts = run_opts(inp, out, ckpt, ["gradcam"], model=f"{net}:build", image_size=32)
+    with monkeypatch.context() as m:  # the code before a0536a5: its revision, no code in the predictions' hash
+        m.setattr(setup, "REQUEST_REVISION", 3)
+        m.setattr(user, "factory_code_sha256", lambda spec: None)
+        assert run(opts, log=quiet).computed == 6
+    assert run(opts, log=quiet).computed == 6 and _last_run_loaded_the_model(out)
+    assert run(opts, log=quiet).computed == 0 and not _last_run_loaded_the_model(out)

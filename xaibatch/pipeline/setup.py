@@ -60,13 +60,14 @@ class Setup:
     plan: Plan | None = None
 
 
-# Part of every request's hash: bumped when a method's configuration (its hash) gains a field or changes meaning
-# within one xaibatch version, so that the next unchanged run of a folder loads the model once and its methods'
-# hashes decide what is recomputed, instead of the cached path keeping maps made the old way.
+# Part of every request's hash: bumped when a method's configuration (its hash), or the predictions', gains a field
+# or changes meaning within one xaibatch version, so that the next unchanged run of a folder loads the model once and
+# its hashes decide what is recomputed, instead of the cached path keeping maps made the old way.
 # 2: a one-logit model's cam:* and captum:* maps explain +-z, no longer +-z/2 (their config: one_logit_scores).
 # 3: the random methods (LIME, GradientShap, NoiseTunnel) seed each image by its pixels, not its path (their hash:
 #    methods.base.IMAGE_SEEDS).
-REQUEST_REVISION = 3
+# 4: a --model factory's code joins the predictions' hash (ModelRecord.code_sha256).
+REQUEST_REVISION = 4
 
 
 def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
