@@ -1006,6 +1006,22 @@ def test_ring_labels_stand_by_their_own_ring_and_cover_no_other_label_or_ring():
             assert near == i, (peaks, p)
 
 
+def test_an_earlier_model_that_differs_in_its_factorys_code_is_named_in_words(monkeypatch):
+    """Images still holding the predictions of a --model factory whose file was edited since (same weights): the
+    summary names what else differed in words, not the record's field name ("with another code_sha256")."""
+    from types import SimpleNamespace
+
+    from xaibatch.report import data
+    from xaibatch.runconfig import RunConfig
+
+    model = {"arch": "net.py:build", "checkpoint": "w.pt", "checkpoint_sha256": "ab" * 32, "input_size": 32}
+    old = RunConfig.from_dict({"model": {**model, "code_sha256": "1" * 64}})
+    now = RunConfig.from_dict({"model": {**model, "code_sha256": "2" * 64}})
+    monkeypatch.setattr(data, "read_run", lambda row: old)
+    words = data.earlier_model_words("p1", object(), SimpleNamespace(predict_hash="p2", run=now))
+    assert words == "net.py:build, w.pt (sha256 abababababab) with another factory code", words
+
+
 def test_a_map_that_points_nowhere_is_not_scored():
     """An all-zero map (LIME when the model is sure whatever is hidden) has its "maximum" at (0, 0): it was scored
     a miss there. Now it is not scored, and neither is a signed map with no evidence for the class."""

@@ -298,6 +298,7 @@ _SETTING_WORDS = {
     "one_logit_positive": "positive class",
     "one_logit_output": "output reading",
     "output": "output reading",
+    "code_sha256": "factory code",
 }
 
 
