@@ -408,3 +408,17 @@ def test_a_hub_folders_model_args_size_goes_before_its_pretrained_cfgs(tmp_path)
     cfg["pretrained_cfg"]["input_size"] = [3, 224, 224]
     (d / "config.json").write_text(json.dumps(cfg))
     assert load_model(d).input_size == 32
+
+
+def test_explain_says_to_leave_input_size_out_for_a_hub_vit_built_at_another_size(tmp_path):
+    # explain() words the loader's flags as its keywords: "leave --image-size out" became "leave input_size=out"
+    import numpy as np
+
+    import xaibatch
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32)
+    d = tmp_path / "hub"
+    save_for_hf(model, d, model_args={"img_size": 32}, safe_serialization=True)
+    with pytest.raises(ModelError) as e:
+        xaibatch.explain(str(d), [np.zeros((40, 40, 3), np.uint8)], methods=["gradcam"], input_size=64)
+    assert str(e.value).endswith("input_size=64 does not fit it: leave input_size out"), str(e.value)

@@ -171,6 +171,7 @@ _KEYWORDS = (
         r"raise --image-size or name a layer with --target-layer",
         "pass a larger input_size= or name a layer with target_layer=",
     ),
+    (r"leave --image-size out", "leave input_size out"),  # a Hub ViT built at another size (loading._load_described)
     (r"use --device cpu or auto", "use device='cpu' or 'auto'"),
     (r"--device '([^']*)'", r"device='\1'"),
     (r"--device (\S+?):( |$)", r"device='\1':\2"),
