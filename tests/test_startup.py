@@ -463,7 +463,7 @@ def test_timm_without_the_compiler_still_compiles_and_runs_torchvision_ops():
 
 
 def test_the_deferred_compiler_disable_works_with_a_torch_whose_disable_takes_no_reason():
-    # torch 2.1 (pyproject's floor): torch.compiler.disable(fn=None, recursive=True), no reason=. The stand-in passed
+    # torch 2.6 (pyproject's floor): torch.compiler.disable(fn=None, recursive=True), no reason=. The stand-in passed
     # reason=None to it, so a function a newer timm decorates at import (naflexvit) raised TypeError on its first call.
     from xaibatch.imports import _lazy_disable
 
@@ -512,7 +512,7 @@ def test_timm_without_the_hub_client_still_downloads_through_it():
         if hasattr(_hub, "HfApi"):  # timm 1.0.22 and later
             assert _hub.RepositoryNotFoundError is RepositoryNotFoundError
             assert isinstance(_hub.HfApi(), huggingface_hub.HfApi)
-        else:  # older timm (pyproject allows 1.0.10) imports hf_hub_url, create_repo, ... instead
+        else:  # older timm (pyproject allows 1.0.16) imports hf_hub_url, create_repo, ... instead
             assert _hub.hf_hub_url("timm/resnet18.a1_in1k", "model.safetensors").startswith("https://")
         assert timm.create_model("resnet18", pretrained=False, num_classes=2).num_classes == 2
     """,

@@ -313,7 +313,7 @@ def test_a_hub_folder_without_a_classifier_says_so(tmp_path):
     save_for_hf(timm.create_model(ARCH, pretrained=False, num_classes=0), tmp_path / "features")
     with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):
         load_model(tmp_path / "features")
-    # timm <= 1.0.28 (pyproject allows 1.0.10) writes no model_args, only the top-level num_classes 0
+    # timm <= 1.0.28 (pyproject allows 1.0.16) writes no model_args, only the top-level num_classes 0
     config = tmp_path / "features" / "config.json"
     config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model_args"}))
     with pytest.raises(ModelError, match=r"without a classifier \(num_classes 0"):

@@ -61,16 +61,16 @@ def _lazy_disable(real: Callable) -> Callable:
     def disable(fn=None, recursive=True, *, reason=None):
         if fn is None:
             return functools.partial(disable, recursive=recursive, reason=reason)
+        # reason= only when given: an older torch's disable(fn=None, recursive=True) (2.6 included) takes none
+        wrap = functools.partial(real, reason=reason) if reason is not None else real
         if not isinstance(fn, types.FunctionType):
-            return real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive)
+            return wrap(fn, recursive)
         done: list[Callable] = []
 
         @functools.wraps(fn)
         def call(*args, **kwargs):
-            if (
-                not done
-            ):  # reason= only when given: older torch's disable(fn=None, recursive=True) (2.6 included) takes none
-                done.append(real(fn, recursive, reason=reason) if reason is not None else real(fn, recursive))
+            if not done:
+                done.append(wrap(fn, recursive))
             return done[0](*args, **kwargs)
 
         return call

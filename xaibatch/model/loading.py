@@ -465,9 +465,8 @@ def _load_described(
     built = described.model_args.get("img_size")  # the size it is built at (a ViT's position embeddings)
     if built is not None and not described.model_args.get("dynamic_img_size"):
         hw = tuple(built) if isinstance(built, (list, tuple)) else (built, built)
-        if (
-            side is None and hw[0] == hw[1]
-        ):  # before pretrained_cfg's input_size (an older timm's save_for_hf kept 224 there)
+        # the size built at before pretrained_cfg's input_size (an older timm's save_for_hf kept 224 there)
+        if side is None and hw[0] == hw[1]:
             side = int(hw[0])
         elif side is not None and hw != (side, side):
             where = f"{path / formats.CONFIG}'s model_args" if path.is_dir() else "its model_kwargs"
