@@ -257,6 +257,26 @@ def test_after_a_run_that_ended_badly_only_dead_writers_temp_files_are_swept(tmp
     assert not half.exists() and live.read_bytes() == b"being written"
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_process_that_exited_unreaped_is_not_alive():
+    """lock.pid_alive, the one test of a pid (the sweep of dead writers' temporary files, a worker's watch of a run
+    that is not its parent): a zombie, exited but not yet reaped by its parent, is gone; os.kill(pid, 0) alone took
+    it for alive, where signals.py had its own test that did not."""
+    from xaibatch.lock import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie once it exits
+    try:
+        t0 = time.monotonic()
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() - t0 < 30, "the child did not exit"
+            time.sleep(0.02)
+        assert not pid_alive(child.pid)
+        assert pid_alive(os.getpid())
+    finally:
+        child.wait()
+    assert not pid_alive(child.pid)
+
+
 def test_every_temporary_name_is_one_the_sweep_recognises():
     """Every writer names its temporary files with files.temp_name, which the sweep after a crash reads back:
     the pid last, short enough beside a 255-byte name; names that are not temporary files are left alone."""

@@ -48,6 +48,15 @@ _NOT_A_FILE = "the lock file {} is {}: refusing to open it (remove it; xaibatch 
 
 
 def pid_alive(pid: int) -> bool:
+    """Running: not gone, nor a zombie that whoever started it has not reaped yet (where /proc tells)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 
 from ..console import to_devnull
+from ..lock import pid_alive
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the run stops after its batch; its children ignore them
@@ -167,7 +168,7 @@ def die_with_parent(parent: int) -> None:
     process that ``parent`` did not start itself (a fork server's child: Python 3.14's default start method on
     Linux; a spawned process started through another) watches the pid ``parent``, alive but not its parent."""
     if os.getppid() != parent:
-        if not _alive(parent):  # the parent died already
+        if not pid_alive(parent):  # the parent died already
             os._exit(1)
         threading.Thread(target=_watch_pid, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
         return
@@ -175,25 +176,6 @@ def die_with_parent(parent: int) -> None:
         threading.Thread(target=_watch_parent, args=(parent,), name="xaibatch-parent-watch", daemon=True).start()
     if os.getppid() != parent:  # the parent died before the above took effect
         os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    """Running: not gone, nor a zombie that whoever started it has not reaped yet (where /proc tells)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return False
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process of that pid
-        return True
-    return True
 
 
 def _set_pdeathsig(sig: int) -> bool:
@@ -215,6 +197,6 @@ def _watch_parent(parent: int, poll: float = 0.5) -> None:
 
 
 def _watch_pid(pid: int, poll: float = 0.5) -> None:
-    while _alive(pid):
+    while pid_alive(pid):
         time.sleep(poll)
     os.kill(os.getpid(), signal.SIGKILL)
