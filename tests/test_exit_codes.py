@@ -218,6 +218,18 @@ def test_a_run_from_a_deleted_working_folder_says_so(tmp_path, tiny_ckpt, out):
         "Error: the working folder no longer exists (deleted since this shell entered it): cd to a folder that "
         "exists and run again\n",
     )
+    for asked in (["--version"], ["run", "--help"]):  # these need no folder: they answer anywhere
+        gone.mkdir()
+        r = subprocess.run(
+            [sys.executable, "-c", "from xaibatch.cli import main; main()", *asked],
+            cwd=gone,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=gone.rmdir,
+        )
+        assert r.returncode == 0 and r.stdout and not r.stderr, (asked, r.stderr)
 
 
 def _into_closed_pipe(*code_or_args: str, code: str = "from xaibatch.cli import main; main()"):

@@ -99,7 +99,10 @@ def main() -> None:
 def working_folder_exists() -> None:
     """Exit 2 with one line when the working folder has been deleted (a release folder replaced under a cron job,
     a shell left in a removed folder): importing torch ended the process with "Intel oneMKL FATAL ERROR: Cannot
-    load libtorch_cpu.so", and the default --out with "Error: No such file or directory"."""
+    load libtorch_cpu.so", and the default --out with "Error: No such file or directory". ``--help`` and
+    ``--version`` need no folder: they answer anywhere."""
+    if any(a in ("--help", "-h", "--version") for a in sys.argv[1:]):
+        return
     try:
         os.getcwd()
     except FileNotFoundError:
