@@ -627,3 +627,21 @@ def test_limes_own_chunk_that_runs_out_of_memory_is_halved(tmp_path):
     with pytest.raises(torch.cuda.OutOfMemoryError):
         Explainer([lime], ctx)(x, None, None)
     assert net.refused == [32]  # not halved: the user's size
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+        "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+    ],
+)
+def test_a_cuda_librarys_failed_allocation_is_the_devices_memory(message):
+    # plain RuntimeErrors (torch's AcceleratorError from 2.8, its subclass), not torch's OutOfMemoryError: the run
+    # ended with an internal error where splitting the batch (after empty_cache) goes on
+    from xaibatch.errors import out_of_memory
+
+    assert out_of_memory(RuntimeError(message)) == "device"
+    assert out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered")) is None
+    assert out_of_memory(ValueError(message)) is None
