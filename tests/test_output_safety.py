@@ -399,6 +399,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _kill_and_wait_for(proc: subprocess.Popen, pids: list[int], within: float = 3.0) -> list[int]:
+    """SIGKILL ``proc``, reap it, and give ``pids`` (its children) ``within`` seconds to end: those still alive."""
+    proc.kill()
+    proc.wait(timeout=30)
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids) and time.monotonic() - t0 < within:
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
@@ -409,13 +419,8 @@ def test_dataloader_workers_die_with_a_sigkilled_run(tmp_path, tiny_ckpt):
     try:
         _wait_until(proc, lambda: (marks / "precommit-1").exists(), "the first batch")
         _wait_until(proc, lambda: bool(workers.extend(_children(proc.pid)) or workers), "a DataLoader worker")
-        proc.kill()
-        proc.wait(timeout=30)
-        t0 = time.monotonic()
-        while any(_alive(w) for w in workers) and time.monotonic() - t0 < 3.0:
-            time.sleep(0.05)
-        left = [w for w in workers if _alive(w)]
-        assert not left, f"workers {left} outlived their SIGKILLed parent by {time.monotonic() - t0:.1f}s"
+        left = _kill_and_wait_for(proc, workers)
+        assert not left, f"workers {left} outlived their SIGKILLed parent by 3s"
     finally:
         reap(proc, workers)
 
@@ -441,12 +446,7 @@ def test_without_prctl_a_worker_watches_its_parent_pid(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WATCHED_CHILD], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     kid = int(proc.stdout.readline())
     try:
-        proc.kill()
-        proc.wait(timeout=30)
-        t0 = time.monotonic()
-        while _alive(kid) and time.monotonic() - t0 < 3.0:
-            time.sleep(0.05)
-        assert not _alive(kid), "the child outlived its SIGKILLed parent"
+        assert not _kill_and_wait_for(proc, [kid]), "the child outlived its SIGKILLed parent"
     finally:
         try:
             os.kill(kid, signal.SIGKILL)
@@ -489,12 +489,7 @@ def test_a_fork_servers_child_lives_with_the_run_and_dies_with_it(tmp_path):
         kid = int(pidfile.read_text())
         time.sleep(1.0)
         assert _alive(kid), "the fork server's child took its living run for dead"
-        proc.kill()
-        proc.wait(timeout=30)
-        t0 = time.monotonic()
-        while _alive(kid) and time.monotonic() - t0 < 3.0:
-            time.sleep(0.05)
-        assert not _alive(kid), "the fork server's child outlived its SIGKILLed run"
+        assert not _kill_and_wait_for(proc, [kid]), "the fork server's child outlived its SIGKILLed run"
     finally:
         if proc.poll() is None:
             proc.kill()
