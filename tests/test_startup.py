@@ -768,6 +768,26 @@ def test_the_device_thread_alone_asks_torch_about_cuda(monkeypatch):
     assert asked == [] and started == ["auto"]
 
 
+def test_the_device_warm_up_reaches_a_convolution_and_a_matrix_product():
+    """cuDNN's and cuBLAS's handles are created on first use (each costs the first forward on a fresh GPU host): the
+    warm-up runs one operator that goes to each, on the device it is given (here the CPU: the same operators)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from xaibatch.pipeline import warmup
+
+    seen: set[str] = set()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        warmup.touch_libraries("cpu")
+    assert "convolution" in seen
+    assert seen & {"mm", "addmm", "matmul", "linear"}
+
+
 def test_the_device_thread_is_joined_before_the_run_goes_on(monkeypatch):
     """The device starts in a thread of its own, and Warmup.wait() returns only once it is done: the forks that
     follow (DataLoader workers, writer processes, the report's) see no other thread."""
