@@ -74,3 +74,33 @@ def test_screenshot_script_imports():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # its imports only; main() is not run
     assert callable(module.main) and callable(module.shoot)
+
+
+def _explain_example(md: Path) -> str:
+    """The first Python block of ``md`` that calls ``xaibatch.explain``."""
+    blocks = re.findall(r"^```python\n(.*?)^```", md.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return next(b for b in blocks if "xaibatch.explain(" in b)
+
+
+# a line of an example that says what its value is: `out.maps["gradcam"].shape   # torch.Size([4, 64, 64]): ...`,
+# `out.overlay(0, "gradcam")   # ... over the model's input (64 x 64), ...`
+SAID_SHAPE = re.compile(r"^(?P<expr>[^#\s][^#]*?)\s+#.*?(?P<said>torch\.Size\(\[[\d, ]+\]\))")
+SAID_PICTURE = re.compile(r"^(?P<expr>[^#\s][^#]*?)\s+#.*?\((?P<w>\d+) x (?P<h>\d+)\)")
+
+
+@pytest.mark.slow  # LIME on a few images: a minute on a busy 2-core box
+@pytest.mark.parametrize("md", [REPO / "README.md", REPO / "docs" / "notebook.md"], ids=lambda p: p.name)
+def test_the_explain_example_runs_and_its_values_are_what_its_comments_say(md, tmp_path, monkeypatch):
+    block = _explain_example(md)
+    monkeypatch.chdir(tmp_path)  # it saves into outputs/
+    names: dict = {}
+    exec(compile(block, str(md), "exec"), names)
+    said = []
+    for line in block.splitlines():
+        if m := SAID_SHAPE.match(line):
+            said.append((line, str(eval(m["expr"], names)), m["said"]))
+        elif m := SAID_PICTURE.match(line):
+            said.append((line, eval(m["expr"], names).size, (int(m["w"]), int(m["h"]))))
+    assert said, "no line of the example says its value"
+    wrong = [f"{line.strip()}: {got}" for line, got, want in said if got != want]
+    assert not wrong, wrong
