@@ -104,3 +104,22 @@ def test_the_explain_example_runs_and_its_values_are_what_its_comments_say(md, t
     assert said, "no line of the example says its value"
     wrong = [f"{line.strip()}: {got}" for line, got, want in said if got != want]
     assert not wrong, wrong
+
+
+def test_every_log_json_event_is_named_in_readme_and_in_help():
+    from xaibatch.cli.run import run
+
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "xaibatch").rglob("*.py"))
+    events = set(re.findall(r"\"event\": \"(\w+)\"", source)) | set(re.findall(r"self\.emit\(\"(\w+)\"", source))
+    assert {"start", "plan", "failure", "end"} <= events  # the patterns still find the events
+    row = next(
+        line
+        for line in REPO.joinpath("README.md").read_text(encoding="utf-8").splitlines()
+        if "`--log-json`" in line[:16]
+    )
+    text = next(p.help for p in run.params if "--log-json" in p.opts)
+    missing = {
+        "README": sorted(e for e in events if f"`{e}`" not in row),
+        "--help": sorted(e for e in events if not re.search(rf"\b{e}\b", text)),
+    }
+    assert missing == {"README": [], "--help": []}, missing

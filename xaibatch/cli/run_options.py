@@ -318,8 +318,8 @@ control_options = grouped(
     click.option(
         "--log-json",
         is_flag=True,
-        help="Print JSON lines to stdout (start, notice, estimate, plan, each failure, progress, batch_split, end "
-        "with counts and exit code) instead of the summary line; what has an event is not also a stderr line (stderr "
+        help="Print JSON lines to stdout (start, notice, estimate, plan, each failure, vanished, progress, batch_split, "
+        "end with counts and exit code) instead of the summary line; what has an event is not also a stderr line (stderr "
         "keeps the few lines without one, such as a crash's clean-up, and the Error: line). For schedulers and log "
         "collectors.",
     ),
