@@ -123,3 +123,35 @@ def test_every_log_json_event_is_named_in_readme_and_in_help():
         "--help": sorted(e for e in events if not re.search(rf"\b{e}\b", text)),
     }
     assert missing == {"README": [], "--help": []}, missing
+
+
+# options the docs name that belong to other tools (pip, ray start, docker, systemctl, timeout, rsync, timm's
+# train.py, ruff), or that show a wrong option on purpose
+OTHER_TOOLS_OPTIONS = {
+    "--help", "--index-url", "--address", "--head", "--cpus", "--shm-size", "--now", "--preserve-status",
+    "--delete", "--use-ema", "--check", "--bogus",
+}  # fmt: skip
+
+
+def test_every_option_the_manual_names_is_an_option_of_a_command():
+    from xaibatch.cli import cli
+
+    ours: set[str] = set()
+    commands = [cli]
+    while commands:
+        command = commands.pop()
+        ours.update(o for p in command.params for o in (*p.opts, *p.secondary_opts))
+        commands.extend(getattr(command, "commands", {}).values())
+    manual = [REPO / "README.md", REPO / "ARCHITECTURE.md"]
+    manual += [REPO / "docs" / f"{n}.md" for n in ("methods", "notebook", "report", "robustness", "serve", "ray")]
+    manual += [REPO / "docs" / "development.md"]
+    unknown = {}
+    for md in manual:
+        for name in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", md.read_text(encoding="utf-8"))):
+            if name.endswith("-"):  # `--lime-*`: a family of options
+                known = any(o.startswith(name) for o in ours)
+            else:
+                known = name in ours or name in OTHER_TOOLS_OPTIONS
+            if not known:
+                unknown.setdefault(md.name, []).append(name)
+    assert not unknown, unknown
