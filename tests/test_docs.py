@@ -155,3 +155,33 @@ def test_every_option_the_manual_names_is_an_option_of_a_command():
             if not known:
                 unknown.setdefault(md.name, []).append(name)
     assert not unknown, unknown
+
+
+def test_readme_run_table_defaults_are_the_options_defaults():
+    """Where a row of README's `xaibatch run` table gives one plain default per option (`1000, 2000`, `off`,
+    `gradcam`), it is the option's default; descriptions (`bundled model`, `automatic`) are left to the eye."""
+    from xaibatch.cli.run import run
+
+    by_name = {o: p for p in run.params for o in p.opts}
+    section = REPO.joinpath("README.md").read_text(encoding="utf-8").split("### `xaibatch run INPUT_DIR`")[1]
+    checked, wrong = 0, []
+    for row in section.split("\n## ")[0].splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        if len(cells) != 3 or not cells[0].startswith("`-"):
+            continue
+        names = [re.search(r"--[a-z][a-z0-9-]*", o)[0] for o in re.findall(r"`([^`]+)`", cells[0])]
+        said = [d.strip() for d in cells[1].split(",")]  # a value: `gradcam`, 1000, off or none; else a description
+        if len(names) != len(said) or not all(re.fullmatch(r"`[\w.]+`|[\d.]+|off|none", d) for d in said):
+            continue
+        for name, default in zip(names, (d.strip("`") for d in said)):
+            value = by_name[name].default
+            value = value[0] if isinstance(value, tuple) and len(value) == 1 else value
+            if default in ("off", "none"):
+                ok = not isinstance(value, (int, float, str, tuple)) or value is False
+            else:
+                ok = str(value) == default or (isinstance(value, float) and value == float(default))
+            checked += 1
+            if not ok:
+                wrong.append(f"{name}: README {default!r}, the option {value!r}")
+    assert checked >= 15, checked  # the table still has rows of this shape
+    assert not wrong, wrong
