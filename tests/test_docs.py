@@ -185,3 +185,36 @@ def test_readme_run_table_defaults_are_the_options_defaults():
                 wrong.append(f"{name}: README {default!r}, the option {value!r}")
     assert checked >= 15, checked  # the table still has rows of this shape
     assert not wrong, wrong
+
+
+def test_readme_output_layout_and_csv_columns_are_what_a_run_writes(tmp_path, tiny_ckpt, labeled_dir):
+    from helpers import CLASSES, quiet, run_opts
+    from xaibatch.pipeline import run
+
+    out = tmp_path / "out"
+    run(run_opts(labeled_dir, out, tiny_ckpt, ["gradcam", "cam:gradcam++"]), log=quiet)
+    section = REPO.joinpath("README.md").read_text(encoding="utf-8").split("## Output layout")[1]
+    layout = section.split("```")[1].splitlines()[2:]  # after the fence's language line and "OUT/"
+    stem = "FAKE/" + sorted(p.stem for p in (labeled_dir / "FAKE").glob("*.png"))[0]
+    named = [name for line in layout for name in re.split(r",\s*", line.split("  ")[0].strip())]
+    pages = re.search(r"summary \(open this\); (.*): its pages", section)[1].split(", ")
+    missing = []
+    for name in [*named, *pages]:
+        if name.startswith(("thumbs/", "flagged/")):  # only for pictures over 128 px; made by serve
+            continue
+        for folder in ("gradcam", "cam-gradcampp"):  # `<folder>`: the method's name made portable
+            path = name.replace("<folder>", folder).replace("<stem>", stem)
+            if not (out / path).exists():
+                missing.append(path)
+    assert not missing, missing
+    said = re.search(r"predictions\.csv\s+(?:one row an image: )?(path,.*?)(?:\.\.\.)? \(", section, flags=re.S)[1]
+    columns = []
+    for column in re.split(r",\s*", said):
+        if column == "p_<class>...":
+            columns += [f"p_{c}" for c in CLASSES]
+        elif column == "npy_<method>":
+            columns += ["npy_cam:gradcam++", "npy_gradcam"]  # in the methods' order by name
+        else:
+            columns.append(column)
+    with (out / "predictions.csv").open(encoding="utf-8") as f:
+        assert f.readline().strip().split(",") == columns
