@@ -218,3 +218,20 @@ def test_readme_output_layout_and_csv_columns_are_what_a_run_writes(tmp_path, ti
             columns.append(column)
     with (out / "predictions.csv").open(encoding="utf-8") as f:
         assert f.readline().strip().split(",") == columns
+
+
+def test_development_md_names_every_test_file_and_every_test_the_docs_name_exists():
+    development = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
+    unlisted = [p.name for p in sorted((REPO / "tests").glob("test_*.py")) if p.name not in development]
+    assert not unlisted, f"docs/development.md's table of test files lacks {unlisted}"
+    named = set()
+    for md in [*DOCS, REPO / "ARCHITECTURE.md"]:
+        if md.name == "benchmarks.md":  # measurements of their day, with the commands of their day
+            continue
+        named |= set(re.findall(r"(test_\w+\.py)(?:::(\w+))?", md.read_text(encoding="utf-8")))
+    gone = []
+    for file, test in sorted(named):
+        path = REPO / "tests" / file
+        if not path.exists() or (test and not re.search(rf"def {test}\b", path.read_text(encoding="utf-8"))):
+            gone.append(f"{file}::{test}" if test else file)
+    assert not gone, gone
