@@ -93,12 +93,14 @@ def test_old_folders_move_on_the_next_run_without_recomputing(tmp_path, tiny_ckp
     monkeypatch.setattr(Manifest, "put_map", lambda self, row: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
         run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
-    monkeypatch.setattr(Manifest, "put_map", real_put)
+    put: list = []  # the rows the migration writes: whole (the run plans with rows without their views)
+    monkeypatch.setattr(Manifest, "put_map", lambda self, row: (put.append(row), real_put(self, row)))
 
     logs = []
     res = run(_opts(inp, out, tiny_ckpt), log=logs.append)
     assert res.computed == 0
     assert any("moved" in line for line in logs)
+    assert len(put) == 6 and all(row.view and row.view.get("grid") for row in put)
     assert not any(":" in p.name for p in out.rglob("*")), "a folder or file still has a colon"
     check_output_folder(out, inp)
     after = {

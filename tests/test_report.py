@@ -1515,6 +1515,50 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
     assert many == inline
 
 
+def test_a_rerun_whose_pages_changed_shares_them_with_forked_processes(truth_run, tmp_path, monkeypatch):
+    """A re-run's build whose pages are due (a night's new images move most cards to another page; a new method
+    changes them all) shares them with forked processes as a first build does, instead of rendering every page in
+    this one: the same files, counts and saved state as inline."""
+    import importlib
+
+    forked_mod = importlib.import_module("xaibatch.report.forked")
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
+    _inp, out, _masks = truth_run
+    started: list[int] = []
+    real_fork = forked_mod.os.fork
+
+    def counting_fork():
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+        return pid
+
+    monkeypatch.setattr(forked_mod.os, "fork", counting_fork)
+
+    def rerun(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        report.render(copy)  # the build a re-run finds: its saved state, at this PAGE_SIZE
+        state = json.loads((copy / layout.REPORT_STATE).read_text())
+        state["content"] = "an earlier run's"
+        state["pages"] = {rel: "earlier/" + key.rpartition("/")[2] for rel, key in state["pages"].items()}
+        (copy / layout.REPORT_STATE).write_text(json.dumps(state))
+        (copy / "gallery" / "page-2.html").write_text("cut short")  # one page whose bytes change
+        monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: set(range(cores)))
+        started.clear()
+        s = report.render(copy)
+        files = {str(p.relative_to(copy)): p.read_bytes() for t in ("detail", "gallery") for p in (copy / t).rglob("*")}
+        state = json.loads((copy / layout.REPORT_STATE).read_text())
+        return files, (s.written, s.unchanged, s.pages, s.biggest_page), {k: state[k] for k in ("pages", "truth")}
+
+    inline = rerun("inline", 1)
+    assert not started and inline[1][0] >= 1  # the page cut short was written again
+    many = rerun("many", 16)
+    pages = sum(1 for k in inline[0] if k.startswith("detail/page-") and k.endswith(".js"))
+    assert pages >= 3 and len(started) == min(pages, 6) + 1  # one per run of pages, and the CSV's
+    assert many == inline
+
+
 def test_pages_a_forked_process_took_and_never_sent_are_written_here(truth_run, tmp_path, monkeypatch):
     """A first build's pages are taken from one queue by the forked processes and this one (render._write_pages):
     a child that dies after taking a run of pages sends nothing back, and those pages are written here, the same

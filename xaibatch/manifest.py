@@ -450,15 +450,27 @@ class Manifest:
                 out[r[0]] = ImageRow(sys.intern(r[0]), *r[1:11], p, h, r[13], r[14])
         return out
 
-    def maps(self) -> dict[tuple[str, str], MapRow]:
-        cur = self.db.execute(
-            "SELECT rel, method, config_hash, npy, png, thumb, info_json, run_id, deletion,"
-            " insertion, faith_json, faith_hash, view_json FROM maps"
-        )
+    def maps(self, shown: bool = True, rels: Iterable[str] | None = None) -> dict[tuple[str, str], MapRow]:
+        """Every map row, or those of ``rels``. ``shown`` False: without what only the report shows of a map (its
+        ``info``, ``faith`` and ``view`` left None), which is most of a row's bytes and of the time its reading takes:
+        what a run plans with (:meth:`.pipeline.plan.Known.read`); a row read so is never written back."""
+        data = "info_json, run_id, deletion, insertion, faith_json, faith_hash, view_json"
+        if not shown:
+            data = "NULL, run_id, deletion, insertion, NULL, faith_hash, NULL"
+        query = f"SELECT rel, method, config_hash, npy, png, thumb, {data} FROM maps"
+        if rels is not None:  # a few images (a night's moved ones): a look-up each
+            out: dict[tuple[str, str], MapRow] = {}
+            for rel in dict.fromkeys(rels):
+                out.update(self._map_rows(self.db.execute(query + " WHERE rel = ?", (rel,)), shown))
+            return out
+        return self._map_rows(self.db.execute(query), shown)
+
+    def _map_rows(self, cur: sqlite3.Cursor, shown: bool) -> dict[tuple[str, str], MapRow]:
         out: dict[tuple[str, str], MapRow] = {}
         same: dict[Any, Any] = {None: None}  # one object per distinct method and hash
         while rows := cur.fetchmany(_CHUNK):
-            infos, faiths, views = (_json_column([r[k] for r in rows]) for k in (6, 10, 12))
+            none = [None] * len(rows)
+            infos, faiths, views = (_json_column([r[k] for r in rows]) if shown else none for k in (6, 10, 12))
             for r, info, faith, view in zip(rows, infos, faiths, views, strict=True):
                 rel, method, png = sys.intern(r[0]), same.setdefault(r[1], r[1]), r[4]
                 thumb = png if r[5] == png else r[5]  # small pictures are their own thumbnails

@@ -55,13 +55,14 @@ def apply_removals(
     dropped.update(p for mv in plan.moves for p in mv.old_files())
     link_moved(out, plan)
     stale = {rel: known.maps.pop(rel, {}) for rel in plan.retarget}  # the target flipped: maps explain the old one
+    whole = manifest.maps(rels=[mv.old for mv in plan.moves]) if plan.moves else {}  # Known's rows lack the views
     with manifest.transaction():
         lock.check()
         manifest.remove_images(plan.removed)  # rows first: a kill now leaves only unreferenced files
         for mv in plan.moves:  # as the planner holds them (Known.move); re-labeled below with the re-decided rows
             manifest.remove_images([mv.old])
             manifest.put_image(mv.image_row())
-            manifest.put_maps(mv.map_rows().values())
+            manifest.put_maps(mv.map_rows({m: whole[(mv.old, m)] for m in mv.maps if (mv.old, m) in whole}).values())
         manifest.remove_failures(r for r in known.failures if r not in present)
         for f in found.skipped:
             manifest.put_failure(f.rel, f.reason, run_id)

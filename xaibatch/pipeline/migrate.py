@@ -76,11 +76,13 @@ def migrate_map_folders(
     }
     for src, dst in sorted(pairs):
         _link(out, src, dst)
+    whole = manifest.maps(rels=[old.rel for old, _new in moves])  # ``maps`` are Known's: without their views
     with manifest.transaction():
         if lock is not None:
             lock.check()
-        for _old, new in moves:
-            manifest.put_map(new)
+        for old, new in moves:
+            kept = whole.get((old.rel, old.method), old)
+            manifest.put_map(dataclasses.replace(kept, npy=new.npy, png=new.png, thumb=new.thumb))
     for old, new in moves:  # the rows moved: update the caller's view too
         maps[old.rel][old.method] = new
     return len(moves), {src for src, _dst in pairs}

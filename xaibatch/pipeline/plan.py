@@ -120,13 +120,15 @@ class Known:
     """What the manifest holds when a run starts."""
 
     images: dict[str, ImageRow]
-    maps: dict[str, dict[str, MapRow]]  # rel -> method -> row
+    # rel -> method -> row, without what only the report shows (Manifest.maps(shown=False): no info, faith or
+    # view): a row that goes back into the manifest (a move, a migration) is read whole first (Manifest.maps(rels=))
+    maps: dict[str, dict[str, MapRow]]
     failures: dict[str, Failed]  # rel -> why it failed, and the file's stamp then
 
     @classmethod
     def read(cls, manifest: Manifest) -> Known:
         maps: dict[str, dict[str, MapRow]] = defaultdict(dict)
-        for (rel, m), row in manifest.maps().items():
+        for (rel, m), row in manifest.maps(shown=False).items():
             maps[rel][m] = row
         stamps = manifest.failure_stamps()
         failures = {rel: Failed(reason, stamps.get(rel)) for rel, reason in manifest.failures()}
@@ -199,13 +201,16 @@ class Move:
             self.row, rel=e.rel, stem=self.stem, size=e.size, mtime_ns=e.mtime_ns, ctime_ns=e.ctime_ns
         )
 
-    def map_rows(self) -> dict[str, MapRow]:
+    def map_rows(self, whole: dict[str, MapRow] | None = None) -> dict[str, MapRow]:
         """The map rows at the new path, their files named from the new stem. A true-class map
         (``<method>@label``) explains the old label: it goes along only while the label stays (else
-        :func:`label_todo` asks for it again where the image is misclassified under its new label)."""
+        :func:`label_todo` asks for it again where the image is misclassified under its new label). ``whole``: the
+        old path's rows as the manifest holds them, with what the report shows (``maps`` is Known's, without it),
+        for the rows the manifest is given."""
         relabeled = self.row.label != self.entry.label
         rows = {}
         for m, r in self.maps.items():
+            r = (whole or {}).get(m, r)
             if relabeled and targets.is_label_key(m):
                 continue
             files = layout.MapFiles.of(m, self.stem, self.row.width, self.row.height)

@@ -6,7 +6,7 @@ does the work itself, so an error is raised where it would be inline). No fork o
 threads (a server, Ray's driver: locks they hold would stay held in the child); a run has only its main thread
 by the time it writes the report.
 
-Work that several processes share (a first build's pages) is handed out by a :class:`Queue`: each of them, this
+Work that several processes share (the report's pages) is handed out by a :class:`Queue`: each of them, this
 one included, takes the next item when it is done with the last, so a process slowed by its neighbours (or by
 this one's own serial work) takes fewer, and none waits while another still has a long run ahead.
 """

@@ -283,7 +283,7 @@ def detail_script(site: dict[str, Any], records: list[dict[str, Any]]) -> bytes:
 
 
 def detail_processes() -> int:
-    """How many forked processes share a first build's pages with this one (:func:`_write_pages`): the cores left
+    """How many forked processes share the pages of a build with this one (:func:`_write_pages`): the cores left
     beside this process and the figures' one, at least 1 (a 2-core box), at most 6."""
     return max(1, min(6, cpu_count() - 2))
 
@@ -307,7 +307,7 @@ def _write_pages(
     """The gallery pages and their detail files, gallery/names.js and skipped.html.
 
     The pages are written in contiguous runs (about one page each), each run's gallery pages, fingerprints and
-    detail files by one process. A first build (no saved fingerprints) writes all of them: forked processes
+    detail files by one process (a page whose inputs did not change is not rendered again): forked processes
     (report/forked.py) and this one take the runs from one queue, this one once its own share is written, so
     none of them waits while work is left, whatever the cores. Each run's writes are set apart
     (PageWriter.apart) and taken in here in gallery order: the state and counts are those of a build in one
@@ -325,7 +325,9 @@ def _write_pages(
         )
 
     done: dict[int, tuple[Written, Written]] = {}
-    helpers = min(detail_processes(), len(runs)) if not w.previous else 0
+    # a re-run's too: a night's few hundred new images move most cards to another page (the gallery is sorted by
+    # confidence), and a new method changes every page; a page whose inputs did not change costs its fingerprint
+    helpers = min(detail_processes(), len(runs))
     queue = Queue(len(runs)) if helpers else None
     children = [Forked(lambda: _runs_in_child(w, queue, run)) for _ in range(helpers)] if queue else []
     try:
