@@ -307,6 +307,52 @@ def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     again.release()
 
 
+HELD_BY = r"""
+import sys
+from pathlib import Path
+from xaibatch.pipeline.recovery import held_output
+with held_output(Path(sys.argv[1]), print, sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()  # hold until the test closes stdin
+"""
+
+
+@pytest.mark.parametrize("command", ["report", "sanity"])
+def test_a_run_refused_by_report_or_sanity_names_that_command(tmp_path, tiny_ckpt, command):
+    """A cron job's run refused while someone's ``xaibatch sanity`` (a minute or more) holds the folder said "in use
+    by another xaibatch run": whoever read the cron mail looked for a run that was not there."""
+    from helpers import invoke, small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HELD_BY, str(out), command],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().split() == ["held"]
+        r = invoke(*run_argv(tmp_path / "in", out, tiny_ckpt), "--workers", "0", catch_exceptions=True)
+        assert r.exit_code == 4, r.output
+        assert f"is in use by xaibatch {command} (pid {p.pid} on " in r.output, r.output
+        r = invoke("report", out, catch_exceptions=True)
+        assert r.exit_code == 4 and f"in use by xaibatch {command} (pid {p.pid}" in r.output, r.output
+        with pytest.raises(LockHeld, match=f"still in use by xaibatch {command} \\(pid {p.pid} "):
+            OutputLock(out).acquire(wait=True, timeout=0.2, poll=0.05)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+    holder = _holder(out)  # a run's lock (and an older xaibatch's record, without a command): "another xaibatch run"
+    try:
+        r = invoke("report", out, catch_exceptions=True)
+        assert r.exit_code == 4 and f"in use by another xaibatch run (pid {holder.pid}" in r.output, r.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
 def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
     """report and sanity have no --wait: their refusal says something they can do, and sanity says it before
     importing torch (seconds); run's still names its --wait."""

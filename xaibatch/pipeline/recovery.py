@@ -189,18 +189,18 @@ def sweep_due(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
+def held_output(out: Path, log: Callable[[str], None], command: str) -> Iterator[OutputLock]:
     """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
     folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
     The body writes the report; then the sweep a recovery left due runs.
     Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
-    before a lock file is made in it."""
+    before a lock file is made in it. ``command``: ``report`` or ``sanity``, named to a run refused meanwhile."""
     if not (out / layout.MANIFEST).is_file():
         raise UsageError(
             f"{out} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST}); make one with "
             "xaibatch run"
         )
-    with OutputLock(out, named=str(out)) as lock:  # the command's argument, not an --out
+    with OutputLock(out, named=str(out), command=command) as lock:  # the command's argument, not an --out
         manifest = Manifest(out / layout.MANIFEST)
         try:
             recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)
