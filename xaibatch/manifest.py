@@ -473,6 +473,14 @@ class Manifest:
         """(rel, sha256, target class) of every image: what the faithfulness chance sample is drawn from."""
         return self.db.execute("SELECT rel, sha256, target FROM images").fetchall()
 
+    def map_made(self, rel: str, key: str) -> tuple[int, str] | None:
+        """The (run_id, config_hash) of one map's row, None: no such row (open_results: is a file still the map
+        its record names?)."""
+        row = self.db.execute(
+            "SELECT run_id, config_hash FROM maps WHERE rel = ? AND method = ?", (rel, key)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
     def map_methods(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT method FROM maps")}
 
