@@ -317,6 +317,30 @@ with held_output(Path(sys.argv[1]), print, sys.argv[2]):
 """
 
 
+def test_a_run_that_waited_for_the_lock_says_so_and_records_only_its_own_time(tmp_path, tiny_ckpt):
+    """A cron run with --wait behind someone's sanity said "0 computed, ... 15.9s" and its history row 15.9 s from a
+    start time taken after the wait (it finished 0.4 s after it started): the wait read as the run's work."""
+    import threading
+
+    from helpers import quiet, small_run
+    from xaibatch.manifest import Manifest
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    holder = _holder(out)
+    threading.Timer(2.0, holder.stdin.close).start()  # the holder lets go after 2 s
+    result = run(run_opts(tmp_path / "in", out, tiny_ckpt, wait=True), log=quiet)
+    holder.wait(timeout=30)
+    assert result.timings["wait"] >= 1.5
+    assert f"s ({result.timings['wait']:.1f}s of it waiting for the folder to be free) -> " in result.summary_line()
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        (row,) = [r for r in m.runs() if r.id == result.run_id]
+    finally:
+        m.close()
+    assert row.seconds <= result.seconds - result.timings["wait"] + 0.01
+    assert abs(row.started_at + row.seconds - row.finished_at) < 1.0
+
+
 @pytest.mark.parametrize("command", ["report", "sanity"])
 def test_a_run_refused_by_report_or_sanity_names_that_command(tmp_path, tiny_ckpt, command):
     """A cron job's run refused while someone's ``xaibatch sanity`` (a minute or more) holds the folder said "in use
