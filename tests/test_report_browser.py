@@ -1410,3 +1410,29 @@ def test_a_long_class_name_wraps_inside_its_mean_maps_caption(driver, tmp_path, 
             assert spill and max(spill) <= 1, (width, spill)
     finally:
         driver.set_window_size(1280, 900)
+
+
+def test_a_link_from_before_a_run_moved_or_removed_its_image_never_shows_another(driver, paged_out):
+    """A colleague's gallery page open while a cron job's run added images (a bookmark, serve's link): its link to
+    detail/page-1.html#<id> of an image that the run moved to page 2 drew page 1's first image, another one, with
+    nothing to say so; a link to an image removed since did the same. Now the view goes to the image's page (the
+    gallery's filters kept), or says the image is not in the report any more."""
+    urls = detail_urls(paged_out)
+    name = sorted(n for n, u in urls.items() if "detail/page-2.html#" in u)[0]
+    cid = urls[name].rsplit("#", 1)[1]
+    stale = (paged_out / "detail" / "page-1.html").resolve().as_uri()
+    driver.get_log("browser")
+    open_page(driver, f"{stale}#{cid}&show=right")
+    wait_until(lambda: driver.current_url.endswith(f"/detail/page-2.html#{cid}&show=right"), "the image's own page")
+    wait_until(lambda: driver.find_element("css selector", "#detail h1").text == name, "the image the link named")
+    open_page(driver, paged_out / "detail" / "page-3.html")  # another document: the next link is a fresh load
+    open_page(driver, f"{stale}#c{'0' * 12}")
+    wait_until(
+        lambda: driver.find_element("css selector", "#detail h1").text == "Not in the report any more",
+        "the gone image's note",
+    )
+    assert "a run since removed it" in driver.find_element("id", "detail").text
+    assert driver.current_url.endswith(f"/detail/page-1.html#c{'0' * 12}")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    open_page(driver, f"{stale}#main")  # a fragment that is no card: the page's first image, as before
+    assert driver.find_element("css selector", "#detail h1").text in urls
