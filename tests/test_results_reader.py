@@ -386,3 +386,25 @@ def test_records_held_across_a_later_run_never_read_its_files_as_theirs(tmp_path
     again = open_results(out)  # as it is now: the new map is the record's
     assert np.array_equal(again["FAKE/img_001.png"].map("gradcam"), np.load(changed.maps["gradcam"].npy))
     assert "REAL/img_002.png" not in again
+
+
+def test_a_manifest_a_first_run_is_making_is_read_once_it_has_its_tables(tmp_path):
+    """open_results (a notebook polling a cron job's new folder, serve) the moment a first run made the manifest
+    file, before its tables: "cannot read the manifest OUT/xaibatch.sqlite: no such table: meta". It reads again
+    once the tables are there (milliseconds); a file that never gets them says what it is."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / layout.MANIFEST).write_bytes(b"")  # as Manifest() makes it first (_create_as_others)
+    maker = threading.Timer(0.15, lambda: Manifest(out / layout.MANIFEST).close())  # then its tables
+    maker.start()
+    try:
+        res = open_results(out)
+    finally:
+        maker.join()
+    assert len(res) == 0 and res.last_run is None
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / layout.MANIFEST).write_bytes(b"")
+    with pytest.raises(XaibatchError, match=r"xaibatch\.sqlite holds nothing yet: a first run is creating it "):
+        open_results(tmp_path / "stopped")
