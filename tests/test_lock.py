@@ -377,6 +377,31 @@ def test_a_run_refused_by_report_or_sanity_names_that_command(tmp_path, tiny_ckp
         holder.wait(timeout=30)
 
 
+def test_a_run_after_a_killed_sanity_names_it_not_a_run(tmp_path, tiny_ckpt):
+    """The run after a sanity killed while it held the folder (SIGKILL, the out-of-memory killer) said "the previous
+    run (pid N ...) did not finish": no run had been there."""
+    from helpers import small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HELD_BY, str(out), "sanity"],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().split() == ["held"]
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    lines: list[str] = []
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=lines.append)
+    said = [line for line in lines if "did not finish" in line]
+    assert len(said) == 1 and said[0].startswith(f"xaibatch: the previous xaibatch sanity (pid {p.pid} on "), lines
+
+
 def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
     """report and sanity have no --wait: their refusal says something they can do, and sanity says it before
     importing torch (seconds); run's still names its --wait."""

@@ -132,9 +132,12 @@ def recover(
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
         who = f" ({describe(lock.previous)})" if lock.previous else ""
-        sweep_later(manifest, "the previous run did not finish", swept)  # said again when swept: without a time
+        # a report or sanity killed while it held the folder (no run row left running) is named as such
+        command = None if killed or not lock.previous else lock.previous.get("command")
+        what = f"xaibatch {command}" if command in ("report", "sanity") else "run"
+        sweep_later(manifest, f"the previous {what} did not finish", swept)  # said again when swept: without a time
         if then:
-            log(f"xaibatch: the previous run{who} did not finish{memory_note()}{then}")
+            log(f"xaibatch: the previous {what}{who} did not finish{memory_note()}{then}")
     elif last in (RunStatus.INTERRUPTED, RunStatus.ERROR):  # released the lock (KILLED did not: handled above)
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid))
         sweep_later(manifest, f"the previous run ended {last}", swept)
