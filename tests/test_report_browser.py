@@ -1436,3 +1436,29 @@ def test_a_link_from_before_a_run_moved_or_removed_its_image_never_shows_another
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     open_page(driver, f"{stale}#main")  # a fragment that is no card: the page's first image, as before
     assert driver.find_element("css selector", "#detail h1").text in urls
+
+
+def test_a_gallery_page_left_open_while_a_run_removed_its_pictures_says_so(driver, paged_out, tmp_path):
+    """A colleague's gallery page open while a cron job's run removed images: the thumbnails load as they are
+    scrolled to, and those whose files the run deleted were broken pictures with nothing to say why. Whenever a
+    picture fails (as the page loads, or later as it is scrolled to) one note says so."""
+    copy = tmp_path / "out"
+    shutil.copytree(paged_out, copy)
+    open_page(driver, copy / "gallery" / "page-2.html")
+    assert not load_all_images(driver) and driver.find_elements("id", "stale-note") == []  # all there: no note
+    srcs = driver.execute_script("return Array.prototype.map.call(document.images, i => i.getAttribute('src'))")
+    gone = [s for s in srcs if s.startswith("../images/")]
+    (copy / "gallery" / gone[-1]).resolve().unlink()  # the run deletes it after rewriting the report
+    driver.execute_script(  # a thumbnail scrolled to only now, after its file went: the page's own picture
+        "var i = document.querySelector('img[src=\"' + arguments[0] + '\"]'); i.src = i.src + '?now';", gone[-1]
+    )
+    wait_until(lambda: driver.find_elements("id", "stale-note"), "the note, once a picture fails later")
+    assert (
+        "a run has rewritten the report since this page was loaded (reload it)"
+        in driver.find_element("id", "stale-note").text
+    )
+    (copy / "gallery" / gone[0]).resolve().unlink()
+    open_page(driver, copy / "gallery" / "page-2.html")  # loaded with pictures already gone
+    assert load_all_images(driver)
+    wait_until(lambda: driver.find_elements("id", "stale-note"), "the note, for pictures failed as the page loaded")
+    assert len(driver.find_elements("css selector", ".warn#stale-note")) == 1
