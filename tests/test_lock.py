@@ -307,6 +307,101 @@ def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     again.release()
 
 
+HELD_BY = r"""
+import sys
+from pathlib import Path
+from xaibatch.pipeline.recovery import held_output
+with held_output(Path(sys.argv[1]), print, sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()  # hold until the test closes stdin
+"""
+
+
+def test_a_run_that_waited_for_the_lock_says_so_and_records_only_its_own_time(tmp_path, tiny_ckpt):
+    """A cron run with --wait behind someone's sanity said "0 computed, ... 15.9s" and its history row 15.9 s from a
+    start time taken after the wait (it finished 0.4 s after it started): the wait read as the run's work."""
+    import threading
+
+    from helpers import quiet, small_run
+    from xaibatch.manifest import Manifest
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    holder = _holder(out)
+    threading.Timer(2.0, holder.stdin.close).start()  # the holder lets go after 2 s
+    result = run(run_opts(tmp_path / "in", out, tiny_ckpt, wait=True), log=quiet)
+    holder.wait(timeout=30)
+    assert result.timings["wait"] >= 1.5
+    assert f"s ({result.timings['wait']:.1f}s of it waiting for the folder to be free) -> " in result.summary_line()
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        (row,) = [r for r in m.runs() if r.id == result.run_id]
+    finally:
+        m.close()
+    assert row.seconds <= result.seconds - result.timings["wait"] + 0.01
+    assert abs(row.started_at + row.seconds - row.finished_at) < 1.0
+
+
+@pytest.mark.parametrize("command", ["report", "sanity"])
+def test_a_run_refused_by_report_or_sanity_names_that_command(tmp_path, tiny_ckpt, command):
+    """A cron job's run refused while someone's ``xaibatch sanity`` (a minute or more) holds the folder said "in use
+    by another xaibatch run": whoever read the cron mail looked for a run that was not there."""
+    from helpers import invoke, small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HELD_BY, str(out), command],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().split() == ["held"]
+        r = invoke(*run_argv(tmp_path / "in", out, tiny_ckpt), "--workers", "0", catch_exceptions=True)
+        assert r.exit_code == 4, r.output
+        assert f"is in use by xaibatch {command} (pid {p.pid} on " in r.output, r.output
+        r = invoke("report", out, catch_exceptions=True)
+        assert r.exit_code == 4 and f"in use by xaibatch {command} (pid {p.pid}" in r.output, r.output
+        with pytest.raises(LockHeld, match=f"still in use by xaibatch {command} \\(pid {p.pid} "):
+            OutputLock(out).acquire(wait=True, timeout=0.2, poll=0.05)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+    holder = _holder(out)  # a run's lock (and an older xaibatch's record, without a command): "another xaibatch run"
+    try:
+        r = invoke("report", out, catch_exceptions=True)
+        assert r.exit_code == 4 and f"in use by another xaibatch run (pid {holder.pid}" in r.output, r.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_a_run_after_a_killed_sanity_names_it_not_a_run(tmp_path, tiny_ckpt):
+    """The run after a sanity killed while it held the folder (SIGKILL, the out-of-memory killer) said "the previous
+    run (pid N ...) did not finish": no run had been there."""
+    from helpers import small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HELD_BY, str(out), "sanity"],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().split() == ["held"]
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    lines: list[str] = []
+    run(run_opts(tmp_path / "in", out, tiny_ckpt), log=lines.append)
+    said = [line for line in lines if "did not finish" in line]
+    assert len(said) == 1 and said[0].startswith(f"xaibatch: the previous xaibatch sanity (pid {p.pid} on "), lines
+
+
 def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
     """report and sanity have no --wait: their refusal says something they can do, and sanity says it before
     importing torch (seconds); run's still names its --wait."""

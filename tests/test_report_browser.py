@@ -1410,3 +1410,55 @@ def test_a_long_class_name_wraps_inside_its_mean_maps_caption(driver, tmp_path, 
             assert spill and max(spill) <= 1, (width, spill)
     finally:
         driver.set_window_size(1280, 900)
+
+
+def test_a_link_from_before_a_run_moved_or_removed_its_image_never_shows_another(driver, paged_out):
+    """A colleague's gallery page open while a cron job's run added images (a bookmark, serve's link): its link to
+    detail/page-1.html#<id> of an image that the run moved to page 2 drew page 1's first image, another one, with
+    nothing to say so; a link to an image removed since did the same. Now the view goes to the image's page (the
+    gallery's filters kept), or says the image is not in the report any more."""
+    urls = detail_urls(paged_out)
+    name = sorted(n for n, u in urls.items() if "detail/page-2.html#" in u)[0]
+    cid = urls[name].rsplit("#", 1)[1]
+    stale = (paged_out / "detail" / "page-1.html").resolve().as_uri()
+    driver.get_log("browser")
+    open_page(driver, f"{stale}#{cid}&show=right")
+    wait_until(lambda: driver.current_url.endswith(f"/detail/page-2.html#{cid}&show=right"), "the image's own page")
+    wait_until(lambda: driver.find_element("css selector", "#detail h1").text == name, "the image the link named")
+    open_page(driver, paged_out / "detail" / "page-3.html")  # another document: the next link is a fresh load
+    open_page(driver, f"{stale}#c{'0' * 12}")
+    wait_until(
+        lambda: driver.find_element("css selector", "#detail h1").text == "Not in the report any more",
+        "the gone image's note",
+    )
+    assert "a run since removed it" in driver.find_element("id", "detail").text
+    assert driver.current_url.endswith(f"/detail/page-1.html#c{'0' * 12}")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    open_page(driver, f"{stale}#main")  # a fragment that is no card: the page's first image, as before
+    assert driver.find_element("css selector", "#detail h1").text in urls
+
+
+def test_a_gallery_page_left_open_while_a_run_removed_its_pictures_says_so(driver, paged_out, tmp_path):
+    """A colleague's gallery page open while a cron job's run removed images: the thumbnails load as they are
+    scrolled to, and those whose files the run deleted were broken pictures with nothing to say why. Whenever a
+    picture fails (as the page loads, or later as it is scrolled to) one note says so."""
+    copy = tmp_path / "out"
+    shutil.copytree(paged_out, copy)
+    open_page(driver, copy / "gallery" / "page-2.html")
+    assert not load_all_images(driver) and driver.find_elements("id", "stale-note") == []  # all there: no note
+    srcs = driver.execute_script("return Array.prototype.map.call(document.images, i => i.getAttribute('src'))")
+    gone = [s for s in srcs if s.startswith("../images/")]
+    (copy / "gallery" / gone[-1]).resolve().unlink()  # the run deletes it after rewriting the report
+    driver.execute_script(  # a thumbnail scrolled to only now, after its file went: the page's own picture
+        "var i = document.querySelector('img[src=\"' + arguments[0] + '\"]'); i.src = i.src + '?now';", gone[-1]
+    )
+    wait_until(lambda: driver.find_elements("id", "stale-note"), "the note, once a picture fails later")
+    assert (
+        "a run has rewritten the report since this page was loaded (reload it)"
+        in driver.find_element("id", "stale-note").text
+    )
+    (copy / "gallery" / gone[0]).resolve().unlink()
+    open_page(driver, copy / "gallery" / "page-2.html")  # loaded with pictures already gone
+    assert load_all_images(driver)
+    wait_until(lambda: driver.find_elements("id", "stale-note"), "the note, for pictures failed as the page loaded")
+    assert len(driver.find_elements("css selector", ".warn#stale-note")) == 1

@@ -355,3 +355,56 @@ def test_to_pandas_without_pandas_says_so(out, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(UsageError, match=r"^to_pandas\(\) needs pandas: pip install pandas$"):
         open_results(out).to_pandas()
+
+
+def test_records_held_across_a_later_run_never_read_its_files_as_theirs(tmp_path, tiny_ckpt):
+    """A notebook holds open_results(OUT) while a cron job runs into OUT: an image changed since had its map written
+    again at the same path, and record.map() returned the new map under the old prediction without a word; an
+    image gone from the input had its files deleted, and the error said "not copied with the folder; xaibatch run
+    makes it again", which no run would. An image the run left alone reads as before."""
+    from xaibatch.errors import ChangedSince
+    from xaibatch.pipeline import run
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp / "FAKE", 3, seed=1)
+    write_images(inp / "REAL", 3, seed=2)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    res = open_results(out)
+    kept, changed, gone = res["FAKE/img_000.png"], res["FAKE/img_001.png"], res["REAL/img_002.png"]
+    first = kept.map("gradcam")
+    (inp / "REAL" / "img_002.png").unlink()
+    shutil.copyfile(inp / "REAL" / "img_000.png", inp / "FAKE" / "img_001.png")  # new bytes, the same path
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+
+    assert np.array_equal(kept.map("gradcam"), first) and kept.overlay("gradcam").size
+    for read in (changed.map, changed.overlay):
+        with pytest.raises(ChangedSince, match=r"img_001\.(npy|png) was written again by run 2 after open_results "):
+            read("gradcam")
+    for read in (gone.map, gone.overlay):
+        with pytest.raises(MissingOutput, match=r"a run removed it after open_results read .*: open_results again"):
+            read("gradcam")
+    again = open_results(out)  # as it is now: the new map is the record's
+    assert np.array_equal(again["FAKE/img_001.png"].map("gradcam"), np.load(changed.maps["gradcam"].npy))
+    assert "REAL/img_002.png" not in again
+
+
+def test_a_manifest_a_first_run_is_making_is_read_once_it_has_its_tables(tmp_path):
+    """open_results (a notebook polling a cron job's new folder, serve) the moment a first run made the manifest
+    file, before its tables: "cannot read the manifest OUT/xaibatch.sqlite: no such table: meta". It reads again
+    once the tables are there (milliseconds); a file that never gets them says what it is."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / layout.MANIFEST).write_bytes(b"")  # as Manifest() makes it first (_create_as_others)
+    maker = threading.Timer(0.15, lambda: Manifest(out / layout.MANIFEST).close())  # then its tables
+    maker.start()
+    try:
+        res = open_results(out)
+    finally:
+        maker.join()
+    assert len(res) == 0 and res.last_run is None
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / layout.MANIFEST).write_bytes(b"")
+    with pytest.raises(XaibatchError, match=r"xaibatch\.sqlite holds nothing yet: a first run is creating it "):
+        open_results(tmp_path / "stopped")

@@ -1388,3 +1388,50 @@ def test_a_planted_uploads_folder_is_refused(tmp_path, monkeypatch):
     ours.chmod(0o777)
     assert uploads.check_private_uploads() == ours
     assert stat.S_IMODE(ours.stat().st_mode) == 0o700
+
+
+def test_the_report_is_followed_as_runs_change_it(tmp_path, monkeypatch, tiny_ckpt):
+    """serve next to a cron job running into the same OUT read the report once, at start: started before the first
+    run it never offered the report's images nor served its pages; a run that moved an image to another gallery
+    page left its "in the report" link on the old page, whose viewer then showed that page's first image, another
+    one; an image removed since was offered still and said "cannot read: No such file or directory"."""
+    pytest.importorskip("gradio", reason='needs the serve extra: pip install "xaibatch[serve]"')
+    from helpers import quiet, run_opts, write_images
+    from xaibatch.pipeline import run
+    from xaibatch.report import model
+    from xaibatch.serve.app import launch
+    from xaibatch.serve.core import ServeOptions, Service, decode_upload
+
+    monkeypatch.setattr(model, "PAGE_SIZE", 2)  # a gallery page per 2 images: a few new images move the others
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "REAL").mkdir(parents=True)
+    (inp / "REAL" / "x.png").write_bytes(png(1))
+    service = Service(ServeOptions(out=out, methods=["gradcam"], checkpoint=tiny_ckpt))
+    served = launch(service, port=_free_port(), block=False)
+    try:
+        handlers = served.blocks.fns  # the page's events: the one run at page load gives the pick list
+        (load,) = [f for f in handlers.values() if getattr(f, "name", "") == "picks_now"]
+        assert _http(served.url, "/report/index.html") == 404
+        run(run_opts(inp, out, tiny_ckpt), log=quiet)  # the cron job's first run, the app already up
+        assert _http(served.url, "/report/index.html") == 200
+        assert "report: REAL/x.png" in load.fn().choices[-1]
+        report = load.fn.__self__.report
+        sha = decode_upload(png(1)).sha256
+        assert report.detail_url(sha) == f"/report/detail/page-1.html#{layout.card_id('REAL/x.png')}"
+
+        write_images(inp / "FAKE", 4, seed=3)  # all called REAL by the tiny model: the gallery shows them first
+        (inp / "REAL" / "gone.png").write_bytes(png(2))
+        run(run_opts(inp, out, tiny_ckpt), log=quiet)
+        cid = layout.card_id("REAL/x.png")
+        (now,) = [p.name[5:-3] for p in (out / "detail").glob("page-*.js") if cid in p.read_text()]
+        assert now != "1" and report.detail_url(sha) == f"/report/detail/page-{now}.html#{cid}"
+        assert "report: REAL/gone.png" in [c[0] for c in load.fn().choices]
+        (inp / "REAL" / "gone.png").unlink()
+        with pytest.raises(XaibatchError, match=r"'REAL/gone.png' is no longer in the report's input folder .*: pick"):
+            report.read("REAL/gone.png")
+        run(run_opts(inp, out, tiny_ckpt), log=quiet)
+        assert "report: REAL/gone.png" not in [c[0] for c in load.fn().choices]
+        with pytest.raises(XaibatchError, match=r"'REAL/gone.png' is not in the report .* reload the page"):
+            report.read("REAL/gone.png")
+    finally:
+        served.close()

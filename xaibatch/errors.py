@@ -153,6 +153,11 @@ class MissingOutput(XaibatchError, FileNotFoundError):
     """A file the manifest names is not on disk (deleted, or not copied with the folder)."""
 
 
+class ChangedSince(XaibatchError):
+    """A file ``open_results`` names was made again by a run since it read the folder: it no longer belongs to the
+    record (an image changed, or new settings), so it is not read as if it did."""
+
+
 class LockHeld(XaibatchError):
     """Another run holds the output folder."""
 

@@ -8,8 +8,8 @@ only after a few seconds) cannot keep the folder locked. POSIX locks have one
 trap: closing *any* descriptor of the file in the holding process releases the
 lock, so this process never opens the lock file twice (see ``_HELD``).
 
-The holder record (JSON: pid, host, start time, argv) is only there to name the
-holder in the "locked" message. It is cleared when the holder releases the lock
+The holder record (JSON: command, pid, host, start time, argv) is only there to name the
+holder in the "locked" message: a ``report`` or ``sanity`` holding the folder is named as such, not as a run. It is cleared when the holder releases the lock
 normally, so a record found by the next holder means the previous run was killed
 before it could clean up; the pipeline then sweeps what such a run can leave.
 
@@ -44,6 +44,7 @@ BUSY_HINT = "try again when it has finished"  # the end of the refusal for a com
 _HELD: dict[str, dict[str, Any]] = {}  # lock path -> the holder record written
 _HELD_GUARD = threading.Lock()
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO there never blocks the open
+COMMANDS = ("run", "report", "sanity")  # the commands that take the lock, as the holder record names them
 _NOT_A_FILE = "the lock file {} is {}: refusing to open it (remove it; xaibatch makes a new one)"
 
 
@@ -68,6 +69,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def holder_name(holder: dict[str, Any] | None) -> str:
+    """What holds the folder, as the "in use by" refusal names it: ``xaibatch report`` or ``xaibatch sanity``, else
+    (a run, or a record that does not say: an older xaibatch's) ``another xaibatch run``."""
+    command = holder.get("command") if holder else None
+    return f"xaibatch {command}" if command in COMMANDS and command != "run" else "another xaibatch run"
+
+
 def describe(holder: dict[str, Any] | None) -> str:
     """``pid 123 on host since 2024-05-01 10:00:00 (5 s ago)`` from a holder record."""
     if not holder:
@@ -87,10 +95,12 @@ class LockLost(XaibatchError):
 class OutputLock:
     """Exclusive lock on an output folder; ``acquire`` raises :class:`LockHeld` when it is taken."""
 
-    def __init__(self, out_dir: Path, named: str | None = None) -> None:
+    def __init__(self, out_dir: Path, named: str | None = None, command: str = "run") -> None:
         """``named``: the folder as the command's refusals name it (``--out OUT`` for a run, ``OUT`` for ``report`` and
-        ``sanity``, which take it as their argument)."""
+        ``sanity``, which take it as their argument). ``command``: which of COMMANDS holds it, for the refusals of
+        the others (a cron job's run refused while someone's ``sanity`` holds the folder must not look for a run)."""
         self.out_dir = Path(out_dir)
+        self.command = command
         self.named = named if named is not None else f"--out {self.out_dir}"
         self.path = self.out_dir / LOCK_NAME
         self.key = str(self.path.resolve())
@@ -134,7 +144,7 @@ class OutputLock:
                 if e.errno in (errno.EACCES, errno.EAGAIN):
                     return False
                 raise UsageError(f"cannot lock {self.named}: {e.strerror or e}") from None
-            rec = _HELD[self.key] = _record()
+            rec = _HELD[self.key] = _record(self.command)
         self.fd = fd
         try:
             self.previous = _parse(_read_all(fd))
@@ -165,16 +175,16 @@ class OutputLock:
         t0 = time.monotonic()
         told = False
         while not self.try_acquire():
-            who = describe(self.holder())
+            holder = self.holder()
+            what, who = holder_name(holder), describe(holder)
             if not wait:
-                raise LockHeld(f"{self.out_dir} is in use by another xaibatch run ({who}); {hint}")
+                raise LockHeld(f"{self.out_dir} is in use by {what} ({who}); {hint}")
             waited = time.monotonic() - t0
             if timeout is not None and waited >= timeout:
-                raise LockHeld(
-                    f"{self.out_dir} is still in use by another xaibatch run ({who}) after waiting {waited:.0f}s"
-                )
+                raise LockHeld(f"{self.out_dir} is still in use by {what} ({who}) after waiting {waited:.0f}s")
             if not told:
-                on_wait(f"xaibatch: waiting for {who} to finish with {self.out_dir}")
+                by = "" if what == "another xaibatch run" else f" ({what})"
+                on_wait(f"xaibatch: waiting for {who}{by} to finish with {self.out_dir}")
                 told = True
             if should_stop():
                 from .errors import Interrupted
@@ -227,9 +237,10 @@ class OutputLock:
         self.release()
 
 
-def _record() -> dict[str, Any]:
+def _record(command: str) -> dict[str, Any]:
     now = time.time()
     return {
+        "command": command,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started_ts": now,

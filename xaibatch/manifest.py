@@ -154,6 +154,11 @@ class ManifestError(XaibatchError):
 
 T = TypeVar("T")
 _SNAPSHOT_TRIES = 5
+_EMPTY_WAIT_S = 0.1  # a manifest without its tables yet: a first run is making them (milliseconds), read again after
+
+
+class _NothingYet(ManifestError):
+    """The manifest file is there without its tables: a first run is creating it, or one stopped before it could."""
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:
@@ -174,7 +179,13 @@ def read_snapshot(path: Path, read: Callable[[Manifest], T]) -> T:
     for attempt in range(_SNAPSHOT_TRIES):
         wal = os.path.lexists(f"{path}-wal")  # read through: consistent whatever a checkpoint changes
         before = None if wal or not path.is_file() else _stamp(path)
-        m = Manifest(path, read_only=True)
+        try:
+            m = Manifest(path, read_only=True)
+        except _NothingYet:  # opened the moment a first run made the file: its tables follow at once
+            if attempt == _SNAPSHOT_TRIES - 1:
+                raise
+            time.sleep(_EMPTY_WAIT_S)
+            continue
         try:
             with m.reading():
                 out = read(m)
@@ -202,8 +213,14 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.Error as e:
+        empty = db is not None and _no_tables(db)
         if db is not None:
             db.close()
+        if empty:
+            raise _NothingYet(
+                f"the manifest {path} holds nothing yet: a first run is creating it (open the folder again once "
+                "the run has begun), or one stopped before it could (the next run makes it)"
+            ) from None
         raise ManifestError(f"cannot read the manifest {path}: {e}") from None
     try:
         schema = int(row[0]) if row else 0
@@ -218,6 +235,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
             + ("upgrade xaibatch" if newer else f"run xaibatch report {path.parent} once where it can be written")
         )
     return db
+
+
+def _no_tables(db: sqlite3.Connection) -> bool:
+    try:
+        return db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+    except sqlite3.Error:
+        return False
 
 
 def _create_as_others(path: Path) -> None:
@@ -484,6 +508,14 @@ class Manifest:
     def image_targets(self) -> list[tuple[str, str, int]]:
         """(rel, sha256, target class) of every image: what the faithfulness chance sample is drawn from."""
         return self.db.execute("SELECT rel, sha256, target FROM images").fetchall()
+
+    def map_made(self, rel: str, key: str) -> tuple[int, str] | None:
+        """The (run_id, config_hash) of one map's row, None: no such row (open_results: is a file still the map
+        its record names?)."""
+        row = self.db.execute(
+            "SELECT run_id, config_hash FROM maps WHERE rel = ? AND method = ?", (rel, key)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def map_methods(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT method FROM maps")}

@@ -17,7 +17,9 @@
 
 Read only, and without a trace: the manifest is read once, as one committed state (:func:`manifest.read_snapshot`:
 also while a run writes into the folder, also from a read-only copy), and nothing is ever written into the
-folder. Every path comes from the manifest (the stems and layout of the run that wrote it, ``layout.py``) and is
+folder. The files are read when asked for: a run since (a cron job's) may have deleted a map or written it again
+at its path for a changed image; a file written after the read is checked against the manifest as it is now
+(:class:`_Since`), and one that no longer belongs to its record is refused in one line, never read as its. Every path comes from the manifest (the stems and layout of the run that wrote it, ``layout.py``) and is
 kept inside the folder (:func:`files.safe_join`); maps are read with ``allow_pickle=False``. Imports no torch.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,7 @@ import numpy as np
 
 from . import layout, targets
 from .bundle import Frozen
-from .errors import MissingOutput, UnknownName, UsageError, XaibatchError, did_you_mean
+from .errors import ChangedSince, MissingOutput, UnknownName, UsageError, XaibatchError, did_you_mean
 from .files import plain_relative, safe_join
 from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
 from .report.data import History, class_names
@@ -55,6 +58,7 @@ class MapPaths:
     out: Path = field(repr=False)
     npy_rel: str
     overlay_rel: str
+    made: tuple[int, str] | None = field(default=None, repr=False, compare=False)  # the row's (run_id, config_hash)
 
     @property
     def npy(self) -> Path:
@@ -94,6 +98,7 @@ class ImageRecord:
     out: Path = field(repr=False, compare=False)  # the folder: every file read is checked to resolve inside it
     input_dir: Path | None = field(repr=False, compare=False, default=None)
     signed: Mapping[str, bool] = field(repr=False, compare=False, default_factory=Frozen)  # method -> signed maps
+    since: _Since | None = field(repr=False, compare=False, default=None)  # is a file read still this record's?
 
     def __repr__(self) -> str:
         """The dataclass's repr, with ``probs`` in full up to scan.LISTED_NAMES classes, else the likeliest few: a
@@ -116,23 +121,38 @@ class ImageRecord:
 
     def map(self, method: str) -> np.ndarray:
         """The map as saved: a float32 array at the image's size (up to --max-map-side)."""
-        path = self._inside(self.files(method).npy_rel)
-        try:
-            return np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise _missing(path, self.rel, method) from None
+        files = self.files(method)
+        with self._open(method, files, files.npy_rel) as f:
+            return np.load(f, allow_pickle=False)
 
     def overlay(self, method: str) -> Any:
         """The report's overlay of the map (at most 512 px a side), a PIL image."""
         from PIL import Image
 
-        path = self._inside(self.files(method).overlay_rel)
+        files = self.files(method)
+        with self._open(method, files, files.overlay_rel) as f, Image.open(f, formats=["PNG"]) as im:
+            im.load()
+            return im
+
+    def _open(self, method: str, files: MapPaths, rel: str) -> Any:
+        """One of the map's files, open: refused when it is gone, or when a run wrote it again since the folder
+        was read (checked on the very file opened, so a run replacing it meanwhile changes nothing read)."""
+        path = self._inside(rel)
+        since = self.since
         try:
-            with Image.open(path, formats=["PNG"]) as im:
-                im.load()
-                return im
+            f = open(path, "rb")
         except FileNotFoundError:
+            if since is not None and (n := since.changed(self.rel, method, files.made)) is not None:
+                raise MissingOutput(since.gone(path, self.rel, method, n)) from None
             raise _missing(path, self.rel, method) from None
+        try:
+            if since is not None and os.fstat(f.fileno()).st_mtime > since.after:
+                if (n := since.changed(self.rel, method, files.made)) is not None:
+                    raise ChangedSince(since.rewritten(path, self.rel, method, n))
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def heatmap(self, method: str) -> Any:
         """The map alone in the report's colours, a PIL image at the map's size: as ``Explanations.heatmap``
@@ -203,8 +223,10 @@ class Results:
         failures: list[tuple[str, str]],
         history: History,
         input_dir: str | None,
+        since: _Since | None = None,
     ) -> None:
         self.out = out
+        self._since = since
         run = history.run
         self.config: RunConfig | None = run  # the last run's record (None: no run, or a damaged record)
         self.last_run: RunRecord | None = history.last  # the last run that ended: status, counts, seconds, input
@@ -231,7 +253,7 @@ class Results:
             if isinstance(row.view, dict) and isinstance(row.view.get("grid"), str):
                 self._grids[rel, key] = row.view["grid"]
             per_image.setdefault(rel, {})[key] = MapPaths(
-                self.out, _plain(self.out, row.npy), _plain(self.out, row.png)
+                self.out, _plain(self.out, row.npy), _plain(self.out, row.png), (row.run_id, row.config_hash)
             )
             if row.deletion is not None and row.insertion is not None:
                 scores.setdefault(rel, {})[key] = Faithfulness(row.deletion, row.insertion)
@@ -272,6 +294,7 @@ class Results:
             out=self.out,
             input_dir=self.input_dir,
             signed=self._signed,
+            since=self._since,
         )
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -408,10 +431,71 @@ def open_results(out: str | Path) -> Results:
         history = History.read(m)
         return m.images(), m.maps(), m.failures(), history, m.get_meta("input_dir")
 
+    read_at = time.time()
     images, maps, failures, history, input_dir = read_snapshot(path, read)
     if not input_dir:  # older folders: what the last run recorded
         input_dir = history.recorded_input() or None
-    return Results(Path(os.path.abspath(out)), images, maps, failures, history, input_dir)
+    newest = history.runs[-1] if history.runs else None
+    # a file older than this was there when the rows were read: a run writing then wrote its files before their rows
+    after = min(read_at, newest.started_at if newest is not None and not newest.ended else read_at) - _CLOCK_SLACK
+    absolute = Path(os.path.abspath(out))
+    return Results(absolute, images, maps, failures, history, input_dir, _Since(absolute, path, after))
+
+
+_CLOCK_SLACK = 2.0  # seconds: mtimes of a coarse file system (FAT: 2 s), or a file server's clock a little behind
+
+
+class _Since:
+    """Whether a map's file still belongs to the record ``open_results`` made of it: the manifest read again, now,
+    for that one row (a run since may have computed the map again at the same path, or removed it). Asked only of
+    a file written after the folder was read (``after``) or gone: files as they were cost nothing more."""
+
+    def __init__(self, out: Path, manifest: Path, after: float) -> None:
+        self.out, self.manifest, self.after = out, manifest, after
+        self._stamp: tuple[Any, ...] | None = None
+        self._rows: dict[tuple[str, str], tuple[int, str] | None] = {}  # the rows read at _stamp
+
+    def changed(self, rel: str, key: str, made: tuple[int, str] | None) -> int | None:
+        """The run that changed the map since the read (0: one that removed it, its number unknown), None: it did
+        not (or the manifest cannot be read now: the record stands as it was)."""
+        now = self._row(rel, key)
+        if now is False or made is None or now == made:
+            return None
+        return 0 if now is None else now[0]
+
+    def _row(self, rel: str, key: str) -> tuple[int, str] | None | bool:
+        try:
+            stamp = tuple(_stat(p) for p in (self.manifest, Path(f"{self.manifest}-wal")))
+            if stamp != self._stamp:
+                self._stamp, self._rows = stamp, {}
+            if (rel, key) not in self._rows:
+                self._rows[rel, key] = read_snapshot(self.manifest, lambda m: m.map_made(rel, key))
+            return self._rows[rel, key]
+        except (XaibatchError, OSError):
+            return False
+
+    def gone(self, path: Path, rel: str, method: str, run: int) -> str:
+        by = f"run {run}" if run else "a run"
+        return (
+            f"{path} is missing ({method!r} map of {rel!r}): {by} removed it after open_results read {self.out} "
+            "(the image left the input folder, changed, or is being computed again): open_results again for the "
+            "folder as it is now"
+        )
+
+    def rewritten(self, path: Path, rel: str, method: str, run: int) -> str:
+        return (
+            f"{path} was written again by run {run} after open_results read {self.out} (the image or the settings "
+            f"changed): it is no longer the {method!r} map of this record of {rel!r}; open_results again for the "
+            "folder as it is now"
+        )
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _plain(out: Path, rel: str) -> str:

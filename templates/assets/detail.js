@@ -280,13 +280,43 @@
   var status = el("p", {"class": "sr", role: "status", "aria-live": "polite"});
   root.parentNode.insertBefore(status, root.nextSibling);
   var shown = null, shownKeep = "";
+  // A link to an image that is not on this page: written before a run moved it to another gallery page (a gallery
+  // page open since, a bookmark, serve's link) or removed it. It drew this page's first image, another one: now
+  // the image's page is looked up in the gallery's names (gallery/names.js) and opened, else the view says so.
+  var CARD = /^c[0-9a-f]{12}$/, looked = false;
+  function elsewhere(id) {
+    looked = true;
+    var here = root.getAttribute("data-page");
+    window.xaibatchNames = function (pages) {
+      for (var p = 0; p < pages.length; p++) {
+        for (var e = 0; e < pages[p][1].length; e++) {
+          if (pages[p][1][e][0] === id && String(pages[p][0]) !== here) {
+            location.replace("page-" + pages[p][0] + ".html#" + id + tail());
+            return;
+          }
+        }
+      }
+      gone();
+    };
+    var s = document.createElement("script");
+    s.src = gallery + "names.js";
+    s.onerror = gone;
+    document.body.appendChild(s);
+  }
+  function gone() {
+    var back = el("a", {href: gallery + "page-" + (root.getAttribute("data-page") || "1") + ".html"}, ["Back to the gallery"]);
+    root.replaceChildren(el("h1", {}, ["Not in the report any more"]), el("p", {"class": "warn"}, [
+      "The image this link names is not in the report now: a run since removed it (its file left the input ",
+      "folder, or was renamed). ", back, "."]));
+  }
   function show(id) {
-    if (!images.length) {
+    if (!images.length && !(CARD.test(id) && !looked)) {
       root.replaceChildren(el("h1", {}, ["No images yet."]));
       return;
     }
     var known = Object.prototype.hasOwnProperty.call(byId, id);
     if (!known && shown !== null) { return; }  // a fragment that names no image (#main) keeps the one shown
+    if (!known && CARD.test(id) && !looked) { elsewhere(id); return; }  // a card of another page, or gone
     var i = known ? byId[id] : 0;
     if (shown === i && shownKeep === keep) { return; }
     shown = i;

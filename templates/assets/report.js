@@ -229,3 +229,31 @@
   });
   form.hidden = false;
 }());
+
+/* A picture of this page that does not load: its file went since the page was loaded (a run rewrote the report
+   under a page left open: its images removed, their thumbnails deleted; the gallery's thumbnails load as they
+   are scrolled to), or the folder was copied without it. Said once, above the gallery, instead of broken
+   pictures with nothing to explain them. */
+(function () {
+  "use strict";
+  var main = document.getElementById("main");
+  if (!main || !document.querySelector("section.group")) { return; }
+  var said = false;
+  function say() {
+    if (said) { return; }
+    said = true;
+    var p = document.createElement("p");
+    p.className = "warn";
+    p.id = "stale-note";
+    p.setAttribute("role", "status");
+    p.textContent = "Some pictures of this page could not be loaded: a run has rewritten the report since this " +
+      "page was loaded (reload it), or the folder was copied without them.";
+    main.insertBefore(p, main.firstChild);
+  }
+  document.addEventListener("error", function (e) {
+    if (e.target && e.target.tagName === "IMG") { say(); }
+  }, true);  // an image's error does not bubble: caught on its way down
+  Array.prototype.forEach.call(document.images, function (img) {
+    if (img.complete && img.getAttribute("src") && img.naturalWidth === 0) { say(); }
+  });
+}());

@@ -43,7 +43,7 @@ def report(out_dir: Path, template_dir: Path | None, quiet: bool) -> None:
     from ..report import check_templates, write_report
 
     check_templates(template_dir)
-    with stops_interrupt(), held_output(out_dir, notes(quiet)):
+    with stops_interrupt(), held_output(out_dir, notes(quiet), "report"):
         stats = write_report(out_dir, template_dir, fill_grids=True)
     if not quiet:
         done = f"{stats.written} file(s) written" if stats.written else "all up to date"

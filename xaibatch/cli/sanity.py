@@ -85,7 +85,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     log = notes(quiet)
     # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on. The lock before torch's
     # seconds of importing: a run holding OUT_DIR is refused at once.
-    with stops_interrupt(), held_output(out_dir, log) as lock:
+    with stops_interrupt(), held_output(out_dir, log, "sanity") as lock:
         from ..evaluation.sanity import run_sanity
 
         result = run_sanity(

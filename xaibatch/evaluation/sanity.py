@@ -309,7 +309,7 @@ def run_sanity(
     from ..pipeline.recovery import held_output
 
     out = Path(out)
-    with nullcontext(lock) if lock is not None else held_output(out, log):
+    with nullcontext(lock) if lock is not None else held_output(out, log, "sanity"):
         run = last_ended_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)

@@ -140,9 +140,11 @@ class RunResult:
     def summary_line(self) -> str:
         stopped = " (interrupted)" if self.status == RunStatus.INTERRUPTED else ""
         resumed = f"{self.resumed} already done by {unfinished_words(self.resumed_from)}, " if self.resumed else ""
+        waited = self.timings.get("wait", 0.0)  # --wait: a cron job's log must not read the wait as the run's work
+        wait = f" ({waited:.1f}s of it waiting for the folder to be free)" if waited >= 0.05 else ""
         return (
             f"xaibatch: {self.seen} images seen, {self.computed} computed, {resumed}{self.counts.unchanged} skipped "
-            f"(unchanged), {len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{stopped} -> "
+            f"(unchanged), {len(self.failed)} failed, {self.removed} removed, {self.seconds:.1f}s{wait}{stopped} -> "
             f"{self.report}"
         )
 

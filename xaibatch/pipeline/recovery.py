@@ -132,9 +132,12 @@ def recover(
         prev = lock.previous.get("pid") if lock.previous else None
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
         who = f" ({describe(lock.previous)})" if lock.previous else ""
-        sweep_later(manifest, "the previous run did not finish", swept)  # said again when swept: without a time
+        # a report or sanity killed while it held the folder (no run row left running) is named as such
+        command = None if killed or not lock.previous else lock.previous.get("command")
+        what = f"xaibatch {command}" if command in ("report", "sanity") else "run"
+        sweep_later(manifest, f"the previous {what} did not finish", swept)  # said again when swept: without a time
         if then:
-            log(f"xaibatch: the previous run{who} did not finish{memory_note()}{then}")
+            log(f"xaibatch: the previous {what}{who} did not finish{memory_note()}{then}")
     elif last in (RunStatus.INTERRUPTED, RunStatus.ERROR):  # released the lock (KILLED did not: handled above)
         swept = sweep_temp_files(out, lambda pid: not pid_alive(pid))
         sweep_later(manifest, f"the previous run ended {last}", swept)
@@ -189,18 +192,18 @@ def sweep_due(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def held_output(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
+def held_output(out: Path, log: Callable[[str], None], command: str) -> Iterator[OutputLock]:
     """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
     folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
     The body writes the report; then the sweep a recovery left due runs.
     Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
-    before a lock file is made in it."""
+    before a lock file is made in it. ``command``: ``report`` or ``sanity``, named to a run refused meanwhile."""
     if not (out / layout.MANIFEST).is_file():
         raise UsageError(
             f"{out} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST}); make one with "
             "xaibatch run"
         )
-    with OutputLock(out, named=str(out)) as lock:  # the command's argument, not an --out
+    with OutputLock(out, named=str(out), command=command) as lock:  # the command's argument, not an --out
         manifest = Manifest(out / layout.MANIFEST)
         try:
             recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)

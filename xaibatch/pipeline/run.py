@@ -235,7 +235,8 @@ def _run_locked(
     say_notices(setup, log, emit, lines)
     warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit, lines)
     t_plan = time.time()
-    row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0)
+    # the row's seconds are the run's own, from when it had the folder (its started_at): not the --wait before
+    row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0 + waited)
     try:
         known, plan = _plan_run(opts, out, lock, setup, row, log, emit)
         timings["plan"] = time.time() - t_plan

@@ -92,6 +92,11 @@ class _Handlers:
     def picks(self) -> list[str]:
         return [*self.demos, *(REPORT_PREFIX + rel for rel in self.report.pickable()[:MAX_PICKS])]
 
+    def picks_now(self) -> Any:
+        """The pick list as the page is loaded: the report's images now (a cron job's run into OUT since the app
+        started adds and removes some)."""
+        return gr.Dropdown(choices=self.picks())
+
     def explain(self, files: list, chosen: list, methods: list, samples: list, curves: list) -> tuple[list, list]:
         """One batch of requests (Gradio's batch=True): each one's answer HTML and the sha256 of the image flagging
         would save ("" for none)."""
@@ -227,7 +232,9 @@ def build(service: Service, report: ReportImages | None = None) -> gr.Blocks:
     handlers = _Handlers(service, report or ReportImages.load(service.opts.out), _demos())
     uploads = (UPLOADS_CHECKED_S, UPLOADS_KEPT_S)  # else every upload stays in Gradio's temporary folder for good
     with gr.Blocks(title="xaibatch serve", analytics_enabled=False, delete_cache=uploads) as blocks:
-        _wire(_layout(service, handlers.picks()), handlers)
+        controls = _layout(service, handlers.picks())
+        _wire(controls, handlers)
+        blocks.load(handlers.picks_now, None, controls.pick, queue=False, api_visibility="private")
     return blocks
 
 
@@ -265,8 +272,7 @@ def launch(
         )
     except OSError as e:  # Gradio's words name its own environment variables; ours name the option
         raise listen_error(host, port, e) from e
-    if report.rows:
-        _mount_report(app, service.opts.out)
+    _mount_report(app, service.opts.out)  # also before a first run's report: it is served once it is there
     served = Served(url, blocks, app)
     if block:
         # A stop signal sets a flag, and any later one is the same stop: a second Ctrl-C, or GNU timeout's signal
@@ -285,16 +291,22 @@ def launch(
 
 def _mount_report(app: Any, out: Path) -> None:
     """Serve the report's pages and pictures at REPORT_ROUTE, ahead of Gradio's own catch-all routes: not the rest
-    of OUT (the manifest, with the input folder's path and every run's command line, nor OUT/flagged/)."""
+    of OUT (the manifest, with the input folder's path and every run's command line, nor OUT/flagged/). Mounted
+    whatever OUT holds when the app starts: a report a run writes there later is served (404 until then)."""
     from starlette.exceptions import HTTPException
     from starlette.staticfiles import StaticFiles
 
     class ReportFiles(StaticFiles):
+        async def check_config(self) -> None:
+            if not os.path.isdir(out):  # no report yet (not even OUT): not found, rather than a server error
+                raise HTTPException(status_code=404)
+            await super().check_config()
+
         def get_path(self, scope: Any) -> str:
             path = super().get_path(scope)
             if path.replace("\\", "/").lstrip("/").split("/", 1)[0] not in REPORT_FILES:
                 raise HTTPException(status_code=404)
             return path
 
-    app.mount(REPORT_ROUTE, ReportFiles(directory=str(out)), name="xaibatch-report")
+    app.mount(REPORT_ROUTE, ReportFiles(directory=str(out), check_dir=False), name="xaibatch-report")
     app.router.routes.insert(0, app.router.routes.pop())
