@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xaibatch.methods import ModelContext, create_method
@@ -55,3 +56,85 @@ def test_maps_come_back_on_the_input_device_whatever_the_method_returns():
     got = Explainer([HostMaps(ctx)], ctx)(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
     assert got.probs.device.type == "meta"
     assert got.methods["host-maps"].maps.device.type == "meta"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _timed_methods(ctx, clock, costs, ran):
+    """Methods that take ``costs[name]`` seconds per image on ``clock``; those named "lime*" report their share
+    in four steps, as LIME does per model sub-batch."""
+    from xaibatch.methods.base import Explanation, Method
+
+    made = []
+    for name, cost in costs.items():
+
+        class Timed(Method):
+            def explain(self, batch, name=name, cost=cost):
+                ran.append(name)
+                n = batch.x.shape[0]
+                for k in range(1, 5 if name.startswith("lime") else 1):
+                    clock.t += cost * n / 4
+                    batch.progress(k, 4)
+                else:
+                    clock.t += 0 if name.startswith("lime") else cost * n
+                return Explanation(torch.zeros(n, 4, 4))
+
+        Timed.name = name
+        made.append(Timed(ctx))
+    return made
+
+
+def _tiny_ctx():
+    from xaibatch.preprocess import Preprocess
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    return ModelContext(net, None, Preprocess(4), torch.device("cpu"))
+
+
+def test_the_batch_share_is_of_its_time_over_every_method():
+    """Nine methods at once, on the 2-core box: LIME's share was taken for the whole batch's, so the line said
+    "current batch 100%" for minutes while Score-CAM, Integrated Gradients and Occlusion still ran, and the first
+    estimate (from LIME's 8 % after 12 s) was 10m48s for a run that took over 25 minutes. Now the share is of the
+    batch's time: none in the first batch while a method still to come has never run, then each method weighted
+    by its time per image in the last batch."""
+    ctx, clock, ran, shares = _tiny_ctx(), _Clock(), [], []
+    costs = {"cheap": 0.01, "lime": 1.0, "slow": 3.0}  # seconds per image
+    ex = Explainer(
+        _timed_methods(ctx, clock, costs, ran), ctx, on_progress=lambda d, t: shares.append(d / t), clock=clock
+    )
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    ex(x, None, None)
+    assert shares == [1.0]  # the first batch: "slow" never ran before it ended, so no share until then
+    shares.clear()
+    ex(x, None, None)
+    # 8.02 s per batch: cheap's 0.02 s, LIME's 2 s in quarters, then slow's 6 s
+    want = [0.02 / 8.02] + [(0.02 + 0.5 * k) / 8.02 for k in range(1, 5)] + [2.02 / 8.02, 1.0]
+    assert shares == pytest.approx(want, abs=1e-3)
+    assert ran == ["cheap", "lime", "slow"] * 2
+
+
+def test_one_method_reports_its_own_share():
+    ctx, clock, ran, shares = _tiny_ctx(), _Clock(), [], []
+    ex = Explainer(
+        _timed_methods(ctx, clock, {"lime": 1.0}, ran), ctx, on_progress=lambda d, t: shares.append((d, t)), clock=clock
+    )
+    ex(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
+    assert shares == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_a_stop_is_seen_between_methods():
+    """A Ctrl-C during Grad-CAM waited for every later method of the batch (Score-CAM, Occlusion: minutes on a
+    CPU) before the run stopped; now the next method does not start."""
+    from xaibatch.methods import StopRequested
+
+    ctx, clock, ran = _tiny_ctx(), _Clock(), []
+    ex = Explainer(_timed_methods(ctx, clock, {"first": 0.1, "second": 60.0}, ran), ctx, should_stop=lambda: bool(ran))
+    with pytest.raises(StopRequested):
+        ex(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
+    assert ran == ["first"]

@@ -6,6 +6,7 @@ batches of images already in memory. :class:`Fitting` is how all of them split a
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -16,7 +17,9 @@ from ..errors import Caller, OneImageTooLarge, memory_message, out_of_memory
 from ..model.heads import predict
 from ..model.layers import forward_from_layer
 from ..targets import target_class
-from .base import Batch, Method, ModelContext, pixel_seeds, uses_seeds
+from .base import Batch, Method, ModelContext, StopRequested, pixel_seeds, uses_seeds
+
+FAITHFULNESS_STEP = "faithfulness"  # the scores' step of a batch, timed beside the methods'
 
 
 @dataclass
@@ -70,10 +73,13 @@ class Explainer:
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         decision: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.decision = decision  # heads.Decision: two classes at a threshold; None: the argmax
-        self.should_stop = should_stop  # polled by long methods (LIME) per model sub-batch
-        self.on_progress = on_progress
+        self.should_stop = should_stop  # polled between methods, and by long methods (LIME) per model sub-batch
+        self.on_progress = on_progress  # (done, total) of the batch: see BatchShare
+        self.clock = clock
+        self.seconds_per_image: dict[str, float] = {}  # each step's time in the last batch: BatchShare's weights
         self.scorer = scorer  # faithfulness.Scorer: deletion/insertion per map, from the maps in memory
         self.methods = methods
         self.ctx = ctx
@@ -98,6 +104,8 @@ class Explainer:
         probs = torch.softmax(logits.detach().float(), dim=1)
         # (``pred,label``'s true-class maps: pipeline/labelmaps.py)
         targets = target_class(self.target, predict(probs, self.decision), labels).to(dev)
+        steps = [m.name for m in self.methods] + ([FAITHFULNESS_STEP] if self.scorer is not None else [])
+        share = BatchShare(steps, self.seconds_per_image, x.shape[0], self.on_progress, self.clock)
         batch = Batch(
             x=x.detach(),
             targets=targets,
@@ -106,21 +114,29 @@ class Explainer:
             segments=None if segments is None else segments.to(dev),
             seeds=seeds,
             should_stop=self.should_stop,
-            on_progress=self.on_progress,
+            on_progress=None if self.on_progress is None else share.within,
         )
         out = {}
         for m in self.methods:
+            self._check_stop()  # between methods too: Score-CAM's or Occlusion's batch took minutes to see a Ctrl-C
             e = m.explain(batch)
             # On the input's device, whatever the method returned: pytorch-grad-cam hands back numpy (cam:* maps
             # came back on the CPU), and a CPU map beside a GPU one failed in the pictures and the faithfulness
             # scores (a device mismatch a CPU run never shows).
             out[m.name] = MethodMaps(e.maps.detach().float().to(x.device), e.info)
+            share.step_done()
         if self.scorer is not None:
+            self._check_stop()
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
             for k, v in out.items():
                 v.faith = [{**row, "hash": self.scorer.hashes.get(k)} for row in scores[k].rows()]
+            share.step_done()
         return Explained(probs, out)
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise StopRequested
 
     def explain_tensors(
         self,
@@ -158,6 +174,67 @@ class Explainer:
             done = fitting.parts(z - a, part)
             fitting.say()
             yield from done
+
+
+class BatchShare:
+    """How much of one batch is done, for the progress line (``report(done, total)``), when several steps explain
+    it: each method in turn, then the faithfulness scores. Their costs differ a hundredfold (Grad-CAM's backward
+    against LIME's 1,000 forwards or Score-CAM's one forward per channel), so the share is of the batch's time:
+    the steps done, the current one (from its own share when it reports one, LIME's, else from its time in the
+    last batch) and those still to come, each from its time per image in the last batch (``seconds_per_image``,
+    updated here). While a step still to come has never run there is no share: nothing is said rather than
+    "current batch 100%" while Score-CAM and Occlusion still ran for minutes (LIME's share was the batch's, and
+    the first estimate a third of the time the run took). One step: its own share, as it reports it."""
+
+    def __init__(
+        self,
+        steps: list[str],
+        seconds_per_image: dict[str, float],
+        images: int,
+        report: Callable[[int, int], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.steps, self.known, self.images, self.report, self.clock = steps, seconds_per_image, images, report, clock
+        self.i, self.spent, self.start = 0, 0.0, clock()  # the current step, the seconds of those done, its start
+
+    def within(self, done: int, total: int) -> None:
+        """The current step's own progress (LIME's, per model sub-batch)."""
+        if self.report is None:
+            return
+        if len(self.steps) == 1:
+            self.report(done, total)
+        else:
+            self._say(done / max(1, total))
+
+    def step_done(self) -> None:
+        """The current step ended: its time per image is kept for the next batch's shares."""
+        now = self.clock()
+        took = now - self.start
+        self.known[self.steps[self.i]] = took / max(1, self.images)
+        self.spent += took
+        self.i, self.start = self.i + 1, now
+        if self.report is not None and len(self.steps) > 1:
+            self._say(None)
+
+    def _say(self, fraction: float | None) -> None:
+        """Report the batch's share, given the current step's own (None: not known), when every step's cost is."""
+        if self.i >= len(self.steps):
+            self.report(1, 1)
+            return
+        running = self.clock() - self.start
+        if fraction:
+            left = running / fraction - running
+        elif self.steps[self.i] in self.known:
+            left = max(0.0, self.known[self.steps[self.i]] * self.images - running)
+        else:
+            return
+        later = self.steps[self.i + 1 :]
+        if any(s not in self.known for s in later):
+            return
+        left += sum(self.known[s] for s in later) * self.images
+        done = self.spent + running
+        if done + left > 0:
+            self.report(round(1000 * done / (done + left)), 1000)
 
 
 T = TypeVar("T")
