@@ -2319,3 +2319,22 @@ def test_the_decision_summary_roc_curve_and_auc_match_sklearn(seed):
     assert np.allclose(d["roc_fpr"], fpr, atol=1e-6) and np.allclose(d["roc_tpr"], tpr, atol=1e-6)
     said = p >= t
     assert d["point"] == pytest.approx(((said & ~truth).sum() / (~truth).sum(), (said & truth).sum() / truth.sum()))
+
+
+def test_the_report_shows_the_methods_in_the_order_given(tmp_path, tiny_ckpt):
+    """Nine methods compared at once (-m gradcam -m guided-gradcam -m lime -m cam:gradcam++ ...) came back in
+    the report sorted by name: the detail view's row, the legends and the mean maps put Eigen-CAM first and the
+    native Grad-CAM seventh, far from the cam:gradcam++ it was given beside (the run's record sorts its keys).
+    The order of -m is the report's, on a re-run too (nothing computed: the record of the run before)."""
+    write_images(tmp_path / "in" / "FAKE", 2, seed=1)
+    write_images(tmp_path / "in" / "REAL", 2, seed=2)
+    given = ["gradcam", "captum:Saliency", "cam:gradcam++"]
+    for _ in range(2):
+        run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt, given), log=quiet)
+        page = (tmp_path / "out" / "gallery" / "page-1.html").read_text()
+        shown = re.findall(r'<option value="([^"]+)">', page.split('id="f-method"')[1].split("</select>")[0])
+        assert shown == [*given, "-"]  # then "none (originals only)"
+        index = (tmp_path / "out" / "index.html").read_text()
+        assert [index.index(f"<code>{m}</code>") for m in given] == sorted(
+            index.index(f"<code>{m}</code>") for m in given
+        )

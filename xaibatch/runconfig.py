@@ -198,6 +198,8 @@ class RunConfig:
                 }
                 for n, m in self.methods.items()
             },
+            # the order of -m: to_json sorts the keys of "methods", and the report shows the methods in this order
+            "method_order": list(self.methods),
             "batch_size": self.batch_size,
             "workers": self.workers,
             "seed": self.seed,
@@ -242,13 +244,15 @@ class RunConfig:
                 )
                 for n, v in (d.get("methods") or {}).items()
             }
+            order = [str(n) for n in d.get("method_order") or [] if str(n) in methods]  # None: an older record
+            methods = {n: methods[n] for n in dict.fromkeys(order + list(methods))}
             src = d.get("source")
             source = (
                 None
                 if src is None
                 else ModelSource(**{k: v for k, v in src.items() if k in ModelSource.__dataclass_fields__})
             )
-            known = set(cls.__dataclass_fields__) - {"extra"}
+            known = (set(cls.__dataclass_fields__) - {"extra"}) | {"method_order"}
             return cls(
                 xaibatch=str(d.get("xaibatch", "")),
                 torch=str(d.get("torch", "")),
