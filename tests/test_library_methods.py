@@ -478,3 +478,31 @@ def test_score_and_ablation_cam_go_image_by_image(name, monkeypatch):
     with pytest.raises(StopRequested):
         method.explain(batch)
     assert seen == [1]
+
+
+def test_a_method_added_or_changed_says_which_maps_it_computes(tmp_path, flat_dir, tiny_ckpt):
+    """A cron user's run of several methods, one added or one's option changed: the summary said "6 computed"
+    like the first run's, whether one method's maps or all of them were made. The plan says which, per method in
+    the order of -m: a line when only some are due, and the plan event's ``maps``."""
+    out = tmp_path / "out"
+    lines, events = [], []
+    run(run_opts(flat_dir, out, tiny_ckpt, ["gradcam", "cam:eigencam"]), log=lines.append)
+    assert not any("maps to compute" in line for line in lines)  # all of them: "6 computed" says it
+    events.clear()
+    more = ["gradcam", "captum:Saliency", "cam:eigencam"]
+    assert run(run_opts(flat_dir, out, tiny_ckpt, more, on_event=events.append), log=lines.append).computed == 6
+    assert [e["maps"] for e in events if e["event"] == "plan"] == [{"captum:Saliency": 6}]
+    assert not any("maps to compute" in line for line in lines)  # --log-json: the event says it
+    run(
+        run_opts(flat_dir, out, tiny_ckpt, ["gradcam", "captum:Saliency", "cam:eigencam", "cam:hirescam"]),
+        log=lines.append,
+    )
+    assert "xaibatch: maps to compute: cam:hirescam for 6 image(s); the others are up to date" in lines
+    opts = run_opts(flat_dir, out, tiny_ckpt, more, method_options={"captum:Saliency": {"reduce": "sum"}})
+    run(opts, log=lines.append)
+    assert "xaibatch: maps to compute: captum:Saliency for 6 image(s); the others are up to date" in lines
+    events.clear()
+    run(run_opts(flat_dir, tmp_path / "out2", tiny_ckpt, more, on_event=events.append), log=quiet)
+    assert [e["maps"] for e in events if e["event"] == "plan"] == [
+        {"gradcam": 6, "captum:Saliency": 6, "cam:eigencam": 6}
+    ]

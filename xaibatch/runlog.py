@@ -7,7 +7,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
   model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from,
-  moved: images found at a new path, their results taken along).
+  moved: images found at a new path, their results taken along; maps: per method, in the order of -m, the images
+  whose map it computes, ``<method>@label`` for true-class maps: a method added to a folder computes its own alone).
   ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
   did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).

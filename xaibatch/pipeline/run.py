@@ -36,12 +36,13 @@ import os
 import sqlite3
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import layout
+from .. import layout, targets
 from ..engines import ComputeJob, Engine, engine_for
 from ..errors import InputError, Interrupted, UsageError, XaibatchError, outcome, storage_error
 from ..scan import Scan, printable, shown
@@ -363,7 +364,11 @@ def _plan_run(
     row.resumed_from = {i: unfinished[i] for i in sorted(resumed)}
     row.counts = planned_counts(setup.found, plan, row.tally, sum(resumed.values()))
     row.manifest.plan_counts(row.run_id, row.counts)  # a run killed from here on still says what it planned
-    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves)))
+    maps = maps_due(plan, opts.methods)
+    if maps and not opts.events_only and any(maps.get(m, 0) < len(plan.work) for m in opts.methods):  # else: all
+        due = ", ".join(f"{m} for {n}" for m, n in maps.items())
+        log(f"xaibatch: maps to compute: {due} image(s); the others are up to date")
+    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves), maps))
     row.dropped = apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit) | old_names
     return known, plan
 
@@ -411,11 +416,24 @@ def planned_counts(found: Scan, plan: Plan, tally: Tally, resumed: int = 0) -> R
     )
 
 
+def maps_due(plan: Plan, methods: list[str]) -> dict[str, int]:
+    """Per method (a ``<method>@label`` key for true-class maps), the images whose map the run computes, in the
+    order of -m: a method added to a run of nine computes its maps alone, which "32 computed" did not say."""
+    due = Counter(m for w in plan.work.values() for m in w.methods)
+    order = {m: i for i, m in enumerate(methods)}
+    return dict(sorted(due.items(), key=lambda kv: (order.get(targets.method_of(kv[0]), len(order)), kv[0])))
+
+
 def plan_event(
-    run_id: int, counts: RunCounts, to_compute: int, resumed_from: list[int], moved: int = 0
+    run_id: int,
+    counts: RunCounts,
+    to_compute: int,
+    resumed_from: list[int],
+    moved: int = 0,
+    maps: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The ``plan`` event (``--log-json``). ``moved``: images found at a new path (plan.Move), counted as unchanged
-    (or to compute, where their new label asks for maps), neither added nor removed."""
+    (or to compute, where their new label asks for maps), neither added nor removed. ``maps``: maps_due."""
     return {
         "event": "plan",
         "run_id": run_id,
@@ -428,6 +446,7 @@ def plan_event(
         "resumed": counts.resumed,
         "resumed_from": resumed_from,
         "moved": moved,
+        "maps": maps or {},
     }
 
 
