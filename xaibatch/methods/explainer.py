@@ -117,8 +117,9 @@ class Explainer:
             on_progress=None if self.on_progress is None else share.within,
         )
         out = {}
-        for m in self.methods:
-            self._check_stop()  # between methods too: Score-CAM's or Occlusion's batch took minutes to see a Ctrl-C
+        for i, m in enumerate(self.methods):
+            if i:  # between methods too: Score-CAM's or Occlusion's batch took minutes to see a Ctrl-C
+                self._check_stop()
             e = m.explain(batch)
             # On the input's device, whatever the method returned: pytorch-grad-cam hands back numpy (cam:* maps
             # came back on the CPU), and a CPU map beside a GPU one failed in the pictures and the faithfulness
@@ -126,7 +127,8 @@ class Explainer:
             out[m.name] = MethodMaps(e.maps.detach().float().to(x.device), e.info)
             share.step_done()
         if self.scorer is not None:
-            self._check_stop()
+            if self.methods:
+                self._check_stop()
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
             for k, v in out.items():
