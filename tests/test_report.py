@@ -2193,7 +2193,7 @@ def test_a_method_dropped_from_the_command_is_marked_with_its_coverage(tmp_path,
         return unescape(re.sub(r"<[^>]+>", "", re.search(r"<dt>Methods</dt><dd>(.*?)</dd>", html).group(1)))
 
     run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam", "captum:Saliency"], checkpoint=tiny_ckpt), log=quiet)
-    assert methods_row() == "Saliency (captum), Grad-CAM"
+    assert methods_row() == "Grad-CAM, Saliency (captum)"  # in the order of -m
     write_images(inp / "REAL" / "more", 1, seed=9)
     run(RunOptions(input_dir=inp, out_dir=out, methods=["gradcam"], checkpoint=tiny_ckpt), log=quiet)
     assert methods_row() == "Grad-CAM, Saliency (captum) (6 of 7 images; not asked by the last run)"
