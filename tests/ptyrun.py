@@ -36,6 +36,10 @@ class Terminal:
         pid = os.fork()
         if pid == 0:  # the child: a new session whose controlling terminal is the slave
             try:
+                # as a shell in a terminal window starts it: a test session started under nohup (SIGHUP ignored,
+                # which exec keeps) would otherwise give the child a hangup it ignores, as nohup asks
+                for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.setsid()
                 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
                 os.dup2(slave, 0)
