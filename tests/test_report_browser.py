@@ -1462,3 +1462,31 @@ def test_a_gallery_page_left_open_while_a_run_removed_its_pictures_says_so(drive
     assert load_all_images(driver)
     wait_until(lambda: driver.find_elements("id", "stale-note"), "the note, for pictures failed as the page loaded")
     assert len(driver.find_elements("css selector", ".warn#stale-note")) == 1
+
+
+def test_a_stale_link_followed_from_an_image_shown_never_keeps_that_image(driver, paged_out):
+    """A link from before a run opened in a tab that already shows an image of the same detail page (the address
+    pasted over it, a step back in the tab's history) changes only the fragment: no new load. The lookup ran only
+    on a fresh load, so the view kept the image shown, another one than the link's, its URL naming the other."""
+    urls = detail_urls(paged_out)
+    here = sorted(n for n, u in urls.items() if "detail/page-1.html#" in u)[0]
+    moved = sorted(n for n, u in urls.items() if "detail/page-2.html#" in u)[0]
+    page1 = (paged_out / "detail" / "page-1.html").resolve().as_uri()
+    open_page(driver, f"{page1}#{urls[here].rsplit('#', 1)[1]}")
+    wait_until(lambda: driver.find_element("css selector", "#detail h1").text == here, "the image the link named")
+    cid = urls[moved].rsplit("#", 1)[1]
+    driver.execute_script("location.hash = arguments[0];", f"#{cid}&show=right")  # the same document
+    wait_until(lambda: driver.current_url.endswith(f"/detail/page-2.html#{cid}&show=right"), "the image's own page")
+    wait_until(lambda: driver.find_element("css selector", "#detail h1").text == moved, "the image the link named")
+    open_page(driver, f"{page1}#{urls[here].rsplit('#', 1)[1]}")
+    driver.execute_script("location.hash = arguments[0];", f"#c{'0' * 12}")  # an image removed since
+    wait_until(
+        lambda: driver.find_element("css selector", "#detail h1").text == "Not in the report any more",
+        "the gone image's note",
+    )
+    driver.execute_script("location.hash = arguments[0];", f"#c{'1' * 12}")  # and another, after the note
+    wait_until(
+        lambda: driver.find_element("css selector", "#detail h1").text == "Not in the report any more",
+        "the gone image's note",
+    )
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -1435,3 +1435,28 @@ def test_the_report_is_followed_as_runs_change_it(tmp_path, monkeypatch, tiny_ck
             report.read("REAL/gone.png")
     finally:
         served.close()
+
+
+def test_a_report_read_again_while_an_image_is_read_from_it_changes_nothing_of_that_read(
+    tmp_path, monkeypatch, tiny_ckpt
+):
+    """The page's load (queue=False: a thread of its own) reads the report again when a run changed it, while a
+    request reads one of its images in the queue's thread: that read looked the image up in the rows twice, and a
+    run that removed it in between made the second look-up a KeyError, "internal error", for an image the first
+    had found. The read is of the rows it began with."""
+    from helpers import quiet, run_opts
+    from xaibatch.pipeline import run
+    from xaibatch.serve import sources
+
+    (tmp_path / "in" / "REAL").mkdir(parents=True)
+    (tmp_path / "in" / "REAL" / "x.png").write_bytes(png(1))
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=quiet)
+    report = sources.ReportImages.load(tmp_path / "out")
+    real = sources.read_upload
+
+    def meanwhile(path, *a, **k):
+        report.rows, report.by_sha = {}, {}  # as refresh() swaps them in, in the page's thread
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(sources, "read_upload", meanwhile)
+    assert report.read("REAL/x.png").data == png(1)

@@ -429,3 +429,21 @@ def test_under_target_label_the_report_still_groups_by_the_prediction(inp, tmp_p
         assert records[rel]["group"] == f"{side}-{label}", rel
     html = (out / "index.html").read_text()
     assert f"({len(images) - len(bad)} correct, {len(bad)} misclassified" in html
+
+
+def test_the_plan_counts_the_true_class_maps_it_knows_it_computes(inp, tmp_path, tiny_ckpt):
+    """The plan event's ``maps`` (and the "maps to compute" line) counted ``gradcam@label`` for every image predicted
+    anew: "gradcam@label: 8" on a first run that computed 4, one per misclassified image, which nobody knows before
+    the model runs (the estimate guesses them). It counts those of images known misclassified."""
+    out, events = tmp_path / "out", []
+    go(opts(inp, out, tiny_ckpt, on_event=events.append))
+    images, maps = rows(out)
+    bad = wrong(images)
+    assert 0 < len(bad) < len(images)
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert plan["maps"] == {"gradcam": len(images)}
+    events.clear()
+    go(opts(inp, out, tiny_ckpt, methods=("gradcam", "captum:Saliency"), on_event=events.append))
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert plan["maps"] == {"captum:Saliency": len(images), "captum:Saliency@label": len(bad)}
+    assert label_rels(rows(out)[1], "captum:Saliency@label") == bad

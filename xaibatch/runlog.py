@@ -8,7 +8,9 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from,
   moved: images found at a new path, their results taken along; maps: per method, in the order of -m, the images
-  whose map it computes, ``<method>@label`` for true-class maps: a method added to a folder computes its own alone).
+  whose map it computes, ``<method>@label`` for true-class maps of images known misclassified (an image predicted
+  anew gets one if its batch finds it misclassified: ``estimate`` guesses those): a method added to a folder
+  computes its own alone).
   ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
   did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).

@@ -283,9 +283,11 @@
   // A link to an image that is not on this page: written before a run moved it to another gallery page (a gallery
   // page open since, a bookmark, serve's link) or removed it. It drew this page's first image, another one: now
   // the image's page is looked up in the gallery's names (gallery/names.js) and opened, else the view says so.
-  var CARD = /^c[0-9a-f]{12}$/, looked = false;
+  // Also when only the fragment changed (a link pasted over an image shown, a step back): no new load. Never a
+  // loop: the lookup opens another page, or says the image is gone.
+  var CARD = /^c[0-9a-f]{12}$/;
   function elsewhere(id) {
-    looked = true;
+    shown = null;  // the view no longer shows the image it drew: a link back to it draws it again
     var here = root.getAttribute("data-page");
     window.xaibatchNames = function (pages) {
       for (var p = 0; p < pages.length; p++) {
@@ -310,13 +312,13 @@
       "folder, or was renamed). ", back, "."]));
   }
   function show(id) {
-    if (!images.length && !(CARD.test(id) && !looked)) {
+    var known = Object.prototype.hasOwnProperty.call(byId, id);
+    if (!known && CARD.test(id)) { elsewhere(id); return; }  // a card of another page, or gone
+    if (!images.length) {
       root.replaceChildren(el("h1", {}, ["No images yet."]));
       return;
     }
-    var known = Object.prototype.hasOwnProperty.call(byId, id);
     if (!known && shown !== null) { return; }  // a fragment that names no image (#main) keeps the one shown
-    if (!known && CARD.test(id) && !looked) { elsewhere(id); return; }  // a card of another page, or gone
     var i = known ? byId[id] : 0;
     if (shown === i && shownKeep === keep) { return; }
     shown = i;

@@ -418,8 +418,10 @@ def planned_counts(found: Scan, plan: Plan, tally: Tally, resumed: int = 0) -> R
 
 def maps_due(plan: Plan, methods: list[str]) -> dict[str, int]:
     """Per method (a ``<method>@label`` key for true-class maps), the images whose map the run computes, in the
-    order of -m: a method added to a run of nine computes its maps alone, which "32 computed" did not say."""
-    due = Counter(m for w in plan.work.values() for m in w.methods)
+    order of -m: a method added to a run of nine computes its maps alone, which "32 computed" did not say. A
+    true-class map counts for an image known misclassified only: one predicted anew (``Work.fresh``) gets it if
+    it turns out misclassified, which its batch decides (the estimate guesses those: labelmaps.expected)."""
+    due = Counter(m for w in plan.work.values() for m in w.methods if not (w.fresh and targets.is_label_key(m)))
     order = {m: i for i, m in enumerate(methods)}
     return dict(sorted(due.items(), key=lambda kv: (order.get(targets.method_of(kv[0]), len(order)), kv[0])))
 

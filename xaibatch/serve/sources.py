@@ -131,26 +131,27 @@ class ReportImages:
     def read(self, rel: str) -> Upload:
         """One of the report's images, read from its input folder."""
         self.refresh()
-        if rel not in self.rows or self.input_dir is None:
+        rows, input_dir = self.rows, self.input_dir  # as read now: the page's thread may read the report again
+        if rel not in rows or input_dir is None:
             raise XaibatchError(
                 f"{rel!r} is not in the report under {self.out} (a run since the page was loaded may have removed "
                 "it: reload the page for the report's images now)"
             )
-        if not self.input_dir.is_dir():
+        if not input_dir.is_dir():
             raise XaibatchError(
-                f"the report's input folder {self.input_dir} is not there any more (moved, renamed, or the report "
+                f"the report's input folder {input_dir} is not there any more (moved, renamed, or the report "
                 f"copied from another machine): upload {rel!r} instead"
             )
-        path = safe_join(self.input_dir, rel)
+        path = safe_join(input_dir, rel)
         if not os.path.lexists(path):
             raise XaibatchError(
-                f"{rel!r} is no longer in the report's input folder {self.input_dir} (moved or deleted since the "
+                f"{rel!r} is no longer in the report's input folder {input_dir} (moved or deleted since the "
                 "report's run; the next run drops it): pick another image"
             )
         upload = read_upload(path)
         # Only the bytes the run read: the manifest (another user's, in a shared folder) names the folder read, and
         # would otherwise make this server read and show any image its user can read, at a path of its choosing.
-        if upload.sha256 != self.rows[rel].sha256:
+        if upload.sha256 != rows[rel].sha256:
             raise XaibatchError(f"{rel!r} has changed since the report's run: upload it instead (or run again)")
         return upload
 
