@@ -307,6 +307,18 @@ def test_same_process_cannot_take_its_own_lock_twice(tmp_path, tiny_ckpt):
     again.release()
 
 
+def _held_by(out: Path, command: str) -> subprocess.Popen:
+    """A process holding ``out``'s lock as ``command`` until its stdin closes; it prints "held" once it does."""
+    return subprocess.Popen(
+        [sys.executable, "-c", HELD_BY, str(out), command],
+        cwd=REPO,
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 HELD_BY = r"""
 import sys
 from pathlib import Path
@@ -348,14 +360,7 @@ def test_a_run_refused_by_report_or_sanity_names_that_command(tmp_path, tiny_ckp
     from helpers import invoke, small_run
 
     out = small_run(tmp_path, tiny_ckpt, 2)
-    p = subprocess.Popen(
-        [sys.executable, "-c", HELD_BY, str(out), command],
-        cwd=REPO,
-        env=ENV,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    p = _held_by(out, command)
     try:
         assert p.stdout.readline().split() == ["held"]
         r = invoke(*run_argv(tmp_path / "in", out, tiny_ckpt), "--workers", "0", catch_exceptions=True)
@@ -383,14 +388,7 @@ def test_a_run_after_a_killed_sanity_names_it_not_a_run(tmp_path, tiny_ckpt):
     from helpers import small_run
 
     out = small_run(tmp_path, tiny_ckpt, 2)
-    p = subprocess.Popen(
-        [sys.executable, "-c", HELD_BY, str(out), "sanity"],
-        cwd=REPO,
-        env=ENV,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    p = _held_by(out, "sanity")
     try:
         assert p.stdout.readline().split() == ["held"]
     finally:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import types
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -1483,14 +1484,11 @@ def test_detail_files_written_by_a_forked_process_are_the_ones_written_inline(tr
     assert written("died") == forked and len(started) == 2  # the CSV's, the pages' (the figures are there already)
 
 
-def test_detail_files_split_over_several_forked_processes_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
-    """On a host with cores to spare a first build's detail files are written by several forked processes, each
-    a contiguous run of gallery pages: the same files, counts and ground truths as one process or none."""
+def _counted_forks(monkeypatch) -> tuple[types.ModuleType, list[int]]:
+    """report/forked.py, whose forks append their children's pids to the list returned."""
     import importlib
 
     forked_mod = importlib.import_module("xaibatch.report.forked")
-    monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
-    _inp, out, _masks = truth_run
     started: list[int] = []
     real_fork = forked_mod.os.fork
 
@@ -1501,6 +1499,15 @@ def test_detail_files_split_over_several_forked_processes_are_the_ones_written_i
         return pid
 
     monkeypatch.setattr(forked_mod.os, "fork", counting_fork)
+    return forked_mod, started
+
+
+def test_detail_files_split_over_several_forked_processes_are_the_ones_written_inline(truth_run, tmp_path, monkeypatch):
+    """On a host with cores to spare a first build's detail files are written by several forked processes, each
+    a contiguous run of gallery pages: the same files, counts and ground truths as one process or none."""
+    forked_mod, started = _counted_forks(monkeypatch)
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
+    _inp, out, _masks = truth_run
 
     def written(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
         monkeypatch.setattr(forked_mod.os, "sched_getaffinity", lambda pid: set(range(cores)))
@@ -1519,21 +1526,9 @@ def test_a_rerun_whose_pages_changed_shares_them_with_forked_processes(truth_run
     """A re-run's build whose pages are due (a night's new images move most cards to another page; a new method
     changes them all) shares them with forked processes as a first build does, instead of rendering every page in
     this one: the same files, counts and saved state as inline."""
-    import importlib
-
-    forked_mod = importlib.import_module("xaibatch.report.forked")
+    forked_mod, started = _counted_forks(monkeypatch)
     monkeypatch.setattr(report.model, "PAGE_SIZE", 2)  # 5 images: 3 gallery pages at least
     _inp, out, _masks = truth_run
-    started: list[int] = []
-    real_fork = forked_mod.os.fork
-
-    def counting_fork():
-        pid = real_fork()
-        if pid:
-            started.append(pid)
-        return pid
-
-    monkeypatch.setattr(forked_mod.os, "fork", counting_fork)
 
     def rerun(name: str, cores: int) -> tuple[dict[str, bytes], tuple, dict]:
         copy = tmp_path / name
