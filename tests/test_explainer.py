@@ -128,6 +128,29 @@ def test_one_method_reports_its_own_share():
     assert shares == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
+def test_a_batch_of_several_methods_says_which_one_runs():
+    """A first batch of several methods has no share to show until each ran once (nine on a CPU: minutes of
+    "0/96" with nothing else said): the step running is named instead, the faithfulness scores too; one method
+    alone names nothing (its own share says enough)."""
+    from xaibatch.pipeline.progress import Progress
+
+    ctx, clock, ran, steps, lines = _tiny_ctx(), _Clock(), [], [], []
+    progress = Progress(8, bar=False, heartbeat=0, log=lines.append, emit=lambda e: None, json_events=False)
+
+    def say(step):
+        steps.append(step)
+        progress.running(step)
+        progress.beat()
+
+    ex = Explainer(_timed_methods(ctx, clock, {"cheap": 0.01, "slow": 3.0}, ran), ctx, clock=clock, on_step=say)
+    ex(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
+    assert steps == ["cheap", "slow", None]
+    assert [line.rpartition(", ")[2] for line in lines] == ["running cheap", "running slow", "0s"]
+    alone = Explainer(_timed_methods(ctx, clock, {"lime": 1.0}, ran), ctx, clock=clock, on_step=steps.append)
+    alone(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), None, None)
+    assert steps == ["cheap", "slow", None]
+
+
 def test_a_stop_is_seen_between_methods():
     """A Ctrl-C during Grad-CAM waited for every later method of the batch (Score-CAM, Occlusion: minutes on a
     CPU) before the run stopped; now the next method does not start."""

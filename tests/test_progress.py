@@ -41,6 +41,19 @@ def test_estimate_once_after_the_first_batches_then_lines():
     p.close()
 
 
+def test_the_step_running_is_in_the_line_and_the_event_while_one_runs():
+    clock, lines, events = Clock(), [], []
+    p = Progress(10, bar=False, heartbeat=0, log=lines.append, emit=events.append, json_events=False, clock=clock)
+    p.running("captum:Occlusion")
+    p.beat()
+    assert lines[-1] == "xaibatch: 0/10 images, 0s, running captum:Occlusion"
+    assert p._event(0.0, None)["method"] == "captum:Occlusion"
+    p.running(None)
+    p.beat()
+    assert lines[-1] == "xaibatch: 0/10 images, 0s" and "method" not in p._event(0.0, None)
+    p.close()
+
+
 def test_no_estimate_for_a_run_that_ends_with_its_first_batch():
     clock, lines = Clock(), []
     p = Progress(8, bar=False, heartbeat=0, log=lines.append, emit=lambda e: None, json_events=False, clock=clock)

@@ -22,7 +22,9 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   (batch_size: the images of the batch that did not fit, size: the images per part now, memory: ``device`` or
   ``host``, text: the warning line); once, again only if a later batch must be split smaller.
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
-  method reports it): once when the first batches give an estimate, then about every minute.
+  method reports it), method (only while a batch of several methods runs one: its name, or ``faithfulness``;
+  ``<method> (true class)`` in the true-class pass): once when the first batches give an estimate, then about
+  every minute.
 * ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, vanished, added, changed,
   removed), seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: images not computed again
   (as before ``resumed`` existed), ``resumed`` the part of them unfinished runs had done (see ``plan``); seen =

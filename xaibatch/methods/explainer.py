@@ -74,10 +74,14 @@ class Explainer:
         on_progress: Callable[[int, int], None] | None = None,
         decision: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        on_step: Callable[[str | None], None] | None = None,
     ) -> None:
         self.decision = decision  # heads.Decision: two classes at a threshold; None: the argmax
         self.should_stop = should_stop  # polled between methods, and by long methods (LIME) per model sub-batch
         self.on_progress = on_progress  # (done, total) of the batch: see BatchShare
+        # the step a batch of several now runs (a method's name, FAITHFULNESS_STEP; None: the batch is done): a first
+        # batch has no share to show until each step ran once, and on a CPU nine methods take minutes
+        self.on_step = on_step
         self.clock = clock
         self.seconds_per_image: dict[str, float] = {}  # each step's time in the last batch: BatchShare's weights
         self.scorer = scorer  # faithfulness.Scorer: deletion/insertion per map, from the maps in memory
@@ -117,9 +121,11 @@ class Explainer:
             on_progress=None if self.on_progress is None else share.within,
         )
         out = {}
+        say = self.on_step if self.on_step is not None and len(steps) > 1 else lambda step: None
         for i, m in enumerate(self.methods):
             if i:  # between methods too: Score-CAM's or Occlusion's batch took minutes to see a Ctrl-C
                 self._check_stop()
+            say(m.name)
             e = m.explain(batch)
             # On the input's device, whatever the method returned: pytorch-grad-cam hands back numpy (cam:* maps
             # came back on the CPU), and a CPU map beside a GPU one failed in the pictures and the faithfulness
@@ -129,11 +135,13 @@ class Explainer:
         if self.scorer is not None:
             if self.methods:
                 self._check_stop()
+            say(FAITHFULNESS_STEP)
             p_image = probs.gather(1, targets[:, None])[:, 0]
             scores = self.scorer.score(batch.x, targets, p_image, {k: v.maps for k, v in out.items()})
             for k, v in out.items():
                 v.faith = [{**row, "hash": self.scorer.hashes.get(k)} for row in scores[k].rows()]
             share.step_done()
+        say(None)
         return Explained(probs, out)
 
     def _check_stop(self) -> None:

@@ -82,9 +82,11 @@ class BatchWorker:
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: Callable[[int, int], None] | None = None,
         on_split: Callable[[dict[str, Any]], None] | None = None,
+        on_step: Callable[[str | None], None] | None = None,
     ) -> None:
         self.opts, self.prepared, self.hashes, self.plan, self.known = opts, prepared, hashes, plan, known
         self.run_id, self.scorer, self.should_stop, self.on_progress = run_id, scorer, should_stop, on_progress
+        self.on_step = on_step  # the step a batch of several methods runs now (Explainer.on_step)
         device = prepared.ctx.device
         # a batch that runs out of memory is explained in the parts that fit (the policy explain() and sanity share);
         # on_split: the batch_split event then (split_event)
@@ -108,6 +110,7 @@ class BatchWorker:
                     should_stop=self.should_stop,
                     on_progress=None if self.on_progress is None else self.within,
                     decision=self.prepared.model.decision,
+                    on_step=self.on_step,
                 ),
             )
         return self._explainers[todo]
@@ -314,6 +317,7 @@ def compute(job: ComputeJob) -> None:
         should_stop=lambda: stop.requested,
         on_progress=on_progress,
         on_split=lambda event: say_split(emit, log, event, not opts.events_only),
+        on_step=progress.running,
     )
     said: set[str] = set()
     threads = torch.get_num_threads()  # torch's own, given back at the end (explain() and later runs in a notebook)

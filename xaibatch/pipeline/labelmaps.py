@@ -11,7 +11,8 @@ scores only the prediction maps. Both engines run this through :class:`.compute.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -85,11 +86,17 @@ class LabelPass:
                     should_stop=w.should_stop,
                     on_progress=None if w.on_progress is None else w.within,  # as the part's own pass reports
                     decision=w.prepared.model.decision,
+                    on_step=None if w.on_step is None else functools.partial(true_class_step, w.on_step),
                 )
                 if methods
                 else None
             )
         return self._explainers[todo]
+
+
+def true_class_step(say: Callable[[str | None], None], step: str | None) -> None:
+    """A step of the true-class pass, as the progress line names it."""
+    say(None if step is None else f"{step} (true class)")
 
 
 def chosen(worker: BatchWorker, entries: list[ImageEntry], probs: torch.Tensor) -> list[int]:

@@ -40,6 +40,7 @@ class Progress:
     ) -> None:
         self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
         self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
+        self.step: str | None = None  # what a batch of several methods runs now (running)
         # batch_size: images per batch (0: not known); with it the current batch's share counts towards the rate,
         # so that a slow first batch (LIME's 32 images x 1,000 forwards: minutes on a CPU) has an estimate
         # within seconds instead of after it
@@ -127,8 +128,21 @@ class Progress:
                 # left when measured from the start)
                 self.rate_start, self.rate_base = self.clock(), self.images_done()
             if self._bar is not None:
-                self._show(self._bar.set_postfix_str, f"batch {pct}%", refresh=True)
+                self._show(self._bar.set_postfix_str, self._postfix(), refresh=True)
             self._estimate()
+
+    def running(self, step: str | None) -> None:
+        """What a batch of several methods runs now (a method's name, or the faithfulness scores; None: the batch is
+        done), said beside the batch's share: a first batch has no share until each of them ran once, and nine
+        methods on a CPU take minutes over it."""
+        with self._lock:
+            self.step = step
+            if self._bar is not None:
+                self._show(self._bar.set_postfix_str, self._postfix(), refresh=True)
+
+    def _postfix(self) -> str:
+        """The bar's words after its counts: the batch's share and the step running, those known."""
+        return ", ".join([f"batch {self.batch}%"] * (self.batch is not None) + [self.step] * bool(self.step))
 
     def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
         return {
@@ -138,6 +152,7 @@ class Progress:
             "elapsed_s": round(elapsed, 1),
             "eta_s": None if eta is None else round(eta, 1),
             "batch_percent": self.batch,
+            **({"method": self.step} if self.step else {}),
         }
 
     def line(self) -> str:
@@ -145,7 +160,8 @@ class Progress:
         elapsed, eta = self.clock() - self.start, self.eta()
         left = f", about {duration(eta)} left" if eta is not None else ""
         batch = f", current batch {self.batch}%" if self.batch is not None else ""
-        return f"xaibatch: {self.done}/{self.total} images, {duration(elapsed)}{left}{batch}"
+        step = f", running {self.step}" if self.step else ""
+        return f"xaibatch: {self.done}/{self.total} images, {duration(elapsed)}{left}{batch}{step}"
 
     def beat(self) -> None:
         """Say where the run is: a JSON event with --log-json, else a line."""
