@@ -17,6 +17,15 @@ import numpy as np
 from .errors import UsageError
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of ``path``, None where it cannot be looked at: what a rewrite renamed into place changes."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def plain_relative(rel: object) -> bool:
     """Whether ``rel`` is a plain relative POSIX path: a non-empty str, not absolute, no ``..`` part, no NUL byte."""
     if not isinstance(rel, str) or not rel or "\0" in rel:

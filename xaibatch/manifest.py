@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import layout, manifest_schema
 from .errors import UsageError, XaibatchError, storage_error
+from .files import file_stamp
 from .runstatus import ENDED_BADLY, FINISHED, RunStatus, sql_list
 
 FILENAME = layout.MANIFEST  # the name tests and tools import
@@ -164,6 +165,12 @@ class _NothingYet(ManifestError):
 def _stamp(path: Path) -> tuple[int, int, int, int]:
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def commit_stamp(path: Path) -> tuple[Any, ...]:
+    """What changes when a run commits to the manifest at ``path``: its file's and its -wal file's stamps (readers
+    that keep what they read: ``open_results``'s checks, ``serve``'s report rows)."""
+    return tuple(file_stamp(p) for p in (path, f"{path}-wal"))
 
 
 def read_snapshot(path: Path, read: Callable[[Manifest], T]) -> T:

@@ -40,7 +40,7 @@ from . import layout, targets
 from .bundle import Frozen
 from .errors import ChangedSince, MissingOutput, UnknownName, UsageError, XaibatchError, did_you_mean
 from .files import plain_relative, safe_join
-from .manifest import ImageRow, Manifest, MapRow, RunRecord, read_snapshot
+from .manifest import ImageRow, Manifest, MapRow, RunRecord, commit_stamp, read_snapshot
 from .report.data import History, class_names
 from .report.text import class_name
 from .runconfig import MethodRecord, ModelRecord, RunConfig
@@ -465,7 +465,7 @@ class _Since:
 
     def _row(self, rel: str, key: str) -> tuple[int, str] | None | bool:
         try:
-            stamp = tuple(_stat(p) for p in (self.manifest, Path(f"{self.manifest}-wal")))
+            stamp = commit_stamp(self.manifest)
             if stamp != self._stamp:
                 self._stamp, self._rows = stamp, {}
             if (rel, key) not in self._rows:
@@ -488,14 +488,6 @@ class _Since:
             f"changed): it is no longer the {method!r} map of this record of {rel!r}; open_results again for the "
             "folder as it is now"
         )
-
-
-def _stat(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _plain(out: Path, rel: str) -> str:

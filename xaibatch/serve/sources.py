@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .. import layout
 from ..errors import XaibatchError
-from ..files import safe_join
-from ..manifest import ImageRow, read_snapshot
+from ..files import file_stamp, safe_join
+from ..manifest import ImageRow, commit_stamp, read_snapshot
 from .core import Upload, read_upload
 
 MAX_PICKS = 1000  # report images offered in the page's list (all of them can still be uploaded)
@@ -78,9 +78,7 @@ class ReportImages:
         return found
 
     def _stamp(self) -> tuple:
-        """What changes when a run commits to the manifest (its file and its -wal file)."""
-        path = self.out / layout.MANIFEST
-        return tuple(_stat(p) for p in (path, f"{path}-wal"))
+        return commit_stamp(self.out / layout.MANIFEST)
 
     def refresh(self) -> "ReportImages":
         """Read the report again if a run changed its manifest since it was read; returns self."""
@@ -108,7 +106,7 @@ class ReportImages:
     def detail_pages(self) -> dict[str, int]:
         """Which detail viewer shows each image: the links of the gallery's cards (a page per 200 images), read again
         when the gallery changed (each page the report rewrites is renamed into place)."""
-        gallery_stamp = _stat(self.out / "gallery")
+        gallery_stamp = file_stamp(self.out / "gallery")
         if self.pages is None or gallery_stamp != self.pages_seen:
             self.pages, self.pages_seen = {}, gallery_stamp
             gallery = self.out / "gallery"
@@ -154,11 +152,3 @@ class ReportImages:
         if upload.sha256 != rows[rel].sha256:
             raise XaibatchError(f"{rel!r} has changed since the report's run: upload it instead (or run again)")
         return upload
-
-
-def _stat(path: str | Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
