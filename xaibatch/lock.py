@@ -69,11 +69,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def holder_name(holder: dict[str, Any] | None) -> str:
-    """What holds the folder, as the "in use by" refusal names it: ``xaibatch report`` or ``xaibatch sanity``, else
-    (a run, or a record that does not say: an older xaibatch's) ``another xaibatch run``."""
+def holder_command(holder: dict[str, Any] | None) -> str | None:
+    """The command other than a run that holds (or held) the folder, ``report`` or ``sanity``; None for a run, or a
+    record that does not say (an older xaibatch's)."""
     command = holder.get("command") if holder else None
-    return f"xaibatch {command}" if command in COMMANDS and command != "run" else "another xaibatch run"
+    return command if command in COMMANDS and command != "run" else None
+
+
+def holder_name(holder: dict[str, Any] | None) -> str:
+    """What holds the folder, as the "in use by" refusal names it: ``xaibatch report``, ``xaibatch sanity``, else
+    ``another xaibatch run``."""
+    command = holder_command(holder)
+    return f"xaibatch {command}" if command else "another xaibatch run"
 
 
 def describe(holder: dict[str, Any] | None) -> str:
@@ -183,7 +190,7 @@ class OutputLock:
             if timeout is not None and waited >= timeout:
                 raise LockHeld(f"{self.out_dir} is still in use by {what} ({who}) after waiting {waited:.0f}s")
             if not told:
-                by = "" if what == "another xaibatch run" else f" ({what})"
+                by = f" ({what})" if holder_command(holder) else ""
                 on_wait(f"xaibatch: waiting for {who}{by} to finish with {self.out_dir}")
                 told = True
             if should_stop():

@@ -17,7 +17,7 @@ from .. import layout
 from ..defaults import cgroup_memory
 from ..errors import UsageError
 from ..files import remove_files, temp_pid, walk_files
-from ..lock import OutputLock, describe, pid_alive
+from ..lock import OutputLock, describe, holder_command, pid_alive
 from ..manifest import Manifest, RunCounts, RunStatus
 
 
@@ -133,8 +133,8 @@ def recover(
         swept = sweep_temp_files(out, lambda pid: pid == prev or not pid_alive(pid))
         who = f" ({describe(lock.previous)})" if lock.previous else ""
         # a report or sanity killed while it held the folder (no run row left running) is named as such
-        command = None if killed or not lock.previous else lock.previous.get("command")
-        what = f"xaibatch {command}" if command in ("report", "sanity") else "run"
+        command = None if killed else holder_command(lock.previous)
+        what = f"xaibatch {command}" if command else "run"
         sweep_later(manifest, f"the previous {what} did not finish", swept)  # said again when swept: without a time
         if then:
             log(f"xaibatch: the previous {what}{who} did not finish{memory_note()}{then}")
