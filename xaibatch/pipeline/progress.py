@@ -142,7 +142,8 @@ class Progress:
 
     def _postfix(self) -> str:
         """The bar's words after its counts: the batch's share and the step running, those known."""
-        return ", ".join([f"batch {self.batch}%"] * (self.batch is not None) + [self.step] * bool(self.step))
+        words = [] if self.batch is None else [f"batch {self.batch}%"]
+        return ", ".join(words + [self.step] if self.step else words)
 
     def _event(self, elapsed: float, eta: float | None) -> dict[str, Any]:
         return {

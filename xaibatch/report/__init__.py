@@ -9,7 +9,7 @@ Layout written into the output folder::
 
     index.html                 summary: counts, metrics, figures, configuration, run history
     gallery/page-<n>.html      at most PAGE_SIZE cards each, in gallery order
-    gallery/names.js           every image's name, page and card id: the gallery's "find an image"
+    gallery/names.js           every image's name, page and card id: "find an image", a moved card's page
     detail/page-<n>.html       the detail viewer of gallery page n: one image at a time, every map at one size
                                in one row; each image's URL is detail/page-<n>.html#<card id>
     detail/page-<n>.js         its images' detail data (a plain script assigning JSON: works from file://),

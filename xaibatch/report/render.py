@@ -261,7 +261,8 @@ def _truth(w: PageWriter, data: ReportData, c: Card) -> dict[str, Any] | None:
 
 def names_script(cards: list[Card]) -> bytes:
     """gallery/names.js: per gallery page, its images' card ids and names, for the gallery's "find an image"
-    (loaded by report.js on the first search), handed to a function."""
+    (loaded by report.js on the first search) and the detail view's link to a card moved to another page (detail.js),
+    handed to a function."""
     pages: list[list[Any]] = []
     for c in cards:
         if not pages or pages[-1][0] != c.page:
