@@ -153,6 +153,30 @@ def test_a_batch_of_several_methods_says_which_one_runs():
     assert steps == ["cheap", "slow", None]
 
 
+def test_on_a_gpu_a_steps_time_waits_for_the_kernels_it_queued(monkeypatch):
+    """CUDA kernels run after the call that queued them returns: a method's time was read before its kernels ran,
+    and landed on the next method (the first to wait for the device), so the shares weighed the wrong steps.
+    Where shares of several steps are said, the step's end waits for the device first; elsewhere nothing waits."""
+    from xaibatch.methods import explainer
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", str(device))))
+    gpu, say = torch.device("cuda", 1), lambda d, t: None
+    assert explainer.settle(torch.device("cpu"), ["gradcam", "lime"], say) is None
+    assert explainer.settle(gpu, ["gradcam"], say) is None  # one method: its own share, the queue kept full
+    assert explainer.settle(gpu, ["gradcam", "lime"], None) is None  # nobody listening
+    wait = explainer.settle(gpu, ["gradcam", "lime"], say)
+
+    def clock():
+        events.append("clock")
+        return 0.0
+
+    share = explainer.BatchShare(["gradcam", "lime"], {}, 2, say, clock, wait)
+    events.clear()
+    share.step_done()
+    assert events[:2] == [("sync", "cuda:1"), "clock"]
+
+
 def test_a_stop_is_seen_between_methods():
     """A Ctrl-C during Grad-CAM waited for every later method of the batch (Score-CAM, Occlusion: minutes on a
     CPU) before the run stopped; now the next method does not start."""

@@ -5,6 +5,8 @@ batches of images already in memory. :class:`Fitting` is how all of them split a
 
 from __future__ import annotations
 
+import functools
+
 import gc
 import time
 from dataclasses import dataclass
@@ -109,7 +111,14 @@ class Explainer:
         # (``pred,label``'s true-class maps: pipeline/labelmaps.py)
         targets = target_class(self.target, predict(probs, self.decision), labels).to(dev)
         steps = [m.name for m in self.methods] + ([FAITHFULNESS_STEP] if self.scorer is not None else [])
-        share = BatchShare(steps, self.seconds_per_image, x.shape[0], self.on_progress, self.clock)
+        share = BatchShare(
+            steps,
+            self.seconds_per_image,
+            x.shape[0],
+            self.on_progress,
+            self.clock,
+            settle(dev, steps, self.on_progress),
+        )
         batch = Batch(
             x=x.detach(),
             targets=targets,
@@ -203,8 +212,10 @@ class BatchShare:
         images: int,
         report: Callable[[int, int], None] | None,
         clock: Callable[[], float],
+        settle: Callable[[], None] | None = None,
     ) -> None:
         self.steps, self.known, self.images, self.report, self.clock = steps, seconds_per_image, images, report, clock
+        self.settle = settle  # waits for the device's queued work, so a step's time is its own (see settle())
         self.i, self.spent, self.start = 0, 0.0, clock()  # the current step, the seconds of those done, its start
 
     def within(self, done: int, total: int) -> None:
@@ -218,6 +229,8 @@ class BatchShare:
 
     def step_done(self) -> None:
         """The current step ended: its time per image is kept for the next batch's shares."""
+        if self.settle is not None:
+            self.settle()
         now = self.clock()
         took = now - self.start
         self.known[self.steps[self.i]] = took / max(1, self.images)
@@ -245,6 +258,18 @@ class BatchShare:
         done = self.spent + running
         if done + left > 0:
             self.report(round(1000 * done / (done + left)), 1000)
+
+
+def settle(
+    device: torch.device, steps: list[str], report: Callable[[int, int], None] | None
+) -> Callable[[], None] | None:
+    """What BatchShare waits for before it reads the clock at a step's end: on a GPU, the kernels a method queued
+    (without it, Grad-CAM's time landed on the next method, which was the first to wait for the device, and the
+    shares weighed the wrong steps). Only where the shares are said and weigh several steps: one method alone, or
+    nobody listening, keeps the device's queue full."""
+    if device.type != "cuda" or len(steps) < 2 or report is None:
+        return None
+    return functools.partial(torch.cuda.synchronize, device)
 
 
 T = TypeVar("T")
