@@ -458,7 +458,7 @@ def test_pages_work_without_javascript(labeled_out):
     """Cards are server-side rendered: the raw HTML already lists every image; the controls start hidden."""
     html = (labeled_out / "gallery" / "page-1.html").read_text()
     assert html.count('<li class="card') == len(manifest_rels(labeled_out))
-    assert '<form id="controls" class="controls" hidden ' in html  # then its data-where
+    assert '<form id="controls" class="controls" hidden>' in html
 
 
 def test_screenshots_are_not_blank(driver, labeled_out):
@@ -1491,3 +1491,66 @@ def test_a_stale_link_followed_from_an_image_shown_never_keeps_that_image(driver
         "the gone image's note",
     )
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_pager_and_totals_are_drawn_from_pages_js(driver, tmp_path, monkeypatch):
+    """A gallery page's bytes hold its own cards alone (report/paging.py: a re-run rewrites only the pages whose
+    cards changed); its place, the totals, each group's count and the numbered pager are drawn by report.js from
+    gallery/pages.js, a plain script that works from file://, also after a split gave pages ids out of order."""
+    from test_report import labeled_rows, pages_js, synth as synth_manifest
+
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 100)
+    out = synth_manifest(tmp_path / "o", labeled_rows(1200), files=False)
+    report.render(out)
+    synth_manifest(out, [(f"FAKE/burst_{i:03d}.png", 0, 0.3 + i * 1e-5) for i in range(250)], files=False)
+    report.render(out)
+    info = pages_js(out)
+    ids = [p[0] for p in info["pages"]]
+    assert ids != sorted(ids) and info["total"] == 1450
+    place = next(n for n, pid in enumerate(ids, 1) if pid > 12)  # a split's new page, its id past the old pages
+    pid, first, last = info["pages"][place - 1]
+    driver.get_log("browser")
+    open_page(driver, out / "gallery" / f"page-{pid}.html")
+    assert driver.find_element("tag name", "h1").text == f"Gallery, page {place} of {len(ids)}"
+    assert driver.title.startswith(f"Gallery page {place} of {len(ids)} · ")
+    assert f"Images {first:,}–{last:,} of 1,450." in driver.find_element("id", "main").text
+    current = driver.find_elements("css selector", "nav.pager a[aria-current=page]")
+    assert [a.text for a in current] == [str(place)] * 2  # top and bottom
+    numbered = driver.execute_script(
+        "return Array.prototype.map.call(document.querySelectorAll('nav.pager')[0].querySelectorAll('a'),"
+        " a => [a.textContent, a.getAttribute('href')])"
+    )
+    assert numbered[0] == ["← Previous", f"page-{ids[place - 2]}.html"] and numbered[-1][0] == "Next →"
+    for text, href in numbered[1:-1]:
+        assert href == f"page-{ids[int(text) - 1]}.html"
+    # each group's count and the place of its cards here, and the list numbers, from pages.js's groups
+    groups = {g[0]: g for g in info["groups"]}
+    for sec in driver.find_elements("css selector", "section.group"):
+        g = groups[sec.get_attribute("id")]
+        count = g[4] - g[3] + 1
+        start = max(first, g[3]) - g[3] + 1
+        assert f"({count:,} images, " in sec.find_element("tag name", "h3").text
+        assert sec.find_element("css selector", "ol.cards").get_attribute("start") == str(start)
+    # a numbered link leads to the page it names, from file://
+    target = next(text for text, _href in numbered[1:-1] if text != str(place))
+    driver.find_element("css selector", f"nav.pager a[href='page-{ids[int(target) - 1]}.html']").click()
+    wait_until(
+        lambda: driver.find_element("tag name", "h1").text == f"Gallery, page {target} of {len(ids)}", "that page"
+    )
+    # the detail view names the page by its place too, and leads back to it
+    open_page(driver, out / "gallery" / f"page-{pid}.html")
+    driver.find_element("css selector", "li.card a.thumbs").click()
+    back = driver.find_element("partial link text", "Back to gallery page")
+    assert back.text == f"Back to gallery page {place}"
+    back.click()
+    wait_until(lambda: driver.find_element("tag name", "h1").text.startswith(f"Gallery, page {place} "), "back")
+    # a choice no card here matches: the pages that hold it, linked by their ids
+    open_page(driver, out / "gallery" / "page-1.html")
+    select(driver, "f-show", "right")
+    links = driver.find_element("id", "f-status").find_elements("tag name", "a")
+    assert links
+    for a in links:
+        href = urlsplit(a.get_attribute("href"))
+        assert 'data-section="right"' in Path(unquote(href.path)).read_text()
+    # no script error (the pictures are not there: a manifest without files)
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"] == []

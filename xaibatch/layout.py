@@ -137,8 +137,8 @@ def card_id(rel: str) -> str:
 
 
 def detail_page(page: int) -> str:
-    """The detail viewer of gallery page ``page``; ``#<card_id>`` names one of its images (``xaibatch serve``
-    links to it too)."""
+    """The detail viewer of gallery page ``page`` (its id: report/paging.py); ``#<card_id>`` names one of its
+    images (``xaibatch serve`` links to it too)."""
     return f"detail/page-{page}.html"
 
 
@@ -148,10 +148,12 @@ def detail_data(page: int) -> str:
 
 
 def gallery_page(page: int) -> str:
-    """Gallery page ``page`` (from 1); ``#<group key>`` or ``#<card_id>`` names a place on it."""
+    """Gallery page ``page`` (its id, from 1, not its place in the pager: report/paging.py); ``#<group key>`` or
+    ``#<card_id>`` names a place on it."""
     return f"gallery/page-{page}.html"
 
 
+GALLERY_PAGES = "gallery/pages.js"  # the pages in order, their places and totals: report.js draws the pagers from it
 GALLERY_NAMES = "gallery/names.js"  # every image's name, gallery page and card id: the gallery's "find an image"
 
 DETAIL_LINK = re.compile(r"detail/page-(\d+)\.html#(c[0-9a-f]{12})")  # a gallery card's link to its detail view

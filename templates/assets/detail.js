@@ -72,6 +72,13 @@
     catch (e) { return null; }
   }
 
+  // a page's place in the gallery's pager (its id names its files: report/paging.py), from gallery/pages.js
+  function place(id) {
+    var d = window.XAIBATCH_PAGES;
+    for (var i = 0; d && i < d.pages.length; i++) { if (d.pages[i][0] === id) { return i + 1; } }
+    return id;
+  }
+
   function pager(im) {
     function side(n, rel, text) {
       if (!n && filtered() && im[rel]) {  // the first or last image the filter keeps: say so
@@ -92,7 +99,7 @@
     }
     return el("nav", {"class": "pager", "aria-label": "Neighbouring images"}, [el("ul", {}, [
       el("li", {}, [side(step(im, "prev"), "prev", "← Previous")]),
-      el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id + tail()}, ["Back to gallery page " + im.page])]),
+      el("li", {}, [el("a", {href: gallery + "page-" + im.page + ".html#" + im.id + tail()}, ["Back to gallery page " + place(im.page)])]),
       el("li", {}, [side(step(im, "next"), "next", "Next →")])])]);
   }
 

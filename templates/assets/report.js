@@ -1,3 +1,70 @@
+/* A gallery page's place among the others, drawn from gallery/pages.js (window.XAIBATCH_PAGES: each page's id,
+   first and last place in gallery order; each group's key, class, section, first and last place), so that the
+   page's own bytes hold its cards alone and a re-run rewrites only the pages whose cards changed: "page 3 of 40",
+   "Images 401-600 of 7,950", each group's count and its cards' place in it, the numbered pager between Previous
+   and Next. Without pages.js (or JavaScript) the page keeps what it was written with: its cards, Previous, Next. */
+(function () {
+  "use strict";
+  var d = window.XAIBATCH_PAGES, cards = document.getElementById("cards");
+  if (!d || !cards) { return; }
+  var id = +cards.getAttribute("data-page"), n = 0;
+  for (var i = 0; i < d.pages.length; i++) { if (d.pages[i][0] === id) { n = i + 1; } }
+  if (!n) { return; }  // a page pages.js does not list (a copy of the folder taken mid-write): left as written
+  var total = d.pages.length, page = d.pages[n - 1];
+  function fmt(v) { return v.toLocaleString("en-US"); }
+  function marked(kind, within) {
+    return Array.prototype.slice.call((within || document).querySelectorAll("[data-pages=" + kind + "]"));
+  }
+  var title = document.title, dot = title.indexOf(" \u00b7 ");
+  document.title = "Gallery page " + n + " of " + total + (dot < 0 ? "" : title.slice(dot));
+  marked("place").forEach(function (e) { e.textContent = "Gallery, page " + n + " of " + total; });
+  if (d.total) {
+    marked("range").forEach(function (e) {
+      e.textContent = "Images " + fmt(page[1]) + "\u2013" + fmt(page[2]) + " of " + fmt(d.total) + ". ";
+    });
+  }
+  var groups = {};
+  d.groups.forEach(function (g) { groups[g[0]] = g; });
+  Array.prototype.forEach.call(document.querySelectorAll("section.group"), function (s) {
+    var g = groups[s.id];
+    if (!g) { return; }
+    var count = g[4] - g[3] + 1, first = Math.max(page[1], g[3]) - g[3] + 1, last = Math.min(page[2], g[4]) - g[3] + 1;
+    marked("count", s).forEach(function (e) { e.textContent = fmt(count) + (count === 1 ? " image, " : " images, "); });
+    if (first > 1 || last < count) {
+      marked("here", s).forEach(function (e) { e.textContent = "; " + fmt(first) + "\u2013" + fmt(last) + " here"; });
+    }
+    var ol = s.querySelector("ol.cards");
+    if (ol) { ol.start = first; }
+  });
+  // 1 ... n-2 n-1 n n+1 n+2 ... total between Previous and Next (the links report/cards.py page_links makes)
+  var want = [];
+  for (var k = 1; k <= total; k++) { if (k === 1 || k === total || Math.abs(k - n) <= 2) { want.push(k); } }
+  marked("pager").forEach(function (nav) {
+    var ul = nav.querySelector("ul"), next = ul && ul.lastElementChild;
+    if (!next) { return; }
+    var prev = 0;
+    want.forEach(function (k) {
+      var li = document.createElement("li");
+      if (k - prev > 1) {
+        var gap = document.createElement("span");
+        gap.className = "gap";
+        gap.textContent = "\u2026";
+        li.appendChild(gap);
+        ul.insertBefore(li, next);
+        li = document.createElement("li");
+      }
+      var a = document.createElement("a");
+      a.href = "page-" + d.pages[k - 1][0] + ".html";
+      a.setAttribute("data-keep", "");
+      if (k === n) { a.setAttribute("aria-current", "page"); }
+      a.textContent = String(k);
+      li.appendChild(a);
+      ul.insertBefore(li, next);
+      prev = k;
+    });
+  });
+}());
+
 /* xaibatch report: filters and sorting on a gallery page. Dependency-free; it only hides and re-orders the
    cards the page already lists (never builds HTML from data), and carries the choice across pages in the
    URL fragment (#class=0&show=wrong&method=gradcam&sort=conf-desc), to the detail views and back. */
@@ -106,14 +173,30 @@
     }
   }
 
+  // every group as [class, section, first page, last page] (places in the pager), from pages.js (see above), else
+  // from the form's data-where ("<class> <section> <first page> <last page>" per group, comma-separated: a gallery
+  // template of your own from before pages.js), else null
+  var paged = window.XAIBATCH_PAGES;
+  function place(pos) {  // the place in the pager of the page that holds gallery place pos
+    for (var i = 0; i < paged.pages.length; i++) { if (pos <= paged.pages[i][2]) { return i + 1; } }
+    return paged.pages.length;
+  }
+  function where() {
+    if (paged && paged.groups) {
+      return paged.groups.map(function (g) { return [String(g[1]), g[2], place(g[3]), place(g[4])]; });
+    }
+    var w = form.getAttribute("data-where");
+    return w === null ? null : w.split(",").map(function (g) { var f = g.split(" "); return [f[0], f[1], +f[2], +f[3]]; });
+  }
+  function pageHref(k) { return "page-" + (paged ? paged.pages[k - 1][0] : k) + ".html"; }
+
   // a class or section with no card on this page: the pages of the gallery that hold it, each a link that keeps
-  // the choice (the form's data-where: "<class> <section> <first page> <last page>" per group, comma-separated)
+  // the choice
   function elsewhere(cls, show, frag) {
-    var ranges = [], where = form.getAttribute("data-where");
-    if (where === null) { return; }  // a gallery template of your own from before this attribute
-    where.split(",").forEach(function (g) {
-      var f = g.split(" ");
-      if (f.length === 4 && (!cls || f[0] === cls) && (!show || f[1] === show)) { ranges.push([+f[2], +f[3]]); }
+    var ranges = [], groups = where();
+    if (groups === null) { return; }
+    groups.forEach(function (f) {
+      if ((!cls || f[0] === cls) && (!show || f[1] === show)) { ranges.push([f[2], f[3]]); }
     });
     ranges.sort(function (a, b) { return a[0] - b[0]; });
     var merged = [];
@@ -127,7 +210,7 @@
     merged.forEach(function (r, i) {
       if (i) { status.appendChild(document.createTextNode(", ")); }
       var a = document.createElement("a");
-      a.href = "page-" + r[0] + ".html" + (frag ? "#" + frag : "");
+      a.href = pageHref(r[0]) + (frag ? "#" + frag : "");
       a.textContent = r[0] === r[1] ? String(r[0]) : r[0] + "\u2013" + r[1];
       status.appendChild(a);
     });
@@ -174,6 +257,8 @@
   var list = document.getElementById("find-results");
   var MOST = 50;
   var names = null, loading = false, timer = null;
+  var places = {};  // a page's id -> its place in the pager (gallery/pages.js), shown beside each name found
+  (window.XAIBATCH_PAGES ? window.XAIBATCH_PAGES.pages : []).forEach(function (p, i) { places[p[0]] = i + 1; });
 
   window.xaibatchNames = function (pages) {
     names = [];
@@ -209,7 +294,7 @@
       a.href = "../detail/page-" + n.page + ".html#" + n.id;
       a.textContent = n.name;
       a.setAttribute("dir", "auto");  // a right-to-left name cannot turn the words after it
-      small.textContent = " (gallery page " + n.page + ")";
+      small.textContent = " (gallery page " + (places[n.page] || n.page) + ")";
       li.appendChild(a);
       li.appendChild(small);
       list.appendChild(li);

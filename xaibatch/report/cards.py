@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import stat
 from pathlib import Path
@@ -14,7 +13,7 @@ from .. import layout, targets
 from ..layout import display_size
 from ..manifest import ImageRow, MapRow
 from ..scan import MASK_SUFFIX, mask_rel
-from . import model  # model.PAGE_SIZE read at call time: tests shrink it
+from . import model, paging  # model.PAGE_SIZE read at call time: tests shrink it
 from .model import (
     Block,
     Card,
@@ -29,6 +28,7 @@ from .model import (
     WEAK_SIGNED_SCALE,
     url,
 )
+from .paging import Paging
 from .text import class_name, fmt_num, fmt_pct, fmt_value
 
 
@@ -231,31 +231,42 @@ def group_cards(cards: list[Card], names: list[str], labeled: bool) -> tuple[lis
     return groups, sections
 
 
-def page_links(current: int, total: int) -> list[tuple[str, str | None, bool]]:
-    """1 … c-2 c-1 c c+1 c+2 … total, as (label, url or None for a gap, is current)."""
+def page_links(current: int, total: int, paths: list[str] | None = None) -> list[tuple[str, str | None, bool]]:
+    """1 … c-2 c-1 c c+1 c+2 … total, as (label, url or None for a gap, is current); ``paths``: each page's file
+    name in gallery order (page-<n>.html when None). report.js draws the same pager from gallery/pages.js."""
+    paths = paths or [f"page-{n}.html" for n in range(1, total + 1)]
     want = sorted({1, total, *range(max(1, current - 2), min(total, current + 2) + 1)})
     out: list[tuple[str, str | None, bool]] = []
     prev = 0
     for n in want:
         if n - prev > 1:
             out.append(("…", None, False))
-        out.append((str(n), f"page-{n}.html", n == current))
+        out.append((str(n), paths[n - 1], n == current))
         prev = n
     return out
 
 
-def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list[Card], list[GalleryPage]]:
+def paginate(
+    groups: list[Group], sections: list[tuple[str, str]], labeled: bool = True, saved: Paging | None = None
+) -> tuple[list[Card], list[GalleryPage], Paging]:
+    """The gallery order and its pages: anchored to ``saved`` (the last write's, see paging.py), else even
+    pages; returns the pages' Paging too, for the next write."""
     order = [c for g in groups for c in g.cards]
-    for i, c in enumerate(order):
-        c.index = i
-        c.page = i // model.PAGE_SIZE + 1
-    total = max(1, math.ceil(len(order) / model.PAGE_SIZE))
+    keys = [paging.card_key(g.section, g.class_index, c.confidence, c.rel) for g in groups for c in g.cards]
+    ranges, anchors = paging.plan(keys, saved, paging.order_definition(labeled, model.PAGE_SIZE), model.PAGE_SIZE)
+    del keys
+    number_of = {}  # card index -> page number (1-based place in the pager)
+    for n, (pid, a, b) in enumerate(ranges, 1):
+        for i in range(a, b):
+            order[i].index = i
+            order[i].page = pid
+            number_of[i] = n
     titles = dict(sections)
-    blocks: list[list[Block]] = [[] for _ in range(total)]
+    blocks: list[list[Block]] = [[] for _ in ranges]
     for g in groups:
         g.section_title = titles[g.section]
-        g.start_page, g.end_page = g.cards[0].page, g.cards[-1].page
-        g.start_url = f"{layout.gallery_page(g.start_page)}#{g.key}"
+        g.start_page, g.end_page = number_of[g.cards[0].index], number_of[g.cards[-1].index]
+        g.start_url = f"{layout.gallery_page(g.cards[0].page)}#{g.key}"
         for c in g.cards:
             c.group_key = g.key
             page = layout.detail_page(c.page)
@@ -263,25 +274,26 @@ def paginate(groups: list[Group], sections: list[tuple[str, str]]) -> tuple[list
             c.detail_url = c.detail if url(page) is page else f"{url(page)}#{c.cid}"  # one string when equal
         i = 0
         while i < len(g.cards):
-            p = g.cards[i].page
-            j = min(len(g.cards), i + (model.PAGE_SIZE - g.cards[i].index % model.PAGE_SIZE))
-            page_blocks = blocks[p - 1]
+            n = number_of[g.cards[i].index]
+            j = i + min(len(g.cards) - i, ranges[n - 1][2] - g.cards[i].index)
+            page_blocks = blocks[n - 1]
             opens = not page_blocks or page_blocks[-1].group.section != g.section
             page_blocks.append(Block(g, g.cards[i:j], i + 1, j, titles[g.section] if opens else None))
             i = j
+    names = [f"page-{pid}.html" for pid, _a, _b in ranges]
     pages = []
-    for n in range(1, total + 1):
-        first = (n - 1) * model.PAGE_SIZE + 1
+    for n, (pid, a, b) in enumerate(ranges, 1):
         pages.append(
             GalleryPage(
                 number=n,
-                path=layout.gallery_page(n),
+                path=layout.gallery_page(pid),
                 blocks=blocks[n - 1],
-                prev=f"page-{n - 1}.html" if n > 1 else None,
-                next=f"page-{n + 1}.html" if n < total else None,
-                links=page_links(n, total),
-                first=min(first, len(order)),
-                last=min(n * model.PAGE_SIZE, len(order)),
+                prev=names[n - 2] if n > 1 else None,
+                next=names[n] if n < len(ranges) else None,
+                links=page_links(n, len(names), names),
+                first=min(a + 1, len(order)),
+                last=b,
+                id=pid,
             )
         )
-    return order, pages
+    return order, pages, anchors

@@ -18,6 +18,7 @@ from ..resources import DEFAULT_MODEL_IMAGE_SIZE as DEMO_SIZE
 from ..resources import default_checkpoint
 from ..runconfig import BUNDLED, LEGACY_SUPERPIXELS, BadRecord, MethodRecord, RunConfig, read_run
 from .cards import group_cards, make_card, masks_beside, paginate
+from .paging import Paging
 from .metrics import add_metrics, decision_summary, decision_words
 from .meanmaps import map_grids, mean_maps
 from . import model  # model.PAGE_SIZE read at call time: tests shrink it
@@ -347,8 +348,10 @@ def assemble(
     failures: list[tuple[str, str]],
     history: History,
     masks: dict[str, str],
+    saved_pages: Paging | None = None,
 ) -> ReportData:
-    """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder.
+    """The report's data from the manifest's rows; ``masks``: cards.masks_beside of the input folder;
+    ``saved_pages``: the last write's gallery pages (paging.py), which the cards are put into.
 
     Consumes the rows: each image's rows leave ``images`` and ``maps`` once its card is made, so a big report
     never holds the rows and all the cards at once (the rows take more memory than the cards)."""
@@ -379,7 +382,7 @@ def assemble(
     grids = map_grids(maps, methods)
     cards = [_take_card(rel, images, maps, names, methods, masks, words) for rel in sorted(images)]
     groups, sections = group_cards(cards, names, labeled)
-    order, pages = paginate(groups, sections)
+    order, pages, anchors = paginate(groups, sections, labeled, saved_pages)
     data = ReportData(
         title=f"xaibatch report: {Path(input_dir).name or input_dir or 'no run yet'}",
         labeled=labeled,
@@ -395,6 +398,8 @@ def assemble(
         card_width=(1 + len(methods)) * (CARD_THUMB_PX + 4) + 24,
         target_words=target_words(run.model.target),
         input_dir=source,
+        gallery_first=pages[0].path,
+        paging=anchors,
     )
     history.apply(data)
     data.earlier = earlier_summary(earlier, history.models, order, history.run)

@@ -225,6 +225,7 @@ class GalleryPage:
     links: list[tuple[str, str | None, bool]]  # (label, url or None for a gap, is current)
     first: int  # 1-based global positions shown
     last: int
+    id: int = 0  # its files' number (gallery/page-<id>.html), kept while other pages split and merge (paging.py)
 
 
 @dataclass
@@ -289,6 +290,7 @@ class ReportData:
     mean_maps: list[Any] = field(default_factory=list)  # meanmaps.MethodMeans per method: each group's mean map
     # images an earlier model predicted (data.earlier_summary; None: none): the numbers above leave them out
     earlier: dict[str, Any] | None = None
+    paging: Any = None  # paging.Paging: the gallery pages' ranges, saved with the report's state (not the summary)
 
     @property
     def classes_folded(self) -> bool:

@@ -175,7 +175,8 @@ class PageWriter:
         self.previous = {}
         return {}
 
-    def save_state(self, content_key: str, summary: dict[str, Any]) -> None:
+    def save_state(self, content_key: str, summary: dict[str, Any], paging: dict[str, Any] | None = None) -> None:
+        """``paging``: the gallery pages' ranges (paging.Paging.to_json), which the next write anchors its pages to."""
         body = json.dumps(
             {
                 "version": FINGERPRINT_VERSION,
@@ -183,6 +184,7 @@ class PageWriter:
                 "summary": summary,
                 "pages": self.fingerprints,
                 "truth": self.truths,
+                "paging": paging,
             },  # in gallery order
             ensure_ascii=False,
             separators=(",", ":"),
@@ -198,7 +200,7 @@ def remove_stale(w: PageWriter) -> None:
     patterns = {
         "assets": (".css", ".js", ".svg"),
         "figures": (".svg",),
-        "gallery": (".html",),
+        "gallery": (".html",),  # and gallery/pages.js, names.js: written on every build
         "detail": (".html", ".js"),
     }
     for top, exts in patterns.items():

@@ -31,6 +31,7 @@ from .forked import Forked, Queue
 from .linked import Drawings, linked, write_assets, write_colour_bars, write_figures
 from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
 from .output import PageWriter, WriteStats, Written, remove_stale
+from .paging import Paging
 from .text import fmt_bytes
 
 
@@ -141,7 +142,8 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     beside = Forked(lambda: predictions_csv(names, images, maps, found.history.earlier))
     try:
         csv = None if beside.started else predictions_csv(names, images, maps, found.history.earlier)
-        data = assemble(out, images, maps, failures, found.history, found.masks)  # consumes the rows
+        saved_pages = Paging.from_json(state.get("paging"))
+        data = assemble(out, images, maps, failures, found.history, found.masks, saved_pages)  # consumes the rows
         if csv is None:
             got = beside.result()
             csv = got if isinstance(got, bytes) else _csv_again(out, found.history)
@@ -152,7 +154,7 @@ def _render(w: PageWriter, out: Path, stats: WriteStats, template_dir: Path | No
     t1 = time.perf_counter()
     summary = _write_all(w, data, csv, template_dir)
     remove_stale(w)
-    w.save_state(found.key, summary)
+    w.save_state(found.key, summary, data.paging.to_json() if data.paging else None)
     stats.seconds_render = time.perf_counter() - t1
     stats.seconds_total = time.perf_counter() - t0
     return stats
@@ -271,6 +273,19 @@ def names_script(cards: list[Card]) -> bytes:
     return f"xaibatchNames({script_json(pages)});\n".encode("ascii")
 
 
+def pages_script(data: ReportData) -> bytes:
+    """gallery/pages.js: what a gallery page shows of the others, drawn by report.js (the pagers, "page 3 of 40",
+    "images 401-600 of 7,950", each group's count and place), so that a page's own bytes depend on its cards
+    alone (report/paging.py): each page's id, first and last place in gallery order; each group's key, class,
+    section, first and last place. A plain script (fetch is refused on file://)."""
+    body = {
+        "total": data.total,
+        "pages": [[p.id, p.first, p.last] for p in data.pages],
+        "groups": [[g.key, g.class_index, g.section, g.cards[0].index + 1, g.cards[-1].index + 1] for g in data.groups],
+    }
+    return f"window.XAIBATCH_PAGES = {script_json(body)};\n".encode("ascii")
+
+
 def script_json(value: Any) -> str:
     """``value`` as a JavaScript expression for a plain script (``fetch`` is refused on file://): ASCII JSON, in
     which file names are data, never markup ("<" is written \\u003c, so not even a "</script>" in a name could
@@ -332,7 +347,8 @@ def _write_pages(
     queue = Queue(len(runs)) if helpers else None
     children = [Forked(lambda: _runs_in_child(w, queue, run)) for _ in range(helpers)] if queue else []
     try:
-        w.write(layout.GALLERY_NAMES, names_script(data.cards))  # this process's own share first
+        w.write(layout.GALLERY_PAGES, pages_script(data))  # this process's own share first
+        w.write(layout.GALLERY_NAMES, names_script(data.cards))
         for i in iter(queue.take, None) if queue else range(len(runs)):
             done[i] = run(i)
         for child in children:
@@ -383,7 +399,7 @@ def _write_details(
     for p in pages:
         first, last = max(0, p.first - 1), p.last  # 0-based slice of the gallery order
         page_cards = cards[first:last]
-        fp = fps[p.number][1]
+        fp = fps[p.id][1]
 
         def script(page_cards=page_cards, first=first) -> str:
             records = []
@@ -394,19 +410,18 @@ def _write_details(
                 records.append(detail_record(c, prev, nxt, _truth(w, data, c), across[c.group_key]))
             return detail_script(shared, records).decode("ascii")
 
-        rel = layout.detail_data(p.number)
+        rel = layout.detail_data(p.id)
         w.write_page(rel, fp, script)
         if w.fingerprints[rel] == w.previous.get(rel):  # not rebuilt: keep its cached ground truths
             for c in page_cards:
                 if c.rel in w.truth_cache and c.mask_key:
                     w.truths[c.rel] = w.truth_cache[c.rel]
         w.write_page(
-            layout.detail_page(p.number),
-            fingerprint(site_key, p.number, len(data.pages)),
-            lambda n=p.number: viewer.render(
+            layout.detail_page(p.id),
+            fingerprint(site_key, p.id),
+            lambda n=p.id: viewer.render(
                 r=site,
                 number=n,
-                pages=len(data.pages),
                 root="../",
                 nav="detail",
                 data_src=layout.detail_data(n).rsplit("/", 1)[1],
@@ -424,15 +439,16 @@ def _write_gallery(
 ) -> None:
     """Gallery pages, each re-rendered only when its cards, its place in the pager or the site changed."""
     for p in pages:
-        w.write_page(p.path, fps[p.number][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
+        w.write_page(p.path, fps[p.id][0], lambda: _render_gallery(gallery, data, p, fast))  # noqa: B023
 
 
 def page_fingerprints(data: ReportData, site_key: str, pages: list[GalleryPage]) -> dict[int, tuple[str, str]]:
-    """Per gallery page of ``pages`` (by number), the fingerprints of the page and of its detail data file
-    (detail/page-<n>.js).
+    """Per gallery page of ``pages`` (by id), the fingerprints of the page and of its detail data file
+    (detail/page-<id>.js).
 
-    A gallery page changes with its cards, its place in the pager or the site; a data file with one of its
-    cards, a neighbour across its edges or a class filter's step out of its groups, the site or a template.
+    A gallery page changes with its cards, its neighbours' ids (its no-JS Previous and Next) or the site, not with
+    its place or the totals (gallery/pages.js: :func:`pages_script`); a data file with one of its cards, a neighbour
+    across its edges or a class filter's step out of the groups it opens or closes, the site or a template.
     Each card's key (:func:`_card_key`) is made once, and only one page's keys are held at a time (they are
     600 bytes a card)."""
     cards = data.cards
@@ -442,12 +458,10 @@ def page_fingerprints(data: ReportData, site_key: str, pages: list[GalleryPage])
         data.card_thumb,
         data.class_names,
         data.labeled,
-        data.total,
-        len(data.pages),
         data.sections,
         data.trust.faith if data.trust else None,
         data.earlier is not None,  # the gallery's line on cards marked "earlier model"
-        [(g.class_index, g.section, g.start_page, g.end_page) for g in data.groups],  # the filters' "on pages"
+        data.filter_classes,
     )
     across = class_neighbours(data.groups)
     fps = {}
@@ -459,13 +473,10 @@ def page_fingerprints(data: ReportData, site_key: str, pages: list[GalleryPage])
             (
                 b.group.key,
                 b.group.title,
-                b.group.count,
                 b.group.order,
                 b.group.class_index,
                 b.group.section,
                 b.group.section_title,
-                b.first,
-                b.last,
                 b.heading_section,
                 [keys[c.index - first] for c in b.cards],
             )
@@ -478,11 +489,21 @@ def page_fingerprints(data: ReportData, site_key: str, pages: list[GalleryPage])
             keys,
             before and (before.cid, before.page, before.group_key),
             after and (after.cid, after.page, after.group_key),
-            # the groups' edges a class filter steps to (detail.class_neighbours), wherever they are
-            [(k, [x and (x.cid, x.page) for x in across[k]]) for k in dict.fromkeys(c.group_key for c in page_cards)],
+            # the groups' edges a class filter steps to (detail.class_neighbours), wherever they are: for the groups
+            # that open or close here (detail_record keeps them only on a group's first and last card)
+            [
+                (
+                    b.group.key,
+                    [x and (x.cid, x.page) for x in across[b.group.key]],
+                    b.first == 1,
+                    b.last == b.group.count,
+                )
+                for b in p.blocks
+                if b.first == 1 or b.last == b.group.count
+            ],
             data.input_dir is not None,
         )
-        fps[p.number] = (fingerprint(layout_key, p.number, p.first, p.last, shown), detail)
+        fps[p.id] = (fingerprint(layout_key, p.id, p.prev, p.next, shown), detail)
     return fps
 
 

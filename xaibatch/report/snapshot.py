@@ -53,7 +53,7 @@ PER_RUN = (
     "config_rows",
     "config_caption",
 )  # History.apply sets these every run
-NOT_SAVED = ("cards", *PER_RUN)
+NOT_SAVED = ("cards", "paging", *PER_RUN)
 
 
 def fingerprint(*parts: Any) -> str:

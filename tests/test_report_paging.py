@@ -1,0 +1,173 @@
+"""Gallery pages anchored by content (report/paging.py): a re-run that adds, removes or changes K images rewrites
+the pages that hold them, not every page after them, and the gallery order read across the pages is a fresh
+build's."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_report import labeled_rows, pages_js, parse, synth
+from xaibatch import layout, report
+from xaibatch.manifest import FILENAME, Manifest
+from xaibatch.report import paging
+
+
+def files_now(out: Path) -> dict[str, tuple[int, int]]:
+    """Every file of the gallery and detail folders: (inode, mtime); a write (an atomic rename) changes both."""
+    got = {}
+    for top in ("gallery", "detail"):
+        for p in (out / top).iterdir():
+            st = p.stat()
+            got[f"{top}/{p.name}"] = (st.st_ino, st.st_mtime_ns)
+    return got
+
+
+def rewritten(before: dict, after: dict) -> set[str]:
+    return {k for k, v in after.items() if before.get(k) != v}
+
+
+def order_by_pager(out: Path) -> list[str]:
+    """The gallery order as a reader sees it: every page, in the order pages.js gives them, its cards in turn."""
+    names = []
+    for pid, _first, _last in pages_js(out)["pages"]:
+        names += [c["data-name"] for c in parse(out / layout.gallery_page(pid)).cards]
+    return names
+
+
+def fresh_order(out: Path, tmp: Path) -> list[str]:
+    """The gallery order of a build of the same manifest from scratch (no saved state: even pages)."""
+    copy = tmp / "fresh"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir()
+    shutil.copy(out / FILENAME, copy / FILENAME)
+    report.render(copy)
+    return order_by_pager(copy)
+
+
+def more_rows(n: int, seed: int, p0=(0.02, 0.98)) -> list[tuple[str, int, float]]:
+    rng = np.random.default_rng(seed)
+    return [(f"new{seed}/im_{i:04d}.png", i % 2, float(rng.uniform(*p0))) for i in range(n)]
+
+
+@pytest.fixture
+def small_pages(monkeypatch):
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 50)  # read at call time: 5,000 images, 100 pages
+
+
+def test_adding_images_rewrites_only_the_pages_that_hold_them(tmp_path, small_pages):
+    """A night's new images (here 10 in 5,000, at 50 cards a page) moved most cards to another page: every gallery
+    page, every detail page and data file was rewritten (100 + 200 files). Now the pages that hold the new cards,
+    their detail files and their neighbours' (Previous and Next across the edge), and pages.js, names.js."""
+    out = synth(tmp_path / "o", labeled_rows(5000), files=False)
+    report.render(out)
+    assert len(pages_js(out)["pages"]) == 100
+    before = files_now(out)
+    k = 10
+    synth(out, more_rows(k, 1), files=False)
+    stats = report.render(out)
+    changed = rewritten(before, files_now(out))
+    gallery = {c for c in changed if c.startswith("gallery/page-")}
+    assert len(gallery) <= k, sorted(changed)
+    assert len(changed) <= 4 * k + 2, sorted(changed)  # pages, detail files, neighbours' data files, pages/names.js
+    assert {layout.GALLERY_PAGES, layout.GALLERY_NAMES} <= changed
+    assert stats.written <= len(changed) + 8  # and the summary, history, predictions.csv, figures
+    assert order_by_pager(out) == fresh_order(out, tmp_path)
+    # every card is on the page pages.js places it, and names.js says so
+    info = pages_js(out)
+    assert info["total"] == 5000 + k and sum(last - first + 1 for _i, first, last in info["pages"]) == 5000 + k
+    # unchanged content: nothing of the gallery or detail folders written again
+    before = files_now(out)
+    report.render(out)
+    assert rewritten(before, files_now(out)) == set()
+
+
+def test_a_page_grown_past_twice_its_size_splits_and_one_shrunk_merges(tmp_path, small_pages):
+    out = synth(tmp_path / "o", labeled_rows(1000), files=False)  # 20 pages
+    report.render(out)
+    ids = [p[0] for p in pages_js(out)["pages"]]
+    assert ids == list(range(1, 21))
+    before = files_now(out)
+    # 120 images all misclassified FAKE at about 30%: one page's range holds them all
+    synth(out, [(f"FAKE/burst_{i:03d}.png", 0, 0.3 + i * 1e-5) for i in range(120)], files=False)
+    report.render(out)
+    info = pages_js(out)
+    ids2 = [p[0] for p in info["pages"]]
+    new = [i for i in ids2 if i not in ids]
+    assert new and min(new) == 21 and all(i in ids2 for i in ids)  # split: the first part keeps the page's id
+    sizes = [last - first + 1 for _i, first, last in info["pages"]]
+    assert max(sizes) <= 2 * 50 and min(sizes) >= 50 // 4
+    changed = rewritten(before, files_now(out))
+    assert len({c for c in changed if c.startswith("gallery/page-")}) <= 2 + len(new) + 2, sorted(changed)
+    assert order_by_pager(out) == fresh_order(out, tmp_path)
+
+    # most images of one page removed: it merges into the page before; its files go
+    victim = ids2[5]
+    gone = [c["data-name"] for c in parse(out / layout.gallery_page(victim)).cards][:-5]
+    m = Manifest(out / FILENAME)
+    m.remove_images(gone)
+    m.close()
+    report.render(out)
+    ids3 = [p[0] for p in pages_js(out)["pages"]]
+    assert victim not in ids3 and ids2[4] in ids3 and len(ids3) == len(ids2) - 1
+    assert not (out / layout.gallery_page(victim)).exists()
+    assert not (out / layout.detail_page(victim)).exists() and not (out / layout.detail_data(victim)).exists()
+    assert order_by_pager(out) == fresh_order(out, tmp_path)
+
+
+def test_plan_anchors_splits_merges_and_starts_fresh():
+    keys = [paging.card_key("right", 0, 0.5 + i / 1000, f"{i:04d}") for i in range(100)]  # least confident first
+    keys.sort()
+    order = paging.order_definition(True, 10)
+    ranges, first = paging.plan(keys, None, order, 10)
+    assert [(pid, a, b) for pid, a, b in ranges] == [(n + 1, 10 * n, 10 * n + 10) for n in range(10)]
+    assert paging.Paging.from_json(first.to_json()) == first
+    # 25 more keys inside page 3's range: it splits (over 20 cards), the others keep their cards
+    extra = [paging.card_key("right", 0, 0.5 + 25 / 1000 + i / 1e6, f"x{i:02d}") for i in range(25)]
+    keys2 = sorted(keys + extra)
+    ranges2, second = paging.plan(keys2, first, order, 10)
+    ids = [pid for pid, _a, _b in ranges2]
+    assert ids[:3] == [1, 2, 3] and ids[3:6] == [11, 12, 13] and ids[6:] == [4, 5, 6, 7, 8, 9, 10]
+    assert second.next_id == 14
+    # page 5 shrunk to 1 card: merged into page 4; page 1 emptied: page 2's cards take its id (the first page's)
+    drop = set(keys[40:49]) | set(keys[:10])
+    keys3 = [k for k in keys2 if k not in drop]
+    ranges3, third = paging.plan(keys3, second, order, 10)
+    ids3 = [p for p, _a, _b in ranges3]
+    assert (
+        ids3 == [1, 3, 11, 12, 13, 4, 6, 7, 8, 9, 10]
+        and ranges3[0][1:] == (0, 10)
+        and ranges3[5][2] - ranges3[5][1] == 11
+    )
+    assert sum(b - a for _p, a, b in ranges3) == len(keys3)
+    # another order definition (the page size, labeled or not): even pages again
+    assert paging.plan(keys3, third, paging.order_definition(True, 20), 20)[0][0] == (1, 0, 20)
+    assert paging.Paging.from_json({"order": order, "pages": [[1, ["x"]]], "next": 2}) is None  # a damaged state
+
+
+def test_no_javascript_previous_and_next_reach_every_page(tmp_path, small_pages):
+    """Without JavaScript a gallery page has its cards and Previous / Next (pages.js draws the rest): following
+    Next from the first page reads the whole gallery in order, and Previous leads back."""
+    out = synth(tmp_path / "o", labeled_rows(400), files=False)
+    report.render(out)
+    synth(out, [(f"FAKE/burst_{i:03d}.png", 0, 0.3 + i * 1e-5) for i in range(110)], files=False)
+    report.render(out)  # a split: ids no longer follow the pager's order
+    ids = [p[0] for p in pages_js(out)["pages"]]
+    assert ids != sorted(ids)
+    page, seen, visited = out / layout.gallery_page(1), [], []
+    while True:
+        html = page.read_text()
+        visited.append(int(page.stem[5:]))
+        seen += [c["data-name"] for c in parse(page).cards]
+        nxt = re.search(r'<a href="(page-\d+\.html)" rel="next"', html)
+        if not nxt:
+            break
+        page = page.parent / nxt.group(1)
+        assert f'<a href="page-{visited[-1]}.html" rel="prev"' in page.read_text()  # its Previous leads back
+    assert visited == ids and seen == order_by_pager(out)
+    assert os.path.exists(out / layout.GALLERY_PAGES)
