@@ -9,6 +9,8 @@ images), so the numbers are the report's own: building the data from SQLite, ren
 comparing/writing pages, and a page load fetches every picture it shows as a real report's does. Three writes are timed: the
 first (cold), a second with nothing changed (every page compared, none rewritten), and a third after one
 image's prediction changed (only the pages that show it, its neighbours' detail pages and the summary).
+``--night K`` times a fourth: a cron night that added K images (the files and bytes it rewrote: with the
+gallery's pages anchored by content, report/paging.py, the pages the new images land on).
 """
 
 from __future__ import annotations
@@ -76,49 +78,68 @@ def synthesize(out: Path, n: int, seed: int = 0) -> None:
     m = Manifest(out / FILENAME)
     run_id = m.start_run("/data/bench/test", config, "p")
     with m.transaction():
-        for i in range(n):
-            label = i % 2
-            cls = CLASSES[label]
-            stem = f"{cls}/img_{i:06d}"
-            rel = f"{stem}.png"
-            p_true = float(rng.beta(5, 2))
-            probs = [p_true, 1 - p_true] if label == 0 else [1 - p_true, p_true]
-            pred = int(np.argmax(probs))
-            m.put_image(
-                ImageRow(
-                    rel,
-                    stem,
-                    2000,
-                    0,
-                    f"{i:064x}",
-                    32,
-                    32,
-                    label,
-                    pred,
-                    pred,
-                    max(probs),
-                    [round(v, 6) for v in probs],
-                    "p",
-                    run_id,
-                )
-            )
-            for name in METHODS:
-                # as a run stores it with the picture (overlay.views_batch): the report never reads the .npy
-                view = {
-                    "scale": float(rng.uniform(0.001, 0.05) if METHODS[name]["signed"] else rng.uniform(0.5, 1)),
-                    "peak": [int(v) for v in rng.integers(0, 32, 2)],
-                    "shape": [32, 32],
-                    "nowhere": False,  # on every view a run stores (overlay.flat_view): none is read back
-                }
-                files = MapFiles.of(name, stem, 32, 32)  # as a run names them: a 32 px overlay is its own thumbnail
-                m.put_map(MapRow(rel, name, METHODS[name]["hash"], *files.paths(), None, run_id, view=view))
-            # the files the report links: the original's display copy, the overlays (their own thumbnails), the maps
-            for picture in (layout.image_thumb(stem, 32, 32), *(layout.map_thumb(k, stem, 32, 32) for k in METHODS)):
-                _link(tiny, out / picture)
-            for k in METHODS:
-                _link(tiny_map, out / layout.map_npy(k, stem))
+        _put_images(m, out, run_id, range(n), rng, tiny, tiny_map)
     m.finish_run(run_id, "ok", 1.0, RunCounts(seen=n, added=n, computed=n))
     m.close()
+
+
+def add_images(out: Path, k: int, seed: int = 1) -> None:
+    """A later run that added ``k`` images to a synthesize()d folder (a cron night)."""
+    m = Manifest(out / FILENAME)
+    last = m.db.execute("SELECT config_json FROM runs ORDER BY id LIMIT 1").fetchone()[0]
+    start = m.db.execute("SELECT count(*) FROM images").fetchone()[0]
+    run_id = m.start_run("/data/bench/test", json.loads(last), "p")
+    with m.transaction():
+        _put_images(
+            m, out, run_id, range(start, start + k), np.random.default_rng(seed), out / ".tiny.png", out / ".tiny.npy"
+        )
+    m.finish_run(run_id, "ok", 1.0, RunCounts(seen=start + k, added=k, computed=k))
+    m.close()
+
+
+def _put_images(m: Manifest, out: Path, run_id: int, numbers: range, rng, tiny: Path, tiny_map: Path) -> None:
+    """Image ``i`` of ``numbers``: its row, its maps' rows and their files (links to ``tiny`` and ``tiny_map``)."""
+    for i in numbers:
+        label = i % 2
+        cls = CLASSES[label]
+        stem = f"{cls}/img_{i:06d}"
+        rel = f"{stem}.png"
+        p_true = float(rng.beta(5, 2))
+        probs = [p_true, 1 - p_true] if label == 0 else [1 - p_true, p_true]
+        pred = int(np.argmax(probs))
+        m.put_image(
+            ImageRow(
+                rel,
+                stem,
+                2000,
+                0,
+                f"{i:064x}",
+                32,
+                32,
+                label,
+                pred,
+                pred,
+                max(probs),
+                [round(v, 6) for v in probs],
+                "p",
+                run_id,
+            )
+        )
+        for name in METHODS:
+            # as a run stores it with the picture (overlay.views_batch): the report never reads the .npy
+            view = {
+                "scale": float(rng.uniform(0.001, 0.05) if METHODS[name]["signed"] else rng.uniform(0.5, 1)),
+                "peak": [int(v) for v in rng.integers(0, 32, 2)],
+                "shape": [32, 32],
+                "nowhere": False,  # on every view a run stores (overlay.flat_view): none is read back
+            }
+            files = MapFiles.of(name, stem, 32, 32)  # as a run names them: a 32 px overlay is its own thumbnail
+            m.put_map(MapRow(rel, name, METHODS[name]["hash"], *files.paths(), None, run_id, view=view))
+        # the files the report links: the original's display copy, the overlays (their own thumbnails), the maps
+        for picture in (layout.image_thumb(stem, 32, 32), *(layout.map_thumb(k, stem, 32, 32) for k in METHODS)):
+            _link(tiny, out / picture)
+        for k in METHODS:
+            _link(tiny_map, out / layout.map_npy(k, stem))
 
 
 _SOURCES: dict[Path, Path] = {}  # a file that has as many links as the file system allows -> its copy in use
@@ -185,6 +206,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "xaibatch-report-scale")
     ap.add_argument("--no-browser", action="store_true", help="skip the Chromium timing")
     ap.add_argument("--keep", action="store_true", help="reuse an existing synthesized folder")
+    ap.add_argument("--night", type=int, default=0, metavar="K", help="then time a write after K images were added")
     args = ap.parse_args()
 
     out: Path = args.out
@@ -236,6 +258,18 @@ def main() -> None:
         "one_changed_write": {"total_s": round(third.seconds_total, 2), "cpu_s": cpu[2], "written": third.written},
         "load_average": os.getloadavg()[0],
     }
+    if args.night:
+        add_images(out, args.night)
+        night = timed(lambda: render(out))
+        result["night_write"] = {
+            "added": args.night,
+            "total_s": round(night.seconds_total, 2),
+            "cpu_s": cpu[3],
+            "written": night.written,  # files whose bytes changed (pages, data files, summary; not the CSV)
+            "written_mb": round(night.bytes_written / 1e6, 1),
+            "removed": night.removed,
+            "gallery_pages": night.gallery_pages,
+        }
     if not args.no_browser:
         if chromium.available():
             pages = ["index.html", "gallery/page-1.html", f"gallery/page-{first.gallery_pages}.html"]

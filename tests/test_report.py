@@ -2074,6 +2074,8 @@ def test_the_names_file_lists_every_image_where_the_gallery_links_it(tmp_path, m
     assert report.render(out).reused and (out / layout.GALLERY_NAMES).stat().st_mtime_ns == before
     (out / layout.GALLERY_NAMES).unlink()
     assert not report.render(out).reused and names_file(out)
+    (out / layout.GALLERY_PAGES).unlink()  # every page's pager: written again too
+    assert not report.render(out).reused and pages_js(out)["total"] == sum(len(e) for _p, e in names_file(out))
 
 
 def _copy_runs(out: Path, n: int, status: str = "ok", run_id: int | None = None) -> None:

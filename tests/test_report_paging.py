@@ -171,3 +171,35 @@ def test_no_javascript_previous_and_next_reach_every_page(tmp_path, small_pages)
         assert f'<a href="page-{visited[-1]}.html" rel="prev"' in page.read_text()  # its Previous leads back
     assert visited == ids and seen == order_by_pager(out)
     assert os.path.exists(out / layout.GALLERY_PAGES)
+
+
+def test_a_folder_without_saved_pages_gets_even_pages_again_and_old_files_go(tmp_path, small_pages):
+    """An output folder of an older xaibatch (its state has no page ranges), or one whose state was deleted: its
+    first report builds even pages (ids 1..N, the files it had), which later runs anchor to; the files of pages
+    no longer there are removed."""
+    import json
+
+    out = synth(tmp_path / "o", labeled_rows(400), files=False)
+    report.render(out)
+    synth(out, [(f"FAKE/burst_{i:03d}.png", 0, 0.3 + i * 1e-5) for i in range(110)], files=False)
+    report.render(out)
+    split = sorted(p[0] for p in pages_js(out)["pages"])
+    assert split == list(range(1, 12))  # 8 even pages, one of them split in 4: ids 9, 10, 11
+    state_file = out / layout.REPORT_STATE
+    state = json.loads(state_file.read_text())
+    del state["paging"]  # as an older xaibatch left it
+    state_file.write_text(json.dumps(state))
+    m = Manifest(out / FILENAME)
+    m.remove_images([f"FAKE/burst_{i:03d}.png" for i in range(110)])
+    m.close()
+    synth(out, more_rows(24, 7), files=False)
+    report.render(out)
+    ids = [p[0] for p in pages_js(out)["pages"]]
+    assert ids == list(range(1, 10))  # 424 images: 9 even pages; pages 10 and 11's files removed
+    on_disk = sorted(int(p.stem[5:]) for p in (out / "gallery").glob("page-*.html"))
+    assert on_disk == ids and sorted(int(p.stem[5:]) for p in (out / "detail").glob("page-*.js")) == ids
+    # and from then on anchored: one more image rewrites a few pages
+    before = files_now(out)
+    synth(out, more_rows(1, 8), files=False)
+    report.render(out)
+    assert len({c for c in rewritten(before, files_now(out)) if c.startswith("gallery/page-")}) == 1

@@ -22,6 +22,7 @@ class WriteStats:
 
     index: Path
     written: int = 0  # files whose bytes changed
+    bytes_written: int = 0  # their size (what a backup or rsync of the folder copies again)
     unchanged: int = 0
     removed: int = 0
     pages: int = 0  # HTML pages in the report
@@ -49,6 +50,7 @@ class Written:
     unchanged: int
     pages: int
     biggest_page: tuple[str, int]
+    bytes_written: int = 0
 
 
 class PageWriter:
@@ -106,6 +108,7 @@ class PageWriter:
             return
         self.files.write(rel, data)
         self.stats.written += 1
+        self.stats.bytes_written += len(data)
 
     def write_page(self, rel: str, fingerprint: str, render: Callable[[], str]) -> None:
         """Skip rendering when the page's inputs are unchanged (same fingerprint as last time) and the file is
@@ -132,7 +135,14 @@ class PageWriter:
             write()
             s = self.stats
             return Written(
-                sorted(self.paths), self.fingerprints, self.truths, s.written, s.unchanged, s.pages, s.biggest_page
+                sorted(self.paths),
+                self.fingerprints,
+                self.truths,
+                s.written,
+                s.unchanged,
+                s.pages,
+                s.biggest_page,
+                s.bytes_written,
             )
         finally:
             self.paths, self.fingerprints, self.truths, self.stats = kept
@@ -144,6 +154,7 @@ class PageWriter:
         self.truths.update(got.truths)
         s = self.stats
         s.written, s.unchanged, s.pages = s.written + got.written, s.unchanged + got.unchanged, s.pages + got.pages
+        s.bytes_written += got.bytes_written
         if got.biggest_page[1] > s.biggest_page[1]:
             s.biggest_page = tuple(got.biggest_page)
 

@@ -230,7 +230,8 @@ def _still_there(w: PageWriter, data: ReportData) -> bool:
     if any(rel not in sizes for rel in pages) or not w.intact():  # a page gone, or not at the size it was written
         return False
     return all(
-        (w.out / unquote(u)).is_file() for u in linked(data) + [layout.CSV, layout.SKIPPED, layout.GALLERY_NAMES]
+        (w.out / unquote(u)).is_file()
+        for u in linked(data) + [layout.CSV, layout.SKIPPED, layout.GALLERY_NAMES, layout.GALLERY_PAGES]
     )
 
 
