@@ -255,7 +255,7 @@ def paginate(
     keys = [paging.card_key(g.section, g.class_index, c.confidence, c.rel) for g in groups for c in g.cards]
     ranges, anchors = paging.plan(keys, saved, paging.order_definition(labeled, model.PAGE_SIZE), model.PAGE_SIZE)
     del keys
-    number_of = {}  # card index -> page number (1-based place in the pager)
+    number_of = [0] * len(order)  # card index -> its page's number (1-based place in the pager)
     for n, (pid, a, b) in enumerate(ranges, 1):
         for i in range(a, b):
             order[i].index = i

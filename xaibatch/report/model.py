@@ -14,7 +14,7 @@ from urllib.parse import quote
 from .. import __version__, layout
 
 
-PAGE_SIZE = 200  # cards per gallery page
+PAGE_SIZE = 200  # cards per gallery page: a first build's; later ones keep pages between PAGE_SIZE // 4 and 2 * PAGE_SIZE (paging.py)
 
 
 DETAIL_MIN_SIDE = 256  # the detail page shows images at least this large (pixelated when upscaled)
