@@ -400,9 +400,9 @@ def test_a_run_after_a_killed_sanity_names_it_not_a_run(tmp_path, tiny_ckpt):
     assert len(said) == 1 and said[0].startswith(f"xaibatch: the previous xaibatch sanity (pid {p.pid} on "), lines
 
 
-def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
-    """report and sanity have no --wait: their refusal says something they can do, and sanity says it before
-    importing torch (seconds); run's still names its --wait."""
+def test_every_command_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
+    """run, report and sanity each have a --wait, and their refusal names it; sanity says it before importing torch
+    (seconds)."""
     from helpers import invoke, small_run
 
     out = small_run(tmp_path, tiny_ckpt, 2)
@@ -411,8 +411,7 @@ def test_only_run_offers_wait_when_the_folder_is_busy(tmp_path, tiny_ckpt):
         for command in ("report", "sanity"):
             r = invoke(command, out, catch_exceptions=True)
             assert r.exit_code == 4, r.output
-            assert f"pid {holder.pid}" in r.output and "try again when it has finished" in r.output, r.output
-            assert "--wait" not in r.output, r.output
+            assert f"pid {holder.pid}" in r.output and "pass --wait to wait for it" in r.output, r.output
         r = invoke(*run_argv(tmp_path / "in", out, tiny_ckpt), "--workers", "0", catch_exceptions=True)
         assert r.exit_code == 4 and "pass --wait to wait for it" in r.output, r.output
         probe = f"""
@@ -431,3 +430,37 @@ print("torch" in sys.modules)
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command", ["report", "sanity"])
+def test_report_and_sanity_wait_for_the_folder_with_wait(tmp_path, tiny_ckpt, command):
+    """A cron job that rebuilds the report (or checks the methods) after a run, or beside another job, was refused at
+    once (exit 4, "try again when it has finished"): ``report`` and ``sanity`` had no --wait, as ``run`` has."""
+    import threading
+
+    from helpers import invoke, small_run
+
+    out = small_run(tmp_path, tiny_ckpt, 2)
+    holder = _held_by(out, "sanity" if command == "report" else "report")
+    try:
+        assert holder.stdout.readline().split() == ["held"]
+        r = invoke(command, out, catch_exceptions=True)
+        assert r.exit_code == 4 and "pass --wait to wait for it" in r.output, r.output
+        r = invoke(command, out, "--wait-timeout", "0.3", catch_exceptions=True)
+        assert r.exit_code == 4 and f"still in use by xaibatch {'sanity' if command == 'report' else 'report'}" in (
+            r.output
+        ), r.output
+        if command == "sanity":
+            return  # what it waits for is the lock; the check itself is test_sanity's
+        threading.Timer(1.5, holder.stdin.close).start()  # the holder lets go after 1.5 s
+        r = invoke(command, out, "--wait", catch_exceptions=True)
+        assert r.exit_code == 0, r.output
+        assert f"xaibatch: waiting for pid {holder.pid} on " in r.output and "(xaibatch sanity)" in r.output, r.output
+        assert "page(s)" in r.output, r.output
+    finally:
+        if not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+    lock = OutputLock(out)
+    assert lock.try_acquire()  # released
+    lock.release()

@@ -38,6 +38,7 @@ from .errors import LockHeld, UsageError, XaibatchError
 
 LOCK_NAME = layout.LOCK
 BUSY_HINT = "try again when it has finished"  # the end of the refusal for a command without --wait
+WAIT_HINT = "pass --wait to wait for it"  # ... and for one that has it (run, report, sanity)
 
 # Lock files this process holds. A second OutputLock on the same folder in this
 # process must not open the file (that would drop the POSIX lock on close).
@@ -175,7 +176,7 @@ class OutputLock:
 
         Returns the seconds spent waiting (0.0 when the lock was free). ``should_stop``
         is polled while waiting so a signal can end the wait. ``hint`` ends the refusal without ``wait``: what the
-        command that asked can do (only ``run`` has a --wait to offer).
+        command that asked can do (WAIT_HINT for those with a --wait to offer).
         """
         if self.try_acquire():
             return 0.0

@@ -141,6 +141,9 @@ batch_size_option = _option("--batch-size", type=click.IntRange(1))
 workers_option = _option("--workers", type=Workers())
 seed_option = _option("--seed", type=int, default=0, show_default=True)
 quiet_option = _option("--quiet", "-q", is_flag=True)  # only Error: lines (boundary.notes)
+# run, report, sanity: queue behind the command that holds the output folder (lock.OutputLock.acquire)
+wait_option = _option("--wait", is_flag=True)
+wait_timeout_option = _option("--wait-timeout", type=Number(0), metavar="SECONDS")
 methods_option = _option(
     "--method",
     "-m",

@@ -18,6 +18,8 @@ from ..method_specs import check_lime_options
 from .boundary import checked
 from .options import (
     Number,
+    wait_option,
+    wait_timeout_option,
     NonEmptyPath,
     batch_size_option,
     device_option,
@@ -306,14 +308,9 @@ control_options = grouped(
     "control",
     ControlArgs,
     quiet_option("No progress bar, no summary line, no list of failed images: only Error: lines."),
-    click.option(
-        "--wait", is_flag=True, help="If another run holds --out, wait for it to finish instead of exiting with code 4."
-    ),
-    click.option(
-        "--wait-timeout",
-        type=Number(0),
-        metavar="SECONDS",
-        help="With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait.",
+    wait_option("If another run holds --out, wait for it to finish instead of exiting with code 4."),
+    wait_timeout_option(
+        "With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait."
     ),
     click.option(
         "--log-json",

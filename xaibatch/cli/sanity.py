@@ -18,6 +18,8 @@ from .options import (
     model_option,
     quiet_option,
     seed_option,
+    wait_option,
+    wait_timeout_option,
 )
 
 
@@ -27,7 +29,7 @@ SANITY_EXIT_CODES = {
     ExitCode.SOME_FAILED: "with --strict: at least one method failed the check",
     ExitCode.USAGE: "usage error (no run in OUT_DIR, the run's model or images not found)",
     ExitCode.RUNTIME: "runtime error",
-    ExitCode.LOCKED: "a run holds the output folder's lock",
+    ExitCode.LOCKED: "a run holds the output folder's lock (without --wait, or past --wait-timeout)",
     ExitCode.INTERRUPTED: "interrupted (SIGINT/SIGTERM/SIGHUP)",
 }
 
@@ -63,8 +65,25 @@ SANITY_EXIT_CODES = {
     "No progress lines, no verdicts: only Error: lines (the verdicts are in OUT_DIR/sanity.json and the report; "
     "with --strict the exit code says whether every method passed)."
 )
+@wait_option("If a run (or a report) holds OUT_DIR, wait for it to finish instead of exiting with code 4.")
+@wait_timeout_option(
+    "With --wait: give up with exit code 4 after this long (e.g. --wait-timeout 3600). Implies --wait."
+)
 @reported(caller="sanity")
-def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, arch, strict, quiet):
+def sanity(
+    out_dir,
+    images,
+    seed,
+    device,
+    batch_size,
+    model_spec,
+    checkpoint,
+    arch,
+    strict,
+    quiet,
+    wait=False,
+    wait_timeout=None,
+):
     """Model-randomization sanity check of every method of the run in OUT_DIR (Adebayo et al., 2018).
 
     The run's model, layer and methods are rebuilt from what the run recorded (absolute paths, each
@@ -85,7 +104,7 @@ def sanity(out_dir, images, seed, device, batch_size, model_spec, checkpoint, ar
     log = notes(quiet)
     # SIGTERM, a closed terminal: as Ctrl-C (nothing written, exit 5); nohup: carries on. The lock before torch's
     # seconds of importing: a run holding OUT_DIR is refused at once.
-    with stops_interrupt(), held_output(out_dir, log, "sanity") as lock:
+    with stops_interrupt(), held_output(out_dir, log, "sanity", wait, wait_timeout) as lock:
         from ..evaluation.sanity import run_sanity
 
         result = run_sanity(

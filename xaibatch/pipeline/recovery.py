@@ -17,7 +17,7 @@ from .. import layout
 from ..defaults import cgroup_memory
 from ..errors import UsageError
 from ..files import remove_files, temp_pid, walk_files
-from ..lock import OutputLock, describe, holder_command, pid_alive
+from ..lock import WAIT_HINT, OutputLock, describe, holder_command, pid_alive
 from ..manifest import Manifest, RunCounts, RunStatus
 
 
@@ -192,18 +192,24 @@ def sweep_due(out: Path, lock: OutputLock, log: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def held_output(out: Path, log: Callable[[str], None], command: str) -> Iterator[OutputLock]:
+def held_output(
+    out: Path, log: Callable[[str], None], command: str, wait: bool = False, wait_timeout: float | None = None
+) -> Iterator[OutputLock]:
     """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
     folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
     The body writes the report; then the sweep a recovery left due runs.
     Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
-    before a lock file is made in it. ``command``: ``report`` or ``sanity``, named to a run refused meanwhile."""
+    before a lock file is made in it. ``command``: ``report`` or ``sanity``, named to a run refused meanwhile.
+    ``wait`` (the commands' --wait; ``wait_timeout`` implies it): queue behind the holder as a run's --wait does,
+    saying so once through ``log``; a stop signal (KeyboardInterrupt, see signals.stops_interrupt) ends the wait."""
     if not (out / layout.MANIFEST).is_file():
         raise UsageError(
             f"{out} is not an xaibatch output folder (no xaibatch manifest, {layout.MANIFEST}); make one with "
             "xaibatch run"
         )
-    with OutputLock(out, named=str(out), command=command) as lock:  # the command's argument, not an --out
+    lock = OutputLock(out, named=str(out), command=command)  # the command's argument, not an --out
+    lock.acquire(wait=wait or wait_timeout is not None, timeout=wait_timeout, on_wait=log, hint=WAIT_HINT)
+    try:
         manifest = Manifest(out / layout.MANIFEST)
         try:
             recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)
@@ -211,6 +217,8 @@ def held_output(out: Path, log: Callable[[str], None], command: str) -> Iterator
             manifest.close()
         yield lock
         sweep_due(out, lock, log)  # the command wrote the report (an error skips this: the sweep stays due)
+    finally:
+        lock.release()
 
 
 REPORTING = "reporting_run"  # meta: the run whose report is being written (its row already says how it ended)

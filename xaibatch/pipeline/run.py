@@ -46,7 +46,7 @@ from .. import layout, targets
 from ..engines import ComputeJob, Engine, engine_for
 from ..errors import InputError, Interrupted, UsageError, XaibatchError, outcome, storage_error
 from ..scan import Scan, printable, shown
-from ..lock import OutputLock
+from ..lock import WAIT_HINT, OutputLock
 from ..manifest import Manifest, ManifestError, RunCounts, RunStatus
 from .options import RunOptions, RunResult
 from .guards import check_folders, check_request, check_same_input, input_path
@@ -80,7 +80,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
                 timeout=opts.wait_timeout,
                 should_stop=lambda: stop.requested,
                 on_wait=log,
-                hint="pass --wait to wait for it",
+                hint=WAIT_HINT,
             )
             waited[0] += w
             check_same_input(opts, out)
