@@ -16,6 +16,7 @@ a prefix of the same ordered work list), so the maps must be byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -662,3 +663,55 @@ def test_images_this_run_re_decides_are_its_own_work_not_the_stopped_runs(tmp_pa
     assert _count(out, "SELECT count(*) FROM images WHERE run_id = 3") == 8  # every row re-decided by run 3
     assert (third.computed, third.unchanged, third.resumed, third.resumed_from) == (0, 8, 0, {})
     assert "already done" not in third.summary_line()
+
+
+def test_sigkill_after_a_changed_images_files_then_its_old_bytes_back_recomputes_it(tmp_path, tiny_ckpt):
+    """A changed image's new files are written to its old files' paths. Killed once they were written and before
+    the batch's rows were committed, the folder kept the old rows pointing at the new files; the image's old bytes
+    put back (a backup restored), the next run took it as touched and kept those rows: the report showed the map
+    and display copy of the other picture under the old image, silently. Now the rows go in a commit before their
+    files are written over: the next run computes the image again."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    paths = write_images(inp, 6, seed=1)
+    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    target = paths[1]
+    rel, stem = "img_001.png", "img_001"
+    old_bytes, old_map = target.read_bytes(), np.load(out / layout.map_npy("gradcam", stem))
+    with Image.open(out / layout.image_png(stem)) as im:
+        old_display = np.asarray(im.convert("RGB"))
+    synth.save(synth.noise(np.random.default_rng(7), 32), target)  # new bytes: a changed image
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+
+    marks = tmp_path / "marks"
+    npy = out / layout.map_npy("gradcam", stem)
+    proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=3.0)  # each of the writer's commits waits 3 s first
+
+    def written() -> bool:  # the new map is in place: the writer waits before the batch's commit now
+        try:
+            return not np.array_equal(np.load(npy), old_map)
+        except (OSError, ValueError):
+            return False
+
+    try:
+        wait_until(proc, written, "the changed image's new map")
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close(), proc.stderr.close()
+    assert not np.array_equal(np.load(npy), old_map)  # the killed run's file
+    assert _count(out, "SELECT count(*) FROM images WHERE run_id = 2") == 0  # no row of the killed run committed
+
+    target.write_bytes(old_bytes)  # the backup restored: the old bytes, a new mtime and ctime
+    r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert r.status == "ok"
+    m = Manifest(out / "xaibatch.sqlite")
+    try:
+        row, map_row = m.images()[rel], m.maps()[(rel, "gradcam")]
+    finally:
+        m.close()
+    assert row.sha256 == hashlib.sha256(old_bytes).hexdigest()
+    np.testing.assert_allclose(np.load(out / map_row.npy), old_map, atol=1e-5)  # the old image's map, not the other's
+    with Image.open(out / layout.image_png(stem)) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), old_display)
+    check_output_folder(out, inp)

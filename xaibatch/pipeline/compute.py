@@ -41,7 +41,7 @@ from . import notices
 from . import labelmaps
 from .progress import progress_bar
 from .pictures import DisplayStacks, batch_pictures
-from .writer import MapPictures, WriteItem, WriteJob, Writer
+from .writer import MapPictures, WriteItem, WriteJob, Writer, overwrites
 
 
 def method_groups(plan: Plan) -> dict[tuple[str, ...], list[ImageEntry]]:
@@ -348,6 +348,7 @@ def compute(job: ComputeJob) -> None:
                 )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b.tensors())
+                overwrites(job, known.images, known.maps)  # the rows the writer drops before writing over their files
                 account(tally, emit, job.failed, len(job.items))
                 writer.put(job)  # an abandoned batch: only its failures, none of its images is committed
                 if abandoned or stop.requested:

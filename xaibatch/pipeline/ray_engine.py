@@ -220,6 +220,7 @@ def compute_ray(job: ComputeJob) -> None:
     from ..manifest import Manifest
     from .compute import announce, batches, progress_bar
     from .recovery import sweep_temp_files
+    from .writer import planned_overwrites, unclaim
 
     announce(prepared, plan, job.emit, job.log, known, opts.events_only)
     started = connect(opts.ray)
@@ -243,6 +244,7 @@ def compute_ray(job: ComputeJob) -> None:
         stop_name = f"xaibatch-stop-{token}"
         flag = ray.remote(StopFlag).options(name=stop_name, num_cpus=0).remote()
         config = worker_config(job, batch_size, probe, token, stop_name, cpus)
+        unclaim(manifest, *planned_overwrites(plan.work, known), job.check)  # rows before the files they name
         streamer = Streamer(job, manifest, config, n_workers, gpus, cpus)
         done = forward_stop(job.stop, flag)
         # one first batch per actor carries its start-up (Ray's workers, torch, the model): no rate from those

@@ -5,7 +5,7 @@ size, overlays, thumbnails); the writer only encodes PNGs and writes files: in `
 processes (:mod:`.writer_pool`, one share of each batch each), or in its own thread (``writers=0``).
 Crash safety: every file is written to a temporary name and renamed (:class:`~xaibatch.files.OutputDir`),
 and a batch's rows are committed in one transaction, by the writer thread, only after all of its files
-are in place.
+are in place; committed rows whose files a batch writes over are dropped in a commit before (:func:`overwrites`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -81,10 +81,50 @@ class WriteJob:
     image_rows: list[ImageRow] = field(default_factory=list)
     drop_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method) rows to delete
     failed: list[Failure] = field(default_factory=list)  # images that could not be read
+    # Committed rows whose files this job writes over (see overwrites): dropped before those files are written
+    overwritten_images: list[str] = field(default_factory=list)
+    overwritten_maps: list[tuple[str, str]] = field(default_factory=list)  # (rel, method)
 
     @property
     def count(self) -> int:
         return len(self.items) + len(self.failed)
+
+
+def overwrites(job: WriteJob, images: Mapping[str, Any], maps: Mapping[str, Mapping[str, Any]]) -> None:
+    """Note in ``job`` the committed rows (``images``, ``maps``: the manifest's, as plan.Known holds them) whose files
+    its items write over: a map recomputed (new content, model or options) is written to its row's own paths, a
+    changed image's display copy to its row's. A kill after those files are written and before the job's rows are
+    committed would leave the old rows pointing at new files; an image put back to its old bytes (a backup restored)
+    would then keep them, a map of other pixels under the old row. So :func:`unclaim` drops them first, in a commit
+    of their own (rows before files, as everywhere): the kill leaves the image to compute again. The image row goes
+    only where the job commits a new one (a display copy written again over the same bytes changes nothing)."""
+    fresh = {r.rel for r in job.image_rows}
+    job.overwritten_images = [
+        it.rel for it in job.items if it.display is not None and it.rel in fresh and it.rel in images
+    ]
+    job.overwritten_maps = [
+        (it.rel, mp.method) for it in job.items for mp in it.maps if mp.method in maps.get(it.rel, {})
+    ]
+
+
+def planned_overwrites(work: Mapping[str, Any], known: Any) -> tuple[list[str], list[tuple[str, str]]]:
+    """:func:`overwrites` for a whole plan (``work``: plan.Plan.work, ``known``: plan.Known), for the Ray engine, whose
+    actors write files the driver cannot drop rows before: its committed rows whose files the plan's work writes
+    over, dropped before the first batch is sent (the report of a run stopped meanwhile no longer shows them)."""
+    images = [rel for rel, w in work.items() if w.fresh and w.display and rel in known.images]
+    maps = [(rel, k) for rel, w in work.items() for k in w.methods if k in known.maps.get(rel, {})]
+    return images, maps
+
+
+def unclaim(manifest: Manifest, images: list[str], maps: list[tuple[str, str]], check: Callable[[], None]) -> None:
+    """Drop the rows whose files are about to be written over (:func:`overwrites`), in one commit; none: nothing."""
+    if not images and not maps:
+        return
+    with manifest.transaction():
+        check()
+        manifest.remove_images(images)
+        for rel, method in maps:
+            manifest.remove_map(rel, method)
 
 
 def writer_threads(device_type: str, workers: int) -> int:
@@ -167,6 +207,7 @@ class Writer(threading.Thread):
             manifest.close()
 
     def write(self, manifest: Manifest, files: OutputDir, job: WriteJob, pool: ThreadPoolExecutor | None) -> None:
+        unclaim(manifest, job.overwritten_images, job.overwritten_maps, self.check)
         record = write_files(files, job, pool)
         commit(manifest, record, self.check)
         self.on_done(record.count)
@@ -204,6 +245,7 @@ class Writer(threading.Thread):
             if self.error is not None:
                 continue  # after an error: drain the queue, write and commit nothing more
             try:
+                unclaim(manifest, job.overwritten_images, job.overwritten_maps, self.check)
                 sent.append((job, pool.submit(job.items, job.run_id)))
             except BaseException as e:
                 self.error = e
