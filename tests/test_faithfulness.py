@@ -176,13 +176,14 @@ def test_blur_fill_is_a_normalized_gaussian():
 
 
 def test_a_new_baseline_scores_every_map_again(tmp_path, tiny_ckpt):
-    """The fill (--faithfulness-baseline) moves every score: a re-run under another one scores the maps again (with
-    the maps at the model's input size, so it computes them), not keep the other fill's numbers."""
+    """The fill (--faithfulness-baseline) moves every score: a re-run under another one scores the maps again (at
+    the model's input size, from their saved .npy: no map computed, pipeline/rescore.py), not keep the other fill's
+    numbers."""
     inp, out = tmp_path / "in", tmp_path / "out"
     write_images(inp, 3)
     assert run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "mean")), log=quiet).computed == 3
     before = manifest_rows(out, "SELECT rel, faith_hash FROM maps")
-    assert run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "blur")), log=quiet).computed == 3
+    assert run(run_opts(inp, out, tiny_ckpt, faithfulness=FaithConfig(4, "blur")), log=quiet).computed == 0
     after = dict(manifest_rows(out, "SELECT rel, faith_hash FROM maps"))
     assert all(after[rel] != h for rel, h in before)
 
@@ -242,7 +243,8 @@ def test_gradcam_beats_random_maps_on_fake_images(demo_dir, tmp_path, baseline):
 
 @pytest.mark.slow
 def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
-    """Enabling scores recomputes only unscored maps; an unchanged re-run computes nothing; disabling keeps them."""
+    """Enabling scores scores only unscored maps (from their saved .npy: nothing computed); an unchanged re-run
+    scores nothing; disabling keeps them."""
     out = tmp_path / "out"
     base = {"input_dir": labeled_dir, "out_dir": out, "methods": ["gradcam"], "checkpoint": tiny_ckpt, "workers": 0}
     r = run(RunOptions(**base), log=lambda s: None)
@@ -250,10 +252,11 @@ def test_scores_in_manifest_csv_and_cache(tmp_path, labeled_dir, tiny_ckpt):
     header = (out / "predictions.csv").read_text().splitlines()[0]
     assert "deletion_gradcam" not in header
     cfg = FaithConfig(5, "blur")
-    assert run(RunOptions(**base, faithfulness=cfg), log=lambda s: None).computed == 10
+    assert run(RunOptions(**base, faithfulness=cfg), log=lambda s: None).computed == 0  # scored from the maps
+    assert all(h for (h,) in manifest_rows(out, "SELECT faith_hash FROM maps"))
     assert run(RunOptions(**base, faithfulness=cfg), log=lambda s: None).computed == 0
     assert run(RunOptions(**base), log=lambda s: None).computed == 0  # scores are kept, maps still valid
-    assert run(RunOptions(**base, faithfulness=FaithConfig(6, "blur")), log=lambda s: None).computed == 10
+    assert run(RunOptions(**base, faithfulness=FaithConfig(6, "blur")), log=lambda s: None).computed == 0
     rows = manifest_rows(out, "SELECT deletion, insertion, faith_json FROM maps")
     assert len(rows) == 10 and all(0 <= d <= 1 and 0 <= i <= 1 and f for d, i, f in rows)
     lines = (out / "predictions.csv").read_text().splitlines()

@@ -614,6 +614,26 @@ class Manifest:
             ],
         )
 
+    def set_faith(self, rows: Iterable[tuple[str, str, dict[str, Any]]], run_id: int) -> None:
+        """Store faithfulness scores on map rows that stay (pipeline/rescore.py): (rel, method, the MapRow fields
+        writer.faith_fields gives); the row's ``run_id`` becomes ``run_id``, the run that last wrote it."""
+        self.db.executemany(
+            "UPDATE maps SET deletion = ?, insertion = ?, faith_json = ?, faith_hash = ?, run_id = ?"
+            " WHERE rel = ? AND method = ?",
+            [
+                (
+                    f["deletion"],
+                    f["insertion"],
+                    json.dumps(f["faith"]) if f.get("faith") else None,
+                    f["faith_hash"],
+                    run_id,
+                    rel,
+                    method,
+                )
+                for rel, method, f in rows
+            ],
+        )
+
     def maps_without_view(self) -> list[tuple[str, str, str, str, int, int, str | None]]:
         """The map rows written before views existed (MapRow.view None) or before they flagged a map that shows
         nothing (a view without "nowhere", see overlay.flat_view): (rel, method, config_hash, npy, the image's

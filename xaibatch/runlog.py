@@ -10,21 +10,23 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
   moved: images found at a new path, their results taken along; maps: per method, in the order of -m, the images
   whose map it computes, ``<method>@label`` for true-class maps of images known misclassified (an image predicted
   anew gets one if its batch finds it misclassified: ``estimate`` guesses those): a method added to a folder
-  computes its own alone).
+  computes its own alone; scored: images whose maps stay and get only their faithfulness scores, from the saved
+  maps (counted as unchanged, not in to_compute).
   ``resumed``: of the ``unchanged`` images (all those not computed again), those that runs before this one that
   did not finish (interrupted, killed, stopped by an error) had done, ``resumed_from`` those runs' ids.
 * ``failure``: one per image that could not be read (path, reason).
 * ``vanished``: one per image the scan listed that was moved or deleted before its batch read it (path, reason):
   no failure (it does not make exit code 1), left to the next run, which finds where it went.
 * ``estimate``: what a slow method will cost (method, images, label_maps, text), before the first batch;
-  ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``).
+  ``images`` counts every map it will compute, ``label_maps`` those of the true class (``--target pred,label``);
+  method ``faithfulness``: the images whose saved maps are scored (plan's ``scored``).
 * ``batch_split``: a batch did not fit in memory and the run explains fewer images at a time from now on
   (batch_size: the images of the batch that did not fit, size: the images per part now, memory: ``device`` or
   ``host``, text: the warning line); once, again only if a later batch must be split smaller.
 * ``progress``: done, total, elapsed_s, eta_s (null before the first image), batch_percent (null unless a
   method reports it), method (only while a batch of several methods runs one: its name, or ``faithfulness``;
   ``<method> (true class)`` in the true-class pass): once when the first batches give an estimate, then about
-  every minute.
+  every minute; ``phase: "scoring"`` in the pass that scores saved maps (its own done, total and estimate).
 * ``end``: status, exit_code, counts (seen, computed, skipped, resumed, failed, vanished, added, changed,
   removed), seconds, report; plus ``error`` when the run stopped on an error. ``skipped``: images not computed again
   (as before ``resumed`` existed), ``resumed`` the part of them unfinished runs had done (see ``plan``); seen =

@@ -253,6 +253,19 @@ class Plan:
     # files go to the new path before anything is computed (apply.apply_removals), and ``work`` holds only what the
     # new path needs besides (a map whose target class moved with the label)
     moves: list[Move] = field(default_factory=list)
+    # rel -> the methods whose faithfulness scores are due while their maps are current (--faithfulness turned on
+    # or its settings changed): scored from the saved .npy (pipeline/rescore.py), no method run; not in ``work``
+    # (no map is computed: these images count as unchanged)
+    scored: dict[str, Scored] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An image whose maps stay and whose faithfulness scores are due: each of ``methods`` is scored from its saved
+    map. Only where that map is the method's own (the image at the model's input size: the .npy was not resized)."""
+
+    entry: ImageEntry
+    methods: tuple[str, ...]
 
 
 def make_plan(
@@ -415,9 +428,27 @@ class _Planner:
         label_todo_, label_dead = label_todo(self.hashes, maps, None if fresh else now, self.exists)
         todo += label_todo_
         self.plan.dead_maps += [(e.rel, k) for k in label_dead]
+        if todo and not (fresh or redisplay or label_todo_) and now is not None and self.scored_only(now, maps, todo):
+            self.plan.scored[e.rel] = Scored(e, tuple(todo))
+            return
         if todo or fresh or redisplay:
             display = redisplay or row is None or not content_same or (fresh and not self.display_there(row))
             self.plan.work[e.rel] = Work(e, todo, fresh, display)
+
+    def scored_only(self, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> bool:
+        """Whether every map ``todo`` asks for is current but for its faithfulness scores, and can be scored from its
+        saved .npy: the image is at the model's input size (the map was saved as the method returned it, not
+        resized: the scores are those a recompute gives) and its files are there."""
+        side = self.hashes.predict_config.get("input_size")
+        size = (side, side) if isinstance(side, int) else tuple(side or ())
+        if self.hashes.faith is None or (row.height, row.width) != size:
+            return False
+        return all(
+            m in maps
+            and maps[m].config_hash == self.hashes.methods.get(m)
+            and all(self.exists(p) for p in maps[m].files.paths())
+            for m in todo
+        )
 
     def classify(self, e: ImageEntry, row: ImageRow | None) -> bool:
         """File the image as added, changed or touched; returns whether its content is the manifest's."""
@@ -571,7 +602,7 @@ def resumed_by(found: Scan, known: Known, plan: Plan, hashes: Hashes, unfinished
     keys = [*hashes.methods, *hashes.labels]
     for e in found.images:
         row = known.images.get(e.rel)
-        if row is None or e.rel in plan.work or e.rel in redone:
+        if row is None or e.rel in plan.work or e.rel in plan.scored or e.rel in redone:
             continue
         maps = known.maps.get(e.rel, {})
         ids = [i for i in (row.run_id, *(maps[k].run_id for k in keys if k in maps)) if i in unfinished]
@@ -594,6 +625,7 @@ class Tally:
 
     computed: int = 0
     done: int = 0  # computed + failed
+    scored: int = 0  # images of Plan.scored done (their saved maps scored, or left to the next run: unreadable)
     failed: list[Failure] = field(default_factory=list)  # the scan's, the plan's and the batches'
     vanished: list[Failure] = field(default_factory=list)  # images moved or deleted since the scan: the next run's
     first_batch: float | None = None  # time.time() when the first batch was explained

@@ -37,8 +37,12 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
         warmup: int = 0,
         batch_size: int = 0,
+        phase: str | None = None,
     ) -> None:
         self.total, self.log, self.emit, self.json_events, self.clock = total, log, emit, json_events, clock
+        # None: the images computed; "scoring": those whose saved maps are only scored (pipeline/rescore.py), a pass
+        # of its own, with its own rate: its events say "phase", its lines "scored"
+        self.phase = phase
         self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
         self.step: str | None = None  # what a batch of several methods runs now (running)
         # batch_size: images per batch (0: not known); with it the current batch's share counts towards the rate,
@@ -54,7 +58,8 @@ class Progress:
         self._lock = threading.Lock()
         self._bar = None
         if bar:
-            self._bar = _bar_class()(total=total, unit="img", desc="xaibatch", dynamic_ncols=True)
+            desc = "xaibatch" if phase is None else f"xaibatch {phase}"
+            self._bar = _bar_class()(total=total, unit="img", desc=desc, dynamic_ncols=True)
         self._stop = threading.Event()
         self._beat = None
         if heartbeat > 0 and self._bar is None:
@@ -107,8 +112,9 @@ class Progress:
         if self.json_events:  # --log-json: the event is the estimate; stderr keeps to what has no event
             return
         batch = f", current batch {self.batch}%" if self.batch is not None else ""
+        what = "" if self.phase is None else " to score"
         text = (
-            f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s) "
+            f"xaibatch: about {duration(eta)} left for {self.total - self.done} more image(s){what} "
             f"({self.done} done in {duration(elapsed)}{batch})"
         )
         if self._bar is not None:
@@ -154,6 +160,7 @@ class Progress:
             "eta_s": None if eta is None else round(eta, 1),
             "batch_percent": self.batch,
             **({"method": self.step} if self.step else {}),
+            **({"phase": self.phase} if self.phase else {}),
         }
 
     def line(self) -> str:
@@ -162,7 +169,8 @@ class Progress:
         left = f", about {duration(eta)} left" if eta is not None else ""
         batch = f", current batch {self.batch}%" if self.batch is not None else ""
         step = f", running {self.step}" if self.step else ""
-        return f"xaibatch: {self.done}/{self.total} images, {duration(elapsed)}{left}{batch}{step}"
+        what = "images" if self.phase is None else "images scored"
+        return f"xaibatch: {self.done}/{self.total} {what}, {duration(elapsed)}{left}{batch}{step}"
 
     def beat(self) -> None:
         """Say where the run is: a JSON event with --log-json, else a line."""

@@ -243,13 +243,18 @@ def _run_locked(
         timings["plan"] = time.time() - t_plan
 
         t_compute = time.time()
-        if plan.work and not stop.requested:
+        if (plan.work or plan.scored) and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
             job = ComputeJob(
                 opts, out, setup.prepared, plan, known, setup.hashes, row.run_id, stop, row.tally, emit, log, lock.check
             )
-            engine.compute(job)
+            if plan.work:
+                engine.compute(job)
+            if plan.scored and not stop.requested:  # maps that stay, scored from their .npy (on the driver)
+                from .rescore import score_saved
+
+                score_saved(job)
             stamp_failures(row.manifest, plan, row.tally)
             if row.tally.vanished and lines:
                 gone = row.tally.vanished
@@ -262,7 +267,8 @@ def _run_locked(
         timings["compute"] = time.time() - t_compute
         if row.tally.first_batch is not None:
             timings["first_batch"] = row.tally.first_batch - t0  # from the start: what a user waits for the first maps
-        stopped = stop.requested and row.tally.done < len(plan.work)  # a signal in the last batch: all done
+        # a signal in the last batch: all done
+        stopped = stop.requested and (row.tally.done < len(plan.work) or row.tally.scored < len(plan.scored))
         status = row.finish(stopped)
     except BaseException as e:
         full = row.fail(e, out)
@@ -368,7 +374,16 @@ def _plan_run(
     if maps and not opts.events_only and any(maps.get(m, 0) < len(plan.work) for m in opts.methods):  # else: all
         due = ", ".join(f"{m} for {n}" for m, n in maps.items())
         log(f"xaibatch: maps to compute: {due} image(s); the others are up to date")
-    emit(plan_event(row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves), maps))
+    if plan.scored and not opts.events_only:
+        log(
+            f"xaibatch: {len(plan.scored)} image(s) keep their maps and get only their faithfulness scores, "
+            "from the saved maps"
+        )
+    emit(
+        plan_event(
+            row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves), maps, len(plan.scored)
+        )
+    )
     row.dropped = apply_removals(out, row.manifest, lock, setup.found, plan, known, row.run_id, emit) | old_names
     return known, plan
 
@@ -433,9 +448,11 @@ def plan_event(
     resumed_from: list[int],
     moved: int = 0,
     maps: dict[str, int] | None = None,
+    scored: int = 0,
 ) -> dict[str, Any]:
     """The ``plan`` event (``--log-json``). ``moved``: images found at a new path (plan.Move), counted as unchanged
-    (or to compute, where their new label asks for maps), neither added nor removed. ``maps``: maps_due."""
+    (or to compute, where their new label asks for maps), neither added nor removed. ``maps``: maps_due.
+    ``scored``: images whose maps stay and are only scored (Plan.scored), counted as unchanged, not in to_compute."""
     return {
         "event": "plan",
         "run_id": run_id,
@@ -449,6 +466,7 @@ def plan_event(
         "resumed_from": resumed_from,
         "moved": moved,
         "maps": maps or {},
+        "scored": scored,
     }
 
 

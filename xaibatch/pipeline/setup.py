@@ -193,7 +193,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
         known = Known.read(manifest)
         on_disk = existing_files(out)
         plan = make_plan(found, known, hashes, on_disk.__contains__, on_disk=on_disk)
-        if plan.work:
+        if plan.work or plan.scored:
             return None
         if opts.faithfulness is not None and known.images:
             from ..evaluation import chance
