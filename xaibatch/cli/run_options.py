@@ -347,7 +347,8 @@ faith_options = grouped(
         "--faithfulness",
         is_flag=True,
         help="Score every map by deletion and insertion (RISE; about 2 x --faithfulness-steps forwards per "
-        "image and method). Enabling it on an existing folder recomputes the maps that lack scores.",
+        "image and method). Enabling it on an existing folder scores the saved maps that lack scores (images at the "
+        "model's input size; others' maps are computed again).",
     ),
     click.option(
         "--faithfulness-steps",
