@@ -49,6 +49,7 @@ from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
 from ..method_specs import NT_PATTERN, check_library_options
 from .lime import mask_seed
+from ..threadsafe import catch_warnings
 
 PREFIX = CAPTUM_PREFIX
 # Options whose value goes straight to captum's attribute(); the others are read by the adapter.
@@ -158,7 +159,7 @@ class CaptumMethod(Method):
                 kw["nt_samples_batch_size"] = o["nt_samples_batch_size"]
         model = self.ctx.model
         try:
-            with torch.enable_grad(), warnings.catch_warnings():
+            with torch.enable_grad(), catch_warnings():
                 warnings.simplefilter("ignore")  # captum warns about in-place ReLUs and requires_grad on every call
                 if not self.takes_seed:
                     return obj.attribute(x.detach().clone(), target=targets, **kw).detach()

@@ -1,0 +1,38 @@
+"""What concurrent calls in one process (a service's or a scheduler's threads) share of its global state.
+
+The warning filters are one list per process, and ``warnings.catch_warnings`` saves it on entry and puts it back on
+exit. Two threads' blocks that overlap (two ``xaibatch.run()`` calls in a service's threads: one decoding an image,
+the other starting its DataLoader) put the lists back out of order, and the process kept a filter for good:
+``ignore`` for every warning, its own and the user's, for the rest of its life. Every block of xaibatch's that
+changes the filters goes through :func:`catch_warnings`, which takes one lock for the block, so its blocks never
+overlap. (A block of the user's own in another thread still may: Python before 3.14 has no per-thread filters.)
+
+The lock is made anew in a forked child (a DataLoader or writer process, a report fork): the thread that held it in
+the parent does not exist there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+_lock = threading.RLock()  # reentrant: a block inside another in the same thread (a decode inside a load)
+
+
+def _new_lock() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock)
+
+
+@contextmanager
+def catch_warnings() -> Iterator[None]:
+    """``warnings.catch_warnings()``, while no other thread of this process is in such a block."""
+    with _lock, warnings.catch_warnings():
+        yield
