@@ -7,9 +7,13 @@ import threading
 import warnings
 from pathlib import Path
 
+import torch
+
 from tests.helpers import write_images
 from xaibatch import data
+from xaibatch.model.loading import random_init
 from xaibatch.pipeline import loader
+from xaibatch.pipeline.signals import Stop
 
 
 def test_overlapping_blocks_of_two_threads_leave_the_warning_filters_as_they_were(tmp_path: Path, monkeypatch):
@@ -41,3 +45,40 @@ def test_overlapping_blocks_of_two_threads_leave_the_warning_filters_as_they_wer
     t.join(10.0)
     assert not t.is_alive()
     assert warnings.filters == before
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def test_workers_forked_while_another_thread_draws_random_weights_start(tmp_path: Path):
+    """Runs in a service's threads: one building its model (random weights, torch's default generator locked while
+    they are drawn) while another forked its DataLoader's workers. A worker seeds that generator first thing, so
+    it waited for the lock for ever, its run for its batch (three runs of the demo data at once: every time), and
+    the workers stayed, orphaned."""
+    done = threading.Event()
+
+    def build_models():
+        while not done.is_set():
+            random_init(lambda: torch.nn.Linear(1000, 1000))
+
+    t = threading.Thread(target=build_models)
+    t.start()
+    try:
+        for _ in range(8):
+            dl = torch.utils.data.DataLoader(
+                _Numbers(),
+                batch_size=2,
+                num_workers=2,
+                timeout=20,  # a worker that never starts: "DataLoader worker ... timed out", not a hang
+                worker_init_fn=loader.worker_init,
+                multiprocessing_context=loader.worker_context(2),
+            )
+            assert [b.tolist() for b in loader.until_stopped(dl, Stop())] == [[0, 1], [2, 3]]
+    finally:
+        done.set()
+        t.join(30.0)

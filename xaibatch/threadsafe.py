@@ -9,6 +9,12 @@ overlap. (A block of the user's own in another thread still may: Python before 3
 
 The lock is made anew in a forked child (a DataLoader or writer process, a report fork): the thread that held it in
 the parent does not exist there.
+
+torch's default CPU generator has a mutex, held while a thread draws from it (a model's random weights, a seed), and a
+DataLoader's worker seeds that generator first thing. A worker forked while another thread held it (three runs in a
+service's threads: one building its model, one forking its workers) waited for that mutex for ever, its run for
+its batch, and its orphaned workers stayed. xaibatch's draws and its workers' forks go through :func:`generator`,
+one block at a time. (A draw of the user's own in another thread still may meet a fork: keep ``workers=0`` there.)
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _lock = threading.RLock()  # reentrant: a block inside another in the same thread (a decode inside a load)
+_drawing = threading.RLock()  # reentrant: a factory that builds a torchvision model under random_init
 
 
 def _new_lock() -> None:
-    global _lock
-    _lock = threading.RLock()
+    global _lock, _drawing
+    _lock, _drawing = threading.RLock(), threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -35,4 +42,12 @@ if hasattr(os, "register_at_fork"):
 def catch_warnings() -> Iterator[None]:
     """``warnings.catch_warnings()``, while no other thread of this process is in such a block."""
     with _lock, warnings.catch_warnings():
+        yield
+
+
+@contextmanager
+def generator() -> Iterator[None]:
+    """A block that draws from torch's default generator or forks processes that seed it (a DataLoader's workers),
+    while no other thread of this process is in such a block."""
+    with _drawing:
         yield

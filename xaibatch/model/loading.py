@@ -29,7 +29,7 @@ from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess, declared_size
 from ..runconfig import RANDOM_INIT
-from ..threadsafe import catch_warnings
+from ..threadsafe import catch_warnings, generator
 from . import formats
 
 FORMAT = "xaibatch-checkpoint"
@@ -116,7 +116,7 @@ RANDOM_SEED = 0  # random weights xaibatch builds are drawn from this seed: same
 def random_init(build, seed: int = RANDOM_SEED):
     """``build()`` under ``seed``, the caller's random state left as it was: a model run with random weights is the
     same model on every run (its weights' digest says so), so a re-run computes only what is new."""
-    with torch.random.fork_rng(devices=[]):
+    with generator(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 

@@ -27,7 +27,7 @@ import warnings
 from typing import Any, Iterator
 
 from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
-from ..threadsafe import catch_warnings
+from ..threadsafe import catch_warnings, generator
 
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
@@ -105,7 +105,8 @@ def forked_quietly(start: Any, *args: Any) -> Any:
     before being killed.)"""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        return start(*args)
+        with generator():  # no other thread of ours holds torch's generator, which each new worker seeds
+            return start(*args)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered here
 
