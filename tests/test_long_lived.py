@@ -82,3 +82,22 @@ def test_workers_forked_while_another_thread_draws_random_weights_start(tmp_path
     finally:
         done.set()
         t.join(30.0)
+
+
+def test_a_run_and_sanity_leave_the_callers_random_state_as_it_was(tmp_path: Path, tiny_ckpt: Path):
+    """A training script seeds torch, runs xaibatch between its steps, and draws on: a run drew its DataLoader's
+    seed from the caller's generator (so the script's numbers after it depended on whether the run computed
+    anything), and ``sanity`` left that generator seeded with its own seed (every later draw the same in every
+    process)."""
+    from tests.helpers import quiet, run_opts
+    from xaibatch.evaluation.sanity import run_sanity
+    from xaibatch.pipeline import run
+
+    write_images(tmp_path / "in" / "FAKE", 3, seed=1)
+    write_images(tmp_path / "in" / "REAL", 3, seed=2)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=quiet)
+    assert torch.equal(torch.get_rng_state(), before)
+    run_sanity(tmp_path / "out", n=4)
+    assert torch.equal(torch.get_rng_state(), before)

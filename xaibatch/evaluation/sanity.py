@@ -311,7 +311,8 @@ def run_sanity(
     from ..pipeline.recovery import held_output
 
     out = Path(out)
-    with nullcontext(lock) if lock is not None else held_output(out, log, "sanity"):
+    # the cascade seeds torch's generator (sanity's own numbers): the caller's random state is given back after
+    with torch.random.fork_rng(devices=[]), nullcontext(lock) if lock is not None else held_output(out, log, "sanity"):
         run = last_ended_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)
