@@ -101,3 +101,54 @@ def test_a_run_and_sanity_leave_the_callers_random_state_as_it_was(tmp_path: Pat
     assert torch.equal(torch.get_rng_state(), before)
     run_sanity(tmp_path / "out", n=4)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+class _Gated(torch.nn.Module):
+    """A small CNN whose first forward in the thread named ``first`` waits (at most 2 s) until another thread's
+    forward has begun: two calls of explain() with it overlap whenever they can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+        self.other_began, self.waited = threading.Event(), False
+
+    def forward(self, x):
+        if threading.current_thread().name == "first" and not self.waited:
+            self.waited = True
+            self.other_began.wait(2.0)
+        elif threading.current_thread().name == "second":
+            self.other_began.set()
+        return self.head(self.features(x))
+
+
+def test_two_threads_explaining_with_one_model_each_get_its_maps_and_hand_it_back():
+    """A service's threads explain uploads with its one model: each call's end put the other call's hooks away and
+    its own saved training flags back, so the other raised "the model's output does not depend on the target
+    layer", or returned the maps and predictions of a model half handed back, and the model stayed in eval mode."""
+    from xaibatch import explain
+
+    model = _Gated().train()
+    images = torch.rand(2, 3, 3, 16, 16)
+    alone = [explain(model, images[i], ["gradcam", "guided-gradcam"]) for i in range(2)]
+    model.waited = False
+    got: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            got[i] = explain(model, images[i], ["gradcam", "guided-gradcam"])
+        except Exception as e:  # noqa: BLE001 - compared below, with its message
+            got[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,), name=name) for i, name in enumerate(["first", "second"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60.0)
+    for i in range(2):
+        assert not isinstance(got[i], Exception), got[i]
+        for m in ("gradcam", "guided-gradcam"):
+            assert torch.allclose(got[i].maps[m], alone[i].maps[m], atol=1e-6)
+        assert torch.equal(got[i].preds, alone[i].preds)
+    assert all(m.training for m in model.modules())
