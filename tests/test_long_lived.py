@@ -152,3 +152,42 @@ def test_two_threads_explaining_with_one_model_each_get_its_maps_and_hand_it_bac
             assert torch.allclose(got[i].maps[m], alone[i].maps[m], atol=1e-6)
         assert torch.equal(got[i].preds, alone[i].preds)
     assert all(m.training for m in model.modules())
+
+
+def test_reading_the_holder_while_another_thread_takes_the_lock_keeps_it_held(tmp_path: Path, monkeypatch):
+    """A thread waiting for a folder (``wait=True``) reads the holder record through a descriptor of the lock file;
+    another thread of the process that took the lock meanwhile (the folder's next run) lost it when that descriptor
+    closed (a POSIX lock ends at any close of the file by its process), and a run of another process could take
+    the folder too."""
+    import subprocess
+    import sys
+
+    from xaibatch import lock as lock_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / lock_module.LOCK_NAME).write_text("")
+    taker = lock_module.OutputLock(out)
+    real_read, calls = lock_module._read_all, []
+
+    def read_all(fd):  # the waiting thread's read: the other thread takes the lock meanwhile (or tries for 1 s)
+        calls.append(fd)
+        if len(calls) == 1:
+            t = threading.Thread(target=taker.try_acquire)
+            t.start()
+            t.join(1.0)
+        return real_read(fd)
+
+    monkeypatch.setattr(lock_module, "_read_all", read_all)
+    lock_module.OutputLock(out).holder()
+    for _ in range(100):
+        if taker.fd is not None:
+            break
+        threading.Event().wait(0.05)
+    try:
+        assert taker.fd is not None
+        probe = "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\ntry:\n fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n sys.exit(3)"
+        r = subprocess.run([sys.executable, "-c", probe, str(out / lock_module.LOCK_NAME)], timeout=60)
+        assert r.returncode == 3, "another process could lock the folder this process holds"
+    finally:
+        taker.release()
