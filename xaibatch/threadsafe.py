@@ -7,14 +7,14 @@ the other starting its DataLoader) put the lists back out of order, and the proc
 changes the filters goes through :func:`catch_warnings`, which takes one lock for the block, so its blocks never
 overlap. (A block of the user's own in another thread still may: Python before 3.14 has no per-thread filters.)
 
-The lock is made anew in a forked child (a DataLoader or writer process, a report fork): the thread that held it in
-the parent does not exist there.
-
 torch's default CPU generator has a mutex, held while a thread draws from it (a model's random weights, a seed), and a
 DataLoader's worker seeds that generator first thing. A worker forked while another thread held it (three runs in a
 service's threads: one building its model, one forking its workers) waited for that mutex for ever, its run for
 its batch, and its orphaned workers stayed. xaibatch's draws and its workers' forks go through :func:`generator`,
 one block at a time. (A draw of the user's own in another thread still may meet a fork: keep ``workers=0`` there.)
+
+Both kinds of block take one lock, made anew in a forked child (a DataLoader or writer process, a report fork): the
+thread that held it in the parent does not exist there.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-_lock = threading.RLock()  # reentrant: a block inside another in the same thread (a decode inside a load)
-_drawing = threading.RLock()  # reentrant: a factory that builds a torchvision model under random_init
+# One lock for both kinds of block, so that no two locks are ever taken in opposite orders (a factory that builds
+# its model, under generator(), and reads a checkpoint with xaibatch's loader, under catch_warnings()). Reentrant:
+# a block inside another in the same thread (a torchvision model built under random_init inside a factory).
+_lock = threading.RLock()
 
 
 def _new_lock() -> None:
-    global _lock, _drawing
-    _lock, _drawing = threading.RLock(), threading.RLock()
+    global _lock
+    _lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -40,7 +42,8 @@ if hasattr(os, "register_at_fork"):
 
 @contextmanager
 def catch_warnings() -> Iterator[None]:
-    """``warnings.catch_warnings()``, while no other thread of this process is in such a block."""
+    """``warnings.catch_warnings()``, while no other thread of this process is in such a block (or a :func:`generator`
+    one)."""
     with _lock, warnings.catch_warnings():
         yield
 
@@ -48,6 +51,6 @@ def catch_warnings() -> Iterator[None]:
 @contextmanager
 def generator() -> Iterator[None]:
     """A block that draws from torch's default generator or forks processes that seed it (a DataLoader's workers),
-    while no other thread of this process is in such a block."""
-    with _drawing:
+    while no other thread of this process is in such a block (or in a :func:`catch_warnings` one)."""
+    with _lock:
         yield
