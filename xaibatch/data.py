@@ -33,6 +33,7 @@ from .errors import (
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import too_large
 from .files import NotRegularFile, hash_open_file, open_regular, read_hashed
+from .threadsafe import catch_warnings
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
@@ -105,7 +106,7 @@ def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
 
 def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an open image file (or the bytes of one in a BytesIO) with PIL: the body of :func:`load_image`."""
-    with decode_errors(max_pixels), warnings.catch_warnings():
+    with decode_errors(max_pixels), catch_warnings():
         warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -364,7 +365,7 @@ def jpeg_info(data: bytes, max_pixels: int = MAX_PIXELS) -> JpegInfo | None:
     if not data.rstrip(b"\0").endswith(b"\xff\xd9") or _sof_marker(data) not in SEQUENTIAL_SOF:
         return None
     try:
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data), formats=("JPEG",))  # reads the header only
             with im:

@@ -31,6 +31,7 @@ from .data import MAX_PIXELS, JpegInfo, decode_pil, display_copy, full_size, mod
 from .dataset import LoadedBatch
 from .errors import DecodeError, UsageError, out_of_memory
 from .layout import DISPLAY_MAX_SIDE, display_size
+from .threadsafe import catch_warnings
 
 
 def device_decode(choice: str, device: torch.device, segments: bool = False) -> bool:
@@ -87,7 +88,7 @@ def decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.T
         # be written under them. A run's batches end in host copies, so this waits for nothing there; it covers
         # whatever else was queued (the methods' probes at start-up, a caller of this function).
         torch.cuda.current_stream(device).synchronize()
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
         out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     return list(out)

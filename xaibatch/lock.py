@@ -117,18 +117,21 @@ class OutputLock:
 
     # -- reading the holder without taking the lock -----------------------------
     def holder(self) -> dict[str, Any] | None:
-        if self.key in _HELD:
-            return _HELD[self.key]
-        try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)  # another process's lock: reading cannot release it
-        except OSError:
-            return None
-        try:
-            return _parse(_read_all(fd)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        # Under the guard: a thread of this process that took the lock while this descriptor was open would lose it
+        # when it is closed (a POSIX lock ends at any close of the file by its process).
+        with _HELD_GUARD:
+            if self.key in _HELD:
+                return _HELD[self.key]
+            try:
+                fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)  # another process's lock: reading cannot release it
+            except OSError:
+                return None
+            try:
+                return _parse(_read_all(fd)) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
 
     # -- taking and releasing ---------------------------------------------------
     def try_acquire(self) -> bool:

@@ -35,6 +35,7 @@ import torch
 
 from ..errors import UsageError
 from ..files import atomic_write_bytes
+from ..threadsafe import generator
 from .sanity_file import FILENAME, VERSION, SanityCurve, SanityResult
 from .rebuild import ModelOverride, image_entries, prepare_rebuilt, rebuild_options, rebuilt_model, same_content
 
@@ -62,8 +63,8 @@ def own_parameters(model: torch.nn.Module) -> list[str]:
 
 def reinit_own(model: torch.nn.Module, gen_seed: int) -> None:
     """Draw ``model``'s own parameters afresh, seeded, as :func:`reinit` draws a bare parameter (on the CPU)."""
-    torch.manual_seed(gen_seed)
-    with torch.no_grad():
+    with generator(), torch.no_grad():
+        torch.manual_seed(gen_seed)
         for _, p in sorted(model.named_parameters(recurse=False)):
             p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, 0.02))
 
@@ -77,17 +78,18 @@ def reinit(module: torch.nn.Module, gen_seed: int) -> None:
     where = first.device if first is not None else torch.device("cpu")
     module.cpu()
     try:
-        torch.manual_seed(gen_seed)
-        done: set[int] = set()
-        for m in module.modules():
-            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                m.reset_parameters()
-                _into_norm_parameters(m)
-                done.update(id(p) for p in m.parameters(recurse=False))
-        for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
-            if id(p) not in done:
-                with torch.no_grad():
-                    p.normal_(0.0, 0.02)
+        with generator():  # no DataLoader of another thread forks meanwhile
+            torch.manual_seed(gen_seed)
+            done: set[int] = set()
+            for m in module.modules():
+                if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                    m.reset_parameters()
+                    _into_norm_parameters(m)
+                    done.update(id(p) for p in m.parameters(recurse=False))
+            for p in module.parameters():  # layers without reset_parameters (e.g. a bare nn.Parameter)
+                if id(p) not in done:
+                    with torch.no_grad():
+                        p.normal_(0.0, 0.02)
     finally:
         module.to(where)
 
@@ -309,7 +311,8 @@ def run_sanity(
     from ..pipeline.recovery import held_output
 
     out = Path(out)
-    with nullcontext(lock) if lock is not None else held_output(out, log, "sanity"):
+    # the cascade seeds torch's generator (sanity's own numbers): the caller's random state is given back after
+    with torch.random.fork_rng(devices=[]), nullcontext(lock) if lock is not None else held_output(out, log, "sanity"):
         run = last_ended_run(out)
         opts = rebuild_options(run.config, run.root, out, device, override)
         prepared = prepare_rebuilt(opts, run.config, out, override)

@@ -49,6 +49,7 @@ from .base import register_family, register_method
 from ..method_specs import CAPTUM_PREFIX, CAPTUM_SPECS as SPECS, NT_DEFAULTS, NT_PREFIX, TUNNELABLE
 from ..method_specs import NT_PATTERN, check_library_options
 from .lime import mask_seed
+from ..threadsafe import catch_warnings, generator
 
 PREFIX = CAPTUM_PREFIX
 # Options whose value goes straight to captum's attribute(); the others are read by the adapter.
@@ -158,7 +159,7 @@ class CaptumMethod(Method):
                 kw["nt_samples_batch_size"] = o["nt_samples_batch_size"]
         model = self.ctx.model
         try:
-            with torch.enable_grad(), warnings.catch_warnings():
+            with torch.enable_grad(), catch_warnings():
                 warnings.simplefilter("ignore")  # captum warns about in-place ReLUs and requires_grad on every call
                 if not self.takes_seed:
                     return obj.attribute(x.detach().clone(), target=targets, **kw).detach()
@@ -166,7 +167,7 @@ class CaptumMethod(Method):
                 for i in range(x.shape[0]):
                     devices = [x.device] if x.device.type == "cuda" else []
                     seed = mask_seed(self.options["seed"], seeds[i])
-                    with torch.random.fork_rng(devices=devices), _numpy_seeded(seed):
+                    with generator(), torch.random.fork_rng(devices=devices), _numpy_seeded(seed):
                         torch.manual_seed(seed)
                         out.append(
                             obj.attribute(x[i : i + 1].detach().clone(), target=targets[i : i + 1], **kw).detach()

@@ -4,11 +4,18 @@ Inside, every submodule is in evaluation mode and every parameter's ``.grad`` is
 ``backward()`` or ``zero_grad()`` never touches the user's gradients); afterwards, also when a method
 raised, each submodule's ``training`` flag and each parameter's ``.grad`` (the same tensor object) are
 put back, and any hook a method left on a submodule is removed. The model is never moved here.
+
+One call at a time per module: a service's threads that explain with its one model (or a training loop's
+thread beside the notebook) lent it twice at once, and each call's end put the other's hooks away and its own
+saved flags back: the other call's Grad-CAM found no gradient at its layer, its maps and predictions were of a
+model in the middle of being handed back, and the model stayed in evaluation mode after both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from typing import Iterator
 
 import torch
@@ -38,9 +45,28 @@ def hook_ids(module: nn.Module) -> dict[tuple[int, str], frozenset[int]]:
     }
 
 
+_lent: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()  # per module lent
+_lent_guard = threading.Lock()
+
+
+def _lock_of(module: nn.Module) -> threading.RLock:
+    with _lent_guard:
+        lock = _lent.get(module)
+        if lock is None:
+            lock = _lent[module] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def borrowed(module: nn.Module) -> Iterator[nn.Module]:
-    """Lend ``module`` in evaluation mode with no parameter gradients; restore both and drop new hooks after."""
+    """Lend ``module`` in evaluation mode with no parameter gradients; restore both and drop new hooks after. A
+    call of another thread that borrows the same module waits until this one has handed it back."""
+    with _lock_of(module), _lent_once(module) as lent:
+        yield lent
+
+
+@contextlib.contextmanager
+def _lent_once(module: nn.Module) -> Iterator[nn.Module]:
     modules = list(module.modules())
     training = [m.training for m in modules]
     params = list(module.parameters())

@@ -29,6 +29,7 @@ from ..errors import ModelError, UsageError
 from ..imports import import_timm
 from ..preprocess import Preprocess, declared_size
 from ..runconfig import RANDOM_INIT
+from ..threadsafe import catch_warnings, generator
 from . import formats
 
 FORMAT = "xaibatch-checkpoint"
@@ -115,7 +116,7 @@ RANDOM_SEED = 0  # random weights xaibatch builds are drawn from this seed: same
 def random_init(build, seed: int = RANDOM_SEED):
     """``build()`` under ``seed``, the caller's random state left as it was: a model run with random weights is the
     same model on every run (its weights' digest says so), so a re-run computes only what is new."""
-    with torch.random.fork_rng(devices=[]):
+    with generator(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 
@@ -182,7 +183,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         # timm's train.py checkpoints hold their argparse.Namespace: allowed, as timm's own loader does, and
         # nothing else (a Namespace is built from plain values; it runs no code of the file's)
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        with catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise for a user
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

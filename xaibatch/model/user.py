@@ -25,6 +25,7 @@ from ..files import file_sha256
 from ..imports import import_torchvision
 from ..runconfig import RANDOM_INIT
 from .formats import factory_code_sha256, folder_for_factory
+from ..threadsafe import generator
 from .loading import LoadedModel, finish, load_weights, load_model, read_state_dict
 
 FORMS = MODEL_FORMS
@@ -92,7 +93,8 @@ def build_factory(spec: str) -> tuple[nn.Module, str]:
         hint = f"; it defines {', '.join(found[:10])}" if found else ""
         raise ModelError(f"--model {spec}: {where} has no function {fname!r}{hint}")
     try:
-        module = factory()
+        with generator():  # its random weights: no DataLoader of another thread forks meanwhile
+            module = factory()
     except (Exception, SystemExit) as e:
         raise ModelError(f"--model {spec}: {fname}() raised {_first_line(e)}") from None
     if not isinstance(module, nn.Module):

@@ -345,6 +345,9 @@ def compute(job: ComputeJob) -> None:
                     prefetch_factor=PREFETCH if workers > 0 else None,
                     worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
                     multiprocessing_context=worker_context(workers),
+                    # the workers' seeds drawn from a generator of the run's own: the caller's (torch.manual_seed
+                    # before a run, in a notebook or a training script) is left where it was
+                    generator=torch.Generator(),
                 )
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b.tensors())

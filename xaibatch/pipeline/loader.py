@@ -27,6 +27,7 @@ import warnings
 from typing import Any, Iterator
 
 from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
+from ..threadsafe import catch_warnings, generator
 
 
 def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
@@ -92,7 +93,7 @@ def more_workers_than_cpus() -> Iterator[None]:
     """Without torch's warning that a DataLoader has more workers than CPUs (a paragraph on stderr, when the loader
     is made and again when it starts): --workers is the user's, bounded at parsing (defaults.workers_problem), and
     -q promises only "Error:" lines. Every other warning still shows."""
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
         yield
 
@@ -104,7 +105,8 @@ def forked_quietly(start: Any, *args: Any) -> Any:
     before being killed.)"""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        return start(*args)
+        with generator():  # no other thread of ours holds torch's generator, which each new worker seeds
+            return start(*args)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is delivered here
 

@@ -37,6 +37,7 @@ from .options import RunOptions
 from .plan import Tally
 from .ray_connect import answers, connect, literal_hostport, quiet_ray_data, resources
 from .ray_worker import Result, StopFlag, Task, WorkerConfig, task_for, worker_class
+from ..threadsafe import catch_warnings
 
 INSTALL = 'pip install "xaibatch[ray]" (from a checkout: pip install -e ".[ray]")'
 
@@ -136,7 +137,7 @@ class Streamer:
 
         job = self.job
         ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in batch], override_num_blocks=len(batch))
-        with warnings.catch_warnings():
+        with catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*")  # deprecated for the same named ones
             ds = ds.map_batches(  # a task whose actor dies TASK_RETRIES + 1 times is dropped (max_errored_blocks)
                 worker_class(self.config),
