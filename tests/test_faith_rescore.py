@@ -113,3 +113,19 @@ def test_maps_saved_at_another_size_are_computed_again(tmp_path, tiny_ckpt):
     assert r.computed == 2
     assert [(e["to_compute"], e["scored"]) for e in events if e["event"] == "plan"] == [(2, 2)]
     assert all(h for _rel, h in manifest_rows(out, "SELECT rel, faith_hash FROM maps"))
+
+
+def test_maps_saved_smaller_by_max_map_side_are_computed_again(tmp_path, tiny_ckpt):
+    """--max-map-side under the model's input size saves every map scaled down, also an image at the input size: the
+    scoring pass read those smaller arrays and the run stopped with "maps of shape (3, 16, 16) do not match the
+    input", on every re-run. Those maps are computed again, as other resized ones are."""
+    inp, out, ref = tmp_path / "in", tmp_path / "out", tmp_path / "ref"
+    write_images(inp, 3, seed=1)  # 32 px: the tiny model's input size
+    run(run_opts(inp, ref, tiny_ckpt, max_map_side=16, faithfulness=CFG), log=quiet)
+    run(run_opts(inp, out, tiny_ckpt, max_map_side=16), log=quiet)
+    events: list[dict] = []
+    r = run(run_opts(inp, out, tiny_ckpt, max_map_side=16, faithfulness=CFG, on_event=events.append), log=quiet)
+    assert r.status == "ok" and r.computed == 3
+    assert [(e["to_compute"], e["scored"]) for e in events if e["event"] == "plan"] == [(3, 0)]
+    _close(_scores(out), _scores(ref))
+

@@ -39,6 +39,9 @@ class Hashes:
     # --target pred,label: key (targets.label_key) -> hash of each method's map of the true class, which a
     # misclassified image gets besides its prediction's; empty otherwise
     labels: dict[str, str] = field(default_factory=dict)
+    # --max-map-side: the maps of images over it x it pixels were saved scaled down (pictures.map_size), not as
+    # the method returned them (a non-default value is in each method's hash too)
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE
 
 
 def config_hashes(
@@ -95,7 +98,7 @@ def config_hashes(
         labels = {
             targets.label_key(m): h for m, h in config_hashes(prepared, "label", None, max_map_side).methods.items()
         }
-    return Hashes(predict, methods, predict_config, faith, model_hash, labels)
+    return Hashes(predict, methods, predict_config, faith, model_hash, labels, max_map_side)
 
 
 class Failed(NamedTuple):
@@ -437,11 +440,13 @@ class _Planner:
 
     def scored_only(self, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> bool:
         """Whether every map ``todo`` asks for is current but for its faithfulness scores, and can be scored from its
-        saved .npy: the image is at the model's input size (the map was saved as the method returned it, not
-        resized: the scores are those a recompute gives) and its files are there."""
+        saved .npy: the image is at the model's input size and within --max-map-side (the map was saved as the method
+        returned it, not resized: the scores are those a recompute gives) and its files are there."""
         side = self.hashes.predict_config.get("input_size")
         size = (side, side) if isinstance(side, int) else tuple(side or ())
         if self.hashes.faith is None or (row.height, row.width) != size:
+            return False
+        if 0 < self.hashes.max_map_side**2 < row.height * row.width:  # saved scaled down (pictures.map_size)
             return False
         return all(
             m in maps

@@ -189,6 +189,7 @@ def cached_setup(opts: RunOptions, out: Path, found: Scan) -> Setup | None:
             config.faithfulness_hashes,
             config.model_hash or predict_hash,
             dict(config.label_hashes or {}),
+            opts.max_map_side,
         )
         known = Known.read(manifest)
         on_disk = existing_files(out)
