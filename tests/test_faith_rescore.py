@@ -129,3 +129,18 @@ def test_maps_saved_smaller_by_max_map_side_are_computed_again(tmp_path, tiny_ck
     assert [(e["to_compute"], e["scored"]) for e in events if e["event"] == "plan"] == [(3, 0)]
     _close(_scores(out), _scores(ref))
 
+
+def test_the_scoring_pass_leaves_the_callers_random_state_as_it_was(tmp_path, tiny_ckpt):
+    """A script that seeds torch and turns --faithfulness on between its steps: the scoring pass's DataLoader drew
+    its seed from the caller's generator (a run that computes leaves it alone: test_long_lived)."""
+    import torch
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, 3, seed=1)
+    run(run_opts(inp, out, tiny_ckpt), log=quiet)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    events: list[dict] = []
+    run(run_opts(inp, out, tiny_ckpt, faithfulness=CFG, on_event=events.append), log=quiet)
+    assert [e["scored"] for e in events if e["event"] == "plan"] == [3]
+    assert torch.equal(torch.get_rng_state(), before)

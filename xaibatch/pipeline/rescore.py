@@ -91,6 +91,7 @@ def score_saved(job: ComputeJob) -> None:
                     prefetch_factor=PREFETCH if workers > 0 else None,
                     worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
                     multiprocessing_context=worker_context(workers),
+                    generator=torch.Generator(),  # the workers' seeds: the caller's generator left alone (compute's)
                 )
             for b in until_stopped(loader, job.stop):
                 b = b.tensors()
