@@ -1554,3 +1554,36 @@ def test_pager_and_totals_are_drawn_from_pages_js(driver, tmp_path, monkeypatch)
         assert 'data-section="right"' in Path(unquote(href.path)).read_text()
     # no script error (the pictures are not there: a manifest without files)
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"] == []
+
+
+def test_a_bookmark_to_a_page_merged_away_opens_its_image(driver, tmp_path, monkeypatch):
+    """A link to detail/page-<id>.html#<image> kept from before a run merged that page into its neighbour (most of
+    its images removed) found no file; now it opens the image's detail view, and a link to the gallery page opens
+    the page its cards went to, the fragment (a filter) kept."""
+    from test_report import labeled_rows, pages_js, synth as synth_manifest
+    from xaibatch.manifest import FILENAME, Manifest
+
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 20)
+    out = synth_manifest(tmp_path / "o", labeled_rows(200), files=False)
+    report.render(out)
+    urls = detail_urls(out)
+    victim = pages_js(out)["pages"][4][0]
+    on_victim = sorted(n for n, u in urls.items() if f"detail/page-{victim}.html#" in u)
+    kept = on_victim[-1]
+    m = Manifest(out / FILENAME)
+    m.remove_images([n for n in on_victim if n != kept])
+    m.close()
+    report.render(out)
+    ids = [p[0] for p in pages_js(out)["pages"]]
+    assert victim not in ids
+    cid = urls[kept].rsplit("#", 1)[1]
+    now = detail_urls(out)[kept]
+    assert f"page-{victim}.html" not in now
+    driver.get_log("browser")
+    open_page(driver, (out / "detail" / f"page-{victim}.html").resolve().as_uri() + f"#{cid}&show=right")
+    wait_until(lambda: driver.current_url.endswith(now.split("/", 1)[1] + "&show=right"), "the image's own page")
+    wait_until(lambda: driver.find_element("css selector", "#detail h1").text == kept, "the image the link named")
+    open_page(driver, (out / "gallery" / f"page-{victim}.html").resolve().as_uri() + "#show=right")
+    wait_until(lambda: "#show=right" in driver.current_url and f"page-{victim}.html" not in driver.current_url, "on")
+    wait_until(lambda: driver.find_element("tag name", "h1").text.startswith("Gallery, page "), "a gallery page")
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e["source"] != "network"] == []

@@ -106,7 +106,7 @@ def test_a_page_grown_past_twice_its_size_splits_and_one_shrunk_merges(tmp_path,
     assert len({c for c in changed if c.startswith("gallery/page-")}) <= 2 + len(new) + 2, sorted(changed)
     assert order_by_pager(out) == fresh_order(out, tmp_path)
 
-    # most images of one page removed: it merges into the page before; its files go
+    # most images of one page removed: it merges into the page before; its files link on to that page
     victim = ids2[5]
     gone = [c["data-name"] for c in parse(out / layout.gallery_page(victim)).cards][:-5]
     m = Manifest(out / FILENAME)
@@ -115,9 +115,43 @@ def test_a_page_grown_past_twice_its_size_splits_and_one_shrunk_merges(tmp_path,
     report.render(out)
     ids3 = [p[0] for p in pages_js(out)["pages"]]
     assert victim not in ids3 and ids2[4] in ids3 and len(ids3) == len(ids2) - 1
-    assert not (out / layout.gallery_page(victim)).exists()
-    assert not (out / layout.detail_page(victim)).exists() and not (out / layout.detail_data(victim)).exists()
+    assert_moved(out, victim, ids2[4])
+    assert not (out / layout.detail_data(victim)).exists()
     assert order_by_pager(out) == fresh_order(out, tmp_path)
+
+
+def assert_moved(out: Path, gone: int, now: int) -> None:
+    """Page ``gone``'s gallery and detail files are links on to page ``now`` (render.moved_page)."""
+    for path in (layout.gallery_page(gone), layout.detail_page(gone)):
+        html = (out / path).read_text()
+        assert f'location.replace("page-{now}.html" + location.hash)' in html and "data-name" not in html, path
+
+
+def test_a_page_merged_away_keeps_a_link_on_to_where_its_images_went(tmp_path, small_pages):
+    """A bookmark or a shared link to detail/page-7.html#<image> (or a gallery page) of a page that a later run
+    merged into its neighbour found no file: the page's files were removed, where a page that stayed sends such a
+    link on to the image's page. Now a merged page's files link on to the page that holds its range, run after
+    run, also once that page itself merges or splits."""
+    out = synth(tmp_path / "o", labeled_rows(1000), files=False)  # 20 pages of 50
+    report.render(out)
+    ids = [p[0] for p in pages_js(out)["pages"]]
+    m = Manifest(out / FILENAME)
+    m.remove_images([c["data-name"] for c in parse(out / layout.gallery_page(ids[6])).cards][:-5])
+    m.close()
+    report.render(out)
+    assert ids[6] not in [p[0] for p in pages_js(out)["pages"]]
+    assert_moved(out, ids[6], ids[5])
+    # the page it went into merges in turn: both old names link on to where their cards are now
+    m = Manifest(out / FILENAME)
+    m.remove_images([c["data-name"] for c in parse(out / layout.gallery_page(ids[5])).cards][:-5])
+    m.close()
+    report.render(out)
+    now = [p[0] for p in pages_js(out)["pages"]]
+    assert ids[5] not in now and ids[6] not in now
+    assert_moved(out, ids[5], ids[4])
+    assert_moved(out, ids[6], ids[4])
+    stats = report.render(out)  # nothing changed: the links stay, unwritten
+    assert stats.written <= 3 and (out / layout.detail_page(ids[6])).exists()
 
 
 def test_plan_anchors_splits_merges_and_starts_fresh():

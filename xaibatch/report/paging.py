@@ -7,7 +7,10 @@ group, its name: :func:`card_key`). A page is a contiguous range of keys, named 
 adding, removing or changing K images rewrites the pages that hold them, not every page after them. A page grown
 past twice the page size splits (the first part keeps its id, the others take new ones); one shrunk below a quarter
 of it merges into the page before it (the page after, for the first page), which keeps its id; an empty page goes
-(the first page's id stays the first page's: every page's header links it).
+(the first page's id stays the first page's: every page's header links it). The id of a page merged away or emptied
+is kept, with the first key its range had (:attr:`Paging.gone`): its files become a link on to the page that holds
+that key now (render.moved_page), so a bookmark or a shared link to it finds the image (detail.js follows a card
+that moved on from there), where it found no file.
 With no saved ranges, another order definition (labeled or not, the page size, :data:`ORDER`) or a first
 build: even pages of the page size, ids 1, 2, 3, ... (the files earlier versions wrote).
 
@@ -17,8 +20,9 @@ A page's id is not its place: the place ("page 3 of 40"), the totals and the pag
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 ORDER = 1  # bump when card_key or the gallery's sort changes: every saved range is then dropped
@@ -45,23 +49,35 @@ class Paging:
     order: str
     pages: list[tuple[int, Key]]
     next_id: int
+    # pages merged away or emptied: (id, the first key its range had), by id; their files link on (see above)
+    gone: list[tuple[int, Key]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"order": self.order, "pages": [[i, list(k)] for i, k in self.pages], "next": self.next_id}
+        return {
+            "order": self.order,
+            "pages": [[i, list(k)] for i, k in self.pages],
+            "next": self.next_id,
+            "gone": [[i, list(k)] for i, k in self.gone],
+        }
+
+    def holder(self, key: Key) -> int:
+        """The id of the page whose range holds ``key`` (the first page's for a key before every range)."""
+        starts = [k for _i, k in self.pages]
+        return self.pages[max(0, bisect.bisect_right(starts, key) - 1)][0]
+
+    def moved(self) -> list[tuple[int, int]]:
+        """(id of a page gone, id of the page that holds its first key now), for the links on."""
+        return [(gid, self.holder(k)) for gid, k in self.gone] if self.pages else []
 
     @classmethod
     def from_json(cls, saved: Any) -> Paging | None:
-        """None when ``saved`` is not a Paging's JSON (absent, an older or damaged state)."""
+        """None when ``saved`` is not a Paging's JSON (absent, an older or damaged state; a state of before
+        :attr:`gone` has none)."""
         try:
-            pages = []
-            for pid, k in saved["pages"]:
-                s, c, conf, rel = k
-                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, s, c)):
-                    return None
-                if not isinstance(conf, (int, float)) or isinstance(conf, bool) or not isinstance(rel, str):
-                    return None
-                pages.append((pid, (s, c, float(conf), rel)))
-            ids = [p[0] for p in pages]
+            pages, gone = _pairs(saved["pages"]), _pairs(saved.get("gone", []))
+            if pages is None or gone is None:
+                return None
+            ids = [p[0] for p in pages] + [g[0] for g in gone]
             keys = [p[1] for p in pages]
             nxt = saved["next"]
             if (
@@ -71,9 +87,22 @@ class Paging:
                 or nxt <= max(ids, default=0)
             ):
                 return None
-            return cls(str(saved["order"]), pages, nxt)
-        except (KeyError, TypeError, ValueError):
+            return cls(str(saved["order"]), pages, nxt, gone)
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+def _pairs(saved: Any) -> list[tuple[int, Key]] | None:
+    """[[id, key], ...] as saved, checked; None when damaged."""
+    out = []
+    for pid, k in saved:
+        s, c, conf, rel = k
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (pid, s, c)):
+            return None
+        if not isinstance(conf, (int, float)) or isinstance(conf, bool) or not isinstance(rel, str):
+            return None
+        out.append((pid, (s, c, float(conf), rel)))
+    return out
 
 
 def plan(keys: list[Key], saved: Paging | None, order: str, size: int) -> tuple[list[tuple[int, int, int]], Paging]:
@@ -86,7 +115,11 @@ def plan(keys: list[Key], saved: Paging | None, order: str, size: int) -> tuple[
         ranges, next_id = _anchored(keys, saved, size)
     if not ranges:  # no card: one empty page
         return [(1, 0, 0)], Paging(order, [], 2)
-    return ranges, Paging(order, [(pid, keys[a]) for pid, a, _b in ranges], next_id)
+    gone: list[tuple[int, Key]] = []
+    if saved is not None and saved.order == order and saved.pages:  # anchored: ids are never given twice
+        now = {pid for pid, _a, _b in ranges}
+        gone = sorted((pid, k) for pid, k in [*saved.gone, *saved.pages] if pid not in now)
+    return ranges, Paging(order, [(pid, keys[a]) for pid, a, _b in ranges], next_id, gone)
 
 
 def _anchored(keys: list[Key], saved: Paging, size: int) -> tuple[list[tuple[int, int, int]], int]:

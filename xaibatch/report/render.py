@@ -287,6 +287,20 @@ def pages_script(data: ReportData) -> bytes:
     return f"window.XAIBATCH_PAGES = {script_json(body)};\n".encode("ascii")
 
 
+def moved_page(now: int) -> bytes:
+    """The file left at a gallery or detail page's name once its page merged away (report/paging.py): it opens
+    page ``now`` of the same folder, which holds the cards its range began with, with the link's fragment (a
+    detail view there finds an image that moved on, from gallery/names.js); without JavaScript, a link."""
+    to = f"page-{int(now)}.html"
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>Page moved</title>\n'
+        f'<script>location.replace("{to}" + location.hash);</script>\n</head>\n'
+        f'<body>\n<p>The report\'s pages were rearranged: these images are now on <a href="{to}">{to}</a>.</p>\n'
+        "</body>\n</html>\n"
+    ).encode("ascii")
+
+
 def script_json(value: Any) -> str:
     """``value`` as a JavaScript expression for a plain script (``fetch`` is refused on file://): ASCII JSON, in
     which file names are data, never markup ("<" is written \\u003c, so not even a "</script>" in a name could
@@ -350,6 +364,9 @@ def _write_pages(
     try:
         w.write(layout.GALLERY_PAGES, pages_script(data))  # this process's own share first
         w.write(layout.GALLERY_NAMES, names_script(data.cards))
+        for gone, now in data.paging.moved() if data.paging else []:  # pages merged away: links on
+            w.write(layout.gallery_page(gone), moved_page(now))
+            w.write(layout.detail_page(gone), moved_page(now))
         for i in iter(queue.take, None) if queue else range(len(runs)):
             done[i] = run(i)
         for child in children:
