@@ -103,6 +103,31 @@ def test_a_run_and_sanity_leave_the_callers_random_state_as_it_was(tmp_path: Pat
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_sanity_and_random_weights_leave_the_gpus_random_state_alone(tmp_path: Path, tiny_ckpt: Path, monkeypatch):
+    """Their seeded draws are on the CPU, but ``torch.manual_seed`` seeds every GPU's generator too, and the blocks
+    give back only the CPU's state: a training script on a GPU that ran ``sanity`` between its epochs had its
+    dropout masks reseeded to sanity's seed (the same after every call). The seeds now reach the CPU's generator
+    alone (the numbers drawn are the same)."""
+    from tests.helpers import quiet, run_opts
+    from xaibatch.evaluation.sanity import run_sanity
+    from xaibatch.pipeline import run
+
+    write_images(tmp_path / "in" / "FAKE", 3, seed=1)
+    write_images(tmp_path / "in" / "REAL", 3, seed=2)
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=quiet)
+    first = run_sanity(tmp_path / "out", n=4)
+    seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    torch.manual_seed(5)
+    assert seeded == [5]  # the spy sees torch.manual_seed's call
+    seeded.clear()
+    again = run_sanity(tmp_path / "out", n=4)
+    net = random_init(lambda: torch.nn.Linear(4, 4))
+    assert seeded == []
+    assert [(c.rank, c.ssim) for c in again.curves] == [(c.rank, c.ssim) for c in first.curves]
+    assert torch.equal(net.weight, random_init(lambda: torch.nn.Linear(4, 4)).weight)
+
+
 class _Gated(torch.nn.Module):
     """A small CNN whose first forward in the thread named ``first`` waits (at most 2 s) until another thread's
     forward has begun: two calls of explain() with it overlap whenever they can."""

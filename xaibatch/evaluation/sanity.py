@@ -64,7 +64,7 @@ def own_parameters(model: torch.nn.Module) -> list[str]:
 def reinit_own(model: torch.nn.Module, gen_seed: int) -> None:
     """Draw ``model``'s own parameters afresh, seeded, as :func:`reinit` draws a bare parameter (on the CPU)."""
     with generator(), torch.no_grad():
-        torch.manual_seed(gen_seed)
+        torch.default_generator.manual_seed(gen_seed)  # the CPU's alone: the GPUs' stay the caller's
         for _, p in sorted(model.named_parameters(recurse=False)):
             p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, 0.02))
 
@@ -79,7 +79,7 @@ def reinit(module: torch.nn.Module, gen_seed: int) -> None:
     module.cpu()
     try:
         with generator():  # no DataLoader of another thread forks meanwhile
-            torch.manual_seed(gen_seed)
+            torch.default_generator.manual_seed(gen_seed)  # the CPU's alone (see reinit_own)
             done: set[int] = set()
             for m in module.modules():
                 if hasattr(m, "reset_parameters") and callable(m.reset_parameters):

@@ -117,7 +117,7 @@ def random_init(build, seed: int = RANDOM_SEED):
     """``build()`` under ``seed``, the caller's random state left as it was: a model run with random weights is the
     same model on every run (its weights' digest says so), so a re-run computes only what is new."""
     with generator(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's alone: the GPUs' stay the caller's
         return build()
 
 
