@@ -4,6 +4,7 @@ again, from several threads: nothing of the process's global state is left chang
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -45,6 +46,46 @@ def test_overlapping_blocks_of_two_threads_leave_the_warning_filters_as_they_wer
     t.join(10.0)
     assert not t.is_alive()
     assert warnings.filters == before
+
+
+def test_threads_decoding_images_decode_at_once_and_leave_the_filters_as_they_were(tmp_path: Path, monkeypatch):
+    """A Ray actor decodes each batch in several threads (ray_worker.Worker: one per CPU it was given); one lock for
+    every warnings block let one of them decode at a time, a node's cores idle behind it. Decoding blocks now
+    overlap each other (they set the same filters); another kind of block still waits for them, and the filters
+    are the process's own after."""
+    imgs = write_images(tmp_path, 3)
+    both = threading.Barrier(3, timeout=10.0)
+    real_open = data._open
+
+    def meeting_open(f):  # each decode waits, inside its block, until the other two are inside theirs
+        both.wait()
+        return real_open(f)
+
+    monkeypatch.setattr(data, "_open", meeting_open)
+    before = list(warnings.filters)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(data.load_image, imgs))
+    assert [im.size for im in got] == [(32, 32)] * 3
+    assert warnings.filters == before
+    monkeypatch.setattr(data, "_open", real_open)
+    inside, order = threading.Event(), []
+
+    def slow_open(f):
+        inside.set()
+        time.sleep(0.3)
+        order.append("decoded")
+        return real_open(f)
+
+    monkeypatch.setattr(data, "_open", slow_open)
+    t = threading.Thread(target=data.load_image, args=(imgs[0],))
+    t.start()
+    inside.wait(10.0)
+    with loader.more_workers_than_cpus():  # another kind: waits for the decode's block to end
+        order.append("other block")
+    t.join(10.0)
+    assert order == ["decoded", "other block"] and warnings.filters == before
 
 
 class _Numbers(torch.utils.data.Dataset):

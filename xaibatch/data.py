@@ -33,7 +33,7 @@ from .errors import (
 from .layout import DISPLAY_MAX_SIDE, display_size
 from .scan import too_large
 from .files import NotRegularFile, hash_open_file, open_regular, read_hashed
-from .threadsafe import catch_warnings
+from .threadsafe import catch_warnings, decoding
 
 # What PIL may sniff a file's content as. Never the whole plugin list: a file named x.png that holds
 # EPS would start Ghostscript, and weak-magic formats (TGA, SPIDER, ...) would "decode" random bytes.
@@ -106,9 +106,7 @@ def open_image_file(path: Path | str) -> tuple[BinaryIO, int]:
 
 def decode_pil(f: BinaryIO, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an open image file (or the bytes of one in a BytesIO) with PIL: the body of :func:`load_image`."""
-    with decode_errors(max_pixels), catch_warnings():
-        warnings.simplefilter("ignore")  # PIL's "corrupt EXIF" and similar chatter
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with decode_errors(max_pixels), decoding():  # PIL's chatter ignored, a bomb's warning raised (threadsafe.py)
         try:
             im = _open(f)
         except Image.UnidentifiedImageError:
