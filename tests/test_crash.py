@@ -715,3 +715,39 @@ def test_sigkill_after_a_changed_images_files_then_its_old_bytes_back_recomputes
     with Image.open(out / layout.image_png(stem)) as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), old_display)
     check_output_folder(out, inp)
+
+
+def test_sigkill_after_maps_of_new_options_were_written_then_the_old_options_back(tmp_path, tiny_ckpt):
+    """The same as a changed image's old bytes put back, for options: a run with a new --max-map-side killed once a
+    batch's maps were written over the committed ones and before its rows were committed; the next run, with the
+    old options again, must not keep the old rows over the new maps (found by tests/rerun_fuzz.py)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    synth.write_classes(inp, 3, seed=1)
+    run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    npy = out / layout.map_npy("gradcam", "FAKE/img_000")
+    shape = np.load(npy).shape
+
+    def written() -> bool:  # a map of the new options is in place; the writer waits before the batch's commit
+        try:
+            return np.load(npy).shape != shape
+        except (OSError, ValueError):
+            return False
+
+    proc = _cli(inp, out, tiny_ckpt, marks=tmp_path / "marks", delay=3.0, extra=("--max-map-side", "8"))
+    try:
+        wait_until(proc, written, "a map of the new options")
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close(), proc.stderr.close()
+
+    r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
+    assert r.status == "ok" and r.computed >= 1
+    ref = tmp_path / "ref"
+    run(_opts(inp, ref, tiny_ckpt), log=lambda s: None)
+    got, want = _consistent(out), _consistent(ref)
+    assert got[0].keys() == want[0].keys() and got[1].keys() == want[1].keys()
+    for key, (h, path, data) in want[1].items():
+        a, b = np.frombuffer(got[1][key][2], np.float32), np.frombuffer(data, np.float32)
+        assert got[1][key][:2] == (h, path) and a.shape == b.shape and np.allclose(a, b, atol=1e-5), key
+    check_output_folder(out, inp)
