@@ -42,7 +42,7 @@ from xaibatch.tools import synth
 N_OLD, N_NEW, BATCH = 8, 32, 4
 
 PRELUDE = r"""
-import os, threading, time
+import os, sys, threading, time
 from pathlib import Path
 import xaibatch.manifest as _mf
 import xaibatch.pipeline as _pl
@@ -61,7 +61,8 @@ def _mark(name):
 
 _enter = _mf._Transaction.__enter__
 def _enter_marked(self):
-    if threading.current_thread().name == "xaibatch-writer":
+    # a batch's commit; not the writer's commit before it of the rows whose files it writes over (writer.unclaim)
+    if threading.current_thread().name == "xaibatch-writer" and sys._getframe(1).f_code.co_name != "unclaim":
         _n[0] += 1
         _mark(f"precommit-{_n[0]}")  # this batch's files are in place, its rows not yet committed
         time.sleep(_delay)
