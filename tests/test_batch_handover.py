@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -64,6 +65,23 @@ def test_batches_cross_through_pipes_where_shared_memory_cannot_carry_them(tmp_p
     assert "send their batches through pipes" in p.stderr
     assert ("/dev/shm has 0.1 MB free" if mode == "small-shm" else "no writable temporary folder") in p.stderr
     assert len(check_output_folder(tmp_path / "out", tmp_path / "in")) == 12
+
+
+def test_a_scoring_pass_hands_its_batches_over_as_the_compute_pass_does(tmp_path, tiny_ckpt):
+    """--faithfulness turned on for a folder scores its saved maps in a pass of its own (pipeline/rescore.py), whose
+    loader sent its batches through /dev/shm whatever the compute pass had measured: in a 64 MB container the
+    workers' batches could not cross, and the scoring run failed."""
+    from helpers import cli, manifest_rows, run_argv, write_images
+
+    write_images(tmp_path / "in", 12)
+    argv = run_argv(tmp_path / "in", tmp_path / "out", tiny_ckpt, "--workers", "2", "--batch-size", "4")
+    assert cli(*argv).returncode == 0
+    p = broken_run("small-shm", *argv, "--faithfulness", "--log-json")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    (plan,) = [e for e in map(json.loads, p.stdout.splitlines()) if e["event"] == "plan"]
+    assert (plan["to_compute"], plan["scored"]) == (0, 12)  # the scoring pass, not a recompute
+    assert len(manifest_rows(tmp_path / "out", "SELECT rel FROM maps WHERE faith_hash IS NOT NULL")) == 12
 
 
 def test_a_worker_that_cannot_hand_over_a_batch_stops_the_run_with_one_line(tmp_path, tiny_ckpt):

@@ -590,7 +590,7 @@ def test_a_worker_says_nothing_when_the_main_process_stops_reading():
     sent: the run would wait for it forever) is one line, and the worker ends (test_batch_handover.py)."""
     code = """
 import contextlib, io, sys, multiprocessing.queues as q
-from xaibatch.pipeline.compute import worker_init
+from xaibatch.pipeline.loader import worker_init
 worker_init(0)
 buf = io.StringIO()
 with contextlib.redirect_stderr(buf):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 import time
 from collections import defaultdict
 from typing import Any, Callable
@@ -13,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import targets
-from ..dataset import ImageDataset, LoadedBatch, collate, collate_piped
+from ..dataset import ImageDataset, LoadedBatch
 from ..defaults import default_writers, model_threads
 from ..engines import ComputeJob
 from ..decode import device_decode, finish_batch
@@ -28,15 +26,7 @@ from ..methods.explainer import Explainer, Fitting, MethodMaps, Split
 from .options import RunOptions
 from .plan import Hashes, Known, Plan, Tally
 from .prepare import Prepared
-from .loader import (
-    PREFETCH,
-    handover,
-    handover_warning,
-    more_workers_than_cpus,
-    until_stopped,
-    worker_context,
-    worker_init,
-)
+from .loader import handover, handover_warning, images_loader, until_stopped
 from . import notices
 from . import labelmaps
 from .progress import progress_bar
@@ -333,22 +323,7 @@ def compute(job: ComputeJob) -> None:
                 said.add(piped)
                 text = handover_warning(piped)
                 notices.say([("batch-handover", text, {"reason": piped})], log, emit, not opts.events_only)
-            with more_workers_than_cpus():
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_size=prepared.batch_size,
-                    shuffle=False,
-                    num_workers=workers,
-                    collate_fn=collate if piped is None else collate_piped,
-                    pin_memory=device.type == "cuda",
-                    persistent_workers=False,
-                    prefetch_factor=PREFETCH if workers > 0 else None,
-                    worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
-                    multiprocessing_context=worker_context(workers),
-                    # the workers' seeds drawn from a generator of the run's own: the caller's (torch.manual_seed
-                    # before a run, in a notebook or a training script) is left where it was
-                    generator=torch.Generator(),
-                )
+            loader = images_loader(dataset, prepared.batch_size, workers, device.type, piped is not None)
             for b in until_stopped(loader, stop):  # a signal ends the wait for a batch at once
                 job, abandoned = worker.job(todo, entries, b.tensors())
                 overwrites(job, known.images, known.maps)  # the rows the writer drops before writing over their files

@@ -138,6 +138,33 @@ def end_workers(it: Any) -> None:
         shutdown()
 
 
+def images_loader(dataset: Any, batch_size: int, workers: int, device_type: str, piped: bool) -> Any:
+    """The DataLoader of a run's images (its compute pass, its scoring pass): ``workers`` forked workers
+    (:func:`worker_context`, :func:`worker_init`) each PREFETCH batches ahead, their batches through pipes when
+    ``piped`` (:func:`handover`), pinned for a GPU; the workers' seeds drawn from a generator of the loader's own, so
+    the caller's (``torch.manual_seed`` in a notebook or a training script before a run) is left where it was."""
+    import functools
+
+    import torch
+
+    from ..dataset import collate, collate_piped
+
+    with more_workers_than_cpus():
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=collate_piped if piped else collate,
+            pin_memory=device_type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=PREFETCH if workers > 0 else None,
+            worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
+            multiprocessing_context=worker_context(workers),
+            generator=torch.Generator(),
+        )
+
+
 def worker_context(workers: int) -> Any:
     """How a DataLoader's ``workers`` start (its ``multiprocessing_context``): forked on Linux, as this module
     wants them (the stop signals blocked while they fork, each worker the run's own child), whatever the

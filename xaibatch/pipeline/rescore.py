@@ -16,19 +16,17 @@ one's, and one rate over both would have misjudged the time left.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..dataset import ImageDataset, collate
+from ..dataset import ImageDataset
 from ..decode import device_decode, finish_batch
 from ..engines import ComputeJob
 from ..methods.base import first_segmenter
-from .loader import PREFETCH, more_workers_than_cpus, until_stopped, worker_context, worker_init
+from .loader import handover, images_loader, until_stopped
 from .plan import Scored
 from .progress import Progress
 from .writer import faith_fields
@@ -79,20 +77,8 @@ def score_saved(job: ComputeJob) -> None:
             entries = [s.entry for s in items]
             dataset = ImageDataset(entries, prepared.model.input_size, None, jpeg_bytes=on_device)
             workers = loader_workers(prepared.workers, len(entries), prepared.batch_size)
-            with more_workers_than_cpus():
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_size=prepared.batch_size,
-                    shuffle=False,
-                    num_workers=workers,
-                    collate_fn=collate,
-                    pin_memory=device.type == "cuda",
-                    persistent_workers=False,
-                    prefetch_factor=PREFETCH if workers > 0 else None,
-                    worker_init_fn=functools.partial(worker_init, parent=os.getpid()) if workers > 0 else None,
-                    multiprocessing_context=worker_context(workers),
-                    generator=torch.Generator(),  # the workers' seeds: the caller's generator left alone (compute's)
-                )
+            piped = handover(workers, prepared.batch_size * dataset.tensor_bytes()) is not None  # as compute's
+            loader = images_loader(dataset, prepared.batch_size, workers, device.type, piped)
             for b in until_stopped(loader, job.stop):
                 b = b.tensors()
                 if on_device:
