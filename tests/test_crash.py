@@ -128,6 +128,16 @@ def _opts(inp, out, ckpt, **kw) -> RunOptions:
     return run_opts(inp, out, ckpt, batch_size=BATCH, **kw)
 
 
+def _kill_when(proc: subprocess.Popen, cond, what: str) -> None:
+    """SIGKILL the run ``proc`` once ``cond()`` holds (a failed wait kills it too)."""
+    try:
+        wait_until(proc, cond, what)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close(), proc.stderr.close()
+
+
 def _cli(
     inp,
     out,
@@ -273,10 +283,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, tiny_ckpt, point):
     cond, what, delay, report_delay = KILL_POINTS[point]
 
     proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=delay, report_delay=report_delay)
-    wait_until(proc, lambda: cond(out, marks), what)
-    proc.kill()
-    proc.wait()
-    proc.stdout.close(), proc.stderr.close()
+    _kill_when(proc, lambda: cond(out, marks), what)
 
     # What the killed run leaves is readable and self-consistent (temp files aside, which the next run sweeps).
     m = Manifest(out / "xaibatch.sqlite")
@@ -385,10 +392,7 @@ def test_sigkill_of_a_pred_label_run_then_rerun_equals_uninterrupted(tmp_path, t
 
     marks = tmp_path / "marks"
     proc = _cli(inp, out, tiny_ckpt, marks=marks, delay=1.0, extra=PRED_LABEL)
-    wait_until(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
-    proc.kill()
-    proc.wait()
-    proc.stdout.close(), proc.stderr.close()
+    _kill_when(proc, lambda: (marks / "precommit-3").exists(), "batch 3's files")
     referenced = Manifest(out / "xaibatch.sqlite").referenced_files()
     assert _files(out) - referenced  # files no row points at yet
     done = _count(out, "SELECT count(*) FROM images WHERE run_id = 2")
@@ -423,10 +427,7 @@ def test_sigkill_between_linking_moved_images_and_committing_them_then_rerun(tmp
 
     marks = tmp_path / "marks"
     proc = _cli(inp, out, tiny_ckpt, marks=marks, hold_links=True, extra=PRED_LABEL)
-    wait_until(proc, lambda: (marks / "linked").exists(), "the moved images' links")
-    proc.kill()
-    proc.wait()
-    proc.stdout.close(), proc.stderr.close()
+    _kill_when(proc, lambda: (marks / "linked").exists(), "the moved images' links")
     m = Manifest(out / "xaibatch.sqlite")
     try:  # the old rows (a temporary file of the killed run aside, which the next run sweeps)
         assert (set(m.images()), set(m.maps())) == (set(before[0]), set(before[1]))
@@ -694,12 +695,7 @@ def test_sigkill_after_a_changed_images_files_then_its_old_bytes_back_recomputes
         except (OSError, ValueError):
             return False
 
-    try:
-        wait_until(proc, written, "the changed image's new map")
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close(), proc.stderr.close()
+    _kill_when(proc, written, "the changed image's new map")
     assert not np.array_equal(np.load(npy), old_map)  # the killed run's file
     assert _count(out, "SELECT count(*) FROM images WHERE run_id = 2") == 0  # no row of the killed run committed
 
@@ -735,12 +731,7 @@ def test_sigkill_after_maps_of_new_options_were_written_then_the_old_options_bac
             return False
 
     proc = _cli(inp, out, tiny_ckpt, marks=tmp_path / "marks", delay=3.0, extra=("--max-map-side", "8"))
-    try:
-        wait_until(proc, written, "a map of the new options")
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close(), proc.stderr.close()
+    _kill_when(proc, written, "a map of the new options")
 
     r = run(_opts(inp, out, tiny_ckpt), log=lambda s: None)
     assert r.status == "ok" and r.computed >= 1
