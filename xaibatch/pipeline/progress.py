@@ -209,9 +209,11 @@ def progress_bar(
     emit: Callable[[dict[str, Any]], None] = lambda e: None,
     warmup: int = 0,
     batch_size: int = 0,
+    phase: str | None = None,
 ) -> Progress:
-    """The run's progress over every image to compute (a bar only when ``opts.progress``); ``warmup`` and
-    ``batch_size``: see Progress (the Ray engine's actors, one first batch each; the local engine's batches)."""
+    """The run's progress over every image to compute (a bar only when ``opts.progress``); ``warmup``,
+    ``batch_size`` and ``phase``: see Progress (the Ray engine's actors, one first batch each; the local engine's
+    batches; the pass that scores saved maps)."""
     return Progress(
         total,
         bar=opts.progress,
@@ -221,6 +223,7 @@ def progress_bar(
         json_events=opts.events_only,
         warmup=warmup,
         batch_size=batch_size,
+        phase=phase,
     )
 
 

@@ -28,7 +28,7 @@ from ..engines import ComputeJob
 from ..methods.base import first_segmenter
 from .loader import handover, images_loader, until_stopped
 from .plan import Scored
-from .progress import Progress
+from .progress import progress_bar
 from .writer import faith_fields
 
 SCORING = "scoring"  # the phase the progress events and bar of this pass name
@@ -55,16 +55,7 @@ def score_saved(job: ComputeJob) -> None:
     job.emit({"event": "estimate", "method": "faithfulness", "images": len(plan.scored), "label_maps": 0, "text": text})
     if not opts.events_only:
         job.log(f"xaibatch: {text}")
-    progress = Progress(
-        len(plan.scored),
-        bar=opts.progress,
-        heartbeat=opts.heartbeat,
-        log=job.log,
-        emit=job.emit,
-        json_events=opts.events_only,
-        batch_size=prepared.batch_size,
-        phase=SCORING,
-    )
+    progress = progress_bar(opts, len(plan.scored), job.log, job.emit, batch_size=prepared.batch_size, phase=SCORING)
     manifest = Manifest(job.out / layout.MANIFEST)
     try:
         groups: dict[tuple[str, ...], list[Scored]] = defaultdict(list)

@@ -374,11 +374,6 @@ def _plan_run(
     if maps and not opts.events_only and any(maps.get(m, 0) < len(plan.work) for m in opts.methods):  # else: all
         due = ", ".join(f"{m} for {n}" for m, n in maps.items())
         log(f"xaibatch: maps to compute: {due} image(s); the others are up to date")
-    if plan.scored and not opts.events_only:
-        log(
-            f"xaibatch: {len(plan.scored)} image(s) keep their maps and get only their faithfulness scores, "
-            "from the saved maps"
-        )
     emit(
         plan_event(
             row.run_id, row.counts, len(plan.work), list(row.resumed_from), len(plan.moves), maps, len(plan.scored)
