@@ -4,6 +4,7 @@ build's."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from test_report import labeled_rows, pages_js, parse, synth
 from xaibatch import layout, report
@@ -237,3 +240,55 @@ def test_a_folder_without_saved_pages_gets_even_pages_again_and_old_files_go(tmp
     synth(out, more_rows(1, 8), files=False)
     report.render(out)
     assert len({c for c in rewritten(before, files_now(out)) if c.startswith("gallery/page-")}) == 1
+
+
+def _page_cards(keys, ranges) -> dict[int, frozenset]:
+    return {pid: frozenset(keys[a:b]) for pid, a, b in ranges}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(2, 12),
+    first=st.sets(st.integers(0, 400), max_size=200),
+    nights=st.lists(
+        st.tuples(st.sets(st.integers(0, 400), max_size=60), st.sets(st.integers(0, 400), max_size=60)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_plan_over_random_nights_keeps_its_invariants(size, first, nights):
+    """Nights of random additions and removals: the pages partition the gallery order, ids are never given twice
+    nor to a page gone, every page stays within [size/4, 2*size] (but a first build's last page, which the next
+    night merges), the state round-trips through JSON, planning again changes nothing, and a night changes only
+    the pages that hold (or held) an added or removed card, and their neighbours (a merge)."""
+    order = paging.order_definition(True, size)
+    now: set[int] = set(first)
+    saved, before = None, {}
+    for added, removed in [(set(), set()), *nights]:
+        touched = {f"{i:04d}" for i in (added - now) | (removed & now)}
+        now = (now | added) - removed
+        keys = sorted(paging.card_key("right", 0, 0.5, f"{i:04d}") for i in now)
+        ranges, state = paging.plan(keys, saved, order, size)
+        assert [a for _p, a, _b in ranges] == [0] + [b for _p, _a, b in ranges[:-1]] and ranges[-1][2] == len(keys)
+        ids, gone = [p for p, _a, _b in ranges], [g for g, _k in state.gone]
+        assert len(set(ids + gone)) == len(ids) + len(gone) and state.next_id > max(ids + gone)
+        fresh = saved is None or not saved.pages  # even pages: the last one may be small, merged the next night
+        if keys:
+            assert all(b - a <= 2 * size for _p, a, b in ranges)
+            assert len(ranges) == 1 or all(b - a >= max(1, size // 4) for _p, a, b in ranges[: -1 if fresh else None])
+        assert paging.Paging.from_json(json.loads(json.dumps(state.to_json()))) == state
+        again = paging.plan(keys, state, order, size)
+        if fresh and len(ranges) > 1 and ranges[-1][2] - ranges[-1][1] < max(1, size // 4):
+            assert again[0] == [*ranges[:-2], (ranges[-2][0], ranges[-2][1], len(keys))]
+        else:
+            assert again == (ranges, state)  # an unchanged night plans the same pages
+        cards = _page_cards(keys, ranges)
+        if saved is not None and saved.pages:
+            assert ids[0] == saved.pages[0][0]  # every page's header links the first page by its id
+            # the pages whose range holds a touched card, before and now (a split's parts take new ids)
+            holding = {saved.holder(paging.card_key("right", 0, 0.5, t)) for t in touched}
+            holding |= {p for p, c in [*cards.items(), *before.items()] if any(k[3] in touched for k in c)}
+            near = {ids[j + d] for j, p in enumerate(ids) if p in holding for d in (-1, 1) if 0 <= j + d < len(ids)}
+            changed = {p for p, c in cards.items() if before.get(p) != c and p < saved.next_id}
+            assert changed <= holding | near, (changed, holding, near)
+        saved, before = state, cards
