@@ -85,3 +85,25 @@ def test_library_methods_read_targets_and_totals_once_a_batch(tiny_ckpt):
     pytest.importorskip("captum")
     names = ["cam:gradcam", "captum:Saliency", "captum:IntegratedGradients"]
     assert _explain_counting(tiny_ckpt, names, 2) == _explain_counting(tiny_ckpt, names, 6)
+
+
+def test_a_cuda_index_torch_cannot_read_is_a_usage_error(monkeypatch):
+    """``--device cuda:`` (a typo), ``cuda:01`` or ``cuda:²`` passed the form check; on a GPU host torch.device()
+    then raised ("internal error: RuntimeError: Invalid device string", exit 3) or int() did (ValueError). They are
+    refused by form now, before torch loads, as any other spec that is not auto, cpu, cuda or cuda:N."""
+    import pytest
+
+    from xaibatch.defaults import device_spec_problem
+    from xaibatch.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for spec in ("cuda:", "cuda:01", "cuda:²", "cuda: 1", "cuda:-1", "cuda:x"):
+        assert device_spec_problem(spec) == f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N", spec
+        with pytest.raises(UsageError, match="is not one of auto, cpu, cuda, cuda:N"):
+            loading.resolve_device(spec)
+    for spec, device in (("cuda:1", "cuda:1"), ("CUDA:0", "cuda:0"), (" cuda ", "cuda"), ("cpu", "cpu")):
+        assert device_spec_problem(spec) is None
+        assert loading.resolve_device(spec) == torch.device(device)
+    with pytest.raises(UsageError, match=r"there are 2 GPU\(s\)"):
+        loading.resolve_device("cuda:2")

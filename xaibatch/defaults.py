@@ -47,11 +47,15 @@ def model_spec_problem(spec: str) -> str | None:
     return f"--model {spec!r}: expected {MODEL_FORMS}"
 
 
+_CUDA_N = re.compile(r"cuda:(0|[1-9][0-9]*)", re.ASCII)
+
+
 def device_spec_problem(spec: str) -> str | None:
     """Why ``--device`` is not of a form auto, cpu, cuda, cuda:N, or None (whether that device exists is torch's
-    to say)."""
+    to say). N is an index torch reads: ASCII digits, no leading zero (``cuda:``, ``cuda:01`` made torch.device()
+    raise an internal error on a GPU host)."""
     spec = spec.strip().lower()
-    if spec in ("auto", "cpu", "cuda") or spec.startswith("cuda:"):
+    if spec in ("auto", "cpu", "cuda") or _CUDA_N.fullmatch(spec):
         return None
     return f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N"
 
