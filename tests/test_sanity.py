@@ -48,6 +48,21 @@ def test_metrics_basics():
     assert spearman(a, -a) == pytest.approx(1.0)  # absolute values, as the paper's figures
 
 
+def test_spearman_reads_an_older_scipy(monkeypatch):
+    """An older SciPy (scikit-image's floor is scipy>=1.8) returns a SpearmanrResult(correlation, pvalue), with no
+    ``statistic``: ``xaibatch sanity`` stopped at its first map pair with "internal error: AttributeError". Found by
+    pyright; the coefficient is the result's first item in every SciPy."""
+    import collections
+
+    import scipy.stats
+
+    real = scipy.stats.spearmanr
+    old = collections.namedtuple("SpearmanrResult", "correlation pvalue")
+    monkeypatch.setattr(scipy.stats, "spearmanr", lambda x, y: old(*real(x, y)))
+    a, b = np.random.default_rng(0).random((2, 8, 8))
+    assert spearman(a, b) == pytest.approx(float(real(a.ravel(), b.ravel())[0]))
+
+
 def test_reinit_changes_only_the_stage():
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
     before = [p.detach().clone() for p in net.parameters()]

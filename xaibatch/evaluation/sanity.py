@@ -119,7 +119,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     x, y = np.abs(a).ravel(), np.abs(b).ravel()
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
-    return float(spearmanr(x, y).statistic)
+    return float(spearmanr(x, y)[0])  # an older SciPy's SpearmanrResult has no .statistic: the first item in all
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
