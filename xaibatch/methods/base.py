@@ -51,7 +51,7 @@ class ModelContext:
     """What a method may know about the model it explains."""
 
     model: torch.nn.Module
-    layer: TargetLayer
+    layer: TargetLayer | None  # None: no method of the run needs a layer (build_methods, needs_layer)
     preprocess: Preprocess  # input size, mean, std: normalizing and black baselines go through it
     device: torch.device
     _forward_only: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)

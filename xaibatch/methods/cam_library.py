@@ -78,9 +78,9 @@ class LibraryCAM(Method):
                 f"{self.name} cannot run on a model without parameters (pytorch-grad-cam finds the device from "
                 "them); use gradcam or a captum:* method"
             )
-        if self.short == "ablationcam" and ctx.layer.is_tokens:
+        if self.short == "ablationcam" and ctx.layer is not None and ctx.layer.is_tokens:
             raise ModelError(f"{self.name} cannot run on a token model (ViT) layer here; use cam:scorecam or gradcam")
-        if self.short == "ablationcam" and ctx.layer.channels_last:
+        if self.short == "ablationcam" and ctx.layer is not None and ctx.layer.channels_last:
             raise ModelError(
                 f"{self.name} cannot run on a channels-last (B, H, W, C) layer (Swin, MambaOut); "
                 "use cam:scorecam or gradcam"
@@ -108,11 +108,12 @@ class LibraryCAM(Method):
     def _make(self) -> Any:
         cls = getattr(self._lib, self.lib_class)
         layer = self.ctx.layer
-        layers = [] if self.short == "fullgrad" else [layer.module]
+        assert layer is not None or not self.needs_layer  # __init__ refused a method that needs one without it
+        layers = [] if self.short == "fullgrad" or layer is None else [layer.module]
         # FullGrad reads every conv and batch-norm bias, never the run's layer: that layer's reshape (a ViT's tokens,
         # a Swin's channels-last grid) would be applied to those (B, C, H, W) outputs and fail
         reshaped = layer is not None and layer.reshaped and self.short != "fullgrad"
-        reshape = layer.to_grid if reshaped else None
+        reshape = layer.to_grid if reshaped and layer is not None else None
         kwargs: dict[str, Any] = {"reshape_transform": reshape}
         if self.short == "ablationcam":
             kwargs.update(

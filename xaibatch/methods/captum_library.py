@@ -78,7 +78,7 @@ class CaptumMethod(Method):
     def __init__(self, ctx: ModelContext, **options: Any) -> None:
         opts = check_library_options(self.name, options)
         super().__init__(ctx, **opts)
-        self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  (per instance: the reduction decides)
+        self.signed = opts["reduce"] != "abs-max"  # type: ignore[misc]  # per instance: the reduction decides
         if self.needs_layer and (ctx.layer is None or ctx.layer.reshaped):
             raise ModelError(
                 f"{self.name} needs a convolutional (B, C, H, W) target layer; this model's is "
@@ -145,7 +145,11 @@ class CaptumMethod(Method):
     def _make(self) -> Any:
         cls = getattr(self._captum, self.base)
         model = library_scores(self.ctx.model)  # one logit: the attributions of z (of -z for the negative class)
-        obj = cls(model, self.ctx.layer.module) if self.base == "GuidedGradCam" else cls(model)
+        if self.base != "GuidedGradCam":
+            obj = cls(model)
+        else:
+            assert self.ctx.layer is not None  # needs_layer: __init__ refused it without one
+            obj = cls(model, self.ctx.layer.module)
         return self._captum.NoiseTunnel(obj) if self.tunnel else obj
 
     def _attribute(self, x: torch.Tensor, targets: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -103,6 +103,7 @@ class Explainer:
         net = self.ctx.model
         activations = None
         if self.want_activations:  # a graph from the target layer on: all Grad-CAM differentiates
+            assert self.ctx.layer is not None  # build_methods found one for the methods that read it (needs_layer)
             logits, activations = forward_from_layer(net, x, self.ctx.layer)
         else:
             with torch.no_grad():
