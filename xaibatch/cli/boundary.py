@@ -43,7 +43,7 @@ class Failure(click.ClickException):
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def one_line(e: click.UsageError, command_path: str | None = None) -> click.UsageError:
+def one_line(e: click.UsageError, command_path: str | None = None) -> click.ClickException:
     """click's usage error (a usage line, a hint and the error: four lines) as one line that names the help;
     ``command_path``: the command's, for an error click raised without its context ("Option '-m' requires an
     argument.")."""

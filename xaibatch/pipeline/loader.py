@@ -24,13 +24,13 @@ import os
 import signal
 import sys
 import warnings
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 from .signals import STOP_SIGNALS, Abandoned, Stop, die_with_parent, ignore_stop_signals
 from ..threadsafe import catch_warnings, generator
 
 
-def until_stopped(loader: Any, stop: Stop) -> Iterator[Any]:
+def until_stopped(loader: Any, stop: Stop) -> Generator[Any, None, None]:
     """The loader's batches, ending early (and at once) when a signal arrives while waiting for one."""
     with quiet_feeders(), more_workers_than_cpus():  # the index queues' feeder threads start here, in this process
         it = forked_quietly(iter, loader)

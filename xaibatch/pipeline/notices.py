@@ -53,7 +53,7 @@ def say(
         emit({"event": "notice", "kind": kind, "text": text, **fields})
 
 
-def random_weights(model: str | None, checkpoint: str) -> Iterator[Notice]:
+def random_weights(model: str | None, checkpoint: str | None) -> Iterator[Notice]:
     """A model built without weights (``--model timm:NAME`` without ``--checkpoint``: a run's, serve's)."""
     if checkpoint == RANDOM_INIT:
         text = (
@@ -65,7 +65,7 @@ def random_weights(model: str | None, checkpoint: str) -> Iterator[Notice]:
 
 def warn_random_weights(
     model: str | None,
-    checkpoint: str,
+    checkpoint: str | None,
     log: Callable[[str], None],
     emit: Callable[[dict[str, Any]], None] = lambda event: None,
     lines: bool = True,

@@ -43,7 +43,8 @@ class Progress:
         # None: the images computed; "scoring": those whose saved maps are only scored (pipeline/rescore.py), a pass
         # of its own, with its own rate: its events say "phase", its lines "scored"
         self.phase = phase
-        self.done, self.batch = 0, None  # images done; the current batch's share in percent, when a method says
+        self.done = 0  # images done
+        self.batch: int | None = None  # the current batch's share in percent, when a method says
         self.step: str | None = None  # what a batch of several methods runs now (running)
         # batch_size: images per batch (0: not known); with it the current batch's share counts towards the rate,
         # so that a slow first batch (LIME's 32 images x 1,000 forwards: minutes on a CPU) has an estimate
