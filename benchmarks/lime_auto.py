@@ -43,7 +43,7 @@ def main(inp: Path, ref_out: Path, others: list[Path]) -> None:
         rho, top5 = [], []
         for rel in ref:
             a, b = got[rel][0].ravel()[segs[rel]], ref[rel][0].ravel()[segs[rel]]
-            rho.append(spearmanr(a, b).statistic)
+            rho.append(spearmanr(a, b)[0])
             top5.append(len(set(np.argsort(-a)[:5]) & set(np.argsort(-b)[:5])))
         rho, top5 = np.array(rho), np.array(top5)
         game = pointing_game(out, inp, "lime", fakes)

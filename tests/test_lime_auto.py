@@ -268,13 +268,11 @@ def test_auto_matches_1000_samples_on_stable_demo_images(tmp_path):
     ref, _ = coefficients(samples=1000)
     more, _ = coefficients(samples=2000)
     got, info = coefficients(samples="auto")
-    stable = [
-        k for k in range(len(files)) if top5(ref[k]) == top5(more[k]) and spearmanr(ref[k], more[k]).statistic >= 0.95
-    ]
+    stable = [k for k in range(len(files)) if top5(ref[k]) == top5(more[k]) and spearmanr(ref[k], more[k])[0] >= 0.95]
     assert len(stable) >= 3, len(stable)
     for k in stable:
         assert top5(got[k]) == top5(ref[k]), (k, info[k])
-        assert spearmanr(got[k], ref[k]).statistic >= 0.9, (k, info[k])
+        assert spearmanr(got[k], ref[k])[0] >= 0.9, (k, info[k])
     assert sum(info[k]["samples"] < 1000 for k in stable) >= 2  # maps that stopped early agree too
 
 
