@@ -47,11 +47,13 @@ def synth(
     input_dir="/data/set",
     info: dict | None = None,
     source: dict | None = None,
+    threshold: float | None = None,
 ) -> Path:
     """A manifest as a pipeline run would leave it: rows are (rel, label or None, probability of class 0).
 
     ``side`` is the images' recorded size (the files written are 8x8); ``info`` the maps' per-image facts;
-    ``source`` the run's recorded model options (RunConfig.source: its ``target``, ...).
+    ``source`` the run's recorded model options (RunConfig.source: its ``target``, ...); ``threshold``: the run
+    decided class 1 when its probability is at least this (--threshold), else the most probable class.
     """
     out.mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -70,6 +72,7 @@ def synth(
         "workers": 0,
         "seed": 0,
         **({"source": source} if source else {}),
+        **({"decision": {"positive": classes[1], "threshold": threshold, "one_logit": False}} if threshold else {}),
     }
     tiny = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
     m = Manifest(out / FILENAME)
@@ -78,9 +81,9 @@ def synth(
         for rel, label, p0 in rows:
             stem = rel.rsplit(".", 1)[0]
             probs = [p0, 1 - p0]
-            pred = int(np.argmax(probs))
+            pred = int(np.argmax(probs)) if threshold is None else int(probs[1] >= threshold)
             m.put_image(
-                ImageRow(rel, stem, 100, 0, "0" * 64, side, side, label, pred, pred, max(probs), probs, "p", run_id)
+                ImageRow(rel, stem, 100, 0, "0" * 64, side, side, label, pred, pred, probs[pred], probs, "p", run_id)
             )
             for name in methods:
                 m.put_map(
@@ -492,6 +495,21 @@ def test_metrics_match_sklearn(tmp_path):
     )
     assert data.ece == pytest.approx(ece)
     assert sum(sum(c) for _l, c, _col in data.hist_series) == 300
+
+
+def test_confidence_bins_hold_a_thresholds_confidences_under_chance(tmp_path):
+    """Under --threshold 0.7 a FAKE prediction's confidence, P(FAKE), can be 0.35: the histogram and the reliability
+    table started at chance (0.5) and counted it in the "0.50–0.55" bin, whose mean confidence then lay outside its
+    own range. They now start at min(t, 1 - t)."""
+    rows = [("a.png", 0, 0.35), ("b.png", 1, 0.40), ("c.png", 0, 0.45), ("d.png", 1, 0.2), ("e.png", 0, 0.9)]
+    data = report.build(synth(tmp_path / "o", rows, files=False, threshold=0.7))
+    assert sorted(c.confidence for c in data.cards) == pytest.approx([0.35, 0.4, 0.45, 0.8, 0.9])
+    for b in data.calibration:
+        assert b["confidence"] is None or b["lo"] <= b["confidence"] < b["hi"] + 1e-12, b
+    assert sum(b["n"] for b in data.calibration) == 5
+    assert data.hist_edges[0] <= 0.35 and data.calibration[0]["range"] == "0.30–0.37"
+    plain = report.build(synth(tmp_path / "p", rows, files=False))  # no threshold: from chance, as before
+    assert plain.calibration[0]["range"] == "0.50–0.55" and plain.hist_edges[0] == 0.5
 
 
 def test_unlabeled_grouped_by_prediction(tmp_path):

@@ -403,12 +403,12 @@ def assemble(
     )
     history.apply(data)
     data.earlier = earlier_summary(earlier, history.models, order, history.run)
+    data.decision = decision  # before add_metrics: its threshold sets the confidence bins
     add_metrics(data, [c for c in order if not c.earlier] if earlier else order)
     warning = demo_model_warning(run, order, source is not None)
     if warning:
         data.warnings.append(warning)
     data.trust = trust
-    data.decision = decision
     data.lime_samples = samples
     data.coverage = coverage
     data.mean_maps = mean_maps(groups, grids, methods, run.target_mode())

@@ -18,8 +18,13 @@ class ConfidenceScale:
     span: float
 
     @classmethod
-    def of(cls, k: int) -> ConfidenceScale:
+    def of(cls, k: int, threshold: float | None = None) -> ConfidenceScale:
+        """``threshold``: two classes decided by --threshold, whose predicted class's probability can be as low as
+        min(t, 1 - t), under chance: from there (a P(FAKE) of 0.35 under --threshold 0.7 was counted in the
+        "0.50–0.55" bin, and its bin's mean confidence lay outside its range)."""
         lo = 1.0 / k if k > 1 else 0.0
+        if threshold is not None and k == 2:
+            lo = min(lo, threshold, 1.0 - threshold)
         return cls(lo, (1.0 - lo) or 1.0)
 
     def edge(self, i: int, n: int) -> float:
@@ -39,9 +44,9 @@ class ConfidenceScale:
 def add_metrics(data: ReportData, cards: list[Card] | None = None) -> None:
     """Fill the summary's numbers over ``cards`` (all of them by default; data.assemble leaves out the images an
     earlier model predicted): confidences and predicted classes; with labels, accuracy, calibration, per class
-    scores and the confusions."""
+    scores and the confusions. ``data.decision`` (decision_summary), when set: its threshold sets the bins."""
     cards, names = data.cards if cards is None else cards, data.class_names
-    scale = ConfidenceScale.of(len(names))
+    scale = ConfidenceScale.of(len(names), (data.decision or {}).get("threshold"))
     confs = [c.confidence for c in cards]
     data.mean_confidence = sum(confs) / len(confs) if confs else None
     data.hist_edges = [scale.edge(i, HISTOGRAM_BINS) for i in range(HISTOGRAM_BINS + 1)]
