@@ -512,6 +512,20 @@ def test_confidence_bins_hold_a_thresholds_confidences_under_chance(tmp_path):
     assert plain.calibration[0]["range"] == "0.50–0.55" and plain.hist_edges[0] == 0.5
 
 
+def test_a_class_without_images_has_no_shares_in_the_confusion_matrix(tmp_path):
+    """A labeled folder with images of one class only: the other class's row read "0 (0.0%)" in every column, a
+    row of shares adding up to 0 % over no images. Its shares are now "–"; the other row's still add up to 100 %."""
+    rows = [("FAKE/a.png", 0, 0.9), ("FAKE/b.png", 0, 0.8), ("FAKE/c.png", 0, 0.3)]
+    out = synth(tmp_path / "o", rows, files=False)
+    data = report.build(out)
+    assert [[(c["n"], c["share"]) for c in row] for row in data.confusion] == [
+        [(2, "66.7%"), (1, "33.3%")],
+        [(0, "–"), (0, "–")],
+    ]
+    report.render(out)
+    assert "0 <small>(0.0%)</small>" not in (out / "index.html").read_text()
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)

@@ -169,18 +169,19 @@ def macro_average(per: list[dict[str, Any]], support: int) -> dict[str, Any]:
 
 
 def confusion_cells(conf_m: list[list[int]]) -> list[list[dict[str, Any]]]:
-    """The confusion matrix as table cells, shaded by each true class's share (white to dark blue)."""
+    """The confusion matrix as table cells, shaded by each true class's share (white to dark blue); a class with no
+    images has no shares ("–": its row read "0 (0.0%)" in every column, shares that add up to 0 %)."""
     rows = []
     for i, counts in enumerate(conf_m):
-        total = sum(counts) or 1
+        total = sum(counts)
         row = []
         for j, count in enumerate(counts):
-            share = count / total
+            share = count / total if total else 0.0
             rgb = tuple(round(255 + (t - 255) * share) for t in (8, 48, 107))  # white -> dark blue
             row.append(
                 {
                     "n": count,
-                    "share": fmt_pct(share),
+                    "share": fmt_pct(share) if total else "–",
                     "diag": i == j,
                     "style": f"background-color: rgb{rgb}; color: {text_on(rgb)}",
                 }
