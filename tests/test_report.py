@@ -526,6 +526,41 @@ def test_a_class_without_images_has_no_shares_in_the_confusion_matrix(tmp_path):
     assert "0 <small>(0.0%)</small>" not in (out / "index.html").read_text()
 
 
+def test_numbers_are_never_rounded_onto_100_or_0_percent(tmp_path):
+    """2,999 correct of 3,000 read "Accuracy 100.0% (2,999 correct, 1 misclassified)" and, in the decision block,
+    "100.0% of 3,000 labeled images"; a precision of 2,500/2,501 "1.000"; a 0.00004 probability "0.0%". A number
+    short of a bound now says so."""
+    rows = [(f"FAKE/f{i:04d}.png", 0, 0.9) for i in range(500)] + [(f"REAL/r{i:04d}.png", 1, 0.2) for i in range(2500)]
+    rows[0] = ("FAKE/f0000.png", 0, 0.1)  # one FAKE predicted REAL
+    out = synth(tmp_path / "o", rows, files=False, threshold=0.5)
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert "<strong>&gt;99.9%</strong> (2,999 correct, 1 misclassified)" in html
+    assert "<dd>&gt;99.9% of 3,000 labeled images</dd>" in html
+    assert "&gt;0.999 (2,500 of 2,501 predicted REAL)" in html  # precision 0.9996
+    assert "<strong>100.0%</strong>" not in html and "1.000 (2,500 of 2,501" not in html
+
+    from xaibatch.report.text import fmt_pct, fmt_score
+
+    assert [fmt_pct(v) for v in (1.0, 0.99967, 0.9994, 0.0, 0.0004, 0.0006, 0.5)] == [
+        "100.0%",
+        ">99.9%",
+        "99.9%",
+        "0.0%",
+        "<0.1%",
+        "0.1%",
+        "50.0%",
+    ]
+    assert [fmt_score(v) for v in (1.0, 0.99967, 0.0, 0.0004, -0.0004, 0.25)] == [
+        "1.000",
+        ">0.999",
+        "0.000",
+        "<0.001",
+        "-0.000",
+        "0.250",
+    ]
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)

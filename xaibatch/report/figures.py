@@ -13,7 +13,10 @@ import math
 from html import escape
 from typing import Iterable, Sequence
 
-VERSION = 4  # bump when a figure's look changes, so cached files are redrawn (1: matplotlib; 3: sanity legend)
+from .text import fmt_pct
+
+VERSION = 5  # bump when a figure's look changes, so cached files are redrawn (1: matplotlib; 3: sanity legend;
+# 5: an ECE under 0.05 % reads "<0.1%", not "0.0%")
 
 FONT = 12.0  # px: tick labels, axis labels, legend
 TITLE = 13.5
@@ -307,7 +310,7 @@ def reliability_diagram(bins: Sequence[tuple[float, float, int, float | None, fl
     p.bars([b[0] for b in full], [b[1] - b[0] for b in full], [b[4] for b in full], BLUE, "accuracy", 0.6)
     p.dots([(b[0] + b[1]) / 2 for b in full], [b[3] for b in full], ORANGE, "mean confidence", r=4, diamond=True)
     c = Chart(*HISTOGRAM_SIZE)
-    c.axes(p, f"Reliability (ECE {100 * ece:.1f}%)", "confidence bin", "accuracy", yticks=ticks(0, 1))
+    c.axes(p, f"Reliability (ECE {fmt_pct(ece)})", "confidence bin", "accuracy", yticks=ticks(0, 1))
     c.legend(p)
     return c.svg([p])
 

@@ -13,6 +13,7 @@ from ..resources import templates_dir
 from .forked import Forked
 from .model import ASSET_NAMES, ReportData, url
 from .output import PageWriter
+from .text import fmt_pct
 
 
 def asset_source(name: str, template_dir: Path | None) -> bytes:
@@ -110,7 +111,7 @@ def _reliability(data: ReportData) -> Figure | None:
     scope = f" ({data.earlier['scope']})" if data.earlier else ""
     alt = (
         f"Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration; "
-        f"expected calibration error {100 * data.ece:.1f}%{scope}. The table below lists the same numbers."
+        f"expected calibration error {fmt_pct(data.ece)}{scope}. The table below lists the same numbers."
     )
     bins = [(b["lo"], b["hi"], b["n"], b["confidence"], b["accuracy"]) for b in data.calibration]
     return Figure(

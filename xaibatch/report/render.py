@@ -32,7 +32,7 @@ from .linked import Drawings, linked, write_assets, write_colour_bars, write_fig
 from .model import Card, GalleryPage, MapView, ReportData, TEMPLATE_NAMES
 from .output import PageWriter, WriteStats, Written, remove_stale
 from .paging import Paging
-from .text import fmt_bytes
+from .text import fmt_bytes, fmt_pct, fmt_score
 
 
 _ENVIRONMENTS: dict[tuple[str | None, str], jinja2.Environment] = {}  # the last template files' (templates_key)
@@ -65,9 +65,9 @@ def _new_environment(template_dir: Path | None) -> jinja2.Environment:
         lstrip_blocks=True,
         auto_reload=False,
     )
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
-    env.filters["conf"] = lambda v: f"{100 * v:.1f}%"
-    env.filters["num"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["pct"] = lambda v: "–" if v is None else fmt_pct(v)
+    env.filters["conf"] = fmt_pct
+    env.filters["num"] = lambda v: "–" if v is None else fmt_score(v)
     env.filters["bytes"] = fmt_bytes
     env.filters["count"] = lambda v: f"{v:,}" if isinstance(v, int) else v  # 100,000 images, not 100000
     return env
