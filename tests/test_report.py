@@ -561,6 +561,24 @@ def test_numbers_are_never_rounded_onto_100_or_0_percent(tmp_path):
     ]
 
 
+def test_page_count_and_skipped_files_read_as_sentences(tmp_path, monkeypatch):
+    """An 11-image folder's summary said "1 page of about 200 images" (read: about 200 images), and one unreadable
+    file "1 file could not be read and are not in the gallery" / "...; they are not in the gallery"."""
+    out = synth(tmp_path / "o", labeled_rows(11), failures=[("x.png", "cannot identify image file")])
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert re.search(r'<dt>Gallery</dt><dd><a href="[^"]+">1 page</a></dd>', html)
+    assert "1 file could not be read and is not in the gallery." in html
+    assert "1 file could not be read; it is not in the gallery. Fix or remove it" in (out / "skipped.html").read_text()
+    monkeypatch.setattr(report.model, "PAGE_SIZE", 4)
+    out = synth(tmp_path / "p", labeled_rows(11), failures=[("x.png", "bad"), ("y.png", "bad")])
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert re.search(r'<dt>Gallery</dt><dd><a href="[^"]+">3 pages</a>, about 4 images a page</dd>', html)
+    assert "2 files could not be read and are not in the gallery." in html
+    assert "2 files could not be read; they are not in the gallery." in (out / "skipped.html").read_text()
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)
