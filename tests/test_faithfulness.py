@@ -475,6 +475,23 @@ def test_paired_verdict_names_the_chance_map_it_does_not_beat_and_gives_the_gain
     assert "over the centred blob: deletion +0.000 ± " in v.text, v.text
 
 
+def test_small_gains_keep_their_digits():
+    """A one-logit CNN whose blur fill barely moved its output: "better than both chance maps on deletion and
+    insertion (... over the random map: deletion +0.002 ± 0.000, insertion +0.000 ± 0.000 ...)", numbers that
+    show neither the gain nor its spread. Standard errors under 0.0005 get the digits that show them."""
+    from xaibatch.report.trust import paired_verdict
+
+    rels = [f"img_{k:03d}.png" for k in range(64)]
+    base = [0.5 + 0.01 * ((k * 7) % 10) / 9 for k in range(64)]
+    chance = {rel: {"random": (d, 1 - d), "blob": (d, 1 - d)} for rel, d in zip(rels, base, strict=True)}
+    tiny = [0.0002 + 0.0001 * (k % 3) for k in range(64)]  # gains 0.0002 .. 0.0004: mean 0.000298
+    method = {rel: (d - t, 1 - d + t) for rel, d, t in zip(rels, base, tiny, strict=True)}
+    v = paired_verdict("Grad-CAM", method, chance)
+    assert v.good is True, v.text
+    assert "over the random map: deletion +0.000298 ± 0.000021, insertion +0.000298 ± 0.000021" in v.text, v.text
+    assert "± 0.000," not in v.text and "± 0.000)" not in v.text
+
+
 def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     """The chance rows are over the 64 sampled images, a method's rows over all of them: on 120 demo images
     Grad-CAM's mean deletion AUC was 0.627 against the centred blob's 0.694, which reads as clearly better, yet on

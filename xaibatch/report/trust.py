@@ -6,6 +6,8 @@ Plain data from the manifest's scores, ``faithfulness-chance.json`` and
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean, variance
@@ -261,8 +263,12 @@ def paired_verdict(
 
 
 def _gain(diffs: list[float]) -> str:
-    """A mean paired difference with two standard errors, e.g. "+0.141 ± 0.070"."""
-    return f"{fmean(diffs):+.3f} ± {2 * (variance(diffs) / len(diffs)) ** 0.5:.3f}"
+    """A mean paired difference with two standard errors, e.g. "+0.141 ± 0.070"; three decimals, more where the
+    standard errors would round to 0.000: "+0.00186 ± 0.00032" (a gain "better than chance" read "+0.002 ± 0.000",
+    and one of "+0.000 ± 0.000", numbers that show neither the gain nor its spread)."""
+    se = 2 * (variance(diffs) / len(diffs)) ** 0.5
+    places = 3 if se >= 0.0005 or se == 0 else min(9, 1 - math.floor(math.log10(se)))
+    return f"{fmean(diffs):+.{places}f} ± {se:.{places}f}"
 
 
 def faith_verdict(
