@@ -579,6 +579,20 @@ def test_page_count_and_skipped_files_read_as_sentences(tmp_path, monkeypatch):
     assert "2 files could not be read; they are not in the gallery." in (out / "skipped.html").read_text()
 
 
+def test_the_sanity_table_says_its_correlations_are_absolute(tmp_path):
+    """The sanity table's note read "Mean rank correlation (each image's by its size)", which reads as weighted by
+    image size; the numbers are the mean of each image's |rank correlation|."""
+    from xaibatch.evaluation.sanity_file import FILENAME, SanityCurve, SanityResult
+
+    out = synth(tmp_path / "o", labeled_rows(4))
+    curve = SanityCurve("gradcam", ["original", "fc"], [1.0, 0.2], [1.0, 0.3], True, "gradcam: passes", checked=1.0)
+    (out / FILENAME).write_text(SanityResult([curve], created=2.0, images=4).to_json())
+    report.render(out)
+    html = (out / "index.html").read_text()
+    assert "Mean absolute Spearman rank correlation (|ρ| of each image's map" in html
+    assert "by its size" not in html
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)

@@ -109,7 +109,7 @@ def _maps_by_model(original: np.ndarray, after: np.ndarray):
 def test_a_map_that_turns_into_its_negative_still_shows_the_image_and_fails():
     """Eigen-CAM's principal component has no fixed sign: after randomization half the maps came back as their
     own negative (rank correlation about -0.9), the other half as themselves (+0.9); the signed mean was near 0
-    and the method "passed". Each image's correlation now counts by its size."""
+    and the method "passed". Each image's correlation now counts by its absolute value."""
     rng = np.random.default_rng(0)
     original = rng.random((8, 16, 16)).astype(np.float32)
     flipped = np.stack([1 - m if i % 2 else m for i, m in enumerate(original)])  # min-max scaled, sign flipped

@@ -10,7 +10,7 @@ rank correlation (of absolute values, as the paper's figures) and SSIM to the
 original maps should fall towards 0. A method whose maps survive a fully
 random network shows the image (edges), not the model.
 
-Each image's correlation counts by its size: a map that turns into its own
+Each image's correlation counts by its absolute value: a map that turns into its own
 negative (Eigen-CAM's principal component has no fixed sign) still shows the
 image, so a mean of signed correlations near 0 would pass it. An image whose
 original map is constant (empty) has nothing to compare and is left out; a
