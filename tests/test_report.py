@@ -512,6 +512,24 @@ def test_confidence_bins_hold_a_thresholds_confidences_under_chance(tmp_path):
     assert plain.calibration[0]["range"] == "0.50–0.55" and plain.hist_edges[0] == 0.5
 
 
+@pytest.mark.parametrize("k", [2, 3, 5, 40])
+def test_reliability_bins_hold_their_mean_confidence_as_printed(k):
+    """40 classes: the first bin starts at 1/40 = 0.025 and was printed "0.03–0.12" while it held images of 2.8 %
+    confidence, outside its printed range. Each printed range now holds its bin's mean confidence."""
+    from types import SimpleNamespace
+
+    from xaibatch.report.metrics import ConfidenceScale, calibration
+
+    scale = ConfidenceScale.of(k)
+    confs = [1 / k + 0.003 + i * (1 - 1 / k - 0.004) / 49 for i in range(50)]
+    rows, _ece = calibration([SimpleNamespace(confidence=c, correct=True) for c in confs], scale)
+    for row in rows:
+        lo, hi = (float(x) for x in row["range"].split("–"))
+        if row["confidence"] is not None:
+            assert lo <= round(row["confidence"], 3) <= hi, (row["range"], row["confidence"])
+    assert rows[0]["range"] == {2: "0.50–0.55", 3: "0.333–0.400", 5: "0.20–0.28", 40: "0.025–0.122"}[k]
+
+
 def test_a_class_without_images_has_no_shares_in_the_confusion_matrix(tmp_path):
     """A labeled folder with images of one class only: the other class's row read "0 (0.0%)" in every column, a
     row of shares adding up to 0 % over no images. Its shares are now "–"; the other row's still add up to 100 %."""
