@@ -135,7 +135,12 @@ def mixed_rows() -> list[tuple[str, int, float]]:
 
 
 def another_model(
-    out: Path, rels: list[str], status: str = "interrupted", sha: str = "cd" * 32, checkpoint: str = "n.pt"
+    out: Path,
+    rels: list[str],
+    status: str = "interrupted",
+    sha: str = "cd" * 32,
+    checkpoint: str = "n.pt",
+    input_dir: str = "/data/set",
 ) -> int:
     """A later run of a synth() folder with another model (predict hash "q", or "p" for synth's own ``sha``) that
     re-predicted ``rels`` (each now right, at 90%) and ended ``status``: with "interrupted", before the others;
@@ -148,7 +153,7 @@ def another_model(
     }
     m = Manifest(out / FILENAME)
     predict_hash = "p" if sha == "ab" * 32 else "q"
-    run_id = m.start_run("/data/set", cfg, predict_hash)
+    run_id = m.start_run(str(input_dir), cfg, predict_hash)
     images = m.images()
     with m.transaction():
         for rel in rels:
@@ -940,6 +945,31 @@ def test_summary_warns_when_the_bundled_model_meets_other_data(tmp_path):
     html = (out / "index.html").read_text()
     assert 'class="warn"' in html and "none of the 3 images has a ground-truth mask" in html
     assert "not 32x32" not in html
+
+
+def test_the_pointing_game_leaves_out_an_earlier_models_maps(tmp_path):
+    """A run with another model stopped before it recomputed every image: accuracy, calibration and faithfulness
+    were over the last run's model's images, but the pointing game scored the earlier model's maps too (50 images
+    where the last model had predicted 48), one hit rate over two models' maps."""
+    rows = labeled_rows(20)
+    rels = [rel for rel, _label, _p in rows]
+    inp = tmp_path / "in"
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    for rel, label, _p in rows:
+        if label == 0:
+            (inp / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(inp / rel.replace(".png", ".mask.npy"), mask)
+    out = synth(tmp_path / "o", rows, input_dir=inp)
+    right = [rel for rel, label, p0 in rows if label == 0 and p0 > 0.5]  # FAKE, predicted FAKE: its maps explain it
+    report.render(out)
+    assert f'<th scope="row">Grad-CAM</th><td>{len(right)}</td>' in (out / "index.html").read_text()
+    another_model(out, rels[:5], input_dir=str(inp))  # right on its 5 (3 of them FAKE), stopped before the others
+    report.render(out)
+    html = unescape((out / "index.html").read_text())
+    found = re.search(r"<th scope=\"row\">Grad-CAM</th><td>(\d+)</td>", html)
+    assert found and found.group(1) == "3", found
+    assert "± is two standard errors (over the 5 of 20 images predicted by the last run's model)." in html
 
 
 def test_a_report_over_two_models_says_so_and_measures_the_last_runs_model_alone(tmp_path):

@@ -211,7 +211,9 @@ def _write_all(
             w.list_pages()
         site = data.site()
         _write_pages(w, env, data, site, fingerprint(templates_key(template_dir), site), template_dir)
-        data.localization = tally(data.cards, w.truths)  # from the ground truths the detail files were drawn with
+        # from the ground truths the detail files were drawn with; over the last run's model's maps, as the other
+        # numbers (an earlier model's maps, still in the gallery, are another model's)
+        data.localization = tally([c for c in data.cards if not c.earlier], w.truths)
         summary = snapshot.save(data)
         drawings.finish()
         # the summary last, once every figure it links is drawn: a run killed (or out of disk) before this keeps
