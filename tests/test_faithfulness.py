@@ -492,20 +492,46 @@ def test_small_gains_keep_their_digits():
     assert "± 0.000," not in v.text and "± 0.000)" not in v.text
 
 
+def test_chance_scores_of_another_model_are_not_compared(tmp_path):
+    """A run with another checkpoint stopped before it scored the chance line: faithfulness-chance.json still held
+    the previous model's scores, and the report compared the new model's maps with them ("clearly better than chance
+    on deletion ... +0.338 ± 0.296" where the new model's curves were flat at 0.51 and the old model's at 0.85). The
+    chance rows and verdicts are now over images whose model scored them, else left out."""
+    from types import SimpleNamespace
+
+    from xaibatch.evaluation import chance as chance_file
+    from xaibatch.report.trust import build_trust
+
+    images, maps, sample = {}, {}, {}
+    for k in range(8):
+        rel = f"img_{k}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0, predict_hash="new")
+        maps[(rel, "gradcam")] = SimpleNamespace(rel=rel, deletion=0.5, insertion=0.5, faith={}, config_hash="h")
+        sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.85, 0.73), "blob": (0.84, 0.78)})
+    methods = [SimpleNamespace(name="gradcam", title="Grad-CAM")]
+    chance_file.write(tmp_path, chance_file.key(chance_file.settings_key(10, "blur"), "old"), 10, "blur", sample)
+    t = build_trust(tmp_path, images, maps, methods, True, None)
+    assert t.chance == [] and t.verdicts == [] and t.chance_note == ""
+    chance_file.write(tmp_path, chance_file.key(chance_file.settings_key(10, "blur"), "new"), 10, "blur", sample)
+    t = build_trust(tmp_path, images, maps, methods, True, None)
+    assert [(words, n) for words, n, _d, _i in t.chance] == [("random map", 8), ("centred blob", 8)]
+    assert len(t.verdicts) == 1
+
+
 def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     """The chance rows are over the 64 sampled images, a method's rows over all of them: on 120 demo images
     Grad-CAM's mean deletion AUC was 0.627 against the centred blob's 0.694, which reads as clearly better, yet on
     the blob's own 64 images Grad-CAM's mean was 0.679. Each method gets a row over the chance rows' images."""
     from types import SimpleNamespace
 
-    from xaibatch.evaluation.chance import ChanceFile, ChanceScores
+    from xaibatch.evaluation.chance import ChanceFile, ChanceScores, key, settings_key
     from xaibatch.report.trust import FaithRow, Trust, _sampled_chance
 
     rels = [f"img_{k:02d}.png" for k in range(6)]
-    images = {rel: SimpleNamespace(sha256=f"s{k}", target=0) for k, rel in enumerate(rels)}
+    images = {rel: SimpleNamespace(sha256=f"s{k}", target=0, predict_hash="p") for k, rel in enumerate(rels)}
     sampled = rels[:3]
     chance = ChanceFile(
-        "k",
+        key(settings_key(20, "mean"), "p"),
         20,
         "mean",
         {rel: ChanceScores(f"s{k}", 0, {"random": (0.8, 0.5), "blob": (0.7, 0.6)}) for k, rel in enumerate(sampled)},
@@ -518,7 +544,7 @@ def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     assert cells[-1][2:] == pytest.approx((0.9, 0.4)), cells
     # a sample of every image adds no row: it would repeat the "all" row
     whole = ChanceFile(
-        "k",
+        key(settings_key(20, "mean"), "p"),
         20,
         "mean",
         {rel: ChanceScores(f"s{k}", 0, {"random": (0.8, 0.5), "blob": (0.7, 0.6)}) for k, rel in enumerate(rels)},
@@ -567,14 +593,14 @@ def test_a_good_faithfulness_verdict_of_maps_that_fail_the_sanity_check_says_so(
     images, maps, sample = {}, {}, {}
     for k in range(16):
         rel = f"img_{k:02d}.png"
-        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0)
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0, predict_hash="p")
         curve = [0.99, 0.5, 0.01]
         d = 0.2 + 0.01 * (k % 3)
         maps[(rel, "captum:GuidedBackprop")] = SimpleNamespace(
             rel=rel, deletion=d, insertion=1 - d, faith={"deletion_curve": curve}, config_hash="h"
         )
         sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.8, 0.3), "blob": (0.7, 0.4)})
-    chance_file.write(tmp_path, "k", 20, "mean", sample)
+    chance_file.write(tmp_path, chance_file.key(chance_file.settings_key(20, "mean"), "p"), 20, "mean", sample)
     verdict = "captum:GuidedBackprop: passes" if sanity_passed else "captum:GuidedBackprop: FAILS"
     curve = SanityCurve("captum:GuidedBackprop", ["original", "fc"], [1.0, 0.7], [1.0, 0.7], sanity_passed, verdict)
     (tmp_path / FILENAME).write_text(SanityResult([curve], checkpoint_sha256="c", created=1.0).to_json())
@@ -602,13 +628,13 @@ def test_a_good_faithfulness_verdict_under_a_fill_that_does_not_move_the_model_s
     images, maps, sample = {}, {}, {}
     for k in range(16):
         rel = f"img_{k:02d}.png"
-        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0)
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0, predict_hash="p")
         d = 0.2 + 0.01 * (k % 3)
         maps[(rel, "captum:IntegratedGradients")] = SimpleNamespace(
             rel=rel, deletion=d, insertion=1 - d, faith={"deletion_curve": [0.99, 0.5, fill_p]}, config_hash="h"
         )
         sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.8, 0.3), "blob": (0.7, 0.4)})
-    chance_file.write(tmp_path, "k", 20, "blur", sample)
+    chance_file.write(tmp_path, chance_file.key(chance_file.settings_key(20, "blur"), "p"), 20, "blur", sample)
     methods = [SimpleNamespace(name="captum:IntegratedGradients", title="IntegratedGradients (captum)")]
     t = build_trust(tmp_path, images, maps, methods, True, "c")
     (v,) = t.verdicts

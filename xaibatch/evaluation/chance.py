@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from .. import layout
 
 CHANCE_SAMPLE = 64  # images on which a random map and a centred blob are scored (the report's chance line)
+SCORES_VERSION = 1  # bump when the deletion/insertion scores' definition changes: part of the faithfulness hash
 MAPS = ("random", "blob")  # the chance maps, as the file names them
 FORMAT = 2  # per-image scores; 1 (no "format" key): lists over the run's first images
 
@@ -56,6 +57,19 @@ def sample(images: Iterable[tuple[str, str]], n: int | None = None) -> list[tupl
     rel), so by content: never by path order, file name or class folder."""
     n = CHANCE_SAMPLE if n is None else n
     return [(rel, sha) for sha, rel in heapq.nsmallest(n, ((sha, rel) for rel, sha in images))]
+
+
+def settings_key(steps: Any, baseline: Any) -> dict[str, Any]:
+    """The faithfulness settings that change the scores (faithfulness.FaithConfig.key): the definition's version,
+    the steps and the fill."""
+    return {"version": SCORES_VERSION, "steps": steps, "baseline": baseline}
+
+
+def scored_by(f: ChanceFile, predict_hash: str) -> bool:
+    """Whether ``f``'s scores are those of the model (and decision) whose predictions carry ``predict_hash``, at the
+    settings the file records: a run with another model that stopped before it scored the chance line leaves the
+    previous model's scores in the file."""
+    return f.key == key(settings_key(f.steps, f.baseline), predict_hash)
 
 
 def key(faith_key: dict[str, Any], predict_hash: str) -> str:

@@ -42,7 +42,7 @@ from ..preprocess import Preprocess
 from . import chance
 from .chance import CHANCE_SAMPLE as CHANCE_SAMPLE  # the sample size, where the bench reads it
 
-VERSION = 1  # bump when the scores' definition changes: part of the faithfulness hash
+VERSION = chance.SCORES_VERSION  # the scores' definition (bumped there): part of the faithfulness hash
 BASELINES = FAITH_BASELINES
 DEFAULT_STEPS = FAITH_STEPS
 BLUR_KERNEL = 11  # as RISE's code: an 11-pixel Gaussian kernel with sigma 5
@@ -65,7 +65,7 @@ class FaithConfig:
 
     def key(self) -> dict[str, Any]:
         """What goes into the faithfulness hash (not the chunk size: it does not change the numbers)."""
-        return {"version": VERSION, "steps": self.steps, "baseline": self.baseline}
+        return chance.settings_key(self.steps, self.baseline)
 
 
 @dataclass

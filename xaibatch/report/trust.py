@@ -175,12 +175,18 @@ CHANCE_WORDS = {"random": "random map", "blob": "centred blob"}
 
 
 def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scores: dict) -> None:
-    """The chance rows over the sampled images the report shows (same content and target class as scored), and
-    each method's verdict against them on the same images."""
+    """The chance rows over the sampled images the report shows (same content and target class as scored, by the
+    model that predicted the image: a run with another model stopped before it scored the chance line left the
+    previous model's scores, which were compared with the new model's maps), and each method's verdict against
+    them on the same images."""
+    models: dict[str, bool] = {}  # predict hash -> whether the chance scores are its model's
     sample = {
         rel: s.scores
         for rel, s in chance.images.items()
-        if (row := images.get(rel)) is not None and row.sha256 == s.sha256 and row.target == s.target
+        if (row := images.get(rel)) is not None
+        and row.sha256 == s.sha256
+        and row.target == s.target
+        and models.setdefault(row.predict_hash, chance_file.scored_by(chance, row.predict_hash))
     }
     if not sample:
         return
