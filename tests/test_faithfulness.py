@@ -518,6 +518,43 @@ def test_chance_scores_of_another_model_are_not_compared(tmp_path):
     assert len(t.verdicts) == 1
 
 
+def test_scores_of_other_settings_are_left_out_of_the_table(tmp_path):
+    """A folder scored at 10 steps, then a run with --faithfulness-steps 40 stopped after 64 of 200 images: the table
+    said "10 steps" (the chance file's), averaged the 64 images' 40-step scores with the others' 10-step ones, and
+    the verdicts compared 40-step scores with 10-step chance maps. Only the last run's settings' scores count now,
+    the chance line only at those settings, and the note says how many scores wait for a run."""
+    from types import SimpleNamespace
+
+    from xaibatch.evaluation import chance as chance_file
+    from xaibatch.report.trust import build_trust
+
+    images, maps, sample = {}, {}, {}
+    for k in range(10):
+        rel = f"img_{k}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0, predict_hash="p")
+        new = k < 4  # rescored at 40 steps before the stop
+        maps[(rel, "gradcam")] = SimpleNamespace(
+            rel=rel,
+            deletion=0.2 if new else 0.9,
+            insertion=0.8,
+            faith={},
+            config_hash="h",
+            faith_hash="f40" if new else "f10",
+        )
+        sample[rel] = chance_file.ChanceScores(f"s{k}", 0, {"random": (0.5, 0.5), "blob": (0.5, 0.5)})
+    ten = chance_file.settings_key(10, "blur")
+    chance_file.write(tmp_path, chance_file.key(ten, "p"), 10, "blur", sample)
+    methods = [SimpleNamespace(name="gradcam", title="Grad-CAM")]
+    t = build_trust(
+        tmp_path, images, maps, methods, True, None, chance_file.settings_key(40, "blur"), {"gradcam": "f40"}
+    )
+    assert t.faith[0].cells[0] == ("all", 4, 0.2, 0.8)
+    assert t.chance_settings.startswith("40 steps, blur fill (the last run's settings; 6 map scores made under other")
+    assert t.chance == [] and t.verdicts == []  # the chance maps were scored at 10 steps
+    t = build_trust(tmp_path, images, maps, methods, True, None, ten, {"gradcam": "f10"})  # the 10-step run's view
+    assert t.faith[0].cells[0][:2] == ("all", 6) and len(t.chance) == 2 and len(t.verdicts) == 1
+
+
 def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     """The chance rows are over the 64 sampled images, a method's rows over all of them: on 120 demo images
     Grad-CAM's mean deletion AUC was 0.627 against the centred blob's 0.694, which reads as clearly better, yet on

@@ -371,7 +371,16 @@ def assemble(
     measured = {rel: r for rel, r in images.items() if r.predict_hash not in earlier} if earlier else images
 
     # what needs all the rows, before the cards consume them
-    trust = build_trust(Path(out_dir), measured, maps, methods, labeled, run.model.checkpoint_sha256)
+    trust = build_trust(
+        Path(out_dir),
+        measured,
+        maps,
+        methods,
+        labeled,
+        run.model.checkpoint_sha256,
+        run.faithfulness,
+        run.faithfulness_hashes,
+    )
     decision = decision_summary(run.decision, names, measured)
     del measured  # a copy: it would keep every row alive while the cards consume them
     samples = lime_samples(maps)

@@ -44,7 +44,8 @@ SUMMARY_VERSION = 10  # bump when ReportData's summary fields change meaning (2:
 # start at min(t, 1 - t) and print 3 decimals where 2 are not their edges, a confusion row without images has
 # no shares, no share rounds onto 100 % or 0 %,
 # the faithfulness gains keep the digits of a standard error under 0.0005, the pointing game leaves out an earlier
-# model's maps, the chance rows only where the image's model scored them)
+# model's maps, the chance rows only where the image's model scored them; only the last run's faithfulness
+# settings' scores)
 # shown only in the settings rows, rendered every run (settings_of: a run that loaded no model, whose settings)
 VOLATILE_CONFIG = ("device", "batch_size", "workers", "settings_of")
 PER_RUN = (

@@ -48,16 +48,34 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: bool, checkpoint_sha: str | None) -> Trust:
-    """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity."""
+def build_trust(
+    out: Path,
+    images: dict,
+    maps: dict,
+    methods: list,
+    labeled: bool,
+    checkpoint_sha: str | None,
+    faithfulness: dict | None = None,
+    faith_hashes: dict | None = None,
+) -> Trust:
+    """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity.
+    ``faithfulness``, ``faith_hashes``: the last run's settings and each method's scores' hash (RunConfig), when it
+    scored: then only the scores made under them count, and the chance line only at its steps and fill (a run
+    with new --faithfulness-steps stopped part way left scores of both settings, averaged into one table under
+    the chance file's settings, and compared with chance maps of the other ones)."""
     t = Trust()
     scores: dict[str, dict[str, tuple[float, float]]] = {}  # method title -> rel -> (deletion, insertion)
+    other: set[tuple[str, str]] = set()  # (rel, method) scored under other settings than the last run's: left out
     for m in methods:
         rows = [
             (images[rel], row)
             for (rel, name), row in maps.items()
             if name == m.name and row.deletion is not None and rel in images
         ]
+        if faith_hashes is not None:
+            kept = [(i, r) for i, r in rows if r.faith_hash is not None and r.faith_hash == faith_hashes.get(m.name)]
+            other |= {(i.rel, m.name) for i, r in rows} - {(i.rel, m.name) for i, r in kept}
+            rows = kept
         if not rows:
             continue
         scores[m.title] = {i.rel: (r.deletion, r.insertion) for i, r in rows}
@@ -77,10 +95,22 @@ def build_trust(out: Path, images: dict, maps: dict, methods: list, labeled: boo
                 ],
             )
         )
-    t.fill_note = fill_note([row.faith for row in maps.values() if row.deletion is not None and row.rel in images])
+    t.fill_note = fill_note(
+        [row.faith for key, row in maps.items() if row.deletion is not None and row.rel in images and key not in other]
+    )
     chance = chance_file.read(out)
+    if faithfulness is not None and faith_hashes is not None and chance is not None:
+        same = chance_file.settings_key(chance.steps, chance.baseline) == faithfulness
+        chance = chance if same else None  # the chance maps' scores of other settings: no line to compare with
+    if t.faith and faithfulness is not None and faith_hashes is not None:
+        t.chance_settings = f"{faithfulness.get('steps')} steps, {faithfulness.get('baseline')} fill"
+        if other:
+            t.chance_settings += (
+                f" (the last run's settings; {len(other):,} map scores made under other settings are left out until a "
+                "run scores them again)"
+            )
     if t.faith and chance is not None:
-        t.chance_settings = f"{chance.steps} steps, {chance.baseline} fill"
+        t.chance_settings = t.chance_settings or f"{chance.steps} steps, {chance.baseline} fill"
         if chance.legacy is None:
             _sampled_chance(t, chance, images, scores)
         elif chance.legacy:
