@@ -616,6 +616,19 @@ def test_the_sanity_table_says_its_correlations_are_absolute(tmp_path):
     assert "by its size" not in html
 
 
+def test_the_history_says_added_and_changed_are_not_every_image_computed(tmp_path):
+    """A re-run after a corrupt file was replaced: "Seen 124, Added 5, Changed 2, Unchanged 115, Failed 1, Computed 8"
+    (the replaced file counts in none of added, changed, unchanged): the counts did not add up and the page did not
+    say why."""
+    out = synth(tmp_path / "o", labeled_rows(3))
+    report.render(out)
+    html = (out / "history.html").read_text()
+    assert (
+        "Added and changed say why images were computed, not every image computed: one read again after it failed"
+        in html
+    )
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)
