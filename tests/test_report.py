@@ -629,6 +629,16 @@ def test_the_history_says_added_and_changed_are_not_every_image_computed(tmp_pat
     )
 
 
+def test_the_colour_scale_says_which_99th_percentile_it_is():
+    """A Guided Grad-CAM map's bar read "≥ 0.207 (this image's 99th percentile)" where the .npy's 99th percentile is
+    0.190: the scale is the percentile of the map as drawn (resampled to the picture), not of the saved array."""
+    from xaibatch.report.detail import colour_ticks
+
+    ticks, note = colour_ticks(0.207, False, "FAKE")
+    assert ticks == ["0", "0.103", "≥ 0.207"]
+    assert note == "Full colour: values of 0.207 (the 99th percentile of this map as drawn) and above."
+
+
 def test_unlabeled_grouped_by_prediction(tmp_path):
     rows = [("x1.png", None, 0.7), ("x2.png", None, 0.9), ("x3.png", None, 0.2), ("x4.png", None, 0.4)]
     out = synth(tmp_path / "o", rows, files=True)

@@ -47,7 +47,10 @@ def _method_info(name: str, title: str, signed: bool, config: dict[str, Any], su
     """A method's words: what its colours and numbers mean (LIME's superpixels, or per-pixel attributions)."""
     if not signed:
         legend = "bright = more important, dark = less important (the photo shows through where the map is low)"
-        scale = "map value (0 to 1 in the .npy); the colour saturates at this image's 99th percentile"
+        scale = (
+            "map value (0 to 1 in the .npy); the colour saturates at the 99th percentile of the map as drawn "
+            "(resampled to the picture's size: within a few % of the .npy's own)"
+        )
         note = ""
     elif superpixels:
         legend = (

@@ -213,7 +213,11 @@ def colour_ticks(scale: float, signed: bool, target: str, superpixels: bool = Tr
             f"Full red: +{s}, hiding that superpixel lowers the probability of {target} by about "
             f"{s}; full blue: −{s}, hiding it raises it.",
         )
-    return ["0", fmt_num(scale / 2), f"≥ {s}"], f"Full colour: values of {s} (this image's 99th percentile) and above."
+    return [
+        "0",
+        fmt_num(scale / 2),
+        f"≥ {s}",
+    ], f"Full colour: values of {s} (the 99th percentile of this map as drawn) and above."
 
 
 # -- ground truth ------------------------------------------------------------------------------------------
