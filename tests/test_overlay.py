@@ -8,6 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from xaibatch import layout
@@ -276,3 +278,26 @@ def test_a_peak_shared_by_a_region_is_its_middle_not_its_top_left_edge():
     got = [divmod(int(p), 12) for p in peaks_batch(flat, 10, 12)]
     assert got == [(3, 5), (0, 0)] and peak_of(m) == (3, 5) and peak_of(np.zeros_like(m)) == (0, 0)
     assert np.unravel_index(np.argmax(m), m.shape) == (2, 3)  # what the first maximum was: the region's corner
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda h: st.tuples(
+            st.just(h), st.integers(1, 12), st.lists(st.tuples(st.integers(0, h - 1), st.integers(0, 11)), max_size=8)
+        )
+    )
+)
+@example((7, 8, [(0, 0), (0, 6), (2, 1), (3, 2), (6, 0)]))  # (2, 1) and (3, 2) equally near the centroid
+def test_a_peak_shared_by_scattered_pixels_is_the_same_in_torch_and_numpy(case):
+    """Equal maxima anywhere (a LIME map's strongest superpixel, or several): peaks_batch (a run's) picks the pixel
+    peak_of (a saved map's) picks, also when two are equally near the centroid (float32 split such ties by its
+    rounding: the pointing game scored another pixel than the detail view backfilled)."""
+    from xaibatch.overlay import peak_of, peaks_batch
+
+    h, w, tied = case
+    m = np.zeros((h, w), np.float32)
+    for y, x in tied:
+        m[y, x % w] = 1.0
+    p = int(peaks_batch(torch.from_numpy(m).reshape(1, -1), h, w)[0])
+    assert peak_of(m) == divmod(p, w)

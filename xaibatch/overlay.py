@@ -340,9 +340,12 @@ def peaks_batch(evidence, h: int, w: int):
     first = evidence.argmax(dim=1)
     if bool((tied.sum(dim=1) == 1).all()):  # smooth maps: one maximum each
         return first
+    # float64: the sums of pixel indices are exact and each distance correctly rounded, so equal distances stay
+    # equal (float32 split the tie of two pixels equally near the centroid, by its rounding): the same peak as
+    # :func:`peak_of`'s, on every device
     idx = torch.arange(h * w, device=evidence.device)
-    ys, xs = (idx // w).float(), (idx % w).float()
-    n = tied.sum(dim=1, keepdim=True).float()
+    ys, xs = (idx // w).double(), (idx % w).double()
+    n = tied.sum(dim=1, keepdim=True).double()
     cy = (tied * ys).sum(dim=1, keepdim=True) / n
     cx = (tied * xs).sum(dim=1, keepdim=True) / n
     d = ((ys - cy) ** 2 + (xs - cx) ** 2).masked_fill(~tied, float("inf"))
