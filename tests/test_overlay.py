@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from xaibatch import layout
@@ -278,6 +280,91 @@ def test_a_peak_shared_by_a_region_is_its_middle_not_its_top_left_edge():
     got = [divmod(int(p), 12) for p in peaks_batch(flat, 10, 12)]
     assert got == [(3, 5), (0, 0)] and peak_of(m) == (3, 5) and peak_of(np.zeros_like(m)) == (0, 0)
     assert np.unravel_index(np.argmax(m), m.shape) == (2, 3)  # what the first maximum was: the region's corner
+
+
+# --- Properties over random maps: the run's batched torch path and the numpy path of saved maps agree. ---
+
+_VALUES = st.one_of(
+    st.floats(-4, 4, width=32), st.sampled_from([0.0, 0.0, 1.0, 1.0, -1.0, 0.5, 1e-7, float("nan")])
+)  # plateaus (LIME's superpixels, Grad-CAM's zeros) and NaN drawn often
+_MAPS = st.tuples(st.integers(1, 10), st.integers(1, 10)).flatmap(lambda s: hnp.arrays(np.float32, s, elements=_VALUES))
+
+
+def _grid_levels(grid: str) -> np.ndarray:
+    from xaibatch.overlay import read_grids
+
+    return np.round(read_grids([grid])[0] * 127)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MAPS, st.booleans(), st.integers(1, 40), st.integers(1, 40))
+def test_a_maps_view_is_the_same_made_by_a_run_or_read_back(m, signed, width, height):
+    """views_batch (a run's, on the device) and view_of (a saved map read back for an older folder) give one map
+    the same scale, peak and flags, also for plateaus of equal maxima and NaN pixels; the grids within one level
+    of 255 (view_of's cell sums are prefix sums: 0.5 can come out as 0.4999...)."""
+    from xaibatch.overlay import draw_batch, view_of, views_batch
+
+    full = torch.from_numpy(m)[None]
+    dw, dh = layout.display_size(width, height)
+    shown, tops, _ = draw_batch(torch.zeros(1, dh, dw, 3, dtype=torch.uint8), full, signed)
+    ours = views_batch(shown, full, signed, tops)[0]
+    theirs = view_of(m, width, height, signed)
+    assert np.abs(_grid_levels(ours.pop("grid")) - _grid_levels(theirs.pop("grid"))).max() <= 1
+    assert ours == theirs
+    assert math.isfinite(ours["scale"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MAPS, st.booleans())
+def test_the_batched_display_scale_and_stretch_are_the_numpy_ones(m, signed):
+    from xaibatch.overlay import display_scale, display_scale_batch, stretch, stretch_batch
+
+    m = np.nan_to_num(m)
+    assert display_scale(m, signed) == float(display_scale_batch(torch.from_numpy(m)[None], signed)[0])
+    np.testing.assert_array_equal(stretch(m), stretch_batch(torch.from_numpy(m)[None])[0].numpy())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 24),
+    st.integers(1, 24),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+)
+def test_a_resized_map_stays_within_its_values_and_a_constant_stays_constant(h, w, big_h, big_w, signed, seed):
+    """Each output pixel of resize_maps is a mean or interpolation of the map's: no colour the map never had; a
+    shrink by whole factors keeps the map's mean (every pixel counts once)."""
+    m = torch.from_numpy(np.random.default_rng(seed).normal(size=(2, h, w)).astype(np.float32))
+    r = resize_maps(m, (big_h, big_w), signed)
+    assert r.shape == (2, big_h, big_w)
+    assert float(r.min()) >= float(m.min()) - 1e-5 and float(r.max()) <= float(m.max()) + 1e-5
+    flat = resize_maps(torch.full((1, h, w), 0.375), (big_h, big_w), signed)
+    assert torch.allclose(flat, torch.full_like(flat, 0.375), rtol=0, atol=1e-6)  # bilinear: within rounding
+    if h % big_h == 0 and w % big_w == 0:
+        assert float(r.mean()) == pytest.approx(float(m.mean()), abs=1e-5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(1, 20000), st.integers(1, 20000), st.integers(1, 1024))
+def test_display_size_keeps_at_least_a_pixel_and_at_most_the_side(w, h, side):
+    """1 x 10000 and 10000 x 1 images too: never a side of 0, never larger than the image, the longest side
+    exactly ``side`` when the image is larger."""
+    dw, dh = layout.display_size(w, h, side)
+    assert 1 <= dw <= w and 1 <= dh <= h
+    assert max(dw, dh) == min(side, max(w, h))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 2000), st.integers(1, 2000))
+def test_a_thumbnail_has_the_same_size_from_pil_and_from_the_batch(w, h):
+    small = thumbnail(Image.new("RGB", (w, h)))
+    assert max(small.size) <= layout.THUMB_SIDE and min(small.size) >= 1
+    if max(w, h) > layout.THUMB_SIDE and w * h <= 300_000:
+        batch = thumbnail_batch(torch.zeros(1, h, w, 3, dtype=torch.uint8))
+        assert tuple(batch.shape[1:3]) == (small.size[1], small.size[0])
+    assert layout.has_own_thumbnail(w, h) == (max(layout.display_size(w, h)) > layout.THUMB_SIDE)
 
 
 @settings(max_examples=300, deadline=None)

@@ -230,14 +230,23 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
     return out.clamp_(0, 255).to(torch.uint8)
 
 
+def _finite(m):
+    """A map as it is drawn and viewed: NaN as 0 and an infinity as the largest finite value of its sign, as
+    :func:`view_of` reads a saved map (``np.nan_to_num``). One NaN pixel made a signed map's display scale NaN (the
+    overlay drawn at scale 1 instead, its view's "scale" NaN) and its peak that pixel."""
+    return m.nan_to_num()
+
+
 def draw_batch(pics, maps, signed: bool, full=None):
     """Maps drawn for display, defined once: a run's overlays (pipeline/pictures.py, on the model's device), and
     ``xaibatch serve``'s and ``explain()``'s (:func:`draw`, on the CPU). ``maps`` (B, h, w) at any size are
     resized to the display copies' size ((B, H, W, 3) uint8 ``pics``) by :func:`resize_maps`, then coloured over
     them by :func:`overlay_batch`. ``full``: the maps already resized by :func:`resize_maps` to some size, taken
-    as they are when that is the display size (the same values). Returns the maps at the display size ("shown"),
+    as they are when that is the display size (the same values). NaN and infinities are read as :func:`view_of`
+    reads them (:func:`_finite`). Returns the maps at the display size ("shown"),
     their :func:`tops_batch` and the (B, H, W, 3) uint8 overlays."""
     dh, dw = pics.shape[1:3]
+    maps, full = _finite(maps), None if full is None else _finite(full)
     shown = full if full is not None and tuple(full.shape[1:]) == (dh, dw) else resize_maps(maps, (dh, dw), signed)
     tops = tops_batch(shown, signed)  # the overlays' scale and the views' "scale": one order statistic a batch
     return shown, tops, overlay_batch(pics, shown, signed, tops=tops)
@@ -306,7 +315,7 @@ def views_batch(shown, full, signed: bool, tops=None) -> list[dict[str, Any]]:
     peak then points nowhere (False otherwise). ``tops``: ``shown``'s :func:`tops_batch`, when already made."""
     b = shown.shape[0]
     scale = display_scale_batch(shown, signed, tops)
-    ev = full.float().reshape(b, -1)
+    ev = _finite(full.float()).reshape(b, -1)
     evidence = ev.clamp(min=0) if signed else ev
     zero = ev.abs().amax(dim=1) <= ZERO_MAP
     nowhere = evidence.amax(dim=1) <= ZERO_MAP
