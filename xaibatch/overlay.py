@@ -49,7 +49,9 @@ def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def colorize(m: np.ndarray, signed: bool) -> np.ndarray:
-    """(H, W) map -> (H, W, 3) uint8 colours; signed maps are scaled symmetrically around 0."""
+    """(H, W) map -> (H, W, 3) uint8 colours; signed maps are scaled symmetrically around 0. NaN and infinities
+    are read as a run reads them (:func:`_finite`): one NaN pixel made a signed map's scale NaN, the whole map black."""
+    m = np.nan_to_num(m)
     if signed:
         lim = display_scale(m, signed=True) or 1.0  # all zero: the ramp's middle everywhere
         return _lookup(_packed(True), 0.5 + 0.5 * np.clip(m / lim, -1, 1))
@@ -82,10 +84,15 @@ def stretch(m: np.ndarray) -> np.ndarray:
 
     Guided Grad-CAM is sparse: a few pixels carry the maximum and most of the
     evidence sits far below it, invisible on a max-scaled colour ramp. Smooth
-    Grad-CAM maps barely change (their 99th percentile is close to their max).
+    Grad-CAM maps barely change (their 99th percentile is close to their max). NaN and infinities are read as a
+    run reads them (:func:`_finite`).
     """
+    m = np.nan_to_num(m)
     top = _top(m)
-    return np.clip(m / top, 0, 1) if top > STRETCH_MIN else m
+    if top <= STRETCH_MIN:
+        return m
+    with np.errstate(over="ignore"):  # an infinity read as the largest float, over a small top: 1 all the same
+        return np.clip(m / top, 0, 1)
 
 
 def display_map(m: np.ndarray, size: tuple[int, int], signed: bool) -> np.ndarray:
