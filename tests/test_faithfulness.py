@@ -8,9 +8,11 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import manifest_rows, quiet, run_opts, write_images
-from xaibatch.evaluation.faithfulness import FaithConfig, Scorer, fill_image, random_maps
+from xaibatch.evaluation.faithfulness import BASELINES, FaithConfig, Scorer, fill_image, random_maps
 from xaibatch.manifest import Manifest
 from xaibatch.methods.chunks import CPU_CHUNK
 from xaibatch.pipeline import RunOptions, run
@@ -680,3 +682,34 @@ def test_a_good_faithfulness_verdict_under_a_fill_that_does_not_move_the_model_s
     assert v.text.startswith("IntegratedGradients (captum): better than both chance maps"), v.text
     assert v.text.endswith("so a gain this small does not show that the maps explain it") is flat, v.text
     assert v.good is (None if flat else True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.integers(2, 12),
+    st.integers(1, 9),
+    st.sampled_from(BASELINES),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+)
+def test_scores_of_odd_shapes_ties_and_steps_match_the_definition(h, w, steps, chunk, baseline, seed, nan):
+    """Any shape (1 x 6, 6 x 1, 1 x 1), more steps than pixels, maps of three values (ties everywhere) or with a NaN
+    pixel, any chunk: the batched scores are the per-image definition's (reference_curves)."""
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.Linear(2 * h * w, 3)).eval()
+    pre = Preprocess(max(h, w), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    x = torch.randn(2, 3, h, w, generator=g)
+    maps = torch.randint(-1, 2, (2, h, w), generator=g).float()
+    if nan:
+        maps[0, 0, -1] = float("nan")
+    targets = torch.tensor([0, 2])
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1).gather(1, targets[:, None])[:, 0]
+    got = Scorer(model, FaithConfig(steps, baseline, chunk=chunk), pre).score(x, targets, p, {"m": maps})["m"]
+    fill = fill_image(x, baseline, pre)
+    for j in range(2):
+        ref = reference_curves(model, x[j], fill[j], maps[j].numpy(), int(targets[j]), steps)
+        assert float(got.deletion[j]) == pytest.approx(ref["deletion"], abs=1e-5)
+        assert float(got.insertion[j]) == pytest.approx(ref["insertion"], abs=1e-5)
