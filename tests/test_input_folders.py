@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import REPO, invoke, manifest_rows, run_argv, write_images
@@ -465,3 +467,40 @@ def test_a_stray_image_at_the_top_of_class_folders_is_refused_not_relabelled(tmp
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert (out / "predictions.csv").read_bytes() == before
     assert maps and {p: p.stat().st_mtime_ns for p in maps} == maps
+
+
+_NAMES = ["a", "a.png", "a.jpg", "a.npy", "a.png.npy", "a.png.png", "b.png", "a~1", "é.png", "A.png"]
+_NAMES += [f"{'x' * 247}.png", f"{'x' * 247}.jpg", f"{'y' * 250}.png"]  # stems cut and hashed
+_RELS = st.lists(
+    st.lists(st.sampled_from(_NAMES), min_size=1, max_size=3).map("/".join), min_size=1, max_size=12, unique=True
+).filter(lambda rels: not any(r.startswith(o + "/") for r in rels for o in rels))  # no file where a folder is
+
+
+@settings(max_examples=300, deadline=None)
+@given(_RELS, _RELS, st.booleans())
+def test_stems_of_any_two_scans_never_clash(first, second, removed):
+    """Two scans of a folder (``second`` arrives after ``first`` got its stems): every stem stays writable
+    (_check_stems), a known image keeps its stem, and with ``removed`` the first scan's images that are gone leave
+    their files on disk meanwhile: no new image's files need a folder where one of them is, nor go where a folder
+    of them is."""
+    from xaibatch.layout import STEM_SUFFIXES, assign_stems, image_png, map_npy
+    from xaibatch.manifest import ImageRow
+
+    old = assign_stems(first, {})
+    _check_stems(old)
+    rels = second if removed else second + [r for r in first if r not in second]
+    assume(not any(r.startswith(o + "/") for r in rels for o in rels))
+    known = {r: ImageRow("x", old[r], 1, 1, "", 1, 1, None, 0, 0, 1.0, [1.0], "", 1) for r in first if r in rels}
+    on_disk = {f for r in first if r not in rels for f in (image_png(old[r]), map_npy("gradcam", old[r]))}
+    stems = assign_stems(rels, known, on_disk)
+    _check_stems(stems)
+    assert all(stems[r] == known[r].stem for r in known)
+    for r, s in stems.items():
+        if r in known:
+            continue
+        parts = s.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            assert not {f"images/{folder}", f"maps/gradcam/{folder}"} & on_disk, (r, s)
+        mine = {f"images/{s}{x}/" for x in STEM_SUFFIXES} | {f"maps/gradcam/{s}{x}/" for x in STEM_SUFFIXES}
+        assert not any(f.startswith(p) for f in on_disk for p in mine), (r, s)
