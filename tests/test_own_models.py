@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import invoke, manifest_rows, manifest_value
@@ -342,6 +344,33 @@ def test_a_batch_of_rows_is_predicted_as_each_row_alone():
         assert predict(torch.from_numpy(probs), decision).tolist() == predict_rows(probs, decision)
     three = np.random.default_rng(0).dirichlet([1, 1, 1], 50).astype(np.float32)
     assert predict_rows(three, None) == [predict_one(p, None) for p in three]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.floats(0, 1, width=32), min_size=1, max_size=8),
+    st.sampled_from([0, 1]),
+    st.one_of(st.floats(0, 1), st.integers(0, 1_000_000).map(lambda k: k / 1e6)),
+    st.sampled_from([None, -1, 0, 1]),
+)
+def test_every_reading_of_a_two_class_decision_agrees(ps, positive, t, at):
+    """A batch on the device (predict), the batch's rows (predict_rows), one row (predict_one), a row re-decided
+    from the manifest's stored values under a new threshold (apply.redecider) and a user reading predictions.csv
+    (``p >= t`` on the printed probability) decide alike, also with the threshold at (or one step of the stored
+    decimals beside) a stored value."""
+    from xaibatch.model.heads import Decision, predict, predict_one, predict_rows, stored
+
+    p = np.array(ps, dtype=np.float32)
+    probs = np.stack([1 - p, p] if positive == 1 else [p, 1 - p], axis=1)
+    kept = stored(torch.from_numpy(probs))
+    if at is not None:  # the threshold right at a stored value, or one printed step beside it
+        t = min(1.0, max(0.0, round(float(kept[0, positive]) + at * 1e-6, 6)))
+    d = Decision(positive, t, "P", False)
+    want = predict(torch.from_numpy(probs), d).tolist()
+    assert predict_rows(probs, d) == want == [predict_one(row, d) for row in probs]
+    assert [predict_one(row, d) for row in kept.tolist()] == want
+    csv = [positive if float(f"{row[positive]:.6f}") >= t else 1 - positive for row in kept.tolist()]
+    assert csv == want
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (and XAIBATCH_TEST_GPU=1)")
