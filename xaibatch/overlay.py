@@ -230,8 +230,8 @@ def overlay_batch(display, m, signed: bool, alpha: float = 0.5, tops=None):
         colours = _lookup_t(_table(True, m.device), 0.5 + 0.5 * (m / lim).clamp(-1, 1)).float()
         a = ((alpha + 0.2) * (m.abs() / lim).clamp(0, 1))[..., None]
     else:
-        m = stretch_batch(m, tops)
-        colours = _lookup_t(_table(False, m.device), m.clamp(0, 1)).float()
+        m = stretch_batch(m, tops).clamp(0, 1)  # unstretched (99th percentile at most STRETCH_MIN): may leave [0, 1]
+        colours = _lookup_t(_table(False, m.device), m).float()
         a = (0.3 + 0.5 * m)[..., None]
     out = (1 - a) * display.float() + a * colours
     return out.clamp_(0, 255).to(torch.uint8)
