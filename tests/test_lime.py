@@ -208,6 +208,20 @@ def test_contiguous_relabels_like_unique():
             assert torch.equal(labels[i], inv) and int(counts[i]) == uniq.numel()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4), st.integers(1, 40), st.integers(-(2**40), 2**40), st.integers(1, 200), st.integers(0, 2**32 - 1)
+)
+def test_contiguous_relabels_any_labels_like_unique(b, pixels, low, spread, seed):
+    """Any label range (negative, far from 0, wider or narrower than the image's pixels, over one row or all of
+    the batch): each image's labels become np.unique's inverse, its count the number of distinct labels."""
+    segs = np.random.default_rng(seed).integers(low, low + spread, size=(b, pixels))
+    labels, counts = _contiguous(torch.from_numpy(segs))
+    for i in range(b):
+        uniq, inv = np.unique(segs[i], return_inverse=True)
+        assert int(counts[i]) == len(uniq) and np.array_equal(labels[i].numpy(), inv)
+
+
 def test_seeds(ctx):
     imgs = random_images(2, SIZE, seed=5)
     m = Lime(ctx, samples=48)
