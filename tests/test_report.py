@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import HOSTILE_NAMES, invoke, make_checkpoint, quiet, run_opts, small_run, write_images
@@ -2498,6 +2500,41 @@ def test_the_decision_summary_roc_curve_and_auc_match_sklearn(seed):
     assert np.allclose(d["roc_fpr"], fpr, atol=1e-6) and np.allclose(d["roc_tpr"], tpr, atol=1e-6)
     said = p >= t
     assert d["point"] == pytest.approx(((said & ~truth).sum() / (~truth).sum(), (said & truth).sum() / truth.sum()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 1, width=32), st.booleans()), min_size=1, max_size=40),
+    st.floats(0, 1),
+    st.sampled_from([0, 1]),
+)
+@example([(0.0, False)], 0.8428123221221218, 0)  # lo + span came to 0.99999999: a confidence of 1 past the top
+def test_every_confidence_falls_in_its_bin_under_any_threshold(rows, t, pos):
+    """Under a two-class threshold rule the predicted class's confidence goes below 1/2 (``--threshold 0.3``:
+    the positive class from P = 0.3 on): the histogram and the reliability table start at min(t, 1 - t), each
+    image's confidence counted in the bin whose range holds it (before: in the first bin, 0.50-0.55, whose mean
+    confidence then read 0.35)."""
+    import torch
+
+    from xaibatch.model.heads import Decision, predict
+    from xaibatch.report.metrics import add_metrics
+
+    p = np.array([v for v, _ in rows], dtype=np.float32)
+    probs = np.stack([p, 1 - p] if pos == 0 else [1 - p, p], axis=1)
+    preds = predict(torch.from_numpy(probs), Decision(pos, t, "P", False)).tolist()
+    cards = [
+        types.SimpleNamespace(confidence=float(probs[i, k]), correct=(k == pos) == yes, pred_index=k, label_index=k)
+        for i, (k, (_, yes)) in enumerate(zip(preds, rows, strict=True))
+    ]
+    data = types.SimpleNamespace(cards=cards, class_names=["A", "B"], labeled=True, decision={"threshold": t})
+    add_metrics(data)
+    for b in data.calibration:
+        if b["n"]:
+            assert b["lo"] - 1e-6 <= b["confidence"] <= b["hi"] + 1e-6, b
+    edges = data.hist_edges
+    for c in cards:
+        assert edges[0] - 1e-6 <= c.confidence <= edges[-1]
+    assert sum(b["n"] for b in data.calibration) == sum(sum(n) for _l, n, _c in data.hist_series) == len(cards)
 
 
 def test_the_report_shows_the_methods_in_the_order_given(tmp_path, tiny_ckpt):

@@ -28,8 +28,8 @@ class ConfidenceScale:
         return cls(lo, (1.0 - lo) or 1.0)
 
     def edge(self, i: int, n: int) -> float:
-        """The lower edge of bin ``i`` of ``n`` (``i == n``: the top)."""
-        return self.lo + self.span * i / n
+        """The lower edge of bin ``i`` of ``n`` (``i == n``: the top, 1 exactly: lo + span can round below it)."""
+        return 1.0 if i == n else self.lo + self.span * i / n
 
     def bin(self, v: float, n: int) -> int:
         return min(n - 1, max(0, int((v - self.lo) / self.span * n)))
