@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import timm
 import torch
+import hypothesis
+from hypothesis import strategies as st
 from PIL import Image
 
 from xaibatch.model.loading import load_model, save_checkpoint
@@ -137,3 +139,16 @@ def test_a_non_square_vit_is_refused_without_naming_an_option_not_given():
     with pytest.raises(ModelError, match=r"built for 64x96 \(height x width\) inputs; xaibatch explains square") as e:
         finish(vit, "factory.py:build", None, None, None, None, "random", "0" * 64)
     assert "--image-size" not in str(e.value)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    st.tuples(*[st.floats(-1, 2)] * 3),
+    st.tuples(*[st.floats(1e-3, 10)] * 3),
+)
+def test_to_uint8_recovers_every_pixel_value_under_any_mean_and_std(mean, std):
+    """Any model's normalization (a checkpoint's own mean and std, --mean/--std): every uint8 value comes back
+    from its input (LIME's fill and the pixels recovered for the pictures rely on it)."""
+    x = torch.arange(256, dtype=torch.uint8).repeat(3).reshape(1, 3, 16, 16)
+    pre = Preprocess(16, mean, std)
+    assert torch.equal(pre.to_uint8(pre.normalize(x)), x)
