@@ -386,8 +386,9 @@ def test_a_peak_shared_by_scattered_pixels_is_the_same_in_torch_and_numpy(case):
     m = np.zeros((h, w), np.float32)
     for y, x in tied:
         m[y, x % w] = 1.0
-    p = int(peaks_batch(torch.from_numpy(m).reshape(1, -1), h, w)[0])
-    assert peak_of(m) == divmod(p, w)
+    batch = np.stack([m, m[::-1, ::-1], np.zeros_like(m)])  # a batch: each row its own tie
+    got = peaks_batch(torch.from_numpy(batch).reshape(3, -1), h, w).tolist()
+    assert [divmod(p, w) for p in got] == [peak_of(a) for a in batch]
 
 
 @settings(max_examples=200, deadline=None)

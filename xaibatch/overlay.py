@@ -356,16 +356,19 @@ def peaks_batch(evidence, h: int, w: int):
     first = evidence.argmax(dim=1)
     if bool((tied.sum(dim=1) == 1).all()):  # smooth maps: one maximum each
         return first
-    # float64: the sums of pixel indices are exact and each distance correctly rounded, so equal distances stay
-    # equal (float32 split the tie of two pixels equally near the centroid, by its rounding): the same peak as
-    # :func:`peak_of`'s, on every device
-    idx = torch.arange(h * w, device=evidence.device)
-    ys, xs = (idx // w).double(), (idx % w).double()
-    n = tied.sum(dim=1, keepdim=True).double()
-    cy = (tied * ys).sum(dim=1, keepdim=True) / n
-    cx = (tied * xs).sum(dim=1, keepdim=True) / n
-    d = ((ys - cy) ** 2 + (xs - cx) ** 2).masked_fill(~tied, float("inf"))
-    middle = d.argmin(dim=1)
+    # Over the tied pixels alone (a superpixel: a small share of the map), in float64: the sums of their indices
+    # are exact and each distance correctly rounded, so equal distances stay equal (float32 split the tie of two
+    # pixels equally near the centroid by its rounding) and the first in raster order wins, as in peak_of.
+    b, dev = evidence.shape[0], evidence.device
+    rows, flat = tied.nonzero(as_tuple=True)  # row by row, in raster order
+    ys, xs = (flat // w).double(), (flat % w).double()
+    n = tied.sum(dim=1).double()
+    cy = torch.zeros(b, dtype=torch.float64, device=dev).index_add_(0, rows, ys) / n
+    cx = torch.zeros(b, dtype=torch.float64, device=dev).index_add_(0, rows, xs) / n
+    d = (ys - cy[rows]) ** 2 + (xs - cx[rows]) ** 2
+    nearest = torch.full((b,), float("inf"), dtype=torch.float64, device=dev).scatter_reduce_(0, rows, d, "amin")
+    at = torch.where(d == nearest[rows], flat, h * w)
+    middle = torch.full((b,), h * w, dtype=flat.dtype, device=dev).scatter_reduce_(0, rows, at, "amin")
     return torch.where(top[:, 0] > ZERO_MAP, middle, first)
 
 
