@@ -557,6 +557,37 @@ def test_scores_of_other_settings_are_left_out_of_the_table(tmp_path):
     assert t.faith[0].cells[0][:2] == ("all", 6) and len(t.chance) == 2 and len(t.verdicts) == 1
 
 
+def test_a_method_the_last_run_left_out_keeps_its_scores_of_the_same_settings(tmp_path):
+    """-m gradcam,lime --faithfulness, then -m gradcam --faithfulness: LIME's maps stay in the gallery with scores
+    made under the same steps and fill, but the table left them out ("20 map scores made under other settings are
+    left out until a run scores them again": no run would, none asks for LIME). A method the last run did not
+    compute keeps the scores its own maps got under the last run's settings."""
+    from types import SimpleNamespace
+
+    from xaibatch.evaluation import chance as chance_file
+    from xaibatch.report.trust import build_trust
+
+    settings, ten = chance_file.settings_key(20, "blur"), chance_file.settings_key(10, "blur")
+    images, maps = {}, {}
+    for k in range(10):
+        rel = f"img_{k}.png"
+        images[rel] = SimpleNamespace(rel=rel, label=0, pred=0, sha256=f"s{k}", target=0, predict_hash="p")
+        for name, map_hash, faith in (("gradcam", "g", settings), ("lime", "l", settings if k < 6 else ten)):
+            maps[(rel, name)] = SimpleNamespace(
+                rel=rel,
+                deletion=0.3,
+                insertion=0.7,
+                faith={},
+                config_hash=map_hash,
+                faith_hash=chance_file.scores_hash(map_hash, faith),
+            )
+    methods = [SimpleNamespace(name="gradcam", title="Grad-CAM"), SimpleNamespace(name="lime", title="LIME")]
+    last_run = {"gradcam": chance_file.scores_hash("g", settings)}  # RunConfig.faithfulness_hashes: -m gradcam
+    t = build_trust(tmp_path, images, maps, methods, False, None, settings, last_run)
+    assert [(f.method, f.cells[0][1]) for f in t.faith] == [("gradcam", 10), ("lime", 6)]
+    assert t.chance_settings.startswith("20 steps, blur fill (the last run's settings; 4 map scores made under other")
+
+
 def test_the_table_gives_each_methods_means_on_the_chance_rows_images():
     """The chance rows are over the 64 sampled images, a method's rows over all of them: on 120 demo images
     Grad-CAM's mean deletion AUC was 0.627 against the centred blob's 0.694, which reads as clearly better, yet on

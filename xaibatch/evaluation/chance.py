@@ -72,6 +72,14 @@ def scored_by(f: ChanceFile, predict_hash: str) -> bool:
     return f.key == key(settings_key(f.steps, f.baseline), predict_hash)
 
 
+def scores_hash(map_hash: str, faith_key: dict[str, Any]) -> str:
+    """The hash a map's scores are stored under (MapRow.faith_hash, faithfulness.hashes): its map's hash and the
+    faithfulness settings (:func:`settings_key`)."""
+    from ..pipeline.plan import config_hash
+
+    return config_hash({"map": map_hash, "faithfulness": faith_key})
+
+
 def key(faith_key: dict[str, Any], predict_hash: str) -> str:
     """What the scores depend on beyond the image: the faithfulness settings and the model (not the methods)."""
     from ..pipeline.plan import config_hash

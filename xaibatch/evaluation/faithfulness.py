@@ -37,7 +37,6 @@ from ..defaults import FAITH_BASELINES, FAITH_STEPS
 from ..errors import UsageError, out_of_memory
 from ..methods.chunks import auto_chunk
 from ..methods.explainer import free_memory
-from ..pipeline.plan import config_hash
 from ..preprocess import Preprocess
 from . import chance
 from .chance import CHANCE_SAMPLE as CHANCE_SAMPLE  # the sample size, where the bench reads it
@@ -249,7 +248,7 @@ def hashes(cfg: FaithConfig | None, method_hashes: dict[str, str]) -> dict[str, 
     """Per method: the hash its scores are stored under (its map's hash plus the settings); None when disabled."""
     if cfg is None:
         return None
-    return {m: config_hash({"map": h, "faithfulness": cfg.key()}) for m, h in method_hashes.items()}
+    return {m: chance.scores_hash(h, cfg.key()) for m, h in method_hashes.items()}
 
 
 def scorer_for(cfg: FaithConfig | None, ctx, method_hashes: dict[str, str]) -> Scorer | None:

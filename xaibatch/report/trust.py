@@ -59,10 +59,11 @@ def build_trust(
     faith_hashes: dict | None = None,
 ) -> Trust:
     """Per method mean deletion/insertion for correct, misclassified and all images; the chance line; sanity.
-    ``faithfulness``, ``faith_hashes``: the last run's settings and each method's scores' hash (RunConfig), when it
-    scored: then only the scores made under them count, and the chance line only at its steps and fill (a run
-    with new --faithfulness-steps stopped part way left scores of both settings, averaged into one table under
-    the chance file's settings, and compared with chance maps of the other ones)."""
+    ``faithfulness``, ``faith_hashes``: the last run's settings and each of its methods' scores' hash (RunConfig),
+    when it scored: then only the scores made under them count (a method it did not compute: its maps' scores under
+    those settings), and the chance line only at its steps and fill (a run with new --faithfulness-steps stopped
+    part way left scores of both settings, averaged into one table under the chance file's settings, and compared
+    with chance maps of the other ones)."""
     t = Trust()
     scores: dict[str, dict[str, tuple[float, float]]] = {}  # method title -> rel -> (deletion, insertion)
     other: set[tuple[str, str]] = set()  # (rel, method) scored under other settings than the last run's: left out
@@ -72,8 +73,12 @@ def build_trust(
             for (rel, name), row in maps.items()
             if name == m.name and row.deletion is not None and rel in images
         ]
-        if faith_hashes is not None:
-            kept = [(i, r) for i, r in rows if r.faith_hash is not None and r.faith_hash == faith_hashes.get(m.name)]
+        if faithfulness is not None and faith_hashes is not None:
+            # a method the last run did not compute (its maps still shown): the scores of its own maps under the
+            # last run's settings (dropped, they waited for a run that would never score them: none asks for it)
+            want = faith_hashes.get(m.name)
+            of = {r.config_hash: want or chance_file.scores_hash(r.config_hash, faithfulness) for _i, r in rows}
+            kept = [(i, r) for i, r in rows if r.faith_hash is not None and r.faith_hash == of[r.config_hash]]
             other |= {(i.rel, m.name) for i, r in rows} - {(i.rel, m.name) for i, r in kept}
             rows = kept
         if not rows:
