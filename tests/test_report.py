@@ -2004,6 +2004,7 @@ def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
         [(f"FAKE/{n}", 0, 0.8) for n in HOSTILE]
         + [(f"REAL/{n}", 1, 0.3) for n in HOSTILE]
         + [(f"x/{n}", None, 0.6) for n in HOSTILE[:3]]
+        + [("FAKE/sure.png", 0, 0.9997)]  # "&gt;99.9%" (fmt_pct): fastcards wrote a bare ">"
     )
     out = synth(tmp_path / "o", rows, methods=("gradcam", "lime"))
     np.save(out / "maps" / "lime" / "FAKE" / "a&b.npy", np.full((8, 8), 3e-4, np.float32))  # a weak one
@@ -2022,6 +2023,7 @@ def test_cards_rendered_without_jinja_are_the_macros_bytes(tmp_path):
         assert fast == render._render_gallery(gallery, data, p, False)
         assert "data-del-gradcam" in fast and "⚠ weak" in fast and "&lt;img src=x" in fast
         assert 'class="earlier" title="predicted by resnet18, FAKE/' in fast
+    assert any("<strong>&gt;99.9%</strong>" in render._render_gallery(gallery, data, p, True) for p in data.pages)
 
 
 def test_a_mask_is_read_once_not_on_every_page_write(truth_run, tmp_path, monkeypatch):

@@ -20,8 +20,9 @@ MACRO_FILES = ("_macros.html", "gallery.html")  # a --template-dir with either o
 
 
 def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str, str]] | None = None) -> str:
-    """One card. User text (names, classes, titles) is escaped; urls (report.url: percent-encoded), the card
-    id (hex), numbers and ``root`` ("../") hold no character HTML would read, as the macro's output shows.
+    """One card. User text (names, classes, titles) and the confidence (">99.9%", fmt_pct) are escaped; urls
+    (report.url: percent-encoded), the card id (hex), numbers and ``root`` ("../") hold no character HTML would
+    read, as the macro's output shows.
     ``_parts``: each method's escaped pieces, shared by a page's cards (:func:`cards_html`)."""
     e = escape
     parts = {} if _parts is None else _parts
@@ -60,7 +61,7 @@ def card_html(c: Card, root: str, px: int, _parts: dict[Any, tuple[str, str, str
         f'<span class="cap">Original</span></span>\n'
         f"{''.join(cols)}</a>\n"
         f'<p class="name">{rel}</p>\n'
-        f'<p class="meta">{label}predicted {e(c.pred)} <strong>{c.conf_text}</strong></p>\n'
+        f'<p class="meta">{label}predicted {e(c.pred)} <strong>{e(c.conf_text)}</strong></p>\n'
         f"{_earlier(c.earlier)}"
         f"{''.join(mags)}</li>"
     )
