@@ -586,6 +586,30 @@ def test_numbers_are_never_rounded_onto_100_or_0_percent(tmp_path):
     ]
 
 
+def test_a_faithfulness_run_stopped_before_it_scored_any_map_says_so(tmp_path):
+    """A folder scored at 10 steps, then a run with --faithfulness-steps 40 stopped before it scored any map: every
+    score was left out as made under other settings, and the faithfulness section went from the page without a
+    word (its note, which counts the scores left out, was only written beside a table). It now says so."""
+    from xaibatch.evaluation.chance import scores_hash, settings_key
+
+    out = synth(tmp_path / "o", labeled_rows(6))
+    ten, forty = settings_key(10, "blur"), settings_key(40, "blur")
+    m = Manifest(out / FILENAME)
+    (map_hash,) = {r.config_hash for r in m.maps().values()}
+    m.db.execute("UPDATE maps SET deletion = 0.3, insertion = 0.7, faith_hash = ?", (scores_hash(map_hash, ten),))
+    run = m.runs()[-1]
+    cfg = json.loads(run.config_json)
+    cfg.update(faithfulness=forty, faithfulness_hashes={"gradcam": scores_hash(map_hash, forty)})
+    m.db.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(cfg), run.id))
+    m.db.commit()
+    m.close()
+    report.render(out)
+    html = unescape((out / "index.html").read_text())
+    assert "Faithfulness (deletion and insertion)" in html
+    assert "40 steps, blur fill (the last run's settings; 6 map scores made under other settings are left out" in html
+    assert 'aria-labelledby="h-faith"' not in html  # no table of no rows
+
+
 def test_page_count_and_skipped_files_read_as_sentences(tmp_path, monkeypatch):
     """An 11-image folder's summary said "1 page of about 200 images" (read: about 200 images), and one unreadable
     file "1 file could not be read and are not in the gallery" / "...; they are not in the gallery"."""

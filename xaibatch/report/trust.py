@@ -107,7 +107,8 @@ def build_trust(
     if faithfulness is not None and faith_hashes is not None and chance is not None:
         same = chance_file.settings_key(chance.steps, chance.baseline) == faithfulness
         chance = chance if same else None  # the chance maps' scores of other settings: no line to compare with
-    if t.faith and faithfulness is not None and faith_hashes is not None:
+    if (t.faith or other) and faithfulness is not None and faith_hashes is not None:
+        # with no score left (a run with new settings stopped before it scored any map) the page says why
         t.chance_settings = f"{faithfulness.get('steps')} steps, {faithfulness.get('baseline')} fill"
         if other:
             t.chance_settings += (
