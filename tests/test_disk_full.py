@@ -237,6 +237,29 @@ def test_storage_errors_name_the_file_and_what_to_do(tmp_path):
     assert storage_error(damaged, out) is None
 
 
+def test_sqlite_errors_without_a_code_are_read_by_their_message(tmp_path):
+    """Python 3.10's sqlite3 errors carry no ``sqlite_errorcode`` (3.11 added it): SQLITE_FULL, SQLITE_IOERR and
+    SQLITE_READONLY are still the full disk, failing disk and refused manifest they are (on 3.10 a full disk while
+    the manifest was created said "the manifest is unusable ... move it away"); other sqlite3 errors stay theirs."""
+    from xaibatch.errors import storage_error
+
+    out = tmp_path / "o"
+    said = {
+        msg: str(storage_error(sqlite3.OperationalError(msg), out))
+        for msg in ("database or disk is full", "disk I/O error", "attempt to write a readonly database")
+    }
+    assert said["database or disk is full"] == (
+        f"no space left on device writing {out}/xaibatch.sqlite: free space and run again; finished images are kept"
+    )
+    assert said["disk I/O error"].startswith(f"input/output error writing {out}/xaibatch.sqlite: check the disk")
+    assert said["attempt to write a readonly database"].startswith(
+        f"permission denied writing {out}/xaibatch.sqlite: make {out}/xaibatch.sqlite writable"
+    )
+    assert storage_error(sqlite3.DatabaseError("file is not a database"), out) is None  # damaged: not storage
+    assert storage_error(sqlite3.ProgrammingError("Cannot operate on a closed database."), out) is None
+    assert storage_error(RuntimeError("database or disk is full"), out) is None  # only SQLite's own errors
+
+
 def test_a_refused_write_under_out_names_the_file_and_the_folder_to_fix(tmp_path):
     """EACCES (EPERM: an immutable folder) under OUT is the folder's state, as a full disk is: one line naming the
     file and what to make writable; the same errno for a file outside OUT (an input) stays the reader's."""

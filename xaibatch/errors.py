@@ -299,6 +299,10 @@ _STORAGE_ADVICE = {
 # SQLITE_FULL (also a full quota), SQLITE_IOERR, SQLITE_READONLY (the manifest, or its folder, refuses writes)
 _SQLITE_ERRNO = {13: errno.ENOSPC, 10: errno.EIO, 8: errno.EACCES}
 _SQLITE_READONLY_DIRECTORY = 8 | 6 << 8  # the manifest's folder refuses its -wal and -shm files
+# The same primary codes by SQLite's own words for them (sqlite3_errstr), for a sqlite3.Error that carries no
+# sqlite_errorcode: Python 3.10's never do (3.11 added it). 3.10 cannot tell SQLITE_READONLY_DIRECTORY (the folder
+# refuses) from SQLITE_READONLY (the manifest itself): both read as the manifest's.
+_SQLITE_MESSAGES = {"database or disk is full": 13, "disk I/O error": 10, "attempt to write a readonly database": 8}
 # A file or folder under OUT that refuses writes (its mode, an immutable attribute): the fix is its folder's (the
 # manifest's own, for a read-only manifest). Only under OUT: an input file or a checkpoint can be refused so too.
 _DENIED = (errno.EACCES, errno.EPERM)
@@ -310,7 +314,7 @@ def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageErr
     or by the manifest's SQLite; else None."""
     if isinstance(exc, StorageError):
         return exc
-    code = getattr(exc, "sqlite_errorcode", None)  # sqlite3.Error (Python 3.11+): not an OSError
+    code = _sqlite_code(exc)
     if isinstance(code, int):
         err = _SQLITE_ERRNO.get(code & 0xFF)
         path = os.path.join(out, layout.MANIFEST)
@@ -331,6 +335,17 @@ def storage_error(exc: BaseException, out: str | os.PathLike[str]) -> StorageErr
     full = StorageError(f"{os.strerror(err).lower()} {where}: {advice}; finished images are kept")
     full.errno = err
     return full
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """The SQLite result code of a sqlite3.Error (not an OSError): its ``sqlite_errorcode`` (Python 3.11+), else
+    the primary code its message names (Python 3.10); None for any other exception."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code
+    if type(exc).__module__ != "sqlite3" or not exc.args:
+        return None
+    return _SQLITE_MESSAGES.get(str(exc.args[0]))
 
 
 def exit_code_for(exc: BaseException) -> int:
