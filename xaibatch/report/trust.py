@@ -77,7 +77,7 @@ def build_trust(
             # a method the last run did not compute (its maps still shown): the scores of its own maps under the
             # last run's settings (dropped, they waited for a run that would never score them: none asks for it)
             want = faith_hashes.get(m.name)
-            of = {r.config_hash: want or chance_file.scores_hash(r.config_hash, faithfulness) for _i, r in rows}
+            of = {h: want or chance_file.scores_hash(h, faithfulness) for h in {r.config_hash for _i, r in rows}}
             kept = [(i, r) for i, r in rows if r.faith_hash is not None and r.faith_hash == of[r.config_hash]]
             other |= {(i.rel, m.name) for i, r in rows} - {(i.rel, m.name) for i, r in kept}
             rows = kept
@@ -215,14 +215,15 @@ def _sampled_chance(t: Trust, chance: chance_file.ChanceFile, images: dict, scor
     model that predicted the image: a run with another model stopped before it scored the chance line left the
     previous model's scores, which were compared with the new model's maps), and each method's verdict against
     them on the same images."""
-    models: dict[str, bool] = {}  # predict hash -> whether the chance scores are its model's
+    # predict hash -> whether the chance scores are its model's (a handful of models: one hash each)
+    models = {h: chance_file.scored_by(chance, h) for h in {row.predict_hash for row in images.values()}}
     sample = {
         rel: s.scores
         for rel, s in chance.images.items()
         if (row := images.get(rel)) is not None
         and row.sha256 == s.sha256
         and row.target == s.target
-        and models.setdefault(row.predict_hash, chance_file.scored_by(chance, row.predict_hash))
+        and models[row.predict_hash]
     }
     if not sample:
         return
