@@ -892,8 +892,8 @@ def test_numeric_keywords_out_of_range_are_one_line():
         "input_size must be a whole number from 8 to 4096 (pixels), not -5": {"input_size": -5},
         "input_size must be a whole number from 8 to 4096 (pixels), not 2.5": {"input_size": 2.5},
         "seed must be a whole number, not 'x'": {"seed": "x"},
-        "mean must be three numbers, one per channel (R, G, B), not [0.5, 0.5]": {"mean": [0.5, 0.5]},
-        "std must be three positive numbers, one per channel (R, G, B), not [0, 0, 0]": {"std": [0, 0, 0]},
+        "mean must be one number or three (R, G, B), not [0.5, 0.5]": {"mean": [0.5, 0.5]},
+        "std must be above 0 and at most 1, in units of pixels scaled to [0, 1], not [0, 0, 0]": {"std": [0, 0, 0]},
     }
     for message, kw in cases.items():
         with pytest.raises(UsageError) as e:

@@ -15,7 +15,6 @@ explained, so the maps equal a run's (before a run resizes them to each image's 
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 import os
 import warnings
@@ -90,8 +89,8 @@ def explain(
       ``pretrained_cfg``'s), else the first image's longer side, up to 1024 px: larger
       images need ``input_size``); the maps are (N, S, S)
       (``out.preprocess.image_size``).
-    - ``mean``, ``std``: the normalization explain() applies (default: timm's ``pretrained_cfg``, else
-      ImageNet's).
+    - ``mean``, ``std``: the normalization explain() applies, in units of pixels scaled to [0, 1], one number or
+      three (R, G, B) (default: a checkpoint's own, else timm's ``pretrained_cfg``, else ImageNet's).
     - ``target_layer``: the CAM layer's name (``model.named_modules()``; default: found from the model).
     - ``device``: ``"auto"`` runs where the module's parameters are; another device is refused (it is
       never moved: call ``model.to(...)`` first). A checkpoint path is loaded onto it (auto: the GPU
@@ -127,10 +126,12 @@ def explain(
         with borrowed(net), torch.enable_grad():
             if pre is None:  # a given size, else the model's declared one (as a run's), else the images' (below)
                 sized = input_size or declared_size(net)
-                pre = Preprocess.for_model(net, sized, mean, std) if sized else None
+                pre = Preprocess.for_model(net, sized).normalized_by(mean, std) if sized else None
                 x, sizes, shown = _as_uint8_batch(images, pre)
-                pre = pre or Preprocess.for_model(net, int(x.shape[-1]), mean, std)  # no size given: the images'
-            else:
+                # no size given: the images'
+                pre = pre or Preprocess.for_model(net, int(x.shape[-1])).normalized_by(mean, std)
+            else:  # a checkpoint's: the given mean and std over its own, as a run's --mean and --std
+                pre = pre.normalized_by(mean, std)
                 x, sizes, shown = _as_uint8_batch(images, pre)
             if x.shape[0] == 0:
                 raise UsageError("no images to explain")
@@ -206,6 +207,7 @@ def _check_numbers(input_size, mean, std, batch_size, seed) -> None:
     a mean of two numbers raised a broadcasting error, and std=0 gave infinite input and meaningless maps."""
     from .defaults import IMAGE_SIDES, image_side_ok
     from .errors import UsageError
+    from .preprocess import channel_values
 
     def whole(v) -> bool:
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -218,16 +220,11 @@ def _check_numbers(input_size, mean, std, batch_size, seed) -> None:
     if not whole(seed):
         raise UsageError(f"seed must be a whole number, not {seed!r}")
     for name, values in (("mean", mean), ("std", std)):
-        if values is None:
-            continue
-        try:
-            floats = [float(v) for v in values]
-        except (TypeError, ValueError):
-            floats = []
-        positive = name == "mean" or all(f > 0 for f in floats)
-        if len(floats) != 3 or not all(math.isfinite(f) for f in floats) or not positive:
-            kind = "numbers" if name == "mean" else "positive numbers"
-            raise UsageError(f"{name} must be three {kind}, one per channel (R, G, B), not {values!r}")
+        if values is not None:
+            try:
+                channel_values(name, values)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
 
 
 def _model_of(model, device: str, input_size: int | None, classes: Sequence[str] | None):

@@ -11,6 +11,7 @@ timm's models do. Imports no torch: the run's record (``runconfig.py``) reads it
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,6 +46,14 @@ class Preprocess:
         cfg = getattr(module, "pretrained_cfg", None) or {}
         size = image_size or declared_size(module) or DEFAULT_SIZE
         return cls(size, mean or cfg.get("mean") or IMAGENET_MEAN, std or cfg.get("std") or IMAGENET_STD)
+
+    def normalized_by(self, mean: Any = None, std: Any = None) -> Preprocess:
+        """This preprocessing with the given ``mean`` and ``std`` (:func:`channel_values`; None: kept)."""
+        return Preprocess(
+            self.image_size,
+            channel_values("mean", mean) if mean is not None else self.mean,
+            channel_values("std", std) if std is not None else self.std,
+        )
 
     # -- the record ---------------------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -91,6 +100,36 @@ class Preprocess:
         from .data import model_input
 
         return model_input(im, self.image_size)
+
+
+def channel_values(name: str, values: Any) -> tuple[float, float, float]:
+    """A normalization's ``mean`` or ``std`` as given (``--mean``, ``RunOptions.mean``, ``explain(mean=)``): one number
+    for every channel or three (R, G, B; a string: comma-separated), in the units of pixels scaled to [0, 1] (torchvision's ``ToTensor``): a
+    mean from 0 to 1, a std above 0 and at most 1. Raises ValueError with the line to say (``name``: as the caller
+    names the option)."""
+    items = values.split(",") if isinstance(values, str) else [values] if isinstance(values, (int, float)) else values
+    try:
+        floats = [float(v) for v in items]
+    except (TypeError, ValueError):
+        floats = []
+    if len(floats) == 1:
+        floats *= 3
+    if len(floats) != 3 or not all(math.isfinite(f) for f in floats):
+        raise ValueError(f"{name} must be one number or three (R, G, B), not {values!r}")
+    lo_ok = (lambda f: f >= 0) if name.lstrip("-").startswith("mean") else (lambda f: f > 0)
+    if not all(lo_ok(f) and f <= 1 for f in floats):
+        scaled = ",".join(f"{f / 255:.4g}" for f in floats)
+        hint = f" (0-255 units? divided by 255: {name} {scaled})" if all(f > 1 for f in floats) else ""
+        kind = "from 0 to 1" if lo_ok(0.0) else "above 0 and at most 1"
+        raise ValueError(f"{name} must be {kind}, in units of pixels scaled to [0, 1]{hint}, not {values!r}")
+    return floats[0], floats[1], floats[2]
+
+
+def declares_normalization(module: Any) -> bool:
+    """Whether a model names the mean and std it was trained with (timm's ``pretrained_cfg``); else a run says
+    it assumed ImageNet's (``LoadedModel.norm_declared``)."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    return bool(cfg.get("mean")) and bool(cfg.get("std"))
 
 
 def declared_size(module: Any) -> int | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .manifest import ManifestError, RunRecord
-from .preprocess import Preprocess
+from .preprocess import Preprocess, channel_values
 
 BUNDLED = "bundled"  # ModelSource.kind: the bundled demo checkpoint
 KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
@@ -24,6 +24,10 @@ KINDS = (BUNDLED, "checkpoint", "state_dict", "factory", "torchvision", "timm")
 RANDOM_INIT = "(random init)"  # ModelRecord.checkpoint of a model built without weights (--model timm:NAME)
 # What an older xaibatch recorded as the device of a run that found nothing to compute (its settings_of: None).
 NOT_LOADED = "(model not loaded: nothing to compute)"
+
+
+def _channels(name: str, values: Any) -> list[float] | None:
+    return list(channel_values(name, values)) if values is not None else None
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class ModelSource:
     arch: str | None = None  # --arch (a plain state_dict's timm model)
     model: str | None = None  # --model, a FILE.py made absolute
     image_size: int | None = None  # --image-size as given
+    mean: list[float] | None = None  # --mean, --std as given (three numbers each); None: not given
+    std: list[float] | None = None
     classes: list[str] | None = None  # --classes
     positive_class: str | None = None
     threshold: float | None = None
@@ -64,6 +70,8 @@ class ModelSource:
             arch=opts.arch,
             model=model,
             image_size=opts.image_size,
+            mean=_channels("mean", opts.mean),
+            std=_channels("std", opts.std),
             classes=list(opts.classes) if opts.classes is not None else None,
             positive_class=opts.positive_class,
             threshold=opts.threshold,

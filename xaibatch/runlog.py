@@ -5,7 +5,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``start``: pid, host, input_dir, out_dir, methods, version.
 * ``notice``: a warning the run says before its plan, as its stderr line does (kind, text, and the kind's fields;
   ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
-  model ``random-weights`` (model: a ``--model`` without ``--checkpoint``).
+  model ``random-weights`` (model: a ``--model`` without ``--checkpoint``), ``input-size`` (input_size: the model
+  declares none), ``normalization`` (mean, std: it names none, ImageNet's assumed), ``ema-weights``.
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from,
   moved: images found at a new path, their results taken along; maps: per method, in the order of -m, the images
   whose map it computes, ``<method>@label`` for true-class maps of images known misclassified (an image predicted

@@ -13,6 +13,7 @@ import click
 
 from ..defaults import IMAGE_SIDES, device_spec_problem, workers_problem
 from ..method_specs import BUILTIN_OPTIONS, check_method_names, check_options_lightly, collect_method_options
+from ..preprocess import channel_values
 from .boundary import checked
 
 # Method names and options are checked without importing the registry (torch, timm: seconds), from method_specs'
@@ -45,6 +46,16 @@ def non_empty(ctx, param, value):
     if isinstance(value, str) and not value.strip():
         raise click.UsageError(f"{param.opts[0]} is empty; give a value or leave the option out", ctx)
     return value
+
+
+def channels(ctx, param, value):
+    """A click callback: --mean, --std as three floats (preprocess.channel_values: one number or three)."""
+    if value is None:
+        return None
+    try:
+        return channel_values(param.opts[0], value)
+    except ValueError as e:
+        raise click.UsageError(str(e), ctx) from None
 
 
 class Workers(click.IntRange):
@@ -171,6 +182,8 @@ class ModelArgs:
     positive_class: str | None
     threshold: float | None
     image_size: int | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
     target_layer: str | None
 
     def fields(self) -> dict:
@@ -183,6 +196,8 @@ class ModelArgs:
             positive_class=self.positive_class,
             threshold=self.threshold,
             image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
             target_layer=self.target_layer,
         )
 
@@ -200,6 +215,8 @@ def model_options(help: dict[str, str]):
         click.option("--positive-class", metavar="NAME", help=help["positive_class"]),
         click.option("--threshold", type=Number(0, 1), metavar="T", help=help["threshold"]),
         image_size_option(help["image_size"]),
+        click.option("--mean", metavar="R,G,B", callback=channels, help=help["mean"]),
+        click.option("--std", metavar="R,G,B", callback=channels, help=help["std"]),
         click.option("--target-layer", callback=non_empty, help=help["target_layer"]),
     )
 
@@ -220,6 +237,11 @@ RUN_MODEL_HELP = {
     "Default: 0.5.",
     "image_size": "Model input size in pixels (e.g. --image-size 64). Default: the checkpoint's, else the "
     "model's own (the img_size a timm ViT was built at, else timm's pretrained_cfg), else 224.",
+    "mean": "The normalization the model was trained with, in units of pixels scaled to [0, 1]: one number or "
+    "three (e.g. --mean 0.5 --std 0.5 for Normalize(0.5, 0.5); --mean 0 --std 1 for ToTensor alone). Default: the "
+    "checkpoint's, else the model's own (timm's pretrained_cfg), else ImageNet's (0.485,0.456,0.406), which the run "
+    "says.",
+    "std": "See --mean. Default: the checkpoint's, else the model's own, else ImageNet's (0.229,0.224,0.225).",
     "target_layer": "Layer of the CAM methods (gradcam, guided-gradcam, cam:*; e.g. --target-layer layer3). "
     "Default: the deepest stage still at least 4x4.",
 }
@@ -231,6 +253,8 @@ SERVE_MODEL_HELP = {
     "positive_class": "Two classes: the one --threshold is about, as for run.",
     "threshold": "Two classes: as for run. Default: 0.5.",
     "image_size": "Model input size, as for run.",
+    "mean": "The model's normalization mean, as for run.",
+    "std": "The model's normalization std, as for run.",
     "target_layer": "Layer of the CAM methods, as for run.",
 }
 

@@ -45,6 +45,8 @@ def rebuild_options(run: RunConfig, root: Path, out: Path, device: str, override
         positive_class=src.positive_class,
         threshold=src.threshold,
         image_size=src.image_size if src.image_size is not None else run.model.input_size,
+        mean=src.mean,
+        std=src.std,
         target_layer=run.layer,
         target=src.target,
         device=device,

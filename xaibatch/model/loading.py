@@ -27,7 +27,7 @@ from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok
 from ..files import file_sha256, open_temporary
 from ..errors import ModelError, UsageError
 from ..imports import import_timm
-from ..preprocess import Preprocess, declared_size
+from ..preprocess import Preprocess, declared_size, declares_normalization
 from ..runconfig import RANDOM_INIT
 from ..threadsafe import catch_warnings, generator
 from . import formats
@@ -54,6 +54,9 @@ class LoadedModel:
     # a --model factory that returned a DataParallel: the prefix of its layers' names in the wrapper ("module."),
     # which a --target-layer given in the wrapper's names drops (the wrapped module is what runs)
     layer_prefix: str = ""
+    # the mean and std came from --mean/--std, the checkpoint or the model itself (preprocess.declares_normalization);
+    # False: ImageNet's assumed (a factory's or torchvision's model that names none), which a run says (notices.py)
+    norm_declared: bool = True
     # a timm train.py checkpoint that also holds EMA weights (state_dict_ema), not explained: a run says so (notices.py)
     unused_ema: bool = False
     # a --model factory's source file (formats.factory_code_sha256): its code is part of the model, as its weights are
@@ -571,7 +574,8 @@ def finish(module, arch, names, image_size, mean, std, source, digest) -> Loaded
         raise ModelError(f"{arch} was built for {fixed[0]}x{fixed[1]} inputs; --image-size {size} does not fit it")
     check_patches(module, arch, size)
     module.eval()
-    return LoadedModel(module, arch, names, pre, source, digest, size_declared=declared)
+    named = (mean is not None and std is not None) or declares_normalization(module)
+    return LoadedModel(module, arch, names, pre, source, digest, size_declared=declared, norm_declared=named)
 
 
 def save_checkpoint(

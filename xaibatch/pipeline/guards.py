@@ -10,6 +10,7 @@ from ..defaults import IMAGE_SIDES, device_spec_problem, image_side_ok, model_sp
 from ..errors import UsageError
 from ..files import blocked_by_file, safe_join
 from ..manifest import Manifest
+from ..preprocess import channel_values
 from ..scan import is_output_folder, shown
 from .options import ModelOptions, RunOptions
 
@@ -155,7 +156,7 @@ def check_request(opts: RunOptions) -> None:
 
 def check_model_request(opts: ModelOptions) -> None:
     """check_request's model checks (no torch), for run and serve: --model's form and file, --arch with
-    --checkpoint, the checkpoint's file, --threshold."""
+    --checkpoint, the checkpoint's file, --image-size, --mean and --std, --threshold."""
     from .options import checkpoint_path
 
     if opts.model is not None and opts.arch is not None:
@@ -166,6 +167,12 @@ def check_model_request(opts: ModelOptions) -> None:
         # the CLI's range; from Python, 0 was taken as not given and -3 failed deep in torch
         lo, hi = IMAGE_SIDES
         raise UsageError(f"--image-size must be a whole number from {lo} to {hi}, not {opts.image_size!r}")
+    for flag, values in (("--mean", opts.mean), ("--std", opts.std)):
+        if values is not None:
+            try:
+                channel_values(flag, values)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
     if opts.threshold is not None and not 0.0 <= opts.threshold <= 1.0:  # NaN too (click's range lets it by)
         raise UsageError(f"--threshold {opts.threshold} must be between 0 and 1")
     if opts.model is None:

@@ -110,7 +110,8 @@ def class_notices(setup: Setup) -> Iterator[Notice]:
 
 def input_size_notices(setup: Setup) -> Iterator[Notice]:
     """What a run that loads its model says of it: an input size from nowhere (LoadedModel.size_declared), the size
-    it is run at; EMA weights left unused (LoadedModel.unused_ema)."""
+    it is run at; a normalization from nowhere (LoadedModel.norm_declared); EMA weights left unused
+    (LoadedModel.unused_ema)."""
     prepared = setup.prepared
     if prepared is not None and not prepared.model.size_declared:
         size = prepared.model.input_size
@@ -119,6 +120,17 @@ def input_size_notices(setup: Setup) -> Iterator[Notice]:
             "at another size, give that size with --image-size (e.g. --image-size 32 for CIFAKE's images)"
         )
         yield "input-size", text, {"input_size": size}
+    if prepared is not None and not prepared.model.norm_declared:
+        text = (
+            "warning: the model names no normalization: its inputs are normalized with ImageNet's mean and std; if it "
+            "was trained otherwise, give its own (--mean 0 --std 1 for pixels scaled to [0, 1] alone, as ToTensor "
+            "does; --mean 0.5 --std 0.5 for Normalize(0.5, 0.5))"
+        )
+        yield (
+            "normalization",
+            text,
+            {"mean": list(prepared.model.preprocess.mean), "std": list(prepared.model.preprocess.std)},
+        )
     if prepared is not None and prepared.model.unused_ema:
         text = (
             "note: the checkpoint also holds EMA weights (state_dict_ema); its state_dict is explained, as timm's "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..defaults import DEFAULT_MAX_MAP_SIDE
 from .. import targets
@@ -34,6 +34,10 @@ class ModelOptions:
     positive_class: str | None = None  # two classes: the one the threshold is about (see heads.decision_for)
     threshold: float | None = None  # two classes: predict positive when its probability is >= this (0.5)
     image_size: int | None = None
+    # the model's normalization, in units of pixels scaled to [0, 1]: one number or three (R, G, B); None: the
+    # checkpoint's, else the model's own (timm's pretrained_cfg), else ImageNet's (preprocess.channel_values)
+    mean: float | Sequence[float] | None = None
+    std: float | Sequence[float] | None = None
     target_layer: str | None = None
 
     def model_options(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from ..engines import ENGINES
 from ..errors import InputError, XaibatchError
 from ..manifest import Manifest
 from ..model.formats import checkpoint_digest, factory_code_sha256
+from ..preprocess import channel_values
 from ..runconfig import BadRecord, MethodRecord, ModelRecord, ModelSource, RunConfig
 from ..scan import Scan, scan
 from .options import RunOptions, checkpoint_path
@@ -75,6 +76,11 @@ def request_key(opts: RunOptions, found: Scan, checkpoint_sha256: str) -> str:
     scanned (its folder classes sorted, before prepare() numbers them in the model's order)."""
     fields = {k: v for k, v in vars(opts).items() if k not in NOT_IN_REQUEST}
     fields["methods"] = list(dict.fromkeys(opts.methods))
+    for k in ("mean", "std"):  # as the model gets them; not given: no key (earlier folders' requests unchanged)
+        if fields.get(k) is None:
+            fields.pop(k, None)
+        else:
+            fields[k] = list(channel_values(k, fields[k]))
     code = factory_code_sha256(opts.model)  # --model FILE.py:FACTORY or module.path:FACTORY: the code counts
     if code is not None:
         fields["model_code_sha256"] = code
