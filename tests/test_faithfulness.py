@@ -744,3 +744,12 @@ def test_scores_of_odd_shapes_ties_and_steps_match_the_definition(h, w, steps, c
         ref = reference_curves(model, x[j], fill[j], maps[j].numpy(), int(targets[j]), steps)
         assert float(got.deletion[j]) == pytest.approx(ref["deletion"], abs=1e-5)
         assert float(got.insertion[j]) == pytest.approx(ref["insertion"], abs=1e-5)
+
+
+def test_a_gain_that_rounds_to_zero_has_no_minus_sign():
+    """A mean gain of -0.0002 with a spread of 0.001 printed "-0.000 ± 0.001": a sign the digits do not show."""
+    from xaibatch.report.trust import _gain
+
+    diffs = [-0.0002 + 0.004 * ((k % 5) - 2) for k in range(40)]
+    assert _gain(diffs) == "+0.000 ± 0.002", _gain(diffs)
+    assert _gain([0.1, 0.3]) == "+0.200 ± 0.200" and _gain([-0.1, -0.3]) == "-0.200 ± 0.200"

@@ -311,7 +311,8 @@ def _gain(diffs: list[float]) -> str:
     and one of "+0.000 ± 0.000", numbers that show neither the gain nor its spread)."""
     se = 2 * (variance(diffs) / len(diffs)) ** 0.5
     places = 3 if se >= 0.0005 or se == 0 else min(9, 1 - math.floor(math.log10(se)))
-    return f"{fmean(diffs):+.{places}f} ± {se:.{places}f}"
+    mean = round(fmean(diffs), places) + 0.0  # a mean that rounds to zero is "+0.000", never "-0.000"
+    return f"{mean:+.{places}f} ± {se:.{places}f}"
 
 
 def faith_verdict(
