@@ -3,6 +3,7 @@ snapshot) and file times far from now: durations stay durations, stamps stay equ
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -37,3 +38,25 @@ def test_a_run_times_itself_whatever_the_wall_clock_does(tmp_path, tiny_ckpt, mo
     assert result.timings["first_batch"] <= result.seconds
     (row,) = Manifest(tmp_path / "out" / "xaibatch.sqlite").runs()
     assert 0 <= row.seconds <= result.seconds
+
+
+FAR = 10**19  # ns: 2286, past what a signed 64-bit nanosecond count holds (2262)
+
+
+def test_images_dated_past_2262_or_before_1970_are_unchanged_on_the_next_run(tmp_path, tiny_ckpt):
+    from xaibatch.pipeline import run
+
+    paths = write_images(tmp_path / "in" / "FAKE", 3, seed=1) + write_images(tmp_path / "in" / "REAL", 2, seed=2)
+    broken = tmp_path / "in" / "REAL" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for path, ns in zip([*paths, broken], [FAR, -(10**18), 0, FAR + 1, 2**63, FAR], strict=True):
+        os.utime(path, ns=(ns, ns))
+        if path.stat().st_mtime_ns != ns:
+            pytest.skip("this file system does not keep such times")
+    opts = run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt)
+    first = run(opts, log=quiet)  # was: OverflowError: Python int too large to convert to SQLite INTEGER
+    assert (first.counts.computed, [f.rel for f in first.failed]) == (5, ["REAL/broken.png"])
+    again = run(opts, log=quiet)
+    assert (again.counts.computed, again.counts.unchanged, again.counts.changed) == (0, 5, 0)
+    os.utime(paths[0], ns=(FAR + 2, FAR + 2))  # a new far-future time is a touch: hashed, not recomputed
+    assert run(opts, log=quiet).counts.computed == 0
