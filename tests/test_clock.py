@@ -60,3 +60,17 @@ def test_images_dated_past_2262_or_before_1970_are_unchanged_on_the_next_run(tmp
     assert (again.counts.computed, again.counts.unchanged, again.counts.changed) == (0, 5, 0)
     os.utime(paths[0], ns=(FAR + 2, FAR + 2))  # a new far-future time is a touch: hashed, not recomputed
     assert run(opts, log=quiet).counts.computed == 0
+
+
+def test_the_bar_moves_on_after_the_clock_was_set_back(monkeypatch, capsys):
+    from xaibatch.pipeline.progress import Progress
+
+    monkeypatch.setattr("tqdm.std.time", SteppingClock(-3600.0, calm=2))  # tqdm's own name for time.time
+    p = Progress(10, bar=True, heartbeat=0, log=print, emit=lambda e: None, json_events=False)
+    for _ in range(5):
+        time.sleep(0.12)  # past tqdm's mininterval (0.1 s) between two draws
+        p.update(1)
+    shown = capsys.readouterr().err  # before close(), which draws the last state whatever the clock
+    p.close()
+    assert "5/10" in shown  # was: frozen at 1/10 ...
+    assert "[-" not in shown  # ... and "1/10 [-59:59<00:01, ...]"
