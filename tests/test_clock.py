@@ -74,3 +74,23 @@ def test_the_bar_moves_on_after_the_clock_was_set_back(monkeypatch, capsys):
     p.close()
     assert "5/10" in shown  # was: frozen at 1/10 ...
     assert "[-" not in shown  # ... and "1/10 [-59:59<00:01, ...]"
+
+
+def test_train_and_sanity_time_themselves_whatever_the_wall_clock_does(tmp_path, tiny_ckpt, monkeypatch):
+    import json
+
+    from xaibatch.evaluation.sanity import run_sanity
+    from xaibatch.pipeline import run
+    from xaibatch.tools import synth
+    from xaibatch.tools.train import train
+
+    synth.write_classes(tmp_path / "data" / "train", 8, seed=1)
+    write_images(tmp_path / "in" / "FAKE", 3, seed=1)
+    write_images(tmp_path / "in" / "REAL", 3, seed=2)
+    run(run_opts(tmp_path / "in", tmp_path / "out", tiny_ckpt), log=quiet)
+    monkeypatch.setattr(time, "time", SteppingClock(365 * 86400.0))
+    trained = train(tmp_path / "data", "test_resnet", tmp_path / "m.pt", image_size=32, epochs=1, log=quiet)
+    run_sanity(tmp_path / "out", n=4, log=quiet)
+    monkeypatch.undo()
+    assert 0 <= trained.seconds < 300  # was: "wrote m.pt (0.1 MB) in 31536000s"
+    assert 0 <= json.loads((tmp_path / "out" / "sanity.json").read_text())["seconds"] < 300
