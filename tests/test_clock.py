@@ -3,7 +3,9 @@ snapshot) and file times far from now: durations stay durations, stamps stay equ
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 
 import pytest
@@ -94,3 +96,25 @@ def test_train_and_sanity_time_themselves_whatever_the_wall_clock_does(tmp_path,
     monkeypatch.undo()
     assert 0 <= trained.seconds < 300  # was: "wrote m.pt (0.1 MB) in 31536000s"
     assert 0 <= json.loads((tmp_path / "out" / "sanity.json").read_text())["seconds"] < 300
+
+
+def test_the_lock_holder_is_dated_by_how_long_it_has_held_the_folder(tmp_path, monkeypatch):
+    """A box that booted at its last shutdown's time: NTP steps the clock a year on while a run holds the folder;
+    the next cron run's refusal said "since 2026-12-07 23:36:30 (31536004s ago)" of a run started seconds before."""
+    from xaibatch.lock import OutputLock, describe
+
+    lock = OutputLock(tmp_path)
+    lock.acquire()
+    try:
+        holder = json.loads((tmp_path / ".xaibatch.lock").read_text())
+    finally:
+        lock.release()
+    year = 365 * 86400.0
+    monkeypatch.setattr(time, "time", lambda real=time.time: real() + year)
+    said = describe(holder)
+    assert re.search(r" since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} \([0-5]s ago\)$", said), said
+    assert str(time.localtime(time.time()).tm_year) in said  # the year by the stepped clock: the holder's own is a
+    # year behind it
+    older = {k: v for k, v in holder.items() if k not in ("started_mono", "boot_id")}  # an older xaibatch's record
+    assert f"({year:.0f}s ago)" in describe(older) or f"({year + 1:.0f}s ago)" in describe(older)
+    assert describe({**holder, "boot_id": "another boot"}) == describe(older)
