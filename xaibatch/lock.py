@@ -85,15 +85,39 @@ def holder_name(holder: dict[str, Any] | None) -> str:
 
 
 def describe(holder: dict[str, Any] | None) -> str:
-    """``pid 123 on host since 2024-05-01 10:00:00 (5 s ago)`` from a holder record."""
+    """``pid 123 on host since 2024-05-01 10:00:00 +0200 (5s ago)`` from a holder record (in this process's zone)."""
     if not holder:
         return "another process (no holder record yet)"
     parts = [f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"]
-    started = holder.get("started_ts")
+    started, age = holder.get("started_ts"), held_for(holder)
+    if age is not None:  # when, by this clock: the holder's own may have been stepped since it started
+        started = time.time() - age
+    elif isinstance(started, (int, float)):
+        age = max(0.0, time.time() - started)
     if isinstance(started, (int, float)):
-        when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
-        parts.append(f"since {when} ({max(0, time.time() - started):.0f}s ago)")
+        when = datetime.fromtimestamp(started).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+        parts.append(f"since {when} ({age:.0f}s ago)")
     return " ".join(parts)
+
+
+def held_for(holder: dict[str, Any]) -> float | None:
+    """Seconds since the holder took the lock by the monotonic clock, when it recorded its reading on this machine
+    since its last boot; else None. A wall clock that NTP stepped meanwhile (a box without a real-time clock boots
+    at its last shutdown's time, or 1970) said "31536004s ago" of a run started seconds before."""
+    mono, boot = holder.get("started_mono"), holder.get("boot_id")
+    if not isinstance(mono, (int, float)) or not boot or boot != _boot_id():
+        return None
+    age = time.monotonic() - mono
+    return age if age >= 0 else None  # another time namespace's clock (unshare --time): not comparable
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux; shared by the containers on one kernel): monotonic readings compare within it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 class LockLost(XaibatchError):
@@ -256,6 +280,8 @@ def _record(command: str) -> dict[str, Any]:
         "host": socket.gethostname(),
         "started_ts": now,
         "started_at": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+        "started_mono": time.monotonic(),  # how long it has held the folder (held_for), whatever the wall clock does
+        "boot_id": _boot_id(),
         "argv": sys.argv[1:][:20],
     }
 

@@ -25,6 +25,13 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 MASK_SUFFIX = ".mask.npy"  # an image's ground-truth mask lies beside it as <name>.mask.npy (as demo-data writes it)
 
 
+def stamp_ns(ns: int) -> int:
+    """A file's ``st_mtime_ns`` or ``st_ctime_ns`` as the manifest's signed 64-bit INTEGER holds it: a time past
+    2262 (``touch -d 2300-01-01``, a corrupt camera timestamp; ext4 and XFS keep them) wraps around, so that it still
+    equals itself run after run instead of failing the run ("Python int too large to convert to SQLite INTEGER")."""
+    return (ns + (1 << 63)) % (1 << 64) - (1 << 63)
+
+
 def mask_rel(rel: str) -> str:
     """Where an image's ground-truth mask lies, relative to the input folder: ``FAKE/a.png`` -> ``FAKE/a.mask.npy``."""
     return rel.rsplit(".", 1)[0] + MASK_SUFFIX
@@ -533,8 +540,8 @@ def scan(
             path,
             index[rel.split("/", 1)[0]] if classes else None,
             st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns if ctime else None,
+            stamp_ns(st.st_mtime_ns),
+            stamp_ns(st.st_ctime_ns) if ctime else None,
         )
         for rel, path, st in files
     ]

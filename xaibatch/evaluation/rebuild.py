@@ -146,7 +146,7 @@ def same_content(root: Path, rels: list[str], images: dict[str, Any], log: Calla
 
 def image_entries(root: Path, rels: list[str]):
     """The scan entries of ``rels`` under ``root`` (those still there)."""
-    from ..scan import ImageEntry
+    from ..scan import ImageEntry, stamp_ns
 
     out = []
     for rel in rels:
@@ -155,5 +155,5 @@ def image_entries(root: Path, rels: list[str]):
             st = p.stat()
         except OSError:
             continue
-        out.append(ImageEntry(rel=rel, file=str(p), label=None, size=st.st_size, mtime_ns=st.st_mtime_ns))
+        out.append(ImageEntry(rel=rel, file=str(p), label=None, size=st.st_size, mtime_ns=stamp_ns(st.st_mtime_ns)))
     return out

@@ -323,7 +323,7 @@ def run_sanity(
         def maps_of(net: torch.nn.Module) -> dict[str, np.ndarray]:
             return _maps(net, prepared.ctx, prepared.methods, batch, batch_size, fitting)
 
-        t0 = time.time()
+        t0 = time.monotonic()
         curves = cascade(prepared.ctx.model, maps_of, seed=seed, log=log, fresh=lambda: rebuilt_model(opts, prepared))
         created = time.time()
         recorded = run.config.methods
@@ -331,7 +331,7 @@ def run_sanity(
             [c.record(created, recorded[c.method].hash if c.method in recorded else None) for c in curves],
             VERSION,
             created,
-            time.time() - t0,
+            time.monotonic() - t0,
             len(batch.rels),
             seed,
             prepared.model.checkpoint_sha256,

@@ -236,7 +236,7 @@ def account(tally: Tally, emit: Callable[[dict[str, Any]], None], failed: list[F
     """Count a batch in the run's tally and report its failures (both engines); an image moved or deleted since the
     scan is no failure: a ``vanished`` event, left to the next run (errors.VANISHED)."""
     if tally.first_batch is None:
-        tally.first_batch = time.time()
+        tally.first_batch = time.monotonic()
     gone = [f for f in failed if vanished(f.reason)]
     failed = [f for f in failed if not vanished(f.reason)]
     tally.failed.extend(failed)

@@ -633,4 +633,4 @@ class Tally:
     scored: int = 0  # images of Plan.scored done (their saved maps scored, or left to the next run: unreadable)
     failed: list[Failure] = field(default_factory=list)  # the scan's, the plan's and the batches'
     vanished: list[Failure] = field(default_factory=list)  # images moved or deleted since the scan: the next run's
-    first_batch: float | None = None  # time.time() when the first batch was explained
+    first_batch: float | None = None  # time.monotonic() when the first batch was explained

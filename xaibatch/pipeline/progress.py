@@ -236,4 +236,11 @@ def _bar_class():
     class Bar(tqdm):
         monitor_interval = 0
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # tqdm's clock is time.time: a wall clock set back froze the bar (it redraws once its clock passed the
+            # last draw's) with a negative elapsed time ("-59:59"); NTP stepping it forward showed hours
+            self._time = time.monotonic
+            self.last_print_t = self.start_t = self._time()
+
     return Bar

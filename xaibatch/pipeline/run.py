@@ -63,7 +63,7 @@ from ..files import Reserve
 
 def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> RunResult:
     """Run under the output folder's lock; raises LockHeld (another run holds it) or Interrupted (signal)."""
-    t0 = time.time()
+    t0 = time.monotonic()
     check_folders(opts)
     check_request(opts)  # options and paths, before the seconds of importing torch
     engine = engine_for(opts)  # no ray import: only whether it is installed
@@ -147,18 +147,18 @@ def _autograd_on():
 
 
 def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    t = time.time()
+    t = time.monotonic()
     try:
         return fn(*args)
     finally:
-        timings[name] = time.time() - t
+        timings[name] = time.monotonic() - t
 
 
 def timed_load(opts: RunOptions, found: Scan, warm: Warmup | None, timings: dict[str, float]) -> Setup:
     """load_setup, after the heavy imports (begun in ``warm``'s thread, else now); times both."""
-    t = time.time()
+    t = time.monotonic()
     (warm or Warmup(background=False)).wait()
-    timings["import"] = time.time() - t  # what the imports still cost after the scan overlapped them
+    timings["import"] = time.monotonic() - t  # what the imports still cost after the scan overlapped them
     return timed(timings, "model", load_setup, opts, found)
 
 
@@ -193,7 +193,7 @@ class RunRow:
         counts = self.count_tally()
         status = RunStatus.INTERRUPTED if stopped else (RunStatus.SOME_FAILED if self.tally.failed else RunStatus.OK)
         with self.manifest.transaction():  # the report shows this status; a kill before its end makes it "killed"
-            self.manifest.finish_run(self.run_id, status, time.time() - self.t0, counts)
+            self.manifest.finish_run(self.run_id, status, time.monotonic() - self.t0, counts)
             self.manifest.set_meta(REPORTING, str(self.run_id))
         return status
 
@@ -209,7 +209,7 @@ class RunRow:
         if self.run_id is not None:
             counts = self.count_tally()
             try:
-                self.manifest.finish_run(self.run_id, ending(e), time.time() - self.t0, counts, reason(full or e))
+                self.manifest.finish_run(self.run_id, ending(e), time.monotonic() - self.t0, counts, reason(full or e))
             except Exception:
                 pass  # the original error matters more
         return full
@@ -229,20 +229,20 @@ def _run_locked(
 ) -> RunResult:
     """Plan, compute and record the run, then write the report: the stages under the output folder's lock."""
     emit = opts.on_event or (lambda event: None)
-    timings["prepare"] = time.time() - t0 - waited
+    timings["prepare"] = time.monotonic() - t0 - waited
     if waited:
         timings["wait"] = waited
     lines = not opts.events_only  # --log-json: notices as events only
     say_notices(setup, log, emit, lines)
     warn_random_weights(opts.model, setup.config.model.checkpoint, log, emit, lines)
-    t_plan = time.time()
+    t_plan = time.monotonic()
     # the row's seconds are the run's own, from when it had the folder (its started_at): not the --wait before
     row = RunRow(Manifest(out / layout.MANIFEST), Tally(failed=list(setup.found.skipped)), t0 + waited)
     try:
         known, plan = _plan_run(opts, out, lock, setup, row, log, emit)
-        timings["plan"] = time.time() - t_plan
+        timings["plan"] = time.monotonic() - t_plan
 
-        t_compute = time.time()
+        t_compute = time.monotonic()
         if (plan.work or plan.scored) and not stop.requested:
             if setup.prepared is None:  # cached_setup only stands in when there is nothing to compute
                 raise RuntimeError("the plan changed under the lock")
@@ -264,7 +264,7 @@ def _run_locked(
                 )
         if opts.faithfulness is not None and setup.prepared is not None and not stop.requested:
             chance_line(opts, out, setup, row.manifest, lock, log, stop)
-        timings["compute"] = time.time() - t_compute
+        timings["compute"] = time.monotonic() - t_compute
         if row.tally.first_batch is not None:
             timings["first_batch"] = row.tally.first_batch - t0  # from the start: what a user waits for the first maps
         # a signal in the last batch: all done
@@ -278,14 +278,14 @@ def _run_locked(
     finally:
         row.manifest.close()
 
-    t_report = time.time()
+    t_report = time.monotonic()
     report, accuracy = _report(out, opts, lock, row, log)
-    timings["report"] = time.time() - t_report
+    timings["report"] = time.monotonic() - t_report
     result = RunResult(
         out_dir=out,
         counts=row.counts,
         failed=row.tally.failed,
-        seconds=time.time() - t0,
+        seconds=time.monotonic() - t0,
         report=report,
         layer=setup.layer,
         accuracy=accuracy,
@@ -486,7 +486,7 @@ def _report(
         except BaseException as e:  # the run row agrees with the exit code
             row.reserve.release()
             full = storage_error(e, out)
-            mark_run(out, row.run_id, ending(e), time.time() - row.t0, row.counts, reason(full or e))
+            mark_run(out, row.run_id, ending(e), time.monotonic() - row.t0, row.counts, reason(full or e))
             if full is not None:
                 raise full from None
             raise

@@ -328,7 +328,7 @@ def train(
     :func:`~xaibatch.pipeline.signals.catch_signals`) ends the training after the batch under way; the model of
     the last finished epoch is then written."""
     stop = stop if stop is not None else Stop()
-    t0 = time.time()
+    t0 = time.monotonic()
     check_out(Path(out))  # before the training, which a checkpoint that cannot be written would waste
     torch.manual_seed(seed)
     dev = resolve_device(device)
@@ -427,7 +427,7 @@ def train(
     if by is not None:
         raise Interrupted(f"{by} during the test-set evaluation: wrote {out}, the model after all {epochs} epochs")
     size = Path(out).stat().st_size
-    return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.time() - t0, size, list(found.classes))
+    return TrainResult(Path(out), last.val_accuracy, test_acc, epochs, time.monotonic() - t0, size, list(found.classes))
 
 
 def no_step(images: list[ImageEntry], feed: Feed, model: torch.nn.Module) -> str:
