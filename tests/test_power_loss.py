@@ -209,6 +209,9 @@ def test_the_same_damage_without_a_restart_is_not_checked(folder, monkeypatch):
     """The documented limit: a kill -9 leaves no such files (rename is atomic), so only a new boot id is looked at;
     a normal re-run walks nothing more than before (only a meta read and write)."""
     inp, out, ckpt = folder
+    with sqlite3.connect(out / layout.MANIFEST) as db:  # recorded by a run an hour ago, on this boot
+        boot = json.dumps({"boot_id": restart.boot_id(), "since": time.time() - 3600})
+        db.execute("UPDATE meta SET value = ? WHERE key = 'boot'", (boot,))
     walked = []
     monkeypatch.setattr(restart, "repair", lambda *a, **k: walked.append(a))
     damage_files(out, {"index.html": "empty"} | picture_damage(out)[0])
