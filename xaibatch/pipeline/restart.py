@@ -13,9 +13,13 @@ per restart. Off Linux (no boot id): nothing is recorded or checked.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
+import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection
@@ -31,6 +35,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 MARGIN = 3600.0
 REPORT_DIRS = ("gallery", "detail", "assets", "figures")
 REPORT_FILES = (layout.INDEX, layout.HISTORY, layout.SKIPPED, layout.CSV, layout.SANITY, layout.FAITH_CHANCE)
+CHUNK, THREADS = 512, 8  # files a thread checks at a time; threads
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
 
@@ -96,10 +101,22 @@ def repair(out: Path, since: float, keep: Collection[str] = ()) -> Checked:
     now: one of the two clocks was wrong), delete those that fail, and the report's state."""
     now = time.time()
     after = since - MARGIN if since <= now else float("-inf")
+    files = [(rel, path) for rel, path in _files(out) if rel not in keep]
+    chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+    # threads: after a reboot nothing is cached, and the reads wait on the disk (the GIL is released meanwhile)
+    with ThreadPoolExecutor(min(THREADS, len(chunks)) or 1) as pool:
+        found = list(pool.map(lambda chunk: _check(chunk, after), chunks))
+    bad = [rel for _n, damaged in found for rel in damaged]
+    for rel in bad:
+        _unlink(out / rel)
+    _unlink(out / layout.REPORT_STATE)  # the next report is built in full: every page compared with the disk's
+    return Checked(sum(n for n, _damaged in found), bad)
+
+
+def _check(files: list[tuple[str, str]], after: float) -> tuple[int, list[str]]:
+    """Of ``files`` (relative and full paths), how many were modified from ``after`` on, and those damaged."""
     n, bad = 0, []
-    for rel, path in _files(out):
-        if rel in keep:
-            continue
+    for rel, path in files:
         try:
             if os.stat(path, follow_symlinks=False).st_mtime < after:
                 continue
@@ -108,10 +125,7 @@ def repair(out: Path, since: float, keep: Collection[str] = ()) -> Checked:
         n += 1
         if not intact(path):
             bad.append(rel)
-    for rel in bad:
-        _unlink(out / rel)
-    _unlink(out / layout.REPORT_STATE)  # the next report is built in full: every page compared with the disk's
-    return Checked(n, bad)
+    return n, bad
 
 
 def _files(out: Path):
@@ -132,42 +146,59 @@ def intact(path: str) -> bool:
     byte; a PNG starts with its signature and ends with its IEND chunk; an SVG ends with its closing tag; a JSON
     file parses (they are small); anything else: not empty."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return False
-            if path.endswith(".npy"):
-                return _npy_whole(f, size)
-            if path.endswith(".png"):
-                return f.read(8) == PNG_SIGNATURE and _tail(f, size, len(PNG_END)) == PNG_END
-            if path.endswith(".svg"):
-                return _tail(f, size, 64).rstrip().endswith(b"</svg>")
-            if path.endswith(".json"):
-                json.loads(f.read())
-            return True
-    except (OSError, ValueError, SyntaxError, TypeError):  # numpy's header parse raises the last two too
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return False
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
+        if path.endswith(".npy"):
+            return _npy_whole(fd, size)
+        if path.endswith(".png"):
+            return os.pread(fd, 8, 0) == PNG_SIGNATURE and os.pread(fd, 12, max(0, size - 12)) == PNG_END
+        if path.endswith(".svg"):
+            return os.pread(fd, 64, max(0, size - 64)).rstrip().endswith(b"</svg>")
+        if path.endswith(".json"):
+            json.loads(os.pread(fd, size, 0))
+        return True
+    except (OSError, ValueError):
+        return False
+    finally:
+        os.close(fd)
 
 
-def _tail(f: Any, size: int, n: int) -> bytes:
-    f.seek(max(0, size - n))
-    return f.read(n)
+def _npy_whole(fd: int, size: int) -> bool:
+    """Whether a .npy file's header parses and its data ends where the file does."""
+    head = os.pread(fd, 256, 0)
+    if head[:6] != b"\x93NUMPY" or len(head) < 10:
+        return False
+    start, width = (10, "<H") if head[6] == 1 else (12, "<I")
+    (length,) = struct.unpack_from(width, head, 8)
+    if len(head) < start + length:
+        head = os.pread(fd, start + length, 0)
+    data = _npy_data_bytes(head[: start + length])
+    return data is not None and start + length + data == size
 
 
-def _npy_whole(f: Any, size: int) -> bool:
+@functools.lru_cache(maxsize=256)  # the maps of images of one size share their header
+def _npy_data_bytes(prefix: bytes) -> int | None:
+    """The data bytes the .npy header ``prefix`` (magic to the header's end) announces; None when it does not parse."""
     import numpy as np
     from numpy.lib import format as npy
 
-    version = npy.read_magic(f)
-    if version == (1, 0):
-        shape, _fortran, dtype = npy.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _fortran, dtype = npy.read_array_header_2_0(f)
-    else:
-        return False
-    if dtype.hasobject:
-        return False  # xaibatch never writes one
-    return f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize == size
+    f = io.BytesIO(prefix)
+    try:
+        version = npy.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return None
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _fortran, dtype = read(f)
+    except (ValueError, SyntaxError, TypeError):  # numpy's header parse raises each
+        return None
+    if dtype.hasobject or f.tell() != len(prefix):
+        return None  # xaibatch never writes objects
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def _unlink(path: Path) -> None:
