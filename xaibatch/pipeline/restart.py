@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import os
+import sqlite3
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,8 @@ def check(out: Path, manifest: Manifest, keep: Collection[str] = ()) -> Checked 
 
     None when there was no restart (the same boot id, none recorded yet, or none to read). ``keep``: files never
     deleted (recovery.foreign_files: a user's, from before the folder's first run). Call it under the folder's lock
-    and before the folder is listed for a plan (plan.existing_files).
+    and before the folder is listed for a plan (plan.existing_files). A manifest that refuses the record leaves the
+    check to the next command.
     """
     current = boot_id()
     if current is None:
@@ -70,7 +72,11 @@ def check(out: Path, manifest: Manifest, keep: Collection[str] = ()) -> Checked 
     found = None
     if last is not None and last[0] != current:
         found = repair(out, last[1], keep)
-    record(manifest, current)
+    try:
+        record(manifest, current)
+    except (sqlite3.Error, OSError):  # read-only, full: the command fails on its own writes, with its own line
+        if manifest.db.in_transaction:  # a COMMIT refused leaves it open
+            manifest.db.execute("ROLLBACK")
     return found
 
 
