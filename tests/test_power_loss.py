@@ -253,6 +253,26 @@ def test_xaibatch_report_after_a_restart_mends_its_pages_and_leaves_the_pictures
     assert all(restart.intact(str(out / rel)) for rel in pictures)
 
 
+@pytest.mark.parametrize("flags", [(), ("--log-json",), ("-q",)])
+def test_the_command_line_says_it_once_as_a_line_or_an_event(folder, flags):
+    inp, out, ckpt = folder
+    display = layout.image_png(rows(out)[0][0][1])
+    damage_files(out, {display: "empty"})
+    fake_restart(out)
+    r = invoke("run", inp, "--checkpoint", ckpt, "--out", out, "--target", "pred,label", "--workers", "0", *flags)
+    assert r.exit_code == 0, r.output
+    said = [s for s in r.stderr.splitlines() if "the machine restarted" in s]
+    events = [e for e in map(json.loads, r.stdout.splitlines() if flags else []) if e.get("kind") == "restarted"]
+    if flags == ("--log-json",):
+        assert not said and len(events) == 1 and events[0]["damaged"] == 1 and events[0]["checked"] > 1
+    elif flags == ("-q",):
+        assert r.stderr == "" and r.stdout == ""
+    else:
+        assert len(said) == 1 and said[0].startswith("xaibatch: the machine restarted since this folder was last")
+        assert said[0].endswith(", 1 were damaged (written again)")
+    Image.open(out / display).load()
+
+
 def test_the_files_checked_follow_the_recorded_start(folder):
     """Files modified an hour or more before the last command started were on disk before it: not read. A start
     later than the clock now (one of the boots' clocks was wrong: a Raspberry Pi without a clock) checks all."""
