@@ -284,8 +284,10 @@ def test_the_files_checked_follow_the_recorded_start(folder):
     os.utime(out / display, (old, old))
     fake_restart(out, since)
     assert restart.check(out, _manifest(out)).damaged == []
+    (out / "images" / "link.png").symlink_to("/nonexistent")  # not a file xaibatch wrote: left alone
     fake_restart(out, time.time() + 3 * 86400)
     assert restart.check(out, _manifest(out)).damaged == [display]
+    assert (out / "images" / "link.png").is_symlink()
 
 
 def _manifest(out: Path):

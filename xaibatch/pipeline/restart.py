@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sqlite3
+import stat
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 MARGIN = 3600.0
 REPORT_DIRS = ("gallery", "detail", "assets", "figures")
 REPORT_FILES = (layout.INDEX, layout.HISTORY, layout.SKIPPED, layout.CSV, layout.SANITY, layout.FAITH_CHANCE)
-CHUNK, THREADS = 512, 8  # files a thread checks at a time; threads
+CHUNK, THREADS = 512, 8  # files one task checks; threads at most
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
 
@@ -124,9 +125,10 @@ def _check(files: list[tuple[str, str]], after: float) -> tuple[int, list[str]]:
     n, bad = 0, []
     for rel, path in files:
         try:
-            if os.stat(path, follow_symlinks=False).st_mtime < after:
-                continue
+            st = os.stat(path, follow_symlinks=False)
         except OSError:
+            continue
+        if st.st_mtime < after or not stat.S_ISREG(st.st_mode):  # a link or a FIFO is nobody's write: left alone
             continue
         n += 1
         if not intact(path):
