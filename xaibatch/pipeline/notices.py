@@ -15,6 +15,10 @@
 * ``random-weights``: ``--model timm:NAME`` or ``torchvision:NAME`` without ``--checkpoint`` (``model``): the maps
   explain an untrained model (``random_weights``; serve says it too, as a line).
 
+* ``restarted``: the machine restarted since a command last wrote the folder and files its last seconds left
+  damaged were deleted, to be written again (``checked``, ``damaged``: counts; pipeline/restart.say; also said
+  by ``report`` and ``sanity``, as a line).
+
 * ``batch-handover``: the DataLoader workers send their batches through pipes, not shared memory, because
   /dev/shm is too small for the batches in flight or there is no writable temporary folder (``reason``;
   pipeline/loader.handover; said by the run that computes).

@@ -424,12 +424,17 @@ class _Planner:
             flipped = flipped or moved
         maps = {} if flipped else self.known.maps.get(e.rel, {})
         todo = stale_methods(self.hashes, maps, fresh)
-        redisplay = False
+        redisplay = repaired = False
         if not fresh:  # an image that stays: are its committed files all still there?
-            redisplay, lost = self.lost_files(e.rel, row, maps, todo)
+            redisplay, lost, repaired = self.lost_files(e.rel, row, maps, todo)
             todo += lost
         label_todo_, label_dead = label_todo(self.hashes, maps, None if fresh else now, self.exists)
         todo += label_todo_
+        # a current true-class map asked for again: its files were lost
+        repaired = repaired or (
+            not fresh and any(k in maps and maps[k].config_hash == self.hashes.labels[k] for k in label_todo_)
+        )
+        self.plan.repaired += repaired
         self.plan.dead_maps += [(e.rel, k) for k in label_dead]
         if todo and not (fresh or redisplay or label_todo_) and now is not None and self.scored_only(now, maps, todo):
             self.plan.scored[e.rel] = Scored(e, tuple(todo))
@@ -509,11 +514,13 @@ class _Planner:
             layout.image_thumb(row.stem, row.width, row.height)
         )
 
-    def lost_files(self, rel: str, row: ImageRow, maps: dict[str, MapRow], todo: list[str]) -> tuple[bool, list[str]]:
-        """Whether the display copy must be written again, and the requested methods whose map files are lost.
+    def lost_files(
+        self, rel: str, row: ImageRow, maps: dict[str, MapRow], todo: list[str]
+    ) -> tuple[bool, list[str], bool]:
+        """Whether the display copy must be written again, the requested methods whose map files are lost, and
+        whether anything was lost (the image counts as repaired).
 
-        The lost maps of methods not requested now are dropped (``dead_maps``); an image with anything lost
-        counts as repaired.
+        The lost maps of methods not requested now are dropped (``dead_maps``). True-class maps: see label_todo.
         """
         redisplay = not self.display_there(row)
         missing = [
@@ -524,8 +531,7 @@ class _Planner:
             and not all(self.exists(p) for p in mrow.files.paths())
         ]
         self.plan.dead_maps += [(rel, m) for m in missing if m not in self.hashes.methods]
-        self.plan.repaired += bool(redisplay or missing)
-        return redisplay, [m for m in self.hashes.methods if m in missing]
+        return redisplay, [m for m in self.hashes.methods if m in missing], bool(redisplay or missing)
 
 
 def stale_methods(hashes: Hashes, maps: dict[str, MapRow], fresh: bool) -> list[str]:

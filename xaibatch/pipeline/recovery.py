@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..files import remove_files, temp_pid, walk_files
 from ..lock import WAIT_HINT, OutputLock, describe, holder_command, pid_alive
 from ..manifest import Manifest, RunCounts, RunStatus
+from . import restart
 
 
 def sweep_temp_files(out: Path, stale: Callable[[int], bool]) -> int:
@@ -197,7 +198,8 @@ def held_output(
 ) -> Iterator[OutputLock]:
     """``out``'s lock for a command that renders from its manifest without running (``report``, ``sanity``), the
     folder recovered as a run recovers it: a run killed before must not stay "running" on the pages they render.
-    The body writes the report; then the sweep a recovery left due runs.
+    The body writes the report; then the sweep a recovery left due runs. After a restart of the machine the files
+    its last seconds damaged are deleted first (restart.py).
     Torch-free, so a run holding the folder is refused at once (exit 4); a folder without a manifest is refused
     before a lock file is made in it. ``command``: ``report`` or ``sanity``, named to a run refused meanwhile.
     ``wait`` (the commands' --wait; ``wait_timeout`` implies it): queue behind the holder as a run's --wait does,
@@ -213,8 +215,10 @@ def held_output(
         manifest = Manifest(out / layout.MANIFEST)
         try:
             recover(out, manifest, lock, log, then="")  # nothing here continues the run (the next run does)
+            found = restart.check(out, manifest, foreign_files(manifest))  # the report is then built in full
         finally:
             manifest.close()
+        restart.say(found, log, then="deleted: the report's are written again now, the pictures by the next run")
         yield lock
         sweep_due(out, lock, log)  # the command wrote the report (an error skips this: the sweep stays due)
     finally:

@@ -55,7 +55,8 @@ from .setup import Setup, cached_setup, load_setup, scan_input
 from .apply import apply_removals, delete_dropped, redecider
 from .migrate import migrate_map_folders
 from .notices import say_notices, warn_random_weights
-from .recovery import REPORTING, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
+from .recovery import REPORTING, foreign_files, mark_run, note_foreign_files, recover, sweep_due, sweep_temp_files
+from . import restart
 from .signals import Abandoned, Stop, catch_signals
 from .warmup import Warmup
 from ..files import Reserve
@@ -101,6 +102,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             warm = Warmup(device=opts.device if local else None) if computes else None
             if out.is_dir():  # lock first, so a second run exits before loading anything
                 acquire()
+                after_restart(out, opts, log)  # before anything lists the folder's files (the cached setup's plan)
                 found = timed(timings, "scan", scan_input, opts)  # once: the cached setup and the model's share it
                 setup = cached_setup(opts, out, found)
                 if setup is None:
@@ -130,6 +132,19 @@ def run(opts: RunOptions, log: Callable[[str], None] = lambda s: print(s, file=s
             ) from None
         finally:
             lock.release()
+
+
+def after_restart(out: Path, opts: RunOptions, log: Callable[[str], None]) -> None:
+    """The files the last seconds before a restart of the machine left damaged: deleted, for the plan to find them
+    lost and write them again (restart.py); the run records its boot and start."""
+    if not (out / layout.MANIFEST).is_file():
+        return
+    manifest = Manifest(out / layout.MANIFEST)
+    try:
+        found = restart.check(out, manifest, foreign_files(manifest))
+    finally:
+        manifest.close()
+    restart.say(found, log, opts.on_event or (lambda event: None), not opts.events_only)
 
 
 @contextmanager
@@ -333,6 +348,8 @@ def _plan_run(
     The manifest's state before this run (``Known``) and the plan are what the compute stage needs.
     """
     recover(out, row.manifest, lock, log)
+    if restart.recorded(row.manifest) is None:  # a new folder: its first writes are checked after a restart
+        restart.record(row.manifest)
     row.reserve = Reserve(out)
     known = setup.known or Known.read(row.manifest)  # a cached setup has read it, under this lock
     refuse_lost_labels(opts, setup.found, known)

@@ -38,11 +38,11 @@ COLOUR_BAR_VERSION = 1  # bump when the colour maps change (the bars are drawn o
 
 def write_colour_bars(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
     """One small SVG colour bar per colour map, shared by every page and image; drawn only when its file is
-    missing; ``drawings`` draws it."""
+    missing or the report's state is not (PageWriter.trusted); ``drawings`` draws it."""
     for m in data.methods:
         key = hashlib.sha256(f"colourbar:{COLOUR_BAR_VERSION}:{m.signed}".encode()).hexdigest()[:8]
         rel = f"assets/colourbar.{key}.svg"
-        if rel not in w.paths and not (w.out / rel).is_file():
+        if rel not in w.paths and not (w.trusted and (w.out / rel).is_file()):
             drawings.add(rel, functools.partial(_colour_bar, m.signed))
         elif rel not in w.paths:
             w._path(rel)
@@ -62,8 +62,8 @@ class Figure(NamedTuple):
 
 
 def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
-    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn; the pages link
-    them at once, ``drawings`` draws them."""
+    """Figures are named by a hash of the numbers they show: unchanged numbers are never redrawn (unless the
+    report's state is missing: PageWriter.trusted); the pages link them at once, ``drawings`` draws them."""
     from . import figures
 
     wanted = [_confidence(data), _reliability(data), _sanity(data), _roc(data), *_mean_maps(data)]
@@ -71,7 +71,7 @@ def write_figures(w: PageWriter, data: ReportData, drawings: Drawings) -> None:
         key = hashlib.sha256(json.dumps([figures.VERSION, numbers], default=str).encode()).hexdigest()[:10]
         rel = f"figures/{name}-{key}.svg"
         path = w.out / rel
-        if path.is_file():
+        if w.trusted and path.is_file():
             w.paths.add(rel)
             w.stats.unchanged += 1
         else:

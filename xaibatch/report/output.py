@@ -67,6 +67,9 @@ class PageWriter:
         self.fingerprints: dict[str, str] = {}
         self.truth_cache: dict[str, list[Any]] = {}  # mask path -> [fingerprint, truth record] (see _truth)
         self.truths: dict[str, list[Any]] = {}  # the same, for this write's images
+        # a saved state was read: a file on disk is the last write's (without one, a first build or after a
+        # restart of the machine (pipeline/restart.py), the figures and colour bars are drawn and compared too)
+        self.trusted = False
         for top in ("assets", "figures", *OWNED_DIRS):  # refuse a symlink that leads out of the report folder
             safe_join(out_dir, top)
         self.files = OutputDir(out_dir)
@@ -180,6 +183,7 @@ class PageWriter:
                 self.previous = state["pages"]
                 if isinstance(state.get("truth"), dict):
                     self.truth_cache = state["truth"]
+                self.trusted = True
                 return state
         except (OSError, ValueError, AttributeError):
             pass
