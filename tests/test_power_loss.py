@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from helpers import invoke, make_checkpoint, run_opts, write_images
-from xaibatch import layout, open_results
+from xaibatch import layout, lock, open_results
 from xaibatch.pipeline import restart, run
 
 SIDE = 160  # larger than layout.THUMB_SIDE: display copies and overlays have thumbnails of their own
@@ -298,7 +298,7 @@ def _manifest(out: Path):
 
 def test_without_a_boot_id_nothing_is_recorded(folder, monkeypatch, tmp_path):
     inp, out, ckpt = folder
-    monkeypatch.setattr(restart, "BOOT_ID", tmp_path / "none")
+    monkeypatch.setattr(lock, "BOOT_ID", tmp_path / "none")
     run(opts(inp, tmp_path / "new", ckpt), log=lambda s: None)
     assert restart.recorded(_manifest(tmp_path / "new")) is None
 

@@ -105,18 +105,22 @@ def held_for(holder: dict[str, Any]) -> float | None:
     since its last boot; else None. A wall clock that NTP stepped meanwhile (a box without a real-time clock boots
     at its last shutdown's time, or 1970) said "31536004s ago" of a run started seconds before."""
     mono, boot = holder.get("started_mono"), holder.get("boot_id")
-    if not isinstance(mono, (int, float)) or not boot or boot != _boot_id():
+    if not isinstance(mono, (int, float)) or not boot or boot != boot_id():
         return None
     age = time.monotonic() - mono
     return age if age >= 0 else None  # another time namespace's clock (unshare --time): not comparable
 
 
-def _boot_id() -> str | None:
-    """This boot's id (Linux; shared by the containers on one kernel): monotonic readings compare within it."""
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """The running kernel's boot id, new at every boot (Linux; shared by the containers on one kernel); None off
+    Linux or where it cannot be read. Monotonic readings compare within one (held_for); a folder last written
+    under another was written before a restart (pipeline/restart.py)."""
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip() or None
-    except OSError:
+        return BOOT_ID.read_text("ascii").strip() or None
+    except (OSError, ValueError):
         return None
 
 
@@ -281,7 +285,7 @@ def _record(command: str) -> dict[str, Any]:
         "started_ts": now,
         "started_at": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
         "started_mono": time.monotonic(),  # how long it has held the folder (held_for), whatever the wall clock does
-        "boot_id": _boot_id(),
+        "boot_id": boot_id(),
         "argv": sys.argv[1:][:20],
     }
 

@@ -9,6 +9,7 @@
     writer.py    encode and write each job's files, then commit its rows (one transaction per batch)
     signals.py   SIGINT/SIGTERM/SIGHUP: stop after the current batch
     recovery.py  after an unclean stop: sweep temporary and unreferenced files
+    restart.py   after a restart of the machine: the files a power cut left empty or cut short, deleted to be written again
     ray_engine.py  --engine ray: the batches in Ray Data actors (ray_worker.py: BatchWorker, write_files), commits here;
                    ray_connect.py joins the cluster (the engines' registry: xaibatch/engines.py)
     run.py       run(): the lock, the steps above in order, predictions.csv and the report

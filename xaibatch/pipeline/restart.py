@@ -28,10 +28,10 @@ from typing import Any, Callable, Collection
 
 from .. import layout
 from ..files import walk_files
+from ..lock import boot_id
 from ..manifest import Manifest
 
 BOOT = "boot"  # meta: JSON {"boot_id": the kernel's, "since": when the last command that wrote here started}
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Files modified from this long before the recorded start are checked: writeback holds data for about 30 s
 # (dirty_expire_centisecs), the command before may have written minutes before, and the clock may have stepped.
 MARGIN = 3600.0
@@ -40,14 +40,6 @@ REPORT_FILES = (layout.INDEX, layout.HISTORY, layout.SKIPPED, layout.CSV, layout
 CHUNK, THREADS = 512, 8  # files one task checks; threads at most
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
-
-
-def boot_id() -> str | None:
-    """The running kernel's boot id (new at every boot); None off Linux or where it cannot be read."""
-    try:
-        return BOOT_ID.read_text("ascii").strip() or None
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
