@@ -811,6 +811,50 @@ def test_a_phone_wide_window_never_scrolls_sideways(driver, five_methods_out):
         driver.set_window_size(1280, 900)
 
 
+LONG_STEM = "camera_capture_2026-11-30T12-00-00Z_site-berlin-warehouse-07_conveyor-belt-3_frame000014_" + "x" * 20
+
+
+@pytest.fixture(scope="module")
+def long_names_out(tmp_path_factory, tiny_ckpt) -> Path:
+    """Images named as a camera names them (114 characters, no space), demo-style masks beside the FAKE ones (the
+    ground truth section names its mask file) and an unreadable file of such a name."""
+    root = tmp_path_factory.mktemp("long-names")
+    for cls, seed in (("FAKE", 31), ("REAL", 32)):
+        for i, p in enumerate(write_images(root / "tmp" / cls, 2, seed=seed)):
+            q = root / "in" / cls / f"{cls.lower()}_{LONG_STEM}{i}.png"
+            q.parent.mkdir(parents=True, exist_ok=True)
+            p.rename(q)
+            if cls == "FAKE":
+                mask = np.zeros((32, 32), bool)
+                mask[4:16, 10:24] = True
+                np.save(q.with_name(q.stem + ".mask.npy"), mask)
+    (root / "in" / "REAL" / f"broken_{LONG_STEM}.png").write_bytes(b"not an image")
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=tiny_ckpt),
+        log=lambda s: None,
+    )
+    return root / "out"
+
+
+@pytest.mark.parametrize("width", [375, 414])
+def test_long_file_names_never_widen_a_phones_page(driver, long_names_out, width):
+    """A FAKE image's detail view at 375 px was 37 px wider than the phone: the ground truth's note names the mask
+    file (``<stem>.mask.npy``) in a ``<code>``, which did not break inside the name."""
+    out = long_names_out
+    pages = [out / "index.html", out / "gallery" / "page-1.html", out / "history.html", out / "skipped.html"]
+    pages += [url for name, url in detail_urls(out).items() if name.startswith("FAKE/")]
+    try:
+        driver.set_window_size(width, 900)
+        for page in pages:
+            open_page(driver, page)
+            load_all_images(driver)
+            over = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert over <= 1, f"{page}: {over}px wider than a {width} px window"
+        assert driver.find_elements("css selector", "figure.truth")  # the ground truth section was drawn
+    finally:
+        driver.set_window_size(1280, 900)
+
+
 def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out):
     """Six pictures in a row: a long method name wraps onto two lines, and every colour bar in the row still
     starts at the same height (before, the wrapped titles pushed their bars down)."""
