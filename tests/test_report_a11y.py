@@ -256,6 +256,35 @@ def test_a_printed_confusion_matrix_of_many_classes_fits_the_paper(driver, many_
         driver.set_window_size(1280, 900)
 
 
+def test_a_printed_chart_wider_than_the_paper_shrinks_to_fit(driver, tmp_path):
+    """A chart keeps its drawn size on screen (a phone scrolls it in its box); on paper, a box that scrolls would cut
+    it, so the sanity figure (701 px: seven stages and the legend beside) shrinks to the paper's width."""
+    from test_report_browser import report_tests
+    from xaibatch import report
+    from xaibatch.evaluation.sanity_file import FILENAME, SanityCurve, SanityResult
+
+    test_report = report_tests()
+    out = test_report.synth(tmp_path / "o", test_report.labeled_rows(4))
+    stages = ["original", "head", "+s4", "+s3", "+s2", "+s1", "+stem"]
+    values = [1.0, 0.5, 0.4, 0.3, 0.2, 0.2, 0.1]
+    curve = SanityCurve("gradcam", stages, values, values, True, "gradcam: passes", checked=1.0)
+    (out / FILENAME).write_text(SanityResult([curve], created=2.0, images=4).to_json())
+    report.render(out)
+    sizes = "return Array.prototype.map.call(document.querySelectorAll('figure.chart img'), i => [i.getAttribute('src'), +i.getAttribute('width'), i.getBoundingClientRect().right, document.documentElement.clientWidth])"
+    open_page(driver, (out / "index.html").as_uri())
+    assert [w for src, w, _r, _p in driver.execute_script(sizes) if "sanity" in src] == [701]
+    driver.set_window_size(680, 900)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, (out / "index.html").as_uri())
+        charts = driver.execute_script(sizes)
+        assert len(charts) == 3, charts  # the histogram, the reliability diagram, the sanity figure
+        assert all(right <= page for _s, _w, right, page in charts), charts
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
 def test_a_step_to_another_gallery_pages_image_keeps_the_focus_too(driver, paged):
     """Next from the last image of a gallery page opens another detail file: a new document, whose focus began at
     the page's top. It is now on that page's own Next (or Previous) link."""

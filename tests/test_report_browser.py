@@ -855,6 +855,32 @@ def test_long_file_names_never_widen_a_phones_page(driver, long_names_out, width
         driver.set_window_size(1280, 900)
 
 
+@pytest.mark.parametrize("width", [375, 414])
+def test_a_phone_shows_the_summarys_charts_at_their_drawn_size(driver, labeled_out, width):
+    """At 375 px the ROC curve, the histogram and the reliability diagram were shrunk to the 327 px column, their
+    12 px labels drawn at 7.8-9.3 px (the sanity figure's at 5 px). A chart now keeps its drawn size and scrolls in
+    its own box, as a wide table does; the page itself does not scroll sideways."""
+    try:
+        driver.set_window_size(width, 900)
+        open_page(driver, labeled_out / "index.html")
+        load_all_images(driver)
+        charts = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('figure.chart'), function (f) {"
+            "  var i = f.querySelector('img'), b = f.getBoundingClientRect();"
+            "  return [i.getAttribute('src'), i.getBoundingClientRect().width / +i.getAttribute('width'), b.right,"
+            "          f.scrollWidth > f.clientWidth ? getComputedStyle(f).overflowX : 'fits']; })"
+        )
+        assert len(charts) == 3, charts  # roc, confidence, reliability
+        page = driver.execute_script("return document.documentElement.clientWidth")
+        for src, scale, right, scrolls in charts:
+            assert abs(scale - 1) < 0.01, f"{src} drawn at {scale:.2f} of its size"
+            assert right <= page and scrolls in ("auto", "fits"), (src, right, scrolls)
+        over = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert over <= 1, f"{over}px wider than a {width} px window"
+    finally:
+        driver.set_window_size(1280, 900)
+
+
 def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out):
     """Six pictures in a row: a long method name wraps onto two lines, and every colour bar in the row still
     starts at the same height (before, the wrapped titles pushed their bars down)."""
