@@ -881,6 +881,23 @@ def test_a_phone_shows_the_summarys_charts_at_their_drawn_size(driver, labeled_o
         driver.set_window_size(1280, 900)
 
 
+def test_the_gallerys_fields_are_large_enough_that_a_phone_does_not_zoom_into_them(driver, labeled_out):
+    """iOS Safari zooms the page into a field whose text is under 16 px when it takes the focus, and stays zoomed:
+    the gallery's find box and menus were 15 px (the page's text), so a tap on "File name contains" on an iPhone
+    left the gallery magnified and scrolled sideways."""
+    try:
+        driver.set_window_size(375, 900)
+        open_page(driver, labeled_out / "gallery" / "page-1.html")
+        sizes = driver.execute_script(
+            "return Array.prototype.map.call(document.querySelectorAll('main input, main select, main button'),"
+            " e => [e.id || e.textContent.trim(), parseFloat(getComputedStyle(e).fontSize)])"
+        )
+        assert len(sizes) >= 5, sizes  # the find box, four menus, reset
+        assert all(px >= 16 for _id, px in sizes), sizes
+    finally:
+        driver.set_window_size(1280, 900)
+
+
 def test_detail_colour_bars_line_up_when_a_title_wraps(driver, five_methods_out):
     """Six pictures in a row: a long method name wraps onto two lines, and every colour bar in the row still
     starts at the same height (before, the wrapped titles pushed their bars down)."""
