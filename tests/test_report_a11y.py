@@ -256,6 +256,31 @@ def test_a_printed_confusion_matrix_of_many_classes_fits_the_paper(driver, many_
         driver.set_window_size(1280, 900)
 
 
+def test_a_printed_confusion_matrix_of_long_class_names_fits_the_paper(driver, tmp_path):
+    """Two classes of 43 characters without a space: the printed matrix was 921 px wide on 665 px of paper (its names
+    and cells did not wrap). Now they wrap and it fits."""
+    from test_report_browser import report_tests
+    from xaibatch import report
+
+    test_report = report_tests()
+    classes = ("FAKE_generated_by_stable_diffusion_xl_turbo", "REAL_photographed_on_site_by_the_inspectors")
+    rows = [(f"{classes[i % 2]}/im_{i}.png", i % 2, 0.3 + 0.1 * (i % 5)) for i in range(8)]
+    out = test_report.synth(tmp_path / "o", rows, classes=classes)
+    report.render(out)
+    driver.set_window_size(680, 900)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, (out / "index.html").as_uri())
+        right, page = driver.execute_script(
+            "return [document.querySelector('table.confusion').getBoundingClientRect().right,"
+            " document.documentElement.clientWidth]"
+        )
+        assert right <= page, f"the matrix reaches {right} px on {page} px of paper"
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
 def test_a_printed_chart_wider_than_the_paper_shrinks_to_fit(driver, tmp_path):
     """A chart keeps its drawn size on screen (a phone scrolls it in its box); on paper, a box that scrolls would cut
     it, so the sanity figure (701 px: seven stages and the legend beside) shrinks to the paper's width."""
