@@ -207,6 +207,109 @@ def test_the_printed_summary_keeps_every_table_whole_and_spends_no_ink(driver, o
         driver.set_window_size(1280, 900)
 
 
+@pytest.fixture(scope="module")
+def many_classes_out(tmp_path_factory) -> Path:
+    """28 classes of long names (a full confusion matrix: at most report.model.CONFUSION_MAX_CLASSES), an image each."""
+    from helpers import make_checkpoint
+
+    root = tmp_path_factory.mktemp("a11y-many")
+    names = [f"class_{i:02d}_northern_{'forest_' if i % 2 else ''}species" for i in range(28)]
+    ckpt = make_checkpoint(root / "m.pt", classes=names)
+    for k, name in enumerate(names):
+        write_images(root / "in" / name, 1, seed=40 + k)
+    run(
+        RunOptions(input_dir=root / "in", out_dir=root / "out", methods=["gradcam"], checkpoint=ckpt, workers=0),
+        log=lambda s: None,
+    )
+    return root / "out"
+
+
+@pytest.mark.parametrize("paper", [680, 720])  # the text widths of A4 and Letter (default margins), in CSS px
+def test_a_printed_confusion_matrix_of_many_classes_fits_the_paper(driver, many_classes_out, paper):
+    """Printed, a 28-class confusion matrix kept 6 of its 28 columns: its names and "0 (0.0%)" cells did not wrap,
+    and the rest lay past the paper's edge. Now its headers stand upright, its cells hold the counts and it fits;
+    on screen it is as before (a box that scrolls, the shares in the cells, a note on their shading)."""
+    url = (many_classes_out / "index.html").as_uri()
+    open_page(driver, url)
+    assert driver.execute_script("return document.querySelectorAll('table.confusion th[scope=col]').length") == 29
+    screen = driver.execute_script("return document.querySelector('table.confusion small').offsetWidth")
+    assert screen > 0
+    assert "shading" in driver.execute_script("return document.getElementById('confusion-note').innerText")
+    driver.set_window_size(paper, 900)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, url)
+        box = driver.execute_script(
+            "var t = document.querySelector('table.confusion'), r = t.getBoundingClientRect();"
+            "return [r.right, document.documentElement.clientWidth, t.querySelector('tbody td').textContent,"
+            " Math.min.apply(null, Array.prototype.map.call(t.querySelectorAll('td'), c => c.offsetWidth"
+            "   - c.scrollWidth))];"
+        )
+        right, page, cell, spill = box
+        assert right <= page, f"the matrix reaches {right} px on {page} px of paper"
+        assert spill >= 0, "a count spills out of its cell"
+        assert cell.strip().split()[0].isdigit(), cell
+        note = driver.execute_script("return document.getElementById('confusion-note').innerText")
+        assert "shading" not in note, note  # no shading on paper
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
+def test_a_printed_confusion_matrix_of_long_class_names_fits_the_paper(driver, tmp_path):
+    """Two classes of 43 characters without a space: the printed matrix was 921 px wide on 665 px of paper (its names
+    and cells did not wrap). Now they wrap and it fits."""
+    from test_report_browser import report_tests
+    from xaibatch import report
+
+    test_report = report_tests()
+    classes = ("FAKE_generated_by_stable_diffusion_xl_turbo", "REAL_photographed_on_site_by_the_inspectors")
+    rows = [(f"{classes[i % 2]}/im_{i}.png", i % 2, 0.3 + 0.1 * (i % 5)) for i in range(8)]
+    out = test_report.synth(tmp_path / "o", rows, classes=classes)
+    report.render(out)
+    driver.set_window_size(680, 900)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, (out / "index.html").as_uri())
+        right, page = driver.execute_script(
+            "return [document.querySelector('table.confusion').getBoundingClientRect().right,"
+            " document.documentElement.clientWidth]"
+        )
+        assert right <= page, f"the matrix reaches {right} px on {page} px of paper"
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
+def test_a_printed_chart_wider_than_the_paper_shrinks_to_fit(driver, tmp_path):
+    """A chart keeps its drawn size on screen (a phone scrolls it in its box); on paper, a box that scrolls would cut
+    it, so the sanity figure (701 px: seven stages and the legend beside) shrinks to the paper's width."""
+    from test_report_browser import report_tests
+    from xaibatch import report
+    from xaibatch.evaluation.sanity_file import FILENAME, SanityCurve, SanityResult
+
+    test_report = report_tests()
+    out = test_report.synth(tmp_path / "o", test_report.labeled_rows(4))
+    stages = ["original", "head", "+s4", "+s3", "+s2", "+s1", "+stem"]
+    values = [1.0, 0.5, 0.4, 0.3, 0.2, 0.2, 0.1]
+    curve = SanityCurve("gradcam", stages, values, values, True, "gradcam: passes", checked=1.0)
+    (out / FILENAME).write_text(SanityResult([curve], created=2.0, images=4).to_json())
+    report.render(out)
+    sizes = "return Array.prototype.map.call(document.querySelectorAll('figure.chart img'), i => [i.getAttribute('src'), +i.getAttribute('width'), i.getBoundingClientRect().right, document.documentElement.clientWidth])"
+    open_page(driver, (out / "index.html").as_uri())
+    assert [w for src, w, _r, _p in driver.execute_script(sizes) if "sanity" in src] == [701]
+    driver.set_window_size(680, 900)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        open_page(driver, (out / "index.html").as_uri())
+        charts = driver.execute_script(sizes)
+        assert len(charts) == 3, charts  # the histogram, the reliability diagram, the sanity figure
+        assert all(right <= page for _s, _w, right, page in charts), charts
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
+        driver.set_window_size(1280, 900)
+
+
 def test_a_step_to_another_gallery_pages_image_keeps_the_focus_too(driver, paged):
     """Next from the last image of a gallery page opens another detail file: a new document, whose focus began at
     the page's top. It is now on that page's own Next (or Previous) link."""

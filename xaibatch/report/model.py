@@ -33,6 +33,7 @@ MAX_PROBS_SHOWN = 10  # class probabilities on a detail page (the most likely on
 
 CONFUSION_MAX_CLASSES = 30  # above this the summary lists the most frequent confusions instead, only the classes
 # that occur in its tables, and folds the class names away (ImageNet's 1000 made the summary 37,000 px tall)
+CONFUSION_PRINT_COMPACT = 10  # a printed matrix over more classes keeps only its counts, its names upright (report.css)
 
 
 FINGERPRINT_VERSION = 5  # bump when what a detail page shows changes without a template change
@@ -296,6 +297,11 @@ class ReportData:
     def classes_folded(self) -> bool:
         """Too many classes to list their names in the overview unasked (see CONFUSION_MAX_CLASSES)."""
         return len(self.class_names) > CONFUSION_MAX_CLASSES
+
+    @property
+    def confusion_compact(self) -> bool:
+        """A matrix too wide for paper as it is on screen (see CONFUSION_PRINT_COMPACT)."""
+        return len(self.confusion_names) > CONFUSION_PRINT_COMPACT
 
     @functools.cached_property
     def filter_classes(self) -> list[tuple[int, str]]:
