@@ -183,3 +183,12 @@ def test_one_request_whatever_the_spelling(tmp_path):
         )
 
     assert key(mean=0.5, std=(1, 1, 1)) == key(mean=[0.5, 0.5, 0.5], std=1.0) != key(mean=0.4, std=1.0)
+
+
+@pytest.mark.parametrize("one", [np.float32(0.5), np.array(0.5), torch.tensor(0.5), "0.5", 0.5])
+def test_one_number_of_any_type_stands_for_all_three_channels(one):
+    """np.float32(0.5) (a value read from a numpy config) was refused: "mean must be one number or three"."""
+    from xaibatch.preprocess import channel_values
+
+    assert channel_values("mean", one) == (0.5, 0.5, 0.5)
+    assert channel_values("std", [one, one, one]) == (0.5, 0.5, 0.5)
