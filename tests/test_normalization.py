@@ -192,3 +192,22 @@ def test_one_number_of_any_type_stands_for_all_three_channels(one):
 
     assert channel_values("mean", one) == (0.5, 0.5, 0.5)
     assert channel_values("std", [one, one, one]) == (0.5, 0.5, 0.5)
+
+
+def test_sanity_on_a_record_with_a_damaged_mean_says_so_in_one_line(world, tmp_path):
+    """A recorded mean that does not read as one ("x", [5, 5, 5]) was "internal error: ValueError" in sanity."""
+    import sqlite3
+
+    out = tmp_path / "o"
+    assert _run(world, out, "plain", "--mean", "0.25", "--std", "0.5").exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    run_id, config = db.execute("SELECT id, config_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    config = json.loads(config)
+    config["source"]["mean"] = [5, 5, 5]
+    db.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config), run_id))
+    db.commit()
+    db.close()
+    r = invoke("sanity", out, "--images", "2")
+    assert r.exit_code != 0 and "internal error" not in r.output, r.output
+    assert "the manifest's record of the run is damaged (ValueError: mean must be from 0 to 1" in r.output
+    assert invoke("report", out, "-q").exit_code == 0  # the report is built all the same
