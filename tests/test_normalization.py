@@ -211,3 +211,12 @@ def test_sanity_on_a_record_with_a_damaged_mean_says_so_in_one_line(world, tmp_p
     assert r.exit_code != 0 and "internal error" not in r.output, r.output
     assert "the manifest's record of the run is damaged (ValueError: mean must be from 0 to 1" in r.output
     assert invoke("report", out, "-q").exit_code == 0  # the report is built all the same
+
+
+def test_mean_alone_on_a_model_that_names_none_says_the_std_is_imagenets(world, tmp_path):
+    """--mean 0.5 alone (for Normalize(0.5, 0.5)) left the std ImageNet's 0.229 without a word."""
+    alone = _run(world, tmp_path / "alone", "plain", "--mean", "0.5")
+    assert alone.exit_code == 0, alone.output
+    assert f"{WARNING}: its inputs are normalized with ImageNet's std;" in alone.output, alone.output
+    declared = _run(world, tmp_path / "declared", "declared", "--mean", "0.5")  # its own std stands
+    assert declared.exit_code == 0 and WARNING not in declared.output, declared.output
