@@ -183,3 +183,40 @@ def test_one_request_whatever_the_spelling(tmp_path):
         )
 
     assert key(mean=0.5, std=(1, 1, 1)) == key(mean=[0.5, 0.5, 0.5], std=1.0) != key(mean=0.4, std=1.0)
+
+
+@pytest.mark.parametrize("one", [np.float32(0.5), np.array(0.5), torch.tensor(0.5), "0.5", 0.5])
+def test_one_number_of_any_type_stands_for_all_three_channels(one):
+    """np.float32(0.5) (a value read from a numpy config) was refused: "mean must be one number or three"."""
+    from xaibatch.preprocess import channel_values
+
+    assert channel_values("mean", one) == (0.5, 0.5, 0.5)
+    assert channel_values("std", [one, one, one]) == (0.5, 0.5, 0.5)
+
+
+def test_sanity_on_a_record_with_a_damaged_mean_says_so_in_one_line(world, tmp_path):
+    """A recorded mean that does not read as one ("x", [5, 5, 5]) was "internal error: ValueError" in sanity."""
+    import sqlite3
+
+    out = tmp_path / "o"
+    assert _run(world, out, "plain", "--mean", "0.25", "--std", "0.5").exit_code == 0
+    db = sqlite3.connect(out / "xaibatch.sqlite")
+    run_id, config = db.execute("SELECT id, config_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    config = json.loads(config)
+    config["source"]["mean"] = [5, 5, 5]
+    db.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config), run_id))
+    db.commit()
+    db.close()
+    r = invoke("sanity", out, "--images", "2")
+    assert r.exit_code != 0 and "internal error" not in r.output, r.output
+    assert "the manifest's record of the run is damaged (ValueError: mean must be from 0 to 1" in r.output
+    assert invoke("report", out, "-q").exit_code == 0  # the report is built all the same
+
+
+def test_mean_alone_on_a_model_that_names_none_says_the_std_is_imagenets(world, tmp_path):
+    """--mean 0.5 alone (for Normalize(0.5, 0.5)) left the std ImageNet's 0.229 without a word."""
+    alone = _run(world, tmp_path / "alone", "plain", "--mean", "0.5")
+    assert alone.exit_code == 0, alone.output
+    assert f"{WARNING}: its inputs are normalized with ImageNet's std;" in alone.output, alone.output
+    declared = _run(world, tmp_path / "declared", "declared", "--mean", "0.5")  # its own std stands
+    assert declared.exit_code == 0 and WARNING not in declared.output, declared.output

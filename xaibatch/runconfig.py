@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .manifest import ManifestError, RunRecord
@@ -260,6 +260,8 @@ class RunConfig:
                 if src is None
                 else ModelSource(**{k: v for k, v in src.items() if k in ModelSource.__dataclass_fields__})
             )
+            if source is not None:  # as given to a run; a damaged value raises ValueError (sanity rebuilds from it)
+                source = replace(source, mean=_channels("mean", source.mean), std=_channels("std", source.std))
             known = (set(cls.__dataclass_fields__) - {"extra"}) | {"method_order"}
             return cls(
                 xaibatch=str(d.get("xaibatch", "")),

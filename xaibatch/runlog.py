@@ -6,7 +6,8 @@ Events, one JSON object per line on stdout, each with ``event`` and ``time``:
 * ``notice``: a warning the run says before its plan, as its stderr line does (kind, text, and the kind's fields;
   ``pipeline/notices.py``): about its classes ``empty-class``, ``classes-by-case``, ``class-order``; about its
   model ``random-weights`` (model: a ``--model`` without ``--checkpoint``), ``input-size`` (input_size: the model
-  declares none), ``normalization`` (mean, std: it names none, ImageNet's assumed), ``ema-weights``.
+  declares none), ``normalization`` (mean, std: it names none, ImageNet's assumed), ``ema-weights``; about its
+  folder ``restarted`` (checked, damaged: files a restart of the machine left damaged, deleted to be written again).
 * ``plan``: what this run will do (seen, added, changed, removed, unchanged, to_compute, resumed, resumed_from,
   moved: images found at a new path, their results taken along; maps: per method, in the order of -m, the images
   whose map it computes, ``<method>@label`` for true-class maps of images known misclassified (an image predicted

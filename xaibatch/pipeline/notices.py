@@ -125,10 +125,12 @@ def input_size_notices(setup: Setup) -> Iterator[Notice]:
         )
         yield "input-size", text, {"input_size": size}
     if prepared is not None and not prepared.model.norm_declared:
+        src = setup.config.source  # --mean or --std alone: the other is ImageNet's
+        assumed = " and ".join(n for n in ("mean", "std") if src is None or getattr(src, n) is None)
         text = (
-            "warning: the model names no normalization: its inputs are normalized with ImageNet's mean and std; if it "
-            "was trained otherwise, give its own (--mean 0 --std 1 for pixels scaled to [0, 1] alone, as ToTensor "
-            "does; --mean 0.5 --std 0.5 for Normalize(0.5, 0.5))"
+            f"warning: the model names no normalization: its inputs are normalized with ImageNet's {assumed}; if "
+            "it was trained otherwise, give its own (--mean 0 --std 1 for pixels scaled to [0, 1] alone, as "
+            "ToTensor does; --mean 0.5 --std 0.5 for Normalize(0.5, 0.5))"
         )
         yield (
             "normalization",

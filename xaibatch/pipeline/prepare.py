@@ -76,7 +76,8 @@ def load_and_name(opts: RunOptions, found: Scan) -> tuple[LoadedModel, list[str]
         model = load_model(checkpoint_path(opts), opts.arch, opts.image_size, n_hint)
     if opts.mean is not None or opts.std is not None:  # the user's, over the checkpoint's and the model's own
         model.preprocess = model.preprocess.normalized_by(opts.mean, opts.std)
-        model.norm_declared = True
+        # one alone leaves the other ImageNet's on a model that names none: still said (notices.py)
+        model.norm_declared = model.norm_declared or (opts.mean is not None and opts.std is not None)
     one_logit = heads.adapt(model)
     if opts.classes is not None:
         if len(opts.classes) != model.num_classes or len(set(opts.classes)) != len(opts.classes):
