@@ -104,9 +104,9 @@ class Preprocess:
 
 def channel_values(name: str, values: Any) -> tuple[float, float, float]:
     """A normalization's ``mean`` or ``std`` as given (``--mean``, ``RunOptions.mean``, ``explain(mean=)``): one number
-    for every channel or three (R, G, B; a string: comma-separated), in the units of pixels scaled to [0, 1] (torchvision's ``ToTensor``): a
-    mean from 0 to 1, a std above 0 and at most 1. Raises ValueError with the line to say (``name``: as the caller
-    names the option)."""
+    for every channel or three (R, G, B; a string: comma-separated), in the units of pixels scaled to [0, 1]
+    (torchvision's ``ToTensor``): a mean from 0 to 1, a std above 0 and at most 1. Raises ValueError with the line to
+    say (``name``: as the caller names the option)."""
     try:
         items = values.split(",") if isinstance(values, str) else list(values)
     except TypeError:  # one number of any type: np.float32(0.5), a 0-d array or tensor
