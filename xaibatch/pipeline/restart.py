@@ -221,7 +221,7 @@ def say(
         return
     text = (
         f"the machine restarted since this folder was last written: checked {found.files} file(s), "
-        f"{len(found.damaged)} were damaged ({then})"
+        f"{len(found.damaged)} {'was' if len(found.damaged) == 1 else 'were'} damaged ({then})"
     )
     if lines:
         log(f"xaibatch: {text}")
